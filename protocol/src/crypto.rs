@@ -1,0 +1,312 @@
+//! Keys, signatures and content ids: ed25519 (ed25519-dalek) and blake3.
+//!
+//! What is signed and hashed is always `domain || 0x00 || body`, where the
+//! domain is the kind's tag (`rigmesh/v1/<kind>`) and body is the canonical
+//! encoding, so neither a signature nor an id of one kind can stand for
+//! another.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bincode::{Decode, Encode};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::kind::Kind;
+
+fn parse_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N]> {
+    let bytes = hex::decode(s.trim()).map_err(|e| Error::Hex {
+        what,
+        reason: e.to_string(),
+    })?;
+    bytes.try_into().map_err(|b: Vec<u8>| Error::Hex {
+        what,
+        reason: format!("expected {N} bytes, got {}", b.len()),
+    })
+}
+
+macro_rules! hex_newtype {
+    ($(#[$meta:meta])* $name:ident, $len:expr, $what:expr) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(s: &str) -> Result<Self> {
+                parse_hex::<$len>($what, s).map($name)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hex_newtype!(
+    /// An account's ed25519 public key (supplier, customer or coordinator).
+    PublicKey,
+    32,
+    "public key"
+);
+hex_newtype!(
+    /// An ed25519 signature.
+    Signature,
+    64,
+    "signature"
+);
+hex_newtype!(
+    /// A content id or chain hash: blake3 over domain-separated canonical bytes.
+    Id,
+    32,
+    "id"
+);
+
+impl Id {
+    /// The all-zero id: "no previous item" in hash chains.
+    pub const ZERO: Id = Id([0; 32]);
+
+    /// The id of `body` (canonical bytes) as a message of `kind`.
+    pub fn of(kind: Kind, body: &[u8]) -> Id {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(kind.domain().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(body);
+        Id(*hasher.finalize().as_bytes())
+    }
+
+    /// True for [`Id::ZERO`].
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+}
+
+impl PublicKey {
+    /// The key as an ed25519-dalek key, refusing points that are not on the
+    /// curve and weak (small-order) keys that would verify forged messages.
+    pub fn verifying_key(&self) -> Result<VerifyingKey> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidKey {
+            key: self.to_string(),
+            reason: "not a valid ed25519 point",
+        })?;
+        if key.is_weak() {
+            return Err(Error::InvalidKey {
+                key: self.to_string(),
+                reason: "weak (small-order) key",
+            });
+        }
+        Ok(key)
+    }
+}
+
+/// The bytes that a signature of `kind` covers: `domain || 0x00 || body`.
+pub fn signing_bytes(kind: Kind, body: &[u8]) -> Vec<u8> {
+    let domain = kind.domain().as_bytes();
+    let mut out = Vec::with_capacity(domain.len() + 1 + body.len());
+    out.extend_from_slice(domain);
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
+/// An account's signing key pair.
+#[derive(Clone)]
+pub struct Keypair {
+    signing: SigningKey,
+}
+
+impl Keypair {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::InvalidKey {
+            key: String::new(),
+            reason: if e.raw_os_error().is_some() {
+                "the OS random source failed"
+            } else {
+                "no random source available"
+            },
+        })?;
+        Ok(Keypair::from_seed(seed))
+    }
+
+    /// The key pair whose secret seed is `seed` (32 bytes).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Keypair {
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// The 32-byte secret seed; keep it secret.
+    pub fn seed(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
+    /// The public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `body` (canonical bytes) as a message of `kind`.
+    pub fn sign(&self, kind: Kind, body: &[u8]) -> Signature {
+        Signature(self.signing.sign(&signing_bytes(kind, body)).to_bytes())
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({})", self.public())
+    }
+}
+
+/// Verifies one signature of `kind` over `body`.
+///
+/// This is the protocol's validity rule: ed25519 as in RFC 8032 with the
+/// strict checks of ed25519-dalek (canonical `S`, no small-order `R` or key).
+pub fn verify(kind: Kind, body: &[u8], signer: &PublicKey, signature: &Signature) -> Result<()> {
+    let key = signer.verifying_key()?;
+    let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+    key.verify_strict(&signing_bytes(kind, body), &sig)
+        .map_err(|_| Error::BadSignature {
+            kind,
+            signer: *signer,
+        })
+}
+
+/// One signature to check in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyItem {
+    /// Kind of the signed message.
+    pub kind: Kind,
+    /// Canonical bytes of the signed body.
+    pub body: Vec<u8>,
+    /// Claimed signer.
+    pub signer: PublicKey,
+    /// The signature.
+    pub signature: Signature,
+}
+
+/// Checks many signatures at once and reports, per item, whether it holds.
+///
+/// The batch equation of ed25519-dalek runs first; it is much cheaper per
+/// signature. When it fails, or a key is unusable, every item is checked
+/// alone with [`verify`] so that one bad signature in a batch condemns only
+/// its own message. When it succeeds each item is still required to pass the
+/// strict single check only if `strict` is set; gossip ingest leaves it off,
+/// certificates that move money turn it on.
+pub fn verify_batch(items: &[VerifyItem], strict: bool) -> Vec<Result<()>> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let keys: Result<Vec<VerifyingKey>> = items.iter().map(|i| i.signer.verifying_key()).collect();
+    if let Ok(keys) = keys {
+        let messages: Vec<Vec<u8>> = items
+            .iter()
+            .map(|i| signing_bytes(i.kind, &i.body))
+            .collect();
+        let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = items
+            .iter()
+            .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0))
+            .collect();
+        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() && !strict {
+            return items.iter().map(|_| Ok(())).collect();
+        }
+    }
+    items
+        .iter()
+        .map(|i| verify(i.kind, &i.body, &i.signer, &i.signature))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_of_one_kind_never_verifies_as_another() {
+        let key = Keypair::from_seed([7; 32]);
+        let body = b"same bytes".to_vec();
+        let sig = key.sign(Kind::Offer, &body);
+        assert!(verify(Kind::Offer, &body, &key.public(), &sig).is_ok());
+        for kind in Kind::ALL {
+            if kind != Kind::Offer {
+                assert_eq!(
+                    verify(kind, &body, &key.public(), &sig),
+                    Err(Error::BadSignature {
+                        kind,
+                        signer: key.public()
+                    })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_domain_separated() {
+        assert_ne!(Id::of(Kind::Offer, b"x"), Id::of(Kind::Bid, b"x"));
+    }
+
+    #[test]
+    fn batch_pinpoints_the_bad_item() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut items: Vec<VerifyItem> = (0u8..8)
+            .map(|n| VerifyItem {
+                kind: Kind::UsageAck,
+                body: vec![n; 10],
+                signer: key.public(),
+                signature: key.sign(Kind::UsageAck, &[n; 10]),
+            })
+            .collect();
+        assert!(verify_batch(&items, false).iter().all(Result::is_ok));
+        items[3].body[0] ^= 1;
+        let results = verify_batch(&items, false);
+        for (n, r) in results.iter().enumerate() {
+            assert_eq!(r.is_ok(), n != 3, "item {n}");
+        }
+    }
+
+    #[test]
+    fn invalid_and_weak_keys_are_refused() {
+        // The identity point is small-order: a classic weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(
+            PublicKey(identity).verifying_key(),
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!("zz".parse::<PublicKey>().is_err());
+        assert!("00".parse::<PublicKey>().is_err());
+    }
+}

@@ -221,11 +221,12 @@ pub struct VerifyItem {
 ///
 /// The batch equation of ed25519-dalek runs first; it is much cheaper per
 /// signature. When it fails, or a key is unusable, every item is checked
-/// alone with [`verify`] so that one bad signature in a batch condemns only
-/// its own message. When it succeeds each item is still required to pass the
-/// strict single check only if `strict` is set; gossip ingest leaves it off,
-/// certificates that move money turn it on.
-pub fn verify_batch(items: &[VerifyItem], strict: bool) -> Vec<Result<()>> {
+/// alone with [`verify`] so that one bad signature condemns only its own
+/// message. The batch equation can accept a signature crafted with
+/// small-order components that the strict single rule refuses, so it is used
+/// where a wrong accept cannot move money (gossip ingest); certificates check
+/// their votes one by one with [`verify`].
+pub fn verify_batch(items: &[VerifyItem]) -> Vec<Result<()>> {
     if items.is_empty() {
         return Vec::new();
     }
@@ -240,7 +241,7 @@ pub fn verify_batch(items: &[VerifyItem], strict: bool) -> Vec<Result<()>> {
             .iter()
             .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0))
             .collect();
-        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() && !strict {
+        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() {
             return items.iter().map(|_| Ok(())).collect();
         }
     }
@@ -289,9 +290,9 @@ mod tests {
                 signature: key.sign(Kind::UsageAck, &[n; 10]),
             })
             .collect();
-        assert!(verify_batch(&items, false).iter().all(Result::is_ok));
+        assert!(verify_batch(&items).iter().all(Result::is_ok));
         items[3].body[0] ^= 1;
-        let results = verify_batch(&items, false);
+        let results = verify_batch(&items);
         for (n, r) in results.iter().enumerate() {
             assert_eq!(r.is_ok(), n != 3, "item {n}");
         }

@@ -1,0 +1,444 @@
+//! Money messages of the FastPay-style settlement (specs/settlement.md):
+//! the customer's `EscrowOrder`, the supplier's `SettlementRequest`, a
+//! coordinator's `Vote`, the coordinator set of an epoch, and
+//! `Certificate<T>`: a signed order plus a quorum of votes, checkable offline.
+
+use std::collections::BTreeSet;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::crypto::{self, Id, PublicKey, Signature};
+use crate::error::{Error, Result};
+use crate::kind::Kind;
+use crate::money::Credits;
+use crate::rules::{self, HOUR_MS};
+use crate::signed::{Message, Signed, PROTOCOL_VERSION};
+use crate::time::UnixMillis;
+
+/// Longest lifetime of an escrow order: one hour.
+pub const ESCROW_ORDER_MAX_TTL_MS: u64 = HOUR_MS;
+/// Most coordinators an epoch may have (bounds certificate size).
+pub const MAX_COORDINATORS: usize = 64;
+
+/// A customer moves `amount` from its account into escrow for a lease.
+/// `seq` is the account's debit sequence number: coordinators vote for at
+/// most one order per `(account, seq)`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct EscrowOrder {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The paying account; must sign.
+    pub account: PublicKey,
+    /// The account's next debit sequence number.
+    pub seq: u64,
+    /// Coordinator epoch the order is addressed to.
+    pub epoch: u64,
+    /// The lease (id of its agreement).
+    pub lease: Id,
+    /// Who will be paid from the escrow.
+    pub supplier: PublicKey,
+    /// Amount locked.
+    pub amount: Credits,
+    /// When it was made.
+    pub created_at: UnixMillis,
+    /// Coordinators refuse to vote after this.
+    pub expires_at: UnixMillis,
+}
+
+impl Message for EscrowOrder {
+    const KIND: Kind = Kind::EscrowOrder;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("account", self.account)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn expires_at(&self) -> Option<UnixMillis> {
+        Some(self.expires_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if self.account == self.supplier {
+            return Err(Error::field(kind, "supplier", "an account cannot pay itself"));
+        }
+        if self.lease.is_zero() {
+            return Err(Error::field(kind, "lease", "must be set"));
+        }
+        rules::positive(kind, "amount", self.amount)?;
+        rules::lifetime(
+            kind,
+            self.created_at,
+            self.expires_at,
+            ESCROW_ORDER_MAX_TTL_MS,
+        )
+    }
+}
+
+/// A supplier asks to be paid for windows `first_window..=last_window` of a
+/// lease. The amounts are what every honest coordinator computes from the
+/// attestation chain with the ledger's billing rule; a coordinator that gets
+/// another result does not vote.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct SettlementRequest {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The lease.
+    pub lease: Id,
+    /// The supplier account; must sign.
+    pub supplier: PublicKey,
+    /// The customer account.
+    pub customer: PublicKey,
+    /// The lease's settlement sequence number, from 0.
+    pub settlement_seq: u64,
+    /// Coordinator epoch the request is addressed to.
+    pub epoch: u64,
+    /// Id of the escrow order whose certificate funds the lease.
+    pub escrow: Id,
+    /// First attestation `seq` paid.
+    pub first_window: u64,
+    /// Last attestation `seq` paid.
+    pub last_window: u64,
+    /// Id of attestation `last_window`.
+    pub attestation_head: Id,
+    /// GPU-milliseconds paid for (disputed windows excluded).
+    pub billable_gpu_ms: u64,
+    /// Credited to the supplier.
+    pub supplier_amount: Credits,
+    /// Paid to the coordinators.
+    pub fee: Credits,
+    /// Returned to the customer; only in the final settlement.
+    pub refund: Credits,
+    /// True for the last settlement of the lease, which releases the escrow.
+    pub final_settlement: bool,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+impl Message for SettlementRequest {
+    const KIND: Kind = Kind::SettlementRequest;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("supplier", self.supplier)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if self.supplier == self.customer {
+            return Err(Error::field(kind, "customer", "must differ from supplier"));
+        }
+        for (field, id) in [
+            ("lease", self.lease),
+            ("escrow", self.escrow),
+            ("attestation_head", self.attestation_head),
+        ] {
+            if id.is_zero() {
+                return Err(Error::field(kind, field, "must be set"));
+            }
+        }
+        if self.last_window < self.first_window {
+            return Err(Error::field(
+                kind,
+                "last_window",
+                "is before first_window",
+            ));
+        }
+        rules::non_negative(kind, "supplier_amount", self.supplier_amount)?;
+        rules::non_negative(kind, "fee", self.fee)?;
+        rules::non_negative(kind, "refund", self.refund)?;
+        if !self.final_settlement && !self.refund.is_zero() {
+            return Err(Error::field(
+                kind,
+                "refund",
+                "only the final settlement refunds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A coordinator's vote: "I have checked message `subject` and certify it
+/// as `certificate` in `epoch`". Votes carry no time, so a certificate can
+/// rebuild each vote from its own fields.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Vote {
+    /// Protocol version (1).
+    pub version: u16,
+    /// Coordinator epoch.
+    pub epoch: u64,
+    /// The voting coordinator; must sign.
+    pub coordinator: PublicKey,
+    /// What the vote makes: `EscrowCertificate` or `SettlementCertificate`.
+    pub certificate: Kind,
+    /// Id of the message voted for.
+    pub subject: Id,
+}
+
+impl Message for Vote {
+    const KIND: Kind = Kind::Vote;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("coordinator", self.coordinator)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        None
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        if !matches!(
+            self.certificate,
+            Kind::EscrowCertificate | Kind::SettlementCertificate
+        ) {
+            return Err(Error::field(
+                Self::KIND,
+                "certificate",
+                format!("{} is not a certificate kind", self.certificate),
+            ));
+        }
+        if self.subject.is_zero() {
+            return Err(Error::field(Self::KIND, "subject", "must be set"));
+        }
+        Ok(())
+    }
+}
+
+/// The coordinators of one epoch: n members, of which f = (n - 1) / 3 may be
+/// faulty; a quorum is the smallest count any two of which share f + 1
+/// members, which is 2f + 1 when n = 3f + 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorSet {
+    epoch: u64,
+    members: Vec<PublicKey>,
+}
+
+impl CoordinatorSet {
+    /// A set of distinct, usable keys, 1 to [`MAX_COORDINATORS`] of them.
+    pub fn new(epoch: u64, members: Vec<PublicKey>) -> Result<Self> {
+        if members.is_empty() || members.len() > MAX_COORDINATORS {
+            return Err(Error::CoordinatorSet(format!(
+                "{} members; need 1 to {MAX_COORDINATORS}",
+                members.len()
+            )));
+        }
+        let distinct: BTreeSet<_> = members.iter().collect();
+        if distinct.len() != members.len() {
+            return Err(Error::CoordinatorSet("a key appears twice".into()));
+        }
+        for member in &members {
+            member.verifying_key()?;
+        }
+        Ok(CoordinatorSet { epoch, members })
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The members, in configuration order.
+    pub fn members(&self) -> &[PublicKey] {
+        &self.members
+    }
+
+    /// True if `key` is a member.
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.members.contains(key)
+    }
+
+    /// Faulty members tolerated: f = (n - 1) / 3.
+    pub fn max_faulty(&self) -> usize {
+        self.members.len().saturating_sub(1) / 3
+    }
+
+    /// Votes needed for a certificate: (n + f) / 2 + 1, i.e. 2f + 1 for n = 3f + 1.
+    pub fn quorum(&self) -> usize {
+        (self.members.len() + self.max_faulty()) / 2 + 1
+    }
+}
+
+/// A kind that coordinators certify.
+pub trait Certifiable: Message {
+    /// The certificate kind it becomes.
+    const CERTIFICATE: Kind;
+    /// The epoch the message is addressed to.
+    fn epoch(&self) -> u64;
+}
+
+impl Certifiable for EscrowOrder {
+    const CERTIFICATE: Kind = Kind::EscrowCertificate;
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl Certifiable for SettlementRequest {
+    const CERTIFICATE: Kind = Kind::SettlementCertificate;
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// One coordinator's signature over the [`Vote`] a certificate implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct VoteSignature {
+    /// The coordinator.
+    pub coordinator: PublicKey,
+    /// Its signature of `Vote { version, epoch, coordinator, certificate, subject }`.
+    pub signature: Signature,
+}
+
+/// A signed message plus a quorum of coordinator votes for it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Certificate<T> {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The certified message, with its author's signature.
+    pub message: Signed<T>,
+    /// The votes, one per coordinator.
+    pub votes: Vec<VoteSignature>,
+}
+
+/// An escrow order certified by a quorum: the escrow is locked.
+pub type EscrowCertificate = Certificate<EscrowOrder>;
+/// A settlement certified by a quorum: the payout happens.
+pub type SettlementCertificate = Certificate<SettlementRequest>;
+
+impl<T: Certifiable> Certificate<T> {
+    /// The vote a coordinator signs for `message`.
+    pub fn vote_for(message: &Signed<T>, coordinator: PublicKey) -> Result<Vote> {
+        Ok(Vote {
+            version: PROTOCOL_VERSION,
+            epoch: message.body.epoch(),
+            coordinator,
+            certificate: T::CERTIFICATE,
+            subject: message.id()?,
+        })
+    }
+
+    /// Assembles a certificate from votes already checked one by one (the
+    /// collector's side); [`Certificate::verify`] is the receiver's side.
+    pub fn assemble(message: Signed<T>, votes: &[Signed<Vote>]) -> Result<Self> {
+        let mut sigs = Vec::with_capacity(votes.len());
+        for vote in votes {
+            let expected = Self::vote_for(&message, vote.signer)?;
+            if vote.body != expected {
+                return Err(Error::field(
+                    Kind::Vote,
+                    "subject",
+                    format!("vote by {} is for another message", vote.signer),
+                ));
+            }
+            sigs.push(VoteSignature {
+                coordinator: vote.signer,
+                signature: vote.signature,
+            });
+        }
+        Ok(Certificate {
+            version: PROTOCOL_VERSION,
+            message,
+            votes: sigs,
+        })
+    }
+
+    /// The id of the certified message (the certificate's identity).
+    pub fn subject(&self) -> Result<Id> {
+        self.message.id()
+    }
+
+    /// Canonical bytes, as sent and stored.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        codec::encode(T::CERTIFICATE, self)
+    }
+
+    /// Decodes a certificate; call [`Certificate::verify`] next.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        codec::decode(T::CERTIFICATE, bytes)
+    }
+
+    /// Offline check against the coordinator set of the message's epoch: the
+    /// message is valid and signed by its author, every vote is by a distinct
+    /// member, every vote signature verifies, and there are at least a
+    /// quorum. Expiry is not checked: a certificate stays valid once formed.
+    pub fn verify(&self, set: &CoordinatorSet) -> Result<()> {
+        let kind = T::CERTIFICATE;
+        if self.version != PROTOCOL_VERSION {
+            return Err(Error::UnsupportedVersion {
+                kind,
+                found: self.version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        let epoch = self.message.body.epoch();
+        if epoch != set.epoch() {
+            return Err(Error::WrongEpoch {
+                kind,
+                expected: set.epoch(),
+                found: epoch,
+            });
+        }
+        if self.votes.len() > set.members().len() {
+            return Err(Error::field(
+                kind,
+                "votes",
+                format!(
+                    "{} votes but epoch {epoch} has {} coordinators",
+                    self.votes.len(),
+                    set.members().len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for vote in &self.votes {
+            if !set.contains(&vote.coordinator) {
+                return Err(Error::UnknownSigner {
+                    kind,
+                    signer: vote.coordinator,
+                    epoch,
+                });
+            }
+            if !seen.insert(vote.coordinator) {
+                return Err(Error::DuplicateSigner {
+                    kind,
+                    signer: vote.coordinator,
+                });
+            }
+        }
+        if self.votes.len() < set.quorum() {
+            return Err(Error::TooFewVotes {
+                kind,
+                have: self.votes.len(),
+                need: set.quorum(),
+            });
+        }
+        self.message.verify_record()?;
+        // Money moves on this check, so every vote passes the strict rule.
+        for vote in &self.votes {
+            let body = Self::vote_for(&self.message, vote.coordinator)?;
+            let bytes = codec::encode_part(Kind::Vote, &body)?;
+            crypto::verify(Kind::Vote, &bytes, &vote.coordinator, &vote.signature)?;
+        }
+        Ok(())
+    }
+}

@@ -172,6 +172,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable, snake_case name of the variant, for logs, metrics labels
+    /// and the expected errors in `specs/vectors/invalid.json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::TooLarge { .. } => "too_large",
+            Error::TrailingBytes { .. } => "trailing_bytes",
+            Error::Malformed { .. } => "malformed",
+            Error::Encode { .. } => "encode",
+            Error::Money(_) => "money",
+            Error::InvalidKey { .. } => "invalid_key",
+            Error::Hex { .. } => "hex",
+            Error::BadSignature { .. } => "bad_signature",
+            Error::WrongSigner { .. } => "wrong_signer",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::Field { .. } => "field",
+            Error::FromTheFuture { .. } => "from_the_future",
+            Error::Expired { .. } => "expired",
+            Error::WrongEpoch { .. } => "wrong_epoch",
+            Error::UnknownSigner { .. } => "unknown_signer",
+            Error::DuplicateSigner { .. } => "duplicate_signer",
+            Error::TooFewVotes { .. } => "too_few_votes",
+            Error::CoordinatorSet(_) => "coordinator_set",
+        }
+    }
+
     /// Shorthand for a [`Error::Field`] error.
     pub fn field(kind: Kind, field: &'static str, reason: impl Into<String>) -> Self {
         Error::Field {

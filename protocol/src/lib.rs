@@ -18,6 +18,7 @@ pub mod kind;
 pub mod messages;
 pub mod money;
 pub mod rules;
+pub mod samples;
 pub mod signed;
 pub mod time;
 pub mod wire;
@@ -29,8 +30,8 @@ pub use messages::lease::{LeaseAgreement, LeaseProposal};
 pub use messages::market::{Bid, NodeBinding, Offer};
 pub use messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 pub use messages::settlement::{
-    Certifiable, Certificate, CoordinatorSet, EscrowCertificate, EscrowOrder, SettlementCertificate,
-    SettlementRequest, Vote, VoteSignature,
+    Certifiable, Certificate, CoordinatorSet, EscrowCertificate, EscrowOrder,
+    SettlementCertificate, SettlementRequest, Vote, VoteSignature,
 };
 pub use messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 pub use money::Credits;

@@ -12,7 +12,18 @@ use crate::kind::Kind;
 
 /// Milliseconds since the unix epoch (UTC).
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Encode, Decode, Serialize, Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Encode,
+    Decode,
+    Serialize,
+    Deserialize,
 )]
 #[serde(transparent)]
 pub struct UnixMillis(pub u64);

@@ -65,7 +65,11 @@ impl Message for LeaseProposal {
     fn check_fields(&self) -> Result<()> {
         let kind = Self::KIND;
         if self.customer == self.supplier {
-            return Err(Error::field(kind, "supplier", "a customer cannot lease from itself"));
+            return Err(Error::field(
+                kind,
+                "supplier",
+                "a customer cannot lease from itself",
+            ));
         }
         rules::range(kind, "gpu_count", self.gpu_count, 1, MAX_GPUS)?;
         rules::positive(kind, "price_per_gpu_hour", self.price_per_gpu_hour)?;

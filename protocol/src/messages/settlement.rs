@@ -69,7 +69,11 @@ impl Message for EscrowOrder {
     fn check_fields(&self) -> Result<()> {
         let kind = Self::KIND;
         if self.account == self.supplier {
-            return Err(Error::field(kind, "supplier", "an account cannot pay itself"));
+            return Err(Error::field(
+                kind,
+                "supplier",
+                "an account cannot pay itself",
+            ));
         }
         if self.lease.is_zero() {
             return Err(Error::field(kind, "lease", "must be set"));
@@ -154,11 +158,7 @@ impl Message for SettlementRequest {
             }
         }
         if self.last_window < self.first_window {
-            return Err(Error::field(
-                kind,
-                "last_window",
-                "is before first_window",
-            ));
+            return Err(Error::field(kind, "last_window", "is before first_window"));
         }
         rules::non_negative(kind, "supplier_amount", self.supplier_amount)?;
         rules::non_negative(kind, "fee", self.fee)?;

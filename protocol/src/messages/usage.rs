@@ -194,9 +194,7 @@ impl Message for UsageAck {
 }
 
 /// Why a customer refuses an attestation.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisputeReason {
     /// The signature does not verify.

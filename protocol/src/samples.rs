@@ -1,0 +1,385 @@
+//! Deterministic example messages, one per kind, signed by fixed keys.
+//!
+//! They are the source of the test vectors in `specs/vectors/`, seed the
+//! fuzz corpus, and let `rigmesh message sample <kind>` show a newcomer a
+//! real, valid message. Fixed seeds make every byte reproducible; never use
+//! these keys for anything else.
+
+use crate::crypto::{Id, Keypair};
+use crate::error::Result;
+use crate::kind::Kind;
+use crate::messages::lease::{LeaseAgreement, LeaseProposal};
+use crate::messages::market::{Bid, NodeBinding, Offer};
+use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
+use crate::messages::settlement::{
+    Certificate, CoordinatorSet, EscrowOrder, SettlementRequest, Vote,
+};
+use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
+use crate::money::Credits;
+use crate::signed::{Signed, PROTOCOL_VERSION};
+use crate::time::UnixMillis;
+use crate::wire::WireMessage;
+
+/// The time every sample is made at: 2026-09-21T11:06:40Z.
+pub const T0: UnixMillis = UnixMillis(1_790_000_000_000);
+
+/// Seed of the sample supplier key.
+pub const SUPPLIER_SEED: [u8; 32] = [0x11; 32];
+/// Seed of the sample customer key.
+pub const CUSTOMER_SEED: [u8; 32] = [0x22; 32];
+/// Seeds of the four sample coordinators (epoch 1, f = 1, quorum 3).
+pub const COORDINATOR_SEEDS: [[u8; 32]; 4] = [[0x31; 32], [0x32; 32], [0x33; 32], [0x34; 32]];
+/// Epoch of the sample coordinator set.
+pub const EPOCH: u64 = 1;
+
+/// The sample supplier.
+pub fn supplier() -> Keypair {
+    Keypair::from_seed(SUPPLIER_SEED)
+}
+
+/// The sample customer.
+pub fn customer() -> Keypair {
+    Keypair::from_seed(CUSTOMER_SEED)
+}
+
+/// The sample coordinators.
+pub fn coordinators() -> Vec<Keypair> {
+    COORDINATOR_SEEDS
+        .iter()
+        .map(|s| Keypair::from_seed(*s))
+        .collect()
+}
+
+/// The sample coordinator set.
+pub fn coordinator_set() -> Result<CoordinatorSet> {
+    CoordinatorSet::new(EPOCH, coordinators().iter().map(Keypair::public).collect())
+}
+
+fn credits(units: i64) -> Credits {
+    Credits::from_units(units)
+}
+
+/// The seed of the key that signs the sample of `kind`.
+pub fn signer_seed(kind: Kind) -> [u8; 32] {
+    match kind {
+        Kind::Bid
+        | Kind::LeaseProposal
+        | Kind::EscrowOrder
+        | Kind::EscrowCertificate
+        | Kind::UsageAck
+        | Kind::UsageDispute => CUSTOMER_SEED,
+        Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
+        _ => SUPPLIER_SEED,
+    }
+}
+
+/// A node binding of the supplier.
+pub fn node_binding() -> Result<Signed<NodeBinding>> {
+    Signed::sign(
+        NodeBinding {
+            version: PROTOCOL_VERSION,
+            account: supplier().public(),
+            peer_id: vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20, 0xab, 0xcd],
+            created_at: T0,
+            expires_at: T0.plus_ms(7 * 24 * 3_600_000),
+        },
+        &supplier(),
+    )
+}
+
+/// An offer of 8 H100s at 2.49 credits per GPU-hour.
+pub fn offer() -> Result<Signed<Offer>> {
+    Signed::sign(
+        Offer {
+            version: PROTOCOL_VERSION,
+            supplier: supplier().public(),
+            sequence: 3,
+            gpu_model: "NVIDIA H100 80GB HBM3".into(),
+            gpu_memory_mib: 81_559,
+            gpu_count: 8,
+            price_per_gpu_hour: credits(2_490_000),
+            min_hours: 1,
+            max_hours: 72,
+            region: "eu-west".into(),
+            hardware_fingerprint: Id(*blake3::hash(b"sample rig").as_bytes()),
+            created_at: T0,
+            expires_at: T0.plus_ms(3_600_000),
+        },
+        &supplier(),
+    )
+}
+
+/// A standing bid for 2 H100s.
+pub fn bid() -> Result<Signed<Bid>> {
+    Signed::sign(
+        Bid {
+            version: PROTOCOL_VERSION,
+            customer: customer().public(),
+            gpu_model: "NVIDIA H100 80GB HBM3".into(),
+            min_memory_mib: 80_000,
+            gpu_count: 2,
+            max_price_per_gpu_hour: credits(2_750_000),
+            hours: 4,
+            region: Some("eu-west".into()),
+            created_at: T0,
+            expires_at: T0.plus_ms(600_000),
+        },
+        &customer(),
+    )
+}
+
+/// The customer proposes 2 GPUs of [`offer`] for 4 hours.
+pub fn lease_proposal() -> Result<Signed<LeaseProposal>> {
+    Signed::sign(
+        LeaseProposal {
+            version: PROTOCOL_VERSION,
+            customer: customer().public(),
+            supplier: supplier().public(),
+            offer: offer()?.id()?,
+            gpu_count: 2,
+            price_per_gpu_hour: credits(2_490_000),
+            hours: 4,
+            window_secs: 60,
+            nonce: 42,
+            created_at: T0.plus_ms(1_000),
+            expires_at: T0.plus_ms(301_000),
+        },
+        &customer(),
+    )
+}
+
+/// The supplier accepts [`lease_proposal`] on GPUs 2 and 5.
+pub fn lease_agreement() -> Result<Signed<LeaseAgreement>> {
+    let starts_at = T0.plus_ms(2_000);
+    Signed::sign(
+        LeaseAgreement {
+            version: PROTOCOL_VERSION,
+            supplier: supplier().public(),
+            proposal: lease_proposal()?,
+            gpu_indices: vec![2, 5],
+            hardware_fingerprint: Id(*blake3::hash(b"sample rig gpus 2,5").as_bytes()),
+            starts_at,
+            ends_at: starts_at.plus_ms(4 * 3_600_000),
+            created_at: T0.plus_ms(2_000),
+        },
+        &supplier(),
+    )
+}
+
+/// The customer escrows 4 h x 2 GPUs x 2.49 = 19.92 credits for the lease.
+pub fn escrow_order() -> Result<Signed<EscrowOrder>> {
+    Signed::sign(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: customer().public(),
+            seq: 0,
+            epoch: EPOCH,
+            lease: lease_agreement()?.id()?,
+            supplier: supplier().public(),
+            amount: credits(19_920_000),
+            created_at: T0.plus_ms(3_000),
+            expires_at: T0.plus_ms(603_000),
+        },
+        &customer(),
+    )
+}
+
+/// Coordinator 0's vote for [`escrow_order`].
+pub fn vote() -> Result<Signed<Vote>> {
+    let coordinator = Keypair::from_seed(COORDINATOR_SEEDS[0]);
+    Signed::sign(
+        Certificate::vote_for(&escrow_order()?, coordinator.public())?,
+        &coordinator,
+    )
+}
+
+fn certify<T: crate::messages::settlement::Certifiable>(
+    message: Signed<T>,
+) -> Result<Certificate<T>> {
+    // Three of four: exactly a quorum, with coordinator 2 silent.
+    let votes = [0usize, 1, 3]
+        .iter()
+        .filter_map(|i| COORDINATOR_SEEDS.get(*i))
+        .map(|seed| {
+            let key = Keypair::from_seed(*seed);
+            Signed::sign(Certificate::vote_for(&message, key.public())?, &key)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Certificate::assemble(message, &votes)
+}
+
+/// [`escrow_order`] certified by coordinators 0, 1 and 3.
+pub fn escrow_certificate() -> Result<Certificate<EscrowOrder>> {
+    certify(escrow_order()?)
+}
+
+/// The first window of the lease: GPU 2 fully used, GPU 5 dropped out
+/// after 45 s.
+pub fn usage_attestation() -> Result<Signed<UsageAttestation>> {
+    let agreement = lease_agreement()?;
+    let start = agreement.body.starts_at;
+    Signed::sign(
+        UsageAttestation {
+            version: PROTOCOL_VERSION,
+            lease: agreement.id()?,
+            supplier: supplier().public(),
+            customer: customer().public(),
+            seq: 0,
+            prev: Id::ZERO,
+            window_start: start,
+            window_end: start.plus_ms(60_000),
+            gpus: vec![
+                GpuUsage {
+                    gpu_index: 2,
+                    billable_ms: 60_000,
+                    mean_util_bp: 9_350,
+                    peak_util_bp: 10_000,
+                    peak_memory_mib: 74_112,
+                    energy_mj: 41_400_000,
+                },
+                GpuUsage {
+                    gpu_index: 5,
+                    billable_ms: 45_000,
+                    mean_util_bp: 7_010,
+                    peak_util_bp: 9_800,
+                    peak_memory_mib: 70_000,
+                    energy_mj: 29_100_000,
+                },
+            ],
+            billable_gpu_ms: 105_000,
+            created_at: start.plus_ms(60_250),
+        },
+        &supplier(),
+    )
+}
+
+/// The customer accepts [`usage_attestation`].
+pub fn usage_ack() -> Result<Signed<UsageAck>> {
+    let attestation = usage_attestation()?;
+    Signed::sign(
+        UsageAck {
+            version: PROTOCOL_VERSION,
+            lease: attestation.body.lease,
+            customer: customer().public(),
+            attestation: attestation.id()?,
+            seq: 0,
+            created_at: attestation.body.created_at.plus_ms(500),
+        },
+        &customer(),
+    )
+}
+
+/// The customer disputes [`usage_attestation`].
+pub fn usage_dispute() -> Result<Signed<UsageDispute>> {
+    let attestation = usage_attestation()?;
+    Signed::sign(
+        UsageDispute {
+            version: PROTOCOL_VERSION,
+            lease: attestation.body.lease,
+            customer: customer().public(),
+            attestation: attestation.id()?,
+            seq: 0,
+            reason: DisputeReason::Overbilled,
+            detail: "GPU 5 was unreachable from 00:00:30".into(),
+            created_at: attestation.body.created_at.plus_ms(500),
+        },
+        &customer(),
+    )
+}
+
+/// The supplier settles the first window: 105 GPU-seconds at 2.49 per
+/// GPU-hour is 0.072625 credits, of which 1 % goes to the coordinators.
+pub fn settlement_request() -> Result<Signed<SettlementRequest>> {
+    let attestation = usage_attestation()?;
+    Signed::sign(
+        SettlementRequest {
+            version: PROTOCOL_VERSION,
+            lease: attestation.body.lease,
+            supplier: supplier().public(),
+            customer: customer().public(),
+            settlement_seq: 0,
+            epoch: EPOCH,
+            escrow: escrow_order()?.id()?,
+            first_window: 0,
+            last_window: 0,
+            attestation_head: attestation.id()?,
+            billable_gpu_ms: 105_000,
+            supplier_amount: credits(71_899),
+            fee: credits(726),
+            refund: Credits::ZERO,
+            final_settlement: false,
+            created_at: attestation.body.created_at.plus_ms(1_000),
+        },
+        &supplier(),
+    )
+}
+
+/// [`settlement_request`] certified by coordinators 0, 1 and 3.
+pub fn settlement_certificate() -> Result<Certificate<SettlementRequest>> {
+    certify(settlement_request()?)
+}
+
+/// Coordinator 0 scores the supplier.
+pub fn reputation_report() -> Result<Signed<ReputationReport>> {
+    let coordinator = Keypair::from_seed(COORDINATOR_SEEDS[0]);
+    Signed::sign(
+        ReputationReport {
+            version: PROTOCOL_VERSION,
+            coordinator: coordinator.public(),
+            epoch: EPOCH,
+            subject: supplier().public(),
+            role: Role::Supplier,
+            score_bp: 9_420,
+            completed_leases: 17,
+            disputes_lost: 1,
+            missed_windows: 3,
+            refused_leases: 0,
+            fingerprint_changes: 0,
+            period_start: T0.minus_ms(30 * 24 * 3_600_000),
+            period_end: T0,
+            created_at: T0.plus_ms(5_000),
+        },
+        &coordinator,
+    )
+}
+
+/// The supplier's node reports a GPU that dropped out.
+pub fn alert() -> Result<Signed<Alert>> {
+    Signed::sign(
+        Alert {
+            version: PROTOCOL_VERSION,
+            issuer: supplier().public(),
+            severity: Severity::Critical,
+            audience: Audience::Supplier,
+            rule: "gpu.dropped".into(),
+            about: Some(supplier().public()),
+            subject: Some(lease_agreement()?.id()?),
+            message: "GPU 5 (NVIDIA H100 80GB HBM3) stopped answering NVML".into(),
+            created_at: T0.plus_ms(47_000),
+        },
+        &supplier(),
+    )
+}
+
+/// The sample of `kind`.
+pub fn sample(kind: Kind) -> Result<WireMessage> {
+    Ok(match kind {
+        Kind::NodeBinding => WireMessage::NodeBinding(node_binding()?),
+        Kind::Offer => WireMessage::Offer(offer()?),
+        Kind::Bid => WireMessage::Bid(bid()?),
+        Kind::LeaseProposal => WireMessage::LeaseProposal(lease_proposal()?),
+        Kind::LeaseAgreement => WireMessage::LeaseAgreement(lease_agreement()?),
+        Kind::EscrowOrder => WireMessage::EscrowOrder(escrow_order()?),
+        Kind::Vote => WireMessage::Vote(vote()?),
+        Kind::EscrowCertificate => WireMessage::EscrowCertificate(escrow_certificate()?),
+        Kind::SettlementCertificate => {
+            WireMessage::SettlementCertificate(settlement_certificate()?)
+        }
+        Kind::UsageAttestation => WireMessage::UsageAttestation(usage_attestation()?),
+        Kind::UsageAck => WireMessage::UsageAck(usage_ack()?),
+        Kind::UsageDispute => WireMessage::UsageDispute(usage_dispute()?),
+        Kind::SettlementRequest => WireMessage::SettlementRequest(settlement_request()?),
+        Kind::ReputationReport => WireMessage::ReputationReport(reputation_report()?),
+        Kind::Alert => WireMessage::Alert(alert()?),
+    })
+}

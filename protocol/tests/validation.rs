@@ -46,7 +46,8 @@ fn samples_are_valid() {
 #[test]
 fn offer_field_rules() {
     let s = samples::supplier();
-    let cases: Vec<(&str, Box<dyn Fn(&mut rigmesh_protocol::Offer)>)> = vec![
+    type Change = Box<dyn Fn(&mut rigmesh_protocol::Offer)>;
+    let cases: Vec<(&str, Change)> = vec![
         (
             "price_per_gpu_hour",
             Box::new(|o| o.price_per_gpu_hour = Credits::from_units(-5)),

@@ -1,1 +1,26 @@
-fn main() {}
+//! `rigmesh`: the one binary of the GPU marketplace. It parses arguments,
+//! sets up logging and hands each command to the code that does the work.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = commands::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIGMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Logs go to stderr so stdout stays clean for pipes and --json.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(commands::EXIT_ERROR)
+        }
+    }
+}

@@ -106,6 +106,15 @@ impl Id {
         Id(*hasher.finalize().as_bytes())
     }
 
+    /// The hardware fingerprint of a set of GPUs: blake3 over their UUIDs,
+    /// trimmed, sorted and joined by newlines, so the order in which a
+    /// driver lists them does not matter.
+    pub fn hardware_fingerprint<S: AsRef<str>>(uuids: &[S]) -> Id {
+        let mut sorted: Vec<&str> = uuids.iter().map(|u| u.as_ref().trim()).collect();
+        sorted.sort_unstable();
+        Id(*blake3::hash(sorted.join("\n").as_bytes()).as_bytes())
+    }
+
     /// True for [`Id::ZERO`].
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 32]
@@ -272,6 +281,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fingerprints_ignore_order_but_not_content() {
+        let a = Id::hardware_fingerprint(&["GPU-1", "GPU-2"]);
+        assert_eq!(a, Id::hardware_fingerprint(&["GPU-2", " GPU-1"]));
+        assert_ne!(a, Id::hardware_fingerprint(&["GPU-1", "GPU-3"]));
+        assert_ne!(a, Id::hardware_fingerprint(&["GPU-1"]));
     }
 
     #[test]

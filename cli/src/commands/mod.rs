@@ -1,0 +1,59 @@
+//! Command-line surface: the clap definitions and the dispatch to each
+//! command's module.
+
+mod keys;
+mod message;
+mod offer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for an error (bad input, I/O): something to fix.
+pub(crate) const EXIT_ERROR: u8 = 1;
+/// Exit code for a message that is not valid (2 is clap's usage error).
+pub(crate) const EXIT_INVALID: u8 = 3;
+
+/// rigmesh: a peer-to-peer marketplace for GPU time.
+///
+/// Suppliers offer GPUs, customers lease them, coordinators settle the
+/// money; every fact is a signed message. Start with `rigmesh keys new`,
+/// then sign an offer with `rigmesh offer create` and check it with
+/// `rigmesh message verify offer`.
+#[derive(Debug, Parser)]
+#[command(name = "rigmesh", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and inspect account keys (ed25519).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Sign offers of GPUs for sale.
+    #[command(subcommand)]
+    Offer(offer::OfferCommand),
+    /// Decode, verify and explain protocol messages.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
+}
+
+/// Where a key file is read from, shared by commands that sign.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyFileArg {
+    /// Key file holding the account's secret seed (hex); created with
+    /// `rigmesh keys new`.
+    #[arg(long, env = "RIGMESH_KEY_FILE")]
+    key_file: PathBuf,
+}
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keys(cmd) => keys::run(cmd),
+        Command::Offer(cmd) => offer::run(cmd),
+        Command::Message(cmd) => message::run(cmd),
+    }
+}

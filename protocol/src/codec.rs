@@ -63,6 +63,54 @@ pub fn decode<T: Decode<()>>(kind: Kind, bytes: &[u8]) -> Result<T> {
     Ok(value)
 }
 
+/// Largest request-response frame (a page of catch-up sync): 1 MiB.
+pub const MAX_FRAME_SIZE: usize = 1 << 20;
+
+type Framed = Configuration<LittleEndian, Fixint, config::Limit<MAX_FRAME_SIZE>>;
+
+const FRAMED: Framed = config::standard()
+    .with_little_endian()
+    .with_fixed_int_encoding()
+    .with_limit::<MAX_FRAME_SIZE>();
+
+/// Encodes a frame (a request or response that carries whole messages) in
+/// the same canonical form, refusing more than `max` bytes.
+pub fn encode_frame<T: Encode>(what: &'static str, value: &T, max: usize) -> Result<Vec<u8>> {
+    let bytes = bincode::encode_to_vec(value, FRAMED).map_err(|e| Error::Frame {
+        what,
+        reason: e.to_string(),
+    })?;
+    if bytes.len() > max {
+        return Err(Error::Frame {
+            what,
+            reason: format!("{} bytes is over the limit of {max}", bytes.len()),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes exactly one frame of at most `max` bytes.
+pub fn decode_frame<T: Decode<()>>(what: &'static str, bytes: &[u8], max: usize) -> Result<T> {
+    if bytes.len() > max {
+        return Err(Error::Frame {
+            what,
+            reason: format!("{} bytes is over the limit of {max}", bytes.len()),
+        });
+    }
+    let (value, read) =
+        bincode::decode_from_slice::<T, _>(bytes, FRAMED).map_err(|e| Error::Frame {
+            what,
+            reason: format!("malformed: {e}"),
+        })?;
+    if read != bytes.len() {
+        return Err(Error::Frame {
+            what,
+            reason: format!("{} trailing bytes", bytes.len().saturating_sub(read)),
+        });
+    }
+    Ok(value)
+}
+
 /// Encodes a value that is part of a larger message (a body to sign or hash)
 /// without the size check of a whole message of `kind`.
 pub(crate) fn encode_part<T: Encode>(kind: Kind, value: &T) -> Result<Vec<u8>> {

@@ -45,6 +45,14 @@ pub enum Error {
         /// What the encoder found wrong.
         reason: String,
     },
+    /// A request-response or gossip frame is malformed or over its limit.
+    #[error("{what}: {reason}")]
+    Frame {
+        /// Which frame (e.g. `sync response`).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An amount is not representable as credits.
     #[error("invalid amount: {0}")]
     Money(String),
@@ -180,6 +188,7 @@ impl Error {
             Error::TrailingBytes { .. } => "trailing_bytes",
             Error::Malformed { .. } => "malformed",
             Error::Encode { .. } => "encode",
+            Error::Frame { .. } => "frame",
             Error::Money(_) => "money",
             Error::InvalidKey { .. } => "invalid_key",
             Error::Hex { .. } => "hex",

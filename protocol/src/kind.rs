@@ -175,6 +175,20 @@ impl Kind {
         }
     }
 
+    /// The one-byte tag of the kind in gossip frames: its index in [`Kind::ALL`].
+    pub fn tag(self) -> u8 {
+        Kind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .and_then(|i| u8::try_from(i).ok())
+            .unwrap_or(u8::MAX)
+    }
+
+    /// The kind with this gossip tag, if any.
+    pub fn from_tag(tag: u8) -> Option<Kind> {
+        Kind::ALL.get(usize::from(tag)).copied()
+    }
+
     /// The kind with this name, if any.
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == name)
@@ -200,6 +214,7 @@ mod tests {
             assert_eq!(kind.domain(), format!("rigmesh/v1/{}", kind.name()));
             assert_eq!(Kind::from_name(kind.name()), Some(kind));
             assert!(kind.max_size() <= MAX_MESSAGE_SIZE);
+            assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
         }
     }
 }

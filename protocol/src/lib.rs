@@ -17,6 +17,7 @@ pub mod error;
 pub mod kind;
 pub mod messages;
 pub mod money;
+pub mod rpc;
 pub mod rules;
 pub mod samples;
 pub mod signed;

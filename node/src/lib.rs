@@ -1,1 +1,9 @@
-//! placeholder
+//! The rigmesh node: the libp2p swarm and the ingest of signed gossip, the
+//! supplier, customer and coordinator roles built on it, the node's local
+//! APIs, and GPU telemetry. `cli/` is a thin front over this crate.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod keyfile;
+pub mod network;

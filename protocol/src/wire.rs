@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Id;
+use crate::crypto::{Id, VerifyItem};
 use crate::error::{Error, Result};
 use crate::kind::Kind;
 use crate::messages::lease::{LeaseAgreement, LeaseProposal};
@@ -14,7 +14,7 @@ use crate::messages::settlement::{
     CoordinatorSet, EscrowCertificate, EscrowOrder, SettlementCertificate, SettlementRequest, Vote,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
-use crate::signed::Signed;
+use crate::signed::{Message, Signed};
 use crate::time::Clock;
 
 macro_rules! wire_message {
@@ -64,6 +64,29 @@ macro_rules! wire_message {
                 match self {
                     $(WireMessage::$kind(m) => m.id(),)*
                     $(WireMessage::$cert_kind(c) => c.subject(),)*
+                }
+            }
+
+            /// Every check except the signatures of signed kinds, which
+            /// [`WireMessage::signature_items`] returns for batch checking.
+            /// Certificates are checked in full here (their votes must pass
+            /// the strict single rule).
+            pub fn check_unsigned(&self, clock: &Clock, coordinators: Option<&CoordinatorSet>) -> Result<()> {
+                match self {
+                    $(WireMessage::$kind(m) => {
+                        m.check_body()?;
+                        clock.check(Kind::$kind, m.body.created_at(), m.body.expires_at())
+                    })*
+                    $(WireMessage::$cert_kind(_) => self.verify(clock, coordinators),)*
+                }
+            }
+
+            /// The signatures a signed kind needs checked (none for a
+            /// certificate: [`WireMessage::check_unsigned`] checked them).
+            pub fn signature_items(&self) -> Result<Vec<VerifyItem>> {
+                match self {
+                    $(WireMessage::$kind(m) => m.verify_items(),)*
+                    $(WireMessage::$cert_kind(_) => Ok(Vec::new()),)*
                 }
             }
 

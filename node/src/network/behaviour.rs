@@ -1,0 +1,36 @@
+//! The libp2p behaviours a rigmesh node runs, composed into one.
+
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping, request_response,
+};
+
+use super::codec::FrameCodec;
+
+/// Everything the swarm does, one field per protocol.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Caps on connections (total, per peer, pending), checked before any
+    /// other behaviour sees a connection.
+    pub limits: connection_limits::Behaviour,
+    /// Banned peers: their connections are refused and closed.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Signed-message gossip on the market topics, with application
+    /// validation before anything is forwarded.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Lease negotiation between a customer and a supplier.
+    pub lease: request_response::Behaviour<FrameCodec>,
+    /// Orders and settlement requests to coordinators.
+    pub coordinator: request_response::Behaviour<FrameCodec>,
+    /// Catch-up sync of offers and certificates after downtime.
+    pub sync: request_response::Behaviour<FrameCodec>,
+    /// Exchanges listen addresses and protocols with each peer.
+    pub identify: identify::Behaviour,
+    /// Peer routing beyond direct neighbours.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Liveness of connections.
+    pub ping: ping::Behaviour,
+    /// LAN discovery, off unless configured.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}

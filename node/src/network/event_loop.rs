@@ -1,0 +1,530 @@
+//! The task that owns the `Swarm`: it answers commands from handles
+//! (local work first), feeds gossip into the ingest queue, reports verdicts
+//! back to gossipsub, serves and runs catch-up sync, and bans peers that
+//! keep sending invalid messages. It ends when every handle is dropped or
+//! shutdown is signalled.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::metrics::Recorder;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, Multiaddr, PeerId, Swarm};
+use rigmesh_protocol::rpc::{GossipFrame, SyncRequest, SyncResponse, SyncTopic};
+use rigmesh_protocol::{Carrier, UnixMillis};
+use tokio::sync::mpsc;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::config::NetworkLimits;
+use super::handle::{Command, InboundRequest, NetworkStats, Protocol, Reply};
+use super::ingest::{IngestItem, Outcome, Verdict};
+use super::metrics::{NetworkMetrics, TopicLabel};
+use super::store::{MessageStore, PeerBan};
+use crate::error::Error;
+
+/// Most sync items served per page; 100 x 8 KiB stays under the 1 MiB frame.
+const SYNC_PAGE: usize = 100;
+/// Most pages fetched from one peer in one catch-up.
+const SYNC_MAX_PAGES: u32 = 100;
+
+pub(crate) struct PendingSync {
+    peer: PeerId,
+    topic: SyncTopic,
+    pages_left: u32,
+}
+
+pub(crate) struct EventLoop {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) ingest: mpsc::Sender<IngestItem>,
+    pub(crate) verdicts: mpsc::Receiver<Vec<Verdict>>,
+    pub(crate) inbound: mpsc::Sender<InboundRequest>,
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) limits: NetworkLimits,
+    pub(crate) metrics: NetworkMetrics,
+    pub(crate) p2p_metrics: libp2p::metrics::Metrics,
+    pub(crate) pending: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    pub(crate) pending_sync: HashMap<OutboundRequestId, PendingSync>,
+    pub(crate) strikes: HashMap<PeerId, u32>,
+    pub(crate) bans: HashMap<PeerId, UnixMillis>,
+    pub(crate) listen_addrs: Vec<Multiaddr>,
+    pub(crate) stats: NetworkStats,
+}
+
+impl EventLoop {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut ban_clock = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                Some(verdicts) = self.verdicts.recv() => self.apply_verdicts(verdicts),
+                event = self.swarm.select_next_some() => self.handle_event(event),
+                _ = ban_clock.tick() => self.expire_bans(),
+            }
+        }
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "network stopped");
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data, reply } => {
+                let result = self.publish(topic, data);
+                let _ = reply.send(result);
+            }
+            Command::PublishUnchecked { topic, data, reply } => {
+                let result = self.publish(&topic, data);
+                let _ = reply.send(result);
+            }
+            Command::Request {
+                peer,
+                protocol,
+                bytes,
+                reply,
+            } => {
+                if self.pending.len() >= self.limits.max_pending_requests {
+                    let _ = reply.send(Err(Error::Network("too many requests in flight".into())));
+                    return;
+                }
+                let id = self.behaviour_for(protocol).send_request(&peer, bytes);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond {
+                protocol,
+                channel,
+                bytes,
+                reply,
+            } => {
+                let result = self
+                    .behaviour_for(protocol)
+                    .send_response(channel, bytes)
+                    .map_err(|_| Error::Network("the requester is gone".into()));
+                let _ = reply.send(result);
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| Error::Network(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Ban {
+                peer,
+                reason,
+                reply,
+            } => {
+                self.ban(peer, reason);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(Ok(self.swarm.connected_peers().copied().collect()));
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(Ok(self.listen_addrs.clone()));
+            }
+            Command::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.peers = self.swarm.connected_peers().count();
+                let _ = reply.send(Ok(stats));
+            }
+            Command::SyncFrom { peer, reply } => {
+                self.start_sync(peer);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn behaviour_for(
+        &mut self,
+        protocol: Protocol,
+    ) -> &mut request_response::Behaviour<super::codec::FrameCodec> {
+        let behaviour = self.swarm.behaviour_mut();
+        match protocol {
+            Protocol::Lease => &mut behaviour.lease,
+            Protocol::Coordinator => &mut behaviour.coordinator,
+            Protocol::Sync => &mut behaviour.sync,
+        }
+    }
+
+    fn publish(&mut self, topic: &str, data: Vec<u8>) -> crate::error::Result<()> {
+        let result = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(IdentTopic::new(topic), data);
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .messages_out
+                    .get_or_create(&TopicLabel {
+                        topic: topic.to_string(),
+                    })
+                    .inc();
+                Ok(())
+            }
+            Err(e) => Err(Error::Network(format!("publishing on {topic}: {e}"))),
+        }
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                self.p2p_metrics.record(&event);
+                self.on_gossip(event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Lease(event)) => {
+                self.on_request_response(Protocol::Lease, event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Coordinator(event)) => {
+                self.on_request_response(Protocol::Coordinator, event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => {
+                self.on_request_response(Protocol::Sync, event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
+                self.p2p_metrics.record(&event);
+                if let identify::Event::Received { peer_id, info, .. } = event {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.bans.contains_key(&peer) && !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.p2p_metrics.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.p2p_metrics.record(&event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.update_peer_gauge();
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer_id, endpoint.get_remote_address().clone());
+                if num_established.get() == 1 {
+                    self.start_sync(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed { .. } => self.update_peer_gauge(),
+            _ => {}
+        }
+    }
+
+    fn update_peer_gauge(&self) {
+        let peers = self.swarm.connected_peers().count();
+        self.metrics
+            .peers
+            .set(i64::try_from(peers).unwrap_or(i64::MAX));
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        else {
+            return;
+        };
+        let topic = message.topic.as_str().to_string();
+        self.metrics
+            .messages_in
+            .get_or_create(&TopicLabel {
+                topic: topic.clone(),
+            })
+            .inc();
+        let item = IngestItem {
+            source: propagation_source,
+            message_id: Some(message_id.clone()),
+            topic,
+            data: message.data,
+            received: Instant::now(),
+        };
+        if self.ingest.try_send(item).is_err() {
+            // Full: drop rather than grow; nobody is blamed for our backlog.
+            self.metrics.ingest_dropped.inc();
+            self.stats.dropped += 1;
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    MessageAcceptance::Ignore,
+                );
+        }
+    }
+
+    fn apply_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        for verdict in verdicts {
+            let outcome = verdict.outcome;
+            self.metrics.count_verdict(outcome.name(), outcome.reason());
+            self.metrics
+                .ingest_latency
+                .observe(verdict.received.elapsed().as_secs_f64());
+            match outcome {
+                Outcome::Accept => self.stats.accepted += 1,
+                Outcome::Reject(_) => self.stats.rejected += 1,
+                Outcome::Ignore(_) => self.stats.ignored += 1,
+            }
+            if let Some(id) = &verdict.message_id {
+                let acceptance = match outcome {
+                    Outcome::Accept => MessageAcceptance::Accept,
+                    Outcome::Reject(_) => MessageAcceptance::Reject,
+                    Outcome::Ignore(_) => MessageAcceptance::Ignore,
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(id, &verdict.source, acceptance);
+            }
+            if let Outcome::Reject(reason) = outcome {
+                tracing::debug!(peer = %verdict.source, reason, "rejected a message");
+                self.strike(verdict.source, reason);
+            }
+        }
+    }
+
+    fn strike(&mut self, peer: PeerId, reason: &str) {
+        let strikes = {
+            let count = self.strikes.entry(peer).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if strikes >= self.limits.ban_threshold {
+            self.ban(peer, format!("{strikes} invalid messages, last: {reason}"));
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        let until = UnixMillis::now().plus_ms(self.limits.ban_secs.saturating_mul(1000));
+        tracing::warn!(%peer, %reason, "banning peer");
+        self.strikes.remove(&peer);
+        self.bans.insert(peer, until);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.metrics.bans.inc();
+        self.stats.banned += 1;
+        if let Err(err) = self.store.record_ban(&PeerBan {
+            peer,
+            until,
+            reason,
+        }) {
+            tracing::warn!(%peer, %err, "could not record a ban in the ledger");
+        }
+    }
+
+    fn expire_bans(&mut self) {
+        let now = UnixMillis::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            tracing::info!(%peer, "ban expired");
+        }
+    }
+
+    fn start_sync(&mut self, peer: PeerId) {
+        for topic in [SyncTopic::Offers, SyncTopic::Certificates] {
+            self.request_sync_page(peer, topic, None, SYNC_MAX_PAGES);
+        }
+    }
+
+    fn request_sync_page(
+        &mut self,
+        peer: PeerId,
+        topic: SyncTopic,
+        after: Option<Vec<u8>>,
+        pages_left: u32,
+    ) {
+        if pages_left == 0 || self.pending_sync.len() >= self.limits.max_pending_requests {
+            return;
+        }
+        let request = SyncRequest {
+            topic,
+            after,
+            limit: u16::try_from(SYNC_PAGE).unwrap_or(u16::MAX),
+        };
+        let Ok(bytes) = request.to_bytes() else {
+            return;
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+        self.pending_sync.insert(
+            id,
+            PendingSync {
+                peer,
+                topic,
+                pages_left: pages_left - 1,
+            },
+        );
+    }
+
+    fn on_request_response(
+        &mut self,
+        protocol: Protocol,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if protocol == Protocol::Sync {
+                        self.serve_sync(peer, &request, channel);
+                        return;
+                    }
+                    let inbound = InboundRequest {
+                        peer,
+                        protocol,
+                        bytes: request,
+                        channel,
+                    };
+                    if self.inbound.try_send(inbound).is_err() {
+                        // The application is saturated; the requester
+                        // times out and may retry.
+                        tracing::warn!(%peer, ?protocol, "inbound request queue full, dropping");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    } else if let Some(sync) = self.pending_sync.remove(&request_id) {
+                        self.on_sync_page(sync, &response);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Network(format!(
+                        "{protocol:?} request to {peer}: {error}"
+                    ))));
+                } else if self.pending_sync.remove(&request_id).is_some() {
+                    tracing::debug!(%peer, %error, "sync request failed");
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, ?protocol, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn serve_sync(
+        &mut self,
+        peer: PeerId,
+        request: &[u8],
+        channel: request_response::ResponseChannel<Vec<u8>>,
+    ) {
+        let request = match SyncRequest::from_bytes(request) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "malformed sync request");
+                self.strike(peer, "malformed_sync_request");
+                return;
+            }
+        };
+        let limit = usize::from(request.limit).min(SYNC_PAGE);
+        let page = match self.store.sync_page(
+            request.topic,
+            request.after.as_deref(),
+            limit,
+            UnixMillis::now(),
+        ) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(%err, "ledger read failed serving sync");
+                return;
+            }
+        };
+        let response = SyncResponse {
+            frames: page
+                .items
+                .iter()
+                .map(|(kind, bytes)| GossipFrame::encode(*kind, bytes))
+                .collect(),
+            next: page.next,
+        };
+        match response.to_bytes() {
+            Ok(bytes) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, bytes);
+            }
+            Err(err) => tracing::warn!(%err, "sync page does not fit a frame"),
+        }
+    }
+
+    fn on_sync_page(&mut self, sync: PendingSync, response: &[u8]) {
+        let page = match SyncResponse::from_bytes(response) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::debug!(peer = %sync.peer, %err, "malformed sync response");
+                self.strike(sync.peer, "malformed_sync_response");
+                return;
+            }
+        };
+        for frame in page.frames {
+            let topic = frame
+                .first()
+                .and_then(|tag| rigmesh_protocol::Kind::from_tag(*tag))
+                .and_then(|kind| match kind.carrier() {
+                    Carrier::Topic(topic) => Some(topic),
+                    Carrier::Protocol(_) => None,
+                })
+                .unwrap_or("");
+            let item = IngestItem {
+                source: sync.peer,
+                message_id: None,
+                topic: topic.to_string(),
+                data: frame,
+                received: Instant::now(),
+            };
+            if self.ingest.try_send(item).is_err() {
+                self.metrics.ingest_dropped.inc();
+                self.stats.dropped += 1;
+            }
+        }
+        if let Some(next) = page.next {
+            self.request_sync_page(sync.peer, sync.topic, Some(next), sync.pages_left);
+        }
+    }
+}

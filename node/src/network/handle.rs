@@ -1,0 +1,254 @@
+//! `NodeHandle`: the cheap, cloneable way for the rest of the node to use
+//! the swarm. Every call is a bounded command to the event loop with a
+//! oneshot reply.
+
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use rigmesh_protocol::rpc::GossipFrame;
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Carrier, Clock, CoordinatorSet};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{AcceptedMessage, MessageStore};
+use crate::error::{Error, Result};
+
+/// A request-response protocol of rigmesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Lease negotiation.
+    Lease,
+    /// Coordinator requests.
+    Coordinator,
+    /// Catch-up sync.
+    Sync,
+}
+
+/// A request from a peer that the application must answer with
+/// [`NodeHandle::respond`].
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// Who asked.
+    pub peer: PeerId,
+    /// On which protocol.
+    pub protocol: Protocol,
+    /// The request bytes (at most the protocol's request limit).
+    pub bytes: Vec<u8>,
+    /// Where the answer goes.
+    pub channel: ResponseChannel<Vec<u8>>,
+}
+
+/// Counters of the node, for `stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkStats {
+    /// Connected peers.
+    pub peers: usize,
+    /// Gossip messages accepted.
+    pub accepted: u64,
+    /// Gossip messages rejected as invalid.
+    pub rejected: u64,
+    /// Gossip messages ignored (duplicates, stale, unknown epoch).
+    pub ignored: u64,
+    /// Gossip messages dropped on a full ingest queue.
+    pub dropped: u64,
+    /// Peers banned.
+    pub banned: u64,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(crate) enum Command {
+    Publish {
+        topic: &'static str,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    PublishUnchecked {
+        topic: String,
+        data: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Request {
+        peer: PeerId,
+        protocol: Protocol,
+        bytes: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Respond {
+        protocol: Protocol,
+        channel: ResponseChannel<Vec<u8>>,
+        bytes: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    Ban {
+        peer: PeerId,
+        reason: String,
+        reply: Reply<()>,
+    },
+    Peers {
+        reply: Reply<Vec<PeerId>>,
+    },
+    ListenAddrs {
+        reply: Reply<Vec<Multiaddr>>,
+    },
+    Stats {
+        reply: Reply<NetworkStats>,
+    },
+    SyncFrom {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+}
+
+/// The handle to a running node's network. Dropping every handle stops the
+/// event loop.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    store: std::sync::Arc<dyn MessageStore>,
+    coordinators: Option<CoordinatorSet>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        peer_id: PeerId,
+        store: std::sync::Arc<dyn MessageStore>,
+        coordinators: Option<CoordinatorSet>,
+    ) -> Self {
+        NodeHandle {
+            commands,
+            peer_id,
+            store,
+            coordinators,
+        }
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Checks `message` fully, stores it, and gossips it on its topic. The
+    /// message is stored even when no peer is connected yet (peers fetch it
+    /// through sync); publishing then fails with [`Error::Network`].
+    pub async fn publish(&self, message: &WireMessage) -> Result<()> {
+        let kind = message.kind();
+        let Carrier::Topic(topic) = kind.carrier() else {
+            return Err(Error::Config(format!("{kind} is not gossiped")));
+        };
+        message.verify(&Clock::system(), self.coordinators.as_ref())?;
+        let bytes = message.to_bytes()?;
+        let accepted = AcceptedMessage {
+            id: message.id()?,
+            bytes: bytes.clone(),
+            message: message.clone(),
+        };
+        self.store
+            .store(std::slice::from_ref(&accepted))
+            .map_err(Error::Store)?;
+        let data = GossipFrame::encode(kind, &bytes);
+        self.call(|reply| Command::Publish { topic, data, reply })
+            .await
+    }
+
+    /// Publishes raw bytes on any topic without checking them. Honest code
+    /// never needs this; it exists so that fault-injection tests and tools
+    /// can act as a misbehaving peer.
+    pub async fn publish_unchecked(&self, topic: &str, data: Vec<u8>) -> Result<()> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::PublishUnchecked { topic, data, reply })
+            .await
+    }
+
+    /// Sends a request and waits for the response (or the timeout).
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        protocol: Protocol,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.call(|reply| Command::Request {
+            peer,
+            protocol,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Answers an [`InboundRequest`].
+    pub async fn respond(
+        &self,
+        protocol: Protocol,
+        channel: ResponseChannel<Vec<u8>>,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.call(|reply| Command::Respond {
+            protocol,
+            channel,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.call(|reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Bans a peer: disconnects it, refuses it for the configured time, and
+    /// records the ban in the ledger.
+    pub async fn ban(&self, peer: PeerId, reason: &str) -> Result<()> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::Ban {
+            peer,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerId>> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Addresses the node listens on (with OS-chosen ports resolved).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<NetworkStats> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// Starts a catch-up sync from `peer` now (it also runs by itself on
+    /// every new connection).
+    pub async fn sync_from(&self, peer: PeerId) -> Result<()> {
+        self.call(|reply| Command::SyncFrom { peer, reply }).await
+    }
+}

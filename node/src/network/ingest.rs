@@ -1,0 +1,288 @@
+//! The ingest pipeline every gossiped (or synced) message goes through:
+//! frame and decode -> size, field and time checks -> signatures in batches
+//! -> checks against the ledger (known, stale, replayed) -> one batched
+//! write -> a verdict per message for gossipsub.
+//!
+//! It runs in its own task behind a bounded queue; the swarm task never
+//! waits for it, and a full queue drops messages (with a metric) instead of
+//! growing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::gossipsub::MessageId;
+use libp2p::PeerId;
+use rigmesh_protocol::crypto::{self, VerifyItem};
+use rigmesh_protocol::rpc::GossipFrame;
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Clock, CoordinatorSet, Error as ProtocolError, Id, PublicKey};
+use tokio::sync::mpsc;
+
+use super::metrics::NetworkMetrics;
+use super::store::{AcceptedMessage, MessageStore};
+
+/// A message waiting for validation.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    /// The peer it came from.
+    pub source: PeerId,
+    /// Gossipsub's id, to report the verdict; `None` for synced messages.
+    pub message_id: Option<MessageId>,
+    /// The topic it arrived on (sync uses the kind's own topic).
+    pub topic: String,
+    /// The gossip frame.
+    pub data: Vec<u8>,
+    /// When it arrived.
+    pub received: Instant,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid and new: stored, and forwarded by gossipsub.
+    Accept,
+    /// Invalid: not stored, not forwarded, counted against the sender.
+    Reject(&'static str),
+    /// Valid but not useful (duplicate, stale, unknown epoch) or not
+    /// checkable now: not stored, not forwarded, not held against anyone.
+    Ignore(&'static str),
+}
+
+impl Outcome {
+    /// `accept`, `reject` or `ignore`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Accept => "accept",
+            Outcome::Reject(_) => "reject",
+            Outcome::Ignore(_) => "ignore",
+        }
+    }
+
+    /// The reason label (`ok` when accepted).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Accept => "ok",
+            Outcome::Reject(r) | Outcome::Ignore(r) => r,
+        }
+    }
+}
+
+/// The verdict on one [`IngestItem`].
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The peer it came from.
+    pub source: PeerId,
+    /// Gossipsub's id, if it came by gossip.
+    pub message_id: Option<MessageId>,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// When it arrived.
+    pub received: Instant,
+}
+
+/// The validation stages, independent of the task that drives them (so the
+/// benchmark can drive them directly).
+pub struct Ingest {
+    store: Arc<dyn MessageStore>,
+    coordinators: Option<CoordinatorSet>,
+}
+
+struct Staged {
+    index: usize,
+    message: WireMessage,
+    bytes: Vec<u8>,
+    id: Id,
+}
+
+fn rejection(err: &ProtocolError) -> Outcome {
+    match err {
+        // Without the epoch's coordinator set a certificate cannot be
+        // judged here; that is not the sender's fault.
+        ProtocolError::CoordinatorSet(_) => Outcome::Ignore("no_coordinator_set"),
+        other => Outcome::Reject(other.code()),
+    }
+}
+
+impl Ingest {
+    /// A pipeline writing to `store` and checking certificates against
+    /// `coordinators` (certificates are ignored without one).
+    pub fn new(store: Arc<dyn MessageStore>, coordinators: Option<CoordinatorSet>) -> Self {
+        Ingest {
+            store,
+            coordinators,
+        }
+    }
+
+    /// Runs every stage over a batch and returns one verdict per item, in
+    /// order.
+    pub fn process(&self, items: &[IngestItem], clock: &Clock) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Ignore("unprocessed"); items.len()];
+        // Stage 1: frame, decode, fields, time (no signatures yet).
+        let mut staged = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let checked = GossipFrame::decode(&item.topic, &item.data).and_then(|frame| {
+                let message = WireMessage::decode(frame.kind, frame.bytes)?;
+                message.check_unsigned(clock, self.coordinators.as_ref())?;
+                let id = message.id()?;
+                Ok(Staged {
+                    index,
+                    bytes: frame.bytes.to_vec(),
+                    message,
+                    id,
+                })
+            });
+            match checked {
+                Ok(s) => staged.push(s),
+                Err(err) => set(&mut outcomes, index, rejection(&err)),
+            }
+        }
+        // Stage 2: every signature of the batch in one batch verification.
+        let mut sig_items: Vec<VerifyItem> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for (pos, s) in staged.iter().enumerate() {
+            match s.message.signature_items() {
+                Ok(list) => {
+                    owners.extend(std::iter::repeat_n(pos, list.len()));
+                    sig_items.extend(list);
+                }
+                Err(err) => set(&mut outcomes, s.index, rejection(&err)),
+            }
+        }
+        let mut bad: HashSet<usize> = HashSet::new();
+        for (result, owner) in crypto::verify_batch(&sig_items).into_iter().zip(owners) {
+            if result.is_err() {
+                bad.insert(owner);
+            }
+        }
+        // Stage 3: against the ledger and the rest of the batch.
+        let mut accepted: Vec<AcceptedMessage> = Vec::new();
+        let mut accepted_index: Vec<usize> = Vec::new();
+        let mut batch_ids: HashSet<Id> = HashSet::new();
+        let mut newest_offer: HashMap<(PublicKey, Id), (u64, usize)> = HashMap::new();
+        for (pos, s) in staged.into_iter().enumerate() {
+            if bad.contains(&pos) {
+                set(&mut outcomes, s.index, Outcome::Reject("bad_signature"));
+                continue;
+            }
+            if matches!(outcomes.get(s.index), Some(Outcome::Reject(_))) {
+                continue;
+            }
+            let kind = s.message.kind();
+            match self.store.contains(kind, &s.id) {
+                Ok(true) => {
+                    set(&mut outcomes, s.index, Outcome::Ignore("duplicate"));
+                    continue;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "ledger read failed during ingest");
+                    set(&mut outcomes, s.index, Outcome::Ignore("store_error"));
+                    continue;
+                }
+            }
+            if !batch_ids.insert(s.id) {
+                set(&mut outcomes, s.index, Outcome::Ignore("duplicate"));
+                continue;
+            }
+            if let WireMessage::Offer(offer) = &s.message {
+                let key = (offer.body.supplier, offer.body.hardware_fingerprint);
+                let stored = match self.store.offer_sequence(&key.0, &key.1) {
+                    Ok(seq) => seq,
+                    Err(err) => {
+                        tracing::warn!(%err, "ledger read failed during ingest");
+                        set(&mut outcomes, s.index, Outcome::Ignore("store_error"));
+                        continue;
+                    }
+                };
+                let in_batch = newest_offer.get(&key).map(|(seq, _)| *seq);
+                let newest = stored.max(in_batch);
+                if newest.is_some_and(|n| offer.body.sequence <= n) {
+                    // An older or equal re-publication: a replay of old state.
+                    set(&mut outcomes, s.index, Outcome::Ignore("stale"));
+                    continue;
+                }
+                if let Some((_, older)) =
+                    newest_offer.insert(key, (offer.body.sequence, accepted.len()))
+                {
+                    // A newer offer for the same devices in the same batch
+                    // replaces the older one before anything is written.
+                    if let (Some(old), Some(index)) =
+                        (accepted.get_mut(older), accepted_index.get(older))
+                    {
+                        old.bytes.clear();
+                        set(&mut outcomes, *index, Outcome::Ignore("stale"));
+                    }
+                }
+            }
+            accepted_index.push(s.index);
+            accepted.push(AcceptedMessage {
+                id: s.id,
+                bytes: s.bytes,
+                message: s.message,
+            });
+        }
+        let mut writes: Vec<AcceptedMessage> = Vec::with_capacity(accepted.len());
+        let mut write_index: Vec<usize> = Vec::with_capacity(accepted.len());
+        for (message, index) in accepted.into_iter().zip(accepted_index) {
+            if !message.bytes.is_empty() {
+                writes.push(message);
+                write_index.push(index);
+            }
+        }
+        // Stage 4: one write for the whole batch.
+        let outcome = match self.store.store(&writes) {
+            Ok(()) => Outcome::Accept,
+            Err(err) => {
+                tracing::warn!(%err, "ledger write failed during ingest");
+                Outcome::Ignore("store_error")
+            }
+        };
+        for index in write_index {
+            set(&mut outcomes, index, outcome);
+        }
+        outcomes
+    }
+}
+
+fn set(outcomes: &mut [Outcome], index: usize, outcome: Outcome) {
+    if let Some(slot) = outcomes.get_mut(index) {
+        *slot = outcome;
+    }
+}
+
+/// The ingest task: takes up to `batch` queued items at a time, processes
+/// them, and sends the verdicts back to the swarm task. Ends when the queue
+/// closes.
+pub(crate) async fn run(
+    ingest: Ingest,
+    mut queue: mpsc::Receiver<IngestItem>,
+    verdicts: mpsc::Sender<Vec<Verdict>>,
+    batch: usize,
+    metrics: NetworkMetrics,
+) {
+    let mut items = Vec::with_capacity(batch);
+    loop {
+        items.clear();
+        if queue.recv_many(&mut items, batch.max(1)).await == 0 {
+            return;
+        }
+        metrics
+            .ingest_queue_depth
+            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+        let outcomes = ingest.process(&items, &Clock::system());
+        let out: Vec<Verdict> = items
+            .drain(..)
+            .zip(outcomes)
+            .map(|(item, outcome)| Verdict {
+                source: item.source,
+                message_id: item.message_id,
+                outcome,
+                received: item.received,
+            })
+            .collect();
+        if verdicts.send(out).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics of the network and the ingest pipeline, registered in
+//! the same registry as libp2p's own (libp2p-metrics), so one `/metrics`
+//! page serves both.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label: a gossip topic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    /// Topic name.
+    pub topic: String,
+}
+
+/// Label: the outcome of validating a message and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `accept`, `reject` or `ignore`.
+    pub outcome: String,
+    /// Error code or reason (`ok` when accepted).
+    pub reason: String,
+}
+
+/// The node's network metrics. Cheap to clone: every field is a shared handle.
+#[derive(Clone, Debug)]
+pub struct NetworkMetrics {
+    /// Connected peers.
+    pub peers: Gauge,
+    /// Gossip messages received, per topic.
+    pub messages_in: Family<TopicLabel, Counter>,
+    /// Gossip messages published, per topic.
+    pub messages_out: Family<TopicLabel, Counter>,
+    /// Validation outcomes, per outcome and reason.
+    pub validated: Family<OutcomeLabel, Counter>,
+    /// Messages waiting in the ingest queue.
+    pub ingest_queue_depth: Gauge,
+    /// Messages dropped because the ingest queue was full.
+    pub ingest_dropped: Counter,
+    /// Seconds from arrival to verdict.
+    pub ingest_latency: Histogram,
+    /// Peers banned for misbehaviour.
+    pub bans: Counter,
+}
+
+impl NetworkMetrics {
+    /// Creates the metrics and registers them under `rigmesh_net_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = NetworkMetrics {
+            peers: Gauge::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            validated: Family::default(),
+            ingest_queue_depth: Gauge::default(),
+            ingest_dropped: Counter::default(),
+            ingest_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            bans: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("rigmesh_net");
+        r.register("peers", "Connected peers", metrics.peers.clone());
+        r.register(
+            "messages_in",
+            "Gossip messages received",
+            metrics.messages_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Gossip messages published",
+            metrics.messages_out.clone(),
+        );
+        r.register(
+            "validated",
+            "Validation outcomes of gossip messages",
+            metrics.validated.clone(),
+        );
+        r.register(
+            "ingest_queue_depth",
+            "Messages waiting for validation",
+            metrics.ingest_queue_depth.clone(),
+        );
+        r.register(
+            "ingest_dropped",
+            "Messages dropped because the ingest queue was full",
+            metrics.ingest_dropped.clone(),
+        );
+        r.register(
+            "ingest_latency_seconds",
+            "Time from arrival to verdict",
+            metrics.ingest_latency.clone(),
+        );
+        r.register(
+            "bans",
+            "Peers banned for misbehaviour",
+            metrics.bans.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one verdict.
+    pub fn count_verdict(&self, outcome: &str, reason: &str) {
+        self.validated
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,318 @@
+//! The networking core: one task owns the libp2p swarm (TCP+noise+yamux
+//! and QUIC; gossipsub, request-response, identify, kad, ping, optional
+//! mDNS, connection limits, a block list), a cloneable [`NodeHandle`] talks
+//! to it through a bounded command queue, and every gossiped message passes
+//! the [`ingest`] pipeline before it is stored or forwarded.
+
+// The derive macro generates an undocumented `BehaviourEvent` enum.
+#[allow(missing_docs)]
+pub mod behaviour;
+pub mod codec;
+pub mod config;
+mod event_loop;
+pub mod handle;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageId, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{
+    allow_block_list, connection_limits, identify, identity, kad, mdns, noise, ping,
+    request_response, tcp, yamux, StreamProtocol, SwarmBuilder,
+};
+use prometheus_client::registry::Registry;
+use rigmesh_protocol::kind::{
+    PROTOCOL_COORDINATOR, PROTOCOL_LEASE, PROTOCOL_SYNC, TOPIC_BIDS, TOPIC_CERTS, TOPIC_OFFERS,
+    TOPIC_REPUTATION, TOPIC_USAGE,
+};
+use rigmesh_protocol::rpc::{
+    CoordinatorRequest, CoordinatorResponse, LeaseRequest, LeaseResponse, SyncRequest,
+    SyncResponse, MAX_GOSSIP_SIZE,
+};
+use rigmesh_protocol::{CoordinatorSet, UnixMillis};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use config::{NetworkConfig, NetworkLimits};
+pub use handle::{InboundRequest, NetworkStats, NodeHandle, Protocol};
+pub use metrics::NetworkMetrics;
+pub use store::{AcceptedMessage, MessageStore, PeerBan, SyncPage};
+
+use crate::error::{Error, Result};
+use behaviour::Behaviour;
+use codec::FrameCodec;
+
+/// Every gossip topic of the market; a node subscribes to all of them.
+pub const TOPICS: [&str; 5] = [
+    TOPIC_OFFERS,
+    TOPIC_BIDS,
+    TOPIC_USAGE,
+    TOPIC_CERTS,
+    TOPIC_REPUTATION,
+];
+
+/// A started network: the handle, the inbound requests the application must
+/// answer, and the swarm task.
+#[derive(Debug)]
+pub struct Network {
+    /// Handle for commands.
+    pub handle: NodeHandle,
+    /// Lease and coordinator requests from peers.
+    pub inbound: mpsc::Receiver<InboundRequest>,
+    /// The swarm task; it ends on shutdown or when every handle is dropped.
+    pub task: JoinHandle<()>,
+    /// The ingest task.
+    pub ingest_task: JoinHandle<()>,
+}
+
+/// Gossipsub peer scoring, tuned for a market with quiet topics:
+/// - an invalid message costs `-5 x n^2` (n decays by 10 % a second), so a
+///   peer is graylisted (-80) after its 4th invalid message in a burst; the
+///   application bans it at its `ban_threshold` (default 3) before that;
+/// - delivering first earns a little (capped), so useful relays are kept;
+/// - mesh delivery-rate penalties are off: an offers topic may be silent
+///   for minutes, and silence is not misbehaviour.
+fn peer_scoring() -> (PeerScoreParams, PeerScoreThresholds) {
+    let mut params = PeerScoreParams::default();
+    for topic in TOPICS {
+        let topic_params = TopicScoreParams {
+            topic_weight: 1.0,
+            time_in_mesh_weight: 0.01,
+            time_in_mesh_quantum: Duration::from_secs(1),
+            time_in_mesh_cap: 3600.0,
+            first_message_deliveries_weight: 1.0,
+            first_message_deliveries_decay: 0.9,
+            first_message_deliveries_cap: 20.0,
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -5.0,
+            invalid_message_deliveries_decay: 0.9,
+            ..TopicScoreParams::default()
+        };
+        params
+            .topics
+            .insert(IdentTopic::new(topic).hash(), topic_params);
+    }
+    params.topic_score_cap = 50.0;
+    // Loopback and NAT'd rigs share addresses; colocation is not a signal here.
+    params.ip_colocation_factor_weight = 0.0;
+    let thresholds = PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 3.0,
+    };
+    (params, thresholds)
+}
+
+fn gossipsub_behaviour(key: &identity::Keypair) -> Result<gossipsub::Behaviour> {
+    let config = gossipsub::ConfigBuilder::default()
+        // Messages are signed by the libp2p key of their publisher.
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Nothing is forwarded before the ingest pipeline accepts it.
+        .validate_messages()
+        // Content-derived ids: the same bytes are the same message whoever
+        // publishes them, so replays are dropped by the duplicate cache.
+        .message_id_fn(|m: &gossipsub::Message| {
+            MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
+        // The largest message kind plus its tag and protobuf framing.
+        .max_transmit_size(MAX_GOSSIP_SIZE + 1024)
+        .heartbeat_interval(Duration::from_millis(700))
+        .duplicate_cache_time(Duration::from_secs(120))
+        .build()
+        .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
+    let mut behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+            .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
+    let (params, thresholds) = peer_scoring();
+    behaviour
+        .with_peer_score(params, thresholds)
+        .map_err(|e| Error::Config(format!("gossipsub scoring: {e}")))?;
+    for topic in TOPICS {
+        behaviour
+            .subscribe(&IdentTopic::new(topic))
+            .map_err(|e| Error::Config(format!("subscribing to {topic}: {e}")))?;
+    }
+    Ok(behaviour)
+}
+
+fn request_response_behaviour(
+    name: &'static str,
+    max_request: usize,
+    max_response: usize,
+    limits: &NetworkLimits,
+) -> request_response::Behaviour<FrameCodec> {
+    request_response::Behaviour::with_codec(
+        FrameCodec::new(max_request, max_response),
+        [(
+            StreamProtocol::new(name),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(limits.request_timeout())
+            .with_max_concurrent_streams(64),
+    )
+}
+
+fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Behaviour> {
+    let limits = &config.limits;
+    let peer_id = key.public().to_peer_id();
+    let mdns = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
+                .map_err(|e| Error::Config(format!("mdns: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+    kad.set_mode(Some(kad::Mode::Server));
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(limits.max_connections))
+                .with_max_established_per_peer(Some(limits.max_connections_per_peer))
+                .with_max_pending_incoming(Some(limits.max_pending))
+                .with_max_pending_outgoing(Some(limits.max_pending)),
+        ),
+        blocked: allow_block_list::Behaviour::default(),
+        gossipsub: gossipsub_behaviour(key)?,
+        lease: request_response_behaviour(
+            PROTOCOL_LEASE,
+            LeaseRequest::MAX_SIZE,
+            LeaseResponse::MAX_SIZE,
+            limits,
+        ),
+        coordinator: request_response_behaviour(
+            PROTOCOL_COORDINATOR,
+            CoordinatorRequest::MAX_SIZE,
+            CoordinatorResponse::MAX_SIZE,
+            limits,
+        ),
+        sync: request_response_behaviour(
+            PROTOCOL_SYNC,
+            SyncRequest::MAX_SIZE,
+            SyncResponse::MAX_SIZE,
+            limits,
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/rigmesh/1".into(),
+            key.public(),
+        )),
+        kad,
+        ping: ping::Behaviour::default(),
+        mdns: Toggle::from(mdns),
+    })
+}
+
+/// Starts the network: builds the swarm, listens, dials the bootstrap
+/// peers, and spawns the swarm and ingest tasks. Returns once every listen
+/// address is known. `shutdown` completing stops the node.
+pub async fn start(
+    config: &NetworkConfig,
+    key: identity::Keypair,
+    store: Arc<dyn MessageStore>,
+    coordinators: Option<CoordinatorSet>,
+    registry: &mut Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Network> {
+    let behaviour = build_behaviour(&key, config)?;
+    let mut swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Config(format!("tcp transport: {e}")))?
+        .with_quic()
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Config(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+
+    let bans = store.active_bans(UnixMillis::now()).map_err(Error::Store)?;
+    let mut banned = HashMap::new();
+    for ban in bans {
+        swarm.behaviour_mut().blocked.block_peer(ban.peer);
+        banned.insert(ban.peer, ban.until);
+    }
+
+    let mut listen_addrs = Vec::new();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Config(format!("listening on {addr}: {e}")))?;
+    }
+    // Wait for every listener to report its address, so callers (and tests)
+    // can hand out real ports.
+    let wait = async {
+        while listen_addrs.len() < config.listen.len() {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                listen_addrs.push(address);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| Error::Config("listeners did not start within 10 s".into()))?;
+    for addr in &config.bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    let limits = config.limits.clone();
+    let metrics = NetworkMetrics::register(registry);
+    let p2p_metrics = libp2p::metrics::Metrics::new(registry);
+    let (command_tx, command_rx) = mpsc::channel(limits.command_queue.max(1));
+    let (ingest_tx, ingest_rx) = mpsc::channel(limits.ingest_queue.max(1));
+    let (verdict_tx, verdict_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue.max(1));
+    let peer_id = *swarm.local_peer_id();
+
+    let ingest = ingest::Ingest::new(store.clone(), coordinators.clone());
+    let ingest_task = tokio::spawn(ingest::run(
+        ingest,
+        ingest_rx,
+        verdict_tx,
+        limits.ingest_batch.max(1),
+        metrics.clone(),
+    ));
+    let event_loop = event_loop::EventLoop {
+        swarm,
+        commands: command_rx,
+        ingest: ingest_tx,
+        verdicts: verdict_rx,
+        inbound: inbound_tx,
+        store: store.clone(),
+        limits,
+        metrics,
+        p2p_metrics,
+        pending: HashMap::new(),
+        pending_sync: HashMap::new(),
+        strikes: HashMap::new(),
+        bans: banned,
+        listen_addrs,
+        stats: NetworkStats::default(),
+    };
+    let task = tokio::spawn(event_loop.run(shutdown));
+    Ok(Network {
+        handle: NodeHandle::new(command_tx, peer_id, store, coordinators),
+        inbound: inbound_rx,
+        task,
+        ingest_task,
+    })
+}

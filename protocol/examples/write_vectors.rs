@@ -190,12 +190,14 @@ fn write_corpus(invalid: &[Value]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let sample = samples::sample(kind)?.to_bytes()?;
         let mut inputs = vec![sample.clone(), sample[..sample.len() / 2].to_vec()];
-        // A length prefix claiming far more than the input holds.
-        let mut huge_len = sample.clone();
-        if let Some(b) = huge_len.get_mut(2..10) {
-            b.copy_from_slice(&u64::MAX.to_le_bytes());
+        // Every u64 slot of the sample, one at a time, set to a huge value:
+        // whichever slot is a length prefix now claims far more than the
+        // input holds.
+        for at in (2..sample.len().saturating_sub(8)).step_by(8).take(24) {
+            let mut huge = sample.clone();
+            huge[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            inputs.push(huge);
         }
-        inputs.push(huge_len);
         inputs.push(Vec::new());
         for case in invalid.iter().filter(|c| c["kind"] == kind.name()) {
             inputs.push(hex::decode(case["wire_hex"].as_str().unwrap_or_default())?);

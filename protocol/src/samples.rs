@@ -20,7 +20,7 @@ use crate::signed::{Signed, PROTOCOL_VERSION};
 use crate::time::UnixMillis;
 use crate::wire::WireMessage;
 
-/// The time every sample is made at: 2026-09-21T11:06:40Z.
+/// The time every sample is made at: 2026-09-21T14:13:20Z.
 pub const T0: UnixMillis = UnixMillis(1_790_000_000_000);
 
 /// Seed of the sample supplier key.

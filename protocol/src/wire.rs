@@ -125,7 +125,7 @@ wire_message!(
     SettlementCertificate => SettlementCertificate
 );
 
-/// Decodes `bytes` as every kind in turn and re-encodes what decodes; used
+/// Decodes `bytes` as a message of `kind` and re-encodes it if it decodes; used
 /// by the fuzz targets and the corpus replay test. Panics only if a decoded
 /// message does not re-encode to the same bytes, which would be a codec bug.
 #[doc(hidden)]

@@ -303,7 +303,7 @@ fn certificate_quorum_rules() {
         Err(Error::Field { field: "votes", .. })
     ));
 
-    // A vote for a different order does not count for this one.
+    // A vote by a key outside the set.
     let outsider = Keypair::from_seed([0x55; 32]);
     let mut unknown = cert.clone();
     unknown.votes[2].coordinator = outsider.public();

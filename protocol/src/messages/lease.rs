@@ -13,6 +13,9 @@ use crate::rules::{self, HOUR_MS, MAX_GPUS, MAX_LEASE_HOURS, MAX_WINDOW_SECS};
 use crate::signed::{Message, Signed};
 use crate::time::UnixMillis;
 
+/// Device indices on one rig are below this.
+pub const MAX_GPU_INDEX: u16 = 1024;
+
 /// Longest lifetime of a proposal: 10 minutes; negotiation is interactive.
 pub const PROPOSAL_MAX_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -70,6 +73,9 @@ impl Message for LeaseProposal {
                 "supplier",
                 "a customer cannot lease from itself",
             ));
+        }
+        if self.offer.is_zero() {
+            return Err(Error::field(kind, "offer", "must be set"));
         }
         rules::range(kind, "gpu_count", self.gpu_count, 1, MAX_GPUS)?;
         rules::positive(kind, "price_per_gpu_hour", self.price_per_gpu_hour)?;
@@ -146,6 +152,13 @@ impl Message for LeaseAgreement {
                 ),
             ));
         }
+        if self.gpu_indices.iter().any(|i| *i >= MAX_GPU_INDEX) {
+            return Err(Error::field(
+                kind,
+                "gpu_indices",
+                format!("device indices must be below {MAX_GPU_INDEX}"),
+            ));
+        }
         let mut sorted = self.gpu_indices.clone();
         sorted.sort_unstable();
         sorted.dedup();
@@ -163,11 +176,20 @@ impl Message for LeaseAgreement {
                 format!("must be starts_at + {} h", proposal.hours),
             ));
         }
-        if self.starts_at < self.created_at {
+        if self.created_at > proposal.expires_at {
+            return Err(Error::field(
+                kind,
+                "created_at",
+                "is after the proposal expired",
+            ));
+        }
+        if self.starts_at < self.created_at
+            || self.starts_at.since(self.created_at) > PROPOSAL_MAX_TTL_MS
+        {
             return Err(Error::field(
                 kind,
                 "starts_at",
-                "is before the agreement was made",
+                "must be within 10 minutes after the agreement was made",
             ));
         }
         Ok(())

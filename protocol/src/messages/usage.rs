@@ -77,6 +77,9 @@ impl Message for UsageAttestation {
 
     fn check_fields(&self) -> Result<()> {
         let kind = Self::KIND;
+        if self.lease.is_zero() {
+            return Err(Error::field(kind, "lease", "must be set"));
+        }
         if (self.seq == 0) != self.prev.is_zero() {
             return Err(Error::field(
                 kind,
@@ -186,8 +189,10 @@ impl Message for UsageAck {
     }
 
     fn check_fields(&self) -> Result<()> {
-        if self.attestation.is_zero() {
-            return Err(Error::field(Self::KIND, "attestation", "must be set"));
+        for (field, id) in [("lease", self.lease), ("attestation", self.attestation)] {
+            if id.is_zero() {
+                return Err(Error::field(Self::KIND, field, "must be set"));
+            }
         }
         Ok(())
     }
@@ -252,8 +257,10 @@ impl Message for UsageDispute {
     }
 
     fn check_fields(&self) -> Result<()> {
-        if self.attestation.is_zero() {
-            return Err(Error::field(Self::KIND, "attestation", "must be set"));
+        for (field, id) in [("lease", self.lease), ("attestation", self.attestation)] {
+            if id.is_zero() {
+                return Err(Error::field(Self::KIND, field, "must be set"));
+            }
         }
         rules::text(
             Self::KIND,

@@ -27,8 +27,8 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<FrameCodec>,
     /// Exchanges listen addresses and protocols with each peer.
     pub identify: identify::Behaviour,
-    /// Peer routing beyond direct neighbours.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Peer routing and discovery beyond direct neighbours (optional).
+    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// Liveness of connections.
     pub ping: ping::Behaviour,
     /// LAN discovery, off unless configured.

@@ -18,6 +18,9 @@ pub struct NetworkConfig {
     /// Discover peers on the local network with mDNS (off by default: it
     /// announces the node to everyone on the LAN).
     pub mdns: bool,
+    /// Find more peers through the Kademlia DHT of the peers we know (on by
+    /// default; tests turn it off to keep a chosen topology).
+    pub discovery: bool,
     /// Limits.
     pub limits: NetworkLimits,
 }
@@ -35,6 +38,7 @@ impl Default for NetworkConfig {
             ],
             bootstrap: Vec::new(),
             mdns: false,
+            discovery: true,
             limits: NetworkLimits::default(),
         }
     }
@@ -80,7 +84,7 @@ impl Default for NetworkLimits {
             max_pending_requests: 1024,
             inbound_queue: 256,
             request_timeout_secs: 10,
-            ban_threshold: 5,
+            ban_threshold: 3,
             ban_secs: 3600,
         }
     }

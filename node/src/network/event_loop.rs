@@ -195,8 +195,10 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
                 self.p2p_metrics.record(&event);
                 if let identify::Event::Received { peer_id, info, .. } = event {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        for addr in info.listen_addrs {
+                            kad.add_address(&peer_id, addr);
+                        }
                     }
                 }
             }
@@ -220,10 +222,9 @@ impl EventLoop {
                 ..
             } => {
                 self.update_peer_gauge();
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, endpoint.get_remote_address().clone());
+                if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                    kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                }
                 if num_established.get() == 1 {
                     self.start_sync(peer_id);
                 }

@@ -177,8 +177,11 @@ fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Be
     } else {
         None
     };
-    let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
-    kad.set_mode(Some(kad::Mode::Server));
+    let kad = config.discovery.then(|| {
+        let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -211,7 +214,7 @@ fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Be
             "/rigmesh/1".into(),
             key.public(),
         )),
-        kad,
+        kad: Toggle::from(kad),
         ping: ping::Behaviour::default(),
         mdns: Toggle::from(mdns),
     })

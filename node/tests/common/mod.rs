@@ -1,0 +1,143 @@
+//! Helpers for multi-node tests: nodes on loopback with real swarms.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use prometheus_client::registry::Registry;
+use rigmesh_node::network::{self, InboundRequest, MessageStore, NetworkConfig, NodeHandle};
+use rigmesh_protocol::CoordinatorSet;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub mod store;
+pub use store::TestStore;
+
+pub struct TestNode {
+    pub handle: NodeHandle,
+    pub inbound: mpsc::Receiver<InboundRequest>,
+    pub addr: Multiaddr,
+    pub store: Arc<TestStore>,
+    pub registry: Registry,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    pub fn peer_id(&self) -> PeerId {
+        self.handle.peer_id()
+    }
+
+    pub fn dial_addr(&self) -> Multiaddr {
+        self.addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(self.peer_id()))
+    }
+
+    /// Stops the node and waits for its swarm task to end.
+    pub async fn stop(mut self) -> Arc<TestStore> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        self.store.clone()
+    }
+}
+
+pub fn config() -> NetworkConfig {
+    let mut config = NetworkConfig::loopback();
+    config.limits.request_timeout_secs = 5;
+    // Keep the topology each test builds.
+    config.discovery = false;
+    config
+}
+
+pub async fn spawn(
+    store: Arc<TestStore>,
+    key: libp2p::identity::Keypair,
+    config: NetworkConfig,
+    coordinators: Option<CoordinatorSet>,
+) -> TestNode {
+    let mut registry = Registry::default();
+    let (tx, rx) = oneshot::channel::<()>();
+    let dyn_store: Arc<dyn MessageStore> = store.clone();
+    let net = network::start(
+        &config,
+        key,
+        dyn_store,
+        coordinators,
+        &mut registry,
+        async move {
+            let _ = rx.await;
+        },
+    )
+    .await
+    .unwrap();
+    let addr = net.handle.listen_addrs().await.unwrap()[0].clone();
+    TestNode {
+        handle: net.handle,
+        inbound: net.inbound,
+        addr,
+        store,
+        registry,
+        shutdown: Some(tx),
+        task: Some(net.task),
+    }
+}
+
+pub async fn node() -> TestNode {
+    spawn(
+        Arc::new(TestStore::default()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        config(),
+        None,
+    )
+    .await
+}
+
+/// Polls `check` every 50 ms until it holds or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs} s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects `a` to `b` and waits until both see each other.
+pub async fn connect(a: &TestNode, b: &TestNode) {
+    a.handle.dial(b.dial_addr()).await.unwrap();
+    let (ha, hb) = (a.handle.clone(), b.handle.clone());
+    let (pa, pb) = (a.peer_id(), b.peer_id());
+    eventually(10, "connection", || {
+        let (ha, hb) = (ha.clone(), hb.clone());
+        async move {
+            ha.peers().await.unwrap().contains(&pb) && hb.peers().await.unwrap().contains(&pa)
+        }
+    })
+    .await;
+}
+
+/// A deterministic PRNG for test topologies (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    }
+}

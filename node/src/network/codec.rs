@@ -30,6 +30,11 @@ async fn read_capped<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io:
     let mut buf = Vec::new();
     let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     io.take(cap).read_to_end(&mut buf).await?;
+    // Every frame of every protocol is at least one byte; an empty stream is
+    // a writer that gave up (e.g. refused its own oversized request).
+    if buf.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "empty frame"));
+    }
     if buf.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -95,5 +100,36 @@ impl Codec for FrameCodec {
         T: AsyncWrite + Unpin + Send,
     {
         write_capped(io, &res, self.max_response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reading_stops_at_the_cap() {
+        let mut codec = FrameCodec::new(8, 16);
+        let protocol = StreamProtocol::new("/test/1");
+        let mut ok = futures::io::Cursor::new(vec![1u8; 8]);
+        assert_eq!(
+            codec.read_request(&protocol, &mut ok).await.unwrap().len(),
+            8
+        );
+        let mut big = futures::io::Cursor::new(vec![1u8; 1_000_000]);
+        let err = codec.read_request(&protocol, &mut big).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // It stopped after cap + 1 bytes instead of buffering the megabyte.
+        assert_eq!(big.position(), 9);
+        let mut big = futures::io::Cursor::new(vec![1u8; 17]);
+        assert!(codec.read_response(&protocol, &mut big).await.is_err());
+        let mut sink = futures::io::Cursor::new(Vec::new());
+        assert!(codec
+            .write_request(&protocol, &mut sink, vec![0; 9])
+            .await
+            .is_err());
+        assert!(sink.get_ref().is_empty(), "nothing written past the cap");
+        let mut empty = futures::io::Cursor::new(Vec::new());
+        assert!(codec.read_request(&protocol, &mut empty).await.is_err());
     }
 }

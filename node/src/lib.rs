@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod error;
 pub mod keyfile;
 pub mod network;

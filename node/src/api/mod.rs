@@ -1,0 +1,94 @@
+//! The node's HTTP listeners, one per audience. This module serves the
+//! monitoring audience: `/metrics` (Prometheus text, libp2p's and the
+//! node's own) and `/health`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::network::NodeHandle;
+
+#[derive(Clone)]
+struct Monitoring {
+    registry: Arc<Registry>,
+    network: NodeHandle,
+}
+
+async fn metrics(State(state): State<Monitoring>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn health(State(state): State<Monitoring>) -> impl IntoResponse {
+    match state.network.stats().await {
+        Ok(stats) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "status": "ok",
+                "peer_id": state.network.peer_id().to_string(),
+                "peers": stats.peers,
+                "accepted": stats.accepted,
+                "rejected": stats.rejected,
+                "banned": stats.banned,
+            })),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "stopped"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` until `shutdown` completes.
+/// Returns the bound address (a port of 0 is resolved) and the task.
+pub async fn serve_monitoring(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    network: NodeHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
+        path: addr.to_string(),
+        source: e,
+    })?;
+    let bound = listener.local_addr().map_err(|e| Error::Io {
+        path: addr.to_string(),
+        source: e,
+    })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(Monitoring { registry, network });
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(%err, "monitoring listener stopped");
+        }
+    });
+    Ok((bound, task))
+}

@@ -1,0 +1,85 @@
+//! `/metrics` and `/health` over real HTTP, after real gossip traffic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{connect, eventually, node};
+use rigmesh_node::api::serve_monitoring;
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{samples, Kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_traffic_and_health_reports_peers() {
+    let a = common::spawn(
+        Arc::new(common::TestStore::default()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        common::config(),
+        Some(samples::coordinator_set().unwrap()),
+    )
+    .await;
+    let mut b = node().await;
+    connect(&a, &b).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // A certificate never expires, so the sample is valid today; b has no
+    // coordinator set configured, so it ignores it (and says why).
+    let cert = samples::escrow_certificate().unwrap();
+    a.handle
+        .publish(&WireMessage::EscrowCertificate(cert))
+        .await
+        .unwrap();
+    let stats_handle = b.handle.clone();
+    eventually(10, "b judged the message", || {
+        let h = stats_handle.clone();
+        async move { h.stats().await.unwrap().ignored == 1 }
+    })
+    .await;
+    assert_eq!(b.store.count(Kind::EscrowCertificate), 0);
+
+    let registry = Arc::new(std::mem::take(&mut b.registry));
+    let (addr, _task) = serve_monitoring(
+        "127.0.0.1:0".parse().unwrap(),
+        registry,
+        b.handle.clone(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let metrics = get(addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("rigmesh_net_peers 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"rigmesh_net_validated_total{outcome="ignore",reason="no_coordinator_set"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"rigmesh_net_messages_in_total{topic="/rigmesh/1/certs"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rigmesh_net_ingest_latency_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("libp2p_"),
+        "libp2p's own metrics share the registry"
+    );
+
+    let health = get(addr, "/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(r#""peers":1"#), "{health}");
+    assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+}

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod config;
 pub mod error;
 pub mod keyfile;
 pub mod network;

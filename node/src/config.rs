@@ -1,0 +1,201 @@
+//! Node configuration: a TOML file with `#[serde(default)]` everywhere, and
+//! command-line flags that override it, applied in one place
+//! ([`NodeConfig::apply`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use rigmesh_protocol::{CoordinatorSet, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::network::NetworkConfig;
+
+/// What a node does in the market.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Relays and stores market data only.
+    #[default]
+    Relay,
+    /// Offers GPUs.
+    Supplier,
+    /// Leases GPUs.
+    Customer,
+    /// Settles money.
+    Coordinator,
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "relay" => Ok(Role::Relay),
+            "supplier" => Ok(Role::Supplier),
+            "customer" => Ok(Role::Customer),
+            "coordinator" => Ok(Role::Coordinator),
+            other => Err(Error::Config(format!(
+                "unknown role {other:?}; roles are relay, supplier, customer, coordinator"
+            ))),
+        }
+    }
+}
+
+/// The coordinator set of an epoch, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorsConfig {
+    /// Epoch number.
+    pub epoch: u64,
+    /// Public keys (hex) of the coordinators.
+    pub members: Vec<PublicKey>,
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Role in the market.
+    pub role: Role,
+    /// Where the ledger and keys live.
+    pub data_dir: PathBuf,
+    /// The libp2p key (created on first run); default `<data_dir>/node.key`.
+    pub node_key: Option<PathBuf>,
+    /// Networking.
+    pub network: NetworkConfig,
+    /// Address of the monitoring listener (`/metrics`, `/health`);
+    /// loopback by default.
+    pub monitoring: SocketAddr,
+    /// The coordinator set, needed to check certificates.
+    pub coordinators: Option<CoordinatorsConfig>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            role: Role::default(),
+            data_dir: PathBuf::from("rigmesh-data"),
+            node_key: None,
+            network: NetworkConfig::default(),
+            monitoring: SocketAddr::from(([127, 0, 0, 1], 9600)),
+            coordinators: None,
+        }
+    }
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--role`.
+    pub role: Option<Role>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` (replaces the file's list when given).
+    pub listen: Vec<Multiaddr>,
+    /// `--bootstrap` (added to the file's list).
+    pub bootstrap: Vec<Multiaddr>,
+    /// `--monitoring`.
+    pub monitoring: Option<SocketAddr>,
+    /// `--mdns`.
+    pub mdns: bool,
+}
+
+impl NodeConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Applies command-line overrides: the one place flags beat the file.
+    pub fn apply(mut self, o: Overrides) -> Self {
+        if let Some(role) = o.role {
+            self.role = role;
+        }
+        if let Some(dir) = o.data_dir {
+            self.data_dir = dir;
+        }
+        if !o.listen.is_empty() {
+            self.network.listen = o.listen;
+        }
+        self.network.bootstrap.extend(o.bootstrap);
+        if let Some(addr) = o.monitoring {
+            self.monitoring = addr;
+        }
+        self.network.mdns |= o.mdns;
+        self
+    }
+
+    /// The node key path.
+    pub fn node_key_path(&self) -> PathBuf {
+        self.node_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+
+    /// The configured coordinator set, checked.
+    pub fn coordinator_set(&self) -> Result<Option<CoordinatorSet>> {
+        self.coordinators
+            .as_ref()
+            .map(|c| CoordinatorSet::new(c.epoch, c.members.clone()).map_err(Error::from))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_names_only_what_it_changes_and_flags_win() {
+        let config: NodeConfig = toml::from_str(
+            r#"
+            role = "supplier"
+            data_dir = "/var/lib/rigmesh"
+            [network]
+            bootstrap = ["/ip4/10.0.0.1/tcp/4600/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"]
+            [network.limits]
+            ban_threshold = 7
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.role, Role::Supplier);
+        assert_eq!(config.network.limits.ban_threshold, 7);
+        assert_eq!(
+            config.network.limits.ingest_queue, 4096,
+            "defaults fill the rest"
+        );
+        let config = config.apply(Overrides {
+            role: Some(Role::Customer),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..Overrides::default()
+        });
+        assert_eq!(config.role, Role::Customer);
+        assert_eq!(config.network.listen.len(), 1);
+        assert_eq!(config.network.bootstrap.len(), 1);
+        assert_eq!(
+            config.node_key_path(),
+            Path::new("/var/lib/rigmesh/node.key")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_sets_are_clear_errors() {
+        let err = toml::from_str::<NodeConfig>("rol = \"supplier\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let config = NodeConfig {
+            coordinators: Some(CoordinatorsConfig {
+                epoch: 1,
+                members: vec![],
+            }),
+            ..NodeConfig::default()
+        };
+        assert!(config.coordinator_set().is_err());
+        assert!("miner".parse::<Role>().is_err());
+    }
+}

@@ -26,7 +26,7 @@ async fn lease_request_round_trip_and_size_limit() {
             assert_eq!(request.protocol, Protocol::Lease);
             let LeaseRequest::Propose(proposal) = LeaseRequest::from_bytes(&request.bytes).unwrap();
             seen.push(proposal.id().unwrap());
-            let answer = LeaseResponse::Agreed(samples::lease_agreement().unwrap());
+            let answer = LeaseResponse::Agreed(Box::new(samples::lease_agreement().unwrap()));
             handle
                 .respond(Protocol::Lease, request.channel, answer.to_bytes().unwrap())
                 .await

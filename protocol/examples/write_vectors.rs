@@ -207,6 +207,22 @@ fn write_corpus(invalid: &[Value]) -> anyhow::Result<()> {
             std::fs::write(dir.join(name), &input)?;
         }
     }
+    for name in rigmesh_protocol::rpc::FRAME_DECODERS {
+        std::fs::create_dir_all(root.join(name))?;
+    }
+    for (name, frame) in rigmesh_protocol::rpc::sample_frames()? {
+        let dir = root.join(name);
+        let mut inputs = vec![frame.clone(), frame[..frame.len() / 2].to_vec()];
+        for at in (0..frame.len().saturating_sub(8)).step_by(8).take(16) {
+            let mut huge = frame.clone();
+            huge[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            inputs.push(huge);
+        }
+        for input in inputs {
+            let file = blake3::hash(&input).to_hex()[..16].to_string();
+            std::fs::write(dir.join(file), &input)?;
+        }
+    }
     println!("wrote {}", root.display());
     Ok(())
 }

@@ -8,4 +8,5 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod keyfile;
+mod market_store;
 pub mod network;

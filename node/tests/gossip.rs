@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{connect, eventually, node, spawn, Rng, TestNode, TestStore};
+use common::{connect, eventually, node, spawn, Rng, StoreExt, TestNode};
 use rigmesh_node::network::{self, TOPICS};
 use rigmesh_protocol::kind::TOPIC_OFFERS;
 use rigmesh_protocol::rpc::GossipFrame;
@@ -150,7 +150,7 @@ async fn a_misbehaving_peer_is_rejected_everywhere_and_banned() {
         .await;
         let bans = h.store.bans();
         assert_eq!(bans.len(), 1, "the ban is stored");
-        assert_eq!(bans[0].peer, bad_id);
+        assert_eq!(bans[0].peer, bad_id.to_bytes());
         assert!(bans[0].reason.contains("invalid messages"));
     }
     // Nothing invalid was stored by anyone, and nothing was forwarded to h2/h3.
@@ -216,22 +216,23 @@ async fn a_misbehaving_peer_is_rejected_everywhere_and_banned() {
 async fn a_node_that_was_down_catches_up_through_sync() {
     let set = samples::coordinator_set().unwrap();
     let a = spawn(
-        Arc::new(TestStore::default()),
+        Arc::new(common::temp_store()),
         libp2p::identity::Keypair::generate_ed25519(),
         common::config(),
         Some(set.clone()),
     )
     .await;
     let b_key = libp2p::identity::Keypair::generate_ed25519();
+    let b_dir = tempfile::tempdir().unwrap();
     let b = spawn(
-        Arc::new(TestStore::default()),
+        Arc::new(common::MarketStore::open(b_dir.path()).unwrap()),
         b_key.clone(),
         common::config(),
         Some(set.clone()),
     )
     .await;
     connect(&a, &b).await;
-    let b_store = b.stop().await;
+    drop(b.stop().await);
 
     // While b is down, a learns two offers and a certificate.
     let supplier = Keypair::generate().unwrap();
@@ -252,10 +253,12 @@ async fn a_node_that_was_down_catches_up_through_sync() {
         .handle
         .publish(&WireMessage::EscrowCertificate(cert.clone()))
         .await;
-    assert!(!b_store.has(Kind::Offer, &offers[0].id().unwrap()));
 
-    // b restarts with the same ledger and identity, and catches up.
-    let b = spawn(b_store, b_key, common::config(), Some(set)).await;
+    // b restarts from its ledger on disk, with the same identity, and
+    // catches up.
+    let b_store = common::MarketStore::open(b_dir.path()).unwrap();
+    assert!(!b_store.has(Kind::Offer, &offers[0].id().unwrap()));
+    let b = spawn(Arc::new(b_store), b_key, common::config(), Some(set)).await;
     connect(&b, &a).await;
     let subject = cert.subject().unwrap();
     let ids: Vec<Id> = offers.iter().map(|o| o.id().unwrap()).collect();

@@ -23,7 +23,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_traffic_and_health_reports_peers() {
     let a = common::spawn(
-        Arc::new(common::TestStore::default()),
+        Arc::new(common::temp_store()),
         libp2p::identity::Keypair::generate_ed25519(),
         common::config(),
         Some(samples::coordinator_set().unwrap()),

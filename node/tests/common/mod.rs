@@ -18,16 +18,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub mod store;
-pub use store::TestStore;
+pub use rigmesh_ledger::MarketStore;
+#[allow(unused_imports)]
+pub use store::{temp_store, StoreExt};
 
 pub struct TestNode {
     pub handle: NodeHandle,
     pub inbound: mpsc::Receiver<InboundRequest>,
     pub addr: Multiaddr,
-    pub store: Arc<TestStore>,
+    pub store: Arc<MarketStore>,
     pub registry: Registry,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    ingest_task: Option<JoinHandle<()>>,
 }
 
 impl TestNode {
@@ -42,11 +45,16 @@ impl TestNode {
     }
 
     /// Stops the node and waits for its swarm task to end.
-    pub async fn stop(mut self) -> Arc<TestStore> {
+    pub async fn stop(mut self) -> Arc<MarketStore> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        // The ingest task holds the store too; it ends once the swarm task
+        // has dropped its queue.
+        if let Some(task) = self.ingest_task.take() {
             task.await.unwrap();
         }
         self.store.clone()
@@ -62,7 +70,7 @@ pub fn config() -> NetworkConfig {
 }
 
 pub async fn spawn(
-    store: Arc<TestStore>,
+    store: Arc<MarketStore>,
     key: libp2p::identity::Keypair,
     config: NetworkConfig,
     coordinators: Option<CoordinatorSet>,
@@ -91,12 +99,13 @@ pub async fn spawn(
         registry,
         shutdown: Some(tx),
         task: Some(net.task),
+        ingest_task: Some(net.ingest_task),
     }
 }
 
 pub async fn node() -> TestNode {
     spawn(
-        Arc::new(TestStore::default()),
+        Arc::new(temp_store()),
         libp2p::identity::Keypair::generate_ed25519(),
         config(),
         None,

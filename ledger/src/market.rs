@@ -1,0 +1,393 @@
+//! Market messages a node has seen and accepted: offers (one live offer
+//! per supplier's device set), bids, certificates, usage messages,
+//! reputation and alerts, each stored as its canonical signed bytes under
+//! its kind and content id, plus the bans of misbehaving peers.
+//!
+//! Trees (keys are big-endian so sled's order is the order we scan in):
+//! - `market/messages`: `tag(kind) || id` -> canonical bytes
+//! - `market/live_offers`: `supplier || fingerprint` -> `sequence u64 || id`
+//! - `market/offer_expiry`: `id` -> `expires_at u64` (sync skips expired offers)
+//! - `market/bans`: `peer id bytes` -> `until u64 || reason`
+//!
+//! A batch of messages is written in one sled transaction across the trees,
+//! so a replaced offer and its replacement change together.
+
+use std::path::Path;
+
+use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::error::{Error, Result};
+
+/// A message to store, with what the indexes need to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketRecord {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its content id.
+    pub id: Id,
+    /// Its canonical bytes.
+    pub bytes: Vec<u8>,
+    /// For an offer: who offers which devices, its sequence and expiry.
+    pub offer: Option<OfferKey>,
+}
+
+/// What identifies an offer's device set and orders its re-publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferKey {
+    /// The supplier.
+    pub supplier: PublicKey,
+    /// The hardware fingerprint of the offered devices.
+    pub fingerprint: Id,
+    /// The offer's sequence.
+    pub sequence: u64,
+    /// When it expires.
+    pub expires_at: UnixMillis,
+}
+
+/// A recorded ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRecord {
+    /// The peer, as its id bytes.
+    pub peer: Vec<u8>,
+    /// When the ban ends.
+    pub until: UnixMillis,
+    /// Why.
+    pub reason: String,
+}
+
+/// One page of stored messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarketPage {
+    /// (kind, canonical bytes), in key order.
+    pub items: Vec<(Kind, Vec<u8>)>,
+    /// Key of the last item, to continue after; `None` at the end.
+    pub next: Option<Vec<u8>>,
+}
+
+/// The market store.
+#[derive(Clone)]
+pub struct MarketStore {
+    db: sled::Db,
+    messages: sled::Tree,
+    live_offers: sled::Tree,
+    offer_expiry: sled::Tree,
+    bans: sled::Tree,
+}
+
+impl std::fmt::Debug for MarketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MarketStore").finish_non_exhaustive()
+    }
+}
+
+fn message_key(kind: Kind, id: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(kind.tag());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn device_key(supplier: &PublicKey, fingerprint: &Id) -> Vec<u8> {
+    [supplier.as_bytes().as_slice(), fingerprint.as_bytes()].concat()
+}
+
+fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Error::Corrupt { what })?;
+    Ok(u64::from_be_bytes(head))
+}
+
+fn read_id(bytes: &[u8], what: &'static str) -> Result<Id> {
+    let id: [u8; 32] = bytes
+        .get(..32)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Error::Corrupt { what })?;
+    Ok(Id(id))
+}
+
+impl MarketStore {
+    /// Opens (or creates) the store in `db`.
+    pub fn open_in(db: sled::Db) -> Result<Self> {
+        Ok(MarketStore {
+            messages: db.open_tree("market/messages")?,
+            live_offers: db.open_tree("market/live_offers")?,
+            offer_expiry: db.open_tree("market/offer_expiry")?,
+            bans: db.open_tree("market/bans")?,
+            db,
+        })
+    }
+
+    /// Opens (or creates) a store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_in(sled::open(path)?)
+    }
+
+    /// A store that lives in memory and disappears on drop.
+    pub fn temporary() -> Result<Self> {
+        Self::open_in(sled::Config::new().temporary(true).open()?)
+    }
+
+    /// True if a message of `kind` with `id` is stored.
+    pub fn contains(&self, kind: Kind, id: &Id) -> Result<bool> {
+        Ok(self.messages.contains_key(message_key(kind, id))?)
+    }
+
+    /// The canonical bytes of a stored message.
+    pub fn get(&self, kind: Kind, id: &Id) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .messages
+            .get(message_key(kind, id))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Stored messages of `kind`.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.messages.scan_prefix([kind.tag()]).count()
+    }
+
+    /// The sequence of the live offer for `supplier`'s devices `fingerprint`.
+    pub fn offer_sequence(&self, supplier: &PublicKey, fingerprint: &Id) -> Result<Option<u64>> {
+        match self.live_offers.get(device_key(supplier, fingerprint))? {
+            Some(v) => Ok(Some(read_u64(&v, "live offer sequence")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a batch atomically. An offer replaces the live offer of the
+    /// same devices if its sequence is higher; an older one is skipped.
+    pub fn store(&self, batch: &[MarketRecord]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = (&self.messages, &self.live_offers, &self.offer_expiry).transaction(
+            |(messages, live, expiry)| {
+                for record in batch {
+                    if let Some(offer) = &record.offer {
+                        let key = device_key(&offer.supplier, &offer.fingerprint);
+                        if let Some(current) = live.get(&key)? {
+                            let seq = read_u64(&current, "live offer sequence")
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            if seq >= offer.sequence {
+                                continue;
+                            }
+                            let old = current
+                                .get(8..)
+                                .ok_or(Error::Corrupt {
+                                    what: "live offer id",
+                                })
+                                .and_then(|b| read_id(b, "live offer id"))
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            messages.remove(message_key(Kind::Offer, &old))?;
+                            expiry.remove(old.as_bytes().as_slice())?;
+                        }
+                        let mut value = offer.sequence.to_be_bytes().to_vec();
+                        value.extend_from_slice(record.id.as_bytes());
+                        live.insert(key, value)?;
+                        expiry.insert(
+                            record.id.as_bytes().as_slice(),
+                            &offer.expires_at.0.to_be_bytes(),
+                        )?;
+                    }
+                    messages.insert(
+                        message_key(record.kind, &record.id),
+                        record.bytes.as_slice(),
+                    )?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Up to `limit` messages of `kinds` after `cursor`, skipping offers
+    /// expired at `now`.
+    pub fn page(
+        &self,
+        kinds: &[Kind],
+        cursor: Option<&[u8]>,
+        limit: usize,
+        now: UnixMillis,
+    ) -> Result<MarketPage> {
+        let mut page = MarketPage::default();
+        let start: Vec<u8> = match cursor {
+            Some(c) => {
+                let mut after = c.to_vec();
+                after.push(0);
+                after
+            }
+            None => Vec::new(),
+        };
+        for entry in self.messages.range(start..) {
+            let (key, value) = entry?;
+            let Some(kind) = key.first().and_then(|t| Kind::from_tag(*t)) else {
+                return Err(Error::Corrupt {
+                    what: "market message key",
+                });
+            };
+            if !kinds.contains(&kind) {
+                continue;
+            }
+            if page.items.len() == limit {
+                return Ok(page);
+            }
+            if kind == Kind::Offer {
+                let id = key
+                    .get(1..)
+                    .ok_or(Error::Corrupt { what: "offer key" })
+                    .and_then(|b| read_id(b, "offer key"))?;
+                if let Some(exp) = self.offer_expiry.get(id.as_bytes())? {
+                    if read_u64(&exp, "offer expiry")? < now.0 {
+                        continue;
+                    }
+                }
+            }
+            page.items.push((kind, value.to_vec()));
+            page.next = Some(key.to_vec());
+        }
+        page.next = None;
+        Ok(page)
+    }
+
+    /// Records a ban (replacing an earlier one of the same peer).
+    pub fn record_ban(&self, ban: &BanRecord) -> Result<()> {
+        let mut value = ban.until.0.to_be_bytes().to_vec();
+        value.extend_from_slice(ban.reason.as_bytes());
+        self.bans.insert(ban.peer.as_slice(), value)?;
+        Ok(())
+    }
+
+    /// Bans still in force at `now`.
+    pub fn active_bans(&self, now: UnixMillis) -> Result<Vec<BanRecord>> {
+        let mut out = Vec::new();
+        for entry in self.bans.iter() {
+            let (peer, value) = entry?;
+            let until = UnixMillis(read_u64(&value, "ban")?);
+            if until > now {
+                out.push(BanRecord {
+                    peer: peer.to_vec(),
+                    until,
+                    reason: String::from_utf8_lossy(value.get(8..).unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(n: u8, seq: u64) -> MarketRecord {
+        MarketRecord {
+            kind: Kind::Offer,
+            id: Id([n; 32]),
+            bytes: vec![n; 10],
+            offer: Some(OfferKey {
+                supplier: PublicKey([1; 32]),
+                fingerprint: Id([2; 32]),
+                sequence: seq,
+                expires_at: UnixMillis(1000),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_newer_offer_replaces_an_older_one_and_never_the_reverse() {
+        let store = MarketStore::temporary().unwrap();
+        store.store(&[offer(1, 1)]).unwrap();
+        store.store(&[offer(2, 2)]).unwrap();
+        assert!(!store.contains(Kind::Offer, &Id([1; 32])).unwrap());
+        assert!(store.contains(Kind::Offer, &Id([2; 32])).unwrap());
+        store.store(&[offer(1, 1)]).unwrap();
+        assert!(!store.contains(Kind::Offer, &Id([1; 32])).unwrap());
+        assert_eq!(
+            store
+                .offer_sequence(&PublicKey([1; 32]), &Id([2; 32]))
+                .unwrap(),
+            Some(2)
+        );
+        assert_eq!(store.count(Kind::Offer), 1);
+    }
+
+    #[test]
+    fn pages_walk_every_message_once_and_skip_expired_offers() {
+        let store = MarketStore::temporary().unwrap();
+        let certs: Vec<MarketRecord> = (0..25u8)
+            .map(|n| MarketRecord {
+                kind: Kind::EscrowCertificate,
+                id: Id([n; 32]),
+                bytes: vec![n],
+                offer: None,
+            })
+            .collect();
+        store.store(&certs).unwrap();
+        store.store(&[offer(9, 1)]).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .page(
+                    &[Kind::EscrowCertificate],
+                    cursor.as_deref(),
+                    10,
+                    UnixMillis(0),
+                )
+                .unwrap();
+            seen.extend(page.items.iter().map(|(_, b)| b[0]));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..25u8).collect::<Vec<_>>());
+        assert_eq!(
+            store
+                .page(&[Kind::Offer], None, 10, UnixMillis(999))
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert!(store
+            .page(&[Kind::Offer], None, 10, UnixMillis(1001))
+            .unwrap()
+            .items
+            .is_empty());
+    }
+
+    #[test]
+    fn bans_survive_reopening_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = MarketStore::open(dir.path()).unwrap();
+            store
+                .record_ban(&BanRecord {
+                    peer: vec![7; 38],
+                    until: UnixMillis(500),
+                    reason: "spam".into(),
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        let bans = store.active_bans(UnixMillis(100)).unwrap();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans[0].reason, "spam");
+        assert!(store.active_bans(UnixMillis(600)).unwrap().is_empty());
+    }
+}

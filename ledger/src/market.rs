@@ -3,19 +3,20 @@
 //! reputation and alerts, each stored as its canonical signed bytes under
 //! its kind and content id, plus the bans of misbehaving peers.
 //!
-//! Trees (keys are big-endian so sled's order is the order we scan in):
-//! - `market/messages`: `tag(kind) || id` -> canonical bytes
-//! - `market/live_offers`: `supplier || fingerprint` -> `sequence u64 || id`
-//! - `market/offer_expiry`: `id` -> `expires_at u64` (sync skips expired offers)
-//! - `market/bans`: `peer id bytes` -> `until u64 || reason`
+//! Layout (integers big-endian so sled's order is the order we scan in):
+//! - tree `market/messages`, one key space for a message batch so that one
+//!   atomic sled batch covers a message and its index entries:
+//!   - `tag(kind) || id` -> `expires_at u64 || canonical bytes`
+//!     (`expires_at` is `u64::MAX` for kinds that do not expire);
+//!   - `0xFF || supplier || fingerprint` -> `sequence u64 || id`: the live
+//!     offer of a supplier's device set.
+//! - tree `market/bans`: `peer id bytes` -> `until u64 || reason`.
 //!
-//! A batch of messages is written in one sled transaction across the trees,
-//! so a replaced offer and its replacement change together.
+//! Kind tags are below `0xFF`, so the index never mixes with messages.
 
 use std::path::Path;
 
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::error::{Error, Result};
 
@@ -70,10 +71,11 @@ pub struct MarketPage {
 pub struct MarketStore {
     db: sled::Db,
     messages: sled::Tree,
-    live_offers: sled::Tree,
-    offer_expiry: sled::Tree,
     bans: sled::Tree,
 }
+
+/// First byte of live-offer index keys; above every kind tag.
+const LIVE_OFFER: u8 = 0xFF;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,7 +91,11 @@ fn message_key(kind: Kind, id: &Id) -> Vec<u8> {
 }
 
 fn device_key(supplier: &PublicKey, fingerprint: &Id) -> Vec<u8> {
-    [supplier.as_bytes().as_slice(), fingerprint.as_bytes()].concat()
+    let mut key = Vec::with_capacity(65);
+    key.push(LIVE_OFFER);
+    key.extend_from_slice(supplier.as_bytes());
+    key.extend_from_slice(fingerprint.as_bytes());
+    key
 }
 
 fn read_u64(bytes: &[u8], what: &'static str) -> Result<u64> {
@@ -113,8 +119,6 @@ impl MarketStore {
     pub fn open_in(db: sled::Db) -> Result<Self> {
         Ok(MarketStore {
             messages: db.open_tree("market/messages")?,
-            live_offers: db.open_tree("market/live_offers")?,
-            offer_expiry: db.open_tree("market/offer_expiry")?,
             bans: db.open_tree("market/bans")?,
             db,
         })
@@ -150,60 +154,56 @@ impl MarketStore {
 
     /// The sequence of the live offer for `supplier`'s devices `fingerprint`.
     pub fn offer_sequence(&self, supplier: &PublicKey, fingerprint: &Id) -> Result<Option<u64>> {
-        match self.live_offers.get(device_key(supplier, fingerprint))? {
+        match self.messages.get(device_key(supplier, fingerprint))? {
             Some(v) => Ok(Some(read_u64(&v, "live offer sequence")?)),
             None => Ok(None),
         }
     }
 
-    /// Writes a batch atomically. An offer replaces the live offer of the
-    /// same devices if its sequence is higher; an older one is skipped.
+    /// Writes a batch atomically (one sled batch). An offer replaces the
+    /// live offer of the same devices if its sequence is higher; an older
+    /// one is skipped.
     pub fn store(&self, batch: &[MarketRecord]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let result = (&self.messages, &self.live_offers, &self.offer_expiry).transaction(
-            |(messages, live, expiry)| {
-                for record in batch {
-                    if let Some(offer) = &record.offer {
-                        let key = device_key(&offer.supplier, &offer.fingerprint);
-                        if let Some(current) = live.get(&key)? {
-                            let seq = read_u64(&current, "live offer sequence")
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if seq >= offer.sequence {
-                                continue;
-                            }
-                            let old = current
-                                .get(8..)
-                                .ok_or(Error::Corrupt {
-                                    what: "live offer id",
-                                })
-                                .and_then(|b| read_id(b, "live offer id"))
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            messages.remove(message_key(Kind::Offer, &old))?;
-                            expiry.remove(old.as_bytes().as_slice())?;
-                        }
-                        let mut value = offer.sequence.to_be_bytes().to_vec();
-                        value.extend_from_slice(record.id.as_bytes());
-                        live.insert(key, value)?;
-                        expiry.insert(
-                            record.id.as_bytes().as_slice(),
-                            &offer.expires_at.0.to_be_bytes(),
-                        )?;
+        let mut write = sled::Batch::default();
+        // Live offers as this batch leaves them, so several offers for the
+        // same devices in one batch resolve like sequential writes would.
+        let mut live: std::collections::HashMap<Vec<u8>, (u64, Id)> =
+            std::collections::HashMap::new();
+        for record in batch {
+            let mut value = Vec::with_capacity(8 + record.bytes.len());
+            let expires_at = record.offer.map_or(u64::MAX, |o| o.expires_at.0);
+            value.extend_from_slice(&expires_at.to_be_bytes());
+            value.extend_from_slice(&record.bytes);
+            if let Some(offer) = &record.offer {
+                let key = device_key(&offer.supplier, &offer.fingerprint);
+                let current = match live.get(&key) {
+                    Some(entry) => Some(*entry),
+                    None => match self.messages.get(&key)? {
+                        Some(v) => Some((
+                            read_u64(&v, "live offer sequence")?,
+                            read_id(v.get(8..).unwrap_or_default(), "live offer id")?,
+                        )),
+                        None => None,
+                    },
+                };
+                if let Some((seq, old)) = current {
+                    if seq >= offer.sequence {
+                        continue;
                     }
-                    messages.insert(
-                        message_key(record.kind, &record.id),
-                        record.bytes.as_slice(),
-                    )?;
+                    write.remove(message_key(Kind::Offer, &old));
                 }
-                Ok(())
-            },
-        );
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+                let mut index = offer.sequence.to_be_bytes().to_vec();
+                index.extend_from_slice(record.id.as_bytes());
+                write.insert(key.as_slice(), index);
+                live.insert(key, (offer.sequence, record.id));
+            }
+            write.insert(message_key(record.kind, &record.id), value);
         }
+        self.messages.apply_batch(write)?;
+        Ok(())
     }
 
     /// Up to `limit` messages of `kinds` after `cursor`, skipping offers
@@ -224,7 +224,8 @@ impl MarketStore {
             }
             None => Vec::new(),
         };
-        for entry in self.messages.range(start..) {
+        let end = vec![LIVE_OFFER];
+        for entry in self.messages.range(start..end) {
             let (key, value) = entry?;
             let Some(kind) = key.first().and_then(|t| Kind::from_tag(*t)) else {
                 return Err(Error::Corrupt {
@@ -237,18 +238,13 @@ impl MarketStore {
             if page.items.len() == limit {
                 return Ok(page);
             }
-            if kind == Kind::Offer {
-                let id = key
-                    .get(1..)
-                    .ok_or(Error::Corrupt { what: "offer key" })
-                    .and_then(|b| read_id(b, "offer key"))?;
-                if let Some(exp) = self.offer_expiry.get(id.as_bytes())? {
-                    if read_u64(&exp, "offer expiry")? < now.0 {
-                        continue;
-                    }
-                }
+            if read_u64(&value, "message expiry")? < now.0 {
+                continue;
             }
-            page.items.push((kind, value.to_vec()));
+            let bytes = value.get(8..).ok_or(Error::Corrupt {
+                what: "market message",
+            })?;
+            page.items.push((kind, bytes.to_vec()));
             page.next = Some(key.to_vec());
         }
         page.next = None;

@@ -17,6 +17,9 @@ use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::signed::{Message, Signed};
 use crate::time::Clock;
 
+/// Bytes after the body in a signed envelope: signer (32) and signature (64).
+const ENVELOPE_TAIL: usize = 96;
+
 macro_rules! wire_message {
     ($($kind:ident => $signed:ty),* ; $($cert_kind:ident => $cert:ty),*) => {
         /// A decoded message of any kind.
@@ -81,6 +84,30 @@ macro_rules! wire_message {
                 }
             }
 
+            /// The content id and the signatures to check, taken from `wire`,
+            /// the exact bytes this message was decoded from, without
+            /// encoding it again: a signed envelope is `body || signer ||
+            /// signature`, so its body is all but the last 96 bytes
+            /// (decoding is canonical and refuses trailing bytes).
+            pub fn id_and_signatures(&self, wire: &[u8]) -> Result<(Id, Vec<VerifyItem>)> {
+                match self {
+                    $(WireMessage::$kind(m) => {
+                        let body = wire
+                            .get(..wire.len().saturating_sub(ENVELOPE_TAIL))
+                            .unwrap_or_default();
+                        let mut items = vec![VerifyItem {
+                            kind: Kind::$kind,
+                            body: body.to_vec(),
+                            signer: m.signer,
+                            signature: m.signature,
+                        }];
+                        items.extend(m.body.inner_signatures()?);
+                        Ok((Id::of(Kind::$kind, body), items))
+                    })*
+                    $(WireMessage::$cert_kind(c) => Ok((c.subject()?, Vec::new())),)*
+                }
+            }
+
             /// The signatures a signed kind needs checked (none for a
             /// certificate: [`WireMessage::check_unsigned`] checked them).
             pub fn signature_items(&self) -> Result<Vec<VerifyItem>> {
@@ -133,6 +160,11 @@ pub fn fuzz_decode(kind: Kind, bytes: &[u8]) {
     if let Ok(message) = WireMessage::decode(kind, bytes) {
         let _ = message.verify(&Clock::at(crate::time::UnixMillis(0)), None);
         let _ = message.id();
+        #[allow(clippy::unwrap_used)]
+        let (id, _) = message.id_and_signatures(bytes).unwrap();
+        #[allow(clippy::unwrap_used)]
+        let expected = message.id().unwrap();
+        assert_eq!(id, expected, "{kind}: id from the wire differs");
         #[allow(clippy::unwrap_used)]
         let again = message.to_bytes().unwrap();
         assert_eq!(again, bytes, "{kind}: decode then encode changed the bytes");

@@ -1,7 +1,7 @@
 //! The ledger's one error type. Every refusal names what was wrong so a
 //! caller can match on it; a refused write has written nothing.
 
-use rigmesh_protocol::{Id, PublicKey};
+use rigmesh_protocol::Id;
 
 use crate::accounts::Account;
 
@@ -15,8 +15,14 @@ pub enum Error {
     #[error("storage: {0}")]
     Storage(#[from] sled::Error),
     /// Bytes read from disk are not what was written there.
-    #[error("corrupt {what} in the ledger: {reason}")]
+    #[error("corrupt {what} in the ledger")]
     Corrupt {
+        /// What was being read.
+        what: &'static str,
+    },
+    /// A stored record fails its checksum or does not decode.
+    #[error("corrupt {what} in the ledger: {reason}")]
+    Undecodable {
         /// What was being read.
         what: &'static str,
         /// What the reader found wrong.
@@ -87,6 +93,16 @@ pub enum Error {
     /// A message could not be encoded or decoded by the protocol codec.
     #[error("protocol: {0}")]
     Protocol(#[from] rigmesh_protocol::Error),
+    /// The stored balances are not what the journal adds up to.
+    #[error("books do not balance: {account} holds {stored} but the journal adds up to {journal} micro-credits")]
+    BooksMismatch {
+        /// The account.
+        account: Account,
+        /// Its stored balance.
+        stored: rigmesh_protocol::Credits,
+        /// What its journal legs sum to, in micro-credits.
+        journal: i128,
+    },
     /// A bounded queue is full; nothing was added.
     #[error("{what} is full ({max} entries)")]
     Full {
@@ -104,15 +120,12 @@ pub enum Error {
         /// The movement it was put in.
         movement: &'static str,
     },
-    /// A public key was needed where the caller passed something else.
-    #[error("unknown party {0}")]
-    UnknownParty(PublicKey),
 }
 
 impl Error {
     /// Bytes that do not decode as what they should be.
     pub(crate) fn corrupt(what: &'static str, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
+        Error::Undecodable {
             what,
             reason: reason.into(),
         }

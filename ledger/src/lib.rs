@@ -1,10 +1,44 @@
 //! The rigmesh ledger: what a node has seen and the books a coordinator
-//! keeps, in sled. It knows the protocol's types and nothing of networking.
+//! keeps. It knows the protocol's types and nothing of networking.
+//!
+//! - [`store`]: the key-value seam ([`Store`]) over sled or memory;
+//!   [`columns`] types every tree, key and value on top of it.
+//! - [`Ledger`]: typed, atomic, audited access: the order book
+//!   ([`offers`]), signed evidence ([`messages`]), double-entry books
+//!   ([`accounts`], [`books`]) with the payout math in [`billing`], the
+//!   audit chain ([`audit`]), outbox, peer scores and rollups
+//!   ([`notices`]). Its documentation states what is durable when a call
+//!   returns.
+//! - [`schema`] and [`migrations`]: the version check at open.
+//! - [`market`]: the node's gossip message store.
 
 #![warn(missing_docs)]
 
+pub mod accounts;
+pub mod audit;
+pub mod billing;
+pub mod books;
+pub mod codec;
+pub mod columns;
 pub mod error;
+pub mod keys;
+mod ledger;
 pub mod market;
+pub mod messages;
+pub mod migrations;
+pub mod notices;
+pub mod offers;
+pub mod schema;
+pub mod store;
 
+pub use accounts::{Account, JournalEntry, Leg, Movement};
+pub use audit::{AuditReport, BrokenLink};
+pub use billing::{FeeRate, Payout};
+pub use books::{BooksReport, EscrowLock, LeaseBook, SettleTerms, Totals};
 pub use error::{Error, Result};
+pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
 pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey};
+pub use messages::{CertificateKind, PutOutcome};
+pub use notices::{Notification, PeerScore, Rollup};
+pub use offers::{OfferOutcome, OfferQuery};
+pub use store::{Batch, MemoryStore, SledStore, Store};

@@ -10,3 +10,4 @@ pub mod error;
 pub mod keyfile;
 mod market_store;
 pub mod network;
+pub mod node;

@@ -3,6 +3,7 @@
 
 mod keys;
 mod message;
+mod node;
 mod offer;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// Decode, verify and explain protocol messages.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// Run a node (supplier, customer, coordinator or relay).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 /// Where a key file is read from, shared by commands that sign.
@@ -55,5 +59,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Offer(cmd) => offer::run(cmd),
         Command::Message(cmd) => message::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
     }
 }

@@ -229,7 +229,18 @@ impl EventLoop {
                     self.start_sync(peer_id);
                 }
             }
-            SwarmEvent::ConnectionClosed { .. } => self.update_peer_gauge(),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.update_peer_gauge();
+                if num_established == 0 {
+                    // Strikes are per connection episode; keeping them for
+                    // every peer ever seen would grow without bound.
+                    self.strikes.remove(&peer_id);
+                }
+            }
             _ => {}
         }
     }

@@ -1,0 +1,90 @@
+//! `rigmesh node run`: run a node until interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use libp2p::Multiaddr;
+use rigmesh_node::config::{NodeConfig, Overrides, Role};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Run a node: join the network, keep a ledger of the market, serve
+    /// /metrics and /health. Stops cleanly on Ctrl-C or SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// TOML configuration file; flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// relay, supplier, customer or coordinator.
+    #[arg(long)]
+    role: Option<Role>,
+    /// Where the ledger and the node key live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4600.
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// Peer to dial at start (repeatable), with its /p2p/<peer id>.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Address of the /metrics and /health listener.
+    #[arg(long)]
+    monitoring: Option<SocketAddr>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    mdns: bool,
+}
+
+pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+    let NodeCommand::Run(args) = cmd;
+    let file = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    let config = file.apply(Overrides {
+        role: args.role,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        monitoring: args.monitoring,
+        mdns: args.mdns,
+    });
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let node = rigmesh_node::node::start(config).await?;
+        println!("peer id {}", node.peer_id);
+        for addr in &node.listen_addrs {
+            println!("listening on {addr}/p2p/{}", node.peer_id);
+        }
+        println!("monitoring on http://{}", node.monitoring);
+        wait_for_signal().await?;
+        eprintln!("stopping");
+        node.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! A running node: its ledger, key, network, monitoring listener, and the
+//! answer to requests for roles it does not play. Roles plug in here as
+//! they are built.
+//!
+//! Durability: market messages are written through sled, which flushes to
+//! disk every 500 ms and on shutdown; a crash can lose the last half second
+//! of gossip, which catch-up sync fetches again. Bans are flushed as they
+//! are made.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use prometheus_client::registry::Registry;
+use rigmesh_ledger::MarketStore;
+use rigmesh_protocol::rpc::{CoordinatorResponse, LeaseResponse};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{NodeConfig, Role};
+use crate::error::{Error, Result};
+use crate::network::{self, InboundRequest, NodeHandle, Protocol};
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Network handle.
+    pub handle: NodeHandle,
+    /// The node's peer id.
+    pub peer_id: PeerId,
+    /// Addresses the swarm listens on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Where `/metrics` and `/health` are served.
+    pub monitoring: SocketAddr,
+    /// The ledger's market store.
+    pub store: Arc<MarketStore>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops every task and flushes the ledger.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.flush().map_err(|e| Error::Store(e.to_string()))
+    }
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Refuses requests for roles this node does not play, so the requester
+/// gets a reason instead of a timeout.
+async fn answer_unserved(
+    role: Role,
+    handle: NodeHandle,
+    mut inbound: tokio::sync::mpsc::Receiver<InboundRequest>,
+) {
+    while let Some(request) = inbound.recv().await {
+        let reason = format!(
+            "this node is a {role:?} node and does not serve {:?} requests",
+            request.protocol
+        );
+        let bytes = match request.protocol {
+            Protocol::Lease => LeaseResponse::Refused(reason).to_bytes(),
+            Protocol::Coordinator | Protocol::Sync => {
+                CoordinatorResponse::Refused(reason).to_bytes()
+            }
+        };
+        match bytes {
+            Ok(bytes) => {
+                if let Err(err) = handle
+                    .respond(request.protocol, request.channel, bytes)
+                    .await
+                {
+                    tracing::debug!(%err, "could not answer a request");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "could not encode a refusal"),
+        }
+    }
+}
+
+/// Starts a node from its configuration.
+pub async fn start(config: NodeConfig) -> Result<RunningNode> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
+        path: config.data_dir.display().to_string(),
+        source: e,
+    })?;
+    let key = crate::keyfile::load_or_create_node_key(&config.node_key_path())?;
+    let store = Arc::new(
+        MarketStore::open(&config.data_dir.join("ledger")).map_err(|e| {
+            Error::Store(format!(
+                "opening the ledger in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?,
+    );
+    let coordinators = config.coordinator_set()?;
+    let (stop, stop_rx) = watch::channel(false);
+    let mut registry = Registry::default();
+    let net = network::start(
+        &config.network,
+        key,
+        store.clone(),
+        coordinators,
+        &mut registry,
+        stopped(stop_rx.clone()),
+    )
+    .await?;
+    let handle = net.handle.clone();
+    let listen_addrs = handle.listen_addrs().await?;
+    let (monitoring, monitoring_task) = crate::api::serve_monitoring(
+        config.monitoring,
+        Arc::new(registry),
+        handle.clone(),
+        stopped(stop_rx),
+    )
+    .await?;
+    let inbound_task = tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound));
+    tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
+    Ok(RunningNode {
+        peer_id: handle.peer_id(),
+        handle,
+        listen_addrs,
+        monitoring,
+        store,
+        stop,
+        tasks: vec![net.task, net.ingest_task, monitoring_task, inbound_task],
+    })
+}

@@ -11,3 +11,4 @@ pub mod keyfile;
 mod market_store;
 pub mod network;
 pub mod node;
+pub mod telemetry;

@@ -279,8 +279,16 @@ mod tests {
 
     #[test]
     fn fingerprint_follows_the_spec_and_ignores_order() {
-        let a = [device(0, "GPU-bbb"), device(1, "GPU-aaa"), device(2, "GPU-ccc")];
-        let b = [device(0, "GPU-ccc"), device(1, " GPU-aaa "), device(2, "GPU-bbb")];
+        let a = [
+            device(0, "GPU-bbb"),
+            device(1, "GPU-aaa"),
+            device(2, "GPU-ccc"),
+        ];
+        let b = [
+            device(0, "GPU-ccc"),
+            device(1, " GPU-aaa "),
+            device(2, "GPU-bbb"),
+        ];
         let expected = *blake3::hash(b"GPU-aaa\nGPU-bbb\nGPU-ccc").as_bytes();
         assert_eq!(hardware_fingerprint(&a), expected);
         assert_eq!(hardware_fingerprint(&b), expected);

@@ -190,6 +190,15 @@ impl<S: Store> Ledger<S> {
         )
     }
 
+    /// Audit records so far (the sequence the next one gets).
+    pub fn audit_len(&self) -> Result<u64> {
+        Ok(self
+            .store
+            .get_in::<AuditHeads>(&Slot)?
+            .unwrap_or_default()
+            .next_seq)
+    }
+
     /// Up to `limit` (at most [`MAX_PAGE`]) audit records from `from_seq`.
     pub fn audit_records(&self, from_seq: u64, limit: usize) -> Result<Vec<SealedAudit>> {
         self.store

@@ -7,7 +7,6 @@
 //! of gossip, which catch-up sync fetches again. Bans are flushed as they
 //! are made.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -50,10 +49,8 @@ impl RunningNode {
     }
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Refuses requests for roles this node does not play, so the requester

@@ -237,16 +237,8 @@ pub trait GpuSource: Send {
 /// of their UUIDs, each trimmed, sorted bytewise and joined by `\n`. The same
 /// GPUs give the same fingerprint whatever order they are listed in.
 pub fn hardware_fingerprint(devices: &[GpuDevice]) -> [u8; 32] {
-    let mut uuids: Vec<&str> = devices.iter().map(|d| d.uuid.trim()).collect();
-    uuids.sort_unstable();
-    let mut hasher = blake3::Hasher::new();
-    for (i, uuid) in uuids.iter().enumerate() {
-        if i > 0 {
-            hasher.update(b"\n");
-        }
-        hasher.update(uuid.as_bytes());
-    }
-    *hasher.finalize().as_bytes()
+    let uuids: Vec<&str> = devices.iter().map(|d| d.uuid.as_str()).collect();
+    rigmesh_protocol::Id::hardware_fingerprint(&uuids).0
 }
 
 /// Percent (as NVML reports it) to basis points, capped at 100 %.

@@ -231,3 +231,22 @@ impl<S: Store> Ledger<S> {
         audit::verify_chain(records, head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Ledger<SledStore>>();
+        shareable::<Ledger<MemoryStore>>();
+    }
+
+    #[test]
+    fn flushing_is_the_default() {
+        let ledger = Ledger::in_memory().unwrap();
+        assert_eq!(ledger.durability(), Durability::Flushed);
+        assert_eq!(ledger.audit_len().unwrap(), 0);
+    }
+}

@@ -11,6 +11,13 @@
 //!   returns.
 //! - [`schema`] and [`migrations`]: the version check at open.
 //! - [`market`]: the node's gossip message store.
+//!
+//! Durability, in one sentence: a write method of a [`Ledger`] opened with
+//! [`Durability::Flushed`] (the default) returns only after its one atomic
+//! batch, audit record included, is flushed to disk, so anything it
+//! acknowledged survives `kill -9`; with [`Durability::Buffered`] sled
+//! flushes in the background and a crash can lose the latest calls, each
+//! whole. `tests/crash.rs` kills a writer 24 times to check the first rule.
 
 #![warn(missing_docs)]
 

@@ -73,7 +73,8 @@ impl Record for PeerScore {
     const WHAT: &'static str = "peer score";
 }
 
-/// One account's activity within one hour.
+/// One account's settled activity within one hour: the hour in which each
+/// settlement was applied, from [`crate::Ledger::settle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
 pub struct Rollup {
     /// GPU-milliseconds settled as its customer.

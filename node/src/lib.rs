@@ -11,4 +11,5 @@ pub mod keyfile;
 mod market_store;
 pub mod network;
 pub mod node;
+pub mod supplier;
 pub mod telemetry;

@@ -1,0 +1,278 @@
+//! The lease desk: answers customers' proposals with a signed agreement or
+//! a reason, and keeps which GPUs are leased.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rigmesh_protocol::{
+    Clock, Id, Keypair, LeaseAgreement, LeaseProposal, Signed, UnixMillis, PROTOCOL_VERSION,
+};
+
+use super::OfferedGpus;
+
+/// Why a proposal was refused; the text goes back to the customer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The proposal itself is invalid (signature, fields, expiry).
+    #[error("invalid proposal: {0}")]
+    Invalid(String),
+    /// The proposal is addressed to another supplier.
+    #[error("this supplier is not the one the proposal names")]
+    WrongSupplier,
+    /// The offer is unknown or no longer current.
+    #[error("offer {0} is not a current offer of this supplier")]
+    UnknownOffer(Id),
+    /// Fewer free GPUs than asked for.
+    #[error("{wanted} GPUs asked for, {free} free")]
+    NotEnoughGpus {
+        /// GPUs asked for.
+        wanted: u16,
+        /// GPUs free under the offer.
+        free: usize,
+    },
+    /// The proposed price is below the offer's.
+    #[error("price {proposed} is below the offer's {offered} per GPU-hour")]
+    PriceBelowOffer {
+        /// The offer's price.
+        offered: String,
+        /// The proposal's price.
+        proposed: String,
+    },
+    /// The lease length is outside the offer's range.
+    #[error("{hours} h is outside the offer's {min}..={max} h")]
+    HoursOutOfRange {
+        /// Hours proposed.
+        hours: u32,
+        /// The offer's minimum.
+        min: u32,
+        /// The offer's maximum.
+        max: u32,
+    },
+    /// The customer's escrow does not cover the lease.
+    #[error("escrow: {0}")]
+    Escrow(String),
+}
+
+/// Offers on the table and GPUs under lease.
+#[derive(Debug)]
+pub struct LeaseDesk {
+    key: Keypair,
+    offers: BTreeMap<Id, OfferedGpus>,
+    busy: BTreeSet<u32>,
+    leases: BTreeMap<Id, Vec<u32>>,
+}
+
+impl LeaseDesk {
+    /// A desk signing with the supplier's `key`.
+    pub fn new(key: Keypair) -> Self {
+        LeaseDesk {
+            key,
+            offers: BTreeMap::new(),
+            busy: BTreeSet::new(),
+            leases: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the current offers.
+    pub fn set_offers(&mut self, offers: Vec<OfferedGpus>) -> rigmesh_protocol::Result<()> {
+        self.offers.clear();
+        for offered in offers {
+            self.offers.insert(offered.offer.id()?, offered);
+        }
+        Ok(())
+    }
+
+    /// GPUs under lease.
+    pub fn busy(&self) -> &BTreeSet<u32> {
+        &self.busy
+    }
+
+    /// Answers a proposal at `now`: a signed agreement on free GPUs of the
+    /// offer, or why not. Nothing changes on a refusal.
+    pub fn answer(
+        &mut self,
+        proposal: &Signed<LeaseProposal>,
+        now: UnixMillis,
+    ) -> Result<Signed<LeaseAgreement>, Refusal> {
+        proposal
+            .verify(&Clock::at(now))
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let p = &proposal.body;
+        if p.supplier != self.key.public() {
+            return Err(Refusal::WrongSupplier);
+        }
+        let offered = self
+            .offers
+            .get(&p.offer)
+            .ok_or(Refusal::UnknownOffer(p.offer))?;
+        let offer = &offered.offer.body;
+        if p.price_per_gpu_hour < offer.price_per_gpu_hour {
+            return Err(Refusal::PriceBelowOffer {
+                offered: offer.price_per_gpu_hour.to_string(),
+                proposed: p.price_per_gpu_hour.to_string(),
+            });
+        }
+        if p.hours < offer.min_hours || p.hours > offer.max_hours {
+            return Err(Refusal::HoursOutOfRange {
+                hours: p.hours,
+                min: offer.min_hours,
+                max: offer.max_hours,
+            });
+        }
+        let free: Vec<_> = offered
+            .devices
+            .iter()
+            .filter(|d| !self.busy.contains(&d.index))
+            .collect();
+        let wanted = usize::from(p.gpu_count);
+        if free.len() < wanted {
+            return Err(Refusal::NotEnoughGpus {
+                wanted: p.gpu_count,
+                free: free.len(),
+            });
+        }
+        let chosen: Vec<_> = free.into_iter().take(wanted).collect();
+        let indices: Vec<u16> = chosen
+            .iter()
+            .map(|d| u16::try_from(d.index).unwrap_or(u16::MAX))
+            .collect();
+        let uuids: Vec<&str> = chosen.iter().map(|d| d.uuid.as_str()).collect();
+        let body = LeaseAgreement {
+            version: PROTOCOL_VERSION,
+            supplier: self.key.public(),
+            proposal: proposal.clone(),
+            gpu_indices: indices,
+            hardware_fingerprint: Id::hardware_fingerprint(&uuids),
+            starts_at: now,
+            ends_at: now.plus_ms(u64::from(p.hours) * 3_600_000),
+            created_at: now,
+        };
+        let agreement =
+            Signed::sign(body, &self.key).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.check_escrow(&agreement)?;
+        let lease = agreement
+            .id()
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let gpus: Vec<u32> = chosen.iter().map(|d| d.index).collect();
+        self.busy.extend(gpus.iter().copied());
+        self.leases.insert(lease, gpus);
+        Ok(agreement)
+    }
+
+    /// The one place the customer's escrow is checked before GPUs are
+    /// committed. Until coordinators certify escrow, a valid, signed
+    /// proposal is accepted; the escrow certificate check goes here.
+    fn check_escrow(&self, _agreement: &Signed<LeaseAgreement>) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Ends a lease and frees its GPUs.
+    pub fn end(&mut self, lease: &Id) {
+        if let Some(gpus) = self.leases.remove(lease) {
+            for gpu in gpus {
+                self.busy.remove(&gpu);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supplier::{build_offers, tests::priced};
+    use crate::telemetry::{ManualClock, SimProfile, SimSource};
+    use rigmesh_protocol::Credits;
+    use std::sync::Arc;
+
+    const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+
+    fn desk_with_offer() -> (LeaseDesk, Signed<rigmesh_protocol::Offer>) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let sim = SimSource::with_clock(SimProfile::builtin("a100x4").unwrap(), clock).unwrap();
+        let devices = sim.devices_at(T0);
+        let key = Keypair::from_seed([5; 32]);
+        let config = priced(&devices[0].name, "1.80");
+        let offers = build_offers(&devices, &BTreeSet::new(), &config, &key, 1, T0).unwrap();
+        let offer = offers[0].offer.clone();
+        let mut desk = LeaseDesk::new(key);
+        desk.set_offers(offers).unwrap();
+        (desk, offer)
+    }
+
+    fn proposal(
+        offer: &Signed<rigmesh_protocol::Offer>,
+        count: u16,
+        price: &str,
+        hours: u32,
+    ) -> Signed<LeaseProposal> {
+        let customer = Keypair::from_seed([9; 32]);
+        Signed::sign(
+            LeaseProposal {
+                version: PROTOCOL_VERSION,
+                customer: customer.public(),
+                supplier: offer.body.supplier,
+                offer: offer.id().unwrap(),
+                gpu_count: count,
+                price_per_gpu_hour: price.parse::<Credits>().unwrap(),
+                hours,
+                window_secs: 60,
+                nonce: 1,
+                created_at: T0,
+                expires_at: T0.plus_ms(60_000),
+            },
+            &customer,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_matching_proposal_gets_an_agreement_on_free_gpus() {
+        let (mut desk, offer) = desk_with_offer();
+        let agreement = desk.answer(&proposal(&offer, 2, "1.80", 4), T0).unwrap();
+        agreement.verify(&Clock::at(T0)).unwrap();
+        assert_eq!(agreement.body.gpu_indices, vec![0, 1]);
+        assert_eq!(agreement.body.ends_at, T0.plus_ms(4 * 3_600_000));
+        assert_eq!(desk.busy().len(), 2);
+        // The next lease gets the other two; a third finds none.
+        let second = desk.answer(&proposal(&offer, 2, "2.00", 1), T0).unwrap();
+        assert_eq!(second.body.gpu_indices, vec![2, 3]);
+        assert_eq!(
+            desk.answer(&proposal(&offer, 1, "1.80", 1), T0),
+            Err(Refusal::NotEnoughGpus { wanted: 1, free: 0 })
+        );
+        desk.end(&agreement.id().unwrap());
+        assert_eq!(desk.busy().len(), 2);
+    }
+
+    #[test]
+    fn bad_proposals_are_refused_and_change_nothing() {
+        let (mut desk, offer) = desk_with_offer();
+        assert!(matches!(
+            desk.answer(&proposal(&offer, 1, "1.79", 4), T0),
+            Err(Refusal::PriceBelowOffer { .. })
+        ));
+        assert!(matches!(
+            desk.answer(&proposal(&offer, 1, "1.80", 100), T0),
+            Err(Refusal::HoursOutOfRange { hours: 100, .. })
+        ));
+        assert!(matches!(
+            desk.answer(&proposal(&offer, 5, "1.80", 1), T0),
+            Err(Refusal::NotEnoughGpus { wanted: 5, free: 4 })
+        ));
+        let mut forged = proposal(&offer, 1, "1.80", 1);
+        forged.body.price_per_gpu_hour = "9".parse().unwrap();
+        assert!(matches!(desk.answer(&forged, T0), Err(Refusal::Invalid(_))));
+        let expired = proposal(&offer, 1, "1.80", 1);
+        assert!(matches!(
+            desk.answer(&expired, T0.plus_ms(3_600_000)),
+            Err(Refusal::Invalid(_))
+        ));
+        let mut unknown = proposal(&offer, 1, "1.80", 1).body;
+        unknown.offer = Id([7; 32]);
+        let unknown = Signed::sign(unknown, &Keypair::from_seed([9; 32])).unwrap();
+        assert!(matches!(
+            desk.answer(&unknown, T0),
+            Err(Refusal::UnknownOffer(_))
+        ));
+        assert!(desk.busy().is_empty(), "refusals leased nothing");
+    }
+}

@@ -1,0 +1,326 @@
+//! Metering a lease: GPU samples in, one signed `UsageAttestation` per
+//! window out, each chained to the previous by id.
+//!
+//! The billing rule: a leased GPU is billable for the time between two
+//! consecutive samples when neither says the GPU was lost, and only inside
+//! the lease (`starts_at..ends_at`). So a GPU that drops out stops billing
+//! at its last healthy sample, and billing resumes only from the first
+//! healthy sample after it returns. The sampler takes a sample at every
+//! window boundary, so the time between samples is split exactly at the
+//! boundary and every millisecond is billed in exactly one window.
+
+use std::collections::BTreeMap;
+
+use rigmesh_protocol::{
+    GpuUsage, Id, Keypair, LeaseAgreement, PublicKey, Signed, UnixMillis, UsageAttestation,
+    PROTOCOL_VERSION,
+};
+
+use crate::error::{Error, Result};
+use crate::telemetry::{GpuHealth, GpuSample};
+
+/// Something the meter noticed that the owner should hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MeterEvent {
+    /// A leased GPU stopped answering; billing stopped at `last_healthy`.
+    GpuLost {
+        /// Device index.
+        gpu: u32,
+        /// Its last healthy sample.
+        last_healthy: UnixMillis,
+    },
+    /// A leased GPU came back.
+    GpuBack {
+        /// Device index.
+        gpu: u32,
+        /// When it answered again.
+        at: UnixMillis,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct GpuWindow {
+    billable_ms: u64,
+    /// Sum of utilisation (bp) x interval (ms), for a time-weighted mean.
+    util_weighted: u128,
+    peak_util_bp: u16,
+    peak_memory_mib: u64,
+    energy_mj: u64,
+    /// The previous sample: time, alive, energy counter.
+    last: Option<(UnixMillis, bool, Option<u64>)>,
+}
+
+/// The meter of one lease.
+#[derive(Debug)]
+pub struct Meter {
+    key: Keypair,
+    lease: Id,
+    customer: PublicKey,
+    starts_at: UnixMillis,
+    ends_at: UnixMillis,
+    window_ms: u64,
+    window_start: UnixMillis,
+    seq: u64,
+    prev: Id,
+    gpus: BTreeMap<u32, GpuWindow>,
+}
+
+impl Meter {
+    /// A meter for `agreement`, signing with the supplier's `key`.
+    pub fn new(agreement: &Signed<LeaseAgreement>, key: Keypair) -> Result<Self> {
+        if agreement.body.supplier != key.public() {
+            return Err(Error::Config("the agreement names another supplier".into()));
+        }
+        Ok(Meter {
+            lease: agreement.id()?,
+            customer: agreement.body.proposal.body.customer,
+            starts_at: agreement.body.starts_at,
+            ends_at: agreement.body.ends_at,
+            window_ms: agreement.body.window_ms(),
+            window_start: agreement.body.starts_at,
+            seq: 0,
+            prev: Id::ZERO,
+            gpus: agreement
+                .body
+                .gpu_indices
+                .iter()
+                .map(|i| (u32::from(*i), GpuWindow::default()))
+                .collect(),
+            key,
+        })
+    }
+
+    /// The lease id.
+    pub fn lease(&self) -> Id {
+        self.lease
+    }
+
+    /// When the current window ends (the sampler samples then).
+    pub fn window_end(&self) -> UnixMillis {
+        self.window_start.plus_ms(self.window_ms).min(self.ends_at)
+    }
+
+    /// True once every window of the lease has been attested.
+    pub fn finished(&self) -> bool {
+        self.window_start >= self.ends_at
+    }
+
+    /// Takes one round of samples (samples of unleased GPUs are ignored).
+    pub fn record(&mut self, samples: &[GpuSample]) -> Vec<MeterEvent> {
+        let mut events = Vec::new();
+        for sample in samples {
+            let Some(gpu) = self.gpus.get_mut(&sample.index) else {
+                continue;
+            };
+            let t = sample.timestamp.max(self.starts_at).min(self.ends_at);
+            let alive = sample.health != GpuHealth::Lost;
+            if let Some((prev_t, prev_alive, prev_energy)) = gpu.last {
+                if t < prev_t {
+                    continue; // out of order: ignore rather than bill backwards
+                }
+                let interval = t.since(prev_t);
+                if prev_alive && alive {
+                    gpu.billable_ms += interval;
+                    let util = sample.util_bp.unwrap_or(0);
+                    gpu.util_weighted += u128::from(util) * u128::from(interval);
+                    if let (Some(a), Some(b)) = (prev_energy, sample.energy_mj) {
+                        gpu.energy_mj += b.saturating_sub(a);
+                    }
+                }
+                if prev_alive && !alive {
+                    events.push(MeterEvent::GpuLost {
+                        gpu: sample.index,
+                        last_healthy: prev_t,
+                    });
+                }
+                if !prev_alive && alive {
+                    events.push(MeterEvent::GpuBack {
+                        gpu: sample.index,
+                        at: t,
+                    });
+                }
+            }
+            if alive {
+                gpu.peak_util_bp = gpu.peak_util_bp.max(sample.util_bp.unwrap_or(0));
+                gpu.peak_memory_mib = gpu.peak_memory_mib.max(sample.memory_used_mib.unwrap_or(0));
+            }
+            gpu.last = Some((t, alive, sample.energy_mj));
+        }
+        events
+    }
+
+    /// Closes the current window (its end must have been sampled) and signs
+    /// its attestation, chained to the previous one.
+    pub fn close_window(&mut self, created_at: UnixMillis) -> Result<Signed<UsageAttestation>> {
+        let end = self.window_end();
+        let window_ms = end.since(self.window_start);
+        let mut usage = Vec::with_capacity(self.gpus.len());
+        for (index, gpu) in &mut self.gpus {
+            let mean = if gpu.billable_ms == 0 {
+                0
+            } else {
+                u16::try_from(gpu.util_weighted / u128::from(gpu.billable_ms)).unwrap_or(10_000)
+            };
+            usage.push(GpuUsage {
+                gpu_index: u16::try_from(*index).unwrap_or(u16::MAX),
+                billable_ms: gpu.billable_ms.min(window_ms),
+                mean_util_bp: mean.min(gpu.peak_util_bp),
+                peak_util_bp: gpu.peak_util_bp,
+                peak_memory_mib: gpu.peak_memory_mib,
+                energy_mj: gpu.energy_mj,
+            });
+            // The boundary sample stays as the start of the next window.
+            let last = gpu.last;
+            *gpu = GpuWindow {
+                last,
+                ..GpuWindow::default()
+            };
+        }
+        let body = UsageAttestation {
+            version: PROTOCOL_VERSION,
+            lease: self.lease,
+            supplier: self.key.public(),
+            customer: self.customer,
+            seq: self.seq,
+            prev: self.prev,
+            window_start: self.window_start,
+            window_end: end,
+            billable_gpu_ms: usage.iter().map(|g| g.billable_ms).sum(),
+            gpus: usage,
+            created_at: created_at.max(end),
+        };
+        let attestation = Signed::sign(body, &self.key)?;
+        self.prev = attestation.id()?;
+        self.seq += 1;
+        self.window_start = end;
+        Ok(attestation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supplier::desk::LeaseDesk;
+    use crate::supplier::{build_offers, tests::priced};
+    use crate::telemetry::{GpuSource, ManualClock, SimClock, SimFault, SimProfile, SimSource};
+    use rigmesh_protocol::{Clock, Credits, LeaseProposal};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+
+    /// A lease of 2 GPUs for 1 hour with 60 s windows on `profile`, then
+    /// `windows` windows metered with a sample every second.
+    fn run_lease(
+        profile: SimProfile,
+        windows: u64,
+    ) -> (
+        Vec<Signed<UsageAttestation>>,
+        Vec<MeterEvent>,
+        Signed<LeaseAgreement>,
+    ) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let mut sim = SimSource::with_clock(profile, clock.clone()).unwrap();
+        let devices = sim.devices().unwrap();
+        let key = Keypair::from_seed([5; 32]);
+        let offers = build_offers(
+            &devices,
+            &BTreeSet::new(),
+            &priced(&devices[0].name, "2.40"),
+            &key,
+            1,
+            T0,
+        )
+        .unwrap();
+        let offer = offers[0].offer.clone();
+        let mut desk = LeaseDesk::new(key.clone());
+        desk.set_offers(offers).unwrap();
+        let customer = Keypair::from_seed([9; 32]);
+        let proposal = Signed::sign(
+            LeaseProposal {
+                version: PROTOCOL_VERSION,
+                customer: customer.public(),
+                supplier: key.public(),
+                offer: offer.id().unwrap(),
+                gpu_count: 2,
+                price_per_gpu_hour: Credits::from_units(2_400_000),
+                hours: 1,
+                window_secs: 60,
+                nonce: 7,
+                created_at: T0,
+                expires_at: T0.plus_ms(60_000),
+            },
+            &customer,
+        )
+        .unwrap();
+        let agreement = desk.answer(&proposal, T0).unwrap();
+        let mut meter = Meter::new(&agreement, key).unwrap();
+        let mut attestations = Vec::new();
+        let mut events = Vec::new();
+        events.extend(meter.record(&sim.sample().unwrap()));
+        for _ in 0..windows {
+            while clock.now() < meter.window_end() {
+                clock.advance(1000);
+                events.extend(meter.record(&sim.sample().unwrap()));
+            }
+            attestations.push(meter.close_window(clock.now()).unwrap());
+        }
+        (attestations, events, agreement)
+    }
+
+    #[test]
+    fn healthy_gpus_bill_every_millisecond_in_a_valid_chain() {
+        let (chain, events, agreement) = run_lease(SimProfile::builtin("h100x8").unwrap(), 3);
+        assert!(events.is_empty());
+        let lease = agreement.id().unwrap();
+        let mut prev = Id::ZERO;
+        for (seq, a) in chain.iter().enumerate() {
+            a.verify(&Clock::at(a.body.created_at)).unwrap();
+            assert_eq!(a.body.lease, lease);
+            assert_eq!(a.body.seq, seq as u64);
+            assert_eq!(a.body.prev, prev);
+            assert_eq!(a.body.window_start, T0.plus_ms(seq as u64 * 60_000));
+            assert_eq!(a.body.window_end, T0.plus_ms((seq as u64 + 1) * 60_000));
+            assert_eq!(a.body.gpus.len(), 2);
+            for gpu in &a.body.gpus {
+                assert_eq!(
+                    gpu.billable_ms, 60_000,
+                    "a healthy GPU bills the whole window"
+                );
+                assert!(gpu.peak_util_bp >= gpu.mean_util_bp);
+                assert!(gpu.energy_mj > 0);
+            }
+            assert_eq!(a.body.billable_gpu_ms, 120_000);
+            prev = a.id().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_gpu_that_drops_out_stops_billing_at_its_last_healthy_sample() {
+        // GPU 1 (leased) falls off the bus 90 s into the lease.
+        let profile = SimProfile::builtin("h100x8")
+            .unwrap()
+            .with_fault(SimFault::Dropout { gpu: 1, at_s: 90 });
+        let (chain, events, _) = run_lease(profile, 3);
+        let billed = |w: usize, gpu: u16| {
+            chain[w]
+                .body
+                .gpus
+                .iter()
+                .find(|g| g.gpu_index == gpu)
+                .unwrap()
+                .billable_ms
+        };
+        assert_eq!((billed(0, 0), billed(0, 1)), (60_000, 60_000));
+        // The sample at 90 s reads lost, so billing stopped at 89 s.
+        assert_eq!((billed(1, 0), billed(1, 1)), (60_000, 29_000));
+        assert_eq!((billed(2, 0), billed(2, 1)), (60_000, 0));
+        assert_eq!(
+            events,
+            vec![MeterEvent::GpuLost {
+                gpu: 1,
+                last_healthy: T0.plus_ms(89_000)
+            }]
+        );
+    }
+}

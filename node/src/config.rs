@@ -70,6 +70,10 @@ pub struct NodeConfig {
     pub monitoring: SocketAddr,
     /// The coordinator set, needed to check certificates.
     pub coordinators: Option<CoordinatorsConfig>,
+    /// The account key (created on first run); default `<data_dir>/account.key`.
+    pub account_key: Option<PathBuf>,
+    /// Supplier settings: GPU source, prices, lease terms.
+    pub supplier: crate::supplier::SupplierConfig,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +85,8 @@ impl Default for NodeConfig {
             network: NetworkConfig::default(),
             monitoring: SocketAddr::from(([127, 0, 0, 1], 9600)),
             coordinators: None,
+            account_key: None,
+            supplier: crate::supplier::SupplierConfig::default(),
         }
     }
 }
@@ -136,6 +142,13 @@ impl NodeConfig {
         self.node_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+
+    /// The account key path.
+    pub fn account_key_path(&self) -> PathBuf {
+        self.account_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("account.key"))
     }
 
     /// The configured coordinator set, checked.

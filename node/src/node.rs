@@ -121,7 +121,27 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stopped(stop_rx),
     )
     .await?;
-    let inbound_task = tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound));
+    let inbound_task = if config.role == Role::Supplier {
+        let (source, notice) = crate::telemetry::open_source(&config.supplier.gpus)
+            .map_err(|e| Error::Config(format!("GPUs: {e}")))?;
+        if let Some(notice) = notice {
+            tracing::warn!(%notice, "GPU source");
+        }
+        let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
+            &config.account_key_path(),
+        )?);
+        tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
+        tokio::spawn(crate::supplier::runtime::run(
+            config.supplier.clone(),
+            account,
+            source,
+            handle.clone(),
+            net.inbound,
+            stop.subscribe(),
+        ))
+    } else {
+        tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound))
+    };
     tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
     Ok(RunningNode {
         peer_id: handle.peer_id(),

@@ -5,9 +5,9 @@
 //! consecutive samples when neither says the GPU was lost, and only inside
 //! the lease (`starts_at..ends_at`). So a GPU that drops out stops billing
 //! at its last healthy sample, and billing resumes only from the first
-//! healthy sample after it returns. The sampler takes a sample at every
-//! window boundary, so the time between samples is split exactly at the
-//! boundary and every millisecond is billed in exactly one window.
+//! healthy sample after it returns. An interval that crosses a window's end
+//! is split there: the part after it is carried into the next window, so
+//! every millisecond is billed in exactly one window.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +46,10 @@ struct GpuWindow {
     peak_util_bp: u16,
     peak_memory_mib: u64,
     energy_mj: u64,
+    /// Billable time after the window's end, carried into the next one.
+    carry_ms: u64,
+    /// Utilisation x time of the carried part.
+    carry_util: u128,
     /// The previous sample: time, alive, energy counter.
     last: Option<(UnixMillis, bool, Option<u64>)>,
 }
@@ -108,6 +112,7 @@ impl Meter {
     /// Takes one round of samples (samples of unleased GPUs are ignored).
     pub fn record(&mut self, samples: &[GpuSample]) -> Vec<MeterEvent> {
         let mut events = Vec::new();
+        let cut = self.window_end();
         for sample in samples {
             let Some(gpu) = self.gpus.get_mut(&sample.index) else {
                 continue;
@@ -118,11 +123,14 @@ impl Meter {
                 if t < prev_t {
                     continue; // out of order: ignore rather than bill backwards
                 }
-                let interval = t.since(prev_t);
                 if prev_alive && alive {
-                    gpu.billable_ms += interval;
-                    let util = sample.util_bp.unwrap_or(0);
-                    gpu.util_weighted += u128::from(util) * u128::from(interval);
+                    let util = u128::from(sample.util_bp.unwrap_or(0));
+                    let inside = t.min(cut).since(prev_t.min(cut));
+                    let after = t.since(prev_t).saturating_sub(inside);
+                    gpu.billable_ms += inside;
+                    gpu.util_weighted += util * u128::from(inside);
+                    gpu.carry_ms += after;
+                    gpu.carry_util += util * u128::from(after);
                     if let (Some(a), Some(b)) = (prev_energy, sample.energy_mj) {
                         gpu.energy_mj += b.saturating_sub(a);
                     }
@@ -169,10 +177,11 @@ impl Meter {
                 peak_memory_mib: gpu.peak_memory_mib,
                 energy_mj: gpu.energy_mj,
             });
-            // The boundary sample stays as the start of the next window.
-            let last = gpu.last;
+            // The last sample starts the next window, with what was carried.
             *gpu = GpuWindow {
-                last,
+                last: gpu.last,
+                billable_ms: gpu.carry_ms,
+                util_weighted: gpu.carry_util,
                 ..GpuWindow::default()
             };
         }
@@ -292,6 +301,28 @@ mod tests {
             }
             assert_eq!(a.body.billable_gpu_ms, 120_000);
             prev = a.id().unwrap();
+        }
+    }
+
+    #[test]
+    fn samples_off_the_window_boundary_are_split_at_it() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let (_, _, agreement) = run_lease(SimProfile::builtin("h100x8").unwrap(), 0);
+        let mut sim =
+            SimSource::with_clock(SimProfile::builtin("h100x8").unwrap(), clock.clone()).unwrap();
+        let mut meter = Meter::new(&agreement, Keypair::from_seed([5; 32])).unwrap();
+        meter.record(&sim.sample().unwrap());
+        // Samples every 7 s: none lands on the 60 s boundary.
+        let mut windows = Vec::new();
+        while windows.len() < 2 {
+            clock.advance(7_000);
+            meter.record(&sim.sample().unwrap());
+            if clock.now() >= meter.window_end() {
+                windows.push(meter.close_window(clock.now()).unwrap());
+            }
+        }
+        for w in &windows {
+            assert_eq!(w.body.gpus[0].billable_ms, 60_000, "window {}", w.body.seq);
         }
     }
 

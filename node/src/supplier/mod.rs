@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod desk;
 pub mod meter;
+pub mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
 

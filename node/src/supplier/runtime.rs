@@ -1,0 +1,186 @@
+//! The supplier role at run time: one task that samples the GPUs every
+//! second, keeps offers published (re-published before they expire and
+//! whenever the free GPUs change), answers lease proposals, closes metering
+//! windows and publishes their attestations, and raises health alerts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Id, Keypair, UnixMillis};
+use tokio::sync::{mpsc, watch};
+
+use super::desk::LeaseDesk;
+use super::meter::Meter;
+use super::{alerts, build_offers, SupplierConfig};
+use crate::network::{InboundRequest, NodeHandle, Protocol};
+use crate::telemetry::{GpuSample, GpuSource};
+
+/// Runs the supplier until `stop` turns true.
+pub async fn run(
+    config: SupplierConfig,
+    key: Keypair,
+    mut source: Box<dyn GpuSource>,
+    network: NodeHandle,
+    mut inbound: mpsc::Receiver<InboundRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut desk = LeaseDesk::new(key.clone());
+    let mut meters: BTreeMap<Id, Meter> = BTreeMap::new();
+    let mut sequence: u64 = 0;
+    let mut offers_due = UnixMillis(0);
+    let mut hot: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                let stopping = changed.is_err() || *stop.borrow();
+                if stopping {
+                    return;
+                }
+            }
+            Some(request) = inbound.recv() => {
+                let before = desk.busy().len();
+                answer(&mut desk, &mut meters, &key, &network, request, source.as_mut()).await;
+                if desk.busy().len() != before {
+                    offers_due = UnixMillis(0);
+                }
+            }
+            _ = tick.tick() => {
+                let now = UnixMillis::now();
+                let samples = match source.sample() {
+                    Ok(samples) => samples,
+                    Err(err) => {
+                        tracing::warn!(%err, "GPU sampling failed");
+                        continue;
+                    }
+                };
+                meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                let hot_now: std::collections::BTreeSet<u32> = samples
+                    .iter()
+                    .filter(|s| s.temperature_c.is_some_and(|t| t > config.max_temperature_c))
+                    .map(|s| s.index)
+                    .collect();
+                let newly_hot: Vec<GpuSample> = samples
+                    .iter()
+                    .filter(|s| hot_now.contains(&s.index) && !hot.contains(&s.index))
+                    .cloned()
+                    .collect();
+                hot = hot_now;
+                if let Ok(list) = alerts::overheating(&key, &newly_hot, config.max_temperature_c, now) {
+                    for alert in list {
+                        let _ = network.publish(&WireMessage::Alert(alert)).await;
+                    }
+                }
+                if now >= offers_due {
+                    sequence += 1;
+                    match source
+                        .devices()
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| build_offers(&d, desk.busy(), &config, &key, sequence, now).map_err(|e| e.to_string()))
+                    {
+                        Ok(offers) => {
+                            for offered in &offers {
+                                if let Err(err) = network.publish(&WireMessage::Offer(offered.offer.clone())).await {
+                                    tracing::debug!(%err, "offer stored; not gossiped yet");
+                                }
+                            }
+                            if let Err(err) = desk.set_offers(offers) {
+                                tracing::warn!(%err, "could not index offers");
+                            }
+                        }
+                        Err(err) => tracing::warn!(%err, "could not build offers"),
+                    }
+                    // Re-publish at half the lifetime, well before expiry.
+                    offers_due = now.plus_ms(config.offer_ttl_secs.saturating_mul(500).max(1000));
+                }
+            }
+        }
+    }
+}
+
+async fn answer(
+    desk: &mut LeaseDesk,
+    meters: &mut BTreeMap<Id, Meter>,
+    key: &Keypair,
+    network: &NodeHandle,
+    request: InboundRequest,
+    source: &mut dyn GpuSource,
+) {
+    let response = match request.protocol {
+        Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
+            Ok(LeaseRequest::Propose(proposal)) => {
+                match desk.answer(&proposal, UnixMillis::now()) {
+                    Ok(agreement) => match Meter::new(&agreement, key.clone()) {
+                        Ok(mut meter) => {
+                            if let Ok(samples) = source.sample() {
+                                meter.record(&samples);
+                            }
+                            meters.insert(meter.lease(), meter);
+                            LeaseResponse::Agreed(Box::new(agreement))
+                        }
+                        Err(err) => LeaseResponse::Refused(err.to_string()),
+                    },
+                    Err(refusal) => LeaseResponse::Refused(refusal.to_string()),
+                }
+            }
+            Err(err) => LeaseResponse::Refused(format!("malformed request: {err}")),
+        },
+        other => LeaseResponse::Refused(format!("a supplier does not serve {other:?} requests")),
+    };
+    match response.to_bytes() {
+        Ok(bytes) => {
+            if let Err(err) = network
+                .respond(request.protocol, request.channel, bytes)
+                .await
+            {
+                tracing::debug!(%err, "could not answer a proposal");
+            }
+        }
+        Err(err) => tracing::warn!(%err, "could not encode an answer"),
+    }
+}
+
+async fn meter_round(
+    meters: &mut BTreeMap<Id, Meter>,
+    desk: &mut LeaseDesk,
+    key: &Keypair,
+    network: &NodeHandle,
+    samples: &[GpuSample],
+    now: UnixMillis,
+) {
+    let mut finished = Vec::new();
+    for (lease, meter) in meters.iter_mut() {
+        for event in meter.record(samples) {
+            if let Ok(alert) = alerts::for_meter_event(key, *lease, &event, now) {
+                let _ = network.publish(&WireMessage::Alert(alert)).await;
+            }
+        }
+        while now >= meter.window_end() && !meter.finished() {
+            match meter.close_window(now) {
+                Ok(attestation) => {
+                    if let Err(err) = network
+                        .publish(&WireMessage::UsageAttestation(attestation))
+                        .await
+                    {
+                        tracing::warn!(%err, "attestation stored; not gossiped yet");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "could not attest a window");
+                    break;
+                }
+            }
+        }
+        if meter.finished() {
+            finished.push(*lease);
+        }
+    }
+    for lease in finished {
+        meters.remove(&lease);
+        desk.end(&lease);
+    }
+}

@@ -31,6 +31,7 @@ pub async fn run(
     let mut sequence: u64 = 0;
     let mut offers_due = UnixMillis(0);
     let mut hot: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut lost: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,6 +60,17 @@ pub async fn run(
                     }
                 };
                 meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                // A GPU that vanished or came back changes what can be
+                // offered: re-offer now rather than at the next refresh.
+                let lost_now: std::collections::BTreeSet<u32> = samples
+                    .iter()
+                    .filter(|s| s.health == crate::telemetry::GpuHealth::Lost)
+                    .map(|s| s.index)
+                    .collect();
+                if lost_now != lost {
+                    lost = lost_now;
+                    offers_due = UnixMillis(0);
+                }
                 let hot_now: std::collections::BTreeSet<u32> = samples
                     .iter()
                     .filter(|s| s.temperature_c.is_some_and(|t| t > config.max_temperature_c))

@@ -1,12 +1,10 @@
-//! `rigmesh keys`: account key files. A key file holds the 32-byte secret
-//! seed in hex and is created readable by its owner only.
+//! `rigmesh keys`: account key files, in the node's key-file format (the
+//! 32-byte secret seed in hex, readable by its owner only).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Subcommand;
 use rigmesh_protocol::Keypair;
 
@@ -40,33 +38,11 @@ pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
 
 /// Writes `key` to a new file that only its owner can read.
 pub(crate) fn write_key(path: &Path, key: &Keypair) -> anyhow::Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
-    writeln!(file, "{}", hex::encode(key.seed()))?;
-    file.sync_all()?;
-    Ok(())
+    rigmesh_node::keyfile::write_seed(path, &key.seed())
+        .with_context(|| format!("creating key file {}", path.display()))
 }
 
-/// Reads a key file written by [`write_key`].
+/// Reads a key file written by [`write_key`] (refused if others can read it).
 pub(crate) fn read_key(path: &Path) -> anyhow::Result<Keypair> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading key file {}", path.display()))?;
-    let bytes = hex::decode(text.trim())
-        .with_context(|| format!("{} does not hold a hex key", path.display()))?;
-    let Ok(seed) = <[u8; 32]>::try_from(bytes.as_slice()) else {
-        bail!(
-            "{} holds {} bytes; a key is 32",
-            path.display(),
-            bytes.len()
-        );
-    };
-    Ok(Keypair::from_seed(seed))
+    Ok(Keypair::from_seed(rigmesh_node::keyfile::read_seed(path)?))
 }

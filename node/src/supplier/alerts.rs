@@ -86,6 +86,89 @@ pub fn overheating(
         .collect()
 }
 
+/// Watches the supplier's offers for two owner-facing problems: offers
+/// nobody takes for a long time (price too high?) and offers that cannot be
+/// re-published (no peers), which means they expire everywhere. Each alert
+/// is raised once, and again only after the condition cleared.
+#[derive(Debug, Clone)]
+pub struct OfferWatch {
+    untaken_after_ms: u64,
+    unrefreshed_after_ms: u64,
+    last_taken: UnixMillis,
+    last_published: UnixMillis,
+    untaken_raised: bool,
+    unrefreshed_raised: bool,
+}
+
+impl OfferWatch {
+    /// A watch starting at `now`: offers untaken for `untaken_after_ms`, or
+    /// not re-published for `unrefreshed_after_ms`, raise an alert.
+    pub fn new(now: UnixMillis, untaken_after_ms: u64, unrefreshed_after_ms: u64) -> Self {
+        OfferWatch {
+            untaken_after_ms,
+            unrefreshed_after_ms,
+            last_taken: now,
+            last_published: now,
+            untaken_raised: false,
+            unrefreshed_raised: false,
+        }
+    }
+
+    /// A lease was agreed.
+    pub fn taken(&mut self, now: UnixMillis) {
+        self.last_taken = now;
+        self.untaken_raised = false;
+    }
+
+    /// Offers were gossiped to at least one peer.
+    pub fn published(&mut self, now: UnixMillis) {
+        self.last_published = now;
+        self.unrefreshed_raised = false;
+    }
+
+    /// The alerts due at `now`; `offering` says whether any offer is up.
+    pub fn check(
+        &mut self,
+        key: &Keypair,
+        now: UnixMillis,
+        offering: bool,
+    ) -> Result<Vec<Signed<Alert>>> {
+        let mut out = Vec::new();
+        if offering && !self.untaken_raised && now.since(self.last_taken) >= self.untaken_after_ms {
+            self.untaken_raised = true;
+            out.push(alert(
+                key,
+                Severity::Info,
+                "offer.untaken",
+                None,
+                format!(
+                    "no lease taken for {} h; consider the price",
+                    now.since(self.last_taken) / 3_600_000
+                ),
+                now,
+            )?);
+        }
+        if offering
+            && !self.unrefreshed_raised
+            && now.since(self.last_published) >= self.unrefreshed_after_ms
+        {
+            self.unrefreshed_raised = true;
+            out.push(alert(
+                key,
+                Severity::Warning,
+                "offer.unrefreshed",
+                None,
+                format!(
+                    "offers could not be re-published for {} s (no peers?); they expire on the network",
+                    now.since(self.last_published) / 1000
+                ),
+                now,
+            )?);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +189,37 @@ mod tests {
         assert_eq!(a.body.rule, "gpu.dropped");
         assert_eq!(a.body.severity, Severity::Critical);
         assert_eq!(a.body.subject, Some(Id([3; 32])));
+    }
+
+    #[test]
+    fn untaken_and_unrefreshed_offers_alert_once_until_cleared() {
+        let key = Keypair::from_seed([5; 32]);
+        let t0 = UnixMillis(1_800_000_000_000);
+        let hour = 3_600_000;
+        let mut watch = OfferWatch::new(t0, 24 * hour, 900_000);
+        let quiet = |watch: &mut OfferWatch, at: u64| watch.check(&key, t0.plus_ms(at), true).unwrap().is_empty();
+        assert!(quiet(&mut watch, 600_000));
+        watch.published(t0.plus_ms(hour));
+        assert!(quiet(&mut watch, hour + 899_999));
+        // No peers for 15 minutes: the offers are expiring out there.
+        let alerts = watch.check(&key, t0.plus_ms(hour + 900_000), true).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].body.rule, "offer.unrefreshed");
+        assert!(quiet(&mut watch, hour + 950_000), "raised once");
+        // A day without a lease, while publishing works again.
+        watch.published(t0.plus_ms(24 * hour - 1000));
+        let alerts = watch.check(&key, t0.plus_ms(24 * hour), true).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].body.rule, "offer.untaken");
+        assert!(alerts[0].body.message.contains("24 h"));
+        watch.taken(t0.plus_ms(24 * hour + 1000));
+        watch.published(t0.plus_ms(24 * hour + 1000));
+        assert!(quiet(&mut watch, 24 * hour + 2000));
+        // Nothing on offer (all leased): nothing to say.
+        assert!(watch
+            .check(&key, t0.plus_ms(60 * hour), false)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct SupplierConfig {
     pub offer_ttl_secs: u64,
     /// A GPU hotter than this raises an alert.
     pub max_temperature_c: u32,
+    /// Offers nobody leases for this many hours raise an alert.
+    pub untaken_alert_hours: u64,
 }
 
 impl Default for SupplierConfig {
@@ -48,6 +50,7 @@ impl Default for SupplierConfig {
             region: "local".into(),
             offer_ttl_secs: 900,
             max_temperature_c: 90,
+            untaken_alert_hours: 24,
         }
     }
 }

@@ -32,6 +32,12 @@ pub async fn run(
     let mut offers_due = UnixMillis(0);
     let mut hot: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let mut lost: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut watch = alerts::OfferWatch::new(
+        UnixMillis::now(),
+        config.untaken_alert_hours.saturating_mul(3_600_000),
+        config.offer_ttl_secs.saturating_mul(1000),
+    );
+    let mut offering = false;
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,6 +54,9 @@ pub async fn run(
                 answer(&mut desk, &mut meters, &key, &network, request, source.as_mut()).await;
                 if desk.busy().len() != before {
                     offers_due = UnixMillis(0);
+                    if desk.busy().len() > before {
+                        watch.taken(UnixMillis::now());
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -87,27 +96,48 @@ pub async fn run(
                         let _ = network.publish(&WireMessage::Alert(alert)).await;
                     }
                 }
+                match watch.check(&key, now, offering) {
+                    Ok(list) => {
+                        for alert in list {
+                            let _ = network.publish(&WireMessage::Alert(alert)).await;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "could not sign an alert"),
+                }
                 if now >= offers_due {
                     sequence += 1;
+                    let mut retry = false;
                     match source
                         .devices()
                         .map_err(|e| e.to_string())
                         .and_then(|d| build_offers(&d, desk.busy(), &config, &key, sequence, now).map_err(|e| e.to_string()))
                     {
                         Ok(offers) => {
+                            let mut gossiped = !offers.is_empty();
                             for offered in &offers {
                                 if let Err(err) = network.publish(&WireMessage::Offer(offered.offer.clone())).await {
                                     tracing::debug!(%err, "offer stored; not gossiped yet");
+                                    gossiped = false;
                                 }
                             }
+                            if gossiped {
+                                watch.published(now);
+                            }
+                            offering = !offers.is_empty();
+                            retry = offering && !gossiped;
                             if let Err(err) = desk.set_offers(offers) {
                                 tracing::warn!(%err, "could not index offers");
                             }
                         }
                         Err(err) => tracing::warn!(%err, "could not build offers"),
                     }
-                    // Re-publish at half the lifetime, well before expiry.
-                    offers_due = now.plus_ms(config.offer_ttl_secs.saturating_mul(500).max(1000));
+                    // Re-publish at half the lifetime, well before expiry;
+                    // after a failed publish (no peers yet), try again soon.
+                    offers_due = if retry {
+                        now.plus_ms(10_000)
+                    } else {
+                        now.plus_ms(config.offer_ttl_secs.saturating_mul(500).max(1000))
+                    };
                 }
             }
         }

@@ -197,7 +197,9 @@ mod tests {
         let t0 = UnixMillis(1_800_000_000_000);
         let hour = 3_600_000;
         let mut watch = OfferWatch::new(t0, 24 * hour, 900_000);
-        let quiet = |watch: &mut OfferWatch, at: u64| watch.check(&key, t0.plus_ms(at), true).unwrap().is_empty();
+        let quiet = |watch: &mut OfferWatch, at: u64| {
+            watch.check(&key, t0.plus_ms(at), true).unwrap().is_empty()
+        };
         assert!(quiet(&mut watch, 600_000));
         watch.published(t0.plus_ms(hour));
         assert!(quiet(&mut watch, hour + 899_999));

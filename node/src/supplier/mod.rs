@@ -113,6 +113,41 @@ pub fn build_offers(
     Ok(offers)
 }
 
+/// Withdrawals of offers that the new round no longer makes (every GPU of
+/// a model leased or gone): the same offer at `sequence`, expiring 1 ms
+/// after it is made. Being newer, it replaces the old offer everywhere, and
+/// being expired it is never matched or synced again.
+pub fn withdrawals(
+    previous: &[Signed<Offer>],
+    current: &[OfferedGpus],
+    key: &Keypair,
+    sequence: u64,
+    now: UnixMillis,
+) -> Result<Vec<Signed<Offer>>> {
+    let still_offered: BTreeSet<(&str, Id)> = current
+        .iter()
+        .map(|o| {
+            (
+                o.offer.body.gpu_model.as_str(),
+                o.offer.body.hardware_fingerprint,
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for old in previous {
+        let key_of = (old.body.gpu_model.as_str(), old.body.hardware_fingerprint);
+        if still_offered.contains(&key_of) {
+            continue;
+        }
+        let mut body = old.body.clone();
+        body.sequence = sequence;
+        body.created_at = now;
+        body.expires_at = now.plus_ms(1);
+        out.push(Signed::sign(body, key)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +192,27 @@ mod tests {
         assert_ne!(
             rest[0].offer.body.hardware_fingerprint,
             offer.body.hardware_fingerprint
+        );
+
+        // When every GPU is leased, the old offer is withdrawn by a newer
+        // one that has already expired.
+        let all: BTreeSet<u32> = devices.iter().map(|d| d.index).collect();
+        let none = build_offers(&devices, &all, &config, &key, 3, t0).unwrap();
+        assert!(none.is_empty());
+        let gone = withdrawals(std::slice::from_ref(offer), &none, &key, 3, t0.plus_ms(5)).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].body.sequence, 3);
+        assert_eq!(
+            gone[0].body.hardware_fingerprint,
+            offer.body.hardware_fingerprint
+        );
+        gone[0]
+            .verify(&rigmesh_protocol::Clock::at(t0.plus_ms(5)))
+            .unwrap();
+        assert!(
+            withdrawals(std::slice::from_ref(offer), &offers, &key, 3, t0)
+                .unwrap()
+                .is_empty()
         );
 
         // An unpriced model is not offered at all.

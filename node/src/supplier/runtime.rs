@@ -38,6 +38,7 @@ pub async fn run(
         config.offer_ttl_secs.saturating_mul(1000),
     );
     let mut offering = false;
+    let mut on_offer: Vec<rigmesh_protocol::Signed<rigmesh_protocol::Offer>> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -113,6 +114,15 @@ pub async fn run(
                         .and_then(|d| build_offers(&d, desk.busy(), &config, &key, sequence, now).map_err(|e| e.to_string()))
                     {
                         Ok(offers) => {
+                            match super::withdrawals(&on_offer, &offers, &key, sequence, now) {
+                                Ok(gone) => {
+                                    for withdrawal in gone {
+                                        let _ = network.publish(&WireMessage::Offer(withdrawal)).await;
+                                    }
+                                }
+                                Err(err) => tracing::warn!(%err, "could not sign a withdrawal"),
+                            }
+                            on_offer = offers.iter().map(|o| o.offer.clone()).collect();
                             let mut gossiped = !offers.is_empty();
                             for offered in &offers {
                                 if let Err(err) = network.publish(&WireMessage::Offer(offered.offer.clone())).await {

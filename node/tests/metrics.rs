@@ -9,16 +9,6 @@ use common::{connect, eventually, node};
 use rigmesh_node::api::serve_monitoring;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{samples, Kind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_traffic_and_health_reports_peers() {
@@ -56,7 +46,7 @@ async fn metrics_count_traffic_and_health_reports_peers() {
     )
     .await
     .unwrap();
-    let metrics = get(addr, "/metrics").await;
+    let metrics = common::http_get(addr, "/metrics", None).await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("rigmesh_net_peers 1"), "{metrics}");
     assert!(
@@ -78,8 +68,10 @@ async fn metrics_count_traffic_and_health_reports_peers() {
         "libp2p's own metrics share the registry"
     );
 
-    let health = get(addr, "/health").await;
+    let health = common::http_get(addr, "/health", None).await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains(r#""peers":1"#), "{health}");
-    assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    assert!(common::http_get(addr, "/nope", None)
+        .await
+        .starts_with("HTTP/1.1 404"));
 }

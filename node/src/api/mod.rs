@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 use crate::network::NodeHandle;
 
+pub mod local;
+
 #[derive(Clone)]
 struct Monitoring {
     registry: Arc<Registry>,

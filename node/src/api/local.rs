@@ -1,0 +1,284 @@
+//! The node's local HTTP API for the `rigmesh` CLI: one listener per
+//! audience (customer, supplier), each bound to loopback by default and
+//! each requiring a bearer token of its own scope.
+//!
+//! Tokens: on first start the node writes `<data dir>/api/<scope>.token`
+//! (mode 0600) for the CLI to read, and keeps only their blake3 hashes in
+//! `<data dir>/api/tokens.blake3`; requests are checked against the hashes
+//! (blake3 compares in constant time). No token: 401. A token of the other
+//! scope: 403. Every refusal is logged.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rigmesh_ledger::MarketStore;
+use rigmesh_protocol::{Credits, Kind, Offer, PublicKey, Signed, UnixMillis};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// Who an API listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Someone renting GPUs.
+    Customer,
+    /// A rig owner.
+    Supplier,
+}
+
+impl Scope {
+    /// The scope's name, as in token file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Customer => "customer",
+            Scope::Supplier => "supplier",
+        }
+    }
+}
+
+/// The hashes of the API tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHashes {
+    customer: blake3::Hash,
+    supplier: blake3::Hash,
+}
+
+impl TokenHashes {
+    /// Which scope `token` belongs to, if any.
+    pub fn scope_of(&self, token: &str) -> Option<Scope> {
+        let hash = blake3::hash(token.as_bytes());
+        // blake3::Hash equality is constant-time.
+        if hash == self.customer {
+            Some(Scope::Customer)
+        } else if hash == self.supplier {
+            Some(Scope::Supplier)
+        } else {
+            None
+        }
+    }
+}
+
+fn api_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("api")
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The token file the CLI reads for `scope`.
+pub fn token_path(data_dir: &Path, scope: Scope) -> PathBuf {
+    api_dir(data_dir).join(format!("{}.token", scope.name()))
+}
+
+/// Reads the token of `scope` (for the CLI).
+pub fn read_token(data_dir: &Path, scope: Scope) -> Result<String> {
+    let seed = crate::keyfile::read_seed(&token_path(data_dir, scope))?;
+    Ok(hex::encode(seed))
+}
+
+/// Creates the tokens on first start, and returns their hashes.
+pub fn load_or_create_tokens(data_dir: &Path) -> Result<TokenHashes> {
+    let hashes_path = api_dir(data_dir).join("tokens.blake3");
+    if !hashes_path.exists() {
+        let mut lines = String::new();
+        for scope in [Scope::Customer, Scope::Supplier] {
+            // A token is 32 random bytes in hex, in the key-file format.
+            let seed = crate::keyfile::load_or_create_seed(&token_path(data_dir, scope))?;
+            lines.push_str(&format!(
+                "{} {}\n",
+                scope.name(),
+                blake3::hash(hex::encode(seed).as_bytes()).to_hex()
+            ));
+        }
+        std::fs::write(&hashes_path, lines).map_err(|e| io(&hashes_path, e))?;
+    }
+    let text = std::fs::read_to_string(&hashes_path).map_err(|e| io(&hashes_path, e))?;
+    let mut found = [None, None];
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(hex_hash)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let hash = blake3::Hash::from_hex(hex_hash)
+            .map_err(|e| Error::Config(format!("{}: {e}", hashes_path.display())))?;
+        match name {
+            "customer" => found[0] = Some(hash),
+            "supplier" => found[1] = Some(hash),
+            _ => {}
+        }
+    }
+    match found {
+        [Some(customer), Some(supplier)] => Ok(TokenHashes { customer, supplier }),
+        _ => Err(Error::Config(format!(
+            "{} must list a customer and a supplier token hash",
+            hashes_path.display()
+        ))),
+    }
+}
+
+/// What the local API reads.
+#[derive(Clone)]
+pub struct LocalApi {
+    /// The node's market store.
+    pub store: Arc<MarketStore>,
+    /// The node's account (the supplier's own offers are its).
+    pub account: PublicKey,
+    /// Token hashes.
+    pub tokens: TokenHashes,
+}
+
+#[derive(Clone)]
+struct Scoped {
+    api: LocalApi,
+    scope: Scope,
+}
+
+async fn authorize(State(s): State<Scoped>, request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let path = request.uri().path().to_string();
+    match token.map(|t| s.api.tokens.scope_of(t.trim())) {
+        Some(Some(scope)) if scope == s.scope => next.run(request).await,
+        Some(Some(scope)) => {
+            tracing::warn!(%path, api = s.scope.name(), token_scope = scope.name(), "refused: token of another scope");
+            (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a {} token cannot call the {} API\n",
+                    scope.name(),
+                    s.scope.name()
+                ),
+            )
+                .into_response()
+        }
+        _ => {
+            tracing::warn!(%path, api = s.scope.name(), "refused: missing or unknown token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Filters of `GET /v1/offers`.
+#[derive(Debug, Default, Deserialize)]
+pub struct OfferFilter {
+    /// GPU model (exact).
+    pub gpu: Option<String>,
+    /// Most per GPU-hour.
+    pub max_price: Option<Credits>,
+}
+
+fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = store
+            .page(&[Kind::Offer], cursor.as_deref(), 500, UnixMillis::now())
+            .map_err(|e| Error::Store(e.to_string()))?;
+        for (_, bytes) in &page.items {
+            out.push(Signed::<Offer>::from_bytes(bytes)?);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn internal(err: Error) -> Response {
+    tracing::warn!(%err, "local API error");
+    (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+}
+
+async fn market_offers(State(s): State<Scoped>, Query(filter): Query<OfferFilter>) -> Response {
+    match live_offers(&s.api.store) {
+        Ok(mut offers) => {
+            offers.retain(|o| {
+                filter.gpu.as_ref().is_none_or(|g| &o.body.gpu_model == g)
+                    && filter
+                        .max_price
+                        .is_none_or(|p| o.body.price_per_gpu_hour <= p)
+            });
+            // Cheapest first, then freshest.
+            offers.sort_by(|a, b| {
+                a.body
+                    .price_per_gpu_hour
+                    .cmp(&b.body.price_per_gpu_hour)
+                    .then(b.body.created_at.cmp(&a.body.created_at))
+            });
+            Json(offers).into_response()
+        }
+        Err(err) => internal(err),
+    }
+}
+
+async fn own_offers(State(s): State<Scoped>) -> Response {
+    match live_offers(&s.api.store) {
+        Ok(mut offers) => {
+            offers.retain(|o| o.body.supplier == s.api.account);
+            Json(offers).into_response()
+        }
+        Err(err) => internal(err),
+    }
+}
+
+async fn whoami(State(s): State<Scoped>) -> Response {
+    Json(serde_json::json!({"scope": s.scope.name(), "account": s.api.account.to_string()}))
+        .into_response()
+}
+
+/// Serves the API of `scope` on `addr` until `shutdown` completes.
+pub async fn serve(
+    scope: Scope,
+    addr: SocketAddr,
+    api: LocalApi,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
+        path: addr.to_string(),
+        source: e,
+    })?;
+    let bound = listener.local_addr().map_err(|e| Error::Io {
+        path: addr.to_string(),
+        source: e,
+    })?;
+    let state = Scoped { api, scope };
+    let routes = match scope {
+        Scope::Customer => Router::new().route("/v1/offers", get(market_offers)),
+        Scope::Supplier => Router::new().route("/v1/offers", get(own_offers)),
+    };
+    let app = routes
+        .route("/v1/whoami", get(whoami))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(%err, "local API listener stopped");
+        }
+    });
+    Ok((bound, task))
+}

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod customer;
 pub mod error;
 pub mod keyfile;
 mod market_store;

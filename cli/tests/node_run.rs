@@ -8,16 +8,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn start(data_dir: &std::path::Path) -> (Child, Vec<String>) {
+    start_with(data_dir, &["--role", "relay"])
+}
+
+fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Vec<String>) {
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(extra)
         .args([
-            "node",
-            "run",
-            "--role",
-            "relay",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
+            "--monitoring",
+            "127.0.0.1:0",
+            "--customer-api",
+            "127.0.0.1:0",
         ])
-        .args(["--monitoring", "127.0.0.1:0", "--data-dir"])
+        .args(["--supplier-api", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -104,4 +108,57 @@ fn a_bad_config_file_is_a_clear_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("node.toml"), "{err}");
     assert!(err.contains("unknown variant"), "{err}");
+}
+
+#[test]
+fn a_supplier_node_offers_its_simulated_gpus_to_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = rigmesh_node::telemetry::SimProfile::builtin("a100x4")
+        .unwrap()
+        .gpus[0]
+        .model
+        .clone();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (child, lines) = start_with(&data, &["--config", config.to_str().unwrap()]);
+    let api = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("customer api on http://"))
+        .unwrap()
+        .to_string();
+    let offers = |extra: &[&str]| {
+        Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+            .args(["offers", "--api", &api, "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = offers(&["--json"]);
+        if out.status.success() {
+            listed = serde_json::from_slice(&out.stdout).unwrap();
+            break;
+        }
+        assert_eq!(out.status.code(), Some(4), "exit 4 means no match yet");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(listed[0]["body"]["gpu_model"], model.as_str());
+    assert_eq!(listed[0]["body"]["gpu_count"], 4);
+    assert_eq!(listed[0]["body"]["price_per_gpu_hour"], "1.8");
+    // A filter nothing meets: a clear message and exit 4.
+    let out = offers(&["--max-price", "1.00"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no offer matches"));
+    let table = offers(&[]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&model));
+    interrupt(child);
 }

@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// Address of the monitoring listener (`/metrics`, `/health`);
     /// loopback by default.
     pub monitoring: SocketAddr,
+    /// Address of the customer API for the CLI; loopback by default.
+    pub customer_api: SocketAddr,
+    /// Address of the supplier API for the CLI; loopback by default.
+    pub supplier_api: SocketAddr,
     /// The coordinator set, needed to check certificates.
     pub coordinators: Option<CoordinatorsConfig>,
     /// The account key (created on first run); default `<data_dir>/account.key`.
@@ -84,6 +88,8 @@ impl Default for NodeConfig {
             node_key: None,
             network: NetworkConfig::default(),
             monitoring: SocketAddr::from(([127, 0, 0, 1], 9600)),
+            customer_api: SocketAddr::from(([127, 0, 0, 1], 9610)),
+            supplier_api: SocketAddr::from(([127, 0, 0, 1], 9611)),
             coordinators: None,
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
@@ -106,6 +112,10 @@ pub struct Overrides {
     pub monitoring: Option<SocketAddr>,
     /// `--mdns`.
     pub mdns: bool,
+    /// `--customer-api`.
+    pub customer_api: Option<SocketAddr>,
+    /// `--supplier-api`.
+    pub supplier_api: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -134,6 +144,12 @@ impl NodeConfig {
             self.monitoring = addr;
         }
         self.network.mdns |= o.mdns;
+        if let Some(addr) = o.customer_api {
+            self.customer_api = addr;
+        }
+        if let Some(addr) = o.supplier_api {
+            self.supplier_api = addr;
+        }
         self
     }
 

@@ -32,6 +32,10 @@ pub struct RunningNode {
     pub listen_addrs: Vec<Multiaddr>,
     /// Where `/metrics` and `/health` are served.
     pub monitoring: SocketAddr,
+    /// Where the customer API listens.
+    pub customer_api: SocketAddr,
+    /// Where the supplier API listens.
+    pub supplier_api: SocketAddr,
     /// The ledger's market store.
     pub store: Arc<MarketStore>,
     stop: watch::Sender<bool>,
@@ -121,15 +125,34 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stopped(stop_rx),
     )
     .await?;
+    let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
+        &config.account_key_path(),
+    )?);
+    let api = crate::api::local::LocalApi {
+        store: store.clone(),
+        account: account.public(),
+        tokens: crate::api::local::load_or_create_tokens(&config.data_dir)?,
+    };
+    let (customer_api, customer_task) = crate::api::local::serve(
+        crate::api::local::Scope::Customer,
+        config.customer_api,
+        api.clone(),
+        stopped(stop.subscribe()),
+    )
+    .await?;
+    let (supplier_api, supplier_task) = crate::api::local::serve(
+        crate::api::local::Scope::Supplier,
+        config.supplier_api,
+        api,
+        stopped(stop.subscribe()),
+    )
+    .await?;
     let inbound_task = if config.role == Role::Supplier {
         let (source, notice) = crate::telemetry::open_source(&config.supplier.gpus)
             .map_err(|e| Error::Config(format!("GPUs: {e}")))?;
         if let Some(notice) = notice {
             tracing::warn!(%notice, "GPU source");
         }
-        let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
-            &config.account_key_path(),
-        )?);
         tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
         tokio::spawn(crate::supplier::runtime::run(
             config.supplier.clone(),
@@ -148,8 +171,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         handle,
         listen_addrs,
         monitoring,
+        customer_api,
+        supplier_api,
         store,
         stop,
-        tasks: vec![net.task, net.ingest_task, monitoring_task, inbound_task],
+        tasks: vec![
+            net.task,
+            net.ingest_task,
+            monitoring_task,
+            customer_task,
+            supplier_task,
+            inbound_task,
+        ],
     })
 }

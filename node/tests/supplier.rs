@@ -26,6 +26,8 @@ async fn a_customer_leases_simulated_gpus_and_receives_attestations() {
         data_dir: dir.path().to_path_buf(),
         network: common::config(),
         monitoring: "127.0.0.1:0".parse().unwrap(),
+        customer_api: "127.0.0.1:0".parse().unwrap(),
+        supplier_api: "127.0.0.1:0".parse().unwrap(),
         supplier: SupplierConfig {
             gpus: GpuSourceConfig::Sim(SimSpec::Builtin("a100x4".into())),
             prices: [(model.clone(), "1.80".parse().unwrap())].into(),

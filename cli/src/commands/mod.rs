@@ -5,6 +5,7 @@ mod keys;
 mod message;
 mod node;
 mod offer;
+mod offers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     /// Decode, verify and explain protocol messages.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// List the market's live offers, cheapest first (exit 4 if none match).
+    Offers(offers::OffersArgs),
     /// Run a node (supplier, customer, coordinator or relay).
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -60,5 +63,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Offer(cmd) => offer::run(cmd),
         Command::Message(cmd) => message::run(cmd),
         Command::Node(cmd) => node::run(cmd),
+        Command::Offers(args) => offers::run(args),
     }
 }

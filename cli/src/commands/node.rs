@@ -39,6 +39,12 @@ pub(crate) struct RunArgs {
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     mdns: bool,
+    /// Address of the customer API.
+    #[arg(long)]
+    customer_api: Option<SocketAddr>,
+    /// Address of the supplier API.
+    #[arg(long)]
+    supplier_api: Option<SocketAddr>,
 }
 
 pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -54,6 +60,8 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         bootstrap: args.bootstrap,
         monitoring: args.monitoring,
         mdns: args.mdns,
+        customer_api: args.customer_api,
+        supplier_api: args.supplier_api,
     });
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -62,6 +70,8 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         for addr in &node.listen_addrs {
             println!("listening on {addr}/p2p/{}", node.peer_id);
         }
+        println!("customer api on http://{}", node.customer_api);
+        println!("supplier api on http://{}", node.supplier_api);
         println!("monitoring on http://{}", node.monitoring);
         wait_for_signal().await?;
         eprintln!("stopping");

@@ -12,7 +12,8 @@
 //! since each may have a window under way when the cap is reached.
 //!
 //! Each alert fires exactly once per cap and threshold, even when one
-//! window jumps over several thresholds (each of them is then raised).
+//! window jumps over several thresholds (each of them is then raised). A
+//! lease's alerts name the lease as their subject; the account's have none.
 
 use std::collections::BTreeMap;
 
@@ -88,8 +89,8 @@ fn reached(spent: Credits, cap: Credits, percent: u8) -> bool {
 
 fn check_cap(cap: Option<Credits>, what: &str) -> Result<()> {
     match cap {
-        Some(cap) if cap.is_negative() => Err(Error::Config(format!(
-            "the {what} budget is {cap}, below zero"
+        Some(cap) if cap.is_negative() || cap.is_zero() => Err(Error::Config(format!(
+            "the {what} budget is {cap}; it must be above zero (leave it unset for no cap)"
         ))),
         _ => Ok(()),
     }
@@ -97,7 +98,7 @@ fn check_cap(cap: Option<Credits>, what: &str) -> Result<()> {
 
 impl BudgetTracker {
     /// A tracker for `budget` whose alerts are signed by the customer's
-    /// `key`. Refuses a negative cap.
+    /// `key`. Refuses a cap of zero or below.
     pub fn new(key: Keypair, budget: Budget) -> Result<Self> {
         check_cap(budget.per_lease, "per-lease")?;
         check_cap(budget.per_account, "per-account")?;
@@ -330,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn no_caps_no_alerts_and_negative_caps_are_refused() {
+    fn no_caps_no_alerts_and_caps_of_zero_or_below_are_refused() {
         let mut tracker = BudgetTracker::new(customer(), Budget::default()).unwrap();
         let update = tracker
             .update(Id([1; 32]), Credits::MAX, Credits::ZERO, T0)
@@ -342,6 +343,12 @@ mod tests {
             per_account: None,
         };
         assert!(BudgetTracker::new(customer(), negative).is_err());
+        let zero = Budget {
+            per_lease: None,
+            per_account: Some(Credits::ZERO),
+        };
+        let err = BudgetTracker::new(customer(), zero).unwrap_err();
+        assert!(err.to_string().contains("per-account"), "{err}");
     }
 
     #[test]

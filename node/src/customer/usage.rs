@@ -32,6 +32,15 @@ use rigmesh_protocol::{
 
 use crate::error::{Error, Result};
 
+/// How many recent chain positions a watch remembers, to tell a resend
+/// from a second, different attestation for the same window. A lease can
+/// have millions of short windows; memory stays bounded.
+pub const REMEMBERED_WINDOWS: usize = 1_024;
+
+/// How many disputes a watch keeps; later ones are counted, not kept, so
+/// a peer sending forgeries cannot grow the watch without bound.
+pub const KEPT_DISPUTES: usize = 1_024;
+
 /// The customer's answer to one attestation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -40,7 +49,9 @@ pub enum Verdict {
     /// The window is refused and not paid; send this to the supplier.
     Dispute(Signed<UsageDispute>),
     /// The very attestation of this `seq` was answered before (a replay or
-    /// a resend); nothing changed and nothing new needs sending.
+    /// a resend), or its `seq` is older than the windows remembered
+    /// ([`REMEMBERED_WINDOWS`]) and so was answered long ago; nothing is
+    /// paid and nothing new needs sending.
     Duplicate {
         /// Its position in the chain.
         seq: u64,
@@ -61,11 +72,13 @@ pub struct LeaseWatch {
     gpus: Vec<u16>,
     next_seq: u64,
     prev: Id,
-    /// Id of each attestation that took its place in the chain, by seq.
+    /// Id of each recent attestation that took its place in the chain, by
+    /// seq (the last [`REMEMBERED_WINDOWS`]).
     chain: BTreeMap<u64, Id>,
     paid: Meter,
     spent: Credits,
     disputes: Vec<Signed<UsageDispute>>,
+    dispute_count: u64,
 }
 
 /// Makes `text` fit a dispute's detail field: no control characters, no
@@ -118,6 +131,7 @@ impl LeaseWatch {
             paid: Meter::default(),
             spent: Credits::ZERO,
             disputes: Vec::new(),
+            dispute_count: 0,
             key,
         })
     }
@@ -152,9 +166,15 @@ impl LeaseWatch {
         self.paid.windows()
     }
 
-    /// Every dispute sent, oldest first: the supplier's record on this lease.
+    /// The disputes sent, oldest first (the first [`KEPT_DISPUTES`]): what
+    /// went wrong on this lease, for the record.
     pub fn disputes(&self) -> &[Signed<UsageDispute>] {
         &self.disputes
+    }
+
+    /// How many disputes were sent in all, kept or not.
+    pub fn dispute_count(&self) -> u64 {
+        self.dispute_count
     }
 
     /// The `seq` the next attestation must carry.
@@ -207,7 +227,8 @@ impl LeaseWatch {
     ) -> Result<Verdict> {
         let id = attestation.id()?;
         let body = &attestation.body;
-        if self.chain.get(&body.seq) == Some(&id) {
+        let forgotten = body.seq < self.next_seq && !self.chain.contains_key(&body.seq);
+        if forgotten || self.chain.get(&body.seq) == Some(&id) {
             return Ok(Verdict::Duplicate { seq: body.seq });
         }
         if let Some((reason, detail)) = self.outside_chain(attestation, id) {
@@ -219,8 +240,7 @@ impl LeaseWatch {
         let verdict = match problem {
             Some((reason, detail)) => {
                 let dispute = self.sign_dispute(id, body.seq, reason, &detail, now)?;
-                tracing::warn!(lease = %self.lease, seq = body.seq, ?reason, detail = %dispute.body.detail, "usage disputed");
-                self.disputes.push(dispute.clone());
+                self.record(&dispute);
                 Verdict::Dispute(dispute)
             }
             None => {
@@ -245,6 +265,9 @@ impl LeaseWatch {
             }
         };
         self.chain.insert(body.seq, id);
+        if self.chain.len() > REMEMBERED_WINDOWS {
+            self.chain.pop_first();
+        }
         self.next_seq = body.seq.saturating_add(1);
         self.prev = id;
         Ok(verdict)
@@ -422,15 +445,24 @@ impl LeaseWatch {
         now: UnixMillis,
     ) -> Result<Verdict> {
         let dispute = self.sign_dispute(attestation, seq, reason, detail, now)?;
-        tracing::warn!(lease = %self.lease, seq, ?reason, detail = %dispute.body.detail, "usage disputed");
-        self.disputes.push(dispute.clone());
+        self.record(&dispute);
         Ok(Verdict::Dispute(dispute))
+    }
+
+    /// Logs a dispute and keeps it while there is room.
+    fn record(&mut self, dispute: &Signed<UsageDispute>) {
+        let body = &dispute.body;
+        tracing::warn!(lease = %self.lease, seq = body.seq, reason = ?body.reason, detail = %body.detail, "usage disputed");
+        self.dispute_count = self.dispute_count.saturating_add(1);
+        if self.disputes.len() < KEPT_DISPUTES {
+            self.disputes.push(dispute.clone());
+        }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use rigmesh_protocol::{LeaseProposal, Message};
+    use rigmesh_protocol::{GpuUsage, LeaseProposal, Message};
 
     use super::*;
     use crate::supplier::meter::Meter as SupplierMeter;
@@ -685,6 +717,7 @@ pub(crate) mod tests {
         let dispute = disputed(watch.check(&twin, after(&chain[2])).unwrap());
         assert_eq!(dispute.body.reason, DisputeReason::BrokenChain);
         assert_eq!(watch.spent(), charge("2.00", 7_200_000));
+        assert_eq!(watch.dispute_count(), 2);
     }
 
     #[test]
@@ -768,6 +801,63 @@ pub(crate) mod tests {
         assert_eq!(watch.spent(), charge("2.00", 3_000_000 + 1_200_000));
         assert_eq!(watch.acked_windows(), 2);
         assert!(watch.finished());
+    }
+
+    #[test]
+    fn memory_of_old_windows_is_bounded_and_they_are_never_paid_twice() {
+        let agreement = agreement_with_windows("2.00", 1);
+        let lease = agreement.id().unwrap();
+        let mut watch = LeaseWatch::new(&agreement, customer()).unwrap();
+        let mut prev = Id::ZERO;
+        let mut chain = Vec::new();
+        for seq in 0..(REMEMBERED_WINDOWS as u64 + 10) {
+            let start = agreement.body.starts_at.plus_ms(seq * 1_000);
+            let gpu = |index| GpuUsage {
+                gpu_index: index,
+                billable_ms: 1_000,
+                mean_util_bp: 5_000,
+                peak_util_bp: 9_000,
+                peak_memory_mib: 1_000,
+                energy_mj: 300_000,
+            };
+            let a = Signed::sign(
+                UsageAttestation {
+                    version: PROTOCOL_VERSION,
+                    lease,
+                    supplier: supplier().public(),
+                    customer: customer().public(),
+                    seq,
+                    prev,
+                    window_start: start,
+                    window_end: start.plus_ms(1_000),
+                    gpus: vec![gpu(2), gpu(5)],
+                    billable_gpu_ms: 2_000,
+                    created_at: start.plus_ms(1_000),
+                },
+                &supplier(),
+            )
+            .unwrap();
+            acked(watch.check(&a, after(&a)).unwrap());
+            prev = a.id().unwrap();
+            chain.push(a);
+        }
+        let spent = watch.spent();
+        assert_eq!(spent, charge("2.00", 2_000 * chain.len() as u64));
+        let now = after(chain.last().unwrap());
+        // Window 0 is no longer remembered: a replay, even an altered one,
+        // is answered as already seen and not paid.
+        let altered = resign(&chain[0], |b| b.gpus[0].energy_mj += 1);
+        for old in [&chain[0], &altered] {
+            assert_eq!(
+                watch.check(old, now).unwrap(),
+                Verdict::Duplicate { seq: 0 }
+            );
+        }
+        // A recent window is remembered, so an altered copy is caught.
+        let recent = resign(&chain[20], |b| b.gpus[0].energy_mj += 1);
+        let dispute = disputed(watch.check(&recent, now).unwrap());
+        assert_eq!(dispute.body.reason, DisputeReason::BrokenChain);
+        assert_eq!(watch.spent(), spent);
     }
 
     #[test]

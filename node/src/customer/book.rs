@@ -441,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn the_max_price_itself_is_affordable() {
+        let (ledger, offers) = book(&[spec(1, "2.50"), spec(2, "2.500001")]);
+        let query = BookQuery {
+            max_price: Some("2.50".parse().unwrap()),
+            ..BookQuery::new("A100", 8)
+        };
+        let best = best_offers(&ledger, &query, &unreported, T0).unwrap();
+        assert_eq!(best, offers[..1]);
+        let why = explain_no_match(&ledger, &query, &unreported, T0).unwrap();
+        assert_eq!((why.matching, why.above_max_price), (1, 1));
+        assert_eq!(
+            why.to_string(),
+            "2 offers for A100; 1 above your max price (cheapest 2.500001); 1 match"
+        );
+    }
+
+    #[test]
     fn unreported_suppliers_score_the_documented_default() {
         let (ledger, offers) = book(&[spec(1, "2.00")]);
         let mut query = BookQuery::new("A100", 1);

@@ -9,6 +9,9 @@ pub mod book;
 pub mod budget;
 pub mod usage;
 
-pub use book::{best_offers, explain_no_match, BookQuery, NoMatch, DEFAULT_REPUTATION_BP};
+pub use book::{
+    best_offers, explain_no_match, unreported, BookQuery, NoMatch, DEFAULT_REPUTATION_BP,
+    FULL_REPUTATION_BP,
+};
 pub use budget::{Budget, BudgetTracker, BudgetUpdate, Decision};
-pub use usage::{LeaseWatch, Verdict};
+pub use usage::{LeaseWatch, Verdict, KEPT_DISPUTES, REMEMBERED_WINDOWS};

@@ -162,3 +162,95 @@ fn a_supplier_node_offers_its_simulated_gpus_to_the_cli() {
     assert!(String::from_utf8_lossy(&table.stdout).contains(&model));
     interrupt(child);
 }
+
+#[test]
+fn rigmesh_bid_leases_gpus_from_a_supplier_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = rigmesh_node::telemetry::SimProfile::builtin("a100x4")
+        .unwrap()
+        .gpus[0]
+        .model
+        .clone();
+    let config = dir.path().join("supplier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
+        ),
+    )
+    .unwrap();
+    let (supplier, lines) = start_with(
+        &dir.path().join("s"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let addr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("listening on "))
+        .unwrap()
+        .to_string();
+    let customer_dir = dir.path().join("c");
+    let (customer, lines) =
+        start_with(&customer_dir, &["--role", "customer", "--bootstrap", &addr]);
+    let api = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("customer api on http://"))
+        .unwrap()
+        .to_string();
+    let rigmesh = |args: &[&str]| {
+        Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+            .args(args)
+            .args(["--api", &api, "--data-dir"])
+            .arg(&customer_dir)
+            .output()
+            .unwrap()
+    };
+    let mut leased = None;
+    for _ in 0..100 {
+        let out = rigmesh(&[
+            "bid",
+            "--gpu",
+            &model,
+            "--count",
+            "2",
+            "--max-price",
+            "2",
+            "--hours",
+            "1",
+            "--window-secs",
+            "1",
+            "--json",
+        ]);
+        if out.status.success() {
+            leased = Some(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
+            break;
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lease = leased.expect("the offer reached the customer");
+    assert_eq!(lease["price_per_gpu_hour"], "1.8");
+    // Windows are metered and acked.
+    let mut acked = 0;
+    for _ in 0..100 {
+        let out = rigmesh(&["leases", "--json"]);
+        assert!(out.status.success());
+        let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        acked = leases[0]["acked_windows"].as_u64().unwrap_or(0);
+        if acked >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(acked >= 2, "acked {acked}");
+    // Too cheap a bid: exit 4 with the explanation.
+    let out = rigmesh(&["bid", "--gpu", &model, "--max-price", "0.5", "--hours", "1"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above your max price"));
+    interrupt(customer);
+    interrupt(supplier);
+}

@@ -31,6 +31,9 @@ pub struct MarketRecord {
     pub bytes: Vec<u8>,
     /// For an offer: who offers which devices, its sequence and expiry.
     pub offer: Option<OfferKey>,
+    /// When a message of another kind expires (bindings, bids); `None`
+    /// for records that do not (certificates, attestations).
+    pub expires_at: Option<UnixMillis>,
 }
 
 /// What identifies an offer's device set and orders its re-publications.
@@ -174,7 +177,11 @@ impl MarketStore {
             std::collections::HashMap::new();
         for record in batch {
             let mut value = Vec::with_capacity(8 + record.bytes.len());
-            let expires_at = record.offer.map_or(u64::MAX, |o| o.expires_at.0);
+            let expires_at = record
+                .offer
+                .map(|o| o.expires_at)
+                .or(record.expires_at)
+                .map_or(u64::MAX, |t| t.0);
             value.extend_from_slice(&expires_at.to_be_bytes());
             value.extend_from_slice(&record.bytes);
             if let Some(offer) = &record.offer {
@@ -299,6 +306,7 @@ mod tests {
                 sequence: seq,
                 expires_at: UnixMillis(1000),
             }),
+            expires_at: None,
         }
     }
 
@@ -329,6 +337,7 @@ mod tests {
                 id: Id([n; 32]),
                 bytes: vec![n],
                 offer: None,
+                expires_at: None,
             })
             .collect();
         store.store(&certs).unwrap();

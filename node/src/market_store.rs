@@ -37,6 +37,11 @@ impl MessageStore for MarketStore {
                     }),
                     _ => None,
                 },
+                expires_at: match &m.message {
+                    WireMessage::NodeBinding(b) => Some(b.body.expires_at),
+                    WireMessage::Bid(b) => Some(b.body.expires_at),
+                    _ => None,
+                },
             })
             .collect();
         MarketStore::store(self, &records).map_err(text)
@@ -50,7 +55,9 @@ impl MessageStore for MarketStore {
         now: UnixMillis,
     ) -> StoreResult<SyncPage> {
         let kinds: &[Kind] = match topic {
-            SyncTopic::Offers => &[Kind::Offer],
+            // Offers travel with the bindings that say how to reach their
+            // suppliers.
+            SyncTopic::Offers => &[Kind::Offer, Kind::NodeBinding],
             SyncTopic::Certificates => &[Kind::EscrowCertificate, Kind::SettlementCertificate],
         };
         let page = self.page(kinds, cursor, limit, now).map_err(text)?;

@@ -128,10 +128,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
         &config.account_key_path(),
     )?);
+    let (customer_tx, customer_rx) = tokio::sync::mpsc::channel(16);
     let api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),
         tokens: crate::api::local::load_or_create_tokens(&config.data_dir)?,
+        customer: (config.role == Role::Customer).then_some(customer_tx),
     };
     let (customer_api, customer_task) = crate::api::local::serve(
         crate::api::local::Scope::Customer,
@@ -156,7 +158,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
         tokio::spawn(crate::supplier::runtime::run(
             config.supplier.clone(),
-            account,
+            account.clone(),
             source,
             handle.clone(),
             net.inbound,
@@ -165,6 +167,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     } else {
         tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound))
     };
+    let mut tasks = vec![
+        net.task,
+        net.ingest_task,
+        monitoring_task,
+        customer_task,
+        supplier_task,
+        inbound_task,
+    ];
+    if config.role == Role::Customer {
+        tasks.push(tokio::spawn(crate::customer::runtime::run(
+            account.clone(),
+            store.clone(),
+            handle.clone(),
+            customer_rx,
+            stop.subscribe(),
+        )));
+    }
     tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
     Ok(RunningNode {
         peer_id: handle.peer_id(),
@@ -175,13 +194,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         supplier_api,
         store,
         stop,
-        tasks: vec![
-            net.task,
-            net.ingest_task,
-            monitoring_task,
-            customer_task,
-            supplier_task,
-            inbound_task,
-        ],
+        tasks,
     })
 }

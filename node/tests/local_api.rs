@@ -44,6 +44,7 @@ fn record(o: &Signed<Offer>) -> MarketRecord {
             sequence: o.body.sequence,
             expires_at: o.body.expires_at,
         }),
+        expires_at: None,
     }
 }
 
@@ -83,6 +84,7 @@ async fn each_listener_takes_only_its_own_scope() {
         store,
         account: me.public(),
         tokens,
+        customer: None,
     };
     let localhost = "127.0.0.1:0".parse().unwrap();
     let (customer, _) = local::serve(

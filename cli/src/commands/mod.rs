@@ -1,6 +1,7 @@
 //! Command-line surface: the clap definitions and the dispatch to each
 //! command's module.
 
+mod bid;
 mod keys;
 mod message;
 mod node;
@@ -41,6 +42,11 @@ enum Command {
     /// Decode, verify and explain protocol messages.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// Rent GPUs now: lease the cheapest matching offer (exit 4 and an
+    /// explanation in numbers if none matches).
+    Bid(bid::BidArgs),
+    /// Show this node's leases and what they cost so far.
+    Leases(bid::NodeArgs),
     /// List the market's live offers, cheapest first (exit 4 if none match).
     Offers(offers::OffersArgs),
     /// Run a node (supplier, customer, coordinator or relay).
@@ -64,5 +70,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Message(cmd) => message::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Offers(args) => offers::run(args),
+        Command::Bid(args) => bid::bid(args),
+        Command::Leases(args) => bid::leases(args),
     }
 }

@@ -139,6 +139,8 @@ pub struct LocalApi {
     pub account: PublicKey,
     /// Token hashes.
     pub tokens: TokenHashes,
+    /// The customer role, when this node plays it.
+    pub customer: Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
 }
 
 #[derive(Clone)]
@@ -243,6 +245,59 @@ async fn own_offers(State(s): State<Scoped>) -> Response {
     }
 }
 
+fn not_a_customer() -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(serde_json::json!({"error": "failed", "reason": "this node does not run the customer role (role = \"customer\")"})),
+    )
+        .into_response()
+}
+
+async fn bid(
+    State(s): State<Scoped>,
+    Json(request): Json<crate::customer::runtime::BidRequest>,
+) -> Response {
+    use crate::customer::runtime::{BidError, CustomerCommand};
+    let Some(customer) = &s.api.customer else {
+        return not_a_customer();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if customer
+        .send(CustomerCommand::Bid(request, tx))
+        .await
+        .is_err()
+    {
+        return not_a_customer();
+    }
+    match rx.await {
+        Ok(Ok(lease)) => Json(lease).into_response(),
+        Ok(Err(err)) => {
+            let status = match err {
+                BidError::NoMatch(_) => StatusCode::NOT_FOUND,
+                BidError::Refused(_) => StatusCode::CONFLICT,
+                BidError::Failed(_) => StatusCode::BAD_GATEWAY,
+            };
+            (status, Json(err)).into_response()
+        }
+        Err(_) => not_a_customer(),
+    }
+}
+
+async fn leases(State(s): State<Scoped>) -> Response {
+    use crate::customer::runtime::CustomerCommand;
+    let Some(customer) = &s.api.customer else {
+        return not_a_customer();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if customer.send(CustomerCommand::Leases(tx)).await.is_err() {
+        return not_a_customer();
+    }
+    match rx.await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => not_a_customer(),
+    }
+}
+
 async fn whoami(State(s): State<Scoped>) -> Response {
     Json(serde_json::json!({"scope": s.scope.name(), "account": s.api.account.to_string()}))
         .into_response()
@@ -265,7 +320,10 @@ pub async fn serve(
     })?;
     let state = Scoped { api, scope };
     let routes = match scope {
-        Scope::Customer => Router::new().route("/v1/offers", get(market_offers)),
+        Scope::Customer => Router::new()
+            .route("/v1/offers", get(market_offers))
+            .route("/v1/bid", axum::routing::post(bid))
+            .route("/v1/leases", get(leases)),
         Scope::Supplier => Router::new().route("/v1/offers", get(own_offers)),
     };
     let app = routes

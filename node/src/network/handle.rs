@@ -111,6 +111,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     store: std::sync::Arc<dyn MessageStore>,
     coordinators: Option<CoordinatorSet>,
+    accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -127,13 +128,21 @@ impl NodeHandle {
         peer_id: PeerId,
         store: std::sync::Arc<dyn MessageStore>,
         coordinators: Option<CoordinatorSet>,
+        accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
     ) -> Self {
         NodeHandle {
             commands,
             peer_id,
             store,
             coordinators,
+            accepted,
         }
+    }
+
+    /// Messages from peers as the ingest pipeline stores them. A receiver
+    /// that falls more than a thousand messages behind skips the oldest.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AcceptedMessage> {
+        self.accepted.subscribe()
     }
 
     /// This node's libp2p peer id.

@@ -118,6 +118,15 @@ impl Ingest {
     /// Runs every stage over a batch and returns one verdict per item, in
     /// order.
     pub fn process(&self, items: &[IngestItem], clock: &Clock) -> Vec<Outcome> {
+        self.process_batch(items, clock).0
+    }
+
+    /// [`Ingest::process`], also returning the messages it stored.
+    pub fn process_batch(
+        &self,
+        items: &[IngestItem],
+        clock: &Clock,
+    ) -> (Vec<Outcome>, Vec<AcceptedMessage>) {
         let mut outcomes = vec![Outcome::Ignore("unprocessed"); items.len()];
         // Stage 1: frame, decode, fields, time (no signatures yet).
         let mut staged = Vec::with_capacity(items.len());
@@ -246,7 +255,10 @@ impl Ingest {
         for index in write_index {
             set(&mut outcomes, index, outcome);
         }
-        outcomes
+        if outcome != Outcome::Accept {
+            writes.clear();
+        }
+        (outcomes, writes)
     }
 }
 
@@ -263,6 +275,7 @@ pub(crate) async fn run(
     ingest: Ingest,
     mut queue: mpsc::Receiver<IngestItem>,
     verdicts: mpsc::Sender<Vec<Verdict>>,
+    accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
     batch: usize,
     metrics: NetworkMetrics,
 ) {
@@ -275,7 +288,12 @@ pub(crate) async fn run(
         metrics
             .ingest_queue_depth
             .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
-        let outcomes = ingest.process(&items, &Clock::system());
+        let (outcomes, stored) = ingest.process_batch(&items, &Clock::system());
+        for message in stored {
+            // Subscribers that fall behind lose old messages (bounded),
+            // and a send with no subscriber is not an error worth a log.
+            let _ = accepted.send(message);
+        }
         let out: Vec<Verdict> = items
             .drain(..)
             .zip(outcomes)

@@ -61,6 +61,9 @@ pub const TOPICS: [&str; 5] = [
     TOPIC_REPUTATION,
 ];
 
+/// Messages from peers kept for subscribers that are briefly behind.
+const ACCEPTED_BACKLOG: usize = 1024;
+
 /// A started network: the handle, the inbound requests the application must
 /// answer, and the swarm task.
 #[derive(Debug)]
@@ -286,11 +289,13 @@ pub async fn start(
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let peer_id = *swarm.local_peer_id();
 
+    let (accepted_tx, _) = tokio::sync::broadcast::channel(ACCEPTED_BACKLOG);
     let ingest = ingest::Ingest::new(store.clone(), coordinators.clone());
     let ingest_task = tokio::spawn(ingest::run(
         ingest,
         ingest_rx,
         verdict_tx,
+        accepted_tx.clone(),
         limits.ingest_batch.max(1),
         metrics.clone(),
     ));
@@ -313,7 +318,7 @@ pub async fn start(
     };
     let task = tokio::spawn(event_loop.run(shutdown));
     Ok(Network {
-        handle: NodeHandle::new(command_tx, peer_id, store, coordinators),
+        handle: NodeHandle::new(command_tx, peer_id, store, coordinators, accepted_tx),
         inbound: inbound_rx,
         task,
         ingest_task,

@@ -39,6 +39,7 @@ pub async fn run(
     );
     let mut offering = false;
     let mut on_offer: Vec<rigmesh_protocol::Signed<rigmesh_protocol::Offer>> = Vec::new();
+    let mut binding_due = UnixMillis(0);
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,6 +106,15 @@ pub async fn run(
                     }
                     Err(err) => tracing::warn!(%err, "could not sign an alert"),
                 }
+                if now >= binding_due {
+                    // Customers find this node's peer from the supplier
+                    // account through a signed binding.
+                    if publish_binding(&key, &network, now).await {
+                        binding_due = now.plus_ms(BINDING_REFRESH_MS);
+                    } else {
+                        binding_due = now.plus_ms(10_000);
+                    }
+                }
                 if now >= offers_due {
                     sequence += 1;
                     let mut retry = false;
@@ -150,6 +160,33 @@ pub async fn run(
                     };
                 }
             }
+        }
+    }
+}
+
+/// Bindings live a day and are re-published every 12 hours.
+const BINDING_TTL_MS: u64 = 24 * 3_600_000;
+const BINDING_REFRESH_MS: u64 = 12 * 3_600_000;
+
+async fn publish_binding(key: &Keypair, network: &NodeHandle, now: UnixMillis) -> bool {
+    let binding = rigmesh_protocol::Signed::sign(
+        rigmesh_protocol::NodeBinding {
+            version: rigmesh_protocol::PROTOCOL_VERSION,
+            account: key.public(),
+            peer_id: network.peer_id().to_bytes(),
+            created_at: now,
+            expires_at: now.plus_ms(BINDING_TTL_MS),
+        },
+        key,
+    );
+    match binding {
+        Ok(binding) => network
+            .publish(&WireMessage::NodeBinding(binding))
+            .await
+            .is_ok(),
+        Err(err) => {
+            tracing::warn!(%err, "could not sign the node binding");
+            false
         }
     }
 }

@@ -171,3 +171,17 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+/// A plain HTTP/1.1 POST of a JSON body with a bearer token; the whole response.
+pub async fn http_post(addr: std::net::SocketAddr, path: &str, token: &str, json: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}

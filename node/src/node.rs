@@ -129,10 +129,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         &config.account_key_path(),
     )?);
     let (customer_tx, customer_rx) = tokio::sync::mpsc::channel(16);
+    let (view_tx, view_rx) = watch::channel(crate::supplier::runtime::SupplierView::default());
     let api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),
         tokens: crate::api::local::load_or_create_tokens(&config.data_dir)?,
+        supplier: (config.role == Role::Supplier).then_some(view_rx),
         customer: (config.role == Role::Customer).then_some(customer_tx),
     };
     let (customer_api, customer_task) = crate::api::local::serve(
@@ -162,6 +164,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             source,
             handle.clone(),
             net.inbound,
+            view_tx,
             stop.subscribe(),
         ))
     } else {

@@ -84,6 +84,7 @@ async fn each_listener_takes_only_its_own_scope() {
         store,
         account: me.public(),
         tokens,
+        supplier: None,
         customer: None,
     };
     let localhost = "127.0.0.1:0".parse().unwrap();

@@ -139,6 +139,8 @@ pub struct LocalApi {
     pub account: PublicKey,
     /// Token hashes.
     pub tokens: TokenHashes,
+    /// The supplier role's view, when this node plays it.
+    pub supplier: Option<tokio::sync::watch::Receiver<crate::supplier::runtime::SupplierView>>,
     /// The customer role, when this node plays it.
     pub customer: Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
 }
@@ -298,6 +300,50 @@ async fn leases(State(s): State<Scoped>) -> Response {
     }
 }
 
+fn supplier_view(s: &Scoped) -> Option<crate::supplier::runtime::SupplierView> {
+    s.api.supplier.as_ref().map(|view| view.borrow().clone())
+}
+
+fn not_a_supplier() -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(serde_json::json!({"error": "failed", "reason": "this node does not run the supplier role (role = \"supplier\")"})),
+    )
+        .into_response()
+}
+
+async fn supplier_gpus(State(s): State<Scoped>) -> Response {
+    match supplier_view(&s) {
+        Some(view) => {
+            Json(serde_json::json!({"gpus": view.gpus, "latest": view.latest})).into_response()
+        }
+        None => not_a_supplier(),
+    }
+}
+
+async fn supplier_leases(State(s): State<Scoped>) -> Response {
+    match supplier_view(&s) {
+        Some(view) => Json(view.leases).into_response(),
+        None => not_a_supplier(),
+    }
+}
+
+async fn supplier_earnings(State(s): State<Scoped>) -> Response {
+    let Some(view) = supplier_view(&s) else {
+        return not_a_supplier();
+    };
+    let mut total = Credits::ZERO;
+    for lease in &view.leases {
+        total = total.checked_add(lease.earned).unwrap_or(Credits::MAX);
+    }
+    Json(serde_json::json!({
+        "attested_total": total,
+        "leases": view.leases.iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned})).collect::<Vec<_>>(),
+        "note": "attested at the lease price; paid out by coordinator settlement",
+    }))
+    .into_response()
+}
+
 async fn whoami(State(s): State<Scoped>) -> Response {
     Json(serde_json::json!({"scope": s.scope.name(), "account": s.api.account.to_string()}))
         .into_response()
@@ -324,7 +370,11 @@ pub async fn serve(
             .route("/v1/offers", get(market_offers))
             .route("/v1/bid", axum::routing::post(bid))
             .route("/v1/leases", get(leases)),
-        Scope::Supplier => Router::new().route("/v1/offers", get(own_offers)),
+        Scope::Supplier => Router::new()
+            .route("/v1/offers", get(own_offers))
+            .route("/v1/gpus", get(supplier_gpus))
+            .route("/v1/leases", get(supplier_leases))
+            .route("/v1/earnings", get(supplier_earnings)),
     };
     let app = routes
         .route("/v1/whoami", get(whoami))

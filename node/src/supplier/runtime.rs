@@ -17,15 +17,50 @@ use super::{alerts, build_offers, SupplierConfig};
 use crate::network::{InboundRequest, NodeHandle, Protocol};
 use crate::telemetry::{GpuSample, GpuSource};
 
-/// Runs the supplier until `stop` turns true.
+/// A lease as the supplier sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SupplierLease {
+    /// Lease id.
+    pub lease: Id,
+    /// The customer.
+    pub customer: rigmesh_protocol::PublicKey,
+    /// Device indices leased.
+    pub gpus: Vec<u16>,
+    /// Price per GPU-hour.
+    pub price_per_gpu_hour: rigmesh_protocol::Credits,
+    /// When the lease ends.
+    pub ends_at: UnixMillis,
+    /// Windows attested so far.
+    pub windows_attested: u64,
+    /// GPU-milliseconds attested so far.
+    pub billable_gpu_ms: u64,
+    /// What the attested time is worth at the lease price (the billing rule).
+    pub earned: rigmesh_protocol::Credits,
+}
+
+/// What the supplier's API shows: the GPUs, their latest samples, leases.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SupplierView {
+    /// The GPUs present.
+    pub gpus: Vec<crate::telemetry::GpuDevice>,
+    /// The latest sample of each.
+    pub latest: Vec<GpuSample>,
+    /// Leases, running and finished.
+    pub leases: Vec<SupplierLease>,
+}
+
+/// Runs the supplier until `stop` turns true, publishing what it sees to
+/// `view` every second.
 pub async fn run(
     config: SupplierConfig,
     key: Keypair,
     mut source: Box<dyn GpuSource>,
     network: NodeHandle,
     mut inbound: mpsc::Receiver<InboundRequest>,
+    view: watch::Sender<SupplierView>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
     let mut desk = LeaseDesk::new(key.clone());
     let mut meters: BTreeMap<Id, Meter> = BTreeMap::new();
     let mut sequence: u64 = 0;
@@ -53,7 +88,21 @@ pub async fn run(
             }
             Some(request) = inbound.recv() => {
                 let before = desk.busy().len();
-                answer(&mut desk, &mut meters, &key, &network, request, source.as_mut()).await;
+                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut()).await {
+                    if let Ok(lease) = agreement.id() {
+                        let p = &agreement.body.proposal.body;
+                        book.insert(lease, SupplierLease {
+                            lease,
+                            customer: p.customer,
+                            gpus: agreement.body.gpu_indices.clone(),
+                            price_per_gpu_hour: p.price_per_gpu_hour,
+                            ends_at: agreement.body.ends_at,
+                            windows_attested: 0,
+                            billable_gpu_ms: 0,
+                            earned: rigmesh_protocol::Credits::ZERO,
+                        });
+                    }
+                }
                 if desk.busy().len() != before {
                     offers_due = UnixMillis(0);
                     if desk.busy().len() > before {
@@ -70,7 +119,16 @@ pub async fn run(
                         continue;
                     }
                 };
-                meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                for attestation in meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await {
+                    if let Some(entry) = book.get_mut(&attestation.body.lease) {
+                        entry.windows_attested += 1;
+                        entry.billable_gpu_ms += attestation.body.billable_gpu_ms;
+                        entry.earned = rigmesh_ledger::billing::charge(entry.price_per_gpu_hour, entry.billable_gpu_ms)
+                            .unwrap_or(entry.earned);
+                    }
+                }
+                let gpus = source.devices().unwrap_or_default();
+                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: book.values().cloned().collect() });
                 // A GPU that vanished or came back changes what can be
                 // offered: re-offer now rather than at the next refresh.
                 let lost_now: std::collections::BTreeSet<u32> = samples
@@ -198,7 +256,8 @@ async fn answer(
     network: &NodeHandle,
     request: InboundRequest,
     source: &mut dyn GpuSource,
-) {
+) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
+    let mut agreed = None;
     let response = match request.protocol {
         Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
             Ok(LeaseRequest::Propose(proposal)) => {
@@ -209,6 +268,7 @@ async fn answer(
                                 meter.record(&samples);
                             }
                             meters.insert(meter.lease(), meter);
+                            agreed = Some(agreement.clone());
                             LeaseResponse::Agreed(Box::new(agreement))
                         }
                         Err(err) => LeaseResponse::Refused(err.to_string()),
@@ -231,6 +291,7 @@ async fn answer(
         }
         Err(err) => tracing::warn!(%err, "could not encode an answer"),
     }
+    agreed
 }
 
 async fn meter_round(
@@ -240,7 +301,8 @@ async fn meter_round(
     network: &NodeHandle,
     samples: &[GpuSample],
     now: UnixMillis,
-) {
+) -> Vec<rigmesh_protocol::Signed<rigmesh_protocol::UsageAttestation>> {
+    let mut attested = Vec::new();
     let mut finished = Vec::new();
     for (lease, meter) in meters.iter_mut() {
         for event in meter.record(samples) {
@@ -252,11 +314,12 @@ async fn meter_round(
             match meter.close_window(now) {
                 Ok(attestation) => {
                     if let Err(err) = network
-                        .publish(&WireMessage::UsageAttestation(attestation))
+                        .publish(&WireMessage::UsageAttestation(attestation.clone()))
                         .await
                     {
                         tracing::warn!(%err, "attestation stored; not gossiped yet");
                     }
+                    attested.push(attestation);
                 }
                 Err(err) => {
                     tracing::warn!(%err, "could not attest a window");
@@ -272,4 +335,5 @@ async fn meter_round(
         meters.remove(&lease);
         desk.end(&lease);
     }
+    attested
 }

@@ -110,6 +110,19 @@ fn a_bad_config_file_is_a_clear_error() {
     assert!(err.contains("unknown variant"), "{err}");
 }
 
+/// A supplier config on four simulated A100s priced at 1.80.
+fn supplier_config(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
+    let config = dir.join("supplier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 #[test]
 fn a_supplier_node_offers_its_simulated_gpus_to_the_cli() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,14 +131,7 @@ fn a_supplier_node_offers_its_simulated_gpus_to_the_cli() {
         .gpus[0]
         .model
         .clone();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
-        ),
-    )
-    .unwrap();
+    let config = supplier_config(dir.path(), &model);
     let data = dir.path().join("data");
     let (child, lines) = start_with(&data, &["--config", config.to_str().unwrap()]);
     let api = lines
@@ -171,14 +177,7 @@ fn rigmesh_bid_leases_gpus_from_a_supplier_node() {
         .gpus[0]
         .model
         .clone();
-    let config = dir.path().join("supplier.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
-        ),
-    )
-    .unwrap();
+    let config = supplier_config(dir.path(), &model);
     let (supplier, lines) = start_with(
         &dir.path().join("s"),
         &["--config", config.to_str().unwrap()],

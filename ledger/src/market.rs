@@ -258,6 +258,25 @@ impl MarketStore {
         Ok(page)
     }
 
+    /// Every stored, unexpired message of `T`'s kind at `now`, decoded.
+    pub fn all<T: rigmesh_protocol::Message>(
+        &self,
+        now: UnixMillis,
+    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = self.page(&[T::KIND], cursor.as_deref(), 500, now)?;
+            for (_, bytes) in &page.items {
+                out.push(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?);
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Records a ban (replacing an earlier one of the same peer).
     pub fn record_ban(&self, ban: &BanRecord) -> Result<()> {
         let mut value = ban.until.0.to_be_bytes().to_vec();

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{Credits, Kind, Offer, PublicKey, Signed, UnixMillis};
+use rigmesh_protocol::{Credits, Offer, PublicKey, Signed, UnixMillis};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -194,20 +194,9 @@ pub struct OfferFilter {
 }
 
 fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
-    let mut out = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let page = store
-            .page(&[Kind::Offer], cursor.as_deref(), 500, UnixMillis::now())
-            .map_err(|e| Error::Store(e.to_string()))?;
-        for (_, bytes) in &page.items {
-            out.push(Signed::<Offer>::from_bytes(bytes)?);
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(out),
-        }
-    }
+    store
+        .all::<Offer>(UnixMillis::now())
+        .map_err(|e| Error::Store(e.to_string()))
 }
 
 fn internal(err: Error) -> Response {

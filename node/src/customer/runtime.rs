@@ -16,8 +16,8 @@ use rigmesh_ledger::{Cause, Ledger, MarketStore};
 use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Clock, Credits, Id, Keypair, Kind, LeaseAgreement, LeaseProposal, NodeBinding, Offer,
-    PublicKey, Signed, UnixMillis, PROTOCOL_VERSION,
+    Clock, Credits, Id, Keypair, LeaseAgreement, LeaseProposal, NodeBinding, Offer, PublicKey,
+    Signed, UnixMillis, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -115,30 +115,11 @@ fn failed<E: std::fmt::Display>(e: E) -> BidError {
     BidError::Failed(e.to_string())
 }
 
-/// Pages every stored message of `kind` (live ones only for offers).
-fn stored<T: rigmesh_protocol::Message>(
-    store: &MarketStore,
-    kind: Kind,
-) -> Result<Vec<Signed<T>>, BidError> {
-    let mut out = Vec::new();
-    let mut cursor: Option<Vec<u8>> = None;
-    loop {
-        let page = store
-            .page(&[kind], cursor.as_deref(), 500, UnixMillis::now())
-            .map_err(failed)?;
-        for (_, bytes) in &page.items {
-            out.push(Signed::<T>::from_bytes(bytes).map_err(failed)?);
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(out),
-        }
-    }
-}
-
 /// The peer an account's newest unexpired binding names.
 fn peer_of(store: &MarketStore, account: &PublicKey, now: UnixMillis) -> Result<PeerId, BidError> {
-    stored::<NodeBinding>(store, Kind::NodeBinding)?
+    store
+        .all::<NodeBinding>(now)
+        .map_err(failed)?
         .into_iter()
         .filter(|b| b.body.account == *account && b.body.expires_at > now)
         .max_by_key(|b| b.body.created_at)
@@ -266,7 +247,7 @@ async fn bid(
     // The order book is the ledger's offer index over what gossip brought.
     let book = Ledger::in_memory().map_err(failed)?;
     let cause = Cause::new(key.public(), Id::ZERO, now);
-    for offer in stored::<Offer>(store, Kind::Offer)? {
+    for offer in store.all::<Offer>(now).map_err(failed)? {
         book.put_offer(&offer, &cause).map_err(failed)?;
     }
     let query = BookQuery {

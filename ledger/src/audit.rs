@@ -61,6 +61,11 @@ pub enum Action {
     NotificationDelivered,
     /// A peer's score or ban changed.
     PeerScored,
+    /// A coordinator locked a debit or settlement sequence for its vote.
+    VoteLocked,
+    /// A certificate was stored and held pending until what it needs is
+    /// applied.
+    CertificatePending,
     /// The node refused something (a vote, a certificate, a message); the
     /// detail holds the reason code.
     Refused,

@@ -153,7 +153,7 @@ pub struct BooksReport {
 
 /// Journal entries being prepared for one batch, with the balances they
 /// leave behind.
-struct Posting<'a, S: Store> {
+pub(crate) struct Posting<'a, S: Store> {
     store: &'a S,
     balances: HashMap<Account, Credits>,
     ids: Vec<Id>,
@@ -162,7 +162,7 @@ struct Posting<'a, S: Store> {
 }
 
 impl<'a, S: Store> Posting<'a, S> {
-    fn new(store: &'a S) -> Result<Self> {
+    pub(crate) fn new(store: &'a S) -> Result<Self> {
         let head = store.get_in::<JournalHeads>(&Slot)?.unwrap_or_default();
         Ok(Posting {
             store,
@@ -185,7 +185,7 @@ impl<'a, S: Store> Posting<'a, S> {
         Ok(stored)
     }
 
-    fn post(&mut self, entry: &JournalEntry) -> Result<u64> {
+    pub(crate) fn post(&mut self, entry: &JournalEntry) -> Result<u64> {
         entry.check()?;
         if self.ids.contains(&entry.id) || self.store.get_in::<JournalIds>(&entry.id)?.is_some() {
             return Err(Error::AlreadyPosted(entry.id));
@@ -218,7 +218,7 @@ impl<'a, S: Store> Posting<'a, S> {
 
     /// The batch: entries, the balances they leave (zero balances are
     /// removed, so finished leases leave no rows) and the journal head.
-    fn finish(mut self) -> Result<Batch> {
+    pub(crate) fn finish(mut self) -> Result<Batch> {
         for (account, balance) in &self.balances {
             if balance.is_zero() {
                 self.batch.delete_in::<Balances>(account);
@@ -576,7 +576,7 @@ impl<S: Store> Ledger<S> {
         Ok(payout)
     }
 
-    fn add_rollups(
+    pub(crate) fn add_rollups(
         &self,
         batch: &mut Batch,
         book: &LeaseBook,

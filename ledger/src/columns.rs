@@ -22,6 +22,13 @@
 //! | [`Outbox`] | `ledger/outbox` | queue sequence | [`Notification`] |
 //! | [`PeerScores`] | `ledger/peer_scores` | peer id bytes | [`PeerScore`] |
 //! | [`Rollups`] | `ledger/rollups` | (account, hour) | [`Rollup`] |
+//! | [`DebitSeqs`] | `ledger/debit_seqs` | account | next debit sequence |
+//! | [`DebitLocks`] | `ledger/debit_locks` | (account, seq) | subject voted for |
+//! | [`DebitsApplied`] | `ledger/debits_applied` | (account, seq) | subject applied |
+//! | [`SettlementLocks`] | `ledger/settlement_locks` | (lease, settlement seq) | subject voted for |
+//! | [`SettlementHeads`] | `ledger/settlement_heads` | lease | last settled attestation id |
+//! | [`AppliedSubjects`] | `ledger/applied` | certificate subject | [`AppliedRecord`] |
+//! | [`PendingCertificates`] | `ledger/pending` | (kind, subject) | [`PendingSince`] |
 
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -31,6 +38,7 @@ use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 use crate::accounts::{Account, JournalEntry};
 use crate::audit::{AuditHead, SealedAudit};
 use crate::books::{JournalHead, LeaseBook};
+use crate::certified::{AppliedRecord, PendingSince};
 use crate::codec::{Record, StoredMessage};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyPrefix, KeyReader, ShortBytes};
@@ -160,6 +168,35 @@ column!(
 column!(
     /// Hourly usage and spend per account.
     Rollups, "ledger/rollups", (PublicKey, u64), Rollup
+);
+
+column!(
+    /// Each account's next debit sequence number.
+    DebitSeqs, "ledger/debit_seqs", PublicKey, u64
+);
+column!(
+    /// The debit this coordinator voted for at each (account, seq).
+    DebitLocks, "ledger/debit_locks", (PublicKey, u64), Id
+);
+column!(
+    /// The debit applied at each (account, seq).
+    DebitsApplied, "ledger/debits_applied", (PublicKey, u64), Id
+);
+column!(
+    /// The settlement request this coordinator voted for at each (lease, k).
+    SettlementLocks, "ledger/settlement_locks", (Id, u64), Id
+);
+column!(
+    /// The last settled attestation of each lease.
+    SettlementHeads, "ledger/settlement_heads", Id, Id
+);
+column!(
+    /// Subjects of the certificates and deposits applied.
+    AppliedSubjects, "ledger/applied", Id, AppliedRecord
+);
+column!(
+    /// Certificates held until what they need is applied.
+    PendingCertificates, "ledger/pending", (CertificateKind, Id), PendingSince
 );
 
 impl Record for Credits {

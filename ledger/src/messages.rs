@@ -32,6 +32,10 @@ pub enum CertificateKind {
     Escrow,
     /// A settlement certificate.
     Settlement,
+    /// A withdrawal certificate.
+    Withdrawal,
+    /// A deposit (signed by the coordinator set's admin key).
+    Deposit,
 }
 
 impl CertificateKind {
@@ -43,19 +47,28 @@ impl CertificateKind {
             other => Err(Error::corrupt("certificate kind", other.to_string())),
         }
     }
+
+    /// Its key tag.
+    pub fn tag(self) -> u8 {
+        match self {
+            CertificateKind::Escrow => 1,
+            CertificateKind::Settlement => 2,
+            CertificateKind::Withdrawal => 3,
+            CertificateKind::Deposit => 4,
+        }
+    }
 }
 
 impl Key for CertificateKind {
     fn write_key(&self, out: &mut Vec<u8>) {
-        out.push(match self {
-            CertificateKind::Escrow => 1,
-            CertificateKind::Settlement => 2,
-        });
+        out.push(self.tag());
     }
     fn read_key(input: &mut KeyReader<'_>) -> Result<Self> {
         match u8::read_key(input)? {
             1 => Ok(CertificateKind::Escrow),
             2 => Ok(CertificateKind::Settlement),
+            3 => Ok(CertificateKind::Withdrawal),
+            4 => Ok(CertificateKind::Deposit),
             tag => Err(Error::corrupt(
                 "certificate key",
                 format!("unknown kind {tag}"),

@@ -1,0 +1,679 @@
+//! What a coordinator keeps to vote and to apply certificates
+//! (specs/settlement.md sections 3 to 10): each account's debit sequence,
+//! the vote locks, the certificates applied, those held pending, and each
+//! lease's settlement head.
+//!
+//! Every method here takes a certificate (or deposit) its caller has
+//! already verified against the coordinator set, and changes the books only
+//! in one atomic batch with its audit record. Applying is idempotent by the
+//! certificate's subject id, and never takes an account below zero: a debit
+//! the balance here does not cover yet is held pending until the credits
+//! its voters had applied arrive (section 5.4).
+
+use bincode::{Decode, Encode};
+use rigmesh_protocol::{
+    Credits, EscrowCertificate, Id, PublicKey, SettlementCertificate, UnixMillis,
+};
+
+use crate::accounts::{Account, JournalEntry, Movement};
+use crate::audit::Action;
+use crate::books::{derived_entry_id, LeaseBook, Posting};
+use crate::codec::{Record, StoredMessage};
+use crate::columns::{
+    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, LeaseBooks,
+    PendingCertificates, SettlementHeads, SettlementLocks, TypedStore,
+};
+use crate::error::{Error, Result};
+use crate::ledger::{Cause, Ledger};
+use crate::messages::CertificateKind;
+use crate::store::{Batch, Direction, Store};
+
+/// What applying a certificate did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied now.
+    Applied,
+    /// Applied before; nothing written.
+    AlreadyApplied,
+    /// Held pending (stored, not applied) until what is missing arrives.
+    Pending(String),
+    /// Conflicts with what is applied: evidence of more than f faulty
+    /// coordinators. Nothing applied; the caller raises a critical alert.
+    Conflict {
+        /// Reason code of the settlement spec.
+        code: &'static str,
+        /// What conflicts.
+        detail: String,
+    },
+}
+
+/// What taking a vote lock did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Locked now for this subject.
+    Taken,
+    /// Already locked for this very subject: the vote may be sent again.
+    Same,
+    /// Locked for another subject.
+    Other(Id),
+}
+
+/// When a coordinator first saw a certificate it holds pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct PendingSince(pub UnixMillis);
+
+impl Record for PendingSince {
+    const WHAT: &'static str = "pending certificate";
+}
+
+/// The subject of an applied certificate, with its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct AppliedRecord {
+    /// Which kind of certificate.
+    pub kind: u8,
+    /// When it was applied.
+    pub at: UnixMillis,
+}
+
+impl Record for AppliedRecord {
+    const WHAT: &'static str = "applied certificate";
+}
+
+impl Record for Id {
+    const WHAT: &'static str = "message id";
+}
+
+/// A debit of an account, as a certificate states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debit {
+    /// The certified message's id.
+    pub subject: Id,
+    /// The account debited.
+    pub account: PublicKey,
+    /// Its debit sequence number.
+    pub seq: u64,
+    /// The amount.
+    pub amount: Credits,
+    /// Where the money goes.
+    pub to: DebitTarget,
+}
+
+/// Where a debit's money goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebitTarget {
+    /// Into the escrow of a lease, for a supplier.
+    Escrow {
+        /// The lease.
+        lease: Id,
+        /// Who will be paid.
+        supplier: PublicKey,
+    },
+    /// Out of rigmesh (a withdrawal).
+    External,
+}
+
+/// A settlement as its certificate states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// The request's id.
+    pub subject: Id,
+    /// The lease.
+    pub lease: Id,
+    /// The escrow order that funds it.
+    pub escrow: Id,
+    /// The supplier.
+    pub supplier: PublicKey,
+    /// The customer.
+    pub customer: PublicKey,
+    /// The lease's settlement sequence number.
+    pub settlement_seq: u64,
+    /// Last window paid.
+    pub last_window: u64,
+    /// Id of attestation `last_window`.
+    pub attestation_head: Id,
+    /// GPU-milliseconds paid for.
+    pub billable_gpu_ms: u64,
+    /// To the supplier.
+    pub supplier_amount: Credits,
+    /// To the fee account.
+    pub fee: Credits,
+    /// Back to the customer.
+    pub refund: Credits,
+    /// Closes the lease.
+    pub final_settlement: bool,
+}
+
+impl Debit {
+    /// The debit an escrow certificate makes.
+    pub fn of_escrow(certificate: &EscrowCertificate) -> Result<Self> {
+        let order = &certificate.message.body;
+        Ok(Debit {
+            subject: certificate.subject()?,
+            account: order.account,
+            seq: order.seq,
+            amount: order.amount,
+            to: DebitTarget::Escrow {
+                lease: order.lease,
+                supplier: order.supplier,
+            },
+        })
+    }
+}
+
+impl Settlement {
+    /// The settlement a certificate makes.
+    pub fn of(certificate: &SettlementCertificate) -> Result<Self> {
+        let r = &certificate.message.body;
+        Ok(Settlement {
+            subject: certificate.subject()?,
+            lease: r.lease,
+            escrow: r.escrow,
+            supplier: r.supplier,
+            customer: r.customer,
+            settlement_seq: r.settlement_seq,
+            last_window: r.last_window,
+            attestation_head: r.attestation_head,
+            billable_gpu_ms: r.billable_gpu_ms,
+            supplier_amount: r.supplier_amount,
+            fee: r.fee,
+            refund: r.refund,
+            final_settlement: r.final_settlement,
+        })
+    }
+}
+
+fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits> {
+    a.checked_add(b).ok_or(Error::Overflow(what))
+}
+
+impl<S: Store> Ledger<S> {
+    /// The next debit sequence number of `account` (0 if it never paid).
+    pub fn next_debit_seq(&self, account: &PublicKey) -> Result<u64> {
+        Ok(self.store().get_in::<DebitSeqs>(account)?.unwrap_or(0))
+    }
+
+    /// The subject this node voted for at `(account, seq)`, if any.
+    pub fn debit_lock(&self, account: &PublicKey, seq: u64) -> Result<Option<Id>> {
+        self.store().get_in::<DebitLocks>(&(*account, seq))
+    }
+
+    /// The subject of the debit applied at `(account, seq)`, if any.
+    pub fn applied_debit(&self, account: &PublicKey, seq: u64) -> Result<Option<Id>> {
+        self.store().get_in::<DebitsApplied>(&(*account, seq))
+    }
+
+    /// The subject this node voted for at `(lease, settlement_seq)`.
+    pub fn settlement_lock(&self, lease: &Id, settlement_seq: u64) -> Result<Option<Id>> {
+        self.store()
+            .get_in::<SettlementLocks>(&(*lease, settlement_seq))
+    }
+
+    /// The id of the last settled attestation of `lease`.
+    pub fn settlement_head(&self, lease: &Id) -> Result<Option<Id>> {
+        self.store().get_in::<SettlementHeads>(lease)
+    }
+
+    /// True if the certificate (or deposit) with this subject is applied.
+    pub fn is_applied(&self, subject: &Id) -> Result<bool> {
+        Ok(self.store().get_in::<AppliedSubjects>(subject)?.is_some())
+    }
+
+    /// Locks `(account, seq)` for `subject` before a vote is sent (the lock
+    /// rule of section 4), durably.
+    pub fn lock_debit(
+        &self,
+        account: &PublicKey,
+        seq: u64,
+        subject: &Id,
+        cause: &Cause,
+    ) -> Result<Lock> {
+        self.take_lock::<DebitLocks>(
+            &(*account, seq),
+            subject,
+            &format!("vote lock {account} seq {seq}"),
+            cause,
+        )
+    }
+
+    /// Locks `(lease, settlement_seq)` for `subject` before a vote is sent.
+    pub fn lock_settlement(
+        &self,
+        lease: &Id,
+        settlement_seq: u64,
+        subject: &Id,
+        cause: &Cause,
+    ) -> Result<Lock> {
+        self.take_lock::<SettlementLocks>(
+            &(*lease, settlement_seq),
+            subject,
+            &format!("vote lock lease {lease} settlement {settlement_seq}"),
+            cause,
+        )
+    }
+
+    fn take_lock<C>(&self, key: &C::Key, subject: &Id, detail: &str, cause: &Cause) -> Result<Lock>
+    where
+        C: crate::columns::Column<Value = Id>,
+    {
+        let guard = self.lock();
+        match self.store().get_in::<C>(key)? {
+            Some(held) if held == *subject => Ok(Lock::Same),
+            Some(held) => Ok(Lock::Other(held)),
+            None => {
+                let mut batch = Batch::new();
+                batch.put_in::<C>(key, subject)?;
+                self.commit(&guard, batch, Action::VoteLocked, detail, cause)?;
+                Ok(Lock::Taken)
+            }
+        }
+    }
+
+    /// Stores a verified certificate's bytes and holds it pending, unless
+    /// it is already applied or stored. Returns true if it is new here.
+    pub fn hold_pending(
+        &self,
+        kind: CertificateKind,
+        subject: &Id,
+        bytes: Vec<u8>,
+        reason: &str,
+        cause: &Cause,
+    ) -> Result<bool> {
+        let guard = self.lock();
+        if self.is_applied(subject)?
+            || self
+                .store()
+                .get_in::<PendingCertificates>(&(kind, *subject))?
+                .is_some()
+        {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        batch.put_in::<Certificates>(&(kind, *subject), &StoredMessage(bytes))?;
+        batch.put_in::<PendingCertificates>(&(kind, *subject), &PendingSince(cause.at))?;
+        self.commit(
+            &guard,
+            batch,
+            Action::CertificatePending,
+            &format!("{kind:?} {subject} held: {reason}"),
+            cause,
+        )?;
+        Ok(true)
+    }
+
+    /// The certificates held pending, oldest kind first, with their bytes.
+    pub fn pending_certificates(&self) -> Result<Vec<(CertificateKind, Id, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for row in self.store().rows::<PendingCertificates>(Direction::Forward) {
+            let ((kind, subject), _) = row?;
+            if let Some(bytes) = self.store().get_in::<Certificates>(&(kind, subject))? {
+                out.push((kind, subject, bytes.0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a verified debit certificate (escrow order or withdrawal):
+    /// the rules of section 5.4. `bytes` are the certificate's canonical
+    /// bytes, kept as the receipt.
+    pub fn apply_debit(
+        &self,
+        kind: CertificateKind,
+        debit: &Debit,
+        bytes: Vec<u8>,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        let guard = self.lock();
+        if self.is_applied(&debit.subject)? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        let next = self.next_debit_seq(&debit.account)?;
+        if debit.seq > next {
+            drop(guard);
+            let reason = format!(
+                "debit {} of {} waits for debits {next}..{} of the account",
+                debit.seq,
+                debit.account,
+                debit.seq - 1
+            );
+            self.hold_pending(kind, &debit.subject, bytes, &reason, cause)?;
+            return Ok(Applied::Pending(reason));
+        }
+        if debit.seq < next {
+            let other = self.applied_debit(&debit.account, debit.seq)?;
+            return Ok(Applied::Conflict {
+                code: "conflicting_certificate",
+                detail: format!(
+                    "{} seq {} already applied for {}",
+                    debit.account,
+                    debit.seq,
+                    other.map_or_else(|| "another debit".to_string(), |id| id.to_string())
+                ),
+            });
+        }
+        if let DebitTarget::Escrow { lease, .. } = debit.to {
+            if self.store().get_in::<LeaseBooks>(&lease)?.is_some() {
+                return Ok(Applied::Conflict {
+                    code: "lease_funded",
+                    detail: format!("lease {lease} already has an applied escrow"),
+                });
+            }
+        }
+        let balance = self.balance(&Account::User(debit.account))?;
+        if balance < debit.amount {
+            drop(guard);
+            let reason = format!(
+                "{} holds {balance}, the debit takes {}: waiting for its credits",
+                debit.account, debit.amount
+            );
+            self.hold_pending(kind, &debit.subject, bytes, &reason, cause)?;
+            return Ok(Applied::Pending(reason));
+        }
+
+        let (movement, to, action) = match debit.to {
+            DebitTarget::Escrow { lease, .. } => (
+                Movement::EscrowLock,
+                Account::Escrow(lease),
+                Action::EscrowLocked,
+            ),
+            DebitTarget::External => (Movement::Withdrawal, Account::External, Action::Withdrawal),
+        };
+        let entry = JournalEntry::transfer(
+            debit.subject,
+            movement,
+            Account::User(debit.account),
+            to,
+            debit.amount,
+            cause.at,
+            debit.subject,
+        )?;
+        let mut posting = Posting::new(self.store())?;
+        posting.post(&entry)?;
+        let mut batch = posting.finish()?;
+        if let DebitTarget::Escrow { lease, supplier } = debit.to {
+            batch.put_in::<LeaseBooks>(
+                &lease,
+                &LeaseBook {
+                    order: debit.subject,
+                    customer: debit.account,
+                    supplier,
+                    // The price is in the agreement; certified settlements
+                    // state their amounts, so the book does not need it.
+                    price_per_gpu_hour: Credits::ZERO,
+                    amount: debit.amount,
+                    paid: Credits::ZERO,
+                    next_settlement_seq: 0,
+                    next_window: 0,
+                    metered_windows: 0,
+                    unsettled_gpu_ms: 0,
+                    closed: false,
+                },
+            )?;
+        }
+        let new_next = debit
+            .seq
+            .checked_add(1)
+            .ok_or(Error::Overflow("a debit sequence"))?;
+        batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
+        batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
+        self.mark_applied(&mut batch, kind, &debit.subject, bytes, cause.at)?;
+        self.commit(
+            &guard,
+            batch,
+            action,
+            &format!(
+                "{kind:?} certificate {}: {} seq {} pays {}",
+                debit.subject, debit.account, debit.seq, debit.amount
+            ),
+            cause,
+        )?;
+        Ok(Applied::Applied)
+    }
+
+    /// Applies a verified escrow certificate (section 5.4).
+    pub fn apply_escrow_certificate(
+        &self,
+        certificate: &EscrowCertificate,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        self.apply_debit(
+            CertificateKind::Escrow,
+            &Debit::of_escrow(certificate)?,
+            certificate.to_bytes()?,
+            cause,
+        )
+    }
+
+    /// Applies a verified settlement certificate (section 8.4): the stated
+    /// amounts move out of the escrow if they fit it.
+    pub fn apply_settlement_certificate(
+        &self,
+        certificate: &SettlementCertificate,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        let s = Settlement::of(certificate)?;
+        let bytes = certificate.to_bytes()?;
+        let kind = CertificateKind::Settlement;
+        let guard = self.lock();
+        if self.is_applied(&s.subject)? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        let Some(mut book) = self.store().get_in::<LeaseBooks>(&s.lease)? else {
+            drop(guard);
+            let reason = format!("the escrow of lease {} is not applied here", s.lease);
+            self.hold_pending(kind, &s.subject, bytes, &reason, cause)?;
+            return Ok(Applied::Pending(reason));
+        };
+        if book.closed || s.settlement_seq < book.next_settlement_seq {
+            return Ok(Applied::Conflict {
+                code: "conflicting_certificate",
+                detail: format!(
+                    "lease {} settlement {} conflicts with what is applied (next {}, closed {})",
+                    s.lease, s.settlement_seq, book.next_settlement_seq, book.closed
+                ),
+            });
+        }
+        if s.settlement_seq > book.next_settlement_seq {
+            drop(guard);
+            let reason = format!(
+                "lease {} settlement {} waits for settlement {}",
+                s.lease, s.settlement_seq, book.next_settlement_seq
+            );
+            self.hold_pending(kind, &s.subject, bytes, &reason, cause)?;
+            return Ok(Applied::Pending(reason));
+        }
+        let paid_now = add(s.supplier_amount, s.fee, "a settlement's payout")?;
+        let total = add(paid_now, s.refund, "a settlement's total")?;
+        let available = book.available()?;
+        let fits = if s.final_settlement {
+            total == available
+        } else {
+            total <= available
+        };
+        if !fits
+            || book.order != s.escrow
+            || book.customer != s.customer
+            || book.supplier != s.supplier
+        {
+            return Ok(Applied::Conflict {
+                code: "over_escrow",
+                detail: format!(
+                    "lease {} settlement {} moves {total} of an escrow holding {available} \
+                     (escrow {} vs {}, final {})",
+                    s.lease, s.settlement_seq, book.order, s.escrow, s.final_settlement
+                ),
+            });
+        }
+
+        let escrow = Account::Escrow(s.lease);
+        let payable = Account::Payable(s.lease);
+        let moves = [
+            (Movement::UsageCharge, escrow, payable, paid_now),
+            (
+                Movement::SupplierCredit,
+                payable,
+                Account::User(s.supplier),
+                s.supplier_amount,
+            ),
+            (Movement::CoordinatorFee, payable, Account::Fees, s.fee),
+            (
+                Movement::Refund,
+                escrow,
+                Account::User(s.customer),
+                s.refund,
+            ),
+        ];
+        let mut posting = Posting::new(self.store())?;
+        for (movement, from, to, amount) in moves {
+            if amount.is_zero() {
+                continue;
+            }
+            posting.post(&JournalEntry::transfer(
+                derived_entry_id(&s.subject, movement),
+                movement,
+                from,
+                to,
+                amount,
+                cause.at,
+                s.subject,
+            )?)?;
+        }
+        let mut batch = posting.finish()?;
+        book.paid = add(book.paid, paid_now, "an escrow's paid total")?;
+        book.next_settlement_seq = s
+            .settlement_seq
+            .checked_add(1)
+            .ok_or(Error::Overflow("the settlement sequence"))?;
+        book.next_window = s
+            .last_window
+            .checked_add(1)
+            .ok_or(Error::Overflow("the window sequence"))?;
+        book.metered_windows = book.next_window;
+        book.closed = s.final_settlement;
+        batch.put_in::<LeaseBooks>(&s.lease, &book)?;
+        batch.put_in::<SettlementHeads>(&s.lease, &s.attestation_head)?;
+        let payout = crate::billing::Payout {
+            billable_gpu_ms: s.billable_gpu_ms,
+            gross: paid_now,
+            paid_now,
+            fee: s.fee,
+            supplier: s.supplier_amount,
+            refund: s.refund,
+        };
+        self.add_rollups(&mut batch, &book, &payout, cause.at)?;
+        self.mark_applied(&mut batch, kind, &s.subject, bytes, cause.at)?;
+        self.commit(
+            &guard,
+            batch,
+            Action::Settled,
+            &format!(
+                "settlement certificate {}: lease {} settlement {} windows ..={}, supplier {}, fee {}, refund {}{}",
+                s.subject,
+                s.lease,
+                s.settlement_seq,
+                s.last_window,
+                s.supplier_amount,
+                s.fee,
+                s.refund,
+                if s.final_settlement { ", final" } else { "" }
+            ),
+            cause,
+        )?;
+        Ok(Applied::Applied)
+    }
+
+    /// Applies a deposit whose signer the caller has checked: `amount` from
+    /// outside into `account`, at most once per `subject`.
+    pub fn apply_deposit(
+        &self,
+        subject: &Id,
+        account: &PublicKey,
+        amount: Credits,
+        bytes: Vec<u8>,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        let guard = self.lock();
+        if self.is_applied(subject)? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        let entry = JournalEntry::transfer(
+            *subject,
+            Movement::Deposit,
+            Account::External,
+            Account::User(*account),
+            amount,
+            cause.at,
+            *subject,
+        )?;
+        let mut posting = Posting::new(self.store())?;
+        posting.post(&entry)?;
+        let mut batch = posting.finish()?;
+        self.mark_applied(
+            &mut batch,
+            CertificateKind::Deposit,
+            subject,
+            bytes,
+            cause.at,
+        )?;
+        self.commit(
+            &guard,
+            batch,
+            Action::Deposit,
+            &format!("deposit {subject}: {amount} to {account}"),
+            cause,
+        )?;
+        Ok(Applied::Applied)
+    }
+
+    fn mark_applied(
+        &self,
+        batch: &mut Batch,
+        kind: CertificateKind,
+        subject: &Id,
+        bytes: Vec<u8>,
+        at: UnixMillis,
+    ) -> Result<()> {
+        batch.put_in::<Certificates>(&(kind, *subject), &StoredMessage(bytes))?;
+        batch.delete_in::<PendingCertificates>(&(kind, *subject));
+        batch.put_in::<AppliedSubjects>(
+            subject,
+            &AppliedRecord {
+                kind: kind.tag(),
+                at,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Applied certificates and deposits of `kind`, in subject order, with
+    /// their canonical bytes: the receipts, and what catch-up sync serves.
+    pub fn applied_certificates(
+        &self,
+        kind: CertificateKind,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<(Id, Vec<u8>)>> {
+        use std::ops::Bound;
+        let start = (kind, after.unwrap_or(Id::ZERO));
+        let end_kind = (kind, Id([0xff; 32]));
+        let mut out = Vec::new();
+        let lower = if after.is_some() {
+            Bound::Excluded(&start)
+        } else {
+            Bound::Included(&start)
+        };
+        for row in self.store().rows_in::<Certificates>(
+            lower,
+            Bound::Included(&end_kind),
+            Direction::Forward,
+        ) {
+            if out.len() >= limit.min(crate::MAX_PAGE) {
+                break;
+            }
+            let ((_, subject), bytes) = row?;
+            if self.is_applied(&subject)? {
+                out.push((subject, bytes.0));
+            }
+        }
+        Ok(out)
+    }
+}

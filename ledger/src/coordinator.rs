@@ -1,0 +1,665 @@
+//! The coordinator's rules (specs/settlement.md): when an honest
+//! coordinator votes for an escrow order, a withdrawal or a settlement
+//! request, how it computes a payout, and how it applies certificates and
+//! deposits. Pure protocol logic over a [`Ledger`]; the node carries the
+//! messages.
+//!
+//! Every refusal is a [`Refusal`] with a reason code of the spec's section
+//! 11, recorded in the audit chain, and changes nothing else.
+
+use std::collections::BTreeMap;
+
+use rigmesh_protocol::{
+    Certifiable, Certificate, Clock, CoordinatorSet, Credits, EscrowCertificate, EscrowOrder, Id,
+    Keypair, LeaseAgreement, PublicKey, SettlementCertificate, SettlementRequest, Signed,
+    UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote,
+};
+
+use crate::billing::{self, FeeRate, Payout};
+use crate::certified::{Applied, Lock};
+use crate::error::Error;
+use crate::ledger::{Cause, Ledger};
+use crate::messages::CertificateKind;
+use crate::store::Store;
+
+/// The configuration every coordinator of an epoch shares (section 12).
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The coordinator set of the current epoch.
+    pub set: CoordinatorSet,
+    /// The fee rate.
+    pub fee_rate: FeeRate,
+    /// After this long past a window's end, an unanswered attestation
+    /// counts as accepted.
+    pub unacked_timeout_ms: u64,
+    /// The key whose deposits are accepted.
+    pub admin: PublicKey,
+    /// Clock skew tolerated.
+    pub skew_ms: u64,
+}
+
+/// Why a coordinator did not vote or apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Refusal {
+    /// Reason code (specs/settlement.md section 11 or a protocol error code).
+    pub code: &'static str,
+    /// What was wrong.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<rigmesh_protocol::Error> for Refusal {
+    fn from(e: rigmesh_protocol::Error) -> Self {
+        Refusal::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::new("internal", e.to_string())
+    }
+}
+
+/// How a window stands at vote time (section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStatus {
+    /// The customer acknowledged it.
+    Acked,
+    /// No answer, and the timeout passed.
+    AcceptedByTimeout,
+    /// The customer disputed it (or answered about another attestation).
+    Disputed,
+    /// Not yet decided.
+    Undecided,
+}
+
+/// What a supplier sends with a settlement request (section 8.1).
+#[derive(Debug, Clone, Copy)]
+pub struct SettlementEvidence<'a> {
+    /// The request.
+    pub request: &'a Signed<SettlementRequest>,
+    /// The lease agreement.
+    pub agreement: &'a Signed<LeaseAgreement>,
+    /// Attestations `first_window..=last_window`, in order.
+    pub attestations: &'a [Signed<UsageAttestation>],
+    /// Attestation `first_window - 1` when `first_window > 0`.
+    pub previous: Option<&'a Signed<UsageAttestation>>,
+    /// The customer's acks the coordinator holds (bundle and gossip).
+    pub acks: &'a [Signed<UsageAck>],
+    /// The customer's disputes the coordinator holds.
+    pub disputes: &'a [Signed<UsageDispute>],
+}
+
+/// A coordinator: its key, the epoch's configuration and its ledger.
+#[derive(Debug)]
+pub struct Coordinator<'l, S: Store> {
+    /// The books.
+    pub ledger: &'l Ledger<S>,
+    key: &'l Keypair,
+    config: &'l CoordinatorConfig,
+}
+
+impl<'l, S: Store> Coordinator<'l, S> {
+    /// A coordinator over `ledger`.
+    pub fn new(ledger: &'l Ledger<S>, key: &'l Keypair, config: &'l CoordinatorConfig) -> Self {
+        Coordinator {
+            ledger,
+            key,
+            config,
+        }
+    }
+
+    fn me(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    fn clock(&self, now: UnixMillis) -> Clock {
+        Clock {
+            now,
+            skew_ms: self.config.skew_ms,
+        }
+    }
+
+    fn cause(&self, subject: Id, now: UnixMillis) -> Cause {
+        Cause::new(self.me(), subject, now)
+    }
+
+    /// Records a refusal in the audit chain and returns it.
+    fn refuse(&self, what: &str, subject: Id, now: UnixMillis, refusal: Refusal) -> Refusal {
+        let _ = self.ledger.record_refusal(
+            what,
+            &format!("{}: {}", refusal.code, refusal.detail),
+            &self.cause(subject, now),
+        );
+        tracing::info!(what, code = refusal.code, detail = %refusal.detail, "refused");
+        refusal
+    }
+
+    fn sign_vote<T: Certifiable>(&self, message: &Signed<T>) -> Result<Signed<Vote>, Refusal> {
+        let vote = Certificate::vote_for(message, self.me())?;
+        Ok(Signed::sign(vote, self.key)?)
+    }
+
+    fn check_epoch(&self, epoch: u64) -> Result<(), Refusal> {
+        if epoch != self.config.set.epoch() {
+            return Err(Refusal::new(
+                "wrong_epoch",
+                format!(
+                    "addressed to epoch {epoch}, this is epoch {}",
+                    self.config.set.epoch()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The voting rule for an escrow order (section 5.2).
+    pub fn vote_escrow(
+        &self,
+        order: &Signed<EscrowOrder>,
+        agreement: &Signed<LeaseAgreement>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let subject = order.id().unwrap_or(Id::ZERO);
+        self.escrow_rules(order, agreement, subject, now)
+            .map_err(|r| self.refuse("vote on escrow order", subject, now, r))
+    }
+
+    fn escrow_rules(
+        &self,
+        order: &Signed<EscrowOrder>,
+        agreement: &Signed<LeaseAgreement>,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        order.verify_record()?;
+        let o = &order.body;
+        if self.ledger.debit_lock(&o.account, o.seq)? == Some(subject) {
+            return self.sign_vote(order);
+        }
+        order.verify(&self.clock(now))?;
+        self.check_epoch(o.epoch)?;
+        agreement
+            .verify_record()
+            .map_err(|e| Refusal::new("lease_mismatch", e.to_string()))?;
+        let lease = agreement.id()?;
+        if lease != o.lease
+            || agreement.body.proposal.body.customer != o.account
+            || agreement.body.supplier != o.supplier
+        {
+            return Err(Refusal::new(
+                "lease_mismatch",
+                "the order's lease, account or supplier is not the agreement's",
+            ));
+        }
+        self.debit_rules(&o.account, o.seq, o.amount, subject)?;
+        if self.ledger.lease_book(&o.lease)?.is_some() {
+            return Err(Refusal::new(
+                "lease_funded",
+                format!("lease {} already has an escrow", o.lease),
+            ));
+        }
+        self.check_balance(&o.account, o.amount)?;
+        self.take_debit_lock(&o.account, o.seq, subject, now)?;
+        self.sign_vote(order)
+    }
+
+    /// Rules 6 and 7 of 5.2: the lock and the sequence.
+    fn debit_rules(
+        &self,
+        account: &PublicKey,
+        seq: u64,
+        _amount: Credits,
+        subject: Id,
+    ) -> Result<(), Refusal> {
+        if let Some(other) = self.ledger.debit_lock(account, seq)? {
+            if other != subject {
+                return Err(Refusal::new(
+                    "conflicting_order",
+                    format!("already voted for {other} at {account} seq {seq}"),
+                ));
+            }
+        }
+        let next = self.ledger.next_debit_seq(account)?;
+        if seq < next {
+            return Err(Refusal::new(
+                "seq_used",
+                format!("seq {seq} is used; next is {next}"),
+            ));
+        }
+        if seq > next {
+            return Err(Refusal::new(
+                "seq_ahead",
+                format!("seq {seq} is ahead; debits from {next} are not applied here"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_balance(&self, account: &PublicKey, amount: Credits) -> Result<(), Refusal> {
+        let balance = self.ledger.balance(&crate::Account::User(*account))?;
+        if balance < amount {
+            return Err(Refusal::new(
+                "insufficient_balance",
+                format!("{account} holds {balance}, the order takes {amount}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn take_debit_lock(
+        &self,
+        account: &PublicKey,
+        seq: u64,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
+        match self
+            .ledger
+            .lock_debit(account, seq, &subject, &self.cause(subject, now))?
+        {
+            Lock::Taken | Lock::Same => Ok(()),
+            Lock::Other(other) => Err(Refusal::new(
+                "conflicting_order",
+                format!("already voted for {other} at {account} seq {seq}"),
+            )),
+        }
+    }
+
+    /// The status of each window `first..=last` of a lease at `now`.
+    pub fn window_status(
+        &self,
+        attestation: &Signed<UsageAttestation>,
+        id: Id,
+        acks: &[Signed<UsageAck>],
+        disputes: &[Signed<UsageDispute>],
+        now: UnixMillis,
+    ) -> WindowStatus {
+        let a = &attestation.body;
+        let by_customer = |lease: Id, customer: PublicKey, seq: u64| {
+            lease == a.lease && customer == a.customer && seq == a.seq
+        };
+        let disputed = disputes.iter().any(|d| {
+            by_customer(d.body.lease, d.body.customer, d.body.seq) && d.verify_record().is_ok()
+        });
+        let wrong_ack = acks.iter().any(|k| {
+            by_customer(k.body.lease, k.body.customer, k.body.seq)
+                && k.body.attestation != id
+                && k.verify_record().is_ok()
+        });
+        if disputed || wrong_ack {
+            return WindowStatus::Disputed;
+        }
+        let acked = acks.iter().any(|k| {
+            by_customer(k.body.lease, k.body.customer, k.body.seq)
+                && k.body.attestation == id
+                && k.verify_record().is_ok()
+        });
+        if acked {
+            WindowStatus::Acked
+        } else if now >= a.window_end.plus_ms(self.config.unacked_timeout_ms) {
+            WindowStatus::AcceptedByTimeout
+        } else {
+            WindowStatus::Undecided
+        }
+    }
+
+    /// The voting rule for a settlement request (section 8.2).
+    pub fn vote_settlement(
+        &self,
+        evidence: &SettlementEvidence<'_>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let subject = evidence.request.id().unwrap_or(Id::ZERO);
+        self.settlement_rules(evidence, subject, now)
+            .map_err(|r| self.refuse("vote on settlement request", subject, now, r))
+    }
+
+    fn settlement_rules(
+        &self,
+        ev: &SettlementEvidence<'_>,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        ev.request.verify_record()?;
+        let r = &ev.request.body;
+        if self.ledger.settlement_lock(&r.lease, r.settlement_seq)? == Some(subject) {
+            return self.sign_vote(ev.request);
+        }
+        self.clock(now).check(
+            rigmesh_protocol::Kind::SettlementRequest,
+            Some(r.created_at),
+            None,
+        )?;
+        self.check_epoch(r.epoch)?;
+        let g = ev.agreement;
+        g.verify_record()
+            .map_err(|e| Refusal::new("lease_mismatch", e.to_string()))?;
+        if g.id()? != r.lease
+            || g.body.supplier != r.supplier
+            || g.body.proposal.body.customer != r.customer
+        {
+            return Err(Refusal::new(
+                "lease_mismatch",
+                "the request's lease, supplier or customer is not the agreement's",
+            ));
+        }
+        let Some(book) = self.ledger.lease_book(&r.lease)? else {
+            return Err(Refusal::new(
+                "escrow_mismatch",
+                format!("the escrow of lease {} is not applied here", r.lease),
+            ));
+        };
+        if book.order != r.escrow || book.customer != r.customer || book.supplier != r.supplier {
+            return Err(Refusal::new(
+                "escrow_mismatch",
+                "the applied escrow is not the one the request names",
+            ));
+        }
+        if book.closed {
+            return Err(Refusal::new("lease_closed", "the lease is closed"));
+        }
+        if let Some(other) = self.ledger.settlement_lock(&r.lease, r.settlement_seq)? {
+            if other != subject {
+                return Err(Refusal::new(
+                    "conflicting_request",
+                    format!(
+                        "already voted for {other} at settlement {}",
+                        r.settlement_seq
+                    ),
+                ));
+            }
+        }
+        if r.settlement_seq < book.next_settlement_seq {
+            return Err(Refusal::new(
+                "settlement_seq_used",
+                format!("next settlement is {}", book.next_settlement_seq),
+            ));
+        }
+        if r.settlement_seq > book.next_settlement_seq {
+            return Err(Refusal::new(
+                "settlement_seq_ahead",
+                format!("next settlement is {}", book.next_settlement_seq),
+            ));
+        }
+        if r.first_window != book.next_window {
+            return Err(Refusal::new(
+                "window_gap",
+                format!(
+                    "first_window {} but the next window to settle is {}",
+                    r.first_window, book.next_window
+                ),
+            ));
+        }
+        let statuses = self.check_chain(ev, now)?;
+        if let Some((seq, _)) = statuses.iter().find(|(_, s)| *s == WindowStatus::Undecided) {
+            return Err(Refusal::new(
+                "window_not_due",
+                format!("window {seq} is neither acked, disputed nor past the timeout"),
+            ));
+        }
+        let mut meter = billing::Meter::default();
+        for (a, (_, status)) in ev.attestations.iter().zip(&statuses) {
+            let billable = match status {
+                WindowStatus::Acked | WindowStatus::AcceptedByTimeout => a.body.billable_gpu_ms,
+                WindowStatus::Disputed | WindowStatus::Undecided => 0,
+            };
+            meter
+                .add_window(billable)
+                .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
+        }
+        let payout = self
+            .payout(g, meter.gpu_ms(), book.available()?, r.final_settlement)
+            .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
+        if payout.billable_gpu_ms != r.billable_gpu_ms
+            || payout.supplier != r.supplier_amount
+            || payout.fee != r.fee
+            || payout.refund != r.refund
+        {
+            return Err(Refusal::new(
+                "payout_mismatch",
+                format!(
+                    "computed {} GPU-ms, supplier {}, fee {}, refund {}; the request states {}, {}, {}, {}",
+                    payout.billable_gpu_ms,
+                    payout.supplier,
+                    payout.fee,
+                    payout.refund,
+                    r.billable_gpu_ms,
+                    r.supplier_amount,
+                    r.fee,
+                    r.refund
+                ),
+            ));
+        }
+        match self.ledger.lock_settlement(
+            &r.lease,
+            r.settlement_seq,
+            &subject,
+            &self.cause(subject, now),
+        )? {
+            Lock::Taken | Lock::Same => self.sign_vote(ev.request),
+            Lock::Other(other) => Err(Refusal::new(
+                "conflicting_request",
+                format!("already voted for {other}"),
+            )),
+        }
+    }
+
+    /// The payout of section 8.3 for `gpu_ms` of lease `agreement`.
+    pub fn payout(
+        &self,
+        agreement: &Signed<LeaseAgreement>,
+        gpu_ms: u64,
+        available: Credits,
+        final_settlement: bool,
+    ) -> crate::Result<Payout> {
+        billing::payout(
+            agreement.body.proposal.body.price_per_gpu_hour,
+            gpu_ms,
+            available,
+            self.config.fee_rate,
+            final_settlement,
+        )
+    }
+
+    /// Rule 11 of 8.2: the attestations continue the chain and fit the
+    /// lease; returns each window's status.
+    fn check_chain(
+        &self,
+        ev: &SettlementEvidence<'_>,
+        now: UnixMillis,
+    ) -> Result<Vec<(u64, WindowStatus)>, Refusal> {
+        let r = &ev.request.body;
+        let g = &ev.agreement.body;
+        let broken = |detail: String| Refusal::new("broken_chain", detail);
+        let count = r
+            .last_window
+            .checked_sub(r.first_window)
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| broken("empty range".into()))?;
+        if ev.attestations.len() as u64 != count {
+            return Err(broken(format!(
+                "{} attestations for {count} windows",
+                ev.attestations.len()
+            )));
+        }
+        let head = self.ledger.settlement_head(&r.lease)?;
+        let (mut prev_id, mut prev_end) = if r.first_window == 0 {
+            (Id::ZERO, None)
+        } else {
+            let previous = ev
+                .previous
+                .ok_or_else(|| broken("attestation first_window - 1 is missing".into()))?;
+            let id = previous.id()?;
+            if Some(id) != head || previous.verify_record().is_err() {
+                return Err(broken(
+                    "attestation first_window - 1 is not the settled head".into(),
+                ));
+            }
+            (id, Some(previous.body.window_end))
+        };
+        let mut wanted: Vec<u16> = g.gpu_indices.clone();
+        wanted.sort_unstable();
+        let window_ms = ev.agreement.body.window_ms();
+        let mut out = Vec::with_capacity(ev.attestations.len());
+        for (i, a) in ev.attestations.iter().enumerate() {
+            let seq = r.first_window + i as u64;
+            a.verify_record()
+                .map_err(|e| broken(format!("attestation {seq}: {e}")))?;
+            let b = &a.body;
+            if b.lease != r.lease
+                || b.supplier != r.supplier
+                || b.customer != r.customer
+                || b.seq != seq
+                || b.prev != prev_id
+            {
+                return Err(broken(format!("attestation {seq} does not link")));
+            }
+            if b.window_start < g.starts_at
+                || b.window_end > g.ends_at
+                || prev_end.is_some_and(|end| b.window_start < end)
+                || b.window_end.since(b.window_start) > window_ms
+            {
+                return Err(broken(format!(
+                    "attestation {seq} does not fit the lease's time"
+                )));
+            }
+            let mut gpus: Vec<u16> = b.gpus.iter().map(|u| u.gpu_index).collect();
+            gpus.sort_unstable();
+            if gpus != wanted {
+                return Err(broken(format!(
+                    "attestation {seq} bills GPUs {gpus:?}, the lease has {wanted:?}"
+                )));
+            }
+            let id = a.id()?;
+            out.push((seq, self.window_status(a, id, ev.acks, ev.disputes, now)));
+            prev_id = id;
+            prev_end = Some(b.window_end);
+        }
+        if prev_id != r.attestation_head {
+            return Err(broken(
+                "attestation_head is not the last attestation".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Applies an escrow certificate from any source (section 5.4).
+    pub fn apply_escrow(
+        &self,
+        certificate: &EscrowCertificate,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        let subject = certificate.subject().unwrap_or(Id::ZERO);
+        let result = certificate
+            .verify(&self.config.set)
+            .map_err(Refusal::from)
+            .and_then(|()| {
+                Ok(self
+                    .ledger
+                    .apply_escrow_certificate(certificate, &self.cause(subject, now))?)
+            });
+        self.after_apply("apply escrow certificate", subject, now, result)
+    }
+
+    /// Applies a settlement certificate from any source (section 8.4).
+    pub fn apply_settlement(
+        &self,
+        certificate: &SettlementCertificate,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        let subject = certificate.subject().unwrap_or(Id::ZERO);
+        let result = certificate
+            .verify(&self.config.set)
+            .map_err(Refusal::from)
+            .and_then(|()| {
+                Ok(self
+                    .ledger
+                    .apply_settlement_certificate(certificate, &self.cause(subject, now))?)
+            });
+        self.after_apply("apply settlement certificate", subject, now, result)
+    }
+
+    fn after_apply(
+        &self,
+        what: &str,
+        subject: Id,
+        now: UnixMillis,
+        result: Result<Applied, Refusal>,
+    ) -> Result<Applied, Refusal> {
+        match result {
+            Ok(Applied::Conflict { code, detail }) => {
+                tracing::error!(%subject, code, %detail, "conflicting certificate");
+                Err(self.refuse(what, subject, now, Refusal::new(code, detail)))
+            }
+            Ok(applied) => {
+                if applied == Applied::Applied {
+                    self.retry_pending(now);
+                }
+                Ok(applied)
+            }
+            Err(refusal) => Err(self.refuse(what, subject, now, refusal)),
+        }
+    }
+
+    /// Applies whatever pending certificates now can be, until none moves.
+    pub fn retry_pending(&self, now: UnixMillis) -> usize {
+        let mut applied = 0;
+        loop {
+            let Ok(pending) = self.ledger.pending_certificates() else {
+                return applied;
+            };
+            let mut progress = false;
+            for (kind, subject, bytes) in pending {
+                let result = match kind {
+                    CertificateKind::Escrow => EscrowCertificate::from_bytes(&bytes)
+                        .map_err(Error::from)
+                        .and_then(|c| {
+                            self.ledger
+                                .apply_escrow_certificate(&c, &self.cause(subject, now))
+                        }),
+                    CertificateKind::Settlement => SettlementCertificate::from_bytes(&bytes)
+                        .map_err(Error::from)
+                        .and_then(|c| {
+                            self.ledger
+                                .apply_settlement_certificate(&c, &self.cause(subject, now))
+                        }),
+                    CertificateKind::Withdrawal | CertificateKind::Deposit => continue,
+                };
+                if matches!(result, Ok(Applied::Applied)) {
+                    applied += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                return applied;
+            }
+        }
+    }
+
+    /// Balances and escrows of every lease this coordinator knows, summed
+    /// per account: what the fault tests compare across coordinators.
+    pub fn snapshot(&self) -> crate::Result<BTreeMap<String, Credits>> {
+        let mut out = BTreeMap::new();
+        for row in self
+            .ledger
+            .store()
+            .rows::<crate::columns::Balances>(crate::store::Direction::Forward)
+        {
+            let (account, balance) = row?;
+            out.insert(account.to_string(), balance);
+        }
+        Ok(out)
+    }
+}
+
+use crate::columns::TypedStore as _;

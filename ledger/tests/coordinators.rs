@@ -1,0 +1,375 @@
+//! Four coordinators (f = 1) following specs/settlement.md over their own
+//! ledgers: escrow and settlement certificates form from honest votes only,
+//! equivocation and a Byzantine member cannot double-spend or certify a
+//! wrong payout, and every honest coordinator ends with the same books.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+
+use rigmesh_ledger::{
+    Account, Applied, Coordinator, CoordinatorConfig, FeeRate, Ledger, MemoryStore,
+    SettlementEvidence,
+};
+use rigmesh_protocol::samples::{self, T0};
+use rigmesh_protocol::{
+    Certificate, Credits, EscrowCertificate, EscrowOrder, Id, Keypair, SettlementRequest, Signed,
+    UnixMillis, Vote,
+};
+
+const UNACKED_MS: u64 = 120_000;
+
+struct Net {
+    keys: Vec<Keypair>,
+    ledgers: Vec<Ledger<MemoryStore>>,
+    config: CoordinatorConfig,
+}
+
+impl Net {
+    fn new() -> Self {
+        let keys = samples::coordinators();
+        let ledgers = (0..4).map(|_| Ledger::in_memory().unwrap()).collect();
+        let config = CoordinatorConfig {
+            set: samples::coordinator_set().unwrap(),
+            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
+            unacked_timeout_ms: UNACKED_MS,
+            admin: Keypair::from_seed([0x41; 32]).public(),
+            skew_ms: 30_000,
+        };
+        Net {
+            keys,
+            ledgers,
+            config,
+        }
+    }
+
+    fn c(&self, i: usize) -> Coordinator<'_, MemoryStore> {
+        Coordinator::new(&self.ledgers[i], &self.keys[i], &self.config)
+    }
+
+    fn deposit_everywhere(&self, account: &Keypair, units: i64) {
+        let subject = Id(*blake3::hash(&units.to_le_bytes()).as_bytes());
+        for ledger in &self.ledgers {
+            let cause = rigmesh_ledger::Cause::new(self.config.admin, subject, T0);
+            ledger
+                .apply_deposit(
+                    &subject,
+                    &account.public(),
+                    Credits::from_units(units),
+                    vec![1],
+                    &cause,
+                )
+                .unwrap();
+        }
+    }
+
+    fn books(&self, i: usize) -> BTreeMap<String, Credits> {
+        self.c(i).snapshot().unwrap()
+    }
+
+    /// Checks the money invariant on each listed coordinator and that they
+    /// all hold the same balances.
+    fn assert_agree(&self, which: &[usize]) {
+        let first = self.books(which[0]);
+        for &i in which {
+            let report = self.ledgers[i].check_books().unwrap();
+            let external = report.totals.external.checked_neg().unwrap();
+            assert_eq!(report.totals.held().unwrap(), external, "coordinator {i}");
+            assert_eq!(self.books(i), first, "coordinator {i} disagrees");
+        }
+    }
+}
+
+fn now() -> UnixMillis {
+    T0.plus_ms(70_000)
+}
+
+fn collect<T: rigmesh_protocol::Certifiable>(
+    message: &Signed<T>,
+    votes: Vec<Signed<Vote>>,
+) -> Certificate<T> {
+    Certificate::assemble(message.clone(), &votes).unwrap()
+}
+
+fn order(seq: u64, amount: i64, nonce: u64) -> Signed<EscrowOrder> {
+    let mut body = samples::escrow_order().unwrap().body;
+    body.seq = seq;
+    body.amount = Credits::from_units(amount);
+    body.created_at = body.created_at.plus_ms(nonce);
+    Signed::sign(body, &samples::customer()).unwrap()
+}
+
+fn funded(net: &Net) -> EscrowCertificate {
+    net.deposit_everywhere(&samples::customer(), 50_000_000);
+    let agreement = samples::lease_agreement().unwrap();
+    let order = samples::escrow_order().unwrap();
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_escrow(&order, &agreement, now()).unwrap())
+        .collect::<Vec<_>>();
+    let cert = collect(&order, votes[..3].to_vec());
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_escrow(&cert, now()).unwrap(),
+            Applied::Applied
+        );
+    }
+    cert
+}
+
+#[test]
+fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
+    let net = Net::new();
+    funded(&net);
+    let customer = Account::User(samples::customer().public());
+    assert_eq!(
+        net.ledgers[0].balance(&customer).unwrap(),
+        Credits::from_units(50_000_000 - 19_920_000)
+    );
+
+    let request = samples::settlement_request().unwrap();
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+    };
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect::<Vec<_>>();
+    let cert = collect(&request, votes[1..].to_vec());
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_settlement(&cert, now()).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(
+            net.c(i).apply_settlement(&cert, now()).unwrap(),
+            Applied::AlreadyApplied
+        );
+    }
+    let supplier = Account::User(samples::supplier().public());
+    assert_eq!(
+        net.ledgers[2].balance(&supplier).unwrap(),
+        Credits::from_units(71_899)
+    );
+    assert_eq!(
+        net.ledgers[2].balance(&Account::Fees).unwrap(),
+        Credits::from_units(726)
+    );
+    net.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn an_equivocating_customer_cannot_get_both_orders_certified() {
+    let net = Net::new();
+    net.deposit_everywhere(&samples::customer(), 25_000_000);
+    let agreement = samples::lease_agreement().unwrap();
+    let a = order(0, 19_920_000, 0);
+    let b = order(0, 20_000_000, 1);
+    // Coordinators 0 and 1 see `a` first, 2 sees `b` first; 3 is Byzantine
+    // and votes for both.
+    let mut votes_a = vec![];
+    let mut votes_b = vec![];
+    for i in 0..3 {
+        let (first, second) = if i < 2 { (&a, &b) } else { (&b, &a) };
+        let vote = net.c(i).vote_escrow(first, &agreement, now()).unwrap();
+        let refused = net.c(i).vote_escrow(second, &agreement, now()).unwrap_err();
+        assert_eq!(refused.code, "conflicting_order");
+        if i < 2 {
+            votes_a.push(vote)
+        } else {
+            votes_b.push(vote)
+        }
+    }
+    let liar = &net.keys[3];
+    for (m, votes) in [(&a, &mut votes_a), (&b, &mut votes_b)] {
+        votes.push(Signed::sign(Certificate::vote_for(m, liar.public()).unwrap(), liar).unwrap());
+    }
+    let cert_a = collect(&a, votes_a);
+    let cert_b = collect(&b, votes_b);
+    assert!(cert_a.verify(&net.config.set).is_ok());
+    assert!(
+        cert_b.verify(&net.config.set).is_err(),
+        "two votes are no quorum"
+    );
+    for i in 0..3 {
+        assert!(net.c(i).apply_escrow(&cert_b, now()).is_err());
+        assert_eq!(
+            net.c(i).apply_escrow(&cert_a, now()).unwrap(),
+            Applied::Applied
+        );
+    }
+    let customer = Account::User(samples::customer().public());
+    assert_eq!(
+        net.ledgers[0].balance(&customer).unwrap(),
+        Credits::from_units(25_000_000 - 19_920_000)
+    );
+    net.assert_agree(&[0, 1, 2]);
+}
+
+#[test]
+fn no_wrong_payout_is_certified() {
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let mut greedy = samples::settlement_request().unwrap().body;
+    greedy.supplier_amount = Credits::from_units(1_000_000);
+    let greedy = Signed::sign(greedy, &samples::supplier()).unwrap();
+    let evidence = SettlementEvidence {
+        request: &greedy,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+    };
+    for i in 0..3 {
+        let refusal = net.c(i).vote_settlement(&evidence, now()).unwrap_err();
+        assert_eq!(refusal.code, "payout_mismatch");
+        // The refusal is in the audit chain and nothing else moved.
+        assert!(net.ledgers[i]
+            .settlement_lock(&greedy.body.lease, 0)
+            .unwrap()
+            .is_none());
+    }
+    // Only the Byzantine member signs it: no certificate.
+    let liar = &net.keys[3];
+    let vote = Signed::sign(Certificate::vote_for(&greedy, liar.public()).unwrap(), liar).unwrap();
+    let cert = collect(&greedy, vec![vote]);
+    assert_eq!(
+        net.c(0).apply_settlement(&cert, now()).unwrap_err().code,
+        "too_few_votes"
+    );
+    net.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn disputed_and_unanswered_windows() {
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let request = samples::settlement_request().unwrap();
+    let no_answer = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &[],
+        disputes: &[],
+    };
+    assert_eq!(
+        net.c(0)
+            .vote_settlement(&no_answer, now())
+            .unwrap_err()
+            .code,
+        "window_not_due"
+    );
+    // Past the timeout the window counts as accepted.
+    let later = attestations[0].body.window_end.plus_ms(UNACKED_MS);
+    let mut body = request.body.clone();
+    body.created_at = later;
+    let timely = Signed::sign(body, &samples::supplier()).unwrap();
+    let evidence = SettlementEvidence {
+        request: &timely,
+        ..no_answer
+    };
+    assert!(net.c(0).vote_settlement(&evidence, later).is_ok());
+
+    // A disputed window pays nothing.
+    let disputes = [samples::usage_dispute().unwrap()];
+    let mut body = request.body.clone();
+    body.billable_gpu_ms = 0;
+    body.supplier_amount = Credits::ZERO;
+    body.fee = Credits::ZERO;
+    let zero = Signed::sign(body, &samples::supplier()).unwrap();
+    let evidence = SettlementEvidence {
+        request: &zero,
+        disputes: &disputes,
+        ..no_answer
+    };
+    assert!(net.c(1).vote_settlement(&evidence, now()).is_ok());
+    let evidence = SettlementEvidence {
+        request: &request,
+        disputes: &disputes,
+        ..no_answer
+    };
+    assert_eq!(
+        net.c(2).vote_settlement(&evidence, now()).unwrap_err().code,
+        "payout_mismatch"
+    );
+}
+
+#[test]
+fn overdraws_and_gaps_are_refused_and_early_certificates_wait() {
+    let net = Net::new();
+    net.deposit_everywhere(&samples::customer(), 10_000_000);
+    let agreement = samples::lease_agreement().unwrap();
+    let big = samples::escrow_order().unwrap();
+    assert_eq!(
+        net.c(0)
+            .vote_escrow(&big, &agreement, now())
+            .unwrap_err()
+            .code,
+        "insufficient_balance"
+    );
+    assert!(net.ledgers[0]
+        .debit_lock(&big.body.account, 0)
+        .unwrap()
+        .is_none());
+    let ahead = order(1, 1_000_000, 0);
+    assert_eq!(
+        net.c(0)
+            .vote_escrow(&ahead, &agreement, now())
+            .unwrap_err()
+            .code,
+        "seq_ahead"
+    );
+
+    // Coordinator 3 misses the escrow, then sees the settlement first: it
+    // holds it, and applies both once the escrow arrives.
+    net.deposit_everywhere(&samples::customer(), 20_000_000);
+    let order = samples::escrow_order().unwrap();
+    let votes = (0..3)
+        .map(|i| net.c(i).vote_escrow(&order, &agreement, now()).unwrap())
+        .collect();
+    let escrow = collect(&order, votes);
+    for i in 0..3 {
+        net.c(i).apply_escrow(&escrow, now()).unwrap();
+    }
+    let request: Signed<SettlementRequest> = samples::settlement_request().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+    };
+    let votes = (0..3)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect();
+    let settlement = collect(&request, votes);
+    for i in 0..3 {
+        net.c(i).apply_settlement(&settlement, now()).unwrap();
+    }
+    assert!(matches!(
+        net.c(3).apply_settlement(&settlement, now()).unwrap(),
+        Applied::Pending(_)
+    ));
+    assert_eq!(net.ledgers[3].pending_certificates().unwrap().len(), 1);
+    assert_eq!(
+        net.c(3).apply_escrow(&escrow, now()).unwrap(),
+        Applied::Applied
+    );
+    assert!(net.ledgers[3].pending_certificates().unwrap().is_empty());
+    net.assert_agree(&[0, 1, 2, 3]);
+}

@@ -37,7 +37,12 @@ fn body_hex(message: &WireMessage) -> anyhow::Result<Option<(String, String)>> {
         WireMessage::SettlementRequest(m) => signed!(m),
         WireMessage::ReputationReport(m) => signed!(m),
         WireMessage::Alert(m) => signed!(m),
-        WireMessage::EscrowCertificate(_) | WireMessage::SettlementCertificate(_) => None,
+        WireMessage::Deposit(m) => signed!(m),
+        WireMessage::Withdrawal(m) => signed!(m),
+        WireMessage::LeaseTermination(m) => signed!(m),
+        WireMessage::EscrowCertificate(_)
+        | WireMessage::SettlementCertificate(_)
+        | WireMessage::WithdrawalCertificate(_) => None,
     })
 }
 

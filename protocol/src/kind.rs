@@ -42,15 +42,24 @@ pub enum Kind {
     ReputationReport,
     /// A signed notice that something needs attention.
     Alert,
+    /// The coordinator set's administrative key credits an account (an
+    /// external top-up).
+    Deposit,
+    /// An account owner debits its account to an external destination.
+    Withdrawal,
+    /// A withdrawal with a quorum of coordinator votes.
+    WithdrawalCertificate,
+    /// A customer ends a lease early.
+    LeaseTermination,
 }
 
 /// Gossip topic for offers.
 pub const TOPIC_OFFERS: &str = "/rigmesh/1/offers";
 /// Gossip topic for standing bids.
 pub const TOPIC_BIDS: &str = "/rigmesh/1/bids";
-/// Gossip topic for usage attestations, acks and disputes.
+/// Gossip topic for usage attestations, acks, disputes and lease terminations.
 pub const TOPIC_USAGE: &str = "/rigmesh/1/usage";
-/// Gossip topic for certificates.
+/// Gossip topic for certificates and deposits.
 pub const TOPIC_CERTS: &str = "/rigmesh/1/certs";
 /// Gossip topic for reputation reports and alerts.
 pub const TOPIC_REPUTATION: &str = "/rigmesh/1/reputation";
@@ -73,7 +82,7 @@ pub enum Carrier {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 19] = [
         Kind::NodeBinding,
         Kind::Offer,
         Kind::Bid,
@@ -89,6 +98,10 @@ impl Kind {
         Kind::SettlementRequest,
         Kind::ReputationReport,
         Kind::Alert,
+        Kind::Deposit,
+        Kind::Withdrawal,
+        Kind::WithdrawalCertificate,
+        Kind::LeaseTermination,
     ];
 
     /// The kind's name, as used in domains, file names and logs.
@@ -109,6 +122,10 @@ impl Kind {
             Kind::SettlementRequest => "settlement_request",
             Kind::ReputationReport => "reputation_report",
             Kind::Alert => "alert",
+            Kind::Deposit => "deposit",
+            Kind::Withdrawal => "withdrawal",
+            Kind::WithdrawalCertificate => "withdrawal_certificate",
+            Kind::LeaseTermination => "lease_termination",
         }
     }
 
@@ -130,6 +147,10 @@ impl Kind {
             Kind::SettlementRequest => "rigmesh/v1/settlement_request",
             Kind::ReputationReport => "rigmesh/v1/reputation_report",
             Kind::Alert => "rigmesh/v1/alert",
+            Kind::Deposit => "rigmesh/v1/deposit",
+            Kind::Withdrawal => "rigmesh/v1/withdrawal",
+            Kind::WithdrawalCertificate => "rigmesh/v1/withdrawal_certificate",
+            Kind::LeaseTermination => "rigmesh/v1/lease_termination",
         }
     }
 
@@ -153,23 +174,34 @@ impl Kind {
             Kind::SettlementRequest => 1024,
             Kind::ReputationReport => 512,
             Kind::Alert => 2048,
+            Kind::Deposit => 512,
+            Kind::Withdrawal => 512,
+            Kind::WithdrawalCertificate => 8192,
+            Kind::LeaseTermination => 512,
         }
     }
 
-    /// Where the kind travels.
+    /// Where the kind travels. A kind gossiped on a topic may also be handed
+    /// over directly on a request-response protocol (a deposit to a
+    /// coordinator, a termination to the supplier); this names the carrier
+    /// that decides which gossip topic accepts it.
     pub const fn carrier(self) -> Carrier {
         match self {
             Kind::Offer => Carrier::Topic(TOPIC_OFFERS),
             Kind::Bid => Carrier::Topic(TOPIC_BIDS),
-            Kind::UsageAttestation | Kind::UsageAck | Kind::UsageDispute => {
-                Carrier::Topic(TOPIC_USAGE)
-            }
-            Kind::EscrowCertificate | Kind::SettlementCertificate => Carrier::Topic(TOPIC_CERTS),
+            Kind::UsageAttestation
+            | Kind::UsageAck
+            | Kind::UsageDispute
+            | Kind::LeaseTermination => Carrier::Topic(TOPIC_USAGE),
+            Kind::EscrowCertificate
+            | Kind::SettlementCertificate
+            | Kind::WithdrawalCertificate
+            | Kind::Deposit => Carrier::Topic(TOPIC_CERTS),
             Kind::ReputationReport | Kind::Alert | Kind::NodeBinding => {
                 Carrier::Topic(TOPIC_REPUTATION)
             }
             Kind::LeaseProposal | Kind::LeaseAgreement => Carrier::Protocol(PROTOCOL_LEASE),
-            Kind::EscrowOrder | Kind::Vote | Kind::SettlementRequest => {
+            Kind::EscrowOrder | Kind::Vote | Kind::SettlementRequest | Kind::Withdrawal => {
                 Carrier::Protocol(PROTOCOL_COORDINATOR)
             }
         }
@@ -216,5 +248,9 @@ mod tests {
             assert!(kind.max_size() <= MAX_MESSAGE_SIZE);
             assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
         }
+        // Kinds are only ever appended: gossip tags and the Kind index in
+        // votes must not move.
+        assert_eq!(Kind::Alert.tag(), 14);
+        assert_eq!(Kind::LeaseTermination.tag(), 18);
     }
 }

@@ -27,12 +27,13 @@ pub mod wire;
 pub use crypto::{Id, Keypair, PublicKey, Signature, VerifyItem};
 pub use error::{Error, Result};
 pub use kind::{Carrier, Kind};
-pub use messages::lease::{LeaseAgreement, LeaseProposal};
+pub use messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, TerminationReason};
 pub use messages::market::{Bid, NodeBinding, Offer};
 pub use messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 pub use messages::settlement::{
-    Certifiable, Certificate, CoordinatorSet, EscrowCertificate, EscrowOrder,
-    SettlementCertificate, SettlementRequest, Vote, VoteSignature,
+    Certifiable, Certificate, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder,
+    SettlementCertificate, SettlementRequest, Vote, VoteSignature, Withdrawal,
+    WithdrawalCertificate,
 };
 pub use messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 pub use money::Credits;

@@ -6,20 +6,32 @@
 use bincode::{Decode, Encode};
 
 use crate::codec;
+use crate::crypto::{Id, PublicKey};
 use crate::error::{Error, Result};
 use crate::kind::{Carrier, Kind};
-use crate::messages::lease::{LeaseAgreement, LeaseProposal};
-use crate::messages::settlement::{EscrowOrder, SettlementRequest, Vote};
+use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
+use crate::messages::settlement::{
+    Deposit, EscrowCertificate, EscrowOrder, SettlementCertificate, SettlementRequest, Vote,
+    Withdrawal, WithdrawalCertificate,
+};
+use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
+use crate::money::Credits;
 use crate::signed::Signed;
+use crate::wire::WireMessage;
 
 /// Longest refusal reason, bytes.
 pub const MAX_REASON_LEN: usize = 256;
 
 /// Request on [`crate::kind::PROTOCOL_LEASE`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[allow(clippy::large_enum_variant)]
 pub enum LeaseRequest {
     /// A customer proposes a lease.
     Propose(Signed<LeaseProposal>),
+    /// The customer hands the lease's escrow certificate to the supplier.
+    Fund(Box<EscrowCertificate>),
+    /// The customer ends the lease early.
+    Terminate(Signed<LeaseTermination>),
 }
 
 /// Response on [`crate::kind::PROTOCOL_LEASE`].
@@ -29,15 +41,125 @@ pub enum LeaseResponse {
     Agreed(Box<Signed<LeaseAgreement>>),
     /// The supplier refuses, saying why.
     Refused(String),
+    /// The supplier accepted a `Fund` or `Terminate`.
+    Accepted,
+}
+
+/// A certificate (or a deposit, which needs none) handed to a coordinator
+/// to be applied, either alone or as what an order's account has earlier.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+// A signed deposit is a few hundred bytes; certificates, up to 8 KiB, are boxed.
+#[allow(clippy::large_enum_variant)]
+pub enum CertificateFrame {
+    /// An escrow certificate.
+    Escrow(Box<EscrowCertificate>),
+    /// A settlement certificate.
+    Settlement(Box<SettlementCertificate>),
+    /// A withdrawal certificate.
+    Withdrawal(Box<WithdrawalCertificate>),
+    /// A deposit by the admin key.
+    Deposit(Signed<Deposit>),
+}
+
+impl CertificateFrame {
+    /// The id it is applied under: the certified message's id, or the
+    /// deposit's own.
+    pub fn subject(&self) -> Result<Id> {
+        match self {
+            CertificateFrame::Escrow(c) => c.subject(),
+            CertificateFrame::Settlement(c) => c.subject(),
+            CertificateFrame::Withdrawal(c) => c.subject(),
+            CertificateFrame::Deposit(d) => d.id(),
+        }
+    }
+
+    /// The kind it travels as on gossip.
+    pub fn kind(&self) -> Kind {
+        match self {
+            CertificateFrame::Escrow(_) => Kind::EscrowCertificate,
+            CertificateFrame::Settlement(_) => Kind::SettlementCertificate,
+            CertificateFrame::Withdrawal(_) => Kind::WithdrawalCertificate,
+            CertificateFrame::Deposit(_) => Kind::Deposit,
+        }
+    }
+
+    /// The same message as a [`WireMessage`], to check and store it as if
+    /// it had arrived by gossip.
+    pub fn into_wire(self) -> WireMessage {
+        match self {
+            CertificateFrame::Escrow(c) => WireMessage::EscrowCertificate(*c),
+            CertificateFrame::Settlement(c) => WireMessage::SettlementCertificate(*c),
+            CertificateFrame::Withdrawal(c) => WireMessage::WithdrawalCertificate(*c),
+            CertificateFrame::Deposit(d) => WireMessage::Deposit(d),
+        }
+    }
+}
+
+/// What a coordinator needs to vote for a settlement request
+/// (specs/settlement.md 8.1).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SettlementBundle {
+    /// The request voted on.
+    pub request: Signed<SettlementRequest>,
+    /// The lease's agreement.
+    pub agreement: Signed<LeaseAgreement>,
+    /// The lease's escrow certificate, if the coordinator may lack it.
+    pub escrow: Option<EscrowCertificate>,
+    /// The attestations of the range, preceded by the one `head(L)` names
+    /// when the range does not start at 0.
+    pub attestations: Vec<Signed<UsageAttestation>>,
+    /// The customer's acks of those windows that the supplier holds.
+    pub acks: Vec<Signed<UsageAck>>,
+    /// The customer's disputes of those windows that the supplier holds.
+    pub disputes: Vec<Signed<UsageDispute>>,
+    /// Earlier settlement certificates of the lease the coordinator may lack.
+    pub earlier: Vec<SettlementCertificate>,
 }
 
 /// Request on [`crate::kind::PROTOCOL_COORDINATOR`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum CoordinatorRequest {
     /// Vote for an escrow order.
-    Escrow(Signed<EscrowOrder>),
+    Escrow {
+        /// The order.
+        order: Signed<EscrowOrder>,
+        /// The agreement of the lease the order funds.
+        agreement: Box<Signed<LeaseAgreement>>,
+        /// Earlier certificates of the account the coordinator may lack.
+        missing: Vec<CertificateFrame>,
+    },
     /// Vote for a settlement.
-    Settle(Signed<SettlementRequest>),
+    Settle(Box<SettlementBundle>),
+    /// Apply a deposit (the same as `Apply` with a deposit frame).
+    Deposit(Signed<Deposit>),
+    /// Vote for a withdrawal.
+    Withdraw {
+        /// The withdrawal.
+        withdrawal: Signed<Withdrawal>,
+        /// Earlier certificates of the account the coordinator may lack.
+        missing: Vec<CertificateFrame>,
+    },
+    /// Apply a certificate (or a deposit).
+    Apply(CertificateFrame),
+    /// Ask for an account's state.
+    Account(PublicKey),
+}
+
+/// An account as one coordinator holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AccountState {
+    /// The account.
+    pub account: PublicKey,
+    /// The coordinator's current epoch.
+    pub epoch: u64,
+    /// Spendable credits.
+    pub balance: Credits,
+    /// The account's next debit sequence number.
+    pub next_seq: u64,
+    /// Credits of the account locked in escrows not yet released.
+    pub escrowed: Credits,
+    /// The coordinator answering.
+    pub coordinator: PublicKey,
 }
 
 /// Response on [`crate::kind::PROTOCOL_COORDINATOR`].
@@ -47,6 +169,12 @@ pub enum CoordinatorResponse {
     Vote(Signed<Vote>),
     /// The coordinator refuses, saying why.
     Refused(String),
+    /// Applied, or applied before.
+    Applied,
+    /// Held pending; says what is missing.
+    Pending(String),
+    /// The state of the account asked for.
+    Account(AccountState),
 }
 
 /// What a catch-up sync asks for.
@@ -54,7 +182,7 @@ pub enum CoordinatorResponse {
 pub enum SyncTopic {
     /// Live offers.
     Offers,
-    /// Certificates (escrow and settlement).
+    /// Certificates (escrow, settlement, withdrawal) and deposits.
     Certificates,
 }
 
@@ -102,10 +230,12 @@ macro_rules! frame {
     };
 }
 
-frame!(LeaseRequest, "lease request", 4 * 1024);
+// A lease request may carry an escrow certificate (8 KiB at most).
+frame!(LeaseRequest, "lease request", 16 * 1024);
 frame!(LeaseResponse, "lease response", 4 * 1024);
-frame!(CoordinatorRequest, "coordinator request", 4 * 1024);
-frame!(CoordinatorResponse, "coordinator response", 1024);
+// A settlement carries the attestations of its range.
+frame!(CoordinatorRequest, "coordinator request", 512 * 1024);
+frame!(CoordinatorResponse, "coordinator response", 2 * 1024);
 frame!(SyncRequest, "sync request", 256);
 frame!(SyncResponse, "sync response", codec::MAX_FRAME_SIZE);
 
@@ -264,16 +394,88 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
             LeaseResponse::Refused("GPUs busy".into()).to_bytes()?,
         ),
         (
+            "lease_request",
+            LeaseRequest::Fund(Box::new(samples::escrow_certificate()?)).to_bytes()?,
+        ),
+        (
+            "lease_request",
+            LeaseRequest::Terminate(samples::lease_termination()?).to_bytes()?,
+        ),
+        ("lease_response", LeaseResponse::Accepted.to_bytes()?),
+        (
             "coordinator_request",
-            CoordinatorRequest::Escrow(samples::escrow_order()?).to_bytes()?,
+            CoordinatorRequest::Escrow {
+                order: samples::escrow_order()?,
+                agreement: Box::new(samples::lease_agreement()?),
+                missing: vec![CertificateFrame::Deposit(samples::deposit()?)],
+            }
+            .to_bytes()?,
         ),
         (
             "coordinator_request",
-            CoordinatorRequest::Settle(samples::settlement_request()?).to_bytes()?,
+            CoordinatorRequest::Settle(Box::new(SettlementBundle {
+                request: samples::settlement_request()?,
+                agreement: samples::lease_agreement()?,
+                escrow: Some(samples::escrow_certificate()?),
+                attestations: vec![samples::usage_attestation()?],
+                acks: vec![samples::usage_ack()?],
+                disputes: vec![samples::usage_dispute()?],
+                earlier: Vec::new(),
+            }))
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Deposit(samples::deposit()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Withdraw {
+                withdrawal: samples::withdrawal()?,
+                missing: vec![
+                    CertificateFrame::Escrow(Box::new(samples::escrow_certificate()?)),
+                    CertificateFrame::Settlement(Box::new(samples::settlement_certificate()?)),
+                ],
+            }
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Apply(CertificateFrame::Withdrawal(Box::new(
+                samples::withdrawal_certificate()?,
+            )))
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Account(samples::customer().public()).to_bytes()?,
         ),
         (
             "coordinator_response",
             CoordinatorResponse::Vote(samples::vote()?).to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Applied.to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Pending("debit 0 of the account".into()).to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Account(AccountState {
+                account: samples::customer().public(),
+                epoch: samples::EPOCH,
+                balance: Credits::from_units(20_080_000),
+                next_seq: 1,
+                escrowed: Credits::from_units(19_920_000),
+                coordinator: samples::coordinators()
+                    .first()
+                    .map(crate::crypto::Keypair::public)
+                    .unwrap_or_else(|| samples::admin().public()),
+            })
+            .to_bytes()?,
         ),
         (
             "sync_request",
@@ -306,6 +508,24 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
                 &samples::escrow_certificate()?.to_bytes()?,
             ),
         ),
+        (
+            "gossip_frame",
+            GossipFrame::encode(Kind::Deposit, &samples::deposit()?.to_bytes()?),
+        ),
+        (
+            "gossip_frame",
+            GossipFrame::encode(
+                Kind::WithdrawalCertificate,
+                &samples::withdrawal_certificate()?.to_bytes()?,
+            ),
+        ),
+        (
+            "gossip_frame",
+            GossipFrame::encode(
+                Kind::LeaseTermination,
+                &samples::lease_termination()?.to_bytes()?,
+            ),
+        ),
     ])
 }
 
@@ -328,6 +548,135 @@ mod tests {
         assert!(err.to_string().contains("over the limit"), "{err}");
         let refusal = LeaseResponse::Refused("x".repeat(LeaseResponse::MAX_SIZE));
         assert!(refusal.to_bytes().is_err());
+    }
+
+    #[test]
+    fn every_sample_frame_round_trips() {
+        for (name, bytes) in sample_frames().unwrap() {
+            // Panics if a frame does not re-encode to its own bytes.
+            fuzz_decode_frame(name, &bytes);
+            let decodes = match name {
+                "lease_request" => LeaseRequest::from_bytes(&bytes).is_ok(),
+                "lease_response" => LeaseResponse::from_bytes(&bytes).is_ok(),
+                "coordinator_request" => CoordinatorRequest::from_bytes(&bytes).is_ok(),
+                "coordinator_response" => CoordinatorResponse::from_bytes(&bytes).is_ok(),
+                "sync_request" => SyncRequest::from_bytes(&bytes).is_ok(),
+                "sync_response" => SyncResponse::from_bytes(&bytes).is_ok(),
+                _ => Kind::ALL.iter().any(|k| match k.carrier() {
+                    Carrier::Topic(t) => GossipFrame::decode(t, &bytes).is_ok(),
+                    Carrier::Protocol(_) => false,
+                }),
+            };
+            assert!(decodes, "{name} sample does not decode");
+        }
+    }
+
+    #[test]
+    fn existing_frame_variants_keep_their_indices() {
+        // Appended variants must not renumber the ones peers already send.
+        let propose = LeaseRequest::Propose(samples::lease_proposal().unwrap());
+        assert_eq!(propose.to_bytes().unwrap()[..4], [0, 0, 0, 0]);
+        let refused = LeaseResponse::Refused(String::new()).to_bytes().unwrap();
+        assert_eq!(refused[..4], [1, 0, 0, 0]);
+        assert_eq!(LeaseResponse::Accepted.to_bytes().unwrap(), [2, 0, 0, 0]);
+        let fund = LeaseRequest::Fund(Box::new(samples::escrow_certificate().unwrap()));
+        assert_eq!(fund.to_bytes().unwrap()[..4], [1, 0, 0, 0]);
+        let refused = CoordinatorResponse::Refused(String::new());
+        assert_eq!(refused.to_bytes().unwrap()[..4], [1, 0, 0, 0]);
+        assert_eq!(
+            CoordinatorResponse::Applied.to_bytes().unwrap(),
+            [2, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn certificate_frames_name_their_kind_and_subject() {
+        let frames = [
+            (
+                CertificateFrame::Escrow(Box::new(samples::escrow_certificate().unwrap())),
+                samples::escrow_order().unwrap().id().unwrap(),
+            ),
+            (
+                CertificateFrame::Settlement(Box::new(samples::settlement_certificate().unwrap())),
+                samples::settlement_request().unwrap().id().unwrap(),
+            ),
+            (
+                CertificateFrame::Withdrawal(Box::new(samples::withdrawal_certificate().unwrap())),
+                samples::withdrawal().unwrap().id().unwrap(),
+            ),
+            (
+                CertificateFrame::Deposit(samples::deposit().unwrap()),
+                samples::deposit().unwrap().id().unwrap(),
+            ),
+        ];
+        let set = samples::coordinator_set().unwrap();
+        let clock = crate::time::Clock::at(samples::T0.plus_ms(120_000));
+        for (frame, subject) in frames {
+            assert_eq!(frame.subject().unwrap(), subject);
+            let kind = frame.kind();
+            assert!(matches!(
+                kind.carrier(),
+                Carrier::Topic(crate::kind::TOPIC_CERTS)
+            ));
+            let wire = frame.into_wire();
+            assert_eq!(wire.kind(), kind);
+            assert_eq!(wire.id().unwrap(), subject);
+            wire.verify(&clock, Some(&set)).unwrap();
+        }
+    }
+
+    #[test]
+    fn new_frame_limits_fit_what_they_carry() {
+        // The largest valid escrow certificate (64 votes) fits a Fund.
+        let mut cert = samples::escrow_certificate().unwrap();
+        let vote = cert.votes[0];
+        cert.votes = vec![vote; 64];
+        let fund = LeaseRequest::Fund(Box::new(cert));
+        assert!(fund.to_bytes().unwrap().len() <= LeaseRequest::MAX_SIZE);
+        // A settlement of several hundred windows fits the coordinator limit;
+        // the old 4 KiB limit held only a handful.
+        let attestation = samples::usage_attestation().unwrap();
+        let ack = samples::usage_ack().unwrap();
+        let bundle = SettlementBundle {
+            request: samples::settlement_request().unwrap(),
+            agreement: samples::lease_agreement().unwrap(),
+            escrow: Some(samples::escrow_certificate().unwrap()),
+            attestations: vec![attestation; 500],
+            acks: vec![ack; 500],
+            disputes: Vec::new(),
+            earlier: Vec::new(),
+        };
+        let settle = CoordinatorRequest::Settle(Box::new(bundle));
+        let bytes = settle.to_bytes().unwrap();
+        assert!(bytes.len() > 64 * 1024);
+        assert_eq!(CoordinatorRequest::from_bytes(&bytes).unwrap(), settle);
+        let huge = vec![0u8; CoordinatorRequest::MAX_SIZE + 1];
+        assert!(CoordinatorRequest::from_bytes(&huge).is_err());
+        // A pending reason of the longest allowed length still fits.
+        let pending = CoordinatorResponse::Pending("x".repeat(MAX_REASON_LEN));
+        assert!(pending.to_bytes().unwrap().len() <= CoordinatorResponse::MAX_SIZE);
+    }
+
+    #[test]
+    fn terminations_and_deposits_travel_on_their_topics() {
+        let termination = samples::lease_termination().unwrap().to_bytes().unwrap();
+        let data = GossipFrame::encode(Kind::LeaseTermination, &termination);
+        assert!(GossipFrame::decode(TOPIC_USAGE, &data).is_ok());
+        assert!(GossipFrame::decode(crate::kind::TOPIC_CERTS, &data).is_err());
+        let deposit = samples::deposit().unwrap().to_bytes().unwrap();
+        let data = GossipFrame::encode(Kind::Deposit, &deposit);
+        assert!(GossipFrame::decode(crate::kind::TOPIC_CERTS, &data).is_ok());
+        let withdrawal = samples::withdrawal().unwrap().to_bytes().unwrap();
+        let data = GossipFrame::encode(Kind::Withdrawal, &withdrawal);
+        assert!(GossipFrame::decode(crate::kind::TOPIC_CERTS, &data).is_err());
+        assert_eq!((Kind::Deposit.tag(), Kind::Withdrawal.tag()), (15, 16));
+        assert_eq!(
+            (
+                Kind::WithdrawalCertificate.tag(),
+                Kind::LeaseTermination.tag()
+            ),
+            (17, 18)
+        );
     }
 
     #[test]

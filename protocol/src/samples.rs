@@ -8,11 +8,11 @@
 use crate::crypto::{Id, Keypair};
 use crate::error::Result;
 use crate::kind::Kind;
-use crate::messages::lease::{LeaseAgreement, LeaseProposal};
+use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, TerminationReason};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Certificate, CoordinatorSet, EscrowOrder, SettlementRequest, Vote,
+    Certificate, CoordinatorSet, Deposit, EscrowOrder, SettlementRequest, Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -31,6 +31,8 @@ pub const CUSTOMER_SEED: [u8; 32] = [0x22; 32];
 pub const COORDINATOR_SEEDS: [[u8; 32]; 4] = [[0x31; 32], [0x32; 32], [0x33; 32], [0x34; 32]];
 /// Epoch of the sample coordinator set.
 pub const EPOCH: u64 = 1;
+/// Seed of the sample coordinator set's administrative key (deposits).
+pub const ADMIN_SEED: [u8; 32] = [0x41; 32];
 
 /// The sample supplier.
 pub fn supplier() -> Keypair {
@@ -40,6 +42,11 @@ pub fn supplier() -> Keypair {
 /// The sample customer.
 pub fn customer() -> Keypair {
     Keypair::from_seed(CUSTOMER_SEED)
+}
+
+/// The sample administrative key, which signs deposits.
+pub fn admin() -> Keypair {
+    Keypair::from_seed(ADMIN_SEED)
 }
 
 /// The sample coordinators.
@@ -67,8 +74,12 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
         | Kind::EscrowOrder
         | Kind::EscrowCertificate
         | Kind::UsageAck
-        | Kind::UsageDispute => CUSTOMER_SEED,
+        | Kind::UsageDispute
+        | Kind::Withdrawal
+        | Kind::WithdrawalCertificate
+        | Kind::LeaseTermination => CUSTOMER_SEED,
         Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
+        Kind::Deposit => ADMIN_SEED,
         _ => SUPPLIER_SEED,
     }
 }
@@ -361,6 +372,61 @@ pub fn alert() -> Result<Signed<Alert>> {
     )
 }
 
+/// The admin key tops the customer's account up with 50 credits.
+pub fn deposit() -> Result<Signed<Deposit>> {
+    Signed::sign(
+        Deposit {
+            version: PROTOCOL_VERSION,
+            epoch: EPOCH,
+            admin: admin().public(),
+            account: customer().public(),
+            amount: credits(50_000_000),
+            reference: "payment 2026-09-21/0001".into(),
+            created_at: T0,
+        },
+        &admin(),
+    )
+}
+
+/// The customer withdraws 10 credits at `seq` 1, the debit after
+/// [`escrow_order`].
+pub fn withdrawal() -> Result<Signed<Withdrawal>> {
+    Signed::sign(
+        Withdrawal {
+            version: PROTOCOL_VERSION,
+            account: customer().public(),
+            seq: 1,
+            epoch: EPOCH,
+            amount: credits(10_000_000),
+            destination: "iban:DE89370400440532013000".into(),
+            created_at: T0.plus_ms(90_000),
+            expires_at: T0.plus_ms(690_000),
+        },
+        &customer(),
+    )
+}
+
+/// [`withdrawal`] certified by coordinators 0, 1 and 3.
+pub fn withdrawal_certificate() -> Result<Certificate<Withdrawal>> {
+    certify(withdrawal()?)
+}
+
+/// The customer ends the lease during its second window.
+pub fn lease_termination() -> Result<Signed<LeaseTermination>> {
+    Signed::sign(
+        LeaseTermination {
+            version: PROTOCOL_VERSION,
+            lease: lease_agreement()?.id()?,
+            customer: customer().public(),
+            supplier: supplier().public(),
+            reason: TerminationReason::CustomerRequest,
+            detail: "training run finished early".into(),
+            created_at: T0.plus_ms(95_000),
+        },
+        &customer(),
+    )
+}
+
 /// The sample of `kind`.
 pub fn sample(kind: Kind) -> Result<WireMessage> {
     Ok(match kind {
@@ -381,5 +447,11 @@ pub fn sample(kind: Kind) -> Result<WireMessage> {
         Kind::SettlementRequest => WireMessage::SettlementRequest(settlement_request()?),
         Kind::ReputationReport => WireMessage::ReputationReport(reputation_report()?),
         Kind::Alert => WireMessage::Alert(alert()?),
+        Kind::Deposit => WireMessage::Deposit(deposit()?),
+        Kind::Withdrawal => WireMessage::Withdrawal(withdrawal()?),
+        Kind::WithdrawalCertificate => {
+            WireMessage::WithdrawalCertificate(withdrawal_certificate()?)
+        }
+        Kind::LeaseTermination => WireMessage::LeaseTermination(lease_termination()?),
     })
 }

@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{Id, VerifyItem};
 use crate::error::{Error, Result};
 use crate::kind::Kind;
-use crate::messages::lease::{LeaseAgreement, LeaseProposal};
+use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    CoordinatorSet, EscrowCertificate, EscrowOrder, SettlementCertificate, SettlementRequest, Vote,
+    CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, SettlementCertificate,
+    SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::signed::{Message, Signed};
@@ -147,9 +148,13 @@ wire_message!(
     UsageDispute => UsageDispute,
     SettlementRequest => SettlementRequest,
     ReputationReport => ReputationReport,
-    Alert => Alert;
+    Alert => Alert,
+    Deposit => Deposit,
+    Withdrawal => Withdrawal,
+    LeaseTermination => LeaseTermination;
     EscrowCertificate => EscrowCertificate,
-    SettlementCertificate => SettlementCertificate
+    SettlementCertificate => SettlementCertificate,
+    WithdrawalCertificate => WithdrawalCertificate
 );
 
 /// Decodes `bytes` as a message of `kind` and re-encodes it if it decodes; used

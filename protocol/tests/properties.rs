@@ -7,8 +7,9 @@ use rigmesh_protocol::kind::Kind;
 use rigmesh_protocol::samples;
 use rigmesh_protocol::wire::{self, WireMessage};
 use rigmesh_protocol::{
-    Alert, Audience, Clock, Credits, GpuUsage, Id, Keypair, Offer, Severity, Signed, UnixMillis,
-    UsageAttestation, PROTOCOL_VERSION,
+    Alert, Audience, Clock, Credits, Deposit, GpuUsage, Id, Keypair, LeaseTermination, Offer,
+    Severity, Signed, TerminationReason, UnixMillis, UsageAttestation, Withdrawal,
+    PROTOCOL_VERSION,
 };
 
 fn text(max: usize) -> impl Strategy<Value = String> {
@@ -121,6 +122,69 @@ fn alert() -> impl Strategy<Value = Alert> {
         )
 }
 
+fn deposit() -> impl Strategy<Value = Deposit> {
+    (
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<i64>(),
+        text(128),
+        any::<u64>(),
+    )
+        .prop_map(|(epoch, account, amount, reference, c)| Deposit {
+            version: PROTOCOL_VERSION,
+            epoch,
+            admin: samples::admin().public(),
+            account: rigmesh_protocol::PublicKey(account),
+            amount: Credits::from_units(amount),
+            reference,
+            created_at: UnixMillis(c),
+        })
+}
+
+fn withdrawal() -> impl Strategy<Value = Withdrawal> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<i64>(),
+        text(128),
+        (any::<u64>(), any::<u64>()),
+    )
+        .prop_map(|(seq, epoch, amount, destination, (c, e))| Withdrawal {
+            version: PROTOCOL_VERSION,
+            account: samples::customer().public(),
+            seq,
+            epoch,
+            amount: Credits::from_units(amount),
+            destination,
+            created_at: UnixMillis(c),
+            expires_at: UnixMillis(e),
+        })
+}
+
+fn termination() -> impl Strategy<Value = LeaseTermination> {
+    (
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        prop_oneof![
+            Just(TerminationReason::BudgetCap),
+            Just(TerminationReason::CustomerRequest),
+            Just(TerminationReason::SupplierMisbehaviour),
+            Just(TerminationReason::Other)
+        ],
+        text(256),
+        any::<u64>(),
+    )
+        .prop_map(|(lease, supplier, reason, detail, c)| LeaseTermination {
+            version: PROTOCOL_VERSION,
+            lease: Id(lease),
+            customer: samples::customer().public(),
+            supplier: rigmesh_protocol::PublicKey(supplier),
+            reason,
+            detail,
+            created_at: UnixMillis(c),
+        })
+}
+
 fn round_trip<T: rigmesh_protocol::Message>(body: T, key: &Keypair) {
     let signed = Signed::sign(body, key).unwrap();
     let bytes = signed.to_bytes().unwrap();
@@ -149,6 +213,21 @@ proptest! {
     #[test]
     fn alerts_round_trip(body in alert()) {
         round_trip(body, &samples::supplier());
+    }
+
+    #[test]
+    fn deposits_round_trip(body in deposit()) {
+        round_trip(body, &samples::admin());
+    }
+
+    #[test]
+    fn withdrawals_round_trip(body in withdrawal()) {
+        round_trip(body, &samples::customer());
+    }
+
+    #[test]
+    fn lease_terminations_round_trip(body in termination()) {
+        round_trip(body, &samples::customer());
     }
 
     #[test]

@@ -191,6 +191,209 @@ fn settlement_and_escrow_rules() {
 }
 
 #[test]
+fn deposit_amount_must_be_positive() {
+    let a = samples::admin();
+    for amount in [0, -1] {
+        let d = altered(samples::deposit().unwrap(), &a, |d| {
+            d.amount = Credits::from_units(amount)
+        });
+        assert_eq!(field_error(&d), (Kind::Deposit, "amount"));
+    }
+}
+
+#[test]
+fn deposit_reference_is_printable_text_of_1_to_128_bytes() {
+    let a = samples::admin();
+    let bad = [
+        String::new(),
+        "x".repeat(129),
+        "pay\n1".into(),
+        " pay".into(),
+    ];
+    for reference in bad {
+        let d = altered(samples::deposit().unwrap(), &a, |d| {
+            d.reference = reference.clone()
+        });
+        assert_eq!(
+            field_error(&d),
+            (Kind::Deposit, "reference"),
+            "{reference:?}"
+        );
+    }
+    let d = altered(samples::deposit().unwrap(), &a, |d| {
+        d.reference = "x".repeat(128)
+    });
+    d.verify(&clock()).unwrap();
+}
+
+#[test]
+fn deposit_is_signed_by_the_admin_it_names() {
+    // Whether that admin is the epoch's configured one is the
+    // coordinator's check; the message itself only binds signer and field.
+    let d = altered(samples::deposit().unwrap(), &samples::customer(), |_| {});
+    assert!(matches!(
+        d.verify(&clock()),
+        Err(Error::WrongSigner {
+            kind: Kind::Deposit,
+            field: "admin",
+            ..
+        })
+    ));
+    // Two deposits that differ only in their reference are two deposits.
+    let other = altered(samples::deposit().unwrap(), &samples::admin(), |d| {
+        d.reference = "payment 2026-09-21/0002".into()
+    });
+    assert_ne!(
+        other.id().unwrap(),
+        samples::deposit().unwrap().id().unwrap()
+    );
+}
+
+#[test]
+fn withdrawal_amount_must_be_positive() {
+    let c = samples::customer();
+    for amount in [0, -1] {
+        let w = altered(samples::withdrawal().unwrap(), &c, |w| {
+            w.amount = Credits::from_units(amount)
+        });
+        assert_eq!(field_error(&w), (Kind::Withdrawal, "amount"));
+    }
+}
+
+#[test]
+fn withdrawal_destination_is_printable_text_of_1_to_128_bytes() {
+    let c = samples::customer();
+    let bad = [
+        String::new(),
+        "x".repeat(129),
+        "iban\t1".into(),
+        "iban ".into(),
+    ];
+    for destination in bad {
+        let w = altered(samples::withdrawal().unwrap(), &c, |w| {
+            w.destination = destination.clone()
+        });
+        assert_eq!(
+            field_error(&w),
+            (Kind::Withdrawal, "destination"),
+            "{destination:?}"
+        );
+    }
+}
+
+#[test]
+fn withdrawal_lifetime_is_at_most_an_hour() {
+    let c = samples::customer();
+    let w = altered(samples::withdrawal().unwrap(), &c, |w| {
+        w.expires_at = w.created_at
+    });
+    assert_eq!(field_error(&w), (Kind::Withdrawal, "expires_at"));
+    let w = altered(samples::withdrawal().unwrap(), &c, |w| {
+        w.expires_at = w.created_at.plus_ms(3_600_001)
+    });
+    assert_eq!(field_error(&w), (Kind::Withdrawal, "expires_at"));
+    let w = altered(samples::withdrawal().unwrap(), &c, |w| {
+        w.expires_at = w.created_at.plus_ms(3_600_000)
+    });
+    w.verify(&clock()).unwrap();
+}
+
+#[test]
+fn withdrawal_certificates_are_votes_for_withdrawals() {
+    let set = samples::coordinator_set().unwrap();
+    let cert = samples::withdrawal_certificate().unwrap();
+    cert.verify(&set).unwrap();
+    assert_eq!(
+        cert.subject().unwrap(),
+        samples::withdrawal().unwrap().id().unwrap()
+    );
+    // A vote made for the withdrawal names the withdrawal certificate kind,
+    // and an escrow certificate's votes do not fit it.
+    let coordinator = Keypair::from_seed(samples::COORDINATOR_SEEDS[0]);
+    let vote =
+        Certificate::vote_for(&samples::withdrawal().unwrap(), coordinator.public()).unwrap();
+    assert_eq!(vote.certificate, Kind::WithdrawalCertificate);
+    let mut swapped = cert.clone();
+    swapped.votes[0].signature = samples::escrow_certificate().unwrap().votes[0].signature;
+    assert!(matches!(
+        swapped.verify(&set),
+        Err(Error::BadSignature {
+            kind: Kind::Vote,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn votes_name_a_certificate_kind() {
+    let k = Keypair::from_seed(samples::COORDINATOR_SEEDS[0]);
+    let v = altered(samples::vote().unwrap(), &k, |v| {
+        v.certificate = Kind::WithdrawalCertificate
+    });
+    v.verify(&clock()).unwrap();
+    for kind in [Kind::Deposit, Kind::Withdrawal, Kind::EscrowOrder] {
+        let v = altered(samples::vote().unwrap(), &k, |v| v.certificate = kind);
+        assert_eq!(field_error(&v), (Kind::Vote, "certificate"), "{kind}");
+    }
+}
+
+#[test]
+fn lease_termination_names_a_lease() {
+    let c = samples::customer();
+    let t = altered(samples::lease_termination().unwrap(), &c, |t| {
+        t.lease = Id::ZERO
+    });
+    assert_eq!(field_error(&t), (Kind::LeaseTermination, "lease"));
+}
+
+#[test]
+fn lease_termination_supplier_differs_from_customer() {
+    let c = samples::customer();
+    let t = altered(samples::lease_termination().unwrap(), &c, |t| {
+        t.supplier = t.customer
+    });
+    assert_eq!(field_error(&t), (Kind::LeaseTermination, "supplier"));
+}
+
+#[test]
+fn lease_termination_detail_is_printable_text_of_at_most_256_bytes() {
+    let c = samples::customer();
+    for detail in ["x".repeat(257), "done\n".into(), " done".into()] {
+        let t = altered(samples::lease_termination().unwrap(), &c, |t| {
+            t.detail = detail.clone()
+        });
+        assert_eq!(
+            field_error(&t),
+            (Kind::LeaseTermination, "detail"),
+            "{detail:?}"
+        );
+    }
+    for detail in [String::new(), "x".repeat(256)] {
+        let t = altered(samples::lease_termination().unwrap(), &c, |t| {
+            t.detail = detail.clone()
+        });
+        t.verify(&clock()).unwrap();
+    }
+}
+
+#[test]
+fn lease_termination_is_signed_by_the_customer() {
+    let t = altered(
+        samples::lease_termination().unwrap(),
+        &samples::supplier(),
+        |_| {},
+    );
+    assert!(matches!(
+        t.verify(&clock()),
+        Err(Error::WrongSigner {
+            kind: Kind::LeaseTermination,
+            field: "customer",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn alert_and_reputation_rules() {
     let s = samples::supplier();
     let a = altered(samples::alert().unwrap(), &s, |a| a.about = None);

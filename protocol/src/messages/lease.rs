@@ -1,6 +1,7 @@
 //! Lease negotiation: a customer's `LeaseProposal` on an offer, and the
 //! supplier's `LeaseAgreement`, which carries the signed proposal so the one
 //! record shows that both sides agreed. The agreement's id is the lease id.
+//! A customer that ends a lease early signs a `LeaseTermination`.
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,9 @@ pub const MAX_GPU_INDEX: u16 = 1024;
 
 /// Longest lifetime of a proposal: 10 minutes; negotiation is interactive.
 pub const PROPOSAL_MAX_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Longest free-text detail of a lease termination, bytes.
+pub const MAX_TERMINATION_DETAIL_LEN: usize = 256;
 
 /// A customer asks a supplier for GPUs of one of its offers.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
@@ -197,5 +201,77 @@ impl Message for LeaseAgreement {
 
     fn inner_signatures(&self) -> Result<Vec<VerifyItem>> {
         self.proposal.verify_items()
+    }
+}
+
+/// Why a customer ends a lease early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminationReason {
+    /// The customer's spending cap is reached.
+    BudgetCap,
+    /// The customer no longer needs the GPUs.
+    CustomerRequest,
+    /// The supplier did not deliver or metered wrongly.
+    SupplierMisbehaviour,
+    /// Anything else; see the detail.
+    Other,
+}
+
+/// The customer ends lease `lease` before its `ends_at`. The supplier
+/// honours it at the end of the metering window that contains `created_at`:
+/// it attests that window as the last one and then settles finally.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct LeaseTermination {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The lease (id of the agreement).
+    pub lease: Id,
+    /// The customer account; must sign.
+    pub customer: PublicKey,
+    /// The supplier of the lease.
+    pub supplier: PublicKey,
+    /// Why.
+    pub reason: TerminationReason,
+    /// Human-readable detail; may be empty.
+    pub detail: String,
+    /// When it was made; fixes the last window.
+    pub created_at: UnixMillis,
+}
+
+impl Message for LeaseTermination {
+    const KIND: Kind = Kind::LeaseTermination;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("customer", self.customer)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if self.lease.is_zero() {
+            return Err(Error::field(kind, "lease", "must be set"));
+        }
+        if self.customer == self.supplier {
+            return Err(Error::field(
+                kind,
+                "supplier",
+                "a customer cannot lease from itself",
+            ));
+        }
+        rules::text(
+            kind,
+            "detail",
+            &self.detail,
+            MAX_TERMINATION_DETAIL_LEN,
+            true,
+        )
     }
 }

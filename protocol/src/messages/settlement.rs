@@ -1,7 +1,8 @@
 //! Money messages of the FastPay-style settlement (specs/settlement.md):
-//! the customer's `EscrowOrder`, the supplier's `SettlementRequest`, a
-//! coordinator's `Vote`, the coordinator set of an epoch, and
-//! `Certificate<T>`: a signed order plus a quorum of votes, checkable offline.
+//! the customer's `EscrowOrder`, the supplier's `SettlementRequest`, an
+//! owner's `Withdrawal`, the admin key's `Deposit`, a coordinator's `Vote`,
+//! the coordinator set of an epoch, and `Certificate<T>`: a signed order
+//! plus a quorum of votes, checkable offline.
 
 use std::collections::BTreeSet;
 
@@ -21,6 +22,10 @@ use crate::time::UnixMillis;
 pub const ESCROW_ORDER_MAX_TTL_MS: u64 = HOUR_MS;
 /// Most coordinators an epoch may have (bounds certificate size).
 pub const MAX_COORDINATORS: usize = 64;
+/// Longest external reference of a deposit, bytes.
+pub const MAX_DEPOSIT_REFERENCE_LEN: usize = 128;
+/// Longest external destination of a withdrawal, bytes.
+pub const MAX_WITHDRAWAL_DESTINATION_LEN: usize = 128;
 
 /// A customer moves `amount` from its account into escrow for a lease.
 /// `seq` is the account's debit sequence number: coordinators vote for at
@@ -79,6 +84,121 @@ impl Message for EscrowOrder {
             return Err(Error::field(kind, "lease", "must be set"));
         }
         rules::positive(kind, "amount", self.amount)?;
+        rules::lifetime(
+            kind,
+            self.created_at,
+            self.expires_at,
+            ESCROW_ORDER_MAX_TTL_MS,
+        )
+    }
+}
+
+/// Credits that enter the system from outside: the administrative key of
+/// the coordinator set credits `amount` to `account`, standing for an
+/// external top-up. Its id is its identity: a deposit is applied at most
+/// once, and `reference` (the external payment id) keeps two top-ups of the
+/// same amount apart.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Deposit {
+    /// Protocol version (1).
+    pub version: u16,
+    /// Coordinator epoch whose configured admin key this is.
+    pub epoch: u64,
+    /// The administrative key; must sign.
+    pub admin: PublicKey,
+    /// The account credited.
+    pub account: PublicKey,
+    /// Amount credited.
+    pub amount: Credits,
+    /// External reference, such as a payment id.
+    pub reference: String,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+impl Message for Deposit {
+    const KIND: Kind = Kind::Deposit;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("admin", self.admin)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        rules::positive(kind, "amount", self.amount)?;
+        rules::text(
+            kind,
+            "reference",
+            &self.reference,
+            MAX_DEPOSIT_REFERENCE_LEN,
+            false,
+        )
+    }
+}
+
+/// An account owner takes `amount` out of the system to an external
+/// destination. It is a debit like an [`EscrowOrder`] and shares the
+/// account's debit sequence: coordinators vote for at most one debit per
+/// `(account, seq)`, whichever kind it is.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Withdrawal {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The paying account; must sign.
+    pub account: PublicKey,
+    /// The account's next debit sequence number.
+    pub seq: u64,
+    /// Coordinator epoch the withdrawal is addressed to.
+    pub epoch: u64,
+    /// Amount withdrawn.
+    pub amount: Credits,
+    /// External destination, such as a payout address.
+    pub destination: String,
+    /// When it was made.
+    pub created_at: UnixMillis,
+    /// Coordinators refuse to vote after this.
+    pub expires_at: UnixMillis,
+}
+
+impl Message for Withdrawal {
+    const KIND: Kind = Kind::Withdrawal;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("account", self.account)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn expires_at(&self) -> Option<UnixMillis> {
+        Some(self.expires_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        rules::positive(kind, "amount", self.amount)?;
+        rules::text(
+            kind,
+            "destination",
+            &self.destination,
+            MAX_WITHDRAWAL_DESTINATION_LEN,
+            false,
+        )?;
+        // The same bound as an escrow order: a debit that gathers votes
+        // slowly locks its seq, so its window to do so is short.
         rules::lifetime(
             kind,
             self.created_at,
@@ -185,7 +305,8 @@ pub struct Vote {
     pub epoch: u64,
     /// The voting coordinator; must sign.
     pub coordinator: PublicKey,
-    /// What the vote makes: `EscrowCertificate` or `SettlementCertificate`.
+    /// What the vote makes: `EscrowCertificate`, `SettlementCertificate`
+    /// or `WithdrawalCertificate`.
     pub certificate: Kind,
     /// Id of the message voted for.
     pub subject: Id,
@@ -209,7 +330,7 @@ impl Message for Vote {
     fn check_fields(&self) -> Result<()> {
         if !matches!(
             self.certificate,
-            Kind::EscrowCertificate | Kind::SettlementCertificate
+            Kind::EscrowCertificate | Kind::SettlementCertificate | Kind::WithdrawalCertificate
         ) {
             return Err(Error::field(
                 Self::KIND,
@@ -300,6 +421,13 @@ impl Certifiable for SettlementRequest {
     }
 }
 
+impl Certifiable for Withdrawal {
+    const CERTIFICATE: Kind = Kind::WithdrawalCertificate;
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
 /// One coordinator's signature over the [`Vote`] a certificate implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct VoteSignature {
@@ -324,6 +452,8 @@ pub struct Certificate<T> {
 pub type EscrowCertificate = Certificate<EscrowOrder>;
 /// A settlement certified by a quorum: the payout happens.
 pub type SettlementCertificate = Certificate<SettlementRequest>;
+/// A withdrawal certified by a quorum: the credits leave the account.
+pub type WithdrawalCertificate = Certificate<Withdrawal>;
 
 impl<T: Certifiable> Certificate<T> {
     /// The vote a coordinator signs for `message`.

@@ -255,6 +255,13 @@ impl<S: Store> Ledger<S> {
             .unwrap_or(Credits::ZERO))
     }
 
+    /// Every account with a non-zero balance, in account order.
+    pub fn balances(&self) -> Result<Vec<(Account, Credits)>> {
+        self.store()
+            .rows::<Balances>(Direction::Forward)
+            .collect::<Result<Vec<_>>>()
+    }
+
     /// A lease's escrow and metering state.
     pub fn lease_book(&self, lease: &Id) -> Result<Option<LeaseBook>> {
         self.store().get_in::<LeaseBooks>(lease)

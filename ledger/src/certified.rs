@@ -213,6 +213,18 @@ impl<S: Store> Ledger<S> {
         self.store().get_in::<SettlementHeads>(lease)
     }
 
+    /// What `account` has locked in escrows of open leases.
+    pub fn escrowed_by(&self, account: &PublicKey) -> Result<Credits> {
+        let mut total = Credits::ZERO;
+        for row in self.store().rows::<LeaseBooks>(Direction::Forward) {
+            let (_, book) = row?;
+            if book.customer == *account && !book.closed {
+                total = add(total, book.available()?, "escrowed credits")?;
+            }
+        }
+        Ok(total)
+    }
+
     /// True if the certificate (or deposit) with this subject is applied.
     pub fn is_applied(&self, subject: &Id) -> Result<bool> {
         Ok(self.store().get_in::<AppliedSubjects>(subject)?.is_some())

@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 
 use rigmesh_protocol::{
-    Certifiable, Certificate, Clock, CoordinatorSet, Credits, EscrowCertificate, EscrowOrder, Id,
-    Keypair, LeaseAgreement, PublicKey, SettlementCertificate, SettlementRequest, Signed,
-    UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote,
+    Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, EscrowCertificate,
+    EscrowOrder, Id, Keypair, LeaseAgreement, PublicKey, SettlementCertificate, SettlementRequest,
+    Signed, UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote, Withdrawal,
+    WithdrawalCertificate,
 };
 
 use crate::billing::{self, FeeRate, Payout};
@@ -32,8 +33,8 @@ pub struct CoordinatorConfig {
     /// After this long past a window's end, an unanswered attestation
     /// counts as accepted.
     pub unacked_timeout_ms: u64,
-    /// The key whose deposits are accepted.
-    pub admin: PublicKey,
+    /// The key whose deposits are accepted (none: deposits are refused).
+    pub admin: Option<PublicKey>,
     /// Clock skew tolerated.
     pub skew_ms: u64,
 }
@@ -273,6 +274,88 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 format!("already voted for {other} at {account} seq {seq}"),
             )),
         }
+    }
+
+    /// The voting rule for a withdrawal: the escrow order's rule without a
+    /// lease (specs/settlement.md section 4).
+    pub fn vote_withdrawal(
+        &self,
+        withdrawal: &Signed<Withdrawal>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let subject = withdrawal.id().unwrap_or(Id::ZERO);
+        let rules = || -> Result<Signed<Vote>, Refusal> {
+            withdrawal.verify_record()?;
+            let w = &withdrawal.body;
+            if self.ledger.debit_lock(&w.account, w.seq)? == Some(subject) {
+                return self.sign_vote(withdrawal);
+            }
+            withdrawal.verify(&self.clock(now))?;
+            self.check_epoch(w.epoch)?;
+            self.debit_rules(&w.account, w.seq, w.amount, subject)?;
+            self.check_balance(&w.account, w.amount)?;
+            self.take_debit_lock(&w.account, w.seq, subject, now)?;
+            self.sign_vote(withdrawal)
+        };
+        rules().map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+    }
+
+    /// Applies a deposit: only one signed by the epoch's admin key, for
+    /// this epoch, at most once.
+    pub fn apply_deposit(
+        &self,
+        deposit: &Signed<Deposit>,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        let subject = deposit.id().unwrap_or(Id::ZERO);
+        let rules = || -> Result<Applied, Refusal> {
+            deposit.verify_record()?;
+            let d = &deposit.body;
+            if self.config.admin != Some(d.admin) {
+                return Err(Refusal::new(
+                    "not_admin",
+                    format!("{} is not the admin key of this coordinator set", d.admin),
+                ));
+            }
+            self.check_epoch(d.epoch)?;
+            Ok(self.ledger.apply_deposit(
+                &subject,
+                &d.account,
+                d.amount,
+                deposit.to_bytes()?,
+                &self.cause(subject, now),
+            )?)
+        };
+        let result = rules();
+        self.after_apply("apply deposit", subject, now, result)
+    }
+
+    /// Applies a withdrawal certificate from any source.
+    pub fn apply_withdrawal(
+        &self,
+        certificate: &WithdrawalCertificate,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        let subject = certificate.subject().unwrap_or(Id::ZERO);
+        let result = certificate
+            .verify(&self.config.set)
+            .map_err(Refusal::from)
+            .and_then(|()| {
+                let w = &certificate.message.body;
+                Ok(self.ledger.apply_debit(
+                    CertificateKind::Withdrawal,
+                    &crate::certified::Debit {
+                        subject,
+                        account: w.account,
+                        seq: w.seq,
+                        amount: w.amount,
+                        to: crate::certified::DebitTarget::External,
+                    },
+                    certificate.to_bytes()?,
+                    &self.cause(subject, now),
+                )?)
+            });
+        self.after_apply("apply withdrawal certificate", subject, now, result)
     }
 
     /// The status of each window `first..=last` of a lease at `now`.
@@ -633,7 +716,24 @@ impl<'l, S: Store> Coordinator<'l, S> {
                             self.ledger
                                 .apply_settlement_certificate(&c, &self.cause(subject, now))
                         }),
-                    CertificateKind::Withdrawal | CertificateKind::Deposit => continue,
+                    CertificateKind::Withdrawal => WithdrawalCertificate::from_bytes(&bytes)
+                        .map_err(Error::from)
+                        .and_then(|c| {
+                            let w = &c.message.body;
+                            self.ledger.apply_debit(
+                                kind,
+                                &crate::certified::Debit {
+                                    subject,
+                                    account: w.account,
+                                    seq: w.seq,
+                                    amount: w.amount,
+                                    to: crate::certified::DebitTarget::External,
+                                },
+                                bytes.clone(),
+                                &self.cause(subject, now),
+                            )
+                        }),
+                    CertificateKind::Deposit => continue,
                 };
                 if matches!(result, Ok(Applied::Applied)) {
                     applied += 1;
@@ -646,20 +746,14 @@ impl<'l, S: Store> Coordinator<'l, S> {
         }
     }
 
-    /// Balances and escrows of every lease this coordinator knows, summed
-    /// per account: what the fault tests compare across coordinators.
+    /// Every balance this coordinator holds, by account name: what the
+    /// fault tests compare across coordinators.
     pub fn snapshot(&self) -> crate::Result<BTreeMap<String, Credits>> {
-        let mut out = BTreeMap::new();
-        for row in self
+        Ok(self
             .ledger
-            .store()
-            .rows::<crate::columns::Balances>(crate::store::Direction::Forward)
-        {
-            let (account, balance) = row?;
-            out.insert(account.to_string(), balance);
-        }
-        Ok(out)
+            .balances()?
+            .into_iter()
+            .map(|(account, balance)| (account.to_string(), balance))
+            .collect())
     }
 }
-
-use crate::columns::TypedStore as _;

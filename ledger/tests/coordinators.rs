@@ -32,7 +32,7 @@ impl Net {
             set: samples::coordinator_set().unwrap(),
             fee_rate: FeeRate::from_ppm(10_000).unwrap(),
             unacked_timeout_ms: UNACKED_MS,
-            admin: Keypair::from_seed([0x41; 32]).public(),
+            admin: Some(Keypair::from_seed([0x41; 32]).public()),
             skew_ms: 30_000,
         };
         Net {
@@ -49,7 +49,7 @@ impl Net {
     fn deposit_everywhere(&self, account: &Keypair, units: i64) {
         let subject = Id(*blake3::hash(&units.to_le_bytes()).as_bytes());
         for ledger in &self.ledgers {
-            let cause = rigmesh_ledger::Cause::new(self.config.admin, subject, T0);
+            let cause = rigmesh_ledger::Cause::new(self.keys[0].public(), subject, T0);
             ledger
                 .apply_deposit(
                     &subject,

@@ -43,7 +43,9 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// The coordinator set of an epoch, as configured.
+/// The coordinator set of an epoch and the settlement terms all its
+/// members share (specs/settlement.md section 12), as configured. Every
+/// node of the market carries the same table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorsConfig {
@@ -51,6 +53,61 @@ pub struct CoordinatorsConfig {
     pub epoch: u64,
     /// Public keys (hex) of the coordinators.
     pub members: Vec<PublicKey>,
+    /// Addresses of the coordinators' nodes, dialled at start.
+    #[serde(default)]
+    pub addresses: Vec<Multiaddr>,
+    /// The administrative key whose deposits coordinators accept.
+    #[serde(default)]
+    pub admin: Option<PublicKey>,
+    /// Fraction of each settlement paid as the coordinators' fee.
+    #[serde(default = "default_fee_rate")]
+    pub fee_rate: rust_decimal::Decimal,
+    /// Seconds after a window's end after which an unanswered attestation
+    /// counts as accepted.
+    #[serde(default = "default_unacked_timeout_secs")]
+    pub unacked_timeout_secs: u64,
+    /// A supplier settles every this many decided windows during a lease.
+    #[serde(default = "default_settle_every")]
+    pub settle_every_windows: u64,
+}
+
+fn default_fee_rate() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::new(1, 2)
+}
+
+fn default_unacked_timeout_secs() -> u64 {
+    120
+}
+
+fn default_settle_every() -> u64 {
+    10
+}
+
+impl CoordinatorsConfig {
+    /// A set with the default terms.
+    pub fn new(epoch: u64, members: Vec<PublicKey>) -> Self {
+        CoordinatorsConfig {
+            epoch,
+            members,
+            addresses: Vec::new(),
+            admin: None,
+            fee_rate: default_fee_rate(),
+            unacked_timeout_secs: default_unacked_timeout_secs(),
+            settle_every_windows: default_settle_every(),
+        }
+    }
+
+    /// The shared terms as the coordinator rules use them.
+    pub fn rules(&self) -> Result<rigmesh_ledger::CoordinatorConfig> {
+        Ok(rigmesh_ledger::CoordinatorConfig {
+            set: CoordinatorSet::new(self.epoch, self.members.clone())?,
+            fee_rate: rigmesh_ledger::FeeRate::new(self.fee_rate)
+                .map_err(|e| Error::Config(format!("coordinators.fee_rate: {e}")))?,
+            unacked_timeout_ms: self.unacked_timeout_secs.saturating_mul(1000),
+            admin: self.admin,
+            skew_ms: rigmesh_protocol::time::DEFAULT_CLOCK_SKEW_MS,
+        })
+    }
 }
 
 /// Everything a node needs to start.
@@ -218,10 +275,7 @@ mod tests {
         let err = toml::from_str::<NodeConfig>("rol = \"supplier\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let config = NodeConfig {
-            coordinators: Some(CoordinatorsConfig {
-                epoch: 1,
-                members: vec![],
-            }),
+            coordinators: Some(CoordinatorsConfig::new(1, vec![])),
             ..NodeConfig::default()
         };
         assert!(config.coordinator_set().is_err());

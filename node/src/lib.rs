@@ -6,11 +6,13 @@
 
 pub mod api;
 pub mod config;
+pub mod coordinator;
 pub mod customer;
 pub mod error;
 pub mod keyfile;
 mod market_store;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod supplier;
 pub mod telemetry;

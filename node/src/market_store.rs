@@ -58,7 +58,12 @@ impl MessageStore for MarketStore {
             // Offers travel with the bindings that say how to reach their
             // suppliers.
             SyncTopic::Offers => &[Kind::Offer, Kind::NodeBinding],
-            SyncTopic::Certificates => &[Kind::EscrowCertificate, Kind::SettlementCertificate],
+            SyncTopic::Certificates => &[
+                Kind::EscrowCertificate,
+                Kind::SettlementCertificate,
+                Kind::WithdrawalCertificate,
+                Kind::Deposit,
+            ],
         };
         let page = self.page(kinds, cursor, limit, now).map_err(text)?;
         Ok(SyncPage {

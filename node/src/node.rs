@@ -38,6 +38,10 @@ pub struct RunningNode {
     pub supplier_api: SocketAddr,
     /// The ledger's market store.
     pub store: Arc<MarketStore>,
+    /// The coordinator role, on a coordinator node (its books and rules).
+    pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
+    /// A client of the coordinator set, when one is configured.
+    pub quorum: Option<crate::quorum::Quorum>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -105,13 +109,22 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         })?,
     );
     let coordinators = config.coordinator_set()?;
+    let rules = config
+        .coordinators
+        .as_ref()
+        .map(crate::config::CoordinatorsConfig::rules)
+        .transpose()?;
+    let mut network_config = config.network.clone();
+    if let Some(c) = &config.coordinators {
+        network_config.bootstrap.extend(c.addresses.iter().cloned());
+    }
     let (stop, stop_rx) = watch::channel(false);
     let mut registry = Registry::default();
     let net = network::start(
-        &config.network,
+        &network_config,
         key,
         store.clone(),
-        coordinators,
+        coordinators.clone(),
         &mut registry,
         stopped(stop_rx.clone()),
     )
@@ -151,13 +164,84 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stopped(stop.subscribe()),
     )
     .await?;
-    let inbound_task = if config.role == Role::Supplier {
+    let quorum = coordinators.clone().map(|set| {
+        crate::quorum::Quorum::new(
+            set,
+            handle.clone(),
+            store.clone(),
+            config.network.limits.request_timeout(),
+        )
+    });
+    let mut tasks = vec![
+        net.task,
+        net.ingest_task,
+        monitoring_task,
+        customer_task,
+        supplier_task,
+    ];
+    let mut coordinator_role = None;
+    let inbound_task = if config.role == Role::Coordinator {
+        let (Some(rules), Some(_)) = (rules.clone(), coordinators.as_ref()) else {
+            return Err(Error::Config(
+                "a coordinator needs the [coordinators] table (epoch, members)".into(),
+            ));
+        };
+        if !rules.set.contains(&account.public()) {
+            return Err(Error::Config(format!(
+                "the account key {} is not a member of coordinator epoch {}; point account_key at the member's key",
+                account.public(),
+                rules.set.epoch()
+            )));
+        }
+        let books_dir = config.data_dir.join("books");
+        let ledger = rigmesh_ledger::Ledger::open(&books_dir).map_err(|e| {
+            Error::Store(format!("opening the books in {}: {e}", books_dir.display()))
+        })?;
+        let role = Arc::new(crate::coordinator::CoordinatorRole {
+            key: account.clone(),
+            config: rules,
+            ledger: Arc::new(ledger),
+            store: store.clone(),
+        });
+        coordinator_role = Some(role.clone());
+        tokio::spawn(crate::coordinator::run(
+            role,
+            handle.clone(),
+            net.inbound,
+            stop.subscribe(),
+        ))
+    } else if config.role == Role::Supplier {
         let (source, notice) = crate::telemetry::open_source(&config.supplier.gpus)
             .map_err(|e| Error::Config(format!("GPUs: {e}")))?;
         if let Some(notice) = notice {
             tracing::warn!(%notice, "GPU source");
         }
         tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
+        let settlement = match (&quorum, &config.coordinators, &rules) {
+            (Some(quorum), Some(c), Some(rules)) => {
+                let (worker, events) = tokio::sync::mpsc::channel(256);
+                let settled = crate::supplier::settle::SettledBook::default();
+                tasks.push(tokio::spawn(crate::supplier::settle::run(
+                    account.clone(),
+                    quorum.clone(),
+                    crate::supplier::settle::SettleTerms {
+                        fee_rate: rules.fee_rate,
+                        unacked_timeout_ms: rules.unacked_timeout_ms,
+                        settle_every: c.settle_every_windows,
+                    },
+                    handle.clone(),
+                    events,
+                    settled.clone(),
+                    stop.subscribe(),
+                )));
+                Some(crate::supplier::runtime::Settlement {
+                    set: quorum.set().clone(),
+                    worker,
+                    settled,
+                })
+            }
+            _ => None,
+        };
         tokio::spawn(crate::supplier::runtime::run(
             config.supplier.clone(),
             account.clone(),
@@ -165,25 +249,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             handle.clone(),
             net.inbound,
             view_tx,
+            settlement,
             stop.subscribe(),
         ))
     } else {
         tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound))
     };
-    let mut tasks = vec![
-        net.task,
-        net.ingest_task,
-        monitoring_task,
-        customer_task,
-        supplier_task,
-        inbound_task,
-    ];
+    tasks.push(inbound_task);
     if config.role == Role::Customer {
         tasks.push(tokio::spawn(crate::customer::runtime::run(
             account.clone(),
             store.clone(),
             handle.clone(),
             customer_rx,
+            quorum.clone(),
             stop.subscribe(),
         )));
     }
@@ -196,6 +275,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         customer_api,
         supplier_api,
         store,
+        coordinator: coordinator_role,
+        quorum,
         stop,
         tasks,
     })

@@ -24,7 +24,10 @@ async fn lease_request_round_trip_and_size_limit() {
         let mut seen = Vec::new();
         while let Some(request) = supplier.inbound.recv().await {
             assert_eq!(request.protocol, Protocol::Lease);
-            let LeaseRequest::Propose(proposal) = LeaseRequest::from_bytes(&request.bytes).unwrap();
+            let LeaseRequest::Propose(proposal) = LeaseRequest::from_bytes(&request.bytes).unwrap()
+            else {
+                panic!("expected a proposal");
+            };
             seen.push(proposal.id().unwrap());
             let answer = LeaseResponse::Agreed(Box::new(samples::lease_agreement().unwrap()));
             handle

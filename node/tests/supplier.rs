@@ -113,6 +113,7 @@ async fn a_customer_leases_simulated_gpus_and_receives_attestations() {
             assert!(reason.contains("3 GPUs asked for, 2 free"), "{reason}")
         }
         LeaseResponse::Agreed(_) => panic!("leased GPUs twice"),
+        LeaseResponse::Accepted => panic!("a proposal answered with Accepted"),
     }
 
     // Attestations of the 1 s windows arrive by gossip, chained.

@@ -2,6 +2,7 @@
 //! command's module.
 
 mod bid;
+mod devnet;
 mod keys;
 mod message;
 mod node;
@@ -49,6 +50,10 @@ enum Command {
     Leases(bid::NodeArgs),
     /// List the market's live offers, cheapest first (exit 4 if none match).
     Offers(offers::OffersArgs),
+    /// Run the whole market in one process on loopback (4 coordinators, 3
+    /// simulated suppliers, a funded customer) and play a lease from bid to
+    /// settlement; `--serve` keeps it running for the other commands.
+    Devnet(devnet::DevnetArgs),
     /// Run a node (supplier, customer, coordinator or relay).
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -69,6 +74,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Offer(cmd) => offer::run(cmd),
         Command::Message(cmd) => message::run(cmd),
         Command::Node(cmd) => node::run(cmd),
+        Command::Devnet(args) => devnet::run(args),
         Command::Offers(args) => offers::run(args),
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),

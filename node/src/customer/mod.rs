@@ -7,6 +7,7 @@
 
 pub mod book;
 pub mod budget;
+pub mod escrow;
 pub mod runtime;
 pub mod usage;
 

@@ -78,6 +78,12 @@ pub struct LeaseStatus {
     pub disputed_windows: u64,
     /// True once the budget cap stopped the lease.
     pub stopped_at_cap: bool,
+    /// Locked in escrow for the lease (absent without coordinators).
+    #[serde(default)]
+    pub escrowed: Option<Credits>,
+    /// Subject id of the lease's escrow certificate.
+    #[serde(default)]
+    pub escrow_certificate: Option<Id>,
 }
 
 /// Why a bid did not produce a lease.
@@ -109,6 +115,7 @@ struct Lease {
     agreement: Signed<LeaseAgreement>,
     watch: LeaseWatch,
     stopped_at_cap: bool,
+    escrow: Option<rigmesh_protocol::EscrowCertificate>,
 }
 
 fn failed<E: std::fmt::Display>(e: E) -> BidError {
@@ -133,6 +140,7 @@ pub async fn run(
     store: Arc<MarketStore>,
     network: NodeHandle,
     mut commands: mpsc::Receiver<CustomerCommand>,
+    quorum: Option<crate::quorum::Quorum>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut leases: BTreeMap<Id, Lease> = BTreeMap::new();
@@ -149,11 +157,11 @@ pub async fn run(
             }
             Some(command) = commands.recv() => match command {
                 CustomerCommand::Bid(request, reply) => {
-                    let result = bid(&key, &store, &network, &request).await;
-                    if let Ok((agreement, status)) = &result {
+                    let result = bid(&key, &store, &network, quorum.as_ref(), &request).await;
+                    if let Ok((agreement, escrow, status)) = &result {
                         match LeaseWatch::new(agreement, key.clone()) {
                             Ok(watch) => {
-                                leases.insert(status.lease, Lease { gpu_model: status.gpu_model.clone(), agreement: agreement.clone(), watch, stopped_at_cap: false });
+                                leases.insert(status.lease, Lease { gpu_model: status.gpu_model.clone(), agreement: agreement.clone(), watch, stopped_at_cap: false, escrow: escrow.clone() });
                                 if let Some(cap) = request.budget {
                                     match BudgetTracker::new(key.clone(), Budget { per_lease: Some(cap), per_account: None }) {
                                         Ok(tracker) => {
@@ -166,7 +174,7 @@ pub async fn run(
                             Err(err) => tracing::warn!(%err, "cannot watch the new lease"),
                         }
                     }
-                    let _ = reply.send(result.map(|(_, status)| status));
+                    let _ = reply.send(result.map(|(_, _, status)| status));
                 }
                 CustomerCommand::Leases(reply) => {
                     let _ = reply.send(leases.values().map(status_of).collect());
@@ -205,8 +213,9 @@ pub async fn run(
                                 let _ = network.publish(&WireMessage::Alert(alert)).await;
                             }
                             if let Decision::Terminate { cap, .. } = update.decision {
-                                tracing::warn!(lease = %attestation.body.lease, %cap, "budget cap reached: no further windows are paid");
+                                tracing::warn!(lease = %attestation.body.lease, %cap, "budget cap reached: ending the lease after this window");
                                 lease.stopped_at_cap = true;
+                                end_lease(&key, &store, &network, &lease.agreement, rigmesh_protocol::TerminationReason::BudgetCap, format!("budget cap {cap} reached")).await;
                             }
                         }
                         Err(err) => tracing::warn!(%err, "budget update failed"),
@@ -214,6 +223,59 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Signs a termination of `agreement`'s lease, hands it to the supplier
+/// (which attests the window in progress as the last one) and publishes it
+/// as evidence. Returns the supplier's refusal, if any.
+pub(crate) async fn end_lease(
+    key: &Keypair,
+    store: &MarketStore,
+    network: &NodeHandle,
+    agreement: &Signed<LeaseAgreement>,
+    reason: rigmesh_protocol::TerminationReason,
+    detail: String,
+) -> Option<String> {
+    let now = UnixMillis::now();
+    let lease = agreement.id().ok()?;
+    let termination = match Signed::sign(
+        rigmesh_protocol::LeaseTermination {
+            version: PROTOCOL_VERSION,
+            lease,
+            customer: key.public(),
+            supplier: agreement.body.supplier,
+            reason,
+            detail,
+            created_at: now,
+        },
+        key,
+    ) {
+        Ok(t) => t,
+        Err(err) => return Some(format!("could not sign the termination: {err}")),
+    };
+    if let Err(err) = network
+        .publish(&WireMessage::LeaseTermination(termination.clone()))
+        .await
+    {
+        tracing::debug!(%err, "termination stored; not gossiped yet");
+    }
+    let peer = match peer_of(store, &agreement.body.supplier, now) {
+        Ok(peer) => peer,
+        Err(err) => return Some(err.to_string()),
+    };
+    let bytes = match LeaseRequest::Terminate(termination).to_bytes() {
+        Ok(bytes) => bytes,
+        Err(err) => return Some(err.to_string()),
+    };
+    match network.request(peer, Protocol::Lease, bytes).await {
+        Ok(answer) => match LeaseResponse::from_bytes(&answer) {
+            Ok(LeaseResponse::Accepted) => None,
+            Ok(LeaseResponse::Refused(reason)) => Some(reason),
+            Ok(other) => Some(format!("unexpected answer {other:?}")),
+            Err(err) => Some(err.to_string()),
+        },
+        Err(err) => Some(err.to_string()),
     }
 }
 
@@ -234,6 +296,8 @@ fn status_of(lease: &Lease) -> LeaseStatus {
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
+        escrowed: lease.escrow.as_ref().map(|c| c.message.body.amount),
+        escrow_certificate: lease.escrow.as_ref().and_then(|c| c.subject().ok()),
     }
 }
 
@@ -241,8 +305,16 @@ async fn bid(
     key: &Keypair,
     store: &MarketStore,
     network: &NodeHandle,
+    quorum: Option<&crate::quorum::Quorum>,
     request: &BidRequest,
-) -> Result<(Signed<LeaseAgreement>, LeaseStatus), BidError> {
+) -> Result<
+    (
+        Signed<LeaseAgreement>,
+        Option<rigmesh_protocol::EscrowCertificate>,
+        LeaseStatus,
+    ),
+    BidError,
+> {
     let now = UnixMillis::now();
     // The order book is the ledger's offer index over what gossip brought.
     let book = Ledger::in_memory().map_err(failed)?;
@@ -293,6 +365,11 @@ async fn bid(
     let agreement = match LeaseResponse::from_bytes(&response).map_err(failed)? {
         LeaseResponse::Agreed(agreement) => *agreement,
         LeaseResponse::Refused(reason) => return Err(BidError::Refused(reason)),
+        LeaseResponse::Accepted => {
+            return Err(BidError::Failed(
+                "the supplier answered the proposal without an agreement".into(),
+            ))
+        }
     };
     // The agreement must carry our proposal, unchanged, and be valid now.
     if agreement.body.proposal != proposal {
@@ -301,12 +378,17 @@ async fn bid(
         ));
     }
     agreement.verify(&Clock::system()).map_err(failed)?;
+    let escrow = match quorum {
+        Some(quorum) => Some(super::escrow::fund(key, quorum, network, peer, &agreement).await?),
+        None => None,
+    };
     let watch = LeaseWatch::new(&agreement, key.clone()).map_err(failed)?;
     let status = status_of(&Lease {
         gpu_model: offer.body.gpu_model.clone(),
         agreement: agreement.clone(),
         watch,
         stopped_at_cap: false,
+        escrow: escrow.clone(),
     });
-    Ok((agreement, status))
+    Ok((agreement, escrow, status))
 }

@@ -4,8 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rigmesh_protocol::{
-    Clock, Id, Keypair, LeaseAgreement, LeaseProposal, Signed, UnixMillis, PROTOCOL_VERSION,
+    Clock, CoordinatorSet, EscrowCertificate, Id, Keypair, LeaseAgreement, LeaseProposal, Signed,
+    UnixMillis, PROTOCOL_VERSION,
 };
+
+/// How long an agreement waits for its escrow certificate before its GPUs
+/// are offered again.
+pub const FUNDING_WINDOW_MS: u64 = 120_000;
 
 use super::OfferedGpus;
 
@@ -59,6 +64,7 @@ pub struct LeaseDesk {
     offers: BTreeMap<Id, OfferedGpus>,
     busy: BTreeSet<u32>,
     leases: BTreeMap<Id, Vec<u32>>,
+    unfunded: BTreeMap<Id, (Signed<LeaseAgreement>, UnixMillis)>,
 }
 
 impl LeaseDesk {
@@ -69,6 +75,7 @@ impl LeaseDesk {
             offers: BTreeMap::new(),
             busy: BTreeSet::new(),
             leases: BTreeMap::new(),
+            unfunded: BTreeMap::new(),
         }
     }
 
@@ -148,31 +155,95 @@ impl LeaseDesk {
         };
         let agreement =
             Signed::sign(body, &self.key).map_err(|e| Refusal::Invalid(e.to_string()))?;
-        self.check_escrow(&agreement)?;
         let lease = agreement
             .id()
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let gpus: Vec<u32> = chosen.iter().map(|d| d.index).collect();
         self.busy.extend(gpus.iter().copied());
         self.leases.insert(lease, gpus);
+        self.unfunded
+            .insert(lease, (agreement.clone(), now.plus_ms(FUNDING_WINDOW_MS)));
         Ok(agreement)
     }
 
-    /// The one place the customer's escrow is checked before GPUs are
-    /// committed. Until coordinators certify escrow, a valid, signed
-    /// proposal is accepted; the escrow certificate check goes here.
-    fn check_escrow(&self, _agreement: &Signed<LeaseAgreement>) -> Result<(), Refusal> {
-        Ok(())
+    /// Checks the escrow certificate a customer hands over for an agreed
+    /// lease (specs/settlement.md 5.3): certified by a quorum of `set`, for
+    /// this lease, paying this supplier, from the lease's customer, and
+    /// covering the whole lease at the agreed price. Returns the agreement,
+    /// now funded; nothing changes on a refusal.
+    pub fn fund(
+        &mut self,
+        certificate: &EscrowCertificate,
+        set: &CoordinatorSet,
+    ) -> Result<Signed<LeaseAgreement>, Refusal> {
+        certificate
+            .verify(set)
+            .map_err(|e| Refusal::Escrow(e.to_string()))?;
+        let order = &certificate.message.body;
+        let (agreement, _) = self.unfunded.get(&order.lease).ok_or_else(|| {
+            Refusal::Escrow(format!("lease {} is not waiting for escrow", order.lease))
+        })?;
+        let p = &agreement.body.proposal.body;
+        if order.supplier != self.key.public() {
+            return Err(Refusal::Escrow("the escrow pays another supplier".into()));
+        }
+        if order.account != p.customer {
+            return Err(Refusal::Escrow(
+                "the escrow is paid by another account than the lease's customer".into(),
+            ));
+        }
+        let cost = lease_cost(agreement);
+        if cost.is_none_or(|cost| order.amount < cost) {
+            return Err(Refusal::Escrow(format!(
+                "{} escrowed; the lease costs up to {}",
+                order.amount,
+                cost.map_or_else(|| "more".to_string(), |c| c.to_string())
+            )));
+        }
+        let agreement = agreement.clone();
+        self.unfunded.remove(&order.lease);
+        Ok(agreement)
+    }
+
+    /// Marks an agreed lease as running without escrow (a market with no
+    /// coordinator set configured).
+    pub fn start_unfunded(&mut self, lease: &Id) {
+        self.unfunded.remove(lease);
+    }
+
+    /// Frees the GPUs of agreements whose escrow did not arrive in time.
+    pub fn expire_unfunded(&mut self, now: UnixMillis) -> Vec<Id> {
+        let expired: Vec<Id> = self
+            .unfunded
+            .iter()
+            .filter(|(_, (_, deadline))| now > *deadline)
+            .map(|(lease, _)| *lease)
+            .collect();
+        for lease in &expired {
+            tracing::info!(%lease, "no escrow arrived; the GPUs are offered again");
+            self.end(lease);
+        }
+        expired
     }
 
     /// Ends a lease and frees its GPUs.
     pub fn end(&mut self, lease: &Id) {
+        self.unfunded.remove(lease);
         if let Some(gpus) = self.leases.remove(lease) {
             for gpu in gpus {
                 self.busy.remove(&gpu);
             }
         }
     }
+}
+
+/// What a lease costs at most: its price for all its GPUs and hours.
+pub fn lease_cost(agreement: &Signed<LeaseAgreement>) -> Option<rigmesh_protocol::Credits> {
+    let p = &agreement.body.proposal.body;
+    let gpu_ms = u64::from(p.gpu_count)
+        .checked_mul(u64::from(p.hours))?
+        .checked_mul(3_600_000)?;
+    rigmesh_ledger::billing::charge(p.price_per_gpu_hour, gpu_ms).ok()
 }
 
 #[cfg(test)]

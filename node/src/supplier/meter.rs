@@ -104,6 +104,17 @@ impl Meter {
         self.window_start.plus_ms(self.window_ms).min(self.ends_at)
     }
 
+    /// The lease's customer.
+    pub fn customer(&self) -> PublicKey {
+        self.customer
+    }
+
+    /// Ends the lease at the end of the window in progress (a signed
+    /// termination): that window is attested as the last one.
+    pub fn end_after_current_window(&mut self) {
+        self.ends_at = self.window_end();
+    }
+
     /// True once every window of the lease has been attested.
     pub fn finished(&self) -> bool {
         self.window_start >= self.ends_at

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod desk;
 pub mod meter;
 pub mod runtime;
+pub mod settle;
 
 use std::collections::{BTreeMap, BTreeSet};
 

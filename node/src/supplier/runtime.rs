@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::desk::LeaseDesk;
 use super::meter::Meter;
+use super::settle::{SettleEvent, SettledBook};
 use super::{alerts, build_offers, SupplierConfig};
 use crate::network::{InboundRequest, NodeHandle, Protocol};
 use crate::telemetry::{GpuSample, GpuSource};
@@ -36,6 +37,9 @@ pub struct SupplierLease {
     pub billable_gpu_ms: u64,
     /// What the attested time is worth at the lease price (the billing rule).
     pub earned: rigmesh_protocol::Credits,
+    /// What the coordinators have certified for it, when escrowed.
+    #[serde(default)]
+    pub settled: Option<super::settle::Settled>,
 }
 
 /// What the supplier's API shows: the GPUs, their latest samples, leases.
@@ -49,8 +53,22 @@ pub struct SupplierView {
     pub leases: Vec<SupplierLease>,
 }
 
+/// How a supplier works with the coordinators: the set whose escrow
+/// certificates it accepts, and where its leases go to be settled.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// The coordinator set.
+    pub set: rigmesh_protocol::CoordinatorSet,
+    /// The settlement worker.
+    pub worker: mpsc::Sender<SettleEvent>,
+    /// What has been settled, by lease.
+    pub settled: SettledBook,
+}
+
 /// Runs the supplier until `stop` turns true, publishing what it sees to
-/// `view` every second.
+/// `view` every second. Without `settlement` (no coordinator set) leases
+/// run unescrowed from the agreement on.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: SupplierConfig,
     key: Keypair,
@@ -58,6 +76,7 @@ pub async fn run(
     network: NodeHandle,
     mut inbound: mpsc::Receiver<InboundRequest>,
     view: watch::Sender<SupplierView>,
+    settlement: Option<Settlement>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
@@ -88,7 +107,7 @@ pub async fn run(
             }
             Some(request) = inbound.recv() => {
                 let before = desk.busy().len();
-                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut()).await {
+                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref()).await {
                     if let Ok(lease) = agreement.id() {
                         let p = &agreement.body.proposal.body;
                         book.insert(lease, SupplierLease {
@@ -100,6 +119,7 @@ pub async fn run(
                             windows_attested: 0,
                             billable_gpu_ms: 0,
                             earned: rigmesh_protocol::Credits::ZERO,
+                            settled: None,
                         });
                     }
                 }
@@ -119,12 +139,28 @@ pub async fn run(
                         continue;
                     }
                 };
-                for attestation in meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await {
+                desk.expire_unfunded(now);
+                let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                if let Some(s) = &settlement {
+                    for a in &attested {
+                        let _ = s.worker.send(SettleEvent::Attested(Box::new(a.clone()))).await;
+                    }
+                    for lease in &finished {
+                        let _ = s.worker.send(SettleEvent::Finished(*lease)).await;
+                    }
+                }
+                for attestation in attested {
                     if let Some(entry) = book.get_mut(&attestation.body.lease) {
                         entry.windows_attested += 1;
                         entry.billable_gpu_ms += attestation.body.billable_gpu_ms;
                         entry.earned = rigmesh_ledger::billing::charge(entry.price_per_gpu_hour, entry.billable_gpu_ms)
                             .unwrap_or(entry.earned);
+                    }
+                }
+                if let Some(s) = &settlement {
+                    let settled = s.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (lease, entry) in book.iter_mut() {
+                        entry.settled = settled.get(lease).cloned();
                     }
                 }
                 let gpus = source.devices().unwrap_or_default();
@@ -224,9 +260,10 @@ pub async fn run(
 
 /// Bindings live a day and are re-published every 12 hours.
 const BINDING_TTL_MS: u64 = 24 * 3_600_000;
-const BINDING_REFRESH_MS: u64 = 12 * 3_600_000;
+pub(crate) const BINDING_REFRESH_MS: u64 = 12 * 3_600_000;
 
-async fn publish_binding(key: &Keypair, network: &NodeHandle, now: UnixMillis) -> bool {
+/// Publishes a binding of `key`'s account to this node's peer id.
+pub(crate) async fn publish_binding(key: &Keypair, network: &NodeHandle, now: UnixMillis) -> bool {
     let binding = rigmesh_protocol::Signed::sign(
         rigmesh_protocol::NodeBinding {
             version: rigmesh_protocol::PROTOCOL_VERSION,
@@ -256,24 +293,70 @@ async fn answer(
     network: &NodeHandle,
     request: InboundRequest,
     source: &mut dyn GpuSource,
+    settlement: Option<&Settlement>,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
+    let mut start = |agreement: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>| {
+        Meter::new(agreement, key.clone()).map(|mut meter| {
+            if let Ok(samples) = source.sample() {
+                meter.record(&samples);
+            }
+            meters.insert(meter.lease(), meter);
+        })
+    };
     let response = match request.protocol {
         Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
             Ok(LeaseRequest::Propose(proposal)) => {
                 match desk.answer(&proposal, UnixMillis::now()) {
-                    Ok(agreement) => match Meter::new(&agreement, key.clone()) {
-                        Ok(mut meter) => {
-                            if let Ok(samples) = source.sample() {
-                                meter.record(&samples);
+                    // With coordinators, metering starts once the escrow
+                    // certificate arrives; without, at once.
+                    Ok(agreement) if settlement.is_some() => {
+                        LeaseResponse::Agreed(Box::new(agreement))
+                    }
+                    Ok(agreement) => match (start)(&agreement) {
+                        Ok(()) => {
+                            if let Ok(lease) = agreement.id() {
+                                desk.start_unfunded(&lease);
                             }
-                            meters.insert(meter.lease(), meter);
                             agreed = Some(agreement.clone());
                             LeaseResponse::Agreed(Box::new(agreement))
+                        }
+                        Err(err) => {
+                            if let Ok(lease) = agreement.id() {
+                                desk.end(&lease);
+                            }
+                            LeaseResponse::Refused(err.to_string())
+                        }
+                    },
+                    Err(refusal) => LeaseResponse::Refused(refusal.to_string()),
+                }
+            }
+            Ok(LeaseRequest::Fund(certificate)) => match settlement {
+                None => {
+                    LeaseResponse::Refused("this supplier has no coordinator set configured".into())
+                }
+                Some(s) => match desk.fund(&certificate, &s.set) {
+                    Ok(agreement) => match (start)(&agreement) {
+                        Ok(()) => {
+                            let _ = s
+                                .worker
+                                .send(SettleEvent::Funded(
+                                    Box::new(agreement.clone()),
+                                    certificate,
+                                ))
+                                .await;
+                            agreed = Some(agreement);
+                            LeaseResponse::Accepted
                         }
                         Err(err) => LeaseResponse::Refused(err.to_string()),
                     },
                     Err(refusal) => LeaseResponse::Refused(refusal.to_string()),
+                },
+            },
+            Ok(LeaseRequest::Terminate(termination)) => {
+                match terminate(&termination, meters, key) {
+                    Ok(()) => LeaseResponse::Accepted,
+                    Err(reason) => LeaseResponse::Refused(reason),
                 }
             }
             Err(err) => LeaseResponse::Refused(format!("malformed request: {err}")),
@@ -294,6 +377,31 @@ async fn answer(
     agreed
 }
 
+/// Honours a customer's signed termination: the window in progress is the
+/// lease's last.
+fn terminate(
+    termination: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseTermination>,
+    meters: &mut BTreeMap<Id, Meter>,
+    key: &Keypair,
+) -> Result<(), String> {
+    termination
+        .verify(&rigmesh_protocol::Clock::system())
+        .map_err(|e| format!("invalid termination: {e}"))?;
+    let t = &termination.body;
+    if t.supplier != key.public() {
+        return Err("the termination names another supplier".into());
+    }
+    let meter = meters
+        .get_mut(&t.lease)
+        .ok_or_else(|| format!("lease {} is not running here", t.lease))?;
+    if meter.customer() != t.customer {
+        return Err("only the lease's customer can end it".into());
+    }
+    meter.end_after_current_window();
+    tracing::info!(lease = %t.lease, reason = ?t.reason, "lease ends after the current window");
+    Ok(())
+}
+
 async fn meter_round(
     meters: &mut BTreeMap<Id, Meter>,
     desk: &mut LeaseDesk,
@@ -301,7 +409,10 @@ async fn meter_round(
     network: &NodeHandle,
     samples: &[GpuSample],
     now: UnixMillis,
-) -> Vec<rigmesh_protocol::Signed<rigmesh_protocol::UsageAttestation>> {
+) -> (
+    Vec<rigmesh_protocol::Signed<rigmesh_protocol::UsageAttestation>>,
+    Vec<Id>,
+) {
     let mut attested = Vec::new();
     let mut finished = Vec::new();
     for (lease, meter) in meters.iter_mut() {
@@ -331,9 +442,9 @@ async fn meter_round(
             finished.push(*lease);
         }
     }
-    for lease in finished {
-        meters.remove(&lease);
-        desk.end(&lease);
+    for lease in &finished {
+        meters.remove(lease);
+        desk.end(lease);
     }
-    attested
+    (attested, finished)
 }

@@ -1,0 +1,401 @@
+//! `rigmesh devnet`: the whole market in one process on loopback: four
+//! coordinators (f = 1), three suppliers with simulated GPUs priced from
+//! real H100 market data, and one funded customer. By default it plays a
+//! short scenario (bid, lease, metering windows, settlements, a budget
+//! alert, the lease ended at the cap, the final settlement, the books of
+//! every coordinator compared) and exits; `--serve` keeps the market
+//! running for the CLI to be used against it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
+use rigmesh_node::node::RunningNode;
+use rigmesh_node::supplier::SupplierConfig;
+use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
+use rigmesh_protocol::rpc::CertificateFrame;
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Credits, Deposit, Keypair, Kind, Signed, UnixMillis, PROTOCOL_VERSION};
+
+/// H100 SXM5 prices from a month of public market snapshots.
+const PRICES: &str = include_str!("../../../testnet/h100-prices.json");
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevnetArgs {
+    /// Where the nodes keep their data (a fresh temporary directory if
+    /// not given; an existing devnet directory is reused).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the market running after the scenario, for the CLI.
+    #[arg(long)]
+    serve: bool,
+    /// Skip the scenario (with --serve: just run the market).
+    #[arg(long)]
+    no_scenario: bool,
+    /// Credits deposited for the customer.
+    #[arg(long, default_value = "25")]
+    deposit: Credits,
+}
+
+struct Prices {
+    low: Credits,
+    median: Credits,
+    floor: Credits,
+    high: Credits,
+}
+
+fn prices() -> anyhow::Result<Prices> {
+    let v: serde_json::Value = serde_json::from_str(PRICES)?;
+    let get = |k: &str| -> anyhow::Result<Credits> {
+        v[k].as_str()
+            .with_context(|| format!("price fixture lacks {k}"))?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{k}: {e}"))
+    };
+    Ok(Prices {
+        low: get("median_of_snapshot_p10")?,
+        median: get("median_of_snapshot_median")?,
+        floor: get("lowest_min")?,
+        high: get("median_of_snapshot_p90")?,
+    })
+}
+
+fn seed_file(dir: &Path, name: &str) -> anyhow::Result<Keypair> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    Ok(Keypair::from_seed(
+        rigmesh_node::keyfile::load_or_create_seed(&path)?,
+    ))
+}
+
+fn node_config(role: Role, dir: &Path, set: &CoordinatorsConfig) -> NodeConfig {
+    let mut network = rigmesh_node::network::NetworkConfig::loopback();
+    network.discovery = false;
+    NodeConfig {
+        role,
+        data_dir: dir.to_path_buf(),
+        network,
+        monitoring: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
+        customer_api: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
+        supplier_api: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
+        coordinators: Some(set.clone()),
+        ..NodeConfig::default()
+    }
+}
+
+fn step(text: impl std::fmt::Display) {
+    println!("  {} {text}", chrono_like_now());
+}
+
+fn chrono_like_now() -> String {
+    let ms = UnixMillis::now().0;
+    let secs = (ms / 1000) % 86_400;
+    format!(
+        "[{:02}:{:02}:{:02}.{:03}]",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
+}
+
+struct Market {
+    coordinators: Vec<RunningNode>,
+    suppliers: Vec<(String, Credits, RunningNode)>,
+    customer: RunningNode,
+    customer_dir: PathBuf,
+}
+
+async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
+    let p = prices()?;
+    let admin = seed_file(root, "admin.key")?;
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(seed_file(&root.join(format!("coordinator-{i}")), "account.key")?.public());
+    }
+    let mut set = CoordinatorsConfig::new(1, members);
+    set.admin = Some(admin.public());
+    set.unacked_timeout_secs = 5;
+    set.settle_every_windows = 3;
+    let mut coordinators = Vec::new();
+    for i in 0..4 {
+        let dir = root.join(format!("coordinator-{i}"));
+        coordinators
+            .push(rigmesh_node::node::start(node_config(Role::Coordinator, &dir, &set)).await?);
+    }
+    let mut suppliers = Vec::new();
+    for (i, (profile, price)) in [("h100x8", p.low), ("h100x8", p.median), ("a100x4", p.floor)]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = root.join(format!("supplier-{i}"));
+        let sim = SimProfile::builtin(profile)?.with_seed(i as u64 + 1);
+        let model = sim
+            .gpus
+            .first()
+            .map(|g| g.model.clone())
+            .context("empty profile")?;
+        let mut config = node_config(Role::Supplier, &dir, &set);
+        config.supplier = SupplierConfig {
+            gpus: GpuSourceConfig::Sim(SimSpec::Profile(sim)),
+            prices: [(model.clone(), price)].into(),
+            ..SupplierConfig::default()
+        };
+        suppliers.push((model, price, rigmesh_node::node::start(config).await?));
+    }
+    let customer_dir = root.join("customer");
+    let customer =
+        rigmesh_node::node::start(node_config(Role::Customer, &customer_dir, &set)).await?;
+    let _ = p.high;
+
+    // Everyone dials everyone: a small full mesh.
+    let mut all: Vec<&RunningNode> = coordinators.iter().collect();
+    all.extend(suppliers.iter().map(|(_, _, n)| n));
+    all.push(&customer);
+    for (i, a) in all.iter().enumerate() {
+        for b in all.iter().skip(i + 1) {
+            if let Some(addr) = b.listen_addrs.first() {
+                let addr = addr
+                    .clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(b.peer_id));
+                a.handle.dial(addr).await?;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while customer.store.count(Kind::NodeBinding) < 7 || customer.store.count(Kind::Offer) < 3 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the devnet did not connect within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let account = seed_file(&customer_dir, "account.key")?;
+    if let Some(quorum) = &customer.quorum {
+        let deposit = Signed::sign(
+            Deposit {
+                version: PROTOCOL_VERSION,
+                epoch: 1,
+                admin: admin.public(),
+                account: account.public(),
+                amount: deposit,
+                reference: format!("devnet top-up {}", UnixMillis::now().0),
+                created_at: UnixMillis::now(),
+            },
+            &admin,
+        )?;
+        let applied = quorum.deliver(CertificateFrame::Deposit(deposit)).await;
+        if applied < 3 {
+            bail!("only {applied} coordinators applied the customer's deposit");
+        }
+    }
+    Ok(Market {
+        coordinators,
+        suppliers,
+        customer,
+        customer_dir,
+    })
+}
+
+fn print_market(m: &Market) -> anyhow::Result<()> {
+    println!("rigmesh devnet: 4 coordinators (f = 1), 3 suppliers, 1 customer on loopback");
+    for (i, c) in m.coordinators.iter().enumerate() {
+        println!("  coordinator {i}  peer {}", c.peer_id);
+    }
+    for (i, (model, price, s)) in m.suppliers.iter().enumerate() {
+        println!(
+            "  supplier {i}     {model} at {price}/GPU-h, supplier api http://{}",
+            s.supplier_api
+        );
+    }
+    let token = read_token(&m.customer_dir, Scope::Customer)?;
+    println!("  customer       api http://{}", m.customer.customer_api);
+    println!("                 data dir {}", m.customer_dir.display());
+    println!("                 token {token}");
+    println!(
+        "  try: rigmesh offers --data-dir {} --api {}",
+        m.customer_dir.display(),
+        m.customer.customer_api
+    );
+    Ok(())
+}
+
+fn books(node: &RunningNode) -> anyhow::Result<BTreeMap<String, Credits>> {
+    let role = node.coordinator.as_ref().context("not a coordinator")?;
+    let report = role.ledger.check_books()?;
+    let held = report.totals.held()?;
+    let external = report
+        .totals
+        .external
+        .checked_neg()
+        .context("external balance")?;
+    if held != external {
+        bail!("coordinator books do not balance: held {held}, deposits - withdrawals {external}");
+    }
+    let mut out = BTreeMap::new();
+    for (account, balance) in role.ledger.balances()? {
+        out.insert(account.to_string(), balance);
+    }
+    Ok(out)
+}
+
+async fn scenario(m: &Market) -> anyhow::Result<()> {
+    let p = prices()?;
+    let (model, _, _) = m.suppliers.first().context("no supplier")?;
+    let token = read_token(&m.customer_dir, Scope::Customer)?;
+    let budget: Credits = "0.02".parse()?;
+    println!();
+    println!(
+        "scenario: lease 2 x {model} for up to 1 h at most {}/GPU-h, 2 s metering windows, budget {budget}",
+        p.high
+    );
+    let mut events = m
+        .coordinators
+        .first()
+        .context("no coordinator")?
+        .handle
+        .subscribe();
+    let request = serde_json::json!({
+        "gpu": model, "count": 2, "max_price": p.high.to_string(), "hours": 1,
+        "window_secs": 2, "budget": budget.to_string(),
+    });
+    let api = m.customer.customer_api;
+    let lease: serde_json::Value = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .post(&format!("http://{api}/v1/bid"))
+            .header("authorization", &format!("Bearer {token}"))
+            .send_json(&request)?;
+        let status = response.status();
+        let body: serde_json::Value = response.body_mut().read_json()?;
+        if !status.is_success() {
+            bail!("bid refused ({status}): {body}");
+        }
+        Ok(body)
+    })
+    .await??;
+    step(format!(
+        "leased: lease {} with supplier {} at {}/GPU-h on GPUs {}; escrowed {} (certificate {})",
+        short(&lease["lease"]),
+        short(&lease["supplier"]),
+        lease["price_per_gpu_hour"].as_str().unwrap_or("?"),
+        lease["gpus"],
+        lease["escrowed"].as_str().unwrap_or("none"),
+        short(&lease["escrow_certificate"]),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let message = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .context("the scenario did not finish within 3 minutes")?;
+        let Ok(message) = message else { continue };
+        match message.message {
+            WireMessage::UsageAttestation(a) => step(format!(
+                "window {} attested by the supplier: {} GPU-ms",
+                a.body.seq, a.body.billable_gpu_ms
+            )),
+            WireMessage::UsageAck(a) => step(format!(
+                "window {} acknowledged by the customer",
+                a.body.seq
+            )),
+            WireMessage::UsageDispute(d) => step(format!(
+                "window {} disputed by the customer: {:?}",
+                d.body.seq, d.body.reason
+            )),
+            WireMessage::Alert(a) => step(format!(
+                "alert ({:?}) {}: {}",
+                a.body.severity, a.body.rule, a.body.message
+            )),
+            WireMessage::LeaseTermination(t) => step(format!(
+                "the customer ended the lease ({:?}): {}; the supplier stops after this window",
+                t.body.reason, t.body.detail
+            )),
+            WireMessage::SettlementCertificate(c) => {
+                let r = &c.message.body;
+                step(format!(
+                    "settlement {} certified by {} coordinators: windows {}..={}, supplier +{}, fee +{}{}",
+                    r.settlement_seq,
+                    c.votes.len(),
+                    r.first_window,
+                    r.last_window,
+                    r.supplier_amount,
+                    r.fee,
+                    if r.final_settlement {
+                        format!(", refund {} to the customer (final)", r.refund)
+                    } else {
+                        String::new()
+                    }
+                ));
+                if r.final_settlement {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Every coordinator applies the final certificate; their books agree.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let first = books(m.coordinators.first().context("no coordinator")?)?;
+    for (i, c) in m.coordinators.iter().enumerate() {
+        if books(c)? != first {
+            bail!("coordinator {i}'s books differ from coordinator 0's");
+        }
+    }
+    println!();
+    println!("books (identical on all 4 coordinators):");
+    for (account, balance) in &first {
+        println!("  {account:<24.24} {balance}");
+    }
+    Ok(())
+}
+
+fn short(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
+    let root = match args.dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!(
+            "rigmesh-devnet-{}-{}",
+            std::process::id(),
+            UnixMillis::now().0
+        )),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let market = start_market(&root, args.deposit).await?;
+        print_market(&market)?;
+        let outcome = if args.no_scenario {
+            Ok(())
+        } else {
+            scenario(&market).await
+        };
+        if let Err(err) = &outcome {
+            eprintln!("scenario failed: {err:#}");
+        }
+        if args.serve {
+            println!();
+            println!("serving; Ctrl-C to stop");
+            super::node::wait_for_signal().await?;
+        }
+        for node in market
+            .coordinators
+            .into_iter()
+            .chain(market.suppliers.into_iter().map(|(_, _, n)| n))
+            .chain([market.customer])
+        {
+            node.stop().await?;
+        }
+        outcome
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

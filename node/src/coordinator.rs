@@ -1,0 +1,276 @@
+//! The coordinator role at run time: answers `/rigmesh/coordinator/1`
+//! requests (escrow orders, withdrawals and settlement requests to vote on,
+//! deposits, certificates to apply, account queries) with the ledger's
+//! [`rigmesh_ledger::Coordinator`] rules, applies every certificate and
+//! deposit that arrives by gossip or catch-up sync, retries those held
+//! pending, and keeps its node binding published so clients can reach it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rigmesh_ledger::{
+    Account, Applied, Coordinator, CoordinatorConfig, Ledger, MarketStore, Refusal,
+    SettlementEvidence,
+};
+use rigmesh_protocol::rpc::{
+    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseResponse,
+    SettlementBundle,
+};
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Keypair, PublicKey, Signed, UnixMillis, UsageAck, UsageDispute};
+use tokio::sync::{mpsc, watch};
+
+use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
+
+/// What the coordinator runtime needs.
+#[derive(Debug)]
+pub struct CoordinatorRole {
+    /// This coordinator's member key.
+    pub key: Keypair,
+    /// The epoch's shared configuration.
+    pub config: CoordinatorConfig,
+    /// The books.
+    pub ledger: Arc<Ledger>,
+    /// The node's gossip store (acks and disputes held, bindings).
+    pub store: Arc<MarketStore>,
+}
+
+impl CoordinatorRole {
+    fn rules(&self) -> Coordinator<'_, rigmesh_ledger::SledStore> {
+        Coordinator::new(&self.ledger, &self.key, &self.config)
+    }
+
+    /// Applies a certificate or deposit from any source.
+    pub fn apply(&self, frame: &CertificateFrame, now: UnixMillis) -> Result<Applied, Refusal> {
+        let rules = self.rules();
+        match frame {
+            CertificateFrame::Escrow(c) => rules.apply_escrow(c, now),
+            CertificateFrame::Settlement(c) => rules.apply_settlement(c, now),
+            CertificateFrame::Withdrawal(c) => rules.apply_withdrawal(c, now),
+            CertificateFrame::Deposit(d) => rules.apply_deposit(d, now),
+        }
+    }
+
+    /// The answer to one request.
+    pub fn answer(&self, request: CoordinatorRequest, now: UnixMillis) -> CoordinatorResponse {
+        let rules = self.rules();
+        let voted = match request {
+            CoordinatorRequest::Escrow {
+                order,
+                agreement,
+                missing,
+            } => {
+                self.apply_missing(&missing, now);
+                rules.vote_escrow(&order, &agreement, now)
+            }
+            CoordinatorRequest::Withdraw {
+                withdrawal,
+                missing,
+            } => {
+                self.apply_missing(&missing, now);
+                rules.vote_withdrawal(&withdrawal, now)
+            }
+            CoordinatorRequest::Settle(bundle) => self.vote_settlement(*bundle, now),
+            CoordinatorRequest::Deposit(deposit) => {
+                return applied(self.apply(&CertificateFrame::Deposit(deposit), now))
+            }
+            CoordinatorRequest::Apply(frame) => return applied(self.apply(&frame, now)),
+            CoordinatorRequest::Account(account) => {
+                return match self.account_state(account) {
+                    Ok(state) => CoordinatorResponse::Account(state),
+                    Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+                }
+            }
+        };
+        match voted {
+            Ok(vote) => CoordinatorResponse::Vote(vote),
+            Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
+        }
+    }
+
+    fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) {
+        for frame in missing {
+            if let Err(refusal) = self.apply(frame, now) {
+                tracing::info!(%refusal, "a certificate handed with a request was not applied");
+            }
+        }
+    }
+
+    fn vote_settlement(
+        &self,
+        bundle: SettlementBundle,
+        now: UnixMillis,
+    ) -> Result<Signed<rigmesh_protocol::Vote>, Refusal> {
+        if let Some(escrow) = bundle.escrow {
+            let _ = self.apply(&CertificateFrame::Escrow(Box::new(escrow)), now);
+        }
+        for earlier in bundle.earlier {
+            let _ = self.apply(&CertificateFrame::Settlement(Box::new(earlier)), now);
+        }
+        let r = &bundle.request.body;
+        // The bundle may start with attestation first_window - 1, the one
+        // the lease's settled head names.
+        let mut attestations = bundle.attestations;
+        let previous = match attestations.first() {
+            Some(a) if r.first_window > 0 && a.body.seq + 1 == r.first_window => {
+                Some(attestations.remove(0))
+            }
+            _ => None,
+        };
+        // Acks and disputes: those in the bundle plus those gossiped here.
+        let lease = r.lease;
+        let mut acks = bundle.acks;
+        let mut disputes = bundle.disputes;
+        acks.extend(
+            self.store
+                .all::<UsageAck>(now)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.body.lease == lease),
+        );
+        disputes.extend(
+            self.store
+                .all::<UsageDispute>(now)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| d.body.lease == lease),
+        );
+        self.rules().vote_settlement(
+            &SettlementEvidence {
+                request: &bundle.request,
+                agreement: &bundle.agreement,
+                attestations: &attestations,
+                previous: previous.as_ref(),
+                acks: &acks,
+                disputes: &disputes,
+            },
+            now,
+        )
+    }
+
+    /// An account's state here.
+    pub fn account_state(&self, account: PublicKey) -> rigmesh_ledger::Result<AccountState> {
+        Ok(AccountState {
+            account,
+            epoch: self.config.set.epoch(),
+            balance: self.ledger.balance(&Account::User(account))?,
+            next_seq: self.ledger.next_debit_seq(&account)?,
+            escrowed: self.ledger.escrowed_by(&account)?,
+            coordinator: self.key.public(),
+        })
+    }
+}
+
+fn applied(result: Result<Applied, Refusal>) -> CoordinatorResponse {
+    match result {
+        Ok(Applied::Applied | Applied::AlreadyApplied) => CoordinatorResponse::Applied,
+        Ok(Applied::Pending(why)) => CoordinatorResponse::Pending(why),
+        Ok(Applied::Conflict { code, detail }) => {
+            CoordinatorResponse::Refused(format!("{code}: {detail}"))
+        }
+        Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
+    }
+}
+
+fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
+    match message {
+        WireMessage::EscrowCertificate(c) => Some(CertificateFrame::Escrow(Box::new(c.clone()))),
+        WireMessage::SettlementCertificate(c) => {
+            Some(CertificateFrame::Settlement(Box::new(c.clone())))
+        }
+        WireMessage::WithdrawalCertificate(c) => {
+            Some(CertificateFrame::Withdrawal(Box::new(c.clone())))
+        }
+        WireMessage::Deposit(d) => Some(CertificateFrame::Deposit(d.clone())),
+        _ => None,
+    }
+}
+
+/// How often held certificates are retried and the binding checked.
+const TICK: Duration = Duration::from_secs(2);
+
+/// Runs the coordinator until `stop` turns true.
+pub async fn run(
+    role: Arc<CoordinatorRole>,
+    network: NodeHandle,
+    mut inbound: mpsc::Receiver<InboundRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut accepted = network.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut binding_due = UnixMillis(0);
+    tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            Some(request) = inbound.recv() => {
+                let bytes = match request.protocol {
+                    Protocol::Coordinator => {
+                        let response = match CoordinatorRequest::from_bytes(&request.bytes) {
+                            Ok(req) => {
+                                let role = role.clone();
+                                tokio::task::spawn_blocking(move || role.answer(req, UnixMillis::now()))
+                                    .await
+                                    .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}")))
+                            }
+                            Err(err) => {
+                                let _ = role.ledger.record_refusal(
+                                    "coordinator request",
+                                    &format!("{}: {err}", err.code()),
+                                    &rigmesh_ledger::Cause::new(role.key.public(), rigmesh_protocol::Id::ZERO, UnixMillis::now()),
+                                );
+                                CoordinatorResponse::Refused(format!("malformed request: {err}"))
+                            }
+                        };
+                        response.to_bytes()
+                    }
+                    Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
+                    Protocol::Sync => CoordinatorResponse::Refused("sync is served by the network".into()).to_bytes(),
+                };
+                match bytes {
+                    Ok(bytes) => {
+                        if let Err(err) = network.respond(request.protocol, request.channel, bytes).await {
+                            tracing::debug!(%err, "could not answer a request");
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "could not encode an answer"),
+                }
+            }
+            message = accepted.recv() => {
+                match message {
+                    Ok(AcceptedMessage { message, .. }) => {
+                        if let Some(frame) = frame_of(&message) {
+                            let role = role.clone();
+                            let result = tokio::task::spawn_blocking(move || role.apply(&frame, UnixMillis::now())).await;
+                            if let Ok(Err(refusal)) = result {
+                                tracing::info!(%refusal, "gossiped certificate not applied");
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "coordinator fell behind gossip; catch-up sync will bring what it skipped");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = tick.tick() => {
+                let now = UnixMillis::now();
+                let r = role.clone();
+                let _ = tokio::task::spawn_blocking(move || r.rules().retry_pending(now)).await;
+                if now >= binding_due {
+                    binding_due = if crate::supplier::runtime::publish_binding(&role.key, &network, now).await {
+                        now.plus_ms(crate::supplier::runtime::BINDING_REFRESH_MS)
+                    } else {
+                        now.plus_ms(2_000)
+                    };
+                }
+            }
+        }
+    }
+}

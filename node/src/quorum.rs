@@ -1,0 +1,244 @@
+//! Talking to the coordinator set as a client (customers, suppliers, the
+//! admin tool): send a request to every member at once, check each vote as
+//! it comes back, and assemble a certificate from a quorum of them
+//! (specs/settlement.md 5.3 and 8.4); hand certificates to every member;
+//! ask members for an account's state.
+//!
+//! Members are found through their signed node bindings, like suppliers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use libp2p::PeerId;
+use rigmesh_ledger::MarketStore;
+use rigmesh_protocol::rpc::{
+    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse,
+};
+use rigmesh_protocol::{
+    Certifiable, Certificate, CoordinatorSet, NodeBinding, PublicKey, Signed, UnixMillis, Vote,
+};
+
+use crate::network::{NodeHandle, Protocol};
+
+/// Why no certificate formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{votes} of {need} votes needed; {}", .refusals.iter().map(|(k, r)| format!("{k}: {r}")).collect::<Vec<_>>().join("; "))]
+pub struct NoQuorum {
+    /// Valid votes received.
+    pub votes: usize,
+    /// Votes needed.
+    pub need: usize,
+    /// What each member that did not vote said (or why it was not reached).
+    pub refusals: BTreeMap<String, String>,
+}
+
+/// The coordinator set as seen by a client node.
+#[derive(Debug, Clone)]
+pub struct Quorum {
+    set: CoordinatorSet,
+    network: NodeHandle,
+    store: Arc<MarketStore>,
+    timeout: Duration,
+}
+
+impl Quorum {
+    /// A client of `set` over `network`, finding members through `store`.
+    pub fn new(
+        set: CoordinatorSet,
+        network: NodeHandle,
+        store: Arc<MarketStore>,
+        timeout: Duration,
+    ) -> Self {
+        Quorum {
+            set,
+            network,
+            store,
+            timeout,
+        }
+    }
+
+    /// The coordinator set.
+    pub fn set(&self) -> &CoordinatorSet {
+        &self.set
+    }
+
+    /// Each member with the peer its newest binding names, if known.
+    pub fn members(&self, now: UnixMillis) -> Vec<(PublicKey, Option<PeerId>)> {
+        let bindings = self.store.all::<NodeBinding>(now).unwrap_or_default();
+        self.set
+            .members()
+            .iter()
+            .map(|member| {
+                let peer = bindings
+                    .iter()
+                    .filter(|b| b.body.account == *member && b.body.expires_at > now)
+                    .max_by_key(|b| b.body.created_at)
+                    .and_then(|b| PeerId::from_bytes(&b.body.peer_id).ok());
+                (*member, peer)
+            })
+            .collect()
+    }
+
+    /// Sends `request` to every member and returns each answer.
+    async fn ask_all(
+        &self,
+        request: &CoordinatorRequest,
+    ) -> Vec<(PublicKey, Result<CoordinatorResponse, String>)> {
+        let bytes = match request.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                return self
+                    .set
+                    .members()
+                    .iter()
+                    .map(|m| (*m, Err(err.to_string())))
+                    .collect()
+            }
+        };
+        let asks = self
+            .members(UnixMillis::now())
+            .into_iter()
+            .map(|(member, peer)| {
+                let bytes = bytes.clone();
+                async move {
+                    let Some(peer) = peer else {
+                        return (member, Err("no node binding known".to_string()));
+                    };
+                    let answer = tokio::time::timeout(
+                        self.timeout,
+                        self.network.request(peer, Protocol::Coordinator, bytes),
+                    )
+                    .await;
+                    let result = match answer {
+                        Err(_) => Err("timed out".to_string()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Ok(Ok(bytes)) => {
+                            CoordinatorResponse::from_bytes(&bytes).map_err(|e| e.to_string())
+                        }
+                    };
+                    (member, result)
+                }
+            });
+        join_all(asks).await
+    }
+
+    /// Asks every member to vote for `message` with `request`, checks each
+    /// vote and assembles a certificate from those that are valid.
+    pub async fn certify<T: Certifiable>(
+        &self,
+        message: &Signed<T>,
+        request: &CoordinatorRequest,
+    ) -> Result<Certificate<T>, NoQuorum> {
+        let mut votes: Vec<Signed<Vote>> = Vec::new();
+        let mut refusals = BTreeMap::new();
+        for (member, answer) in self.ask_all(request).await {
+            match answer {
+                Ok(CoordinatorResponse::Vote(vote)) => match check_vote(message, &vote, &member) {
+                    Ok(()) => votes.push(vote),
+                    Err(reason) => {
+                        tracing::warn!(%member, %reason, "invalid vote");
+                        refusals.insert(member.to_string(), format!("invalid vote: {reason}"));
+                    }
+                },
+                Ok(CoordinatorResponse::Refused(reason)) => {
+                    refusals.insert(member.to_string(), reason);
+                }
+                Ok(other) => {
+                    refusals.insert(member.to_string(), format!("unexpected answer {other:?}"));
+                }
+                Err(reason) => {
+                    refusals.insert(member.to_string(), reason);
+                }
+            }
+        }
+        let need = self.set.quorum();
+        if votes.len() < need {
+            return Err(NoQuorum {
+                votes: votes.len(),
+                need,
+                refusals,
+            });
+        }
+        Certificate::assemble(message.clone(), &votes).map_err(|e| NoQuorum {
+            votes: votes.len(),
+            need,
+            refusals: [("assemble".to_string(), e.to_string())].into(),
+        })
+    }
+
+    /// Hands a certificate (or deposit) to every member and gossips it;
+    /// returns how many members applied it (or had already).
+    pub async fn deliver(&self, frame: CertificateFrame) -> usize {
+        if let Err(err) = self.network.publish(&frame.clone().into_wire()).await {
+            tracing::debug!(%err, "certificate stored; not gossiped yet");
+        }
+        let answers = self.ask_all(&CoordinatorRequest::Apply(frame)).await;
+        answers
+            .iter()
+            .filter(|(_, a)| matches!(a, Ok(CoordinatorResponse::Applied)))
+            .count()
+    }
+
+    /// What each reachable member says of `account`.
+    pub async fn accounts(&self, account: PublicKey) -> Vec<AccountState> {
+        self.ask_all(&CoordinatorRequest::Account(account))
+            .await
+            .into_iter()
+            .filter_map(|(member, answer)| match answer {
+                Ok(CoordinatorResponse::Account(state)) if state.coordinator == member => {
+                    Some(state)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The account's next debit sequence number as the set knows it: the
+    /// (f+1)-th highest value reported, so at least one honest member has
+    /// applied that many debits and no f members can push it higher.
+    ///
+    /// Fails unless a quorum answers: a debit sent while fewer members are
+    /// up could gather some votes but no certificate, and those votes
+    /// would lock the sequence number (specs/settlement.md section 14).
+    pub async fn next_seq(&self, account: PublicKey) -> Result<u64, NoQuorum> {
+        let states = self.accounts(account).await;
+        let need = self.set.quorum();
+        let mut seqs: Vec<u64> = states.iter().map(|s| s.next_seq).collect();
+        if seqs.len() < need {
+            return Err(NoQuorum {
+                votes: seqs.len(),
+                need,
+                refusals: [(
+                    "coordinators".to_string(),
+                    format!(
+                        "only {} of {} coordinators answered; {need} are needed",
+                        seqs.len(),
+                        self.set.members().len()
+                    ),
+                )]
+                .into(),
+            });
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(seqs.get(self.set.max_faulty()).copied().unwrap_or(0))
+    }
+}
+
+/// Checks a vote the way a certificate's receiver will: a member's, for
+/// this message, with a valid signature.
+fn check_vote<T: Certifiable>(
+    message: &Signed<T>,
+    vote: &Signed<Vote>,
+    member: &PublicKey,
+) -> Result<(), String> {
+    if vote.signer != *member {
+        return Err(format!("signed by {} instead", vote.signer));
+    }
+    let expected = Certificate::vote_for(message, *member).map_err(|e| e.to_string())?;
+    if vote.body != expected {
+        return Err("for another message".into());
+    }
+    vote.verify_record().map_err(|e| e.to_string())
+}

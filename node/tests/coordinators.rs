@@ -1,0 +1,302 @@
+//! Four coordinator nodes (f = 1), a simulated supplier and a customer,
+//! each a full node on loopback with its own sled files: escrow and
+//! settlement certify with one coordinator down, the returning coordinator
+//! catches up to the same books; with two down nothing certifies and
+//! nothing is lost; a Byzantine member that votes for anything cannot get
+//! an equivocating order or a wrong payout certified.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::eventually;
+use rigmesh_ledger::Account;
+use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
+use rigmesh_node::node::RunningNode;
+use rigmesh_node::quorum::Quorum;
+use rigmesh_node::supplier::SupplierConfig;
+use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
+use rigmesh_protocol::rpc::CertificateFrame;
+use rigmesh_protocol::{Credits, Deposit, Keypair, Kind, Signed, UnixMillis, PROTOCOL_VERSION};
+
+const ADMIN: [u8; 32] = [0x41; 32];
+
+fn seed(i: usize) -> [u8; 32] {
+    [0x50 + i as u8; 32]
+}
+
+fn coordinators() -> CoordinatorsConfig {
+    let mut c = CoordinatorsConfig::new(
+        7,
+        (0..4)
+            .map(|i| Keypair::from_seed(seed(i)).public())
+            .collect(),
+    );
+    c.admin = Some(Keypair::from_seed(ADMIN).public());
+    c.unacked_timeout_secs = 2;
+    c.settle_every_windows = 2;
+    c
+}
+
+async fn start(role: Role, dir: &Path, member: Option<usize>) -> RunningNode {
+    let mut config = NodeConfig {
+        role,
+        data_dir: dir.to_path_buf(),
+        network: common::config(),
+        monitoring: "127.0.0.1:0".parse().unwrap(),
+        customer_api: "127.0.0.1:0".parse().unwrap(),
+        supplier_api: "127.0.0.1:0".parse().unwrap(),
+        coordinators: Some(coordinators()),
+        ..NodeConfig::default()
+    };
+    if let Some(i) = member {
+        let path = dir.join("account.key");
+        if !path.exists() {
+            rigmesh_node::keyfile::write_seed(&path, &seed(i)).unwrap();
+        }
+    }
+    if role == Role::Supplier {
+        let profile = SimProfile::builtin("a100x4").unwrap().with_seed(3);
+        let model = profile.gpus[0].model.clone();
+        config.supplier = SupplierConfig {
+            gpus: GpuSourceConfig::Sim(SimSpec::Profile(profile)),
+            prices: [(model, "1.70".parse().unwrap())].into(),
+            ..SupplierConfig::default()
+        };
+    }
+    rigmesh_node::node::start(config).await.unwrap()
+}
+
+fn dial_addr(node: &RunningNode) -> libp2p::Multiaddr {
+    node.listen_addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id))
+}
+
+async fn mesh(nodes: &[&RunningNode]) {
+    for (i, a) in nodes.iter().enumerate() {
+        for b in nodes.iter().skip(i + 1) {
+            a.handle.dial(dial_addr(b)).await.unwrap();
+        }
+    }
+}
+
+fn account_of(dir: &Path) -> Keypair {
+    Keypair::from_seed(rigmesh_node::keyfile::read_seed(&dir.join("account.key")).unwrap())
+}
+
+fn deposit(account: &Keypair, credits: &str, reference: &str) -> Signed<Deposit> {
+    Signed::sign(
+        Deposit {
+            version: PROTOCOL_VERSION,
+            epoch: 7,
+            admin: Keypair::from_seed(ADMIN).public(),
+            account: account.public(),
+            amount: credits.parse().unwrap(),
+            reference: reference.into(),
+            created_at: UnixMillis::now(),
+        },
+        &Keypair::from_seed(ADMIN),
+    )
+    .unwrap()
+}
+
+/// The books of a coordinator: every balance, and the invariant checked.
+fn books(node: &RunningNode) -> BTreeMap<String, Credits> {
+    let role = node.coordinator.as_ref().unwrap();
+    let report = role.ledger.check_books().unwrap();
+    assert_eq!(
+        report.totals.held().unwrap(),
+        report.totals.external.checked_neg().unwrap(),
+        "balances + escrow = deposits - withdrawals"
+    );
+    rigmesh_ledger::Coordinator::new(&role.ledger, &Keypair::from_seed([0; 32]), &role.config)
+        .snapshot()
+        .unwrap()
+}
+
+fn balance(node: &RunningNode, account: &Keypair) -> Credits {
+    node.coordinator
+        .as_ref()
+        .unwrap()
+        .ledger
+        .balance(&Account::User(account.public()))
+        .unwrap()
+}
+
+fn body(response: &str) -> serde_json::Value {
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for i in 0..4 {
+        cs.push(start(Role::Coordinator, dirs[i].path(), Some(i)).await);
+    }
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    for node in [&supplier, &customer] {
+        let store = node.store.clone();
+        eventually(20, "coordinator and supplier bindings", || {
+            let store = store.clone();
+            async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+        })
+        .await;
+    }
+
+    // Coordinator 3 goes down; the other three are a quorum.
+    let down = cs.pop().unwrap();
+    down.stop().await.unwrap();
+    let buyer = account_of(dirs[5].path());
+    let quorum: &Quorum = customer.quorum.as_ref().unwrap();
+    let applied = quorum
+        .deliver(CertificateFrame::Deposit(deposit(
+            &buyer,
+            "100",
+            "wire-0001",
+        )))
+        .await;
+    assert_eq!(applied, 3, "the three live coordinators apply the deposit");
+
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease = body(&r);
+    assert_eq!(lease["escrowed"], "3.4", "2 GPUs x 1 h x 1.70");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "96.6".parse().unwrap());
+    }
+
+    // Windows are attested, acked and settled in pairs.
+    let seller = account_of(dirs[4].path());
+    let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
+    let api = supplier.supplier_api;
+    eventually(40, "two settlement certificates", || {
+        let token = supplier_token.clone();
+        async move {
+            let r = common::http_get(api, "/v1/leases", Some(&token)).await;
+            body(&r)[0]["settled"]["certificates"]
+                .as_array()
+                .is_some_and(|c| c.len() >= 2)
+        }
+    })
+    .await;
+    let cs_ref = &cs;
+    eventually(20, "the live coordinators agree", || async move {
+        let first = books(&cs_ref[0]);
+        cs_ref.iter().all(|c| books(c) == first)
+    })
+    .await;
+    let earned = balance(&cs[0], &seller);
+    assert!(earned > Credits::ZERO, "the supplier was paid");
+    let fees = cs[0]
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .ledger
+        .balance(&Account::Fees)
+        .unwrap();
+    assert!(fees > Credits::ZERO, "the fee account was paid");
+
+    // Coordinator 3 returns from its files and catches up by sync.
+    let back = start(Role::Coordinator, dirs[3].path(), Some(3)).await;
+    for node in cs.iter().chain([&supplier, &customer]) {
+        back.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    let (back_ref, cs_ref) = (&back, &cs);
+    eventually(
+        40,
+        "the returning coordinator's books equal the others'",
+        || async move { books(back_ref) == books(&cs_ref[0]) },
+    )
+    .await;
+    assert!(balance(&back, &seller) >= earned);
+
+    for node in cs.into_iter().chain([back, supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for i in 0..4 {
+        cs.push(start(Role::Coordinator, dirs[i].path(), Some(i)).await);
+    }
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let quorum = customer.quorum.as_ref().unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Deposit(deposit(
+                &buyer,
+                "10",
+                "wire-0002"
+            )))
+            .await,
+        4
+    );
+    let third = cs.pop().unwrap();
+    let second = cs.pop().unwrap();
+    third.stop().await.unwrap();
+    second.stop().await.unwrap();
+
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(!r.starts_with("HTTP/1.1 200"), "no quorum, no lease: {r}");
+    assert!(r.contains("2 of 4 coordinators answered"), "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "10".parse().unwrap(), "nothing moved");
+    }
+
+    // One returns: three of four is a quorum again.
+    let back = start(Role::Coordinator, dirs[3].path(), Some(3)).await;
+    for node in cs.iter().chain([&supplier, &customer]) {
+        back.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut leased = false;
+    for _ in 0..10 {
+        let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+        if r.starts_with("HTTP/1.1 200") {
+            leased = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    assert!(leased, "progress resumes with a quorum");
+    let (back_ref, buyer_ref) = (&back, &buyer);
+    eventually(
+        20,
+        "escrow applied at the returned coordinator",
+        || async move { balance(back_ref, buyer_ref) == "8.3".parse().unwrap() },
+    )
+    .await;
+    for node in cs.into_iter().chain([back, supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}

@@ -232,6 +232,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     handle.clone(),
                     events,
                     settled.clone(),
+                    crate::supplier::settle::SettleStore {
+                        dir: config.data_dir.join("settlement"),
+                        market: store.clone(),
+                    },
                     stop.subscribe(),
                 )));
                 Some(crate::supplier::runtime::Settlement {

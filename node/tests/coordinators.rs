@@ -132,17 +132,24 @@ fn body(response: &str) -> serde_json::Value {
     serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
-    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+/// Four coordinators, a supplier and a customer in `dirs` (six of them),
+/// all connected.
+async fn market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode, RunningNode) {
     let mut cs = Vec::new();
-    for i in 0..4 {
-        cs.push(start(Role::Coordinator, dirs[i].path(), Some(i)).await);
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
     }
     let supplier = start(Role::Supplier, dirs[4].path(), None).await;
     let customer = start(Role::Customer, dirs[5].path(), None).await;
     let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
     mesh(&all).await;
+    (cs, supplier, customer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut cs, supplier, customer) = market(&dirs).await;
     for node in [&supplier, &customer] {
         let store = node.store.clone();
         eventually(20, "coordinator and supplier bindings", || {
@@ -231,14 +238,7 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut cs = Vec::new();
-    for i in 0..4 {
-        cs.push(start(Role::Coordinator, dirs[i].path(), Some(i)).await);
-    }
-    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
-    let customer = start(Role::Customer, dirs[5].path(), None).await;
-    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
-    mesh(&all).await;
+    let (mut cs, supplier, customer) = market(&dirs).await;
     let store = customer.store.clone();
     eventually(20, "bindings at the customer", || {
         let store = store.clone();
@@ -297,6 +297,91 @@ async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
     )
     .await;
     for node in cs.into_iter().chain([back, supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = market(&dirs).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    let quorum = customer.quorum.as_ref().unwrap();
+    quorum
+        .deliver(CertificateFrame::Deposit(deposit(
+            &buyer,
+            "20",
+            "wire-0003",
+        )))
+        .await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let supplier_store = supplier.store.clone();
+    eventually(20, "acks of three windows at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 3 }
+    })
+    .await;
+
+    // The supplier stops mid-lease and comes back from its files.
+    drop(supplier_store);
+    supplier.stop().await.unwrap();
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
+    for node in cs.iter().chain([&customer]) {
+        supplier.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
+    let api = supplier.supplier_api;
+    eventually(40, "the final settlement of what was metered", || {
+        let token = supplier_token.clone();
+        async move {
+            let r = common::http_get(api, "/v1/leases", Some(&token)).await;
+            body(&r)[0]["settled"]["closed"] == serde_json::json!(true)
+        }
+    })
+    .await;
+    let r = common::http_get(api, "/v1/leases", Some(&supplier_token)).await;
+    let settled = &body(&r)[0]["settled"];
+    let earned: Credits = settled["earned"].as_str().unwrap().parse().unwrap();
+    let fees: Credits = settled["fees"].as_str().unwrap().parse().unwrap();
+    assert!(settled["windows"].as_u64().unwrap() >= 3, "{settled}");
+    let (cs_ref, seller_ref) = (&cs, &seller);
+    eventually(
+        20,
+        "every coordinator applied the final settlement",
+        || async move {
+            let first = books(&cs_ref[0]);
+            cs_ref.iter().all(|c| books(c) == first)
+                && cs_ref.iter().all(|c| balance(c, seller_ref) == earned)
+        },
+    )
+    .await;
+    // To the unit: the customer paid exactly what the supplier and the fee
+    // account received, and the rest of the escrow came back.
+    let paid = earned.checked_add(fees).unwrap();
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "20".parse::<Credits>().unwrap().checked_sub(paid).unwrap()
+        );
+        let role = c.coordinator.as_ref().unwrap();
+        assert_eq!(
+            role.ledger.escrowed_by(&buyer.public()).unwrap(),
+            Credits::ZERO
+        );
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use rigmesh_node::api::local::{read_token, Scope};
 use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
+use rigmesh_node::customer::runtime::LeaseStatus;
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
@@ -51,7 +52,8 @@ struct Prices {
 fn prices() -> anyhow::Result<Prices> {
     let v: serde_json::Value = serde_json::from_str(PRICES)?;
     let get = |k: &str| -> anyhow::Result<Credits> {
-        v[k].as_str()
+        v.get(k)
+            .and_then(|x| x.as_str())
             .with_context(|| format!("price fixture lacks {k}"))?
             .parse()
             .map_err(|e| anyhow::anyhow!("{k}: {e}"))
@@ -263,7 +265,7 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
         "window_secs": 2, "budget": budget.to_string(),
     });
     let api = m.customer.customer_api;
-    let lease: serde_json::Value = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let lease: LeaseStatus = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .build()
@@ -277,17 +279,21 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
         if !status.is_success() {
             bail!("bid refused ({status}): {body}");
         }
-        Ok(body)
+        Ok(serde_json::from_value(body)?)
     })
     .await??;
     step(format!(
-        "leased: lease {} with supplier {} at {}/GPU-h on GPUs {}; escrowed {} (certificate {})",
-        short(&lease["lease"]),
-        short(&lease["supplier"]),
-        lease["price_per_gpu_hour"].as_str().unwrap_or("?"),
-        lease["gpus"],
-        lease["escrowed"].as_str().unwrap_or("none"),
-        short(&lease["escrow_certificate"]),
+        "leased: lease {} with supplier {} at {}/GPU-h on GPUs {:?}; escrowed {} (certificate {})",
+        short(&lease.lease.to_string()),
+        short(&lease.supplier.to_string()),
+        lease.price_per_gpu_hour,
+        lease.gpus,
+        lease
+            .escrowed
+            .map_or_else(|| "nothing".to_string(), |c| c.to_string()),
+        lease
+            .escrow_certificate
+            .map_or_else(|| "-".to_string(), |c| short(&c.to_string())),
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
@@ -355,10 +361,8 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short(v: &serde_json::Value) -> String {
-    v.as_str()
-        .map(|s| s.chars().take(12).collect())
-        .unwrap_or_else(|| "-".into())
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {

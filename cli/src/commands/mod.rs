@@ -1,6 +1,7 @@
 //! Command-line surface: the clap definitions and the dispatch to each
 //! command's module.
 
+mod admin;
 mod bid;
 mod devnet;
 mod keys;
@@ -54,6 +55,9 @@ enum Command {
     /// simulated suppliers, a funded customer) and play a lease from bid to
     /// settlement; `--serve` keeps it running for the other commands.
     Devnet(devnet::DevnetArgs),
+    /// Operator tools for the coordinator set: deposits, balances.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Run a node (supplier, customer, coordinator or relay).
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -75,6 +79,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Message(cmd) => message::run(cmd),
         Command::Node(cmd) => node::run(cmd),
         Command::Devnet(args) => devnet::run(args),
+        Command::Admin(cmd) => admin::run(cmd),
         Command::Offers(args) => offers::run(args),
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),

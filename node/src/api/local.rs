@@ -322,13 +322,18 @@ async fn supplier_earnings(State(s): State<Scoped>) -> Response {
         return not_a_supplier();
     };
     let mut total = Credits::ZERO;
+    let mut settled = Credits::ZERO;
     for lease in &view.leases {
         total = total.checked_add(lease.earned).unwrap_or(Credits::MAX);
+        if let Some(s) = &lease.settled {
+            settled = settled.checked_add(s.earned).unwrap_or(Credits::MAX);
+        }
     }
     Json(serde_json::json!({
         "attested_total": total,
-        "leases": view.leases.iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned})).collect::<Vec<_>>(),
-        "note": "attested at the lease price; paid out by coordinator settlement",
+        "settled_total": settled,
+        "leases": view.leases.iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned, "settled": l.settled})).collect::<Vec<_>>(),
+        "note": "attested: what the attested time is worth at the lease price; settled: credited to this account by settlement certificates, after the fee",
     }))
     .into_response()
 }

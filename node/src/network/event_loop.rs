@@ -48,7 +48,10 @@ pub(crate) struct EventLoop {
     pub(crate) limits: NetworkLimits,
     pub(crate) metrics: NetworkMetrics,
     pub(crate) p2p_metrics: libp2p::metrics::Metrics,
-    pub(crate) pending: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    /// Replies awaited, by protocol and request id: each request-response
+    /// behaviour numbers its requests on its own, so ids repeat across
+    /// protocols.
+    pub(crate) pending: HashMap<(Protocol, OutboundRequestId), Reply<Vec<u8>>>,
     pub(crate) pending_sync: HashMap<OutboundRequestId, PendingSync>,
     pub(crate) strikes: HashMap<PeerId, u32>,
     pub(crate) bans: HashMap<PeerId, UnixMillis>,
@@ -97,7 +100,7 @@ impl EventLoop {
                     return;
                 }
                 let id = self.behaviour_for(protocol).send_request(&peer, bytes);
-                self.pending.insert(id, reply);
+                self.pending.insert((protocol, id), reply);
             }
             Command::Respond {
                 protocol,
@@ -430,10 +433,12 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
-                    if let Some(reply) = self.pending.remove(&request_id) {
+                    if let Some(reply) = self.pending.remove(&(protocol, request_id)) {
                         let _ = reply.send(Ok(response));
-                    } else if let Some(sync) = self.pending_sync.remove(&request_id) {
-                        self.on_sync_page(sync, &response);
+                    } else if protocol == Protocol::Sync {
+                        if let Some(sync) = self.pending_sync.remove(&request_id) {
+                            self.on_sync_page(sync, &response);
+                        }
                     }
                 }
             },
@@ -443,11 +448,13 @@ impl EventLoop {
                 peer,
                 ..
             } => {
-                if let Some(reply) = self.pending.remove(&request_id) {
+                if let Some(reply) = self.pending.remove(&(protocol, request_id)) {
                     let _ = reply.send(Err(Error::Network(format!(
                         "{protocol:?} request to {peer}: {error}"
                     ))));
-                } else if self.pending_sync.remove(&request_id).is_some() {
+                } else if protocol == Protocol::Sync
+                    && self.pending_sync.remove(&request_id).is_some()
+                {
                     tracing::debug!(%peer, %error, "sync request failed");
                 }
             }

@@ -159,6 +159,23 @@ pub async fn run(
                 }
                 if let Some(s) = &settlement {
                     let settled = s.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (lease, state) in settled.iter() {
+                        // Leases from before a restart are listed with what
+                        // their settlement knows of them.
+                        if let (false, Some((customer, gpus, price, ends_at))) = (book.contains_key(lease), &state.terms) {
+                            book.insert(*lease, SupplierLease {
+                                lease: *lease,
+                                customer: *customer,
+                                gpus: gpus.clone(),
+                                price_per_gpu_hour: *price,
+                                ends_at: *ends_at,
+                                windows_attested: 0,
+                                billable_gpu_ms: 0,
+                                earned: rigmesh_protocol::Credits::ZERO,
+                                settled: None,
+                            });
+                        }
+                    }
                     for (lease, entry) in book.iter_mut() {
                         entry.settled = settled.get(lease).cloned();
                     }

@@ -9,12 +9,21 @@
 //! lease runs and always leave the newest window for the final settlement,
 //! which covers the rest once the lease has ended and refunds what the
 //! escrow still holds.
+//!
+//! The state of each lease (agreement, escrow certificate, how far it is
+//! settled, the last certificate) is written to `<dir>/<lease>.json` after
+//! every change, and the attestations and the customer's answers are in
+//! the node's gossip store, so a supplier that restarts settles what was
+//! metered before it stopped: its leases count as ended (metering does not
+//! resume) and get their final settlement.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rigmesh_ledger::billing::{self, FeeRate};
+use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, SettlementBundle};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
@@ -25,7 +34,7 @@ use rigmesh_protocol::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use crate::quorum::Quorum;
+use crate::quorum::{NoQuorum, Quorum};
 
 /// Most windows one settlement request carries (bounds the request size).
 pub const MAX_WINDOWS_PER_REQUEST: usize = 200;
@@ -59,6 +68,9 @@ pub struct SettleTerms {
 /// What the supplier has been paid for a lease, by certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settled {
+    /// The lease's terms, for a lease that outlived a restart.
+    #[serde(skip)]
+    pub terms: Option<(rigmesh_protocol::PublicKey, Vec<u16>, Credits, UnixMillis)>,
     /// Settlement certificates applied, in order (their subject ids).
     pub certificates: Vec<Id>,
     /// Windows paid for.
@@ -78,6 +90,21 @@ pub struct Settled {
 /// Per-lease settlements, shared with the supplier's view.
 pub type SettledBook = Arc<Mutex<BTreeMap<Id, Settled>>>;
 
+/// What survives a restart of one lease's settlement.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    agreement: String,
+    escrow: String,
+    settlement_seq: u64,
+    next_window: u64,
+    paid: Credits,
+    earlier: Option<String>,
+    finished: bool,
+    closed: bool,
+    inflight: Option<String>,
+    summary: Settled,
+}
+
 #[derive(Debug)]
 struct LeaseState {
     agreement: Signed<LeaseAgreement>,
@@ -92,6 +119,8 @@ struct LeaseState {
     finished: bool,
     closed: bool,
     retry_at: UnixMillis,
+    inflight: Option<Signed<SettlementRequest>>,
+    summary: Settled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +163,7 @@ impl LeaseState {
     /// The next request to send, if one is due: the range of decided
     /// windows, whether it is final, and the billable GPU-ms.
     fn due(&self, terms: &SettleTerms, now: UnixMillis) -> Option<(usize, usize, bool, u64)> {
-        if self.closed || now < self.retry_at {
+        if self.closed {
             return None;
         }
         let first = usize::try_from(self.next_window).ok()?;
@@ -177,11 +206,165 @@ impl LeaseState {
     }
 }
 
+impl LeaseState {
+    fn save(&self, dir: &Path) -> Result<(), String> {
+        let saved = Saved {
+            agreement: hex::encode(self.agreement.to_bytes().map_err(|e| e.to_string())?),
+            escrow: hex::encode(self.escrow.to_bytes().map_err(|e| e.to_string())?),
+            settlement_seq: self.settlement_seq,
+            next_window: self.next_window,
+            paid: self.paid,
+            earlier: self
+                .earlier
+                .as_ref()
+                .map(|c| c.to_bytes().map(hex::encode))
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            finished: self.finished,
+            closed: self.closed,
+            inflight: self
+                .inflight
+                .as_ref()
+                .map(|r| r.to_bytes().map(hex::encode))
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            summary: self.summary.clone(),
+        };
+        let lease = self.agreement.id().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{lease}.json"));
+        let tmp = dir.join(format!("{lease}.json.tmp"));
+        let text = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
+        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+    }
+
+    fn load(path: &Path, store: &MarketStore, now: UnixMillis) -> Result<Self, String> {
+        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+        let saved: Saved = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        let bytes = |h: &str| hex::decode(h).map_err(|e| e.to_string());
+        let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes(&saved.agreement)?)
+            .map_err(|e| e.to_string())?;
+        let escrow =
+            EscrowCertificate::from_bytes(&bytes(&saved.escrow)?).map_err(|e| e.to_string())?;
+        let earlier = saved
+            .earlier
+            .as_deref()
+            .map(|h| {
+                bytes(h)
+                    .and_then(|b| SettlementCertificate::from_bytes(&b).map_err(|e| e.to_string()))
+            })
+            .transpose()?;
+        let lease = agreement.id().map_err(|e| e.to_string())?;
+        let customer = escrow.message.body.account;
+        let mut attestations: Vec<Signed<UsageAttestation>> = store
+            .all::<UsageAttestation>(now)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| a.body.lease == lease && a.signer == agreement.body.supplier)
+            .collect();
+        attestations.sort_by_key(|a| a.body.seq);
+        // Keep the unbroken chain from 0.
+        let mut chain = Vec::with_capacity(attestations.len());
+        for a in attestations {
+            if a.body.seq == chain.len() as u64 {
+                chain.push(a);
+            }
+        }
+        let acks = store
+            .all::<UsageAck>(now)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| a.body.lease == lease && a.body.customer == customer)
+            .map(|a| (a.body.seq, a))
+            .collect();
+        let disputes = store
+            .all::<UsageDispute>(now)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|d| d.body.lease == lease && d.body.customer == customer)
+            .map(|d| (d.body.seq, d))
+            .collect();
+        Ok(LeaseState {
+            agreement,
+            escrow,
+            attestations: chain,
+            acks,
+            disputes,
+            settlement_seq: saved.settlement_seq,
+            next_window: saved.next_window,
+            paid: saved.paid,
+            earlier,
+            // Metering does not resume after a restart: the lease has ended.
+            finished: true,
+            closed: saved.closed,
+            retry_at: UnixMillis(0),
+            inflight: saved
+                .inflight
+                .as_deref()
+                .map(|h| {
+                    bytes(h).and_then(|b| {
+                        Signed::<SettlementRequest>::from_bytes(&b).map_err(|e| e.to_string())
+                    })
+                })
+                .transpose()?,
+            summary: saved.summary,
+        })
+    }
+}
+
+fn restore(dir: &Path, store: &MarketStore) -> BTreeMap<Id, LeaseState> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        match LeaseState::load(&path, store, UnixMillis::now()) {
+            Ok(state) => {
+                if let Ok(lease) = state.agreement.id() {
+                    if !state.closed {
+                        tracing::info!(%lease, windows = state.attestations.len(), "resuming the settlement of a lease");
+                    }
+                    out.insert(lease, state);
+                }
+            }
+            Err(err) => tracing::warn!(path = %path.display(), %err, "unreadable settlement state"),
+        }
+    }
+    out
+}
+
+fn terms_of(
+    agreement: &Signed<LeaseAgreement>,
+) -> (rigmesh_protocol::PublicKey, Vec<u16>, Credits, UnixMillis) {
+    let a = &agreement.body;
+    (
+        a.proposal.body.customer,
+        a.gpu_indices.clone(),
+        a.proposal.body.price_per_gpu_hour,
+        a.ends_at,
+    )
+}
+
 fn lock(book: &SettledBook) -> std::sync::MutexGuard<'_, BTreeMap<Id, Settled>> {
     book.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Where the worker keeps its state, and what it reads attestations from.
+#[derive(Debug, Clone)]
+pub struct SettleStore {
+    /// Directory of the per-lease state files.
+    pub dir: PathBuf,
+    /// The node's gossip store.
+    pub market: Arc<MarketStore>,
+}
+
 /// Runs the worker until `stop` turns true.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     key: Keypair,
     quorum: Quorum,
@@ -189,9 +372,14 @@ pub async fn run(
     network: crate::network::NodeHandle,
     mut events: mpsc::Receiver<SettleEvent>,
     settled: SettledBook,
+    saved: SettleStore,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut leases: BTreeMap<Id, LeaseState> = BTreeMap::new();
+    let mut leases = restore(&saved.dir, &saved.market);
+    for (lease, state) in &leases {
+        publish_summary(&settled, lease, state);
+    }
+    leases.retain(|_, s| !s.closed);
     let mut accepted = network.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,8 +394,8 @@ pub async fn run(
             Some(event) = events.recv() => match event {
                 SettleEvent::Funded(agreement, escrow) => {
                     if let Ok(lease) = agreement.id() {
-                        lock(&settled).entry(lease).or_default();
-                        leases.insert(lease, LeaseState {
+                        lock(&settled).entry(lease).or_default().terms = Some(terms_of(&agreement));
+                        let state = LeaseState {
                             agreement: *agreement,
                             escrow: *escrow,
                             attestations: Vec::new(),
@@ -220,7 +408,13 @@ pub async fn run(
                             finished: false,
                             closed: false,
                             retry_at: UnixMillis(0),
-                        });
+                            inflight: None,
+                            summary: Settled::default(),
+                        };
+                        if let Err(err) = state.save(&saved.dir) {
+                            tracing::warn!(%lease, %err, "could not save the settlement state");
+                        }
+                        leases.insert(lease, state);
                     }
                 }
                 SettleEvent::Attested(a) => {
@@ -233,6 +427,9 @@ pub async fn run(
                 SettleEvent::Finished(lease) => {
                     if let Some(state) = leases.get_mut(&lease) {
                         state.finished = true;
+                        if let Err(err) = state.save(&saved.dir) {
+                            tracing::warn!(%lease, %err, "could not save the settlement state");
+                        }
                     }
                 }
             },
@@ -259,12 +456,36 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = UnixMillis::now();
                 for (lease, state) in leases.iter_mut() {
-                    let Some((first, take, last, gpu_ms)) = state.due(&terms, now) else { continue };
-                    match settle_once(&key, &quorum, &terms, state, first, take, last, gpu_ms, now).await {
+                    if now < state.retry_at || state.closed {
+                        continue;
+                    }
+                    // A request some coordinators voted for is sent again
+                    // unchanged until it is certified: their locks allow
+                    // no other at its settlement sequence number.
+                    let request = match state.inflight.clone() {
+                        Some(request) => request,
+                        None => {
+                            let Some((first, take, last, gpu_ms)) = state.due(&terms, now) else { continue };
+                            match build_request(&key, &quorum, &terms, state, first, take, last, gpu_ms, now) {
+                                Ok(request) => {
+                                    state.inflight = Some(request.clone());
+                                    if let Err(err) = state.save(&saved.dir) {
+                                        tracing::warn!(%lease, %err, "could not save the settlement state");
+                                    }
+                                    request
+                                }
+                                Err(err) => {
+                                    tracing::warn!(%lease, %err, "could not build a settlement request");
+                                    state.retry_at = now.plus_ms(3_000);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    match submit(&quorum, state, &request).await {
                         Ok(cert) => {
                             let r = &cert.message.body;
-                            let mut book = lock(&settled);
-                            let entry = book.entry(*lease).or_default();
+                            let entry = &mut state.summary;
                             entry.certificates.push(cert.subject().unwrap_or(Id::ZERO));
                             entry.windows = r.last_window + 1;
                             entry.earned = entry.earned.checked_add(r.supplier_amount).unwrap_or(entry.earned);
@@ -272,12 +493,25 @@ pub async fn run(
                             entry.refunded = entry.refunded.checked_add(r.refund).unwrap_or(entry.refunded);
                             entry.closed = r.final_settlement;
                             entry.last_error = None;
+                            if let Err(err) = state.save(&saved.dir) {
+                                tracing::warn!(%lease, %err, "could not save the settlement state");
+                            }
+                            publish_summary(&settled, lease, state);
                             tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, final_settlement = r.final_settlement, "settled");
                         }
                         Err(err) => {
                             tracing::warn!(%lease, %err, "settlement not certified; retrying");
+                            if err.votes == 0 {
+                                // Nobody is locked on it: it may be rebuilt
+                                // from what is known by then.
+                                state.inflight = None;
+                            }
                             state.retry_at = now.plus_ms(3_000);
-                            lock(&settled).entry(*lease).or_default().last_error = Some(err);
+                            state.summary.last_error = Some(err.to_string());
+                            if let Err(err) = state.save(&saved.dir) {
+                                tracing::warn!(%lease, %err, "could not save the settlement state");
+                            }
+                            publish_summary(&settled, lease, state);
                         }
                     }
                 }
@@ -287,26 +521,31 @@ pub async fn run(
     }
 }
 
+fn publish_summary(settled: &SettledBook, lease: &Id, state: &LeaseState) {
+    let mut book = lock(settled);
+    let entry = book.entry(*lease).or_default();
+    let terms = entry.terms.take();
+    *entry = state.summary.clone();
+    entry.terms = terms.or_else(|| Some(terms_of(&state.agreement)));
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn settle_once(
+fn build_request(
     key: &Keypair,
     quorum: &Quorum,
     terms: &SettleTerms,
-    state: &mut LeaseState,
+    state: &LeaseState,
     first: usize,
     take: usize,
     last: bool,
     gpu_ms: u64,
     now: UnixMillis,
-) -> Result<SettlementCertificate, String> {
-    let range: Vec<Signed<UsageAttestation>> = state
-        .attestations
-        .iter()
-        .skip(first)
-        .take(take)
-        .cloned()
-        .collect();
-    let head = range.last().cloned().ok_or("nothing to settle")?;
+) -> Result<Signed<SettlementRequest>, String> {
+    let head = take
+        .checked_sub(1)
+        .and_then(|n| first.checked_add(n))
+        .and_then(|i| state.attestations.get(i))
+        .ok_or("nothing to settle")?;
     let available = state
         .escrow
         .message
@@ -323,7 +562,7 @@ async fn settle_once(
         last,
     )
     .map_err(|e| e.to_string())?;
-    let request = Signed::sign(
+    Signed::sign(
         SettlementRequest {
             version: PROTOCOL_VERSION,
             lease: state.agreement.id().map_err(|e| e.to_string())?,
@@ -344,13 +583,25 @@ async fn settle_once(
         },
         key,
     )
-    .map_err(|e| e.to_string())?;
-    let mut attestations = Vec::with_capacity(range.len() + 1);
+    .map_err(|e| e.to_string())
+}
+
+/// Sends `request` with its evidence to every coordinator; on a
+/// certificate, hands it to all of them and advances the lease's state.
+async fn submit(
+    quorum: &Quorum,
+    state: &mut LeaseState,
+    request: &Signed<SettlementRequest>,
+) -> Result<SettlementCertificate, NoQuorum> {
+    let r = &request.body;
+    let first = usize::try_from(r.first_window).unwrap_or(usize::MAX);
+    let count = usize::try_from(r.last_window - r.first_window + 1).unwrap_or(usize::MAX);
+    let mut attestations = Vec::with_capacity(count + 1);
     if let Some(previous) = first.checked_sub(1).and_then(|i| state.attestations.get(i)) {
         attestations.push(previous.clone());
     }
-    let seqs = first as u64..=head.body.seq;
-    attestations.extend(range);
+    attestations.extend(state.attestations.iter().skip(first).take(count).cloned());
+    let seqs = r.first_window..=r.last_window;
     let bundle = SettlementBundle {
         request: request.clone(),
         agreement: state.agreement.clone(),
@@ -365,19 +616,20 @@ async fn settle_once(
         earlier: state.earlier.iter().cloned().collect(),
     };
     let cert = quorum
-        .certify(&request, &CoordinatorRequest::Settle(Box::new(bundle)))
-        .await
-        .map_err(|e| e.to_string())?;
+        .certify(request, &CoordinatorRequest::Settle(Box::new(bundle)))
+        .await?;
     quorum
         .deliver(CertificateFrame::Settlement(Box::new(cert.clone())))
         .await;
     state.settlement_seq += 1;
-    state.next_window = head.body.seq + 1;
+    state.next_window = r.last_window + 1;
     state.paid = state
         .paid
-        .checked_add(payout.paid_now)
-        .ok_or("paid total overflows")?;
-    state.closed = last;
+        .checked_add(r.supplier_amount)
+        .and_then(|p| p.checked_add(r.fee))
+        .unwrap_or(state.paid);
+    state.closed = r.final_settlement;
     state.earlier = Some(cert.clone());
+    state.inflight = None;
     Ok(cert)
 }

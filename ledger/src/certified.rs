@@ -26,6 +26,7 @@ use crate::columns::{
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
+use crate::reputation::{Side, WindowCounts};
 use crate::store::{Batch, Direction, Store};
 
 /// What applying a certificate did.
@@ -127,6 +128,8 @@ pub struct Settlement {
     pub customer: PublicKey,
     /// The lease's settlement sequence number.
     pub settlement_seq: u64,
+    /// First window paid.
+    pub first_window: u64,
     /// Last window paid.
     pub last_window: u64,
     /// Id of attestation `last_window`.
@@ -171,6 +174,7 @@ impl Settlement {
             supplier: r.supplier,
             customer: r.customer,
             settlement_seq: r.settlement_seq,
+            first_window: r.first_window,
             last_window: r.last_window,
             attestation_head: r.attestation_head,
             billable_gpu_ms: r.billable_gpu_ms,
@@ -223,6 +227,18 @@ impl<S: Store> Ledger<S> {
             }
         }
         Ok(total)
+    }
+
+    /// Funded leases whose final settlement is not applied yet.
+    pub fn open_leases(&self) -> Result<Vec<(Id, LeaseBook)>> {
+        let mut out = Vec::new();
+        for row in self.store().rows::<LeaseBooks>(Direction::Forward) {
+            let (lease, book) = row?;
+            if !book.closed {
+                out.push((lease, book));
+            }
+        }
+        Ok(out)
     }
 
     /// True if the certificate (or deposit) with this subject is applied.
@@ -278,6 +294,30 @@ impl<S: Store> Ledger<S> {
                 Ok(Lock::Taken)
             }
         }
+    }
+
+    /// Remembers the window counts behind a settlement request this
+    /// coordinator votes for; applied with its certificate.
+    pub fn record_vote_evidence(
+        &self,
+        request: &Id,
+        counts: &WindowCounts,
+        cause: &Cause,
+    ) -> Result<()> {
+        let guard = self.lock();
+        let mut batch = Batch::new();
+        self.put_vote_evidence(&mut batch, request, counts)?;
+        self.commit(
+            &guard,
+            batch,
+            Action::VoteLocked,
+            &format!(
+                "evidence of request {request}: {} windows, {} disputed, {} unanswered",
+                counts.windows, counts.disputed, counts.unanswered
+            ),
+            cause,
+        )?;
+        Ok(())
     }
 
     /// Stores a verified certificate's bytes and holds it pending, unless
@@ -572,6 +612,31 @@ impl<S: Store> Ledger<S> {
             refund: s.refund,
         };
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
+        let counts = match self.vote_evidence(&s.subject)? {
+            Some(counts) => counts,
+            // Not voted for here: the certificate's own numbers.
+            None => {
+                let windows = s
+                    .last_window
+                    .saturating_sub(s.first_window)
+                    .saturating_add(1);
+                WindowCounts {
+                    windows,
+                    acked: windows,
+                    possible_gpu_ms: s.billable_gpu_ms,
+                    attested_gpu_ms: s.billable_gpu_ms,
+                    ..WindowCounts::default()
+                }
+            }
+        };
+        self.add_settlement_evidence(
+            &mut batch,
+            [(s.supplier, Side::Supplier), (s.customer, Side::Customer)],
+            &counts,
+            s.billable_gpu_ms,
+            s.final_settlement,
+            cause.at,
+        )?;
         self.mark_applied(&mut batch, kind, &s.subject, bytes, cause.at)?;
         self.commit(
             &guard,

@@ -29,6 +29,8 @@
 //! | [`SettlementHeads`] | `ledger/settlement_heads` | lease | last settled attestation id |
 //! | [`AppliedSubjects`] | `ledger/applied` | certificate subject | [`AppliedRecord`] |
 //! | [`PendingCertificates`] | `ledger/pending` | (kind, subject) | [`PendingSince`] |
+//! | [`VoteEvidence`] | `ledger/vote_evidence` | settlement request id | [`WindowCounts`] |
+//! | [`ReputationEvidence`] | `ledger/reputation` | (account, side) | [`Evidence`] |
 
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -45,6 +47,7 @@ use crate::keys::{Key, KeyPrefix, KeyReader, ShortBytes};
 use crate::messages::CertificateKind;
 use crate::notices::{Notification, OutboxHead, PeerScore, Rollup};
 use crate::offers::{LiveOffer, OfferRecord, OfferSummary};
+use crate::reputation::{Evidence, WindowCounts};
 use crate::schema::SchemaVersion;
 use crate::store::{Batch, Direction, KeyRange, RawScan, Store, TreeName};
 
@@ -197,6 +200,16 @@ column!(
 column!(
     /// Certificates held until what they need is applied.
     PendingCertificates, "ledger/pending", (CertificateKind, Id), PendingSince
+);
+
+column!(
+    /// What a coordinator saw of each settlement request it voted for.
+    VoteEvidence, "ledger/vote_evidence", Id, WindowCounts
+);
+column!(
+    /// Decayed reputation evidence per account and side (1 supplier, 2
+    /// customer).
+    ReputationEvidence, "ledger/reputation", (PublicKey, u8), Evidence
 );
 
 impl Record for Credits {

@@ -21,6 +21,7 @@ use crate::certified::{Applied, Lock};
 use crate::error::Error;
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
+use crate::reputation::WindowCounts;
 use crate::store::Store;
 
 /// The configuration every coordinator of an epoch shares (section 12).
@@ -98,6 +99,30 @@ pub struct SettlementEvidence<'a> {
     pub acks: &'a [Signed<UsageAck>],
     /// The customer's disputes the coordinator holds.
     pub disputes: &'a [Signed<UsageDispute>],
+}
+
+/// The window counts behind a settlement request (reputation evidence).
+fn window_counts(ev: &SettlementEvidence<'_>, statuses: &[(u64, WindowStatus)]) -> WindowCounts {
+    let gpus = ev.agreement.body.gpu_indices.len() as u64;
+    let window_ms = ev.agreement.body.window_ms();
+    let mut counts = WindowCounts::default();
+    for (a, (_, status)) in ev.attestations.iter().zip(statuses) {
+        let b = &a.body;
+        let possible = gpus.saturating_mul(b.window_end.since(b.window_start).min(window_ms));
+        counts.windows += 1;
+        counts.possible_gpu_ms = counts.possible_gpu_ms.saturating_add(possible);
+        counts.attested_gpu_ms = counts.attested_gpu_ms.saturating_add(b.billable_gpu_ms);
+        if b.billable_gpu_ms < possible {
+            counts.short += 1;
+        }
+        match status {
+            WindowStatus::Acked => counts.acked += 1,
+            WindowStatus::AcceptedByTimeout => counts.unanswered += 1,
+            WindowStatus::Disputed => counts.disputed += 1,
+            WindowStatus::Undecided => {}
+        }
+    }
+    counts
 }
 
 /// A coordinator: its key, the epoch's configuration and its ledger.
@@ -529,7 +554,13 @@ impl<'l, S: Store> Coordinator<'l, S> {
             &subject,
             &self.cause(subject, now),
         )? {
-            Lock::Taken | Lock::Same => self.sign_vote(ev.request),
+            Lock::Taken => {
+                let counts = window_counts(ev, &statuses);
+                self.ledger
+                    .record_vote_evidence(&subject, &counts, &self.cause(subject, now))?;
+                self.sign_vote(ev.request)
+            }
+            Lock::Same => self.sign_vote(ev.request),
             Lock::Other(other) => Err(Refusal::new(
                 "conflicting_request",
                 format!("already voted for {other}"),

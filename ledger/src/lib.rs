@@ -37,6 +37,7 @@ pub mod messages;
 pub mod migrations;
 pub mod notices;
 pub mod offers;
+pub mod reputation;
 pub mod schema;
 pub mod store;
 

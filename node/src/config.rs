@@ -69,6 +69,13 @@ pub struct CoordinatorsConfig {
     /// A supplier settles every this many decided windows during a lease.
     #[serde(default = "default_settle_every")]
     pub settle_every_windows: u64,
+    /// A coordinator publishes changed reputation scores this often.
+    #[serde(default = "default_report_secs")]
+    pub reputation_report_secs: u64,
+}
+
+fn default_report_secs() -> u64 {
+    60
 }
 
 fn default_fee_rate() -> rust_decimal::Decimal {
@@ -94,6 +101,7 @@ impl CoordinatorsConfig {
             fee_rate: default_fee_rate(),
             unacked_timeout_secs: default_unacked_timeout_secs(),
             settle_every_windows: default_settle_every(),
+            reputation_report_secs: default_report_secs(),
         }
     }
 

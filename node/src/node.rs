@@ -197,15 +197,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let ledger = rigmesh_ledger::Ledger::open(&books_dir).map_err(|e| {
             Error::Store(format!("opening the books in {}: {e}", books_dir.display()))
         })?;
-        let role = Arc::new(crate::coordinator::CoordinatorRole {
-            key: account.clone(),
-            config: rules,
-            ledger: Arc::new(ledger),
-            store: store.clone(),
-        });
+        let role = Arc::new(crate::coordinator::CoordinatorRole::new(
+            account.clone(),
+            rules,
+            Arc::new(ledger),
+            store.clone(),
+        ));
         coordinator_role = Some(role.clone());
+        let report_every_ms = config
+            .coordinators
+            .as_ref()
+            .map_or(60_000, |c| c.reputation_report_secs.saturating_mul(1000));
         tokio::spawn(crate::coordinator::run(
             role,
+            report_every_ms,
             handle.clone(),
             net.inbound,
             stop.subscribe(),

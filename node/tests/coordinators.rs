@@ -39,6 +39,7 @@ fn coordinators() -> CoordinatorsConfig {
     c.admin = Some(Keypair::from_seed(ADMIN).public());
     c.unacked_timeout_secs = 2;
     c.settle_every_windows = 2;
+    c.reputation_report_secs = 1;
     c
 }
 
@@ -189,7 +190,7 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     let seller = account_of(dirs[4].path());
     let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
     let api = supplier.supplier_api;
-    eventually(40, "two settlement certificates", || {
+    eventually(90, "two settlement certificates", || {
         let token = supplier_token.clone();
         async move {
             let r = common::http_get(api, "/v1/leases", Some(&token)).await;
@@ -207,6 +208,33 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     .await;
     let earned = balance(&cs[0], &seller);
     assert!(earned > Credits::ZERO, "the supplier was paid");
+
+    // Each coordinator scores the supplier from the settlements it applied
+    // and gossips a signed report; the customer's order book uses them.
+    let store = customer.store.clone();
+    eventually(20, "reputation reports from the live coordinators", || {
+        let store = store.clone();
+        async move { store.count(Kind::ReputationReport) >= 6 }
+    })
+    .await;
+    let set = customer.quorum.as_ref().unwrap().set().clone();
+    let scores = rigmesh_node::customer::reputation::supplier_scores(
+        &customer.store,
+        Some(&set),
+        UnixMillis::now(),
+    );
+    let score = scores[&seller.public()];
+    assert!(
+        (1..10_000).contains(&score),
+        "the first window is short of the full GPU time, so the score is below spotless: {score}"
+    );
+    let picky = format!(
+        r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"min_reputation_bp":{}}}"#,
+        score + 1
+    );
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &picky).await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(r.contains("1 from suppliers below reputation"), "{r}");
     let fees = cs[0]
         .coordinator
         .as_ref()
@@ -328,7 +356,7 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let supplier_store = supplier.store.clone();
-    eventually(20, "acks of three windows at the supplier", || {
+    eventually(60, "acks of three windows at the supplier", || {
         let store = supplier_store.clone();
         async move { store.count(Kind::UsageAck) >= 3 }
     })
@@ -343,7 +371,7 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     }
     let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
     let api = supplier.supplier_api;
-    eventually(40, "the final settlement of what was metered", || {
+    eventually(90, "the final settlement of what was metered", || {
         let token = supplier_token.clone();
         async move {
             let r = common::http_get(api, "/v1/leases", Some(&token)).await;
@@ -384,4 +412,281 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();
     }
+}
+
+/// A member that votes for anything it is asked about, without checks.
+async fn byzantine_member(
+    member: Keypair,
+    set: rigmesh_protocol::CoordinatorSet,
+) -> common::TestNode {
+    use rigmesh_protocol::rpc::{CoordinatorRequest, CoordinatorResponse};
+    use rigmesh_protocol::Certificate;
+    let mut node = common::spawn(
+        std::sync::Arc::new(common::temp_store()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        common::config(),
+        Some(set),
+    )
+    .await;
+    let handle = node.handle.clone();
+    let mut inbound = std::mem::replace(&mut node.inbound, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(request) = inbound.recv().await {
+            let answer = match CoordinatorRequest::from_bytes(&request.bytes) {
+                Ok(CoordinatorRequest::Escrow { order, .. }) => CoordinatorResponse::Vote(
+                    Signed::sign(
+                        Certificate::vote_for(&order, member.public()).unwrap(),
+                        &member,
+                    )
+                    .unwrap(),
+                ),
+                Ok(CoordinatorRequest::Settle(bundle)) => CoordinatorResponse::Vote(
+                    Signed::sign(
+                        Certificate::vote_for(&bundle.request, member.public()).unwrap(),
+                        &member,
+                    )
+                    .unwrap(),
+                ),
+                _ => CoordinatorResponse::Refused("not today".into()),
+            };
+            let _ = handle
+                .respond(
+                    request.protocol,
+                    request.channel,
+                    answer.to_bytes().unwrap(),
+                )
+                .await;
+        }
+    });
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byzantine_member_cannot_certify_a_double_spend_or_a_wrong_payout() {
+    use rigmesh_protocol::rpc::{CoordinatorRequest, SettlementBundle};
+    use rigmesh_protocol::{
+        EscrowOrder, GpuUsage, Id, LeaseAgreement, LeaseProposal, SettlementRequest, UsageAck,
+        UsageAttestation,
+    };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(3).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let customer = start(Role::Customer, dirs[3].path(), None).await;
+    let set = customer.quorum.as_ref().unwrap().set().clone();
+    let member = Keypair::from_seed(seed(3));
+    let liar = byzantine_member(member.clone(), set.clone()).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
+    mesh(&all).await;
+    for node in &all {
+        node.handle.dial(liar.dial_addr()).await.unwrap();
+    }
+    let binding = rigmesh_protocol::NodeBinding {
+        version: PROTOCOL_VERSION,
+        account: member.public(),
+        peer_id: liar.peer_id().to_bytes(),
+        created_at: UnixMillis::now(),
+        expires_at: UnixMillis::now().plus_ms(3_600_000),
+    };
+    let binding =
+        rigmesh_protocol::wire::WireMessage::NodeBinding(Signed::sign(binding, &member).unwrap());
+    let store = customer.store.clone();
+    let liar_handle = liar.handle.clone();
+    eventually(20, "all four members reachable", || {
+        let (store, liar_handle, binding) = (store.clone(), liar_handle.clone(), binding.clone());
+        async move {
+            let _ = liar_handle.publish(&binding).await;
+            store.count(Kind::NodeBinding) >= 4
+        }
+    })
+    .await;
+
+    let quorum = customer.quorum.as_ref().unwrap();
+    let buyer = account_of(dirs[3].path());
+    let seller = Keypair::from_seed([0x66; 32]);
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Deposit(deposit(
+                &buyer,
+                "10",
+                "wire-0004"
+            )))
+            .await,
+        3,
+        "the honest three apply the deposit"
+    );
+    let t = UnixMillis::now().minus_ms(120_000);
+    let proposal = Signed::sign(
+        LeaseProposal {
+            version: PROTOCOL_VERSION,
+            customer: buyer.public(),
+            supplier: seller.public(),
+            offer: Id([9; 32]),
+            gpu_count: 1,
+            price_per_gpu_hour: "2.49".parse().unwrap(),
+            hours: 1,
+            window_secs: 60,
+            nonce: 1,
+            created_at: t,
+            expires_at: t.plus_ms(60_000),
+        },
+        &buyer,
+    )
+    .unwrap();
+    let agreement = Signed::sign(
+        LeaseAgreement {
+            version: PROTOCOL_VERSION,
+            supplier: seller.public(),
+            proposal,
+            gpu_indices: vec![0],
+            hardware_fingerprint: Id([7; 32]),
+            starts_at: t,
+            ends_at: t.plus_ms(3_600_000),
+            created_at: t,
+        },
+        &seller,
+    )
+    .unwrap();
+    let lease = agreement.id().unwrap();
+    let order = |amount: &str| {
+        let now = UnixMillis::now();
+        Signed::sign(
+            EscrowOrder {
+                version: PROTOCOL_VERSION,
+                account: buyer.public(),
+                seq: 0,
+                epoch: 7,
+                lease,
+                supplier: seller.public(),
+                amount: amount.parse().unwrap(),
+                created_at: now,
+                expires_at: now.plus_ms(600_000),
+            },
+            &buyer,
+        )
+        .unwrap()
+    };
+    let escrow_request = |o: &Signed<EscrowOrder>| CoordinatorRequest::Escrow {
+        order: o.clone(),
+        agreement: Box::new(agreement.clone()),
+        missing: Vec::new(),
+    };
+
+    // The customer signs two orders at one seq: the first is certified,
+    // the second gets only the Byzantine member's vote.
+    let first = order("2.49");
+    let second = order("9.00");
+    let escrow = quorum
+        .certify(&first, &escrow_request(&first))
+        .await
+        .unwrap();
+    let refused = quorum
+        .certify(&second, &escrow_request(&second))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.votes, 1, "{refused}");
+    assert!(
+        refused.to_string().contains("conflicting_order"),
+        "{refused}"
+    );
+    quorum
+        .deliver(CertificateFrame::Escrow(Box::new(escrow.clone())))
+        .await;
+
+    // A settlement that overpays the supplier: only the liar signs it.
+    let attestation = Signed::sign(
+        UsageAttestation {
+            version: PROTOCOL_VERSION,
+            lease,
+            supplier: seller.public(),
+            customer: buyer.public(),
+            seq: 0,
+            prev: Id::ZERO,
+            window_start: t,
+            window_end: t.plus_ms(60_000),
+            gpus: vec![GpuUsage {
+                gpu_index: 0,
+                billable_ms: 60_000,
+                mean_util_bp: 9_000,
+                peak_util_bp: 10_000,
+                peak_memory_mib: 1_000,
+                energy_mj: 24_000_000,
+            }],
+            billable_gpu_ms: 60_000,
+            created_at: t.plus_ms(60_000),
+        },
+        &seller,
+    )
+    .unwrap();
+    let ack = Signed::sign(
+        UsageAck {
+            version: PROTOCOL_VERSION,
+            lease,
+            customer: buyer.public(),
+            attestation: attestation.id().unwrap(),
+            seq: 0,
+            created_at: UnixMillis::now(),
+        },
+        &buyer,
+    )
+    .unwrap();
+    // 1 GPU-minute at 2.49/h = 0.0415; 1 % fee; the rest refunded.
+    let request = |supplier_amount: &str, fee: &str, refund: &str| {
+        Signed::sign(
+            SettlementRequest {
+                version: PROTOCOL_VERSION,
+                lease,
+                supplier: seller.public(),
+                customer: buyer.public(),
+                settlement_seq: 0,
+                epoch: 7,
+                escrow: first.id().unwrap(),
+                first_window: 0,
+                last_window: 0,
+                attestation_head: attestation.id().unwrap(),
+                billable_gpu_ms: 60_000,
+                supplier_amount: supplier_amount.parse().unwrap(),
+                fee: fee.parse().unwrap(),
+                refund: refund.parse().unwrap(),
+                final_settlement: true,
+                created_at: UnixMillis::now(),
+            },
+            &seller,
+        )
+        .unwrap()
+    };
+    let bundle = |r: &Signed<SettlementRequest>| {
+        CoordinatorRequest::Settle(Box::new(SettlementBundle {
+            request: r.clone(),
+            agreement: agreement.clone(),
+            escrow: None,
+            attestations: vec![attestation.clone()],
+            acks: vec![ack.clone()],
+            disputes: Vec::new(),
+            earlier: Vec::new(),
+        }))
+    };
+    let greedy = request("1.0", "0.0", "1.49");
+    let refused = quorum.certify(&greedy, &bundle(&greedy)).await.unwrap_err();
+    assert_eq!(refused.votes, 1, "{refused}");
+    assert!(refused.to_string().contains("payout_mismatch"), "{refused}");
+    let fair = request("0.041085", "0.000415", "2.4485");
+    let cert = quorum.certify(&fair, &bundle(&fair)).await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        3
+    );
+    let first_books = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first_books, "honest balances agree");
+        assert_eq!(balance(c, &seller), "0.041085".parse().unwrap());
+        assert_eq!(balance(c, &buyer), "9.958500".parse().unwrap());
+    }
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+    liar.stop().await;
 }

@@ -54,6 +54,10 @@ pub(crate) struct BidArgs {
     /// Metering window, seconds.
     #[arg(long, default_value_t = 60)]
     window_secs: u32,
+    /// Least supplier reputation in basis points (10000 is spotless,
+    /// suppliers without reports count as 5000).
+    #[arg(long, default_value_t = 0)]
+    min_reputation_bp: u16,
 }
 
 fn agent() -> ureq::Agent {
@@ -110,6 +114,7 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
         region: args.region,
         budget: args.budget,
         window_secs: Some(args.window_secs),
+        min_reputation_bp: args.min_reputation_bp,
     };
     eprintln!(
         "looking for {} x {} at most {} per GPU-hour...",

@@ -8,6 +8,7 @@
 pub mod book;
 pub mod budget;
 pub mod escrow;
+pub mod reputation;
 pub mod runtime;
 pub mod usage;
 

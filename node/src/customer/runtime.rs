@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::book::{best_offers, explain_no_match, unreported, BookQuery};
+use super::book::{best_offers, explain_no_match, BookQuery};
 use super::budget::{Budget, BudgetTracker, Decision};
 use super::usage::{LeaseWatch, Verdict};
 use crate::network::{NodeHandle, Protocol};
@@ -51,6 +51,10 @@ pub struct BidRequest {
     /// Metering window, seconds (60 by default).
     #[serde(default)]
     pub window_secs: Option<u32>,
+    /// Least supplier reputation, basis points (10000 is spotless; a
+    /// supplier without reports has 5000).
+    #[serde(default)]
+    pub min_reputation_bp: u16,
 }
 
 /// A lease as the customer sees it.
@@ -328,11 +332,18 @@ async fn bid(
         count: request.count,
         max_price: Some(request.max_price),
         region: request.region.clone(),
-        min_reputation_bp: 0,
+        min_reputation_bp: request.min_reputation_bp,
     };
-    let offers = best_offers(&book, &query, &unreported, now).map_err(failed)?;
+    let scores = super::reputation::supplier_scores(store, quorum.map(|q| q.set()), now);
+    let reputation = |s: &PublicKey| {
+        scores
+            .get(s)
+            .copied()
+            .unwrap_or(super::book::DEFAULT_REPUTATION_BP)
+    };
+    let offers = best_offers(&book, &query, &reputation, now).map_err(failed)?;
     let Some(offer) = offers.into_iter().next() else {
-        let why = explain_no_match(&book, &query, &unreported, now).map_err(failed)?;
+        let why = explain_no_match(&book, &query, &reputation, now).map_err(failed)?;
         return Err(BidError::NoMatch(why.to_string()));
     };
     let peer = peer_of(store, &offer.body.supplier, now)?;

@@ -22,6 +22,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
 
+pub mod health;
+
+/// Alerts waiting to be gossiped.
+type Outbox = std::sync::Mutex<Vec<Signed<rigmesh_protocol::Alert>>>;
+
 /// What the coordinator runtime needs.
 #[derive(Debug)]
 pub struct CoordinatorRole {
@@ -33,6 +38,10 @@ pub struct CoordinatorRole {
     pub ledger: Arc<Ledger>,
     /// The node's gossip store (acks and disputes held, bindings).
     pub store: Arc<MarketStore>,
+    /// Alerts raised and not yet gossiped.
+    pub outbox: Outbox,
+    /// Reputation reports and market alerts.
+    pub health: std::sync::Mutex<health::Watch>,
 }
 
 impl CoordinatorRole {
@@ -40,15 +49,88 @@ impl CoordinatorRole {
         Coordinator::new(&self.ledger, &self.key, &self.config)
     }
 
+    /// A coordinator role over its books.
+    pub fn new(
+        key: Keypair,
+        config: CoordinatorConfig,
+        ledger: Arc<Ledger>,
+        store: Arc<MarketStore>,
+    ) -> Self {
+        CoordinatorRole {
+            key,
+            config,
+            ledger,
+            store,
+            outbox: Outbox::default(),
+            health: std::sync::Mutex::new(health::Watch::default()),
+        }
+    }
+
+    fn push_alerts(&self, alerts: impl IntoIterator<Item = Signed<rigmesh_protocol::Alert>>) {
+        let raised: Vec<_> = alerts
+            .into_iter()
+            .map(|a| health::raise(&self.ledger, a))
+            .collect();
+        if !raised.is_empty() {
+            self.outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(raised);
+        }
+    }
+
+    /// Alerts raised since the last call.
+    pub fn take_alerts(&self) -> Vec<Signed<rigmesh_protocol::Alert>> {
+        std::mem::take(
+            &mut *self
+                .outbox
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Applies a certificate or deposit from any source.
     pub fn apply(&self, frame: &CertificateFrame, now: UnixMillis) -> Result<Applied, Refusal> {
         let rules = self.rules();
-        match frame {
+        let result = match frame {
             CertificateFrame::Escrow(c) => rules.apply_escrow(c, now),
             CertificateFrame::Settlement(c) => rules.apply_settlement(c, now),
             CertificateFrame::Withdrawal(c) => rules.apply_withdrawal(c, now),
             CertificateFrame::Deposit(d) => rules.apply_deposit(d, now),
+        };
+        match (&result, frame) {
+            (Ok(Applied::Applied), CertificateFrame::Settlement(c)) => {
+                self.push_alerts(health::check_escrow(
+                    &self.key,
+                    &self.ledger,
+                    &c.message.body.lease,
+                    now,
+                ));
+            }
+            (Err(refusal), _) if refusal.code == "conflicting_certificate" => {
+                self.push_alerts(health::conflict(&self.key, &refusal.to_string(), now));
+            }
+            _ => {}
         }
+        result
+    }
+
+    /// One round of reputation reports and alerts.
+    pub fn watch_round(&self, now: UnixMillis) -> Vec<Signed<rigmesh_protocol::ReputationReport>> {
+        let bans: Vec<(Vec<u8>, String)> = self
+            .store
+            .active_bans(now)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.peer, b.reason))
+            .collect();
+        let (reports, alerts) = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .round(&self.key, self.config.set.epoch(), &self.ledger, &bans, now);
+        self.push_alerts(alerts);
+        reports
     }
 
     /// The answer to one request.
@@ -107,6 +189,11 @@ impl CoordinatorRole {
         for earlier in bundle.earlier {
             let _ = self.apply(&CertificateFrame::Settlement(Box::new(earlier)), now);
         }
+        self.push_alerts(health::check_attestations(
+            &self.key,
+            &bundle.attestations,
+            now,
+        ));
         let r = &bundle.request.body;
         // The bundle may start with attestation first_window - 1, the one
         // the lease's settled head names.
@@ -189,9 +276,11 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
 /// How often held certificates are retried and the binding checked.
 const TICK: Duration = Duration::from_secs(2);
 
-/// Runs the coordinator until `stop` turns true.
+/// Runs the coordinator until `stop` turns true, publishing reputation
+/// reports every `report_every_ms`.
 pub async fn run(
     role: Arc<CoordinatorRole>,
+    report_every_ms: u64,
     network: NodeHandle,
     mut inbound: mpsc::Receiver<InboundRequest>,
     mut stop: watch::Receiver<bool>,
@@ -200,6 +289,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
+    let mut report_due = UnixMillis(0);
     tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
     loop {
         tokio::select! {
@@ -263,6 +353,21 @@ pub async fn run(
                 let now = UnixMillis::now();
                 let r = role.clone();
                 let _ = tokio::task::spawn_blocking(move || r.rules().retry_pending(now)).await;
+                if now >= report_due {
+                    report_due = now.plus_ms(report_every_ms);
+                    let r = role.clone();
+                    let reports = tokio::task::spawn_blocking(move || r.watch_round(now)).await.unwrap_or_default();
+                    for report in reports {
+                        if let Err(err) = network.publish(&WireMessage::ReputationReport(report)).await {
+                            tracing::debug!(%err, "report stored; not gossiped yet");
+                        }
+                    }
+                }
+                for alert in role.take_alerts() {
+                    if let Err(err) = network.publish(&WireMessage::Alert(alert)).await {
+                        tracing::debug!(%err, "alert stored; not gossiped yet");
+                    }
+                }
                 if now >= binding_due {
                     binding_due = if crate::supplier::runtime::publish_binding(&role.key, &network, now).await {
                         now.plus_ms(crate::supplier::runtime::BINDING_REFRESH_MS)

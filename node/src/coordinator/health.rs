@@ -1,0 +1,297 @@
+//! The coordinator's watch over the market (specs/reputation.md): it turns
+//! the evidence its books hold into signed `ReputationReport`s, and raises
+//! signed `Alert`s when a rule fires:
+//!
+//! | rule | severity | audience | when |
+//! |---|---|---|---|
+//! | `reputation.low` | warning | the supplier, and each customer with an open lease on it | a supplier's score falls below 8000 |
+//! | `reputation.critical` | critical | the same | below 5000 |
+//! | `usage.implausible_power` | warning | operators, and the lease's customer | an attestation claims a GPU at 50 % or more utilisation drawing under 20 W on average |
+//! | `escrow.low` | warning | the lease's customer | a settlement leaves less than 10 % of a running lease's escrow |
+//! | `peer.banned` | warning | operators | the node banned a peer (invalid signatures, malformed or replayed messages) |
+//! | `certificate.conflict` | critical | operators | a certificate conflicts with one applied (more than f faulty coordinators) |
+//!
+//! Alerts are stored in the ledger, logged and gossiped on the reputation
+//! topic; delivery to people is another component's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rigmesh_ledger::reputation::{self, Side, SCALE};
+use rigmesh_ledger::{Cause, Ledger};
+use rigmesh_protocol::{
+    Alert, Audience, Id, Keypair, PublicKey, ReputationReport, Role, Severity, Signed, UnixMillis,
+    UsageAttestation, PROTOCOL_VERSION,
+};
+
+/// Score below which a supplier's customers are warned.
+pub const LOW_SCORE_BP: u16 = 8_000;
+/// Score below which the warning is critical.
+pub const CRITICAL_SCORE_BP: u16 = 5_000;
+/// Share of the escrow (basis points) under which a running lease's
+/// customer is warned.
+pub const LOW_ESCROW_BP: u64 = 1_000;
+
+/// What the watch remembers between rounds.
+#[derive(Debug, Default)]
+pub struct Watch {
+    published: BTreeMap<(PublicKey, u8), (u16, UnixMillis)>,
+    banned: BTreeSet<Vec<u8>>,
+}
+
+/// How often an unchanged score is reported again.
+const REPUBLISH_MS: u64 = 3_600_000;
+
+fn alert(
+    key: &Keypair,
+    (severity, audience, rule): (Severity, Audience, &str),
+    about: Option<PublicKey>,
+    subject: Option<Id>,
+    message: String,
+    now: UnixMillis,
+) -> Option<Signed<Alert>> {
+    let mut text = message;
+    text.truncate(rigmesh_protocol::messages::reputation::MAX_ALERT_MESSAGE_LEN);
+    Signed::sign(
+        Alert {
+            version: PROTOCOL_VERSION,
+            issuer: key.public(),
+            severity,
+            audience,
+            rule: rule.into(),
+            about,
+            subject,
+            message: text,
+            created_at: now,
+        },
+        key,
+    )
+    .map_err(|err| tracing::warn!(%err, rule, "could not sign an alert"))
+    .ok()
+}
+
+/// Stores and logs an alert; returns it for gossip.
+pub fn raise(ledger: &Ledger, alert: Signed<Alert>) -> Signed<Alert> {
+    let b = &alert.body;
+    match b.severity {
+        Severity::Critical => {
+            tracing::error!(rule = %b.rule, about = ?b.about.map(|a| a.to_string()), "{}", b.message)
+        }
+        _ => {
+            tracing::warn!(rule = %b.rule, about = ?b.about.map(|a| a.to_string()), "{}", b.message)
+        }
+    }
+    let id = alert.id().unwrap_or(Id::ZERO);
+    if let Err(err) = ledger.put_alert(&alert, &Cause::new(b.issuer, id, b.created_at)) {
+        tracing::warn!(%err, "could not store an alert");
+    }
+    alert
+}
+
+impl Watch {
+    /// One round: reports for changed scores, score alerts, ban alerts.
+    pub fn round(
+        &mut self,
+        key: &Keypair,
+        epoch: u64,
+        ledger: &Ledger,
+        bans: &[(Vec<u8>, String)],
+        now: UnixMillis,
+    ) -> (Vec<Signed<ReputationReport>>, Vec<Signed<Alert>>) {
+        let mut reports = Vec::new();
+        let mut alerts = Vec::new();
+        let evidence = match ledger.all_evidence(now) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(%err, "could not read reputation evidence");
+                Vec::new()
+            }
+        };
+        for (account, side, e) in evidence {
+            if !e.has_record() {
+                continue;
+            }
+            let score = reputation::score(side, &e);
+            let slot = (account, side.tag());
+            let before = self.published.get(&slot).copied();
+            let due = match before {
+                None => true,
+                Some((old, at)) => old != score || now.since(at) >= REPUBLISH_MS,
+            };
+            if !due {
+                continue;
+            }
+            let count = |v: u64| u32::try_from(v / SCALE).unwrap_or(u32::MAX);
+            let report = Signed::sign(
+                ReputationReport {
+                    version: PROTOCOL_VERSION,
+                    coordinator: key.public(),
+                    epoch,
+                    subject: account,
+                    role: match side {
+                        Side::Supplier => Role::Supplier,
+                        Side::Customer => Role::Customer,
+                    },
+                    score_bp: score,
+                    completed_leases: count(e.completed_leases),
+                    disputes_lost: count(e.disputed),
+                    missed_windows: count(e.short),
+                    refused_leases: count(e.refused_leases),
+                    fingerprint_changes: count(e.fingerprint_changes),
+                    period_start: now.minus_ms(4 * reputation::HALF_LIFE_MS),
+                    period_end: now,
+                    created_at: now,
+                },
+                key,
+            );
+            match report {
+                Ok(report) => reports.push(report),
+                Err(err) => tracing::warn!(%err, "could not sign a reputation report"),
+            }
+            self.published.insert(slot, (score, now));
+            if side == Side::Supplier {
+                let crossed = |threshold: u16| {
+                    score < threshold && before.is_none_or(|(old, _)| old >= threshold)
+                };
+                let rule = if crossed(CRITICAL_SCORE_BP) {
+                    Some((Severity::Critical, "reputation.critical"))
+                } else if crossed(LOW_SCORE_BP) {
+                    Some((Severity::Warning, "reputation.low"))
+                } else {
+                    None
+                };
+                if let Some((severity, rule)) = rule {
+                    let text = format!(
+                        "supplier {account} scores {score} of 10000 ({} of {} windows disputed, {} short)",
+                        count(e.disputed),
+                        count(e.windows),
+                        count(e.short)
+                    );
+                    alerts.extend(alert(
+                        key,
+                        (severity, Audience::Supplier, rule),
+                        Some(account),
+                        None,
+                        text.clone(),
+                        now,
+                    ));
+                    for (lease, customer) in open_leases_of(ledger, &account) {
+                        alerts.extend(alert(
+                            key,
+                            (severity, Audience::Customer, rule),
+                            Some(customer),
+                            Some(lease),
+                            format!("your lease {lease}: {text}"),
+                            now,
+                        ));
+                    }
+                }
+            }
+        }
+        for (peer, reason) in bans {
+            if self.banned.insert(peer.clone()) {
+                alerts.extend(alert(
+                    key,
+                    (Severity::Warning, Audience::Operators, "peer.banned"),
+                    None,
+                    None,
+                    format!("peer {} banned: {reason}", peer_text(peer)),
+                    now,
+                ));
+            }
+        }
+        (reports, alerts)
+    }
+}
+
+fn peer_text(peer: &[u8]) -> String {
+    libp2p::PeerId::from_bytes(peer).map_or_else(|_| hex::encode(peer), |p| p.to_string())
+}
+
+/// Open leases (funded, not closed) whose supplier is `supplier`.
+fn open_leases_of(ledger: &Ledger, supplier: &PublicKey) -> Vec<(Id, PublicKey)> {
+    ledger
+        .open_leases()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, book)| book.supplier == *supplier)
+        .map(|(lease, book)| (lease, book.customer))
+        .collect()
+}
+
+/// Alerts for attestations that claim busy GPUs at implausibly low power.
+pub fn check_attestations(
+    key: &Keypair,
+    attestations: &[Signed<UsageAttestation>],
+    now: UnixMillis,
+) -> Vec<Signed<Alert>> {
+    let mut out = Vec::new();
+    for a in attestations {
+        for (seq, gpu, util, watts) in reputation::implausible_power(&a.body) {
+            let text = format!(
+                "lease {} window {seq}: GPU {gpu} claims {}.{:02} % utilisation at {watts} W",
+                a.body.lease,
+                util / 100,
+                util % 100
+            );
+            for (audience, about) in [
+                (Audience::Operators, Some(a.body.supplier)),
+                (Audience::Customer, Some(a.body.customer)),
+            ] {
+                out.extend(alert(
+                    key,
+                    (Severity::Warning, audience, "usage.implausible_power"),
+                    about,
+                    Some(a.body.lease),
+                    text.clone(),
+                    now,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// An alert when a settlement left a running lease's escrow below 10 %.
+pub fn check_escrow(
+    key: &Keypair,
+    ledger: &Ledger,
+    lease: &Id,
+    now: UnixMillis,
+) -> Option<Signed<Alert>> {
+    let book = ledger.lease_book(lease).ok()??;
+    if book.closed || book.amount.units() <= 0 {
+        return None;
+    }
+    let left = book.available().ok()?;
+    let left_bp =
+        u64::try_from(left.units()).ok()? * 10_000 / u64::try_from(book.amount.units()).ok()?;
+    (left_bp < LOW_ESCROW_BP).then(|| {
+        alert(
+            key,
+            (Severity::Warning, Audience::Customer, "escrow.low"),
+            Some(book.customer),
+            Some(*lease),
+            format!(
+                "lease {lease}: {left} of the {} escrowed is left",
+                book.amount
+            ),
+            now,
+        )
+    })?
+}
+
+/// An alert for a certificate that conflicts with what is applied.
+pub fn conflict(key: &Keypair, detail: &str, now: UnixMillis) -> Option<Signed<Alert>> {
+    alert(
+        key,
+        (
+            Severity::Critical,
+            Audience::Operators,
+            "certificate.conflict",
+        ),
+        None,
+        None,
+        detail.to_string(),
+        now,
+    )
+}

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use rigmesh_ledger::reputation::{self, Side, SCALE};
 use rigmesh_ledger::{
     Account, Applied, Coordinator, CoordinatorConfig, FeeRate, Ledger, MemoryStore,
     SettlementEvidence,
@@ -161,6 +162,21 @@ fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
         Credits::from_units(726)
     );
     net.assert_agree(&[0, 1, 2, 3]);
+
+    // Reputation evidence came with the certificate: one window, acked,
+    // 105 of 120 possible GPU-seconds delivered (GPU 5 dropped out).
+    let supplier_key = samples::supplier().public();
+    let e = net.ledgers[1]
+        .evidence(&supplier_key, Side::Supplier, now())
+        .unwrap();
+    assert_eq!(e.windows, SCALE);
+    assert_eq!(e.short, SCALE);
+    assert_eq!(reputation::supplier_score(&e), 8_750);
+    let customer_key = samples::customer().public();
+    let c = net.ledgers[1]
+        .evidence(&customer_key, Side::Customer, now())
+        .unwrap();
+    assert_eq!(reputation::customer_score(&c), 10_000);
 }
 
 #[test]
@@ -372,4 +388,16 @@ fn overdraws_and_gaps_are_refused_and_early_certificates_wait() {
     );
     assert!(net.ledgers[3].pending_certificates().unwrap().is_empty());
     net.assert_agree(&[0, 1, 2, 3]);
+    // Coordinator 3 did not vote for the settlement: it counts the
+    // certificate's own numbers only, the voters what they checked.
+    let supplier_key = samples::supplier().public();
+    let score = |i: usize| {
+        reputation::supplier_score(
+            &net.ledgers[i]
+                .evidence(&supplier_key, Side::Supplier, now())
+                .unwrap(),
+        )
+    };
+    assert_eq!(score(3), 10_000);
+    assert_eq!(score(0), 8_750);
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = commands::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RIGMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log()));
     // Logs go to stderr so stdout stays clean for pipes and --json.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -110,6 +110,7 @@ struct Market {
     suppliers: Vec<(String, Credits, RunningNode)>,
     customer: RunningNode,
     customer_dir: PathBuf,
+    root: PathBuf,
 }
 
 async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
@@ -199,6 +200,7 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
         suppliers,
         customer,
         customer_dir,
+        root: root.to_path_buf(),
     })
 }
 
@@ -353,10 +355,29 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
             bail!("coordinator {i}'s books differ from coordinator 0's");
         }
     }
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    names.insert(
+        format!(
+            "account {}",
+            seed_file(&m.customer_dir, "account.key")?.public()
+        ),
+        "customer".into(),
+    );
+    for i in 0..m.suppliers.len() {
+        let dir = m.root.join(format!("supplier-{i}"));
+        names.insert(
+            format!("account {}", seed_file(&dir, "account.key")?.public()),
+            format!("supplier {i}"),
+        );
+    }
     println!();
     println!("books (identical on all 4 coordinators):");
     for (account, balance) in &first {
-        println!("  {account:<24.24} {balance}");
+        let name = names
+            .get(account)
+            .cloned()
+            .unwrap_or_else(|| account.clone());
+        println!("  {name:<24.24} {balance:>14}");
     }
     Ok(())
 }

@@ -72,6 +72,17 @@ pub(crate) struct KeyFileArg {
     key_file: PathBuf,
 }
 
+impl Cli {
+    /// The log filter when `RIGMESH_LOG` is not set: the devnet prints its
+    /// own story, so only errors are logged there.
+    pub(crate) fn default_log(&self) -> &'static str {
+        match self.command {
+            Command::Devnet(_) => "error",
+            _ => "warn",
+        }
+    }
+}
+
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keys(cmd) => keys::run(cmd),

@@ -1,0 +1,37 @@
+//! `rigmesh devnet`, the README's run command, through the binary: the
+//! scenario goes from bid to final settlement and the four coordinators'
+//! books agree.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use assert_cmd::Command;
+
+#[test]
+fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::cargo_bin("rigmesh")
+        .unwrap()
+        .args(["devnet", "--dir"])
+        .arg(dir.path())
+        .timeout(std::time::Duration::from_secs(240))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    for step in [
+        "4 coordinators (f = 1), 3 suppliers, 1 customer",
+        "token ",
+        "leased: lease ",
+        "escrowed 3.6",
+        "window 0 attested",
+        "acknowledged by the customer",
+        "alert (Info) budget.50",
+        "the customer ended the lease (BudgetCap)",
+        "(final)",
+        "books (identical on all 4 coordinators)",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    // The cheapest H100 offer (the market data's 10th percentile) wins.
+    assert!(stdout.contains("at 1.8/GPU-h"), "{stdout}");
+}

@@ -226,6 +226,48 @@ impl Quorum {
     }
 }
 
+impl Quorum {
+    /// Moves `amount` out of `key`'s account to an external `destination`:
+    /// a withdrawal at the account's next debit sequence number, certified
+    /// by a quorum and handed to every coordinator.
+    pub async fn withdraw(
+        &self,
+        key: &rigmesh_protocol::Keypair,
+        amount: rigmesh_protocol::Credits,
+        destination: &str,
+    ) -> Result<rigmesh_protocol::WithdrawalCertificate, NoQuorum> {
+        let seq = self.next_seq(key.public()).await?;
+        let now = UnixMillis::now();
+        let failed = |e: rigmesh_protocol::Error| NoQuorum {
+            votes: 0,
+            need: self.set.quorum(),
+            refusals: [("withdrawal".to_string(), e.to_string())].into(),
+        };
+        let withdrawal = Signed::sign(
+            rigmesh_protocol::Withdrawal {
+                version: rigmesh_protocol::PROTOCOL_VERSION,
+                account: key.public(),
+                seq,
+                epoch: self.set.epoch(),
+                amount,
+                destination: destination.to_string(),
+                created_at: now,
+                expires_at: now.plus_ms(10 * 60_000),
+            },
+            key,
+        )
+        .map_err(failed)?;
+        let request = CoordinatorRequest::Withdraw {
+            withdrawal: withdrawal.clone(),
+            missing: Vec::new(),
+        };
+        let certificate = self.certify(&withdrawal, &request).await?;
+        self.deliver(CertificateFrame::Withdrawal(Box::new(certificate.clone())))
+            .await;
+        Ok(certificate)
+    }
+}
+
 /// Checks a vote the way a certificate's receiver will: a member's, for
 /// this message, with a valid signature.
 fn check_vote<T: Certifiable>(

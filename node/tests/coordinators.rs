@@ -324,6 +324,45 @@ async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
         || async move { balance(back_ref, buyer_ref) == "8.3".parse().unwrap() },
     )
     .await;
+
+    // Withdrawals share the debit sequence: an overdraw is refused and
+    // locks nothing; a covered one is certified and leaves everywhere.
+    let quorum = customer.quorum.as_ref().unwrap();
+    let refused = quorum
+        .withdraw(&buyer, "9".parse().unwrap(), "iban:DE00 0000")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("insufficient_balance"),
+        "{refused}"
+    );
+    let certificate = quorum
+        .withdraw(&buyer, "3".parse().unwrap(), "iban:DE00 0000")
+        .await
+        .unwrap();
+    assert_eq!(certificate.message.body.seq, 1, "after the escrow at seq 0");
+    let live: Vec<&RunningNode> = cs.iter().chain([&back]).collect();
+    let (live_ref, buyer_ref) = (&live, &buyer);
+    eventually(20, "the withdrawal applied everywhere", || async move {
+        live_ref
+            .iter()
+            .all(|c| balance(c, buyer_ref) == "5.3".parse().unwrap())
+    })
+    .await;
+    for c in &live {
+        let report = c
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .ledger
+            .check_books()
+            .unwrap();
+        assert_eq!(
+            report.totals.external,
+            "-7".parse().unwrap(),
+            "deposits 10 - withdrawals 3"
+        );
+    }
     for node in cs.into_iter().chain([back, supplier, customer]) {
         node.stop().await.unwrap();
     }

@@ -33,13 +33,13 @@ pub(crate) struct SetArgs {
     /// A node configuration file with the `[coordinators]` table
     /// (members, admin, addresses).
     #[arg(long, short)]
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     /// Seconds to wait for a quorum of coordinators.
     #[arg(long, default_value_t = 30)]
-    wait_secs: u64,
+    pub(crate) wait_secs: u64,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +71,7 @@ pub(crate) struct BalancesArgs {
 }
 
 /// Starts the helper node and waits until a quorum answers.
-async fn connect(
+pub(crate) async fn connect(
     set: &SetArgs,
 ) -> anyhow::Result<(rigmesh_node::node::RunningNode, tempfile::TempDir)> {
     let mut config = NodeConfig::load(&set.config)?;

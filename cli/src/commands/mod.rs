@@ -9,6 +9,7 @@ mod message;
 mod node;
 mod offer;
 mod offers;
+mod withdraw;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ enum Command {
     /// simulated suppliers, a funded customer) and play a lease from bid to
     /// settlement; `--serve` keeps it running for the other commands.
     Devnet(devnet::DevnetArgs),
+    /// Move credits out of an account (certified by the coordinators).
+    Withdraw(withdraw::WithdrawArgs),
     /// Operator tools for the coordinator set: deposits, balances.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -91,6 +94,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(cmd) => node::run(cmd),
         Command::Devnet(args) => devnet::run(args),
         Command::Admin(cmd) => admin::run(cmd),
+        Command::Withdraw(args) => withdraw::run(args),
         Command::Offers(args) => offers::run(args),
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),

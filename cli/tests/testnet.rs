@@ -431,6 +431,7 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
             escrowed,
             "the escrow is paid out or refunded, to the unit: {s}"
         );
+        eprintln!("{customer} <- {supplier}: {s}");
         settled.push((*customer, supplier.clone(), earned, fees));
     }
     let out = net.rigmesh(&[
@@ -531,6 +532,10 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
         }
     });
     let s = &entry["settled"];
+    eprintln!(
+        "after the crash, {} <- {}: {s}",
+        customer.name, supplier.name
+    );
     let windows = s["windows"].as_u64().unwrap();
     assert!(
         (windows_before..=windows_before + 1).contains(&windows),

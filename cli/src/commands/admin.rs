@@ -164,6 +164,7 @@ async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
 async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
     let (node, _dir) = connect(&args.set).await?;
     let quorum = node.quorum.clone().context("no coordinator set")?;
+    let members: Vec<PublicKey> = quorum.set().members().to_vec();
     let mut rows = Vec::new();
     for account in &args.accounts {
         let mut states = quorum.accounts(*account).await;
@@ -171,6 +172,13 @@ async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
         rows.push((*account, states));
     }
     node.stop().await?;
+    let silent = |states: &[rigmesh_protocol::rpc::AccountState]| -> Vec<PublicKey> {
+        members
+            .iter()
+            .filter(|m| !states.iter().any(|s| s.coordinator == **m))
+            .copied()
+            .collect()
+    };
     if args.set.json {
         let out: Vec<_> = rows
             .iter()
@@ -183,6 +191,7 @@ async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
                         "escrowed": s.escrowed.to_string(),
                         "next_seq": s.next_seq,
                     })).collect::<Vec<_>>(),
+                    "unanswered": silent(states).iter().map(|m| m.to_string()).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -201,6 +210,14 @@ async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
                     s.balance.to_string(),
                     s.escrowed.to_string(),
                     s.next_seq
+                );
+            }
+            for m in silent(states) {
+                println!(
+                    "{:<18.16} {:<18.16} {:>16}",
+                    account.to_string(),
+                    m.to_string(),
+                    "no answer"
                 );
             }
         }

@@ -57,6 +57,17 @@ pub(crate) struct EventLoop {
     pub(crate) bans: HashMap<PeerId, UnixMillis>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     pub(crate) stats: NetworkStats,
+    /// Bootstrap addresses, with the peer each one reached (if it did):
+    /// those not connected are dialled again every few seconds, so a node
+    /// started before its peers finds them once they are up.
+    pub(crate) bootstrap: Vec<(Multiaddr, Option<PeerId>)>,
+}
+
+/// The address without its `/p2p/<peer id>` part.
+pub(crate) fn without_peer(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
 }
 
 impl EventLoop {
@@ -73,7 +84,10 @@ impl EventLoop {
                 },
                 Some(verdicts) = self.verdicts.recv() => self.apply_verdicts(verdicts),
                 event = self.swarm.select_next_some() => self.handle_event(event),
-                _ = ban_clock.tick() => self.expire_bans(),
+                _ = ban_clock.tick() => {
+                    self.expire_bans();
+                    self.redial_bootstrap();
+                }
             }
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network stopped");
@@ -225,6 +239,12 @@ impl EventLoop {
                 ..
             } => {
                 self.update_peer_gauge();
+                let remote = without_peer(endpoint.get_remote_address());
+                for (addr, peer) in &mut self.bootstrap {
+                    if endpoint.is_dialer() && without_peer(addr) == remote {
+                        *peer = Some(peer_id);
+                    }
+                }
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                     kad.add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
@@ -350,6 +370,17 @@ impl EventLoop {
             reason,
         }) {
             tracing::warn!(%peer, %err, "could not record a ban in the ledger");
+        }
+    }
+
+    fn redial_bootstrap(&mut self) {
+        for (addr, peer) in &self.bootstrap {
+            if peer.is_some_and(|p| self.swarm.is_connected(&p)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, %e, "bootstrap peer still unreachable");
+            }
         }
     }
 

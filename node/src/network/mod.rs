@@ -274,7 +274,20 @@ pub async fn start(
     tokio::time::timeout(Duration::from_secs(10), wait)
         .await
         .map_err(|_| Error::Config("listeners did not start within 10 s".into()))?;
-    for addr in &config.bootstrap {
+    // A node never dials itself (a coordinator finds its own address in
+    // the coordinator table).
+    let own: Vec<libp2p::Multiaddr> = listen_addrs
+        .iter()
+        .chain(config.listen.iter())
+        .map(event_loop::without_peer)
+        .collect();
+    let bootstrap: Vec<(libp2p::Multiaddr, Option<libp2p::PeerId>)> = config
+        .bootstrap
+        .iter()
+        .filter(|addr| !own.contains(&event_loop::without_peer(addr)))
+        .map(|addr| (addr.clone(), None))
+        .collect();
+    for (addr, _) in &bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, %e, "cannot dial bootstrap peer");
         }
@@ -315,6 +328,7 @@ pub async fn start(
         bans: banned,
         listen_addrs,
         stats: NetworkStats::default(),
+        bootstrap,
     };
     let task = tokio::spawn(event_loop.run(shutdown));
     Ok(Network {

@@ -82,7 +82,9 @@ pub async fn run(
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
     let mut desk = LeaseDesk::new(key.clone());
     let mut meters: BTreeMap<Id, Meter> = BTreeMap::new();
-    let mut sequence: u64 = 0;
+    // Offer sequences start from the clock, so a restarted supplier's
+    // offers replace the ones peers hold from before.
+    let mut sequence: u64 = UnixMillis::now().0;
     let mut offers_due = UnixMillis(0);
     let mut hot: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     let mut lost: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
@@ -139,8 +141,12 @@ pub async fn run(
                         continue;
                     }
                 };
-                desk.expire_unfunded(now);
+                let unfunded = desk.expire_unfunded(now);
                 let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                if !finished.is_empty() || !unfunded.is_empty() {
+                    // GPUs came free: offer them again now.
+                    offers_due = UnixMillis(0);
+                }
                 if let Some(s) = &settlement {
                     for a in &attested {
                         let _ = s.worker.send(SettleEvent::Attested(Box::new(a.clone()))).await;

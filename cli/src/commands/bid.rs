@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use rigmesh_node::api::local::{read_token, Scope};
-use rigmesh_node::customer::runtime::{BidRequest, LeaseStatus};
+use rigmesh_node::customer::commands::{BidRequest, LeaseStatus};
 use rigmesh_protocol::Credits;
 
 use super::offers::EXIT_NO_MATCH;
@@ -115,6 +115,7 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
         budget: args.budget,
         window_secs: Some(args.window_secs),
         min_reputation_bp: args.min_reputation_bp,
+        wait_secs: None,
     };
     eprintln!(
         "looking for {} x {} at most {} per GPU-hour...",

@@ -3,45 +3,13 @@
 //! cleanly on SIGINT.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
-fn start(data_dir: &std::path::Path) -> (Child, Vec<String>) {
-    start_with(data_dir, &["--role", "relay"])
-}
-
-fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Vec<String>) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
-        .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(extra)
-        .args([
-            "--monitoring",
-            "127.0.0.1:0",
-            "--customer-api",
-            "127.0.0.1:0",
-        ])
-        .args(["--supplier-api", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    while !lines
-        .iter()
-        .any(|l: &String| l.starts_with("monitoring on"))
-    {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "node exited early: {lines:?}"
-        );
-        lines.push(line.trim().to_string());
-    }
-    (child, lines)
-}
+use common::{interrupt, start, start_with, supplier_config};
 
 fn health(lines: &[String]) -> String {
     let url = lines
@@ -60,15 +28,6 @@ fn health(lines: &[String]) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
-}
-
-fn interrupt(mut child: Child) {
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "node did not stop cleanly: {status}");
 }
 
 #[test]
@@ -108,19 +67,6 @@ fn a_bad_config_file_is_a_clear_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("node.toml"), "{err}");
     assert!(err.contains("unknown variant"), "{err}");
-}
-
-/// A supplier config on four simulated A100s priced at 1.80.
-fn supplier_config(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
-    let config = dir.join("supplier.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n[supplier.prices]\n\"{model}\" = \"1.80\"\n"
-        ),
-    )
-    .unwrap();
-    config
 }
 
 #[test]

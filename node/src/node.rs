@@ -266,12 +266,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     };
     tasks.push(inbound_task);
     if config.role == Role::Customer {
-        tasks.push(tokio::spawn(crate::customer::runtime::run(
+        let customer = crate::customer::runtime::Customer::open(
             account.clone(),
             store.clone(),
             handle.clone(),
-            customer_rx,
             quorum.clone(),
+            &config.data_dir.join("customer"),
+        )?;
+        tasks.push(tokio::spawn(crate::customer::runtime::run(
+            customer,
+            customer_rx,
             stop.subscribe(),
         )));
     }

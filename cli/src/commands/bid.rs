@@ -1,79 +1,74 @@
 //! `rigmesh bid` and `rigmesh leases`: rent GPUs through the node's
-//! customer API, and see the leases with what they cost so far.
+//! customer API (at once, or waiting up to `--wait` for an offer), and see
+//! the leases with what they cost so far.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use rigmesh_node::api::local::{read_token, Scope};
-use rigmesh_node::customer::runtime::{BidRequest, LeaseStatus};
+use anyhow::bail;
+use rigmesh_node::customer::commands::{BidRequest, LeaseStatus};
+use rigmesh_node::customer::standing::{BidState, BidStatus};
 use rigmesh_protocol::Credits;
 
+use super::client::{Api, NodeArgs};
 use super::offers::EXIT_NO_MATCH;
+use super::text;
 
-/// Where the node is.
-#[derive(Debug, clap::Args)]
-pub(crate) struct NodeArgs {
-    /// The node's data directory (its API token is read from there).
-    #[arg(long, default_value = "rigmesh-data")]
-    data_dir: PathBuf,
-    /// The node's customer API address.
-    #[arg(long, default_value = "127.0.0.1:9610")]
-    api: SocketAddr,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
-}
+/// Exit code after Ctrl-C cancelled a waiting bid (the shell's 128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// How often a waiting bid is polled.
+const POLL: Duration = Duration::from_secs(2);
+
+/// A progress line is printed at least this often while waiting.
+const PROGRESS_EVERY_MS: u64 = 30_000;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rigmesh bid --gpu \"NVIDIA H100 80GB HBM3\" --count 2 --max-price 2.50 --hours 4
+  rigmesh bid --gpu \"NVIDIA A100-SXM4-80GB\" --max-price 1.80 --hours 1 --budget 5 --wait 10m
+
+Exit codes: 0 leased, 4 nothing matched (the reason is given in numbers),
+1 any other error, 2 bad arguments, 130 interrupted while waiting.")]
 pub(crate) struct BidArgs {
-    #[command(flatten)]
-    node: NodeArgs,
-    /// GPU model, as offers name it (see `rigmesh offers`).
+    /// GPU model, exactly as offers name it (see `rigmesh offers`).
     #[arg(long)]
     gpu: String,
-    /// GPUs wanted.
+    /// GPUs wanted, all from one supplier.
     #[arg(long, default_value_t = 1)]
     count: u16,
-    /// Most you pay per GPU-hour.
-    #[arg(long)]
+    /// Most you pay per GPU-hour, in credits (e.g. 2.50).
+    #[arg(long, value_name = "CREDITS")]
     max_price: Credits,
     /// Lease length, hours.
     #[arg(long)]
     hours: u32,
-    /// Stop paying once the lease has cost this much.
-    #[arg(long)]
+    /// Stop paying once this lease has cost this much (see also `rigmesh
+    /// budget set --account` for a cap over all leases).
+    #[arg(long, value_name = "CREDITS")]
     budget: Option<Credits>,
     /// Least memory per GPU, MiB.
     #[arg(long, default_value_t = 0)]
     min_memory_mib: u64,
-    /// Region wanted.
+    /// Region wanted (exact, as offers name it).
     #[arg(long)]
     region: Option<String>,
-    /// Metering window, seconds.
+    /// Metering window, seconds: each window is attested, checked and paid
+    /// on its own.
     #[arg(long, default_value_t = 60)]
     window_secs: u32,
     /// Least supplier reputation in basis points (10000 is spotless,
     /// suppliers without reports count as 5000).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_name = "BP")]
     min_reputation_bp: u16,
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn token(node: &NodeArgs) -> anyhow::Result<String> {
-    read_token(&node.data_dir, Scope::Customer).with_context(|| {
-        format!(
-            "reading the customer API token of the node in {}",
-            node.data_dir.display()
-        )
-    })
+    /// If nothing matches now, wait this long for a matching offer (e.g.
+    /// 90s, 5m, 1h; at most 24h). The bid is announced to suppliers, and
+    /// progress is printed while waiting; Ctrl-C cancels it.
+    #[arg(long, value_name = "DURATION", value_parser = text::parse_wait)]
+    wait: Option<u64>,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 fn print_lease(lease: &LeaseStatus) {
@@ -90,6 +85,9 @@ fn print_lease(lease: &LeaseStatus) {
         lease.price_per_gpu_hour, lease.hours
     );
     println!("at most    {} (the amount to escrow)", lease.max_cost);
+    if let Some(escrowed) = lease.escrowed {
+        println!("escrowed   {escrowed}");
+    }
     println!(
         "spent      {} ({} windows acked, {} disputed){}",
         lease.spent,
@@ -103,8 +101,42 @@ fn print_lease(lease: &LeaseStatus) {
     );
 }
 
+/// Prints the lease (text, or JSON with `waited_ms` when the bid could
+/// wait) and exits 0.
+fn leased(
+    lease: &LeaseStatus,
+    json: bool,
+    waited: Option<(u64, Option<&BidStatus>)>,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        let mut value = serde_json::to_value(lease)?;
+        if let (Some((ms, bid)), Some(object)) = (waited, value.as_object_mut()) {
+            object.insert("waited_ms".into(), ms.into());
+            if let Some(bid) = bid {
+                object.insert("bid".into(), bid.id.to_string().into());
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        if let Some((ms, Some(_))) = waited {
+            eprintln!("leased after waiting {}", text::duration(ms));
+        }
+        print_lease(lease);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn no_match(reason: &str, json: bool, body: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(body)?);
+    }
+    eprintln!("no match: {reason}");
+    Ok(ExitCode::from(EXIT_NO_MATCH))
+}
+
 pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
-    let token = token(&args.node)?;
+    let api = Api::connect(&args.node)?;
+    let json = args.node.json;
     let request = BidRequest {
         gpu: args.gpu,
         count: args.count,
@@ -114,58 +146,146 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
         region: args.region,
         budget: args.budget,
         window_secs: Some(args.window_secs),
+        wait_secs: args.wait,
         min_reputation_bp: args.min_reputation_bp,
     };
     eprintln!(
         "looking for {} x {} at most {} per GPU-hour...",
         request.count, request.gpu, request.max_price
     );
-    let mut response = agent()
-        .post(&format!("http://{}/v1/bid", args.node.api))
-        .header("Authorization", &format!("Bearer {token}"))
-        .send_json(&request)
-        .with_context(|| format!("asking the node at {}", args.node.api))?;
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response
-        .body_mut()
-        .read_json()
-        .context("reading the node's answer")?;
-    if status == 200 {
-        let lease: LeaseStatus = serde_json::from_value(body.clone())?;
-        if args.node.json {
-            println!("{}", serde_json::to_string_pretty(&body)?);
+    let answer = api.post("/v1/bid", &request)?;
+    let waits = request.wait_secs.is_some_and(|w| w > 0);
+    match answer.status {
+        200 => {
+            let lease: LeaseStatus = answer.into("the lease")?;
+            leased(&lease, json, waits.then_some((0, None)))
+        }
+        202 => {
+            let status: BidStatus = answer.into("the standing bid")?;
+            wait_for(&api, status, json)
+        }
+        404 => no_match(&answer.reason(), json, &answer.body),
+        status => bail!("bid failed ({status}): {}", answer.reason()),
+    }
+}
+
+/// Ctrl-C while a bid waits. The handler is in place once this exists, so
+/// a Ctrl-C after the "Ctrl-C cancels" line is never the default kill.
+struct Interrupts {
+    runtime: tokio::runtime::Runtime,
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        #[cfg(unix)]
+        let signal = {
+            let _inside = runtime.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?
+        };
+        Ok(Interrupts {
+            runtime,
+            #[cfg(unix)]
+            signal,
+        })
+    }
+
+    /// Waits up to `timeout`; true when Ctrl-C came meanwhile.
+    #[cfg(unix)]
+    fn wait(&mut self, timeout: Duration) -> bool {
+        let signal = &mut self.signal;
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, signal.recv()).await.is_ok() })
+    }
+
+    /// Waits `timeout` (Ctrl-C ends the process as usual here).
+    #[cfg(not(unix))]
+    fn wait(&mut self, timeout: Duration) -> bool {
+        self.runtime.block_on(tokio::time::sleep(timeout));
+        false
+    }
+}
+
+/// Polls a standing bid until it is leased or its wait ends, printing
+/// progress to stderr.
+fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<ExitCode> {
+    let total = status.wait_until.since(status.placed_at);
+    eprintln!(
+        "nothing matches now: {}",
+        status.reason.as_deref().unwrap_or("no reason given")
+    );
+    let mut interrupts = Interrupts::new()?;
+    eprintln!(
+        "bid {} stands until {} ({}); suppliers have {} it. Ctrl-C cancels.",
+        text::short(&status.id),
+        text::utc(status.wait_until),
+        text::duration(total),
+        if status.published {
+            "been told of"
         } else {
-            print_lease(&lease);
+            "not yet been told of (no peers yet; retrying)"
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let reason = body
-        .get("reason")
-        .and_then(|r| r.as_str())
-        .unwrap_or("no reason given")
-        .to_string();
-    if status == 404 {
-        if args.node.json {
-            println!("{}", serde_json::to_string_pretty(&body)?);
+    );
+    let path = format!("/v1/bids/{}", status.id);
+    let mut said = status.reason.clone();
+    let mut said_at = 0;
+    loop {
+        match status.state {
+            BidState::Waiting => {}
+            BidState::Leased => {
+                let Some(lease) = &status.lease else {
+                    bail!("the node says the bid was leased but shows no lease");
+                };
+                return leased(lease, json, Some((status.waited_ms, Some(&status))));
+            }
+            BidState::NoMatch => {
+                let reason = status.reason.clone().unwrap_or_default();
+                let body = serde_json::json!({
+                    "error": "no_match",
+                    "reason": reason,
+                    "bid": status.id,
+                    "waited_ms": status.waited_ms,
+                });
+                eprintln!(
+                    "waited {}; nothing was leased",
+                    text::duration(status.waited_ms)
+                );
+                return no_match(&reason, json, &body);
+            }
+            BidState::Cancelled => bail!("bid {} was cancelled", status.id),
         }
-        eprintln!("no match: {reason}");
-        return Ok(ExitCode::from(EXIT_NO_MATCH));
+        if interrupts.wait(POLL) {
+            let answer = api.delete(&path)?;
+            if answer.ok() {
+                eprintln!("bid {} cancelled", text::short(&status.id));
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
+            // It ended while we asked (leased, most likely): show how.
+            eprintln!("could not cancel: {}", answer.reason());
+        }
+        status = api.get(&path)?.into("the standing bid")?;
+        if status.state == BidState::Waiting
+            && (status.reason != said || status.waited_ms >= said_at + PROGRESS_EVERY_MS)
+        {
+            eprintln!(
+                "waiting {} of {}: {}",
+                text::duration(status.waited_ms),
+                text::duration(total),
+                status.reason.as_deref().unwrap_or("no match yet")
+            );
+            said.clone_from(&status.reason);
+            said_at = status.waited_ms;
+        }
     }
-    bail!("bid failed ({status}): {reason}")
 }
 
 pub(crate) fn leases(node: NodeArgs) -> anyhow::Result<ExitCode> {
-    let token = token(&node)?;
-    let mut response = agent()
-        .get(&format!("http://{}/v1/leases", node.api))
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .with_context(|| format!("asking the node at {}", node.api))?;
-    if response.status().as_u16() != 200 {
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        bail!("the node refused ({}): {}", response.status(), text.trim());
-    }
-    let leases: Vec<LeaseStatus> = response.body_mut().read_json()?;
+    let api = Api::connect(&node)?;
+    let leases: Vec<LeaseStatus> = api.get("/v1/leases")?.into("the leases")?;
     if node.json {
         println!("{}", serde_json::to_string_pretty(&leases)?);
     } else if leases.is_empty() {

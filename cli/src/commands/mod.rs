@@ -1,14 +1,19 @@
 //! Command-line surface: the clap definitions and the dispatch to each
 //! command's module.
 
+mod account;
 mod admin;
 mod bid;
+mod budget;
+mod client;
 mod devnet;
 mod keys;
 mod message;
 mod node;
 mod offer;
 mod offers;
+mod text;
+mod usage;
 mod withdraw;
 
 use std::path::PathBuf;
@@ -24,11 +29,23 @@ pub(crate) const EXIT_INVALID: u8 = 3;
 /// rigmesh: a peer-to-peer marketplace for GPU time.
 ///
 /// Suppliers offer GPUs, customers lease them, coordinators settle the
-/// money; every fact is a signed message. Start with `rigmesh keys new`,
-/// then sign an offer with `rigmesh offer create` and check it with
-/// `rigmesh message verify offer`.
+/// money; every fact is a signed message.
+///
+/// To rent GPUs, run a customer node (`rigmesh node run --role customer`),
+/// then talk to it: `rigmesh offers` to see what is for sale, `rigmesh bid`
+/// to lease, `rigmesh usage` and `rigmesh account` to see what it costs,
+/// `rigmesh budget set` to cap it. To try the protocol offline, start with
+/// `rigmesh keys new`, sign an offer with `rigmesh offer create` and check
+/// it with `rigmesh message verify offer`.
 #[derive(Debug, Parser)]
-#[command(name = "rigmesh", version, propagate_version = true)]
+#[command(
+    name = "rigmesh",
+    version,
+    propagate_version = true,
+    after_help = "Commands that talk to a node read its API token from --data-dir \
+(default ./rigmesh-data) and reach it at --api (default 127.0.0.1:9610).\n\
+Exit codes: 0 ok, 1 error, 2 bad arguments, 3 invalid message, 4 no match."
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,11 +62,21 @@ enum Command {
     /// Decode, verify and explain protocol messages.
     #[command(subcommand)]
     Message(message::MessageCommand),
-    /// Rent GPUs now: lease the cheapest matching offer (exit 4 and an
-    /// explanation in numbers if none matches).
+    /// Rent GPUs: lease the cheapest matching offer now, or wait for one
+    /// with --wait (exit 4 and an explanation in numbers if none matches).
     Bid(bid::BidArgs),
-    /// Show this node's leases and what they cost so far.
-    Leases(bid::NodeArgs),
+    /// Show this node's running leases and what they cost so far.
+    Leases(client::NodeArgs),
+    /// Show one lease's metering windows: each one acked or disputed (and
+    /// why), what it cost, and the totals.
+    Usage(usage::UsageArgs),
+    /// Show or set caps on spending (per account and per lease), with the
+    /// alerts raised at 50, 80 and 100 %.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
+    /// Show this node's account: spend across leases, caps, alerts, and
+    /// disputes raised against suppliers.
+    Account(client::NodeArgs),
     /// List the market's live offers, cheapest first (exit 4 if none match).
     Offers(offers::OffersArgs),
     /// Run the whole market in one process on loopback (4 coordinators, 3
@@ -98,5 +125,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Offers(args) => offers::run(args),
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),
+        Command::Usage(args) => usage::run(args),
+        Command::Budget(cmd) => budget::run(cmd),
+        Command::Account(args) => account::run(args),
     }
 }

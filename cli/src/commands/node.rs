@@ -66,6 +66,9 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let node = rigmesh_node::node::start(config).await?;
+        // Listen before saying where the node is: whoever reads that may
+        // send Ctrl-C at once, and it must stop the node cleanly.
+        let signals = StopSignals::listen()?;
         println!("peer id {}", node.peer_id);
         for addr in &node.listen_addrs {
             println!("listening on {addr}/p2p/{}", node.peer_id);
@@ -73,7 +76,7 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         println!("customer api on http://{}", node.customer_api);
         println!("supplier api on http://{}", node.supplier_api);
         println!("monitoring on http://{}", node.monitoring);
-        wait_for_signal().await?;
+        signals.wait().await?;
         eprintln!("stopping");
         node.stop().await?;
         Ok::<_, anyhow::Error>(())
@@ -81,20 +84,52 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+/// Ctrl-C and SIGTERM, caught from the moment this exists (on Unix), so
+/// they stop the node cleanly instead of killing it.
+pub(crate) struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts catching the signals; must run inside the runtime.
+    pub(crate) fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-        Ok(())
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok(())
+
+    /// Waits for the first of them.
+    pub(crate) async fn wait(self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        {
+            let StopSignals {
+                mut interrupt,
+                mut terminate,
+            } = self;
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            Ok(())
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
     }
+}
+
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    StopSignals::listen()?.wait().await
 }

@@ -13,18 +13,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{Credits, Offer, PublicKey, Signed, UnixMillis};
+use rigmesh_protocol::{Credits, Id, Offer, PublicKey, Signed, UnixMillis};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::customer::commands::{BidError, BidOutcome, BidRequest, CustomerCommand, RequestError};
+use crate::customer::report::DEFAULT_USAGE_WINDOWS;
+use crate::customer::spending::BudgetChange;
 use crate::error::{Error, Result};
 
 /// Who an API listener serves.
@@ -244,48 +247,176 @@ fn not_a_customer() -> Response {
         .into_response()
 }
 
-async fn bid(
-    State(s): State<Scoped>,
-    Json(request): Json<crate::customer::runtime::BidRequest>,
-) -> Response {
-    use crate::customer::runtime::{BidError, CustomerCommand};
+/// A JSON error body: `{"error": <kind>, "reason": <text>}`.
+fn refusal(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": error, "reason": reason.into()})),
+    )
+        .into_response()
+}
+
+/// Sends a command to the customer role and waits for its answer.
+async fn ask<T>(
+    s: &Scoped,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> CustomerCommand,
+) -> std::result::Result<T, Response> {
     let Some(customer) = &s.api.customer else {
-        return not_a_customer();
+        return Err(not_a_customer());
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if customer
-        .send(CustomerCommand::Bid(request, tx))
-        .await
-        .is_err()
-    {
-        return not_a_customer();
+    if customer.send(make(tx)).await.is_err() {
+        return Err(not_a_customer());
     }
-    match rx.await {
-        Ok(Ok(lease)) => Json(lease).into_response(),
+    rx.await.map_err(|_| not_a_customer())
+}
+
+fn request_error(err: RequestError) -> Response {
+    let status = match err {
+        RequestError::NotFound(_) => StatusCode::NOT_FOUND,
+        RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RequestError::Conflict(_) => StatusCode::CONFLICT,
+        RequestError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(err)).into_response()
+}
+
+fn answer<T: serde::Serialize>(result: std::result::Result<T, RequestError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(err) => request_error(err),
+    }
+}
+
+/// An id from a path (a lease or bid id, 64 hex digits), or why not.
+fn id_from_path(what: &str, text: &str) -> std::result::Result<Id, String> {
+    text.parse::<Id>()
+        .map_err(|e| format!("{text:?} is not a {what} id (64 hex digits): {e}"))
+}
+
+fn bad_request(reason: String) -> Response {
+    refusal(StatusCode::BAD_REQUEST, "invalid", reason)
+}
+
+/// `POST /v1/bid`: 200 with the lease when one was made at once; 202 with
+/// the standing bid when nothing matched and the bid may wait
+/// (`wait_secs`); otherwise 404 (no match, with the reason in numbers),
+/// 409 (the supplier refused), 400 (an invalid bid) or 502.
+async fn bid(State(s): State<Scoped>, Json(request): Json<BidRequest>) -> Response {
+    match ask(&s, |tx| CustomerCommand::Bid(request, tx)).await {
+        Ok(Ok(BidOutcome::Leased(lease))) => Json(lease).into_response(),
+        Ok(Ok(BidOutcome::Waiting(status))) => (StatusCode::ACCEPTED, Json(status)).into_response(),
         Ok(Err(err)) => {
             let status = match err {
                 BidError::NoMatch(_) => StatusCode::NOT_FOUND,
                 BidError::Refused(_) => StatusCode::CONFLICT,
+                BidError::Invalid(_) => StatusCode::BAD_REQUEST,
                 BidError::Failed(_) => StatusCode::BAD_GATEWAY,
             };
             (status, Json(err)).into_response()
         }
-        Err(_) => not_a_customer(),
+        Err(response) => response,
+    }
+}
+
+async fn bids(State(s): State<Scoped>) -> Response {
+    match ask(&s, CustomerCommand::Bids).await {
+        Ok(list) => Json(list).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn bid_status(State(s): State<Scoped>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match id_from_path("bid", &id) {
+        Ok(id) => id,
+        Err(reason) => return bad_request(reason),
+    };
+    match ask(&s, |tx| CustomerCommand::BidStatus(id, tx)).await {
+        Ok(Some(status)) => Json(status).into_response(),
+        Ok(None) => refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no bid {id} on this node"),
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn cancel_bid(State(s): State<Scoped>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match id_from_path("bid", &id) {
+        Ok(id) => id,
+        Err(reason) => return bad_request(reason),
+    };
+    match ask(&s, |tx| CustomerCommand::CancelBid(id, tx)).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
     }
 }
 
 async fn leases(State(s): State<Scoped>) -> Response {
-    use crate::customer::runtime::CustomerCommand;
-    let Some(customer) = &s.api.customer else {
-        return not_a_customer();
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if customer.send(CustomerCommand::Leases(tx)).await.is_err() {
-        return not_a_customer();
-    }
-    match rx.await {
+    match ask(&s, CustomerCommand::Leases).await {
         Ok(list) => Json(list).into_response(),
-        Err(_) => not_a_customer(),
+        Err(response) => response,
+    }
+}
+
+/// Query of `GET /v1/usage/{lease}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UsageQuery {
+    /// Most windows listed (the most recent); 100 by default.
+    pub limit: Option<usize>,
+}
+
+async fn usage(
+    State(s): State<Scoped>,
+    UrlPath(lease): UrlPath<String>,
+    Query(query): Query<UsageQuery>,
+) -> Response {
+    let lease = match id_from_path("lease", &lease) {
+        Ok(id) => id,
+        Err(reason) => return bad_request(reason),
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_USAGE_WINDOWS)
+        .min(KEPT_WINDOWS_USIZE);
+    match ask(&s, |tx| CustomerCommand::Usage(lease, limit, tx)).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
+    }
+}
+
+/// The windows a lease keeps, as a count of list entries.
+const KEPT_WINDOWS_USIZE: usize = crate::customer::records::KEPT_WINDOWS as usize;
+
+async fn budget(State(s): State<Scoped>) -> Response {
+    match ask(&s, CustomerCommand::Budget).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
+    }
+}
+
+/// `PUT /v1/budget`: `{"account": "12.50"}` or `{"lease": "<id>", "cap":
+/// "3.00"}` (`null` removes a cap). The body is read here, strictly, so a
+/// malformed one is a 400 that names the problem and changes nothing.
+async fn set_budget(State(s): State<Scoped>, body: axum::body::Bytes) -> Response {
+    let change = match BudgetChange::parse(&body) {
+        Ok(change) => change,
+        Err(reason) => {
+            tracing::info!(%reason, "budget change refused");
+            return bad_request(reason);
+        }
+    };
+    match ask(&s, |tx| CustomerCommand::SetBudget(change, tx)).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
+    }
+}
+
+async fn account(State(s): State<Scoped>) -> Response {
+    match ask(&s, CustomerCommand::Account).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
     }
 }
 
@@ -363,7 +494,12 @@ pub async fn serve(
         Scope::Customer => Router::new()
             .route("/v1/offers", get(market_offers))
             .route("/v1/bid", axum::routing::post(bid))
-            .route("/v1/leases", get(leases)),
+            .route("/v1/bids", get(bids))
+            .route("/v1/bids/{id}", get(bid_status).delete(cancel_bid))
+            .route("/v1/leases", get(leases))
+            .route("/v1/usage/{lease}", get(usage))
+            .route("/v1/budget", get(budget).put(set_budget))
+            .route("/v1/account", get(account)),
         Scope::Supplier => Router::new()
             .route("/v1/offers", get(own_offers))
             .route("/v1/gpus", get(supplier_gpus))

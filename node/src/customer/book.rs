@@ -18,7 +18,7 @@ use std::fmt;
 
 use rigmesh_ledger::offers::MAX_OFFER_QUERY;
 use rigmesh_ledger::{Ledger, OfferQuery, Store};
-use rigmesh_protocol::{Credits, Offer, PublicKey, Signed, UnixMillis};
+use rigmesh_protocol::{Bid, Credits, Offer, PublicKey, Signed, UnixMillis};
 
 use crate::error::{Error, Result};
 
@@ -65,6 +65,29 @@ impl BookQuery {
             min_reputation_bp: 0,
         }
     }
+
+    /// What a standing bid asks for, as a query (any reputation).
+    pub fn for_bid(bid: &Bid) -> Self {
+        BookQuery {
+            gpu_model: bid.gpu_model.clone(),
+            min_memory_mib: bid.min_memory_mib,
+            count: bid.gpu_count,
+            max_price: Some(bid.max_price_per_gpu_hour),
+            region: bid.region.clone(),
+            min_reputation_bp: 0,
+        }
+    }
+}
+
+/// True when `offer` is unexpired at `now` and meets every filter of
+/// `query` but reputation (which needs a reputation source): the same rule
+/// [`best_offers`] applies, for one offer. Suppliers use it to see whether
+/// their offer answers a standing bid, customers to see whether a newly
+/// gossiped offer is worth a fresh look at the book.
+pub fn meets(offer: &Offer, query: &BookQuery, now: UnixMillis) -> bool {
+    offer.gpu_model == query.gpu_model
+        && offer.expires_at > now
+        && Misfit::of(offer, query, FULL_REPUTATION_BP).fits()
 }
 
 /// Which filters of a query one offer fails.
@@ -558,6 +581,46 @@ mod tests {
         );
         let none = explain_no_match(&ledger, &BookQuery::new("B200", 1), &unreported, T0).unwrap();
         assert_eq!(none.to_string(), "no offers for B200");
+    }
+
+    #[test]
+    fn one_offer_meets_a_bid_by_the_book_s_rule() {
+        let o = offer(&spec(1, "2.00")).body;
+        let bid = rigmesh_protocol::Bid {
+            version: PROTOCOL_VERSION,
+            customer: Keypair::from_seed([9; 32]).public(),
+            gpu_model: "A100".into(),
+            min_memory_mib: 80_000,
+            gpu_count: 8,
+            max_price_per_gpu_hour: "2.00".parse().unwrap(),
+            hours: 4,
+            region: Some("eu-west".into()),
+            created_at: T0,
+            expires_at: T0.plus_ms(600_000),
+        };
+        let query = BookQuery::for_bid(&bid);
+        assert!(meets(&o, &query, T0), "the max price itself is affordable");
+        let cheaper = BookQuery {
+            max_price: Some("1.99".parse().unwrap()),
+            ..query.clone()
+        };
+        assert!(!meets(&o, &cheaper, T0));
+        let more = BookQuery {
+            count: 9,
+            ..query.clone()
+        };
+        assert!(!meets(&o, &more, T0));
+        let elsewhere = BookQuery {
+            region: Some("us-east".into()),
+            ..query.clone()
+        };
+        assert!(!meets(&o, &elsewhere, T0));
+        let other_model = BookQuery {
+            gpu_model: "H100".into(),
+            ..query.clone()
+        };
+        assert!(!meets(&o, &other_model, T0));
+        assert!(!meets(&o, &query, o.expires_at), "expired");
     }
 
     #[test]

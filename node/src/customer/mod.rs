@@ -1,19 +1,27 @@
 //! The customer role's logic: the order book that picks offers (and says
-//! in numbers why nothing matched), the watch that checks each usage
-//! attestation of a lease and answers it with a signed ack or dispute, and
-//! the budget that raises alerts and ends leases at the cap. Everything here
-//! is deterministic given its inputs (time is passed in, nothing touches
-//! the network), so the rules are tested directly on protocol messages.
+//! in numbers why nothing matched), standing bids that wait for an offer,
+//! the watch that checks each usage attestation of a lease and answers it
+//! with a signed ack or dispute, and the budget that raises alerts and
+//! ends leases at the cap, for each lease and for the account. Everything
+//! but [`runtime`] is deterministic given its inputs (time is passed in,
+//! nothing touches the network), so the rules are tested directly on
+//! protocol messages; [`records`] keeps what must survive a restart, and
+//! [`commands`] and [`report`] are what the local API sends and reads.
 
 pub mod book;
 pub mod budget;
+pub mod commands;
 pub mod escrow;
+pub mod records;
+pub mod report;
 pub mod reputation;
 pub mod runtime;
+pub mod spending;
+pub mod standing;
 pub mod usage;
 
 pub use book::{
-    best_offers, explain_no_match, unreported, BookQuery, NoMatch, DEFAULT_REPUTATION_BP,
+    best_offers, explain_no_match, meets, unreported, BookQuery, NoMatch, DEFAULT_REPUTATION_BP,
     FULL_REPUTATION_BP,
 };
 pub use budget::{Budget, BudgetTracker, BudgetUpdate, Decision};

@@ -1,117 +1,50 @@
 //! The customer role at run time: answers `bid`s from the local API by
 //! taking the best matching offer now (proposal -> agreement with the
-//! supplier over request-response), then watches the lease: every
-//! attestation that arrives by gossip is checked and answered with a signed
-//! ack or dispute, spend is tracked against the budget, and budget alerts
-//! are raised.
-//!
-//! Not yet: escrow (coordinators), standing bids, and a signed termination
-//! at the budget cap (the protocol has no message for it); at the cap the
-//! node stops paying further windows and says so in a log line and an alert.
+//! supplier over request-response, then escrow when coordinators are
+//! configured) or, when asked to wait, by standing the bid until an offer
+//! meets it; then watches the lease: every attestation that arrives by
+//! gossip is checked and answered with a signed ack or dispute, each window
+//! is recorded, spend is tracked against the lease's and the account's
+//! caps, and budget alerts are raised. At a cap the node stops paying
+//! further windows and signs a termination for the supplier.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use rigmesh_ledger::{Cause, Ledger, MarketStore};
 use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Clock, Credits, Id, Keypair, LeaseAgreement, LeaseProposal, NodeBinding, Offer, PublicKey,
-    Signed, UnixMillis, PROTOCOL_VERSION,
+    Alert, Clock, Credits, Id, Keypair, LeaseAgreement, LeaseProposal, NodeBinding, Offer,
+    PublicKey, Signed, UnixMillis, UsageAttestation, PROTOCOL_VERSION,
 };
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::book::{best_offers, explain_no_match, BookQuery};
-use super::budget::{Budget, BudgetTracker, Decision};
+use super::budget::Decision;
+use super::records::{
+    AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
+};
+use super::report::{self, BudgetReport, LeaseState};
+use super::spending::{BudgetChange, Spending};
+use super::standing::{sign_bid, wait_of, BidState, StandingBids};
 use super::usage::{LeaseWatch, Verdict};
 use crate::network::{NodeHandle, Protocol};
 
-/// What a customer asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BidRequest {
-    /// GPU model, as offers name it.
-    pub gpu: String,
-    /// GPUs wanted.
-    pub count: u16,
-    /// Most per GPU-hour.
-    pub max_price: Credits,
-    /// Lease length, hours.
-    pub hours: u32,
-    /// Least memory per GPU, MiB.
-    #[serde(default)]
-    pub min_memory_mib: u64,
-    /// Region wanted.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Cap on what this lease may cost.
-    #[serde(default)]
-    pub budget: Option<Credits>,
-    /// Metering window, seconds (60 by default).
-    #[serde(default)]
-    pub window_secs: Option<u32>,
-    /// Least supplier reputation, basis points (10000 is spotless; a
-    /// supplier without reports has 5000).
-    #[serde(default)]
-    pub min_reputation_bp: u16,
-}
+/// How often standing bids are looked after (waits ended, publications
+/// retried, the book searched again after a meeting offer arrived).
+const STANDING_TICK_MS: u64 = 250;
 
-/// A lease as the customer sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LeaseStatus {
-    /// Lease id.
-    pub lease: Id,
-    /// The supplier.
-    pub supplier: PublicKey,
-    /// GPU model.
-    pub gpu_model: String,
-    /// Device indices leased.
-    pub gpus: Vec<u16>,
-    /// Price per GPU-hour.
-    pub price_per_gpu_hour: Credits,
-    /// Lease length, hours.
-    pub hours: u32,
-    /// Most the lease can cost (price x GPUs x hours): the amount to escrow.
-    pub max_cost: Credits,
-    /// Spent so far (acked windows).
-    pub spent: Credits,
-    /// Windows acked.
-    pub acked_windows: u64,
-    /// Windows disputed.
-    pub disputed_windows: u64,
-    /// True once the budget cap stopped the lease.
-    pub stopped_at_cap: bool,
-    /// Locked in escrow for the lease (absent without coordinators).
-    #[serde(default)]
-    pub escrowed: Option<Credits>,
-    /// Subject id of the lease's escrow certificate.
-    #[serde(default)]
-    pub escrow_certificate: Option<Id>,
-}
+pub use super::commands::{
+    BidError, BidOutcome, BidRequest, CustomerCommand, LeaseStatus, RequestError,
+};
 
-/// Why a bid did not produce a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "error", content = "reason", rename_all = "snake_case")]
-pub enum BidError {
-    /// No offer meets the bid; the explanation gives the counts.
-    #[error("no match: {0}")]
-    NoMatch(String),
-    /// The supplier refused.
-    #[error("refused by the supplier: {0}")]
-    Refused(String),
-    /// Anything else (network, ledger, bad input).
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Commands from the local API.
-#[derive(Debug)]
-pub enum CustomerCommand {
-    /// Lease the best matching offer now.
-    Bid(BidRequest, oneshot::Sender<Result<LeaseStatus, BidError>>),
-    /// The leases of this node.
-    Leases(oneshot::Sender<Vec<LeaseStatus>>),
+fn request_failed(err: crate::error::Error) -> RequestError {
+    tracing::warn!(%err, "customer records");
+    RequestError::Failed(err.to_string())
 }
 
 struct Lease {
@@ -138,95 +71,584 @@ fn peer_of(store: &MarketStore, account: &PublicKey, now: UnixMillis) -> Result<
         .ok_or_else(|| BidError::Failed(format!("no node binding known for supplier {account}")))
 }
 
-/// Runs the customer role until `stop` turns true.
-pub async fn run(
+/// The customer role's state: its key, the market it reads, its leases,
+/// caps and standing bids, and the records that keep them across restarts.
+pub struct Customer {
     key: Keypair,
     store: Arc<MarketStore>,
     network: NodeHandle,
-    mut commands: mpsc::Receiver<CustomerCommand>,
     quorum: Option<crate::quorum::Quorum>,
+    records: CustomerRecords,
+    leases: BTreeMap<Id, Lease>,
+    spending: Spending,
+    standing: StandingBids,
+}
+
+impl std::fmt::Debug for Customer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Customer")
+            .field("account", &self.key.public())
+            .field("leases", &self.leases.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Customer {
+    /// The customer of account `key`, with its records in `records_dir`
+    /// (created on first start); leases are escrowed through `quorum` when
+    /// a coordinator set is configured. Fails when the records cannot be
+    /// opened or read: a node must not spend without the caps its user set.
+    pub fn open(
+        key: Keypair,
+        store: Arc<MarketStore>,
+        network: NodeHandle,
+        quorum: Option<crate::quorum::Quorum>,
+        records_dir: &Path,
+    ) -> crate::error::Result<Self> {
+        let records = CustomerRecords::open(records_dir)?;
+        Self::with_records(key, store, network, quorum, records)
+    }
+
+    /// The customer over already opened records.
+    pub fn with_records(
+        key: Keypair,
+        store: Arc<MarketStore>,
+        network: NodeHandle,
+        quorum: Option<crate::quorum::Quorum>,
+        records: CustomerRecords,
+    ) -> crate::error::Result<Self> {
+        let spends: Vec<(Id, Credits)> = records
+            .leases()?
+            .into_iter()
+            .map(|l| (l.lease, l.spent))
+            .collect();
+        let spending = Spending::new(key.clone(), records.caps()?, &spends)?;
+        Ok(Customer {
+            key,
+            store,
+            network,
+            quorum,
+            records,
+            leases: BTreeMap::new(),
+            spending,
+            standing: StandingBids::default(),
+        })
+    }
+}
+
+/// Runs the customer role until `stop` turns true, answering `commands`
+/// from the local API.
+pub async fn run(
+    mut customer: Customer,
+    mut commands: mpsc::Receiver<CustomerCommand>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut leases: BTreeMap<Id, Lease> = BTreeMap::new();
-    let mut budgets: BTreeMap<Id, BudgetTracker> = BTreeMap::new();
-    let mut accepted = network.subscribe();
+    let mut accepted = customer.network.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_millis(STANDING_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             changed = stop.changed() => {
                 let stopping = changed.is_err() || *stop.borrow();
                 if stopping {
+                    if let Err(err) = customer.records.flush() {
+                        tracing::warn!(%err, "customer records not flushed");
+                    }
                     return;
                 }
             }
-            Some(command) = commands.recv() => match command {
-                CustomerCommand::Bid(request, reply) => {
-                    let result = bid(&key, &store, &network, quorum.as_ref(), &request).await;
-                    if let Ok((agreement, escrow, status)) = &result {
-                        match LeaseWatch::new(agreement, key.clone()) {
-                            Ok(watch) => {
-                                leases.insert(status.lease, Lease { gpu_model: status.gpu_model.clone(), agreement: agreement.clone(), watch, stopped_at_cap: false, escrow: escrow.clone() });
-                                if let Some(cap) = request.budget {
-                                    match BudgetTracker::new(key.clone(), Budget { per_lease: Some(cap), per_account: None }) {
-                                        Ok(tracker) => {
-                                            budgets.insert(status.lease, tracker);
-                                        }
-                                        Err(err) => tracing::warn!(%err, "budget not tracked"),
-                                    }
-                                }
-                            }
-                            Err(err) => tracing::warn!(%err, "cannot watch the new lease"),
-                        }
-                    }
-                    let _ = reply.send(result.map(|(_, _, status)| status));
+            Some(command) = commands.recv() => customer.command(command).await,
+            message = accepted.recv() => match message {
+                Ok(message) => customer.on_message(&message.message).await,
+                // Messages were missed: one of them may have been an offer
+                // a standing bid waits for.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "customer fell behind the accepted messages");
+                    customer.standing.something_arrived();
                 }
-                CustomerCommand::Leases(reply) => {
-                    let _ = reply.send(leases.values().map(status_of).collect());
-                }
+                // The sender lives in the network handle this task holds.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
-            message = accepted.recv() => {
-                let Ok(message) = message else { continue };
-                let WireMessage::UsageAttestation(attestation) = &message.message else { continue };
-                let Some(lease) = leases.get_mut(&attestation.body.lease) else { continue };
-                if lease.stopped_at_cap {
-                    continue;
-                }
-                let now = UnixMillis::now();
-                let answer = match lease.watch.check(attestation, now) {
-                    Ok(Verdict::Ack(ack)) => Some(WireMessage::UsageAck(ack)),
-                    Ok(Verdict::Dispute(dispute)) => {
-                        tracing::warn!(lease = %attestation.body.lease, reason = ?dispute.body.reason, "disputing a window");
-                        Some(WireMessage::UsageDispute(dispute))
+            _ = tick.tick() => customer.look_after_standing_bids().await,
+        }
+    }
+}
+
+/// Stores and gossips `message`; true when it reached peers.
+async fn publish(network: &NodeHandle, message: &WireMessage, what: &str) -> bool {
+    match network.publish(message).await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::debug!(%err, what, "stored; not gossiped yet");
+            false
+        }
+    }
+}
+
+/// Keeps and gossips budget alerts.
+async fn raise(records: &CustomerRecords, network: &NodeHandle, alerts: Vec<Signed<Alert>>) {
+    for alert in alerts {
+        match AlertRecord::of(&alert).and_then(|record| records.put_alert(&record)) {
+            Ok(()) => {}
+            Err(err) => tracing::warn!(%err, "budget alert not recorded"),
+        }
+        publish(network, &WireMessage::Alert(alert), "budget alert").await;
+    }
+}
+
+fn record_of(lease: &Lease) -> LeaseRecord {
+    let a = &lease.agreement.body;
+    LeaseRecord {
+        lease: lease.watch.lease(),
+        supplier: a.supplier,
+        gpu_model: lease.gpu_model.clone(),
+        gpus: a.gpu_indices.clone(),
+        price_per_gpu_hour: a.proposal.body.price_per_gpu_hour,
+        hours: a.proposal.body.hours,
+        window_ms: a.window_ms(),
+        starts_at: a.starts_at,
+        ends_at: a.ends_at,
+        spent: lease.watch.spent(),
+        billable_gpu_ms: lease.watch.paid_gpu_ms(),
+        acked_windows: lease.watch.acked_windows(),
+        disputed_windows: lease.watch.dispute_count(),
+        stopped_at_cap: lease.stopped_at_cap,
+    }
+}
+
+/// Ends a lease at a budget cap: no further window is paid, and the
+/// supplier is handed a signed termination, so it attests the window under
+/// way as the last one.
+async fn stop_at_cap(
+    key: &Keypair,
+    store: &MarketStore,
+    network: &NodeHandle,
+    records: &CustomerRecords,
+    lease: &mut Lease,
+    cap: Credits,
+    account: bool,
+) {
+    let which = if account {
+        "the account's"
+    } else {
+        "the lease's"
+    };
+    let id = lease.watch.lease();
+    tracing::warn!(lease = %id, %cap, "{which} budget cap reached: ending the lease after this window");
+    lease.stopped_at_cap = true;
+    if let Err(err) = records.put_lease(&record_of(lease)) {
+        tracing::warn!(%err, "lease not recorded");
+    }
+    if let Some(refusal) = end_lease(
+        key,
+        store,
+        network,
+        &lease.agreement,
+        rigmesh_protocol::TerminationReason::BudgetCap,
+        format!("{which} budget cap {cap} reached"),
+    )
+    .await
+    {
+        tracing::warn!(lease = %id, %refusal, "the supplier did not take the termination; no further windows are paid");
+    }
+}
+
+fn reason_of(err: &BidError) -> String {
+    match err {
+        BidError::NoMatch(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Customer {
+    async fn command(&mut self, command: CustomerCommand) {
+        let now = UnixMillis::now();
+        match command {
+            CustomerCommand::Bid(request, reply) => {
+                let result = self.place_bid(request).await;
+                let _ = reply.send(result);
+            }
+            CustomerCommand::Leases(reply) => {
+                let _ = reply.send(self.leases.values().map(status_of).collect());
+            }
+            CustomerCommand::Bids(reply) => {
+                let _ = reply.send(self.standing.list(now));
+            }
+            CustomerCommand::BidStatus(id, reply) => {
+                let _ = reply.send(self.standing.status(&id, now));
+            }
+            CustomerCommand::CancelBid(id, reply) => {
+                let result = match self.standing.status(&id, now) {
+                    None => Err(RequestError::NotFound(format!("no bid {id} on this node"))),
+                    Some(status) if status.state != BidState::Waiting => {
+                        Err(RequestError::Conflict(format!(
+                            "bid {id} is no longer waiting ({:?})",
+                            status.state
+                        )))
                     }
-                    Ok(Verdict::Duplicate { .. }) => None,
-                    Err(err) => {
-                        tracing::warn!(%err, "could not answer an attestation");
-                        None
+                    Some(_) => {
+                        tracing::info!(bid = %id, "standing bid cancelled");
+                        self.standing
+                            .finish(&id, BidState::Cancelled, None, None, now)
+                            .ok_or_else(|| RequestError::NotFound(format!("no bid {id}")))
                     }
                 };
-                if let Some(answer) = answer {
-                    if let Err(err) = network.publish(&answer).await {
-                        tracing::warn!(%err, "answer stored; not gossiped yet");
+                let _ = reply.send(result);
+            }
+            CustomerCommand::Usage(lease, limit, reply) => {
+                let state = |r: &LeaseRecord| self.state_of(r, now);
+                let result =
+                    report::usage(&self.records, self.spending.caps(), &lease, limit, &state)
+                        .map_err(request_failed)
+                        .and_then(|found| {
+                            found.ok_or_else(|| {
+                                RequestError::NotFound(format!("no lease {lease} on this node"))
+                            })
+                        });
+                let _ = reply.send(result);
+            }
+            CustomerCommand::Budget(reply) => {
+                let _ = reply.send(self.budget_report());
+            }
+            CustomerCommand::SetBudget(change, reply) => {
+                let result = self.set_budget(change).await;
+                let _ = reply.send(result);
+            }
+            CustomerCommand::Account(reply) => {
+                let state = |r: &LeaseRecord| self.state_of(r, now);
+                let result = report::account(
+                    &self.records,
+                    self.spending.caps(),
+                    self.key.public(),
+                    &state,
+                )
+                .map_err(request_failed);
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn state_of(&self, record: &LeaseRecord, now: UnixMillis) -> LeaseState {
+        let live = self.leases.get(&record.lease).map(|lease| {
+            if lease.stopped_at_cap {
+                LeaseState::StoppedAtCap
+            } else if lease.watch.finished() {
+                LeaseState::Ended
+            } else {
+                LeaseState::Running
+            }
+        });
+        report::state_of(record, live, now)
+    }
+
+    fn budget_report(&self) -> Result<BudgetReport, RequestError> {
+        report::budget(&self.records, self.spending.caps()).map_err(request_failed)
+    }
+
+    /// Leases now, or stands the bid when it may wait and nothing could be
+    /// leased.
+    async fn place_bid(&mut self, request: BidRequest) -> Result<BidOutcome, BidError> {
+        let wait = wait_of(&request)?;
+        if let Some(cap) = request.budget {
+            if cap.is_negative() || cap.is_zero() {
+                return Err(BidError::Invalid(format!(
+                    "the budget is {cap}; it must be above zero (leave it out for no cap)"
+                )));
+            }
+        }
+        let err = match self.lease(&request).await {
+            Ok(status) => return Ok(BidOutcome::Leased(status)),
+            Err(err) => err,
+        };
+        let Some(secs) = wait else {
+            return Err(err);
+        };
+        let now = UnixMillis::now();
+        let bid = sign_bid(
+            &self.key,
+            &request,
+            now,
+            now.plus_ms(secs.saturating_mul(1000)),
+        )?;
+        let published = publish(&self.network, &WireMessage::Bid(bid.clone()), "bid").await;
+        let status = self
+            .standing
+            .place(&bid, request, reason_of(&err), published, now)?;
+        tracing::info!(bid = %status.id, gpu = %status.gpu, count = status.count, wait_secs = secs, why = %reason_of(&err), "nothing matches now; the bid stands");
+        Ok(BidOutcome::Waiting(status))
+    }
+
+    /// Takes the best matching offer for `request` and starts watching the
+    /// lease.
+    async fn lease(&mut self, request: &BidRequest) -> Result<LeaseStatus, BidError> {
+        let (agreement, escrow, status) = bid(
+            &self.key,
+            &self.store,
+            &self.network,
+            self.quorum.as_ref(),
+            request,
+        )
+        .await?;
+        let watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(failed)?;
+        let lease = Lease {
+            gpu_model: status.gpu_model.clone(),
+            agreement,
+            watch,
+            stopped_at_cap: false,
+            escrow,
+        };
+        if let Err(err) = self.records.put_lease(&record_of(&lease)) {
+            tracing::warn!(%err, lease = %status.lease, "lease not recorded");
+        }
+        self.leases.insert(status.lease, lease);
+        if let Some(cap) = request.budget {
+            let mut caps = self.spending.caps().clone();
+            caps.leases.insert(status.lease, cap);
+            match self.records.put_caps(&caps) {
+                Ok(()) => {
+                    let alerts = self.spending.set_lease(
+                        status.lease,
+                        Some(cap),
+                        Credits::ZERO,
+                        UnixMillis::now(),
+                    );
+                    if let Err(err) = alerts {
+                        tracing::warn!(%err, "budget not tracked");
                     }
                 }
-                if let Some(tracker) = budgets.get_mut(&attestation.body.lease) {
-                    let next = lease.watch.next_window_charge().unwrap_or(Credits::ZERO);
-                    match tracker.update(attestation.body.lease, lease.watch.spent(), next, now) {
-                        Ok(update) => {
-                            for alert in update.alerts {
-                                let _ = network.publish(&WireMessage::Alert(alert)).await;
-                            }
-                            if let Decision::Terminate { cap, .. } = update.decision {
-                                tracing::warn!(lease = %attestation.body.lease, %cap, "budget cap reached: ending the lease after this window");
-                                lease.stopped_at_cap = true;
-                                end_lease(&key, &store, &network, &lease.agreement, rigmesh_protocol::TerminationReason::BudgetCap, format!("budget cap {cap} reached")).await;
-                            }
-                        }
-                        Err(err) => tracing::warn!(%err, "budget update failed"),
-                    }
+                Err(err) => tracing::warn!(%err, "the lease's budget was not recorded"),
+            }
+        }
+        Ok(status)
+    }
+
+    /// Ends the waits that are over, publishes bids that have not reached
+    /// peers yet, and, when a meeting offer arrived, searches the book
+    /// again for every waiting bid.
+    async fn look_after_standing_bids(&mut self) {
+        if !self.standing.any_waiting() {
+            return;
+        }
+        let now = UnixMillis::now();
+        for id in self.standing.due(now) {
+            let Some(request) = self.standing.request(&id) else {
+                continue;
+            };
+            // One last look, so the reason given is the book as it is now.
+            let outcome = self.lease(&request).await;
+            let now = UnixMillis::now();
+            match outcome {
+                Ok(lease) => {
+                    self.standing
+                        .finish(&id, BidState::Leased, None, Some(lease), now);
+                }
+                Err(err) => {
+                    tracing::info!(bid = %id, why = %reason_of(&err), "the wait ended with no lease");
+                    self.standing
+                        .finish(&id, BidState::NoMatch, Some(reason_of(&err)), None, now);
                 }
             }
         }
+        for (id, request, until) in self.standing.republish_due(now) {
+            let published = match sign_bid(&self.key, &request, now, until) {
+                Ok(bid) => publish(&self.network, &WireMessage::Bid(bid), "bid").await,
+                Err(err) => {
+                    tracing::warn!(%err, "could not sign the bid again");
+                    false
+                }
+            };
+            self.standing.republished(&id, published, now);
+        }
+        if self.standing.take_dirty() {
+            for (id, request) in self.standing.waiting() {
+                let outcome = self.lease(&request).await;
+                let now = UnixMillis::now();
+                match outcome {
+                    Ok(lease) => {
+                        tracing::info!(bid = %id, lease = %lease.lease, "standing bid leased");
+                        self.standing
+                            .finish(&id, BidState::Leased, None, Some(lease), now);
+                    }
+                    Err(err) => self.standing.attempted(&id, reason_of(&err), now),
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: &WireMessage) {
+        match message {
+            WireMessage::UsageAttestation(attestation) => self.on_attestation(attestation).await,
+            WireMessage::Offer(offer) => {
+                self.standing.offer_arrived(&offer.body, UnixMillis::now())
+            }
+            WireMessage::NodeBinding(_) => self.standing.something_arrived(),
+            _ => {}
+        }
+    }
+
+    /// Checks and answers one attestation, records the window, and applies
+    /// the caps.
+    async fn on_attestation(&mut self, attestation: &Signed<UsageAttestation>) {
+        let body = &attestation.body;
+        let Some(lease) = self.leases.get_mut(&body.lease) else {
+            return;
+        };
+        if lease.stopped_at_cap {
+            return;
+        }
+        let now = UnixMillis::now();
+        let expected = lease.watch.next_seq();
+        let spent_before = lease.watch.spent();
+        let verdict = match lease.watch.check(attestation, now) {
+            Ok(verdict) => verdict,
+            Err(err) => {
+                tracing::warn!(%err, "could not answer an attestation");
+                return;
+            }
+        };
+        // Whether the attestation took its place in the lease's chain, so
+        // it is the lease's window `seq` (a forgery or a twin is not).
+        let in_chain = body.seq == expected && lease.watch.next_seq() == expected.saturating_add(1);
+        let (answer, status) = match verdict {
+            Verdict::Ack(ack) => (Some(WireMessage::UsageAck(ack)), Some(WindowStatus::Acked)),
+            Verdict::Dispute(dispute) => {
+                let d = &dispute.body;
+                tracing::warn!(lease = %body.lease, seq = body.seq, reason = ?d.reason, detail = %d.detail, "disputing a window");
+                // Only what the lease's supplier signed counts against it;
+                // anyone can sign an attestation naming someone's lease.
+                if attestation.signer == lease.watch.supplier() {
+                    let note = DisputeNote {
+                        lease: body.lease,
+                        seq: body.seq,
+                        reason: d.reason,
+                        detail: d.detail.clone(),
+                        at: now,
+                    };
+                    if let Err(err) = self.records.note_dispute(&lease.watch.supplier(), note) {
+                        tracing::warn!(%err, "dispute not recorded against the supplier");
+                    }
+                }
+                let status = in_chain.then(|| WindowStatus::Disputed {
+                    reason: d.reason,
+                    detail: d.detail.clone(),
+                });
+                (Some(WireMessage::UsageDispute(dispute)), status)
+            }
+            Verdict::Duplicate { .. } => (None, None),
+        };
+        let recorded = match status {
+            Some(status) => self.records.put_window(
+                &record_of(lease),
+                &WindowRecord {
+                    seq: body.seq,
+                    attestation: attestation.id().unwrap_or(Id::ZERO),
+                    window_start: body.window_start,
+                    window_end: body.window_end,
+                    billable_gpu_ms: body.billable_gpu_ms,
+                    charge: lease
+                        .watch
+                        .spent()
+                        .checked_sub(spent_before)
+                        .unwrap_or(Credits::ZERO),
+                    status,
+                },
+            ),
+            None if answer.is_some() => self.records.put_lease(&record_of(lease)),
+            None => Ok(()),
+        };
+        if let Err(err) = recorded {
+            tracing::warn!(%err, lease = %body.lease, "window not recorded");
+        }
+        if let Some(answer) = answer {
+            publish(&self.network, &answer, "answer to an attestation").await;
+        }
+        self.check_caps(body.lease, now).await;
+    }
+
+    /// Tells the caps what `lease` has cost and can add with its next
+    /// window; raises the alerts due and ends the lease at a cap.
+    async fn check_caps(&mut self, id: Id, now: UnixMillis) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if lease.stopped_at_cap {
+            return;
+        }
+        let next = lease.watch.next_window_charge().unwrap_or(Credits::ZERO);
+        match self.spending.update(id, lease.watch.spent(), next, now) {
+            Ok(update) => {
+                raise(&self.records, &self.network, update.alerts).await;
+                if let Decision::Terminate { cap, account } = update.decision {
+                    stop_at_cap(
+                        &self.key,
+                        &self.store,
+                        &self.network,
+                        &self.records,
+                        lease,
+                        cap,
+                        account,
+                    )
+                    .await;
+                }
+            }
+            Err(err) => tracing::warn!(%err, "budget update failed"),
+        }
+    }
+
+    /// Applies a change of caps: stored first (so a failure changes
+    /// nothing), then the trackers; the alerts the new cap is already due
+    /// are raised, and every running lease is checked against it at once.
+    async fn set_budget(&mut self, change: BudgetChange) -> Result<BudgetReport, RequestError> {
+        let now = UnixMillis::now();
+        let leases = self.records.leases().map_err(request_failed)?;
+        let mut caps = self.spending.caps().clone();
+        match change {
+            BudgetChange::Account(cap) => caps.account = cap,
+            BudgetChange::Lease { lease, cap } => {
+                if !leases.iter().any(|l| l.lease == lease) {
+                    return Err(RequestError::NotFound(format!(
+                        "no lease {lease} on this node"
+                    )));
+                }
+                match cap {
+                    Some(cap) => caps.leases.insert(lease, cap),
+                    None => caps.leases.remove(&lease),
+                };
+            }
+        }
+        self.records.put_caps(&caps).map_err(request_failed)?;
+        let applied = match change {
+            BudgetChange::Account(cap) => {
+                let spends: Vec<(Id, Credits)> =
+                    leases.iter().map(|l| (l.lease, l.spent)).collect();
+                self.spending.set_account(cap, &spends, now)
+            }
+            BudgetChange::Lease { lease, cap } => {
+                let spent = leases
+                    .iter()
+                    .find(|l| l.lease == lease)
+                    .map_or(Credits::ZERO, |l| l.spent);
+                self.spending.set_lease(lease, cap, spent, now)
+            }
+        };
+        match applied {
+            Ok(alerts) => raise(&self.records, &self.network, alerts).await,
+            // Caps are checked before they get here; should one still be
+            // refused, the stored caps take effect at the next start.
+            Err(err) => tracing::warn!(%err, "cap not applied"),
+        }
+        tracing::info!(?change, "budget changed");
+        let running: Vec<Id> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| !l.stopped_at_cap && !l.watch.finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in running {
+            self.check_caps(id, now).await;
+        }
+        self.budget_report()
     }
 }
 

@@ -5,6 +5,7 @@
 //! so it is tested against simulated GPUs.
 
 pub mod alerts;
+pub mod bids;
 pub mod desk;
 pub mod meter;
 pub mod runtime;

@@ -1,7 +1,8 @@
 //! The supplier role at run time: one task that samples the GPUs every
-//! second, keeps offers published (re-published before they expire and
-//! whenever the free GPUs change), answers lease proposals, closes metering
-//! windows and publishes their attestations, and raises health alerts.
+//! second, keeps offers published (re-published before they expire,
+//! whenever the free GPUs change, and when a standing bid they meet
+//! arrives), answers lease proposals, closes metering windows and
+//! publishes their attestations, and raises health alerts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Id, Keypair, UnixMillis};
 use tokio::sync::{mpsc, watch};
 
+use super::bids;
 use super::desk::LeaseDesk;
 use super::meter::Meter;
 use super::settle::{SettleEvent, SettledBook};
@@ -98,6 +100,9 @@ pub async fn run(
     let mut binding_due = UnixMillis(0);
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut market = network.subscribe();
+    let mut market_open = true;
+    let mut bids = bids::BidWatch::default();
     loop {
         tokio::select! {
             biased;
@@ -132,6 +137,21 @@ pub async fn run(
                     }
                 }
             }
+            message = market.recv(), if market_open => match message {
+                // A standing bid that the free GPUs can serve: offer again
+                // now, so the waiting customer sees a fresh offer at once.
+                Ok(message) => {
+                    if let WireMessage::Bid(bid) = &message.message {
+                        if bids.answer_now(&on_offer, bid, UnixMillis::now()) {
+                            tracing::info!(customer = %bid.body.customer, gpu = %bid.body.gpu_model, "a standing bid our free GPUs meet: offering again now");
+                            offers_due = UnixMillis(0);
+                            tick.reset_immediately();
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => market_open = false,
+            },
             _ = tick.tick() => {
                 let now = UnixMillis::now();
                 let samples = match source.sample() {

@@ -258,23 +258,40 @@ impl MarketStore {
         Ok(page)
     }
 
-    /// Every stored, unexpired message of `T`'s kind at `now`, decoded.
-    pub fn all<T: rigmesh_protocol::Message>(
-        &self,
-        now: UnixMillis,
-    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+    /// The canonical bytes of every stored, unexpired message of `kind`.
+    pub fn all_bytes(&self, kind: Kind, now: UnixMillis) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let page = self.page(&[T::KIND], cursor.as_deref(), 500, now)?;
-            for (_, bytes) in &page.items {
-                out.push(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?);
-            }
+            let page = self.page(&[kind], cursor.as_deref(), 500, now)?;
+            out.extend(page.items.into_iter().map(|(_, bytes)| bytes));
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => return Ok(out),
             }
         }
+    }
+
+    /// Every stored, unexpired message of `T`'s kind at `now`, decoded.
+    pub fn all<T: rigmesh_protocol::Message>(
+        &self,
+        now: UnixMillis,
+    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+        self.all_bytes(T::KIND, now)?
+            .iter()
+            .map(|bytes| Ok(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?))
+            .collect()
+    }
+
+    /// Every stored certificate of `T` (escrow, settlement, withdrawal).
+    pub fn certificates<T: rigmesh_protocol::Certifiable>(
+        &self,
+        now: UnixMillis,
+    ) -> Result<Vec<rigmesh_protocol::Certificate<T>>> {
+        self.all_bytes(T::CERTIFICATE, now)?
+            .iter()
+            .map(|bytes| Ok(rigmesh_protocol::Certificate::<T>::from_bytes(bytes)?))
+            .collect()
     }
 
     /// Records a ban (replacing an earlier one of the same peer).

@@ -14,5 +14,6 @@ mod market_store;
 pub mod network;
 pub mod node;
 pub mod quorum;
+pub mod receipts;
 pub mod supplier;
 pub mod telemetry;

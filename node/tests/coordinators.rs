@@ -258,6 +258,69 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     .await;
     assert!(balance(&back, &seller) >= earned);
 
+    // The customer's account: each coordinator's view, and the
+    // certificates behind it, each verified here.
+    let r = common::http_get(customer.customer_api, "/v1/account", Some(&token)).await;
+    let account = body(&r);
+    assert_eq!(account["coordinators"].as_array().unwrap().len(), 4, "{r}");
+    let receipts = account["receipts"].as_array().unwrap();
+    let kinds: Vec<&str> = receipts
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"deposit") && kinds.contains(&"escrow_certificate"),
+        "{kinds:?}"
+    );
+    assert!(
+        receipts
+            .iter()
+            .all(|x| x["verified"] == serde_json::json!(true)),
+        "{r}"
+    );
+
+    // The customer ends the lease; the final settlement refunds the rest.
+    let lease_id = lease["lease"].as_str().unwrap().to_string();
+    let r = common::http_post(
+        customer.customer_api,
+        &format!("/v1/leases/{lease_id}/end"),
+        &token,
+        "{}",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let api = customer.customer_api;
+    let token_ref = &token;
+    eventually(90, "the final settlement at the customer", || async move {
+        let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
+        body(&r)[0]["settlement"]["closed"] == serde_json::json!(true)
+    })
+    .await;
+    let r = common::http_get(customer.customer_api, "/v1/leases", Some(&token)).await;
+    let settled = &body(&r)[0]["settlement"];
+    let paid: Credits = settled["paid"].as_str().unwrap().parse().unwrap();
+    let refunded: Credits = settled["refunded"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        paid.checked_add(refunded).unwrap(),
+        "3.4".parse().unwrap(),
+        "the escrow is paid out or refunded, to the unit"
+    );
+    let all_four: Vec<&RunningNode> = cs.iter().chain([&back]).collect();
+    let (all_ref, buyer_ref) = (&all_four, &buyer);
+    eventually(
+        30,
+        "every coordinator applied the final settlement",
+        || async move {
+            all_ref.iter().all(|c| {
+                balance(c, buyer_ref)
+                    == "100".parse::<Credits>().unwrap().checked_sub(paid).unwrap()
+            })
+        },
+    )
+    .await;
+    let first = books(&cs[0]);
+    assert!(all_four.iter().all(|c| books(c) == first));
+
     for node in cs.into_iter().chain([back, supplier, customer]) {
         node.stop().await.unwrap();
     }

@@ -7,6 +7,7 @@ mod bid;
 mod budget;
 mod client;
 mod devnet;
+mod end;
 mod keys;
 mod message;
 mod node;
@@ -67,6 +68,9 @@ enum Command {
     Bid(bid::BidArgs),
     /// Show this node's running leases and what they cost so far.
     Leases(client::NodeArgs),
+    /// End a running lease after the window in progress (signed
+    /// termination; the unused escrow is refunded at settlement).
+    End(end::EndArgs),
     /// Show one lease's metering windows: each one acked or disputed (and
     /// why), what it cost, and the totals.
     Usage(usage::UsageArgs),
@@ -125,6 +129,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Offers(args) => offers::run(args),
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),
+        Command::End(args) => end::run(args),
         Command::Usage(args) => usage::run(args),
         Command::Budget(cmd) => budget::run(cmd),
         Command::Account(args) => account::run(args),

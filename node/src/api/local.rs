@@ -353,6 +353,17 @@ async fn cancel_bid(State(s): State<Scoped>, UrlPath(id): UrlPath<String>) -> Re
     }
 }
 
+async fn end_lease(State(s): State<Scoped>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match id_from_path("lease", &id) {
+        Ok(id) => id,
+        Err(reason) => return bad_request(reason),
+    };
+    match ask(&s, |tx| CustomerCommand::EndLease(id, tx)).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
+    }
+}
+
 async fn leases(State(s): State<Scoped>) -> Response {
     match ask(&s, CustomerCommand::Leases).await {
         Ok(list) => Json(list).into_response(),
@@ -497,6 +508,7 @@ pub async fn serve(
             .route("/v1/bids", get(bids))
             .route("/v1/bids/{id}", get(bid_status).delete(cancel_bid))
             .route("/v1/leases", get(leases))
+            .route("/v1/leases/{id}/end", axum::routing::post(end_lease))
             .route("/v1/usage/{lease}", get(usage))
             .route("/v1/budget", get(budget).put(set_budget))
             .route("/v1/account", get(account)),

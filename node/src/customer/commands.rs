@@ -74,6 +74,11 @@ pub struct LeaseStatus {
     /// Subject id of the lease's escrow certificate.
     #[serde(default)]
     pub escrow_certificate: Option<Id>,
+    /// What the coordinators have certified for the lease so far (paid,
+    /// refunded, windows, closed), from the settlement certificates this
+    /// node holds.
+    #[serde(default)]
+    pub settlement: Option<crate::receipts::LeaseSettlement>,
 }
 
 /// Why a bid did not produce a lease.
@@ -150,4 +155,7 @@ pub enum CustomerCommand {
     ),
     /// The account as this node knows it.
     Account(oneshot::Sender<Result<AccountReport, RequestError>>),
+    /// End a running lease: a signed termination the supplier honours at
+    /// the end of the window in progress.
+    EndLease(Id, oneshot::Sender<Result<LeaseStatus, RequestError>>),
 }

@@ -148,6 +148,26 @@ pub struct AccountReport {
     pub budget: BudgetReport,
     /// Suppliers this node has disputed windows of, with the reasons.
     pub suppliers: Vec<SupplierRecord>,
+    /// The account as each coordinator that answered holds it (empty
+    /// without a coordinator set).
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorView>,
+    /// The certificates behind the balance, checkable offline.
+    #[serde(default)]
+    pub receipts: Vec<crate::receipts::Receipt>,
+}
+
+/// One coordinator's view of the account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorView {
+    /// The coordinator.
+    pub coordinator: PublicKey,
+    /// Spendable credits.
+    pub balance: Credits,
+    /// Locked in escrows of open leases.
+    pub escrowed: Credits,
+    /// The next debit sequence number.
+    pub next_seq: u64,
 }
 
 fn total(leases: &[LeaseRecord]) -> Result<Credits> {
@@ -238,6 +258,8 @@ pub fn account(
         leases,
         budget,
         suppliers: records.suppliers()?,
+        coordinators: Vec::new(),
+        receipts: Vec::new(),
     })
 }
 

@@ -270,7 +270,17 @@ impl Customer {
                 let _ = reply.send(result);
             }
             CustomerCommand::Leases(reply) => {
-                let _ = reply.send(self.leases.values().map(status_of).collect());
+                let mut leases: Vec<LeaseStatus> = self.leases.values().map(status_of).collect();
+                if self.quorum.is_some() {
+                    for status in &mut leases {
+                        status.settlement = Some(crate::receipts::lease_settlement(
+                            &self.store,
+                            &status.lease,
+                            now,
+                        ));
+                    }
+                }
+                let _ = reply.send(leases);
             }
             CustomerCommand::Bids(reply) => {
                 let _ = reply.send(self.standing.list(now));
@@ -315,6 +325,37 @@ impl Customer {
                 let result = self.set_budget(change).await;
                 let _ = reply.send(result);
             }
+            CustomerCommand::EndLease(lease, reply) => {
+                let result = match self.leases.get_mut(&lease) {
+                    None => Err(RequestError::NotFound(format!("lease {lease}"))),
+                    Some(l) if l.stopped_at_cap || l.watch.finished() => Err(
+                        RequestError::Conflict(format!("lease {lease} has already ended")),
+                    ),
+                    Some(l) => {
+                        match end_lease(
+                            &self.key,
+                            &self.store,
+                            &self.network,
+                            &l.agreement,
+                            rigmesh_protocol::TerminationReason::CustomerRequest,
+                            "ended by the customer".into(),
+                        )
+                        .await
+                        {
+                            None => {
+                                // Windows up to the end of the one in
+                                // progress are still answered.
+                                l.watch.end_after_current_window(now);
+                                Ok(status_of(l))
+                            }
+                            Some(reason) => Err(RequestError::Conflict(format!(
+                                "the supplier refused the termination: {reason}"
+                            ))),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
             CustomerCommand::Account(reply) => {
                 let state = |r: &LeaseRecord| self.state_of(r, now);
                 let result = report::account(
@@ -324,6 +365,31 @@ impl Customer {
                     &state,
                 )
                 .map_err(request_failed);
+                let result = match result {
+                    Ok(mut report) => {
+                        if let Some(quorum) = &self.quorum {
+                            report.coordinators = quorum
+                                .accounts(self.key.public())
+                                .await
+                                .into_iter()
+                                .map(|s| report::CoordinatorView {
+                                    coordinator: s.coordinator,
+                                    balance: s.balance,
+                                    escrowed: s.escrowed,
+                                    next_seq: s.next_seq,
+                                })
+                                .collect();
+                        }
+                        report.receipts = crate::receipts::receipts(
+                            &self.store,
+                            self.quorum.as_ref().map(|q| q.set()),
+                            &self.key.public(),
+                            now,
+                        );
+                        Ok(report)
+                    }
+                    Err(err) => Err(err),
+                };
                 let _ = reply.send(result);
             }
         }
@@ -724,6 +790,7 @@ fn status_of(lease: &Lease) -> LeaseStatus {
         stopped_at_cap: lease.stopped_at_cap,
         escrowed: lease.escrow.as_ref().map(|c| c.message.body.amount),
         escrow_certificate: lease.escrow.as_ref().and_then(|c| c.subject().ok()),
+        settlement: None,
     }
 }
 

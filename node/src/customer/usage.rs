@@ -182,6 +182,19 @@ impl LeaseWatch {
         self.next_seq
     }
 
+    /// The lease was terminated at `now`: the supplier attests the window
+    /// in progress as its last. One more window is allowed, for a supplier
+    /// whose clock had already moved on to the next.
+    pub fn end_after_current_window(&mut self, now: UnixMillis) {
+        let window_ms = self.window_ms.max(1);
+        let current = now.0.saturating_sub(self.starts_at.0) / window_ms;
+        let end = current
+            .saturating_add(2)
+            .saturating_mul(window_ms)
+            .saturating_add(self.starts_at.0);
+        self.ends_at = self.ends_at.min(UnixMillis(end));
+    }
+
     /// True once every window of the lease has taken its place in the chain.
     pub fn finished(&self) -> bool {
         self.slot(self.next_seq).is_none()

@@ -236,6 +236,54 @@ impl<'a, S: Store> Posting<'a, S> {
     }
 }
 
+/// The journal entries of one settlement of `lease`: the charge out of the
+/// escrow, the supplier's share, the fee and, when final, the refund, each
+/// with an id derived from the settlement `request`.
+pub(crate) fn settlement_posting<'a, S: Store>(
+    store: &'a S,
+    lease: &Id,
+    request: &Id,
+    payout: &Payout,
+    (supplier, customer): (PublicKey, PublicKey),
+    at: UnixMillis,
+    cause: Id,
+) -> Result<Posting<'a, S>> {
+    let escrow = Account::Escrow(*lease);
+    let payable = Account::Payable(*lease);
+    let moves = [
+        (Movement::UsageCharge, escrow, payable, payout.paid_now),
+        (
+            Movement::SupplierCredit,
+            payable,
+            Account::User(supplier),
+            payout.supplier,
+        ),
+        (Movement::CoordinatorFee, payable, Account::Fees, payout.fee),
+        (
+            Movement::Refund,
+            escrow,
+            Account::User(customer),
+            payout.refund,
+        ),
+    ];
+    let mut posting = Posting::new(store)?;
+    for (movement, from, to, amount) in moves {
+        if amount.is_zero() {
+            continue;
+        }
+        posting.post(&JournalEntry::transfer(
+            derived_entry_id(request, movement),
+            movement,
+            from,
+            to,
+            amount,
+            at,
+            cause,
+        )?)?;
+    }
+    Ok(posting)
+}
+
 /// The id of the entry of `movement` caused by message `cause` (one
 /// message can cause several movements, each posted at most once).
 pub fn derived_entry_id(cause: &Id, movement: Movement) -> Id {
@@ -511,39 +559,15 @@ impl<S: Store> Ledger<S> {
             terms.fee_rate,
             terms.final_settlement,
         )?;
-        let escrow = Account::Escrow(*lease);
-        let payable = Account::Payable(*lease);
-        let moves = [
-            (Movement::UsageCharge, escrow, payable, payout.paid_now),
-            (
-                Movement::SupplierCredit,
-                payable,
-                Account::User(book.supplier),
-                payout.supplier,
-            ),
-            (Movement::CoordinatorFee, payable, Account::Fees, payout.fee),
-            (
-                Movement::Refund,
-                escrow,
-                Account::User(book.customer),
-                payout.refund,
-            ),
-        ];
-        let mut posting = Posting::new(self.store())?;
-        for (movement, from, to, amount) in moves {
-            if amount.is_zero() {
-                continue;
-            }
-            posting.post(&JournalEntry::transfer(
-                derived_entry_id(&terms.request, movement),
-                movement,
-                from,
-                to,
-                amount,
-                cause.at,
-                cause.message,
-            )?)?;
-        }
+        let posting = settlement_posting(
+            self.store(),
+            lease,
+            &terms.request,
+            &payout,
+            (book.supplier, book.customer),
+            cause.at,
+            cause.message,
+        )?;
         let mut batch = posting.finish()?;
 
         book.paid = book

@@ -17,7 +17,7 @@ use rigmesh_protocol::{
 
 use crate::accounts::{Account, JournalEntry, Movement};
 use crate::audit::Action;
-use crate::books::{derived_entry_id, LeaseBook, Posting};
+use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
     AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, LeaseBooks,
@@ -495,6 +495,27 @@ impl<S: Store> Ledger<S> {
         )
     }
 
+    /// Applies a verified withdrawal certificate (section 4.1).
+    pub fn apply_withdrawal_certificate(
+        &self,
+        certificate: &rigmesh_protocol::WithdrawalCertificate,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        let w = &certificate.message.body;
+        self.apply_debit(
+            CertificateKind::Withdrawal,
+            &Debit {
+                subject: certificate.subject()?,
+                account: w.account,
+                seq: w.seq,
+                amount: w.amount,
+                to: DebitTarget::External,
+            },
+            certificate.to_bytes()?,
+            cause,
+        )
+    }
+
     /// Applies a verified settlement certificate (section 8.4): the stated
     /// amounts move out of the escrow if they fit it.
     pub fn apply_settlement_certificate(
@@ -556,39 +577,22 @@ impl<S: Store> Ledger<S> {
             });
         }
 
-        let escrow = Account::Escrow(s.lease);
-        let payable = Account::Payable(s.lease);
-        let moves = [
-            (Movement::UsageCharge, escrow, payable, paid_now),
-            (
-                Movement::SupplierCredit,
-                payable,
-                Account::User(s.supplier),
-                s.supplier_amount,
-            ),
-            (Movement::CoordinatorFee, payable, Account::Fees, s.fee),
-            (
-                Movement::Refund,
-                escrow,
-                Account::User(s.customer),
-                s.refund,
-            ),
-        ];
-        let mut posting = Posting::new(self.store())?;
-        for (movement, from, to, amount) in moves {
-            if amount.is_zero() {
-                continue;
-            }
-            posting.post(&JournalEntry::transfer(
-                derived_entry_id(&s.subject, movement),
-                movement,
-                from,
-                to,
-                amount,
-                cause.at,
-                s.subject,
-            )?)?;
-        }
+        let posting = crate::books::settlement_posting(
+            self.store(),
+            &s.lease,
+            &s.subject,
+            &crate::billing::Payout {
+                billable_gpu_ms: s.billable_gpu_ms,
+                gross: paid_now,
+                paid_now,
+                fee: s.fee,
+                supplier: s.supplier_amount,
+                refund: s.refund,
+            },
+            (s.supplier, s.customer),
+            cause.at,
+            s.subject,
+        )?;
         let mut batch = posting.finish()?;
         book.paid = add(book.paid, paid_now, "an escrow's paid total")?;
         book.next_settlement_seq = s

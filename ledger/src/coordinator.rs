@@ -361,26 +361,26 @@ impl<'l, S: Store> Coordinator<'l, S> {
         certificate: &WithdrawalCertificate,
         now: UnixMillis,
     ) -> Result<Applied, Refusal> {
+        self.apply_certified("apply withdrawal certificate", certificate, now, |cause| {
+            self.ledger.apply_withdrawal_certificate(certificate, cause)
+        })
+    }
+
+    /// Verifies a certificate against the set, applies it with `apply`,
+    /// and records a refusal or conflict in the audit chain.
+    fn apply_certified<T: Certifiable>(
+        &self,
+        what: &str,
+        certificate: &Certificate<T>,
+        now: UnixMillis,
+        apply: impl FnOnce(&Cause) -> crate::Result<Applied>,
+    ) -> Result<Applied, Refusal> {
         let subject = certificate.subject().unwrap_or(Id::ZERO);
         let result = certificate
             .verify(&self.config.set)
             .map_err(Refusal::from)
-            .and_then(|()| {
-                let w = &certificate.message.body;
-                Ok(self.ledger.apply_debit(
-                    CertificateKind::Withdrawal,
-                    &crate::certified::Debit {
-                        subject,
-                        account: w.account,
-                        seq: w.seq,
-                        amount: w.amount,
-                        to: crate::certified::DebitTarget::External,
-                    },
-                    certificate.to_bytes()?,
-                    &self.cause(subject, now),
-                )?)
-            });
-        self.after_apply("apply withdrawal certificate", subject, now, result)
+            .and_then(|()| Ok(apply(&self.cause(subject, now))?));
+        self.after_apply(what, subject, now, result)
     }
 
     /// The status of each window `first..=last` of a lease at `now`.
@@ -673,16 +673,9 @@ impl<'l, S: Store> Coordinator<'l, S> {
         certificate: &EscrowCertificate,
         now: UnixMillis,
     ) -> Result<Applied, Refusal> {
-        let subject = certificate.subject().unwrap_or(Id::ZERO);
-        let result = certificate
-            .verify(&self.config.set)
-            .map_err(Refusal::from)
-            .and_then(|()| {
-                Ok(self
-                    .ledger
-                    .apply_escrow_certificate(certificate, &self.cause(subject, now))?)
-            });
-        self.after_apply("apply escrow certificate", subject, now, result)
+        self.apply_certified("apply escrow certificate", certificate, now, |cause| {
+            self.ledger.apply_escrow_certificate(certificate, cause)
+        })
     }
 
     /// Applies a settlement certificate from any source (section 8.4).
@@ -691,16 +684,9 @@ impl<'l, S: Store> Coordinator<'l, S> {
         certificate: &SettlementCertificate,
         now: UnixMillis,
     ) -> Result<Applied, Refusal> {
-        let subject = certificate.subject().unwrap_or(Id::ZERO);
-        let result = certificate
-            .verify(&self.config.set)
-            .map_err(Refusal::from)
-            .and_then(|()| {
-                Ok(self
-                    .ledger
-                    .apply_settlement_certificate(certificate, &self.cause(subject, now))?)
-            });
-        self.after_apply("apply settlement certificate", subject, now, result)
+        self.apply_certified("apply settlement certificate", certificate, now, |cause| {
+            self.ledger.apply_settlement_certificate(certificate, cause)
+        })
     }
 
     fn after_apply(
@@ -734,36 +720,17 @@ impl<'l, S: Store> Coordinator<'l, S> {
             };
             let mut progress = false;
             for (kind, subject, bytes) in pending {
+                let cause = self.cause(subject, now);
                 let result = match kind {
                     CertificateKind::Escrow => EscrowCertificate::from_bytes(&bytes)
                         .map_err(Error::from)
-                        .and_then(|c| {
-                            self.ledger
-                                .apply_escrow_certificate(&c, &self.cause(subject, now))
-                        }),
+                        .and_then(|c| self.ledger.apply_escrow_certificate(&c, &cause)),
                     CertificateKind::Settlement => SettlementCertificate::from_bytes(&bytes)
                         .map_err(Error::from)
-                        .and_then(|c| {
-                            self.ledger
-                                .apply_settlement_certificate(&c, &self.cause(subject, now))
-                        }),
+                        .and_then(|c| self.ledger.apply_settlement_certificate(&c, &cause)),
                     CertificateKind::Withdrawal => WithdrawalCertificate::from_bytes(&bytes)
                         .map_err(Error::from)
-                        .and_then(|c| {
-                            let w = &c.message.body;
-                            self.ledger.apply_debit(
-                                kind,
-                                &crate::certified::Debit {
-                                    subject,
-                                    account: w.account,
-                                    seq: w.seq,
-                                    amount: w.amount,
-                                    to: crate::certified::DebitTarget::External,
-                                },
-                                bytes.clone(),
-                                &self.cause(subject, now),
-                            )
-                        }),
+                        .and_then(|c| self.ledger.apply_withdrawal_certificate(&c, &cause)),
                     CertificateKind::Deposit => continue,
                 };
                 if matches!(result, Ok(Applied::Applied)) {

@@ -7,6 +7,11 @@
 //! `<data dir>/api/tokens.blake3`; requests are checked against the hashes
 //! (blake3 compares in constant time). No token: 401. A token of the other
 //! scope: 403. Every refusal is logged.
+//!
+//! The customer endpoints ask the customer role's task through a bounded
+//! channel and answer JSON; a refusal is `{"error": <kind>, "reason":
+//! <text>}` with 400 (bad input, nothing changed), 404 (no such lease or
+//! bid), 409 (conflict, or the node does not play the role) or 5xx.
 
 use std::future::Future;
 use std::net::SocketAddr;

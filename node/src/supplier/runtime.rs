@@ -137,21 +137,6 @@ pub async fn run(
                     }
                 }
             }
-            message = market.recv(), if market_open => match message {
-                // A standing bid that the free GPUs can serve: offer again
-                // now, so the waiting customer sees a fresh offer at once.
-                Ok(message) => {
-                    if let WireMessage::Bid(bid) = &message.message {
-                        if bids.answer_now(&on_offer, bid, UnixMillis::now()) {
-                            tracing::info!(customer = %bid.body.customer, gpu = %bid.body.gpu_model, "a standing bid our free GPUs meet: offering again now");
-                            offers_due = UnixMillis(0);
-                            tick.reset_immediately();
-                        }
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => market_open = false,
-            },
             _ = tick.tick() => {
                 let now = UnixMillis::now();
                 let samples = match source.sample() {
@@ -297,6 +282,22 @@ pub async fn run(
                     };
                 }
             }
+            message = market.recv(), if market_open => match message {
+                // A standing bid that the free GPUs can serve: offer again
+                // now, so the waiting customer sees a fresh offer at once.
+                // (Last in the select: the rig's own work comes first.)
+                Ok(message) => {
+                    if let WireMessage::Bid(bid) = &message.message {
+                        if bids.answer_now(&on_offer, bid, UnixMillis::now()) {
+                            tracing::info!(customer = %bid.body.customer, gpu = %bid.body.gpu_model, "a standing bid our free GPUs meet: offering again now");
+                            offers_due = UnixMillis(0);
+                            tick.reset_immediately();
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => market_open = false,
+            },
         }
     }
 }

@@ -260,26 +260,41 @@ impl<S: Store> Ledger<S> {
             subject,
             &format!("vote lock {account} seq {seq}"),
             cause,
+            |_| Ok(()),
         )
     }
 
-    /// Locks `(lease, settlement_seq)` for `subject` before a vote is sent.
+    /// Locks `(lease, settlement_seq)` for `subject` before a vote is sent,
+    /// with the window counts behind the vote (reputation evidence, used
+    /// when the certificate is applied), in one write.
     pub fn lock_settlement(
         &self,
         lease: &Id,
         settlement_seq: u64,
         subject: &Id,
+        counts: &WindowCounts,
         cause: &Cause,
     ) -> Result<Lock> {
         self.take_lock::<SettlementLocks>(
             &(*lease, settlement_seq),
             subject,
-            &format!("vote lock lease {lease} settlement {settlement_seq}"),
+            &format!(
+                "vote lock lease {lease} settlement {settlement_seq}: {} windows, {} disputed, {} unanswered",
+                counts.windows, counts.disputed, counts.unanswered
+            ),
             cause,
+            |batch| self.put_vote_evidence(batch, subject, counts),
         )
     }
 
-    fn take_lock<C>(&self, key: &C::Key, subject: &Id, detail: &str, cause: &Cause) -> Result<Lock>
+    fn take_lock<C>(
+        &self,
+        key: &C::Key,
+        subject: &Id,
+        detail: &str,
+        cause: &Cause,
+        with: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<Lock>
     where
         C: crate::columns::Column<Value = Id>,
     {
@@ -290,34 +305,11 @@ impl<S: Store> Ledger<S> {
             None => {
                 let mut batch = Batch::new();
                 batch.put_in::<C>(key, subject)?;
+                with(&mut batch)?;
                 self.commit(&guard, batch, Action::VoteLocked, detail, cause)?;
                 Ok(Lock::Taken)
             }
         }
-    }
-
-    /// Remembers the window counts behind a settlement request this
-    /// coordinator votes for; applied with its certificate.
-    pub fn record_vote_evidence(
-        &self,
-        request: &Id,
-        counts: &WindowCounts,
-        cause: &Cause,
-    ) -> Result<()> {
-        let guard = self.lock();
-        let mut batch = Batch::new();
-        self.put_vote_evidence(&mut batch, request, counts)?;
-        self.commit(
-            &guard,
-            batch,
-            Action::VoteLocked,
-            &format!(
-                "evidence of request {request}: {} windows, {} disputed, {} unanswered",
-                counts.windows, counts.disputed, counts.unanswered
-            ),
-            cause,
-        )?;
-        Ok(())
     }
 
     /// Stores a verified certificate's bytes and holds it pending, unless

@@ -552,15 +552,10 @@ impl<'l, S: Store> Coordinator<'l, S> {
             &r.lease,
             r.settlement_seq,
             &subject,
+            &window_counts(ev, &statuses),
             &self.cause(subject, now),
         )? {
-            Lock::Taken => {
-                let counts = window_counts(ev, &statuses);
-                self.ledger
-                    .record_vote_evidence(&subject, &counts, &self.cause(subject, now))?;
-                self.sign_vote(ev.request)
-            }
-            Lock::Same => self.sign_vote(ev.request),
+            Lock::Taken | Lock::Same => self.sign_vote(ev.request),
             Lock::Other(other) => Err(Refusal::new(
                 "conflicting_request",
                 format!("already voted for {other}"),

@@ -295,3 +295,136 @@ pub fn conflict(key: &Keypair, detail: &str, now: UnixMillis) -> Option<Signed<A
         now,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_ledger::{Coordinator, CoordinatorConfig, FeeRate, SettlementEvidence};
+    use rigmesh_protocol::samples::{self, T0};
+    use rigmesh_protocol::{Certificate, Credits, Deposit};
+
+    fn at(ms: u64) -> UnixMillis {
+        T0.plus_ms(ms)
+    }
+
+    /// A coordinator's ledger after a settlement whose only window the
+    /// customer disputed: the supplier's score falls to 0.
+    fn disputed_settlement(dir: &std::path::Path) -> (Ledger, Keypair) {
+        let ledger = Ledger::open(dir).unwrap();
+        let keys = samples::coordinators();
+        let config = CoordinatorConfig {
+            set: samples::coordinator_set().unwrap(),
+            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
+            unacked_timeout_ms: 120_000,
+            admin: Some(samples::admin().public()),
+            skew_ms: 30_000,
+        };
+        let me = keys[0].clone();
+        let rules = Coordinator::new(&ledger, &me, &config);
+        let deposit = Signed::sign(
+            Deposit {
+                version: PROTOCOL_VERSION,
+                epoch: samples::EPOCH,
+                admin: samples::admin().public(),
+                account: samples::customer().public(),
+                amount: "50".parse().unwrap(),
+                reference: "test".into(),
+                created_at: T0,
+            },
+            &samples::admin(),
+        )
+        .unwrap();
+        rules.apply_deposit(&deposit, at(70_000)).unwrap();
+        rules
+            .apply_escrow(&samples::escrow_certificate().unwrap(), at(70_000))
+            .unwrap();
+        let mut body = samples::settlement_request().unwrap().body;
+        body.billable_gpu_ms = 0;
+        body.supplier_amount = Credits::ZERO;
+        body.fee = Credits::ZERO;
+        let request = Signed::sign(body, &samples::supplier()).unwrap();
+        let agreement = samples::lease_agreement().unwrap();
+        let attestations = [samples::usage_attestation().unwrap()];
+        let disputes = [samples::usage_dispute().unwrap()];
+        let evidence = SettlementEvidence {
+            request: &request,
+            agreement: &agreement,
+            attestations: &attestations,
+            previous: None,
+            acks: &[],
+            disputes: &disputes,
+        };
+        let votes: Vec<_> = keys
+            .iter()
+            .take(3)
+            .map(|k| {
+                Coordinator::new(&ledger, k, &config)
+                    .vote_settlement(&evidence, at(70_000))
+                    .unwrap()
+            })
+            .collect();
+        let certificate = Certificate::assemble(request, &votes).unwrap();
+        rules.apply_settlement(&certificate, at(70_000)).unwrap();
+        (ledger, me)
+    }
+
+    #[test]
+    fn a_falling_score_is_reported_and_alerts_the_supplier_and_its_customers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, me) = disputed_settlement(dir.path());
+        let mut watch = Watch::default();
+        let (reports, alerts) = watch.round(&me, samples::EPOCH, &ledger, &[], at(80_000));
+        let supplier = samples::supplier().public();
+        let report = reports
+            .iter()
+            .find(|r| r.body.subject == supplier)
+            .expect("a report about the supplier");
+        assert_eq!(report.body.score_bp, 0, "its one window was disputed");
+        assert_eq!(report.body.disputes_lost, 1);
+        assert!(report.verify_record().is_ok());
+        let rules: Vec<(&str, Audience)> = alerts
+            .iter()
+            .map(|a| (a.body.rule.as_str(), a.body.audience))
+            .collect();
+        assert!(
+            rules.contains(&("reputation.critical", Audience::Supplier)),
+            "{rules:?}"
+        );
+        assert!(
+            rules.contains(&("reputation.critical", Audience::Customer)),
+            "the customer's lease is still open: {rules:?}"
+        );
+        // An unchanged score is neither reported nor alerted again soon.
+        let (reports, alerts) = watch.round(&me, samples::EPOCH, &ledger, &[], at(90_000));
+        assert!(reports.is_empty() && alerts.is_empty());
+    }
+
+    #[test]
+    fn bans_and_implausible_power_raise_alerts_once() {
+        let me = samples::coordinators()[0].clone();
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let mut watch = Watch::default();
+        let bans = [(vec![1, 2, 3], "3 invalid signatures".to_string())];
+        let (_, alerts) = watch.round(&me, 1, &ledger, &bans, at(0));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].body.rule, "peer.banned");
+        assert!(alerts[0].body.message.contains("3 invalid signatures"));
+        let (_, again) = watch.round(&me, 1, &ledger, &bans, at(5_000));
+        assert!(again.is_empty(), "a ban is reported once");
+
+        let honest = samples::usage_attestation().unwrap();
+        assert!(check_attestations(&me, std::slice::from_ref(&honest), at(0)).is_empty());
+        let mut body = honest.body.clone();
+        if let Some(gpu) = body.gpus.first_mut() {
+            gpu.energy_mj = 60_000;
+        }
+        let faked = Signed::sign(body, &samples::supplier()).unwrap();
+        let alerts = check_attestations(&me, &[faked], at(0));
+        let audiences: Vec<Audience> = alerts.iter().map(|a| a.body.audience).collect();
+        assert_eq!(audiences, vec![Audience::Operators, Audience::Customer]);
+        assert!(alerts
+            .iter()
+            .all(|a| a.body.rule == "usage.implausible_power"));
+    }
+}

@@ -273,6 +273,51 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
+/// Longest reason sent back, bytes: a refusal always fits the response
+/// frame.
+const MAX_REASON: usize = 1024;
+
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+/// Decodes and answers one coordinator request, off the async threads.
+async fn answer_bytes(
+    role: Arc<CoordinatorRole>,
+    bytes: Vec<u8>,
+) -> rigmesh_protocol::Result<Vec<u8>> {
+    let response = match CoordinatorRequest::from_bytes(&bytes) {
+        Ok(request) => tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
+            .await
+            .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
+        Err(err) => {
+            let _ = role.ledger.record_refusal(
+                "coordinator request",
+                &format!("{}: {err}", err.code()),
+                &rigmesh_ledger::Cause::new(
+                    role.key.public(),
+                    rigmesh_protocol::Id::ZERO,
+                    UnixMillis::now(),
+                ),
+            );
+            CoordinatorResponse::Refused(format!("malformed request: {err}"))
+        }
+    };
+    let response = match response {
+        CoordinatorResponse::Refused(reason) => CoordinatorResponse::Refused(bounded(reason)),
+        CoordinatorResponse::Pending(reason) => CoordinatorResponse::Pending(bounded(reason)),
+        other => other,
+    };
+    response.to_bytes()
+}
+
 /// How often held certificates are retried and the binding checked.
 const TICK: Duration = Duration::from_secs(2);
 
@@ -300,37 +345,24 @@ pub async fn run(
                 }
             }
             Some(request) = inbound.recv() => {
-                let bytes = match request.protocol {
-                    Protocol::Coordinator => {
-                        let response = match CoordinatorRequest::from_bytes(&request.bytes) {
-                            Ok(req) => {
-                                let role = role.clone();
-                                tokio::task::spawn_blocking(move || role.answer(req, UnixMillis::now()))
-                                    .await
-                                    .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}")))
+                // Requests are answered concurrently: the ledger's locks and
+                // its one writer keep each vote and each application atomic.
+                let (role, network) = (role.clone(), network.clone());
+                tokio::spawn(async move {
+                    let response = match request.protocol {
+                        Protocol::Coordinator => answer_bytes(role, request.bytes).await,
+                        Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
+                        Protocol::Sync => CoordinatorResponse::Refused("sync is served by the network".into()).to_bytes(),
+                    };
+                    match response {
+                        Ok(bytes) => {
+                            if let Err(err) = network.respond(request.protocol, request.channel, bytes).await {
+                                tracing::debug!(%err, "could not answer a request");
                             }
-                            Err(err) => {
-                                let _ = role.ledger.record_refusal(
-                                    "coordinator request",
-                                    &format!("{}: {err}", err.code()),
-                                    &rigmesh_ledger::Cause::new(role.key.public(), rigmesh_protocol::Id::ZERO, UnixMillis::now()),
-                                );
-                                CoordinatorResponse::Refused(format!("malformed request: {err}"))
-                            }
-                        };
-                        response.to_bytes()
-                    }
-                    Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
-                    Protocol::Sync => CoordinatorResponse::Refused("sync is served by the network".into()).to_bytes(),
-                };
-                match bytes {
-                    Ok(bytes) => {
-                        if let Err(err) = network.respond(request.protocol, request.channel, bytes).await {
-                            tracing::debug!(%err, "could not answer a request");
                         }
+                        Err(err) => tracing::warn!(%err, "could not encode an answer"),
                     }
-                    Err(err) => tracing::warn!(%err, "could not encode an answer"),
-                }
+                });
             }
             message = accepted.recv() => {
                 match message {

@@ -273,6 +273,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
+/// Requests answered at once; more wait for a slot.
+const MAX_CONCURRENT_ANSWERS: usize = 16;
+
 /// Longest reason sent back, bytes: a refusal always fits the response
 /// frame.
 const MAX_REASON: usize = 1024;
@@ -335,6 +338,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
     let mut report_due = UnixMillis(0);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ANSWERS));
     tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
     loop {
         tokio::select! {
@@ -345,10 +349,12 @@ pub async fn run(
                 }
             }
             Some(request) = inbound.recv() => {
-                // Requests are answered concurrently: the ledger's locks and
-                // its one writer keep each vote and each application atomic.
-                let (role, network) = (role.clone(), network.clone());
+                // Requests are answered concurrently, a bounded number at a
+                // time: the ledger's locks and its one writer keep each vote
+                // and each application atomic.
+                let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
                 tokio::spawn(async move {
+                    let Ok(_slot) = slots.acquire_owned().await else { return };
                     let response = match request.protocol {
                         Protocol::Coordinator => answer_bytes(role, request.bytes).await,
                         Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),

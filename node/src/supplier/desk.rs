@@ -346,4 +346,76 @@ mod tests {
         ));
         assert!(desk.busy().is_empty(), "refusals leased nothing");
     }
+
+    /// An escrow certificate for `agreement`'s lease, signed by `voters` of
+    /// the sample coordinator set.
+    fn escrow(
+        agreement: &Signed<LeaseAgreement>,
+        account: &Keypair,
+        amount: &str,
+        voters: usize,
+    ) -> EscrowCertificate {
+        let order = Signed::sign(
+            rigmesh_protocol::EscrowOrder {
+                version: PROTOCOL_VERSION,
+                account: account.public(),
+                seq: 0,
+                epoch: rigmesh_protocol::samples::EPOCH,
+                lease: agreement.id().unwrap(),
+                supplier: agreement.body.supplier,
+                amount: amount.parse().unwrap(),
+                created_at: T0,
+                expires_at: T0.plus_ms(600_000),
+            },
+            account,
+        )
+        .unwrap();
+        let votes: Vec<_> = rigmesh_protocol::samples::coordinators()
+            .iter()
+            .take(voters)
+            .map(|k| {
+                Signed::sign(
+                    rigmesh_protocol::Certificate::vote_for(&order, k.public()).unwrap(),
+                    k,
+                )
+                .unwrap()
+            })
+            .collect();
+        rigmesh_protocol::Certificate::assemble(order, &votes).unwrap()
+    }
+
+    #[test]
+    fn metering_waits_for_an_escrow_that_covers_the_lease() {
+        let (mut desk, offer) = desk_with_offer();
+        let set = rigmesh_protocol::samples::coordinator_set().unwrap();
+        let customer = Keypair::from_seed([9; 32]);
+        // 2 GPUs x 4 h x 1.80 = 14.40 at most.
+        let agreement = desk.answer(&proposal(&offer, 2, "1.80", 4), T0).unwrap();
+        let short = escrow(&agreement, &customer, "14.39", 3);
+        assert!(matches!(desk.fund(&short, &set), Err(Refusal::Escrow(r)) if r.contains("14.4")));
+        let stranger = escrow(&agreement, &Keypair::from_seed([8; 32]), "14.40", 3);
+        assert!(matches!(
+            desk.fund(&stranger, &set),
+            Err(Refusal::Escrow(_))
+        ));
+        let below_quorum = escrow(&agreement, &customer, "14.40", 2);
+        assert!(
+            matches!(desk.fund(&below_quorum, &set), Err(Refusal::Escrow(r)) if r.contains("votes"))
+        );
+        let good = escrow(&agreement, &customer, "14.40", 3);
+        assert_eq!(desk.fund(&good, &set).unwrap(), agreement);
+        assert!(desk.fund(&good, &set).is_err(), "a lease is funded once");
+
+        // An agreement whose escrow never comes frees its GPUs.
+        let unfunded = desk.answer(&proposal(&offer, 2, "1.80", 1), T0).unwrap();
+        assert_eq!(desk.busy().len(), 4);
+        assert!(desk
+            .expire_unfunded(T0.plus_ms(FUNDING_WINDOW_MS))
+            .is_empty());
+        assert_eq!(
+            desk.expire_unfunded(T0.plus_ms(FUNDING_WINDOW_MS + 1)),
+            vec![unfunded.id().unwrap()]
+        );
+        assert_eq!(desk.busy().len(), 2, "the funded lease keeps its GPUs");
+    }
 }

@@ -168,16 +168,10 @@ impl LeaseState {
         }
         let first = usize::try_from(self.next_window).ok()?;
         let pending = self.attestations.get(first..)?;
-        let mut decided = 0usize;
-        let mut gpu_ms = 0u64;
-        for a in pending {
-            match self.status(a, terms, now) {
-                Decided::Pay(ms) => gpu_ms = gpu_ms.saturating_add(ms),
-                Decided::Held => {}
-                Decided::Open => break,
-            }
-            decided += 1;
-        }
+        let decided = pending
+            .iter()
+            .take_while(|a| self.status(a, terms, now) != Decided::Open)
+            .count();
         if self.finished && decided == pending.len() && decided > 0 {
             let take = decided.min(MAX_WINDOWS_PER_REQUEST);
             let last = take == decided;

@@ -227,7 +227,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 "the order's lease, account or supplier is not the agreement's",
             ));
         }
-        self.debit_rules(&o.account, o.seq, o.amount, subject)?;
+        self.debit_rules(&o.account, o.seq, subject)?;
         if self.ledger.lease_book(&o.lease)?.is_some() {
             return Err(Refusal::new(
                 "lease_funded",
@@ -240,13 +240,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
     }
 
     /// Rules 6 and 7 of 5.2: the lock and the sequence.
-    fn debit_rules(
-        &self,
-        account: &PublicKey,
-        seq: u64,
-        _amount: Credits,
-        subject: Id,
-    ) -> Result<(), Refusal> {
+    fn debit_rules(&self, account: &PublicKey, seq: u64, subject: Id) -> Result<(), Refusal> {
         if let Some(other) = self.ledger.debit_lock(account, seq)? {
             if other != subject {
                 return Err(Refusal::new(
@@ -317,7 +311,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
             }
             withdrawal.verify(&self.clock(now))?;
             self.check_epoch(w.epoch)?;
-            self.debit_rules(&w.account, w.seq, w.amount, subject)?;
+            self.debit_rules(&w.account, w.seq, subject)?;
             self.check_balance(&w.account, w.amount)?;
             self.take_debit_lock(&w.account, w.seq, subject, now)?;
             self.sign_vote(withdrawal)

@@ -9,10 +9,13 @@
 //!   - `tag(kind) || id` -> `expires_at u64 || canonical bytes`
 //!     (`expires_at` is `u64::MAX` for kinds that do not expire);
 //!   - `0xFF || supplier || fingerprint` -> `sequence u64 || id`: the live
-//!     offer of a supplier's device set.
+//!     offer of a supplier's device set;
+//!   - `0xFE || lease || tag(kind) || id` -> empty: the messages about a
+//!     lease (attestations, acks, disputes, terminations, settlement
+//!     certificates), so reading one lease's evidence is a prefix scan.
 //! - tree `market/bans`: `peer id bytes` -> `until u64 || reason`.
 //!
-//! Kind tags are below `0xFF`, so the index never mixes with messages.
+//! Kind tags are below `0xFE`, so the indexes never mix with messages.
 
 use std::path::Path;
 
@@ -34,6 +37,8 @@ pub struct MarketRecord {
     /// When a message of another kind expires (bindings, bids); `None`
     /// for records that do not (certificates, attestations).
     pub expires_at: Option<UnixMillis>,
+    /// The lease it is about, for the lease index.
+    pub lease: Option<Id>,
 }
 
 /// What identifies an offer's device set and orders its re-publications.
@@ -79,6 +84,8 @@ pub struct MarketStore {
 
 /// First byte of live-offer index keys; above every kind tag.
 const LIVE_OFFER: u8 = 0xFF;
+/// First byte of lease index keys; above every kind tag.
+const BY_LEASE: u8 = 0xFE;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +97,14 @@ fn message_key(kind: Kind, id: &Id) -> Vec<u8> {
     let mut key = Vec::with_capacity(33);
     key.push(kind.tag());
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn lease_prefix(lease: &Id, kind: Kind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(66);
+    key.push(BY_LEASE);
+    key.extend_from_slice(lease.as_bytes());
+    key.push(kind.tag());
     key
 }
 
@@ -207,6 +222,11 @@ impl MarketStore {
                 write.insert(key.as_slice(), index);
                 live.insert(key, (offer.sequence, record.id));
             }
+            if let Some(lease) = &record.lease {
+                let mut key = lease_prefix(lease, record.kind);
+                key.extend_from_slice(record.id.as_bytes());
+                write.insert(key, Vec::new());
+            }
             write.insert(message_key(record.kind, &record.id), value);
         }
         self.messages.apply_batch(write)?;
@@ -231,7 +251,8 @@ impl MarketStore {
             }
             None => Vec::new(),
         };
-        let end = vec![LIVE_OFFER];
+        // Messages only: the index keys start above every kind tag.
+        let end = vec![BY_LEASE];
         for entry in self.messages.range(start..end) {
             let (key, value) = entry?;
             let Some(kind) = key.first().and_then(|t| Kind::from_tag(*t)) else {
@@ -281,6 +302,40 @@ impl MarketStore {
             .iter()
             .map(|bytes| Ok(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?))
             .collect()
+    }
+
+    /// The stored messages of `T`'s kind about `lease`, by id.
+    pub fn about_lease<T: rigmesh_protocol::Message>(
+        &self,
+        lease: &Id,
+    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+        self.lease_bytes(lease, T::KIND)?
+            .iter()
+            .map(|bytes| Ok(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?))
+            .collect()
+    }
+
+    /// The stored certificates of `T` about `lease` (settlements).
+    pub fn certificates_about_lease<T: rigmesh_protocol::Certifiable>(
+        &self,
+        lease: &Id,
+    ) -> Result<Vec<rigmesh_protocol::Certificate<T>>> {
+        self.lease_bytes(lease, T::CERTIFICATE)?
+            .iter()
+            .map(|bytes| Ok(rigmesh_protocol::Certificate::<T>::from_bytes(bytes)?))
+            .collect()
+    }
+
+    fn lease_bytes(&self, lease: &Id, kind: Kind) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
+            let (key, _) = entry?;
+            let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+            if let Some(value) = self.messages.get(message_key(kind, &id))? {
+                out.push(value.get(8..).unwrap_or_default().to_vec());
+            }
+        }
+        Ok(out)
     }
 
     /// Every stored certificate of `T` (escrow, settlement, withdrawal).
@@ -343,6 +398,7 @@ mod tests {
                 expires_at: UnixMillis(1000),
             }),
             expires_at: None,
+            lease: None,
         }
     }
 
@@ -374,6 +430,7 @@ mod tests {
                 bytes: vec![n],
                 offer: None,
                 expires_at: None,
+                lease: Some(Id([7; 32])),
             })
             .collect();
         store.store(&certs).unwrap();
@@ -430,5 +487,57 @@ mod tests {
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].reason, "spam");
         assert!(store.active_bans(UnixMillis(600)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_messages_of_a_lease_are_found_by_lease_and_paging_skips_the_index() {
+        let store = MarketStore::temporary().unwrap();
+        let ack = rigmesh_protocol::samples::usage_ack().unwrap();
+        let dispute = rigmesh_protocol::samples::usage_dispute().unwrap();
+        let lease = ack.body.lease;
+        let record = |kind: Kind, id: Id, bytes: Vec<u8>, lease: Option<Id>| MarketRecord {
+            kind,
+            id,
+            bytes,
+            offer: None,
+            expires_at: None,
+            lease,
+        };
+        store
+            .store(&[
+                record(
+                    Kind::UsageAck,
+                    ack.id().unwrap(),
+                    ack.to_bytes().unwrap(),
+                    Some(lease),
+                ),
+                record(
+                    Kind::UsageDispute,
+                    dispute.id().unwrap(),
+                    dispute.to_bytes().unwrap(),
+                    Some(lease),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(
+            store
+                .about_lease::<rigmesh_protocol::UsageAck>(&lease)
+                .unwrap(),
+            vec![ack.clone()]
+        );
+        assert_eq!(
+            store
+                .about_lease::<rigmesh_protocol::UsageDispute>(&lease)
+                .unwrap(),
+            vec![dispute]
+        );
+        assert!(store
+            .about_lease::<rigmesh_protocol::UsageAck>(&Id([9; 32]))
+            .unwrap()
+            .is_empty());
+        let page = store
+            .page(&[Kind::UsageAck], None, 10, UnixMillis(0))
+            .unwrap();
+        assert_eq!(page.items, vec![(Kind::UsageAck, ack.to_bytes().unwrap())]);
     }
 }

@@ -42,6 +42,14 @@ impl MessageStore for MarketStore {
                     WireMessage::Bid(b) => Some(b.body.expires_at),
                     _ => None,
                 },
+                lease: match &m.message {
+                    WireMessage::UsageAttestation(a) => Some(a.body.lease),
+                    WireMessage::UsageAck(a) => Some(a.body.lease),
+                    WireMessage::UsageDispute(d) => Some(d.body.lease),
+                    WireMessage::LeaseTermination(t) => Some(t.body.lease),
+                    WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
+                    _ => None,
+                },
             })
             .collect();
         MarketStore::store(self, &records).map_err(text)

@@ -45,16 +45,13 @@ pub struct LeaseSettlement {
 }
 
 /// The settlements of `lease` this node holds, summed.
-pub fn lease_settlement(store: &MarketStore, lease: &Id, now: UnixMillis) -> LeaseSettlement {
+pub fn lease_settlement(store: &MarketStore, lease: &Id) -> LeaseSettlement {
     let mut out = LeaseSettlement::default();
     for cert in store
-        .certificates::<rigmesh_protocol::SettlementRequest>(now)
+        .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(lease)
         .unwrap_or_default()
     {
         let r = &cert.message.body;
-        if r.lease != *lease {
-            continue;
-        }
         out.paid = out
             .paid
             .checked_add(r.supplier_amount)

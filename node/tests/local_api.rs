@@ -45,6 +45,7 @@ fn record(o: &Signed<Offer>) -> MarketRecord {
             expires_at: o.body.expires_at,
         }),
         expires_at: None,
+        lease: None,
     }
 }
 

@@ -27,7 +27,6 @@ use axum::{Json, Router};
 use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::{Credits, Id, Offer, PublicKey, Signed, UnixMillis};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::customer::commands::{BidError, BidOutcome, BidRequest, CustomerCommand, RequestError};
@@ -497,14 +496,6 @@ pub async fn serve(
     api: LocalApi,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
-        path: addr.to_string(),
-        source: e,
-    })?;
-    let bound = listener.local_addr().map_err(|e| Error::Io {
-        path: addr.to_string(),
-        source: e,
-    })?;
     let state = Scoped { api, scope };
     let routes = match scope {
         Scope::Customer => Router::new()
@@ -527,13 +518,5 @@ pub async fn serve(
         .route("/v1/whoami", get(whoami))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
-    let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(%err, "local API listener stopped");
-        }
-    });
-    Ok((bound, task))
+    super::serve_app(addr, app, scope.name(), shutdown).await
 }

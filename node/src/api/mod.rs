@@ -72,24 +72,33 @@ pub async fn serve_monitoring(
     network: NodeHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
-        path: addr.to_string(),
-        source: e,
-    })?;
-    let bound = listener.local_addr().map_err(|e| Error::Io {
-        path: addr.to_string(),
-        source: e,
-    })?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(Monitoring { registry, network });
+    serve_app(addr, app, "monitoring", shutdown).await
+}
+
+/// Binds `addr` and serves `app` on it until `shutdown` completes; returns
+/// the bound address (a port of 0 is resolved) and the server task.
+pub(crate) async fn serve_app(
+    addr: SocketAddr,
+    app: Router,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let io = |e| Error::Io {
+        path: addr.to_string(),
+        source: e,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(io)?;
+    let bound = listener.local_addr().map_err(io)?;
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::warn!(%err, "monitoring listener stopped");
+            tracing::warn!(%err, listener = what, "listener stopped");
         }
     });
     Ok((bound, task))

@@ -210,17 +210,13 @@ impl CoordinatorRole {
         let mut disputes = bundle.disputes;
         acks.extend(
             self.store
-                .all::<UsageAck>(now)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|a| a.body.lease == lease),
+                .about_lease::<UsageAck>(&lease)
+                .unwrap_or_default(),
         );
         disputes.extend(
             self.store
-                .all::<UsageDispute>(now)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|d| d.body.lease == lease),
+                .about_lease::<UsageDispute>(&lease)
+                .unwrap_or_default(),
         );
         self.rules().vote_settlement(
             &SettlementEvidence {

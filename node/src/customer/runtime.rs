@@ -276,7 +276,6 @@ impl Customer {
                         status.settlement = Some(crate::receipts::lease_settlement(
                             &self.store,
                             &status.lease,
-                            now,
                         ));
                     }
                 }

@@ -233,7 +233,7 @@ impl LeaseState {
         std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
     }
 
-    fn load(path: &Path, store: &MarketStore, now: UnixMillis) -> Result<Self, String> {
+    fn load(path: &Path, store: &MarketStore) -> Result<Self, String> {
         let text = std::fs::read(path).map_err(|e| e.to_string())?;
         let saved: Saved = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
         let bytes = |h: &str| hex::decode(h).map_err(|e| e.to_string());
@@ -252,10 +252,10 @@ impl LeaseState {
         let lease = agreement.id().map_err(|e| e.to_string())?;
         let customer = escrow.message.body.account;
         let mut attestations: Vec<Signed<UsageAttestation>> = store
-            .all::<UsageAttestation>(now)
+            .about_lease::<UsageAttestation>(&lease)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|a| a.body.lease == lease && a.signer == agreement.body.supplier)
+            .filter(|a| a.signer == agreement.body.supplier)
             .collect();
         attestations.sort_by_key(|a| a.body.seq);
         // Keep the unbroken chain from 0.
@@ -266,17 +266,17 @@ impl LeaseState {
             }
         }
         let acks = store
-            .all::<UsageAck>(now)
+            .about_lease::<UsageAck>(&lease)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|a| a.body.lease == lease && a.body.customer == customer)
+            .filter(|a| a.body.customer == customer)
             .map(|a| (a.body.seq, a))
             .collect();
         let disputes = store
-            .all::<UsageDispute>(now)
+            .about_lease::<UsageDispute>(&lease)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|d| d.body.lease == lease && d.body.customer == customer)
+            .filter(|d| d.body.customer == customer)
             .map(|d| (d.body.seq, d))
             .collect();
         Ok(LeaseState {
@@ -317,7 +317,7 @@ fn restore(dir: &Path, store: &MarketStore) -> BTreeMap<Id, LeaseState> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        match LeaseState::load(&path, store, UnixMillis::now()) {
+        match LeaseState::load(&path, store) {
             Ok(state) => {
                 if let Ok(lease) = state.agreement.id() {
                     if !state.closed {

@@ -22,16 +22,25 @@ fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
         "4 coordinators (f = 1), 3 suppliers, 1 customer",
         "token ",
         "leased: lease ",
-        "escrowed 3.6",
+        "escrowed 0.02 ",
         "window 0 attested",
         "acknowledged by the customer",
-        "alert (Info) budget.50",
+        "alert (info) budget.50",
         "the customer ended the lease (BudgetCap)",
         "(final)",
+        "alert (critical) budget.100",
+        "cap 0.02   settled ",
         "books (identical on all 4 coordinators)",
     ] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
+    // What was settled is at most the cap, to the micro-credit, and the
+    // customer's node shows exactly what was settled.
+    let line = stdout.lines().find(|l| l.starts_with("cap 0.02")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let settled: rigmesh_protocol::Credits = words[3].parse().unwrap();
+    assert!(settled <= "0.02".parse().unwrap(), "{line}");
+    assert_eq!(words.last().unwrap(), &words[3], "{line}");
     // The cheapest H100 offer (the market data's 10th percentile) wins.
     assert!(stdout.contains("at 1.8/GPU-h"), "{stdout}");
 }

@@ -12,7 +12,8 @@
 
 use bincode::{Decode, Encode};
 use rigmesh_protocol::{
-    Credits, EscrowCertificate, Id, PublicKey, SettlementCertificate, UnixMillis,
+    Credits, EscrowCertificate, Id, PublicKey, ReleaseCertificate, SettlementCertificate,
+    UnixMillis,
 };
 
 use crate::accounts::{Account, JournalEntry, Movement};
@@ -144,6 +145,8 @@ pub struct Settlement {
     pub refund: Credits,
     /// Closes the lease.
     pub final_settlement: bool,
+    /// Whether it covers any window (an escrow release may cover none).
+    pub covers_windows: bool,
 }
 
 impl Debit {
@@ -182,6 +185,29 @@ impl Settlement {
             fee: r.fee,
             refund: r.refund,
             final_settlement: r.final_settlement,
+            covers_windows: true,
+        })
+    }
+
+    /// The final settlement an escrow release certificate makes.
+    pub fn of_release(certificate: &ReleaseCertificate) -> Result<Self> {
+        let r = &certificate.message.body;
+        Ok(Settlement {
+            subject: certificate.subject()?,
+            lease: r.lease,
+            escrow: r.escrow,
+            supplier: r.supplier,
+            customer: r.customer,
+            settlement_seq: r.settlement_seq,
+            first_window: r.first_window,
+            last_window: r.last_window().unwrap_or(r.first_window),
+            attestation_head: r.attestation_head,
+            billable_gpu_ms: r.billable_gpu_ms,
+            supplier_amount: r.supplier_amount,
+            fee: r.fee,
+            refund: r.refund,
+            final_settlement: true,
+            covers_windows: r.windows > 0,
         })
     }
 }
@@ -515,9 +541,36 @@ impl<S: Store> Ledger<S> {
         certificate: &SettlementCertificate,
         cause: &Cause,
     ) -> Result<Applied> {
-        let s = Settlement::of(certificate)?;
-        let bytes = certificate.to_bytes()?;
-        let kind = CertificateKind::Settlement;
+        self.apply_settlement(
+            Settlement::of(certificate)?,
+            CertificateKind::Settlement,
+            certificate.to_bytes()?,
+            cause,
+        )
+    }
+
+    /// Applies a verified escrow release certificate (section 8.5): the
+    /// lease's final settlement, as the customer asked for it.
+    pub fn apply_release_certificate(
+        &self,
+        certificate: &ReleaseCertificate,
+        cause: &Cause,
+    ) -> Result<Applied> {
+        self.apply_settlement(
+            Settlement::of_release(certificate)?,
+            CertificateKind::Release,
+            certificate.to_bytes()?,
+            cause,
+        )
+    }
+
+    fn apply_settlement(
+        &self,
+        s: Settlement,
+        kind: CertificateKind,
+        bytes: Vec<u8>,
+        cause: &Cause,
+    ) -> Result<Applied> {
         let guard = self.lock();
         if self.is_applied(&s.subject)? {
             return Ok(Applied::AlreadyApplied);
@@ -591,14 +644,16 @@ impl<S: Store> Ledger<S> {
             .settlement_seq
             .checked_add(1)
             .ok_or(Error::Overflow("the settlement sequence"))?;
-        book.next_window = s
-            .last_window
-            .checked_add(1)
-            .ok_or(Error::Overflow("the window sequence"))?;
-        book.metered_windows = book.next_window;
+        if s.covers_windows {
+            book.next_window = s
+                .last_window
+                .checked_add(1)
+                .ok_or(Error::Overflow("the window sequence"))?;
+            book.metered_windows = book.next_window;
+            batch.put_in::<SettlementHeads>(&s.lease, &s.attestation_head)?;
+        }
         book.closed = s.final_settlement;
         batch.put_in::<LeaseBooks>(&s.lease, &book)?;
-        batch.put_in::<SettlementHeads>(&s.lease, &s.attestation_head)?;
         let payout = crate::billing::Payout {
             billable_gpu_ms: s.billable_gpu_ms,
             gross: paid_now,
@@ -612,10 +667,13 @@ impl<S: Store> Ledger<S> {
             Some(counts) => counts,
             // Not voted for here: the certificate's own numbers.
             None => {
-                let windows = s
-                    .last_window
-                    .saturating_sub(s.first_window)
-                    .saturating_add(1);
+                let windows = if s.covers_windows {
+                    s.last_window
+                        .saturating_sub(s.first_window)
+                        .saturating_add(1)
+                } else {
+                    0
+                };
                 WindowCounts {
                     windows,
                     acked: windows,

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use rigmesh_protocol::{
     Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, EscrowCertificate,
-    EscrowOrder, Id, Keypair, LeaseAgreement, PublicKey, SettlementCertificate, SettlementRequest,
-    Signed, UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote, Withdrawal,
-    WithdrawalCertificate,
+    EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement, LeaseTermination, PublicKey,
+    ReleaseCertificate, SettlementCertificate, SettlementRequest, Signed, UnixMillis, UsageAck,
+    UsageAttestation, UsageDispute, Vote, Withdrawal, WithdrawalCertificate,
 };
 
 use crate::billing::{self, FeeRate, Payout};
@@ -38,6 +38,10 @@ pub struct CoordinatorConfig {
     pub admin: Option<PublicKey>,
     /// Clock skew tolerated.
     pub skew_ms: u64,
+    /// How long after a lease's end (its `ends_at`, or its termination)
+    /// its supplier may settle it finally before the customer can have
+    /// the escrow released (section 8.5).
+    pub release_grace_ms: u64,
 }
 
 /// Why a coordinator did not vote or apply.
@@ -51,7 +55,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+    /// A refusal with a reason code and what was wrong.
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
         Refusal {
             code,
             detail: detail.into(),
@@ -82,6 +87,9 @@ pub enum WindowStatus {
     Disputed,
     /// Not yet decided.
     Undecided,
+    /// Not acked, and it started after the customer's signed termination
+    /// of the lease: never payable (section 6.1).
+    AfterTermination,
 }
 
 /// What a supplier sends with a settlement request (section 8.1).
@@ -99,10 +107,104 @@ pub struct SettlementEvidence<'a> {
     pub acks: &'a [Signed<UsageAck>],
     /// The customer's disputes the coordinator holds.
     pub disputes: &'a [Signed<UsageDispute>],
+    /// The customer's terminations of the lease the coordinator holds.
+    pub terminations: &'a [Signed<LeaseTermination>],
+}
+
+/// What a settlement request or an escrow release claims, for the rules
+/// they share.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    lease: Id,
+    supplier: PublicKey,
+    customer: PublicKey,
+    settlement_seq: u64,
+    escrow: Id,
+    first_window: u64,
+    /// `None`: no window is covered (a release may cover none).
+    last_window: Option<u64>,
+    attestation_head: Id,
+    billable_gpu_ms: u64,
+    supplier_amount: Credits,
+    fee: Credits,
+    refund: Credits,
+    final_settlement: bool,
+}
+
+/// When the lease's customer ended it: the earliest `created_at` of the
+/// valid terminations signed by that customer for that lease.
+pub fn termination_point(
+    lease: &Id,
+    customer: &PublicKey,
+    terminations: &[Signed<LeaseTermination>],
+) -> Option<UnixMillis> {
+    terminations
+        .iter()
+        .filter(|t| {
+            t.body.lease == *lease && t.body.customer == *customer && t.verify_record().is_ok()
+        })
+        .map(|t| t.body.created_at)
+        .min()
+}
+
+/// What a customer sends with an escrow release (section 8.5).
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseEvidence<'a> {
+    /// The release.
+    pub release: &'a Signed<EscrowRelease>,
+    /// The lease agreement.
+    pub agreement: &'a Signed<LeaseAgreement>,
+    /// The covered attestations, in order.
+    pub attestations: &'a [Signed<UsageAttestation>],
+    /// Attestation `first_window - 1` when `first_window > 0`.
+    pub previous: Option<&'a Signed<UsageAttestation>>,
+    /// The customer's acks the coordinator holds (bundle and gossip).
+    pub acks: &'a [Signed<UsageAck>],
+    /// The customer's disputes the coordinator holds.
+    pub disputes: &'a [Signed<UsageDispute>],
+    /// The customer's terminations of the lease the coordinator holds.
+    pub terminations: &'a [Signed<LeaseTermination>],
+}
+
+/// The windows a settlement or release covers and what was said of them.
+#[derive(Debug, Clone, Copy)]
+struct Windows<'a> {
+    agreement: &'a Signed<LeaseAgreement>,
+    attestations: &'a [Signed<UsageAttestation>],
+    previous: Option<&'a Signed<UsageAttestation>>,
+    acks: &'a [Signed<UsageAck>],
+    disputes: &'a [Signed<UsageDispute>],
+    terminations: &'a [Signed<LeaseTermination>],
+}
+
+impl<'a> From<&SettlementEvidence<'a>> for Windows<'a> {
+    fn from(ev: &SettlementEvidence<'a>) -> Self {
+        Windows {
+            agreement: ev.agreement,
+            attestations: ev.attestations,
+            previous: ev.previous,
+            acks: ev.acks,
+            disputes: ev.disputes,
+            terminations: ev.terminations,
+        }
+    }
+}
+
+impl<'a> From<&ReleaseEvidence<'a>> for Windows<'a> {
+    fn from(ev: &ReleaseEvidence<'a>) -> Self {
+        Windows {
+            agreement: ev.agreement,
+            attestations: ev.attestations,
+            previous: ev.previous,
+            acks: ev.acks,
+            disputes: ev.disputes,
+            terminations: ev.terminations,
+        }
+    }
 }
 
 /// The window counts behind a settlement request (reputation evidence).
-fn window_counts(ev: &SettlementEvidence<'_>, statuses: &[(u64, WindowStatus)]) -> WindowCounts {
+fn window_counts(ev: &Windows<'_>, statuses: &[(u64, WindowStatus)]) -> WindowCounts {
     let gpus = ev.agreement.body.gpu_indices.len() as u64;
     let window_ms = ev.agreement.body.window_ms();
     let mut counts = WindowCounts::default();
@@ -117,7 +219,9 @@ fn window_counts(ev: &SettlementEvidence<'_>, statuses: &[(u64, WindowStatus)]) 
         }
         match status {
             WindowStatus::Acked => counts.acked += 1,
-            WindowStatus::AcceptedByTimeout => counts.unanswered += 1,
+            WindowStatus::AcceptedByTimeout | WindowStatus::AfterTermination => {
+                counts.unanswered += 1
+            }
             WindowStatus::Disputed => counts.disputed += 1,
             WindowStatus::Undecided => {}
         }
@@ -443,25 +547,137 @@ impl<'l, S: Store> Coordinator<'l, S> {
             None,
         )?;
         self.check_epoch(r.epoch)?;
+        let claim = Claim {
+            lease: r.lease,
+            supplier: r.supplier,
+            customer: r.customer,
+            settlement_seq: r.settlement_seq,
+            escrow: r.escrow,
+            first_window: r.first_window,
+            last_window: Some(r.last_window),
+            attestation_head: r.attestation_head,
+            billable_gpu_ms: r.billable_gpu_ms,
+            supplier_amount: r.supplier_amount,
+            fee: r.fee,
+            refund: r.refund,
+            final_settlement: r.final_settlement,
+        };
+        let counts = self.claim_rules(&claim, &Windows::from(ev), subject, now, None)?;
+        self.lock_and_vote(&claim, subject, &counts, ev.request, now)
+    }
+
+    /// The voting rule for an escrow release (section 8.5): the rules of
+    /// a final settlement, signed by the customer, once the lease has
+    /// ended and its grace period has passed with no final settlement.
+    pub fn vote_release(
+        &self,
+        evidence: &ReleaseEvidence<'_>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let subject = evidence.release.id().unwrap_or(Id::ZERO);
+        self.release_rules(evidence, subject, now)
+            .map_err(|r| self.refuse("vote on escrow release", subject, now, r))
+    }
+
+    fn release_rules(
+        &self,
+        ev: &ReleaseEvidence<'_>,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let release = ev.release;
+        release.verify_record()?;
+        let r = &release.body;
+        if self.ledger.settlement_lock(&r.lease, r.settlement_seq)? == Some(subject) {
+            return self.sign_vote(release);
+        }
+        self.clock(now).check(
+            rigmesh_protocol::Kind::EscrowRelease,
+            Some(r.created_at),
+            None,
+        )?;
+        self.check_epoch(r.epoch)?;
+        let claim = Claim {
+            lease: r.lease,
+            supplier: r.supplier,
+            customer: r.customer,
+            settlement_seq: r.settlement_seq,
+            escrow: r.escrow,
+            first_window: r.first_window,
+            last_window: r.last_window(),
+            attestation_head: r.attestation_head,
+            billable_gpu_ms: r.billable_gpu_ms,
+            supplier_amount: r.supplier_amount,
+            fee: r.fee,
+            refund: r.refund,
+            final_settlement: true,
+        };
+        let counts = self.claim_rules(
+            &claim,
+            &Windows::from(ev),
+            subject,
+            now,
+            Some(self.config.release_grace_ms),
+        )?;
+        self.lock_and_vote(&claim, subject, &counts, release, now)
+    }
+
+    fn lock_and_vote<T: Certifiable>(
+        &self,
+        claim: &Claim,
+        subject: Id,
+        counts: &WindowCounts,
+        message: &Signed<T>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        match self.ledger.lock_settlement(
+            &claim.lease,
+            claim.settlement_seq,
+            &subject,
+            counts,
+            &self.cause(subject, now),
+        )? {
+            Lock::Taken | Lock::Same => self.sign_vote(message),
+            Lock::Other(other) => Err(Refusal::new(
+                "conflicting_request",
+                format!("already voted for {other}"),
+            )),
+        }
+    }
+
+    /// Rules 5 to 13 of 8.2 for a settlement or an escrow release; with
+    /// `release_grace`, also the release's rules of 8.5. Returns the
+    /// window counts for reputation.
+    fn claim_rules(
+        &self,
+        claim: &Claim,
+        ev: &Windows<'_>,
+        subject: Id,
+        now: UnixMillis,
+        release_grace: Option<u64>,
+    ) -> Result<WindowCounts, Refusal> {
         let g = ev.agreement;
         g.verify_record()
             .map_err(|e| Refusal::new("lease_mismatch", e.to_string()))?;
-        if g.id()? != r.lease
-            || g.body.supplier != r.supplier
-            || g.body.proposal.body.customer != r.customer
+        if g.id()? != claim.lease
+            || g.body.supplier != claim.supplier
+            || g.body.proposal.body.customer != claim.customer
         {
             return Err(Refusal::new(
                 "lease_mismatch",
                 "the request's lease, supplier or customer is not the agreement's",
             ));
         }
-        let Some(book) = self.ledger.lease_book(&r.lease)? else {
+        let Some(book) = self.ledger.lease_book(&claim.lease)? else {
             return Err(Refusal::new(
                 "escrow_mismatch",
-                format!("the escrow of lease {} is not applied here", r.lease),
+                format!("the escrow of lease {} is not applied here", claim.lease),
             ));
         };
-        if book.order != r.escrow || book.customer != r.customer || book.supplier != r.supplier {
+        if book.order != claim.escrow
+            || book.customer != claim.customer
+            || book.supplier != claim.supplier
+        {
             return Err(Refusal::new(
                 "escrow_mismatch",
                 "the applied escrow is not the one the request names",
@@ -470,39 +686,74 @@ impl<'l, S: Store> Coordinator<'l, S> {
         if book.closed {
             return Err(Refusal::new("lease_closed", "the lease is closed"));
         }
-        if let Some(other) = self.ledger.settlement_lock(&r.lease, r.settlement_seq)? {
+        if let Some(other) = self
+            .ledger
+            .settlement_lock(&claim.lease, claim.settlement_seq)?
+        {
             if other != subject {
                 return Err(Refusal::new(
                     "conflicting_request",
                     format!(
                         "already voted for {other} at settlement {}",
-                        r.settlement_seq
+                        claim.settlement_seq
                     ),
                 ));
             }
         }
-        if r.settlement_seq < book.next_settlement_seq {
+        if claim.settlement_seq < book.next_settlement_seq {
             return Err(Refusal::new(
                 "settlement_seq_used",
                 format!("next settlement is {}", book.next_settlement_seq),
             ));
         }
-        if r.settlement_seq > book.next_settlement_seq {
+        if claim.settlement_seq > book.next_settlement_seq {
             return Err(Refusal::new(
                 "settlement_seq_ahead",
                 format!("next settlement is {}", book.next_settlement_seq),
             ));
         }
-        if r.first_window != book.next_window {
+        if claim.first_window != book.next_window {
             return Err(Refusal::new(
                 "window_gap",
                 format!(
                     "first_window {} but the next window to settle is {}",
-                    r.first_window, book.next_window
+                    claim.first_window, book.next_window
                 ),
             ));
         }
-        let statuses = self.check_chain(ev, now)?;
+        if let Some(grace) = release_grace {
+            let ended = termination_point(&claim.lease, &claim.customer, ev.terminations)
+                .map_or(g.body.ends_at, |t| t.min(g.body.ends_at));
+            let due = ended.plus_ms(grace);
+            if now < due {
+                return Err(Refusal::new(
+                    "release_not_due",
+                    format!(
+                        "the lease ended at {}; its supplier may settle it until {}",
+                        ended.0, due.0
+                    ),
+                ));
+            }
+            // Every window the customer acked is the supplier's: a release
+            // that leaves one out would take it back.
+            let last = claim.last_window;
+            if let Some(ack) = ev.acks.iter().find(|k| {
+                k.body.lease == claim.lease
+                    && k.body.customer == claim.customer
+                    && k.body.seq >= claim.first_window
+                    && last.is_none_or(|last| k.body.seq > last)
+                    && k.verify_record().is_ok()
+            }) {
+                return Err(Refusal::new(
+                    "acked_window_left_out",
+                    format!("window {} was acked but is not covered", ack.body.seq),
+                ));
+            }
+        }
+        let statuses = match claim.last_window {
+            Some(last) => self.check_chain(claim, last, ev, now)?,
+            None => Vec::new(),
+        };
         if let Some((seq, _)) = statuses.iter().find(|(_, s)| *s == WindowStatus::Undecided) {
             return Err(Refusal::new(
                 "window_not_due",
@@ -513,19 +764,21 @@ impl<'l, S: Store> Coordinator<'l, S> {
         for (a, (_, status)) in ev.attestations.iter().zip(&statuses) {
             let billable = match status {
                 WindowStatus::Acked | WindowStatus::AcceptedByTimeout => a.body.billable_gpu_ms,
-                WindowStatus::Disputed | WindowStatus::Undecided => 0,
+                WindowStatus::Disputed
+                | WindowStatus::Undecided
+                | WindowStatus::AfterTermination => 0,
             };
             meter
                 .add_window(billable)
                 .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
         }
         let payout = self
-            .payout(g, meter.gpu_ms(), book.available()?, r.final_settlement)
+            .payout(g, meter.gpu_ms(), book.available()?, claim.final_settlement)
             .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
-        if payout.billable_gpu_ms != r.billable_gpu_ms
-            || payout.supplier != r.supplier_amount
-            || payout.fee != r.fee
-            || payout.refund != r.refund
+        if payout.billable_gpu_ms != claim.billable_gpu_ms
+            || payout.supplier != claim.supplier_amount
+            || payout.fee != claim.fee
+            || payout.refund != claim.refund
         {
             return Err(Refusal::new(
                 "payout_mismatch",
@@ -535,26 +788,14 @@ impl<'l, S: Store> Coordinator<'l, S> {
                     payout.supplier,
                     payout.fee,
                     payout.refund,
-                    r.billable_gpu_ms,
-                    r.supplier_amount,
-                    r.fee,
-                    r.refund
+                    claim.billable_gpu_ms,
+                    claim.supplier_amount,
+                    claim.fee,
+                    claim.refund
                 ),
             ));
         }
-        match self.ledger.lock_settlement(
-            &r.lease,
-            r.settlement_seq,
-            &subject,
-            &window_counts(ev, &statuses),
-            &self.cause(subject, now),
-        )? {
-            Lock::Taken | Lock::Same => self.sign_vote(ev.request),
-            Lock::Other(other) => Err(Refusal::new(
-                "conflicting_request",
-                format!("already voted for {other}"),
-            )),
-        }
+        Ok(window_counts(ev, &statuses))
     }
 
     /// The payout of section 8.3 for `gpu_ms` of lease `agreement`.
@@ -578,14 +819,14 @@ impl<'l, S: Store> Coordinator<'l, S> {
     /// lease; returns each window's status.
     fn check_chain(
         &self,
-        ev: &SettlementEvidence<'_>,
+        r: &Claim,
+        last_window: u64,
+        ev: &Windows<'_>,
         now: UnixMillis,
     ) -> Result<Vec<(u64, WindowStatus)>, Refusal> {
-        let r = &ev.request.body;
         let g = &ev.agreement.body;
         let broken = |detail: String| Refusal::new("broken_chain", detail);
-        let count = r
-            .last_window
+        let count = last_window
             .checked_sub(r.first_window)
             .and_then(|n| n.checked_add(1))
             .ok_or_else(|| broken("empty range".into()))?;
@@ -612,6 +853,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
         };
         let mut wanted: Vec<u16> = g.gpu_indices.clone();
         wanted.sort_unstable();
+        let ended = termination_point(&r.lease, &r.customer, ev.terminations);
         let window_ms = ev.agreement.body.window_ms();
         let mut out = Vec::with_capacity(ev.attestations.len());
         for (i, a) in ev.attestations.iter().enumerate() {
@@ -644,7 +886,18 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 )));
             }
             let id = a.id()?;
-            out.push((seq, self.window_status(a, id, ev.acks, ev.disputes, now)));
+            let mut status = self.window_status(a, id, ev.acks, ev.disputes, now);
+            // What the customer did not ack after it ended the lease is
+            // not payable, however long it stays unanswered.
+            if ended.is_some_and(|end| b.window_start > end)
+                && matches!(
+                    status,
+                    WindowStatus::AcceptedByTimeout | WindowStatus::Undecided
+                )
+            {
+                status = WindowStatus::AfterTermination;
+            }
+            out.push((seq, status));
             prev_id = id;
             prev_end = Some(b.window_end);
         }
@@ -664,6 +917,17 @@ impl<'l, S: Store> Coordinator<'l, S> {
     ) -> Result<Applied, Refusal> {
         self.apply_certified("apply escrow certificate", certificate, now, |cause| {
             self.ledger.apply_escrow_certificate(certificate, cause)
+        })
+    }
+
+    /// Applies an escrow release certificate from any source (section 8.5).
+    pub fn apply_release(
+        &self,
+        certificate: &ReleaseCertificate,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        self.apply_certified("apply release certificate", certificate, now, |cause| {
+            self.ledger.apply_release_certificate(certificate, cause)
         })
     }
 
@@ -720,6 +984,9 @@ impl<'l, S: Store> Coordinator<'l, S> {
                     CertificateKind::Withdrawal => WithdrawalCertificate::from_bytes(&bytes)
                         .map_err(Error::from)
                         .and_then(|c| self.ledger.apply_withdrawal_certificate(&c, &cause)),
+                    CertificateKind::Release => ReleaseCertificate::from_bytes(&bytes)
+                        .map_err(Error::from)
+                        .and_then(|c| self.ledger.apply_release_certificate(&c, &cause)),
                     CertificateKind::Deposit => continue,
                 };
                 if matches!(result, Ok(Applied::Applied)) {

@@ -46,7 +46,10 @@ pub use audit::{AuditReport, BrokenLink};
 pub use billing::{FeeRate, Payout};
 pub use books::{BooksReport, EscrowLock, LeaseBook, SettleTerms, Totals};
 pub use certified::{Applied, Debit, DebitTarget, Lock, Settlement};
-pub use coordinator::{Coordinator, CoordinatorConfig, Refusal, SettlementEvidence, WindowStatus};
+pub use coordinator::{
+    termination_point, Coordinator, CoordinatorConfig, Refusal, ReleaseEvidence,
+    SettlementEvidence, WindowStatus,
+};
 pub use error::{Error, Result};
 pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
 pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey};

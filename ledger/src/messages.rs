@@ -36,6 +36,9 @@ pub enum CertificateKind {
     Withdrawal,
     /// A deposit (signed by the coordinator set's admin key).
     Deposit,
+    /// An escrow release certificate (a final settlement the customer
+    /// asked for).
+    Release,
 }
 
 impl CertificateKind {
@@ -44,6 +47,7 @@ impl CertificateKind {
         match kind {
             Kind::EscrowCertificate => Ok(CertificateKind::Escrow),
             Kind::SettlementCertificate => Ok(CertificateKind::Settlement),
+            Kind::ReleaseCertificate => Ok(CertificateKind::Release),
             other => Err(Error::corrupt("certificate kind", other.to_string())),
         }
     }
@@ -55,6 +59,7 @@ impl CertificateKind {
             CertificateKind::Settlement => 2,
             CertificateKind::Withdrawal => 3,
             CertificateKind::Deposit => 4,
+            CertificateKind::Release => 5,
         }
     }
 }
@@ -69,6 +74,7 @@ impl Key for CertificateKind {
             2 => Ok(CertificateKind::Settlement),
             3 => Ok(CertificateKind::Withdrawal),
             4 => Ok(CertificateKind::Deposit),
+            5 => Ok(CertificateKind::Release),
             tag => Err(Error::corrupt(
                 "certificate key",
                 format!("unknown kind {tag}"),

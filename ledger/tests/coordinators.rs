@@ -35,6 +35,7 @@ impl Net {
             unacked_timeout_ms: UNACKED_MS,
             admin: Some(Keypair::from_seed([0x41; 32]).public()),
             skew_ms: 30_000,
+            release_grace_ms: 600_000,
         };
         Net {
             keys,
@@ -137,6 +138,7 @@ fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
         previous: None,
         acks: &acks,
         disputes: &[],
+        terminations: &[],
     };
     let votes = (0..4)
         .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
@@ -244,6 +246,7 @@ fn no_wrong_payout_is_certified() {
         previous: None,
         acks: &acks,
         disputes: &[],
+        terminations: &[],
     };
     for i in 0..3 {
         let refusal = net.c(i).vote_settlement(&evidence, now()).unwrap_err();
@@ -279,6 +282,7 @@ fn disputed_and_unanswered_windows() {
         previous: None,
         acks: &[],
         disputes: &[],
+        terminations: &[],
     };
     assert_eq!(
         net.c(0)
@@ -369,6 +373,7 @@ fn overdraws_and_gaps_are_refused_and_early_certificates_wait() {
         previous: None,
         acks: &acks,
         disputes: &[],
+        terminations: &[],
     };
     let votes = (0..3)
         .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
@@ -400,4 +405,216 @@ fn overdraws_and_gaps_are_refused_and_early_certificates_wait() {
     };
     assert_eq!(score(3), 10_000);
     assert_eq!(score(0), 8_750);
+}
+
+#[test]
+fn a_termination_makes_later_unanswered_windows_unpayable_but_not_acked_ones() {
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let window_start = attestations[0].body.window_start;
+    let later = attestations[0].body.window_end.plus_ms(UNACKED_MS);
+    let terminated_at = |at: UnixMillis, by: &Keypair| {
+        let mut body = samples::lease_termination().unwrap().body;
+        body.customer = by.public();
+        body.created_at = at;
+        Signed::sign(body, by).unwrap()
+    };
+    let before = [terminated_at(
+        UnixMillis(window_start.0 - 1),
+        &samples::customer(),
+    )];
+    // The supplier asks for the whole window, unanswered past the timeout.
+    let mut body = samples::settlement_request().unwrap().body;
+    body.created_at = later;
+    let full = Signed::sign(body.clone(), &samples::supplier()).unwrap();
+    body.billable_gpu_ms = 0;
+    body.supplier_amount = Credits::ZERO;
+    body.fee = Credits::ZERO;
+    let nothing = Signed::sign(body, &samples::supplier()).unwrap();
+    let unanswered = SettlementEvidence {
+        request: &full,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &[],
+        disputes: &[],
+        terminations: &before,
+    };
+    // The window started after the customer ended the lease: it is never
+    // paid by the timeout, so only the request that pays nothing is voted.
+    let refused = net.c(0).vote_settlement(&unanswered, later).unwrap_err();
+    assert_eq!(refused.code, "payout_mismatch", "{refused}");
+    assert!(net
+        .c(0)
+        .vote_settlement(
+            &SettlementEvidence {
+                request: &nothing,
+                ..unanswered
+            },
+            later
+        )
+        .is_ok());
+    // A window the customer acked is paid, termination or not.
+    let acks = [samples::usage_ack().unwrap()];
+    assert!(net
+        .c(1)
+        .vote_settlement(
+            &SettlementEvidence {
+                acks: &acks,
+                ..unanswered
+            },
+            later
+        )
+        .is_ok());
+    // A termination made while the window ran leaves it payable.
+    let during = [terminated_at(window_start, &samples::customer())];
+    assert!(net
+        .c(2)
+        .vote_settlement(
+            &SettlementEvidence {
+                terminations: &during,
+                ..unanswered
+            },
+            later
+        )
+        .is_ok());
+    // Nobody but the lease's customer can end it.
+    let forged = [terminated_at(
+        UnixMillis(window_start.0 - 1),
+        &samples::supplier(),
+    )];
+    assert!(net
+        .c(3)
+        .vote_settlement(
+            &SettlementEvidence {
+                terminations: &forged,
+                ..unanswered
+            },
+            later
+        )
+        .is_ok());
+}
+
+#[test]
+fn a_customer_releases_the_escrow_of_a_lease_its_supplier_never_settled() {
+    use rigmesh_ledger::ReleaseEvidence;
+    use rigmesh_protocol::EscrowRelease;
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let release = samples::escrow_release().unwrap();
+    let due = agreement.body.ends_at.plus_ms(net.config.release_grace_ms);
+    let evidence = ReleaseEvidence {
+        release: &release,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+        terminations: &[],
+    };
+    // While the supplier may still settle, no release.
+    let early = net
+        .c(0)
+        .vote_release(&evidence, due.minus_ms(1))
+        .unwrap_err();
+    assert_eq!(early.code, "release_not_due", "{early}");
+    // A release that leaves out the window the customer acked would take
+    // back what the supplier earned.
+    let mut body = release.body.clone();
+    body.windows = 0;
+    body.attestation_head = Id::ZERO;
+    body.billable_gpu_ms = 0;
+    body.supplier_amount = Credits::ZERO;
+    body.fee = Credits::ZERO;
+    body.refund = Credits::from_units(19_920_000);
+    let nothing = Signed::sign(body, &samples::customer()).unwrap();
+    let left_out = net
+        .c(1)
+        .vote_release(
+            &ReleaseEvidence {
+                release: &nothing,
+                attestations: &[],
+                ..evidence
+            },
+            due,
+        )
+        .unwrap_err();
+    assert_eq!(left_out.code, "acked_window_left_out", "{left_out}");
+    // One that pays the supplier less than the rules do gets no vote.
+    let mut body = release.body.clone();
+    body.supplier_amount = Credits::from_units(1);
+    body.refund = Credits::from_units(19_920_000 - 727);
+    let stingy = Signed::sign(body, &samples::customer()).unwrap();
+    let refused = net
+        .c(2)
+        .vote_release(
+            &ReleaseEvidence {
+                release: &stingy,
+                ..evidence
+            },
+            due,
+        )
+        .unwrap_err();
+    assert_eq!(refused.code, "payout_mismatch", "{refused}");
+
+    // The release the rules pay is certified and settles the lease.
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_release(&evidence, due).unwrap())
+        .collect::<Vec<_>>();
+    let cert: Certificate<EscrowRelease> = collect(&release, votes[..3].to_vec());
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_release(&cert, due).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(
+            net.c(i).apply_release(&cert, due).unwrap(),
+            Applied::AlreadyApplied
+        );
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
+    let lease = agreement.id().unwrap();
+    for ledger in &net.ledgers {
+        assert!(ledger.lease_book(&lease).unwrap().unwrap().closed);
+        assert_eq!(
+            ledger
+                .balance(&Account::User(samples::supplier().public()))
+                .unwrap(),
+            Credits::from_units(71_899)
+        );
+        assert_eq!(
+            ledger
+                .balance(&Account::User(samples::customer().public()))
+                .unwrap(),
+            Credits::from_units(50_000_000 - 72_625)
+        );
+        assert_eq!(
+            ledger.escrowed_by(&samples::customer().public()).unwrap(),
+            Credits::ZERO
+        );
+    }
+    // The supplier's late settlement of the same window is refused: the
+    // lease is closed, nothing is paid twice.
+    let request = samples::settlement_request().unwrap();
+    let late = net
+        .c(0)
+        .vote_settlement(
+            &SettlementEvidence {
+                request: &request,
+                agreement: &agreement,
+                attestations: &attestations,
+                previous: None,
+                acks: &acks,
+                disputes: &[],
+                terminations: &[],
+            },
+            due,
+        )
+        .unwrap_err();
+    assert_eq!(late.code, "lease_closed", "{late}");
 }

@@ -72,6 +72,15 @@ pub struct CoordinatorsConfig {
     /// A coordinator publishes changed reputation scores this often.
     #[serde(default = "default_report_secs")]
     pub reputation_report_secs: u64,
+    /// Seconds after a lease's end (or its termination) that its supplier
+    /// has to settle it finally; after that its customer can have the
+    /// escrow released (what it acked is still paid).
+    #[serde(default = "default_release_grace_secs")]
+    pub release_grace_secs: u64,
+}
+
+fn default_release_grace_secs() -> u64 {
+    3600
 }
 
 fn default_report_secs() -> u64 {
@@ -102,6 +111,7 @@ impl CoordinatorsConfig {
             unacked_timeout_secs: default_unacked_timeout_secs(),
             settle_every_windows: default_settle_every(),
             reputation_report_secs: default_report_secs(),
+            release_grace_secs: default_release_grace_secs(),
         }
     }
 
@@ -114,6 +124,7 @@ impl CoordinatorsConfig {
             unacked_timeout_ms: self.unacked_timeout_secs.saturating_mul(1000),
             admin: self.admin,
             skew_ms: rigmesh_protocol::time::DEFAULT_CLOCK_SKEW_MS,
+            release_grace_ms: self.release_grace_secs.saturating_mul(1000),
         })
     }
 }

@@ -48,6 +48,7 @@ impl MessageStore for MarketStore {
                     WireMessage::UsageDispute(d) => Some(d.body.lease),
                     WireMessage::LeaseTermination(t) => Some(t.body.lease),
                     WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
+                    WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
                     _ => None,
                 },
             })
@@ -70,6 +71,7 @@ impl MessageStore for MarketStore {
                 Kind::EscrowCertificate,
                 Kind::SettlementCertificate,
                 Kind::WithdrawalCertificate,
+                Kind::ReleaseCertificate,
                 Kind::Deposit,
             ],
         };

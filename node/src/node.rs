@@ -266,13 +266,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     };
     tasks.push(inbound_task);
     if config.role == Role::Customer {
-        let customer = crate::customer::runtime::Customer::open(
+        let mut customer = crate::customer::runtime::Customer::open(
             account.clone(),
             store.clone(),
             handle.clone(),
             quorum.clone(),
             &config.data_dir.join("customer"),
         )?;
+        if let Some(rules) = &rules {
+            customer = customer.with_rules(rules.clone());
+        }
         tasks.push(tokio::spawn(crate::customer::runtime::run(
             customer,
             customer_rx,

@@ -181,6 +181,23 @@ impl Quorum {
             .count()
     }
 
+    /// Hands a lease's termination to every member (settlement.md 6.1);
+    /// returns how many hold it. Once a quorum holds it, no settlement
+    /// certificate can pay a window that starts after it unless the
+    /// customer acked that window: every quorum shares an honest member
+    /// with the one that holds it.
+    pub async fn terminate(
+        &self,
+        termination: &Signed<rigmesh_protocol::LeaseTermination>,
+    ) -> usize {
+        let request = CoordinatorRequest::Terminate(termination.clone());
+        self.ask_all(&request)
+            .await
+            .iter()
+            .filter(|(_, a)| matches!(a, Ok(CoordinatorResponse::Applied)))
+            .count()
+    }
+
     /// What each reachable member says of `account`.
     pub async fn accounts(&self, account: PublicKey) -> Vec<AccountState> {
         self.ask_all(&CoordinatorRequest::Account(account))

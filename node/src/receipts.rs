@@ -61,6 +61,23 @@ pub fn lease_settlement(store: &MarketStore, lease: &Id) -> LeaseSettlement {
         out.windows = out.windows.max(r.last_window + 1);
         out.closed |= r.final_settlement;
     }
+    // A lease its supplier left unsettled ends with the customer's release.
+    for cert in store
+        .certificates_about_lease::<rigmesh_protocol::EscrowRelease>(lease)
+        .unwrap_or_default()
+    {
+        let r = &cert.message.body;
+        out.paid = out
+            .paid
+            .checked_add(r.supplier_amount)
+            .and_then(|p| p.checked_add(r.fee))
+            .unwrap_or(out.paid);
+        out.refunded = out.refunded.checked_add(r.refund).unwrap_or(out.refunded);
+        if let Some(last) = r.last_window() {
+            out.windows = out.windows.max(last + 1);
+        }
+        out.closed = true;
+    }
     out
 }
 
@@ -112,6 +129,27 @@ pub fn receipts(
         let verified = set.is_some_and(|s| c.verify(s).is_ok());
         out.push(receipt_of(
             Kind::SettlementCertificate,
+            &c,
+            Some(r.lease),
+            amount,
+            verified,
+        ));
+    }
+    for c in store
+        .certificates::<rigmesh_protocol::EscrowRelease>(now)
+        .unwrap_or_default()
+    {
+        let r = &c.message.body;
+        let amount = if r.supplier == *account {
+            r.supplier_amount
+        } else if r.customer == *account {
+            r.refund
+        } else {
+            continue;
+        };
+        let verified = set.is_some_and(|s| c.verify(s).is_ok());
+        out.push(receipt_of(
+            Kind::ReleaseCertificate,
             &c,
             Some(r.lease),
             amount,

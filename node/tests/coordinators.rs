@@ -40,6 +40,7 @@ fn coordinators() -> CoordinatorsConfig {
     c.unacked_timeout_secs = 2;
     c.settle_every_windows = 2;
     c.reputation_report_secs = 1;
+    c.release_grace_secs = 3;
     c
 }
 
@@ -791,4 +792,587 @@ async fn a_byzantine_member_cannot_certify_a_double_spend_or_a_wrong_payout() {
         node.stop().await.unwrap();
     }
     liar.stop().await;
+}
+
+/// A lease the test plays by hand as a dishonest supplier: 1 GPU at 3.6
+/// per GPU-hour in 1 s windows (0.001 a window), started `ago` ms before
+/// now so every window is past the coordinators' unacked timeout.
+struct HandLease {
+    agreement: Signed<rigmesh_protocol::LeaseAgreement>,
+    attestations: Vec<Signed<rigmesh_protocol::UsageAttestation>>,
+    lease: rigmesh_protocol::Id,
+    start: UnixMillis,
+}
+
+fn hand_lease(buyer: &Keypair, seller: &Keypair, nonce: u64, windows: u64) -> HandLease {
+    use rigmesh_protocol::{GpuUsage, Id, LeaseAgreement, LeaseProposal, UsageAttestation};
+    let t = UnixMillis::now().minus_ms(120_000);
+    let proposal = Signed::sign(
+        LeaseProposal {
+            version: PROTOCOL_VERSION,
+            customer: buyer.public(),
+            supplier: seller.public(),
+            offer: Id([9; 32]),
+            gpu_count: 1,
+            price_per_gpu_hour: "3.6".parse().unwrap(),
+            hours: 1,
+            window_secs: 1,
+            nonce,
+            created_at: t,
+            expires_at: t.plus_ms(60_000),
+        },
+        buyer,
+    )
+    .unwrap();
+    let agreement = Signed::sign(
+        LeaseAgreement {
+            version: PROTOCOL_VERSION,
+            supplier: seller.public(),
+            proposal,
+            gpu_indices: vec![0],
+            hardware_fingerprint: Id([7; 32]),
+            starts_at: t,
+            ends_at: t.plus_ms(3_600_000),
+            created_at: t,
+        },
+        seller,
+    )
+    .unwrap();
+    let lease = agreement.id().unwrap();
+    let mut prev = Id::ZERO;
+    let mut attestations = Vec::new();
+    for seq in 0..windows {
+        let start = t.plus_ms(seq * 1000);
+        let a = Signed::sign(
+            UsageAttestation {
+                version: PROTOCOL_VERSION,
+                lease,
+                supplier: seller.public(),
+                customer: buyer.public(),
+                seq,
+                prev,
+                window_start: start,
+                window_end: start.plus_ms(1000),
+                gpus: vec![GpuUsage {
+                    gpu_index: 0,
+                    billable_ms: 1000,
+                    mean_util_bp: 9_000,
+                    peak_util_bp: 10_000,
+                    peak_memory_mib: 1_000,
+                    energy_mj: 400_000,
+                }],
+                billable_gpu_ms: 1000,
+                created_at: start.plus_ms(1000),
+            },
+            seller,
+        )
+        .unwrap();
+        prev = a.id().unwrap();
+        attestations.push(a);
+    }
+    HandLease {
+        agreement,
+        attestations,
+        lease,
+        start: t,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_most_the_cap() {
+    use rigmesh_protocol::rpc::{CoordinatorRequest, SettlementBundle};
+    use rigmesh_protocol::{
+        EscrowOrder, LeaseTermination, SettlementRequest, TerminationReason, UsageAck,
+    };
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let customer = start(Role::Customer, dirs[4].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "all four members reachable", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    let quorum = customer.quorum.as_ref().unwrap();
+    let buyer = account_of(dirs[4].path());
+    let seller = Keypair::from_seed([0x67; 32]);
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Deposit(deposit(
+                &buyer,
+                "10",
+                "wire-0005"
+            )))
+            .await,
+        4
+    );
+    let cap: Credits = "0.005".parse().unwrap();
+    let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
+    let escrow_of = |hand: &HandLease, seq: u64| {
+        let now = UnixMillis::now();
+        let order = Signed::sign(
+            EscrowOrder {
+                version: PROTOCOL_VERSION,
+                account: buyer.public(),
+                seq,
+                epoch: 7,
+                lease: hand.lease,
+                supplier: seller.public(),
+                amount: cap,
+                created_at: now,
+                expires_at: now.plus_ms(600_000),
+            },
+            &buyer,
+        )
+        .unwrap();
+        let request = CoordinatorRequest::Escrow {
+            order: order.clone(),
+            agreement: Box::new(hand.agreement.clone()),
+            missing: Vec::new(),
+        };
+        (order, request)
+    };
+    // A final settlement of `hand`'s windows stating `gpu_ms` as paid.
+    let settle = |hand: &HandLease, escrow: &Signed<EscrowOrder>, gpu_ms: u64| {
+        let p =
+            rigmesh_ledger::billing::payout("3.6".parse().unwrap(), gpu_ms, cap, fee_rate, true)
+                .unwrap();
+        Signed::sign(
+            SettlementRequest {
+                version: PROTOCOL_VERSION,
+                lease: hand.lease,
+                supplier: seller.public(),
+                customer: buyer.public(),
+                settlement_seq: 0,
+                epoch: 7,
+                escrow: escrow.id().unwrap(),
+                first_window: 0,
+                last_window: hand.attestations.len() as u64 - 1,
+                attestation_head: hand.attestations.last().unwrap().id().unwrap(),
+                billable_gpu_ms: p.billable_gpu_ms,
+                supplier_amount: p.supplier,
+                fee: p.fee,
+                refund: p.refund,
+                final_settlement: true,
+                created_at: UnixMillis::now(),
+            },
+            &seller,
+        )
+        .unwrap()
+    };
+    let bundle = |hand: &HandLease, r: &Signed<SettlementRequest>, acks: &[Signed<UsageAck>]| {
+        CoordinatorRequest::Settle(Box::new(SettlementBundle {
+            request: r.clone(),
+            agreement: hand.agreement.clone(),
+            escrow: None,
+            attestations: hand.attestations.clone(),
+            acks: acks.to_vec(),
+            disputes: Vec::new(),
+            earlier: Vec::new(),
+        }))
+    };
+
+    // Lease 1: the customer acks windows 0 and 1, ends the lease during
+    // window 2 and hands the termination to the coordinators; the
+    // supplier goes on attesting to window 9 and asks for all of them.
+    let first = hand_lease(&buyer, &seller, 1, 10);
+    let (order, request) = escrow_of(&first, 0);
+    let escrow = quorum.certify(&order, &request).await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
+            .await,
+        4
+    );
+    let acks: Vec<Signed<UsageAck>> = first.attestations[..2]
+        .iter()
+        .map(|a| {
+            Signed::sign(
+                UsageAck {
+                    version: PROTOCOL_VERSION,
+                    lease: first.lease,
+                    customer: buyer.public(),
+                    attestation: a.id().unwrap(),
+                    seq: a.body.seq,
+                    created_at: UnixMillis::now(),
+                },
+                &buyer,
+            )
+            .unwrap()
+        })
+        .collect();
+    let termination = Signed::sign(
+        LeaseTermination {
+            version: PROTOCOL_VERSION,
+            lease: first.lease,
+            customer: buyer.public(),
+            supplier: seller.public(),
+            reason: TerminationReason::CustomerRequest,
+            detail: String::new(),
+            created_at: first.start.plus_ms(2_500),
+        },
+        &buyer,
+    )
+    .unwrap();
+    assert_eq!(
+        quorum.terminate(&termination).await,
+        4,
+        "every member holds it"
+    );
+    // A termination signed by anyone else is refused.
+    let mut forged = termination.body.clone();
+    forged.customer = seller.public();
+    let forged = Signed::sign(forged, &seller).unwrap();
+    assert_eq!(quorum.terminate(&forged).await, 0);
+
+    let greedy = settle(&first, &order, 10_000);
+    let refused = quorum
+        .certify(&greedy, &bundle(&first, &greedy, &acks))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.votes, 0, "{refused}");
+    assert!(refused.to_string().contains("payout_mismatch"), "{refused}");
+    // Windows 0 and 1 (acked) and 2 (under way at the termination) pay.
+    let fair = settle(&first, &order, 3_000);
+    let cert = quorum
+        .certify(&fair, &bundle(&first, &fair, &acks))
+        .await
+        .unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        4
+    );
+
+    // Lease 2: the customer's node is gone (no ack, no termination); the
+    // supplier attests ten windows, all accepted by the timeout. It is
+    // paid the escrow, the cap, to the micro-credit, and no more.
+    let second = hand_lease(&buyer, &seller, 2, 10);
+    let (order2, request2) = escrow_of(&second, 1);
+    let escrow2 = quorum.certify(&order2, &request2).await.unwrap();
+    quorum
+        .deliver(CertificateFrame::Escrow(Box::new(escrow2)))
+        .await;
+    let all_windows = settle(&second, &order2, 10_000);
+    assert_eq!(
+        all_windows
+            .body
+            .supplier_amount
+            .checked_add(all_windows.body.fee),
+        Some(cap),
+        "the last window is cut at the cap"
+    );
+    let cert = quorum
+        .certify(&all_windows, &bundle(&second, &all_windows, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        4
+    );
+
+    // The books, on every coordinator: the customer paid 0.003 for the
+    // first lease and exactly the cap for the second.
+    let paid: Credits = "0.008".parse().unwrap();
+    let first_books = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first_books, "honest balances agree");
+        assert_eq!(
+            balance(c, &buyer),
+            "10".parse::<Credits>().unwrap().checked_sub(paid).unwrap()
+        );
+        let role = c.coordinator.as_ref().unwrap();
+        assert_eq!(
+            role.ledger.escrowed_by(&buyer.public()).unwrap(),
+            Credits::ZERO
+        );
+        let fees = role.ledger.balance(&rigmesh_ledger::Account::Fees).unwrap();
+        assert_eq!(
+            balance(c, &seller).checked_add(fees).unwrap(),
+            paid,
+            "the supplier and the fee account got what the customer paid"
+        );
+    }
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = market(&dirs).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    // Every GPU of the rig, by an account with no money.
+    let request =
+        format!(r#"{{"gpu":"{model}","count":4,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(!r.starts_with("HTTP/1.1 200"), "no money, no lease: {r}");
+    assert!(r.contains("insufficient_balance"), "{r}");
+
+    // Money arrives: the same four GPUs are leased at once, not after the
+    // supplier's two-minute wait for an escrow that never came.
+    let buyer = account_of(dirs[5].path());
+    customer
+        .quorum
+        .as_ref()
+        .unwrap()
+        .deliver(CertificateFrame::Deposit(deposit(
+            &buyer,
+            "20",
+            "wire-0006",
+        )))
+        .await;
+    let api = customer.customer_api;
+    eventually(20, "all four GPUs leased", || {
+        let (token, request) = (token.clone(), request.clone());
+        async move {
+            let r = common::http_post(api, "/v1/bid", &token, &request).await;
+            r.starts_with("HTTP/1.1 200")
+        }
+    })
+    .await;
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = market(&dirs).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    customer
+        .quorum
+        .as_ref()
+        .unwrap()
+        .deliver(CertificateFrame::Deposit(deposit(
+            &buyer,
+            "20",
+            "wire-0007",
+        )))
+        .await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    // 1 GPU at 1.70 per GPU-hour in 1 s windows: about 0.000472 a window,
+    // so the cap is reached within the 22nd window.
+    let cap: Credits = "0.01".parse().unwrap();
+    let request = format!(
+        r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1,"budget":"{cap}"}}"#
+    );
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let leased = body(&r);
+    assert_eq!(leased["escrowed"], cap.to_string(), "the escrow is the cap");
+    let lease: rigmesh_protocol::Id = leased["lease"].as_str().unwrap().parse().unwrap();
+    let supplier_store = supplier.store.clone();
+    eventually(30, "two acks at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 2 }
+    })
+    .await;
+
+    // The customer's node stops; the supplier meters on.
+    customer.stop().await.unwrap();
+    let before = supplier_store.count(Kind::UsageAttestation);
+    eventually(30, "windows attested while the customer is away", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAttestation) >= before + 2 }
+    })
+    .await;
+    let acks_before = supplier_store.count(Kind::UsageAck);
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    for node in cs.iter().chain([&supplier]) {
+        customer.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    eventually(30, "the restarted customer acks again", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) > acks_before }
+    })
+    .await;
+    let cs_ref = &cs;
+    eventually(
+        90,
+        "the final settlement on every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                c.coordinator
+                    .as_ref()
+                    .unwrap()
+                    .ledger
+                    .lease_book(&lease)
+                    .unwrap()
+                    .is_some_and(|b| b.closed)
+            })
+        },
+    )
+    .await;
+    // On every coordinator: what the customer paid is at most the cap,
+    // and went to the supplier and the fee account.
+    let deposited: Credits = "20".parse().unwrap();
+    let paid = deposited.checked_sub(balance(&cs[0], &buyer)).unwrap();
+    assert!(
+        paid > Credits::ZERO && paid <= cap,
+        "paid {paid}, cap {cap}"
+    );
+    let first_books = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first_books);
+        let fees = c
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .ledger
+            .balance(&rigmesh_ledger::Account::Fees)
+            .unwrap();
+        assert_eq!(balance(c, &seller).checked_add(fees).unwrap(), paid);
+    }
+    // The restarted node shows what the coordinators settled, to the unit.
+    let api = customer.customer_api;
+    let shown = |t: String| async move {
+        let r = common::http_get(api, "/v1/leases", Some(&t)).await;
+        body(&r)[0].clone()
+    };
+    eventually(20, "the customer's node sees the final settlement", || {
+        let t = token.clone();
+        async move { shown(t).await["settlement"]["closed"] == serde_json::json!(true) }
+    })
+    .await;
+    let view = shown(token.clone()).await;
+    assert_eq!(view["spent"], paid.to_string(), "{view}");
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = market(&dirs).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    customer
+        .quorum
+        .as_ref()
+        .unwrap()
+        .deliver(CertificateFrame::Deposit(deposit(
+            &buyer,
+            "20",
+            "wire-0008",
+        )))
+        .await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let leased = body(&r);
+    let lease: rigmesh_protocol::Id = leased["lease"].as_str().unwrap().parse().unwrap();
+    let escrowed: Credits = leased["escrowed"].as_str().unwrap().parse().unwrap();
+    let supplier_store = supplier.store.clone();
+    eventually(30, "three acks at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 3 }
+    })
+    .await;
+    // The supplier's node goes away for good, an hour before its lease
+    // ends, and never settles it finally.
+    drop(supplier_store);
+    supplier.stop().await.unwrap();
+
+    let cs_ref = &cs;
+    eventually(90, "the lease closed on every coordinator", || async move {
+        cs_ref.iter().all(|c| {
+            c.coordinator
+                .as_ref()
+                .unwrap()
+                .ledger
+                .lease_book(&lease)
+                .unwrap()
+                .is_some_and(|b| b.closed)
+        })
+    })
+    .await;
+    assert!(
+        cs[0].store.count(Kind::ReleaseCertificate) >= 1,
+        "closed by the customer's release"
+    );
+    let deposited: Credits = "20".parse().unwrap();
+    let paid = deposited.checked_sub(balance(&cs[0], &buyer)).unwrap();
+    assert!(
+        paid > Credits::ZERO && paid < escrowed,
+        "paid {paid} of {escrowed}"
+    );
+    let first_books = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first_books);
+        let role = c.coordinator.as_ref().unwrap();
+        assert_eq!(
+            role.ledger.escrowed_by(&buyer.public()).unwrap(),
+            Credits::ZERO
+        );
+        let fees = role.ledger.balance(&rigmesh_ledger::Account::Fees).unwrap();
+        assert_eq!(balance(c, &seller).checked_add(fees).unwrap(), paid);
+    }
+    // Every window the customer acked was paid to the supplier (less than
+    // one micro-credit of rounding per settlement).
+    let usage = body(
+        &common::http_get(
+            customer.customer_api,
+            &format!("/v1/usage/{lease}"),
+            Some(&token),
+        )
+        .await,
+    );
+    let acked: i64 = usage["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["status"] == "acked")
+        .map(|w| {
+            w["charge"]
+                .as_str()
+                .unwrap()
+                .parse::<Credits>()
+                .unwrap()
+                .units()
+        })
+        .sum();
+    assert!(acked > 0, "{usage}");
+    assert!(
+        paid.units() + 20 >= acked,
+        "paid {paid}, the acked windows cost {acked} units"
+    );
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
 }

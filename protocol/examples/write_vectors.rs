@@ -40,9 +40,11 @@ fn body_hex(message: &WireMessage) -> anyhow::Result<Option<(String, String)>> {
         WireMessage::Deposit(m) => signed!(m),
         WireMessage::Withdrawal(m) => signed!(m),
         WireMessage::LeaseTermination(m) => signed!(m),
+        WireMessage::EscrowRelease(m) => signed!(m),
         WireMessage::EscrowCertificate(_)
         | WireMessage::SettlementCertificate(_)
-        | WireMessage::WithdrawalCertificate(_) => None,
+        | WireMessage::WithdrawalCertificate(_)
+        | WireMessage::ReleaseCertificate(_) => None,
     })
 }
 

@@ -51,6 +51,11 @@ pub enum Kind {
     WithdrawalCertificate,
     /// A customer ends a lease early.
     LeaseTermination,
+    /// A customer asks for the escrow of a lease whose supplier never
+    /// settled it finally: what it acked is paid, the rest comes back.
+    EscrowRelease,
+    /// An escrow release with a quorum of coordinator votes.
+    ReleaseCertificate,
 }
 
 /// Gossip topic for offers.
@@ -82,7 +87,7 @@ pub enum Carrier {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 21] = [
         Kind::NodeBinding,
         Kind::Offer,
         Kind::Bid,
@@ -102,6 +107,8 @@ impl Kind {
         Kind::Withdrawal,
         Kind::WithdrawalCertificate,
         Kind::LeaseTermination,
+        Kind::EscrowRelease,
+        Kind::ReleaseCertificate,
     ];
 
     /// The kind's name, as used in domains, file names and logs.
@@ -126,6 +133,8 @@ impl Kind {
             Kind::Withdrawal => "withdrawal",
             Kind::WithdrawalCertificate => "withdrawal_certificate",
             Kind::LeaseTermination => "lease_termination",
+            Kind::EscrowRelease => "escrow_release",
+            Kind::ReleaseCertificate => "release_certificate",
         }
     }
 
@@ -151,6 +160,8 @@ impl Kind {
             Kind::Withdrawal => "rigmesh/v1/withdrawal",
             Kind::WithdrawalCertificate => "rigmesh/v1/withdrawal_certificate",
             Kind::LeaseTermination => "rigmesh/v1/lease_termination",
+            Kind::EscrowRelease => "rigmesh/v1/escrow_release",
+            Kind::ReleaseCertificate => "rigmesh/v1/release_certificate",
         }
     }
 
@@ -178,6 +189,8 @@ impl Kind {
             Kind::Withdrawal => 512,
             Kind::WithdrawalCertificate => 8192,
             Kind::LeaseTermination => 512,
+            Kind::EscrowRelease => 1024,
+            Kind::ReleaseCertificate => 8192,
         }
     }
 
@@ -196,14 +209,17 @@ impl Kind {
             Kind::EscrowCertificate
             | Kind::SettlementCertificate
             | Kind::WithdrawalCertificate
+            | Kind::ReleaseCertificate
             | Kind::Deposit => Carrier::Topic(TOPIC_CERTS),
             Kind::ReputationReport | Kind::Alert | Kind::NodeBinding => {
                 Carrier::Topic(TOPIC_REPUTATION)
             }
             Kind::LeaseProposal | Kind::LeaseAgreement => Carrier::Protocol(PROTOCOL_LEASE),
-            Kind::EscrowOrder | Kind::Vote | Kind::SettlementRequest | Kind::Withdrawal => {
-                Carrier::Protocol(PROTOCOL_COORDINATOR)
-            }
+            Kind::EscrowOrder
+            | Kind::Vote
+            | Kind::SettlementRequest
+            | Kind::Withdrawal
+            | Kind::EscrowRelease => Carrier::Protocol(PROTOCOL_COORDINATOR),
         }
     }
 
@@ -252,5 +268,6 @@ mod tests {
         // votes must not move.
         assert_eq!(Kind::Alert.tag(), 14);
         assert_eq!(Kind::LeaseTermination.tag(), 18);
+        assert_eq!(Kind::ReleaseCertificate.tag(), 20);
     }
 }

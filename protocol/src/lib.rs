@@ -32,8 +32,8 @@ pub use messages::market::{Bid, NodeBinding, Offer};
 pub use messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 pub use messages::settlement::{
     Certifiable, Certificate, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder,
-    SettlementCertificate, SettlementRequest, Vote, VoteSignature, Withdrawal,
-    WithdrawalCertificate,
+    EscrowRelease, ReleaseCertificate, SettlementCertificate, SettlementRequest, Vote,
+    VoteSignature, Withdrawal, WithdrawalCertificate,
 };
 pub use messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 pub use money::Credits;

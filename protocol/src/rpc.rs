@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::kind::{Carrier, Kind};
 use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::settlement::{
-    Deposit, EscrowCertificate, EscrowOrder, SettlementCertificate, SettlementRequest, Vote,
-    Withdrawal, WithdrawalCertificate,
+    Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
+    SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -59,6 +59,8 @@ pub enum CertificateFrame {
     Withdrawal(Box<WithdrawalCertificate>),
     /// A deposit by the admin key.
     Deposit(Signed<Deposit>),
+    /// An escrow release certificate.
+    Release(Box<ReleaseCertificate>),
 }
 
 impl CertificateFrame {
@@ -70,6 +72,7 @@ impl CertificateFrame {
             CertificateFrame::Settlement(c) => c.subject(),
             CertificateFrame::Withdrawal(c) => c.subject(),
             CertificateFrame::Deposit(d) => d.id(),
+            CertificateFrame::Release(c) => c.subject(),
         }
     }
 
@@ -80,6 +83,7 @@ impl CertificateFrame {
             CertificateFrame::Settlement(_) => Kind::SettlementCertificate,
             CertificateFrame::Withdrawal(_) => Kind::WithdrawalCertificate,
             CertificateFrame::Deposit(_) => Kind::Deposit,
+            CertificateFrame::Release(_) => Kind::ReleaseCertificate,
         }
     }
 
@@ -91,6 +95,7 @@ impl CertificateFrame {
             CertificateFrame::Settlement(c) => WireMessage::SettlementCertificate(*c),
             CertificateFrame::Withdrawal(c) => WireMessage::WithdrawalCertificate(*c),
             CertificateFrame::Deposit(d) => WireMessage::Deposit(d),
+            CertificateFrame::Release(c) => WireMessage::ReleaseCertificate(*c),
         }
     }
 }
@@ -114,6 +119,26 @@ pub struct SettlementBundle {
     pub disputes: Vec<Signed<UsageDispute>>,
     /// Earlier settlement certificates of the lease the coordinator may lack.
     pub earlier: Vec<SettlementCertificate>,
+}
+
+/// What a coordinator needs to vote for an escrow release
+/// (specs/settlement.md 8.5): the evidence of a settlement, sent by the
+/// customer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReleaseBundle {
+    /// The release voted on.
+    pub release: Signed<EscrowRelease>,
+    /// The lease's agreement.
+    pub agreement: Signed<LeaseAgreement>,
+    /// The covered attestations, preceded by the one `head(L)` names when
+    /// the lease has settled windows.
+    pub attestations: Vec<Signed<UsageAttestation>>,
+    /// The customer's acks of those windows.
+    pub acks: Vec<Signed<UsageAck>>,
+    /// The customer's disputes of those windows.
+    pub disputes: Vec<Signed<UsageDispute>>,
+    /// The customer's terminations of the lease.
+    pub terminations: Vec<Signed<LeaseTermination>>,
 }
 
 /// Request on [`crate::kind::PROTOCOL_COORDINATOR`].
@@ -143,6 +168,12 @@ pub enum CoordinatorRequest {
     Apply(CertificateFrame),
     /// Ask for an account's state.
     Account(PublicKey),
+    /// Record the customer's termination of a lease: windows that start
+    /// after it and that the customer did not ack are never paid
+    /// (settlement.md 6.1).
+    Terminate(Signed<LeaseTermination>),
+    /// Vote for an escrow release.
+    Release(Box<ReleaseBundle>),
 }
 
 /// An account as one coordinator holds it.
@@ -449,6 +480,29 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_request",
             CoordinatorRequest::Account(samples::customer().public()).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Terminate(samples::lease_termination()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Release(Box::new(ReleaseBundle {
+                release: samples::escrow_release()?,
+                agreement: samples::lease_agreement()?,
+                attestations: vec![samples::usage_attestation()?],
+                acks: vec![samples::usage_ack()?],
+                disputes: Vec::new(),
+                terminations: vec![samples::lease_termination()?],
+            }))
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Apply(CertificateFrame::Release(Box::new(
+                samples::release_certificate()?,
+            )))
+            .to_bytes()?,
         ),
         (
             "coordinator_response",

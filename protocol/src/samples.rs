@@ -12,7 +12,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Te
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Certificate, CoordinatorSet, Deposit, EscrowOrder, SettlementRequest, Vote, Withdrawal,
+    Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest, Vote,
+    Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -77,7 +78,9 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
         | Kind::UsageDispute
         | Kind::Withdrawal
         | Kind::WithdrawalCertificate
-        | Kind::LeaseTermination => CUSTOMER_SEED,
+        | Kind::LeaseTermination
+        | Kind::EscrowRelease
+        | Kind::ReleaseCertificate => CUSTOMER_SEED,
         Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
         Kind::Deposit => ADMIN_SEED,
         _ => SUPPLIER_SEED,
@@ -330,6 +333,39 @@ pub fn settlement_certificate() -> Result<Certificate<SettlementRequest>> {
     certify(settlement_request()?)
 }
 
+/// The supplier never settled: after the grace period the customer has
+/// the acked first window paid (as [`settlement_request`] computes it) and
+/// the rest of the escrow, 19.92 credits, released back to it.
+pub fn escrow_release() -> Result<Signed<EscrowRelease>> {
+    let attestation = usage_attestation()?;
+    let order = escrow_order()?;
+    Signed::sign(
+        EscrowRelease {
+            version: PROTOCOL_VERSION,
+            lease: attestation.body.lease,
+            customer: customer().public(),
+            supplier: supplier().public(),
+            settlement_seq: 0,
+            epoch: EPOCH,
+            escrow: order.id()?,
+            first_window: 0,
+            windows: 1,
+            attestation_head: attestation.id()?,
+            billable_gpu_ms: 105_000,
+            supplier_amount: credits(71_899),
+            fee: credits(726),
+            refund: credits(order.body.amount.units() - 72_625),
+            created_at: T0.plus_ms(100_000),
+        },
+        &customer(),
+    )
+}
+
+/// [`escrow_release`] certified by coordinators 0, 1 and 3.
+pub fn release_certificate() -> Result<Certificate<EscrowRelease>> {
+    certify(escrow_release()?)
+}
+
 /// Coordinator 0 scores the supplier.
 pub fn reputation_report() -> Result<Signed<ReputationReport>> {
     let coordinator = Keypair::from_seed(COORDINATOR_SEEDS[0]);
@@ -453,5 +489,7 @@ pub fn sample(kind: Kind) -> Result<WireMessage> {
             WireMessage::WithdrawalCertificate(withdrawal_certificate()?)
         }
         Kind::LeaseTermination => WireMessage::LeaseTermination(lease_termination()?),
+        Kind::EscrowRelease => WireMessage::EscrowRelease(escrow_release()?),
+        Kind::ReleaseCertificate => WireMessage::ReleaseCertificate(release_certificate()?),
     })
 }

@@ -11,8 +11,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, SettlementCertificate,
-    SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
+    CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
+    SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::signed::{Message, Signed};
@@ -151,10 +151,12 @@ wire_message!(
     Alert => Alert,
     Deposit => Deposit,
     Withdrawal => Withdrawal,
-    LeaseTermination => LeaseTermination;
+    LeaseTermination => LeaseTermination,
+    EscrowRelease => EscrowRelease;
     EscrowCertificate => EscrowCertificate,
     SettlementCertificate => SettlementCertificate,
-    WithdrawalCertificate => WithdrawalCertificate
+    WithdrawalCertificate => WithdrawalCertificate,
+    ReleaseCertificate => ReleaseCertificate
 );
 
 /// Decodes `bytes` as a message of `kind` and re-encodes it if it decodes; used

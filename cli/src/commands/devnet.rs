@@ -267,6 +267,7 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
         "window_secs": 2, "budget": budget.to_string(),
     });
     let api = m.customer.customer_api;
+    let customer_token = token.clone();
     let lease: LeaseStatus = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -347,6 +348,55 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    // What was settled, beside the cap, as the customer's node shows it
+    // once it holds the final certificate; its budget alerts stay on that
+    // node (never gossiped), so they are read from its API.
+    let lease_id = lease.lease;
+    let mut settled = None;
+    for _ in 0..100 {
+        let leases = get_json(api, &customer_token, "/v1/leases").await?;
+        let found = leases.as_array().and_then(|all| {
+            all.iter()
+                .find(|l| l["lease"] == serde_json::json!(lease_id.to_string()))
+                .cloned()
+        });
+        if let Some(l) = found {
+            if l["settlement"]["closed"] == serde_json::json!(true) {
+                settled = Some(l);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled = settled.context("the customer's node never saw the final settlement")?;
+    let amount = |v: &serde_json::Value| -> anyhow::Result<Credits> {
+        v.as_str()
+            .context("an amount is missing")?
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let paid = amount(&settled["settlement"]["paid"])?;
+    let refunded = amount(&settled["settlement"]["refunded"])?;
+    let spent = amount(&settled["spent"])?;
+    let report = get_json(api, &customer_token, "/v1/budget").await?;
+    for alert in report["alerts"].as_array().into_iter().flatten() {
+        step(format!(
+            "alert ({}) {}: {} (kept on the customer's node)",
+            alert["severity"].as_str().unwrap_or("?"),
+            alert["rule"].as_str().unwrap_or("?"),
+            alert["message"].as_str().unwrap_or("")
+        ));
+    }
+    println!();
+    println!(
+        "cap {budget}   settled {paid} (supplier and fee)   refunded {refunded}   the customer's node shows {spent}"
+    );
+    if paid > budget {
+        bail!("settled {paid} is above the cap {budget}");
+    }
+    if spent != paid {
+        bail!("the customer's node shows {spent}, the coordinators settled {paid}");
+    }
     // Every coordinator applies the final certificate; their books agree.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let first = books(m.coordinators.first().context("no coordinator")?)?;
@@ -380,6 +430,30 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
         println!("  {name:<24.24} {balance:>14}");
     }
     Ok(())
+}
+
+/// GET `path` from the customer API as JSON.
+async fn get_json(
+    api: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("http://{api}{path}");
+    let auth = format!("Bearer {token}");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent.get(&url).header("authorization", &auth).call()?;
+        let status = response.status();
+        let body: serde_json::Value = response.body_mut().read_json()?;
+        if !status.is_success() {
+            bail!("{url}: {status}: {body}");
+        }
+        Ok(body)
+    })
+    .await?
 }
 
 fn short(id: &str) -> String {

@@ -318,6 +318,7 @@ mod tests {
             unacked_timeout_ms: 120_000,
             admin: Some(samples::admin().public()),
             skew_ms: 30_000,
+            release_grace_ms: 600_000,
         };
         let me = keys[0].clone();
         let rules = Coordinator::new(&ledger, &me, &config);
@@ -353,6 +354,7 @@ mod tests {
             previous: None,
             acks: &[],
             disputes: &disputes,
+            terminations: &[],
         };
         let votes: Vec<_> = keys
             .iter()

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use rigmesh_ledger::{
     Account, Applied, Coordinator, CoordinatorConfig, Ledger, MarketStore, Refusal,
-    SettlementEvidence,
+    ReleaseEvidence, SettlementEvidence,
 };
 use rigmesh_protocol::rpc::{
     AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseResponse,
-    SettlementBundle,
+    ReleaseBundle, SettlementBundle,
 };
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Keypair, PublicKey, Signed, UnixMillis, UsageAck, UsageDispute};
+use rigmesh_protocol::{
+    Keypair, LeaseTermination, PublicKey, Signed, UnixMillis, UsageAck, UsageDispute,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
@@ -97,6 +99,7 @@ impl CoordinatorRole {
             CertificateFrame::Settlement(c) => rules.apply_settlement(c, now),
             CertificateFrame::Withdrawal(c) => rules.apply_withdrawal(c, now),
             CertificateFrame::Deposit(d) => rules.apply_deposit(d, now),
+            CertificateFrame::Release(c) => rules.apply_release(c, now),
         };
         match (&result, frame) {
             (Ok(Applied::Applied), CertificateFrame::Settlement(c)) => {
@@ -163,11 +166,75 @@ impl CoordinatorRole {
                     Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
                 }
             }
+            CoordinatorRequest::Release(bundle) => self.vote_release(*bundle, now),
+            CoordinatorRequest::Terminate(termination) => {
+                return match self.hold_termination(&termination, now) {
+                    Ok(()) => CoordinatorResponse::Applied,
+                    Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
+                }
+            }
         };
         match voted {
             Ok(vote) => CoordinatorResponse::Vote(vote),
             Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
         }
+    }
+
+    /// Keeps a customer's termination of a funded lease as settlement
+    /// evidence (settlement.md 6.1), durably before answering. Only the
+    /// customer of the escrow applied here can end a lease, so nobody can
+    /// fill the store with terminations of leases that are not theirs.
+    pub fn hold_termination(
+        &self,
+        termination: &Signed<LeaseTermination>,
+        now: UnixMillis,
+    ) -> Result<(), Refusal> {
+        termination.verify_record()?;
+        let t = &termination.body;
+        rigmesh_protocol::Clock::at(now).check(
+            rigmesh_protocol::Kind::LeaseTermination,
+            Some(t.created_at),
+            None,
+        )?;
+        let book = self.ledger.lease_book(&t.lease).map_err(Refusal::from)?;
+        match book {
+            Some(book) if book.customer == t.customer && book.supplier == t.supplier => {}
+            Some(_) => {
+                return Err(Refusal::new(
+                    "lease_mismatch",
+                    "the termination is not signed by the lease's customer",
+                ))
+            }
+            None => {
+                return Err(Refusal::new(
+                    "escrow_mismatch",
+                    format!("the escrow of lease {} is not applied here", t.lease),
+                ))
+            }
+        }
+        let id = termination.id()?;
+        if self
+            .store
+            .contains(rigmesh_protocol::Kind::LeaseTermination, &id)
+            .map_err(Refusal::from)?
+        {
+            return Ok(());
+        }
+        let bytes = termination.to_bytes()?;
+        let record = rigmesh_ledger::MarketRecord {
+            kind: rigmesh_protocol::Kind::LeaseTermination,
+            id,
+            bytes,
+            offer: None,
+            expires_at: None,
+            lease: Some(t.lease),
+        };
+        self.store
+            .store(&[record])
+            .and_then(|()| self.store.flush())
+            .map_err(Refusal::from)?;
+        tracing::info!(lease = %t.lease, ended_at = %t.created_at.0, "termination held");
+        Ok(())
     }
 
     fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) {
@@ -218,6 +285,10 @@ impl CoordinatorRole {
                 .about_lease::<UsageDispute>(&lease)
                 .unwrap_or_default(),
         );
+        let terminations = self
+            .store
+            .about_lease::<LeaseTermination>(&lease)
+            .unwrap_or_default();
         self.rules().vote_settlement(
             &SettlementEvidence {
                 request: &bundle.request,
@@ -226,6 +297,55 @@ impl CoordinatorRole {
                 previous: previous.as_ref(),
                 acks: &acks,
                 disputes: &disputes,
+                terminations: &terminations,
+            },
+            now,
+        )
+    }
+
+    fn vote_release(
+        &self,
+        bundle: ReleaseBundle,
+        now: UnixMillis,
+    ) -> Result<Signed<rigmesh_protocol::Vote>, Refusal> {
+        let r = &bundle.release.body;
+        // The bundle may start with the attestation the lease's settled
+        // head names.
+        let mut attestations = bundle.attestations;
+        let previous = match attestations.first() {
+            Some(a) if r.first_window > 0 && a.body.seq + 1 == r.first_window => {
+                Some(attestations.remove(0))
+            }
+            _ => None,
+        };
+        let lease = r.lease;
+        let mut acks = bundle.acks;
+        let mut disputes = bundle.disputes;
+        let mut terminations = bundle.terminations;
+        acks.extend(
+            self.store
+                .about_lease::<UsageAck>(&lease)
+                .unwrap_or_default(),
+        );
+        disputes.extend(
+            self.store
+                .about_lease::<UsageDispute>(&lease)
+                .unwrap_or_default(),
+        );
+        terminations.extend(
+            self.store
+                .about_lease::<LeaseTermination>(&lease)
+                .unwrap_or_default(),
+        );
+        self.rules().vote_release(
+            &ReleaseEvidence {
+                release: &bundle.release,
+                agreement: &bundle.agreement,
+                attestations: &attestations,
+                previous: previous.as_ref(),
+                acks: &acks,
+                disputes: &disputes,
+                terminations: &terminations,
             },
             now,
         )
@@ -265,6 +385,7 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
             Some(CertificateFrame::Withdrawal(Box::new(c.clone())))
         }
         WireMessage::Deposit(d) => Some(CertificateFrame::Deposit(d.clone())),
+        WireMessage::ReleaseCertificate(c) => Some(CertificateFrame::Release(Box::new(c.clone()))),
         _ => None,
     }
 }

@@ -3,8 +3,11 @@
 //! end a lease before it runs past its cap.
 //!
 //! The rule: after each acked window the tracker is told the lease's spend
-//! and what the next window can add. When that next window would take the
-//! spend past a cap, the lease is to be terminated. The supplier honours a
+//! and what the next window can add. When the spend has reached a cap, or
+//! that next window would take it past one, the lease is to be terminated.
+//! A lease with an escrow passes zero for the next window: the escrow is
+//! at most its caps and no coordinator pays past it, so the lease runs
+//! until its spend reaches the cap exactly, the last window cut at it. The supplier honours a
 //! termination at the end of the window then running, so that one window
 //! is still paid: since every earlier decision let the spend reach at most
 //! the cap, the final spend is at most the cap plus one window's charge.
@@ -183,7 +186,7 @@ impl BudgetTracker {
                 .ok_or_else(|| Error::Store("projected spend overflow".into()))
         };
         if let Some(cap) = self.budget.per_lease {
-            if after(lease_spent)? > cap {
+            if lease_spent >= cap || after(lease_spent)? > cap {
                 return Ok(Decision::Terminate {
                     cap,
                     account: false,
@@ -191,7 +194,7 @@ impl BudgetTracker {
             }
         }
         if let Some(cap) = self.budget.per_account {
-            if after(account_spent)? > cap {
+            if account_spent >= cap || after(account_spent)? > cap {
                 return Ok(Decision::Terminate { cap, account: true });
             }
         }

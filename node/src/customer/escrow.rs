@@ -1,5 +1,7 @@
 //! Funding a lease (specs/settlement.md section 5): the customer signs an
-//! `EscrowOrder` for the lease's full cost at its account's next debit
+//! `EscrowOrder` for the lease's full cost, or less when a budget cap
+//! allows less (the escrow is then the cap, held by the coordinators: no
+//! settlement pays past it), at its account's next debit
 //! sequence number, gathers a quorum of coordinator votes into an
 //! `EscrowCertificate`, hands it to every coordinator and gossips it, then
 //! gives it to the supplier, which starts metering once it has checked it.
@@ -7,7 +9,8 @@
 use libp2p::PeerId;
 use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, LeaseRequest, LeaseResponse};
 use rigmesh_protocol::{
-    EscrowCertificate, EscrowOrder, Keypair, LeaseAgreement, Signed, UnixMillis, PROTOCOL_VERSION,
+    Credits, EscrowCertificate, EscrowOrder, Keypair, LeaseAgreement, Signed, UnixMillis,
+    PROTOCOL_VERSION,
 };
 
 use super::runtime::BidError;
@@ -18,17 +21,25 @@ use crate::supplier::desk::lease_cost;
 /// How long an escrow order may gather votes.
 const ORDER_TTL_MS: u64 = 10 * 60_000;
 
-/// Escrows the lease's full cost and hands the certificate to the supplier.
+/// Escrows the lease's full cost, or `limit` when that is less, and hands
+/// the certificate to the supplier.
 pub async fn fund(
     key: &Keypair,
     quorum: &Quorum,
     network: &NodeHandle,
     supplier: PeerId,
     agreement: &Signed<LeaseAgreement>,
+    limit: Option<Credits>,
 ) -> Result<EscrowCertificate, BidError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
-    let amount = lease_cost(agreement)
+    let cost = lease_cost(agreement)
         .ok_or_else(|| BidError::Failed("the lease's cost overflows".into()))?;
+    let amount = limit.map_or(cost, |limit| cost.min(limit));
+    if amount <= Credits::ZERO {
+        return Err(BidError::Refused(
+            "the budget leaves nothing to escrow for this lease".into(),
+        ));
+    }
     let seq = quorum
         .next_seq(key.public())
         .await

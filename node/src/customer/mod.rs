@@ -13,6 +13,7 @@ pub mod budget;
 pub mod commands;
 pub mod escrow;
 pub mod records;
+pub mod release;
 pub mod report;
 pub mod reputation;
 pub mod runtime;

@@ -96,6 +96,14 @@ pub struct LeaseRecord {
     pub disputed_windows: u64,
     /// True once a budget cap stopped the lease.
     pub stopped_at_cap: bool,
+    /// The escrow the coordinators certified for the lease: the most it
+    /// can cost, whatever the supplier attests.
+    #[serde(default)]
+    pub escrowed: Option<Credits>,
+    /// The signed agreement, hex, so a restarted node goes on watching
+    /// the lease.
+    #[serde(default)]
+    pub agreement: Option<String>,
 }
 
 /// What the customer answered for one window.
@@ -471,6 +479,8 @@ mod tests {
             acked_windows: 0,
             disputed_windows: 0,
             stopped_at_cap: false,
+            escrowed: None,
+            agreement: None,
         }
     }
 

@@ -38,6 +38,24 @@ use crate::network::{NodeHandle, Protocol};
 /// retried, the book searched again after a meeting offer arrived).
 const STANDING_TICK_MS: u64 = 250;
 
+/// Every this many ticks, running leases are checked against the store
+/// for attestations gossip delivered but this task did not see.
+const CATCH_UP_TICKS: u64 = 8;
+
+/// How long a missing attestation is waited for before the watch goes on
+/// from a later one.
+const GAP_GRACE_MS: u64 = 3_000;
+
+/// A running lease whose supplier attests nothing for this many windows
+/// (and at least [`SILENCE_MIN_MS`]) is ended: the supplier is gone.
+const SILENT_WINDOWS: u64 = 10;
+
+/// The shortest silence that ends a lease.
+const SILENCE_MIN_MS: u64 = 10_000;
+
+/// How often an escrow release is asked for again while it is refused.
+const RELEASE_RETRY_MS: u64 = 5_000;
+
 pub use super::commands::{
     BidError, BidOutcome, BidRequest, CustomerCommand, LeaseStatus, RequestError,
 };
@@ -52,7 +70,42 @@ struct Lease {
     agreement: Signed<LeaseAgreement>,
     watch: LeaseWatch,
     stopped_at_cap: bool,
+    /// The escrow certified for the lease (its amount, once restarted from
+    /// the records).
+    escrowed: Option<Credits>,
     escrow: Option<rigmesh_protocol::EscrowCertificate>,
+    /// What the final settlement paid out of the escrow, once certified.
+    settled: Option<Credits>,
+    /// Since when the next window's attestation is missing while later
+    /// ones are here.
+    gap_since: Option<UnixMillis>,
+    /// When the supplier was last heard of on this lease (an attestation
+    /// in the chain, or the lease's start here).
+    last_heard: UnixMillis,
+    /// When an escrow release was last asked for.
+    release_tried: Option<UnixMillis>,
+    /// This node ended the lease (its user, or a silent supplier).
+    ended_here: bool,
+}
+
+impl Lease {
+    /// What the lease costs as the coordinators decide it: what the final
+    /// settlement paid once it is certified; before, what the acked
+    /// windows cost, never more than the escrow, since no coordinator pays
+    /// past it.
+    fn spent(&self) -> Credits {
+        match (self.settled, self.escrowed) {
+            (Some(paid), _) => paid,
+            (None, Some(escrow)) => self.watch.spent().min(escrow),
+            (None, None) => self.watch.spent(),
+        }
+    }
+
+    /// Whether the lease still runs: not past its last window and not
+    /// finally settled.
+    fn running(&self) -> bool {
+        self.settled.is_none() && !self.watch.finished()
+    }
 }
 
 fn failed<E: std::fmt::Display>(e: E) -> BidError {
@@ -78,6 +131,9 @@ pub struct Customer {
     store: Arc<MarketStore>,
     network: NodeHandle,
     quorum: Option<crate::quorum::Quorum>,
+    /// The coordinator set's terms (fee, grace period), to build escrow
+    /// releases.
+    rules: Option<rigmesh_ledger::CoordinatorConfig>,
     records: CustomerRecords,
     leases: BTreeMap<Id, Lease>,
     spending: Spending,
@@ -128,11 +184,21 @@ impl Customer {
             store,
             network,
             quorum,
+            rules: None,
             records,
             leases: BTreeMap::new(),
             spending,
             standing: StandingBids::default(),
         })
+    }
+}
+
+impl Customer {
+    /// Gets escrows back from suppliers that never settle, on the terms of
+    /// the coordinator set (`rules`).
+    pub fn with_rules(mut self, rules: rigmesh_ledger::CoordinatorConfig) -> Self {
+        self.rules = Some(rules);
+        self
     }
 }
 
@@ -144,8 +210,10 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut accepted = customer.network.subscribe();
+    customer.resume().await;
     let mut tick = tokio::time::interval(Duration::from_millis(STANDING_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             biased;
@@ -163,14 +231,24 @@ pub async fn run(
                 Ok(message) => customer.on_message(&message.message).await,
                 // Messages were missed: one of them may have been an offer
                 // a standing bid waits for.
+                // Attestations among them are read back from the store.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "customer fell behind the accepted messages");
                     customer.standing.something_arrived();
+                    customer.catch_up_all().await;
                 }
                 // The sender lives in the network handle this task holds.
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick() => customer.look_after_standing_bids().await,
+            _ = tick.tick() => {
+                customer.look_after_standing_bids().await;
+                ticks = ticks.wrapping_add(1);
+                if ticks % CATCH_UP_TICKS == 0 {
+                    customer.catch_up_all().await;
+                    customer.end_silent_leases().await;
+                    customer.release_unsettled().await;
+                }
+            }
         }
     }
 }
@@ -186,14 +264,14 @@ async fn publish(network: &NodeHandle, message: &WireMessage, what: &str) -> boo
     }
 }
 
-/// Keeps and gossips budget alerts.
-async fn raise(records: &CustomerRecords, network: &NodeHandle, alerts: Vec<Signed<Alert>>) {
+/// Keeps budget alerts. They stay on this node: spend and caps are the
+/// account's own business, never gossiped.
+fn raise(records: &CustomerRecords, alerts: Vec<Signed<Alert>>) {
     for alert in alerts {
         match AlertRecord::of(&alert).and_then(|record| records.put_alert(&record)) {
             Ok(()) => {}
             Err(err) => tracing::warn!(%err, "budget alert not recorded"),
         }
-        publish(network, &WireMessage::Alert(alert), "budget alert").await;
     }
 }
 
@@ -209,21 +287,25 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         window_ms: a.window_ms(),
         starts_at: a.starts_at,
         ends_at: a.ends_at,
-        spent: lease.watch.spent(),
+        spent: lease.spent(),
         billable_gpu_ms: lease.watch.paid_gpu_ms(),
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
+        escrowed: lease.escrowed,
+        agreement: lease.agreement.to_bytes().ok().map(hex::encode),
     }
 }
 
 /// Ends a lease at a budget cap: no further window is paid, and the
 /// supplier is handed a signed termination, so it attests the window under
 /// way as the last one.
+#[allow(clippy::too_many_arguments)]
 async fn stop_at_cap(
     key: &Keypair,
     store: &MarketStore,
     network: &NodeHandle,
+    quorum: Option<&crate::quorum::Quorum>,
     records: &CustomerRecords,
     lease: &mut Lease,
     cap: Credits,
@@ -237,6 +319,9 @@ async fn stop_at_cap(
     let id = lease.watch.lease();
     tracing::warn!(lease = %id, %cap, "{which} budget cap reached: ending the lease after this window");
     lease.stopped_at_cap = true;
+    // The window under way is still answered, so the supplier is paid for
+    // it on the customer's word rather than by the timeout.
+    lease.watch.end_after_current_window(UnixMillis::now());
     if let Err(err) = records.put_lease(&record_of(lease)) {
         tracing::warn!(%err, "lease not recorded");
     }
@@ -244,6 +329,7 @@ async fn stop_at_cap(
         key,
         store,
         network,
+        quorum,
         &lease.agreement,
         rigmesh_protocol::TerminationReason::BudgetCap,
         format!("{which} budget cap {cap} reached"),
@@ -335,6 +421,7 @@ impl Customer {
                             &self.key,
                             &self.store,
                             &self.network,
+                            self.quorum.as_ref(),
                             &l.agreement,
                             rigmesh_protocol::TerminationReason::CustomerRequest,
                             "ended by the customer".into(),
@@ -344,6 +431,7 @@ impl Customer {
                             None => {
                                 // Windows up to the end of the one in
                                 // progress are still answered.
+                                l.ended_here = true;
                                 l.watch.end_after_current_window(now);
                                 Ok(status_of(l))
                             }
@@ -407,6 +495,38 @@ impl Customer {
         report::state_of(record, live, now)
     }
 
+    /// The most a new lease may escrow: its own cap and what the account's
+    /// cap leaves after every other lease's escrow (or, once settled, what
+    /// it cost). Refuses the bid, before any GPU is taken, when the
+    /// account's cap leaves nothing.
+    fn escrow_limit(&self, request: &BidRequest) -> Result<Option<Credits>, BidError> {
+        let mut limit = request.budget;
+        if let Some(cap) = self.spending.caps().account {
+            let mut committed = Credits::ZERO;
+            let records = self.records.leases().map_err(failed)?;
+            for record in &records {
+                let held = match self.leases.get(&record.lease) {
+                    Some(lease) if lease.settled.is_none() => {
+                        lease.escrowed.unwrap_or_else(|| lease.spent())
+                    }
+                    Some(lease) => lease.spent(),
+                    None => record.spent,
+                };
+                committed = committed
+                    .checked_add(held)
+                    .ok_or_else(|| BidError::Failed("committed spend overflows".into()))?;
+            }
+            let left = cap.checked_sub(committed).unwrap_or(Credits::ZERO);
+            if left <= Credits::ZERO {
+                return Err(BidError::Refused(format!(
+                    "the account's budget cap {cap} is taken by what other leases escrowed or spent ({committed}); raise it with `rigmesh budget set --account`"
+                )));
+            }
+            limit = Some(limit.map_or(left, |l| l.min(left)));
+        }
+        Ok(limit)
+    }
+
     fn budget_report(&self) -> Result<BudgetReport, RequestError> {
         report::budget(&self.records, self.spending.caps()).map_err(request_failed)
     }
@@ -447,12 +567,14 @@ impl Customer {
     /// Takes the best matching offer for `request` and starts watching the
     /// lease.
     async fn lease(&mut self, request: &BidRequest) -> Result<LeaseStatus, BidError> {
+        let limit = self.escrow_limit(request)?;
         let (agreement, escrow, status) = bid(
             &self.key,
             &self.store,
             &self.network,
             self.quorum.as_ref(),
             request,
+            limit,
         )
         .await?;
         let watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(failed)?;
@@ -461,7 +583,13 @@ impl Customer {
             agreement,
             watch,
             stopped_at_cap: false,
+            escrowed: escrow.as_ref().map(|c| c.message.body.amount),
             escrow,
+            settled: None,
+            gap_since: None,
+            last_heard: UnixMillis::now(),
+            release_tried: None,
+            ended_here: false,
         };
         if let Err(err) = self.records.put_lease(&record_of(&lease)) {
             tracing::warn!(%err, lease = %status.lease, "lease not recorded");
@@ -541,9 +669,283 @@ impl Customer {
         }
     }
 
+    /// Goes on watching the leases that were running when the node
+    /// stopped: each is rebuilt from its stored agreement, the windows
+    /// already answered are replayed from the store without answering them
+    /// again, and the rest are answered now.
+    async fn resume(&mut self) {
+        let records = match self.records.leases() {
+            Ok(records) => records,
+            Err(err) => {
+                tracing::warn!(%err, "leases not resumed");
+                return;
+            }
+        };
+        let now = UnixMillis::now();
+        for record in records {
+            if self.leases.contains_key(&record.lease) {
+                continue;
+            }
+            match self.resume_lease(&record, now) {
+                Ok(Some(lease)) => {
+                    tracing::info!(lease = %record.lease, next = lease.watch.next_seq(), "watching the lease again");
+                    self.leases.insert(record.lease, lease);
+                    self.catch_up(record.lease).await;
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(lease = %record.lease, %err, "lease not resumed"),
+            }
+        }
+    }
+
+    fn resume_lease(&self, record: &LeaseRecord, now: UnixMillis) -> Result<Option<Lease>, String> {
+        let Some(text) = &record.agreement else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(text).map_err(|e| e.to_string())?;
+        let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
+        let mut watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(|e| e.to_string())?;
+        let answered = self
+            .records
+            .windows(&record.lease, 1)
+            .map_err(|e| e.to_string())?
+            .first()
+            .map_or(0, |w| w.seq.saturating_add(1));
+        if let Some(ended) = self
+            .store
+            .about_lease::<rigmesh_protocol::LeaseTermination>(&record.lease)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t.signer == self.key.public())
+            .map(|t| t.body.created_at)
+            .min()
+        {
+            watch.end_after_current_window(ended);
+        }
+        let mut chain = self
+            .store
+            .about_lease::<UsageAttestation>(&record.lease)
+            .unwrap_or_default();
+        chain.retain(|a| a.body.seq < answered && a.signer == record.supplier);
+        chain.sort_by_key(|a| a.body.seq);
+        for attestation in &chain {
+            // Answered before the restart: only the watch's state is
+            // rebuilt, nothing is signed or sent again.
+            if attestation.body.seq == watch.next_seq() {
+                watch.check(attestation, now).map_err(|e| e.to_string())?;
+            }
+        }
+        let settlement = crate::receipts::lease_settlement(&self.store, &record.lease);
+        let lease = Lease {
+            gpu_model: record.gpu_model.clone(),
+            agreement,
+            watch,
+            stopped_at_cap: record.stopped_at_cap,
+            escrowed: record.escrowed,
+            escrow: None,
+            settled: settlement.closed.then_some(settlement.paid),
+            gap_since: None,
+            last_heard: UnixMillis::now(),
+            release_tried: None,
+            ended_here: false,
+        };
+        Ok(Some(lease))
+    }
+
+    /// Answers, from the store, the attestations of every running lease
+    /// that this node has not seen yet.
+    async fn catch_up_all(&mut self) {
+        let running: Vec<Id> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.running())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in running {
+            self.catch_up(id).await;
+        }
+    }
+
+    /// Answers, from the store, the attestations of `id` from the next one
+    /// the watch expects.
+    async fn catch_up(&mut self, id: Id) {
+        let Some(lease) = self.leases.get(&id) else {
+            return;
+        };
+        if !lease.running() {
+            return;
+        }
+        let next = lease.watch.next_seq();
+        let supplier = lease.watch.supplier();
+        let mut missed: Vec<Signed<UsageAttestation>> = self
+            .store
+            .about_lease::<UsageAttestation>(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.body.seq >= next && a.signer == supplier)
+            .collect();
+        missed.sort_by_key(|a| a.body.seq);
+        let now = UnixMillis::now();
+        for attestation in missed {
+            let Some(lease) = self.leases.get_mut(&id) else {
+                return;
+            };
+            let expected = lease.watch.next_seq();
+            if attestation.body.seq > expected {
+                // A gap: wait a little for the missing window; if it never
+                // comes (this node was down when it was gossiped), go on
+                // from here rather than stop answering the lease.
+                let since = *lease.gap_since.get_or_insert(now);
+                if now.since(since) < GAP_GRACE_MS {
+                    return;
+                }
+                tracing::info!(lease = %id, from = expected, to = attestation.body.seq, "windows never seen here are left to the coordinators' timeout");
+                lease
+                    .watch
+                    .skip_to(attestation.body.seq, attestation.body.prev);
+            }
+            lease.gap_since = None;
+            self.answer_attestation(&attestation).await;
+        }
+    }
+
+    /// Ends the escrowed leases whose supplier has gone silent, so their
+    /// escrow can come back (the coordinators then pay no later window).
+    async fn end_silent_leases(&mut self) {
+        let now = UnixMillis::now();
+        let silent: Vec<Id> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| {
+                l.escrowed.is_some() && l.running() && !l.stopped_at_cap && !l.ended_here
+            })
+            .filter(|(_, l)| {
+                let silence = l
+                    .agreement
+                    .body
+                    .window_ms()
+                    .saturating_mul(SILENT_WINDOWS)
+                    .max(SILENCE_MIN_MS);
+                now.since(l.last_heard) > silence
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            let Some(lease) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            tracing::warn!(lease = %id, "the supplier attested nothing for too long: ending the lease");
+            lease.ended_here = true;
+            lease.watch.end_after_current_window(now);
+            if let Some(reason) = end_lease(
+                &self.key,
+                &self.store,
+                &self.network,
+                self.quorum.as_ref(),
+                &lease.agreement,
+                rigmesh_protocol::TerminationReason::SupplierMisbehaviour,
+                "no attestation for too long".into(),
+            )
+            .await
+            {
+                tracing::warn!(lease = %id, %reason, "the silent lease's termination did not get through");
+            }
+            if let Err(err) = self.records.put_lease(&record_of(lease)) {
+                tracing::warn!(%err, "lease not recorded");
+            }
+        }
+    }
+
+    /// Asks for the escrow back of every lease that ended more than the
+    /// set's grace period ago with no final settlement (settlement.md
+    /// 8.5).
+    async fn release_unsettled(&mut self) {
+        let (Some(rules), Some(quorum)) = (self.rules.clone(), self.quorum.clone()) else {
+            return;
+        };
+        let now = UnixMillis::now();
+        let due: Vec<Id> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.escrowed.is_some() && l.settled.is_none())
+            .filter(|(_, l)| {
+                l.release_tried
+                    .is_none_or(|t| now.since(t) >= RELEASE_RETRY_MS)
+            })
+            .filter(|(_, l)| {
+                let ended = super::release::ended_at(&self.store, &l.agreement, &self.key);
+                now >= ended.plus_ms(rules.release_grace_ms)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(lease) = self.leases.get_mut(&id) else {
+                continue;
+            };
+            lease.release_tried = Some(now);
+            let agreement = lease.agreement.clone();
+            let built = super::release::build(&self.store, &rules, &self.key, &agreement, now);
+            let (release, bundle) = match built {
+                Ok(built) => built,
+                Err(reason) => {
+                    tracing::debug!(lease = %id, %reason, "no escrow release");
+                    continue;
+                }
+            };
+            let request = rigmesh_protocol::rpc::CoordinatorRequest::Release(Box::new(bundle));
+            match quorum.certify(&release, &request).await {
+                Ok(certificate) => {
+                    let r = &certificate.message.body;
+                    tracing::info!(lease = %id, supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, "escrow released: the supplier never settled the lease");
+                    let applied = quorum
+                        .deliver(rigmesh_protocol::rpc::CertificateFrame::Release(Box::new(
+                            certificate,
+                        )))
+                        .await;
+                    tracing::debug!(lease = %id, applied, "release delivered");
+                    self.on_settlement(id).await;
+                }
+                Err(refused) => {
+                    tracing::info!(lease = %id, %refused, "escrow release not certified yet")
+                }
+            }
+        }
+    }
+
+    /// A settlement certificate about one of this node's leases: once the
+    /// final one is certified, the lease's spend is what it paid.
+    async fn on_settlement(&mut self, id: Id) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let settlement = crate::receipts::lease_settlement(&self.store, &id);
+        if !settlement.closed || lease.settled.is_some() {
+            return;
+        }
+        lease.settled = Some(settlement.paid);
+        tracing::info!(lease = %id, paid = %settlement.paid, refunded = %settlement.refunded, "lease finally settled");
+        if let Err(err) = self.records.put_lease(&record_of(lease)) {
+            tracing::warn!(%err, "lease not recorded");
+        }
+        let spent = lease.spent();
+        match self
+            .spending
+            .update(id, spent, Credits::ZERO, UnixMillis::now())
+        {
+            Ok(update) => raise(&self.records, update.alerts),
+            Err(err) => tracing::warn!(%err, "budget update failed"),
+        }
+    }
+
     async fn on_message(&mut self, message: &WireMessage) {
         match message {
             WireMessage::UsageAttestation(attestation) => self.on_attestation(attestation).await,
+            WireMessage::SettlementCertificate(certificate) => {
+                self.on_settlement(certificate.message.body.lease).await
+            }
+            WireMessage::ReleaseCertificate(certificate) => {
+                self.on_settlement(certificate.message.body.lease).await
+            }
             WireMessage::Offer(offer) => {
                 self.standing.offer_arrived(&offer.body, UnixMillis::now())
             }
@@ -552,14 +954,33 @@ impl Customer {
         }
     }
 
+    /// An attestation that arrived by gossip. One of the lease's supplier
+    /// that skips ahead means an earlier one was missed here: the store is
+    /// read back in order instead of disputing a window that may be
+    /// honest.
+    async fn on_attestation(&mut self, attestation: &Signed<UsageAttestation>) {
+        let body = &attestation.body;
+        let Some(lease) = self.leases.get(&body.lease) else {
+            return;
+        };
+        if body.seq > lease.watch.next_seq() && attestation.signer == lease.watch.supplier() {
+            self.catch_up(body.lease).await;
+            return;
+        }
+        self.answer_attestation(attestation).await;
+    }
+
     /// Checks and answers one attestation, records the window, and applies
     /// the caps.
-    async fn on_attestation(&mut self, attestation: &Signed<UsageAttestation>) {
+    async fn answer_attestation(&mut self, attestation: &Signed<UsageAttestation>) {
         let body = &attestation.body;
         let Some(lease) = self.leases.get_mut(&body.lease) else {
             return;
         };
-        if lease.stopped_at_cap {
+        // Without an escrow nothing but this node holds the cap: once it is
+        // reached, no further window is acked. With one, the windows up to
+        // the end are answered: the coordinators cut them at the escrow.
+        if lease.stopped_at_cap && lease.escrowed.is_none() {
             return;
         }
         let now = UnixMillis::now();
@@ -575,6 +996,9 @@ impl Customer {
         // Whether the attestation took its place in the lease's chain, so
         // it is the lease's window `seq` (a forgery or a twin is not).
         let in_chain = body.seq == expected && lease.watch.next_seq() == expected.saturating_add(1);
+        if in_chain {
+            lease.last_heard = now;
+        }
         let (answer, status) = match verdict {
             Verdict::Ack(ack) => (Some(WireMessage::UsageAck(ack)), Some(WindowStatus::Acked)),
             Verdict::Dispute(dispute) => {
@@ -640,15 +1064,23 @@ impl Customer {
         if lease.stopped_at_cap {
             return;
         }
-        let next = lease.watch.next_window_charge().unwrap_or(Credits::ZERO);
-        match self.spending.update(id, lease.watch.spent(), next, now) {
+        // With an escrow, the coordinators cut the last window at it, so
+        // the lease may run until its spend reaches the cap; without one,
+        // only this node stops it, before a window could pass the cap.
+        let next = if lease.escrowed.is_some() {
+            Credits::ZERO
+        } else {
+            lease.watch.next_window_charge().unwrap_or(Credits::ZERO)
+        };
+        match self.spending.update(id, lease.spent(), next, now) {
             Ok(update) => {
-                raise(&self.records, &self.network, update.alerts).await;
+                raise(&self.records, update.alerts);
                 if let Decision::Terminate { cap, account } = update.decision {
                     stop_at_cap(
                         &self.key,
                         &self.store,
                         &self.network,
+                        self.quorum.as_ref(),
                         &self.records,
                         lease,
                         cap,
@@ -698,7 +1130,7 @@ impl Customer {
             }
         };
         match applied {
-            Ok(alerts) => raise(&self.records, &self.network, alerts).await,
+            Ok(alerts) => raise(&self.records, alerts),
             // Caps are checked before they get here; should one still be
             // refused, the stored caps take effect at the next start.
             Err(err) => tracing::warn!(%err, "cap not applied"),
@@ -707,7 +1139,7 @@ impl Customer {
         let running: Vec<Id> = self
             .leases
             .iter()
-            .filter(|(_, l)| !l.stopped_at_cap && !l.watch.finished())
+            .filter(|(_, l)| !l.stopped_at_cap && l.running())
             .map(|(id, _)| *id)
             .collect();
         for id in running {
@@ -717,13 +1149,18 @@ impl Customer {
     }
 }
 
-/// Signs a termination of `agreement`'s lease, hands it to the supplier
-/// (which attests the window in progress as the last one) and publishes it
-/// as evidence. Returns the supplier's refusal, if any.
+/// Signs a termination of `agreement`'s lease, publishes it as evidence,
+/// hands it to every coordinator and to the supplier (which attests the
+/// window in progress as the last one). Returns why the lease could not be
+/// ended: the supplier refused it or could not be reached, and no quorum
+/// of coordinators holds it (when one does, the lease is over whatever the
+/// supplier does: it is not paid for later windows this node does not
+/// ack).
 pub(crate) async fn end_lease(
     key: &Keypair,
     store: &MarketStore,
     network: &NodeHandle,
+    quorum: Option<&crate::quorum::Quorum>,
     agreement: &Signed<LeaseAgreement>,
     reason: rigmesh_protocol::TerminationReason,
     detail: String,
@@ -751,22 +1188,37 @@ pub(crate) async fn end_lease(
     {
         tracing::debug!(%err, "termination stored; not gossiped yet");
     }
-    let peer = match peer_of(store, &agreement.body.supplier, now) {
-        Ok(peer) => peer,
-        Err(err) => return Some(err.to_string()),
-    };
-    let bytes = match LeaseRequest::Terminate(termination).to_bytes() {
-        Ok(bytes) => bytes,
-        Err(err) => return Some(err.to_string()),
-    };
-    match network.request(peer, Protocol::Lease, bytes).await {
-        Ok(answer) => match LeaseResponse::from_bytes(&answer) {
-            Ok(LeaseResponse::Accepted) => None,
-            Ok(LeaseResponse::Refused(reason)) => Some(reason),
-            Ok(other) => Some(format!("unexpected answer {other:?}")),
-            Err(err) => Some(err.to_string()),
-        },
+    // The coordinators hold it as evidence: whatever the supplier does, no
+    // window after it is paid unless this node acks it.
+    let mut held_by_quorum = false;
+    if let Some(quorum) = quorum {
+        let held = quorum.terminate(&termination).await;
+        held_by_quorum = held >= quorum.set().quorum();
+        if !held_by_quorum {
+            tracing::warn!(%lease, held, need = quorum.set().quorum(), "the termination reached too few coordinators; the escrow still bounds what can be paid");
+        }
+    }
+    let refusal = match peer_of(store, &agreement.body.supplier, now) {
         Err(err) => Some(err.to_string()),
+        Ok(peer) => match LeaseRequest::Terminate(termination).to_bytes() {
+            Err(err) => Some(err.to_string()),
+            Ok(bytes) => match network.request(peer, Protocol::Lease, bytes).await {
+                Ok(answer) => match LeaseResponse::from_bytes(&answer) {
+                    Ok(LeaseResponse::Accepted) => None,
+                    Ok(LeaseResponse::Refused(reason)) => Some(reason),
+                    Ok(other) => Some(format!("unexpected answer {other:?}")),
+                    Err(err) => Some(err.to_string()),
+                },
+                Err(err) => Some(err.to_string()),
+            },
+        },
+    };
+    match refusal {
+        Some(reason) if held_by_quorum => {
+            tracing::warn!(%lease, %reason, "the supplier did not take the termination; the coordinators hold it, so no later window is paid unless acked");
+            None
+        }
+        other => other,
     }
 }
 
@@ -783,11 +1235,11 @@ fn status_of(lease: &Lease) -> LeaseStatus {
         hours: p.hours,
         max_cost: rigmesh_ledger::billing::charge(p.price_per_gpu_hour, gpu_ms)
             .unwrap_or(Credits::MAX),
-        spent: lease.watch.spent(),
+        spent: lease.spent(),
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
-        escrowed: lease.escrow.as_ref().map(|c| c.message.body.amount),
+        escrowed: lease.escrowed,
         escrow_certificate: lease.escrow.as_ref().and_then(|c| c.subject().ok()),
         settlement: None,
     }
@@ -799,6 +1251,7 @@ async fn bid(
     network: &NodeHandle,
     quorum: Option<&crate::quorum::Quorum>,
     request: &BidRequest,
+    limit: Option<Credits>,
 ) -> Result<
     (
         Signed<LeaseAgreement>,
@@ -878,7 +1331,29 @@ async fn bid(
     }
     agreement.verify(&Clock::system()).map_err(failed)?;
     let escrow = match quorum {
-        Some(quorum) => Some(super::escrow::fund(key, quorum, network, peer, &agreement).await?),
+        Some(quorum) => {
+            match super::escrow::fund(key, quorum, network, peer, &agreement, limit).await {
+                Ok(certificate) => Some(certificate),
+                Err(err) => {
+                    // The supplier holds the GPUs for this agreement: let
+                    // them go at once rather than when its wait runs out.
+                    if let Some(refusal) = end_lease(
+                        key,
+                        store,
+                        network,
+                        None,
+                        &agreement,
+                        rigmesh_protocol::TerminationReason::Other,
+                        "the escrow was not certified".into(),
+                    )
+                    .await
+                    {
+                        tracing::debug!(%refusal, "the supplier did not release the unfunded lease");
+                    }
+                    return Err(err);
+                }
+            }
+        }
         None => None,
     };
     let watch = LeaseWatch::new(&agreement, key.clone()).map_err(failed)?;
@@ -887,7 +1362,13 @@ async fn bid(
         agreement: agreement.clone(),
         watch,
         stopped_at_cap: false,
+        escrowed: escrow.as_ref().map(|c| c.message.body.amount),
         escrow: escrow.clone(),
+        settled: None,
+        gap_since: None,
+        last_heard: now,
+        release_tried: None,
+        ended_here: false,
     });
     Ok((agreement, escrow, status))
 }

@@ -195,6 +195,18 @@ impl LeaseWatch {
         self.ends_at = self.ends_at.min(UnixMillis(end));
     }
 
+    /// Windows before `seq` never reached this node (it was down, or
+    /// gossip lost them): the watch goes on from the attestation at `seq`,
+    /// whose `prev` is taken as the chain's head. The skipped windows stay
+    /// unanswered here; the coordinators decide them by the timeout, and
+    /// the escrow bounds what they can cost.
+    pub fn skip_to(&mut self, seq: u64, prev: Id) {
+        if seq > self.next_seq {
+            self.next_seq = seq;
+            self.prev = prev;
+        }
+    }
+
     /// True once every window of the lease has taken its place in the chain.
     pub fn finished(&self) -> bool {
         self.slot(self.next_seq).is_none()

@@ -12,6 +12,10 @@ use rigmesh_protocol::{
 /// are offered again.
 pub const FUNDING_WINDOW_MS: u64 = 120_000;
 
+/// Agreements one customer may hold unfunded at once: a customer without
+/// money cannot take more GPUs off the market than this.
+pub const MAX_UNFUNDED_PER_CUSTOMER: usize = 2;
+
 use super::OfferedGpus;
 
 /// Why a proposal was refused; the text goes back to the customer.
@@ -55,6 +59,12 @@ pub enum Refusal {
     /// The customer's escrow does not cover the lease.
     #[error("escrow: {0}")]
     Escrow(String),
+    /// The same signed proposal again: each is answered once.
+    #[error("proposal {0} was answered already")]
+    Replayed(Id),
+    /// The customer already holds agreements waiting for escrow.
+    #[error("{0} agreements of this customer are still waiting for escrow")]
+    TooManyUnfunded(usize),
 }
 
 /// Offers on the table and GPUs under lease.
@@ -65,6 +75,8 @@ pub struct LeaseDesk {
     busy: BTreeSet<u32>,
     leases: BTreeMap<Id, Vec<u32>>,
     unfunded: BTreeMap<Id, (Signed<LeaseAgreement>, UnixMillis)>,
+    /// Proposals answered, by id, until they expire.
+    answered: BTreeMap<Id, UnixMillis>,
 }
 
 impl LeaseDesk {
@@ -76,6 +88,7 @@ impl LeaseDesk {
             busy: BTreeSet::new(),
             leases: BTreeMap::new(),
             unfunded: BTreeMap::new(),
+            answered: BTreeMap::new(),
         }
     }
 
@@ -106,6 +119,19 @@ impl LeaseDesk {
         let p = &proposal.body;
         if p.supplier != self.key.public() {
             return Err(Refusal::WrongSupplier);
+        }
+        let proposal_id = proposal.id().map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.answered.retain(|_, expires| *expires >= now);
+        if self.answered.contains_key(&proposal_id) {
+            return Err(Refusal::Replayed(proposal_id));
+        }
+        let waiting = self
+            .unfunded
+            .values()
+            .filter(|(a, _)| a.body.proposal.body.customer == p.customer)
+            .count();
+        if waiting >= MAX_UNFUNDED_PER_CUSTOMER {
+            return Err(Refusal::TooManyUnfunded(waiting));
         }
         let offered = self
             .offers
@@ -163,14 +189,24 @@ impl LeaseDesk {
         self.leases.insert(lease, gpus);
         self.unfunded
             .insert(lease, (agreement.clone(), now.plus_ms(FUNDING_WINDOW_MS)));
+        // Kept until the proposal expires (plus the skew a peer's clock
+        // may have), after which it is refused as expired anyway.
+        self.answered.insert(
+            proposal_id,
+            p.expires_at
+                .plus_ms(rigmesh_protocol::time::DEFAULT_CLOCK_SKEW_MS),
+        );
         Ok(agreement)
     }
 
     /// Checks the escrow certificate a customer hands over for an agreed
     /// lease (specs/settlement.md 5.3): certified by a quorum of `set`, for
     /// this lease, paying this supplier, from the lease's customer, and
-    /// covering the whole lease at the agreed price. Returns the agreement,
-    /// now funded; nothing changes on a refusal.
+    /// covering at least one whole window of all the lease's GPUs at the
+    /// agreed price (or the whole lease, if that costs less). An escrow
+    /// below the lease's cost is the customer's budget cap: the lease is
+    /// metered until it is spent. Returns the agreement, now funded;
+    /// nothing changes on a refusal.
     pub fn fund(
         &mut self,
         certificate: &EscrowCertificate,
@@ -192,17 +228,31 @@ impl LeaseDesk {
                 "the escrow is paid by another account than the lease's customer".into(),
             ));
         }
-        let cost = lease_cost(agreement);
-        if cost.is_none_or(|cost| order.amount < cost) {
+        let least = lease_cost(agreement)
+            .and_then(|cost| window_cost(agreement).map(|window| cost.min(window)));
+        if least.is_none_or(|least| order.amount < least) {
             return Err(Refusal::Escrow(format!(
-                "{} escrowed; the lease costs up to {}",
+                "{} escrowed; at least {} is needed, one window of every GPU of the lease",
                 order.amount,
-                cost.map_or_else(|| "more".to_string(), |c| c.to_string())
+                least.map_or_else(|| "more".to_string(), |c| c.to_string())
             )));
         }
         let agreement = agreement.clone();
         self.unfunded.remove(&order.lease);
         Ok(agreement)
+    }
+
+    /// Frees the GPUs of an agreement still waiting for its escrow when
+    /// its `customer` gives it up; false when there is no such agreement.
+    pub fn release_unfunded(&mut self, lease: &Id, customer: &rigmesh_protocol::PublicKey) -> bool {
+        let theirs = self
+            .unfunded
+            .get(lease)
+            .is_some_and(|(a, _)| a.body.proposal.body.customer == *customer);
+        if theirs {
+            self.end(lease);
+        }
+        theirs
     }
 
     /// Marks an agreed lease as running without escrow (a market with no
@@ -235,6 +285,13 @@ impl LeaseDesk {
             }
         }
     }
+}
+
+/// What one full metering window of all a lease's GPUs costs.
+pub fn window_cost(agreement: &Signed<LeaseAgreement>) -> Option<rigmesh_protocol::Credits> {
+    let p = &agreement.body.proposal.body;
+    let gpu_ms = u64::from(p.gpu_count).checked_mul(agreement.body.window_ms())?;
+    rigmesh_ledger::billing::charge(p.price_per_gpu_hour, gpu_ms).ok()
 }
 
 /// What a lease costs at most: its price for all its GPUs and hours.
@@ -275,7 +332,17 @@ mod tests {
         price: &str,
         hours: u32,
     ) -> Signed<LeaseProposal> {
-        let customer = Keypair::from_seed([9; 32]);
+        proposal_by(9, offer, count, price, hours)
+    }
+
+    fn proposal_by(
+        seed: u8,
+        offer: &Signed<rigmesh_protocol::Offer>,
+        count: u16,
+        price: &str,
+        hours: u32,
+    ) -> Signed<LeaseProposal> {
+        let customer = Keypair::from_seed([seed; 32]);
         Signed::sign(
             LeaseProposal {
                 version: PROTOCOL_VERSION,
@@ -307,7 +374,7 @@ mod tests {
         let second = desk.answer(&proposal(&offer, 2, "2.00", 1), T0).unwrap();
         assert_eq!(second.body.gpu_indices, vec![2, 3]);
         assert_eq!(
-            desk.answer(&proposal(&offer, 1, "1.80", 1), T0),
+            desk.answer(&proposal_by(10, &offer, 1, "1.80", 1), T0),
             Err(Refusal::NotEnoughGpus { wanted: 1, free: 0 })
         );
         desk.end(&agreement.id().unwrap());
@@ -391,8 +458,9 @@ mod tests {
         let customer = Keypair::from_seed([9; 32]);
         // 2 GPUs x 4 h x 1.80 = 14.40 at most.
         let agreement = desk.answer(&proposal(&offer, 2, "1.80", 4), T0).unwrap();
-        let short = escrow(&agreement, &customer, "14.39", 3);
-        assert!(matches!(desk.fund(&short, &set), Err(Refusal::Escrow(r)) if r.contains("14.4")));
+        // One window of both GPUs (60 s) costs 0.06: less funds nothing.
+        let short = escrow(&agreement, &customer, "0.059999", 3);
+        assert!(matches!(desk.fund(&short, &set), Err(Refusal::Escrow(r)) if r.contains("0.06")));
         let stranger = escrow(&agreement, &Keypair::from_seed([8; 32]), "14.40", 3);
         assert!(matches!(
             desk.fund(&stranger, &set),
@@ -417,5 +485,48 @@ mod tests {
             vec![unfunded.id().unwrap()]
         );
         assert_eq!(desk.busy().len(), 2, "the funded lease keeps its GPUs");
+    }
+
+    #[test]
+    fn an_escrow_below_the_lease_cost_funds_the_lease_as_a_cap() {
+        let (mut desk, offer) = desk_with_offer();
+        let set = rigmesh_protocol::samples::coordinator_set().unwrap();
+        let customer = Keypair::from_seed([9; 32]);
+        let agreement = desk.answer(&proposal(&offer, 2, "1.80", 4), T0).unwrap();
+        // Three windows of two GPUs: 0.18.
+        let capped = escrow(&agreement, &customer, "0.18", 3);
+        assert_eq!(desk.fund(&capped, &set).unwrap(), agreement);
+    }
+
+    #[test]
+    fn replayed_proposals_and_unfunded_hoarding_are_refused() {
+        let (mut desk, offer) = desk_with_offer();
+        let first = proposal(&offer, 1, "1.80", 1);
+        let agreement = desk.answer(&first, T0).unwrap();
+        assert_eq!(
+            desk.answer(&first, T0),
+            Err(Refusal::Replayed(first.id().unwrap()))
+        );
+        let second = desk.answer(&proposal(&offer, 1, "1.90", 1), T0).unwrap();
+        assert_eq!(
+            desk.answer(&proposal(&offer, 1, "2.00", 1), T0),
+            Err(Refusal::TooManyUnfunded(2))
+        );
+        assert_eq!(desk.busy().len(), 2);
+        // Another customer still gets GPUs.
+        desk.answer(&proposal_by(10, &offer, 1, "1.80", 1), T0)
+            .unwrap();
+        // The customer gives an unfunded agreement up: its GPU is free at
+        // once, and only that customer can do it.
+        let lease = agreement.id().unwrap();
+        assert!(!desk.release_unfunded(&lease, &Keypair::from_seed([10; 32]).public()));
+        assert!(desk.release_unfunded(&lease, &Keypair::from_seed([9; 32]).public()));
+        assert_eq!(desk.busy().len(), 2);
+        assert!(desk.release_unfunded(&second.id().unwrap(), &Keypair::from_seed([9; 32]).public()));
+        // After it expired, the same proposal is refused as expired.
+        assert!(matches!(
+            desk.answer(&first, T0.plus_ms(3_600_000)),
+            Err(Refusal::Invalid(_))
+        ));
     }
 }

@@ -67,6 +67,11 @@ pub struct Meter {
     seq: u64,
     prev: Id,
     gpus: BTreeMap<u32, GpuWindow>,
+    price: rigmesh_protocol::Credits,
+    /// The escrow that pays the lease, when it is less than the whole
+    /// lease: metering stops once the attested windows cost it.
+    escrow: Option<rigmesh_protocol::Credits>,
+    attested_gpu_ms: u64,
 }
 
 impl Meter {
@@ -90,7 +95,25 @@ impl Meter {
                 .iter()
                 .map(|i| (u32::from(*i), GpuWindow::default()))
                 .collect(),
+            price: agreement.body.proposal.body.price_per_gpu_hour,
+            escrow: None,
+            attested_gpu_ms: 0,
             key,
+        })
+    }
+
+    /// Meters no further than `escrow` pays: once the attested windows
+    /// cost that much, the lease is over (no coordinator pays past it).
+    pub fn with_escrow(mut self, escrow: rigmesh_protocol::Credits) -> Self {
+        self.escrow = Some(escrow);
+        self
+    }
+
+    /// True once the attested windows cost all the escrow.
+    fn escrow_spent(&self) -> bool {
+        self.escrow.is_some_and(|escrow| {
+            rigmesh_ledger::billing::charge(self.price, self.attested_gpu_ms)
+                .map_or(true, |cost| cost >= escrow)
         })
     }
 
@@ -115,9 +138,10 @@ impl Meter {
         self.ends_at = self.window_end();
     }
 
-    /// True once every window of the lease has been attested.
+    /// True once every window of the lease has been attested, or the
+    /// escrow is spent.
     pub fn finished(&self) -> bool {
-        self.window_start >= self.ends_at
+        self.window_start >= self.ends_at || self.escrow_spent()
     }
 
     /// Takes one round of samples (samples of unleased GPUs are ignored).
@@ -210,6 +234,9 @@ impl Meter {
             created_at: created_at.max(end),
         };
         let attestation = Signed::sign(body, &self.key)?;
+        self.attested_gpu_ms = self
+            .attested_gpu_ms
+            .saturating_add(attestation.body.billable_gpu_ms);
         self.prev = attestation.id()?;
         self.seq += 1;
         self.window_start = end;
@@ -234,6 +261,19 @@ mod tests {
     fn run_lease(
         profile: SimProfile,
         windows: u64,
+    ) -> (
+        Vec<Signed<UsageAttestation>>,
+        Vec<MeterEvent>,
+        Signed<LeaseAgreement>,
+    ) {
+        run_escrowed_lease(profile, windows, None)
+    }
+
+    /// As `run_lease`, metering no further than `escrow` pays.
+    fn run_escrowed_lease(
+        profile: SimProfile,
+        windows: u64,
+        escrow: Option<Credits>,
     ) -> (
         Vec<Signed<UsageAttestation>>,
         Vec<MeterEvent>,
@@ -275,10 +315,16 @@ mod tests {
         .unwrap();
         let agreement = desk.answer(&proposal, T0).unwrap();
         let mut meter = Meter::new(&agreement, key).unwrap();
+        if let Some(escrow) = escrow {
+            meter = meter.with_escrow(escrow);
+        }
         let mut attestations = Vec::new();
         let mut events = Vec::new();
         events.extend(meter.record(&sim.sample().unwrap()));
         for _ in 0..windows {
+            if meter.finished() {
+                break;
+            }
             while clock.now() < meter.window_end() {
                 clock.advance(1000);
                 events.extend(meter.record(&sim.sample().unwrap()));
@@ -286,6 +332,23 @@ mod tests {
             attestations.push(meter.close_window(clock.now()).unwrap());
         }
         (attestations, events, agreement)
+    }
+
+    #[test]
+    fn an_escrow_below_the_lease_cost_ends_metering_once_it_is_spent() {
+        // 2 GPUs x 60 s x 2.40 per GPU-hour = 0.08 a window: 0.20 is spent
+        // within the third window, so the lease ends there.
+        let escrow: Credits = "0.20".parse().unwrap();
+        let (chain, _, _) =
+            run_escrowed_lease(SimProfile::builtin("h100x8").unwrap(), 10, Some(escrow));
+        assert_eq!(chain.len(), 3);
+        let billed: u64 = chain.iter().map(|a| a.body.billable_gpu_ms).sum();
+        assert!(
+            rigmesh_ledger::billing::charge(Credits::from_units(2_400_000), billed).unwrap()
+                >= escrow
+        );
+        let (full, _, _) = run_escrowed_lease(SimProfile::builtin("h100x8").unwrap(), 10, None);
+        assert_eq!(full.len(), 10, "without an escrow cap the lease runs on");
     }
 
     #[test]

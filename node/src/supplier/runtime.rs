@@ -287,6 +287,15 @@ pub async fn run(
                 // now, so the waiting customer sees a fresh offer at once.
                 // (Last in the select: the rig's own work comes first.)
                 Ok(message) => {
+                    // A termination gossiped rather than handed over (the
+                    // customer's request did not get through).
+                    if let WireMessage::LeaseTermination(t) = &message.message {
+                        if t.body.supplier == key.public() && meters.contains_key(&t.body.lease) {
+                            if let Err(reason) = terminate(t, &mut meters, &mut desk, &key) {
+                                tracing::debug!(%reason, "gossiped termination not taken");
+                            }
+                        }
+                    }
                     if let WireMessage::Bid(bid) = &message.message {
                         if bids.answer_now(&on_offer, bid, UnixMillis::now()) {
                             tracing::info!(customer = %bid.body.customer, gpu = %bid.body.gpu_model, "a standing bid our free GPUs meet: offering again now");
@@ -340,8 +349,13 @@ async fn answer(
     settlement: Option<&Settlement>,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
-    let mut start = |agreement: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>| {
-        Meter::new(agreement, key.clone()).map(|mut meter| {
+    let mut start = |agreement: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>,
+                     escrow: Option<rigmesh_protocol::Credits>| {
+        Meter::new(agreement, key.clone()).map(|meter| {
+            let mut meter = match escrow {
+                Some(escrow) => meter.with_escrow(escrow),
+                None => meter,
+            };
             if let Ok(samples) = source.sample() {
                 meter.record(&samples);
             }
@@ -357,7 +371,7 @@ async fn answer(
                     Ok(agreement) if settlement.is_some() => {
                         LeaseResponse::Agreed(Box::new(agreement))
                     }
-                    Ok(agreement) => match (start)(&agreement) {
+                    Ok(agreement) => match (start)(&agreement, None) {
                         Ok(()) => {
                             if let Ok(lease) = agreement.id() {
                                 desk.start_unfunded(&lease);
@@ -380,25 +394,27 @@ async fn answer(
                     LeaseResponse::Refused("this supplier has no coordinator set configured".into())
                 }
                 Some(s) => match desk.fund(&certificate, &s.set) {
-                    Ok(agreement) => match (start)(&agreement) {
-                        Ok(()) => {
-                            let _ = s
-                                .worker
-                                .send(SettleEvent::Funded(
-                                    Box::new(agreement.clone()),
-                                    certificate,
-                                ))
-                                .await;
-                            agreed = Some(agreement);
-                            LeaseResponse::Accepted
+                    Ok(agreement) => {
+                        match (start)(&agreement, Some(certificate.message.body.amount)) {
+                            Ok(()) => {
+                                let _ = s
+                                    .worker
+                                    .send(SettleEvent::Funded(
+                                        Box::new(agreement.clone()),
+                                        certificate,
+                                    ))
+                                    .await;
+                                agreed = Some(agreement);
+                                LeaseResponse::Accepted
+                            }
+                            Err(err) => LeaseResponse::Refused(err.to_string()),
                         }
-                        Err(err) => LeaseResponse::Refused(err.to_string()),
-                    },
+                    }
                     Err(refusal) => LeaseResponse::Refused(refusal.to_string()),
                 },
             },
             Ok(LeaseRequest::Terminate(termination)) => {
-                match terminate(&termination, meters, key) {
+                match terminate(&termination, meters, desk, key) {
                     Ok(()) => LeaseResponse::Accepted,
                     Err(reason) => LeaseResponse::Refused(reason),
                 }
@@ -423,9 +439,10 @@ async fn answer(
 
 /// Honours a customer's signed termination: the window in progress is the
 /// lease's last.
-fn terminate(
+pub(crate) fn terminate(
     termination: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseTermination>,
     meters: &mut BTreeMap<Id, Meter>,
+    desk: &mut LeaseDesk,
     key: &Keypair,
 ) -> Result<(), String> {
     termination
@@ -434,6 +451,12 @@ fn terminate(
     let t = &termination.body;
     if t.supplier != key.public() {
         return Err("the termination names another supplier".into());
+    }
+    // An agreement still waiting for its escrow: its customer lets the
+    // GPUs go (its escrow failed), so they are offered again at once.
+    if desk.release_unfunded(&t.lease, &t.customer) {
+        tracing::info!(lease = %t.lease, "the customer released an unfunded lease; its GPUs are free");
+        return Ok(());
     }
     let meter = meters
         .get_mut(&t.lease)

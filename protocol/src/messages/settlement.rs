@@ -294,6 +294,108 @@ impl Message for SettlementRequest {
     }
 }
 
+/// The customer asks for the escrow of a lease back when the lease has
+/// ended and its supplier has not settled it finally within the grace
+/// period (specs/settlement.md 8.5). It is the final settlement of the
+/// windows `first_window .. first_window + windows` that the supplier
+/// attested and the customer acked, signed by the customer: what the
+/// customer acked is paid to the supplier, the rest of the escrow comes
+/// back. `windows` may be 0 (nothing was attested, or nothing after the
+/// last settlement).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct EscrowRelease {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The lease.
+    pub lease: Id,
+    /// The customer account; must sign.
+    pub customer: PublicKey,
+    /// The supplier account.
+    pub supplier: PublicKey,
+    /// The lease's settlement sequence number this release takes.
+    pub settlement_seq: u64,
+    /// Coordinator epoch the release is addressed to.
+    pub epoch: u64,
+    /// Id of the escrow order whose certificate funds the lease.
+    pub escrow: Id,
+    /// First attestation `seq` covered (where the settled windows stop).
+    pub first_window: u64,
+    /// How many windows from `first_window` are covered; may be 0.
+    pub windows: u64,
+    /// Id of the last covered attestation; zero when `windows` is 0.
+    pub attestation_head: Id,
+    /// GPU-milliseconds paid for: those of the acked windows.
+    pub billable_gpu_ms: u64,
+    /// Credited to the supplier.
+    pub supplier_amount: Credits,
+    /// Paid to the coordinators.
+    pub fee: Credits,
+    /// Returned to the customer: the rest of the escrow.
+    pub refund: Credits,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+impl EscrowRelease {
+    /// The last covered window, if any.
+    pub fn last_window(&self) -> Option<u64> {
+        self.windows
+            .checked_sub(1)
+            .and_then(|n| self.first_window.checked_add(n))
+    }
+}
+
+impl Message for EscrowRelease {
+    const KIND: Kind = Kind::EscrowRelease;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("customer", self.customer)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if self.supplier == self.customer {
+            return Err(Error::field(kind, "supplier", "must differ from customer"));
+        }
+        for (field, id) in [("lease", self.lease), ("escrow", self.escrow)] {
+            if id.is_zero() {
+                return Err(Error::field(kind, field, "must be set"));
+            }
+        }
+        if self.windows > 0 && self.last_window().is_none() {
+            return Err(Error::field(kind, "windows", "runs past the last seq"));
+        }
+        if (self.windows == 0) != self.attestation_head.is_zero() {
+            return Err(Error::field(
+                kind,
+                "attestation_head",
+                "is set exactly when windows are covered",
+            ));
+        }
+        if self.windows == 0
+            && (self.billable_gpu_ms != 0 || !self.supplier_amount.is_zero() || !self.fee.is_zero())
+        {
+            return Err(Error::field(
+                kind,
+                "supplier_amount",
+                "nothing is paid without windows",
+            ));
+        }
+        rules::non_negative(kind, "supplier_amount", self.supplier_amount)?;
+        rules::non_negative(kind, "fee", self.fee)?;
+        rules::non_negative(kind, "refund", self.refund)?;
+        Ok(())
+    }
+}
+
 /// A coordinator's vote: "I have checked message `subject` and certify it
 /// as `certificate` in `epoch`". Votes carry no time, so a certificate can
 /// rebuild each vote from its own fields.
@@ -330,7 +432,10 @@ impl Message for Vote {
     fn check_fields(&self) -> Result<()> {
         if !matches!(
             self.certificate,
-            Kind::EscrowCertificate | Kind::SettlementCertificate | Kind::WithdrawalCertificate
+            Kind::EscrowCertificate
+                | Kind::SettlementCertificate
+                | Kind::WithdrawalCertificate
+                | Kind::ReleaseCertificate
         ) {
             return Err(Error::field(
                 Self::KIND,
@@ -428,6 +533,13 @@ impl Certifiable for Withdrawal {
     }
 }
 
+impl Certifiable for EscrowRelease {
+    const CERTIFICATE: Kind = Kind::ReleaseCertificate;
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
 /// One coordinator's signature over the [`Vote`] a certificate implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct VoteSignature {
@@ -454,6 +566,8 @@ pub type EscrowCertificate = Certificate<EscrowOrder>;
 pub type SettlementCertificate = Certificate<SettlementRequest>;
 /// A withdrawal certified by a quorum: the credits leave the account.
 pub type WithdrawalCertificate = Certificate<Withdrawal>;
+/// An escrow release certified by a quorum: the lease is settled finally.
+pub type ReleaseCertificate = Certificate<EscrowRelease>;
 
 impl<T: Certifiable> Certificate<T> {
     /// The vote a coordinator signs for `message`.

@@ -1195,6 +1195,7 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
     .await;
 
     // The customer's node stops; the supplier meters on.
+    drop(store);
     customer.stop().await.unwrap();
     let before = supplier_store.count(Kind::UsageAttestation);
     eventually(30, "windows attested while the customer is away", || {
@@ -1269,6 +1270,7 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
+    common::logs();
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let (cs, supplier, customer) = market(&dirs).await;
     let store = customer.store.clone();

@@ -784,6 +784,10 @@ impl Customer {
             .into_iter()
             .filter(|a| a.body.seq >= next && a.signer == supplier)
             .collect();
+        // Past a gap, only what fits the schedule is taken as the missed
+        // continuation; a forged jump ahead is answered (disputed) as it
+        // arrived, not skipped to.
+        missed.retain(|a| a.body.seq == next || lease.watch.on_schedule(&a.body));
         missed.sort_by_key(|a| a.body.seq);
         let now = UnixMillis::now();
         for attestation in missed {
@@ -963,7 +967,10 @@ impl Customer {
         let Some(lease) = self.leases.get(&body.lease) else {
             return;
         };
-        if body.seq > lease.watch.next_seq() && attestation.signer == lease.watch.supplier() {
+        if body.seq > lease.watch.next_seq()
+            && attestation.signer == lease.watch.supplier()
+            && lease.watch.on_schedule(body)
+        {
             self.catch_up(body.lease).await;
             return;
         }

@@ -207,6 +207,15 @@ impl LeaseWatch {
         }
     }
 
+    /// Whether `attestation` sits where the lease's schedule puts window
+    /// `seq`: what an honest supplier sends after windows this node missed
+    /// (a forged jump ahead does not).
+    pub fn on_schedule(&self, attestation: &UsageAttestation) -> bool {
+        self.slot(attestation.seq).is_some_and(|(start, end)| {
+            attestation.window_start == start && attestation.window_end <= end
+        })
+    }
+
     /// True once every window of the lease has taken its place in the chain.
     pub fn finished(&self) -> bool {
         self.slot(self.next_seq).is_none()

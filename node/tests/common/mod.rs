@@ -113,6 +113,17 @@ pub async fn node() -> TestNode {
     .await
 }
 
+/// Logs of the nodes a test starts, to the test's output, when
+/// `RUST_LOG` asks for them (e.g. `RUST_LOG=rigmesh_node=info`).
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Polls `check` every 50 ms until it holds or `secs` pass.
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where

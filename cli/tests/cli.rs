@@ -147,5 +147,5 @@ fn samples_verify_as_records_and_certificates_need_a_set() {
         .assert()
         .code(3);
     let kinds = stdout(rigmesh().args(["message", "kinds"]));
-    assert_eq!(kinds.lines().count(), 20, "a header and the 19 kinds");
+    assert_eq!(kinds.lines().count(), 22, "a header and the 21 kinds");
 }

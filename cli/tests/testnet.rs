@@ -376,8 +376,8 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
         assert_eq!(lease["supplier"], supplier.as_str(), "the only {gpu} offer");
         assert_eq!(
             credits(lease["escrowed"].as_str().unwrap()),
-            price,
-            "1 GPU x 1 h escrowed"
+            budget_for(price, 5, 2),
+            "the budget cap is escrowed, not the whole hour"
         );
         let supplier_name = suppliers
             .iter()
@@ -397,7 +397,7 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
         let locked = sum(plan
             .iter()
             .filter(|(customer, _)| *customer == c.name)
-            .map(|(_, gpu)| prices[*gpu].0));
+            .map(|(_, gpu)| budget_for(prices[*gpu].0, 5, 2)));
         let view = net.agreed(&c.account, 4).unwrap();
         assert_eq!(view.escrowed, locked, "{} escrow", c.name);
         assert_eq!(view.balance, deposit.checked_sub(locked).unwrap());
@@ -420,12 +420,16 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
         let fees = credits(s["fees"].as_str().unwrap());
         let refunded = credits(s["refunded"].as_str().unwrap());
         assert!(earned > Credits::ZERO && fees > Credits::ZERO, "{s}");
-        let escrowed = prices[&*suppliers
-            .iter()
-            .find(|n| &n.name == supplier)
-            .unwrap()
-            .gpu_model]
-            .0;
+        let escrowed = budget_for(
+            prices[&*suppliers
+                .iter()
+                .find(|n| &n.name == supplier)
+                .unwrap()
+                .gpu_model]
+                .0,
+            5,
+            2,
+        );
         assert_eq!(
             sum([earned, fees, refunded]),
             escrowed,
@@ -499,7 +503,9 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     let supplier_before = net.agreed(&supplier.account, 4).unwrap();
     let lease = net.bid(&customer.name, H100, 4, credits("1"));
     let id = lease["lease"].as_str().unwrap().to_string();
-    assert_eq!(credits(lease["escrowed"].as_str().unwrap()), price);
+    // The cap (1) is below the hour's cost: the cap is escrowed.
+    let escrowed = credits("1").min(price);
+    assert_eq!(credits(lease["escrowed"].as_str().unwrap()), escrowed);
     let metered = eventually(40, "three attested windows", || {
         let entry = net.supplier_lease(&supplier.name, &id)?;
         match entry["windows_attested"].as_u64() {
@@ -545,7 +551,7 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     let fees = credits(s["fees"].as_str().unwrap());
     let refunded = credits(s["refunded"].as_str().unwrap());
     assert!(earned > Credits::ZERO, "{s}");
-    assert_eq!(sum([earned, fees, refunded]), price, "{s}");
+    assert_eq!(sum([earned, fees, refunded]), escrowed, "{s}");
 
     // The three live coordinators agree, to the unit.
     let expected_customer = customer_before

@@ -23,9 +23,8 @@ use rigmesh_ledger::{
 };
 use rigmesh_protocol::samples::{self, T0};
 use rigmesh_protocol::{
-    Certifiable, Certificate, Credits, EscrowOrder, GpuUsage, Id, Keypair, LeaseAgreement,
-    LeaseProposal, SettlementRequest, Signed, UnixMillis, UsageAck, UsageAttestation, Vote,
-    PROTOCOL_VERSION,
+    Certifiable, Certificate, Credits, EscrowOrder, GpuUsage, Id, LeaseAgreement, LeaseProposal,
+    SettlementRequest, Signed, UnixMillis, UsageAck, UsageAttestation, Vote, PROTOCOL_VERSION,
 };
 
 const CHILD: &str = "RIGMESH_COORDINATOR_CRASH_CHILD";

@@ -354,37 +354,29 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
     let lease_id = lease.lease;
     let mut settled = None;
     for _ in 0..100 {
-        let leases = get_json(api, &customer_token, "/v1/leases").await?;
-        let found = leases.as_array().and_then(|all| {
-            all.iter()
-                .find(|l| l["lease"] == serde_json::json!(lease_id.to_string()))
-                .cloned()
-        });
-        if let Some(l) = found {
-            if l["settlement"]["closed"] == serde_json::json!(true) {
-                settled = Some(l);
+        let leases: Vec<LeaseStatus> =
+            serde_json::from_value(get_json(api, &customer_token, "/v1/leases").await?)?;
+        if let Some(l) = leases.into_iter().find(|l| l.lease == lease_id) {
+            if let Some(s) = l.settlement.filter(|s| s.closed) {
+                settled = Some((l.spent, s));
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let settled = settled.context("the customer's node never saw the final settlement")?;
-    let amount = |v: &serde_json::Value| -> anyhow::Result<Credits> {
-        v.as_str()
-            .context("an amount is missing")?
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    let paid = amount(&settled["settlement"]["paid"])?;
-    let refunded = amount(&settled["settlement"]["refunded"])?;
-    let spent = amount(&settled["spent"])?;
-    let report = get_json(api, &customer_token, "/v1/budget").await?;
-    for alert in report["alerts"].as_array().into_iter().flatten() {
+    let (spent, settlement) =
+        settled.context("the customer's node never saw the final settlement")?;
+    let (paid, refunded) = (settlement.paid, settlement.refunded);
+    let report: rigmesh_node::customer::report::BudgetReport =
+        serde_json::from_value(get_json(api, &customer_token, "/v1/budget").await?)?;
+    for alert in &report.alerts {
         step(format!(
             "alert ({}) {}: {} (kept on the customer's node)",
-            alert["severity"].as_str().unwrap_or("?"),
-            alert["rule"].as_str().unwrap_or("?"),
-            alert["message"].as_str().unwrap_or("")
+            serde_json::to_value(alert.severity)?
+                .as_str()
+                .unwrap_or("?"),
+            alert.rule,
+            alert.message
         ));
     }
     println!();

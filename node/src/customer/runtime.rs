@@ -243,7 +243,7 @@ pub async fn run(
             _ = tick.tick() => {
                 customer.look_after_standing_bids().await;
                 ticks = ticks.wrapping_add(1);
-                if ticks % CATCH_UP_TICKS == 0 {
+                if ticks.is_multiple_of(CATCH_UP_TICKS) {
                     customer.catch_up_all().await;
                     customer.end_silent_leases().await;
                     customer.release_unsettled().await;

@@ -88,8 +88,8 @@ async fn email_goes_through_smtp_with_login_subject_and_message_id() {
         "{}",
         mail.body
     );
-    let status = pipeline.handle.status().await.unwrap();
-    assert_eq!(status.outbox_len, 0);
+    // Recorded as delivered once the server accepted it.
+    pipeline.wait_for_empty_outbox(WAIT).await;
     pipeline.stop().await;
 }
 
@@ -126,10 +126,9 @@ async fn slack_and_discord_webhooks_get_their_json() {
         .find(|r| r.path == "/services/T000/B000/XXXX")
         .expect("slack request");
     assert_eq!(slack.method, "POST");
-    assert_eq!(
-        slack.header("content-type").as_deref(),
-        Some("application/json")
-    );
+    assert!(slack
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/json")));
     assert!(is_key(&slack.header("idempotency-key").unwrap()));
     let text = slack.json()["text"].as_str().unwrap().to_owned();
     assert!(text.starts_with("gpu.hot: gpu.hot number 3"), "{text}");

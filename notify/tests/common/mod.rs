@@ -375,6 +375,24 @@ impl Pipeline {
         }
     }
 
+    /// Waits until nothing waits in the outbox: polls the worker's status
+    /// (a command answered by the worker itself), at most `limit`.
+    pub async fn wait_for_empty_outbox(&self, limit: Duration) -> rigmesh_notify::Status {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = self.handle.status().await.unwrap();
+            if status.outbox_len == 0 {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "outbox still holds {} after {limit:?}",
+                status.outbox_len
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the worker and waits until it has let go of its store.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

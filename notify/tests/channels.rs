@@ -1,6 +1,8 @@
 //! Each channel end to end: an alert raised through the worker reaches a
 //! real server on 127.0.0.1 in the exact shape the service expects.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

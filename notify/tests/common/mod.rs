@@ -2,7 +2,13 @@
 //! SMTP server, both on 127.0.0.1:0, each recording what it received and
 //! letting a test wait for it without sleeping.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -129,6 +135,9 @@ impl<T: Clone> Log<T> {
     }
 }
 
+/// The delay of first attempts, and the keys already seen.
+type SlowFirst = (Duration, HashSet<String>);
+
 /// How the recorder answers.
 #[derive(Clone)]
 pub struct Recorder {
@@ -137,7 +146,7 @@ pub struct Recorder {
     status: Arc<AtomicU16>,
     /// The first request of each idempotency key listed here is answered
     /// only after this delay (longer than the client's timeout).
-    slow_first: Arc<Mutex<Option<(Duration, HashSet<String>)>>>,
+    slow_first: Arc<Mutex<Option<SlowFirst>>>,
 }
 
 impl Recorder {

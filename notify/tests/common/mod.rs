@@ -361,6 +361,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn start(config: &str, dir: &std::path::Path) -> Pipeline {
+        Self::start_with_clock(config, dir, rigmesh_notify::SystemClock)
+    }
+
+    pub fn start_with_clock(
+        config: &str,
+        dir: &std::path::Path,
+        clock: impl rigmesh_notify::Clock,
+    ) -> Pipeline {
         let config = rigmesh_notify::NotifyConfig::from_toml(config).unwrap();
         let store = rigmesh_ledger::SledStore::open(dir).unwrap();
         let metrics = rigmesh_notify::NotifyMetrics::default();
@@ -369,7 +377,7 @@ impl Pipeline {
             config,
             store,
             rigmesh_protocol::PublicKey([9; 32]),
-            rigmesh_notify::SystemClock,
+            clock,
             metrics.clone(),
             async move {
                 let _ = stopped.await;

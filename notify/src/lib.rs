@@ -42,7 +42,7 @@ pub use config::NotifyConfig;
 pub use error::{Error, Result};
 pub use message::Outgoing;
 pub use metrics::NotifyMetrics;
-pub use notifier::{Notifier, Raised, Tick};
+pub use notifier::{CloseReason, ClosedGroup, Notifier, Raised, Tick};
 pub use outbox::{Outbox, OutboxEntry};
 pub use silence::Silence;
 pub use worker::{spawn, NotifyHandle, Status};

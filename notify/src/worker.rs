@@ -24,7 +24,7 @@ use crate::config::NotifyConfig;
 use crate::error::{Error, Result};
 use crate::group::GroupState;
 use crate::metrics::{ChannelLabel, NotifyMetrics};
-use crate::notifier::Notifier;
+use crate::notifier::{ClosedGroup, Notifier};
 use crate::outbox::{Failure, Outbox, OutboxEntry};
 use crate::silence::Silence;
 
@@ -68,6 +68,8 @@ pub struct Status {
     pub groups: Vec<GroupState>,
     /// Alerts tracked one by one.
     pub tracked_alerts: usize,
+    /// Up to 100 closed groups, newest first.
+    pub history: Vec<ClosedGroup>,
 }
 
 /// A cheap, cloneable handle to a running worker.
@@ -435,6 +437,7 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                                         .collect(),
                                     groups: n.groups().cloned().collect(),
                                     tracked_alerts: n.tracked_alerts(),
+                                    history: n.history(100)?,
                                 })
                             })();
                             let _ = reply.send(status);

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use bincode::{Decode, Encode};
+
 use rigmesh_ledger::codec::Record;
 use rigmesh_ledger::store::{Batch, Direction, KeyRange, Store};
 use rigmesh_protocol::{Alert, Audience, Id, PublicKey, Severity, UnixMillis};
@@ -31,6 +33,7 @@ const ALERTS: &str = "notify.alerts";
 const SOURCES: &str = "notify.sources";
 const SILENCES: &str = "notify.silences";
 const KEYS: &str = "notify.keys";
+const HISTORY: &str = "notify.history";
 const ACK_KEY: &[u8] = b"ack";
 
 /// Rule of the operator alert raised when a notification is given up.
@@ -39,6 +42,35 @@ pub const DEAD_LETTER_RULE: &str = "notify.dead_letter";
 pub const OVERFLOW_LABEL: &str = "overflow";
 /// Most silences at once.
 pub const MAX_SILENCES: usize = 1_000;
+/// Closed groups kept for the record; the oldest go first.
+pub const MAX_HISTORY: usize = 1_000;
+
+/// Why a group closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum CloseReason {
+    /// Every alert in it was resolved.
+    Resolved,
+    /// It was an info digest, and it was sent.
+    DigestSent,
+    /// Its recipient is no longer configured.
+    RecipientRemoved,
+}
+
+/// A closed group, as kept in the history: its last state (with its
+/// acknowledgement, if any), when and why it closed.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ClosedGroup {
+    /// The group's last state.
+    pub group: GroupState,
+    /// When it closed.
+    pub closed_at: UnixMillis,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+impl Record for ClosedGroup {
+    const WHAT: &'static str = "closed alert group";
+}
 
 /// What became of a raised alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +108,7 @@ pub struct Notifier<S: Store> {
     tracked: usize,
     sources: BTreeMap<String, TrackedAlert>,
     silences: BTreeMap<u64, Silence>,
+    history_len: usize,
 }
 
 impl<S: Store> std::fmt::Debug for Notifier<S> {
@@ -158,6 +191,9 @@ impl<S: Store> Notifier<S> {
             let silence = Silence::from_record(&value)?;
             silences.insert(silence.id, silence);
         }
+        let history_len = store
+            .scan(HISTORY, KeyRange::all(), Direction::Forward)
+            .count();
         // A recipient removed from the config takes its groups with it.
         let mut notifier = Notifier {
             config,
@@ -170,8 +206,9 @@ impl<S: Store> Notifier<S> {
             tracked,
             sources,
             silences,
+            history_len,
         };
-        let orphans: Vec<String> = notifier
+        let orphans: Vec<(String, UnixMillis)> = notifier
             .groups
             .values()
             .filter(|g| {
@@ -180,10 +217,10 @@ impl<S: Store> Notifier<S> {
                     .recipient(g.recipient as usize)
                     .is_none_or(|r| r.name != g.recipient_name)
             })
-            .map(|g| g.id.clone())
+            .map(|g| (g.id.clone(), g.last_sent.unwrap_or(g.created_at)))
             .collect();
-        for id in orphans {
-            notifier.close(&id)?;
+        for (id, at) in orphans {
+            notifier.close(&id, CloseReason::RecipientRemoved, at)?;
         }
         Ok(notifier)
     }
@@ -587,7 +624,17 @@ impl<S: Store> Notifier<S> {
         self.raise(&alert, now)
     }
 
-    fn close(&mut self, id: &str) -> Result<()> {
+    /// Closed groups, newest first, at most `limit`.
+    pub fn history(&self, limit: usize) -> Result<Vec<ClosedGroup>> {
+        self.outbox
+            .store()
+            .scan(HISTORY, KeyRange::all(), Direction::Reverse)
+            .take(limit)
+            .map(|row| Ok(ClosedGroup::from_record(&row?.1)?))
+            .collect()
+    }
+
+    fn close(&mut self, id: &str, reason: CloseReason, now: UnixMillis) -> Result<()> {
         let mut batch = Batch::new();
         if let Some(alerts) = self.alerts.remove(id) {
             for fp in alerts.keys() {
@@ -595,7 +642,27 @@ impl<S: Store> Notifier<S> {
             }
             self.tracked = self.tracked.saturating_sub(alerts.len());
         }
-        self.groups.remove(id);
+        if let Some(group) = self.groups.remove(id) {
+            let mut key = now.0.to_be_bytes().to_vec();
+            key.extend_from_slice(id.as_bytes());
+            let closed = ClosedGroup {
+                group,
+                closed_at: now,
+                reason,
+            };
+            batch.put(HISTORY, key, closed.to_record()?);
+            self.history_len += 1;
+            let excess = self.history_len.saturating_sub(MAX_HISTORY);
+            for row in self
+                .outbox
+                .store()
+                .scan(HISTORY, KeyRange::all(), Direction::Forward)
+                .take(excess)
+            {
+                batch.delete(HISTORY, row?.0);
+                self.history_len -= 1;
+            }
+        }
         batch.delete(GROUPS, id.as_bytes().to_vec());
         self.outbox.store().write(&batch)?;
         Ok(())
@@ -625,7 +692,7 @@ impl<S: Store> Notifier<S> {
         let alerts = self.alerts.get(id).unwrap_or(&empty);
         let recipient = self.router.recipient(group.recipient as usize).cloned();
         let Some(recipient) = recipient else {
-            return self.close(id);
+            return self.close(id, CloseReason::RecipientRemoved, now);
         };
         let firing: Vec<&TrackedAlert> = alerts
             .values()
@@ -658,7 +725,7 @@ impl<S: Store> Notifier<S> {
                 }
             }
             tick.closed += 1;
-            return self.close(id);
+            return self.close(id, CloseReason::Resolved, now);
         }
         if group.severity != Severity::Critical {
             if let Some(end) = recipient
@@ -710,7 +777,8 @@ impl<S: Store> Notifier<S> {
         if group.severity == Severity::Info {
             // A digest is sent once; later info alerts start the next one.
             tick.closed += 1;
-            return self.close(id);
+            self.groups.insert(id.to_owned(), group);
+            return self.close(id, CloseReason::DigestSent, now);
         }
         let mut batch = Batch::new();
         if let Some(alerts) = self.alerts.get_mut(id) {

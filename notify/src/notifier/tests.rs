@@ -194,6 +194,12 @@ fn a_resolved_group_says_so_once_and_closes() {
     assert_eq!(n.tracked_alerts(), 0);
     n.tick(T0.plus_ms(100_000 * SEC)).unwrap();
     assert!(take_sent(&n).is_empty());
+    // The closed group is kept for the record.
+    let history = n.history(10).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].reason, CloseReason::Resolved);
+    assert_eq!(history[0].closed_at, T0.plus_ms(330 * SEC));
+    assert_eq!(history[0].group.messages, 1);
 }
 
 #[test]
@@ -405,6 +411,20 @@ fn groups_and_acknowledgements_survive_a_restart() {
         "{sent:?}"
     );
     assert_eq!(sent.len(), 2, "{sent:?}");
+
+    // Resolved, the acknowledged group closes; its record keeps who
+    // acknowledged it.
+    n.resolve(
+        &alert("rig.offline", Severity::Critical, 1),
+        T0.plus_ms(340 * SEC),
+    )
+    .unwrap();
+    n.tick(T0.plus_ms(340 * SEC)).unwrap();
+    assert!(n.group(&id).is_none());
+    let closed = n.history(10).unwrap();
+    assert_eq!(closed[0].group.id, id);
+    assert_eq!(closed[0].reason, CloseReason::Resolved);
+    assert_eq!(closed[0].group.acknowledged.as_ref().unwrap().by, "alice");
 }
 
 #[test]

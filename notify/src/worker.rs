@@ -24,7 +24,7 @@ use crate::config::NotifyConfig;
 use crate::error::{Error, Result};
 use crate::group::GroupState;
 use crate::metrics::{ChannelLabel, NotifyMetrics};
-use crate::notifier::{ClosedGroup, Notifier};
+use crate::notifier::{ClosedGroup, Notifier, Raised};
 use crate::outbox::{Failure, Outbox, OutboxEntry};
 use crate::silence::Silence;
 
@@ -35,6 +35,10 @@ const COMMAND_BATCH: usize = 256;
 
 enum Command {
     Raise(Box<Alert>),
+    RaiseDurably {
+        alert: Box<Alert>,
+        reply: oneshot::Sender<Result<Raised>>,
+    },
     Resolve(Box<Alert>),
     Acknowledge {
         group: String,
@@ -86,6 +90,17 @@ impl NotifyHandle {
             .send(Command::Raise(Box::new(alert)))
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Hands `alert` to the notifier and returns once it is on disk (its
+    /// batch flushed), with what became of it: after this returns, a crash
+    /// cannot lose it.
+    pub async fn raise_durably(&self, alert: Alert) -> Result<Raised> {
+        self.ask(|reply| Command::RaiseDurably {
+            alert: Box::new(alert),
+            reply,
+        })
+        .await
     }
 
     /// Hands `alert` to the notifier if its queue has room; otherwise drops
@@ -397,12 +412,16 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
         let now = self.clock.now();
         let result = self
             .blocking(move |n| {
+                let mut confirmations = Vec::new();
                 for command in batch {
                     match command {
                         Command::Raise(alert) => {
                             if let Err(e) = n.raise(&alert, now) {
                                 tracing::warn!(rule = %alert.rule, error = %e, "alert not taken");
                             }
+                        }
+                        Command::RaiseDurably { alert, reply } => {
+                            confirmations.push((reply, n.raise(&alert, now)));
                         }
                         Command::Resolve(alert) => {
                             if let Err(e) = n.resolve(&alert, now) {
@@ -445,8 +464,17 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                     }
                 }
                 // One flush for the whole batch (group commit): an alert
-                // is durable once the batch that took it returns.
-                n.flush()
+                // is durable once the batch that took it returns, and only
+                // then is it confirmed.
+                let flushed = n.flush();
+                for (reply, raised) in confirmations {
+                    let answer = match &flushed {
+                        Ok(()) => raised,
+                        Err(e) => Err(Error::Task(format!("flush failed: {e}"))),
+                    };
+                    let _ = reply.send(answer);
+                }
+                flushed
             })
             .await;
         if let Err(e) = result {

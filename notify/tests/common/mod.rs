@@ -147,6 +147,8 @@ pub struct Recorder {
     /// The first request of each idempotency key listed here is answered
     /// only after this delay (longer than the client's timeout).
     slow_first: Arc<Mutex<Option<SlowFirst>>>,
+    /// Every request is answered only after this many milliseconds.
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Recorder {
@@ -157,6 +159,7 @@ impl Recorder {
             log: Log::new(),
             status: Arc::new(AtomicU16::new(200)),
             slow_first: Arc::new(Mutex::new(None)),
+            latency_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         };
         let app = axum::Router::new()
             .fallback(record)
@@ -171,6 +174,12 @@ impl Recorder {
 
     pub fn answer_with(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers every request only after `latency`.
+    pub fn answer_after(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Delays the first request of every key starting with 0 to 3.
@@ -210,6 +219,10 @@ async fn record(
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
+    }
+    let latency = recorder.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     StatusCode::from_u16(recorder.status.load(Ordering::SeqCst)).unwrap()
 }

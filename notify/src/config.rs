@@ -282,6 +282,9 @@ pub struct EmailConfig {
     pub username: Option<String>,
     /// Password for `username`.
     pub password: Option<SecretSource>,
+    /// A CA certificate (PEM) trusted for this relay besides the public
+    /// roots, for a relay with a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Sender, e.g. `rigmesh <alerts@example.com>`.
     pub from: String,
     /// Recipients.

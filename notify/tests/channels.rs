@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{alert, secret_file, Pipeline, Recorder, SmtpServer};
+use common::{alert, secret_file, self_signed, Pipeline, Recorder, SmtpServer, SmtpTls};
 use hmac::{Hmac, KeyInit, Mac};
 use rigmesh_notify::channel::webhook;
 use rigmesh_protocol::{Severity, UnixMillis};
@@ -92,6 +92,99 @@ async fn email_goes_through_smtp_with_login_subject_and_message_id() {
     );
     // Recorded as delivered once the server accepted it.
     pipeline.wait_for_empty_outbox(WAIT).await;
+    pipeline.stop().await;
+}
+
+/// An email channel to `server` with `security`, trusting `ca` if given.
+fn email_channel(port: u16, security: &str, password: &str, ca: Option<&str>) -> String {
+    let ca = ca.map_or(String::new(), |path| format!("ca_file = \"{path}\""));
+    format!(
+        r#"
+        [[channels]]
+        name = "mail"
+        type = "email"
+        server = "127.0.0.1"
+        port = {port}
+        security = "{security}"
+        username = "alerts"
+        password = {{ file = "{password}" }}
+        {ca}
+        from = "rigmesh <alerts@rigmesh.example>"
+        to = ["oncall@example.com"]
+        "#
+    )
+}
+
+#[tokio::test]
+async fn email_over_starttls_and_over_tls_logs_in_only_when_encrypted() {
+    let (acceptor, pem) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let password = secret_file(dir.path(), "smtp-password", "tls-pw");
+    let ca = secret_file(dir.path(), "relay-ca.pem", &pem);
+    for (n, (security, tls)) in [
+        ("starttls", SmtpTls::Starttls(acceptor.clone())),
+        ("tls", SmtpTls::Implicit(acceptor.clone())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let smtp = SmtpServer::start_with(tls).await;
+        let channels = email_channel(smtp.addr.port(), security, &password, Some(&ca));
+        let pipeline = Pipeline::start(
+            &config(&channels, &["mail"]),
+            &dir.path().join(format!("db-{n}")),
+        );
+        pipeline
+            .handle
+            .raise(alert("rig.offline", Severity::Critical, 10))
+            .await
+            .unwrap();
+        let mails = smtp.log.wait_until(WAIT, |m| !m.is_empty()).await;
+        assert!(mails[0].tls, "{security}: mail came in the clear");
+        assert_eq!(mails[0].auth, Some(("alerts".into(), "tls-pw".into())));
+        assert!(mails[0]
+            .header("Subject")
+            .unwrap()
+            .starts_with("[CRITICAL] rig.offline"));
+        pipeline.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_relay_certificate_stops_the_mail_before_the_login() {
+    let (acceptor, _) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let password = secret_file(dir.path(), "smtp-password", "never-sent");
+    let smtp = SmtpServer::start_with(SmtpTls::Starttls(acceptor)).await;
+    // No ca_file: the self-signed certificate is not trusted.
+    let channels = email_channel(smtp.addr.port(), "starttls", &password, None);
+    let pipeline = Pipeline::start(&config(&channels, &["mail"]), &dir.path().join("db"));
+    pipeline
+        .handle
+        .raise(alert("rig.offline", Severity::Critical, 11))
+        .await
+        .unwrap();
+    let failed = pipeline
+        .metrics
+        .failed
+        .get_or_create(&rigmesh_notify::metrics::ChannelLabel::of("mail"))
+        .clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while failed.get() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no attempt failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(smtp.log.all().is_empty(), "a mail was accepted");
+    // The client asked to upgrade and, the handshake failing, said nothing
+    // more: no login and no mail in the clear.
+    let commands = smtp.commands.all();
+    assert!(commands.contains(&"STARTTLS".to_owned()), "{commands:?}");
+    assert!(
+        commands.iter().all(|c| c == "EHLO" || c == "STARTTLS"),
+        "{commands:?}"
+    );
+    let status = pipeline.handle.status().await.unwrap();
+    assert_eq!(status.outbox_len, 1, "kept for a retry");
     pipeline.stop().await;
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
 use crate::config::{EmailConfig, SmtpSecurity};
@@ -53,8 +53,25 @@ impl EmailChannel {
                 "an email channel needs a `to` address".into(),
             ));
         }
+        let extra_root = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("email ca_file {}: {e}", path.display())))?;
+                Some(
+                    Certificate::from_pem(&pem).map_err(|e| {
+                        Error::Config(format!("email ca_file {}: {e}", path.display()))
+                    })?,
+                )
+            }
+            None => None,
+        };
         let tls = |server: &str| {
-            TlsParameters::new(server.to_owned())
+            let mut builder = TlsParameters::builder(server.to_owned());
+            if let Some(root) = extra_root.clone() {
+                builder = builder.add_root_certificate(root);
+            }
+            builder
+                .build_rustls()
                 .map_err(|e| Error::Config(format!("TLS for {server}: {e}")))
         };
         let (tls, default_port) = match config.security {

@@ -230,6 +230,9 @@ async fn record(
 /// One mail as the SMTP server received it.
 #[derive(Debug, Clone)]
 pub struct Mail {
+    /// True when the session was encrypted when the mail came.
+    pub tls: bool,
+    /// Login, and whether it came over TLS.
     pub auth: Option<(String, String)>,
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
@@ -246,27 +249,90 @@ impl Mail {
     }
 }
 
-/// A small SMTP server: EHLO with AUTH PLAIN, MAIL, RCPT, DATA, QUIT.
+/// How the SMTP server secures its sessions.
+#[derive(Clone)]
+pub enum SmtpTls {
+    /// Plain text only.
+    None,
+    /// Plain text, upgraded when the client says STARTTLS (then required
+    /// for AUTH and MAIL).
+    Starttls(tokio_rustls::TlsAcceptor),
+    /// TLS from the first byte.
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// A self-signed certificate for 127.0.0.1: the acceptor for the server
+/// and the certificate's PEM for the client to trust.
+pub fn self_signed() -> (tokio_rustls::TlsAcceptor, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        cert.key_pair.serialize_der(),
+    ));
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        pem,
+    )
+}
+
+/// A small SMTP server: EHLO, STARTTLS, AUTH PLAIN, MAIL, RCPT, DATA, QUIT.
 #[derive(Clone)]
 pub struct SmtpServer {
     pub addr: SocketAddr,
     pub log: Log<Mail>,
+    /// The verb of every command received (`EHLO`, `STARTTLS`, `AUTH`...),
+    /// prefixed with `tls ` when it came encrypted.
+    pub commands: Log<String>,
 }
 
 impl SmtpServer {
     pub async fn start() -> SmtpServer {
+        Self::start_with(SmtpTls::None).await
+    }
+
+    pub async fn start_with(tls: SmtpTls) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = SmtpServer {
             addr: listener.local_addr().unwrap(),
             log: Log::new(),
+            commands: Log::new(),
         };
         let log = server.log.clone();
+        let commands = server.commands.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let log = log.clone();
+                let log = (log.clone(), commands.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = session(stream, log).await {
+                    let result = match tls {
+                        SmtpTls::None => session(stream, log, false, false, true).await.map(drop),
+                        SmtpTls::Implicit(acceptor) => match acceptor.accept(stream).await {
+                            Ok(secure) => session(secure, log, true, false, true).await.map(drop),
+                            Err(e) => Err(e),
+                        },
+                        SmtpTls::Starttls(acceptor) => {
+                            match session(stream, log.clone(), false, true, true).await {
+                                Ok(Some(plain)) => match acceptor.accept(plain).await {
+                                    Ok(secure) => {
+                                        session(secure, log, true, false, false).await.map(drop)
+                                    }
+                                    Err(e) => Err(e),
+                                },
+                                Ok(None) => Ok(()),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         eprintln!("smtp session: {e}");
                     }
                 });
@@ -276,11 +342,27 @@ impl SmtpServer {
     }
 }
 
-async fn session(stream: tokio::net::TcpStream, log: Log<Mail>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+/// Runs one SMTP session over `stream`, greeting first if `greet` (not
+/// after STARTTLS). With `offer_starttls`, the stream is handed back when
+/// the client asks to upgrade (and AUTH or MAIL before that are refused).
+async fn session<S>(
+    stream: S,
+    (log, commands): (Log<Mail>, Log<String>),
+    tls: bool,
+    offer_starttls: bool,
+    greet: bool,
+) -> std::io::Result<Option<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read);
-    write.write_all(b"220 test.local ESMTP\r\n").await?;
+    if greet {
+        write.write_all(b"220 test.local ESMTP\r\n").await?;
+        write.flush().await?;
+    }
     let mut mail = Mail {
+        tls,
         auth: None,
         mail_from: String::new(),
         rcpt_to: Vec::new(),
@@ -291,13 +373,34 @@ async fn session(stream: tokio::net::TcpStream, log: Log<Mail>) -> std::io::Resu
     loop {
         line.clear();
         if lines.read_line(&mut line).await? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let command = line.trim_end().to_owned();
         let upper = command.to_ascii_uppercase();
+        let verb = upper.split([' ', ':']).next().unwrap_or_default();
+        commands.push(if tls {
+            format!("tls {verb}")
+        } else {
+            verb.to_owned()
+        });
+        let must_upgrade = offer_starttls && !tls;
         if upper.starts_with("EHLO") {
+            if must_upgrade {
+                write
+                    .write_all(b"250-test.local\r\n250 STARTTLS\r\n")
+                    .await?;
+            } else {
+                write
+                    .write_all(b"250-test.local\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n")
+                    .await?;
+            }
+        } else if upper == "STARTTLS" && must_upgrade {
+            write.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+            write.flush().await?;
+            return Ok(Some(lines.into_inner().unsplit(write)));
+        } else if must_upgrade && (upper.starts_with("AUTH") || upper.starts_with("MAIL")) {
             write
-                .write_all(b"250-test.local\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n")
+                .write_all(b"530 5.7.0 must issue a STARTTLS command first\r\n")
                 .await?;
         } else if upper.starts_with("AUTH PLAIN ") {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -346,12 +449,14 @@ async fn session(stream: tokio::net::TcpStream, log: Log<Mail>) -> std::io::Resu
             write.write_all(b"250 2.0.0 queued\r\n").await?;
         } else if upper == "QUIT" {
             write.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            write.flush().await?;
+            return Ok(None);
         } else if upper == "RSET" || upper == "NOOP" {
             write.write_all(b"250 ok\r\n").await?;
         } else {
             write.write_all(b"502 not implemented\r\n").await?;
         }
+        write.flush().await?;
     }
 }
 

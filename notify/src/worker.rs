@@ -8,6 +8,8 @@
 //! then waits (up to one attempt's timeout) for deliveries in progress and
 //! records them. An entry whose outcome was never recorded (a crash) is
 //! tried again after its claim lapses, with the same idempotency key.
+//! Once the task's `JoinHandle` completes, the store has been let go of,
+//! so the same directory can be opened again in the same process.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -298,13 +300,13 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
         if !rest.is_empty() {
             self.apply(rest).await;
         }
-        let grace = Duration::from_millis(timeout_ms);
-        let _ = tokio::time::timeout(grace, async {
-            while let Some(done) = in_flight.join_next().await {
-                self.record(done).await;
-            }
-        })
-        .await;
+        // Deliveries still in flight get one attempt's time to finish. Only
+        // the wait is cut short, never a recording: a recording cancelled
+        // half way would leave its blocking task holding the store open.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+            self.record(done).await;
+        }
     }
 
     /// Sends due groups to the outbox and starts up to `free` deliveries;

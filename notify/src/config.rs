@@ -560,6 +560,23 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_channel_setting_is_refused() {
+        let err = NotifyConfig::from_toml(
+            r#"
+            [[channels]]
+            name = "chat"
+            type = "slack"
+            url = { env = "SLACK_URL" }
+            channel = "ops-room"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("channel"), "{err}");
+        let err = NotifyConfig::from_toml("[grouping]\ngroup_wiat_ms = 5\n").unwrap_err();
+        assert!(err.to_string().contains("group_wiat_ms"), "{err}");
+    }
+
+    #[test]
     fn references_to_missing_channels_are_refused() {
         let err = NotifyConfig::from_toml(
             r#"

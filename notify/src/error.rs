@@ -78,14 +78,15 @@ impl Error {
         }
     }
 
-    /// True for a delivery failure that retrying cannot fix.
+    /// True for a delivery failure that retrying cannot fix, or a message
+    /// for a channel no longer configured.
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
             Error::Delivery {
                 permanent: true,
                 ..
-            }
+            } | Error::UnknownChannel(_)
         )
     }
 }

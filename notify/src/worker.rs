@@ -266,6 +266,9 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                 }
             };
             let now = self.clock.now();
+            // With every slot busy, entries already due must wait for a
+            // delivery to finish (which wakes the select), not spin.
+            let wake = wake.filter(|_| in_flight.len() < max_in_flight);
             let sleep_ms = wake.map_or(poll_ms, |w| w.since(now).min(poll_ms)).max(1);
             tokio::select! {
                 biased;

@@ -18,7 +18,32 @@
 //!   [`metrics`] for Prometheus.
 //!
 //! It depends on the protocol (the `Alert` type) and the ledger's storage
-//! seam, and on nothing of the network: the node wires it in.
+//! seam, and on nothing of the network: the node wires it in, roughly so:
+//!
+//! ```no_run
+//! # async fn example(alert: rigmesh_protocol::Alert) -> rigmesh_notify::Result<()> {
+//! use rigmesh_notify::{NotifyConfig, NotifyMetrics, SystemClock};
+//!
+//! let config = NotifyConfig::from_toml(&std::fs::read_to_string("notify.toml").unwrap_or_default())?;
+//! let store = rigmesh_ledger::SledStore::open(std::path::Path::new("data/notify"))?;
+//! let node_account = rigmesh_protocol::PublicKey([0; 32]);
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let (notify, task) = rigmesh_notify::worker::start(
+//!     config,
+//!     store,
+//!     node_account,
+//!     SystemClock,
+//!     NotifyMetrics::default(),
+//!     async move {
+//!         let _ = stopped.await;
+//!     },
+//! )?;
+//! notify.raise(alert).await?;
+//! let _ = stop.send(());
+//! let _ = task.await;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

@@ -106,3 +106,39 @@ impl NotifyMetrics {
         metrics
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_are_exported_under_their_names() {
+        let mut registry = Registry::default();
+        let metrics = NotifyMetrics::register(&mut registry);
+        metrics
+            .queued
+            .get_or_create(&ChannelLabel::of("mail"))
+            .inc();
+        metrics
+            .delivered
+            .get_or_create(&ChannelLabel::of("mail"))
+            .inc();
+        metrics
+            .failed
+            .get_or_create(&ChannelLabel::of("sms"))
+            .inc_by(3);
+        metrics.outbox_len.set(7);
+        metrics.latency.observe(0.25);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "rigmesh_notify_queued_total{channel=\"mail\"} 1",
+            "rigmesh_notify_delivered_total{channel=\"mail\"} 1",
+            "rigmesh_notify_failed_total{channel=\"sms\"} 3",
+            "rigmesh_notify_outbox_len 7",
+            "rigmesh_notify_latency_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -494,3 +494,48 @@ async fn secrets_never_show_in_debug_output() {
     assert!(!shown.contains("VERY-SECRET"), "{shown}");
     assert!(shown.contains("redacted"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_failed_delivery_names_the_channel_but_not_its_secret_url() {
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let url = secret_file(
+        dir.path(),
+        "slack",
+        &format!("http://127.0.0.1:{port}/services/T0/B0/SECRETTOKEN"),
+    );
+    let config = rigmesh_notify::NotifyConfig::from_toml(&format!(
+        r#"
+        [[channels]]
+        name = "chat"
+        type = "slack"
+        url = {{ file = "{url}" }}
+        "#
+    ))
+    .unwrap();
+    let channels =
+        rigmesh_notify::Channels::build(&config.channels, Duration::from_secs(2)).unwrap();
+    let message = rigmesh_notify::Outgoing {
+        key: "0".repeat(32),
+        channel: "chat".into(),
+        group: "g".into(),
+        rule: "gpu.hot".into(),
+        severity: Severity::Warning,
+        subject: "s".into(),
+        body: "b".into(),
+        ack_url: None,
+        alerts: 1,
+        created_at: UnixMillis::now(),
+    };
+    let err = tokio::task::spawn_blocking(move || channels.get("chat").unwrap().send(&message))
+        .await
+        .unwrap()
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("chat"), "{text}");
+    assert!(!text.contains("SECRETTOKEN"), "{text}");
+    assert!(!err.is_permanent(), "a refused connection is worth a retry");
+}

@@ -6,21 +6,25 @@
 
 use std::collections::BTreeMap;
 
-use crate::method::{Method, DAY, FIT_WINDOW};
+use crate::method::{fit_window, Method};
 use crate::series::Series;
 use crate::{Error, Hour, Result};
 
 /// The interval reported is the central 80 %.
 pub const INTERVAL_LEVEL: f64 = 0.8;
 
-/// How many hours before the test range a model is chosen on (two weeks,
-/// or half the history when that is shorter).
-pub const SELECTION_HOURS: usize = 14 * DAY;
+/// How many hours before the test range a model is chosen on: fourteen
+/// seasons (two weeks), or half the history when that is shorter.
+pub fn selection_span(season: usize) -> usize {
+    14 * season
+}
 
-/// With fewer hours of history than two daily seasons no model is
-/// chosen: persistence forecasts, with a wide interval (see
+/// With fewer observed hours than two seasons no model is chosen:
+/// persistence forecasts, with a wide interval (see
 /// [`short_history_band`]).
-pub const SHORT_HISTORY: usize = 2 * DAY;
+pub fn short_history(season: usize) -> usize {
+    2 * season
+}
 
 /// What to backtest.
 #[derive(Debug, Clone)]
@@ -36,6 +40,8 @@ pub struct BacktestOptions {
     /// still at least `horizon` hours after the data the fit saw). 1 means
     /// a fresh fit for every target; baselines are always fresh.
     pub refit_every: usize,
+    /// Hours in the series' season (24: a day); the long season is seven.
+    pub season: usize,
 }
 
 /// Accuracy over the scored hours of a range.
@@ -81,6 +87,8 @@ pub struct BacktestReport {
     pub to: Hour,
     /// Refit interval of the fitted model, hours.
     pub refit_every: usize,
+    /// Hours in the season.
+    pub season: usize,
     /// Hours of history before the test range.
     pub history_hours: usize,
     /// The method chosen on the history (by MAE at this horizon).
@@ -89,11 +97,29 @@ pub struct BacktestReport {
     pub chosen_because: String,
     /// Each candidate's MAE on the history, in candidate order; a
     /// candidate that could not run there is left out.
-    pub selection: Vec<(Method, f64)>,
+    pub selection: Vec<CandidateScore>,
     /// The chosen method's accuracy over the test range.
     pub model_metrics: Metrics,
     /// Each baseline's accuracy over the same hours.
-    pub baselines: Vec<(Method, Metrics)>,
+    pub baselines: Vec<BaselineScore>,
+}
+
+/// A candidate's error while a model was being chosen.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct CandidateScore {
+    /// The candidate.
+    pub method: Method,
+    /// Its MAE at the horizon over the selection hours.
+    pub mae: f64,
+}
+
+/// A baseline's accuracy over the test range.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct BaselineScore {
+    /// The baseline.
+    pub method: Method,
+    /// Its accuracy.
+    pub metrics: Metrics,
 }
 
 /// Point forecasts of `method` for each hour from `from` to `to`, each
@@ -107,6 +133,7 @@ pub fn rolling_points(
     from: Hour,
     to: Hour,
     refit_every: usize,
+    season: usize,
 ) -> Result<BTreeMap<Hour, f64>> {
     if horizon == 0 {
         return Err(Error::ZeroHorizon);
@@ -125,9 +152,9 @@ pub fn rolling_points(
         .map(Hour)
         .collect();
     let run = |cut: Hour| -> Vec<(Hour, f64)> {
-        let history = window(series, cut);
+        let history = window(series, cut, season);
         let steps = horizon + refit - 1;
-        match method.predict(&history, steps) {
+        match method.predict(&history, steps, season) {
             Ok(points) => points
                 .into_iter()
                 .enumerate()
@@ -169,15 +196,15 @@ pub fn rolling_points(
 /// The gap-free history a forecaster standing at `cut` sees: at most the
 /// recent hours a model fits on (plus a day, so a gap at the window's
 /// start can still be filled from the day before).
-fn window(series: &Series, cut: Hour) -> Vec<f64> {
+fn window(series: &Series, cut: Hour, season: usize) -> Vec<f64> {
     let known = series.until(cut);
-    let keep = FIT_WINDOW + DAY;
+    let keep = fit_window(season) + season;
     let skip = known.len().saturating_sub(keep);
     let tail = known.values().get(skip..).unwrap_or_default().to_vec();
     let filled = Series::new(known.start().plus(skip as i64), tail)
         .map(|s| s.filled())
         .unwrap_or_default();
-    let extra = filled.len().saturating_sub(FIT_WINDOW);
+    let extra = filled.len().saturating_sub(fit_window(season));
     filled.into_iter().skip(extra).collect()
 }
 
@@ -271,7 +298,7 @@ pub struct Selection {
     /// Why, in words.
     pub because: String,
     /// MAE per candidate that ran.
-    pub maes: Vec<(Method, f64)>,
+    pub maes: Vec<CandidateScore>,
     /// The 80 % error band per candidate that ran on enough hours.
     pub bands: BTreeMap<Method, (f64, f64)>,
 }
@@ -279,23 +306,30 @@ pub struct Selection {
 /// Backtests every candidate on the hours before `cut` at `horizon` and
 /// picks the one with the lowest MAE. The series must already be cut (this
 /// function reads all of it).
-pub fn select(history: &Series, horizon: usize, refit_every: usize) -> Result<Selection> {
+pub fn select(
+    history: &Series,
+    horizon: usize,
+    refit_every: usize,
+    season: usize,
+) -> Result<Selection> {
     if horizon == 0 {
         return Err(Error::ZeroHorizon);
     }
     let n = history.len();
-    if history.observed() < SHORT_HISTORY || n < SHORT_HISTORY + horizon {
+    let short = short_history(season);
+    if history.observed() < short || n < short + horizon {
         return Ok(Selection {
             method: Method::Persistence,
             because: format!(
-                "{} hours of history is fewer than two days: persistence with a wide interval",
+                "{} observed hours of history is fewer than two seasons ({short}): \
+                 persistence with a wide interval",
                 history.observed()
             ),
             maes: Vec::new(),
             bands: BTreeMap::new(),
         });
     }
-    let span = SELECTION_HOURS.min(n / 2).max(1);
+    let span = selection_span(season).min(n / 2).max(1);
     let to = history.end().plus(-1);
     let from = history.end().plus(-(span as i64));
     let mut maes = Vec::new();
@@ -312,13 +346,13 @@ pub fn select(history: &Series, horizon: usize, refit_every: usize) -> Result<Se
                     .collect(),
                 _ => BTreeMap::new(),
             },
-            _ => rolling_points(history, method, horizon, from, to, refit_every)?,
+            _ => rolling_points(history, method, horizon, from, to, refit_every, season)?,
         };
         // A candidate that could forecast only part of the hours would be
         // compared on easier ground; it is left out.
         let full = points.len() == span;
         if let (true, Some(m)) = (full, mae(history, &points)) {
-            maes.push((method, m));
+            maes.push(CandidateScore { method, mae: m });
             if let Some(band) = error_band(history, &points) {
                 bands.insert(method, band);
             }
@@ -332,8 +366,12 @@ pub fn select(history: &Series, horizon: usize, refit_every: usize) -> Result<Se
     let best = maes
         .iter()
         .copied()
-        .reduce(|a, b| if b.1 < a.1 { b } else { a });
-    let Some((method, best_mae)) = best else {
+        .reduce(|a, b| if b.mae < a.mae { b } else { a });
+    let Some(CandidateScore {
+        method,
+        mae: best_mae,
+    }) = best
+    else {
         return Ok(Selection {
             method: Method::Persistence,
             because: "no candidate could be scored on the history".to_owned(),
@@ -354,8 +392,9 @@ pub fn select(history: &Series, horizon: usize, refit_every: usize) -> Result<Se
 /// Runs the whole backtest: chooses a model on the history before
 /// `options.from`, then forecasts every hour of the test range with it and
 /// with each baseline, all rolling-origin at the same horizon, and scores
-/// them. `progress` is called with (hours done, hours in all) as the
-/// model's forecasts are made.
+/// them. `progress` is called with (hours done, hours in all): with 0
+/// before the model is chosen (the longest step), then as the test
+/// range's forecasts are made.
 pub fn backtest(
     series: &Series,
     options: &BacktestOptions,
@@ -366,7 +405,9 @@ pub fn backtest(
         from,
         to,
         refit_every,
+        season,
     } = options.clone();
+    let season = season.max(2);
     if horizon == 0 {
         return Err(Error::ZeroHorizon);
     }
@@ -383,12 +424,16 @@ pub fn backtest(
     if history.observed() == 0 {
         return Err(Error::NoHistory(from));
     }
-    let selection = select(&history, horizon, refit_every)?;
+    let total = (to.since(from) + 1) as usize;
+    progress(0, total);
+    let selection = select(&history, horizon, refit_every, season)?;
     let short_band = short_history_band(&history.filled(), horizon);
     let band = |m: Method| selection.bands.get(&m).copied().unwrap_or(short_band);
 
-    let total = (to.since(from) + 1) as usize;
-    let chunk = (DAY * refit_every.max(1)).max(1);
+    // Progress is reported per chunk of about a day; a chunk is whole
+    // refits, so the refit grid is the same as without chunks.
+    let refit = refit_every.max(1);
+    let chunk = (24 / refit).max(1) * refit;
     let mut model_points = BTreeMap::new();
     let mut start = from;
     while start <= to {
@@ -400,6 +445,7 @@ pub fn backtest(
             start,
             end,
             refit_every,
+            season,
         )?);
         progress((end.since(from) + 1) as usize, total);
         start = end.plus(1);
@@ -423,7 +469,7 @@ pub fn backtest(
     })?;
     let mut baselines = Vec::new();
     for method in Method::BASELINES {
-        let points = rolling_points(series, method, horizon, from, to, 1)?;
+        let points = rolling_points(series, method, horizon, from, to, 1, season)?;
         // Baselines are scored on the hours the model was, so the figures
         // compare like with like.
         let common: BTreeMap<Hour, f64> = points
@@ -431,7 +477,7 @@ pub fn backtest(
             .filter(|(t, _)| model_points.contains_key(t))
             .collect();
         if let Some(metrics) = score(series, &predictions(method, &common)) {
-            baselines.push((method, metrics));
+            baselines.push(BaselineScore { method, metrics });
         }
     }
     Ok(BacktestReport {
@@ -439,6 +485,7 @@ pub fn backtest(
         from,
         to,
         refit_every,
+        season,
         history_hours: history.len(),
         model: selection.method,
         chosen_because: selection.because,
@@ -459,9 +506,10 @@ fn model_points_for(
     from: Hour,
     to: Hour,
     refit_every: usize,
+    season: usize,
 ) -> Result<BTreeMap<Hour, f64>> {
-    let mut points = rolling_points(series, method, horizon, from, to, refit_every)?;
-    let fallback = rolling_points(series, Method::Persistence, horizon, from, to, 1)?;
+    let mut points = rolling_points(series, method, horizon, from, to, refit_every, season)?;
+    let fallback = rolling_points(series, Method::Persistence, horizon, from, to, 1, season)?;
     for (t, p) in fallback {
         points.entry(t).or_insert(p);
     }
@@ -471,6 +519,7 @@ fn model_points_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::method::DAY;
 
     /// A daily shape with a slow drift and noise.
     fn demand(hours: usize) -> Series {
@@ -520,7 +569,7 @@ mod tests {
                 if method == Method::MstlEtsYesterday {
                     continue; // Not run alone; its parts are checked.
                 }
-                let honest = rolling_points(&clean, method, horizon, from, to, 3).unwrap();
+                let honest = rolling_points(&clean, method, horizon, from, to, 3, DAY).unwrap();
                 assert_eq!(honest.len(), 6, "{method:?}");
                 for (&t, &p) in &honest {
                     // Everything after t - horizon is replaced by garbage:
@@ -531,7 +580,8 @@ mod tests {
                         *v = Some(1e9);
                     }
                     let poisoned = Series::new(Hour(0), poisoned).unwrap();
-                    let seen = rolling_points(&poisoned, method, horizon, from, to, 3).unwrap();
+                    let seen =
+                        rolling_points(&poisoned, method, horizon, from, to, 3, DAY).unwrap();
                     let q = seen[&t];
                     assert!(
                         (q - p).abs() < 1e-6 * p.abs().max(1.0),
@@ -550,17 +600,19 @@ mod tests {
             from: Hour(32 * DAY as i64),
             to: Hour(35 * DAY as i64 - 1),
             refit_every: 6,
+            season: DAY,
         };
         let report = backtest(&s, &options, &|_, _| {}).unwrap();
         assert!(report.model.is_fitted(), "{report:?}");
         assert_eq!(report.model_metrics.hours, 72);
         assert_eq!(report.baselines.len(), 3);
-        for (method, baseline) in &report.baselines {
+        for baseline in &report.baselines {
             assert!(
-                report.model_metrics.mae < 0.8 * baseline.mae,
-                "{method:?}: {report:?}"
+                report.model_metrics.mae < 0.8 * baseline.metrics.mae,
+                "{:?}: {report:?}",
+                baseline.method
             );
-            assert_eq!(baseline.hours, 72);
+            assert_eq!(baseline.metrics.hours, 72);
         }
         let coverage = report.model_metrics.coverage;
         assert!((50.0..=100.0).contains(&coverage), "{report:?}");
@@ -574,10 +626,11 @@ mod tests {
             from: Hour(30),
             to: Hour(39),
             refit_every: 1,
+            season: DAY,
         };
         let report = backtest(&s, &options, &|_, _| {}).unwrap();
         assert_eq!(report.model, Method::Persistence);
-        assert!(report.chosen_because.contains("fewer than two days"));
+        assert!(report.chosen_because.contains("fewer than two seasons"));
         assert!(report.selection.is_empty());
         assert_eq!(report.model_metrics.coverage, 100.0, "{report:?}");
     }
@@ -590,6 +643,7 @@ mod tests {
             from: Hour(50),
             to: Hour(60),
             refit_every: 1,
+            season: DAY,
         };
         assert!(matches!(
             backtest(&s, &options, &|_, _| {}),

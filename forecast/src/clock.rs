@@ -37,8 +37,18 @@ impl Hour {
     }
 
     /// Parses a timestamp (see [`parse_timestamp`]) and takes its hour.
+    /// For typing on a command line, `YYYY-MM-DD` (midnight) and
+    /// `YYYY-MM-DD HH:MM` are accepted too.
     pub fn parse(text: &str) -> Result<Self> {
-        parse_timestamp(text).map(Hour::containing)
+        let t = text.trim();
+        let full = match t.len() {
+            10 => format!("{t} 00:00:00"),
+            16 => format!("{t}:00"),
+            _ => t.to_owned(),
+        };
+        parse_timestamp(&full)
+            .map(Hour::containing)
+            .map_err(|_| Error::Timestamp(text.to_owned()))
     }
 }
 
@@ -179,6 +189,15 @@ mod tests {
         assert_eq!(h.to_string(), "2016-02-29 23:00");
         assert_eq!(h.plus(1).to_string(), "2016-03-01 00:00");
         assert_eq!(Hour::parse("1969-12-31 23:30:00").unwrap(), Hour(-1));
+        assert_eq!(
+            Hour::parse("2017-12-14 23:00").unwrap().to_string(),
+            "2017-12-14 23:00"
+        );
+        assert_eq!(
+            Hour::parse("2017-12-01").unwrap().to_string(),
+            "2017-12-01 00:00"
+        );
+        assert!(Hour::parse("2017-12").is_err());
     }
 
     #[test]

@@ -10,15 +10,19 @@ use augurs::{Fit, Predict};
 
 use crate::{Error, Result};
 
-/// Hours in a day and in a week: the seasons of GPU demand.
+/// Hours in a day: the default season of GPU demand. Every method takes
+/// the season (`season`, in hours) as an argument; the long season is
+/// seven of them (a week, for a daily season).
 pub const DAY: usize = 24;
-/// Hours in a week.
-pub const WEEK: usize = 7 * DAY;
+/// The long season is this many short ones.
+pub const SEASONS_PER_LONG_SEASON: usize = 7;
 
-/// The statistical models fit on at most this many recent hours (eight
-/// weeks): enough for the weekly season twice over, and it keeps a fit in
-/// milliseconds however long the series is.
-pub const FIT_WINDOW: usize = 8 * WEEK;
+/// The statistical models fit on at most this many recent hours: eight
+/// long seasons (eight weeks), enough for the weekly season several times
+/// over, and it keeps a fit fast however long the series is.
+pub fn fit_window(season: usize) -> usize {
+    8 * SEASONS_PER_LONG_SEASON * season
+}
 
 /// A way to forecast a series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,15 +75,16 @@ impl Method {
         }
     }
 
-    /// The fewest hours of history this method needs.
-    pub fn min_history(self) -> usize {
+    /// The fewest hours of history this method needs with a season of
+    /// `season` hours.
+    pub fn min_history(self, season: usize) -> usize {
         match self {
             Method::Persistence => 1,
-            Method::SameHourYesterday => DAY,
-            Method::SameHourLastWeek => WEEK,
-            Method::Ets => 2 * DAY,
+            Method::SameHourYesterday => season,
+            Method::SameHourLastWeek => SEASONS_PER_LONG_SEASON * season,
+            Method::Ets => 2 * season,
             // MSTL needs two whole seasons of the shortest period.
-            Method::MstlEts | Method::MstlEtsYesterday => 2 * DAY,
+            Method::MstlEts | Method::MstlEtsYesterday => 2 * season,
         }
     }
 
@@ -92,27 +97,51 @@ impl Method {
     }
 
     /// Point forecasts for the `horizon` hours after the end of `history`
-    /// (which has no gaps; see [`crate::Series::filled`]).
-    pub fn predict(self, history: &[f64], horizon: usize) -> Result<Vec<f64>> {
-        if history.len() < self.min_history() {
+    /// (which has no gaps; see [`crate::Series::filled`]), with a season
+    /// of `season` hours (at least 2).
+    pub fn predict(self, history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
+        let season = season.max(2);
+        let long = SEASONS_PER_LONG_SEASON * season;
+        if history.len() < self.min_history(season) {
             return Err(Error::Model {
                 method: self.name(),
                 reason: format!(
                     "needs {} hours of history, has {}",
-                    self.min_history(),
+                    self.min_history(season),
                     history.len()
                 ),
             });
         }
+        if self.is_fitted() {
+            // The model libraries are numeric code run on whatever a user's
+            // file holds: a panic in one is this method failing, not the
+            // program.
+            return std::panic::catch_unwind(|| self.predict_fitted(history, horizon, season))
+                .unwrap_or_else(|_| {
+                    Err(Error::Model {
+                        method: self.name(),
+                        reason: "the model library panicked".to_owned(),
+                    })
+                });
+        }
         match self {
             Method::Persistence => Ok(seasonal_naive(history, 1, horizon)),
-            Method::SameHourYesterday => Ok(seasonal_naive(history, DAY, horizon)),
-            Method::SameHourLastWeek => Ok(seasonal_naive(history, WEEK, horizon)),
-            Method::Ets => ets(recent(history), horizon),
-            Method::MstlEts => mstl_ets(recent(history), horizon),
+            Method::SameHourYesterday => Ok(seasonal_naive(history, season, horizon)),
+            Method::SameHourLastWeek => Ok(seasonal_naive(history, long, horizon)),
+            _ => self.predict_fitted(history, horizon, season),
+        }
+    }
+
+    fn predict_fitted(self, history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
+        match self {
+            Method::Persistence | Method::SameHourYesterday | Method::SameHourLastWeek => {
+                self.predict(history, horizon, season)
+            }
+            Method::Ets => ets(recent(history, season), horizon),
+            Method::MstlEts => mstl_ets(recent(history, season), horizon, season),
             Method::MstlEtsYesterday => {
-                let model = mstl_ets(recent(history), horizon)?;
-                let naive = seasonal_naive(history, DAY, horizon);
+                let model = mstl_ets(recent(history, season), horizon, season)?;
+                let naive = seasonal_naive(history, season, horizon);
                 Ok(model
                     .iter()
                     .zip(&naive)
@@ -136,8 +165,8 @@ impl std::fmt::Display for Method {
     }
 }
 
-fn recent(history: &[f64]) -> &[f64] {
-    let skip = history.len().saturating_sub(FIT_WINDOW);
+fn recent(history: &[f64], season: usize) -> &[f64] {
+    let skip = history.len().saturating_sub(fit_window(season));
     history.get(skip..).unwrap_or(history)
 }
 
@@ -185,14 +214,15 @@ fn ets(history: &[f64], horizon: usize) -> Result<Vec<f64>> {
     checked(Method::Ets, forecast.point, horizon)
 }
 
-fn mstl_ets(history: &[f64], horizon: usize) -> Result<Vec<f64>> {
+fn mstl_ets(history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
     let err = model_error(Method::MstlEts);
     // The weekly season only with two whole weeks to estimate it from:
     // MSTL needs two cycles of every period it is given.
-    let periods = if history.len() >= 2 * WEEK {
-        vec![DAY, WEEK]
+    let long = SEASONS_PER_LONG_SEASON * season;
+    let periods = if history.len() >= 2 * long {
+        vec![season, long]
     } else {
-        vec![DAY]
+        vec![season]
     };
     let trend = AutoETSTrendModel::from(AutoETS::non_seasonal());
     let fitted = MSTLModel::new(periods, trend)
@@ -212,23 +242,25 @@ mod tests {
     fn naive_baselines_look_back_whole_seasons() {
         let history: Vec<f64> = (0..200).map(f64::from).collect();
         assert_eq!(
-            Method::Persistence.predict(&history, 3).unwrap(),
+            Method::Persistence.predict(&history, 3, DAY).unwrap(),
             [199.0; 3]
         );
-        let day = Method::SameHourYesterday.predict(&history, 26).unwrap();
+        let day = Method::SameHourYesterday
+            .predict(&history, 26, DAY)
+            .unwrap();
         assert_eq!(day[0], 176.0, "hour 200 is predicted by hour 176");
         assert_eq!(day[23], 199.0);
         assert_eq!(day[24], 176.0, "hour 224 is two days after hour 176");
-        let week = Method::SameHourLastWeek.predict(&history, 2).unwrap();
+        let week = Method::SameHourLastWeek.predict(&history, 2, DAY).unwrap();
         assert_eq!(week, [32.0, 33.0]);
     }
 
     #[test]
     fn statistical_models_follow_a_daily_shape() {
         let shape = |h: usize| 100.0 + 30.0 * ((h % DAY) as f64 / DAY as f64 * 6.283).sin();
-        let history: Vec<f64> = (0..3 * WEEK).map(shape).collect();
+        let history: Vec<f64> = (0..21 * DAY).map(shape).collect();
         for method in [Method::MstlEts, Method::MstlEtsYesterday] {
-            let points = method.predict(&history, DAY).unwrap();
+            let points = method.predict(&history, DAY, DAY).unwrap();
             for (step, p) in points.iter().enumerate() {
                 let truth = shape(history.len() + step);
                 assert!(
@@ -237,15 +269,15 @@ mod tests {
                 );
             }
         }
-        let flat = Method::Ets.predict(&[5.0; 100], 4).unwrap();
+        let flat = Method::Ets.predict(&[5.0; 100], 4, DAY).unwrap();
         assert!(flat.iter().all(|p| (p - 5.0).abs() < 0.01), "{flat:?}");
     }
 
     #[test]
     fn too_short_a_history_is_an_error_not_a_panic() {
         for method in Method::CANDIDATES {
-            let short = vec![1.0; method.min_history() - 1];
-            assert!(method.predict(&short, 5).is_err(), "{method:?}");
+            let short = vec![1.0; method.min_history(DAY) - 1];
+            assert!(method.predict(&short, 5, DAY).is_err(), "{method:?}");
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Forecasts for callers that plan with them: the next hours of a series
 //! with 80 % intervals, and when a forecast spend runs through a budget.
 
-use crate::backtest::{select, short_history_band, SELECTION_HOURS};
-use crate::method::Method;
+use crate::backtest::{select, selection_span, short_history_band};
+use crate::method::{Method, DAY};
 use crate::series::Series;
 use crate::{Error, Hour, Result};
 
@@ -46,12 +46,12 @@ pub fn forecast(series: &Series, horizon: usize) -> Result<SeriesForecast> {
         return Err(Error::Empty);
     }
     let horizon = horizon.min(MAX_HORIZON);
-    let selection = select(series, horizon, 24)?;
+    let selection = select(series, horizon, DAY, DAY)?;
     let method = selection.method;
     let history = series.filled();
     let points = method
-        .predict(&history, horizon)
-        .or_else(|_| Method::Persistence.predict(&history, horizon))?;
+        .predict(&history, horizon, DAY)
+        .or_else(|_| Method::Persistence.predict(&history, horizon, DAY))?;
     let bands = step_bands(series, method, horizon);
     let end = series.end();
     Ok(SeriesForecast {
@@ -80,13 +80,13 @@ pub fn forecast(series: &Series, horizon: usize) -> Result<SeriesForecast> {
 /// errors at that step, from forecasts made every six hours over the last
 /// two weeks of the series (`None` where fewer than ten were made).
 fn step_bands(series: &Series, method: Method, horizon: usize) -> Vec<Option<(f64, f64)>> {
-    let span = SELECTION_HOURS.min(series.len() / 2) as i64;
+    let span = selection_span(DAY).min(series.len() / 2) as i64;
     let mut errors: Vec<Vec<f64>> = vec![Vec::new(); horizon];
     let last_cut = series.end().plus(-1);
     let mut cut = series.end().plus(-span - horizon as i64);
     while cut <= last_cut {
         let history = series.until(cut).filled();
-        if let Ok(points) = method.predict(&history, horizon) {
+        if let Ok(points) = method.predict(&history, horizon, DAY) {
             for (i, p) in points.iter().enumerate() {
                 if let (Some(y), Some(slot)) = (series.get(cut.plus(i as i64)), errors.get_mut(i)) {
                     slot.push(y - p);

@@ -26,6 +26,10 @@ pub fn short_history(season: usize) -> usize {
     2 * season
 }
 
+/// A fitted model is chosen over the best baseline only when its MAE on
+/// the history is at least this much (2 %) lower.
+pub const FITTED_MARGIN: f64 = 0.02;
+
 /// What to backtest.
 #[derive(Debug, Clone)]
 pub struct BacktestOptions {
@@ -38,7 +42,8 @@ pub struct BacktestOptions {
     /// A fitted model is refit every this many hours and its forecast
     /// from that fit serves the targets until the next one (each target
     /// still at least `horizon` hours after the data the fit saw). 1 means
-    /// a fresh fit for every target; baselines are always fresh.
+    /// a fresh fit for every target; the cheap methods (baselines and the
+    /// regression, [`Method::is_cheap`]) are always fresh.
     pub refit_every: usize,
     /// Hours in the series' season (24: a day); the long season is seven.
     pub season: usize,
@@ -138,10 +143,10 @@ pub fn rolling_points(
     if horizon == 0 {
         return Err(Error::ZeroHorizon);
     }
-    let refit = if method.is_fitted() {
-        refit_every.max(1)
-    } else {
+    let refit = if method.is_cheap() {
         1
+    } else {
+        refit_every.max(1)
     };
     // A cut is the first hour a forecast may not see; a target t needs a
     // cut at most t - horizon + 1.
@@ -153,13 +158,12 @@ pub fn rolling_points(
         .collect();
     let run = |cut: Hour| -> Vec<(Hour, f64)> {
         let history = window(series, cut, season);
-        let steps = horizon + refit - 1;
-        match method.predict(&history, steps, season) {
+        let last = horizon + refit - 1;
+        match method.predict_steps(&history, horizon, last, season) {
             Ok(points) => points
                 .into_iter()
                 .enumerate()
-                .skip(horizon - 1)
-                .map(|(i, p)| (cut.plus(i as i64), p))
+                .map(|(i, p)| (cut.plus((horizon - 1 + i) as i64), p))
                 .filter(|(t, _)| *t >= from && *t <= to)
                 .collect(),
             Err(_) => Vec::new(),
@@ -292,8 +296,9 @@ fn mae(series: &Series, points: &BTreeMap<Hour, f64>) -> Option<f64> {
 /// What the history before a cut says about each candidate.
 #[derive(Debug, Clone)]
 pub struct Selection {
-    /// The method with the lowest MAE (a baseline on ties: the simpler
-    /// method wins), or persistence for a short history.
+    /// The method with the lowest MAE, except that a fitted model must
+    /// beat the best baseline by [`FITTED_MARGIN`]; persistence for a
+    /// short history.
     pub method: Method,
     /// Why, in words.
     pub because: String,
@@ -379,6 +384,28 @@ pub fn select(
             bands,
         });
     };
+    // Occam: a fitted model must beat the best baseline by a margin, or
+    // the simpler method is kept (its errors are easier to live with).
+    let best_baseline = maes
+        .iter()
+        .copied()
+        .filter(|c| !c.method.is_fitted())
+        .reduce(|a, b| if b.mae < a.mae { b } else { a });
+    if let Some(baseline) = best_baseline {
+        if method.is_fitted() && best_mae > (1.0 - FITTED_MARGIN) * baseline.mae {
+            return Ok(Selection {
+                method: baseline.method,
+                because: format!(
+                    "lowest MAE of the baselines ({:.3}) at {horizon} h over the last {span} hours \
+                     before the test range; {method} ({best_mae:.3}) was not {:.0} % better",
+                    baseline.mae,
+                    100.0 * FITTED_MARGIN
+                ),
+                maes,
+                bands,
+            });
+        }
+    }
     Ok(Selection {
         method,
         because: format!(

@@ -8,6 +8,7 @@
 //! - [`table`]: reading a time and a number column out of a CSV.
 //! - [`series`]: the bounded hourly [`Series`], gaps kept as gaps.
 //! - [`method`]: the candidate models ([`Method`]) and their point forecasts.
+//!   `regression` holds the one written here (a direct regression on levels).
 //! - [`backtest`]: rolling origin, error metrics, choosing a model.
 //! - [`forecast()`] and [`run_out`]: what later callers use.
 
@@ -18,6 +19,7 @@ pub mod clock;
 mod error;
 pub mod method;
 pub mod plan;
+mod regression;
 pub mod series;
 pub mod table;
 

@@ -34,6 +34,11 @@ pub enum Method {
     SameHourYesterday,
     /// The same hour on the latest week known.
     SameHourLastWeek,
+    /// A direct regression of the value `h` hours ahead on the latest
+    /// value and the means of the last season and long season, with Huber
+    /// weights, fit per step on the last four long seasons (see
+    /// [`crate::regression`]).
+    LevelRegression,
     /// Exponential smoothing (AutoETS, no season), chosen by AICc.
     Ets,
     /// MSTL decomposition (daily and, with two weeks of history, weekly
@@ -54,10 +59,11 @@ impl Method {
     ];
 
     /// Every candidate a series' backtest chooses from.
-    pub const CANDIDATES: [Method; 6] = [
+    pub const CANDIDATES: [Method; 7] = [
         Method::Persistence,
         Method::SameHourYesterday,
         Method::SameHourLastWeek,
+        Method::LevelRegression,
         Method::Ets,
         Method::MstlEts,
         Method::MstlEtsYesterday,
@@ -69,6 +75,7 @@ impl Method {
             Method::Persistence => "persistence",
             Method::SameHourYesterday => "same_hour_yesterday",
             Method::SameHourLastWeek => "same_hour_last_week",
+            Method::LevelRegression => "level_regression",
             Method::Ets => "ets",
             Method::MstlEts => "mstl_ets",
             Method::MstlEtsYesterday => "mstl_ets+yesterday",
@@ -82,17 +89,28 @@ impl Method {
             Method::Persistence => 1,
             Method::SameHourYesterday => season,
             Method::SameHourLastWeek => SEASONS_PER_LONG_SEASON * season,
+            Method::LevelRegression => (SEASONS_PER_LONG_SEASON + 2) * season,
             Method::Ets => 2 * season,
             // MSTL needs two whole seasons of the shortest period.
             Method::MstlEts | Method::MstlEtsYesterday => 2 * season,
         }
     }
 
-    /// True for the statistical models, which cost a fit per forecast.
+    /// True for the methods that cost little enough to run afresh for
+    /// every target of a backtest, whatever its refit interval: the
+    /// baselines and the regression.
+    pub fn is_cheap(self) -> bool {
+        !matches!(
+            self,
+            Method::Ets | Method::MstlEts | Method::MstlEtsYesterday
+        )
+    }
+
+    /// True for the models fitted to the data (all but the baselines).
     pub fn is_fitted(self) -> bool {
         matches!(
             self,
-            Method::Ets | Method::MstlEts | Method::MstlEtsYesterday
+            Method::LevelRegression | Method::Ets | Method::MstlEts | Method::MstlEtsYesterday
         )
     }
 
@@ -100,19 +118,52 @@ impl Method {
     /// (which has no gaps; see [`crate::Series::filled`]), with a season
     /// of `season` hours (at least 2).
     pub fn predict(self, history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
+        self.predict_steps(history, 1, horizon, season)
+    }
+
+    /// Like [`Method::predict`], for the steps `first..=last` only (1 is
+    /// the hour after `history`): a backtest at horizon `h` needs no
+    /// forecast of the hours before `h`, and the regression skips fitting
+    /// them.
+    pub fn predict_steps(
+        self,
+        history: &[f64],
+        first: usize,
+        last: usize,
+        season: usize,
+    ) -> Result<Vec<f64>> {
+        let first = first.max(1);
+        if self == Method::LevelRegression {
+            let season = season.max(2);
+            if history.len() < self.min_history(season) {
+                return Err(self.too_short(history.len(), season));
+            }
+            let long = SEASONS_PER_LONG_SEASON * season;
+            let points =
+                crate::regression::forecast(history, first..=last, season, long, 4 * long)?;
+            return checked(self, points, (last + 1).saturating_sub(first));
+        }
+        let all = self.predict_all(history, last, season)?;
+        Ok(all.into_iter().skip(first - 1).collect())
+    }
+
+    fn too_short(self, len: usize, season: usize) -> Error {
+        Error::Model {
+            method: self.name(),
+            reason: format!(
+                "needs {} hours of history, has {len}",
+                self.min_history(season)
+            ),
+        }
+    }
+
+    fn predict_all(self, history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
         let season = season.max(2);
         let long = SEASONS_PER_LONG_SEASON * season;
         if history.len() < self.min_history(season) {
-            return Err(Error::Model {
-                method: self.name(),
-                reason: format!(
-                    "needs {} hours of history, has {}",
-                    self.min_history(season),
-                    history.len()
-                ),
-            });
+            return Err(self.too_short(history.len(), season));
         }
-        if self.is_fitted() {
+        if !self.is_cheap() {
             // The model libraries are numeric code run on whatever a user's
             // file holds: a panic in one is this method failing, not the
             // program.
@@ -134,9 +185,10 @@ impl Method {
 
     fn predict_fitted(self, history: &[f64], horizon: usize, season: usize) -> Result<Vec<f64>> {
         match self {
-            Method::Persistence | Method::SameHourYesterday | Method::SameHourLastWeek => {
-                self.predict(history, horizon, season)
-            }
+            Method::Persistence
+            | Method::SameHourYesterday
+            | Method::SameHourLastWeek
+            | Method::LevelRegression => self.predict(history, horizon, season),
             Method::Ets => ets(recent(history, season), horizon),
             Method::MstlEts => mstl_ets(recent(history, season), horizon, season),
             Method::MstlEtsYesterday => {

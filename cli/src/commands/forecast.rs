@@ -75,8 +75,8 @@ pub(crate) struct BacktestArgs {
           value_parser = clap::value_parser!(u64).range(2..=168))]
     season: u64,
     /// Refit the statistical models every this many hours (each forecast
-    /// still uses no data later than its horizon allows; baselines use
-    /// the latest hour always).
+    /// still uses no data later than its horizon allows). The baselines and
+    /// the level regression are cheap and always use the latest hour.
     #[arg(long, default_value_t = 6, value_name = "HOURS",
           value_parser = clap::value_parser!(u64).range(1..=168))]
     refit_every: u64,

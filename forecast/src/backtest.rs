@@ -308,9 +308,10 @@ pub struct Selection {
     pub bands: BTreeMap<Method, (f64, f64)>,
 }
 
-/// Backtests every candidate on the hours before `cut` at `horizon` and
-/// picks the one with the lowest MAE. The series must already be cut (this
-/// function reads all of it).
+/// Backtests every candidate on the last hours of `history` (two weeks'
+/// worth, or half of it) at `horizon` and picks the one with the lowest
+/// MAE. `history` must end where the forecaster stands: all of it is
+/// read.
 pub fn select(
     history: &Series,
     horizon: usize,
@@ -326,8 +327,8 @@ pub fn select(
         return Ok(Selection {
             method: Method::Persistence,
             because: format!(
-                "{} observed hours of history is fewer than two seasons ({short}): \
-                 persistence with a wide interval",
+                "history too short ({} observed hours; a model needs two seasons, \
+                 {short} h, and the horizon): persistence with a wide interval",
                 history.observed()
             ),
             maes: Vec::new(),
@@ -657,7 +658,10 @@ mod tests {
         };
         let report = backtest(&s, &options, &|_, _| {}).unwrap();
         assert_eq!(report.model, Method::Persistence);
-        assert!(report.chosen_because.contains("fewer than two seasons"));
+        assert!(
+            report.chosen_because.contains("history too short"),
+            "{report:?}"
+        );
         assert!(report.selection.is_empty());
         assert_eq!(report.model_metrics.coverage, 100.0, "{report:?}");
     }

@@ -309,7 +309,8 @@ mod tests {
 
     #[test]
     fn statistical_models_follow_a_daily_shape() {
-        let shape = |h: usize| 100.0 + 30.0 * ((h % DAY) as f64 / DAY as f64 * 6.283).sin();
+        let shape =
+            |h: usize| 100.0 + 30.0 * ((h % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin();
         let history: Vec<f64> = (0..21 * DAY).map(shape).collect();
         for method in [Method::MstlEts, Method::MstlEtsYesterday] {
             let points = method.predict(&history, DAY, DAY).unwrap();

@@ -61,7 +61,7 @@ pub(crate) fn forecast(
     for step in steps {
         let step = step.max(1);
         // An origin o has its target at o + step - 1, which must be known.
-        let last_origin = (n + 1).checked_sub(step).unwrap_or(0);
+        let last_origin = (n + 1).saturating_sub(step);
         let first_origin = long.max(last_origin.saturating_sub(window));
         let mut rows = Vec::new();
         let mut targets = Vec::new();

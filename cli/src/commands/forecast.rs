@@ -116,6 +116,10 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     if hours == 0 {
         return Err("the duration must be at least one hour".to_owned());
     }
+    let max = rigmesh_forecast::series::MAX_HOURS as u64;
+    if hours > max {
+        return Err(format!("the duration must be at most {max} hours"));
+    }
     Ok(hours)
 }
 
@@ -291,6 +295,8 @@ mod tests {
         assert_eq!(parse_duration("36h"), Ok(36));
         assert_eq!(parse_duration("5"), Ok(5));
         assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("9223372036854775808h").is_err());
+        assert!(parse_duration("18446744073709551615w").is_err());
         assert!(parse_duration("3x").is_err());
         assert!(parse_duration("d").is_err());
     }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::method::{fit_window, Method};
-use crate::series::Series;
+use crate::series::{Series, MAX_HOURS};
 use crate::{Error, Hour, Result};
 
 /// The interval reported is the central 80 %.
@@ -24,6 +24,15 @@ pub fn selection_span(season: usize) -> usize {
 /// [`short_history_band`]).
 pub fn short_history(season: usize) -> usize {
     2 * season
+}
+
+/// A horizon must be at least one hour and at most a series' length.
+fn check_horizon(horizon: usize) -> Result<()> {
+    match horizon {
+        0 => Err(Error::ZeroHorizon),
+        h if h > MAX_HOURS => Err(Error::HorizonTooLong(h)),
+        _ => Ok(()),
+    }
 }
 
 /// A fitted model is chosen over the best baseline only when its MAE on
@@ -129,8 +138,8 @@ pub struct BaselineScore {
 
 /// Point forecasts of `method` for each hour from `from` to `to`, each
 /// made from the hours before `target - horizon + 1` only. Targets the
-/// method cannot forecast (too little history) are left out. Fits run on
-/// up to `threads` threads.
+/// method cannot forecast (too little history) are left out. Fits of the
+/// models run on as many threads as the machine has (at most 8).
 pub fn rolling_points(
     series: &Series,
     method: Method,
@@ -140,13 +149,13 @@ pub fn rolling_points(
     refit_every: usize,
     season: usize,
 ) -> Result<BTreeMap<Hour, f64>> {
-    if horizon == 0 {
-        return Err(Error::ZeroHorizon);
-    }
+    check_horizon(horizon)?;
     let refit = if method.is_cheap() {
         1
     } else {
-        refit_every.max(1)
+        // No fit needs to serve more hours than the range has.
+        let range = usize::try_from(to.since(from)).unwrap_or(0) + 1;
+        refit_every.clamp(1, range.clamp(1, MAX_HOURS))
     };
     // A cut is the first hour a forecast may not see; a target t needs a
     // cut at most t - horizon + 1.
@@ -318,9 +327,7 @@ pub fn select(
     refit_every: usize,
     season: usize,
 ) -> Result<Selection> {
-    if horizon == 0 {
-        return Err(Error::ZeroHorizon);
-    }
+    check_horizon(horizon)?;
     let n = history.len();
     let short = short_history(season);
     if history.observed() < short || n < short + horizon {
@@ -436,9 +443,7 @@ pub fn backtest(
         season,
     } = options.clone();
     let season = season.max(2);
-    if horizon == 0 {
-        return Err(Error::ZeroHorizon);
-    }
+    check_horizon(horizon)?;
     let from = from.max(series.start());
     let to = to.min(series.end().plus(-1));
     if to < from || (from.0..=to.0).all(|h| series.get(Hour(h)).is_none()) {
@@ -460,7 +465,7 @@ pub fn backtest(
 
     // Progress is reported per chunk of about a day; a chunk is whole
     // refits, so the refit grid is the same as without chunks.
-    let refit = refit_every.max(1);
+    let refit = refit_every.clamp(1, MAX_HOURS);
     let chunk = (24 / refit).max(1) * refit;
     let mut model_points = BTreeMap::new();
     let mut start = from;
@@ -680,7 +685,21 @@ mod tests {
             backtest(&s, &options, &|_, _| {}),
             Err(Error::ZeroHorizon)
         ));
+        options.horizon = usize::MAX;
+        assert!(matches!(
+            backtest(&s, &options, &|_, _| {}),
+            Err(Error::HorizonTooLong(_))
+        ));
+        // An absurd refit interval is one fit for the whole range.
         options.horizon = 1;
+        options.refit_every = usize::MAX;
+        assert_eq!(
+            backtest(&s, &options, &|_, _| {})
+                .unwrap()
+                .model_metrics
+                .hours,
+            11
+        );
         options.from = Hour(500);
         options.to = Hour(600);
         assert!(matches!(

@@ -44,6 +44,9 @@ pub enum Error {
     /// A backtest or forecast was asked for a zero horizon.
     #[error("the horizon must be at least one hour")]
     ZeroHorizon,
+    /// A horizon longer than any series.
+    #[error("a horizon of {0} hours is longer than a series may be")]
+    HorizonTooLong(usize),
     /// The test range holds no hour with data to score.
     #[error("the test range {from} to {to} has no observed hour to score")]
     EmptyRange {

@@ -8,6 +8,7 @@ mod budget;
 mod client;
 mod devnet;
 mod end;
+mod forecast;
 mod keys;
 mod message;
 mod node;
@@ -95,6 +96,9 @@ enum Command {
     /// Run a node (supplier, customer, coordinator or relay).
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
+    #[command(subcommand)]
+    Forecast(forecast::ForecastCommand),
 }
 
 /// Where a key file is read from, shared by commands that sign.
@@ -133,5 +137,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(args) => usage::run(args),
         Command::Budget(cmd) => budget::run(cmd),
         Command::Account(args) => account::run(args),
+        Command::Forecast(cmd) => forecast::run(cmd),
     }
 }

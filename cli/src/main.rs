@@ -19,8 +19,9 @@ fn main() -> ExitCode {
         .try_init();
     match commands::run(cli) {
         Ok(code) => code,
+        Err(err) if commands::reader_gone(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", commands::error_text(&err));
             ExitCode::from(commands::EXIT_ERROR)
         }
     }

@@ -1,6 +1,7 @@
 //! The market as separate processes: `testnet/start.sh` runs 4 coordinators,
 //! 3 simulated suppliers and 2 customers, each a `rigmesh node run` of this
-//! build, on fixed loopback ports. Customers are funded and lease GPUs
+//! build, on loopback ports found free at the start (a start on a busy port
+//! is refused first, leaving nothing behind). Customers are funded and lease GPUs
 //! through the CLI; the test checks every coordinator's books to the unit
 //! against what the suppliers were paid. Then a coordinator and the
 //! supplier of a running lease are killed with SIGKILL, the supplier comes
@@ -119,9 +120,28 @@ impl Drop for Testnet {
     }
 }
 
+/// A base port for `nodes` testnet nodes (ports base + 10k + 0..=3) where
+/// every port is free now, searched from a start that differs between
+/// runs, below the kernel's range for outgoing connections.
+fn free_base_port(nodes: u16) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let blocks = (32_000 - 20_000) / (10 * nodes);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    (0..blocks)
+        .map(|i| 20_000 + ((seed as u16).wrapping_add(i) % blocks) * 10 * nodes)
+        .find(|base| (0..nodes).all(|k| (0..4).all(|o| free(base + 10 * k + o))))
+        .expect("no free block of ports between 20000 and 32000")
+}
+
 impl Testnet {
-    /// Runs `testnet/start.sh` in a fresh directory.
-    fn start(base_port: u16) -> Testnet {
+    /// Runs `testnet/start.sh` in a fresh directory on free ports, after
+    /// checking that a start on a busy port is refused and leaves the
+    /// directory as it was.
+    fn start() -> Testnet {
         let dir = tempfile::Builder::new()
             .prefix("rigmesh-testnet-")
             .tempdir()
@@ -133,6 +153,32 @@ impl Testnet {
             dir,
             nodes: Vec::new(),
         };
+        let base_port = free_base_port(9);
+        {
+            // Node 1's customer API port, held by someone else.
+            let busy = base_port + 12;
+            let _held = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+            let out = Command::new(script("start.sh"))
+                .arg("--dir")
+                .arg(&testnet.dir)
+                .args(["--base-port", &base_port.to_string()])
+                .env("RIGMESH", RIGMESH)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(&format!(
+                    "port {busy} (for node 1) is in use; pick another --base-port"
+                )),
+                "{}",
+                text(&out)
+            );
+            assert_eq!(
+                std::fs::read_dir(&testnet.dir).unwrap().count(),
+                0,
+                "nothing written"
+            );
+        }
         let out = testnet.script(
             "start.sh",
             &[
@@ -344,7 +390,7 @@ fn budget_for(price: Credits, windows: i64, seconds: i64) -> Credits {
 #[test]
 fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     let started = Instant::now();
-    let net = Testnet::start(29500);
+    let net = Testnet::start();
     let coordinators = net.role("coordinator").len();
     let customers = net.role("customer");
     let suppliers = net.role("supplier");

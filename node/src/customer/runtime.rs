@@ -52,7 +52,22 @@ struct Lease {
     agreement: Signed<LeaseAgreement>,
     watch: LeaseWatch,
     stopped_at_cap: bool,
+    /// The customer ended it (`rigmesh end`) and the supplier took the
+    /// termination: only the window then in progress is still answered.
+    ended: bool,
     escrow: Option<rigmesh_protocol::EscrowCertificate>,
+}
+
+/// Where a lease this run watches is; the one place its state is decided,
+/// so `leases`, `usage` and `account` say the same.
+fn live_state(lease: &Lease) -> LeaseState {
+    if lease.stopped_at_cap {
+        LeaseState::StoppedAtCap
+    } else if lease.ended || lease.watch.finished() {
+        LeaseState::Ended
+    } else {
+        LeaseState::Running
+    }
 }
 
 fn failed<E: std::fmt::Display>(e: E) -> BidError {
@@ -208,7 +223,9 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         hours: a.proposal.body.hours,
         window_ms: a.window_ms(),
         starts_at: a.starts_at,
-        ends_at: a.ends_at,
+        // A terminated lease ends sooner; kept so it shows as ended after
+        // a restart too.
+        ends_at: lease.watch.ends_at(),
         spent: lease.watch.spent(),
         billable_gpu_ms: lease.watch.paid_gpu_ms(),
         acked_windows: lease.watch.acked_windows(),
@@ -327,9 +344,16 @@ impl Customer {
             CustomerCommand::EndLease(lease, reply) => {
                 let result = match self.leases.get_mut(&lease) {
                     None => Err(RequestError::NotFound(format!("lease {lease}"))),
-                    Some(l) if l.stopped_at_cap || l.watch.finished() => Err(
-                        RequestError::Conflict(format!("lease {lease} has already ended")),
-                    ),
+                    Some(l) if l.stopped_at_cap => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: the budget cap stopped it"
+                    ))),
+                    Some(l) if l.ended => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: you ended it; its final settlement \
+                         refunds the rest of the escrow"
+                    ))),
+                    Some(l) if l.watch.finished() => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: its time is up"
+                    ))),
                     Some(l) => {
                         match end_lease(
                             &self.key,
@@ -345,6 +369,10 @@ impl Customer {
                                 // Windows up to the end of the one in
                                 // progress are still answered.
                                 l.watch.end_after_current_window(now);
+                                l.ended = true;
+                                if let Err(err) = self.records.put_lease(&record_of(l)) {
+                                    tracing::warn!(%err, %lease, "lease not recorded");
+                                }
                                 Ok(status_of(l))
                             }
                             Some(reason) => Err(RequestError::Conflict(format!(
@@ -395,15 +423,7 @@ impl Customer {
     }
 
     fn state_of(&self, record: &LeaseRecord, now: UnixMillis) -> LeaseState {
-        let live = self.leases.get(&record.lease).map(|lease| {
-            if lease.stopped_at_cap {
-                LeaseState::StoppedAtCap
-            } else if lease.watch.finished() {
-                LeaseState::Ended
-            } else {
-                LeaseState::Running
-            }
-        });
+        let live = self.leases.get(&record.lease).map(live_state);
         report::state_of(record, live, now)
     }
 
@@ -461,6 +481,7 @@ impl Customer {
             agreement,
             watch,
             stopped_at_cap: false,
+            ended: false,
             escrow,
         };
         if let Err(err) = self.records.put_lease(&record_of(&lease)) {
@@ -707,7 +728,7 @@ impl Customer {
         let running: Vec<Id> = self
             .leases
             .iter()
-            .filter(|(_, l)| !l.stopped_at_cap && !l.watch.finished())
+            .filter(|(_, l)| live_state(l) == LeaseState::Running)
             .map(|(id, _)| *id)
             .collect();
         for id in running {
@@ -787,6 +808,11 @@ fn status_of(lease: &Lease) -> LeaseStatus {
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
+        state: report::state_of(
+            &record_of(lease),
+            Some(live_state(lease)),
+            UnixMillis::now(),
+        ),
         escrowed: lease.escrow.as_ref().map(|c| c.message.body.amount),
         escrow_certificate: lease.escrow.as_ref().and_then(|c| c.subject().ok()),
         settlement: None,
@@ -887,6 +913,7 @@ async fn bid(
         agreement: agreement.clone(),
         watch,
         stopped_at_cap: false,
+        ended: false,
         escrow: escrow.clone(),
     });
     Ok((agreement, escrow, status))

@@ -168,18 +168,12 @@ fn out_of_range_arguments_are_refused_by_the_cli_with_the_real_range() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let bid = |extra: &[&str]| {
-        let mut args = vec![
-            "bid",
-            "--data-dir",
-            data,
-            "--gpu",
-            "NVIDIA A100",
-            "--hours",
-            "1",
-        ];
+        let mut args = vec!["bid", "--data-dir", data, "--gpu", "NVIDIA A100"];
         args.extend_from_slice(extra);
-        if !extra.iter().any(|a| a.starts_with("--max-price")) {
-            args.extend_from_slice(&["--max-price", "2"]);
+        for (flag, value) in [("--hours", "1"), ("--max-price", "2")] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                args.extend_from_slice(&[flag, value]);
+            }
         }
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };

@@ -96,6 +96,9 @@ pub struct LeaseRecord {
     pub disputed_windows: u64,
     /// True once a budget cap stopped the lease.
     pub stopped_at_cap: bool,
+    /// True once the customer ended the lease (`rigmesh end`).
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// What the customer answered for one window.
@@ -471,6 +474,7 @@ mod tests {
             acked_windows: 0,
             disputed_windows: 0,
             stopped_at_cap: false,
+            ended: false,
         }
     }
 

@@ -223,14 +223,13 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         hours: a.proposal.body.hours,
         window_ms: a.window_ms(),
         starts_at: a.starts_at,
-        // A terminated lease ends sooner; kept so it shows as ended after
-        // a restart too.
-        ends_at: lease.watch.ends_at(),
+        ends_at: a.ends_at,
         spent: lease.watch.spent(),
         billable_gpu_ms: lease.watch.paid_gpu_ms(),
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
+        ended: lease.ended,
     }
 }
 

@@ -141,11 +141,6 @@ impl LeaseWatch {
         self.lease
     }
 
-    /// When the lease ends: the agreement's end, or sooner once terminated.
-    pub fn ends_at(&self) -> UnixMillis {
-        self.ends_at
-    }
-
     /// The lease's supplier.
     pub fn supplier(&self) -> PublicKey {
         self.supplier

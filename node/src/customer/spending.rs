@@ -44,7 +44,10 @@ fn account_tracker(
     for (lease, spent) in spends {
         alerts.extend(tracker.update(*lease, *spent, Credits::ZERO, now)?.alerts);
     }
-    Ok((tracker, alerts))
+    // A new cap over what is already spent: only the highest mark reached
+    // is raised, as when one window passes several.
+    let highest = alerts.pop();
+    Ok((tracker, highest.into_iter().collect()))
 }
 
 impl Spending {

@@ -337,14 +337,15 @@ fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
     std::thread::spawn(move || {
         use std::io::BufRead;
+        // Reads to the end, so the node never blocks on a full pipe.
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            let _ = tx.send(line);
+            let _ = tx.try_send(line);
         }
     });
     let warning = rx

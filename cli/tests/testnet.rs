@@ -391,6 +391,21 @@ fn budget_for(price: Credits, windows: i64, seconds: i64) -> Credits {
 fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     let started = Instant::now();
     let net = Testnet::start();
+    // Its ports are its own: another --base-port for it is refused, not
+    // silently ignored.
+    let out = Command::new(script("start.sh"))
+        .arg("--dir")
+        .arg(&net.dir)
+        .args(["--base-port", "20001"])
+        .env("RIGMESH", RIGMESH)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--base-port 20001 cannot change it"),
+        "{}",
+        text(&out)
+    );
     let coordinators = net.role("coordinator").len();
     let customers = net.role("customer");
     let suppliers = net.role("supplier");

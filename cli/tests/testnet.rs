@@ -545,6 +545,42 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
             },
         );
     }
+    // In text, as the customer reads it: each lease's state and what
+    // settlement paid and refunded; every coordinator's view and the
+    // receipts behind the balance.
+    let (data, api) = (
+        net.data_dir("customer-0"),
+        net.node("customer-0").customer_api.clone(),
+    );
+    let leases = eventually(20, "customer-0's final settlements in `leases`", || {
+        let out = net.rigmesh(&["leases", "--data-dir", &data, "--api", &api]);
+        let shown = String::from_utf8_lossy(&out.stdout).to_string();
+        if shown.matches("refunded (final)").count() == 2 {
+            Ok(shown)
+        } else {
+            Err(shown)
+        }
+    });
+    assert_eq!(
+        leases
+            .matches("state      stopped at the budget cap")
+            .count(),
+        2,
+        "{leases}"
+    );
+    let out = net.rigmesh(&["account", "--data-dir", &data, "--api", &api]);
+    let account = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(account.contains("at the coordinators"), "{account}");
+    let c0 = &net.node("coordinator-0").account[..12];
+    assert!(account.contains(&format!("  {c0}  ")), "{account}");
+    for kind in ["deposit", "escrow_certificate", "settlement_certificate"] {
+        assert!(account.contains(&format!("  {kind} ")), "{kind}: {account}");
+    }
+    assert!(
+        !account.contains(" NO\n"),
+        "every receipt verifies: {account}"
+    );
     eprintln!("phase 1 done after {:?}", started.elapsed());
 
     // Phase 2: a lease with 4 s windows and no cap in reach; after three

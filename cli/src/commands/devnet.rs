@@ -27,8 +27,9 @@ const PRICES: &str = include_str!("../../../testnet/h100-prices.json");
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevnetArgs {
-    /// Where the nodes keep their data (a fresh temporary directory if
-    /// not given; an existing devnet directory is reused).
+    /// Where the nodes keep their data, kept after the devnet ends; a
+    /// directory of an earlier devnet runs the same market again. Without
+    /// it, a temporary directory is used and removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the market running after the scenario, for the CLI.

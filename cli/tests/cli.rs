@@ -281,6 +281,17 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+    // An error with nobody reading stderr: still exit 1, not a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(["keys", "show", "--key-file"])
+        .arg(dir.path().join("missing.key"))
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
 }
 
 #[test]

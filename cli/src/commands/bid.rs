@@ -141,7 +141,7 @@ fn leased(
         outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         if let Some((ms, Some(_))) = waited {
-            eprintln!("leased after waiting {}", text::duration(ms));
+            errln!("leased after waiting {}", text::duration(ms));
         }
         print_lease(lease)?;
     }
@@ -152,7 +152,7 @@ fn no_match(reason: &str, json: bool, body: &serde_json::Value) -> anyhow::Resul
     if json {
         outln!("{}", serde_json::to_string_pretty(body)?);
     }
-    eprintln!("no match: {reason}");
+    errln!("no match: {reason}");
     Ok(ExitCode::from(EXIT_NO_MATCH))
 }
 
@@ -171,9 +171,11 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
         wait_secs: args.wait,
         min_reputation_bp: args.min_reputation_bp,
     };
-    eprintln!(
+    errln!(
         "looking for {} x {} at most {} per GPU-hour...",
-        request.count, request.gpu, request.max_price
+        request.count,
+        request.gpu,
+        request.max_price
     );
     let answer = api.post("/v1/bid", &request)?;
     let waits = request.wait_secs.is_some_and(|w| w > 0);
@@ -236,12 +238,12 @@ impl Interrupts {
 /// progress to stderr.
 fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<ExitCode> {
     let total = status.wait_until.since(status.placed_at);
-    eprintln!(
+    errln!(
         "nothing matches now: {}",
         status.reason.as_deref().unwrap_or("no reason given")
     );
     let mut interrupts = Interrupts::new()?;
-    eprintln!(
+    errln!(
         "bid {} stands until {} ({}); suppliers have {} it. Ctrl-C cancels.",
         text::short(&status.id),
         text::utc(status.wait_until),
@@ -276,7 +278,7 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
                     "bid": status.id,
                     "waited_ms": status.waited_ms,
                 });
-                eprintln!(
+                errln!(
                     "waited {}; nothing was leased",
                     text::duration(status.waited_ms)
                 );
@@ -288,11 +290,11 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
             progress.done();
             let answer = api.delete(&path)?;
             if answer.ok() {
-                eprintln!("bid {} cancelled", text::short(&status.id));
+                errln!("bid {} cancelled", text::short(&status.id));
                 return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
             // It ended while we asked (leased, most likely): show how.
-            eprintln!("could not cancel: {}", answer.reason());
+            errln!("could not cancel: {}", answer.reason());
         }
         status = api.get(&path)?.into("the standing bid")?;
         if status.state == BidState::Waiting && progress.on_terminal() {
@@ -306,7 +308,7 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
         } else if status.state == BidState::Waiting
             && (status.reason != said || status.waited_ms >= said_at + PROGRESS_EVERY_MS)
         {
-            eprintln!(
+            errln!(
                 "waiting {} of {}: {}",
                 text::duration(status.waited_ms),
                 text::duration(total),

@@ -469,7 +469,7 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if let Err(err) = &outcome {
-            eprintln!("scenario failed: {err:#}");
+            errln!("scenario failed: {err:#}");
         }
         if args.serve && !interrupted {
             outln!();
@@ -488,7 +488,7 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     })?;
     drop(temporary);
     if interrupted {
-        eprintln!("interrupted");
+        errln!("interrupted");
         return Ok(ExitCode::from(super::bid::EXIT_INTERRUPTED));
     }
     Ok(ExitCode::SUCCESS)

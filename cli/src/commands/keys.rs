@@ -29,7 +29,7 @@ pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             let key = Keypair::generate()?;
             write_key(&out, &key)?;
             outln!("{}", key.public());
-            eprintln!("wrote the secret key to {}", out.display());
+            errln!("wrote the secret key to {}", out.display());
         }
         KeysCommand::Show { key } => outln!("{}", read_key(&key.key_file)?.public()),
     }

@@ -96,7 +96,7 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         say(format_args!("supplier api on http://{}", node.supplier_api));
         say(format_args!("monitoring on http://{}", node.monitoring));
         signals.wait().await?;
-        eprintln!("stopping");
+        errln!("stopping");
         node.stop().await?;
         Ok::<_, anyhow::Error>(())
     })?;

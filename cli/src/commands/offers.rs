@@ -70,7 +70,7 @@ pub(crate) fn run(args: OffersArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if offers.is_empty() {
-        eprintln!("no offer matches");
+        errln!("no offer matches");
         return Ok(ExitCode::from(EXIT_NO_MATCH));
     }
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,8 @@
 //! Standard output that goes quiet when its reader does: `rigmesh account |
 //! head -1` must not end in a panic. Each line is written with its error
 //! returned, so a closed pipe ends the command through the ordinary error
-//! path (clean-up included) and `main` exits without a word.
+//! path (clean-up included) and `main` exits without a word. Lines to
+//! stderr (progress, reasons) are dropped when nobody reads them.
 
 use std::io::Write;
 
@@ -30,4 +31,15 @@ macro_rules! outln {
     ($($arg:tt)*) => {
         $crate::commands::out::line(format_args!($($arg)*))?
     };
+}
+
+/// `eprintln!` that drops the line when stderr is closed instead of
+/// panicking: there is nobody left to tell.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
 }

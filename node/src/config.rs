@@ -265,7 +265,13 @@ pub fn example() -> Result<String> {
         "# node_key = \"<data_dir>/node.key\"        # the libp2p key, created on first run\n\
          # account_key = \"<data_dir>/account.key\"  # the account key, created on first run\n\n",
     );
-    out.push_str(tables);
+    out.push_str(&tables.replace(
+        "[supplier.prices]\n",
+        "[supplier.prices]\n\
+         # credits per GPU-hour by the model name NVML reports, above zero; a\n\
+         # model without a price is not offered\n\
+         # \"NVIDIA H100 80GB HBM3\" = \"2.49\"\n",
+    ));
     out.push_str(
         "\n# The market's coordinator set, the same on every node; needed to check\n\
          # certificates, escrow leases and settle. `members` are hex public keys\n\

@@ -321,6 +321,7 @@ mod tests {
             "# settle_every_windows = 10",
             "# fee_rate = ",
             "# admin = ",
+            "[supplier.prices]\n# credits per GPU-hour",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }

@@ -7,8 +7,10 @@
 #                    [--base-port 29100] [--fund CREDITS] [--wait-secs 90]
 #                    [--unacked-timeout 3] [--settle-every 3] [--epoch 1]
 #
-# A new DIR (default: a fresh temporary directory) gets keys and configs;
-# a DIR that already holds a stopped testnet is started again as it is.
+# A new DIR (default: a fresh temporary directory) gets keys and configs,
+# once every port it needs is free (a busy port leaves nothing written);
+# a DIR that already holds a stopped testnet is started again as it is,
+# on the ports it was made with (a different --base-port is refused).
 # Node k (coordinators first, then suppliers, then customers) uses ports
 # BASE+10k (libp2p, TCP), +1 (monitoring: /health, /metrics), +2 (customer
 # API) and +3 (supplier API). Ports below 32768 stay clear of the ports
@@ -34,6 +36,7 @@ coordinators=4
 suppliers=3
 customers=2
 base_port=29100
+base_port_given=""
 fund=""
 wait_secs=90
 unacked_timeout=3
@@ -45,7 +48,7 @@ while (($#)); do
     --coordinators) coordinators=${2:?}; shift 2 ;;
     --suppliers) suppliers=${2:?}; shift 2 ;;
     --customers) customers=${2:?}; shift 2 ;;
-    --base-port) base_port=${2:?}; shift 2 ;;
+    --base-port) base_port=${2:?}; base_port_given=yes; shift 2 ;;
     --fund) fund=${2:?}; shift 2 ;;
     --wait-secs) wait_secs=${2:?}; shift 2 ;;
     --unacked-timeout) unacked_timeout=${2:?}; shift 2 ;;
@@ -192,6 +195,7 @@ create_testnet() {
     {
         echo "# rigmesh testnet: source this file for the facts of nodes.tsv."
         echo "TESTNET_DIR='$dir'"
+        echo "BASE_PORT=$base_port"
         echo "ADMIN_KEY='$dir/admin.key'"
         echo "ADMIN_CONFIG='$dir/admin.toml'"
         echo "COORDINATORS='${coordinator_names[*]}'"
@@ -206,17 +210,42 @@ create_testnet() {
     } >"$dir/nodes.env"
 }
 
+created_dir=""
 if [[ -z $dir ]]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/rigmesh-testnet.XXXXXX")
+    created_dir=yes
 fi
+[[ -d $dir ]] || created_dir=yes
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 restarted=""
 if [[ -f $dir/nodes.tsv ]]; then
+    # A testnet keeps the ports it was made with: its keys, configs and
+    # the coordinator table name them.
+    recorded=$(sed -n 's/^BASE_PORT=//p' "$dir/nodes.env" 2>/dev/null)
+    if [[ -z $recorded ]]; then
+        first=$(awk -F '\t' '!/^#/ { print $4; exit }' "$dir/nodes.tsv")
+        recorded=${first##*/}
+    fi
+    if [[ -n $base_port_given && $base_port != "$recorded" ]]; then
+        die "$dir holds a testnet on base port $recorded; --base-port $base_port cannot" \
+            "change it (its configs name the ports): use another --dir, or remove this one"
+    fi
     note "$dir already holds a testnet; starting it again with its own keys and configs"
     restarted=yes
 else
     [[ -z $(ls -A "$dir") ]] || die "$dir is neither empty nor a testnet directory"
+    # Refuse ports that something else holds before anything is written,
+    # so a failed start leaves no testnet behind that names them.
+    for ((k = 0; k < total; k++)); do
+        for offset in 0 1 2 3; do
+            port=$((base_port + 10 * k + offset))
+            if port_in_use "$port"; then
+                [[ -z $created_dir ]] || rmdir "$dir" 2>/dev/null || true
+                die "port $port (for node $k) is in use; pick another --base-port"
+            fi
+        done
+    done
     create_testnet
 fi
 TESTNET_DIR=$dir
@@ -226,6 +255,13 @@ while IFS=$'\t' read -r name _ _ p2p mon capi sapi _; do
     node_pid "$name" >/dev/null && die "$name already runs; stop the testnet first (testnet/stop.sh --dir $dir)"
     for addr in "${p2p##*/}" "${mon##*:}" "${capi##*:}" "${sapi##*:}"; do
         if port_in_use "$addr"; then
+            if [[ -n $restarted ]]; then
+                die "port $addr (for $name) is in use; free it (this testnet keeps its ports)" \
+                    "or make a new testnet in another --dir with another --base-port"
+            fi
+            # Taken between the check above and now: this new testnet
+            # is removed again rather than left naming a busy port.
+            rm -rf "${dir:?}"/*
             die "port $addr (for $name) is in use; pick another --base-port"
         fi
     done
@@ -240,6 +276,9 @@ cleanup_on_failure() {
     for name in "${started[@]}"; do
         stop_node "$name" 5
     done
+    if [[ -z $restarted ]]; then
+        note "this testnet keeps its ports; to try other ones, remove $dir first"
+    fi
 }
 trap cleanup_on_failure EXIT
 

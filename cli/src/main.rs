@@ -3,6 +3,7 @@
 
 mod commands;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,8 +20,10 @@ fn main() -> ExitCode {
         .try_init();
     match commands::run(cli) {
         Ok(code) => code,
+        Err(err) if commands::reader_gone(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Dropped when stderr is closed: nobody is left to tell.
+            let _ = writeln!(std::io::stderr(), "error: {}", commands::error_text(&err));
             ExitCode::from(commands::EXIT_ERROR)
         }
     }

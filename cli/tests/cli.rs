@@ -132,7 +132,7 @@ fn samples_verify_as_records_and_certificates_need_a_set() {
     .unwrap();
     let at = (rigmesh_protocol::samples::T0.0 + 120_000).to_string();
     for kind in ["offer", "usage-attestation", "escrow_certificate"] {
-        let hex = stdout(rigmesh().args(["message", "sample", kind]));
+        let hex = stdout(rigmesh().args(["message", "sample", kind, "--vector"]));
         rigmesh()
             .args(["message", "verify", kind, "--at", &at, "--coordinators"])
             .arg(&set)
@@ -140,7 +140,7 @@ fn samples_verify_as_records_and_certificates_need_a_set() {
             .assert()
             .success();
     }
-    let hex = stdout(rigmesh().args(["message", "sample", "escrow_certificate"]));
+    let hex = stdout(rigmesh().args(["message", "sample", "escrow_certificate", "--vector"]));
     rigmesh()
         .args(["message", "verify", "escrow_certificate", "--at", &at])
         .write_stdin(hex)
@@ -148,4 +148,252 @@ fn samples_verify_as_records_and_certificates_need_a_set() {
         .code(3);
     let kinds = stdout(rigmesh().args(["message", "kinds"]));
     assert_eq!(kinds.lines().count(), 22, "a header and the 21 kinds");
+}
+
+/// Runs `rigmesh args`, expects a usage error (exit 2) whose message holds
+/// every one of `says`.
+fn refused(args: &[&str], says: &[&str]) {
+    let out = rigmesh().args(args).assert().code(2).get_output().clone();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for s in says {
+        assert!(stderr.contains(s), "{args:?}: {s:?} not in {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "{args:?}");
+}
+
+#[test]
+fn out_of_range_arguments_are_refused_by_the_cli_with_the_real_range() {
+    // No node runs here: had any of these been sent, the error would be a
+    // connection or token error (exit 1), not a usage error.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let bid = |extra: &[&str]| {
+        let mut args = vec!["bid", "--data-dir", data, "--gpu", "NVIDIA A100"];
+        args.extend_from_slice(extra);
+        for (flag, value) in [("--hours", "1"), ("--max-price", "2")] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                args.extend_from_slice(&[flag, value]);
+            }
+        }
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--max-price=-1"],
+            &["--max-price", "-1 is not above zero"],
+        ),
+        (&["--max-price=0"], &["--max-price", "0 is not above zero"]),
+        (&["--count", "0"], &["--count", "0 is not in 1..=64"]),
+        (&["--count", "1000000"], &["--count", "1..=64"]),
+        (&["--count", "65"], &["--count", "65 is not in 1..=64"]),
+        (&["--hours", "0"], &["--hours", "0 is not in 1..=8784"]),
+        (
+            &["--hours", "100000"],
+            &["--hours", "100000 is not in 1..=8784"],
+        ),
+        (
+            &["--window-secs", "0"],
+            &["--window-secs", "0 is not in 1..=3600"],
+        ),
+        (&["--budget=-5"], &["--budget", "-5 is not above zero"]),
+        (
+            &["--min-reputation-bp", "10001"],
+            &["10001 is not in 0..=10000"],
+        ),
+    ];
+    for (extra, says) in cases {
+        let args = bid(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&args, says);
+    }
+    refused(
+        &["offers", "--data-dir", data, "--max-price=-1"],
+        &["--max-price", "-1 is not above zero"],
+    );
+    // Money leaving or entering an account: nothing is signed or sent.
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.to_str().unwrap();
+    let key = dir.path().join("account.key");
+    rigmesh()
+        .args(["keys", "new", "--out"])
+        .arg(&key)
+        .assert()
+        .success();
+    let key = key.to_str().unwrap();
+    refused(
+        &[
+            "withdraw",
+            "--config",
+            config,
+            "--key-file",
+            key,
+            "--amount=-40",
+            "--destination",
+            "iban:x",
+        ],
+        &["--amount", "-40 is not above zero"],
+    );
+    refused(
+        &[
+            "admin",
+            "deposit",
+            "--config",
+            config,
+            "--admin-key",
+            key,
+            "--account",
+            &"ab".repeat(32),
+            "--amount=-100",
+            "--reference",
+            "wire-1",
+        ],
+        &["--amount", "-100 is not above zero"],
+    );
+    refused(
+        &[
+            "offer",
+            "create",
+            "--key-file",
+            key,
+            "--gpu",
+            "NVIDIA A100",
+            "--price",
+            "0",
+            "--gpu-uuid",
+            "GPU-a",
+        ],
+        &["--price", "0 is not above zero"],
+    );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    for args in [&["message", "kinds"][..], &["message", "sample", "offer"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    // An error with nobody reading stderr: still exit 1, not a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(["keys", "show", "--key-file"])
+        .arg(dir.path().join("missing.key"))
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn every_sample_verifies_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("coordinators.json");
+    let members: Vec<String> = rigmesh_protocol::samples::coordinators()
+        .iter()
+        .map(|k| k.public().to_string())
+        .collect();
+    std::fs::write(
+        &set,
+        serde_json::json!({"epoch": 1, "members": members}).to_string(),
+    )
+    .unwrap();
+    for kind in rigmesh_protocol::Kind::ALL {
+        let hex = stdout(rigmesh().args(["message", "sample", kind.name()]));
+        let out = rigmesh()
+            .args(["message", "verify", kind.name(), "--coordinators"])
+            .arg(&set)
+            .write_stdin(hex)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The fixed vector is what specs/vectors holds, and it has expired.
+    let vector = stdout(rigmesh().args(["message", "sample", "offer", "--vector"]));
+    let expected = rigmesh_protocol::samples::offer()
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+    assert_eq!(vector.trim(), hex::encode(expected));
+    let out = rigmesh()
+        .args(["message", "verify", "offer"])
+        .write_stdin(vector)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn completions_config_reference_and_help_say_what_a_user_needs() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef rigmesh"),
+        ("fish", "complete -c rigmesh"),
+    ] {
+        let script = stdout(rigmesh().args(["completions", shell]));
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["devnet", "max-price", "window-secs", "completions"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    rigmesh().args(["completions", "tcsh"]).assert().code(2);
+
+    let example = stdout(rigmesh().args(["node", "config", "--example"]));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, &example).unwrap();
+    let loaded = rigmesh_node::config::NodeConfig::load(&file).unwrap();
+    assert_eq!(loaded, rigmesh_node::config::NodeConfig::default());
+    for key in [
+        "role = \"relay\"",
+        "customer_api = \"127.0.0.1:9610\"",
+        "ingest_queue = 4096",
+        "offer_ttl_secs = 900",
+        "# [coordinators]",
+        "# unacked_timeout_secs = 120",
+    ] {
+        assert!(example.contains(key), "{key:?} not in:\n{example}");
+    }
+
+    let help = stdout(rigmesh().arg("--help"));
+    for said in [
+        "RIGMESH_LOG",
+        "130 interrupted",
+        "2 bad arguments",
+        "rigmesh completions",
+        "node config --example",
+    ] {
+        assert!(help.contains(said), "{said:?} not in --help:\n{help}");
+    }
+}
+
+#[test]
+fn an_os_error_is_said_once_with_the_file_it_concerns() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.key");
+    let out = rigmesh()
+        .args(["keys", "show", "--key-file"])
+        .arg(&missing)
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

@@ -275,3 +275,173 @@ fn bid_wait_leases_when_a_supplier_comes_online() {
     interrupt(node);
     interrupt(supplier);
 }
+
+/// Runs `command` with stdout a pipe whose reader is already gone, as in
+/// `rigmesh account | head -0`.
+fn into_closed_pipe(mut command: Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    command
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, customer, _) = customer_node(dir.path(), &[]);
+    for args in [
+        &["account"][..],
+        &["budget", "show"],
+        &["leases"],
+        &["account", "--json"],
+    ] {
+        let out = into_closed_pipe(customer.command(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    interrupt(node);
+}
+
+#[test]
+fn an_ended_lease_is_ended_everywhere_and_cannot_be_ended_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (supplier, addr) = supplier_node(dir.path(), &[]);
+    let (node, customer, _) = customer_node(dir.path(), &["--bootstrap", &addr]);
+    let model = a100();
+    let bid = [
+        "bid",
+        "--gpu",
+        &model,
+        "--max-price",
+        "2",
+        "--hours",
+        "1",
+        "--window-secs",
+        "1",
+        "--json",
+    ];
+    let mut lease = None;
+    for _ in 0..100 {
+        let out = customer.run(&bid);
+        if out.status.success() {
+            lease = Some(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap());
+            break;
+        }
+        assert_eq!(out.status.code(), Some(4), "exit 4 until the offer arrives");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lease = lease.expect("the offer reached the customer");
+    assert_eq!(lease["state"], "running");
+    let id = lease["lease"].as_str().unwrap().to_string();
+    assert!(customer.ok(&["leases"]).contains("state      running"));
+
+    let out = customer.ok(&["end", &id[..10]]);
+    assert!(out.contains("ends after the window in progress"), "{out}");
+    // At once, and the same in every view.
+    assert_eq!(customer.json(&["leases"])[0]["state"], "ended");
+    assert_eq!(customer.json(&["usage", &id])["state"], "ended");
+    let account = customer.json(&["account"]);
+    assert_eq!(account["leases"][0]["state"], "ended");
+    assert_eq!(account["active_leases"], 0);
+    assert!(customer
+        .ok(&["account"])
+        .contains("across 1 lease (0 running)"));
+    assert!(customer.ok(&["leases"]).contains("state      ended"));
+    assert!(customer.ok(&["usage", &id]).contains("state      ended"));
+
+    // A second `end` says why, without asking the supplier.
+    let out = customer.run(&["end", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("lease {id} has already ended: you ended it")),
+        "{err}"
+    );
+    assert!(!err.contains("supplier"), "{err}");
+
+    // Still ended after the node restarts.
+    interrupt(node);
+    let (node, customer, _) = customer_node(dir.path(), &["--bootstrap", &addr]);
+    assert_eq!(customer.json(&["account"])["leases"][0]["state"], "ended");
+    interrupt(node);
+    interrupt(supplier);
+}
+
+#[test]
+fn a_wrong_token_is_said_to_be_unrecognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, customer, _) = customer_node(dir.path(), &[]);
+    // Another directory holding a token this node never issued.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("api")).unwrap();
+    let token = other.join("api/customer.token");
+    std::fs::write(&token, "f".repeat(64)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let stranger = Customer {
+        api: customer.api.clone(),
+        dir: other,
+    };
+    for args in [&["account"][..], &["offers"], &["leases"]] {
+        let out = stranger.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("the token is not recognised by this node"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("http status"), "{err}");
+    }
+    interrupt(node);
+}
+
+#[test]
+fn a_waiting_bid_redraws_one_progress_line_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, customer, _) = customer_node(dir.path(), &[]);
+    let args = [
+        "bid",
+        "--gpu",
+        "NVIDIA A100 nowhere",
+        "--max-price",
+        "2",
+        "--hours",
+        "1",
+        "--wait",
+        "5s",
+    ];
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    // `script` gives the bid a terminal, as a person's shell would.
+    let line = format!(
+        "'{}' {} --api '{}' --data-dir '{}'",
+        assert_cmd::cargo::cargo_bin("rigmesh").display(),
+        quoted.join(" "),
+        customer.api,
+        customer.dir.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{screen}");
+    assert!(screen.contains("\r\x1b[2Kwaiting ("), "{screen:?}");
+    assert!(
+        screen.contains("no match: no offers for NVIDIA A100 nowhere"),
+        "{screen}"
+    );
+
+    // Off a terminal: plain lines only.
+    let out = customer.run(&args);
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    interrupt(node);
+}

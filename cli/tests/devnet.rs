@@ -1,6 +1,6 @@
 //! `rigmesh devnet`, the README's run command, through the binary: the
 //! scenario goes from bid to final settlement and the four coordinators'
-//! books agree.
+//! books agree; a kept directory runs again, a temporary one is removed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use assert_cmd::Command;
@@ -26,6 +26,7 @@ fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
         "window 0 attested",
         "acknowledged by the customer",
         "alert (info) budget.50",
+        "of its budget of 0.02 (past the 50 % mark)",
         "the customer ended the lease (BudgetCap)",
         "(final)",
         "alert (critical) budget.100",
@@ -43,4 +44,44 @@ fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
     assert_eq!(words.last().unwrap(), &words[3], "{line}");
     // The cheapest H100 offer (the market data's 10th percentile) wins.
     assert!(stdout.contains("at 1.8/GPU-h"), "{stdout}");
+    // Its API is gone when it exits: nothing says to try it.
+    assert!(!stdout.contains("try: "), "{stdout}");
+
+    // The same directory again: the same market starts and is funded.
+    let again = Command::cargo_bin("rigmesh")
+        .unwrap()
+        .args(["devnet", "--no-scenario", "--dir"])
+        .arg(dir.path())
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("4 coordinators (f = 1)"), "{stdout}");
+}
+
+#[test]
+fn a_devnet_without_a_directory_leaves_no_files_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = Command::cargo_bin("rigmesh")
+        .unwrap()
+        .args(["devnet", "--no-scenario"])
+        .env("TMPDIR", tmp.path())
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("data dir "), "{stdout}");
+    assert!(!stdout.contains("try: "), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -199,3 +199,177 @@ fn rigmesh_bid_leases_gpus_from_a_supplier_node() {
     interrupt(customer);
     interrupt(supplier);
 }
+
+#[test]
+fn a_supplier_priced_at_zero_or_below_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::a100();
+    for price in ["0", "-1.5"] {
+        let config = dir.path().join("supplier.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "role = \"supplier\"\n[supplier]\ngpus = {{ sim = {{ builtin = \"a100x4\" }} }}\n\
+                 [supplier.prices]\n\"{model}\" = \"{price}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+            .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args([
+                "--monitoring",
+                "127.0.0.1:0",
+                "--customer-api",
+                "127.0.0.1:0",
+            ])
+            .args(["--supplier-api", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "price {price}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&format!("\"{model}\" = \"{price}\""))
+                && err.contains("a price must be above zero"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "it never started");
+    }
+}
+
+/// `rigmesh node run` with loopback listeners on free ports and `extra`,
+/// expected to fail at start: its exit code and stderr.
+fn refused_at_start(data_dir: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["node", "run"];
+    if !extra.contains(&"--listen") {
+        args.extend_from_slice(&["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    }
+    for (flag, value) in [
+        ("--monitoring", "127.0.0.1:0"),
+        ("--customer-api", "127.0.0.1:0"),
+        ("--supplier-api", "127.0.0.1:0"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let out = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(&args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "{args:?} started");
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn start_failures_say_what_and_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // An address this machine does not have: the OS's reason, given once.
+    let (code, err) = refused_at_start(
+        &dir.path().join("a"),
+        &["--listen", "/ip4/192.0.2.1/tcp/4600"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("listening on /ip4/192.0.2.1/tcp/4600: ")
+            && err.contains("ssign requested address"),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+
+    // A port another program holds: which listener it was.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().to_string();
+    let (code, err) = refused_at_start(&dir.path().join("b"), &["--customer-api", &port]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "the customer API's listener on {port}: Address already in use"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+
+    // A data directory another node uses: said so, with its pid.
+    let data = dir.path().join("c");
+    let (child, _) = start(&data);
+    let (code, err) = refused_at_start(&data, &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "the data directory {} is in use by another node (pid {})",
+            data.display(),
+            child.id()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("Os {"), "no Rust structures: {err}");
+    interrupt(child);
+}
+
+#[test]
+fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bootstrap = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "--monitoring",
+            "127.0.0.1:0",
+            "--customer-api",
+            "127.0.0.1:0",
+        ])
+        .args(["--supplier-api", "127.0.0.1:0", "--bootstrap", &bootstrap])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        // Reads to the end, so the node never blocks on a full pipe.
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.try_send(line);
+        }
+    });
+    let warning = rx
+        .iter()
+        .find(|l| l.contains("bootstrap peer unreachable"))
+        .unwrap();
+    assert!(warning.contains(&bootstrap), "{warning}");
+    assert!(warning.contains("WARN"), "{warning}");
+    let mut lines = Vec::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !lines
+        .iter()
+        .any(|l: &String| l.starts_with("monitoring on"))
+    {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        lines.push(line.trim().to_string());
+    }
+    let response = health(&lines);
+    assert!(response.contains(r#""status":"degraded""#), "{response}");
+    assert!(response.contains(&bootstrap), "{response}");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -1,6 +1,7 @@
 //! The market as separate processes: `testnet/start.sh` runs 4 coordinators,
 //! 3 simulated suppliers and 2 customers, each a `rigmesh node run` of this
-//! build, on fixed loopback ports. Customers are funded and lease GPUs
+//! build, on loopback ports found free at the start (a start on a busy port
+//! is refused first, leaving nothing behind). Customers are funded and lease GPUs
 //! through the CLI; the test checks every coordinator's books to the unit
 //! against what the suppliers were paid. Then a coordinator and the
 //! supplier of a running lease are killed with SIGKILL, the supplier comes
@@ -119,9 +120,28 @@ impl Drop for Testnet {
     }
 }
 
+/// A base port for `nodes` testnet nodes (ports base + 10k + 0..=3) where
+/// every port is free now, searched from a start that differs between
+/// runs, below the kernel's range for outgoing connections.
+fn free_base_port(nodes: u16) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let blocks = (32_000 - 20_000) / (10 * nodes);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    (0..blocks)
+        .map(|i| 20_000 + ((seed as u16).wrapping_add(i) % blocks) * 10 * nodes)
+        .find(|base| (0..nodes).all(|k| (0..4).all(|o| free(base + 10 * k + o))))
+        .expect("no free block of ports between 20000 and 32000")
+}
+
 impl Testnet {
-    /// Runs `testnet/start.sh` in a fresh directory.
-    fn start(base_port: u16) -> Testnet {
+    /// Runs `testnet/start.sh` in a fresh directory on free ports, after
+    /// checking that a start on a busy port is refused and leaves the
+    /// directory as it was.
+    fn start() -> Testnet {
         let dir = tempfile::Builder::new()
             .prefix("rigmesh-testnet-")
             .tempdir()
@@ -133,6 +153,32 @@ impl Testnet {
             dir,
             nodes: Vec::new(),
         };
+        let base_port = free_base_port(9);
+        {
+            // Node 1's customer API port, held by someone else.
+            let busy = base_port + 12;
+            let _held = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+            let out = Command::new(script("start.sh"))
+                .arg("--dir")
+                .arg(&testnet.dir)
+                .args(["--base-port", &base_port.to_string()])
+                .env("RIGMESH", RIGMESH)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(&format!(
+                    "port {busy} (for node 1) is in use; pick another --base-port"
+                )),
+                "{}",
+                text(&out)
+            );
+            assert_eq!(
+                std::fs::read_dir(&testnet.dir).unwrap().count(),
+                0,
+                "nothing written"
+            );
+        }
         let out = testnet.script(
             "start.sh",
             &[
@@ -344,7 +390,22 @@ fn budget_for(price: Credits, windows: i64, seconds: i64) -> Credits {
 #[test]
 fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     let started = Instant::now();
-    let net = Testnet::start(29500);
+    let net = Testnet::start();
+    // Its ports are its own: another --base-port for it is refused, not
+    // silently ignored.
+    let out = Command::new(script("start.sh"))
+        .arg("--dir")
+        .arg(&net.dir)
+        .args(["--base-port", "20001"])
+        .env("RIGMESH", RIGMESH)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--base-port 20001 cannot change it"),
+        "{}",
+        text(&out)
+    );
     let coordinators = net.role("coordinator").len();
     let customers = net.role("customer");
     let suppliers = net.role("supplier");
@@ -488,6 +549,42 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
             },
         );
     }
+    // In text, as the customer reads it: each lease's state and what
+    // settlement paid and refunded; every coordinator's view and the
+    // receipts behind the balance.
+    let (data, api) = (
+        net.data_dir("customer-0"),
+        net.node("customer-0").customer_api.clone(),
+    );
+    let leases = eventually(20, "customer-0's final settlements in `leases`", || {
+        let out = net.rigmesh(&["leases", "--data-dir", &data, "--api", &api]);
+        let shown = String::from_utf8_lossy(&out.stdout).to_string();
+        if shown.matches("refunded (final)").count() == 2 {
+            Ok(shown)
+        } else {
+            Err(shown)
+        }
+    });
+    assert_eq!(
+        leases
+            .matches("state      stopped at the budget cap")
+            .count(),
+        2,
+        "{leases}"
+    );
+    let out = net.rigmesh(&["account", "--data-dir", &data, "--api", &api]);
+    let account = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(account.contains("at the coordinators"), "{account}");
+    let c0 = &net.node("coordinator-0").account[..12];
+    assert!(account.contains(&format!("  {c0}  ")), "{account}");
+    for kind in ["deposit", "escrow_certificate", "settlement_certificate"] {
+        assert!(account.contains(&format!("  {kind} ")), "{kind}: {account}");
+    }
+    assert!(
+        !account.contains(" NO\n"),
+        "every receipt verifies: {account}"
+    );
     eprintln!("phase 1 done after {:?}", started.elapsed());
 
     // Phase 2: a lease with 4 s windows and no cap in reach; after three

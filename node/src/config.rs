@@ -252,9 +252,91 @@ impl NodeConfig {
     }
 }
 
+/// Every key of the node's TOML file with its default value: the keys that
+/// have a value by default as they are, the optional ones (`node_key`,
+/// `account_key`, the `[coordinators]` table) commented out. It is made
+/// from the defaults themselves, so it cannot drift from them, and it
+/// reads back as the default configuration.
+pub fn example() -> Result<String> {
+    let defaults = render(&NodeConfig::default())?;
+    // Top-level keys come before the first table; the optional top-level
+    // keys go with them, so uncommenting one keeps it at the top level.
+    let split = defaults
+        .find("\n[")
+        .map(|i| i + 1)
+        .unwrap_or(defaults.len());
+    let (top, tables) = defaults.split_at(split);
+    let coordinators = render(&CoordinatorsConfig::new(1, Vec::new()))?;
+    let mut out = String::from(
+        "# rigmesh node configuration: every key with its default.\n\
+         # Use with `rigmesh node run --config <file>`; flags override the file.\n\n",
+    );
+    out.push_str(top);
+    out.push_str(
+        "# node_key = \"<data_dir>/node.key\"        # the libp2p key, created on first run\n\
+         # account_key = \"<data_dir>/account.key\"  # the account key, created on first run\n\n",
+    );
+    out.push_str(&tables.replace(
+        "[supplier.prices]\n",
+        "[supplier.prices]\n\
+         # credits per GPU-hour by the model name NVML reports, above zero; a\n\
+         # model without a price is not offered\n\
+         # \"NVIDIA H100 80GB HBM3\" = \"2.49\"\n",
+    ));
+    out.push_str(
+        "\n# The market's coordinator set, the same on every node; needed to check\n\
+         # certificates, escrow leases and settle. `members` are hex public keys\n\
+         # (n = 3f + 1), `admin` the key whose deposits are accepted.\n\
+         # [coordinators]\n",
+    );
+    for line in coordinators.lines().filter(|l| !l.trim().is_empty()) {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("# admin = \"<hex public key>\"\n");
+    Ok(out)
+}
+
+fn render<T: Serialize>(value: &T) -> Result<String> {
+    toml::to_string(value).map_err(|e| Error::Config(format!("rendering the example: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_holds_every_key_and_reads_back_as_the_defaults() {
+        let text = example().unwrap();
+        let parsed: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, NodeConfig::default());
+        for key in [
+            "role = ",
+            "data_dir = ",
+            "monitoring = ",
+            "customer_api = ",
+            "supplier_api = ",
+            "[network]",
+            "listen = ",
+            "bootstrap = ",
+            "[network.limits]",
+            "ban_threshold = ",
+            "[supplier]",
+            "offer_ttl_secs = ",
+            "max_temperature_c = ",
+            "# node_key = ",
+            "# account_key = ",
+            "# [coordinators]",
+            "# unacked_timeout_secs = 120",
+            "# settle_every_windows = 10",
+            "# fee_rate = ",
+            "# admin = ",
+            "[supplier.prices]\n# credits per GPU-hour",
+        ] {
+            assert!(text.contains(key), "{key:?} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn a_file_names_only_what_it_changes_and_flags_win() {

@@ -93,21 +93,49 @@ async fn answer_unserved(
     }
 }
 
+/// The file in a data directory naming the process of the node using it.
+const PID_FILE: &str = "node.pid";
+
+/// Why the ledger in `data_dir` did not open, in words: most often another
+/// node holds it (sled's lock), which its pid file may name.
+fn ledger_error(data_dir: &std::path::Path, text: &str) -> Error {
+    if text.contains("could not acquire lock") || text.contains("WouldBlock") {
+        let pid = std::fs::read_to_string(data_dir.join(PID_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id());
+        return Error::Config(format!(
+            "the data directory {} is in use by another node{}; stop it or give this one \
+             another --data-dir",
+            data_dir.display(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        ));
+    }
+    Error::Store(format!(
+        "opening the ledger in {}: {text}",
+        data_dir.display()
+    ))
+}
+
 /// Starts a node from its configuration.
 pub async fn start(config: NodeConfig) -> Result<RunningNode> {
+    if config.role == Role::Supplier {
+        config.supplier.check()?;
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         path: config.data_dir.display().to_string(),
         source: e,
     })?;
     let key = crate::keyfile::load_or_create_node_key(&config.node_key_path())?;
     let store = Arc::new(
-        MarketStore::open(&config.data_dir.join("ledger")).map_err(|e| {
-            Error::Store(format!(
-                "opening the ledger in {}: {e}",
-                config.data_dir.display()
-            ))
-        })?,
+        MarketStore::open(&config.data_dir.join("ledger"))
+            .map_err(|e| ledger_error(&config.data_dir, &e.to_string()))?,
     );
+    // Who holds the data directory, for the next node that tries it.
+    let pid_file = config.data_dir.join(PID_FILE);
+    if let Err(err) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::debug!(path = %pid_file.display(), %err, "pid not recorded");
+    }
     let coordinators = config.coordinator_set()?;
     let rules = config
         .coordinators

@@ -30,6 +30,11 @@ pub struct NoQuorum {
     pub votes: usize,
     /// Votes needed.
     pub need: usize,
+    /// Members that answered with a reason instead of a vote. Only these
+    /// are known not to have voted: a member that was not reached, timed
+    /// out or whose answer was lost may still have voted (and so be locked
+    /// on the message).
+    pub refused: usize,
     /// What each member that did not vote said (or why it was not reached).
     pub refusals: BTreeMap<String, String>,
 }
@@ -133,6 +138,7 @@ impl Quorum {
     ) -> Result<Certificate<T>, NoQuorum> {
         let mut votes: Vec<Signed<Vote>> = Vec::new();
         let mut refusals = BTreeMap::new();
+        let mut refused = 0;
         for (member, answer) in self.ask_all(request).await {
             match answer {
                 Ok(CoordinatorResponse::Vote(vote)) => match check_vote(message, &vote, &member) {
@@ -143,6 +149,7 @@ impl Quorum {
                     }
                 },
                 Ok(CoordinatorResponse::Refused(reason)) => {
+                    refused += 1;
                     refusals.insert(member.to_string(), reason);
                 }
                 Ok(other) => {
@@ -158,12 +165,14 @@ impl Quorum {
             return Err(NoQuorum {
                 votes: votes.len(),
                 need,
+                refused,
                 refusals,
             });
         }
         Certificate::assemble(message.clone(), &votes).map_err(|e| NoQuorum {
             votes: votes.len(),
             need,
+            refused,
             refusals: [("assemble".to_string(), e.to_string())].into(),
         })
     }
@@ -227,6 +236,7 @@ impl Quorum {
             return Err(NoQuorum {
                 votes: seqs.len(),
                 need,
+                refused: 0,
                 refusals: [(
                     "coordinators".to_string(),
                     format!(
@@ -258,6 +268,7 @@ impl Quorum {
         let failed = |e: rigmesh_protocol::Error| NoQuorum {
             votes: 0,
             need: self.set.quorum(),
+            refused: 0,
             refusals: [("withdrawal".to_string(), e.to_string())].into(),
         };
         let withdrawal = Signed::sign(

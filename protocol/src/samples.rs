@@ -89,13 +89,18 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
 
 /// A node binding of the supplier.
 pub fn node_binding() -> Result<Signed<NodeBinding>> {
+    node_binding_at(T0)
+}
+
+/// [`node_binding`], made at `t0` instead of [`T0`].
+pub fn node_binding_at(t0: UnixMillis) -> Result<Signed<NodeBinding>> {
     Signed::sign(
         NodeBinding {
             version: PROTOCOL_VERSION,
             account: supplier().public(),
             peer_id: vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20, 0xab, 0xcd],
-            created_at: T0,
-            expires_at: T0.plus_ms(7 * 24 * 3_600_000),
+            created_at: t0,
+            expires_at: t0.plus_ms(7 * 24 * 3_600_000),
         },
         &supplier(),
     )
@@ -103,6 +108,11 @@ pub fn node_binding() -> Result<Signed<NodeBinding>> {
 
 /// An offer of 8 H100s at 2.49 credits per GPU-hour.
 pub fn offer() -> Result<Signed<Offer>> {
+    offer_at(T0)
+}
+
+/// [`offer`], made at `t0` instead of [`T0`].
+pub fn offer_at(t0: UnixMillis) -> Result<Signed<Offer>> {
     Signed::sign(
         Offer {
             version: PROTOCOL_VERSION,
@@ -116,8 +126,8 @@ pub fn offer() -> Result<Signed<Offer>> {
             max_hours: 72,
             region: "eu-west".into(),
             hardware_fingerprint: Id(*blake3::hash(b"sample rig").as_bytes()),
-            created_at: T0,
-            expires_at: T0.plus_ms(3_600_000),
+            created_at: t0,
+            expires_at: t0.plus_ms(3_600_000),
         },
         &supplier(),
     )
@@ -125,6 +135,11 @@ pub fn offer() -> Result<Signed<Offer>> {
 
 /// A standing bid for 2 H100s.
 pub fn bid() -> Result<Signed<Bid>> {
+    bid_at(T0)
+}
+
+/// [`bid`], made at `t0` instead of [`T0`].
+pub fn bid_at(t0: UnixMillis) -> Result<Signed<Bid>> {
     Signed::sign(
         Bid {
             version: PROTOCOL_VERSION,
@@ -135,8 +150,8 @@ pub fn bid() -> Result<Signed<Bid>> {
             max_price_per_gpu_hour: credits(2_750_000),
             hours: 4,
             region: Some("eu-west".into()),
-            created_at: T0,
-            expires_at: T0.plus_ms(600_000),
+            created_at: t0,
+            expires_at: t0.plus_ms(600_000),
         },
         &customer(),
     )
@@ -144,19 +159,24 @@ pub fn bid() -> Result<Signed<Bid>> {
 
 /// The customer proposes 2 GPUs of [`offer`] for 4 hours.
 pub fn lease_proposal() -> Result<Signed<LeaseProposal>> {
+    lease_proposal_at(T0)
+}
+
+/// [`lease_proposal`], made at `t0` instead of [`T0`].
+pub fn lease_proposal_at(t0: UnixMillis) -> Result<Signed<LeaseProposal>> {
     Signed::sign(
         LeaseProposal {
             version: PROTOCOL_VERSION,
             customer: customer().public(),
             supplier: supplier().public(),
-            offer: offer()?.id()?,
+            offer: offer_at(t0)?.id()?,
             gpu_count: 2,
             price_per_gpu_hour: credits(2_490_000),
             hours: 4,
             window_secs: 60,
             nonce: 42,
-            created_at: T0.plus_ms(1_000),
-            expires_at: T0.plus_ms(301_000),
+            created_at: t0.plus_ms(1_000),
+            expires_at: t0.plus_ms(301_000),
         },
         &customer(),
     )
@@ -164,17 +184,22 @@ pub fn lease_proposal() -> Result<Signed<LeaseProposal>> {
 
 /// The supplier accepts [`lease_proposal`] on GPUs 2 and 5.
 pub fn lease_agreement() -> Result<Signed<LeaseAgreement>> {
-    let starts_at = T0.plus_ms(2_000);
+    lease_agreement_at(T0)
+}
+
+/// [`lease_agreement`], made at `t0` instead of [`T0`].
+pub fn lease_agreement_at(t0: UnixMillis) -> Result<Signed<LeaseAgreement>> {
+    let starts_at = t0.plus_ms(2_000);
     Signed::sign(
         LeaseAgreement {
             version: PROTOCOL_VERSION,
             supplier: supplier().public(),
-            proposal: lease_proposal()?,
+            proposal: lease_proposal_at(t0)?,
             gpu_indices: vec![2, 5],
             hardware_fingerprint: Id(*blake3::hash(b"sample rig gpus 2,5").as_bytes()),
             starts_at,
             ends_at: starts_at.plus_ms(4 * 3_600_000),
-            created_at: T0.plus_ms(2_000),
+            created_at: t0.plus_ms(2_000),
         },
         &supplier(),
     )
@@ -182,17 +207,22 @@ pub fn lease_agreement() -> Result<Signed<LeaseAgreement>> {
 
 /// The customer escrows 4 h x 2 GPUs x 2.49 = 19.92 credits for the lease.
 pub fn escrow_order() -> Result<Signed<EscrowOrder>> {
+    escrow_order_at(T0)
+}
+
+/// [`escrow_order`], made at `t0` instead of [`T0`].
+pub fn escrow_order_at(t0: UnixMillis) -> Result<Signed<EscrowOrder>> {
     Signed::sign(
         EscrowOrder {
             version: PROTOCOL_VERSION,
             account: customer().public(),
             seq: 0,
             epoch: EPOCH,
-            lease: lease_agreement()?.id()?,
+            lease: lease_agreement_at(t0)?.id()?,
             supplier: supplier().public(),
             amount: credits(19_920_000),
-            created_at: T0.plus_ms(3_000),
-            expires_at: T0.plus_ms(603_000),
+            created_at: t0.plus_ms(3_000),
+            expires_at: t0.plus_ms(603_000),
         },
         &customer(),
     )
@@ -200,9 +230,14 @@ pub fn escrow_order() -> Result<Signed<EscrowOrder>> {
 
 /// Coordinator 0's vote for [`escrow_order`].
 pub fn vote() -> Result<Signed<Vote>> {
+    vote_at(T0)
+}
+
+/// [`vote`], made at `t0` instead of [`T0`].
+pub fn vote_at(t0: UnixMillis) -> Result<Signed<Vote>> {
     let coordinator = Keypair::from_seed(COORDINATOR_SEEDS[0]);
     Signed::sign(
-        Certificate::vote_for(&escrow_order()?, coordinator.public())?,
+        Certificate::vote_for(&escrow_order_at(t0)?, coordinator.public())?,
         &coordinator,
     )
 }
@@ -224,13 +259,23 @@ fn certify<T: crate::messages::settlement::Certifiable>(
 
 /// [`escrow_order`] certified by coordinators 0, 1 and 3.
 pub fn escrow_certificate() -> Result<Certificate<EscrowOrder>> {
-    certify(escrow_order()?)
+    escrow_certificate_at(T0)
+}
+
+/// [`escrow_certificate`], made at `t0` instead of [`T0`].
+pub fn escrow_certificate_at(t0: UnixMillis) -> Result<Certificate<EscrowOrder>> {
+    certify(escrow_order_at(t0)?)
 }
 
 /// The first window of the lease: GPU 2 fully used, GPU 5 dropped out
 /// after 45 s.
 pub fn usage_attestation() -> Result<Signed<UsageAttestation>> {
-    let agreement = lease_agreement()?;
+    usage_attestation_at(T0)
+}
+
+/// [`usage_attestation`], made at `t0` instead of [`T0`].
+pub fn usage_attestation_at(t0: UnixMillis) -> Result<Signed<UsageAttestation>> {
+    let agreement = lease_agreement_at(t0)?;
     let start = agreement.body.starts_at;
     Signed::sign(
         UsageAttestation {
@@ -269,7 +314,12 @@ pub fn usage_attestation() -> Result<Signed<UsageAttestation>> {
 
 /// The customer accepts [`usage_attestation`].
 pub fn usage_ack() -> Result<Signed<UsageAck>> {
-    let attestation = usage_attestation()?;
+    usage_ack_at(T0)
+}
+
+/// [`usage_ack`], made at `t0` instead of [`T0`].
+pub fn usage_ack_at(t0: UnixMillis) -> Result<Signed<UsageAck>> {
+    let attestation = usage_attestation_at(t0)?;
     Signed::sign(
         UsageAck {
             version: PROTOCOL_VERSION,
@@ -285,7 +335,12 @@ pub fn usage_ack() -> Result<Signed<UsageAck>> {
 
 /// The customer disputes [`usage_attestation`].
 pub fn usage_dispute() -> Result<Signed<UsageDispute>> {
-    let attestation = usage_attestation()?;
+    usage_dispute_at(T0)
+}
+
+/// [`usage_dispute`], made at `t0` instead of [`T0`].
+pub fn usage_dispute_at(t0: UnixMillis) -> Result<Signed<UsageDispute>> {
+    let attestation = usage_attestation_at(t0)?;
     Signed::sign(
         UsageDispute {
             version: PROTOCOL_VERSION,
@@ -304,7 +359,12 @@ pub fn usage_dispute() -> Result<Signed<UsageDispute>> {
 /// The supplier settles the first window: 105 GPU-seconds at 2.49 per
 /// GPU-hour is 0.072625 credits, of which 1 % goes to the coordinators.
 pub fn settlement_request() -> Result<Signed<SettlementRequest>> {
-    let attestation = usage_attestation()?;
+    settlement_request_at(T0)
+}
+
+/// [`settlement_request`], made at `t0` instead of [`T0`].
+pub fn settlement_request_at(t0: UnixMillis) -> Result<Signed<SettlementRequest>> {
+    let attestation = usage_attestation_at(t0)?;
     Signed::sign(
         SettlementRequest {
             version: PROTOCOL_VERSION,
@@ -313,7 +373,7 @@ pub fn settlement_request() -> Result<Signed<SettlementRequest>> {
             customer: customer().public(),
             settlement_seq: 0,
             epoch: EPOCH,
-            escrow: escrow_order()?.id()?,
+            escrow: escrow_order_at(t0)?.id()?,
             first_window: 0,
             last_window: 0,
             attestation_head: attestation.id()?,
@@ -330,15 +390,25 @@ pub fn settlement_request() -> Result<Signed<SettlementRequest>> {
 
 /// [`settlement_request`] certified by coordinators 0, 1 and 3.
 pub fn settlement_certificate() -> Result<Certificate<SettlementRequest>> {
-    certify(settlement_request()?)
+    settlement_certificate_at(T0)
+}
+
+/// [`settlement_certificate`], made at `t0` instead of [`T0`].
+pub fn settlement_certificate_at(t0: UnixMillis) -> Result<Certificate<SettlementRequest>> {
+    certify(settlement_request_at(t0)?)
 }
 
 /// The supplier never settled: after the grace period the customer has
 /// the acked first window paid (as [`settlement_request`] computes it) and
 /// the rest of the escrow, 19.92 credits, released back to it.
 pub fn escrow_release() -> Result<Signed<EscrowRelease>> {
-    let attestation = usage_attestation()?;
-    let order = escrow_order()?;
+    escrow_release_at(T0)
+}
+
+/// [`escrow_release`], made at `t0` instead of [`T0`].
+pub fn escrow_release_at(t0: UnixMillis) -> Result<Signed<EscrowRelease>> {
+    let attestation = usage_attestation_at(t0)?;
+    let order = escrow_order_at(t0)?;
     Signed::sign(
         EscrowRelease {
             version: PROTOCOL_VERSION,
@@ -355,7 +425,7 @@ pub fn escrow_release() -> Result<Signed<EscrowRelease>> {
             supplier_amount: credits(71_899),
             fee: credits(726),
             refund: credits(order.body.amount.units() - 72_625),
-            created_at: T0.plus_ms(100_000),
+            created_at: t0.plus_ms(100_000),
         },
         &customer(),
     )
@@ -363,11 +433,21 @@ pub fn escrow_release() -> Result<Signed<EscrowRelease>> {
 
 /// [`escrow_release`] certified by coordinators 0, 1 and 3.
 pub fn release_certificate() -> Result<Certificate<EscrowRelease>> {
-    certify(escrow_release()?)
+    release_certificate_at(T0)
+}
+
+/// [`release_certificate`], made at `t0` instead of [`T0`].
+pub fn release_certificate_at(t0: UnixMillis) -> Result<Certificate<EscrowRelease>> {
+    certify(escrow_release_at(t0)?)
 }
 
 /// Coordinator 0 scores the supplier.
 pub fn reputation_report() -> Result<Signed<ReputationReport>> {
+    reputation_report_at(T0)
+}
+
+/// [`reputation_report`], made at `t0` instead of [`T0`].
+pub fn reputation_report_at(t0: UnixMillis) -> Result<Signed<ReputationReport>> {
     let coordinator = Keypair::from_seed(COORDINATOR_SEEDS[0]);
     Signed::sign(
         ReputationReport {
@@ -382,9 +462,9 @@ pub fn reputation_report() -> Result<Signed<ReputationReport>> {
             missed_windows: 3,
             refused_leases: 0,
             fingerprint_changes: 0,
-            period_start: T0.minus_ms(30 * 24 * 3_600_000),
-            period_end: T0,
-            created_at: T0.plus_ms(5_000),
+            period_start: t0.minus_ms(30 * 24 * 3_600_000),
+            period_end: t0,
+            created_at: t0.plus_ms(5_000),
         },
         &coordinator,
     )
@@ -392,6 +472,11 @@ pub fn reputation_report() -> Result<Signed<ReputationReport>> {
 
 /// The supplier's node reports a GPU that dropped out.
 pub fn alert() -> Result<Signed<Alert>> {
+    alert_at(T0)
+}
+
+/// [`alert`], made at `t0` instead of [`T0`].
+pub fn alert_at(t0: UnixMillis) -> Result<Signed<Alert>> {
     Signed::sign(
         Alert {
             version: PROTOCOL_VERSION,
@@ -400,9 +485,9 @@ pub fn alert() -> Result<Signed<Alert>> {
             audience: Audience::Supplier,
             rule: "gpu.dropped".into(),
             about: Some(supplier().public()),
-            subject: Some(lease_agreement()?.id()?),
+            subject: Some(lease_agreement_at(t0)?.id()?),
             message: "GPU 5 (NVIDIA H100 80GB HBM3) stopped answering NVML".into(),
-            created_at: T0.plus_ms(47_000),
+            created_at: t0.plus_ms(47_000),
         },
         &supplier(),
     )
@@ -410,6 +495,11 @@ pub fn alert() -> Result<Signed<Alert>> {
 
 /// The admin key tops the customer's account up with 50 credits.
 pub fn deposit() -> Result<Signed<Deposit>> {
+    deposit_at(T0)
+}
+
+/// [`deposit`], made at `t0` instead of [`T0`].
+pub fn deposit_at(t0: UnixMillis) -> Result<Signed<Deposit>> {
     Signed::sign(
         Deposit {
             version: PROTOCOL_VERSION,
@@ -418,7 +508,7 @@ pub fn deposit() -> Result<Signed<Deposit>> {
             account: customer().public(),
             amount: credits(50_000_000),
             reference: "payment 2026-09-21/0001".into(),
-            created_at: T0,
+            created_at: t0,
         },
         &admin(),
     )
@@ -427,6 +517,11 @@ pub fn deposit() -> Result<Signed<Deposit>> {
 /// The customer withdraws 10 credits at `seq` 1, the debit after
 /// [`escrow_order`].
 pub fn withdrawal() -> Result<Signed<Withdrawal>> {
+    withdrawal_at(T0)
+}
+
+/// [`withdrawal`], made at `t0` instead of [`T0`].
+pub fn withdrawal_at(t0: UnixMillis) -> Result<Signed<Withdrawal>> {
     Signed::sign(
         Withdrawal {
             version: PROTOCOL_VERSION,
@@ -435,8 +530,8 @@ pub fn withdrawal() -> Result<Signed<Withdrawal>> {
             epoch: EPOCH,
             amount: credits(10_000_000),
             destination: "iban:DE89370400440532013000".into(),
-            created_at: T0.plus_ms(90_000),
-            expires_at: T0.plus_ms(690_000),
+            created_at: t0.plus_ms(90_000),
+            expires_at: t0.plus_ms(690_000),
         },
         &customer(),
     )
@@ -444,20 +539,30 @@ pub fn withdrawal() -> Result<Signed<Withdrawal>> {
 
 /// [`withdrawal`] certified by coordinators 0, 1 and 3.
 pub fn withdrawal_certificate() -> Result<Certificate<Withdrawal>> {
-    certify(withdrawal()?)
+    withdrawal_certificate_at(T0)
+}
+
+/// [`withdrawal_certificate`], made at `t0` instead of [`T0`].
+pub fn withdrawal_certificate_at(t0: UnixMillis) -> Result<Certificate<Withdrawal>> {
+    certify(withdrawal_at(t0)?)
 }
 
 /// The customer ends the lease during its second window.
 pub fn lease_termination() -> Result<Signed<LeaseTermination>> {
+    lease_termination_at(T0)
+}
+
+/// [`lease_termination`], made at `t0` instead of [`T0`].
+pub fn lease_termination_at(t0: UnixMillis) -> Result<Signed<LeaseTermination>> {
     Signed::sign(
         LeaseTermination {
             version: PROTOCOL_VERSION,
-            lease: lease_agreement()?.id()?,
+            lease: lease_agreement_at(t0)?.id()?,
             customer: customer().public(),
             supplier: supplier().public(),
             reason: TerminationReason::CustomerRequest,
             detail: "training run finished early".into(),
-            created_at: T0.plus_ms(95_000),
+            created_at: t0.plus_ms(95_000),
         },
         &customer(),
     )
@@ -465,31 +570,37 @@ pub fn lease_termination() -> Result<Signed<LeaseTermination>> {
 
 /// The sample of `kind`.
 pub fn sample(kind: Kind) -> Result<WireMessage> {
+    sample_at(kind, T0)
+}
+
+/// The sample of `kind`, made at `t0` instead of [`T0`]: the same story
+/// with other dates, for a message that is valid now.
+pub fn sample_at(kind: Kind, t0: UnixMillis) -> Result<WireMessage> {
     Ok(match kind {
-        Kind::NodeBinding => WireMessage::NodeBinding(node_binding()?),
-        Kind::Offer => WireMessage::Offer(offer()?),
-        Kind::Bid => WireMessage::Bid(bid()?),
-        Kind::LeaseProposal => WireMessage::LeaseProposal(lease_proposal()?),
-        Kind::LeaseAgreement => WireMessage::LeaseAgreement(lease_agreement()?),
-        Kind::EscrowOrder => WireMessage::EscrowOrder(escrow_order()?),
-        Kind::Vote => WireMessage::Vote(vote()?),
-        Kind::EscrowCertificate => WireMessage::EscrowCertificate(escrow_certificate()?),
+        Kind::NodeBinding => WireMessage::NodeBinding(node_binding_at(t0)?),
+        Kind::Offer => WireMessage::Offer(offer_at(t0)?),
+        Kind::Bid => WireMessage::Bid(bid_at(t0)?),
+        Kind::LeaseProposal => WireMessage::LeaseProposal(lease_proposal_at(t0)?),
+        Kind::LeaseAgreement => WireMessage::LeaseAgreement(lease_agreement_at(t0)?),
+        Kind::EscrowOrder => WireMessage::EscrowOrder(escrow_order_at(t0)?),
+        Kind::Vote => WireMessage::Vote(vote_at(t0)?),
+        Kind::EscrowCertificate => WireMessage::EscrowCertificate(escrow_certificate_at(t0)?),
         Kind::SettlementCertificate => {
-            WireMessage::SettlementCertificate(settlement_certificate()?)
+            WireMessage::SettlementCertificate(settlement_certificate_at(t0)?)
         }
-        Kind::UsageAttestation => WireMessage::UsageAttestation(usage_attestation()?),
-        Kind::UsageAck => WireMessage::UsageAck(usage_ack()?),
-        Kind::UsageDispute => WireMessage::UsageDispute(usage_dispute()?),
-        Kind::SettlementRequest => WireMessage::SettlementRequest(settlement_request()?),
-        Kind::ReputationReport => WireMessage::ReputationReport(reputation_report()?),
-        Kind::Alert => WireMessage::Alert(alert()?),
-        Kind::Deposit => WireMessage::Deposit(deposit()?),
-        Kind::Withdrawal => WireMessage::Withdrawal(withdrawal()?),
+        Kind::UsageAttestation => WireMessage::UsageAttestation(usage_attestation_at(t0)?),
+        Kind::UsageAck => WireMessage::UsageAck(usage_ack_at(t0)?),
+        Kind::UsageDispute => WireMessage::UsageDispute(usage_dispute_at(t0)?),
+        Kind::SettlementRequest => WireMessage::SettlementRequest(settlement_request_at(t0)?),
+        Kind::ReputationReport => WireMessage::ReputationReport(reputation_report_at(t0)?),
+        Kind::Alert => WireMessage::Alert(alert_at(t0)?),
+        Kind::Deposit => WireMessage::Deposit(deposit_at(t0)?),
+        Kind::Withdrawal => WireMessage::Withdrawal(withdrawal_at(t0)?),
         Kind::WithdrawalCertificate => {
-            WireMessage::WithdrawalCertificate(withdrawal_certificate()?)
+            WireMessage::WithdrawalCertificate(withdrawal_certificate_at(t0)?)
         }
-        Kind::LeaseTermination => WireMessage::LeaseTermination(lease_termination()?),
-        Kind::EscrowRelease => WireMessage::EscrowRelease(escrow_release()?),
-        Kind::ReleaseCertificate => WireMessage::ReleaseCertificate(release_certificate()?),
+        Kind::LeaseTermination => WireMessage::LeaseTermination(lease_termination_at(t0)?),
+        Kind::EscrowRelease => WireMessage::EscrowRelease(escrow_release_at(t0)?),
+        Kind::ReleaseCertificate => WireMessage::ReleaseCertificate(release_certificate_at(t0)?),
     })
 }

@@ -15,29 +15,34 @@ pub(crate) fn run(node: NodeArgs) -> anyhow::Result<ExitCode> {
     let api = Api::connect(&node)?;
     let report: AccountReport = api.get("/v1/account")?.into("the account")?;
     if node.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     let a = &report.budget.account;
-    println!("account      {}", report.account);
-    println!(
+    outln!("account      {}", report.account);
+    outln!(
         "spent        {} across {} lease{} ({} running)",
         report.spent,
         report.leases.len(),
         if report.leases.len() == 1 { "" } else { "s" },
         report.active_leases
     );
-    println!("account cap  {}", text::cap(a.cap, a.spent, a.remaining));
-    println!();
+    outln!("account cap  {}", text::cap(a.cap, a.spent, a.remaining));
+    outln!();
     if report.leases.is_empty() {
-        println!("no leases");
+        outln!("no leases");
     } else {
-        println!(
+        outln!(
             "{:<12}  {:<12}  {:<30}  {:>10}  {:>6}  {:>8}  state",
-            "lease", "supplier", "gpus", "spent", "acked", "disputed"
+            "lease",
+            "supplier",
+            "gpus",
+            "spent",
+            "acked",
+            "disputed"
         );
         for l in &report.leases {
-            println!(
+            outln!(
                 "{:<12}  {:<12}  {:<30}  {:>10}  {:>6}  {:>8}  {}",
                 text::short(&l.lease),
                 text::short(&l.supplier),
@@ -49,11 +54,11 @@ pub(crate) fn run(node: NodeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    println!();
+    outln!();
     if report.suppliers.is_empty() {
-        println!("no disputes with suppliers");
+        outln!("no disputes with suppliers");
     } else {
-        println!("disputes with suppliers");
+        outln!("disputes with suppliers");
         for s in &report.suppliers {
             let last = s
                 .last
@@ -67,10 +72,54 @@ pub(crate) fn run(node: NodeArgs) -> anyhow::Result<ExitCode> {
                     )
                 })
                 .unwrap_or_default();
-            println!("  {}  {}{last}", text::short(&s.supplier), disputes_text(s));
+            outln!("  {}  {}{last}", text::short(&s.supplier), disputes_text(s));
         }
     }
-    println!();
-    print_alerts(&report.budget.alerts);
+    outln!();
+    print_alerts(&report.budget.alerts)?;
+    if !report.coordinators.is_empty() {
+        outln!();
+        outln!("at the coordinators");
+        outln!(
+            "  {:<12}  {:>12}  {:>12}  next debit",
+            "coordinator",
+            "balance",
+            "escrowed"
+        );
+        for c in &report.coordinators {
+            outln!(
+                "  {:<12}  {:>12}  {:>12}  {}",
+                text::short(&c.coordinator),
+                c.balance.to_string(),
+                c.escrowed.to_string(),
+                c.next_seq
+            );
+        }
+    }
+    if !report.receipts.is_empty() {
+        outln!();
+        outln!("receipts (check one with `rigmesh message verify`; bytes with --json)");
+        outln!(
+            "  {:<24}  {:<12}  {:<12}  {:>12}  {:>5}  verified",
+            "kind",
+            "subject",
+            "lease",
+            "amount",
+            "votes"
+        );
+        for r in &report.receipts {
+            outln!(
+                "  {:<24}  {:<12}  {:<12}  {:>12}  {:>5}  {}",
+                r.kind.to_string(),
+                text::short(&r.subject),
+                r.lease
+                    .map(|l| text::short(&l))
+                    .unwrap_or_else(|| "-".into()),
+                r.amount.to_string(),
+                r.votes,
+                if r.verified { "yes" } else { "NO" }
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -52,8 +52,8 @@ pub(crate) struct DepositArgs {
     /// The account credited (hex public key).
     #[arg(long)]
     account: PublicKey,
-    /// Credits to add.
-    #[arg(long)]
+    /// Credits to add (above zero).
+    #[arg(long, value_name = "CREDITS", value_parser = super::text::positive_credits)]
     amount: Credits,
     /// External reference of the top-up (a payment id); makes the
     /// deposit unique.
@@ -145,14 +145,15 @@ async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
     let need = quorum.set().quorum();
     node.stop().await?;
     if args.set.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"deposit": id.to_string(), "applied_by": applied, "quorum": need})
         );
     } else {
-        println!(
+        outln!(
             "deposit {id}: {} to {} applied by {applied} coordinators",
-            args.amount, args.account
+            args.amount,
+            args.account
         );
     }
     if applied < need {
@@ -195,15 +196,19 @@ async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
+        outln!(
             "{:<18} {:<18} {:>16} {:>16} {:>8}",
-            "account", "coordinator", "balance", "escrowed", "next seq"
+            "account",
+            "coordinator",
+            "balance",
+            "escrowed",
+            "next seq"
         );
         for (account, states) in &rows {
             for s in states {
-                println!(
+                outln!(
                     "{:<18.16} {:<18.16} {:>16} {:>16} {:>8}",
                     account.to_string(),
                     s.coordinator.to_string(),
@@ -213,7 +218,7 @@ async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             for m in silent(states) {
-                println!(
+                outln!(
                     "{:<18.16} {:<18.16} {:>16}",
                     account.to_string(),
                     m.to_string(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use rigmesh_node::customer::commands::{BidRequest, LeaseStatus};
 use rigmesh_node::customer::standing::{BidState, BidStatus};
+use rigmesh_protocol::rules::{MAX_GPUS, MAX_LEASE_HOURS, MAX_WINDOW_SECS};
 use rigmesh_protocol::Credits;
 
 use super::client::{Api, NodeArgs};
@@ -15,7 +16,7 @@ use super::offers::EXIT_NO_MATCH;
 use super::text;
 
 /// Exit code after Ctrl-C cancelled a waiting bid (the shell's 128 + SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// How often a waiting bid is polled.
 const POLL: Duration = Duration::from_secs(2);
@@ -35,18 +36,20 @@ pub(crate) struct BidArgs {
     /// GPU model, exactly as offers name it (see `rigmesh offers`).
     #[arg(long)]
     gpu: String,
-    /// GPUs wanted, all from one supplier.
-    #[arg(long, default_value_t = 1)]
+    /// GPUs wanted, all from one supplier (1 to 64).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_GPUS)))]
     count: u16,
-    /// Most you pay per GPU-hour, in credits (e.g. 2.50).
-    #[arg(long, value_name = "CREDITS")]
+    /// Most you pay per GPU-hour, in credits, above zero (e.g. 2.50).
+    #[arg(long, value_name = "CREDITS", value_parser = text::positive_credits)]
     max_price: Credits,
-    /// Lease length, hours.
-    #[arg(long)]
+    /// Lease length, hours (1 to 8784, a year; each supplier also has its
+    /// own limits).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LEASE_HOURS)))]
     hours: u32,
     /// Stop paying once this lease has cost this much (see also `rigmesh
     /// budget set --account` for a cap over all leases).
-    #[arg(long, value_name = "CREDITS")]
+    #[arg(long, value_name = "CREDITS", value_parser = text::positive_credits)]
     budget: Option<Credits>,
     /// Least memory per GPU, MiB.
     #[arg(long, default_value_t = 0)]
@@ -54,13 +57,15 @@ pub(crate) struct BidArgs {
     /// Region wanted (exact, as offers name it).
     #[arg(long)]
     region: Option<String>,
-    /// Metering window, seconds: each window is attested, checked and paid
-    /// on its own.
-    #[arg(long, default_value_t = 60)]
+    /// Metering window, seconds (1 to 3600): each window is attested,
+    /// checked and paid on its own.
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WINDOW_SECS)))]
     window_secs: u32,
-    /// Least supplier reputation in basis points (10000 is spotless,
-    /// suppliers without reports count as 5000).
-    #[arg(long, default_value_t = 0, value_name = "BP")]
+    /// Least supplier reputation in basis points, 0 to 10000 (10000 is
+    /// spotless, suppliers without reports count as 5000).
+    #[arg(long, default_value_t = 0, value_name = "BP",
+          value_parser = clap::value_parser!(u16).range(0..=10_000))]
     min_reputation_bp: u16,
     /// If nothing matches now, wait this long for a matching offer (e.g.
     /// 90s, 5m, 1h; at most 24h). The bid is announced to suppliers, and
@@ -71,24 +76,26 @@ pub(crate) struct BidArgs {
     node: NodeArgs,
 }
 
-fn print_lease(lease: &LeaseStatus) {
-    println!("lease      {}", lease.lease);
-    println!("supplier   {}", lease.supplier);
-    println!(
+fn print_lease(lease: &LeaseStatus) -> anyhow::Result<()> {
+    outln!("lease      {}", lease.lease);
+    outln!("state      {}", super::usage::state_text(lease.state));
+    outln!("supplier   {}", lease.supplier);
+    outln!(
         "gpus       {} x {} (devices {:?})",
         lease.gpus.len(),
         lease.gpu_model,
         lease.gpus
     );
-    println!(
+    outln!(
         "price      {} per GPU-hour for {} h",
-        lease.price_per_gpu_hour, lease.hours
+        lease.price_per_gpu_hour,
+        lease.hours
     );
-    println!("at most    {} (the amount to escrow)", lease.max_cost);
+    outln!("at most    {} (the amount to escrow)", lease.max_cost);
     if let Some(escrowed) = lease.escrowed {
-        println!("escrowed   {escrowed}");
+        outln!("escrowed   {escrowed}");
     }
-    println!(
+    outln!(
         "spent      {} ({} windows acked, {} disputed){}",
         lease.spent,
         lease.acked_windows,
@@ -99,6 +106,21 @@ fn print_lease(lease: &LeaseStatus) {
             ""
         }
     );
+    if let Some(s) = &lease.settlement {
+        outln!(
+            "settled    {} paid for {} window{}, {} refunded{}",
+            s.paid,
+            s.windows,
+            if s.windows == 1 { "" } else { "s" },
+            s.refunded,
+            if s.closed {
+                " (final)"
+            } else {
+                "; the final settlement refunds the rest"
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Prints the lease (text, or JSON with `waited_ms` when the bid could
@@ -116,21 +138,21 @@ fn leased(
                 object.insert("bid".into(), bid.id.to_string().into());
             }
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         if let Some((ms, Some(_))) = waited {
-            eprintln!("leased after waiting {}", text::duration(ms));
+            errln!("leased after waiting {}", text::duration(ms));
         }
-        print_lease(lease);
+        print_lease(lease)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn no_match(reason: &str, json: bool, body: &serde_json::Value) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(body)?);
+        outln!("{}", serde_json::to_string_pretty(body)?);
     }
-    eprintln!("no match: {reason}");
+    errln!("no match: {reason}");
     Ok(ExitCode::from(EXIT_NO_MATCH))
 }
 
@@ -149,9 +171,11 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
         wait_secs: args.wait,
         min_reputation_bp: args.min_reputation_bp,
     };
-    eprintln!(
+    errln!(
         "looking for {} x {} at most {} per GPU-hour...",
-        request.count, request.gpu, request.max_price
+        request.count,
+        request.gpu,
+        request.max_price
     );
     let answer = api.post("/v1/bid", &request)?;
     let waits = request.wait_secs.is_some_and(|w| w > 0);
@@ -214,12 +238,12 @@ impl Interrupts {
 /// progress to stderr.
 fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<ExitCode> {
     let total = status.wait_until.since(status.placed_at);
-    eprintln!(
+    errln!(
         "nothing matches now: {}",
         status.reason.as_deref().unwrap_or("no reason given")
     );
     let mut interrupts = Interrupts::new()?;
-    eprintln!(
+    errln!(
         "bid {} stands until {} ({}); suppliers have {} it. Ctrl-C cancels.",
         text::short(&status.id),
         text::utc(status.wait_until),
@@ -233,7 +257,11 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
     let path = format!("/v1/bids/{}", status.id);
     let mut said = status.reason.clone();
     let mut said_at = 0;
+    let mut progress = super::progress::Progress::new("waiting");
     loop {
+        if status.state != BidState::Waiting {
+            progress.done();
+        }
         match status.state {
             BidState::Waiting => {}
             BidState::Leased => {
@@ -250,7 +278,7 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
                     "bid": status.id,
                     "waited_ms": status.waited_ms,
                 });
-                eprintln!(
+                errln!(
                     "waited {}; nothing was leased",
                     text::duration(status.waited_ms)
                 );
@@ -259,19 +287,28 @@ fn wait_for(api: &Api, mut status: BidStatus, json: bool) -> anyhow::Result<Exit
             BidState::Cancelled => bail!("bid {} was cancelled", status.id),
         }
         if interrupts.wait(POLL) {
+            progress.done();
             let answer = api.delete(&path)?;
             if answer.ok() {
-                eprintln!("bid {} cancelled", text::short(&status.id));
+                errln!("bid {} cancelled", text::short(&status.id));
                 return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
             // It ended while we asked (leased, most likely): show how.
-            eprintln!("could not cancel: {}", answer.reason());
+            errln!("could not cancel: {}", answer.reason());
         }
         status = api.get(&path)?.into("the standing bid")?;
-        if status.state == BidState::Waiting
+        if status.state == BidState::Waiting && progress.on_terminal() {
+            // On a terminal: one line, redrawn at every poll.
+            progress.show(&format!(
+                "{} of {}; {}",
+                text::duration(status.waited_ms),
+                text::duration(total),
+                status.reason.as_deref().unwrap_or("no match yet")
+            ));
+        } else if status.state == BidState::Waiting
             && (status.reason != said || status.waited_ms >= said_at + PROGRESS_EVERY_MS)
         {
-            eprintln!(
+            errln!(
                 "waiting {} of {}: {}",
                 text::duration(status.waited_ms),
                 text::duration(total),
@@ -287,13 +324,13 @@ pub(crate) fn leases(node: NodeArgs) -> anyhow::Result<ExitCode> {
     let api = Api::connect(&node)?;
     let leases: Vec<LeaseStatus> = api.get("/v1/leases")?.into("the leases")?;
     if node.json {
-        println!("{}", serde_json::to_string_pretty(&leases)?);
+        outln!("{}", serde_json::to_string_pretty(&leases)?);
     } else if leases.is_empty() {
-        println!("no leases");
+        outln!("no leases");
     } else {
         for lease in &leases {
-            print_lease(lease);
-            println!();
+            print_lease(lease)?;
+            outln!();
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -65,41 +65,45 @@ pub(crate) struct SetArgs {
     node: NodeArgs,
 }
 
-pub(crate) fn print_alerts(alerts: &[AlertRecord]) {
+pub(crate) fn print_alerts(alerts: &[AlertRecord]) -> anyhow::Result<()> {
     if alerts.is_empty() {
-        println!("no budget alerts");
-        return;
+        outln!("no budget alerts");
+        return Ok(());
     }
-    println!("alerts");
+    outln!("alerts");
     for a in alerts {
         let severity = match a.severity {
             Severity::Info => "info",
             Severity::Warning => "warning",
             Severity::Critical => "critical",
         };
-        println!(
+        outln!(
             "  {}  {:<10}  {severity:<8}  {}",
             text::utc(a.created_at),
             a.rule,
             a.message
         );
     }
+    Ok(())
 }
 
-pub(crate) fn print_budget(report: &BudgetReport) {
+pub(crate) fn print_budget(report: &BudgetReport) -> anyhow::Result<()> {
     let a = &report.account;
-    println!("account cap  {}", text::cap(a.cap, a.spent, a.remaining));
-    println!("spent        {} across all leases", a.spent);
+    outln!("account cap  {}", text::cap(a.cap, a.spent, a.remaining));
+    outln!("spent        {} across all leases", a.spent);
     if report.leases.is_empty() {
-        println!("lease caps   none");
+        outln!("lease caps   none");
     } else {
-        println!("lease caps");
-        println!(
+        outln!("lease caps");
+        outln!(
             "  {:<12}  {:>10}  {:>10}  {:>10}  state",
-            "lease", "cap", "spent", "left"
+            "lease",
+            "cap",
+            "spent",
+            "left"
         );
         for l in &report.leases {
-            println!(
+            outln!(
                 "  {:<12}  {:>10}  {:>10}  {:>10}  {}",
                 text::short(&l.lease),
                 l.cap.cap.map(|c| c.to_string()).unwrap_or_default(),
@@ -113,14 +117,14 @@ pub(crate) fn print_budget(report: &BudgetReport) {
             );
         }
     }
-    print_alerts(&report.alerts);
+    print_alerts(&report.alerts)
 }
 
 fn show_or_json(report: &BudgetReport, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_budget(report);
+        print_budget(report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

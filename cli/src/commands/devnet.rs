@@ -20,15 +20,16 @@ use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
 use rigmesh_protocol::rpc::CertificateFrame;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Credits, Deposit, Keypair, Kind, Signed, UnixMillis, PROTOCOL_VERSION};
+use rigmesh_protocol::{Credits, Deposit, Keypair, Signed, UnixMillis, PROTOCOL_VERSION};
 
 /// H100 SXM5 prices from a month of public market snapshots.
 const PRICES: &str = include_str!("../../../testnet/h100-prices.json");
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevnetArgs {
-    /// Where the nodes keep their data (a fresh temporary directory if
-    /// not given; an existing devnet directory is reused).
+    /// Where the nodes keep their data, kept after the devnet ends; a
+    /// directory of an earlier devnet runs the same market again. Without
+    /// it, a temporary directory is used and removed at the end.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Keep the market running after the scenario, for the CLI.
@@ -37,8 +38,8 @@ pub(crate) struct DevnetArgs {
     /// Skip the scenario (with --serve: just run the market).
     #[arg(long)]
     no_scenario: bool,
-    /// Credits deposited for the customer.
-    #[arg(long, default_value = "25")]
+    /// Credits deposited for the customer (above zero).
+    #[arg(long, default_value = "25", value_parser = super::text::positive_credits)]
     deposit: Credits,
 }
 
@@ -90,7 +91,9 @@ fn node_config(role: Role, dir: &Path, set: &CoordinatorsConfig) -> NodeConfig {
 }
 
 fn step(text: impl std::fmt::Display) {
-    println!("  {} {text}", chrono_like_now());
+    // A reader that went away does not stop the scenario half-way: the
+    // market still stops and its files are still removed.
+    let _ = super::out::line(format_args!("  {} {text}", chrono_like_now()));
 }
 
 fn chrono_like_now() -> String {
@@ -169,14 +172,42 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
             }
         }
     }
+    // Ready once every coordinator answers the customer and every supplier
+    // has offered since this start: a reused directory already holds the
+    // bindings and offers of the last run, which say nothing of now.
+    let account = seed_file(&customer_dir, "account.key")?;
+    let started = UnixMillis::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while customer.store.count(Kind::NodeBinding) < 7 || customer.store.count(Kind::Offer) < 3 {
-        if tokio::time::Instant::now() > deadline {
-            bail!("the devnet did not connect within 30 s");
+    let mut progress = super::progress::Progress::new("connecting the devnet");
+    loop {
+        let answered = match &customer.quorum {
+            Some(quorum) => quorum.accounts(account.public()).await.len(),
+            None => 0,
+        };
+        let offers = customer
+            .store
+            .all::<rigmesh_protocol::Offer>(UnixMillis::now())
+            .unwrap_or_default()
+            .iter()
+            .filter(|o| o.body.created_at >= started)
+            .map(|o| o.body.supplier)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if answered == 4 && offers >= 3 {
+            break;
         }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the devnet did not connect within 30 s ({answered} of 4 coordinators answer \
+                 the customer, {offers} of 3 suppliers have offered)"
+            );
+        }
+        progress.show(&format!(
+            "{answered} of 4 coordinators, {offers} of 3 suppliers"
+        ));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let account = seed_file(&customer_dir, "account.key")?;
+    progress.done();
     if let Some(quorum) = &customer.quorum {
         let deposit = Signed::sign(
             Deposit {
@@ -204,26 +235,30 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
     })
 }
 
-fn print_market(m: &Market) -> anyhow::Result<()> {
-    println!("rigmesh devnet: 4 coordinators (f = 1), 3 suppliers, 1 customer on loopback");
+fn print_market(m: &Market, serve: bool) -> anyhow::Result<()> {
+    outln!("rigmesh devnet: 4 coordinators (f = 1), 3 suppliers, 1 customer on loopback");
     for (i, c) in m.coordinators.iter().enumerate() {
-        println!("  coordinator {i}  peer {}", c.peer_id);
+        outln!("  coordinator {i}  peer {}", c.peer_id);
     }
     for (i, (model, price, s)) in m.suppliers.iter().enumerate() {
-        println!(
+        outln!(
             "  supplier {i}     {model} at {price}/GPU-h, supplier api http://{}",
             s.supplier_api
         );
     }
     let token = read_token(&m.customer_dir, Scope::Customer)?;
-    println!("  customer       api http://{}", m.customer.customer_api);
-    println!("                 data dir {}", m.customer_dir.display());
-    println!("                 token {token}");
-    println!(
-        "  try: rigmesh offers --data-dir {} --api {}",
-        m.customer_dir.display(),
-        m.customer.customer_api
-    );
+    outln!("  customer       api http://{}", m.customer.customer_api);
+    outln!("                 data dir {}", m.customer_dir.display());
+    outln!("                 token {token}");
+    if serve {
+        // Only while the market stays up: without --serve it is gone when
+        // the scenario ends.
+        outln!(
+            "  try: rigmesh offers --data-dir {} --api {}",
+            m.customer_dir.display(),
+            m.customer.customer_api
+        );
+    }
     Ok(())
 }
 
@@ -251,8 +286,8 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
     let (model, _, _) = m.suppliers.first().context("no supplier")?;
     let token = read_token(&m.customer_dir, Scope::Customer)?;
     let budget: Credits = "0.02".parse()?;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "scenario: lease 2 x {model} for up to 1 h at most {}/GPU-h, 2 s metering windows, budget {budget}",
         p.high
     );
@@ -299,10 +334,19 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
             .map_or_else(|| "-".to_string(), |c| short(&c.to_string())),
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut progress = super::progress::Progress::new("scenario");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let message = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .context("the scenario did not finish within 3 minutes")?;
+        let message = tokio::select! {
+            message = tokio::time::timeout_at(deadline, events.recv()) => {
+                message.context("the scenario did not finish within 3 minutes")?
+            }
+            _ = tick.tick() => {
+                progress.show("the lease runs until the budget cap ends it, then settles");
+                continue;
+            }
+        };
+        progress.done();
         let Ok(message) = message else { continue };
         match message.message {
             WireMessage::UsageAttestation(a) => step(format!(
@@ -412,14 +456,14 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
             format!("supplier {i}"),
         );
     }
-    println!();
-    println!("books (identical on all 4 coordinators):");
+    outln!();
+    outln!("books (identical on all 4 coordinators):");
     for (account, balance) in &first {
         let name = names
             .get(account)
             .cloned()
             .unwrap_or_else(|| account.clone());
-        println!("  {name:<24.24} {balance:>14}");
+        outln!("  {name:<24.24} {balance:>14}");
     }
     Ok(())
 }
@@ -453,30 +497,50 @@ fn short(id: &str) -> String {
 }
 
 pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
-    let root = match args.dir {
-        Some(dir) => dir,
-        None => std::env::temp_dir().join(format!(
-            "rigmesh-devnet-{}-{}",
-            std::process::id(),
-            UnixMillis::now().0
-        )),
+    // Without --dir the market lives in a temporary directory that is
+    // removed when the devnet ends, however it ends short of a kill.
+    let temporary = match args.dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("rigmesh-devnet-")
+                .tempdir()
+                .context("creating a temporary directory for the devnet")?,
+        ),
+    };
+    let root = match (&args.dir, &temporary) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => bail!("no directory for the devnet"),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let market = start_market(&root, args.deposit).await?;
-        print_market(&market)?;
+    let interrupted = runtime.block_on(async move {
+        let stop = super::node::StopSignals::listen()?;
+        let mut stop = std::pin::pin!(stop.wait());
+        let market = tokio::select! {
+            market = start_market(&root, args.deposit) => market?,
+            _ = &mut stop => return Ok::<_, anyhow::Error>(true),
+        };
+        print_market(&market, args.serve)?;
+        let mut interrupted = false;
         let outcome = if args.no_scenario {
             Ok(())
         } else {
-            scenario(&market).await
+            tokio::select! {
+                outcome = scenario(&market) => outcome,
+                _ = &mut stop => {
+                    interrupted = true;
+                    Ok(())
+                }
+            }
         };
         if let Err(err) = &outcome {
-            eprintln!("scenario failed: {err:#}");
+            errln!("scenario failed: {err:#}");
         }
-        if args.serve {
-            println!();
-            println!("serving; Ctrl-C to stop");
-            super::node::wait_for_signal().await?;
+        if args.serve && !interrupted {
+            outln!();
+            outln!("serving; Ctrl-C to stop");
+            stop.await?;
         }
         for node in market
             .coordinators
@@ -486,7 +550,12 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         {
             node.stop().await?;
         }
-        outcome
+        outcome.map(|()| interrupted)
     })?;
+    drop(temporary);
+    if interrupted {
+        errln!("interrupted");
+        return Ok(ExitCode::from(super::bid::EXIT_INTERRUPTED));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,13 +22,16 @@ pub(crate) struct EndArgs {
 pub(crate) fn run(args: EndArgs) -> anyhow::Result<ExitCode> {
     let api = Api::connect(&args.node)?;
     let lease = api.lease_id(&args.lease)?;
-    let status: LeaseStatus = api
-        .post(&format!("/v1/leases/{lease}/end"), &serde_json::json!({}))?
-        .into("the ended lease")?;
+    let answer = api.post(&format!("/v1/leases/{lease}/end"), &serde_json::json!({}))?;
+    if answer.status == 409 {
+        // Already ended, or the supplier refused: the reason says which.
+        anyhow::bail!("{}", answer.reason());
+    }
+    let status: LeaseStatus = answer.into("the ended lease")?;
     if args.node.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        println!(
+        outln!(
             "lease {} ends after the window in progress; spent {} so far{}",
             status.lease,
             status.spent,

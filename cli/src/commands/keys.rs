@@ -28,10 +28,10 @@ pub(crate) fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::New { out } => {
             let key = Keypair::generate()?;
             write_key(&out, &key)?;
-            println!("{}", key.public());
-            eprintln!("wrote the secret key to {}", out.display());
+            outln!("{}", key.public());
+            errln!("wrote the secret key to {}", out.display());
         }
-        KeysCommand::Show { key } => println!("{}", read_key(&key.key_file)?.public()),
+        KeysCommand::Show { key } => outln!("{}", read_key(&key.key_file)?.public()),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,12 +38,21 @@ pub(crate) enum MessageCommand {
     },
     /// List the message kinds with their domain, size limit and carrier.
     Kinds,
-    /// Print the sample message of a kind (hex), as in specs/vectors.
+    /// Print a sample message of a kind (hex), signed by the samples'
+    /// fixed keys and dated now, so `message verify` accepts it.
     Sample {
         /// Kind of the message.
         kind: String,
+        /// Print the fixed test vector of specs/vectors instead, dated
+        /// 2026-09-21T14:13:20Z (verify it with `--at 1790000120000`).
+        #[arg(long)]
+        vector: bool,
     },
 }
+
+/// How long before now a sample's story starts (its latest message is
+/// made 95 s in).
+const SAMPLE_STORY_MS: u64 = 100_000;
 
 fn parse_kind(name: &str) -> anyhow::Result<Kind> {
     let normalized = name.replace('-', "_");
@@ -99,10 +108,10 @@ pub(crate) fn run(cmd: MessageCommand) -> anyhow::Result<ExitCode> {
                     if json {
                         let out = json!({"valid": true, "kind": kind.name(), "id": id.to_string(),
                             "message": serde_json::to_value(&message)?.get("message").cloned()});
-                        println!("{}", serde_json::to_string_pretty(&out)?);
+                        outln!("{}", serde_json::to_string_pretty(&out)?);
                     } else {
-                        println!("valid {kind} {id} ({} bytes)", bytes.len());
-                        println!("{}", serde_json::to_string_pretty(&message)?);
+                        outln!("valid {kind} {id} ({} bytes)", bytes.len());
+                        outln!("{}", serde_json::to_string_pretty(&message)?);
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -110,22 +119,22 @@ pub(crate) fn run(cmd: MessageCommand) -> anyhow::Result<ExitCode> {
                     if json {
                         let out = json!({"valid": false, "kind": kind.name(),
                             "error": err.code(), "reason": err.to_string()});
-                        println!("{}", serde_json::to_string_pretty(&out)?);
+                        outln!("{}", serde_json::to_string_pretty(&out)?);
                     } else {
-                        println!("invalid {kind}: {err} [{}]", err.code());
+                        outln!("invalid {kind}: {err} [{}]", err.code());
                     }
                     Ok(ExitCode::from(super::EXIT_INVALID))
                 }
             }
         }
         MessageCommand::Kinds => {
-            println!("{:<24} {:<36} {:>8}  carrier", "kind", "domain", "max");
+            outln!("{:<24} {:<36} {:>8}  carrier", "kind", "domain", "max");
             for kind in Kind::ALL {
                 let carrier = match kind.carrier() {
                     Carrier::Topic(t) => format!("gossip {t}"),
                     Carrier::Protocol(p) => format!("request-response {p}"),
                 };
-                println!(
+                outln!(
                     "{:<24} {:<36} {:>8}  {carrier}",
                     kind.name(),
                     kind.domain(),
@@ -134,9 +143,17 @@ pub(crate) fn run(cmd: MessageCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        MessageCommand::Sample { kind } => {
+        MessageCommand::Sample { kind, vector } => {
             let kind = parse_kind(&kind)?;
-            println!("{}", hex::encode(samples::sample(kind)?.to_bytes()?));
+            let sample = if vector {
+                samples::sample(kind)?
+            } else {
+                // The samples tell one story over the 95 s after their
+                // start; starting it 100 s ago puts every message in the
+                // past and none of them expired.
+                samples::sample_at(kind, UnixMillis::now().minus_ms(SAMPLE_STORY_MS))?
+            };
+            outln!("{}", hex::encode(sample.to_bytes()?));
             Ok(ExitCode::SUCCESS)
         }
     }

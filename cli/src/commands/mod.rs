@@ -1,6 +1,9 @@
 //! Command-line surface: the clap definitions and the dispatch to each
 //! command's module.
 
+#[macro_use]
+mod out;
+
 mod account;
 mod admin;
 mod bid;
@@ -14,6 +17,7 @@ mod message;
 mod node;
 mod offer;
 mod offers;
+mod progress;
 mod text;
 mod usage;
 mod withdraw;
@@ -21,7 +25,7 @@ mod withdraw;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code for an error (bad input, I/O): something to fix.
 pub(crate) const EXIT_ERROR: u8 = 1;
@@ -46,7 +50,14 @@ pub(crate) const EXIT_INVALID: u8 = 3;
     propagate_version = true,
     after_help = "Commands that talk to a node read its API token from --data-dir \
 (default ./rigmesh-data) and reach it at --api (default 127.0.0.1:9610).\n\
-Exit codes: 0 ok, 1 error, 2 bad arguments, 3 invalid message, 4 no match."
+\n\
+Logs go to stderr; RIGMESH_LOG sets what is logged, as a tracing filter \
+(e.g. RIGMESH_LOG=info, or RIGMESH_LOG=rigmesh_node=debug); the default is warn.\n\
+Node settings: `rigmesh node config --example` prints every key with its default.\n\
+Shell completions: `rigmesh completions bash|zsh|fish|elvish|powershell`.\n\
+\n\
+Exit codes: 0 ok, 1 error, 2 bad arguments, 3 invalid message, 4 no match,\n\
+130 interrupted (Ctrl-C while a bid waits or the devnet runs)."
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -93,12 +104,19 @@ enum Command {
     /// Operator tools for the coordinator set: deposits, balances.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
-    /// Run a node (supplier, customer, coordinator or relay).
+    /// Run a node (supplier, customer, coordinator or relay), or print the
+    /// reference of its configuration file.
     #[command(subcommand)]
     Node(node::NodeCommand),
     /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
+    /// Print a shell completion script, e.g. `rigmesh completions bash >
+    /// ~/.local/share/bash-completion/completions/rigmesh`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where a key file is read from, shared by commands that sign.
@@ -121,6 +139,30 @@ impl Cli {
     }
 }
 
+/// An error and its causes on one line, each said once: a library error
+/// that already quotes its cause (an OS error after a path) is not
+/// followed by the cause again.
+pub(crate) fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Whether `err` only says that stdout's reader went away (`| head`): not
+/// worth a word.
+pub(crate) fn reader_gone(err: &anyhow::Error) -> bool {
+    out::reader_gone(err)
+}
+
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keys(cmd) => keys::run(cmd),
@@ -138,5 +180,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budget(cmd) => budget::run(cmd),
         Command::Account(args) => account::run(args),
         Command::Forecast(cmd) => forecast::run(cmd),
+        Command::Completions { shell } => completions(shell),
     }
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rigmesh", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+    Ok(ExitCode::SUCCESS)
 }

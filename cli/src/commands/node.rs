@@ -14,11 +14,19 @@ pub(crate) enum NodeCommand {
     /// Run a node: join the network, keep a ledger of the market, serve
     /// /metrics and /health. Stops cleanly on Ctrl-C or SIGTERM.
     Run(RunArgs),
+    /// The configuration file's reference: with --example, every key of
+    /// the node's TOML with its default (optional ones commented out).
+    Config {
+        /// Print an example file holding every key with its default.
+        #[arg(long, required = true)]
+        example: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// TOML configuration file; flags below override it.
+    /// TOML configuration file; flags below override it (every key with
+    /// its default: `rigmesh node config --example`).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// relay, supplier, customer or coordinator.
@@ -48,7 +56,14 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
-    let NodeCommand::Run(args) = cmd;
+    let args = match cmd {
+        NodeCommand::Run(args) => args,
+        NodeCommand::Config { example: _ } => {
+            let text = rigmesh_node::config::example()?;
+            outln!("{}", text.trim_end());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let file = match &args.config {
         Some(path) => NodeConfig::load(path)?,
         None => NodeConfig::default(),
@@ -69,15 +84,19 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         // Listen before saying where the node is: whoever reads that may
         // send Ctrl-C at once, and it must stop the node cleanly.
         let signals = StopSignals::listen()?;
-        println!("peer id {}", node.peer_id);
+        // A reader of these lines that goes away does not stop the node.
+        let say = |args: std::fmt::Arguments<'_>| {
+            let _ = super::out::line(args);
+        };
+        say(format_args!("peer id {}", node.peer_id));
         for addr in &node.listen_addrs {
-            println!("listening on {addr}/p2p/{}", node.peer_id);
+            say(format_args!("listening on {addr}/p2p/{}", node.peer_id));
         }
-        println!("customer api on http://{}", node.customer_api);
-        println!("supplier api on http://{}", node.supplier_api);
-        println!("monitoring on http://{}", node.monitoring);
+        say(format_args!("customer api on http://{}", node.customer_api));
+        say(format_args!("supplier api on http://{}", node.supplier_api));
+        say(format_args!("monitoring on http://{}", node.monitoring));
         signals.wait().await?;
-        eprintln!("stopping");
+        errln!("stopping");
         node.stop().await?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -128,8 +147,4 @@ impl StopSignals {
             Ok(())
         }
     }
-}
-
-pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
-    StopSignals::listen()?.wait().await
 }

@@ -24,11 +24,12 @@ pub(crate) struct CreateArgs {
     /// Memory per GPU, MiB.
     #[arg(long, default_value_t = 81_559)]
     memory_mib: u64,
-    /// GPUs offered together.
-    #[arg(long, default_value_t = 1)]
+    /// GPUs offered together (1 to 64).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(rigmesh_protocol::rules::MAX_GPUS)))]
     count: u16,
-    /// Price per GPU-hour, in credits (at most 6 decimal places).
-    #[arg(long)]
+    /// Price per GPU-hour, in credits, above zero (at most 6 decimal places).
+    #[arg(long, value_parser = super::text::positive_credits)]
     price: Credits,
     /// Shortest lease, hours.
     #[arg(long, default_value_t = 1)]
@@ -78,9 +79,9 @@ pub(crate) fn run(cmd: OfferCommand) -> anyhow::Result<ExitCode> {
         .verify(&rigmesh_protocol::Clock::at(now))
         .context("the offer would be invalid")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&offer)?);
+        outln!("{}", serde_json::to_string_pretty(&offer)?);
     } else {
-        println!("{}", hex::encode(offer.to_bytes()?));
+        outln!("{}", hex::encode(offer.to_bytes()?));
     }
     Ok(ExitCode::SUCCESS)
 }

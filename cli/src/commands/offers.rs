@@ -1,34 +1,25 @@
 //! `rigmesh offers`: the market's live offers as the node sees them,
 //! cheapest first, through the node's customer API.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use rigmesh_node::api::local::{read_token, Scope};
 use rigmesh_protocol::{Credits, Offer, Signed};
+
+use super::client::{Api, NodeArgs};
 
 /// Exit code when nothing matches the filters.
 pub(crate) const EXIT_NO_MATCH: u8 = 4;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct OffersArgs {
-    /// The node's data directory (its API token is read from there).
-    #[arg(long, default_value = "rigmesh-data")]
-    data_dir: PathBuf,
-    /// The node's customer API address.
-    #[arg(long, default_value = "127.0.0.1:9610")]
-    api: SocketAddr,
     /// Only this GPU model (as NVML names it).
     #[arg(long)]
     gpu: Option<String>,
-    /// Only offers at or below this price per GPU-hour.
-    #[arg(long)]
+    /// Only offers at or below this price per GPU-hour (above zero).
+    #[arg(long, value_name = "CREDITS", value_parser = super::text::positive_credits)]
     max_price: Option<Credits>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    node: NodeArgs,
 }
 
 fn query_escape(text: &str) -> String {
@@ -43,36 +34,30 @@ fn query_escape(text: &str) -> String {
 }
 
 pub(crate) fn run(args: OffersArgs) -> anyhow::Result<ExitCode> {
-    let token = read_token(&args.data_dir, Scope::Customer).with_context(|| {
-        format!(
-            "reading the customer API token of the node in {}",
-            args.data_dir.display()
-        )
-    })?;
-    let mut url = format!("http://{}/v1/offers?", args.api);
+    let api = Api::connect(&args.node)?;
+    let mut path = "/v1/offers?".to_string();
     if let Some(gpu) = &args.gpu {
-        url.push_str(&format!("gpu={}&", query_escape(gpu)));
+        path.push_str(&format!("gpu={}&", query_escape(gpu)));
     }
     if let Some(price) = &args.max_price {
-        url.push_str(&format!("max_price={price}"));
+        path.push_str(&format!("max_price={price}"));
     }
-    let offers: Vec<Signed<Offer>> = ureq::get(&url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .call()
-        .with_context(|| format!("asking the node at {}", args.api))?
-        .body_mut()
-        .read_json()
-        .context("reading the node's answer")?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&offers)?);
+    let offers: Vec<Signed<Offer>> = api.get(&path)?.into("the offers")?;
+    if args.node.json {
+        outln!("{}", serde_json::to_string_pretty(&offers)?);
     } else if !offers.is_empty() {
-        println!(
+        outln!(
             "{:<28} {:>4} {:>9} {:>10} {:>7}  {:<10} supplier",
-            "gpu", "gpus", "mem GiB", "price/h", "hours", "region"
+            "gpu",
+            "gpus",
+            "mem GiB",
+            "price/h",
+            "hours",
+            "region"
         );
         for o in &offers {
             let b = &o.body;
-            println!(
+            outln!(
                 "{:<28} {:>4} {:>9} {:>10} {:>7}  {:<10} {}",
                 b.gpu_model,
                 b.gpu_count,
@@ -85,7 +70,7 @@ pub(crate) fn run(args: OffersArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if offers.is_empty() {
-        eprintln!("no offer matches");
+        errln!("no offer matches");
         return Ok(ExitCode::from(EXIT_NO_MATCH));
     }
     Ok(ExitCode::SUCCESS)

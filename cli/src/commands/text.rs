@@ -71,6 +71,17 @@ pub(crate) fn cap(cap: Option<Credits>, spent: Credits, remaining: Option<Credit
     }
 }
 
+/// An amount above zero, as typed on the command line (prices, budgets,
+/// deposits, withdrawals): a zero or negative one is refused before
+/// anything is signed or sent.
+pub(crate) fn positive_credits(text: &str) -> Result<Credits, String> {
+    let amount: Credits = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if amount <= Credits::ZERO {
+        return Err(format!("{amount} is not above zero"));
+    }
+    Ok(amount)
+}
+
 /// A wait like `90s`, `5m`, `1h` or `1h30m` (a bare number is seconds),
 /// in seconds.
 pub(crate) fn parse_wait(text: &str) -> Result<u64, String> {
@@ -135,5 +146,9 @@ mod tests {
             "8 (37.5 % used, 5 left)"
         );
         assert_eq!(cap(None, c("3"), None), "none");
+        assert_eq!(positive_credits("2.50"), Ok(c("2.5")));
+        for bad in ["0", "-1", "-0.000001", "x"] {
+            assert!(positive_credits(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -59,13 +59,13 @@ pub(crate) fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         .get(&format!("/v1/usage/{lease}?limit={}", args.windows))?
         .into("the lease's usage")?;
     if args.node.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     let l = &report.lease;
-    println!("lease      {}", l.lease);
-    println!("supplier   {}", l.supplier);
-    println!(
+    outln!("lease      {}", l.lease);
+    outln!("supplier   {}", l.supplier);
+    outln!(
         "gpus       {} x {} (devices {:?}) at {} per GPU-hour for {} h",
         l.gpus.len(),
         l.gpu_model,
@@ -73,37 +73,42 @@ pub(crate) fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         l.price_per_gpu_hour,
         l.hours
     );
-    println!(
+    outln!(
         "time       {} to {}, windows of {}",
         text::utc(l.starts_at),
         text::utc(l.ends_at),
         text::duration(l.window_ms)
     );
-    println!("state      {}", state_text(report.state));
-    println!(
+    outln!("state      {}", state_text(report.state));
+    outln!(
         "spent      {} ({} windows acked, {} disputed)",
-        l.spent, l.acked_windows, l.disputed_windows
+        l.spent,
+        l.acked_windows,
+        l.disputed_windows
     );
     let b = &report.budget;
-    println!(
+    outln!(
         "lease cap  {}",
         text::cap(b.lease.cap, b.lease.spent, b.lease.remaining)
     );
-    println!(
+    outln!(
         "account    {}",
         text::cap(b.account.cap, b.account.spent, b.account.remaining)
     );
     if let Some(record) = &report.supplier_record {
-        println!("supplier's record here: {}", disputes_text(record));
+        outln!("supplier's record here: {}", disputes_text(record));
     }
-    println!();
+    outln!();
     if report.windows.is_empty() {
-        println!("no windows answered yet");
+        outln!("no windows answered yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:>6}  {:<17}  {:>10}  {:>10}  answer",
-        "window", "time in lease", "GPU-ms", "charge"
+        "window",
+        "time in lease",
+        "GPU-ms",
+        "charge"
     );
     for w in &report.windows {
         let answer = match &w.status {
@@ -113,7 +118,7 @@ pub(crate) fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
                 rigmesh_node::customer::records::reason_name(*reason)
             ),
         };
-        println!(
+        outln!(
             "{:>6}  {:<17}  {:>10}  {:>10}  {answer}",
             w.seq,
             format!(
@@ -126,7 +131,7 @@ pub(crate) fn run(args: UsageArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if report.earlier_windows > 0 {
-        println!(
+        outln!(
             "({} earlier windows not listed; --windows N lists more)",
             report.earlier_windows
         );

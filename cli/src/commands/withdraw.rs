@@ -18,8 +18,8 @@ pub(crate) struct WithdrawArgs {
     /// The account's key file (a node's `<data dir>/account.key`).
     #[arg(long)]
     key_file: PathBuf,
-    /// Credits to withdraw.
-    #[arg(long)]
+    /// Credits to withdraw (above zero).
+    #[arg(long, value_name = "CREDITS", value_parser = super::text::positive_credits)]
     amount: Credits,
     /// Where the money goes outside rigmesh (a payout reference).
     #[arg(long)]
@@ -40,7 +40,7 @@ pub(crate) fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
         let certificate = result.map_err(|e| anyhow::anyhow!("withdrawal not certified: {e}"))?;
         let id = certificate.subject()?;
         if args.set.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "withdrawal": id.to_string(),
@@ -51,7 +51,7 @@ pub(crate) fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
                 })
             );
         } else {
-            println!(
+            outln!(
                 "withdrawal {id}: {} from {} to {:?}, certified by {} coordinators",
                 args.amount,
                 key.public(),

@@ -179,12 +179,28 @@ async fn authorize(State(s): State<Scoped>, request: Request, next: Next) -> Res
             )
                 .into_response()
         }
-        _ => {
-            tracing::warn!(%path, api = s.scope.name(), "refused: missing or unknown token");
+        Some(None) => {
+            tracing::warn!(%path, api = s.scope.name(), "refused: unknown token");
             (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                "a bearer token is required\n",
+                format!(
+                    "the token is not recognised by this node: use the one in the node's \
+                     <data dir>/api/{}.token\n",
+                    s.scope.name()
+                ),
+            )
+                .into_response()
+        }
+        None => {
+            tracing::warn!(%path, api = s.scope.name(), "refused: no token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!(
+                    "a bearer token is required: the one in the node's <data dir>/api/{}.token\n",
+                    s.scope.name()
+                ),
             )
                 .into_response()
         }

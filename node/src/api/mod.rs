@@ -44,18 +44,32 @@ async fn metrics(State(state): State<Monitoring>) -> impl IntoResponse {
 
 async fn health(State(state): State<Monitoring>) -> impl IntoResponse {
     match state.network.stats().await {
-        Ok(stats) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({
-                "status": "ok",
-                "peer_id": state.network.peer_id().to_string(),
-                "peers": stats.peers,
-                "accepted": stats.accepted,
-                "rejected": stats.rejected,
-                "banned": stats.banned,
-            })),
-        )
-            .into_response(),
+        Ok(stats) => {
+            // Running, but cut off from a peer it was told to join: not ok.
+            let status = if stats.unreachable_bootstrap.is_empty() {
+                "ok"
+            } else {
+                "degraded"
+            };
+            let unreachable: Vec<serde_json::Value> = stats
+                .unreachable_bootstrap
+                .iter()
+                .map(|(addr, reason)| serde_json::json!({"address": addr, "reason": reason}))
+                .collect();
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "status": status,
+                    "peer_id": state.network.peer_id().to_string(),
+                    "peers": stats.peers,
+                    "accepted": stats.accepted,
+                    "rejected": stats.rejected,
+                    "banned": stats.banned,
+                    "unreachable_bootstrap": unreachable,
+                })),
+            )
+                .into_response()
+        }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "stopped"})),
@@ -88,7 +102,7 @@ pub(crate) async fn serve_app(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
     let io = |e| Error::Io {
-        path: addr.to_string(),
+        path: format!("the {what} API's listener on {addr}"),
         source: e,
     };
     let listener = TcpListener::bind(addr).await.map_err(io)?;

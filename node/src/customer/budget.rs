@@ -14,9 +14,11 @@
 //! For the account cap the bound is one window's charge per running lease,
 //! since each may have a window under way when the cap is reached.
 //!
-//! Each alert fires exactly once per cap and threshold, even when one
-//! window jumps over several thresholds (each of them is then raised). A
-//! lease's alerts name the lease as their subject; the account's have none.
+//! Each alert fires at most once per cap and threshold. A window that jumps
+//! over several thresholds raises only the highest of them (the lower ones
+//! count as raised), and every alert says how much of the cap is really
+//! spent. A lease's alerts name the lease as their subject; the account's
+//! have none.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +85,12 @@ pub struct BudgetTracker {
     leases: BTreeMap<Id, LeaseSpend>,
     account_raised: Raised,
     alerts: Vec<Signed<Alert>>,
+}
+
+/// `spent` as a percentage of `cap`, to a tenth, rounded down (`99.2`).
+fn percent_spent(spent: Credits, cap: Credits) -> String {
+    let tenths = i128::from(spent.units()) * 1000 / i128::from(cap.units()).max(1);
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 /// True when `spent` is at least `percent` % of `cap` (exact, in units).
@@ -212,8 +220,18 @@ impl BudgetTracker {
         now: UnixMillis,
     ) -> Result<Vec<Signed<Alert>>> {
         let mut out = Vec::new();
-        for ((percent, rule, severity), done) in THRESHOLDS.iter().zip(raised.iter_mut()) {
+        // Only the highest threshold newly reached is raised.
+        let highest = THRESHOLDS
+            .iter()
+            .rposition(|(percent, _, _)| reached(spent, cap, *percent));
+        for (i, ((percent, rule, severity), done)) in
+            THRESHOLDS.iter().zip(raised.iter_mut()).enumerate()
+        {
             if *done || !reached(spent, cap, *percent) {
+                continue;
+            }
+            if Some(i) != highest {
+                *done = true;
                 continue;
             }
             let scope = match lease {
@@ -230,7 +248,9 @@ impl BudgetTracker {
                     about: Some(self.key.public()),
                     subject: lease,
                     message: format!(
-                        "{scope} has spent {spent} credits, {percent} % of its budget of {cap}"
+                        "{scope} has spent {spent} credits, {} % of its budget of {cap} \
+                         (past the {percent} % mark)",
+                        percent_spent(spent, cap)
                     ),
                     created_at: now,
                 },
@@ -299,7 +319,14 @@ mod tests {
             assert_eq!(alert.body.subject, Some(lease));
             assert_eq!(alert.body.created_at(), Some(T0));
         }
-        assert!(fired[1].body.message.contains("80 % of its budget of 10"));
+        assert!(
+            fired[1]
+                .body
+                .message
+                .contains("spent 8 credits, 80.0 % of its budget of 10 (past the 80 % mark)"),
+            "{}",
+            fired[1].body.message
+        );
     }
 
     #[test]
@@ -317,7 +344,16 @@ mod tests {
         let b = tracker
             .update(Id([2; 32]), credits("8"), Credits::ZERO, T0)
             .unwrap();
-        assert_eq!(rules(&b.alerts), ["budget.50", "budget.80"]);
+        // 17 of 20 at once: one alert, the 80 % one, saying 85 %.
+        assert_eq!(rules(&b.alerts), ["budget.80"]);
+        assert!(
+            b.alerts[0]
+                .body
+                .message
+                .contains("85.0 % of its budget of 20 (past the 80 % mark)"),
+            "{}",
+            b.alerts[0].body.message
+        );
         assert!(b.alerts.iter().all(|a| a.body.subject.is_none()));
         assert_eq!(tracker.account_spent().unwrap(), credits("17"));
         let c = tracker

@@ -68,6 +68,10 @@ pub struct LeaseStatus {
     pub disputed_windows: u64,
     /// True once the budget cap stopped the lease.
     pub stopped_at_cap: bool,
+    /// Where the lease is: running, stopped at the cap, ended (its time
+    /// is up, or it was ended) or unwatched; the same state `usage` and
+    /// `account` show.
+    pub state: crate::customer::report::LeaseState,
     /// Locked in escrow for the lease (absent without coordinators).
     #[serde(default)]
     pub escrowed: Option<Credits>,

@@ -104,6 +104,9 @@ pub struct LeaseRecord {
     /// the lease.
     #[serde(default)]
     pub agreement: Option<String>,
+    /// True once the customer ended the lease (`rigmesh end`).
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// What the customer answered for one window.
@@ -481,6 +484,7 @@ mod tests {
             stopped_at_cap: false,
             escrowed: None,
             agreement: None,
+            ended: false,
         }
     }
 

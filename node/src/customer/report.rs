@@ -263,13 +263,14 @@ pub fn account(
     })
 }
 
-/// When `now` is past a stored lease's end it has ended; otherwise it is
-/// as the runtime says (`live`) or, not watched by this run, unwatched.
+/// A stored lease the customer ended, or whose end `now` is past, has
+/// ended; otherwise it is as the runtime says (`live`) or, not watched by
+/// this run, unwatched.
 pub fn state_of(record: &LeaseRecord, live: Option<LeaseState>, now: UnixMillis) -> LeaseState {
     match live {
         Some(LeaseState::StoppedAtCap) => LeaseState::StoppedAtCap,
         _ if record.stopped_at_cap => LeaseState::StoppedAtCap,
-        _ if now >= record.ends_at => LeaseState::Ended,
+        _ if record.ended || now >= record.ends_at => LeaseState::Ended,
         Some(state) => state,
         None => LeaseState::Unwatched,
     }

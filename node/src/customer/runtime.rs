@@ -73,6 +73,9 @@ struct Lease {
     /// The escrow certified for the lease (its amount, once restarted from
     /// the records).
     escrowed: Option<Credits>,
+    /// The customer ended it (`rigmesh end`) and the supplier took the
+    /// termination: only the window then in progress is still answered.
+    ended: bool,
     escrow: Option<rigmesh_protocol::EscrowCertificate>,
     /// What the final settlement paid out of the escrow, once certified.
     settled: Option<Credits>,
@@ -84,8 +87,6 @@ struct Lease {
     last_heard: UnixMillis,
     /// When an escrow release was last asked for.
     release_tried: Option<UnixMillis>,
-    /// This node ended the lease (its user, or a silent supplier).
-    ended_here: bool,
 }
 
 impl Lease {
@@ -105,6 +106,18 @@ impl Lease {
     /// finally settled.
     fn running(&self) -> bool {
         self.settled.is_none() && !self.watch.finished()
+    }
+}
+
+/// Where a lease this run watches is; the one place its state is decided,
+/// so `leases`, `usage` and `account` say the same.
+fn live_state(lease: &Lease) -> LeaseState {
+    if lease.stopped_at_cap {
+        LeaseState::StoppedAtCap
+    } else if lease.ended || lease.watch.finished() {
+        LeaseState::Ended
+    } else {
+        LeaseState::Running
     }
 }
 
@@ -294,6 +307,7 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         stopped_at_cap: lease.stopped_at_cap,
         escrowed: lease.escrowed,
         agreement: lease.agreement.to_bytes().ok().map(hex::encode),
+        ended: lease.ended,
     }
 }
 
@@ -413,9 +427,16 @@ impl Customer {
             CustomerCommand::EndLease(lease, reply) => {
                 let result = match self.leases.get_mut(&lease) {
                     None => Err(RequestError::NotFound(format!("lease {lease}"))),
-                    Some(l) if l.stopped_at_cap || l.watch.finished() => Err(
-                        RequestError::Conflict(format!("lease {lease} has already ended")),
-                    ),
+                    Some(l) if l.stopped_at_cap => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: the budget cap stopped it"
+                    ))),
+                    Some(l) if l.ended => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: you ended it; its final settlement \
+                         refunds the rest of the escrow"
+                    ))),
+                    Some(l) if l.watch.finished() => Err(RequestError::Conflict(format!(
+                        "lease {lease} has already ended: its time is up"
+                    ))),
                     Some(l) => {
                         match end_lease(
                             &self.key,
@@ -431,8 +452,11 @@ impl Customer {
                             None => {
                                 // Windows up to the end of the one in
                                 // progress are still answered.
-                                l.ended_here = true;
                                 l.watch.end_after_current_window(now);
+                                l.ended = true;
+                                if let Err(err) = self.records.put_lease(&record_of(l)) {
+                                    tracing::warn!(%err, %lease, "lease not recorded");
+                                }
                                 Ok(status_of(l))
                             }
                             Some(reason) => Err(RequestError::Conflict(format!(
@@ -483,15 +507,7 @@ impl Customer {
     }
 
     fn state_of(&self, record: &LeaseRecord, now: UnixMillis) -> LeaseState {
-        let live = self.leases.get(&record.lease).map(|lease| {
-            if lease.stopped_at_cap {
-                LeaseState::StoppedAtCap
-            } else if lease.watch.finished() {
-                LeaseState::Ended
-            } else {
-                LeaseState::Running
-            }
-        });
+        let live = self.leases.get(&record.lease).map(live_state);
         report::state_of(record, live, now)
     }
 
@@ -584,12 +600,12 @@ impl Customer {
             watch,
             stopped_at_cap: false,
             escrowed: escrow.as_ref().map(|c| c.message.body.amount),
+            ended: false,
             escrow,
             settled: None,
             gap_since: None,
             last_heard: UnixMillis::now(),
             release_tried: None,
-            ended_here: false,
         };
         if let Err(err) = self.records.put_lease(&record_of(&lease)) {
             tracing::warn!(%err, lease = %status.lease, "lease not recorded");
@@ -747,7 +763,7 @@ impl Customer {
             gap_since: None,
             last_heard: UnixMillis::now(),
             release_tried: None,
-            ended_here: false,
+            ended: record.ended,
         };
         Ok(Some(lease))
     }
@@ -820,9 +836,7 @@ impl Customer {
         let silent: Vec<Id> = self
             .leases
             .iter()
-            .filter(|(_, l)| {
-                l.escrowed.is_some() && l.running() && !l.stopped_at_cap && !l.ended_here
-            })
+            .filter(|(_, l)| l.escrowed.is_some() && l.running() && !l.stopped_at_cap && !l.ended)
             .filter(|(_, l)| {
                 let silence = l
                     .agreement
@@ -839,7 +853,7 @@ impl Customer {
                 continue;
             };
             tracing::warn!(lease = %id, "the supplier attested nothing for too long: ending the lease");
-            lease.ended_here = true;
+            lease.ended = true;
             lease.watch.end_after_current_window(now);
             if let Some(reason) = end_lease(
                 &self.key,
@@ -1146,7 +1160,7 @@ impl Customer {
         let running: Vec<Id> = self
             .leases
             .iter()
-            .filter(|(_, l)| !l.stopped_at_cap && l.running())
+            .filter(|(_, l)| live_state(l) == LeaseState::Running)
             .map(|(id, _)| *id)
             .collect();
         for id in running {
@@ -1246,6 +1260,11 @@ fn status_of(lease: &Lease) -> LeaseStatus {
         acked_windows: lease.watch.acked_windows(),
         disputed_windows: lease.watch.dispute_count(),
         stopped_at_cap: lease.stopped_at_cap,
+        state: report::state_of(
+            &record_of(lease),
+            Some(live_state(lease)),
+            UnixMillis::now(),
+        ),
         escrowed: lease.escrowed,
         escrow_certificate: lease.escrow.as_ref().and_then(|c| c.subject().ok()),
         settlement: None,
@@ -1370,12 +1389,12 @@ async fn bid(
         watch,
         stopped_at_cap: false,
         escrowed: escrow.as_ref().map(|c| c.message.body.amount),
+        ended: false,
         escrow: escrow.clone(),
         settled: None,
         gap_since: None,
         last_heard: now,
         release_tried: None,
-        ended_here: false,
     });
     Ok((agreement, escrow, status))
 }

@@ -61,6 +61,9 @@ pub(crate) struct EventLoop {
     /// those not connected are dialled again every few seconds, so a node
     /// started before its peers finds them once they are up.
     pub(crate) bootstrap: Vec<(Multiaddr, Option<PeerId>)>,
+    /// Bootstrap addresses whose last dial failed, with why; the first
+    /// failure of each is logged as a warning, later ones at debug.
+    pub(crate) unreachable: HashMap<Multiaddr, String>,
 }
 
 /// The address without its `/p2p/<peer id>` part.
@@ -152,6 +155,11 @@ impl EventLoop {
             Command::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.peers = self.swarm.connected_peers().count();
+                stats.unreachable_bootstrap = self
+                    .unreachable
+                    .iter()
+                    .map(|(addr, why)| (addr.to_string(), why.clone()))
+                    .collect();
                 let _ = reply.send(Ok(stats));
             }
             Command::SyncFrom { peer, reply } => {
@@ -243,6 +251,9 @@ impl EventLoop {
                 for (addr, peer) in &mut self.bootstrap {
                     if endpoint.is_dialer() && without_peer(addr) == remote {
                         *peer = Some(peer_id);
+                        if self.unreachable.remove(addr).is_some() {
+                            tracing::info!(%addr, "bootstrap peer reached");
+                        }
                     }
                 }
                 if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
@@ -264,7 +275,31 @@ impl EventLoop {
                     self.strikes.remove(&peer_id);
                 }
             }
+            SwarmEvent::OutgoingConnectionError { error, .. } => self.on_dial_error(&error),
             _ => {}
+        }
+    }
+
+    /// Notes a bootstrap address that could not be reached, so the
+    /// operator hears of it (a warning, and `/health`).
+    fn on_dial_error(&mut self, error: &libp2p::swarm::DialError) {
+        let failed: Vec<(Multiaddr, String)> = match error {
+            libp2p::swarm::DialError::Transport(errors) => errors
+                .iter()
+                .map(|(addr, e)| (without_peer(addr), super::error_chain(e)))
+                .collect(),
+            _ => return,
+        };
+        for (addr, _) in &self.bootstrap {
+            let plain = without_peer(addr);
+            let Some((_, why)) = failed.iter().find(|(a, _)| *a == plain) else {
+                continue;
+            };
+            if self.unreachable.insert(addr.clone(), why.clone()).is_none() {
+                tracing::warn!(%addr, reason = %why, "bootstrap peer unreachable; retrying every few seconds");
+            } else {
+                tracing::debug!(%addr, reason = %why, "bootstrap peer still unreachable");
+            }
         }
     }
 

@@ -52,6 +52,9 @@ pub struct NetworkStats {
     pub dropped: u64,
     /// Peers banned.
     pub banned: u64,
+    /// Bootstrap addresses that could not be reached when last dialled,
+    /// each with the reason.
+    pub unreachable_bootstrap: Vec<(String, String)>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;

@@ -223,6 +223,24 @@ fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Be
     })
 }
 
+/// An error and its causes in one line, each said once: libp2p's transport
+/// errors wrap the OS error several times, some layers with no text.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.trim().is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        return format!("{err:?}");
+    }
+    parts.join(": ")
+}
+
 /// Starts the network: builds the swarm, listens, dials the bootstrap
 /// peers, and spawns the swarm and ingest tasks. Returns once every listen
 /// address is known. `shutdown` completing stops the node.
@@ -257,23 +275,45 @@ pub async fn start(
     }
 
     let mut listen_addrs = Vec::new();
+    let mut listeners = HashMap::new();
     for addr in &config.listen {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
-            .map_err(|e| Error::Config(format!("listening on {addr}: {e}")))?;
+            .map_err(|e| Error::Config(format!("listening on {addr}: {}", error_chain(&e))))?;
+        listeners.insert(id, addr.clone());
     }
     // Wait for every listener to report its address, so callers (and tests)
-    // can hand out real ports.
+    // can hand out real ports; one that fails says why.
     let wait = async {
         while listen_addrs.len() < config.listen.len() {
-            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                listen_addrs.push(address);
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(e),
+                    ..
+                }
+                | SwarmEvent::ListenerError {
+                    listener_id,
+                    error: e,
+                } => {
+                    let addr = listeners
+                        .get(&listener_id)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    return Err(Error::Config(format!(
+                        "listening on {addr}: {}",
+                        error_chain(&e)
+                    )));
+                }
+                _ => {}
             }
         }
+        Ok(())
     };
     tokio::time::timeout(Duration::from_secs(10), wait)
         .await
-        .map_err(|_| Error::Config("listeners did not start within 10 s".into()))?;
+        .map_err(|_| Error::Config("listeners did not start within 10 s".into()))??;
     // A node never dials itself (a coordinator finds its own address in
     // the coordinator table).
     let own: Vec<libp2p::Multiaddr> = listen_addrs
@@ -329,6 +369,7 @@ pub async fn start(
         listen_addrs,
         stats: NetworkStats::default(),
         bootstrap,
+        unreachable: HashMap::new(),
     };
     let task = tokio::spawn(event_loop.run(shutdown));
     Ok(Network {

@@ -57,6 +57,39 @@ impl Default for SupplierConfig {
     }
 }
 
+impl SupplierConfig {
+    /// Refuses settings under which the rig would never offer anything, or
+    /// offer what no customer can accept, with the reason. A node checks
+    /// them at start rather than run quietly without offers.
+    pub fn check(&self) -> Result<()> {
+        let bad = |reason: String| Err(crate::error::Error::Config(reason));
+        for (model, price) in &self.prices {
+            if *price <= Credits::ZERO {
+                return bad(format!(
+                    "[supplier.prices] \"{model}\" = \"{price}\": a price must be above zero \
+                     (credits per GPU-hour)"
+                ));
+            }
+        }
+        let most = rigmesh_protocol::rules::MAX_LEASE_HOURS;
+        if self.min_hours == 0 || self.min_hours > self.max_hours || self.max_hours > most {
+            return bad(format!(
+                "[supplier] min_hours = {} and max_hours = {}: need 1 <= min_hours <= \
+                 max_hours <= {most}",
+                self.min_hours, self.max_hours
+            ));
+        }
+        let longest = rigmesh_protocol::messages::market::OFFER_MAX_TTL_MS / 1000;
+        if self.offer_ttl_secs < 2 || self.offer_ttl_secs > longest {
+            return bad(format!(
+                "[supplier] offer_ttl_secs = {}: must be 2 to {longest}",
+                self.offer_ttl_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An offer and the devices behind it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OfferedGpus {

@@ -495,9 +495,7 @@ pub async fn run(
                         }
                         Err(err) => {
                             tracing::warn!(%lease, %err, "settlement not certified; retrying");
-                            if err.votes == 0 {
-                                // Nobody is locked on it: it may be rebuilt
-                                // from what is known by then.
+                            if may_rebuild(&err) {
                                 state.inflight = None;
                             }
                             state.retry_at = now.plus_ms(3_000);
@@ -513,6 +511,17 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Whether a request that did not certify may be replaced by a new one at
+/// the same settlement sequence number. Only members that answered with a
+/// reason are known to hold no vote for it; one whose answer was lost (a
+/// timeout, a dropped connection, this node stopping) may have voted and
+/// is then locked on this request, so a rebuilt one (other windows, another
+/// time) would never gather a quorum. The request is kept, and sent again
+/// unchanged, unless a quorum refused it.
+fn may_rebuild(err: &NoQuorum) -> bool {
+    err.refused >= err.need
 }
 
 fn publish_summary(settled: &SettledBook, lease: &Id, state: &LeaseState) {
@@ -626,4 +635,34 @@ async fn submit(
     state.earlier = Some(cert.clone());
     state.inflight = None;
     Ok(cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_quorum(votes: usize, refused: usize) -> NoQuorum {
+        NoQuorum {
+            votes,
+            need: 3,
+            refused,
+            refusals: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_whose_answers_were_lost_is_sent_again_unchanged() {
+        // Every answer lost (the node stopping, timeouts): members may have
+        // voted and be locked on it.
+        assert!(!may_rebuild(&no_quorum(0, 0)));
+        // Two refused, two unheard from: those two may be locked on it.
+        assert!(!may_rebuild(&no_quorum(0, 2)));
+        assert!(!may_rebuild(&no_quorum(1, 2)));
+    }
+
+    #[test]
+    fn a_request_a_quorum_refused_is_rebuilt() {
+        assert!(may_rebuild(&no_quorum(0, 3)));
+        assert!(may_rebuild(&no_quorum(1, 3)));
+    }
 }

@@ -144,7 +144,7 @@ impl MarketStore {
 
     /// Opens (or creates) a store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_in(sled::open(path)?)
+        Self::open_in(crate::store::open_db(path)?)
     }
 
     /// A store that lives in memory and disappears on drop.

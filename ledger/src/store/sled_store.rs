@@ -25,11 +25,34 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// How many times a held database lock is tried again, 50 ms apart.
+const LOCK_TRIES: u32 = 20;
+
+/// Opens (or creates) the sled database at `path`. A database another
+/// handle of this process has just closed stays locked for a moment while
+/// sled's flusher thread winds down, so a held lock is tried again for up
+/// to a second before it is an error (a restart in place, a reopen in a
+/// test); a database another process holds still fails after that second.
+pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && tries < LOCK_TRIES =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) a store at `path` with sled's defaults
     /// (background flush every 500 ms).
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(Self::open_in(sled::open(path)?))
+        Ok(Self::open_in(open_db(path)?))
     }
 
     /// Uses an already open sled database, so the ledger can share one

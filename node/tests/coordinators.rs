@@ -148,6 +148,30 @@ async fn market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode, R
     (cs, supplier, customer)
 }
 
+/// [`market`], once the customer knows every node's binding and the
+/// supplier's offer.
+async fn ready_market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode, RunningNode) {
+    let (cs, supplier, customer) = market(dirs).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    (cs, supplier, customer)
+}
+
+/// Deposits `credits` for the customer of `node` through its quorum client.
+async fn fund(node: &RunningNode, account: &Keypair, credits: &str, reference: &str) {
+    node.quorum
+        .as_ref()
+        .unwrap()
+        .deliver(CertificateFrame::Deposit(deposit(
+            account, credits, reference,
+        )))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -1109,13 +1133,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = market(&dirs).await;
-    let store = customer.store.clone();
-    eventually(20, "bindings and an offer at the customer", || {
-        let store = store.clone();
-        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
-    })
-    .await;
+    let (cs, supplier, customer) = ready_market(&dirs).await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
     let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
     // Every GPU of the rig, by an account with no money.
@@ -1128,16 +1146,7 @@ async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
     // Money arrives: the same four GPUs are leased at once, not after the
     // supplier's two-minute wait for an escrow that never came.
     let buyer = account_of(dirs[5].path());
-    customer
-        .quorum
-        .as_ref()
-        .unwrap()
-        .deliver(CertificateFrame::Deposit(deposit(
-            &buyer,
-            "20",
-            "wire-0006",
-        )))
-        .await;
+    fund(&customer, &buyer, "20", "wire-0006").await;
     let api = customer.customer_api;
     eventually(20, "all four GPUs leased", || {
         let (token, request) = (token.clone(), request.clone());
@@ -1155,25 +1164,10 @@ async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = market(&dirs).await;
-    let store = customer.store.clone();
-    eventually(20, "bindings and an offer at the customer", || {
-        let store = store.clone();
-        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
-    })
-    .await;
+    let (cs, supplier, customer) = ready_market(&dirs).await;
     let buyer = account_of(dirs[5].path());
     let seller = account_of(dirs[4].path());
-    customer
-        .quorum
-        .as_ref()
-        .unwrap()
-        .deliver(CertificateFrame::Deposit(deposit(
-            &buyer,
-            "20",
-            "wire-0007",
-        )))
-        .await;
+    fund(&customer, &buyer, "20", "wire-0007").await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
     let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
     // 1 GPU at 1.70 per GPU-hour in 1 s windows: about 0.000472 a window,
@@ -1195,7 +1189,6 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
     .await;
 
     // The customer's node stops; the supplier meters on.
-    drop(store);
     customer.stop().await.unwrap();
     let before = supplier_store.count(Kind::UsageAttestation);
     eventually(30, "windows attested while the customer is away", || {
@@ -1272,25 +1265,10 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
 async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
     common::logs();
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = market(&dirs).await;
-    let store = customer.store.clone();
-    eventually(20, "bindings and an offer at the customer", || {
-        let store = store.clone();
-        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
-    })
-    .await;
+    let (cs, supplier, customer) = ready_market(&dirs).await;
     let buyer = account_of(dirs[5].path());
     let seller = account_of(dirs[4].path());
-    customer
-        .quorum
-        .as_ref()
-        .unwrap()
-        .deliver(CertificateFrame::Deposit(deposit(
-            &buyer,
-            "20",
-            "wire-0008",
-        )))
-        .await;
+    fund(&customer, &buyer, "20", "wire-0008").await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
     let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
     let request =

@@ -44,39 +44,46 @@ pub struct LeaseSettlement {
     pub closed: bool,
 }
 
-/// The settlements of `lease` this node holds, summed.
+impl LeaseSettlement {
+    /// Adds one certified settlement (or release) of the lease.
+    fn add(&mut self, paid: Credits, refund: Credits, windows_end: Option<u64>, last: bool) {
+        self.paid = self.paid.checked_add(paid).unwrap_or(self.paid);
+        self.refunded = self.refunded.checked_add(refund).unwrap_or(self.refunded);
+        if let Some(end) = windows_end {
+            self.windows = self.windows.max(end);
+        }
+        self.closed |= last;
+    }
+}
+
+/// The settlements of `lease` this node holds, summed; a lease its
+/// supplier left unsettled ends with the customer's release.
 pub fn lease_settlement(store: &MarketStore, lease: &Id) -> LeaseSettlement {
     let mut out = LeaseSettlement::default();
+    let paid = |supplier: Credits, fee: Credits| supplier.checked_add(fee).unwrap_or(supplier);
     for cert in store
         .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(lease)
         .unwrap_or_default()
     {
         let r = &cert.message.body;
-        out.paid = out
-            .paid
-            .checked_add(r.supplier_amount)
-            .and_then(|p| p.checked_add(r.fee))
-            .unwrap_or(out.paid);
-        out.refunded = out.refunded.checked_add(r.refund).unwrap_or(out.refunded);
-        out.windows = out.windows.max(r.last_window + 1);
-        out.closed |= r.final_settlement;
+        out.add(
+            paid(r.supplier_amount, r.fee),
+            r.refund,
+            Some(r.last_window + 1),
+            r.final_settlement,
+        );
     }
-    // A lease its supplier left unsettled ends with the customer's release.
     for cert in store
         .certificates_about_lease::<rigmesh_protocol::EscrowRelease>(lease)
         .unwrap_or_default()
     {
         let r = &cert.message.body;
-        out.paid = out
-            .paid
-            .checked_add(r.supplier_amount)
-            .and_then(|p| p.checked_add(r.fee))
-            .unwrap_or(out.paid);
-        out.refunded = out.refunded.checked_add(r.refund).unwrap_or(out.refunded);
-        if let Some(last) = r.last_window() {
-            out.windows = out.windows.max(last + 1);
-        }
-        out.closed = true;
+        out.add(
+            paid(r.supplier_amount, r.fee),
+            r.refund,
+            r.last_window().map(|last| last + 1),
+            true,
+        );
     }
     out
 }
@@ -119,11 +126,11 @@ pub fn receipts(
         .unwrap_or_default()
     {
         let r = &c.message.body;
-        let amount = if r.supplier == *account {
-            r.supplier_amount
-        } else if r.customer == *account {
-            r.refund
-        } else {
+        let Some(amount) = share(
+            account,
+            (r.supplier, r.supplier_amount),
+            (r.customer, r.refund),
+        ) else {
             continue;
         };
         let verified = set.is_some_and(|s| c.verify(s).is_ok());
@@ -140,11 +147,11 @@ pub fn receipts(
         .unwrap_or_default()
     {
         let r = &c.message.body;
-        let amount = if r.supplier == *account {
-            r.supplier_amount
-        } else if r.customer == *account {
-            r.refund
-        } else {
+        let Some(amount) = share(
+            account,
+            (r.supplier, r.supplier_amount),
+            (r.customer, r.refund),
+        ) else {
             continue;
         };
         let verified = set.is_some_and(|s| c.verify(s).is_ok());
@@ -174,6 +181,22 @@ pub fn receipts(
         ));
     }
     out
+}
+
+/// What a settlement (or release) credits `account`: the supplier's share
+/// or the customer's refund; `None` when it names neither.
+fn share(
+    account: &PublicKey,
+    supplier: (PublicKey, Credits),
+    customer: (PublicKey, Credits),
+) -> Option<Credits> {
+    if supplier.0 == *account {
+        Some(supplier.1)
+    } else if customer.0 == *account {
+        Some(customer.1)
+    } else {
+        None
+    }
 }
 
 fn receipt<T: rigmesh_protocol::Message>(

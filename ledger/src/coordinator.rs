@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use rigmesh_protocol::rpc::DebitRequest;
 use rigmesh_protocol::{
     Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, EscrowCertificate,
     EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement, LeaseTermination, PublicKey,
@@ -300,8 +301,57 @@ impl<'l, S: Store> Coordinator<'l, S> {
         now: UnixMillis,
     ) -> Result<Signed<Vote>, Refusal> {
         let subject = order.id().unwrap_or(Id::ZERO);
-        self.escrow_rules(order, agreement, subject, now)
+        self.escrow_rules(order, agreement, subject, now, false)
             .map_err(|r| self.refuse("vote on escrow order", subject, now, r))
+    }
+
+    /// The voting rule for a debit that already holds votes (section
+    /// 14.2): the rule of its kind, except that a valid vote of a member
+    /// for it stands in for its expiry, which only bounds a first vote.
+    pub fn complete_debit(
+        &self,
+        debit: &DebitRequest,
+        votes: &[Signed<Vote>],
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        match debit {
+            DebitRequest::Escrow { order, agreement } => {
+                let subject = order.id().unwrap_or(Id::ZERO);
+                self.vote_proof(order, votes)
+                    .and_then(|()| self.escrow_rules(order, agreement, subject, now, true))
+                    .map_err(|r| self.refuse("vote on escrow order", subject, now, r))
+            }
+            DebitRequest::Withdraw(withdrawal) => {
+                let subject = withdrawal.id().unwrap_or(Id::ZERO);
+                self.vote_proof(withdrawal, votes)
+                    .and_then(|()| self.withdrawal_rules(withdrawal, subject, now, true))
+                    .map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+            }
+        }
+    }
+
+    /// Checks that `votes` hold a valid vote of a member of this epoch for
+    /// `message`: proof that the message was timely when first voted for.
+    fn vote_proof<T: Certifiable>(
+        &self,
+        message: &Signed<T>,
+        votes: &[Signed<Vote>],
+    ) -> Result<(), Refusal> {
+        message.verify_record()?;
+        let proven = votes.iter().any(|vote| {
+            self.config.set.contains(&vote.signer)
+                && Certificate::vote_for(message, vote.signer)
+                    .is_ok_and(|expected| vote.body == expected)
+                && vote.verify_record().is_ok()
+        });
+        if proven {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "no_vote_proof",
+                "no valid vote of a member for this debit came with it",
+            ))
+        }
     }
 
     fn escrow_rules(
@@ -310,13 +360,22 @@ impl<'l, S: Store> Coordinator<'l, S> {
         agreement: &Signed<LeaseAgreement>,
         subject: Id,
         now: UnixMillis,
+        proven: bool,
     ) -> Result<Signed<Vote>, Refusal> {
         order.verify_record()?;
         let o = &order.body;
         if self.ledger.debit_lock(&o.account, o.seq)? == Some(subject) {
             return self.sign_vote(order);
         }
-        order.verify(&self.clock(now))?;
+        if proven {
+            self.clock(now).check(
+                rigmesh_protocol::Kind::EscrowOrder,
+                Some(o.created_at),
+                None,
+            )?;
+        } else {
+            order.verify(&self.clock(now))?;
+        }
         self.check_epoch(o.epoch)?;
         agreement
             .verify_record()
@@ -407,20 +466,33 @@ impl<'l, S: Store> Coordinator<'l, S> {
         now: UnixMillis,
     ) -> Result<Signed<Vote>, Refusal> {
         let subject = withdrawal.id().unwrap_or(Id::ZERO);
-        let rules = || -> Result<Signed<Vote>, Refusal> {
-            withdrawal.verify_record()?;
-            let w = &withdrawal.body;
-            if self.ledger.debit_lock(&w.account, w.seq)? == Some(subject) {
-                return self.sign_vote(withdrawal);
-            }
+        self.withdrawal_rules(withdrawal, subject, now, false)
+            .map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+    }
+
+    fn withdrawal_rules(
+        &self,
+        withdrawal: &Signed<Withdrawal>,
+        subject: Id,
+        now: UnixMillis,
+        proven: bool,
+    ) -> Result<Signed<Vote>, Refusal> {
+        withdrawal.verify_record()?;
+        let w = &withdrawal.body;
+        if self.ledger.debit_lock(&w.account, w.seq)? == Some(subject) {
+            return self.sign_vote(withdrawal);
+        }
+        if proven {
+            self.clock(now)
+                .check(rigmesh_protocol::Kind::Withdrawal, Some(w.created_at), None)?;
+        } else {
             withdrawal.verify(&self.clock(now))?;
-            self.check_epoch(w.epoch)?;
-            self.debit_rules(&w.account, w.seq, subject)?;
-            self.check_balance(&w.account, w.amount)?;
-            self.take_debit_lock(&w.account, w.seq, subject, now)?;
-            self.sign_vote(withdrawal)
-        };
-        rules().map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+        }
+        self.check_epoch(w.epoch)?;
+        self.debit_rules(&w.account, w.seq, subject)?;
+        self.check_balance(&w.account, w.amount)?;
+        self.take_debit_lock(&w.account, w.seq, subject, now)?;
+        self.sign_vote(withdrawal)
     }
 
     /// Applies a deposit: only one signed by the epoch's admin key, for

@@ -80,6 +80,7 @@ pub struct MarketStore {
     db: sled::Db,
     messages: sled::Tree,
     bans: sled::Tree,
+    debits: sled::Tree,
 }
 
 /// First byte of live-offer index keys; above every kind tag.
@@ -138,6 +139,7 @@ impl MarketStore {
         Ok(MarketStore {
             messages: db.open_tree("market/messages")?,
             bans: db.open_tree("market/bans")?,
+            debits: db.open_tree("market/pending_debits")?,
             db,
         })
     }
@@ -373,6 +375,41 @@ impl MarketStore {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps, durably, the debit `account` is about to send at `seq` (the
+    /// bytes of the request that first asks for votes), replacing any
+    /// earlier one: an account has at most one debit in flight, and one
+    /// that gathers votes but no quorum must be completed before another
+    /// is signed (specs/settlement.md 14.2).
+    pub fn put_pending_debit(&self, account: &PublicKey, seq: u64, request: &[u8]) -> Result<()> {
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(request);
+        self.debits.insert(account.as_bytes(), value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The debit `account` sent last and has not seen certified, with its
+    /// sequence number.
+    pub fn pending_debit(&self, account: &PublicKey) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(value) = self.debits.get(account.as_bytes())? else {
+            return Ok(None);
+        };
+        let seq = read_u64(&value, "pending debit")?;
+        Ok(Some((seq, value.get(8..).unwrap_or_default().to_vec())))
+    }
+
+    /// Forgets `account`'s pending debit at `seq` (certified, or known to
+    /// hold no vote); a newer one is kept.
+    pub fn clear_pending_debit(&self, account: &PublicKey, seq: u64) -> Result<()> {
+        if let Some((held, _)) = self.pending_debit(account)? {
+            if held == seq {
+                self.debits.remove(account.as_bytes())?;
+                self.db.flush()?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes everything written so far durable.

@@ -618,3 +618,74 @@ fn a_customer_releases_the_escrow_of_a_lease_its_supplier_never_settled() {
         .unwrap_err();
     assert_eq!(late.code, "lease_closed", "{late}");
 }
+
+#[test]
+fn an_order_that_gathered_votes_before_it_expired_can_still_be_completed() {
+    use rigmesh_protocol::rpc::DebitRequest;
+    let net = Net::new();
+    net.deposit_everywhere(&samples::customer(), 25_000_000);
+    let agreement = samples::lease_agreement().unwrap();
+    let o = order(0, 19_920_000, 0);
+    // Only coordinator 0 is reached before the order expires.
+    let first = net.c(0).vote_escrow(&o, &agreement, now()).unwrap();
+    let late = o.body.expires_at.plus_ms(net.config.skew_ms + 1);
+    let expired = net.c(1).vote_escrow(&o, &agreement, late).unwrap_err();
+    assert_eq!(expired.code, "expired", "{expired}");
+    let debit = DebitRequest::Escrow {
+        order: o.clone(),
+        agreement: agreement.clone(),
+    };
+
+    // No proof, a vote by someone outside the set, or a member's vote for
+    // another order: still refused, and nothing is locked.
+    let outsider = Keypair::from_seed([0x77; 32]);
+    let forged = Signed::sign(
+        Certificate::vote_for(&o, outsider.public()).unwrap(),
+        &outsider,
+    )
+    .unwrap();
+    let other = order(0, 19_000_000, 5);
+    let elsewhere = net.c(2).vote_escrow(&other, &agreement, now()).unwrap();
+    for votes in [vec![], vec![forged], vec![elsewhere]] {
+        let refused = net.c(1).complete_debit(&debit, &votes, late).unwrap_err();
+        assert_eq!(refused.code, "no_vote_proof", "{refused}");
+    }
+    assert_eq!(
+        net.ledgers[1]
+            .debit_lock(&samples::customer().public(), 0)
+            .unwrap(),
+        None
+    );
+
+    // With coordinator 0's vote as the proof, 1 and 3 vote after expiry
+    // and the certificate forms; 2, locked on the other order, refuses.
+    let mut votes = vec![first.clone()];
+    for i in [1, 3] {
+        votes.push(
+            net.c(i)
+                .complete_debit(&debit, std::slice::from_ref(&first), late)
+                .unwrap(),
+        );
+    }
+    let refused = net
+        .c(2)
+        .complete_debit(&debit, std::slice::from_ref(&first), late)
+        .unwrap_err();
+    assert_eq!(refused.code, "conflicting_order");
+    let cert = collect(&o, votes);
+    assert!(cert.verify(&net.config.set).is_ok());
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_escrow(&cert, late).unwrap(),
+            Applied::Applied
+        );
+    }
+    let customer = Account::User(samples::customer().public());
+    for i in 0..4 {
+        assert_eq!(
+            net.ledgers[i].balance(&customer).unwrap(),
+            Credits::from_units(25_000_000 - 19_920_000)
+        );
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
+}

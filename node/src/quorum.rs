@@ -14,7 +14,7 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::rpc::{
-    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse,
+    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, DebitRequest,
 };
 use rigmesh_protocol::{
     Certifiable, Certificate, CoordinatorSet, NodeBinding, PublicKey, Signed, UnixMillis, Vote,
@@ -136,6 +136,18 @@ impl Quorum {
         message: &Signed<T>,
         request: &CoordinatorRequest,
     ) -> Result<Certificate<T>, NoQuorum> {
+        self.certify_votes(message, request)
+            .await
+            .map_err(|(no, _)| no)
+    }
+
+    /// As [`Quorum::certify`]; without a quorum, also returns the valid
+    /// votes that came back.
+    async fn certify_votes<T: Certifiable>(
+        &self,
+        message: &Signed<T>,
+        request: &CoordinatorRequest,
+    ) -> Result<Certificate<T>, (NoQuorum, Vec<Signed<Vote>>)> {
         let mut votes: Vec<Signed<Vote>> = Vec::new();
         let mut refusals = BTreeMap::new();
         let mut refused = 0;
@@ -162,18 +174,26 @@ impl Quorum {
         }
         let need = self.set.quorum();
         if votes.len() < need {
-            return Err(NoQuorum {
-                votes: votes.len(),
-                need,
-                refused,
-                refusals,
-            });
+            return Err((
+                NoQuorum {
+                    votes: votes.len(),
+                    need,
+                    refused,
+                    refusals,
+                },
+                votes,
+            ));
         }
-        Certificate::assemble(message.clone(), &votes).map_err(|e| NoQuorum {
-            votes: votes.len(),
-            need,
-            refused,
-            refusals: [("assemble".to_string(), e.to_string())].into(),
+        Certificate::assemble(message.clone(), &votes).map_err(|e| {
+            (
+                NoQuorum {
+                    votes: votes.len(),
+                    need,
+                    refused,
+                    refusals: [("assemble".to_string(), e.to_string())].into(),
+                },
+                votes.clone(),
+            )
         })
     }
 
@@ -253,7 +273,195 @@ impl Quorum {
     }
 }
 
+/// Why a debit was not certified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DebitError {
+    /// No quorum voted for it (or answered the account query).
+    #[error("{0}")]
+    NoQuorum(#[from] NoQuorum),
+    /// An earlier debit of the account gathered votes but no certificate
+    /// yet; it must be completed before another is signed.
+    #[error("the account's debit at seq {0} holds votes but no certificate yet; it is completed before any other debit (try again)")]
+    Stalled(u64),
+    /// The request could not be built, encoded or kept.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A certified debit.
+#[derive(Debug, Clone)]
+pub struct Debited {
+    /// Its certificate, handed to every member.
+    pub certificate: CertificateFrame,
+    /// An earlier debit of the account that was still in flight and was
+    /// completed first.
+    pub earlier: Option<Completed>,
+}
+
+/// An earlier debit completed before a new one was signed.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The debit as it was first sent.
+    pub debit: DebitRequest,
+    /// Its certificate, handed to every member.
+    pub certificate: CertificateFrame,
+}
+
+/// The message a debit asks votes for.
+fn debit_message(debit: &DebitRequest) -> (&'static str, u64) {
+    match debit {
+        DebitRequest::Escrow { order, .. } => ("escrow", order.body.seq),
+        DebitRequest::Withdraw(w) => ("withdrawal", w.body.seq),
+    }
+}
+
 impl Quorum {
+    /// Certifies `debit` and hands the certificate to every member: first
+    /// with the request that asks for votes, then, if some members voted
+    /// but no quorum formed, with those votes as the proof that it was
+    /// timely (settlement.md 14.2), so members that refused it as expired
+    /// vote too. Returns the certificate, or why none formed and how many
+    /// members voted.
+    async fn certify_debit(&self, debit: &DebitRequest) -> Result<CertificateFrame, NoQuorum> {
+        let first = debit.first_request(Vec::new());
+        let mut voted = Vec::new();
+        for attempt in 0..2 {
+            let request = if attempt == 0 {
+                first.clone()
+            } else {
+                CoordinatorRequest::CompleteDebit {
+                    debit: Box::new(debit.clone()),
+                    votes: voted.clone(),
+                }
+            };
+            let result = match debit {
+                DebitRequest::Escrow { order, .. } => self
+                    .certify_votes(order, &request)
+                    .await
+                    .map(|c| CertificateFrame::Escrow(Box::new(c))),
+                DebitRequest::Withdraw(w) => self
+                    .certify_votes(w, &request)
+                    .await
+                    .map(|c| CertificateFrame::Withdrawal(Box::new(c))),
+            };
+            match result {
+                Ok(frame) => {
+                    self.deliver(frame.clone()).await;
+                    return Ok(frame);
+                }
+                Err((_, votes)) if attempt == 0 && !votes.is_empty() => voted = votes,
+                Err((no, _)) => return Err(no),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Completes `account`'s debit still in flight, if one is kept and
+    /// the set has not applied it: before another debit is signed, since
+    /// members that voted for it are locked on it. Returns its certificate
+    /// when it is completed now, `None` when none was in flight (or it
+    /// held no vote and is dropped).
+    pub async fn complete_pending(
+        &self,
+        account: PublicKey,
+    ) -> Result<Option<Completed>, DebitError> {
+        let failed = |e: &dyn std::fmt::Display| DebitError::Failed(e.to_string());
+        let Some((seq, bytes)) = self.store.pending_debit(&account).map_err(|e| failed(&e))? else {
+            return Ok(None);
+        };
+        let next = self.next_seq(account).await?;
+        if seq < next {
+            // Applied by the set (its certificate reached a quorum).
+            self.store
+                .clear_pending_debit(&account, seq)
+                .map_err(|e| failed(&e))?;
+            return Ok(None);
+        }
+        let debit = match CoordinatorRequest::from_bytes(&bytes) {
+            Ok(CoordinatorRequest::Escrow {
+                order, agreement, ..
+            }) => DebitRequest::Escrow {
+                order,
+                agreement: *agreement,
+            },
+            Ok(CoordinatorRequest::Withdraw { withdrawal, .. }) => {
+                DebitRequest::Withdraw(withdrawal)
+            }
+            _ => {
+                tracing::error!(%account, seq, "the kept debit does not decode; dropped");
+                self.store
+                    .clear_pending_debit(&account, seq)
+                    .map_err(|e| failed(&e))?;
+                return Ok(None);
+            }
+        };
+        let (what, _) = debit_message(&debit);
+        match self.certify_debit(&debit).await {
+            Ok(certificate) => {
+                tracing::info!(%account, seq, what, "an earlier debit in flight is certified");
+                self.store
+                    .clear_pending_debit(&account, seq)
+                    .map_err(|e| failed(&e))?;
+                Ok(Some(Completed { debit, certificate }))
+            }
+            Err(no) if no.votes == 0 && no.refused >= self.set.quorum() => {
+                // A quorum answered without a vote: those members are not
+                // locked on it, so a new debit at this seq can still be
+                // certified, and at most one of the two ever will.
+                tracing::info!(%account, seq, what, reasons = %no, "an earlier debit held no vote; dropped");
+                self.store
+                    .clear_pending_debit(&account, seq)
+                    .map_err(|e| failed(&e))?;
+                Ok(None)
+            }
+            Err(no) => {
+                tracing::warn!(%account, seq, what, reasons = %no, "an earlier debit is not certified yet");
+                Err(DebitError::Stalled(seq))
+            }
+        }
+    }
+
+    /// Certifies a debit of `account` at its next sequence number, built
+    /// by `build`: kept durably before it is sent (so it is completed,
+    /// never abandoned, if no quorum forms now or this node stops), and
+    /// forgotten once certified or once every member has refused it.
+    pub async fn debit(
+        &self,
+        account: PublicKey,
+        build: impl FnOnce(u64) -> Result<DebitRequest, String>,
+    ) -> Result<Debited, DebitError> {
+        let failed = |e: &dyn std::fmt::Display| DebitError::Failed(e.to_string());
+        let earlier = self.complete_pending(account).await?;
+        let seq = self.next_seq(account).await?;
+        let debit = build(seq).map_err(DebitError::Failed)?;
+        let bytes = debit
+            .first_request(Vec::new())
+            .to_bytes()
+            .map_err(|e| failed(&e))?;
+        self.store
+            .put_pending_debit(&account, seq, &bytes)
+            .map_err(|e| failed(&e))?;
+        match self.certify_debit(&debit).await {
+            Ok(certificate) => {
+                self.store
+                    .clear_pending_debit(&account, seq)
+                    .map_err(|e| failed(&e))?;
+                Ok(Debited {
+                    certificate,
+                    earlier,
+                })
+            }
+            Err(no) => {
+                if no.votes == 0 && no.refused >= self.set.quorum() {
+                    self.store
+                        .clear_pending_debit(&account, seq)
+                        .map_err(|e| failed(&e))?;
+                }
+                Err(no.into())
+            }
+        }
+    }
+
     /// Moves `amount` out of `key`'s account to an external `destination`:
     /// a withdrawal at the account's next debit sequence number, certified
     /// by a quorum and handed to every coordinator.
@@ -262,37 +470,34 @@ impl Quorum {
         key: &rigmesh_protocol::Keypair,
         amount: rigmesh_protocol::Credits,
         destination: &str,
-    ) -> Result<rigmesh_protocol::WithdrawalCertificate, NoQuorum> {
-        let seq = self.next_seq(key.public()).await?;
-        let now = UnixMillis::now();
-        let failed = |e: rigmesh_protocol::Error| NoQuorum {
-            votes: 0,
-            need: self.set.quorum(),
-            refused: 0,
-            refusals: [("withdrawal".to_string(), e.to_string())].into(),
-        };
-        let withdrawal = Signed::sign(
-            rigmesh_protocol::Withdrawal {
-                version: rigmesh_protocol::PROTOCOL_VERSION,
-                account: key.public(),
-                seq,
-                epoch: self.set.epoch(),
-                amount,
-                destination: destination.to_string(),
-                created_at: now,
-                expires_at: now.plus_ms(10 * 60_000),
-            },
-            key,
-        )
-        .map_err(failed)?;
-        let request = CoordinatorRequest::Withdraw {
-            withdrawal: withdrawal.clone(),
-            missing: Vec::new(),
-        };
-        let certificate = self.certify(&withdrawal, &request).await?;
-        self.deliver(CertificateFrame::Withdrawal(Box::new(certificate.clone())))
-            .await;
-        Ok(certificate)
+    ) -> Result<rigmesh_protocol::WithdrawalCertificate, DebitError> {
+        let debited = self
+            .debit(key.public(), |seq| {
+                let now = UnixMillis::now();
+                Signed::sign(
+                    rigmesh_protocol::Withdrawal {
+                        version: rigmesh_protocol::PROTOCOL_VERSION,
+                        account: key.public(),
+                        seq,
+                        epoch: self.set.epoch(),
+                        amount,
+                        destination: destination.to_string(),
+                        created_at: now,
+                        expires_at: now.plus_ms(10 * 60_000),
+                    },
+                    key,
+                )
+                .map(DebitRequest::Withdraw)
+                .map_err(|e| e.to_string())
+            })
+            .await?;
+        match debited.certificate {
+            CertificateFrame::Withdrawal(certificate) => Ok(*certificate),
+            other => Err(DebitError::Failed(format!(
+                "certified {:?} instead of a withdrawal",
+                other.kind()
+            ))),
+        }
     }
 }
 

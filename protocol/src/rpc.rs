@@ -174,6 +174,48 @@ pub enum CoordinatorRequest {
     Terminate(Signed<LeaseTermination>),
     /// Vote for an escrow release.
     Release(Box<ReleaseBundle>),
+    /// Vote for a debit that already holds votes (settlement.md 14.2):
+    /// a member's vote for it proves it was timely, so the other members
+    /// vote for it after it expired, and a debit that gathered some votes
+    /// but no quorum can always be completed.
+    CompleteDebit {
+        /// The escrow order or withdrawal, as first sent.
+        debit: Box<DebitRequest>,
+        /// Votes members cast for it (one suffices as the proof).
+        votes: Vec<Signed<Vote>>,
+    },
+}
+
+/// A debit to vote on: the order and what its rules need.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[allow(clippy::large_enum_variant)]
+pub enum DebitRequest {
+    /// An escrow order with the agreement of the lease it funds.
+    Escrow {
+        /// The order.
+        order: Signed<EscrowOrder>,
+        /// The agreement of the lease.
+        agreement: Signed<LeaseAgreement>,
+    },
+    /// A withdrawal.
+    Withdraw(Signed<Withdrawal>),
+}
+
+impl DebitRequest {
+    /// The request that first asks members to vote for this debit.
+    pub fn first_request(&self, missing: Vec<CertificateFrame>) -> CoordinatorRequest {
+        match self {
+            DebitRequest::Escrow { order, agreement } => CoordinatorRequest::Escrow {
+                order: order.clone(),
+                agreement: Box::new(agreement.clone()),
+                missing,
+            },
+            DebitRequest::Withdraw(withdrawal) => CoordinatorRequest::Withdraw {
+                withdrawal: withdrawal.clone(),
+                missing,
+            },
+        }
+    }
 }
 
 /// An account as one coordinator holds it.
@@ -502,6 +544,17 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
             CoordinatorRequest::Apply(CertificateFrame::Release(Box::new(
                 samples::release_certificate()?,
             )))
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::CompleteDebit {
+                debit: Box::new(DebitRequest::Escrow {
+                    order: samples::escrow_order()?,
+                    agreement: samples::lease_agreement()?,
+                }),
+                votes: vec![samples::vote()?],
+            }
             .to_bytes()?,
         ),
         (

@@ -167,6 +167,9 @@ impl CoordinatorRole {
                 }
             }
             CoordinatorRequest::Release(bundle) => self.vote_release(*bundle, now),
+            CoordinatorRequest::CompleteDebit { debit, votes } => {
+                rules.complete_debit(&debit, &votes, now)
+            }
             CoordinatorRequest::Terminate(termination) => {
                 return match self.hold_termination(&termination, now) {
                     Ok(()) => CoordinatorResponse::Applied,

@@ -7,7 +7,7 @@
 //! gives it to the supplier, which starts metering once it has checked it.
 
 use libp2p::PeerId;
-use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, LeaseRequest, LeaseResponse};
+use rigmesh_protocol::rpc::{CertificateFrame, DebitRequest, LeaseRequest, LeaseResponse};
 use rigmesh_protocol::{
     Credits, EscrowCertificate, EscrowOrder, Keypair, LeaseAgreement, Signed, UnixMillis,
     PROTOCOL_VERSION,
@@ -15,14 +15,17 @@ use rigmesh_protocol::{
 
 use super::runtime::BidError;
 use crate::network::{NodeHandle, Protocol};
-use crate::quorum::Quorum;
+use crate::quorum::{Completed, DebitError, Quorum};
 use crate::supplier::desk::lease_cost;
 
 /// How long an escrow order may gather votes.
 const ORDER_TTL_MS: u64 = 10 * 60_000;
 
 /// Escrows the lease's full cost, or `limit` when that is less, and hands
-/// the certificate to the supplier.
+/// the certificate to the supplier. An earlier debit of the account that
+/// was still in flight is completed first (settlement.md 14.2); if it was
+/// the escrow of another lease, its certificate lands in `orphans`, for
+/// the caller to end that lease and have its escrow released.
 pub async fn fund(
     key: &Keypair,
     quorum: &Quorum,
@@ -30,6 +33,7 @@ pub async fn fund(
     supplier: PeerId,
     agreement: &Signed<LeaseAgreement>,
     limit: Option<Credits>,
+    orphans: &mut Vec<Completed>,
 ) -> Result<EscrowCertificate, BidError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
     let cost = lease_cost(agreement)
@@ -40,39 +44,53 @@ pub async fn fund(
             "the budget leaves nothing to escrow for this lease".into(),
         ));
     }
-    let seq = quorum
-        .next_seq(key.public())
-        .await
-        .map_err(|e| BidError::Refused(format!("escrow not possible now: {e}")))?;
-    let now = UnixMillis::now();
-    let order = Signed::sign(
-        EscrowOrder {
-            version: PROTOCOL_VERSION,
-            account: key.public(),
-            seq,
-            epoch: quorum.set().epoch(),
-            lease: agreement.id().map_err(|e| failed("lease id", &e))?,
-            supplier: agreement.body.supplier,
-            amount,
-            created_at: now,
-            expires_at: now.plus_ms(ORDER_TTL_MS),
-        },
-        key,
-    )
-    .map_err(|e| failed("signing the escrow order", &e))?;
-    let request = CoordinatorRequest::Escrow {
-        order: order.clone(),
-        agreement: Box::new(agreement.clone()),
-        missing: Vec::new(),
-    };
-    let certificate = quorum
-        .certify(&order, &request)
-        .await
-        .map_err(|e| BidError::Refused(format!("escrow of {amount} not certified: {e}")))?;
-    let applied = quorum
-        .deliver(CertificateFrame::Escrow(Box::new(certificate.clone())))
+    let lease = agreement.id().map_err(|e| failed("lease id", &e))?;
+    let debited = quorum
+        .debit(key.public(), |seq| {
+            let now = UnixMillis::now();
+            Signed::sign(
+                EscrowOrder {
+                    version: PROTOCOL_VERSION,
+                    account: key.public(),
+                    seq,
+                    epoch: quorum.set().epoch(),
+                    lease,
+                    supplier: agreement.body.supplier,
+                    amount,
+                    created_at: now,
+                    expires_at: now.plus_ms(ORDER_TTL_MS),
+                },
+                key,
+            )
+            .map(|order| DebitRequest::Escrow {
+                order,
+                agreement: agreement.clone(),
+            })
+            .map_err(|e| format!("signing the escrow order: {e}"))
+        })
         .await;
-    tracing::info!(lease = %order.body.lease, %amount, seq, applied, "escrow certified");
+    let debited = match debited {
+        Ok(debited) => debited,
+        Err(DebitError::Failed(reason)) => return Err(BidError::Failed(reason)),
+        Err(e) => {
+            return Err(BidError::Refused(format!(
+                "escrow of {amount} not certified: {e}"
+            )))
+        }
+    };
+    if let Some(earlier) = debited.earlier {
+        orphans.push(earlier);
+    }
+    let certificate = match debited.certificate {
+        CertificateFrame::Escrow(certificate) => *certificate,
+        other => {
+            return Err(BidError::Failed(format!(
+                "certified {:?} instead of an escrow",
+                other.kind()
+            )))
+        }
+    };
+    tracing::info!(%lease, %amount, seq = certificate.message.body.seq, "escrow certified");
     let bytes = LeaseRequest::Fund(Box::new(certificate.clone()))
         .to_bytes()
         .map_err(|e| failed("encoding", &e))?;

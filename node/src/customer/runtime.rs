@@ -543,6 +543,63 @@ impl Customer {
         Ok(limit)
     }
 
+    /// Takes in the escrow of a lease this node had ordered but whose
+    /// order gathered no quorum at the time (the bid failed, or the node
+    /// stopped), now completed (settlement.md 14.2). The lease never ran
+    /// here: it is ended at once, the termination held by the
+    /// coordinators, and the escrow comes back by release once the grace
+    /// period has passed, like any lease its supplier does not settle.
+    async fn adopt_escrow(&mut self, completed: crate::quorum::Completed) {
+        let (
+            rigmesh_protocol::rpc::DebitRequest::Escrow { agreement, .. },
+            rigmesh_protocol::rpc::CertificateFrame::Escrow(certificate),
+        ) = (completed.debit, completed.certificate)
+        else {
+            return;
+        };
+        let Ok(id) = agreement.id() else { return };
+        let amount = certificate.message.body.amount;
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.escrowed = Some(amount);
+            lease.escrow = Some(*certificate);
+            return;
+        }
+        let Ok(watch) = LeaseWatch::new(&agreement, self.key.clone()) else {
+            return;
+        };
+        tracing::warn!(lease = %id, %amount, "an escrow ordered earlier is certified for a lease that never ran; ending it so that the escrow comes back");
+        let refusal = end_lease(
+            &self.key,
+            &self.store,
+            &self.network,
+            self.quorum.as_ref(),
+            &agreement,
+            rigmesh_protocol::TerminationReason::Other,
+            "its escrow was certified after the bid had failed".into(),
+        )
+        .await;
+        if let Some(refusal) = refusal {
+            tracing::info!(lease = %id, %refusal, "termination of the unused lease not held yet");
+        }
+        let lease = Lease {
+            gpu_model: String::new(),
+            agreement,
+            watch,
+            stopped_at_cap: false,
+            escrowed: Some(amount),
+            ended: true,
+            escrow: Some(*certificate),
+            settled: None,
+            gap_since: None,
+            last_heard: UnixMillis::now(),
+            release_tried: None,
+        };
+        if let Err(err) = self.records.put_lease(&record_of(&lease)) {
+            tracing::warn!(%err, lease = %id, "lease not recorded");
+        }
+        self.leases.insert(id, lease);
+    }
+
     fn budget_report(&self) -> Result<BudgetReport, RequestError> {
         report::budget(&self.records, self.spending.caps()).map_err(request_failed)
     }
@@ -583,16 +640,34 @@ impl Customer {
     /// Takes the best matching offer for `request` and starts watching the
     /// lease.
     async fn lease(&mut self, request: &BidRequest) -> Result<LeaseStatus, BidError> {
-        let limit = self.escrow_limit(request)?;
-        let (agreement, escrow, status) = bid(
-            &self.key,
-            &self.store,
-            &self.network,
-            self.quorum.as_ref(),
-            request,
-            limit,
-        )
-        .await?;
+        let mut orphans = Vec::new();
+        if let Some(quorum) = &self.quorum {
+            match quorum.complete_pending(self.key.public()).await {
+                Ok(completed) => orphans.extend(completed),
+                Err(err) => {
+                    return Err(BidError::Refused(format!("escrow not possible now: {err}")))
+                }
+            }
+        }
+        let result = match self.escrow_limit(request) {
+            Ok(limit) => {
+                bid(
+                    &self.key,
+                    &self.store,
+                    &self.network,
+                    self.quorum.as_ref(),
+                    request,
+                    limit,
+                    &mut orphans,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        for completed in orphans {
+            self.adopt_escrow(completed).await;
+        }
+        let (agreement, escrow, status) = result?;
         let watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(failed)?;
         let lease = Lease {
             gpu_model: status.gpu_model.clone(),
@@ -1278,6 +1353,7 @@ async fn bid(
     quorum: Option<&crate::quorum::Quorum>,
     request: &BidRequest,
     limit: Option<Credits>,
+    orphans: &mut Vec<crate::quorum::Completed>,
 ) -> Result<
     (
         Signed<LeaseAgreement>,
@@ -1358,7 +1434,8 @@ async fn bid(
     agreement.verify(&Clock::system()).map_err(failed)?;
     let escrow = match quorum {
         Some(quorum) => {
-            match super::escrow::fund(key, quorum, network, peer, &agreement, limit).await {
+            match super::escrow::fund(key, quorum, network, peer, &agreement, limit, orphans).await
+            {
                 Ok(certificate) => Some(certificate),
                 Err(err) => {
                     // The supplier holds the GPUs for this agreement: let

@@ -1356,3 +1356,121 @@ async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_that_gathered_some_votes_is_completed_before_the_next_and_its_escrow_comes_back() {
+    use rigmesh_protocol::rpc::{CoordinatorRequest, CoordinatorResponse};
+    use rigmesh_protocol::EscrowOrder;
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = ready_market(&dirs).await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    fund(&customer, &buyer, "20", "wire-0009").await;
+
+    // The customer's node signs an escrow order at seq 0, keeps it, and
+    // reaches two coordinators, which vote, before it stops: seq 0 is
+    // locked there, so a new order at seq 0 could never gather the three
+    // votes a certificate needs.
+    let orphan = hand_lease(&buyer, &seller, 77, 0);
+    let now = UnixMillis::now();
+    let order = Signed::sign(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: buyer.public(),
+            seq: 0,
+            epoch: 7,
+            lease: orphan.lease,
+            supplier: seller.public(),
+            amount: "1".parse().unwrap(),
+            created_at: now,
+            expires_at: now.plus_ms(600_000),
+        },
+        &buyer,
+    )
+    .unwrap();
+    let bytes = CoordinatorRequest::Escrow {
+        order,
+        agreement: Box::new(orphan.agreement.clone()),
+        missing: Vec::new(),
+    }
+    .to_bytes()
+    .unwrap();
+    customer
+        .store
+        .put_pending_debit(&buyer.public(), 0, &bytes)
+        .unwrap();
+    for c in &cs[..2] {
+        let answer = customer
+            .handle
+            .request(
+                c.peer_id,
+                rigmesh_node::network::Protocol::Coordinator,
+                bytes.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            CoordinatorResponse::from_bytes(&answer).unwrap(),
+            CoordinatorResponse::Vote(_)
+        ));
+    }
+    customer.stop().await.unwrap();
+
+    // Restarted, the node completes that order before it signs the next
+    // one: the new lease is funded at seq 1, the orphaned lease is ended
+    // and its escrow released back once the grace period has passed.
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier]).collect();
+    for node in &all {
+        customer.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let mut leased = None;
+    for _ in 0..20 {
+        let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+        if r.starts_with("HTTP/1.1 200") {
+            leased = Some(body(&r));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let leased = leased.expect("the bid leases once the coordinators are reachable");
+    let escrowed: Credits = leased["escrowed"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        customer.store.pending_debit(&buyer.public()).unwrap(),
+        None,
+        "nothing left in flight"
+    );
+    let (cs_ref, orphan_lease, account) = (&cs, orphan.lease, buyer.public());
+    eventually(
+        60,
+        "the orphaned escrow released on every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                let ledger = &c.coordinator.as_ref().unwrap().ledger;
+                ledger
+                    .lease_book(&orphan_lease)
+                    .unwrap()
+                    .is_some_and(|b| b.closed)
+                    && ledger.next_debit_seq(&account).unwrap() == 2
+            })
+        },
+    )
+    .await;
+    let expected = "20"
+        .parse::<Credits>()
+        .unwrap()
+        .checked_sub(escrowed)
+        .unwrap();
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), expected, "the orphan's 1 came back");
+        assert_eq!(books(c), first, "the coordinators agree");
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}

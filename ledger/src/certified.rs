@@ -420,13 +420,34 @@ impl<S: Store> Ledger<S> {
                 ),
             });
         }
-        if let DebitTarget::Escrow { lease, .. } = debit.to {
-            if self.store().get_in::<LeaseBooks>(&lease)?.is_some() {
-                return Ok(Applied::Conflict {
-                    code: "lease_funded",
-                    detail: format!("lease {lease} already has an applied escrow"),
-                });
-            }
+        // A top-up of a funded lease (section 5.5) adds to its escrow; one
+        // that arrives after the lease's final settlement moves nothing,
+        // which is what the final settlement would have refunded had the
+        // top-up come first (it refunds all the escrow holds).
+        let funded = match debit.to {
+            DebitTarget::Escrow { lease, .. } => self.store().get_in::<LeaseBooks>(&lease)?,
+            DebitTarget::External => None,
+        };
+        if funded.as_ref().is_some_and(|book| book.closed) {
+            let new_next = debit
+                .seq
+                .checked_add(1)
+                .ok_or(Error::Overflow("a debit sequence"))?;
+            let mut batch = Batch::new();
+            batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
+            batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
+            self.mark_applied(&mut batch, kind, &debit.subject, bytes, cause.at)?;
+            self.commit(
+                &guard,
+                batch,
+                Action::EscrowLocked,
+                &format!(
+                    "{kind:?} certificate {}: {} seq {} tops up a closed lease: nothing moves",
+                    debit.subject, debit.account, debit.seq
+                ),
+                cause,
+            )?;
+            return Ok(Applied::Applied);
         }
         let balance = self.balance(&Account::User(debit.account))?;
         if balance < debit.amount {
@@ -459,7 +480,10 @@ impl<S: Store> Ledger<S> {
         let mut posting = Posting::new(self.store())?;
         posting.post(&entry)?;
         let mut batch = posting.finish()?;
-        if let DebitTarget::Escrow { lease, supplier } = debit.to {
+        if let (DebitTarget::Escrow { lease, .. }, Some(mut book)) = (debit.to, funded) {
+            book.amount = add(book.amount, debit.amount, "an escrow topped up")?;
+            batch.put_in::<LeaseBooks>(&lease, &book)?;
+        } else if let DebitTarget::Escrow { lease, supplier } = debit.to {
             batch.put_in::<LeaseBooks>(
                 &lease,
                 &LeaseBook {
@@ -602,10 +626,15 @@ impl<S: Store> Ledger<S> {
         let paid_now = add(s.supplier_amount, s.fee, "a settlement's payout")?;
         let total = add(paid_now, s.refund, "a settlement's total")?;
         let available = book.available()?;
-        let fits = if s.final_settlement {
-            total == available
+        // A final settlement refunds all the escrow still holds: more than
+        // it states when a top-up was applied here after it was voted on.
+        let fits = total <= available;
+        let refund = if s.final_settlement {
+            available
+                .checked_sub(paid_now)
+                .ok_or(Error::Overflow("a final refund"))?
         } else {
-            total <= available
+            s.refund
         };
         if !fits
             || book.order != s.escrow
@@ -632,7 +661,7 @@ impl<S: Store> Ledger<S> {
                 paid_now,
                 fee: s.fee,
                 supplier: s.supplier_amount,
-                refund: s.refund,
+                refund,
             },
             (s.supplier, s.customer),
             cause.at,
@@ -660,7 +689,7 @@ impl<S: Store> Ledger<S> {
             paid_now,
             fee: s.fee,
             supplier: s.supplier_amount,
-            refund: s.refund,
+            refund,
         };
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
         let counts = match self.vote_evidence(&s.subject)? {
@@ -704,7 +733,7 @@ impl<S: Store> Ledger<S> {
                 s.last_window,
                 s.supplier_amount,
                 s.fee,
-                s.refund,
+                refund,
                 if s.final_settlement { ", final" } else { "" }
             ),
             cause,

@@ -391,11 +391,15 @@ impl<'l, S: Store> Coordinator<'l, S> {
             ));
         }
         self.debit_rules(&o.account, o.seq, subject)?;
-        if self.ledger.lease_book(&o.lease)?.is_some() {
-            return Err(Refusal::new(
-                "lease_funded",
-                format!("lease {} already has an escrow", o.lease),
-            ));
+        // A second order for a funded lease tops its escrow up (a raised
+        // cap); a closed lease takes none.
+        if let Some(book) = self.ledger.lease_book(&o.lease)? {
+            if book.closed {
+                return Err(Refusal::new(
+                    "lease_closed",
+                    format!("lease {} is settled finally", o.lease),
+                ));
+            }
         }
         self.check_balance(&o.account, o.amount)?;
         self.take_debit_lock(&o.account, o.seq, subject, now)?;

@@ -1,18 +1,19 @@
-//! Caps held by the quorum (specs/settlement.md 5.1, 6.1, 13.7), as a
-//! property over random markets: four honest coordinators, one customer
-//! with a lease cap and an account cap, leases whose windows are acked,
-//! disputed, left unanswered or come after a termination, settled in
-//! random partial settlements, with a greedy request (more than the rules
-//! pay) tried before each honest one. On every coordinator, after every
-//! step: balances + escrow = deposits - withdrawals, the books agree, no
-//! lease costs more than its cap, and all together cost no more than the
-//! account cap.
+//! Caps held by the quorum (specs/settlement.md 5.1, 5.5, 6.1, 13.7), as
+//! a property over random markets: four honest coordinators on sled, one
+//! customer with a lease cap and an account cap, leases whose windows are
+//! acked, disputed, left unanswered or come after a termination, settled
+//! in random partial settlements, with a greedy request (more than the
+//! rules pay) tried before each honest one, caps raised mid-lease (the
+//! escrow topped up) and coordinators restarted between steps. On every
+//! coordinator, after every step: balances + escrow = deposits -
+//! withdrawals, the books agree, no lease costs more than its cap, and all
+//! together cost no more than the account cap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use proptest::prelude::*;
 use rigmesh_ledger::{
-    Account, Applied, Coordinator, CoordinatorConfig, FeeRate, Ledger, MemoryStore,
-    SettlementEvidence,
+    Account, Applied, Coordinator, CoordinatorConfig, Durability, FeeRate, Ledger,
+    SettlementEvidence, SledStore,
 };
 use rigmesh_protocol::samples::{self, T0};
 use rigmesh_protocol::{
@@ -44,6 +45,11 @@ struct LeasePlan {
     terminated_in: Option<usize>,
     /// How many windows each settlement covers; the rest go in the final.
     partials: Vec<usize>,
+    /// After this many settlements the customer raises the lease's cap to
+    /// the second value (the escrow is topped up).
+    raise: Option<(usize, i64)>,
+    /// After each settlement, the coordinator restarted then, if any.
+    restarts: Vec<Option<usize>>,
 }
 
 fn plan() -> impl Strategy<Value = LeasePlan> {
@@ -63,27 +69,39 @@ fn plan() -> impl Strategy<Value = LeasePlan> {
         ),
         prop::option::of(0usize..10),
         prop::collection::vec(1usize..=4, 0..=3),
+        prop::option::of((0usize..=3, 1i64..=12_000)),
+        prop::collection::vec(prop::option::of(0usize..4), 0..=4),
     )
-        .prop_map(|(price, cap, windows, terminated_in, partials)| LeasePlan {
-            price,
-            cap,
-            terminated_in: terminated_in.filter(|w| *w < windows.len()),
-            windows,
-            partials,
-        })
+        .prop_map(
+            |(price, cap, windows, terminated_in, partials, raise, restarts)| LeasePlan {
+                price,
+                cap,
+                terminated_in: terminated_in.filter(|w| *w < windows.len()),
+                windows,
+                raise: raise.map(|(after, by)| (after, cap + by)),
+                partials,
+                restarts,
+            },
+        )
 }
 
 struct Net {
     keys: Vec<Keypair>,
-    ledgers: Vec<Ledger<MemoryStore>>,
+    dirs: Vec<tempfile::TempDir>,
+    ledgers: Vec<Ledger<SledStore>>,
     config: CoordinatorConfig,
 }
 
 impl Net {
     fn new() -> Self {
+        let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         Net {
             keys: samples::coordinators(),
-            ledgers: (0..4).map(|_| Ledger::in_memory().unwrap()).collect(),
+            ledgers: dirs
+                .iter()
+                .map(|d| Ledger::open(&d.path().join("books")).unwrap())
+                .collect(),
+            dirs,
             config: CoordinatorConfig {
                 set: samples::coordinator_set().unwrap(),
                 fee_rate: FeeRate::from_ppm(10_000).unwrap(),
@@ -95,8 +113,17 @@ impl Net {
         }
     }
 
-    fn c(&self, i: usize) -> Coordinator<'_, MemoryStore> {
+    fn c(&self, i: usize) -> Coordinator<'_, SledStore> {
         Coordinator::new(&self.ledgers[i], &self.keys[i], &self.config)
+    }
+
+    /// Stops coordinator `i` and starts it again from its sled files.
+    fn restart(&mut self, i: usize) {
+        let path = self.dirs[i].path().join("books");
+        let stand_in =
+            Ledger::with_store(SledStore::temporary().unwrap(), Durability::Flushed).unwrap();
+        drop(std::mem::replace(&mut self.ledgers[i], stand_in));
+        self.ledgers[i] = Ledger::open(&path).unwrap();
     }
 
     /// Votes from every member; a certificate from those that voted.
@@ -275,8 +302,32 @@ fn payable(plan: &LeasePlan, range: std::ops::Range<usize>) -> u64 {
         .sum()
 }
 
+/// The customer's escrow order `seq` of `amount` for `agreement`'s lease.
+fn escrow_order(
+    customer: &Keypair,
+    agreement: &Signed<LeaseAgreement>,
+    seq: u64,
+    amount: i64,
+) -> Signed<EscrowOrder> {
+    Signed::sign(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: customer.public(),
+            seq,
+            epoch: samples::EPOCH,
+            lease: agreement.id().unwrap(),
+            supplier: agreement.body.supplier,
+            amount: Credits::from_units(amount),
+            created_at: now(),
+            expires_at: now().plus_ms(600_000),
+        },
+        customer,
+    )
+    .unwrap()
+}
+
 fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
-    let net = Net::new();
+    let mut net = Net::new();
     let customer = samples::customer();
     let supplier = samples::supplier();
     for ledger in &net.ledgers {
@@ -304,21 +355,7 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
         if amount <= 0 {
             continue;
         }
-        let order = Signed::sign(
-            EscrowOrder {
-                version: PROTOCOL_VERSION,
-                account: customer.public(),
-                seq,
-                epoch: samples::EPOCH,
-                lease,
-                supplier: supplier.public(),
-                amount: Credits::from_units(amount),
-                created_at: now(),
-                expires_at: now().plus_ms(600_000),
-            },
-            &customer,
-        )
-        .unwrap();
+        let order = escrow_order(&customer, &built.agreement, seq, amount);
         let Some(escrow) = net.certify(&order, |i| {
             net.c(i).vote_escrow(&order, &built.agreement, now())
         }) else {
@@ -339,6 +376,9 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
         let mut first = 0usize;
         let mut settlement_seq = 0u64;
         let mut available = Credits::from_units(amount);
+        let mut escrowed = amount;
+        let mut cap = plan.cap;
+        let mut settled = 0usize;
         let mut chunks = plan.partials.clone();
         loop {
             let remaining = plan.windows.len() - first;
@@ -349,6 +389,30 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                 chunks.remove(0);
             }
             let range = first..first + take;
+            // The cap goes up: the escrow is topped up to what the caps
+            // and the lease's cost now allow (never past the account cap).
+            if let Some((_, raised)) = plan.raise.filter(|(after, _)| *after == settled) {
+                cap = raised;
+                let delta = cost.min(raised).min(account_cap - (committed - escrowed)) - escrowed;
+                if delta > 0 {
+                    let top_up = escrow_order(&customer, &built.agreement, seq, delta);
+                    if let Some(certificate) = net.certify(&top_up, |i| {
+                        net.c(i).vote_escrow(&top_up, &built.agreement, now())
+                    }) {
+                        for i in 0..4 {
+                            assert_eq!(
+                                net.c(i).apply_escrow(&certificate, now()).unwrap(),
+                                Applied::Applied
+                            );
+                        }
+                        seq += 1;
+                        escrowed += delta;
+                        committed += delta;
+                        available = available.checked_add(Credits::from_units(delta)).unwrap();
+                    }
+                    net.check();
+                }
+            }
             let honest = net
                 .c(0)
                 .payout(
@@ -418,6 +482,11 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                 );
             }
             net.check();
+            if let Some(Some(i)) = plan.restarts.get(settled) {
+                net.restart(*i);
+                net.check();
+            }
+            settled += 1;
             let paid = honest.supplier.checked_add(honest.fee).unwrap();
             available = available.checked_sub(paid).unwrap();
             settlement_seq += 1;
@@ -426,11 +495,10 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                 break;
             }
         }
-        let cost_of_lease = amount - available.units();
+        let cost_of_lease = escrowed - available.units();
         assert!(
-            cost_of_lease <= plan.cap,
-            "lease {n} cost {cost_of_lease} > cap {}",
-            plan.cap
+            cost_of_lease <= cap,
+            "lease {n} cost {cost_of_lease} > cap {cap}"
         );
         // What the lease did not cost comes back to the account's cap.
         committed -= available.units();

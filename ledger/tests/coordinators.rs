@@ -689,3 +689,82 @@ fn an_order_that_gathered_votes_before_it_expired_can_still_be_completed() {
     }
     net.assert_agree(&[0, 1, 2, 3]);
 }
+
+#[test]
+fn a_top_up_and_the_final_settlement_agree_in_either_order() {
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    // The final settlement of the sample window, voted on before the
+    // top-up is applied anywhere: it refunds the rest of the first escrow.
+    let mut body = samples::settlement_request().unwrap().body;
+    body.final_settlement = true;
+    body.refund = Credits::from_units(19_920_000 - 71_899 - 726);
+    let request = Signed::sign(body, &samples::supplier()).unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+        terminations: &[],
+    };
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect::<Vec<_>>();
+    let last = collect(&request, votes[..3].to_vec());
+    // A top-up of 1 credit (the customer raised its cap), certified too.
+    let top_up = order(1, 1_000_000, 9);
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_escrow(&top_up, &agreement, now()).unwrap())
+        .collect::<Vec<_>>();
+    let top_up_cert = collect(&top_up, votes[..3].to_vec());
+
+    // Coordinators 0 and 1 apply the top-up first, 2 and 3 the final
+    // settlement first: the same books either way, and everything the
+    // lease did not pay is back with the customer.
+    for i in 0..4 {
+        let c = net.c(i);
+        if i < 2 {
+            assert_eq!(
+                c.apply_escrow(&top_up_cert, now()).unwrap(),
+                Applied::Applied
+            );
+            assert_eq!(c.apply_settlement(&last, now()).unwrap(), Applied::Applied);
+        } else {
+            assert_eq!(c.apply_settlement(&last, now()).unwrap(), Applied::Applied);
+            assert_eq!(
+                c.apply_escrow(&top_up_cert, now()).unwrap(),
+                Applied::Applied
+            );
+        }
+        let book = net.ledgers[i]
+            .lease_book(&agreement.id().unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(book.closed);
+        assert_eq!(book.paid, Credits::from_units(71_899 + 726));
+    }
+    let customer = Account::User(samples::customer().public());
+    for i in 0..4 {
+        assert_eq!(
+            net.ledgers[i].balance(&customer).unwrap(),
+            Credits::from_units(50_000_000 - 71_899 - 726),
+            "coordinator {i}"
+        );
+        assert_eq!(
+            net.ledgers[i]
+                .next_debit_seq(&samples::customer().public())
+                .unwrap(),
+            2
+        );
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
+    // Once the lease is closed, no coordinator votes for another top-up.
+    let late = order(2, 1_000_000, 10);
+    let refused = net.c(0).vote_escrow(&late, &agreement, now()).unwrap_err();
+    assert_eq!(refused.code, "lease_closed");
+}

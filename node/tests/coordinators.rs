@@ -1474,3 +1474,82 @@ async fn a_debit_that_gathered_some_votes_is_completed_before_the_next_and_its_e
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = ready_market(&dirs).await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0010").await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    // 1 GPU at 1.70 per GPU-hour in 1 s windows: about 0.000472 a window.
+    let request = format!(
+        r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1,"budget":"0.004"}}"#
+    );
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+    let supplier_store = supplier.store.clone();
+    eventually(30, "two acks at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 2 }
+    })
+    .await;
+
+    // The cap goes up while the lease runs: the escrow follows it at every
+    // coordinator, with a second certified order for the same lease.
+    let cap: Credits = "0.007".parse().unwrap();
+    let change = format!(r#"{{"lease":"{lease}","cap":"{cap}"}}"#);
+    let r = common::http(
+        customer.customer_api,
+        "PUT",
+        "/v1/budget",
+        &token,
+        Some(&change),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let book = |c: &RunningNode| {
+        c.coordinator
+            .as_ref()
+            .unwrap()
+            .ledger
+            .lease_book(&lease)
+            .unwrap()
+            .unwrap()
+    };
+    let cs_ref = &cs;
+    eventually(
+        20,
+        "the escrow topped up at every coordinator",
+        || async move { cs_ref.iter().all(|c| book(c).amount == cap) },
+    )
+    .await;
+    eventually(
+        90,
+        "the final settlement on every coordinator",
+        || async move { cs_ref.iter().all(|c| book(c).closed) },
+    )
+    .await;
+    let paid = book(&cs[0]).paid;
+    assert!(
+        paid > "0.004".parse().unwrap(),
+        "the lease ran past the old cap: paid {paid}"
+    );
+    assert!(paid <= cap, "never past the new cap: paid {paid}");
+    let expected = "20".parse::<Credits>().unwrap().checked_sub(paid).unwrap();
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(book(c).paid, paid);
+        assert_eq!(
+            balance(c, &buyer),
+            expected,
+            "the rest of the escrow came back"
+        );
+        assert_eq!(books(c), first, "the coordinators agree");
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}

@@ -35,7 +35,6 @@ pub async fn fund(
     limit: Option<Credits>,
     orphans: &mut Vec<Completed>,
 ) -> Result<EscrowCertificate, BidError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
     let cost = lease_cost(agreement)
         .ok_or_else(|| BidError::Failed("the lease's cost overflows".into()))?;
     let amount = limit.map_or(cost, |limit| cost.min(limit));
@@ -44,6 +43,44 @@ pub async fn fund(
             "the budget leaves nothing to escrow for this lease".into(),
         ));
     }
+    let certificate = order(key, quorum, agreement, amount, orphans).await?;
+    hand_over(network, supplier, &certificate).await?;
+    Ok(certificate)
+}
+
+/// Tops up the escrow of a running lease by `amount` (its cap was
+/// raised): a new escrow order for the same lease, certified, handed to
+/// every coordinator and to the supplier, which meters on until the
+/// larger escrow is spent.
+pub async fn top_up(
+    key: &Keypair,
+    quorum: &Quorum,
+    network: &NodeHandle,
+    supplier: PeerId,
+    agreement: &Signed<LeaseAgreement>,
+    amount: Credits,
+    orphans: &mut Vec<Completed>,
+) -> Result<EscrowCertificate, BidError> {
+    let certificate = order(key, quorum, agreement, amount, orphans).await?;
+    // Certified and applied, the top-up is the lease's money whether or
+    // not the supplier hears of it now (it also arrives by gossip, and a
+    // final settlement refunds what it does not pay).
+    if let Err(err) = hand_over(network, supplier, &certificate).await {
+        tracing::info!(%err, "the supplier did not take the top-up");
+    }
+    Ok(certificate)
+}
+
+/// Signs an escrow order of `amount` for `agreement`'s lease at the
+/// account's next debit sequence number and gets it certified.
+async fn order(
+    key: &Keypair,
+    quorum: &Quorum,
+    agreement: &Signed<LeaseAgreement>,
+    amount: Credits,
+    orphans: &mut Vec<Completed>,
+) -> Result<EscrowCertificate, BidError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
     let lease = agreement.id().map_err(|e| failed("lease id", &e))?;
     let debited = quorum
         .debit(key.public(), |seq| {
@@ -91,6 +128,16 @@ pub async fn fund(
         }
     };
     tracing::info!(%lease, %amount, seq = certificate.message.body.seq, "escrow certified");
+    Ok(certificate)
+}
+
+/// Hands an escrow certificate to the lease's supplier.
+async fn hand_over(
+    network: &NodeHandle,
+    supplier: PeerId,
+    certificate: &EscrowCertificate,
+) -> Result<(), BidError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
     let bytes = LeaseRequest::Fund(Box::new(certificate.clone()))
         .to_bytes()
         .map_err(|e| failed("encoding", &e))?;
@@ -99,7 +146,7 @@ pub async fn fund(
         .await
         .map_err(|e| failed("handing the escrow to the supplier", &e))?;
     match LeaseResponse::from_bytes(&response).map_err(|e| failed("supplier's answer", &e))? {
-        LeaseResponse::Accepted => Ok(certificate),
+        LeaseResponse::Accepted => Ok(()),
         LeaseResponse::Refused(reason) => Err(BidError::Refused(format!(
             "the supplier refused the escrow: {reason}"
         ))),

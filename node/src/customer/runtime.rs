@@ -518,20 +518,7 @@ impl Customer {
     fn escrow_limit(&self, request: &BidRequest) -> Result<Option<Credits>, BidError> {
         let mut limit = request.budget;
         if let Some(cap) = self.spending.caps().account {
-            let mut committed = Credits::ZERO;
-            let records = self.records.leases().map_err(failed)?;
-            for record in &records {
-                let held = match self.leases.get(&record.lease) {
-                    Some(lease) if lease.settled.is_none() => {
-                        lease.escrowed.unwrap_or_else(|| lease.spent())
-                    }
-                    Some(lease) => lease.spent(),
-                    None => record.spent,
-                };
-                committed = committed
-                    .checked_add(held)
-                    .ok_or_else(|| BidError::Failed("committed spend overflows".into()))?;
-            }
+            let committed = self.committed()?;
             let left = cap.checked_sub(committed).unwrap_or(Credits::ZERO);
             if left <= Credits::ZERO {
                 return Err(BidError::Refused(format!(
@@ -1238,10 +1225,110 @@ impl Customer {
             .filter(|(_, l)| live_state(l) == LeaseState::Running)
             .map(|(id, _)| *id)
             .collect();
-        for id in running {
-            self.check_caps(id, now).await;
+        for id in &running {
+            self.check_caps(*id, now).await;
         }
+        self.top_up_escrows(&running).await;
         self.budget_report()
+    }
+
+    /// After a cap was raised (or removed): tops up the escrow of each
+    /// running lease to what its caps now allow, so the quorum holds the
+    /// new cap as it held the old one (settlement.md 5.5). A lowered cap
+    /// needs nothing here: the lease ends when its spend reaches it, and
+    /// its final settlement refunds the rest of the escrow.
+    async fn top_up_escrows(&mut self, running: &[Id]) {
+        let Some(quorum) = self.quorum.clone() else {
+            return;
+        };
+        let now = UnixMillis::now();
+        for id in running {
+            let Some(lease) = self.leases.get(id) else {
+                continue;
+            };
+            if live_state(lease) != LeaseState::Running || lease.settled.is_some() {
+                continue;
+            }
+            let Some(escrowed) = lease.escrowed else {
+                continue;
+            };
+            let Some(cost) = crate::supplier::desk::lease_cost(&lease.agreement) else {
+                continue;
+            };
+            let mut target = cost;
+            if let Some(cap) = self.spending.caps().leases.get(id) {
+                target = target.min(*cap);
+            }
+            if let Some(cap) = self.spending.caps().account {
+                let committed = match self.committed() {
+                    Ok(committed) => committed,
+                    Err(err) => {
+                        tracing::warn!(%err, "no top-up: the committed spend is not known");
+                        return;
+                    }
+                };
+                let others = committed.checked_sub(escrowed).unwrap_or(Credits::ZERO);
+                target = target.min(cap.checked_sub(others).unwrap_or(Credits::ZERO));
+            }
+            let Some(delta) = target.checked_sub(escrowed).filter(|d| *d > Credits::ZERO) else {
+                continue;
+            };
+            let agreement = lease.agreement.clone();
+            let peer = match peer_of(&self.store, &agreement.body.supplier, now) {
+                Ok(peer) => peer,
+                Err(err) => {
+                    tracing::info!(lease = %id, %err, "no top-up: the supplier is not reachable");
+                    continue;
+                }
+            };
+            let mut orphans = Vec::new();
+            let result = super::escrow::top_up(
+                &self.key,
+                &quorum,
+                &self.network,
+                peer,
+                &agreement,
+                delta,
+                &mut orphans,
+            )
+            .await;
+            for completed in orphans {
+                self.adopt_escrow(completed).await;
+            }
+            match result {
+                Ok(_) => {
+                    if let Some(lease) = self.leases.get_mut(id) {
+                        lease.escrowed = escrowed.checked_add(delta);
+                        if let Err(err) = self.records.put_lease(&record_of(lease)) {
+                            tracing::warn!(%err, lease = %id, "lease not recorded");
+                        }
+                    }
+                    tracing::info!(lease = %id, %delta, total = %target, "escrow topped up to the raised cap");
+                }
+                Err(err) => tracing::warn!(lease = %id, %err, "escrow not topped up"),
+            }
+        }
+    }
+
+    /// What the account's leases hold against its cap: each unsettled
+    /// lease's escrow (or its spend, when it has none), each settled
+    /// lease's cost.
+    fn committed(&self) -> Result<Credits, BidError> {
+        let mut committed = Credits::ZERO;
+        let records = self.records.leases().map_err(failed)?;
+        for record in &records {
+            let held = match self.leases.get(&record.lease) {
+                Some(lease) if lease.settled.is_none() => {
+                    lease.escrowed.unwrap_or_else(|| lease.spent())
+                }
+                Some(lease) => lease.spent(),
+                None => record.spent,
+            };
+            committed = committed
+                .checked_add(held)
+                .ok_or_else(|| BidError::Failed("committed spend overflows".into()))?;
+        }
+        Ok(committed)
     }
 }
 

@@ -242,6 +242,31 @@ impl LeaseDesk {
         Ok(agreement)
     }
 
+    /// Checks an escrow certificate that tops up the running `lease` of
+    /// `customer` (who raised its cap): certified by a quorum of `set`,
+    /// for this lease, paying this supplier, from its customer.
+    pub fn check_top_up(
+        &self,
+        certificate: &EscrowCertificate,
+        lease: &Id,
+        customer: &rigmesh_protocol::PublicKey,
+        set: &CoordinatorSet,
+    ) -> Result<(), Refusal> {
+        certificate
+            .verify(set)
+            .map_err(|e| Refusal::Escrow(e.to_string()))?;
+        let order = &certificate.message.body;
+        if order.lease != *lease
+            || order.supplier != self.key.public()
+            || order.account != *customer
+        {
+            return Err(Refusal::Escrow(
+                "the top-up is not for this lease, supplier and customer".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Frees the GPUs of an agreement still waiting for its escrow when
     /// its `customer` gives it up; false when there is no such agreement.
     pub fn release_unfunded(&mut self, lease: &Id, customer: &rigmesh_protocol::PublicKey) -> bool {

@@ -109,6 +109,21 @@ impl Meter {
         self
     }
 
+    /// Adds a top-up to the escrow (the customer raised its cap); false
+    /// when metering is already over, since nothing more is attested then.
+    pub fn top_up(&mut self, amount: rigmesh_protocol::Credits) -> bool {
+        if self.finished() {
+            return false;
+        }
+        if let Some(escrow) = self.escrow {
+            match escrow.checked_add(amount) {
+                Some(total) => self.escrow = Some(total),
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// True once the attested windows cost all the escrow.
     fn escrow_spent(&self) -> bool {
         self.escrow.is_some_and(|escrow| {

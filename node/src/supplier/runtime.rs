@@ -349,6 +349,16 @@ async fn answer(
     settlement: Option<&Settlement>,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
+    // An escrow for a lease already running tops it up.
+    if let (Protocol::Lease, Some(s)) = (request.protocol, settlement) {
+        if let Ok(LeaseRequest::Fund(certificate)) = LeaseRequest::from_bytes(&request.bytes) {
+            if meters.contains_key(&certificate.message.body.lease) {
+                let response = top_up(desk, meters, certificate, s).await;
+                reply(network, request, response).await;
+                return None;
+            }
+        }
+    }
     let mut start = |agreement: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>,
                      escrow: Option<rigmesh_protocol::Credits>| {
         Meter::new(agreement, key.clone()).map(|meter| {
@@ -423,6 +433,11 @@ async fn answer(
         },
         other => LeaseResponse::Refused(format!("a supplier does not serve {other:?} requests")),
     };
+    reply(network, request, response).await;
+    agreed
+}
+
+async fn reply(network: &NodeHandle, request: InboundRequest, response: LeaseResponse) {
     match response.to_bytes() {
         Ok(bytes) => {
             if let Err(err) = network
@@ -434,7 +449,37 @@ async fn answer(
         }
         Err(err) => tracing::warn!(%err, "could not encode an answer"),
     }
-    agreed
+}
+
+/// Takes an escrow top-up of a running lease (its customer raised the
+/// cap): metering goes on until the larger escrow is spent.
+async fn top_up(
+    desk: &LeaseDesk,
+    meters: &mut BTreeMap<Id, Meter>,
+    certificate: Box<rigmesh_protocol::EscrowCertificate>,
+    settlement: &Settlement,
+) -> LeaseResponse {
+    let order = &certificate.message.body;
+    let (lease, amount) = (order.lease, order.amount);
+    let Some(meter) = meters.get_mut(&lease) else {
+        return LeaseResponse::Refused(format!("lease {lease} is not running here"));
+    };
+    if let Err(refusal) =
+        desk.check_top_up(&certificate, &lease, &meter.customer(), &settlement.set)
+    {
+        return LeaseResponse::Refused(refusal.to_string());
+    }
+    if !meter.top_up(amount) {
+        return LeaseResponse::Refused(
+            "the lease's metering is over; the top-up comes back with its final settlement".into(),
+        );
+    }
+    tracing::info!(%lease, %amount, "escrow topped up: the customer raised its cap");
+    let _ = settlement
+        .worker
+        .send(SettleEvent::ToppedUp(certificate))
+        .await;
+    LeaseResponse::Accepted
 }
 
 /// Honours a customer's signed termination: the window in progress is the

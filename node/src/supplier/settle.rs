@@ -52,6 +52,8 @@ pub enum SettleEvent {
     Attested(Box<Signed<UsageAttestation>>),
     /// The lease's metering is over (its end, or a termination).
     Finished(Id),
+    /// The customer topped the lease's escrow up (a raised cap).
+    ToppedUp(Box<EscrowCertificate>),
 }
 
 /// Settlement terms shared with the coordinators.
@@ -103,6 +105,9 @@ struct Saved {
     closed: bool,
     inflight: Option<String>,
     summary: Settled,
+    /// Escrow top-ups (certificate bytes, hex) after the first escrow.
+    #[serde(default)]
+    top_ups: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -121,6 +126,8 @@ struct LeaseState {
     retry_at: UnixMillis,
     inflight: Option<Signed<SettlementRequest>>,
     summary: Settled,
+    /// Top-ups of the escrow, by certificate subject.
+    top_ups: BTreeMap<Id, EscrowCertificate>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +230,12 @@ impl LeaseState {
                 .transpose()
                 .map_err(|e| e.to_string())?,
             summary: self.summary.clone(),
+            top_ups: self
+                .top_ups
+                .values()
+                .map(|c| c.to_bytes().map(hex::encode))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
         };
         let lease = self.agreement.id().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -303,7 +316,53 @@ impl LeaseState {
                 })
                 .transpose()?,
             summary: saved.summary,
+            top_ups: saved
+                .top_ups
+                .iter()
+                .map(|h| {
+                    let certificate = bytes(h).and_then(|b| {
+                        EscrowCertificate::from_bytes(&b).map_err(|e| e.to_string())
+                    })?;
+                    let subject = certificate.subject().map_err(|e| e.to_string())?;
+                    Ok((subject, certificate))
+                })
+                .collect::<Result<_, String>>()?,
         })
+    }
+
+    /// The whole escrow: the first certificate's and every top-up's.
+    fn escrowed(&self) -> Option<Credits> {
+        self.top_ups
+            .values()
+            .try_fold(self.escrow.message.body.amount, |total, c| {
+                total.checked_add(c.message.body.amount)
+            })
+    }
+
+    /// Takes `certificate` as a top-up of this lease's escrow if it is one:
+    /// certified by a quorum of `set`, for this lease and supplier, from
+    /// its customer, and not the first escrow. True when it was new.
+    fn top_up(
+        &mut self,
+        certificate: EscrowCertificate,
+        set: &rigmesh_protocol::CoordinatorSet,
+    ) -> bool {
+        let order = &certificate.message.body;
+        let first = &self.escrow.message.body;
+        let Ok(subject) = certificate.subject() else {
+            return false;
+        };
+        if order.lease != first.lease
+            || order.account != first.account
+            || order.supplier != first.supplier
+            || self.escrow.subject().ok() == Some(subject)
+            || self.top_ups.contains_key(&subject)
+            || certificate.verify(set).is_err()
+        {
+            return false;
+        }
+        self.top_ups.insert(subject, certificate);
+        true
     }
 }
 
@@ -404,6 +463,7 @@ pub async fn run(
                             retry_at: UnixMillis(0),
                             inflight: None,
                             summary: Settled::default(),
+                            top_ups: BTreeMap::new(),
                         };
                         if let Err(err) = state.save(&saved.dir) {
                             tracing::warn!(%lease, %err, "could not save the settlement state");
@@ -415,6 +475,16 @@ pub async fn run(
                     if let Some(state) = leases.get_mut(&a.body.lease) {
                         if a.body.seq == state.attestations.len() as u64 {
                             state.attestations.push(*a);
+                        }
+                    }
+                }
+                SettleEvent::ToppedUp(certificate) => {
+                    let lease = certificate.message.body.lease;
+                    if let Some(state) = leases.get_mut(&lease) {
+                        if state.top_up(*certificate, quorum.set()) {
+                            if let Err(err) = state.save(&saved.dir) {
+                                tracing::warn!(%lease, %err, "could not save the settlement state");
+                            }
                         }
                     }
                 }
@@ -434,6 +504,18 @@ pub async fn run(
                         if let Some(state) = leases.get_mut(&ack.body.lease) {
                             if ack.body.customer == state.escrow.message.body.account {
                                 state.acks.insert(ack.body.seq, ack);
+                            }
+                        }
+                    }
+                    // A top-up the customer could not hand over arrives
+                    // by gossip.
+                    WireMessage::EscrowCertificate(certificate) => {
+                        let lease = certificate.message.body.lease;
+                        if let Some(state) = leases.get_mut(&lease) {
+                            if state.top_up(certificate, quorum.set()) {
+                                if let Err(err) = state.save(&saved.dir) {
+                                    tracing::warn!(%lease, %err, "could not save the settlement state");
+                                }
                             }
                         }
                     }
@@ -550,11 +632,8 @@ fn build_request(
         .and_then(|i| state.attestations.get(i))
         .ok_or("nothing to settle")?;
     let available = state
-        .escrow
-        .message
-        .body
-        .amount
-        .checked_sub(state.paid)
+        .escrowed()
+        .and_then(|escrowed| escrowed.checked_sub(state.paid))
         .ok_or("escrow overdrawn")?;
     let p = &state.agreement.body.proposal.body;
     let payout = billing::payout(

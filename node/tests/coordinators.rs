@@ -45,6 +45,16 @@ fn coordinators() -> CoordinatorsConfig {
 }
 
 async fn start(role: Role, dir: &Path, member: Option<usize>) -> RunningNode {
+    start_with(role, dir, member, |_| {}).await
+}
+
+/// [`start`], with `tweak` applied to the configuration.
+async fn start_with(
+    role: Role,
+    dir: &Path,
+    member: Option<usize>,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> RunningNode {
     let mut config = NodeConfig {
         role,
         data_dir: dir.to_path_buf(),
@@ -70,6 +80,7 @@ async fn start(role: Role, dir: &Path, member: Option<usize>) -> RunningNode {
             ..SupplierConfig::default()
         };
     }
+    tweak(&mut config);
     rigmesh_node::node::start(config).await.unwrap()
 }
 
@@ -1550,6 +1561,84 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
         assert_eq!(books(c), first, "the coordinators agree");
     }
     for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what_it_metered() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let supplier = start_with(Role::Supplier, dirs[4].path(), None, |c| {
+        c.supplier.unanswered_end_secs = 3;
+    })
+    .await;
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    fund(&customer, &buyer, "20", "wire-0011").await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+    // The customer's node goes away for good right after funding: nobody
+    // answers the supplier's windows. The supplier ends the lease within
+    // its limit (5 windows here) instead of metering for an hour, and the
+    // windows it metered are paid by the unacknowledged timeout.
+    customer.stop().await.unwrap();
+    let cs_ref = &cs;
+    eventually(
+        60,
+        "the final settlement on every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                c.coordinator
+                    .as_ref()
+                    .unwrap()
+                    .ledger
+                    .lease_book(&lease)
+                    .unwrap()
+                    .is_some_and(|b| b.closed)
+            })
+        },
+    )
+    .await;
+    let book = cs[0]
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .ledger
+        .lease_book(&lease)
+        .unwrap()
+        .unwrap();
+    // 1 GPU at 1.70 per GPU-hour: about 0.000472 a 1 s window. The lease
+    // ran a handful of windows, not the hour it was agreed for.
+    assert!(book.paid > Credits::ZERO, "the metered windows are paid");
+    assert!(
+        book.paid < "0.01".parse().unwrap(),
+        "ended within seconds, not an hour: paid {}",
+        book.paid
+    );
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first, "the coordinators agree");
+        assert!(balance(c, &seller) > Credits::ZERO);
+    }
+    for node in cs.into_iter().chain([supplier]) {
         node.stop().await.unwrap();
     }
 }

@@ -72,6 +72,10 @@ pub struct Meter {
     /// lease: metering stops once the attested windows cost it.
     escrow: Option<rigmesh_protocol::Credits>,
     attested_gpu_ms: u64,
+    /// Windows `0..answered` have an answer (ack or dispute) heard here.
+    answered: u64,
+    /// Since when an attested window has waited for its answer.
+    silent_since: Option<UnixMillis>,
 }
 
 impl Meter {
@@ -98,6 +102,8 @@ impl Meter {
             price: agreement.body.proposal.body.price_per_gpu_hour,
             escrow: None,
             attested_gpu_ms: 0,
+            answered: 0,
+            silent_since: None,
             key,
         })
     }
@@ -122,6 +128,20 @@ impl Meter {
             }
         }
         true
+    }
+
+    /// The customer answered window `seq` (acked or disputed it).
+    pub fn answered(&mut self, seq: u64, now: UnixMillis) {
+        if seq < self.seq && seq >= self.answered {
+            self.answered = seq + 1;
+            // Progress: the wait starts again for what is still open.
+            self.silent_since = (self.answered < self.seq).then_some(now);
+        }
+    }
+
+    /// How long attested windows have gone without any answer, ms.
+    pub fn silent_ms(&self, now: UnixMillis) -> u64 {
+        self.silent_since.map_or(0, |since| now.since(since))
     }
 
     /// True once the attested windows cost all the escrow.
@@ -151,6 +171,16 @@ impl Meter {
     /// termination): that window is attested as the last one.
     pub fn end_after_current_window(&mut self) {
         self.ends_at = self.window_end();
+    }
+
+    /// True when the lease ends with the window in progress.
+    pub fn ending(&self) -> bool {
+        self.ends_at <= self.window_end()
+    }
+
+    /// The length of a metering window, ms.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
     }
 
     /// True once every window of the lease has been attested, or the
@@ -255,6 +285,9 @@ impl Meter {
         self.prev = attestation.id()?;
         self.seq += 1;
         self.window_start = end;
+        if self.silent_since.is_none() {
+            self.silent_since = Some(created_at);
+        }
         Ok(attestation)
     }
 }
@@ -347,6 +380,39 @@ mod tests {
             attestations.push(meter.close_window(clock.now()).unwrap());
         }
         (attestations, events, agreement)
+    }
+
+    #[test]
+    fn silence_is_timed_from_the_oldest_unanswered_window() {
+        let (chain, _, agreement) =
+            run_escrowed_lease(SimProfile::builtin("h100x8").unwrap(), 0, None);
+        assert!(chain.is_empty());
+        let mut meter = Meter::new(&agreement, Keypair::from_seed([5; 32])).unwrap();
+        assert_eq!(meter.silent_ms(T0.plus_ms(600_000)), 0, "nothing attested");
+        let at = |s: u64| T0.plus_ms(s * 1000);
+        meter.close_window(at(60)).unwrap();
+        meter.close_window(at(120)).unwrap();
+        assert_eq!(
+            meter.silent_ms(at(150)),
+            90_000,
+            "since window 0 was attested"
+        );
+        // An answer to window 0 restarts the wait for window 1 ...
+        meter.answered(0, at(130));
+        assert_eq!(meter.silent_ms(at(150)), 20_000);
+        // ... an old or repeated answer changes nothing, and once every
+        // attested window is answered, nothing waits.
+        meter.answered(0, at(140));
+        assert_eq!(meter.silent_ms(at(150)), 20_000);
+        meter.answered(1, at(145));
+        assert_eq!(meter.silent_ms(at(600)), 0);
+        // An answer to a window not attested yet counts for nothing.
+        meter.answered(7, at(146));
+        meter.close_window(at(180)).unwrap();
+        assert_eq!(meter.silent_ms(at(200)), 20_000);
+        assert!(!meter.ending());
+        meter.end_after_current_window();
+        assert!(meter.ending());
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct SupplierConfig {
     pub max_temperature_c: u32,
     /// Offers nobody leases for this many hours raise an alert.
     pub untaken_alert_hours: u64,
+    /// A lease whose customer has answered none of the attested windows
+    /// for this long (and at least five windows) is ended: windows nobody
+    /// acks may turn out unpayable (a termination, a dispute), so the rig
+    /// stops working for a customer that is gone. 0 never ends one.
+    pub unanswered_end_secs: u64,
 }
 
 impl Default for SupplierConfig {
@@ -53,6 +58,7 @@ impl Default for SupplierConfig {
             offer_ttl_secs: 900,
             max_temperature_c: 90,
             untaken_alert_hours: 24,
+            unanswered_end_secs: 30,
         }
     }
 }

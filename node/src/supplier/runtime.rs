@@ -147,6 +147,7 @@ pub async fn run(
                     }
                 };
                 let unfunded = desk.expire_unfunded(now);
+                end_silent(&mut meters, config.unanswered_end_secs, now);
                 let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
                 if !finished.is_empty() || !unfunded.is_empty() {
                     // GPUs came free: offer them again now.
@@ -294,6 +295,18 @@ pub async fn run(
                             if let Err(reason) = terminate(t, &mut meters, &mut desk, &key) {
                                 tracing::debug!(%reason, "gossiped termination not taken");
                             }
+                        }
+                    }
+                    // Answers to our attestations: a lease nobody answers
+                    // is ended (see `end_silent`).
+                    let answer = match &message.message {
+                        WireMessage::UsageAck(a) => Some((a.body.lease, a.body.customer, a.body.seq)),
+                        WireMessage::UsageDispute(d) => Some((d.body.lease, d.body.customer, d.body.seq)),
+                        _ => None,
+                    };
+                    if let Some((lease, customer, seq)) = answer {
+                        if let Some(meter) = meters.get_mut(&lease).filter(|m| m.customer() == customer) {
+                            meter.answered(seq, UnixMillis::now());
                         }
                     }
                     if let WireMessage::Bid(bid) = &message.message {
@@ -512,6 +525,25 @@ pub(crate) fn terminate(
     meter.end_after_current_window();
     tracing::info!(lease = %t.lease, reason = ?t.reason, "lease ends after the current window");
     Ok(())
+}
+
+/// Ends, after the window in progress, each lease whose customer has
+/// answered none of its attested windows for `limit_secs` (and at least
+/// five windows): those windows may never be paid (a termination the
+/// customer dated back, disputes), and the GPUs are better offered again.
+fn end_silent(meters: &mut BTreeMap<Id, Meter>, limit_secs: u64, now: UnixMillis) {
+    if limit_secs == 0 {
+        return;
+    }
+    for (lease, meter) in meters.iter_mut() {
+        let limit = limit_secs
+            .saturating_mul(1000)
+            .max(meter.window_ms().saturating_mul(5));
+        if meter.silent_ms(now) >= limit && !meter.ending() {
+            tracing::warn!(%lease, silent_secs = meter.silent_ms(now) / 1000, "the customer answers no window: the lease ends after this one");
+            meter.end_after_current_window();
+        }
+    }
 }
 
 async fn meter_round(

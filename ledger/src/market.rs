@@ -81,6 +81,7 @@ pub struct MarketStore {
     messages: sled::Tree,
     bans: sled::Tree,
     debits: sled::Tree,
+    locked: sled::Tree,
 }
 
 /// First byte of live-offer index keys; above every kind tag.
@@ -106,6 +107,13 @@ fn lease_prefix(lease: &Id, kind: Kind) -> Vec<u8> {
     key.push(BY_LEASE);
     key.extend_from_slice(lease.as_bytes());
     key.push(kind.tag());
+    key
+}
+
+fn locked_key(lease: &Id, settlement_seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(40);
+    key.extend_from_slice(lease.as_bytes());
+    key.extend_from_slice(&settlement_seq.to_be_bytes());
     key
 }
 
@@ -140,6 +148,7 @@ impl MarketStore {
             messages: db.open_tree("market/messages")?,
             bans: db.open_tree("market/bans")?,
             debits: db.open_tree("market/pending_debits")?,
+            locked: db.open_tree("coordinator/locked_requests")?,
             db,
         })
     }
@@ -407,6 +416,41 @@ impl MarketStore {
             if held == seq {
                 self.debits.remove(account.as_bytes())?;
                 self.db.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes of the settlement request a coordinator voted for
+    /// at `(lease, settlement_seq)`, so anyone can complete it (settlement.md
+    /// 8.6).
+    pub fn put_locked_request(
+        &self,
+        lease: &Id,
+        settlement_seq: u64,
+        request: &[u8],
+    ) -> Result<()> {
+        self.locked
+            .insert(locked_key(lease, settlement_seq), request)?;
+        Ok(())
+    }
+
+    /// The settlement request voted for at `(lease, settlement_seq)`.
+    pub fn locked_request(&self, lease: &Id, settlement_seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .locked
+            .get(locked_key(lease, settlement_seq))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Forgets the requests voted for on `lease` below `settlement_seq`
+    /// (their settlements are applied).
+    pub fn forget_locked_requests(&self, lease: &Id, below: u64) -> Result<()> {
+        for entry in self.locked.scan_prefix(lease.as_bytes()) {
+            let (key, _) = entry?;
+            let seq = read_u64(key.get(32..).unwrap_or_default(), "locked request key")?;
+            if seq < below {
+                self.locked.remove(key)?;
             }
         }
         Ok(())

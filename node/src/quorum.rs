@@ -227,6 +227,36 @@ impl Quorum {
             .count()
     }
 
+    /// The settlement requests members voted for on `lease` at
+    /// `settlement_seq`, each once, and how many members answered that
+    /// they voted for none (settlement.md 8.6).
+    pub async fn locked(
+        &self,
+        lease: rigmesh_protocol::Id,
+        settlement_seq: u64,
+    ) -> (Vec<Signed<rigmesh_protocol::SettlementRequest>>, usize) {
+        let mut found: Vec<Signed<rigmesh_protocol::SettlementRequest>> = Vec::new();
+        let mut free = 0;
+        let request = CoordinatorRequest::Locked {
+            lease,
+            settlement_seq,
+        };
+        for (_, answer) in self.ask_all(&request).await {
+            match answer {
+                Ok(CoordinatorResponse::Locked(Some(r)))
+                    if r.body.lease == lease && r.body.settlement_seq == settlement_seq =>
+                {
+                    if !found.contains(&r) {
+                        found.push(r);
+                    }
+                }
+                Ok(CoordinatorResponse::Locked(None)) => free += 1,
+                _ => {}
+            }
+        }
+        (found, free)
+    }
+
     /// What each reachable member says of `account`.
     pub async fn accounts(&self, account: PublicKey) -> Vec<AccountState> {
         self.ask_all(&CoordinatorRequest::Account(account))

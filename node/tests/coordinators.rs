@@ -1642,3 +1642,98 @@ async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_completes_the_request_its_vanished_supplier_left_half_voted_then_releases() {
+    common::logs();
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut cs, supplier, customer) = ready_market(&dirs).await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    fund(&customer, &buyer, "20", "wire-0012").await;
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+
+    // Two coordinators go down: the supplier's first settlement request
+    // gets the votes of the other two, no quorum, and they are locked on
+    // it. Then the supplier's node goes away for good.
+    let fourth = cs.pop().unwrap();
+    let third = cs.pop().unwrap();
+    third.stop().await.unwrap();
+    fourth.stop().await.unwrap();
+    let cs_ref = &cs;
+    eventually(
+        30,
+        "the supplier's request locked at the two left",
+        || async move {
+            cs_ref.iter().all(|c| {
+                c.coordinator
+                    .as_ref()
+                    .unwrap()
+                    .ledger
+                    .settlement_lock(&lease, 0)
+                    .unwrap()
+                    .is_some()
+            })
+        },
+    )
+    .await;
+    supplier.stop().await.unwrap();
+    for i in [2, 3] {
+        let back = start(Role::Coordinator, dirs[i].path(), Some(i)).await;
+        for node in cs.iter().chain([&customer]) {
+            back.handle.dial(dial_addr(node)).await.unwrap();
+        }
+        cs.push(back);
+    }
+
+    // The customer ends the silent lease; after the grace period its
+    // release finds members locked at settlement 0, completes the
+    // supplier's request, and releases the rest at settlement 1.
+    let cs_ref = &cs;
+    eventually(90, "the lease closed on every coordinator", || async move {
+        cs_ref.iter().all(|c| {
+            c.coordinator
+                .as_ref()
+                .unwrap()
+                .ledger
+                .lease_book(&lease)
+                .unwrap()
+                .is_some_and(|b| b.closed && b.next_settlement_seq == 2)
+        })
+    })
+    .await;
+    let first = books(&cs[0]);
+    let escrow = "1.70".parse::<Credits>().unwrap();
+    let paid = cs[0]
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .ledger
+        .lease_book(&lease)
+        .unwrap()
+        .unwrap()
+        .paid;
+    for c in &cs {
+        assert_eq!(books(c), first, "the coordinators agree");
+        assert!(balance(c, &seller) > Credits::ZERO, "the supplier was paid");
+        assert_eq!(
+            balance(c, &buyer),
+            "20".parse::<Credits>()
+                .unwrap()
+                .checked_sub(escrow)
+                .unwrap()
+                .checked_add(escrow.checked_sub(paid).unwrap())
+                .unwrap(),
+            "everything not paid came back"
+        );
+    }
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}

@@ -184,6 +184,15 @@ pub enum CoordinatorRequest {
         /// Votes members cast for it (one suffices as the proof).
         votes: Vec<Signed<Vote>>,
     },
+    /// Ask which settlement request of a lease the coordinator voted for
+    /// at a settlement sequence number (settlement.md 8.6): anyone may
+    /// complete a request that gathered some votes but no quorum.
+    Locked {
+        /// The lease.
+        lease: Id,
+        /// The settlement sequence number.
+        settlement_seq: u64,
+    },
 }
 
 /// A debit to vote on: the order and what its rules need.
@@ -248,6 +257,9 @@ pub enum CoordinatorResponse {
     Pending(String),
     /// The state of the account asked for.
     Account(AccountState),
+    /// The settlement request this coordinator voted for at the lease and
+    /// settlement sequence number asked for, if any.
+    Locked(Option<Signed<SettlementRequest>>),
 }
 
 /// What a catch-up sync asks for.
@@ -564,6 +576,18 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_response",
             CoordinatorResponse::Applied.to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Locked(Some(samples::settlement_request()?)).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Locked {
+                lease: samples::lease_agreement()?.id()?,
+                settlement_seq: 0,
+            }
+            .to_bytes()?,
         ),
         (
             "coordinator_response",

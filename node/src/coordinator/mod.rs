@@ -18,7 +18,8 @@ use rigmesh_protocol::rpc::{
 };
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Keypair, LeaseTermination, PublicKey, Signed, UnixMillis, UsageAck, UsageDispute,
+    Keypair, LeaseTermination, PublicKey, SettlementRequest, Signed, UnixMillis, UsageAck,
+    UsageDispute,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -103,6 +104,13 @@ impl CoordinatorRole {
         };
         match (&result, frame) {
             (Ok(Applied::Applied), CertificateFrame::Settlement(c)) => {
+                let r = &c.message.body;
+                if let Err(err) = self
+                    .store
+                    .forget_locked_requests(&r.lease, r.settlement_seq.saturating_add(1))
+                {
+                    tracing::debug!(%err, "voted requests not pruned");
+                }
                 self.push_alerts(health::check_escrow(
                     &self.key,
                     &self.ledger,
@@ -169,6 +177,18 @@ impl CoordinatorRole {
             CoordinatorRequest::Release(bundle) => self.vote_release(*bundle, now),
             CoordinatorRequest::CompleteDebit { debit, votes } => {
                 rules.complete_debit(&debit, &votes, now)
+            }
+            CoordinatorRequest::Locked {
+                lease,
+                settlement_seq,
+            } => {
+                let request = self
+                    .store
+                    .locked_request(&lease, settlement_seq)
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| Signed::<SettlementRequest>::from_bytes(&bytes).ok());
+                return CoordinatorResponse::Locked(request);
             }
             CoordinatorRequest::Terminate(termination) => {
                 return match self.hold_termination(&termination, now) {
@@ -292,7 +312,7 @@ impl CoordinatorRole {
             .store
             .about_lease::<LeaseTermination>(&lease)
             .unwrap_or_default();
-        self.rules().vote_settlement(
+        let vote = self.rules().vote_settlement(
             &SettlementEvidence {
                 request: &bundle.request,
                 agreement: &bundle.agreement,
@@ -303,7 +323,21 @@ impl CoordinatorRole {
                 terminations: &terminations,
             },
             now,
-        )
+        )?;
+        // Kept so that anyone can complete it if its sender vanishes
+        // (settlement.md 8.6).
+        match bundle.request.to_bytes() {
+            Ok(bytes) => {
+                if let Err(err) = self
+                    .store
+                    .put_locked_request(&lease, r.settlement_seq, &bytes)
+                {
+                    tracing::warn!(%err, "the voted request is not kept");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "the voted request is not kept"),
+        }
+        Ok(vote)
     }
 
     fn vote_release(

@@ -44,12 +44,7 @@ pub fn build(
     let lease = agreement.id().map_err(|e| text(&e))?;
     let supplier = agreement.body.supplier;
     let me = key.public();
-    let order = store
-        .certificates::<EscrowOrder>(now)
-        .map_err(|e| text(&e))?
-        .into_iter()
-        .find(|c| c.message.body.lease == lease && c.message.body.account == me)
-        .ok_or_else(|| format!("no escrow certificate of lease {lease} here"))?;
+    let (order, escrowed) = escrows(store, &lease, &me, now)?;
     let mut settlements = store
         .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
         .map_err(|e| text(&e))?;
@@ -73,12 +68,7 @@ pub fn build(
         ),
         None => (0, Id::ZERO),
     };
-    let available = order
-        .message
-        .body
-        .amount
-        .checked_sub(paid)
-        .ok_or("paid past the escrow")?;
+    let available = escrowed.checked_sub(paid).ok_or("paid past the escrow")?;
 
     let mut held: Vec<Signed<UsageAttestation>> = store
         .about_lease::<UsageAttestation>(&lease)
@@ -170,7 +160,12 @@ pub fn build(
             supplier_amount: payout.supplier,
             fee: payout.fee,
             refund: payout.refund,
-            created_at: now,
+            // Fixed by the lease's end, not the clock: built again from
+            // the same evidence, the release is the same message, so a
+            // retry never conflicts with the votes an earlier try got.
+            created_at: ended_at(store, agreement, key)
+                .plus_ms(rules.release_grace_ms)
+                .min(now),
         },
         key,
     )
@@ -187,4 +182,96 @@ pub fn build(
         terminations,
     };
     Ok((release, bundle))
+}
+
+/// The first escrow certificate of `account`'s `lease` in `store` (the
+/// one settlements name) and what all of them hold together (top-ups
+/// included, settlement.md 5.5).
+fn escrows(
+    store: &MarketStore,
+    lease: &Id,
+    account: &rigmesh_protocol::PublicKey,
+    now: UnixMillis,
+) -> Result<(rigmesh_protocol::EscrowCertificate, Credits), String> {
+    let mut orders: Vec<rigmesh_protocol::EscrowCertificate> = store
+        .certificates::<EscrowOrder>(now)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|c| c.message.body.lease == *lease && c.message.body.account == *account)
+        .collect();
+    orders.sort_by_key(|c| c.message.body.seq);
+    let mut total = Credits::ZERO;
+    for c in &orders {
+        total = total
+            .checked_add(c.message.body.amount)
+            .ok_or("escrowed amounts overflow")?;
+    }
+    let first = orders
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no escrow certificate of lease {lease} here"))?;
+    Ok((first, total))
+}
+
+/// The evidence for a settlement request of `agreement`'s lease that some
+/// coordinators voted for and that its supplier never completed, as this
+/// node's store has it, so that the customer can complete it
+/// (settlement.md 8.6).
+pub fn settlement_bundle(
+    store: &MarketStore,
+    key: &Keypair,
+    agreement: &Signed<LeaseAgreement>,
+    request: Signed<rigmesh_protocol::SettlementRequest>,
+    now: UnixMillis,
+) -> Result<rigmesh_protocol::rpc::SettlementBundle, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let lease = agreement.id().map_err(|e| text(&e))?;
+    let me = key.public();
+    let r = &request.body;
+    if r.lease != lease || r.supplier != agreement.body.supplier || r.customer != me {
+        return Err("the request is not for this lease".into());
+    }
+    request
+        .verify_record()
+        .map_err(|e| format!("the request does not verify: {e}"))?;
+    let (escrow, _) = escrows(store, &lease, &me, now)?;
+    let mut earlier = store
+        .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
+        .map_err(|e| text(&e))?;
+    earlier.retain(|c| c.message.body.settlement_seq < r.settlement_seq);
+    earlier.sort_by_key(|c| c.message.body.settlement_seq);
+    let from = r.first_window.saturating_sub(1);
+    let mut attestations: Vec<Signed<UsageAttestation>> = store
+        .about_lease::<UsageAttestation>(&lease)
+        .map_err(|e| text(&e))?
+        .into_iter()
+        .filter(|a| {
+            a.signer == agreement.body.supplier
+                && a.body.seq >= from
+                && a.body.seq <= r.last_window
+                && a.verify_record().is_ok()
+        })
+        .collect();
+    attestations.sort_by_key(|a| a.body.seq);
+    attestations.dedup_by_key(|a| a.body.seq);
+    let mine = |signer: &rigmesh_protocol::PublicKey| *signer == me;
+    Ok(rigmesh_protocol::rpc::SettlementBundle {
+        request,
+        agreement: agreement.clone(),
+        escrow: Some(escrow),
+        attestations,
+        acks: store
+            .about_lease::<UsageAck>(&lease)
+            .map_err(|e| text(&e))?
+            .into_iter()
+            .filter(|k| mine(&k.signer))
+            .collect(),
+        disputes: store
+            .about_lease::<UsageDispute>(&lease)
+            .map_err(|e| text(&e))?
+            .into_iter()
+            .filter(|d| mine(&d.signer))
+            .collect(),
+        earlier,
+    })
 }

@@ -972,6 +972,19 @@ impl Customer {
                     continue;
                 }
             };
+            // Members locked on a request of the supplier at this
+            // settlement sequence number would split the votes with the
+            // release: that request is completed first. The release goes
+            // out only when a quorum says it holds no lock there.
+            let (locked, free) = quorum.locked(id, release.body.settlement_seq).await;
+            if !locked.is_empty() {
+                self.complete_locked(id, &agreement, locked, &quorum).await;
+                continue;
+            }
+            if free < quorum.set().quorum() {
+                tracing::info!(lease = %id, free, "escrow release waits: too few members say they hold no vote at its sequence number");
+                continue;
+            }
             let request = rigmesh_protocol::rpc::CoordinatorRequest::Release(Box::new(bundle));
             match quorum.certify(&release, &request).await {
                 Ok(certificate) => {
@@ -986,7 +999,58 @@ impl Customer {
                     self.on_settlement(id).await;
                 }
                 Err(refused) => {
-                    tracing::info!(lease = %id, %refused, "escrow release not certified yet")
+                    tracing::info!(lease = %id, %refused, "escrow release not certified yet");
+                }
+            }
+        }
+    }
+
+    /// Members are locked on a settlement request of the supplier at the
+    /// sequence number the release needs: the supplier sent it, got some
+    /// votes and no quorum, and went away. The customer completes that
+    /// request itself with the evidence its store holds (settlement.md
+    /// 8.6); its release then takes the next sequence number.
+    async fn complete_locked(
+        &mut self,
+        id: Id,
+        agreement: &Signed<LeaseAgreement>,
+        locked: Vec<Signed<rigmesh_protocol::SettlementRequest>>,
+        quorum: &crate::quorum::Quorum,
+    ) {
+        let now = UnixMillis::now();
+        for request in locked {
+            let settlement_seq = request.body.settlement_seq;
+            let bundle = match super::release::settlement_bundle(
+                &self.store,
+                &self.key,
+                agreement,
+                request.clone(),
+                now,
+            ) {
+                Ok(bundle) => bundle,
+                Err(reason) => {
+                    tracing::info!(lease = %id, %reason, "a locked settlement request is not completed");
+                    continue;
+                }
+            };
+            let frame = rigmesh_protocol::rpc::CoordinatorRequest::Settle(Box::new(bundle));
+            match quorum.certify(&request, &frame).await {
+                Ok(certificate) => {
+                    tracing::info!(lease = %id, settlement_seq, "completed the supplier's settlement request that members were locked on");
+                    quorum
+                        .deliver(rigmesh_protocol::rpc::CertificateFrame::Settlement(
+                            Box::new(certificate),
+                        ))
+                        .await;
+                    if let Some(lease) = self.leases.get_mut(&id) {
+                        // Release again at once, after that settlement.
+                        lease.release_tried = None;
+                    }
+                    self.on_settlement(id).await;
+                    return;
+                }
+                Err(refused) => {
+                    tracing::info!(lease = %id, %refused, "the locked settlement request is not certified yet")
                 }
             }
         }

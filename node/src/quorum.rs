@@ -244,11 +244,11 @@ impl Quorum {
         for (_, answer) in self.ask_all(&request).await {
             match answer {
                 Ok(CoordinatorResponse::Locked(Some(r)))
-                    if r.body.lease == lease && r.body.settlement_seq == settlement_seq =>
+                    if r.body.lease == lease
+                        && r.body.settlement_seq == settlement_seq
+                        && !found.contains(&r) =>
                 {
-                    if !found.contains(&r) {
-                        found.push(r);
-                    }
+                    found.push(r);
                 }
                 Ok(CoordinatorResponse::Locked(None)) => free += 1,
                 _ => {}

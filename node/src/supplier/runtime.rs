@@ -79,6 +79,7 @@ pub async fn run(
     mut inbound: mpsc::Receiver<InboundRequest>,
     view: watch::Sender<SupplierView>,
     settlement: Option<Settlement>,
+    alerts_to: crate::notify::AlertSink,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
@@ -147,7 +148,7 @@ pub async fn run(
                     }
                 };
                 let unfunded = desk.expire_unfunded(now);
-                let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &alerts_to, &samples, now).await;
                 if !finished.is_empty() || !unfunded.is_empty() {
                     // GPUs came free: offer them again now.
                     offers_due = UnixMillis(0);
@@ -217,12 +218,14 @@ pub async fn run(
                 hot = hot_now;
                 if let Ok(list) = alerts::overheating(&key, &newly_hot, config.max_temperature_c, now) {
                     for alert in list {
+                        alerts_to.raise(&alert.body);
                         let _ = network.publish(&WireMessage::Alert(alert)).await;
                     }
                 }
                 match watch.check(&key, now, offering) {
                     Ok(list) => {
                         for alert in list {
+                            alerts_to.raise(&alert.body);
                             let _ = network.publish(&WireMessage::Alert(alert)).await;
                         }
                     }
@@ -474,6 +477,7 @@ async fn meter_round(
     desk: &mut LeaseDesk,
     key: &Keypair,
     network: &NodeHandle,
+    alerts_to: &crate::notify::AlertSink,
     samples: &[GpuSample],
     now: UnixMillis,
 ) -> (
@@ -485,6 +489,7 @@ async fn meter_round(
     for (lease, meter) in meters.iter_mut() {
         for event in meter.record(samples) {
             if let Ok(alert) = alerts::for_meter_event(key, *lease, &event, now) {
+                alerts_to.raise(&alert.body);
                 let _ = network.publish(&WireMessage::Alert(alert)).await;
             }
         }

@@ -97,6 +97,13 @@ fn get(args: &NotifyArgs, path: &str, what: &str) -> anyhow::Result<Value> {
     connect(args)?.get(path)?.into(what)
 }
 
+static NULL: Value = Value::Null;
+
+/// `v[key]` without indexing: null when absent.
+fn at<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&NULL)
+}
+
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -168,23 +175,26 @@ fn rules(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
     if args.node.json {
         return json_out(&rules);
     }
-    let recipients = rules["recipients"].as_array().cloned().unwrap_or_default();
+    let recipients = at(&rules, "recipients")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if recipients.is_empty() {
         outln!("no recipients: add [[notify.recipients]] to the node's config");
     }
     for r in &recipients {
         outln!("recipient {}", str_of(r, "name"));
-        outln!("  audience     {}", list(&r["audience"]));
-        if r["accounts"].as_array().is_some_and(|a| !a.is_empty()) {
-            outln!("  accounts     {}", list(&r["accounts"]));
+        outln!("  audience     {}", list(at(r, "audience")));
+        if at(r, "accounts").as_array().is_some_and(|a| !a.is_empty()) {
+            outln!("  accounts     {}", list(at(r, "accounts")));
         }
         for severity in ["critical", "warning", "info"] {
-            outln!("  {severity:<12} {}", list(&r["defaults"][severity]));
+            outln!("  {severity:<12} {}", list(at(at(r, "defaults"), severity)));
         }
-        for route in r["routes"].as_array().into_iter().flatten() {
-            let rules = list(&route["rules"]);
-            let severities = list(&route["severities"]);
-            let to = list(&route["channels"]);
+        for route in at(r, "routes").as_array().into_iter().flatten() {
+            let rules = list(at(route, "rules"));
+            let severities = list(at(route, "severities"));
+            let to = list(at(route, "channels"));
             outln!(
                 "  route        rules {} severities {} -> {}",
                 if rules == "-" { "any".into() } else { rules },
@@ -196,7 +206,7 @@ fn rules(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
                 if to == "-" { "muted".into() } else { to }
             );
         }
-        if let Some(q) = r["quiet_hours"].as_object() {
+        if let Some(q) = at(r, "quiet_hours").as_object() {
             outln!(
                 "  quiet hours  {}-{} (UTC{:+} min), critical alerts still go out",
                 q.get("start").and_then(Value::as_str).unwrap_or(""),
@@ -206,24 +216,24 @@ fn rules(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or(0)
             );
         }
-        for step in r["escalation"].as_array().into_iter().flatten() {
+        for step in at(r, "escalation").as_array().into_iter().flatten() {
             outln!(
                 "  escalation   after {} unacknowledged -> {}",
-                text::duration(step["after_ms"].as_u64().unwrap_or(0)),
-                list(&step["channels"])
+                text::duration(at(step, "after_ms").as_u64().unwrap_or(0)),
+                list(at(step, "channels"))
             );
         }
     }
-    for rule in rules["inhibit"].as_array().into_iter().flatten() {
+    for rule in at(&rules, "inhibit").as_array().into_iter().flatten() {
         outln!(
             "inhibit {} mutes {} (equal: {})",
-            list(&rule["source_rules"]),
-            list(&rule["target_rules"]),
-            list(&rule["equal"])
+            list(at(rule, "source_rules")),
+            list(at(rule, "target_rules")),
+            list(at(rule, "equal"))
         );
     }
-    let g = &rules["grouping"];
-    let ms = |key: &str| text::duration(g[key].as_u64().unwrap_or(0));
+    let g = at(&rules, "grouping");
+    let ms = |key: &str| text::duration(at(g, key).as_u64().unwrap_or(0));
     outln!(
         "grouping: first wait {}, interval {}, repeat {}, critical repeat {} until acknowledged, info digest every {}",
         ms("group_wait_ms"),
@@ -240,7 +250,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
     if args.node.json {
         return json_out(&log);
     }
-    let groups = log["groups"].as_array().cloned().unwrap_or_default();
+    let groups = at(&log, "groups").as_array().cloned().unwrap_or_default();
     if groups.is_empty() {
         outln!("no open alert groups");
     } else {
@@ -254,7 +264,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
             "last sent"
         );
         for g in &groups {
-            let state = match g["acknowledged"].as_object() {
+            let state = match at(g, "acknowledged").as_object() {
                 Some(a) => format!(
                     "acknowledged by {} at {}",
                     a.get("by").and_then(Value::as_str).unwrap_or("?"),
@@ -273,7 +283,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
                 str_of(g, "id"),
                 str_of(g, "severity"),
                 str_of(g, "rule"),
-                g["messages"].as_u64().unwrap_or(0),
+                at(g, "messages").as_u64().unwrap_or(0),
                 time_of(g, "last_sent")
             );
         }
@@ -284,18 +294,18 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
         ("pending", "created_at"),
         ("dead", "created_at"),
     ] {
-        for n in log[list_key].as_array().into_iter().flatten() {
-            let at = n[time_key].as_u64().unwrap_or(0);
+        for n in at(&log, list_key).as_array().into_iter().flatten() {
+            let when = at(n, time_key).as_u64().unwrap_or(0);
             let mut status = str_of(n, "status").to_string();
             let error = str_of(n, "last_error");
             if !error.is_empty() {
                 status = format!(
                     "{status} after {} attempts ({error})",
-                    n["attempts"].as_u64().unwrap_or(0)
+                    at(n, "attempts").as_u64().unwrap_or(0)
                 );
             }
             rows.push((
-                at,
+                when,
                 format!(
                     "  {:<21}  {:<12}  {:<8}  {:<16}  {:<16}  {}  [{status}]",
                     time_of(n, time_key),
@@ -308,7 +318,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.0));
     if rows.is_empty() {
         outln!("no notifications yet");
     } else {

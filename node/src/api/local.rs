@@ -512,27 +512,24 @@ async fn whoami(State(s): State<Scoped>) -> Response {
         .into_response()
 }
 
-fn notifier(s: &Scoped) -> std::result::Result<&crate::notify::NodeNotifier, Response> {
-    s.api.notify.get().ok_or_else(|| {
-        refusal(
-            StatusCode::CONFLICT,
-            "failed",
-            "notifications are not configured on this node: add a [notify] section to its config",
-        )
-    })
+fn not_notifying() -> Response {
+    refusal(
+        StatusCode::CONFLICT,
+        "failed",
+        "notifications are not configured on this node: add a [notify] section to its config",
+    )
 }
 
 async fn notify_channels(State(s): State<Scoped>) -> Response {
-    match notifier(&s) {
-        Ok(n) => Json(n.channels()).into_response(),
-        Err(response) => response,
+    match s.api.notify.get() {
+        Some(n) => Json(n.channels()).into_response(),
+        None => not_notifying(),
     }
 }
 
 async fn notify_test(State(s): State<Scoped>, UrlPath(name): UrlPath<String>) -> Response {
-    let n = match notifier(&s) {
-        Ok(n) => n.clone(),
-        Err(response) => return response,
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
     };
     match n.test_channel(&name).await {
         Ok(()) => Json(serde_json::json!({"channel": name, "delivered": true})).into_response(),
@@ -551,16 +548,15 @@ async fn notify_test(State(s): State<Scoped>, UrlPath(name): UrlPath<String>) ->
 }
 
 async fn notify_rules(State(s): State<Scoped>) -> Response {
-    match notifier(&s) {
-        Ok(n) => Json(n.rules()).into_response(),
-        Err(response) => response,
+    match s.api.notify.get() {
+        Some(n) => Json(n.rules()).into_response(),
+        None => not_notifying(),
     }
 }
 
 async fn notify_log(State(s): State<Scoped>) -> Response {
-    let n = match notifier(&s) {
-        Ok(n) => n.clone(),
-        Err(response) => return response,
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
     };
     match n.handle().status().await {
         Ok(status) => Json(crate::notify::log_of(&status)).into_response(),
@@ -615,9 +611,8 @@ async fn notify_ack(
             Err(err) => return bad_request(format!("the body is not {{\"by\": \"...\"}}: {err}")),
         }
     };
-    let n = match notifier(&s) {
-        Ok(n) => n.clone(),
-        Err(response) => return response,
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
     };
     let by = request
         .by
@@ -676,9 +671,8 @@ async fn ack_link(
     let Some(token) = link.token else {
         return bad_request("the link lacks its ?token=".into());
     };
-    let n = match notifier(&s) {
-        Ok(n) => n.clone(),
-        Err(response) => return response,
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
     };
     match n.handle().acknowledge(&group, &token, "link").await {
         Ok(()) => {

@@ -369,6 +369,34 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_notify_section_reads_back_once_uncommented() {
+        let text = example().unwrap();
+        let (_, notify) = text.split_once("# [notify]").unwrap();
+        let uncommented: String = std::iter::once("[notify]")
+            .chain(notify.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l)))
+            .collect();
+        let config: NodeConfig = toml::from_str(&uncommented).unwrap();
+        let notify = config.notify.unwrap();
+        notify.check().unwrap();
+        assert_eq!(notify.channels[0].name, "ops-hook");
+        assert_eq!(notify.recipients[0].channels, ["ops-hook"]);
+    }
+
+    #[test]
+    fn a_notify_section_that_names_a_missing_channel_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[[notify.recipients]]\nname = \"me\"\nchannels = [\"pager\"]\n",
+        )
+        .unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("[notify]") && err.contains("pager"), "{err}");
+    }
+
+    #[test]
     fn a_file_names_only_what_it_changes_and_flags_win() {
         let config: NodeConfig = toml::from_str(
             r#"

@@ -461,3 +461,126 @@ async fn forward(
         sink.raise(&body);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use rigmesh_protocol::Keypair;
+
+    fn signed(key: &Keypair, audience: Audience, about: PublicKey, rule: &str) -> WireMessage {
+        WireMessage::Alert(
+            Signed::sign(
+                Alert {
+                    version: PROTOCOL_VERSION,
+                    issuer: key.public(),
+                    severity: Severity::Warning,
+                    audience,
+                    rule: rule.into(),
+                    about: Some(about),
+                    subject: None,
+                    message: format!("{rule} about {about}"),
+                    created_at: UnixMillis::now(),
+                },
+                key,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn only_coordinator_alerts_about_this_account_reach_its_notifier() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "k").unwrap();
+        let config = NotifyConfig::from_toml(&format!(
+            r#"
+            [[channels]]
+            name = "hook"
+            type = "webhook"
+            url = "http://127.0.0.1:9/unused"
+            secret = {{ file = "{}" }}
+            [[recipients]]
+            name = "rig owner"
+            audience = ["supplier"]
+            channels = ["hook"]
+            "#,
+            secret.display()
+        ))
+        .unwrap();
+        let me = Keypair::from_seed([1; 32]).public();
+        let coordinator = Keypair::from_seed([2; 32]);
+        let stranger = Keypair::from_seed([3; 32]);
+        let set = CoordinatorSet::new(1, vec![coordinator.public()]).unwrap();
+        let (handle, task) = rigmesh_notify::worker::start(
+            config,
+            rigmesh_ledger::MemoryStore::new(),
+            me,
+            SystemClock,
+            NotifyMetrics::default(),
+            std::future::pending(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::broadcast::channel(16);
+        let watcher = tokio::spawn(forward(
+            rx,
+            set,
+            me,
+            Audience::Supplier,
+            AlertSink::new(handle.clone()),
+        ));
+        let other = Keypair::from_seed([4; 32]).public();
+        for message in [
+            // Not from the coordinator set: ignored.
+            signed(&stranger, Audience::Supplier, me, "spoofed.alert"),
+            // About someone else: ignored.
+            signed(&coordinator, Audience::Supplier, other, "other.alert"),
+            // About this account, meant for the operators: this node's.
+            signed(&coordinator, Audience::Operators, me, "reputation.low"),
+        ] {
+            tx.send(crate::network::AcceptedMessage {
+                id: Id::ZERO,
+                bytes: Vec::new(),
+                message,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        watcher.await.unwrap();
+        let status = handle.status().await.unwrap();
+        let rules: Vec<&str> = status.groups.iter().map(|g| g.rule.as_str()).collect();
+        assert_eq!(rules, ["reputation.low"]);
+        assert_eq!(status.groups[0].recipient_name, "rig owner");
+        drop(handle);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn channels_are_shown_without_their_secrets() {
+        let config = NotifyConfig::from_toml(
+            r#"
+            [[channels]]
+            name = "room"
+            type = "slack"
+            url = { env = "ROOM_URL" }
+            [[channels]]
+            name = "pager"
+            type = "twilio"
+            account_sid = "AC1"
+            auth_token = { file = "/etc/rigmesh/twilio" }
+            from = "+1555"
+            to = ["+1666"]
+            "#,
+        )
+        .unwrap();
+        let views: Vec<ChannelView> = config.channels.iter().map(view_of).collect();
+        assert_eq!(views[0].target, "incoming webhook, URL from $ROOM_URL");
+        assert_eq!(
+            (views[0].kind.as_str(), views[0].medium.as_str()),
+            ("slack", "im")
+        );
+        assert_eq!(views[1].target, "https://api.twilio.com to +1666");
+        assert_eq!(views[1].medium, "sms");
+    }
+}

@@ -20,8 +20,8 @@ const SECRET: &str = "cli-test-secret-abcdef";
 /// A webhook server on a free loopback port, on its own thread; each
 /// request that passes the signature check sends its body's subject.
 fn webhook_server() -> (String, mpsc::Receiver<String>) {
-    let (tx, rx) = mpsc::channel();
-    let (url_tx, url_rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(64);
+    let (url_tx, url_rx) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
@@ -57,7 +57,7 @@ fn webhook_server() -> (String, mpsc::Receiver<String>) {
                             }
                             let parsed: webhook::WebhookBody =
                                 serde_json::from_slice(&body).unwrap();
-                            let _ = tx.send(parsed.subject);
+                            let _ = tx.try_send(parsed.subject);
                             axum::http::StatusCode::OK
                         }
                     },

@@ -126,6 +126,15 @@ fn list(v: &Value) -> String {
     }
 }
 
+/// A wait as people read it; under a second in milliseconds.
+fn wait(ms: u64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else {
+        text::duration(ms)
+    }
+}
+
 fn json_out(value: &Value) -> anyhow::Result<ExitCode> {
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(ExitCode::SUCCESS)
@@ -219,7 +228,7 @@ fn rules(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
         for step in at(r, "escalation").as_array().into_iter().flatten() {
             outln!(
                 "  escalation   after {} unacknowledged -> {}",
-                text::duration(at(step, "after_ms").as_u64().unwrap_or(0)),
+                wait(at(step, "after_ms").as_u64().unwrap_or(0)),
                 list(at(step, "channels"))
             );
         }
@@ -233,7 +242,7 @@ fn rules(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let g = at(&rules, "grouping");
-    let ms = |key: &str| text::duration(at(g, key).as_u64().unwrap_or(0));
+    let ms = |key: &str| wait(at(g, key).as_u64().unwrap_or(0));
     outln!(
         "grouping: first wait {}, interval {}, repeat {}, critical repeat {} until acknowledged, info digest every {}",
         ms("group_wait_ms"),
@@ -307,7 +316,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
             rows.push((
                 when,
                 format!(
-                    "  {:<21}  {:<12}  {:<8}  {:<16}  {:<16}  {}  [{status}]",
+                    "  {:<21}  {:<12}  {:<8}  {:<16}  {:<20}  {}  [{status}]",
                     time_of(n, time_key),
                     str_of(n, "channel"),
                     str_of(n, "severity"),
@@ -324,7 +333,7 @@ fn log(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         outln!("notifications, newest first");
         outln!(
-            "  {:<21}  {:<12}  {:<8}  {:<16}  {:<16}  subject  [status]",
+            "  {:<21}  {:<12}  {:<8}  {:<16}  {:<20}  subject  [status]",
             "time",
             "channel",
             "severity",

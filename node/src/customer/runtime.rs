@@ -1151,7 +1151,9 @@ impl Customer {
                     self.alerts_to.raise(&crate::notify::own_alert(
                         self.key.public(),
                         rigmesh_protocol::Audience::Customer,
-                        rigmesh_protocol::Severity::Warning,
+                        // budget.100 is the urgent news; this says what
+                        // became of the lease.
+                        rigmesh_protocol::Severity::Info,
                         "lease.ended",
                         Some(id),
                         format!(

@@ -57,6 +57,14 @@ impl AlertSink {
         }
     }
 
+    /// Tells the notifier that `alert` (the same rule, issuer, account and
+    /// subject) no longer holds: its group reports it resolved.
+    pub fn resolve(&self, alert: &Alert) {
+        if let Some(handle) = &self.0 {
+            handle.try_resolve(alert.clone());
+        }
+    }
+
     /// Hands each signed alert's body to the notifier.
     pub fn raise_all<'a>(&self, alerts: impl IntoIterator<Item = &'a Signed<Alert>>) {
         for alert in alerts {

@@ -123,6 +123,20 @@ impl NotifyHandle {
         }
     }
 
+    /// Marks `alert` resolved if the queue has room; otherwise drops the
+    /// resolution, counts it and returns false (for callers that must not
+    /// wait; the alert then stays firing until acknowledged).
+    pub fn try_resolve(&self, alert: Alert) -> bool {
+        match self.commands.try_send(Command::Resolve(Box::new(alert))) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.dropped_alerts.inc();
+                tracing::warn!("notifier queue full: resolution dropped");
+                false
+            }
+        }
+    }
+
     /// Marks `alert` resolved.
     pub async fn resolve(&self, alert: Alert) -> Result<()> {
         self.commands

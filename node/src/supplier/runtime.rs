@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::bids;
 use super::desk::LeaseDesk;
-use super::meter::Meter;
+use super::meter::{Meter, MeterEvent};
 use super::settle::{SettleEvent, SettledBook};
 use super::{alerts, build_offers, SupplierConfig};
 use crate::network::{InboundRequest, NodeHandle, Protocol};
@@ -487,11 +487,20 @@ async fn meter_round(
     let mut attested = Vec::new();
     let mut finished = Vec::new();
     for (lease, meter) in meters.iter_mut() {
-        for event in meter.record(samples) {
-            if let Ok(alert) = alerts::for_meter_event(key, *lease, &event, now) {
+        let events = meter.record(samples);
+        for event in &events {
+            if let Ok(alert) = alerts::for_meter_event(key, *lease, event, now) {
                 alerts_to.raise(&alert.body);
                 let _ = network.publish(&WireMessage::Alert(alert)).await;
             }
+        }
+        // Every GPU of the lease answers again: the page stops.
+        if events
+            .iter()
+            .any(|e| matches!(e, MeterEvent::GpuBack { .. }))
+            && !meter.any_gpu_lost()
+        {
+            alerts_to.resolve(&alerts::dropped(key, *lease, now));
         }
         while now >= meter.window_end() && !meter.finished() {
             match meter.close_window(now) {

@@ -1,6 +1,7 @@
 //! The rigmesh node: the libp2p swarm and the ingest of signed gossip, the
 //! supplier, customer and coordinator roles built on it, the node's local
-//! APIs, GPU telemetry, and the notifications that carry alerts to people. `cli/` is a thin front over this crate.
+//! APIs, GPU telemetry, and the wiring of notifications that carry alerts
+//! to people. `cli/` is a thin front over this crate.
 
 #![warn(missing_docs)]
 

@@ -1,6 +1,7 @@
 //! `rigmesh devnet`, the README's run command, through the binary: the
 //! scenario goes from bid to final settlement and the four coordinators'
-//! books agree; a kept directory runs again, a temporary one is removed.
+//! books agree; the budget alert is delivered to the devnet's webhook sink;
+//! a kept directory runs again, a temporary one is removed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use assert_cmd::Command;
@@ -30,6 +31,8 @@ fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
         "the customer ended the lease (BudgetCap)",
         "(final)",
         "alert (critical) budget.100",
+        "notifications to webhook http://127.0.0.1:",
+        "notification delivered: budget.100",
         "cap 0.02   settled ",
         "books (identical on all 4 coordinators)",
     ] {
@@ -44,6 +47,17 @@ fn the_devnet_plays_a_lease_from_bid_to_final_settlement() {
     assert_eq!(words.last().unwrap(), &words[3], "{line}");
     // The cheapest H100 offer (the market data's 10th percentile) wins.
     assert!(stdout.contains("at 1.8/GPU-h"), "{stdout}");
+    // The budget alert reached the sink, signed, through the webhook.
+    let delivery = stdout
+        .lines()
+        .find(|l| l.contains("notification delivered: budget.100"))
+        .unwrap();
+    assert!(
+        delivery.contains("(critical) to webhook http://127.0.0.1:"),
+        "{delivery}"
+    );
+    assert!(delivery.ends_with("signature checked"), "{delivery}");
+    assert!(!stdout.contains("webhook sink refused"), "{stdout}");
     // Its API is gone when it exits: nothing says to try it.
     assert!(!stdout.contains("try: "), "{stdout}");
 

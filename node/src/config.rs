@@ -154,6 +154,9 @@ pub struct NodeConfig {
     pub account_key: Option<PathBuf>,
     /// Supplier settings: GPU source, prices, lease terms.
     pub supplier: crate::supplier::SupplierConfig,
+    /// Notifications: channels, recipients, routes (see `rigmesh-notify`);
+    /// none: alerts are logged and kept, never sent.
+    pub notify: Option<rigmesh_notify::NotifyConfig>,
 }
 
 impl Default for NodeConfig {
@@ -169,6 +172,7 @@ impl Default for NodeConfig {
             coordinators: None,
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
+            notify: None,
         }
     }
 }
@@ -201,7 +205,14 @@ impl NodeConfig {
             path: path.display().to_string(),
             source: e,
         })?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let config: NodeConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if let Some(notify) = &config.notify {
+            notify
+                .check()
+                .map_err(|e| Error::Config(format!("{}: [notify]: {e}", path.display())))?;
+        }
+        Ok(config)
     }
 
     /// Applies command-line overrides: the one place flags beat the file.
@@ -295,8 +306,27 @@ pub fn example() -> Result<String> {
         out.push('\n');
     }
     out.push_str("# admin = \"<hex public key>\"\n");
+    out.push_str(NOTIFY_EXAMPLE);
     Ok(out)
 }
+
+/// The `[notify]` part of the example, commented out: one signed webhook
+/// and one recipient taking this node's alerts.
+const NOTIFY_EXAMPLE: &str = "
+# Notifications (none without this table): channels, recipients and their
+# routes. Secrets come from { env = \"VAR\" } or { file = \"/path\" }.
+# Every key is described in the README, section Notifications.
+# [notify]
+# [[notify.channels]]
+# name = \"ops-hook\"
+# type = \"webhook\"          # email, slack, discord, telegram, webhook, twilio, sms_gateway
+# url = \"https://hooks.example.com/rigmesh\"
+# secret = { env = \"RIGMESH_WEBHOOK_SECRET\" }
+# [[notify.recipients]]
+# name = \"me\"
+# audience = [\"customer\", \"supplier\", \"operators\"]
+# channels = [\"ops-hook\"]
+";
 
 fn render<T: Serialize>(value: &T) -> Result<String> {
     toml::to_string(value).map_err(|e| Error::Config(format!("rendering the example: {e}")))
@@ -336,6 +366,34 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_examples_notify_section_reads_back_once_uncommented() {
+        let text = example().unwrap();
+        let (_, notify) = text.split_once("# [notify]").unwrap();
+        let uncommented: String = std::iter::once("[notify]")
+            .chain(notify.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l)))
+            .collect();
+        let config: NodeConfig = toml::from_str(&uncommented).unwrap();
+        let notify = config.notify.unwrap();
+        notify.check().unwrap();
+        assert_eq!(notify.channels[0].name, "ops-hook");
+        assert_eq!(notify.recipients[0].channels, ["ops-hook"]);
+    }
+
+    #[test]
+    fn a_notify_section_that_names_a_missing_channel_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[[notify.recipients]]\nname = \"me\"\nchannels = [\"pager\"]\n",
+        )
+        .unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("[notify]") && err.contains("pager"), "{err}");
     }
 
     #[test]

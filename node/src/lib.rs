@@ -1,6 +1,7 @@
 //! The rigmesh node: the libp2p swarm and the ingest of signed gossip, the
 //! supplier, customer and coordinator roles built on it, the node's local
-//! APIs, and GPU telemetry. `cli/` is a thin front over this crate.
+//! APIs, GPU telemetry, and the wiring of notifications that carry alerts
+//! to people. `cli/` is a thin front over this crate.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod keyfile;
 mod market_store;
 pub mod network;
 pub mod node;
+pub mod notify;
 pub mod quorum;
 pub mod receipts;
 pub mod supplier;

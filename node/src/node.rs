@@ -148,6 +148,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     }
     let (stop, stop_rx) = watch::channel(false);
     let mut registry = Registry::default();
+    let notify_metrics = config
+        .notify
+        .as_ref()
+        .map(|_| rigmesh_notify::NotifyMetrics::register(&mut registry));
     let net = network::start(
         &network_config,
         key,
@@ -177,7 +181,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         tokens: crate::api::local::load_or_create_tokens(&config.data_dir)?,
         supplier: (config.role == Role::Supplier).then_some(view_rx),
         customer: (config.role == Role::Customer).then_some(customer_tx),
+        notify: Default::default(),
     };
+    let notify_slot = api.notify.clone();
     let (customer_api, customer_task) = crate::api::local::serve(
         crate::api::local::Scope::Customer,
         config.customer_api,
@@ -207,6 +213,36 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         customer_task,
         supplier_task,
     ];
+    // Started once the APIs are bound, so acknowledgement links can name
+    // the listener that takes them.
+    let mut alerts_to = crate::notify::AlertSink::default();
+    if let (Some(notify), Some(metrics)) = (config.notify.clone(), notify_metrics) {
+        let api_base = match config.role {
+            Role::Supplier => format!("http://{supplier_api}"),
+            _ => format!("http://{customer_api}"),
+        };
+        let (notifier, task) = crate::notify::start(
+            notify,
+            &config.data_dir,
+            account.public(),
+            &api_base,
+            metrics,
+            stopped(stop.subscribe()),
+        )?;
+        alerts_to = notifier.sink();
+        let _ = notify_slot.set(notifier);
+        tasks.push(task);
+        if let Some(set) = coordinators.clone() {
+            tasks.push(crate::notify::watch_gossip(
+                &handle,
+                set,
+                account.public(),
+                crate::notify::audience_of(config.role),
+                alerts_to.clone(),
+                stopped(stop.subscribe()),
+            ));
+        }
+    }
     let mut coordinator_role = None;
     let inbound_task = if config.role == Role::Coordinator {
         let (Some(rules), Some(_)) = (rules.clone(), coordinators.as_ref()) else {
@@ -241,6 +277,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             report_every_ms,
             handle.clone(),
             net.inbound,
+            alerts_to.clone(),
             stop.subscribe(),
         ))
     } else if config.role == Role::Supplier {
@@ -287,6 +324,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             net.inbound,
             view_tx,
             settlement,
+            alerts_to.clone(),
             stop.subscribe(),
         ))
     } else {
@@ -304,6 +342,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         if let Some(rules) = &rules {
             customer = customer.with_rules(rules.clone());
         }
+        customer = customer.with_alerts(alerts_to.clone());
         tasks.push(tokio::spawn(crate::customer::runtime::run(
             customer,
             customer_rx,

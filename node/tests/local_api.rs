@@ -87,6 +87,7 @@ async fn each_listener_takes_only_its_own_scope() {
         tokens,
         supplier: None,
         customer: None,
+        notify: Default::default(),
     };
     let localhost = "127.0.0.1:0".parse().unwrap();
     let (customer, _) = local::serve(

@@ -7,6 +7,8 @@
 //!   next due entries are a prefix scan;
 //! - `notify.dead`: sequence → [`OutboxEntry`], the dead letters (bounded,
 //!   the oldest go first);
+//! - `notify.sent`: delivery number → [`Delivered`], the log of what went
+//!   where and when (the last [`MAX_SENT`]);
 //! - `notify.meta`: the schema version and the [`OutboxHead`] counters.
 //!
 //! Every change is one atomic batch, flushed before the call returns, so a
@@ -33,7 +35,12 @@ const OUTBOX: &str = "notify.outbox";
 const DUE: &str = "notify.due";
 const DEAD: &str = "notify.dead";
 const META: &str = "notify.meta";
+const SENT: &str = "notify.sent";
 const HEAD_KEY: &[u8] = b"head";
+const SENT_KEY: &[u8] = b"sent";
+
+/// Deliveries kept in the log; the oldest go first.
+pub const MAX_SENT: u64 = 1_000;
 const SCHEMA_KEY: &[u8] = b"schema";
 
 /// The layout of the trees this binary writes.
@@ -59,6 +66,21 @@ pub struct OutboxEntry {
 
 impl Record for OutboxEntry {
     const WHAT: &'static str = "outbox entry";
+}
+
+/// A delivered notification, as the delivery log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Delivered {
+    /// What was delivered.
+    pub outgoing: Outgoing,
+    /// Failed attempts before the one that succeeded.
+    pub attempts: u32,
+    /// When the far end took it.
+    pub delivered_at: UnixMillis,
+}
+
+impl Record for Delivered {
+    const WHAT: &'static str = "delivered notification";
 }
 
 /// Counters kept beside the entries.
@@ -306,9 +328,9 @@ impl<S: Store> Outbox<S> {
         }
     }
 
-    /// Records a delivery: the entry leaves the outbox. Returns it, or none
-    /// if it had already left.
-    pub fn delivered(&self, seq: u64) -> Result<Option<OutboxEntry>> {
+    /// Records a delivery at `now`: the entry leaves the outbox and joins
+    /// the delivery log. Returns it, or none if it had already left.
+    pub fn delivered(&self, seq: u64, now: UnixMillis) -> Result<Option<OutboxEntry>> {
         let _guard = self.guard();
         let Some(entry) = self.entry(seq)? else {
             return Ok(None);
@@ -318,8 +340,35 @@ impl<S: Store> Outbox<S> {
         batch.delete(OUTBOX, seq_key(seq));
         batch.delete(DUE, due_key(entry.next_at, seq));
         head.len = head.len.saturating_sub(1);
+        let number = match self.store.get(META, SENT_KEY)? {
+            Some(bytes) => read_u64(&bytes, "delivery log counter")?,
+            None => 0,
+        };
+        let logged = Delivered {
+            outgoing: entry.outgoing.clone(),
+            attempts: entry.attempts,
+            delivered_at: now,
+        };
+        batch.put(SENT, seq_key(number), logged.to_record()?);
+        if let Some(old) = number.checked_sub(MAX_SENT) {
+            batch.delete(SENT, seq_key(old));
+        }
+        batch.put(
+            META,
+            SENT_KEY.to_vec(),
+            number.saturating_add(1).to_be_bytes().to_vec(),
+        );
         self.commit(batch, &head)?;
         Ok(Some(entry))
+    }
+
+    /// Up to `limit` deliveries from the log, newest first.
+    pub fn sent(&self, limit: usize) -> Result<Vec<Delivered>> {
+        self.store
+            .scan(SENT, KeyRange::all(), Direction::Reverse)
+            .take(limit)
+            .map(|row| Ok(Delivered::from_record(&row?.1)?))
+            .collect()
     }
 
     /// Records a failed attempt at `now`: the entry is scheduled again
@@ -464,8 +513,17 @@ mod tests {
         assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2]);
         assert_eq!(outbox.next_due().unwrap(), Some(now.plus_ms(5_000)));
 
-        assert_eq!(outbox.delivered(0).unwrap().unwrap().outgoing, outgoing(1));
-        assert_eq!(outbox.delivered(0).unwrap(), None);
+        assert_eq!(
+            outbox.delivered(0, now).unwrap().unwrap().outgoing,
+            outgoing(1)
+        );
+        assert_eq!(outbox.delivered(0, now).unwrap(), None);
+        let log = outbox.sent(10).unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].outgoing.clone(), log[0].delivered_at),
+            (outgoing(1), now)
+        );
 
         // Entry 1 fails until it is dead; its waits grow.
         let Failure::Retry(first) = outbox.failed(1, now, "503", false).unwrap() else {

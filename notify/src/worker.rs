@@ -44,7 +44,8 @@ enum Command {
     Resolve(Box<Alert>),
     Acknowledge {
         group: String,
-        token: String,
+        /// None: the caller is authorised otherwise (the node's own API).
+        token: Option<String>,
         by: String,
         reply: oneshot::Sender<Result<()>>,
     },
@@ -76,6 +77,10 @@ pub struct Status {
     pub tracked_alerts: usize,
     /// Up to 100 closed groups, newest first.
     pub history: Vec<ClosedGroup>,
+    /// Up to 100 deliveries, newest first.
+    pub sent: Vec<crate::outbox::Delivered>,
+    /// Notifications waiting (up to 100), in queue order.
+    pub pending: Vec<OutboxEntry>,
 }
 
 /// A cheap, cloneable handle to a running worker.
@@ -118,6 +123,20 @@ impl NotifyHandle {
         }
     }
 
+    /// Marks `alert` resolved if the queue has room; otherwise drops the
+    /// resolution, counts it and returns false (for callers that must not
+    /// wait; the alert then stays firing until acknowledged).
+    pub fn try_resolve(&self, alert: Alert) -> bool {
+        match self.commands.try_send(Command::Resolve(Box::new(alert))) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.dropped_alerts.inc();
+                tracing::warn!("notifier queue full: resolution dropped");
+                false
+            }
+        }
+    }
+
     /// Marks `alert` resolved.
     pub async fn resolve(&self, alert: Alert) -> Result<()> {
         self.commands
@@ -137,10 +156,24 @@ impl NotifyHandle {
 
     /// Acknowledges a group with the token from its message.
     pub async fn acknowledge(&self, group: &str, token: &str, by: &str) -> Result<()> {
-        let (group, token, by) = (group.to_owned(), token.to_owned(), by.to_owned());
+        let (group, token, by) = (group.to_owned(), Some(token.to_owned()), by.to_owned());
         self.ask(|reply| Command::Acknowledge {
             group,
             token,
+            by,
+            reply,
+        })
+        .await
+    }
+
+    /// Acknowledges a group for a caller the embedding program has already
+    /// authenticated (a node's API with its bearer token), without the
+    /// group's token.
+    pub async fn acknowledge_authorized(&self, group: &str, by: &str) -> Result<()> {
+        let (group, by) = (group.to_owned(), by.to_owned());
+        self.ask(|reply| Command::Acknowledge {
+            group,
+            token: None,
             by,
             reply,
         })
@@ -373,7 +406,7 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
         let label = ChannelLabel::of(&entry.outgoing.channel);
         match sent {
             Ok(()) => {
-                let result = self.blocking(move |n| n.outbox().delivered(seq)).await;
+                let result = self.blocking(move |n| n.outbox().delivered(seq, now)).await;
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "recording a delivery failed");
                 }
@@ -439,7 +472,11 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                             by,
                             reply,
                         } => {
-                            let _ = reply.send(n.acknowledge(&group, &token, &by, now));
+                            let acknowledged = match token {
+                                Some(token) => n.acknowledge(&group, &token, &by, now),
+                                None => n.acknowledge_authorized(&group, &by, now),
+                            };
+                            let _ = reply.send(acknowledged);
                         }
                         Command::Silence { silence, reply } => {
                             let _ = reply.send(n.silence(*silence, now));
@@ -462,6 +499,13 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                                     groups: n.groups().cloned().collect(),
                                     tracked_alerts: n.tracked_alerts(),
                                     history: n.history(100)?,
+                                    sent: n.outbox().sent(100)?,
+                                    pending: n
+                                        .outbox()
+                                        .pending(100)?
+                                        .into_iter()
+                                        .map(|(_, e)| e)
+                                        .collect(),
                                 })
                             })();
                             let _ = reply.send(status);

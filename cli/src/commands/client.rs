@@ -65,14 +65,25 @@ impl Answer {
 impl Api {
     /// Reads the token of the node in `node.data_dir`.
     pub(crate) fn connect(node: &NodeArgs) -> anyhow::Result<Self> {
-        let token = read_token(&node.data_dir, Scope::Customer).with_context(|| {
+        Self::connect_as(node, Scope::Customer, node.api)
+    }
+
+    /// Reads the `scope` token of the node in `node.data_dir`, to call its
+    /// API of that scope at `addr`.
+    pub(crate) fn connect_as(
+        node: &NodeArgs,
+        scope: Scope,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let token = read_token(&node.data_dir, scope).with_context(|| {
             format!(
-                "reading the customer API token of the node in {} (is --data-dir the node's?)",
+                "reading the {} API token of the node in {} (is --data-dir the node's?)",
+                scope.name(),
                 node.data_dir.display()
             )
         })?;
         Ok(Api {
-            base: format!("http://{}", node.api),
+            base: format!("http://{addr}"),
             token,
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)

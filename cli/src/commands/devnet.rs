@@ -3,7 +3,9 @@
 //! real H100 market data, and one funded customer. By default it plays a
 //! short scenario (bid, lease, metering windows, settlements, a budget
 //! alert, the lease ended at the cap, the final settlement, the books of
-//! every coordinator compared) and exits; `--serve` keeps the market
+//! every coordinator compared) and exits; the customer node's
+//! notifications go to a local webhook sink that checks their signatures
+//! and prints each delivery; `--serve` keeps the market
 //! running for the CLI to be used against it.
 
 use std::collections::BTreeMap;
@@ -108,7 +110,13 @@ fn chrono_like_now() -> String {
     )
 }
 
+fn print_step(text: String) {
+    step(text);
+}
+
 struct Market {
+    /// Receives the customer node's notifications.
+    sink: super::sink::WebhookSink,
     coordinators: Vec<RunningNode>,
     suppliers: Vec<(String, Credits, RunningNode)>,
     customer: RunningNode,
@@ -154,8 +162,13 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
         suppliers.push((model, price, rigmesh_node::node::start(config).await?));
     }
     let customer_dir = root.join("customer");
-    let customer =
-        rigmesh_node::node::start(node_config(Role::Customer, &customer_dir, &set)).await?;
+    // The customer's alerts go to a local webhook sink, signed with a
+    // secret the node reads from a file.
+    let secret_file = root.join("webhook.secret");
+    let sink = super::sink::start(super::sink::new_secret(&secret_file)?, print_step).await?;
+    let mut customer_config = node_config(Role::Customer, &customer_dir, &set);
+    customer_config.notify = Some(super::sink::customer_config(&sink.url, &secret_file));
+    let customer = rigmesh_node::node::start(customer_config).await?;
     let _ = p.high;
 
     // Everyone dials everyone: a small full mesh.
@@ -227,6 +240,7 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
         }
     }
     Ok(Market {
+        sink,
         coordinators,
         suppliers,
         customer,
@@ -250,6 +264,10 @@ fn print_market(m: &Market, serve: bool) -> anyhow::Result<()> {
     outln!("  customer       api http://{}", m.customer.customer_api);
     outln!("                 data dir {}", m.customer_dir.display());
     outln!("                 token {token}");
+    outln!(
+        "                 notifications to webhook {} (HMAC-signed)",
+        m.sink.url
+    );
     if serve {
         // Only while the market stays up: without --serve it is gone when
         // the scenario ends.
@@ -423,6 +441,16 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
             alert.message
         ));
     }
+    // The budget alert also left the node through its notifier: wait for
+    // the sink to have it (it usually came while the lease settled).
+    let mut delivered = m.sink.delivered.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        delivered.wait_for(|all| all.iter().any(|n| n.subject.starts_with("budget.100"))),
+    )
+    .await
+    .context("the budget.100 notification did not reach the webhook sink within 30 s")?
+    .context("the webhook sink stopped")?;
     println!();
     println!(
         "cap {budget}   settled {paid} (supplier and fee)   refunded {refunded}   the customer's node shows {spent}"

@@ -15,9 +15,11 @@ mod forecast;
 mod keys;
 mod message;
 mod node;
+mod notify;
 mod offer;
 mod offers;
 mod progress;
+mod sink;
 mod text;
 mod usage;
 mod withdraw;
@@ -108,6 +110,10 @@ enum Command {
     /// reference of its configuration file.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Notifications from the node: its channels (and a test message),
+    /// routing rules, the log of what went where, acknowledgement.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
@@ -180,6 +186,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Budget(cmd) => budget::run(cmd),
         Command::Account(args) => account::run(args),
         Command::Forecast(cmd) => forecast::run(cmd),
+        Command::Notify(cmd) => notify::run(cmd),
         Command::Completions { shell } => completions(shell),
     }
 }

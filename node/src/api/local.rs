@@ -12,6 +12,11 @@
 //! channel and answer JSON; a refusal is `{"error": <kind>, "reason":
 //! <text>}` with 400 (bad input, nothing changed), 404 (no such lease or
 //! bid), 409 (conflict, or the node does not play the role) or 5xx.
+//!
+//! Both listeners serve the notifications (`/v1/notify/...`: channels,
+//! rules, log, a test message, acknowledgement). The acknowledgement link
+//! in a message (`/v1/notify/ack/{group}?token=…`) is the one route
+//! without the bearer token: it carries the group's own token instead.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -150,6 +155,8 @@ pub struct LocalApi {
     pub supplier: Option<tokio::sync::watch::Receiver<crate::supplier::runtime::SupplierView>>,
     /// The customer role, when this node plays it.
     pub customer: Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
+    /// The notifier, once started (when the config has `[notify]`).
+    pub notify: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>>,
 }
 
 #[derive(Clone)]
@@ -505,6 +512,188 @@ async fn whoami(State(s): State<Scoped>) -> Response {
         .into_response()
 }
 
+fn not_notifying() -> Response {
+    refusal(
+        StatusCode::CONFLICT,
+        "failed",
+        "notifications are not configured on this node: add a [notify] section to its config",
+    )
+}
+
+async fn notify_channels(State(s): State<Scoped>) -> Response {
+    match s.api.notify.get() {
+        Some(n) => Json(n.channels()).into_response(),
+        None => not_notifying(),
+    }
+}
+
+async fn notify_test(State(s): State<Scoped>, UrlPath(name): UrlPath<String>) -> Response {
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
+    };
+    match n.test_channel(&name).await {
+        Ok(()) => Json(serde_json::json!({"channel": name, "delivered": true})).into_response(),
+        Err(err @ crate::notify::TestError::Unknown(_)) => {
+            refusal(StatusCode::NOT_FOUND, "not_found", err.to_string())
+        }
+        Err(err) => {
+            tracing::info!(channel = %name, %err, "test notification failed");
+            refusal(
+                StatusCode::BAD_GATEWAY,
+                "failed",
+                format!("channel {name} did not take the test message: {err}"),
+            )
+        }
+    }
+}
+
+async fn notify_rules(State(s): State<Scoped>) -> Response {
+    match s.api.notify.get() {
+        Some(n) => Json(n.rules()).into_response(),
+        None => not_notifying(),
+    }
+}
+
+async fn notify_log(State(s): State<Scoped>) -> Response {
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
+    };
+    match n.handle().status().await {
+        Ok(status) => Json(crate::notify::log_of(&status)).into_response(),
+        Err(err) => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            format!("the notifier did not answer: {err}"),
+        ),
+    }
+}
+
+fn ack_refusal(group: &str, err: rigmesh_notify::Error) -> Response {
+    match err {
+        rigmesh_notify::Error::UnknownGroup(_) => refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no open alert group {group} (already resolved, or never raised here)"),
+        ),
+        rigmesh_notify::Error::BadToken(_) => refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token does not acknowledge group {group}"),
+        ),
+        other => refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            other.to_string(),
+        ),
+    }
+}
+
+/// Body of `POST /v1/notify/groups/{group}/ack`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Who acknowledges (shown in the log).
+    pub by: Option<String>,
+}
+
+/// `POST /v1/notify/groups/{group}/ack` with the API token: no group token
+/// needed, the bearer token already says it is the node's user.
+async fn notify_ack(
+    State(s): State<Scoped>,
+    UrlPath(group): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: AckRequest = if body.is_empty() {
+        AckRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(err) => return bad_request(format!("the body is not {{\"by\": \"...\"}}: {err}")),
+        }
+    };
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
+    };
+    let by = request
+        .by
+        .unwrap_or_else(|| format!("the {} API", s.scope.name()));
+    match n.handle().acknowledge_authorized(&group, &by).await {
+        Ok(()) => {
+            tracing::info!(%group, %by, "alert group acknowledged");
+            Json(serde_json::json!({"group": group, "acknowledged": true, "by": by}))
+                .into_response()
+        }
+        Err(err) => ack_refusal(&group, err),
+    }
+}
+
+/// Query of the acknowledgement link.
+#[derive(Debug, Default, Deserialize)]
+pub struct AckLink {
+    /// The group's token, from the message.
+    pub token: Option<String>,
+}
+
+/// Only the letters and digits of `text`: group ids and tokens are hex, so
+/// nothing else belongs in the page or the log.
+fn alnum_only(text: &str) -> String {
+    text.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+}
+
+/// `GET /v1/notify/ack/{group}?token=…`, the link in a message, without the
+/// API token: a page with a button, so that a link preview or a mail
+/// scanner fetching the link acknowledges nothing.
+async fn ack_page(UrlPath(group): UrlPath<String>, Query(link): Query<AckLink>) -> Response {
+    let (group, token) = (
+        alnum_only(&group),
+        alnum_only(link.token.as_deref().unwrap_or_default()),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!(
+            "<!doctype html><title>rigmesh: acknowledge</title>\n\
+             <form method=\"post\" action=\"{group}?token={token}\">\n\
+             <p>Acknowledge rigmesh alert group {group}? Its repeats and escalation stop.</p>\n\
+             <button type=\"submit\">Acknowledge</button></form>\n"
+        ),
+    )
+        .into_response()
+}
+
+/// `POST /v1/notify/ack/{group}?token=…`: acknowledges with the group's
+/// token from the message (an unguessable keyed hash of the group id),
+/// not the API token.
+async fn ack_link(
+    State(s): State<Scoped>,
+    UrlPath(group): UrlPath<String>,
+    Query(link): Query<AckLink>,
+) -> Response {
+    let Some(token) = link.token else {
+        return bad_request("the link lacks its ?token=".into());
+    };
+    let Some(n) = s.api.notify.get().cloned() else {
+        return not_notifying();
+    };
+    match n.handle().acknowledge(&group, &token, "link").await {
+        Ok(()) => {
+            tracing::info!(%group, "alert group acknowledged by its link");
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                format!(
+                    "<!doctype html><title>rigmesh: acknowledged</title>\n\
+                     <p>Alert group {} acknowledged.</p>\n",
+                    alnum_only(&group)
+                ),
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::warn!(group = %alnum_only(&group), "acknowledgement link refused");
+            ack_refusal(&alnum_only(&group), err)
+        }
+    }
+}
+
 /// Serves the API of `scope` on `addr` until `shutdown` completes.
 pub async fn serve(
     scope: Scope,
@@ -532,7 +721,21 @@ pub async fn serve(
     };
     let app = routes
         .route("/v1/whoami", get(whoami))
+        .route("/v1/notify/channels", get(notify_channels))
+        .route(
+            "/v1/notify/channels/{name}/test",
+            axum::routing::post(notify_test),
+        )
+        .route("/v1/notify/rules", get(notify_rules))
+        .route("/v1/notify/log", get(notify_log))
+        .route(
+            "/v1/notify/groups/{group}/ack",
+            axum::routing::post(notify_ack),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        // Acknowledgement links carry their own per-group token instead of
+        // the API token, so they sit outside the bearer check.
+        .route("/v1/notify/ack/{group}", get(ack_page).post(ack_link))
         .with_state(state);
     super::serve_app(addr, app, scope.name(), shutdown).await
 }

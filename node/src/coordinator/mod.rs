@@ -479,12 +479,14 @@ async fn answer_bytes(
 const TICK: Duration = Duration::from_secs(2);
 
 /// Runs the coordinator until `stop` turns true, publishing reputation
-/// reports every `report_every_ms`.
+/// reports every `report_every_ms`; its alerts are gossiped and handed to
+/// `alerts_to`.
 pub async fn run(
     role: Arc<CoordinatorRole>,
     report_every_ms: u64,
     network: NodeHandle,
     mut inbound: mpsc::Receiver<InboundRequest>,
+    alerts_to: crate::notify::AlertSink,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut accepted = network.subscribe();
@@ -556,6 +558,7 @@ pub async fn run(
                     }
                 }
                 for alert in role.take_alerts() {
+                    alerts_to.raise(&alert.body);
                     if let Err(err) = network.publish(&WireMessage::Alert(alert)).await {
                         tracing::debug!(%err, "alert stored; not gossiped yet");
                     }

@@ -151,6 +151,8 @@ pub struct Customer {
     leases: BTreeMap<Id, Lease>,
     spending: Spending,
     standing: StandingBids,
+    /// The notifier, when notifications are configured.
+    alerts_to: crate::notify::AlertSink,
 }
 
 impl std::fmt::Debug for Customer {
@@ -202,6 +204,7 @@ impl Customer {
             leases: BTreeMap::new(),
             spending,
             standing: StandingBids::default(),
+            alerts_to: crate::notify::AlertSink::default(),
         })
     }
 }
@@ -212,6 +215,25 @@ impl Customer {
     pub fn with_rules(mut self, rules: rigmesh_ledger::CoordinatorConfig) -> Self {
         self.rules = Some(rules);
         self
+    }
+
+    /// Hands the alerts it raises (budget, lease ended, settlement) to
+    /// `sink` as well as keeping them.
+    pub fn with_alerts(mut self, sink: crate::notify::AlertSink) -> Self {
+        self.alerts_to = sink;
+        self
+    }
+
+    /// Tells the customer's user about its own lease (never gossiped).
+    fn notify(&self, severity: rigmesh_protocol::Severity, rule: &str, lease: Id, message: String) {
+        self.alerts_to.raise(&crate::notify::own_alert(
+            self.key.public(),
+            rigmesh_protocol::Audience::Customer,
+            severity,
+            rule,
+            Some(lease),
+            message,
+        ));
     }
 }
 
@@ -277,9 +299,14 @@ async fn publish(network: &NodeHandle, message: &WireMessage, what: &str) -> boo
     }
 }
 
-/// Keeps budget alerts. They stay on this node: spend and caps are the
-/// account's own business, never gossiped.
-fn raise(records: &CustomerRecords, alerts: Vec<Signed<Alert>>) {
+/// Keeps budget alerts and hands them to the notifier. They stay on this
+/// node: spend and caps are the account's own business, never gossiped.
+fn raise(
+    records: &CustomerRecords,
+    alerts_to: &crate::notify::AlertSink,
+    alerts: Vec<Signed<Alert>>,
+) {
+    alerts_to.raise_all(&alerts);
     for alert in alerts {
         match AlertRecord::of(&alert).and_then(|record| records.put_alert(&record)) {
             Ok(()) => {}
@@ -457,7 +484,14 @@ impl Customer {
                                 if let Err(err) = self.records.put_lease(&record_of(l)) {
                                     tracing::warn!(%err, %lease, "lease not recorded");
                                 }
-                                Ok(status_of(l))
+                                let status = status_of(l);
+                                self.notify(
+                                    rigmesh_protocol::Severity::Info,
+                                    "lease.ended",
+                                    lease,
+                                    format!("lease {lease} ended: you ended it; it stops after the window under way"),
+                                );
+                                Ok(status)
                             }
                             Some(reason) => Err(RequestError::Conflict(format!(
                                 "the supplier refused the termination: {reason}"
@@ -933,6 +967,12 @@ impl Customer {
             if let Err(err) = self.records.put_lease(&record_of(lease)) {
                 tracing::warn!(%err, "lease not recorded");
             }
+            self.notify(
+                rigmesh_protocol::Severity::Warning,
+                "lease.ended",
+                id,
+                format!("lease {id} ended: its supplier attested nothing for too long"),
+            );
         }
     }
 
@@ -1068,6 +1108,17 @@ impl Customer {
         }
         lease.settled = Some(settlement.paid);
         tracing::info!(lease = %id, paid = %settlement.paid, refunded = %settlement.refunded, "lease finally settled");
+        self.alerts_to.raise(&crate::notify::own_alert(
+            self.key.public(),
+            rigmesh_protocol::Audience::Customer,
+            rigmesh_protocol::Severity::Info,
+            "settlement.certified",
+            Some(id),
+            format!(
+                "lease {id} finally settled by the coordinators: {} paid, {} refunded",
+                settlement.paid, settlement.refunded
+            ),
+        ));
         if let Err(err) = self.records.put_lease(&record_of(lease)) {
             tracing::warn!(%err, "lease not recorded");
         }
@@ -1076,7 +1127,7 @@ impl Customer {
             .spending
             .update(id, spent, Credits::ZERO, UnixMillis::now())
         {
-            Ok(update) => raise(&self.records, update.alerts),
+            Ok(update) => raise(&self.records, &self.alerts_to, update.alerts),
             Err(err) => tracing::warn!(%err, "budget update failed"),
         }
     }
@@ -1221,8 +1272,21 @@ impl Customer {
         };
         match self.spending.update(id, lease.spent(), next, now) {
             Ok(update) => {
-                raise(&self.records, update.alerts);
+                raise(&self.records, &self.alerts_to, update.alerts);
                 if let Decision::Terminate { cap, account } = update.decision {
+                    self.alerts_to.raise(&crate::notify::own_alert(
+                        self.key.public(),
+                        rigmesh_protocol::Audience::Customer,
+                        // budget.100 is the urgent news; this says what
+                        // became of the lease.
+                        rigmesh_protocol::Severity::Info,
+                        "lease.ended",
+                        Some(id),
+                        format!(
+                            "lease {id} ended at {} budget cap of {cap}",
+                            if account { "the account's" } else { "its" }
+                        ),
+                    ));
                     stop_at_cap(
                         &self.key,
                         &self.store,
@@ -1277,7 +1341,7 @@ impl Customer {
             }
         };
         match applied {
-            Ok(alerts) => raise(&self.records, alerts),
+            Ok(alerts) => raise(&self.records, &self.alerts_to, alerts),
             // Caps are checked before they get here; should one still be
             // refused, the stored caps take effect at the next start.
             Err(err) => tracing::warn!(%err, "cap not applied"),

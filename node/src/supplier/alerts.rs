@@ -63,6 +63,22 @@ pub fn for_meter_event(
     }
 }
 
+/// The `gpu.dropped` alert of `lease` as the notifier identifies it (rule,
+/// issuer, account, lease), unsigned: what a GPU coming back resolves.
+pub fn dropped(key: &Keypair, lease: Id, now: UnixMillis) -> Alert {
+    Alert {
+        version: PROTOCOL_VERSION,
+        issuer: key.public(),
+        severity: Severity::Critical,
+        audience: Audience::Supplier,
+        rule: "gpu.dropped".into(),
+        about: Some(key.public()),
+        subject: Some(lease),
+        message: format!("every GPU of lease {lease} answers again"),
+        created_at: now,
+    }
+}
+
 /// Alerts for GPUs hotter than `max_c`.
 pub fn overheating(
     key: &Keypair,
@@ -189,6 +205,17 @@ mod tests {
         assert_eq!(a.body.rule, "gpu.dropped");
         assert_eq!(a.body.severity, Severity::Critical);
         assert_eq!(a.body.subject, Some(Id([3; 32])));
+        // What a GPU coming back resolves is the same alert to the
+        // notifier, and only for its own lease.
+        let back = dropped(&key, Id([3; 32]), now.plus_ms(5_000));
+        assert_eq!(
+            rigmesh_notify::group::fingerprint(&back),
+            rigmesh_notify::group::fingerprint(&a.body)
+        );
+        assert_ne!(
+            rigmesh_notify::group::fingerprint(&dropped(&key, Id([4; 32]), now)),
+            rigmesh_notify::group::fingerprint(&a.body)
+        );
     }
 
     #[test]

@@ -189,6 +189,13 @@ impl Meter {
         self.window_start >= self.ends_at || self.escrow_spent()
     }
 
+    /// Whether any of the lease's GPUs was lost at its last sample.
+    pub fn any_gpu_lost(&self) -> bool {
+        self.gpus
+            .values()
+            .any(|g| g.last.is_some_and(|(_, alive, _)| !alive))
+    }
+
     /// Takes one round of samples (samples of unleased GPUs are ignored).
     pub fn record(&mut self, samples: &[GpuSample]) -> Vec<MeterEvent> {
         let mut events = Vec::new();

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::bids;
 use super::desk::LeaseDesk;
-use super::meter::Meter;
+use super::meter::{Meter, MeterEvent};
 use super::settle::{SettleEvent, SettledBook};
 use super::{alerts, build_offers, SupplierConfig};
 use crate::network::{InboundRequest, NodeHandle, Protocol};
@@ -79,6 +79,7 @@ pub async fn run(
     mut inbound: mpsc::Receiver<InboundRequest>,
     view: watch::Sender<SupplierView>,
     settlement: Option<Settlement>,
+    alerts_to: crate::notify::AlertSink,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
@@ -148,7 +149,7 @@ pub async fn run(
                 };
                 let unfunded = desk.expire_unfunded(now);
                 end_silent(&mut meters, config.unanswered_end_secs, now);
-                let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &samples, now).await;
+                let (attested, finished) = meter_round(&mut meters, &mut desk, &key, &network, &alerts_to, &samples, now).await;
                 if !finished.is_empty() || !unfunded.is_empty() {
                     // GPUs came free: offer them again now.
                     offers_due = UnixMillis(0);
@@ -218,12 +219,14 @@ pub async fn run(
                 hot = hot_now;
                 if let Ok(list) = alerts::overheating(&key, &newly_hot, config.max_temperature_c, now) {
                     for alert in list {
+                        alerts_to.raise(&alert.body);
                         let _ = network.publish(&WireMessage::Alert(alert)).await;
                     }
                 }
                 match watch.check(&key, now, offering) {
                     Ok(list) => {
                         for alert in list {
+                            alerts_to.raise(&alert.body);
                             let _ = network.publish(&WireMessage::Alert(alert)).await;
                         }
                     }
@@ -551,6 +554,7 @@ async fn meter_round(
     desk: &mut LeaseDesk,
     key: &Keypair,
     network: &NodeHandle,
+    alerts_to: &crate::notify::AlertSink,
     samples: &[GpuSample],
     now: UnixMillis,
 ) -> (
@@ -560,10 +564,20 @@ async fn meter_round(
     let mut attested = Vec::new();
     let mut finished = Vec::new();
     for (lease, meter) in meters.iter_mut() {
-        for event in meter.record(samples) {
-            if let Ok(alert) = alerts::for_meter_event(key, *lease, &event, now) {
+        let events = meter.record(samples);
+        for event in &events {
+            if let Ok(alert) = alerts::for_meter_event(key, *lease, event, now) {
+                alerts_to.raise(&alert.body);
                 let _ = network.publish(&WireMessage::Alert(alert)).await;
             }
+        }
+        // Every GPU of the lease answers again: the page stops.
+        if events
+            .iter()
+            .any(|e| matches!(e, MeterEvent::GpuBack { .. }))
+            && !meter.any_gpu_lost()
+        {
+            alerts_to.resolve(&alerts::dropped(key, *lease, now));
         }
         while now >= meter.window_end() && !meter.finished() {
             match meter.close_window(now) {

@@ -75,7 +75,7 @@ fn alert(rule: &str, severity: Severity, subject: u8) -> Alert {
 fn take_sent(n: &Notifier<impl Store>) -> Vec<(String, String)> {
     let pending = n.outbox().pending(10_000).unwrap();
     for (seq, _) in &pending {
-        n.outbox().delivered(*seq).unwrap();
+        n.outbox().delivered(*seq, T0).unwrap();
     }
     pending
         .into_iter()

@@ -1,0 +1,374 @@
+//! Notifications from a real customer node: with a `[notify]` section in
+//! its config, its budget alert is delivered to a real local webhook
+//! server started here, which checks the HMAC signature of every request;
+//! the critical alert repeats until the link in the message (a per-group
+//! token, no API token) acknowledges it, and then stops. The channels,
+//! a test message and the log are read over the customer API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::eventually;
+use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::config::{NodeConfig, Role};
+use rigmesh_node::node::RunningNode;
+use rigmesh_node::supplier::SupplierConfig;
+use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
+use rigmesh_notify::channel::webhook::{self, WebhookBody};
+use rigmesh_protocol::{Kind, UnixMillis};
+use tokio::sync::watch;
+
+const SECRET: &str = "a-test-signing-secret-0123456789";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the webhook server received: signed requests' bodies in order,
+/// and how many requests failed the signature check.
+#[derive(Debug, Clone, Default)]
+struct Received {
+    bodies: Vec<(String, WebhookBody)>,
+    bad_signatures: usize,
+}
+
+async fn receive(
+    State(log): State<Arc<watch::Sender<Received>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let checked = webhook::verify(
+        SECRET.as_bytes(),
+        &header(webhook::TIMESTAMP_HEADER),
+        &header(webhook::SIGNATURE_HEADER),
+        &body,
+        UnixMillis::now().0 / 1_000,
+        webhook::DEFAULT_TOLERANCE_SECS,
+    );
+    if checked.is_err() {
+        log.send_modify(|r| r.bad_signatures += 1);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let parsed: WebhookBody = serde_json::from_slice(&body).unwrap();
+    let key = header(webhook::IDEMPOTENCY_HEADER);
+    assert_eq!(key, parsed.id, "the header and the body name one key");
+    log.send_modify(|r| r.bodies.push((key, parsed)));
+    StatusCode::OK
+}
+
+/// A webhook receiver on a free loopback port: its URL and what it got.
+async fn webhook_server() -> (String, watch::Receiver<Received>) {
+    let (tx, rx) = watch::channel(Received::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(Arc::new(tx));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rx)
+}
+
+fn base(role: Role, dir: &std::path::Path) -> NodeConfig {
+    NodeConfig {
+        role,
+        data_dir: dir.to_path_buf(),
+        network: common::config(),
+        monitoring: "127.0.0.1:0".parse().unwrap(),
+        customer_api: "127.0.0.1:0".parse().unwrap(),
+        supplier_api: "127.0.0.1:0".parse().unwrap(),
+        ..NodeConfig::default()
+    }
+}
+
+fn body(response: &str) -> serde_json::Value {
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+fn status(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap()
+}
+
+/// A POST without any token, as a browser following the link sends it.
+async fn post_anonymous(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn wait_for(
+    rx: &mut watch::Receiver<Received>,
+    what: &str,
+    check: impl FnMut(&Received) -> bool,
+) -> Received {
+    tokio::time::timeout(WAIT, rx.wait_for(check))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap()
+        .clone()
+}
+
+fn budget_100(r: &Received) -> Vec<&(String, WebhookBody)> {
+    r.bodies
+        .iter()
+        .filter(|(_, b)| b.subject.starts_with("budget.100"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_alert_reaches_a_signed_webhook_and_repeats_until_its_link_acknowledges_it() {
+    let (url, mut received) = webhook_server().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret_file = dirs[1].path().join("hook.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let mut supplier_config = base(Role::Supplier, dirs[0].path());
+    supplier_config.supplier = SupplierConfig {
+        gpus: GpuSourceConfig::Sim(SimSpec::Profile(
+            SimProfile::builtin("a100x4").unwrap().with_seed(1),
+        )),
+        prices: [(model.clone(), "1.70".parse().unwrap())].into(),
+        ..SupplierConfig::default()
+    };
+    let supplier = rigmesh_node::node::start(supplier_config).await.unwrap();
+
+    let mut config = base(Role::Customer, dirs[1].path());
+    let notify = format!(
+        r#"
+        [outbox]
+        poll_ms = 50
+        [grouping]
+        group_wait_ms = 200
+        group_interval_ms = 500
+        critical_repeat_ms = 1000
+        [[channels]]
+        name = "hook"
+        type = "webhook"
+        url = "{url}"
+        secret = {{ file = "{}" }}
+        [[recipients]]
+        name = "me"
+        audience = ["customer"]
+        channels = ["hook"]
+        "#,
+        secret_file.display()
+    );
+    config.notify = Some(rigmesh_notify::NotifyConfig::from_toml(&notify).unwrap());
+    let customer = rigmesh_node::node::start(config).await.unwrap();
+    let api = customer.customer_api;
+    let token = read_token(dirs[1].path(), Scope::Customer).unwrap();
+
+    // The channels as the API lists them: the webhook, its secret unseen.
+    let r = common::http_get(api, "/v1/notify/channels", Some(&token)).await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(body(&r)[0]["name"], "hook");
+    assert_eq!(body(&r)[0]["type"], "webhook");
+    assert_eq!(body(&r)[0]["target"], url.as_str());
+    assert!(!r.contains(SECRET), "{r}");
+    // A test message goes out at once, signed like the rest.
+    let r = common::http_post(api, "/v1/notify/channels/hook/test", &token, "{}").await;
+    assert_eq!(status(&r), 200, "{r}");
+    wait_for(&mut received, "the test message", |r| {
+        r.bodies
+            .iter()
+            .any(|(_, b)| b.subject == "rigmesh: test notification")
+    })
+    .await;
+    let r = common::http_post(api, "/v1/notify/channels/nowhere/test", &token, "{}").await;
+    assert_eq!(status(&r), 404, "{r}");
+
+    // A lease that spends, then an account cap below what it spent: the
+    // critical budget.100 alert.
+    customer
+        .handle
+        .dial(
+            supplier.listen_addrs[0]
+                .clone()
+                .with(libp2p::multiaddr::Protocol::P2p(supplier.peer_id)),
+        )
+        .await
+        .unwrap();
+    let store = customer.store.clone();
+    eventually(15, "the offer and binding at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::Offer) >= 1 && store.count(Kind::NodeBinding) >= 1 }
+    })
+    .await;
+    let request =
+        format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.00","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(api, "/v1/bid", &token, &request).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let t = token.clone();
+    eventually(20, "two acked windows", || {
+        let t = t.clone();
+        async move {
+            let r = common::http_get(api, "/v1/leases", Some(&t)).await;
+            body(&r)[0]["acked_windows"].as_u64().unwrap_or(0) >= 2
+        }
+    })
+    .await;
+    let r = common::http(
+        api,
+        "PUT",
+        "/v1/budget",
+        &token,
+        Some(r#"{"account": "0.000001"}"#),
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+
+    // Delivered, signed, with an acknowledgement link to this node's API.
+    let got = wait_for(&mut received, "the budget.100 notification", |r| {
+        !budget_100(r).is_empty()
+    })
+    .await;
+    let (first_key, first) = budget_100(&got)[0].clone();
+    assert_eq!(first.severity, "critical");
+    let link = first
+        .ack_url
+        .clone()
+        .expect("a critical alert carries a link");
+    let prefix = format!("http://{api}/v1/notify/ack/");
+    let path_and_token = link
+        .strip_prefix(&format!("http://{api}"))
+        .unwrap_or_else(|| panic!("{link} is not on {prefix}"));
+    assert!(
+        !link.contains(&token),
+        "the link never carries the API token"
+    );
+    assert!(
+        first.body.contains("the account has spent"),
+        "{}",
+        first.body
+    );
+
+    // Unacknowledged, it comes again, under a new idempotency key.
+    let got = wait_for(&mut received, "a repeat of budget.100", |r| {
+        budget_100(r).len() >= 2
+    })
+    .await;
+    assert_ne!(budget_100(&got)[1].0, first_key);
+    assert_eq!(budget_100(&got)[1].1.group, first.group);
+
+    // A wrong token acknowledges nothing; the link's token does, without
+    // the API token. The GET only shows a button.
+    let (group_path, _) = path_and_token.split_once("?token=").unwrap();
+    let r = post_anonymous(api, &format!("{group_path}?token={}", "0".repeat(32))).await;
+    assert_eq!(status(&r), 403, "{r}");
+    let r = common::http_get(api, path_and_token, None).await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("<form method=\"post\""), "{r}");
+    let r = post_anonymous(api, path_and_token).await;
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(r.contains("acknowledged"), "{r}");
+
+    // The log shows it acknowledged, by the link, with nothing scheduled.
+    let r = common::http_get(api, "/v1/notify/log", Some(&token)).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let log = body(&r);
+    let group = log["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == first.group.as_str())
+        .unwrap_or_else(|| panic!("group {} not in {log}", first.group))
+        .clone();
+    assert_eq!(group["acknowledged"]["by"], "link", "{group}");
+    assert!(
+        group["next_at"].is_null(),
+        "no repeat is scheduled: {group}"
+    );
+    assert!(log["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["rule"] == "budget.100"
+            && s["status"] == "delivered"
+            && s["channel"] == "hook"));
+
+    // No repeat comes after the acknowledgement. Proving an absence needs
+    // time to pass: here three critical-repeat intervals, measured against
+    // the node's own record of the group's last message.
+    let sent_before = budget_100(&received.borrow()).len();
+    let last_sent = group["last_sent"].as_u64().unwrap();
+    let messages = group["messages"].clone();
+    let t = token.clone();
+    eventually(20, "three repeat intervals after the last message", || {
+        let t = t.clone();
+        let group_id = first.group.clone();
+        let messages = messages.clone();
+        async move {
+            let r = common::http_get(api, "/v1/notify/log", Some(&t)).await;
+            let log = body(&r);
+            let still = log["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|g| g["id"] == group_id.as_str())
+                .cloned();
+            assert!(
+                still.is_none_or(|g| g["messages"] == messages),
+                "a message after the acknowledgement: {log}"
+            );
+            UnixMillis::now().0 > last_sent + 3_000
+        }
+    })
+    .await;
+    assert_eq!(budget_100(&received.borrow()).len(), sent_before);
+    assert_eq!(received.borrow().bad_signatures, 0);
+
+    // Acknowledging over the API with its token needs no group token; an
+    // unknown group is a 404.
+    let r = common::http_post(api, "/v1/notify/groups/00000000/ack", &token, "{}").await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = common::http_post(
+        api,
+        &format!("/v1/notify/groups/{}/ack", first.group),
+        &token,
+        r#"{"by": "alice"}"#,
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+
+    for node in [customer, supplier] {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_notify_section_the_endpoints_say_how_to_configure_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node: RunningNode = rigmesh_node::node::start(base(Role::Customer, dir.path()))
+        .await
+        .unwrap();
+    let token = read_token(dir.path(), Scope::Customer).unwrap();
+    let r = common::http_get(node.customer_api, "/v1/notify/channels", Some(&token)).await;
+    assert_eq!(status(&r), 409, "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("[notify]"),
+        "{r}"
+    );
+    // Still behind the bearer token.
+    let r = common::http_get(node.customer_api, "/v1/notify/log", None).await;
+    assert_eq!(status(&r), 401, "{r}");
+    node.stop().await.unwrap();
+}

@@ -11,7 +11,7 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
+    Approval, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
     SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
@@ -152,7 +152,8 @@ wire_message!(
     Deposit => Deposit,
     Withdrawal => Withdrawal,
     LeaseTermination => LeaseTermination,
-    EscrowRelease => EscrowRelease;
+    EscrowRelease => EscrowRelease,
+    Approval => Approval;
     EscrowCertificate => EscrowCertificate,
     SettlementCertificate => SettlementCertificate,
     WithdrawalCertificate => WithdrawalCertificate,

@@ -21,8 +21,9 @@ use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
-    AppliedSubjects, Certificates, DebitLocks, DepositReferences, Held, KnownDestinations, DebitSeqs, DebitsApplied, LeaseBooks,
-    PendingCertificates, SettlementHeads, SettlementLocks, TypedStore,
+    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences, Held,
+    KnownDestinations, LeaseBooks, PendingCertificates, SettlementHeads, SettlementLocks,
+    TypedStore,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};

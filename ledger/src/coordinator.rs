@@ -324,7 +324,10 @@ impl<'l, S: Store> Coordinator<'l, S> {
     /// True if a withdrawal needs an admin's approval before a vote.
     fn needs_review(&self, w: &Withdrawal) -> Result<bool, Refusal> {
         let rules = &self.config.review;
-        if rules.withdrawal_review_above.is_some_and(|above| w.amount > above) {
+        if rules
+            .withdrawal_review_above
+            .is_some_and(|above| w.amount > above)
+        {
             return Ok(true);
         }
         Ok(rules.review_new_destinations
@@ -614,8 +617,13 @@ impl<'l, S: Store> Coordinator<'l, S> {
         let withdrawal = Signed::<Withdrawal>::from_bytes(&held.bytes)?;
         let cause = self.cause(subject, now);
         if !a.approve {
-            self.ledger
-                .reject_held(CertificateKind::Withdrawal, &subject, None, &a.admin, &cause)?;
+            self.ledger.reject_held(
+                CertificateKind::Withdrawal,
+                &subject,
+                None,
+                &a.admin,
+                &cause,
+            )?;
             return Ok(Decided::Rejected);
         }
         if a.admin == withdrawal.body.account {

@@ -57,5 +57,5 @@ pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey};
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};
 pub use offers::{OfferOutcome, OfferQuery};
-pub use review::{destination_key, reference_key, Hold, HeldMessage};
+pub use review::{destination_key, reference_key, HeldMessage, Hold};
 pub use store::{Batch, MemoryStore, SledStore, Store};

@@ -755,7 +755,12 @@ fn a_large_withdrawal_gets_no_vote_until_an_admin_approves_it() {
     for i in 0..4 {
         let held = net.c(i).vote_withdrawal(&withdrawal, now()).unwrap_err();
         assert_eq!(held.code, rigmesh_ledger::HELD_FOR_REVIEW);
-        assert_eq!(net.ledgers[i].debit_lock(&withdrawal.body.account, 0).unwrap(), None);
+        assert_eq!(
+            net.ledgers[i]
+                .debit_lock(&withdrawal.body.account, 0)
+                .unwrap(),
+            None
+        );
         let listed = net.ledgers[i]
             .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 10)
             .unwrap();
@@ -785,7 +790,12 @@ fn a_large_withdrawal_gets_no_vote_until_an_admin_approves_it() {
         net.c(0).vote_withdrawal(&second, now()).unwrap_err().code,
         rigmesh_ledger::HELD_FOR_REVIEW
     );
-    let reject = decision(&samples::admin(), Kind::Withdrawal, second.id().unwrap(), false);
+    let reject = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        second.id().unwrap(),
+        false,
+    );
     assert_eq!(net.c(0).decide(&reject, now()).unwrap(), Decided::Rejected);
     assert!(net.ledgers[0]
         .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 10)
@@ -813,7 +823,12 @@ fn a_withdrawal_to_a_new_destination_waits_and_a_used_one_does_not() {
         net.c(0).vote_withdrawal(&first, now()).unwrap_err().code,
         rigmesh_ledger::HELD_FOR_REVIEW
     );
-    let approval = decision(&samples::admin(), Kind::Withdrawal, first.id().unwrap(), true);
+    let approval = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        first.id().unwrap(),
+        true,
+    );
     let votes: Vec<_> = (0..3)
         .map(|i| {
             let _ = net.c(i).vote_withdrawal(&first, now());

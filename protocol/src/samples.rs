@@ -12,8 +12,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Te
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Approval, Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest, Vote,
-    Withdrawal,
+    Approval, Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest,
+    Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;

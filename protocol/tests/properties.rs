@@ -7,8 +7,8 @@ use rigmesh_protocol::kind::Kind;
 use rigmesh_protocol::samples;
 use rigmesh_protocol::wire::{self, WireMessage};
 use rigmesh_protocol::{
-    Alert, Approval, Audience, Clock, Credits, Deposit, GpuUsage, Id, Keypair, LeaseTermination, Offer,
-    Severity, Signed, TerminationReason, UnixMillis, UsageAttestation, Withdrawal,
+    Alert, Approval, Audience, Clock, Credits, Deposit, GpuUsage, Id, Keypair, LeaseTermination,
+    Offer, Severity, Signed, TerminationReason, UnixMillis, UsageAttestation, Withdrawal,
     PROTOCOL_VERSION,
 };
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rigmesh_ledger::{
-    Account, Applied, Coordinator, CoordinatorConfig, Ledger, MarketStore, Refusal,
-    ReleaseEvidence, SettlementEvidence,
+    Account, Applied, Coordinator, CoordinatorConfig, Decided, Ledger, MarketStore, Refusal,
+    ReleaseEvidence, SettlementEvidence, HELD_FOR_REVIEW,
 };
 use rigmesh_protocol::rpc::{
-    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseResponse,
-    ReleaseBundle, SettlementBundle,
+    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry,
+    LeaseResponse, ReleaseBundle, SettlementBundle,
 };
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
@@ -44,6 +44,10 @@ pub struct CoordinatorRole {
     pub outbox: Outbox,
     /// Reputation reports and market alerts.
     pub health: std::sync::Mutex<health::Watch>,
+    /// Alerts already raised in the window, per rule and subject.
+    pub limiter: std::sync::Mutex<health::AlertLimiter>,
+    /// A deposit above this raises an operator alert.
+    pub deposit_alert_above: Option<rigmesh_protocol::Credits>,
 }
 
 impl CoordinatorRole {
@@ -65,11 +69,26 @@ impl CoordinatorRole {
             store,
             outbox: Outbox::default(),
             health: std::sync::Mutex::new(health::Watch::default()),
+            limiter: std::sync::Mutex::new(health::AlertLimiter::default()),
+            deposit_alert_above: None,
         }
     }
 
+    /// Raises alerts, each at most once per rule, audience and subject in
+    /// the limiter's window: anything that makes a coordinator raise one
+    /// cannot make it store, flush and gossip a stream of them.
     fn push_alerts(&self, alerts: impl IntoIterator<Item = Signed<rigmesh_protocol::Alert>>) {
-        let raised: Vec<_> = alerts
+        let admitted: Vec<_> = {
+            let mut limiter = self
+                .limiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            alerts
+                .into_iter()
+                .filter(|a| limiter.admit(&a.body, a.body.created_at))
+                .collect()
+        };
+        let raised: Vec<_> = admitted
             .into_iter()
             .map(|a| health::raise(&self.ledger, a))
             .collect();
@@ -110,12 +129,96 @@ impl CoordinatorRole {
                     now,
                 ));
             }
+            (
+                Ok(applied @ (Applied::Applied | Applied::Pending(_))),
+                CertificateFrame::Deposit(d),
+            ) => {
+                self.check_deposit(d, matches!(applied, Applied::Pending(_)), now);
+            }
             (Err(refusal), _) if refusal.code == "conflicting_certificate" => {
-                self.push_alerts(health::conflict(&self.key, &refusal.to_string(), now));
+                self.push_alerts(health::conflict(
+                    &self.key,
+                    frame.subject().ok(),
+                    &refusal.to_string(),
+                    now,
+                ));
             }
             _ => {}
         }
         result
+    }
+
+    /// The operator alert for a large deposit (applied or held).
+    fn check_deposit(
+        &self,
+        deposit: &Signed<rigmesh_protocol::Deposit>,
+        held: bool,
+        now: UnixMillis,
+    ) {
+        if self
+            .deposit_alert_above
+            .is_some_and(|above| deposit.body.amount > above)
+        {
+            self.push_alerts(health::large_deposit(&self.key, deposit, held, now));
+        }
+    }
+
+    /// An admin's decision on a held deposit or withdrawal.
+    fn decide(
+        &self,
+        approval: &Signed<rigmesh_protocol::Approval>,
+        now: UnixMillis,
+    ) -> CoordinatorResponse {
+        let held = self
+            .ledger
+            .held(
+                rigmesh_ledger::CertificateKind::Deposit,
+                &approval.body.subject,
+            )
+            .ok()
+            .flatten();
+        match self.rules().decide(approval, now) {
+            Ok(Decided::Deposit(applied)) => {
+                let deposit = held
+                    .and_then(|h| Signed::<rigmesh_protocol::Deposit>::from_bytes(&h.bytes).ok());
+                if let (Applied::Applied, Some(d)) = (&applied, deposit) {
+                    self.check_deposit(&d, false, now);
+                }
+                CoordinatorResponse::Applied
+            }
+            Ok(Decided::Withdrawal(vote)) => CoordinatorResponse::Vote(vote),
+            Ok(Decided::Rejected) => CoordinatorResponse::Applied,
+            Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
+        }
+    }
+
+    /// What this coordinator holds for review, of `kind`.
+    fn held(&self, kind: rigmesh_protocol::Kind) -> CoordinatorResponse {
+        let column = match kind {
+            rigmesh_protocol::Kind::Deposit => rigmesh_ledger::CertificateKind::Deposit,
+            rigmesh_protocol::Kind::Withdrawal => rigmesh_ledger::CertificateKind::Withdrawal,
+            other => {
+                return CoordinatorResponse::Refused(format!(
+                    "field: {other} is not held for review; deposit or withdrawal"
+                ))
+            }
+        };
+        match self
+            .ledger
+            .awaiting_review(column, rigmesh_protocol::rpc::MAX_HELD_LISTED)
+        {
+            Ok(rows) => CoordinatorResponse::Held(
+                rows.into_iter()
+                    .map(|(subject, held)| HeldEntry {
+                        kind,
+                        subject,
+                        message: held.bytes,
+                        since: held.since,
+                    })
+                    .collect(),
+            ),
+            Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+        }
     }
 
     /// One round of reputation reports and alerts.
@@ -153,8 +256,15 @@ impl CoordinatorRole {
                 missing,
             } => {
                 self.apply_missing(&missing, now);
-                rules.vote_withdrawal(&withdrawal, now)
+                match rules.vote_withdrawal(&withdrawal, now) {
+                    Err(refusal) if refusal.code == HELD_FOR_REVIEW => {
+                        return CoordinatorResponse::Pending(refusal.to_string())
+                    }
+                    voted => voted,
+                }
             }
+            CoordinatorRequest::Decide(approval) => return self.decide(&approval, now),
+            CoordinatorRequest::Held(kind) => return self.held(kind),
             CoordinatorRequest::Settle(bundle) => self.vote_settlement(*bundle, now),
             CoordinatorRequest::Deposit(deposit) => {
                 return applied(self.apply(&CertificateFrame::Deposit(deposit), now))
@@ -256,11 +366,6 @@ impl CoordinatorRole {
         for earlier in bundle.earlier {
             let _ = self.apply(&CertificateFrame::Settlement(Box::new(earlier)), now);
         }
-        self.push_alerts(health::check_attestations(
-            &self.key,
-            &bundle.attestations,
-            now,
-        ));
         let r = &bundle.request.body;
         // The bundle may start with attestation first_window - 1, the one
         // the lease's settled head names.
@@ -289,7 +394,7 @@ impl CoordinatorRole {
             .store
             .about_lease::<LeaseTermination>(&lease)
             .unwrap_or_default();
-        self.rules().vote_settlement(
+        let vote = self.rules().vote_settlement(
             &SettlementEvidence {
                 request: &bundle.request,
                 agreement: &bundle.agreement,
@@ -300,7 +405,12 @@ impl CoordinatorRole {
                 terminations: &terminations,
             },
             now,
-        )
+        )?;
+        // Only now are the attestations known to be the supplier's, signed
+        // and chained to the lease's escrow here: nothing is derived from
+        // them before.
+        self.push_alerts(health::check_attestations(&self.key, &attestations, now));
+        Ok(vote)
     }
 
     fn vote_release(
@@ -408,34 +518,58 @@ fn bounded(mut reason: String) -> String {
     reason
 }
 
+/// Reason codes that only a malformed or forged request earns: an honest
+/// client never sends one, whatever state the coordinators are in. Each is
+/// a strike toward the sender's ban; other refusals (a balance not there
+/// yet, a window not due) are answered and nothing more.
+const STRIKE_CODES: &[&str] = &[
+    "malformed",
+    "too_large",
+    "trailing_bytes",
+    "frame",
+    "invalid_key",
+    "bad_signature",
+    "wrong_signer",
+    "unsupported_version",
+    "field",
+    "unknown_signer",
+    "duplicate_signer",
+    "too_few_votes",
+    "not_admin",
+    "broken_chain",
+    "lease_mismatch",
+];
+
+/// The strike a refusal earns, if any: its reason code, when it is one of
+/// [`STRIKE_CODES`].
+fn strike_of(response: &CoordinatorResponse) -> Option<&'static str> {
+    let CoordinatorResponse::Refused(reason) = response else {
+        return None;
+    };
+    let code = reason.split(':').next().unwrap_or_default();
+    STRIKE_CODES.iter().copied().find(|c| *c == code)
+}
+
 /// Decodes and answers one coordinator request, off the async threads.
+/// A malformed or forged request writes nothing: it is answered, counted
+/// and struck against its sender.
 async fn answer_bytes(
     role: Arc<CoordinatorRole>,
     bytes: Vec<u8>,
-) -> rigmesh_protocol::Result<Vec<u8>> {
+) -> (rigmesh_protocol::Result<Vec<u8>>, Option<&'static str>) {
     let response = match CoordinatorRequest::from_bytes(&bytes) {
         Ok(request) => tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
             .await
             .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
-        Err(err) => {
-            let _ = role.ledger.record_refusal(
-                "coordinator request",
-                &format!("{}: {err}", err.code()),
-                &rigmesh_ledger::Cause::new(
-                    role.key.public(),
-                    rigmesh_protocol::Id::ZERO,
-                    UnixMillis::now(),
-                ),
-            );
-            CoordinatorResponse::Refused(format!("malformed request: {err}"))
-        }
+        Err(err) => CoordinatorResponse::Refused(format!("malformed: {err}")),
     };
+    let strike = strike_of(&response);
     let response = match response {
         CoordinatorResponse::Refused(reason) => CoordinatorResponse::Refused(bounded(reason)),
         CoordinatorResponse::Pending(reason) => CoordinatorResponse::Pending(bounded(reason)),
         other => other,
     };
-    response.to_bytes()
+    (response.to_bytes(), strike)
 }
 
 /// How often held certificates are retried and the binding checked.
@@ -473,7 +607,15 @@ pub async fn run(
                 tokio::spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else { return };
                     let response = match request.protocol {
-                        Protocol::Coordinator => answer_bytes(role, request.bytes).await,
+                        Protocol::Coordinator => {
+                            let (response, strike) = answer_bytes(role, request.bytes).await;
+                            if let Some(code) = strike {
+                                if let Err(err) = network.strike(request.peer, code).await {
+                                    tracing::debug!(%err, "could not count a refused request");
+                                }
+                            }
+                            response
+                        }
                         Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
                         Protocol::Sync => CoordinatorResponse::Refused("sync is served by the network".into()).to_bytes(),
                     };

@@ -52,6 +52,8 @@ pub struct NetworkStats {
     pub dropped: u64,
     /// Peers banned.
     pub banned: u64,
+    /// Requests to this node refused as invalid (a strike each).
+    pub refused_requests: u64,
     /// Bootstrap addresses that could not be reached when last dialled,
     /// each with the reason.
     pub unreachable_bootstrap: Vec<(String, String)>,
@@ -89,6 +91,11 @@ pub(crate) enum Command {
     Ban {
         peer: PeerId,
         reason: String,
+        reply: Reply<()>,
+    },
+    Strike {
+        peer: PeerId,
+        reason: &'static str,
         reply: Reply<()>,
     },
     Peers {
@@ -236,6 +243,17 @@ impl NodeHandle {
     pub async fn ban(&self, peer: PeerId, reason: &str) -> Result<()> {
         let reason = reason.to_string();
         self.call(|reply| Command::Ban {
+            peer,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Counts a request `peer` sent that was malformed or forged: a
+    /// metric and a strike toward the peer's ban, instead of any write.
+    pub async fn strike(&self, peer: PeerId, reason: &'static str) -> Result<()> {
+        self.call(|reply| Command::Strike {
             peer,
             reason,
             reply,

@@ -190,7 +190,10 @@ impl Message for Approval {
             return Err(Error::field(
                 kind,
                 "subject_kind",
-                format!("{} is not reviewed; deposit or withdrawal", self.subject_kind),
+                format!(
+                    "{} is not reviewed; deposit or withdrawal",
+                    self.subject_kind
+                ),
             ));
         }
         if self.subject.is_zero() {

@@ -360,6 +360,12 @@ impl CoordinatorRole {
         bundle: SettlementBundle,
         now: UnixMillis,
     ) -> Result<Signed<rigmesh_protocol::Vote>, Refusal> {
+        // Nothing of the bundle is used before its own signatures check:
+        // the request, then every attestation (a forged one is a strike).
+        bundle.request.verify_record()?;
+        for a in &bundle.attestations {
+            a.verify_record()?;
+        }
         if let Some(escrow) = bundle.escrow {
             let _ = self.apply(&CertificateFrame::Escrow(Box::new(escrow)), now);
         }
@@ -540,14 +546,15 @@ const STRIKE_CODES: &[&str] = &[
     "lease_mismatch",
 ];
 
-/// The strike a refusal earns, if any: its reason code, when it is one of
+/// How a refusal is counted: `None` for an answer that is no refusal,
+/// `Some(strike)` for a refusal, with its reason code when it is one of
 /// [`STRIKE_CODES`].
-fn strike_of(response: &CoordinatorResponse) -> Option<&'static str> {
+fn refusal_of(response: &CoordinatorResponse) -> Option<Option<&'static str>> {
     let CoordinatorResponse::Refused(reason) = response else {
         return None;
     };
     let code = reason.split(':').next().unwrap_or_default();
-    STRIKE_CODES.iter().copied().find(|c| *c == code)
+    Some(STRIKE_CODES.iter().copied().find(|c| *c == code))
 }
 
 /// Decodes and answers one coordinator request, off the async threads.
@@ -556,20 +563,23 @@ fn strike_of(response: &CoordinatorResponse) -> Option<&'static str> {
 async fn answer_bytes(
     role: Arc<CoordinatorRole>,
     bytes: Vec<u8>,
-) -> (rigmesh_protocol::Result<Vec<u8>>, Option<&'static str>) {
+) -> (
+    rigmesh_protocol::Result<Vec<u8>>,
+    Option<Option<&'static str>>,
+) {
     let response = match CoordinatorRequest::from_bytes(&bytes) {
         Ok(request) => tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
             .await
             .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
         Err(err) => CoordinatorResponse::Refused(format!("malformed: {err}")),
     };
-    let strike = strike_of(&response);
+    let refusal = refusal_of(&response);
     let response = match response {
         CoordinatorResponse::Refused(reason) => CoordinatorResponse::Refused(bounded(reason)),
         CoordinatorResponse::Pending(reason) => CoordinatorResponse::Pending(bounded(reason)),
         other => other,
     };
-    (response.to_bytes(), strike)
+    (response.to_bytes(), refusal)
 }
 
 /// How often held certificates are retried and the binding checked.
@@ -608,9 +618,9 @@ pub async fn run(
                     let Ok(_slot) = slots.acquire_owned().await else { return };
                     let response = match request.protocol {
                         Protocol::Coordinator => {
-                            let (response, strike) = answer_bytes(role, request.bytes).await;
-                            if let Some(code) = strike {
-                                if let Err(err) = network.strike(request.peer, code).await {
+                            let (response, refusal) = answer_bytes(role, request.bytes).await;
+                            if let Some(strike) = refusal {
+                                if let Err(err) = network.refused(request.peer, strike).await {
                                     tracing::debug!(%err, "could not count a refused request");
                                 }
                             }

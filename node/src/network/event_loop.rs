@@ -146,15 +146,19 @@ impl EventLoop {
                 self.ban(peer, reason);
                 let _ = reply.send(Ok(()));
             }
-            Command::Strike {
+            Command::Refused {
                 peer,
-                reason,
+                strike,
                 reply,
             } => {
                 self.metrics.refused_requests.inc();
                 self.stats.refused_requests += 1;
-                tracing::debug!(%peer, reason, "refused an invalid request");
-                self.strike(peer, reason);
+                if let Some(reason) = strike {
+                    self.metrics.struck_requests.inc();
+                    self.stats.struck_requests += 1;
+                    tracing::debug!(%peer, reason, "refused an invalid request");
+                    self.strike(peer, reason);
+                }
                 let _ = reply.send(Ok(()));
             }
             Command::Peers { reply } => {

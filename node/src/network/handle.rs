@@ -52,8 +52,10 @@ pub struct NetworkStats {
     pub dropped: u64,
     /// Peers banned.
     pub banned: u64,
-    /// Requests to this node refused as invalid (a strike each).
+    /// Requests to this node refused (coordinator requests).
     pub refused_requests: u64,
+    /// Of those, the ones refused as malformed or forged: a strike each.
+    pub struck_requests: u64,
     /// Bootstrap addresses that could not be reached when last dialled,
     /// each with the reason.
     pub unreachable_bootstrap: Vec<(String, String)>,
@@ -93,9 +95,9 @@ pub(crate) enum Command {
         reason: String,
         reply: Reply<()>,
     },
-    Strike {
+    Refused {
         peer: PeerId,
-        reason: &'static str,
+        strike: Option<&'static str>,
         reply: Reply<()>,
     },
     Peers {
@@ -250,12 +252,13 @@ impl NodeHandle {
         .await
     }
 
-    /// Counts a request `peer` sent that was malformed or forged: a
-    /// metric and a strike toward the peer's ban, instead of any write.
-    pub async fn strike(&self, peer: PeerId, reason: &'static str) -> Result<()> {
-        self.call(|reply| Command::Strike {
+    /// Counts a request `peer` sent that was refused, instead of any
+    /// write; with `strike` (the reason code of a malformed or forged
+    /// request), also a strike toward the peer's ban.
+    pub async fn refused(&self, peer: PeerId, strike: Option<&'static str>) -> Result<()> {
+        self.call(|reply| Command::Refused {
             peer,
-            reason,
+            strike,
             reply,
         })
         .await

@@ -44,8 +44,10 @@ pub struct NetworkMetrics {
     pub ingest_latency: Histogram,
     /// Peers banned for misbehaviour.
     pub bans: Counter,
-    /// Requests refused as malformed or forged (each a strike).
+    /// Requests refused.
     pub refused_requests: Counter,
+    /// Requests refused as malformed or forged (each a strike).
+    pub struck_requests: Counter,
 }
 
 impl NetworkMetrics {
@@ -61,6 +63,7 @@ impl NetworkMetrics {
             ingest_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             bans: Counter::default(),
             refused_requests: Counter::default(),
+            struck_requests: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_net");
         r.register("peers", "Connected peers", metrics.peers.clone());
@@ -101,8 +104,13 @@ impl NetworkMetrics {
         );
         r.register(
             "refused_requests",
-            "Requests refused as malformed or forged",
+            "Requests refused",
             metrics.refused_requests.clone(),
+        );
+        r.register(
+            "struck_requests",
+            "Requests refused as malformed or forged, each a strike toward a ban",
+            metrics.struck_requests.clone(),
         );
         metrics
     }

@@ -49,7 +49,7 @@ pub struct CoordinatorConfig {
 }
 
 /// Which deposits and withdrawals a coordinator holds for an admin's
-/// decision (section 4.1). The default holds nothing.
+/// decision (section 4.3). The default holds nothing.
 #[derive(Debug, Clone, Default)]
 pub struct ReviewRules {
     /// A deposit above this amount is applied only once a second admin key
@@ -526,7 +526,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
         ))
     }
 
-    /// An admin's decision on a held deposit or withdrawal (section 4.1):
+    /// An admin's decision on a held deposit or withdrawal (section 4.3):
     /// approving a deposit applies it (a second admin key must approve
     /// what the first deposited); approving a withdrawal lets this
     /// coordinator vote for it under the usual rules; rejecting drops it.

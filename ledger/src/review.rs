@@ -1,5 +1,5 @@
 //! What a coordinator holds for an admin's decision (specs/settlement.md
-//! section 4.1): deposits above the approval threshold until a second
+//! section 4.3): deposits above the approval threshold until a second
 //! admin key approves them, withdrawals above the review threshold or to a
 //! destination new to their account until an admin approves them. Also
 //! the two facts those rules read: which deposit took each

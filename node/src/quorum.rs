@@ -284,7 +284,7 @@ impl Quorum {
                 destination: destination.to_string(),
                 created_at: now,
                 // The longest lifetime: one held for review waits for an
-                // admin until then (settlement.md 4.1).
+                // admin until then (settlement.md 4.3).
                 expires_at: now
                     .plus_ms(rigmesh_protocol::messages::settlement::ESCROW_ORDER_MAX_TTL_MS),
             },

@@ -176,7 +176,7 @@ pub enum CoordinatorRequest {
     /// Vote for an escrow release.
     Release(Box<ReleaseBundle>),
     /// An admin's decision on a held deposit or withdrawal
-    /// (specs/settlement.md 4.1): the answer to an approved withdrawal is
+    /// (specs/settlement.md 4.3): the answer to an approved withdrawal is
     /// the coordinator's vote, to an approved deposit `Applied`.
     Decide(Signed<Approval>),
     /// List what the coordinator holds for review of this kind

@@ -146,7 +146,7 @@ impl Message for Deposit {
 }
 
 /// An admin key's decision on a money message that coordinators hold for
-/// review (specs/settlement.md section 4.1): a deposit above the approval
+/// review (specs/settlement.md section 4.3): a deposit above the approval
 /// threshold waits for the approval of a second admin key, and a
 /// withdrawal above the review threshold, or to a destination new to its
 /// account, waits for an admin's approval before any coordinator votes.

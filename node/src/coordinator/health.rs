@@ -339,7 +339,9 @@ pub const ALERT_WINDOW_MS: u64 = 600_000;
 /// log line) until old ones leave the window.
 const MAX_ALERT_KEYS: usize = 4096;
 
-type AlertKey = (String, u8, Option<PublicKey>, Option<Id>);
+/// Rule, audience, account, subject; and the text for an alert that names
+/// neither account nor subject (a ban names its peer only there).
+type AlertKey = (String, u8, Option<PublicKey>, Option<Id>, Option<String>);
 
 /// Deduplicates and rate-limits alerts: an alert whose rule, audience,
 /// account and subject were raised within [`ALERT_WINDOW_MS`] is dropped,
@@ -358,6 +360,7 @@ impl AlertLimiter {
             alert.audience as u8,
             alert.about,
             alert.subject,
+            (alert.about.is_none() && alert.subject.is_none()).then(|| alert.message.clone()),
         );
         if let Some(at) = self.last.get(&key) {
             if now < at.plus_ms(ALERT_WINDOW_MS) {
@@ -380,6 +383,54 @@ impl AlertLimiter {
     /// Alerts dropped as repeats or over the bound.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use rigmesh_protocol::samples;
+
+    fn an_alert(rule: &str, about: Option<PublicKey>, message: &str) -> Alert {
+        Alert {
+            version: PROTOCOL_VERSION,
+            issuer: samples::coordinators()[0].public(),
+            severity: Severity::Warning,
+            audience: Audience::Operators,
+            rule: rule.into(),
+            about,
+            subject: Some(Id([7; 32])),
+            message: message.into(),
+            created_at: UnixMillis(0),
+        }
+    }
+
+    #[test]
+    fn one_alert_per_rule_and_subject_in_the_window() {
+        let mut limiter = AlertLimiter::default();
+        let victim = Some(samples::supplier().public());
+        let t = UnixMillis(1_000);
+        assert!(limiter.admit(&an_alert("usage.implausible_power", victim, "a"), t));
+        for n in 0..100 {
+            let text = format!("window {n}");
+            assert!(!limiter.admit(&an_alert("usage.implausible_power", victim, &text), t));
+        }
+        assert_eq!(limiter.dropped(), 100);
+        // Another rule or subject is another alert; the same one again
+        // after the window too.
+        assert!(limiter.admit(&an_alert("escrow.low", victim, "a"), t));
+        assert!(limiter.admit(&an_alert("usage.implausible_power", None, "a"), t));
+        assert!(limiter.admit(
+            &an_alert("usage.implausible_power", victim, "a"),
+            t.plus_ms(ALERT_WINDOW_MS)
+        ));
+        // Alerts that name no one differ by their text (one per banned peer).
+        let mut ban = an_alert("peer.banned", None, "peer A banned");
+        ban.subject = None;
+        assert!(limiter.admit(&ban, t));
+        assert!(!limiter.admit(&ban, t));
+        ban.message = "peer B banned".into();
+        assert!(limiter.admit(&ban, t));
     }
 }
 

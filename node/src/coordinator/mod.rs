@@ -248,14 +248,18 @@ impl CoordinatorRole {
                 agreement,
                 missing,
             } => {
-                self.apply_missing(&missing, now);
+                if let Err(refusal) = self.apply_missing(&missing, now) {
+                    return CoordinatorResponse::Refused(refusal.to_string());
+                }
                 rules.vote_escrow(&order, &agreement, now)
             }
             CoordinatorRequest::Withdraw {
                 withdrawal,
                 missing,
             } => {
-                self.apply_missing(&missing, now);
+                if let Err(refusal) = self.apply_missing(&missing, now) {
+                    return CoordinatorResponse::Refused(refusal.to_string());
+                }
                 match rules.vote_withdrawal(&withdrawal, now) {
                     Err(refusal) if refusal.code == HELD_FOR_REVIEW => {
                         return CoordinatorResponse::Pending(refusal.to_string())
@@ -347,12 +351,29 @@ impl CoordinatorRole {
         Ok(())
     }
 
-    fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) {
+    /// Applies the certificates handed with a request. A forged or
+    /// malformed one ends the request: its refusal is the answer (and a
+    /// strike), so one request cannot make the coordinator check
+    /// thousands of them.
+    fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) -> Result<(), Refusal> {
+        if missing.len() > MAX_MISSING {
+            return Err(Refusal::new(
+                "field",
+                format!(
+                    "{} certificates handed with one request; at most {MAX_MISSING}",
+                    missing.len()
+                ),
+            ));
+        }
         for frame in missing {
             if let Err(refusal) = self.apply(frame, now) {
+                if STRIKE_CODES.contains(&refusal.code) {
+                    return Err(refusal);
+                }
                 tracing::info!(%refusal, "a certificate handed with a request was not applied");
             }
         }
+        Ok(())
     }
 
     fn vote_settlement(
@@ -506,6 +527,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
+/// Most certificates handed with one escrow order or withdrawal.
+const MAX_MISSING: usize = 64;
+
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
@@ -616,14 +640,11 @@ pub async fn run(
                 let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
                 tokio::spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else { return };
+                    let mut refused = None;
                     let response = match request.protocol {
                         Protocol::Coordinator => {
                             let (response, refusal) = answer_bytes(role, request.bytes).await;
-                            if let Some(strike) = refusal {
-                                if let Err(err) = network.refused(request.peer, strike).await {
-                                    tracing::debug!(%err, "could not count a refused request");
-                                }
-                            }
+                            refused = refusal;
                             response
                         }
                         Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
@@ -636,6 +657,13 @@ pub async fn run(
                             }
                         }
                         Err(err) => tracing::warn!(%err, "could not encode an answer"),
+                    }
+                    // Counted after the answer, so the sender hears why
+                    // even when this strike bans it.
+                    if let Some(strike) = refused {
+                        if let Err(err) = network.refused(request.peer, strike).await {
+                            tracing::debug!(%err, "could not count a refused request");
+                        }
                     }
                 });
             }

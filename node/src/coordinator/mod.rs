@@ -203,12 +203,23 @@ impl CoordinatorRole {
                 ))
             }
         };
+        // An expired withdrawal can no longer be voted for: not listed.
+        let live = |bytes: &[u8]| match kind {
+            rigmesh_protocol::Kind::Withdrawal => {
+                Signed::<rigmesh_protocol::Withdrawal>::from_bytes(bytes).is_ok_and(|w| {
+                    UnixMillis::now() <= w.body.expires_at.plus_ms(self.config.skew_ms)
+                })
+            }
+            _ => true,
+        };
         match self
             .ledger
-            .awaiting_review(column, rigmesh_protocol::rpc::MAX_HELD_LISTED)
+            .awaiting_review(column, rigmesh_ledger::MAX_PAGE)
         {
             Ok(rows) => CoordinatorResponse::Held(
                 rows.into_iter()
+                    .filter(|(_, held)| live(&held.bytes))
+                    .take(rigmesh_protocol::rpc::MAX_HELD_LISTED)
                     .map(|(subject, held)| HeldEntry {
                         kind,
                         subject,

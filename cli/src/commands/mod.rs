@@ -106,9 +106,11 @@ enum Command {
     /// simulated suppliers, a funded customer) and play a lease from bid to
     /// settlement; `--serve` keeps it running for the other commands.
     Devnet(devnet::DevnetArgs),
-    /// Move credits out of an account (certified by the coordinators).
+    /// Move credits out of an account (certified by the coordinators;
+    /// exit 6 while a large one waits for an admin's review).
     Withdraw(withdraw::WithdrawArgs),
-    /// Operator tools for the coordinator set: deposits, balances.
+    /// Operator tools for the coordinator set: deposits, approvals of held
+    /// deposits and withdrawals, balances.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
     /// Run a node (supplier, customer, coordinator or relay), or print the

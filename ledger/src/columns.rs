@@ -33,6 +33,7 @@
 //! | [`ReputationEvidence`] | `ledger/reputation` | (account, side) | [`Evidence`] |
 //! | [`DepositReferences`] | `ledger/deposit_references` | hash of (admin, reference) | deposit id |
 //! | [`Held`] | `ledger/held` | (kind, subject) | [`HeldMessage`] |
+//! | [`HeldDebits`] | `ledger/held_debits` | (account, seq) | withdrawal id held |
 //! | [`KnownDestinations`] | `ledger/destinations` | (account, hash of destination) | withdrawal id |
 
 use std::marker::PhantomData;
@@ -213,6 +214,10 @@ column!(
 column!(
     /// Deposits and withdrawals held for an admin's decision.
     Held, "ledger/held", (CertificateKind, Id), HeldMessage
+);
+column!(
+    /// The withdrawal held for review at each (account, seq).
+    HeldDebits, "ledger/held_debits", (PublicKey, u64), Id
 );
 column!(
     /// Destinations each account has a withdrawal to applied.

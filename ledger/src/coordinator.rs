@@ -5,7 +5,7 @@
 //! messages.
 //!
 //! Every refusal is a [`Refusal`] with a reason code of the spec's section
-//! 11, recorded in the audit chain, and changes nothing else.
+//! 11; it is logged and changes nothing, not even the audit chain.
 
 use std::collections::BTreeMap;
 
@@ -113,6 +113,16 @@ impl From<Error> for Refusal {
 /// The reason code of a deposit whose `(admin, reference)` another
 /// deposit took.
 pub const REFERENCE_USED: &str = "reference_used";
+
+fn held_at_seq(other: Id, w: &Withdrawal) -> Refusal {
+    Refusal::new(
+        "conflicting_order",
+        format!(
+            "withdrawal {other} of {} at seq {} waits for review",
+            w.account, w.seq
+        ),
+    )
+}
 
 fn reference_used(other: Id) -> Refusal {
     Refusal::new(
@@ -498,7 +508,9 @@ impl<'l, S: Store> Coordinator<'l, S> {
         })
     }
 
-    /// Holds a withdrawal for review and answers that it waits.
+    /// Holds a withdrawal for review and answers that it waits. An account
+    /// has at most one withdrawal held per sequence number: another waits
+    /// only once the first has expired (it then replaces it).
     fn hold_withdrawal(
         &self,
         withdrawal: &Signed<Withdrawal>,
@@ -506,19 +518,41 @@ impl<'l, S: Store> Coordinator<'l, S> {
         now: UnixMillis,
     ) -> Result<Signed<Vote>, Refusal> {
         let w = &withdrawal.body;
+        let mut replaces = None;
+        if let Some(other) = self.ledger.held_debit(&w.account, w.seq)? {
+            if other != subject {
+                let live = self
+                    .ledger
+                    .held(CertificateKind::Withdrawal, &other)?
+                    .and_then(|h| Signed::<Withdrawal>::from_bytes(&h.bytes).ok())
+                    .is_some_and(|o| now <= o.body.expires_at.plus_ms(self.config.skew_ms));
+                if live {
+                    return Err(held_at_seq(other, w));
+                }
+                replaces = Some(other);
+            }
+        }
         let hold = self.ledger.hold(
             CertificateKind::Withdrawal,
             &subject,
             withdrawal.to_bytes()?,
             None,
+            Some(crate::review::HeldDebit {
+                at: (w.account, w.seq),
+                replaces,
+            }),
             &format!(
                 "withdrawal {subject}: {} from {} to {:?} held for review",
                 w.amount, w.account, w.destination
             ),
             &self.cause(subject, now),
         )?;
-        if hold == Hold::Held {
-            tracing::warn!(%subject, account = %w.account, amount = %w.amount, "withdrawal held for review");
+        match hold {
+            Hold::Held => {
+                tracing::warn!(%subject, account = %w.account, amount = %w.amount, "withdrawal held for review");
+            }
+            Hold::DebitHeld(other) => return Err(held_at_seq(other, w)),
+            Hold::AlreadyHeld(_) | Hold::ReferenceUsed(_) => {}
         }
         Err(Refusal::new(
             HELD_FOR_REVIEW,
@@ -577,6 +611,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 CertificateKind::Deposit,
                 &subject,
                 Some(reference),
+                None,
                 &a.admin,
                 &self.cause(subject, now),
             )?;
@@ -617,10 +652,12 @@ impl<'l, S: Store> Coordinator<'l, S> {
         let withdrawal = Signed::<Withdrawal>::from_bytes(&held.bytes)?;
         let cause = self.cause(subject, now);
         if !a.approve {
+            let w = &withdrawal.body;
             self.ledger.reject_held(
                 CertificateKind::Withdrawal,
                 &subject,
                 None,
+                Some((w.account, w.seq)),
                 &a.admin,
                 &cause,
             )?;
@@ -679,6 +716,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
                     &subject,
                     deposit.to_bytes()?,
                     Some(reference),
+                    None,
                     &format!(
                         "deposit {subject}: {} to {} by {} held for a second admin's approval",
                         d.amount, d.account, d.admin
@@ -687,6 +725,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 )? {
                     Hold::Held | Hold::AlreadyHeld(_) => Ok(waiting()),
                     Hold::ReferenceUsed(other) => Err(reference_used(other)),
+                    Hold::DebitHeld(other) => Err(reference_used(other)),
                 };
             }
             Ok(self.ledger.apply_deposit(

@@ -14,7 +14,7 @@ use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
 
 use crate::audit::Action;
 use crate::codec::Record;
-use crate::columns::{DepositReferences, Held, KnownDestinations, TypedStore};
+use crate::columns::{DepositReferences, Held, HeldDebits, KnownDestinations, TypedStore};
 use crate::error::Result;
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
@@ -45,6 +45,19 @@ pub enum Hold {
     AlreadyHeld(HeldMessage),
     /// The deposit's `(admin, reference)` belongs to another deposit.
     ReferenceUsed(Id),
+    /// Another withdrawal of the account at the same sequence number is
+    /// held and still live.
+    DebitHeld(Id),
+}
+
+/// A withdrawal's place among the held ones: its `(account, seq)`, and the
+/// expired withdrawal held there that it replaces, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldDebit {
+    /// The account and its debit sequence number.
+    pub at: (PublicKey, u64),
+    /// The expired withdrawal it replaces.
+    pub replaces: Option<Id>,
 }
 
 /// The key of a deposit's `(admin, reference)`: a hash, so keys have one
@@ -75,6 +88,11 @@ impl<S: Store> Ledger<S> {
             .is_some())
     }
 
+    /// The withdrawal held at `(account, seq)`, if any.
+    pub fn held_debit(&self, account: &PublicKey, seq: u64) -> Result<Option<Id>> {
+        self.store().get_in::<HeldDebits>(&(*account, seq))
+    }
+
     /// The message of `kind` held under `subject`, if any.
     pub fn held(&self, kind: CertificateKind, subject: &Id) -> Result<Option<HeldMessage>> {
         self.store().get_in::<Held>(&(kind, *subject))
@@ -102,13 +120,17 @@ impl<S: Store> Ledger<S> {
 
     /// Holds a message for review, durably, with its audit record. A
     /// deposit's `reference` (its [`reference_key`]) is taken now, so no
-    /// other deposit can use it while this one waits.
+    /// other deposit can use it while this one waits; a withdrawal's
+    /// `debit` place too, so an account has at most one withdrawal held
+    /// per sequence number.
+    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &self,
         kind: CertificateKind,
         subject: &Id,
         bytes: Vec<u8>,
         reference: Option<Id>,
+        debit: Option<HeldDebit>,
         detail: &str,
         cause: &Cause,
     ) -> Result<Hold> {
@@ -117,6 +139,17 @@ impl<S: Store> Ledger<S> {
             return Ok(Hold::AlreadyHeld(held));
         }
         let mut batch = Batch::default();
+        if let Some(debit) = debit {
+            if let Some(other) = self.store().get_in::<HeldDebits>(&debit.at)? {
+                if other != *subject && Some(other) != debit.replaces {
+                    return Ok(Hold::DebitHeld(other));
+                }
+            }
+            if let Some(old) = debit.replaces {
+                batch.delete_in::<Held>(&(kind, old));
+            }
+            batch.put_in::<HeldDebits>(&debit.at, subject)?;
+        }
         if let Some(key) = reference {
             match self.store().get_in::<DepositReferences>(&key)? {
                 Some(other) if other != *subject => return Ok(Hold::ReferenceUsed(other)),
@@ -172,6 +205,7 @@ impl<S: Store> Ledger<S> {
         kind: CertificateKind,
         subject: &Id,
         reference: Option<Id>,
+        debit: Option<(PublicKey, u64)>,
         admin: &PublicKey,
         cause: &Cause,
     ) -> Result<bool> {
@@ -181,6 +215,11 @@ impl<S: Store> Ledger<S> {
         }
         let mut batch = Batch::default();
         batch.delete_in::<Held>(&(kind, *subject));
+        if let Some(at) = debit {
+            if self.store().get_in::<HeldDebits>(&at)? == Some(*subject) {
+                batch.delete_in::<HeldDebits>(&at);
+            }
+        }
         if let Some(key) = reference {
             if self.store().get_in::<DepositReferences>(&key)? == Some(*subject) {
                 batch.delete_in::<DepositReferences>(&key);

@@ -865,3 +865,69 @@ fn refusals_write_nothing() {
         .unwrap();
     assert!(net.ledgers[0].audit_len().unwrap() > before);
 }
+
+#[test]
+fn an_account_has_one_withdrawal_held_per_seq_until_it_expires() {
+    let net = reviewed_net();
+    net.deposit_everywhere(&samples::customer(), 50_000_000);
+    let withdrawal = |nonce: u64| {
+        let mut body = samples::withdrawal().unwrap().body;
+        body.seq = 0;
+        body.amount = Credits::from_units(20_000_000);
+        body.created_at = now().plus_ms(nonce);
+        body.expires_at = now().plus_ms(600_000);
+        Signed::sign(body, &samples::customer()).unwrap()
+    };
+    let first = withdrawal(0);
+    let c = net.c(0);
+    assert_eq!(
+        c.vote_withdrawal(&first, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    // The same one again is the same answer; another at the seq is not held.
+    assert_eq!(
+        c.vote_withdrawal(&first, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    for nonce in 1..20 {
+        assert_eq!(
+            c.vote_withdrawal(&withdrawal(nonce), now())
+                .unwrap_err()
+                .code,
+            "conflicting_order"
+        );
+    }
+    let held = || {
+        net.ledgers[0]
+            .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 100)
+            .unwrap()
+    };
+    assert_eq!(held().len(), 1);
+    // Once the first has expired, a new one takes its place.
+    let later = now().plus_ms(700_000);
+    let mut body = withdrawal(0).body;
+    body.created_at = later;
+    body.expires_at = later.plus_ms(600_000);
+    let second = Signed::sign(body, &samples::customer()).unwrap();
+    assert_eq!(
+        c.vote_withdrawal(&second, later).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    assert_eq!(held().len(), 1);
+    assert_eq!(held()[0].0, second.id().unwrap());
+    // Rejected, it frees the seq for the next one.
+    let reject = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        second.id().unwrap(),
+        false,
+    );
+    assert_eq!(c.decide(&reject, later).unwrap(), Decided::Rejected);
+    let mut body = second.body.clone();
+    body.created_at = later.plus_ms(1);
+    let third = Signed::sign(body, &samples::customer()).unwrap();
+    assert_eq!(
+        c.vote_withdrawal(&third, later).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+}

@@ -421,6 +421,39 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
         assert_eq!((view.balance, view.escrowed), (deposit, Credits::ZERO));
     }
 
+    // One deposit per admin key and reference: the same reference again
+    // is refused with its own exit code and credits nothing more.
+    let outsider = "cd".repeat(32);
+    let config = net.dir.join("admin.toml").display().to_string();
+    let admin_key = net.dir.join("admin.key").display().to_string();
+    let deposit_args = [
+        "admin",
+        "deposit",
+        "--config",
+        &config,
+        "--admin-key",
+        &admin_key,
+        "--account",
+        &outsider,
+        "--amount",
+        "3",
+        "--reference",
+        "wire once",
+    ];
+    let first = net.rigmesh(&deposit_args);
+    assert!(first.status.success(), "{}", text(&first));
+    let again = net.rigmesh(&deposit_args);
+    assert_eq!(again.status.code(), Some(5), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is already used"),
+        "{}",
+        text(&again)
+    );
+    let view = eventually(20, "the outsider's one deposit everywhere", || {
+        net.agreed(&outsider, 4)
+    });
+    assert_eq!(view.balance, credits("3"));
+
     // Phase 1: a lease of each model through the CLI, each ending at its
     // budget cap after about five 2 s windows.
     let prices = prices(&net);

@@ -69,6 +69,10 @@ pub enum Action {
     /// The node refused something (a vote, a certificate, a message); the
     /// detail holds the reason code.
     Refused,
+    /// A deposit or withdrawal was held for an admin's decision.
+    HeldForReview,
+    /// An admin approved or rejected a held deposit or withdrawal.
+    ReviewDecided,
 }
 
 /// One audit record.

@@ -21,8 +21,9 @@ use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
-    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, LeaseBooks,
-    PendingCertificates, SettlementHeads, SettlementLocks, TypedStore,
+    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences, Held,
+    KnownDestinations, LeaseBooks, PendingCertificates, SettlementHeads, SettlementLocks,
+    TypedStore,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};
@@ -111,7 +112,11 @@ pub enum DebitTarget {
         supplier: PublicKey,
     },
     /// Out of rigmesh (a withdrawal).
-    External,
+    External {
+        /// The destination's [`crate::destination_key`]: once applied, the
+        /// account has used it.
+        destination: Id,
+    },
 }
 
 /// A settlement as its certificate states it.
@@ -426,7 +431,7 @@ impl<S: Store> Ledger<S> {
         // top-up come first (it refunds all the escrow holds).
         let funded = match debit.to {
             DebitTarget::Escrow { lease, .. } => self.store().get_in::<LeaseBooks>(&lease)?,
-            DebitTarget::External => None,
+            DebitTarget::External { .. } => None,
         };
         if funded.as_ref().is_some_and(|book| book.closed) {
             let new_next = debit
@@ -466,7 +471,9 @@ impl<S: Store> Ledger<S> {
                 Account::Escrow(lease),
                 Action::EscrowLocked,
             ),
-            DebitTarget::External => (Movement::Withdrawal, Account::External, Action::Withdrawal),
+            DebitTarget::External { .. } => {
+                (Movement::Withdrawal, Account::External, Action::Withdrawal)
+            }
         };
         let entry = JournalEntry::transfer(
             debit.subject,
@@ -480,6 +487,9 @@ impl<S: Store> Ledger<S> {
         let mut posting = Posting::new(self.store())?;
         posting.post(&entry)?;
         let mut batch = posting.finish()?;
+        if let DebitTarget::External { destination } = debit.to {
+            batch.put_in::<KnownDestinations>(&(debit.account, destination), &debit.subject)?;
+        }
         if let (DebitTarget::Escrow { lease, .. }, Some(mut book)) = (debit.to, funded) {
             book.amount = add(book.amount, debit.amount, "an escrow topped up")?;
             batch.put_in::<LeaseBooks>(&lease, &book)?;
@@ -551,7 +561,9 @@ impl<S: Store> Ledger<S> {
                 account: w.account,
                 seq: w.seq,
                 amount: w.amount,
-                to: DebitTarget::External,
+                to: DebitTarget::External {
+                    destination: crate::review::destination_key(&w.destination),
+                },
             },
             certificate.to_bytes()?,
             cause,
@@ -742,18 +754,29 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Applies a deposit whose signer the caller has checked: `amount` from
-    /// outside into `account`, at most once per `subject`.
+    /// outside into `account`, at most once per `subject` and at most one
+    /// deposit per `reference` (its [`crate::reference_key`]). Drops the
+    /// deposit from those held for review in the same batch.
     pub fn apply_deposit(
         &self,
         subject: &Id,
         account: &PublicKey,
         amount: Credits,
+        reference: &Id,
         bytes: Vec<u8>,
         cause: &Cause,
     ) -> Result<Applied> {
         let guard = self.lock();
         if self.is_applied(subject)? {
             return Ok(Applied::AlreadyApplied);
+        }
+        if let Some(other) = self.store().get_in::<DepositReferences>(reference)? {
+            if other != *subject {
+                return Ok(Applied::Conflict {
+                    code: "reference_used",
+                    detail: format!("deposit {other} already uses this admin's reference"),
+                });
+            }
         }
         let entry = JournalEntry::transfer(
             *subject,
@@ -767,6 +790,8 @@ impl<S: Store> Ledger<S> {
         let mut posting = Posting::new(self.store())?;
         posting.post(&entry)?;
         let mut batch = posting.finish()?;
+        batch.put_in::<DepositReferences>(reference, subject)?;
+        batch.delete_in::<Held>(&(CertificateKind::Deposit, *subject));
         self.mark_applied(
             &mut batch,
             CertificateKind::Deposit,

@@ -31,6 +31,10 @@
 //! | [`PendingCertificates`] | `ledger/pending` | (kind, subject) | [`PendingSince`] |
 //! | [`VoteEvidence`] | `ledger/vote_evidence` | settlement request id | [`WindowCounts`] |
 //! | [`ReputationEvidence`] | `ledger/reputation` | (account, side) | [`Evidence`] |
+//! | [`DepositReferences`] | `ledger/deposit_references` | hash of (admin, reference) | deposit id |
+//! | [`Held`] | `ledger/held` | (kind, subject) | [`HeldMessage`] |
+//! | [`HeldDebits`] | `ledger/held_debits` | (account, seq) | withdrawal id held |
+//! | [`KnownDestinations`] | `ledger/destinations` | (account, hash of destination) | withdrawal id |
 
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -48,6 +52,7 @@ use crate::messages::CertificateKind;
 use crate::notices::{Notification, OutboxHead, PeerScore, Rollup};
 use crate::offers::{LiveOffer, OfferRecord, OfferSummary};
 use crate::reputation::{Evidence, WindowCounts};
+use crate::review::HeldMessage;
 use crate::schema::SchemaVersion;
 use crate::store::{Batch, Direction, KeyRange, RawScan, Store, TreeName};
 
@@ -200,6 +205,23 @@ column!(
 column!(
     /// Certificates held until what they need is applied.
     PendingCertificates, "ledger/pending", (CertificateKind, Id), PendingSince
+);
+
+column!(
+    /// The deposit that took each `(admin, reference)`, held or applied.
+    DepositReferences, "ledger/deposit_references", Id, Id
+);
+column!(
+    /// Deposits and withdrawals held for an admin's decision.
+    Held, "ledger/held", (CertificateKind, Id), HeldMessage
+);
+column!(
+    /// The withdrawal held for review at each (account, seq).
+    HeldDebits, "ledger/held_debits", (PublicKey, u64), Id
+);
+column!(
+    /// Destinations each account has a withdrawal to applied.
+    KnownDestinations, "ledger/destinations", (PublicKey, Id), Id
 );
 
 column!(

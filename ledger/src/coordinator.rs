@@ -5,7 +5,7 @@
 //! messages.
 //!
 //! Every refusal is a [`Refusal`] with a reason code of the spec's section
-//! 11, recorded in the audit chain, and changes nothing else.
+//! 11; it is logged and changes nothing, not even the audit chain.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
 use crate::reputation::WindowCounts;
+use crate::review::Hold;
 use crate::store::Store;
 
 /// The configuration every coordinator of an epoch shares (section 12).
@@ -35,14 +36,47 @@ pub struct CoordinatorConfig {
     /// After this long past a window's end, an unanswered attestation
     /// counts as accepted.
     pub unacked_timeout_ms: u64,
-    /// The key whose deposits are accepted (none: deposits are refused).
-    pub admin: Option<PublicKey>,
+    /// The admin keys: their deposits are accepted (none: deposits are
+    /// refused), and their approvals decide what is held for review.
+    pub admins: Vec<PublicKey>,
+    /// Which deposits and withdrawals wait for an admin's decision.
+    pub review: ReviewRules,
     /// Clock skew tolerated.
     pub skew_ms: u64,
     /// How long after a lease's end (its `ends_at`, or its termination)
     /// its supplier may settle it finally before the customer can have
     /// the escrow released (section 8.5).
     pub release_grace_ms: u64,
+}
+
+/// Which deposits and withdrawals a coordinator holds for an admin's
+/// decision (section 4.3). The default holds nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewRules {
+    /// A deposit above this amount is applied only once a second admin key
+    /// approves it.
+    pub deposit_approval_above: Option<Credits>,
+    /// A withdrawal above this amount gets no vote until an admin
+    /// approves it.
+    pub withdrawal_review_above: Option<Credits>,
+    /// A withdrawal to a destination its account has no applied
+    /// withdrawal to gets no vote until an admin approves it.
+    pub review_new_destinations: bool,
+}
+
+/// The reason code of a withdrawal held for an admin's review: not a
+/// refusal of the request, an answer that it waits.
+pub const HELD_FOR_REVIEW: &str = "held_for_review";
+
+/// What an admin's [`Approval`] did here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// The approved deposit is applied (or was before).
+    Deposit(Applied),
+    /// The approved withdrawal has this coordinator's vote.
+    Withdrawal(Signed<Vote>),
+    /// The held message is dropped.
+    Rejected,
 }
 
 /// Why a coordinator did not vote or apply.
@@ -75,6 +109,27 @@ impl From<Error> for Refusal {
     fn from(e: Error) -> Self {
         Refusal::new("internal", e.to_string())
     }
+}
+
+/// The reason code of a deposit whose `(admin, reference)` another
+/// deposit took.
+pub const REFERENCE_USED: &str = "reference_used";
+
+fn held_at_seq(other: Id, w: &Withdrawal) -> Refusal {
+    Refusal::new(
+        "conflicting_order",
+        format!(
+            "withdrawal {other} of {} at seq {} waits for review",
+            w.account, w.seq
+        ),
+    )
+}
+
+fn reference_used(other: Id) -> Refusal {
+    Refusal::new(
+        REFERENCE_USED,
+        format!("deposit {other} already uses this admin key's reference"),
+    )
 }
 
 /// How a window stands at vote time (section 7).
@@ -264,15 +319,30 @@ impl<'l, S: Store> Coordinator<'l, S> {
         Cause::new(self.me(), subject, now)
     }
 
-    /// Records a refusal in the audit chain and returns it.
-    fn refuse(&self, what: &str, subject: Id, now: UnixMillis, refusal: Refusal) -> Refusal {
-        let _ = self.ledger.record_refusal(
-            what,
-            &format!("{}: {}", refusal.code, refusal.detail),
-            &self.cause(subject, now),
-        );
-        tracing::info!(what, code = refusal.code, detail = %refusal.detail, "refused");
+    /// Logs a refusal and returns it. A refusal changes nothing and writes
+    /// nothing: anyone can send a refused request, so the audit chain keeps
+    /// accepted money actions only, and the node counts refusals per peer
+    /// instead (section 11).
+    fn refuse(&self, what: &str, subject: Id, _now: UnixMillis, refusal: Refusal) -> Refusal {
+        tracing::info!(what, %subject, code = refusal.code, detail = %refusal.detail, "refused");
         refusal
+    }
+
+    fn is_admin(&self, key: &PublicKey) -> bool {
+        self.config.admins.contains(key)
+    }
+
+    /// True if a withdrawal needs an admin's approval before a vote.
+    fn needs_review(&self, w: &Withdrawal) -> Result<bool, Refusal> {
+        let rules = &self.config.review;
+        if rules
+            .withdrawal_review_above
+            .is_some_and(|above| w.amount > above)
+        {
+            return Ok(true);
+        }
+        Ok(rules.review_new_destinations
+            && !self.ledger.known_destination(&w.account, &w.destination)?)
     }
 
     fn sign_vote<T: Certifiable>(&self, message: &Signed<T>) -> Result<Signed<Vote>, Refusal> {
@@ -325,7 +395,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 let subject = withdrawal.id().unwrap_or(Id::ZERO);
                 self.vote_proof(withdrawal, votes)
                     .and_then(|()| self.withdrawal_rules(withdrawal, subject, now, true))
-                    .map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+                    .map_err(|r| self.refuse_unless_held("vote on withdrawal", subject, now, r))
             }
         }
     }
@@ -471,7 +541,17 @@ impl<'l, S: Store> Coordinator<'l, S> {
     ) -> Result<Signed<Vote>, Refusal> {
         let subject = withdrawal.id().unwrap_or(Id::ZERO);
         self.withdrawal_rules(withdrawal, subject, now, false)
-            .map_err(|r| self.refuse("vote on withdrawal", subject, now, r))
+            .map_err(|r| self.refuse_unless_held("vote on withdrawal", subject, now, r))
+    }
+
+    /// A refusal, except the answer that a withdrawal is held for review
+    /// (which is not one).
+    fn refuse_unless_held(&self, what: &str, subject: Id, now: UnixMillis, r: Refusal) -> Refusal {
+        if r.code == HELD_FOR_REVIEW {
+            r
+        } else {
+            self.refuse(what, subject, now, r)
+        }
     }
 
     fn withdrawal_rules(
@@ -495,12 +575,190 @@ impl<'l, S: Store> Coordinator<'l, S> {
         self.check_epoch(w.epoch)?;
         self.debit_rules(&w.account, w.seq, subject)?;
         self.check_balance(&w.account, w.amount)?;
+        if self.needs_review(w)? {
+            let approved = self
+                .ledger
+                .held(CertificateKind::Withdrawal, &subject)?
+                .is_some_and(|h| h.approved_by.is_some());
+            if !approved {
+                return self.hold_withdrawal(withdrawal, subject, now);
+            }
+        }
         self.take_debit_lock(&w.account, w.seq, subject, now)?;
         self.sign_vote(withdrawal)
     }
 
-    /// Applies a deposit: only one signed by the epoch's admin key, for
-    /// this epoch, at most once.
+    /// Holds a withdrawal for review and answers that it waits. An account
+    /// has at most one withdrawal held per sequence number: another waits
+    /// only once the first has expired (it then replaces it).
+    fn hold_withdrawal(
+        &self,
+        withdrawal: &Signed<Withdrawal>,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let w = &withdrawal.body;
+        let mut replaces = None;
+        if let Some(other) = self.ledger.held_debit(&w.account, w.seq)? {
+            if other != subject {
+                let live = self
+                    .ledger
+                    .held(CertificateKind::Withdrawal, &other)?
+                    .and_then(|h| Signed::<Withdrawal>::from_bytes(&h.bytes).ok())
+                    .is_some_and(|o| now <= o.body.expires_at.plus_ms(self.config.skew_ms));
+                if live {
+                    return Err(held_at_seq(other, w));
+                }
+                replaces = Some(other);
+            }
+        }
+        let hold = self.ledger.hold(
+            CertificateKind::Withdrawal,
+            &subject,
+            withdrawal.to_bytes()?,
+            None,
+            Some(crate::review::HeldDebit {
+                at: (w.account, w.seq),
+                replaces,
+            }),
+            &format!(
+                "withdrawal {subject}: {} from {} to {:?} held for review",
+                w.amount, w.account, w.destination
+            ),
+            &self.cause(subject, now),
+        )?;
+        match hold {
+            Hold::Held => {
+                tracing::warn!(%subject, account = %w.account, amount = %w.amount, "withdrawal held for review");
+            }
+            Hold::DebitHeld(other) => return Err(held_at_seq(other, w)),
+            Hold::AlreadyHeld(_) | Hold::ReferenceUsed(_) => {}
+        }
+        Err(Refusal::new(
+            HELD_FOR_REVIEW,
+            format!("withdrawal {subject} waits for an admin's approval"),
+        ))
+    }
+
+    /// An admin's decision on a held deposit or withdrawal (section 4.3):
+    /// approving a deposit applies it (a second admin key must approve
+    /// what the first deposited); approving a withdrawal lets this
+    /// coordinator vote for it under the usual rules; rejecting drops it.
+    pub fn decide(
+        &self,
+        approval: &Signed<rigmesh_protocol::Approval>,
+        now: UnixMillis,
+    ) -> Result<Decided, Refusal> {
+        let subject = approval.body.subject;
+        let rules = || -> Result<Decided, Refusal> {
+            approval.verify(&self.clock(now))?;
+            let a = &approval.body;
+            if !self.is_admin(&a.admin) {
+                return Err(Refusal::new(
+                    "not_admin",
+                    format!("{} is not an admin key of this coordinator set", a.admin),
+                ));
+            }
+            self.check_epoch(a.epoch)?;
+            match a.subject_kind {
+                rigmesh_protocol::Kind::Deposit => self.decide_deposit(a, now),
+                _ => self.decide_withdrawal(a, now),
+            }
+        };
+        rules().map_err(|r| self.refuse("decide on held message", subject, now, r))
+    }
+
+    fn decide_deposit(
+        &self,
+        a: &rigmesh_protocol::Approval,
+        now: UnixMillis,
+    ) -> Result<Decided, Refusal> {
+        let subject = a.subject;
+        let Some(held) = self.ledger.held(CertificateKind::Deposit, &subject)? else {
+            if a.approve && self.ledger.is_applied(&subject)? {
+                return Ok(Decided::Deposit(Applied::AlreadyApplied));
+            }
+            return Err(Refusal::new(
+                "not_held",
+                format!("no deposit {subject} waits for approval here"),
+            ));
+        };
+        let deposit = Signed::<Deposit>::from_bytes(&held.bytes)?;
+        let d = &deposit.body;
+        let reference = crate::review::reference_key(&d.admin, &d.reference);
+        if !a.approve {
+            self.ledger.reject_held(
+                CertificateKind::Deposit,
+                &subject,
+                Some(reference),
+                None,
+                &a.admin,
+                &self.cause(subject, now),
+            )?;
+            return Ok(Decided::Rejected);
+        }
+        if a.admin == d.admin {
+            return Err(Refusal::new(
+                "same_admin",
+                "a deposit needs the approval of an admin key other than the one that signed it",
+            ));
+        }
+        let applied = self.ledger.apply_deposit(
+            &subject,
+            &d.account,
+            d.amount,
+            &reference,
+            held.bytes,
+            &self.cause(subject, now),
+        )?;
+        match applied {
+            Applied::Conflict { code, detail } => Err(Refusal::new(code, detail)),
+            applied => Ok(Decided::Deposit(applied)),
+        }
+    }
+
+    fn decide_withdrawal(
+        &self,
+        a: &rigmesh_protocol::Approval,
+        now: UnixMillis,
+    ) -> Result<Decided, Refusal> {
+        let subject = a.subject;
+        let Some(held) = self.ledger.held(CertificateKind::Withdrawal, &subject)? else {
+            return Err(Refusal::new(
+                "not_held",
+                format!("no withdrawal {subject} waits for review here"),
+            ));
+        };
+        let withdrawal = Signed::<Withdrawal>::from_bytes(&held.bytes)?;
+        let cause = self.cause(subject, now);
+        if !a.approve {
+            let w = &withdrawal.body;
+            self.ledger.reject_held(
+                CertificateKind::Withdrawal,
+                &subject,
+                None,
+                Some((w.account, w.seq)),
+                &a.admin,
+                &cause,
+            )?;
+            return Ok(Decided::Rejected);
+        }
+        if a.admin == withdrawal.body.account {
+            return Err(Refusal::new(
+                "same_admin",
+                "an admin key cannot approve its own withdrawal",
+            ));
+        }
+        self.ledger
+            .approve_held(CertificateKind::Withdrawal, &subject, &a.admin, &cause)?;
+        self.vote_withdrawal(&withdrawal, now)
+            .map(Decided::Withdrawal)
+    }
+
+    /// Applies a deposit: only one signed by one of the epoch's admin
+    /// keys, for this epoch, at most once, and at most one deposit per
+    /// `(admin, reference)`. A deposit above the approval threshold is held
+    /// until a second admin key approves it ([`Coordinator::decide`]).
     pub fn apply_deposit(
         &self,
         deposit: &Signed<Deposit>,
@@ -510,22 +768,61 @@ impl<'l, S: Store> Coordinator<'l, S> {
         let rules = || -> Result<Applied, Refusal> {
             deposit.verify_record()?;
             let d = &deposit.body;
-            if self.config.admin != Some(d.admin) {
+            if !self.is_admin(&d.admin) {
                 return Err(Refusal::new(
                     "not_admin",
-                    format!("{} is not the admin key of this coordinator set", d.admin),
+                    format!("{} is not an admin key of this coordinator set", d.admin),
                 ));
             }
             self.check_epoch(d.epoch)?;
+            if self.ledger.is_applied(&subject)? {
+                return Ok(Applied::AlreadyApplied);
+            }
+            let reference = crate::review::reference_key(&d.admin, &d.reference);
+            let cause = self.cause(subject, now);
+            let waiting = || {
+                Applied::Pending(format!(
+                    "deposit {subject} waits for the approval of a second admin key"
+                ))
+            };
+            if self
+                .config
+                .review
+                .deposit_approval_above
+                .is_some_and(|above| d.amount > above)
+            {
+                return match self.ledger.hold(
+                    CertificateKind::Deposit,
+                    &subject,
+                    deposit.to_bytes()?,
+                    Some(reference),
+                    None,
+                    &format!(
+                        "deposit {subject}: {} to {} by {} held for a second admin's approval",
+                        d.amount, d.account, d.admin
+                    ),
+                    &cause,
+                )? {
+                    Hold::Held | Hold::AlreadyHeld(_) => Ok(waiting()),
+                    Hold::ReferenceUsed(other) => Err(reference_used(other)),
+                    Hold::DebitHeld(other) => Err(reference_used(other)),
+                };
+            }
             Ok(self.ledger.apply_deposit(
                 &subject,
                 &d.account,
                 d.amount,
+                &reference,
                 deposit.to_bytes()?,
-                &self.cause(subject, now),
+                &cause,
             )?)
         };
-        let result = rules();
+        let result = match rules() {
+            Ok(Applied::Conflict { code, detail }) if code == REFERENCE_USED => {
+                Err(Refusal::new(code, detail))
+            }
+            other => other,
+        };
         self.after_apply("apply deposit", subject, now, result)
     }
 

@@ -38,6 +38,7 @@ pub mod migrations;
 pub mod notices;
 pub mod offers;
 pub mod reputation;
+pub mod review;
 pub mod schema;
 pub mod store;
 
@@ -47,8 +48,8 @@ pub use billing::{FeeRate, Payout};
 pub use books::{BooksReport, EscrowLock, LeaseBook, SettleTerms, Totals};
 pub use certified::{Applied, Debit, DebitTarget, Lock, Settlement};
 pub use coordinator::{
-    termination_point, Coordinator, CoordinatorConfig, Refusal, ReleaseEvidence,
-    SettlementEvidence, WindowStatus,
+    termination_point, Coordinator, CoordinatorConfig, Decided, Refusal, ReleaseEvidence,
+    ReviewRules, SettlementEvidence, WindowStatus, HELD_FOR_REVIEW, REFERENCE_USED,
 };
 pub use error::{Error, Result};
 pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
@@ -56,4 +57,5 @@ pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey};
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};
 pub use offers::{OfferOutcome, OfferQuery};
+pub use review::{destination_key, reference_key, HeldMessage, Hold};
 pub use store::{Batch, MemoryStore, SledStore, Store};

@@ -3,9 +3,13 @@
 //! atomic batch, so a crash mid-migration leaves either the old version
 //! (and the step runs again) or the new one.
 //!
-//! Version 1 is the first release, so [`MIGRATIONS`] is empty; a change to
-//! any key or record layout adds a step here and bumps
-//! [`crate::schema::SCHEMA_VERSION`].
+//! Version 1 is the first release. A change to any key or record layout,
+//! or a new column that must hold for what is already stored, adds a step
+//! here and bumps [`crate::schema::SCHEMA_VERSION`]:
+//!
+//! - 1 → 2: the deposit references and the withdrawal destinations
+//!   already used (specs/settlement.md 4.2 and 4.3), from the deposits and
+//!   withdrawal certificates applied.
 
 use crate::error::{Error, Result};
 use crate::schema::version_write;
@@ -23,7 +27,49 @@ pub struct Migration {
 }
 
 /// Every migration of this binary, in order.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    description: "deposit references and withdrawal destinations of what is applied",
+    run: references_and_destinations,
+}];
+
+/// 1 → 2: each applied deposit takes its `(admin, reference)` (the first
+/// in id order when two share one), and each applied withdrawal records
+/// its destination as used by its account.
+fn references_and_destinations(store: &dyn Store) -> Result<Batch> {
+    use rigmesh_protocol::{Deposit, Signed, WithdrawalCertificate};
+
+    use crate::columns::{
+        AppliedSubjects, Certificates, DepositReferences, KnownDestinations, TypedStore,
+    };
+    use crate::messages::CertificateKind;
+    use crate::store::Direction;
+
+    let mut batch = Batch::default();
+    let mut taken = std::collections::BTreeSet::new();
+    for row in store.rows_with::<Certificates, _>(&CertificateKind::Deposit, Direction::Forward) {
+        let ((_, subject), bytes) = row?;
+        if store.get_in::<AppliedSubjects>(&subject)?.is_none() {
+            continue;
+        }
+        let deposit = Signed::<Deposit>::from_bytes(&bytes.0)?;
+        let key = crate::review::reference_key(&deposit.body.admin, &deposit.body.reference);
+        if taken.insert(key) {
+            batch.put_in::<DepositReferences>(&key, &subject)?;
+        }
+    }
+    for row in store.rows_with::<Certificates, _>(&CertificateKind::Withdrawal, Direction::Forward)
+    {
+        let ((_, subject), bytes) = row?;
+        if store.get_in::<AppliedSubjects>(&subject)?.is_none() {
+            continue;
+        }
+        let w = WithdrawalCertificate::from_bytes(&bytes.0)?.message.body;
+        let key = (w.account, crate::review::destination_key(&w.destination));
+        batch.put_in::<KnownDestinations>(&key, &subject)?;
+    }
+    Ok(batch)
+}
 
 /// Runs the steps of `list` from `found` up to `target`, flushing after
 /// each. Fails, having changed nothing more, when a step is missing.

@@ -106,7 +106,8 @@ impl Net {
                 set: samples::coordinator_set().unwrap(),
                 fee_rate: FeeRate::from_ppm(10_000).unwrap(),
                 unacked_timeout_ms: UNACKED_MS,
-                admin: None,
+                admins: Vec::new(),
+                review: Default::default(),
                 skew_ms: 30_000,
                 release_grace_ms: 600_000,
             },
@@ -336,6 +337,7 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                 &Id([1; 32]),
                 &customer.public(),
                 Credits::from_units(deposit),
+                &Id([1; 32]),
                 vec![1],
                 &rigmesh_ledger::Cause::new(net.keys[0].public(), Id([1; 32]), T0),
             )

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 
 use rigmesh_ledger::reputation::{self, Side, SCALE};
 use rigmesh_ledger::{
-    Account, Applied, Coordinator, CoordinatorConfig, FeeRate, Ledger, MemoryStore,
-    SettlementEvidence,
+    Account, Applied, Coordinator, CoordinatorConfig, Decided, FeeRate, Ledger, MemoryStore,
+    ReviewRules, SettlementEvidence,
 };
 use rigmesh_protocol::samples::{self, T0};
 use rigmesh_protocol::{
-    Certificate, Credits, EscrowCertificate, EscrowOrder, Id, Keypair, SettlementRequest, Signed,
-    UnixMillis, Vote,
+    Approval, Certificate, Credits, Deposit, EscrowCertificate, EscrowOrder, Id, Keypair, Kind,
+    SettlementRequest, Signed, UnixMillis, Vote,
 };
 
 const UNACKED_MS: u64 = 120_000;
@@ -33,7 +33,8 @@ impl Net {
             set: samples::coordinator_set().unwrap(),
             fee_rate: FeeRate::from_ppm(10_000).unwrap(),
             unacked_timeout_ms: UNACKED_MS,
-            admin: Some(Keypair::from_seed([0x41; 32]).public()),
+            admins: vec![Keypair::from_seed([0x41; 32]).public()],
+            review: Default::default(),
             skew_ms: 30_000,
             release_grace_ms: 600_000,
         };
@@ -57,6 +58,7 @@ impl Net {
                     &subject,
                     &account.public(),
                     Credits::from_units(units),
+                    &subject,
                     vec![1],
                     &cause,
                 )
@@ -617,6 +619,317 @@ fn a_customer_releases_the_escrow_of_a_lease_its_supplier_never_settled() {
         )
         .unwrap_err();
     assert_eq!(late.code, "lease_closed", "{late}");
+}
+
+fn admin_deposit(admin: &Keypair, units: i64, reference: &str, nonce: u64) -> Signed<Deposit> {
+    let mut body = samples::deposit().unwrap().body;
+    body.admin = admin.public();
+    body.amount = Credits::from_units(units);
+    body.reference = reference.into();
+    body.created_at = body.created_at.plus_ms(nonce);
+    Signed::sign(body, admin).unwrap()
+}
+
+fn decision(admin: &Keypair, kind: Kind, subject: Id, approve: bool) -> Signed<Approval> {
+    Signed::sign(
+        Approval {
+            version: rigmesh_protocol::PROTOCOL_VERSION,
+            epoch: samples::EPOCH,
+            admin: admin.public(),
+            subject_kind: kind,
+            subject,
+            approve,
+            created_at: now(),
+        },
+        admin,
+    )
+    .unwrap()
+}
+
+fn reviewed_net() -> Net {
+    let mut net = Net::new();
+    net.config.admins = vec![samples::admin().public(), samples::second_admin().public()];
+    net.config.review = ReviewRules {
+        deposit_approval_above: Some(Credits::from_units(100_000_000)),
+        withdrawal_review_above: Some(Credits::from_units(5_000_000)),
+        review_new_destinations: false,
+    };
+    net
+}
+
+fn customer_balance(net: &Net, i: usize) -> Credits {
+    net.ledgers[i]
+        .balance(&Account::User(samples::customer().public()))
+        .unwrap()
+}
+
+#[test]
+fn a_deposit_reference_credits_once_and_a_retry_is_idempotent() {
+    let net = reviewed_net();
+    let admin = samples::admin();
+    let first = admin_deposit(&admin, 7_000_000, "wire 42", 0);
+    let again = admin_deposit(&admin, 7_000_000, "wire 42", 1);
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_deposit(&first, now()).unwrap(),
+            Applied::Applied
+        );
+        // The same signed deposit again (a retry after a timeout).
+        assert_eq!(
+            net.c(i).apply_deposit(&first, now()).unwrap(),
+            Applied::AlreadyApplied
+        );
+        // Another deposit that reuses the reference.
+        let refused = net.c(i).apply_deposit(&again, now()).unwrap_err();
+        assert_eq!(refused.code, rigmesh_ledger::REFERENCE_USED);
+        assert_eq!(customer_balance(&net, i), Credits::from_units(7_000_000));
+    }
+    // Another admin key's reference is its own.
+    let other = admin_deposit(&samples::second_admin(), 1_000_000, "wire 42", 2);
+    assert_eq!(
+        net.c(0).apply_deposit(&other, now()).unwrap(),
+        Applied::Applied
+    );
+    assert_eq!(customer_balance(&net, 0), Credits::from_units(8_000_000));
+}
+
+#[test]
+fn a_large_deposit_waits_for_a_second_admin_and_its_own_admin_cannot_approve_it() {
+    let net = reviewed_net();
+    let admin = samples::admin();
+    let big = admin_deposit(&admin, 500_000_000, "wire 43", 0);
+    let id = big.id().unwrap();
+    for i in 0..4 {
+        let held = net.c(i).apply_deposit(&big, now()).unwrap();
+        assert!(matches!(held, Applied::Pending(_)), "{held:?}");
+        // Held: the reference is taken, nothing is credited.
+        let reuse = admin_deposit(&admin, 1_000_000, "wire 43", 9);
+        assert_eq!(
+            net.c(i).apply_deposit(&reuse, now()).unwrap_err().code,
+            rigmesh_ledger::REFERENCE_USED
+        );
+        assert_eq!(customer_balance(&net, i), Credits::ZERO);
+        let own = net
+            .c(i)
+            .decide(&decision(&admin, Kind::Deposit, id, true), now())
+            .unwrap_err();
+        assert_eq!(own.code, "same_admin");
+        assert_eq!(customer_balance(&net, i), Credits::ZERO);
+        let stranger = Keypair::from_seed([0x77; 32]);
+        let not_admin = net
+            .c(i)
+            .decide(&decision(&stranger, Kind::Deposit, id, true), now())
+            .unwrap_err();
+        assert_eq!(not_admin.code, "not_admin");
+    }
+    let approval = decision(&samples::second_admin(), Kind::Deposit, id, true);
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).decide(&approval, now()).unwrap(),
+            Decided::Deposit(Applied::Applied)
+        );
+        assert_eq!(
+            net.c(i).decide(&approval, now()).unwrap(),
+            Decided::Deposit(Applied::AlreadyApplied)
+        );
+        assert_eq!(customer_balance(&net, i), Credits::from_units(500_000_000));
+        assert_eq!(
+            net.c(i).apply_deposit(&big, now()).unwrap(),
+            Applied::AlreadyApplied
+        );
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_large_withdrawal_gets_no_vote_until_an_admin_approves_it() {
+    let net = reviewed_net();
+    net.deposit_everywhere(&samples::customer(), 50_000_000);
+    let mut body = samples::withdrawal().unwrap().body;
+    body.seq = 0;
+    body.amount = Credits::from_units(20_000_000);
+    body.created_at = now();
+    body.expires_at = now().plus_ms(600_000);
+    let withdrawal = Signed::sign(body, &samples::customer()).unwrap();
+    let id = withdrawal.id().unwrap();
+    for i in 0..4 {
+        let held = net.c(i).vote_withdrawal(&withdrawal, now()).unwrap_err();
+        assert_eq!(held.code, rigmesh_ledger::HELD_FOR_REVIEW);
+        assert_eq!(
+            net.ledgers[i]
+                .debit_lock(&withdrawal.body.account, 0)
+                .unwrap(),
+            None
+        );
+        let listed = net.ledgers[i]
+            .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 10)
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, id);
+    }
+    let approval = decision(&samples::admin(), Kind::Withdrawal, id, true);
+    let votes: Vec<_> = (0..3)
+        .map(|i| match net.c(i).decide(&approval, now()).unwrap() {
+            Decided::Withdrawal(vote) => vote,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let cert = collect(&withdrawal, votes);
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_withdrawal(&cert, now()).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(customer_balance(&net, i), Credits::from_units(30_000_000));
+    }
+    // A rejected one is dropped and never voted for.
+    let mut body = withdrawal.body.clone();
+    body.seq = 1;
+    let second = Signed::sign(body, &samples::customer()).unwrap();
+    assert_eq!(
+        net.c(0).vote_withdrawal(&second, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    let reject = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        second.id().unwrap(),
+        false,
+    );
+    assert_eq!(net.c(0).decide(&reject, now()).unwrap(), Decided::Rejected);
+    assert!(net.ledgers[0]
+        .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 10)
+        .unwrap()
+        .is_empty());
+    net.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_withdrawal_to_a_new_destination_waits_and_a_used_one_does_not() {
+    let mut net = reviewed_net();
+    net.config.review.withdrawal_review_above = None;
+    net.config.review.review_new_destinations = true;
+    net.deposit_everywhere(&samples::customer(), 50_000_000);
+    let withdrawal = |seq: u64| {
+        let mut body = samples::withdrawal().unwrap().body;
+        body.seq = seq;
+        body.amount = Credits::from_units(1_000_000);
+        body.created_at = now();
+        body.expires_at = now().plus_ms(600_000);
+        Signed::sign(body, &samples::customer()).unwrap()
+    };
+    let first = withdrawal(0);
+    assert_eq!(
+        net.c(0).vote_withdrawal(&first, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    let approval = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        first.id().unwrap(),
+        true,
+    );
+    let votes: Vec<_> = (0..3)
+        .map(|i| {
+            let _ = net.c(i).vote_withdrawal(&first, now());
+            match net.c(i).decide(&approval, now()).unwrap() {
+                Decided::Withdrawal(vote) => vote,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let cert = collect(&first, votes);
+    for i in 0..4 {
+        net.c(i).apply_withdrawal(&cert, now()).unwrap();
+    }
+    // The destination is known now: the next withdrawal to it is voted for.
+    net.c(0).vote_withdrawal(&withdrawal(1), now()).unwrap();
+}
+
+#[test]
+fn refusals_write_nothing() {
+    let net = reviewed_net();
+    let before = net.ledgers[0].audit_len().unwrap();
+    let stranger = Keypair::from_seed([0x77; 32]);
+    for n in 0..50 {
+        let forged = admin_deposit(&stranger, 1_000_000, &format!("forged {n}"), n);
+        assert_eq!(
+            net.c(0).apply_deposit(&forged, now()).unwrap_err().code,
+            "not_admin"
+        );
+    }
+    assert_eq!(net.ledgers[0].audit_len().unwrap(), before);
+    // An accepted deposit is audited.
+    net.c(0)
+        .apply_deposit(&admin_deposit(&samples::admin(), 1, "ok", 0), now())
+        .unwrap();
+    assert!(net.ledgers[0].audit_len().unwrap() > before);
+}
+
+#[test]
+fn an_account_has_one_withdrawal_held_per_seq_until_it_expires() {
+    let net = reviewed_net();
+    net.deposit_everywhere(&samples::customer(), 50_000_000);
+    let withdrawal = |nonce: u64| {
+        let mut body = samples::withdrawal().unwrap().body;
+        body.seq = 0;
+        body.amount = Credits::from_units(20_000_000);
+        body.created_at = now().plus_ms(nonce);
+        body.expires_at = now().plus_ms(600_000);
+        Signed::sign(body, &samples::customer()).unwrap()
+    };
+    let first = withdrawal(0);
+    let c = net.c(0);
+    assert_eq!(
+        c.vote_withdrawal(&first, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    // The same one again is the same answer; another at the seq is not held.
+    assert_eq!(
+        c.vote_withdrawal(&first, now()).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    for nonce in 1..20 {
+        assert_eq!(
+            c.vote_withdrawal(&withdrawal(nonce), now())
+                .unwrap_err()
+                .code,
+            "conflicting_order"
+        );
+    }
+    let held = || {
+        net.ledgers[0]
+            .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 100)
+            .unwrap()
+    };
+    assert_eq!(held().len(), 1);
+    // Once the first has expired, a new one takes its place.
+    let later = now().plus_ms(700_000);
+    let mut body = withdrawal(0).body;
+    body.created_at = later;
+    body.expires_at = later.plus_ms(600_000);
+    let second = Signed::sign(body, &samples::customer()).unwrap();
+    assert_eq!(
+        c.vote_withdrawal(&second, later).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
+    assert_eq!(held().len(), 1);
+    assert_eq!(held()[0].0, second.id().unwrap());
+    // Rejected, it frees the seq for the next one.
+    let reject = decision(
+        &samples::admin(),
+        Kind::Withdrawal,
+        second.id().unwrap(),
+        false,
+    );
+    assert_eq!(c.decide(&reject, later).unwrap(), Decided::Rejected);
+    let mut body = second.body.clone();
+    body.created_at = later.plus_ms(1);
+    let third = Signed::sign(body, &samples::customer()).unwrap();
+    assert_eq!(
+        c.vote_withdrawal(&third, later).unwrap_err().code,
+        rigmesh_ledger::HELD_FOR_REVIEW
+    );
 }
 
 #[test]

@@ -36,7 +36,8 @@ fn config() -> CoordinatorConfig {
         set: samples::coordinator_set().unwrap(),
         fee_rate: FeeRate::from_ppm(10_000).unwrap(),
         unacked_timeout_ms: 120_000,
-        admin: None,
+        admins: Vec::new(),
+        review: Default::default(),
         skew_ms: 30_000,
         release_grace_ms: 600_000,
     }
@@ -269,6 +270,7 @@ fn child(dir: &Path) {
                 &funds,
                 &samples::customer().public(),
                 Credits::from_units(1_000_000_000_000),
+                &funds,
                 vec![1],
                 &rigmesh_ledger::Cause::new(key.public(), funds, T0),
             )

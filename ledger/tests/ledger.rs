@@ -848,3 +848,50 @@ fn a_sled_ledger_is_whole_after_reopening() {
     );
     assert!(ledger.verify_audit().unwrap().is_intact());
 }
+
+#[test]
+fn the_migration_to_version_2_gives_applied_deposits_their_references() {
+    use rigmesh_ledger::columns::{DepositReferences, KnownDestinations, TypedStore};
+
+    let store = MemoryStore::new();
+    let ledger = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    let deposit = samples::deposit().unwrap();
+    let id = deposit.id().unwrap();
+    let d = &deposit.body;
+    let reference = rigmesh_ledger::reference_key(&d.admin, &d.reference);
+    ledger
+        .apply_deposit(
+            &id,
+            &d.account,
+            d.amount,
+            &reference,
+            deposit.to_bytes().unwrap(),
+            &rigmesh_ledger::Cause::new(d.admin, id, d.created_at),
+        )
+        .unwrap();
+    drop(ledger);
+    // As a version 1 store holds it: the deposit, and no reference.
+    let mut batch = Batch::new();
+    batch.delete_in::<DepositReferences>(&reference);
+    batch
+        .put_in::<SchemaVersions>(&Slot, &SchemaVersion(1))
+        .unwrap();
+    store.write(&batch).unwrap();
+    assert_eq!(store.get_in::<DepositReferences>(&reference).unwrap(), None);
+
+    let ledger = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    assert_eq!(
+        rigmesh_ledger::schema::stored_version(&store).unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+    assert_eq!(
+        ledger.deposit_reference(&d.admin, &d.reference).unwrap(),
+        Some(id)
+    );
+    assert_eq!(
+        store
+            .rows::<KnownDestinations>(rigmesh_ledger::store::Direction::Forward)
+            .count(),
+        0
+    );
+}

@@ -56,9 +56,29 @@ pub struct CoordinatorsConfig {
     /// Addresses of the coordinators' nodes, dialled at start.
     #[serde(default)]
     pub addresses: Vec<Multiaddr>,
-    /// The administrative key whose deposits coordinators accept.
+    /// The administrative key whose deposits coordinators accept (the
+    /// first admin key; `admins` adds more).
     #[serde(default)]
     pub admin: Option<PublicKey>,
+    /// More admin keys, hex. With `admin`, the keys whose deposits are
+    /// accepted and whose approvals decide held deposits and withdrawals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<PublicKey>,
+    /// A deposit above this many credits is applied only once an admin
+    /// key other than its signer approves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposit_approval_above: Option<rust_decimal::Decimal>,
+    /// A deposit above this many credits raises an operator alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deposit_alert_above: Option<rust_decimal::Decimal>,
+    /// A withdrawal above this many credits gets no coordinator's vote
+    /// until an admin approves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawal_review_above: Option<rust_decimal::Decimal>,
+    /// A withdrawal to a destination its account has never withdrawn to
+    /// gets no coordinator's vote until an admin approves it.
+    #[serde(default)]
+    pub review_new_destinations: bool,
     /// Fraction of each settlement paid as the coordinators' fee.
     #[serde(default = "default_fee_rate")]
     pub fee_rate: rust_decimal::Decimal,
@@ -107,12 +127,33 @@ impl CoordinatorsConfig {
             members,
             addresses: Vec::new(),
             admin: None,
+            admins: Vec::new(),
+            deposit_approval_above: None,
+            deposit_alert_above: None,
+            withdrawal_review_above: None,
+            review_new_destinations: false,
             fee_rate: default_fee_rate(),
             unacked_timeout_secs: default_unacked_timeout_secs(),
             settle_every_windows: default_settle_every(),
             reputation_report_secs: default_report_secs(),
             release_grace_secs: default_release_grace_secs(),
         }
+    }
+
+    /// The admin keys: `admin` and then `admins`, each once.
+    pub fn admin_keys(&self) -> Vec<PublicKey> {
+        let mut keys: Vec<PublicKey> = Vec::new();
+        for key in self.admin.iter().chain(&self.admins) {
+            if !keys.contains(key) {
+                keys.push(*key);
+            }
+        }
+        keys
+    }
+
+    /// The deposit alert threshold, in exact credits.
+    pub fn deposit_alert(&self) -> Result<Option<rigmesh_protocol::Credits>> {
+        credits("deposit_alert_above", self.deposit_alert_above)
     }
 
     /// The shared terms as the coordinator rules use them.
@@ -122,11 +163,42 @@ impl CoordinatorsConfig {
             fee_rate: rigmesh_ledger::FeeRate::new(self.fee_rate)
                 .map_err(|e| Error::Config(format!("coordinators.fee_rate: {e}")))?,
             unacked_timeout_ms: self.unacked_timeout_secs.saturating_mul(1000),
-            admin: self.admin,
+            admins: self.admin_keys(),
+            review: rigmesh_ledger::ReviewRules {
+                deposit_approval_above: credits(
+                    "deposit_approval_above",
+                    self.deposit_approval_above,
+                )?,
+                withdrawal_review_above: credits(
+                    "withdrawal_review_above",
+                    self.withdrawal_review_above,
+                )?,
+                review_new_destinations: self.review_new_destinations,
+            },
             skew_ms: rigmesh_protocol::time::DEFAULT_CLOCK_SKEW_MS,
             release_grace_ms: self.release_grace_secs.saturating_mul(1000),
         })
     }
+}
+
+/// A configured amount in exact credits: at most six decimal places, not
+/// below zero.
+fn credits(
+    key: &str,
+    amount: Option<rust_decimal::Decimal>,
+) -> Result<Option<rigmesh_protocol::Credits>> {
+    amount
+        .map(|a| {
+            let c = rigmesh_protocol::Credits::new(a)
+                .map_err(|e| Error::Config(format!("coordinators.{key}: {e}")))?;
+            if c.is_negative() {
+                return Err(Error::Config(format!(
+                    "coordinators.{key}: {a} is below zero"
+                )));
+            }
+            Ok(c)
+        })
+        .transpose()
 }
 
 /// Everything a node needs to start.
@@ -297,7 +369,8 @@ pub fn example() -> Result<String> {
     out.push_str(
         "\n# The market's coordinator set, the same on every node; needed to check\n\
          # certificates, escrow leases and settle. `members` are hex public keys\n\
-         # (n = 3f + 1), `admin` the key whose deposits are accepted.\n\
+         # (n = 3f + 1), `admin` (and `admins`, a list) the keys whose deposits\n\
+         # are accepted and whose approvals decide held deposits and withdrawals.\n\
          # [coordinators]\n",
     );
     for line in coordinators.lines().filter(|l| !l.trim().is_empty()) {
@@ -305,7 +378,13 @@ pub fn example() -> Result<String> {
         out.push_str(line);
         out.push('\n');
     }
-    out.push_str("# admin = \"<hex public key>\"\n");
+    out.push_str(
+        "# admin = \"<hex public key>\"\n\
+         # admins = [\"<hex public key>\"]             # more admin keys\n\
+         # deposit_approval_above = \"10000\"        # credits; a second admin approves\n\
+         # deposit_alert_above = \"1000\"            # credits; raises an operator alert\n\
+         # withdrawal_review_above = \"1000\"        # credits; an admin approves first\n",
+    );
     out.push_str(NOTIFY_EXAMPLE);
     Ok(out)
 }
@@ -362,6 +441,11 @@ mod tests {
             "# settle_every_windows = 10",
             "# fee_rate = ",
             "# admin = ",
+            "# admins = ",
+            "# deposit_approval_above = ",
+            "# deposit_alert_above = ",
+            "# withdrawal_review_above = ",
+            "# review_new_destinations = false",
             "[supplier.prices]\n# credits per GPU-hour",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");

@@ -261,12 +261,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let ledger = rigmesh_ledger::Ledger::open(&books_dir).map_err(|e| {
             Error::Store(format!("opening the books in {}: {e}", books_dir.display()))
         })?;
-        let role = Arc::new(crate::coordinator::CoordinatorRole::new(
+        let mut role = crate::coordinator::CoordinatorRole::new(
             account.clone(),
             rules,
             Arc::new(ledger),
             store.clone(),
-        ));
+        );
+        if let Some(table) = &config.coordinators {
+            role.deposit_alert_above = table.deposit_alert()?;
+        }
+        let role = Arc::new(role);
         coordinator_role = Some(role.clone());
         let report_every_ms = config
             .coordinators

@@ -87,7 +87,7 @@ impl Quorum {
     }
 
     /// Sends `request` to every member and returns each answer.
-    async fn ask_all(
+    pub async fn ask_all(
         &self,
         request: &CoordinatorRequest,
     ) -> Vec<(PublicKey, Result<CoordinatorResponse, String>)> {
@@ -162,6 +162,9 @@ impl Quorum {
                 },
                 Ok(CoordinatorResponse::Refused(reason)) => {
                     refused += 1;
+                    refusals.insert(member.to_string(), reason);
+                }
+                Ok(CoordinatorResponse::Pending(reason)) => {
                     refusals.insert(member.to_string(), reason);
                 }
                 Ok(other) => {
@@ -513,7 +516,11 @@ impl Quorum {
                         amount,
                         destination: destination.to_string(),
                         created_at: now,
-                        expires_at: now.plus_ms(10 * 60_000),
+                        // The longest lifetime: one held for review waits
+                        // for an admin until then (settlement.md 4.3).
+                        expires_at: now.plus_ms(
+                            rigmesh_protocol::messages::settlement::ESCROW_ORDER_MAX_TTL_MS,
+                        ),
                     },
                     key,
                 )

@@ -88,10 +88,14 @@ pub fn lease_settlement(store: &MarketStore, lease: &Id) -> LeaseSettlement {
     out
 }
 
-/// Every receipt naming `account`, oldest kind first.
+/// Every receipt naming `account`, oldest kind first. A deposit is
+/// verified only when it is signed by one of `admins`, the coordinator
+/// set's configured admin keys: anyone can sign a deposit that names
+/// their own key as its admin.
 pub fn receipts(
     store: &MarketStore,
     set: Option<&CoordinatorSet>,
+    admins: &[PublicKey],
     account: &PublicKey,
     now: UnixMillis,
 ) -> Vec<Receipt> {
@@ -101,7 +105,7 @@ pub fn receipts(
         if d.body.account != *account {
             continue;
         }
-        let verified = d.verify_record().is_ok();
+        let verified = admins.contains(&d.body.admin) && d.verify_record().is_ok();
         out.push(receipt(Kind::Deposit, &d, None, d.body.amount, 0, verified));
     }
     for c in store

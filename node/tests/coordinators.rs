@@ -16,12 +16,17 @@ use common::eventually;
 use rigmesh_ledger::Account;
 use rigmesh_node::api::local::{read_token, Scope};
 use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
+use rigmesh_node::network::Protocol;
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::quorum::Quorum;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
-use rigmesh_protocol::rpc::CertificateFrame;
-use rigmesh_protocol::{Credits, Deposit, Keypair, Kind, Signed, UnixMillis, PROTOCOL_VERSION};
+use rigmesh_protocol::rpc::{
+    CertificateFrame, CoordinatorRequest, CoordinatorResponse, SettlementBundle,
+};
+use rigmesh_protocol::{
+    Approval, Credits, Deposit, Keypair, Kind, Signed, UnixMillis, Withdrawal, PROTOCOL_VERSION,
+};
 
 const ADMIN: [u8; 32] = [0x41; 32];
 
@@ -1736,4 +1741,424 @@ async fn a_customer_completes_the_request_its_vanished_supplier_left_half_voted_
     for node in cs.into_iter().chain([customer]) {
         node.stop().await.unwrap();
     }
+}
+
+const SECOND_ADMIN: [u8; 32] = [0x42; 32];
+
+fn deposit_by(
+    admin: &Keypair,
+    account: &Keypair,
+    credits: &str,
+    reference: &str,
+) -> Signed<Deposit> {
+    Signed::sign(
+        Deposit {
+            version: PROTOCOL_VERSION,
+            epoch: 7,
+            admin: admin.public(),
+            account: account.public(),
+            amount: credits.parse().unwrap(),
+            reference: reference.into(),
+            created_at: UnixMillis::now(),
+        },
+        admin,
+    )
+    .unwrap()
+}
+
+fn decision(admin: &Keypair, kind: Kind, subject: rigmesh_protocol::Id) -> Signed<Approval> {
+    Signed::sign(
+        Approval {
+            version: PROTOCOL_VERSION,
+            epoch: 7,
+            admin: admin.public(),
+            subject_kind: kind,
+            subject,
+            approve: true,
+            created_at: UnixMillis::now(),
+        },
+        admin,
+    )
+    .unwrap()
+}
+
+fn count(
+    answers: &[(
+        rigmesh_protocol::PublicKey,
+        Result<CoordinatorResponse, String>,
+    )],
+    f: impl Fn(&CoordinatorResponse) -> bool,
+) -> usize {
+    answers
+        .iter()
+        .filter(|(_, a)| a.as_ref().is_ok_and(&f))
+        .count()
+}
+
+/// Four coordinators with two admin keys and review thresholds, and a
+/// customer, all connected; the customer knows every binding.
+async fn reviewed_market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode) {
+    let mut table = coordinators();
+    table.admins = vec![Keypair::from_seed(SECOND_ADMIN).public()];
+    table.deposit_approval_above = Some("1000".parse().unwrap());
+    table.deposit_alert_above = Some("1000".parse().unwrap());
+    table.withdrawal_review_above = Some("50".parse().unwrap());
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(
+            start_with(Role::Coordinator, dir.path(), Some(i), |c| {
+                c.coordinators = Some(table.clone())
+            })
+            .await,
+        );
+    }
+    let customer = start_with(Role::Customer, dirs[4].path(), None, |c| {
+        c.coordinators = Some(table)
+    })
+    .await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "coordinator bindings at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    (cs, customer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_count_once_large_ones_and_withdrawals_wait_for_an_admin_and_forged_receipts_show_unverified(
+) {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, customer) = reviewed_market(&dirs).await;
+    let buyer = account_of(dirs[4].path());
+    let quorum: &Quorum = customer.quorum.as_ref().unwrap();
+    let admin = Keypair::from_seed(ADMIN);
+    let second = Keypair::from_seed(SECOND_ADMIN);
+    let apply =
+        |d: &Signed<Deposit>| CoordinatorRequest::Apply(CertificateFrame::Deposit(d.clone()));
+
+    // A deposit, its retry, and a second deposit reusing the reference.
+    let first = deposit_by(&admin, &buyer, "100", "wire-7");
+    let answers = quorum.ask_all(&apply(&first)).await;
+    assert_eq!(
+        count(&answers, |a| *a == CoordinatorResponse::Applied),
+        4,
+        "{answers:?}"
+    );
+    let retry = quorum.ask_all(&apply(&first)).await;
+    assert_eq!(
+        count(&retry, |a| *a == CoordinatorResponse::Applied),
+        4,
+        "a retry is idempotent: {retry:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let reused = deposit_by(&admin, &buyer, "100", "wire-7");
+    assert_ne!(reused.id().unwrap(), first.id().unwrap());
+    let answers = quorum.ask_all(&apply(&reused)).await;
+    assert_eq!(
+        count(
+            &answers,
+            |a| matches!(a, CoordinatorResponse::Refused(r) if r.starts_with("reference_used"))
+        ),
+        4,
+        "{answers:?}"
+    );
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "100".parse().unwrap(), "credited once");
+    }
+
+    // A deposit above the threshold waits for a second admin key.
+    let big = deposit_by(&admin, &buyer, "5000", "wire-8");
+    let big_id = big.id().unwrap();
+    let answers = quorum.ask_all(&apply(&big)).await;
+    assert_eq!(
+        count(&answers, |a| matches!(a, CoordinatorResponse::Pending(_))),
+        4,
+        "{answers:?}"
+    );
+    let own = quorum
+        .ask_all(&CoordinatorRequest::Decide(decision(
+            &admin,
+            Kind::Deposit,
+            big_id,
+        )))
+        .await;
+    assert_eq!(
+        count(
+            &own,
+            |a| matches!(a, CoordinatorResponse::Refused(r) if r.starts_with("same_admin"))
+        ),
+        4,
+        "{own:?}"
+    );
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "100".parse().unwrap(),
+            "not applied before approval"
+        );
+    }
+    let approved = quorum
+        .ask_all(&CoordinatorRequest::Decide(decision(
+            &second,
+            Kind::Deposit,
+            big_id,
+        )))
+        .await;
+    assert_eq!(
+        count(&approved, |a| *a == CoordinatorResponse::Applied),
+        4,
+        "{approved:?}"
+    );
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "5100".parse().unwrap());
+        let role = c.coordinator.as_ref().unwrap();
+        let alerts = role.ledger.alerts(UnixMillis(0), 100).unwrap();
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.body.rule == "deposit.large" && a.body.subject == Some(big_id)),
+            "an operator alert for the large deposit"
+        );
+    }
+
+    // A withdrawal above the review threshold gets no vote until approved.
+    let rigmesh_node::quorum::DebitError::NoQuorum(held) = quorum
+        .withdraw(&buyer, "60".parse().unwrap(), "iban:DE00")
+        .await
+        .unwrap_err()
+    else {
+        panic!("no quorum expected");
+    };
+    assert!(
+        held.refusals
+            .values()
+            .filter(|r| r.starts_with("held_for_review"))
+            .count()
+            >= 3,
+        "{held}"
+    );
+    let listed = cs[0]
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .ledger
+        .awaiting_review(rigmesh_ledger::CertificateKind::Withdrawal, 10)
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let withdrawal = Signed::<Withdrawal>::from_bytes(&listed[0].1.bytes).unwrap();
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "5100".parse().unwrap(),
+            "nothing left before review"
+        );
+    }
+    let certificate = quorum
+        .certify(
+            &withdrawal,
+            &CoordinatorRequest::Decide(decision(&second, Kind::Withdrawal, listed[0].0)),
+        )
+        .await
+        .unwrap();
+    quorum
+        .deliver(CertificateFrame::Withdrawal(Box::new(certificate)))
+        .await;
+    let cs_ref = &cs;
+    let buyer_ref = &buyer;
+    eventually(
+        20,
+        "the approved withdrawal applied everywhere",
+        || async move {
+            cs_ref
+                .iter()
+                .all(|c| balance(c, buyer_ref) == "5040".parse().unwrap())
+        },
+    )
+    .await;
+
+    // A deposit signed by a key that names itself as admin, gossiped:
+    // the customer's node holds it, shows it, and does not trust it.
+    let forger = Keypair::from_seed([0x66; 32]);
+    let forged = deposit_by(&forger, &buyer, "1000000", "free money");
+    cs[0]
+        .handle
+        .publish(&rigmesh_protocol::wire::WireMessage::Deposit(
+            forged.clone(),
+        ))
+        .await
+        .unwrap();
+    let token = read_token(dirs[4].path(), Scope::Customer).unwrap();
+    let api = customer.customer_api;
+    let forged_id = forged.id().unwrap().to_string();
+    let token_ref = &token;
+    let forged_ref = &forged_id;
+    eventually(20, "the forged deposit among the receipts", || async move {
+        let r = common::http_get(api, "/v1/account", Some(token_ref)).await;
+        r.contains(forged_ref.as_str())
+    })
+    .await;
+    let r = common::http_get(api, "/v1/account", Some(&token)).await;
+    let account = body(&r);
+    let receipts = account["receipts"].as_array().unwrap();
+    let verified = |id: &str| {
+        receipts
+            .iter()
+            .find(|x| x["subject"] == serde_json::json!(id))
+            .map(|x| x["verified"].clone())
+    };
+    assert_eq!(verified(&forged_id), Some(serde_json::json!(false)), "{r}");
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "5040".parse().unwrap(),
+            "the forgery moved nothing"
+        );
+    }
+    for node in cs {
+        node.stop().await.unwrap();
+    }
+    customer.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_attestations_raise_no_alert_write_nothing_and_strike_their_sender() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, customer) = reviewed_market(&dirs).await;
+    let target = &cs[0];
+    let role = target.coordinator.as_ref().unwrap();
+    let audit_before = role.ledger.audit_len().unwrap();
+    let alerts_before = role.ledger.alerts(UnixMillis(0), 1000).unwrap().len();
+
+    // An attacker's request naming a victim supplier, carrying many
+    // attestations that claim busy GPUs at no power, signed by the
+    // attacker rather than the supplier they name.
+    let attacker = Keypair::from_seed([0x67; 32]);
+    let mut request = rigmesh_protocol::samples::settlement_request()
+        .unwrap()
+        .body;
+    request.epoch = 7;
+    request.created_at = UnixMillis::now();
+    let request = Signed::sign(request, &rigmesh_protocol::samples::supplier()).unwrap();
+    let mut attestations = Vec::new();
+    for seq in 0..200 {
+        let mut a = rigmesh_protocol::samples::usage_attestation().unwrap().body;
+        a.seq = seq;
+        for g in &mut a.gpus {
+            g.mean_util_bp = 8_000;
+            g.energy_mj = 0;
+        }
+        attestations.push(Signed {
+            signature: attacker.sign(
+                Kind::UsageAttestation,
+                &rigmesh_protocol::codec::encode(Kind::UsageAttestation, &a).unwrap(),
+            ),
+            signer: a.supplier,
+            body: a,
+        });
+    }
+    assert!(!rigmesh_ledger::reputation::implausible_power(&attestations[0].body).is_empty());
+    let bundle = CoordinatorRequest::Settle(Box::new(SettlementBundle {
+        request,
+        agreement: rigmesh_protocol::samples::lease_agreement().unwrap(),
+        escrow: None,
+        attestations,
+        acks: Vec::new(),
+        disputes: Vec::new(),
+        earlier: Vec::new(),
+    }));
+    let answer = customer
+        .handle
+        .request(
+            target.peer_id,
+            Protocol::Coordinator,
+            bundle.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+    match CoordinatorResponse::from_bytes(&answer).unwrap() {
+        CoordinatorResponse::Refused(reason) => {
+            assert!(reason.starts_with("bad_signature"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let handle = target.handle.clone();
+    eventually(10, "the refusal counted as a strike", || {
+        let handle = handle.clone();
+        async move { handle.stats().await.unwrap().struck_requests == 1 }
+    })
+    .await;
+    assert_eq!(
+        role.ledger.audit_len().unwrap(),
+        audit_before,
+        "no audit write"
+    );
+    assert_eq!(
+        role.ledger.alerts(UnixMillis(0), 1000).unwrap().len(),
+        alerts_before,
+        "no alert"
+    );
+    assert!(role.take_alerts().is_empty(), "nothing to gossip");
+
+    // Forged deposits handed with a withdrawal: refused at the first one
+    // (or all at once when there are too many), a strike each time, and
+    // nothing written.
+    let stats = target.handle.stats().await.unwrap();
+    assert_eq!(stats.banned, 0);
+    let forged = |n: usize| -> Vec<CertificateFrame> {
+        (0..n)
+            .map(|i| {
+                CertificateFrame::Deposit(deposit_by(
+                    &attacker,
+                    &attacker,
+                    "1",
+                    &format!("forged {i}"),
+                ))
+            })
+            .collect()
+    };
+    let mut withdrawal = rigmesh_protocol::samples::withdrawal().unwrap().body;
+    withdrawal.account = attacker.public();
+    withdrawal.epoch = 7;
+    let withdrawal = Signed::sign(withdrawal, &attacker).unwrap();
+    for (n, code) in [(5, "not_admin"), (1_000, "field")] {
+        let request = CoordinatorRequest::Withdraw {
+            withdrawal: withdrawal.clone(),
+            missing: forged(n),
+        };
+        let answer = customer
+            .handle
+            .request(
+                target.peer_id,
+                Protocol::Coordinator,
+                request.to_bytes().unwrap(),
+            )
+            .await;
+        match answer.map(|a| CoordinatorResponse::from_bytes(&a).unwrap()) {
+            Ok(CoordinatorResponse::Refused(reason)) => {
+                assert!(reason.starts_with(code), "{reason}")
+            }
+            // The third strike bans the sender: its connection may close
+            // before the answer leaves.
+            Err(_) if code == "field" => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let handle = target.handle.clone();
+    eventually(10, "the sender banned after three strikes", || {
+        let handle = handle.clone();
+        async move { handle.stats().await.unwrap().banned == 1 }
+    })
+    .await;
+    assert_eq!(
+        role.ledger.audit_len().unwrap(),
+        audit_before,
+        "still no audit write"
+    );
+    for node in cs {
+        node.stop().await.unwrap();
+    }
+    customer.stop().await.unwrap();
 }

@@ -41,6 +41,7 @@ fn body_hex(message: &WireMessage) -> anyhow::Result<Option<(String, String)>> {
         WireMessage::Withdrawal(m) => signed!(m),
         WireMessage::LeaseTermination(m) => signed!(m),
         WireMessage::EscrowRelease(m) => signed!(m),
+        WireMessage::Approval(m) => signed!(m),
         WireMessage::EscrowCertificate(_)
         | WireMessage::SettlementCertificate(_)
         | WireMessage::WithdrawalCertificate(_)

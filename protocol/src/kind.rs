@@ -56,6 +56,9 @@ pub enum Kind {
     EscrowRelease,
     /// An escrow release with a quorum of coordinator votes.
     ReleaseCertificate,
+    /// An admin key's decision on a deposit or withdrawal that
+    /// coordinators hold for review: approve it or reject it.
+    Approval,
 }
 
 /// Gossip topic for offers.
@@ -87,7 +90,7 @@ pub enum Carrier {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::NodeBinding,
         Kind::Offer,
         Kind::Bid,
@@ -109,6 +112,7 @@ impl Kind {
         Kind::LeaseTermination,
         Kind::EscrowRelease,
         Kind::ReleaseCertificate,
+        Kind::Approval,
     ];
 
     /// The kind's name, as used in domains, file names and logs.
@@ -135,6 +139,7 @@ impl Kind {
             Kind::LeaseTermination => "lease_termination",
             Kind::EscrowRelease => "escrow_release",
             Kind::ReleaseCertificate => "release_certificate",
+            Kind::Approval => "approval",
         }
     }
 
@@ -162,6 +167,7 @@ impl Kind {
             Kind::LeaseTermination => "rigmesh/v1/lease_termination",
             Kind::EscrowRelease => "rigmesh/v1/escrow_release",
             Kind::ReleaseCertificate => "rigmesh/v1/release_certificate",
+            Kind::Approval => "rigmesh/v1/approval",
         }
     }
 
@@ -191,6 +197,7 @@ impl Kind {
             Kind::LeaseTermination => 512,
             Kind::EscrowRelease => 1024,
             Kind::ReleaseCertificate => 8192,
+            Kind::Approval => 512,
         }
     }
 
@@ -219,7 +226,8 @@ impl Kind {
             | Kind::Vote
             | Kind::SettlementRequest
             | Kind::Withdrawal
-            | Kind::EscrowRelease => Carrier::Protocol(PROTOCOL_COORDINATOR),
+            | Kind::EscrowRelease
+            | Kind::Approval => Carrier::Protocol(PROTOCOL_COORDINATOR),
         }
     }
 
@@ -269,5 +277,6 @@ mod tests {
         assert_eq!(Kind::Alert.tag(), 14);
         assert_eq!(Kind::LeaseTermination.tag(), 18);
         assert_eq!(Kind::ReleaseCertificate.tag(), 20);
+        assert_eq!(Kind::Approval.tag(), 21);
     }
 }

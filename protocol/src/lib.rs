@@ -31,7 +31,7 @@ pub use messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Termi
 pub use messages::market::{Bid, NodeBinding, Offer};
 pub use messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 pub use messages::settlement::{
-    Certifiable, Certificate, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder,
+    Approval, Certifiable, Certificate, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder,
     EscrowRelease, ReleaseCertificate, SettlementCertificate, SettlementRequest, Vote,
     VoteSignature, Withdrawal, WithdrawalCertificate,
 };

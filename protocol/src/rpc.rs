@@ -11,12 +11,13 @@ use crate::error::{Error, Result};
 use crate::kind::{Carrier, Kind};
 use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::settlement::{
-    Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
+    Approval, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
     SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
 use crate::signed::Signed;
+use crate::time::UnixMillis;
 use crate::wire::WireMessage;
 
 /// Longest refusal reason, bytes.
@@ -193,6 +194,13 @@ pub enum CoordinatorRequest {
         /// The settlement sequence number.
         settlement_seq: u64,
     },
+    /// An admin's decision on a held deposit or withdrawal
+    /// (specs/settlement.md 4.3): the answer to an approved withdrawal is
+    /// the coordinator's vote, to an approved deposit `Applied`.
+    Decide(Signed<Approval>),
+    /// List what the coordinator holds for review of this kind
+    /// (`deposit` or `withdrawal`), at most [`MAX_HELD_LISTED`].
+    Held(Kind),
 }
 
 /// A debit to vote on: the order and what its rules need.
@@ -225,6 +233,22 @@ impl DebitRequest {
             },
         }
     }
+}
+
+/// Most held messages one [`CoordinatorResponse::Held`] lists.
+pub const MAX_HELD_LISTED: usize = 16;
+
+/// A deposit or withdrawal a coordinator holds for review.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HeldEntry {
+    /// `deposit` or `withdrawal`.
+    pub kind: Kind,
+    /// Its id.
+    pub subject: Id,
+    /// The signed message's canonical bytes.
+    pub message: Vec<u8>,
+    /// When the coordinator first held it.
+    pub since: UnixMillis,
 }
 
 /// An account as one coordinator holds it.
@@ -260,6 +284,8 @@ pub enum CoordinatorResponse {
     /// The settlement request this coordinator voted for at the lease and
     /// settlement sequence number asked for, if any.
     Locked(Option<Signed<SettlementRequest>>),
+    /// What the coordinator holds for review.
+    Held(Vec<HeldEntry>),
 }
 
 /// What a catch-up sync asks for.
@@ -320,7 +346,8 @@ frame!(LeaseRequest, "lease request", 16 * 1024);
 frame!(LeaseResponse, "lease response", 4 * 1024);
 // A settlement carries the attestations of its range.
 frame!(CoordinatorRequest, "coordinator request", 512 * 1024);
-frame!(CoordinatorResponse, "coordinator response", 2 * 1024);
+// A list of held messages: MAX_HELD_LISTED signed messages of 512 bytes.
+frame!(CoordinatorResponse, "coordinator response", 16 * 1024);
 frame!(SyncRequest, "sync request", 256);
 frame!(SyncResponse, "sync response", codec::MAX_FRAME_SIZE);
 
@@ -576,6 +603,24 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_response",
             CoordinatorResponse::Applied.to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Decide(samples::approval()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Held(Kind::Withdrawal).to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Held(vec![HeldEntry {
+                kind: Kind::Deposit,
+                subject: samples::deposit()?.id()?,
+                message: samples::deposit()?.to_bytes()?,
+                since: samples::T0,
+            }])
+            .to_bytes()?,
         ),
         (
             "coordinator_response",

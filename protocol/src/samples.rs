@@ -12,8 +12,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Te
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest, Vote,
-    Withdrawal,
+    Approval, Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest,
+    Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -34,6 +34,9 @@ pub const COORDINATOR_SEEDS: [[u8; 32]; 4] = [[0x31; 32], [0x32; 32], [0x33; 32]
 pub const EPOCH: u64 = 1;
 /// Seed of the sample coordinator set's administrative key (deposits).
 pub const ADMIN_SEED: [u8; 32] = [0x41; 32];
+/// Seed of the sample coordinator set's second administrative key
+/// (approvals).
+pub const SECOND_ADMIN_SEED: [u8; 32] = [0x42; 32];
 
 /// The sample supplier.
 pub fn supplier() -> Keypair {
@@ -48,6 +51,12 @@ pub fn customer() -> Keypair {
 /// The sample administrative key, which signs deposits.
 pub fn admin() -> Keypair {
     Keypair::from_seed(ADMIN_SEED)
+}
+
+/// The sample second administrative key, which approves what the first
+/// deposits.
+pub fn second_admin() -> Keypair {
+    Keypair::from_seed(SECOND_ADMIN_SEED)
 }
 
 /// The sample coordinators.
@@ -83,6 +92,7 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
         | Kind::ReleaseCertificate => CUSTOMER_SEED,
         Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
         Kind::Deposit => ADMIN_SEED,
+        Kind::Approval => SECOND_ADMIN_SEED,
         _ => SUPPLIER_SEED,
     }
 }
@@ -514,6 +524,27 @@ pub fn deposit_at(t0: UnixMillis) -> Result<Signed<Deposit>> {
     )
 }
 
+/// The second admin key approves [`deposit`].
+pub fn approval() -> Result<Signed<Approval>> {
+    approval_at(T0)
+}
+
+/// [`approval`], made at `t0` instead of [`T0`].
+pub fn approval_at(t0: UnixMillis) -> Result<Signed<Approval>> {
+    Signed::sign(
+        Approval {
+            version: PROTOCOL_VERSION,
+            epoch: EPOCH,
+            admin: second_admin().public(),
+            subject_kind: Kind::Deposit,
+            subject: deposit_at(t0)?.id()?,
+            approve: true,
+            created_at: t0.plus_ms(60_000),
+        },
+        &second_admin(),
+    )
+}
+
 /// The customer withdraws 10 credits at `seq` 1, the debit after
 /// [`escrow_order`].
 pub fn withdrawal() -> Result<Signed<Withdrawal>> {
@@ -602,5 +633,6 @@ pub fn sample_at(kind: Kind, t0: UnixMillis) -> Result<WireMessage> {
         Kind::LeaseTermination => WireMessage::LeaseTermination(lease_termination_at(t0)?),
         Kind::EscrowRelease => WireMessage::EscrowRelease(escrow_release_at(t0)?),
         Kind::ReleaseCertificate => WireMessage::ReleaseCertificate(release_certificate_at(t0)?),
+        Kind::Approval => WireMessage::Approval(approval_at(t0)?),
     })
 }

@@ -11,8 +11,9 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
-    SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
+    Approval, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease,
+    ReleaseCertificate, SettlementCertificate, SettlementRequest, Vote, Withdrawal,
+    WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::signed::{Message, Signed};
@@ -152,7 +153,8 @@ wire_message!(
     Deposit => Deposit,
     Withdrawal => Withdrawal,
     LeaseTermination => LeaseTermination,
-    EscrowRelease => EscrowRelease;
+    EscrowRelease => EscrowRelease,
+    Approval => Approval;
     EscrowCertificate => EscrowCertificate,
     SettlementCertificate => SettlementCertificate,
     WithdrawalCertificate => WithdrawalCertificate,

@@ -7,8 +7,8 @@ use rigmesh_protocol::kind::Kind;
 use rigmesh_protocol::samples;
 use rigmesh_protocol::wire::{self, WireMessage};
 use rigmesh_protocol::{
-    Alert, Audience, Clock, Credits, Deposit, GpuUsage, Id, Keypair, LeaseTermination, Offer,
-    Severity, Signed, TerminationReason, UnixMillis, UsageAttestation, Withdrawal,
+    Alert, Approval, Audience, Clock, Credits, Deposit, GpuUsage, Id, Keypair, LeaseTermination,
+    Offer, Severity, Signed, TerminationReason, UnixMillis, UsageAttestation, Withdrawal,
     PROTOCOL_VERSION,
 };
 
@@ -141,6 +141,25 @@ fn deposit() -> impl Strategy<Value = Deposit> {
         })
 }
 
+fn approval() -> impl Strategy<Value = Approval> {
+    (
+        any::<u64>(),
+        prop_oneof![Just(Kind::Deposit), Just(Kind::Withdrawal)],
+        any::<[u8; 32]>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(epoch, subject_kind, subject, approve, c)| Approval {
+            version: PROTOCOL_VERSION,
+            epoch,
+            admin: samples::second_admin().public(),
+            subject_kind,
+            subject: Id(subject),
+            approve,
+            created_at: UnixMillis(c),
+        })
+}
+
 fn withdrawal() -> impl Strategy<Value = Withdrawal> {
     (
         any::<u64>(),
@@ -213,6 +232,11 @@ proptest! {
     #[test]
     fn alerts_round_trip(body in alert()) {
         round_trip(body, &samples::supplier());
+    }
+
+    #[test]
+    fn approvals_round_trip(body in approval()) {
+        round_trip(body, &samples::second_admin());
     }
 
     #[test]

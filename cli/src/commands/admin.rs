@@ -3,8 +3,12 @@
 //! given configuration (its `[coordinators]` table, with `addresses`),
 //! waits until it can reach a quorum, does its one job and stops.
 //!
-//! - `deposit`: sign a deposit with the coordinator set's admin key (an
-//!   external top-up) and hand it to every coordinator;
+//! - `deposit`: sign a deposit with one of the coordinator set's admin
+//!   keys (an external top-up) and hand it to every coordinator; one
+//!   deposit per admin key and reference, and one above the approval
+//!   threshold waits for a second admin key;
+//! - `deposits` and `withdrawals`: list what the coordinators hold for an
+//!   admin's decision, approve it or reject it (a signed `Approval`);
 //! - `balances`: ask every coordinator for accounts' balances, debit
 //!   sequence numbers and escrowed credits, side by side.
 
@@ -15,15 +19,30 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use rigmesh_node::config::{NodeConfig, Role};
-use rigmesh_protocol::rpc::CertificateFrame;
+use std::collections::BTreeMap;
+
+use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry};
 use rigmesh_protocol::{
-    Credits, Deposit, Keypair, PublicKey, Signed, UnixMillis, PROTOCOL_VERSION,
+    Approval, Credits, Deposit, Id, Keypair, Kind, PublicKey, Signed, UnixMillis, Withdrawal,
+    PROTOCOL_VERSION,
 };
+
+/// The reason code coordinators give for a deposit whose admin key and
+/// reference another deposit took.
+const REFERENCE_USED: &str = "reference_used";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
-    /// Credit an account (signed by the coordinator set's admin key).
+    /// Credit an account (signed by one of the coordinator set's admin
+    /// keys). Exit 5 if the admin key already used the reference, 6 if the
+    /// deposit waits for a second admin's approval.
     Deposit(DepositArgs),
+    /// Deposits held for a second admin's approval: list, approve, reject.
+    #[command(subcommand)]
+    Deposits(ReviewCommand),
+    /// Withdrawals held for review: list, approve, reject.
+    #[command(subcommand)]
+    Withdrawals(ReviewCommand),
     /// Show accounts as every coordinator holds them.
     Balances(BalancesArgs),
 }
@@ -59,6 +78,28 @@ pub(crate) struct DepositArgs {
     /// deposit unique.
     #[arg(long)]
     reference: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReviewCommand {
+    /// List what the coordinators hold for a decision.
+    List(SetArgs),
+    /// Approve one (signed by an admin key; for a deposit, not the key
+    /// that signed it).
+    Approve(DecideArgs),
+    /// Reject one: the coordinators drop it.
+    Reject(DecideArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DecideArgs {
+    #[command(flatten)]
+    set: SetArgs,
+    /// The deciding admin key file (hex seed).
+    #[arg(long)]
+    admin_key: PathBuf,
+    /// Id of the held deposit or withdrawal (hex).
+    id: Id,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +160,8 @@ pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cmd {
             AdminCommand::Deposit(args) => deposit(args).await,
+            AdminCommand::Deposits(cmd) => review(Kind::Deposit, cmd).await,
+            AdminCommand::Withdrawals(cmd) => review(Kind::Withdrawal, cmd).await,
             AdminCommand::Balances(args) => balances(args).await,
         }
     })
@@ -135,29 +178,274 @@ async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
             admin: admin.public(),
             account: args.account,
             amount: args.amount,
-            reference: args.reference,
+            reference: args.reference.clone(),
             created_at: UnixMillis::now(),
         },
         &admin,
     )?;
     let id = deposit.id()?;
-    let applied = quorum.deliver(CertificateFrame::Deposit(deposit)).await;
+    let answers = quorum
+        .ask_all(&CoordinatorRequest::Apply(CertificateFrame::Deposit(
+            deposit.clone(),
+        )))
+        .await;
     let need = quorum.set().quorum();
+    let count = |f: &dyn Fn(&CoordinatorResponse) -> bool| {
+        answers
+            .iter()
+            .filter(|(_, a)| a.as_ref().is_ok_and(f))
+            .count()
+    };
+    let applied = count(&|a| matches!(a, CoordinatorResponse::Applied));
+    let pending = count(&|a| matches!(a, CoordinatorResponse::Pending(_)));
+    let used = answers.iter().find_map(|(_, a)| match a {
+        Ok(CoordinatorResponse::Refused(r)) if r.starts_with(REFERENCE_USED) => Some(r.clone()),
+        _ => None,
+    });
+    if applied > 0 {
+        // Gossip it too, so coordinators that were not reached catch up.
+        if let Err(err) = node
+            .handle
+            .publish(&rigmesh_protocol::wire::WireMessage::Deposit(deposit))
+            .await
+        {
+            tracing::debug!(%err, "deposit not gossiped");
+        }
+    }
     node.stop().await?;
+    let state = if used.is_some() && applied == 0 && pending == 0 {
+        "reference_used"
+    } else if applied >= need {
+        "applied"
+    } else if pending + applied >= need {
+        "awaiting_approval"
+    } else {
+        "not_applied"
+    };
     if args.set.json {
         outln!(
             "{}",
-            serde_json::json!({"deposit": id.to_string(), "applied_by": applied, "quorum": need})
+            serde_json::json!({
+                "deposit": id.to_string(),
+                "state": state,
+                "applied_by": applied,
+                "held_by": pending,
+                "quorum": need,
+            })
+        );
+    } else {
+        match state {
+            "applied" => outln!(
+                "deposit {id}: {} to {} applied by {applied} coordinators",
+                args.amount,
+                args.account
+            ),
+            "awaiting_approval" => outln!(
+                "deposit {id}: {} to {} waits for a second admin's approval ({pending} coordinators hold it);\n\
+                 another admin key approves it with `rigmesh admin deposits approve {id}`",
+                args.amount,
+                args.account
+            ),
+            _ => {}
+        }
+    }
+    match state {
+        "applied" => Ok(ExitCode::SUCCESS),
+        "awaiting_approval" => Ok(ExitCode::from(super::EXIT_HELD)),
+        "reference_used" => {
+            errln!(
+                "error: reference {:?} is already used by another deposit of this admin key; \
+                 nothing was credited ({})",
+                args.reference,
+                used.unwrap_or_default()
+            );
+            Ok(ExitCode::from(super::EXIT_REFERENCE_USED))
+        }
+        _ => bail!(
+            "only {applied} coordinators applied the deposit; {need} needed (is the admin key one of the set's?){}",
+            answers
+                .iter()
+                .filter_map(|(m, a)| match a {
+                    Ok(CoordinatorResponse::Refused(r)) => Some(format!("\n  {m}: {r}")),
+                    Err(e) => Some(format!("\n  {m}: {e}")),
+                    _ => None,
+                })
+                .collect::<String>()
+        ),
+    }
+}
+
+fn approval(
+    admin: &Keypair,
+    epoch: u64,
+    kind: Kind,
+    id: Id,
+    approve: bool,
+) -> anyhow::Result<Signed<Approval>> {
+    Ok(Signed::sign(
+        Approval {
+            version: PROTOCOL_VERSION,
+            epoch,
+            admin: admin.public(),
+            subject_kind: kind,
+            subject: id,
+            approve,
+            created_at: UnixMillis::now(),
+        },
+        admin,
+    )?)
+}
+
+/// What the coordinators hold of `kind`, each once, with how many hold it.
+async fn held(
+    quorum: &rigmesh_node::quorum::Quorum,
+    kind: Kind,
+) -> BTreeMap<Id, (HeldEntry, usize)> {
+    let mut out: BTreeMap<Id, (HeldEntry, usize)> = BTreeMap::new();
+    for (_, answer) in quorum.ask_all(&CoordinatorRequest::Held(kind)).await {
+        if let Ok(CoordinatorResponse::Held(entries)) = answer {
+            for entry in entries {
+                out.entry(entry.subject)
+                    .and_modify(|(_, n)| *n += 1)
+                    .or_insert((entry, 1));
+            }
+        }
+    }
+    out
+}
+
+async fn review(kind: Kind, cmd: ReviewCommand) -> anyhow::Result<ExitCode> {
+    let (args, approve) = match cmd {
+        ReviewCommand::List(set) => return list_held(kind, set).await,
+        ReviewCommand::Approve(args) => (args, true),
+        ReviewCommand::Reject(args) => (args, false),
+    };
+    let admin = Keypair::from_seed(rigmesh_node::keyfile::read_seed(&args.admin_key)?);
+    let (node, _dir) = connect(&args.set).await?;
+    let quorum = node.quorum.clone().context("no coordinator set")?;
+    let need = quorum.set().quorum();
+    let decision = approval(&admin, quorum.set().epoch(), kind, args.id, approve)?;
+    let request = CoordinatorRequest::Decide(decision);
+    let verb = if approve { "approved" } else { "rejected" };
+    let result: anyhow::Result<(usize, Option<String>)> = if kind == Kind::Withdrawal && approve {
+        // Each coordinator answers an approval with its vote: a quorum of
+        // them is the withdrawal's certificate, handed to every member.
+        match held(&quorum, kind).await.remove(&args.id) {
+            None => Err(anyhow::anyhow!(
+                "no coordinator holds withdrawal {} for review",
+                args.id
+            )),
+            Some((entry, _)) => {
+                let withdrawal = Signed::<Withdrawal>::from_bytes(&entry.message)?;
+                match quorum.certify(&withdrawal, &request).await {
+                    Ok(certificate) => {
+                        let votes = certificate.votes.len();
+                        let bytes = hex::encode(certificate.to_bytes()?);
+                        quorum
+                            .deliver(CertificateFrame::Withdrawal(Box::new(certificate)))
+                            .await;
+                        Ok((votes, Some(bytes)))
+                    }
+                    Err(e) => Err(anyhow::anyhow!("withdrawal not certified: {e}")),
+                }
+            }
+        }
+    } else {
+        let answers = quorum.ask_all(&request).await;
+        let done = answers
+            .iter()
+            .filter(|(_, a)| matches!(a, Ok(CoordinatorResponse::Applied)))
+            .count();
+        if done >= need {
+            Ok((done, None))
+        } else {
+            Err(anyhow::anyhow!(
+                "only {done} coordinators took the decision; {need} needed{}",
+                answers
+                    .iter()
+                    .filter_map(|(m, a)| match a {
+                        Ok(CoordinatorResponse::Refused(r)) => Some(format!("\n  {m}: {r}")),
+                        Err(e) => Some(format!("\n  {m}: {e}")),
+                        _ => None,
+                    })
+                    .collect::<String>()
+            ))
+        }
+    };
+    node.stop().await?;
+    let (count, certificate) = result?;
+    if args.set.json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "kind": kind.name(),
+                "id": args.id.to_string(),
+                "decision": verb,
+                "coordinators": count,
+                "certificate": certificate,
+            })
         );
     } else {
         outln!(
-            "deposit {id}: {} to {} applied by {applied} coordinators",
-            args.amount,
-            args.account
+            "{} {}: {verb} by {count} coordinators",
+            kind.name(),
+            args.id
         );
     }
-    if applied < need {
-        bail!("only {applied} coordinators applied the deposit; {need} needed (is the admin key the set's?)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_held(kind: Kind, set: SetArgs) -> anyhow::Result<ExitCode> {
+    let (node, _dir) = connect(&set).await?;
+    let quorum = node.quorum.clone().context("no coordinator set")?;
+    let rows = held(&quorum, kind).await;
+    node.stop().await?;
+    let describe = |entry: &HeldEntry| -> (String, String, String) {
+        match kind {
+            Kind::Deposit => match Signed::<Deposit>::from_bytes(&entry.message) {
+                Ok(d) => (
+                    d.body.account.to_string(),
+                    d.body.amount.to_string(),
+                    format!("reference {:?} by admin {}", d.body.reference, d.body.admin),
+                ),
+                Err(e) => (String::new(), String::new(), e.to_string()),
+            },
+            _ => match Signed::<Withdrawal>::from_bytes(&entry.message) {
+                Ok(w) => (
+                    w.body.account.to_string(),
+                    w.body.amount.to_string(),
+                    format!("to {:?}, seq {}", w.body.destination, w.body.seq),
+                ),
+                Err(e) => (String::new(), String::new(), e.to_string()),
+            },
+        }
+    };
+    if set.json {
+        let out: Vec<_> = rows
+            .values()
+            .map(|(entry, holders)| {
+                let (account, amount, detail) = describe(entry);
+                serde_json::json!({
+                    "id": entry.subject.to_string(),
+                    "account": account,
+                    "amount": amount,
+                    "detail": detail,
+                    "held_by": holders,
+                    "since": entry.since.0,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else if rows.is_empty() {
+        outln!("no {} waits for a decision", kind.name());
+    } else {
+        for (entry, holders) in rows.values() {
+            let (account, amount, detail) = describe(entry);
+            outln!(
+                "{}  {account:.16}  {amount:>16}  held by {holders}  {detail}",
+                entry.subject
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

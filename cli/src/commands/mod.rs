@@ -33,6 +33,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 pub(crate) const EXIT_ERROR: u8 = 1;
 /// Exit code for a message that is not valid (2 is clap's usage error).
 pub(crate) const EXIT_INVALID: u8 = 3;
+/// Exit code for a deposit whose admin key already used its reference:
+/// nothing was credited.
+pub(crate) const EXIT_REFERENCE_USED: u8 = 5;
+/// Exit code for a deposit or withdrawal the coordinators hold for an
+/// admin's approval: nothing moved yet.
+pub(crate) const EXIT_HELD: u8 = 6;
 
 /// rigmesh: a peer-to-peer marketplace for GPU time.
 ///
@@ -59,6 +65,7 @@ Node settings: `rigmesh node config --example` prints every key with its default
 Shell completions: `rigmesh completions bash|zsh|fish|elvish|powershell`.\n\
 \n\
 Exit codes: 0 ok, 1 error, 2 bad arguments, 3 invalid message, 4 no match,\n\
+5 deposit reference already used, 6 held for an admin's approval,\n\
 130 interrupted (Ctrl-C while a bid waits or the devnet runs)."
 )]
 pub(crate) struct Cli {
@@ -101,9 +108,11 @@ enum Command {
     /// simulated suppliers, a funded customer) and play a lease from bid to
     /// settlement; `--serve` keeps it running for the other commands.
     Devnet(devnet::DevnetArgs),
-    /// Move credits out of an account (certified by the coordinators).
+    /// Move credits out of an account (certified by the coordinators;
+    /// exit 6 while a large one waits for an admin's review).
     Withdraw(withdraw::WithdrawArgs),
-    /// Operator tools for the coordinator set: deposits, balances.
+    /// Operator tools for the coordinator set: deposits, approvals of held
+    /// deposits and withdrawals, balances.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
     /// Run a node (supplier, customer, coordinator or relay), or print the

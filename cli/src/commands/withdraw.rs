@@ -1,7 +1,9 @@
 //! `rigmesh withdraw`: move credits out of an account to an external
 //! destination. The account key signs a withdrawal at the account's next
 //! debit sequence number; a quorum of coordinators certifies it (each
-//! checks the balance) and every coordinator applies it.
+//! checks the balance) and every coordinator applies it. One above the
+//! review threshold, or to a destination new to the account, waits for an
+//! admin's approval (exit 6).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +39,34 @@ pub(crate) fn run(args: WithdrawArgs) -> anyhow::Result<ExitCode> {
         let quorum = node.quorum.clone().context("no coordinator set")?;
         let result = quorum.withdraw(&key, args.amount, &args.destination).await;
         node.stop().await?;
-        let certificate = result.map_err(|e| anyhow::anyhow!("withdrawal not certified: {e}"))?;
+        let certificate = match result {
+            Ok(certificate) => certificate,
+            Err(rigmesh_node::quorum::DebitError::NoQuorum(e))
+                if e.refusals
+                    .values()
+                    .any(|r| r.starts_with("held_for_review")) =>
+            {
+                let held = e
+                    .refusals
+                    .values()
+                    .find(|r| r.starts_with("held_for_review"))
+                    .cloned()
+                    .unwrap_or_default();
+                if args.set.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "state": "held_for_review", "reason": held })
+                    );
+                } else {
+                    outln!(
+                        "{held}\nthe coordinators vote once an admin approves it \
+                         (`rigmesh admin withdrawals approve <id>`) before it expires in an hour"
+                    );
+                }
+                return Ok(ExitCode::from(super::EXIT_HELD));
+            }
+            Err(e) => anyhow::bail!("withdrawal not certified: {e}"),
+        };
         let id = certificate.subject()?;
         if args.set.json {
             outln!(

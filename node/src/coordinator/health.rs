@@ -10,9 +10,13 @@
 //! | `escrow.low` | warning | the lease's customer | a settlement leaves less than 10 % of a running lease's escrow |
 //! | `peer.banned` | warning | operators | the node banned a peer (invalid signatures, malformed or replayed messages) |
 //! | `certificate.conflict` | critical | operators | a certificate conflicts with one applied (more than f faulty coordinators) |
+//! | `deposit.large` | warning | operators | a deposit above `deposit_alert_above` is applied or held for approval |
 //!
 //! Alerts are stored in the ledger, logged and gossiped on the reputation
-//! topic; delivery to people is another component's job.
+//! topic; delivery to people is another component's job. Each is raised
+//! only from messages whose signatures (and, for attestations, whose
+//! chain) are verified, and at most once per rule, audience and subject in
+//! [`ALERT_WINDOW_MS`] ([`AlertLimiter`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -281,7 +285,12 @@ pub fn check_escrow(
 }
 
 /// An alert for a certificate that conflicts with what is applied.
-pub fn conflict(key: &Keypair, detail: &str, now: UnixMillis) -> Option<Signed<Alert>> {
+pub fn conflict(
+    key: &Keypair,
+    subject: Option<Id>,
+    detail: &str,
+    now: UnixMillis,
+) -> Option<Signed<Alert>> {
     alert(
         key,
         (
@@ -290,10 +299,139 @@ pub fn conflict(key: &Keypair, detail: &str, now: UnixMillis) -> Option<Signed<A
             "certificate.conflict",
         ),
         None,
-        None,
+        subject,
         detail.to_string(),
         now,
     )
+}
+
+/// An alert for a deposit above the alert threshold, applied or held.
+pub fn large_deposit(
+    key: &Keypair,
+    deposit: &Signed<rigmesh_protocol::Deposit>,
+    held: bool,
+    now: UnixMillis,
+) -> Option<Signed<Alert>> {
+    let d = &deposit.body;
+    let id = deposit.id().ok()?;
+    let state = if held {
+        "held for a second admin's approval"
+    } else {
+        "applied"
+    };
+    alert(
+        key,
+        (Severity::Warning, Audience::Operators, "deposit.large"),
+        Some(d.account),
+        Some(id),
+        format!(
+            "deposit {id} of {} to {} by admin {} (reference {:?}) {state}",
+            d.amount, d.account, d.admin, d.reference
+        ),
+        now,
+    )
+}
+
+/// One alert per rule, audience, account and subject in this window.
+pub const ALERT_WINDOW_MS: u64 = 600_000;
+
+/// Most alert keys remembered; past it, new keys are dropped (with a
+/// log line) until old ones leave the window.
+const MAX_ALERT_KEYS: usize = 4096;
+
+/// Rule, audience, account, subject; and the text for an alert that names
+/// neither account nor subject (a ban names its peer only there).
+type AlertKey = (String, u8, Option<PublicKey>, Option<Id>, Option<String>);
+
+/// Deduplicates and rate-limits alerts: an alert whose rule, audience,
+/// account and subject were raised within [`ALERT_WINDOW_MS`] is dropped,
+/// and the memory of keys is bounded.
+#[derive(Debug, Default)]
+pub struct AlertLimiter {
+    last: BTreeMap<AlertKey, UnixMillis>,
+    dropped: u64,
+}
+
+impl AlertLimiter {
+    /// True if `alert` may be raised now (and remembers it).
+    pub fn admit(&mut self, alert: &Alert, now: UnixMillis) -> bool {
+        let key: AlertKey = (
+            alert.rule.clone(),
+            alert.audience as u8,
+            alert.about,
+            alert.subject,
+            (alert.about.is_none() && alert.subject.is_none()).then(|| alert.message.clone()),
+        );
+        if let Some(at) = self.last.get(&key) {
+            if now < at.plus_ms(ALERT_WINDOW_MS) {
+                self.dropped += 1;
+                return false;
+            }
+        }
+        if self.last.len() >= MAX_ALERT_KEYS && !self.last.contains_key(&key) {
+            self.last.retain(|_, at| now < at.plus_ms(ALERT_WINDOW_MS));
+            if self.last.len() >= MAX_ALERT_KEYS {
+                self.dropped += 1;
+                tracing::warn!(rule = %alert.rule, "too many distinct alerts in the window; dropped one");
+                return false;
+            }
+        }
+        self.last.insert(key, now);
+        true
+    }
+
+    /// Alerts dropped as repeats or over the bound.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod limiter_tests {
+    use super::*;
+    use rigmesh_protocol::samples;
+
+    fn an_alert(rule: &str, about: Option<PublicKey>, message: &str) -> Alert {
+        Alert {
+            version: PROTOCOL_VERSION,
+            issuer: samples::coordinators()[0].public(),
+            severity: Severity::Warning,
+            audience: Audience::Operators,
+            rule: rule.into(),
+            about,
+            subject: Some(Id([7; 32])),
+            message: message.into(),
+            created_at: UnixMillis(0),
+        }
+    }
+
+    #[test]
+    fn one_alert_per_rule_and_subject_in_the_window() {
+        let mut limiter = AlertLimiter::default();
+        let victim = Some(samples::supplier().public());
+        let t = UnixMillis(1_000);
+        assert!(limiter.admit(&an_alert("usage.implausible_power", victim, "a"), t));
+        for n in 0..100 {
+            let text = format!("window {n}");
+            assert!(!limiter.admit(&an_alert("usage.implausible_power", victim, &text), t));
+        }
+        assert_eq!(limiter.dropped(), 100);
+        // Another rule or subject is another alert; the same one again
+        // after the window too.
+        assert!(limiter.admit(&an_alert("escrow.low", victim, "a"), t));
+        assert!(limiter.admit(&an_alert("usage.implausible_power", None, "a"), t));
+        assert!(limiter.admit(
+            &an_alert("usage.implausible_power", victim, "a"),
+            t.plus_ms(ALERT_WINDOW_MS)
+        ));
+        // Alerts that name no one differ by their text (one per banned peer).
+        let mut ban = an_alert("peer.banned", None, "peer A banned");
+        ban.subject = None;
+        assert!(limiter.admit(&ban, t));
+        assert!(!limiter.admit(&ban, t));
+        ban.message = "peer B banned".into();
+        assert!(limiter.admit(&ban, t));
+    }
 }
 
 #[cfg(test)]
@@ -316,7 +454,8 @@ mod tests {
             set: samples::coordinator_set().unwrap(),
             fee_rate: FeeRate::from_ppm(10_000).unwrap(),
             unacked_timeout_ms: 120_000,
-            admin: Some(samples::admin().public()),
+            admins: vec![samples::admin().public()],
+            review: Default::default(),
             skew_ms: 30_000,
             release_grace_ms: 600_000,
         };

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rigmesh_ledger::{
-    Account, Applied, Coordinator, CoordinatorConfig, Ledger, MarketStore, Refusal,
-    ReleaseEvidence, SettlementEvidence,
+    Account, Applied, Coordinator, CoordinatorConfig, Decided, Ledger, MarketStore, Refusal,
+    ReleaseEvidence, SettlementEvidence, HELD_FOR_REVIEW,
 };
 use rigmesh_protocol::rpc::{
-    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseResponse,
-    ReleaseBundle, SettlementBundle,
+    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry,
+    LeaseResponse, ReleaseBundle, SettlementBundle,
 };
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
@@ -45,6 +45,10 @@ pub struct CoordinatorRole {
     pub outbox: Outbox,
     /// Reputation reports and market alerts.
     pub health: std::sync::Mutex<health::Watch>,
+    /// Alerts already raised in the window, per rule and subject.
+    pub limiter: std::sync::Mutex<health::AlertLimiter>,
+    /// A deposit above this raises an operator alert.
+    pub deposit_alert_above: Option<rigmesh_protocol::Credits>,
 }
 
 impl CoordinatorRole {
@@ -66,11 +70,26 @@ impl CoordinatorRole {
             store,
             outbox: Outbox::default(),
             health: std::sync::Mutex::new(health::Watch::default()),
+            limiter: std::sync::Mutex::new(health::AlertLimiter::default()),
+            deposit_alert_above: None,
         }
     }
 
+    /// Raises alerts, each at most once per rule, audience and subject in
+    /// the limiter's window: anything that makes a coordinator raise one
+    /// cannot make it store, flush and gossip a stream of them.
     fn push_alerts(&self, alerts: impl IntoIterator<Item = Signed<rigmesh_protocol::Alert>>) {
-        let raised: Vec<_> = alerts
+        let admitted: Vec<_> = {
+            let mut limiter = self
+                .limiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            alerts
+                .into_iter()
+                .filter(|a| limiter.admit(&a.body, a.body.created_at))
+                .collect()
+        };
+        let raised: Vec<_> = admitted
             .into_iter()
             .map(|a| health::raise(&self.ledger, a))
             .collect();
@@ -118,12 +137,107 @@ impl CoordinatorRole {
                     now,
                 ));
             }
+            (
+                Ok(applied @ (Applied::Applied | Applied::Pending(_))),
+                CertificateFrame::Deposit(d),
+            ) => {
+                self.check_deposit(d, matches!(applied, Applied::Pending(_)), now);
+            }
             (Err(refusal), _) if refusal.code == "conflicting_certificate" => {
-                self.push_alerts(health::conflict(&self.key, &refusal.to_string(), now));
+                self.push_alerts(health::conflict(
+                    &self.key,
+                    frame.subject().ok(),
+                    &refusal.to_string(),
+                    now,
+                ));
             }
             _ => {}
         }
         result
+    }
+
+    /// The operator alert for a large deposit (applied or held).
+    fn check_deposit(
+        &self,
+        deposit: &Signed<rigmesh_protocol::Deposit>,
+        held: bool,
+        now: UnixMillis,
+    ) {
+        if self
+            .deposit_alert_above
+            .is_some_and(|above| deposit.body.amount > above)
+        {
+            self.push_alerts(health::large_deposit(&self.key, deposit, held, now));
+        }
+    }
+
+    /// An admin's decision on a held deposit or withdrawal.
+    fn decide(
+        &self,
+        approval: &Signed<rigmesh_protocol::Approval>,
+        now: UnixMillis,
+    ) -> CoordinatorResponse {
+        let held = self
+            .ledger
+            .held(
+                rigmesh_ledger::CertificateKind::Deposit,
+                &approval.body.subject,
+            )
+            .ok()
+            .flatten();
+        match self.rules().decide(approval, now) {
+            Ok(Decided::Deposit(applied)) => {
+                let deposit = held
+                    .and_then(|h| Signed::<rigmesh_protocol::Deposit>::from_bytes(&h.bytes).ok());
+                if let (Applied::Applied, Some(d)) = (&applied, deposit) {
+                    self.check_deposit(&d, false, now);
+                }
+                CoordinatorResponse::Applied
+            }
+            Ok(Decided::Withdrawal(vote)) => CoordinatorResponse::Vote(vote),
+            Ok(Decided::Rejected) => CoordinatorResponse::Applied,
+            Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
+        }
+    }
+
+    /// What this coordinator holds for review, of `kind`.
+    fn held(&self, kind: rigmesh_protocol::Kind) -> CoordinatorResponse {
+        let column = match kind {
+            rigmesh_protocol::Kind::Deposit => rigmesh_ledger::CertificateKind::Deposit,
+            rigmesh_protocol::Kind::Withdrawal => rigmesh_ledger::CertificateKind::Withdrawal,
+            other => {
+                return CoordinatorResponse::Refused(format!(
+                    "field: {other} is not held for review; deposit or withdrawal"
+                ))
+            }
+        };
+        // An expired withdrawal can no longer be voted for: not listed.
+        let live = |bytes: &[u8]| match kind {
+            rigmesh_protocol::Kind::Withdrawal => {
+                Signed::<rigmesh_protocol::Withdrawal>::from_bytes(bytes).is_ok_and(|w| {
+                    UnixMillis::now() <= w.body.expires_at.plus_ms(self.config.skew_ms)
+                })
+            }
+            _ => true,
+        };
+        match self
+            .ledger
+            .awaiting_review(column, rigmesh_ledger::MAX_PAGE)
+        {
+            Ok(rows) => CoordinatorResponse::Held(
+                rows.into_iter()
+                    .filter(|(_, held)| live(&held.bytes))
+                    .take(rigmesh_protocol::rpc::MAX_HELD_LISTED)
+                    .map(|(subject, held)| HeldEntry {
+                        kind,
+                        subject,
+                        message: held.bytes,
+                        since: held.since,
+                    })
+                    .collect(),
+            ),
+            Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+        }
     }
 
     /// One round of reputation reports and alerts.
@@ -153,16 +267,27 @@ impl CoordinatorRole {
                 agreement,
                 missing,
             } => {
-                self.apply_missing(&missing, now);
+                if let Err(refusal) = self.apply_missing(&missing, now) {
+                    return CoordinatorResponse::Refused(refusal.to_string());
+                }
                 rules.vote_escrow(&order, &agreement, now)
             }
             CoordinatorRequest::Withdraw {
                 withdrawal,
                 missing,
             } => {
-                self.apply_missing(&missing, now);
-                rules.vote_withdrawal(&withdrawal, now)
+                if let Err(refusal) = self.apply_missing(&missing, now) {
+                    return CoordinatorResponse::Refused(refusal.to_string());
+                }
+                match rules.vote_withdrawal(&withdrawal, now) {
+                    Err(refusal) if refusal.code == HELD_FOR_REVIEW => {
+                        return CoordinatorResponse::Pending(refusal.to_string())
+                    }
+                    voted => voted,
+                }
             }
+            CoordinatorRequest::Decide(approval) => return self.decide(&approval, now),
+            CoordinatorRequest::Held(kind) => return self.held(kind),
             CoordinatorRequest::Settle(bundle) => self.vote_settlement(*bundle, now),
             CoordinatorRequest::Deposit(deposit) => {
                 return applied(self.apply(&CertificateFrame::Deposit(deposit), now))
@@ -260,12 +385,29 @@ impl CoordinatorRole {
         Ok(())
     }
 
-    fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) {
+    /// Applies the certificates handed with a request. A forged or
+    /// malformed one ends the request: its refusal is the answer (and a
+    /// strike), so one request cannot make the coordinator check
+    /// thousands of them.
+    fn apply_missing(&self, missing: &[CertificateFrame], now: UnixMillis) -> Result<(), Refusal> {
+        if missing.len() > MAX_MISSING {
+            return Err(Refusal::new(
+                "field",
+                format!(
+                    "{} certificates handed with one request; at most {MAX_MISSING}",
+                    missing.len()
+                ),
+            ));
+        }
         for frame in missing {
             if let Err(refusal) = self.apply(frame, now) {
+                if STRIKE_CODES.contains(&refusal.code) {
+                    return Err(refusal);
+                }
                 tracing::info!(%refusal, "a certificate handed with a request was not applied");
             }
         }
+        Ok(())
     }
 
     fn vote_settlement(
@@ -273,17 +415,18 @@ impl CoordinatorRole {
         bundle: SettlementBundle,
         now: UnixMillis,
     ) -> Result<Signed<rigmesh_protocol::Vote>, Refusal> {
+        // Nothing of the bundle is used before its own signatures check:
+        // the request, then every attestation (a forged one is a strike).
+        bundle.request.verify_record()?;
+        for a in &bundle.attestations {
+            a.verify_record()?;
+        }
         if let Some(escrow) = bundle.escrow {
             let _ = self.apply(&CertificateFrame::Escrow(Box::new(escrow)), now);
         }
         for earlier in bundle.earlier {
             let _ = self.apply(&CertificateFrame::Settlement(Box::new(earlier)), now);
         }
-        self.push_alerts(health::check_attestations(
-            &self.key,
-            &bundle.attestations,
-            now,
-        ));
         let r = &bundle.request.body;
         // The bundle may start with attestation first_window - 1, the one
         // the lease's settled head names.
@@ -337,6 +480,10 @@ impl CoordinatorRole {
             }
             Err(err) => tracing::warn!(%err, "the voted request is not kept"),
         }
+        // Only now are the attestations known to be the supplier's, signed
+        // and chained to the lease's escrow here: nothing is derived from
+        // them before.
+        self.push_alerts(health::check_attestations(&self.key, &attestations, now));
         Ok(vote)
     }
 
@@ -427,6 +574,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
+/// Most certificates handed with one escrow order or withdrawal.
+const MAX_MISSING: usize = 64;
+
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
@@ -445,34 +595,62 @@ fn bounded(mut reason: String) -> String {
     reason
 }
 
+/// Reason codes that only a malformed or forged request earns: an honest
+/// client never sends one, whatever state the coordinators are in. Each is
+/// a strike toward the sender's ban; other refusals (a balance not there
+/// yet, a window not due) are answered and nothing more.
+const STRIKE_CODES: &[&str] = &[
+    "malformed",
+    "too_large",
+    "trailing_bytes",
+    "frame",
+    "invalid_key",
+    "bad_signature",
+    "wrong_signer",
+    "unsupported_version",
+    "field",
+    "unknown_signer",
+    "duplicate_signer",
+    "too_few_votes",
+    "not_admin",
+    "broken_chain",
+    "lease_mismatch",
+];
+
+/// How a refusal is counted: `None` for an answer that is no refusal,
+/// `Some(strike)` for a refusal, with its reason code when it is one of
+/// [`STRIKE_CODES`].
+fn refusal_of(response: &CoordinatorResponse) -> Option<Option<&'static str>> {
+    let CoordinatorResponse::Refused(reason) = response else {
+        return None;
+    };
+    let code = reason.split(':').next().unwrap_or_default();
+    Some(STRIKE_CODES.iter().copied().find(|c| *c == code))
+}
+
 /// Decodes and answers one coordinator request, off the async threads.
+/// A malformed or forged request writes nothing: it is answered, counted
+/// and struck against its sender.
 async fn answer_bytes(
     role: Arc<CoordinatorRole>,
     bytes: Vec<u8>,
-) -> rigmesh_protocol::Result<Vec<u8>> {
+) -> (
+    rigmesh_protocol::Result<Vec<u8>>,
+    Option<Option<&'static str>>,
+) {
     let response = match CoordinatorRequest::from_bytes(&bytes) {
         Ok(request) => tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
             .await
             .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
-        Err(err) => {
-            let _ = role.ledger.record_refusal(
-                "coordinator request",
-                &format!("{}: {err}", err.code()),
-                &rigmesh_ledger::Cause::new(
-                    role.key.public(),
-                    rigmesh_protocol::Id::ZERO,
-                    UnixMillis::now(),
-                ),
-            );
-            CoordinatorResponse::Refused(format!("malformed request: {err}"))
-        }
+        Err(err) => CoordinatorResponse::Refused(format!("malformed: {err}")),
     };
+    let refusal = refusal_of(&response);
     let response = match response {
         CoordinatorResponse::Refused(reason) => CoordinatorResponse::Refused(bounded(reason)),
         CoordinatorResponse::Pending(reason) => CoordinatorResponse::Pending(bounded(reason)),
         other => other,
     };
-    response.to_bytes()
+    (response.to_bytes(), refusal)
 }
 
 /// How often held certificates are retried and the binding checked.
@@ -511,8 +689,13 @@ pub async fn run(
                 let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
                 tokio::spawn(async move {
                     let Ok(_slot) = slots.acquire_owned().await else { return };
+                    let mut refused = None;
                     let response = match request.protocol {
-                        Protocol::Coordinator => answer_bytes(role, request.bytes).await,
+                        Protocol::Coordinator => {
+                            let (response, refusal) = answer_bytes(role, request.bytes).await;
+                            refused = refusal;
+                            response
+                        }
                         Protocol::Lease => LeaseResponse::Refused("a coordinator does not lease GPUs".into()).to_bytes(),
                         Protocol::Sync => CoordinatorResponse::Refused("sync is served by the network".into()).to_bytes(),
                     };
@@ -523,6 +706,13 @@ pub async fn run(
                             }
                         }
                         Err(err) => tracing::warn!(%err, "could not encode an answer"),
+                    }
+                    // Counted after the answer, so the sender hears why
+                    // even when this strike bans it.
+                    if let Some(strike) = refused {
+                        if let Err(err) = network.refused(request.peer, strike).await {
+                            tracing::debug!(%err, "could not count a refused request");
+                        }
                     }
                 });
             }

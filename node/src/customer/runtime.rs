@@ -528,6 +528,7 @@ impl Customer {
                         report.receipts = crate::receipts::receipts(
                             &self.store,
                             self.quorum.as_ref().map(|q| q.set()),
+                            self.rules.as_ref().map_or(&[][..], |r| r.admins.as_slice()),
                             &self.key.public(),
                             now,
                         );

@@ -146,6 +146,21 @@ impl EventLoop {
                 self.ban(peer, reason);
                 let _ = reply.send(Ok(()));
             }
+            Command::Refused {
+                peer,
+                strike,
+                reply,
+            } => {
+                self.metrics.refused_requests.inc();
+                self.stats.refused_requests += 1;
+                if let Some(reason) = strike {
+                    self.metrics.struck_requests.inc();
+                    self.stats.struck_requests += 1;
+                    tracing::debug!(%peer, reason, "refused an invalid request");
+                    self.strike(peer, reason);
+                }
+                let _ = reply.send(Ok(()));
+            }
             Command::Peers { reply } => {
                 let _ = reply.send(Ok(self.swarm.connected_peers().copied().collect()));
             }

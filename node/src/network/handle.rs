@@ -52,6 +52,10 @@ pub struct NetworkStats {
     pub dropped: u64,
     /// Peers banned.
     pub banned: u64,
+    /// Requests to this node refused (coordinator requests).
+    pub refused_requests: u64,
+    /// Of those, the ones refused as malformed or forged: a strike each.
+    pub struck_requests: u64,
     /// Bootstrap addresses that could not be reached when last dialled,
     /// each with the reason.
     pub unreachable_bootstrap: Vec<(String, String)>,
@@ -89,6 +93,11 @@ pub(crate) enum Command {
     Ban {
         peer: PeerId,
         reason: String,
+        reply: Reply<()>,
+    },
+    Refused {
+        peer: PeerId,
+        strike: Option<&'static str>,
         reply: Reply<()>,
     },
     Peers {
@@ -238,6 +247,18 @@ impl NodeHandle {
         self.call(|reply| Command::Ban {
             peer,
             reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Counts a request `peer` sent that was refused, instead of any
+    /// write; with `strike` (the reason code of a malformed or forged
+    /// request), also a strike toward the peer's ban.
+    pub async fn refused(&self, peer: PeerId, strike: Option<&'static str>) -> Result<()> {
+        self.call(|reply| Command::Refused {
+            peer,
+            strike,
             reply,
         })
         .await

@@ -44,6 +44,10 @@ pub struct NetworkMetrics {
     pub ingest_latency: Histogram,
     /// Peers banned for misbehaviour.
     pub bans: Counter,
+    /// Requests refused.
+    pub refused_requests: Counter,
+    /// Requests refused as malformed or forged (each a strike).
+    pub struck_requests: Counter,
 }
 
 impl NetworkMetrics {
@@ -58,6 +62,8 @@ impl NetworkMetrics {
             ingest_dropped: Counter::default(),
             ingest_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             bans: Counter::default(),
+            refused_requests: Counter::default(),
+            struck_requests: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_net");
         r.register("peers", "Connected peers", metrics.peers.clone());
@@ -95,6 +101,16 @@ impl NetworkMetrics {
             "bans",
             "Peers banned for misbehaviour",
             metrics.bans.clone(),
+        );
+        r.register(
+            "refused_requests",
+            "Requests refused",
+            metrics.refused_requests.clone(),
+        );
+        r.register(
+            "struck_requests",
+            "Requests refused as malformed or forged, each a strike toward a ban",
+            metrics.struck_requests.clone(),
         );
         metrics
     }

@@ -1,7 +1,8 @@
 //! Money messages of the FastPay-style settlement (specs/settlement.md):
 //! the customer's `EscrowOrder`, the supplier's `SettlementRequest`, an
 //! owner's `Withdrawal`, the admin key's `Deposit`, a coordinator's `Vote`,
-//! the coordinator set of an epoch, and `Certificate<T>`: a signed order
+//! an admin's `Approval` of a held deposit or withdrawal, the coordinator
+//! set of an epoch, and `Certificate<T>`: a signed order
 //! plus a quorum of votes, checkable offline.
 
 use std::collections::BTreeSet;
@@ -141,6 +142,64 @@ impl Message for Deposit {
             MAX_DEPOSIT_REFERENCE_LEN,
             false,
         )
+    }
+}
+
+/// An admin key's decision on a money message that coordinators hold for
+/// review (specs/settlement.md section 4.3): a deposit above the approval
+/// threshold waits for the approval of a second admin key, and a
+/// withdrawal above the review threshold, or to a destination new to its
+/// account, waits for an admin's approval before any coordinator votes.
+/// `approve: false` rejects it: coordinators drop what they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Approval {
+    /// Protocol version (1).
+    pub version: u16,
+    /// Coordinator epoch whose configured admin keys this is one of.
+    pub epoch: u64,
+    /// The deciding admin key; must sign.
+    pub admin: PublicKey,
+    /// What is decided on: `deposit` or `withdrawal`.
+    pub subject_kind: Kind,
+    /// Id of the deposit or withdrawal.
+    pub subject: Id,
+    /// True to approve, false to reject.
+    pub approve: bool,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+impl Message for Approval {
+    const KIND: Kind = Kind::Approval;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("admin", self.admin)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if !matches!(self.subject_kind, Kind::Deposit | Kind::Withdrawal) {
+            return Err(Error::field(
+                kind,
+                "subject_kind",
+                format!(
+                    "{} is not reviewed; deposit or withdrawal",
+                    self.subject_kind
+                ),
+            ));
+        }
+        if self.subject.is_zero() {
+            return Err(Error::field(kind, "subject", "must be set"));
+        }
+        Ok(())
     }
 }
 

@@ -316,6 +316,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     set: quorum.set().clone(),
                     worker,
                     settled,
+                    store: store.clone(),
                 })
             }
             _ => None,

@@ -2162,3 +2162,85 @@ async fn forged_attestations_raise_no_alert_write_nothing_and_strike_their_sende
     }
     customer.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_refuses_a_customer_whose_reputation_is_below_its_minimum() {
+    use rigmesh_protocol::wire::WireMessage;
+    use rigmesh_protocol::{ReputationReport, Role as ReportRole};
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let supplier = start_with(Role::Supplier, dirs[4].path(), None, |c| {
+        c.supplier.min_customer_reputation_bp = 8_000;
+    })
+    .await;
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0013").await;
+
+    // Three coordinators report the buyer as a customer who disputes half
+    // of what it uses: 5000 basis points.
+    let now = UnixMillis::now();
+    for i in 0..3 {
+        let member = Keypair::from_seed(seed(i));
+        let report = Signed::sign(
+            ReputationReport {
+                version: PROTOCOL_VERSION,
+                coordinator: member.public(),
+                epoch: 7,
+                subject: buyer.public(),
+                role: ReportRole::Customer,
+                score_bp: 5_000,
+                completed_leases: 4,
+                disputes_lost: 2,
+                missed_windows: 0,
+                refused_leases: 0,
+                fingerprint_changes: 0,
+                period_start: now.minus_ms(3_600_000),
+                period_end: now,
+                created_at: now,
+            },
+            &member,
+        )
+        .unwrap();
+        cs[i]
+            .handle
+            .publish(&WireMessage::ReputationReport(report))
+            .await
+            .unwrap();
+    }
+    let supplier_store = supplier.store.clone();
+    eventually(20, "the reports at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::ReputationReport) >= 3 }
+    })
+    .await;
+
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let request =
+        format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
+    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    assert!(!r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("reputation of at least 8000"), "{r}");
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "20".parse().unwrap(),
+            "nothing was escrowed"
+        );
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}

@@ -1,8 +1,9 @@
-//! Supplier reputation as the customer's order book sees it: the
-//! coordinators' signed `ReputationReport`s gossiped to this node, the
-//! newest report of each coordinator of the set, and the median of their
-//! scores (so no f coordinators can move it past the honest ones).
-//! A supplier with no report has the neutral default.
+//! Reputation as this node sees it: the coordinators' signed
+//! `ReputationReport`s gossiped to it, the newest report of each
+//! coordinator of the set, and the median of their scores (so no f
+//! coordinators can move it past the honest ones). The customer's order
+//! book ranks suppliers by it; a supplier may refuse customers whose score
+//! is too low. An account with no report has the neutral default.
 
 use std::collections::BTreeMap;
 
@@ -15,13 +16,36 @@ pub fn supplier_scores(
     set: Option<&CoordinatorSet>,
     now: UnixMillis,
 ) -> BTreeMap<PublicKey, u16> {
+    scores(store, set, Role::Supplier, now)
+}
+
+/// The median score of `subject` as a customer, basis points, if any
+/// coordinator of `set` reported one.
+pub fn customer_score(
+    store: &MarketStore,
+    set: &CoordinatorSet,
+    subject: &PublicKey,
+    now: UnixMillis,
+) -> Option<u16> {
+    scores(store, Some(set), Role::Customer, now)
+        .get(subject)
+        .copied()
+}
+
+/// Each reported account's score in `role`, basis points.
+fn scores(
+    store: &MarketStore,
+    set: Option<&CoordinatorSet>,
+    role: Role,
+    now: UnixMillis,
+) -> BTreeMap<PublicKey, u16> {
     let Some(set) = set else {
         return BTreeMap::new();
     };
     let mut newest: BTreeMap<(PublicKey, PublicKey), (UnixMillis, u16)> = BTreeMap::new();
     for report in store.all::<ReputationReport>(now).unwrap_or_default() {
         let r = &report.body;
-        if r.role != Role::Supplier || r.epoch != set.epoch() || !set.contains(&r.coordinator) {
+        if r.role != role || r.epoch != set.epoch() || !set.contains(&r.coordinator) {
             continue;
         }
         let slot = newest

@@ -45,6 +45,11 @@ pub struct SupplierConfig {
     /// acks may turn out unpayable (a termination, a dispute), so the rig
     /// stops working for a customer that is gone. 0 never ends one.
     pub unanswered_end_secs: u64,
+    /// Proposals from a customer whose reputation as a customer (the
+    /// median of the coordinators' reports: disputes and unanswered
+    /// windows lower it) is below this, basis points, are refused. A
+    /// customer with no report yet is accepted. 0 accepts everyone.
+    pub min_customer_reputation_bp: u16,
 }
 
 impl Default for SupplierConfig {
@@ -59,6 +64,7 @@ impl Default for SupplierConfig {
             max_temperature_c: 90,
             untaken_alert_hours: 24,
             unanswered_end_secs: 30,
+            min_customer_reputation_bp: 0,
         }
     }
 }

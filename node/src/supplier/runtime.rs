@@ -65,6 +65,8 @@ pub struct Settlement {
     pub worker: mpsc::Sender<SettleEvent>,
     /// What has been settled, by lease.
     pub settled: SettledBook,
+    /// The node's gossip store (the coordinators' reputation reports).
+    pub store: std::sync::Arc<rigmesh_ledger::MarketStore>,
 }
 
 /// Runs the supplier until `stop` turns true, publishing what it sees to
@@ -115,7 +117,7 @@ pub async fn run(
             }
             Some(request) = inbound.recv() => {
                 let before = desk.busy().len();
-                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref()).await {
+                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref(), config.min_customer_reputation_bp).await {
                     if let Ok(lease) = agreement.id() {
                         let p = &agreement.body.proposal.body;
                         book.insert(lease, SupplierLease {
@@ -363,6 +365,7 @@ async fn answer(
     request: InboundRequest,
     source: &mut dyn GpuSource,
     settlement: Option<&Settlement>,
+    min_customer_bp: u16,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
     // An escrow for a lease already running tops it up.
@@ -390,6 +393,14 @@ async fn answer(
     };
     let response = match request.protocol {
         Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
+            Ok(LeaseRequest::Propose(proposal))
+                if refused_customer(&proposal, settlement, min_customer_bp).is_some() =>
+            {
+                let reason =
+                    refused_customer(&proposal, settlement, min_customer_bp).unwrap_or_default();
+                tracing::info!(customer = %proposal.body.customer, %reason, "proposal refused");
+                LeaseResponse::Refused(reason)
+            }
             Ok(LeaseRequest::Propose(proposal)) => {
                 match desk.answer(&proposal, UnixMillis::now()) {
                     // With coordinators, metering starts once the escrow
@@ -465,6 +476,29 @@ async fn reply(network: &NodeHandle, request: InboundRequest, response: LeaseRes
         }
         Err(err) => tracing::warn!(%err, "could not encode an answer"),
     }
+}
+
+/// Why a proposal's customer is refused for its reputation, if it is:
+/// its score as a customer, reported by the coordinators, is below
+/// `min_bp`. A customer with no report is accepted.
+fn refused_customer(
+    proposal: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseProposal>,
+    settlement: Option<&Settlement>,
+    min_bp: u16,
+) -> Option<String> {
+    let s = settlement.filter(|_| min_bp > 0)?;
+    let customer = proposal.body.customer;
+    let score = crate::customer::reputation::customer_score(
+        &s.store,
+        &s.set,
+        &customer,
+        UnixMillis::now(),
+    )?;
+    (score < min_bp).then(|| {
+        format!(
+            "this supplier leases to customers with a reputation of at least {min_bp} basis points; yours is {score}"
+        )
+    })
 }
 
 /// Takes an escrow top-up of a running lease (its customer raised the

@@ -317,6 +317,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     worker,
                     settled,
                     store: store.clone(),
+                    min_customer_bp: config.supplier.min_customer_reputation_bp,
                 })
             }
             _ => None,

@@ -2191,7 +2191,7 @@ async fn a_supplier_refuses_a_customer_whose_reputation_is_below_its_minimum() {
     // Three coordinators report the buyer as a customer who disputes half
     // of what it uses: 5000 basis points.
     let now = UnixMillis::now();
-    for i in 0..3 {
+    for (i, c) in cs.iter().take(3).enumerate() {
         let member = Keypair::from_seed(seed(i));
         let report = Signed::sign(
             ReputationReport {
@@ -2213,8 +2213,7 @@ async fn a_supplier_refuses_a_customer_whose_reputation_is_below_its_minimum() {
             &member,
         )
         .unwrap();
-        cs[i]
-            .handle
+        c.handle
             .publish(&WireMessage::ReputationReport(report))
             .await
             .unwrap();

@@ -67,6 +67,8 @@ pub struct Settlement {
     pub settled: SettledBook,
     /// The node's gossip store (the coordinators' reputation reports).
     pub store: std::sync::Arc<rigmesh_ledger::MarketStore>,
+    /// Customers scored below this are refused (0: nobody is).
+    pub min_customer_bp: u16,
 }
 
 /// Runs the supplier until `stop` turns true, publishing what it sees to
@@ -117,7 +119,7 @@ pub async fn run(
             }
             Some(request) = inbound.recv() => {
                 let before = desk.busy().len();
-                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref(), config.min_customer_reputation_bp).await {
+                if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref()).await {
                     if let Ok(lease) = agreement.id() {
                         let p = &agreement.body.proposal.body;
                         book.insert(lease, SupplierLease {
@@ -365,7 +367,6 @@ async fn answer(
     request: InboundRequest,
     source: &mut dyn GpuSource,
     settlement: Option<&Settlement>,
-    min_customer_bp: u16,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
     // An escrow for a lease already running tops it up.
@@ -394,10 +395,9 @@ async fn answer(
     let response = match request.protocol {
         Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
             Ok(LeaseRequest::Propose(proposal))
-                if refused_customer(&proposal, settlement, min_customer_bp).is_some() =>
+                if refused_customer(&proposal, settlement).is_some() =>
             {
-                let reason =
-                    refused_customer(&proposal, settlement, min_customer_bp).unwrap_or_default();
+                let reason = refused_customer(&proposal, settlement).unwrap_or_default();
                 tracing::info!(customer = %proposal.body.customer, %reason, "proposal refused");
                 LeaseResponse::Refused(reason)
             }
@@ -479,14 +479,14 @@ async fn reply(network: &NodeHandle, request: InboundRequest, response: LeaseRes
 }
 
 /// Why a proposal's customer is refused for its reputation, if it is:
-/// its score as a customer, reported by the coordinators, is below
-/// `min_bp`. A customer with no report is accepted.
+/// its score as a customer, reported by the coordinators, is below the
+/// supplier's minimum. A customer with no report is accepted.
 fn refused_customer(
     proposal: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseProposal>,
     settlement: Option<&Settlement>,
-    min_bp: u16,
 ) -> Option<String> {
-    let s = settlement.filter(|_| min_bp > 0)?;
+    let s = settlement.filter(|s| s.min_customer_bp > 0)?;
+    let min_bp = s.min_customer_bp;
     let customer = proposal.body.customer;
     let score = crate::customer::reputation::customer_score(
         &s.store,

@@ -356,37 +356,41 @@ impl Quorum {
     /// vote too. Returns the certificate, or why none formed and how many
     /// members voted.
     async fn certify_debit(&self, debit: &DebitRequest) -> Result<CertificateFrame, NoQuorum> {
-        let first = debit.first_request(Vec::new());
-        let mut voted = Vec::new();
-        for attempt in 0..2 {
-            let request = if attempt == 0 {
-                first.clone()
-            } else {
-                CoordinatorRequest::CompleteDebit {
+        let frame = match self
+            .ask_debit(debit, &debit.first_request(Vec::new()))
+            .await
+        {
+            Ok(frame) => frame,
+            Err((no, votes)) if votes.is_empty() => return Err(no),
+            Err((_, votes)) => {
+                let again = CoordinatorRequest::CompleteDebit {
                     debit: Box::new(debit.clone()),
-                    votes: voted.clone(),
-                }
-            };
-            let result = match debit {
-                DebitRequest::Escrow { order, .. } => self
-                    .certify_votes(order, &request)
-                    .await
-                    .map(|c| CertificateFrame::Escrow(Box::new(c))),
-                DebitRequest::Withdraw(w) => self
-                    .certify_votes(w, &request)
-                    .await
-                    .map(|c| CertificateFrame::Withdrawal(Box::new(c))),
-            };
-            match result {
-                Ok(frame) => {
-                    self.deliver(frame.clone()).await;
-                    return Ok(frame);
-                }
-                Err((_, votes)) if attempt == 0 && !votes.is_empty() => voted = votes,
-                Err((no, _)) => return Err(no),
+                    votes,
+                };
+                self.ask_debit(debit, &again).await.map_err(|(no, _)| no)?
             }
+        };
+        self.deliver(frame.clone()).await;
+        Ok(frame)
+    }
+
+    /// One round of votes for `debit` with `request`: its certificate, or
+    /// why none formed with the valid votes that came back.
+    async fn ask_debit(
+        &self,
+        debit: &DebitRequest,
+        request: &CoordinatorRequest,
+    ) -> Result<CertificateFrame, (NoQuorum, Vec<Signed<Vote>>)> {
+        match debit {
+            DebitRequest::Escrow { order, .. } => self
+                .certify_votes(order, request)
+                .await
+                .map(|c| CertificateFrame::Escrow(Box::new(c))),
+            DebitRequest::Withdraw(w) => self
+                .certify_votes(w, request)
+                .await
+                .map(|c| CertificateFrame::Withdrawal(Box::new(c))),
         }
-        unreachable!("the second attempt returns")
     }
 
     /// Completes `account`'s debit still in flight, if one is kept and

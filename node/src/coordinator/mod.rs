@@ -49,6 +49,10 @@ pub struct CoordinatorRole {
     pub limiter: std::sync::Mutex<health::AlertLimiter>,
     /// A deposit above this raises an operator alert.
     pub deposit_alert_above: Option<rigmesh_protocol::Credits>,
+    /// Deposits applied from a direct request, to gossip: the admin's
+    /// tool that sent them is short-lived and may have reached no gossip
+    /// peer, so the coordinators spread them to every node's receipts.
+    pub deposits_out: std::sync::Mutex<Vec<Signed<rigmesh_protocol::Deposit>>>,
 }
 
 impl CoordinatorRole {
@@ -72,6 +76,7 @@ impl CoordinatorRole {
             health: std::sync::Mutex::new(health::Watch::default()),
             limiter: std::sync::Mutex::new(health::AlertLimiter::default()),
             deposit_alert_above: None,
+            deposits_out: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -290,9 +295,9 @@ impl CoordinatorRole {
             CoordinatorRequest::Held(kind) => return self.held(kind),
             CoordinatorRequest::Settle(bundle) => self.vote_settlement(*bundle, now),
             CoordinatorRequest::Deposit(deposit) => {
-                return applied(self.apply(&CertificateFrame::Deposit(deposit), now))
+                return self.apply_direct(CertificateFrame::Deposit(deposit), now)
             }
-            CoordinatorRequest::Apply(frame) => return applied(self.apply(&frame, now)),
+            CoordinatorRequest::Apply(frame) => return self.apply_direct(frame, now),
             CoordinatorRequest::Account(account) => {
                 return match self.account_state(account) {
                     Ok(state) => CoordinatorResponse::Account(state),
@@ -326,6 +331,19 @@ impl CoordinatorRole {
             Ok(vote) => CoordinatorResponse::Vote(vote),
             Err(refusal) => CoordinatorResponse::Refused(refusal.to_string()),
         }
+    }
+
+    /// Applies a certificate or deposit handed over directly, and queues a
+    /// newly applied deposit for gossip.
+    fn apply_direct(&self, frame: CertificateFrame, now: UnixMillis) -> CoordinatorResponse {
+        let result = self.apply(&frame, now);
+        if let (Ok(Applied::Applied), CertificateFrame::Deposit(deposit)) = (&result, frame) {
+            self.deposits_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(deposit);
+        }
+        applied(result)
     }
 
     /// Keeps a customer's termination of a funded lease as settlement
@@ -745,6 +763,17 @@ pub async fn run(
                         if let Err(err) = network.publish(&WireMessage::ReputationReport(report)).await {
                             tracing::debug!(%err, "report stored; not gossiped yet");
                         }
+                    }
+                }
+                let deposits: Vec<_> = std::mem::take(
+                    &mut *role
+                        .deposits_out
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                for deposit in deposits {
+                    if let Err(err) = network.publish(&WireMessage::Deposit(deposit)).await {
+                        tracing::debug!(%err, "deposit not gossiped again");
                     }
                 }
                 for alert in role.take_alerts() {

@@ -340,11 +340,11 @@ pub struct Completed {
     pub certificate: CertificateFrame,
 }
 
-/// The message a debit asks votes for.
-fn debit_message(debit: &DebitRequest) -> (&'static str, u64) {
+/// What kind of debit it is, for the log.
+fn debit_kind(debit: &DebitRequest) -> &'static str {
     match debit {
-        DebitRequest::Escrow { order, .. } => ("escrow", order.body.seq),
-        DebitRequest::Withdraw(w) => ("withdrawal", w.body.seq),
+        DebitRequest::Escrow { .. } => "escrow",
+        DebitRequest::Withdraw(_) => "withdrawal",
     }
 }
 
@@ -432,7 +432,7 @@ impl Quorum {
                 return Ok(None);
             }
         };
-        let (what, _) = debit_message(&debit);
+        let what = debit_kind(&debit);
         match self.certify_debit(&debit).await {
             Ok(certificate) => {
                 tracing::info!(%account, seq, what, "an earlier debit in flight is certified");

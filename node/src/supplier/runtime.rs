@@ -369,16 +369,36 @@ async fn answer(
     settlement: Option<&Settlement>,
 ) -> Option<rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>> {
     let mut agreed = None;
-    // An escrow for a lease already running tops it up.
-    if let (Protocol::Lease, Some(s)) = (request.protocol, settlement) {
-        if let Ok(LeaseRequest::Fund(certificate)) = LeaseRequest::from_bytes(&request.bytes) {
-            if meters.contains_key(&certificate.message.body.lease) {
-                let response = top_up(desk, meters, certificate, s).await;
-                reply(network, request, response).await;
-                return None;
-            }
+    let decoded = match request.protocol {
+        Protocol::Lease => Some(LeaseRequest::from_bytes(&request.bytes)),
+        _ => None,
+    };
+    // Answered before anything is reserved or started: a customer below
+    // this supplier's reputation minimum, and an escrow that tops up a
+    // lease already running.
+    let early = match (&decoded, settlement) {
+        (Some(Ok(LeaseRequest::Propose(proposal))), Some(s)) => {
+            refused_customer(proposal, s).map(|reason| {
+                tracing::info!(customer = %proposal.body.customer, %reason, "proposal refused");
+                LeaseResponse::Refused(reason)
+            })
         }
-    }
+        _ => None,
+    };
+    let decoded = match (decoded, settlement, early) {
+        (_, _, Some(response)) => {
+            reply(network, request, response).await;
+            return None;
+        }
+        (Some(Ok(LeaseRequest::Fund(certificate))), Some(s), None)
+            if meters.contains_key(&certificate.message.body.lease) =>
+        {
+            let response = top_up(desk, meters, certificate, s).await;
+            reply(network, request, response).await;
+            return None;
+        }
+        (decoded, _, None) => decoded,
+    };
     let mut start = |agreement: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseAgreement>,
                      escrow: Option<rigmesh_protocol::Credits>| {
         Meter::new(agreement, key.clone()).map(|meter| {
@@ -392,15 +412,8 @@ async fn answer(
             meters.insert(meter.lease(), meter);
         })
     };
-    let response = match request.protocol {
-        Protocol::Lease => match LeaseRequest::from_bytes(&request.bytes) {
-            Ok(LeaseRequest::Propose(proposal))
-                if refused_customer(&proposal, settlement).is_some() =>
-            {
-                let reason = refused_customer(&proposal, settlement).unwrap_or_default();
-                tracing::info!(customer = %proposal.body.customer, %reason, "proposal refused");
-                LeaseResponse::Refused(reason)
-            }
+    let response = match decoded {
+        Some(lease_request) => match lease_request {
             Ok(LeaseRequest::Propose(proposal)) => {
                 match desk.answer(&proposal, UnixMillis::now()) {
                     // With coordinators, metering starts once the escrow
@@ -458,7 +471,10 @@ async fn answer(
             }
             Err(err) => LeaseResponse::Refused(format!("malformed request: {err}")),
         },
-        other => LeaseResponse::Refused(format!("a supplier does not serve {other:?} requests")),
+        None => LeaseResponse::Refused(format!(
+            "a supplier does not serve {:?} requests",
+            request.protocol
+        )),
     };
     reply(network, request, response).await;
     agreed
@@ -483,10 +499,12 @@ async fn reply(network: &NodeHandle, request: InboundRequest, response: LeaseRes
 /// supplier's minimum. A customer with no report is accepted.
 fn refused_customer(
     proposal: &rigmesh_protocol::Signed<rigmesh_protocol::LeaseProposal>,
-    settlement: Option<&Settlement>,
+    s: &Settlement,
 ) -> Option<String> {
-    let s = settlement.filter(|s| s.min_customer_bp > 0)?;
     let min_bp = s.min_customer_bp;
+    if min_bp == 0 {
+        return None;
+    }
     let customer = proposal.body.customer;
     let score = crate::customer::reputation::customer_score(
         &s.store,

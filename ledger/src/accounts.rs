@@ -40,6 +40,8 @@ pub enum Account {
     Escrow(Id),
     /// Charged to a lease and being paid out.
     Payable(Id),
+    /// Held out of a lease's escrow while a dispute is reviewed.
+    Disputed(Id),
 }
 
 impl Account {
@@ -56,6 +58,7 @@ impl Account {
             Account::User(_) => 2,
             Account::Escrow(_) => 3,
             Account::Payable(_) => 4,
+            Account::Disputed(_) => 5,
         }
     }
 }
@@ -68,6 +71,7 @@ impl fmt::Display for Account {
             Account::User(key) => write!(f, "account {key}"),
             Account::Escrow(lease) => write!(f, "escrow of lease {lease}"),
             Account::Payable(lease) => write!(f, "payable of lease {lease}"),
+            Account::Disputed(lease) => write!(f, "disputed of lease {lease}"),
         }
     }
 }
@@ -78,7 +82,9 @@ impl Key for Account {
         match self {
             Account::External | Account::Fees => {}
             Account::User(key) => key.write_key(out),
-            Account::Escrow(lease) | Account::Payable(lease) => lease.write_key(out),
+            Account::Escrow(lease) | Account::Payable(lease) | Account::Disputed(lease) => {
+                lease.write_key(out)
+            }
         }
     }
 
@@ -89,6 +95,7 @@ impl Key for Account {
             2 => Ok(Account::User(PublicKey::read_key(input)?)),
             3 => Ok(Account::Escrow(Id::read_key(input)?)),
             4 => Ok(Account::Payable(Id::read_key(input)?)),
+            5 => Ok(Account::Disputed(Id::read_key(input)?)),
             tag => Err(Error::corrupt("account key", format!("unknown tag {tag}"))),
         }
     }
@@ -111,6 +118,12 @@ pub enum Movement {
     Refund,
     /// Money leaves: user -> external.
     Withdrawal,
+    /// A disputed window's charge is held for review: escrow -> disputed.
+    DisputeHold,
+    /// A resolution pays out what a dispute held: disputed -> payable.
+    DisputePayment,
+    /// A resolution returns what a dispute held: disputed -> user.
+    DisputeRefund,
 }
 
 impl Movement {
@@ -124,6 +137,9 @@ impl Movement {
             Movement::CoordinatorFee => "coordinator fee",
             Movement::Refund => "refund",
             Movement::Withdrawal => "withdrawal",
+            Movement::DisputeHold => "dispute hold",
+            Movement::DisputePayment => "dispute payment",
+            Movement::DisputeRefund => "dispute refund",
         }
     }
 

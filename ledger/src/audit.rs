@@ -73,6 +73,8 @@ pub enum Action {
     HeldForReview,
     /// An admin approved or rejected a held deposit or withdrawal.
     ReviewDecided,
+    /// A certified resolution of a dispute case moved what it held.
+    DisputeResolved,
 }
 
 /// One audit record.

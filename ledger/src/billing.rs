@@ -143,6 +143,9 @@ pub struct Payout {
     pub supplier: Credits,
     /// Returned to the customer (final settlement only).
     pub refund: Credits,
+    /// Kept out of the escrow for review: the charge for the held
+    /// windows, capped at what the escrow keeps after `paid_now`.
+    pub held: Credits,
 }
 
 /// The payout function: usage `billable_gpu_ms` at `price`, against an
@@ -151,6 +154,28 @@ pub struct Payout {
 pub fn payout(
     price_per_gpu_hour: Credits,
     billable_gpu_ms: u64,
+    available: Credits,
+    rate: FeeRate,
+    final_settlement: bool,
+) -> Result<Payout> {
+    payout_holding(
+        price_per_gpu_hour,
+        billable_gpu_ms,
+        0,
+        available,
+        rate,
+        final_settlement,
+    )
+}
+
+/// [`payout`] of a range in which windows of `held_gpu_ms` are held for
+/// review (specs/settlement.md 8.3): the paid windows are charged first,
+/// then the held ones' charge is kept out of the escrow, as far as it
+/// holds; a final settlement refunds only what is neither paid nor held.
+pub fn payout_holding(
+    price_per_gpu_hour: Credits,
+    billable_gpu_ms: u64,
+    held_gpu_ms: u64,
     available: Credits,
     rate: FeeRate,
     final_settlement: bool,
@@ -166,10 +191,12 @@ pub fn payout(
     let supplier = paid_now
         .checked_sub(fee)
         .ok_or(Error::Overflow("the supplier's share"))?;
+    let left = available
+        .checked_sub(paid_now)
+        .ok_or(Error::Overflow("an escrow's remainder"))?;
+    let held = charge(price_per_gpu_hour, held_gpu_ms)?.min(left);
     let refund = if final_settlement {
-        available
-            .checked_sub(paid_now)
-            .ok_or(Error::Overflow("a refund"))?
+        left.checked_sub(held).ok_or(Error::Overflow("a refund"))?
     } else {
         Credits::ZERO
     };
@@ -180,6 +207,7 @@ pub fn payout(
         fee,
         supplier,
         refund,
+        held,
     })
 }
 
@@ -288,14 +316,16 @@ mod tests {
         fn payouts_never_exceed_the_escrow_and_split_exactly(
             price in 1i64..100_000_000_000,
             gpu_ms in 0u64..100_000_000_000,
+            held_gpu_ms in prop_oneof![Just(0u64), 0u64..100_000_000_000],
             available in 0i64..1_000_000_000_000,
             ppm in 0u32..1_000_000,
             final_settlement: bool,
         ) {
             let available = Credits::from_units(available);
-            let p = payout(
+            let p = payout_holding(
                 Credits::from_units(price),
                 gpu_ms,
+                held_gpu_ms,
                 available,
                 FeeRate::from_ppm(ppm).unwrap(),
                 final_settlement,
@@ -304,7 +334,11 @@ mod tests {
             prop_assert!(p.paid_now <= available);
             prop_assert_eq!(p.supplier.units() + p.fee.units(), p.paid_now.units());
             prop_assert!(!p.fee.is_negative() && !p.supplier.is_negative());
-            let out = p.paid_now.units() + p.refund.units();
+            prop_assert!(!p.held.is_negative() && !p.refund.is_negative());
+            // Paid windows come first; what is held never eats into them.
+            prop_assert_eq!(p.paid_now, p.gross.min(available));
+            prop_assert!(p.held <= charge(Credits::from_units(price), held_gpu_ms).unwrap());
+            let out = p.paid_now.units() + p.refund.units() + p.held.units();
             if final_settlement {
                 prop_assert_eq!(out, available.units());
             } else {

@@ -124,18 +124,21 @@ pub struct Totals {
     pub escrow: Credits,
     /// Charged and not yet paid out (zero between calls).
     pub payable: Credits,
+    /// Held out of escrows while disputes are reviewed.
+    pub disputed: Credits,
     /// The external account: minus (deposits - withdrawals).
     pub external: Credits,
 }
 
 impl Totals {
-    /// Everything held inside rigmesh: users + fees + escrow + payable.
-    /// Equals deposits minus withdrawals.
+    /// Everything held inside rigmesh: users + fees + escrow + payable +
+    /// disputed. Equals deposits minus withdrawals.
     pub fn held(&self) -> Result<Credits> {
         self.users
             .checked_add(self.fees)
             .and_then(|c| c.checked_add(self.escrow))
             .and_then(|c| c.checked_add(self.payable))
+            .and_then(|c| c.checked_add(self.disputed))
             .ok_or(Error::Overflow("the sum of balances"))
     }
 }
@@ -264,6 +267,12 @@ pub(crate) fn settlement_posting<'a, S: Store>(
             escrow,
             Account::User(customer),
             payout.refund,
+        ),
+        (
+            Movement::DisputeHold,
+            escrow,
+            Account::Disputed(*lease),
+            payout.held,
         ),
     ];
     let mut posting = Posting::new(store)?;
@@ -404,7 +413,12 @@ impl<S: Store> Ledger<S> {
         if let Some(leg) = entry
             .legs
             .iter()
-            .find(|l| matches!(l.account, Account::Escrow(_) | Account::Payable(_)))
+            .find(|l| {
+                matches!(
+                    l.account,
+                    Account::Escrow(_) | Account::Payable(_) | Account::Disputed(_)
+                )
+            })
         {
             return Err(Error::WrongAccount {
                 account: leg.account,
@@ -657,6 +671,7 @@ impl<S: Store> Ledger<S> {
                 Account::User(_) => &mut totals.users,
                 Account::Escrow(_) => &mut totals.escrow,
                 Account::Payable(_) => &mut totals.payable,
+                Account::Disputed(_) => &mut totals.disputed,
             };
             *slot = slot
                 .checked_add(balance)

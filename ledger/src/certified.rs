@@ -20,10 +20,11 @@ use crate::accounts::{Account, JournalEntry, Movement};
 use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
+use crate::disputes::DisputeCase;
 use crate::columns::{
-    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences, Held,
-    KnownDestinations, LeaseBooks, PendingCertificates, SettlementHeads, SettlementLocks,
-    TypedStore,
+    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences,
+    DisputeCases, Held, KnownDestinations, LeaseBooks, PendingCertificates, RefutedDisputes,
+    SettlementHeads, SettlementLocks, TypedStore,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};
@@ -148,6 +149,8 @@ pub struct Settlement {
     pub fee: Credits,
     /// Back to the customer.
     pub refund: Credits,
+    /// Held out of the escrow for review (a dispute case).
+    pub held: Credits,
     /// Closes the lease.
     pub final_settlement: bool,
     /// Whether it covers any window (an escrow release may cover none).
@@ -189,6 +192,7 @@ impl Settlement {
             supplier_amount: r.supplier_amount,
             fee: r.fee,
             refund: r.refund,
+            held: r.held,
             final_settlement: r.final_settlement,
             covers_windows: true,
         })
@@ -211,6 +215,7 @@ impl Settlement {
             supplier_amount: r.supplier_amount,
             fee: r.fee,
             refund: r.refund,
+            held: Credits::ZERO,
             final_settlement: true,
             covers_windows: r.windows > 0,
         })
@@ -304,6 +309,7 @@ impl<S: Store> Ledger<S> {
         settlement_seq: u64,
         subject: &Id,
         counts: &WindowCounts,
+        refuted: u64,
         cause: &Cause,
     ) -> Result<Lock> {
         self.take_lock::<SettlementLocks>(
@@ -314,11 +320,16 @@ impl<S: Store> Ledger<S> {
                 counts.windows, counts.disputed, counts.unanswered
             ),
             cause,
-            |batch| self.put_vote_evidence(batch, subject, counts),
+            |batch| {
+                if refuted > 0 {
+                    batch.put_in::<RefutedDisputes>(subject, &refuted)?;
+                }
+                self.put_vote_evidence(batch, subject, counts)
+            },
         )
     }
 
-    fn take_lock<C>(
+    pub(crate) fn take_lock<C>(
         &self,
         key: &C::Key,
         subject: &Id,
@@ -441,7 +452,7 @@ impl<S: Store> Ledger<S> {
             let mut batch = Batch::new();
             batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
             batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
-            self.mark_applied(&mut batch, kind, &debit.subject, bytes, cause.at)?;
+            self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
             self.commit(
                 &guard,
                 batch,
@@ -519,7 +530,7 @@ impl<S: Store> Ledger<S> {
             .ok_or(Error::Overflow("a debit sequence"))?;
         batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
         batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
-        self.mark_applied(&mut batch, kind, &debit.subject, bytes, cause.at)?;
+        self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
         self.commit(
             &guard,
             batch,
@@ -636,14 +647,16 @@ impl<S: Store> Ledger<S> {
             return Ok(Applied::Pending(reason));
         }
         let paid_now = add(s.supplier_amount, s.fee, "a settlement's payout")?;
-        let total = add(paid_now, s.refund, "a settlement's total")?;
+        let taken = add(paid_now, s.held, "a settlement's payout and hold")?;
+        let total = add(taken, s.refund, "a settlement's total")?;
         let available = book.available()?;
-        // A final settlement refunds all the escrow still holds: more than
-        // it states when a top-up was applied here after it was voted on.
+        // A final settlement refunds all the escrow still holds but what it
+        // holds for review: more than it states when a top-up was applied
+        // here after it was voted on.
         let fits = total <= available;
         let refund = if s.final_settlement {
             available
-                .checked_sub(paid_now)
+                .checked_sub(taken)
                 .ok_or(Error::Overflow("a final refund"))?
         } else {
             s.refund
@@ -674,13 +687,31 @@ impl<S: Store> Ledger<S> {
                 fee: s.fee,
                 supplier: s.supplier_amount,
                 refund,
+                held: s.held,
             },
             (s.supplier, s.customer),
             cause.at,
             s.subject,
         )?;
         let mut batch = posting.finish()?;
-        book.paid = add(book.paid, paid_now, "an escrow's paid total")?;
+        // What is held leaves the escrow as what is paid does: the lease's
+        // remainder never counts it again.
+        book.paid = add(book.paid, taken, "an escrow's paid total")?;
+        if !s.held.is_zero() {
+            batch.put_in::<DisputeCases>(
+                &(s.lease, s.settlement_seq),
+                &DisputeCase {
+                    request: s.subject,
+                    supplier: s.supplier,
+                    customer: s.customer,
+                    held: s.held,
+                    first_window: s.first_window,
+                    last_window: s.last_window,
+                    opened_at: cause.at,
+                    resolution: None,
+                },
+            )?;
+        }
         book.next_settlement_seq = s
             .settlement_seq
             .checked_add(1)
@@ -702,8 +733,22 @@ impl<S: Store> Ledger<S> {
             fee: s.fee,
             supplier: s.supplier_amount,
             refund,
+            held: s.held,
         };
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
+        // Disputes a rule decided against the customer when this
+        // coordinator voted.
+        let refuted = self
+            .store()
+            .get_in::<RefutedDisputes>(&s.subject)?
+            .unwrap_or(0);
+        self.add_dispute_outcome(
+            &mut batch,
+            (s.customer, Side::Customer),
+            (s.supplier, Side::Supplier),
+            refuted,
+            cause.at,
+        )?;
         let counts = match self.vote_evidence(&s.subject)? {
             Some(counts) => counts,
             // Not voted for here: the certificate's own numbers.
@@ -732,7 +777,7 @@ impl<S: Store> Ledger<S> {
             s.final_settlement,
             cause.at,
         )?;
-        self.mark_applied(&mut batch, kind, &s.subject, bytes, cause.at)?;
+        self.mark_applied_in(&mut batch, kind, &s.subject, bytes, cause.at)?;
         self.commit(
             &guard,
             batch,
@@ -792,7 +837,7 @@ impl<S: Store> Ledger<S> {
         let mut batch = posting.finish()?;
         batch.put_in::<DepositReferences>(reference, subject)?;
         batch.delete_in::<Held>(&(CertificateKind::Deposit, *subject));
-        self.mark_applied(
+        self.mark_applied_in(
             &mut batch,
             CertificateKind::Deposit,
             subject,
@@ -809,7 +854,7 @@ impl<S: Store> Ledger<S> {
         Ok(Applied::Applied)
     }
 
-    fn mark_applied(
+    pub(crate) fn mark_applied_in(
         &self,
         batch: &mut Batch,
         kind: CertificateKind,

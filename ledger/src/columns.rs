@@ -35,6 +35,10 @@
 //! | [`Held`] | `ledger/held` | (kind, subject) | [`HeldMessage`] |
 //! | [`HeldDebits`] | `ledger/held_debits` | (account, seq) | withdrawal id held |
 //! | [`KnownDestinations`] | `ledger/destinations` | (account, hash of destination) | withdrawal id |
+//! | [`DisputeCases`] | `ledger/dispute_cases` | (lease, settlement seq) | [`DisputeCase`] |
+//! | [`ResolutionLocks`] | `ledger/resolution_locks` | (lease, settlement seq) | resolution voted for |
+//! | [`RefutedDisputes`] | `ledger/refuted_disputes` | settlement request id | disputes a rule decided against the customer |
+//! | [`DisputeOutcomes`] | `ledger/dispute_outcomes` | (account, side) | [`DisputeRecord`] |
 
 use std::marker::PhantomData;
 use std::ops::Bound;
@@ -46,6 +50,7 @@ use crate::audit::{AuditHead, SealedAudit};
 use crate::books::{JournalHead, LeaseBook};
 use crate::certified::{AppliedRecord, PendingSince};
 use crate::codec::{Record, StoredMessage};
+use crate::disputes::{DisputeCase, DisputeRecord};
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyPrefix, KeyReader, ShortBytes};
 use crate::messages::CertificateKind;
@@ -222,6 +227,24 @@ column!(
 column!(
     /// Destinations each account has a withdrawal to applied.
     KnownDestinations, "ledger/destinations", (PublicKey, Id), Id
+);
+
+column!(
+    /// Amounts settlements held for review, per case.
+    DisputeCases, "ledger/dispute_cases", (Id, u64), DisputeCase
+);
+column!(
+    /// The resolution a coordinator voted for, per case.
+    ResolutionLocks, "ledger/resolution_locks", (Id, u64), Id
+);
+column!(
+    /// Disputes of a voted settlement request that a rule decided against
+    /// the customer.
+    RefutedDisputes, "ledger/refuted_disputes", Id, u64
+);
+column!(
+    /// Disputes lost per account and side (decayed like reputation).
+    DisputeOutcomes, "ledger/dispute_outcomes", (PublicKey, u8), DisputeRecord
 );
 
 column!(

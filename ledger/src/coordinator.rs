@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 
 use rigmesh_protocol::rpc::DebitRequest;
 use rigmesh_protocol::{
-    Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, EscrowCertificate,
-    EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement, LeaseTermination, PublicKey,
-    ReleaseCertificate, SettlementCertificate, SettlementRequest, Signed, UnixMillis, UsageAck,
+    Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, DisputeResolution,
+    EscrowCertificate, EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement,
+    LeaseTermination, PublicKey, ReleaseCertificate, ResolutionCertificate,
+    SettlementCertificate, SettlementRequest, Signed, UnixMillis, UsageAck,
     UsageAttestation, UsageDispute, Vote, Withdrawal, WithdrawalCertificate,
 };
 
 use crate::billing::{self, FeeRate, Payout};
 use crate::certified::{Applied, Lock};
+use crate::disputes::Answer;
 use crate::error::Error;
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
@@ -139,8 +141,13 @@ pub enum WindowStatus {
     Acked,
     /// No answer, and the timeout passed.
     AcceptedByTimeout,
-    /// The customer disputed it (or answered about another attestation).
+    /// The customer disputed it and no rule decides the dispute, or
+    /// answered about another attestation: held for review.
     Disputed,
+    /// Disputed, but decided by rule against the customer (the customer
+    /// acked this very attestation, or every reason given is one the
+    /// attestation's checks refute): paid.
+    Refuted,
     /// Not yet decided.
     Undecided,
     /// Not acked, and it started after the customer's signed termination
@@ -184,6 +191,7 @@ struct Claim {
     supplier_amount: Credits,
     fee: Credits,
     refund: Credits,
+    held: Credits,
     final_settlement: bool,
 }
 
@@ -274,7 +282,7 @@ fn window_counts(ev: &Windows<'_>, statuses: &[(u64, WindowStatus)]) -> WindowCo
             counts.short += 1;
         }
         match status {
-            WindowStatus::Acked => counts.acked += 1,
+            WindowStatus::Acked | WindowStatus::Refuted => counts.acked += 1,
             WindowStatus::AcceptedByTimeout | WindowStatus::AfterTermination => {
                 counts.unanswered += 1
             }
@@ -867,22 +875,24 @@ impl<'l, S: Store> Coordinator<'l, S> {
         let by_customer = |lease: Id, customer: PublicKey, seq: u64| {
             lease == a.lease && customer == a.customer && seq == a.seq
         };
-        let disputed = disputes.iter().any(|d| {
-            by_customer(d.body.lease, d.body.customer, d.body.seq) && d.verify_record().is_ok()
-        });
-        let wrong_ack = acks.iter().any(|k| {
-            by_customer(k.body.lease, k.body.customer, k.body.seq)
-                && k.body.attestation != id
-                && k.verify_record().is_ok()
-        });
-        if disputed || wrong_ack {
-            return WindowStatus::Disputed;
-        }
-        let acked = acks.iter().any(|k| {
-            by_customer(k.body.lease, k.body.customer, k.body.seq)
-                && k.body.attestation == id
-                && k.verify_record().is_ok()
-        });
+        let acks = acks
+            .iter()
+            .filter(|k| {
+                by_customer(k.body.lease, k.body.customer, k.body.seq) && k.verify_record().is_ok()
+            })
+            .map(|k| &k.body);
+        let disputes = disputes
+            .iter()
+            .filter(|d| {
+                by_customer(d.body.lease, d.body.customer, d.body.seq) && d.verify_record().is_ok()
+            })
+            .map(|d| &d.body);
+        let acked = match crate::disputes::answer(id, acks, disputes) {
+            Answer::Held => return WindowStatus::Disputed,
+            Answer::Refuted => return WindowStatus::Refuted,
+            Answer::Acked => true,
+            Answer::None => false,
+        };
         if acked {
             WindowStatus::Acked
         } else if now >= a.window_end.plus_ms(self.config.unacked_timeout_ms) {
@@ -933,10 +943,11 @@ impl<'l, S: Store> Coordinator<'l, S> {
             supplier_amount: r.supplier_amount,
             fee: r.fee,
             refund: r.refund,
+            held: r.held,
             final_settlement: r.final_settlement,
         };
-        let counts = self.claim_rules(&claim, &Windows::from(ev), subject, now, None)?;
-        self.lock_and_vote(&claim, subject, &counts, ev.request, now)
+        let (counts, refuted) = self.claim_rules(&claim, &Windows::from(ev), subject, now, None)?;
+        self.lock_and_vote(&claim, subject, (&counts, refuted), ev.request, now)
     }
 
     /// The voting rule for an escrow release (section 8.5): the rules of
@@ -983,23 +994,24 @@ impl<'l, S: Store> Coordinator<'l, S> {
             supplier_amount: r.supplier_amount,
             fee: r.fee,
             refund: r.refund,
+            held: Credits::ZERO,
             final_settlement: true,
         };
-        let counts = self.claim_rules(
+        let (counts, _) = self.claim_rules(
             &claim,
             &Windows::from(ev),
             subject,
             now,
             Some(self.config.release_grace_ms),
         )?;
-        self.lock_and_vote(&claim, subject, &counts, release, now)
+        self.lock_and_vote(&claim, subject, (&counts, 0), release, now)
     }
 
     fn lock_and_vote<T: Certifiable>(
         &self,
         claim: &Claim,
         subject: Id,
-        counts: &WindowCounts,
+        (counts, refuted): (&WindowCounts, u64),
         message: &Signed<T>,
         now: UnixMillis,
     ) -> Result<Signed<Vote>, Refusal> {
@@ -1008,6 +1020,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
             claim.settlement_seq,
             &subject,
             counts,
+            refuted,
             &self.cause(subject, now),
         )? {
             Lock::Taken | Lock::Same => self.sign_vote(message),
@@ -1020,7 +1033,8 @@ impl<'l, S: Store> Coordinator<'l, S> {
 
     /// Rules 5 to 13 of 8.2 for a settlement or an escrow release; with
     /// `release_grace`, also the release's rules of 8.5. Returns the
-    /// window counts for reputation.
+    /// window counts for reputation and the disputes a rule decided
+    /// against the customer.
     fn claim_rules(
         &self,
         claim: &Claim,
@@ -1028,7 +1042,7 @@ impl<'l, S: Store> Coordinator<'l, S> {
         subject: Id,
         now: UnixMillis,
         release_grace: Option<u64>,
-    ) -> Result<WindowCounts, Refusal> {
+    ) -> Result<(WindowCounts, u64), Refusal> {
         let g = ev.agreement;
         g.verify_record()
             .map_err(|e| Refusal::new("lease_mismatch", e.to_string()))?;
@@ -1133,42 +1147,66 @@ impl<'l, S: Store> Coordinator<'l, S> {
                 format!("window {seq} is neither acked, disputed nor past the timeout"),
             ));
         }
+        // A settlement pays what is acked, accepted or refuted by rule and
+        // holds what is disputed; a release, the customer's own claim,
+        // pays only what it acked or let pass and holds nothing.
+        let release = release_grace.is_some();
         let mut meter = billing::Meter::default();
+        let mut held = billing::Meter::default();
+        let mut refuted = 0u64;
         for (a, (_, status)) in ev.attestations.iter().zip(&statuses) {
-            let billable = match status {
-                WindowStatus::Acked | WindowStatus::AcceptedByTimeout => a.body.billable_gpu_ms,
-                WindowStatus::Disputed
+            let ms = a.body.billable_gpu_ms;
+            let (paid, hold) = match status {
+                WindowStatus::Acked | WindowStatus::AcceptedByTimeout => (ms, 0),
+                WindowStatus::Refuted if !release => {
+                    refuted += 1;
+                    (ms, 0)
+                }
+                WindowStatus::Disputed if !release => (0, ms),
+                WindowStatus::Refuted
+                | WindowStatus::Disputed
                 | WindowStatus::Undecided
-                | WindowStatus::AfterTermination => 0,
+                | WindowStatus::AfterTermination => (0, 0),
             };
             meter
-                .add_window(billable)
+                .add_window(paid)
+                .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
+            held.add_window(hold)
                 .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
         }
-        let payout = self
-            .payout(g, meter.gpu_ms(), book.available()?, claim.final_settlement)
-            .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
+        let payout = billing::payout_holding(
+            g.body.proposal.body.price_per_gpu_hour,
+            meter.gpu_ms(),
+            held.gpu_ms(),
+            book.available()?,
+            self.config.fee_rate,
+            claim.final_settlement,
+        )
+        .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
         if payout.billable_gpu_ms != claim.billable_gpu_ms
             || payout.supplier != claim.supplier_amount
             || payout.fee != claim.fee
             || payout.refund != claim.refund
+            || payout.held != claim.held
         {
             return Err(Refusal::new(
                 "payout_mismatch",
                 format!(
-                    "computed {} GPU-ms, supplier {}, fee {}, refund {}; the request states {}, {}, {}, {}",
+                    "computed {} GPU-ms, supplier {}, fee {}, refund {}, held {}; the request states {}, {}, {}, {}, {}",
                     payout.billable_gpu_ms,
                     payout.supplier,
                     payout.fee,
                     payout.refund,
+                    payout.held,
                     claim.billable_gpu_ms,
                     claim.supplier_amount,
                     claim.fee,
-                    claim.refund
+                    claim.refund,
+                    claim.held
                 ),
             ));
         }
-        Ok(window_counts(ev, &statuses))
+        Ok((window_counts(ev, &statuses), refuted))
     }
 
     /// The payout of section 8.3 for `gpu_ms` of lease `agreement`.
@@ -1304,6 +1342,72 @@ impl<'l, S: Store> Coordinator<'l, S> {
         })
     }
 
+    /// The voting rule for an admin's resolution of a dispute case
+    /// (section 7.2): signed by a configured admin key, addressed to this
+    /// epoch, for a case this coordinator holds open with the same amount,
+    /// and the first resolution of that case it votes for.
+    pub fn vote_resolution(
+        &self,
+        resolution: &Signed<DisputeResolution>,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        let subject = resolution.id().unwrap_or(Id::ZERO);
+        self.resolution_rules(resolution, subject, now)
+            .map_err(|r| self.refuse("vote on dispute resolution", subject, now, r))
+    }
+
+    fn resolution_rules(
+        &self,
+        resolution: &Signed<DisputeResolution>,
+        subject: Id,
+        now: UnixMillis,
+    ) -> Result<Signed<Vote>, Refusal> {
+        resolution.verify_record()?;
+        let r = &resolution.body;
+        if self.ledger.resolution_lock(&r.lease, r.settlement_seq)? == Some(subject) {
+            return self.sign_vote(resolution);
+        }
+        self.clock(now).check(
+            rigmesh_protocol::Kind::DisputeResolution,
+            Some(r.created_at),
+            None,
+        )?;
+        self.check_epoch(r.epoch)?;
+        if !self.is_admin(&r.admin) {
+            return Err(Refusal::new(
+                "not_admin",
+                format!("{} is not an admin key of this set", r.admin),
+            ));
+        }
+        let case = self.ledger.dispute_case(&r.lease, r.settlement_seq)?;
+        if let Some(detail) = crate::disputes::resolution_mismatch(case.as_ref(), r) {
+            return Err(Refusal::new("no_such_case", detail));
+        }
+        match self.ledger.lock_resolution(
+            &r.lease,
+            r.settlement_seq,
+            &subject,
+            &self.cause(subject, now),
+        )? {
+            Lock::Taken | Lock::Same => self.sign_vote(resolution),
+            Lock::Other(other) => Err(Refusal::new(
+                "conflicting_request",
+                format!("already voted for resolution {other} of this case"),
+            )),
+        }
+    }
+
+    /// Applies a dispute resolution certificate from any source.
+    pub fn apply_resolution(
+        &self,
+        certificate: &ResolutionCertificate,
+        now: UnixMillis,
+    ) -> Result<Applied, Refusal> {
+        self.apply_certified("apply resolution certificate", certificate, now, |cause| {
+            self.ledger.apply_resolution_certificate(certificate, cause)
+        })
+    }
+
     /// Applies a settlement certificate from any source (section 8.4).
     pub fn apply_settlement(
         &self,
@@ -1360,6 +1464,9 @@ impl<'l, S: Store> Coordinator<'l, S> {
                     CertificateKind::Release => ReleaseCertificate::from_bytes(&bytes)
                         .map_err(Error::from)
                         .and_then(|c| self.ledger.apply_release_certificate(&c, &cause)),
+                    CertificateKind::Resolution => ResolutionCertificate::from_bytes(&bytes)
+                        .map_err(Error::from)
+                        .and_then(|c| self.ledger.apply_resolution_certificate(&c, &cause)),
                     CertificateKind::Deposit => continue,
                 };
                 if matches!(result, Ok(Applied::Applied)) {

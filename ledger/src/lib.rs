@@ -29,6 +29,7 @@ pub mod certified;
 pub mod codec;
 pub mod columns;
 pub mod coordinator;
+pub mod disputes;
 pub mod error;
 pub mod keys;
 mod ledger;
@@ -51,9 +52,10 @@ pub use coordinator::{
     termination_point, Coordinator, CoordinatorConfig, Decided, Refusal, ReleaseEvidence,
     ReviewRules, SettlementEvidence, WindowStatus, HELD_FOR_REVIEW, REFERENCE_USED,
 };
+pub use disputes::{DisputeCase, DisputeRecord};
 pub use error::{Error, Result};
 pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
-pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey};
+pub use market::{BanRecord, CaseEvidence, MarketPage, MarketRecord, MarketStore, OfferKey};
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};
 pub use offers::{OfferOutcome, OfferQuery};

@@ -14,6 +14,8 @@
 //!     lease (attestations, acks, disputes, terminations, settlement
 //!     certificates), so reading one lease's evidence is a prefix scan.
 //! - tree `market/bans`: `peer id bytes` -> `until u64 || reason`.
+//! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
+//!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
 //! Kind tags are below `0xFE`, so the indexes never mix with messages.
 
@@ -82,6 +84,21 @@ pub struct MarketStore {
     bans: sled::Tree,
     debits: sled::Tree,
     locked: sled::Tree,
+    evidence: sled::Tree,
+}
+
+/// What a coordinator saw of the windows a settlement request it voted
+/// for held for review: canonical signed bytes of each message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct CaseEvidence {
+    /// How many windows of the range were held.
+    pub held_windows: u64,
+    /// The supplier's attestations of the held windows.
+    pub attestations: Vec<Vec<u8>>,
+    /// The customer's disputes of the range.
+    pub disputes: Vec<Vec<u8>>,
+    /// The customer's acks of the range that name another attestation.
+    pub acks: Vec<Vec<u8>>,
 }
 
 /// First byte of live-offer index keys; above every kind tag.
@@ -149,6 +166,7 @@ impl MarketStore {
             bans: db.open_tree("market/bans")?,
             debits: db.open_tree("market/pending_debits")?,
             locked: db.open_tree("coordinator/locked_requests")?,
+            evidence: db.open_tree("coordinator/case_evidence")?,
             db,
         })
     }
@@ -454,6 +472,28 @@ impl MarketStore {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the evidence of the windows a voted settlement request held
+    /// for review, at `(lease, settlement_seq)`: what an operator reviews.
+    pub fn put_case_evidence(
+        &self,
+        lease: &Id,
+        settlement_seq: u64,
+        evidence: &CaseEvidence,
+    ) -> Result<()> {
+        let bytes = crate::codec::encode("case evidence", evidence)?;
+        self.evidence
+            .insert(locked_key(lease, settlement_seq), bytes)?;
+        Ok(())
+    }
+
+    /// The evidence kept for a case, if this node voted for its settlement.
+    pub fn case_evidence(&self, lease: &Id, settlement_seq: u64) -> Result<Option<CaseEvidence>> {
+        let Some(bytes) = self.evidence.get(locked_key(lease, settlement_seq))? else {
+            return Ok(None);
+        };
+        Ok(Some(crate::codec::decode("case evidence", &bytes)?))
     }
 
     /// Makes everything written so far durable.

@@ -39,6 +39,8 @@ pub enum CertificateKind {
     /// An escrow release certificate (a final settlement the customer
     /// asked for).
     Release,
+    /// A dispute resolution certificate.
+    Resolution,
 }
 
 impl CertificateKind {
@@ -48,6 +50,7 @@ impl CertificateKind {
             Kind::EscrowCertificate => Ok(CertificateKind::Escrow),
             Kind::SettlementCertificate => Ok(CertificateKind::Settlement),
             Kind::ReleaseCertificate => Ok(CertificateKind::Release),
+            Kind::ResolutionCertificate => Ok(CertificateKind::Resolution),
             other => Err(Error::corrupt("certificate kind", other.to_string())),
         }
     }
@@ -60,6 +63,7 @@ impl CertificateKind {
             CertificateKind::Withdrawal => 3,
             CertificateKind::Deposit => 4,
             CertificateKind::Release => 5,
+            CertificateKind::Resolution => 6,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Key for CertificateKind {
             3 => Ok(CertificateKind::Withdrawal),
             4 => Ok(CertificateKind::Deposit),
             5 => Ok(CertificateKind::Release),
+            6 => Ok(CertificateKind::Resolution),
             tag => Err(Error::corrupt(
                 "certificate key",
                 format!("unknown kind {tag}"),

@@ -111,28 +111,17 @@ impl Evidence {
         if elapsed == 0 {
             return *self;
         }
-        // 2^(-elapsed / half-life) in fixed point: whole halvings by shift,
-        // the remainder linearly (within 3 % of the exact curve).
-        let halvings = elapsed / HALF_LIFE_MS;
-        let rest = elapsed % HALF_LIFE_MS;
-        let decay = |v: u64| -> u64 {
-            if halvings >= 64 {
-                return 0;
-            }
-            let v = v >> halvings;
-            let cut = u128::from(v) * u128::from(rest) / (2 * u128::from(HALF_LIFE_MS));
-            v.saturating_sub(u64::try_from(cut).unwrap_or(u64::MAX))
-        };
+        let aged = |v: u64| decay(v, elapsed);
         Evidence {
-            completed_leases: decay(self.completed_leases),
-            windows: decay(self.windows),
-            disputed: decay(self.disputed),
-            unanswered: decay(self.unanswered),
-            short: decay(self.short),
-            possible_gpu_ms: decay(self.possible_gpu_ms),
-            paid_gpu_ms: decay(self.paid_gpu_ms),
-            fingerprint_changes: decay(self.fingerprint_changes),
-            refused_leases: decay(self.refused_leases),
+            completed_leases: aged(self.completed_leases),
+            windows: aged(self.windows),
+            disputed: aged(self.disputed),
+            unanswered: aged(self.unanswered),
+            short: aged(self.short),
+            possible_gpu_ms: aged(self.possible_gpu_ms),
+            paid_gpu_ms: aged(self.paid_gpu_ms),
+            fingerprint_changes: aged(self.fingerprint_changes),
+            refused_leases: aged(self.refused_leases),
             updated_at: now,
         }
     }
@@ -155,6 +144,30 @@ impl Evidence {
     pub fn has_record(&self) -> bool {
         self.windows > 0
     }
+}
+
+/// `v` after `elapsed` ms of decay: 2^(-elapsed / half-life) in fixed
+/// point, whole halvings by shift and the remainder linearly (within 3 %
+/// of the exact curve).
+pub(crate) fn decay(v: u64, elapsed: u64) -> u64 {
+    let halvings = elapsed / HALF_LIFE_MS;
+    let rest = elapsed % HALF_LIFE_MS;
+    if halvings >= 64 {
+        return 0;
+    }
+    let v = v >> halvings;
+    let cut = u128::from(v) * u128::from(rest) / (2 * u128::from(HALF_LIFE_MS));
+    v.saturating_sub(u64::try_from(cut).unwrap_or(u64::MAX))
+}
+
+/// Score points a lost dispute costs, basis points.
+pub const LOST_DISPUTE_BP: u16 = 500;
+
+/// `score` less [`LOST_DISPUTE_BP`] for each whole dispute lost (`lost`
+/// in [`SCALE`] units, decayed).
+pub fn penalised(score: u16, lost: u64) -> u16 {
+    let penalty = (lost / SCALE).saturating_mul(u64::from(LOST_DISPUTE_BP));
+    u16::try_from(u64::from(score).saturating_sub(penalty)).unwrap_or(0)
 }
 
 fn ratio_bp(part: u64, whole: u64) -> u64 {

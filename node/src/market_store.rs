@@ -49,6 +49,7 @@ impl MessageStore for MarketStore {
                     WireMessage::LeaseTermination(t) => Some(t.body.lease),
                     WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
                     WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
+                    WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
                     _ => None,
                 },
             })
@@ -72,6 +73,7 @@ impl MessageStore for MarketStore {
                 Kind::SettlementCertificate,
                 Kind::WithdrawalCertificate,
                 Kind::ReleaseCertificate,
+                Kind::ResolutionCertificate,
                 Kind::Deposit,
             ],
         };

@@ -168,6 +168,25 @@ pub fn receipts(
         ));
     }
     for c in store
+        .certificates::<rigmesh_protocol::DisputeResolution>(now)
+        .unwrap_or_default()
+    {
+        let r = &c.message.body;
+        let refund = r.held.checked_sub(r.supplier_share).unwrap_or(Credits::ZERO);
+        let Some(amount) = share(account, (r.supplier, r.supplier_share), (r.customer, refund))
+        else {
+            continue;
+        };
+        let verified = set.is_some_and(|s| c.verify(s).is_ok());
+        out.push(receipt_of(
+            Kind::ResolutionCertificate,
+            &c,
+            Some(r.lease),
+            amount,
+            verified,
+        ));
+    }
+    for c in store
         .certificates::<rigmesh_protocol::Withdrawal>(now)
         .unwrap_or_default()
     {

@@ -42,10 +42,12 @@ fn body_hex(message: &WireMessage) -> anyhow::Result<Option<(String, String)>> {
         WireMessage::LeaseTermination(m) => signed!(m),
         WireMessage::EscrowRelease(m) => signed!(m),
         WireMessage::Approval(m) => signed!(m),
+        WireMessage::DisputeResolution(m) => signed!(m),
         WireMessage::EscrowCertificate(_)
         | WireMessage::SettlementCertificate(_)
         | WireMessage::WithdrawalCertificate(_)
-        | WireMessage::ReleaseCertificate(_) => None,
+        | WireMessage::ReleaseCertificate(_)
+        | WireMessage::ResolutionCertificate(_) => None,
     })
 }
 

@@ -59,6 +59,11 @@ pub enum Kind {
     /// An admin key's decision on a deposit or withdrawal that
     /// coordinators hold for review: approve it or reject it.
     Approval,
+    /// An admin key's decision on a dispute case: how the amount a
+    /// settlement held for review is split.
+    DisputeResolution,
+    /// A dispute resolution with a quorum of coordinator votes.
+    ResolutionCertificate,
 }
 
 /// Gossip topic for offers.
@@ -90,7 +95,7 @@ pub enum Carrier {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 24] = [
         Kind::NodeBinding,
         Kind::Offer,
         Kind::Bid,
@@ -113,6 +118,8 @@ impl Kind {
         Kind::EscrowRelease,
         Kind::ReleaseCertificate,
         Kind::Approval,
+        Kind::DisputeResolution,
+        Kind::ResolutionCertificate,
     ];
 
     /// The kind's name, as used in domains, file names and logs.
@@ -140,6 +147,8 @@ impl Kind {
             Kind::EscrowRelease => "escrow_release",
             Kind::ReleaseCertificate => "release_certificate",
             Kind::Approval => "approval",
+            Kind::DisputeResolution => "dispute_resolution",
+            Kind::ResolutionCertificate => "resolution_certificate",
         }
     }
 
@@ -168,6 +177,8 @@ impl Kind {
             Kind::EscrowRelease => "rigmesh/v1/escrow_release",
             Kind::ReleaseCertificate => "rigmesh/v1/release_certificate",
             Kind::Approval => "rigmesh/v1/approval",
+            Kind::DisputeResolution => "rigmesh/v1/dispute_resolution",
+            Kind::ResolutionCertificate => "rigmesh/v1/resolution_certificate",
         }
     }
 
@@ -198,6 +209,8 @@ impl Kind {
             Kind::EscrowRelease => 1024,
             Kind::ReleaseCertificate => 8192,
             Kind::Approval => 512,
+            Kind::DisputeResolution => 1024,
+            Kind::ResolutionCertificate => 8192,
         }
     }
 
@@ -217,6 +230,7 @@ impl Kind {
             | Kind::SettlementCertificate
             | Kind::WithdrawalCertificate
             | Kind::ReleaseCertificate
+            | Kind::ResolutionCertificate
             | Kind::Deposit => Carrier::Topic(TOPIC_CERTS),
             Kind::ReputationReport | Kind::Alert | Kind::NodeBinding => {
                 Carrier::Topic(TOPIC_REPUTATION)
@@ -227,7 +241,8 @@ impl Kind {
             | Kind::SettlementRequest
             | Kind::Withdrawal
             | Kind::EscrowRelease
-            | Kind::Approval => Carrier::Protocol(PROTOCOL_COORDINATOR),
+            | Kind::Approval
+            | Kind::DisputeResolution => Carrier::Protocol(PROTOCOL_COORDINATOR),
         }
     }
 
@@ -278,5 +293,6 @@ mod tests {
         assert_eq!(Kind::LeaseTermination.tag(), 18);
         assert_eq!(Kind::ReleaseCertificate.tag(), 20);
         assert_eq!(Kind::Approval.tag(), 21);
+        assert_eq!(Kind::ResolutionCertificate.tag(), 23);
     }
 }

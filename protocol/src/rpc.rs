@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use crate::kind::{Carrier, Kind};
 use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::settlement::{
-    Approval, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
-    SettlementCertificate, SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
+    Approval, Deposit, DisputeResolution, EscrowCertificate, EscrowOrder, EscrowRelease,
+    ReleaseCertificate, ResolutionCertificate, SettlementCertificate, SettlementRequest, Vote,
+    Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -62,6 +63,8 @@ pub enum CertificateFrame {
     Deposit(Signed<Deposit>),
     /// An escrow release certificate.
     Release(Box<ReleaseCertificate>),
+    /// A dispute resolution certificate.
+    Resolution(Box<ResolutionCertificate>),
 }
 
 impl CertificateFrame {
@@ -74,6 +77,7 @@ impl CertificateFrame {
             CertificateFrame::Withdrawal(c) => c.subject(),
             CertificateFrame::Deposit(d) => d.id(),
             CertificateFrame::Release(c) => c.subject(),
+            CertificateFrame::Resolution(c) => c.subject(),
         }
     }
 
@@ -85,6 +89,7 @@ impl CertificateFrame {
             CertificateFrame::Withdrawal(_) => Kind::WithdrawalCertificate,
             CertificateFrame::Deposit(_) => Kind::Deposit,
             CertificateFrame::Release(_) => Kind::ReleaseCertificate,
+            CertificateFrame::Resolution(_) => Kind::ResolutionCertificate,
         }
     }
 
@@ -97,6 +102,7 @@ impl CertificateFrame {
             CertificateFrame::Withdrawal(c) => WireMessage::WithdrawalCertificate(*c),
             CertificateFrame::Deposit(d) => WireMessage::Deposit(d),
             CertificateFrame::Release(c) => WireMessage::ReleaseCertificate(*c),
+            CertificateFrame::Resolution(c) => WireMessage::ResolutionCertificate(*c),
         }
     }
 }
@@ -199,8 +205,20 @@ pub enum CoordinatorRequest {
     /// the coordinator's vote, to an approved deposit `Applied`.
     Decide(Signed<Approval>),
     /// List what the coordinator holds for review of this kind
-    /// (`deposit` or `withdrawal`), at most [`MAX_HELD_LISTED`].
+    /// (`deposit`, `withdrawal`, or `dispute_resolution` for the open
+    /// dispute cases), at most [`MAX_HELD_LISTED`].
     Held(Kind),
+    /// Vote for an admin's resolution of a dispute case
+    /// (specs/settlement.md 7.2).
+    Resolve(Signed<DisputeResolution>),
+    /// Ask for the file of a dispute case: the settlement that held the
+    /// windows, the evidence, and the resolution once applied.
+    Case {
+        /// The lease.
+        lease: Id,
+        /// The settlement that held the windows.
+        settlement_seq: u64,
+    },
 }
 
 /// A debit to vote on: the order and what its rules need.
@@ -251,6 +269,27 @@ pub struct HeldEntry {
     pub since: UnixMillis,
 }
 
+/// A dispute case as one coordinator holds it (specs/settlement.md 7.2).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CaseFile {
+    /// The settlement request that held the windows (its `held` is the
+    /// case's amount).
+    pub request: Signed<SettlementRequest>,
+    /// When the coordinator applied that settlement.
+    pub opened_at: UnixMillis,
+    /// The certified resolution, once applied here.
+    pub resolution: Option<Signed<DisputeResolution>>,
+    /// How many windows of the range were held.
+    pub held_windows: u64,
+    /// The supplier's attestations of the held windows (its signed GPU
+    /// samples), as many as fit in one response.
+    pub attestations: Vec<Signed<UsageAttestation>>,
+    /// The customer's disputes of the range, with reasons and details.
+    pub disputes: Vec<Signed<UsageDispute>>,
+    /// The customer's acks of the range that name another attestation.
+    pub acks: Vec<Signed<UsageAck>>,
+}
+
 /// An account as one coordinator holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct AccountState {
@@ -286,6 +325,8 @@ pub enum CoordinatorResponse {
     Locked(Option<Signed<SettlementRequest>>),
     /// What the coordinator holds for review.
     Held(Vec<HeldEntry>),
+    /// The dispute case asked for; `None` if this coordinator holds none.
+    Case(Option<Box<CaseFile>>),
 }
 
 /// What a catch-up sync asks for.
@@ -625,6 +666,38 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_response",
             CoordinatorResponse::Locked(Some(samples::settlement_request()?)).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Resolve(samples::dispute_resolution()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Case {
+                lease: samples::lease_agreement()?.id()?,
+                settlement_seq: 0,
+            }
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Case(Some(Box::new(CaseFile {
+                request: samples::settlement_request()?,
+                opened_at: samples::T0,
+                resolution: Some(samples::dispute_resolution()?),
+                held_windows: 1,
+                attestations: vec![samples::usage_attestation()?],
+                disputes: vec![samples::usage_dispute()?],
+                acks: Vec::new(),
+            })))
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Apply(CertificateFrame::Resolution(Box::new(
+                samples::resolution_certificate()?,
+            )))
+            .to_bytes()?,
         ),
         (
             "coordinator_request",

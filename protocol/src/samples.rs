@@ -12,7 +12,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Te
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Approval, Certificate, CoordinatorSet, Deposit, EscrowOrder, EscrowRelease, SettlementRequest,
+    Approval, Certificate, CoordinatorSet, DecidedAgainst, Deposit, DisputeResolution, EscrowOrder,
+    EscrowRelease, SettlementRequest,
     Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
@@ -91,7 +92,7 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
         | Kind::EscrowRelease
         | Kind::ReleaseCertificate => CUSTOMER_SEED,
         Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
-        Kind::Deposit => ADMIN_SEED,
+        Kind::Deposit | Kind::DisputeResolution | Kind::ResolutionCertificate => ADMIN_SEED,
         Kind::Approval => SECOND_ADMIN_SEED,
         _ => SUPPLIER_SEED,
     }
@@ -391,6 +392,7 @@ pub fn settlement_request_at(t0: UnixMillis) -> Result<Signed<SettlementRequest>
             supplier_amount: credits(71_899),
             fee: credits(726),
             refund: Credits::ZERO,
+            held: Credits::ZERO,
             final_settlement: false,
             created_at: attestation.body.created_at.plus_ms(1_000),
         },
@@ -545,6 +547,43 @@ pub fn approval_at(t0: UnixMillis) -> Result<Signed<Approval>> {
     )
 }
 
+/// The admin splits a case of 72,625 micro-credits held by the first
+/// settlement of the lease: half to the supplier, nobody blamed.
+pub fn dispute_resolution() -> Result<Signed<DisputeResolution>> {
+    dispute_resolution_at(T0)
+}
+
+/// [`dispute_resolution`], made at `t0` instead of [`T0`].
+pub fn dispute_resolution_at(t0: UnixMillis) -> Result<Signed<DisputeResolution>> {
+    Signed::sign(
+        DisputeResolution {
+            version: PROTOCOL_VERSION,
+            epoch: EPOCH,
+            admin: admin().public(),
+            lease: lease_agreement_at(t0)?.id()?,
+            supplier: supplier().public(),
+            customer: customer().public(),
+            settlement_seq: 0,
+            held: credits(72_625),
+            supplier_share: credits(36_312),
+            against: DecidedAgainst::Neither,
+            note: "the GPU dropped out for half the window".into(),
+            created_at: t0.plus_ms(3_600_000),
+        },
+        &admin(),
+    )
+}
+
+/// [`dispute_resolution`] certified by coordinators 0, 1 and 3.
+pub fn resolution_certificate() -> Result<Certificate<DisputeResolution>> {
+    resolution_certificate_at(T0)
+}
+
+/// [`resolution_certificate`], made at `t0` instead of [`T0`].
+pub fn resolution_certificate_at(t0: UnixMillis) -> Result<Certificate<DisputeResolution>> {
+    certify(dispute_resolution_at(t0)?)
+}
+
 /// The customer withdraws 10 credits at `seq` 1, the debit after
 /// [`escrow_order`].
 pub fn withdrawal() -> Result<Signed<Withdrawal>> {
@@ -634,5 +673,9 @@ pub fn sample_at(kind: Kind, t0: UnixMillis) -> Result<WireMessage> {
         Kind::EscrowRelease => WireMessage::EscrowRelease(escrow_release_at(t0)?),
         Kind::ReleaseCertificate => WireMessage::ReleaseCertificate(release_certificate_at(t0)?),
         Kind::Approval => WireMessage::Approval(approval_at(t0)?),
+        Kind::DisputeResolution => WireMessage::DisputeResolution(dispute_resolution_at(t0)?),
+        Kind::ResolutionCertificate => {
+            WireMessage::ResolutionCertificate(resolution_certificate_at(t0)?)
+        }
     })
 }

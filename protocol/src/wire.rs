@@ -11,9 +11,9 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    Approval, CoordinatorSet, Deposit, EscrowCertificate, EscrowOrder, EscrowRelease,
-    ReleaseCertificate, SettlementCertificate, SettlementRequest, Vote, Withdrawal,
-    WithdrawalCertificate,
+    Approval, CoordinatorSet, Deposit, DisputeResolution, EscrowCertificate, EscrowOrder,
+    EscrowRelease, ReleaseCertificate, ResolutionCertificate, SettlementCertificate,
+    SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::signed::{Message, Signed};
@@ -154,11 +154,13 @@ wire_message!(
     Withdrawal => Withdrawal,
     LeaseTermination => LeaseTermination,
     EscrowRelease => EscrowRelease,
-    Approval => Approval;
+    Approval => Approval,
+    DisputeResolution => DisputeResolution;
     EscrowCertificate => EscrowCertificate,
     SettlementCertificate => SettlementCertificate,
     WithdrawalCertificate => WithdrawalCertificate,
-    ReleaseCertificate => ReleaseCertificate
+    ReleaseCertificate => ReleaseCertificate,
+    ResolutionCertificate => ResolutionCertificate
 );
 
 /// Decodes `bytes` as a message of `kind` and re-encodes it if it decodes; used

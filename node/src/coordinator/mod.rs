@@ -13,7 +13,7 @@ use rigmesh_ledger::{
     ReleaseEvidence, SettlementEvidence, HELD_FOR_REVIEW,
 };
 use rigmesh_protocol::rpc::{
-    AccountState, CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry,
+    AccountState, CaseFile, CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry,
     LeaseResponse, ReleaseBundle, SettlementBundle,
 };
 use rigmesh_protocol::wire::WireMessage;
@@ -125,6 +125,7 @@ impl CoordinatorRole {
             CertificateFrame::Withdrawal(c) => rules.apply_withdrawal(c, now),
             CertificateFrame::Deposit(d) => rules.apply_deposit(d, now),
             CertificateFrame::Release(c) => rules.apply_release(c, now),
+            CertificateFrame::Resolution(c) => rules.apply_resolution(c, now),
         };
         match (&result, frame) {
             (Ok(Applied::Applied), CertificateFrame::Settlement(c)) => {
@@ -245,6 +246,114 @@ impl CoordinatorRole {
         }
     }
 
+    /// The open dispute cases, as held entries: the settlement request
+    /// that held each (its `held` is the amount).
+    fn open_cases(&self) -> CoordinatorResponse {
+        let rows = match self
+            .ledger
+            .dispute_cases(true, rigmesh_protocol::rpc::MAX_HELD_LISTED)
+        {
+            Ok(rows) => rows,
+            Err(err) => return CoordinatorResponse::Refused(format!("internal: {err}")),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, case) in rows {
+            match self.settlement_request(&case.request) {
+                Ok(Some(request)) => match request.to_bytes() {
+                    Ok(bytes) => out.push(HeldEntry {
+                        kind: rigmesh_protocol::Kind::DisputeResolution,
+                        subject: case.request,
+                        message: bytes,
+                        since: case.opened_at,
+                    }),
+                    Err(err) => tracing::warn!(%err, "a case's request does not encode"),
+                },
+                Ok(None) => {}
+                Err(err) => return CoordinatorResponse::Refused(format!("internal: {err}")),
+            }
+        }
+        CoordinatorResponse::Held(out)
+    }
+
+    /// The applied settlement request `subject`, from its certificate.
+    fn settlement_request(
+        &self,
+        subject: &rigmesh_protocol::Id,
+    ) -> rigmesh_ledger::Result<Option<Signed<SettlementRequest>>> {
+        let Some(bytes) = self
+            .ledger
+            .applied_certificate(rigmesh_ledger::CertificateKind::Settlement, subject)?
+        else {
+            return Ok(None);
+        };
+        Ok(rigmesh_protocol::SettlementCertificate::from_bytes(&bytes)
+            .ok()
+            .map(|c| c.message))
+    }
+
+    /// The file of the case at `(lease, settlement_seq)`: the request, the
+    /// evidence this coordinator kept when it voted (as much as fits one
+    /// response), and the resolution once applied.
+    pub fn case_file(
+        &self,
+        lease: &rigmesh_protocol::Id,
+        settlement_seq: u64,
+    ) -> rigmesh_ledger::Result<Option<CaseFile>> {
+        let Some(case) = self.ledger.dispute_case(lease, settlement_seq)? else {
+            return Ok(None);
+        };
+        let Some(request) = self.settlement_request(&case.request)? else {
+            return Ok(None);
+        };
+        let resolution = match case.resolution {
+            Some(subject) => self
+                .ledger
+                .applied_certificate(rigmesh_ledger::CertificateKind::Resolution, &subject)?
+                .and_then(|b| rigmesh_protocol::ResolutionCertificate::from_bytes(&b).ok())
+                .map(|c| c.message),
+            None => None,
+        };
+        let evidence = self
+            .store
+            .case_evidence(lease, settlement_seq)?
+            .unwrap_or_default();
+        let mut file = CaseFile {
+            request,
+            opened_at: case.opened_at,
+            resolution,
+            held_windows: evidence.held_windows,
+            attestations: Vec::new(),
+            disputes: Vec::new(),
+            acks: Vec::new(),
+        };
+        // As much evidence as one response carries, disputes first.
+        let budget = CoordinatorResponse::MAX_SIZE.saturating_sub(2 * 1024);
+        let mut used = 0usize;
+        let mut fits = |bytes: &[u8]| {
+            used = used.saturating_add(bytes.len());
+            used <= budget
+        };
+        for bytes in &evidence.disputes {
+            match Signed::<UsageDispute>::from_bytes(bytes) {
+                Ok(d) if fits(bytes) => file.disputes.push(d),
+                _ => {}
+            }
+        }
+        for bytes in &evidence.acks {
+            match Signed::<UsageAck>::from_bytes(bytes) {
+                Ok(k) if fits(bytes) => file.acks.push(k),
+                _ => {}
+            }
+        }
+        for bytes in &evidence.attestations {
+            match Signed::<rigmesh_protocol::UsageAttestation>::from_bytes(bytes) {
+                Ok(a) if fits(bytes) => file.attestations.push(a),
+                _ => {}
+            }
+        }
+        Ok(Some(file))
+    }
+
     /// One round of reputation reports and alerts.
     pub fn watch_round(&self, now: UnixMillis) -> Vec<Signed<rigmesh_protocol::ReputationReport>> {
         let bans: Vec<(Vec<u8>, String)> = self
@@ -292,7 +401,20 @@ impl CoordinatorRole {
                 }
             }
             CoordinatorRequest::Decide(approval) => return self.decide(&approval, now),
+            CoordinatorRequest::Held(rigmesh_protocol::Kind::DisputeResolution) => {
+                return self.open_cases()
+            }
             CoordinatorRequest::Held(kind) => return self.held(kind),
+            CoordinatorRequest::Resolve(resolution) => rules.vote_resolution(&resolution, now),
+            CoordinatorRequest::Case {
+                lease,
+                settlement_seq,
+            } => {
+                return match self.case_file(&lease, settlement_seq) {
+                    Ok(file) => CoordinatorResponse::Case(file.map(Box::new)),
+                    Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+                }
+            }
             CoordinatorRequest::Settle(bundle) => self.vote_settlement(*bundle, now),
             CoordinatorRequest::Deposit(deposit) => {
                 return self.apply_direct(CertificateFrame::Deposit(deposit), now)
@@ -485,6 +607,9 @@ impl CoordinatorRole {
             },
             now,
         )?;
+        if !r.held.is_zero() {
+            self.keep_case_evidence(r, &attestations, &acks, &disputes);
+        }
         // Kept so that anyone can complete it if its sender vanishes
         // (settlement.md 8.6).
         match bundle.request.to_bytes() {
@@ -503,6 +628,72 @@ impl CoordinatorRole {
         // them before.
         self.push_alerts(health::check_attestations(&self.key, &attestations, now));
         Ok(vote)
+    }
+
+    /// Keeps what an operator reviews of the windows a voted request
+    /// holds: their attestations, and the customer's disputes and acks of
+    /// another attestation in the range.
+    fn keep_case_evidence(
+        &self,
+        r: &SettlementRequest,
+        attestations: &[Signed<rigmesh_protocol::UsageAttestation>],
+        acks: &[Signed<UsageAck>],
+        disputes: &[Signed<UsageDispute>],
+    ) {
+        let range = r.first_window..=r.last_window;
+        let ours = |lease: rigmesh_protocol::Id, customer: rigmesh_protocol::PublicKey, seq| {
+            lease == r.lease && customer == r.customer && range.contains(&seq)
+        };
+        let disputes: Vec<&Signed<UsageDispute>> = disputes
+            .iter()
+            .filter(|d| ours(d.body.lease, d.body.customer, d.body.seq))
+            .collect();
+        let mut evidence = rigmesh_ledger::CaseEvidence::default();
+        for a in attestations {
+            let Ok(id) = a.id() else { continue };
+            let seq = a.body.seq;
+            let other_ack = |k: &&Signed<UsageAck>| {
+                ours(k.body.lease, k.body.customer, k.body.seq)
+                    && k.body.seq == seq
+                    && k.body.attestation != id
+            };
+            let held = match rigmesh_ledger::disputes::answer(
+                id,
+                acks.iter()
+                    .filter(|k| ours(k.body.lease, k.body.customer, k.body.seq) && k.body.seq == seq)
+                    .map(|k| &k.body),
+                disputes
+                    .iter()
+                    .filter(|d| d.body.seq == seq)
+                    .map(|d| &d.body),
+            ) {
+                rigmesh_ledger::disputes::Answer::Held => true,
+                _ => false,
+            };
+            if !held {
+                continue;
+            }
+            evidence.held_windows += 1;
+            if let Ok(bytes) = a.to_bytes() {
+                evidence.attestations.push(bytes);
+            }
+            for k in acks.iter().filter(other_ack) {
+                if let Ok(bytes) = k.to_bytes() {
+                    evidence.acks.push(bytes);
+                }
+            }
+            for d in disputes.iter().filter(|d| d.body.seq == seq) {
+                if let Ok(bytes) = d.to_bytes() {
+                    evidence.disputes.push(bytes);
+                }
+            }
+        }
+        if let Err(err) = self
+            .store
+            .put_case_evidence(&r.lease, r.settlement_seq, &evidence)
+        {
+            tracing::warn!(%err, lease = %r.lease, "the evidence of a dispute case is not kept");
+        }
     }
 
     fn vote_release(
@@ -588,6 +779,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
         }
         WireMessage::Deposit(d) => Some(CertificateFrame::Deposit(d.clone())),
         WireMessage::ReleaseCertificate(c) => Some(CertificateFrame::Release(Box::new(c.clone()))),
+        WireMessage::ResolutionCertificate(c) => {
+            Some(CertificateFrame::Resolution(Box::new(c.clone())))
+        }
         _ => None,
     }
 }

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rigmesh_ledger::billing::{self, FeeRate};
+use rigmesh_ledger::disputes::{answer, Answer};
 use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, SettlementBundle};
 use rigmesh_protocol::wire::WireMessage;
@@ -133,7 +134,8 @@ struct LeaseState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decided {
     Pay(u64),
-    Held,
+    /// Held for review: the window's billable GPU-ms.
+    Held(u64),
     Open,
 }
 
@@ -146,15 +148,15 @@ impl LeaseState {
     ) -> Decided {
         let seq = a.body.seq;
         let id = a.id().unwrap_or(Id::ZERO);
-        if self.disputes.contains_key(&seq) {
-            return Decided::Held;
-        }
-        if let Some(ack) = self.acks.get(&seq) {
-            return if ack.body.attestation == id {
-                Decided::Pay(a.body.billable_gpu_ms)
-            } else {
-                Decided::Held
-            };
+        // The rule every coordinator applies (rigmesh_ledger::disputes).
+        match answer(
+            id,
+            self.acks.get(&seq).map(|k| &k.body),
+            self.disputes.get(&seq).map(|d| &d.body),
+        ) {
+            Answer::Acked | Answer::Refuted => return Decided::Pay(a.body.billable_gpu_ms),
+            Answer::Held => return Decided::Held(a.body.billable_gpu_ms),
+            Answer::None => {}
         }
         if now
             >= a.body
@@ -169,7 +171,7 @@ impl LeaseState {
 
     /// The next request to send, if one is due: the range of decided
     /// windows, whether it is final, and the billable GPU-ms.
-    fn due(&self, terms: &SettleTerms, now: UnixMillis) -> Option<(usize, usize, bool, u64)> {
+    fn due(&self, terms: &SettleTerms, now: UnixMillis) -> Option<(usize, usize, bool, (u64, u64))> {
         if self.closed {
             return None;
         }
@@ -194,16 +196,26 @@ impl LeaseState {
         None
     }
 
-    fn billable(&self, first: usize, take: usize, terms: &SettleTerms, now: UnixMillis) -> u64 {
+    /// The GPU-ms of a range that are paid and that are held for review.
+    fn billable(
+        &self,
+        first: usize,
+        take: usize,
+        terms: &SettleTerms,
+        now: UnixMillis,
+    ) -> (u64, u64) {
         self.attestations
             .iter()
             .skip(first)
             .take(take)
             .map(|a| match self.status(a, terms, now) {
-                Decided::Pay(ms) => ms,
-                _ => 0,
+                Decided::Pay(ms) => (ms, 0),
+                Decided::Held(ms) => (0, ms),
+                Decided::Open => (0, 0),
             })
-            .fold(0u64, u64::saturating_add)
+            .fold((0u64, 0u64), |(p, h), (a, b)| {
+                (p.saturating_add(a), h.saturating_add(b))
+            })
     }
 }
 
@@ -573,7 +585,7 @@ pub async fn run(
                                 tracing::warn!(%lease, %err, "could not save the settlement state");
                             }
                             publish_summary(&settled, lease, state);
-                            tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, final_settlement = r.final_settlement, "settled");
+                            tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, held = %r.held, final_settlement = r.final_settlement, "settled");
                         }
                         Err(err) => {
                             tracing::warn!(%lease, %err, "settlement not certified; retrying");
@@ -623,7 +635,7 @@ fn build_request(
     first: usize,
     take: usize,
     last: bool,
-    gpu_ms: u64,
+    (gpu_ms, held_gpu_ms): (u64, u64),
     now: UnixMillis,
 ) -> Result<Signed<SettlementRequest>, String> {
     let head = take
@@ -636,9 +648,10 @@ fn build_request(
         .and_then(|escrowed| escrowed.checked_sub(state.paid))
         .ok_or("escrow overdrawn")?;
     let p = &state.agreement.body.proposal.body;
-    let payout = billing::payout(
+    let payout = billing::payout_holding(
         p.price_per_gpu_hour,
         gpu_ms,
+        held_gpu_ms,
         available,
         terms.fee_rate,
         last,
@@ -660,6 +673,7 @@ fn build_request(
             supplier_amount: payout.supplier,
             fee: payout.fee,
             refund: payout.refund,
+            held: payout.held,
             final_settlement: last,
             created_at: now,
         },
@@ -709,6 +723,7 @@ async fn submit(
         .paid
         .checked_add(r.supplier_amount)
         .and_then(|p| p.checked_add(r.fee))
+        .and_then(|p| p.checked_add(r.held))
         .unwrap_or(state.paid);
     state.closed = r.final_settlement;
     state.earlier = Some(cert.clone());

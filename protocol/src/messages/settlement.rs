@@ -27,6 +27,8 @@ pub const MAX_COORDINATORS: usize = 64;
 pub const MAX_DEPOSIT_REFERENCE_LEN: usize = 128;
 /// Longest external destination of a withdrawal, bytes.
 pub const MAX_WITHDRAWAL_DESTINATION_LEN: usize = 128;
+/// Longest note of a dispute resolution, bytes.
+pub const MAX_RESOLUTION_NOTE_LEN: usize = 256;
 
 /// A customer moves `amount` from its account into escrow for a lease.
 /// `seq` is the account's debit sequence number: coordinators vote for at
@@ -203,6 +205,104 @@ impl Message for Approval {
     }
 }
 
+/// Whose dispute a resolution decides against: the party that loses it
+/// (it counts in that party's reputation as a dispute lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedAgainst {
+    /// The supplier billed what it did not deliver.
+    Supplier,
+    /// The customer disputed what was delivered.
+    Customer,
+    /// Neither: the held amount is split and nobody is blamed.
+    Neither,
+}
+
+/// An admin's decision on a dispute case (specs/settlement.md 7.2): the
+/// windows one settlement held for review. Of the `held` amount,
+/// `supplier_share` is paid out as a settlement pays (the fee taken from
+/// it) and the rest is refunded to the customer. It takes effect only once
+/// a quorum of coordinators certifies it; a coordinator votes for at most
+/// one resolution per case.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct DisputeResolution {
+    /// Protocol version (1).
+    pub version: u16,
+    /// Coordinator epoch whose configured admin keys this is one of.
+    pub epoch: u64,
+    /// The deciding admin key; must sign.
+    pub admin: PublicKey,
+    /// The lease.
+    pub lease: Id,
+    /// The lease's supplier.
+    pub supplier: PublicKey,
+    /// The lease's customer.
+    pub customer: PublicKey,
+    /// The settlement that held the windows (the case).
+    pub settlement_seq: u64,
+    /// What the case holds; must equal what the coordinators hold.
+    pub held: Credits,
+    /// Paid to the supplier's side (before the fee); the rest of `held`
+    /// goes back to the customer.
+    pub supplier_share: Credits,
+    /// Who loses the dispute.
+    pub against: DecidedAgainst,
+    /// Why, for both parties and the audit trail.
+    pub note: String,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+impl Message for DisputeResolution {
+    const KIND: Kind = Kind::DisputeResolution;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("admin", self.admin)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        let kind = Self::KIND;
+        if self.lease.is_zero() {
+            return Err(Error::field(kind, "lease", "must be set"));
+        }
+        if self.supplier == self.customer {
+            return Err(Error::field(kind, "customer", "must differ from supplier"));
+        }
+        rules::positive(kind, "held", self.held)?;
+        rules::non_negative(kind, "supplier_share", self.supplier_share)?;
+        if self.supplier_share > self.held {
+            return Err(Error::field(
+                kind,
+                "supplier_share",
+                format!("{} is more than the {} held", self.supplier_share, self.held),
+            ));
+        }
+        if self.supplier_share == self.held && self.against == DecidedAgainst::Supplier {
+            return Err(Error::field(
+                kind,
+                "against",
+                "a decision against the supplier cannot pay it everything held",
+            ));
+        }
+        if self.supplier_share.is_zero() && self.against == DecidedAgainst::Customer {
+            return Err(Error::field(
+                kind,
+                "against",
+                "a decision against the customer cannot refund everything held",
+            ));
+        }
+        rules::text(kind, "note", &self.note, MAX_RESOLUTION_NOTE_LEN, false)
+    }
+}
+
 /// An account owner takes `amount` out of the system to an external
 /// destination. It is a debit like an [`EscrowOrder`] and shares the
 /// account's debit sequence: coordinators vote for at most one debit per
@@ -301,6 +401,10 @@ pub struct SettlementRequest {
     pub fee: Credits,
     /// Returned to the customer; only in the final settlement.
     pub refund: Credits,
+    /// Kept out of the escrow for review: the value of the windows in the
+    /// range that the customer disputed and that no rule decides
+    /// (specs/settlement.md 7.1). A certified resolution pays it out.
+    pub held: Credits,
     /// True for the last settlement of the lease, which releases the escrow.
     pub final_settlement: bool,
     /// When it was made.
@@ -342,6 +446,7 @@ impl Message for SettlementRequest {
         rules::non_negative(kind, "supplier_amount", self.supplier_amount)?;
         rules::non_negative(kind, "fee", self.fee)?;
         rules::non_negative(kind, "refund", self.refund)?;
+        rules::non_negative(kind, "held", self.held)?;
         if !self.final_settlement && !self.refund.is_zero() {
             return Err(Error::field(
                 kind,
@@ -466,8 +571,8 @@ pub struct Vote {
     pub epoch: u64,
     /// The voting coordinator; must sign.
     pub coordinator: PublicKey,
-    /// What the vote makes: `EscrowCertificate`, `SettlementCertificate`
-    /// or `WithdrawalCertificate`.
+    /// What the vote makes: a certificate kind (escrow, settlement,
+    /// withdrawal, release or resolution).
     pub certificate: Kind,
     /// Id of the message voted for.
     pub subject: Id,
@@ -495,6 +600,7 @@ impl Message for Vote {
                 | Kind::SettlementCertificate
                 | Kind::WithdrawalCertificate
                 | Kind::ReleaseCertificate
+                | Kind::ResolutionCertificate
         ) {
             return Err(Error::field(
                 Self::KIND,
@@ -599,6 +705,13 @@ impl Certifiable for EscrowRelease {
     }
 }
 
+impl Certifiable for DisputeResolution {
+    const CERTIFICATE: Kind = Kind::ResolutionCertificate;
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
 /// One coordinator's signature over the [`Vote`] a certificate implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct VoteSignature {
@@ -627,6 +740,8 @@ pub type SettlementCertificate = Certificate<SettlementRequest>;
 pub type WithdrawalCertificate = Certificate<Withdrawal>;
 /// An escrow release certified by a quorum: the lease is settled finally.
 pub type ReleaseCertificate = Certificate<EscrowRelease>;
+/// A dispute resolution certified by a quorum: the held amount moves.
+pub type ResolutionCertificate = Certificate<DisputeResolution>;
 
 impl<T: Certifiable> Certificate<T> {
     /// The vote a coordinator signs for `message`.

@@ -114,7 +114,10 @@ impl Watch {
             if !e.has_record() {
                 continue;
             }
-            let score = reputation::score(side, &e);
+            let lost = ledger
+                .dispute_record(&account, side, now)
+                .unwrap_or_default();
+            let score = reputation::penalised(reputation::score(side, &e), lost.lost);
             let slot = (account, side.tag());
             let before = self.published.get(&slot).copied();
             let due = match before {
@@ -137,7 +140,7 @@ impl Watch {
                     },
                     score_bp: score,
                     completed_leases: count(e.completed_leases),
-                    disputes_lost: count(e.disputed),
+                    disputes_lost: lost.lost_count(),
                     missed_windows: count(e.short),
                     refused_leases: count(e.refused_leases),
                     fingerprint_changes: count(e.fingerprint_changes),
@@ -482,10 +485,14 @@ mod tests {
         body.billable_gpu_ms = 0;
         body.supplier_amount = Credits::ZERO;
         body.fee = Credits::ZERO;
+        // The window's charge, held for review.
+        body.held = Credits::from_units(72_625);
         let request = Signed::sign(body, &samples::supplier()).unwrap();
         let agreement = samples::lease_agreement().unwrap();
         let attestations = [samples::usage_attestation().unwrap()];
-        let disputes = [samples::usage_dispute().unwrap()];
+        let mut dispute = samples::usage_dispute().unwrap().body;
+        dispute.reason = rigmesh_protocol::DisputeReason::NotDelivered;
+        let disputes = [Signed::sign(dispute, &samples::customer()).unwrap()];
         let evidence = SettlementEvidence {
             request: &request,
             agreement: &agreement,
@@ -521,7 +528,7 @@ mod tests {
             .find(|r| r.body.subject == supplier)
             .expect("a report about the supplier");
         assert_eq!(report.body.score_bp, 0, "its one window was disputed");
-        assert_eq!(report.body.disputes_lost, 1);
+        assert_eq!(report.body.disputes_lost, 0, "the dispute is not decided yet");
         assert!(report.verify_record().is_ok());
         let rules: Vec<(&str, Audience)> = alerts
             .iter()
@@ -538,6 +545,105 @@ mod tests {
         // An unchanged score is neither reported nor alerted again soon.
         let (reports, alerts) = watch.round(&me, samples::EPOCH, &ledger, &[], at(90_000));
         assert!(reports.is_empty() && alerts.is_empty());
+    }
+
+    #[test]
+    fn a_certified_resolution_moves_the_held_amount_and_counts_a_lost_dispute() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, me) = disputed_settlement(dir.path());
+        let lease = samples::lease_agreement().unwrap().id().unwrap();
+        let case = ledger.dispute_case(&lease, 0).unwrap().expect("a case");
+        assert_eq!(case.held, Credits::from_units(72_625));
+        let customer = samples::customer().public();
+        let supplier = samples::supplier().public();
+        let balance = |key| {
+            ledger
+                .balance(&rigmesh_ledger::Account::User(key))
+                .unwrap()
+        };
+        let before = balance(customer);
+        let config = CoordinatorConfig {
+            set: samples::coordinator_set().unwrap(),
+            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
+            unacked_timeout_ms: 120_000,
+            admins: vec![samples::admin().public()],
+            review: Default::default(),
+            skew_ms: 30_000,
+            release_grace_ms: 600_000,
+        };
+        let resolve = |share: i64, against, signer: &Keypair| {
+            Signed::sign(
+                rigmesh_protocol::DisputeResolution {
+                    version: PROTOCOL_VERSION,
+                    epoch: samples::EPOCH,
+                    admin: signer.public(),
+                    lease,
+                    supplier,
+                    customer,
+                    settlement_seq: 0,
+                    held: Credits::from_units(72_625),
+                    supplier_share: Credits::from_units(share),
+                    against,
+                    note: "the rig's logs show the GPU was unreachable".into(),
+                    created_at: at(90_000),
+                },
+                signer,
+            )
+            .unwrap()
+        };
+        let rules = Coordinator::new(&ledger, &me, &config);
+        // Anyone but an admin key is refused.
+        let forged = resolve(0, rigmesh_protocol::DecidedAgainst::Supplier, &samples::supplier());
+        let refusal = rules.vote_resolution(&forged, at(90_000)).unwrap_err();
+        assert_eq!(refusal.code, "not_admin");
+        let resolution = resolve(0, rigmesh_protocol::DecidedAgainst::Supplier, &samples::admin());
+        let keys = samples::coordinators();
+        let votes: Vec<_> = keys
+            .iter()
+            .take(3)
+            .map(|k| {
+                Coordinator::new(&ledger, k, &config)
+                    .vote_resolution(&resolution, at(90_000))
+                    .unwrap()
+            })
+            .collect();
+        // A second, different resolution of the same case gets no vote.
+        let other = resolve(72_625, rigmesh_protocol::DecidedAgainst::Customer, &samples::admin());
+        assert_eq!(
+            rules.vote_resolution(&other, at(90_000)).unwrap_err().code,
+            "conflicting_request"
+        );
+        let certificate = Certificate::assemble(resolution, &votes).unwrap();
+        assert!(matches!(
+            rules.apply_resolution(&certificate, at(91_000)).unwrap(),
+            rigmesh_ledger::Applied::Applied
+        ));
+        assert!(matches!(
+            rules.apply_resolution(&certificate, at(92_000)).unwrap(),
+            rigmesh_ledger::Applied::AlreadyApplied
+        ));
+        assert_eq!(
+            balance(customer),
+            before.checked_add(Credits::from_units(72_625)).unwrap(),
+            "everything held comes back to the customer"
+        );
+        let totals = ledger.totals().unwrap();
+        assert_eq!(totals.disputed, Credits::ZERO);
+        ledger.check_books().unwrap();
+        let resolved = ledger.dispute_case(&lease, 0).unwrap().unwrap();
+        assert!(resolved.resolution.is_some());
+        let mut watch = Watch::default();
+        let (reports, _) = watch.round(&me, samples::EPOCH, &ledger, &[], at(95_000));
+        let report = reports
+            .iter()
+            .find(|r| r.body.subject == supplier)
+            .expect("a report about the supplier");
+        assert_eq!(report.body.disputes_lost, 1);
+        let customer_report = reports
+            .iter()
+            .find(|r| r.body.subject == customer)
+            .expect("a report about the customer");
+        assert_eq!(customer_report.body.disputes_lost, 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   threshold waits for a second admin key;
 //! - `deposits` and `withdrawals`: list what the coordinators hold for an
 //!   admin's decision, approve it or reject it (a signed `Approval`);
+//! - `disputes`: the review queue of dispute cases (see `disputes.rs`);
 //! - `balances`: ask every coordinator for accounts' balances, debit
 //!   sequence numbers and escrowed credits, side by side.
 
@@ -45,6 +46,9 @@ pub(crate) enum AdminCommand {
     Withdrawals(ReviewCommand),
     /// Show accounts as every coordinator holds them.
     Balances(BalancesArgs),
+    /// Dispute cases held for review: list, show the evidence, resolve.
+    #[command(subcommand)]
+    Disputes(super::disputes::DisputesCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +167,7 @@ pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
             AdminCommand::Deposits(cmd) => review(Kind::Deposit, cmd).await,
             AdminCommand::Withdrawals(cmd) => review(Kind::Withdrawal, cmd).await,
             AdminCommand::Balances(args) => balances(args).await,
+            AdminCommand::Disputes(cmd) => super::disputes::run(cmd).await,
         }
     })
 }
@@ -297,7 +302,7 @@ fn approval(
 }
 
 /// What the coordinators hold of `kind`, each once, with how many hold it.
-async fn held(
+pub(crate) async fn held(
     quorum: &rigmesh_node::quorum::Quorum,
     kind: Kind,
 ) -> BTreeMap<Id, (HeldEntry, usize)> {

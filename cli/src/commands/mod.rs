@@ -10,6 +10,8 @@ mod bid;
 mod budget;
 mod client;
 mod devnet;
+mod dispute;
+mod disputes;
 mod end;
 mod forecast;
 mod keys;
@@ -92,6 +94,9 @@ enum Command {
     /// End a running lease after the window in progress (signed
     /// termination; the unused escrow is refunded at settlement).
     End(end::EndArgs),
+    /// Dispute a lease's windows from now on with what you observed (the
+    /// GPUs not delivered): their charge is held for an operator's review.
+    Dispute(dispute::DisputeArgs),
     /// Show one lease's metering windows: each one acked or disputed (and
     /// why), what it cost, and the totals.
     Usage(usage::UsageArgs),
@@ -191,6 +196,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bid(args) => bid::bid(args),
         Command::Leases(args) => bid::leases(args),
         Command::End(args) => end::run(args),
+        Command::Dispute(args) => dispute::run(args),
         Command::Usage(args) => usage::run(args),
         Command::Budget(cmd) => budget::run(cmd),
         Command::Account(args) => account::run(args),

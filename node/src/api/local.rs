@@ -391,6 +391,45 @@ async fn end_lease(State(s): State<Scoped>, UrlPath(id): UrlPath<String>) -> Res
     }
 }
 
+/// The body of `POST /v1/leases/{id}/dispute`.
+#[derive(Debug, serde::Deserialize)]
+struct ContestRequest {
+    /// `not_delivered` or `other`; absent (with `stop`) to stop.
+    #[serde(default)]
+    reason: Option<rigmesh_protocol::DisputeReason>,
+    /// What the customer observed.
+    #[serde(default)]
+    detail: String,
+    /// True to stop disputing the lease's windows.
+    #[serde(default)]
+    stop: bool,
+}
+
+async fn contest_lease(
+    State(s): State<Scoped>,
+    UrlPath(id): UrlPath<String>,
+    Json(request): Json<ContestRequest>,
+) -> Response {
+    let id = match id_from_path("lease", &id) {
+        Ok(id) => id,
+        Err(reason) => return bad_request(reason),
+    };
+    let contest = match (request.stop, request.reason) {
+        (true, None) => None,
+        (false, Some(reason)) => {
+            match crate::customer::usage::Contest::new(reason, &request.detail) {
+                Ok(contest) => Some(contest),
+                Err(reason) => return bad_request(reason),
+            }
+        }
+        _ => return bad_request("give either a reason and a detail, or stop: true".into()),
+    };
+    match ask(&s, |tx| CustomerCommand::Contest(id, contest, tx)).await {
+        Ok(result) => answer(result),
+        Err(response) => response,
+    }
+}
+
 async fn leases(State(s): State<Scoped>) -> Response {
     match ask(&s, CustomerCommand::Leases).await {
         Ok(list) => Json(list).into_response(),
@@ -710,6 +749,7 @@ pub async fn serve(
             .route("/v1/bids/{id}", get(bid_status).delete(cancel_bid))
             .route("/v1/leases", get(leases))
             .route("/v1/leases/{id}/end", axum::routing::post(end_lease))
+            .route("/v1/leases/{id}/dispute", axum::routing::post(contest_lease))
             .route("/v1/usage/{lease}", get(usage))
             .route("/v1/budget", get(budget).put(set_budget))
             .route("/v1/account", get(account)),

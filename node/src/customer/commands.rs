@@ -162,4 +162,11 @@ pub enum CustomerCommand {
     /// End a running lease: a signed termination the supplier honours at
     /// the end of the window in progress.
     EndLease(Id, oneshot::Sender<Result<LeaseStatus, RequestError>>),
+    /// Dispute every window of a lease from now on with the customer's own
+    /// observation (`None` stops).
+    Contest(
+        Id,
+        Option<crate::customer::usage::Contest>,
+        oneshot::Sender<Result<LeaseStatus, RequestError>>,
+    ),
 }

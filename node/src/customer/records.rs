@@ -107,6 +107,10 @@ pub struct LeaseRecord {
     /// True once the customer ended the lease (`rigmesh end`).
     #[serde(default)]
     pub ended: bool,
+    /// The customer's standing dispute of the lease's windows
+    /// (`rigmesh dispute`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contested: Option<crate::customer::usage::Contest>,
 }
 
 /// What the customer answered for one window.
@@ -485,6 +489,7 @@ mod tests {
             escrowed: None,
             agreement: None,
             ended: false,
+            contested: None,
         }
     }
 

@@ -335,6 +335,7 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         escrowed: lease.escrowed,
         agreement: lease.agreement.to_bytes().ok().map(hex::encode),
         ended: lease.ended,
+        contested: lease.watch.contested().cloned(),
     }
 }
 
@@ -449,6 +450,32 @@ impl Customer {
             }
             CustomerCommand::SetBudget(change, reply) => {
                 let result = self.set_budget(change).await;
+                let _ = reply.send(result);
+            }
+            CustomerCommand::Contest(lease, contest, reply) => {
+                let result = match self.leases.get_mut(&lease) {
+                    None => Err(RequestError::NotFound(format!("lease {lease}"))),
+                    Some(l) => {
+                        l.watch.contest(contest.clone());
+                        if let Err(err) = self.records.put_lease(&record_of(l)) {
+                            tracing::warn!(%err, %lease, "lease not recorded");
+                        }
+                        Ok(status_of(l))
+                    }
+                };
+                if let (Ok(_), Some(c)) = (&result, &contest) {
+                    tracing::warn!(%lease, reason = ?c.reason, detail = %c.detail, "the customer disputes the lease's windows from now on");
+                    self.notify(
+                        rigmesh_protocol::Severity::Warning,
+                        "dispute.opened",
+                        lease,
+                        format!(
+                            "lease {lease}: every window from now on is disputed ({:?}: {}); \
+                             the coordinators hold their charge for review",
+                            c.reason, c.detail
+                        ),
+                    );
+                }
                 let _ = reply.send(result);
             }
             CustomerCommand::EndLease(lease, reply) => {
@@ -848,6 +875,7 @@ impl Customer {
                 watch.check(attestation, now).map_err(|e| e.to_string())?;
             }
         }
+        watch.contest(record.contested.clone());
         let settlement = crate::receipts::lease_settlement(&self.store, &record.lease);
         let lease = Lease {
             gpu_model: record.gpu_model.clone(),

@@ -79,6 +79,38 @@ pub struct LeaseWatch {
     spent: Credits,
     disputes: Vec<Signed<UsageDispute>>,
     dispute_count: u64,
+    /// The customer's own observation that the lease is not delivering:
+    /// every window it would ack from now on is disputed with it.
+    contest: Option<Contest>,
+}
+
+/// A customer's standing dispute of a lease's windows, from its own
+/// observation (the GPUs unreachable, the work not running): reviewed by
+/// the coordinators' operators, never decided by rule.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Contest {
+    /// `not_delivered` or `other`.
+    pub reason: DisputeReason,
+    /// What the customer observed.
+    pub detail: String,
+}
+
+impl Contest {
+    /// A contest, refusing the reasons coordinators decide by rule: those
+    /// the node finds itself from the attestations.
+    pub fn new(reason: DisputeReason, detail: &str) -> std::result::Result<Self, String> {
+        if rigmesh_ledger::disputes::checkable(reason) {
+            return Err(format!(
+                "{reason:?} is checked from the attestations themselves; \
+                 a standing dispute is for not_delivered or other"
+            ));
+        }
+        let detail = detail_text(detail);
+        if detail.is_empty() {
+            return Err("say what you observed (the detail is empty)".into());
+        }
+        Ok(Contest { reason, detail })
+    }
 }
 
 /// Makes `text` fit a dispute's detail field: no control characters, no
@@ -132,8 +164,19 @@ impl LeaseWatch {
             spent: Credits::ZERO,
             disputes: Vec::new(),
             dispute_count: 0,
+            contest: None,
             key,
         })
+    }
+
+    /// Disputes every window from now on with `contest` (`None` stops).
+    pub fn contest(&mut self, contest: Option<Contest>) {
+        self.contest = contest;
+    }
+
+    /// The standing dispute, if any.
+    pub fn contested(&self) -> Option<&Contest> {
+        self.contest.as_ref()
     }
 
     /// The lease id.
@@ -270,7 +313,11 @@ impl LeaseWatch {
         }
         // From here on the attestation is the supplier's word for this
         // position: it joins the chain whatever its content.
-        let problem = self.content_problem(attestation, now);
+        let problem = self.content_problem(attestation, now).or_else(|| {
+            self.contest
+                .as_ref()
+                .map(|c| (c.reason, c.detail.clone()))
+        });
         let verdict = match problem {
             Some((reason, detail)) => {
                 let dispute = self.sign_dispute(id, body.seq, reason, &detail, now)?;

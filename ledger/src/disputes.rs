@@ -387,3 +387,73 @@ impl<S: Store> Ledger<S> {
         Ok(Applied::Applied)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rigmesh_protocol::{Keypair, PROTOCOL_VERSION};
+
+    use super::*;
+
+    fn ack(of: Id) -> UsageAck {
+        UsageAck {
+            version: PROTOCOL_VERSION,
+            lease: Id([1; 32]),
+            customer: Keypair::from_seed([2; 32]).public(),
+            attestation: of,
+            seq: 3,
+            created_at: UnixMillis(10),
+        }
+    }
+
+    fn dispute(of: Id, reason: DisputeReason) -> UsageDispute {
+        UsageDispute {
+            version: PROTOCOL_VERSION,
+            lease: Id([1; 32]),
+            customer: Keypair::from_seed([2; 32]).public(),
+            attestation: of,
+            seq: 3,
+            reason,
+            detail: "seen".into(),
+            created_at: UnixMillis(10),
+        }
+    }
+
+    #[test]
+    fn rules_decide_what_they_can_and_hold_the_rest() {
+        let id = Id([9; 32]);
+        let other = Id([8; 32]);
+        let none: [UsageAck; 0] = [];
+        let no_dispute: [UsageDispute; 0] = [];
+        assert_eq!(answer(id, &none, &no_dispute), Answer::None);
+        assert_eq!(answer(id, &[ack(id)], &no_dispute), Answer::Acked);
+        // A reason the attestation's own checks refute: paid, lost.
+        for reason in [
+            DisputeReason::BadSignature,
+            DisputeReason::BrokenChain,
+            DisputeReason::OverlappingWindow,
+            DisputeReason::ArithmeticMismatch,
+            DisputeReason::WrongGpus,
+            DisputeReason::Overbilled,
+        ] {
+            assert_eq!(answer(id, &none, &[dispute(id, reason)]), Answer::Refuted);
+        }
+        // An observation no rule can check: held.
+        for reason in [DisputeReason::NotDelivered, DisputeReason::Other] {
+            assert_eq!(answer(id, &none, &[dispute(id, reason)]), Answer::Held);
+            // The customer's signed ack of this very attestation wins.
+            assert_eq!(answer(id, &[ack(id)], &[dispute(id, reason)]), Answer::Refuted);
+        }
+        // An answer about another attestation at this position: held.
+        assert_eq!(answer(id, &[ack(other)], &no_dispute), Answer::Held);
+        assert_eq!(
+            answer(id, &none, &[dispute(other, DisputeReason::BadSignature)]),
+            Answer::Held
+        );
+        // A dispute of a forged attestation does not hold the genuine one
+        // the customer acked.
+        assert_eq!(
+            answer(id, &[ack(id)], &[dispute(other, DisputeReason::BadSignature)]),
+            Answer::Acked
+        );
+    }
+}

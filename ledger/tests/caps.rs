@@ -445,6 +445,7 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                         } else {
                             honest.refund
                         },
+                        held: honest.held,
                         final_settlement: last,
                         created_at: now(),
                     },

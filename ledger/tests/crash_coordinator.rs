@@ -161,6 +161,7 @@ fn lease(n: u64) -> Lease {
             supplier_amount: Credits::from_units(59_400),
             fee: Credits::from_units(600),
             refund: Credits::from_units(ESCROW - 60_000),
+            held: Credits::ZERO,
             final_settlement: true,
             created_at: now(),
         },

@@ -260,6 +260,7 @@ fn main() {
                     supplier_amount: payout.supplier,
                     fee: payout.fee,
                     refund: payout.refund,
+                    held: payout.held,
                     final_settlement: true,
                     created_at: now,
                 },

@@ -831,6 +831,7 @@ async fn a_byzantine_member_cannot_certify_a_double_spend_or_a_wrong_payout() {
                 supplier_amount: supplier_amount.parse().unwrap(),
                 fee: fee.parse().unwrap(),
                 refund: refund.parse().unwrap(),
+                held: Credits::ZERO,
                 final_settlement: true,
                 created_at: UnixMillis::now(),
             },
@@ -1037,6 +1038,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
                 supplier_amount: p.supplier,
                 fee: p.fee,
                 refund: p.refund,
+                held: p.held,
                 final_settlement: true,
                 created_at: UnixMillis::now(),
             },
@@ -2192,6 +2194,164 @@ async fn a_supplier_refuses_a_customer_whose_reputation_is_below_its_minimum() {
             "20".parse().unwrap(),
             "nothing was escrowed"
         );
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+/// A resolution of case `(lease, seq)` by `admin`: `share` to the supplier.
+fn resolution(
+    admin: &Keypair,
+    case: (rigmesh_protocol::Id, u64),
+    parties: (&Keypair, &Keypair),
+    held: Credits,
+    share: Credits,
+) -> Signed<rigmesh_protocol::DisputeResolution> {
+    Signed::sign(
+        rigmesh_protocol::DisputeResolution {
+            version: PROTOCOL_VERSION,
+            epoch: 7,
+            admin: admin.public(),
+            lease: case.0,
+            supplier: parties.0.public(),
+            customer: parties.1.public(),
+            settlement_seq: case.1,
+            held,
+            supplier_share: share,
+            against: if share.is_zero() {
+                rigmesh_protocol::DecidedAgainst::Supplier
+            } else {
+                rigmesh_protocol::DecidedAgainst::Neither
+            },
+            note: "the rig's own logs show its GPU offline".into(),
+            created_at: UnixMillis::now(),
+        },
+        admin,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = ready_market(&dirs).await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    fund(&customer, &buyer, "20", "wire-0013").await;
+    let r = bid_one(&customer, dirs[5].path(), "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+    let cs_ref = &cs;
+    eventually(30, "a first settlement on every coordinator", || async move {
+        cs_ref
+            .iter()
+            .all(|c| lease_book(c, &lease).is_some_and(|b| b.next_settlement_seq > 0))
+    })
+    .await;
+    // The customer observes the GPU unreachable: every window from now on
+    // is disputed with that observation, which no rule decides.
+    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let refused = common::http_post(
+        customer.customer_api,
+        &format!("/v1/leases/{lease}/dispute"),
+        &token,
+        r#"{"reason":"overbilled","detail":"too much"}"#,
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    let r = common::http_post(
+        customer.customer_api,
+        &format!("/v1/leases/{lease}/dispute"),
+        &token,
+        r#"{"reason":"not_delivered","detail":"ssh to the rig times out"}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let c0 = cs[0].coordinator.as_ref().unwrap().ledger.clone();
+    let held_at = |c: &RunningNode| {
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        ledger.totals().unwrap().disputed
+    };
+    eventually(40, "a dispute case held on every coordinator", || async move {
+        cs_ref.iter().all(|c| held_at(c) > Credits::ZERO)
+    })
+    .await;
+    let r = common::http_post(
+        customer.customer_api,
+        &format!("/v1/leases/{lease}/end"),
+        &token,
+        "{}",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    eventually(60, "the final settlement on every coordinator", || async move {
+        cs_ref
+            .iter()
+            .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
+    })
+    .await;
+    // The lease is closed, and what the disputed windows cost stays held:
+    // neither refunded nor paid, the same on every coordinator.
+    let cases = c0.dispute_cases(true, 64).unwrap();
+    assert!(!cases.is_empty());
+    let held: i64 = cases.iter().map(|(_, c)| c.held.units()).sum();
+    let held = Credits::from_units(held);
+    assert_eq!(held_at(&cs[0]), held);
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first, "the coordinators agree");
+        assert_eq!(
+            c.coordinator.as_ref().unwrap().ledger.balance(&Account::Escrow(lease)).unwrap(),
+            Credits::ZERO,
+            "the closed escrow is empty"
+        );
+    }
+    let customer_before = balance(&cs[0], &buyer);
+    let supplier_before = balance(&cs[0], &seller);
+    let quorum = customer.quorum.as_ref().unwrap();
+    // Only an admin key's resolution is voted for.
+    let (key, case) = cases[0].clone();
+    let forged = resolution(&buyer, key, (&seller, &buyer), case.held, Credits::ZERO);
+    let answers = quorum.ask_all(&CoordinatorRequest::Resolve(forged)).await;
+    assert!(answers
+        .iter()
+        .all(|(_, a)| matches!(a, Ok(CoordinatorResponse::Refused(r)) if r.contains("not_admin"))));
+    // The operator decides every case for the customer.
+    let admin = Keypair::from_seed(ADMIN);
+    for (key, case) in &cases {
+        let decision = resolution(&admin, *key, (&seller, &buyer), case.held, Credits::ZERO);
+        let certificate = quorum
+            .certify(&decision, &CoordinatorRequest::Resolve(decision.clone()))
+            .await
+            .unwrap();
+        quorum
+            .deliver(CertificateFrame::Resolution(Box::new(certificate)))
+            .await;
+    }
+    eventually(30, "every case resolved on every coordinator", || async move {
+        cs_ref.iter().all(|c| {
+            let ledger = &c.coordinator.as_ref().unwrap().ledger;
+            ledger.dispute_cases(true, 64).unwrap().is_empty()
+                && ledger.totals().unwrap().disputed == Credits::ZERO
+        })
+    })
+    .await;
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first, "the coordinators agree after the resolution");
+        assert_eq!(
+            balance(c, &buyer),
+            customer_before.checked_add(held).unwrap(),
+            "what was held comes back to the customer"
+        );
+        assert_eq!(balance(c, &seller), supplier_before);
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        ledger.check_books().unwrap();
+        let lost = ledger
+            .dispute_record(&seller.public(), rigmesh_ledger::reputation::Side::Supplier, UnixMillis::now())
+            .unwrap();
+        assert_eq!(lost.lost_count() as usize, cases.len(), "the supplier lost each case");
     }
     for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();

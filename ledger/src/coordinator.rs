@@ -1174,15 +1174,14 @@ impl<'l, S: Store> Coordinator<'l, S> {
             held.add_window(hold)
                 .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
         }
-        let payout = billing::payout_holding(
-            g.body.proposal.body.price_per_gpu_hour,
-            meter.gpu_ms(),
-            held.gpu_ms(),
-            book.available()?,
-            self.config.fee_rate,
-            claim.final_settlement,
-        )
-        .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
+        let payout = self
+            .payout(
+                g,
+                (meter.gpu_ms(), held.gpu_ms()),
+                book.available()?,
+                claim.final_settlement,
+            )
+            .map_err(|e| Refusal::new("payout_mismatch", e.to_string()))?;
         if payout.billable_gpu_ms != claim.billable_gpu_ms
             || payout.supplier != claim.supplier_amount
             || payout.fee != claim.fee
@@ -1209,17 +1208,19 @@ impl<'l, S: Store> Coordinator<'l, S> {
         Ok((window_counts(ev, &statuses), refuted))
     }
 
-    /// The payout of section 8.3 for `gpu_ms` of lease `agreement`.
+    /// The payout of section 8.3 for `gpu_ms` paid and `held_gpu_ms`
+    /// held for review of lease `agreement`.
     pub fn payout(
         &self,
         agreement: &Signed<LeaseAgreement>,
-        gpu_ms: u64,
+        (gpu_ms, held_gpu_ms): (u64, u64),
         available: Credits,
         final_settlement: bool,
     ) -> crate::Result<Payout> {
-        billing::payout(
+        billing::payout_holding(
             agreement.body.proposal.body.price_per_gpu_hour,
             gpu_ms,
+            held_gpu_ms,
             available,
             self.config.fee_rate,
             final_settlement,

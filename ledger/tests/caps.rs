@@ -287,20 +287,21 @@ fn build(plan: &LeasePlan, nonce: u64, customer: &Keypair, supplier: &Keypair) -
     built
 }
 
-/// GPU-ms the rules pay in `range` (spec section 7 and 6.1).
-fn payable(plan: &LeasePlan, range: std::ops::Range<usize>) -> u64 {
+/// GPU-ms the rules pay and hold for review in `range` (spec sections 7
+/// and 6.1): a window disputed as not delivered is held.
+fn payable(plan: &LeasePlan, range: std::ops::Range<usize>) -> (u64, u64) {
     range
         .map(|i| {
             let (gpu_ms, answer) = plan.windows[i];
             let after_end = plan.terminated_in.is_some_and(|w| i > w);
             match answer {
-                Answer::Ack => gpu_ms,
-                Answer::Dispute => 0,
-                Answer::Nothing if after_end => 0,
-                Answer::Nothing => gpu_ms,
+                Answer::Ack => (gpu_ms, 0),
+                Answer::Dispute => (0, gpu_ms),
+                Answer::Nothing if after_end => (0, 0),
+                Answer::Nothing => (gpu_ms, 0),
             }
         })
-        .sum()
+        .fold((0, 0), |(p, h), (a, b)| (p + a, h + b))
 }
 
 /// The customer's escrow order `seq` of `amount` for `agreement`'s lease.
@@ -490,7 +491,11 @@ fn run(plans: Vec<LeasePlan>, account_cap: i64, deposit: i64) {
                 net.check();
             }
             settled += 1;
-            let paid = honest.supplier.checked_add(honest.fee).unwrap();
+            let paid = honest
+                .supplier
+                .checked_add(honest.fee)
+                .and_then(|p| p.checked_add(honest.held))
+                .unwrap();
             available = available.checked_sub(paid).unwrap();
             settlement_seq += 1;
             first = range.end;

@@ -304,28 +304,48 @@ fn disputed_and_unanswered_windows() {
     };
     assert!(net.c(0).vote_settlement(&evidence, later).is_ok());
 
-    // A disputed window pays nothing.
-    let disputes = [samples::usage_dispute().unwrap()];
+    // A dispute whose reason the attestation's own checks refute (it bills
+    // no more than the window allows) is decided by rule: paid in full.
+    let refuted = [samples::usage_dispute().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        disputes: &refuted,
+        ..no_answer
+    };
+    assert!(net.c(1).vote_settlement(&evidence, now()).is_ok());
+
+    // A dispute no rule decides holds the window's charge for review: paid
+    // nothing, and not refunded either.
+    let mut dispute = samples::usage_dispute().unwrap().body;
+    dispute.reason = rigmesh_protocol::DisputeReason::NotDelivered;
+    let disputes = [Signed::sign(dispute, &samples::customer()).unwrap()];
     let mut body = request.body.clone();
     body.billable_gpu_ms = 0;
     body.supplier_amount = Credits::ZERO;
     body.fee = Credits::ZERO;
-    let zero = Signed::sign(body, &samples::supplier()).unwrap();
+    let paid_nothing = body.clone();
+    body.held = Credits::from_units(72_625);
+    let holding = Signed::sign(body, &samples::supplier()).unwrap();
     let evidence = SettlementEvidence {
-        request: &zero,
+        request: &holding,
         disputes: &disputes,
         ..no_answer
     };
-    assert!(net.c(1).vote_settlement(&evidence, now()).is_ok());
-    let evidence = SettlementEvidence {
-        request: &request,
-        disputes: &disputes,
-        ..no_answer
-    };
-    assert_eq!(
-        net.c(2).vote_settlement(&evidence, now()).unwrap_err().code,
-        "payout_mismatch"
-    );
+    assert!(net.c(2).vote_settlement(&evidence, now()).is_ok());
+    for wrong in [
+        Signed::sign(paid_nothing, &samples::supplier()).unwrap(),
+        request.clone(),
+    ] {
+        let evidence = SettlementEvidence {
+            request: &wrong,
+            disputes: &disputes,
+            ..no_answer
+        };
+        assert_eq!(
+            net.c(3).vote_settlement(&evidence, now()).unwrap_err().code,
+            "payout_mismatch"
+        );
+    }
 }
 
 #[test]

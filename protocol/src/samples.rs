@@ -568,7 +568,7 @@ pub fn dispute_resolution_at(t0: UnixMillis) -> Result<Signed<DisputeResolution>
             supplier_share: credits(36_312),
             against: DecidedAgainst::Neither,
             note: "the GPU dropped out for half the window".into(),
-            created_at: t0.plus_ms(3_600_000),
+            created_at: t0.plus_ms(95_000),
         },
         &admin(),
     )

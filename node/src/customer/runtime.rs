@@ -1170,6 +1170,22 @@ impl Customer {
             WireMessage::ReleaseCertificate(certificate) => {
                 self.on_settlement(certificate.message.body.lease).await
             }
+            WireMessage::ResolutionCertificate(certificate) => {
+                let r = &certificate.message.body;
+                if r.customer == self.key.public() {
+                    let refund = r.held.checked_sub(r.supplier_share).unwrap_or(Credits::ZERO);
+                    self.notify(
+                        rigmesh_protocol::Severity::Info,
+                        "dispute.decided",
+                        r.lease,
+                        format!(
+                            "lease {}: the dispute of settlement {} is decided: {refund} of the {} held \
+                             comes back to you, {} goes to the supplier ({})",
+                            r.lease, r.settlement_seq, r.held, r.supplier_share, r.note
+                        ),
+                    );
+                }
+            }
             WireMessage::Offer(offer) => {
                 self.standing.offer_arrived(&offer.body, UnixMillis::now())
             }

@@ -11,6 +11,7 @@
 //! supplier's attestations and this node's acks, disputes and
 //! terminations are the evidence.
 
+use rigmesh_ledger::disputes::{answer, Answer};
 use rigmesh_ledger::{termination_point, CoordinatorConfig, MarketStore};
 use rigmesh_protocol::rpc::ReleaseBundle;
 use rigmesh_protocol::{
@@ -113,23 +114,30 @@ pub fn build(
         .filter(|t| t.signer == me)
         .collect();
     let ended = termination_point(&lease, &me, &terminations);
-    // What the rules pay (settlement.md 7, 6.1): acked windows, and those
-    // left unanswered before the termination; disputed ones and those
-    // unanswered after it, nothing. The grace period is past the unacked
-    // timeout, so nothing is undecided.
+    // What the rules pay in a release (settlement.md 7, 8.5, 6.1): acked
+    // windows, and those left unanswered before the termination; disputed
+    // ones (held or refuted alike) and those unanswered after it, nothing.
+    // The grace period is past the unacked timeout, so nothing is
+    // undecided.
     let mut gpu_ms: u64 = 0;
     for a in &covered {
         let id = a.id().map_err(|e| text(&e))?;
         let b = &a.body;
-        let disputed = disputes.iter().any(|d| d.body.seq == b.seq)
-            || acks
-                .iter()
-                .any(|k| k.body.seq == b.seq && k.body.attestation != id);
-        let acked = acks
-            .iter()
-            .any(|k| k.body.seq == b.seq && k.body.attestation == id);
         let after_end = ended.is_some_and(|end| b.window_start > end);
-        let pays = !disputed && (acked || !after_end);
+        let pays = match answer(
+            id,
+            acks.iter()
+                .filter(|k| k.body.seq == b.seq)
+                .map(|k| &k.body),
+            disputes
+                .iter()
+                .filter(|d| d.body.seq == b.seq)
+                .map(|d| &d.body),
+        ) {
+            Answer::Acked => true,
+            Answer::None => !after_end,
+            Answer::Refuted | Answer::Held => false,
+        };
         if pays {
             gpu_ms = gpu_ms
                 .checked_add(b.billable_gpu_ms)

@@ -410,16 +410,12 @@ impl<S: Store> Ledger<S> {
     /// [`Ledger::lock_escrow`] and [`Ledger::settle`], which keep the lease
     /// books in step, so entries naming them are refused here.
     pub fn post(&self, entry: &JournalEntry, cause: &Cause) -> Result<u64> {
-        if let Some(leg) = entry
-            .legs
-            .iter()
-            .find(|l| {
-                matches!(
-                    l.account,
-                    Account::Escrow(_) | Account::Payable(_) | Account::Disputed(_)
-                )
-            })
-        {
+        if let Some(leg) = entry.legs.iter().find(|l| {
+            matches!(
+                l.account,
+                Account::Escrow(_) | Account::Payable(_) | Account::Disputed(_)
+            )
+        }) {
             return Err(Error::WrongAccount {
                 account: leg.account,
                 movement: entry.movement.name(),

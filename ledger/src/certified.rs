@@ -20,12 +20,12 @@ use crate::accounts::{Account, JournalEntry, Movement};
 use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
-use crate::disputes::DisputeCase;
 use crate::columns::{
     AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences,
     DisputeCases, Held, KnownDestinations, LeaseBooks, PendingCertificates, RefutedDisputes,
     SettlementHeads, SettlementLocks, TypedStore,
 };
+use crate::disputes::DisputeCase;
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;

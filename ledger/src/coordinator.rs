@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use rigmesh_protocol::rpc::DebitRequest;
 use rigmesh_protocol::{
     Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, DisputeResolution,
-    EscrowCertificate, EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement,
-    LeaseTermination, PublicKey, ReleaseCertificate, ResolutionCertificate,
-    SettlementCertificate, SettlementRequest, Signed, UnixMillis, UsageAck,
-    UsageAttestation, UsageDispute, Vote, Withdrawal, WithdrawalCertificate,
+    EscrowCertificate, EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement, LeaseTermination,
+    PublicKey, ReleaseCertificate, ResolutionCertificate, SettlementCertificate, SettlementRequest,
+    Signed, UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote, Withdrawal,
+    WithdrawalCertificate,
 };
 
 use crate::billing::{self, FeeRate, Payout};

@@ -189,7 +189,8 @@ pub fn resolution_mismatch(case: Option<&DisputeCase>, r: &DisputeResolution) ->
 impl<S: Store> Ledger<S> {
     /// The case a settlement of `lease` held at `settlement_seq`, if any.
     pub fn dispute_case(&self, lease: &Id, settlement_seq: u64) -> Result<Option<DisputeCase>> {
-        self.store().get_in::<DisputeCases>(&(*lease, settlement_seq))
+        self.store()
+            .get_in::<DisputeCases>(&(*lease, settlement_seq))
     }
 
     /// Up to `limit` cases (the open ones only when `open`), oldest lease
@@ -441,7 +442,10 @@ mod tests {
         for reason in [DisputeReason::NotDelivered, DisputeReason::Other] {
             assert_eq!(answer(id, &none, &[dispute(id, reason)]), Answer::Held);
             // The customer's signed ack of this very attestation wins.
-            assert_eq!(answer(id, &[ack(id)], &[dispute(id, reason)]), Answer::Refuted);
+            assert_eq!(
+                answer(id, &[ack(id)], &[dispute(id, reason)]),
+                Answer::Refuted
+            );
         }
         // An answer about another attestation at this position: held.
         assert_eq!(answer(id, &[ack(other)], &no_dispute), Answer::Held);
@@ -452,7 +456,11 @@ mod tests {
         // A dispute of a forged attestation does not hold the genuine one
         // the customer acked.
         assert_eq!(
-            answer(id, &[ack(id)], &[dispute(other, DisputeReason::BadSignature)]),
+            answer(
+                id,
+                &[ack(id)],
+                &[dispute(other, DisputeReason::BadSignature)]
+            ),
             Answer::Acked
         );
     }

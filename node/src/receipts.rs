@@ -172,9 +172,15 @@ pub fn receipts(
         .unwrap_or_default()
     {
         let r = &c.message.body;
-        let refund = r.held.checked_sub(r.supplier_share).unwrap_or(Credits::ZERO);
-        let Some(amount) = share(account, (r.supplier, r.supplier_share), (r.customer, refund))
-        else {
+        let refund = r
+            .held
+            .checked_sub(r.supplier_share)
+            .unwrap_or(Credits::ZERO);
+        let Some(amount) = share(
+            account,
+            (r.supplier, r.supplier_share),
+            (r.customer, refund),
+        ) else {
             continue;
         };
         let verified = set.is_some_and(|s| c.verify(s).is_ok());

@@ -2249,11 +2249,15 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
     let cs_ref = &cs;
-    eventually(30, "a first settlement on every coordinator", || async move {
-        cs_ref
-            .iter()
-            .all(|c| lease_book(c, &lease).is_some_and(|b| b.next_settlement_seq > 0))
-    })
+    eventually(
+        30,
+        "a first settlement on every coordinator",
+        || async move {
+            cs_ref
+                .iter()
+                .all(|c| lease_book(c, &lease).is_some_and(|b| b.next_settlement_seq > 0))
+        },
+    )
     .await;
     // The customer observes the GPU unreachable: every window from now on
     // is disputed with that observation, which no rule decides.
@@ -2279,9 +2283,11 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
         let ledger = &c.coordinator.as_ref().unwrap().ledger;
         ledger.totals().unwrap().disputed
     };
-    eventually(40, "a dispute case held on every coordinator", || async move {
-        cs_ref.iter().all(|c| held_at(c) > Credits::ZERO)
-    })
+    eventually(
+        40,
+        "a dispute case held on every coordinator",
+        || async move { cs_ref.iter().all(|c| held_at(c) > Credits::ZERO) },
+    )
     .await;
     let r = common::http_post(
         customer.customer_api,
@@ -2291,11 +2297,15 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    eventually(60, "the final settlement on every coordinator", || async move {
-        cs_ref
-            .iter()
-            .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
-    })
+    eventually(
+        60,
+        "the final settlement on every coordinator",
+        || async move {
+            cs_ref
+                .iter()
+                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
+        },
+    )
     .await;
     // The lease is closed, and what the disputed windows cost stays held:
     // neither refunded nor paid, the same on every coordinator.
@@ -2308,7 +2318,12 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     for c in &cs {
         assert_eq!(books(c), first, "the coordinators agree");
         assert_eq!(
-            c.coordinator.as_ref().unwrap().ledger.balance(&Account::Escrow(lease)).unwrap(),
+            c.coordinator
+                .as_ref()
+                .unwrap()
+                .ledger
+                .balance(&Account::Escrow(lease))
+                .unwrap(),
             Credits::ZERO,
             "the closed escrow is empty"
         );
@@ -2335,17 +2350,25 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
             .deliver(CertificateFrame::Resolution(Box::new(certificate)))
             .await;
     }
-    eventually(30, "every case resolved on every coordinator", || async move {
-        cs_ref.iter().all(|c| {
-            let ledger = &c.coordinator.as_ref().unwrap().ledger;
-            ledger.dispute_cases(true, 64).unwrap().is_empty()
-                && ledger.totals().unwrap().disputed == Credits::ZERO
-        })
-    })
+    eventually(
+        30,
+        "every case resolved on every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                let ledger = &c.coordinator.as_ref().unwrap().ledger;
+                ledger.dispute_cases(true, 64).unwrap().is_empty()
+                    && ledger.totals().unwrap().disputed == Credits::ZERO
+            })
+        },
+    )
     .await;
     let first = books(&cs[0]);
     for c in &cs {
-        assert_eq!(books(c), first, "the coordinators agree after the resolution");
+        assert_eq!(
+            books(c),
+            first,
+            "the coordinators agree after the resolution"
+        );
         assert_eq!(
             balance(c, &buyer),
             customer_before.checked_add(held).unwrap(),
@@ -2355,9 +2378,17 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
         let ledger = &c.coordinator.as_ref().unwrap().ledger;
         ledger.check_books().unwrap();
         let lost = ledger
-            .dispute_record(&seller.public(), rigmesh_ledger::reputation::Side::Supplier, UnixMillis::now())
+            .dispute_record(
+                &seller.public(),
+                rigmesh_ledger::reputation::Side::Supplier,
+                UnixMillis::now(),
+            )
             .unwrap();
-        assert_eq!(lost.lost_count() as usize, cases.len(), "the supplier lost each case");
+        assert_eq!(
+            lost.lost_count() as usize,
+            cases.len(),
+            "the supplier lost each case"
+        );
     }
     for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();

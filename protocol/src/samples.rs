@@ -13,8 +13,7 @@ use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
     Approval, Certificate, CoordinatorSet, DecidedAgainst, Deposit, DisputeResolution, EscrowOrder,
-    EscrowRelease, SettlementRequest,
-    Vote, Withdrawal,
+    EscrowRelease, SettlementRequest, Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;

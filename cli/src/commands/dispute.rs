@@ -61,7 +61,10 @@ pub(crate) fn run(args: DisputeArgs) -> anyhow::Result<ExitCode> {
     if args.node.json {
         outln!("{}", serde_json::to_string_pretty(&status)?);
     } else if args.stop {
-        outln!("lease {}: windows are acked again from now on", status.lease);
+        outln!(
+            "lease {}: windows are acked again from now on",
+            status.lease
+        );
     } else {
         outln!(
             "lease {}: every window from now on is disputed; the coordinators hold its charge \

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use rigmesh_protocol::rpc::{CaseFile, CertificateFrame, CoordinatorRequest, CoordinatorResponse};
 use rigmesh_protocol::{
-    Credits, DecidedAgainst, DisputeResolution, Id, Keypair, Kind, Signed, SettlementRequest,
+    Credits, DecidedAgainst, DisputeResolution, Id, Keypair, Kind, SettlementRequest, Signed,
     UnixMillis, PROTOCOL_VERSION,
 };
 
@@ -290,7 +290,10 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
             (Decision::ForCustomer, None) => (Credits::ZERO, DecidedAgainst::Supplier),
             (Decision::Split, Some(share)) if share < r.held => (share, DecidedAgainst::Neither),
             (Decision::Split, Some(share)) => {
-                bail!("--supplier-share {share} is not less than the {} held", r.held)
+                bail!(
+                    "--supplier-share {share} is not less than the {} held",
+                    r.held
+                )
             }
             (Decision::Split, None) => bail!("--decision split needs --supplier-share"),
             (_, Some(_)) => bail!("--supplier-share goes with --decision split only"),
@@ -316,7 +319,10 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
             .verify_record()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let certificate = quorum
-            .certify(&resolution, &CoordinatorRequest::Resolve(resolution.clone()))
+            .certify(
+                &resolution,
+                &CoordinatorRequest::Resolve(resolution.clone()),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("the resolution was not certified: {e}"))?;
         let applied = quorum
@@ -328,7 +334,10 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     node.stop().await?;
     let (resolution, certificate, applied) = result?;
     let b = &resolution.body;
-    let refund = b.held.checked_sub(b.supplier_share).unwrap_or(Credits::ZERO);
+    let refund = b
+        .held
+        .checked_sub(b.supplier_share)
+        .unwrap_or(Credits::ZERO);
     if args.set.json {
         outln!(
             "{}",

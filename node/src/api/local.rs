@@ -749,7 +749,10 @@ pub async fn serve(
             .route("/v1/bids/{id}", get(bid_status).delete(cancel_bid))
             .route("/v1/leases", get(leases))
             .route("/v1/leases/{id}/end", axum::routing::post(end_lease))
-            .route("/v1/leases/{id}/dispute", axum::routing::post(contest_lease))
+            .route(
+                "/v1/leases/{id}/dispute",
+                axum::routing::post(contest_lease),
+            )
             .route("/v1/usage/{lease}", get(usage))
             .route("/v1/budget", get(budget).put(set_budget))
             .route("/v1/account", get(account)),

@@ -528,7 +528,10 @@ mod tests {
             .find(|r| r.body.subject == supplier)
             .expect("a report about the supplier");
         assert_eq!(report.body.score_bp, 0, "its one window was disputed");
-        assert_eq!(report.body.disputes_lost, 0, "the dispute is not decided yet");
+        assert_eq!(
+            report.body.disputes_lost, 0,
+            "the dispute is not decided yet"
+        );
         assert!(report.verify_record().is_ok());
         let rules: Vec<(&str, Audience)> = alerts
             .iter()
@@ -556,11 +559,7 @@ mod tests {
         assert_eq!(case.held, Credits::from_units(72_625));
         let customer = samples::customer().public();
         let supplier = samples::supplier().public();
-        let balance = |key| {
-            ledger
-                .balance(&rigmesh_ledger::Account::User(key))
-                .unwrap()
-        };
+        let balance = |key| ledger.balance(&rigmesh_ledger::Account::User(key)).unwrap();
         let before = balance(customer);
         let config = CoordinatorConfig {
             set: samples::coordinator_set().unwrap(),
@@ -593,10 +592,18 @@ mod tests {
         };
         let rules = Coordinator::new(&ledger, &me, &config);
         // Anyone but an admin key is refused.
-        let forged = resolve(0, rigmesh_protocol::DecidedAgainst::Supplier, &samples::supplier());
+        let forged = resolve(
+            0,
+            rigmesh_protocol::DecidedAgainst::Supplier,
+            &samples::supplier(),
+        );
         let refusal = rules.vote_resolution(&forged, at(90_000)).unwrap_err();
         assert_eq!(refusal.code, "not_admin");
-        let resolution = resolve(0, rigmesh_protocol::DecidedAgainst::Supplier, &samples::admin());
+        let resolution = resolve(
+            0,
+            rigmesh_protocol::DecidedAgainst::Supplier,
+            &samples::admin(),
+        );
         let keys = samples::coordinators();
         let votes: Vec<_> = keys
             .iter()
@@ -608,7 +615,11 @@ mod tests {
             })
             .collect();
         // A second, different resolution of the same case gets no vote.
-        let other = resolve(72_625, rigmesh_protocol::DecidedAgainst::Customer, &samples::admin());
+        let other = resolve(
+            72_625,
+            rigmesh_protocol::DecidedAgainst::Customer,
+            &samples::admin(),
+        );
         assert_eq!(
             rules.vote_resolution(&other, at(90_000)).unwrap_err().code,
             "conflicting_request"

@@ -657,19 +657,20 @@ impl CoordinatorRole {
                     && k.body.seq == seq
                     && k.body.attestation != id
             };
-            let held = match rigmesh_ledger::disputes::answer(
-                id,
-                acks.iter()
-                    .filter(|k| ours(k.body.lease, k.body.customer, k.body.seq) && k.body.seq == seq)
-                    .map(|k| &k.body),
-                disputes
-                    .iter()
-                    .filter(|d| d.body.seq == seq)
-                    .map(|d| &d.body),
-            ) {
-                rigmesh_ledger::disputes::Answer::Held => true,
-                _ => false,
-            };
+            let held = matches!(
+                rigmesh_ledger::disputes::answer(
+                    id,
+                    acks.iter()
+                        .filter(|k| ours(k.body.lease, k.body.customer, k.body.seq)
+                            && k.body.seq == seq)
+                        .map(|k| &k.body),
+                    disputes
+                        .iter()
+                        .filter(|d| d.body.seq == seq)
+                        .map(|d| &d.body),
+                ),
+                rigmesh_ledger::disputes::Answer::Held
+            );
             if !held {
                 continue;
             }

@@ -126,9 +126,7 @@ pub fn build(
         let after_end = ended.is_some_and(|end| b.window_start > end);
         let pays = match answer(
             id,
-            acks.iter()
-                .filter(|k| k.body.seq == b.seq)
-                .map(|k| &k.body),
+            acks.iter().filter(|k| k.body.seq == b.seq).map(|k| &k.body),
             disputes
                 .iter()
                 .filter(|d| d.body.seq == b.seq)

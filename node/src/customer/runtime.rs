@@ -1173,7 +1173,10 @@ impl Customer {
             WireMessage::ResolutionCertificate(certificate) => {
                 let r = &certificate.message.body;
                 if r.customer == self.key.public() {
-                    let refund = r.held.checked_sub(r.supplier_share).unwrap_or(Credits::ZERO);
+                    let refund = r
+                        .held
+                        .checked_sub(r.supplier_share)
+                        .unwrap_or(Credits::ZERO);
                     self.notify(
                         rigmesh_protocol::Severity::Info,
                         "dispute.decided",

@@ -313,11 +313,9 @@ impl LeaseWatch {
         }
         // From here on the attestation is the supplier's word for this
         // position: it joins the chain whatever its content.
-        let problem = self.content_problem(attestation, now).or_else(|| {
-            self.contest
-                .as_ref()
-                .map(|c| (c.reason, c.detail.clone()))
-        });
+        let problem = self
+            .content_problem(attestation, now)
+            .or_else(|| self.contest.as_ref().map(|c| (c.reason, c.detail.clone())));
         let verdict = match problem {
             Some((reason, detail)) => {
                 let dispute = self.sign_dispute(id, body.seq, reason, &detail, now)?;

@@ -171,7 +171,11 @@ impl LeaseState {
 
     /// The next request to send, if one is due: the range of decided
     /// windows, whether it is final, and the billable GPU-ms.
-    fn due(&self, terms: &SettleTerms, now: UnixMillis) -> Option<(usize, usize, bool, (u64, u64))> {
+    fn due(
+        &self,
+        terms: &SettleTerms,
+        now: UnixMillis,
+    ) -> Option<(usize, usize, bool, (u64, u64))> {
         if self.closed {
             return None;
         }

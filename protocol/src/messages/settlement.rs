@@ -282,7 +282,10 @@ impl Message for DisputeResolution {
             return Err(Error::field(
                 kind,
                 "supplier_share",
-                format!("{} is more than the {} held", self.supplier_share, self.held),
+                format!(
+                    "{} is more than the {} held",
+                    self.supplier_share, self.held
+                ),
             ));
         }
         if self.supplier_share == self.held && self.against == DecidedAgainst::Supplier {

@@ -620,6 +620,149 @@ fn a_multi_process_testnet_settles_to_the_unit_and_survives_a_crash() {
     );
     eprintln!("phase 1 done after {:?}", started.elapsed());
 
+    // Phase 1b: a lease its customer disputes as not delivered. The
+    // disputed windows' charge is held on every coordinator, neither paid
+    // nor refunded, until an operator resolves the case through the CLI.
+    let disputer = net.node("customer-1").clone();
+    let (a100_price, _) = prices[A100].clone();
+    let a100 = suppliers
+        .iter()
+        .find(|s| s.gpu_model == A100)
+        .unwrap()
+        .clone();
+    let before = net.agreed(&disputer.account, 4).unwrap();
+    let lease = net.bid(&disputer.name, A100, 2, budget_for(a100_price, 20, 2));
+    let disputed = lease["lease"].as_str().unwrap().to_string();
+    let (data, api) = (net.data_dir(&disputer.name), disputer.customer_api.clone());
+    let out = net.rigmesh(&[
+        "dispute",
+        "--data-dir",
+        &data,
+        "--api",
+        &api,
+        &disputed,
+        "--reason",
+        "not-delivered",
+        "--detail",
+        "the job never started on the rig",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(40, "four attested windows", || {
+        let entry = net.supplier_lease(&a100.name, &disputed)?;
+        match entry["windows_attested"].as_u64() {
+            Some(n) if n >= 4 => Ok(()),
+            _ => Err(entry.to_string()),
+        }
+    });
+    let out = net.rigmesh(&["end", "--data-dir", &data, "--api", &api, &disputed]);
+    assert!(out.status.success(), "{}", text(&out));
+    let entry = eventually(60, "the disputed lease's final settlement", || {
+        let entry = net.supplier_lease(&a100.name, &disputed)?;
+        if entry["settled"]["closed"] == true {
+            Ok(entry)
+        } else {
+            Err(entry.to_string())
+        }
+    });
+    let s = &entry["settled"];
+    let paid = sum([
+        credits(s["earned"].as_str().unwrap()),
+        credits(s["fees"].as_str().unwrap()),
+    ]);
+    let cases = eventually(30, "the held cases on the review queue", || {
+        let out = net.rigmesh(&["admin", "disputes", "list", "--config", &config, "--json"]);
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        let rows: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let ours: Vec<Value> = rows
+            .as_array()
+            .ok_or("not a list")?
+            .iter()
+            .filter(|c| c["lease"] == disputed.as_str() && c["held_by"] == 4)
+            .cloned()
+            .collect();
+        if ours.is_empty() {
+            Err(rows.to_string())
+        } else {
+            Ok(ours)
+        }
+    });
+    let held = sum(cases.iter().map(|c| credits(c["held"].as_str().unwrap())));
+    assert!(held > Credits::ZERO, "{cases:?}");
+    // The customer paid for what it did not dispute, and what it disputed
+    // is held: its balance shows neither the refund nor the payout of it.
+    let view = net.agreed(&disputer.account, 4).unwrap();
+    assert_eq!(view.escrowed, Credits::ZERO);
+    let escrowed = budget_for(a100_price, 20, 2);
+    assert_eq!(
+        view.balance,
+        before
+            .balance
+            .checked_sub(paid)
+            .and_then(|b| b.checked_sub(held))
+            .unwrap(),
+        "held {held}, paid {paid} of {escrowed}"
+    );
+    let case = cases[0]["case"].as_str().unwrap().to_string();
+    let out = net.rigmesh(&["admin", "disputes", "show", "--config", &config, &case]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        shown.contains("NotDelivered: the job never started on the rig") && shown.contains("GPU 0"),
+        "{shown}"
+    );
+    for c in &cases {
+        let out = net.rigmesh(&[
+            "admin",
+            "disputes",
+            "resolve",
+            "--config",
+            &config,
+            "--admin-key",
+            &admin_key,
+            c["case"].as_str().unwrap(),
+            "--decision",
+            "for-customer",
+            "--note",
+            "the rig's logs show the job never started",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let again = net.rigmesh(&[
+        "admin",
+        "disputes",
+        "resolve",
+        "--config",
+        &config,
+        "--admin-key",
+        &admin_key,
+        &case,
+        "--decision",
+        "for-supplier",
+        "--note",
+        "changed my mind",
+    ]);
+    assert!(
+        !again.status.success(),
+        "a case is decided once: {}",
+        text(&again)
+    );
+    let expected = before.balance.checked_sub(paid).unwrap();
+    eventually(
+        20,
+        "the held charge back to the customer everywhere",
+        || {
+            let view = net.agreed(&disputer.account, 4)?;
+            if view.balance == expected {
+                Ok(())
+            } else {
+                Err(format!("{view:?}, expected {expected}"))
+            }
+        },
+    );
+    eprintln!("phase 1b done after {:?}", started.elapsed());
+
     // Phase 2: a lease with 4 s windows and no cap in reach; after three
     // windows a coordinator and the lease's supplier crash.
     let (price, _) = prices[H100].clone();

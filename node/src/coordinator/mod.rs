@@ -793,6 +793,9 @@ const MAX_MISSING: usize = 64;
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
+/// Requests that may wait for a slot; more are answered `busy` at once.
+const MAX_WAITING_ANSWERS: usize = 256;
+
 /// Longest reason sent back, bytes: a refusal always fits the response
 /// frame.
 const MAX_REASON: usize = 1024;
@@ -886,6 +889,9 @@ pub async fn run(
     let mut binding_due = UnixMillis(0);
     let mut report_due = UnixMillis(0);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ANSWERS));
+    let admission = Arc::new(tokio::sync::Semaphore::new(
+        MAX_CONCURRENT_ANSWERS + MAX_WAITING_ANSWERS,
+    ));
     tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
     loop {
         tokio::select! {
@@ -898,9 +904,22 @@ pub async fn run(
             Some(request) = inbound.recv() => {
                 // Requests are answered concurrently, a bounded number at a
                 // time: the ledger's locks and its one writer keep each vote
-                // and each application atomic.
+                // and each application atomic. Admission is bounded before
+                // anything is spawned: past MAX_WAITING_ANSWERS waiting, a
+                // request is answered `busy` at once (no strike; the sender
+                // retries as after a timeout).
+                let Ok(admitted) = admission.clone().try_acquire_owned() else {
+                    let busy = CoordinatorResponse::Refused("busy: too many requests waiting; retry".into());
+                    if let Ok(bytes) = busy.to_bytes() {
+                        if let Err(err) = network.respond(request.protocol, request.channel, bytes).await {
+                            tracing::debug!(%err, "could not answer a request");
+                        }
+                    }
+                    continue;
+                };
                 let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     let Ok(_slot) = slots.acquire_owned().await else { return };
                     let mut refused = None;
                     let response = match request.protocol {

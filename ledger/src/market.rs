@@ -280,32 +280,67 @@ impl MarketStore {
             }
             None => Vec::new(),
         };
-        // Messages only: the index keys start above every kind tag.
-        let end = vec![BY_LEASE];
-        for entry in self.messages.range(start..end) {
-            let (key, value) = entry?;
-            let Some(kind) = key.first().and_then(|t| Kind::from_tag(*t)) else {
-                return Err(Error::Corrupt {
-                    what: "market message key",
-                });
-            };
-            if !kinds.contains(&kind) {
+        // Each kind's messages are one key range (its tag first): only the
+        // ranges asked for are read, in tag order, so the cursor (the last
+        // key sent) orders pages across kinds too.
+        let mut tags: Vec<u8> = kinds.iter().map(|k| k.tag()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        for tag in tags {
+            let lower = vec![tag];
+            let upper = vec![tag.saturating_add(1)];
+            if start >= upper {
                 continue;
             }
-            if page.items.len() == limit {
-                return Ok(page);
+            let from = if start > lower { start.clone() } else { lower };
+            for entry in self.messages.range(from..upper) {
+                let (key, value) = entry?;
+                let Some(kind) = key.first().and_then(|t| Kind::from_tag(*t)) else {
+                    return Err(Error::Corrupt {
+                        what: "market message key",
+                    });
+                };
+                if page.items.len() == limit {
+                    return Ok(page);
+                }
+                if read_u64(&value, "message expiry")? < now.0 {
+                    continue;
+                }
+                let bytes = value.get(8..).ok_or(Error::Corrupt {
+                    what: "market message",
+                })?;
+                page.items.push((kind, bytes.to_vec()));
+                page.next = Some(key.to_vec());
             }
-            if read_u64(&value, "message expiry")? < now.0 {
-                continue;
-            }
-            let bytes = value.get(8..).ok_or(Error::Corrupt {
-                what: "market message",
-            })?;
-            page.items.push((kind, bytes.to_vec()));
-            page.next = Some(key.to_vec());
         }
         page.next = None;
         Ok(page)
+    }
+
+    /// Deletes at most `limit` stored offers, bids and bindings that
+    /// expired before `before` (no other kind expires); returns how many.
+    /// The live-offer index of a device set is kept, so an older offer of
+    /// the same devices is still refused after its successor is pruned.
+    pub fn prune_expired(&self, before: UnixMillis, limit: usize) -> Result<usize> {
+        let mut write = sled::Batch::default();
+        let mut pruned = 0;
+        for kind in [Kind::Offer, Kind::Bid, Kind::NodeBinding] {
+            let tag = kind.tag();
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                if pruned == limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                if read_u64(&value, "message expiry")? < before.0 {
+                    write.remove(key);
+                    pruned += 1;
+                }
+            }
+        }
+        if pruned > 0 {
+            self.messages.apply_batch(write)?;
+        }
+        Ok(pruned)
     }
 
     /// The canonical bytes of every stored, unexpired message of `kind`.
@@ -587,6 +622,87 @@ mod tests {
             .unwrap()
             .items
             .is_empty());
+    }
+
+    #[test]
+    fn pages_over_several_kinds_walk_each_once_in_kind_order() {
+        let store = MarketStore::temporary().unwrap();
+        let record = |kind: Kind, n: u8| MarketRecord {
+            kind,
+            id: Id([n; 32]),
+            bytes: vec![n],
+            offer: None,
+            expires_at: None,
+            lease: None,
+        };
+        let mut batch: Vec<MarketRecord> = (0..7u8).map(|n| record(Kind::Deposit, n)).collect();
+        batch.extend((10..17u8).map(|n| record(Kind::EscrowCertificate, n)));
+        batch.extend((20..27u8).map(|n| record(Kind::UsageAck, n)));
+        store.store(&batch).unwrap();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .page(
+                    &[Kind::Deposit, Kind::EscrowCertificate],
+                    cursor.as_deref(),
+                    3,
+                    UnixMillis(0),
+                )
+                .unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(page.items.iter().map(|(_, b)| b[0]));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        // Escrow certificates (tag 7) before deposits (tag 15); no ack.
+        let mut expected: Vec<u8> = (10..17u8).collect();
+        expected.extend(0..7u8);
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn expired_offers_bids_and_bindings_are_pruned_and_nothing_else() {
+        let store = MarketStore::temporary().unwrap();
+        let bid = |n: u8, expires: u64| MarketRecord {
+            kind: Kind::Bid,
+            id: Id([n; 32]),
+            bytes: vec![n],
+            offer: None,
+            expires_at: Some(UnixMillis(expires)),
+            lease: None,
+        };
+        let cert = MarketRecord {
+            kind: Kind::SettlementCertificate,
+            id: Id([50; 32]),
+            bytes: vec![50],
+            offer: None,
+            expires_at: None,
+            lease: Some(Id([7; 32])),
+        };
+        store
+            .store(&[offer(1, 1), bid(2, 500), bid(3, 5_000), cert])
+            .unwrap();
+        assert_eq!(store.prune_expired(UnixMillis(400), 100).unwrap(), 0);
+        // The offer expires at 1000, the first bid at 500.
+        assert_eq!(store.prune_expired(UnixMillis(2_000), 1).unwrap(), 1);
+        assert_eq!(store.prune_expired(UnixMillis(2_000), 100).unwrap(), 1);
+        assert!(!store.contains(Kind::Offer, &Id([1; 32])).unwrap());
+        assert!(!store.contains(Kind::Bid, &Id([2; 32])).unwrap());
+        assert!(store.contains(Kind::Bid, &Id([3; 32])).unwrap());
+        assert!(store
+            .contains(Kind::SettlementCertificate, &Id([50; 32]))
+            .unwrap());
+        // The device set's sequence is remembered: the pruned offer, or an
+        // older one, cannot come back.
+        assert_eq!(
+            store
+                .offer_sequence(&PublicKey([1; 32]), &Id([2; 32]))
+                .unwrap(),
+            Some(1)
+        );
     }
 
     #[test]

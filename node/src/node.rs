@@ -355,6 +355,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             stop.subscribe(),
         )));
     }
+    tasks.push(tokio::spawn(prune_expired(store.clone(), stop.subscribe())));
     tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
     Ok(RunningNode {
         peer_id: handle.peer_id(),
@@ -369,4 +370,37 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stop,
         tasks,
     })
+}
+
+/// How often expired offers, bids and bindings are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an expired message is kept (late duplicates still find it).
+const PRUNE_AFTER_MS: u64 = 10 * 60 * 1000;
+/// Most messages deleted per round, so one round stays short.
+const PRUNE_LIMIT: usize = 10_000;
+
+/// Deletes expired messages from the gossip store now and then, off the
+/// async executor, until `stop` turns true.
+async fn prune_expired(store: Arc<MarketStore>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let store = store.clone();
+                let before = rigmesh_protocol::UnixMillis::now().minus_ms(PRUNE_AFTER_MS);
+                match tokio::task::spawn_blocking(move || store.prune_expired(before, PRUNE_LIMIT)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(pruned)) => tracing::debug!(pruned, "expired messages deleted"),
+                    Ok(Err(err)) => tracing::warn!(%err, "expired messages not deleted"),
+                    Err(err) => tracing::warn!(%err, "the pruning task failed"),
+                }
+            }
+        }
+    }
 }

@@ -157,6 +157,49 @@ fn notify_commands_list_test_and_log_the_nodes_channels() {
     let log: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(log["outbox_len"], 0, "{log}");
 
+    // Silences: added with a matcher, an expiry and a comment, listed,
+    // expired; a silence without a matcher is refused with the reason.
+    let out = ok(&rigmesh(&["notify", "silences", "list"], &api, &data));
+    assert!(out.contains("no silences"), "{out}");
+    let out = ok(&rigmesh(
+        &[
+            "notify", "silences", "add", "--rule", "budget.", "--for", "2h", "--by", "alice",
+            "--comment", "raising the cap",
+        ],
+        &api,
+        &data,
+    ));
+    assert!(out.contains("silence 1 added, until "), "{out}");
+    let out = ok(&rigmesh(&["notify", "silences", "list"], &api, &data));
+    assert!(
+        out.contains("active")
+            && out.contains("alice")
+            && out.contains("rule budget.*; raising the cap"),
+        "{out}"
+    );
+    let out = rigmesh(
+        &["notify", "silences", "add", "--for", "1h", "--comment", "all"],
+        &api,
+        &data,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a matcher"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&rigmesh(&["notify", "silences", "expire", "1"], &api, &data));
+    assert!(out.contains("silence 1 expired"), "{out}");
+    let out = rigmesh(&["notify", "silences", "expire", "1"], &api, &data);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no silence 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&rigmesh(&["notify", "silences", "list"], &api, &data));
+    assert!(out.contains("no silences"), "{out}");
+
     let out = rigmesh(&["notify", "ack", "00ff00ff00ff00ff"], &api, &data);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -42,6 +42,9 @@ pub struct RunningNode {
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
     /// A client of the coordinator set, when one is configured.
     pub quorum: Option<crate::quorum::Quorum>,
+    /// Where the roles hand their alerts: the notifier when `[notify]` is
+    /// configured, else nowhere.
+    pub alerts: crate::notify::AlertSink,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -366,6 +369,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         store,
         coordinator: coordinator_role,
         quorum,
+        alerts: alerts_to,
         stop,
         tasks,
     })

@@ -237,6 +237,11 @@ impl NodeNotifier {
         &self.handle
     }
 
+    /// The `[notify]` config it runs with.
+    pub fn config(&self) -> &NotifyConfig {
+        &self.config
+    }
+
     /// A sink for the roles.
     pub fn sink(&self) -> AlertSink {
         AlertSink::new(self.handle.clone())

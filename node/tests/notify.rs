@@ -372,3 +372,136 @@ async fn without_a_notify_section_the_endpoints_say_how_to_configure_it() {
     assert_eq!(status(&r), 401, "{r}");
     node.stop().await.unwrap();
 }
+
+/// A customer node notifying a local webhook quickly: `[notify]` with
+/// short waits and one recipient of the customer audience.
+fn quick_notify(url: &str, secret_file: &std::path::Path) -> rigmesh_notify::NotifyConfig {
+    rigmesh_notify::NotifyConfig::from_toml(&format!(
+        r#"
+        [outbox]
+        poll_ms = 50
+        [grouping]
+        group_wait_ms = 100
+        group_interval_ms = 300
+        [[channels]]
+        name = "hook"
+        type = "webhook"
+        url = "{url}"
+        secret = {{ file = "{}" }}
+        [[recipients]]
+        name = "me"
+        audience = ["customer"]
+        channels = ["hook"]
+        "#,
+        secret_file.display()
+    ))
+    .unwrap()
+}
+
+fn warning(rule: &str) -> rigmesh_protocol::Alert {
+    rigmesh_node::notify::own_alert(
+        rigmesh_protocol::Keypair::from_seed([9; 32]).public(),
+        rigmesh_protocol::Audience::Customer,
+        rigmesh_protocol::Severity::Warning,
+        rule,
+        None,
+        format!("{rule} for the silence test"),
+    )
+}
+
+fn delivered(r: &Received, rule: &str) -> usize {
+    r.bodies
+        .iter()
+        .filter(|(_, b)| b.subject.starts_with(rule))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_through() {
+    let (url, mut received) = webhook_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut config = base(Role::Customer, dir.path());
+    config.notify = Some(quick_notify(&url, &secret_file));
+    let node = rigmesh_node::node::start(config).await.unwrap();
+    let api = node.customer_api;
+    let token = read_token(dir.path(), Scope::Customer).unwrap();
+
+    // Refused, with the reason, and nothing added.
+    for (request, reason) in [
+        (r#"{"rule": "lease.", "comment": "x"}"#, "needs an expiry"),
+        (r#"{"rule": "lease.", "duration_secs": 60}"#, "needs a comment"),
+        (
+            r#"{"recipient": "nobody", "duration_secs": 60, "comment": "x"}"#,
+            "not in the [notify] config",
+        ),
+        ("not json", "not a silence"),
+    ] {
+        let r = common::http_post(api, "/v1/notify/silences", &token, request).await;
+        assert_eq!(status(&r), 400, "{r}");
+        assert!(
+            body(&r)["reason"].as_str().unwrap().contains(reason),
+            "{r}"
+        );
+    }
+    let r = common::http(api, "DELETE", "/v1/notify/silences/abc", &token, None).await;
+    assert_eq!(status(&r), 400, "{r}");
+    let r = common::http_get(api, "/v1/notify/silences", None).await;
+    assert_eq!(status(&r), 401, "silences sit behind the token: {r}");
+
+    // Lease alerts silenced for an hour.
+    let r = common::http_post(
+        api,
+        "/v1/notify/silences",
+        &token,
+        r#"{"rule": "lease.", "duration_secs": 3600, "created_by": "alice", "comment": "moving racks"}"#,
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+    let id = body(&r)["id"].as_u64().unwrap();
+    let r = common::http_get(api, "/v1/notify/silences", Some(&token)).await;
+    let listed = body(&r);
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    assert_eq!(listed[0]["rule"], "lease.");
+    assert_eq!(listed[0]["created_by"], "alice");
+    assert_eq!(listed[0]["comment"], "moving racks");
+    assert_eq!(listed[0]["active"], true);
+
+    // The silenced alert, then one the silence does not match: once the
+    // second is delivered, the first (handed over before it, on the same
+    // queue) was taken and muted: no group, no message.
+    node.alerts.raise(&warning("lease.ended"));
+    node.alerts.raise(&warning("settlement.certified"));
+    let got = wait_for(&mut received, "the unsilenced alert", |r| {
+        delivered(r, "settlement.certified") >= 1
+    })
+    .await;
+    assert_eq!(delivered(&got, "lease.ended"), 0);
+    let r = common::http_get(api, "/v1/notify/log", Some(&token)).await;
+    let log = body(&r);
+    assert!(
+        log["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["rule"] != "lease.ended"),
+        "a silenced alert makes no group: {log}"
+    );
+
+    // Expired: gone from the list, and the next lease alert goes out.
+    let path = format!("/v1/notify/silences/{id}");
+    let r = common::http(api, "DELETE", &path, &token, None).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let r = common::http(api, "DELETE", &path, &token, None).await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = common::http_get(api, "/v1/notify/silences", Some(&token)).await;
+    assert_eq!(body(&r), serde_json::json!([]), "{r}");
+    node.alerts.raise(&warning("lease.ended"));
+    wait_for(&mut received, "the lease alert after the silence", |r| {
+        delivered(r, "lease.ended") >= 1
+    })
+    .await;
+    assert_eq!(received.borrow().bad_signatures, 0);
+    node.stop().await.unwrap();
+}

@@ -81,6 +81,8 @@ pub struct Status {
     pub sent: Vec<crate::outbox::Delivered>,
     /// Notifications waiting (up to 100), in queue order.
     pub pending: Vec<OutboxEntry>,
+    /// The silences that hold or have yet to start, by id.
+    pub silences: Vec<Silence>,
 }
 
 /// A cheap, cloneable handle to a running worker.
@@ -505,6 +507,11 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                                         .pending(100)?
                                         .into_iter()
                                         .map(|(_, e)| e)
+                                        .collect(),
+                                    silences: n
+                                        .silences()
+                                        .filter(|s| s.ends_at > now)
+                                        .cloned()
                                         .collect(),
                                 })
                             })();

@@ -1,7 +1,8 @@
 //! `rigmesh notify`: the node's notifications through its local API: the
 //! channels (and a test message on one), the routing rules, the log of
-//! what went where, and acknowledgement of an alert group. Channels and
-//! rules are configured in the `[notify]` section of the node's config.
+//! what went where, acknowledgement of an alert group, and silences.
+//! Channels and rules are configured in the `[notify]` section of the
+//! node's config.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -33,6 +34,60 @@ pub(crate) enum NotifyCommand {
     Log(NotifyArgs),
     /// Acknowledge an alert group: its repeats and escalation stop.
     Ack(AckArgs),
+    /// Silences: alerts matching them are not sent until they lapse.
+    #[command(subcommand)]
+    Silences(SilencesCommand),
+}
+
+/// The silences.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SilencesCommand {
+    /// List the silences that hold or have yet to start.
+    List(NotifyArgs),
+    /// Silence the alerts that match every matcher given, for a while.
+    Add(SilenceArgs),
+    /// End a silence now.
+    Expire(ExpireArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+At least one matcher (--rule, --about, --subject, --recipient) is needed. \
+Example: rigmesh notify silences add --rule budget. --for 2h \
+--comment \"raising the cap\"")]
+pub(crate) struct SilenceArgs {
+    /// Alerts whose rule starts with this (`budget.` matches every budget
+    /// alert).
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only alerts about this account (hex public key).
+    #[arg(long)]
+    about: Option<String>,
+    /// Only alerts about this lease, offer or bid (hex id).
+    #[arg(long, visible_alias = "lease")]
+    subject: Option<String>,
+    /// Only for this recipient of the node's [notify] config.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// How long it holds: 90s, 30m, 2h, 1h30m.
+    #[arg(long = "for", value_name = "DURATION", value_parser = super::text::parse_wait)]
+    duration: u64,
+    /// Why (shown with the silence).
+    #[arg(long)]
+    comment: String,
+    /// Who asks (default: the API's name).
+    #[arg(long)]
+    by: Option<String>,
+    #[command(flatten)]
+    args: NotifyArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExpireArgs {
+    /// The silence's id, as `rigmesh notify silences list` shows it.
+    id: u64,
+    #[command(flatten)]
+    args: NotifyArgs,
 }
 
 /// The channels.
@@ -370,6 +425,101 @@ fn ack(args: &AckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn silences(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
+    let silences = get(args, "/v1/notify/silences", "the silences")?;
+    if args.node.json {
+        return json_out(&silences);
+    }
+    let items = silences.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        outln!("no silences");
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "{:>4}  {:<8}  {:<21}  {:<21}  {:<16}  matchers; comment",
+        "id",
+        "state",
+        "starts",
+        "ends",
+        "by"
+    );
+    for s in &items {
+        let mut matchers = Vec::new();
+        if !str_of(s, "rule").is_empty() {
+            matchers.push(format!("rule {}*", str_of(s, "rule")));
+        }
+        for key in ["about", "subject", "recipient"] {
+            if let Some(value) = at(s, key).as_str() {
+                matchers.push(format!("{key} {value}"));
+            }
+        }
+        outln!(
+            "{:>4}  {:<8}  {:<21}  {:<21}  {:<16}  {}; {}",
+            at(s, "id").as_u64().unwrap_or(0),
+            if at(s, "active").as_bool() == Some(true) {
+                "active"
+            } else {
+                "pending"
+            },
+            time_of(s, "starts_at"),
+            time_of(s, "ends_at"),
+            str_of(s, "created_by"),
+            matchers.join(", "),
+            str_of(s, "comment")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn add_silence(args: &SilenceArgs) -> anyhow::Result<ExitCode> {
+    let api = connect(&args.args)?;
+    let mut body = serde_json::json!({
+        "rule": args.rule.clone().unwrap_or_default(),
+        "duration_secs": args.duration,
+        "comment": args.comment,
+    });
+    for (key, value) in [
+        ("about", &args.about),
+        ("subject", &args.subject),
+        ("recipient", &args.recipient),
+        ("created_by", &args.by),
+    ] {
+        if let (Some(value), Some(map)) = (value, body.as_object_mut()) {
+            map.insert(key.into(), value.clone().into());
+        }
+    }
+    let answer = api.post("/v1/notify/silences", &body)?;
+    if args.args.node.json {
+        json_out(&answer.body)?;
+    }
+    if !answer.ok() {
+        anyhow::bail!("adding the silence: {}", answer.reason());
+    }
+    if !args.args.node.json {
+        outln!(
+            "silence {} added, until {}",
+            at(&answer.body, "id").as_u64().unwrap_or(0),
+            time_of(&answer.body, "ends_at")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expire_silence(args: &ExpireArgs) -> anyhow::Result<ExitCode> {
+    let api = connect(&args.args)?;
+    let answer = api.delete(&format!("/v1/notify/silences/{}", args.id))?;
+    if args.args.node.json {
+        json_out(&answer.body)?;
+    }
+    if !answer.ok() {
+        anyhow::bail!("expiring silence {}: {}", args.id, answer.reason());
+    }
+    if !args.args.node.json {
+        outln!("silence {} expired", args.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn run(command: NotifyCommand) -> anyhow::Result<ExitCode> {
     match command {
         NotifyCommand::Channels(ChannelsCommand::List(args)) => channels(&args),
@@ -377,5 +527,8 @@ pub(crate) fn run(command: NotifyCommand) -> anyhow::Result<ExitCode> {
         NotifyCommand::Rules(args) => rules(&args),
         NotifyCommand::Log(args) => log(&args),
         NotifyCommand::Ack(args) => ack(&args),
+        NotifyCommand::Silences(SilencesCommand::List(args)) => silences(&args),
+        NotifyCommand::Silences(SilencesCommand::Add(args)) => add_silence(&args),
+        NotifyCommand::Silences(SilencesCommand::Expire(args)) => expire_silence(&args),
     }
 }

@@ -772,6 +772,7 @@ pub async fn serve(
             "/v1/notify/groups/{group}/ack",
             axum::routing::post(notify_ack),
         )
+        .merge(super::notify_routes::routes(state.api.notify.clone(), scope))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         // Acknowledgement links carry their own per-group token instead of
         // the API token, so they sit outside the bearer check.

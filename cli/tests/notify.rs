@@ -163,8 +163,17 @@ fn notify_commands_list_test_and_log_the_nodes_channels() {
     assert!(out.contains("no silences"), "{out}");
     let out = ok(&rigmesh(
         &[
-            "notify", "silences", "add", "--rule", "budget.", "--for", "2h", "--by", "alice",
-            "--comment", "raising the cap",
+            "notify",
+            "silences",
+            "add",
+            "--rule",
+            "budget.",
+            "--for",
+            "2h",
+            "--by",
+            "alice",
+            "--comment",
+            "raising the cap",
         ],
         &api,
         &data,
@@ -178,7 +187,15 @@ fn notify_commands_list_test_and_log_the_nodes_channels() {
         "{out}"
     );
     let out = rigmesh(
-        &["notify", "silences", "add", "--for", "1h", "--comment", "all"],
+        &[
+            "notify",
+            "silences",
+            "add",
+            "--for",
+            "1h",
+            "--comment",
+            "all",
+        ],
         &api,
         &data,
     );
@@ -188,7 +205,11 @@ fn notify_commands_list_test_and_log_the_nodes_channels() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = ok(&rigmesh(&["notify", "silences", "expire", "1"], &api, &data));
+    let out = ok(&rigmesh(
+        &["notify", "silences", "expire", "1"],
+        &api,
+        &data,
+    ));
     assert!(out.contains("silence 1 expired"), "{out}");
     let out = rigmesh(&["notify", "silences", "expire", "1"], &api, &data);
     assert_eq!(out.status.code(), Some(1));
@@ -236,4 +257,145 @@ fn a_notify_section_naming_an_undefined_channel_stops_the_node_at_start() {
         stderr.contains("[notify]") && stderr.contains("\"pager\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_channel_added_at_run_time_delivers_outlives_a_restart_and_is_removed() {
+    let (config_url, _config_received) = webhook_server();
+    let (url, received) = webhook_server();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            role = "customer"
+            [[notify.channels]]
+            name = "hook"
+            type = "webhook"
+            url = "{config_url}"
+            secret = {{ file = "{}" }}
+            [[notify.recipients]]
+            name = "me"
+            audience = ["customer"]
+            channels = ["hook"]
+            "#,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("customer");
+    let (node, lines) = start_with(&data, &["--config", config.to_str().unwrap()]);
+    let api = printed(&lines, "customer api on http://");
+    let add = |name: &str, secret: &std::path::Path| {
+        rigmesh(
+            &[
+                "notify",
+                "channels",
+                "add",
+                name,
+                "--type",
+                "webhook",
+                "--url",
+                &url,
+                "--secret-file",
+                secret.to_str().unwrap(),
+                "--recipient",
+                "me",
+            ],
+            &api,
+            &data,
+        )
+    };
+
+    // Refused with the reason: a secret in the node's data directory, a
+    // name taken by the config file, a channel of the file removed.
+    let out = add("ops", &data.join("api").join("customer.token"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("data directory"), "{stderr}");
+    let out = add("hook", &secret);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = rigmesh(&["notify", "channels", "remove", "hook"], &api, &data);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("defined in the node's config file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Added, listed as added without its secret, routed, and a test message
+    // reaches the receiver, signed.
+    let out = ok(&add("ops", &secret));
+    assert!(out.contains("channel ops added: webhook"), "{out}");
+    let out = ok(&rigmesh(&["notify", "channels", "list"], &api, &data));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ops") && l.contains("added") && l.contains(&url)),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET), "{out}");
+    let out = ok(&rigmesh(&["notify", "rules"], &api, &data));
+    assert!(out.contains("critical     hook, ops"), "{out}");
+    ok(&rigmesh(
+        &["notify", "channels", "test", "ops"],
+        &api,
+        &data,
+    ));
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(20)).unwrap(),
+        "rigmesh: test notification"
+    );
+    interrupt(node);
+
+    // After a restart it is still there and still delivers.
+    let (node, lines) = start_with(&data, &["--config", config.to_str().unwrap()]);
+    let api = printed(&lines, "customer api on http://");
+    let out = ok(&rigmesh(
+        &["notify", "channels", "list", "--json"],
+        &api,
+        &data,
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ops = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ops")
+        .unwrap_or_else(|| panic!("ops not listed after the restart: {listed}"));
+    assert_eq!(ops["source"], "added");
+    ok(&rigmesh(
+        &["notify", "channels", "test", "ops"],
+        &api,
+        &data,
+    ));
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(20)).unwrap(),
+        "rigmesh: test notification"
+    );
+
+    // Removed: gone from the list and the rules; removing it again fails.
+    let out = ok(&rigmesh(
+        &["notify", "channels", "remove", "ops"],
+        &api,
+        &data,
+    ));
+    assert!(out.contains("channel ops removed"), "{out}");
+    let out = ok(&rigmesh(&["notify", "channels", "list"], &api, &data));
+    assert!(!out.lines().any(|l| l.starts_with("ops")), "{out}");
+    let out = ok(&rigmesh(&["notify", "rules"], &api, &data));
+    assert!(out.contains("critical     hook\n"), "{out}");
+    let out = rigmesh(&["notify", "channels", "remove", "ops"], &api, &data);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no channel \"ops\" was added"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    interrupt(node);
 }

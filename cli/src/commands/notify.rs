@@ -98,14 +98,96 @@ pub(crate) enum ChannelsCommand {
     List(NotifyArgs),
     /// Send a test message on a channel now and say whether it was taken.
     Test(TestArgs),
+    /// Add a channel to the running node; it is kept across restarts, next
+    /// to the channels of the config file.
+    Add(AddArgs),
+    /// Remove a channel added with `add` (those of the config file are
+    /// removed by editing it).
+    Remove(TestArgs),
+}
+
+/// The kinds of channel, as `type` in the config.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ChannelType {
+    Email,
+    Slack,
+    Discord,
+    Telegram,
+    Webhook,
+    Twilio,
+    SmsGateway,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The secret (webhook signing key, Slack or Discord URL, Telegram bot token, \
+Twilio auth token, SMS gateway token, SMTP password) is named by an \
+absolute file path or an environment variable of the node, never given \
+on the command line; the node reads it now and never shows it. Examples:
+  rigmesh notify channels add ops-hook --type webhook \
+--url https://ops.example/hook --secret-file /etc/rigmesh/hook.secret \
+--recipient me
+  rigmesh notify channels add pager --type twilio --account-sid AC123 \
+--from +15550100 --to +15550199 --secret-env TWILIO_TOKEN")]
+pub(crate) struct AddArgs {
+    /// The new channel's name (letters, digits, '-', '_', '.').
+    name: String,
+    /// What kind of channel.
+    #[arg(long = "type", value_enum)]
+    kind: ChannelType,
+    /// Where to POST (webhook, sms-gateway).
+    #[arg(long)]
+    url: Option<String>,
+    /// The file that holds the channel's secret (an absolute path outside
+    /// the node's data directory).
+    #[arg(long, conflicts_with = "secret_env")]
+    secret_file: Option<std::path::PathBuf>,
+    /// The environment variable of the node that holds the secret.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// Receiving addresses or numbers (email, twilio, sms-gateway);
+    /// repeat for more.
+    #[arg(long)]
+    to: Vec<String>,
+    /// Sender address or number (email, twilio).
+    #[arg(long)]
+    from: Option<String>,
+    /// Telegram chat id.
+    #[arg(long)]
+    chat_id: Option<String>,
+    /// Twilio account SID.
+    #[arg(long)]
+    account_sid: Option<String>,
+    /// API root (telegram, twilio), for a compatible service.
+    #[arg(long)]
+    api_base: Option<String>,
+    /// SMTP relay host (email).
+    #[arg(long)]
+    server: Option<String>,
+    /// SMTP port (email).
+    #[arg(long)]
+    port: Option<u16>,
+    /// SMTP login (email).
+    #[arg(long)]
+    username: Option<String>,
+    /// SMTP security: starttls, tls or none (email).
+    #[arg(long)]
+    security: Option<String>,
+    /// A recipient of the node's [notify] config that takes this channel
+    /// among its default channels; repeat for more.
+    #[arg(long)]
+    recipient: Vec<String>,
+    #[command(flatten)]
+    args: NotifyArgs,
 }
 
 /// Which node, and which of its APIs.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Channels and recipients are configured in the [notify] section of the \
-node's config file (`rigmesh node config --example`); the node reads it at \
-start.")]
+node's config file (`rigmesh node config --example`), which the node reads \
+at start; `rigmesh notify channels add|remove` changes channels while it \
+runs.")]
 pub(crate) struct NotifyArgs {
     #[command(flatten)]
     node: NodeArgs,
@@ -202,16 +284,25 @@ fn channels(args: &NotifyArgs) -> anyhow::Result<ExitCode> {
     }
     let items = channels.as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        outln!("no channels: add [[notify.channels]] to the node's config");
+        outln!(
+            "no channels: add [[notify.channels]] to the node's config, or `rigmesh notify channels add`"
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("{:<16}  {:<11}  {:<6}  target", "name", "type", "medium");
+    outln!(
+        "{:<16}  {:<11}  {:<6}  {:<6}  target",
+        "name",
+        "type",
+        "medium",
+        "source"
+    );
     for c in &items {
         outln!(
-            "{:<16}  {:<11}  {:<6}  {}",
+            "{:<16}  {:<11}  {:<6}  {:<6}  {}",
             str_of(c, "name"),
             str_of(c, "type"),
             str_of(c, "medium"),
+            str_of(c, "source"),
             str_of(c, "target")
         );
     }
@@ -230,6 +321,100 @@ fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.args.node.json {
         outln!("test message delivered by channel {}", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The channel's settings as the config spells them.
+fn channel_json(args: &AddArgs) -> anyhow::Result<Value> {
+    let secret = match (&args.secret_file, &args.secret_env) {
+        (Some(path), _) => {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                std::env::current_dir()?.join(path)
+            };
+            Some(serde_json::json!({ "file": path }))
+        }
+        (None, Some(var)) => Some(serde_json::json!({ "env": var })),
+        (None, None) => None,
+    };
+    let (kind, secret_field) = match args.kind {
+        ChannelType::Email => ("email", "password"),
+        ChannelType::Slack => ("slack", "url"),
+        ChannelType::Discord => ("discord", "url"),
+        ChannelType::Telegram => ("telegram", "token"),
+        ChannelType::Webhook => ("webhook", "secret"),
+        ChannelType::Twilio => ("twilio", "auth_token"),
+        ChannelType::SmsGateway => ("sms_gateway", "token"),
+    };
+    let mut channel = serde_json::Map::new();
+    channel.insert("name".into(), args.name.clone().into());
+    channel.insert("type".into(), kind.into());
+    if let Some(secret) = secret {
+        channel.insert(secret_field.into(), secret);
+    }
+    if matches!(args.kind, ChannelType::Slack | ChannelType::Discord) && args.url.is_some() {
+        anyhow::bail!(
+            "a {kind} webhook URL is its secret: give it with --secret-file or --secret-env, not --url"
+        );
+    }
+    let text = [
+        ("url", &args.url),
+        ("from", &args.from),
+        ("chat_id", &args.chat_id),
+        ("account_sid", &args.account_sid),
+        ("api_base", &args.api_base),
+        ("server", &args.server),
+        ("username", &args.username),
+        ("security", &args.security),
+    ];
+    for (key, value) in text {
+        if let Some(value) = value {
+            channel.insert(key.into(), value.clone().into());
+        }
+    }
+    if let Some(port) = args.port {
+        channel.insert("port".into(), port.into());
+    }
+    if !args.to.is_empty() {
+        channel.insert("to".into(), args.to.clone().into());
+    }
+    Ok(serde_json::json!({ "channel": channel, "recipients": args.recipient }))
+}
+
+fn add_channel(args: &AddArgs) -> anyhow::Result<ExitCode> {
+    let body = channel_json(args)?;
+    let api = connect(&args.args)?;
+    let answer = api.post("/v1/notify/channels", &body)?;
+    if args.args.node.json {
+        json_out(&answer.body)?;
+    }
+    if !answer.ok() {
+        anyhow::bail!("adding channel {}: {}", args.name, answer.reason());
+    }
+    if !args.args.node.json {
+        outln!(
+            "channel {} added: {} {}",
+            args.name,
+            str_of(&answer.body, "type"),
+            str_of(&answer.body, "target")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remove_channel(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let api = connect(&args.args)?;
+    let answer = api.delete(&format!("/v1/notify/channels/{}", args.name))?;
+    if args.args.node.json {
+        json_out(&answer.body)?;
+    }
+    if !answer.ok() {
+        anyhow::bail!("removing channel {}: {}", args.name, answer.reason());
+    }
+    if !args.args.node.json {
+        outln!("channel {} removed", args.name);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -524,6 +709,8 @@ pub(crate) fn run(command: NotifyCommand) -> anyhow::Result<ExitCode> {
     match command {
         NotifyCommand::Channels(ChannelsCommand::List(args)) => channels(&args),
         NotifyCommand::Channels(ChannelsCommand::Test(args)) => test(&args),
+        NotifyCommand::Channels(ChannelsCommand::Add(args)) => add_channel(&args),
+        NotifyCommand::Channels(ChannelsCommand::Remove(args)) => remove_channel(&args),
         NotifyCommand::Rules(args) => rules(&args),
         NotifyCommand::Log(args) => log(&args),
         NotifyCommand::Ack(args) => ack(&args),

@@ -1,5 +1,6 @@
-//! The notification routes the local API serves besides the read-only
-//! ones: silences (`GET`/`POST /v1/notify/silences`, `DELETE
+//! The notification routes that change the notifier's set-up: channels
+//! (`GET`/`POST /v1/notify/channels`, `DELETE /v1/notify/channels/{name}`)
+//! and silences (`GET`/`POST /v1/notify/silences`, `DELETE
 //! /v1/notify/silences/{id}`). They sit behind the same bearer token as the
 //! rest of the API: [`routes`] is merged into each listener's router
 //! before its token check is layered on.
@@ -14,12 +15,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use rigmesh_notify::Silence;
+use rigmesh_notify::{AddedChannel, Silence};
 use rigmesh_protocol::{Id, PublicKey, UnixMillis};
 use serde::Deserialize;
 
 use super::local::Scope;
-use crate::notify::NodeNotifier;
+use crate::notify::{ChannelError, NodeNotifier};
 
 /// Longest a silence may last from now: a year. A silence meant to be
 /// forever is a route without channels in the config instead.
@@ -42,6 +43,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
     scope: Scope,
 ) -> Router<S> {
     Router::new()
+        .route("/v1/notify/channels", get(list_channels).post(add_channel))
+        .route("/v1/notify/channels/{name}", delete(remove_channel))
         .route("/v1/notify/silences", get(list_silences).post(add_silence))
         .route("/v1/notify/silences/{id}", delete(expire_silence))
         .with_state(NotifyRoutes { notify, scope })
@@ -83,6 +86,74 @@ fn notifier_failed(err: rigmesh_notify::Error) -> Response {
                 format!("the notifier did not answer: {other}"),
             )
         }
+    }
+}
+
+async fn list_channels(State(s): State<NotifyRoutes>) -> Response {
+    match s.notify.get() {
+        Some(n) => Json(n.channels()).into_response(),
+        None => not_notifying(),
+    }
+}
+
+fn channel_refused(err: ChannelError) -> Response {
+    match err {
+        ChannelError::Invalid(reason) => bad_request(reason),
+        ChannelError::Conflict(reason) => refusal(StatusCode::CONFLICT, "conflict", reason),
+        err @ ChannelError::Unknown(_) => {
+            refusal(StatusCode::NOT_FOUND, "not_found", err.to_string())
+        }
+        ChannelError::Failed(reason) => {
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, "failed", reason)
+        }
+    }
+}
+
+/// `POST /v1/notify/channels` with `{"channel": {"name": …, "type": …,
+/// …}, "recipients": [...]}`: the channel as in the config file, its
+/// secrets as `{"file": "/abs/path"}` or `{"env": "VAR"}`. 200 with the
+/// channel as listed (no secret), 400 for bad settings or an unreadable
+/// secret, 409 for a name taken.
+async fn add_channel(State(s): State<NotifyRoutes>, body: axum::body::Bytes) -> Response {
+    let added: AddedChannel = match serde_json::from_slice(&body) {
+        Ok(added) => added,
+        Err(err) => {
+            return bad_request(format!(
+                "the body is not {{\"channel\": {{\"name\", \"type\", ...}}, \"recipients\": [...]}}: {err}"
+            ))
+        }
+    };
+    let Some(n) = s.notify.get().cloned() else {
+        return not_notifying();
+    };
+    let name = added.channel.name.clone();
+    match n.add_channel(added).await {
+        Ok(()) => {
+            tracing::info!(channel = %name, api = s.scope.name(), "channel added");
+            match n.channels().into_iter().find(|c| c.name == name) {
+                Some(view) => Json(view).into_response(),
+                None => Json(serde_json::json!({"name": name})).into_response(),
+            }
+        }
+        Err(err) => {
+            tracing::info!(channel = %name, %err, "channel not added");
+            channel_refused(err)
+        }
+    }
+}
+
+/// `DELETE /v1/notify/channels/{name}`: removes a channel added at run
+/// time; 409 for one of the config file, 404 for none.
+async fn remove_channel(State(s): State<NotifyRoutes>, UrlPath(name): UrlPath<String>) -> Response {
+    let Some(n) = s.notify.get().cloned() else {
+        return not_notifying();
+    };
+    match n.remove_channel(&name).await {
+        Ok(()) => {
+            tracing::info!(channel = %name, api = s.scope.name(), "channel removed");
+            Json(serde_json::json!({"name": name, "removed": true})).into_response()
+        }
+        Err(err) => channel_refused(err),
     }
 }
 
@@ -358,7 +429,10 @@ mod tests {
                 r#"{"rule": "x", "comment": "c", "ends_at": 1, "duration_secs": 1}"#,
                 "not both",
             ),
-            (r#"{"comment": "c", "duration_secs": 60}"#, "needs a matcher"),
+            (
+                r#"{"comment": "c", "duration_secs": 60}"#,
+                "needs a matcher",
+            ),
             (r#"{"rule": "x", "duration_secs": 60}"#, "needs a comment"),
             (
                 r#"{"rule": "x", "comment": "c", "ends_at": 5}"#,

@@ -431,7 +431,10 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
     // Refused, with the reason, and nothing added.
     for (request, reason) in [
         (r#"{"rule": "lease.", "comment": "x"}"#, "needs an expiry"),
-        (r#"{"rule": "lease.", "duration_secs": 60}"#, "needs a comment"),
+        (
+            r#"{"rule": "lease.", "duration_secs": 60}"#,
+            "needs a comment",
+        ),
         (
             r#"{"recipient": "nobody", "duration_secs": 60, "comment": "x"}"#,
             "not in the [notify] config",
@@ -440,10 +443,7 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
     ] {
         let r = common::http_post(api, "/v1/notify/silences", &token, request).await;
         assert_eq!(status(&r), 400, "{r}");
-        assert!(
-            body(&r)["reason"].as_str().unwrap().contains(reason),
-            "{r}"
-        );
+        assert!(body(&r)["reason"].as_str().unwrap().contains(reason), "{r}");
     }
     let r = common::http(api, "DELETE", "/v1/notify/silences/abc", &token, None).await;
     assert_eq!(status(&r), 400, "{r}");
@@ -504,4 +504,93 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
     .await;
     assert_eq!(received.borrow().bad_signatures, 0);
     node.stop().await.unwrap();
+}
+
+/// A coordinator node of a two-member set, as member `i`.
+fn coordinator(i: u8, dir: &std::path::Path) -> NodeConfig {
+    let members = (0..2)
+        .map(|m| rigmesh_protocol::Keypair::from_seed([0x70 + m; 32]).public())
+        .collect();
+    let mut set = rigmesh_node::config::CoordinatorsConfig::new(3, members);
+    set.member_unreachable_secs = 1;
+    let key = dir.join("account.key");
+    if !key.exists() {
+        rigmesh_node::keyfile::write_seed(&key, &[0x70 + i; 32]).unwrap();
+    }
+    NodeConfig {
+        coordinators: Some(set),
+        ..base(Role::Coordinator, dir)
+    }
+}
+
+fn dial_addr(node: &RunningNode) -> libp2p::Multiaddr {
+    node.listen_addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_tells_its_operators_when_another_member_is_unreachable_and_when_it_is_back()
+{
+    let (url, mut received) = webhook_server().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret_file = dirs[0].path().join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut notify = quick_notify(&url, &secret_file);
+    // The operators' recipient: the audience a coordinator's alerts have.
+    notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
+    let mut config = coordinator(0, dirs[0].path());
+    config.notify = Some(notify);
+    let watcher = rigmesh_node::node::start(config).await.unwrap();
+    let other = rigmesh_node::node::start(coordinator(1, dirs[1].path()))
+        .await
+        .unwrap();
+    other.handle.dial(dial_addr(&watcher)).await.unwrap();
+    let store = watcher.store.clone();
+    let member = rigmesh_protocol::Keypair::from_seed([0x71; 32]).public();
+    eventually(20, "the other member's binding at the watcher", || {
+        let store = store.clone();
+        async move {
+            store
+                .all::<rigmesh_protocol::NodeBinding>(UnixMillis::now())
+                .unwrap()
+                .iter()
+                .any(|b| b.body.account == member)
+        }
+    })
+    .await;
+
+    // Until the other member's binding arrived, it could not be reached
+    // (an alert, resolved since): count from here.
+    let firing = |r: &Received| delivered(r, "coordinator.unreachable");
+    let resolved = |r: &Received| delivered(r, "RESOLVED: coordinator.unreachable");
+    let before = firing(&received.borrow());
+    other.stop().await.unwrap();
+    let got = wait_for(&mut received, "the unreachable alert", |r| {
+        firing(r) > before
+    })
+    .await;
+    let (_, alert) = got
+        .bodies
+        .iter()
+        .rev()
+        .find(|(_, b)| b.subject.starts_with("coordinator.unreachable"))
+        .unwrap();
+    assert_eq!(alert.severity, "warning");
+    assert!(alert.body.contains(&member.to_string()), "{}", alert.body);
+
+    // Back: the group reports it resolved.
+    let resolved_before = resolved(&received.borrow());
+    let other = rigmesh_node::node::start(coordinator(1, dirs[1].path()))
+        .await
+        .unwrap();
+    other.handle.dial(dial_addr(&watcher)).await.unwrap();
+    wait_for(&mut received, "the resolution", |r| {
+        resolved(r) > resolved_before
+    })
+    .await;
+    assert_eq!(received.borrow().bad_signatures, 0);
+    for node in [other, watcher] {
+        node.stop().await.unwrap();
+    }
 }

@@ -100,7 +100,7 @@ pub(crate) enum ChannelsCommand {
     Test(TestArgs),
     /// Add a channel to the running node; it is kept across restarts, next
     /// to the channels of the config file.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove a channel added with `add` (those of the config file are
     /// removed by editing it).
     Remove(TestArgs),

@@ -164,7 +164,7 @@ mod tests {
         let member = PublicKey([3; 32]);
         let other = PublicKey([4; 32]);
         let mut watch = ReachWatch::new(1_000);
-        let t = |ms| UnixMillis(10_000 + ms);
+        let t = |ms: u64| UnixMillis(10_000 + ms);
         assert_eq!(watch.observe(member, true, t(0)), None);
         assert_eq!(watch.observe(member, false, t(100)), None);
         assert_eq!(watch.observe(member, false, t(1_099)), None);

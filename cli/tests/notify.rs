@@ -1,9 +1,12 @@
 //! `rigmesh notify` through the binary, against a customer node started
 //! with a `[notify]` section in its config file: the channels listed
 //! without their secret, a test message that a real local webhook server
-//! receives signed, the rules, the log, and acknowledgement refused for a
-//! group that does not exist; a `[notify]` section that names a channel it
-//! does not define stops the node at start with the reason.
+//! receives signed, the rules, the log, silences added, listed and
+//! expired, and acknowledgement refused for a group that does not exist; a
+//! channel added at run time delivers a test message, is still there after
+//! a restart and is removed, while a channel of the config file cannot be;
+//! a `[notify]` section that names a channel it does not define stops the
+//! node at start with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;

@@ -3,7 +3,11 @@
 //! server started here, which checks the HMAC signature of every request;
 //! the critical alert repeats until the link in the message (a per-group
 //! token, no API token) acknowledges it, and then stops. The channels,
-//! a test message and the log are read over the customer API.
+//! a test message and the log are read over the customer API. A silence
+//! added over the API keeps a matching alert from going out, and once it
+//! is expired the next one is delivered; bad silences and channels are
+//! refused with the reason. A coordinator's operators hear when another
+//! member of the set stops answering, and when it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -447,6 +451,34 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
     }
     let r = common::http(api, "DELETE", "/v1/notify/silences/abc", &token, None).await;
     assert_eq!(status(&r), 400, "{r}");
+    // So are bad channels, and a removal of one never added.
+    let missing = dir.path().join("no-such.secret");
+    for (request, reason) in [
+        ("not json".to_owned(), "the body is not"),
+        (
+            r#"{"channel": {"name": "x", "type": "pager"}}"#.to_owned(),
+            "unknown variant",
+        ),
+        (
+            format!(
+                r#"{{"channel": {{"name": "x", "type": "webhook", "url": "{url}", "secret": {{"file": "{}"}}}}}}"#,
+                missing.display()
+            ),
+            "no-such.secret",
+        ),
+        (
+            r#"{"channel": {"name": "x", "type": "webhook", "url": "http://127.0.0.1:9/", "secret": {"file": "relative.secret"}}}"#.to_owned(),
+            "not an absolute path",
+        ),
+    ] {
+        let r = common::http_post(api, "/v1/notify/channels", &token, &request).await;
+        assert_eq!(status(&r), 400, "{r}");
+        assert!(body(&r)["reason"].as_str().unwrap().contains(reason), "{r}");
+    }
+    let r = common::http(api, "DELETE", "/v1/notify/channels/nope", &token, None).await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = common::http(api, "DELETE", "/v1/notify/channels/hook", &token, None).await;
+    assert_eq!(status(&r), 409, "{r}");
     let r = common::http_get(api, "/v1/notify/silences", None).await;
     assert_eq!(status(&r), 401, "silences sit behind the token: {r}");
 

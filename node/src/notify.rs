@@ -176,15 +176,27 @@ fn secrets_of(kind: &ChannelKind) -> Vec<&SecretSource> {
     }
 }
 
-/// Refuses a secret file given over the API that is relative, or that
-/// lies in the node's data directory: its keys and API tokens must never
-/// become a channel's secret (a Telegram token or a Slack URL is sent to
-/// the host the caller names).
-fn check_secret_files(kind: &ChannelKind, data_dir: &Path) -> std::result::Result<(), String> {
+/// Environment variables a channel added over the API may read its secret
+/// from start with this.
+pub const SECRET_ENV_PREFIX: &str = "RIGMESH_";
+
+/// Refuses a secret source given over the API that could hand the caller
+/// something else the node holds (a Telegram token or a Slack URL is sent
+/// to the host the caller names): a relative file, a file in the node's
+/// data directory (its keys and API tokens), or an environment variable
+/// not named for rigmesh.
+fn check_secret_sources(kind: &ChannelKind, data_dir: &Path) -> std::result::Result<(), String> {
     let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     for source in secrets_of(kind) {
-        let SecretSource::File(path) = source else {
-            continue;
+        let path = match source {
+            SecretSource::Env(var) if !var.starts_with(SECRET_ENV_PREFIX) => {
+                return Err(format!(
+                    "a channel added at run time reads its secret from an environment \
+                     variable whose name starts with {SECRET_ENV_PREFIX}, not {var}"
+                ));
+            }
+            SecretSource::Env(_) => continue,
+            SecretSource::File(path) => path,
         };
         if !path.is_absolute() {
             return Err(format!(
@@ -325,9 +337,9 @@ impl NodeNotifier {
     }
 
     /// Adds a channel at run time (kept across restarts). Its secrets are
-    /// named by absolute file path or environment variable, outside the
-    /// node's data directory, and read now: a channel that cannot read its
-    /// secret is refused.
+    /// named by absolute file path outside the node's data directory or by
+    /// an environment variable named `RIGMESH_…`, and read now: a channel
+    /// that cannot read its secret is refused.
     pub async fn add_channel(&self, added: AddedChannel) -> std::result::Result<(), ChannelError> {
         let name = added.channel.name.clone();
         if self.config().channels.iter().any(|c| c.name == name) {
@@ -337,7 +349,7 @@ impl NodeNotifier {
         }
         let kind = added.channel.kind.clone();
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || check_secret_files(&kind, &data_dir))
+        tokio::task::spawn_blocking(move || check_secret_sources(&kind, &data_dir))
             .await
             .map_err(|e| ChannelError::Failed(e.to_string()))?
             .map_err(ChannelError::Invalid)?;

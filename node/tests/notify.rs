@@ -470,6 +470,10 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
             r#"{"channel": {"name": "x", "type": "webhook", "url": "http://127.0.0.1:9/", "secret": {"file": "relative.secret"}}}"#.to_owned(),
             "not an absolute path",
         ),
+        (
+            r#"{"channel": {"name": "x", "type": "telegram", "chat_id": "1", "token": {"env": "HOME"}}}"#.to_owned(),
+            "starts with RIGMESH_",
+        ),
     ] {
         let r = common::http_post(api, "/v1/notify/channels", &token, &request).await;
         assert_eq!(status(&r), 400, "{r}");

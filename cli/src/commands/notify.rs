@@ -128,7 +128,7 @@ on the command line; the node reads it now and never shows it. Examples:
 --url https://ops.example/hook --secret-file /etc/rigmesh/hook.secret \
 --recipient me
   rigmesh notify channels add pager --type twilio --account-sid AC123 \
---from +15550100 --to +15550199 --secret-env TWILIO_TOKEN")]
+--from +15550100 --to +15550199 --secret-env RIGMESH_TWILIO_TOKEN")]
 pub(crate) struct AddArgs {
     /// The new channel's name (letters, digits, '-', '_', '.').
     name: String,
@@ -142,7 +142,8 @@ pub(crate) struct AddArgs {
     /// the node's data directory).
     #[arg(long, conflicts_with = "secret_env")]
     secret_file: Option<std::path::PathBuf>,
-    /// The environment variable of the node that holds the secret.
+    /// The environment variable of the node that holds the secret (its
+    /// name starts with RIGMESH_).
     #[arg(long)]
     secret_env: Option<String>,
     /// Receiving addresses or numbers (email, twilio, sms-gateway);

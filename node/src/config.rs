@@ -97,10 +97,20 @@ pub struct CoordinatorsConfig {
     /// escrow released (what it acked is still paid).
     #[serde(default = "default_release_grace_secs")]
     pub release_grace_secs: u64,
+    /// On a coordinator: a member this node has had no connection to for
+    /// this many seconds raises `coordinator.unreachable` for the
+    /// operators (resolved when it is back); 0: never. A local choice,
+    /// which the members need not share.
+    #[serde(default = "default_member_unreachable_secs")]
+    pub member_unreachable_secs: u64,
 }
 
 fn default_release_grace_secs() -> u64 {
     3600
+}
+
+fn default_member_unreachable_secs() -> u64 {
+    120
 }
 
 fn default_report_secs() -> u64 {
@@ -137,6 +147,7 @@ impl CoordinatorsConfig {
             settle_every_windows: default_settle_every(),
             reputation_report_secs: default_report_secs(),
             release_grace_secs: default_release_grace_secs(),
+            member_unreachable_secs: default_member_unreachable_secs(),
         }
     }
 

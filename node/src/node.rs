@@ -42,6 +42,9 @@ pub struct RunningNode {
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
     /// A client of the coordinator set, when one is configured.
     pub quorum: Option<crate::quorum::Quorum>,
+    /// Where the roles hand their alerts: the notifier when `[notify]` is
+    /// configured, else nowhere.
+    pub alerts: crate::notify::AlertSink,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -272,6 +275,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         }
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
+        let unreachable_secs = config
+            .coordinators
+            .as_ref()
+            .map_or(0, |c| c.member_unreachable_secs);
+        if let (true, Some(quorum)) = (alerts_to.is_on() && unreachable_secs > 0, &quorum) {
+            tasks.push(crate::coordinator::reach::watch_members(
+                quorum.clone(),
+                account.public(),
+                handle.clone(),
+                std::time::Duration::from_secs(unreachable_secs),
+                alerts_to.clone(),
+                stop.subscribe(),
+            ));
+        }
         let report_every_ms = config
             .coordinators
             .as_ref()
@@ -367,6 +384,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         store,
         coordinator: coordinator_role,
         quorum,
+        alerts: alerts_to,
         stop,
         tasks,
     })

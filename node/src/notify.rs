@@ -13,16 +13,19 @@
 //! the node: they are handed to the notifier, never gossiped.
 //!
 //! [`NodeNotifier`] is what the local API uses: the channels (never their
-//! secrets), the rules, the log, a test message, acknowledgement.
+//! secrets), channels added and removed at run time, the rules, the log,
+//! a test message, acknowledgement.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rigmesh_notify::config::{ChannelKind, Medium};
 use rigmesh_notify::message::severity_name;
 use rigmesh_notify::routing::Router;
-use rigmesh_notify::{Channels, NotifyConfig, NotifyHandle, NotifyMetrics, Outgoing, SystemClock};
+use rigmesh_notify::secret::SecretSource;
+use rigmesh_notify::{
+    AddedChannel, NotifyConfig, NotifyHandle, NotifyMetrics, Outgoing, SystemClock,
+};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
     Alert, Audience, CoordinatorSet, Id, PublicKey, Severity, Signed, UnixMillis, PROTOCOL_VERSION,
@@ -111,6 +114,9 @@ pub struct ChannelView {
     pub medium: String,
     /// Where it delivers, in words.
     pub target: String,
+    /// `config` (the node's config file) or `added` (at run time, kept in
+    /// the node's notification store).
+    pub source: &'static str,
 }
 
 fn secret_source(source: &rigmesh_notify::secret::SecretSource) -> String {
@@ -120,7 +126,7 @@ fn secret_source(source: &rigmesh_notify::secret::SecretSource) -> String {
     }
 }
 
-fn view_of(channel: &rigmesh_notify::config::ChannelConfig) -> ChannelView {
+fn view_of(channel: &rigmesh_notify::config::ChannelConfig, source: &'static str) -> ChannelView {
     let (kind, target) = match &channel.kind {
         ChannelKind::Email(c) => (
             "email",
@@ -154,15 +160,88 @@ fn view_of(channel: &rigmesh_notify::config::ChannelConfig) -> ChannelView {
         kind: kind.into(),
         medium: medium.into(),
         target,
+        source,
     }
+}
+
+/// Every secret source of a channel.
+fn secrets_of(kind: &ChannelKind) -> Vec<&SecretSource> {
+    match kind {
+        ChannelKind::Email(c) => c.password.iter().collect(),
+        ChannelKind::Slack(c) | ChannelKind::Discord(c) => vec![&c.url],
+        ChannelKind::Telegram(c) => vec![&c.token],
+        ChannelKind::Webhook(c) => vec![&c.secret],
+        ChannelKind::Twilio(c) => vec![&c.auth_token],
+        ChannelKind::SmsGateway(c) => c.token.iter().collect(),
+    }
+}
+
+/// Environment variables a channel added over the API may read its secret
+/// from start with this.
+pub const SECRET_ENV_PREFIX: &str = "RIGMESH_";
+
+/// Refuses a secret source given over the API that could hand the caller
+/// something else the node holds (a Telegram token or a Slack URL is sent
+/// to the host the caller names): a relative file, a file in the node's
+/// data directory (its keys and API tokens), or an environment variable
+/// not named for rigmesh.
+fn check_secret_sources(kind: &ChannelKind, data_dir: &Path) -> std::result::Result<(), String> {
+    let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    for source in secrets_of(kind) {
+        let path = match source {
+            SecretSource::Env(var) if !var.starts_with(SECRET_ENV_PREFIX) => {
+                return Err(format!(
+                    "a channel added at run time reads its secret from an environment \
+                     variable whose name starts with {SECRET_ENV_PREFIX}, not {var}"
+                ));
+            }
+            SecretSource::Env(_) => continue,
+            SecretSource::File(path) => path,
+        };
+        if !path.is_absolute() {
+            return Err(format!(
+                "secret file {} is not an absolute path",
+                path.display()
+            ));
+        }
+        let real = std::fs::canonicalize(path)
+            .map_err(|e| format!("secret file {}: {e}", path.display()))?;
+        if real.starts_with(&data_dir) {
+            return Err(format!(
+                "secret file {} is in the node's data directory, which holds its keys",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a channel was not added or removed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// Bad settings, an unreadable secret or an unknown recipient.
+    #[error("{0}")]
+    Invalid(String),
+    /// The name is taken, the channel is in the config file, or a route of
+    /// the config still names it.
+    #[error("{0}")]
+    Conflict(String),
+    /// No channel of that name was added at run time.
+    #[error("no channel {0:?} was added at run time")]
+    Unknown(String),
+    /// The notifier failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The running notifier, as the local API uses it.
 #[derive(Debug, Clone)]
 pub struct NodeNotifier {
     handle: NotifyHandle,
-    config: Arc<NotifyConfig>,
-    channels: Arc<Channels>,
+    /// Names of the channels of the config file, which the API cannot
+    /// remove.
+    file_channels: Arc<Vec<String>>,
+    data_dir: PathBuf,
     account: PublicKey,
 }
 
@@ -186,9 +265,7 @@ pub fn start(
     metrics: NotifyMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(NodeNotifier, JoinHandle<()>)> {
-    config
-        .check()
-        .map_err(|e| Error::Config(format!("[notify]: {e}")))?;
+    // Checked by the worker, once the channels added at run time are back.
     if config.ack_url.is_none() {
         config.ack_url = Some(format!("{}/v1/notify/ack", api_base.trim_end_matches('/')));
     }
@@ -199,13 +276,7 @@ pub fn start(
             dir.display()
         ))
     })?;
-    // A second set of the channels (their secrets read once more) serves
-    // test messages, which go out at once and not through the outbox.
-    let channels = Channels::build(
-        &config.channels,
-        Duration::from_millis(config.outbox.timeout_ms),
-    )
-    .map_err(|e| Error::Config(format!("[notify]: {e}")))?;
+    let file_channels = config.channels.iter().map(|c| c.name.clone()).collect();
     let (handle, task) = rigmesh_notify::worker::start(
         config.clone(),
         store,
@@ -215,16 +286,17 @@ pub fn start(
         shutdown,
     )
     .map_err(|e| Error::Config(format!("[notify]: {e}")))?;
+    let running = handle.config();
     tracing::info!(
-        channels = config.channels.len(),
-        recipients = config.recipients.len(),
+        channels = running.channels.len(),
+        recipients = running.recipients.len(),
         "notifications on"
     );
     Ok((
         NodeNotifier {
             handle,
-            config: Arc::new(config),
-            channels: Arc::new(channels),
+            file_channels: Arc::new(file_channels),
+            data_dir: data_dir.to_path_buf(),
             account,
         },
         task,
@@ -242,18 +314,80 @@ impl NodeNotifier {
         AlertSink::new(self.handle.clone())
     }
 
+    /// The config it runs with: the file's `[notify]`, with the channels
+    /// added at run time.
+    pub fn config(&self) -> NotifyConfig {
+        self.handle.config()
+    }
+
     /// The channels, without secrets.
     pub fn channels(&self) -> Vec<ChannelView> {
-        self.config.channels.iter().map(view_of).collect()
+        self.config()
+            .channels
+            .iter()
+            .map(|c| {
+                let source = if self.file_channels.contains(&c.name) {
+                    "config"
+                } else {
+                    "added"
+                };
+                view_of(c, source)
+            })
+            .collect()
+    }
+
+    /// Adds a channel at run time (kept across restarts). Its secrets are
+    /// named by absolute file path outside the node's data directory or by
+    /// an environment variable named `RIGMESH_…`, and read now: a channel
+    /// that cannot read its secret is refused.
+    pub async fn add_channel(&self, added: AddedChannel) -> std::result::Result<(), ChannelError> {
+        let name = added.channel.name.clone();
+        if self.config().channels.iter().any(|c| c.name == name) {
+            return Err(ChannelError::Conflict(format!(
+                "channel {name:?} already exists; remove it first"
+            )));
+        }
+        let kind = added.channel.kind.clone();
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || check_secret_sources(&kind, &data_dir))
+            .await
+            .map_err(|e| ChannelError::Failed(e.to_string()))?
+            .map_err(ChannelError::Invalid)?;
+        self.handle.add_channel(added).await.map_err(|e| match e {
+            rigmesh_notify::Error::Full { .. } => ChannelError::Conflict(e.to_string()),
+            rigmesh_notify::Error::Config(_) | rigmesh_notify::Error::Secret { .. } => {
+                ChannelError::Invalid(e.to_string())
+            }
+            other => ChannelError::Failed(other.to_string()),
+        })
+    }
+
+    /// Removes a channel added at run time. One of the config file is
+    /// refused: it is removed by editing the file.
+    pub async fn remove_channel(&self, name: &str) -> std::result::Result<(), ChannelError> {
+        if self.file_channels.iter().any(|c| c == name) {
+            return Err(ChannelError::Conflict(format!(
+                "channel {name:?} is defined in the node's config file; remove it there and \
+                 restart the node"
+            )));
+        }
+        match self.handle.remove_channel(name).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ChannelError::Unknown(name.to_owned())),
+            Err(e @ rigmesh_notify::Error::Config(_)) => Err(ChannelError::Conflict(format!(
+                "channel {name:?} is still named by the config: {e}"
+            ))),
+            Err(e) => Err(ChannelError::Failed(e.to_string())),
+        }
     }
 
     /// The routing rules: each recipient with the channels each severity
     /// takes by default, its routes, quiet hours and escalation; the
     /// inhibition rules and the grouping times.
     pub fn rules(&self) -> serde_json::Value {
-        let router = Router::new(&self.config.recipients, &self.config.channels).ok();
-        let recipients: Vec<serde_json::Value> = self
-            .config
+        let config = self.config();
+        let router = Router::new(&config.recipients, &config.channels).ok();
+        let recipients: Vec<serde_json::Value> = config
             .recipients
             .iter()
             .enumerate()
@@ -281,18 +415,18 @@ impl NodeNotifier {
             .collect();
         serde_json::json!({
             "recipients": recipients,
-            "inhibit": self.config.inhibit,
-            "grouping": self.config.grouping,
-            "ack_url": self.config.ack_url,
+            "inhibit": config.inhibit,
+            "grouping": config.grouping,
+            "ack_url": config.ack_url,
         })
     }
 
     /// Sends a test message on channel `name` at once (not through the
     /// outbox), and says whether the far end took it.
     pub async fn test_channel(&self, name: &str) -> std::result::Result<(), TestError> {
-        if self.channels.get(name).is_err() {
+        let Ok(channel) = self.handle.channel(name) else {
             return Err(TestError::Unknown(name.to_owned()));
-        }
+        };
         let now = UnixMillis::now();
         let mut key = [0u8; 16];
         getrandom::fill(&mut key).map_err(|e| TestError::Failed(e.to_string()))?;
@@ -312,15 +446,10 @@ impl NodeNotifier {
             alerts: 0,
             created_at: now,
         };
-        let channels = self.channels.clone();
-        tokio::task::spawn_blocking(move || {
-            channels
-                .get(&message.channel)
-                .and_then(|c| c.send(&message))
-        })
-        .await
-        .map_err(|e| TestError::Failed(e.to_string()))?
-        .map_err(|e| TestError::Failed(e.to_string()))
+        tokio::task::spawn_blocking(move || channel.send(&message))
+            .await
+            .map_err(|e| TestError::Failed(e.to_string()))?
+            .map_err(|e| TestError::Failed(e.to_string()))
     }
 }
 
@@ -582,7 +711,11 @@ mod tests {
             "#,
         )
         .unwrap();
-        let views: Vec<ChannelView> = config.channels.iter().map(view_of).collect();
+        let views: Vec<ChannelView> = config
+            .channels
+            .iter()
+            .map(|c| view_of(c, "config"))
+            .collect();
         assert_eq!(views[0].target, "incoming webhook, URL from $ROOM_URL");
         assert_eq!(
             (views[0].kind.as_str(), views[0].medium.as_str()),

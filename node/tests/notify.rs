@@ -3,7 +3,11 @@
 //! server started here, which checks the HMAC signature of every request;
 //! the critical alert repeats until the link in the message (a per-group
 //! token, no API token) acknowledges it, and then stops. The channels,
-//! a test message and the log are read over the customer API.
+//! a test message and the log are read over the customer API. A silence
+//! added over the API keeps a matching alert from going out, and once it
+//! is expired the next one is delivered; bad silences and channels are
+//! refused with the reason. A coordinator's operators hear when another
+//! member of the set stops answering, and when it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -371,4 +375,258 @@ async fn without_a_notify_section_the_endpoints_say_how_to_configure_it() {
     let r = common::http_get(node.customer_api, "/v1/notify/log", None).await;
     assert_eq!(status(&r), 401, "{r}");
     node.stop().await.unwrap();
+}
+
+/// A customer node notifying a local webhook quickly: `[notify]` with
+/// short waits and one recipient of the customer audience.
+fn quick_notify(url: &str, secret_file: &std::path::Path) -> rigmesh_notify::NotifyConfig {
+    rigmesh_notify::NotifyConfig::from_toml(&format!(
+        r#"
+        [outbox]
+        poll_ms = 50
+        [grouping]
+        group_wait_ms = 100
+        group_interval_ms = 300
+        [[channels]]
+        name = "hook"
+        type = "webhook"
+        url = "{url}"
+        secret = {{ file = "{}" }}
+        [[recipients]]
+        name = "me"
+        audience = ["customer"]
+        channels = ["hook"]
+        "#,
+        secret_file.display()
+    ))
+    .unwrap()
+}
+
+fn warning(rule: &str) -> rigmesh_protocol::Alert {
+    rigmesh_node::notify::own_alert(
+        rigmesh_protocol::Keypair::from_seed([9; 32]).public(),
+        rigmesh_protocol::Audience::Customer,
+        rigmesh_protocol::Severity::Warning,
+        rule,
+        None,
+        format!("{rule} for the silence test"),
+    )
+}
+
+fn delivered(r: &Received, rule: &str) -> usize {
+    r.bodies
+        .iter()
+        .filter(|(_, b)| b.subject.starts_with(rule))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_through() {
+    let (url, mut received) = webhook_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut config = base(Role::Customer, dir.path());
+    config.notify = Some(quick_notify(&url, &secret_file));
+    let node = rigmesh_node::node::start(config).await.unwrap();
+    let api = node.customer_api;
+    let token = read_token(dir.path(), Scope::Customer).unwrap();
+
+    // Refused, with the reason, and nothing added.
+    for (request, reason) in [
+        (r#"{"rule": "lease.", "comment": "x"}"#, "needs an expiry"),
+        (
+            r#"{"rule": "lease.", "duration_secs": 60}"#,
+            "needs a comment",
+        ),
+        (
+            r#"{"recipient": "nobody", "duration_secs": 60, "comment": "x"}"#,
+            "not in the [notify] config",
+        ),
+        ("not json", "not a silence"),
+    ] {
+        let r = common::http_post(api, "/v1/notify/silences", &token, request).await;
+        assert_eq!(status(&r), 400, "{r}");
+        assert!(body(&r)["reason"].as_str().unwrap().contains(reason), "{r}");
+    }
+    let r = common::http(api, "DELETE", "/v1/notify/silences/abc", &token, None).await;
+    assert_eq!(status(&r), 400, "{r}");
+    // So are bad channels, and a removal of one never added.
+    let missing = dir.path().join("no-such.secret");
+    for (request, reason) in [
+        ("not json".to_owned(), "the body is not"),
+        (
+            r#"{"channel": {"name": "x", "type": "pager"}}"#.to_owned(),
+            "unknown variant",
+        ),
+        (
+            format!(
+                r#"{{"channel": {{"name": "x", "type": "webhook", "url": "{url}", "secret": {{"file": "{}"}}}}}}"#,
+                missing.display()
+            ),
+            "no-such.secret",
+        ),
+        (
+            r#"{"channel": {"name": "x", "type": "webhook", "url": "http://127.0.0.1:9/", "secret": {"file": "relative.secret"}}}"#.to_owned(),
+            "not an absolute path",
+        ),
+        (
+            r#"{"channel": {"name": "x", "type": "telegram", "chat_id": "1", "token": {"env": "HOME"}}}"#.to_owned(),
+            "starts with RIGMESH_",
+        ),
+    ] {
+        let r = common::http_post(api, "/v1/notify/channels", &token, &request).await;
+        assert_eq!(status(&r), 400, "{r}");
+        assert!(body(&r)["reason"].as_str().unwrap().contains(reason), "{r}");
+    }
+    let r = common::http(api, "DELETE", "/v1/notify/channels/nope", &token, None).await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = common::http(api, "DELETE", "/v1/notify/channels/hook", &token, None).await;
+    assert_eq!(status(&r), 409, "{r}");
+    let r = common::http_get(api, "/v1/notify/silences", None).await;
+    assert_eq!(status(&r), 401, "silences sit behind the token: {r}");
+
+    // Lease alerts silenced for an hour.
+    let r = common::http_post(
+        api,
+        "/v1/notify/silences",
+        &token,
+        r#"{"rule": "lease.", "duration_secs": 3600, "created_by": "alice", "comment": "moving racks"}"#,
+    )
+    .await;
+    assert_eq!(status(&r), 200, "{r}");
+    let id = body(&r)["id"].as_u64().unwrap();
+    let r = common::http_get(api, "/v1/notify/silences", Some(&token)).await;
+    let listed = body(&r);
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    assert_eq!(listed[0]["rule"], "lease.");
+    assert_eq!(listed[0]["created_by"], "alice");
+    assert_eq!(listed[0]["comment"], "moving racks");
+    assert_eq!(listed[0]["active"], true);
+
+    // The silenced alert, then one the silence does not match: once the
+    // second is delivered, the first (handed over before it, on the same
+    // queue) was taken and muted: no group, no message.
+    node.alerts.raise(&warning("lease.ended"));
+    node.alerts.raise(&warning("settlement.certified"));
+    let got = wait_for(&mut received, "the unsilenced alert", |r| {
+        delivered(r, "settlement.certified") >= 1
+    })
+    .await;
+    assert_eq!(delivered(&got, "lease.ended"), 0);
+    let r = common::http_get(api, "/v1/notify/log", Some(&token)).await;
+    let log = body(&r);
+    assert!(
+        log["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["rule"] != "lease.ended"),
+        "a silenced alert makes no group: {log}"
+    );
+
+    // Expired: gone from the list, and the next lease alert goes out.
+    let path = format!("/v1/notify/silences/{id}");
+    let r = common::http(api, "DELETE", &path, &token, None).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let r = common::http(api, "DELETE", &path, &token, None).await;
+    assert_eq!(status(&r), 404, "{r}");
+    let r = common::http_get(api, "/v1/notify/silences", Some(&token)).await;
+    assert_eq!(body(&r), serde_json::json!([]), "{r}");
+    node.alerts.raise(&warning("lease.ended"));
+    wait_for(&mut received, "the lease alert after the silence", |r| {
+        delivered(r, "lease.ended") >= 1
+    })
+    .await;
+    assert_eq!(received.borrow().bad_signatures, 0);
+    node.stop().await.unwrap();
+}
+
+/// A coordinator node of a two-member set, as member `i`.
+fn coordinator(i: u8, dir: &std::path::Path) -> NodeConfig {
+    let members = (0..2)
+        .map(|m| rigmesh_protocol::Keypair::from_seed([0x70 + m; 32]).public())
+        .collect();
+    let mut set = rigmesh_node::config::CoordinatorsConfig::new(3, members);
+    set.member_unreachable_secs = 1;
+    let key = dir.join("account.key");
+    if !key.exists() {
+        rigmesh_node::keyfile::write_seed(&key, &[0x70 + i; 32]).unwrap();
+    }
+    NodeConfig {
+        coordinators: Some(set),
+        ..base(Role::Coordinator, dir)
+    }
+}
+
+fn dial_addr(node: &RunningNode) -> libp2p::Multiaddr {
+    node.listen_addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_tells_its_operators_when_another_member_is_unreachable_and_when_it_is_back()
+{
+    let (url, mut received) = webhook_server().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret_file = dirs[0].path().join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut notify = quick_notify(&url, &secret_file);
+    // The operators' recipient: the audience a coordinator's alerts have.
+    notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
+    let mut config = coordinator(0, dirs[0].path());
+    config.notify = Some(notify);
+    let watcher = rigmesh_node::node::start(config).await.unwrap();
+    let other = rigmesh_node::node::start(coordinator(1, dirs[1].path()))
+        .await
+        .unwrap();
+    other.handle.dial(dial_addr(&watcher)).await.unwrap();
+    let store = watcher.store.clone();
+    let member = rigmesh_protocol::Keypair::from_seed([0x71; 32]).public();
+    eventually(20, "the other member's binding at the watcher", || {
+        let store = store.clone();
+        async move {
+            store
+                .all::<rigmesh_protocol::NodeBinding>(UnixMillis::now())
+                .unwrap()
+                .iter()
+                .any(|b| b.body.account == member)
+        }
+    })
+    .await;
+
+    // Until the other member's binding arrived, it could not be reached
+    // (an alert, resolved since): count from here.
+    let firing = |r: &Received| delivered(r, "coordinator.unreachable");
+    let resolved = |r: &Received| delivered(r, "RESOLVED: coordinator.unreachable");
+    let before = firing(&received.borrow());
+    other.stop().await.unwrap();
+    let got = wait_for(&mut received, "the unreachable alert", |r| {
+        firing(r) > before
+    })
+    .await;
+    let (_, alert) = got
+        .bodies
+        .iter()
+        .rev()
+        .find(|(_, b)| b.subject.starts_with("coordinator.unreachable"))
+        .unwrap();
+    assert_eq!(alert.severity, "warning");
+    assert!(alert.body.contains(&member.to_string()), "{}", alert.body);
+
+    // Back: the group reports it resolved.
+    let resolved_before = resolved(&received.borrow());
+    let other = rigmesh_node::node::start(coordinator(1, dirs[1].path()))
+        .await
+        .unwrap();
+    other.handle.dial(dial_addr(&watcher)).await.unwrap();
+    wait_for(&mut received, "the resolution", |r| {
+        resolved(r) > resolved_before
+    })
+    .await;
+    assert_eq!(received.borrow().bad_signatures, 0);
+    for node in [other, watcher] {
+        node.stop().await.unwrap();
+    }
 }

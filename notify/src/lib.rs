@@ -14,6 +14,8 @@
 //!   with retries, backoff with jitter, dead letters and bounds.
 //! - [`channel`]: SMTP, Slack, Discord, Telegram, a signed JSON webhook,
 //!   Twilio and a generic SMS gateway.
+//! - [`added`]: channels added at run time, kept in the store next to
+//!   those of the config.
 //! - [`worker`]: the tokio task that runs it all, driven by a [`clock`];
 //!   [`metrics`] for Prometheus.
 //!
@@ -47,6 +49,7 @@
 
 #![warn(missing_docs)]
 
+pub mod added;
 pub mod channel;
 pub mod clock;
 pub mod config;
@@ -61,6 +64,7 @@ pub mod secret;
 pub mod silence;
 pub mod worker;
 
+pub use added::AddedChannel;
 pub use channel::{Channel, Channels};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::NotifyConfig;

@@ -12,7 +12,7 @@
 //! so the same directory can be opened again in the same process.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rigmesh_ledger::store::Store;
@@ -20,7 +20,8 @@ use rigmesh_protocol::{Alert, PublicKey, UnixMillis};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::channel::Channels;
+use crate::added::{self, AddedChannel};
+use crate::channel::{Channel, Channels};
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
 use crate::error::{Error, Result};
@@ -57,6 +58,14 @@ enum Command {
         id: u64,
         reply: oneshot::Sender<Result<bool>>,
     },
+    AddChannel {
+        added: Box<AddedChannel>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    RemoveChannel {
+        name: String,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     Status {
         reply: oneshot::Sender<Result<Status>>,
     },
@@ -81,6 +90,26 @@ pub struct Status {
     pub sent: Vec<crate::outbox::Delivered>,
     /// Notifications waiting (up to 100), in queue order.
     pub pending: Vec<OutboxEntry>,
+    /// The silences that hold or have yet to start, by id.
+    pub silences: Vec<Silence>,
+}
+
+/// What the worker shares with its handles: the channels it delivers on
+/// and the config it runs with, both changed only by the worker, when a
+/// channel is added or removed at run time.
+#[derive(Debug)]
+struct Shared {
+    channels: RwLock<Channels>,
+    config: RwLock<NotifyConfig>,
+}
+
+impl Shared {
+    fn channel(&self, name: &str) -> Result<Arc<Channel>> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shared(name)
+    }
 }
 
 /// A cheap, cloneable handle to a running worker.
@@ -88,9 +117,43 @@ pub struct Status {
 pub struct NotifyHandle {
     commands: mpsc::Sender<Command>,
     metrics: NotifyMetrics,
+    shared: Arc<Shared>,
 }
 
 impl NotifyHandle {
+    /// The config the notifier runs with now: the file's, with the
+    /// channels added at run time.
+    pub fn config(&self) -> NotifyConfig {
+        self.shared
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The channel named `name`, ready to send (a test message).
+    pub fn channel(&self, name: &str) -> Result<Arc<Channel>> {
+        self.shared.channel(name)
+    }
+
+    /// Adds a channel at run time: its secret is read, it is kept in the
+    /// store (so it outlives a restart) and its recipients route to it.
+    pub async fn add_channel(&self, added: AddedChannel) -> Result<()> {
+        self.ask(|reply| Command::AddChannel {
+            added: Box::new(added),
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a channel added at run time; false if `name` was not one
+    /// (a channel of the config file, or none).
+    pub async fn remove_channel(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::RemoveChannel { name, reply })
+            .await
+    }
+
     /// Hands `alert` to the notifier, waiting while its queue is full.
     pub async fn raise(&self, alert: Alert) -> Result<()> {
         self.commands
@@ -215,6 +278,7 @@ where
     S: Store + 'static,
     C: Clock,
 {
+    let config = added::merge(config, &store)?;
     let outbox = Outbox::open(store, config.outbox.clone())?;
     let channels = Channels::build(
         &config.channels,
@@ -237,13 +301,18 @@ where
     C: Clock,
 {
     let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+    let shared = Arc::new(Shared {
+        channels: RwLock::new(channels),
+        config: RwLock::new(notifier.config().clone()),
+    });
     let handle = NotifyHandle {
         commands,
         metrics: metrics.clone(),
+        shared: shared.clone(),
     };
     let worker = Worker {
         notifier: Arc::new(Mutex::new(notifier)),
-        channels: Arc::new(channels),
+        shared,
         clock: Arc::new(clock),
         metrics,
     };
@@ -253,7 +322,7 @@ where
 
 struct Worker<S: Store, C: Clock> {
     notifier: Arc<Mutex<Notifier<S>>>,
-    channels: Arc<Channels>,
+    shared: Arc<Shared>,
     clock: Arc<C>,
     metrics: NotifyMetrics,
 }
@@ -383,11 +452,11 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
             .outbox_len
             .set(i64::try_from(len).unwrap_or(i64::MAX));
         for (seq, entry) in claimed {
-            let channels = self.channels.clone();
+            let shared = self.shared.clone();
             in_flight.spawn(async move {
                 let message = entry.outgoing.clone();
                 let sent = tokio::task::spawn_blocking(move || {
-                    channels.get(&message.channel)?.send(&message)
+                    shared.channel(&message.channel)?.send(&message)
                 })
                 .await
                 .map_err(|e| Error::Task(e.to_string()))
@@ -448,6 +517,7 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
 
     async fn apply(&self, batch: Vec<Command>) {
         let now = self.clock.now();
+        let shared = self.shared.clone();
         let result = self
             .blocking(move |n| {
                 let mut confirmations = Vec::new();
@@ -484,6 +554,12 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                         Command::ExpireSilence { id, reply } => {
                             let _ = reply.send(n.expire_silence(id));
                         }
+                        Command::AddChannel { added, reply } => {
+                            let _ = reply.send(add_channel(n, &shared, &added));
+                        }
+                        Command::RemoveChannel { name, reply } => {
+                            let _ = reply.send(remove_channel(n, &shared, &name));
+                        }
                         Command::Status { reply } => {
                             let status = (|| {
                                 let head = n.outbox().head()?;
@@ -505,6 +581,11 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
                                         .pending(100)?
                                         .into_iter()
                                         .map(|(_, e)| e)
+                                        .collect(),
+                                    silences: n
+                                        .silences()
+                                        .filter(|s| s.ends_at > now)
+                                        .cloned()
                                         .collect(),
                                 })
                             })();
@@ -530,4 +611,59 @@ impl<S: Store + 'static, C: Clock> Worker<S, C> {
             tracing::warn!(error = %e, "notifier commands failed");
         }
     }
+}
+
+/// Adds `added` to the running notifier: checked against the config, its
+/// secret read (the channel built), kept in the store, then routed to.
+fn add_channel<S: Store>(n: &mut Notifier<S>, shared: &Shared, added: &AddedChannel) -> Result<()> {
+    let store = n.outbox().store();
+    if added::load(store)?.len() >= added::MAX_ADDED {
+        return Err(Error::Full {
+            what: "channels added at run time",
+            max: added::MAX_ADDED,
+        });
+    }
+    let mut config = n.config().clone();
+    added.apply_to(&mut config)?;
+    config.check()?;
+    let channel = Channel::build(
+        &added.channel,
+        Duration::from_millis(config.outbox.timeout_ms),
+    )?;
+    added::save(store, added)?;
+    n.reconfigure(config.clone())?;
+    shared
+        .channels
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(channel);
+    *shared
+        .config
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = config;
+    Ok(())
+}
+
+/// Removes channel `name` if it was added at run time. A route or an
+/// escalation step of the config that names it keeps it.
+fn remove_channel<S: Store>(n: &mut Notifier<S>, shared: &Shared, name: &str) -> Result<bool> {
+    let store = n.outbox().store();
+    if store.get(added::ADDED_CHANNELS, name.as_bytes())?.is_none() {
+        return Ok(false);
+    }
+    let mut config = n.config().clone();
+    added::remove_from(&mut config, name);
+    config.check()?;
+    added::forget(store, name)?;
+    n.reconfigure(config.clone())?;
+    shared
+        .channels
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(name);
+    *shared
+        .config
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = config;
+    Ok(true)
 }

@@ -559,13 +559,6 @@ fn not_notifying() -> Response {
     )
 }
 
-async fn notify_channels(State(s): State<Scoped>) -> Response {
-    match s.api.notify.get() {
-        Some(n) => Json(n.channels()).into_response(),
-        None => not_notifying(),
-    }
-}
-
 async fn notify_test(State(s): State<Scoped>, UrlPath(name): UrlPath<String>) -> Response {
     let Some(n) = s.api.notify.get().cloned() else {
         return not_notifying();
@@ -764,7 +757,6 @@ pub async fn serve(
     };
     let app = routes
         .route("/v1/whoami", get(whoami))
-        .route("/v1/notify/channels", get(notify_channels))
         .route(
             "/v1/notify/channels/{name}/test",
             axum::routing::post(notify_test),
@@ -775,6 +767,10 @@ pub async fn serve(
             "/v1/notify/groups/{group}/ack",
             axum::routing::post(notify_ack),
         )
+        .merge(super::notify_routes::routes(
+            state.api.notify.clone(),
+            scope,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         // Acknowledgement links carry their own per-group token instead of
         // the API token, so they sit outside the bearer check.

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::network::NodeHandle;
 
 pub mod local;
+pub mod notify_routes;
 
 #[derive(Clone)]
 struct Monitoring {

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
 
 pub mod health;
+pub mod reach;
 
 /// Alerts waiting to be gossiped.
 type Outbox = std::sync::Mutex<Vec<Signed<rigmesh_protocol::Alert>>>;

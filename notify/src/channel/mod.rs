@@ -20,6 +20,7 @@ pub mod sms;
 pub mod webhook;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ChannelConfig, ChannelKind, Medium};
@@ -96,10 +97,11 @@ impl Channel {
     }
 }
 
-/// Every configured channel, by name.
+/// Every configured channel, by name. Each is shared, so a delivery in
+/// progress keeps its channel while the set changes under it.
 #[derive(Debug, Default)]
 pub struct Channels {
-    by_name: BTreeMap<String, Channel>,
+    by_name: BTreeMap<String, Arc<Channel>>,
 }
 
 impl Channels {
@@ -107,7 +109,10 @@ impl Channels {
     pub fn build(configs: &[ChannelConfig], timeout: Duration) -> Result<Self> {
         let mut by_name = BTreeMap::new();
         for config in configs {
-            by_name.insert(config.name.clone(), Channel::build(config, timeout)?);
+            by_name.insert(
+                config.name.clone(),
+                Arc::new(Channel::build(config, timeout)?),
+            );
         }
         Ok(Channels { by_name })
     }
@@ -116,6 +121,25 @@ impl Channels {
     pub fn get(&self, name: &str) -> Result<&Channel> {
         self.by_name
             .get(name)
+            .map(|c| c.as_ref())
             .ok_or_else(|| Error::UnknownChannel(name.to_owned()))
+    }
+
+    /// The channel named `name`, to use after letting go of the set.
+    pub fn shared(&self, name: &str) -> Result<Arc<Channel>> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownChannel(name.to_owned()))
+    }
+
+    /// Adds `channel`, replacing one of the same name.
+    pub fn insert(&mut self, channel: Channel) {
+        self.by_name.insert(channel.name.clone(), Arc::new(channel));
+    }
+
+    /// Removes the channel named `name`; false if there was none.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.by_name.remove(name).is_some()
     }
 }

@@ -236,8 +236,11 @@ impl<S: Store> Notifier<S> {
                 self.ack_token(&group.id)
             ));
         }
+        // A channel removed at run time since the group formed is skipped
+        // rather than sent to, which could only fail.
         let items: Vec<Outgoing> = channels
             .iter()
+            .filter(|channel| self.config.channels.iter().any(|c| &c.name == *channel))
             .map(|channel| {
                 let mut hasher = blake3::Hasher::new();
                 hasher.update(group.id.as_bytes());

@@ -243,6 +243,27 @@ impl<S: Store> Notifier<S> {
         &self.config
     }
 
+    /// Replaces the channels and recipients with those of `config` (a
+    /// channel added or removed at run time); the recipients must be the
+    /// same, in the same order, so the groups keep theirs.
+    pub fn reconfigure(&mut self, config: NotifyConfig) -> Result<()> {
+        config.check()?;
+        let same_recipients = config.recipients.len() == self.config.recipients.len()
+            && config
+                .recipients
+                .iter()
+                .zip(&self.config.recipients)
+                .all(|(a, b)| a.name == b.name);
+        if !same_recipients {
+            return Err(Error::Config(
+                "the recipients cannot change while the notifier runs".into(),
+            ));
+        }
+        self.router = Router::new(&config.recipients, &config.channels)?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The groups, by id.
     pub fn groups(&self) -> impl Iterator<Item = &GroupState> {
         self.groups.values()

@@ -23,6 +23,17 @@ pub enum Protocol {
     Sync,
 }
 
+impl Protocol {
+    /// `lease`, `coordinator` or `sync`: the metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Lease => "lease",
+            Protocol::Coordinator => "coordinator",
+            Protocol::Sync => "sync",
+        }
+    }
+}
+
 /// A request from a peer that the application must answer with
 /// [`NodeHandle::respond`].
 #[derive(Debug)]
@@ -50,8 +61,10 @@ pub struct NetworkStats {
     pub ignored: u64,
     /// Gossip messages dropped on a full ingest queue.
     pub dropped: u64,
-    /// Peers banned.
+    /// Bans of peers and addresses.
     pub banned: u64,
+    /// Requests from peers refused for being over their budget.
+    pub rate_limited: u64,
     /// Requests to this node refused (coordinator requests).
     pub refused_requests: u64,
     /// Of those, the ones refused as malformed or forged: a strike each.
@@ -240,8 +253,8 @@ impl NodeHandle {
         self.call(|reply| Command::Dial { addr, reply }).await
     }
 
-    /// Bans a peer: disconnects it, refuses it for the configured time, and
-    /// records the ban in the ledger.
+    /// Bans a peer: disconnects it, refuses it for the configured time
+    /// (longer for a repeat offender), and records the ban in the ledger.
     pub async fn ban(&self, peer: PeerId, reason: &str) -> Result<()> {
         let reason = reason.to_string();
         self.call(|reply| Command::Ban {

@@ -19,9 +19,7 @@ fn text<E: std::fmt::Display>(e: E) -> String {
 fn strikes_milli(strikes: f64) -> u64 {
     if strikes.is_finite() && strikes > 0.0 {
         // In range by the clamp; the fraction below a thousandth is noise.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let milli = (strikes * 1000.0).round().min(1e18) as u64;
-        milli
+        (strikes * 1000.0).round().min(1e18) as u64
     } else {
         0
     }
@@ -126,7 +124,6 @@ impl MessageStore for MarketStore {
                 Some(offender) => out.push(OffenceState {
                     offender,
                     // Thousandths of a strike: exact in an f64.
-                    #[allow(clippy::cast_precision_loss)]
                     strikes: record.strikes_milli as f64 / 1000.0,
                     updated: record.updated,
                     bans: record.bans,

@@ -76,7 +76,8 @@ pub struct NetworkLimits {
     /// address.
     pub address_ban_threshold: u32,
     /// Addresses never banned (operators' own hosts, a NAT shared with
-    /// honest rigs). Their peers can still be banned by peer id.
+    /// honest rigs); loopback by default, where every local process
+    /// shares one address. Their peers can still be banned by peer id.
     pub trusted_addresses: Vec<IpAddr>,
     /// Seconds for a strike to count half as much; strikes decay
     /// continuously, so rare errors of an honest peer never add up to a
@@ -156,7 +157,10 @@ impl Default for NetworkLimits {
             request_timeout_secs: 10,
             ban_threshold: 3,
             address_ban_threshold: 12,
-            trusted_addresses: Vec::new(),
+            trusted_addresses: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
             strike_half_life_secs: 600,
             refusals_per_strike: 50,
             ban_secs: 3600,

@@ -27,7 +27,7 @@ use super::config::NetworkLimits;
 use super::handle::{Command, InboundRequest, NetworkStats, Protocol, Reply};
 use super::ingest::{IngestItem, Outcome, Verdict};
 use super::metrics::{NetworkMetrics, OffenderLabel, ProtocolLabel, TopicLabel};
-use super::offences::{NewBan, Offences, Offender};
+use super::offences::{NewBan, Offences, Offender, Standing};
 use super::rate_limit::RequestLimiter;
 use super::store::{MessageStore, OffenceState, OffenceWrite, PeerBan};
 use crate::error::Error;
@@ -104,7 +104,13 @@ impl EventLoop {
                 }
             }
         }
-        self.save_offences();
+        // The last changes wait for room in the writer's queue: a ban
+        // decided just before a stop must still hold after the restart.
+        if let Some(write) = self.offence_write() {
+            if self.offence_writes.send(write).await.is_err() {
+                self.metrics.offences_unsaved.inc();
+            }
+        }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network stopped");
     }
 
@@ -192,6 +198,15 @@ impl EventLoop {
             Command::SyncFrom { peer, reply } => {
                 self.start_sync(peer);
                 let _ = reply.send(Ok(()));
+            }
+            Command::Standing { offender, reply } => {
+                let now = UnixMillis::now();
+                let standing = self.offences.standing(&offender).map(|s| Standing {
+                    strikes: self.offences.strikes(&offender, now),
+                    updated: now,
+                    ..s.clone()
+                });
+                let _ = reply.send(Ok(standing));
             }
         }
     }
@@ -419,12 +434,16 @@ impl EventLoop {
             if self.offences.is_banned(&offender, now) {
                 continue;
             }
-            self.metrics
-                .strikes
-                .get_or_create(&OffenderLabel {
-                    kind: offender.kind().to_string(),
-                })
-                .inc();
+            // A fraction of a strike (a rate-limit refusal) is counted in
+            // `rate_limited` instead.
+            if weight >= 1.0 {
+                self.metrics
+                    .strikes
+                    .get_or_create(&OffenderLabel {
+                        kind: offender.kind().to_string(),
+                    })
+                    .inc();
+            }
             bans.extend(self.offences.strike(offender, weight, reason, now));
         }
         for ban in bans {
@@ -464,14 +483,13 @@ impl EventLoop {
         self.save_offences();
     }
 
-    /// Hands changed strike records and new bans to the store writer; if
-    /// its queue is full they stay marked and go with the next change.
-    fn save_offences(&mut self) {
+    /// Changed strike records and new bans, if any, for the store writer.
+    fn offence_write(&mut self) -> Option<OffenceWrite> {
         let changes = self.offences.take_changes();
         if changes.is_empty() && self.unsaved_bans.is_empty() {
-            return;
+            return None;
         }
-        let write = OffenceWrite {
+        Some(OffenceWrite {
             offences: changes
                 .into_iter()
                 .map(|(offender, s)| OffenceState {
@@ -482,6 +500,14 @@ impl EventLoop {
                 })
                 .collect(),
             bans: std::mem::take(&mut self.unsaved_bans),
+        })
+    }
+
+    /// Hands changed strike records and new bans to the store writer; if
+    /// its queue is full they stay marked and go with the next change.
+    fn save_offences(&mut self) {
+        let Some(write) = self.offence_write() else {
+            return;
         };
         if let Err(mpsc::error::TrySendError::Full(write)
         | mpsc::error::TrySendError::Closed(write)) = self.offence_writes.try_send(write)

@@ -9,6 +9,7 @@ use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Carrier, Clock, CoordinatorSet};
 use tokio::sync::{mpsc, oneshot};
 
+use super::offences::{Offender, Standing};
 use super::store::{AcceptedMessage, MessageStore};
 use crate::error::{Error, Result};
 
@@ -125,6 +126,10 @@ pub(crate) enum Command {
     SyncFrom {
         peer: PeerId,
         reply: Reply<()>,
+    },
+    Standing {
+        offender: Offender,
+        reply: Reply<Option<Standing>>,
     },
 }
 
@@ -290,6 +295,14 @@ impl NodeHandle {
     /// Counters.
     pub async fn stats(&self) -> Result<NetworkStats> {
         self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// What the node holds against a peer or an address: its strikes (as
+    /// of now, decayed), its bans so far and when the latest ends; `None`
+    /// if nothing.
+    pub async fn standing(&self, offender: Offender) -> Result<Option<Standing>> {
+        self.call(|reply| Command::Standing { offender, reply })
+            .await
     }
 
     /// Starts a catch-up sync from `peer` now (it also runs by itself on

@@ -171,8 +171,6 @@ pub fn decayed(strikes: f64, elapsed_ms: u64, half_life_ms: u64) -> f64 {
     if half_life_ms == 0 || elapsed_ms == 0 {
         return strikes;
     }
-    // Precision loss in the conversions is irrelevant at these scales.
-    #[allow(clippy::cast_precision_loss)]
     let halvings = elapsed_ms as f64 / half_life_ms as f64;
     strikes * 0.5f64.powf(halvings)
 }
@@ -280,7 +278,7 @@ impl Offences {
         reason: &str,
         now: UnixMillis,
     ) -> Option<NewBan> {
-        if self.trusted(&who) || self.is_banned(&who, now) || !(weight > 0.0) {
+        if self.trusted(&who) || self.is_banned(&who, now) || weight.is_nan() || weight <= 0.0 {
             return None;
         }
         self.make_room(&who, now);
@@ -297,7 +295,8 @@ impl Offences {
         self.dirty.insert(who);
         let threshold = self.policy.threshold(&who);
         if threshold > 0.0 && strikes >= threshold {
-            return self.ban(who, format!("{strikes:.1} strikes, last: {reason}"), now);
+            let why = format!("invalid messages or requests: {strikes:.1} strikes, last: {reason}");
+            return self.ban(who, why, now);
         }
         None
     }

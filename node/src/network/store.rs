@@ -114,14 +114,15 @@ pub(crate) async fn run_writer(
         if queue.recv_many(&mut writes, 64).await == 0 {
             return;
         }
+        let mut latest = std::collections::HashMap::new();
         let mut merged = OffenceWrite::default();
         for write in writes.drain(..) {
             for state in write.offences {
-                merged.offences.retain(|o| o.offender != state.offender);
-                merged.offences.push(state);
+                latest.insert(state.offender, state);
             }
             merged.bans.extend(write.bans);
         }
+        merged.offences = latest.into_values().collect();
         let store = store.clone();
         let count = merged.offences.len() + merged.bans.len();
         let result =

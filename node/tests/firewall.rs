@@ -351,7 +351,7 @@ async fn strikes_decay_so_an_occasional_error_never_bans() {
                     .standing(who)
                     .await
                     .unwrap()
-                    .is_some_and(|s| s.strikes < 0.5)
+                    .is_some_and(|s| s.strikes < 0.3)
             }
         })
         .await;

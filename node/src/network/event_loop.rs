@@ -427,6 +427,7 @@ impl EventLoop {
     fn strike_weighted(&mut self, peer: PeerId, weight: f64, reason: &str) {
         let now = UnixMillis::now();
         let addresses = self.swarm.behaviour().firewall.addresses_of(&peer);
+        tracing::debug!(%peer, ?addresses, weight, reason, "strike");
         let offenders = std::iter::once(Offender::Peer(peer))
             .chain(addresses.into_iter().map(Offender::Address));
         let mut bans = Vec::new();

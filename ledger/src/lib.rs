@@ -53,7 +53,7 @@ pub use coordinator::{
 };
 pub use error::{Error, Result};
 pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
-pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OfferKey, OffenceRecord};
+pub use market::{BanRecord, MarketPage, MarketRecord, MarketStore, OffenceRecord, OfferKey};
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};
 pub use offers::{OfferOutcome, OfferQuery};

@@ -1,6 +1,6 @@
 //! The network's [`MessageStore`] over the ledger's [`MarketStore`].
 
-use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OfferKey, OffenceRecord};
+use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord, OfferKey};
 use rigmesh_protocol::rpc::SyncTopic;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};

@@ -57,7 +57,9 @@ fn accept_leases(node: &mut TestNode) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(request) = inbound.recv().await {
             let answer = LeaseResponse::Accepted.to_bytes().unwrap();
-            let _ = handle.respond(request.protocol, request.channel, answer).await;
+            let _ = handle
+                .respond(request.protocol, request.channel, answer)
+                .await;
         }
     })
 }
@@ -114,7 +116,10 @@ async fn a_flooding_peer_is_refused_past_its_budget_while_another_is_served() {
         }
     }
     // The burst, plus one a second while the flood lasted.
-    assert!(accepted >= 5 && accepted <= 5 + elapsed + 1, "{accepted} accepted");
+    assert!(
+        accepted >= 5 && accepted <= 5 + elapsed + 1,
+        "{accepted} accepted"
+    );
     assert_eq!(accepted + refused, 30);
 
     // Another peer has its own budget and is served.
@@ -166,8 +171,18 @@ async fn a_flooding_peer_is_refused_past_its_budget_while_another_is_served() {
         ),
         refused as f64
     );
-    assert!(metric(&supplier, "rigmesh_net_rate_limited_total{protocol=\"sync\"}") >= 12.0);
-    assert!(supplier.handle.peers().await.unwrap().contains(&flooder.peer_id()));
+    assert!(
+        metric(
+            &supplier,
+            "rigmesh_net_rate_limited_total{protocol=\"sync\"}"
+        ) >= 12.0
+    );
+    assert!(supplier
+        .handle
+        .peers()
+        .await
+        .unwrap()
+        .contains(&flooder.peer_id()));
 }
 
 /// Waits until `guard` no longer lists `peer` among its peers and has
@@ -306,7 +321,13 @@ async fn an_address_is_banned_whatever_peer_id_comes_from_it() {
     let handle = guard.handle.clone();
     eventually(10, "the address banned", || {
         let handle = handle.clone();
-        async move { handle.standing(loopback).await.unwrap().is_some_and(|s| s.bans == 1) }
+        async move {
+            handle
+                .standing(loopback)
+                .await
+                .unwrap()
+                .is_some_and(|s| s.bans == 1)
+        }
     })
     .await;
     let bans = guard.store.bans();
@@ -358,6 +379,14 @@ async fn strikes_decay_so_an_occasional_error_never_bans() {
     }
     let stats = guard.handle.stats().await.unwrap();
     assert_eq!(stats.banned, 0, "six errors in all, never three at once");
-    assert!(guard.handle.peers().await.unwrap().contains(&peer.peer_id()));
-    assert_eq!(metric(&guard, "rigmesh_net_strikes_total{kind=\"peer\"}"), 6.0);
+    assert!(guard
+        .handle
+        .peers()
+        .await
+        .unwrap()
+        .contains(&peer.peer_id()));
+    assert_eq!(
+        metric(&guard, "rigmesh_net_strikes_total{kind=\"peer\"}"),
+        6.0
+    );
 }

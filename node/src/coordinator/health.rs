@@ -563,7 +563,10 @@ mod tests {
         let both = [bans[0].clone(), (address, "flood".to_string())];
         let (_, alerts) = watch.round(&me, 1, &ledger, &both, at(6_000));
         assert_eq!(alerts.len(), 1, "only the new ban, of an address");
-        assert!(alerts[0].body.message.starts_with("address 10.0.0.9 banned"));
+        assert!(alerts[0]
+            .body
+            .message
+            .starts_with("address 10.0.0.9 banned"));
         // Once a ban is over, a new ban of the same peer is a new alert.
         let _ = watch.round(&me, 1, &ledger, &[], at(7_000));
         let (_, again) = watch.round(&me, 1, &ledger, &bans, at(8_000));

@@ -510,8 +510,9 @@ impl EventLoop {
         let Some(write) = self.offence_write() else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(write)
-        | mpsc::error::TrySendError::Closed(write)) = self.offence_writes.try_send(write)
+        if let Err(
+            mpsc::error::TrySendError::Full(write) | mpsc::error::TrySendError::Closed(write),
+        ) = self.offence_writes.try_send(write)
         {
             self.metrics.offences_unsaved.inc();
             tracing::debug!("strike records wait for the store writer");

@@ -233,7 +233,10 @@ impl NetworkBehaviour for Firewall {
         match event {}
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         if let Some((peer_id, connection)) = self.close.pop_front() {
             return Poll::Ready(ToSwarm::CloseConnection {
                 peer_id,

@@ -1,8 +1,10 @@
 //! The networking core: one task owns the libp2p swarm (TCP+noise+yamux
 //! and QUIC; gossipsub, request-response, identify, kad, ping, optional
-//! mDNS, connection limits, a block list), a cloneable [`NodeHandle`] talks
-//! to it through a bounded command queue, and every gossiped message passes
-//! the [`ingest`] pipeline before it is stored or forwarded.
+//! mDNS, connection limits, a [`firewall`] for banned peers and addresses),
+//! a cloneable [`NodeHandle`] talks to it through a bounded command queue,
+//! every gossiped message passes the [`ingest`] pipeline before it is
+//! stored or forwarded, every inbound request is held to its peer's
+//! [`rate_limit`], and misbehaviour earns [`offences`] (strikes, bans).
 
 // The derive macro generates an undocumented `BehaviourEvent` enum.
 #[allow(missing_docs)]

@@ -246,9 +246,7 @@ impl Offences {
 
     /// True if `who` is banned at `now`.
     pub fn is_banned(&self, who: &Offender, now: UnixMillis) -> bool {
-        self.records
-            .get(who)
-            .is_some_and(|s| s.banned_until > now)
+        self.records.get(who).is_some_and(|s| s.banned_until > now)
     }
 
     /// `who`'s strikes at `now`.

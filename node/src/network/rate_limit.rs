@@ -5,20 +5,16 @@
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::HashMapStateStore;
 use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 use libp2p::PeerId;
 
 use super::config::{RequestLimits, RequestRate};
 use super::handle::Protocol;
 
-type Bucket<C> = RateLimiter<
-    PeerId,
-    HashMapStateStore<PeerId>,
-    C,
-    NoOpMiddleware<<C as Clock>::Instant>,
->;
+type Bucket<C> =
+    RateLimiter<PeerId, HashMapStateStore<PeerId>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The buckets of every peer, per protocol; a protocol whose rate is 0 is
 /// not limited.

@@ -125,9 +125,10 @@ pub(crate) async fn run_writer(
         merged.offences = latest.into_values().collect();
         let store = store.clone();
         let count = merged.offences.len() + merged.bans.len();
-        let result =
-            tokio::task::spawn_blocking(move || store.save_offences(&merged.offences, &merged.bans))
-                .await;
+        let result = tokio::task::spawn_blocking(move || {
+            store.save_offences(&merged.offences, &merged.bans)
+        })
+        .await;
         let error = match result {
             Ok(Ok(())) => continue,
             Ok(Err(err)) => err,

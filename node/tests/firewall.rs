@@ -50,7 +50,9 @@ async fn send_malformed_sync(from: &TestNode, to: &TestNode) {
         .await;
 }
 
-/// Answers every lease request with `Accepted`, for as long as it runs.
+/// Answers every request that reaches the application, whatever its
+/// protocol, with the bytes of a lease `Accepted`: the tests only look at
+/// whether an answer came.
 fn accept_leases(node: &mut TestNode) -> tokio::task::JoinHandle<()> {
     let handle = node.handle.clone();
     let mut inbound = std::mem::replace(&mut node.inbound, tokio::sync::mpsc::channel(1).1);
@@ -183,6 +185,59 @@ async fn a_flooding_peer_is_refused_past_its_budget_while_another_is_served() {
         .await
         .unwrap()
         .contains(&flooder.peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_keeps_flooding_past_its_refusals_is_banned() {
+    common::logs();
+    let mut limited = config();
+    limited.limits.requests.coordinator = RequestRate {
+        per_second: 1,
+        burst: 2,
+    };
+    // Two refusals make a strike; three strikes a ban.
+    limited.limits.refusals_per_strike = 2;
+    let mut coordinator = spawn(
+        Arc::new(common::temp_store()),
+        Keypair::generate_ed25519(),
+        limited,
+        None,
+    )
+    .await;
+    let flooder = common::node().await;
+    let honest = common::node().await;
+    connect(&flooder, &coordinator).await;
+    connect(&honest, &coordinator).await;
+    let _answers = accept_leases(&mut coordinator);
+    let request = rigmesh_protocol::rpc::CoordinatorRequest::Account(
+        rigmesh_protocol::samples::customer().public(),
+    )
+    .to_bytes()
+    .unwrap();
+    let asks = (0..20).map(|_| {
+        flooder.handle.request(
+            coordinator.peer_id(),
+            Protocol::Coordinator,
+            request.clone(),
+        )
+    });
+    let _ = futures::future::join_all(asks).await;
+    let flooder_id = flooder.peer_id();
+    refused(&coordinator, flooder_id, "peer", 0.0).await;
+    let bans = coordinator.store.bans();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].peer, flooder_id.to_bytes());
+    assert!(
+        bans[0].reason.contains("rate_limited"),
+        "{}",
+        bans[0].reason
+    );
+    // The honest peer, on the same host, is still served.
+    let answer = honest
+        .handle
+        .request(coordinator.peer_id(), Protocol::Coordinator, request)
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
 }
 
 /// Waits until `guard` no longer lists `peer` among its peers and has

@@ -1,9 +1,9 @@
 //! The task that owns the `Swarm`: it answers commands from handles
 //! (local work first), feeds gossip into the ingest queue, reports verdicts
-//! back to gossipsub, serves and runs catch-up sync, holds every peer to
-//! its request budget, and strikes and bans peers (and the addresses they
-//! connect from) that misbehave. It ends when every handle is dropped or
-//! shutdown is signalled.
+//! back to gossipsub, serves (reading pages off the task) and runs
+//! catch-up sync, holds every peer to its request budget, and strikes and
+//! bans peers (and the addresses they connect from) that misbehave. It
+//! ends when every handle is dropped or shutdown is signalled.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +37,14 @@ const SYNC_PAGE: usize = 100;
 /// Most pages fetched from one peer in one catch-up.
 const SYNC_MAX_PAGES: u32 = 100;
 
+/// Most sync pages read from the store at once (32 peers' catch-ups
+/// starting together); more requests meanwhile are dropped (the requester
+/// reads an empty stream) and counted with the rate-limited ones.
+pub(crate) const SYNC_READERS: usize = 64;
+
+/// A sync page read off the swarm task, ready to send.
+pub(crate) type SyncPageReady = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
+
 pub(crate) struct PendingSync {
     peer: PeerId,
     topic: SyncTopic,
@@ -66,6 +74,12 @@ pub(crate) struct EventLoop {
     pub(crate) offence_writes: mpsc::Sender<OffenceWrite>,
     /// Bans the writer's full queue did not take yet.
     pub(crate) unsaved_bans: Vec<PeerBan>,
+    /// Sync pages being read from the store at most (the permits).
+    pub(crate) sync_reads: Arc<tokio::sync::Semaphore>,
+    /// Sync pages read, with where each goes.
+    pub(crate) sync_pages: mpsc::Receiver<SyncPageReady>,
+    /// Handed to each reader.
+    pub(crate) sync_pages_tx: mpsc::Sender<SyncPageReady>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     pub(crate) stats: NetworkStats,
     /// Bootstrap addresses, with the peer each one reached (if it did):
@@ -97,6 +111,9 @@ impl EventLoop {
                     None => break,
                 },
                 Some(verdicts) = self.verdicts.recv() => self.apply_verdicts(verdicts),
+                Some((channel, page)) = self.sync_pages.recv() => {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, page);
+                }
                 event = self.swarm.select_next_some() => self.handle_event(event),
                 _ = ban_clock.tick() => {
                     self.expire_bans();
@@ -724,37 +741,27 @@ impl EventLoop {
                 return;
             }
         };
-        let limit = usize::from(request.limit).min(SYNC_PAGE);
-        let page = match self.store.sync_page(
-            request.topic,
-            request.after.as_deref(),
-            limit,
-            UnixMillis::now(),
-        ) {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(%err, "ledger read failed serving sync");
-                return;
-            }
+        // The page is read off the swarm task, a bounded number at a time
+        // (the permit is taken before the work is spawned).
+        let Ok(permit) = self.sync_reads.clone().try_acquire_owned() else {
+            self.metrics
+                .rate_limited
+                .get_or_create(&ProtocolLabel {
+                    protocol: Protocol::Sync.name().to_string(),
+                })
+                .inc();
+            self.stats.rate_limited += 1;
+            tracing::debug!(%peer, "every sync reader busy; request dropped");
+            return;
         };
-        let response = SyncResponse {
-            frames: page
-                .items
-                .iter()
-                .map(|(kind, bytes)| GossipFrame::encode(*kind, bytes))
-                .collect(),
-            next: page.next,
-        };
-        match response.to_bytes() {
-            Ok(bytes) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, bytes);
+        let (store, pages) = (self.store.clone(), self.sync_pages_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Some(bytes) = read_sync_page(store.as_ref(), &request) {
+                // Room is kept for every permit, so this never waits long.
+                let _ = pages.blocking_send((channel, bytes));
             }
-            Err(err) => tracing::warn!(%err, "sync page does not fit a frame"),
-        }
+        });
     }
 
     fn on_sync_page(&mut self, sync: PendingSync, response: &[u8]) {
@@ -789,6 +796,38 @@ impl EventLoop {
         }
         if let Some(next) = page.next {
             self.request_sync_page(sync.peer, sync.topic, Some(next), sync.pages_left);
+        }
+    }
+}
+
+/// One page of catch-up sync as its response frame, read from the store.
+fn read_sync_page(store: &dyn MessageStore, request: &SyncRequest) -> Option<Vec<u8>> {
+    let limit = usize::from(request.limit).min(SYNC_PAGE);
+    let page = match store.sync_page(
+        request.topic,
+        request.after.as_deref(),
+        limit,
+        UnixMillis::now(),
+    ) {
+        Ok(page) => page,
+        Err(err) => {
+            tracing::warn!(%err, "ledger read failed serving sync");
+            return None;
+        }
+    };
+    let response = SyncResponse {
+        frames: page
+            .items
+            .iter()
+            .map(|(kind, bytes)| GossipFrame::encode(*kind, bytes))
+            .collect(),
+        next: page.next,
+    };
+    match response.to_bytes() {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            tracing::warn!(%err, "sync page does not fit a frame");
+            None
         }
     }
 }

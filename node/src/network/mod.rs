@@ -362,6 +362,7 @@ pub async fn start(
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let peer_id = *swarm.local_peer_id();
     let (offence_tx, offence_rx) = mpsc::channel(64);
+    let (sync_pages_tx, sync_pages_rx) = mpsc::channel(event_loop::SYNC_READERS);
     let writer_task = tokio::spawn(store::run_writer(
         store.clone(),
         offence_rx,
@@ -393,6 +394,9 @@ pub async fn start(
         requests: RequestLimiter::new(&limits.requests),
         offences,
         offence_writes: offence_tx,
+        sync_reads: Arc::new(tokio::sync::Semaphore::new(event_loop::SYNC_READERS)),
+        sync_pages: sync_pages_rx,
+        sync_pages_tx,
         unsaved_bans: Vec::new(),
         listen_addrs,
         stats: NetworkStats::default(),

@@ -318,6 +318,11 @@ async fn strikes_and_bans_survive_reconnects_and_restarts_and_bans_expire() {
     assert!(bans[0].reason.contains("malformed_sync_request"));
     drop(store);
     let guard = spawn(open(), guard_key.clone(), guarded.clone(), None).await;
+    assert_eq!(
+        metric(&guard, "rigmesh_net_active_bans{kind=\"peer\"}"),
+        1.0,
+        "the restored ban counts"
+    );
     let _ = bad.handle.dial(guard.dial_addr()).await;
     refused(&guard, bad_id, "peer", 1.0).await;
     let standing = guard

@@ -102,6 +102,8 @@ impl EventLoop {
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut ban_clock = tokio::time::interval(Duration::from_secs(5));
+        // Bans restored from the store count from the start.
+        self.update_ban_gauge();
         loop {
             tokio::select! {
                 biased;

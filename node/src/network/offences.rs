@@ -237,10 +237,13 @@ impl Offences {
         }
     }
 
-    /// Takes back what was stored before a restart.
+    /// Takes back what was stored before a restart (but nothing against
+    /// an address trusted since).
     pub fn restore(&mut self, stored: impl IntoIterator<Item = (Offender, Standing)>) {
         for (offender, standing) in stored {
-            self.records.insert(offender, standing);
+            if !self.trusted(&offender) {
+                self.records.insert(offender, standing);
+            }
         }
     }
 

@@ -55,7 +55,9 @@ pub use coordinator::{
 pub use disputes::{DisputeCase, DisputeRecord};
 pub use error::{Error, Result};
 pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
-pub use market::{BanRecord, CaseEvidence, MarketPage, MarketRecord, MarketStore, OfferKey};
+pub use market::{
+    BanRecord, CaseEvidence, MarketPage, MarketRecord, MarketStore, OffenceRecord, OfferKey,
+};
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};
 pub use offers::{OfferOutcome, OfferQuery};

@@ -13,7 +13,12 @@
 //!   - `0xFE || lease || tag(kind) || id` -> empty: the messages about a
 //!     lease (attestations, acks, disputes, terminations, settlement
 //!     certificates), so reading one lease's evidence is a prefix scan.
-//! - tree `market/bans`: `peer id bytes` -> `until u64 || reason`.
+//! - tree `market/bans`: `offender bytes` -> `until u64 || reason`, where
+//!   the offender is a peer id's bytes or an address's multiaddr bytes
+//!   (`/ip4/..` or `/ip6/..`);
+//! - tree `market/offences`: `offender bytes` -> `strikes_milli u64 ||
+//!   updated u64 || bans u32`: the strike score toward a ban (as of
+//!   `updated`) and how many bans the offender has had.
 //! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
@@ -56,10 +61,23 @@ pub struct OfferKey {
     pub expires_at: UnixMillis,
 }
 
+/// The strike score and ban count of a peer or address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffenceRecord {
+    /// The offender: a peer id's bytes or an address's multiaddr bytes.
+    pub offender: Vec<u8>,
+    /// Strikes toward its next ban, in thousandths, as of `updated`.
+    pub strikes_milli: u64,
+    /// When `strikes_milli` was last computed.
+    pub updated: UnixMillis,
+    /// How many times it has been banned.
+    pub bans: u32,
+}
+
 /// A recorded ban.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanRecord {
-    /// The peer, as its id bytes.
+    /// The peer id's bytes, or the banned address's multiaddr bytes.
     pub peer: Vec<u8>,
     /// When the ban ends.
     pub until: UnixMillis,
@@ -82,6 +100,7 @@ pub struct MarketStore {
     db: sled::Db,
     messages: sled::Tree,
     bans: sled::Tree,
+    offences: sled::Tree,
     debits: sled::Tree,
     locked: sled::Tree,
     evidence: sled::Tree,
@@ -164,6 +183,7 @@ impl MarketStore {
         Ok(MarketStore {
             messages: db.open_tree("market/messages")?,
             bans: db.open_tree("market/bans")?,
+            offences: db.open_tree("market/offences")?,
             debits: db.open_tree("market/pending_debits")?,
             locked: db.open_tree("coordinator/locked_requests")?,
             evidence: db.open_tree("coordinator/case_evidence")?,
@@ -435,6 +455,49 @@ impl MarketStore {
                         .into_owned(),
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// Writes offence records and bans in one step each, then flushes: a
+    /// ban must survive a crash right after it. An offence record with no
+    /// strikes and no bans is removed.
+    pub fn save_offences(&self, offences: &[OffenceRecord], bans: &[BanRecord]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for o in offences {
+            if o.strikes_milli == 0 && o.bans == 0 {
+                batch.remove(o.offender.as_slice());
+                continue;
+            }
+            let mut value = Vec::with_capacity(20);
+            value.extend_from_slice(&o.strikes_milli.to_be_bytes());
+            value.extend_from_slice(&o.updated.0.to_be_bytes());
+            value.extend_from_slice(&o.bans.to_be_bytes());
+            batch.insert(o.offender.as_slice(), value);
+        }
+        self.offences.apply_batch(batch)?;
+        for ban in bans {
+            self.record_ban(ban)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every offence record.
+    pub fn offences(&self) -> Result<Vec<OffenceRecord>> {
+        let mut out = Vec::new();
+        for entry in self.offences.iter() {
+            let (offender, value) = entry?;
+            let bans: [u8; 4] = value
+                .get(16..20)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(Error::Corrupt { what: "offence" })?;
+            out.push(OffenceRecord {
+                offender: offender.to_vec(),
+                strikes_milli: read_u64(&value, "offence")?,
+                updated: UnixMillis(read_u64(value.get(8..).unwrap_or_default(), "offence")?),
+                bans: u32::from_be_bytes(bans),
+            });
         }
         Ok(out)
     }
@@ -724,6 +787,38 @@ mod tests {
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].reason, "spam");
         assert!(store.active_bans(UnixMillis(600)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn offences_survive_reopening_and_empty_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = OffenceRecord {
+            offender: vec![4, 127, 0, 0, 1],
+            strikes_milli: 2500,
+            updated: UnixMillis(42),
+            bans: 2,
+        };
+        {
+            let store = MarketStore::open(dir.path()).unwrap();
+            let ban = BanRecord {
+                peer: record.offender.clone(),
+                until: UnixMillis(900),
+                reason: "flood".into(),
+            };
+            store
+                .save_offences(std::slice::from_ref(&record), &[ban])
+                .unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        assert_eq!(store.offences().unwrap(), vec![record.clone()]);
+        assert_eq!(store.active_bans(UnixMillis(100)).unwrap().len(), 1);
+        let forgiven = OffenceRecord {
+            strikes_milli: 0,
+            bans: 0,
+            ..record
+        };
+        store.save_offences(&[forgiven], &[]).unwrap();
+        assert!(store.offences().unwrap().is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
-use rigmesh_node::network::store::StoreResult;
+use rigmesh_node::network::store::{OffenceState, StoreResult};
 use rigmesh_node::network::{
     self, AcceptedMessage, MessageStore, NetworkConfig, PeerBan, SyncPage,
 };
@@ -49,8 +49,11 @@ impl MessageStore for Arrivals {
     ) -> StoreResult<SyncPage> {
         Ok(SyncPage::default())
     }
-    fn record_ban(&self, _: &PeerBan) -> StoreResult<()> {
+    fn save_offences(&self, _: &[OffenceState], _: &[PeerBan]) -> StoreResult<()> {
         Ok(())
+    }
+    fn offences(&self) -> StoreResult<Vec<OffenceState>> {
+        Ok(Vec::new())
     }
     fn active_bans(&self, _: UnixMillis) -> StoreResult<Vec<PeerBan>> {
         Ok(Vec::new())

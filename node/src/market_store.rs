@@ -1,15 +1,28 @@
 //! The network's [`MessageStore`] over the ledger's [`MarketStore`].
 
-use libp2p::PeerId;
-use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OfferKey};
+use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord, OfferKey};
 use rigmesh_protocol::rpc::SyncTopic;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
 
-use crate::network::store::{AcceptedMessage, MessageStore, PeerBan, StoreResult, SyncPage};
+use crate::network::offences::Offender;
+use crate::network::store::{
+    AcceptedMessage, MessageStore, OffenceState, PeerBan, StoreResult, SyncPage,
+};
 
 fn text<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
+}
+
+/// Strikes in thousandths, saturating (and 0 for anything not a positive
+/// number).
+fn strikes_milli(strikes: f64) -> u64 {
+    if strikes.is_finite() && strikes > 0.0 {
+        // In range by the clamp; the fraction below a thousandth is noise.
+        (strikes * 1000.0).round().min(1e18) as u64
+    } else {
+        0
+    }
 }
 
 impl MessageStore for MarketStore {
@@ -84,31 +97,56 @@ impl MessageStore for MarketStore {
         })
     }
 
-    fn record_ban(&self, ban: &PeerBan) -> StoreResult<()> {
-        MarketStore::record_ban(
-            self,
-            &BanRecord {
-                peer: ban.peer.to_bytes(),
-                until: ban.until,
-                reason: ban.reason.clone(),
-            },
-        )
-        .map_err(text)?;
-        // A ban must survive a crash right after it.
-        self.flush().map_err(text)
+    fn save_offences(&self, offences: &[OffenceState], bans: &[PeerBan]) -> StoreResult<()> {
+        let offences: Vec<OffenceRecord> = offences
+            .iter()
+            .map(|o| OffenceRecord {
+                offender: o.offender.to_bytes(),
+                strikes_milli: strikes_milli(o.strikes),
+                updated: o.updated,
+                bans: o.bans,
+            })
+            .collect();
+        let bans: Vec<BanRecord> = bans
+            .iter()
+            .map(|b| BanRecord {
+                peer: b.offender.to_bytes(),
+                until: b.until,
+                reason: b.reason.clone(),
+            })
+            .collect();
+        MarketStore::save_offences(self, &offences, &bans).map_err(text)
+    }
+
+    fn offences(&self) -> StoreResult<Vec<OffenceState>> {
+        let records = MarketStore::offences(self).map_err(text)?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            match Offender::from_bytes(&record.offender) {
+                Some(offender) => out.push(OffenceState {
+                    offender,
+                    // Thousandths of a strike: exact in an f64.
+                    strikes: record.strikes_milli as f64 / 1000.0,
+                    updated: record.updated,
+                    bans: record.bans,
+                }),
+                None => tracing::warn!("skipping an unreadable offence record"),
+            }
+        }
+        Ok(out)
     }
 
     fn active_bans(&self, now: UnixMillis) -> StoreResult<Vec<PeerBan>> {
         let records = MarketStore::active_bans(self, now).map_err(text)?;
         let mut bans = Vec::with_capacity(records.len());
         for record in records {
-            match PeerId::from_bytes(&record.peer) {
-                Ok(peer) => bans.push(PeerBan {
-                    peer,
+            match Offender::from_bytes(&record.peer) {
+                Some(offender) => bans.push(PeerBan {
+                    offender,
                     until: record.until,
                     reason: record.reason,
                 }),
-                Err(e) => tracing::warn!(%e, "skipping an unreadable ban record"),
+                None => tracing::warn!("skipping an unreadable ban record"),
             }
         }
         Ok(bans)

@@ -8,7 +8,7 @@
 //! | `reputation.critical` | critical | the same | below 5000 |
 //! | `usage.implausible_power` | warning | operators, and the lease's customer | an attestation claims a GPU at 50 % or more utilisation drawing under 20 W on average |
 //! | `escrow.low` | warning | the lease's customer | a settlement leaves less than 10 % of a running lease's escrow |
-//! | `peer.banned` | warning | operators | the node banned a peer (invalid signatures, malformed or replayed messages) |
+//! | `peer.banned` | warning | operators | the node banned a peer or an address (invalid signatures, malformed or replayed messages, requests past the rate limit); once per ban |
 //! | `certificate.conflict` | critical | operators | a certificate conflicts with one applied (more than f faulty coordinators) |
 //! | `deposit.large` | warning | operators | a deposit above `deposit_alert_above` is applied or held for approval |
 //!
@@ -201,17 +201,23 @@ impl Watch {
                     (Severity::Warning, Audience::Operators, "peer.banned"),
                     None,
                     None,
-                    format!("peer {} banned: {reason}", peer_text(peer)),
+                    format!("{} banned: {reason}", peer_text(peer)),
                     now,
                 ));
             }
         }
+        // One alert per ban: a peer or address stays remembered while its
+        // ban lasts, and a later ban of it raises a new alert.
+        self.banned
+            .retain(|remembered| bans.iter().any(|(peer, _)| peer == remembered));
         (reports, alerts)
     }
 }
 
+/// `peer <id>` or `address <ip>` (a ban names either).
 fn peer_text(peer: &[u8]) -> String {
-    libp2p::PeerId::from_bytes(peer).map_or_else(|_| hex::encode(peer), |p| p.to_string())
+    crate::network::Offender::from_bytes(peer)
+        .map_or_else(|| format!("peer {}", hex::encode(peer)), |o| o.to_string())
 }
 
 /// Open leases (funded, not closed) whose supplier is `supplier`.
@@ -670,6 +676,18 @@ mod tests {
         assert!(alerts[0].body.message.contains("3 invalid signatures"));
         let (_, again) = watch.round(&me, 1, &ledger, &bans, at(5_000));
         assert!(again.is_empty(), "a ban is reported once");
+        let address = crate::network::Offender::Address([10, 0, 0, 9].into()).to_bytes();
+        let both = [bans[0].clone(), (address, "flood".to_string())];
+        let (_, alerts) = watch.round(&me, 1, &ledger, &both, at(6_000));
+        assert_eq!(alerts.len(), 1, "only the new ban, of an address");
+        assert!(alerts[0]
+            .body
+            .message
+            .starts_with("address 10.0.0.9 banned"));
+        // Once a ban is over, a new ban of the same peer is a new alert.
+        let _ = watch.round(&me, 1, &ledger, &[], at(7_000));
+        let (_, again) = watch.round(&me, 1, &ledger, &bans, at(8_000));
+        assert_eq!(again.len(), 1);
 
         let honest = samples::usage_attestation().unwrap();
         assert!(check_attestations(&me, std::slice::from_ref(&honest), at(0)).is_empty());

@@ -2,11 +2,10 @@
 
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, ping, request_response,
-};
+use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_response};
 
 use super::codec::FrameCodec;
+use super::firewall::Firewall;
 
 /// Everything the swarm does, one field per protocol.
 #[derive(NetworkBehaviour)]
@@ -14,8 +13,9 @@ pub struct Behaviour {
     /// Caps on connections (total, per peer, pending), checked before any
     /// other behaviour sees a connection.
     pub limits: connection_limits::Behaviour,
-    /// Banned peers: their connections are refused and closed.
-    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Banned peers and addresses: their connections are refused (an
+    /// address before the handshake) and their open ones closed.
+    pub firewall: Firewall,
     /// Signed-message gossip on the market topics, with application
     /// validation before anything is forwarded.
     pub gossipsub: gossipsub::Behaviour,

@@ -1,6 +1,7 @@
 //! Network configuration: where to listen, whom to dial first, and the
 //! limits that keep a node bounded whatever its peers do.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
@@ -66,10 +67,80 @@ pub struct NetworkLimits {
     pub inbound_queue: usize,
     /// Seconds before a request without a response fails.
     pub request_timeout_secs: u64,
-    /// Invalid messages from one peer before it is banned.
+    /// Strikes (invalid messages, forged or malformed requests) against
+    /// one peer before it is banned; 0 never bans a peer for strikes.
     pub ban_threshold: u32,
-    /// Seconds a ban lasts.
+    /// Strikes against one remote IP address, whatever peer ids connect
+    /// from it, before the address is banned; 0 never bans an address.
+    /// Higher than `ban_threshold`: honest rigs behind one NAT share an
+    /// address.
+    pub address_ban_threshold: u32,
+    /// Addresses never banned (operators' own hosts, a NAT shared with
+    /// honest rigs); loopback by default, where every local process
+    /// shares one address. Their peers can still be banned by peer id.
+    pub trusted_addresses: Vec<IpAddr>,
+    /// Seconds for a strike to count half as much; strikes decay
+    /// continuously, so rare errors of an honest peer never add up to a
+    /// ban. 0: strikes never decay.
+    pub strike_half_life_secs: u64,
+    /// Requests refused for the rate limit that make one strike (a peer
+    /// that keeps sending past its budget is banned); 0: refusals are
+    /// never strikes.
+    pub refusals_per_strike: u32,
+    /// Seconds a first ban lasts; each later ban of the same peer or
+    /// address lasts twice the one before, up to `max_ban_secs`.
     pub ban_secs: u64,
+    /// The longest ban, in seconds.
+    pub max_ban_secs: u64,
+    /// Peers and addresses whose strikes and bans are kept in memory (and
+    /// on disk); past it, the least suspect are forgotten first.
+    pub max_tracked_offenders: usize,
+    /// Per-peer request budgets, one per request-response protocol.
+    pub requests: RequestLimits,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRate {
+    /// Requests a second, sustained.
+    pub per_second: u32,
+    /// Requests at once (the bucket's size).
+    pub burst: u32,
+}
+
+/// Per-peer request budgets; a request past its peer's budget is refused
+/// (lease and coordinator: `Refused("rate_limited ...")`; sync: the stream
+/// is closed without a page). A rate of 0 per second turns the limit off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestLimits {
+    /// `/rigmesh/lease/1`, per peer.
+    pub lease: RequestRate,
+    /// `/rigmesh/coordinator/1`, per peer.
+    pub coordinator: RequestRate,
+    /// `/rigmesh/sync/1`, per peer. A catch-up asks for up to 200 pages
+    /// (100 per topic) right after connecting, so the burst covers that.
+    pub sync: RequestRate,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            lease: RequestRate {
+                per_second: 20,
+                burst: 200,
+            },
+            coordinator: RequestRate {
+                per_second: 100,
+                burst: 1000,
+            },
+            sync: RequestRate {
+                per_second: 10,
+                burst: 400,
+            },
+        }
+    }
 }
 
 impl Default for NetworkLimits {
@@ -85,7 +156,17 @@ impl Default for NetworkLimits {
             inbound_queue: 256,
             request_timeout_secs: 10,
             ban_threshold: 3,
+            address_ban_threshold: 12,
+            trusted_addresses: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
+            strike_half_life_secs: 600,
+            refusals_per_strike: 50,
             ban_secs: 3600,
+            max_ban_secs: 7 * 24 * 3600,
+            max_tracked_offenders: 65_536,
+            requests: RequestLimits::default(),
         }
     }
 }

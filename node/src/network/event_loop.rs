@@ -1,8 +1,9 @@
 //! The task that owns the `Swarm`: it answers commands from handles
 //! (local work first), feeds gossip into the ingest queue, reports verdicts
-//! back to gossipsub, serves and runs catch-up sync, and bans peers that
-//! keep sending invalid messages. It ends when every handle is dropped or
-//! shutdown is signalled.
+//! back to gossipsub, serves (reading pages off the task) and runs
+//! catch-up sync, holds every peer to its request budget, and strikes and
+//! bans peers (and the addresses they connect from) that misbehave. It
+//! ends when every handle is dropped or shutdown is signalled.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +16,9 @@ use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
-use rigmesh_protocol::rpc::{GossipFrame, SyncRequest, SyncResponse, SyncTopic};
+use rigmesh_protocol::rpc::{
+    CoordinatorResponse, GossipFrame, LeaseResponse, SyncRequest, SyncResponse, SyncTopic,
+};
 use rigmesh_protocol::{Carrier, UnixMillis};
 use tokio::sync::mpsc;
 
@@ -23,14 +26,24 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::config::NetworkLimits;
 use super::handle::{Command, InboundRequest, NetworkStats, Protocol, Reply};
 use super::ingest::{IngestItem, Outcome, Verdict};
-use super::metrics::{NetworkMetrics, TopicLabel};
-use super::store::{MessageStore, PeerBan};
+use super::metrics::{NetworkMetrics, OffenderLabel, ProtocolLabel, TopicLabel};
+use super::offences::{NewBan, Offences, Offender, Standing};
+use super::rate_limit::RequestLimiter;
+use super::store::{MessageStore, OffenceState, OffenceWrite, PeerBan};
 use crate::error::Error;
 
 /// Most sync items served per page; 100 x 8 KiB stays under the 1 MiB frame.
 const SYNC_PAGE: usize = 100;
 /// Most pages fetched from one peer in one catch-up.
 const SYNC_MAX_PAGES: u32 = 100;
+
+/// Most sync pages read from the store at once (32 peers' catch-ups
+/// starting together); more requests meanwhile are dropped (the requester
+/// reads an empty stream) and counted with the rate-limited ones.
+pub(crate) const SYNC_READERS: usize = 64;
+
+/// A sync page read off the swarm task, ready to send.
+pub(crate) type SyncPageReady = (request_response::ResponseChannel<Vec<u8>>, Vec<u8>);
 
 pub(crate) struct PendingSync {
     peer: PeerId,
@@ -53,8 +66,20 @@ pub(crate) struct EventLoop {
     /// protocols.
     pub(crate) pending: HashMap<(Protocol, OutboundRequestId), Reply<Vec<u8>>>,
     pub(crate) pending_sync: HashMap<OutboundRequestId, PendingSync>,
-    pub(crate) strikes: HashMap<PeerId, u32>,
-    pub(crate) bans: HashMap<PeerId, UnixMillis>,
+    /// Request budgets per peer and protocol.
+    pub(crate) requests: RequestLimiter,
+    /// Strikes and bans by peer and by address.
+    pub(crate) offences: Offences,
+    /// The store writer of strikes and bans.
+    pub(crate) offence_writes: mpsc::Sender<OffenceWrite>,
+    /// Bans the writer's full queue did not take yet.
+    pub(crate) unsaved_bans: Vec<PeerBan>,
+    /// Sync pages being read from the store at most (the permits).
+    pub(crate) sync_reads: Arc<tokio::sync::Semaphore>,
+    /// Sync pages read, with where each goes.
+    pub(crate) sync_pages: mpsc::Receiver<SyncPageReady>,
+    /// Handed to each reader.
+    pub(crate) sync_pages_tx: mpsc::Sender<SyncPageReady>,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     pub(crate) stats: NetworkStats,
     /// Bootstrap addresses, with the peer each one reached (if it did):
@@ -77,6 +102,8 @@ impl EventLoop {
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut ban_clock = tokio::time::interval(Duration::from_secs(5));
+        // Bans restored from the store count from the start.
+        self.update_ban_gauge();
         loop {
             tokio::select! {
                 biased;
@@ -86,11 +113,21 @@ impl EventLoop {
                     None => break,
                 },
                 Some(verdicts) = self.verdicts.recv() => self.apply_verdicts(verdicts),
+                Some((channel, page)) = self.sync_pages.recv() => {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, page);
+                }
                 event = self.swarm.select_next_some() => self.handle_event(event),
                 _ = ban_clock.tick() => {
                     self.expire_bans();
                     self.redial_bootstrap();
                 }
+            }
+        }
+        // The last changes wait for room in the writer's queue: a ban
+        // decided just before a stop must still hold after the restart.
+        if let Some(write) = self.offence_write() {
+            if self.offence_writes.send(write).await.is_err() {
+                self.metrics.offences_unsaved.inc();
             }
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network stopped");
@@ -181,6 +218,15 @@ impl EventLoop {
                 self.start_sync(peer);
                 let _ = reply.send(Ok(()));
             }
+            Command::Standing { offender, reply } => {
+                let now = UnixMillis::now();
+                let standing = self.offences.standing(&offender).map(|s| Standing {
+                    strikes: self.offences.strikes(&offender, now),
+                    updated: now,
+                    ..s.clone()
+                });
+                let _ = reply.send(Ok(standing));
+            }
         }
     }
 
@@ -244,7 +290,12 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(libp2p::mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if !self.bans.contains_key(&peer) && !self.swarm.is_connected(&peer) {
+                    let banned = self
+                        .swarm
+                        .behaviour()
+                        .firewall
+                        .is_blocked(&Offender::Peer(peer));
+                    if !banned && !self.swarm.is_connected(&peer) {
                         let _ = self.swarm.dial(addr);
                     }
                 }
@@ -278,18 +329,9 @@ impl EventLoop {
                     self.start_sync(peer_id);
                 }
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                self.update_peer_gauge();
-                if num_established == 0 {
-                    // Strikes are per connection episode; keeping them for
-                    // every peer ever seen would grow without bound.
-                    self.strikes.remove(&peer_id);
-                }
-            }
+            // Strikes outlive the connection: a peer that reconnects
+            // carries them (they decay with time instead).
+            SwarmEvent::ConnectionClosed { .. } => self.update_peer_gauge(),
             SwarmEvent::OutgoingConnectionError { error, .. } => self.on_dial_error(&error),
             _ => {}
         }
@@ -396,30 +438,125 @@ impl EventLoop {
     }
 
     fn strike(&mut self, peer: PeerId, reason: &str) {
-        let strikes = {
-            let count = self.strikes.entry(peer).or_insert(0);
-            *count += 1;
-            *count
-        };
-        if strikes >= self.limits.ban_threshold {
-            self.ban(peer, format!("{strikes} invalid messages, last: {reason}"));
+        self.strike_weighted(peer, 1.0, reason);
+    }
+
+    /// A strike against `peer` and against every address it is connected
+    /// from; either may be banned by it.
+    fn strike_weighted(&mut self, peer: PeerId, weight: f64, reason: &str) {
+        let now = UnixMillis::now();
+        let addresses = self.swarm.behaviour().firewall.addresses_of(&peer);
+        tracing::debug!(%peer, ?addresses, weight, reason, "strike");
+        let offenders = std::iter::once(Offender::Peer(peer))
+            .chain(addresses.into_iter().map(Offender::Address));
+        let mut bans = Vec::new();
+        for offender in offenders {
+            if self.offences.is_banned(&offender, now) {
+                continue;
+            }
+            // A fraction of a strike (a rate-limit refusal) is counted in
+            // `rate_limited` instead.
+            if weight >= 1.0 {
+                self.metrics
+                    .strikes
+                    .get_or_create(&OffenderLabel {
+                        kind: offender.kind().to_string(),
+                    })
+                    .inc();
+            }
+            bans.extend(self.offences.strike(offender, weight, reason, now));
+        }
+        for ban in bans {
+            self.apply_ban(ban);
         }
     }
 
+    /// Bans `peer` now, whatever its strikes (an application's decision).
     fn ban(&mut self, peer: PeerId, reason: String) {
-        let until = UnixMillis::now().plus_ms(self.limits.ban_secs.saturating_mul(1000));
-        tracing::warn!(%peer, %reason, "banning peer");
-        self.strikes.remove(&peer);
-        self.bans.insert(peer, until);
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
-        self.metrics.bans.inc();
-        self.stats.banned += 1;
-        if let Err(err) = self.store.record_ban(&PeerBan {
-            peer,
+        if let Some(ban) = self
+            .offences
+            .ban(Offender::Peer(peer), reason, UnixMillis::now())
+        {
+            self.apply_ban(ban);
+        }
+    }
+
+    /// Refuses the offender from now on, closes its connections, and
+    /// hands the ban to the store writer at once.
+    fn apply_ban(&mut self, ban: NewBan) {
+        let NewBan {
+            offender,
             until,
             reason,
-        }) {
-            tracing::warn!(%peer, %err, "could not record a ban in the ledger");
+            nth,
+        } = ban;
+        tracing::warn!(%offender, %reason, nth, until = until.0, "banning");
+        self.swarm.behaviour_mut().firewall.block(offender);
+        self.metrics.bans.inc();
+        self.stats.banned += 1;
+        self.update_ban_gauge();
+        self.unsaved_bans.push(PeerBan {
+            offender,
+            until,
+            reason,
+        });
+        self.save_offences();
+    }
+
+    /// Changed strike records and new bans, if any, for the store writer.
+    fn offence_write(&mut self) -> Option<OffenceWrite> {
+        let changes = self.offences.take_changes();
+        if changes.is_empty() && self.unsaved_bans.is_empty() {
+            return None;
+        }
+        Some(OffenceWrite {
+            offences: changes
+                .into_iter()
+                .map(|(offender, s)| OffenceState {
+                    offender,
+                    strikes: s.strikes,
+                    updated: s.updated,
+                    bans: s.bans,
+                })
+                .collect(),
+            bans: std::mem::take(&mut self.unsaved_bans),
+        })
+    }
+
+    /// Hands changed strike records and new bans to the store writer; if
+    /// its queue is full they stay marked and go with the next change.
+    fn save_offences(&mut self) {
+        let Some(write) = self.offence_write() else {
+            return;
+        };
+        if let Err(
+            mpsc::error::TrySendError::Full(write) | mpsc::error::TrySendError::Closed(write),
+        ) = self.offence_writes.try_send(write)
+        {
+            self.metrics.offences_unsaved.inc();
+            tracing::debug!("strike records wait for the store writer");
+            self.offences
+                .mark_changed(write.offences.iter().map(|o| o.offender));
+            self.unsaved_bans = write.bans;
+        }
+    }
+
+    fn update_ban_gauge(&self) {
+        let mut counts = [("peer", 0i64), ("address", 0i64)];
+        for offender in self.swarm.behaviour().firewall.blocked() {
+            for (kind, count) in &mut counts {
+                if *kind == offender.kind() {
+                    *count += 1;
+                }
+            }
+        }
+        for (kind, count) in counts {
+            self.metrics
+                .active_bans
+                .get_or_create(&OffenderLabel {
+                    kind: kind.to_string(),
+                })
+                .set(count);
         }
     }
 
@@ -434,19 +571,28 @@ impl EventLoop {
         }
     }
 
+    /// Lifts bans that ran out, forgets offenders long quiet, drops
+    /// refilled request buckets, and saves what changed.
     fn expire_bans(&mut self) {
         let now = UnixMillis::now();
-        let expired: Vec<PeerId> = self
-            .bans
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(peer, _)| *peer)
+        let ended: Vec<Offender> = self
+            .swarm
+            .behaviour()
+            .firewall
+            .blocked()
+            .into_iter()
+            .filter(|o| !self.offences.is_banned(o, now))
             .collect();
-        for peer in expired {
-            self.bans.remove(&peer);
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-            tracing::info!(%peer, "ban expired");
+        for offender in &ended {
+            self.swarm.behaviour_mut().firewall.unblock(offender);
+            tracing::info!(%offender, "ban expired");
         }
+        if !ended.is_empty() {
+            self.update_ban_gauge();
+        }
+        self.offences.forget_stale(now);
+        self.requests.forget_idle();
+        self.save_offences();
     }
 
     fn start_sync(&mut self, peer: PeerId) {
@@ -494,6 +640,10 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    if !self.requests.allow(&peer, protocol) {
+                        self.refuse_over_budget(peer, protocol, channel);
+                        return;
+                    }
                     if protocol == Protocol::Sync {
                         self.serve_sync(peer, &request, channel);
                         return;
@@ -546,6 +696,39 @@ impl EventLoop {
         }
     }
 
+    /// Answers a request past its peer's budget without doing its work:
+    /// `Refused` on the lease and coordinator protocols; on sync, which has
+    /// no refusal, the stream is closed without a page. Enough of them
+    /// make a strike.
+    fn refuse_over_budget(
+        &mut self,
+        peer: PeerId,
+        protocol: Protocol,
+        channel: request_response::ResponseChannel<Vec<u8>>,
+    ) {
+        self.metrics
+            .rate_limited
+            .get_or_create(&ProtocolLabel {
+                protocol: protocol.name().to_string(),
+            })
+            .inc();
+        self.stats.rate_limited += 1;
+        tracing::debug!(%peer, ?protocol, "request over the peer's budget refused");
+        let refusal = "rate_limited: too many requests; retry later";
+        let bytes = match protocol {
+            Protocol::Lease => LeaseResponse::Refused(refusal.into()).to_bytes().ok(),
+            Protocol::Coordinator => CoordinatorResponse::Refused(refusal.into()).to_bytes().ok(),
+            Protocol::Sync => None,
+        };
+        if let Some(bytes) = bytes {
+            let _ = self.behaviour_for(protocol).send_response(channel, bytes);
+        }
+        let per_strike = self.limits.refusals_per_strike;
+        if per_strike > 0 {
+            self.strike_weighted(peer, 1.0 / f64::from(per_strike), "rate_limited");
+        }
+    }
+
     fn serve_sync(
         &mut self,
         peer: PeerId,
@@ -560,37 +743,27 @@ impl EventLoop {
                 return;
             }
         };
-        let limit = usize::from(request.limit).min(SYNC_PAGE);
-        let page = match self.store.sync_page(
-            request.topic,
-            request.after.as_deref(),
-            limit,
-            UnixMillis::now(),
-        ) {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(%err, "ledger read failed serving sync");
-                return;
-            }
+        // The page is read off the swarm task, a bounded number at a time
+        // (the permit is taken before the work is spawned).
+        let Ok(permit) = self.sync_reads.clone().try_acquire_owned() else {
+            self.metrics
+                .rate_limited
+                .get_or_create(&ProtocolLabel {
+                    protocol: Protocol::Sync.name().to_string(),
+                })
+                .inc();
+            self.stats.rate_limited += 1;
+            tracing::debug!(%peer, "every sync reader busy; request dropped");
+            return;
         };
-        let response = SyncResponse {
-            frames: page
-                .items
-                .iter()
-                .map(|(kind, bytes)| GossipFrame::encode(*kind, bytes))
-                .collect(),
-            next: page.next,
-        };
-        match response.to_bytes() {
-            Ok(bytes) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, bytes);
+        let (store, pages) = (self.store.clone(), self.sync_pages_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Some(bytes) = read_sync_page(store.as_ref(), &request) {
+                // Room is kept for every permit, so this never waits long.
+                let _ = pages.blocking_send((channel, bytes));
             }
-            Err(err) => tracing::warn!(%err, "sync page does not fit a frame"),
-        }
+        });
     }
 
     fn on_sync_page(&mut self, sync: PendingSync, response: &[u8]) {
@@ -625,6 +798,38 @@ impl EventLoop {
         }
         if let Some(next) = page.next {
             self.request_sync_page(sync.peer, sync.topic, Some(next), sync.pages_left);
+        }
+    }
+}
+
+/// One page of catch-up sync as its response frame, read from the store.
+fn read_sync_page(store: &dyn MessageStore, request: &SyncRequest) -> Option<Vec<u8>> {
+    let limit = usize::from(request.limit).min(SYNC_PAGE);
+    let page = match store.sync_page(
+        request.topic,
+        request.after.as_deref(),
+        limit,
+        UnixMillis::now(),
+    ) {
+        Ok(page) => page,
+        Err(err) => {
+            tracing::warn!(%err, "ledger read failed serving sync");
+            return None;
+        }
+    };
+    let response = SyncResponse {
+        frames: page
+            .items
+            .iter()
+            .map(|(kind, bytes)| GossipFrame::encode(*kind, bytes))
+            .collect(),
+        next: page.next,
+    };
+    match response.to_bytes() {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            tracing::warn!(%err, "sync page does not fit a frame");
+            None
         }
     }
 }

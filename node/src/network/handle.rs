@@ -9,6 +9,7 @@ use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Carrier, Clock, CoordinatorSet};
 use tokio::sync::{mpsc, oneshot};
 
+use super::offences::{Offender, Standing};
 use super::store::{AcceptedMessage, MessageStore};
 use crate::error::{Error, Result};
 
@@ -21,6 +22,17 @@ pub enum Protocol {
     Coordinator,
     /// Catch-up sync.
     Sync,
+}
+
+impl Protocol {
+    /// `lease`, `coordinator` or `sync`: the metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Lease => "lease",
+            Protocol::Coordinator => "coordinator",
+            Protocol::Sync => "sync",
+        }
+    }
 }
 
 /// A request from a peer that the application must answer with
@@ -50,8 +62,10 @@ pub struct NetworkStats {
     pub ignored: u64,
     /// Gossip messages dropped on a full ingest queue.
     pub dropped: u64,
-    /// Peers banned.
+    /// Bans of peers and addresses.
     pub banned: u64,
+    /// Requests from peers refused for being over their budget.
+    pub rate_limited: u64,
     /// Requests to this node refused (coordinator requests).
     pub refused_requests: u64,
     /// Of those, the ones refused as malformed or forged: a strike each.
@@ -112,6 +126,10 @@ pub(crate) enum Command {
     SyncFrom {
         peer: PeerId,
         reply: Reply<()>,
+    },
+    Standing {
+        offender: Offender,
+        reply: Reply<Option<Standing>>,
     },
 }
 
@@ -240,8 +258,8 @@ impl NodeHandle {
         self.call(|reply| Command::Dial { addr, reply }).await
     }
 
-    /// Bans a peer: disconnects it, refuses it for the configured time, and
-    /// records the ban in the ledger.
+    /// Bans a peer: disconnects it, refuses it for the configured time
+    /// (longer for a repeat offender), and records the ban in the ledger.
     pub async fn ban(&self, peer: PeerId, reason: &str) -> Result<()> {
         let reason = reason.to_string();
         self.call(|reply| Command::Ban {
@@ -277,6 +295,14 @@ impl NodeHandle {
     /// Counters.
     pub async fn stats(&self) -> Result<NetworkStats> {
         self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// What the node holds against a peer or an address: its strikes (as
+    /// of now, decayed), its bans so far and when the latest ends; `None`
+    /// if nothing.
+    pub async fn standing(&self, offender: Offender) -> Result<Option<Standing>> {
+        self.call(|reply| Command::Standing { offender, reply })
+            .await
     }
 
     /// Starts a catch-up sync from `peer` now (it also runs by itself on

@@ -25,6 +25,20 @@ pub struct OutcomeLabel {
     pub reason: String,
 }
 
+/// Label: a request-response protocol (`lease`, `coordinator`, `sync`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// Protocol name.
+    pub protocol: String,
+}
+
+/// Label: what kind of offender (`peer` or `address`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OffenderLabel {
+    /// `peer` or `address`.
+    pub kind: String,
+}
+
 /// The node's network metrics. Cheap to clone: every field is a shared handle.
 #[derive(Clone, Debug)]
 pub struct NetworkMetrics {
@@ -48,6 +62,19 @@ pub struct NetworkMetrics {
     pub refused_requests: Counter,
     /// Requests refused as malformed or forged (each a strike).
     pub struck_requests: Counter,
+    /// Requests refused because their peer was over its budget, per
+    /// protocol.
+    pub rate_limited: Family<ProtocolLabel, Counter>,
+    /// Strikes counted, per offender kind (a strike against a peer also
+    /// counts against the address it is connected from).
+    pub strikes: Family<OffenderLabel, Counter>,
+    /// Bans in force, per offender kind.
+    pub active_bans: Family<OffenderLabel, Gauge>,
+    /// Connections refused because the peer or the address is banned.
+    pub refused_connections: Family<OffenderLabel, Counter>,
+    /// Offence records that could not be handed to the store (its queue
+    /// was full or it failed); they are retried with the next change.
+    pub offences_unsaved: Counter,
 }
 
 impl NetworkMetrics {
@@ -64,6 +91,11 @@ impl NetworkMetrics {
             bans: Counter::default(),
             refused_requests: Counter::default(),
             struck_requests: Counter::default(),
+            rate_limited: Family::default(),
+            strikes: Family::default(),
+            active_bans: Family::default(),
+            refused_connections: Family::default(),
+            offences_unsaved: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_net");
         r.register("peers", "Connected peers", metrics.peers.clone());
@@ -99,7 +131,7 @@ impl NetworkMetrics {
         );
         r.register(
             "bans",
-            "Peers banned for misbehaviour",
+            "Bans of peers and addresses for misbehaviour",
             metrics.bans.clone(),
         );
         r.register(
@@ -111,6 +143,31 @@ impl NetworkMetrics {
             "struck_requests",
             "Requests refused as malformed or forged, each a strike toward a ban",
             metrics.struck_requests.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests refused because the peer was over its per-protocol budget",
+            metrics.rate_limited.clone(),
+        );
+        r.register(
+            "strikes",
+            "Strikes toward a ban, by offender kind (peer, address)",
+            metrics.strikes.clone(),
+        );
+        r.register(
+            "active_bans",
+            "Bans in force, by offender kind (peer, address)",
+            metrics.active_bans.clone(),
+        );
+        r.register(
+            "refused_connections",
+            "Connections refused because the peer or its address is banned",
+            metrics.refused_connections.clone(),
+        );
+        r.register(
+            "offences_unsaved",
+            "Strike and ban records not yet written to the store (queue full or write failed)",
+            metrics.offences_unsaved.clone(),
         );
         metrics
     }

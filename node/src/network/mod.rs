@@ -1,8 +1,10 @@
 //! The networking core: one task owns the libp2p swarm (TCP+noise+yamux
 //! and QUIC; gossipsub, request-response, identify, kad, ping, optional
-//! mDNS, connection limits, a block list), a cloneable [`NodeHandle`] talks
-//! to it through a bounded command queue, and every gossiped message passes
-//! the [`ingest`] pipeline before it is stored or forwarded.
+//! mDNS, connection limits, a [`firewall`] for banned peers and addresses),
+//! a cloneable [`NodeHandle`] talks to it through a bounded command queue,
+//! every gossiped message passes the [`ingest`] pipeline before it is
+//! stored or forwarded, every inbound request is held to its peer's
+//! [`rate_limit`], and misbehaviour earns [`offences`] (strikes, bans).
 
 // The derive macro generates an undocumented `BehaviourEvent` enum.
 #[allow(missing_docs)]
@@ -10,9 +12,12 @@ pub mod behaviour;
 pub mod codec;
 pub mod config;
 mod event_loop;
+pub mod firewall;
 pub mod handle;
 pub mod ingest;
 pub mod metrics;
+pub mod offences;
+pub mod rate_limit;
 pub mod store;
 
 use std::collections::HashMap;
@@ -27,8 +32,8 @@ use libp2p::gossipsub::{
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    allow_block_list, connection_limits, identify, identity, kad, mdns, noise, ping,
-    request_response, tcp, yamux, StreamProtocol, SwarmBuilder,
+    connection_limits, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
+    StreamProtocol, SwarmBuilder,
 };
 use prometheus_client::registry::Registry;
 use rigmesh_protocol::kind::{
@@ -43,14 +48,17 @@ use rigmesh_protocol::{CoordinatorSet, UnixMillis};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::{NetworkConfig, NetworkLimits};
+pub use config::{NetworkConfig, NetworkLimits, RequestLimits, RequestRate};
 pub use handle::{InboundRequest, NetworkStats, NodeHandle, Protocol};
 pub use metrics::NetworkMetrics;
-pub use store::{AcceptedMessage, MessageStore, PeerBan, SyncPage};
+pub use offences::Offender;
+pub use store::{AcceptedMessage, MessageStore, OffenceState, PeerBan, SyncPage};
 
 use crate::error::{Error, Result};
 use behaviour::Behaviour;
 use codec::FrameCodec;
+use offences::{OffencePolicy, Offences};
+use rate_limit::RequestLimiter;
 
 /// Every gossip topic of the market; a node subscribes to all of them.
 pub const TOPICS: [&str; 5] = [
@@ -169,7 +177,11 @@ fn request_response_behaviour(
     )
 }
 
-fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Behaviour> {
+fn build_behaviour(
+    key: &identity::Keypair,
+    config: &NetworkConfig,
+    metrics: &NetworkMetrics,
+) -> Result<Behaviour> {
     let limits = &config.limits;
     let peer_id = key.public().to_peer_id();
     let mdns = if config.mdns {
@@ -193,7 +205,7 @@ fn build_behaviour(key: &identity::Keypair, config: &NetworkConfig) -> Result<Be
                 .with_max_pending_incoming(Some(limits.max_pending))
                 .with_max_pending_outgoing(Some(limits.max_pending)),
         ),
-        blocked: allow_block_list::Behaviour::default(),
+        firewall: firewall::Firewall::new(metrics.refused_connections.clone()),
         gossipsub: gossipsub_behaviour(key)?,
         lease: request_response_behaviour(
             PROTOCOL_LEASE,
@@ -252,7 +264,8 @@ pub async fn start(
     registry: &mut Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Network> {
-    let behaviour = build_behaviour(&key, config)?;
+    let metrics = NetworkMetrics::register(registry);
+    let behaviour = build_behaviour(&key, config, &metrics)?;
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -267,11 +280,19 @@ pub async fn start(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
 
-    let bans = store.active_bans(UnixMillis::now()).map_err(Error::Store)?;
-    let mut banned = HashMap::new();
-    for ban in bans {
-        swarm.behaviour_mut().blocked.block_peer(ban.peer);
-        banned.insert(ban.peer, ban.until);
+    // Strikes and bans from before a restart, read off the executor.
+    let mut offences = Offences::new(OffencePolicy::from_limits(&config.limits));
+    let reader = store.clone();
+    let (stored, bans) = tokio::task::spawn_blocking(move || {
+        let now = UnixMillis::now();
+        Ok::<_, String>((reader.offences()?, reader.active_bans(now)?))
+    })
+    .await
+    .map_err(|e| Error::Store(e.to_string()))?
+    .map_err(Error::Store)?;
+    offences.restore(offences::restored(stored, bans));
+    for (offender, _) in offences.active_bans(UnixMillis::now()) {
+        swarm.behaviour_mut().firewall.block(offender);
     }
 
     let mut listen_addrs = Vec::new();
@@ -334,13 +355,19 @@ pub async fn start(
     }
 
     let limits = config.limits.clone();
-    let metrics = NetworkMetrics::register(registry);
     let p2p_metrics = libp2p::metrics::Metrics::new(registry);
     let (command_tx, command_rx) = mpsc::channel(limits.command_queue.max(1));
     let (ingest_tx, ingest_rx) = mpsc::channel(limits.ingest_queue.max(1));
     let (verdict_tx, verdict_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = mpsc::channel(limits.inbound_queue.max(1));
     let peer_id = *swarm.local_peer_id();
+    let (offence_tx, offence_rx) = mpsc::channel(64);
+    let (sync_pages_tx, sync_pages_rx) = mpsc::channel(event_loop::SYNC_READERS);
+    let writer_task = tokio::spawn(store::run_writer(
+        store.clone(),
+        offence_rx,
+        metrics.offences_unsaved.clone(),
+    ));
 
     let (accepted_tx, _) = tokio::sync::broadcast::channel(ACCEPTED_BACKLOG);
     let ingest = ingest::Ingest::new(store.clone(), coordinators.clone());
@@ -359,19 +386,29 @@ pub async fn start(
         verdicts: verdict_rx,
         inbound: inbound_tx,
         store: store.clone(),
-        limits,
+        limits: limits.clone(),
         metrics,
         p2p_metrics,
         pending: HashMap::new(),
         pending_sync: HashMap::new(),
-        strikes: HashMap::new(),
-        bans: banned,
+        requests: RequestLimiter::new(&limits.requests),
+        offences,
+        offence_writes: offence_tx,
+        sync_reads: Arc::new(tokio::sync::Semaphore::new(event_loop::SYNC_READERS)),
+        sync_pages: sync_pages_rx,
+        sync_pages_tx,
+        unsaved_bans: Vec::new(),
         listen_addrs,
         stats: NetworkStats::default(),
         bootstrap,
         unreachable: HashMap::new(),
     };
-    let task = tokio::spawn(event_loop.run(shutdown));
+    let task = tokio::spawn(async move {
+        event_loop.run(shutdown).await;
+        // The loop handed its last records over as it ended; let the writer
+        // finish them before the task counts as stopped.
+        let _ = writer_task.await;
+    });
     Ok(Network {
         handle: NodeHandle::new(command_tx, peer_id, store, coordinators, accepted_tx),
         inbound: inbound_rx,

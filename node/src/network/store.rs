@@ -1,11 +1,15 @@
 //! What the network needs from the node's ledger: whether a message is
 //! known, the latest offer sequence per supplier's devices, writing a batch
-//! of validated messages, pages for catch-up sync, and bans.
+//! of validated messages, pages for catch-up sync, and strikes and bans.
+//! Strikes and bans are written by [`run_writer`], off the swarm task.
 
-use libp2p::PeerId;
+use std::sync::Arc;
+
 use rigmesh_protocol::rpc::SyncTopic;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
+
+use super::offences::Offender;
 
 /// A message that passed every check, ready to be written.
 #[derive(Debug, Clone)]
@@ -34,15 +38,28 @@ pub struct SyncPage {
     pub next: Option<Vec<u8>>,
 }
 
-/// A ban of a misbehaving peer, kept across restarts.
+/// A ban of a misbehaving peer or address, kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerBan {
-    /// The peer.
-    pub peer: PeerId,
+    /// The peer or address.
+    pub offender: Offender,
     /// When the ban ends.
     pub until: UnixMillis,
     /// Why it was banned.
     pub reason: String,
+}
+
+/// The strikes and ban count of a peer or address, kept across restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffenceState {
+    /// The peer or address.
+    pub offender: Offender,
+    /// Strikes toward its next ban, as of `updated`.
+    pub strikes: f64,
+    /// When `strikes` was computed.
+    pub updated: UnixMillis,
+    /// Bans so far (0 with no strikes: forget it).
+    pub bans: u32,
 }
 
 /// Errors of a [`MessageStore`], as text: the network only logs them and
@@ -67,8 +84,57 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
         now: UnixMillis,
     ) -> StoreResult<SyncPage>;
-    /// Records a ban.
-    fn record_ban(&self, ban: &PeerBan) -> StoreResult<()>;
+    /// Writes strike records and bans durably (flushed before it returns).
+    fn save_offences(&self, offences: &[OffenceState], bans: &[PeerBan]) -> StoreResult<()>;
+    /// Every strike record.
+    fn offences(&self) -> StoreResult<Vec<OffenceState>>;
     /// Bans still in force at `now`.
     fn active_bans(&self, now: UnixMillis) -> StoreResult<Vec<PeerBan>>;
+}
+
+/// Strike records and bans to write, in one group.
+#[derive(Debug, Default)]
+pub(crate) struct OffenceWrite {
+    pub(crate) offences: Vec<OffenceState>,
+    pub(crate) bans: Vec<PeerBan>,
+}
+
+/// The store writer of strikes and bans: takes every write queued, merges
+/// them (the newest record of each offender wins) and writes them in one
+/// blocking call off the async executor, so the swarm task never waits for
+/// the disk. Ends when the queue closes.
+pub(crate) async fn run_writer(
+    store: Arc<dyn MessageStore>,
+    mut queue: tokio::sync::mpsc::Receiver<OffenceWrite>,
+    unsaved: prometheus_client::metrics::counter::Counter,
+) {
+    let mut writes = Vec::new();
+    loop {
+        writes.clear();
+        if queue.recv_many(&mut writes, 64).await == 0 {
+            return;
+        }
+        let mut latest = std::collections::HashMap::new();
+        let mut merged = OffenceWrite::default();
+        for write in writes.drain(..) {
+            for state in write.offences {
+                latest.insert(state.offender, state);
+            }
+            merged.bans.extend(write.bans);
+        }
+        merged.offences = latest.into_values().collect();
+        let store = store.clone();
+        let count = merged.offences.len() + merged.bans.len();
+        let result = tokio::task::spawn_blocking(move || {
+            store.save_offences(&merged.offences, &merged.bans)
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(err)) => err,
+            Err(err) => err.to_string(),
+        };
+        unsaved.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        tracing::warn!(%error, "could not record strikes and bans");
+    }
 }

@@ -794,6 +794,40 @@ const MAX_MISSING: usize = 64;
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
+/// How often a coordinator replays its journal and audit chain.
+const INTEGRITY_EVERY_MS: u64 = 10 * 60 * 1000;
+
+/// Rule of the alert a failed integrity check raises.
+pub const INTEGRITY_RULE: &str = "books.integrity";
+
+/// Replays the journal against the balances and verifies the audit chain;
+/// what is wrong, if anything.
+fn integrity(ledger: &Ledger) -> Option<String> {
+    if let Err(err) = ledger.check_books() {
+        return Some(format!("the books do not check: {err}"));
+    }
+    match ledger.verify_audit() {
+        Ok(report) if report.is_intact() => None,
+        Ok(report) => Some(format!(
+            "the audit chain breaks after {} records: {:?}",
+            report.verified, report.broken
+        )),
+        Err(err) => Some(format!("the audit chain cannot be read: {err}")),
+    }
+}
+
+/// This coordinator's own operators' alert about its books.
+fn integrity_alert(key: &Keypair, problem: String) -> rigmesh_protocol::Alert {
+    crate::notify::own_alert(
+        key.public(),
+        rigmesh_protocol::Audience::Operators,
+        rigmesh_protocol::Severity::Critical,
+        INTEGRITY_RULE,
+        None,
+        problem,
+    )
+}
+
 /// Requests that may wait for a slot; more are answered `busy` at once.
 const MAX_WAITING_ANSWERS: usize = 256;
 
@@ -889,6 +923,10 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
     let mut report_due = UnixMillis(0);
+    // The books and the audit chain are checked at start, then now and
+    // then; a failure is an operators' alert until a check passes again.
+    let mut integrity_due = UnixMillis(0);
+    let mut integrity_alerted = false;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ANSWERS));
     let admission = Arc::new(tokio::sync::Semaphore::new(
         MAX_CONCURRENT_ANSWERS + MAX_WAITING_ANSWERS,
@@ -997,6 +1035,24 @@ pub async fn run(
                         tracing::debug!(%err, "alert stored; not gossiped yet");
                     }
                 }
+                if now >= integrity_due {
+                    integrity_due = now.plus_ms(INTEGRITY_EVERY_MS);
+                    let r = role.clone();
+                    match tokio::task::spawn_blocking(move || integrity(&r.ledger)).await {
+                        Ok(None) => {
+                            if integrity_alerted {
+                                integrity_alerted = false;
+                                alerts_to.resolve(&integrity_alert(&role.key, String::new()));
+                            }
+                        }
+                        Ok(Some(problem)) => {
+                            tracing::error!(%problem, "the books or the audit chain do not check");
+                            integrity_alerted = true;
+                            alerts_to.raise(&integrity_alert(&role.key, problem));
+                        }
+                        Err(err) => tracing::warn!(%err, "the integrity check did not run"),
+                    }
+                }
                 if now >= binding_due {
                     binding_due = if crate::supplier::runtime::publish_binding(&role.key, &network, now).await {
                         now.plus_ms(crate::supplier::runtime::BINDING_REFRESH_MS)
@@ -1006,5 +1062,22 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod integrity_tests {
+    use super::*;
+
+    #[test]
+    fn fresh_books_check_and_the_alert_is_for_operators() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(integrity(&ledger), None);
+        let key = Keypair::from_seed([3; 32]);
+        let alert = integrity_alert(&key, "the books do not check".into());
+        assert_eq!(alert.rule, INTEGRITY_RULE);
+        assert_eq!(alert.audience, rigmesh_protocol::Audience::Operators);
+        assert_eq!(alert.severity, rigmesh_protocol::Severity::Critical);
     }
 }

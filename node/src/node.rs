@@ -155,6 +155,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .notify
         .as_ref()
         .map(|_| rigmesh_notify::NotifyMetrics::register(&mut registry));
+    let coordinator_metrics = (config.role == Role::Coordinator)
+        .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
     let net = network::start(
         &network_config,
         key,
@@ -273,6 +275,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         if let Some(table) = &config.coordinators {
             role.deposit_alert_above = table.deposit_alert()?;
         }
+        role.metrics = coordinator_metrics;
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
         let unreachable_secs = config

@@ -2390,6 +2390,21 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
             "the supplier lost each case"
         );
     }
+    // What the operators' Prometheus sees of it.
+    let metrics = common::http_get(cs[0].monitoring, "/metrics", None).await;
+    for line in [
+        format!(
+            r#"rigmesh_coordinator_applied_total{{kind="resolution"}} {}"#,
+            cases.len()
+        ),
+        format!(
+            r#"rigmesh_coordinator_moved_micro_total{{kind="dispute_refund"}} {}"#,
+            held.units()
+        ),
+        r#"rigmesh_coordinator_requests_total{request="resolve",outcome="refused"} 1"#.to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();
     }

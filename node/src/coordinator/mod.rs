@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
 
 pub mod health;
+pub mod metrics;
 pub mod reach;
 
 /// Alerts waiting to be gossiped.
@@ -54,6 +55,8 @@ pub struct CoordinatorRole {
     /// tool that sent them is short-lived and may have reached no gossip
     /// peer, so the coordinators spread them to every node's receipts.
     pub deposits_out: std::sync::Mutex<Vec<Signed<rigmesh_protocol::Deposit>>>,
+    /// Its metrics, when the node exports them.
+    pub metrics: Option<metrics::CoordinatorMetrics>,
 }
 
 impl CoordinatorRole {
@@ -78,6 +81,7 @@ impl CoordinatorRole {
             limiter: std::sync::Mutex::new(health::AlertLimiter::default()),
             deposit_alert_above: None,
             deposits_out: std::sync::Mutex::new(Vec::new()),
+            metrics: None,
         }
     }
 
@@ -99,6 +103,11 @@ impl CoordinatorRole {
             .into_iter()
             .map(|a| health::raise(&self.ledger, a))
             .collect();
+        if let Some(m) = &self.metrics {
+            for alert in &raised {
+                m.alert(&alert.body.rule);
+            }
+        }
         if !raised.is_empty() {
             self.outbox
                 .lock()
@@ -128,6 +137,9 @@ impl CoordinatorRole {
             CertificateFrame::Release(c) => rules.apply_release(c, now),
             CertificateFrame::Resolution(c) => rules.apply_resolution(c, now),
         };
+        if let (Some(m), Ok(Applied::Applied)) = (&self.metrics, &result) {
+            m.applied(frame);
+        }
         match (&result, frame) {
             (Ok(Applied::Applied), CertificateFrame::Settlement(c)) => {
                 let r = &c.message.body;
@@ -889,12 +901,22 @@ async fn answer_bytes(
     rigmesh_protocol::Result<Vec<u8>>,
     Option<Option<&'static str>>,
 ) {
-    let response = match CoordinatorRequest::from_bytes(&bytes) {
-        Ok(request) => tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
-            .await
-            .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
-        Err(err) => CoordinatorResponse::Refused(format!("malformed: {err}")),
+    let metrics = role.metrics.clone();
+    let (kind, response) = match CoordinatorRequest::from_bytes(&bytes) {
+        Ok(request) => (
+            metrics::request_kind(&request),
+            tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
+                .await
+                .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
+        ),
+        Err(err) => (
+            "malformed",
+            CoordinatorResponse::Refused(format!("malformed: {err}")),
+        ),
     };
+    if let Some(m) = &metrics {
+        m.answered(kind, &response);
+    }
     let refusal = refusal_of(&response);
     let response = match response {
         CoordinatorResponse::Refused(reason) => CoordinatorResponse::Refused(bounded(reason)),
@@ -902,6 +924,19 @@ async fn answer_bytes(
         other => other,
     };
     (response.to_bytes(), refusal)
+}
+
+/// Ends an admitted request's time in the metrics when its task ends,
+/// however it ends.
+struct InFlight(Option<(metrics::CoordinatorMetrics, std::time::Instant)>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some((m, started)) = &self.0 {
+            m.in_flight.dec();
+            m.answer_seconds.observe(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// How often held certificates are retried and the binding checked.
@@ -949,6 +984,9 @@ pub async fn run(
                 // retries as after a timeout).
                 let Ok(admitted) = admission.clone().try_acquire_owned() else {
                     let busy = CoordinatorResponse::Refused("busy: too many requests waiting; retry".into());
+                    if let Some(m) = &role.metrics {
+                        m.answered("unread", &busy);
+                    }
                     if let Ok(bytes) = busy.to_bytes() {
                         if let Err(err) = network.respond(request.protocol, request.channel, bytes).await {
                             tracing::debug!(%err, "could not answer a request");
@@ -957,8 +995,13 @@ pub async fn run(
                     continue;
                 };
                 let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
+                let timer = role.metrics.clone().map(|m| {
+                    m.in_flight.inc();
+                    (m, std::time::Instant::now())
+                });
                 tokio::spawn(async move {
                     let _admitted = admitted;
+                    let _timer = InFlight(timer);
                     let Ok(_slot) = slots.acquire_owned().await else { return };
                     let mut refused = None;
                     let response = match request.protocol {

@@ -101,6 +101,9 @@ write_config() {
         echo "monitoring = \"127.0.0.1:$((port + 1))\""
         echo "customer_api = \"127.0.0.1:$((port + 2))\""
         echo "supplier_api = \"127.0.0.1:$((port + 3))\""
+        echo "public_api = \"127.0.0.1:$((port + 4))\""
+        echo "analytics_api = \"127.0.0.1:$((port + 5))\""
+        echo "operator_api = \"127.0.0.1:$((port + 6))\""
         echo
         echo "[network]"
         echo "listen = [\"/ip4/127.0.0.1/tcp/$port\"]"

@@ -9,6 +9,7 @@ use libp2p::Multiaddr;
 use rigmesh_protocol::{CoordinatorSet, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{Listener, ListenerLimits};
 use crate::error::{Error, Result};
 use crate::network::NetworkConfig;
 
@@ -220,6 +221,15 @@ pub struct NodeConfig {
     pub customer_api: SocketAddr,
     /// Address of the supplier API for the CLI; loopback by default.
     pub supplier_api: SocketAddr,
+    /// Address of the public API (read-only market data, no token).
+    pub public_api: SocketAddr,
+    /// Address of the analytics API (read-only usage, spend, earnings).
+    pub analytics_api: SocketAddr,
+    /// Address of a coordinator's operator API; loopback unless
+    /// `[http.operator_tls]` is set.
+    pub operator_api: SocketAddr,
+    /// The firewall of each listener, and the operator listener's TLS.
+    pub http: HttpConfig,
     /// The coordinator set, needed to check certificates.
     pub coordinators: Option<CoordinatorsConfig>,
     /// The account key (created on first run); default `<data_dir>/account.key`.
@@ -241,10 +251,65 @@ impl Default for NodeConfig {
             monitoring: SocketAddr::from(([127, 0, 0, 1], 9600)),
             customer_api: SocketAddr::from(([127, 0, 0, 1], 9610)),
             supplier_api: SocketAddr::from(([127, 0, 0, 1], 9611)),
+            public_api: SocketAddr::from(([127, 0, 0, 1], 9620)),
+            analytics_api: SocketAddr::from(([127, 0, 0, 1], 9612)),
+            operator_api: SocketAddr::from(([127, 0, 0, 1], 9630)),
+            http: HttpConfig::default(),
             coordinators: None,
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
             notify: None,
+        }
+    }
+}
+
+/// The firewall limits of each HTTP listener (`[http.<listener>]`), and
+/// the operator listener's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The public listener: open to every network by default.
+    pub public: ListenerLimits,
+    /// The customer listener.
+    pub customer: ListenerLimits,
+    /// The supplier listener.
+    pub supplier: ListenerLimits,
+    /// The analytics listener.
+    pub analytics: ListenerLimits,
+    /// The operator listener.
+    pub operator: ListenerLimits,
+    /// The monitoring listener.
+    pub monitoring: ListenerLimits,
+    /// Certificate and key for the operator listener; required to bind
+    /// it off loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_tls: Option<crate::api::tls::TlsFiles>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            public: ListenerLimits::open_to_all(),
+            customer: ListenerLimits::default(),
+            supplier: ListenerLimits::default(),
+            analytics: ListenerLimits::default(),
+            operator: ListenerLimits::default(),
+            monitoring: ListenerLimits::default(),
+            operator_tls: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits of `listener`.
+    pub fn limits(&self, listener: Listener) -> &ListenerLimits {
+        match listener {
+            Listener::Public => &self.public,
+            Listener::Customer => &self.customer,
+            Listener::Supplier => &self.supplier,
+            Listener::Analytics => &self.analytics,
+            Listener::Operator => &self.operator,
+            Listener::Monitoring => &self.monitoring,
         }
     }
 }
@@ -268,6 +333,12 @@ pub struct Overrides {
     pub customer_api: Option<SocketAddr>,
     /// `--supplier-api`.
     pub supplier_api: Option<SocketAddr>,
+    /// `--public-api`.
+    pub public_api: Option<SocketAddr>,
+    /// `--analytics-api`.
+    pub analytics_api: Option<SocketAddr>,
+    /// `--operator-api`.
+    pub operator_api: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -279,6 +350,13 @@ impl NodeConfig {
         })?;
         let config: NodeConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for listener in Listener::ALL {
+            config
+                .http
+                .limits(listener)
+                .check(listener.name())
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        }
         if let Some(notify) = &config.notify {
             notify
                 .check()
@@ -308,6 +386,15 @@ impl NodeConfig {
         }
         if let Some(addr) = o.supplier_api {
             self.supplier_api = addr;
+        }
+        if let Some(addr) = o.public_api {
+            self.public_api = addr;
+        }
+        if let Some(addr) = o.analytics_api {
+            self.analytics_api = addr;
+        }
+        if let Some(addr) = o.operator_api {
+            self.operator_api = addr;
         }
         self
     }
@@ -426,6 +513,14 @@ mod tests {
             "monitoring = ",
             "customer_api = ",
             "supplier_api = ",
+            "public_api = ",
+            "analytics_api = ",
+            "operator_api = ",
+            "[http.public]",
+            "[http.customer]",
+            "[http.operator]",
+            "per_ip_per_minute = ",
+            "max_body_bytes = ",
             "[network]",
             "listen = ",
             "bootstrap = ",

@@ -21,6 +21,7 @@ mod offers;
 mod progress;
 mod sink;
 mod text;
+mod token;
 mod usage;
 mod withdraw;
 
@@ -123,6 +124,10 @@ enum Command {
     /// routing rules, the log of what went where, acknowledgement.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// API tokens with scopes and expiry: create (printed once), list,
+    /// revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
@@ -196,6 +201,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Account(args) => account::run(args),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
         Command::Completions { shell } => completions(shell),
     }
 }

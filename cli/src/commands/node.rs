@@ -53,6 +53,16 @@ pub(crate) struct RunArgs {
     /// Address of the supplier API.
     #[arg(long)]
     supplier_api: Option<SocketAddr>,
+    /// Address of the public API (read-only market data, no token).
+    #[arg(long)]
+    public_api: Option<SocketAddr>,
+    /// Address of the analytics API.
+    #[arg(long)]
+    analytics_api: Option<SocketAddr>,
+    /// Address of a coordinator's operator API (loopback unless TLS is
+    /// configured in [http.operator_tls]).
+    #[arg(long)]
+    operator_api: Option<SocketAddr>,
 }
 
 pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -77,6 +87,9 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         mdns: args.mdns,
         customer_api: args.customer_api,
         supplier_api: args.supplier_api,
+        public_api: args.public_api,
+        analytics_api: args.analytics_api,
+        operator_api: args.operator_api,
     });
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -92,8 +105,17 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         for addr in &node.listen_addrs {
             say(format_args!("listening on {addr}/p2p/{}", node.peer_id));
         }
-        say(format_args!("customer api on http://{}", node.customer_api));
-        say(format_args!("supplier api on http://{}", node.supplier_api));
+        say(format_args!("public api on http://{}", node.public_api));
+        for (what, addr) in [
+            ("customer", node.customer_api),
+            ("supplier", node.supplier_api),
+            ("analytics", node.analytics_api),
+            ("operator", node.operator_api),
+        ] {
+            if let Some(addr) = addr {
+                say(format_args!("{what} api on {addr}"));
+            }
+        }
         say(format_args!("monitoring on http://{}", node.monitoring));
         signals.wait().await?;
         errln!("stopping");

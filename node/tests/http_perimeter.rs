@@ -1,0 +1,520 @@
+//! The HTTP perimeter over real listeners on free ports: scoped tokens
+//! with expiry and revocation, the firewall's refusals (rate, body size,
+//! source network), the public listener's pages and statistics, the
+//! operator listener's refusal to face a network without TLS, and an
+//! authorization matrix built from every listener's route table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+#[path = "common/offers.rs"]
+mod offers;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use rigmesh_ledger::MarketStore;
+use rigmesh_node::api::local::{self, LocalApi};
+use rigmesh_node::api::tokens::{self, Bootstrap, NewToken, TokenRecord};
+use rigmesh_node::api::{
+    analytics, operator, public, Access, AlertTarget, ApiMetrics, Firewall, Listener,
+    ListenerLimits, Scope, TokenStore,
+};
+use rigmesh_protocol::{Keypair, UnixMillis};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A status and JSON body (or `{"text": ...}` when not JSON).
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+/// One HTTP/1.1 request from `from` (a loopback address) to `addr`.
+async fn call(
+    addr: SocketAddr,
+    from: IpAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Answer {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A server may answer (413, 403) before reading the whole body.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let text = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"text": text}));
+    Answer { status, body }
+}
+
+fn localhost() -> IpAddr {
+    "127.0.0.1".parse().unwrap()
+}
+
+fn error_of(a: &Answer) -> &str {
+    a.body["error"].as_str().unwrap_or("")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    api: LocalApi,
+    registry: Registry,
+    metrics: ApiMetrics,
+}
+
+fn setup() -> Setup {
+    common::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = TokenStore::open(dir.path(), &[Bootstrap::Customer, Bootstrap::Supplier]).unwrap();
+    let mut registry = Registry::default();
+    let metrics = ApiMetrics::register(&mut registry);
+    let api = LocalApi {
+        store: Arc::new(MarketStore::temporary().unwrap()),
+        account: Keypair::from_seed([1; 32]).public(),
+        tokens,
+        supplier: None,
+        customer: None,
+        notify: Default::default(),
+        coordinator: None,
+    };
+    Setup {
+        dir,
+        api,
+        registry,
+        metrics,
+    }
+}
+
+impl Setup {
+    fn firewall(&self, listener: Listener, limits: ListenerLimits) -> Arc<Firewall> {
+        Arc::new(
+            Firewall::new(listener, limits, self.metrics.clone(), AlertTarget::default()).unwrap(),
+        )
+    }
+
+    async fn serve(&self, listener: Listener, limits: ListenerLimits) -> SocketAddr {
+        let fw = self.firewall(listener, limits);
+        let here: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let pending = std::future::pending();
+        match listener {
+            Listener::Customer | Listener::Supplier => {
+                local::serve(listener, here, self.api.clone(), fw, pending)
+                    .await
+                    .unwrap()
+                    .0
+            }
+            Listener::Analytics => analytics::serve(here, self.api.clone(), fw, pending)
+                .await
+                .unwrap()
+                .0,
+            Listener::Operator => operator::serve(here, self.api.clone(), fw, None, pending)
+                .await
+                .unwrap()
+                .0,
+            Listener::Public => public::serve(here, self.api.store.clone(), fw, pending)
+                .await
+                .unwrap()
+                .0,
+            Listener::Monitoring => unreachable!("tested in metrics.rs"),
+        }
+    }
+
+    fn bootstrap(&self, audience: Bootstrap) -> String {
+        tokens::read_token(self.dir.path(), audience).unwrap()
+    }
+
+    /// A token with `scopes`, made directly in the store by an all-scopes
+    /// granter, created at `at`.
+    fn token(&self, name: &str, scopes: &[Scope], expires_in_secs: Option<u64>, at: UnixMillis) -> String {
+        let granter = TokenRecord {
+            id: "granter".into(),
+            name: "granter".into(),
+            scopes: Scope::ALL.to_vec(),
+            created_at: at,
+            expires_at: None,
+            last_used: None,
+            revoked_at: None,
+        };
+        self.api
+            .tokens
+            .create(
+                NewToken {
+                    name: Some(name.into()),
+                    scopes: scopes.to_vec(),
+                    expires_in_secs,
+                },
+                &granter,
+                at,
+            )
+            .unwrap()
+            .token
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+}
+
+#[tokio::test]
+async fn tokens_have_scopes_expiry_and_revocation() {
+    let s = setup();
+    let addr = s.serve(Listener::Customer, ListenerLimits::default()).await;
+    let admin = s.bootstrap(Bootstrap::Customer);
+    let me = localhost();
+
+    let missing = call(addr, me, "GET", "/v1/bids", None, "").await;
+    assert_eq!((missing.status, error_of(&missing)), (401, "token_missing"));
+    let unknown = call(addr, me, "GET", "/v1/bids", Some(&"ab".repeat(32)), "").await;
+    assert_eq!((unknown.status, error_of(&unknown)), (401, "token_not_recognised"));
+
+    // The bootstrap token makes a read-only token for a dashboard.
+    let made = call(
+        addr,
+        me,
+        "POST",
+        "/v1/tokens",
+        Some(&admin),
+        r#"{"name":"dash","scopes":["customer:read"],"expires_in_secs":86400}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let reader = made.body["token"].as_str().unwrap().to_string();
+    assert!(made.body["record"]["expires_at"].is_u64());
+
+    let read = call(addr, me, "GET", "/v1/offers", Some(&reader), "").await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    let trade = call(addr, me, "POST", "/v1/bid", Some(&reader), "{}").await;
+    assert_eq!((trade.status, error_of(&trade)), (403, "scope_missing"));
+    assert!(
+        trade.body["reason"].as_str().unwrap().contains("customer:trade"),
+        "{}",
+        trade.body
+    );
+    // It cannot make itself (or anyone) a wider token.
+    let widen = call(
+        addr,
+        me,
+        "POST",
+        "/v1/tokens",
+        Some(&reader),
+        r#"{"scopes":["customer:trade"]}"#,
+    )
+    .await;
+    assert_eq!((widen.status, error_of(&widen)), (403, "scope_missing"));
+    // Nor can the bootstrap token grant what it lacks.
+    let escalate = call(
+        addr,
+        me,
+        "POST",
+        "/v1/tokens",
+        Some(&admin),
+        r#"{"scopes":["operator:read"]}"#,
+    )
+    .await;
+    assert_eq!(escalate.status, 400, "{}", escalate.body);
+
+    // The list names every token and never holds a secret.
+    let list = call(addr, me, "GET", "/v1/tokens", Some(&admin), "").await;
+    assert_eq!(list.status, 200);
+    let text = list.body.to_string();
+    assert!(text.contains("dash") && text.contains("customer-cli"), "{text}");
+    assert!(!text.contains(&reader) && !text.contains(&admin), "{text}");
+
+    // Revoked: refused with its own error from the next request on.
+    let revoke = call(addr, me, "DELETE", "/v1/tokens/dash", Some(&admin), "").await;
+    assert_eq!(revoke.status, 200, "{}", revoke.body);
+    let after = call(addr, me, "GET", "/v1/offers", Some(&reader), "").await;
+    assert_eq!((after.status, error_of(&after)), (401, "token_revoked"));
+    let gone = call(addr, me, "DELETE", "/v1/tokens/nobody", Some(&admin), "").await;
+    assert_eq!(gone.status, 404);
+
+    // Expired: made a minute ago to live one second.
+    let old = s.token(
+        "old",
+        &[Scope::CustomerRead],
+        Some(1),
+        UnixMillis::now().minus_ms(60_000),
+    );
+    let expired = call(addr, me, "GET", "/v1/offers", Some(&old), "").await;
+    assert_eq!((expired.status, error_of(&expired)), (401, "token_expired"));
+
+    // The supplier's bootstrap token has no customer scope.
+    let supplier = s.bootstrap(Bootstrap::Supplier);
+    let other = call(addr, me, "GET", "/v1/offers", Some(&supplier), "").await;
+    assert_eq!((other.status, error_of(&other)), (403, "scope_missing"));
+
+    let metrics = s.metrics_text();
+    for reason in ["token_missing", "token_not_recognised", "token_revoked", "token_expired", "scope_missing"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"rigmesh_api_refusals_total{{listener="customer",reason="{reason}"}}"#
+            )),
+            "{reason} not counted:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"rigmesh_api_requests_total{listener="customer",route="/v1/offers",status="200"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_from_one_address_or_token_is_refused_while_others_are_served() {
+    let s = setup();
+    let per_ip = s
+        .serve(
+            Listener::Customer,
+            ListenerLimits {
+                per_ip_per_minute: 1,
+                per_ip_burst: 5,
+                alert_after_refusals: 3,
+                ..ListenerLimits::default()
+            },
+        )
+        .await;
+    let admin = s.bootstrap(Bootstrap::Customer);
+    let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    for i in 0..5 {
+        let r = call(per_ip, a, "GET", "/v1/offers", Some(&admin), "").await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let mut limited = 0;
+    for _ in 0..4 {
+        let r = call(per_ip, a, "GET", "/v1/offers", Some(&admin), "").await;
+        if r.status == 429 {
+            assert_eq!(error_of(&r), "rate_limited");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "the burst past 5 was refused ({limited} of 4)");
+    let other = call(per_ip, b, "GET", "/v1/offers", Some(&admin), "").await;
+    assert_eq!(other.status, 200, "another address is still served");
+    let metrics = s.metrics_text();
+    assert!(
+        metrics.contains(r#"rigmesh_api_refusals_total{listener="customer",reason="rate_limited"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"rigmesh_api_suspicious_sources_total{listener="customer"} 1"#),
+        "three refusals from one address cross the alert threshold:\n{metrics}"
+    );
+
+    // Per token, on a listener with a generous per-address rate.
+    let per_token = s
+        .serve(
+            Listener::Supplier,
+            ListenerLimits {
+                per_token_per_minute: 1,
+                per_token_burst: 3,
+                ..ListenerLimits::default()
+            },
+        )
+        .await;
+    let noisy = s.token("noisy", &[Scope::SupplierRead], None, UnixMillis::now());
+    let quiet = s.token("quiet", &[Scope::SupplierRead], None, UnixMillis::now());
+    for _ in 0..3 {
+        let r = call(per_token, a, "GET", "/v1/offers", Some(&noisy), "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = call(per_token, a, "GET", "/v1/offers", Some(&noisy), "").await;
+    assert_eq!((r.status, error_of(&r)), (429, "rate_limited"));
+    let r = call(per_token, a, "GET", "/v1/offers", Some(&quiet), "").await;
+    assert_eq!(r.status, 200, "another token from the same address is served");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_and_changes_nothing() {
+    let s = setup();
+    let addr = s
+        .serve(
+            Listener::Customer,
+            ListenerLimits {
+                max_body_bytes: 256,
+                ..ListenerLimits::default()
+            },
+        )
+        .await;
+    let admin = s.bootstrap(Bootstrap::Customer);
+    let big = format!(r#"{{"name":"big","scopes":["customer:read"],"pad":"{}"}}"#, "x".repeat(1000));
+    let r = call(addr, localhost(), "POST", "/v1/tokens", Some(&admin), &big).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(s.api.tokens.list().len(), 2, "no token was made");
+    let metrics = s.metrics_text();
+    assert!(
+        metrics.contains(r#"rigmesh_api_refusals_total{listener="customer",reason="too_large"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_network_not_allowed_is_refused_before_any_handler() {
+    let s = setup();
+    let only_tens = ListenerLimits {
+        allow: vec!["10.0.0.0/8".parse().unwrap()],
+        ..ListenerLimits::open_to_all()
+    };
+    let public = s.serve(Listener::Public, only_tens.clone()).await;
+    let customer = s.serve(Listener::Customer, only_tens).await;
+    let r = call(public, localhost(), "GET", "/v1/market", None, "").await;
+    assert_eq!((r.status, error_of(&r)), (403, "forbidden_network"));
+    // Even with a valid token, and even where no route exists.
+    let admin = s.bootstrap(Bootstrap::Customer);
+    let r = call(customer, localhost(), "GET", "/v1/offers", Some(&admin), "").await;
+    assert_eq!((r.status, error_of(&r)), (403, "forbidden_network"));
+    let r = call(customer, localhost(), "GET", "/nothing", None, "").await;
+    assert_eq!((r.status, error_of(&r)), (403, "forbidden_network"));
+}
+
+#[tokio::test]
+async fn the_public_listener_pages_offers_and_states_prices_without_a_token() {
+    let s = setup();
+    let a = Keypair::from_seed([3; 32]);
+    let b = Keypair::from_seed([4; 32]);
+    let h100 = "NVIDIA H100 80GB HBM3";
+    let listed: Vec<_> = [1_000_000, 2_000_000, 3_000_000, 4_000_000]
+        .iter()
+        .map(|p| offers::offer(&a, h100, *p, "eu"))
+        .chain([offers::offer(&b, "NVIDIA A100-SXM4-80GB", 1_500_000, "us")])
+        .collect();
+    s.api
+        .store
+        .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
+        .unwrap();
+    let addr = s.serve(Listener::Public, ListenerLimits::open_to_all()).await;
+    let me = localhost();
+
+    let first = call(addr, me, "GET", "/v1/offers?limit=2", None, "").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["total"], 5);
+    assert_eq!(first.body["offers"].as_array().unwrap().len(), 2);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_string();
+    let rest = call(addr, me, "GET", &format!("/v1/offers?limit=10&cursor={cursor}"), None, "").await;
+    assert_eq!(rest.body["offers"].as_array().unwrap().len(), 3);
+    assert!(rest.body["next_cursor"].is_null());
+    let eu = call(addr, me, "GET", "/v1/offers?region=eu&max_price=2.5", None, "").await;
+    assert_eq!(eu.body["total"], 2, "{}", eu.body);
+    let bad = call(addr, me, "GET", "/v1/offers?cursor=zz", None, "").await;
+    assert_eq!(bad.status, 400);
+
+    let prices = call(addr, me, "GET", "/v1/prices", None, "").await;
+    let models = prices.body["models"].as_array().unwrap();
+    let h = models.iter().find(|m| m["gpu_model"] == h100).unwrap();
+    assert_eq!(h["offers"], 4);
+    assert_eq!(h["min"], "1");
+    assert_eq!(h["median"], "2");
+    assert_eq!(h["p90"], "4");
+    let market = call(addr, me, "GET", "/v1/market", None, "").await;
+    assert_eq!(market.body["offers"], 5);
+    assert_eq!(market.body["suppliers"], 2);
+    assert_eq!(market.body["gpus"], 10);
+}
+
+#[tokio::test]
+async fn the_operator_listener_refuses_a_network_address_without_tls() {
+    let s = setup();
+    let fw = s.firewall(Listener::Operator, ListenerLimits::default());
+    let err = operator::serve(
+        "0.0.0.0:0".parse().unwrap(),
+        s.api.clone(),
+        fw,
+        None,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("TLS"), "{err}");
+}
+
+/// A path with its parameters filled in.
+fn concrete(path: &str) -> String {
+    let id = "ab".repeat(32);
+    path.replace("{id}", &id)
+        .replace("{lease}", &id)
+        .replace("{group}", &id)
+        .replace("{name}", "nobody")
+        .replace("{token}", "victim")
+}
+
+/// Every scope against every route of every token listener: no token is
+/// 401, a token without the route's scope is 403, one with it gets past
+/// the check (and the route exists: neither 404 nor 405).
+#[tokio::test]
+async fn authorization_matrix_from_the_route_tables() {
+    let s = setup();
+    let generous = ListenerLimits {
+        per_ip_burst: 10_000,
+        per_token_burst: 10_000,
+        alert_after_refusals: u32::MAX,
+        ..ListenerLimits::default()
+    };
+    let now = UnixMillis::now();
+    let single: Vec<(Scope, String)> = Scope::ALL
+        .iter()
+        .map(|scope| (*scope, s.token(&scope.name().replace(':', "-"), &[*scope], None, now)))
+        .collect();
+    // Revoked again and again by the matrix: revocation is idempotent.
+    s.token("victim", &[Scope::CustomerRead], None, now);
+    let me = localhost();
+    let mut checked = 0;
+    for listener in [
+        Listener::Customer,
+        Listener::Supplier,
+        Listener::Analytics,
+        Listener::Operator,
+        Listener::Public,
+    ] {
+        let addr = s.serve(listener, generous.clone()).await;
+        for spec in listener.routes() {
+            let path = concrete(spec.path);
+            let what = format!("{} {} {}", listener.name(), spec.method, spec.path);
+            let none = call(addr, me, spec.method, &path, None, "").await;
+            match spec.access {
+                Access::Scope(_) | Access::AnyToken => {
+                    assert_eq!((none.status, error_of(&none)), (401, "token_missing"), "{what}")
+                }
+                Access::Open | Access::OwnToken => {
+                    assert!(![401, 403, 404, 405].contains(&none.status), "{what}: {}", none.status)
+                }
+            }
+            for (scope, token) in &single {
+                let r = call(addr, me, spec.method, &path, Some(token), "").await;
+                let allowed = match spec.access {
+                    Access::Scope(needed) => needed == *scope,
+                    _ => true,
+                };
+                if allowed {
+                    assert!(
+                        ![401, 403, 404, 405].contains(&r.status),
+                        "{what} with {scope}: {} {}",
+                        r.status,
+                        r.body
+                    );
+                } else {
+                    assert_eq!((r.status, error_of(&r)), (403, "scope_missing"), "{what} with {scope}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} checks");
+}

@@ -220,11 +220,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         Role::Coordinator => &[Bootstrap::Operator],
     };
     let data_dir = config.data_dir.clone();
-    let token_store = tokio::task::spawn_blocking(move || {
-        crate::api::TokenStore::open(&data_dir, bootstrap)
-    })
-    .await
-    .map_err(|e| Error::Store(format!("opening the token store: {e}")))??;
+    let token_store =
+        tokio::task::spawn_blocking(move || crate::api::TokenStore::open(&data_dir, bootstrap))
+            .await
+            .map_err(|e| Error::Store(format!("opening the token store: {e}")))??;
     let mut api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),

@@ -455,7 +455,8 @@ async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut leased = false;
     for _ in 0..10 {
-        let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
+        let r =
+            common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
         if r.starts_with("HTTP/1.1 200") {
             leased = true;
             break;

@@ -124,16 +124,31 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
 
     // The supplier's own API shows its GPUs, the lease and what it earned.
     let supplier_token = read_token(dirs[1].path(), Bootstrap::Supplier).unwrap();
-    let r = common::http_get(cheap.supplier_api.unwrap(), "/v1/gpus", Some(&supplier_token)).await;
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/gpus",
+        Some(&supplier_token),
+    )
+    .await;
     assert_eq!(body(&r)["gpus"].as_array().unwrap().len(), 4, "{r}");
     assert_eq!(body(&r)["latest"].as_array().unwrap().len(), 4, "{r}");
-    let r = common::http_get(cheap.supplier_api.unwrap(), "/v1/leases", Some(&supplier_token)).await;
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/leases",
+        Some(&supplier_token),
+    )
+    .await;
     let theirs = body(&r);
     assert_eq!(theirs[0]["lease"], lease["lease"]);
     assert!(theirs[0]["windows_attested"].as_u64().unwrap() >= 2, "{r}");
     let earned: rigmesh_protocol::Credits = theirs[0]["earned"].as_str().unwrap().parse().unwrap();
     assert!(earned > rigmesh_protocol::Credits::ZERO);
-    let r = common::http_get(cheap.supplier_api.unwrap(), "/v1/earnings", Some(&supplier_token)).await;
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/earnings",
+        Some(&supplier_token),
+    )
+    .await;
     assert!(body(&r)["attested_total"].as_str().is_some(), "{r}");
     let r = common::http_get(
         dear.supplier_api.unwrap(),

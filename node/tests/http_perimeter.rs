@@ -105,7 +105,13 @@ fn setup() -> Setup {
 impl Setup {
     fn firewall(&self, listener: Listener, limits: ListenerLimits) -> Arc<Firewall> {
         Arc::new(
-            Firewall::new(listener, limits, self.metrics.clone(), AlertTarget::default()).unwrap(),
+            Firewall::new(
+                listener,
+                limits,
+                self.metrics.clone(),
+                AlertTarget::default(),
+            )
+            .unwrap(),
         )
     }
 
@@ -120,18 +126,24 @@ impl Setup {
                     .unwrap()
                     .0
             }
-            Listener::Analytics => analytics::serve(here, self.api.clone(), fw, pending)
-                .await
-                .unwrap()
-                .0,
-            Listener::Operator => operator::serve(here, self.api.clone(), fw, None, pending)
-                .await
-                .unwrap()
-                .0,
-            Listener::Public => public::serve(here, self.api.store.clone(), fw, pending)
-                .await
-                .unwrap()
-                .0,
+            Listener::Analytics => {
+                analytics::serve(here, self.api.clone(), fw, pending)
+                    .await
+                    .unwrap()
+                    .0
+            }
+            Listener::Operator => {
+                operator::serve(here, self.api.clone(), fw, None, pending)
+                    .await
+                    .unwrap()
+                    .0
+            }
+            Listener::Public => {
+                public::serve(here, self.api.store.clone(), fw, pending)
+                    .await
+                    .unwrap()
+                    .0
+            }
             Listener::Monitoring => unreachable!("tested in metrics.rs"),
         }
     }
@@ -142,7 +154,13 @@ impl Setup {
 
     /// A token with `scopes`, made directly in the store by an all-scopes
     /// granter, created at `at`.
-    fn token(&self, name: &str, scopes: &[Scope], expires_in_secs: Option<u64>, at: UnixMillis) -> String {
+    fn token(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        expires_in_secs: Option<u64>,
+        at: UnixMillis,
+    ) -> String {
         let granter = TokenRecord {
             id: "granter".into(),
             name: "granter".into(),
@@ -184,7 +202,10 @@ async fn tokens_have_scopes_expiry_and_revocation() {
     let missing = call(addr, me, "GET", "/v1/bids", None, "").await;
     assert_eq!((missing.status, error_of(&missing)), (401, "token_missing"));
     let unknown = call(addr, me, "GET", "/v1/bids", Some(&"ab".repeat(32)), "").await;
-    assert_eq!((unknown.status, error_of(&unknown)), (401, "token_not_recognised"));
+    assert_eq!(
+        (unknown.status, error_of(&unknown)),
+        (401, "token_not_recognised")
+    );
 
     // The bootstrap token makes a read-only token for a dashboard.
     let made = call(
@@ -205,7 +226,10 @@ async fn tokens_have_scopes_expiry_and_revocation() {
     let trade = call(addr, me, "POST", "/v1/bid", Some(&reader), "{}").await;
     assert_eq!((trade.status, error_of(&trade)), (403, "scope_missing"));
     assert!(
-        trade.body["reason"].as_str().unwrap().contains("customer:trade"),
+        trade.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("customer:trade"),
         "{}",
         trade.body
     );
@@ -236,7 +260,10 @@ async fn tokens_have_scopes_expiry_and_revocation() {
     let list = call(addr, me, "GET", "/v1/tokens", Some(&admin), "").await;
     assert_eq!(list.status, 200);
     let text = list.body.to_string();
-    assert!(text.contains("dash") && text.contains("customer-cli"), "{text}");
+    assert!(
+        text.contains("dash") && text.contains("customer-cli"),
+        "{text}"
+    );
     assert!(!text.contains(&reader) && !text.contains(&admin), "{text}");
 
     // Revoked: refused with its own error from the next request on.
@@ -263,7 +290,13 @@ async fn tokens_have_scopes_expiry_and_revocation() {
     assert_eq!((other.status, error_of(&other)), (403, "scope_missing"));
 
     let metrics = s.metrics_text();
-    for reason in ["token_missing", "token_not_recognised", "token_revoked", "token_expired", "scope_missing"] {
+    for reason in [
+        "token_missing",
+        "token_not_recognised",
+        "token_revoked",
+        "token_expired",
+        "scope_missing",
+    ] {
         assert!(
             metrics.contains(&format!(
                 r#"rigmesh_api_refusals_total{{listener="customer",reason="{reason}"}}"#
@@ -272,7 +305,9 @@ async fn tokens_have_scopes_expiry_and_revocation() {
         );
     }
     assert!(
-        metrics.contains(r#"rigmesh_api_requests_total{listener="customer",route="/v1/offers",status="200"}"#),
+        metrics.contains(
+            r#"rigmesh_api_requests_total{listener="customer",route="/v1/offers",status="200"}"#
+        ),
         "{metrics}"
     );
 }
@@ -305,12 +340,16 @@ async fn a_burst_from_one_address_or_token_is_refused_while_others_are_served() 
             limited += 1;
         }
     }
-    assert!(limited >= 3, "the burst past 5 was refused ({limited} of 4)");
+    assert!(
+        limited >= 3,
+        "the burst past 5 was refused ({limited} of 4)"
+    );
     let other = call(per_ip, b, "GET", "/v1/offers", Some(&admin), "").await;
     assert_eq!(other.status, 200, "another address is still served");
     let metrics = s.metrics_text();
     assert!(
-        metrics.contains(r#"rigmesh_api_refusals_total{listener="customer",reason="rate_limited"}"#),
+        metrics
+            .contains(r#"rigmesh_api_refusals_total{listener="customer",reason="rate_limited"}"#),
         "{metrics}"
     );
     assert!(
@@ -338,7 +377,10 @@ async fn a_burst_from_one_address_or_token_is_refused_while_others_are_served() 
     let r = call(per_token, a, "GET", "/v1/offers", Some(&noisy), "").await;
     assert_eq!((r.status, error_of(&r)), (429, "rate_limited"));
     let r = call(per_token, a, "GET", "/v1/offers", Some(&quiet), "").await;
-    assert_eq!(r.status, 200, "another token from the same address is served");
+    assert_eq!(
+        r.status, 200,
+        "another token from the same address is served"
+    );
 }
 
 #[tokio::test]
@@ -354,7 +396,10 @@ async fn a_body_over_the_limit_is_413_and_changes_nothing() {
         )
         .await;
     let admin = s.bootstrap(Bootstrap::Customer);
-    let big = format!(r#"{{"name":"big","scopes":["customer:read"],"pad":"{}"}}"#, "x".repeat(1000));
+    let big = format!(
+        r#"{{"name":"big","scopes":["customer:read"],"pad":"{}"}}"#,
+        "x".repeat(1000)
+    );
     let r = call(addr, localhost(), "POST", "/v1/tokens", Some(&admin), &big).await;
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(s.api.tokens.list().len(), 2, "no token was made");
@@ -399,7 +444,9 @@ async fn the_public_listener_pages_offers_and_states_prices_without_a_token() {
         .store
         .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
         .unwrap();
-    let addr = s.serve(Listener::Public, ListenerLimits::open_to_all()).await;
+    let addr = s
+        .serve(Listener::Public, ListenerLimits::open_to_all())
+        .await;
     let me = localhost();
 
     let first = call(addr, me, "GET", "/v1/offers?limit=2", None, "").await;
@@ -407,10 +454,26 @@ async fn the_public_listener_pages_offers_and_states_prices_without_a_token() {
     assert_eq!(first.body["total"], 5);
     assert_eq!(first.body["offers"].as_array().unwrap().len(), 2);
     let cursor = first.body["next_cursor"].as_str().unwrap().to_string();
-    let rest = call(addr, me, "GET", &format!("/v1/offers?limit=10&cursor={cursor}"), None, "").await;
+    let rest = call(
+        addr,
+        me,
+        "GET",
+        &format!("/v1/offers?limit=10&cursor={cursor}"),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(rest.body["offers"].as_array().unwrap().len(), 3);
     assert!(rest.body["next_cursor"].is_null());
-    let eu = call(addr, me, "GET", "/v1/offers?region=eu&max_price=2.5", None, "").await;
+    let eu = call(
+        addr,
+        me,
+        "GET",
+        "/v1/offers?region=eu&max_price=2.5",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(eu.body["total"], 2, "{}", eu.body);
     let bad = call(addr, me, "GET", "/v1/offers?cursor=zz", None, "").await;
     assert_eq!(bad.status, 400);
@@ -470,7 +533,12 @@ async fn authorization_matrix_from_the_route_tables() {
     let now = UnixMillis::now();
     let single: Vec<(Scope, String)> = Scope::ALL
         .iter()
-        .map(|scope| (*scope, s.token(&scope.name().replace(':', "-"), &[*scope], None, now)))
+        .map(|scope| {
+            (
+                *scope,
+                s.token(&scope.name().replace(':', "-"), &[*scope], None, now),
+            )
+        })
         .collect();
     // Revoked again and again by the matrix: revocation is idempotent.
     s.token("victim", &[Scope::CustomerRead], None, now);
@@ -490,10 +558,18 @@ async fn authorization_matrix_from_the_route_tables() {
             let none = call(addr, me, spec.method, &path, None, "").await;
             match spec.access {
                 Access::Scope(_) | Access::AnyToken => {
-                    assert_eq!((none.status, error_of(&none)), (401, "token_missing"), "{what}")
+                    assert_eq!(
+                        (none.status, error_of(&none)),
+                        (401, "token_missing"),
+                        "{what}"
+                    )
                 }
                 Access::Open | Access::OwnToken => {
-                    assert!(![401, 403, 404, 405].contains(&none.status), "{what}: {}", none.status)
+                    assert!(
+                        ![401, 403, 404, 405].contains(&none.status),
+                        "{what}: {}",
+                        none.status
+                    )
                 }
             }
             for (scope, token) in &single {
@@ -510,11 +586,134 @@ async fn authorization_matrix_from_the_route_tables() {
                         r.body
                     );
                 } else {
-                    assert_eq!((r.status, error_of(&r)), (403, "scope_missing"), "{what} with {scope}");
+                    assert_eq!(
+                        (r.status, error_of(&r)),
+                        (403, "scope_missing"),
+                        "{what} with {scope}"
+                    );
                 }
                 checked += 1;
             }
         }
     }
     assert!(checked > 100, "{checked} checks");
+}
+
+async fn start_node(
+    role: rigmesh_node::config::Role,
+    dir: &std::path::Path,
+) -> rigmesh_node::node::RunningNode {
+    let here: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    rigmesh_node::node::start(rigmesh_node::config::NodeConfig {
+        role,
+        data_dir: dir.to_path_buf(),
+        network: common::config(),
+        monitoring: here,
+        customer_api: here,
+        supplier_api: here,
+        public_api: here,
+        analytics_api: here,
+        operator_api: here,
+        ..rigmesh_node::config::NodeConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A started node serves the listeners of its role and no others, says it
+/// is ready and healthy, and keeps its tokens across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_node_serves_the_listeners_its_role_needs() {
+    use rigmesh_node::config::Role;
+    common::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(Role::Customer, dir.path()).await;
+    assert!(node.customer_api.is_some() && node.analytics_api.is_some());
+    assert!(node.supplier_api.is_none() && node.operator_api.is_none());
+    let me = localhost();
+    let ready = call(node.monitoring, me, "GET", "/ready", None, "").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let health = call(node.monitoring, me, "GET", "/health", None, "").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["ledger"]["writable"], true, "{}", health.body);
+    assert!(health.body["queues"]["customer_commands"]["capacity"].is_u64());
+    let market = call(node.public_api, me, "GET", "/v1/market", None, "").await;
+    assert_eq!(market.status, 200, "{}", market.body);
+
+    let token = tokens::read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let analytics = node.analytics_api.unwrap();
+    let spend = call(analytics, me, "GET", "/v1/spend", Some(&token), "").await;
+    assert_eq!(spend.status, 200, "{}", spend.body);
+    let account = call(
+        node.customer_api.unwrap(),
+        me,
+        "GET",
+        "/v1/account",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(account.status, 401);
+    let made = call(
+        node.customer_api.unwrap(),
+        me,
+        "POST",
+        "/v1/tokens",
+        Some(&token),
+        r#"{"name":"board","scopes":["analytics:read"]}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let board = made.body["token"].as_str().unwrap().to_string();
+    node.stop().await.unwrap();
+
+    let node = start_node(Role::Customer, dir.path()).await;
+    let analytics = node.analytics_api.unwrap();
+    for t in [&token, &board] {
+        let r = call(analytics, me, "GET", "/v1/spend", Some(t), "").await;
+        assert_eq!(r.status, 200, "tokens survive a restart: {}", r.body);
+    }
+    let r = call(
+        node.customer_api.unwrap(),
+        me,
+        "POST",
+        "/v1/bid",
+        Some(&board),
+        "{}",
+    )
+    .await;
+    assert_eq!((r.status, error_of(&r)), (403, "scope_missing"));
+    node.stop().await.unwrap();
+
+    // A supplier node has no customer listener; its token is its own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = rigmesh_node::config::NodeConfig {
+        role: Role::Supplier,
+        data_dir: dir.path().to_path_buf(),
+        network: common::config(),
+        ..rigmesh_node::config::NodeConfig::default()
+    };
+    let here: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    (config.monitoring, config.customer_api, config.supplier_api) = (here, here, here);
+    (config.public_api, config.analytics_api, config.operator_api) = (here, here, here);
+    config.supplier.gpus =
+        rigmesh_node::telemetry::GpuSourceConfig::Sim(rigmesh_node::telemetry::SimSpec::Profile(
+            rigmesh_node::telemetry::SimProfile::builtin("a100x4").unwrap(),
+        ));
+    config.supplier.prices = [("NVIDIA A100-SXM4-80GB".to_string(), "1.5".parse().unwrap())].into();
+    let node = rigmesh_node::node::start(config).await.unwrap();
+    assert!(node.customer_api.is_none() && node.supplier_api.is_some());
+    assert!(!tokens::token_path(dir.path(), Bootstrap::Customer).exists());
+    let token = tokens::read_token(dir.path(), Bootstrap::Supplier).unwrap();
+    let r = call(
+        node.supplier_api.unwrap(),
+        me,
+        "GET",
+        "/v1/gpus",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    node.stop().await.unwrap();
 }

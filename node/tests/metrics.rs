@@ -9,7 +9,9 @@ use common::{connect, eventually, node};
 use std::sync::atomic::AtomicBool;
 
 use rigmesh_node::api::monitoring::Monitoring;
-use rigmesh_node::api::{serve_monitoring, AlertTarget, ApiMetrics, Firewall, Listener, ListenerLimits};
+use rigmesh_node::api::{
+    serve_monitoring, AlertTarget, ApiMetrics, Firewall, Listener, ListenerLimits,
+};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{samples, Kind};
 

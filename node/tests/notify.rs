@@ -364,7 +364,12 @@ async fn without_a_notify_section_the_endpoints_say_how_to_configure_it() {
         .await
         .unwrap();
     let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
-    let r = common::http_get(node.customer_api.unwrap(), "/v1/notify/channels", Some(&token)).await;
+    let r = common::http_get(
+        node.customer_api.unwrap(),
+        "/v1/notify/channels",
+        Some(&token),
+    )
+    .await;
     assert_eq!(status(&r), 409, "{r}");
     assert!(
         body(&r)["reason"].as_str().unwrap().contains("[notify]"),

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rigmesh_node::api::tokens::{parse_duration_secs, Bootstrap, IssuedToken, NewToken, TokenRecord};
+use rigmesh_node::api::tokens::{
+    parse_duration_secs, Bootstrap, IssuedToken, NewToken, TokenRecord,
+};
 use rigmesh_node::api::Scope;
 use rigmesh_protocol::UnixMillis;
 
@@ -68,7 +70,8 @@ pub(crate) struct RevokeArgs {
 }
 
 fn parse_scope(text: &str) -> Result<Scope, String> {
-    text.parse().map_err(|e: rigmesh_node::error::Error| e.to_string())
+    text.parse()
+        .map_err(|e: rigmesh_node::error::Error| e.to_string())
 }
 
 fn parse_expiry(text: &str) -> Result<u64, String> {

@@ -31,11 +31,11 @@ use rigmesh_protocol::{Credits, Id, Offer, PublicKey, Signed, UnixMillis};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use super::tokens::{NewToken, TokenError, TokenStore};
+use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
 use crate::customer::commands::{BidError, BidOutcome, BidRequest, CustomerCommand, RequestError};
 use crate::customer::report::DEFAULT_USAGE_WINDOWS;
 use crate::customer::spending::BudgetChange;
-use super::tokens::{NewToken, TokenError, TokenStore};
-use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
 use crate::error::{Error, Result};
 
 /// The customer listener's own routes.
@@ -44,14 +44,22 @@ pub const CUSTOMER_ROUTES: &[RouteSpec] = &[
     route("POST", "/v1/bid", Access::Scope(Scope::CustomerTrade)),
     route("GET", "/v1/bids", Access::Scope(Scope::CustomerRead)),
     route("GET", "/v1/bids/{id}", Access::Scope(Scope::CustomerRead)),
-    route("DELETE", "/v1/bids/{id}", Access::Scope(Scope::CustomerTrade)),
+    route(
+        "DELETE",
+        "/v1/bids/{id}",
+        Access::Scope(Scope::CustomerTrade),
+    ),
     route("GET", "/v1/leases", Access::Scope(Scope::CustomerRead)),
     route(
         "POST",
         "/v1/leases/{id}/end",
         Access::Scope(Scope::CustomerTrade),
     ),
-    route("GET", "/v1/usage/{lease}", Access::Scope(Scope::CustomerRead)),
+    route(
+        "GET",
+        "/v1/usage/{lease}",
+        Access::Scope(Scope::CustomerRead),
+    ),
     route("GET", "/v1/budget", Access::Scope(Scope::CustomerRead)),
     route("PUT", "/v1/budget", Access::Scope(Scope::CustomerTrade)),
     route("GET", "/v1/account", Access::Scope(Scope::CustomerRead)),
@@ -79,7 +87,11 @@ pub const COMMON_ROUTES: &[RouteSpec] = &[
         "/v1/notify/channels/{name}/test",
         Access::Scope(Scope::NotifyManage),
     ),
-    route("GET", "/v1/notify/rules", Access::Scope(Scope::NotifyManage)),
+    route(
+        "GET",
+        "/v1/notify/rules",
+        Access::Scope(Scope::NotifyManage),
+    ),
     route("GET", "/v1/notify/log", Access::Scope(Scope::NotifyManage)),
     route(
         "POST",
@@ -415,7 +427,10 @@ pub(crate) async fn supplier_earnings(State(s): State<Scoped>) -> Response {
     .into_response()
 }
 
-pub(crate) async fn whoami(State(s): State<Scoped>, Extension(Caller(token)): Extension<Caller>) -> Response {
+pub(crate) async fn whoami(
+    State(s): State<Scoped>,
+    Extension(Caller(token)): Extension<Caller>,
+) -> Response {
     Json(serde_json::json!({
         "listener": s.listener.name(),
         "account": s.api.account.to_string(),
@@ -449,11 +464,9 @@ async fn create_token(
 ) -> Response {
     let request: NewToken = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(err) => {
-            return bad_request(format!(
-                "the body is not {{\"name\": ..., \"scopes\": [...], \"expires_in_secs\": ...}}: {err}"
-            ))
-        }
+        Err(err) => return bad_request(format!(
+            "the body is not {{\"name\": ..., \"scopes\": [...], \"expires_in_secs\": ...}}: {err}"
+        )),
     };
     let tokens = s.api.tokens.clone();
     let now = rigmesh_protocol::UnixMillis::now();

@@ -301,11 +301,9 @@ pub(crate) async fn serve_app(
         source: e,
     };
     let limits = firewall.limits().clone();
-    let routes = app
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            limits.max_body_bytes,
-        ));
+    let routes = app.layer(axum::extract::DefaultBodyLimit::disable()).layer(
+        tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes),
+    );
     let stack = tower::ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(firewall, firewall::guard))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -322,24 +320,20 @@ pub(crate) async fn serve_app(
     let encrypted = tls.is_some();
     let task = match tls {
         None => tokio::spawn(async move {
-            if let Err(err) = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
+            if let Err(err) =
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
             {
                 tracing::warn!(%err, listener = what, "listener stopped");
             }
         }),
         Some(config) => tokio::spawn(async move {
             let listener = tls::TlsListener::new(listener, config);
-            if let Err(err) = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
+            if let Err(err) =
+                axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
             {
                 tracing::warn!(%err, listener = what, "listener stopped");
             }

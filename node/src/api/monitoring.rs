@@ -51,7 +51,8 @@ pub struct Monitoring {
     /// Set once the node has started its swarm, store and listeners.
     pub ready: Arc<AtomicBool>,
     /// The customer role's command queue, on a customer node.
-    pub customer_queue: Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
+    pub customer_queue:
+        Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
 }
 
 async fn metrics(State(state): State<Monitoring>) -> impl IntoResponse {
@@ -72,7 +73,10 @@ async fn metrics(State(state): State<Monitoring>) -> impl IntoResponse {
 
 /// Writes, syncs and removes a file beside the ledger, then flushes the
 /// ledger: a full disk, a read-only mount or a failing sled all show.
-fn probe_ledger(store: &MarketStore, data_dir: &std::path::Path) -> std::result::Result<(), String> {
+fn probe_ledger(
+    store: &MarketStore,
+    data_dir: &std::path::Path,
+) -> std::result::Result<(), String> {
     use std::io::Write;
     let path = data_dir.join("ledger").join("health.probe");
     let mut file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -28,7 +28,11 @@ use crate::error::{Error, Result};
 /// The operator listener's own routes (the common ones come on top).
 pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/audit", Access::Scope(Scope::OperatorRead)),
-    route("GET", "/v1/audit/verify", Access::Scope(Scope::OperatorRead)),
+    route(
+        "GET",
+        "/v1/audit/verify",
+        Access::Scope(Scope::OperatorRead),
+    ),
     route("GET", "/v1/books", Access::Scope(Scope::OperatorRead)),
 ];
 

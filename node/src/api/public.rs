@@ -82,15 +82,22 @@ async fn offers(State(store): State<Arc<MarketStore>>, Query(q): Query<OfferPage
         q.gpu.as_ref().is_none_or(|g| &b.gpu_model == g)
             && q.max_price.is_none_or(|p| b.price_per_gpu_hour <= p)
             && q.region.as_ref().is_none_or(|r| &b.region == r)
-            && q.min_gpus.is_none_or(|n| u64::from(b.gpu_count) >= u64::from(n))
-            && q.min_memory_mib.is_none_or(|m| u64::from(b.gpu_memory_mib) >= m)
+            && q.min_gpus
+                .is_none_or(|n| u64::from(b.gpu_count) >= u64::from(n))
+            && q.min_memory_mib
+                .is_none_or(|m| u64::from(b.gpu_memory_mib) >= m)
     });
     all.sort_by(|a, b| {
         a.body
             .price_per_gpu_hour
             .cmp(&b.body.price_per_gpu_hour)
             .then(b.body.created_at.cmp(&a.body.created_at))
-            .then(a.body.hardware_fingerprint.0.cmp(&b.body.hardware_fingerprint.0))
+            .then(
+                a.body
+                    .hardware_fingerprint
+                    .0
+                    .cmp(&b.body.hardware_fingerprint.0),
+            )
     });
     let total = all.len();
     let page: Vec<_> = all.into_iter().skip(start).take(limit).collect();

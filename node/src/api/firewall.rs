@@ -307,23 +307,20 @@ impl Firewall {
         self.limits.allow.iter().any(|net| net.contains(&ip))
     }
 
-    /// Admits one more request with the token `id`, or refuses it 429.
-    pub(crate) fn admit_token(&self, id: &str) -> std::result::Result<(), Response> {
+    /// True when one more request with the token `id` is within its rate.
+    pub(crate) fn admit_token(&self, id: &str) -> bool {
         if self.per_token.len() > MAX_LIMITER_KEYS {
             self.per_token.retain_recent();
         }
-        self.per_token
-            .check_key(&id.to_string())
-            .map_err(|_| rate_limited("this token"))
+        self.per_token.check_key(&id.to_string()).is_ok()
     }
 
-    fn admit_ip(&self, ip: IpAddr) -> std::result::Result<(), Response> {
+    /// True when one more request from `ip` is within its rate.
+    fn admit_ip(&self, ip: IpAddr) -> bool {
         if self.per_ip.len() > MAX_LIMITER_KEYS {
             self.per_ip.retain_recent();
         }
-        self.per_ip
-            .check_key(&ip)
-            .map_err(|_| rate_limited("this address"))
+        self.per_ip.check_key(&ip).is_ok()
     }
 
     /// Counts a refusal from `ip`; past the threshold within a minute, a
@@ -395,7 +392,8 @@ impl Firewall {
     }
 }
 
-fn rate_limited(who: &str) -> Response {
+/// A 429 refusal for `who` (this address, this token).
+pub(crate) fn rate_limited(who: &str) -> Response {
     let mut response = refuse(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
@@ -434,10 +432,8 @@ pub(crate) async fn guard(
                 fw.listener.name()
             ),
         ),
-        Some(ip) => match fw.admit_ip(ip) {
-            Err(refusal) => refusal,
-            Ok(()) => next.run(request).await,
-        },
+        Some(ip) if !fw.admit_ip(ip) => rate_limited("this address"),
+        Some(_) => next.run(request).await,
     };
     let status = response.status();
     let tag = response.extensions().get::<RequestTag>().cloned();

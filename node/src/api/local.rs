@@ -464,9 +464,11 @@ async fn create_token(
 ) -> Response {
     let request: NewToken = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(err) => return bad_request(format!(
+        Err(err) => {
+            return bad_request(format!(
             "the body is not {{\"name\": ..., \"scopes\": [...], \"expires_in_secs\": ...}}: {err}"
-        )),
+        ))
+        }
     };
     let tokens = s.api.tokens.clone();
     let now = rigmesh_protocol::UnixMillis::now();

@@ -254,7 +254,8 @@ pub(crate) async fn gate(State(gate): State<Gate>, mut request: Request, next: N
         tag(&mut response, Some(record.name.clone()));
         return response;
     }
-    if let Err(mut response) = gate.firewall.admit_token(&record.id) {
+    if !gate.firewall.admit_token(&record.id) {
+        let mut response = firewall::rate_limited("this token");
         tag(&mut response, Some(record.name.clone()));
         return response;
     }

@@ -84,8 +84,7 @@ async fn offers(State(store): State<Arc<MarketStore>>, Query(q): Query<OfferPage
             && q.region.as_ref().is_none_or(|r| &b.region == r)
             && q.min_gpus
                 .is_none_or(|n| u64::from(b.gpu_count) >= u64::from(n))
-            && q.min_memory_mib
-                .is_none_or(|m| u64::from(b.gpu_memory_mib) >= m)
+            && q.min_memory_mib.is_none_or(|m| b.gpu_memory_mib >= m)
     });
     all.sort_by(|a, b| {
         a.body

@@ -13,6 +13,8 @@ use rigmesh_protocol::Id;
 pub(crate) const CUSTOMER_API: &str = "127.0.0.1:9610";
 /// The supplier API's default address.
 pub(crate) const SUPPLIER_API: &str = "127.0.0.1:9611";
+/// The public API's default address.
+pub(crate) const PUBLIC_API: &str = "127.0.0.1:9620";
 /// The operator API's default address.
 pub(crate) const OPERATOR_API: &str = "127.0.0.1:9630";
 
@@ -77,6 +79,18 @@ impl Api {
     /// Reads the token of the node in `node.data_dir`.
     pub(crate) fn connect(node: &NodeArgs) -> anyhow::Result<Self> {
         Self::connect_as(node, Bootstrap::Customer, node.api)
+    }
+
+    /// A client of an API that needs no token (the public one).
+    pub(crate) fn open(addr: SocketAddr) -> Self {
+        Api {
+            base: format!("http://{addr}"),
+            token: String::new(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
     }
 
     /// Reads `--token-file`, or else the `audience` bootstrap token of the

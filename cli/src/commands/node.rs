@@ -13,7 +13,7 @@ use rigmesh_node::config::{NodeConfig, Overrides, Role};
 pub(crate) enum NodeCommand {
     /// Run a node: join the network, keep a ledger of the market, serve
     /// /metrics and /health. Stops cleanly on Ctrl-C or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The configuration file's reference: with --example, every key of
     /// the node's TOML with its default (optional ones commented out).
     Config {
@@ -67,7 +67,7 @@ pub(crate) struct RunArgs {
 
 pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
-        NodeCommand::Run(args) => args,
+        NodeCommand::Run(args) => *args,
         NodeCommand::Config { example: _ } => {
             let text = rigmesh_node::config::example()?;
             outln!("{}", text.trim_end());
@@ -92,6 +92,11 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         operator_api: args.operator_api,
     });
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let operator_scheme = if config.http.operator_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     runtime.block_on(async move {
         let node = rigmesh_node::node::start(config).await?;
         // Listen before saying where the node is: whoever reads that may
@@ -106,14 +111,14 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             say(format_args!("listening on {addr}/p2p/{}", node.peer_id));
         }
         say(format_args!("public api on http://{}", node.public_api));
-        for (what, addr) in [
-            ("customer", node.customer_api),
-            ("supplier", node.supplier_api),
-            ("analytics", node.analytics_api),
-            ("operator", node.operator_api),
+        for (what, scheme, addr) in [
+            ("customer", "http", node.customer_api),
+            ("supplier", "http", node.supplier_api),
+            ("analytics", "http", node.analytics_api),
+            ("operator", operator_scheme, node.operator_api),
         ] {
             if let Some(addr) = addr {
-                say(format_args!("{what} api on {addr}"));
+                say(format_args!("{what} api on {scheme}://{addr}"));
             }
         }
         say(format_args!("monitoring on http://{}", node.monitoring));

@@ -13,9 +13,6 @@ use serde_json::Value;
 use super::client::{Api, NodeArgs, CUSTOMER_API, SUPPLIER_API};
 use super::text;
 
-/// The supplier API's default address, used with `--supplier` when `--api`
-/// is left at the customer API's default.
-
 /// Notifications: channels, rules, log, acknowledgement.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum NotifyCommand {

@@ -508,6 +508,99 @@ async fn the_operator_listener_refuses_a_network_address_without_tls() {
     assert!(err.contains("TLS"), "{err}");
 }
 
+/// The operator listener over a coordinator's books: the audit tail, the
+/// chain check and the books summary, each behind `operator:read`.
+#[tokio::test]
+async fn the_operator_listener_reads_a_coordinators_audit_chain_and_books() {
+    use rigmesh_protocol::{Credits, Id};
+    let mut s = setup();
+    let key = Keypair::from_seed([9; 32]);
+    let rules = rigmesh_node::config::CoordinatorsConfig::new(1, vec![key.public()])
+        .rules()
+        .unwrap();
+    let books = rigmesh_ledger::Ledger::open(&s.dir.path().join("books")).unwrap();
+    let payer = Keypair::from_seed([8; 32]).public();
+    let cause = rigmesh_ledger::Cause::new(key.public(), Id([7; 32]), UnixMillis::now());
+    books
+        .deposit(payer, Credits::from_units(5_000_000), Id([7; 32]), &cause)
+        .unwrap();
+    s.api.coordinator = Some(Arc::new(rigmesh_node::coordinator::CoordinatorRole::new(
+        key,
+        rules,
+        Arc::new(books),
+        s.api.store.clone(),
+    )));
+    let addr = s.serve(Listener::Operator, ListenerLimits::default()).await;
+    let reader = s.token("auditor", &[Scope::OperatorRead], None, UnixMillis::now());
+    let me = localhost();
+    let r = call(addr, me, "GET", "/v1/books", None, "").await;
+    assert_eq!((r.status, error_of(&r)), (401, "token_missing"));
+    let r = call(addr, me, "GET", "/v1/books", Some(&reader), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["entries"], 1, "{}", r.body);
+    assert_eq!(r.body["totals"]["users"], "5", "{}", r.body);
+    let r = call(addr, me, "GET", "/v1/audit?limit=10", Some(&reader), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let records = r.body["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["action"] == "Deposit"),
+        "{}",
+        r.body
+    );
+    let r = call(addr, me, "GET", "/v1/audit/verify", Some(&reader), "").await;
+    assert_eq!(r.body["intact"], true, "{}", r.body);
+}
+
+/// Off loopback, the operator listener serves only TLS.
+#[tokio::test]
+async fn the_operator_listener_serves_tls_off_loopback() {
+    let s = setup();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (s.dir.path().join("op.crt"), s.dir.path().join("op.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls = rigmesh_node::api::tls::TlsFiles {
+        cert: cert_path,
+        key: key_path,
+    }
+    .server_config()
+    .unwrap();
+    let fw = s.firewall(Listener::Operator, ListenerLimits::default());
+    let (addr, _task) = operator::serve(
+        "0.0.0.0:0".parse().unwrap(),
+        s.api.clone(),
+        fw,
+        Some(tls),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(b"GET /v1/books HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(response.contains("token_missing"), "{response}");
+}
+
 /// A path with its parameters filled in.
 fn concrete(path: &str) -> String {
     let id = "ab".repeat(32);

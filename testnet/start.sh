@@ -13,7 +13,8 @@
 # on the ports it was made with (a different --base-port is refused).
 # Node k (coordinators first, then suppliers, then customers) uses ports
 # BASE+10k (libp2p, TCP), +1 (monitoring: /health, /metrics), +2 (customer
-# API) and +3 (supplier API). Ports below 32768 stay clear of the ports
+# API), +3 (supplier API), +4 (public API), +5 (analytics API) and +6
+# (operator API); a node binds only those of its role. Ports below 32768 stay clear of the ports
 # the kernel hands out for outgoing connections and port 0.
 #
 # Returns once every node answers on /health and every customer sees an

@@ -53,6 +53,7 @@ async fn metrics_count_traffic_and_health_reports_peers() {
         AlertTarget::default(),
     )
     .unwrap();
+    let ready = Arc::new(AtomicBool::new(false));
     let (addr, _task) = serve_monitoring(
         "127.0.0.1:0".parse().unwrap(),
         Monitoring {
@@ -60,7 +61,7 @@ async fn metrics_count_traffic_and_health_reports_peers() {
             network: b.handle.clone(),
             store: b.store.clone(),
             data_dir: data_dir.path().to_path_buf(),
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: ready.clone(),
             customer_queue: None,
         },
         Arc::new(firewall),
@@ -68,6 +69,14 @@ async fn metrics_count_traffic_and_health_reports_peers() {
     )
     .await
     .unwrap();
+    let r = common::http_get(addr, "/ready", None).await;
+    assert!(
+        r.starts_with("HTTP/1.1 503"),
+        "not ready while starting: {r}"
+    );
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    let r = common::http_get(addr, "/ready", None).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let metrics = common::http_get(addr, "/metrics", None).await;
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("rigmesh_net_peers 1"), "{metrics}");

@@ -269,16 +269,22 @@ impl Default for NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// The public listener: open to every network by default.
+    #[serde(deserialize_with = "crate::api::firewall::public_limits")]
     pub public: ListenerLimits,
     /// The customer listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
     pub customer: ListenerLimits,
     /// The supplier listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
     pub supplier: ListenerLimits,
     /// The analytics listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
     pub analytics: ListenerLimits,
     /// The operator listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
     pub operator: ListenerLimits,
     /// The monitoring listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
     pub monitoring: ListenerLimits,
     /// Certificate and key for the operator listener; required to bind
     /// it off loopback.
@@ -472,6 +478,13 @@ pub fn example() -> Result<String> {
          # deposit_alert_above = \"1000\"            # credits; raises an operator alert\n\
          # withdrawal_review_above = \"1000\"        # credits; an admin approves first\n",
     );
+    out.push_str(
+        "\n# TLS for the operator listener (PEM files); required to bind\n\
+         # operator_api off loopback.\n\
+         # [http.operator_tls]\n\
+         # cert = \"/etc/rigmesh/operator.crt\"\n\
+         # key = \"/etc/rigmesh/operator.key\"\n",
+    );
     out.push_str(NOTIFY_EXAMPLE);
     Ok(out)
 }
@@ -542,6 +555,7 @@ mod tests {
             "# withdrawal_review_above = ",
             "# review_new_destinations = false",
             "[supplier.prices]\n# credits per GPU-hour",
+            "# [http.operator_tls]",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }
@@ -606,6 +620,30 @@ mod tests {
             config.node_key_path(),
             Path::new("/var/lib/rigmesh/node.key")
         );
+    }
+
+    #[test]
+    fn listener_limits_that_cannot_work_are_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[http.customer]\nper_ip_burst = 0\n").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("http.customer.per_ip_burst"), "{err}");
+        std::fs::write(&path, "[http.public]\nallow = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("allow"), "{err}");
+        std::fs::write(
+            &path,
+            "[http.public]\nallow = [\"192.0.2.0/24\"]\nmax_body_bytes = 1024\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.http.public.max_body_bytes, 1024);
+        assert_eq!(
+            config.http.public.timeout_secs, 10,
+            "the public defaults fill the rest"
+        );
+        assert_eq!(config.http.customer, ListenerLimits::default());
     }
 
     #[test]

@@ -81,6 +81,57 @@ fn loopback_v6() -> IpNet {
     IpNet::V6(ipnet::Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128))
 }
 
+/// A `[http.<listener>]` table as written: the keys it names, laid over
+/// that listener's own defaults (so `[http.public]` with one key keeps
+/// the public listener open to all).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PartialLimits {
+    allow: Option<Vec<IpNet>>,
+    per_ip_per_minute: Option<u32>,
+    per_ip_burst: Option<u32>,
+    per_token_per_minute: Option<u32>,
+    per_token_burst: Option<u32>,
+    max_body_bytes: Option<usize>,
+    timeout_secs: Option<u64>,
+    max_concurrent: Option<usize>,
+    alert_after_refusals: Option<u32>,
+}
+
+impl PartialLimits {
+    fn over(self, base: ListenerLimits) -> ListenerLimits {
+        ListenerLimits {
+            allow: self.allow.unwrap_or(base.allow),
+            per_ip_per_minute: self.per_ip_per_minute.unwrap_or(base.per_ip_per_minute),
+            per_ip_burst: self.per_ip_burst.unwrap_or(base.per_ip_burst),
+            per_token_per_minute: self
+                .per_token_per_minute
+                .unwrap_or(base.per_token_per_minute),
+            per_token_burst: self.per_token_burst.unwrap_or(base.per_token_burst),
+            max_body_bytes: self.max_body_bytes.unwrap_or(base.max_body_bytes),
+            timeout_secs: self.timeout_secs.unwrap_or(base.timeout_secs),
+            max_concurrent: self.max_concurrent.unwrap_or(base.max_concurrent),
+            alert_after_refusals: self
+                .alert_after_refusals
+                .unwrap_or(base.alert_after_refusals),
+        }
+    }
+}
+
+/// Reads `[http.public]` over the public listener's defaults.
+pub(crate) fn public_limits<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ListenerLimits, D::Error> {
+    Ok(PartialLimits::deserialize(d)?.over(ListenerLimits::open_to_all()))
+}
+
+/// Reads `[http.<listener>]` over the loopback-only defaults.
+pub(crate) fn private_limits<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ListenerLimits, D::Error> {
+    Ok(PartialLimits::deserialize(d)?.over(ListenerLimits::default()))
+}
+
 impl ListenerLimits {
     /// The public listener's defaults: anyone may connect.
     pub fn open_to_all() -> Self {

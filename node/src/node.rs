@@ -1,6 +1,7 @@
-//! A running node: its ledger, key, network, monitoring listener, and the
-//! answer to requests for roles it does not play. Roles plug in here as
-//! they are built.
+//! A running node: its ledger, key, network, the HTTP listeners its role
+//! needs (public and monitoring everywhere; customer, supplier, analytics
+//! or operator by role), and the answer to requests for roles it does not
+//! play. Roles plug in here as they are built.
 //!
 //! Durability: market messages are written through sled, which flushes to
 //! disk every 500 ms and on shutdown; a crash can lose the last half second

@@ -58,7 +58,8 @@ pub(crate) const EXIT_HELD: u8 = 6;
     version,
     propagate_version = true,
     after_help = "Commands that talk to a node read its API token from --data-dir \
-(default ./rigmesh-data) and reach it at --api (default 127.0.0.1:9610).\n\
+(default ./rigmesh-data), or from --token-file (a token made with `rigmesh token \
+create`), and reach it at --api (default 127.0.0.1:9610).\n\
 \n\
 Logs go to stderr; RIGMESH_LOG sets what is logged, as a tracing filter \
 (e.g. RIGMESH_LOG=info, or RIGMESH_LOG=rigmesh_node=debug); the default is warn.\n\

@@ -61,10 +61,12 @@ impl Default for ListenerLimits {
     fn default() -> Self {
         ListenerLimits {
             allow: vec![loopback_v4(), loopback_v6()],
-            per_ip_per_minute: 600,
-            per_ip_burst: 60,
-            per_token_per_minute: 600,
-            per_token_burst: 60,
+            // Loopback listeners serve the node's own tools, which may poll
+            // (a waiting bid, a dashboard): 100 a second, bursts of 500.
+            per_ip_per_minute: 6000,
+            per_ip_burst: 500,
+            per_token_per_minute: 6000,
+            per_token_burst: 500,
             max_body_bytes: 64 * 1024,
             timeout_secs: 30,
             max_concurrent: 64,
@@ -142,6 +144,8 @@ impl ListenerLimits {
             ],
             per_ip_per_minute: 120,
             per_ip_burst: 30,
+            per_token_per_minute: 600,
+            per_token_burst: 60,
             max_body_bytes: 4 * 1024,
             timeout_secs: 10,
             ..ListenerLimits::default()

@@ -13,7 +13,8 @@
 # on the ports it was made with (a different --base-port is refused).
 # Node k (coordinators first, then suppliers, then customers) uses ports
 # BASE+10k (libp2p, TCP), +1 (monitoring: /health, /metrics), +2 (customer
-# API) and +3 (supplier API). Ports below 32768 stay clear of the ports
+# API), +3 (supplier API), +4 (public API), +5 (analytics API) and +6
+# (operator API); a node binds only those of its role. Ports below 32768 stay clear of the ports
 # the kernel hands out for outgoing connections and port 0.
 #
 # Returns once every node answers on /health and every customer sees an
@@ -101,6 +102,9 @@ write_config() {
         echo "monitoring = \"127.0.0.1:$((port + 1))\""
         echo "customer_api = \"127.0.0.1:$((port + 2))\""
         echo "supplier_api = \"127.0.0.1:$((port + 3))\""
+        echo "public_api = \"127.0.0.1:$((port + 4))\""
+        echo "analytics_api = \"127.0.0.1:$((port + 5))\""
+        echo "operator_api = \"127.0.0.1:$((port + 6))\""
         echo
         echo "[network]"
         echo "listen = [\"/ip4/127.0.0.1/tcp/$port\"]"

@@ -80,14 +80,16 @@ fn a_supplier_node_offers_its_simulated_gpus_to_the_cli() {
     let config = supplier_config(dir.path(), &model);
     let data = dir.path().join("data");
     let (child, lines) = start_with(&data, &["--config", config.to_str().unwrap()]);
+    // A supplier node serves no customer API; the market is on its public one.
+    assert!(!lines.iter().any(|l| l.starts_with("customer api on")));
     let api = lines
         .iter()
-        .find_map(|l| l.strip_prefix("customer api on http://"))
+        .find_map(|l| l.strip_prefix("public api on http://"))
         .unwrap()
         .to_string();
     let offers = |extra: &[&str]| {
         Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
-            .args(["offers", "--api", &api, "--data-dir"])
+            .args(["offers", "--public", "--api", &api, "--data-dir"])
             .arg(&data)
             .args(extra)
             .output()
@@ -250,6 +252,9 @@ fn refused_at_start(data_dir: &std::path::Path, extra: &[&str]) -> (Option<i32>,
         ("--monitoring", "127.0.0.1:0"),
         ("--customer-api", "127.0.0.1:0"),
         ("--supplier-api", "127.0.0.1:0"),
+        ("--public-api", "127.0.0.1:0"),
+        ("--analytics-api", "127.0.0.1:0"),
+        ("--operator-api", "127.0.0.1:0"),
     ] {
         if !extra.contains(&flag) {
             args.extend_from_slice(&[flag, value]);
@@ -330,6 +335,7 @@ fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
             "127.0.0.1:0",
         ])
         .args(["--supplier-api", "127.0.0.1:0", "--bootstrap", &bootstrap])
+        .args(["--public-api", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())

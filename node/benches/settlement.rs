@@ -68,6 +68,9 @@ async fn start(role: Role, dir: &std::path::Path, member: Option<usize>) -> Runn
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        operator_api: "127.0.0.1:0".parse().unwrap(),
         coordinators: Some(set_config()),
         ..NodeConfig::default()
     })

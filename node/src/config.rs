@@ -9,6 +9,7 @@ use libp2p::Multiaddr;
 use rigmesh_protocol::{CoordinatorSet, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{Listener, ListenerLimits};
 use crate::error::{Error, Result};
 use crate::network::NetworkConfig;
 
@@ -231,6 +232,15 @@ pub struct NodeConfig {
     pub customer_api: SocketAddr,
     /// Address of the supplier API for the CLI; loopback by default.
     pub supplier_api: SocketAddr,
+    /// Address of the public API (read-only market data, no token).
+    pub public_api: SocketAddr,
+    /// Address of the analytics API (read-only usage, spend, earnings).
+    pub analytics_api: SocketAddr,
+    /// Address of a coordinator's operator API; loopback unless
+    /// `[http.operator_tls]` is set.
+    pub operator_api: SocketAddr,
+    /// The firewall of each listener, and the operator listener's TLS.
+    pub http: HttpConfig,
     /// The coordinator set, needed to check certificates.
     pub coordinators: Option<CoordinatorsConfig>,
     /// The account key (created on first run); default `<data_dir>/account.key`.
@@ -252,10 +262,71 @@ impl Default for NodeConfig {
             monitoring: SocketAddr::from(([127, 0, 0, 1], 9600)),
             customer_api: SocketAddr::from(([127, 0, 0, 1], 9610)),
             supplier_api: SocketAddr::from(([127, 0, 0, 1], 9611)),
+            public_api: SocketAddr::from(([127, 0, 0, 1], 9620)),
+            analytics_api: SocketAddr::from(([127, 0, 0, 1], 9612)),
+            operator_api: SocketAddr::from(([127, 0, 0, 1], 9630)),
+            http: HttpConfig::default(),
             coordinators: None,
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
             notify: None,
+        }
+    }
+}
+
+/// The firewall limits of each HTTP listener (`[http.<listener>]`), and
+/// the operator listener's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The public listener: open to every network by default.
+    #[serde(deserialize_with = "crate::api::firewall::public_limits")]
+    pub public: ListenerLimits,
+    /// The customer listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
+    pub customer: ListenerLimits,
+    /// The supplier listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
+    pub supplier: ListenerLimits,
+    /// The analytics listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
+    pub analytics: ListenerLimits,
+    /// The operator listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
+    pub operator: ListenerLimits,
+    /// The monitoring listener.
+    #[serde(deserialize_with = "crate::api::firewall::private_limits")]
+    pub monitoring: ListenerLimits,
+    /// Certificate and key for the operator listener; required to bind
+    /// it off loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_tls: Option<crate::api::tls::TlsFiles>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            public: ListenerLimits::open_to_all(),
+            customer: ListenerLimits::default(),
+            supplier: ListenerLimits::default(),
+            analytics: ListenerLimits::default(),
+            operator: ListenerLimits::default(),
+            monitoring: ListenerLimits::default(),
+            operator_tls: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The limits of `listener`.
+    pub fn limits(&self, listener: Listener) -> &ListenerLimits {
+        match listener {
+            Listener::Public => &self.public,
+            Listener::Customer => &self.customer,
+            Listener::Supplier => &self.supplier,
+            Listener::Analytics => &self.analytics,
+            Listener::Operator => &self.operator,
+            Listener::Monitoring => &self.monitoring,
         }
     }
 }
@@ -279,6 +350,12 @@ pub struct Overrides {
     pub customer_api: Option<SocketAddr>,
     /// `--supplier-api`.
     pub supplier_api: Option<SocketAddr>,
+    /// `--public-api`.
+    pub public_api: Option<SocketAddr>,
+    /// `--analytics-api`.
+    pub analytics_api: Option<SocketAddr>,
+    /// `--operator-api`.
+    pub operator_api: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -290,6 +367,13 @@ impl NodeConfig {
         })?;
         let config: NodeConfig =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for listener in Listener::ALL {
+            config
+                .http
+                .limits(listener)
+                .check(listener.name())
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        }
         if let Some(notify) = &config.notify {
             notify
                 .check()
@@ -319,6 +403,15 @@ impl NodeConfig {
         }
         if let Some(addr) = o.supplier_api {
             self.supplier_api = addr;
+        }
+        if let Some(addr) = o.public_api {
+            self.public_api = addr;
+        }
+        if let Some(addr) = o.analytics_api {
+            self.analytics_api = addr;
+        }
+        if let Some(addr) = o.operator_api {
+            self.operator_api = addr;
         }
         self
     }
@@ -396,6 +489,13 @@ pub fn example() -> Result<String> {
          # deposit_alert_above = \"1000\"            # credits; raises an operator alert\n\
          # withdrawal_review_above = \"1000\"        # credits; an admin approves first\n",
     );
+    out.push_str(
+        "\n# TLS for the operator listener (PEM files); required to bind\n\
+         # operator_api off loopback.\n\
+         # [http.operator_tls]\n\
+         # cert = \"/etc/rigmesh/operator.crt\"\n\
+         # key = \"/etc/rigmesh/operator.key\"\n",
+    );
     out.push_str(NOTIFY_EXAMPLE);
     Ok(out)
 }
@@ -437,6 +537,14 @@ mod tests {
             "monitoring = ",
             "customer_api = ",
             "supplier_api = ",
+            "public_api = ",
+            "analytics_api = ",
+            "operator_api = ",
+            "[http.public]",
+            "[http.customer]",
+            "[http.operator]",
+            "per_ip_per_minute = ",
+            "max_body_bytes = ",
             "[network]",
             "listen = ",
             "bootstrap = ",
@@ -458,6 +566,7 @@ mod tests {
             "# withdrawal_review_above = ",
             "# review_new_destinations = false",
             "[supplier.prices]\n# credits per GPU-hour",
+            "# [http.operator_tls]",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }
@@ -522,6 +631,30 @@ mod tests {
             config.node_key_path(),
             Path::new("/var/lib/rigmesh/node.key")
         );
+    }
+
+    #[test]
+    fn listener_limits_that_cannot_work_are_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "[http.customer]\nper_ip_burst = 0\n").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("http.customer.per_ip_burst"), "{err}");
+        std::fs::write(&path, "[http.public]\nallow = [\"10.0.0.0/33\"]\n").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("allow"), "{err}");
+        std::fs::write(
+            &path,
+            "[http.public]\nallow = [\"192.0.2.0/24\"]\nmax_body_bytes = 1024\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.http.public.max_body_bytes, 1024);
+        assert_eq!(
+            config.http.public.timeout_secs, 10,
+            "the public defaults fill the rest"
+        );
+        assert_eq!(config.http.customer, ListenerLimits::default());
     }
 
     #[test]

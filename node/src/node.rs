@@ -1,6 +1,7 @@
-//! A running node: its ledger, key, network, monitoring listener, and the
-//! answer to requests for roles it does not play. Roles plug in here as
-//! they are built.
+//! A running node: its ledger, key, network, the HTTP listeners its role
+//! needs (public and monitoring everywhere; customer, supplier, analytics
+//! or operator by role), and the answer to requests for roles it does not
+//! play. Roles plug in here as they are built.
 //!
 //! Durability: market messages are written through sled, which flushes to
 //! disk every 500 ms and on shutdown; a crash can lose the last half second
@@ -17,6 +18,8 @@ use rigmesh_protocol::rpc::{CoordinatorResponse, LeaseResponse};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::tokens::Bootstrap;
+use crate::api::Listener;
 use crate::config::{NodeConfig, Role};
 use crate::error::{Error, Result};
 use crate::network::{self, InboundRequest, NodeHandle, Protocol};
@@ -30,12 +33,18 @@ pub struct RunningNode {
     pub peer_id: PeerId,
     /// Addresses the swarm listens on.
     pub listen_addrs: Vec<Multiaddr>,
-    /// Where `/metrics` and `/health` are served.
+    /// Where `/metrics`, `/health` and `/ready` are served.
     pub monitoring: SocketAddr,
-    /// Where the customer API listens.
-    pub customer_api: SocketAddr,
-    /// Where the supplier API listens.
-    pub supplier_api: SocketAddr,
+    /// Where the public API listens (every role).
+    pub public_api: SocketAddr,
+    /// Where the customer API listens (customer and relay nodes).
+    pub customer_api: Option<SocketAddr>,
+    /// Where the supplier API listens (supplier nodes).
+    pub supplier_api: Option<SocketAddr>,
+    /// Where the analytics API listens (customer and supplier nodes).
+    pub analytics_api: Option<SocketAddr>,
+    /// Where the operator API listens (coordinator nodes).
+    pub operator_api: Option<SocketAddr>,
     /// The ledger's market store.
     pub store: Arc<MarketStore>,
     /// The coordinator role, on a coordinator node (its books and rules).
@@ -157,6 +166,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map(|_| rigmesh_notify::NotifyMetrics::register(&mut registry));
     let coordinator_metrics = (config.role == Role::Coordinator)
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
+    let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let net = network::start(
         &network_config,
         key,
@@ -168,41 +178,105 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .await?;
     let handle = net.handle.clone();
     let listen_addrs = handle.listen_addrs().await?;
-    let (monitoring, monitoring_task) = crate::api::serve_monitoring(
-        config.monitoring,
-        Arc::new(registry),
-        handle.clone(),
-        stopped(stop_rx),
-    )
-    .await?;
     let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
         &config.account_key_path(),
     )?);
     let (customer_tx, customer_rx) = tokio::sync::mpsc::channel(16);
     let (view_tx, view_rx) = watch::channel(crate::supplier::runtime::SupplierView::default());
-    let api = crate::api::local::LocalApi {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notify_slot: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>> = Default::default();
+    let firewall = |listener: Listener| -> Result<Arc<crate::api::Firewall>> {
+        Ok(Arc::new(crate::api::Firewall::new(
+            listener,
+            config.http.limits(listener).clone(),
+            api_metrics.clone(),
+            crate::api::AlertTarget {
+                notify: notify_slot.clone(),
+                account: Some(account.public()),
+                audience: Some(crate::notify::audience_of(config.role)),
+            },
+        )?))
+    };
+    let (monitoring, monitoring_task) = crate::api::serve_monitoring(
+        config.monitoring,
+        crate::api::monitoring::Monitoring {
+            registry: Arc::new(registry),
+            network: handle.clone(),
+            store: store.clone(),
+            data_dir: config.data_dir.clone(),
+            ready: ready.clone(),
+            customer_queue: (config.role == Role::Customer).then(|| customer_tx.clone()),
+        },
+        firewall(Listener::Monitoring)?,
+        stopped(stop_rx),
+    )
+    .await?;
+    let mut tasks = vec![net.task, net.ingest_task, monitoring_task];
+    let (public_api, public_task) = crate::api::public::serve(
+        config.public_api,
+        store.clone(),
+        firewall(Listener::Public)?,
+        stopped(stop.subscribe()),
+    )
+    .await?;
+    tasks.push(public_task);
+    let bootstrap: &[Bootstrap] = match config.role {
+        Role::Customer | Role::Relay => &[Bootstrap::Customer],
+        Role::Supplier => &[Bootstrap::Supplier],
+        Role::Coordinator => &[Bootstrap::Operator],
+    };
+    let data_dir = config.data_dir.clone();
+    let token_store =
+        tokio::task::spawn_blocking(move || crate::api::TokenStore::open(&data_dir, bootstrap))
+            .await
+            .map_err(|e| Error::Store(format!("opening the token store: {e}")))??;
+    let mut api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),
-        tokens: crate::api::local::load_or_create_tokens(&config.data_dir)?,
+        tokens: token_store,
         supplier: (config.role == Role::Supplier).then_some(view_rx),
         customer: (config.role == Role::Customer).then_some(customer_tx),
-        notify: Default::default(),
+        notify: notify_slot.clone(),
+        coordinator: None,
     };
-    let notify_slot = api.notify.clone();
-    let (customer_api, customer_task) = crate::api::local::serve(
-        crate::api::local::Scope::Customer,
-        config.customer_api,
-        api.clone(),
-        stopped(stop.subscribe()),
-    )
-    .await?;
-    let (supplier_api, supplier_task) = crate::api::local::serve(
-        crate::api::local::Scope::Supplier,
-        config.supplier_api,
-        api,
-        stopped(stop.subscribe()),
-    )
-    .await?;
+    let mut customer_api = None;
+    if matches!(config.role, Role::Customer | Role::Relay) {
+        let (addr, task) = crate::api::local::serve(
+            Listener::Customer,
+            config.customer_api,
+            api.clone(),
+            firewall(Listener::Customer)?,
+            stopped(stop.subscribe()),
+        )
+        .await?;
+        customer_api = Some(addr);
+        tasks.push(task);
+    }
+    let mut supplier_api = None;
+    if config.role == Role::Supplier {
+        let (addr, task) = crate::api::local::serve(
+            Listener::Supplier,
+            config.supplier_api,
+            api.clone(),
+            firewall(Listener::Supplier)?,
+            stopped(stop.subscribe()),
+        )
+        .await?;
+        supplier_api = Some(addr);
+        tasks.push(task);
+    }
+    let mut analytics_api = None;
+    if matches!(config.role, Role::Customer | Role::Supplier) {
+        let (addr, task) = crate::api::analytics::serve(
+            config.analytics_api,
+            api.clone(),
+            firewall(Listener::Analytics)?,
+            stopped(stop.subscribe()),
+        )
+        .await?;
+        analytics_api = Some(addr);
+        tasks.push(task);
+    }
     let quorum = coordinators.clone().map(|set| {
         crate::quorum::Quorum::new(
             set,
@@ -211,45 +285,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             config.network.limits.request_timeout(),
         )
     });
-    let mut tasks = vec![
-        net.task,
-        net.ingest_task,
-        monitoring_task,
-        customer_task,
-        supplier_task,
-    ];
-    // Started once the APIs are bound, so acknowledgement links can name
-    // the listener that takes them.
-    let mut alerts_to = crate::notify::AlertSink::default();
-    if let (Some(notify), Some(metrics)) = (config.notify.clone(), notify_metrics) {
-        let api_base = match config.role {
-            Role::Supplier => format!("http://{supplier_api}"),
-            _ => format!("http://{customer_api}"),
-        };
-        let (notifier, task) = crate::notify::start(
-            notify,
-            &config.data_dir,
-            account.public(),
-            &api_base,
-            metrics,
-            stopped(stop.subscribe()),
-        )?;
-        alerts_to = notifier.sink();
-        let _ = notify_slot.set(notifier);
-        tasks.push(task);
-        if let Some(set) = coordinators.clone() {
-            tasks.push(crate::notify::watch_gossip(
-                &handle,
-                set,
-                account.public(),
-                crate::notify::audience_of(config.role),
-                alerts_to.clone(),
-                stopped(stop.subscribe()),
-            ));
-        }
-    }
     let mut coordinator_role = None;
-    let inbound_task = if config.role == Role::Coordinator {
+    let mut operator_api = None;
+    if config.role == Role::Coordinator {
         let (Some(rules), Some(_)) = (rules.clone(), coordinators.as_ref()) else {
             return Err(Error::Config(
                 "a coordinator needs the [coordinators] table (epoch, members)".into(),
@@ -278,11 +316,66 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         role.metrics = coordinator_metrics;
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
+        api.coordinator = Some(role);
+        let tls = config
+            .http
+            .operator_tls
+            .as_ref()
+            .map(crate::api::tls::TlsFiles::server_config)
+            .transpose()?;
+        let (addr, task) = crate::api::operator::serve(
+            config.operator_api,
+            api.clone(),
+            firewall(Listener::Operator)?,
+            tls,
+            stopped(stop.subscribe()),
+        )
+        .await?;
+        operator_api = Some(addr);
+        tasks.push(task);
+    }
+    // Started once the APIs are bound, so acknowledgement links can name
+    // the listener that takes them.
+    let mut alerts_to = crate::notify::AlertSink::default();
+    if let (Some(notify), Some(metrics)) = (config.notify.clone(), notify_metrics) {
+        let scheme = if config.http.operator_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let api_base = match (supplier_api, customer_api, operator_api) {
+            (Some(addr), _, _) | (None, Some(addr), _) => format!("http://{addr}"),
+            (None, None, Some(addr)) => format!("{scheme}://{addr}"),
+            (None, None, None) => format!("http://{}", config.customer_api),
+        };
+        let (notifier, task) = crate::notify::start(
+            notify,
+            &config.data_dir,
+            account.public(),
+            &api_base,
+            metrics,
+            stopped(stop.subscribe()),
+        )?;
+        alerts_to = notifier.sink();
+        let _ = notify_slot.set(notifier);
+        tasks.push(task);
+        if let Some(set) = coordinators.clone() {
+            tasks.push(crate::notify::watch_gossip(
+                &handle,
+                set,
+                account.public(),
+                crate::notify::audience_of(config.role),
+                alerts_to.clone(),
+                stopped(stop.subscribe()),
+            ));
+        }
+    }
+    if let (Some(_), Some(quorum)) = (&coordinator_role, &quorum) {
         let unreachable_secs = config
             .coordinators
             .as_ref()
             .map_or(0, |c| c.member_unreachable_secs);
-        if let (true, Some(quorum)) = (alerts_to.is_on() && unreachable_secs > 0, &quorum) {
+        if alerts_to.is_on() && unreachable_secs > 0 {
             tasks.push(crate::coordinator::reach::watch_members(
                 quorum.clone(),
                 account.public(),
@@ -292,6 +385,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 stop.subscribe(),
             ));
         }
+    }
+    let inbound_task = if let Some(role) = coordinator_role.clone() {
         let report_every_ms = config
             .coordinators
             .as_ref()
@@ -376,14 +471,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         )));
     }
     tasks.push(tokio::spawn(prune_expired(store.clone(), stop.subscribe())));
+    ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
     Ok(RunningNode {
         peer_id: handle.peer_id(),
         handle,
         listen_addrs,
         monitoring,
+        public_api,
         customer_api,
         supplier_api,
+        analytics_api,
+        operator_api,
         store,
         coordinator: coordinator_role,
         quorum,

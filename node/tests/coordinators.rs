@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::eventually;
 use rigmesh_ledger::Account;
-use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
 use rigmesh_node::network::Protocol;
 use rigmesh_node::node::RunningNode;
@@ -67,6 +67,9 @@ async fn start_with(
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        operator_api: "127.0.0.1:0".parse().unwrap(),
         coordinators: Some(coordinators()),
         ..NodeConfig::default()
     };
@@ -199,11 +202,11 @@ async fn ready_market_with(
 /// budget), by the customer whose data directory is `dir`.
 async fn bid_one(customer: &RunningNode, dir: &Path, extra: &str) -> String {
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dir, Scope::Customer).unwrap();
+    let token = read_token(dir, Bootstrap::Customer).unwrap();
     let request = format!(
         r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1{extra}}}"#
     );
-    common::http_post(customer.customer_api, "/v1/bid", &token, &request).await
+    common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await
 }
 
 /// The lease's book at coordinator `c`, if its escrow is applied there.
@@ -255,10 +258,10 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     assert_eq!(applied, 3, "the three live coordinators apply the deposit");
 
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     let request =
         format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.50","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let lease = body(&r);
     assert_eq!(lease["escrowed"], "3.4", "2 GPUs x 1 h x 1.70");
@@ -268,8 +271,8 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
 
     // Windows are attested, acked and settled in pairs.
     let seller = account_of(dirs[4].path());
-    let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
-    let api = supplier.supplier_api;
+    let supplier_token = read_token(dirs[4].path(), Bootstrap::Supplier).unwrap();
+    let api = supplier.supplier_api.unwrap();
     eventually(90, "two settlement certificates", || {
         let token = supplier_token.clone();
         async move {
@@ -312,7 +315,7 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
         r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"min_reputation_bp":{}}}"#,
         score + 1
     );
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &picky).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &picky).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     assert!(r.contains("1 from suppliers below reputation"), "{r}");
     let fees = cs[0]
@@ -340,7 +343,7 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
 
     // The customer's account: each coordinator's view, and the
     // certificates behind it, each verified here.
-    let r = common::http_get(customer.customer_api, "/v1/account", Some(&token)).await;
+    let r = common::http_get(customer.customer_api.unwrap(), "/v1/account", Some(&token)).await;
     let account = body(&r);
     assert_eq!(account["coordinators"].as_array().unwrap().len(), 4, "{r}");
     let receipts = account["receipts"].as_array().unwrap();
@@ -362,21 +365,21 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     // The customer ends the lease; the final settlement refunds the rest.
     let lease_id = lease["lease"].as_str().unwrap().to_string();
     let r = common::http_post(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         &format!("/v1/leases/{lease_id}/end"),
         &token,
         "{}",
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let api = customer.customer_api;
+    let api = customer.customer_api.unwrap();
     let token_ref = &token;
     eventually(90, "the final settlement at the customer", || async move {
         let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
         body(&r)[0]["settlement"]["closed"] == serde_json::json!(true)
     })
     .await;
-    let r = common::http_get(customer.customer_api, "/v1/leases", Some(&token)).await;
+    let r = common::http_get(customer.customer_api.unwrap(), "/v1/leases", Some(&token)).await;
     let settled = &body(&r)[0]["settlement"];
     let paid: Credits = settled["paid"].as_str().unwrap().parse().unwrap();
     let refunded: Credits = settled["refunded"].as_str().unwrap().parse().unwrap();
@@ -434,10 +437,10 @@ async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
     second.stop().await.unwrap();
 
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     let request =
         format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(!r.starts_with("HTTP/1.1 200"), "no quorum, no lease: {r}");
     assert!(r.contains("2 of 4 coordinators answered"), "{r}");
     for c in &cs {
@@ -452,7 +455,8 @@ async fn two_coordinators_down_certify_nothing_and_progress_resumes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut leased = false;
     for _ in 0..10 {
-        let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+        let r =
+            common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
         if r.starts_with("HTTP/1.1 200") {
             leased = true;
             break;
@@ -532,10 +536,10 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
         )))
         .await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     let request =
         format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let supplier_store = supplier.store.clone();
     eventually(60, "acks of three windows at the supplier", || {
@@ -551,8 +555,8 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     for node in cs.iter().chain([&customer]) {
         supplier.handle.dial(dial_addr(node)).await.unwrap();
     }
-    let supplier_token = read_token(dirs[4].path(), Scope::Supplier).unwrap();
-    let api = supplier.supplier_api;
+    let supplier_token = read_token(dirs[4].path(), Bootstrap::Supplier).unwrap();
+    let api = supplier.supplier_api.unwrap();
     eventually(90, "the final settlement of what was metered", || {
         let token = supplier_token.clone();
         async move {
@@ -1192,11 +1196,11 @@ async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let (cs, supplier, customer) = ready_market(&dirs).await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     // Every GPU of the rig, by an account with no money.
     let request =
         format!(r#"{{"gpu":"{model}","count":4,"max_price":"2.50","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(!r.starts_with("HTTP/1.1 200"), "no money, no lease: {r}");
     assert!(r.contains("insufficient_balance"), "{r}");
 
@@ -1204,7 +1208,7 @@ async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
     // supplier's two-minute wait for an escrow that never came.
     let buyer = account_of(dirs[5].path());
     fund(&customer, &buyer, "20", "wire-0006").await;
-    let api = customer.customer_api;
+    let api = customer.customer_api.unwrap();
     eventually(20, "all four GPUs leased", || {
         let (token, request) = (token.clone(), request.clone());
         async move {
@@ -1226,14 +1230,14 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
     let seller = account_of(dirs[4].path());
     fund(&customer, &buyer, "20", "wire-0007").await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     // 1 GPU at 1.70 per GPU-hour in 1 s windows: about 0.000472 a window,
     // so the cap is reached within the 22nd window.
     let cap: Credits = "0.01".parse().unwrap();
     let request = format!(
         r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1,"budget":"{cap}"}}"#
     );
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let leased = body(&r);
     assert_eq!(leased["escrowed"], cap.to_string(), "the escrow is the cap");
@@ -1301,7 +1305,7 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
         assert_eq!(balance(c, &seller).checked_add(fees).unwrap(), paid);
     }
     // The restarted node shows what the coordinators settled, to the unit.
-    let api = customer.customer_api;
+    let api = customer.customer_api.unwrap();
     let shown = |t: String| async move {
         let r = common::http_get(api, "/v1/leases", Some(&t)).await;
         body(&r)[0].clone()
@@ -1327,10 +1331,10 @@ async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
     let seller = account_of(dirs[4].path());
     fund(&customer, &buyer, "20", "wire-0008").await;
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     let request =
         format!(r#"{{"gpu":"{model}","count":1,"max_price":"2.50","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let leased = body(&r);
     let lease: rigmesh_protocol::Id = leased["lease"].as_str().unwrap().parse().unwrap();
@@ -1384,7 +1388,7 @@ async fn a_vanished_suppliers_escrow_comes_back_and_what_was_acked_is_paid() {
     // one micro-credit of rounding per settlement).
     let usage = body(
         &common::http_get(
-            customer.customer_api,
+            customer.customer_api.unwrap(),
             &format!("/v1/usage/{lease}"),
             Some(&token),
         )
@@ -1542,7 +1546,7 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
     let (cs, supplier, customer) = ready_market(&dirs).await;
     let buyer = account_of(dirs[5].path());
     fund(&customer, &buyer, "20", "wire-0010").await;
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     // 1 GPU at 1.70 per GPU-hour in 1 s windows: about 0.000472 a window.
     let r = bid_one(&customer, dirs[5].path(), r#","budget":"0.004""#).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
@@ -1559,7 +1563,7 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
     let cap: Credits = "0.007".parse().unwrap();
     let change = format!(r#"{{"lease":"{lease}","cap":"{cap}"}}"#);
     let r = common::http(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         "PUT",
         "/v1/budget",
         &token,
@@ -1969,8 +1973,8 @@ async fn deposits_count_once_large_ones_and_withdrawals_wait_for_an_admin_and_fo
         ))
         .await
         .unwrap();
-    let token = read_token(dirs[4].path(), Scope::Customer).unwrap();
-    let api = customer.customer_api;
+    let token = read_token(dirs[4].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
     let forged_id = forged.id().unwrap().to_string();
     let token_ref = &token;
     let forged_ref = &forged_id;
@@ -2261,9 +2265,9 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     .await;
     // The customer observes the GPU unreachable: every window from now on
     // is disputed with that observation, which no rule decides.
-    let token = read_token(dirs[5].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
     let refused = common::http_post(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         &format!("/v1/leases/{lease}/dispute"),
         &token,
         r#"{"reason":"overbilled","detail":"too much"}"#,
@@ -2271,7 +2275,7 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     .await;
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     let r = common::http_post(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         &format!("/v1/leases/{lease}/dispute"),
         &token,
         r#"{"reason":"not_delivered","detail":"ssh to the rig times out"}"#,
@@ -2290,7 +2294,7 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     )
     .await;
     let r = common::http_post(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         &format!("/v1/leases/{lease}/end"),
         &token,
         "{}",

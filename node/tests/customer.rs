@@ -11,7 +11,7 @@
 mod common;
 
 use common::eventually;
-use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{NodeConfig, Role};
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::supplier::SupplierConfig;
@@ -35,6 +35,9 @@ async fn start(
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        operator_api: "127.0.0.1:0".parse().unwrap(),
         ..NodeConfig::default()
     };
     if let Some((model, price)) = price {
@@ -73,11 +76,11 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
         async move { store.count(Kind::Offer) == 2 && store.count(Kind::NodeBinding) == 2 }
     })
     .await;
-    let token = read_token(dirs[2].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[2].path(), Bootstrap::Customer).unwrap();
 
     // Nothing under 1.00: explained in numbers, not leased.
     let request = format!(r#"{{"gpu":"{model}","count":2,"max_price":"1.00","hours":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     let reason = body(&r)["reason"].as_str().unwrap().to_string();
     assert!(
@@ -92,7 +95,7 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
     let request = format!(
         r#"{{"gpu":"{model}","count":2,"max_price":"2.50","hours":1,"window_secs":1,"budget":"50"}}"#
     );
-    let r = common::http_post(customer.customer_api, "/v1/bid", &token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", &token, &request).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let lease = body(&r);
     assert_eq!(lease["price_per_gpu_hour"], "1.7", "the cheaper offer wins");
@@ -108,7 +111,7 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
     })
     .await;
     assert_eq!(customer.store.count(Kind::UsageDispute), 0);
-    let r = common::http_get(customer.customer_api, "/v1/leases", Some(&token)).await;
+    let r = common::http_get(customer.customer_api.unwrap(), "/v1/leases", Some(&token)).await;
     let leases = body(&r);
     assert_eq!(leases[0]["lease"], lease["lease"]);
     assert!(leases[0]["acked_windows"].as_u64().unwrap() >= 2);
@@ -120,22 +123,37 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
     assert_eq!(lease["supplier"], cheap_account.public().to_string());
 
     // The supplier's own API shows its GPUs, the lease and what it earned.
-    let supplier_token = read_token(dirs[1].path(), Scope::Supplier).unwrap();
-    let r = common::http_get(cheap.supplier_api, "/v1/gpus", Some(&supplier_token)).await;
+    let supplier_token = read_token(dirs[1].path(), Bootstrap::Supplier).unwrap();
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/gpus",
+        Some(&supplier_token),
+    )
+    .await;
     assert_eq!(body(&r)["gpus"].as_array().unwrap().len(), 4, "{r}");
     assert_eq!(body(&r)["latest"].as_array().unwrap().len(), 4, "{r}");
-    let r = common::http_get(cheap.supplier_api, "/v1/leases", Some(&supplier_token)).await;
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/leases",
+        Some(&supplier_token),
+    )
+    .await;
     let theirs = body(&r);
     assert_eq!(theirs[0]["lease"], lease["lease"]);
     assert!(theirs[0]["windows_attested"].as_u64().unwrap() >= 2, "{r}");
     let earned: rigmesh_protocol::Credits = theirs[0]["earned"].as_str().unwrap().parse().unwrap();
     assert!(earned > rigmesh_protocol::Credits::ZERO);
-    let r = common::http_get(cheap.supplier_api, "/v1/earnings", Some(&supplier_token)).await;
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/earnings",
+        Some(&supplier_token),
+    )
+    .await;
     assert!(body(&r)["attested_total"].as_str().is_some(), "{r}");
     let r = common::http_get(
-        dear.supplier_api,
+        dear.supplier_api.unwrap(),
         "/v1/leases",
-        Some(&read_token(dirs[0].path(), Scope::Supplier).unwrap()),
+        Some(&read_token(dirs[0].path(), Bootstrap::Supplier).unwrap()),
     )
     .await;
     assert_eq!(
@@ -178,7 +196,7 @@ async fn market(
         async move { store.count(Kind::Offer) >= 1 && store.count(Kind::NodeBinding) >= 1 }
     })
     .await;
-    let token = read_token(dirs[1].path(), Scope::Customer).unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
     (model, supplier, customer, token)
 }
 
@@ -186,13 +204,13 @@ async fn market(
 async fn lease_two(customer: &RunningNode, token: &str, model: &str) -> String {
     let request =
         format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.00","hours":1,"window_secs":1}}"#);
-    let r = common::http_post(customer.customer_api, "/v1/bid", token, &request).await;
+    let r = common::http_post(customer.customer_api.unwrap(), "/v1/bid", token, &request).await;
     assert_eq!(status(&r), 200, "{r}");
     body(&r)["lease"].as_str().unwrap().to_string()
 }
 
 async fn get(node: &RunningNode, path: &str, token: &str) -> serde_json::Value {
-    let r = common::http_get(node.customer_api, path, Some(token)).await;
+    let r = common::http_get(node.customer_api.unwrap(), path, Some(token)).await;
     assert_eq!(status(&r), 200, "{path}: {r}");
     body(&r)
 }
@@ -203,7 +221,7 @@ async fn usage_lists_each_window_and_disputes_count_against_the_supplier() {
     let (model, supplier, customer, token) = market(&dirs, "1.70").await;
     let lease = lease_two(&customer, &token, &model).await;
     let path = format!("/v1/usage/{lease}");
-    let (api, t) = (customer.customer_api, token.clone());
+    let (api, t) = (customer.customer_api.unwrap(), token.clone());
     eventually(15, "three windows answered", || {
         let path = path.clone();
         let t = t.clone();
@@ -373,7 +391,7 @@ async fn an_account_cap_stops_acking_within_one_window() {
     let window = credits(&serde_json::json!("0.000945"));
     let cap = credits(&serde_json::json!("0.004"));
     let r = common::http(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         "PUT",
         "/v1/budget",
         &token,
@@ -384,7 +402,7 @@ async fn an_account_cap_stops_acking_within_one_window() {
     assert_eq!(body(&r)["account"]["cap"], "0.004");
     let lease = lease_two(&customer, &token, &model).await;
     let path = format!("/v1/usage/{lease}");
-    let (api, t) = (customer.customer_api, token.clone());
+    let (api, t) = (customer.customer_api.unwrap(), token.clone());
     eventually(20, "the account cap stops the lease", || {
         let path = path.clone();
         let t = t.clone();
@@ -442,8 +460,8 @@ async fn a_standing_bid_is_leased_when_a_supplier_appears() {
     let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let customer = start(Role::Customer, dirs[1].path(), None, 0).await;
-    let token = read_token(dirs[1].path(), Scope::Customer).unwrap();
-    let api = customer.customer_api;
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
     let request = format!(
         r#"{{"gpu":"{model}","count":2,"max_price":"2.00","hours":1,"window_secs":1,"wait_secs":60}}"#
     );
@@ -633,9 +651,9 @@ async fn a_supplier_offers_again_at_once_for_a_bid_it_can_serve() {
 async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let customer = start(Role::Customer, dir.path(), None, 0).await;
-    let token = read_token(dir.path(), Scope::Customer).unwrap();
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
     let put = |node: &RunningNode, json: &'static str| {
-        let (api, token) = (node.customer_api, token.clone());
+        let (api, token) = (node.customer_api.unwrap(), token.clone());
         async move { common::http(api, "PUT", "/v1/budget", &token, Some(json)).await }
     };
     let r = put(&customer, r#"{"account": "12.50"}"#).await;
@@ -659,7 +677,7 @@ async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() 
     }
     let unknown = format!(r#"{{"lease": "{}", "cap": "1"}}"#, Id([5; 32]));
     let r = common::http(
-        customer.customer_api,
+        customer.customer_api.unwrap(),
         "PUT",
         "/v1/budget",
         &token,

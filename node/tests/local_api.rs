@@ -1,117 +1,105 @@
-//! The local API over real HTTP: each audience's listener answers only its
-//! own token; no token is 401, the other scope's token is 403.
+//! The customer and supplier listeners over real HTTP: each route needs
+//! its scope; the bootstrap tokens are private files and only their
+//! hashes are kept; offers are filtered and the supplier sees its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
 use std::sync::Arc;
 
-use rigmesh_ledger::{MarketRecord, MarketStore, OfferKey};
-use rigmesh_node::api::local::{self, LocalApi, Scope};
-use rigmesh_protocol::{Credits, Id, Keypair, Kind, Offer, Signed, UnixMillis, PROTOCOL_VERSION};
+use rigmesh_ledger::MarketStore;
+use rigmesh_node::api::local::{self, LocalApi};
+use rigmesh_node::api::tokens::{self, Bootstrap};
+use rigmesh_node::api::{AlertTarget, ApiMetrics, Firewall, Listener, ListenerLimits, TokenStore};
+use rigmesh_protocol::{Keypair, Offer, Signed};
 
-fn offer(key: &Keypair, model: &str, price: i64) -> Signed<Offer> {
-    let now = UnixMillis::now();
-    Signed::sign(
-        Offer {
-            version: PROTOCOL_VERSION,
-            supplier: key.public(),
-            sequence: 1,
-            gpu_model: model.into(),
-            gpu_memory_mib: 81_920,
-            gpu_count: 2,
-            price_per_gpu_hour: Credits::from_units(price),
-            min_hours: 1,
-            max_hours: 8,
-            region: "eu".into(),
-            hardware_fingerprint: Id::hardware_fingerprint(&[format!("{model}-{price}")]),
-            created_at: now,
-            expires_at: now.plus_ms(600_000),
-        },
-        key,
-    )
-    .unwrap()
-}
-
-fn record(o: &Signed<Offer>) -> MarketRecord {
-    MarketRecord {
-        kind: Kind::Offer,
-        id: o.id().unwrap(),
-        bytes: o.to_bytes().unwrap(),
-        offer: Some(OfferKey {
-            supplier: o.body.supplier,
-            fingerprint: o.body.hardware_fingerprint,
-            sequence: o.body.sequence,
-            expires_at: o.body.expires_at,
-        }),
-        expires_at: None,
-        lease: None,
-    }
-}
+#[path = "common/offers.rs"]
+mod offers;
 
 #[tokio::test]
-async fn each_listener_takes_only_its_own_scope() {
+async fn each_listener_takes_only_the_scopes_of_its_routes() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = local::load_or_create_tokens(dir.path()).unwrap();
-    // Restarting reads the same hashes; the token files are private.
-    assert_eq!(local::load_or_create_tokens(dir.path()).unwrap(), tokens);
+    let store_tokens =
+        TokenStore::open(dir.path(), &[Bootstrap::Customer, Bootstrap::Supplier]).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(local::token_path(dir.path(), Scope::Customer))
+        let mode = std::fs::metadata(tokens::token_path(dir.path(), Bootstrap::Customer))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let customer_token = local::read_token(dir.path(), Scope::Customer).unwrap();
-    let supplier_token = local::read_token(dir.path(), Scope::Supplier).unwrap();
+    let customer_token = tokens::read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let supplier_token = tokens::read_token(dir.path(), Bootstrap::Supplier).unwrap();
     assert_ne!(customer_token, supplier_token);
-    let hashes = std::fs::read_to_string(dir.path().join("api/tokens.blake3")).unwrap();
-    assert!(!hashes.contains(&customer_token), "only hashes are kept");
 
     let me = Keypair::from_seed([1; 32]);
     let other = Keypair::from_seed([2; 32]);
     let store = Arc::new(MarketStore::temporary().unwrap());
-    let offers = [
-        offer(&other, "NVIDIA H100 80GB HBM3", 2_900_000),
-        offer(&other, "NVIDIA H100 80GB HBM3", 2_100_000),
-        offer(&me, "NVIDIA A100-SXM4-80GB", 1_500_000),
+    let listed = [
+        offers::offer(&other, "NVIDIA H100 80GB HBM3", 2_900_000, "eu"),
+        offers::offer(&other, "NVIDIA H100 80GB HBM3", 2_100_000, "eu"),
+        offers::offer(&me, "NVIDIA A100-SXM4-80GB", 1_500_000, "eu"),
     ];
     store
-        .store(&offers.iter().map(record).collect::<Vec<_>>())
+        .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
         .unwrap();
     let api = LocalApi {
         store,
         account: me.public(),
-        tokens,
+        tokens: store_tokens,
         supplier: None,
         customer: None,
         notify: Default::default(),
+        coordinator: None,
     };
     let localhost = "127.0.0.1:0".parse().unwrap();
+    let firewall = |listener| {
+        Arc::new(
+            Firewall::new(
+                listener,
+                ListenerLimits::default(),
+                ApiMetrics::default(),
+                AlertTarget::default(),
+            )
+            .unwrap(),
+        )
+    };
     let (customer, _) = local::serve(
-        Scope::Customer,
+        Listener::Customer,
         localhost,
         api.clone(),
+        firewall(Listener::Customer),
         std::future::pending(),
     )
     .await
     .unwrap();
-    let (supplier, _) = local::serve(Scope::Supplier, localhost, api, std::future::pending())
-        .await
-        .unwrap();
+    let (supplier, _) = local::serve(
+        Listener::Supplier,
+        localhost,
+        api,
+        firewall(Listener::Supplier),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
 
     for addr in [customer, supplier] {
         let r = common::http_get(addr, "/v1/offers", None).await;
         assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(r.contains(r#""error":"token_missing""#), "{r}");
         let r = common::http_get(addr, "/v1/offers", Some("not-a-token")).await;
         assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+        assert!(r.contains(r#""error":"token_not_recognised""#), "{r}");
     }
     let r = common::http_get(customer, "/v1/offers", Some(&supplier_token)).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("customer:read"), "{r}");
+    // whoami takes any valid token of the node, and says what it may do.
     let r = common::http_get(supplier, "/v1/whoami", Some(&customer_token)).await;
-    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains(r#""token":"customer-cli""#), "{r}");
 
     let r = common::http_get(
         customer,
@@ -121,9 +109,9 @@ async fn each_listener_takes_only_its_own_scope() {
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let body = r.split("\r\n\r\n").nth(1).unwrap();
-    let listed: Vec<Signed<Offer>> = serde_json::from_str(body).unwrap();
-    assert_eq!(listed.len(), 1, "one H100 offer at or under 2.5");
-    assert_eq!(listed[0].body.price_per_gpu_hour.to_string(), "2.1");
+    let found: Vec<Signed<Offer>> = serde_json::from_str(body).unwrap();
+    assert_eq!(found.len(), 1, "one H100 offer at or under 2.5");
+    assert_eq!(found[0].body.price_per_gpu_hour.to_string(), "2.1");
 
     let r = common::http_get(supplier, "/v1/offers", Some(&supplier_token)).await;
     let body = r.split("\r\n\r\n").nth(1).unwrap();

@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::eventually;
-use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{NodeConfig, Role};
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::supplier::SupplierConfig;
@@ -89,6 +89,9 @@ fn base(role: Role, dir: &std::path::Path) -> NodeConfig {
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        operator_api: "127.0.0.1:0".parse().unwrap(),
         ..NodeConfig::default()
     }
 }
@@ -178,8 +181,8 @@ async fn a_budget_alert_reaches_a_signed_webhook_and_repeats_until_its_link_ackn
     );
     config.notify = Some(rigmesh_notify::NotifyConfig::from_toml(&notify).unwrap());
     let customer = rigmesh_node::node::start(config).await.unwrap();
-    let api = customer.customer_api;
-    let token = read_token(dirs[1].path(), Scope::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
 
     // The channels as the API lists them: the webhook, its secret unseen.
     let r = common::http_get(api, "/v1/notify/channels", Some(&token)).await;
@@ -364,15 +367,20 @@ async fn without_a_notify_section_the_endpoints_say_how_to_configure_it() {
     let node: RunningNode = rigmesh_node::node::start(base(Role::Customer, dir.path()))
         .await
         .unwrap();
-    let token = read_token(dir.path(), Scope::Customer).unwrap();
-    let r = common::http_get(node.customer_api, "/v1/notify/channels", Some(&token)).await;
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let r = common::http_get(
+        node.customer_api.unwrap(),
+        "/v1/notify/channels",
+        Some(&token),
+    )
+    .await;
     assert_eq!(status(&r), 409, "{r}");
     assert!(
         body(&r)["reason"].as_str().unwrap().contains("[notify]"),
         "{r}"
     );
     // Still behind the bearer token.
-    let r = common::http_get(node.customer_api, "/v1/notify/log", None).await;
+    let r = common::http_get(node.customer_api.unwrap(), "/v1/notify/log", None).await;
     assert_eq!(status(&r), 401, "{r}");
     node.stop().await.unwrap();
 }
@@ -429,8 +437,8 @@ async fn a_silenced_alert_is_not_delivered_and_an_expired_silence_lets_the_next_
     let mut config = base(Role::Customer, dir.path());
     config.notify = Some(quick_notify(&url, &secret_file));
     let node = rigmesh_node::node::start(config).await.unwrap();
-    let api = node.customer_api;
-    let token = read_token(dir.path(), Scope::Customer).unwrap();
+    let api = node.customer_api.unwrap();
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
 
     // Refused, with the reason, and nothing added.
     for (request, reason) in [

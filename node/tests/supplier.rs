@@ -28,6 +28,9 @@ async fn a_customer_leases_simulated_gpus_and_receives_attestations() {
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        operator_api: "127.0.0.1:0".parse().unwrap(),
         supplier: SupplierConfig {
             gpus: GpuSourceConfig::Sim(SimSpec::Builtin("a100x4".into())),
             prices: [(model.clone(), "1.80".parse().unwrap())].into(),

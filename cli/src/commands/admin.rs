@@ -134,6 +134,9 @@ pub(crate) async fn connect(
     config.monitoring = ([127, 0, 0, 1], 0).into();
     config.customer_api = ([127, 0, 0, 1], 0).into();
     config.supplier_api = ([127, 0, 0, 1], 0).into();
+    config.public_api = ([127, 0, 0, 1], 0).into();
+    config.analytics_api = ([127, 0, 0, 1], 0).into();
+    config.operator_api = ([127, 0, 0, 1], 0).into();
     let node = rigmesh_node::node::start(config).await?;
     let quorum = node.quorum.clone().context("no coordinator set")?;
     let need = quorum.set().quorum();

@@ -6,16 +6,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_protocol::Id;
+
+/// The customer API's default address.
+pub(crate) const CUSTOMER_API: &str = "127.0.0.1:9610";
+/// The supplier API's default address.
+pub(crate) const SUPPLIER_API: &str = "127.0.0.1:9611";
+/// The public API's default address.
+pub(crate) const PUBLIC_API: &str = "127.0.0.1:9620";
+/// The operator API's default address.
+pub(crate) const OPERATOR_API: &str = "127.0.0.1:9630";
 
 /// Where the node is, and how to print.
 #[derive(Debug, clap::Args)]
 pub(crate) struct NodeArgs {
-    /// The node's data directory (its customer API token is read from
-    /// `<dir>/api/customer.token`).
+    /// The node's data directory (its bootstrap API token is read from
+    /// `<dir>/api/customer.token`, or supplier.token / operator.token).
     #[arg(long, default_value = "rigmesh-data", value_name = "DIR")]
     pub(crate) data_dir: PathBuf,
+    /// A file holding the API token to use instead of the bootstrap one
+    /// (one made with `rigmesh token create`).
+    #[arg(long, env = "RIGMESH_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// The node's customer API address.
     #[arg(long, default_value = "127.0.0.1:9610", value_name = "ADDR")]
     pub(crate) api: SocketAddr,
@@ -65,23 +78,41 @@ impl Answer {
 impl Api {
     /// Reads the token of the node in `node.data_dir`.
     pub(crate) fn connect(node: &NodeArgs) -> anyhow::Result<Self> {
-        Self::connect_as(node, Scope::Customer, node.api)
+        Self::connect_as(node, Bootstrap::Customer, node.api)
     }
 
-    /// Reads the `scope` token of the node in `node.data_dir`, to call its
-    /// API of that scope at `addr`.
+    /// A client of an API that needs no token (the public one).
+    pub(crate) fn open(addr: SocketAddr) -> Self {
+        Api {
+            base: format!("http://{addr}"),
+            token: String::new(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
+    }
+
+    /// Reads `--token-file`, or else the `audience` bootstrap token of the
+    /// node in `node.data_dir`, to call its API at `addr`.
     pub(crate) fn connect_as(
         node: &NodeArgs,
-        scope: Scope,
+        audience: Bootstrap,
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let token = read_token(&node.data_dir, scope).with_context(|| {
-            format!(
-                "reading the {} API token of the node in {} (is --data-dir the node's?)",
-                scope.name(),
-                node.data_dir.display()
-            )
-        })?;
+        let token = match &node.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token in {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => read_token(&node.data_dir, audience).with_context(|| {
+                format!(
+                    "reading the {} API token of the node in {} (is --data-dir the node's?)",
+                    audience.name(),
+                    node.data_dir.display()
+                )
+            })?,
+        };
         Ok(Api {
             base: format!("http://{addr}"),
             token,

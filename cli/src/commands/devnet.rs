@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rigmesh_node::api::local::{read_token, Scope};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
 use rigmesh_node::customer::runtime::LeaseStatus;
 use rigmesh_node::node::RunningNode;
@@ -87,6 +87,9 @@ fn node_config(role: Role, dir: &Path, set: &CoordinatorsConfig) -> NodeConfig {
         monitoring: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
         customer_api: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
         supplier_api: "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
+        public_api: ([127, 0, 0, 1], 0).into(),
+        analytics_api: ([127, 0, 0, 1], 0).into(),
+        operator_api: ([127, 0, 0, 1], 0).into(),
         coordinators: Some(set.clone()),
         ..NodeConfig::default()
     }
@@ -257,11 +260,14 @@ fn print_market(m: &Market, serve: bool) -> anyhow::Result<()> {
     for (i, (model, price, s)) in m.suppliers.iter().enumerate() {
         outln!(
             "  supplier {i}     {model} at {price}/GPU-h, supplier api http://{}",
-            s.supplier_api
+            address(s.supplier_api)
         );
     }
-    let token = read_token(&m.customer_dir, Scope::Customer)?;
-    outln!("  customer       api http://{}", m.customer.customer_api);
+    let token = read_token(&m.customer_dir, Bootstrap::Customer)?;
+    outln!(
+        "  customer       api http://{}",
+        address(m.customer.customer_api)
+    );
     outln!("                 data dir {}", m.customer_dir.display());
     outln!("                 token {token}");
     outln!(
@@ -274,10 +280,15 @@ fn print_market(m: &Market, serve: bool) -> anyhow::Result<()> {
         outln!(
             "  try: rigmesh offers --data-dir {} --api {}",
             m.customer_dir.display(),
-            m.customer.customer_api
+            address(m.customer.customer_api)
         );
     }
     Ok(())
+}
+
+/// A listener's address, or a dash when the node does not serve it.
+fn address(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "-".into(), |a| a.to_string())
 }
 
 fn books(node: &RunningNode) -> anyhow::Result<BTreeMap<String, Credits>> {
@@ -302,7 +313,7 @@ fn books(node: &RunningNode) -> anyhow::Result<BTreeMap<String, Credits>> {
 async fn scenario(m: &Market) -> anyhow::Result<()> {
     let p = prices()?;
     let (model, _, _) = m.suppliers.first().context("no supplier")?;
-    let token = read_token(&m.customer_dir, Scope::Customer)?;
+    let token = read_token(&m.customer_dir, Bootstrap::Customer)?;
     let budget: Credits = "0.02".parse()?;
     outln!();
     outln!(
@@ -319,7 +330,10 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
         "gpu": model, "count": 2, "max_price": p.high.to_string(), "hours": 1,
         "window_secs": 2, "budget": budget.to_string(),
     });
-    let api = m.customer.customer_api;
+    let api = m
+        .customer
+        .customer_api
+        .context("the customer node serves no customer API")?;
     let customer_token = token.clone();
     let lease: LeaseStatus = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let agent: ureq::Agent = ureq::Agent::config_builder()

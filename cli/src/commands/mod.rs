@@ -23,6 +23,7 @@ mod offers;
 mod progress;
 mod sink;
 mod text;
+mod token;
 mod usage;
 mod withdraw;
 
@@ -59,7 +60,8 @@ pub(crate) const EXIT_HELD: u8 = 6;
     version,
     propagate_version = true,
     after_help = "Commands that talk to a node read its API token from --data-dir \
-(default ./rigmesh-data) and reach it at --api (default 127.0.0.1:9610).\n\
+(default ./rigmesh-data), or from --token-file (a token made with `rigmesh token \
+create`), and reach it at --api (default 127.0.0.1:9610).\n\
 \n\
 Logs go to stderr; RIGMESH_LOG sets what is logged, as a tracing filter \
 (e.g. RIGMESH_LOG=info, or RIGMESH_LOG=rigmesh_node=debug); the default is warn.\n\
@@ -128,6 +130,10 @@ enum Command {
     /// routing rules, the log of what went where, acknowledgement.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// API tokens with scopes and expiry: create (printed once), list,
+    /// revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
@@ -202,6 +208,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Account(args) => account::run(args),
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
         Command::Completions { shell } => completions(shell),
     }
 }

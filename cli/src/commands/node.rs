@@ -13,7 +13,7 @@ use rigmesh_node::config::{NodeConfig, Overrides, Role};
 pub(crate) enum NodeCommand {
     /// Run a node: join the network, keep a ledger of the market, serve
     /// /metrics and /health. Stops cleanly on Ctrl-C or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The configuration file's reference: with --example, every key of
     /// the node's TOML with its default (optional ones commented out).
     Config {
@@ -53,11 +53,21 @@ pub(crate) struct RunArgs {
     /// Address of the supplier API.
     #[arg(long)]
     supplier_api: Option<SocketAddr>,
+    /// Address of the public API (read-only market data, no token).
+    #[arg(long)]
+    public_api: Option<SocketAddr>,
+    /// Address of the analytics API.
+    #[arg(long)]
+    analytics_api: Option<SocketAddr>,
+    /// Address of a coordinator's operator API (loopback unless TLS is
+    /// configured in [http.operator_tls]).
+    #[arg(long)]
+    operator_api: Option<SocketAddr>,
 }
 
 pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     let args = match cmd {
-        NodeCommand::Run(args) => args,
+        NodeCommand::Run(args) => *args,
         NodeCommand::Config { example: _ } => {
             let text = rigmesh_node::config::example()?;
             outln!("{}", text.trim_end());
@@ -77,8 +87,16 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         mdns: args.mdns,
         customer_api: args.customer_api,
         supplier_api: args.supplier_api,
+        public_api: args.public_api,
+        analytics_api: args.analytics_api,
+        operator_api: args.operator_api,
     });
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let operator_scheme = if config.http.operator_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     runtime.block_on(async move {
         let node = rigmesh_node::node::start(config).await?;
         // Listen before saying where the node is: whoever reads that may
@@ -92,8 +110,17 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         for addr in &node.listen_addrs {
             say(format_args!("listening on {addr}/p2p/{}", node.peer_id));
         }
-        say(format_args!("customer api on http://{}", node.customer_api));
-        say(format_args!("supplier api on http://{}", node.supplier_api));
+        say(format_args!("public api on http://{}", node.public_api));
+        for (what, scheme, addr) in [
+            ("customer", "http", node.customer_api),
+            ("supplier", "http", node.supplier_api),
+            ("analytics", "http", node.analytics_api),
+            ("operator", operator_scheme, node.operator_api),
+        ] {
+            if let Some(addr) = addr {
+                say(format_args!("{what} api on {scheme}://{addr}"));
+            }
+        }
         say(format_args!("monitoring on http://{}", node.monitoring));
         signals.wait().await?;
         errln!("stopping");

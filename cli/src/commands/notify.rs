@@ -7,17 +7,12 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use rigmesh_node::api::local::Scope;
+use rigmesh_node::api::tokens::Bootstrap;
 use rigmesh_protocol::UnixMillis;
 use serde_json::Value;
 
-use super::client::{Api, NodeArgs};
+use super::client::{Api, NodeArgs, CUSTOMER_API, SUPPLIER_API};
 use super::text;
-
-/// The supplier API's default address, used with `--supplier` when `--api`
-/// is left at the customer API's default.
-const SUPPLIER_API: &str = "127.0.0.1:9611";
-const CUSTOMER_API: &str = "127.0.0.1:9610";
 
 /// Notifications: channels, rules, log, acknowledgement.
 #[derive(Debug, clap::Subcommand)]
@@ -228,7 +223,7 @@ fn connect(args: &NotifyArgs) -> anyhow::Result<Api> {
     } else {
         args.node.api
     };
-    Api::connect_as(&args.node, Scope::Supplier, addr)
+    Api::connect_as(&args.node, Bootstrap::Supplier, addr)
 }
 
 fn get(args: &NotifyArgs, path: &str, what: &str) -> anyhow::Result<Value> {

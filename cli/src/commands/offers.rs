@@ -1,5 +1,6 @@
 //! `rigmesh offers`: the market's live offers as the node sees them,
-//! cheapest first, through the node's customer API.
+//! cheapest first, through the node's customer API, or with `--public`
+//! through any node's public API (no token; every node serves it).
 
 use std::process::ExitCode;
 
@@ -18,8 +19,46 @@ pub(crate) struct OffersArgs {
     /// Only offers at or below this price per GPU-hour (above zero).
     #[arg(long, value_name = "CREDITS", value_parser = super::text::positive_credits)]
     max_price: Option<Credits>,
+    /// Ask the node's public API instead (no token; --api defaults to
+    /// 127.0.0.1:9620): any node serves it, a supplier's too.
+    #[arg(long)]
+    public: bool,
     #[command(flatten)]
     node: NodeArgs,
+}
+
+/// Pages read from the public API at most (200 offers each).
+const MAX_PAGES: usize = 50;
+
+/// Every page of the public API's offers.
+fn public_offers(args: &OffersArgs, query: &str) -> anyhow::Result<Vec<Signed<Offer>>> {
+    let customer_default: std::net::SocketAddr = super::client::CUSTOMER_API.parse()?;
+    let addr = if args.node.api == customer_default {
+        super::client::PUBLIC_API.parse()?
+    } else {
+        args.node.api
+    };
+    let api = Api::open(addr);
+    let mut offers = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut path = format!("/v1/offers?{query}limit=200");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = api.get(&path)?.into("the offers")?;
+        let listed: Vec<Signed<Offer>> =
+            serde_json::from_value(page.get("offers").cloned().unwrap_or_default())?;
+        offers.extend(listed);
+        cursor = page
+            .get("next_cursor")
+            .and_then(|c| c.as_str())
+            .map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(offers)
 }
 
 fn query_escape(text: &str) -> String {
@@ -34,15 +73,20 @@ fn query_escape(text: &str) -> String {
 }
 
 pub(crate) fn run(args: OffersArgs) -> anyhow::Result<ExitCode> {
-    let api = Api::connect(&args.node)?;
-    let mut path = "/v1/offers?".to_string();
+    let mut query = String::new();
     if let Some(gpu) = &args.gpu {
-        path.push_str(&format!("gpu={}&", query_escape(gpu)));
+        query.push_str(&format!("gpu={}&", query_escape(gpu)));
     }
     if let Some(price) = &args.max_price {
-        path.push_str(&format!("max_price={price}"));
+        query.push_str(&format!("max_price={price}&"));
     }
-    let offers: Vec<Signed<Offer>> = api.get(&path)?.into("the offers")?;
+    let offers: Vec<Signed<Offer>> = if args.public {
+        public_offers(&args, &query)?
+    } else {
+        Api::connect(&args.node)?
+            .get(&format!("/v1/offers?{query}"))?
+            .into("the offers")?
+    };
     if args.node.json {
         outln!("{}", serde_json::to_string_pretty(&offers)?);
     } else if !offers.is_empty() {

@@ -24,7 +24,19 @@ pub fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, Vec<Str
             "--customer-api",
             "127.0.0.1:0",
         ])
-        .args(["--supplier-api", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--supplier-api",
+            "127.0.0.1:0",
+            "--public-api",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--analytics-api",
+            "127.0.0.1:0",
+            "--operator-api",
+            "127.0.0.1:0",
+        ])
+        .args(["--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

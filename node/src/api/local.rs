@@ -1,217 +1,167 @@
-//! The node's local HTTP API for the `rigmesh` CLI: one listener per
-//! audience (customer, supplier), each bound to loopback by default and
-//! each requiring a bearer token of its own scope.
-//!
-//! Tokens: on first start the node writes `<data dir>/api/<scope>.token`
-//! (mode 0600) for the CLI to read, and keeps only their blake3 hashes in
-//! `<data dir>/api/tokens.blake3`; requests are checked against the hashes
-//! (blake3 compares in constant time). No token: 401. A token of the other
-//! scope: 403. Every refusal is logged.
+//! The customer and supplier listeners, the CLI's APIs, each bound to
+//! loopback by default. Every route names the scope it needs in
+//! [`CUSTOMER_ROUTES`], [`SUPPLIER_ROUTES`] or [`COMMON_ROUTES`]; the
+//! token check in [`super::gate`] answers 401 (`token_missing`,
+//! `token_not_recognised`, `token_expired`, `token_revoked`) or 403
+//! (`scope_missing`) before any handler runs.
 //!
 //! The customer endpoints ask the customer role's task through a bounded
 //! channel and answer JSON; a refusal is `{"error": <kind>, "reason":
 //! <text>}` with 400 (bad input, nothing changed), 404 (no such lease or
 //! bid), 409 (conflict, or the node does not play the role) or 5xx.
 //!
-//! Both listeners serve the notifications (`/v1/notify/...`: channels,
-//! rules, log, a test message, acknowledgement). The acknowledgement link
-//! in a message (`/v1/notify/ack/{group}?token=…`) is the one route
-//! without the bearer token: it carries the group's own token instead.
+//! Both listeners (and the operator listener) serve the notifications
+//! (`/v1/notify/...`) and token management (`/v1/tokens`). The
+//! acknowledgement link in a message (`/v1/notify/ack/{group}?token=…`)
+//! is the one route without the bearer token: it carries the group's own
+//! token instead.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
 use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::{Credits, Id, Offer, PublicKey, Signed, UnixMillis};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
+use super::tokens::{NewToken, TokenError, TokenStore};
+use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
 use crate::customer::commands::{BidError, BidOutcome, BidRequest, CustomerCommand, RequestError};
 use crate::customer::report::DEFAULT_USAGE_WINDOWS;
 use crate::customer::spending::BudgetChange;
 use crate::error::{Error, Result};
 
-/// Who an API listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Someone renting GPUs.
-    Customer,
-    /// A rig owner.
-    Supplier,
-}
+/// The customer listener's own routes.
+pub const CUSTOMER_ROUTES: &[RouteSpec] = &[
+    route("GET", "/v1/offers", Access::Scope(Scope::CustomerRead)),
+    route("POST", "/v1/bid", Access::Scope(Scope::CustomerTrade)),
+    route("GET", "/v1/bids", Access::Scope(Scope::CustomerRead)),
+    route("GET", "/v1/bids/{id}", Access::Scope(Scope::CustomerRead)),
+    route(
+        "DELETE",
+        "/v1/bids/{id}",
+        Access::Scope(Scope::CustomerTrade),
+    ),
+    route("GET", "/v1/leases", Access::Scope(Scope::CustomerRead)),
+    route(
+        "POST",
+        "/v1/leases/{id}/end",
+        Access::Scope(Scope::CustomerTrade),
+    ),
+    route(
+        "POST",
+        "/v1/leases/{id}/dispute",
+        Access::Scope(Scope::CustomerTrade),
+    ),
+    route(
+        "GET",
+        "/v1/usage/{lease}",
+        Access::Scope(Scope::CustomerRead),
+    ),
+    route("GET", "/v1/budget", Access::Scope(Scope::CustomerRead)),
+    route("PUT", "/v1/budget", Access::Scope(Scope::CustomerTrade)),
+    route("GET", "/v1/account", Access::Scope(Scope::CustomerRead)),
+];
 
-impl Scope {
-    /// The scope's name, as in token file names.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scope::Customer => "customer",
-            Scope::Supplier => "supplier",
-        }
-    }
-}
+/// The supplier listener's own routes.
+pub const SUPPLIER_ROUTES: &[RouteSpec] = &[
+    route("GET", "/v1/offers", Access::Scope(Scope::SupplierRead)),
+    route("GET", "/v1/gpus", Access::Scope(Scope::SupplierRead)),
+    route("GET", "/v1/leases", Access::Scope(Scope::SupplierRead)),
+    route("GET", "/v1/earnings", Access::Scope(Scope::SupplierRead)),
+];
 
-/// The hashes of the API tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenHashes {
-    customer: blake3::Hash,
-    supplier: blake3::Hash,
-}
+/// Routes of every CLI listener (customer, supplier, operator):
+/// who the token is, notifications, token management.
+pub const COMMON_ROUTES: &[RouteSpec] = &[
+    route("GET", "/v1/whoami", Access::AnyToken),
+    route(
+        "GET",
+        "/v1/notify/channels",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "POST",
+        "/v1/notify/channels",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "DELETE",
+        "/v1/notify/channels/{name}",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "GET",
+        "/v1/notify/silences",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "POST",
+        "/v1/notify/silences",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "DELETE",
+        "/v1/notify/silences/{id}",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "POST",
+        "/v1/notify/channels/{name}/test",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route(
+        "GET",
+        "/v1/notify/rules",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route("GET", "/v1/notify/log", Access::Scope(Scope::NotifyManage)),
+    route(
+        "POST",
+        "/v1/notify/groups/{group}/ack",
+        Access::Scope(Scope::NotifyManage),
+    ),
+    route("GET", "/v1/notify/ack/{group}", Access::OwnToken),
+    route("POST", "/v1/notify/ack/{group}", Access::OwnToken),
+    route("GET", "/v1/tokens", Access::Scope(Scope::TokensManage)),
+    route("POST", "/v1/tokens", Access::Scope(Scope::TokensManage)),
+    route(
+        "DELETE",
+        "/v1/tokens/{token}",
+        Access::Scope(Scope::TokensManage),
+    ),
+];
 
-impl TokenHashes {
-    /// Which scope `token` belongs to, if any.
-    pub fn scope_of(&self, token: &str) -> Option<Scope> {
-        let hash = blake3::hash(token.as_bytes());
-        // blake3::Hash equality is constant-time.
-        if hash == self.customer {
-            Some(Scope::Customer)
-        } else if hash == self.supplier {
-            Some(Scope::Supplier)
-        } else {
-            None
-        }
-    }
-}
-
-fn api_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("api")
-}
-
-fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// The token file the CLI reads for `scope`.
-pub fn token_path(data_dir: &Path, scope: Scope) -> PathBuf {
-    api_dir(data_dir).join(format!("{}.token", scope.name()))
-}
-
-/// Reads the token of `scope` (for the CLI).
-pub fn read_token(data_dir: &Path, scope: Scope) -> Result<String> {
-    let seed = crate::keyfile::read_seed(&token_path(data_dir, scope))?;
-    Ok(hex::encode(seed))
-}
-
-/// Creates the tokens on first start, and returns their hashes.
-pub fn load_or_create_tokens(data_dir: &Path) -> Result<TokenHashes> {
-    let hashes_path = api_dir(data_dir).join("tokens.blake3");
-    if !hashes_path.exists() {
-        let mut lines = String::new();
-        for scope in [Scope::Customer, Scope::Supplier] {
-            // A token is 32 random bytes in hex, in the key-file format.
-            let seed = crate::keyfile::load_or_create_seed(&token_path(data_dir, scope))?;
-            lines.push_str(&format!(
-                "{} {}\n",
-                scope.name(),
-                blake3::hash(hex::encode(seed).as_bytes()).to_hex()
-            ));
-        }
-        std::fs::write(&hashes_path, lines).map_err(|e| io(&hashes_path, e))?;
-    }
-    let text = std::fs::read_to_string(&hashes_path).map_err(|e| io(&hashes_path, e))?;
-    let mut found = [None, None];
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some(hex_hash)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let hash = blake3::Hash::from_hex(hex_hash)
-            .map_err(|e| Error::Config(format!("{}: {e}", hashes_path.display())))?;
-        match name {
-            "customer" => found[0] = Some(hash),
-            "supplier" => found[1] = Some(hash),
-            _ => {}
-        }
-    }
-    match found {
-        [Some(customer), Some(supplier)] => Ok(TokenHashes { customer, supplier }),
-        _ => Err(Error::Config(format!(
-            "{} must list a customer and a supplier token hash",
-            hashes_path.display()
-        ))),
-    }
-}
-
-/// What the local API reads.
+/// What the CLI listeners read.
 #[derive(Clone)]
 pub struct LocalApi {
     /// The node's market store.
     pub store: Arc<MarketStore>,
     /// The node's account (the supplier's own offers are its).
     pub account: PublicKey,
-    /// Token hashes.
-    pub tokens: TokenHashes,
+    /// The token table.
+    pub tokens: TokenStore,
     /// The supplier role's view, when this node plays it.
     pub supplier: Option<tokio::sync::watch::Receiver<crate::supplier::runtime::SupplierView>>,
     /// The customer role, when this node plays it.
     pub customer: Option<tokio::sync::mpsc::Sender<crate::customer::runtime::CustomerCommand>>,
     /// The notifier, once started (when the config has `[notify]`).
     pub notify: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>>,
+    /// The coordinator role, on a coordinator (the operator listener).
+    pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
 }
 
 #[derive(Clone)]
-struct Scoped {
-    api: LocalApi,
-    scope: Scope,
-}
-
-async fn authorize(State(s): State<Scoped>, request: Request, next: Next) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let path = request.uri().path().to_string();
-    match token.map(|t| s.api.tokens.scope_of(t.trim())) {
-        Some(Some(scope)) if scope == s.scope => next.run(request).await,
-        Some(Some(scope)) => {
-            tracing::warn!(%path, api = s.scope.name(), token_scope = scope.name(), "refused: token of another scope");
-            (
-                StatusCode::FORBIDDEN,
-                format!(
-                    "a {} token cannot call the {} API\n",
-                    scope.name(),
-                    s.scope.name()
-                ),
-            )
-                .into_response()
-        }
-        Some(None) => {
-            tracing::warn!(%path, api = s.scope.name(), "refused: unknown token");
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                format!(
-                    "the token is not recognised by this node: use the one in the node's \
-                     <data dir>/api/{}.token\n",
-                    s.scope.name()
-                ),
-            )
-                .into_response()
-        }
-        None => {
-            tracing::warn!(%path, api = s.scope.name(), "refused: no token");
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                format!(
-                    "a bearer token is required: the one in the node's <data dir>/api/{}.token\n",
-                    s.scope.name()
-                ),
-            )
-                .into_response()
-        }
-    }
+pub(crate) struct Scoped {
+    pub(crate) api: LocalApi,
+    pub(crate) listener: Listener,
 }
 
 /// Filters of `GET /v1/offers`.
@@ -223,13 +173,13 @@ pub struct OfferFilter {
     pub max_price: Option<Credits>,
 }
 
-fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
+pub(crate) fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
     store
         .all::<Offer>(UnixMillis::now())
         .map_err(|e| Error::Store(e.to_string()))
 }
 
-fn internal(err: Error) -> Response {
+pub(crate) fn internal(err: Error) -> Response {
     tracing::warn!(%err, "local API error");
     (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
 }
@@ -275,7 +225,7 @@ fn not_a_customer() -> Response {
 }
 
 /// A JSON error body: `{"error": <kind>, "reason": <text>}`.
-fn refusal(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
+pub(crate) fn refusal(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
     (
         status,
         Json(serde_json::json!({"error": error, "reason": reason.into()})),
@@ -321,7 +271,7 @@ fn id_from_path(what: &str, text: &str) -> std::result::Result<Id, String> {
         .map_err(|e| format!("{text:?} is not a {what} id (64 hex digits): {e}"))
 }
 
-fn bad_request(reason: String) -> Response {
+pub(crate) fn bad_request(reason: String) -> Response {
     refusal(StatusCode::BAD_REQUEST, "invalid", reason)
 }
 
@@ -444,7 +394,7 @@ pub struct UsageQuery {
     pub limit: Option<usize>,
 }
 
-async fn usage(
+pub(crate) async fn usage(
     State(s): State<Scoped>,
     UrlPath(lease): UrlPath<String>,
     Query(query): Query<UsageQuery>,
@@ -490,7 +440,7 @@ async fn set_budget(State(s): State<Scoped>, body: axum::body::Bytes) -> Respons
     }
 }
 
-async fn account(State(s): State<Scoped>) -> Response {
+pub(crate) async fn account(State(s): State<Scoped>) -> Response {
     match ask(&s, CustomerCommand::Account).await {
         Ok(result) => answer(result),
         Err(response) => response,
@@ -525,7 +475,7 @@ async fn supplier_leases(State(s): State<Scoped>) -> Response {
     }
 }
 
-async fn supplier_earnings(State(s): State<Scoped>) -> Response {
+pub(crate) async fn supplier_earnings(State(s): State<Scoped>) -> Response {
     let Some(view) = supplier_view(&s) else {
         return not_a_supplier();
     };
@@ -546,9 +496,78 @@ async fn supplier_earnings(State(s): State<Scoped>) -> Response {
     .into_response()
 }
 
-async fn whoami(State(s): State<Scoped>) -> Response {
-    Json(serde_json::json!({"scope": s.scope.name(), "account": s.api.account.to_string()}))
-        .into_response()
+pub(crate) async fn whoami(
+    State(s): State<Scoped>,
+    Extension(Caller(token)): Extension<Caller>,
+) -> Response {
+    Json(serde_json::json!({
+        "listener": s.listener.name(),
+        "account": s.api.account.to_string(),
+        "token": token.name,
+        "token_id": token.id,
+        "scopes": token.scopes,
+        "expires_at": token.expires_at,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/tokens`: every token's record, never a secret.
+async fn list_tokens(State(s): State<Scoped>) -> Response {
+    Json(s.api.tokens.list()).into_response()
+}
+
+fn token_refusal(err: TokenError) -> Response {
+    match err {
+        TokenError::Invalid(reason) => bad_request(reason),
+        TokenError::NotFound(_) => refusal(StatusCode::NOT_FOUND, "not_found", err.to_string()),
+        TokenError::Store(err) => internal(err),
+    }
+}
+
+/// `POST /v1/tokens` with `{"name", "scopes", "expires_in_secs"}`: the new
+/// token, shown this once. It may not grant a scope the caller lacks.
+async fn create_token(
+    State(s): State<Scoped>,
+    Extension(Caller(granter)): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: NewToken = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return bad_request(format!(
+            "the body is not {{\"name\": ..., \"scopes\": [...], \"expires_in_secs\": ...}}: {err}"
+        ))
+        }
+    };
+    let tokens = s.api.tokens.clone();
+    let now = rigmesh_protocol::UnixMillis::now();
+    let by = granter.name.clone();
+    match tokio::task::spawn_blocking(move || tokens.create(request, &granter, now)).await {
+        Ok(Ok(issued)) => {
+            tracing::info!(token = %issued.record.name, id = %issued.record.id, %by, scopes = ?issued.record.scopes, "token created");
+            (StatusCode::CREATED, Json(issued)).into_response()
+        }
+        Ok(Err(err)) => token_refusal(err),
+        Err(err) => internal(Error::Store(format!("token store task: {err}"))),
+    }
+}
+
+/// `DELETE /v1/tokens/{name or id}`: revokes it; it is refused from now.
+async fn revoke_token(
+    State(s): State<Scoped>,
+    Extension(Caller(by)): Extension<Caller>,
+    UrlPath(which): UrlPath<String>,
+) -> Response {
+    let tokens = s.api.tokens.clone();
+    let now = rigmesh_protocol::UnixMillis::now();
+    match tokio::task::spawn_blocking(move || tokens.revoke(&which, now)).await {
+        Ok(Ok(record)) => {
+            tracing::info!(token = %record.name, id = %record.id, by = %by.name, "token revoked");
+            Json(record).into_response()
+        }
+        Ok(Err(err)) => token_refusal(err),
+        Err(err) => internal(Error::Store(format!("token store task: {err}"))),
+    }
 }
 
 fn not_notifying() -> Response {
@@ -648,7 +667,7 @@ async fn notify_ack(
     };
     let by = request
         .by
-        .unwrap_or_else(|| format!("the {} API", s.scope.name()));
+        .unwrap_or_else(|| format!("the {} API", s.listener.name()));
     match n.handle().acknowledge_authorized(&group, &by).await {
         Ok(()) => {
             tracing::info!(%group, %by, "alert group acknowledged");
@@ -726,55 +745,60 @@ async fn ack_link(
     }
 }
 
-/// Serves the API of `scope` on `addr` until `shutdown` completes.
+/// The routes every CLI listener serves (see [`COMMON_ROUTES`]).
+pub(crate) fn common_routes(router: Router<Scoped>) -> Router<Scoped> {
+    router
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/notify/channels/{name}/test", post(notify_test))
+        .route("/v1/notify/rules", get(notify_rules))
+        .route("/v1/notify/log", get(notify_log))
+        .route("/v1/notify/groups/{group}/ack", post(notify_ack))
+        .route("/v1/notify/ack/{group}", get(ack_page).post(ack_link))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{token}", delete(revoke_token))
+}
+
+/// Serves the `listener` API (customer or supplier) on `addr` behind
+/// `firewall` until `shutdown` completes.
 pub async fn serve(
-    scope: Scope,
+    listener: Listener,
     addr: SocketAddr,
     api: LocalApi,
+    firewall: Arc<Firewall>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let state = Scoped { api, scope };
-    let routes = match scope {
-        Scope::Customer => Router::new()
+    let gate = Gate::new(listener, Some(api.tokens.clone()), firewall.clone());
+    let state = Scoped { api, listener };
+    let routes = match listener {
+        Listener::Customer => Router::new()
             .route("/v1/offers", get(market_offers))
-            .route("/v1/bid", axum::routing::post(bid))
+            .route("/v1/bid", post(bid))
             .route("/v1/bids", get(bids))
             .route("/v1/bids/{id}", get(bid_status).delete(cancel_bid))
             .route("/v1/leases", get(leases))
-            .route("/v1/leases/{id}/end", axum::routing::post(end_lease))
-            .route(
-                "/v1/leases/{id}/dispute",
-                axum::routing::post(contest_lease),
-            )
+            .route("/v1/leases/{id}/end", post(end_lease))
+            .route("/v1/leases/{id}/dispute", post(contest_lease))
             .route("/v1/usage/{lease}", get(usage))
             .route("/v1/budget", get(budget).put(set_budget))
             .route("/v1/account", get(account)),
-        Scope::Supplier => Router::new()
+        Listener::Supplier => Router::new()
             .route("/v1/offers", get(own_offers))
             .route("/v1/gpus", get(supplier_gpus))
             .route("/v1/leases", get(supplier_leases))
             .route("/v1/earnings", get(supplier_earnings)),
+        other => {
+            return Err(Error::Config(format!(
+                "the {} listener is not a CLI listener",
+                other.name()
+            )))
+        }
     };
-    let app = routes
-        .route("/v1/whoami", get(whoami))
-        .route(
-            "/v1/notify/channels/{name}/test",
-            axum::routing::post(notify_test),
-        )
-        .route("/v1/notify/rules", get(notify_rules))
-        .route("/v1/notify/log", get(notify_log))
-        .route(
-            "/v1/notify/groups/{group}/ack",
-            axum::routing::post(notify_ack),
-        )
+    let app = common_routes(routes)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
-            scope,
+            listener,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        // Acknowledgement links carry their own per-group token instead of
-        // the API token, so they sit outside the bearer check.
-        .route("/v1/notify/ack/{group}", get(ack_page).post(ack_link))
+        .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
-    super::serve_app(addr, app, scope.name(), shutdown).await
+    super::serve_app(addr, app, firewall, None, shutdown).await
 }

@@ -19,7 +19,7 @@ use rigmesh_notify::{AddedChannel, Silence};
 use rigmesh_protocol::{Id, PublicKey, UnixMillis};
 use serde::Deserialize;
 
-use super::local::Scope;
+use super::Listener;
 use crate::notify::{ChannelError, NodeNotifier};
 
 /// Longest a silence may last from now: a year. A silence meant to be
@@ -33,21 +33,21 @@ const MAX_COMMENT_LEN: usize = 1_024;
 #[derive(Clone)]
 struct NotifyRoutes {
     notify: Arc<OnceLock<NodeNotifier>>,
-    scope: Scope,
+    listener: Listener,
 }
 
-/// The routes, for the listener of `scope`, over the notifier `notify`
+/// The routes, for `listener`, over the notifier `notify`
 /// holds once it starts.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
     notify: Arc<OnceLock<NodeNotifier>>,
-    scope: Scope,
+    listener: Listener,
 ) -> Router<S> {
     Router::new()
         .route("/v1/notify/channels", get(list_channels).post(add_channel))
         .route("/v1/notify/channels/{name}", delete(remove_channel))
         .route("/v1/notify/silences", get(list_silences).post(add_silence))
         .route("/v1/notify/silences/{id}", delete(expire_silence))
-        .with_state(NotifyRoutes { notify, scope })
+        .with_state(NotifyRoutes { notify, listener })
 }
 
 /// A JSON error body: `{"error": <kind>, "reason": <text>}`.
@@ -129,7 +129,7 @@ async fn add_channel(State(s): State<NotifyRoutes>, body: axum::body::Bytes) -> 
     let name = added.channel.name.clone();
     match n.add_channel(added).await {
         Ok(()) => {
-            tracing::info!(channel = %name, api = s.scope.name(), "channel added");
+            tracing::info!(channel = %name, api = s.listener.name(), "channel added");
             match n.channels().into_iter().find(|c| c.name == name) {
                 Some(view) => Json(view).into_response(),
                 None => Json(serde_json::json!({"name": name})).into_response(),
@@ -150,7 +150,7 @@ async fn remove_channel(State(s): State<NotifyRoutes>, UrlPath(name): UrlPath<St
     };
     match n.remove_channel(&name).await {
         Ok(()) => {
-            tracing::info!(channel = %name, api = s.scope.name(), "channel removed");
+            tracing::info!(channel = %name, api = s.listener.name(), "channel removed");
             Json(serde_json::json!({"name": name, "removed": true})).into_response()
         }
         Err(err) => channel_refused(err),
@@ -348,7 +348,7 @@ async fn add_silence(State(s): State<NotifyRoutes>, body: axum::body::Bytes) -> 
         .collect();
     let now = UnixMillis::now();
     let mut silence =
-        match request.silence(&recipients, &format!("the {} API", s.scope.name()), now) {
+        match request.silence(&recipients, &format!("the {} API", s.listener.name()), now) {
             Ok(silence) => silence,
             Err(reason) => return bad_request(reason),
         };
@@ -380,7 +380,7 @@ async fn expire_silence(State(s): State<NotifyRoutes>, UrlPath(id): UrlPath<Stri
     };
     match n.handle().expire_silence(id).await {
         Ok(true) => {
-            tracing::info!(id, api = s.scope.name(), "silence expired");
+            tracing::info!(id, api = s.listener.name(), "silence expired");
             Json(serde_json::json!({"id": id, "expired": true})).into_response()
         }
         Ok(false) => refusal(

@@ -1,0 +1,106 @@
+//! `rigmesh token create|list|revoke` against a real customer node: a new
+//! token is printed once, works for its scopes only, is listed without
+//! its secret, and is refused once revoked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{interrupt, printed, start_with};
+
+fn rigmesh(args: &[&str], api: &str, data: &Path) -> Output {
+    Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(args)
+        .args(["--api", api, "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn a_token_is_made_used_listed_and_revoked_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("customer");
+    let (node, lines) = start_with(&data, &["--role", "customer"]);
+    let api = printed(&lines, "customer api on http://");
+
+    let out = rigmesh(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "customer:read",
+            "--expires",
+            "30d",
+            "--name",
+            "dash",
+        ],
+        &api,
+        &data,
+    );
+    let token = stdout(&out).trim().to_string();
+    assert_eq!(token.len(), 64, "{token}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("shown this once"), "{said}");
+    let file = dir.path().join("dash.token");
+    std::fs::write(&file, &token).unwrap();
+    let file = file.to_str().unwrap();
+
+    // It reads the account...
+    stdout(&rigmesh(&["account", "--token-file", file], &api, &data));
+    // ...and cannot make tokens.
+    let out = rigmesh(
+        &[
+            "token",
+            "create",
+            "--scope",
+            "customer:read",
+            "--token-file",
+            file,
+        ],
+        &api,
+        &data,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokens:manage"), "{err}");
+
+    let list = stdout(&rigmesh(&["token", "list", "--json"], &api, &data));
+    assert!(
+        list.contains("\"dash\"") && list.contains("customer-cli"),
+        "{list}"
+    );
+    assert!(!list.contains(&token), "no secret in the list: {list}");
+    let table = stdout(&rigmesh(&["token", "list"], &api, &data));
+    assert!(
+        table.contains("dash") && table.contains("customer:read"),
+        "{table}"
+    );
+
+    stdout(&rigmesh(&["token", "revoke", "dash"], &api, &data));
+    let out = rigmesh(&["account", "--token-file", file], &api, &data);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revoked"), "{err}");
+
+    // A scope that does not exist is a usage error naming the real ones.
+    let out = rigmesh(
+        &["token", "create", "--scope", "customer:write"],
+        &api,
+        &data,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("customer:trade"));
+    interrupt(node);
+}

@@ -169,6 +169,21 @@ impl NetworkMetrics {
             "Strike and ban records not yet written to the store (queue full or write failed)",
             metrics.offences_unsaved.clone(),
         );
+        // The firewall's series exist from the start, at zero: a rate over
+        // them, and a dashboard charting them, works before the first
+        // offence.
+        for protocol in ["lease", "coordinator", "sync"] {
+            let label = ProtocolLabel {
+                protocol: protocol.into(),
+            };
+            metrics.rate_limited.get_or_create(&label).inc_by(0);
+        }
+        for kind in ["peer", "address"] {
+            let label = OffenderLabel { kind: kind.into() };
+            metrics.strikes.get_or_create(&label).inc_by(0);
+            metrics.active_bans.get_or_create(&label).set(0);
+            metrics.refused_connections.get_or_create(&label).inc_by(0);
+        }
         metrics
     }
 

@@ -104,6 +104,17 @@ pub struct CoordinatorsConfig {
     /// which the members need not share.
     #[serde(default = "default_member_unreachable_secs")]
     pub member_unreachable_secs: u64,
+    /// A coordinator compares the accounts of its recent journal with the
+    /// other members' this often; a member that holds another balance,
+    /// debit sequence or escrow for an account on two comparisons in a
+    /// row, with nothing moving in between, raises `books.disagree` for
+    /// its operators. 0: never. A local choice.
+    #[serde(default = "default_books_compare_secs")]
+    pub books_compare_secs: u64,
+}
+
+fn default_books_compare_secs() -> u64 {
+    60
 }
 
 fn default_release_grace_secs() -> u64 {
@@ -149,6 +160,7 @@ impl CoordinatorsConfig {
             reputation_report_secs: default_report_secs(),
             release_grace_secs: default_release_grace_secs(),
             member_unreachable_secs: default_member_unreachable_secs(),
+            books_compare_secs: default_books_compare_secs(),
         }
     }
 

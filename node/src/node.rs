@@ -370,7 +370,20 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             ));
         }
     }
-    if let (Some(_), Some(quorum)) = (&coordinator_role, &quorum) {
+    if let (Some(role), Some(quorum)) = (&coordinator_role, &quorum) {
+        let compare_secs = config
+            .coordinators
+            .as_ref()
+            .map_or(0, |c| c.books_compare_secs);
+        if alerts_to.is_on() && compare_secs > 0 {
+            tasks.push(crate::coordinator::agree::watch_books(
+                role.clone(),
+                quorum.clone(),
+                std::time::Duration::from_secs(compare_secs),
+                alerts_to.clone(),
+                stop.subscribe(),
+            ));
+        }
         let unreachable_secs = config
             .coordinators
             .as_ref()

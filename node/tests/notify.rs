@@ -638,3 +638,79 @@ async fn a_coordinator_tells_its_operators_when_another_member_is_unreachable_an
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_tells_its_operators_when_another_member_holds_other_books() {
+    let (url, mut received) = webhook_server().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret_file = dirs[0].path().join("hook.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let mut notify = quick_notify(&url, &secret_file);
+    notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
+    let admin = rigmesh_protocol::Keypair::from_seed([0x41; 32]);
+    let with_admin = |mut config: NodeConfig| {
+        let set = config.coordinators.as_mut().unwrap();
+        set.admin = Some(admin.public());
+        set.books_compare_secs = 1;
+        set.member_unreachable_secs = 0;
+        config
+    };
+    let mut config = with_admin(coordinator(0, dirs[0].path()));
+    config.notify = Some(notify);
+    let watcher = rigmesh_node::node::start(config).await.unwrap();
+    let other = rigmesh_node::node::start(with_admin(coordinator(1, dirs[1].path())))
+        .await
+        .unwrap();
+    other.handle.dial(dial_addr(&watcher)).await.unwrap();
+    let account = rigmesh_protocol::Keypair::from_seed([0x72; 32]).public();
+    let deposit = |credits: &str, reference: &str| {
+        rigmesh_protocol::rpc::CertificateFrame::Deposit(
+            rigmesh_protocol::Signed::sign(
+                rigmesh_protocol::Deposit {
+                    version: rigmesh_protocol::PROTOCOL_VERSION,
+                    epoch: 3,
+                    admin: admin.public(),
+                    account,
+                    amount: credits.parse().unwrap(),
+                    reference: reference.into(),
+                    created_at: UnixMillis::now(),
+                },
+                &admin,
+            )
+            .unwrap(),
+        )
+    };
+    // Both members apply the first deposit; only the other one the
+    // second (applied directly, so nothing gossips it to the watcher).
+    let first = deposit("5", "wire-1");
+    let second = deposit("3", "wire-2");
+    for node in [&watcher, &other] {
+        let role = node.coordinator.as_ref().unwrap();
+        assert!(role.apply(&first, UnixMillis::now()).is_ok());
+    }
+    let role = other.coordinator.as_ref().unwrap();
+    assert!(role.apply(&second, UnixMillis::now()).is_ok());
+
+    let firing = |r: &Received| delivered(r, "books.disagree");
+    let got = wait_for(&mut received, "the books.disagree alert", |r| firing(r) > 0).await;
+    let (_, alert) = got
+        .bodies
+        .iter()
+        .find(|(_, b)| b.subject.starts_with("books.disagree"))
+        .unwrap();
+    assert_eq!(alert.severity, "critical");
+    assert!(alert.body.contains(&account.to_string()), "{}", alert.body);
+    assert!(alert.body.contains("balance 8"), "{}", alert.body);
+
+    // The watcher catches up: the books agree and the alert resolves.
+    let watcher_role = watcher.coordinator.as_ref().unwrap();
+    assert!(watcher_role.apply(&second, UnixMillis::now()).is_ok());
+    wait_for(&mut received, "the resolution", |r| {
+        delivered(r, "RESOLVED: books.disagree") > 0
+    })
+    .await;
+    assert_eq!(received.borrow().bad_signatures, 0);
+    for node in [other, watcher] {
+        node.stop().await.unwrap();
+    }
+}

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::network::{AcceptedMessage, InboundRequest, NodeHandle, Protocol};
 
+pub mod agree;
 pub mod health;
 pub mod metrics;
 pub mod reach;

@@ -225,6 +225,18 @@ impl Customer {
     }
 
     /// Tells the customer's user about its own lease (never gossiped).
+    /// Notifies the customer about its account (no lease).
+    fn notify_account(&self, severity: rigmesh_protocol::Severity, rule: &str, message: String) {
+        self.alerts_to.raise(&crate::notify::own_alert(
+            self.key.public(),
+            rigmesh_protocol::Audience::Customer,
+            severity,
+            rule,
+            None,
+            message,
+        ));
+    }
+
     fn notify(&self, severity: rigmesh_protocol::Severity, rule: &str, lease: Id, message: String) {
         self.alerts_to.raise(&crate::notify::own_alert(
             self.key.public(),
@@ -1169,6 +1181,19 @@ impl Customer {
             }
             WireMessage::ReleaseCertificate(certificate) => {
                 self.on_settlement(certificate.message.body.lease).await
+            }
+            WireMessage::WithdrawalCertificate(certificate) => {
+                let w = &certificate.message.body;
+                if w.account == self.key.public() {
+                    self.notify_account(
+                        rigmesh_protocol::Severity::Info,
+                        "withdrawal.certified",
+                        format!(
+                            "{} left your account for {} (withdrawal {} certified)",
+                            w.amount, w.destination, w.seq
+                        ),
+                    );
+                }
             }
             WireMessage::ResolutionCertificate(certificate) => {
                 let r = &certificate.message.body;

@@ -437,6 +437,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     crate::supplier::settle::SettleStore {
                         dir: config.data_dir.join("settlement"),
                         market: store.clone(),
+                        alerts: alerts_to.clone(),
                     },
                     stop.subscribe(),
                 )));

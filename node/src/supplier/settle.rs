@@ -430,6 +430,27 @@ pub struct SettleStore {
     pub dir: PathBuf,
     /// The node's gossip store.
     pub market: Arc<MarketStore>,
+    /// The supplier's notifications (payouts, dispute cases).
+    pub alerts: crate::notify::AlertSink,
+}
+
+/// Notifies the supplier about one of its leases.
+fn tell(
+    alerts: &crate::notify::AlertSink,
+    key: &Keypair,
+    severity: rigmesh_protocol::Severity,
+    rule: &str,
+    lease: Id,
+    message: String,
+) {
+    alerts.raise(&crate::notify::own_alert(
+        key.public(),
+        rigmesh_protocol::Audience::Supplier,
+        severity,
+        rule,
+        Some(lease),
+        message,
+    ));
 }
 
 /// Runs the worker until `stop` turns true.
@@ -542,6 +563,20 @@ pub async fn run(
                             }
                         }
                     }
+                    WireMessage::ResolutionCertificate(c) if c.message.body.supplier == key.public() => {
+                        let r = &c.message.body;
+                        tell(
+                            &saved.alerts,
+                            &key,
+                            rigmesh_protocol::Severity::Info,
+                            "dispute.decided",
+                            r.lease,
+                            format!(
+                                "lease {}: the dispute of settlement {} is decided: {} of the {} held is paid to you ({})",
+                                r.lease, r.settlement_seq, r.supplier_share, r.held, r.note
+                            ),
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -589,6 +624,30 @@ pub async fn run(
                                 tracing::warn!(%lease, %err, "could not save the settlement state");
                             }
                             publish_summary(&settled, lease, state);
+                            tell(
+                                &saved.alerts,
+                                &key,
+                                rigmesh_protocol::Severity::Info,
+                                "payout.certified",
+                                *lease,
+                                format!(
+                                    "lease {lease}: windows {}..={} settled, {} paid to you",
+                                    r.first_window, r.last_window, r.supplier_amount
+                                ),
+                            );
+                            if !r.held.is_zero() {
+                                tell(
+                                    &saved.alerts,
+                                    &key,
+                                    rigmesh_protocol::Severity::Warning,
+                                    "dispute.held",
+                                    *lease,
+                                    format!(
+                                        "lease {lease}: the customer disputed windows of settlement {}; {} is held until an operator decides",
+                                        r.settlement_seq, r.held
+                                    ),
+                                );
+                            }
                             tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, held = %r.held, final_settlement = r.final_settlement, "settled");
                         }
                         Err(err) => {

@@ -1,6 +1,7 @@
 //! `rigmesh token create|list|revoke` against a real customer node: a new
 //! token is printed once, works for its scopes only, is listed without
-//! its secret, and is refused once revoked.
+//! its secret, and is refused once revoked; `rigmesh audit` reads a
+//! coordinator's audit chain and books through its operator API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -102,5 +103,45 @@ fn a_token_is_made_used_listed_and_revoked_from_the_cli() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("customer:trade"));
+    interrupt(node);
+}
+
+#[test]
+fn a_coordinators_audit_chain_and_books_are_read_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    std::fs::create_dir_all(&data).unwrap();
+    rigmesh_node::keyfile::write_seed(&data.join("account.key"), &[0x61; 32]).unwrap();
+    let member = rigmesh_protocol::Keypair::from_seed([0x61; 32]).public();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!("[coordinators]\nepoch = 1\nmembers = [\"{member}\"]\n"),
+    )
+    .unwrap();
+    let (node, lines) = start_with(
+        &data,
+        &[
+            "--role",
+            "coordinator",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let api = printed(&lines, "operator api on http://");
+    let verify = stdout(&rigmesh(&["audit", "verify"], &api, &data));
+    assert!(verify.contains("the audit chain is intact"), "{verify}");
+    let tail = stdout(&rigmesh(
+        &["audit", "tail", "--limit", "5", "--json"],
+        &api,
+        &data,
+    ));
+    let page: serde_json::Value = serde_json::from_str(&tail).unwrap();
+    assert!(page["length"].as_u64().is_some(), "{page}");
+    let books = stdout(&rigmesh(&["audit", "books"], &api, &data));
+    assert!(books.contains("the books check"), "{books}");
+    // Without the operator's token, nothing is read.
+    let refused = rigmesh(&["audit", "verify"], &api, &dir.path().join("elsewhere"));
+    assert!(!refused.status.success());
     interrupt(node);
 }

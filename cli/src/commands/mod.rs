@@ -6,6 +6,7 @@ mod out;
 
 mod account;
 mod admin;
+mod audit;
 mod bid;
 mod budget;
 mod client;
@@ -134,6 +135,9 @@ enum Command {
     /// revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// A coordinator's audit chain and books, through its operator API.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Forecast hourly series; `backtest` scores the forecaster on a CSV.
     #[command(subcommand)]
     Forecast(forecast::ForecastCommand),
@@ -209,6 +213,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Forecast(cmd) => forecast::run(cmd),
         Command::Notify(cmd) => notify::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Completions { shell } => completions(shell),
     }
 }

@@ -125,6 +125,7 @@ async fn books(State(s): State<Scoped>) -> Response {
                     "fees": t.fees,
                     "escrow": t.escrow,
                     "payable": t.payable,
+                    "disputed": t.disputed,
                     "external": t.external,
                     "held": t.held().ok(),
                 },

@@ -34,6 +34,11 @@ pub(crate) struct TailArgs {
     node: NodeArgs,
 }
 
+/// A field of a JSON answer (null when absent).
+fn field<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    value.get(key).unwrap_or(&serde_json::Value::Null)
+}
+
 /// The operator API of the node: `--api` unless left at the customer
 /// default, then 127.0.0.1:9630.
 fn operator(node: &NodeArgs) -> anyhow::Result<Api> {
@@ -59,15 +64,15 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 outln!("{}", serde_json::to_string_pretty(&page)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            outln!("{} records in the chain", page["length"]);
-            for r in page["records"].as_array().into_iter().flatten() {
+            outln!("{} records in the chain", field(&page, "length"));
+            for r in field(&page, "records").as_array().into_iter().flatten() {
                 outln!(
                     "{:>8}  {}  {:<20}  {:.16}  {}",
-                    r["seq"],
-                    r["at"],
-                    r["action"].as_str().unwrap_or_default(),
-                    r["who"].as_str().unwrap_or_default(),
-                    r["detail"].as_str().unwrap_or_default()
+                    field(r, "seq"),
+                    field(r, "at"),
+                    field(r, "action").as_str().unwrap_or_default(),
+                    field(r, "who").as_str().unwrap_or_default(),
+                    field(r, "detail").as_str().unwrap_or_default()
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -75,19 +80,19 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify(node) => {
             let api = operator(&node)?;
             let report: serde_json::Value = api.get("/v1/audit/verify")?.into("the audit check")?;
-            let intact = report["intact"].as_bool() == Some(true);
+            let intact = field(&report, "intact").as_bool() == Some(true);
             if node.json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else if intact {
                 outln!(
                     "the audit chain is intact: {} records verified",
-                    report["verified"]
+                    field(&report, "verified")
                 );
             } else {
                 outln!(
                     "the audit chain breaks after {} records: {}",
-                    report["verified"],
-                    report["broken"]
+                    field(&report, "verified"),
+                    field(&report, "broken")
                 );
             }
             Ok(if intact {
@@ -106,16 +111,16 @@ pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             if node.json || !ok {
                 outln!("{}", serde_json::to_string_pretty(&answer.body)?);
             } else {
-                let t = &answer.body["totals"];
+                let t = field(&answer.body, "totals");
                 outln!(
                     "the books check: {} journal entries, {} accounts",
-                    answer.body["entries"],
-                    answer.body["accounts"]
+                    field(&answer.body, "entries"),
+                    field(&answer.body, "accounts")
                 );
                 for key in [
                     "users", "fees", "escrow", "payable", "disputed", "external", "held",
                 ] {
-                    outln!("  {key:<9} {}", t[key].as_str().unwrap_or("-"));
+                    outln!("  {key:<9} {}", field(t, key).as_str().unwrap_or("-"));
                 }
             }
             Ok(if ok {

@@ -224,6 +224,14 @@ async fn a_peer_that_keeps_flooding_past_its_refusals_is_banned() {
     let _ = futures::future::join_all(asks).await;
     let flooder_id = flooder.peer_id();
     refused(&coordinator, flooder_id, "peer", 0.0).await;
+    // The ban is written by the node's store writer, after the peer is
+    // cut off: wait for the record rather than race it.
+    let store = coordinator.store.clone();
+    eventually(10, "the ban recorded", || {
+        let store = store.clone();
+        async move { !store.bans().is_empty() }
+    })
+    .await;
     let bans = coordinator.store.bans();
     assert_eq!(bans.len(), 1);
     assert_eq!(bans[0].peer, flooder_id.to_bytes());
@@ -388,6 +396,12 @@ async fn an_address_is_banned_whatever_peer_id_comes_from_it() {
                 .unwrap()
                 .is_some_and(|s| s.bans == 1)
         }
+    })
+    .await;
+    let store = guard.store.clone();
+    eventually(10, "the address ban recorded", || {
+        let store = store.clone();
+        async move { !store.bans().is_empty() }
     })
     .await;
     let bans = guard.store.bans();

@@ -2332,6 +2332,36 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
             "the closed escrow is empty"
         );
     }
+    // The review queue on the first coordinator's operator listener.
+    let operator = cs[0].operator_api.unwrap();
+    let op_token = read_token(dirs[0].path(), Bootstrap::Operator).unwrap();
+    let r = common::http_get(operator, "/v1/disputes", Some(&op_token)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(
+        body(&r)["cases"].as_array().unwrap().len(),
+        cases.len(),
+        "{r}"
+    );
+    let (first_key, _) = &cases[0];
+    let r = common::http_get(
+        operator,
+        &format!("/v1/disputes/{}/{}", first_key.0, first_key.1),
+        Some(&op_token),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let file = body(&r);
+    assert_eq!(file["disputes"][0]["reason"], "not_delivered", "{r}");
+    assert_eq!(
+        file["disputes"][0]["detail"], "ssh to the rig times out",
+        "{r}"
+    );
+    assert!(file["attestations"][0]["gpus"].is_array(), "{r}");
+    let r = common::http_get(operator, "/v1/disputes/00/1", Some(&op_token)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = common::http_get(operator, "/v1/disputes", None).await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+
     let customer_before = balance(&cs[0], &buyer);
     let supplier_before = balance(&cs[0], &seller);
     let quorum = customer.quorum.as_ref().unwrap();

@@ -1,5 +1,5 @@
 //! The operator listener of a coordinator: read endpoints over its audit
-//! chain and books (`operator:read`), plus the CLI's common routes
+//! chain, books and dispute review queue (`operator:read`), plus the CLI's common routes
 //! (notifications, tokens). Bound to loopback by default; the node
 //! refuses to bind it elsewhere unless TLS is configured.
 //!
@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,12 @@ pub const ROUTES: &[RouteSpec] = &[
         Access::Scope(Scope::OperatorRead),
     ),
     route("GET", "/v1/books", Access::Scope(Scope::OperatorRead)),
+    route("GET", "/v1/disputes", Access::Scope(Scope::OperatorRead)),
+    route(
+        "GET",
+        "/v1/disputes/{lease}/{settlement}",
+        Access::Scope(Scope::OperatorRead),
+    ),
 ];
 
 /// Most audit records one page holds.
@@ -68,6 +74,75 @@ async fn with_books<T: Send + 'static>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(local::internal(Error::Store(err.to_string()))),
         Err(err) => Err(local::internal(Error::Store(format!("books task: {err}")))),
+    }
+}
+
+/// `GET /v1/disputes`: the open dispute cases this coordinator holds
+/// (specs/settlement.md 7.2), oldest lease id first, at most 500.
+async fn disputes(State(s): State<Scoped>) -> Response {
+    match with_books(&s, |ledger| ledger.dispute_cases(true, MAX_AUDIT_PAGE)).await {
+        Ok(cases) => Json(serde_json::json!({
+            "cases": cases.iter().map(|((lease, seq), c)| serde_json::json!({
+                "case": format!("{lease}:{seq}"),
+                "lease": lease.to_string(),
+                "settlement": seq,
+                "request": c.request.to_string(),
+                "supplier": c.supplier.to_string(),
+                "customer": c.customer.to_string(),
+                "held": c.held,
+                "windows": format!("{}..={}", c.first_window, c.last_window),
+                "opened_at": c.opened_at,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/disputes/{lease}/{settlement}`: one case's file: the
+/// settlement that held it, the evidence kept when voting (the supplier's
+/// attestations of the held windows, the customer's disputes), and the
+/// resolution once applied.
+async fn dispute_case(
+    State(s): State<Scoped>,
+    UrlPath((lease, settlement)): UrlPath<(String, String)>,
+) -> Response {
+    let Ok(lease) = lease.parse::<rigmesh_protocol::Id>() else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the lease is not a hex id",
+        );
+    };
+    let Ok(settlement) = settlement.parse::<u64>() else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the settlement is not a number",
+        );
+    };
+    let Some(role) = s.api.coordinator.clone() else {
+        return not_a_coordinator();
+    };
+    match tokio::task::spawn_blocking(move || role.case_file(&lease, settlement)).await {
+        Ok(Ok(Some(file))) => Json(serde_json::json!({
+            "case": format!("{lease}:{settlement}"),
+            "request": file.request.body,
+            "opened_at": file.opened_at,
+            "held_windows": file.held_windows,
+            "attestations": file.attestations.iter().map(|a| &a.body).collect::<Vec<_>>(),
+            "disputes": file.disputes.iter().map(|d| &d.body).collect::<Vec<_>>(),
+            "acks_of_other_attestations": file.acks.iter().map(|k| &k.body).collect::<Vec<_>>(),
+            "resolution": file.resolution.as_ref().map(|r| &r.body),
+        }))
+        .into_response(),
+        Ok(Ok(None)) => refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dispute case {lease}:{settlement}"),
+        ),
+        Ok(Err(err)) => local::internal(Error::Store(err.to_string())),
+        Err(err) => local::internal(Error::Store(format!("case task: {err}"))),
     }
 }
 
@@ -163,7 +238,9 @@ pub async fn serve(
     let routes = Router::new()
         .route("/v1/audit", get(audit_tail))
         .route("/v1/audit/verify", get(audit_verify))
-        .route("/v1/books", get(books));
+        .route("/v1/books", get(books))
+        .route("/v1/disputes", get(disputes))
+        .route("/v1/disputes/{lease}/{settlement}", get(dispute_case));
     let app = local::common_routes(routes)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),

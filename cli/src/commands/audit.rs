@@ -3,12 +3,11 @@
 //! `operator:read`; the operator bootstrap token in the data directory by
 //! default).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use rigmesh_node::api::tokens::Bootstrap;
 
-use super::client::{Api, NodeArgs, CUSTOMER_API, OPERATOR_API};
+use super::client::{Api, NodeArgs, OPERATOR_API};
 
 /// Audit commands.
 #[derive(Debug, clap::Subcommand)]
@@ -39,16 +38,9 @@ fn field<'a>(value: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
     value.get(key).unwrap_or(&serde_json::Value::Null)
 }
 
-/// The operator API of the node: `--api` unless left at the customer
-/// default, then 127.0.0.1:9630.
+/// The operator API of the node: `--api`, or 127.0.0.1:9630.
 fn operator(node: &NodeArgs) -> anyhow::Result<Api> {
-    let customer_default: SocketAddr = CUSTOMER_API.parse()?;
-    let addr = if node.api == customer_default {
-        OPERATOR_API.parse()?
-    } else {
-        node.api
-    };
-    Api::connect_as(node, Bootstrap::Operator, addr)
+    Api::connect_to(node, Bootstrap::Operator, OPERATOR_API)
 }
 
 pub(crate) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {

@@ -93,6 +93,22 @@ impl Api {
         }
     }
 
+    /// [`Api::connect_as`] the `audience` API: at `--api` when it was
+    /// given, else at `default` (`--api` defaults to the customer API).
+    pub(crate) fn connect_to(
+        node: &NodeArgs,
+        audience: Bootstrap,
+        default: &str,
+    ) -> anyhow::Result<Self> {
+        let customer_default: SocketAddr = CUSTOMER_API.parse()?;
+        let addr = if node.api == customer_default {
+            default.parse()?
+        } else {
+            node.api
+        };
+        Self::connect_as(node, audience, addr)
+    }
+
     /// Reads `--token-file`, or else the `audience` bootstrap token of the
     /// node in `node.data_dir`, to call its API at `addr`.
     pub(crate) fn connect_as(

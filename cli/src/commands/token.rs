@@ -3,7 +3,6 @@
 //! token in the data directory by default). A new token is printed once;
 //! the node keeps only its hash.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -86,13 +85,7 @@ fn connect(args: &TokenArgs) -> anyhow::Result<Api> {
     } else {
         (Bootstrap::Customer, CUSTOMER_API)
     };
-    let customer_default: SocketAddr = CUSTOMER_API.parse()?;
-    let addr = if args.node.api == customer_default {
-        default.parse()?
-    } else {
-        args.node.api
-    };
-    Api::connect_as(&args.node, audience, addr)
+    Api::connect_to(&args.node, audience, default)
 }
 
 fn when(at: Option<UnixMillis>) -> String {

@@ -454,12 +454,9 @@ mod tests {
         T0.plus_ms(ms)
     }
 
-    /// A coordinator's ledger after a settlement whose only window the
-    /// customer disputed: the supplier's score falls to 0.
-    fn disputed_settlement(dir: &std::path::Path) -> (Ledger, Keypair) {
-        let ledger = Ledger::open(dir).unwrap();
-        let keys = samples::coordinators();
-        let config = CoordinatorConfig {
+    /// The sample set's rules: a 1 % fee, the sample admin key.
+    fn config() -> CoordinatorConfig {
+        CoordinatorConfig {
             set: samples::coordinator_set().unwrap(),
             fee_rate: FeeRate::from_ppm(10_000).unwrap(),
             unacked_timeout_ms: 120_000,
@@ -467,7 +464,15 @@ mod tests {
             review: Default::default(),
             skew_ms: 30_000,
             release_grace_ms: 600_000,
-        };
+        }
+    }
+
+    /// A coordinator's ledger after a settlement whose only window the
+    /// customer disputed: the supplier's score falls to 0.
+    fn disputed_settlement(dir: &std::path::Path) -> (Ledger, Keypair) {
+        let ledger = Ledger::open(dir).unwrap();
+        let keys = samples::coordinators();
+        let config = config();
         let me = keys[0].clone();
         let rules = Coordinator::new(&ledger, &me, &config);
         let deposit = Signed::sign(
@@ -567,15 +572,7 @@ mod tests {
         let supplier = samples::supplier().public();
         let balance = |key| ledger.balance(&rigmesh_ledger::Account::User(key)).unwrap();
         let before = balance(customer);
-        let config = CoordinatorConfig {
-            set: samples::coordinator_set().unwrap(),
-            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
-            unacked_timeout_ms: 120_000,
-            admins: vec![samples::admin().public()],
-            review: Default::default(),
-            skew_ms: 30_000,
-            release_grace_ms: 600_000,
-        };
+        let config = config();
         let resolve = |share: i64, against, signer: &Keypair| {
             Signed::sign(
                 rigmesh_protocol::DisputeResolution {

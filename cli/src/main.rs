@@ -13,11 +13,20 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RIGMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log()));
     // Logs go to stderr so stdout stays clean for pipes and --json.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let _ = match cli.log_format {
+        commands::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        commands::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) if commands::reader_gone(&err) => ExitCode::SUCCESS,

@@ -65,7 +65,8 @@ pub(crate) const EXIT_HELD: u8 = 6;
 create`), and reach it at --api (default 127.0.0.1:9610).\n\
 \n\
 Logs go to stderr; RIGMESH_LOG sets what is logged, as a tracing filter \
-(e.g. RIGMESH_LOG=info, or RIGMESH_LOG=rigmesh_node=debug); the default is warn.\n\
+(e.g. RIGMESH_LOG=info, or RIGMESH_LOG=rigmesh_node=debug); the default is warn. \
+--log-format json (or RIGMESH_LOG_FORMAT=json) writes one JSON object per line.\n\
 Node settings: `rigmesh node config --example` prints every key with its default.\n\
 Shell completions: `rigmesh completions bash|zsh|fish|elvish|powershell`.\n\
 \n\
@@ -74,8 +75,27 @@ Exit codes: 0 ok, 1 error, 2 bad arguments, 3 invalid message, 4 no match,\n\
 130 interrupted (Ctrl-C while a bid waits or the devnet runs)."
 )]
 pub(crate) struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "RIGMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -514,6 +514,9 @@ pub(crate) async fn guard(
         })
         .inc();
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // The body's length where it is known before streaming (every JSON
+    // answer); a streamed body logs its lower bound.
+    let bytes = axum::body::HttpBody::size_hint(response.body()).lower();
     let token = tag.and_then(|t| t.token);
     let peer_text = peer.map_or_else(|| "-".to_string(), |ip| ip.to_string());
     if let Some(reason) = reason {
@@ -527,6 +530,7 @@ pub(crate) async fn guard(
             route,
             status = status.as_u16(),
             latency_ms,
+            bytes,
             peer = peer_text,
             token = token.as_deref().unwrap_or("-"),
             refused = reason,
@@ -542,6 +546,7 @@ pub(crate) async fn guard(
             route,
             status = status.as_u16(),
             latency_ms,
+            bytes,
             peer = peer_text,
             token = token.as_deref().unwrap_or("-"),
             "http request"

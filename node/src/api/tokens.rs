@@ -47,16 +47,26 @@ pub enum Scope {
     /// Create, list and revoke tokens (never wider than one's own).
     #[serde(rename = "tokens:manage")]
     TokensManage,
+    /// Submit admin-signed deposits and their approvals on the operator
+    /// listener: moves money into accounts.
+    #[serde(rename = "operator:deposit")]
+    OperatorDeposit,
+    /// Work the operator's queues: acknowledge suspicious-activity items,
+    /// decide held withdrawals and dispute cases, ban and unban peers.
+    #[serde(rename = "operator:review")]
+    OperatorReview,
 }
 
 impl Scope {
     /// Every scope, in the order the docs list them.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::CustomerRead,
         Scope::CustomerTrade,
         Scope::SupplierRead,
         Scope::AnalyticsRead,
         Scope::OperatorRead,
+        Scope::OperatorDeposit,
+        Scope::OperatorReview,
         Scope::NotifyManage,
         Scope::TokensManage,
     ];
@@ -71,6 +81,8 @@ impl Scope {
             Scope::OperatorRead => "operator:read",
             Scope::NotifyManage => "notify:manage",
             Scope::TokensManage => "tokens:manage",
+            Scope::OperatorDeposit => "operator:deposit",
+            Scope::OperatorReview => "operator:review",
         }
     }
 }
@@ -136,6 +148,8 @@ impl Bootstrap {
             ],
             Bootstrap::Operator => vec![
                 Scope::OperatorRead,
+                Scope::OperatorDeposit,
+                Scope::OperatorReview,
                 Scope::NotifyManage,
                 Scope::TokensManage,
             ],
@@ -391,6 +405,19 @@ impl TokenStore {
     fn bootstrap(&self, data_dir: &Path, audience: Bootstrap) -> Result<()> {
         let path = token_path(data_dir, audience);
         if path.exists() {
+            // A bootstrap token of an earlier version gains the scopes its
+            // audience has gained since.
+            if let Some((hash, mut record)) = self.find_by_name(&audience.token_name()) {
+                let missing: Vec<Scope> = audience
+                    .scopes()
+                    .into_iter()
+                    .filter(|s| !record.grants(*s))
+                    .collect();
+                if record.revoked_at.is_none() && !missing.is_empty() {
+                    record.scopes.extend(missing);
+                    self.insert(hash, record)?;
+                }
+            }
             return Ok(());
         }
         let seed: [u8; 32] = random_bytes()?;

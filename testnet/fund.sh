@@ -46,4 +46,4 @@ for target in "${targets[@]}"; do
         --account "$account" --amount "$amount" \
         --reference "testnet $target $(date -u +%Y%m%dT%H%M%S.%N) $RANDOM"
 done
-"$RIGMESH" admin balances --config "$TESTNET_DIR/admin.toml" "${accounts[@]}"
+"$RIGMESH" admin balances --config "$TESTNET_DIR/admin.toml" --admin-key "$TESTNET_DIR/admin.key" "${accounts[@]}"

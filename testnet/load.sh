@@ -125,7 +125,7 @@ for name in "${customers[@]}" "${suppliers[@]}"; do
     node_info "$name"
     accounts+=("$NODE_ACCOUNT")
 done
-"$RIGMESH" admin balances --config "$TESTNET_DIR/admin.toml" --json "${accounts[@]}" >"$work/balances.json"
+"$RIGMESH" admin balances --config "$TESTNET_DIR/admin.toml" --admin-key "$TESTNET_DIR/admin.key" --json "${accounts[@]}" >"$work/balances.json"
 
 python3 - "$work" "$TESTNET_DIR" <<'EOF'
 import collections, decimal, json, sys

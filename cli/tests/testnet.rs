@@ -252,7 +252,16 @@ impl Testnet {
     /// Every answering coordinator's view of each account, by account.
     fn balances(&self, accounts: &[&str]) -> Result<BTreeMap<String, Vec<View>>, String> {
         let config = self.dir.join("admin.toml").display().to_string();
-        let mut args = vec!["admin", "balances", "--config", &config, "--json"];
+        let admin_key = self.dir.join("admin.key").display().to_string();
+        let mut args = vec![
+            "admin",
+            "balances",
+            "--config",
+            &config,
+            "--admin-key",
+            &admin_key,
+            "--json",
+        ];
         args.extend(accounts);
         let out = self.rigmesh(&args);
         if !out.status.success() {

@@ -75,6 +75,10 @@ pub enum Action {
     ReviewDecided,
     /// A certified resolution of a dispute case moved what it held.
     DisputeResolved,
+    /// An API caller asked the node for an action that changes something
+    /// (a bid, the end of a lease, a deposit, a ban): the detail names the
+    /// request, the token that made it, the source address and the answer.
+    Requested,
 }
 
 /// One audit record.

@@ -190,6 +190,14 @@ impl<S: Store> Ledger<S> {
         )
     }
 
+    /// Records that an API caller asked for an action (see
+    /// [`Action::Requested`]); `detail` says who and what. Changes
+    /// nothing but the audit chain.
+    pub fn record_request(&self, detail: &str, cause: &Cause) -> Result<u64> {
+        let lock = self.lock();
+        self.commit(&lock, Batch::new(), Action::Requested, detail, cause)
+    }
+
     /// Audit records so far (the sequence the next one gets).
     pub fn audit_len(&self) -> Result<u64> {
         Ok(self

@@ -230,6 +230,35 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         tokio::task::spawn_blocking(move || crate::api::TokenStore::open(&data_dir, bootstrap))
             .await
             .map_err(|e| Error::Store(format!("opening the token store: {e}")))??;
+    // The books of a coordinator hold its audit chain; the requests its
+    // operators make are recorded there, next to what they caused. Other
+    // roles keep a chain of their own for the requests of their users.
+    let books = if config.role == Role::Coordinator {
+        let books_dir = config.data_dir.join("books");
+        Some(Arc::new(rigmesh_ledger::Ledger::open(&books_dir).map_err(
+            |e| Error::Store(format!("opening the books in {}: {e}", books_dir.display())),
+        )?))
+    } else {
+        None
+    };
+    let audit_ledger = match &books {
+        Some(books) => books.clone(),
+        None => {
+            let audit_dir = config.data_dir.join("audit");
+            Arc::new(rigmesh_ledger::Ledger::open(&audit_dir).map_err(|e| {
+                Error::Store(format!(
+                    "opening the audit chain in {}: {e}",
+                    audit_dir.display()
+                ))
+            })?)
+        }
+    };
+    let request_audit = crate::api::audit_trail::RequestAudit::new(audit_ledger, account.public());
+    let audited = |listener: Listener| -> Result<Arc<crate::api::Firewall>> {
+        let fw = firewall(listener)?;
+        fw.record_requests_in(request_audit.clone());
+        Ok(fw)
+    };
     let mut api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),
@@ -245,7 +274,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             Listener::Customer,
             config.customer_api,
             api.clone(),
-            firewall(Listener::Customer)?,
+            audited(Listener::Customer)?,
             stopped(stop.subscribe()),
         )
         .await?;
@@ -258,7 +287,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             Listener::Supplier,
             config.supplier_api,
             api.clone(),
-            firewall(Listener::Supplier)?,
+            audited(Listener::Supplier)?,
             stopped(stop.subscribe()),
         )
         .await?;
@@ -300,16 +329,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 rules.set.epoch()
             )));
         }
-        let books_dir = config.data_dir.join("books");
-        let ledger = rigmesh_ledger::Ledger::open(&books_dir).map_err(|e| {
-            Error::Store(format!("opening the books in {}: {e}", books_dir.display()))
-        })?;
-        let mut role = crate::coordinator::CoordinatorRole::new(
-            account.clone(),
-            rules,
-            Arc::new(ledger),
-            store.clone(),
-        );
+        let Some(ledger) = books.clone() else {
+            return Err(Error::Config("a coordinator's books did not open".into()));
+        };
+        let mut role =
+            crate::coordinator::CoordinatorRole::new(account.clone(), rules, ledger, store.clone());
         if let Some(table) = &config.coordinators {
             role.deposit_alert_above = table.deposit_alert()?;
         }
@@ -326,7 +350,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let (addr, task) = crate::api::operator::serve(
             config.operator_api,
             api.clone(),
-            firewall(Listener::Operator)?,
+            audited(Listener::Operator)?,
             tls,
             stopped(stop.subscribe()),
         )

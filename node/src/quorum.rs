@@ -260,9 +260,30 @@ impl Quorum {
         (found, free)
     }
 
-    /// What each reachable member says of `account`.
-    pub async fn accounts(&self, account: PublicKey) -> Vec<AccountState> {
-        self.ask_all(&CoordinatorRequest::Account(account))
+    /// What each reachable member says of `account`, asked by `asker`
+    /// (the account itself, a member or an admin key: coordinators answer
+    /// no one else).
+    pub async fn accounts(
+        &self,
+        asker: &rigmesh_protocol::Keypair,
+        account: PublicKey,
+    ) -> Vec<AccountState> {
+        let query = match Signed::sign(
+            rigmesh_protocol::AccountQuery {
+                version: rigmesh_protocol::PROTOCOL_VERSION,
+                account,
+                asker: asker.public(),
+                created_at: UnixMillis::now(),
+            },
+            asker,
+        ) {
+            Ok(query) => query,
+            Err(err) => {
+                tracing::warn!(%err, "could not sign an account query");
+                return Vec::new();
+            }
+        };
+        self.ask_all(&CoordinatorRequest::AccountOf(query))
             .await
             .into_iter()
             .filter_map(|(member, answer)| match answer {
@@ -281,8 +302,8 @@ impl Quorum {
     /// Fails unless a quorum answers: a debit sent while fewer members are
     /// up could gather some votes but no certificate, and those votes
     /// would lock the sequence number (specs/settlement.md section 14).
-    pub async fn next_seq(&self, account: PublicKey) -> Result<u64, NoQuorum> {
-        let states = self.accounts(account).await;
+    pub async fn next_seq(&self, key: &rigmesh_protocol::Keypair) -> Result<u64, NoQuorum> {
+        let states = self.accounts(key, key.public()).await;
         let need = self.set.quorum();
         let mut seqs: Vec<u64> = states.iter().map(|s| s.next_seq).collect();
         if seqs.len() < need {
@@ -400,13 +421,14 @@ impl Quorum {
     /// held no vote and is dropped).
     pub async fn complete_pending(
         &self,
-        account: PublicKey,
+        key: &rigmesh_protocol::Keypair,
     ) -> Result<Option<Completed>, DebitError> {
+        let account = key.public();
         let failed = |e: &dyn std::fmt::Display| DebitError::Failed(e.to_string());
         let Some((seq, bytes)) = self.store.pending_debit(&account).map_err(|e| failed(&e))? else {
             return Ok(None);
         };
-        let next = self.next_seq(account).await?;
+        let next = self.next_seq(key).await?;
         if seq < next {
             // Applied by the set (its certificate reached a quorum).
             self.store
@@ -458,18 +480,19 @@ impl Quorum {
         }
     }
 
-    /// Certifies a debit of `account` at its next sequence number, built
+    /// Certifies a debit of `key`'s account at its next sequence number, built
     /// by `build`: kept durably before it is sent (so it is completed,
     /// never abandoned, if no quorum forms now or this node stops), and
     /// forgotten once certified or once every member has refused it.
     pub async fn debit(
         &self,
-        account: PublicKey,
+        key: &rigmesh_protocol::Keypair,
         build: impl FnOnce(u64) -> Result<DebitRequest, String>,
     ) -> Result<Debited, DebitError> {
+        let account = key.public();
         let failed = |e: &dyn std::fmt::Display| DebitError::Failed(e.to_string());
-        let earlier = self.complete_pending(account).await?;
-        let seq = self.next_seq(account).await?;
+        let earlier = self.complete_pending(key).await?;
+        let seq = self.next_seq(key).await?;
         let debit = build(seq).map_err(DebitError::Failed)?;
         let bytes = debit
             .first_request(Vec::new())
@@ -509,7 +532,7 @@ impl Quorum {
         destination: &str,
     ) -> Result<rigmesh_protocol::WithdrawalCertificate, DebitError> {
         let debited = self
-            .debit(key.public(), |seq| {
+            .debit(key, |seq| {
                 let now = UnixMillis::now();
                 Signed::sign(
                     rigmesh_protocol::Withdrawal {

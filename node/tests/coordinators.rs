@@ -1852,6 +1852,57 @@ async fn deposits_count_once_large_ones_and_withdrawals_wait_for_an_admin_and_fo
         assert_eq!(balance(c, &buyer), "100".parse().unwrap(), "credited once");
     }
 
+    // Balances are private: the account itself and an admin key read
+    // them; a stranger's query, an unsigned one, one signed by another key
+    // than its asker's and a stale one are refused by every member.
+    let owner = quorum.accounts(&buyer, buyer.public()).await;
+    assert_eq!(owner.len(), 4, "{owner:?}");
+    assert!(owner.iter().all(|s| s.balance == "100".parse().unwrap()));
+    assert_eq!(quorum.accounts(&second, buyer.public()).await.len(), 4);
+    let stranger = Keypair::generate().unwrap();
+    assert!(quorum.accounts(&stranger, buyer.public()).await.is_empty());
+    let query = |asker: rigmesh_protocol::PublicKey, signer: &Keypair, at: UnixMillis| {
+        CoordinatorRequest::AccountOf(
+            Signed::sign(
+                rigmesh_protocol::AccountQuery {
+                    version: rigmesh_protocol::PROTOCOL_VERSION,
+                    account: buyer.public(),
+                    asker,
+                    created_at: at,
+                },
+                signer,
+            )
+            .unwrap(),
+        )
+    };
+    let refused_with = |answers: &[(
+        rigmesh_protocol::PublicKey,
+        Result<CoordinatorResponse, String>,
+    )],
+                        code: &str| {
+        count(
+            answers,
+            |a| matches!(a, CoordinatorResponse::Refused(r) if r.starts_with(code)),
+        )
+    };
+    let now = UnixMillis::now();
+    let asks = [
+        (query(stranger.public(), &stranger, now), "not_authorised"),
+        (
+            CoordinatorRequest::Account(buyer.public()),
+            "query_unsigned",
+        ),
+        (query(buyer.public(), &stranger, now), "wrong_signer"),
+        (
+            query(buyer.public(), &buyer, UnixMillis(now.0 - 600_000)),
+            "query_stale",
+        ),
+    ];
+    for (ask, code) in asks {
+        let answers = quorum.ask_all(&ask).await;
+        assert_eq!(refused_with(&answers, code), 4, "{code}: {answers:?}");
+    }
+
     // A deposit above the threshold waits for a second admin key.
     let big = deposit_by(&admin, &buyer, "5000", "wire-8");
     let big_id = big.id().unwrap();

@@ -713,6 +713,70 @@ async fn start_node(
     .unwrap()
 }
 
+/// Every accepted request that may change something lands in the node's
+/// audit chain with the token and address that asked; reads and refused
+/// requests do not, and the chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_writes_are_recorded_in_the_audit_chain_with_who_asked() {
+    use rigmesh_node::config::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(Role::Customer, dir.path()).await;
+    let api = node.customer_api.unwrap();
+    let me = localhost();
+    let token = tokens::read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let who = call(api, me, "GET", "/v1/whoami", Some(&token), "").await;
+    let token_id = who.body["token_id"].as_str().unwrap().to_string();
+    let made = call(
+        api,
+        me,
+        "POST",
+        "/v1/tokens",
+        Some(&token),
+        r#"{"name":"reader","scopes":["customer:read"]}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let reader = made.body["token"].as_str().unwrap().to_string();
+    let refused = call(api, me, "PUT", "/v1/budget", Some(&reader), "{}").await;
+    assert_eq!(refused.status, 403);
+    let revoked = call(api, me, "DELETE", "/v1/tokens/reader", Some(&token), "").await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+
+    let tail = call(api, me, "GET", "/v1/audit", Some(&token), "").await;
+    assert_eq!(tail.status, 200, "{}", tail.body);
+    let details: Vec<String> = tail.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "Requested")
+        .map(|r| r["detail"].as_str().unwrap().to_string())
+        .collect();
+    let by_us = format!("by token {token_id} (customer-cli) from 127.0.0.1");
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(
+        details[0].starts_with("POST /v1/tokens on the customer API")
+            && details[0].contains(&by_us),
+        "{details:?}"
+    );
+    assert!(details[0].ends_with(": 201"), "{details:?}");
+    assert!(
+        details[1].starts_with("DELETE /v1/tokens/reader") && details[1].ends_with(": 200"),
+        "{details:?}"
+    );
+    assert!(
+        !details
+            .iter()
+            .any(|d| d.contains("/v1/budget") || d.contains("GET ")),
+        "neither reads nor refused requests are recorded: {details:?}"
+    );
+    let verified = call(api, me, "GET", "/v1/audit/verify", Some(&token), "").await;
+    assert_eq!(verified.body["intact"], true, "{}", verified.body);
+    // The revoked token reads nothing, the chain included.
+    let denied = call(api, me, "GET", "/v1/audit", Some(&reader), "").await;
+    assert_eq!(denied.status, 401, "the revoked token is refused");
+    node.stop().await.unwrap();
+}
+
 /// A started node serves the listeners of its role and no others, says it
 /// is ready and healthy, and keeps its tokens across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,7 @@ fn body_hex(message: &WireMessage) -> anyhow::Result<Option<(String, String)>> {
         WireMessage::EscrowRelease(m) => signed!(m),
         WireMessage::Approval(m) => signed!(m),
         WireMessage::DisputeResolution(m) => signed!(m),
+        WireMessage::AccountQuery(m) => signed!(m),
         WireMessage::EscrowCertificate(_)
         | WireMessage::SettlementCertificate(_)
         | WireMessage::WithdrawalCertificate(_)

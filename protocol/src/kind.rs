@@ -64,6 +64,9 @@ pub enum Kind {
     DisputeResolution,
     /// A dispute resolution with a quorum of coordinator votes.
     ResolutionCertificate,
+    /// A request to read an account's state from a coordinator, signed
+    /// by who asks: the account itself, a coordinator or an admin key.
+    AccountQuery,
 }
 
 /// Gossip topic for offers.
@@ -95,7 +98,7 @@ pub enum Carrier {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 24] = [
+    pub const ALL: [Kind; 25] = [
         Kind::NodeBinding,
         Kind::Offer,
         Kind::Bid,
@@ -120,6 +123,7 @@ impl Kind {
         Kind::Approval,
         Kind::DisputeResolution,
         Kind::ResolutionCertificate,
+        Kind::AccountQuery,
     ];
 
     /// The kind's name, as used in domains, file names and logs.
@@ -149,6 +153,7 @@ impl Kind {
             Kind::Approval => "approval",
             Kind::DisputeResolution => "dispute_resolution",
             Kind::ResolutionCertificate => "resolution_certificate",
+            Kind::AccountQuery => "account_query",
         }
     }
 
@@ -179,6 +184,7 @@ impl Kind {
             Kind::Approval => "rigmesh/v1/approval",
             Kind::DisputeResolution => "rigmesh/v1/dispute_resolution",
             Kind::ResolutionCertificate => "rigmesh/v1/resolution_certificate",
+            Kind::AccountQuery => "rigmesh/v1/account_query",
         }
     }
 
@@ -211,6 +217,7 @@ impl Kind {
             Kind::Approval => 512,
             Kind::DisputeResolution => 1024,
             Kind::ResolutionCertificate => 8192,
+            Kind::AccountQuery => 256,
         }
     }
 
@@ -242,7 +249,8 @@ impl Kind {
             | Kind::Withdrawal
             | Kind::EscrowRelease
             | Kind::Approval
-            | Kind::DisputeResolution => Carrier::Protocol(PROTOCOL_COORDINATOR),
+            | Kind::DisputeResolution
+            | Kind::AccountQuery => Carrier::Protocol(PROTOCOL_COORDINATOR),
         }
     }
 

@@ -31,10 +31,10 @@ pub use messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Termi
 pub use messages::market::{Bid, NodeBinding, Offer};
 pub use messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 pub use messages::settlement::{
-    Approval, Certifiable, Certificate, CoordinatorSet, DecidedAgainst, Deposit, DisputeResolution,
-    EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate, ResolutionCertificate,
-    SettlementCertificate, SettlementRequest, Vote, VoteSignature, Withdrawal,
-    WithdrawalCertificate,
+    AccountQuery, Approval, Certifiable, Certificate, CoordinatorSet, DecidedAgainst, Deposit,
+    DisputeResolution, EscrowCertificate, EscrowOrder, EscrowRelease, ReleaseCertificate,
+    ResolutionCertificate, SettlementCertificate, SettlementRequest, Vote, VoteSignature,
+    Withdrawal, WithdrawalCertificate, ACCOUNT_QUERY_FRESH_MS,
 };
 pub use messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 pub use money::Credits;

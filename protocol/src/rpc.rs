@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::kind::{Carrier, Kind};
 use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::settlement::{
-    Approval, Deposit, DisputeResolution, EscrowCertificate, EscrowOrder, EscrowRelease,
-    ReleaseCertificate, ResolutionCertificate, SettlementCertificate, SettlementRequest, Vote,
-    Withdrawal, WithdrawalCertificate,
+    AccountQuery, Approval, Deposit, DisputeResolution, EscrowCertificate, EscrowOrder,
+    EscrowRelease, ReleaseCertificate, ResolutionCertificate, SettlementCertificate,
+    SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -173,7 +173,9 @@ pub enum CoordinatorRequest {
     },
     /// Apply a certificate (or a deposit).
     Apply(CertificateFrame),
-    /// Ask for an account's state.
+    /// Ask for an account's state without saying who asks: refused
+    /// (`query_unsigned`) by this release; kept so its encoding stays
+    /// reserved. See [`CoordinatorRequest::AccountOf`].
     Account(PublicKey),
     /// Record the customer's termination of a lease: windows that start
     /// after it and that the customer did not ack are never paid
@@ -219,6 +221,10 @@ pub enum CoordinatorRequest {
         /// The settlement that held the windows.
         settlement_seq: u64,
     },
+    /// Ask for an account's state, signed by who asks (the account, a
+    /// member or an admin key). The unsigned [`CoordinatorRequest::Account`]
+    /// is refused: balances are private.
+    AccountOf(Signed<AccountQuery>),
 }
 
 /// A debit to vote on: the order and what its rules need.
@@ -670,6 +676,10 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_request",
             CoordinatorRequest::Resolve(samples::dispute_resolution()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::AccountOf(samples::account_query()?).to_bytes()?,
         ),
         (
             "coordinator_request",

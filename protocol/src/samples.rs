@@ -12,8 +12,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination, Te
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, Audience, ReputationReport, Role, Severity};
 use crate::messages::settlement::{
-    Approval, Certificate, CoordinatorSet, DecidedAgainst, Deposit, DisputeResolution, EscrowOrder,
-    EscrowRelease, SettlementRequest, Vote, Withdrawal,
+    AccountQuery, Approval, Certificate, CoordinatorSet, DecidedAgainst, Deposit,
+    DisputeResolution, EscrowOrder, EscrowRelease, SettlementRequest, Vote, Withdrawal,
 };
 use crate::messages::usage::{DisputeReason, GpuUsage, UsageAck, UsageAttestation, UsageDispute};
 use crate::money::Credits;
@@ -89,7 +89,8 @@ pub fn signer_seed(kind: Kind) -> [u8; 32] {
         | Kind::WithdrawalCertificate
         | Kind::LeaseTermination
         | Kind::EscrowRelease
-        | Kind::ReleaseCertificate => CUSTOMER_SEED,
+        | Kind::ReleaseCertificate
+        | Kind::AccountQuery => CUSTOMER_SEED,
         Kind::Vote | Kind::ReputationReport => COORDINATOR_SEEDS[0],
         Kind::Deposit | Kind::DisputeResolution | Kind::ResolutionCertificate => ADMIN_SEED,
         Kind::Approval => SECOND_ADMIN_SEED,
@@ -573,6 +574,24 @@ pub fn dispute_resolution_at(t0: UnixMillis) -> Result<Signed<DisputeResolution>
     )
 }
 
+/// The customer asks a coordinator for its own account's state.
+pub fn account_query() -> Result<Signed<AccountQuery>> {
+    account_query_at(T0)
+}
+
+/// [`account_query`], made at `t0` instead of [`T0`].
+pub fn account_query_at(t0: UnixMillis) -> Result<Signed<AccountQuery>> {
+    Signed::sign(
+        AccountQuery {
+            version: PROTOCOL_VERSION,
+            account: customer().public(),
+            asker: customer().public(),
+            created_at: t0.plus_ms(100_000),
+        },
+        &customer(),
+    )
+}
+
 /// [`dispute_resolution`] certified by coordinators 0, 1 and 3.
 pub fn resolution_certificate() -> Result<Certificate<DisputeResolution>> {
     resolution_certificate_at(T0)
@@ -676,5 +695,6 @@ pub fn sample_at(kind: Kind, t0: UnixMillis) -> Result<WireMessage> {
         Kind::ResolutionCertificate => {
             WireMessage::ResolutionCertificate(resolution_certificate_at(t0)?)
         }
+        Kind::AccountQuery => WireMessage::AccountQuery(account_query_at(t0)?),
     })
 }

@@ -11,8 +11,8 @@ use crate::messages::lease::{LeaseAgreement, LeaseProposal, LeaseTermination};
 use crate::messages::market::{Bid, NodeBinding, Offer};
 use crate::messages::reputation::{Alert, ReputationReport};
 use crate::messages::settlement::{
-    Approval, CoordinatorSet, Deposit, DisputeResolution, EscrowCertificate, EscrowOrder,
-    EscrowRelease, ReleaseCertificate, ResolutionCertificate, SettlementCertificate,
+    AccountQuery, Approval, CoordinatorSet, Deposit, DisputeResolution, EscrowCertificate,
+    EscrowOrder, EscrowRelease, ReleaseCertificate, ResolutionCertificate, SettlementCertificate,
     SettlementRequest, Vote, Withdrawal, WithdrawalCertificate,
 };
 use crate::messages::usage::{UsageAck, UsageAttestation, UsageDispute};
@@ -155,7 +155,8 @@ wire_message!(
     LeaseTermination => LeaseTermination,
     EscrowRelease => EscrowRelease,
     Approval => Approval,
-    DisputeResolution => DisputeResolution;
+    DisputeResolution => DisputeResolution,
+    AccountQuery => AccountQuery;
     EscrowCertificate => EscrowCertificate,
     SettlementCertificate => SettlementCertificate,
     WithdrawalCertificate => WithdrawalCertificate,

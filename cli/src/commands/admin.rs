@@ -110,6 +110,11 @@ pub(crate) struct DecideArgs {
 pub(crate) struct BalancesArgs {
     #[command(flatten)]
     set: SetArgs,
+    /// The key that asks (hex seed file): one of the set's admin keys, or
+    /// an account's own key to read that account. Coordinators answer
+    /// nobody else: balances are private.
+    #[arg(long)]
+    admin_key: PathBuf,
     /// Accounts to show (hex public keys).
     #[arg(required = true)]
     accounts: Vec<PublicKey>,
@@ -459,12 +464,13 @@ async fn list_held(kind: Kind, set: SetArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {
+    let asker = Keypair::from_seed(rigmesh_node::keyfile::read_seed(&args.admin_key)?);
     let (node, _dir) = connect(&args.set).await?;
     let quorum = node.quorum.clone().context("no coordinator set")?;
     let members: Vec<PublicKey> = quorum.set().members().to_vec();
     let mut rows = Vec::new();
     for account in &args.accounts {
-        let mut states = quorum.accounts(*account).await;
+        let mut states = quorum.accounts(&asker, *account).await;
         states.sort_by_key(|s| s.coordinator.to_string());
         rows.push((*account, states));
     }

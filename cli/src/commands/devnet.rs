@@ -197,7 +197,7 @@ async fn start_market(root: &Path, deposit: Credits) -> anyhow::Result<Market> {
     let mut progress = super::progress::Progress::new("connecting the devnet");
     loop {
         let answered = match &customer.quorum {
-            Some(quorum) => quorum.accounts(account.public()).await.len(),
+            Some(quorum) => quorum.accounts(&account, account.public()).await.len(),
             None => 0,
         };
         let offers = customer

@@ -300,6 +300,7 @@ pub struct Firewall {
     metrics: ApiMetrics,
     refusals: Mutex<HashMap<IpAddr, RefusalWindow>>,
     alerts: AlertTarget,
+    audit: OnceLock<super::audit_trail::RequestAudit>,
 }
 
 impl std::fmt::Debug for Firewall {
@@ -340,7 +341,19 @@ impl Firewall {
             metrics,
             refusals: Mutex::new(HashMap::new()),
             alerts,
+            audit: OnceLock::new(),
         })
+    }
+
+    /// Records the requests this listener accepts that may change
+    /// something in `audit` from now on (once; a second call is ignored).
+    pub fn record_requests_in(&self, audit: super::audit_trail::RequestAudit) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// Where accepted requests are recorded, once set.
+    pub(crate) fn audit(&self) -> Option<super::audit_trail::RequestAudit> {
+        self.audit.get().cloned()
     }
 
     /// The listener it guards.

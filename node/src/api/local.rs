@@ -68,6 +68,12 @@ pub const CUSTOMER_ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/budget", Access::Scope(Scope::CustomerRead)),
     route("PUT", "/v1/budget", Access::Scope(Scope::CustomerTrade)),
     route("GET", "/v1/account", Access::Scope(Scope::CustomerRead)),
+    route("GET", "/v1/audit", Access::Scope(Scope::CustomerRead)),
+    route(
+        "GET",
+        "/v1/audit/verify",
+        Access::Scope(Scope::CustomerRead),
+    ),
 ];
 
 /// The supplier listener's own routes.
@@ -76,6 +82,12 @@ pub const SUPPLIER_ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/gpus", Access::Scope(Scope::SupplierRead)),
     route("GET", "/v1/leases", Access::Scope(Scope::SupplierRead)),
     route("GET", "/v1/earnings", Access::Scope(Scope::SupplierRead)),
+    route("GET", "/v1/audit", Access::Scope(Scope::SupplierRead)),
+    route(
+        "GET",
+        "/v1/audit/verify",
+        Access::Scope(Scope::SupplierRead),
+    ),
 ];
 
 /// Routes of every CLI listener (customer, supplier, operator):
@@ -769,6 +781,23 @@ pub async fn serve(
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
     let gate = Gate::new(listener, Some(api.tokens.clone()), firewall.clone());
     let state = Scoped { api, listener };
+    // The chain the node records its users' requests in (see
+    // `audit_trail`): theirs to read.
+    let chain = firewall.audit().map(|audit| audit.ledger().clone());
+    let audit_routes = Router::new()
+        .route(
+            "/v1/audit",
+            get({
+                let chain = chain.clone();
+                move |Query(query): Query<super::audit_trail::AuditQuery>| {
+                    super::audit_trail::tail(chain.clone(), query)
+                }
+            }),
+        )
+        .route(
+            "/v1/audit/verify",
+            get(move || super::audit_trail::verify(chain.clone())),
+        );
     let routes = match listener {
         Listener::Customer => Router::new()
             .route("/v1/offers", get(market_offers))
@@ -793,7 +822,7 @@ pub async fn serve(
             )))
         }
     };
-    let app = common_routes(routes)
+    let app = common_routes(routes.merge(audit_routes))
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
             listener,

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 
 pub mod analytics;
+pub mod audit_trail;
 pub mod firewall;
 pub mod local;
 pub mod monitoring;
@@ -271,8 +272,37 @@ pub(crate) async fn gate(State(gate): State<Gate>, mut request: Request, next: N
         }
     }
     let name = record.name.clone();
+    let audit = gate
+        .firewall
+        .audit()
+        .filter(|_| audit_trail::RequestAudit::records(request.method()));
+    let asked = audit.map(|audit| {
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<Peer>>()
+            .map(|info| info.0 .0.ip());
+        (
+            audit,
+            request.uri().path().to_string(),
+            peer,
+            record.clone(),
+        )
+    });
+    let method = request.method().clone();
     request.extensions_mut().insert(Caller(record));
     let mut response = next.run(request).await;
+    if let Some((audit, path, peer, token)) = asked {
+        audit
+            .record(audit_trail::Asked {
+                listener: gate.firewall.listener(),
+                method: &method,
+                path: &path,
+                token: &token,
+                peer,
+                status: response.status(),
+            })
+            .await;
+    }
     tag(&mut response, Some(name));
     response
 }

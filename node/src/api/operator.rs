@@ -18,7 +18,6 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::local::{self, refusal, LocalApi, Scoped};
@@ -42,17 +41,8 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
 ];
 
-/// Most audit records one page holds.
-const MAX_AUDIT_PAGE: usize = 500;
-
-/// Query of `GET /v1/audit`.
-#[derive(Debug, Default, Deserialize)]
-pub struct AuditQuery {
-    /// First sequence number; by default the last `limit` records.
-    pub from: Option<u64>,
-    /// Most records (50 by default, 500 at most).
-    pub limit: Option<usize>,
-}
+pub use super::audit_trail::AuditQuery;
+use super::audit_trail::MAX_AUDIT_PAGE;
 
 fn not_a_coordinator() -> Response {
     refusal(
@@ -146,44 +136,19 @@ async fn dispute_case(
     }
 }
 
-/// `GET /v1/audit?from=&limit=`: the tail of the audit chain.
+/// `GET /v1/audit?from=&limit=`: the tail of the coordinator's audit chain.
 async fn audit_tail(State(s): State<Scoped>, Query(query): Query<AuditQuery>) -> Response {
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_AUDIT_PAGE);
-    let from = query.from;
-    let result = with_books(&s, move |ledger| {
-        let len = ledger.audit_len()?;
-        let from = from.unwrap_or_else(|| len.saturating_sub(limit as u64));
-        Ok((len, ledger.audit_records(from, limit)?))
-    })
-    .await;
-    match result {
-        Ok((len, records)) => Json(serde_json::json!({
-            "length": len,
-            "records": records.iter().map(|r| serde_json::json!({
-                "seq": r.record.seq,
-                "at": r.record.at,
-                "who": r.record.who.to_string(),
-                "action": format!("{:?}", r.record.action),
-                "subject": r.record.subject.to_string(),
-                "detail": r.record.detail,
-                "hash": hex::encode(r.hash),
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(response) => response,
+    match s.api.coordinator.as_ref() {
+        Some(role) => super::audit_trail::tail(Some(role.ledger.clone()), query).await,
+        None => not_a_coordinator(),
     }
 }
 
-/// `GET /v1/audit/verify`: walks the whole chain.
+/// `GET /v1/audit/verify`: walks the coordinator's whole chain.
 async fn audit_verify(State(s): State<Scoped>) -> Response {
-    match with_books(&s, |ledger| ledger.verify_audit()).await {
-        Ok(report) => Json(serde_json::json!({
-            "intact": report.is_intact(),
-            "verified": report.verified,
-            "broken": report.broken.map(|b| serde_json::json!({"seq": b.seq, "reason": b.reason.to_string()})),
-        }))
-        .into_response(),
-        Err(response) => response,
+    match s.api.coordinator.as_ref() {
+        Some(role) => super::audit_trail::verify(Some(role.ledger.clone())).await,
+        None => not_a_coordinator(),
     }
 }
 

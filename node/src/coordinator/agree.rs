@@ -159,7 +159,7 @@ pub fn watch_books(
             };
             let mut seen = Vec::new();
             for account in accounts {
-                let theirs = quorum.accounts(account).await;
+                let theirs = quorum.accounts(&role.key, account).await;
                 let r = role.clone();
                 let Ok(Ok(mine)) =
                     tokio::task::spawn_blocking(move || r.account_state(account)).await

@@ -218,7 +218,7 @@ pub fn request_kind(request: &CoordinatorRequest) -> &'static str {
         CoordinatorRequest::Deposit(_) => "deposit",
         CoordinatorRequest::Withdraw { .. } => "withdraw",
         CoordinatorRequest::Apply(_) => "apply",
-        CoordinatorRequest::Account(_) => "account",
+        CoordinatorRequest::Account(_) | CoordinatorRequest::AccountOf(_) => "account",
         CoordinatorRequest::Terminate(_) => "terminate",
         CoordinatorRequest::Release(_) => "release",
         CoordinatorRequest::CompleteDebit { .. } => "complete_debit",

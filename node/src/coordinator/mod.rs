@@ -434,11 +434,19 @@ impl CoordinatorRole {
                 return self.apply_direct(CertificateFrame::Deposit(deposit), now)
             }
             CoordinatorRequest::Apply(frame) => return self.apply_direct(frame, now),
-            CoordinatorRequest::Account(account) => {
-                return match self.account_state(account) {
+            CoordinatorRequest::Account(_) => {
+                return CoordinatorResponse::Refused(
+                    "query_unsigned: balances are private; ask with a signed account query".into(),
+                )
+            }
+            CoordinatorRequest::AccountOf(query) => {
+                if let Err(refusal) = self.may_read_account(&query, now) {
+                    return CoordinatorResponse::Refused(refusal);
+                }
+                return match self.account_state(query.body.account) {
                     Ok(state) => CoordinatorResponse::Account(state),
                     Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
-                }
+                };
             }
             CoordinatorRequest::Release(bundle) => self.vote_release(*bundle, now),
             CoordinatorRequest::CompleteDebit { debit, votes } => {
@@ -757,6 +765,37 @@ impl CoordinatorRole {
             },
             now,
         )
+    }
+
+    /// Whether `query` may read its account here: a valid signature, made
+    /// within [`rigmesh_protocol::ACCOUNT_QUERY_FRESH_MS`] of now,
+    /// by the account itself, a member of the set or an admin key.
+    fn may_read_account(
+        &self,
+        query: &Signed<rigmesh_protocol::AccountQuery>,
+        now: UnixMillis,
+    ) -> Result<(), String> {
+        if let Err(err) = query.verify_record() {
+            return Err(format!("{}: {err}", err.code()));
+        }
+        let q = &query.body;
+        let fresh = rigmesh_protocol::ACCOUNT_QUERY_FRESH_MS;
+        if q.created_at.0.abs_diff(now.0) > fresh {
+            return Err(format!(
+                "query_stale: an account query must be made within {} s of the coordinator's clock",
+                fresh / 1000
+            ));
+        }
+        let allowed = q.asker == q.account
+            || self.config.set.contains(&q.asker)
+            || self.config.admins.contains(&q.asker);
+        if !allowed {
+            return Err(format!(
+                "not_authorised: {} may not read the account of {}",
+                q.asker, q.account
+            ));
+        }
+        Ok(())
     }
 
     /// An account's state here.

@@ -83,7 +83,7 @@ async fn order(
     let failed = |what: &str, e: &dyn std::fmt::Display| BidError::Failed(format!("{what}: {e}"));
     let lease = agreement.id().map_err(|e| failed("lease id", &e))?;
     let debited = quorum
-        .debit(key.public(), |seq| {
+        .debit(key, |seq| {
             let now = UnixMillis::now();
             Signed::sign(
                 EscrowOrder {

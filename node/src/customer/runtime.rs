@@ -553,7 +553,7 @@ impl Customer {
                     Ok(mut report) => {
                         if let Some(quorum) = &self.quorum {
                             report.coordinators = quorum
-                                .accounts(self.key.public())
+                                .accounts(&self.key, self.key.public())
                                 .await
                                 .into_iter()
                                 .map(|s| report::CoordinatorView {
@@ -703,7 +703,7 @@ impl Customer {
     async fn lease(&mut self, request: &BidRequest) -> Result<LeaseStatus, BidError> {
         let mut orphans = Vec::new();
         if let Some(quorum) = &self.quorum {
-            match quorum.complete_pending(self.key.public()).await {
+            match quorum.complete_pending(&self.key).await {
                 Ok(completed) => orphans.extend(completed),
                 Err(err) => {
                     return Err(BidError::Refused(format!("escrow not possible now: {err}")))

@@ -147,6 +147,46 @@ impl Message for Deposit {
     }
 }
 
+/// A signed read of an account's state (`CoordinatorRequest::AccountOf`).
+/// Balances are private: a coordinator answers only the account itself,
+/// a member of the coordinator set or one of its admin keys, and only a
+/// query made within [`ACCOUNT_QUERY_FRESH_MS`] of its own clock, so a
+/// query seen once cannot be replayed later to read the account again.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct AccountQuery {
+    /// Protocol version (1).
+    pub version: u16,
+    /// The account read.
+    pub account: PublicKey,
+    /// Who asks; must sign.
+    pub asker: PublicKey,
+    /// When it was made.
+    pub created_at: UnixMillis,
+}
+
+/// How far an account query's time may be from the coordinator's clock.
+pub const ACCOUNT_QUERY_FRESH_MS: u64 = 120_000;
+
+impl Message for AccountQuery {
+    const KIND: Kind = Kind::AccountQuery;
+
+    fn version(&self) -> u16 {
+        self.version
+    }
+
+    fn author(&self) -> (&'static str, PublicKey) {
+        ("asker", self.asker)
+    }
+
+    fn created_at(&self) -> Option<UnixMillis> {
+        Some(self.created_at)
+    }
+
+    fn check_fields(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// An admin key's decision on a money message that coordinators hold for
 /// review (specs/settlement.md section 4.3): a deposit above the approval
 /// threshold waits for the approval of a second admin key, and a

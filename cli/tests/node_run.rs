@@ -317,6 +317,7 @@ fn start_failures_say_what_and_why_once() {
     interrupt(child);
 }
 
+/// Also: `--log-format json` writes each log event as one JSON object.
 #[test]
 fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,6 +328,7 @@ fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
     };
     let bootstrap = format!("/ip4/127.0.0.1/tcp/{port}");
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+        .args(["--log-format", "json"])
         .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .args([
             "--monitoring",
@@ -358,8 +360,17 @@ fn an_unreachable_bootstrap_peer_is_warned_of_and_not_healthy() {
         .iter()
         .find(|l| l.contains("bootstrap peer unreachable"))
         .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&warning)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {warning}"));
+    assert_eq!(event["level"], "WARN", "{warning}");
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("bootstrap peer unreachable"),
+        "{warning}"
+    );
     assert!(warning.contains(&bootstrap), "{warning}");
-    assert!(warning.contains("WARN"), "{warning}");
     let mut lines = Vec::new();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     while !lines

@@ -6,8 +6,9 @@ use crate::method::{Method, DAY};
 use crate::series::Series;
 use crate::{Error, Hour, Result};
 
-/// A cap on the horizon of [`forecast`]: four weeks ahead.
-pub const MAX_HORIZON: usize = 28 * 24;
+/// A cap on the horizon of [`forecast`]: 31 days ahead, so a month's
+/// spend can be forecast in one piece.
+pub const MAX_HORIZON: usize = 31 * 24;
 
 /// One forecast hour.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

@@ -100,6 +100,7 @@ fn forecast_spend_shows_the_days_ahead_and_the_caps_run_out() {
 
     // The same figures for people.
     let text = ok(rigmesh(&["forecast", "spend"], &analytics_api, &data));
+    println!("{text}");
     let total = report["totals"][0]["value"].as_str().unwrap();
     assert!(
         text.lines()

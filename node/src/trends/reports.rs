@@ -270,10 +270,21 @@ pub async fn spend(
         .await?
         .map_err(|e| Error::Store(e.to_string()))?;
     let leases = ask(customer, CustomerCommand::Leases).await?;
-    let account_cap = budget
-        .account
-        .cap
-        .map(|cap| account_run_out(cap, budget.account.spent, spend.as_deref(), now));
+    // A forecast of the next day is the surest: a cap it reaches is taken
+    // from it, whatever the horizon asked for; the longer one says the rest.
+    let day = if horizon_hours > 24 {
+        forecasts.forecast("spend", 24).await?
+    } else {
+        spend.clone()
+    };
+    let account_cap = budget.account.cap.map(|cap| {
+        let soon = account_run_out(cap, budget.account.spent, day.as_deref(), now);
+        if soon.run_out_at.is_some() {
+            soon
+        } else {
+            account_run_out(cap, budget.account.spent, spend.as_deref(), now)
+        }
+    });
     let lease_caps = budget
         .leases
         .iter()

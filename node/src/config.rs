@@ -262,6 +262,9 @@ pub struct NodeConfig {
     /// Notifications: channels, recipients, routes (see `rigmesh-notify`);
     /// none: alerts are logged and kept, never sent.
     pub notify: Option<rigmesh_notify::NotifyConfig>,
+    /// Series and forecasts: how often the node samples the market and
+    /// its leases, and how far ahead a customer is warned of its caps.
+    pub forecast: crate::trends::ForecastConfig,
 }
 
 impl Default for NodeConfig {
@@ -282,6 +285,7 @@ impl Default for NodeConfig {
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
             notify: None,
+            forecast: crate::trends::ForecastConfig::default(),
         }
     }
 }
@@ -579,6 +583,9 @@ mod tests {
             "# review_new_destinations = false",
             "[supplier.prices]\n# credits per GPU-hour",
             "# [http.operator_tls]",
+            "[forecast]",
+            "sample_secs = 60",
+            "alert_horizon_hours = 24",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }

@@ -29,6 +29,9 @@ pub enum Error {
     /// A remote peer answered with a refusal.
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The work asked for is under way for another caller; ask again.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,

@@ -19,3 +19,4 @@ pub mod quorum;
 pub mod receipts;
 pub mod supplier;
 pub mod telemetry;
+pub mod trends;

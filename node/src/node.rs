@@ -259,6 +259,25 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         fw.record_requests_in(request_audit.clone());
         Ok(fw)
     };
+    // Customers and suppliers keep hourly series of their money and of
+    // the market, for forecasts; the writes go through one thread.
+    let trends = if matches!(config.role, Role::Customer | Role::Supplier) {
+        let path = config.data_dir.join("series");
+        let book = Arc::new(
+            tokio::task::spawn_blocking(move || crate::trends::SeriesBook::open(&path))
+                .await
+                .map_err(|e| Error::Store(format!("opening the series: {e}")))??,
+        );
+        let writer = crate::trends::SeriesWriter::start(book.clone())?;
+        Some((
+            crate::trends::Trends {
+                forecasts: Arc::new(crate::trends::Forecasts::new(book)),
+            },
+            writer,
+        ))
+    } else {
+        None
+    };
     let mut api = crate::api::local::LocalApi {
         store: store.clone(),
         account: account.public(),
@@ -267,6 +286,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         customer: (config.role == Role::Customer).then_some(customer_tx),
         notify: notify_slot.clone(),
         coordinator: None,
+        trends: trends.as_ref().map(|(t, _)| t.clone()),
     };
     let mut customer_api = None;
     if matches!(config.role, Role::Customer | Role::Relay) {
@@ -502,9 +522,25 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             customer = customer.with_rules(rules.clone());
         }
         customer = customer.with_alerts(alerts_to.clone());
+        if let Some((_, writer)) = &trends {
+            customer = customer.with_series(writer.clone());
+        }
         tasks.push(tokio::spawn(crate::customer::runtime::run(
             customer,
             customer_rx,
+            stop.subscribe(),
+        )));
+    }
+    if let Some((trends, writer)) = &trends {
+        tasks.push(tokio::spawn(crate::trends::sampler::run(
+            crate::trends::sampler::Sampling {
+                writer: writer.clone(),
+                forecasts: trends.forecasts.clone(),
+                store: store.clone(),
+                supplier: api.supplier.clone(),
+                customer: api.customer.clone(),
+                config: config.forecast.clone(),
+            },
             stop.subscribe(),
         )));
     }

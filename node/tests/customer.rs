@@ -116,6 +116,18 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
     assert_eq!(leases[0]["lease"], lease["lease"]);
     assert!(leases[0]["acked_windows"].as_u64().unwrap() >= 2);
     assert_eq!(leases[0]["disputed_windows"], 0);
+    // Each acked window's charge lands in the hourly spend series.
+    let analytics = customer.analytics_api.unwrap();
+    eventually(10, "spend in the hourly series", || {
+        let token = token.clone();
+        async move {
+            let r = common::http_get(analytics, "/v1/series/spend?hours=2", Some(&token)).await;
+            body(&r)["points"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["value"].as_f64().unwrap_or(0.0) > 0.0))
+        }
+    })
+    .await;
     // The lease is with the cheaper supplier's account.
     let cheap_account = rigmesh_protocol::Keypair::from_seed(
         rigmesh_node::keyfile::read_seed(&dirs[1].path().join("account.key")).unwrap(),

@@ -93,6 +93,7 @@ fn setup() -> Setup {
         customer: None,
         notify: Default::default(),
         coordinator: None,
+        trends: None,
     };
     Setup {
         dir,
@@ -608,6 +609,7 @@ fn concrete(path: &str) -> String {
         .replace("{lease}", &id)
         .replace("{group}", &id)
         .replace("{name}", "nobody")
+        .replace("{*name}", "spend")
         .replace("{token}", "victim")
 }
 

@@ -24,6 +24,14 @@ pub(crate) enum ForecastCommand {
     /// (persistence, same hour yesterday, same hour last week). Prints
     /// MAE, MAPE, WAPE and how often the 80 % interval held the actual.
     Backtest(BacktestArgs),
+    /// The customer's spend ahead (24 h, 7 d, 30 d, with 80 % intervals)
+    /// and when each cap runs out at that rate, from the node's analytics
+    /// listener.
+    Spend(super::outlook::OutlookArgs),
+    /// The supplier's earnings, GPU-hours sold and utilisation ahead.
+    Earnings(super::outlook::OutlookArgs),
+    /// Price and supply per GPU model ahead, from the offers the node saw.
+    Market(super::outlook::OutlookArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +141,9 @@ fn parse_resample(text: &str) -> Result<u64, String> {
 pub(crate) fn run(cmd: ForecastCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ForecastCommand::Backtest(args) => backtest(args),
+        ForecastCommand::Spend(args) => super::outlook::spend(args),
+        ForecastCommand::Earnings(args) => super::outlook::earnings(args),
+        ForecastCommand::Market(args) => super::outlook::market(args),
     }
 }
 

@@ -21,6 +21,7 @@ mod node;
 mod notify;
 mod offer;
 mod offers;
+mod outlook;
 mod progress;
 mod sink;
 mod text;

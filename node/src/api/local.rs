@@ -168,6 +168,8 @@ pub struct LocalApi {
     pub notify: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>>,
     /// The coordinator role, on a coordinator (the operator listener).
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
+    /// The node's series and forecasts (customers and suppliers).
+    pub trends: Option<crate::trends::Trends>,
 }
 
 #[derive(Clone)]

@@ -162,6 +162,9 @@ pub enum CustomerCommand {
     /// End a running lease: a signed termination the supplier honours at
     /// the end of the window in progress.
     EndLease(Id, oneshot::Sender<Result<LeaseStatus, RequestError>>),
+    /// Raise a `forecast.cap` alert about a cap (`None`: the account's)
+    /// that the spend forecast reaches soon; answered once it is kept.
+    ForecastAlert(Option<Id>, String, oneshot::Sender<()>),
     /// Dispute every window of a lease from now on with the customer's own
     /// observation (`None` stops).
     Contest(

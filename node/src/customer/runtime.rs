@@ -153,6 +153,8 @@ pub struct Customer {
     standing: StandingBids,
     /// The notifier, when notifications are configured.
     alerts_to: crate::notify::AlertSink,
+    /// Where the hourly spend and GPU-hours of acked windows go.
+    series: crate::trends::SeriesWriter,
 }
 
 impl std::fmt::Debug for Customer {
@@ -205,6 +207,7 @@ impl Customer {
             spending,
             standing: StandingBids::default(),
             alerts_to: crate::notify::AlertSink::default(),
+            series: crate::trends::SeriesWriter::off(),
         })
     }
 }
@@ -221,6 +224,13 @@ impl Customer {
     /// `sink` as well as keeping them.
     pub fn with_alerts(mut self, sink: crate::notify::AlertSink) -> Self {
         self.alerts_to = sink;
+        self
+    }
+
+    /// Records the spend and GPU time of each acked window, by the hour
+    /// its window ends in, in `series`.
+    pub fn with_series(mut self, series: crate::trends::SeriesWriter) -> Self {
+        self.series = series;
         self
     }
 
@@ -456,6 +466,30 @@ impl Customer {
                             })
                         });
                 let _ = reply.send(result);
+            }
+            CustomerCommand::ForecastAlert(lease, message, reply) => {
+                let alert = Signed::sign(
+                    Alert {
+                        version: PROTOCOL_VERSION,
+                        issuer: self.key.public(),
+                        severity: rigmesh_protocol::Severity::Warning,
+                        audience: rigmesh_protocol::Audience::Customer,
+                        rule: "forecast.cap".into(),
+                        about: Some(self.key.public()),
+                        subject: lease,
+                        message,
+                        created_at: now,
+                    },
+                    &self.key,
+                );
+                match alert {
+                    Ok(alert) => {
+                        tracing::warn!(message = %alert.body.message, "forecast alert");
+                        raise(&self.records, &self.alerts_to, vec![alert]);
+                        let _ = reply.send(());
+                    }
+                    Err(err) => tracing::warn!(%err, "forecast alert not signed"),
+                }
             }
             CustomerCommand::Budget(reply) => {
                 let _ = reply.send(self.budget_report());
@@ -1297,6 +1331,20 @@ impl Customer {
             }
             Verdict::Duplicate { .. } => (None, None),
         };
+        let charge = lease
+            .watch
+            .spent()
+            .checked_sub(spent_before)
+            .unwrap_or(Credits::ZERO);
+        if status == Some(WindowStatus::Acked) && !charge.is_zero() {
+            let hour = crate::trends::book::hour_at(body.window_end);
+            self.series.add("spend", hour, charge.units());
+            self.series.add(
+                "gpu_hours",
+                hour,
+                i64::try_from(body.billable_gpu_ms).unwrap_or(i64::MAX),
+            );
+        }
         let recorded = match status {
             Some(status) => self.records.put_window(
                 &record_of(lease),
@@ -1306,11 +1354,7 @@ impl Customer {
                     window_start: body.window_start,
                     window_end: body.window_end,
                     billable_gpu_ms: body.billable_gpu_ms,
-                    charge: lease
-                        .watch
-                        .spent()
-                        .checked_sub(spent_before)
-                        .unwrap_or(Credits::ZERO),
+                    charge,
                     status,
                 },
             ),

@@ -1,0 +1,311 @@
+//! The task that feeds the series a node samples rather than records as
+//! it happens, and that warns a customer ahead of its caps:
+//!
+//! - the market, from the live offers in the gossip store: per GPU model
+//!   the offers and the 10th, 50th and 90th percentile of their prices;
+//! - a supplier, from its role's view: what its leases earned and the
+//!   GPU time they sold since the last sample, and the share of its GPUs
+//!   leased;
+//! - a customer: once an hour, the spend forecast over the configured
+//!   horizon, and a `forecast.cap` alert for each cap it runs through.
+//!   (Its spend itself is recorded by the role as each window is acked.)
+//!
+//! Store reads run on the blocking pool; writes go through the
+//! [`SeriesWriter`]'s queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use rigmesh_ledger::MarketStore;
+use rigmesh_protocol::{Credits, Id, UnixMillis};
+use tokio::sync::{mpsc, watch};
+
+use super::book::{hour_at, model_key, SeriesWriter};
+use super::forecasts::Forecasts;
+use super::{reports, ForecastConfig};
+use crate::customer::commands::CustomerCommand;
+use crate::supplier::runtime::SupplierView;
+
+/// What the sampler reads and writes.
+pub struct Sampling {
+    /// Where samples go.
+    pub writer: SeriesWriter,
+    /// The forecasts (for the customer's cap alerts).
+    pub forecasts: Arc<Forecasts>,
+    /// The gossip store.
+    pub store: Arc<MarketStore>,
+    /// The supplier role's view, on a supplier.
+    pub supplier: Option<watch::Receiver<SupplierView>>,
+    /// The customer role, on a customer.
+    pub customer: Option<mpsc::Sender<CustomerCommand>>,
+    /// How often and how far ahead.
+    pub config: ForecastConfig,
+}
+
+/// The `q` quantile (0..=1) of sorted `values`, nearest rank.
+fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get(((last as f64) * q).round() as usize).copied()
+}
+
+/// Per GPU model: the live offers and their price percentiles
+/// (micro-credits per GPU-hour).
+pub fn market_snapshot(
+    offers: &[rigmesh_protocol::Signed<rigmesh_protocol::Offer>],
+) -> BTreeMap<String, (i64, [i64; 3])> {
+    let mut prices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for offer in offers {
+        prices
+            .entry(model_key(&offer.body.gpu_model))
+            .or_default()
+            .push(offer.body.price_per_gpu_hour.units());
+    }
+    prices
+        .into_iter()
+        .take(reports::MAX_MODELS)
+        .filter_map(|(model, mut p)| {
+            p.sort_unstable();
+            let q = [quantile(&p, 0.1)?, quantile(&p, 0.5)?, quantile(&p, 0.9)?];
+            Some((model, (p.len() as i64, q)))
+        })
+        .collect()
+}
+
+/// What the supplier had counted at the last sample, per lease.
+#[derive(Debug, Default)]
+struct SupplierMarks {
+    /// Earned (micro-credits) and GPU-ms per lease at the last sample.
+    leases: BTreeMap<Id, (i64, u64)>,
+    started: bool,
+}
+
+/// What a supplier's leases did since the last sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SupplierSample {
+    /// Micro-credits earned.
+    earned: i64,
+    /// GPU-milliseconds sold.
+    gpu_ms: u64,
+    /// Share of the GPUs under a running lease, basis points (`None`
+    /// without GPUs).
+    utilisation_bp: Option<i64>,
+}
+
+impl SupplierMarks {
+    /// What changed since the last sample. The first sample only sets the
+    /// marks: what leases had earned before the node started was recorded
+    /// then.
+    fn sample(&mut self, view: &SupplierView, now: UnixMillis) -> SupplierSample {
+        let mut out = SupplierSample::default();
+        for lease in &view.leases {
+            let (e, g) = (lease.earned.units(), lease.billable_gpu_ms);
+            let (e0, g0) = self
+                .leases
+                .insert(lease.lease, (e, g))
+                .unwrap_or(if self.started { (0, 0) } else { (e, g) });
+            out.earned = out.earned.saturating_add(e.saturating_sub(e0).max(0));
+            out.gpu_ms = out.gpu_ms.saturating_add(g.saturating_sub(g0));
+        }
+        let present: BTreeSet<Id> = view.leases.iter().map(|l| l.lease).collect();
+        self.leases.retain(|id, _| present.contains(id));
+        self.started = true;
+        if !view.gpus.is_empty() {
+            let leased: BTreeSet<u16> = view
+                .leases
+                .iter()
+                .filter(|l| l.ends_at > now)
+                .flat_map(|l| l.gpus.iter().copied())
+                .collect();
+            let bp = (leased.len() as i64 * 10_000) / view.gpus.len() as i64;
+            out.utilisation_bp = Some(bp.min(10_000));
+        }
+        out
+    }
+}
+
+fn write_supplier(sample: SupplierSample, writer: &SeriesWriter, now: UnixMillis) {
+    let hour = hour_at(now);
+    if sample.earned > 0 {
+        writer.add("earnings", hour, sample.earned);
+    }
+    if sample.gpu_ms > 0 {
+        writer.add(
+            "gpu_hours_sold",
+            hour,
+            i64::try_from(sample.gpu_ms).unwrap_or(i64::MAX),
+        );
+    }
+    if let Some(bp) = sample.utilisation_bp {
+        writer.set("utilisation", hour, bp);
+    }
+}
+
+/// Raises a `forecast.cap` alert once per cap (and cap value) while the
+/// forecast runs through it within the horizon.
+#[derive(Debug, Default)]
+struct CapWatch {
+    raised: BTreeSet<(Option<Id>, Credits)>,
+}
+
+impl CapWatch {
+    async fn check(
+        &mut self,
+        forecasts: &Arc<Forecasts>,
+        customer: &mpsc::Sender<CustomerCommand>,
+        horizon: usize,
+    ) {
+        let report = match reports::spend(forecasts, customer, horizon).await {
+            Ok(report) => report,
+            Err(err) => {
+                tracing::debug!(%err, "spend forecast for the cap alerts not made");
+                return;
+            }
+        };
+        let now = UnixMillis::now();
+        let mut due = BTreeSet::new();
+        for cap in report.account_cap.iter().chain(&report.lease_caps) {
+            let Some(at) = cap.run_out_at else { continue };
+            let key = (cap.lease, cap.cap);
+            due.insert(key);
+            if self.raised.contains(&key) || cap.remaining.is_zero() {
+                continue;
+            }
+            let hours = at.since(now) / 3_600_000;
+            let what = match cap.lease {
+                Some(lease) => format!("lease {lease}'s cap of {} credits", cap.cap),
+                None => format!("the account's cap of {} credits", cap.cap),
+            };
+            let message = format!(
+                "at this rate {what} is reached in about {hours} h ({} credits left; {})",
+                cap.remaining, cap.basis
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if customer
+                .send(CustomerCommand::ForecastAlert(cap.lease, message, tx))
+                .await
+                .is_ok()
+                && rx.await.is_ok()
+            {
+                self.raised.insert(key);
+            }
+        }
+        // A cap no longer in reach may warn again when it comes back.
+        self.raised.retain(|key| due.contains(key));
+    }
+}
+
+/// Samples every `config.sample_secs` until `stop` turns true.
+pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
+    let every = std::time::Duration::from_secs(s.config.sample_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut marks = SupplierMarks::default();
+    let mut caps = CapWatch::default();
+    let mut checked_hour = None;
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let now = UnixMillis::now();
+                let store = s.store.clone();
+                match tokio::task::spawn_blocking(move || crate::api::local::live_offers(&store)).await {
+                    Ok(Ok(offers)) => {
+                        let hour = hour_at(now);
+                        for (model, (count, [p10, p50, p90])) in market_snapshot(&offers) {
+                            s.writer.set(&format!("market/{model}/offers"), hour, count);
+                            s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
+                            s.writer.set(&format!("market/{model}/price_p50"), hour, p50);
+                            s.writer.set(&format!("market/{model}/price_p90"), hour, p90);
+                        }
+                    }
+                    Ok(Err(err)) => tracing::debug!(%err, "market not sampled"),
+                    Err(err) => tracing::debug!(%err, "market sampling task failed"),
+                }
+                if let Some(view) = &s.supplier {
+                    let view = view.borrow().clone();
+                    write_supplier(marks.sample(&view, now), &s.writer, now);
+                }
+                if let (Some(customer), true) = (&s.customer, s.config.alert_horizon_hours > 0) {
+                    let hour = hour_at(now);
+                    if checked_hour != Some(hour) {
+                        let horizon = (s.config.alert_horizon_hours as usize)
+                            .min(super::forecasts::MAX_HORIZON_HOURS);
+                        caps.check(&s.forecasts, customer, horizon).await;
+                        checked_hour = Some(hour);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supplier::runtime::SupplierLease;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v: Vec<i64> = (1..=11).collect();
+        assert_eq!(quantile(&v, 0.1), Some(2));
+        assert_eq!(quantile(&v, 0.5), Some(6));
+        assert_eq!(quantile(&v, 0.9), Some(10));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    fn lease(id: u8, gpus: Vec<u16>, earned: i64, gpu_ms: u64, ends_at: u64) -> SupplierLease {
+        SupplierLease {
+            lease: Id([id; 32]),
+            customer: rigmesh_protocol::Keypair::from_seed([1; 32]).public(),
+            gpus,
+            price_per_gpu_hour: Credits::from_units(1_000_000),
+            ends_at: UnixMillis(ends_at),
+            windows_attested: 1,
+            billable_gpu_ms: gpu_ms,
+            earned: Credits::from_units(earned),
+            settled: None,
+        }
+    }
+
+    fn gpu(index: u32) -> crate::telemetry::GpuDevice {
+        crate::telemetry::GpuDevice {
+            index,
+            name: "A100".into(),
+            uuid: format!("GPU-{index}"),
+            serial: None,
+            memory_total_mib: 81_920,
+            pci_bus_id: format!("0:{index}"),
+            compute_capability: None,
+            driver_version: None,
+            cuda_version: None,
+        }
+    }
+
+    #[test]
+    fn a_supplier_counts_what_its_leases_added_since_the_last_sample() {
+        let now = UnixMillis(1_000_000);
+        let mut marks = SupplierMarks::default();
+        let mut view = SupplierView {
+            gpus: (0..4).map(gpu).collect(),
+            latest: Vec::new(),
+            leases: vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)],
+        };
+        // What was earned before the start is not counted again.
+        let first = marks.sample(&view, now);
+        assert_eq!((first.earned, first.gpu_ms), (0, 0));
+        assert_eq!(first.utilisation_bp, Some(5_000));
+        view.leases[0] = lease(1, vec![0, 1], 800_000, 90_000, 2_000_000);
+        view.leases
+            .push(lease(2, vec![2], 100_000, 10_000, 500_000));
+        let second = marks.sample(&view, now);
+        assert_eq!(second.earned, 300_000 + 100_000, "growth plus a new lease");
+        assert_eq!(second.gpu_ms, 30_000 + 10_000);
+        assert_eq!(second.utilisation_bp, Some(5_000), "lease 2 has ended");
+        let third = marks.sample(&view, now);
+        assert_eq!((third.earned, third.gpu_ms), (0, 0), "nothing new");
+    }
+}

@@ -17,5 +17,6 @@ pub mod node;
 pub mod notify;
 pub mod quorum;
 pub mod receipts;
+pub mod review;
 pub mod supplier;
 pub mod telemetry;

@@ -93,6 +93,7 @@ fn setup() -> Setup {
         customer: None,
         notify: Default::default(),
         coordinator: None,
+        review: None,
     };
     Setup {
         dir,

@@ -22,6 +22,7 @@ mod notify;
 mod offer;
 mod offers;
 mod progress;
+mod review;
 mod sink;
 mod text;
 mod token;

@@ -156,6 +156,9 @@ pub struct LocalApi {
     pub notify: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>>,
     /// The coordinator role, on a coordinator (the operator listener).
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
+    /// The suspicious-activity review queue, on a node with an operator
+    /// audience (the operator listener).
+    pub review: Option<crate::review::ReviewQueue>,
 }
 
 #[derive(Clone)]

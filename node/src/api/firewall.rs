@@ -443,7 +443,7 @@ impl Firewall {
             if crossed {
                 window.alerted = true;
             }
-            let more = window.alerted && !crossed && window.count % threshold == 0;
+            let more = window.alerted && !crossed && window.count.is_multiple_of(threshold);
             (crossed, more)
         };
         if !crossed && !more {

@@ -425,6 +425,9 @@ impl ReviewQueue {
     }
 }
 
+/// A reply the writer sends once the batch it came in is on disk.
+type Answer = Box<dyn FnOnce(&ReviewStore)>;
+
 /// The writer: takes what is queued, applies it, flushes once, then
 /// answers; ends on `Close` or when every handle is dropped.
 fn run_writer(mut store: ReviewStore, mut ops: mpsc::Receiver<Op>, metrics: ReviewMetrics) {
@@ -441,7 +444,7 @@ fn run_writer(mut store: ReviewStore, mut ops: mpsc::Receiver<Op>, metrics: Revi
                 Err(_) => break,
             }
         }
-        let mut answers: Vec<Box<dyn FnOnce(&ReviewStore)>> = Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
         let mut close = None;
         for op in batch.drain(..) {
             match op {

@@ -1,7 +1,8 @@
 //! `rigmesh token create|list|revoke` against a real customer node: a new
 //! token is printed once, works for its scopes only, is listed without
 //! its secret, and is refused once revoked; `rigmesh audit` reads a
-//! coordinator's audit chain and books through its operator API.
+//! coordinator's audit chain and books through its operator API, and
+//! `rigmesh admin review` lists and acknowledges its review queue.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -143,5 +144,106 @@ fn a_coordinators_audit_chain_and_books_are_read_from_the_cli() {
     // Without the operator's token, nothing is read.
     let refused = rigmesh(&["audit", "verify"], &api, &dir.path().join("elsewhere"));
     assert!(!refused.status.success());
+    interrupt(node);
+}
+
+#[test]
+fn a_coordinators_review_queue_is_listed_and_acknowledged_from_the_cli() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    std::fs::create_dir_all(&data).unwrap();
+    rigmesh_node::keyfile::write_seed(&data.join("account.key"), &[0x61; 32]).unwrap();
+    let member = rigmesh_protocol::Keypair::from_seed([0x61; 32]).public();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!("[coordinators]\nepoch = 1\nmembers = [\"{member}\"]\n"),
+    )
+    .unwrap();
+    let (node, lines) = start_with(
+        &data,
+        &[
+            "--role",
+            "coordinator",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let api = printed(&lines, "operator api on http://");
+    let empty = stdout(&rigmesh(&["admin", "review", "list"], &api, &data));
+    assert!(empty.contains("no open review items"), "{empty}");
+
+    // 50 guessed tokens: the operator listener's alert threshold.
+    for i in 0..50 {
+        let mut stream = std::net::TcpStream::connect(&api).unwrap();
+        write!(
+            stream,
+            "GET /v1/books HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {i:064x}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    // The item is written by the queue's own thread: ask until it is in.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let page = stdout(&rigmesh(
+            &["admin", "review", "list", "--json"],
+            &api,
+            &data,
+        ));
+        let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+        items = page["items"].as_array().unwrap().clone();
+        if !items.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["rule"], "api.refusals");
+    assert_eq!(items[0]["subject"], "address 127.0.0.1");
+    let id = items[0]["id"].as_u64().unwrap().to_string();
+    let table = stdout(&rigmesh(&["admin", "review", "list"], &api, &data));
+    assert!(
+        table.contains("api.refusals") && table.contains("address 127.0.0.1"),
+        "{table}"
+    );
+
+    let acked = stdout(&rigmesh(
+        &[
+            "admin",
+            "review",
+            "ack",
+            &id,
+            "--note",
+            "my own script's typo",
+        ],
+        &api,
+        &data,
+    ));
+    assert!(acked.contains("acknowledged by operator-cli"), "{acked}");
+    let again = rigmesh(
+        &["admin", "review", "ack", &id, "--note", "again"],
+        &api,
+        &data,
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("was acknowledged by operator-cli"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let unknown = rigmesh(
+        &["admin", "review", "ack", "999", "--note", "n"],
+        &api,
+        &data,
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no review item 999"));
+    let open = stdout(&rigmesh(&["admin", "review", "list"], &api, &data));
+    assert!(open.contains("no open review items"), "{open}");
+    let all = stdout(&rigmesh(&["admin", "review", "list", "--all"], &api, &data));
+    assert!(all.contains("my own script's typo"), "{all}");
     interrupt(node);
 }

@@ -17,6 +17,7 @@ pub mod node;
 pub mod notify;
 pub mod quorum;
 pub mod receipts;
+pub mod review;
 pub mod supplier;
 pub mod telemetry;
 pub mod trends;

@@ -52,8 +52,11 @@ pub struct RunningNode {
     /// A client of the coordinator set, when one is configured.
     pub quorum: Option<crate::quorum::Quorum>,
     /// Where the roles hand their alerts: the notifier when `[notify]` is
-    /// configured, else nowhere.
+    /// configured, and the review queue on a coordinator.
     pub alerts: crate::notify::AlertSink,
+    /// The suspicious-activity review queue (coordinator nodes, which have
+    /// an operator audience).
+    pub review: Option<crate::review::ReviewQueue>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -64,6 +67,11 @@ impl RunningNode {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        // Its last events are flushed and its table released, so a node
+        // restarted on this directory opens it again.
+        if let Some(review) = &self.review {
+            review.close().await;
         }
         self.store.flush().map_err(|e| Error::Store(e.to_string()))
     }
@@ -181,6 +189,27 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
         &config.account_key_path(),
     )?);
+    // The review queue of a node with an operator audience, opened while
+    // the registry still takes metrics.
+    let review = if config.role == Role::Coordinator {
+        let dir = config.data_dir.join("review");
+        let metrics = crate::review::ReviewMetrics::register(&mut registry);
+        let me = account.public();
+        Some(
+            tokio::task::spawn_blocking(move || {
+                crate::review::ReviewQueue::open(
+                    &dir,
+                    crate::review::DEFAULT_MAX_OPEN,
+                    Some(me),
+                    metrics,
+                )
+            })
+            .await
+            .map_err(|e| Error::Store(format!("opening the review queue: {e}")))??,
+        )
+    } else {
+        None
+    };
     let (customer_tx, customer_rx) = tokio::sync::mpsc::channel(16);
     let (view_tx, view_rx) = watch::channel(crate::supplier::runtime::SupplierView::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -194,6 +223,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 notify: notify_slot.clone(),
                 account: Some(account.public()),
                 audience: Some(crate::notify::audience_of(config.role)),
+                review: review.clone(),
             },
         )?))
     };
@@ -287,6 +317,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         notify: notify_slot.clone(),
         coordinator: None,
         trends: trends.as_ref().map(|(t, _)| t.clone()),
+        review: review.clone(),
     };
     let mut customer_api = None;
     if matches!(config.role, Role::Customer | Role::Relay) {
@@ -358,6 +389,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             role.deposit_alert_above = table.deposit_alert()?;
         }
         role.metrics = coordinator_metrics;
+        role.review = review.clone();
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
         api.coordinator = Some(role);
@@ -413,6 +445,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 stopped(stop.subscribe()),
             ));
         }
+    }
+    // Operators' alerts open review items too; strikes and bans on the
+    // network do as well.
+    if let Some(queue) = &review {
+        alerts_to = alerts_to.with_review(queue.clone());
+        tasks.push(crate::review::watch_offences(
+            &handle,
+            queue.clone(),
+            stopped(stop.subscribe()),
+        ));
     }
     if let (Some(role), Some(quorum)) = (&coordinator_role, &quorum) {
         let compare_secs = config
@@ -561,6 +603,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         coordinator: coordinator_role,
         quorum,
         alerts: alerts_to,
+        review,
         stop,
         tasks,
     })

@@ -37,33 +37,50 @@ use crate::config::Role;
 use crate::error::{Error, Result};
 use crate::network::NodeHandle;
 
-/// Where alerts go from a role: the notifier when one runs, else nowhere.
-/// Cheap to clone; [`AlertSink::raise`] never waits.
+/// Where alerts go from a role: the notifier when one runs, and the
+/// review queue for the operators' alerts it keeps (on a node that has
+/// one). Cheap to clone; [`AlertSink::raise`] never waits.
 #[derive(Debug, Clone, Default)]
-pub struct AlertSink(Option<NotifyHandle>);
+pub struct AlertSink {
+    notify: Option<NotifyHandle>,
+    review: Option<crate::review::ReviewQueue>,
+}
 
 impl AlertSink {
     /// A sink that feeds `handle`.
     pub fn new(handle: NotifyHandle) -> Self {
-        AlertSink(Some(handle))
+        AlertSink {
+            notify: Some(handle),
+            review: None,
+        }
     }
 
-    /// True when a notifier runs behind it.
+    /// The same sink, also opening review items in `queue`.
+    pub fn with_review(mut self, queue: crate::review::ReviewQueue) -> Self {
+        self.review = Some(queue);
+        self
+    }
+
+    /// True when a notifier or a review queue runs behind it.
     pub fn is_on(&self) -> bool {
-        self.0.is_some()
+        self.notify.is_some() || self.review.is_some()
     }
 
-    /// Hands `alert` to the notifier if one runs and its queue has room.
+    /// Hands `alert` to the notifier if one runs and its queue has room,
+    /// and to the review queue when its rule is one that opens an item.
     pub fn raise(&self, alert: &Alert) {
-        if let Some(handle) = &self.0 {
+        if let Some(handle) = &self.notify {
             handle.try_raise(alert.clone());
+        }
+        if let Some(queue) = &self.review {
+            queue.raise_alert(alert);
         }
     }
 
     /// Tells the notifier that `alert` (the same rule, issuer, account and
     /// subject) no longer holds: its group reports it resolved.
     pub fn resolve(&self, alert: &Alert) {
-        if let Some(handle) = &self.0 {
+        if let Some(handle) = &self.notify {
             handle.try_resolve(alert.clone());
         }
     }

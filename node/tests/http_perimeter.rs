@@ -94,6 +94,7 @@ fn setup() -> Setup {
         notify: Default::default(),
         coordinator: None,
         trends: None,
+        review: None,
     };
     Setup {
         dir,

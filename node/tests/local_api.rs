@@ -54,6 +54,7 @@ async fn each_listener_takes_only_the_scopes_of_its_routes() {
         notify: Default::default(),
         coordinator: None,
         trends: None,
+        review: None,
     };
     let localhost = "127.0.0.1:0".parse().unwrap();
     let firewall = |listener| {

@@ -10,6 +10,8 @@
 //! - `deposits` and `withdrawals`: list what the coordinators hold for an
 //!   admin's decision, approve it or reject it (a signed `Approval`);
 //! - `disputes`: the review queue of dispute cases (see `disputes.rs`);
+//! - `review`: the suspicious-activity review queue of one coordinator,
+//!   through its operator API (see `review.rs`; no relay node);
 //! - `balances`: ask every coordinator for accounts' balances, debit
 //!   sequence numbers and escrowed credits, side by side.
 
@@ -49,6 +51,9 @@ pub(crate) enum AdminCommand {
     /// Dispute cases held for review: list, show the evidence, resolve.
     #[command(subcommand)]
     Disputes(super::disputes::DisputesCommand),
+    /// A coordinator's suspicious-activity review queue: list, acknowledge.
+    #[command(subcommand)]
+    Review(super::review::ReviewQueueCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +173,11 @@ pub(crate) async fn connect(
 }
 
 pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
+    // One coordinator's operator API, over blocking HTTP: no relay node.
+    let cmd = match cmd {
+        AdminCommand::Review(cmd) => return super::review::run(cmd),
+        other => other,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cmd {
@@ -176,6 +186,7 @@ pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
             AdminCommand::Withdrawals(cmd) => review(Kind::Withdrawal, cmd).await,
             AdminCommand::Balances(args) => balances(args).await,
             AdminCommand::Disputes(cmd) => super::disputes::run(cmd).await,
+            AdminCommand::Review(cmd) => super::review::run(cmd),
         }
     })
 }

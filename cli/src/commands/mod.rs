@@ -23,6 +23,7 @@ mod offer;
 mod offers;
 mod outlook;
 mod progress;
+mod review;
 mod sink;
 mod text;
 mod token;

@@ -1,7 +1,8 @@
 //! The firewall in front of every HTTP listener: allowed source networks,
 //! per-address rate limits (governor), a timeout, a concurrency limit and
 //! a body limit (tower / tower-http), one structured log line and metrics
-//! for every request, and an alert when one address collects refusals.
+//! for every request, and an alert and a review item when one address
+//! (or one token) collects refusals.
 //!
 //! Order, outermost first: source network (403 `forbidden_network`),
 //! per-address rate (429 `rate_limited`), timeout (408 `timeout`),
@@ -232,7 +233,7 @@ impl ApiMetrics {
         );
         sub.register(
             "suspicious_sources",
-            "Addresses whose refusals within a minute crossed the alert threshold",
+            "Addresses and tokens whose refusals within a minute crossed the alert threshold",
             metrics.suspicious.clone(),
         );
         metrics
@@ -274,9 +275,28 @@ pub struct AlertTarget {
     pub account: Option<PublicKey>,
     /// Who hears about it.
     pub audience: Option<Audience>,
+    /// The node's review queue, on a node with an operator audience.
+    pub review: Option<crate::review::ReviewQueue>,
 }
 
-/// A window of refusals from one address.
+/// Who collects refusals: an address, or a token the node knows (by its
+/// name), whichever addresses it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Address(IpAddr),
+    Token(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Address(ip) => write!(f, "address {ip}"),
+            Source::Token(name) => write!(f, "token {name}"),
+        }
+    }
+}
+
+/// A window of refusals from one source.
 #[derive(Debug, Clone, Copy)]
 struct RefusalWindow {
     since: Instant,
@@ -284,7 +304,7 @@ struct RefusalWindow {
     alerted: bool,
 }
 
-/// Addresses tracked at most; past this, old windows are dropped first.
+/// Addresses and tokens tracked at most; past this, old windows are dropped first.
 const MAX_TRACKED: usize = 4096;
 /// The window over which refusals are counted.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
@@ -298,7 +318,7 @@ pub struct Firewall {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_token: DefaultKeyedRateLimiter<String>,
     metrics: ApiMetrics,
-    refusals: Mutex<HashMap<IpAddr, RefusalWindow>>,
+    refusals: Mutex<HashMap<Source, RefusalWindow>>,
     alerts: AlertTarget,
     audit: OnceLock<super::audit_trail::RequestAudit>,
 }
@@ -391,22 +411,35 @@ impl Firewall {
         self.per_ip.check_key(&ip).is_ok()
     }
 
-    /// Counts a refusal from `ip`; past the threshold within a minute, a
-    /// warning, a metric and an alert, once per window.
-    fn note_refusal(&self, ip: IpAddr, reason: &'static str) {
-        let crossed = {
+    /// Counts a refusal from `ip`, and against `token` when the request
+    /// carried one the node knows.
+    fn note_refusal(&self, ip: IpAddr, token: Option<&str>, reason: &'static str) {
+        self.note_source(Source::Address(ip), reason);
+        if let Some(name) = token {
+            self.note_source(Source::Token(name.to_string()), reason);
+        }
+    }
+
+    /// Counts a refusal of `source`; past the threshold within a minute, a
+    /// warning, a metric, an alert and a review item, once per window;
+    /// each further threshold's worth of refusals in the window adds to
+    /// the review item's count (so a flood is counted without a write per
+    /// request).
+    fn note_source(&self, source: Source, reason: &'static str) {
+        let threshold = self.limits.alert_after_refusals.max(1);
+        let (crossed, more) = {
             let mut windows = self
                 .refusals
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
-            if windows.len() >= MAX_TRACKED && !windows.contains_key(&ip) {
+            if windows.len() >= MAX_TRACKED && !windows.contains_key(&source) {
                 windows.retain(|_, w| now.duration_since(w.since) < REFUSAL_WINDOW);
                 if windows.len() >= MAX_TRACKED {
                     return;
                 }
             }
-            let window = windows.entry(ip).or_insert(RefusalWindow {
+            let window = windows.entry(source.clone()).or_insert(RefusalWindow {
                 since: now,
                 count: 0,
                 alerted: false,
@@ -419,27 +452,56 @@ impl Firewall {
                 };
             }
             window.count = window.count.saturating_add(1);
-            let crossed = !window.alerted && window.count >= self.limits.alert_after_refusals;
+            let crossed = !window.alerted && window.count >= threshold;
             if crossed {
                 window.alerted = true;
             }
-            crossed
+            let more = window.alerted && !crossed && window.count.is_multiple_of(threshold);
+            (crossed, more)
         };
-        if !crossed {
+        if !crossed && !more {
             return;
         }
         let listener = self.listener.name();
+        let detail = format!(
+            "{source} was refused {threshold} times within a minute on the {listener} API (last: {reason})"
+        );
+        if more {
+            if let Some(queue) = &self.alerts.review {
+                queue.raise(
+                    crate::review::Suspicion::new(
+                        crate::review::rules::API_REFUSALS,
+                        source.to_string(),
+                        Severity::Warning,
+                        detail,
+                    )
+                    .times(u64::from(threshold)),
+                );
+            }
+            return;
+        }
         self.metrics
             .suspicious
             .get_or_create(&ListenerLabel { listener })
             .inc();
         tracing::warn!(
             listener,
-            peer = %ip,
+            source = %source,
             last_reason = reason,
-            threshold = self.limits.alert_after_refusals,
-            "suspicious: an address keeps getting refused"
+            threshold,
+            "suspicious: an address or token keeps getting refused"
         );
+        if let Some(queue) = &self.alerts.review {
+            queue.raise(
+                crate::review::Suspicion::new(
+                    crate::review::rules::API_REFUSALS,
+                    source.to_string(),
+                    Severity::Warning,
+                    detail.clone(),
+                )
+                .times(u64::from(threshold)),
+            );
+        }
         if let (Some(notifier), Some(account), Some(audience)) = (
             self.alerts.notify.get(),
             self.alerts.account,
@@ -451,10 +513,7 @@ impl Firewall {
                 Severity::Warning,
                 "api.refusals",
                 None,
-                format!(
-                    "{ip} was refused {} times within a minute on the {listener} API (last: {reason})",
-                    self.limits.alert_after_refusals
-                ),
+                detail,
             ));
         }
     }
@@ -550,7 +609,7 @@ pub(crate) async fn guard(
             "http request"
         );
         if let Some(ip) = peer {
-            fw.note_refusal(ip, reason);
+            fw.note_refusal(ip, token.as_deref(), reason);
         }
     } else {
         tracing::info!(

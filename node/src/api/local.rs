@@ -170,6 +170,9 @@ pub struct LocalApi {
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
     /// The node's series and forecasts (customers and suppliers).
     pub trends: Option<crate::trends::Trends>,
+    /// The suspicious-activity review queue, on a node with an operator
+    /// audience (the operator listener).
+    pub review: Option<crate::review::ReviewQueue>,
 }
 
 #[derive(Clone)]

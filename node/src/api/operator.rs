@@ -1,5 +1,7 @@
 //! The operator listener of a coordinator: read endpoints over its audit
-//! chain, books and dispute review queue (`operator:read`), plus the CLI's common routes
+//! chain, books and dispute review queue (`operator:read`), the
+//! suspicious-activity review queue (listed with `operator:read`,
+//! acknowledged with `operator:review`), plus the CLI's common routes
 //! (notifications, tokens). Bound to loopback by default; the node
 //! refuses to bind it elsewhere unless TLS is configured.
 //!
@@ -16,13 +18,15 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use tokio::task::JoinHandle;
 
 use super::local::{self, refusal, LocalApi, Scoped};
-use super::{route, Access, Firewall, Gate, Listener, RouteSpec, Scope};
+use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
 use crate::error::{Error, Result};
+use crate::review::{AckOutcome, ReviewFilter, ReviewItem, MAX_NOTE};
 
 /// The operator listener's own routes (the common ones come on top).
 pub const ROUTES: &[RouteSpec] = &[
@@ -38,6 +42,12 @@ pub const ROUTES: &[RouteSpec] = &[
         "GET",
         "/v1/disputes/{lease}/{settlement}",
         Access::Scope(Scope::OperatorRead),
+    ),
+    route("GET", "/v1/review", Access::Scope(Scope::OperatorRead)),
+    route(
+        "POST",
+        "/v1/review/{id}/ack",
+        Access::Scope(Scope::OperatorReview),
     ),
 ];
 
@@ -176,6 +186,141 @@ async fn books(State(s): State<Scoped>) -> Response {
     }
 }
 
+/// Most review items one listing holds.
+const MAX_REVIEW_PAGE: usize = 1000;
+
+/// Query of `GET /v1/review`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReviewQuery {
+    /// `open` (the default), `acknowledged` or `all`.
+    pub state: Option<String>,
+}
+
+fn no_review_queue() -> Response {
+    refusal(
+        StatusCode::CONFLICT,
+        "failed",
+        "this node keeps no review queue",
+    )
+}
+
+fn review_json(item: &ReviewItem) -> serde_json::Value {
+    serde_json::json!({
+        "id": item.id,
+        "rule": item.rule,
+        "subject": item.subject,
+        "severity": item.severity,
+        "detail": item.detail,
+        "first_seen": item.first_seen,
+        "last_seen": item.last_seen,
+        "count": item.count,
+        "state": item.state,
+        "acknowledged_by": item.acknowledged.as_ref().map(|a| &a.by),
+        "acknowledged_at": item.acknowledged.as_ref().map(|a| a.at),
+        "note": item.acknowledged.as_ref().map(|a| &a.note),
+    })
+}
+
+/// `GET /v1/review?state=open|acknowledged|all`: the suspicious-activity
+/// review items, newest first, at most 1000.
+async fn review_list(State(s): State<Scoped>, Query(query): Query<ReviewQuery>) -> Response {
+    let filter = match query.state.as_deref().unwrap_or("open") {
+        "open" => ReviewFilter::Open,
+        "acknowledged" => ReviewFilter::Acknowledged,
+        "all" => ReviewFilter::All,
+        other => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("state is open, acknowledged or all, not {other:?}"),
+            )
+        }
+    };
+    let Some(queue) = s.api.review.clone() else {
+        return no_review_queue();
+    };
+    match queue.list(filter, MAX_REVIEW_PAGE).await {
+        Ok(items) => Json(serde_json::json!({
+            "items": items.iter().map(review_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(err) => local::internal(err),
+    }
+}
+
+/// Body of `POST /v1/review/{id}/ack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckRequest {
+    note: String,
+}
+
+/// `POST /v1/review/{id}/ack` with `{"note": "..."}`: marks the item
+/// acknowledged by the caller's token. A note is required (what the
+/// operator made of it); an unknown id is 404, a second acknowledgement
+/// 409; nothing changes on a refusal.
+async fn review_ack(
+    State(s): State<Scoped>,
+    Extension(Caller(caller)): Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the review item id is not a number",
+        );
+    };
+    let request: AckRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the body is not {{\"note\": \"...\"}}: {err}"),
+            )
+        }
+    };
+    let note = request.note.trim().to_string();
+    if note.is_empty() {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "a note is required: say what you made of it",
+        );
+    }
+    if note.len() > MAX_NOTE {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the note is {} bytes; at most {MAX_NOTE}", note.len()),
+        );
+    }
+    let Some(queue) = s.api.review.clone() else {
+        return no_review_queue();
+    };
+    match queue.acknowledge(id, caller.name.clone(), note).await {
+        Ok(AckOutcome::Acknowledged(item)) => Json(review_json(&item)).into_response(),
+        Ok(AckOutcome::Unknown) => refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no review item {id}"),
+        ),
+        Ok(AckOutcome::Already(item)) => refusal(
+            StatusCode::CONFLICT,
+            "already_acknowledged",
+            format!(
+                "review item {id} was acknowledged by {}",
+                item.acknowledged
+                    .as_ref()
+                    .map_or("someone", |a| a.by.as_str())
+            ),
+        ),
+        Err(err) => local::internal(err),
+    }
+}
+
 /// Serves the operator listener on `addr` until `shutdown` completes;
 /// `tls` when it faces a network.
 pub async fn serve(
@@ -205,7 +350,9 @@ pub async fn serve(
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/books", get(books))
         .route("/v1/disputes", get(disputes))
-        .route("/v1/disputes/{lease}/{settlement}", get(dispute_case));
+        .route("/v1/disputes/{lease}/{settlement}", get(dispute_case))
+        .route("/v1/review", get(review_list))
+        .route("/v1/review/{id}/ack", post(review_ack));
     let app = local::common_routes(routes)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),

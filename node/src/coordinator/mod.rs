@@ -58,6 +58,9 @@ pub struct CoordinatorRole {
     pub deposits_out: std::sync::Mutex<Vec<Signed<rigmesh_protocol::Deposit>>>,
     /// Its metrics, when the node exports them.
     pub metrics: Option<metrics::CoordinatorMetrics>,
+    /// The node's suspicious-activity review queue (withdrawals held for
+    /// review open items in it).
+    pub review: Option<crate::review::ReviewQueue>,
 }
 
 impl CoordinatorRole {
@@ -83,6 +86,7 @@ impl CoordinatorRole {
             deposit_alert_above: None,
             deposits_out: std::sync::Mutex::new(Vec::new()),
             metrics: None,
+            review: None,
         }
     }
 
@@ -409,7 +413,19 @@ impl CoordinatorRole {
                 }
                 match rules.vote_withdrawal(&withdrawal, now) {
                     Err(refusal) if refusal.code == HELD_FOR_REVIEW => {
-                        return CoordinatorResponse::Pending(refusal.to_string())
+                        if let Some(queue) = &self.review {
+                            let w = &withdrawal.body;
+                            queue.raise(crate::review::Suspicion::new(
+                                crate::review::rules::WITHDRAWAL_HELD,
+                                format!("account {}", w.account),
+                                rigmesh_protocol::Severity::Warning,
+                                format!(
+                                    "withdrawal seq {} of {} credits to {:?} held for an admin's review: {refusal}",
+                                    w.seq, w.amount, w.destination
+                                ),
+                            ));
+                        }
+                        return CoordinatorResponse::Pending(refusal.to_string());
                     }
                     voted => voted,
                 }

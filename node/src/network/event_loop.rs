@@ -74,6 +74,8 @@ pub(crate) struct EventLoop {
     pub(crate) offence_writes: mpsc::Sender<OffenceWrite>,
     /// Bans the writer's full queue did not take yet.
     pub(crate) unsaved_bans: Vec<PeerBan>,
+    /// Strikes and bans for their watchers (never waits).
+    pub(crate) offence_events: tokio::sync::broadcast::Sender<super::OffenceEvent>,
     /// Sync pages being read from the store at most (the permits).
     pub(crate) sync_reads: Arc<tokio::sync::Semaphore>,
     /// Sync pages read, with where each goes.
@@ -447,6 +449,13 @@ impl EventLoop {
         let now = UnixMillis::now();
         let addresses = self.swarm.behaviour().firewall.addresses_of(&peer);
         tracing::debug!(%peer, ?addresses, weight, reason, "strike");
+        if self.offence_events.receiver_count() > 0 {
+            let _ = self.offence_events.send(super::OffenceEvent::Strike {
+                peer,
+                weight,
+                reason: reason.to_string(),
+            });
+        }
         let offenders = std::iter::once(Offender::Peer(peer))
             .chain(addresses.into_iter().map(Offender::Address));
         let mut bans = Vec::new();
@@ -484,6 +493,11 @@ impl EventLoop {
     /// Refuses the offender from now on, closes its connections, and
     /// hands the ban to the store writer at once.
     fn apply_ban(&mut self, ban: NewBan) {
+        if self.offence_events.receiver_count() > 0 {
+            let _ = self
+                .offence_events
+                .send(super::OffenceEvent::Ban(ban.clone()));
+        }
         let NewBan {
             offender,
             until,

@@ -142,6 +142,7 @@ pub struct NodeHandle {
     store: std::sync::Arc<dyn MessageStore>,
     coordinators: Option<CoordinatorSet>,
     accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
+    offences: tokio::sync::broadcast::Sender<super::OffenceEvent>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -159,6 +160,7 @@ impl NodeHandle {
         store: std::sync::Arc<dyn MessageStore>,
         coordinators: Option<CoordinatorSet>,
         accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
+        offences: tokio::sync::broadcast::Sender<super::OffenceEvent>,
     ) -> Self {
         NodeHandle {
             commands,
@@ -166,7 +168,15 @@ impl NodeHandle {
             store,
             coordinators,
             accepted,
+            offences,
         }
+    }
+
+    /// Strikes and bans as the swarm task decides them. A receiver that
+    /// falls more than a thousand behind skips the oldest (and is told
+    /// how many).
+    pub fn offences(&self) -> tokio::sync::broadcast::Receiver<super::OffenceEvent> {
+        self.offences.subscribe()
     }
 
     /// Messages from peers as the ingest pipeline stores them. A receiver

@@ -51,7 +51,7 @@ use tokio::task::JoinHandle;
 pub use config::{NetworkConfig, NetworkLimits, RequestLimits, RequestRate};
 pub use handle::{InboundRequest, NetworkStats, NodeHandle, Protocol};
 pub use metrics::NetworkMetrics;
-pub use offences::Offender;
+pub use offences::{OffenceEvent, Offender};
 pub use store::{AcceptedMessage, MessageStore, OffenceState, PeerBan, SyncPage};
 
 use crate::error::{Error, Result};
@@ -71,6 +71,8 @@ pub const TOPICS: [&str; 5] = [
 
 /// Messages from peers kept for subscribers that are briefly behind.
 const ACCEPTED_BACKLOG: usize = 1024;
+/// Strikes and bans kept for a watcher that is briefly behind.
+const OFFENCE_BACKLOG: usize = 1024;
 
 /// A started network: the handle, the inbound requests the application must
 /// answer, and the swarm task.
@@ -370,6 +372,7 @@ pub async fn start(
     ));
 
     let (accepted_tx, _) = tokio::sync::broadcast::channel(ACCEPTED_BACKLOG);
+    let (offence_events, _) = tokio::sync::broadcast::channel(OFFENCE_BACKLOG);
     let ingest = ingest::Ingest::new(store.clone(), coordinators.clone());
     let ingest_task = tokio::spawn(ingest::run(
         ingest,
@@ -394,6 +397,7 @@ pub async fn start(
         requests: RequestLimiter::new(&limits.requests),
         offences,
         offence_writes: offence_tx,
+        offence_events: offence_events.clone(),
         sync_reads: Arc::new(tokio::sync::Semaphore::new(event_loop::SYNC_READERS)),
         sync_pages: sync_pages_rx,
         sync_pages_tx,
@@ -410,7 +414,14 @@ pub async fn start(
         let _ = writer_task.await;
     });
     Ok(Network {
-        handle: NodeHandle::new(command_tx, peer_id, store, coordinators, accepted_tx),
+        handle: NodeHandle::new(
+            command_tx,
+            peer_id,
+            store,
+            coordinators,
+            accepted_tx,
+            offence_events,
+        ),
         inbound: inbound_rx,
         task,
         ingest_task,

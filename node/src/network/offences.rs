@@ -219,6 +219,24 @@ pub struct NewBan {
     pub nth: u32,
 }
 
+/// A strike or a ban as it happens, for whoever watches the network's
+/// offences (the review queue): see [`crate::network::NodeHandle::offences`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum OffenceEvent {
+    /// A strike against a peer.
+    Strike {
+        /// The peer.
+        peer: PeerId,
+        /// Its weight: 1 for an invalid, forged or malformed message or
+        /// request; a fraction for a request past the peer's budget.
+        weight: f64,
+        /// Why.
+        reason: String,
+    },
+    /// A ban just decided.
+    Ban(NewBan),
+}
+
 /// Strikes and bans of every offender the node remembers.
 #[derive(Debug)]
 pub struct Offences {

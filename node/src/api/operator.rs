@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
+use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::local::{self, refusal, LocalApi, Scoped};

@@ -75,6 +75,11 @@ pub enum Action {
     ReviewDecided,
     /// A certified resolution of a dispute case moved what it held.
     DisputeResolved,
+    /// Someone asked through the coordinator's operator API for a write
+    /// (a deposit, a decision, a resolution, a ban): the detail names the
+    /// API token (id and name) and the address it came from. Appended last
+    /// so the encodings of the variants above stay as they were.
+    OperatorRequest,
 }
 
 /// One audit record.

@@ -238,6 +238,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         customer: (config.role == Role::Customer).then_some(customer_tx),
         notify: notify_slot.clone(),
         coordinator: None,
+        quorum: None,
+        network: Some(handle.clone()),
     };
     let mut customer_api = None;
     if matches!(config.role, Role::Customer | Role::Relay) {
@@ -316,6 +318,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         role.metrics = coordinator_metrics;
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
+        api.quorum = quorum.clone().map(|q| q.with_local(role.clone()));
         api.coordinator = Some(role);
         let tls = config
             .http

@@ -93,6 +93,8 @@ fn setup() -> Setup {
         customer: None,
         notify: Default::default(),
         coordinator: None,
+        quorum: None,
+        network: None,
     };
     Setup {
         dir,
@@ -609,6 +611,8 @@ fn concrete(path: &str) -> String {
         .replace("{group}", &id)
         .replace("{name}", "nobody")
         .replace("{token}", "victim")
+        .replace("{kind}", "deposits")
+        .replace("{offender}", "127.0.0.9")
 }
 
 /// Every scope against every route of every token listener: no token is

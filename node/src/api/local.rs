@@ -156,6 +156,11 @@ pub struct LocalApi {
     pub notify: Arc<std::sync::OnceLock<crate::notify::NodeNotifier>>,
     /// The coordinator role, on a coordinator (the operator listener).
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
+    /// A client of the coordinator set that answers for this coordinator
+    /// itself, on a coordinator (the operator listener's writes).
+    pub quorum: Option<crate::quorum::Quorum>,
+    /// The node's network, for bans (the operator listener).
+    pub network: Option<crate::network::NodeHandle>,
 }
 
 #[derive(Clone)]

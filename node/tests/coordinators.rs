@@ -2720,3 +2720,63 @@ async fn operator_api_writes_reach_every_coordinator_once_record_who_asked_and_b
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_deposit_through_the_operator_api_waits_for_a_second_admin_approved_through_it_too()
+{
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, customer) = reviewed_market(&dirs).await;
+    let store = cs[1].store.clone();
+    eventually(20, "every coordinator's binding at the second", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    let operator = cs[1].operator_api.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Operator).unwrap();
+    let buyer = account_of(dirs[4].path());
+
+    // Above the approval threshold: held by every coordinator, credited
+    // to no one.
+    let big = deposit_by(&Keypair::from_seed(ADMIN), &buyer, "5000", "op-big-1");
+    let id = big.id().unwrap().to_string();
+    let r = common::http_post(operator, "/v1/deposits", &token, &signed_body(&big)).await;
+    assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+    assert_eq!(body(&r)["state"], "awaiting_approval", "{r}");
+    assert_eq!(body(&r)["held_by"], 4, "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), Credits::ZERO);
+    }
+    let r = common::http_get(operator, "/v1/held/deposits", Some(&token)).await;
+    let held = body(&r)["held"].as_array().unwrap().clone();
+    assert_eq!(held.len(), 1, "{r}");
+    assert_eq!(held[0]["id"], id.as_str(), "{r}");
+    assert_eq!(held[0]["held_by"], 4, "{r}");
+
+    // An approval of something else is refused by every coordinator and
+    // changes nothing.
+    let second = Keypair::from_seed(SECOND_ADMIN);
+    let stray = decision(&second, Kind::Deposit, "ab".repeat(32).parse().unwrap());
+    let r = common::http_post(operator, "/v1/approvals", &token, &signed_body(&stray)).await;
+    assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+    assert_eq!(body(&r)["error"], "not_taken", "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), Credits::ZERO);
+    }
+
+    // The second admin's approval through the API credits it everywhere.
+    let approval = decision(&second, Kind::Deposit, big.id().unwrap());
+    let r = common::http_post(operator, "/v1/approvals", &token, &signed_body(&approval)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(body(&r)["state"], "taken", "{r}");
+    assert_eq!(body(&r)["coordinators"], 4, "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "5000".parse().unwrap());
+    }
+    let r = common::http_get(operator, "/v1/held/deposits", Some(&token)).await;
+    assert!(body(&r)["held"].as_array().unwrap().is_empty(), "{r}");
+    drop(store);
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}

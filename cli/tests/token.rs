@@ -247,3 +247,93 @@ fn a_coordinators_review_queue_is_listed_and_acknowledged_from_the_cli() {
     assert!(all.contains("my own script's typo"), "{all}");
     interrupt(node);
 }
+
+/// `rigmesh admin ... --operator-api`: a deposit signed here and carried
+/// by a one-member coordinator set's operator API is credited once (the
+/// reference reused exits 5), and a ban is added, listed and lifted.
+#[test]
+fn admin_commands_go_through_a_coordinators_operator_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    std::fs::create_dir_all(&data).unwrap();
+    rigmesh_node::keyfile::write_seed(&data.join("account.key"), &[0x62; 32]).unwrap();
+    let member = rigmesh_protocol::Keypair::from_seed([0x62; 32]).public();
+    let admin_key = dir.path().join("admin.key");
+    rigmesh_node::keyfile::write_seed(&admin_key, &[0x63; 32]).unwrap();
+    let admin = rigmesh_protocol::Keypair::from_seed([0x63; 32]).public();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!("[coordinators]\nepoch = 1\nmembers = [\"{member}\"]\nadmin = \"{admin}\"\n"),
+    )
+    .unwrap();
+    let (node, lines) = start_with(
+        &data,
+        &[
+            "--role",
+            "coordinator",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let api = printed(&lines, "operator api on http://");
+    let admin = |args: &[&str]| {
+        Command::new(assert_cmd::cargo::cargo_bin("rigmesh"))
+            .arg("admin")
+            .args(args)
+            .args(["--operator-api", &api, "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let account = "cd".repeat(32);
+    let key = admin_key.to_str().unwrap();
+    let deposit = |amount: &str| {
+        admin(&[
+            "deposit",
+            "--admin-key",
+            key,
+            "--account",
+            &account,
+            "--amount",
+            amount,
+            "--reference",
+            "wire-api-1",
+            "--json",
+        ])
+    };
+    let first = deposit("12");
+    let outcome: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    assert_eq!(outcome["state"], "applied", "{outcome}");
+    assert_eq!(outcome["applied_by"], 1, "{outcome}");
+    let reused = deposit("99");
+    assert_eq!(
+        reused.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&reused.stderr)
+    );
+    let books = stdout(&rigmesh(&["audit", "books", "--json"], &api, &data));
+    assert!(books.contains("12"), "{books}");
+    assert!(!books.contains("111"), "credited once: {books}");
+    let tail = stdout(&rigmesh(&["audit", "tail", "--limit", "50"], &api, &data));
+    assert!(
+        tail.contains("OperatorRequest") && tail.contains("operator-cli"),
+        "{tail}"
+    );
+
+    let peer = libp2p::PeerId::random().to_string();
+    let added = admin(&["bans", "add", &peer, "--secs", "600", "--reason", "spam"]);
+    assert!(stdout(&added).contains("banned until"));
+    let listed = stdout(&admin(&["bans", "list"]));
+    assert!(
+        listed.contains(&peer) && listed.contains("spam"),
+        "{listed}"
+    );
+    stdout(&admin(&["bans", "remove", &peer]));
+    let listed = stdout(&admin(&["bans", "list"]));
+    assert!(listed.contains("no ban is in force"), "{listed}");
+    let again = admin(&["bans", "remove", &peer]);
+    assert!(!again.status.success(), "nothing left to lift");
+    interrupt(node);
+}

@@ -79,6 +79,11 @@ pub enum Action {
     /// (a bid, the end of a lease, a deposit, a ban): the detail names the
     /// request, the token that made it, the source address and the answer.
     Requested,
+    /// Someone asked through the coordinator's operator API for a write
+    /// (a deposit, a decision, a resolution, a ban): the detail names the
+    /// API token (id and name) and the address it came from. Appended last
+    /// so the encodings of the variants above stay as they were.
+    OperatorRequest,
 }
 
 /// One audit record.

@@ -198,6 +198,15 @@ impl<S: Store> Ledger<S> {
         self.commit(&lock, Batch::new(), Action::Requested, detail, cause)
     }
 
+    /// Records who asked for an operator write through the API and what
+    /// (`detail`: the token's id and name, the source address, the
+    /// action), before it is carried out, so no such write happens
+    /// without its record. Changes nothing but the audit chain.
+    pub fn record_operator_request(&self, detail: &str, cause: &Cause) -> Result<u64> {
+        let lock = self.lock();
+        self.commit(&lock, Batch::new(), Action::OperatorRequest, detail, cause)
+    }
+
     /// Audit records so far (the sequence the next one gets).
     pub fn audit_len(&self) -> Result<u64> {
         Ok(self

@@ -318,6 +318,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         coordinator: None,
         trends: trends.as_ref().map(|(t, _)| t.clone()),
         review: review.clone(),
+        quorum: None,
+        network: Some(handle.clone()),
     };
     let mut customer_api = None;
     if matches!(config.role, Role::Customer | Role::Relay) {
@@ -392,6 +394,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         role.review = review.clone();
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
+        api.quorum = quorum.clone().map(|q| q.with_local(role.clone()));
         api.coordinator = Some(role);
         let tls = config
             .http

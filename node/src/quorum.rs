@@ -46,6 +46,10 @@ pub struct Quorum {
     network: NodeHandle,
     store: Arc<MarketStore>,
     timeout: Duration,
+    /// This node's own coordinator role, when it is a member: a node
+    /// cannot send itself a request over the network, so its own answer
+    /// comes from the role directly.
+    local: Option<Arc<crate::coordinator::CoordinatorRole>>,
 }
 
 impl Quorum {
@@ -61,7 +65,21 @@ impl Quorum {
             network,
             store,
             timeout,
+            local: None,
         }
+    }
+
+    /// The same client, answering for `role`'s member itself instead of
+    /// over the network (for a coordinator acting on the set, such as its
+    /// operator API).
+    pub fn with_local(mut self, role: Arc<crate::coordinator::CoordinatorRole>) -> Self {
+        self.local = Some(role);
+        self
+    }
+
+    /// The network it talks over.
+    pub fn network(&self) -> &NodeHandle {
+        &self.network
     }
 
     /// The coordinator set.
@@ -107,7 +125,24 @@ impl Quorum {
             .into_iter()
             .map(|(member, peer)| {
                 let bytes = bytes.clone();
+                let local = self
+                    .local
+                    .clone()
+                    .filter(|role| role.key.public() == member);
                 async move {
+                    if let Some(role) = local {
+                        // Decoded from the same bytes a member would
+                        // receive, so it is held to the same limits.
+                        let answer = tokio::task::spawn_blocking(move || {
+                            CoordinatorRequest::from_bytes(&bytes)
+                                .map(|request| role.answer(request, UnixMillis::now()))
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|answer| answer);
+                        return (member, answer);
+                    }
                     let Some(peer) = peer else {
                         return (member, Err("no node binding known".to_string()));
                     };

@@ -2494,3 +2494,340 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
         node.stop().await.unwrap();
     }
 }
+
+/// The JSON body of an operator write: the signed message's canonical
+/// bytes in hex.
+fn signed_body<T: rigmesh_protocol::Message>(message: &Signed<T>) -> String {
+    format!(
+        r#"{{"message":"{}"}}"#,
+        hex::encode(message.to_bytes().unwrap())
+    )
+}
+
+/// The operator request records of a coordinator's audit chain: (who,
+/// detail).
+async fn operator_requests(operator: std::net::SocketAddr, token: &str) -> Vec<(String, String)> {
+    let r = common::http_get(operator, "/v1/audit?limit=500", Some(token)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    body(&r)["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "OperatorRequest")
+        .map(|r| {
+            (
+                r["who"].as_str().unwrap().to_string(),
+                r["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Connections a coordinator refused from banned peers, from its
+/// Prometheus text.
+async fn refused_peer_connections(node: &RunningNode) -> u64 {
+    let r = common::http_get(node.monitoring, "/metrics", None).await;
+    r.lines()
+        .find(|l| l.starts_with("rigmesh_net_refused_connections_total{kind=\"peer\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_api_writes_reach_every_coordinator_once_record_who_asked_and_bans_survive_a_restart(
+) {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let customer = start(Role::Customer, dirs[4].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
+    mesh(&all).await;
+    let store = cs[0].store.clone();
+    eventually(20, "every coordinator's binding at the first", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    let operator = cs[0].operator_api.unwrap();
+    let op_token = read_token(dirs[0].path(), Bootstrap::Operator).unwrap();
+    let r = common::http_get(operator, "/v1/whoami", Some(&op_token)).await;
+    let asker = format!(
+        "token {} ({})",
+        body(&r)["token_id"].as_str().unwrap(),
+        body(&r)["token"].as_str().unwrap()
+    );
+    let buyer = account_of(dirs[4].path());
+    let admin = Keypair::from_seed(ADMIN);
+
+    // A deposit through the first coordinator's operator API is applied
+    // by all four, the first answering for itself.
+    let first = deposit(&buyer, "250", "op-wire-1");
+    let r = common::http_post(operator, "/v1/deposits", &op_token, &signed_body(&first)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let outcome = body(&r);
+    assert_eq!(outcome["state"], "applied", "{r}");
+    assert_eq!(outcome["applied_by"], 4, "{r}");
+    assert_eq!(outcome["answers"].as_array().unwrap().len(), 4, "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "250".parse().unwrap());
+        assert_eq!(books(c), books(&cs[0]), "the same books everywhere");
+    }
+
+    // The same deposit again is no second credit; another deposit reusing
+    // the reference is refused by every coordinator, per coordinator.
+    let r = common::http_post(operator, "/v1/deposits", &op_token, &signed_body(&first)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let reuse = deposit(&buyer, "999", "op-wire-1");
+    let r = common::http_post(operator, "/v1/deposits", &op_token, &signed_body(&reuse)).await;
+    assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+    let refused = body(&r);
+    assert_eq!(refused["error"], "reference_used", "{r}");
+    assert!(
+        refused["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["answer"] == "refused"
+                && a["reason"].as_str().unwrap().starts_with("reference_used")),
+        "{r}"
+    );
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "250".parse().unwrap(), "credited once");
+    }
+
+    // Bad input and a missing scope change nothing, not even the audit
+    // chain, and reach no other coordinator.
+    let ledger = cs[0].coordinator.as_ref().unwrap().ledger.clone();
+    let audit_before = ledger.audit_len().unwrap();
+    let r = common::http_post(operator, "/v1/deposits", &op_token, r#"{"message":"zz"}"#).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("not hex"),
+        "{r}"
+    );
+    let stranger = Keypair::from_seed([0x77; 32]);
+    let forged = deposit_by(&stranger, &buyer, "5000", "op-wire-2");
+    let r = common::http_post(operator, "/v1/deposits", &op_token, &signed_body(&forged)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("admin keys"),
+        "{r}"
+    );
+    let r = common::http_post(
+        operator,
+        "/v1/tokens",
+        &op_token,
+        r#"{"name":"auditor","scopes":["operator:read"]}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+    let reader = body(&r)["token"].as_str().unwrap().to_string();
+    let fresh = deposit(&buyer, "40", "op-wire-3");
+    let r = common::http_post(operator, "/v1/deposits", &reader, &signed_body(&fresh)).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert_eq!(body(&r)["error"], "scope_missing", "{r}");
+    let r = common::http(operator, "POST", "/v1/bans", &reader, Some("{}")).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert_eq!(
+        ledger.audit_len().unwrap(),
+        audit_before,
+        "nothing recorded"
+    );
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "250".parse().unwrap(),
+            "nothing credited"
+        );
+    }
+    let r = common::http_get(operator, "/v1/held/deposits", Some(&reader)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(body(&r)["epoch"], 7, "{r}");
+    assert!(body(&r)["held"].as_array().unwrap().is_empty(), "{r}");
+
+    // The audit chain names the token that asked, and the admin key.
+    let asked = operator_requests(operator, &op_token).await;
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(asked
+        .iter()
+        .all(|(who, detail)| *who == admin.public().to_string()
+            && detail.contains(&asker)
+            && detail.contains("from 127.0.0.1:")));
+
+    // A ban of the customer's peer through the API closes it out.
+    let banned = customer.peer_id;
+    let r = common::http(
+        operator,
+        "POST",
+        "/v1/bans",
+        &op_token,
+        Some(&format!(
+            r#"{{"offender":"{banned}","secs":3600,"reason":"floods the order book"}}"#
+        )),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(body(&r)["kind"], "peer", "{r}");
+    let bad = common::http(
+        operator,
+        "POST",
+        "/v1/bans",
+        &op_token,
+        Some(r#"{"offender":"nobody","secs":3600,"reason":"x"}"#),
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let (h0, c0) = (customer.handle.clone(), cs[0].peer_id);
+    eventually(10, "the banned customer disconnected", || {
+        let h0 = h0.clone();
+        async move { !h0.peers().await.unwrap().contains(&c0) }
+    })
+    .await;
+    let asked = operator_requests(operator, &op_token).await;
+    assert!(
+        asked.iter().any(|(who, detail)| *who
+            == cs[0].coordinator.as_ref().unwrap().key.public().to_string()
+            && detail.contains(&banned.to_string())
+            && detail.contains(&asker)),
+        "{asked:?}"
+    );
+
+    // It holds after the coordinator restarts.
+    drop((ledger, store));
+    let first_coordinator = cs.remove(0);
+    first_coordinator.stop().await.unwrap();
+    let restarted = start(Role::Coordinator, dirs[0].path(), Some(0)).await;
+    let operator = restarted.operator_api.unwrap();
+    let r = common::http_get(operator, "/v1/bans", Some(&op_token)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let bans = body(&r)["bans"].as_array().unwrap().clone();
+    assert_eq!(bans.len(), 1, "{r}");
+    assert_eq!(bans[0]["offender"], banned.to_string(), "{r}");
+    assert!(
+        bans[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("floods the order book"),
+        "{r}"
+    );
+    customer.handle.dial(dial_addr(&restarted)).await.unwrap();
+    eventually(
+        10,
+        "the restarted coordinator refusing the banned peer",
+        || {
+            let restarted = &restarted;
+            async move { refused_peer_connections(restarted).await > 0 }
+        },
+    )
+    .await;
+    assert!(!customer
+        .handle
+        .peers()
+        .await
+        .unwrap()
+        .contains(&restarted.peer_id));
+
+    // Lifted, the peer connects again; lifting twice finds nothing.
+    let r = common::http(
+        operator,
+        "DELETE",
+        &format!("/v1/bans/{banned}"),
+        &op_token,
+        None,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = common::http(
+        operator,
+        "DELETE",
+        &format!("/v1/bans/{banned}"),
+        &op_token,
+        None,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    let r = common::http_get(operator, "/v1/bans", Some(&op_token)).await;
+    assert!(body(&r)["bans"].as_array().unwrap().is_empty(), "{r}");
+    let (h0, c0, addr) = (
+        customer.handle.clone(),
+        restarted.peer_id,
+        dial_addr(&restarted),
+    );
+    eventually(10, "the customer connected again", || {
+        let (h0, addr) = (h0.clone(), addr.clone());
+        async move {
+            if h0.peers().await.unwrap().contains(&c0) {
+                return true;
+            }
+            let _ = h0.dial(addr).await;
+            false
+        }
+    })
+    .await;
+    for node in cs.into_iter().chain([restarted, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_deposit_through_the_operator_api_waits_for_a_second_admin_approved_through_it_too()
+{
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, customer) = reviewed_market(&dirs).await;
+    let store = cs[1].store.clone();
+    eventually(20, "every coordinator's binding at the second", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    let operator = cs[1].operator_api.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Operator).unwrap();
+    let buyer = account_of(dirs[4].path());
+
+    // Above the approval threshold: held by every coordinator, credited
+    // to no one.
+    let big = deposit_by(&Keypair::from_seed(ADMIN), &buyer, "5000", "op-big-1");
+    let id = big.id().unwrap().to_string();
+    let r = common::http_post(operator, "/v1/deposits", &token, &signed_body(&big)).await;
+    assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+    assert_eq!(body(&r)["state"], "awaiting_approval", "{r}");
+    assert_eq!(body(&r)["held_by"], 4, "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), Credits::ZERO);
+    }
+    let r = common::http_get(operator, "/v1/held/deposits", Some(&token)).await;
+    let held = body(&r)["held"].as_array().unwrap().clone();
+    assert_eq!(held.len(), 1, "{r}");
+    assert_eq!(held[0]["id"], id.as_str(), "{r}");
+    assert_eq!(held[0]["held_by"], 4, "{r}");
+
+    // An approval of something else is refused by every coordinator and
+    // changes nothing.
+    let second = Keypair::from_seed(SECOND_ADMIN);
+    let stray = decision(&second, Kind::Deposit, "ab".repeat(32).parse().unwrap());
+    let r = common::http_post(operator, "/v1/approvals", &token, &signed_body(&stray)).await;
+    assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+    assert_eq!(body(&r)["error"], "not_taken", "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), Credits::ZERO);
+    }
+
+    // The second admin's approval through the API credits it everywhere.
+    let approval = decision(&second, Kind::Deposit, big.id().unwrap());
+    let r = common::http_post(operator, "/v1/approvals", &token, &signed_body(&approval)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(body(&r)["state"], "taken", "{r}");
+    assert_eq!(body(&r)["coordinators"], 4, "{r}");
+    for c in &cs {
+        assert_eq!(balance(c, &buyer), "5000".parse().unwrap());
+    }
+    let r = common::http_get(operator, "/v1/held/deposits", Some(&token)).await;
+    assert!(body(&r)["held"].as_array().unwrap().is_empty(), "{r}");
+    drop(store);
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}

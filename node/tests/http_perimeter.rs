@@ -95,6 +95,8 @@ fn setup() -> Setup {
         coordinator: None,
         trends: None,
         review: None,
+        quorum: None,
+        network: None,
     };
     Setup {
         dir,
@@ -612,6 +614,8 @@ fn concrete(path: &str) -> String {
         .replace("{name}", "nobody")
         .replace("{*name}", "spend")
         .replace("{token}", "victim")
+        .replace("{kind}", "deposits")
+        .replace("{offender}", "127.0.0.9")
 }
 
 /// Every scope against every route of every token listener: no token is

@@ -55,6 +55,8 @@ async fn each_listener_takes_only_the_scopes_of_its_routes() {
         coordinator: None,
         trends: None,
         review: None,
+        quorum: None,
+        network: None,
     };
     let localhost = "127.0.0.1:0".parse().unwrap();
     let firewall = |listener| {

@@ -13,26 +13,29 @@
 //! - `review`: the suspicious-activity review queue of one coordinator,
 //!   through its operator API (see `review.rs`; no relay node);
 //! - `balances`: ask every coordinator for accounts' balances, debit
-//!   sequence numbers and escrowed credits, side by side.
+//!   sequence numbers and escrowed credits, side by side;
+//! - `bans`: list, add and lift a coordinator's bans of peers and
+//!   addresses (through its operator API only).
+//!
+//! With `--operator-api ADDR`, `deposit`, `deposits`, `withdrawals` and
+//! `disputes resolve` go through that coordinator's operator API instead
+//! of a relay node (see `admin_api.rs`); the admin key still signs here.
+//! Either way the carrying is [`rigmesh_node::admin`]'s, so the outcome
+//! and the exit codes are the same.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use rigmesh_node::admin::{DecisionState, DepositOutcome, DepositState};
 use rigmesh_node::config::{NodeConfig, Role};
-use std::collections::BTreeMap;
 
-use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry};
 use rigmesh_protocol::{
-    Approval, Credits, Deposit, Id, Keypair, Kind, PublicKey, Signed, UnixMillis, Withdrawal,
-    PROTOCOL_VERSION,
+    Approval, Credits, Deposit, Id, Keypair, Kind, PublicKey, Signed, UnixMillis, PROTOCOL_VERSION,
 };
-
-/// The reason code coordinators give for a deposit whose admin key and
-/// reference another deposit took.
-const REFERENCE_USED: &str = "reference_used";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
@@ -54,39 +57,62 @@ pub(crate) enum AdminCommand {
     /// A coordinator's suspicious-activity review queue: list, acknowledge.
     #[command(subcommand)]
     Review(super::review::ReviewQueueCommand),
+    /// A coordinator's bans of peers and addresses, through its operator
+    /// API: list, add, lift.
+    #[command(subcommand)]
+    Bans(super::admin_api::BansCommand),
+}
+
+/// How to reach a coordinator's operator API.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OperatorApiArgs {
+    /// Go through this coordinator's operator API (HOST:PORT) instead of
+    /// starting a temporary relay node; the admin key still signs here.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) operator_api: Option<SocketAddr>,
+    /// With `--operator-api`: the coordinator's data directory, whose
+    /// operator bootstrap token (`<dir>/api/operator.token`) is used.
+    #[arg(long, default_value = "rigmesh-data", value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// With `--operator-api`: a file holding the API token to use instead
+    /// of the bootstrap one (one made with `rigmesh token create`).
+    #[arg(long, env = "RIGMESH_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SetArgs {
     /// A node configuration file with the `[coordinators]` table
-    /// (members, admin, addresses).
-    #[arg(long, short)]
-    pub(crate) config: PathBuf,
+    /// (members, admin, addresses); not needed with `--operator-api`.
+    #[arg(long, short, required_unless_present = "operator_api")]
+    pub(crate) config: Option<PathBuf>,
     /// Seconds to wait for a quorum of coordinators.
     #[arg(long, default_value_t = 30)]
     pub(crate) wait_secs: u64,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) via: OperatorApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DepositArgs {
     #[command(flatten)]
-    set: SetArgs,
+    pub(crate) set: SetArgs,
     /// The admin key file (hex seed).
     #[arg(long)]
-    admin_key: PathBuf,
+    pub(crate) admin_key: PathBuf,
     /// The account credited (hex public key).
     #[arg(long)]
-    account: PublicKey,
+    pub(crate) account: PublicKey,
     /// Credits to add (above zero).
     #[arg(long, value_name = "CREDITS", value_parser = super::text::positive_credits)]
-    amount: Credits,
+    pub(crate) amount: Credits,
     /// External reference of the top-up (a payment id); makes the
     /// deposit unique.
     #[arg(long)]
-    reference: String,
+    pub(crate) reference: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,18 +129,18 @@ pub(crate) enum ReviewCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecideArgs {
     #[command(flatten)]
-    set: SetArgs,
+    pub(crate) set: SetArgs,
     /// The deciding admin key file (hex seed).
     #[arg(long)]
-    admin_key: PathBuf,
+    pub(crate) admin_key: PathBuf,
     /// Id of the held deposit or withdrawal (hex).
-    id: Id,
+    pub(crate) id: Id,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BalancesArgs {
     #[command(flatten)]
-    set: SetArgs,
+    pub(crate) set: SetArgs,
     /// The key that asks (hex seed file): one of the set's admin keys, or
     /// an account's own key to read that account. Coordinators answer
     /// nobody else: balances are private.
@@ -129,9 +155,12 @@ pub(crate) struct BalancesArgs {
 pub(crate) async fn connect(
     set: &SetArgs,
 ) -> anyhow::Result<(rigmesh_node::node::RunningNode, tempfile::TempDir)> {
-    let mut config = NodeConfig::load(&set.config)?;
+    let Some(path) = &set.config else {
+        bail!("--config (a node configuration with the [coordinators] table) is needed without --operator-api");
+    };
+    let mut config = NodeConfig::load(path)?;
     if config.coordinators.is_none() {
-        bail!("{} has no [coordinators] table", set.config.display());
+        bail!("{} has no [coordinators] table", path.display());
     }
     let dir = tempfile::Builder::new()
         .prefix("rigmesh-admin-")
@@ -178,6 +207,10 @@ pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
         AdminCommand::Review(cmd) => return super::review::run(cmd),
         other => other,
     };
+    let cmd = match super::admin_api::run(cmd) {
+        Ok(done) => return done,
+        Err(cmd) => *cmd,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         match cmd {
@@ -187,18 +220,18 @@ pub(crate) fn run(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
             AdminCommand::Balances(args) => balances(args).await,
             AdminCommand::Disputes(cmd) => super::disputes::run(cmd).await,
             AdminCommand::Review(cmd) => super::review::run(cmd),
+            AdminCommand::Bans(_) => bail!("bans are managed through a coordinator's operator API"),
         }
     })
 }
 
-async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
+/// The deposit `args` describe, signed by the admin key, for `epoch`.
+pub(crate) fn signed_deposit(args: &DepositArgs, epoch: u64) -> anyhow::Result<Signed<Deposit>> {
     let admin = Keypair::from_seed(rigmesh_node::keyfile::read_seed(&args.admin_key)?);
-    let (node, _dir) = connect(&args.set).await?;
-    let quorum = node.quorum.clone().context("no coordinator set")?;
-    let deposit = Signed::sign(
+    Ok(Signed::sign(
         Deposit {
             version: PROTOCOL_VERSION,
-            epoch: quorum.set().epoch(),
+            epoch,
             admin: admin.public(),
             account: args.account,
             amount: args.amount,
@@ -206,100 +239,72 @@ async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
             created_at: UnixMillis::now(),
         },
         &admin,
-    )?;
-    let id = deposit.id()?;
-    let answers = quorum
-        .ask_all(&CoordinatorRequest::Apply(CertificateFrame::Deposit(
-            deposit.clone(),
-        )))
-        .await;
-    let need = quorum.set().quorum();
-    let count = |f: &dyn Fn(&CoordinatorResponse) -> bool| {
-        answers
-            .iter()
-            .filter(|(_, a)| a.as_ref().is_ok_and(f))
-            .count()
-    };
-    let applied = count(&|a| matches!(a, CoordinatorResponse::Applied));
-    let pending = count(&|a| matches!(a, CoordinatorResponse::Pending(_)));
-    let used = answers.iter().find_map(|(_, a)| match a {
-        Ok(CoordinatorResponse::Refused(r)) if r.starts_with(REFERENCE_USED) => Some(r.clone()),
-        _ => None,
-    });
-    if applied > 0 {
-        // Gossip it too, so coordinators that were not reached catch up.
-        if let Err(err) = node
-            .handle
-            .publish(&rigmesh_protocol::wire::WireMessage::Deposit(deposit))
+    )?)
+}
+
+async fn deposit(args: DepositArgs) -> anyhow::Result<ExitCode> {
+    // Read before the relay node starts: a bad key file changes nothing.
+    rigmesh_node::keyfile::read_seed(&args.admin_key)?;
+    let (node, _dir) = connect(&args.set).await?;
+    let quorum = node.quorum.clone().context("no coordinator set")?;
+    let outcome = match signed_deposit(&args, quorum.set().epoch()) {
+        Ok(deposit) => rigmesh_node::admin::submit_deposit(&quorum, deposit)
             .await
-        {
-            tracing::debug!(%err, "deposit not gossiped");
-        }
-    }
-    node.stop().await?;
-    let state = if used.is_some() && applied == 0 && pending == 0 {
-        "reference_used"
-    } else if applied >= need {
-        "applied"
-    } else if pending + applied >= need {
-        "awaiting_approval"
-    } else {
-        "not_applied"
+            .map_err(anyhow::Error::from),
+        Err(err) => Err(err),
     };
+    node.stop().await?;
+    report_deposit(&args, &outcome?)
+}
+
+/// Prints a deposit's outcome and gives its exit code.
+pub(crate) fn report_deposit(
+    args: &DepositArgs,
+    outcome: &DepositOutcome,
+) -> anyhow::Result<ExitCode> {
+    let id = outcome.deposit;
     if args.set.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "deposit": id.to_string(),
-                "state": state,
-                "applied_by": applied,
-                "held_by": pending,
-                "quorum": need,
-            })
-        );
+        outln!("{}", outcome.to_json());
     } else {
-        match state {
-            "applied" => outln!(
-                "deposit {id}: {} to {} applied by {applied} coordinators",
+        match outcome.state {
+            DepositState::Applied => outln!(
+                "deposit {id}: {} to {} applied by {} coordinators",
                 args.amount,
-                args.account
+                args.account,
+                outcome.applied_by
             ),
-            "awaiting_approval" => outln!(
-                "deposit {id}: {} to {} waits for a second admin's approval ({pending} coordinators hold it);\n\
+            DepositState::AwaitingApproval => outln!(
+                "deposit {id}: {} to {} waits for a second admin's approval ({} coordinators hold it);\n\
                  another admin key approves it with `rigmesh admin deposits approve {id}`",
                 args.amount,
-                args.account
+                args.account,
+                outcome.held_by
             ),
             _ => {}
         }
     }
-    match state {
-        "applied" => Ok(ExitCode::SUCCESS),
-        "awaiting_approval" => Ok(ExitCode::from(super::EXIT_HELD)),
-        "reference_used" => {
+    match &outcome.state {
+        DepositState::Applied => Ok(ExitCode::SUCCESS),
+        DepositState::AwaitingApproval => Ok(ExitCode::from(super::EXIT_HELD)),
+        DepositState::ReferenceUsed(reason) => {
             errln!(
                 "error: reference {:?} is already used by another deposit of this admin key; \
-                 nothing was credited ({})",
+                 nothing was credited ({reason})",
                 args.reference,
-                used.unwrap_or_default()
             );
             Ok(ExitCode::from(super::EXIT_REFERENCE_USED))
         }
-        _ => bail!(
-            "only {applied} coordinators applied the deposit; {need} needed (is the admin key one of the set's?){}",
-            answers
-                .iter()
-                .filter_map(|(m, a)| match a {
-                    Ok(CoordinatorResponse::Refused(r)) => Some(format!("\n  {m}: {r}")),
-                    Err(e) => Some(format!("\n  {m}: {e}")),
-                    _ => None,
-                })
-                .collect::<String>()
+        DepositState::NotApplied => bail!(
+            "only {} coordinators applied the deposit; {} needed (is the admin key one of the set's?){}",
+            outcome.applied_by,
+            outcome.quorum,
+            rigmesh_node::admin::reasons(&outcome.answers)
         ),
     }
 }
 
-fn approval(
+/// An admin's signed decision on a held deposit or withdrawal.
+pub(crate) fn approval(
     admin: &Keypair,
     epoch: u64,
     kind: Kind,
@@ -320,24 +325,6 @@ fn approval(
     )?)
 }
 
-/// What the coordinators hold of `kind`, each once, with how many hold it.
-pub(crate) async fn held(
-    quorum: &rigmesh_node::quorum::Quorum,
-    kind: Kind,
-) -> BTreeMap<Id, (HeldEntry, usize)> {
-    let mut out: BTreeMap<Id, (HeldEntry, usize)> = BTreeMap::new();
-    for (_, answer) in quorum.ask_all(&CoordinatorRequest::Held(kind)).await {
-        if let Ok(CoordinatorResponse::Held(entries)) = answer {
-            for entry in entries {
-                out.entry(entry.subject)
-                    .and_modify(|(_, n)| *n += 1)
-                    .or_insert((entry, 1));
-            }
-        }
-    }
-    out
-}
-
 async fn review(kind: Kind, cmd: ReviewCommand) -> anyhow::Result<ExitCode> {
     let (args, approve) = match cmd {
         ReviewCommand::List(set) => return list_held(kind, set).await,
@@ -347,115 +334,61 @@ async fn review(kind: Kind, cmd: ReviewCommand) -> anyhow::Result<ExitCode> {
     let admin = Keypair::from_seed(rigmesh_node::keyfile::read_seed(&args.admin_key)?);
     let (node, _dir) = connect(&args.set).await?;
     let quorum = node.quorum.clone().context("no coordinator set")?;
-    let need = quorum.set().quorum();
-    let decision = approval(&admin, quorum.set().epoch(), kind, args.id, approve)?;
-    let request = CoordinatorRequest::Decide(decision);
-    let verb = if approve { "approved" } else { "rejected" };
-    let result: anyhow::Result<(usize, Option<String>)> = if kind == Kind::Withdrawal && approve {
-        // Each coordinator answers an approval with its vote: a quorum of
-        // them is the withdrawal's certificate, handed to every member.
-        match held(&quorum, kind).await.remove(&args.id) {
-            None => Err(anyhow::anyhow!(
-                "no coordinator holds withdrawal {} for review",
-                args.id
-            )),
-            Some((entry, _)) => {
-                let withdrawal = Signed::<Withdrawal>::from_bytes(&entry.message)?;
-                match quorum.certify(&withdrawal, &request).await {
-                    Ok(certificate) => {
-                        let votes = certificate.votes.len();
-                        let bytes = hex::encode(certificate.to_bytes()?);
-                        quorum
-                            .deliver(CertificateFrame::Withdrawal(Box::new(certificate)))
-                            .await;
-                        Ok((votes, Some(bytes)))
-                    }
-                    Err(e) => Err(anyhow::anyhow!("withdrawal not certified: {e}")),
-                }
-            }
-        }
-    } else {
-        let answers = quorum.ask_all(&request).await;
-        let done = answers
-            .iter()
-            .filter(|(_, a)| matches!(a, Ok(CoordinatorResponse::Applied)))
-            .count();
-        if done >= need {
-            Ok((done, None))
-        } else {
-            Err(anyhow::anyhow!(
-                "only {done} coordinators took the decision; {need} needed{}",
-                answers
-                    .iter()
-                    .filter_map(|(m, a)| match a {
-                        Ok(CoordinatorResponse::Refused(r)) => Some(format!("\n  {m}: {r}")),
-                        Err(e) => Some(format!("\n  {m}: {e}")),
-                        _ => None,
-                    })
-                    .collect::<String>()
-            ))
-        }
+    let outcome = match approval(&admin, quorum.set().epoch(), kind, args.id, approve) {
+        Ok(decision) => rigmesh_node::admin::submit_approval(&quorum, decision)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(err) => Err(err),
     };
     node.stop().await?;
-    let (count, certificate) = result?;
+    report_decision(&args, &outcome?)
+}
+
+/// Prints a decision's outcome; an error unless a quorum took it.
+pub(crate) fn report_decision(
+    args: &DecideArgs,
+    outcome: &rigmesh_node::admin::DecisionOutcome,
+) -> anyhow::Result<ExitCode> {
+    if outcome.state != DecisionState::Taken {
+        bail!("{}", outcome.failure());
+    }
     if args.set.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "kind": kind.name(),
-                "id": args.id.to_string(),
-                "decision": verb,
-                "coordinators": count,
-                "certificate": certificate,
-            })
-        );
+        outln!("{}", outcome.to_json());
     } else {
         outln!(
-            "{} {}: {verb} by {count} coordinators",
-            kind.name(),
-            args.id
+            "{} {}: {} by {} coordinators",
+            outcome.kind.name(),
+            outcome.subject,
+            outcome.verb(),
+            outcome.taken_by
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn list_held(kind: Kind, set: SetArgs) -> anyhow::Result<ExitCode> {
-    let (node, _dir) = connect(&set).await?;
-    let quorum = node.quorum.clone().context("no coordinator set")?;
-    let rows = held(&quorum, kind).await;
-    node.stop().await?;
-    let describe = |entry: &HeldEntry| -> (String, String, String) {
-        match kind {
-            Kind::Deposit => match Signed::<Deposit>::from_bytes(&entry.message) {
-                Ok(d) => (
-                    d.body.account.to_string(),
-                    d.body.amount.to_string(),
-                    format!("reference {:?} by admin {}", d.body.reference, d.body.admin),
-                ),
-                Err(e) => (String::new(), String::new(), e.to_string()),
-            },
-            _ => match Signed::<Withdrawal>::from_bytes(&entry.message) {
-                Ok(w) => (
-                    w.body.account.to_string(),
-                    w.body.amount.to_string(),
-                    format!("to {:?}, seq {}", w.body.destination, w.body.seq),
-                ),
-                Err(e) => (String::new(), String::new(), e.to_string()),
-            },
-        }
-    };
-    if set.json {
+/// One held deposit or withdrawal as `list` prints it.
+pub(crate) struct HeldRow {
+    pub(crate) id: String,
+    pub(crate) account: String,
+    pub(crate) amount: String,
+    pub(crate) detail: String,
+    pub(crate) held_by: u64,
+    pub(crate) since: u64,
+}
+
+/// Prints the held rows of `kind`.
+pub(crate) fn print_held(kind: Kind, rows: &[HeldRow], json: bool) -> anyhow::Result<ExitCode> {
+    if json {
         let out: Vec<_> = rows
-            .values()
-            .map(|(entry, holders)| {
-                let (account, amount, detail) = describe(entry);
+            .iter()
+            .map(|r| {
                 serde_json::json!({
-                    "id": entry.subject.to_string(),
-                    "account": account,
-                    "amount": amount,
-                    "detail": detail,
-                    "held_by": holders,
-                    "since": entry.since.0,
+                    "id": r.id,
+                    "account": r.account,
+                    "amount": r.amount,
+                    "detail": r.detail,
+                    "held_by": r.held_by,
+                    "since": r.since,
                 })
             })
             .collect();
@@ -463,15 +396,40 @@ async fn list_held(kind: Kind, set: SetArgs) -> anyhow::Result<ExitCode> {
     } else if rows.is_empty() {
         outln!("no {} waits for a decision", kind.name());
     } else {
-        for (entry, holders) in rows.values() {
-            let (account, amount, detail) = describe(entry);
+        for r in rows {
             outln!(
-                "{}  {account:.16}  {amount:>16}  held by {holders}  {detail}",
-                entry.subject
+                "{}  {:.16}  {:>16}  held by {}  {}",
+                r.id,
+                r.account,
+                r.amount,
+                r.held_by,
+                r.detail
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn list_held(kind: Kind, set: SetArgs) -> anyhow::Result<ExitCode> {
+    let (node, _dir) = connect(&set).await?;
+    let quorum = node.quorum.clone().context("no coordinator set")?;
+    let held = rigmesh_node::admin::held(&quorum, kind).await;
+    node.stop().await?;
+    let rows: Vec<HeldRow> = held
+        .values()
+        .map(|(entry, holders)| {
+            let (account, amount, detail) = rigmesh_node::admin::describe_held(kind, entry);
+            HeldRow {
+                id: entry.subject.to_string(),
+                account,
+                amount,
+                detail,
+                held_by: *holders as u64,
+                since: entry.since.0,
+            }
+        })
+        .collect();
+    print_held(kind, &rows, set.json)
 }
 
 async fn balances(args: BalancesArgs) -> anyhow::Result<ExitCode> {

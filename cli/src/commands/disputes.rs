@@ -14,13 +14,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use rigmesh_protocol::rpc::{CaseFile, CertificateFrame, CoordinatorRequest, CoordinatorResponse};
+use rigmesh_node::admin::{case_files as files, held, ResolutionOutcome};
 use rigmesh_protocol::{
     Credits, DecidedAgainst, DisputeResolution, Id, Keypair, Kind, SettlementRequest, Signed,
     UnixMillis, PROTOCOL_VERSION,
 };
 
-use super::admin::{connect, held, SetArgs};
+use super::admin::{connect, SetArgs};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DisputesCommand {
@@ -35,14 +35,14 @@ pub(crate) enum DisputesCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct CaseArgs {
     #[command(flatten)]
-    set: SetArgs,
+    pub(crate) set: SetArgs,
     /// The case: `LEASE:SETTLEMENT` as `list` prints it.
     case: String,
 }
 
 /// The decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Decision {
+pub(crate) enum Decision {
     /// The windows were delivered: the supplier gets everything held and
     /// the customer loses the dispute.
     ForSupplier,
@@ -63,22 +63,22 @@ Examples:
       --decision split --supplier-share 0.40 --note \"half the window delivered\"")]
 pub(crate) struct ResolveArgs {
     #[command(flatten)]
-    set: SetArgs,
+    pub(crate) set: SetArgs,
     /// The deciding admin key file (hex seed).
     #[arg(long)]
-    admin_key: PathBuf,
+    pub(crate) admin_key: PathBuf,
     /// The case: `LEASE:SETTLEMENT` as `list` prints it.
-    case: String,
+    pub(crate) case: String,
     /// Who the held amount goes to.
     #[arg(long, value_enum)]
-    decision: Decision,
+    pub(crate) decision: Decision,
     /// With `--decision split`: credits to the supplier (less than what
     /// is held).
     #[arg(long, value_parser = super::text::positive_credits)]
-    supplier_share: Option<Credits>,
+    pub(crate) supplier_share: Option<Credits>,
     /// Why, for both parties and the audit trail (at most 256 bytes).
     #[arg(long)]
-    note: String,
+    pub(crate) note: String,
 }
 
 pub(crate) async fn run(cmd: DisputesCommand) -> anyhow::Result<ExitCode> {
@@ -89,7 +89,7 @@ pub(crate) async fn run(cmd: DisputesCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn parse_case(text: &str) -> anyhow::Result<(Id, u64)> {
+pub(crate) fn parse_case(text: &str) -> anyhow::Result<(Id, u64)> {
     let (lease, seq) = text
         .rsplit_once(':')
         .context("a case is LEASE:SETTLEMENT, as `rigmesh admin disputes list` prints it")?;
@@ -145,29 +145,6 @@ async fn list(set: SetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The case file from every coordinator that holds it; the one with the
-/// most evidence first.
-async fn files(
-    quorum: &rigmesh_node::quorum::Quorum,
-    lease: Id,
-    settlement_seq: u64,
-) -> Vec<CaseFile> {
-    let mut out: Vec<CaseFile> = quorum
-        .ask_all(&CoordinatorRequest::Case {
-            lease,
-            settlement_seq,
-        })
-        .await
-        .into_iter()
-        .filter_map(|(_, answer)| match answer {
-            Ok(CoordinatorResponse::Case(Some(file))) => Some(*file),
-            _ => None,
-        })
-        .collect();
-    out.sort_by_key(|f| std::cmp::Reverse(f.attestations.len() + f.disputes.len()));
-    out
 }
 
 async fn show(args: CaseArgs) -> anyhow::Result<ExitCode> {
@@ -271,6 +248,51 @@ async fn show(args: CaseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The resolution `args` decide for the case `request` holds, signed by
+/// the admin key, for `epoch`.
+pub(crate) fn signed_resolution(
+    args: &ResolveArgs,
+    admin: &Keypair,
+    epoch: u64,
+    request: &SettlementRequest,
+) -> anyhow::Result<Signed<DisputeResolution>> {
+    let r = request;
+    let (supplier_share, against) = match (args.decision, args.supplier_share) {
+        (Decision::ForSupplier, None) => (r.held, DecidedAgainst::Customer),
+        (Decision::ForCustomer, None) => (Credits::ZERO, DecidedAgainst::Supplier),
+        (Decision::Split, Some(share)) if share < r.held => (share, DecidedAgainst::Neither),
+        (Decision::Split, Some(share)) => {
+            bail!(
+                "--supplier-share {share} is not less than the {} held",
+                r.held
+            )
+        }
+        (Decision::Split, None) => bail!("--decision split needs --supplier-share"),
+        (_, Some(_)) => bail!("--supplier-share goes with --decision split only"),
+    };
+    let resolution = Signed::sign(
+        DisputeResolution {
+            version: PROTOCOL_VERSION,
+            epoch,
+            admin: admin.public(),
+            lease: r.lease,
+            supplier: r.supplier,
+            customer: r.customer,
+            settlement_seq: r.settlement_seq,
+            held: r.held,
+            supplier_share,
+            against,
+            note: args.note.clone(),
+            created_at: UnixMillis::now(),
+        },
+        admin,
+    )?;
+    resolution
+        .verify_record()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(resolution)
+}
+
 async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     let (lease, seq) = parse_case(&args.case)?;
     let admin = Keypair::from_seed(rigmesh_node::keyfile::read_seed(&args.admin_key)?);
@@ -284,79 +306,41 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
         if file.resolution.is_some() {
             bail!("case {lease}:{seq} is already resolved");
         }
-        let r = &file.request.body;
-        let (supplier_share, against) = match (args.decision, args.supplier_share) {
-            (Decision::ForSupplier, None) => (r.held, DecidedAgainst::Customer),
-            (Decision::ForCustomer, None) => (Credits::ZERO, DecidedAgainst::Supplier),
-            (Decision::Split, Some(share)) if share < r.held => (share, DecidedAgainst::Neither),
-            (Decision::Split, Some(share)) => {
-                bail!(
-                    "--supplier-share {share} is not less than the {} held",
-                    r.held
-                )
-            }
-            (Decision::Split, None) => bail!("--decision split needs --supplier-share"),
-            (_, Some(_)) => bail!("--supplier-share goes with --decision split only"),
-        };
-        let resolution = Signed::sign(
-            DisputeResolution {
-                version: PROTOCOL_VERSION,
-                epoch: quorum.set().epoch(),
-                admin: admin.public(),
-                lease,
-                supplier: r.supplier,
-                customer: r.customer,
-                settlement_seq: seq,
-                held: r.held,
-                supplier_share,
-                against,
-                note: args.note.clone(),
-                created_at: UnixMillis::now(),
-            },
-            &admin,
-        )?;
-        resolution
-            .verify_record()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let certificate = quorum
-            .certify(
-                &resolution,
-                &CoordinatorRequest::Resolve(resolution.clone()),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("the resolution was not certified: {e}"))?;
-        let applied = quorum
-            .deliver(CertificateFrame::Resolution(Box::new(certificate.clone())))
-            .await;
-        Ok((resolution, certificate, applied))
+        let resolution =
+            signed_resolution(&args, &admin, quorum.set().epoch(), &file.request.body)?;
+        Ok(rigmesh_node::admin::submit_resolution(&quorum, resolution).await?)
     }
     .await;
     node.stop().await?;
-    let (resolution, certificate, applied) = result?;
-    let b = &resolution.body;
-    let refund = b
-        .held
-        .checked_sub(b.supplier_share)
-        .unwrap_or(Credits::ZERO);
-    if args.set.json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "case": format!("{lease}:{seq}"),
-                "supplier_share": b.supplier_share.to_string(),
-                "refund": refund.to_string(),
-                "against": b.against,
-                "votes": certificate.votes.len(),
-                "applied_by": applied,
-                "certificate": hex::encode(certificate.to_bytes()?),
-            })
+    report_resolution(&args, &result?)
+}
+
+/// Prints a resolution's outcome; an error unless it was certified.
+pub(crate) fn report_resolution(
+    args: &ResolveArgs,
+    outcome: &ResolutionOutcome,
+) -> anyhow::Result<ExitCode> {
+    let b = &outcome.resolution;
+    if !outcome.certified() {
+        bail!(
+            "the resolution was not certified: {} of {} votes needed{}",
+            outcome.votes,
+            outcome.quorum,
+            rigmesh_node::admin::reasons(&outcome.answers)
         );
+    }
+    if args.set.json {
+        outln!("{}", outcome.to_json());
     } else {
         outln!(
-            "case {lease}:{seq} resolved: {} to the supplier, {refund} back to the customer; \
-             certified by {} coordinators, applied by {applied}",
+            "case {}:{} resolved: {} to the supplier, {} back to the customer; \
+             certified by {} coordinators, applied by {}",
+            b.lease,
+            b.settlement_seq,
             b.supplier_share,
-            certificate.votes.len()
+            outcome.refund(),
+            outcome.votes,
+            outcome.applied_by
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ mod out;
 
 mod account;
 mod admin;
+mod admin_api;
 mod audit;
 mod bid;
 mod budget;

@@ -173,6 +173,11 @@ pub struct LocalApi {
     /// The suspicious-activity review queue, on a node with an operator
     /// audience (the operator listener).
     pub review: Option<crate::review::ReviewQueue>,
+    /// A client of the coordinator set that answers for this coordinator
+    /// itself, on a coordinator (the operator listener's writes).
+    pub quorum: Option<crate::quorum::Quorum>,
+    /// The node's network, for bans (the operator listener).
+    pub network: Option<crate::network::NodeHandle>,
 }
 
 #[derive(Clone)]

@@ -4,7 +4,8 @@
 //! - `public`: read-only market data, no token ([`public`]);
 //! - `customer` and `supplier`: the CLI's APIs ([`local`]);
 //! - `analytics`: read-only usage, spend and earnings ([`analytics`]);
-//! - `operator`: a coordinator's audit chain and books ([`operator`]);
+//! - `operator`: a coordinator's audit chain and books, and its
+//!   operators' writes ([`operator`], [`operator_writes`]);
 //! - `monitoring`: `/metrics`, `/health`, `/ready` ([`monitoring`]).
 //!
 //! Every route names the access it needs in its listener's table
@@ -34,6 +35,7 @@ pub mod local;
 pub mod monitoring;
 pub mod notify_routes;
 pub mod operator;
+pub mod operator_writes;
 pub mod public;
 pub mod tls;
 pub mod tokens;

@@ -1,8 +1,11 @@
 //! The operator listener of a coordinator: read endpoints over its audit
 //! chain, books and dispute review queue (`operator:read`), the
 //! suspicious-activity review queue (listed with `operator:read`,
-//! acknowledged with `operator:review`), plus the CLI's common routes
-//! (notifications, tokens). Bound to loopback by default; the node
+//! acknowledged with `operator:review`), the writes of
+//! [`super::operator_writes`] (admin-signed deposits under
+//! `operator:deposit`; approvals, resolutions and bans under
+//! `operator:review`), plus the CLI's common routes (notifications,
+//! tokens). Bound to loopback by default; the node
 //! refuses to bind it elsewhere unless TLS is configured.
 //!
 //! Adding an operator action: declare it in [`ROUTES`] with its scope
@@ -18,13 +21,14 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use super::local::{self, refusal, LocalApi, Scoped};
+use super::operator_writes as writes;
 use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
 use crate::error::{Error, Result};
 use crate::review::{AckOutcome, ReviewFilter, ReviewItem, MAX_NOTE};
@@ -48,6 +52,29 @@ pub const ROUTES: &[RouteSpec] = &[
     route(
         "POST",
         "/v1/review/{id}/ack",
+        Access::Scope(Scope::OperatorReview),
+    ),
+    route(
+        "POST",
+        "/v1/deposits",
+        Access::Scope(Scope::OperatorDeposit),
+    ),
+    route(
+        "POST",
+        "/v1/approvals",
+        Access::Scope(Scope::OperatorReview),
+    ),
+    route(
+        "POST",
+        "/v1/disputes/{lease}/{settlement}/resolution",
+        Access::Scope(Scope::OperatorReview),
+    ),
+    route("GET", "/v1/held/{kind}", Access::Scope(Scope::OperatorRead)),
+    route("GET", "/v1/bans", Access::Scope(Scope::OperatorRead)),
+    route("POST", "/v1/bans", Access::Scope(Scope::OperatorReview)),
+    route(
+        "DELETE",
+        "/v1/bans/{offender}",
         Access::Scope(Scope::OperatorReview),
     ),
 ];
@@ -353,7 +380,16 @@ pub async fn serve(
         .route("/v1/disputes", get(disputes))
         .route("/v1/disputes/{lease}/{settlement}", get(dispute_case))
         .route("/v1/review", get(review_list))
-        .route("/v1/review/{id}/ack", post(review_ack));
+        .route("/v1/review/{id}/ack", post(review_ack))
+        .route("/v1/deposits", post(writes::post_deposit))
+        .route("/v1/approvals", post(writes::post_approval))
+        .route(
+            "/v1/disputes/{lease}/{settlement}/resolution",
+            post(writes::post_resolution),
+        )
+        .route("/v1/held/{kind}", get(writes::get_held))
+        .route("/v1/bans", get(writes::get_bans).post(writes::post_ban))
+        .route("/v1/bans/{offender}", delete(writes::delete_ban));
     let app = local::common_routes(routes)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),

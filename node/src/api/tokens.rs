@@ -47,12 +47,13 @@ pub enum Scope {
     /// Create, list and revoke tokens (never wider than one's own).
     #[serde(rename = "tokens:manage")]
     TokensManage,
-    /// Submit admin-signed deposits and their approvals on the operator
-    /// listener: moves money into accounts.
+    /// Submit admin-signed deposits on the operator listener: moves money
+    /// into accounts.
     #[serde(rename = "operator:deposit")]
     OperatorDeposit,
     /// Work the operator's queues: acknowledge suspicious-activity items,
-    /// decide held withdrawals and dispute cases, ban and unban peers.
+    /// hand over admin-signed decisions on held deposits, withdrawals and
+    /// dispute cases, ban and unban peers.
     #[serde(rename = "operator:review")]
     OperatorReview,
 }

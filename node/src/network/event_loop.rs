@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::config::NetworkLimits;
-use super::handle::{Command, InboundRequest, NetworkStats, Protocol, Reply};
+use super::handle::{BanInForce, Command, InboundRequest, NetworkStats, Protocol, Reply};
 use super::ingest::{IngestItem, Outcome, Verdict};
 use super::metrics::{NetworkMetrics, OffenderLabel, ProtocolLabel, TopicLabel};
 use super::offences::{NewBan, Offences, Offender, Standing};
@@ -76,6 +76,8 @@ pub(crate) struct EventLoop {
     pub(crate) unsaved_bans: Vec<PeerBan>,
     /// Strikes and bans for their watchers (never waits).
     pub(crate) offence_events: tokio::sync::broadcast::Sender<super::OffenceEvent>,
+    /// Why each ban in force was decided (for operators' listing).
+    pub(crate) ban_reasons: HashMap<Offender, String>,
     /// Sync pages being read from the store at most (the permits).
     pub(crate) sync_reads: Arc<tokio::sync::Semaphore>,
     /// Sync pages read, with where each goes.
@@ -229,7 +231,67 @@ impl EventLoop {
                 });
                 let _ = reply.send(Ok(standing));
             }
+            Command::BanUntil {
+                offender,
+                until,
+                reason,
+                reply,
+            } => {
+                let now = UnixMillis::now();
+                let result = match self.offences.ban_until(offender, until, reason, now) {
+                    Some(ban) => {
+                        let until = ban.until;
+                        self.apply_ban(ban);
+                        Ok(until)
+                    }
+                    None if until <= now => Err(Error::Refused(format!(
+                        "a ban of {offender} must end after now"
+                    ))),
+                    None => Err(Error::Refused(format!(
+                        "{offender} is a trusted address and is never banned"
+                    ))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Lift { offender, reply } => {
+                let lifted = self.lift(offender);
+                let _ = reply.send(Ok(lifted));
+            }
+            Command::Bans { reply } => {
+                let mut bans: Vec<BanInForce> = self
+                    .offences
+                    .active_bans(UnixMillis::now())
+                    .into_iter()
+                    .map(|(offender, until)| BanInForce {
+                        offender,
+                        until,
+                        reason: self.ban_reasons.get(&offender).cloned().unwrap_or_default(),
+                    })
+                    .collect();
+                bans.sort_by_key(|b| std::cmp::Reverse(b.until));
+                let _ = reply.send(Ok(bans));
+            }
         }
+    }
+
+    /// Lifts `offender`'s ban now: lets it connect again and records the
+    /// ban as ended, so it stays lifted after a restart.
+    fn lift(&mut self, offender: Offender) -> bool {
+        let now = UnixMillis::now();
+        if !self.offences.lift(&offender, now) {
+            return false;
+        }
+        tracing::warn!(%offender, "ban lifted");
+        self.swarm.behaviour_mut().firewall.unblock(&offender);
+        self.ban_reasons.remove(&offender);
+        self.update_ban_gauge();
+        self.unsaved_bans.push(PeerBan {
+            offender,
+            until: now,
+            reason: "lifted".into(),
+        });
+        self.save_offences();
+        true
     }
 
     fn behaviour_for(
@@ -506,6 +568,7 @@ impl EventLoop {
         } = ban;
         tracing::warn!(%offender, %reason, nth, until = until.0, "banning");
         self.swarm.behaviour_mut().firewall.block(offender);
+        self.ban_reasons.insert(offender, reason.clone());
         self.metrics.bans.inc();
         self.stats.banned += 1;
         self.update_ban_gauge();
@@ -599,6 +662,7 @@ impl EventLoop {
             .collect();
         for offender in &ended {
             self.swarm.behaviour_mut().firewall.unblock(offender);
+            self.ban_reasons.remove(offender);
             tracing::info!(%offender, "ban expired");
         }
         if !ended.is_empty() {

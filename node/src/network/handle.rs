@@ -6,7 +6,7 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Carrier, Clock, CoordinatorSet};
+use rigmesh_protocol::{Carrier, Clock, CoordinatorSet, UnixMillis};
 use tokio::sync::{mpsc, oneshot};
 
 use super::offences::{Offender, Standing};
@@ -131,6 +131,30 @@ pub(crate) enum Command {
         offender: Offender,
         reply: Reply<Option<Standing>>,
     },
+    BanUntil {
+        offender: Offender,
+        until: UnixMillis,
+        reason: String,
+        reply: Reply<UnixMillis>,
+    },
+    Lift {
+        offender: Offender,
+        reply: Reply<bool>,
+    },
+    Bans {
+        reply: Reply<Vec<BanInForce>>,
+    },
+}
+
+/// A ban in force, as [`NodeHandle::bans`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanInForce {
+    /// The peer or address.
+    pub offender: Offender,
+    /// When it ends.
+    pub until: UnixMillis,
+    /// Why (the strikes' last reason, or an operator's words).
+    pub reason: String,
 }
 
 /// The handle to a running node's network. Dropping every handle stops the
@@ -313,6 +337,38 @@ impl NodeHandle {
     pub async fn standing(&self, offender: Offender) -> Result<Option<Standing>> {
         self.call(|reply| Command::Standing { offender, reply })
             .await
+    }
+
+    /// Bans a peer or an address until `until` (an operator's decision,
+    /// whatever its strikes; a longer ban in force is kept): disconnects
+    /// it and records the ban in the store, so it holds after a restart.
+    /// Returns when the ban ends; fails for a trusted address or an end
+    /// already past.
+    pub async fn ban_until(
+        &self,
+        offender: Offender,
+        until: UnixMillis,
+        reason: &str,
+    ) -> Result<UnixMillis> {
+        let reason = reason.to_string();
+        self.call(|reply| Command::BanUntil {
+            offender,
+            until,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Lifts the ban of a peer or an address now (durably); false if none
+    /// was in force.
+    pub async fn lift_ban(&self, offender: Offender) -> Result<bool> {
+        self.call(|reply| Command::Lift { offender, reply }).await
+    }
+
+    /// The bans in force now, longest first.
+    pub async fn bans(&self) -> Result<Vec<BanInForce>> {
+        self.call(|reply| Command::Bans { reply }).await
     }
 
     /// Starts a catch-up sync from `peer` now (it also runs by itself on

@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use config::{NetworkConfig, NetworkLimits, RequestLimits, RequestRate};
-pub use handle::{InboundRequest, NetworkStats, NodeHandle, Protocol};
+pub use handle::{BanInForce, InboundRequest, NetworkStats, NodeHandle, Protocol};
 pub use metrics::NetworkMetrics;
 pub use offences::{OffenceEvent, Offender};
 pub use store::{AcceptedMessage, MessageStore, OffenceState, PeerBan, SyncPage};
@@ -292,6 +292,10 @@ pub async fn start(
     .await
     .map_err(|e| Error::Store(e.to_string()))?
     .map_err(Error::Store)?;
+    let ban_reasons: HashMap<Offender, String> = bans
+        .iter()
+        .map(|b| (b.offender, b.reason.clone()))
+        .collect();
     offences.restore(offences::restored(stored, bans));
     for (offender, _) in offences.active_bans(UnixMillis::now()) {
         swarm.behaviour_mut().firewall.block(offender);
@@ -402,6 +406,7 @@ pub async fn start(
         sync_pages: sync_pages_rx,
         sync_pages_tx,
         unsaved_bans: Vec::new(),
+        ban_reasons,
         listen_addrs,
         stats: NetworkStats::default(),
         bootstrap,

@@ -358,6 +358,58 @@ impl Offences {
         Some(ban)
     }
 
+    /// Bans `who` until `until`, an operator's decision: whatever its
+    /// strikes, and not shortening a longer ban already in force (lifting
+    /// it is [`Offences::lift`]). `None` for a trusted address or an end
+    /// not after `now`.
+    pub fn ban_until(
+        &mut self,
+        who: Offender,
+        until: UnixMillis,
+        reason: String,
+        now: UnixMillis,
+    ) -> Option<NewBan> {
+        if self.trusted(&who) || until <= now {
+            return None;
+        }
+        self.make_room(&who, now);
+        let standing = self.records.entry(who).or_insert(Standing {
+            strikes: 0.0,
+            updated: now,
+            bans: 0,
+            banned_until: UnixMillis(0),
+        });
+        standing.bans = standing.bans.saturating_add(1);
+        standing.strikes = 0.0;
+        standing.updated = now;
+        standing.banned_until = until.max(standing.banned_until);
+        let ban = NewBan {
+            offender: who,
+            until: standing.banned_until,
+            reason,
+            nth: standing.bans,
+        };
+        self.dirty.insert(who);
+        Some(ban)
+    }
+
+    /// Lifts `who`'s ban now and clears its strikes (its ban count stays,
+    /// so a later ban is still a repeat offender's); false if it was not
+    /// banned.
+    pub fn lift(&mut self, who: &Offender, now: UnixMillis) -> bool {
+        let Some(standing) = self.records.get_mut(who) else {
+            return false;
+        };
+        if standing.banned_until <= now {
+            return false;
+        }
+        standing.banned_until = now;
+        standing.strikes = 0.0;
+        standing.updated = now;
+        self.dirty.insert(*who);
+        true
+    }
+
     /// Forgets offenders whose strikes have decayed away and whose last
     /// ban ended more than the longest ban ago; they are handed to the
     /// store (as empty records) so it forgets them too.
@@ -551,6 +603,31 @@ mod tests {
         for _ in 0..100 {
             assert!(never.strike(who, 1.0, "x", UnixMillis(5)).is_none());
         }
+    }
+
+    #[test]
+    fn an_operator_ban_lasts_as_asked_never_shortens_and_lifts() {
+        let mut o = Offences::new(policy());
+        let who = peer();
+        let now = UnixMillis(1_000);
+        let ban = o
+            .ban_until(who, now.plus_ms(500), "spam".into(), now)
+            .unwrap();
+        assert_eq!(ban.until, now.plus_ms(500));
+        assert!(o.is_banned(&who, now));
+        // A shorter one keeps the longer end.
+        let again = o.ban_until(who, now.plus_ms(100), "x".into(), now).unwrap();
+        assert_eq!(again.until, now.plus_ms(500));
+        assert!(o.ban_until(who, now, "ends now".into(), now).is_none());
+        let trusted = Offender::Address("10.0.0.1".parse().unwrap());
+        assert!(o
+            .ban_until(trusted, now.plus_ms(500), "x".into(), now)
+            .is_none());
+        assert!(o.lift(&who, now.plus_ms(10)));
+        assert!(!o.is_banned(&who, now.plus_ms(10)));
+        assert!(!o.lift(&who, now.plus_ms(10)), "nothing left to lift");
+        assert!(!o.lift(&peer(), now), "never banned");
+        assert_eq!(o.standing(&who).unwrap().bans, 2);
     }
 
     #[test]

@@ -308,11 +308,25 @@ fn forged_offer(sequence: u64) -> Vec<u8> {
     GossipFrame::encode(Kind::Offer, &offer.to_bytes().unwrap())
 }
 
+/// An account's signed read of its own state, as its node sends it.
+fn own_account_query(seed: u8) -> Vec<u8> {
+    let key = Keypair::from_seed([seed; 32]);
+    let query = Signed::sign(
+        rigmesh_protocol::AccountQuery {
+            version: PROTOCOL_VERSION,
+            account: key.public(),
+            asker: key.public(),
+            created_at: UnixMillis::now(),
+        },
+        &key,
+    )
+    .unwrap();
+    CoordinatorRequest::AccountOf(query).to_bytes().unwrap()
+}
+
 /// The honest peer's request: a coordinator answers it with the account.
 async fn honest_ask(honest: &common::TestNode, coordinator: &RunningNode) -> bool {
-    let request = CoordinatorRequest::Account(Keypair::from_seed([0x66; 32]).public())
-        .to_bytes()
-        .unwrap();
+    let request = own_account_query(0x66);
     match honest
         .handle
         .request(coordinator.peer_id, Protocol::Coordinator, request)
@@ -442,9 +456,8 @@ async fn a_combined_flood_is_limited_banned_and_reviewed_while_honest_users_are_
             }
         })
         .await;
-        let request = CoordinatorRequest::Account(Keypair::from_seed([0x66; 32]).public())
-            .to_bytes()
-            .unwrap();
+        // Valid requests, only too many of them.
+        let request = own_account_query(0x67);
         let asks = (0..60).map(|_| {
             flooder
                 .handle

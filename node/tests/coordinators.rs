@@ -2616,6 +2616,11 @@ async fn operator_api_writes_reach_every_coordinator_once_record_who_asked_and_b
         body(&r)["reason"].as_str().unwrap().contains("admin keys"),
         "{r}"
     );
+    assert_eq!(
+        ledger.audit_len().unwrap(),
+        audit_before,
+        "bad input is not recorded"
+    );
     let r = common::http_post(
         operator,
         "/v1/tokens",
@@ -2625,6 +2630,9 @@ async fn operator_api_writes_reach_every_coordinator_once_record_who_asked_and_b
     .await;
     assert!(r.starts_with("HTTP/1.1 201"), "{r}");
     let reader = body(&r)["token"].as_str().unwrap().to_string();
+    // The token's making is itself a recorded request.
+    assert_eq!(ledger.audit_len().unwrap(), audit_before + 1);
+    let audit_before = audit_before + 1;
     let fresh = deposit(&buyer, "40", "op-wire-3");
     let r = common::http_post(operator, "/v1/deposits", &reader, &signed_body(&fresh)).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
@@ -2828,6 +2836,197 @@ async fn a_large_deposit_through_the_operator_api_waits_for_a_second_admin_appro
     assert!(body(&r)["held"].as_array().unwrap().is_empty(), "{r}");
     drop(store);
     for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
+/// One peer floods a coordinator (a burst of coordinator requests,
+/// malformed sync requests, then reconnecting again and again) and one
+/// client hammers its operator API with guessed tokens, while an honest
+/// lease runs: the flooder is limited and banned, and the lease still
+/// settles to the unit on every coordinator's books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on_every_book() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(
+            start_with(Role::Coordinator, dir.path(), Some(i), |c| {
+                // 10 requests a second past a burst of 100 per address on
+                // the operator listener: the hammer meets the limit however
+                // fast this machine is.
+                c.http.operator.per_ip_per_minute = 600;
+                c.http.operator.per_ip_burst = 100;
+            })
+            .await,
+        );
+    }
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
+    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "bindings and an offer at the customer", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    let seller = account_of(dirs[4].path());
+    fund(&customer, &buyer, "20", "wire-flood").await;
+    let r = bid_one(&customer, dirs[5].path(), "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease_id = body(&r)["lease"].as_str().unwrap().to_string();
+    let target = &cs[0];
+
+    let flooder = common::node().await;
+    let flooder_id = flooder.peer_id();
+    flooder.handle.dial(dial_addr(target)).await.unwrap();
+    let watch = target.handle.clone();
+    eventually(10, "the flooder connected", || {
+        let watch = watch.clone();
+        async move { watch.peers().await.unwrap().contains(&flooder_id) }
+    })
+    .await;
+
+    // The HTTP side: guessed tokens against the operator listener.
+    let operator_api = target.operator_api.unwrap();
+    let hammer = async {
+        let started = std::time::Instant::now();
+        let (mut unauthorised, mut limited) = (0u32, 0u32);
+        for i in 0..400u32 {
+            let r = common::http_get(operator_api, "/v1/books", Some(&format!("{i:064x}"))).await;
+            if r.starts_with("HTTP/1.1 401") {
+                unauthorised += 1;
+            } else if r.starts_with("HTTP/1.1 429") {
+                limited += 1;
+            } else {
+                panic!("a guessed token was let in: {r}");
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "http hammer: 400 guesses in {secs:.2} s ({:.0}/s): {unauthorised} unauthorised, {limited} rate-limited",
+            400.0 / secs
+        );
+        (unauthorised, limited)
+    };
+    // The libp2p side: valid requests, far too many at once; then
+    // malformed sync requests; then coming back after the ban.
+    let flood = async {
+        let started = std::time::Instant::now();
+        let asker = Keypair::generate().unwrap();
+        let query = Signed::sign(
+            rigmesh_protocol::AccountQuery {
+                version: PROTOCOL_VERSION,
+                account: asker.public(),
+                asker: asker.public(),
+                created_at: UnixMillis::now(),
+            },
+            &asker,
+        )
+        .unwrap();
+        let request = CoordinatorRequest::AccountOf(query).to_bytes().unwrap();
+        let asks = (0..300).map(|_| {
+            flooder
+                .handle
+                .request(target.peer_id, Protocol::Coordinator, request.clone())
+        });
+        let answers = futures::future::join_all(asks).await;
+        let served = answers
+            .iter()
+            .filter(|a| {
+                a.as_ref().is_ok_and(|b| {
+                    matches!(
+                        CoordinatorResponse::from_bytes(b),
+                        Ok(CoordinatorResponse::Account(_))
+                    )
+                })
+            })
+            .count();
+        let burst_secs = started.elapsed().as_secs_f64();
+        let syncs = (0..12).map(|_| {
+            flooder
+                .handle
+                .request(target.peer_id, Protocol::Sync, vec![0xff; 9])
+        });
+        let _ = futures::future::join_all(syncs).await;
+        let watch = target.handle.clone();
+        eventually(20, "the flooder banned and cut off", || {
+            let watch = watch.clone();
+            async move {
+                watch.stats().await.unwrap().banned >= 1
+                    && !watch.peers().await.unwrap().contains(&flooder_id)
+            }
+        })
+        .await;
+        for _ in 0..10 {
+            let _ = flooder.handle.dial(dial_addr(target)).await;
+        }
+        println!(
+            "p2p flood: 300 requests in {burst_secs:.2} s ({:.0}/s), {served} served; banned after {:.2} s",
+            300.0 / burst_secs,
+            started.elapsed().as_secs_f64()
+        );
+        served
+    };
+    let ((unauthorised, limited), served) = tokio::join!(hammer, flood);
+    assert_eq!(unauthorised + limited, 400);
+    assert!(limited > 0, "the hammer met the address's rate limit");
+    assert!(
+        served < 150,
+        "the burst was limited: {served} of 300 served"
+    );
+    assert!(
+        !target.handle.peers().await.unwrap().contains(&flooder_id),
+        "the banned flooder stays out"
+    );
+
+    // The honest lease ran on through it: it ends and settles everywhere.
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let r = common::http_post(
+        customer.customer_api.unwrap(),
+        &format!("/v1/leases/{lease_id}/end"),
+        &token,
+        "{}",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let supplier_token = read_token(dirs[4].path(), Bootstrap::Supplier).unwrap();
+    let api = supplier.supplier_api.unwrap();
+    eventually(90, "the final settlement at the supplier", || {
+        let token = supplier_token.clone();
+        async move {
+            let r = common::http_get(api, "/v1/leases", Some(&token)).await;
+            body(&r)[0]["settled"]["closed"] == serde_json::json!(true)
+        }
+    })
+    .await;
+    let r = common::http_get(api, "/v1/leases", Some(&supplier_token)).await;
+    let settled = &body(&r)[0]["settled"];
+    let earned: Credits = settled["earned"].as_str().unwrap().parse().unwrap();
+    let fees: Credits = settled["fees"].as_str().unwrap().parse().unwrap();
+    assert!(earned > Credits::ZERO, "{settled}");
+    let (cs_ref, seller_ref) = (&cs, &seller);
+    eventually(
+        30,
+        "every coordinator applied the settlement",
+        || async move {
+            let first = books(&cs_ref[0]);
+            cs_ref.iter().all(|c| books(c) == first)
+                && cs_ref.iter().all(|c| balance(c, seller_ref) == earned)
+        },
+    )
+    .await;
+    let paid = earned.checked_add(fees).unwrap();
+    for c in &cs {
+        assert_eq!(
+            balance(c, &buyer),
+            "20".parse::<Credits>().unwrap().checked_sub(paid).unwrap(),
+            "the customer paid exactly what was earned and the fee"
+        );
+    }
+    for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();
     }
 }

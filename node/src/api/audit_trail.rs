@@ -1,6 +1,7 @@
-//! Who asked for what: every request that passes a listener's token check
-//! and may change something (any method but `GET` and `HEAD`) is appended
-//! to the node's tamper-evident audit chain once it is answered, as one
+//! Who asked for what: every request that passes a listener's token check,
+//! may change something (any method but `GET` and `HEAD`) and is not
+//! refused (its answer is not a 4xx) is appended to the node's
+//! tamper-evident audit chain once it is answered, as one
 //! `Requested` record naming the listener, method and path, the token's id
 //! and name (never the secret), the source address and the status. On a
 //! coordinator the chain is its books' own (so a deposit submitted through
@@ -8,8 +9,9 @@
 //! keep a chain of their own in `<data dir>/audit`.
 //!
 //! Request bodies are not recorded: some carry secrets (a channel's SMTP
-//! password or webhook key). Refused requests are not recorded either:
-//! they changed nothing, and the firewall counts them.
+//! password or webhook key). Refused requests (401, 403, 429, and any
+//! 4xx a handler answers for bad input or a conflict) are not recorded
+//! either: they changed nothing, and the firewall counts them.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,9 +67,18 @@ impl RequestAudit {
         !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
     }
 
+    /// True for an answer the chain records: a refusal (4xx: bad input, no
+    /// such thing, a conflict) changed nothing, by the APIs' own rule.
+    pub(crate) fn records_answer(status: StatusCode) -> bool {
+        !status.is_client_error()
+    }
+
     /// Appends the record of `asked`, off the executor; waits for the
     /// write so the answer leaves only once the record is down.
     pub(crate) async fn record(&self, asked: Asked<'_>) {
+        if !Self::records_answer(asked.status) {
+            return;
+        }
         let detail = detail(&asked);
         let subject = subject_of(asked.path);
         let ledger = self.ledger.clone();
@@ -236,6 +247,34 @@ mod tests {
         assert!(r.detail.contains("192.0.2.7"), "{}", r.detail);
         assert!(r.detail.ends_with(": 200"), "{}", r.detail);
         assert!(ledger.verify_audit().unwrap().is_intact());
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.path().join("audit")).unwrap());
+        let audit = RequestAudit::new(
+            ledger.clone(),
+            rigmesh_protocol::samples::customer().public(),
+        );
+        let token = token();
+        for status in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::CONFLICT,
+        ] {
+            audit
+                .record(Asked {
+                    listener: Listener::Customer,
+                    method: &Method::PUT,
+                    path: "/v1/budget",
+                    token: &token,
+                    peer: None,
+                    status,
+                })
+                .await;
+        }
+        assert_eq!(ledger.audit_len().unwrap(), 0);
     }
 
     #[test]

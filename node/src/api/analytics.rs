@@ -25,6 +25,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Access::Scope(Scope::AnalyticsRead),
     ),
     route("GET", "/v1/earnings", Access::Scope(Scope::AnalyticsRead)),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// Serves the analytics listener on `addr` until `shutdown` completes.
@@ -49,6 +50,7 @@ pub async fn serve(
         .route("/v1/spend", get(local::account))
         .route("/v1/usage/{lease}", get(local::usage))
         .route("/v1/earnings", get(local::supplier_earnings))
+        .merge(super::openapi::route(Listener::Analytics))
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
     super::serve_app(addr, app, firewall, None, shutdown).await

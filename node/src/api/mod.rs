@@ -32,6 +32,7 @@ pub mod firewall;
 pub mod local;
 pub mod monitoring;
 pub mod notify_routes;
+pub mod openapi;
 pub mod operator;
 pub mod public;
 pub mod tls;

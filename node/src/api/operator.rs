@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -147,7 +148,14 @@ async fn dispute_case(
 }
 
 /// `GET /v1/audit?from=&limit=`: the tail of the audit chain.
-async fn audit_tail(State(s): State<Scoped>, Query(query): Query<AuditQuery>) -> Response {
+async fn audit_tail(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_AUDIT_PAGE);
     let from = query.from;
     let result = with_books(&s, move |ledger| {
@@ -241,7 +249,7 @@ pub async fn serve(
         .route("/v1/books", get(books))
         .route("/v1/disputes", get(disputes))
         .route("/v1/disputes/{lease}/{settlement}", get(dispute_case));
-    let app = local::common_routes(routes)
+    let app = local::common_routes(routes, Listener::Operator)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
             Listener::Operator,

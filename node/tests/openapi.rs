@@ -131,6 +131,41 @@ fn the_checked_in_documents_are_what_the_code_generates() {
     }
 }
 
+/// The schemas refuse what the handlers never answer: validation against
+/// them means something.
+#[test]
+fn the_schemas_refuse_answers_that_break_them() {
+    let doc = openapi::document(Listener::Public);
+    let page = &doc["paths"]["/v1/offers"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let page = validator(&doc, page).unwrap();
+    assert!(page.is_valid(&serde_json::json!({"offers": [], "total": 0, "next_cursor": null})));
+    for wrong in [
+        serde_json::json!({"offers": [], "total": "0", "next_cursor": null}),
+        serde_json::json!({"offers": [], "total": 0}),
+        serde_json::json!({"offers": [], "total": 0, "next_cursor": null, "extra": 1}),
+        serde_json::json!({"offers": [{"body": {}}], "total": 1, "next_cursor": null}),
+    ] {
+        assert!(!page.is_valid(&wrong), "{wrong}");
+    }
+    let error = doc["paths"]["/v1/offers"]["get"]["responses"]["400"]["content"]
+        ["application/json"]["schema"]
+        .clone();
+    let error = validator(&doc, &error).unwrap();
+    assert!(error.is_valid(&serde_json::json!({"error": "invalid", "reason": "why"})));
+    assert!(!error.is_valid(&serde_json::json!({"error": "invalid"})));
+    assert!(!error.is_valid(&serde_json::json!("Failed to deserialize query string")));
+    // Money is a decimal string, never a JSON number.
+    let customer = openapi::document(Listener::Customer);
+    let lease = validator(
+        &customer,
+        &serde_json::json!({"$ref": "#/components/schemas/CapReport"}),
+    )
+    .unwrap();
+    assert!(lease.is_valid(&serde_json::json!({"cap": "2.5", "spent": "0", "remaining": null})));
+    assert!(!lease.is_valid(&serde_json::json!({"cap": 2.5, "spent": "0", "remaining": null})));
+}
+
 /// Every `(path, status, schema)` of the document's JSON answers.
 fn response_schemas(doc: &Value) -> Vec<(String, String, Value)> {
     let mut out = Vec::new();

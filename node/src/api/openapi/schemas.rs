@@ -289,12 +289,25 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
             "ContestRequest",
             json!({
                 "description": "Dispute the lease's windows from now on (reason and detail), or stop (stop: true).",
-                "type": "object",
-                "properties": {
-                    "reason": nullable(one_of_strings(&["not_delivered", "other"])),
-                    "detail": string(),
-                    "stop": boolean(),
-                },
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {
+                            "reason": one_of_strings(&["not_delivered", "other"]),
+                            "detail": {"type": "string", "minLength": 1},
+                            "stop": {"const": false},
+                        },
+                        "required": ["reason", "detail"],
+                    },
+                    {
+                        "type": "object",
+                        "properties": {
+                            "reason": {"type": "null"},
+                            "stop": {"const": true},
+                        },
+                        "required": ["stop"],
+                    },
+                ],
             }),
         ),
         (
@@ -605,23 +618,19 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
         ),
         (
             "SilenceRequest",
-            object_with(
-                &[],
-                &[
-                    ("rule", json!({"type": "string", "maxLength": 128})),
-                    ("about", nullable(r("PublicKey"))),
-                    ("subject", nullable(r("Id"))),
-                    ("recipient", nullable(string())),
-                    ("starts_at", nullable(r("UnixMillis"))),
-                    ("ends_at", nullable(r("UnixMillis"))),
-                    ("duration_secs", nullable(count())),
-                    (
-                        "created_by",
-                        nullable(json!({"type": "string", "maxLength": 128})),
-                    ),
-                    ("comment", json!({"type": "string", "maxLength": 1024})),
+            json!({
+                "description": "At least one matcher (rule, about, subject, recipient), an expiry (ends_at or duration_secs, not both) and a comment.",
+                "allOf": [
+                    silence_fields(),
+                    {"anyOf": [
+                        {"required": ["rule"]},
+                        {"required": ["about"]},
+                        {"required": ["subject"]},
+                        {"required": ["recipient"]},
+                    ]},
+                    {"oneOf": [{"required": ["ends_at"]}, {"required": ["duration_secs"]}]},
                 ],
-            ),
+            }),
         ),
         (
             "AlertGroup",
@@ -686,4 +695,28 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
             }),
         ),
     ]
+}
+
+/// The fields of `POST /v1/notify/silences` (the rules across them are in
+/// the `SilenceRequest` schema).
+fn silence_fields() -> Value {
+    object_with(
+        &[(
+            "comment",
+            json!({"type": "string", "minLength": 1, "maxLength": 1024}),
+        )],
+        &[
+            ("rule", json!({"type": "string", "maxLength": 128})),
+            ("about", nullable(r("PublicKey"))),
+            ("subject", nullable(r("Id"))),
+            ("recipient", nullable(string())),
+            ("starts_at", nullable(r("UnixMillis"))),
+            ("ends_at", r("UnixMillis")),
+            ("duration_secs", uint(31_622_400)),
+            (
+                "created_by",
+                nullable(json!({"type": "string", "minLength": 1, "maxLength": 128})),
+            ),
+        ],
+    )
 }

@@ -56,6 +56,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Access::Scope(Scope::AnalyticsRead),
     ),
     route("GET", "/dashboard", Access::Open),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// The dashboard: one page, no build step, nothing fetched from
@@ -90,6 +91,7 @@ pub async fn serve(
         .route("/v1/forecast/earnings", get(forecast_earnings))
         .route("/v1/forecast/market", get(forecast_market))
         .route("/dashboard", get(dashboard))
+        .merge(super::openapi::route(Listener::Analytics))
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
     super::serve_app(addr, app, firewall, None, shutdown).await

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -175,7 +176,14 @@ async fn dispute_case(
 }
 
 /// `GET /v1/audit?from=&limit=`: the tail of the coordinator's audit chain.
-async fn audit_tail(State(s): State<Scoped>, Query(query): Query<AuditQuery>) -> Response {
+async fn audit_tail(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     match s.api.coordinator.as_ref() {
         Some(role) => super::audit_trail::tail(Some(role.ledger.clone()), query).await,
         None => not_a_coordinator(),
@@ -390,7 +398,7 @@ pub async fn serve(
         .route("/v1/held/{kind}", get(writes::get_held))
         .route("/v1/bans", get(writes::get_bans).post(writes::post_ban))
         .route("/v1/bans/{offender}", delete(writes::delete_ban));
-    let app = local::common_routes(routes)
+    let app = local::common_routes(routes, Listener::Operator)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
             Listener::Operator,

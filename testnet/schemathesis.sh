@@ -22,6 +22,11 @@
 # deposit within the first examples and then only test "insufficient
 # funds". The route's answers are checked against its document by
 # node/tests/openapi.rs and the devnet scenario (cli/tests/devnet.rs).
+#
+# Not fuzzed either: POST /v1/bans on the operator listener. A random ban
+# of an address such as 127.0.0.1 would shut this run (and every later
+# request of the devnet's own nodes) out for up to a year; the route's
+# refusals and answers are checked by the operator writes tests.
 set -euo pipefail
 
 # schemathesis's CLI changed in 4.0 (flags, phases, check names): pinned.
@@ -52,7 +57,7 @@ while [[ $# -gt 0 ]]; do
         shift 2
         ;;
     -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -171,7 +176,7 @@ fuzz monitoring customer -
 fuzz customer customer customer --exclude-path /v1/bid
 fuzz analytics customer customer
 fuzz supplier supplier-0 supplier
-fuzz operator coordinator-0 operator
+fuzz operator coordinator-0 operator --exclude-operation-id post_v1_bans
 
 stop_devnet
 if ((${#failed[@]} > 0)); then

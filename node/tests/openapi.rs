@@ -523,6 +523,10 @@ async fn the_operator_listeners_answers_match_its_document() {
             Arc::new(books),
             store,
         ))),
+        trends: None,
+        review: None,
+        quorum: None,
+        network: None,
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let firewall = Arc::new(

@@ -259,7 +259,14 @@ fn review_json(item: &ReviewItem) -> serde_json::Value {
 
 /// `GET /v1/review?state=open|acknowledged|all`: the suspicious-activity
 /// review items, newest first, at most 1000.
-async fn review_list(State(s): State<Scoped>, Query(query): Query<ReviewQuery>) -> Response {
+async fn review_list(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<ReviewQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let filter = match query.state.as_deref().unwrap_or("open") {
         "open" => ReviewFilter::Open,
         "acknowledged" => ReviewFilter::Acknowledged,

@@ -56,6 +56,11 @@ fn parameter_schema(path: &str, name: &str) -> Value {
         "id" | "lease" => schemas::r("Id"),
         "settlement" => json!({"type": "string", "pattern": "^[0-9]{1,19}$"}),
         "group" => json!({"type": "string", "pattern": "^[0-9a-f]{1,64}$"}),
+        "kind" => schemas::one_of_strings(&["deposits", "withdrawals"]),
+        // A series name may hold `/` (`market/<model>/offers`).
+        "*name" => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", "maxLength": 96})
+        }
         _ => json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
     }
 }

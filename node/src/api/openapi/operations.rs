@@ -6,7 +6,9 @@
 
 use serde_json::{json, Value};
 
-use super::schemas::{array, boolean, count, nullable, object, object_with, r, string, uint};
+use super::schemas::{
+    array, boolean, count, nullable, number, object, object_with, one_of_strings, r, string, uint,
+};
 use crate::api::Listener;
 
 /// A response body.
@@ -63,6 +65,7 @@ impl Operation {
                 409 => "Conflicts with the current state, or the node does not play the role",
                 500 => "The node failed",
                 502 => "A peer or channel did not answer",
+                503 => "Busy or stopping; try again",
                 _ => "Refused",
             };
             self.responses.push((*status, what, Body::Json(r("Error"))));
@@ -209,7 +212,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             ]))
             .refuses(&[409]),
 
-        (Operator, "GET", "/v1/audit") => op("The tail of the audit chain")
+        (Customer | Supplier | Operator, "GET", "/v1/audit") => op("The tail of the audit chain")
             .query("from", count(), "First sequence number; by default the last `limit` records")
             .query("limit", limit(), "Most records (50 by default, clamped to 1..=500)")
             .ok(object(&[
@@ -228,7 +231,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
                 ),
             ]))
             .refuses(&[400, 409, 500]),
-        (Operator, "GET", "/v1/audit/verify") => op("Walk the whole audit chain")
+        (Customer | Supplier | Operator, "GET", "/v1/audit/verify") => op("Walk the whole audit chain")
             .ok(object(&[
                 ("intact", boolean()),
                 ("verified", count()),
@@ -281,6 +284,127 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
                 ("resolution", nullable(message_body())),
             ]))
             .refuses(&[400, 404, 409, 500]),
+
+        (Operator, "GET", "/v1/review") => op("The suspicious-activity review items, newest first, at most 1000")
+            .query("state", one_of_strings(&["open", "acknowledged", "all"]), "Which items (open by default)")
+            .ok(object(&[("items", array(r("ReviewItem")))]))
+            .refuses(&[400, 409, 500]),
+        (Operator, "POST", "/v1/review/{id}/ack") => op("Acknowledge a review item with a note on what the operator made of it")
+            .body(
+                object(&[("note", json!({"type": "string", "minLength": 1, "maxLength": crate::review::MAX_NOTE}))]),
+                true,
+            )
+            .ok(r("ReviewItem"))
+            .refuses(&[400, 404])
+            .answers(409, "Already acknowledged, or the node keeps no review queue", Body::Json(r("Error")))
+            .refuses(&[500]),
+        (Operator, "POST", "/v1/deposits") => op("Hand an admin-signed deposit to every coordinator (moves money)")
+            .body(r("SignedMessage"), true)
+            .ok(r("DepositOutcome"))
+            .answers(202, "Held for a second admin's approval", Body::Json(r("DepositOutcome")))
+            .refuses(&[400])
+            .answers(
+                409,
+                "The reference is used, too few coordinators applied it, or the node is no coordinator",
+                Body::Json(json!({"anyOf": [with_refusal(r("DepositOutcome")), r("Error")]})),
+            )
+            .refuses(&[500]),
+        (Operator, "POST", "/v1/approvals") => op("Hand an admin-signed approval or rejection of a held deposit or withdrawal to every coordinator (moves money)")
+            .body(r("SignedMessage"), true)
+            .ok(r("DecisionOutcome"))
+            .refuses(&[400])
+            .answers(404, "No coordinator holds it", Body::Json(with_refusal(r("DecisionOutcome"))))
+            .answers(
+                409,
+                "Too few coordinators took it, or the node is no coordinator",
+                Body::Json(json!({"anyOf": [with_refusal(r("DecisionOutcome")), r("Error")]})),
+            )
+            .refuses(&[500]),
+        (Operator, "POST", "/v1/disputes/{lease}/{settlement}/resolution") => op("Hand an admin-signed resolution of this dispute case to every coordinator (moves money)")
+            .body(r("SignedMessage"), true)
+            .ok(r("ResolutionOutcome"))
+            .refuses(&[400])
+            .answers(
+                409,
+                "No quorum voted for it, or the node is no coordinator",
+                Body::Json(json!({"anyOf": [with_refusal(r("ResolutionOutcome")), r("Error")]})),
+            )
+            .refuses(&[500]),
+        (Operator, "GET", "/v1/held/{kind}") => op("What the coordinator set holds for an admin's decision (deposits or withdrawals)")
+            .ok(object(&[
+                ("epoch", count()),
+                ("quorum", count()),
+                (
+                    "held",
+                    array(object(&[
+                        ("id", r("Id")),
+                        ("account", string()),
+                        ("amount", string()),
+                        ("detail", string()),
+                        ("held_by", count()),
+                        ("since", r("UnixMillis")),
+                    ])),
+                ),
+            ]))
+            .refuses(&[404, 409]),
+        (Operator, "GET", "/v1/bans") => op("The bans in force on this node, longest first")
+            .ok(object(&[("bans", array(r("Ban")))]))
+            .refuses(&[409, 500]),
+        (Operator, "POST", "/v1/bans") => op("Ban a peer id or an address for a while, durably")
+            .body(
+                object(&[
+                    ("offender", string()),
+                    ("secs", json!({"type": "integer", "minimum": 1, "maximum": 365 * 24 * 3600})),
+                    ("reason", json!({"type": "string", "minLength": 1, "maxLength": 256})),
+                ]),
+                true,
+            )
+            .ok(r("Ban"))
+            .refuses(&[400, 409, 500]),
+        (Operator, "DELETE", "/v1/bans/{offender}") => op("Lift the ban of a peer id or an address now, durably")
+            .ok(object(&[
+                ("offender", string()),
+                ("kind", one_of_strings(&["peer", "address"])),
+                ("lifted", json!({"const": true})),
+            ]))
+            .refuses(&[400, 404, 409, 500]),
+
+        (Analytics, "GET", "/v1/series") => op("The series this node keeps, with their kinds and units")
+            .ok(object(&[
+                (
+                    "series",
+                    array(object(&[
+                        ("series", string()),
+                        ("kind", r("SeriesKind")),
+                        ("unit", r("SeriesUnit")),
+                    ])),
+                ),
+                ("kept_hours", count()),
+            ]))
+            .refuses(&[409, 500, 503]),
+        (Analytics, "GET", "/v1/series/{*name}") => op("A series' recorded hours, in the unit it is shown in")
+            .query("hours", json!({"type": "integer", "minimum": 1}), "Hours back from now (a week by default, at most the hours kept)")
+            .ok(object(&[
+                ("series", string()),
+                ("kind", r("SeriesKind")),
+                ("unit", r("SeriesUnit")),
+                ("points", array(object(&[("at", r("UnixMillis")), ("value", number())]))),
+            ]))
+            .refuses(&[400, 409, 500, 503]),
+        (Analytics, "GET", "/v1/forecast/spend") => op("The customer's spend ahead: hourly forecast, totals for 24 h, 7 d and 30 d, when each cap runs out")
+            .query("horizon", string(), "Hours forecast: 24h (the default), 7d, 2w...")
+            .ok(r("SpendReport"))
+            .refuses(&[400, 409, 500, 503]),
+        (Analytics, "GET", "/v1/forecast/earnings") => op("A supplier's earnings, GPU time sold and utilisation ahead")
+            .query("horizon", string(), "Hours forecast: 24h (the default), 7d, 2w...")
+            .ok(r("EarningsReport"))
+            .refuses(&[400, 409, 500, 503]),
+        (Analytics, "GET", "/v1/forecast/market") => op("Price and supply ahead per GPU model")
+            .query("horizon", string(), "Hours forecast: 24h (the default), 7d, 2w...")
+            .ok(r("MarketReport"))
+            .refuses(&[400, 409, 500, 503]),
+        (Analytics, "GET", "/dashboard") => op("The analytics dashboard: one self-contained page")
+            .answers(200, "The page", Body::Text("text/html")),
 
         (Customer | Supplier | Analytics | Operator, "GET", "/v1/whoami") => op("Who this token is: its name, scopes and expiry")
             .ok(r("WhoAmI")),
@@ -358,6 +482,12 @@ fn common(method: &str, path: &str) -> Option<Operation> {
         _ => return None,
     };
     Some(o)
+}
+
+/// An outcome answered with a refusal: its fields plus the `error` and
+/// `reason` every refusal carries.
+fn with_refusal(outcome: Value) -> Value {
+    json!({"allOf": [outcome, {"type": "object", "required": ["error", "reason"]}]})
 }
 
 /// `GET /health`'s answer, running or stopped.

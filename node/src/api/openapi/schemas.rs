@@ -32,6 +32,11 @@ pub(crate) fn count() -> Value {
     uint(u64::MAX)
 }
 
+/// A JSON number (an `f64` the handler computed).
+pub(crate) fn number() -> Value {
+    json!({"type": "number"})
+}
+
 /// A string.
 pub(crate) fn string() -> Value {
     json!({"type": "string"})
@@ -681,6 +686,212 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "ReviewItem",
+            object(&[
+                ("id", count()),
+                ("rule", string()),
+                ("subject", string()),
+                ("severity", r("Severity")),
+                ("detail", string()),
+                ("first_seen", r("UnixMillis")),
+                ("last_seen", r("UnixMillis")),
+                ("count", count()),
+                ("state", one_of_strings(&["open", "acknowledged"])),
+                ("acknowledged_by", nullable(string())),
+                ("acknowledged_at", nullable(r("UnixMillis"))),
+                ("note", nullable(string())),
+            ]),
+        ),
+        (
+            "SignedMessage",
+            object(&[(
+                "message",
+                json!({
+                    "description": "Hex of the signed message's canonical bytes, as `rigmesh message` prints them.",
+                    "type": "string",
+                    "pattern": "^\\s*[0-9a-fA-F]*\\s*$",
+                }),
+            )]),
+        ),
+        (
+            "MemberAnswer",
+            object(&[
+                ("coordinator", r("PublicKey")),
+                (
+                    "answer",
+                    one_of_strings(&["applied", "voted", "pending", "refused", "unreachable"]),
+                ),
+                ("reason", nullable(string())),
+            ]),
+        ),
+        (
+            "DepositOutcome",
+            object_with(
+                &[
+                    ("deposit", r("Id")),
+                    (
+                        "state",
+                        one_of_strings(&[
+                            "applied",
+                            "awaiting_approval",
+                            "reference_used",
+                            "not_applied",
+                        ]),
+                    ),
+                    ("applied_by", count()),
+                    ("held_by", count()),
+                    ("quorum", count()),
+                    ("answers", array(r("MemberAnswer"))),
+                ],
+                &refusal_fields(),
+            ),
+        ),
+        (
+            "DecisionOutcome",
+            object_with(
+                &[
+                    ("kind", one_of_strings(&["deposit", "withdrawal"])),
+                    ("id", r("Id")),
+                    ("decision", one_of_strings(&["approved", "rejected"])),
+                    ("state", one_of_strings(&["taken", "not_held", "not_taken"])),
+                    ("coordinators", count()),
+                    ("quorum", count()),
+                    ("certificate", nullable(hex())),
+                    ("answers", array(r("MemberAnswer"))),
+                ],
+                &refusal_fields(),
+            ),
+        ),
+        (
+            "ResolutionOutcome",
+            object_with(
+                &[
+                    (
+                        "case",
+                        json!({"type": "string", "pattern": "^[0-9a-f]{64}:[0-9]+$"}),
+                    ),
+                    ("state", one_of_strings(&["resolved", "not_certified"])),
+                    ("supplier_share", r("Credits")),
+                    ("refund", r("Credits")),
+                    (
+                        "against",
+                        one_of_strings(&["supplier", "customer", "neither"]),
+                    ),
+                    ("votes", count()),
+                    ("quorum", count()),
+                    ("applied_by", count()),
+                    ("certificate", nullable(hex())),
+                    ("answers", array(r("MemberAnswer"))),
+                ],
+                &refusal_fields(),
+            ),
+        ),
+        (
+            "Ban",
+            object(&[
+                ("offender", string()),
+                ("kind", one_of_strings(&["peer", "address"])),
+                ("until", r("UnixMillis")),
+                ("reason", string()),
+            ]),
+        ),
+        ("SeriesKind", one_of_strings(&["flow", "level"])),
+        (
+            "SeriesUnit",
+            one_of_strings(&["credits", "gpu_hours", "percent", "count"]),
+        ),
+        (
+            "ForecastPoint",
+            object(&[
+                ("at", r("UnixMillis")),
+                ("value", number()),
+                ("lower", number()),
+                ("upper", number()),
+            ]),
+        ),
+        (
+            "Forecast",
+            object(&[
+                ("series", string()),
+                ("unit", r("SeriesUnit")),
+                ("method", string()),
+                ("history_hours", count()),
+                ("points", array(r("ForecastPoint"))),
+            ]),
+        ),
+        (
+            "MoneyTotal",
+            object(&[
+                ("span", one_of_strings(&["24h", "7d", "30d"])),
+                ("hours", count()),
+                ("method", string()),
+                ("value", r("Credits")),
+                ("lower", r("Credits")),
+                ("upper", r("Credits")),
+            ]),
+        ),
+        (
+            "CapRunOut",
+            object(&[
+                ("lease", nullable(r("Id"))),
+                ("cap", r("Credits")),
+                ("spent", r("Credits")),
+                ("remaining", r("Credits")),
+                ("run_out_at", nullable(r("UnixMillis"))),
+                ("earliest_run_out_at", nullable(r("UnixMillis"))),
+                ("basis", string()),
+            ]),
+        ),
+        (
+            "SpendReport",
+            object(&[
+                ("horizon_hours", count()),
+                ("generated_at", r("UnixMillis")),
+                ("spend", nullable(r("Forecast"))),
+                ("gpu_hours", nullable(r("Forecast"))),
+                ("totals", array(r("MoneyTotal"))),
+                ("account_cap", nullable(r("CapRunOut"))),
+                ("lease_caps", array(r("CapRunOut"))),
+                ("running_leases", array(r("LeaseStatus"))),
+            ]),
+        ),
+        (
+            "EarningsReport",
+            object(&[
+                ("horizon_hours", count()),
+                ("generated_at", r("UnixMillis")),
+                ("earnings", nullable(r("Forecast"))),
+                ("gpu_hours_sold", nullable(r("Forecast"))),
+                ("utilisation", nullable(r("Forecast"))),
+                ("totals", array(r("MoneyTotal"))),
+            ]),
+        ),
+        (
+            "MarketReport",
+            object(&[
+                ("horizon_hours", count()),
+                ("generated_at", r("UnixMillis")),
+                (
+                    "models",
+                    array(object(&[
+                        ("model", string()),
+                        (
+                            "latest_price",
+                            nullable(json!({
+                                "description": "The latest 10th, 50th and 90th percentile prices per GPU-hour, credits.",
+                                "type": "array",
+                                "items": number(),
+                                "minItems": 3,
+                                "maxItems": 3,
+                            })),
+                        ),
+                        ("price", nullable(r("Forecast"))),
+                        ("offers", nullable(r("Forecast"))),
+                    ])),
+                ),
+            ]),
+        ),
+        (
             "OpenApiDocument",
             json!({
                 "description": "This listener's OpenAPI document.",
@@ -694,6 +905,19 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                 "required": ["openapi", "info", "paths"],
             }),
         ),
+    ]
+}
+
+/// Hex bytes.
+fn hex() -> Value {
+    json!({"type": "string", "pattern": "^([0-9a-f]{2})*$"})
+}
+
+/// The `error` and `reason` an outcome carries when it is a refusal.
+fn refusal_fields() -> [(&'static str, Value); 2] {
+    [
+        ("error", json!({"type": "string", "pattern": "^[a-z_]+$"})),
+        ("reason", string()),
     ]
 }
 

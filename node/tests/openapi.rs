@@ -510,6 +510,19 @@ async fn the_operator_listeners_answers_match_its_document() {
         )
         .unwrap();
     let store = Arc::new(rigmesh_ledger::MarketStore::temporary().unwrap());
+    let review = rigmesh_node::review::ReviewQueue::open(
+        &dir.path().join("review"),
+        100,
+        None,
+        Default::default(),
+    )
+    .unwrap();
+    review.raise(rigmesh_node::review::Suspicion::new(
+        "api.refusals",
+        "address 192.0.2.7",
+        rigmesh_protocol::Severity::Warning,
+        "40 refusals in a minute",
+    ));
     let api = rigmesh_node::api::local::LocalApi {
         store: store.clone(),
         account: key.public(),
@@ -524,7 +537,7 @@ async fn the_operator_listeners_answers_match_its_document() {
             store,
         ))),
         trends: None,
-        review: None,
+        review: Some(review.clone()),
         quorum: None,
         network: None,
     };
@@ -568,4 +581,68 @@ async fn the_operator_listeners_answers_match_its_document() {
         .check("GET", "/v1/audit", "/v1/audit?from=x", "")
         .await;
     assert_eq!(status, 400);
+
+    // The review queue: the raised item is listed (once its writer has
+    // it), acknowledged once, and refused the second time.
+    let mut item = Value::Null;
+    for _ in 0..200 {
+        let (status, body) = operator.get("/v1/review").await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(first) = body["items"].get(0) {
+            item = first.clone();
+            break;
+        }
+        review_written().await;
+    }
+    assert_eq!(item["subject"], "address 192.0.2.7", "{item}");
+    assert_eq!(item["acknowledged_by"], Value::Null);
+    let ack = format!("/v1/review/{}/ack", item["id"]);
+    let (status, body) = operator
+        .check(
+            "POST",
+            "/v1/review/{id}/ack",
+            &ack,
+            r#"{"note": "a scanner"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "acknowledged");
+    assert_eq!(body["note"], "a scanner");
+    let (status, body) = operator
+        .check("POST", "/v1/review/{id}/ack", &ack, r#"{"note": "again"}"#)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = operator
+        .check("GET", "/v1/review", "/v1/review?state=all", "")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["items"][0]["note"], "a scanner");
+    let (status, _) = operator
+        .check("GET", "/v1/review", "/v1/review?state=closed", "")
+        .await;
+    assert_eq!(status, 400);
+
+    // Writes that need the coordinator set's client, which this node
+    // was not given: refused whole, as documented.
+    let (status, body) = operator
+        .check(
+            "POST",
+            "/v1/deposits",
+            "/v1/deposits",
+            r#"{"message": "00"}"#,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = operator
+        .check("GET", "/v1/held/{kind}", "/v1/held/deposits", "")
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = operator.get("/v1/bans").await;
+    assert_eq!(status, 409);
+}
+
+/// Lets the review queue's writer thread take what was raised.
+async fn review_written() {
+    tokio::task::yield_now().await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 }

@@ -6,7 +6,9 @@
 //! every coordinator compared) and exits; the customer node's
 //! notifications go to a local webhook sink that checks their signatures
 //! and prints each delivery; `--serve` keeps the market
-//! running for the CLI to be used against it.
+//! running for the CLI to be used against it, and writes where every
+//! node's listeners are to `<dir>/listeners.json` once the market is up
+//! (the schemathesis check waits for that file).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -286,6 +288,50 @@ fn print_market(m: &Market, serve: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name of the file `--serve` writes in the devnet's directory.
+pub(crate) const LISTENERS_FILE: &str = "listeners.json";
+
+/// Every node's name, data directory and listener addresses (null where
+/// the node does not serve that listener), as `listeners.json` holds them.
+fn listeners(m: &Market) -> serde_json::Value {
+    let node = |name: String, dir: PathBuf, n: &RunningNode| {
+        serde_json::json!({
+            "name": name,
+            "data_dir": dir,
+            "listeners": {
+                "public": n.public_api,
+                "customer": n.customer_api,
+                "supplier": n.supplier_api,
+                "analytics": n.analytics_api,
+                "operator": n.operator_api,
+                "monitoring": n.monitoring,
+            },
+        })
+    };
+    let mut nodes = Vec::new();
+    for (i, c) in m.coordinators.iter().enumerate() {
+        let name = format!("coordinator-{i}");
+        nodes.push(node(name.clone(), m.root.join(&name), c));
+    }
+    for (i, (_, _, s)) in m.suppliers.iter().enumerate() {
+        let name = format!("supplier-{i}");
+        nodes.push(node(name.clone(), m.root.join(&name), s));
+    }
+    nodes.push(node("customer".into(), m.customer_dir.clone(), &m.customer));
+    serde_json::json!({ "nodes": nodes })
+}
+
+/// Writes `listeners.json` whole or not at all: a reader polling for it
+/// never sees half a file.
+fn write_listeners(m: &Market) -> anyhow::Result<()> {
+    let path = m.root.join(LISTENERS_FILE);
+    let partial = m.root.join(format!("{LISTENERS_FILE}.partial"));
+    let text = serde_json::to_string_pretty(&listeners(m))?;
+    std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// A listener's address, or a dash when the node does not serve it.
 fn address(addr: Option<std::net::SocketAddr>) -> String {
     addr.map_or_else(|| "-".into(), |a| a.to_string())
@@ -559,11 +605,24 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     let interrupted = runtime.block_on(async move {
         let stop = super::node::StopSignals::listen()?;
         let mut stop = std::pin::pin!(stop.wait());
+        // A file of an earlier run would say the market is up before it is.
+        let stale = root.join(LISTENERS_FILE);
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+        }
         let market = tokio::select! {
             market = start_market(&root, args.deposit) => market?,
             _ = &mut stop => return Ok::<_, anyhow::Error>(true),
         };
         print_market(&market, args.serve)?;
+        if args.serve {
+            write_listeners(&market)?;
+            outln!(
+                "  listeners of every node: {}",
+                market.root.join(LISTENERS_FILE).display()
+            );
+        }
         let mut interrupted = false;
         let outcome = if args.no_scenario {
             Ok(())

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use libp2p::Multiaddr;
+use rigmesh_node::api::Listener;
 use rigmesh_node::config::{NodeConfig, Overrides, Role};
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +22,26 @@ pub(crate) enum NodeCommand {
         #[arg(long, required = true)]
         example: bool,
     },
+    /// Print a listener's OpenAPI document, as the listener serves it at
+    /// /openapi.json (specs/openapi/<listener>.json holds each).
+    Openapi {
+        /// public, customer, supplier, analytics, operator or monitoring.
+        #[arg(long, value_parser = listener_named)]
+        listener: Listener,
+    },
+}
+
+/// A listener by its name.
+fn listener_named(name: &str) -> Result<Listener, String> {
+    Listener::ALL
+        .into_iter()
+        .find(|l| l.name() == name)
+        .ok_or_else(|| {
+            format!(
+                "no listener {name:?}; listeners are {}",
+                Listener::ALL.map(Listener::name).join(", ")
+            )
+        })
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +92,13 @@ pub(crate) fn run(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Config { example: _ } => {
             let text = rigmesh_node::config::example()?;
             outln!("{}", text.trim_end());
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Openapi { listener } => {
+            outln!(
+                "{}",
+                rigmesh_node::api::openapi::render(listener).trim_end()
+            );
             return Ok(ExitCode::SUCCESS);
         }
     };

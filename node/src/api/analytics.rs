@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
@@ -56,6 +57,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Access::Scope(Scope::AnalyticsRead),
     ),
     route("GET", "/dashboard", Access::Open),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// The dashboard: one page, no build step, nothing fetched from
@@ -90,6 +92,7 @@ pub async fn serve(
         .route("/v1/forecast/earnings", get(forecast_earnings))
         .route("/v1/forecast/market", get(forecast_market))
         .route("/dashboard", get(dashboard))
+        .merge(super::openapi::route(Listener::Analytics))
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
     super::serve_app(addr, app, firewall, None, shutdown).await
@@ -183,8 +186,12 @@ pub struct SeriesQuery {
 async fn series(
     State(s): State<Scoped>,
     UrlPath(name): UrlPath<String>,
-    Query(query): Query<SeriesQuery>,
+    query: std::result::Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let (kind, unit) = match check_name(&name) {
         Ok(spec) => spec,
         Err(reason) => return bad_request(reason),
@@ -217,7 +224,14 @@ async fn series(
 
 /// `GET /v1/forecast/spend?horizon=24h`: the customer's spend forecast,
 /// its totals for 24 h, 7 d and 30 d, and when each cap runs out.
-async fn forecast_spend(State(s): State<Scoped>, Query(query): Query<HorizonQuery>) -> Response {
+async fn forecast_spend(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let horizon = match horizon_of(&query) {
         Ok(h) => h,
         Err(reason) => return bad_request(reason),
@@ -240,7 +254,14 @@ async fn forecast_spend(State(s): State<Scoped>, Query(query): Query<HorizonQuer
 
 /// `GET /v1/forecast/earnings?horizon=24h`: a supplier's earnings, GPU
 /// time sold and utilisation ahead.
-async fn forecast_earnings(State(s): State<Scoped>, Query(query): Query<HorizonQuery>) -> Response {
+async fn forecast_earnings(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let horizon = match horizon_of(&query) {
         Ok(h) => h,
         Err(reason) => return bad_request(reason),
@@ -255,7 +276,14 @@ async fn forecast_earnings(State(s): State<Scoped>, Query(query): Query<HorizonQ
 }
 
 /// `GET /v1/forecast/market?horizon=24h`: price and supply per GPU model.
-async fn forecast_market(State(s): State<Scoped>, Query(query): Query<HorizonQuery>) -> Response {
+async fn forecast_market(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let horizon = match horizon_of(&query) {
         Ok(h) => h,
         Err(reason) => return bad_request(reason),

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
@@ -149,6 +150,7 @@ pub const COMMON_ROUTES: &[RouteSpec] = &[
         "/v1/tokens/{token}",
         Access::Scope(Scope::TokensManage),
     ),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// What the CLI listeners read.
@@ -203,10 +205,23 @@ pub(crate) fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
 
 pub(crate) fn internal(err: Error) -> Response {
     tracing::warn!(%err, "local API error");
-    (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+    refusal(StatusCode::INTERNAL_SERVER_ERROR, "failed", err.to_string())
 }
 
-async fn market_offers(State(s): State<Scoped>, Query(filter): Query<OfferFilter>) -> Response {
+/// A query string that does not parse: a 400 with the shared error body
+/// (axum's own rejection is plain text).
+pub(crate) fn bad_query(rejection: QueryRejection) -> Response {
+    bad_request(format!("the query string: {}", rejection.body_text()))
+}
+
+async fn market_offers(
+    State(s): State<Scoped>,
+    filter: std::result::Result<Query<OfferFilter>, QueryRejection>,
+) -> Response {
+    let Query(filter) = match filter {
+        Ok(filter) => filter,
+        Err(rejection) => return bad_query(rejection),
+    };
     match live_offers(&s.api.store) {
         Ok(mut offers) => {
             offers.retain(|o| {
@@ -301,7 +316,11 @@ pub(crate) fn bad_request(reason: String) -> Response {
 /// the standing bid when nothing matched and the bid may wait
 /// (`wait_secs`); otherwise 404 (no match, with the reason in numbers),
 /// 409 (the supplier refused), 400 (an invalid bid) or 502.
-async fn bid(State(s): State<Scoped>, Json(request): Json<BidRequest>) -> Response {
+async fn bid(State(s): State<Scoped>, body: axum::body::Bytes) -> Response {
+    let request: BidRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => return bad_request(format!("the body is not a bid: {err}")),
+    };
     match ask(&s, |tx| CustomerCommand::Bid(request, tx)).await {
         Ok(Ok(BidOutcome::Leased(lease))) => Json(lease).into_response(),
         Ok(Ok(BidOutcome::Waiting(status))) => (StatusCode::ACCEPTED, Json(status)).into_response(),
@@ -380,11 +399,19 @@ struct ContestRequest {
 async fn contest_lease(
     State(s): State<Scoped>,
     UrlPath(id): UrlPath<String>,
-    Json(request): Json<ContestRequest>,
+    body: axum::body::Bytes,
 ) -> Response {
     let id = match id_from_path("lease", &id) {
         Ok(id) => id,
         Err(reason) => return bad_request(reason),
+    };
+    let request: ContestRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return bad_request(format!(
+                "the body is not {{\"reason\": ..., \"detail\": ...}} or {{\"stop\": true}}: {err}"
+            ))
+        }
     };
     let contest = match (request.stop, request.reason) {
         (true, None) => None,
@@ -419,8 +446,12 @@ pub struct UsageQuery {
 pub(crate) async fn usage(
     State(s): State<Scoped>,
     UrlPath(lease): UrlPath<String>,
-    Query(query): Query<UsageQuery>,
+    query: std::result::Result<Query<UsageQuery>, QueryRejection>,
 ) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
     let lease = match id_from_path("lease", &lease) {
         Ok(id) => id,
         Err(reason) => return bad_request(reason),
@@ -716,7 +747,14 @@ fn alnum_only(text: &str) -> String {
 /// `GET /v1/notify/ack/{group}?token=…`, the link in a message, without the
 /// API token: a page with a button, so that a link preview or a mail
 /// scanner fetching the link acknowledges nothing.
-async fn ack_page(UrlPath(group): UrlPath<String>, Query(link): Query<AckLink>) -> Response {
+async fn ack_page(
+    UrlPath(group): UrlPath<String>,
+    link: std::result::Result<Query<AckLink>, QueryRejection>,
+) -> Response {
+    let Query(link) = match link {
+        Ok(link) => link,
+        Err(rejection) => return bad_query(rejection),
+    };
     let (group, token) = (
         alnum_only(&group),
         alnum_only(link.token.as_deref().unwrap_or_default()),
@@ -739,8 +777,12 @@ async fn ack_page(UrlPath(group): UrlPath<String>, Query(link): Query<AckLink>) 
 async fn ack_link(
     State(s): State<Scoped>,
     UrlPath(group): UrlPath<String>,
-    Query(link): Query<AckLink>,
+    link: std::result::Result<Query<AckLink>, QueryRejection>,
 ) -> Response {
+    let Query(link) = match link {
+        Ok(link) => link,
+        Err(rejection) => return bad_query(rejection),
+    };
     let Some(token) = link.token else {
         return bad_request("the link lacks its ?token=".into());
     };
@@ -768,8 +810,9 @@ async fn ack_link(
 }
 
 /// The routes every CLI listener serves (see [`COMMON_ROUTES`]).
-pub(crate) fn common_routes(router: Router<Scoped>) -> Router<Scoped> {
+pub(crate) fn common_routes(router: Router<Scoped>, listener: Listener) -> Router<Scoped> {
     router
+        .merge(super::openapi::route(listener))
         .route("/v1/whoami", get(whoami))
         .route("/v1/notify/channels/{name}/test", post(notify_test))
         .route("/v1/notify/rules", get(notify_rules))
@@ -799,8 +842,17 @@ pub async fn serve(
             "/v1/audit",
             get({
                 let chain = chain.clone();
-                move |Query(query): Query<super::audit_trail::AuditQuery>| {
-                    super::audit_trail::tail(chain.clone(), query)
+                move |query: std::result::Result<
+                    Query<super::audit_trail::AuditQuery>,
+                    QueryRejection,
+                >| {
+                    let chain = chain.clone();
+                    async move {
+                        match query {
+                            Ok(Query(query)) => super::audit_trail::tail(chain, query).await,
+                            Err(rejection) => bad_query(rejection),
+                        }
+                    }
                 }
             }),
         )
@@ -832,7 +884,7 @@ pub async fn serve(
             )))
         }
     };
-    let app = common_routes(routes.merge(audit_routes))
+    let app = common_routes(routes.merge(audit_routes), listener)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
             listener,

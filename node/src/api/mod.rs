@@ -34,6 +34,7 @@ pub mod firewall;
 pub mod local;
 pub mod monitoring;
 pub mod notify_routes;
+pub mod openapi;
 pub mod operator;
 pub mod operator_writes;
 pub mod public;

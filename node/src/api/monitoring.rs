@@ -32,6 +32,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/metrics", Access::Open),
     route("GET", "/health", Access::Open),
     route("GET", "/ready", Access::Open),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// A write probe that takes longer than this counts as a failure.
@@ -185,6 +186,7 @@ pub async fn serve_monitoring(
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .merge(super::openapi::route(Listener::Monitoring))
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
     super::serve_app(addr, app, firewall, None, shutdown).await

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
@@ -175,7 +176,14 @@ async fn dispute_case(
 }
 
 /// `GET /v1/audit?from=&limit=`: the tail of the coordinator's audit chain.
-async fn audit_tail(State(s): State<Scoped>, Query(query): Query<AuditQuery>) -> Response {
+async fn audit_tail(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     match s.api.coordinator.as_ref() {
         Some(role) => super::audit_trail::tail(Some(role.ledger.clone()), query).await,
         None => not_a_coordinator(),
@@ -251,7 +259,14 @@ fn review_json(item: &ReviewItem) -> serde_json::Value {
 
 /// `GET /v1/review?state=open|acknowledged|all`: the suspicious-activity
 /// review items, newest first, at most 1000.
-async fn review_list(State(s): State<Scoped>, Query(query): Query<ReviewQuery>) -> Response {
+async fn review_list(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<ReviewQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return local::bad_query(rejection),
+    };
     let filter = match query.state.as_deref().unwrap_or("open") {
         "open" => ReviewFilter::Open,
         "acknowledged" => ReviewFilter::Acknowledged,
@@ -390,7 +405,7 @@ pub async fn serve(
         .route("/v1/held/{kind}", get(writes::get_held))
         .route("/v1/bans", get(writes::get_bans).post(writes::post_ban))
         .route("/v1/bans/{offender}", delete(writes::delete_ban));
-    let app = local::common_routes(routes)
+    let app = local::common_routes(routes, Listener::Operator)
         .merge(super::notify_routes::routes(
             state.api.notify.clone(),
             Listener::Operator,

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,7 @@ use rigmesh_protocol::{Credits, Offer, Signed};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-use super::local::{bad_request, internal, live_offers};
+use super::local::{bad_query, bad_request, internal, live_offers};
 use super::{route, Access, Firewall, Gate, Listener, RouteSpec};
 use crate::error::{Error, Result};
 
@@ -27,6 +28,7 @@ pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/v1/offers", Access::Open),
     route("GET", "/v1/prices", Access::Open),
     route("GET", "/v1/market", Access::Open),
+    route("GET", "/openapi.json", Access::Open),
 ];
 
 /// Offers on one page by default.
@@ -64,7 +66,14 @@ async fn read_offers(store: Arc<MarketStore>) -> std::result::Result<Vec<Signed<
 
 /// `GET /v1/offers`: live offers, cheapest first (then newest, then id),
 /// filtered, a page at a time.
-async fn offers(State(store): State<Arc<MarketStore>>, Query(q): Query<OfferPage>) -> Response {
+async fn offers(
+    State(store): State<Arc<MarketStore>>,
+    q: std::result::Result<Query<OfferPage>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(rejection) => return bad_query(rejection),
+    };
     let start: usize = match q.cursor.as_deref().map(str::parse) {
         None => 0,
         Some(Ok(n)) => n,
@@ -185,6 +194,7 @@ pub async fn serve(
         .route("/v1/offers", get(offers))
         .route("/v1/prices", get(prices))
         .route("/v1/market", get(market))
+        .merge(super::openapi::route(Listener::Public))
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(store);
     super::serve_app(addr, app, firewall, None, shutdown).await

@@ -13,6 +13,21 @@ use rigmesh_protocol::{Severity, UnixMillis};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until every delivery the receiver has seen is recorded by the
+/// worker (the outbox is empty). A claimed delivery is leased for a while
+/// by the pipeline's clock: moving the manual clock past the lease while
+/// the worker has not recorded the answer yet would make it send the
+/// message again, which a real clock never does in the middle of a test.
+async fn recorded(pipeline: &Pipeline) {
+    tokio::time::timeout(WAIT, async {
+        while pipeline.handle.status().await.unwrap().outbox_len > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the deliveries recorded");
+}
+
 #[tokio::test]
 async fn a_critical_alert_repeats_escalates_and_stops_once_acknowledged_by_its_link() {
     let server = Recorder::start().await;
@@ -65,6 +80,7 @@ async fn a_critical_alert_repeats_escalates_and_stops_once_acknowledged_by_its_l
         .unwrap_or_else(|| panic!("link {link}"));
 
     // Unacknowledged: again after the critical repeat, with a new key.
+    recorded(&pipeline).await;
     clock.advance(60_000);
     let second = server.log.wait_until(WAIT, |r| r.len() >= 2).await;
     assert_eq!(second[1].path, "/ops");
@@ -73,6 +89,7 @@ async fn a_critical_alert_repeats_escalates_and_stops_once_acknowledged_by_its_l
         second[1].header("idempotency-key")
     );
     // Two minutes after the first message the next step is paged too.
+    recorded(&pipeline).await;
     clock.advance(60_000);
     let third = server.log.wait_until(WAIT, |r| r.len() >= 4).await;
     let mut paths: Vec<&str> = third[2..].iter().map(|r| r.path.as_str()).collect();
@@ -92,6 +109,7 @@ async fn a_critical_alert_repeats_escalates_and_stops_once_acknowledged_by_its_l
 
     // Hours later nothing more has been sent. Two status calls in a row:
     // the worker runs a full step (tick and delivery) between them.
+    recorded(&pipeline).await;
     clock.advance(6 * 3_600_000);
     pipeline.handle.status().await.unwrap();
     let status = pipeline.handle.status().await.unwrap();

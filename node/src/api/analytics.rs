@@ -222,22 +222,28 @@ async fn series(
     }
 }
 
+/// What every forecast route reads first: the horizon asked for (a JSON
+/// 400 when the query or the horizon is bad) and the node's series (409
+/// when it keeps none).
+fn forecast_inputs(
+    s: &Scoped,
+    query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
+) -> std::result::Result<(usize, Trends), Box<Response>> {
+    let Query(query) = query.map_err(|rejection| Box::new(local::bad_query(rejection)))?;
+    let horizon = horizon_of(&query).map_err(|reason| Box::new(bad_request(reason)))?;
+    let trends = trends_of(s).ok_or_else(|| Box::new(no_trends()))?;
+    Ok((horizon, trends))
+}
+
 /// `GET /v1/forecast/spend?horizon=24h`: the customer's spend forecast,
 /// its totals for 24 h, 7 d and 30 d, and when each cap runs out.
 async fn forecast_spend(
     State(s): State<Scoped>,
     query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return local::bad_query(rejection),
-    };
-    let horizon = match horizon_of(&query) {
-        Ok(h) => h,
-        Err(reason) => return bad_request(reason),
-    };
-    let Some(trends) = trends_of(&s) else {
-        return no_trends();
+    let (horizon, trends) = match forecast_inputs(&s, query) {
+        Ok(inputs) => inputs,
+        Err(response) => return *response,
     };
     let Some(customer) = s.api.customer.clone() else {
         return refusal(
@@ -258,16 +264,9 @@ async fn forecast_earnings(
     State(s): State<Scoped>,
     query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return local::bad_query(rejection),
-    };
-    let horizon = match horizon_of(&query) {
-        Ok(h) => h,
-        Err(reason) => return bad_request(reason),
-    };
-    let Some(trends) = trends_of(&s) else {
-        return no_trends();
+    let (horizon, trends) = match forecast_inputs(&s, query) {
+        Ok(inputs) => inputs,
+        Err(response) => return *response,
     };
     match reports::earnings(&trends.forecasts, horizon).await {
         Ok(report) => Json(report).into_response(),
@@ -280,16 +279,9 @@ async fn forecast_market(
     State(s): State<Scoped>,
     query: std::result::Result<Query<HorizonQuery>, QueryRejection>,
 ) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => return local::bad_query(rejection),
-    };
-    let horizon = match horizon_of(&query) {
-        Ok(h) => h,
-        Err(reason) => return bad_request(reason),
-    };
-    let Some(trends) = trends_of(&s) else {
-        return no_trends();
+    let (horizon, trends) = match forecast_inputs(&s, query) {
+        Ok(inputs) => inputs,
+        Err(response) => return *response,
     };
     match reports::market(&trends.forecasts, horizon).await {
         Ok(report) => Json(report).into_response(),

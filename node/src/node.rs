@@ -585,6 +585,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 supplier: api.supplier.clone(),
                 customer: api.customer.clone(),
                 config: config.forecast.clone(),
+                accepted: handle.subscribe(),
             },
             stop.subscribe(),
         )));

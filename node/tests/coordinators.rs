@@ -268,6 +268,35 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     for c in &cs {
         assert_eq!(balance(c, &buyer), "96.6".parse().unwrap());
     }
+    // Both sides count the lease in the market's demand, once, and for
+    // the GPU model of the supplier's offers, from its escrow certificate.
+    let model_series = format!(
+        "market/{}/leases_started",
+        rigmesh_node::trends::book::model_key(&model)
+    );
+    for (node, dir, bootstrap) in [
+        (&customer, dirs[5].path(), Bootstrap::Customer),
+        (&supplier, dirs[4].path(), Bootstrap::Supplier),
+    ] {
+        let api = node.analytics_api.unwrap();
+        let token = read_token(dir, bootstrap).unwrap();
+        for series in ["market/leases_started", model_series.as_str()] {
+            let path = format!("/v1/series/{series}?hours=2");
+            eventually(20, "the lease counted in the market series", || {
+                let (token, path) = (token.clone(), path.clone());
+                async move {
+                    let r = common::http_get(api, &path, Some(&token)).await;
+                    let points = body(&r)["points"].as_array().cloned().unwrap_or_default();
+                    points
+                        .iter()
+                        .map(|p| p["value"].as_f64().unwrap())
+                        .sum::<f64>()
+                        == 1.0
+                }
+            })
+            .await;
+        }
+    }
 
     // Windows are attested, acked and settled in pairs.
     let seller = account_of(dirs[4].path());

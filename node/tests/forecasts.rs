@@ -217,6 +217,17 @@ async fn a_customer_sees_its_spend_ahead_and_when_its_cap_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_market_series_follow_the_live_offers() {
     let dir = tempfile::tempdir().unwrap();
+    // Three days of two leases started an hour on A100s, one more on
+    // other models.
+    let book = SeriesBook::open(&dir.path().join("series")).unwrap();
+    for h in 1..=72 {
+        let hour = this_hour().plus(-h);
+        book.add("market/A100_80GB/leases_started", hour, 2)
+            .unwrap();
+        book.add("market/leases_started", hour, 3).unwrap();
+    }
+    book.flush().unwrap();
+    drop(book);
     let node = start(dir.path()).await;
     let key = Keypair::from_seed([9; 32]);
     let listed: Vec<_> = [1_500_000, 1_700_000, 2_100_000]
@@ -245,6 +256,23 @@ async fn the_market_series_follow_the_live_offers() {
     assert_eq!(model["latest_price"], serde_json::json!([1.5, 1.7, 2.1]));
     // Only the current hour is known: nothing to forecast from yet.
     assert!(model["price"].is_null(), "{model}");
+    // Demand: leases started, per model and in all, from their history.
+    for (view, rate) in [
+        (&model["leases_started"], 2.0),
+        (&market["leases_started"], 3.0),
+    ] {
+        assert_eq!(view["kind"], "flow", "{view}");
+        assert_eq!(view["unit"], "count", "{view}");
+        let points = view["points"].as_array().unwrap();
+        assert_eq!(points.len(), 6, "{view}");
+        for p in points {
+            let value = p["value"].as_f64().unwrap();
+            assert!(
+                (value - rate).abs() < 0.5,
+                "{rate} an hour, forecast {value}"
+            );
+        }
+    }
     let (status, _) = split(&common::http_get(api, "/v1/forecast/earnings", Some(&token)).await);
     assert_eq!(status, 200, "a customer has no earnings, but may ask");
     node.stop().await.unwrap();

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use rigmesh_node::api::tokens::Bootstrap;
+use rigmesh_node::trends::book::Kind;
 use rigmesh_node::trends::reports::{
     CapRunOut, EarningsReport, ForecastView, MarketReport, MoneyTotal, SpendReport,
 };
@@ -123,7 +124,7 @@ fn print_points(view: &ForecastView) -> anyhow::Result<()> {
         let sum = |f: fn(&rigmesh_node::trends::reports::PointView) -> f64| {
             let total: f64 = group.iter().map(f).sum();
             // A level (a price, a share) is averaged over a day, not added.
-            if view.unit == "credits" || view.unit == "gpu_hours" || chunk == 1 {
+            if view.kind == Kind::Flow || chunk == 1 {
                 total
             } else {
                 total / group.len() as f64
@@ -222,6 +223,10 @@ pub(crate) fn market(args: OutlookArgs) -> anyhow::Result<ExitCode> {
     if report.models.is_empty() {
         outln!("no offers seen yet: nothing to forecast");
     }
+    if let Some(view) = &report.leases_started {
+        outln!("the whole market:");
+        print_points(view)?;
+    }
     for m in &report.models {
         match m.latest_price {
             Some([p10, p50, p90]) => outln!(
@@ -230,7 +235,10 @@ pub(crate) fn market(args: OutlookArgs) -> anyhow::Result<ExitCode> {
             ),
             None => outln!("{}:", m.model),
         }
-        for view in [&m.price, &m.offers].into_iter().flatten() {
+        for view in [&m.price, &m.offers, &m.leases_started]
+            .into_iter()
+            .flatten()
+        {
             print_points(view)?;
         }
     }

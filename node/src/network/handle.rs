@@ -203,8 +203,9 @@ impl NodeHandle {
         self.offences.subscribe()
     }
 
-    /// Messages from peers as the ingest pipeline stores them. A receiver
-    /// that falls more than a thousand messages behind skips the oldest.
+    /// Messages as this node stores them: from peers through the ingest
+    /// pipeline, and those it publishes itself. A receiver that falls
+    /// more than a thousand messages behind skips the oldest.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AcceptedMessage> {
         self.accepted.subscribe()
     }
@@ -223,7 +224,8 @@ impl NodeHandle {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
-    /// Checks `message` fully, stores it, and gossips it on its topic. The
+    /// Checks `message` fully, stores it, tells this node's subscribers
+    /// (as if it had come from a peer), and gossips it on its topic. The
     /// message is stored even when no peer is connected yet (peers fetch it
     /// through sync); publishing then fails with [`Error::Network`].
     pub async fn publish(&self, message: &WireMessage) -> Result<()> {
@@ -241,6 +243,8 @@ impl NodeHandle {
         self.store
             .store(std::slice::from_ref(&accepted))
             .map_err(Error::Store)?;
+        // Without receivers there is nobody to tell.
+        let _ = self.accepted.send(accepted);
         let data = GossipFrame::encode(kind, &bytes);
         self.call(|reply| Command::Publish { topic, data, reply })
             .await

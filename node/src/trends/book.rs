@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use rigmesh_forecast::Hour;
 use rigmesh_ledger::store::{Direction, KeyRange, TreeName};
 use rigmesh_ledger::{Batch, MemoryStore, SledStore, Store};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -79,7 +79,7 @@ impl Unit {
 
 /// How an hour of a series comes about, which decides what a missing hour
 /// means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A flow summed over the hour (spend, earnings): an hour without a
@@ -92,9 +92,11 @@ pub enum Kind {
 
 /// The series a node keeps, by name: `spend` and `gpu_hours` (a customer's
 /// acked windows), `earnings`, `gpu_hours_sold` and `utilisation` (a
-/// supplier's attested windows and GPUs leased), and per GPU model
+/// supplier's attested windows and GPUs leased), per GPU model
 /// `market/<model>/offers` and `market/<model>/price_p10|p50|p90` (the
-/// live offers in the gossip store). `None` for any other name.
+/// live offers in the gossip store), and `market/leases_started` and
+/// `market/<model>/leases_started` (escrow certificates gossiped). `None`
+/// for any other name.
 pub fn spec(name: &str) -> Option<(Kind, Unit)> {
     match name {
         "spend" | "earnings" => return Some((Kind::Flow, Unit::MicroCredits)),
@@ -103,6 +105,9 @@ pub fn spec(name: &str) -> Option<(Kind, Unit)> {
         _ => {}
     }
     let rest = name.strip_prefix("market/")?;
+    if rest == "leases_started" {
+        return Some((Kind::Flow, Unit::Count));
+    }
     let (model, what) = rest.rsplit_once('/')?;
     if model.is_empty() || model.contains('/') {
         return None;
@@ -110,6 +115,7 @@ pub fn spec(name: &str) -> Option<(Kind, Unit)> {
     match what {
         "offers" => Some((Kind::Level, Unit::Count)),
         "price_p10" | "price_p50" | "price_p90" => Some((Kind::Level, Unit::MicroCredits)),
+        "leases_started" => Some((Kind::Flow, Unit::Count)),
         _ => None,
     }
 }
@@ -131,7 +137,8 @@ pub fn check_name(name: &str) -> std::result::Result<(Kind, Unit), String> {
     spec(name).ok_or_else(|| {
         format!(
             "no series is called {name:?}; series are spend, gpu_hours, earnings, \
-             gpu_hours_sold, utilisation and market/<gpu model>/offers|price_p10|price_p50|price_p90"
+             gpu_hours_sold, utilisation, market/leases_started and \
+             market/<gpu model>/offers|price_p10|price_p50|price_p90|leases_started"
         )
     })
 }

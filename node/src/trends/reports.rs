@@ -1,7 +1,8 @@
 //! What the analytics API answers about the future: a customer's spend
 //! for the next day, week and month with 80 % intervals and when each cap
 //! runs out at that rate ([`SpendReport`]), a supplier's earnings and
-//! utilisation ([`EarningsReport`]), and the market's prices and supply per
+//! utilisation ([`EarningsReport`]), and the market's prices, supply and
+//! demand (leases started) per
 //! GPU model ([`MarketReport`]). The CLI reads the same types.
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use rigmesh_forecast::SeriesForecast;
 use rigmesh_protocol::{Credits, Id, UnixMillis};
 use serde::{Deserialize, Serialize};
 
-use super::book::{hour_at, millis_of, Unit};
+use super::book::{hour_at, millis_of, Kind, Unit};
 use super::forecasts::{Forecast, Forecasts};
 use crate::customer::commands::{CustomerCommand, LeaseStatus};
 use crate::customer::report::{BudgetReport, LeaseState};
@@ -41,6 +42,9 @@ pub struct PointView {
 pub struct ForecastView {
     /// The series.
     pub series: String,
+    /// A flow (summed over an hour: spend, leases started) or a level
+    /// (sampled: a price, offers, a share).
+    pub kind: Kind,
     /// The unit of the values (`credits`, `gpu_hours`, `percent`, `count`).
     pub unit: String,
     /// The method chosen by the series' own backtest.
@@ -57,6 +61,7 @@ impl ForecastView {
         let show = |v: f64| f.unit.show(v);
         ForecastView {
             series: f.name.clone(),
+            kind: f.kind,
             unit: f.unit.shown_as().to_owned(),
             method: f.method.name().to_owned(),
             history_hours: f.history_hours,
@@ -352,6 +357,8 @@ pub struct ModelForecast {
     pub price: Option<ForecastView>,
     /// Live offers: the supply customers can lease.
     pub offers: Option<ForecastView>,
+    /// Leases started per hour on this model's offers: the demand.
+    pub leases_started: Option<ForecastView>,
 }
 
 /// A model's latest price percentiles (p10, p50, p90), credits.
@@ -364,6 +371,8 @@ pub struct MarketReport {
     pub horizon_hours: usize,
     /// When the report was made.
     pub generated_at: UnixMillis,
+    /// Leases started per hour in the whole market, every model.
+    pub leases_started: Option<ForecastView>,
     /// Each GPU model seen in the gossip store.
     pub models: Vec<ModelForecast>,
 }
@@ -410,16 +419,24 @@ pub async fn market(forecasts: &Arc<Forecasts>, horizon_hours: usize) -> Result<
         let offers = forecasts
             .forecast(&format!("market/{model}/offers"), horizon_hours)
             .await?;
+        let leases_started = forecasts
+            .forecast(&format!("market/{model}/leases_started"), horizon_hours)
+            .await?;
         out.push(ModelForecast {
             model,
             latest_price,
             price: price.as_deref().map(ForecastView::of),
             offers: offers.as_deref().map(ForecastView::of),
+            leases_started: leases_started.as_deref().map(ForecastView::of),
         });
     }
+    let leases_started = forecasts
+        .forecast("market/leases_started", horizon_hours)
+        .await?;
     Ok(MarketReport {
         horizon_hours,
         generated_at: UnixMillis::now(),
+        leases_started: leases_started.as_deref().map(ForecastView::of),
         models: out,
     })
 }

@@ -10,6 +10,17 @@
 //!   horizon, and a `forecast.cap` alert for each cap it runs through.
 //!   (Its spend itself is recorded by the role as each window is acked.)
 //!
+//! It also counts the leases the market starts, as they happen: lease
+//! agreements stay between their two parties, but every lease's escrow
+//! certificate is gossiped, and a certificate cannot be made up (it
+//! carries a quorum of coordinator votes and locks the customer's
+//! money). Each one counts once, by its lease, in the hour its order was
+//! made: in `market/leases_started`, and in the GPU model's
+//! `market/{model}/leases_started` when the supplier's offers seen in
+//! the last week (gossiped, or live at a sample) name one model: the
+//! certificate names the supplier, not the offer, so the lease of a
+//! supplier offering several models counts in the total only.
+//!
 //! Store reads run on the blocking pool; writes go through the
 //! [`SeriesWriter`]'s queue.
 
@@ -17,8 +28,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{Credits, Id, UnixMillis};
-use tokio::sync::{mpsc, watch};
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::book::{hour_at, model_key, SeriesWriter};
 use super::forecasts::Forecasts;
@@ -40,6 +52,8 @@ pub struct Sampling {
     pub customer: Option<mpsc::Sender<CustomerCommand>>,
     /// How often and how far ahead.
     pub config: ForecastConfig,
+    /// Messages newly stored from gossip (for the leases started).
+    pub accepted: broadcast::Receiver<crate::network::AcceptedMessage>,
 }
 
 /// The `q` quantile (0..=1) of sorted `values`, nearest rank.
@@ -69,6 +83,88 @@ pub fn market_snapshot(
             Some((model, (p.len() as i64, q)))
         })
         .collect()
+}
+
+/// Hours a supplier's offer models are remembered after its last offer:
+/// a supplier whose GPUs are all leased has no live offer, yet its
+/// leases still count for its model.
+const MODELS_KEPT_HOURS: i64 = 7 * 24;
+/// Hours a counted lease is remembered, so a second certificate of the
+/// same escrow (other votes) does not count it again.
+const COUNTED_KEPT_HOURS: i64 = 48;
+/// Most leases remembered as counted, and most suppliers remembered.
+const MAX_REMEMBERED: usize = 200_000;
+
+/// Counts leases started from the escrow certificates gossip brings.
+#[derive(Debug, Default)]
+struct LeaseCounter {
+    /// Per supplier: the GPU models of its offers and the hour last seen.
+    models: BTreeMap<PublicKey, (BTreeSet<String>, i64)>,
+    /// Leases already counted, with the hour they counted in.
+    counted: BTreeMap<Id, i64>,
+}
+
+impl LeaseCounter {
+    /// Remembers which models each supplier offers, from a snapshot of
+    /// the live offers at `hour`, and forgets what is too old.
+    fn offers_seen(
+        &mut self,
+        offers: &[rigmesh_protocol::Signed<rigmesh_protocol::Offer>],
+        hour: i64,
+    ) {
+        let mut now_seen: BTreeMap<PublicKey, BTreeSet<String>> = BTreeMap::new();
+        for offer in offers {
+            now_seen
+                .entry(offer.body.supplier)
+                .or_default()
+                .insert(model_key(&offer.body.gpu_model));
+        }
+        for (supplier, models) in now_seen {
+            self.models.insert(supplier, (models, hour));
+        }
+        self.models
+            .retain(|_, (_, seen)| hour - *seen <= MODELS_KEPT_HOURS);
+        self.counted
+            .retain(|_, counted| hour - *counted <= COUNTED_KEPT_HOURS);
+        while self.models.len() > MAX_REMEMBERED {
+            self.models.pop_first();
+        }
+    }
+
+    /// The series to add one to for `message`, and the hour: none unless
+    /// it is the first escrow certificate of its lease seen here. An
+    /// offer tells which model its supplier offers.
+    fn count(&mut self, message: &WireMessage, now: UnixMillis) -> Option<(Vec<String>, i64)> {
+        let certificate = match message {
+            WireMessage::EscrowCertificate(certificate) => certificate,
+            WireMessage::Offer(offer) => {
+                let hour = hour_at(now).0;
+                let (models, seen) = self.models.entry(offer.body.supplier).or_default();
+                models.insert(model_key(&offer.body.gpu_model));
+                *seen = hour;
+                return None;
+            }
+            _ => return None,
+        };
+        let order = &certificate.message.body;
+        // An order is made just before it is certified; one dated ahead
+        // of this clock counts now.
+        let hour = hour_at(order.created_at.min(now)).0;
+        if self.counted.contains_key(&order.lease) {
+            return None;
+        }
+        if self.counted.len() >= MAX_REMEMBERED {
+            self.counted.pop_first();
+        }
+        self.counted.insert(order.lease, hour);
+        let mut names = vec!["market/leases_started".to_owned()];
+        if let Some((models, _)) = self.models.get(&order.supplier) {
+            if let (1, Some(model)) = (models.len(), models.first()) {
+                names.push(format!("market/{model}/leases_started"));
+            }
+        }
+        Some((names, hour))
+    }
 }
 
 /// What the supplier had counted at the last sample, per lease.
@@ -194,6 +290,17 @@ impl CapWatch {
     }
 }
 
+/// The next message newly stored from gossip; never, once the network
+/// has stopped.
+async fn next_accepted(
+    rx: &mut Option<broadcast::Receiver<crate::network::AcceptedMessage>>,
+) -> Result<crate::network::AcceptedMessage, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Samples every `config.sample_secs` until `stop` turns true.
 pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
     let every = std::time::Duration::from_secs(s.config.sample_secs.max(1));
@@ -202,6 +309,8 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
     let mut marks = SupplierMarks::default();
     let mut caps = CapWatch::default();
     let mut checked_hour = None;
+    let mut leases = LeaseCounter::default();
+    let mut accepted_rx = Some(s.accepted);
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -209,12 +318,27 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
                     return;
                 }
             }
+            accepted = next_accepted(&mut accepted_rx) => match accepted {
+                Ok(accepted) => {
+                    if let Some((names, hour)) = leases.count(&accepted.message, UnixMillis::now()) {
+                        for name in names {
+                            s.writer.add(&name, rigmesh_forecast::Hour(hour), 1);
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "gossip outran the lease count; some leases started were not counted");
+                }
+                // The network stopped: sampling goes on without it.
+                Err(broadcast::error::RecvError::Closed) => accepted_rx = None,
+            },
             _ = tick.tick() => {
                 let now = UnixMillis::now();
                 let store = s.store.clone();
                 match tokio::task::spawn_blocking(move || crate::api::local::live_offers(&store)).await {
                     Ok(Ok(offers)) => {
                         let hour = hour_at(now);
+                        leases.offers_seen(&offers, hour.0);
                         for (model, (count, [p10, p50, p90])) in market_snapshot(&offers) {
                             s.writer.set(&format!("market/{model}/offers"), hour, count);
                             s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
@@ -247,6 +371,62 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use crate::supplier::runtime::SupplierLease;
+
+    #[test]
+    fn a_lease_counts_once_and_for_its_suppliers_only_model() {
+        use rigmesh_protocol::samples;
+        let t0 = UnixMillis::now();
+        let offer = samples::offer_at(t0).unwrap();
+        let certificate = samples::escrow_certificate_at(t0).unwrap();
+        assert_eq!(certificate.message.body.supplier, offer.body.supplier);
+        let hour = hour_at(certificate.message.body.created_at.min(t0)).0;
+        let model = model_key(&offer.body.gpu_model);
+        let message = WireMessage::EscrowCertificate(certificate.clone());
+
+        // Before any offer of its supplier: the total only.
+        let mut counter = LeaseCounter::default();
+        assert_eq!(
+            counter.count(&message, t0),
+            Some((vec!["market/leases_started".to_owned()], hour))
+        );
+        // The same lease again (another copy of its certificate): nothing.
+        assert_eq!(counter.count(&message, t0), None);
+
+        // Once the supplier's offer was seen, its model too.
+        let mut counter = LeaseCounter::default();
+        assert_eq!(counter.count(&WireMessage::Offer(offer.clone()), t0), None);
+        let (names, at) = counter.count(&message, t0).unwrap();
+        assert_eq!(at, hour);
+        assert_eq!(
+            names,
+            vec![
+                "market/leases_started".to_owned(),
+                format!("market/{model}/leases_started")
+            ]
+        );
+
+        // A supplier offering two models: the total only.
+        let mut counter = LeaseCounter::default();
+        let mut other = offer.clone();
+        other.body.gpu_model = "another model".to_owned();
+        counter.offers_seen(&[offer.clone(), other], hour);
+        let (names, _) = counter.count(&message, t0).unwrap();
+        assert_eq!(names, vec!["market/leases_started".to_owned()]);
+
+        // An order dated ahead of this clock counts in this hour; what was
+        // counted is forgotten two days on, what was offered a week on.
+        let mut counter = LeaseCounter::default();
+        let early = UnixMillis(t0.0.saturating_sub(3_600_000));
+        assert_eq!(
+            counter.count(&message, early).map(|(_, h)| h),
+            Some(hour_at(early).0)
+        );
+        counter.offers_seen(&[offer], hour + COUNTED_KEPT_HOURS + 1);
+        assert!(counter.counted.is_empty());
+        assert_eq!(counter.models.len(), 1);
+        counter.offers_seen(&[], hour + COUNTED_KEPT_HOURS + MODELS_KEPT_HOURS + 2);
+        assert!(counter.models.is_empty());
+    }
 
     #[test]
     fn quantiles_by_nearest_rank() {

@@ -813,6 +813,7 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
             "Forecast",
             object(&[
                 ("series", string()),
+                ("kind", r("SeriesKind")),
                 ("unit", r("SeriesUnit")),
                 ("method", string()),
                 ("history_hours", count()),
@@ -887,8 +888,10 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                         ),
                         ("price", nullable(r("Forecast"))),
                         ("offers", nullable(r("Forecast"))),
+                        ("leases_started", nullable(r("Forecast"))),
                     ])),
                 ),
+                ("leases_started", nullable(r("Forecast"))),
             ]),
         ),
         (

@@ -13,6 +13,15 @@
 //!   - `0xFE || lease || tag(kind) || id` -> empty: the messages about a
 //!     lease (attestations, acks, disputes, terminations, settlement
 //!     certificates), so reading one lease's evidence is a prefix scan.
+//!   - `0xFD || author || tag(kind) || id` -> empty: the offers, bids,
+//!     bindings and alerts of one author, so its quota is a bounded
+//!     prefix scan;
+//!   - `0xFC || expires_at u64 || tag(kind) || id` -> author or empty:
+//!     every message that expires, in expiry order, so pruning reads only
+//!     what has expired;
+//!   - `0xFB` -> index version: set once the two indexes above cover
+//!     every stored message (a store written before them is indexed when
+//!     opened).
 //! - tree `market/bans`: `offender bytes` -> `until u64 || reason`, where
 //!   the offender is a peer id's bytes or an address's multiaddr bytes
 //!   (`/ip4/..` or `/ip6/..`);
@@ -22,7 +31,7 @@
 //! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
-//! Kind tags are below `0xFE`, so the indexes never mix with messages.
+//! Kind tags are below `0xFB`, so the indexes never mix with messages.
 
 use std::path::Path;
 
@@ -46,6 +55,56 @@ pub struct MarketRecord {
     pub expires_at: Option<UnixMillis>,
     /// The lease it is about, for the lease index.
     pub lease: Option<Id>,
+    /// Who wrote it, for the kinds held to a quota per author (offers,
+    /// bids, bindings, alerts); see [`quota_of`].
+    pub author: Option<PublicKey>,
+}
+
+/// Most live messages of `kind` one author may have stored: device sets
+/// offered per supplier, standing bids per customer, bindings per
+/// account, alerts per issuer (coordinators are not held to it: the
+/// network does not ask the store about them). `None` for kinds without
+/// a quota, which cost their author money or a quorum's votes.
+pub const fn quota_of(kind: Kind) -> Option<usize> {
+    match kind {
+        Kind::Offer => Some(64),
+        Kind::Bid => Some(32),
+        Kind::NodeBinding => Some(8),
+        Kind::Alert => Some(256),
+        _ => None,
+    }
+}
+
+/// How long an alert is kept after it was made: alerts do not expire by
+/// themselves, but what they tell is old news after a week.
+pub const ALERT_KEPT_MS: u64 = 7 * 24 * 3_600_000;
+
+/// The author a message of a quota kind counts against.
+pub fn quota_author(message: &rigmesh_protocol::wire::WireMessage) -> Option<PublicKey> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::Offer(o) => Some(o.body.supplier),
+        WireMessage::Bid(b) => Some(b.body.customer),
+        WireMessage::NodeBinding(b) => Some(b.body.account),
+        WireMessage::Alert(a) => Some(a.body.issuer),
+        _ => None,
+    }
+}
+
+/// When a stored message of `kind` expires, from the message itself:
+/// offers, bids and bindings when they say so, alerts a week after they
+/// were made; `None` for kinds kept until compacted.
+pub fn expiry_of(message: &rigmesh_protocol::wire::WireMessage) -> Option<UnixMillis> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::Offer(o) => Some(o.body.expires_at),
+        WireMessage::Bid(b) => Some(b.body.expires_at),
+        WireMessage::NodeBinding(b) => Some(b.body.expires_at),
+        WireMessage::Alert(a) => Some(UnixMillis(
+            a.body.created_at.0.saturating_add(ALERT_KEPT_MS),
+        )),
+        _ => None,
+    }
 }
 
 /// What identifies an offer's device set and orders its re-publications.
@@ -124,6 +183,14 @@ pub struct CaseEvidence {
 const LIVE_OFFER: u8 = 0xFF;
 /// First byte of lease index keys; above every kind tag.
 const BY_LEASE: u8 = 0xFE;
+/// First byte of author index keys; above every kind tag.
+const BY_AUTHOR: u8 = 0xFD;
+/// First byte of expiry index keys; above every kind tag.
+const BY_EXPIRY: u8 = 0xFC;
+/// Key of the index version.
+const INDEX_VERSION_KEY: [u8; 1] = [0xFB];
+/// The version of the author and expiry indexes this code writes.
+const INDEX_VERSION: u64 = 1;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +217,29 @@ fn locked_key(lease: &Id, settlement_seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(40);
     key.extend_from_slice(lease.as_bytes());
     key.extend_from_slice(&settlement_seq.to_be_bytes());
+    key
+}
+
+fn author_prefix(author: &PublicKey, kind: Kind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(66);
+    key.push(BY_AUTHOR);
+    key.extend_from_slice(author.as_bytes());
+    key.push(kind.tag());
+    key
+}
+
+fn author_key(author: &PublicKey, kind: Kind, id: &Id) -> Vec<u8> {
+    let mut key = author_prefix(author, kind);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn expiry_key(expires_at: u64, kind: Kind, id: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(42);
+    key.push(BY_EXPIRY);
+    key.extend_from_slice(&expires_at.to_be_bytes());
+    key.push(kind.tag());
+    key.extend_from_slice(id.as_bytes());
     key
 }
 
@@ -180,7 +270,7 @@ fn read_id(bytes: &[u8], what: &'static str) -> Result<Id> {
 impl MarketStore {
     /// Opens (or creates) the store in `db`.
     pub fn open_in(db: sled::Db) -> Result<Self> {
-        Ok(MarketStore {
+        MarketStore {
             messages: db.open_tree("market/messages")?,
             bans: db.open_tree("market/bans")?,
             offences: db.open_tree("market/offences")?,
@@ -188,7 +278,69 @@ impl MarketStore {
             locked: db.open_tree("coordinator/locked_requests")?,
             evidence: db.open_tree("coordinator/case_evidence")?,
             db,
-        })
+        }
+        .indexed()
+    }
+
+    /// Builds the author and expiry indexes over what a store written
+    /// before them holds (alerts also get their week of keeping), in
+    /// batches; then records that they are complete. Nothing to do on a
+    /// store that has them.
+    fn indexed(self) -> Result<Self> {
+        if self.messages.get(INDEX_VERSION_KEY)?.is_some() {
+            return Ok(self);
+        }
+        for kind in [Kind::Offer, Kind::Bid, Kind::NodeBinding, Kind::Alert] {
+            let tag = kind.tag();
+            let mut write = sled::Batch::default();
+            let mut queued = 0;
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                let (key, value) = entry?;
+                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+                let bytes = value.get(8..).unwrap_or_default();
+                // What does not decode any more cannot be indexed; it goes.
+                let Ok(message) = rigmesh_protocol::wire::WireMessage::decode(kind, bytes) else {
+                    write.remove(key);
+                    continue;
+                };
+                let author = quota_author(&message);
+                if let Some(author) = &author {
+                    write.insert(author_key(author, kind, &id), Vec::new());
+                }
+                if let Some(expires) = expiry_of(&message) {
+                    let mut header = expires.0.to_be_bytes().to_vec();
+                    header.extend_from_slice(bytes);
+                    write.insert(key.clone(), header);
+                    write.insert(
+                        expiry_key(expires.0, kind, &id),
+                        author.map(|a| a.as_bytes().to_vec()).unwrap_or_default(),
+                    );
+                }
+                queued += 1;
+                if queued == 10_000 {
+                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    queued = 0;
+                }
+            }
+            self.messages.apply_batch(write)?;
+        }
+        self.messages
+            .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
+        Ok(self)
+    }
+
+    /// How many messages of `kind` by `author` are stored, counting at
+    /// most `at_most` (expired ones count until they are pruned).
+    pub fn author_count(&self, kind: Kind, author: &PublicKey, at_most: usize) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.messages.scan_prefix(author_prefix(author, kind)) {
+            entry?;
+            count += 1;
+            if count >= at_most {
+                break;
+            }
+        }
+        Ok(count)
     }
 
     /// Opens (or creates) a store at `path`.
@@ -237,7 +389,7 @@ impl MarketStore {
         let mut write = sled::Batch::default();
         // Live offers as this batch leaves them, so several offers for the
         // same devices in one batch resolve like sequential writes would.
-        let mut live: std::collections::HashMap<Vec<u8>, (u64, Id)> =
+        let mut live: std::collections::HashMap<Vec<u8>, (u64, Id, u64)> =
             std::collections::HashMap::new();
         for record in batch {
             let mut value = Vec::with_capacity(8 + record.bytes.len());
@@ -253,23 +405,41 @@ impl MarketStore {
                 let current = match live.get(&key) {
                     Some(entry) => Some(*entry),
                     None => match self.messages.get(&key)? {
-                        Some(v) => Some((
-                            read_u64(&v, "live offer sequence")?,
-                            read_id(v.get(8..).unwrap_or_default(), "live offer id")?,
-                        )),
+                        Some(v) => {
+                            let old = read_id(v.get(8..).unwrap_or_default(), "live offer id")?;
+                            let expires = match self.messages.get(message_key(Kind::Offer, &old))? {
+                                Some(m) => read_u64(&m, "message expiry")?,
+                                None => u64::MAX,
+                            };
+                            Some((read_u64(&v, "live offer sequence")?, old, expires))
+                        }
                         None => None,
                     },
                 };
-                if let Some((seq, old)) = current {
+                if let Some((seq, old, old_expires)) = current {
                     if seq >= offer.sequence {
                         continue;
                     }
                     write.remove(message_key(Kind::Offer, &old));
+                    write.remove(author_key(&offer.supplier, Kind::Offer, &old));
+                    write.remove(expiry_key(old_expires, Kind::Offer, &old));
                 }
                 let mut index = offer.sequence.to_be_bytes().to_vec();
                 index.extend_from_slice(record.id.as_bytes());
                 write.insert(key.as_slice(), index);
-                live.insert(key, (offer.sequence, record.id));
+                live.insert(key, (offer.sequence, record.id, expires_at));
+            }
+            if let Some(author) = &record.author {
+                write.insert(author_key(author, record.kind, &record.id), Vec::new());
+            }
+            if expires_at != u64::MAX {
+                write.insert(
+                    expiry_key(expires_at, record.kind, &record.id),
+                    record
+                        .author
+                        .map(|a| a.as_bytes().to_vec())
+                        .unwrap_or_default(),
+                );
             }
             if let Some(lease) = &record.lease {
                 let mut key = lease_prefix(lease, record.kind);
@@ -337,25 +507,33 @@ impl MarketStore {
         Ok(page)
     }
 
-    /// Deletes at most `limit` stored offers, bids and bindings that
-    /// expired before `before` (no other kind expires); returns how many.
-    /// The live-offer index of a device set is kept, so an older offer of
-    /// the same devices is still refused after its successor is pruned.
+    /// Deletes at most `limit` stored messages that expired before
+    /// `before` (offers, bids and bindings when they say, alerts a week
+    /// after they were made; no other kind expires), reading only the
+    /// expired ones through the expiry index; returns how many. The
+    /// live-offer index of a device set is kept, so an older offer of the
+    /// same devices is still refused after its successor is pruned.
     pub fn prune_expired(&self, before: UnixMillis, limit: usize) -> Result<usize> {
         let mut write = sled::Batch::default();
         let mut pruned = 0;
-        for kind in [Kind::Offer, Kind::Bid, Kind::NodeBinding] {
-            let tag = kind.tag();
-            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
-                if pruned == limit {
-                    break;
-                }
-                let (key, value) = entry?;
-                if read_u64(&value, "message expiry")? < before.0 {
-                    write.remove(key);
-                    pruned += 1;
-                }
+        let mut upper = vec![BY_EXPIRY];
+        upper.extend_from_slice(&before.0.to_be_bytes());
+        for entry in self.messages.range(vec![BY_EXPIRY]..upper).take(limit) {
+            let (key, author) = entry?;
+            let (Some(kind), Ok(id)) = (
+                key.get(9).and_then(|t| Kind::from_tag(*t)),
+                read_id(key.get(10..).unwrap_or_default(), "expiry index"),
+            ) else {
+                return Err(Error::Corrupt {
+                    what: "expiry index key",
+                });
+            };
+            write.remove(message_key(kind, &id));
+            if let Ok(author) = <[u8; 32]>::try_from(author.as_ref()) {
+                write.remove(author_key(&PublicKey(author), kind, &id));
             }
+            write.remove(key);
+            pruned += 1;
         }
         if pruned > 0 {
             self.messages.apply_batch(write)?;
@@ -618,6 +796,7 @@ mod tests {
             }),
             expires_at: None,
             lease: None,
+            author: None,
         }
     }
 
@@ -650,6 +829,7 @@ mod tests {
                 offer: None,
                 expires_at: None,
                 lease: Some(Id([7; 32])),
+                author: None,
             })
             .collect();
         store.store(&certs).unwrap();
@@ -697,6 +877,7 @@ mod tests {
             offer: None,
             expires_at: None,
             lease: None,
+            author: None,
         };
         let mut batch: Vec<MarketRecord> = (0..7u8).map(|n| record(Kind::Deposit, n)).collect();
         batch.extend((10..17u8).map(|n| record(Kind::EscrowCertificate, n)));
@@ -736,6 +917,7 @@ mod tests {
             offer: None,
             expires_at: Some(UnixMillis(expires)),
             lease: None,
+            author: None,
         };
         let cert = MarketRecord {
             kind: Kind::SettlementCertificate,
@@ -744,6 +926,7 @@ mod tests {
             offer: None,
             expires_at: None,
             lease: Some(Id([7; 32])),
+            author: None,
         };
         store
             .store(&[offer(1, 1), bid(2, 500), bid(3, 5_000), cert])
@@ -766,6 +949,128 @@ mod tests {
                 .unwrap(),
             Some(1)
         );
+    }
+
+    /// The record of a message as the node writes it.
+    fn record_of(message: &rigmesh_protocol::wire::WireMessage) -> MarketRecord {
+        use rigmesh_protocol::wire::WireMessage;
+        MarketRecord {
+            kind: message.kind(),
+            id: message.id().unwrap(),
+            bytes: message.to_bytes().unwrap(),
+            offer: match message {
+                WireMessage::Offer(o) => Some(OfferKey {
+                    supplier: o.body.supplier,
+                    fingerprint: o.body.hardware_fingerprint,
+                    sequence: o.body.sequence,
+                    expires_at: o.body.expires_at,
+                }),
+                _ => None,
+            },
+            expires_at: expiry_of(message),
+            lease: None,
+            author: quota_author(message),
+        }
+    }
+
+    #[test]
+    fn an_authors_messages_count_until_replaced_or_pruned() {
+        use rigmesh_protocol::wire::WireMessage;
+        let store = MarketStore::temporary().unwrap();
+        let t0 = UnixMillis::now();
+        let base = rigmesh_protocol::samples::offer_at(t0).unwrap();
+        let supplier = base.body.supplier;
+        let key = rigmesh_protocol::samples::supplier();
+        let offer = |device: u8, sequence: u64| {
+            let mut body = base.body.clone();
+            body.hardware_fingerprint = Id([device; 32]);
+            body.sequence = sequence;
+            WireMessage::Offer(rigmesh_protocol::Signed::sign(body, &key).unwrap())
+        };
+        let records: Vec<_> = (0..5).map(|d| record_of(&offer(d, 1))).collect();
+        store.store(&records).unwrap();
+        assert_eq!(store.author_count(Kind::Offer, &supplier, 100).unwrap(), 5);
+        assert_eq!(
+            store.author_count(Kind::Offer, &supplier, 3).unwrap(),
+            3,
+            "counted up to the cap"
+        );
+        assert_eq!(store.author_count(Kind::Bid, &supplier, 100).unwrap(), 0);
+        assert_eq!(
+            store
+                .author_count(Kind::Offer, &PublicKey([9; 32]), 100)
+                .unwrap(),
+            0
+        );
+        // A newer offer of the same devices replaces the old one, in the
+        // count and in the expiry index.
+        store.store(&[record_of(&offer(0, 2))]).unwrap();
+        assert_eq!(store.author_count(Kind::Offer, &supplier, 100).unwrap(), 5);
+        assert_eq!(store.count(Kind::Offer), 5);
+        // Once expired, all five go, and with them their count.
+        let after = UnixMillis(base.body.expires_at.0 + 1);
+        assert_eq!(store.prune_expired(after, 100).unwrap(), 5);
+        assert_eq!(store.author_count(Kind::Offer, &supplier, 100).unwrap(), 0);
+        assert_eq!(store.count(Kind::Offer), 0);
+        assert_eq!(
+            store.prune_expired(after, 100).unwrap(),
+            0,
+            "nothing left to prune"
+        );
+    }
+
+    #[test]
+    fn a_store_written_before_the_indexes_is_indexed_when_opened_and_alerts_age_out() {
+        use rigmesh_protocol::wire::WireMessage;
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = UnixMillis::now();
+        let offer = WireMessage::Offer(rigmesh_protocol::samples::offer_at(t0).unwrap());
+        let alert = WireMessage::Alert(rigmesh_protocol::samples::alert().unwrap());
+        {
+            // As an earlier version wrote them: the message keys only, an
+            // alert that never expires.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("market/messages").unwrap();
+            for (message, expires) in [(&offer, expiry_of(&offer).unwrap().0), (&alert, u64::MAX)] {
+                let mut value = expires.to_be_bytes().to_vec();
+                value.extend_from_slice(&message.to_bytes().unwrap());
+                tree.insert(message_key(message.kind(), &message.id().unwrap()), value)
+                    .unwrap();
+            }
+            tree.insert(message_key(Kind::Bid, &Id([1; 32])), vec![0xFF; 12])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        let supplier = quota_author(&offer).unwrap();
+        let issuer = quota_author(&alert).unwrap();
+        assert_eq!(store.author_count(Kind::Offer, &supplier, 10).unwrap(), 1);
+        assert_eq!(store.author_count(Kind::Alert, &issuer, 10).unwrap(), 1);
+        assert_eq!(
+            store.count(Kind::Bid),
+            0,
+            "what no longer decodes is dropped"
+        );
+        // The alert goes a week after it was made, the offer when it says.
+        let alert_expires = expiry_of(&alert).unwrap().0;
+        let offer_expires = expiry_of(&offer).unwrap().0;
+        assert_eq!(
+            store
+                .prune_expired(UnixMillis(alert_expires.min(offer_expires)), 10)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .prune_expired(UnixMillis(alert_expires.max(offer_expires) + 1), 10)
+                .unwrap(),
+            2
+        );
+        assert_eq!(store.count(Kind::Alert), 0);
+        drop(store);
+        // Reopened, it is not indexed twice.
+        let store = MarketStore::open(dir.path()).unwrap();
+        assert_eq!(store.author_count(Kind::Alert, &issuer, 10).unwrap(), 0);
     }
 
     #[test]
@@ -834,6 +1139,7 @@ mod tests {
             offer: None,
             expires_at: None,
             lease,
+            author: None,
         };
         store
             .store(&[

@@ -36,6 +36,9 @@ impl MessageStore for Arrivals {
     fn offer_sequence(&self, _: &PublicKey, _: &Id) -> StoreResult<Option<u64>> {
         Ok(None)
     }
+    fn author_count(&self, _: Kind, _: &PublicKey, _: usize) -> StoreResult<usize> {
+        Ok(0)
+    }
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         self.0.lock().unwrap().extend(batch.iter().map(|m| m.id));
         Ok(())

@@ -34,6 +34,10 @@ impl MessageStore for MarketStore {
         MarketStore::offer_sequence(self, supplier, fingerprint).map_err(text)
     }
 
+    fn author_count(&self, kind: Kind, author: &PublicKey, at_most: usize) -> StoreResult<usize> {
+        MarketStore::author_count(self, kind, author, at_most).map_err(text)
+    }
+
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         let records: Vec<MarketRecord> = batch
             .iter()
@@ -50,11 +54,7 @@ impl MessageStore for MarketStore {
                     }),
                     _ => None,
                 },
-                expires_at: match &m.message {
-                    WireMessage::NodeBinding(b) => Some(b.body.expires_at),
-                    WireMessage::Bid(b) => Some(b.body.expires_at),
-                    _ => None,
-                },
+                expires_at: rigmesh_ledger::market::expiry_of(&m.message),
                 lease: match &m.message {
                     WireMessage::UsageAttestation(a) => Some(a.body.lease),
                     WireMessage::UsageAck(a) => Some(a.body.lease),
@@ -65,6 +65,7 @@ impl MessageStore for MarketStore {
                     WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
                     _ => None,
                 },
+                author: rigmesh_ledger::market::quota_author(&m.message),
             })
             .collect();
         MarketStore::store(self, &records).map_err(text)

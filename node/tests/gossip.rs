@@ -274,3 +274,77 @@ async fn a_node_that_was_down_catches_up_through_sync() {
     .await;
     let _ = network::TOPICS;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_supplier_keeps_at_most_its_quota_of_offers_at_a_node() {
+    let flooder = node().await;
+    let honest = node().await;
+    connect(&flooder, &honest).await;
+    settle(&[&flooder, &honest]).await;
+
+    // 80 validly signed offers of 80 made-up device sets from one key.
+    let supplier = Keypair::generate().unwrap();
+    let now = UnixMillis::now();
+    let device_set = |n: u32, sequence: u64| {
+        let mut o = offer(&supplier, sequence, now);
+        o.body.hardware_fingerprint = Id::hardware_fingerprint(&[format!("GPU-{n}")]);
+        Signed::sign(o.body, &supplier).unwrap()
+    };
+    let quota = rigmesh_ledger::market::quota_of(Kind::Offer).unwrap();
+    assert!(quota < 80);
+    for n in 0..80 {
+        let frame = GossipFrame::encode(Kind::Offer, &device_set(n, 1).to_bytes().unwrap());
+        flooder
+            .handle
+            .publish_unchecked(TOPIC_OFFERS, frame)
+            .await
+            .unwrap();
+    }
+    // Another supplier's offer, sent after the flood, still gets in; once
+    // it is stored, the flood before it has been judged.
+    let other = offer(&Keypair::generate().unwrap(), 1, now);
+    let frame = GossipFrame::encode(Kind::Offer, &other.to_bytes().unwrap());
+    flooder
+        .handle
+        .publish_unchecked(TOPIC_OFFERS, frame)
+        .await
+        .unwrap();
+    let store = honest.store.clone();
+    let other_id = other.id().unwrap();
+    eventually(20, "the other supplier's offer", || {
+        let store = store.clone();
+        async move { store.has(Kind::Offer, &other_id) }
+    })
+    .await;
+    let count = |store: &common::MarketStore| {
+        store
+            .author_count(Kind::Offer, &supplier.public(), usize::MAX)
+            .unwrap()
+    };
+    assert_eq!(
+        count(&honest.store),
+        quota,
+        "the first {quota} kept, the rest not"
+    );
+    assert_eq!(honest.store.count(Kind::Offer), quota + 1);
+
+    // A new offer for a device set it already offers replaces the old one:
+    // the supplier can still change its price at its quota.
+    let renewed = device_set(0, 2);
+    let frame = GossipFrame::encode(Kind::Offer, &renewed.to_bytes().unwrap());
+    flooder
+        .handle
+        .publish_unchecked(TOPIC_OFFERS, frame)
+        .await
+        .unwrap();
+    let renewed_id = renewed.id().unwrap();
+    eventually(20, "the renewed offer", || {
+        let store = store.clone();
+        async move { store.has(Kind::Offer, &renewed_id) }
+    })
+    .await;
+    assert!(!honest
+        .store
+        .has(Kind::Offer, &device_set(0, 1).id().unwrap()));
+    assert_eq!(count(&honest.store), quota);
+}

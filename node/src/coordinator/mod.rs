@@ -554,6 +554,7 @@ impl CoordinatorRole {
             offer: None,
             expires_at: None,
             lease: Some(t.lease),
+            author: None,
         };
         self.store
             .store(&[record])

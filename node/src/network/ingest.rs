@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use libp2p::gossipsub::MessageId;
 use libp2p::PeerId;
+use rigmesh_ledger::market::{quota_author, quota_of};
 use rigmesh_protocol::crypto::{self, VerifyItem};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Clock, CoordinatorSet, Error as ProtocolError, Id, PublicKey};
+use rigmesh_protocol::{Clock, CoordinatorSet, Error as ProtocolError, Id, Kind, PublicKey};
 use tokio::sync::mpsc;
 
 use super::metrics::NetworkMetrics;
@@ -166,6 +167,7 @@ impl Ingest {
         let mut accepted_index: Vec<usize> = Vec::new();
         let mut batch_ids: HashSet<Id> = HashSet::new();
         let mut newest_offer: HashMap<(PublicKey, Id), (u64, usize)> = HashMap::new();
+        let mut by_author: HashMap<(Kind, PublicKey), usize> = HashMap::new();
         for (pos, s) in staged.into_iter().enumerate() {
             if bad.contains(&pos) {
                 set(&mut outcomes, s.index, Outcome::Reject("bad_signature"));
@@ -199,6 +201,9 @@ impl Ingest {
                 set(&mut outcomes, s.index, Outcome::Ignore("duplicate"));
                 continue;
             }
+            // A new offer for a device set already offered replaces it, so
+            // it takes no more of its supplier's quota.
+            let mut replaces = false;
             if let WireMessage::Offer(offer) = &s.message {
                 let key = (offer.body.supplier, offer.body.hardware_fingerprint);
                 let stored = match self.store.offer_sequence(&key.0, &key.1) {
@@ -210,6 +215,7 @@ impl Ingest {
                     }
                 };
                 let in_batch = newest_offer.get(&key).map(|(seq, _)| *seq);
+                replaces = stored.is_some() || in_batch.is_some();
                 let newest = stored.max(in_batch);
                 if newest.is_some_and(|n| offer.body.sequence <= n) {
                     // An older or equal re-publication: a replay of old state.
@@ -228,6 +234,10 @@ impl Ingest {
                         set(&mut outcomes, *index, Outcome::Ignore("stale"));
                     }
                 }
+            }
+            if let Some(over) = self.over_quota(&s.message, replaces, &mut by_author) {
+                set(&mut outcomes, s.index, over);
+                continue;
             }
             accepted_index.push(s.index);
             accepted.push(AcceptedMessage {
@@ -259,6 +269,46 @@ impl Ingest {
             writes.clear();
         }
         (outcomes, writes)
+    }
+}
+
+impl Ingest {
+    /// `None` when `message` fits its author's quota (counting what this
+    /// batch already took, in `by_author`), else the verdict: an offer,
+    /// bid, binding or alert beyond what one author may have stored is
+    /// not kept and not forwarded. Coordinators are not held to it, and
+    /// an offer that replaces a live one takes nothing more.
+    fn over_quota(
+        &self,
+        message: &WireMessage,
+        replaces: bool,
+        by_author: &mut HashMap<(Kind, PublicKey), usize>,
+    ) -> Option<Outcome> {
+        let kind = message.kind();
+        let (Some(quota), Some(author)) = (quota_of(kind), quota_author(message)) else {
+            return None;
+        };
+        if replaces
+            || self
+                .coordinators
+                .as_ref()
+                .is_some_and(|set| set.contains(&author))
+        {
+            return None;
+        }
+        let in_batch = by_author.entry((kind, author)).or_default();
+        let stored = match self.store.author_count(kind, &author, quota) {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(%err, "ledger read failed during ingest");
+                return Some(Outcome::Ignore("store_error"));
+            }
+        };
+        if stored.saturating_add(*in_batch) >= quota {
+            return Some(Outcome::Ignore("over_quota"));
+        }
+        *in_batch += 1;
+        None
     }
 }
 

@@ -73,6 +73,10 @@ pub trait MessageStore: Send + Sync + 'static {
     fn contains(&self, kind: Kind, id: &Id) -> StoreResult<bool>;
     /// The sequence of the stored offer for `supplier`'s devices `fingerprint`.
     fn offer_sequence(&self, supplier: &PublicKey, fingerprint: &Id) -> StoreResult<Option<u64>>;
+    /// How many messages of `kind` by `author` are stored, counting at
+    /// most `at_most`: what a quota (`rigmesh_ledger::market::quota_of`)
+    /// is checked against.
+    fn author_count(&self, kind: Kind, author: &PublicKey, at_most: usize) -> StoreResult<usize>;
     /// Writes validated messages, all or none.
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()>;
     /// Up to `limit` messages of `topic` after `cursor`, skipping offers that

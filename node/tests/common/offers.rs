@@ -42,5 +42,6 @@ pub fn record(o: &Signed<Offer>) -> MarketRecord {
         }),
         expires_at: None,
         lease: None,
+        author: Some(o.body.supplier),
     }
 }

@@ -78,8 +78,12 @@ impl fmt::Display for Offender {
 }
 
 /// The IP address a multiaddr starts with, if any (not for relayed or
-/// memory addresses).
+/// memory addresses). A relayed address starts with the relay's IP, which
+/// must never take the blame for the peers it relays.
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| matches!(p, AddrProtocol::P2pCircuit)) {
+        return None;
+    }
     match addr.iter().next()? {
         AddrProtocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         AddrProtocol::Ip6(ip) => Some(IpAddr::V6(ip)),

@@ -41,7 +41,8 @@ pub struct NetworkConfig {
 #[serde(rename_all = "lowercase")]
 pub enum UseRelay {
     /// When AutoNAT finds the node private (the default); the slots are
-    /// given up when it finds the node public again.
+    /// given up when it finds the node public again. A node that serves
+    /// as a relay never does.
     #[default]
     Auto,
     /// From the start, whatever AutoNAT says (a rig known to be behind a
@@ -263,7 +264,10 @@ impl Default for NetworkLimits {
     fn default() -> Self {
         NetworkLimits {
             max_connections: 256,
-            max_connections_per_peer: 2,
+            // Two peers that dial each other hold two connections; an
+            // AutoNAT dial-back and a hole punch beside a relayed
+            // connection each need one more for a moment.
+            max_connections_per_peer: 4,
             max_pending: 64,
             command_queue: 256,
             ingest_queue: 4096,

@@ -385,7 +385,22 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.p2p_metrics.record(&event),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.p2p_metrics.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
+                self.p2p_metrics.record(&event);
+                // A connection that stops answering pings is closed: over
+                // a partition TCP would keep it "open" for many minutes,
+                // and only a new connection starts the catch-up sync that
+                // brings back what was missed meanwhile.
+                // (libp2p reports a failure only after a second one in a
+                // row; a peer without ping is left alone.)
+                match &event.result {
+                    Ok(_) | Err(libp2p::ping::Failure::Unsupported) => {}
+                    Err(failure) => {
+                        tracing::debug!(peer = %event.peer, %failure, "pings fail; closing the connection");
+                        self.swarm.close_connection(event.connection);
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
                 libp2p::relay::client::Event::ReservationReqAccepted {
                     relay_peer_id,

@@ -275,7 +275,12 @@ fn build_behaviour(
                 .with_push_listen_addr_updates(true),
         ),
         kad: Toggle::from(kad),
-        ping: ping::Behaviour::default(),
+        // A dead connection is found (and closed) within about 30 s.
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(10)),
+        ),
         mdns: Toggle::from(mdns),
         relay_client,
         relay_server: Toggle::from(
@@ -485,7 +490,7 @@ pub async fn start(
         stats: NetworkStats::default(),
         bootstrap,
         unreachable: HashMap::new(),
-        nat: nat::Reachability::new(&config.nat),
+        nat: nat::Reachability::new(&config.nat, config.relay.serve == Some(true)),
     };
     let task = tokio::spawn(async move {
         event_loop.run(shutdown).await;

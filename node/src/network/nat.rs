@@ -55,7 +55,10 @@ pub(crate) struct Reachability {
 }
 
 impl Reachability {
-    pub(crate) fn new(config: &NatConfig) -> Self {
+    /// `serves_relay`: the node relays for others, so its operator says
+    /// it is reachable; unless told `always`, it never listens through
+    /// another relay, whatever AutoNAT concludes.
+    pub(crate) fn new(config: &NatConfig, serves_relay: bool) -> Self {
         let mut relays = HashMap::new();
         let mut configured = Vec::new();
         for addr in &config.relays {
@@ -67,8 +70,12 @@ impl Reachability {
                 None => tracing::warn!(%addr, "a relay address needs its /p2p/<peer id>; ignored"),
             }
         }
+        let use_relay = match config.use_relay {
+            UseRelay::Auto if serves_relay => UseRelay::Never,
+            other => other,
+        };
         Reachability {
-            use_relay: config.use_relay,
+            use_relay,
             max_relays: config.max_relays,
             dial_via_relays: config.dial_via_relays,
             status: Status::Unknown,
@@ -271,7 +278,7 @@ mod tests {
                 .unwrap()],
             ..NatConfig::default()
         };
-        let nat = Reachability::new(&config);
+        let nat = Reachability::new(&config, false);
         let addrs = nat.circuit_addrs(&target);
         assert_eq!(
             addrs,
@@ -287,25 +294,34 @@ mod tests {
 
     #[test]
     fn auto_listens_through_relays_only_while_private() {
-        let mut nat = Reachability::new(&NatConfig::default());
+        let mut nat = Reachability::new(&NatConfig::default(), false);
         assert!(!nat.wants_relays());
         nat.on_autonat(&autonat::NatStatus::Private);
         assert!(nat.wants_relays());
         nat.on_autonat(&autonat::NatStatus::Public(Multiaddr::empty()));
         assert!(!nat.wants_relays());
-        let never = Reachability::new(&NatConfig {
-            use_relay: UseRelay::Never,
-            ..NatConfig::default()
-        });
+        let never = Reachability::new(
+            &NatConfig {
+                use_relay: UseRelay::Never,
+                ..NatConfig::default()
+            },
+            false,
+        );
         assert!(!never.wants_relays());
+        let mut relay = Reachability::new(&NatConfig::default(), true);
+        relay.on_autonat(&autonat::NatStatus::Private);
+        assert!(!relay.wants_relays(), "a relay never reserves on another");
     }
 
     #[test]
     fn a_relay_address_without_its_peer_id_is_ignored() {
-        let nat = Reachability::new(&NatConfig {
-            relays: vec!["/ip4/10.0.0.1/tcp/4600".parse().unwrap()],
-            ..NatConfig::default()
-        });
+        let nat = Reachability::new(
+            &NatConfig {
+                relays: vec!["/ip4/10.0.0.1/tcp/4600".parse().unwrap()],
+                ..NatConfig::default()
+            },
+            false,
+        );
         assert!(nat.circuit_addrs(&peer()).is_empty());
     }
 }

@@ -204,7 +204,14 @@ fn relay_server(peer_id: libp2p::PeerId, config: &RelayServerConfig) -> relay::B
     server
 }
 
-fn autonat_behaviour(peer_id: libp2p::PeerId, config: &NatConfig) -> autonat::Behaviour {
+/// AutoNAT: answers other peers' probes, and probes this node's own
+/// reachability unless it serves as a relay (then its operator has said it
+/// is public; its probes would only cost its peers dial-backs).
+fn autonat_behaviour(
+    peer_id: libp2p::PeerId,
+    config: &NatConfig,
+    serves_relay: bool,
+) -> autonat::Behaviour {
     autonat::Behaviour::new(
         peer_id,
         autonat::Config {
@@ -214,6 +221,7 @@ fn autonat_behaviour(peer_id: libp2p::PeerId, config: &NatConfig) -> autonat::Be
             timeout: Duration::from_secs(config.probe_interval_secs.clamp(1, 30)),
             throttle_server_period: Duration::from_secs(config.probe_interval_secs.max(1)),
             only_global_ips: config.only_global_ips,
+            use_connected: !serves_relay,
             ..autonat::Config::default()
         },
     )
@@ -227,6 +235,7 @@ fn build_behaviour(
 ) -> Result<Behaviour> {
     let limits = &config.limits;
     let peer_id = key.public().to_peer_id();
+    let serves_relay = config.relay.serve == Some(true);
     let mdns = if config.mdns {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -283,18 +292,12 @@ fn build_behaviour(
         ),
         mdns: Toggle::from(mdns),
         relay_client,
-        relay_server: Toggle::from(
-            config
-                .relay
-                .serve
-                .unwrap_or(false)
-                .then(|| relay_server(peer_id, &config.relay)),
-        ),
+        relay_server: Toggle::from(serves_relay.then(|| relay_server(peer_id, &config.relay))),
         autonat: Toggle::from(
             config
                 .nat
                 .autonat
-                .then(|| autonat_behaviour(peer_id, &config.nat)),
+                .then(|| autonat_behaviour(peer_id, &config.nat, serves_relay)),
         ),
         dcutr: dcutr::Behaviour::new(peer_id),
     })
@@ -465,6 +468,8 @@ pub async fn start(
         limits.ingest_batch.max(1),
         metrics.clone(),
     ));
+    let nat = nat::Reachability::new(&config.nat, config.relay.serve == Some(true));
+    metrics.set_reachability(nat.status().name());
     let event_loop = event_loop::EventLoop {
         swarm,
         commands: command_rx,
@@ -490,7 +495,7 @@ pub async fn start(
         stats: NetworkStats::default(),
         bootstrap,
         unreachable: HashMap::new(),
-        nat: nat::Reachability::new(&config.nat, config.relay.serve == Some(true)),
+        nat,
     };
     let task = tokio::spawn(async move {
         event_loop.run(shutdown).await;

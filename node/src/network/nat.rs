@@ -78,7 +78,12 @@ impl Reachability {
             use_relay,
             max_relays: config.max_relays,
             dial_via_relays: config.dial_via_relays,
-            status: Status::Unknown,
+            // A relay is public by its operator's word; it does not probe.
+            status: if serves_relay {
+                Status::Public
+            } else {
+                Status::Unknown
+            },
             relays,
             configured,
             dialled: HashMap::new(),
@@ -311,6 +316,10 @@ mod tests {
         let mut relay = Reachability::new(&NatConfig::default(), true);
         relay.on_autonat(&autonat::NatStatus::Private);
         assert!(!relay.wants_relays(), "a relay never reserves on another");
+        assert_eq!(
+            Reachability::new(&NatConfig::default(), true).status(),
+            Status::Public
+        );
     }
 
     #[test]

@@ -527,6 +527,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_relayed_address_never_names_the_relay_as_the_offender() {
+        let direct: Multiaddr = "/ip4/10.0.0.7/tcp/4600".parse().unwrap();
+        assert_eq!(ip_of(&direct), Some("10.0.0.7".parse().unwrap()));
+        let relay = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let relayed: Multiaddr = format!("/ip4/10.0.0.7/tcp/4600/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        assert_eq!(ip_of(&relayed), None);
+    }
+
     fn peer() -> Offender {
         Offender::Peer(PeerId::random())
     }

@@ -479,6 +479,11 @@ pub fn example() -> Result<String> {
         "# node_key = \"<data_dir>/node.key\"        # the libp2p key, created on first run\n\
          # account_key = \"<data_dir>/account.key\"  # the account key, created on first run\n\n",
     );
+    let tables = tables.replace(
+        "[network.relay]\n",
+        "[network.relay]\n\
+         # serve = true     # relay for peers behind NAT; unset: coordinators do, others not\n",
+    );
     out.push_str(&tables.replace(
         "[supplier.prices]\n",
         "[supplier.prices]\n\

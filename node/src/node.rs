@@ -163,6 +163,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map(crate::config::CoordinatorsConfig::rules)
         .transpose()?;
     let mut network_config = config.network.clone();
+    // Coordinators are public by design, so they relay for suppliers
+    // behind NAT unless their operator says otherwise.
+    if network_config.relay.serve.is_none() {
+        network_config.relay.serve = Some(config.role == Role::Coordinator);
+    }
     if let Some(c) = &config.coordinators {
         network_config.bootstrap.extend(c.addresses.iter().cloned());
     }

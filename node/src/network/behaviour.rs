@@ -2,7 +2,10 @@
 
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, gossipsub, identify, kad, mdns, ping, request_response};
+use libp2p::{
+    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, ping, relay,
+    request_response,
+};
 
 use super::codec::FrameCodec;
 use super::firewall::Firewall;
@@ -33,4 +36,16 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// LAN discovery, off unless configured.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Reservations on relays and connections through them: the node
+    /// behind a NAT listens on `/p2p-circuit` addresses and dials them.
+    pub relay_client: relay::client::Behaviour,
+    /// Relaying for peers behind NAT (coordinators, or when configured),
+    /// within the configured limits.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Reachability: peers dial this node back to tell whether it is
+    /// public or behind a NAT, and this node does the same for them.
+    pub autonat: Toggle<autonat::Behaviour>,
+    /// Hole punching: turns a relayed connection into a direct one when
+    /// both NATs allow it.
+    pub dcutr: dcutr::Behaviour,
 }

@@ -22,8 +22,122 @@ pub struct NetworkConfig {
     /// Find more peers through the Kademlia DHT of the peers we know (on by
     /// default; tests turn it off to keep a chosen topology).
     pub discovery: bool,
+    /// Addresses this node is known to be reachable at from outside (a
+    /// public IP, a forwarded port); announced to peers and confirmed
+    /// without waiting for AutoNAT. A relay server hands them to the peers
+    /// that reserve on it; one that names none hands out its listen
+    /// addresses.
+    pub external: Vec<Multiaddr>,
+    /// How a node behind NAT learns so and stays reachable.
+    pub nat: NatConfig,
+    /// Serving as a circuit relay for peers behind NAT.
+    pub relay: RelayServerConfig,
     /// Limits.
     pub limits: NetworkLimits,
+}
+
+/// When a node reserves a slot on a relay and listens through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UseRelay {
+    /// When AutoNAT finds the node private (the default); the slots are
+    /// given up when it finds the node public again. A node that serves
+    /// as a relay never does.
+    #[default]
+    Auto,
+    /// From the start, whatever AutoNAT says (a rig known to be behind a
+    /// NAT, tests).
+    Always,
+    /// Never: the node must be dialable directly.
+    Never,
+}
+
+/// NAT traversal: AutoNAT learns whether the node is reachable; a private
+/// node reserves slots on relays and listens through them; DCUtR turns a
+/// relayed connection into a direct one where the NATs allow it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// Ask peers to dial back this node's addresses (AutoNAT) and answer
+    /// their probes.
+    pub autonat: bool,
+    /// Seconds after start before the first AutoNAT probe.
+    pub probe_delay_secs: u64,
+    /// Seconds between probes while the status is not yet certain.
+    pub probe_interval_secs: u64,
+    /// Only probe through, and only answer probes from, peers seen at
+    /// global IP addresses. Off in private testnets, where every address is
+    /// private.
+    pub only_global_ips: bool,
+    /// When to listen through relays.
+    pub use_relay: UseRelay,
+    /// Relays to reserve on, with their `/p2p/<peer id>`. Empty: any
+    /// bootstrap peer that turns out to serve as a relay.
+    pub relays: Vec<Multiaddr>,
+    /// Relays reserved on at once (more than one survives a relay's loss).
+    pub max_relays: usize,
+    /// Dial a peer that is not connected through every known relay as well
+    /// as its direct addresses; the first connection to succeed wins and
+    /// DCUtR upgrades a relayed one.
+    pub dial_via_relays: bool,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            autonat: true,
+            probe_delay_secs: 15,
+            probe_interval_secs: 90,
+            only_global_ips: true,
+            use_relay: UseRelay::Auto,
+            relays: Vec::new(),
+            max_relays: 2,
+            dial_via_relays: true,
+        }
+    }
+}
+
+/// Circuit relay v2 server. Coordinators serve by default (they are
+/// public by design); any other node only when `serve = true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayServerConfig {
+    /// Serve as a relay; unset: by role (coordinators do).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<bool>,
+    /// Reservations held at once, all peers.
+    pub max_reservations: usize,
+    /// Reservations of one peer.
+    pub max_reservations_per_peer: usize,
+    /// Seconds a reservation lasts before the peer must renew it.
+    pub reservation_secs: u64,
+    /// Relayed connections at once, all peers.
+    pub max_circuits: usize,
+    /// Relayed connections at once with one peer at either end.
+    pub max_circuits_per_peer: usize,
+    /// Seconds a relayed connection lasts before the relay closes it.
+    pub circuit_secs: u64,
+    /// Bytes a relayed connection carries, each direction, before the
+    /// relay closes it.
+    pub circuit_bytes: u64,
+}
+
+impl Default for RelayServerConfig {
+    fn default() -> Self {
+        RelayServerConfig {
+            serve: None,
+            max_reservations: 128,
+            max_reservations_per_peer: 4,
+            reservation_secs: 3600,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            // A lease's messages are small (an attestation a minute), but
+            // a lease lasts hours: a relayed connection that is not
+            // upgraded is re-opened when the relay closes it.
+            circuit_secs: 600,
+            circuit_bytes: 8 << 20,
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -40,6 +154,9 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             mdns: false,
             discovery: true,
+            external: Vec::new(),
+            nat: NatConfig::default(),
+            relay: RelayServerConfig::default(),
             limits: NetworkLimits::default(),
         }
     }
@@ -147,7 +264,10 @@ impl Default for NetworkLimits {
     fn default() -> Self {
         NetworkLimits {
             max_connections: 256,
-            max_connections_per_peer: 2,
+            // Two peers that dial each other hold two connections; an
+            // AutoNAT dial-back and a hole punch beside a relayed
+            // connection each need one more for a moment.
+            max_connections_per_peer: 4,
             max_pending: 64,
             command_queue: 256,
             ingest_queue: 4096,

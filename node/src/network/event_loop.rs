@@ -26,7 +26,10 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::config::NetworkLimits;
 use super::handle::{BanInForce, Command, InboundRequest, NetworkStats, Protocol, Reply};
 use super::ingest::{IngestItem, Outcome, Verdict};
-use super::metrics::{NetworkMetrics, OffenderLabel, ProtocolLabel, TopicLabel};
+use super::metrics::{
+    ConnectionKindLabel, HolePunchLabel, NetworkMetrics, OffenderLabel, ProtocolLabel, TopicLabel,
+};
+use super::nat::{is_relayed, Reachability};
 use super::offences::{NewBan, Offences, Offender, Standing};
 use super::rate_limit::RequestLimiter;
 use super::store::{MessageStore, OffenceState, OffenceWrite, PeerBan};
@@ -93,6 +96,8 @@ pub(crate) struct EventLoop {
     /// Bootstrap addresses whose last dial failed, with why; the first
     /// failure of each is logged as a warning, later ones at debug.
     pub(crate) unreachable: HashMap<Multiaddr, String>,
+    /// Relays, reservations and reachability behind NAT.
+    pub(crate) nat: Reachability,
 }
 
 /// The address without its `/p2p/<peer id>` part.
@@ -124,6 +129,7 @@ impl EventLoop {
                 _ = ban_clock.tick() => {
                     self.expire_bans();
                     self.redial_bootstrap();
+                    self.reserve_relays();
                 }
             }
         }
@@ -156,6 +162,9 @@ impl EventLoop {
                 if self.pending.len() >= self.limits.max_pending_requests {
                     let _ = reply.send(Err(Error::Network("too many requests in flight".into())));
                     return;
+                }
+                if !self.swarm.is_connected(&peer) {
+                    self.dial_with_relays(peer);
                 }
                 let id = self.behaviour_for(protocol).send_request(&peer, bytes);
                 self.pending.insert((protocol, id), reply);
@@ -211,6 +220,14 @@ impl EventLoop {
             Command::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.peers = self.swarm.connected_peers().count();
+                stats.reachability = self.nat.status().name().to_string();
+                stats.relay_reservations = self.nat.reservation_count();
+                stats.relayed_addrs = self
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| is_relayed(a))
+                    .map(ToString::to_string)
+                    .collect();
                 stats.unreachable_bootstrap = self
                     .unreachable
                     .iter()
@@ -345,6 +362,9 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => {
                 self.p2p_metrics.record(&event);
                 if let identify::Event::Received { peer_id, info, .. } = event {
+                    self.nat
+                        .on_identified(peer_id, &info.protocols, &info.listen_addrs);
+                    self.reserve_relays();
                     if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
                         for addr in info.listen_addrs {
                             kad.add_address(&peer_id, addr);
@@ -365,10 +385,90 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.p2p_metrics.record(&event),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => self.p2p_metrics.record(&event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => {
+                self.p2p_metrics.record(&event);
+                // A connection that stops answering pings is closed: over
+                // a partition TCP would keep it "open" for many minutes,
+                // and only a new connection starts the catch-up sync that
+                // brings back what was missed meanwhile.
+                // (libp2p reports a failure only after a second one in a
+                // row; a peer without ping is left alone.)
+                match &event.result {
+                    Ok(_) | Err(libp2p::ping::Failure::Unsupported) => {}
+                    Err(failure) => {
+                        tracing::debug!(peer = %event.peer, %failure, "pings fail; closing the connection");
+                        self.swarm.close_connection(event.connection);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => tracing::info!(relay = %relay_peer_id, "relay reservation accepted"),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => {
+                self.p2p_metrics.record(&event);
+                if let libp2p::relay::Event::CircuitReqAccepted { .. } = event {
+                    self.metrics.relayed_circuits.inc();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(
+                libp2p::autonat::Event::StatusChanged { new, .. },
+            )) => self.on_reachability(&new),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                self.p2p_metrics.record(&event);
+                let outcome = match &event.result {
+                    Ok(_) => {
+                        self.stats.hole_punch_successes += 1;
+                        tracing::info!(peer = %event.remote_peer_id, "hole punched: direct connection");
+                        "success"
+                    }
+                    Err(e) => {
+                        self.stats.hole_punch_failures += 1;
+                        tracing::info!(peer = %event.remote_peer_id, %e, "hole punch failed; the connection stays relayed");
+                        "failure"
+                    }
+                };
+                self.metrics
+                    .hole_punches
+                    .get_or_create(&HolePunchLabel {
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relayed address is reachable by construction: the
+                // relay accepted the reservation. Announcing it as external
+                // lets identify and kad hand it to peers.
+                if is_relayed(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if is_relayed(&address) {
+                    self.swarm.remove_external_address(&address);
+                }
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                ..
+            } => {
+                for address in &addresses {
+                    if is_relayed(address) {
+                        self.swarm.remove_external_address(address);
+                    }
+                }
+                self.listen_addrs.retain(|a| !addresses.contains(a));
+                self.nat.on_listener_closed(listener_id);
+                self.metrics
+                    .relay_reservations
+                    .set(i64::try_from(self.nat.reservation_count()).unwrap_or(i64::MAX));
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -377,6 +477,12 @@ impl EventLoop {
                 ..
             } => {
                 self.update_peer_gauge();
+                self.count_connection(endpoint.is_relayed(), 1);
+                if endpoint.is_relayed() {
+                    self.metrics.hole_punch_attempts.inc();
+                } else if endpoint.is_dialer() {
+                    self.nat.on_dialled(peer_id, endpoint.get_remote_address());
+                }
                 let remote = without_peer(endpoint.get_remote_address());
                 for (addr, peer) in &mut self.bootstrap {
                     if endpoint.is_dialer() && without_peer(addr) == remote {
@@ -395,7 +501,10 @@ impl EventLoop {
             }
             // Strikes outlive the connection: a peer that reconnects
             // carries them (they decay with time instead).
-            SwarmEvent::ConnectionClosed { .. } => self.update_peer_gauge(),
+            SwarmEvent::ConnectionClosed { endpoint, .. } => {
+                self.update_peer_gauge();
+                self.count_connection(endpoint.is_relayed(), -1);
+            }
             SwarmEvent::OutgoingConnectionError { error, .. } => self.on_dial_error(&error),
             _ => {}
         }
@@ -421,6 +530,74 @@ impl EventLoop {
             } else {
                 tracing::debug!(%addr, reason = %why, "bootstrap peer still unreachable");
             }
+        }
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`), direct or relayed.
+    fn count_connection(&mut self, relayed: bool, change: i64) {
+        let kind = if relayed { "relayed" } else { "direct" };
+        let label = ConnectionKindLabel { kind: kind.into() };
+        self.metrics
+            .connections
+            .get_or_create(&label)
+            .inc_by(change);
+        if change > 0 {
+            self.metrics.connections_opened.get_or_create(&label).inc();
+        }
+        let open = if relayed {
+            &mut self.stats.relayed_connections
+        } else {
+            &mut self.stats.direct_connections
+        };
+        *open = if change > 0 {
+            open.saturating_add(1)
+        } else {
+            open.saturating_sub(1)
+        };
+    }
+
+    /// AutoNAT's verdict changed: a node found private listens through
+    /// relays; one found public again gives its reservations up.
+    fn on_reachability(&mut self, status: &libp2p::autonat::NatStatus) {
+        if self.nat.on_autonat(status) {
+            self.nat.release(&mut self.swarm);
+            let relayed: Vec<Multiaddr> = self
+                .listen_addrs
+                .iter()
+                .filter(|a| is_relayed(a))
+                .cloned()
+                .collect();
+            for addr in relayed {
+                self.swarm.remove_external_address(&addr);
+            }
+        }
+        self.metrics.set_reachability(self.nat.status().name());
+        self.reserve_relays();
+    }
+
+    /// Reserves on relays when this node should listen through them.
+    fn reserve_relays(&mut self) {
+        self.nat.reserve(&mut self.swarm);
+        self.metrics
+            .relay_reservations
+            .set(i64::try_from(self.nat.reservation_count()).unwrap_or(i64::MAX));
+    }
+
+    /// Dials `peer` at its direct addresses (those the behaviours know)
+    /// and through every known relay at once: a peer behind NAT is
+    /// reachable only through the relay it reserved on, and the first
+    /// connection to succeed wins.
+    fn dial_with_relays(&mut self, peer: PeerId) {
+        let circuits = self.nat.circuit_addrs(&peer);
+        if circuits.is_empty() {
+            return;
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(circuits)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %e, "dial through relays");
         }
     }
 

@@ -73,6 +73,21 @@ pub struct NetworkStats {
     /// Bootstrap addresses that could not be reached when last dialled,
     /// each with the reason.
     pub unreachable_bootstrap: Vec<(String, String)>,
+    /// Connections open directly.
+    pub direct_connections: usize,
+    /// Connections open through a relay.
+    pub relayed_connections: usize,
+    /// Hole punches that turned a relayed connection into a direct one.
+    pub hole_punch_successes: u64,
+    /// Hole punches that failed (the relayed connection stays).
+    pub hole_punch_failures: u64,
+    /// This node's reachability as AutoNAT found it: `unknown`, `public`
+    /// or `private`.
+    pub reachability: String,
+    /// Relays this node listens through (reservations held or asked for).
+    pub relay_reservations: usize,
+    /// The node's relayed listen addresses (`.../p2p-circuit`).
+    pub relayed_addrs: Vec<String>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;

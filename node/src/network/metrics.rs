@@ -39,6 +39,27 @@ pub struct OffenderLabel {
     pub kind: String,
 }
 
+/// Label: how a connection runs (`direct` or `relayed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionKindLabel {
+    /// `direct` or `relayed`.
+    pub kind: String,
+}
+
+/// Label: how a hole punch ended (`success` or `failure`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HolePunchLabel {
+    /// `success` or `failure`.
+    pub outcome: String,
+}
+
+/// Label: this node's reachability (`unknown`, `public`, `private`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReachabilityLabel {
+    /// `unknown`, `public` or `private`.
+    pub status: String,
+}
+
 /// The node's network metrics. Cheap to clone: every field is a shared handle.
 #[derive(Clone, Debug)]
 pub struct NetworkMetrics {
@@ -75,6 +96,21 @@ pub struct NetworkMetrics {
     /// Offence records that could not be handed to the store (its queue
     /// was full or it failed); they are retried with the next change.
     pub offences_unsaved: Counter,
+    /// Connections open, direct or through a relay.
+    pub connections: Family<ConnectionKindLabel, Gauge>,
+    /// Connections opened since start, direct or through a relay.
+    pub connections_opened: Family<ConnectionKindLabel, Counter>,
+    /// Relayed connections this node took part in, each one a chance for
+    /// DCUtR to punch a hole to a direct connection.
+    pub hole_punch_attempts: Counter,
+    /// Hole punches that ended, by outcome, as this node saw them.
+    pub hole_punches: Family<HolePunchLabel, Counter>,
+    /// Reservations this node holds (or asks for) on relays.
+    pub relay_reservations: Gauge,
+    /// Circuits this node relayed for others (as a relay server).
+    pub relayed_circuits: Counter,
+    /// 1 for this node's current reachability, 0 for the others.
+    pub reachability: Family<ReachabilityLabel, Gauge>,
 }
 
 impl NetworkMetrics {
@@ -96,6 +132,13 @@ impl NetworkMetrics {
             active_bans: Family::default(),
             refused_connections: Family::default(),
             offences_unsaved: Counter::default(),
+            connections: Family::default(),
+            connections_opened: Family::default(),
+            hole_punch_attempts: Counter::default(),
+            hole_punches: Family::default(),
+            relay_reservations: Gauge::default(),
+            relayed_circuits: Counter::default(),
+            reachability: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_net");
         r.register("peers", "Connected peers", metrics.peers.clone());
@@ -169,6 +212,53 @@ impl NetworkMetrics {
             "Strike and ban records not yet written to the store (queue full or write failed)",
             metrics.offences_unsaved.clone(),
         );
+        r.register(
+            "connections",
+            "Connections open, by kind (direct, relayed)",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Connections opened, by kind (direct, relayed)",
+            metrics.connections_opened.clone(),
+        );
+        r.register(
+            "hole_punch_attempts",
+            "Relayed connections, each a chance for DCUtR to upgrade it to a direct one",
+            metrics.hole_punch_attempts.clone(),
+        );
+        r.register(
+            "hole_punches",
+            "Hole punches that ended, by outcome (success, failure)",
+            metrics.hole_punches.clone(),
+        );
+        r.register(
+            "relay_reservations",
+            "Reservations held or asked for on relays",
+            metrics.relay_reservations.clone(),
+        );
+        r.register(
+            "relayed_circuits",
+            "Circuits relayed for other peers",
+            metrics.relayed_circuits.clone(),
+        );
+        r.register(
+            "reachability",
+            "1 for the node's reachability as AutoNAT found it (unknown, public, private)",
+            metrics.reachability.clone(),
+        );
+        for kind in ["direct", "relayed"] {
+            let label = ConnectionKindLabel { kind: kind.into() };
+            metrics.connections.get_or_create(&label).set(0);
+            metrics.connections_opened.get_or_create(&label).inc_by(0);
+        }
+        for outcome in ["success", "failure"] {
+            let label = HolePunchLabel {
+                outcome: outcome.into(),
+            };
+            metrics.hole_punches.get_or_create(&label).inc_by(0);
+        }
+        metrics.set_reachability("unknown");
         // The firewall's series exist from the start, at zero: a rate over
         // them, and a dashboard charting them, works before the first
         // offence.
@@ -185,6 +275,15 @@ impl NetworkMetrics {
             metrics.refused_connections.get_or_create(&label).inc_by(0);
         }
         metrics
+    }
+
+    /// Marks `status` as the node's reachability.
+    pub fn set_reachability(&self, status: &str) {
+        for s in ["unknown", "public", "private"] {
+            self.reachability
+                .get_or_create(&ReachabilityLabel { status: s.into() })
+                .set(i64::from(s == status));
+        }
     }
 
     /// Counts one verdict.

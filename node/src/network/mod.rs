@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod handle;
 pub mod ingest;
 pub mod metrics;
+mod nat;
 pub mod offences;
 pub mod rate_limit;
 pub mod store;
@@ -32,8 +33,8 @@ use libp2p::gossipsub::{
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{
-    connection_limits, identify, identity, kad, mdns, noise, ping, request_response, tcp, yamux,
-    StreamProtocol, SwarmBuilder,
+    autonat, connection_limits, dcutr, identify, identity, kad, mdns, noise, ping, relay,
+    request_response, tcp, yamux, StreamProtocol, SwarmBuilder,
 };
 use prometheus_client::registry::Registry;
 use rigmesh_protocol::kind::{
@@ -48,7 +49,10 @@ use rigmesh_protocol::{CoordinatorSet, UnixMillis};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::{NetworkConfig, NetworkLimits, RequestLimits, RequestRate};
+pub use config::{
+    NatConfig, NetworkConfig, NetworkLimits, RelayServerConfig, RequestLimits, RequestRate,
+    UseRelay,
+};
 pub use handle::{BanInForce, InboundRequest, NetworkStats, NodeHandle, Protocol};
 pub use metrics::NetworkMetrics;
 pub use offences::{OffenceEvent, Offender};
@@ -179,13 +183,59 @@ fn request_response_behaviour(
     )
 }
 
+/// The relay server with the configured limits, advertised from the
+/// start: an operator who turns it on says the node is reachable, so it
+/// does not wait for AutoNAT to confirm an address.
+fn relay_server(peer_id: libp2p::PeerId, config: &RelayServerConfig) -> relay::Behaviour {
+    let mut server = relay::Behaviour::new(
+        peer_id,
+        relay::Config {
+            max_reservations: config.max_reservations,
+            max_reservations_per_peer: config.max_reservations_per_peer,
+            reservation_duration: Duration::from_secs(config.reservation_secs.max(1)),
+            max_circuits: config.max_circuits,
+            max_circuits_per_peer: config.max_circuits_per_peer,
+            max_circuit_duration: Duration::from_secs(config.circuit_secs.max(1)),
+            max_circuit_bytes: config.circuit_bytes,
+            ..relay::Config::default()
+        },
+    );
+    server.set_status(Some(relay::Status::Enable));
+    server
+}
+
+/// AutoNAT: answers other peers' probes, and probes this node's own
+/// reachability unless it serves as a relay (then its operator has said it
+/// is public; its probes would only cost its peers dial-backs).
+fn autonat_behaviour(
+    peer_id: libp2p::PeerId,
+    config: &NatConfig,
+    serves_relay: bool,
+) -> autonat::Behaviour {
+    autonat::Behaviour::new(
+        peer_id,
+        autonat::Config {
+            boot_delay: Duration::from_secs(config.probe_delay_secs),
+            retry_interval: Duration::from_secs(config.probe_interval_secs.max(1)),
+            // A dial-back past the probe interval is no use to anyone.
+            timeout: Duration::from_secs(config.probe_interval_secs.clamp(1, 30)),
+            throttle_server_period: Duration::from_secs(config.probe_interval_secs.max(1)),
+            only_global_ips: config.only_global_ips,
+            use_connected: !serves_relay,
+            ..autonat::Config::default()
+        },
+    )
+}
+
 fn build_behaviour(
     key: &identity::Keypair,
     config: &NetworkConfig,
     metrics: &NetworkMetrics,
+    relay_client: relay::client::Behaviour,
 ) -> Result<Behaviour> {
     let limits = &config.limits;
     let peer_id = key.public().to_peer_id();
+    let serves_relay = config.relay.serve == Some(true);
     let mdns = if config.mdns {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)
@@ -227,13 +277,29 @@ fn build_behaviour(
             SyncResponse::MAX_SIZE,
             limits,
         ),
-        identify: identify::Behaviour::new(identify::Config::new(
-            "/rigmesh/1".into(),
-            key.public(),
-        )),
+        // Listen addresses are pushed as they change: a relayed address
+        // appears only once the node behind NAT has its reservation.
+        identify: identify::Behaviour::new(
+            identify::Config::new("/rigmesh/1".into(), key.public())
+                .with_push_listen_addr_updates(true),
+        ),
         kad: Toggle::from(kad),
-        ping: ping::Behaviour::default(),
+        // A dead connection is found (and closed) within about 30 s.
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(10)),
+        ),
         mdns: Toggle::from(mdns),
+        relay_client,
+        relay_server: Toggle::from(serves_relay.then(|| relay_server(peer_id, &config.relay))),
+        autonat: Toggle::from(
+            config
+                .nat
+                .autonat
+                .then(|| autonat_behaviour(peer_id, &config.nat, serves_relay)),
+        ),
+        dcutr: dcutr::Behaviour::new(peer_id),
     })
 }
 
@@ -267,7 +333,6 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Network> {
     let metrics = NetworkMetrics::register(registry);
-    let behaviour = build_behaviour(&key, config, &metrics)?;
     let mut swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -277,7 +342,12 @@ pub async fn start(
         )
         .map_err(|e| Error::Config(format!("tcp transport: {e}")))?
         .with_quic()
-        .with_behaviour(|_| behaviour)
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Config(format!("relay transport: {e}")))?
+        .with_behaviour(|key, relay_client| {
+            build_behaviour(key, config, &metrics, relay_client)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
         .map_err(|e| Error::Config(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
@@ -299,6 +369,10 @@ pub async fn start(
     offences.restore(offences::restored(stored, bans));
     for (offender, _) in offences.active_bans(UnixMillis::now()) {
         swarm.behaviour_mut().firewall.block(offender);
+    }
+
+    for addr in &config.external {
+        swarm.add_external_address(addr.clone());
     }
 
     let mut listen_addrs = Vec::new();
@@ -341,6 +415,14 @@ pub async fn start(
     tokio::time::timeout(Duration::from_secs(10), wait)
         .await
         .map_err(|_| Error::Config("listeners did not start within 10 s".into()))??;
+    // A relay hands its external addresses to the peers that reserve on
+    // it (they listen through those); an operator who turns the relay on
+    // and names none says the node is reachable where it listens.
+    if config.relay.serve == Some(true) && config.external.is_empty() {
+        for addr in &listen_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+    }
     // A node never dials itself (a coordinator finds its own address in
     // the coordinator table).
     let own: Vec<libp2p::Multiaddr> = listen_addrs
@@ -386,6 +468,8 @@ pub async fn start(
         limits.ingest_batch.max(1),
         metrics.clone(),
     ));
+    let nat = nat::Reachability::new(&config.nat, config.relay.serve == Some(true));
+    metrics.set_reachability(nat.status().name());
     let event_loop = event_loop::EventLoop {
         swarm,
         commands: command_rx,
@@ -411,6 +495,7 @@ pub async fn start(
         stats: NetworkStats::default(),
         bootstrap,
         unreachable: HashMap::new(),
+        nat,
     };
     let task = tokio::spawn(async move {
         event_loop.run(shutdown).await;

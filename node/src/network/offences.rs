@@ -78,8 +78,12 @@ impl fmt::Display for Offender {
 }
 
 /// The IP address a multiaddr starts with, if any (not for relayed or
-/// memory addresses).
+/// memory addresses). A relayed address starts with the relay's IP, which
+/// must never take the blame for the peers it relays.
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| matches!(p, AddrProtocol::P2pCircuit)) {
+        return None;
+    }
     match addr.iter().next()? {
         AddrProtocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         AddrProtocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -521,6 +525,19 @@ mod tests {
             trusted: vec!["10.0.0.1".parse().unwrap()],
             max_tracked: 4,
         }
+    }
+
+    #[test]
+    fn a_relayed_address_never_names_the_relay_as_the_offender() {
+        let direct: Multiaddr = "/ip4/10.0.0.7/tcp/4600".parse().unwrap();
+        assert_eq!(ip_of(&direct), Some("10.0.0.7".parse().unwrap()));
+        let relay = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let relayed: Multiaddr = format!("/ip4/10.0.0.7/tcp/4600/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        assert_eq!(ip_of(&relayed), None);
     }
 
     fn peer() -> Offender {

@@ -1,0 +1,336 @@
+//! Staying reachable behind a NAT: which peers serve as relays, whether
+//! this node should listen through them (AutoNAT's verdict, or the
+//! operator's), the reservations it holds, and the relayed addresses it
+//! dials a peer at. The swarm task owns one [`Reachability`] and calls it
+//! on the events that change it.
+
+use std::collections::HashMap;
+
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol as AddrProtocol;
+use libp2p::{autonat, Multiaddr, PeerId, Swarm};
+
+use super::behaviour::Behaviour;
+use super::config::{NatConfig, UseRelay};
+use super::event_loop::without_peer;
+
+/// What this node knows of its own reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// No verdict yet (or AutoNAT is off).
+    Unknown,
+    /// Peers dialled this node back.
+    Public,
+    /// Peers could not dial this node back: it is behind a NAT or a
+    /// firewall.
+    Private,
+}
+
+impl Status {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Status::Unknown => "unknown",
+            Status::Public => "public",
+            Status::Private => "private",
+        }
+    }
+}
+
+/// Relays known and reservations held, and the rule for when to hold them.
+pub(crate) struct Reachability {
+    use_relay: UseRelay,
+    max_relays: usize,
+    dial_via_relays: bool,
+    status: Status,
+    /// Peers that serve as relays, each with the direct address this node
+    /// reaches it at (without `/p2p`).
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Relays named in the configuration: reserved on before any other.
+    configured: Vec<PeerId>,
+    /// The direct address of each peer this node dialled, for the relays
+    /// among them.
+    dialled: HashMap<PeerId, Multiaddr>,
+    /// Reservations asked for or held, by relay, with their listener.
+    reservations: HashMap<PeerId, ListenerId>,
+}
+
+impl Reachability {
+    /// `serves_relay`: the node relays for others, so its operator says
+    /// it is reachable; unless told `always`, it never listens through
+    /// another relay, whatever AutoNAT concludes.
+    pub(crate) fn new(config: &NatConfig, serves_relay: bool) -> Self {
+        let mut relays = HashMap::new();
+        let mut configured = Vec::new();
+        for addr in &config.relays {
+            match peer_of(addr) {
+                Some(peer) => {
+                    relays.insert(peer, without_peer(addr));
+                    configured.push(peer);
+                }
+                None => tracing::warn!(%addr, "a relay address needs its /p2p/<peer id>; ignored"),
+            }
+        }
+        let use_relay = match config.use_relay {
+            UseRelay::Auto if serves_relay => UseRelay::Never,
+            other => other,
+        };
+        Reachability {
+            use_relay,
+            max_relays: config.max_relays,
+            dial_via_relays: config.dial_via_relays,
+            // A relay is public by its operator's word; it does not probe.
+            status: if serves_relay {
+                Status::Public
+            } else {
+                Status::Unknown
+            },
+            relays,
+            configured,
+            dialled: HashMap::new(),
+            reservations: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Whether this node should listen through relays now.
+    fn wants_relays(&self) -> bool {
+        match self.use_relay {
+            UseRelay::Always => true,
+            UseRelay::Never => false,
+            UseRelay::Auto => self.status == Status::Private,
+        }
+    }
+
+    /// Relayed addresses this node listens on (or is asking for).
+    pub(crate) fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// A direct connection this node dialled: if the peer turns out to be
+    /// a relay, this is where to reach it.
+    pub(crate) fn on_dialled(&mut self, peer: PeerId, addr: &Multiaddr) {
+        self.dialled.insert(peer, without_peer(addr));
+    }
+
+    /// Identify told what `peer` supports: a relay is remembered, at the
+    /// address this node dialled it at or else the first direct address it
+    /// listens on.
+    pub(crate) fn on_identified(
+        &mut self,
+        peer: PeerId,
+        protocols: &[libp2p::StreamProtocol],
+        listen_addrs: &[Multiaddr],
+    ) {
+        if !protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME) {
+            return;
+        }
+        if self.relays.contains_key(&peer) {
+            return;
+        }
+        let addr = self.dialled.get(&peer).cloned().or_else(|| {
+            listen_addrs
+                .iter()
+                .find(|a| !is_relayed(a) && !is_unspecified(a))
+                .map(without_peer)
+        });
+        if let Some(addr) = addr {
+            tracing::debug!(%peer, %addr, "found a relay");
+            self.relays.insert(peer, addr);
+        }
+    }
+
+    /// AutoNAT's verdict changed. Returns whether the relayed listeners
+    /// must be closed (the node turned out public).
+    pub(crate) fn on_autonat(&mut self, status: &autonat::NatStatus) -> bool {
+        self.status = match status {
+            autonat::NatStatus::Public(_) => Status::Public,
+            autonat::NatStatus::Private => Status::Private,
+            autonat::NatStatus::Unknown => Status::Unknown,
+        };
+        tracing::info!(status = self.status.name(), "reachability");
+        !self.wants_relays() && !self.reservations.is_empty()
+    }
+
+    /// Closes every relayed listener (the node no longer needs them).
+    pub(crate) fn release(&mut self, swarm: &mut Swarm<Behaviour>) {
+        for (relay, listener) in self.reservations.drain() {
+            tracing::info!(%relay, "giving up the relay reservation");
+            swarm.remove_listener(listener);
+        }
+    }
+
+    /// Asks for reservations on relays until `max_relays` are held, when
+    /// the node should listen through relays; configured relays first.
+    pub(crate) fn reserve(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if !self.wants_relays() {
+            return;
+        }
+        let mut candidates: Vec<PeerId> = self.configured.clone();
+        let mut discovered: Vec<PeerId> = self
+            .relays
+            .keys()
+            .filter(|p| !self.configured.contains(p))
+            .copied()
+            .collect();
+        // A stable order, so restarts pick the same relays.
+        discovered.sort();
+        candidates.extend(discovered);
+        for relay in candidates {
+            if self.reservations.len() >= self.max_relays {
+                return;
+            }
+            if self.reservations.contains_key(&relay) {
+                continue;
+            }
+            let Some(addr) = self.relays.get(&relay) else {
+                continue;
+            };
+            let circuit = addr
+                .clone()
+                .with(AddrProtocol::P2p(relay))
+                .with(AddrProtocol::P2pCircuit);
+            match swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::info!(%relay, addr = %circuit, "asking the relay for a reservation");
+                    self.reservations.insert(relay, listener);
+                }
+                Err(e) => tracing::debug!(%relay, %e, "cannot listen through the relay"),
+            }
+        }
+    }
+
+    /// A listener closed: if it was a reservation, it is asked for again
+    /// (on the next relay if this one is gone) at the next `reserve`.
+    pub(crate) fn on_listener_closed(&mut self, listener: ListenerId) {
+        let gone: Vec<PeerId> = self
+            .reservations
+            .iter()
+            .filter(|(_, l)| **l == listener)
+            .map(|(p, _)| *p)
+            .collect();
+        for relay in gone {
+            tracing::info!(%relay, "relay reservation closed");
+            self.reservations.remove(&relay);
+            // Found again through identify if it comes back; a configured
+            // relay is kept.
+            if !self.configured.contains(&relay) {
+                self.relays.remove(&relay);
+            }
+        }
+    }
+
+    /// Addresses that reach `target` through each known relay, for a dial
+    /// alongside its direct addresses.
+    pub(crate) fn circuit_addrs(&self, target: &PeerId) -> Vec<Multiaddr> {
+        if !self.dial_via_relays {
+            return Vec::new();
+        }
+        let mut relays: Vec<(&PeerId, &Multiaddr)> =
+            self.relays.iter().filter(|(p, _)| *p != target).collect();
+        relays.sort_by_key(|(p, _)| **p);
+        relays
+            .into_iter()
+            .map(|(relay, addr)| {
+                addr.clone()
+                    .with(AddrProtocol::P2p(*relay))
+                    .with(AddrProtocol::P2pCircuit)
+                    .with(AddrProtocol::P2p(*target))
+            })
+            .collect()
+    }
+}
+
+/// Whether the address goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, AddrProtocol::P2pCircuit))
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        AddrProtocol::Ip4(ip) => ip.is_unspecified(),
+        AddrProtocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// The peer id at the end of an address.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        AddrProtocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    #[test]
+    fn circuit_addresses_go_through_every_relay_but_the_target() {
+        let (relay, target) = (peer(), peer());
+        let config = NatConfig {
+            relays: vec![format!("/ip4/10.0.0.1/tcp/4600/p2p/{relay}")
+                .parse()
+                .unwrap()],
+            ..NatConfig::default()
+        };
+        let nat = Reachability::new(&config, false);
+        let addrs = nat.circuit_addrs(&target);
+        assert_eq!(
+            addrs,
+            vec![
+                format!("/ip4/10.0.0.1/tcp/4600/p2p/{relay}/p2p-circuit/p2p/{target}")
+                    .parse::<Multiaddr>()
+                    .unwrap()
+            ]
+        );
+        assert!(addrs.iter().all(is_relayed));
+        assert!(nat.circuit_addrs(&relay).is_empty(), "never through itself");
+    }
+
+    #[test]
+    fn auto_listens_through_relays_only_while_private() {
+        let mut nat = Reachability::new(&NatConfig::default(), false);
+        assert!(!nat.wants_relays());
+        nat.on_autonat(&autonat::NatStatus::Private);
+        assert!(nat.wants_relays());
+        nat.on_autonat(&autonat::NatStatus::Public(Multiaddr::empty()));
+        assert!(!nat.wants_relays());
+        let never = Reachability::new(
+            &NatConfig {
+                use_relay: UseRelay::Never,
+                ..NatConfig::default()
+            },
+            false,
+        );
+        assert!(!never.wants_relays());
+        let mut relay = Reachability::new(&NatConfig::default(), true);
+        relay.on_autonat(&autonat::NatStatus::Private);
+        assert!(!relay.wants_relays(), "a relay never reserves on another");
+        assert_eq!(
+            Reachability::new(&NatConfig::default(), true).status(),
+            Status::Public
+        );
+    }
+
+    #[test]
+    fn a_relay_address_without_its_peer_id_is_ignored() {
+        let nat = Reachability::new(
+            &NatConfig {
+                relays: vec!["/ip4/10.0.0.1/tcp/4600".parse().unwrap()],
+                ..NatConfig::default()
+            },
+            false,
+        );
+        assert!(nat.circuit_addrs(&peer()).is_empty());
+    }
+}

@@ -476,8 +476,8 @@ mod tests {
         }
     }
 
-    fn gated() -> (Arc<Ledger<GatedStore>>, mpsc::Sender<()>) {
-        let (open, gate) = mpsc::channel();
+    fn gated() -> (Arc<Ledger<GatedStore>>, mpsc::SyncSender<()>) {
+        let (open, gate) = mpsc::sync_channel(1);
         let store = GatedStore {
             inner: MemoryStore::new(),
             gate: Mutex::new(None),

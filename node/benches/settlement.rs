@@ -21,7 +21,9 @@
 //! bench runs in this process), and the ratio against the raw signature
 //! budget: raw ed25519 verifies/s measured in the same run divided by
 //! those verifications per settlement. Target: >= 0.5 for 8 and 64 at
-//! once.
+//! once. Also printed: the writes of the coordinators' books and the
+//! flushes that made them durable, to show how far the group commit
+//! shares flushes.
 //!
 //! Run: `cargo bench -p rigmesh-node --bench settlement`
 
@@ -312,6 +314,15 @@ async fn settle(quorum: Quorum, supplier: Keypair, lease: Funded) -> Vec<Duratio
     latencies
 }
 
+/// Flushes and writes of the coordinators' books so far, all together.
+fn group_commits(coordinators: &[RunningNode]) -> (u64, u64) {
+    coordinators
+        .iter()
+        .filter_map(|c| c.coordinator.as_ref())
+        .map(|role| role.ledger.group_commit_stats())
+        .fold((0, 0), |(f, w), s| (f + s.flushes, w + s.writes))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -369,6 +380,7 @@ fn main() {
                 seq += 1;
             }
             let checks = crypto::signature_checks();
+            let commits = group_commits(&coordinators);
             let began = Instant::now();
             let mut latencies = Vec::new();
             let mut jobs = funded.into_iter();
@@ -390,6 +402,10 @@ fn main() {
             let verifications =
                 crypto::signature_checks().since(checks).total() as f64 / settlements as f64;
             let rate = settlements as f64 / elapsed;
+            let (flushes, writes) = {
+                let (f1, w1) = group_commits(&coordinators);
+                (f1 - commits.0, w1 - commits.1)
+            };
             let budget = raw / verifications;
             latencies.sort();
             println!(
@@ -397,6 +413,10 @@ fn main() {
                 percentile(&latencies, 0.5).as_secs_f64() * 1e3,
                 percentile(&latencies, 0.99).as_secs_f64() * 1e3,
                 rate / budget,
+            );
+            println!(
+                "            books: {writes} writes in {flushes} flushes at the 4 coordinators, {:.2} writes per flush",
+                writes as f64 / flushes.max(1) as f64
             );
         }
         println!("  target: ratio >= 0.5 with 8 and with 64 at once");

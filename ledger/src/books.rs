@@ -442,7 +442,7 @@ impl<S: Store> Ledger<S> {
         for entry in entries {
             last = posting.post(entry)?;
         }
-        self.commit(&lock, posting.finish()?, action, detail, cause)?;
+        self.commit(lock, posting.finish()?, action, detail, cause)?;
         Ok(last)
     }
 
@@ -485,7 +485,7 @@ impl<S: Store> Ledger<S> {
             },
         )?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::EscrowLocked,
             &format!("lock {} for lease {}", lock.amount, lock.lease),
@@ -531,7 +531,7 @@ impl<S: Store> Ledger<S> {
         let mut batch = Batch::new();
         batch.put_in::<LeaseBooks>(lease, &book)?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::UsageMetered,
             &format!("lease {lease} window {window}: {billable_gpu_ms} GPU-ms"),
@@ -595,7 +595,7 @@ impl<S: Store> Ledger<S> {
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
 
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::Settled,
             &format!(

@@ -342,13 +342,19 @@ impl<S: Store> Ledger<S> {
     {
         let guard = self.lock();
         match self.store().get_in::<C>(key)? {
-            Some(held) if held == *subject => Ok(Lock::Same),
+            Some(held) if held == *subject => {
+                // The lock may be a concurrent writer's batch not flushed
+                // yet; the vote it allows is sent only once it is durable.
+                drop(guard);
+                self.sync()?;
+                Ok(Lock::Same)
+            }
             Some(held) => Ok(Lock::Other(held)),
             None => {
                 let mut batch = Batch::new();
                 batch.put_in::<C>(key, subject)?;
                 with(&mut batch)?;
-                self.commit(&guard, batch, Action::VoteLocked, detail, cause)?;
+                self.commit(guard, batch, Action::VoteLocked, detail, cause)?;
                 Ok(Lock::Taken)
             }
         }
@@ -377,7 +383,7 @@ impl<S: Store> Ledger<S> {
         batch.put_in::<Certificates>(&(kind, *subject), &StoredMessage(bytes))?;
         batch.put_in::<PendingCertificates>(&(kind, *subject), &PendingSince(cause.at))?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::CertificatePending,
             &format!("{kind:?} {subject} held: {reason}"),
@@ -454,7 +460,7 @@ impl<S: Store> Ledger<S> {
             batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
             self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
             self.commit(
-                &guard,
+                guard,
                 batch,
                 Action::EscrowLocked,
                 &format!(
@@ -532,7 +538,7 @@ impl<S: Store> Ledger<S> {
         batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
         self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
         self.commit(
-            &guard,
+            guard,
             batch,
             action,
             &format!(
@@ -778,8 +784,7 @@ impl<S: Store> Ledger<S> {
             cause.at,
         )?;
         self.mark_applied_in(&mut batch, kind, &s.subject, bytes, cause.at)?;
-        self.commit(
-            &guard,
+        self.commit(guard,
             batch,
             Action::Settled,
             &format!(
@@ -845,7 +850,7 @@ impl<S: Store> Ledger<S> {
             cause.at,
         )?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::Deposit,
             &format!("deposit {subject}: {amount} to {account}"),

@@ -375,8 +375,7 @@ impl<S: Store> Ledger<S> {
             certificate.to_bytes()?,
             cause.at,
         )?;
-        self.commit(
-            &guard,
+        self.commit(guard,
             batch,
             Action::DisputeResolved,
             &format!(

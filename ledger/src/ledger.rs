@@ -22,9 +22,29 @@
 //! books.
 //!
 //! Reads never take the write lock and see every completed write.
+//!
+//! # Group commit
+//!
+//! The flush is what a flushed write waits for (an fsync, milliseconds),
+//! while applying its batch takes microseconds. So a write applies its
+//! batch under the write lock, releases the lock, and only then waits for
+//! a flush that covers it: the first writer to find no flush running
+//! flushes everything applied so far, and every writer whose batch was
+//! applied before that flush began returns when it ends. Concurrent
+//! writers therefore share one fsync instead of queueing for one each,
+//! and each still returns only once its own batch is on disk. The writers
+//! waiting are bounded by the caller's own concurrency (a coordinator
+//! answers a bounded number of requests at once).
+//!
+//! A reader can see a batch applied and not yet flushed. Whoever answers
+//! a stranger from what it read (a coordinator re-sending a vote it
+//! already locked, or saying a certificate is applied) calls
+//! [`Ledger::sync`] first, which returns once everything applied before
+//! the call is on disk; it costs nothing when no flush is owed.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use rigmesh_protocol::{Id, PublicKey, UnixMillis};
 
@@ -68,11 +88,68 @@ impl Cause {
     }
 }
 
+/// One group flush, as reported to a [`FlushObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupFlush {
+    /// Write batches this flush made durable.
+    pub writes: u64,
+    /// Writers that were waiting for a flush when this one began, besides
+    /// the one that ran it.
+    pub waiting: u64,
+}
+
+/// Called after every flush the group commit runs (see the module
+/// documentation); a node hangs its metrics here.
+pub type FlushObserver = Arc<dyn Fn(GroupFlush) + Send + Sync>;
+
+/// Totals of the group commit since the ledger was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupCommitStats {
+    /// Flushes run.
+    pub flushes: u64,
+    /// Write batches they made durable.
+    pub writes: u64,
+    /// Writers waiting for a flush right now.
+    pub waiting: u64,
+}
+
+/// Where the group commit stands: write batches are numbered as they are
+/// applied (under the write lock, so in the order the store holds them).
+#[derive(Debug, Default)]
+struct FlushState {
+    /// The number of the last batch applied.
+    applied: u64,
+    /// Every batch up to this number is on disk.
+    durable: u64,
+    /// A writer is flushing now.
+    flushing: bool,
+    /// Writers waiting for a flush to end.
+    waiting: u64,
+}
+
+#[derive(Default)]
+struct GroupCommit {
+    state: Mutex<FlushState>,
+    done: Condvar,
+    flushes: AtomicU64,
+    writes: AtomicU64,
+    observer: OnceLock<FlushObserver>,
+}
+
+impl GroupCommit {
+    fn state(&self) -> MutexGuard<'_, FlushState> {
+        // The state is a few counters changed whole; a panic elsewhere
+        // cannot leave them half-written.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The ledger.
 pub struct Ledger<S: Store = SledStore> {
     store: S,
     durability: Durability,
     writer: Mutex<()>,
+    group: GroupCommit,
 }
 
 impl<S: Store> std::fmt::Debug for Ledger<S> {
@@ -114,6 +191,7 @@ impl<S: Store> Ledger<S> {
             store,
             durability,
             writer: Mutex::new(()),
+            group: GroupCommit::default(),
         })
     }
 
@@ -138,12 +216,87 @@ impl<S: Store> Ledger<S> {
         WriteLock(self.writer.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Returns once every write applied before the call is on disk
+    /// (with [`Durability::Buffered`], at once). Call it before telling
+    /// anyone something read from the ledger that must survive a crash:
+    /// a write method waits for its own batch, but a reader may see a
+    /// concurrent writer's batch before that batch is flushed.
+    pub fn sync(&self) -> Result<()> {
+        if self.durability != Durability::Flushed {
+            return Ok(());
+        }
+        let applied = self.group.state().applied;
+        self.durable(applied)
+    }
+
+    /// Makes write batch number `ticket` durable: waits for a flush that
+    /// began after it was applied, or runs one (the group commit of the
+    /// module documentation).
+    fn durable(&self, ticket: u64) -> Result<()> {
+        let mut state = self.group.state();
+        loop {
+            if state.durable >= ticket {
+                return Ok(());
+            }
+            if state.flushing {
+                state.waiting += 1;
+                state = self
+                    .group
+                    .done
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state.waiting -= 1;
+                continue;
+            }
+            // This writer flushes for everyone: every batch numbered up to
+            // `target` was written to the store before the flush starts.
+            state.flushing = true;
+            let target = state.applied;
+            let waiting = state.waiting;
+            drop(state);
+            let flushed = self.store.flush();
+            state = self.group.state();
+            state.flushing = false;
+            let writes = target.saturating_sub(state.durable);
+            if flushed.is_ok() {
+                state.durable = state.durable.max(target);
+            }
+            // Woken either way: after a failed flush the next waiter tries
+            // its own, and each caller hears only its own flush's error.
+            self.group.done.notify_all();
+            flushed?;
+            drop(state);
+            self.group.flushes.fetch_add(1, Ordering::Relaxed);
+            self.group.writes.fetch_add(writes, Ordering::Relaxed);
+            if let Some(observe) = self.group.observer.get() {
+                observe(GroupFlush { writes, waiting });
+            }
+            state = self.group.state();
+        }
+    }
+
+    /// Calls `observer` after every group flush from now on (the first
+    /// observer set stays; returns false if one was set already).
+    pub fn observe_flushes(&self, observer: FlushObserver) -> bool {
+        self.group.observer.set(observer).is_ok()
+    }
+
+    /// Totals of the group commit so far.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            flushes: self.group.flushes.load(Ordering::Relaxed),
+            writes: self.group.writes.load(Ordering::Relaxed),
+            waiting: self.group.state().waiting,
+        }
+    }
+
     /// Appends the audit record for `action` to `batch`, writes the batch
-    /// atomically and flushes it if the durability asks. Returns the
-    /// audit sequence.
+    /// atomically, releases the write lock and, if the durability asks,
+    /// returns only once a flush covers the batch (shared with concurrent
+    /// writers: see the module documentation). Returns the audit sequence.
     pub(crate) fn commit(
         &self,
-        _lock: &WriteLock<'_>,
+        lock: WriteLock<'_>,
         mut batch: Batch,
         action: Action,
         detail: &str,
@@ -169,10 +322,22 @@ impl<S: Store> Ledger<S> {
         };
         batch.put_in::<Audit>(&head.next_seq, &sealed)?;
         batch.put_in::<AuditHeads>(&Slot, &next)?;
-        self.store.write(&batch)?;
-        if self.durability == Durability::Flushed {
-            self.store.flush()?;
+        if self.durability != Durability::Flushed {
+            self.store.write(&batch)?;
+            return Ok(head.next_seq);
         }
+        // Applied and numbered under the group's state lock, so a reader
+        // that saw this batch and then asks for a sync finds it counted.
+        let ticket = {
+            let mut state = self.group.state();
+            self.store.write(&batch)?;
+            state.applied += 1;
+            state.applied
+        };
+        // The next writer may apply its batch while this one waits for
+        // the disk: that overlap is what lets them share a flush.
+        drop(lock);
+        self.durable(ticket)?;
         Ok(head.next_seq)
     }
 
@@ -182,7 +347,7 @@ impl<S: Store> Ledger<S> {
     pub fn record_refusal(&self, what: &str, reason: &str, cause: &Cause) -> Result<u64> {
         let lock = self.lock();
         self.commit(
-            &lock,
+            lock,
             Batch::new(),
             Action::Refused,
             &format!("{what}: {reason}"),
@@ -195,7 +360,7 @@ impl<S: Store> Ledger<S> {
     /// nothing but the audit chain.
     pub fn record_request(&self, detail: &str, cause: &Cause) -> Result<u64> {
         let lock = self.lock();
-        self.commit(&lock, Batch::new(), Action::Requested, detail, cause)
+        self.commit(lock, Batch::new(), Action::Requested, detail, cause)
     }
 
     /// Records who asked for an operator write through the API and what
@@ -204,7 +369,7 @@ impl<S: Store> Ledger<S> {
     /// without its record. Changes nothing but the audit chain.
     pub fn record_operator_request(&self, detail: &str, cause: &Cause) -> Result<u64> {
         let lock = self.lock();
-        self.commit(&lock, Batch::new(), Action::OperatorRequest, detail, cause)
+        self.commit(lock, Batch::new(), Action::OperatorRequest, detail, cause)
     }
 
     /// Audit records so far (the sequence the next one gets).
@@ -258,6 +423,158 @@ mod tests {
         fn shareable<T: Send + Sync>() {}
         shareable::<Ledger<SledStore>>();
         shareable::<Ledger<MemoryStore>>();
+    }
+
+    use crate::store::{KeyRange, RawScan, TreeName};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// A memory store whose first flush waits for the test to open its
+    /// gate, and that remembers how many batches each flush covered.
+    struct GatedStore {
+        inner: MemoryStore,
+        gate: Mutex<Option<mpsc::Receiver<()>>>,
+        written: AtomicUsize,
+        durable: AtomicUsize,
+        flushes: AtomicUsize,
+        fail_next: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for GatedStore {
+        fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(tree, key)
+        }
+        fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<()> {
+            self.inner.put(tree, key, value)
+        }
+        fn delete(&self, tree: TreeName, key: &[u8]) -> Result<()> {
+            self.inner.delete(tree, key)
+        }
+        fn write(&self, batch: &Batch) -> Result<()> {
+            self.inner.write(batch)?;
+            self.written.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn scan(&self, tree: TreeName, range: KeyRange, direction: Direction) -> RawScan<'_> {
+            self.inner.scan(tree, range, direction)
+        }
+        fn flush(&self) -> Result<()> {
+            let covers = self.written.load(Ordering::SeqCst);
+            if let Some(gate) = self.gate.lock().unwrap().take() {
+                gate.recv().unwrap();
+            }
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(crate::Error::Corrupt { what: "the disk" });
+            }
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            self.durable.fetch_max(covers, Ordering::SeqCst);
+            Ok(())
+        }
+        fn is_empty(&self) -> Result<bool> {
+            self.inner.is_empty()
+        }
+    }
+
+    fn gated() -> (Arc<Ledger<GatedStore>>, mpsc::SyncSender<()>) {
+        let (open, gate) = mpsc::sync_channel(1);
+        let store = GatedStore {
+            inner: MemoryStore::new(),
+            gate: Mutex::new(None),
+            written: AtomicUsize::new(0),
+            durable: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
+            fail_next: std::sync::atomic::AtomicBool::new(false),
+        };
+        let ledger = Ledger::with_store(store, Durability::Flushed).unwrap();
+        // Opening wrote and flushed the schema: the gate is for what follows.
+        ledger.store().written.store(0, Ordering::SeqCst);
+        ledger.store().durable.store(0, Ordering::SeqCst);
+        ledger.store().flushes.store(0, Ordering::SeqCst);
+        *ledger.store().gate.lock().unwrap() = Some(gate);
+        (Arc::new(ledger), open)
+    }
+
+    fn cause(n: u8) -> Cause {
+        Cause::new(
+            rigmesh_protocol::Keypair::from_seed([n; 32]).public(),
+            Id::ZERO,
+            UnixMillis(1),
+        )
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_share_a_flush_and_return_only_after_it() {
+        let (ledger, open) = gated();
+        let returned = Arc::new(AtomicUsize::new(0));
+        let write = |n: u8| {
+            let (ledger, returned) = (ledger.clone(), returned.clone());
+            std::thread::spawn(move || {
+                ledger.record_request(&format!("writer {n}"), &cause(n))?;
+                returned.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, crate::Error>(())
+            })
+        };
+        // The first writer's flush is held at the gate...
+        let first = write(1);
+        wait_until("the first flush starts", || {
+            ledger.group.state().flushing && ledger.store().written.load(Ordering::SeqCst) == 1
+        });
+        // ...while four more apply their batches and queue behind it, and
+        // a reader asks for what it saw to be durable.
+        let others: Vec<_> = (2..6).map(write).collect();
+        let reader = {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || ledger.sync())
+        };
+        wait_until("five wait for the flush", || {
+            ledger.group_commit_stats().waiting == 5
+        });
+        assert_eq!(ledger.store().written.load(Ordering::SeqCst), 5);
+        assert_eq!(
+            returned.load(Ordering::SeqCst),
+            0,
+            "acknowledged before durable"
+        );
+        assert_eq!(ledger.store().durable.load(Ordering::SeqCst), 0);
+        open.send(()).unwrap();
+        first.join().unwrap().unwrap();
+        for writer in others {
+            writer.join().unwrap().unwrap();
+        }
+        reader.join().unwrap().unwrap();
+        // One flush for the first batch, one for the four behind it.
+        assert_eq!(ledger.store().flushes.load(Ordering::SeqCst), 2);
+        assert_eq!(ledger.store().durable.load(Ordering::SeqCst), 5);
+        let stats = ledger.group_commit_stats();
+        assert_eq!((stats.flushes, stats.writes, stats.waiting), (2, 5, 0));
+        assert_eq!(ledger.audit_len().unwrap(), 5);
+        assert!(ledger.verify_audit().unwrap().is_intact());
+        // Nothing is owed now: a sync flushes nothing.
+        ledger.sync().unwrap();
+        assert_eq!(ledger.store().flushes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failed_flush_is_the_writers_error_and_the_next_flush_covers_it() {
+        let (ledger, open) = gated();
+        open.send(()).unwrap();
+        ledger.store().fail_next.store(true, Ordering::SeqCst);
+        assert!(ledger.record_request("lost?", &cause(1)).is_err());
+        assert_eq!(ledger.store().durable.load(Ordering::SeqCst), 0);
+        // The batch is applied but not known durable: a sync flushes it.
+        ledger.sync().unwrap();
+        assert_eq!(ledger.store().durable.load(Ordering::SeqCst), 1);
+        ledger.record_request("next", &cause(2)).unwrap();
+        assert_eq!(ledger.store().durable.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub use coordinator::{
 };
 pub use disputes::{DisputeCase, DisputeRecord};
 pub use error::{Error, Result};
-pub use ledger::{Cause, Durability, Ledger, MAX_PAGE};
+pub use ledger::{
+    Cause, Durability, FlushObserver, GroupCommitStats, GroupFlush, Ledger, MAX_PAGE,
+};
 pub use market::{
     BanRecord, CaseEvidence, MarketPage, MarketRecord, MarketStore, OffenceRecord, OfferKey,
 };

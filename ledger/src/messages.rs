@@ -130,7 +130,7 @@ impl<S: Store> Ledger<S> {
         }
         let mut batch = Batch::new();
         batch.put_in::<C>(key, &StoredMessage(bytes))?;
-        self.commit(&guard, batch, action, detail, cause)?;
+        self.commit(guard, batch, action, detail, cause)?;
         Ok(PutOutcome::Stored)
     }
 

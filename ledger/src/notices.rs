@@ -141,7 +141,7 @@ impl<S: Store> Ledger<S> {
             },
         )?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::NotificationQueued,
             &format!("notification {seq} via {}", notification.channel),
@@ -169,7 +169,7 @@ impl<S: Store> Ledger<S> {
         let mut batch = Batch::new();
         batch.put_in::<Outbox>(&seq, &notification)?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::NotificationQueued,
             &format!("notification {seq} attempt {}", notification.attempts),
@@ -198,7 +198,7 @@ impl<S: Store> Ledger<S> {
             },
         )?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::NotificationDelivered,
             &format!("notification {seq}"),
@@ -215,7 +215,7 @@ impl<S: Store> Ledger<S> {
         let mut batch = Batch::new();
         batch.put_in::<PeerScores>(&key, score)?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::PeerScored,
             &format!(

@@ -161,7 +161,7 @@ impl<S: Store> Ledger<S> {
             OfferOutcome::Replaced(old) => format!("offer {id} replaces {old}"),
             _ => format!("offer {id}"),
         };
-        self.commit(&guard, batch, Action::OfferStored, &detail, cause)?;
+        self.commit(guard, batch, Action::OfferStored, &detail, cause)?;
         Ok(outcome)
     }
 
@@ -193,7 +193,7 @@ impl<S: Store> Ledger<S> {
             return Ok(false);
         }
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::OfferRemoved,
             &format!("offer {id}"),
@@ -225,7 +225,7 @@ impl<S: Store> Ledger<S> {
         }
         if removed > 0 {
             self.commit(
-                &guard,
+                guard,
                 batch,
                 Action::OfferRemoved,
                 &format!("{removed} expired offers"),

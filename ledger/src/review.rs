@@ -165,7 +165,7 @@ impl<S: Store> Ledger<S> {
                 approved_by: None,
             },
         )?;
-        self.commit(&guard, batch, Action::HeldForReview, detail, cause)?;
+        self.commit(guard, batch, Action::HeldForReview, detail, cause)?;
         Ok(Hold::Held)
     }
 
@@ -189,7 +189,7 @@ impl<S: Store> Ledger<S> {
         let mut batch = Batch::default();
         batch.put_in::<Held>(&(kind, *subject), &held)?;
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::ReviewDecided,
             &format!("{kind:?} {subject} approved by {admin}"),
@@ -226,7 +226,7 @@ impl<S: Store> Ledger<S> {
             }
         }
         self.commit(
-            &guard,
+            guard,
             batch,
             Action::ReviewDecided,
             &format!("{kind:?} {subject} rejected by {admin}"),

@@ -1101,3 +1101,29 @@ fn a_top_up_and_the_final_settlement_agree_in_either_order() {
     let refused = net.c(0).vote_escrow(&late, &agreement, now()).unwrap_err();
     assert_eq!(refused.code, "lease_closed");
 }
+
+#[test]
+fn an_applied_certificate_sent_again_is_answered_at_once_but_a_forged_copy_is_still_checked() {
+    let net = Net::new();
+    let cert = funded(&net);
+    let before = net.ledgers[0].audit_len().unwrap();
+    // The same bytes again (as a supplier sends the escrow certificate
+    // with every settlement request): already applied, nothing written.
+    assert_eq!(
+        net.c(0).apply_escrow(&cert, now()).unwrap(),
+        Applied::AlreadyApplied
+    );
+    assert_eq!(net.ledgers[0].audit_len().unwrap(), before);
+    // The same subject with one vote's signature forged: other bytes, so
+    // its votes are checked, and it is refused as a forgery.
+    let mut forged = cert.clone();
+    forged.votes[0].signature = forged.votes[1].signature;
+    let refusal = net.c(0).apply_escrow(&forged, now()).unwrap_err();
+    assert_eq!(refusal.code, "bad_signature", "{refusal}");
+    // And a copy with a vote too few is no certificate at all.
+    let mut short = cert.clone();
+    short.votes.pop();
+    let refusal = net.c(0).apply_escrow(&short, now()).unwrap_err();
+    assert_eq!(refusal.code, "too_few_votes", "{refusal}");
+    net.assert_agree(&[0, 1, 2, 3]);
+}

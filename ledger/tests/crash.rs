@@ -11,6 +11,11 @@
 //! parent knows what each acknowledgement promises:
 //! `s % 4 == 0` deposit, `1` escrow lock, `2` metered window, `3` final
 //! settlement (the last three touch several trees in one batch).
+//!
+//! A second phase kills a child whose writers run concurrently, so their
+//! writes share flushes (the ledger's group commit): each of 8 threads
+//! deposits under its own ids and prints each one after the call returns,
+//! and every printed deposit must survive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -23,7 +28,10 @@ use rigmesh_ledger::{Account, EscrowLock, FeeRate, Ledger, SettleTerms};
 use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 
 const CHILD: &str = "RIGMESH_LEDGER_CRASH_CHILD";
+const CONCURRENT_CHILD: &str = "RIGMESH_LEDGER_CRASH_CONCURRENT_CHILD";
 const KILLS: usize = 24;
+const CONCURRENT_KILLS: usize = 8;
+const WRITERS: u64 = 8;
 
 fn customer() -> PublicKey {
     PublicKey([1; 32])
@@ -104,6 +112,107 @@ fn child(dir: &Path) {
     }
 }
 
+/// The deposit writer `w` makes in its `n`-th call (ids unique across
+/// restarts: `start` is where this run of the child began).
+fn concurrent_id(w: u64, n: u64) -> Id {
+    id(0xd0 + w as u8, n)
+}
+
+fn concurrent_child(dir: &Path) {
+    let ledger = std::sync::Arc::new(Ledger::open(dir).unwrap());
+    // Each run starts past every id an earlier run could have used.
+    let start = ledger.audit_len().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let out = std::io::stdout();
+                let mut n = start;
+                while Instant::now() < deadline {
+                    let cause = rigmesh_ledger::Cause::new(
+                        customer(),
+                        concurrent_id(w, n),
+                        UnixMillis(1_790_000_000_000),
+                    );
+                    ledger
+                        .deposit(
+                            customer(),
+                            Credits::from_units(1),
+                            concurrent_id(w, n),
+                            &cause,
+                        )
+                        .unwrap();
+                    // Acknowledged only now that the call has returned.
+                    let mut lock = out.lock();
+                    writeln!(lock, "{w} {n}").unwrap();
+                    lock.flush().unwrap();
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+}
+
+/// Runs the concurrent phase in a directory of its own.
+fn concurrent_phase(mut seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    for round in 0..CONCURRENT_KILLS {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(20 + seed % 180);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CONCURRENT_CHILD, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map(|l| {
+                    let line = l.unwrap();
+                    let (w, n) = line.trim().split_once(' ').unwrap();
+                    (w.parse::<u64>().unwrap(), n.parse::<u64>().unwrap())
+                })
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "child finished instead of being killed");
+        let this_round = reader.join().unwrap();
+        acked.extend(&this_round);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let audit = ledger.verify_audit().unwrap();
+        assert!(audit.is_intact(), "audit chain broken: {:?}", audit.broken);
+        for &(w, n) in &acked {
+            assert!(
+                ledger.is_posted(&concurrent_id(w, n)).unwrap(),
+                "deposit {n} of writer {w} acknowledged and lost"
+            );
+        }
+        let books = ledger.check_books().unwrap();
+        assert_eq!(
+            books.totals.held().unwrap(),
+            books.totals.external.checked_neg().unwrap()
+        );
+        println!(
+            "concurrent round {round}: killed after {:3} ms, {:3} acknowledged by {WRITERS} writers, {} audit records survive",
+            delay.as_millis(),
+            this_round.len(),
+            audit.verified
+        );
+    }
+    assert!(!acked.is_empty(), "the writers never acknowledged anything");
+}
+
 /// Checks that everything acknowledged so far survived.
 fn check(dir: &Path, acked: &[u64]) -> u64 {
     let ledger = Ledger::open(dir).unwrap();
@@ -152,6 +261,10 @@ fn main() {
         child(Path::new(&dir));
         return;
     }
+    if let Ok(dir) = std::env::var(CONCURRENT_CHILD) {
+        concurrent_child(Path::new(&dir));
+        return;
+    }
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let mut seed = SystemTime::now()
@@ -196,6 +309,7 @@ fn main() {
         );
     }
     assert!(!acked.is_empty(), "the child never acknowledged anything");
+    concurrent_phase(seed);
     println!(
         "crash test passed: {KILLS} kills, {} acknowledged operations, {records} records, {:.1} s",
         acked.len(),

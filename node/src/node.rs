@@ -395,6 +395,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         if let Some(table) = &config.coordinators {
             role.deposit_alert_above = table.deposit_alert()?;
         }
+        if let Some(m) = &coordinator_metrics {
+            let m = m.clone();
+            role.ledger
+                .observe_flushes(Arc::new(move |flush| m.flushed(flush)));
+        }
         role.metrics = coordinator_metrics;
         role.review = review.clone();
         let role = Arc::new(role);

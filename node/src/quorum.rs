@@ -135,7 +135,7 @@ impl Quorum {
                         // receive, so it is held to the same limits.
                         let answer = tokio::task::spawn_blocking(move || {
                             CoordinatorRequest::from_bytes(&bytes)
-                                .map(|request| role.answer(request, UnixMillis::now()))
+                                .map(|request| role.answer_durably(request, UnixMillis::now()))
                                 .map_err(|e| e.to_string())
                         })
                         .await

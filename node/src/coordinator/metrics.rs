@@ -1,6 +1,7 @@
 //! Prometheus metrics of a coordinator: requests by kind and outcome,
 //! refusals by code, how long answers take, how many wait, certificates
-//! applied, money moved and alerts raised.
+//! applied, money moved, alerts raised, and how its books' group commit
+//! shares flushes (writes per flush, writers queued behind one).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,6 +58,12 @@ pub struct CoordinatorMetrics {
     pub moved_micro: Family<KindLabel, Counter>,
     /// Alerts raised, by rule.
     pub alerts: Family<RuleLabel, Counter>,
+    /// Write batches of the books made durable by one flush (the group
+    /// commit's batch size; its count is the number of flushes).
+    pub commit_batch: Histogram,
+    /// Writers waiting for the books' flush when one began (the group
+    /// commit's queue depth).
+    pub commit_queue: Histogram,
 }
 
 impl CoordinatorMetrics {
@@ -70,6 +77,8 @@ impl CoordinatorMetrics {
             applied: Family::default(),
             moved_micro: Family::default(),
             alerts: Family::default(),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            commit_queue: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_coordinator");
         r.register(
@@ -103,7 +112,23 @@ impl CoordinatorMetrics {
             metrics.moved_micro.clone(),
         );
         r.register("alerts", "Alerts raised, by rule", metrics.alerts.clone());
+        r.register(
+            "commit_batch_writes",
+            "Write batches of the books made durable by one flush",
+            metrics.commit_batch.clone(),
+        );
+        r.register(
+            "commit_queue_writers",
+            "Writers waiting for the books' flush when one began",
+            metrics.commit_queue.clone(),
+        );
         metrics
+    }
+
+    /// Records one group flush of the books.
+    pub fn flushed(&self, flush: rigmesh_ledger::GroupFlush) {
+        self.commit_batch.observe(flush.writes as f64);
+        self.commit_queue.observe(flush.waiting as f64);
     }
 
     /// Counts one answer to a request of kind `request` (see
@@ -292,6 +317,10 @@ mod tests {
         m.applied(&CertificateFrame::Deposit(
             rigmesh_protocol::samples::deposit().unwrap(),
         ));
+        m.flushed(rigmesh_ledger::GroupFlush {
+            writes: 5,
+            waiting: 4,
+        });
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -316,6 +345,14 @@ mod tests {
         );
         assert!(
             text.contains("rigmesh_coordinator_moved_micro_total{kind=\"deposit\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rigmesh_coordinator_commit_batch_writes_sum 5.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rigmesh_coordinator_commit_queue_writers_count 1"),
             "{text}"
         );
     }

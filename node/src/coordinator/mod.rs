@@ -390,6 +390,22 @@ impl CoordinatorRole {
         reports
     }
 
+    /// The answer to one request, given only once everything it rests on
+    /// is on disk: an answer may read a concurrent writer's batch that
+    /// the group commit has not flushed yet (a vote lock, a certificate
+    /// applied), and must not be sent before it is durable.
+    pub fn answer_durably(
+        &self,
+        request: CoordinatorRequest,
+        now: UnixMillis,
+    ) -> CoordinatorResponse {
+        let response = self.answer(request, now);
+        match self.ledger.sync() {
+            Ok(()) => response,
+            Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+        }
+    }
+
     /// The answer to one request.
     pub fn answer(&self, request: CoordinatorRequest, now: UnixMillis) -> CoordinatorResponse {
         let rules = self.rules();
@@ -962,7 +978,7 @@ async fn answer_bytes(
     let (kind, response) = match CoordinatorRequest::from_bytes(&bytes) {
         Ok(request) => (
             metrics::request_kind(&request),
-            tokio::task::spawn_blocking(move || role.answer(request, UnixMillis::now()))
+            tokio::task::spawn_blocking(move || role.answer_durably(request, UnixMillis::now()))
                 .await
                 .unwrap_or_else(|e| CoordinatorResponse::Refused(format!("internal: {e}"))),
         ),
@@ -1035,7 +1051,8 @@ pub async fn run(
             Some(request) = inbound.recv() => {
                 // Requests are answered concurrently, a bounded number at a
                 // time: the ledger's locks and its one writer keep each vote
-                // and each application atomic. Admission is bounded before
+                // and each application atomic, and its group commit lets
+                // the answers in flight share one flush of the books. Admission is bounded before
                 // anything is spawned: past MAX_WAITING_ANSWERS waiting, a
                 // request is answered `busy` at once (no strike; the sender
                 // retries as after a timeout).

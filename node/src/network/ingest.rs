@@ -321,7 +321,7 @@ fn set(outcomes: &mut [Outcome], index: usize, outcome: Outcome) {
 /// The ingest task: takes up to `batch` queued items at a time, processes
 /// them, and sends the verdicts back to the swarm task. Ends when the queue
 /// closes.
-pub(crate) async fn run(
+pub async fn run(
     ingest: Ingest,
     mut queue: mpsc::Receiver<IngestItem>,
     verdicts: mpsc::Sender<Vec<Verdict>>,

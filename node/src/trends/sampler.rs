@@ -1,7 +1,7 @@
 //! The task that feeds the series a node samples rather than records as
 //! it happens, and that warns a customer ahead of its caps:
 //!
-//! - the market, from the live offers in the gossip store: per GPU model
+//! - the market, from the live offers in the order book: per GPU model
 //!   the offers and the 10th, 50th and 90th percentile of their prices;
 //! - a supplier, from its role's view: what its leases earned and the
 //!   GPU time they sold since the last sample, and the share of its GPUs
@@ -10,13 +10,13 @@
 //!   horizon, and a `forecast.cap` alert for each cap it runs through.
 //!   (Its spend itself is recorded by the role as each window is acked.)
 //!
-//! Store reads run on the blocking pool; writes go through the
+//! The market is read from the order book in memory (no store scan);
+//! writes go through the
 //! [`SeriesWriter`]'s queue.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::{Credits, Id, UnixMillis};
 use tokio::sync::{mpsc, watch};
 
@@ -32,8 +32,8 @@ pub struct Sampling {
     pub writer: SeriesWriter,
     /// The forecasts (for the customer's cap alerts).
     pub forecasts: Arc<Forecasts>,
-    /// The gossip store.
-    pub store: Arc<MarketStore>,
+    /// The node's order book (the live offers).
+    pub book: Arc<crate::orderbook::OrderBook>,
     /// The supplier role's view, on a supplier.
     pub supplier: Option<watch::Receiver<SupplierView>>,
     /// The customer role, on a customer.
@@ -51,14 +51,14 @@ fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
 /// Per GPU model: the live offers and their price percentiles
 /// (micro-credits per GPU-hour).
 pub fn market_snapshot(
-    offers: &[rigmesh_protocol::Signed<rigmesh_protocol::Offer>],
+    prices_by_model: &BTreeMap<String, Vec<Credits>>,
 ) -> BTreeMap<String, (i64, [i64; 3])> {
     let mut prices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for offer in offers {
+    for (model, listed) in prices_by_model {
         prices
-            .entry(model_key(&offer.body.gpu_model))
+            .entry(model_key(model))
             .or_default()
-            .push(offer.body.price_per_gpu_hour.units());
+            .extend(listed.iter().map(|p| p.units()));
     }
     prices
         .into_iter()
@@ -211,19 +211,17 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
             }
             _ = tick.tick() => {
                 let now = UnixMillis::now();
-                let store = s.store.clone();
-                match tokio::task::spawn_blocking(move || crate::api::local::live_offers(&store)).await {
-                    Ok(Ok(offers)) => {
-                        let hour = hour_at(now);
-                        for (model, (count, [p10, p50, p90])) in market_snapshot(&offers) {
-                            s.writer.set(&format!("market/{model}/offers"), hour, count);
-                            s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
-                            s.writer.set(&format!("market/{model}/price_p50"), hour, p50);
-                            s.writer.set(&format!("market/{model}/price_p90"), hour, p90);
-                        }
+                // Not before the book is read, or the first hour would
+                // count a market half loaded.
+                if s.book.is_loaded() {
+                    let hour = hour_at(now);
+                    let prices = s.book.prices(now);
+                    for (model, (count, [p10, p50, p90])) in market_snapshot(&prices) {
+                        s.writer.set(&format!("market/{model}/offers"), hour, count);
+                        s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
+                        s.writer.set(&format!("market/{model}/price_p50"), hour, p50);
+                        s.writer.set(&format!("market/{model}/price_p90"), hour, p90);
                     }
-                    Ok(Err(err)) => tracing::debug!(%err, "market not sampled"),
-                    Err(err) => tracing::debug!(%err, "market sampling task failed"),
                 }
                 if let Some(view) = &s.supplier {
                     let view = view.borrow().clone();

@@ -552,6 +552,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     settled,
                     store: store.clone(),
                     min_customer_bp: config.supplier.min_customer_reputation_bp,
+                    book: book.clone(),
                 })
             }
             _ => None,

@@ -24,6 +24,11 @@
 //! it from its `expires_at`, and expired entries are swept on each write
 //! and by [`OrderBook::sweep`].
 //!
+//! The reputation that ranks suppliers comes from the same place: the
+//! coordinators' signed reports are kept here as they are stored (the
+//! newest of each coordinator, subject, role and epoch), so a bid looks
+//! up the suppliers it ranks instead of reading every report ever stored.
+//!
 //! Bound: the store keeps one offer per device set and none past its
 //! expiry, at most a day after it was made (`OFFER_MAX_TTL_MS`). The book
 //! holds at most [`MAX_OFFERS`]; past that it refuses offers for device
@@ -41,7 +46,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::rpc::SyncTopic;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Credits, Id, Kind, Offer, PublicKey, Signature, Signed, UnixMillis};
+use rigmesh_protocol::{
+    CoordinatorSet, Credits, Id, Kind, Offer, PublicKey, ReputationReport, Role, Signature, Signed,
+    UnixMillis,
+};
 
 use crate::customer::book::{BookQuery, Misfit, NoMatch, Terms};
 use crate::error::{Error, Result};
@@ -251,7 +259,7 @@ impl Book {
         // Verified offers are signed by their supplier; the book rebuilds
         // the envelope with the supplier as signer, so anything else is
         // not kept.
-        if o.expires_at <= now || offer.signer != o.supplier {
+        if offer.signer != o.supplier {
             return Change::Ignored;
         }
         let device = (o.supplier, o.hardware_fingerprint);
@@ -263,9 +271,21 @@ impl Book {
                 self.remove(slot);
                 true
             }
-            None if self.by_device.len() >= MAX_OFFERS => return Change::Full,
             None => false,
         };
+        // A newer offer that has already expired is how a supplier
+        // withdraws one (its GPUs are all leased): the older offer goes,
+        // and nothing takes its place.
+        if o.expires_at <= now {
+            return if replaced {
+                Change::Replaced
+            } else {
+                Change::Ignored
+            };
+        }
+        if !replaced && self.by_device.len() >= MAX_OFFERS {
+            return Change::Full;
+        }
         let entry = Entry {
             id,
             supplier: o.supplier,
@@ -454,10 +474,68 @@ pub struct MarketSummary {
     pub regions: BTreeSet<String>,
 }
 
+/// Reports are keyed by role, subject, coordinator and epoch, so one
+/// subject's reports in a role are one range.
+type ReportKey = (u8, PublicKey, PublicKey, u64);
+
+fn role_tag(role: Role) -> u8 {
+    match role {
+        Role::Supplier => 0,
+        Role::Customer => 1,
+    }
+}
+
+/// The newest report of each coordinator about each account: when it was
+/// made, its id (the lower id wins a tie, as a scan in id order keeps the
+/// first) and its score.
+#[derive(Debug, Default)]
+struct Reports {
+    newest: BTreeMap<ReportKey, (UnixMillis, Id, u16)>,
+}
+
+impl Reports {
+    fn insert(&mut self, report: &Signed<ReputationReport>, id: Id) {
+        let r = &report.body;
+        let key = (role_tag(r.role), r.subject, r.coordinator, r.epoch);
+        let value = (r.created_at, id, r.score_bp);
+        match self.newest.get_mut(&key) {
+            Some(held) => {
+                if (r.created_at, Reverse(id)) > (held.0, Reverse(held.1)) {
+                    *held = value;
+                }
+            }
+            None => {
+                self.newest.insert(key, value);
+            }
+        }
+    }
+
+    /// The median of the newest scores of `subject` in `role` by the
+    /// members of `set` in its epoch (the lower middle of an even count).
+    fn score(&self, role: Role, subject: &PublicKey, set: &CoordinatorSet) -> Option<u16> {
+        let tag = role_tag(role);
+        let from = (tag, *subject, PublicKey([0; 32]), 0);
+        let to = (tag, *subject, PublicKey([0xFF; 32]), u64::MAX);
+        let mut scores: Vec<u16> = self
+            .newest
+            .range(from..=to)
+            .filter(|((_, _, coordinator, epoch), _)| {
+                *epoch == set.epoch() && set.contains(coordinator)
+            })
+            .map(|(_, (_, _, score))| *score)
+            .collect();
+        scores.sort_unstable();
+        scores.get(scores.len().checked_sub(1)? / 2).copied()
+    }
+}
+
 /// The node's order book (see the module documentation).
 #[derive(Debug)]
 pub struct OrderBook {
     book: RwLock<Book>,
+    /// Apart from the offers, so a ranking that holds the offers' lock can
+    /// read scores.
+    reports: RwLock<Reports>,
     loaded: tokio::sync::watch::Sender<bool>,
     refused: AtomicU64,
 }
@@ -466,6 +544,7 @@ impl Default for OrderBook {
     fn default() -> Self {
         OrderBook {
             book: RwLock::default(),
+            reports: RwLock::default(),
             loaded: tokio::sync::watch::Sender::new(false),
             refused: AtomicU64::new(0),
         }
@@ -502,6 +581,29 @@ impl OrderBook {
     /// the book stay unless a read one replaces them, so it may run while
     /// writes come in through [`BookedStore`].
     pub fn load(&self, store: &MarketStore) -> Result<usize> {
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let page = store
+                .page(
+                    &[Kind::ReputationReport],
+                    cursor.as_deref(),
+                    LOAD_PAGE,
+                    UnixMillis::now(),
+                )
+                .map_err(|e| Error::Store(e.to_string()))?;
+            let mut reports = Vec::with_capacity(page.items.len());
+            for (_, bytes) in &page.items {
+                match Signed::<ReputationReport>::from_bytes(bytes).and_then(|r| Ok((r.id()?, r))) {
+                    Ok(report) => reports.push(report),
+                    Err(err) => tracing::warn!(%err, "skipping an unreadable stored report"),
+                }
+            }
+            self.apply_reports(reports.iter().map(|(id, r)| (*id, r)));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
         let mut cursor: Option<Vec<u8>> = None;
         let mut read = 0;
         loop {
@@ -565,6 +667,28 @@ impl OrderBook {
                 "the order book is full; offers for new devices are not listed"
             );
         }
+    }
+
+    /// Keeps the coordinators' reports the store has taken, the newest of
+    /// each coordinator, subject, role and epoch.
+    pub fn apply_reports<'a>(
+        &self,
+        reports: impl IntoIterator<Item = (Id, &'a Signed<ReputationReport>)>,
+    ) {
+        let mut held = self.reports.write().unwrap_or_else(PoisonError::into_inner);
+        for (id, report) in reports {
+            held.insert(report, id);
+        }
+    }
+
+    /// The median score, basis points, that the members of `set` give
+    /// `subject` in `role` in their newest reports; `None` when none of
+    /// them reported on it.
+    pub fn score(&self, role: Role, subject: &PublicKey, set: &CoordinatorSet) -> Option<u16> {
+        self.reports
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .score(role, subject, set)
     }
 
     /// Drops the offers expired at `now`; returns how many.
@@ -817,9 +941,15 @@ impl MessageStore for BookedStore {
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         MessageStore::store(&*self.store, batch)?;
         let mut taken = Vec::new();
+        let mut reports = Vec::new();
         for message in batch {
-            let WireMessage::Offer(offer) = &message.message else {
-                continue;
+            let offer = match &message.message {
+                WireMessage::Offer(offer) => offer,
+                WireMessage::ReputationReport(report) => {
+                    reports.push((message.id, report));
+                    continue;
+                }
+                _ => continue,
             };
             let o = &offer.body;
             // The store skips an offer older than the live one of its
@@ -837,6 +967,9 @@ impl MessageStore for BookedStore {
         }
         if !taken.is_empty() {
             self.book.apply(taken, UnixMillis::now());
+        }
+        if !reports.is_empty() {
+            self.book.apply_reports(reports);
         }
         Ok(())
     }
@@ -1015,6 +1148,21 @@ mod tests {
         assert_eq!(book.len(), 1);
         let query = BookQuery::new(first.body.gpu_model.clone(), 1);
         assert_eq!(book.best(&query, &unreported, at, 10), vec![newer]);
+        // A supplier withdraws an offer with a newer one that expires at
+        // once: the offer leaves the book and nothing takes its place.
+        let withdrawal = Signed::sign(
+            Offer {
+                sequence: 7,
+                created_at: at,
+                expires_at: at.plus_ms(1),
+                ..first.body.clone()
+            },
+            &key,
+        )
+        .unwrap();
+        book.apply([(withdrawal.id().unwrap(), &withdrawal)], at.plus_ms(1));
+        assert!(book.is_empty());
+        assert!(book.best(&query, &unreported, at, 10).is_empty());
     }
 
     #[test]
@@ -1159,5 +1307,72 @@ mod tests {
             book.page(&OfferFilter::default(), None, 10, now, true)
         );
         assert_eq!(store.offers_scanned(), 1, "only the re-read scanned");
+    }
+
+    #[test]
+    fn scores_are_those_a_read_of_every_stored_report_gives() {
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let book = Arc::new(OrderBook::loaded_from(&store).unwrap());
+        let booked = BookedStore::new(store.clone(), book.clone());
+        let coordinators: Vec<Keypair> = (0..5u8)
+            .map(|i| Keypair::from_seed([100 + i; 32]))
+            .collect();
+        // Four members in epoch 2; the fifth key is not one of them.
+        let set = CoordinatorSet::new(2, coordinators[..4].iter().map(Keypair::public).collect())
+            .unwrap();
+        let subjects: Vec<Keypair> = (0..6u8)
+            .map(|i| Keypair::from_seed([200 + i; 32]))
+            .collect();
+        let mut dice = Dice(5);
+        let mut batch = Vec::new();
+        for _ in 0..300 {
+            let coordinator = &coordinators[dice.roll(5) as usize];
+            let report = Signed::sign(
+                ReputationReport {
+                    version: PROTOCOL_VERSION,
+                    coordinator: coordinator.public(),
+                    epoch: 1 + dice.roll(2),
+                    subject: subjects[dice.roll(6) as usize].public(),
+                    role: if dice.roll(2) == 0 {
+                        Role::Supplier
+                    } else {
+                        Role::Customer
+                    },
+                    score_bp: dice.roll(10_001) as u16,
+                    completed_leases: 0,
+                    disputes_lost: 0,
+                    missed_windows: 0,
+                    refused_leases: 0,
+                    fingerprint_changes: 0,
+                    period_start: T0.minus_ms(86_400_000),
+                    period_end: T0,
+                    // Few distinct times, so newer and tied reports occur.
+                    created_at: T0.plus_ms(dice.roll(5)),
+                },
+                coordinator,
+            )
+            .unwrap();
+            batch.push(AcceptedMessage {
+                id: report.id().unwrap(),
+                bytes: report.to_bytes().unwrap(),
+                message: WireMessage::ReputationReport(report),
+            });
+            if batch.len() == 17 {
+                booked.store(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        booked.store(&batch).unwrap();
+        let reread = OrderBook::loaded_from(&store).unwrap();
+        let suppliers = crate::customer::reputation::supplier_scores(&store, Some(&set), T0);
+        assert!(!suppliers.is_empty());
+        for subject in &subjects {
+            let key = subject.public();
+            let expected = suppliers.get(&key).copied();
+            assert_eq!(book.score(Role::Supplier, &key, &set), expected);
+            assert_eq!(reread.score(Role::Supplier, &key, &set), expected);
+            let as_customer = crate::customer::reputation::customer_score(&store, &set, &key, T0);
+            assert_eq!(book.score(Role::Customer, &key, &set), as_customer);
+        }
     }
 }

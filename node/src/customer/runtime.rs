@@ -1714,11 +1714,11 @@ async fn bid(
         region: request.region.clone(),
         min_reputation_bp: request.min_reputation_bp,
     };
-    let scores = super::reputation::supplier_scores(store, quorum.map(|q| q.set()), now);
+    // Scores are looked up for the suppliers the ranking reaches, from
+    // the reports the book keeps, not from a read of every report.
+    let set = quorum.map(|q| q.set());
     let reputation = |s: &PublicKey| {
-        scores
-            .get(s)
-            .copied()
+        set.and_then(|set| book.score(rigmesh_protocol::Role::Supplier, s, set))
             .unwrap_or(super::book::DEFAULT_REPUTATION_BP)
     };
     let Some(offer) = book.best(&query, &reputation, now, 1).into_iter().next() else {

@@ -181,7 +181,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     // Every message the network stores goes through the order book's
     // store, so each offer taken is in the book in the same call; the
     // offers already stored are read into it off the executor.
-    let book = Arc::new(crate::orderbook::OrderBook::new());
+    let book = Arc::new(crate::orderbook::OrderBook::with_metrics(
+        crate::orderbook::OrderBookMetrics::register(&mut registry),
+    ));
     let net = network::start(
         &network_config,
         key,

@@ -529,9 +529,39 @@ impl Reports {
     }
 }
 
+/// The order book's metrics, `rigmesh_orderbook_*`.
+#[derive(Debug, Clone, Default)]
+pub struct OrderBookMetrics {
+    /// Offers held (`rigmesh_orderbook_offers`).
+    pub offers: prometheus_client::metrics::gauge::Gauge,
+    /// Offers not listed because the book was full
+    /// (`rigmesh_orderbook_refused_total`).
+    pub refused: prometheus_client::metrics::counter::Counter,
+}
+
+impl OrderBookMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("rigmesh_orderbook");
+        r.register(
+            "offers",
+            "Offers held in the order book",
+            metrics.offers.clone(),
+        );
+        r.register(
+            "refused",
+            "Offers for new devices not listed because the order book was full",
+            metrics.refused.clone(),
+        );
+        metrics
+    }
+}
+
 /// The node's order book (see the module documentation).
 #[derive(Debug)]
 pub struct OrderBook {
+    metrics: OrderBookMetrics,
     book: RwLock<Book>,
     /// Apart from the offers, so a ranking that holds the offers' lock can
     /// read scores.
@@ -543,6 +573,7 @@ pub struct OrderBook {
 impl Default for OrderBook {
     fn default() -> Self {
         OrderBook {
+            metrics: OrderBookMetrics::default(),
             book: RwLock::default(),
             reports: RwLock::default(),
             loaded: tokio::sync::watch::Sender::new(false),
@@ -555,6 +586,14 @@ impl OrderBook {
     /// An empty book, not yet loaded.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty book, not yet loaded, that keeps `metrics` up to date.
+    pub fn with_metrics(metrics: OrderBookMetrics) -> Self {
+        OrderBook {
+            metrics,
+            ..Self::default()
+        }
     }
 
     /// A book loaded from `store` now, on the calling thread (for tests
@@ -658,9 +697,13 @@ impl OrderBook {
                 }
             }
             book.sweep(now);
+            self.metrics
+                .offers
+                .set(i64::try_from(book.by_device.len()).unwrap_or(i64::MAX));
         }
         if full > 0 {
             self.refused.fetch_add(full, Ordering::Relaxed);
+            self.metrics.refused.inc_by(full);
             tracing::warn!(
                 refused = full,
                 max = MAX_OFFERS,
@@ -693,7 +736,12 @@ impl OrderBook {
 
     /// Drops the offers expired at `now`; returns how many.
     pub fn sweep(&self, now: UnixMillis) -> usize {
-        self.write().sweep(now)
+        let mut book = self.write();
+        let dropped = book.sweep(now);
+        self.metrics
+            .offers
+            .set(i64::try_from(book.by_device.len()).unwrap_or(i64::MAX));
+        dropped
     }
 
     /// Offers held (expired ones not yet swept included).

@@ -167,6 +167,11 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
     // The one read at start; from here on, nothing may scan the offers.
     let scanned = node.store.offers_scanned();
     assert_eq!(scanned, OFFERS);
+    let metrics = common::http_get(node.monitoring, "/metrics", None).await;
+    assert!(
+        metrics.contains(&format!("rigmesh_orderbook_offers {OFFERS}")),
+        "{metrics}"
+    );
 
     let customer = node.customer_api.unwrap();
     let token = read_token(dir.path(), Bootstrap::Customer).unwrap();

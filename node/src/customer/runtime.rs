@@ -1685,6 +1685,7 @@ fn status_of(lease: &Lease) -> LeaseStatus {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bid(
     key: &Keypair,
     store: &MarketStore,

@@ -34,8 +34,8 @@
 //! holds at most [`MAX_OFFERS`]; past that it refuses offers for device
 //! sets it does not hold (counted in [`OrderBook::refused`] and logged),
 //! while re-publications of device sets it holds still apply. An offer
-//! costs a few hundred bytes here, not its signed envelope's clones: the
-//! `orderbook` bench measures it.
+//! costs about 630 bytes here, fields and indexes together (63 MB for
+//! 100,000 offers in the `orderbook` bench), so the cap is some 630 MB.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

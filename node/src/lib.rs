@@ -16,6 +16,7 @@ mod market_store;
 pub mod network;
 pub mod node;
 pub mod notify;
+pub mod orderbook;
 pub mod quorum;
 pub mod receipts;
 pub mod review;

@@ -47,6 +47,9 @@ pub struct RunningNode {
     pub operator_api: Option<SocketAddr>,
     /// The ledger's market store.
     pub store: Arc<MarketStore>,
+    /// The live offers, held in memory and kept up to date as the network
+    /// stores them.
+    pub book: Arc<crate::orderbook::OrderBook>,
     /// The coordinator role, on a coordinator node (its books and rules).
     pub coordinator: Option<Arc<crate::coordinator::CoordinatorRole>>,
     /// A client of the coordinator set, when one is configured.
@@ -180,10 +183,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let coordinator_metrics = (config.role == Role::Coordinator)
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
+    // Every message the network stores goes through the order book's
+    // store, so each offer taken is in the book in the same call; the
+    // offers already stored are read into it off the executor.
+    let book = Arc::new(crate::orderbook::OrderBook::with_metrics(
+        crate::orderbook::OrderBookMetrics::register(&mut registry),
+    ));
     let net = network::start(
         &network_config,
         key,
-        store.clone(),
+        Arc::new(crate::orderbook::BookedStore::new(
+            store.clone(),
+            book.clone(),
+        )),
         coordinators.clone(),
         &mut registry,
         stopped(stop_rx.clone()),
@@ -246,10 +258,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stopped(stop_rx),
     )
     .await?;
-    let mut tasks = vec![net.task, net.ingest_task, monitoring_task];
+    let mut tasks = vec![
+        net.task,
+        net.ingest_task,
+        monitoring_task,
+        tokio::spawn(load_book(store.clone(), book.clone(), stop.subscribe())),
+    ];
     let (public_api, public_task) = crate::api::public::serve(
         config.public_api,
-        store.clone(),
+        book.clone(),
         firewall(Listener::Public)?,
         stopped(stop.subscribe()),
     )
@@ -315,6 +332,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     };
     let mut api = crate::api::local::LocalApi {
         store: store.clone(),
+        book: book.clone(),
         account: account.public(),
         tokens: token_store,
         supplier: (config.role == Role::Supplier).then_some(view_rx),
@@ -546,6 +564,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                     settled,
                     store: store.clone(),
                     min_customer_bp: config.supplier.min_customer_reputation_bp,
+                    book: book.clone(),
                 })
             }
             _ => None,
@@ -569,6 +588,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let mut customer = crate::customer::runtime::Customer::open(
             account.clone(),
             store.clone(),
+            book.clone(),
             handle.clone(),
             quorum.clone(),
             &config.data_dir.join("customer"),
@@ -591,7 +611,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             crate::trends::sampler::Sampling {
                 writer: writer.clone(),
                 forecasts: trends.forecasts.clone(),
-                store: store.clone(),
+                book: book.clone(),
                 supplier: api.supplier.clone(),
                 customer: api.customer.clone(),
                 config: config.forecast.clone(),
@@ -600,7 +620,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             stop.subscribe(),
         )));
     }
-    tasks.push(tokio::spawn(prune_expired(store.clone(), stop.subscribe())));
+    tasks.push(tokio::spawn(prune_expired(
+        store.clone(),
+        book.clone(),
+        stop.subscribe(),
+    )));
     ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(peer_id = %handle.peer_id(), role = ?config.role, "node started");
     Ok(RunningNode {
@@ -614,6 +638,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         analytics_api,
         operator_api,
         store,
+        book,
         coordinator: coordinator_role,
         quorum,
         alerts: alerts_to,
@@ -630,9 +655,52 @@ const PRUNE_AFTER_MS: u64 = 10 * 60 * 1000;
 /// Most messages deleted per round, so one round stays short.
 const PRUNE_LIMIT: usize = 10_000;
 
+/// How long a failed read of the order book waits before the next try.
+const BOOK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the stored offers into the order book on a blocking thread,
+/// trying again until it succeeds or `stop` turns true: until then the
+/// book's readers wait rather than answer from a partial book.
+async fn load_book(
+    store: Arc<MarketStore>,
+    book: Arc<crate::orderbook::OrderBook>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (s, b) = (store.clone(), book.clone());
+        let started = std::time::Instant::now();
+        let error = match tokio::task::spawn_blocking(move || b.load(&s)).await {
+            Ok(Ok(read)) => {
+                tracing::info!(
+                    offers = read,
+                    ms = started.elapsed().as_millis() as u64,
+                    "order book loaded"
+                );
+                return;
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(err) => err.to_string(),
+        };
+        tracing::warn!(%error, "the order book was not read from the store; trying again");
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(BOOK_RETRY) => {}
+        }
+    }
+}
+
 /// Deletes expired messages from the gossip store now and then, off the
-/// async executor, until `stop` turns true.
-async fn prune_expired(store: Arc<MarketStore>, mut stop: watch::Receiver<bool>) {
+/// async executor, and expired offers from the order book, until `stop`
+/// turns true.
+async fn prune_expired(
+    store: Arc<MarketStore>,
+    book: Arc<crate::orderbook::OrderBook>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -643,6 +711,7 @@ async fn prune_expired(store: Arc<MarketStore>, mut stop: watch::Receiver<bool>)
                 }
             }
             _ = tick.tick() => {
+                book.sweep(rigmesh_protocol::UnixMillis::now());
                 let store = store.clone();
                 let before = rigmesh_protocol::UnixMillis::now().minus_ms(PRUNE_AFTER_MS);
                 match tokio::task::spawn_blocking(move || store.prune_expired(before, PRUNE_LIMIT)).await {

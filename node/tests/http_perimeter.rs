@@ -21,6 +21,7 @@ use rigmesh_node::api::{
     analytics, operator, public, Access, AlertTarget, ApiMetrics, Firewall, Listener,
     ListenerLimits, Scope, TokenStore,
 };
+use rigmesh_node::orderbook::OrderBook;
 use rigmesh_protocol::{Keypair, UnixMillis};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,8 +86,10 @@ fn setup() -> Setup {
     let tokens = TokenStore::open(dir.path(), &[Bootstrap::Customer, Bootstrap::Supplier]).unwrap();
     let mut registry = Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
+    let store = Arc::new(MarketStore::temporary().unwrap());
     let api = LocalApi {
-        store: Arc::new(MarketStore::temporary().unwrap()),
+        book: Arc::new(OrderBook::loaded_from(&store).unwrap()),
+        store,
         account: Keypair::from_seed([1; 32]).public(),
         tokens,
         supplier: None,
@@ -143,7 +146,7 @@ impl Setup {
                     .0
             }
             Listener::Public => {
-                public::serve(here, self.api.store.clone(), fw, pending)
+                public::serve(here, self.api.book.clone(), fw, pending)
                     .await
                     .unwrap()
                     .0
@@ -448,6 +451,9 @@ async fn the_public_listener_pages_offers_and_states_prices_without_a_token() {
         .store
         .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
         .unwrap();
+    // Written straight into the store, so read into the book as a node
+    // does at start.
+    s.api.book.load(&s.api.store).unwrap();
     let addr = s
         .serve(Listener::Public, ListenerLimits::open_to_all())
         .await;

@@ -11,6 +11,7 @@ use rigmesh_ledger::MarketStore;
 use rigmesh_node::api::local::{self, LocalApi};
 use rigmesh_node::api::tokens::{self, Bootstrap};
 use rigmesh_node::api::{AlertTarget, ApiMetrics, Firewall, Listener, ListenerLimits, TokenStore};
+use rigmesh_node::orderbook::OrderBook;
 use rigmesh_protocol::{Keypair, Offer, Signed};
 
 #[path = "common/offers.rs"]
@@ -46,6 +47,7 @@ async fn each_listener_takes_only_the_scopes_of_its_routes() {
         .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
         .unwrap();
     let api = LocalApi {
+        book: Arc::new(OrderBook::loaded_from(&store).unwrap()),
         store,
         account: me.public(),
         tokens: store_tokens,
@@ -116,6 +118,38 @@ async fn each_listener_takes_only_the_scopes_of_its_routes() {
     let found: Vec<Signed<Offer>> = serde_json::from_str(body).unwrap();
     assert_eq!(found.len(), 1, "one H100 offer at or under 2.5");
     assert_eq!(found[0].body.price_per_gpu_hour.to_string(), "2.1");
+
+    // Pages: the body stays an array of offers, cheapest first; the
+    // cursor of the next page comes in a header, absent on the last page.
+    let next_cursor = |r: &str| {
+        r.split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("next-cursor: ").map(str::to_string))
+    };
+    let prices = |r: &str| {
+        let body = r.split("\r\n\r\n").nth(1).unwrap();
+        let page: Vec<Signed<Offer>> = serde_json::from_str(body).unwrap();
+        page.iter()
+            .map(|o| o.body.price_per_gpu_hour.to_string())
+            .collect::<Vec<_>>()
+    };
+    let r = common::http_get(customer, "/v1/offers?limit=2", Some(&customer_token)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(prices(&r), ["1.5", "2.1"]);
+    let cursor = next_cursor(&r).expect("a next-cursor header on the first page");
+    let r = common::http_get(
+        customer,
+        &format!("/v1/offers?limit=2&cursor={cursor}"),
+        Some(&customer_token),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(prices(&r), ["2.9"]);
+    assert_eq!(next_cursor(&r), None, "the last page has no next");
+    let r = common::http_get(customer, "/v1/offers?cursor=2", Some(&customer_token)).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
 
     let r = common::http_get(supplier, "/v1/offers", Some(&supplier_token)).await;
     let body = r.split("\r\n\r\n").nth(1).unwrap();

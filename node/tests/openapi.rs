@@ -525,6 +525,7 @@ async fn the_operator_listeners_answers_match_its_document() {
     ));
     let api = rigmesh_node::api::local::LocalApi {
         store: store.clone(),
+        book: Arc::new(rigmesh_node::orderbook::OrderBook::loaded_from(&store).unwrap()),
         account: key.public(),
         tokens,
         supplier: None,

@@ -49,6 +49,9 @@ pub(crate) struct Api {
 pub(crate) struct Answer {
     pub(crate) status: u16,
     pub(crate) body: serde_json::Value,
+    /// The `next-cursor` header of a paged listing: where the next page
+    /// starts; `None` on the last page.
+    pub(crate) next: Option<String>,
 }
 
 impl Answer {
@@ -146,13 +149,18 @@ impl Api {
         let mut response = response
             .with_context(|| format!("asking the node at {} (is it running?)", self.base))?;
         let status = response.status().as_u16();
+        let next = response
+            .headers()
+            .get("next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response
             .body_mut()
             .read_to_string()
             .context("reading the node's answer")?;
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|_| serde_json::json!({"reason": text.trim()}));
-        Ok(Answer { status, body })
+        Ok(Answer { status, body, next })
     }
 
     fn auth(&self) -> String {

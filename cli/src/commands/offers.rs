@@ -27,8 +27,31 @@ pub(crate) struct OffersArgs {
     node: NodeArgs,
 }
 
-/// Pages read from the public API at most (200 offers each).
+/// Pages read at most (200 offers each from the public API, 1000 from
+/// the customer API).
 const MAX_PAGES: usize = 50;
+
+/// Every page of the customer API's offers: the body of each page is an
+/// array, and its `next-cursor` header says where the next one starts.
+fn own_node_offers(args: &OffersArgs, query: &str) -> anyhow::Result<Vec<Signed<Offer>>> {
+    let api = Api::connect(&args.node)?;
+    let mut offers = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut path = format!("/v1/offers?{query}limit=1000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = api.get(&path)?;
+        cursor = page.next.clone();
+        let listed: Vec<Signed<Offer>> = page.into("the offers")?;
+        offers.extend(listed);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    Ok(offers)
+}
 
 /// Every page of the public API's offers.
 fn public_offers(args: &OffersArgs, query: &str) -> anyhow::Result<Vec<Signed<Offer>>> {
@@ -83,9 +106,7 @@ pub(crate) fn run(args: OffersArgs) -> anyhow::Result<ExitCode> {
     let offers: Vec<Signed<Offer>> = if args.public {
         public_offers(&args, &query)?
     } else {
-        Api::connect(&args.node)?
-            .get(&format!("/v1/offers?{query}"))?
-            .into("the offers")?
+        own_node_offers(&args, &query)?
     };
     if args.node.json {
         outln!("{}", serde_json::to_string_pretty(&offers)?);

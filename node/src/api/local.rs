@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{Credits, Id, Offer, PublicKey, Signed, UnixMillis};
+use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
@@ -158,6 +158,8 @@ pub const COMMON_ROUTES: &[RouteSpec] = &[
 pub struct LocalApi {
     /// The node's market store.
     pub store: Arc<MarketStore>,
+    /// The node's order book: the live offers, held in memory.
+    pub book: Arc<crate::orderbook::OrderBook>,
     /// The node's account (the supplier's own offers are its).
     pub account: PublicKey,
     /// The token table.
@@ -188,19 +190,68 @@ pub(crate) struct Scoped {
     pub(crate) listener: Listener,
 }
 
-/// Filters of `GET /v1/offers`.
+/// Offers on one page of `GET /v1/offers` unless `limit` says otherwise.
+pub const DEFAULT_OFFER_PAGE: usize = 200;
+/// Offers on one page of `GET /v1/offers` at most.
+pub const MAX_OFFER_PAGE: usize = 1_000;
+/// The response header of `GET /v1/offers` that carries the cursor of the
+/// next page; absent on the last page. The body stays a plain array of
+/// offers, as clients read it before pages existed.
+pub const NEXT_CURSOR_HEADER: &str = "next-cursor";
+
+/// Filters and paging of `GET /v1/offers`.
 #[derive(Debug, Default, Deserialize)]
 pub struct OfferFilter {
     /// GPU model (exact).
     pub gpu: Option<String>,
     /// Most per GPU-hour.
     pub max_price: Option<Credits>,
+    /// Offers on the page ([`DEFAULT_OFFER_PAGE`] by default,
+    /// [`MAX_OFFER_PAGE`] at most).
+    pub limit: Option<usize>,
+    /// Where the page starts: the `next-cursor` header of the page before.
+    pub cursor: Option<String>,
 }
 
-pub(crate) fn live_offers(store: &MarketStore) -> Result<Vec<Signed<Offer>>> {
-    store
-        .all::<Offer>(UnixMillis::now())
-        .map_err(|e| Error::Store(e.to_string()))
+/// One page of offers as `GET /v1/offers` answers it: the offers (a JSON
+/// array) and, when more follow, their cursor in [`NEXT_CURSOR_HEADER`].
+async fn offer_page(
+    book: &crate::orderbook::OrderBook,
+    filter: OfferFilter,
+    supplier: Option<PublicKey>,
+) -> Response {
+    let after = match filter
+        .cursor
+        .as_deref()
+        .map(crate::orderbook::Cursor::parse)
+    {
+        None => None,
+        Some(Some(cursor)) => Some(cursor),
+        Some(None) => {
+            return bad_request(format!(
+                "cursor: use the {NEXT_CURSOR_HEADER} header of the previous page"
+            ))
+        }
+    };
+    let limit = filter
+        .limit
+        .unwrap_or(DEFAULT_OFFER_PAGE)
+        .clamp(1, MAX_OFFER_PAGE);
+    let listing = crate::orderbook::OfferFilter {
+        gpu_model: filter.gpu,
+        max_price: filter.max_price,
+        supplier,
+        ..Default::default()
+    };
+    book.ready().await;
+    let page = book.page(&listing, after, limit, UnixMillis::now(), false);
+    let mut response = Json(page.offers).into_response();
+    if let Some(next) = page.next {
+        if let Ok(value) = header::HeaderValue::from_str(&next.to_text()) {
+            response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+        }
+    }
+    response
 }
 
 pub(crate) fn internal(err: Error) -> Response {
@@ -214,42 +265,27 @@ pub(crate) fn bad_query(rejection: QueryRejection) -> Response {
     bad_request(format!("the query string: {}", rejection.body_text()))
 }
 
+/// `GET /v1/offers` on the customer listener: the market's live offers,
+/// cheapest first, then freshest, a page at a time.
 async fn market_offers(
     State(s): State<Scoped>,
     filter: std::result::Result<Query<OfferFilter>, QueryRejection>,
 ) -> Response {
-    let Query(filter) = match filter {
-        Ok(filter) => filter,
-        Err(rejection) => return bad_query(rejection),
-    };
-    match live_offers(&s.api.store) {
-        Ok(mut offers) => {
-            offers.retain(|o| {
-                filter.gpu.as_ref().is_none_or(|g| &o.body.gpu_model == g)
-                    && filter
-                        .max_price
-                        .is_none_or(|p| o.body.price_per_gpu_hour <= p)
-            });
-            // Cheapest first, then freshest.
-            offers.sort_by(|a, b| {
-                a.body
-                    .price_per_gpu_hour
-                    .cmp(&b.body.price_per_gpu_hour)
-                    .then(b.body.created_at.cmp(&a.body.created_at))
-            });
-            Json(offers).into_response()
-        }
-        Err(err) => internal(err),
+    match filter {
+        Ok(Query(filter)) => offer_page(&s.api.book, filter, None).await,
+        Err(rejection) => bad_query(rejection),
     }
 }
 
-async fn own_offers(State(s): State<Scoped>) -> Response {
-    match live_offers(&s.api.store) {
-        Ok(mut offers) => {
-            offers.retain(|o| o.body.supplier == s.api.account);
-            Json(offers).into_response()
-        }
-        Err(err) => internal(err),
+/// `GET /v1/offers` on the supplier listener: the node's own live offers,
+/// with the same filters and pages.
+async fn own_offers(
+    State(s): State<Scoped>,
+    filter: std::result::Result<Query<OfferFilter>, QueryRejection>,
+) -> Response {
+    match filter {
+        Ok(Query(filter)) => offer_page(&s.api.book, filter, Some(s.api.account)).await,
+        Err(rejection) => bad_query(rejection),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The public listener: read-only market data that is safe to expose,
 //! without a token. Live offers with filters and paging, price statistics
 //! per GPU model, market statistics. Everything comes from the node's
-//! gossip store, read on a blocking thread.
+//! order book in memory ([`crate::orderbook`]): no request reads the
+//! store.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,14 +14,14 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{Credits, Offer, Signed};
+use rigmesh_protocol::{Credits, UnixMillis};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-use super::local::{bad_query, bad_request, internal, live_offers};
+use super::local::{bad_query, bad_request};
 use super::{route, Access, Firewall, Gate, Listener, RouteSpec};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::orderbook::{Cursor, OfferFilter, OrderBook};
 
 /// The public listener's routes: all open.
 pub const ROUTES: &[RouteSpec] = &[
@@ -56,64 +56,40 @@ pub struct OfferPage {
     pub cursor: Option<String>,
 }
 
-async fn read_offers(store: Arc<MarketStore>) -> std::result::Result<Vec<Signed<Offer>>, Response> {
-    match tokio::task::spawn_blocking(move || live_offers(&store)).await {
-        Ok(Ok(offers)) => Ok(offers),
-        Ok(Err(err)) => Err(internal(err)),
-        Err(err) => Err(internal(Error::Store(format!("store task: {err}")))),
-    }
-}
-
-/// `GET /v1/offers`: live offers, cheapest first (then newest, then id),
-/// filtered, a page at a time.
+/// `GET /v1/offers`: live offers, cheapest first (then newest, then
+/// offer id), filtered, a page at a time. The cursor is the position of
+/// the last offer answered, so offers coming and going between pages
+/// neither repeat nor skip the ones still listed.
 async fn offers(
-    State(store): State<Arc<MarketStore>>,
+    State(book): State<Arc<OrderBook>>,
     q: std::result::Result<Query<OfferPage>, QueryRejection>,
 ) -> Response {
     let Query(q) = match q {
         Ok(q) => q,
         Err(rejection) => return bad_query(rejection),
     };
-    let start: usize = match q.cursor.as_deref().map(str::parse) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
+    let after = match q.cursor.as_deref().map(Cursor::parse) {
+        None => None,
+        Some(Some(cursor)) => Some(cursor),
+        Some(None) => {
             return bad_request("cursor: use the next_cursor of the previous page".into())
         }
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let mut all = match read_offers(store).await {
-        Ok(all) => all,
-        Err(response) => return response,
+    let filter = OfferFilter {
+        gpu_model: q.gpu,
+        region: q.region,
+        max_price: q.max_price,
+        min_gpus: q.min_gpus,
+        min_memory_mib: q.min_memory_mib,
+        supplier: None,
     };
-    all.retain(|o| {
-        let b = &o.body;
-        q.gpu.as_ref().is_none_or(|g| &b.gpu_model == g)
-            && q.max_price.is_none_or(|p| b.price_per_gpu_hour <= p)
-            && q.region.as_ref().is_none_or(|r| &b.region == r)
-            && q.min_gpus
-                .is_none_or(|n| u64::from(b.gpu_count) >= u64::from(n))
-            && q.min_memory_mib.is_none_or(|m| b.gpu_memory_mib >= m)
-    });
-    all.sort_by(|a, b| {
-        a.body
-            .price_per_gpu_hour
-            .cmp(&b.body.price_per_gpu_hour)
-            .then(b.body.created_at.cmp(&a.body.created_at))
-            .then(
-                a.body
-                    .hardware_fingerprint
-                    .0
-                    .cmp(&b.body.hardware_fingerprint.0),
-            )
-    });
-    let total = all.len();
-    let page: Vec<_> = all.into_iter().skip(start).take(limit).collect();
-    let end = start.saturating_add(page.len());
+    book.ready().await;
+    let page = book.page(&filter, after, limit, UnixMillis::now(), true);
     Json(serde_json::json!({
-        "offers": page,
-        "total": total,
-        "next_cursor": (end < total).then(|| end.to_string()),
+        "offers": page.offers,
+        "total": page.total.unwrap_or_default(),
+        "next_cursor": page.next.map(|c| c.to_text()),
     }))
     .into_response()
 }
@@ -133,22 +109,13 @@ fn quantile(sorted: &[Credits], q: f64) -> Option<Credits> {
 
 /// `GET /v1/prices`: per GPU model, the number of live offers and the
 /// minimum, 10th percentile, median and 90th percentile price per GPU-hour.
-async fn prices(State(store): State<Arc<MarketStore>>) -> Response {
-    let all = match read_offers(store).await {
-        Ok(all) => all,
-        Err(response) => return response,
-    };
-    let mut by_model: BTreeMap<String, Vec<Credits>> = BTreeMap::new();
-    for o in &all {
-        by_model
-            .entry(o.body.gpu_model.clone())
-            .or_default()
-            .push(o.body.price_per_gpu_hour);
-    }
-    let models: Vec<serde_json::Value> = by_model
+async fn prices(State(book): State<Arc<OrderBook>>) -> Response {
+    book.ready().await;
+    let models: Vec<serde_json::Value> = book
+        .prices(UnixMillis::now())
         .into_iter()
-        .map(|(model, mut prices)| {
-            prices.sort();
+        .map(|(model, prices)| {
+            // The book lists each model's prices lowest first.
             serde_json::json!({
                 "gpu_model": model,
                 "offers": prices.len(),
@@ -163,21 +130,15 @@ async fn prices(State(store): State<Arc<MarketStore>>) -> Response {
 }
 
 /// `GET /v1/market`: counts over the live offers.
-async fn market(State(store): State<Arc<MarketStore>>) -> Response {
-    let all = match read_offers(store).await {
-        Ok(all) => all,
-        Err(response) => return response,
-    };
-    let suppliers: BTreeSet<_> = all.iter().map(|o| o.body.supplier).collect();
-    let models: BTreeSet<_> = all.iter().map(|o| o.body.gpu_model.as_str()).collect();
-    let regions: BTreeSet<_> = all.iter().map(|o| o.body.region.as_str()).collect();
-    let gpus: u64 = all.iter().map(|o| u64::from(o.body.gpu_count)).sum();
+async fn market(State(book): State<Arc<OrderBook>>) -> Response {
+    book.ready().await;
+    let summary = book.summary(UnixMillis::now());
     Json(serde_json::json!({
-        "offers": all.len(),
-        "suppliers": suppliers.len(),
-        "gpus": gpus,
-        "gpu_models": models.len(),
-        "regions": regions,
+        "offers": summary.offers,
+        "suppliers": summary.suppliers,
+        "gpus": summary.gpus,
+        "gpu_models": summary.gpu_models,
+        "regions": summary.regions,
     }))
     .into_response()
 }
@@ -185,7 +146,7 @@ async fn market(State(store): State<Arc<MarketStore>>) -> Response {
 /// Serves the public listener on `addr` until `shutdown` completes.
 pub async fn serve(
     addr: SocketAddr,
-    store: Arc<MarketStore>,
+    book: Arc<OrderBook>,
     firewall: Arc<Firewall>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
@@ -196,7 +157,7 @@ pub async fn serve(
         .route("/v1/market", get(market))
         .merge(super::openapi::route(Listener::Public))
         .layer(middleware::from_fn_with_state(gate, super::gate))
-        .with_state(store);
+        .with_state(book);
     super::serve_app(addr, app, firewall, None, shutdown).await
 }
 

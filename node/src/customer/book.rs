@@ -90,9 +90,30 @@ pub fn meets(offer: &Offer, query: &BookQuery, now: UnixMillis) -> bool {
         && Misfit::of(offer, query, FULL_REPUTATION_BP).fits()
 }
 
+/// The terms of an offer the filters of a query read: what the in-memory
+/// order book keeps of each offer is enough to judge it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Terms<'a> {
+    pub(crate) price: Credits,
+    pub(crate) memory_mib: u64,
+    pub(crate) gpus: u16,
+    pub(crate) region: &'a str,
+}
+
+impl<'a> Terms<'a> {
+    fn of(offer: &'a Offer) -> Self {
+        Terms {
+            price: offer.price_per_gpu_hour,
+            memory_mib: offer.gpu_memory_mib,
+            gpus: offer.gpu_count,
+            region: &offer.region,
+        }
+    }
+}
+
 /// Which filters of a query one offer fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Misfit {
+pub(crate) struct Misfit {
     price: bool,
     memory: bool,
     count: bool,
@@ -102,21 +123,27 @@ struct Misfit {
 
 impl Misfit {
     fn of(offer: &Offer, query: &BookQuery, reputation_bp: u16) -> Self {
+        Self::of_terms(Terms::of(offer), query, reputation_bp)
+    }
+
+    /// The filters of `query` that an offer with `terms`, from a supplier
+    /// scored `reputation_bp`, fails (the model and expiry are the
+    /// caller's to check).
+    pub(crate) fn of_terms(terms: Terms<'_>, query: &BookQuery, reputation_bp: u16) -> Self {
         Misfit {
-            price: query
-                .max_price
-                .is_some_and(|max| offer.price_per_gpu_hour > max),
-            memory: offer.gpu_memory_mib < query.min_memory_mib,
-            count: offer.gpu_count < query.count,
+            price: query.max_price.is_some_and(|max| terms.price > max),
+            memory: terms.memory_mib < query.min_memory_mib,
+            count: terms.gpus < query.count,
             region: query
                 .region
-                .as_ref()
-                .is_some_and(|region| *region != offer.region),
+                .as_deref()
+                .is_some_and(|region| region != terms.region),
             reputation: reputation_bp < query.min_reputation_bp,
         }
     }
 
-    fn fits(self) -> bool {
+    /// True when it fails no filter.
+    pub(crate) fn fits(self) -> bool {
         self == Misfit::default()
     }
 }
@@ -216,40 +243,53 @@ pub fn explain_no_match<S: Store>(
             limit: MAX_OFFER_QUERY,
         })
         .map_err(ledger_error)?;
-    let mut report = NoMatch {
-        gpu_model: query.gpu_model.clone(),
-        offers: offers.len(),
-        matching: 0,
-        above_max_price: 0,
-        cheapest_above_max: None,
-        too_little_memory: 0,
-        too_few_gpus: 0,
-        wrong_region: 0,
-        below_reputation: 0,
-        complete: offers.len() < MAX_OFFER_QUERY,
-        query: query.clone(),
-    };
+    let mut report = NoMatch::empty(query);
     for offer in &offers {
         let body = &offer.body;
-        let misfit = Misfit::of(body, query, reputation(&body.supplier));
+        report.count(Terms::of(body), reputation(&body.supplier));
+    }
+    report.complete = offers.len() < MAX_OFFER_QUERY;
+    Ok(report)
+}
+
+impl NoMatch {
+    /// No offer counted yet for `query`.
+    pub(crate) fn empty(query: &BookQuery) -> Self {
+        NoMatch {
+            gpu_model: query.gpu_model.clone(),
+            offers: 0,
+            matching: 0,
+            above_max_price: 0,
+            cheapest_above_max: None,
+            too_little_memory: 0,
+            too_few_gpus: 0,
+            wrong_region: 0,
+            below_reputation: 0,
+            complete: true,
+            query: query.clone(),
+        }
+    }
+
+    /// Counts one unexpired offer of the model, with `terms`, from a
+    /// supplier scored `reputation_bp`.
+    pub(crate) fn count(&mut self, terms: Terms<'_>, reputation_bp: u16) {
+        let misfit = Misfit::of_terms(terms, &self.query, reputation_bp);
+        self.offers += 1;
         if misfit.fits() {
-            report.matching += 1;
+            self.matching += 1;
         }
         if misfit.price {
-            report.above_max_price += 1;
-            let price = body.price_per_gpu_hour;
-            report.cheapest_above_max = Some(
-                report
-                    .cheapest_above_max
-                    .map_or(price, |cheapest| cheapest.min(price)),
+            self.above_max_price += 1;
+            self.cheapest_above_max = Some(
+                self.cheapest_above_max
+                    .map_or(terms.price, |cheapest| cheapest.min(terms.price)),
             );
         }
-        report.too_little_memory += usize::from(misfit.memory);
-        report.too_few_gpus += usize::from(misfit.count);
-        report.wrong_region += usize::from(misfit.region);
-        report.below_reputation += usize::from(misfit.reputation);
+        self.too_little_memory += usize::from(misfit.memory);
+        self.too_few_gpus += usize::from(misfit.count);
+        self.wrong_region += usize::from(misfit.region);
+        self.below_reputation += usize::from(misfit.reputation);
     }
-    Ok(report)
 }
 
 /// A price with at least two decimal places, as prices are read ("2.10").

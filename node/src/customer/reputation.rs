@@ -4,6 +4,10 @@
 //! coordinators can move it past the honest ones). The customer's order
 //! book ranks suppliers by it; a supplier may refuse customers whose score
 //! is too low. An account with no report has the neutral default.
+//!
+//! These functions read every stored report; a running node looks scores
+//! up in its order book instead ([`crate::orderbook::OrderBook::score`]),
+//! which keeps the same newest reports as they are stored.
 
 use std::collections::BTreeMap;
 

@@ -13,17 +13,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use rigmesh_ledger::{Cause, Ledger, MarketStore};
+use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Alert, Clock, Credits, Id, Keypair, LeaseAgreement, LeaseProposal, NodeBinding, Offer,
-    PublicKey, Signed, UnixMillis, UsageAttestation, PROTOCOL_VERSION,
+    Alert, Clock, Credits, Id, Keypair, LeaseAgreement, LeaseProposal, NodeBinding, PublicKey,
+    Signed, UnixMillis, UsageAttestation, PROTOCOL_VERSION,
 };
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-use super::book::{best_offers, explain_no_match, BookQuery};
+use super::book::BookQuery;
 use super::budget::Decision;
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
@@ -142,6 +142,9 @@ fn peer_of(store: &MarketStore, account: &PublicKey, now: UnixMillis) -> Result<
 pub struct Customer {
     key: Keypair,
     store: Arc<MarketStore>,
+    /// The live offers, held in memory: a bid reads them here, never by
+    /// scanning the store.
+    book: Arc<crate::orderbook::OrderBook>,
     network: NodeHandle,
     quorum: Option<crate::quorum::Quorum>,
     /// The coordinator set's terms (fee, grace period), to build escrow
@@ -174,18 +177,20 @@ impl Customer {
     pub fn open(
         key: Keypair,
         store: Arc<MarketStore>,
+        book: Arc<crate::orderbook::OrderBook>,
         network: NodeHandle,
         quorum: Option<crate::quorum::Quorum>,
         records_dir: &Path,
     ) -> crate::error::Result<Self> {
         let records = CustomerRecords::open(records_dir)?;
-        Self::with_records(key, store, network, quorum, records)
+        Self::with_records(key, store, book, network, quorum, records)
     }
 
     /// The customer over already opened records.
     pub fn with_records(
         key: Keypair,
         store: Arc<MarketStore>,
+        book: Arc<crate::orderbook::OrderBook>,
         network: NodeHandle,
         quorum: Option<crate::quorum::Quorum>,
         records: CustomerRecords,
@@ -199,6 +204,7 @@ impl Customer {
         Ok(Customer {
             key,
             store,
+            book,
             network,
             quorum,
             rules: None,
@@ -749,6 +755,7 @@ impl Customer {
                 bid(
                     &self.key,
                     &self.store,
+                    &self.book,
                     &self.network,
                     self.quorum.as_ref(),
                     request,
@@ -1678,9 +1685,11 @@ fn status_of(lease: &Lease) -> LeaseStatus {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bid(
     key: &Keypair,
     store: &MarketStore,
+    book: &crate::orderbook::OrderBook,
     network: &NodeHandle,
     quorum: Option<&crate::quorum::Quorum>,
     request: &BidRequest,
@@ -1694,13 +1703,10 @@ async fn bid(
     ),
     BidError,
 > {
+    // A bid placed while the node is still reading its offers waits for
+    // the whole book rather than miss the cheapest.
+    book.ready().await;
     let now = UnixMillis::now();
-    // The order book is the ledger's offer index over what gossip brought.
-    let book = Ledger::in_memory().map_err(failed)?;
-    let cause = Cause::new(key.public(), Id::ZERO, now);
-    for offer in store.all::<Offer>(now).map_err(failed)? {
-        book.put_offer(&offer, &cause).map_err(failed)?;
-    }
     let query = BookQuery {
         gpu_model: request.gpu.clone(),
         min_memory_mib: request.min_memory_mib,
@@ -1709,16 +1715,15 @@ async fn bid(
         region: request.region.clone(),
         min_reputation_bp: request.min_reputation_bp,
     };
-    let scores = super::reputation::supplier_scores(store, quorum.map(|q| q.set()), now);
+    // Scores are looked up for the suppliers the ranking reaches, from
+    // the reports the book keeps, not from a read of every report.
+    let set = quorum.map(|q| q.set());
     let reputation = |s: &PublicKey| {
-        scores
-            .get(s)
-            .copied()
+        set.and_then(|set| book.score(rigmesh_protocol::Role::Supplier, s, set))
             .unwrap_or(super::book::DEFAULT_REPUTATION_BP)
     };
-    let offers = best_offers(&book, &query, &reputation, now).map_err(failed)?;
-    let Some(offer) = offers.into_iter().next() else {
-        let why = explain_no_match(&book, &query, &reputation, now).map_err(failed)?;
+    let Some(offer) = book.best(&query, &reputation, now, 1).into_iter().next() else {
+        let why = book.explain(&query, &reputation, now);
         return Err(BidError::NoMatch(why.to_string()));
     };
     let peer = peer_of(store, &offer.body.supplier, now)?;

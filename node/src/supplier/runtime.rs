@@ -69,6 +69,10 @@ pub struct Settlement {
     pub store: std::sync::Arc<rigmesh_ledger::MarketStore>,
     /// Customers scored below this are refused (0: nobody is).
     pub min_customer_bp: u16,
+    /// The node's order book, which keeps the coordinators' newest
+    /// reputation reports, so a proposal's customer is looked up rather
+    /// than found by reading every stored report.
+    pub book: std::sync::Arc<crate::orderbook::OrderBook>,
 }
 
 /// Runs the supplier until `stop` turns true, publishing what it sees to
@@ -506,12 +510,9 @@ fn refused_customer(
         return None;
     }
     let customer = proposal.body.customer;
-    let score = crate::customer::reputation::customer_score(
-        &s.store,
-        &s.set,
-        &customer,
-        UnixMillis::now(),
-    )?;
+    let score = s
+        .book
+        .score(rigmesh_protocol::Role::Customer, &customer, &s.set)?;
     (score < min_bp).then(|| {
         format!(
             "this supplier leases to customers with a reputation of at least {min_bp} basis points; yours is {score}"

@@ -1,7 +1,7 @@
 //! The task that feeds the series a node samples rather than records as
 //! it happens, and that warns a customer ahead of its caps:
 //!
-//! - the market, from the live offers in the gossip store: per GPU model
+//! - the market, from the live offers in the order book: per GPU model
 //!   the offers and the 10th, 50th and 90th percentile of their prices;
 //! - a supplier, from its role's view: what its leases earned and the
 //!   GPU time they sold since the last sample, and the share of its GPUs
@@ -17,17 +17,17 @@
 //! money). Each one counts once, by its lease, in the hour its order was
 //! made: in `market/leases_started`, and in the GPU model's
 //! `market/{model}/leases_started` when the supplier's offers seen in
-//! the last week (gossiped, or live at a sample) name one model: the
+//! the last week (gossiped, or live in the order book) name one model: the
 //! certificate names the supplier, not the offer, so the lease of a
 //! supplier offering several models counts in the total only.
 //!
-//! Store reads run on the blocking pool; writes go through the
+//! The market is read from the order book in memory (no store scan);
+//! writes go through the
 //! [`SeriesWriter`]'s queue.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rigmesh_ledger::MarketStore;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -44,8 +44,8 @@ pub struct Sampling {
     pub writer: SeriesWriter,
     /// The forecasts (for the customer's cap alerts).
     pub forecasts: Arc<Forecasts>,
-    /// The gossip store.
-    pub store: Arc<MarketStore>,
+    /// The node's order book (the live offers).
+    pub book: Arc<crate::orderbook::OrderBook>,
     /// The supplier role's view, on a supplier.
     pub supplier: Option<watch::Receiver<SupplierView>>,
     /// The customer role, on a customer.
@@ -65,14 +65,14 @@ fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
 /// Per GPU model: the live offers and their price percentiles
 /// (micro-credits per GPU-hour).
 pub fn market_snapshot(
-    offers: &[rigmesh_protocol::Signed<rigmesh_protocol::Offer>],
+    prices_by_model: &BTreeMap<String, Vec<Credits>>,
 ) -> BTreeMap<String, (i64, [i64; 3])> {
     let mut prices: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for offer in offers {
+    for (model, listed) in prices_by_model {
         prices
-            .entry(model_key(&offer.body.gpu_model))
+            .entry(model_key(model))
             .or_default()
-            .push(offer.body.price_per_gpu_hour.units());
+            .extend(listed.iter().map(|p| p.units()));
     }
     prices
         .into_iter()
@@ -105,40 +105,33 @@ struct LeaseCounter {
 }
 
 impl LeaseCounter {
-    /// Remembers which models each supplier offers, from a snapshot of
-    /// the live offers at `hour`, and forgets what is too old.
-    fn offers_seen(
-        &mut self,
-        offers: &[rigmesh_protocol::Signed<rigmesh_protocol::Offer>],
-        hour: i64,
-    ) {
-        let mut now_seen: BTreeMap<PublicKey, BTreeSet<String>> = BTreeMap::new();
-        for offer in offers {
-            now_seen
-                .entry(offer.body.supplier)
-                .or_default()
-                .insert(model_key(&offer.body.gpu_model));
-        }
-        for (supplier, models) in now_seen {
-            self.models.insert(supplier, (models, hour));
-        }
+    /// Forgets the leases counted and the suppliers' models seen too long
+    /// before `hour`.
+    fn forget_before(&mut self, hour: i64) {
         self.models
             .retain(|_, (_, seen)| hour - *seen <= MODELS_KEPT_HOURS);
         self.counted
             .retain(|_, counted| hour - *counted <= COUNTED_KEPT_HOURS);
-        while self.models.len() > MAX_REMEMBERED {
-            self.models.pop_first();
-        }
     }
 
     /// The series to add one to for `message`, and the hour: none unless
     /// it is the first escrow certificate of its lease seen here. An
     /// offer tells which model its supplier offers.
-    fn count(&mut self, message: &WireMessage, now: UnixMillis) -> Option<(Vec<String>, i64)> {
+    /// `live_models` names the models of a supplier's live offers, for a
+    /// supplier no offer of which came by since this node started.
+    fn count(
+        &mut self,
+        message: &WireMessage,
+        now: UnixMillis,
+        live_models: impl FnOnce(&PublicKey) -> BTreeSet<String>,
+    ) -> Option<(Vec<String>, i64)> {
         let certificate = match message {
             WireMessage::EscrowCertificate(certificate) => certificate,
             WireMessage::Offer(offer) => {
                 let hour = hour_at(now).0;
+                if self.models.len() >= MAX_REMEMBERED {
+                    self.models.pop_first();
+                }
                 let (models, seen) = self.models.entry(offer.body.supplier).or_default();
                 models.insert(model_key(&offer.body.gpu_model));
                 *seen = hour;
@@ -158,6 +151,15 @@ impl LeaseCounter {
         }
         self.counted.insert(order.lease, hour);
         let mut names = vec!["market/leases_started".to_owned()];
+        if !self.models.contains_key(&order.supplier) {
+            let live: BTreeSet<String> = live_models(&order.supplier)
+                .iter()
+                .map(|m| model_key(m))
+                .collect();
+            if !live.is_empty() {
+                self.models.insert(order.supplier, (live, hour));
+            }
+        }
         if let Some((models, _)) = self.models.get(&order.supplier) {
             if let (1, Some(model)) = (models.len(), models.first()) {
                 names.push(format!("market/{model}/leases_started"));
@@ -320,7 +322,8 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
             }
             accepted = next_accepted(&mut accepted_rx) => match accepted {
                 Ok(accepted) => {
-                    if let Some((names, hour)) = leases.count(&accepted.message, UnixMillis::now()) {
+                    let book = &s.book;
+                    if let Some((names, hour)) = leases.count(&accepted.message, UnixMillis::now(), |supplier| book.models_of(supplier)) {
                         for name in names {
                             s.writer.add(&name, rigmesh_forecast::Hour(hour), 1);
                         }
@@ -334,20 +337,18 @@ pub async fn run(s: Sampling, mut stop: watch::Receiver<bool>) {
             },
             _ = tick.tick() => {
                 let now = UnixMillis::now();
-                let store = s.store.clone();
-                match tokio::task::spawn_blocking(move || crate::api::local::live_offers(&store)).await {
-                    Ok(Ok(offers)) => {
-                        let hour = hour_at(now);
-                        leases.offers_seen(&offers, hour.0);
-                        for (model, (count, [p10, p50, p90])) in market_snapshot(&offers) {
-                            s.writer.set(&format!("market/{model}/offers"), hour, count);
-                            s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
-                            s.writer.set(&format!("market/{model}/price_p50"), hour, p50);
-                            s.writer.set(&format!("market/{model}/price_p90"), hour, p90);
-                        }
+                // Not before the book is read, or the first hour would
+                // count a market half loaded.
+                leases.forget_before(hour_at(now).0);
+                if s.book.is_loaded() {
+                    let hour = hour_at(now);
+                    let prices = s.book.prices(now);
+                    for (model, (count, [p10, p50, p90])) in market_snapshot(&prices) {
+                        s.writer.set(&format!("market/{model}/offers"), hour, count);
+                        s.writer.set(&format!("market/{model}/price_p10"), hour, p10);
+                        s.writer.set(&format!("market/{model}/price_p50"), hour, p50);
+                        s.writer.set(&format!("market/{model}/price_p90"), hour, p90);
                     }
-                    Ok(Err(err)) => tracing::debug!(%err, "market not sampled"),
-                    Err(err) => tracing::debug!(%err, "market sampling task failed"),
                 }
                 if let Some(view) = &s.supplier {
                     let view = view.borrow().clone();
@@ -382,49 +383,65 @@ mod tests {
         let hour = hour_at(certificate.message.body.created_at.min(t0)).0;
         let model = model_key(&offer.body.gpu_model);
         let message = WireMessage::EscrowCertificate(certificate.clone());
+        let nothing_live = |_: &PublicKey| BTreeSet::new();
+        let total = vec!["market/leases_started".to_owned()];
+        let with_model = vec![
+            "market/leases_started".to_owned(),
+            format!("market/{model}/leases_started"),
+        ];
 
-        // Before any offer of its supplier: the total only.
+        // Nothing known of its supplier: the total only.
         let mut counter = LeaseCounter::default();
         assert_eq!(
-            counter.count(&message, t0),
-            Some((vec!["market/leases_started".to_owned()], hour))
+            counter.count(&message, t0, nothing_live),
+            Some((total.clone(), hour))
         );
         // The same lease again (another copy of its certificate): nothing.
-        assert_eq!(counter.count(&message, t0), None);
+        assert_eq!(counter.count(&message, t0, nothing_live), None);
 
-        // Once the supplier's offer was seen, its model too.
+        // Once the supplier's offer came by, its model too.
         let mut counter = LeaseCounter::default();
-        assert_eq!(counter.count(&WireMessage::Offer(offer.clone()), t0), None);
-        let (names, at) = counter.count(&message, t0).unwrap();
-        assert_eq!(at, hour);
+        let gossiped = WireMessage::Offer(offer.clone());
+        assert_eq!(counter.count(&gossiped, t0, nothing_live), None);
         assert_eq!(
-            names,
-            vec![
-                "market/leases_started".to_owned(),
-                format!("market/{model}/leases_started")
-            ]
+            counter.count(&message, t0, nothing_live),
+            Some((with_model.clone(), hour))
+        );
+
+        // Or from the order book, for a supplier whose offers were stored
+        // before this node started.
+        let mut counter = LeaseCounter::default();
+        let gpu_model = offer.body.gpu_model.clone();
+        let in_book = |_: &PublicKey| BTreeSet::from([gpu_model.clone()]);
+        assert_eq!(
+            counter.count(&message, t0, in_book),
+            Some((with_model, hour))
         );
 
         // A supplier offering two models: the total only.
         let mut counter = LeaseCounter::default();
         let mut other = offer.clone();
         other.body.gpu_model = "another model".to_owned();
-        counter.offers_seen(&[offer.clone(), other], hour);
-        let (names, _) = counter.count(&message, t0).unwrap();
-        assert_eq!(names, vec!["market/leases_started".to_owned()]);
+        counter.count(&gossiped, t0, nothing_live);
+        counter.count(&WireMessage::Offer(other), t0, nothing_live);
+        assert_eq!(
+            counter.count(&message, t0, nothing_live),
+            Some((total, hour))
+        );
 
         // An order dated ahead of this clock counts in this hour; what was
         // counted is forgotten two days on, what was offered a week on.
         let mut counter = LeaseCounter::default();
         let early = UnixMillis(t0.0.saturating_sub(3_600_000));
+        counter.count(&gossiped, early, nothing_live);
         assert_eq!(
-            counter.count(&message, early).map(|(_, h)| h),
+            counter.count(&message, early, nothing_live).map(|(_, h)| h),
             Some(hour_at(early).0)
         );
-        counter.offers_seen(&[offer], hour + COUNTED_KEPT_HOURS + 1);
+        counter.forget_before(hour_at(early).0 + COUNTED_KEPT_HOURS + 1);
         assert!(counter.counted.is_empty());
         assert_eq!(counter.models.len(), 1);
-        counter.offers_seen(&[], hour + COUNTED_KEPT_HOURS + MODELS_KEPT_HOURS + 2);
+        counter.forget_before(hour_at(early).0 + MODELS_KEPT_HOURS + 1);
         assert!(counter.models.is_empty());
     }
 

@@ -138,7 +138,23 @@ fn operation_json(listener: Listener, spec: &RouteSpec) -> Value {
                 );
             }
             for (status, what, body) in &d.responses {
-                responses.insert(status.to_string(), body_response(what, body));
+                let mut response = body_response(what, body);
+                if *status == 200 && !d.headers.is_empty() {
+                    let headers: Map<String, Value> = d
+                        .headers
+                        .iter()
+                        .map(|(name, schema, what)| {
+                            (
+                                (*name).to_string(),
+                                json!({"description": what, "schema": schema}),
+                            )
+                        })
+                        .collect();
+                    if let Some(fields) = response.as_object_mut() {
+                        fields.insert("headers".into(), headers.into());
+                    }
+                }
+                responses.insert(status.to_string(), response);
             }
         }
         None => {

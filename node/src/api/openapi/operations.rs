@@ -34,6 +34,8 @@ pub(crate) struct Operation {
     /// Status, what it means, body. Refusals of the token check and the
     /// firewall are added from the route's access.
     pub(crate) responses: Vec<(u16, &'static str, Body)>,
+    /// Headers of the 200 answer: name, schema, description.
+    pub(crate) headers: Vec<(&'static str, Value, &'static str)>,
 }
 
 fn op(summary: &'static str) -> Operation {
@@ -42,6 +44,7 @@ fn op(summary: &'static str) -> Operation {
         query: Vec::new(),
         body: None,
         responses: Vec::new(),
+        headers: Vec::new(),
     }
 }
 
@@ -82,6 +85,17 @@ impl Operation {
         self.body = Some((schema, required));
         self
     }
+
+    fn header(mut self, name: &'static str, schema: Value, what: &'static str) -> Self {
+        self.headers.push((name, schema, what));
+        self
+    }
+}
+
+/// The cursor of an offer listing: the last offer's price (micro-credits),
+/// `created_at` and id (hex), as the order book writes it.
+fn offer_cursor() -> Value {
+    json!({"type": "string", "pattern": "^-?[0-9]{1,18}_[0-9]{1,19}_[0-9a-f]{64}$"})
 }
 
 /// A `limit`-style query parameter: a count the handler clamps.
@@ -103,13 +117,13 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .query("min_gpus", uint(u64::from(u32::MAX)), "At least this many GPUs in the offer")
             .query("min_memory_mib", count(), "At least this much memory per GPU, MiB")
             .query("limit", limit(), "Offers on the page (50 by default, clamped to 1..=200)")
-            .query("cursor", json!({"type": "string", "pattern": "^[0-9]{1,18}$"}), "The next_cursor of the page before")
+            .query("cursor", offer_cursor(), "The next_cursor of the page before")
             .ok(object(&[
                 ("offers", array(r("SignedOffer"))),
                 ("total", count()),
-                ("next_cursor", nullable(json!({"type": "string", "pattern": "^[0-9]+$"}))),
+                ("next_cursor", nullable(offer_cursor())),
             ]))
-            .refuses(&[400, 500]),
+            .refuses(&[400]),
         (Public, "GET", "/v1/prices") => op("Per GPU model: live offers and price quantiles per GPU-hour")
             .ok(object(&[(
                 "models",
@@ -121,8 +135,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
                     ("median", r("Credits")),
                     ("p90", r("Credits")),
                 ])),
-            )]))
-            .refuses(&[500]),
+            )])),
         (Public, "GET", "/v1/market") => op("Counts over the live offers")
             .ok(object(&[
                 ("offers", count()),
@@ -130,8 +143,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
                 ("gpus", count()),
                 ("gpu_models", count()),
                 ("regions", array(string())),
-            ]))
-            .refuses(&[500]),
+            ])),
 
         (Monitoring, "GET", "/metrics") => op("Prometheus metrics (OpenMetrics text)")
             .answers(200, "OK", Body::Text("application/openmetrics-text"))
@@ -143,11 +155,14 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .ok(object(&[("ready", json!({"const": true}))]))
             .answers(503, "Starting", Body::Json(object(&[("ready", json!({"const": false})), ("reason", string())]))),
 
-        (Customer, "GET", "/v1/offers") => op("Live offers, cheapest first")
+        (Customer, "GET", "/v1/offers") => op("Live offers, cheapest first (then newest), a page at a time")
             .query("gpu", string(), "GPU model (exact)")
             .query("max_price", r("Credits"), "Most per GPU-hour")
+            .query("limit", limit(), "Offers on the page (200 by default, clamped to 1..=1000)")
+            .query("cursor", offer_cursor(), "The next-cursor header of the page before")
             .ok(array(r("SignedOffer")))
-            .refuses(&[400, 500]),
+            .header("next-cursor", offer_cursor(), "Where the next page starts; absent on the last page")
+            .refuses(&[400]),
         (Customer, "POST", "/v1/bid") => op("Lease the best matching offer now, or stand the bid when it may wait (moves money: escrow)")
             .body(r("BidRequest"), true)
             .ok(r("LeaseStatus"))
@@ -187,9 +202,14 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .ok(r("AccountReport"))
             .refuses(&[400, 404, 409, 500]),
 
-        (Supplier, "GET", "/v1/offers") => op("This supplier's live offers")
+        (Supplier, "GET", "/v1/offers") => op("This supplier's live offers, cheapest first, a page at a time")
+            .query("gpu", string(), "GPU model (exact)")
+            .query("max_price", r("Credits"), "Most per GPU-hour")
+            .query("limit", limit(), "Offers on the page (200 by default, clamped to 1..=1000)")
+            .query("cursor", offer_cursor(), "The next-cursor header of the page before")
             .ok(array(r("SignedOffer")))
-            .refuses(&[500]),
+            .header("next-cursor", offer_cursor(), "Where the next page starts; absent on the last page")
+            .refuses(&[400]),
         (Supplier, "GET", "/v1/gpus") => op("The GPUs and their latest samples")
             .ok(object(&[("gpus", array(r("GpuDevice"))), ("latest", array(r("GpuSample")))]))
             .refuses(&[409]),

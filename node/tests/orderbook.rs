@@ -1,0 +1,278 @@
+//! A customer node whose store holds 100,000 live offers answers offer
+//! listings a page at a time, market statistics and bids from its order
+//! book in memory: after the one read of the store at start, no request
+//! scans the stored offers (the store counts every offer its scans read),
+//! and an offer stored after start is listed and leased from without a
+//! second read.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Instant;
+
+use common::eventually;
+use rigmesh_ledger::{MarketRecord, MarketStore, OfferKey};
+use rigmesh_node::api::tokens::{read_token, Bootstrap};
+use rigmesh_node::config::{NodeConfig, Role};
+use rigmesh_protocol::wire::WireMessage;
+use rigmesh_protocol::{Credits, Id, Keypair, Kind, Offer, Signed, UnixMillis, PROTOCOL_VERSION};
+
+/// Offers written into the node's store before it starts.
+const OFFERS: u64 = 100_000;
+/// Device sets per supplier key: 2,000 suppliers, each within the
+/// per-author quota of 64.
+const DEVICES_PER_KEY: u64 = 50;
+const MODEL: &str = "NVIDIA H100 80GB HBM3";
+
+/// Offer `n`: one of a few models and regions, priced from 2.000000 up in
+/// micro-credit steps, so the cheapest is known (offer 0, at 2.00).
+fn offer(key: &Keypair, n: u64, now: UnixMillis) -> Signed<Offer> {
+    Signed::sign(
+        Offer {
+            version: PROTOCOL_VERSION,
+            supplier: key.public(),
+            sequence: 1,
+            gpu_model: if n % 4 == 3 {
+                "NVIDIA A100-SXM4-80GB".into()
+            } else {
+                MODEL.into()
+            },
+            gpu_memory_mib: 81_920,
+            gpu_count: 1 + (n % 8) as u16,
+            price_per_gpu_hour: Credits::from_units(2_000_000 + ((n * 7_919) % 3_000_000) as i64),
+            min_hours: 1,
+            max_hours: 72,
+            region: ["eu", "us", "ap"][(n % 3) as usize].into(),
+            hardware_fingerprint: Id(*blake3::hash(&n.to_be_bytes()).as_bytes()),
+            created_at: now,
+            expires_at: now.plus_ms(3_600_000),
+        },
+        key,
+    )
+    .unwrap()
+}
+
+fn record(o: &Signed<Offer>) -> MarketRecord {
+    MarketRecord {
+        kind: Kind::Offer,
+        id: o.id().unwrap(),
+        bytes: o.to_bytes().unwrap(),
+        offer: Some(OfferKey {
+            supplier: o.body.supplier,
+            fingerprint: o.body.hardware_fingerprint,
+            sequence: o.body.sequence,
+            expires_at: o.body.expires_at,
+        }),
+        expires_at: None,
+        lease: None,
+        author: Some(o.body.supplier),
+    }
+}
+
+/// Signs the offers on every core and writes them in batches straight
+/// into the store the node will open.
+fn fill(path: &std::path::Path, now: UnixMillis) {
+    let store = MarketStore::open(path).unwrap();
+    let keys: Vec<Keypair> = (0..OFFERS / DEVICES_PER_KEY)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&i.to_be_bytes());
+            seed[8] = 1;
+            Keypair::from_seed(seed)
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (store, keys) = (&store, &keys);
+            scope.spawn(move || {
+                let mine: Vec<u64> = (0..OFFERS).filter(|n| n % threads == t).collect();
+                for chunk in mine.chunks(5_000) {
+                    let records: Vec<MarketRecord> = chunk
+                        .iter()
+                        .map(|n| record(&offer(&keys[(n / DEVICES_PER_KEY) as usize], *n, now)))
+                        .collect();
+                    store.store(&records).unwrap();
+                }
+            });
+        }
+    });
+    store.flush().unwrap();
+}
+
+fn status(response: &str) -> u16 {
+    response[9..12].parse().unwrap()
+}
+
+fn body(response: &str) -> serde_json::Value {
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+fn next_cursor(response: &str) -> Option<String> {
+    response
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("next-cursor: ").map(str::to_string))
+}
+
+fn prices(page: &serde_json::Value) -> Vec<Credits> {
+    page.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["body"]["price_per_gpu_hour"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_store() {
+    common::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let now = UnixMillis::now();
+    let started = Instant::now();
+    fill(&dir.path().join("ledger"), now);
+    eprintln!(
+        "{OFFERS} offers signed and stored in {:?}",
+        started.elapsed()
+    );
+
+    let config = NodeConfig {
+        role: Role::Customer,
+        data_dir: dir.path().to_path_buf(),
+        network: common::config(),
+        monitoring: "127.0.0.1:0".parse().unwrap(),
+        customer_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        ..NodeConfig::default()
+    };
+    let started = Instant::now();
+    let node = rigmesh_node::node::start(config).await.unwrap();
+    let book = node.book.clone();
+    eventually(60, "the order book read from the store", || {
+        let book = book.clone();
+        async move { book.is_loaded() }
+    })
+    .await;
+    eprintln!(
+        "node started and its book loaded in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(node.book.len() as u64, OFFERS);
+    // The one read at start; from here on, nothing may scan the offers.
+    let scanned = node.store.offers_scanned();
+    assert_eq!(scanned, OFFERS);
+    let metrics = common::http_get(node.monitoring, "/metrics", None).await;
+    assert!(
+        metrics.contains(&format!("rigmesh_orderbook_offers {OFFERS}")),
+        "{metrics}"
+    );
+
+    let customer = node.customer_api.unwrap();
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let get = |path: String| {
+        let token = token.clone();
+        async move { common::http_get(customer, &path, Some(&token)).await }
+    };
+
+    // Pages of the default size, cheapest first, each starting where the
+    // one before ended.
+    let r = get(format!("/v1/offers?gpu={}", MODEL.replace(' ', "%20"))).await;
+    assert_eq!(status(&r), 200, "{r}");
+    let first = prices(&body(&r));
+    assert_eq!(first.len(), 200, "the default page");
+    assert_eq!(
+        first[0],
+        Credits::from_units(2_000_000),
+        "the cheapest first"
+    );
+    assert!(first.windows(2).all(|w| w[0] <= w[1]));
+    let mut cursor = next_cursor(&r).expect("more pages");
+    let mut listed = first.len();
+    let mut last = *first.last().unwrap();
+    for _ in 0..3 {
+        let r = get(format!("/v1/offers?limit=1000&cursor={cursor}")).await;
+        assert_eq!(status(&r), 200, "{r}");
+        let page = prices(&body(&r));
+        assert_eq!(page.len(), 1000);
+        assert!(page[0] >= last && page.windows(2).all(|w| w[0] <= w[1]));
+        last = *page.last().unwrap();
+        listed += page.len();
+        cursor = next_cursor(&r).expect("more pages");
+    }
+    assert_eq!(listed, 3_200);
+
+    // The public listener's statistics count every offer.
+    let r = common::http_get(node.public_api, "/v1/market", None).await;
+    assert_eq!(body(&r)["offers"], OFFERS, "{r}");
+    assert_eq!(body(&r)["suppliers"], OFFERS / DEVICES_PER_KEY);
+    let r = common::http_get(node.public_api, "/v1/offers?limit=1&region=ap", None).await;
+    assert_eq!(body(&r)["total"], OFFERS / 3, "{r}");
+
+    // A bid nothing meets is explained over all the model's offers.
+    let h100s = OFFERS - OFFERS / 4;
+    let bid = |max_price: &str| {
+        format!(r#"{{"gpu":"{MODEL}","count":1,"max_price":"{max_price}","hours":1}}"#)
+    };
+    let r = common::http_post(customer, "/v1/bid", &token, &bid("1.50")).await;
+    assert_eq!(status(&r), 404, "{r}");
+    let reason = body(&r)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.starts_with(&format!(
+            "{h100s} offers for {MODEL}; {h100s} above your max price (cheapest 2.00)"
+        )),
+        "{reason}"
+    );
+    // A bid something meets takes the cheapest: offer 0, whose supplier has
+    // no node binding here, so the node says whom it would have asked.
+    let cheapest = {
+        let mut seed = [0u8; 32];
+        seed[8] = 1;
+        Keypair::from_seed(seed)
+    };
+    let r = common::http_post(customer, "/v1/bid", &token, &bid("3.00")).await;
+    let reason = body(&r)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains(&format!(
+            "no node binding known for supplier {}",
+            cheapest.public()
+        )),
+        "{reason}"
+    );
+
+    // An offer stored after start, cheaper than all, is in the book at
+    // once: listed first and chosen by the next bid.
+    let newcomer = Keypair::from_seed([42; 32]);
+    let mut cheaper = offer(&newcomer, OFFERS + 1, UnixMillis::now()).body;
+    cheaper.gpu_model = MODEL.into();
+    cheaper.price_per_gpu_hour = Credits::from_units(1_900_000);
+    let cheaper = Signed::sign(cheaper, &newcomer).unwrap();
+    // No peer is connected: stored, then not gossiped.
+    let _ = node
+        .handle
+        .publish(&WireMessage::Offer(cheaper.clone()))
+        .await;
+    assert!(node
+        .store
+        .contains(Kind::Offer, &cheaper.id().unwrap())
+        .unwrap());
+    let r = get("/v1/offers?limit=1".into()).await;
+    assert_eq!(prices(&body(&r)), [Credits::from_units(1_900_000)]);
+    let r = common::http_post(customer, "/v1/bid", &token, &bid("3.00")).await;
+    let reason = body(&r)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(&newcomer.public().to_string()), "{reason}");
+
+    assert_eq!(
+        node.store.offers_scanned(),
+        scanned,
+        "no listing, statistic or bid read the stored offers"
+    );
+    node.stop().await.unwrap();
+}

@@ -151,13 +151,15 @@ impl LeaseCounter {
         }
         self.counted.insert(order.lease, hour);
         let mut names = vec!["market/leases_started".to_owned()];
-        if !self.models.contains_key(&order.supplier) {
+        if let std::collections::btree_map::Entry::Vacant(unknown) =
+            self.models.entry(order.supplier)
+        {
             let live: BTreeSet<String> = live_models(&order.supplier)
                 .iter()
                 .map(|m| model_key(m))
                 .collect();
             if !live.is_empty() {
-                self.models.insert(order.supplier, (live, hour));
+                unknown.insert((live, hour));
             }
         }
         if let Some((models, _)) = self.models.get(&order.supplier) {

@@ -228,16 +228,20 @@ async fn the_market_series_follow_the_live_offers() {
     }
     book.flush().unwrap();
     drop(book);
-    let node = start(dir.path()).await;
+    // Three live offers in the gossip store the node opens.
     let key = Keypair::from_seed([9; 32]);
     let listed: Vec<_> = [1_500_000, 1_700_000, 2_100_000]
         .iter()
         .enumerate()
         .map(|(i, p)| offers::offer(&key, "A100 80GB", *p, &format!("eu-{i}")))
         .collect();
-    node.store
+    let store = rigmesh_ledger::MarketStore::open(&dir.path().join("ledger")).unwrap();
+    store
         .store(&listed.iter().map(offers::record).collect::<Vec<_>>())
         .unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let node = start(dir.path()).await;
     let api = node.analytics_api.unwrap();
     let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
     eventually(20, "the market series", || async {

@@ -11,8 +11,7 @@
 //! the book in the same call. Updating at the write rather than from the
 //! broadcast of accepted messages means the book cannot fall behind:
 //! there is no receiver to lag, so no offer is lost to a burst and no
-//! reload has to race the writes; and the node's own offers, which are
-//! stored but not broadcast, are in it too. Loading and writing may
+//! reload has to race the writes. Loading and writing may
 //! interleave: both keep the higher sequence of a device set, so they
 //! converge on what the store holds.
 //!

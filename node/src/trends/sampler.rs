@@ -94,6 +94,10 @@ const MODELS_KEPT_HOURS: i64 = 7 * 24;
 const COUNTED_KEPT_HOURS: i64 = 48;
 /// Most leases remembered as counted, and most suppliers remembered.
 const MAX_REMEMBERED: usize = 200_000;
+/// Models remembered per supplier: whether it offers one or several is
+/// all the count needs, so a supplier cycling through made-up model
+/// names holds two.
+const MODELS_PER_SUPPLIER: usize = 2;
 
 /// Counts leases started from the escrow certificates gossip brings.
 #[derive(Debug, Default)]
@@ -116,9 +120,9 @@ impl LeaseCounter {
 
     /// The series to add one to for `message`, and the hour: none unless
     /// it is the first escrow certificate of its lease seen here. An
-    /// offer tells which model its supplier offers.
-    /// `live_models` names the models of a supplier's live offers, for a
-    /// supplier no offer of which came by since this node started.
+    /// offer tells which model its supplier offers; `live_models` names
+    /// the models of a supplier's live offers, for a supplier no offer of
+    /// which came by since this node started.
     fn count(
         &mut self,
         message: &WireMessage,
@@ -133,7 +137,9 @@ impl LeaseCounter {
                     self.models.pop_first();
                 }
                 let (models, seen) = self.models.entry(offer.body.supplier).or_default();
-                models.insert(model_key(&offer.body.gpu_model));
+                if models.len() < MODELS_PER_SUPPLIER {
+                    models.insert(model_key(&offer.body.gpu_model));
+                }
                 *seen = hour;
                 return None;
             }
@@ -157,6 +163,7 @@ impl LeaseCounter {
             let live: BTreeSet<String> = live_models(&order.supplier)
                 .iter()
                 .map(|m| model_key(m))
+                .take(MODELS_PER_SUPPLIER)
                 .collect();
             if !live.is_empty() {
                 unknown.insert((live, hour));
@@ -423,9 +430,15 @@ mod tests {
         // A supplier offering two models: the total only.
         let mut counter = LeaseCounter::default();
         let mut other = offer.clone();
-        other.body.gpu_model = "another model".to_owned();
         counter.count(&gossiped, t0, nothing_live);
-        counter.count(&WireMessage::Offer(other), t0, nothing_live);
+        for n in 0..100 {
+            other.body.gpu_model = format!("made-up model {n}");
+            counter.count(&WireMessage::Offer(other.clone()), t0, nothing_live);
+        }
+        assert_eq!(
+            counter.models[&offer.body.supplier].0.len(),
+            MODELS_PER_SUPPLIER
+        );
         assert_eq!(
             counter.count(&message, t0, nothing_live),
             Some((total, hour))

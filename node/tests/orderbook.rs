@@ -7,11 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+#[path = "common/offers.rs"]
+mod offers;
 
 use std::time::Instant;
 
 use common::eventually;
-use rigmesh_ledger::{MarketRecord, MarketStore, OfferKey};
+use offers::record;
+use rigmesh_ledger::{MarketRecord, MarketStore};
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{NodeConfig, Role};
 use rigmesh_protocol::wire::WireMessage;
@@ -50,23 +53,6 @@ fn offer(key: &Keypair, n: u64, now: UnixMillis) -> Signed<Offer> {
         key,
     )
     .unwrap()
-}
-
-fn record(o: &Signed<Offer>) -> MarketRecord {
-    MarketRecord {
-        kind: Kind::Offer,
-        id: o.id().unwrap(),
-        bytes: o.to_bytes().unwrap(),
-        offer: Some(OfferKey {
-            supplier: o.body.supplier,
-            fingerprint: o.body.hardware_fingerprint,
-            sequence: o.body.sequence,
-            expires_at: o.body.expires_at,
-        }),
-        expires_at: None,
-        lease: None,
-        author: Some(o.body.supplier),
-    }
 }
 
 /// Signs the offers on every core and writes them in batches straight

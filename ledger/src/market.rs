@@ -583,6 +583,32 @@ impl MarketStore {
             .collect()
     }
 
+    /// Every stored, unexpired message of `T`'s kind by `author` at `now`
+    /// (offers, bids, bindings and alerts: the kinds kept under a quota),
+    /// read through the author index, so the cost is that author's
+    /// messages, never the whole kind.
+    pub fn by_author<T: rigmesh_protocol::Message>(
+        &self,
+        author: &PublicKey,
+        now: UnixMillis,
+    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+        let prefix = author_prefix(author, T::KIND);
+        let mut out = Vec::new();
+        for entry in self.messages.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let id = read_id(key.get(prefix.len()..).unwrap_or_default(), "author index")?;
+            let Some(value) = self.messages.get(message_key(T::KIND, &id))? else {
+                continue;
+            };
+            if read_u64(&value, "message expiry")? < now.0 {
+                continue;
+            }
+            let bytes = value.get(8..).unwrap_or_default();
+            out.push(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?);
+        }
+        Ok(out)
+    }
+
     /// The stored messages of `T`'s kind about `lease`, by id.
     pub fn about_lease<T: rigmesh_protocol::Message>(
         &self,
@@ -1024,6 +1050,39 @@ mod tests {
         store.store(&[record_of(&offer(0, 2))]).unwrap();
         assert_eq!(store.author_count(Kind::Offer, &supplier, 100).unwrap(), 5);
         assert_eq!(store.count(Kind::Offer), 5);
+        // Read by author, the live offers are those a read of every offer
+        // finds for that supplier: the replaced one is gone, the newer one
+        // is there, and nobody else's are.
+        let mut by_author: Vec<Id> = store
+            .by_author::<rigmesh_protocol::Offer>(&supplier, t0)
+            .unwrap()
+            .iter()
+            .map(|o| o.id().unwrap())
+            .collect();
+        let mut scanned: Vec<Id> = store
+            .all::<rigmesh_protocol::Offer>(t0)
+            .unwrap()
+            .iter()
+            .filter(|o| o.body.supplier == supplier)
+            .map(|o| o.id().unwrap())
+            .collect();
+        by_author.sort();
+        scanned.sort();
+        assert_eq!(by_author, scanned);
+        assert_eq!(by_author.len(), 5);
+        assert!(by_author.contains(&offer(0, 2).id().unwrap()));
+        assert!(store
+            .by_author::<rigmesh_protocol::Offer>(&PublicKey([9; 32]), t0)
+            .unwrap()
+            .is_empty());
+        let expiry = UnixMillis(base.body.expires_at.0 + 1);
+        assert!(
+            store
+                .by_author::<rigmesh_protocol::Offer>(&supplier, expiry)
+                .unwrap()
+                .is_empty(),
+            "expired offers are not read back before they are pruned"
+        );
         // Once expired, all five go, and with them their count.
         let after = UnixMillis(base.body.expires_at.0 + 1);
         assert_eq!(store.prune_expired(after, 100).unwrap(), 5);

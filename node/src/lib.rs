@@ -20,6 +20,7 @@ pub mod orderbook;
 pub mod quorum;
 pub mod receipts;
 pub mod review;
+pub mod stalls;
 pub mod supplier;
 pub mod telemetry;
 pub mod trends;

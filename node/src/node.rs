@@ -183,6 +183,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let coordinator_metrics = (config.role == Role::Coordinator)
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
+    let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
     // Every message the network stores goes through the order book's
     // store, so each offer taken is in the book in the same call; the
     // offers already stored are read into it off the executor.
@@ -263,6 +264,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         net.ingest_task,
         monitoring_task,
         tokio::spawn(load_book(store.clone(), book.clone(), stop.subscribe())),
+        tokio::spawn(crate::stalls::run(stall_metrics, stop.subscribe())),
     ];
     let (public_api, public_task) = crate::api::public::serve(
         config.public_api,

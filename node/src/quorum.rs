@@ -87,14 +87,18 @@ impl Quorum {
         &self.set
     }
 
-    /// Each member with the peer its newest binding names, if known.
+    /// Each member with the peer its newest binding names, if known; each
+    /// member's bindings are read by author, so a quorum call costs the
+    /// members' few bindings, not every binding the market holds.
     pub fn members(&self, now: UnixMillis) -> Vec<(PublicKey, Option<PeerId>)> {
-        let bindings = self.store.all::<NodeBinding>(now).unwrap_or_default();
         self.set
             .members()
             .iter()
             .map(|member| {
-                let peer = bindings
+                let peer = self
+                    .store
+                    .by_author::<NodeBinding>(member, now)
+                    .unwrap_or_default()
                     .iter()
                     .filter(|b| b.body.account == *member && b.body.expires_at > now)
                     .max_by_key(|b| b.body.created_at)

@@ -10,7 +10,7 @@ mod sled_store;
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
-pub use sled_store::{open_db, SledStore};
+pub use sled_store::{open_db, SledStore, CACHE_BYTES};
 
 use crate::error::Result;
 

@@ -25,6 +25,13 @@ impl std::fmt::Debug for SledStore {
     }
 }
 
+/// The most memory one database's page cache holds. The order book,
+/// the hot read path, lives in memory of its own; what the stores serve
+/// beyond it (a lease's evidence, a page of history) is small and local,
+/// so a modest cache loses little and keeps a node holding 100,000 offers
+/// well inside its memory budget (BENCHMARKS.md, the orderbook row).
+pub const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// How many times a held database lock is tried again, 50 ms apart.
 const LOCK_TRIES: u32 = 20;
 
@@ -33,10 +40,17 @@ const LOCK_TRIES: u32 = 20;
 /// sled's flusher thread winds down, so a held lock is tried again for up
 /// to a second before it is an error (a restart in place, a reopen in a
 /// test); a database another process holds still fails after that second.
+///
+/// Its page cache is capped at [`CACHE_BYTES`]: sled's own default is a
+/// gigabyte per database, and a node opens several.
 pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let mut tries = 0;
     loop {
-        match sled::open(path) {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && tries < LOCK_TRIES =>
             {

@@ -318,10 +318,7 @@ impl TokenStore {
     pub fn open(data_dir: &Path, audiences: &[Bootstrap]) -> Result<Self> {
         let dir = api_dir(data_dir);
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let db = sled::Config::new()
-            .path(dir.join("tokens"))
-            .open()
-            .map_err(store_error)?;
+        let db = rigmesh_ledger::store::open_db(&dir.join("tokens")).map_err(store_error)?;
         Self::open_in(db, data_dir, audiences)
     }
 

@@ -125,10 +125,11 @@ fn failed<E: std::fmt::Display>(e: E) -> BidError {
     BidError::Failed(e.to_string())
 }
 
-/// The peer an account's newest unexpired binding names.
+/// The peer an account's newest unexpired binding names, read from that
+/// account's own bindings (at most its quota), not from every binding.
 fn peer_of(store: &MarketStore, account: &PublicKey, now: UnixMillis) -> Result<PeerId, BidError> {
     store
-        .all::<NodeBinding>(now)
+        .by_author::<NodeBinding>(account, now)
         .map_err(failed)?
         .into_iter()
         .filter(|b| b.body.account == *account && b.body.expires_at > now)

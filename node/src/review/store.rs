@@ -62,7 +62,7 @@ impl ReviewStore {
             path: dir.display().to_string(),
             source: e,
         })?;
-        let db = sled::Config::new().path(dir).open().map_err(store_error)?;
+        let db = rigmesh_ledger::store::open_db(dir).map_err(store_error)?;
         Self::open_in(db, max_open)
     }
 

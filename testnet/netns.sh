@@ -73,6 +73,10 @@ need_root() {
 }
 
 # Masquerade on a NAT router's outside link, with nftables or iptables.
+# Like a home router, it drops what arrives from outside unasked: without
+# that, the router's own stack answers a peer's hole-punching packet, sent
+# before this side's own went out, with a TCP reset or an ICMP "port
+# unreachable" that kills the attempt.
 masquerade() {
     local ns=$1 dev=$2
     if command -v nft >/dev/null 2>&1; then
@@ -84,6 +88,12 @@ table ip nat {
     }
 }
 table ip filter {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "$dev" ct state established,related accept
+        iifname "$dev" ip protocol icmp accept
+        iifname "$dev" drop
+    }
     chain forward {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
@@ -96,6 +106,9 @@ EOF
         ip netns exec "$ns" iptables -P FORWARD DROP
         ip netns exec "$ns" iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
         ip netns exec "$ns" iptables -A FORWARD -i lan -o "$dev" -j ACCEPT
+        ip netns exec "$ns" iptables -A INPUT -i "$dev" -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+        ip netns exec "$ns" iptables -A INPUT -i "$dev" -p icmp -j ACCEPT
+        ip netns exec "$ns" iptables -A INPUT -i "$dev" -j DROP
     else
         die "needs nftables (nft) or iptables for the NAT routers"
     fi

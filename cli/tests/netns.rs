@@ -2,8 +2,10 @@
 //! suppliers behind NAT routers and a customer each in a network namespace
 //! of its own, every one a `rigmesh node run` of this build. The test
 //! checks that a NATed supplier finds itself private (AutoNAT) and listens
-//! through a coordinator acting as relay; that a customer leases its GPU
-//! over the relayed connection and the lease settles on every
+//! through a coordinator acting as relay; that a customer, itself behind
+//! another NAT, reaches it over the relayed connection, that DCUtR punches
+//! a hole through both NAT routers to a direct connection and the relayed
+//! one is then given back, and that the lease settles on every
 //! coordinator's books; that with one coordinator cut off mid-lease the
 //! other three settle it, and once healed the fourth catches up and its
 //! books agree to the unit; and that with latency and loss on every link a
@@ -414,6 +416,30 @@ fn a_nated_supplier_leases_settles_through_a_partition_and_under_loss() {
 
     // The three others settle the lease.
     settled(&net, &supplier_1, &customer, 3, Credits::from_units(1));
+
+    // Both NATed ends punched a hole to each other, and one of them closed
+    // the relayed connection once the direct one held.
+    eventually(
+        60,
+        "a direct connection punched, the relay given back",
+        || {
+            let (c, s) = (net.metrics("customer-0"), net.metrics("supplier-1"));
+            let punched = |page: &str| {
+                series(page, r#"rigmesh_net_hole_punches_total{outcome="success"}"#) >= 1.0
+            };
+            let retired = series(&c, "rigmesh_net_relayed_retired_total")
+                + series(&s, "rigmesh_net_relayed_retired_total");
+            if punched(&c) && punched(&s) && retired >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "customer-0: {}\nsupplier-1: {}",
+                    nat_lines(&c),
+                    nat_lines(&s)
+                ))
+            }
+        },
+    );
     let three = net
         .agreed(&[supplier_1.as_str(), customer.as_str()], 3)
         .unwrap();
@@ -494,13 +520,19 @@ fn a_nated_supplier_leases_settles_through_a_partition_and_under_loss() {
 
     // Relayed and direct connections and hole punches, as reported.
     for node in ["customer-0", "supplier-1", "supplier-2"] {
-        let page = net.metrics(node);
-        let lines: Vec<&str> = page
-            .lines()
-            .filter(|l| {
-                l.starts_with("rigmesh_net_connections") || l.starts_with("rigmesh_net_hole_punch")
-            })
-            .collect();
-        eprintln!("{node}:\n{}", lines.join("\n"));
+        eprintln!("{node}:\n{}", nat_lines(&net.metrics(node)));
     }
+}
+
+/// The lines of a metrics page about connections, hole punches and the
+/// relayed connections given back.
+fn nat_lines(page: &str) -> String {
+    page.lines()
+        .filter(|l| {
+            l.starts_with("rigmesh_net_connections")
+                || l.starts_with("rigmesh_net_hole_punch")
+                || l.starts_with("rigmesh_net_relayed_retired")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -130,6 +130,7 @@ impl EventLoop {
                     self.expire_bans();
                     self.redial_bootstrap();
                     self.reserve_relays();
+                    self.retire_relayed();
                 }
             }
         }
@@ -422,6 +423,8 @@ impl EventLoop {
                 let outcome = match &event.result {
                     Ok(_) => {
                         self.stats.hole_punch_successes += 1;
+                        self.nat
+                            .on_punched(event.remote_peer_id, std::time::Instant::now());
                         tracing::info!(peer = %event.remote_peer_id, "hole punched: direct connection");
                         "success"
                     }
@@ -472,12 +475,15 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
             } => {
                 self.update_peer_gauge();
                 self.count_connection(endpoint.is_relayed(), 1);
+                self.nat
+                    .on_connected(peer_id, connection_id, endpoint.is_relayed());
                 if endpoint.is_relayed() {
                     self.metrics.hole_punch_attempts.inc();
                 } else if endpoint.is_dialer() {
@@ -501,12 +507,31 @@ impl EventLoop {
             }
             // Strikes outlive the connection: a peer that reconnects
             // carries them (they decay with time instead).
-            SwarmEvent::ConnectionClosed { endpoint, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
                 self.update_peer_gauge();
                 self.count_connection(endpoint.is_relayed(), -1);
+                self.nat
+                    .on_disconnected(peer_id, connection_id, endpoint.is_relayed());
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => self.on_dial_error(&error),
             _ => {}
+        }
+    }
+
+    /// Closes the relayed connections a hole punch has made redundant, so
+    /// the relay's circuits are given back rather than held until its
+    /// limits end them.
+    fn retire_relayed(&mut self) {
+        for (peer, connection) in self.nat.relayed_to_retire(std::time::Instant::now()) {
+            if self.swarm.close_connection(connection) {
+                tracing::info!(%peer, "direct connection holds: relayed connection closed");
+                self.metrics.relayed_retired.inc();
+            }
         }
     }
 

@@ -105,6 +105,8 @@ pub struct NetworkMetrics {
     pub hole_punch_attempts: Counter,
     /// Hole punches that ended, by outcome, as this node saw them.
     pub hole_punches: Family<HolePunchLabel, Counter>,
+    /// Relayed connections closed because a hole punch gave a direct one.
+    pub relayed_retired: Counter,
     /// Reservations this node holds (or asks for) on relays.
     pub relay_reservations: Gauge,
     /// Circuits this node relayed for others (as a relay server).
@@ -136,6 +138,7 @@ impl NetworkMetrics {
             connections_opened: Family::default(),
             hole_punch_attempts: Counter::default(),
             hole_punches: Family::default(),
+            relayed_retired: Counter::default(),
             relay_reservations: Gauge::default(),
             relayed_circuits: Counter::default(),
             reachability: Family::default(),
@@ -231,6 +234,11 @@ impl NetworkMetrics {
             "hole_punches",
             "Hole punches that ended, by outcome (success, failure)",
             metrics.hole_punches.clone(),
+        );
+        r.register(
+            "relayed_retired",
+            "Relayed connections closed once a hole punch gave a direct one",
+            metrics.relayed_retired.clone(),
         );
         r.register(
             "relay_reservations",

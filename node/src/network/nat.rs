@@ -5,9 +5,11 @@
 //! on the events that change it.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol as AddrProtocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::{autonat, Multiaddr, PeerId, Swarm};
 
 use super::behaviour::Behaviour;
@@ -36,6 +38,18 @@ impl Status {
     }
 }
 
+/// How long a relayed connection is kept after a hole punch gave a direct
+/// one to the same peer: requests already under way on it finish, new ones
+/// are spread over both, and then the relay's circuit is given back.
+pub(crate) const RELAYED_KEPT_AFTER_PUNCH: Duration = Duration::from_secs(20);
+
+/// One peer's open connections, as far as hole punching cares.
+#[derive(Debug, Default)]
+struct PeerConnections {
+    relayed: Vec<ConnectionId>,
+    direct: usize,
+}
+
 /// Relays known and reservations held, and the rule for when to hold them.
 pub(crate) struct Reachability {
     use_relay: UseRelay,
@@ -52,6 +66,10 @@ pub(crate) struct Reachability {
     dialled: HashMap<PeerId, Multiaddr>,
     /// Reservations asked for or held, by relay, with their listener.
     reservations: HashMap<PeerId, ListenerId>,
+    /// Open connections by peer, relayed and direct.
+    connections: HashMap<PeerId, PeerConnections>,
+    /// Peers a hole punch reached directly, with when.
+    punched: HashMap<PeerId, Instant>,
 }
 
 impl Reachability {
@@ -88,7 +106,63 @@ impl Reachability {
             configured,
             dialled: HashMap::new(),
             reservations: HashMap::new(),
+            connections: HashMap::new(),
+            punched: HashMap::new(),
         }
+    }
+
+    /// A connection to `peer` opened.
+    pub(crate) fn on_connected(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
+        let open = self.connections.entry(peer).or_default();
+        if relayed {
+            open.relayed.push(id);
+        } else {
+            open.direct += 1;
+        }
+    }
+
+    /// A connection to `peer` closed.
+    pub(crate) fn on_disconnected(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
+        let Some(open) = self.connections.get_mut(&peer) else {
+            return;
+        };
+        if relayed {
+            open.relayed.retain(|c| *c != id);
+        } else {
+            open.direct = open.direct.saturating_sub(1);
+        }
+        if open.relayed.is_empty() && open.direct == 0 {
+            self.connections.remove(&peer);
+            self.punched.remove(&peer);
+        }
+    }
+
+    /// A hole punch to `peer` gave a direct connection at `now`.
+    pub(crate) fn on_punched(&mut self, peer: PeerId, now: Instant) {
+        self.punched.insert(peer, now);
+    }
+
+    /// The relayed connections to close at `now`: those to peers a hole
+    /// punch reached at least [`RELAYED_KEPT_AFTER_PUNCH`] ago and that
+    /// still have a direct connection (if the direct one closed since, the
+    /// relay is what is left, and it stays).
+    pub(crate) fn relayed_to_retire(&mut self, now: Instant) -> Vec<(PeerId, ConnectionId)> {
+        let due: Vec<PeerId> = self
+            .punched
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= RELAYED_KEPT_AFTER_PUNCH)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut out = Vec::new();
+        for peer in due {
+            self.punched.remove(&peer);
+            if let Some(open) = self.connections.get(&peer) {
+                if open.direct > 0 {
+                    out.extend(open.relayed.iter().map(|c| (peer, *c)));
+                }
+            }
+        }
+        out
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -272,6 +346,40 @@ mod tests {
         libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id()
+    }
+
+    #[test]
+    fn a_relayed_connection_is_given_back_after_a_punch_only_while_a_direct_one_lasts() {
+        let mut nat = Reachability::new(&NatConfig::default(), false);
+        let (a, b) = (peer(), peer());
+        let t0 = Instant::now();
+        nat.on_connected(a, ConnectionId::new_unchecked(1), true);
+        nat.on_connected(a, ConnectionId::new_unchecked(2), false);
+        nat.on_connected(b, ConnectionId::new_unchecked(3), true);
+        nat.on_connected(b, ConnectionId::new_unchecked(4), false);
+        // Nothing is retired without a punch.
+        assert!(nat
+            .relayed_to_retire(t0 + RELAYED_KEPT_AFTER_PUNCH * 2)
+            .is_empty());
+        nat.on_punched(a, t0);
+        nat.on_punched(b, t0);
+        assert!(
+            nat.relayed_to_retire(t0 + Duration::from_secs(1))
+                .is_empty(),
+            "kept a while for requests under way"
+        );
+        // B's direct connection closed: its relay is all it has left.
+        nat.on_disconnected(b, ConnectionId::new_unchecked(4), false);
+        let later = t0 + RELAYED_KEPT_AFTER_PUNCH;
+        assert_eq!(
+            nat.relayed_to_retire(later),
+            vec![(a, ConnectionId::new_unchecked(1))]
+        );
+        assert!(nat.relayed_to_retire(later).is_empty(), "retired once");
+        // Both of A's go: nothing is left of it.
+        nat.on_disconnected(a, ConnectionId::new_unchecked(1), true);
+        nat.on_disconnected(a, ConnectionId::new_unchecked(2), false);
+        assert!(!nat.connections.contains_key(&a));
     }
 
     #[test]

@@ -832,4 +832,42 @@ mod tests {
             .unwrap();
         assert_eq!((done.scheduled, done.removed), (1, 4));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the leases and however small the rounds, compaction
+        /// ends with exactly the finally settled leases' evidence gone and
+        /// the index consistent after every round.
+        #[test]
+        fn rounds_of_any_size_remove_exactly_the_settled_evidence(
+            leases in proptest::collection::vec((0u64..4, 0u8..3), 1..5),
+            limit in 1usize..8,
+        ) {
+            let store = MarketStore::temporary().unwrap();
+            for (n, (windows, state)) in leases.iter().enumerate() {
+                let lease = Id([n as u8 + 100; 32]);
+                put(&store, &evidence(lease, *windows));
+                match state {
+                    1 => put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]),
+                    2 => put(&store, &[settlement(lease, 0, true, 0, &[2, 3])]),
+                    _ => {}
+                }
+            }
+            for round in 0..200u64 {
+                let done = store.compact_settled(&set(), UnixMillis(round), 0, limit).unwrap();
+                store.check_lease_index().unwrap();
+                proptest::prop_assert!(done.removed <= limit);
+                if done.is_empty() {
+                    break;
+                }
+            }
+            for (n, (windows, state)) in leases.iter().enumerate() {
+                let lease = Id([n as u8 + 100; 32]);
+                let expected = if *state == 1 { 0 } else { 2 * *windows as usize + 2 };
+                proptest::prop_assert_eq!(evidence_of(&store, &lease), expected);
+                proptest::prop_assert_eq!(store.is_compacted(&lease).unwrap(), *state == 1);
+            }
+        }
+    }
 }

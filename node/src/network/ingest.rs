@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use libp2p::gossipsub::MessageId;
 use libp2p::PeerId;
-use rigmesh_ledger::market::{quota_author, quota_of};
+use rigmesh_ledger::market::{quota_author, quota_of, TOMBSTONE_KEPT_MS};
 use rigmesh_protocol::crypto::{self, VerifyItem};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
@@ -197,6 +197,10 @@ impl Ingest {
                     continue;
                 }
             }
+            if let Some(refused) = self.after_compaction(&s.message, clock) {
+                set(&mut outcomes, s.index, refused);
+                continue;
+            }
             if !batch_ids.insert(s.id) {
                 set(&mut outcomes, s.index, Outcome::Ignore("duplicate"));
                 continue;
@@ -273,6 +277,31 @@ impl Ingest {
 }
 
 impl Ingest {
+    /// `None` unless `message` is usage evidence that compaction has done
+    /// with (specs/protocol.md 9.1): of a lease whose evidence this node
+    /// compacted, or older than a compacted lease's tombstone is kept. A
+    /// replay of old evidence, not held against the peer that forwards it.
+    fn after_compaction(&self, message: &WireMessage, clock: &Clock) -> Option<Outcome> {
+        let (lease, created_at) = match message {
+            WireMessage::UsageAttestation(m) => (m.body.lease, m.body.created_at),
+            WireMessage::UsageAck(m) => (m.body.lease, m.body.created_at),
+            WireMessage::UsageDispute(m) => (m.body.lease, m.body.created_at),
+            WireMessage::LeaseTermination(m) => (m.body.lease, m.body.created_at),
+            _ => return None,
+        };
+        if created_at.0.saturating_add(TOMBSTONE_KEPT_MS) < clock.now.0 {
+            return Some(Outcome::Ignore("too_old"));
+        }
+        match self.store.lease_compacted(&lease) {
+            Ok(false) => None,
+            Ok(true) => Some(Outcome::Ignore("compacted")),
+            Err(err) => {
+                tracing::warn!(%err, "ledger read failed during ingest");
+                Some(Outcome::Ignore("store_error"))
+            }
+        }
+    }
+
     /// `None` when `message` fits its author's quota (counting what this
     /// batch already took, in `by_author`), else the verdict: an offer,
     /// bid, binding or alert beyond what one author may have stored is

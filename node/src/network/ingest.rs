@@ -388,3 +388,95 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_ledger::MarketStore;
+    use rigmesh_protocol::{samples, Signed, UnixMillis};
+
+    fn item(message: &WireMessage) -> IngestItem {
+        IngestItem {
+            source: PeerId::random(),
+            message_id: None,
+            topic: rigmesh_protocol::kind::TOPIC_USAGE.into(),
+            data: GossipFrame::encode(message.kind(), &message.to_bytes().unwrap()),
+            received: Instant::now(),
+        }
+    }
+
+    /// An attestation of `lease` made at `at`.
+    fn attestation(lease: Id, seq: u64, at: UnixMillis) -> WireMessage {
+        let mut body = samples::usage_attestation_at(at.minus_ms(120_000))
+            .unwrap()
+            .body;
+        body.lease = lease;
+        body.seq = seq;
+        body.prev = if seq == 0 { Id::ZERO } else { Id([1; 32]) };
+        body.created_at = at;
+        WireMessage::UsageAttestation(Signed::sign(body, &samples::supplier()).unwrap())
+    }
+
+    #[test]
+    fn evidence_of_a_compacted_lease_or_older_than_its_tombstone_is_ignored_not_stored() {
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let set = samples::coordinator_set().unwrap();
+        let ingest = Ingest::new(store.clone(), Some(set.clone()));
+        let now = UnixMillis::now();
+        let clock = Clock::at(now);
+        let (settled, running) = (Id([1; 32]), Id([2; 32]));
+        let first = attestation(settled, 0, now);
+        assert_eq!(
+            ingest.process(&[item(&first)], &clock),
+            vec![Outcome::Accept]
+        );
+        // The lease settles finally; the node compacts it.
+        let mut request = samples::settlement_request_at(now).unwrap().body;
+        request.lease = settled;
+        request.final_settlement = true;
+        let request = Signed::sign(request, &samples::supplier()).unwrap();
+        let votes: Vec<_> = samples::coordinators()
+            .iter()
+            .take(3)
+            .map(|key| {
+                Signed::sign(
+                    rigmesh_protocol::Certificate::vote_for(&request, key.public()).unwrap(),
+                    key,
+                )
+                .unwrap()
+            })
+            .collect();
+        let certificate = WireMessage::SettlementCertificate(
+            rigmesh_protocol::Certificate::assemble(request, &votes).unwrap(),
+        );
+        let mut cert_item = item(&certificate);
+        cert_item.topic = rigmesh_protocol::kind::TOPIC_CERTS.into();
+        assert_eq!(ingest.process(&[cert_item], &clock), vec![Outcome::Accept]);
+        let done = store.compact_settled(&set, now, 0, 100).unwrap();
+        assert_eq!(done.removed, 1);
+
+        // A replay of its attestation, and a later one, are ignored; a
+        // running lease's attestation is taken; one made longer ago than a
+        // tombstone is kept is ignored whatever its lease.
+        let later = attestation(settled, 1, now);
+        let fresh = attestation(running, 0, now);
+        let ancient = attestation(running, 1, now.minus_ms(TOMBSTONE_KEPT_MS + 1));
+        let outcomes = ingest.process(
+            &[item(&first), item(&later), item(&fresh), item(&ancient)],
+            &clock,
+        );
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Ignore("compacted"),
+                Outcome::Ignore("compacted"),
+                Outcome::Accept,
+                Outcome::Ignore("too_old"),
+            ]
+        );
+        assert_eq!(store.count(Kind::UsageAttestation), 1);
+        assert!(store
+            .contains(Kind::UsageAttestation, &fresh.id().unwrap())
+            .unwrap());
+    }
+}

@@ -19,9 +19,12 @@
 //!   - `0xFC || expires_at u64 || tag(kind) || id` -> author or empty:
 //!     every message that expires, in expiry order, so pruning reads only
 //!     what has expired;
-//!   - `0xFB` -> index version: set once the two indexes above cover
-//!     every stored message (a store written before them is indexed when
-//!     opened).
+//!   - `0xFB` -> index version: set once the indexes cover every stored
+//!     message (a store written before them is indexed when opened);
+//!   - `0xFA || lease` -> empty, `0xF9 || due u64 || lease` -> empty,
+//!     `0xF8 || lease` -> `compacted_at u64` and `0xF7 || until u64 ||
+//!     lease` -> empty: leases whose evidence is compacted once they are
+//!     finally settled (see [`compaction`]).
 //! - tree `market/bans`: `offender bytes` -> `until u64 || reason`, where
 //!   the offender is a peer id's bytes or an address's multiaddr bytes
 //!   (`/ip4/..` or `/ip6/..`);
@@ -31,13 +34,17 @@
 //! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
-//! Kind tags are below `0xFB`, so the indexes never mix with messages.
+//! Kind tags are below `0xF7`, so the indexes never mix with messages.
 
 use std::path::Path;
 
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
 
 use crate::error::{Error, Result};
+
+pub mod compaction;
+
+pub use compaction::{Compaction, EVIDENCE_KINDS, TOMBSTONE_KEPT_MS};
 
 /// A message to store, with what the indexes need to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +173,11 @@ pub struct MarketStore {
     debits: sled::Tree,
     locked: sled::Tree,
     evidence: sled::Tree,
+    /// Held by a write that may add evidence of a lease and by each step
+    /// of compaction, so no message of a lease is written between the
+    /// step that finds its evidence gone and the tombstone that refuses
+    /// more (compaction.rs).
+    lease_writes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// What a coordinator saw of the windows a settlement request it voted
@@ -192,8 +204,9 @@ const BY_AUTHOR: u8 = 0xFD;
 const BY_EXPIRY: u8 = 0xFC;
 /// Key of the index version.
 const INDEX_VERSION_KEY: [u8; 1] = [0xFB];
-/// The version of the author and expiry indexes this code writes.
-const INDEX_VERSION: u64 = 1;
+/// The version of the indexes this code writes: 1 added the author and
+/// expiry indexes, 2 the leases that close (compaction).
+const INDEX_VERSION: u64 = 2;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -282,6 +295,7 @@ impl MarketStore {
             evidence: db.open_tree("coordinator/case_evidence")?,
             db,
             offers_scanned: Default::default(),
+            lease_writes: Default::default(),
         }
         .indexed()
     }
@@ -291,9 +305,23 @@ impl MarketStore {
     /// batches; then records that they are complete. Nothing to do on a
     /// store that has them.
     fn indexed(self) -> Result<Self> {
-        if self.messages.get(INDEX_VERSION_KEY)?.is_some() {
+        let version = match self.messages.get(INDEX_VERSION_KEY)? {
+            Some(v) => read_u64(&v, "index version")?,
+            None => 0,
+        };
+        if version >= INDEX_VERSION {
             return Ok(self);
         }
+        if version < 1 {
+            self.index_authors_and_expiry()?;
+        }
+        self.index_closing_leases()?;
+        self.messages
+            .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
+        Ok(self)
+    }
+
+    fn index_authors_and_expiry(&self) -> Result<()> {
         for kind in [Kind::Offer, Kind::Bid, Kind::NodeBinding, Kind::Alert] {
             let tag = kind.tag();
             let mut write = sled::Batch::default();
@@ -328,9 +356,7 @@ impl MarketStore {
             }
             self.messages.apply_batch(write)?;
         }
-        self.messages
-            .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
-        Ok(self)
+        Ok(())
     }
 
     /// How many messages of `kind` by `author` are stored, counting at
@@ -399,12 +425,28 @@ impl MarketStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // Held until the batch is applied: compaction must not find a
+        // lease's evidence gone while a write of more is under way.
+        let _writing = self
+            .lease_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut write = sled::Batch::default();
         // Live offers as this batch leaves them, so several offers for the
         // same devices in one batch resolve like sequential writes would.
         let mut live: std::collections::HashMap<Vec<u8>, (u64, Id, u64)> =
             std::collections::HashMap::new();
         for record in batch {
+            if let Some(lease) = &record.lease {
+                // Evidence of a compacted lease (a late copy, a replay)
+                // would stay for ever: nothing settles the lease again.
+                if EVIDENCE_KINDS.contains(&record.kind) && self.is_compacted(lease)? {
+                    continue;
+                }
+                if compaction::closes(record) {
+                    write.insert(compaction::closing_key(lease), Vec::new());
+                }
+            }
             let mut value = Vec::with_capacity(8 + record.bytes.len());
             let expires_at = record
                 .offer

@@ -111,6 +111,26 @@ pub struct CoordinatorsConfig {
     /// its operators. 0: never. A local choice.
     #[serde(default = "default_books_compare_secs")]
     pub books_compare_secs: u64,
+    /// Seconds after this node finds a lease finally settled (its final
+    /// settlement or release, every earlier settlement and every dispute
+    /// case's resolution, certified by this set) before it deletes the
+    /// lease's usage evidence from its gossip store; the certificates
+    /// stay (specs/protocol.md 9.1). A local choice; default 7 days.
+    #[serde(default = "default_evidence_grace_secs")]
+    pub evidence_grace_secs: u64,
+    /// How often the node looks for leases to compact (each round does a
+    /// bounded amount of work: 10,000 messages, so the default keeps
+    /// ahead of the usage a busy market makes). Default 10.
+    #[serde(default = "default_compact_every_secs")]
+    pub compact_every_secs: u64,
+}
+
+fn default_compact_every_secs() -> u64 {
+    10
+}
+
+fn default_evidence_grace_secs() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_books_compare_secs() -> u64 {
@@ -161,6 +181,8 @@ impl CoordinatorsConfig {
             release_grace_secs: default_release_grace_secs(),
             member_unreachable_secs: default_member_unreachable_secs(),
             books_compare_secs: default_books_compare_secs(),
+            evidence_grace_secs: default_evidence_grace_secs(),
+            compact_every_secs: default_compact_every_secs(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! The network's [`MessageStore`] over the ledger's [`MarketStore`].
+//! The network's [`MessageStore`] over the ledger's [`MarketStore`], and
+//! the metrics of the store's upkeep (pruning and compaction).
 
 use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord, OfferKey};
 use rigmesh_protocol::rpc::SyncTopic;
@@ -9,6 +10,41 @@ use crate::network::offences::Offender;
 use crate::network::store::{
     AcceptedMessage, MessageStore, OffenceState, PeerBan, StoreResult, SyncPage,
 };
+
+/// What the periodic upkeep of the gossip store removed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoreMetrics {
+    /// Expired offers, bids, bindings and alerts deleted.
+    pub(crate) pruned: prometheus_client::metrics::counter::Counter,
+    /// Evidence messages of finally settled leases deleted.
+    pub(crate) compacted: prometheus_client::metrics::counter::Counter,
+    /// Leases whose evidence is all deleted.
+    pub(crate) compacted_leases: prometheus_client::metrics::counter::Counter,
+}
+
+impl StoreMetrics {
+    /// Registers the metrics under `rigmesh_store`.
+    pub(crate) fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("rigmesh_store");
+        r.register(
+            "pruned_messages",
+            "Expired messages deleted from the gossip store",
+            metrics.pruned.clone(),
+        );
+        r.register(
+            "compacted_messages",
+            "Usage evidence of finally settled leases deleted from the gossip store",
+            metrics.compacted.clone(),
+        );
+        r.register(
+            "compacted_leases",
+            "Finally settled leases whose usage evidence is all deleted",
+            metrics.compacted_leases.clone(),
+        );
+        metrics
+    }
+}
 
 fn text<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -36,6 +72,10 @@ impl MessageStore for MarketStore {
 
     fn author_count(&self, kind: Kind, author: &PublicKey, at_most: usize) -> StoreResult<usize> {
         MarketStore::author_count(self, kind, author, at_most).map_err(text)
+    }
+
+    fn lease_compacted(&self, lease: &Id) -> StoreResult<bool> {
+        MarketStore::is_compacted(self, lease).map_err(text)
     }
 
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {

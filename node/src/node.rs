@@ -184,6 +184,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
+    let upkeep = Upkeep {
+        metrics: crate::market_store::StoreMetrics::register(&mut registry),
+        compaction: match (&coordinators, &config.coordinators) {
+            (Some(set), Some(table)) => Some(CompactionTerms {
+                set: set.clone(),
+                grace_ms: table.evidence_grace_secs.saturating_mul(1000),
+                every: std::time::Duration::from_secs(table.compact_every_secs.max(1)),
+            }),
+            _ => None,
+        },
+    };
     // Every message the network stores goes through the order book's
     // store, so each offer taken is in the book in the same call; the
     // offers already stored are read into it off the executor.
@@ -625,6 +636,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     tasks.push(tokio::spawn(prune_expired(
         store.clone(),
         book.clone(),
+        upkeep,
         stop.subscribe(),
     )));
     ready.store(true, std::sync::atomic::Ordering::Release);
@@ -648,6 +660,25 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stop,
         tasks,
     })
+}
+
+/// Most evidence messages a compaction round deletes (and most closing
+/// leases it checks), so one round stays short.
+const COMPACT_LIMIT: usize = 10_000;
+
+/// What the store's upkeep task does besides deleting expired messages.
+struct Upkeep {
+    metrics: crate::market_store::StoreMetrics,
+    /// Compaction of finally settled leases; `None` without a coordinator
+    /// set, whose certificates alone say a lease is settled.
+    compaction: Option<CompactionTerms>,
+}
+
+/// When and against what the evidence of settled leases is compacted.
+struct CompactionTerms {
+    set: rigmesh_protocol::CoordinatorSet,
+    grace_ms: u64,
+    every: std::time::Duration,
 }
 
 /// How often expired offers, bids and bindings are deleted.
@@ -695,16 +726,26 @@ async fn load_book(
     }
 }
 
-/// Deletes expired messages from the gossip store now and then, off the
-/// async executor, and expired offers from the order book, until `stop`
-/// turns true.
+/// Deletes expired messages from the gossip store now and then, and the
+/// evidence of finally settled leases past their grace, off the async
+/// executor, and expired offers from the order book, until `stop` turns
+/// true.
 async fn prune_expired(
     store: Arc<MarketStore>,
     book: Arc<crate::orderbook::OrderBook>,
+    upkeep: Upkeep,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut compact_tick = tokio::time::interval(
+        upkeep
+            .compaction
+            .as_ref()
+            .map_or(PRUNE_EVERY, |terms| terms.every),
+    );
+    compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let compaction = upkeep.compaction.map(Arc::new);
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -718,9 +759,38 @@ async fn prune_expired(
                 let before = rigmesh_protocol::UnixMillis::now().minus_ms(PRUNE_AFTER_MS);
                 match tokio::task::spawn_blocking(move || store.prune_expired(before, PRUNE_LIMIT)).await {
                     Ok(Ok(0)) => {}
-                    Ok(Ok(pruned)) => tracing::debug!(pruned, "expired messages deleted"),
+                    Ok(Ok(pruned)) => {
+                        upkeep.metrics.pruned.inc_by(pruned as u64);
+                        tracing::debug!(pruned, "expired messages deleted");
+                    }
                     Ok(Err(err)) => tracing::warn!(%err, "expired messages not deleted"),
                     Err(err) => tracing::warn!(%err, "the pruning task failed"),
+                }
+            }
+            _ = compact_tick.tick(), if compaction.is_some() => {
+                let (Some(terms), store) = (compaction.clone(), store.clone()) else {
+                    continue;
+                };
+                let now = rigmesh_protocol::UnixMillis::now();
+                let round = tokio::task::spawn_blocking(move || {
+                    store.compact_settled(&terms.set, now, terms.grace_ms, COMPACT_LIMIT)
+                });
+                match round.await {
+                    Ok(Ok(done)) if done.is_empty() => {}
+                    Ok(Ok(done)) => {
+                        upkeep.metrics.compacted.inc_by(done.removed as u64);
+                        upkeep.metrics.compacted_leases.inc_by(done.compacted as u64);
+                        tracing::debug!(
+                            scheduled = done.scheduled,
+                            not_settled = done.not_settled,
+                            removed = done.removed,
+                            leases = done.compacted,
+                            tombstones = done.tombstones_pruned,
+                            "settled leases compacted"
+                        );
+                    }
+                    Ok(Err(err)) => tracing::warn!(%err, "settled leases not compacted"),
+                    Err(err) => tracing::warn!(%err, "the compaction task failed"),
                 }
             }
         }

@@ -1001,6 +1001,10 @@ impl MessageStore for BookedStore {
         MessageStore::author_count(&*self.store, kind, author, at_most)
     }
 
+    fn lease_compacted(&self, lease: &Id) -> StoreResult<bool> {
+        MessageStore::lease_compacted(&*self.store, lease)
+    }
+
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         MessageStore::store(&*self.store, batch)?;
         let mut taken = Vec::new();

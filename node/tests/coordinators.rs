@@ -3061,3 +3061,140 @@ async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_and_its_receipts_stay(
+) {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
+    // The customer compacts two seconds after it finds a lease finally
+    // settled; every other node keeps the default week.
+    let short_grace = |c: &mut NodeConfig| {
+        let table = c.coordinators.as_mut().unwrap();
+        table.evidence_grace_secs = 2;
+        table.compact_every_secs = 1;
+    };
+    let customer = start_with(Role::Customer, dirs[5].path(), None, short_grace).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    mesh(&all).await;
+    let customer_ref = &customer;
+    eventually(20, "bindings and an offer at the customer", || async move {
+        customer_ref.store.count(Kind::NodeBinding) >= 5
+            && customer_ref.store.count(Kind::Offer) >= 1
+    })
+    .await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0031").await;
+    let r = bid_one(&customer, dirs[5].path(), "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+    let attestations = |node: &RunningNode| {
+        node.store
+            .about_lease::<rigmesh_protocol::UsageAttestation>(&lease)
+            .unwrap()
+            .len()
+    };
+    eventually(30, "three attestations at the customer", || async move {
+        attestations(customer_ref) >= 3
+    })
+    .await;
+
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let r = common::http_post(api, &format!("/v1/leases/{lease}/end"), &token, "{}").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let token_ref = &token;
+    eventually(90, "the final settlement at the customer", || async move {
+        let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
+        body(&r)[0]["settlement"]["closed"] == serde_json::json!(true)
+    })
+    .await;
+    let r = common::http_get(api, "/v1/leases", Some(&token)).await;
+    let settled = body(&r)[0]["settlement"].clone();
+    let acked = body(&r)[0]["acked_windows"].as_u64().unwrap();
+    assert!(acked >= 3, "{r}");
+
+    // Two seconds later the customer's store holds none of the lease's
+    // usage evidence; the supplier's, with a week of grace, all of it.
+    eventually(
+        30,
+        "the lease's evidence compacted at the customer",
+        || async move {
+            attestations(customer_ref) == 0
+                && customer_ref
+                    .store
+                    .about_lease::<rigmesh_protocol::UsageAck>(&lease)
+                    .unwrap()
+                    .is_empty()
+        },
+    )
+    .await;
+    assert!(customer.store.is_compacted(&lease).unwrap());
+    assert!(attestations(&supplier) >= 3);
+    customer.store.check_lease_index().unwrap();
+    let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
+    let compacted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rigmesh_store_compacted_messages_total "))
+        .unwrap_or_else(|| panic!("no compaction metric: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(compacted >= 2 * 3, "attestations and acks: {compacted}");
+
+    // What the customer checks of the lease still answers: its settlement
+    // and the certificates behind it, each verified here.
+    let r = common::http_get(api, "/v1/leases", Some(&token)).await;
+    assert_eq!(body(&r)[0]["settlement"], settled, "{r}");
+    let receipts_of_lease = |r: &str| -> Vec<serde_json::Value> {
+        body(r)["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["lease"] == serde_json::json!(lease.to_string()))
+            .cloned()
+            .collect()
+    };
+    let r = common::http_get(api, "/v1/account", Some(&token)).await;
+    let receipts = receipts_of_lease(&r);
+    assert!(
+        receipts
+            .iter()
+            .any(|x| x["kind"] == "settlement_certificate"),
+        "{r}"
+    );
+    assert!(receipts.iter().all(|x| x["verified"] == true), "{r}");
+
+    // Restarted, the customer does not rebuild the lease from the chain
+    // it no longer has: its record and receipts say the same.
+    customer.stop().await.unwrap();
+    let customer = start_with(Role::Customer, dirs[5].path(), None, short_grace).await;
+    let api = customer.customer_api.unwrap();
+    let r = common::http_get(api, "/v1/account", Some(&token)).await;
+    let account = body(&r);
+    let row = account["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lease"] == serde_json::json!(lease.to_string()))
+        .cloned()
+        .unwrap_or_else(|| panic!("the lease is still in the account: {r}"));
+    assert_eq!(row["acked_windows"].as_u64(), Some(acked), "{r}");
+    assert_eq!(receipts_of_lease(&r), receipts, "{r}");
+    assert_eq!(
+        customer
+            .store
+            .about_lease::<rigmesh_protocol::UsageAttestation>(&lease)
+            .unwrap()
+            .len(),
+        0
+    );
+
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}

@@ -896,6 +896,16 @@ impl Customer {
         let Some(text) = &record.agreement else {
             return Ok(None);
         };
+        // A lease whose evidence this node compacted is finally settled and
+        // has no chain left to replay: its record (spend, windows,
+        // disputes) and its certificates are what this node says of it.
+        if self
+            .store
+            .is_compacted(&record.lease)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
         let bytes = hex::decode(text).map_err(|e| e.to_string())?;
         let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
         let mut watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(|e| e.to_string())?;

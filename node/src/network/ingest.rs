@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use libp2p::gossipsub::MessageId;
 use libp2p::PeerId;
-use rigmesh_ledger::market::{quota_author, quota_of};
+use rigmesh_ledger::market::{quota_author, quota_of, TOMBSTONE_KEPT_MS};
 use rigmesh_protocol::crypto::{self, VerifyItem};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
@@ -197,6 +197,10 @@ impl Ingest {
                     continue;
                 }
             }
+            if let Some(refused) = self.after_compaction(&s.message, clock) {
+                set(&mut outcomes, s.index, refused);
+                continue;
+            }
             if !batch_ids.insert(s.id) {
                 set(&mut outcomes, s.index, Outcome::Ignore("duplicate"));
                 continue;
@@ -273,6 +277,31 @@ impl Ingest {
 }
 
 impl Ingest {
+    /// `None` unless `message` is usage evidence that compaction has done
+    /// with (specs/protocol.md 9.1): of a lease whose evidence this node
+    /// compacted, or older than a compacted lease's tombstone is kept. A
+    /// replay of old evidence, not held against the peer that forwards it.
+    fn after_compaction(&self, message: &WireMessage, clock: &Clock) -> Option<Outcome> {
+        let (lease, created_at) = match message {
+            WireMessage::UsageAttestation(m) => (m.body.lease, m.body.created_at),
+            WireMessage::UsageAck(m) => (m.body.lease, m.body.created_at),
+            WireMessage::UsageDispute(m) => (m.body.lease, m.body.created_at),
+            WireMessage::LeaseTermination(m) => (m.body.lease, m.body.created_at),
+            _ => return None,
+        };
+        if created_at.0.saturating_add(TOMBSTONE_KEPT_MS) < clock.now.0 {
+            return Some(Outcome::Ignore("too_old"));
+        }
+        match self.store.lease_compacted(&lease) {
+            Ok(false) => None,
+            Ok(true) => Some(Outcome::Ignore("compacted")),
+            Err(err) => {
+                tracing::warn!(%err, "ledger read failed during ingest");
+                Some(Outcome::Ignore("store_error"))
+            }
+        }
+    }
+
     /// `None` when `message` fits its author's quota (counting what this
     /// batch already took, in `by_author`), else the verdict: an offer,
     /// bid, binding or alert beyond what one author may have stored is
@@ -357,5 +386,97 @@ pub async fn run(
         if verdicts.send(out).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_ledger::MarketStore;
+    use rigmesh_protocol::{samples, Signed, UnixMillis};
+
+    fn item(message: &WireMessage) -> IngestItem {
+        IngestItem {
+            source: PeerId::random(),
+            message_id: None,
+            topic: rigmesh_protocol::kind::TOPIC_USAGE.into(),
+            data: GossipFrame::encode(message.kind(), &message.to_bytes().unwrap()),
+            received: Instant::now(),
+        }
+    }
+
+    /// An attestation of `lease` made at `at`.
+    fn attestation(lease: Id, seq: u64, at: UnixMillis) -> WireMessage {
+        let mut body = samples::usage_attestation_at(at.minus_ms(120_000))
+            .unwrap()
+            .body;
+        body.lease = lease;
+        body.seq = seq;
+        body.prev = if seq == 0 { Id::ZERO } else { Id([1; 32]) };
+        body.created_at = at;
+        WireMessage::UsageAttestation(Signed::sign(body, &samples::supplier()).unwrap())
+    }
+
+    #[test]
+    fn evidence_of_a_compacted_lease_or_older_than_its_tombstone_is_ignored_not_stored() {
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let set = samples::coordinator_set().unwrap();
+        let ingest = Ingest::new(store.clone(), Some(set.clone()));
+        let now = UnixMillis::now();
+        let clock = Clock::at(now);
+        let (settled, running) = (Id([1; 32]), Id([2; 32]));
+        let first = attestation(settled, 0, now);
+        assert_eq!(
+            ingest.process(&[item(&first)], &clock),
+            vec![Outcome::Accept]
+        );
+        // The lease settles finally; the node compacts it.
+        let mut request = samples::settlement_request_at(now).unwrap().body;
+        request.lease = settled;
+        request.final_settlement = true;
+        let request = Signed::sign(request, &samples::supplier()).unwrap();
+        let votes: Vec<_> = samples::coordinators()
+            .iter()
+            .take(3)
+            .map(|key| {
+                Signed::sign(
+                    rigmesh_protocol::Certificate::vote_for(&request, key.public()).unwrap(),
+                    key,
+                )
+                .unwrap()
+            })
+            .collect();
+        let certificate = WireMessage::SettlementCertificate(
+            rigmesh_protocol::Certificate::assemble(request, &votes).unwrap(),
+        );
+        let mut cert_item = item(&certificate);
+        cert_item.topic = rigmesh_protocol::kind::TOPIC_CERTS.into();
+        assert_eq!(ingest.process(&[cert_item], &clock), vec![Outcome::Accept]);
+        let done = store.compact_settled(&set, now, 0, 100).unwrap();
+        assert_eq!(done.removed, 1);
+
+        // A replay of its attestation, and a later one, are ignored; a
+        // running lease's attestation is taken; one made longer ago than a
+        // tombstone is kept is ignored whatever its lease.
+        let later = attestation(settled, 1, now);
+        let fresh = attestation(running, 0, now);
+        let ancient = attestation(running, 1, now.minus_ms(TOMBSTONE_KEPT_MS + 1));
+        let outcomes = ingest.process(
+            &[item(&first), item(&later), item(&fresh), item(&ancient)],
+            &clock,
+        );
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Ignore("compacted"),
+                Outcome::Ignore("compacted"),
+                Outcome::Accept,
+                Outcome::Ignore("too_old"),
+            ]
+        );
+        assert_eq!(store.count(Kind::UsageAttestation), 1);
+        assert!(store
+            .contains(Kind::UsageAttestation, &fresh.id().unwrap())
+            .unwrap());
     }
 }

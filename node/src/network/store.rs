@@ -77,6 +77,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// most `at_most`: what a quota (`rigmesh_ledger::market::quota_of`)
     /// is checked against.
     fn author_count(&self, kind: Kind, author: &PublicKey, at_most: usize) -> StoreResult<usize>;
+    /// True if the usage evidence of `lease` was compacted: more of it
+    /// (a late copy, a replay) is not kept.
+    fn lease_compacted(&self, lease: &Id) -> StoreResult<bool>;
     /// Writes validated messages, all or none.
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()>;
     /// Up to `limit` messages of `topic` after `cursor`, skipping offers that

@@ -1,0 +1,886 @@
+//! Compaction of the evidence of finally settled leases: the usage
+//! attestations, acks, disputes and terminations of a lease are needed
+//! until its coordinators have certified its outcome, and are nine tenths
+//! of what the gossip store would otherwise keep for ever
+//! (specs/capacity.md). Once a lease is finally settled and a grace period
+//! has passed, they are deleted; the certificates that prove the outcome
+//! (escrow, settlements, release, resolutions) stay.
+//!
+//! A lease is *finally settled* here when the store holds, each verifying
+//! against the node's coordinator set (a quorum of votes):
+//! - a final settlement certificate (`final_settlement`) together with the
+//!   certificates of every earlier settlement of the lease, or a release
+//!   certificate together with every settlement before it;
+//! - for each of those settlements that held an amount for review (a
+//!   dispute case), the resolution certificate of the case.
+//!
+//! How it proceeds, through keys of the messages tree (market.rs):
+//! 1. Storing a final settlement, a release or a resolution certificate
+//!    marks its lease as *closing* (`0xFA || lease`), in the same batch.
+//!    Nothing is decided at that point: the certificate may be anyone's
+//!    bytes.
+//! 2. A compaction round checks closing leases against the coordinator
+//!    set. A lease finally settled is *due* at `now + grace`
+//!    (`0xF9 || due || lease`): the grace counts from when this node
+//!    checked it, not from a time a peer signed, so no one can date a
+//!    lease's compaction earlier. A lease that is not is dropped from the
+//!    closing set (the next closing certificate marks it again).
+//! 3. A due lease's evidence is deleted through the by-lease index, at
+//!    most `limit` messages a round. The first step writes the lease's
+//!    *tombstone* (`0xF8 || lease`), after which [`MarketStore::store`]
+//!    refuses evidence of the lease (a replay would otherwise be kept for
+//!    ever); the step that finds no evidence left removes the due entry.
+//!    Every step is one atomic sled batch that removes a message together
+//!    with its index entry, so a crash leaves a consistent store and the
+//!    next round resumes where it stopped; a round over a compacted lease
+//!    removes nothing (idempotent).
+//! 4. Tombstones go [`TOMBSTONE_KEPT_MS`] after the compaction
+//!    (`0xF7 || until || lease`); the node refuses usage messages older
+//!    than that at ingest, so a replay after the tombstone is gone is
+//!    refused too.
+
+use std::collections::{BTreeSet, HashSet};
+
+use rigmesh_protocol::{
+    Certifiable, Certificate, CoordinatorSet, Credits, DisputeResolution, EscrowRelease, Id, Kind,
+    SettlementRequest, UnixMillis,
+};
+
+use super::{lease_prefix, read_id, read_u64, MarketRecord, MarketStore, BY_LEASE};
+use crate::error::{Error, Result};
+
+/// The kinds deleted when a lease is compacted: needed to settle a lease
+/// and to follow it while it runs, not to prove its outcome.
+pub const EVIDENCE_KINDS: [Kind; 4] = [
+    Kind::UsageAttestation,
+    Kind::UsageAck,
+    Kind::UsageDispute,
+    Kind::LeaseTermination,
+];
+
+/// How long the tombstone of a compacted lease is kept: 30 days. Usage
+/// messages travel within minutes of being made, so the node refuses, at
+/// ingest, any older than this; a replay of a compacted lease's evidence
+/// is refused by the tombstone before, and by its age after.
+pub const TOMBSTONE_KEPT_MS: u64 = 30 * 24 * 3_600_000;
+
+/// First byte of the keys of leases marked closing.
+const CLOSING: u8 = 0xFA;
+/// First byte of the keys of leases due for compaction.
+const DUE: u8 = 0xF9;
+/// First byte of tombstone keys.
+const TOMBSTONE: u8 = 0xF8;
+/// First byte of tombstone expiry keys.
+const TOMBSTONE_UNTIL: u8 = 0xF7;
+/// Most messages removed in one sled batch, so the lock that writes of
+/// evidence share with compaction is held briefly.
+const STEP: usize = 1_000;
+
+/// What one compaction round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Closing leases found finally settled, now due after the grace.
+    pub scheduled: usize,
+    /// Closing leases that are not finally settled here (a certificate
+    /// that does not verify, a settlement or a resolution missing).
+    pub not_settled: usize,
+    /// Evidence messages deleted.
+    pub removed: usize,
+    /// Leases whose evidence is now all gone.
+    pub compacted: usize,
+    /// Tombstones past their keeping, deleted.
+    pub tombstones_pruned: usize,
+}
+
+impl Compaction {
+    /// True when the round did nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Compaction::default()
+    }
+}
+
+pub(super) fn closing_key(lease: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(CLOSING);
+    key.extend_from_slice(lease.as_bytes());
+    key
+}
+
+fn due_key(due: u64, lease: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.push(DUE);
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(lease.as_bytes());
+    key
+}
+
+fn tombstone_key(lease: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33);
+    key.push(TOMBSTONE);
+    key.extend_from_slice(lease.as_bytes());
+    key
+}
+
+fn tombstone_until_key(until: u64, lease: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.push(TOMBSTONE_UNTIL);
+    key.extend_from_slice(&until.to_be_bytes());
+    key.extend_from_slice(lease.as_bytes());
+    key
+}
+
+/// The keys of `first` whose time is at or before `now`: `first || time`
+/// up to `first || now + 1`.
+fn up_to(first: u8, now: UnixMillis) -> std::ops::Range<Vec<u8>> {
+    let mut upper = vec![first];
+    upper.extend_from_slice(&now.0.saturating_add(1).to_be_bytes());
+    vec![first]..upper
+}
+
+/// Whether storing `record` may close its lease: a final settlement, a
+/// release or a resolution certificate. Only a mark: whether it verifies
+/// is checked by compaction.
+pub(super) fn closes(record: &MarketRecord) -> bool {
+    match record.kind {
+        Kind::SettlementCertificate => Certificate::<SettlementRequest>::from_bytes(&record.bytes)
+            .is_ok_and(|c| c.message.body.final_settlement),
+        Kind::ReleaseCertificate | Kind::ResolutionCertificate => true,
+        _ => false,
+    }
+}
+
+impl MarketStore {
+    /// True if the evidence of `lease` was compacted (its tombstone is
+    /// kept): evidence of it is not stored again.
+    pub fn is_compacted(&self, lease: &Id) -> Result<bool> {
+        Ok(self.messages.contains_key(tombstone_key(lease))?)
+    }
+
+    /// One compaction round at `now`: deletes tombstones past keeping,
+    /// checks the leases marked closing against `set` (each finally
+    /// settled one is due `grace_ms` later), and deletes the evidence of
+    /// due leases. At most `limit` of each: tombstones, closing leases
+    /// checked, evidence messages deleted.
+    pub fn compact_settled(
+        &self,
+        set: &CoordinatorSet,
+        now: UnixMillis,
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<Compaction> {
+        let mut done = Compaction {
+            tombstones_pruned: self.prune_tombstones(now, limit)?,
+            ..Compaction::default()
+        };
+        self.schedule_closing(set, now, grace_ms, limit, &mut done)?;
+        let mut due = Vec::new();
+        for entry in self.messages.range(up_to(DUE, now)) {
+            let (key, _) = entry?;
+            due.push(key.to_vec());
+            if due.len() >= limit {
+                break;
+            }
+        }
+        for key in due {
+            let Some(budget) = limit.checked_sub(done.removed).filter(|b| *b > 0) else {
+                break;
+            };
+            let lease = read_id(key.get(9..).unwrap_or_default(), "due lease key")?;
+            let (removed, finished) = self.compact_lease(&lease, &key, now, budget)?;
+            done.removed += removed;
+            if finished {
+                done.compacted += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    fn prune_tombstones(&self, now: UnixMillis, limit: usize) -> Result<usize> {
+        let mut write = sled::Batch::default();
+        let mut pruned = 0;
+        for entry in self.messages.range(up_to(TOMBSTONE_UNTIL, now)).take(limit) {
+            let (key, _) = entry?;
+            let lease = read_id(key.get(9..).unwrap_or_default(), "tombstone expiry key")?;
+            write.remove(tombstone_key(&lease));
+            write.remove(key);
+            pruned += 1;
+        }
+        if pruned > 0 {
+            self.messages.apply_batch(write)?;
+        }
+        Ok(pruned)
+    }
+
+    fn schedule_closing(
+        &self,
+        set: &CoordinatorSet,
+        now: UnixMillis,
+        grace_ms: u64,
+        limit: usize,
+        done: &mut Compaction,
+    ) -> Result<()> {
+        let mut closing = Vec::new();
+        for entry in self.messages.scan_prefix([CLOSING]).take(limit) {
+            let (key, _) = entry?;
+            closing.push(read_id(
+                key.get(1..).unwrap_or_default(),
+                "closing lease key",
+            )?);
+        }
+        let due = now.0.saturating_add(grace_ms);
+        for lease in closing {
+            let mut write = sled::Batch::default();
+            write.remove(closing_key(&lease));
+            if self.is_compacted(&lease)? {
+                // A certificate that came after: nothing left to do.
+            } else if self.finally_settled(&lease, set)? {
+                write.insert(due_key(due, &lease), Vec::new());
+                done.scheduled += 1;
+            } else {
+                done.not_settled += 1;
+            }
+            self.messages.apply_batch(write)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the certificates stored about `lease` that verify against
+    /// `set` close it for good: its last settlement (final, or a release)
+    /// with every settlement before it, and each dispute case of those
+    /// settlements resolved.
+    pub fn finally_settled(&self, lease: &Id, set: &CoordinatorSet) -> Result<bool> {
+        let settlements: Vec<_> = self
+            .verified_about::<SettlementRequest>(lease, set)?
+            .into_iter()
+            .map(|c| c.message.body)
+            .collect();
+        let releases = self.verified_about::<EscrowRelease>(lease, set)?;
+        // The settlement sequence the lease ended at: the final
+        // settlement's, or the one a release took.
+        let last = settlements
+            .iter()
+            .filter(|s| s.final_settlement)
+            .map(|s| s.settlement_seq)
+            .chain(releases.iter().map(|r| r.message.body.settlement_seq))
+            .min();
+        let Some(last) = last else {
+            return Ok(false);
+        };
+        let held: BTreeSet<u64> = settlements
+            .iter()
+            .filter(|s| s.held > Credits::ZERO)
+            .map(|s| s.settlement_seq)
+            .collect();
+        let seqs: HashSet<u64> = settlements.iter().map(|s| s.settlement_seq).collect();
+        let released_at_last = releases
+            .iter()
+            .any(|r| r.message.body.settlement_seq == last);
+        // Every settlement up to the last is here (the last may be the
+        // release itself), so no case of the lease goes unseen.
+        if (0..last).any(|seq| !seqs.contains(&seq)) || !(released_at_last || seqs.contains(&last))
+        {
+            return Ok(false);
+        }
+        let resolved: HashSet<u64> = self
+            .verified_about::<DisputeResolution>(lease, set)?
+            .into_iter()
+            .map(|c| c.message.body.settlement_seq)
+            .collect();
+        Ok(held.iter().all(|seq| resolved.contains(seq)))
+    }
+
+    /// The certificates of `T` about `lease` that verify against `set`;
+    /// stored bytes that do not decode count as absent.
+    fn verified_about<T: Certifiable + LeaseOf>(
+        &self,
+        lease: &Id,
+        set: &CoordinatorSet,
+    ) -> Result<Vec<Certificate<T>>> {
+        Ok(self
+            .lease_bytes(lease, T::CERTIFICATE)?
+            .iter()
+            .filter_map(|bytes| Certificate::<T>::from_bytes(bytes).ok())
+            .filter(|c| c.message.body.lease_id() == *lease && c.verify(set).is_ok())
+            .collect())
+    }
+
+    /// Deletes up to `budget` evidence messages of `lease`, in steps of at
+    /// most [`STEP`]; the first step writes the tombstone, the one that
+    /// leaves nothing behind removes `due`. Returns what it deleted and
+    /// whether it finished the lease's compaction.
+    fn compact_lease(
+        &self,
+        lease: &Id,
+        due: &[u8],
+        now: UnixMillis,
+        mut budget: usize,
+    ) -> Result<(usize, bool)> {
+        let mut removed = 0;
+        loop {
+            let _writing = self
+                .lease_writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut write = sled::Batch::default();
+            let first = !self.is_compacted(lease)?;
+            if first {
+                write.insert(tombstone_key(lease), now.0.to_be_bytes().to_vec());
+                write.insert(
+                    tombstone_until_key(now.0.saturating_add(TOMBSTONE_KEPT_MS), lease),
+                    Vec::new(),
+                );
+            }
+            let step = budget.min(STEP);
+            let mut taken = 0;
+            let mut more = false;
+            'kinds: for kind in EVIDENCE_KINDS {
+                for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
+                    let (key, _) = entry?;
+                    if taken == step {
+                        more = true;
+                        break 'kinds;
+                    }
+                    let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+                    let message = super::message_key(kind, &id);
+                    // Evidence does not expire, but should a record of it
+                    // have been written with an expiry, its entry goes too.
+                    if let Some(value) = self.messages.get(&message)? {
+                        let expires = read_u64(&value, "message expiry")?;
+                        if expires != u64::MAX {
+                            write.remove(super::expiry_key(expires, kind, &id));
+                        }
+                    }
+                    write.remove(message);
+                    write.remove(key);
+                    taken += 1;
+                }
+            }
+            if !more {
+                write.remove(due);
+            }
+            self.messages.apply_batch(write)?;
+            removed += taken;
+            budget -= taken;
+            if !more {
+                // A lease due twice (a resolution certificate after its
+                // final settlement) is counted once: by the call that
+                // wrote its tombstone or deleted its evidence.
+                return Ok((removed, removed > 0 || first));
+            }
+            if budget == 0 {
+                return Ok((removed, false));
+            }
+        }
+    }
+
+    /// Marks the leases of the closing certificates a store holds from
+    /// before it marked them (index version 2), in batches.
+    pub(super) fn index_closing_leases(&self) -> Result<()> {
+        for kind in [
+            Kind::SettlementCertificate,
+            Kind::ReleaseCertificate,
+            Kind::ResolutionCertificate,
+        ] {
+            let tag = kind.tag();
+            let mut write = sled::Batch::default();
+            let mut queued = 0;
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                let (_, value) = entry?;
+                let bytes = value.get(8..).unwrap_or_default().to_vec();
+                let Some(lease) = lease_of_certificate(kind, &bytes) else {
+                    continue;
+                };
+                let record = MarketRecord {
+                    kind,
+                    id: Id::ZERO,
+                    bytes,
+                    offer: None,
+                    expires_at: None,
+                    lease: Some(lease),
+                    author: None,
+                };
+                if closes(&record) {
+                    write.insert(closing_key(&lease), Vec::new());
+                    queued += 1;
+                }
+                if queued == 10_000 {
+                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    queued = 0;
+                }
+            }
+            self.messages.apply_batch(write)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every lease index entry names a stored message of its
+    /// kind and that every stored evidence message is indexed under its
+    /// lease: what compaction must never break. For tests and tools; it
+    /// reads the whole store.
+    pub fn check_lease_index(&self) -> Result<()> {
+        let corrupt = |what| Err(Error::Corrupt { what });
+        let mut indexed = HashSet::new();
+        for entry in self.messages.scan_prefix([BY_LEASE]) {
+            let (key, _) = entry?;
+            let Some(kind) = key.get(33).and_then(|t| Kind::from_tag(*t)) else {
+                return corrupt("lease index key");
+            };
+            let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+            if !self.messages.contains_key(super::message_key(kind, &id))? {
+                return corrupt("lease index entry without its message");
+            }
+            indexed.insert((kind, id));
+        }
+        for kind in EVIDENCE_KINDS {
+            for entry in self.messages.scan_prefix([kind.tag()]) {
+                let (key, _) = entry?;
+                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+                if !indexed.contains(&(kind, id)) {
+                    return corrupt("evidence message without its lease index entry");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lease a certified message is about.
+trait LeaseOf {
+    fn lease_id(&self) -> Id;
+}
+
+impl LeaseOf for SettlementRequest {
+    fn lease_id(&self) -> Id {
+        self.lease
+    }
+}
+
+impl LeaseOf for EscrowRelease {
+    fn lease_id(&self) -> Id {
+        self.lease
+    }
+}
+
+impl LeaseOf for DisputeResolution {
+    fn lease_id(&self) -> Id {
+        self.lease
+    }
+}
+
+fn lease_of_certificate(kind: Kind, bytes: &[u8]) -> Option<Id> {
+    match kind {
+        Kind::SettlementCertificate => Certificate::<SettlementRequest>::from_bytes(bytes)
+            .ok()
+            .map(|c| c.message.body.lease),
+        Kind::ReleaseCertificate => Certificate::<EscrowRelease>::from_bytes(bytes)
+            .ok()
+            .map(|c| c.message.body.lease),
+        Kind::ResolutionCertificate => Certificate::<DisputeResolution>::from_bytes(bytes)
+            .ok()
+            .map(|c| c.message.body.lease),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_protocol::wire::WireMessage;
+    use rigmesh_protocol::{
+        samples, Keypair, LeaseTermination, Signed, UsageAck, UsageAttestation,
+    };
+
+    const GRACE: u64 = 7 * 24 * 3_600_000;
+
+    /// The record of a message as the node writes it (node/src/market_store.rs).
+    fn record(message: &WireMessage) -> MarketRecord {
+        MarketRecord {
+            kind: message.kind(),
+            id: message.id().unwrap(),
+            bytes: message.to_bytes().unwrap(),
+            offer: None,
+            expires_at: None,
+            lease: match message {
+                WireMessage::UsageAttestation(a) => Some(a.body.lease),
+                WireMessage::UsageAck(a) => Some(a.body.lease),
+                WireMessage::UsageDispute(d) => Some(d.body.lease),
+                WireMessage::LeaseTermination(t) => Some(t.body.lease),
+                WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
+                WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
+                WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
+                _ => None,
+            },
+            author: None,
+        }
+    }
+
+    fn put(store: &MarketStore, messages: &[WireMessage]) {
+        let records: Vec<_> = messages.iter().map(record).collect();
+        store.store(&records).unwrap();
+    }
+
+    /// Certified by the coordinators at `voters` (indices of the sample set).
+    fn certify<T: Certifiable>(message: Signed<T>, voters: &[usize]) -> Certificate<T> {
+        let keys = samples::coordinators();
+        let votes: Vec<_> = voters
+            .iter()
+            .map(|i| {
+                let key = &keys[*i];
+                Signed::sign(Certificate::vote_for(&message, key.public()).unwrap(), key).unwrap()
+            })
+            .collect();
+        Certificate::assemble(message, &votes).unwrap()
+    }
+
+    /// A quorum of the sample set (3 of 4).
+    const QUORUM: [usize; 3] = [0, 1, 3];
+
+    /// The usage evidence of `windows` windows of `lease`: an attestation
+    /// and an ack each, a dispute of the first and a termination.
+    fn evidence(lease: Id, windows: u64) -> Vec<WireMessage> {
+        let base = samples::usage_attestation().unwrap().body;
+        let ack = samples::usage_ack().unwrap().body;
+        let mut out = Vec::new();
+        for seq in 0..windows {
+            let mut a = base.clone();
+            a.lease = lease;
+            a.seq = seq;
+            a.prev = if seq == 0 {
+                Id::ZERO
+            } else {
+                Id([seq as u8; 32])
+            };
+            let a = Signed::sign(a, &samples::supplier()).unwrap();
+            let mut k: UsageAck = ack.clone();
+            k.lease = lease;
+            k.seq = seq;
+            k.attestation = a.id().unwrap();
+            out.push(WireMessage::UsageAttestation(a));
+            out.push(WireMessage::UsageAck(
+                Signed::sign(k, &samples::customer()).unwrap(),
+            ));
+        }
+        let mut d = samples::usage_dispute().unwrap().body;
+        d.lease = lease;
+        out.push(WireMessage::UsageDispute(
+            Signed::sign(d, &samples::customer()).unwrap(),
+        ));
+        let mut t: LeaseTermination = samples::lease_termination().unwrap().body;
+        t.lease = lease;
+        out.push(WireMessage::LeaseTermination(
+            Signed::sign(t, &samples::customer()).unwrap(),
+        ));
+        out
+    }
+
+    /// Settlement `seq` of `lease`, final or not, holding `held` units.
+    fn settlement(lease: Id, seq: u64, last: bool, held: i64, voters: &[usize]) -> WireMessage {
+        let mut r = samples::settlement_request().unwrap().body;
+        r.lease = lease;
+        r.settlement_seq = seq;
+        r.first_window = seq;
+        r.last_window = seq;
+        r.final_settlement = last;
+        r.held = Credits::from_units(held);
+        let signed = Signed::sign(r, &samples::supplier()).unwrap();
+        WireMessage::SettlementCertificate(certify(signed, voters))
+    }
+
+    fn resolution(lease: Id, seq: u64, held: i64) -> WireMessage {
+        let mut r = samples::dispute_resolution().unwrap().body;
+        r.lease = lease;
+        r.settlement_seq = seq;
+        r.held = Credits::from_units(held);
+        r.supplier_share = Credits::from_units(held / 2);
+        let signed = Signed::sign(r, &samples::admin()).unwrap();
+        WireMessage::ResolutionCertificate(certify(signed, &QUORUM))
+    }
+
+    fn attestations(store: &MarketStore, lease: &Id) -> usize {
+        store.about_lease::<UsageAttestation>(lease).unwrap().len()
+    }
+
+    fn evidence_of(store: &MarketStore, lease: &Id) -> usize {
+        EVIDENCE_KINDS
+            .iter()
+            .map(|k| store.lease_bytes(lease, *k).unwrap().len())
+            .sum()
+    }
+
+    fn set() -> CoordinatorSet {
+        samples::coordinator_set().unwrap()
+    }
+
+    #[test]
+    fn a_finally_settled_lease_loses_its_evidence_after_the_grace_and_keeps_its_certificates() {
+        let store = MarketStore::temporary().unwrap();
+        let (settled, running) = (Id([1; 32]), Id([2; 32]));
+        let escrow = WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap());
+        put(&store, &evidence(settled, 5));
+        put(&store, &evidence(running, 3));
+        put(
+            &store,
+            &[
+                escrow.clone(),
+                settlement(settled, 0, false, 0, &QUORUM),
+                settlement(settled, 1, true, 0, &QUORUM),
+                settlement(running, 0, false, 0, &QUORUM),
+            ],
+        );
+        assert_eq!(evidence_of(&store, &settled), 12);
+        let t = UnixMillis(1_000_000);
+        let first = store.compact_settled(&set(), t, GRACE, 100).unwrap();
+        assert_eq!(first.scheduled, 1, "{first:?}");
+        assert_eq!(first.removed, 0, "nothing goes before the grace");
+        let before = store
+            .compact_settled(&set(), UnixMillis(t.0 + GRACE - 1), GRACE, 100)
+            .unwrap();
+        assert!(before.is_empty(), "{before:?}");
+        assert_eq!(attestations(&store, &settled), 5);
+        assert!(!store.is_compacted(&settled).unwrap());
+
+        let after = store
+            .compact_settled(&set(), UnixMillis(t.0 + GRACE), GRACE, 100)
+            .unwrap();
+        assert_eq!(after.removed, 12);
+        assert_eq!(after.compacted, 1);
+        assert_eq!(evidence_of(&store, &settled), 0);
+        assert!(store.is_compacted(&settled).unwrap());
+        // What proves the outcome stays, and the running lease is untouched.
+        assert_eq!(
+            store
+                .certificates_about_lease::<SettlementRequest>(&settled)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(store
+            .contains(Kind::EscrowCertificate, &escrow.id().unwrap())
+            .unwrap());
+        assert_eq!(evidence_of(&store, &running), 8);
+        assert_eq!(store.count(Kind::UsageAttestation), 3);
+        store.check_lease_index().unwrap();
+
+        let again = store
+            .compact_settled(&set(), UnixMillis(t.0 + 2 * GRACE), GRACE, 100)
+            .unwrap();
+        assert!(again.is_empty(), "idempotent: {again:?}");
+        assert_eq!(evidence_of(&store, &running), 8);
+    }
+
+    #[test]
+    fn a_release_closes_a_lease_as_a_final_settlement_does() {
+        let store = MarketStore::temporary().unwrap();
+        let release = samples::release_certificate().unwrap();
+        let lease = release.message.body.lease;
+        assert_eq!(release.message.body.settlement_seq, 0);
+        put(&store, &evidence(lease, 2));
+        put(&store, &[WireMessage::ReleaseCertificate(release)]);
+        let done = store
+            .compact_settled(&set(), UnixMillis(0), 0, 100)
+            .unwrap();
+        assert_eq!((done.scheduled, done.removed, done.compacted), (1, 6, 1));
+        assert_eq!(evidence_of(&store, &lease), 0);
+    }
+
+    #[test]
+    fn certificates_that_do_not_close_a_lease_compact_nothing() {
+        let store = MarketStore::temporary().unwrap();
+        let leases: Vec<Id> = (10..15u8).map(|n| Id([n; 32])).collect();
+        for lease in &leases {
+            put(&store, &evidence(*lease, 2));
+        }
+        let stranger = Keypair::from_seed([77; 32]);
+        let forged = {
+            let mut r = samples::settlement_request().unwrap().body;
+            r.lease = leases[4];
+            r.final_settlement = true;
+            let signed = Signed::sign(r, &samples::supplier()).unwrap();
+            let vote = Signed::sign(
+                Certificate::vote_for(&signed, stranger.public()).unwrap(),
+                &stranger,
+            )
+            .unwrap();
+            let mut cert = certify(signed, &[0, 1]);
+            cert.votes.extend(
+                Certificate::assemble(cert.message.clone(), &[vote])
+                    .unwrap()
+                    .votes,
+            );
+            cert
+        };
+        put(
+            &store,
+            &[
+                // Not final: no mark at all.
+                settlement(leases[0], 0, false, 0, &QUORUM),
+                // Final, but two votes of four are no quorum.
+                settlement(leases[1], 0, true, 0, &[0, 1]),
+                // Final, but settlement 0 of the lease is not here.
+                settlement(leases[2], 1, true, 0, &QUORUM),
+                // Final, but it held an amount whose case is open.
+                settlement(leases[3], 0, true, 500, &QUORUM),
+                // Final, with a vote by a key outside the set.
+                WireMessage::SettlementCertificate(forged),
+            ],
+        );
+        let done = store
+            .compact_settled(&set(), UnixMillis(u64::MAX / 2), 0, 100)
+            .unwrap();
+        assert_eq!((done.scheduled, done.not_settled, done.removed), (0, 4, 0));
+        for lease in &leases {
+            assert_eq!(evidence_of(&store, lease), 6);
+            assert!(!store.is_compacted(lease).unwrap());
+        }
+        // The case is resolved: the resolution marks the lease again, and
+        // now it closes.
+        put(&store, &[resolution(leases[3], 0, 500)]);
+        let done = store
+            .compact_settled(&set(), UnixMillis(u64::MAX / 2), 0, 100)
+            .unwrap();
+        assert_eq!((done.scheduled, done.removed), (1, 6));
+        assert_eq!(evidence_of(&store, &leases[3]), 0);
+        assert_eq!(evidence_of(&store, &leases[1]), 6);
+    }
+
+    #[test]
+    fn replayed_evidence_of_a_compacted_lease_is_not_stored_until_the_tombstone_goes() {
+        let store = MarketStore::temporary().unwrap();
+        let lease = Id([3; 32]);
+        let messages = evidence(lease, 2);
+        put(&store, &messages);
+        put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
+        let t = UnixMillis(5_000);
+        assert_eq!(store.compact_settled(&set(), t, 0, 100).unwrap().removed, 6);
+        put(&store, &messages);
+        assert_eq!(evidence_of(&store, &lease), 0, "the replay is refused");
+        assert_eq!(store.count(Kind::UsageAck), 0);
+        // A certificate that comes later (other votes for the same
+        // settlement) is still written: certificates are the outcome.
+        put(&store, &[settlement(lease, 0, true, 0, &[0, 1, 2])]);
+        let kept = store
+            .certificates_about_lease::<SettlementRequest>(&lease)
+            .unwrap();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0]
+            .votes
+            .iter()
+            .any(|v| v.coordinator == samples::coordinators()[2].public()));
+        let later = store
+            .compact_settled(&set(), UnixMillis(t.0 + TOMBSTONE_KEPT_MS - 1), 0, 100)
+            .unwrap();
+        assert_eq!(later.tombstones_pruned, 0);
+        assert_eq!(later.compacted, 0, "a lease is counted once");
+        let gone = store
+            .compact_settled(&set(), UnixMillis(t.0 + TOMBSTONE_KEPT_MS), 0, 100)
+            .unwrap();
+        assert_eq!(gone.tombstones_pruned, 1);
+        assert!(!store.is_compacted(&lease).unwrap());
+        store.check_lease_index().unwrap();
+    }
+
+    #[test]
+    fn compaction_in_small_rounds_resumes_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Id([4; 32]);
+        {
+            let store = MarketStore::open(dir.path()).unwrap();
+            put(&store, &evidence(lease, 10));
+            put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
+            let done = store.compact_settled(&set(), UnixMillis(10), 0, 7).unwrap();
+            assert_eq!((done.removed, done.compacted), (7, 0));
+            store.flush().unwrap();
+            // Dropped in the middle of the lease, as a stop would.
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        store.check_lease_index().unwrap();
+        assert!(
+            store.is_compacted(&lease).unwrap(),
+            "the tombstone came first"
+        );
+        assert_eq!(evidence_of(&store, &lease), 22 - 7);
+        let mut removed = 7;
+        let mut rounds = 0;
+        loop {
+            let done = store.compact_settled(&set(), UnixMillis(20), 0, 7).unwrap();
+            store.check_lease_index().unwrap();
+            removed += done.removed;
+            rounds += 1;
+            if done.compacted == 1 {
+                break;
+            }
+            assert!(rounds < 10, "compaction makes progress");
+        }
+        assert_eq!(removed, 22);
+        assert_eq!(evidence_of(&store, &lease), 0);
+        assert!(store
+            .compact_settled(&set(), UnixMillis(30), 0, 7)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_store_with_settled_leases_from_before_the_marks_is_marked_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Id([5; 32]);
+        {
+            let store = MarketStore::open(dir.path()).unwrap();
+            put(&store, &evidence(lease, 1));
+            put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
+            // As an earlier version left it: no mark, index version 1.
+            store.messages.remove(closing_key(&lease)).unwrap();
+            store
+                .messages
+                .insert(super::super::INDEX_VERSION_KEY, 1u64.to_be_bytes().to_vec())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        let done = store
+            .compact_settled(&set(), UnixMillis(0), 0, 100)
+            .unwrap();
+        assert_eq!((done.scheduled, done.removed), (1, 4));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the leases and however small the rounds, compaction
+        /// ends with exactly the finally settled leases' evidence gone and
+        /// the index consistent after every round.
+        #[test]
+        fn rounds_of_any_size_remove_exactly_the_settled_evidence(
+            leases in proptest::collection::vec((0u64..4, 0u8..3), 1..5),
+            limit in 1usize..8,
+        ) {
+            let store = MarketStore::temporary().unwrap();
+            for (n, (windows, state)) in leases.iter().enumerate() {
+                let lease = Id([n as u8 + 100; 32]);
+                put(&store, &evidence(lease, *windows));
+                match state {
+                    1 => put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]),
+                    2 => put(&store, &[settlement(lease, 0, true, 0, &[2, 3])]),
+                    _ => {}
+                }
+            }
+            let mut compacted = 0;
+            for round in 0..200u64 {
+                let done = store.compact_settled(&set(), UnixMillis(round), 0, limit).unwrap();
+                store.check_lease_index().unwrap();
+                proptest::prop_assert!(done.removed <= limit);
+                compacted += done.compacted;
+                if done.is_empty() {
+                    break;
+                }
+            }
+            let settled = leases.iter().filter(|(_, state)| *state == 1).count();
+            proptest::prop_assert_eq!(compacted, settled, "each settled lease counted once");
+            for (n, (windows, state)) in leases.iter().enumerate() {
+                let lease = Id([n as u8 + 100; 32]);
+                let expected = if *state == 1 { 0 } else { 2 * *windows as usize + 2 };
+                proptest::prop_assert_eq!(evidence_of(&store, &lease), expected);
+                proptest::prop_assert_eq!(store.is_compacted(&lease).unwrap(), *state == 1);
+            }
+        }
+    }
+}

@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+#[path = "common/offers.rs"]
+mod offers;
 
 use common::eventually;
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
@@ -28,10 +30,20 @@ async fn start(
     price: Option<(&str, &str)>,
     seed: u64,
 ) -> RunningNode {
+    start_with(role, dir, price, seed, common::config()).await
+}
+
+async fn start_with(
+    role: Role,
+    dir: &std::path::Path,
+    price: Option<(&str, &str)>,
+    seed: u64,
+    network: rigmesh_node::network::NetworkConfig,
+) -> RunningNode {
     let mut config = NodeConfig {
         role,
         data_dir: dir.to_path_buf(),
-        network: common::config(),
+        network,
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
@@ -309,7 +321,7 @@ async fn usage_lists_each_window_and_disputes_count_against_the_supplier() {
             version: PROTOCOL_VERSION,
             lease: lease.parse().unwrap(),
             supplier: supplier_key.public(),
-            customer: customer_key(&dirs[1]),
+            customer: account_of(&dirs[1]),
             seq: 10_000,
             prev: Id([7; 32]),
             window_start: now.minus_ms(2_000),
@@ -388,7 +400,7 @@ async fn usage_lists_each_window_and_disputes_count_against_the_supplier() {
     }
 }
 
-fn customer_key(dir: &tempfile::TempDir) -> rigmesh_protocol::PublicKey {
+fn account_of(dir: &tempfile::TempDir) -> rigmesh_protocol::PublicKey {
     rigmesh_protocol::Keypair::from_seed(
         rigmesh_node::keyfile::read_seed(&dir.path().join("account.key")).unwrap(),
     )
@@ -704,7 +716,7 @@ async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() 
 
     let customer = start(Role::Customer, dir.path(), None, 0).await;
     let account = get(&customer, "/v1/account", &token).await;
-    assert_eq!(account["account"], customer_key(&dir).to_string());
+    assert_eq!(account["account"], account_of(&dir).to_string());
     assert_eq!(
         account["budget"]["account"]["cap"], "12.5",
         "kept across a restart"
@@ -716,4 +728,166 @@ async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() 
     assert_eq!(status(&r), 200, "{r}");
     assert!(body(&r)["account"]["cap"].is_null());
     customer.stop().await.unwrap();
+}
+
+/// A lease runs with one supplier while a bid hangs on another that takes
+/// the lease proposal and never answers it (a raw libp2p node holding the
+/// request): the running lease's attestations are still acked, the user's
+/// views still answer, a second bid waits its turn, and the hanging bid
+/// ends with an error when its request times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
+    common::logs();
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let supplier = start(Role::Supplier, dirs[0].path(), Some((&model, "1.70")), 1).await;
+    // Long enough that several 1 s windows pass while the proposal hangs.
+    let mut network = common::config();
+    network.limits.request_timeout_secs = 12;
+    let customer = start_with(Role::Customer, dirs[1].path(), None, 0, network).await;
+    customer.handle.dial(dial_addr(&supplier)).await.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
+
+    // The silent supplier: its offer is the only one of its model, and its
+    // node binding names the raw node, which never answers a request.
+    // Its own side gives up on the request much later than the customer.
+    let mut quiet = common::config();
+    quiet.limits.request_timeout_secs = 120;
+    let mut silent = common::spawn(
+        std::sync::Arc::new(common::temp_store()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        quiet,
+        None,
+    )
+    .await;
+    customer.handle.dial(silent.dial_addr()).await.unwrap();
+    let silent_key = Keypair::from_seed([0x5b; 32]);
+    let offer = WireMessage::Offer(offers::offer(&silent_key, "RTX4090", 1_000_000, "eu"));
+    let now = UnixMillis::now();
+    let binding = WireMessage::NodeBinding(
+        Signed::sign(
+            rigmesh_protocol::NodeBinding {
+                version: PROTOCOL_VERSION,
+                account: silent_key.public(),
+                peer_id: silent.peer_id().to_bytes(),
+                created_at: now,
+                expires_at: now.plus_ms(3_600_000),
+            },
+            &silent_key,
+        )
+        .unwrap(),
+    );
+    let (store, handle) = (customer.store.clone(), silent.handle.clone());
+    let (a, b) = (account_of(&dirs[0]), silent_key.public());
+    eventually(
+        20,
+        "both suppliers' offers and bindings at the customer",
+        || {
+            let (store, handle) = (store.clone(), handle.clone());
+            let (offer, binding) = (offer.clone(), binding.clone());
+            async move {
+                let _ = handle.publish(&offer).await;
+                let _ = handle.publish(&binding).await;
+                let now = UnixMillis::now();
+                let offers = store.all::<Offer>(now).unwrap();
+                let bindings = store.all::<rigmesh_protocol::NodeBinding>(now).unwrap();
+                [a, b].iter().all(|s| {
+                    offers.iter().any(|o| o.body.supplier == *s)
+                        && bindings.iter().any(|n| n.body.account == *s)
+                })
+            }
+        },
+    )
+    .await;
+
+    let lease = lease_two(&customer, &token, &model).await;
+    let supplier_store = supplier.store.clone();
+    eventually(15, "the first ack at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 1 }
+    })
+    .await;
+
+    let api = customer.customer_api.unwrap();
+    let (t, silent_bid) = (
+        token.clone(),
+        r#"{"gpu":"RTX4090","count":2,"max_price":"2.00","hours":1}"#,
+    );
+    let hanging =
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, silent_bid).await });
+    // The proposal reaches the silent supplier, which holds it unanswered.
+    let proposal = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
+        .await
+        .expect("the proposal reaches the silent supplier")
+        .unwrap();
+    assert_eq!(proposal.protocol, rigmesh_node::network::Protocol::Lease);
+    assert_eq!(proposal.peer, customer.peer_id);
+
+    // While the bid hangs, the running lease's windows are acked: the
+    // acks reach the supplier, and the customer's own view shows them.
+    let before = supplier.store.count(Kind::UsageAck);
+    eventually(
+        9,
+        "three more acks at the supplier while the bid hangs",
+        || {
+            let store = supplier_store.clone();
+            async move { store.count(Kind::UsageAck) >= before + 3 }
+        },
+    )
+    .await;
+    let leases = get(&customer, "/v1/leases", &token).await;
+    let ours = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lease"] == lease.as_str())
+        .unwrap();
+    assert!(ours["acked_windows"].as_u64().unwrap() >= 4, "{ours}");
+    assert!(
+        !hanging.is_finished(),
+        "the bid still waits on the silent supplier"
+    );
+
+    // A second bid meanwhile waits its turn and is then leased.
+    let (t, second_bid) = (
+        token.clone(),
+        format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.00","hours":1,"window_secs":1}}"#),
+    );
+    let second =
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &second_bid).await });
+
+    let r = hanging.await.unwrap();
+    assert_eq!(status(&r), 502, "the silent supplier's bid fails: {r}");
+    assert_eq!(body(&r)["error"], "failed", "{r}");
+    assert!(
+        body(&r)["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("timeout"),
+        "{r}"
+    );
+    drop(proposal);
+    let r = second.await.unwrap();
+    assert_eq!(status(&r), 200, "the queued bid is leased: {r}");
+    assert_eq!(body(&r)["price_per_gpu_hour"], "1.7");
+    let leases = get(&customer, "/v1/leases", &token).await;
+    assert_eq!(leases.as_array().unwrap().len(), 2, "{leases}");
+
+    // The queue's waits are on the node's metrics: three bids, one of
+    // which waited behind the hanging one.
+    let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
+    assert!(
+        metrics.contains("rigmesh_customer_bid_wait_seconds_count 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rigmesh_customer_bids_queued 0"),
+        "{metrics}"
+    );
+
+    silent.stop().await;
+    for node in [customer, supplier] {
+        node.stop().await.unwrap();
+    }
 }

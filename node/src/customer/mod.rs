@@ -12,6 +12,7 @@ pub mod book;
 pub mod budget;
 pub mod commands;
 pub mod escrow;
+pub mod inflight;
 pub mod records;
 pub mod release;
 pub mod report;

@@ -193,16 +193,21 @@ impl BidQueue {
         }
     }
 
-    /// Queues a bid behind the one in flight; gives it back when the queue
-    /// is full.
-    pub(super) fn enqueue(&mut self, bid: Queued) -> Result<(), Queued> {
-        if self.queue.len() >= MAX_QUEUED_BIDS {
+    /// Whether [`MAX_QUEUED_BIDS`] bids already wait; counts the bid that
+    /// is then answered busy.
+    pub(super) fn full(&self) -> bool {
+        let full = self.queue.len() >= MAX_QUEUED_BIDS;
+        if full {
             self.metrics.busy.inc();
-            return Err(bid);
         }
+        full
+    }
+
+    /// Queues a bid behind the one in flight (the caller checked
+    /// [`Self::full`]).
+    pub(super) fn enqueue(&mut self, bid: Queued) {
         self.queue.push_back(bid);
         self.count_queue();
-        Ok(())
     }
 
     /// The next queued bid whose caller still waits for the answer (one
@@ -268,5 +273,97 @@ impl BidQueue {
         self.metrics
             .queued
             .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rigmesh_protocol::Credits;
+
+    fn request(gpu: &str) -> BidRequest {
+        BidRequest {
+            gpu: gpu.into(),
+            count: 1,
+            max_price: Credits::from_units(1_000_000),
+            hours: 1,
+            min_memory_mib: 0,
+            region: None,
+            budget: None,
+            window_secs: None,
+            min_reputation_bp: 0,
+            wait_secs: None,
+        }
+    }
+
+    type Answer = oneshot::Receiver<Result<BidOutcome, BidError>>;
+
+    fn queued(gpu: &str) -> (Queued, Answer) {
+        let (tx, rx) = oneshot::channel();
+        (Queued::new(request(gpu), tx, None), rx)
+    }
+
+    #[tokio::test]
+    async fn nothing_in_flight_finishes_at_once_with_nothing() {
+        let mut queue = BidQueue::default();
+        assert!(!queue.busy());
+        assert!(queue.finished().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bid_task_that_panics_is_seen_as_finished_with_an_error() {
+        let mut queue = BidQueue::default();
+        let (tx, _rx) = oneshot::channel();
+        queue.launch(
+            request("A100"),
+            Purpose::Command {
+                reply: tx,
+                wait: None,
+            },
+            async { panic!("the bid's task failed") },
+        );
+        assert!(queue.busy());
+        let finished = queue.finished().await.expect("a bid was in flight");
+        assert!(finished.done.as_ref().err().is_some_and(|e| e.is_panic()));
+        assert_eq!(finished.request.gpu, "A100");
+        assert!(matches!(finished.purpose, Purpose::Command { .. }));
+        assert!(!queue.busy(), "the next bid may start");
+    }
+
+    #[tokio::test]
+    async fn queued_bids_come_out_in_order_skipping_callers_that_left() {
+        let metrics = BidQueueMetrics::default();
+        let mut queue = BidQueue::new(metrics.clone());
+        let (first, _a) = queued("first");
+        let (gone, b) = queued("gone");
+        let (third, _c) = queued("third");
+        for bid in [first, gone, third] {
+            assert!(!queue.full());
+            queue.enqueue(bid);
+        }
+        assert_eq!(metrics.queued.get(), 3);
+        drop(b);
+        assert_eq!(queue.next_queued().unwrap().request.gpu, "first");
+        assert_eq!(queue.next_queued().unwrap().request.gpu, "third");
+        assert!(queue.next_queued().is_none());
+        assert_eq!(metrics.queued.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_counts_it() {
+        let metrics = BidQueueMetrics::default();
+        let mut queue = BidQueue::new(metrics.clone());
+        let mut answers = Vec::new();
+        for i in 0..MAX_QUEUED_BIDS {
+            assert!(!queue.full(), "bid {i}");
+            let (bid, rx) = queued("A100");
+            queue.enqueue(bid);
+            answers.push(rx);
+        }
+        assert!(queue.full());
+        assert_eq!(metrics.busy.get(), 1);
+        assert_eq!(queue.drain().len(), MAX_QUEUED_BIDS);
+        assert!(!queue.full());
     }
 }

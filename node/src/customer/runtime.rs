@@ -761,14 +761,16 @@ impl Customer {
             }
         };
         if self.bids.busy() {
-            if let Err(bid) = self.bids.enqueue(Queued::new(request, reply, wait)) {
+            if self.bids.full() {
                 tracing::warn!(
                     queued = MAX_QUEUED_BIDS,
                     "the bid queue is full; a bid is answered busy"
                 );
-                let _ = bid.reply.send(Err(BidError::Busy(format!(
+                let _ = reply.send(Err(BidError::Busy(format!(
                     "{MAX_QUEUED_BIDS} bids already wait for the one being agreed; try again shortly"
                 ))));
+            } else {
+                self.bids.enqueue(Queued::new(request, reply, wait));
             }
             return;
         }

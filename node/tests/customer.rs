@@ -5,7 +5,8 @@
 //! numbers; each window shows in the lease's usage, disputes count against
 //! the supplier, an account cap stops paying within one window, a standing
 //! bid is leased when a supplier appears (and suppliers offer again at
-//! once for bids they can serve), and caps survive a restart.
+//! once for bids they can serve), caps survive a restart, and a bid that
+//! hangs on a supplier that never answers holds up no other lease's acks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;

@@ -193,9 +193,9 @@ impl BidQueue {
         }
     }
 
-    /// Whether [`MAX_QUEUED_BIDS`] bids already wait; counts the bid that
-    /// is then answered busy.
-    pub(super) fn full(&self) -> bool {
+    /// Whether a new bid is turned away because [`MAX_QUEUED_BIDS`]
+    /// already wait; each one turned away is counted.
+    pub(super) fn refuses_another(&self) -> bool {
         let full = self.queue.len() >= MAX_QUEUED_BIDS;
         if full {
             self.metrics.busy.inc();
@@ -204,7 +204,7 @@ impl BidQueue {
     }
 
     /// Queues a bid behind the one in flight (the caller checked
-    /// [`Self::full`]).
+    /// [`Self::refuses_another`]).
     pub(super) fn enqueue(&mut self, bid: Queued) {
         self.queue.push_back(bid);
         self.count_queue();
@@ -339,7 +339,7 @@ mod tests {
         let (gone, b) = queued("gone");
         let (third, _c) = queued("third");
         for bid in [first, gone, third] {
-            assert!(!queue.full());
+            assert!(!queue.refuses_another());
             queue.enqueue(bid);
         }
         assert_eq!(metrics.queued.get(), 3);
@@ -356,14 +356,14 @@ mod tests {
         let mut queue = BidQueue::new(metrics.clone());
         let mut answers = Vec::new();
         for i in 0..MAX_QUEUED_BIDS {
-            assert!(!queue.full(), "bid {i}");
+            assert!(!queue.refuses_another(), "bid {i}");
             let (bid, rx) = queued("A100");
             queue.enqueue(bid);
             answers.push(rx);
         }
-        assert!(queue.full());
+        assert!(queue.refuses_another());
         assert_eq!(metrics.busy.get(), 1);
         assert_eq!(queue.drain().len(), MAX_QUEUED_BIDS);
-        assert!(!queue.full());
+        assert!(!queue.refuses_another());
     }
 }

@@ -6,7 +6,10 @@
 //! gossip is checked and answered with a signed ack or dispute, each window
 //! is recorded, spend is tracked against the lease's and the account's
 //! caps, and budget alerts are raised. At a cap the node stops paying
-//! further windows and signs a termination for the supplier.
+//! further windows and signs a termination for the supplier. A bid's talk
+//! with the supplier and the coordinators runs in a task of its own, one
+//! bid at a time ([`super::inflight`]), so a slow or silent supplier holds
+//! up no acknowledgement; every change of state is made in this task.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -322,7 +325,10 @@ pub async fn run(
                     customer.catch_up_all().await;
                 }
                 // The sender lives in the network handle this task holds.
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    customer.stop_bids().await;
+                    return;
+                }
             },
             _ = tick.tick() => {
                 customer.look_after_standing_bids().await;
@@ -761,7 +767,7 @@ impl Customer {
             }
         };
         if self.bids.busy() {
-            if self.bids.full() {
+            if self.bids.refuses_another() {
                 tracing::warn!(
                     queued = MAX_QUEUED_BIDS,
                     "the bid queue is full; a bid is answered busy"

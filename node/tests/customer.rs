@@ -6,7 +6,9 @@
 //! the supplier, an account cap stops paying within one window, a standing
 //! bid is leased when a supplier appears (and suppliers offer again at
 //! once for bids they can serve), caps survive a restart, and a bid that
-//! hangs on a supplier that never answers holds up no other lease's acks.
+//! hangs on a supplier that never answers holds up no other lease's acks
+//! (and is still answered, like the bids queued behind it, when the node
+//! stops).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -749,57 +751,7 @@ async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
     customer.handle.dial(dial_addr(&supplier)).await.unwrap();
     let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
 
-    // The silent supplier: its offer is the only one of its model, and its
-    // node binding names the raw node, which never answers a request.
-    // Its own side gives up on the request much later than the customer.
-    let mut quiet = common::config();
-    quiet.limits.request_timeout_secs = 120;
-    let mut silent = common::spawn(
-        std::sync::Arc::new(common::temp_store()),
-        libp2p::identity::Keypair::generate_ed25519(),
-        quiet,
-        None,
-    )
-    .await;
-    customer.handle.dial(silent.dial_addr()).await.unwrap();
-    let silent_key = Keypair::from_seed([0x5b; 32]);
-    let offer = WireMessage::Offer(offers::offer(&silent_key, "RTX4090", 1_000_000, "eu"));
-    let now = UnixMillis::now();
-    let binding = WireMessage::NodeBinding(
-        Signed::sign(
-            rigmesh_protocol::NodeBinding {
-                version: PROTOCOL_VERSION,
-                account: silent_key.public(),
-                peer_id: silent.peer_id().to_bytes(),
-                created_at: now,
-                expires_at: now.plus_ms(3_600_000),
-            },
-            &silent_key,
-        )
-        .unwrap(),
-    );
-    let (store, handle) = (customer.store.clone(), silent.handle.clone());
-    let (a, b) = (account_of(&dirs[0]), silent_key.public());
-    eventually(
-        20,
-        "both suppliers' offers and bindings at the customer",
-        || {
-            let (store, handle) = (store.clone(), handle.clone());
-            let (offer, binding) = (offer.clone(), binding.clone());
-            async move {
-                let _ = handle.publish(&offer).await;
-                let _ = handle.publish(&binding).await;
-                let now = UnixMillis::now();
-                let offers = store.all::<Offer>(now).unwrap();
-                let bindings = store.all::<rigmesh_protocol::NodeBinding>(now).unwrap();
-                [a, b].iter().all(|s| {
-                    offers.iter().any(|o| o.body.supplier == *s)
-                        && bindings.iter().any(|n| n.body.account == *s)
-                })
-            }
-        },
-    )
-    .await;
+    let mut silent = silent_supplier(&customer, Some(account_of(&dirs[0]))).await;
 
     let lease = lease_two(&customer, &token, &model).await;
     let supplier_store = supplier.store.clone();
@@ -812,17 +764,12 @@ async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
     let api = customer.customer_api.unwrap();
     let (t, silent_bid) = (
         token.clone(),
-        r#"{"gpu":"RTX4090","count":2,"max_price":"2.00","hours":1}"#,
+        format!(r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1}}"#),
     );
     let hanging =
-        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, silent_bid).await });
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &silent_bid).await });
     // The proposal reaches the silent supplier, which holds it unanswered.
-    let proposal = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
-        .await
-        .expect("the proposal reaches the silent supplier")
-        .unwrap();
-    assert_eq!(proposal.protocol, rigmesh_node::network::Protocol::Lease);
-    assert_eq!(proposal.peer, customer.peer_id);
+    let proposal = held_proposal(&mut silent, &customer).await;
 
     // While the bid hangs, the running lease's windows are acked: the
     // acks reach the supplier, and the customer's own view shows them.
@@ -891,4 +838,130 @@ async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
     for node in [customer, supplier] {
         node.stop().await.unwrap();
     }
+}
+
+/// The model only the silent supplier offers.
+const SILENT_MODEL: &str = "RTX4090";
+
+/// A supplier that never answers: a raw libp2p node, dialled by
+/// `customer`, that gossips an offer of two [`SILENT_MODEL`] GPUs and a node
+/// binding naming it, and holds every request it gets. Returns once the
+/// customer has both (and those of `also`, another supplier's account).
+async fn silent_supplier(
+    customer: &RunningNode,
+    also: Option<rigmesh_protocol::PublicKey>,
+) -> common::TestNode {
+    // Its own side gives up on a request much later than the customer.
+    let mut quiet = common::config();
+    quiet.limits.request_timeout_secs = 120;
+    let silent = common::spawn(
+        std::sync::Arc::new(common::temp_store()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        quiet,
+        None,
+    )
+    .await;
+    customer.handle.dial(silent.dial_addr()).await.unwrap();
+    let key = Keypair::from_seed([0x5b; 32]);
+    let offer = WireMessage::Offer(offers::offer(&key, SILENT_MODEL, 1_000_000, "eu"));
+    let now = UnixMillis::now();
+    let binding = WireMessage::NodeBinding(
+        Signed::sign(
+            rigmesh_protocol::NodeBinding {
+                version: PROTOCOL_VERSION,
+                account: key.public(),
+                peer_id: silent.peer_id().to_bytes(),
+                created_at: now,
+                expires_at: now.plus_ms(3_600_000),
+            },
+            &key,
+        )
+        .unwrap(),
+    );
+    let (store, handle) = (customer.store.clone(), silent.handle.clone());
+    let suppliers: Vec<_> = [Some(key.public()), also].into_iter().flatten().collect();
+    eventually(
+        20,
+        "the suppliers' offers and bindings at the customer",
+        || {
+            let (store, handle) = (store.clone(), handle.clone());
+            let (offer, binding, suppliers) = (offer.clone(), binding.clone(), suppliers.clone());
+            async move {
+                let _ = handle.publish(&offer).await;
+                let _ = handle.publish(&binding).await;
+                let now = UnixMillis::now();
+                let offers = store.all::<Offer>(now).unwrap();
+                let bindings = store.all::<rigmesh_protocol::NodeBinding>(now).unwrap();
+                suppliers.iter().all(|s| {
+                    offers.iter().any(|o| o.body.supplier == *s)
+                        && bindings.iter().any(|n| n.body.account == *s)
+                })
+            }
+        },
+    )
+    .await;
+    silent
+}
+
+/// The lease proposal `customer` sent the silent supplier, held unanswered.
+async fn held_proposal(
+    silent: &mut common::TestNode,
+    customer: &RunningNode,
+) -> rigmesh_node::network::InboundRequest {
+    let proposal = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
+        .await
+        .expect("the proposal reaches the silent supplier")
+        .unwrap();
+    assert_eq!(proposal.protocol, rigmesh_node::network::Protocol::Lease);
+    assert_eq!(proposal.peer, customer.peer_id);
+    proposal
+}
+
+/// A node stopped while a bid hangs on a silent supplier and another
+/// waits behind it answers both: the hanging one with the network's
+/// error once its task ends, the queued one busy, never placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_answers_the_bid_in_flight_and_those_queued() {
+    common::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut network = common::config();
+    network.limits.request_timeout_secs = 60;
+    let customer = start_with(Role::Customer, dir.path(), None, 0, network).await;
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let mut silent = silent_supplier(&customer, None).await;
+
+    let api = customer.customer_api.unwrap();
+    let bid = format!(r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1}}"#);
+    let post = |bid: String| {
+        let t = token.clone();
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &bid).await })
+    };
+    let hanging = post(bid.clone());
+    let proposal = held_proposal(&mut silent, &customer).await;
+    let queued = post(bid);
+    let monitoring = customer.monitoring;
+    eventually(10, "the second bid queued", || async move {
+        common::http_get(monitoring, "/metrics", None)
+            .await
+            .contains("rigmesh_customer_bids_queued 1")
+    })
+    .await;
+
+    customer.stop().await.unwrap();
+    let r = hanging.await.unwrap();
+    assert_eq!(
+        status(&r),
+        502,
+        "the bid in flight gets the network's error: {r}"
+    );
+    assert_eq!(body(&r)["error"], "failed", "{r}");
+    let r = queued.await.unwrap();
+    assert_eq!(status(&r), 503, "the queued bid is answered busy: {r}");
+    assert_eq!(body(&r)["error"], "busy", "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("stopping"),
+        "{r}"
+    );
+    drop(proposal);
+    silent.stop().await;
 }

@@ -182,6 +182,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map(|_| rigmesh_notify::NotifyMetrics::register(&mut registry));
     let coordinator_metrics = (config.role == Role::Coordinator)
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
+    let bid_metrics = (config.role == Role::Customer)
+        .then(|| crate::customer::inflight::BidQueueMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
     let upkeep = Upkeep {
@@ -610,6 +612,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             customer = customer.with_rules(rules.clone());
         }
         customer = customer.with_alerts(alerts_to.clone());
+        if let Some(metrics) = bid_metrics {
+            customer = customer.with_bid_metrics(metrics);
+        }
         if let Some((_, writer)) = &trends {
             customer = customer.with_series(writer.clone());
         }

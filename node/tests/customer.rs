@@ -5,10 +5,15 @@
 //! numbers; each window shows in the lease's usage, disputes count against
 //! the supplier, an account cap stops paying within one window, a standing
 //! bid is leased when a supplier appears (and suppliers offer again at
-//! once for bids they can serve), and caps survive a restart.
+//! once for bids they can serve), caps survive a restart, and a bid that
+//! hangs on a supplier that never answers holds up no other lease's acks
+//! (and is still answered, like the bids queued behind it, when the node
+//! stops).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+#[path = "common/offers.rs"]
+mod offers;
 
 use common::eventually;
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
@@ -28,10 +33,20 @@ async fn start(
     price: Option<(&str, &str)>,
     seed: u64,
 ) -> RunningNode {
+    start_with(role, dir, price, seed, common::config()).await
+}
+
+async fn start_with(
+    role: Role,
+    dir: &std::path::Path,
+    price: Option<(&str, &str)>,
+    seed: u64,
+    network: rigmesh_node::network::NetworkConfig,
+) -> RunningNode {
     let mut config = NodeConfig {
         role,
         data_dir: dir.to_path_buf(),
-        network: common::config(),
+        network,
         monitoring: "127.0.0.1:0".parse().unwrap(),
         customer_api: "127.0.0.1:0".parse().unwrap(),
         supplier_api: "127.0.0.1:0".parse().unwrap(),
@@ -309,7 +324,7 @@ async fn usage_lists_each_window_and_disputes_count_against_the_supplier() {
             version: PROTOCOL_VERSION,
             lease: lease.parse().unwrap(),
             supplier: supplier_key.public(),
-            customer: customer_key(&dirs[1]),
+            customer: account_of(&dirs[1]),
             seq: 10_000,
             prev: Id([7; 32]),
             window_start: now.minus_ms(2_000),
@@ -388,7 +403,7 @@ async fn usage_lists_each_window_and_disputes_count_against_the_supplier() {
     }
 }
 
-fn customer_key(dir: &tempfile::TempDir) -> rigmesh_protocol::PublicKey {
+fn account_of(dir: &tempfile::TempDir) -> rigmesh_protocol::PublicKey {
     rigmesh_protocol::Keypair::from_seed(
         rigmesh_node::keyfile::read_seed(&dir.path().join("account.key")).unwrap(),
     )
@@ -704,7 +719,7 @@ async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() 
 
     let customer = start(Role::Customer, dir.path(), None, 0).await;
     let account = get(&customer, "/v1/account", &token).await;
-    assert_eq!(account["account"], customer_key(&dir).to_string());
+    assert_eq!(account["account"], account_of(&dir).to_string());
     assert_eq!(
         account["budget"]["account"]["cap"], "12.5",
         "kept across a restart"
@@ -716,4 +731,237 @@ async fn budget_put_refuses_malformed_amounts_and_keeps_caps_across_a_restart() 
     assert_eq!(status(&r), 200, "{r}");
     assert!(body(&r)["account"]["cap"].is_null());
     customer.stop().await.unwrap();
+}
+
+/// A lease runs with one supplier while a bid hangs on another that takes
+/// the lease proposal and never answers it (a raw libp2p node holding the
+/// request): the running lease's attestations are still acked, the user's
+/// views still answer, a second bid waits its turn, and the hanging bid
+/// ends with an error when its request times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
+    common::logs();
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let supplier = start(Role::Supplier, dirs[0].path(), Some((&model, "1.70")), 1).await;
+    // Long enough that several 1 s windows pass while the proposal hangs.
+    let mut network = common::config();
+    network.limits.request_timeout_secs = 12;
+    let customer = start_with(Role::Customer, dirs[1].path(), None, 0, network).await;
+    customer.handle.dial(dial_addr(&supplier)).await.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
+
+    let mut silent = silent_supplier(&customer, Some(account_of(&dirs[0]))).await;
+
+    let lease = lease_two(&customer, &token, &model).await;
+    let supplier_store = supplier.store.clone();
+    eventually(15, "the first ack at the supplier", || {
+        let store = supplier_store.clone();
+        async move { store.count(Kind::UsageAck) >= 1 }
+    })
+    .await;
+
+    let api = customer.customer_api.unwrap();
+    let (t, silent_bid) = (
+        token.clone(),
+        format!(r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1}}"#),
+    );
+    let hanging =
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &silent_bid).await });
+    // The proposal reaches the silent supplier, which holds it unanswered.
+    let proposal = held_proposal(&mut silent, &customer).await;
+
+    // While the bid hangs, the running lease's windows are acked: the
+    // acks reach the supplier, and the customer's own view shows them.
+    let before = supplier.store.count(Kind::UsageAck);
+    eventually(
+        9,
+        "three more acks at the supplier while the bid hangs",
+        || {
+            let store = supplier_store.clone();
+            async move { store.count(Kind::UsageAck) >= before + 3 }
+        },
+    )
+    .await;
+    let leases = get(&customer, "/v1/leases", &token).await;
+    let ours = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lease"] == lease.as_str())
+        .unwrap();
+    assert!(ours["acked_windows"].as_u64().unwrap() >= 4, "{ours}");
+    assert!(
+        !hanging.is_finished(),
+        "the bid still waits on the silent supplier"
+    );
+
+    // A second bid meanwhile waits its turn and is then leased.
+    let (t, second_bid) = (
+        token.clone(),
+        format!(r#"{{"gpu":"{model}","count":2,"max_price":"2.00","hours":1,"window_secs":1}}"#),
+    );
+    let second =
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &second_bid).await });
+
+    let r = hanging.await.unwrap();
+    assert_eq!(status(&r), 502, "the silent supplier's bid fails: {r}");
+    assert_eq!(body(&r)["error"], "failed", "{r}");
+    assert!(
+        body(&r)["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("timeout"),
+        "{r}"
+    );
+    drop(proposal);
+    let r = second.await.unwrap();
+    assert_eq!(status(&r), 200, "the queued bid is leased: {r}");
+    assert_eq!(body(&r)["price_per_gpu_hour"], "1.7");
+    let leases = get(&customer, "/v1/leases", &token).await;
+    assert_eq!(leases.as_array().unwrap().len(), 2, "{leases}");
+
+    // The queue's waits are on the node's metrics: three bids, one of
+    // which waited behind the hanging one.
+    let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
+    assert!(
+        metrics.contains("rigmesh_customer_bid_wait_seconds_count 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rigmesh_customer_bids_queued 0"),
+        "{metrics}"
+    );
+
+    silent.stop().await;
+    for node in [customer, supplier] {
+        node.stop().await.unwrap();
+    }
+}
+
+/// The model only the silent supplier offers.
+const SILENT_MODEL: &str = "RTX4090";
+
+/// A supplier that never answers: a raw libp2p node, dialled by
+/// `customer`, that gossips an offer of two [`SILENT_MODEL`] GPUs and a node
+/// binding naming it, and holds every request it gets. Returns once the
+/// customer has both (and those of `also`, another supplier's account).
+async fn silent_supplier(
+    customer: &RunningNode,
+    also: Option<rigmesh_protocol::PublicKey>,
+) -> common::TestNode {
+    // Its own side gives up on a request much later than the customer.
+    let mut quiet = common::config();
+    quiet.limits.request_timeout_secs = 120;
+    let silent = common::spawn(
+        std::sync::Arc::new(common::temp_store()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        quiet,
+        None,
+    )
+    .await;
+    customer.handle.dial(silent.dial_addr()).await.unwrap();
+    let key = Keypair::from_seed([0x5b; 32]);
+    let offer = WireMessage::Offer(offers::offer(&key, SILENT_MODEL, 1_000_000, "eu"));
+    let now = UnixMillis::now();
+    let binding = WireMessage::NodeBinding(
+        Signed::sign(
+            rigmesh_protocol::NodeBinding {
+                version: PROTOCOL_VERSION,
+                account: key.public(),
+                peer_id: silent.peer_id().to_bytes(),
+                created_at: now,
+                expires_at: now.plus_ms(3_600_000),
+            },
+            &key,
+        )
+        .unwrap(),
+    );
+    let (store, handle) = (customer.store.clone(), silent.handle.clone());
+    let suppliers: Vec<_> = [Some(key.public()), also].into_iter().flatten().collect();
+    eventually(
+        20,
+        "the suppliers' offers and bindings at the customer",
+        || {
+            let (store, handle) = (store.clone(), handle.clone());
+            let (offer, binding, suppliers) = (offer.clone(), binding.clone(), suppliers.clone());
+            async move {
+                let _ = handle.publish(&offer).await;
+                let _ = handle.publish(&binding).await;
+                let now = UnixMillis::now();
+                let offers = store.all::<Offer>(now).unwrap();
+                let bindings = store.all::<rigmesh_protocol::NodeBinding>(now).unwrap();
+                suppliers.iter().all(|s| {
+                    offers.iter().any(|o| o.body.supplier == *s)
+                        && bindings.iter().any(|n| n.body.account == *s)
+                })
+            }
+        },
+    )
+    .await;
+    silent
+}
+
+/// The lease proposal `customer` sent the silent supplier, held unanswered.
+async fn held_proposal(
+    silent: &mut common::TestNode,
+    customer: &RunningNode,
+) -> rigmesh_node::network::InboundRequest {
+    let proposal = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
+        .await
+        .expect("the proposal reaches the silent supplier")
+        .unwrap();
+    assert_eq!(proposal.protocol, rigmesh_node::network::Protocol::Lease);
+    assert_eq!(proposal.peer, customer.peer_id);
+    proposal
+}
+
+/// A node stopped while a bid hangs on a silent supplier and another
+/// waits behind it answers both: the hanging one with the network's
+/// error once its task ends, the queued one busy, never placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_answers_the_bid_in_flight_and_those_queued() {
+    common::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut network = common::config();
+    network.limits.request_timeout_secs = 60;
+    let customer = start_with(Role::Customer, dir.path(), None, 0, network).await;
+    let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
+    let mut silent = silent_supplier(&customer, None).await;
+
+    let api = customer.customer_api.unwrap();
+    let bid = format!(r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1}}"#);
+    let post = |bid: String| {
+        let t = token.clone();
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &bid).await })
+    };
+    let hanging = post(bid.clone());
+    let proposal = held_proposal(&mut silent, &customer).await;
+    let queued = post(bid);
+    let monitoring = customer.monitoring;
+    eventually(10, "the second bid queued", || async move {
+        common::http_get(monitoring, "/metrics", None)
+            .await
+            .contains("rigmesh_customer_bids_queued 1")
+    })
+    .await;
+
+    customer.stop().await.unwrap();
+    let r = hanging.await.unwrap();
+    assert_eq!(
+        status(&r),
+        502,
+        "the bid in flight gets the network's error: {r}"
+    );
+    assert_eq!(body(&r)["error"], "failed", "{r}");
+    let r = queued.await.unwrap();
+    assert_eq!(status(&r), 503, "the queued bid is answered busy: {r}");
+    assert_eq!(body(&r)["error"], "busy", "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("stopping"),
+        "{r}"
+    );
+    drop(proposal);
+    silent.stop().await;
 }

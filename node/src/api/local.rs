@@ -351,7 +351,8 @@ pub(crate) fn bad_request(reason: String) -> Response {
 /// `POST /v1/bid`: 200 with the lease when one was made at once; 202 with
 /// the standing bid when nothing matched and the bid may wait
 /// (`wait_secs`); otherwise 404 (no match, with the reason in numbers),
-/// 409 (the supplier refused), 400 (an invalid bid) or 502.
+/// 409 (the supplier refused), 400 (an invalid bid), 502, or 503 (too
+/// many bids wait for the one being agreed, or the node is stopping).
 async fn bid(State(s): State<Scoped>, body: axum::body::Bytes) -> Response {
     let request: BidRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -366,6 +367,7 @@ async fn bid(State(s): State<Scoped>, body: axum::body::Bytes) -> Response {
                 BidError::Refused(_) => StatusCode::CONFLICT,
                 BidError::Invalid(_) => StatusCode::BAD_REQUEST,
                 BidError::Failed(_) => StatusCode::BAD_GATEWAY,
+                BidError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             (status, Json(err)).into_response()
         }

@@ -102,6 +102,10 @@ pub enum BidError {
     /// Anything else (network, ledger, bad input).
     #[error("{0}")]
     Failed(String),
+    /// The node cannot take the bid now (too many bids wait for the one
+    /// being agreed, or the node is stopping); nothing was done.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// What a bid became.

@@ -3,15 +3,18 @@
 //! the watch that checks each usage attestation of a lease and answers it
 //! with a signed ack or dispute, and the budget that raises alerts and
 //! ends leases at the cap, for each lease and for the account. Everything
-//! but [`runtime`] is deterministic given its inputs (time is passed in,
-//! nothing touches the network), so the rules are tested directly on
-//! protocol messages; [`records`] keeps what must survive a restart, and
-//! [`commands`] and [`report`] are what the local API sends and reads.
+//! but [`runtime`] and [`inflight`] (the bid being agreed, in its own
+//! task, and those queued behind it) is deterministic given its inputs
+//! (time is passed in, nothing touches the network), so the rules are
+//! tested directly on protocol messages; [`records`] keeps what must
+//! survive a restart, and [`commands`] and [`report`] are what the local
+//! API sends and reads.
 
 pub mod book;
 pub mod budget;
 pub mod commands;
 pub mod escrow;
+pub mod inflight;
 pub mod records;
 pub mod release;
 pub mod report;

@@ -6,7 +6,10 @@
 //! gossip is checked and answered with a signed ack or dispute, each window
 //! is recorded, spend is tracked against the lease's and the account's
 //! caps, and budget alerts are raised. At a cap the node stops paying
-//! further windows and signs a termination for the supplier.
+//! further windows and signs a termination for the supplier. A bid's talk
+//! with the supplier and the coordinators runs in a task of its own, one
+//! bid at a time ([`super::inflight`]), so a slow or silent supplier holds
+//! up no acknowledgement; every change of state is made in this task.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::book::BookQuery;
 use super::budget::Decision;
+use super::inflight::{Agreed, BidDone, BidQueue, Finished, Purpose, Queued, MAX_QUEUED_BIDS};
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
 };
@@ -159,6 +163,13 @@ pub struct Customer {
     alerts_to: crate::notify::AlertSink,
     /// Where the hourly spend and GPU-hours of acked windows go.
     series: crate::trends::SeriesWriter,
+    /// The bid whose network part runs in its own task, and those waiting
+    /// behind it.
+    bids: BidQueue,
+    /// A cap was raised while a bid was in flight: the running leases'
+    /// escrows are topped up once it ends (a top-up is a debit of the
+    /// account too, and its amount depends on the bid's escrow).
+    top_up_due: bool,
 }
 
 impl std::fmt::Debug for Customer {
@@ -215,6 +226,8 @@ impl Customer {
             standing: StandingBids::default(),
             alerts_to: crate::notify::AlertSink::default(),
             series: crate::trends::SeriesWriter::off(),
+            bids: BidQueue::default(),
+            top_up_due: false,
         })
     }
 }
@@ -238,6 +251,12 @@ impl Customer {
     /// its window ends in, in `series`.
     pub fn with_series(mut self, series: crate::trends::SeriesWriter) -> Self {
         self.series = series;
+        self
+    }
+
+    /// Counts the bid queue's depth and waits into `metrics`.
+    pub fn with_bid_metrics(mut self, metrics: super::inflight::BidQueueMetrics) -> Self {
+        self.bids = BidQueue::new(metrics);
         self
     }
 
@@ -267,7 +286,10 @@ impl Customer {
 }
 
 /// Runs the customer role until `stop` turns true, answering `commands`
-/// from the local API.
+/// from the local API. A bid's talk with the supplier and the coordinators
+/// runs in its own task (see [`super::inflight`]), so attestations are
+/// answered while it waits; its outcome comes back here, where every
+/// change of state is made.
 pub async fn run(
     mut customer: Customer,
     mut commands: mpsc::Receiver<CustomerCommand>,
@@ -284,12 +306,14 @@ pub async fn run(
             changed = stop.changed() => {
                 let stopping = changed.is_err() || *stop.borrow();
                 if stopping {
+                    customer.stop_bids().await;
                     if let Err(err) = customer.records.flush() {
                         tracing::warn!(%err, "customer records not flushed");
                     }
                     return;
                 }
             }
+            Some(finished) = customer.bids.finished() => customer.bid_finished(finished).await,
             Some(command) = commands.recv() => customer.command(command).await,
             message = accepted.recv() => match message {
                 Ok(message) => customer.on_message(&message.message).await,
@@ -302,7 +326,10 @@ pub async fn run(
                     customer.catch_up_all().await;
                 }
                 // The sender lives in the network handle this task holds.
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    customer.stop_bids().await;
+                    return;
+                }
             },
             _ = tick.tick() => {
                 customer.look_after_standing_bids().await;
@@ -411,6 +438,20 @@ async fn stop_at_cap(
     }
 }
 
+/// The bid's wait, or why the bid is invalid, before anything is asked
+/// of the network.
+fn check_bid(request: &BidRequest) -> Result<Option<u64>, BidError> {
+    let wait = wait_of(request)?;
+    if let Some(cap) = request.budget {
+        if cap.is_negative() || cap.is_zero() {
+            return Err(BidError::Invalid(format!(
+                "the budget is {cap}; it must be above zero (leave it out for no cap)"
+            )));
+        }
+    }
+    Ok(wait)
+}
+
 fn reason_of(err: &BidError) -> String {
     match err {
         BidError::NoMatch(why) => why.clone(),
@@ -422,10 +463,7 @@ impl Customer {
     async fn command(&mut self, command: CustomerCommand) {
         let now = UnixMillis::now();
         match command {
-            CustomerCommand::Bid(request, reply) => {
-                let result = self.place_bid(request).await;
-                let _ = reply.send(result);
-            }
+            CustomerCommand::Bid(request, reply) => self.bid_command(request, reply).await,
             CustomerCommand::Leases(reply) => {
                 let mut leases: Vec<LeaseStatus> = self.leases.values().map(status_of).collect();
                 if self.quorum.is_some() {
@@ -447,6 +485,14 @@ impl Customer {
             CustomerCommand::CancelBid(id, reply) => {
                 let result = match self.standing.status(&id, now) {
                     None => Err(RequestError::NotFound(format!("no bid {id} on this node"))),
+                    // Its lease is being agreed: cancelling now could leave
+                    // a lease nobody asked for.
+                    Some(_) if self.bids.standing_in_flight() == Some(id) => {
+                        Err(RequestError::Conflict(format!(
+                            "bid {id} is being agreed with a supplier right now; ask again in a \
+                             moment (it is then leased, or waiting again)"
+                        )))
+                    }
                     Some(status) if status.state != BidState::Waiting => {
                         Err(RequestError::Conflict(format!(
                             "bid {id} is no longer waiting ({:?})",
@@ -706,21 +752,211 @@ impl Customer {
         report::budget(&self.records, self.spending.caps()).map_err(request_failed)
     }
 
-    /// Leases now, or stands the bid when it may wait and nothing could be
-    /// leased.
-    async fn place_bid(&mut self, request: BidRequest) -> Result<BidOutcome, BidError> {
-        let wait = wait_of(&request)?;
-        if let Some(cap) = request.budget {
-            if cap.is_negative() || cap.is_zero() {
-                return Err(BidError::Invalid(format!(
-                    "the budget is {cap}; it must be above zero (leave it out for no cap)"
-                )));
+    /// A `bid` from the local API: checked at once, then started when no
+    /// bid is in flight, queued behind it otherwise, and answered busy when
+    /// the queue is full.
+    async fn bid_command(
+        &mut self,
+        request: BidRequest,
+        reply: tokio::sync::oneshot::Sender<Result<BidOutcome, BidError>>,
+    ) {
+        let wait = match check_bid(&request) {
+            Ok(wait) => wait,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        if self.bids.busy() {
+            if self.bids.refuses_another() {
+                tracing::warn!(
+                    queued = MAX_QUEUED_BIDS,
+                    "the bid queue is full; a bid is answered busy"
+                );
+                let _ = reply.send(Err(BidError::Busy(format!(
+                    "{MAX_QUEUED_BIDS} bids already wait for the one being agreed; try again shortly"
+                ))));
+            } else {
+                self.bids.enqueue(Queued::new(request, reply, wait));
+            }
+            return;
+        }
+        self.bids.went_at_once();
+        self.start_bid(request, Purpose::Command { reply, wait })
+            .await;
+        self.start_next().await;
+    }
+
+    /// Starts the network part of a bid (an earlier debit completed, the
+    /// proposal, the agreement, the escrow) in its own task, with the
+    /// escrow limit the account's state allows at this moment; a bid the
+    /// account's cap refuses is concluded at once. Only called when no
+    /// bid is in flight, so no other escrow can be ordered until it ends.
+    async fn start_bid(&mut self, request: BidRequest, purpose: Purpose) {
+        let limit = match self.escrow_limit(&request) {
+            Ok(limit) => limit,
+            Err(err) => {
+                self.conclude(request, purpose, Err(err)).await;
+                return;
+            }
+        };
+        let key = self.key.clone();
+        let store = self.store.clone();
+        let book = self.book.clone();
+        let network = self.network.clone();
+        let quorum = self.quorum.clone();
+        let asked = request.clone();
+        self.bids.launch(request, purpose, async move {
+            let mut orphans = Vec::new();
+            if let Some(quorum) = &quorum {
+                match quorum.complete_pending(&key).await {
+                    Ok(completed) => orphans.extend(completed),
+                    Err(err) => {
+                        return BidDone {
+                            result: Err(BidError::Refused(format!(
+                                "escrow not possible now: {err}"
+                            ))),
+                            orphans,
+                        }
+                    }
+                }
+            }
+            let result = bid(
+                &key,
+                &store,
+                &book,
+                &network,
+                quorum.as_ref(),
+                &asked,
+                limit,
+                &mut orphans,
+            )
+            .await;
+            BidDone { result, orphans }
+        });
+    }
+
+    /// The bid in flight ended: its outcome is taken in, and the next bid
+    /// (queued, or a standing bid's look at the book) starts.
+    async fn bid_finished(&mut self, finished: Finished) {
+        self.take_in(finished).await;
+        self.start_next().await;
+    }
+
+    /// Takes in a bid's outcome: escrows completed on the way are adopted,
+    /// the lease is recorded and watched, and the caller is answered (or
+    /// the bid stands); then the top-ups a raised cap waited for are made.
+    async fn take_in(&mut self, finished: Finished) {
+        let Finished {
+            request,
+            purpose,
+            done,
+        } = finished;
+        let result = match done {
+            Ok(BidDone { result, orphans }) => {
+                for completed in orphans {
+                    self.adopt_escrow(completed).await;
+                }
+                result.and_then(|agreed| self.start_lease(&request, agreed))
+            }
+            Err(err) => {
+                tracing::error!(%err, gpu = %request.gpu, "a bid's task ended without an outcome");
+                Err(BidError::Failed(format!(
+                    "the bid stopped before it was agreed: {err}"
+                )))
+            }
+        };
+        self.conclude(request, purpose, result).await;
+        if std::mem::take(&mut self.top_up_due) {
+            let running: Vec<Id> = self
+                .leases
+                .iter()
+                .filter(|(_, l)| live_state(l) == LeaseState::Running)
+                .map(|(id, _)| *id)
+                .collect();
+            self.top_up_escrows(&running).await;
+        }
+    }
+
+    /// Starts the next bid while none is in flight: the local API's
+    /// queued bids first, then the standing bids' looks at the book.
+    async fn start_next(&mut self) {
+        while !self.bids.busy() {
+            if let Some(bid) = self.bids.next_queued() {
+                let purpose = Purpose::Command {
+                    reply: bid.reply,
+                    wait: bid.wait,
+                };
+                self.start_bid(bid.request, purpose).await;
+            } else if let Some((id, request, last)) = self.next_standing_look() {
+                self.start_bid(request, Purpose::Standing { id, last })
+                    .await;
+            } else {
+                break;
             }
         }
-        let err = match self.lease(&request).await {
-            Ok(status) => return Ok(BidOutcome::Leased(status)),
-            Err(err) => err,
-        };
+    }
+
+    /// The node is stopping: queued bids are answered that they were not
+    /// placed, and the bid in flight is waited for and taken in, so an
+    /// escrow it got is recorded (and watched again after a restart)
+    /// rather than left unknown to this node.
+    async fn stop_bids(&mut self) {
+        for bid in self.bids.drain() {
+            let _ = bid.reply.send(Err(BidError::Busy(
+                "the node is stopping; the bid was not placed".into(),
+            )));
+        }
+        if self.bids.busy() {
+            tracing::info!("stopping: waiting for the bid being agreed");
+        }
+        if let Some(finished) = self.bids.finished().await {
+            self.take_in(finished).await;
+        }
+    }
+
+    /// Answers a bid's caller, or records a standing bid's look at the
+    /// book.
+    async fn conclude(
+        &mut self,
+        request: BidRequest,
+        purpose: Purpose,
+        result: Result<LeaseStatus, BidError>,
+    ) {
+        let now = UnixMillis::now();
+        match purpose {
+            Purpose::Command { reply, wait } => {
+                let outcome = match result {
+                    Ok(status) => Ok(BidOutcome::Leased(status)),
+                    Err(err) => self.stand(request, wait, err).await,
+                };
+                if reply.send(outcome).is_err() {
+                    tracing::info!("a bid's caller left before it was answered");
+                }
+            }
+            Purpose::Standing { id, last } => match result {
+                Ok(lease) => {
+                    tracing::info!(bid = %id, lease = %lease.lease, "standing bid leased");
+                    self.standing
+                        .finish(&id, BidState::Leased, None, Some(lease), now);
+                }
+                Err(err) if last => {
+                    tracing::info!(bid = %id, why = %reason_of(&err), "the wait ended with no lease");
+                    self.standing
+                        .finish(&id, BidState::NoMatch, Some(reason_of(&err)), None, now);
+                }
+                Err(err) => self.standing.attempted(&id, reason_of(&err), now),
+            },
+        }
+    }
+
+    /// Stands a bid that leased nothing now, when it may wait.
+    async fn stand(
+        &mut self,
+        request: BidRequest,
+        wait: Option<u64>,
+        err: BidError,
+    ) -> Result<BidOutcome, BidError> {
         let Some(secs) = wait else {
             return Err(err);
         };
@@ -739,38 +975,12 @@ impl Customer {
         Ok(BidOutcome::Waiting(status))
     }
 
-    /// Takes the best matching offer for `request` and starts watching the
-    /// lease.
-    async fn lease(&mut self, request: &BidRequest) -> Result<LeaseStatus, BidError> {
-        let mut orphans = Vec::new();
-        if let Some(quorum) = &self.quorum {
-            match quorum.complete_pending(&self.key).await {
-                Ok(completed) => orphans.extend(completed),
-                Err(err) => {
-                    return Err(BidError::Refused(format!("escrow not possible now: {err}")))
-                }
-            }
-        }
-        let result = match self.escrow_limit(request) {
-            Ok(limit) => {
-                bid(
-                    &self.key,
-                    &self.store,
-                    &self.book,
-                    &self.network,
-                    self.quorum.as_ref(),
-                    request,
-                    limit,
-                    &mut orphans,
-                )
-                .await
-            }
-            Err(err) => Err(err),
-        };
-        for completed in orphans {
-            self.adopt_escrow(completed).await;
-        }
-        let (agreement, escrow, status) = result?;
+    /// Starts watching a lease its bid agreed, records it and its cap.
+    fn start_lease(
+        &mut self,
+        request: &BidRequest,
+        (agreement, escrow, status): Agreed,
+    ) -> Result<LeaseStatus, BidError> {
         let watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(failed)?;
         let lease = Lease {
             gpu_model: status.gpu_model.clone(),
@@ -811,32 +1021,14 @@ impl Customer {
     }
 
     /// Ends the waits that are over, publishes bids that have not reached
-    /// peers yet, and, when a meeting offer arrived, searches the book
-    /// again for every waiting bid.
+    /// peers yet, and, when no bid is in flight, starts the next look at
+    /// the book for a standing bid (while one is, the looks wait for a
+    /// later tick or for its end).
     async fn look_after_standing_bids(&mut self) {
         if !self.standing.any_waiting() {
             return;
         }
         let now = UnixMillis::now();
-        for id in self.standing.due(now) {
-            let Some(request) = self.standing.request(&id) else {
-                continue;
-            };
-            // One last look, so the reason given is the book as it is now.
-            let outcome = self.lease(&request).await;
-            let now = UnixMillis::now();
-            match outcome {
-                Ok(lease) => {
-                    self.standing
-                        .finish(&id, BidState::Leased, None, Some(lease), now);
-                }
-                Err(err) => {
-                    tracing::info!(bid = %id, why = %reason_of(&err), "the wait ended with no lease");
-                    self.standing
-                        .finish(&id, BidState::NoMatch, Some(reason_of(&err)), None, now);
-                }
-            }
-        }
         for (id, request, until) in self.standing.republish_due(now) {
             let published = match sign_bid(&self.key, &request, now, until) {
                 Ok(bid) => publish(&self.network, &WireMessage::Bid(bid), "bid").await,
@@ -847,20 +1039,37 @@ impl Customer {
             };
             self.standing.republished(&id, published, now);
         }
-        if self.standing.take_dirty() {
-            for (id, request) in self.standing.waiting() {
-                let outcome = self.lease(&request).await;
-                let now = UnixMillis::now();
-                match outcome {
-                    Ok(lease) => {
-                        tracing::info!(bid = %id, lease = %lease.lease, "standing bid leased");
-                        self.standing
-                            .finish(&id, BidState::Leased, None, Some(lease), now);
-                    }
-                    Err(err) => self.standing.attempted(&id, reason_of(&err), now),
-                }
+        self.start_next().await;
+    }
+
+    /// The next standing bid to look at the book for: one whose wait is
+    /// over (a last look, so the reason given is the book as it is now),
+    /// else, after a meeting offer arrived, each waiting bid in turn.
+    fn next_standing_look(&mut self) -> Option<(Id, BidRequest, bool)> {
+        if !self.standing.any_waiting() {
+            self.bids.standing_search.clear();
+            return None;
+        }
+        let now = UnixMillis::now();
+        if let Some(id) = self.standing.due(now).into_iter().next() {
+            if let Some(request) = self.standing.request(&id) {
+                return Some((id, request, true));
             }
         }
+        if self.standing.take_dirty() {
+            self.bids.standing_search = self
+                .standing
+                .waiting()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+        }
+        while let Some(id) = self.bids.standing_search.pop_front() {
+            if let Some(request) = self.standing.request(&id) {
+                return Some((id, request, false));
+            }
+        }
+        None
     }
 
     /// Goes on watching the leases that were running when the node
@@ -1491,7 +1700,13 @@ impl Customer {
         for id in &running {
             self.check_caps(*id, now).await;
         }
-        self.top_up_escrows(&running).await;
+        if self.bids.busy() {
+            // The bid in flight may be ordering its escrow: the top-ups
+            // wait for it, and then count its escrow against the cap.
+            self.top_up_due = true;
+        } else {
+            self.top_up_escrows(&running).await;
+        }
         self.budget_report()
     }
 

@@ -167,7 +167,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .body(r("BidRequest"), true)
             .ok(r("LeaseStatus"))
             .answers(202, "Nothing matched yet; the bid stands", Body::Json(r("BidStatus")))
-            .refuses(&[400, 404, 409, 502]),
+            .refuses(&[400, 404, 409, 502, 503]),
         (Customer, "GET", "/v1/bids") => op("Standing bids, waiting and recently finished")
             .ok(array(r("BidStatus")))
             .refuses(&[409]),

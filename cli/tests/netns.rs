@@ -449,6 +449,28 @@ fn a_nated_supplier_leases_settles_through_a_partition_and_under_loss() {
             }
         },
     );
+    let three = net
+        .agreed(&[supplier_1.as_str(), customer.as_str()], 3)
+        .unwrap();
+    assert!(three[0].balance > Credits::ZERO);
+    assert!(
+        three[1].balance < deposit && three[1].balance >= deposit.checked_sub(budget).unwrap(),
+        "the customer paid at most the budget: {three:?}"
+    );
+
+    // Cut off, it has dropped its dead connections (pings time out).
+    eventually(60, "coordinator-3 without peers", || {
+        let page = net.metrics("coordinator-3");
+        if series(&page, "rigmesh_net_peers") == 0.0 && page.contains("rigmesh_net_peers") {
+            Ok(())
+        } else {
+            Err(page
+                .lines()
+                .filter(|l| l.starts_with("rigmesh_net_peers"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    });
 
     // Healed, the fourth catches up: all four agree to the unit with
     // what the three decided.

@@ -687,6 +687,36 @@ on_both_backends!(
 );
 
 #[test]
+fn the_books_check_while_deposits_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = std::sync::Arc::new(Ledger::open(dir.path()).unwrap());
+    let writer = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || {
+            for n in 0..300u64 {
+                ledger
+                    .deposit(key(1), credits("1"), id(1_000 + n), &cause(n))
+                    .unwrap();
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let report = ledger.check_books().unwrap_or_else(|e| {
+            panic!("the books did not check after {checks} checks mid-write: {e}")
+        });
+        assert_eq!(
+            report.totals.held().unwrap(),
+            report.totals.external.checked_neg().unwrap()
+        );
+        checks += 1;
+    }
+    writer.join().unwrap();
+    assert!(checks > 0, "checked while the deposits were written");
+    ledger.check_books().unwrap();
+}
+
+#[test]
 fn the_outbox_is_bounded() {
     let ledger = common::memory_ledger();
     let note = Notification {

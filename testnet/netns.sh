@@ -15,6 +15,9 @@
 #   testnet/netns.sh netem --dir DIR off
 #   testnet/netns.sh loss --dir DIR 2          drop 2 % of packets (nftables; no netem needed)
 #   testnet/netns.sh loss --dir DIR off
+#   testnet/netns.sh delay --dir DIR 40 10     every packet a node sends waits 40 ms
+#                                              (+ up to 10 ms); no netem needed (python3)
+#   testnet/netns.sh delay --dir DIR off
 #   testnet/netns.sh cleanup                   remove namespaces left by any run
 #
 # Topology (namespace: address):
@@ -132,9 +135,62 @@ veth() {
     ip -n "$3" link set "$4" up
 }
 
+# Routes what host $1 sends through a delay line of $2 ms (+ up to $3 ms):
+# a TUN device whose packets testnet/delayline.py writes back late. Table
+# 201 sends what the host itself sends (iif lo) into the device; table 200
+# sends what comes back out of it onward, the way the host's own routes
+# did. Everything else the host does is unchanged.
+delay_host() {
+    local name=$1 ms=$2 jitter=$3 ns addr gateway subnet tries=0
+    ns=$(ns_of "$name")
+    addr=$(addr_of "$name")
+    gateway=$(ip -n "$ns" route show default | awk '{ print $3; exit }')
+    subnet=$(ip -n "$ns" route show dev eth0 proto kernel | awk '{ print $1; exit }')
+    [[ -n $gateway && -n $subnet ]] || die "$name: no default route or subnet on eth0"
+    rm -f "$dir/$name/delay.log"
+    ip netns exec "$ns" python3 "$here/delayline.py" dly0 "$ms" "$jitter" \
+        </dev/null >"$dir/$name/delay.log" 2>&1 &
+    echo $! >"$dir/$name/delay.pid"
+    until grep -q '^ready' "$dir/$name/delay.log" 2>/dev/null; do
+        ((tries++ < 50)) || die "$name: the delay line did not start: $(cat "$dir/$name/delay.log")"
+        sleep 0.1
+    done
+    ip -n "$ns" link set dly0 up
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+        net.ipv4.conf.dly0.rp_filter=0 net.ipv4.conf.dly0.accept_local=1
+    ip -n "$ns" route add "$subnet" dev eth0 table 200
+    ip -n "$ns" route add default via "$gateway" dev eth0 table 200
+    ip -n "$ns" route add default dev dly0 src "$addr" table 201
+    ip -n "$ns" rule add iif dly0 lookup 200 pref 100
+    ip -n "$ns" rule add iif lo lookup 201 pref 110
+}
+
+# Takes host $1's delay line away (its routes go with its device).
+undelay_host() {
+    local name=$1 ns pid
+    ns=$(ns_of "$name")
+    ip -n "$ns" rule del pref 110 2>/dev/null || true
+    ip -n "$ns" rule del pref 100 2>/dev/null || true
+    ip -n "$ns" route flush table 200 2>/dev/null || true
+    ip -n "$ns" route flush table 201 2>/dev/null || true
+    if [[ -f $dir/$name/delay.pid ]]; then
+        pid=$(cat "$dir/$name/delay.pid")
+        kill "$pid" 2>/dev/null || true
+        # Its device goes once it has exited; a new one may then take the name.
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || ip -n "$ns" link show dly0 >/dev/null 2>&1 || break
+            sleep 0.1
+        done
+        rm -f "$dir/$name/delay.pid"
+    fi
+}
+
 # Removes every namespace named in DIR/netns.list (and the list).
 remove_namespaces() {
-    local ns
+    local ns name
+    for name in "${COORDINATORS[@]}" "${SUPPLIERS[@]}" "${CUSTOMERS[@]}"; do
+        [[ -f $dir/$name/delay.pid ]] && undelay_host "$name"
+    done
     [[ -f $dir/netns.list ]] || return 0
     while read -r ns; do
         ip netns del "$ns" 2>/dev/null || true
@@ -434,7 +490,7 @@ netem)
                 # shellcheck disable=SC2086 # the netem parameters are words
                 if ! tc -n "$ns" qdisc replace dev "$link" root netem ${args[*]:1} 2>"$dir/tc.err"; then
                     if grep -q "qdisc kind is unknown" "$dir/tc.err"; then
-                        echo "netns.sh: this kernel has no netem (sch_netem); 'loss' drops packets with nftables instead" >&2
+                        echo "netns.sh: this kernel has no netem (sch_netem); use 'delay' (a delay line) and 'loss' (nftables) instead" >&2
                         exit 3
                     fi
                     cat "$dir/tc.err" >&2
@@ -469,8 +525,29 @@ EOF
     done <"$dir/netns.list"
     echo "loss $percent% on every host's links"
     ;;
+delay)
+    # Every packet a node sends waits MS (+ up to JITTER) ms in a delay line:
+    # latency without netem (some kernels lack it).
+    ((${#args[@]} == 2 || ${#args[@]} == 3)) || usage
+    [[ -n $dir && -f $dir/netns.list ]] || die "--dir DIR (a running netns testnet) is required"
+    ms=${args[1]}
+    jitter=${args[2]:-0}
+    [[ $ms == off || ($ms =~ ^[0-9]+$ && $jitter =~ ^[0-9]+$) ]] ||
+        die "delay takes whole milliseconds (and a jitter) or off, not '${args[*]:1}'"
+    command -v python3 >/dev/null 2>&1 || die "delay needs python3 (testnet/delayline.py)"
+    for name in "${COORDINATORS[@]}" "${SUPPLIERS[@]}" "${CUSTOMERS[@]}"; do
+        undelay_host "$name"
+        [[ $ms == off ]] || delay_host "$name" "$ms" "$jitter"
+    done
+    if [[ $ms == off ]]; then
+        echo "no delay"
+    else
+        echo "every node's packets wait $ms ms (+ up to $jitter ms)"
+    fi
+    ;;
 cleanup)
     need_root
+    pkill -f "delayline.py dly0" 2>/dev/null || true
     for ns in $(ip netns list | awk '{ print $1 }' | grep "^$PREFIX-" || true); do
         ip netns del "$ns" || true
     done

@@ -9,7 +9,8 @@
 //! coordinator's books; that with one coordinator cut off mid-lease the
 //! other three settle it, and once healed the fourth catches up and its
 //! books agree to the unit; and that with latency and loss on every link a
-//! lease still settles.
+//! lease still settles (netem where the kernel has it; otherwise the
+//! script's delay line and nftables).
 //!
 //! It needs root, `ip`, `tc` and nftables or iptables; where network
 //! namespaces cannot be made it says so and passes without running. The
@@ -71,7 +72,9 @@ fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Result<T, Str
 }
 
 /// Why this machine cannot run the test, if it cannot: network namespaces
-/// need root and iproute2, the NAT routers nftables or iptables, netem tc.
+/// need root and iproute2, the NAT routers nftables or iptables, netem tc,
+/// and the delay line (where netem is missing) and the latency check
+/// python3.
 fn cannot_run() -> Option<String> {
     let probe = format!("rmnet-probe-{}", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
@@ -97,6 +100,9 @@ fn cannot_run() -> Option<String> {
     }
     if !have("tc") {
         return Some("tc is not installed (netem)".into());
+    }
+    if !have("python3") {
+        return Some("python3 is not installed (the delay line, and the latency check)".into());
     }
     None
 }
@@ -485,27 +491,43 @@ fn a_nated_supplier_leases_settles_through_a_partition_and_under_loss() {
     });
 
     // Latency and loss on every link: a lease of the other NATed
-    // supplier still settles on all four.
-    // Where the kernel has no netem, the latency part is skipped (said so)
-    // and the loss is made with nftables.
+    // supplier still settles on all four. Where the kernel has no netem,
+    // the latency comes from the script's delay line and the loss from
+    // nftables.
     let netem = net.run(&["netem", "delay", "40ms", "10ms", "loss", "2%"]);
-    let shaping = if netem.status.success() {
-        "netem"
+    let shaping: Vec<&str> = if netem.status.success() {
+        vec!["netem"]
     } else if netem.status.code() == Some(3) {
         eprintln!(
-            "SKIPPED latency: {}; 2 % loss with nftables only",
+            "{}; 40 ms (+ up to 10) from the delay line, 2 % loss with nftables",
             String::from_utf8_lossy(&netem.stderr).trim()
         );
+        net.script(&["delay", "40", "10"]);
         net.script(&["loss", "2"]);
-        "loss"
+        vec!["delay", "loss"]
     } else {
         panic!("netns.sh netem: {}", text(&netem));
     };
+    // The latency is there: a TCP handshake from the customer to a
+    // coordinator waits at least once on each side.
+    let out = net.script(&[
+        "exec",
+        "customer-0",
+        "python3",
+        "-c",
+        "import socket, time\n\
+         t = time.monotonic()\n\
+         socket.create_connection(('10.77.0.10', 4600), timeout=10).close()\n\
+         print(round((time.monotonic() - t) * 1000))",
+    ]);
+    let handshake_ms: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    eprintln!("TCP handshake customer-0 -> coordinator-0 under latency: {handshake_ms} ms");
+    assert!(handshake_ms >= 80, "no latency: {handshake_ms} ms");
     let budget = budget_for(credits("1.29"), 6);
     let lease = net.bid(A100, budget);
     assert_eq!(lease["supplier"], supplier_2.as_str(), "{lease}");
     settled(&net, &supplier_2, &customer, 4, Credits::from_units(1));
-    if shaping == "loss" {
+    if shaping.contains(&"loss") {
         // The loss was real: packets were dropped.
         let out = net.script(&[
             "exec",
@@ -525,7 +547,9 @@ fn a_nated_supplier_leases_settles_through_a_partition_and_under_loss() {
             .unwrap_or(0);
         assert!(dropped > 0, "no packet dropped: {listing}");
     }
-    net.script(&[shaping, "off"]);
+    for what in shaping {
+        net.script(&[what, "off"]);
+    }
 
     // Relayed and direct connections and hole punches, as reported.
     for node in ["customer-0", "supplier-1", "supplier-2"] {

@@ -98,6 +98,18 @@ pub(crate) struct EventLoop {
     pub(crate) unreachable: HashMap<Multiaddr, String>,
     /// Relays, reservations and reachability behind NAT.
     pub(crate) nat: Reachability,
+    /// Requests to peers not connected yet, by peer: sent once a
+    /// connection to the peer is up, failed when every dial to it failed.
+    pub(crate) parked: HashMap<PeerId, Vec<ParkedRequest>>,
+    /// Dials made for parked requests, with the peer each is for.
+    pub(crate) dialling: HashMap<libp2p::swarm::ConnectionId, PeerId>,
+}
+
+/// A request waiting for a connection to its peer.
+pub(crate) struct ParkedRequest {
+    protocol: Protocol,
+    bytes: Vec<u8>,
+    reply: Reply<Vec<u8>>,
 }
 
 /// The address without its `/p2p/<peer id>` part.
@@ -160,15 +172,28 @@ impl EventLoop {
                 bytes,
                 reply,
             } => {
-                if self.pending.len() >= self.limits.max_pending_requests {
+                let parked: usize = self.parked.values().map(Vec::len).sum();
+                if self.pending.len() + parked >= self.limits.max_pending_requests {
                     let _ = reply.send(Err(Error::Network("too many requests in flight".into())));
                     return;
                 }
-                if !self.swarm.is_connected(&peer) {
-                    self.dial_with_relays(peer);
+                if self.swarm.is_connected(&peer) {
+                    let id = self.behaviour_for(protocol).send_request(&peer, bytes);
+                    self.pending.insert((protocol, id), reply);
+                } else {
+                    // Sent once connected: a request handed to
+                    // request-response now would fail with the first dial
+                    // that fails (a direct one to a NATed peer), while the
+                    // one through a relay may still succeed.
+                    self.parked.entry(peer).or_default().push(ParkedRequest {
+                        protocol,
+                        bytes,
+                        reply,
+                    });
+                    if !self.dialling.values().any(|p| *p == peer) {
+                        self.dial_with_relays(peer);
+                    }
                 }
-                let id = self.behaviour_for(protocol).send_request(&peer, bytes);
-                self.pending.insert((protocol, id), reply);
             }
             Command::Respond {
                 protocol,
@@ -484,6 +509,8 @@ impl EventLoop {
                 self.count_connection(endpoint.is_relayed(), 1);
                 self.nat
                     .on_connected(peer_id, connection_id, endpoint.is_relayed());
+                self.dialling.remove(&connection_id);
+                self.send_parked(peer_id);
                 if endpoint.is_relayed() {
                     self.metrics.hole_punch_attempts.inc();
                 } else if endpoint.is_dialer() {
@@ -518,7 +545,11 @@ impl EventLoop {
                 self.nat
                     .on_disconnected(peer_id, connection_id, endpoint.is_relayed());
             }
-            SwarmEvent::OutgoingConnectionError { error, .. } => self.on_dial_error(&error),
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => self.on_outgoing_error(connection_id, &error),
             _ => {}
         }
     }
@@ -611,18 +642,61 @@ impl EventLoop {
     /// Dials `peer` at its direct addresses (those the behaviours know)
     /// and through every known relay at once: a peer behind NAT is
     /// reachable only through the relay it reserved on, and the first
-    /// connection to succeed wins.
+    /// connection to succeed wins. The requests parked for it wait for the
+    /// outcome.
     fn dial_with_relays(&mut self, peer: PeerId) {
-        let circuits = self.nat.circuit_addrs(&peer);
-        if circuits.is_empty() {
-            return;
-        }
+        // Beside any other dial under way (Kademlia's, say): this one's
+        // outcome is what the parked requests wait for.
         let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-            .addresses(circuits)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Disconnected)
+            .addresses(self.nat.circuit_addrs(&peer))
             .extend_addresses_through_behaviour()
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, %e, "dial through relays");
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dialling.insert(connection, peer);
+            }
+            Err(_) if self.swarm.is_connected(&peer) => self.send_parked(peer),
+            Err(e) => {
+                tracing::debug!(%peer, %e, "dial");
+                self.fail_parked(&peer, &format!("cannot dial {peer}: {e}"));
+            }
+        }
+    }
+
+    /// A connection to `peer` is up: its parked requests go out on it.
+    fn send_parked(&mut self, peer: PeerId) {
+        for parked in self.parked.remove(&peer).unwrap_or_default() {
+            let id = self
+                .behaviour_for(parked.protocol)
+                .send_request(&peer, parked.bytes);
+            self.pending.insert((parked.protocol, id), parked.reply);
+        }
+    }
+
+    /// No dial reached `peer`: its parked requests fail with `why`.
+    fn fail_parked(&mut self, peer: &PeerId, why: &str) {
+        for parked in self.parked.remove(peer).unwrap_or_default() {
+            let _ = parked.reply.send(Err(Error::Network(format!(
+                "{:?} request to {peer}: {why}",
+                parked.protocol
+            ))));
+        }
+    }
+
+    /// A dial failed: when it was the one made for parked requests and the
+    /// peer is still not connected, they fail.
+    fn on_outgoing_error(
+        &mut self,
+        connection: libp2p::swarm::ConnectionId,
+        error: &libp2p::swarm::DialError,
+    ) {
+        self.on_dial_error(error);
+        if let Some(peer) = self.dialling.remove(&connection) {
+            if !self.swarm.is_connected(&peer) {
+                self.fail_parked(&peer, &format!("could not connect: {error}"));
+            }
         }
     }
 

@@ -496,6 +496,8 @@ pub async fn start(
         bootstrap,
         unreachable: HashMap::new(),
         nat,
+        parked: HashMap::new(),
+        dialling: HashMap::new(),
     };
     let task = tokio::spawn(async move {
         event_loop.run(shutdown).await;

@@ -120,6 +120,13 @@ pub struct RelayServerConfig {
     /// Bytes a relayed connection carries, each direction, before the
     /// relay closes it.
     pub circuit_bytes: u64,
+    /// Relayed connections one peer may open in a minute (a customer opens
+    /// one to each NATed supplier it bids on, again after each relay
+    /// limit closes one).
+    pub circuits_per_peer_per_minute: u32,
+    /// Relayed connections one IP address may open in a minute (a NAT
+    /// router's address is shared by everyone behind it).
+    pub circuits_per_ip_per_minute: u32,
 }
 
 impl Default for RelayServerConfig {
@@ -136,6 +143,8 @@ impl Default for RelayServerConfig {
             // upgraded is re-opened when the relay closes it.
             circuit_secs: 600,
             circuit_bytes: 8 << 20,
+            circuits_per_peer_per_minute: 120,
+            circuits_per_ip_per_minute: 240,
         }
     }
 }

@@ -190,7 +190,15 @@ impl EventLoop {
                         bytes,
                         reply,
                     });
-                    if !self.dialling.values().any(|p| *p == peer) {
+                    if let Some(wait) = self.nat.redial_wait(&peer, std::time::Instant::now()) {
+                        self.fail_parked(
+                            &peer,
+                            &format!(
+                                "unreachable: the last dial failed; the next in {} ms",
+                                wait.as_millis()
+                            ),
+                        );
+                    } else if !self.dialling.values().any(|p| *p == peer) {
                         self.dial_with_relays(peer);
                     }
                 }
@@ -695,6 +703,7 @@ impl EventLoop {
         self.on_dial_error(error);
         if let Some(peer) = self.dialling.remove(&connection) {
             if !self.swarm.is_connected(&peer) {
+                self.nat.on_dial_failed(peer, std::time::Instant::now());
                 self.fail_parked(&peer, &format!("could not connect: {error}"));
             }
         }

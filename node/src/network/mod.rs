@@ -187,9 +187,14 @@ fn request_response_behaviour(
 /// start: an operator who turns it on says the node is reachable, so it
 /// does not wait for AutoNAT to confirm an address.
 fn relay_server(peer_id: libp2p::PeerId, config: &RelayServerConfig) -> relay::Behaviour {
+    let per_minute =
+        |n: u32| std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     let mut server = relay::Behaviour::new(
         peer_id,
         relay::Config {
+            // Ours instead of libp2p's (30 a peer in 2 minutes), which a
+            // customer bidding across NATed suppliers soon exceeds.
+            circuit_src_rate_limiters: Vec::new(),
             max_reservations: config.max_reservations,
             max_reservations_per_peer: config.max_reservations_per_peer,
             reservation_duration: Duration::from_secs(config.reservation_secs.max(1)),
@@ -198,7 +203,15 @@ fn relay_server(peer_id: libp2p::PeerId, config: &RelayServerConfig) -> relay::B
             max_circuit_duration: Duration::from_secs(config.circuit_secs.max(1)),
             max_circuit_bytes: config.circuit_bytes,
             ..relay::Config::default()
-        },
+        }
+        .circuit_src_per_peer(
+            per_minute(config.circuits_per_peer_per_minute),
+            Duration::from_secs(60),
+        )
+        .circuit_src_per_ip(
+            per_minute(config.circuits_per_ip_per_minute),
+            Duration::from_secs(60),
+        ),
     );
     server.set_status(Some(relay::Status::Enable));
     server

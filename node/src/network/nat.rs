@@ -43,6 +43,15 @@ impl Status {
 /// are spread over both, and then the relay's circuit is given back.
 pub(crate) const RELAYED_KEPT_AFTER_PUNCH: Duration = Duration::from_secs(20);
 
+/// How long after a dial to a peer failed the next one waits: a peer that
+/// cannot be reached (cut off, gone) is not dialled through every relay
+/// for each request meant for it, which would spend the relays' circuit
+/// budget for this node.
+pub(crate) const REDIAL_AFTER: Duration = Duration::from_secs(5);
+
+/// Peers whose failed dial is remembered at most.
+const MAX_UNREACHABLE: usize = 4096;
+
 /// One peer's open connections, as far as hole punching cares.
 #[derive(Debug, Default)]
 struct PeerConnections {
@@ -70,6 +79,8 @@ pub(crate) struct Reachability {
     connections: HashMap<PeerId, PeerConnections>,
     /// Peers a hole punch reached directly, with when.
     punched: HashMap<PeerId, Instant>,
+    /// Peers whose last dial failed, with when (until they connect).
+    unreachable: HashMap<PeerId, Instant>,
 }
 
 impl Reachability {
@@ -108,11 +119,35 @@ impl Reachability {
             reservations: HashMap::new(),
             connections: HashMap::new(),
             punched: HashMap::new(),
+            unreachable: HashMap::new(),
         }
+    }
+
+    /// A dial to `peer` failed at `now`.
+    pub(crate) fn on_dial_failed(&mut self, peer: PeerId, now: Instant) {
+        // Bounded: a peer that connects is forgotten, and the oldest
+        // failures go first when many peers fail.
+        if self.unreachable.len() >= MAX_UNREACHABLE {
+            self.unreachable
+                .retain(|_, at| now.saturating_duration_since(*at) < REDIAL_AFTER);
+        }
+        if self.unreachable.len() < MAX_UNREACHABLE {
+            self.unreachable.insert(peer, now);
+        }
+    }
+
+    /// How long before `peer` may be dialled again, if its last dial
+    /// failed less than [`REDIAL_AFTER`] ago.
+    pub(crate) fn redial_wait(&self, peer: &PeerId, now: Instant) -> Option<Duration> {
+        let at = self.unreachable.get(peer)?;
+        REDIAL_AFTER
+            .checked_sub(now.saturating_duration_since(*at))
+            .filter(|d| !d.is_zero())
     }
 
     /// A connection to `peer` opened.
     pub(crate) fn on_connected(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
+        self.unreachable.remove(&peer);
         let open = self.connections.entry(peer).or_default();
         if relayed {
             open.relayed.push(id);
@@ -380,6 +415,24 @@ mod tests {
         nat.on_disconnected(a, ConnectionId::new_unchecked(1), true);
         nat.on_disconnected(a, ConnectionId::new_unchecked(2), false);
         assert!(!nat.connections.contains_key(&a));
+    }
+
+    #[test]
+    fn a_peer_whose_dial_failed_waits_before_the_next_and_not_once_connected() {
+        let mut nat = Reachability::new(&NatConfig::default(), false);
+        let (a, b) = (peer(), peer());
+        let t0 = Instant::now();
+        assert_eq!(nat.redial_wait(&a, t0), None);
+        nat.on_dial_failed(a, t0);
+        nat.on_dial_failed(b, t0);
+        assert_eq!(
+            nat.redial_wait(&a, t0 + Duration::from_secs(2)),
+            Some(REDIAL_AFTER - Duration::from_secs(2))
+        );
+        assert_eq!(nat.redial_wait(&a, t0 + REDIAL_AFTER), None);
+        // B connected meanwhile (it dialled in): no wait.
+        nat.on_connected(b, ConnectionId::new_unchecked(9), false);
+        assert_eq!(nat.redial_wait(&b, t0), None);
     }
 
     #[test]

@@ -9,10 +9,20 @@
 #
 #   testnet/load.sh --dir DIR [--duration 60] [--budget 0.003] [--window-secs 2]
 #                   [--max-price 3.29] [--pause 0.2] [--settle-secs 90]
+#                   [--sample-secs 10]
+#
+# It also reports, for a soak: every coordinator's books before and after
+# (the totals of its operator API's GET /v1/books: no credit made or lost,
+# all four alike to the unit), the suppliers' settlement latency over the
+# run (p50 and p99 from their rigmesh_supplier_settlement_seconds
+# histograms, first sending to certificate) and each node's resident
+# memory, sampled every --sample-secs from /proc (early in the run against
+# its end, per role).
 #
 # Fund the customers first (testnet/fund.sh); every lease escrows its
 # whole price for an hour until it settles. Needs python3 for the report.
-# Exits 1 when a lease is left unsettled or the coordinators disagree.
+# Exits 1 when a lease is left unsettled, the coordinators disagree, or
+# their books do not hold what was deposited.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +36,7 @@ window_secs=2
 max_price=3.29
 pause=0.2
 settle_secs=90
+sample_secs=10
 while (($#)); do
     case $1 in
     --dir) dir=${2:?}; shift 2 ;;
@@ -35,17 +46,21 @@ while (($#)); do
     --max-price) max_price=${2:?}; shift 2 ;;
     --pause) pause=${2:?}; shift 2 ;;
     --settle-secs) settle_secs=${2:?}; shift 2 ;;
+    --sample-secs) sample_secs=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
-[[ $duration =~ ^[0-9]+$ && $settle_secs =~ ^[0-9]+$ ]] || die "--duration and --settle-secs are whole seconds"
+[[ $duration =~ ^[0-9]+$ && $settle_secs =~ ^[0-9]+$ && $sample_secs =~ ^[1-9][0-9]*$ ]] ||
+    die "--duration, --settle-secs and --sample-secs are whole seconds"
 open_testnet "$dir"
 need_rigmesh
 command -v python3 >/dev/null || die "the report needs python3"
 
 mapfile -t customers < <(names customer)
 mapfile -t suppliers < <(names supplier)
+mapfile -t coordinators < <(names coordinator)
+mapfile -t everyone < <(names)
 ((${#customers[@]} > 0 && ${#suppliers[@]} > 0)) || die "the testnet needs customers and suppliers"
 mapfile -t models < <(nodes | awk -F '\t' '$2 == "supplier" { print $8 }' | sort -u)
 for name in "${customers[@]}" "${suppliers[@]}"; do
@@ -53,7 +68,50 @@ for name in "${customers[@]}" "${suppliers[@]}"; do
 done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rigmesh-load.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+sampler=""
+trap '[[ -n $sampler ]] && kill "$sampler" 2>/dev/null; rm -rf "$work"' EXIT
+
+# Every coordinator's books (GET /v1/books on its operator API, which
+# replays its journal) into $work/<name>.books.$1.
+fetch_books() {
+    local name api
+    for name in "${coordinators[@]}"; do
+        node_info "$name"
+        api=$(sed -n 's/^operator_api = "\(.*\)"$/\1/p' "$NODE_DIR/node.toml")
+        curl -fsS --max-time 60 -H "Authorization: Bearer $(<"$NODE_DIR/api/operator.token")" \
+            "http://$api/v1/books" >"$work/$name.books.$1" 2>/dev/null || echo "null" >"$work/$name.books.$1"
+    done
+}
+# Every supplier's /metrics into $work/<name>.metrics.$1.
+fetch_metrics() {
+    local name
+    for name in "${suppliers[@]}"; do
+        node_info "$name"
+        curl -fsS --max-time 5 "http://$NODE_MONITORING/metrics" >"$work/$name.metrics.$1" 2>/dev/null ||
+            : >"$work/$name.metrics.$1"
+    done
+}
+# Appends "seconds name role rss_kb" for every running node to
+# $work/rss.tsv every $sample_secs seconds, from /proc.
+sample_memory() {
+    local start=$SECONDS name pid rss role
+    while :; do
+        for name in "${everyone[@]}"; do
+            pid=$(node_pid "$name") || continue
+            rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) || continue
+            role=$(awk -F '\t' -v n="$name" '$1 == n { print $2 }' "$TESTNET_DIR/nodes.tsv")
+            [[ -n $rss ]] && printf '%s\t%s\t%s\t%s\n' "$((SECONDS - start))" "$name" "$role" "$rss"
+        done >>"$work/rss.tsv"
+        sleep "$sample_secs"
+    done
+}
+fetch_books before
+fetch_metrics before
+: >"$work/rss.tsv"
+if [[ -d /proc/self ]]; then
+    sample_memory &
+    sampler=$!
+fi
 
 # One bidding loop per customer. Each outcome is one line:
 # "leased <lease id>", "no_match <reason>" or "failed <reason>".
@@ -119,6 +177,13 @@ while :; do
     ((left == 0 || SECONDS >= deadline)) && break
     sleep 1
 done
+if [[ -n $sampler ]]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    sampler=""
+fi
+fetch_books after
+fetch_metrics after
 
 accounts=()
 for name in "${customers[@]}" "${suppliers[@]}"; do
@@ -127,9 +192,9 @@ for name in "${customers[@]}" "${suppliers[@]}"; do
 done
 "$RIGMESH" admin balances --config "$TESTNET_DIR/admin.toml" --admin-key "$TESTNET_DIR/admin.key" --json "${accounts[@]}" >"$work/balances.json"
 
-python3 - "$work" "$TESTNET_DIR" <<'EOF'
-import collections, decimal, json, sys
-work, testnet = sys.argv[1], sys.argv[2]
+python3 - "$work" "$TESTNET_DIR" "$duration" <<'EOF'
+import collections, decimal, json, re, statistics, sys
+work, testnet, duration = sys.argv[1], sys.argv[2], int(sys.argv[3])
 D = decimal.Decimal
 nodes = [l.rstrip("\n").split("\t") for l in open(f"{testnet}/nodes.tsv") if not l.startswith("#")]
 name_of = {n[2]: n[0] for n in nodes}
@@ -174,5 +239,92 @@ for row in balances:
     print(f"  {name_of.get(row['account'], row['account'][:16]):<12} {len(row['coordinators'])} coordinators: {shown}")
 print(f"coordinators agree: {'yes' if agree else 'NO'}; answered: "
       f"{'all' if everyone else 'NOT all'}; escrow left: {'none' if no_escrow else 'SOME'}")
-sys.exit(0 if agree and closed_all == len(made) else 1)
+
+# The books: each coordinator's totals, replayed from its journal.
+KINDS = ("users", "fees", "escrow", "payable", "disputed", "external")
+def totals(name, phase):
+    try:
+        books = json.load(open(f"{work}/{name}.books.{phase}"))
+    except (OSError, ValueError):
+        return None
+    return None if books is None else {k: D(books["totals"][k]) for k in KINDS}
+books_ok = True
+print("books (each coordinator's journal replayed: users / fees / escrow / deposits):")
+for phase in ("before", "after"):
+    views = {}
+    for c in coordinators:
+        t = totals(c[0], phase)
+        if t is None:
+            print(f"  {phase:<6} {c[0]:<14} no answer")
+            books_ok = False
+            continue
+        held = sum((t[k] for k in KINDS if k != "external"), D(0))
+        views[c[0]] = (t["users"], t["fees"], t["escrow"], t["payable"], t["disputed"], -t["external"])
+        # Everything inside rigmesh is what came in from outside.
+        books_ok &= held == -t["external"]
+        print(f"  {phase:<6} {c[0]:<14} {t['users']} / {t['fees']} / {t['escrow']} / {-t['external']}"
+              f"{'' if held == -t['external'] else '  HELD ' + str(held) + ' != DEPOSITS'}")
+    if len(set(views.values())) > 1:
+        books_ok = False
+        print(f"  {phase}: the coordinators' books DIFFER")
+before = {totals(c[0], "before") is not None and -totals(c[0], "before")["external"] for c in coordinators}
+after = {totals(c[0], "after") is not None and -totals(c[0], "after")["external"] for c in coordinators}
+print(f"books: {'balanced, alike at every coordinator' if books_ok else 'NOT balanced or NOT alike'};"
+      f" deposits {'unchanged' if before == after else 'changed during the run'}")
+
+# Settlement latency: the suppliers' histograms, after minus before.
+def buckets(phase):
+    out, count, total = collections.Counter(), 0, 0.0
+    for s in suppliers:
+        try:
+            text = open(f"{work}/{s}.metrics.{phase}").read()
+        except OSError:
+            continue
+        for m in re.finditer(r'^rigmesh_supplier_settlement_seconds_bucket\{le="([^"]+)"\} (\d+)', text, re.M):
+            out[float(m.group(1))] += int(m.group(2))
+        for m in re.finditer(r'^rigmesh_supplier_settlement_seconds_(count|sum) (\S+)', text, re.M):
+            if m.group(1) == "count":
+                count += int(float(m.group(2)))
+            else:
+                total += float(m.group(2))
+    return out, count, total
+b1, c1, s1 = buckets("after")
+b0, c0, s0 = buckets("before")
+n = c1 - c0
+if n > 0:
+    cum = sorted((le, b1[le] - b0[le]) for le in b1)
+    def quantile(q):
+        for le, c in cum:
+            if c >= q * n:
+                return le
+        return float("inf")
+    print(f"settlement latency (first sending to certificate, {n} settlements): mean {(s1 - s0) / n:.3f} s,"
+          f" p50 <= {quantile(0.5):.3f} s, p99 <= {quantile(0.99):.3f} s (histogram bucket bounds)")
+else:
+    print("settlement latency: no settlements seen in the suppliers' metrics")
+
+# Memory: each node's resident set early in the run against its end.
+samples = collections.defaultdict(list)
+for line in open(f"{work}/rss.tsv"):
+    t, name, role, kb = line.rstrip("\n").split("\t")
+    samples[(role, name)].append((int(t), int(kb)))
+if samples:
+    lo, hi = duration / 6, duration / 3
+    print(f"resident memory (median MB over seconds {lo:.0f}-{hi:.0f} of the run, then over its last sixth; growth):")
+    by_role = collections.defaultdict(list)
+    for (role, name), rows in samples.items():
+        early = [kb for t, kb in rows if lo <= t < hi]
+        late = [kb for t, kb in rows if duration * 5 / 6 <= t <= duration]
+        if early and late:
+            by_role[role].append((name, statistics.median(early) / 1024, statistics.median(late) / 1024,
+                                  max(kb for _, kb in rows) / 1024))
+    for role, rows in sorted(by_role.items()):
+        e = sum(r[1] for r in rows)
+        l = sum(r[2] for r in rows)
+        worst = max(rows, key=lambda r: r[2] / r[1])
+        print(f"  {role:<12} {len(rows):>3} nodes: {e:8.1f} MB -> {l:8.1f} MB ({(l / e - 1) * 100:+.1f} %);"
+              f" largest {max(r[3] for r in rows):.1f} MB; most growth {worst[0]} {worst[1]:.1f} -> {worst[2]:.1f} MB")
+else:
+    print("resident memory: not sampled (no /proc)")
+sys.exit(0 if agree and closed_all == len(made) and books_ok else 1)
 EOF

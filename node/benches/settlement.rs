@@ -282,7 +282,7 @@ async fn settle(quorum: Quorum, supplier: Keypair, lease: Funded) -> Vec<Duratio
             },
             &supplier,
         );
-        // As `supplier::settle::submit` sends it: the previous window's
+        // As the supplier's settlement worker bundles it: the previous window's
         // attestation first, the range's acks, the escrow certificate and
         // the lease's last settlement certificate.
         let first = (window as usize).saturating_sub(1);

@@ -184,6 +184,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .then(|| crate::coordinator::metrics::CoordinatorMetrics::register(&mut registry));
     let bid_metrics = (config.role == Role::Customer)
         .then(|| crate::customer::inflight::BidQueueMetrics::register(&mut registry));
+    let settle_metrics = (config.role == Role::Supplier)
+        .then(|| crate::supplier::settle::SettleMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
     let upkeep = Upkeep {
@@ -571,6 +573,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                         market: store.clone(),
                         alerts: alerts_to.clone(),
                     },
+                    settle_metrics.clone().unwrap_or_default(),
                     stop.subscribe(),
                 )));
                 Some(crate::supplier::runtime::Settlement {

@@ -16,12 +16,21 @@
 //! the node's gossip store, so a supplier that restarts settles what was
 //! metered before it stopped: its leases count as ended (metering does not
 //! resume) and get their final settlement.
+//!
+//! Leases settle side by side: each request goes out as a task of its own
+//! (at most [`MAX_IN_FLIGHT`] at once, one per lease), so a lease whose
+//! coordinators are slow or unreachable holds up no other, and state files
+//! are written on blocking threads, never on the async executor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use rigmesh_ledger::billing::{self, FeeRate};
 use rigmesh_ledger::disputes::{answer, Answer};
 use rigmesh_ledger::MarketStore;
@@ -34,6 +43,7 @@ use rigmesh_protocol::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::quorum::{NoQuorum, Quorum};
 
@@ -224,7 +234,8 @@ impl LeaseState {
 }
 
 impl LeaseState {
-    fn save(&self, dir: &Path) -> Result<(), String> {
+    /// The lease's id and its state file's contents.
+    fn encode(&self) -> Result<(Id, Vec<u8>), String> {
         let saved = Saved {
             agreement: hex::encode(self.agreement.to_bytes().map_err(|e| e.to_string())?),
             escrow: hex::encode(self.escrow.to_bytes().map_err(|e| e.to_string())?),
@@ -254,12 +265,8 @@ impl LeaseState {
                 .map_err(|e| e.to_string())?,
         };
         let lease = self.agreement.id().map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let path = dir.join(format!("{lease}.json"));
-        let tmp = dir.join(format!("{lease}.json.tmp"));
         let text = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+        Ok((lease, text))
     }
 
     fn load(path: &Path, store: &MarketStore) -> Result<Self, String> {
@@ -453,6 +460,95 @@ fn tell(
     ));
 }
 
+/// Most settlement requests one supplier has out at once, each its own
+/// task asking every coordinator; a lease that is due while this many are
+/// out waits for the next tick. One lease never has two out.
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// The settlement worker's metrics (the supplier's `/metrics`).
+#[derive(Debug, Clone)]
+pub struct SettleMetrics {
+    /// Seconds from a request's first sending to its certificate, retries
+    /// included.
+    pub seconds: Histogram,
+    /// Settlements certified.
+    pub certified: Counter,
+    /// Attempts that gathered no quorum (each is retried).
+    pub failed: Counter,
+    /// Requests out at the coordinators now.
+    pub in_flight: Gauge,
+}
+
+impl Default for SettleMetrics {
+    fn default() -> Self {
+        SettleMetrics {
+            seconds: Histogram::new(exponential_buckets(0.002, std::f64::consts::SQRT_2, 26)),
+            certified: Counter::default(),
+            failed: Counter::default(),
+            in_flight: Gauge::default(),
+        }
+    }
+}
+
+impl SettleMetrics {
+    /// Registers the worker's metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = SettleMetrics::default();
+        registry.register(
+            "rigmesh_supplier_settlement_seconds",
+            "Seconds from a settlement request's first sending to its certificate, retries included",
+            m.seconds.clone(),
+        );
+        registry.register(
+            "rigmesh_supplier_settlements",
+            "Settlements certified for this supplier",
+            m.certified.clone(),
+        );
+        registry.register(
+            "rigmesh_supplier_settlement_attempts_failed",
+            "Settlement attempts that gathered no quorum (each is retried)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "rigmesh_supplier_settlements_in_flight",
+            "Settlement requests out at the coordinators now",
+            m.in_flight.clone(),
+        );
+        m
+    }
+}
+
+/// Writes a lease's state file (its whole contents, then a rename) on a
+/// blocking thread, so the disk never holds up the async executor.
+async fn persist(state: &LeaseState, dir: &Path) -> Result<(), String> {
+    let (lease, text) = state.encode()?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{lease}.json"));
+        let tmp = dir.join(format!("{lease}.json.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// [`persist`], logging a failure: the state in memory stands, and the
+/// next change writes it again.
+async fn save(state: &LeaseState, dir: &Path, lease: &Id) {
+    if let Err(err) = persist(state, dir).await {
+        tracing::warn!(%lease, %err, "could not save the settlement state");
+    }
+}
+
+/// What a submission task hands back.
+struct Outcome {
+    lease: Id,
+    request: Signed<SettlementRequest>,
+    result: Result<SettlementCertificate, NoQuorum>,
+}
+
 /// Runs the worker until `stop` turns true.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -463,9 +559,15 @@ pub async fn run(
     mut events: mpsc::Receiver<SettleEvent>,
     settled: SettledBook,
     saved: SettleStore,
+    metrics: SettleMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut leases = restore(&saved.dir, &saved.market);
+    let mut leases = {
+        let (dir, market) = (saved.dir.clone(), saved.market.clone());
+        tokio::task::spawn_blocking(move || restore(&dir, &market))
+            .await
+            .unwrap_or_default()
+    };
     for (lease, state) in &leases {
         publish_summary(&settled, lease, state);
     }
@@ -473,12 +575,98 @@ pub async fn run(
     let mut accepted = network.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Submissions out now, by task; and when each lease's request was
+    // first sent (for the latency metric; a restart starts it again).
+    let mut running: JoinSet<Outcome> = JoinSet::new();
+    let mut busy: HashMap<tokio::task::Id, Id> = HashMap::new();
+    let mut first_sent: HashMap<Id, Instant> = HashMap::new();
     loop {
         tokio::select! {
             biased;
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     return;
+                }
+            }
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                metrics.in_flight.set(running.len() as i64);
+                let outcome = match done {
+                    Ok((task, outcome)) => {
+                        busy.remove(&task);
+                        outcome
+                    }
+                    Err(err) => {
+                        // A submission that panicked: its lease is tried
+                        // again on a later tick with the request it saved.
+                        if let Some(lease) = busy.remove(&err.id()) {
+                            tracing::warn!(%lease, %err, "settlement submission failed");
+                            if let Some(state) = leases.get_mut(&lease) {
+                                state.retry_at = UnixMillis::now().plus_ms(3_000);
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let lease = outcome.lease;
+                let Some(state) = leases.get_mut(&lease) else { continue };
+                match outcome.result {
+                    Ok(cert) => {
+                        metrics.certified.inc();
+                        if let Some(at) = first_sent.remove(&lease) {
+                            metrics.seconds.observe(at.elapsed().as_secs_f64());
+                        }
+                        state.certified(&outcome.request, &cert);
+                        let r = &cert.message.body;
+                        let entry = &mut state.summary;
+                        entry.certificates.push(cert.subject().unwrap_or(Id::ZERO));
+                        entry.windows = r.last_window + 1;
+                        entry.earned = entry.earned.checked_add(r.supplier_amount).unwrap_or(entry.earned);
+                        entry.fees = entry.fees.checked_add(r.fee).unwrap_or(entry.fees);
+                        entry.refunded = entry.refunded.checked_add(r.refund).unwrap_or(entry.refunded);
+                        entry.closed = r.final_settlement;
+                        entry.last_error = None;
+                        save(state, &saved.dir, &lease).await;
+                        publish_summary(&settled, &lease, state);
+                        tell(
+                            &saved.alerts,
+                            &key,
+                            rigmesh_protocol::Severity::Info,
+                            "payout.certified",
+                            lease,
+                            format!(
+                                "lease {lease}: windows {}..={} settled, {} paid to you",
+                                r.first_window, r.last_window, r.supplier_amount
+                            ),
+                        );
+                        if !r.held.is_zero() {
+                            tell(
+                                &saved.alerts,
+                                &key,
+                                rigmesh_protocol::Severity::Warning,
+                                "dispute.held",
+                                lease,
+                                format!(
+                                    "lease {lease}: the customer disputed windows of settlement {}; {} is held until an operator decides",
+                                    r.settlement_seq, r.held
+                                ),
+                            );
+                        }
+                        tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, held = %r.held, final_settlement = r.final_settlement, "settled");
+                        if state.closed {
+                            leases.remove(&lease);
+                        }
+                    }
+                    Err(err) => {
+                        metrics.failed.inc();
+                        tracing::warn!(%lease, %err, "settlement not certified; retrying");
+                        if may_rebuild(&err) {
+                            state.inflight = None;
+                        }
+                        state.retry_at = UnixMillis::now().plus_ms(3_000);
+                        state.summary.last_error = Some(err.to_string());
+                        save(state, &saved.dir, &lease).await;
+                        publish_summary(&settled, &lease, state);
+                    }
                 }
             }
             Some(event) = events.recv() => match event {
@@ -502,9 +690,7 @@ pub async fn run(
                             summary: Settled::default(),
                             top_ups: BTreeMap::new(),
                         };
-                        if let Err(err) = state.save(&saved.dir) {
-                            tracing::warn!(%lease, %err, "could not save the settlement state");
-                        }
+                        save(&state, &saved.dir, &lease).await;
                         leases.insert(lease, state);
                     }
                 }
@@ -519,18 +705,14 @@ pub async fn run(
                     let lease = certificate.message.body.lease;
                     if let Some(state) = leases.get_mut(&lease) {
                         if state.top_up(*certificate, quorum.set()) {
-                            if let Err(err) = state.save(&saved.dir) {
-                                tracing::warn!(%lease, %err, "could not save the settlement state");
-                            }
+                            save(state, &saved.dir, &lease).await;
                         }
                     }
                 }
                 SettleEvent::Finished(lease) => {
                     if let Some(state) = leases.get_mut(&lease) {
                         state.finished = true;
-                        if let Err(err) = state.save(&saved.dir) {
-                            tracing::warn!(%lease, %err, "could not save the settlement state");
-                        }
+                        save(state, &saved.dir, &lease).await;
                     }
                 }
             },
@@ -550,9 +732,7 @@ pub async fn run(
                         let lease = certificate.message.body.lease;
                         if let Some(state) = leases.get_mut(&lease) {
                             if state.top_up(certificate, quorum.set()) {
-                                if let Err(err) = state.save(&saved.dir) {
-                                    tracing::warn!(%lease, %err, "could not save the settlement state");
-                                }
+                                save(state, &saved.dir, &lease).await;
                             }
                         }
                     }
@@ -582,8 +762,12 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = UnixMillis::now();
+                let out: HashSet<Id> = busy.values().copied().collect();
                 for (lease, state) in leases.iter_mut() {
-                    if now < state.retry_at || state.closed {
+                    if running.len() >= MAX_IN_FLIGHT {
+                        break;
+                    }
+                    if now < state.retry_at || state.closed || out.contains(lease) {
                         continue;
                     }
                     // A request some coordinators voted for is sent again
@@ -596,9 +780,9 @@ pub async fn run(
                             match build_request(&key, &quorum, &terms, state, first, take, last, gpu_ms, now) {
                                 Ok(request) => {
                                     state.inflight = Some(request.clone());
-                                    if let Err(err) = state.save(&saved.dir) {
-                                        tracing::warn!(%lease, %err, "could not save the settlement state");
-                                    }
+                                    // Written before it is sent: a restart
+                                    // sends this request again, not another.
+                                    save(state, &saved.dir, lease).await;
                                     request
                                 }
                                 Err(err) => {
@@ -609,62 +793,12 @@ pub async fn run(
                             }
                         }
                     };
-                    match submit(&quorum, state, &request).await {
-                        Ok(cert) => {
-                            let r = &cert.message.body;
-                            let entry = &mut state.summary;
-                            entry.certificates.push(cert.subject().unwrap_or(Id::ZERO));
-                            entry.windows = r.last_window + 1;
-                            entry.earned = entry.earned.checked_add(r.supplier_amount).unwrap_or(entry.earned);
-                            entry.fees = entry.fees.checked_add(r.fee).unwrap_or(entry.fees);
-                            entry.refunded = entry.refunded.checked_add(r.refund).unwrap_or(entry.refunded);
-                            entry.closed = r.final_settlement;
-                            entry.last_error = None;
-                            if let Err(err) = state.save(&saved.dir) {
-                                tracing::warn!(%lease, %err, "could not save the settlement state");
-                            }
-                            publish_summary(&settled, lease, state);
-                            tell(
-                                &saved.alerts,
-                                &key,
-                                rigmesh_protocol::Severity::Info,
-                                "payout.certified",
-                                *lease,
-                                format!(
-                                    "lease {lease}: windows {}..={} settled, {} paid to you",
-                                    r.first_window, r.last_window, r.supplier_amount
-                                ),
-                            );
-                            if !r.held.is_zero() {
-                                tell(
-                                    &saved.alerts,
-                                    &key,
-                                    rigmesh_protocol::Severity::Warning,
-                                    "dispute.held",
-                                    *lease,
-                                    format!(
-                                        "lease {lease}: the customer disputed windows of settlement {}; {} is held until an operator decides",
-                                        r.settlement_seq, r.held
-                                    ),
-                                );
-                            }
-                            tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, held = %r.held, final_settlement = r.final_settlement, "settled");
-                        }
-                        Err(err) => {
-                            tracing::warn!(%lease, %err, "settlement not certified; retrying");
-                            if may_rebuild(&err) {
-                                state.inflight = None;
-                            }
-                            state.retry_at = now.plus_ms(3_000);
-                            state.summary.last_error = Some(err.to_string());
-                            if let Err(err) = state.save(&saved.dir) {
-                                tracing::warn!(%lease, %err, "could not save the settlement state");
-                            }
-                            publish_summary(&settled, lease, state);
-                        }
-                    }
+                    let bundle = state.bundle(&request);
+                    first_sent.entry(*lease).or_insert_with(Instant::now);
+                    let task = running.spawn(submit(quorum.clone(), *lease, request, bundle));
+                    busy.insert(task.id(), *lease);
                 }
-                leases.retain(|_, s| !s.closed);
+                metrics.in_flight.set(running.len() as i64);
             }
         }
     }
@@ -745,53 +879,81 @@ fn build_request(
     .map_err(|e| e.to_string())
 }
 
-/// Sends `request` with its evidence to every coordinator; on a
-/// certificate, hands it to all of them and advances the lease's state.
-async fn submit(
-    quorum: &Quorum,
-    state: &mut LeaseState,
-    request: &Signed<SettlementRequest>,
-) -> Result<SettlementCertificate, NoQuorum> {
-    let r = &request.body;
-    let first = usize::try_from(r.first_window).unwrap_or(usize::MAX);
-    let count = usize::try_from(r.last_window - r.first_window + 1).unwrap_or(usize::MAX);
-    let mut attestations = Vec::with_capacity(count + 1);
-    if let Some(previous) = first.checked_sub(1).and_then(|i| state.attestations.get(i)) {
-        attestations.push(previous.clone());
+impl LeaseState {
+    /// What goes with `request` to the coordinators: the attestations of
+    /// its windows and the one before them, the customer's acks and
+    /// disputes of those windows, the agreement, the escrow certificate
+    /// and the lease's last settlement certificate.
+    fn bundle(&self, request: &Signed<SettlementRequest>) -> SettlementBundle {
+        let r = &request.body;
+        let first = usize::try_from(r.first_window).unwrap_or(usize::MAX);
+        let count =
+            usize::try_from(r.last_window.saturating_sub(r.first_window) + 1).unwrap_or(usize::MAX);
+        let mut attestations =
+            Vec::with_capacity(count.saturating_add(1).min(1 + MAX_WINDOWS_PER_REQUEST));
+        if let Some(previous) = first.checked_sub(1).and_then(|i| self.attestations.get(i)) {
+            attestations.push(previous.clone());
+        }
+        attestations.extend(self.attestations.iter().skip(first).take(count).cloned());
+        let seqs = r.first_window..=r.last_window;
+        SettlementBundle {
+            request: request.clone(),
+            agreement: self.agreement.clone(),
+            escrow: Some(self.escrow.clone()),
+            attestations,
+            acks: self
+                .acks
+                .range(seqs.clone())
+                .map(|(_, a)| a.clone())
+                .collect(),
+            disputes: self.disputes.range(seqs).map(|(_, d)| d.clone()).collect(),
+            earlier: self.earlier.iter().cloned().collect(),
+        }
     }
-    attestations.extend(state.attestations.iter().skip(first).take(count).cloned());
-    let seqs = r.first_window..=r.last_window;
-    let bundle = SettlementBundle {
-        request: request.clone(),
-        agreement: state.agreement.clone(),
-        escrow: Some(state.escrow.clone()),
-        attestations,
-        acks: state
-            .acks
-            .range(seqs.clone())
-            .map(|(_, a)| a.clone())
-            .collect(),
-        disputes: state.disputes.range(seqs).map(|(_, d)| d.clone()).collect(),
-        earlier: state.earlier.iter().cloned().collect(),
+
+    /// Advances the lease past `request`, now certified as `cert`.
+    fn certified(&mut self, request: &Signed<SettlementRequest>, cert: &SettlementCertificate) {
+        let r = &request.body;
+        self.settlement_seq += 1;
+        self.next_window = r.last_window + 1;
+        self.paid = self
+            .paid
+            .checked_add(r.supplier_amount)
+            .and_then(|p| p.checked_add(r.fee))
+            .and_then(|p| p.checked_add(r.held))
+            .unwrap_or(self.paid);
+        self.closed = r.final_settlement;
+        self.earlier = Some(cert.clone());
+        self.inflight = None;
+    }
+}
+
+/// Sends `request` with its evidence to every coordinator and, once a
+/// quorum certifies it, hands the certificate to all of them. Runs as a
+/// task of its own, so leases settle side by side.
+async fn submit(
+    quorum: Quorum,
+    lease: Id,
+    request: Signed<SettlementRequest>,
+    bundle: SettlementBundle,
+) -> Outcome {
+    let result = match quorum
+        .certify(&request, &CoordinatorRequest::Settle(Box::new(bundle)))
+        .await
+    {
+        Ok(cert) => {
+            quorum
+                .deliver(CertificateFrame::Settlement(Box::new(cert.clone())))
+                .await;
+            Ok(cert)
+        }
+        Err(err) => Err(err),
     };
-    let cert = quorum
-        .certify(request, &CoordinatorRequest::Settle(Box::new(bundle)))
-        .await?;
-    quorum
-        .deliver(CertificateFrame::Settlement(Box::new(cert.clone())))
-        .await;
-    state.settlement_seq += 1;
-    state.next_window = r.last_window + 1;
-    state.paid = state
-        .paid
-        .checked_add(r.supplier_amount)
-        .and_then(|p| p.checked_add(r.fee))
-        .and_then(|p| p.checked_add(r.held))
-        .unwrap_or(state.paid);
-    state.closed = r.final_settlement;
-    state.earlier = Some(cert.clone());
-    state.inflight = None;
-    Ok(cert)
+    Outcome {
+        lease,
+        request,
+        result,
+    }
 }
 
 #[cfg(test)]

@@ -137,12 +137,14 @@ bid_loop() {
 echo "load: ${#customers[@]} customers bidding for $duration s on ${#models[@]} GPU models;" \
     "1 GPU, budget $budget, $window_secs s windows"
 k=0
+loops=()
 for name in "${customers[@]}"; do
     : >"$work/$name.outcomes"
     bid_loop "$name" "$k" &
+    loops+=($!)
     k=$((k + 1))
 done
-wait
+wait "${loops[@]}"
 
 cat "$work"/*.outcomes >"$work/all.outcomes"
 leased=$(grep -c '^leased ' "$work/all.outcomes" || true)

@@ -105,8 +105,21 @@ sample_memory() {
         sleep "$sample_secs"
     done
 }
+# The suppliers' view of every lease into $work/<name>.leases$1.
+fetch_supplier_leases() {
+    local name
+    for name in "${suppliers[@]}"; do
+        node_info "$name"
+        curl -fsS --max-time 5 -H "Authorization: Bearer $(<"$NODE_DIR/api/supplier.token")" \
+            "http://$NODE_SUPPLIER_API/v1/leases" >"$work/$name.leases${1:-}" 2>/dev/null || echo "[]" >"$work/$name.leases${1:-}"
+    done
+}
 fetch_books before
 fetch_metrics before
+# Leases made during the run are those the suppliers did not hold before
+# it, with or without an answer to the bid that made them (a bid that
+# timed out at the command line may still have made its lease).
+fetch_supplier_leases .before
 : >"$work/rss.tsv"
 if [[ -d /proc/self ]]; then
     sample_memory &
@@ -150,20 +163,14 @@ cat "$work"/*.outcomes >"$work/all.outcomes"
 leased=$(grep -c '^leased ' "$work/all.outcomes" || true)
 echo "bids done: $(wc -l <"$work/all.outcomes") bids, $leased leases; waiting up to $settle_secs s for final settlements"
 
-# The suppliers' view of every lease, until each lease made here is closed.
-fetch_supplier_leases() {
-    local name
-    for name in "${suppliers[@]}"; do
-        node_info "$name"
-        curl -fsS --max-time 5 -H "Authorization: Bearer $(<"$NODE_DIR/api/supplier.token")" \
-            "http://$NODE_SUPPLIER_API/v1/leases" >"$work/$name.leases" 2>/dev/null || echo "[]" >"$work/$name.leases"
-    done
-}
 open_leases() {
     python3 - "$work" "${suppliers[@]}" <<'EOF'
 import json, sys
 work, suppliers = sys.argv[1], sys.argv[2:]
 made = {l.split()[1] for l in open(f"{work}/all.outcomes") if l.startswith("leased ")}
+for s in suppliers:
+    before = {l["lease"] for l in json.load(open(f"{work}/{s}.leases.before"))}
+    made |= {l["lease"] for l in json.load(open(f"{work}/{s}.leases")) if l["lease"] not in before}
 closed = set()
 for s in suppliers:
     for lease in json.load(open(f"{work}/{s}.leases")):
@@ -206,7 +213,13 @@ coordinators = [n for n in nodes if n[1] == "coordinator"]
 outcomes = [l.rstrip("\n").split(" ", 1) for l in open(f"{work}/all.outcomes")]
 kinds = collections.Counter(o[0] for o in outcomes)
 made = {o[1] for o in outcomes if o[0] == "leased"}
+answered = len(made)
+for s in suppliers:
+    before = {l["lease"] for l in json.load(open(f"{work}/{s}.leases.before"))}
+    made |= {l["lease"] for l in json.load(open(f"{work}/{s}.leases")) if l["lease"] not in before}
 print(f"bids: {len(outcomes)}  leased: {kinds['leased']}  no match: {kinds['no_match']}  failed: {kinds['failed']}")
+if len(made) > answered:
+    print(f"  leases made whose bid got no answer at the command line (timed out): {len(made) - answered}")
 for kind in ("no_match", "failed"):
     reasons = collections.Counter(o[1] if len(o) > 1 else "" for o in outcomes if o[0] == kind)
     for reason, n in reasons.most_common(3):
@@ -295,13 +308,14 @@ b0, c0, s0 = buckets("before")
 n = c1 - c0
 if n > 0:
     cum = sorted((le, b1[le] - b0[le]) for le in b1)
+    top = max((le for le, _ in cum if le != float("inf")), default=0.0)
     def quantile(q):
         for le, c in cum:
             if c >= q * n:
-                return le
-        return float("inf")
+                return f"<= {le:.3f} s" if le != float("inf") else f"> {top:.0f} s"
+        return f"> {top:.0f} s"
     print(f"settlement latency (first sending to certificate, {n} settlements): mean {(s1 - s0) / n:.3f} s,"
-          f" p50 <= {quantile(0.5):.3f} s, p99 <= {quantile(0.99):.3f} s (histogram bucket bounds)")
+          f" p50 {quantile(0.5)}, p99 {quantile(0.99)} (histogram bucket bounds)")
 else:
     print("settlement latency: no settlements seen in the suppliers' metrics")
 

@@ -482,7 +482,7 @@ pub struct SettleMetrics {
 impl Default for SettleMetrics {
     fn default() -> Self {
         SettleMetrics {
-            seconds: Histogram::new(exponential_buckets(0.002, std::f64::consts::SQRT_2, 26)),
+            seconds: Histogram::new(exponential_buckets(0.002, std::f64::consts::SQRT_2, 34)),
             certified: Counter::default(),
             failed: Counter::default(),
             in_flight: Gauge::default(),

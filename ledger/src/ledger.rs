@@ -398,6 +398,10 @@ impl<S: Store> Ledger<S> {
     /// record that does not decode, is missing, was edited, does not link
     /// to the one before, or a chain that stops short of its recorded head.
     pub fn verify_audit(&self) -> Result<AuditReport> {
+        // Every record is appended with the head in one batch under the
+        // write lock; held here, the walk sees the head and the records of
+        // one moment, not a head read before a writer appended more.
+        let _writers = self.lock();
         let head = self.store.get_in::<AuditHeads>(&Slot)?.unwrap_or_default();
         let raw = self
             .store

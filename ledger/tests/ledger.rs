@@ -687,7 +687,7 @@ on_both_backends!(
 );
 
 #[test]
-fn the_books_check_while_deposits_are_written() {
+fn the_books_and_the_audit_chain_check_while_deposits_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = std::sync::Arc::new(Ledger::open(dir.path()).unwrap());
     let writer = {
@@ -709,11 +709,19 @@ fn the_books_check_while_deposits_are_written() {
             report.totals.held().unwrap(),
             report.totals.external.checked_neg().unwrap()
         );
+        // The audit chain too: its walk must not read a head older than
+        // the records a writer appended meanwhile.
+        let audit = ledger.verify_audit().unwrap();
+        assert!(
+            audit.is_intact(),
+            "the audit chain did not check after {checks} checks mid-write: {audit:?}"
+        );
         checks += 1;
     }
     writer.join().unwrap();
     assert!(checks > 0, "checked while the deposits were written");
     ledger.check_books().unwrap();
+    assert!(ledger.verify_audit().unwrap().is_intact());
 }
 
 #[test]

@@ -18,7 +18,7 @@ use rigmesh_protocol::rpc::{
 };
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Keypair, LeaseTermination, PublicKey, SettlementRequest, Signed, UnixMillis, UsageAck,
+    Keypair, Kind, LeaseTermination, PublicKey, SettlementRequest, Signed, UnixMillis, UsageAck,
     UsageDispute,
 };
 use tokio::sync::{mpsc, watch};
@@ -873,6 +873,54 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
+/// The kinds a coordinator applies when they arrive by gossip.
+const APPLIED_KINDS: [Kind; 6] = [
+    Kind::Deposit,
+    Kind::EscrowCertificate,
+    Kind::SettlementCertificate,
+    Kind::WithdrawalCertificate,
+    Kind::ReleaseCertificate,
+    Kind::ResolutionCertificate,
+];
+
+/// Applies every certificate and deposit in the node's gossip store, a
+/// page at a time. Run when this coordinator fell behind the messages its
+/// node accepted: those it skipped are stored already, so catch-up sync
+/// never brings them again, and a certificate whose direct delivery also
+/// failed would otherwise never reach its books. One applied already is
+/// recognised by its bytes and costs a lookup; one whose predecessors are
+/// missing is held pending like any other. Returns how many were newly
+/// applied.
+fn apply_stored(role: &CoordinatorRole, now: UnixMillis) -> usize {
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut applied = 0;
+    loop {
+        let page = match role.store.page(&APPLIED_KINDS, cursor.as_deref(), 500, now) {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::warn!(%err, "could not read the stored certificates");
+                return applied;
+            }
+        };
+        for (kind, bytes) in &page.items {
+            let Some(frame) = WireMessage::decode(*kind, bytes)
+                .ok()
+                .as_ref()
+                .and_then(frame_of)
+            else {
+                continue;
+            };
+            if let Ok(Applied::Applied) = role.apply(&frame, now) {
+                applied += 1;
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return applied,
+        }
+    }
+}
+
 /// Most certificates handed with one escrow order or withdrawal.
 const MAX_MISSING: usize = 64;
 
@@ -1027,6 +1075,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut accepted = network.subscribe();
+    let mut replay_due = false;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
@@ -1116,13 +1165,23 @@ pub async fn run(
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(skipped = n, "coordinator fell behind gossip; catch-up sync will bring what it skipped");
+                        // What it skipped is in the store: applied from
+                        // there on the next tick (one pass for any number
+                        // of lags meanwhile).
+                        tracing::warn!(skipped = n, "coordinator fell behind gossip; applying the stored certificates");
+                        replay_due = true;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
             _ = tick.tick() => {
                 let now = UnixMillis::now();
+                if std::mem::take(&mut replay_due) {
+                    let r = role.clone();
+                    if let Ok(n) = tokio::task::spawn_blocking(move || apply_stored(&r, now)).await {
+                        tracing::info!(applied = n, "stored certificates applied after falling behind gossip");
+                    }
+                }
                 let r = role.clone();
                 let _ = tokio::task::spawn_blocking(move || r.rules().retry_pending(now)).await;
                 if now >= report_due {
@@ -1196,5 +1255,56 @@ mod integrity_tests {
         assert_eq!(alert.rule, INTEGRITY_RULE);
         assert_eq!(alert.audience, rigmesh_protocol::Audience::Operators);
         assert_eq!(alert.severity, rigmesh_protocol::Severity::Critical);
+    }
+}
+
+#[cfg(test)]
+mod catch_up_tests {
+    use super::*;
+    use rigmesh_ledger::billing::FeeRate;
+    use rigmesh_ledger::MarketRecord;
+    use rigmesh_protocol::{samples, Credits};
+
+    /// A coordinator that skipped gossip it had accepted (its queue
+    /// lagged) finds the certificates and deposits in its store and
+    /// applies them; those it holds already are not applied twice.
+    #[test]
+    fn a_coordinator_that_fell_behind_applies_what_its_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
+        let store = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
+        let config = CoordinatorConfig {
+            set: samples::coordinator_set().unwrap(),
+            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
+            unacked_timeout_ms: 120_000,
+            admins: vec![samples::admin().public()],
+            review: Default::default(),
+            skew_ms: 30_000,
+            release_grace_ms: 600_000,
+        };
+        let role = CoordinatorRole::new(samples::coordinators()[0].clone(), config, ledger, store);
+        let deposit = samples::deposit().unwrap();
+        let now = deposit.body.created_at.plus_ms(1_000);
+        // Stored by ingest, never handed to the coordinator.
+        role.store
+            .store(&[MarketRecord {
+                kind: Kind::Deposit,
+                id: deposit.id().unwrap(),
+                bytes: deposit.to_bytes().unwrap(),
+                offer: None,
+                expires_at: None,
+                lease: None,
+                author: None,
+            }])
+            .unwrap();
+        let account = Account::User(deposit.body.account);
+        assert_eq!(role.ledger.balance(&account).unwrap(), Credits::ZERO);
+
+        assert_eq!(apply_stored(&role, now), 1);
+        assert_eq!(role.ledger.balance(&account).unwrap(), deposit.body.amount);
+        // A second pass finds it applied: nothing moves twice.
+        assert_eq!(apply_stored(&role, now), 0);
+        assert_eq!(role.ledger.balance(&account).unwrap(), deposit.body.amount);
+        role.ledger.check_books().unwrap();
     }
 }

@@ -1063,6 +1063,10 @@ impl Drop for InFlight {
 /// How often held certificates are retried and the binding checked.
 const TICK: Duration = Duration::from_secs(2);
 
+/// Least time between two passes over the stored certificates after the
+/// coordinator fell behind its gossip.
+const REPLAY_EVERY_MS: u64 = 30_000;
+
 /// Runs the coordinator until `stop` turns true, publishing reputation
 /// reports every `report_every_ms`; its alerts are gossiped and handed to
 /// `alerts_to`.
@@ -1076,6 +1080,7 @@ pub async fn run(
 ) {
     let mut accepted = network.subscribe();
     let mut replay_due = false;
+    let mut next_replay = UnixMillis(0);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
@@ -1176,7 +1181,12 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = UnixMillis::now();
-                if std::mem::take(&mut replay_due) {
+                // At most one pass every REPLAY_EVERY_MS: a coordinator
+                // that keeps falling behind is overloaded already, and one
+                // pass after the last lag applies everything it skipped.
+                if replay_due && now >= next_replay {
+                    replay_due = false;
+                    next_replay = now.plus_ms(REPLAY_EVERY_MS);
                     let r = role.clone();
                     if let Ok(n) = tokio::task::spawn_blocking(move || apply_stored(&r, now)).await {
                         tracing::info!(applied = n, "stored certificates applied after falling behind gossip");

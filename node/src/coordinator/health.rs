@@ -444,7 +444,7 @@ mod limiter_tests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rigmesh_ledger::{Coordinator, CoordinatorConfig, FeeRate, SettlementEvidence};
     use rigmesh_protocol::samples::{self, T0};
@@ -455,7 +455,7 @@ mod tests {
     }
 
     /// The sample set's rules: a 1 % fee, the sample admin key.
-    fn config() -> CoordinatorConfig {
+    pub(crate) fn config() -> CoordinatorConfig {
         CoordinatorConfig {
             set: samples::coordinator_set().unwrap(),
             fee_rate: FeeRate::from_ppm(10_000).unwrap(),

@@ -1271,7 +1271,6 @@ mod integrity_tests {
 #[cfg(test)]
 mod catch_up_tests {
     use super::*;
-    use rigmesh_ledger::billing::FeeRate;
     use rigmesh_ledger::MarketRecord;
     use rigmesh_protocol::{samples, Credits};
 
@@ -1283,15 +1282,7 @@ mod catch_up_tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
         let store = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
-        let config = CoordinatorConfig {
-            set: samples::coordinator_set().unwrap(),
-            fee_rate: FeeRate::from_ppm(10_000).unwrap(),
-            unacked_timeout_ms: 120_000,
-            admins: vec![samples::admin().public()],
-            review: Default::default(),
-            skew_ms: 30_000,
-            release_grace_ms: 600_000,
-        };
+        let config = health::tests::config();
         let role = CoordinatorRole::new(samples::coordinators()[0].clone(), config, ledger, store);
         let deposit = samples::deposit().unwrap();
         let now = deposit.body.created_at.plus_ms(1_000);

@@ -838,6 +838,15 @@ impl Customer {
 
     /// The bid in flight ended: its outcome is taken in, and the next bid
     /// (queued, or a standing bid's look at the book) starts.
+    /// The leases running now.
+    fn running_leases(&self) -> Vec<Id> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| live_state(l) == LeaseState::Running)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     async fn bid_finished(&mut self, finished: Finished) {
         self.take_in(finished).await;
         self.start_next().await;
@@ -868,12 +877,7 @@ impl Customer {
         };
         self.conclude(request, purpose, result).await;
         if std::mem::take(&mut self.top_up_due) {
-            let running: Vec<Id> = self
-                .leases
-                .iter()
-                .filter(|(_, l)| live_state(l) == LeaseState::Running)
-                .map(|(id, _)| *id)
-                .collect();
+            let running = self.running_leases();
             self.top_up_escrows(&running).await;
         }
     }
@@ -1691,12 +1695,7 @@ impl Customer {
             Err(err) => tracing::warn!(%err, "cap not applied"),
         }
         tracing::info!(?change, "budget changed");
-        let running: Vec<Id> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| live_state(l) == LeaseState::Running)
-            .map(|(id, _)| *id)
-            .collect();
+        let running = self.running_leases();
         for id in &running {
             self.check_caps(*id, now).await;
         }

@@ -345,6 +345,17 @@ impl<S: Store> Ledger<S> {
             .next_seq)
     }
 
+    /// The entry posted with `id`, with its journal sequence.
+    pub fn entry(&self, id: &Id) -> Result<Option<(u64, JournalEntry)>> {
+        let Some(seq) = self.store().get_in::<JournalIds>(id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store()
+            .get_in::<Journal>(&seq)?
+            .map(|entry| (seq, entry)))
+    }
+
     /// True if an entry with `id` is posted.
     pub fn is_posted(&self, id: &Id) -> Result<bool> {
         Ok(self.store().get_in::<JournalIds>(id)?.is_some())

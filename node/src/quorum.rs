@@ -334,6 +334,42 @@ impl Quorum {
             .collect()
     }
 
+    /// For each member that answers, which of `ids` (at most
+    /// [`rigmesh_protocol::rpc::MAX_POSTED_ASKED`]) it has posted, in
+    /// order; asked by `asker`, a member or an admin key.
+    pub async fn posted(
+        &self,
+        asker: &rigmesh_protocol::Keypair,
+        ids: Vec<rigmesh_protocol::Id>,
+    ) -> Vec<(PublicKey, Vec<bool>)> {
+        let query = match Signed::sign(
+            rigmesh_protocol::AccountQuery {
+                version: rigmesh_protocol::PROTOCOL_VERSION,
+                account: asker.public(),
+                asker: asker.public(),
+                created_at: UnixMillis::now(),
+            },
+            asker,
+        ) {
+            Ok(query) => query,
+            Err(err) => {
+                tracing::warn!(%err, "could not sign a journal query");
+                return Vec::new();
+            }
+        };
+        let asked = ids.len();
+        self.ask_all(&CoordinatorRequest::Posted { query, ids })
+            .await
+            .into_iter()
+            .filter_map(|(member, answer)| match answer {
+                Ok(CoordinatorResponse::Posted(posted)) if posted.len() == asked => {
+                    Some((member, posted))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The account's next debit sequence number as the set knows it: the
     /// (f+1)-th highest value reported, so at least one honest member has
     /// applied that many debits and no f members can push it higher.

@@ -639,78 +639,179 @@ async fn a_coordinator_tells_its_operators_when_another_member_is_unreachable_an
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_tells_its_operators_when_another_member_holds_other_books() {
-    let (url, mut received) = webhook_server().await;
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let secret_file = dirs[0].path().join("hook.secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    let mut notify = quick_notify(&url, &secret_file);
-    notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
-    let admin = rigmesh_protocol::Keypair::from_seed([0x41; 32]);
-    let with_admin = |mut config: NodeConfig| {
-        let set = config.coordinators.as_mut().unwrap();
-        set.admin = Some(admin.public());
-        set.books_compare_secs = 1;
-        set.member_unreachable_secs = 0;
-        config
-    };
-    let mut config = with_admin(coordinator(0, dirs[0].path()));
-    config.notify = Some(notify);
-    let watcher = rigmesh_node::node::start(config).await.unwrap();
-    let other = rigmesh_node::node::start(with_admin(coordinator(1, dirs[1].path())))
-        .await
-        .unwrap();
-    other.handle.dial(dial_addr(&watcher)).await.unwrap();
-    let account = rigmesh_protocol::Keypair::from_seed([0x72; 32]).public();
-    let deposit = |credits: &str, reference: &str| {
+/// Two members comparing books every second, the first ("watcher") with
+/// its operators' webhook; deposits signed by their admin key.
+struct BooksPair {
+    watcher: RunningNode,
+    other: RunningNode,
+    received: watch::Receiver<Received>,
+    admin: rigmesh_protocol::Keypair,
+    references: std::sync::atomic::AtomicU32,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl BooksPair {
+    async fn start() -> BooksPair {
+        let (url, received) = webhook_server().await;
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let secret_file = dirs[0].path().join("hook.secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        let mut notify = quick_notify(&url, &secret_file);
+        notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
+        let admin = rigmesh_protocol::Keypair::from_seed([0x41; 32]);
+        let with_admin = |mut config: NodeConfig| {
+            let set = config.coordinators.as_mut().unwrap();
+            set.admin = Some(admin.public());
+            set.books_compare_secs = 1;
+            set.member_unreachable_secs = 0;
+            config
+        };
+        let mut config = with_admin(coordinator(0, dirs[0].path()));
+        config.notify = Some(notify);
+        let watcher = rigmesh_node::node::start(config).await.unwrap();
+        let other = rigmesh_node::node::start(with_admin(coordinator(1, dirs[1].path())))
+            .await
+            .unwrap();
+        other.handle.dial(dial_addr(&watcher)).await.unwrap();
+        BooksPair {
+            watcher,
+            other,
+            received,
+            admin,
+            references: std::sync::atomic::AtomicU32::new(0),
+            _dirs: dirs,
+        }
+    }
+
+    /// A new deposit of `credits` to `account`.
+    fn deposit(
+        &self,
+        account: rigmesh_protocol::PublicKey,
+        credits: &str,
+    ) -> rigmesh_protocol::rpc::CertificateFrame {
+        let n = self
+            .references
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         rigmesh_protocol::rpc::CertificateFrame::Deposit(
             rigmesh_protocol::Signed::sign(
                 rigmesh_protocol::Deposit {
                     version: rigmesh_protocol::PROTOCOL_VERSION,
                     epoch: 3,
-                    admin: admin.public(),
+                    admin: self.admin.public(),
                     account,
                     amount: credits.parse().unwrap(),
-                    reference: reference.into(),
+                    reference: format!("wire-{n}"),
                     created_at: UnixMillis::now(),
                 },
-                &admin,
+                &self.admin,
             )
             .unwrap(),
         )
-    };
-    // Both members apply the first deposit; only the other one the
-    // second (applied directly, so nothing gossips it to the watcher).
-    let first = deposit("5", "wire-1");
-    let second = deposit("3", "wire-2");
-    for node in [&watcher, &other] {
-        let role = node.coordinator.as_ref().unwrap();
-        assert!(role.apply(&first, UnixMillis::now()).is_ok());
     }
-    let role = other.coordinator.as_ref().unwrap();
-    assert!(role.apply(&second, UnixMillis::now()).is_ok());
+
+    /// Applied directly at the members named, so nothing gossips it to the
+    /// others.
+    fn apply_at(&self, nodes: &[&RunningNode], frame: &rigmesh_protocol::rpc::CertificateFrame) {
+        for node in nodes {
+            let role = node.coordinator.as_ref().unwrap();
+            assert!(role.apply(frame, UnixMillis::now()).is_ok());
+        }
+    }
+
+    /// The alert of `rule` last delivered, with its body.
+    fn last_alert(&self, rule: &str) -> WebhookBody {
+        self.received
+            .borrow()
+            .bodies
+            .iter()
+            .rev()
+            .find(|(_, b)| b.subject.starts_with(rule))
+            .map(|(_, b)| b.clone())
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        assert_eq!(self.received.borrow().bad_signatures, 0);
+        for node in [self.other, self.watcher] {
+            node.stop().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_tells_its_operators_when_another_member_holds_other_books() {
+    let mut pair = BooksPair::start().await;
+    let account = rigmesh_protocol::Keypair::from_seed([0x72; 32]).public();
+    // Both members apply the first deposit; only the other one the second.
+    let first = pair.deposit(account, "5");
+    let second = pair.deposit(account, "3");
+    pair.apply_at(&[&pair.watcher, &pair.other], &first);
+    pair.apply_at(&[&pair.other], &second);
 
     let firing = |r: &Received| delivered(r, "books.disagree");
-    let got = wait_for(&mut received, "the books.disagree alert", |r| firing(r) > 0).await;
-    let (_, alert) = got
-        .bodies
-        .iter()
-        .find(|(_, b)| b.subject.starts_with("books.disagree"))
-        .unwrap();
+    wait_for(&mut pair.received, "the books.disagree alert", |r| {
+        firing(r) > 0
+    })
+    .await;
+    let alert = pair.last_alert("books.disagree");
     assert_eq!(alert.severity, "critical");
     assert!(alert.body.contains(&account.to_string()), "{}", alert.body);
     assert!(alert.body.contains("balance 8"), "{}", alert.body);
 
     // The watcher catches up: the books agree and the alert resolves.
-    let watcher_role = watcher.coordinator.as_ref().unwrap();
-    assert!(watcher_role.apply(&second, UnixMillis::now()).is_ok());
-    wait_for(&mut received, "the resolution", |r| {
+    pair.apply_at(&[&pair.watcher], &second);
+    wait_for(&mut pair.received, "the resolution", |r| {
         delivered(r, "RESOLVED: books.disagree") > 0
     })
     .await;
-    assert_eq!(received.borrow().bad_signatures, 0);
-    for node in [other, watcher] {
-        node.stop().await.unwrap();
-    }
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
+    let mut pair = BooksPair::start().await;
+    let account = rigmesh_protocol::Keypair::from_seed([0x73; 32]).public();
+    let first = pair.deposit(account, "5");
+    pair.apply_at(&[&pair.watcher, &pair.other], &first);
+    // Each member applied a different deposit of the same amount: the
+    // balances agree, the journals do not.
+    let only_here = pair.deposit(account, "3");
+    let only_there = pair.deposit(account, "3");
+    pair.apply_at(&[&pair.watcher], &only_here);
+    pair.apply_at(&[&pair.other], &only_there);
+    let only_here_id = match &only_here {
+        rigmesh_protocol::rpc::CertificateFrame::Deposit(d) => d.id().unwrap(),
+        _ => unreachable!(),
+    };
+
+    let firing = |r: &Received| delivered(r, "books.disagree");
+    wait_for(&mut pair.received, "the books.disagree alert", |r| {
+        firing(r) > 0
+    })
+    .await;
+    let alert = pair.last_alert("books.disagree");
+    assert_eq!(alert.severity, "critical");
+    let other = pair.other.coordinator.as_ref().unwrap().key.public();
+    assert!(alert.body.contains(&other.to_string()), "{}", alert.body);
+    assert!(
+        alert.body.contains("has not posted 1 journal entries"),
+        "{}",
+        alert.body
+    );
+    assert!(
+        alert
+            .body
+            .contains(&format!("deposit entry {only_here_id}")),
+        "{}",
+        alert.body
+    );
+
+    // Both get what they lacked: the alert resolves.
+    pair.apply_at(&[&pair.other], &only_here);
+    pair.apply_at(&[&pair.watcher], &only_there);
+    wait_for(&mut pair.received, "the resolution", |r| {
+        delivered(r, "RESOLVED: books.disagree") > 0
+    })
+    .await;
+    pair.stop().await;
 }

@@ -225,7 +225,21 @@ pub enum CoordinatorRequest {
     /// member or an admin key). The unsigned [`CoordinatorRequest::Account`]
     /// is refused: balances are private.
     AccountOf(Signed<AccountQuery>),
+    /// Ask which of these journal entries the coordinator has posted: the
+    /// members' check that they hold the same books (settlement.md 10.1).
+    /// `query` is a signed account query of the asker's own account; only
+    /// a member or an admin key is answered, and at most
+    /// [`MAX_POSTED_ASKED`] ids at once.
+    Posted {
+        /// Who asks, signed and fresh.
+        query: Signed<AccountQuery>,
+        /// Journal entry ids.
+        ids: Vec<Id>,
+    },
 }
+
+/// Most journal entry ids one [`CoordinatorRequest::Posted`] may ask about.
+pub const MAX_POSTED_ASKED: usize = 2048;
 
 /// A debit to vote on: the order and what its rules need.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -333,6 +347,9 @@ pub enum CoordinatorResponse {
     Held(Vec<HeldEntry>),
     /// The dispute case asked for; `None` if this coordinator holds none.
     Case(Option<Box<CaseFile>>),
+    /// For each id of a [`CoordinatorRequest::Posted`], in order, whether
+    /// this coordinator has posted that journal entry.
+    Posted(Vec<bool>),
 }
 
 /// What a catch-up sync asks for.
@@ -680,6 +697,18 @@ pub fn sample_frames() -> Result<Vec<(&'static str, Vec<u8>)>> {
         (
             "coordinator_request",
             CoordinatorRequest::AccountOf(samples::account_query()?).to_bytes()?,
+        ),
+        (
+            "coordinator_request",
+            CoordinatorRequest::Posted {
+                query: samples::account_query()?,
+                ids: vec![samples::deposit()?.id()?],
+            }
+            .to_bytes()?,
+        ),
+        (
+            "coordinator_response",
+            CoordinatorResponse::Posted(vec![true, false]).to_bytes()?,
         ),
         (
             "coordinator_request",

@@ -252,6 +252,7 @@ pub fn request_kind(request: &CoordinatorRequest) -> &'static str {
         CoordinatorRequest::Held(_) => "held",
         CoordinatorRequest::Resolve(_) => "resolve",
         CoordinatorRequest::Case { .. } => "case",
+        CoordinatorRequest::Posted { .. } => "posted",
     }
 }
 

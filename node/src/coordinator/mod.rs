@@ -480,6 +480,7 @@ impl CoordinatorRole {
                     Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
                 };
             }
+            CoordinatorRequest::Posted { query, ids } => return self.posted(&query, &ids, now),
             CoordinatorRequest::Release(bundle) => self.vote_release(*bundle, now),
             CoordinatorRequest::CompleteDebit { debit, votes } => {
                 rules.complete_debit(&debit, &votes, now)
@@ -829,6 +830,42 @@ impl CoordinatorRole {
             ));
         }
         Ok(())
+    }
+
+    /// Which of `ids` this coordinator has posted, for a member or an
+    /// admin key comparing books (specs/settlement.md 10.1).
+    fn posted(
+        &self,
+        query: &Signed<rigmesh_protocol::AccountQuery>,
+        ids: &[rigmesh_protocol::Id],
+        now: UnixMillis,
+    ) -> CoordinatorResponse {
+        if let Err(refusal) = self.may_read_account(query, now) {
+            return CoordinatorResponse::Refused(refusal);
+        }
+        let asker = query.body.asker;
+        if query.body.account != asker
+            || !(self.config.set.contains(&asker) || self.config.admins.contains(&asker))
+        {
+            return CoordinatorResponse::Refused(format!(
+                "not_authorised: only a member or an admin key, asking with a query of its own account, \
+                 may compare journals; {asker} asked with a query of {}",
+                query.body.account
+            ));
+        }
+        let most = rigmesh_protocol::rpc::MAX_POSTED_ASKED;
+        if ids.len() > most {
+            return CoordinatorResponse::Refused(format!(
+                "too_many: at most {most} journal entries may be asked about at once, not {}",
+                ids.len()
+            ));
+        }
+        let posted: rigmesh_ledger::Result<Vec<bool>> =
+            ids.iter().map(|id| self.ledger.is_posted(id)).collect();
+        match posted {
+            Ok(posted) => CoordinatorResponse::Posted(posted),
+            Err(err) => CoordinatorResponse::Refused(format!("internal: {err}")),
+        }
     }
 
     /// An account's state here.
@@ -1307,5 +1344,95 @@ mod catch_up_tests {
         assert_eq!(apply_stored(&role, now), 0);
         assert_eq!(role.ledger.balance(&account).unwrap(), deposit.body.amount);
         role.ledger.check_books().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod posted_tests {
+    use super::*;
+    use rigmesh_protocol::{samples, AccountQuery, PROTOCOL_VERSION};
+
+    fn query(asker: &Keypair, account: PublicKey, at: UnixMillis) -> Signed<AccountQuery> {
+        Signed::sign(
+            AccountQuery {
+                version: PROTOCOL_VERSION,
+                account,
+                asker: asker.public(),
+                created_at: at,
+            },
+            asker,
+        )
+        .unwrap()
+    }
+
+    fn refusal(response: CoordinatorResponse) -> String {
+        match response {
+            CoordinatorResponse::Refused(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Members (and only members or admin keys) learn which journal
+    /// entries a coordinator holds; an over-long question is refused.
+    #[test]
+    fn members_learn_which_entries_are_posted_and_no_one_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
+        let store = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
+        let members = samples::coordinators();
+        let role = CoordinatorRole::new(members[0].clone(), health::tests::config(), ledger, store);
+        let deposit = samples::deposit().unwrap();
+        let now = deposit.body.created_at.plus_ms(1_000);
+        assert!(matches!(
+            role.answer(CoordinatorRequest::Deposit(deposit.clone()), now),
+            CoordinatorResponse::Applied
+        ));
+        let applied = deposit.id().unwrap();
+        let unknown = rigmesh_protocol::Id([9; 32]);
+        let member = &members[1];
+
+        let asked = CoordinatorRequest::Posted {
+            query: query(member, member.public(), now),
+            ids: vec![unknown, applied],
+        };
+        assert_eq!(
+            role.answer(asked, now),
+            CoordinatorResponse::Posted(vec![false, true])
+        );
+
+        let stranger = Keypair::from_seed([0x5a; 32]);
+        let why = refusal(role.answer(
+            CoordinatorRequest::Posted {
+                query: query(&stranger, stranger.public(), now),
+                ids: vec![applied],
+            },
+            now,
+        ));
+        assert!(why.starts_with("not_authorised"), "{why}");
+        // A member's query of another account does not ask this.
+        let why = refusal(role.answer(
+            CoordinatorRequest::Posted {
+                query: query(member, stranger.public(), now),
+                ids: vec![applied],
+            },
+            now,
+        ));
+        assert!(why.starts_with("not_authorised"), "{why}");
+        let why = refusal(role.answer(
+            CoordinatorRequest::Posted {
+                query: query(member, member.public(), UnixMillis(now.0 - 600_000)),
+                ids: vec![applied],
+            },
+            now,
+        ));
+        assert!(why.starts_with("query_stale"), "{why}");
+        let why = refusal(role.answer(
+            CoordinatorRequest::Posted {
+                query: query(member, member.public(), now),
+                ids: vec![applied; rigmesh_protocol::rpc::MAX_POSTED_ASKED + 1],
+            },
+            now,
+        ));
+        assert!(why.starts_with("too_many"), "{why}");
     }
 }

@@ -18,9 +18,11 @@ mod offers;
 use common::eventually;
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{NodeConfig, Role};
+use rigmesh_node::network::Protocol;
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
+use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
     Bid, Credits, GpuUsage, Id, Keypair, Kind, Offer, Signed, UnixMillis, UsageAttestation,
@@ -862,7 +864,7 @@ async fn silent_supplier(
     )
     .await;
     customer.handle.dial(silent.dial_addr()).await.unwrap();
-    let key = Keypair::from_seed([0x5b; 32]);
+    let key = silent_key();
     let offer = WireMessage::Offer(offers::offer(&key, SILENT_MODEL, 1_000_000, "eu"));
     let now = UnixMillis::now();
     let binding = WireMessage::NodeBinding(
@@ -901,6 +903,11 @@ async fn silent_supplier(
     )
     .await;
     silent
+}
+
+/// The silent supplier's account.
+fn silent_key() -> Keypair {
+    Keypair::from_seed([0x5b; 32])
 }
 
 /// The lease proposal `customer` sent the silent supplier, held unanswered.
@@ -964,4 +971,127 @@ async fn a_stopping_node_answers_the_bid_in_flight_and_those_queued() {
     );
     drop(proposal);
     silent.stop().await;
+}
+
+/// A lease runs with one supplier while the user ends a lease with another
+/// supplier that takes the termination and never answers it: the running
+/// lease's attestations are still acked and the user's views still
+/// answer; a second `end` of the same lease is told the first is under
+/// way, and the first is answered once the supplier drops the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_are_acked_while_a_termination_waits_on_a_silent_supplier() {
+    common::logs();
+    let model = SimProfile::builtin("a100x4").unwrap().gpus[0].model.clone();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let supplier = start(Role::Supplier, dirs[0].path(), Some((&model, "1.70")), 1).await;
+    let mut network = common::config();
+    network.limits.request_timeout_secs = 30;
+    let customer = start_with(Role::Customer, dirs[1].path(), None, 0, network).await;
+    customer.handle.dial(dial_addr(&supplier)).await.unwrap();
+    let token = read_token(dirs[1].path(), Bootstrap::Customer).unwrap();
+    let mut silent = silent_supplier(&customer, Some(account_of(&dirs[0]))).await;
+    lease_two(&customer, &token, &model).await;
+
+    // The silent supplier agrees to a lease, and then goes quiet.
+    let api = customer.customer_api.unwrap();
+    let (t, silent_bid) = (
+        token.clone(),
+        format!(
+            r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1,"window_secs":1}}"#
+        ),
+    );
+    let bid = tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &silent_bid).await });
+    let request = held_proposal(&mut silent, &customer).await;
+    let Ok(LeaseRequest::Propose(proposal)) = LeaseRequest::from_bytes(&request.bytes) else {
+        panic!("a lease proposal");
+    };
+    let now = UnixMillis::now();
+    let agreement = Signed::sign(
+        rigmesh_protocol::LeaseAgreement {
+            version: PROTOCOL_VERSION,
+            supplier: silent_key().public(),
+            hardware_fingerprint: Id::hardware_fingerprint(&["GPU-silent-0", "GPU-silent-1"]),
+            gpu_indices: vec![0, 1],
+            starts_at: now,
+            ends_at: now.plus_ms(u64::from(proposal.body.hours) * 3_600_000),
+            created_at: now,
+            proposal,
+        },
+        &silent_key(),
+    )
+    .unwrap();
+    silent
+        .handle
+        .respond(
+            Protocol::Lease,
+            request.channel,
+            LeaseResponse::Agreed(Box::new(agreement))
+                .to_bytes()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let r = bid.await.unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    let quiet_lease = body(&r)["lease"].as_str().unwrap().to_string();
+
+    // The user ends it; the termination reaches the silent supplier, which
+    // holds it unanswered.
+    let (t, path) = (token.clone(), format!("/v1/leases/{quiet_lease}/end"));
+    let ending = tokio::spawn(async move { common::http_post(api, &path, &t, "").await });
+    let held = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
+        .await
+        .expect("the termination reaches the silent supplier")
+        .unwrap();
+    assert!(matches!(
+        LeaseRequest::from_bytes(&held.bytes),
+        Ok(LeaseRequest::Terminate(_))
+    ));
+
+    // Meanwhile the running lease's windows are acked at the supplier.
+    let supplier_store = supplier.store.clone();
+    let before = supplier.store.count(Kind::UsageAck);
+    eventually(
+        9,
+        "three more acks at the supplier while the termination hangs",
+        || {
+            let store = supplier_store.clone();
+            async move { store.count(Kind::UsageAck) >= before + 3 }
+        },
+    )
+    .await;
+    assert!(!ending.is_finished(), "the termination still waits");
+    let path = format!("/v1/leases/{quiet_lease}/end");
+    let r = common::http_post(api, &path, &token, "").await;
+    assert_eq!(status(&r), 409, "{r}");
+    assert!(
+        body(&r)["reason"].as_str().unwrap().contains("under way"),
+        "{r}"
+    );
+
+    // The supplier drops the request: the user hears it did not take the
+    // termination, and the lease is not marked ended.
+    drop(held);
+    let r = ending.await.unwrap();
+    assert_eq!(status(&r), 409, "{r}");
+    assert!(
+        body(&r)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the supplier refused the termination"),
+        "{r}"
+    );
+    let leases = get(&customer, "/v1/leases", &token).await;
+    let quiet = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lease"] == quiet_lease.as_str())
+        .unwrap();
+    assert_eq!(quiet["state"], "running", "{quiet}");
+
+    silent.stop().await;
+    for node in [customer, supplier] {
+        node.stop().await.unwrap();
+    }
 }

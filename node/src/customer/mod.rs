@@ -3,8 +3,9 @@
 //! the watch that checks each usage attestation of a lease and answers it
 //! with a signed ack or dispute, and the budget that raises alerts and
 //! ends leases at the cap, for each lease and for the account. Everything
-//! but [`runtime`] and [`inflight`] (the bid being agreed, in its own
-//! task, and those queued behind it) is deterministic given its inputs
+//! but [`runtime`], [`inflight`] (the bid being agreed, in its own task,
+//! and those queued behind it) and `chores` (terminations and escrow
+//! releases, each in its own task) is deterministic given its inputs
 //! (time is passed in, nothing touches the network), so the rules are
 //! tested directly on protocol messages; [`records`] keeps what must
 //! survive a restart, and [`commands`] and [`report`] are what the local
@@ -12,6 +13,7 @@
 
 pub mod book;
 pub mod budget;
+mod chores;
 pub mod commands;
 pub mod escrow;
 pub mod inflight;

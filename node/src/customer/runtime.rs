@@ -8,8 +8,10 @@
 //! caps, and budget alerts are raised. At a cap the node stops paying
 //! further windows and signs a termination for the supplier. A bid's talk
 //! with the supplier and the coordinators runs in a task of its own, one
-//! bid at a time ([`super::inflight`]), so a slow or silent supplier holds
-//! up no acknowledgement; every change of state is made in this task.
+//! bid at a time ([`super::inflight`]), and so does each termination and
+//! escrow release (`super::chores`), so a slow or silent supplier or
+//! coordinator holds up no acknowledgement; every change of state is made
+//! in this task.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::book::BookQuery;
 use super::budget::Decision;
+use super::chores::{Chores, Done, EndFor, Net, Release};
 use super::inflight::{Agreed, BidDone, BidQueue, Finished, Purpose, Queued, MAX_QUEUED_BIDS};
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
@@ -59,6 +62,11 @@ const SILENCE_MIN_MS: u64 = 10_000;
 
 /// How often an escrow release is asked for again while it is refused.
 const RELEASE_RETRY_MS: u64 = 5_000;
+
+/// How long a stopping node waits for its terminations under way: one
+/// reaches the coordinators, then the supplier, each request within the
+/// network's 10 s timeout.
+const STOP_CHORES_WAIT: Duration = Duration::from_secs(25);
 
 pub use super::commands::{
     BidError, BidOutcome, BidRequest, CustomerCommand, LeaseStatus, RequestError,
@@ -170,6 +178,8 @@ pub struct Customer {
     /// escrows are topped up once it ends (a top-up is a debit of the
     /// account too, and its amount depends on the bid's escrow).
     top_up_due: bool,
+    /// Terminations and escrow releases under way in tasks of their own.
+    chores: Chores,
 }
 
 impl std::fmt::Debug for Customer {
@@ -228,6 +238,7 @@ impl Customer {
             series: crate::trends::SeriesWriter::off(),
             bids: BidQueue::default(),
             top_up_due: false,
+            chores: Chores::default(),
         })
     }
 }
@@ -307,6 +318,7 @@ pub async fn run(
                 let stopping = changed.is_err() || *stop.borrow();
                 if stopping {
                     customer.stop_bids().await;
+                    customer.stop_chores().await;
                     if let Err(err) = customer.records.flush() {
                         tracing::warn!(%err, "customer records not flushed");
                     }
@@ -315,6 +327,7 @@ pub async fn run(
             }
             Some(finished) = customer.bids.finished() => customer.bid_finished(finished).await,
             Some(command) = commands.recv() => customer.command(command).await,
+            Some(done) = customer.chores.next() => customer.chore_done(done).await,
             message = accepted.recv() => match message {
                 Ok(message) => customer.on_message(&message.message).await,
                 // Messages were missed: one of them may have been an offer
@@ -395,20 +408,15 @@ fn record_of(lease: &Lease) -> LeaseRecord {
     }
 }
 
-/// Ends a lease at a budget cap: no further window is paid, and the
-/// supplier is handed a signed termination, so it attests the window under
-/// way as the last one.
-#[allow(clippy::too_many_arguments)]
-async fn stop_at_cap(
-    key: &Keypair,
-    store: &MarketStore,
-    network: &NodeHandle,
-    quorum: Option<&crate::quorum::Quorum>,
+/// Ends a lease at a budget cap: no further window is paid; the caller
+/// hands the supplier a signed termination, so it attests the window under
+/// way as the last one. Returns the termination's detail.
+fn stop_at_cap(
     records: &CustomerRecords,
     lease: &mut Lease,
     cap: Credits,
     account: bool,
-) {
+) -> String {
     let which = if account {
         "the account's"
     } else {
@@ -423,19 +431,7 @@ async fn stop_at_cap(
     if let Err(err) = records.put_lease(&record_of(lease)) {
         tracing::warn!(%err, "lease not recorded");
     }
-    if let Some(refusal) = end_lease(
-        key,
-        store,
-        network,
-        quorum,
-        &lease.agreement,
-        rigmesh_protocol::TerminationReason::BudgetCap,
-        format!("{which} budget cap {cap} reached"),
-    )
-    .await
-    {
-        tracing::warn!(lease = %id, %refusal, "the supplier did not take the termination; no further windows are paid");
-    }
+    format!("{which} budget cap {cap} reached")
 }
 
 /// The bid's wait, or why the bid is invalid, before anything is asked
@@ -578,54 +574,45 @@ impl Customer {
                 let _ = reply.send(result);
             }
             CustomerCommand::EndLease(lease, reply) => {
-                let result = match self.leases.get_mut(&lease) {
-                    None => Err(RequestError::NotFound(format!("lease {lease}"))),
-                    Some(l) if l.stopped_at_cap => Err(RequestError::Conflict(format!(
+                let refused = match self.leases.get(&lease) {
+                    None => Some(RequestError::NotFound(format!("lease {lease}"))),
+                    Some(l) if l.stopped_at_cap => Some(RequestError::Conflict(format!(
                         "lease {lease} has already ended: the budget cap stopped it"
                     ))),
-                    Some(l) if l.ended => Err(RequestError::Conflict(format!(
+                    Some(l) if l.ended => Some(RequestError::Conflict(format!(
                         "lease {lease} has already ended: you ended it; its final settlement \
                          refunds the rest of the escrow"
                     ))),
-                    Some(l) if l.watch.finished() => Err(RequestError::Conflict(format!(
+                    Some(l) if l.watch.finished() => Some(RequestError::Conflict(format!(
                         "lease {lease} has already ended: its time is up"
                     ))),
-                    Some(l) => {
-                        match end_lease(
-                            &self.key,
-                            &self.store,
-                            &self.network,
-                            self.quorum.as_ref(),
-                            &l.agreement,
-                            rigmesh_protocol::TerminationReason::CustomerRequest,
-                            "ended by the customer".into(),
-                        )
-                        .await
-                        {
-                            None => {
-                                // Windows up to the end of the one in
-                                // progress are still answered.
-                                l.watch.end_after_current_window(now);
-                                l.ended = true;
-                                if let Err(err) = self.records.put_lease(&record_of(l)) {
-                                    tracing::warn!(%err, %lease, "lease not recorded");
-                                }
-                                let status = status_of(l);
-                                self.notify(
-                                    rigmesh_protocol::Severity::Info,
-                                    "lease.ended",
-                                    lease,
-                                    format!("lease {lease} ended: you ended it; it stops after the window under way"),
-                                );
-                                Ok(status)
-                            }
-                            Some(reason) => Err(RequestError::Conflict(format!(
-                                "the supplier refused the termination: {reason}"
-                            ))),
-                        }
-                    }
+                    Some(_) => self.chores.under_way(&lease).map(|chore| {
+                        RequestError::Conflict(format!(
+                            "lease {lease} has its {chore} under way; ask again when it is done"
+                        ))
+                    }),
                 };
-                let _ = reply.send(result);
+                if let Some(err) = refused {
+                    let _ = reply.send(Err(err));
+                    return;
+                }
+                // The termination goes out in its own task; its outcome is
+                // taken in by `chore_done`, which answers the caller.
+                let net = self.net();
+                if let Some(l) = self.leases.get(&lease) {
+                    let started = self.chores.end(
+                        &net,
+                        l.agreement.clone(),
+                        rigmesh_protocol::TerminationReason::CustomerRequest,
+                        "ended by the customer".into(),
+                        EndFor::User { at: now, reply },
+                    );
+                    if let Err(EndFor::User { reply, .. }) = started {
+                        let _ = reply.send(Err(RequestError::Failed(format!(
+                            "lease {lease}'s termination could not be started"
+                        ))));
+                    }
+                }
             }
             CustomerCommand::Account(reply) => {
                 let state = |r: &LeaseRecord| self.state_of(r, now);
@@ -716,19 +703,14 @@ impl Customer {
             return;
         };
         tracing::warn!(lease = %id, %amount, "an escrow ordered earlier is certified for a lease that never ran; ending it so that the escrow comes back");
-        let refusal = end_lease(
-            &self.key,
-            &self.store,
-            &self.network,
-            self.quorum.as_ref(),
-            &agreement,
+        let net = self.net();
+        let _ = self.chores.end(
+            &net,
+            agreement.clone(),
             rigmesh_protocol::TerminationReason::Other,
             "its escrow was certified after the bid had failed".into(),
-        )
-        .await;
-        if let Some(refusal) = refusal {
-            tracing::info!(lease = %id, %refusal, "termination of the unused lease not held yet");
-        }
+            EndFor::Unused,
+        );
         let lease = Lease {
             gpu_model: String::new(),
             agreement,
@@ -1239,6 +1221,7 @@ impl Customer {
             .leases
             .iter()
             .filter(|(_, l)| l.escrowed.is_some() && l.running() && !l.stopped_at_cap && !l.ended)
+            .filter(|(id, _)| self.chores.under_way(id).is_none())
             .filter(|(_, l)| {
                 let silence = l
                     .agreement
@@ -1250,6 +1233,7 @@ impl Customer {
             })
             .map(|(id, _)| *id)
             .collect();
+        let net = self.net();
         for id in silent {
             let Some(lease) = self.leases.get_mut(&id) else {
                 continue;
@@ -1257,19 +1241,13 @@ impl Customer {
             tracing::warn!(lease = %id, "the supplier attested nothing for too long: ending the lease");
             lease.ended = true;
             lease.watch.end_after_current_window(now);
-            if let Some(reason) = end_lease(
-                &self.key,
-                &self.store,
-                &self.network,
-                self.quorum.as_ref(),
-                &lease.agreement,
+            let _ = self.chores.end(
+                &net,
+                lease.agreement.clone(),
                 rigmesh_protocol::TerminationReason::SupplierMisbehaviour,
                 "no attestation for too long".into(),
-            )
-            .await
-            {
-                tracing::warn!(lease = %id, %reason, "the silent lease's termination did not get through");
-            }
+                EndFor::Silent,
+            );
             if let Err(err) = self.records.put_lease(&record_of(lease)) {
                 tracing::warn!(%err, "lease not recorded");
             }
@@ -1284,9 +1262,9 @@ impl Customer {
 
     /// Asks for the escrow back of every lease that ended more than the
     /// set's grace period ago with no final settlement (settlement.md
-    /// 8.5).
+    /// 8.5), each in a task of its own (`super::chores`).
     async fn release_unsettled(&mut self) {
-        let (Some(rules), Some(quorum)) = (self.rules.clone(), self.quorum.clone()) else {
+        let (Some(rules), Some(_)) = (self.rules.clone(), self.quorum.as_ref()) else {
             return;
         };
         let now = UnixMillis::now();
@@ -1294,6 +1272,7 @@ impl Customer {
             .leases
             .iter()
             .filter(|(_, l)| l.escrowed.is_some() && l.settled.is_none())
+            .filter(|(id, _)| self.chores.under_way(id).is_none())
             .filter(|(_, l)| {
                 l.release_tried
                     .is_none_or(|t| now.since(t) >= RELEASE_RETRY_MS)
@@ -1304,101 +1283,109 @@ impl Customer {
             })
             .map(|(id, _)| *id)
             .collect();
+        let net = self.net();
         for id in due {
             let Some(lease) = self.leases.get_mut(&id) else {
                 continue;
             };
-            lease.release_tried = Some(now);
-            let agreement = lease.agreement.clone();
-            let built = super::release::build(&self.store, &rules, &self.key, &agreement, now);
-            let (release, bundle) = match built {
-                Ok(built) => built,
-                Err(reason) => {
-                    tracing::debug!(lease = %id, %reason, "no escrow release");
-                    continue;
-                }
-            };
-            // Members locked on a request of the supplier at this
-            // settlement sequence number would split the votes with the
-            // release: that request is completed first. The release goes
-            // out only when a quorum says it holds no lock there.
-            let (locked, free) = quorum.locked(id, release.body.settlement_seq).await;
-            if !locked.is_empty() {
-                self.complete_locked(id, &agreement, locked, &quorum).await;
-                continue;
-            }
-            if free < quorum.set().quorum() {
-                tracing::info!(lease = %id, free, "escrow release waits: too few members say they hold no vote at its sequence number");
-                continue;
-            }
-            let request = rigmesh_protocol::rpc::CoordinatorRequest::Release(Box::new(bundle));
-            match quorum.certify(&release, &request).await {
-                Ok(certificate) => {
-                    let r = &certificate.message.body;
-                    tracing::info!(lease = %id, supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, "escrow released: the supplier never settled the lease");
-                    let applied = quorum
-                        .deliver(rigmesh_protocol::rpc::CertificateFrame::Release(Box::new(
-                            certificate,
-                        )))
-                        .await;
-                    tracing::debug!(lease = %id, applied, "release delivered");
-                    self.on_settlement(id).await;
-                }
-                Err(refused) => {
-                    tracing::info!(lease = %id, %refused, "escrow release not certified yet");
-                }
+            if self
+                .chores
+                .release(&net, rules.clone(), lease.agreement.clone())
+            {
+                lease.release_tried = Some(now);
             }
         }
     }
 
-    /// Members are locked on a settlement request of the supplier at the
-    /// sequence number the release needs: the supplier sent it, got some
-    /// votes and no quorum, and went away. The customer completes that
-    /// request itself with the evidence its store holds (settlement.md
-    /// 8.6); its release then takes the next sequence number.
-    async fn complete_locked(
-        &mut self,
-        id: Id,
-        agreement: &Signed<LeaseAgreement>,
-        locked: Vec<Signed<rigmesh_protocol::SettlementRequest>>,
-        quorum: &crate::quorum::Quorum,
-    ) {
-        let now = UnixMillis::now();
-        for request in locked {
-            let settlement_seq = request.body.settlement_seq;
-            let bundle = match super::release::settlement_bundle(
-                &self.store,
-                &self.key,
-                agreement,
-                request.clone(),
-                now,
-            ) {
-                Ok(bundle) => bundle,
-                Err(reason) => {
-                    tracing::info!(lease = %id, %reason, "a locked settlement request is not completed");
-                    continue;
-                }
-            };
-            let frame = rigmesh_protocol::rpc::CoordinatorRequest::Settle(Box::new(bundle));
-            match quorum.certify(&request, &frame).await {
-                Ok(certificate) => {
-                    tracing::info!(lease = %id, settlement_seq, "completed the supplier's settlement request that members were locked on");
-                    quorum
-                        .deliver(rigmesh_protocol::rpc::CertificateFrame::Settlement(
-                            Box::new(certificate),
-                        ))
-                        .await;
-                    if let Some(lease) = self.leases.get_mut(&id) {
-                        // Release again at once, after that settlement.
-                        lease.release_tried = None;
+    /// What the chores need of this customer.
+    fn net(&self) -> Net {
+        Net {
+            key: self.key.clone(),
+            store: self.store.clone(),
+            network: self.network.clone(),
+            quorum: self.quorum.clone(),
+        }
+    }
+
+    /// Takes in what a chore brought back.
+    async fn chore_done(&mut self, done: Done) {
+        match done {
+            Done::Ended {
+                lease,
+                refusal,
+                why: EndFor::User { at, reply },
+            } => {
+                let result = match (self.leases.get_mut(&lease), refusal) {
+                    (None, _) => Err(RequestError::NotFound(format!("lease {lease}"))),
+                    (Some(_), Some(reason)) => Err(RequestError::Conflict(format!(
+                        "the supplier refused the termination: {reason}"
+                    ))),
+                    (Some(l), None) => {
+                        // Windows up to the end of the one in progress
+                        // when the user asked are still answered.
+                        l.watch.end_after_current_window(at);
+                        l.ended = true;
+                        if let Err(err) = self.records.put_lease(&record_of(l)) {
+                            tracing::warn!(%err, %lease, "lease not recorded");
+                        }
+                        let status = status_of(l);
+                        self.notify(
+                            rigmesh_protocol::Severity::Info,
+                            "lease.ended",
+                            lease,
+                            format!("lease {lease} ended: you ended it; it stops after the window under way"),
+                        );
+                        Ok(status)
                     }
-                    self.on_settlement(id).await;
-                    return;
-                }
-                Err(refused) => {
-                    tracing::info!(lease = %id, %refused, "the locked settlement request is not certified yet")
+                };
+                if reply.send(result).is_err() {
+                    tracing::info!(%lease, "the caller that ended the lease left before the answer");
                 }
             }
+            Done::Ended { refusal: None, .. } => {}
+            Done::Ended {
+                lease,
+                refusal: Some(reason),
+                why,
+            } => match why {
+                EndFor::Silent => {
+                    tracing::warn!(%lease, %reason, "the silent lease's termination did not get through")
+                }
+                EndFor::Cap => {
+                    tracing::warn!(%lease, %reason, "the supplier did not take the termination; no further windows are paid")
+                }
+                EndFor::Unused | EndFor::User { .. } => {
+                    tracing::info!(%lease, %reason, "termination of the unused lease not held yet")
+                }
+            },
+            Done::Released { lease, outcome } => match outcome {
+                Release::Certified => self.on_settlement(lease).await,
+                Release::CompletedLocked => {
+                    if let Some(l) = self.leases.get_mut(&lease) {
+                        // Release again at once, after that settlement.
+                        l.release_tried = None;
+                    }
+                    self.on_settlement(lease).await;
+                }
+                Release::NotYet => {}
+            },
+        }
+    }
+
+    /// The node is stopping: releases under way are stopped (each is
+    /// asked for again after a restart); terminations under way are waited
+    /// for, as long as their requests may take, and taken in.
+    async fn stop_chores(&mut self) {
+        self.chores.abort_releases();
+        if self.chores.len() > 0 {
+            tracing::info!(
+                chores = self.chores.len(),
+                "stopping: waiting for terminations and releases under way"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + STOP_CHORES_WAIT;
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.chores.next()).await {
+            self.chore_done(done).await;
         }
     }
 
@@ -1618,6 +1605,7 @@ impl Customer {
         } else {
             lease.watch.next_window_charge().unwrap_or(Credits::ZERO)
         };
+        let mut terminate = None;
         match self.spending.update(id, lease.spent(), next, now) {
             Ok(update) => {
                 raise(&self.records, &self.alerts_to, update.alerts);
@@ -1635,20 +1623,24 @@ impl Customer {
                             if account { "the account's" } else { "its" }
                         ),
                     ));
-                    stop_at_cap(
-                        &self.key,
-                        &self.store,
-                        &self.network,
-                        self.quorum.as_ref(),
-                        &self.records,
-                        lease,
-                        cap,
-                        account,
-                    )
-                    .await;
+                    let detail = stop_at_cap(&self.records, lease, cap, account);
+                    terminate = Some((lease.agreement.clone(), detail));
                 }
             }
             Err(err) => tracing::warn!(%err, "budget update failed"),
+        }
+        if let Some((agreement, detail)) = terminate {
+            let net = self.net();
+            let started = self.chores.end(
+                &net,
+                agreement,
+                rigmesh_protocol::TerminationReason::BudgetCap,
+                detail,
+                EndFor::Cap,
+            );
+            if started.is_err() {
+                tracing::info!(lease = %id, "a termination of the lease is under way already");
+            }
         }
     }
 

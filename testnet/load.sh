@@ -92,18 +92,36 @@ fetch_metrics() {
     done
 }
 # Appends "seconds name role rss_kb" for every running node to
-# $work/rss.tsv every $sample_secs seconds, from /proc.
+# $work/rss.tsv every $sample_secs seconds, from /proc. The nodes' pids and
+# roles are looked up once; one python process then reads every node's
+# status file per sweep, so a sweep takes milliseconds however loaded the
+# machine is (a fork per node and sample could not keep up with 74 nodes).
 sample_memory() {
-    local start=$SECONDS name pid rss role
-    while :; do
-        for name in "${everyone[@]}"; do
-            pid=$(node_pid "$name") || continue
-            rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) || continue
-            role=$(awk -F '\t' -v n="$name" '$1 == n { print $2 }' "$TESTNET_DIR/nodes.tsv")
-            [[ -n $rss ]] && printf '%s\t%s\t%s\t%s\n' "$((SECONDS - start))" "$name" "$role" "$rss"
-        done >>"$work/rss.tsv"
-        sleep "$sample_secs"
-    done
+    local name pid role
+    for name in "${everyone[@]}"; do
+        pid=$(node_pid "$name") || continue
+        role=$(awk -F '\t' -v n="$name" '$1 == n { print $2 }' "$TESTNET_DIR/nodes.tsv")
+        printf '%s\t%s\t%s\n' "$name" "$role" "$pid"
+    done >"$work/pids.tsv"
+    exec python3 - "$work/pids.tsv" "$work/rss.tsv" "$sample_secs" <<'PY'
+import sys, time
+pids_file, out_file, every = sys.argv[1], sys.argv[2], float(sys.argv[3])
+nodes = [line.rstrip("\n").split("\t") for line in open(pids_file) if line.strip()]
+start = time.monotonic()
+with open(out_file, "a") as out:
+    while True:
+        now = int(time.monotonic() - start)
+        for name, role, pid in nodes:
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    rss = next((l.split()[1] for l in status if l.startswith("VmRSS:")), None)
+            except OSError:
+                continue
+            if rss:
+                out.write(f"{now}\t{name}\t{role}\t{rss}\n")
+        out.flush()
+        time.sleep(every)
+PY
 }
 # The suppliers' view of every lease into $work/<name>.leases$1.
 fetch_supplier_leases() {

@@ -148,7 +148,9 @@ fn signatures(message: &WireMessage) -> Vec<VerifyItem> {
 
 fn main() {
     let now = UnixMillis::now();
-    let keys: Vec<Keypair> = (0..64u8).map(|i| Keypair::from_seed([i; 32])).collect();
+    // Enough authors that none passes its quota of live offers (64) or
+    // bids (32): about 31 offers and 16 bids each.
+    let keys: Vec<Keypair> = (0..=255u8).map(|i| Keypair::from_seed([i; 32])).collect();
     let messages: Vec<WireMessage> = (0..MESSAGES).map(|n| message(n, now, &keys)).collect();
     let limits = NetworkConfig::default().limits;
     let batch = limits.ingest_batch.max(1);

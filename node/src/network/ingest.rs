@@ -3,9 +3,12 @@
 //! -> checks against the ledger (known, stale, replayed) -> one batched
 //! write -> a verdict per message for gossipsub.
 //!
-//! It runs in its own task behind a bounded queue; the swarm task never
-//! waits for it, and a full queue drops messages (with a metric) instead of
-//! growing.
+//! It runs behind a bounded queue; the swarm task never waits for it, and
+//! a full queue drops messages (with a metric) instead of growing. The
+//! stages run on blocking threads, never on the async executors, in two
+//! steps that overlap: while one batch is checked against the store and
+//! written ([`Ingest::commit`]), the next is decoded and its signatures
+//! verified ([`Ingest::check`]), which needs no store.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -87,6 +90,25 @@ pub struct Verdict {
 pub struct Ingest {
     store: Arc<dyn MessageStore>,
     coordinators: Option<CoordinatorSet>,
+    /// Each author's stored messages of a quota kind, as last counted in
+    /// the store plus what ingest accepted since: a count well under the
+    /// quota spares the count in the store; one near it is counted again
+    /// (expiry and pruning only ever make the store's count smaller).
+    quota_counts: std::sync::Mutex<HashMap<(Kind, PublicKey), usize>>,
+}
+
+/// Authors whose counts are remembered at most; past it the memory starts
+/// afresh.
+const QUOTA_COUNTS_KEPT: usize = 65_536;
+
+/// How far under its quota a remembered count must be to be trusted.
+const QUOTA_MARGIN: usize = 8;
+
+/// A batch past the checks that need no store: the outcomes so far and
+/// the messages left to check against the store.
+pub struct Checked {
+    outcomes: Vec<Outcome>,
+    staged: Vec<Staged>,
 }
 
 struct Staged {
@@ -113,6 +135,7 @@ impl Ingest {
         Ingest {
             store,
             coordinators,
+            quota_counts: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -128,6 +151,12 @@ impl Ingest {
         items: &[IngestItem],
         clock: &Clock,
     ) -> (Vec<Outcome>, Vec<AcceptedMessage>) {
+        self.commit(self.check(items, clock), clock)
+    }
+
+    /// The stages that need no store: frame, decode, fields, time, and
+    /// every signature of the batch in one batch verification.
+    pub fn check(&self, items: &[IngestItem], clock: &Clock) -> Checked {
         let mut outcomes = vec![Outcome::Ignore("unprocessed"); items.len()];
         // Stage 1: frame, decode, fields, time (no signatures yet).
         let mut staged = Vec::with_capacity(items.len());
@@ -162,17 +191,35 @@ impl Ingest {
                 bad.insert(owner);
             }
         }
+        let mut good = Vec::with_capacity(staged.len());
+        for (pos, s) in staged.into_iter().enumerate() {
+            if bad.contains(&pos) {
+                set(&mut outcomes, s.index, Outcome::Reject("bad_signature"));
+            } else {
+                good.push(s);
+            }
+        }
+        Checked {
+            outcomes,
+            staged: good,
+        }
+    }
+
+    /// The stages against the store, in batch order: known, compacted,
+    /// stale, over quota; then one write for the whole batch. Returns the
+    /// outcome of every item of the batch and the messages stored.
+    pub fn commit(&self, checked: Checked, clock: &Clock) -> (Vec<Outcome>, Vec<AcceptedMessage>) {
+        let Checked {
+            mut outcomes,
+            staged,
+        } = checked;
         // Stage 3: against the ledger and the rest of the batch.
         let mut accepted: Vec<AcceptedMessage> = Vec::new();
         let mut accepted_index: Vec<usize> = Vec::new();
         let mut batch_ids: HashSet<Id> = HashSet::new();
         let mut newest_offer: HashMap<(PublicKey, Id), (u64, usize)> = HashMap::new();
         let mut by_author: HashMap<(Kind, PublicKey), usize> = HashMap::new();
-        for (pos, s) in staged.into_iter().enumerate() {
-            if bad.contains(&pos) {
-                set(&mut outcomes, s.index, Outcome::Reject("bad_signature"));
-                continue;
-            }
+        for s in staged {
             if matches!(outcomes.get(s.index), Some(Outcome::Reject(_))) {
                 continue;
             }
@@ -269,7 +316,18 @@ impl Ingest {
         for index in write_index {
             set(&mut outcomes, index, outcome);
         }
-        if outcome != Outcome::Accept {
+        if outcome == Outcome::Accept {
+            // The remembered counts take in what the batch stored.
+            let mut counts = self
+                .quota_counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, n) in by_author {
+                if let Some(count) = counts.get_mut(&key) {
+                    *count = count.saturating_add(n);
+                }
+            }
+        } else {
             writes.clear();
         }
         (outcomes, writes)
@@ -326,12 +384,30 @@ impl Ingest {
             return None;
         }
         let in_batch = by_author.entry((kind, author)).or_default();
-        let stored = match self.store.author_count(kind, &author, quota) {
-            Ok(n) => n,
-            Err(err) => {
-                tracing::warn!(%err, "ledger read failed during ingest");
-                return Some(Outcome::Ignore("store_error"));
-            }
+        let mut counts = self
+            .quota_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let remembered = counts
+            .get(&(kind, author))
+            .copied()
+            .filter(|n| n.saturating_add(*in_batch).saturating_add(QUOTA_MARGIN) < quota);
+        let stored = match remembered {
+            Some(n) => n,
+            None => match self.store.author_count(kind, &author, quota) {
+                Ok(n) => {
+                    if counts.len() >= QUOTA_COUNTS_KEPT {
+                        counts.clear();
+                    }
+                    // The batch's own messages are not in the store yet.
+                    counts.insert((kind, author), n);
+                    n
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "ledger read failed during ingest");
+                    return Some(Outcome::Ignore("store_error"));
+                }
+            },
         };
         if stored.saturating_add(*in_batch) >= quota {
             return Some(Outcome::Ignore("over_quota"));
@@ -347,9 +423,13 @@ fn set(outcomes: &mut [Outcome], index: usize, outcome: Outcome) {
     }
 }
 
-/// The ingest task: takes up to `batch` queued items at a time, processes
-/// them, and sends the verdicts back to the swarm task. Ends when the queue
-/// closes.
+/// Where an item came from and when, for its verdict.
+type Origin = (PeerId, Option<MessageId>, Instant);
+
+/// The ingest task: takes up to `batch` queued items at a time, checks
+/// them and commits them on blocking threads (the next batch is checked
+/// while one commits), and sends the verdicts back to the swarm task. Ends
+/// when the queue closes.
 pub async fn run(
     ingest: Ingest,
     mut queue: mpsc::Receiver<IngestItem>,
@@ -358,35 +438,69 @@ pub async fn run(
     batch: usize,
     metrics: NetworkMetrics,
 ) {
-    let mut items = Vec::with_capacity(batch);
-    loop {
-        items.clear();
-        if queue.recv_many(&mut items, batch.max(1)).await == 0 {
-            return;
-        }
-        metrics
-            .ingest_queue_depth
-            .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
-        let (outcomes, stored) = ingest.process_batch(&items, &Clock::system());
+    let ingest = Arc::new(ingest);
+    // One checked batch waits for the commit at most: the queue in front
+    // stays the one place that holds (and drops) what is not taken yet.
+    let (checked_tx, mut checked_rx) = mpsc::channel::<(Vec<Origin>, Checked)>(1);
+    let checker = {
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut items = Vec::with_capacity(batch.max(1));
+                if queue.recv_many(&mut items, batch.max(1)).await == 0 {
+                    return;
+                }
+                metrics
+                    .ingest_queue_depth
+                    .set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+                let ingest = ingest.clone();
+                let checked = tokio::task::spawn_blocking(move || {
+                    let checked = ingest.check(&items, &Clock::system());
+                    let origins: Vec<Origin> = items
+                        .into_iter()
+                        .map(|item| (item.source, item.message_id, item.received))
+                        .collect();
+                    (origins, checked)
+                })
+                .await;
+                let Ok(checked) = checked else {
+                    tracing::error!("an ingest batch's checks panicked");
+                    return;
+                };
+                if checked_tx.send(checked).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    while let Some((origins, checked)) = checked_rx.recv().await {
+        let ingest = ingest.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || ingest.commit(checked, &Clock::system())).await;
+        let Ok((outcomes, stored)) = committed else {
+            tracing::error!("an ingest batch's commit panicked");
+            break;
+        };
         for message in stored {
             // Subscribers that fall behind lose old messages (bounded),
             // and a send with no subscriber is not an error worth a log.
             let _ = accepted.send(message);
         }
-        let out: Vec<Verdict> = items
-            .drain(..)
+        let out: Vec<Verdict> = origins
+            .into_iter()
             .zip(outcomes)
-            .map(|(item, outcome)| Verdict {
-                source: item.source,
-                message_id: item.message_id,
+            .map(|((source, message_id, received), outcome)| Verdict {
+                source,
+                message_id,
                 outcome,
-                received: item.received,
+                received,
             })
             .collect();
         if verdicts.send(out).await.is_err() {
-            return;
+            break;
         }
     }
+    checker.abort();
 }
 
 #[cfg(test)]
@@ -478,5 +592,96 @@ mod tests {
         assert!(store
             .contains(Kind::UsageAttestation, &fresh.id().unwrap())
             .unwrap());
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use rigmesh_ledger::MarketStore;
+    use rigmesh_protocol::{Credits, Keypair, Offer, Signed, UnixMillis, PROTOCOL_VERSION};
+
+    fn offer(key: &Keypair, n: usize, now: UnixMillis, expires_at: UnixMillis) -> IngestItem {
+        let offer = Signed::sign(
+            Offer {
+                version: PROTOCOL_VERSION,
+                supplier: key.public(),
+                sequence: 1,
+                gpu_model: "NVIDIA H100 80GB HBM3".into(),
+                gpu_memory_mib: 81_559,
+                gpu_count: 8,
+                price_per_gpu_hour: Credits::from_units(2_000_000),
+                min_hours: 1,
+                max_hours: 24,
+                region: "eu-west".into(),
+                hardware_fingerprint: Id::hardware_fingerprint(&[format!("GPU-{n}")]),
+                created_at: now,
+                expires_at,
+            },
+            key,
+        )
+        .unwrap();
+        let message = WireMessage::Offer(offer);
+        IngestItem {
+            source: PeerId::random(),
+            message_id: None,
+            topic: rigmesh_protocol::kind::TOPIC_OFFERS.into(),
+            data: GossipFrame::encode(message.kind(), &message.to_bytes().unwrap()),
+            received: Instant::now(),
+        }
+    }
+
+    /// The quota holds across batches although most batches are judged on
+    /// the remembered count, and room made by expiry is found again.
+    #[test]
+    fn an_author_s_quota_holds_across_batches_and_frees_up_as_offers_expire() {
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let ingest = Ingest::new(store.clone(), None);
+        let key = Keypair::from_seed([0x31; 32]);
+        let quota = quota_of(Kind::Offer).unwrap();
+        let now = UnixMillis::now();
+        let clock = Clock::at(now);
+        // Half of them expire in a minute.
+        let items: Vec<IngestItem> = (0..quota + 20)
+            .map(|n| {
+                let expires = if n % 2 == 0 { 60_000 } else { 3_600_000 };
+                offer(&key, n, now, now.plus_ms(expires))
+            })
+            .collect();
+        let mut accepted = 0;
+        for chunk in items.chunks(7) {
+            accepted += ingest
+                .process(chunk, &clock)
+                .iter()
+                .filter(|o| **o == Outcome::Accept)
+                .count();
+        }
+        assert_eq!(accepted, quota);
+        let count = || {
+            store
+                .author_count(Kind::Offer, &key.public(), usize::MAX)
+                .unwrap()
+        };
+        assert_eq!(count(), quota);
+
+        // The short-lived half expires and is pruned: new device sets get
+        // in again, up to the quota and no further.
+        let later = now.plus_ms(120_000);
+        let pruned = store.prune_expired(later, usize::MAX).unwrap();
+        assert_eq!(pruned, quota / 2);
+        let clock = Clock::at(later);
+        let fresh: Vec<IngestItem> = (1_000..1_000 + quota)
+            .map(|n| offer(&key, n, later, later.plus_ms(3_600_000)))
+            .collect();
+        let mut accepted = 0;
+        for chunk in fresh.chunks(5) {
+            accepted += ingest
+                .process(chunk, &clock)
+                .iter()
+                .filter(|o| **o == Outcome::Accept)
+                .count();
+        }
+        assert_eq!(accepted, quota / 2);
+        assert_eq!(count(), quota);
     }
 }

@@ -805,6 +805,20 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
         "{}",
         alert.body
     );
+    // Its operators see the comparison on /metrics: both of its entries
+    // taken up, none left behind.
+    let metrics = common::http_get(pair.watcher.monitoring, "/metrics", None).await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on /metrics"))
+    };
+    assert!(value("rigmesh_coordinator_books_compared_entries_total ") >= 2);
+    assert_eq!(
+        value("rigmesh_coordinator_books_compare_behind_entries "),
+        0
+    );
 
     // Both get what they lacked: the alert resolves.
     pair.apply_at(&[&pair.other], &only_here);

@@ -244,9 +244,15 @@ fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> Vec<Id> {
         );
         cursor.next = last.saturating_add(1).min(end).max(cursor.next + 1);
     }
-    if mark > cursor.next {
+    let behind = mark.saturating_sub(cursor.next);
+    if let Some(m) = &role.metrics {
+        m.books_compared.inc_by(ids.len() as u64);
+        m.books_compare_behind
+            .set(i64::try_from(behind).unwrap_or(i64::MAX));
+    }
+    if behind > 0 {
         tracing::debug!(
-            behind = mark - cursor.next,
+            behind,
             "the journal comparison is behind this member's journal"
         );
     }

@@ -64,6 +64,12 @@ pub struct CoordinatorMetrics {
     /// Writers waiting for the books' flush when one began (the group
     /// commit's queue depth).
     pub commit_queue: Histogram,
+    /// Journal entries of this member taken up by the books comparison
+    /// (specs/settlement.md 10.1), each counted once.
+    pub books_compared: Counter,
+    /// Journal entries posted at least one comparison period ago and not
+    /// asked about yet: how far the books comparison is behind.
+    pub books_compare_behind: Gauge,
 }
 
 impl CoordinatorMetrics {
@@ -79,6 +85,8 @@ impl CoordinatorMetrics {
             alerts: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_queue: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            books_compared: Counter::default(),
+            books_compare_behind: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_coordinator");
         r.register(
@@ -121,6 +129,16 @@ impl CoordinatorMetrics {
             "commit_queue_writers",
             "Writers waiting for the books' flush when one began",
             metrics.commit_queue.clone(),
+        );
+        r.register(
+            "books_compared_entries",
+            "Journal entries of this member taken up by the books comparison",
+            metrics.books_compared.clone(),
+        );
+        r.register(
+            "books_compare_behind_entries",
+            "Journal entries posted a comparison period ago and not yet compared",
+            metrics.books_compare_behind.clone(),
         );
         metrics
     }

@@ -307,20 +307,8 @@ impl Quorum {
         asker: &rigmesh_protocol::Keypair,
         account: PublicKey,
     ) -> Vec<AccountState> {
-        let query = match Signed::sign(
-            rigmesh_protocol::AccountQuery {
-                version: rigmesh_protocol::PROTOCOL_VERSION,
-                account,
-                asker: asker.public(),
-                created_at: UnixMillis::now(),
-            },
-            asker,
-        ) {
-            Ok(query) => query,
-            Err(err) => {
-                tracing::warn!(%err, "could not sign an account query");
-                return Vec::new();
-            }
+        let Some(query) = account_query(asker, account) else {
+            return Vec::new();
         };
         self.ask_all(&CoordinatorRequest::AccountOf(query))
             .await
@@ -342,20 +330,8 @@ impl Quorum {
         asker: &rigmesh_protocol::Keypair,
         ids: Vec<rigmesh_protocol::Id>,
     ) -> Vec<(PublicKey, Vec<bool>)> {
-        let query = match Signed::sign(
-            rigmesh_protocol::AccountQuery {
-                version: rigmesh_protocol::PROTOCOL_VERSION,
-                account: asker.public(),
-                asker: asker.public(),
-                created_at: UnixMillis::now(),
-            },
-            asker,
-        ) {
-            Ok(query) => query,
-            Err(err) => {
-                tracing::warn!(%err, "could not sign a journal query");
-                return Vec::new();
-            }
+        let Some(query) = account_query(asker, asker.public()) else {
+            return Vec::new();
         };
         let asked = ids.len();
         self.ask_all(&CoordinatorRequest::Posted { query, ids })
@@ -655,4 +631,23 @@ fn check_vote<T: Certifiable>(
         return Err("for another message".into());
     }
     vote.verify_record().map_err(|e| e.to_string())
+}
+
+/// `asker`'s signed query of `account`, made now; `None` (logged) when it
+/// cannot be signed.
+fn account_query(
+    asker: &rigmesh_protocol::Keypair,
+    account: PublicKey,
+) -> Option<Signed<rigmesh_protocol::AccountQuery>> {
+    Signed::sign(
+        rigmesh_protocol::AccountQuery {
+            version: rigmesh_protocol::PROTOCOL_VERSION,
+            account,
+            asker: asker.public(),
+            created_at: UnixMillis::now(),
+        },
+        asker,
+    )
+    .map_err(|err| tracing::warn!(%err, "could not sign an account query"))
+    .ok()
 }

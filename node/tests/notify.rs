@@ -718,6 +718,17 @@ impl BooksPair {
         }
     }
 
+    /// The first `books.disagree` alert, once delivered; it is critical.
+    async fn disagree_alert(&mut self) -> WebhookBody {
+        wait_for(&mut self.received, "the books.disagree alert", |r| {
+            delivered(r, "books.disagree") > 0
+        })
+        .await;
+        let alert = self.last_alert("books.disagree");
+        assert_eq!(alert.severity, "critical");
+        alert
+    }
+
     /// The alert of `rule` last delivered, with its body.
     fn last_alert(&self, rule: &str) -> WebhookBody {
         self.received
@@ -748,13 +759,7 @@ async fn a_coordinator_tells_its_operators_when_another_member_holds_other_books
     pair.apply_at(&[&pair.watcher, &pair.other], &first);
     pair.apply_at(&[&pair.other], &second);
 
-    let firing = |r: &Received| delivered(r, "books.disagree");
-    wait_for(&mut pair.received, "the books.disagree alert", |r| {
-        firing(r) > 0
-    })
-    .await;
-    let alert = pair.last_alert("books.disagree");
-    assert_eq!(alert.severity, "critical");
+    let alert = pair.disagree_alert().await;
     assert!(alert.body.contains(&account.to_string()), "{}", alert.body);
     assert!(alert.body.contains("balance 8"), "{}", alert.body);
 
@@ -784,13 +789,7 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
         _ => unreachable!(),
     };
 
-    let firing = |r: &Received| delivered(r, "books.disagree");
-    wait_for(&mut pair.received, "the books.disagree alert", |r| {
-        firing(r) > 0
-    })
-    .await;
-    let alert = pair.last_alert("books.disagree");
-    assert_eq!(alert.severity, "critical");
+    let alert = pair.disagree_alert().await;
     let other = pair.other.coordinator.as_ref().unwrap().key.public();
     assert!(alert.body.contains(&other.to_string()), "{}", alert.body);
     assert!(

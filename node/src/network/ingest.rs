@@ -648,15 +648,15 @@ mod quota_tests {
                 offer(&key, n, now, now.plus_ms(expires))
             })
             .collect();
-        let mut accepted = 0;
-        for chunk in items.chunks(7) {
-            accepted += ingest
-                .process(chunk, &clock)
-                .iter()
-                .filter(|o| **o == Outcome::Accept)
-                .count();
-        }
-        assert_eq!(accepted, quota);
+        // Taken in `size` messages at a time, as ingest batches them.
+        let accepted = |items: &[IngestItem], size: usize, clock: &Clock| -> usize {
+            items
+                .chunks(size)
+                .flat_map(|chunk| ingest.process(chunk, clock))
+                .filter(|o| *o == Outcome::Accept)
+                .count()
+        };
+        assert_eq!(accepted(&items, 7, &clock), quota);
         let count = || {
             store
                 .author_count(Kind::Offer, &key.public(), usize::MAX)
@@ -673,15 +673,7 @@ mod quota_tests {
         let fresh: Vec<IngestItem> = (1_000..1_000 + quota)
             .map(|n| offer(&key, n, later, later.plus_ms(3_600_000)))
             .collect();
-        let mut accepted = 0;
-        for chunk in fresh.chunks(5) {
-            accepted += ingest
-                .process(chunk, &clock)
-                .iter()
-                .filter(|o| **o == Outcome::Accept)
-                .count();
-        }
-        assert_eq!(accepted, quota / 2);
+        assert_eq!(accepted(&fresh, 5, &clock), quota / 2);
         assert_eq!(count(), quota);
     }
 }

@@ -1401,38 +1401,35 @@ mod posted_tests {
         );
 
         let stranger = Keypair::from_seed([0x5a; 32]);
-        let why = refusal(role.answer(
-            CoordinatorRequest::Posted {
-                query: query(&stranger, stranger.public(), now),
-                ids: vec![applied],
-            },
-            now,
-        ));
-        assert!(why.starts_with("not_authorised"), "{why}");
-        // A member's query of another account does not ask this.
-        let why = refusal(role.answer(
-            CoordinatorRequest::Posted {
-                query: query(member, stranger.public(), now),
-                ids: vec![applied],
-            },
-            now,
-        ));
-        assert!(why.starts_with("not_authorised"), "{why}");
-        let why = refusal(role.answer(
-            CoordinatorRequest::Posted {
-                query: query(member, member.public(), UnixMillis(now.0 - 600_000)),
-                ids: vec![applied],
-            },
-            now,
-        ));
-        assert!(why.starts_with("query_stale"), "{why}");
-        let why = refusal(role.answer(
-            CoordinatorRequest::Posted {
-                query: query(member, member.public(), now),
-                ids: vec![applied; rigmesh_protocol::rpc::MAX_POSTED_ASKED + 1],
-            },
-            now,
-        ));
-        assert!(why.starts_with("too_many"), "{why}");
+        let cases = [
+            // Not a member.
+            (
+                query(&stranger, stranger.public(), now),
+                1,
+                "not_authorised",
+            ),
+            // A member's query of another account does not ask this.
+            (query(member, stranger.public(), now), 1, "not_authorised"),
+            (
+                query(member, member.public(), UnixMillis(now.0 - 600_000)),
+                1,
+                "query_stale",
+            ),
+            (
+                query(member, member.public(), now),
+                rigmesh_protocol::rpc::MAX_POSTED_ASKED + 1,
+                "too_many",
+            ),
+        ];
+        for (query, asked, code) in cases {
+            let why = refusal(role.answer(
+                CoordinatorRequest::Posted {
+                    query,
+                    ids: vec![applied; asked],
+                },
+                now,
+            ));
+            assert!(why.starts_with(code), "{code}: {why}");
+        }
     }
 }

@@ -509,11 +509,15 @@ mod tests {
     use rigmesh_ledger::MarketStore;
     use rigmesh_protocol::{samples, Signed, UnixMillis};
 
-    fn item(message: &WireMessage) -> IngestItem {
+    /// `message` as it arrives by gossip, on its kind's topic.
+    pub(super) fn item(message: &WireMessage) -> IngestItem {
+        let rigmesh_protocol::Carrier::Topic(topic) = message.kind().carrier() else {
+            panic!("{} is not gossiped", message.kind());
+        };
         IngestItem {
             source: PeerId::random(),
             message_id: None,
-            topic: rigmesh_protocol::kind::TOPIC_USAGE.into(),
+            topic: topic.into(),
             data: GossipFrame::encode(message.kind(), &message.to_bytes().unwrap()),
             received: Instant::now(),
         }
@@ -599,36 +603,15 @@ mod tests {
 mod quota_tests {
     use super::*;
     use rigmesh_ledger::MarketStore;
-    use rigmesh_protocol::{Credits, Keypair, Offer, Signed, UnixMillis, PROTOCOL_VERSION};
+    use rigmesh_protocol::{samples, Keypair, Signed, UnixMillis};
 
+    /// The sample offer, of `key`'s device set `n`, made at `now`.
     fn offer(key: &Keypair, n: usize, now: UnixMillis, expires_at: UnixMillis) -> IngestItem {
-        let offer = Signed::sign(
-            Offer {
-                version: PROTOCOL_VERSION,
-                supplier: key.public(),
-                sequence: 1,
-                gpu_model: "NVIDIA H100 80GB HBM3".into(),
-                gpu_memory_mib: 81_559,
-                gpu_count: 8,
-                price_per_gpu_hour: Credits::from_units(2_000_000),
-                min_hours: 1,
-                max_hours: 24,
-                region: "eu-west".into(),
-                hardware_fingerprint: Id::hardware_fingerprint(&[format!("GPU-{n}")]),
-                created_at: now,
-                expires_at,
-            },
-            key,
-        )
-        .unwrap();
-        let message = WireMessage::Offer(offer);
-        IngestItem {
-            source: PeerId::random(),
-            message_id: None,
-            topic: rigmesh_protocol::kind::TOPIC_OFFERS.into(),
-            data: GossipFrame::encode(message.kind(), &message.to_bytes().unwrap()),
-            received: Instant::now(),
-        }
+        let mut body = samples::offer_at(now).unwrap().body;
+        body.supplier = key.public();
+        body.hardware_fingerprint = Id::hardware_fingerprint(&[format!("GPU-{n}")]);
+        body.expires_at = expires_at;
+        super::tests::item(&WireMessage::Offer(Signed::sign(body, key).unwrap()))
     }
 
     /// The quota holds across batches although most batches are judged on

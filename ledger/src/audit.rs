@@ -84,6 +84,10 @@ pub enum Action {
     /// API token (id and name) and the address it came from. Appended last
     /// so the encodings of the variants above stay as they were.
     OperatorRequest,
+    /// A coordinator's comparison of its journal with the other members'
+    /// moved on: every entry before the sequence in the detail was found
+    /// posted at every member that answered (specs/settlement.md 10.1).
+    BooksCompared,
 }
 
 /// One audit record.

@@ -24,7 +24,8 @@ use crate::audit::Action;
 use crate::billing::{self, FeeRate, Payout, MS_PER_HOUR};
 use crate::codec::Record;
 use crate::columns::{
-    Balances, Journal, JournalHeads, JournalIds, LeaseBooks, Rollups, Slot, TypedStore,
+    Balances, ComparedHeads, Journal, JournalHeads, JournalIds, LeaseBooks, Rollups, Slot,
+    TypedStore,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger, MAX_PAGE};
@@ -40,6 +41,19 @@ pub struct JournalHead {
 
 impl Record for JournalHead {
     const WHAT: &'static str = "journal head";
+}
+
+/// How far a coordinator's comparison of its journal with the other
+/// members' has come: every entry before `next_seq` was found posted at
+/// every member that answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct ComparedHead {
+    /// The first journal sequence not confirmed yet.
+    pub next_seq: u64,
+}
+
+impl Record for ComparedHead {
+    const WHAT: &'static str = "compared head";
 }
 
 /// A lease's escrow and metering state.
@@ -343,6 +357,39 @@ impl<S: Store> Ledger<S> {
             .get_in::<JournalHeads>(&Slot)?
             .unwrap_or_default()
             .next_seq)
+    }
+
+    /// The first journal sequence the comparison with the other members
+    /// has not confirmed yet (zero before any comparison).
+    pub fn compared_through(&self) -> Result<u64> {
+        Ok(self
+            .store()
+            .get_in::<ComparedHeads>(&Slot)?
+            .unwrap_or_default()
+            .next_seq)
+    }
+
+    /// Records that every entry before `next_seq` was found posted at
+    /// every member that answered; the mark never moves back, nor past
+    /// the journal. Returns the mark as it stands.
+    pub fn set_compared_through(&self, next_seq: u64, cause: &Cause) -> Result<u64> {
+        let guard = self.lock();
+        let len = self.journal_len()?;
+        let before = self.compared_through()?;
+        let next_seq = next_seq.min(len);
+        if next_seq <= before {
+            return Ok(before);
+        }
+        let mut batch = Batch::new();
+        batch.put_in::<ComparedHeads>(&Slot, &ComparedHead { next_seq })?;
+        self.commit(
+            guard,
+            batch,
+            Action::BooksCompared,
+            &format!("journal compared through entry {next_seq}"),
+            cause,
+        )?;
+        Ok(next_seq)
     }
 
     /// The entry posted with `id`, with its journal sequence.

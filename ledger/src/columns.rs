@@ -5,7 +5,7 @@
 //!
 //! | column | tree | key | value |
 //! |---|---|---|---|
-//! | [`SchemaVersions`], [`JournalHeads`], [`AuditHeads`], [`OutboxHeads`] | `ledger/meta` | a fixed [`Slot`] | the singleton |
+//! | [`SchemaVersions`], [`JournalHeads`], [`AuditHeads`], [`OutboxHeads`], [`ComparedHeads`] | `ledger/meta` | a fixed [`Slot`] | the singleton |
 //! | [`Offers`] | `ledger/offers` | offer id | [`OfferRecord`] |
 //! | [`LiveOffers`] | `ledger/offers_by_device` | (supplier, hardware fingerprint) | [`LiveOffer`] |
 //! | [`OfferIndex`] | `ledger/offer_index` | (GPU model, price, offer id) | [`OfferSummary`] |
@@ -47,7 +47,7 @@ use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 
 use crate::accounts::{Account, JournalEntry};
 use crate::audit::{AuditHead, SealedAudit};
-use crate::books::{JournalHead, LeaseBook};
+use crate::books::{ComparedHead, JournalHead, LeaseBook};
 use crate::certified::{AppliedRecord, PendingSince};
 use crate::codec::{Record, StoredMessage};
 use crate::disputes::{DisputeCase, DisputeRecord};
@@ -116,6 +116,11 @@ column!(
 column!(
     /// The outbox's next sequence and length.
     OutboxHeads, "ledger/meta", Slot<3>, OutboxHead
+);
+column!(
+    /// How far the comparison of the journal with the other coordinators'
+    /// has come.
+    ComparedHeads, "ledger/meta", Slot<4>, ComparedHead
 );
 column!(
     /// Offers by id.

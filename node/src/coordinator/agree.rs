@@ -20,6 +20,14 @@
 //! Either raises `books.disagree` (critical, for the operators) about the
 //! member, once, until it agrees again on both.
 //!
+//! How far the journal comparison has come is kept in the ledger (the
+//! oldest entry some member still lacks, or the first one not asked
+//! about), so a restarted member goes on from there instead of asking
+//! about its whole journal again. A journal that grows faster than the
+//! comparison can ask falls behind: behind and not catching up on
+//! [`BEHIND_ROUNDS`] rounds in a row raises `books.compare_behind`
+//! (warning, for the operators), resolved once it has caught up.
+//!
 //! Honest members that applied the same certificates hold identical books
 //! (specs/settlement.md 10): a lasting difference is a member that missed
 //! certificates and does not catch up, a faulty member, or a bug.
@@ -28,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rigmesh_ledger::Account;
+use rigmesh_ledger::{Account, Cause};
 use rigmesh_protocol::rpc::{AccountState, MAX_POSTED_ASKED};
 use rigmesh_protocol::{
     Alert, Audience, Credits, Id, PublicKey, Severity, UnixMillis, PROTOCOL_VERSION,
@@ -42,6 +50,11 @@ use crate::quorum::Quorum;
 
 /// Rule of the alert.
 pub const DISAGREE_RULE: &str = "books.disagree";
+/// Rule of the alert about a comparison that does not keep up.
+pub const BEHIND_RULE: &str = "books.compare_behind";
+/// Rounds in a row a comparison is behind and not catching up before
+/// the operators hear of it.
+pub const BEHIND_ROUNDS: u32 = 3;
 
 /// Accounts compared per round.
 const ACCOUNTS_PER_ROUND: usize = 8;
@@ -170,6 +183,54 @@ impl AgreeWatch {
     }
 }
 
+/// Watches how far the journal comparison is behind the journal.
+#[derive(Debug, Default)]
+pub struct BehindWatch {
+    last: u64,
+    rounds: u32,
+    alerted: bool,
+}
+
+/// What changes for the operators about a comparison that falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// Behind by this many entries, and not catching up.
+    FallingBehind(u64),
+    /// Caught up after an alert.
+    CaughtUp,
+}
+
+impl BehindWatch {
+    /// Takes one round's distance behind the journal, in entries.
+    pub fn round(&mut self, behind: u64) -> Option<Behind> {
+        let catching_up = behind < self.last;
+        self.last = behind;
+        if behind == 0 {
+            self.rounds = 0;
+            return std::mem::take(&mut self.alerted).then_some(Behind::CaughtUp);
+        }
+        self.rounds = if catching_up { 0 } else { self.rounds + 1 };
+        if self.rounds >= BEHIND_ROUNDS && !self.alerted {
+            self.alerted = true;
+            return Some(Behind::FallingBehind(behind));
+        }
+        None
+    }
+}
+
+/// This member's own alert about its comparison falling behind; the same
+/// rule and issuer resolve it.
+pub fn behind_alert(me: PublicKey, message: String) -> Alert {
+    crate::notify::own_alert(
+        me,
+        Audience::Operators,
+        Severity::Warning,
+        BEHIND_RULE,
+        None,
+        message,
+    )
+}
+
 /// The alert about `member`; the same rule, issuer and member resolve it.
 pub fn disagree_alert(me: PublicKey, member: PublicKey, message: String) -> Alert {
     Alert {
@@ -217,14 +278,26 @@ struct Cursor {
     mark: Option<u64>,
 }
 
+impl Cursor {
+    /// Where this member's comparison stood when it last recorded it.
+    fn resumed(role: &CoordinatorRole) -> Cursor {
+        let next = role.ledger.compared_through().unwrap_or_else(|err| {
+            tracing::warn!(%err, "the journal comparison's mark cannot be read; starting from the first entry");
+            0
+        });
+        Cursor { next, mark: None }
+    }
+}
+
 /// The ids of entries posted at least one period ago and not asked about
-/// yet, at most [`NEW_ENTRIES_PER_ROUND`]; moves the cursor past them.
-fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> Vec<Id> {
+/// yet, at most [`NEW_ENTRIES_PER_ROUND`], and how many such entries are
+/// left for later rounds; moves the cursor past the ids.
+fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> (Vec<Id>, u64) {
     let Ok(len) = role.ledger.journal_len() else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let Some(mark) = cursor.mark.replace(len) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let end = mark.min(cursor.next.saturating_add(NEW_ENTRIES_PER_ROUND));
     let mut ids = Vec::new();
@@ -256,7 +329,28 @@ fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> Vec<Id> {
             "the journal comparison is behind this member's journal"
         );
     }
-    ids
+    (ids, behind)
+}
+
+/// Records how far the comparison has come: up to the oldest entry some
+/// member still lacks, or else to the cursor.
+fn record_mark(role: &CoordinatorRole, next: u64, suspects: &BTreeSet<Id>) {
+    let mut mark = next;
+    for id in suspects {
+        match role.ledger.entry(id) {
+            Ok(Some((seq, _))) => mark = mark.min(seq),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%err, "a journal entry cannot be read; the comparison's mark stays");
+                return;
+            }
+        }
+    }
+    let me = role.key.public();
+    let cause = Cause::new(me, Id([0; 32]), UnixMillis::now());
+    if let Err(err) = role.ledger.set_compared_through(mark, &cause) {
+        tracing::warn!(%err, "the journal comparison's mark cannot be recorded");
+    }
 }
 
 /// Asks every member which of `ids` it has posted; returns, for each
@@ -336,7 +430,11 @@ pub fn watch_books(
     tokio::spawn(async move {
         let me = role.key.public();
         let mut watch = AgreeWatch::default();
-        let mut cursor = Cursor::default();
+        let mut behind_watch = BehindWatch::default();
+        let r = role.clone();
+        let Ok(mut cursor) = tokio::task::spawn_blocking(move || Cursor::resumed(&r)).await else {
+            return;
+        };
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -350,7 +448,7 @@ pub fn watch_books(
             }
             let r = role.clone();
             let c = cursor;
-            let Ok((accounts, fresh, c)) = tokio::task::spawn_blocking(move || {
+            let Ok((accounts, (fresh, behind), c)) = tokio::task::spawn_blocking(move || {
                 let mut c = c;
                 let fresh = new_entries(&r, &mut c);
                 (recent_accounts(&r), fresh, c)
@@ -360,6 +458,23 @@ pub fn watch_books(
                 continue;
             };
             cursor = c;
+            match behind_watch.round(behind) {
+                Some(Behind::FallingBehind(n)) => {
+                    let message = format!(
+                        "the comparison of this member's journal with the other members' is {n} entries \
+                         behind and has not caught up on {BEHIND_ROUNDS} comparisons in a row: the journal \
+                         grows faster than {NEW_ENTRIES_PER_ROUND} entries every {} s",
+                        every.as_secs()
+                    );
+                    tracing::warn!(behind = n, "the journal comparison falls behind");
+                    alerts.raise(&behind_alert(me, message));
+                }
+                Some(Behind::CaughtUp) => {
+                    tracing::info!("the journal comparison has caught up");
+                    alerts.resolve(&behind_alert(me, String::new()));
+                }
+                None => {}
+            }
             let mut round = Round::default();
             let mut asked: Vec<Id> = watch.suspected().into_iter().collect();
             let suspected: BTreeSet<Id> = asked.iter().copied().collect();
@@ -415,6 +530,9 @@ pub fn watch_books(
                     }
                 }
             }
+            let r = role.clone();
+            let (next, suspects) = (cursor.next, watch.suspected());
+            let _ = tokio::task::spawn_blocking(move || record_mark(&r, next, &suspects)).await;
         }
     })
 }
@@ -550,5 +668,96 @@ mod tests {
             .collect();
         w.round(&lacking(key(1), &many));
         assert_eq!(w.suspected().len(), MAX_SUSPECTS);
+    }
+
+    #[test]
+    fn a_comparison_that_does_not_catch_up_alerts_once_and_resolves_when_it_has() {
+        let mut w = BehindWatch::default();
+        // A backlog worked off round by round (a first comparison of a
+        // long journal) is no alarm.
+        for behind in [100_000, 67_232, 34_464, 1_696, 0] {
+            assert_eq!(w.round(behind), None, "{behind} behind");
+        }
+        // Growing, or standing still, for BEHIND_ROUNDS rounds: once.
+        assert_eq!(w.round(10), None);
+        assert_eq!(w.round(20), None);
+        assert_eq!(w.round(20), Some(Behind::FallingBehind(20)));
+        assert_eq!(w.round(40), None);
+        assert_eq!(w.round(35), None);
+        assert_eq!(w.round(0), Some(Behind::CaughtUp));
+        assert_eq!(w.round(0), None);
+        // Catching up on one round starts the count again.
+        for behind in [10, 20, 15, 30, 40] {
+            assert_eq!(w.round(behind), None, "{behind} behind");
+        }
+        assert_eq!(w.round(50), Some(Behind::FallingBehind(50)));
+    }
+
+    /// A coordinator on the ledger in `dir`, with one deposit posted for
+    /// each of `references` (one journal entry each); their entry ids in
+    /// journal order.
+    fn role_with_deposits(
+        dir: &std::path::Path,
+        references: std::ops::Range<usize>,
+    ) -> (CoordinatorRole, Vec<Id>) {
+        use rigmesh_ledger::{Ledger, MarketStore};
+        use rigmesh_protocol::rpc::{CoordinatorRequest, CoordinatorResponse};
+        use rigmesh_protocol::{samples, Signed};
+        let ledger = Arc::new(Ledger::open(&dir.join("books")).unwrap());
+        let store = Arc::new(MarketStore::open(&dir.join("market")).unwrap());
+        let role = CoordinatorRole::new(
+            samples::coordinators()[0].clone(),
+            crate::coordinator::health::tests::config(),
+            ledger,
+            store,
+        );
+        let before = role.ledger.journal_len().unwrap();
+        let mut ids = Vec::new();
+        for k in references {
+            let mut deposit = samples::deposit().unwrap().body;
+            deposit.reference = format!("payment {k}");
+            let deposit = Signed::sign(deposit, &samples::admin()).unwrap();
+            let now = deposit.body.created_at.plus_ms(1_000);
+            let answer = role.answer(CoordinatorRequest::Deposit(deposit.clone()), now);
+            assert_eq!(answer, CoordinatorResponse::Applied);
+            ids.push(deposit.id().unwrap());
+        }
+        assert_eq!(
+            role.ledger.journal_len().unwrap(),
+            before + ids.len() as u64
+        );
+        (role, ids)
+    }
+
+    #[test]
+    fn a_restarted_member_resumes_its_comparison_at_the_oldest_entry_still_lacking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (role, ids) = role_with_deposits(dir.path(), 0..5);
+        assert_eq!(Cursor::resumed(&role).next, 0, "nothing compared yet");
+
+        // Asked about all five; some member still lacks the third.
+        record_mark(&role, 5, &BTreeSet::from([ids[2]]));
+        assert_eq!(Cursor::resumed(&role).next, 2);
+        // The mark never moves back, nor past the journal.
+        record_mark(&role, 1, &BTreeSet::new());
+        assert_eq!(Cursor::resumed(&role).next, 2);
+        record_mark(&role, 99, &BTreeSet::new());
+        assert_eq!(Cursor::resumed(&role).next, 5);
+        let audit = role.ledger.audit_records(0, 1_000).unwrap();
+        let moves = audit
+            .iter()
+            .filter(|r| r.record.action == rigmesh_ledger::audit::Action::BooksCompared)
+            .count();
+        assert_eq!(moves, 2, "one audit record each time the mark moved");
+
+        // A restart reads the mark from disk, and asks about the entries
+        // after it only.
+        drop(role);
+        let (role, later) = role_with_deposits(dir.path(), 5..7);
+        let mut cursor = Cursor::resumed(&role);
+        assert_eq!(cursor.next, 5);
+        let (first, _) = new_entries(&role, &mut cursor);
+        assert!(first.is_empty(), "the first round only marks the journal");
+        assert_eq!(new_entries(&role, &mut cursor), (later, 0));
     }
 }

@@ -11,6 +11,10 @@
 //! escrow orders would race for the account's debit sequence number.
 //! Further bids wait here, at most [`MAX_QUEUED_BIDS`], in the order they
 //! came; beyond that a bid is answered busy at once.
+//!
+//! The escrow top-ups a raised cap calls for are debits of the same
+//! account, so they take the same slot: while they run in their task no
+//! bid starts, and while a bid is in flight they wait for it.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -89,6 +93,35 @@ impl Queued {
     }
 }
 
+/// A top-up of one running lease's escrow: what the loop decided, and how
+/// it went.
+pub(super) struct TopUp {
+    /// The lease.
+    pub(super) lease: Id,
+    /// Added to its escrow.
+    pub(super) delta: rigmesh_protocol::Credits,
+    /// The escrow it makes.
+    pub(super) target: rigmesh_protocol::Credits,
+    /// Certified and applied, or why not.
+    pub(super) result: Result<(), BidError>,
+}
+
+/// What a task of top-ups brings back to the loop.
+pub(super) struct TopUpsDone {
+    /// Each lease's top-up, in the order they were made.
+    pub(super) top_ups: Vec<TopUp>,
+    /// Escrows of earlier orders of the account completed on the way.
+    pub(super) orphans: Vec<crate::quorum::Completed>,
+}
+
+/// What ended in the bid slot.
+pub(super) enum SlotDone {
+    /// A bid.
+    Bid(Box<Finished>),
+    /// Top-ups of escrows (an error when their task panicked).
+    TopUps(Result<TopUpsDone, JoinError>),
+}
+
 /// A bid whose task runs.
 struct InFlight {
     request: BidRequest,
@@ -164,6 +197,8 @@ impl BidQueueMetrics {
 #[derive(Default)]
 pub(super) struct BidQueue {
     in_flight: Option<InFlight>,
+    /// Top-ups of running leases' escrows, whose task runs.
+    top_ups: Option<JoinHandle<TopUpsDone>>,
     queue: VecDeque<Queued>,
     /// Standing bids to look at the book for again, one at a time, after
     /// something arrived that may let them match.
@@ -180,9 +215,10 @@ impl BidQueue {
         }
     }
 
-    /// Whether a bid is in flight.
+    /// Whether a bid or the top-ups of escrows are in flight: the
+    /// account's debits are taken one at a time.
     pub(super) fn busy(&self) -> bool {
-        self.in_flight.is_some()
+        self.in_flight.is_some() || self.top_ups.is_some()
     }
 
     /// The standing bid whose look at the book is in flight.
@@ -269,6 +305,33 @@ impl BidQueue {
         })
     }
 
+    /// Waits for what is in flight, a bid or top-ups, to end; `None` at
+    /// once when nothing is. Cancel safe.
+    pub(super) async fn done(&mut self) -> Option<SlotDone> {
+        if self.top_ups.is_some() {
+            return self.top_ups_finished().await.map(SlotDone::TopUps);
+        }
+        self.finished().await.map(|f| SlotDone::Bid(Box::new(f)))
+    }
+
+    /// Starts `task`, the top-ups of running leases' escrows. Only called
+    /// when nothing is in flight.
+    pub(super) fn launch_top_ups<F>(&mut self, task: F)
+    where
+        F: std::future::Future<Output = TopUpsDone> + Send + 'static,
+    {
+        debug_assert!(!self.busy(), "one debit in flight at a time");
+        self.top_ups = Some(tokio::spawn(task));
+    }
+
+    /// Waits for the top-ups in flight to end; `None` at once when none
+    /// are. Cancel safe like [`Self::finished`].
+    pub(super) async fn top_ups_finished(&mut self) -> Option<Result<TopUpsDone, JoinError>> {
+        let done = self.top_ups.as_mut()?.await;
+        self.top_ups = None;
+        Some(done)
+    }
+
     fn count_queue(&self) {
         self.metrics
             .queued
@@ -328,6 +391,28 @@ mod tests {
         assert!(finished.done.as_ref().err().is_some_and(|e| e.is_panic()));
         assert_eq!(finished.request.gpu, "A100");
         assert!(matches!(finished.purpose, Purpose::Command { .. }));
+        assert!(!queue.busy(), "the next bid may start");
+    }
+
+    #[tokio::test]
+    async fn bids_wait_while_escrows_are_topped_up() {
+        let mut queue = BidQueue::default();
+        assert!(queue.top_ups_finished().await.is_none());
+        let (release, hold) = oneshot::channel::<()>();
+        queue.launch_top_ups(async move {
+            let _ = hold.await;
+            TopUpsDone {
+                top_ups: Vec::new(),
+                orphans: Vec::new(),
+            }
+        });
+        assert!(queue.busy(), "no bid starts while the top-ups debit");
+        release.send(()).unwrap();
+        let done = queue
+            .top_ups_finished()
+            .await
+            .expect("top-ups were in flight");
+        assert!(done.unwrap().top_ups.is_empty());
         assert!(!queue.busy(), "the next bid may start");
     }
 

@@ -31,7 +31,10 @@ use tokio::sync::{mpsc, watch};
 use super::book::BookQuery;
 use super::budget::Decision;
 use super::chores::{Chores, Done, EndFor, Net, Release};
-use super::inflight::{Agreed, BidDone, BidQueue, Finished, Purpose, Queued, MAX_QUEUED_BIDS};
+use super::inflight::{
+    Agreed, BidDone, BidQueue, Finished, Purpose, Queued, SlotDone, TopUp, TopUpsDone,
+    MAX_QUEUED_BIDS,
+};
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
 };
@@ -325,7 +328,10 @@ pub async fn run(
                     return;
                 }
             }
-            Some(finished) = customer.bids.finished() => customer.bid_finished(finished).await,
+            Some(done) = customer.bids.done() => match done {
+                SlotDone::Bid(finished) => customer.bid_finished(*finished).await,
+                SlotDone::TopUps(done) => customer.top_ups_finished(done).await,
+            },
             Some(command) = commands.recv() => customer.command(command).await,
             Some(done) = customer.chores.next() => customer.chore_done(done).await,
             message = accepted.recv() => match message {
@@ -858,9 +864,9 @@ impl Customer {
             }
         };
         self.conclude(request, purpose, result).await;
-        if std::mem::take(&mut self.top_up_due) {
+        if std::mem::take(&mut self.top_up_due) && !self.bids.busy() {
             let running = self.running_leases();
-            self.top_up_escrows(&running).await;
+            self.start_top_ups(&running);
         }
     }
 
@@ -898,6 +904,11 @@ impl Customer {
         }
         if let Some(finished) = self.bids.finished().await {
             self.take_in(finished).await;
+        }
+        // Top-ups in flight (or started by that bid's end) are waited for
+        // too, so the escrow they add is recorded.
+        if let Some(done) = self.bids.top_ups_finished().await {
+            self.take_in_top_ups(done).await;
         }
     }
 
@@ -1696,7 +1707,7 @@ impl Customer {
             // wait for it, and then count its escrow against the cap.
             self.top_up_due = true;
         } else {
-            self.top_up_escrows(&running).await;
+            self.start_top_ups(&running);
         }
         self.budget_report()
     }
@@ -1705,12 +1716,18 @@ impl Customer {
     /// running lease to what its caps now allow, so the quorum holds the
     /// new cap as it held the old one (settlement.md 5.5). A lowered cap
     /// needs nothing here: the lease ends when its spend reaches it, and
-    /// its final settlement refunds the rest of the escrow.
-    async fn top_up_escrows(&mut self, running: &[Id]) {
+    /// its final settlement refunds the rest of the escrow. The top-ups
+    /// are decided here and made in their own task, in the bid slot (the
+    /// caller checked that nothing is in flight); their outcomes come back
+    /// to [`Self::top_ups_finished`].
+    fn start_top_ups(&mut self, running: &[Id]) {
         let Some(quorum) = self.quorum.clone() else {
             return;
         };
         let now = UnixMillis::now();
+        let mut planned = Vec::new();
+        // Escrow this plan already adds, which the account's cap counts.
+        let mut adding = Credits::ZERO;
         for id in running {
             let Some(lease) = self.leases.get(id) else {
                 continue;
@@ -1730,7 +1747,7 @@ impl Customer {
             }
             if let Some(cap) = self.spending.caps().account {
                 let committed = match self.committed() {
-                    Ok(committed) => committed,
+                    Ok(committed) => committed.checked_add(adding).unwrap_or(Credits::MAX),
                     Err(err) => {
                         tracing::warn!(%err, "no top-up: the committed spend is not known");
                         return;
@@ -1750,24 +1767,65 @@ impl Customer {
                     continue;
                 }
             };
+            adding = adding.checked_add(delta).unwrap_or(Credits::MAX);
+            planned.push((*id, agreement, peer, delta, target));
+        }
+        if planned.is_empty() {
+            return;
+        }
+        let (key, network) = (self.key.clone(), self.network.clone());
+        self.bids.launch_top_ups(async move {
             let mut orphans = Vec::new();
-            let result = super::escrow::top_up(
-                &self.key,
-                &quorum,
-                &self.network,
-                peer,
-                &agreement,
-                delta,
-                &mut orphans,
-            )
-            .await;
-            for completed in orphans {
-                self.adopt_escrow(completed).await;
+            let mut top_ups = Vec::with_capacity(planned.len());
+            for (lease, agreement, peer, delta, target) in planned {
+                let result = super::escrow::top_up(
+                    &key,
+                    &quorum,
+                    &network,
+                    peer,
+                    &agreement,
+                    delta,
+                    &mut orphans,
+                )
+                .await
+                .map(|_| ());
+                top_ups.push(TopUp {
+                    lease,
+                    delta,
+                    target,
+                    result,
+                });
             }
+            TopUpsDone { top_ups, orphans }
+        });
+    }
+
+    /// Takes in the top-ups' outcomes: escrows completed on the way are
+    /// adopted, and each lease's escrow grows by what was certified.
+    async fn take_in_top_ups(&mut self, done: Result<TopUpsDone, tokio::task::JoinError>) {
+        let TopUpsDone { top_ups, orphans } = match done {
+            Ok(done) => done,
+            Err(err) => {
+                // What was certified is applied at the coordinators all
+                // the same; the next debit completes it as an earlier one.
+                tracing::error!(%err, "the escrow top-ups ended without an outcome");
+                return;
+            }
+        };
+        for completed in orphans {
+            self.adopt_escrow(completed).await;
+        }
+        for TopUp {
+            lease: id,
+            delta,
+            target,
+            result,
+        } in top_ups
+        {
             match result {
-                Ok(_) => {
-                    if let Some(lease) = self.leases.get_mut(id) {
-                        lease.escrowed = escrowed.checked_add(delta);
+                Ok(()) => {
+                    if let Some(lease) = self.leases.get_mut(&id) {
+                        lease.escrowed = lease.escrowed.and_then(|e| e.checked_add(delta));
                         if let Err(err) = self.records.put_lease(&record_of(lease)) {
                             tracing::warn!(%err, lease = %id, "lease not recorded");
                         }
@@ -1777,6 +1835,18 @@ impl Customer {
                 Err(err) => tracing::warn!(lease = %id, %err, "escrow not topped up"),
             }
         }
+    }
+
+    /// The top-ups in their task ended: their outcomes are taken in, and
+    /// what waited for the slot goes next (top-ups a cap raised meanwhile,
+    /// then bids).
+    async fn top_ups_finished(&mut self, done: Result<TopUpsDone, tokio::task::JoinError>) {
+        self.take_in_top_ups(done).await;
+        if std::mem::take(&mut self.top_up_due) {
+            let running = self.running_leases();
+            self.start_top_ups(&running);
+        }
+        self.start_next().await;
     }
 
     /// What the account's leases hold against its cap: each unsettled

@@ -7,6 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
+#[path = "common/offers.rs"]
+mod offers;
+#[path = "common/silent.rs"]
+mod silent;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,11 +26,13 @@ use rigmesh_node::quorum::Quorum;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
 use rigmesh_protocol::rpc::{
-    CertificateFrame, CoordinatorRequest, CoordinatorResponse, SettlementBundle,
+    CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseRequest, LeaseResponse,
+    SettlementBundle,
 };
 use rigmesh_protocol::{
     Approval, Credits, Deposit, Keypair, Kind, Signed, UnixMillis, Withdrawal, PROTOCOL_VERSION,
 };
+use silent::{agree, held_proposal, held_request, silent_supplier, SILENT_MODEL};
 
 const ADMIN: [u8; 32] = [0x41; 32];
 
@@ -156,20 +162,22 @@ fn body(response: &str) -> serde_json::Value {
 /// Four coordinators, a supplier and a customer in `dirs` (six of them),
 /// all connected.
 async fn market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode, RunningNode) {
-    market_with(dirs, |_| {}).await
+    market_with(dirs, |_| {}, |_| {}).await
 }
 
-/// [`market`], with `supplier` applied to the supplier's configuration.
+/// [`market`], with `supplier` applied to the supplier's configuration and
+/// `customer` to the customer's.
 async fn market_with(
     dirs: &[tempfile::TempDir],
     supplier: impl FnOnce(&mut NodeConfig),
+    customer: impl FnOnce(&mut NodeConfig),
 ) -> (Vec<RunningNode>, RunningNode, RunningNode) {
     let mut cs = Vec::new();
     for (i, dir) in dirs.iter().take(4).enumerate() {
         cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
     }
     let supplier = start_with(Role::Supplier, dirs[4].path(), None, supplier).await;
-    let customer = start(Role::Customer, dirs[5].path(), None).await;
+    let customer = start_with(Role::Customer, dirs[5].path(), None, customer).await;
     let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
     mesh(&all).await;
     (cs, supplier, customer)
@@ -178,16 +186,17 @@ async fn market_with(
 /// [`market`], once the customer knows every node's binding and the
 /// supplier's offer.
 async fn ready_market(dirs: &[tempfile::TempDir]) -> (Vec<RunningNode>, RunningNode, RunningNode) {
-    ready_market_with(dirs, |_| {}).await
+    ready_market_with(dirs, |_| {}, |_| {}).await
 }
 
 /// [`ready_market`], with `supplier` applied to the supplier's
-/// configuration.
+/// configuration and `customer` to the customer's.
 async fn ready_market_with(
     dirs: &[tempfile::TempDir],
     supplier: impl FnOnce(&mut NodeConfig),
+    customer: impl FnOnce(&mut NodeConfig),
 ) -> (Vec<RunningNode>, RunningNode, RunningNode) {
-    let (cs, supplier, customer) = market_with(dirs, supplier).await;
+    let (cs, supplier, customer) = market_with(dirs, supplier, customer).await;
     let store = customer.store.clone();
     eventually(20, "bindings and an offer at the customer", || {
         let store = store.clone();
@@ -1636,13 +1645,114 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
     }
 }
 
+/// A raised cap's top-up whose hand-over a silent supplier holds: the
+/// customer answers the cap change at once, and the other lease's windows
+/// are still acked at its supplier meanwhile; the top-up itself is on
+/// every coordinator's books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_held_by_a_silent_supplier_holds_up_nothing_else() {
+    common::logs();
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = ready_market_with(
+        &dirs,
+        |_| {},
+        |c| c.network.limits.request_timeout_secs = 30,
+    )
+    .await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0020").await;
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let mut silent = silent_supplier(&customer, Some(account_of(dirs[4].path()).public())).await;
+
+    // A lease with the silent supplier, capped low: it agrees and takes the
+    // escrow's hand-over, and then says nothing.
+    let (t, bid) = (
+        token.clone(),
+        format!(
+            r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1,"window_secs":60,"budget":"0.01"}}"#
+        ),
+    );
+    let bidding = tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &bid).await });
+    let proposal = held_proposal(&mut silent, &customer).await;
+    agree(&silent, proposal).await;
+    let fund_request = held_request(&mut silent, "the escrow's hand-over").await;
+    assert!(matches!(
+        LeaseRequest::from_bytes(&fund_request.bytes),
+        Ok(LeaseRequest::Fund(_))
+    ));
+    silent
+        .handle
+        .respond(
+            Protocol::Lease,
+            fund_request.channel,
+            LeaseResponse::Accepted.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+    let r = bidding.await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let quiet: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+
+    // A lease with the real supplier, acked window by window.
+    let r = bid_one(&customer, dirs[5].path(), "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let supplier_store = supplier.store.clone();
+    let acked = move || supplier_store.count(Kind::UsageAck);
+    let acks = acked.clone();
+    eventually(30, "an ack at the supplier", || {
+        let acks = acks.clone();
+        async move { acks() >= 1 }
+    })
+    .await;
+
+    // The quiet lease's cap goes up: its top-up is certified, and its
+    // hand-over reaches the silent supplier, which holds it.
+    let cap: Credits = "0.05".parse().unwrap();
+    let change = format!(r#"{{"lease":"{quiet}","cap":"{cap}"}}"#);
+    let (t, c) = (token.clone(), change.clone());
+    let changing =
+        tokio::spawn(async move { common::http(api, "PUT", "/v1/budget", &t, Some(&c)).await });
+    let held = held_request(&mut silent, "the top-up's hand-over").await;
+    assert!(matches!(
+        LeaseRequest::from_bytes(&held.bytes),
+        Ok(LeaseRequest::Fund(_))
+    ));
+    let cs_ref = &cs;
+    eventually(20, "the top-up at every coordinator", || async move {
+        cs_ref
+            .iter()
+            .all(|c| lease_book(c, &quiet).is_some_and(|b| b.amount == cap))
+    })
+    .await;
+    // Meanwhile the cap change is answered, and the other lease's windows
+    // are acked, while the hand-over is still held.
+    eventually(5, "the cap change answered", || {
+        let done = changing.is_finished();
+        async move { done }
+    })
+    .await;
+    let r = changing.await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let before = acked();
+    let acks = acked.clone();
+    eventually(10, "two more acks at the supplier", || {
+        let acks = acks.clone();
+        async move { acks() >= before + 2 }
+    })
+    .await;
+    drop(held);
+    silent.stop().await;
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what_it_metered() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = ready_market_with(&dirs, |c| {
-        c.supplier.unanswered_end_secs = 3;
-    })
-    .await;
+    let (cs, supplier, customer) =
+        ready_market_with(&dirs, |c| c.supplier.unanswered_end_secs = 3, |_| {}).await;
     let buyer = account_of(dirs[5].path());
     let seller = account_of(dirs[4].path());
     fund(&customer, &buyer, "20", "wire-0011").await;
@@ -2231,9 +2341,11 @@ async fn a_supplier_refuses_a_customer_whose_reputation_is_below_its_minimum() {
     use rigmesh_protocol::wire::WireMessage;
     use rigmesh_protocol::{ReputationReport, Role as ReportRole};
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = ready_market_with(&dirs, |c| {
-        c.supplier.min_customer_reputation_bp = 8_000;
-    })
+    let (cs, supplier, customer) = ready_market_with(
+        &dirs,
+        |c| c.supplier.min_customer_reputation_bp = 8_000,
+        |_| {},
+    )
     .await;
     let buyer = account_of(dirs[5].path());
     fund(&customer, &buyer, "20", "wire-0013").await;

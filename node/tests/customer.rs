@@ -14,20 +14,23 @@
 mod common;
 #[path = "common/offers.rs"]
 mod offers;
+#[path = "common/silent.rs"]
+mod silent;
 
 use common::eventually;
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
 use rigmesh_node::config::{NodeConfig, Role};
-use rigmesh_node::network::Protocol;
+
 use rigmesh_node::node::RunningNode;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
-use rigmesh_protocol::rpc::{LeaseRequest, LeaseResponse};
+use rigmesh_protocol::rpc::LeaseRequest;
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
     Bid, Credits, GpuUsage, Id, Keypair, Kind, Offer, Signed, UnixMillis, UsageAttestation,
     PROTOCOL_VERSION,
 };
+use silent::{agree, held_proposal, silent_supplier, SILENT_MODEL};
 
 async fn start(
     role: Role,
@@ -842,88 +845,6 @@ async fn attestations_are_acked_while_a_bid_waits_on_a_silent_supplier() {
     }
 }
 
-/// The model only the silent supplier offers.
-const SILENT_MODEL: &str = "RTX4090";
-
-/// A supplier that never answers: a raw libp2p node, dialled by
-/// `customer`, that gossips an offer of two [`SILENT_MODEL`] GPUs and a node
-/// binding naming it, and holds every request it gets. Returns once the
-/// customer has both (and those of `also`, another supplier's account).
-async fn silent_supplier(
-    customer: &RunningNode,
-    also: Option<rigmesh_protocol::PublicKey>,
-) -> common::TestNode {
-    // Its own side gives up on a request much later than the customer.
-    let mut quiet = common::config();
-    quiet.limits.request_timeout_secs = 120;
-    let silent = common::spawn(
-        std::sync::Arc::new(common::temp_store()),
-        libp2p::identity::Keypair::generate_ed25519(),
-        quiet,
-        None,
-    )
-    .await;
-    customer.handle.dial(silent.dial_addr()).await.unwrap();
-    let key = silent_key();
-    let offer = WireMessage::Offer(offers::offer(&key, SILENT_MODEL, 1_000_000, "eu"));
-    let now = UnixMillis::now();
-    let binding = WireMessage::NodeBinding(
-        Signed::sign(
-            rigmesh_protocol::NodeBinding {
-                version: PROTOCOL_VERSION,
-                account: key.public(),
-                peer_id: silent.peer_id().to_bytes(),
-                created_at: now,
-                expires_at: now.plus_ms(3_600_000),
-            },
-            &key,
-        )
-        .unwrap(),
-    );
-    let (store, handle) = (customer.store.clone(), silent.handle.clone());
-    let suppliers: Vec<_> = [Some(key.public()), also].into_iter().flatten().collect();
-    eventually(
-        20,
-        "the suppliers' offers and bindings at the customer",
-        || {
-            let (store, handle) = (store.clone(), handle.clone());
-            let (offer, binding, suppliers) = (offer.clone(), binding.clone(), suppliers.clone());
-            async move {
-                let _ = handle.publish(&offer).await;
-                let _ = handle.publish(&binding).await;
-                let now = UnixMillis::now();
-                let offers = store.all::<Offer>(now).unwrap();
-                let bindings = store.all::<rigmesh_protocol::NodeBinding>(now).unwrap();
-                suppliers.iter().all(|s| {
-                    offers.iter().any(|o| o.body.supplier == *s)
-                        && bindings.iter().any(|n| n.body.account == *s)
-                })
-            }
-        },
-    )
-    .await;
-    silent
-}
-
-/// The silent supplier's account.
-fn silent_key() -> Keypair {
-    Keypair::from_seed([0x5b; 32])
-}
-
-/// The lease proposal `customer` sent the silent supplier, held unanswered.
-async fn held_proposal(
-    silent: &mut common::TestNode,
-    customer: &RunningNode,
-) -> rigmesh_node::network::InboundRequest {
-    let proposal = tokio::time::timeout(std::time::Duration::from_secs(20), silent.inbound.recv())
-        .await
-        .expect("the proposal reaches the silent supplier")
-        .unwrap();
-    assert_eq!(proposal.protocol, rigmesh_node::network::Protocol::Lease);
-    assert_eq!(proposal.peer, customer.peer_id);
-    proposal
-}
-
 /// A node stopped while a bid hangs on a silent supplier and another
 /// waits behind it answers both: the hanging one with the network's
 /// error once its task ends, the queued one busy, never placed.
@@ -1002,35 +923,7 @@ async fn attestations_are_acked_while_a_termination_waits_on_a_silent_supplier()
     );
     let bid = tokio::spawn(async move { common::http_post(api, "/v1/bid", &t, &silent_bid).await });
     let request = held_proposal(&mut silent, &customer).await;
-    let Ok(LeaseRequest::Propose(proposal)) = LeaseRequest::from_bytes(&request.bytes) else {
-        panic!("a lease proposal");
-    };
-    let now = UnixMillis::now();
-    let agreement = Signed::sign(
-        rigmesh_protocol::LeaseAgreement {
-            version: PROTOCOL_VERSION,
-            supplier: silent_key().public(),
-            hardware_fingerprint: Id::hardware_fingerprint(&["GPU-silent-0", "GPU-silent-1"]),
-            gpu_indices: vec![0, 1],
-            starts_at: now,
-            ends_at: now.plus_ms(u64::from(proposal.body.hours) * 3_600_000),
-            created_at: now,
-            proposal,
-        },
-        &silent_key(),
-    )
-    .unwrap();
-    silent
-        .handle
-        .respond(
-            Protocol::Lease,
-            request.channel,
-            LeaseResponse::Agreed(Box::new(agreement))
-                .to_bytes()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    agree(&silent, request).await;
     let r = bid.await.unwrap();
     assert_eq!(status(&r), 200, "{r}");
     let quiet_lease = body(&r)["lease"].as_str().unwrap().to_string();

@@ -864,7 +864,7 @@ impl Customer {
             }
         };
         self.conclude(request, purpose, result).await;
-        if std::mem::take(&mut self.top_up_due) && !self.bids.busy() {
+        if !self.bids.busy() && std::mem::take(&mut self.top_up_due) {
             let running = self.running_leases();
             self.start_top_ups(&running);
         }

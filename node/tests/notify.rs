@@ -659,17 +659,10 @@ impl BooksPair {
         let mut notify = quick_notify(&url, &secret_file);
         notify.recipients[0].audience = vec![rigmesh_protocol::Audience::Operators];
         let admin = rigmesh_protocol::Keypair::from_seed([0x41; 32]);
-        let with_admin = |mut config: NodeConfig| {
-            let set = config.coordinators.as_mut().unwrap();
-            set.admin = Some(admin.public());
-            set.books_compare_secs = 1;
-            set.member_unreachable_secs = 0;
-            config
-        };
-        let mut config = with_admin(coordinator(0, dirs[0].path()));
+        let mut config = Self::member(0, dirs[0].path(), &admin);
         config.notify = Some(notify);
         let watcher = rigmesh_node::node::start(config).await.unwrap();
-        let other = rigmesh_node::node::start(with_admin(coordinator(1, dirs[1].path())))
+        let other = rigmesh_node::node::start(Self::member(1, dirs[1].path(), &admin))
             .await
             .unwrap();
         other.handle.dial(dial_addr(&watcher)).await.unwrap();
@@ -680,6 +673,59 @@ impl BooksPair {
             admin,
             references: std::sync::atomic::AtomicU32::new(0),
             _dirs: dirs,
+        }
+    }
+
+    /// Member `i`'s configuration: comparing every second, `admin` its
+    /// admin key.
+    fn member(i: u8, dir: &std::path::Path, admin: &rigmesh_protocol::Keypair) -> NodeConfig {
+        let mut config = coordinator(i, dir);
+        let set = config.coordinators.as_mut().unwrap();
+        set.admin = Some(admin.public());
+        set.books_compare_secs = 1;
+        set.member_unreachable_secs = 0;
+        config
+    }
+
+    /// The other member stops; `frame` is applied at the watcher alone
+    /// meanwhile, and left behind by its comparison (no other member
+    /// answers about it); then the other member starts again on its own
+    /// books.
+    async fn posted_while_the_other_is_down(
+        self,
+        frame: &rigmesh_protocol::rpc::CertificateFrame,
+    ) -> BooksPair {
+        let BooksPair {
+            watcher,
+            other,
+            received,
+            admin,
+            references,
+            _dirs,
+        } = self;
+        other.stop().await.unwrap();
+        let role = watcher.coordinator.as_ref().unwrap();
+        assert!(role.apply(frame, UnixMillis::now()).is_ok());
+        let w = &watcher;
+        eventually(
+            30,
+            "the entry left behind by the comparison",
+            || async move {
+                compare_metric(w, "rigmesh_coordinator_books_compare_behind_entries").await >= 1
+            },
+        )
+        .await;
+        let other = rigmesh_node::node::start(Self::member(1, _dirs[1].path(), &admin))
+            .await
+            .unwrap();
+        other.handle.dial(dial_addr(&watcher)).await.unwrap();
+        BooksPair {
+            watcher,
+            other,
+            received,
+            admin,
+            references,
+            _dirs,
         }
     }
 
@@ -749,6 +795,15 @@ impl BooksPair {
     }
 }
 
+/// One of `node`'s books comparison figures on its /metrics.
+async fn compare_metric(node: &RunningNode, name: &str) -> u64 {
+    let metrics = common::http_get(node.monitoring, "/metrics", None).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not on /metrics"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_tells_its_operators_when_another_member_holds_other_books() {
     let mut pair = BooksPair::start().await;
@@ -806,16 +861,10 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
     );
     // Its operators see the comparison on /metrics: both of its entries
     // taken up, none left behind.
-    let metrics = common::http_get(pair.watcher.monitoring, "/metrics", None).await;
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} not on /metrics"))
-    };
-    assert!(value("rigmesh_coordinator_books_compared_entries_total ") >= 2);
+    let metric = |name| compare_metric(&pair.watcher, name);
+    assert!(metric("rigmesh_coordinator_books_compared_entries_total").await >= 2);
     assert_eq!(
-        value("rigmesh_coordinator_books_compare_behind_entries "),
+        metric("rigmesh_coordinator_books_compare_behind_entries").await,
         0
     );
 
@@ -826,5 +875,52 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
         delivered(r, "RESOLVED: books.disagree") > 0
     })
     .await;
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_posted_while_the_other_member_is_down_is_compared_once_it_is_back() {
+    let pair = BooksPair::start().await;
+    let account = rigmesh_protocol::Keypair::from_seed([0x74; 32]).public();
+    let first = pair.deposit(account, "5");
+    pair.apply_at(&[&pair.watcher, &pair.other], &first);
+    let w = &pair.watcher;
+    eventually(30, "the first entry compared", || async move {
+        compare_metric(w, "rigmesh_coordinator_books_compared_entries_total").await >= 1
+    })
+    .await;
+
+    // Posted while the other member is down: no one answers about it, so
+    // it waits, and is asked about once the member is back, which lacks it.
+    let only_here = pair.deposit(account, "3");
+    let only_here_id = match &only_here {
+        rigmesh_protocol::rpc::CertificateFrame::Deposit(d) => d.id().unwrap(),
+        _ => unreachable!(),
+    };
+    let mut pair = pair.posted_while_the_other_is_down(&only_here).await;
+    let alert = pair.disagree_alert().await;
+    assert!(
+        alert
+            .body
+            .contains(&format!("deposit entry {only_here_id}")),
+        "{}",
+        alert.body
+    );
+    assert_eq!(
+        compare_metric(
+            &pair.watcher,
+            "rigmesh_coordinator_books_compare_behind_entries"
+        )
+        .await,
+        0
+    );
+    assert!(
+        compare_metric(
+            &pair.watcher,
+            "rigmesh_coordinator_books_compared_entries_total"
+        )
+        .await
+            >= 2
+    );
     pair.stop().await;
 }

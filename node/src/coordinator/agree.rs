@@ -6,7 +6,8 @@
 //!   whatever order. Every entry this member posted at least one period
 //!   ago is asked about once (`CoordinatorRequest::Posted`), oldest
 //!   first, from the start of its journal; an entry another member has
-//!   not posted is asked about again the next round. An entry a member
+//!   not posted is asked about again the next round, and so are new
+//!   entries no other member answered about at all. An entry a member
 //!   still lacks then (at least two periods after this member posted it)
 //!   is a lasting difference, however much the accounts it touched have
 //!   moved since.
@@ -290,14 +291,13 @@ impl Cursor {
 }
 
 /// The ids of entries posted at least one period ago and not asked about
-/// yet, at most [`NEW_ENTRIES_PER_ROUND`], and how many such entries are
-/// left for later rounds; moves the cursor past the ids.
-fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> (Vec<Id>, u64) {
+/// yet, at most [`NEW_ENTRIES_PER_ROUND`]; moves the cursor past them.
+fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> Vec<Id> {
     let Ok(len) = role.ledger.journal_len() else {
-        return (Vec::new(), 0);
+        return Vec::new();
     };
     let Some(mark) = cursor.mark.replace(len) else {
-        return (Vec::new(), 0);
+        return Vec::new();
     };
     let end = mark.min(cursor.next.saturating_add(NEW_ENTRIES_PER_ROUND));
     let mut ids = Vec::new();
@@ -317,19 +317,14 @@ fn new_entries(role: &CoordinatorRole, cursor: &mut Cursor) -> (Vec<Id>, u64) {
         );
         cursor.next = last.saturating_add(1).min(end).max(cursor.next + 1);
     }
-    let behind = mark.saturating_sub(cursor.next);
-    if let Some(m) = &role.metrics {
-        m.books_compared.inc_by(ids.len() as u64);
-        m.books_compare_behind
-            .set(i64::try_from(behind).unwrap_or(i64::MAX));
+    ids
+}
+
+impl Cursor {
+    /// Entries posted at least one period ago that are not compared yet.
+    fn behind(&self) -> u64 {
+        self.mark.unwrap_or(0).saturating_sub(self.next)
     }
-    if behind > 0 {
-        tracing::debug!(
-            behind,
-            "the journal comparison is behind this member's journal"
-        );
-    }
-    (ids, behind)
 }
 
 /// Records how far the comparison has come: up to the oldest entry some
@@ -448,7 +443,7 @@ pub fn watch_books(
             }
             let r = role.clone();
             let c = cursor;
-            let Ok((accounts, (fresh, behind), c)) = tokio::task::spawn_blocking(move || {
+            let Ok((accounts, fresh, c)) = tokio::task::spawn_blocking(move || {
                 let mut c = c;
                 let fresh = new_entries(&r, &mut c);
                 (recent_accounts(&r), fresh, c)
@@ -457,13 +452,37 @@ pub fn watch_books(
             else {
                 continue;
             };
+            let asked_from = cursor.next;
             cursor = c;
+            let mut round = Round::default();
+            let mut asked: Vec<Id> = watch.suspected().into_iter().collect();
+            let suspected: BTreeSet<Id> = asked.iter().copied().collect();
+            let taken = fresh.len();
+            asked.extend(fresh.into_iter().filter(|id| !suspected.contains(id)));
+            if !asked.is_empty() {
+                round.unposted = unposted(&role, &quorum, &asked).await;
+            }
+            // New entries no other member answered about are not compared:
+            // they are asked about again next round (a member alone in its
+            // set has no one to ask).
+            let alone = quorum.set().members().len() < 2;
+            if taken > 0 && round.unposted.is_empty() && !alone {
+                cursor.next = asked_from;
+            } else if let Some(m) = &role.metrics {
+                m.books_compared.inc_by(taken as u64);
+            }
+            let behind = cursor.behind();
+            if let Some(m) = &role.metrics {
+                m.books_compare_behind
+                    .set(i64::try_from(behind).unwrap_or(i64::MAX));
+            }
             match behind_watch.round(behind) {
                 Some(Behind::FallingBehind(n)) => {
                     let message = format!(
                         "the comparison of this member's journal with the other members' is {n} entries \
                          behind and has not caught up on {BEHIND_ROUNDS} comparisons in a row: the journal \
-                         grows faster than {NEW_ENTRIES_PER_ROUND} entries every {} s",
+                         grows faster than {NEW_ENTRIES_PER_ROUND} entries every {} s, or no other member \
+                         answers",
                         every.as_secs()
                     );
                     tracing::warn!(behind = n, "the journal comparison falls behind");
@@ -474,13 +493,6 @@ pub fn watch_books(
                     alerts.resolve(&behind_alert(me, String::new()));
                 }
                 None => {}
-            }
-            let mut round = Round::default();
-            let mut asked: Vec<Id> = watch.suspected().into_iter().collect();
-            let suspected: BTreeSet<Id> = asked.iter().copied().collect();
-            asked.extend(fresh.into_iter().filter(|id| !suspected.contains(id)));
-            if !asked.is_empty() {
-                round.unposted = unposted(&role, &quorum, &asked).await;
             }
             for account in accounts {
                 let theirs = quorum.accounts(&role.key, account).await;
@@ -756,8 +768,12 @@ mod tests {
         let (role, later) = role_with_deposits(dir.path(), 5..7);
         let mut cursor = Cursor::resumed(&role);
         assert_eq!(cursor.next, 5);
-        let (first, _) = new_entries(&role, &mut cursor);
-        assert!(first.is_empty(), "the first round only marks the journal");
-        assert_eq!(new_entries(&role, &mut cursor), (later, 0));
+        assert!(
+            new_entries(&role, &mut cursor).is_empty(),
+            "the first round only marks the journal"
+        );
+        assert_eq!(cursor.behind(), 2);
+        assert_eq!(new_entries(&role, &mut cursor), later);
+        assert_eq!(cursor.behind(), 0);
     }
 }

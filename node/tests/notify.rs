@@ -860,7 +860,7 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
         alert.body
     );
     // Its operators see the comparison on /metrics: both of its entries
-    // taken up, none left behind.
+    // compared, none left behind.
     let metric = |name| compare_metric(&pair.watcher, name);
     assert!(metric("rigmesh_coordinator_books_compared_entries_total").await >= 2);
     assert_eq!(

@@ -64,7 +64,7 @@ pub struct CoordinatorMetrics {
     /// Writers waiting for the books' flush when one began (the group
     /// commit's queue depth).
     pub commit_queue: Histogram,
-    /// Journal entries of this member taken up by the books comparison
+    /// Journal entries of this member compared with another member
     /// (specs/settlement.md 10.1), each counted once.
     pub books_compared: Counter,
     /// Journal entries posted at least one comparison period ago and not
@@ -132,7 +132,7 @@ impl CoordinatorMetrics {
         );
         r.register(
             "books_compared_entries",
-            "Journal entries of this member taken up by the books comparison",
+            "Journal entries of this member compared with at least one other member",
             metrics.books_compared.clone(),
         );
         r.register(

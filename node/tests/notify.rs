@@ -662,10 +662,7 @@ impl BooksPair {
         let mut config = Self::member(0, dirs[0].path(), &admin);
         config.notify = Some(notify);
         let watcher = rigmesh_node::node::start(config).await.unwrap();
-        let other = rigmesh_node::node::start(Self::member(1, dirs[1].path(), &admin))
-            .await
-            .unwrap();
-        other.handle.dial(dial_addr(&watcher)).await.unwrap();
+        let other = Self::other_member(dirs[1].path(), &admin, &watcher).await;
         BooksPair {
             watcher,
             other,
@@ -687,26 +684,32 @@ impl BooksPair {
         config
     }
 
+    /// The other member, started on its books in `dir` and connected to
+    /// `watcher`.
+    async fn other_member(
+        dir: &std::path::Path,
+        admin: &rigmesh_protocol::Keypair,
+        watcher: &RunningNode,
+    ) -> RunningNode {
+        let other = rigmesh_node::node::start(Self::member(1, dir, admin))
+            .await
+            .unwrap();
+        other.handle.dial(dial_addr(watcher)).await.unwrap();
+        other
+    }
+
     /// The other member stops; `frame` is applied at the watcher alone
     /// meanwhile, and left behind by its comparison (no other member
     /// answers about it); then the other member starts again on its own
     /// books.
     async fn posted_while_the_other_is_down(
-        self,
+        mut self,
         frame: &rigmesh_protocol::rpc::CertificateFrame,
     ) -> BooksPair {
-        let BooksPair {
-            watcher,
-            other,
-            received,
-            admin,
-            references,
-            _dirs,
-        } = self;
-        other.stop().await.unwrap();
-        let role = watcher.coordinator.as_ref().unwrap();
+        self.other.stop().await.unwrap();
+        let role = self.watcher.coordinator.as_ref().unwrap();
         assert!(role.apply(frame, UnixMillis::now()).is_ok());
-        let w = &watcher;
+        let w = &self.watcher;
         eventually(
             30,
             "the entry left behind by the comparison",
@@ -715,18 +718,8 @@ impl BooksPair {
             },
         )
         .await;
-        let other = rigmesh_node::node::start(Self::member(1, _dirs[1].path(), &admin))
-            .await
-            .unwrap();
-        other.handle.dial(dial_addr(&watcher)).await.unwrap();
-        BooksPair {
-            watcher,
-            other,
-            received,
-            admin,
-            references,
-            _dirs,
-        }
+        self.other = Self::other_member(self._dirs[1].path(), &self.admin, &self.watcher).await;
+        self
     }
 
     /// A new deposit of `credits` to `account`.
@@ -772,6 +765,25 @@ impl BooksPair {
         .await;
         let alert = self.last_alert("books.disagree");
         assert_eq!(alert.severity, "critical");
+        alert
+    }
+
+    /// The `books.disagree` alert, once delivered, naming the entry of
+    /// the deposit in `frame` as the first one missing.
+    async fn missing_alert_naming(
+        &mut self,
+        frame: &rigmesh_protocol::rpc::CertificateFrame,
+    ) -> WebhookBody {
+        let rigmesh_protocol::rpc::CertificateFrame::Deposit(deposit) = frame else {
+            panic!("a deposit");
+        };
+        let id = deposit.id().unwrap();
+        let alert = self.disagree_alert().await;
+        assert!(
+            alert.body.contains(&format!("deposit entry {id}")),
+            "{}",
+            alert.body
+        );
         alert
     }
 
@@ -839,23 +851,12 @@ async fn a_member_missing_an_entry_is_found_even_where_the_balances_agree() {
     let only_there = pair.deposit(account, "3");
     pair.apply_at(&[&pair.watcher], &only_here);
     pair.apply_at(&[&pair.other], &only_there);
-    let only_here_id = match &only_here {
-        rigmesh_protocol::rpc::CertificateFrame::Deposit(d) => d.id().unwrap(),
-        _ => unreachable!(),
-    };
 
-    let alert = pair.disagree_alert().await;
+    let alert = pair.missing_alert_naming(&only_here).await;
     let other = pair.other.coordinator.as_ref().unwrap().key.public();
     assert!(alert.body.contains(&other.to_string()), "{}", alert.body);
     assert!(
         alert.body.contains("has not posted 1 journal entries"),
-        "{}",
-        alert.body
-    );
-    assert!(
-        alert
-            .body
-            .contains(&format!("deposit entry {only_here_id}")),
         "{}",
         alert.body
     );
@@ -893,19 +894,8 @@ async fn an_entry_posted_while_the_other_member_is_down_is_compared_once_it_is_b
     // Posted while the other member is down: no one answers about it, so
     // it waits, and is asked about once the member is back, which lacks it.
     let only_here = pair.deposit(account, "3");
-    let only_here_id = match &only_here {
-        rigmesh_protocol::rpc::CertificateFrame::Deposit(d) => d.id().unwrap(),
-        _ => unreachable!(),
-    };
     let mut pair = pair.posted_while_the_other_is_down(&only_here).await;
-    let alert = pair.disagree_alert().await;
-    assert!(
-        alert
-            .body
-            .contains(&format!("deposit entry {only_here_id}")),
-        "{}",
-        alert.body
-    );
+    pair.missing_alert_naming(&only_here).await;
     assert_eq!(
         compare_metric(
             &pair.watcher,

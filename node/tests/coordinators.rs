@@ -2872,12 +2872,20 @@ async fn operator_api_writes_reach_every_coordinator_once_record_who_asked_and_b
         },
     )
     .await;
-    assert!(!customer
-        .handle
-        .peers()
-        .await
-        .unwrap()
-        .contains(&restarted.peer_id));
+    // The refusal closes the connection the customer saw open: it is gone
+    // from the customer's peers once the close reaches it.
+    eventually(10, "the banned peer's connection closed", || {
+        let (customer, restarted) = (&customer, &restarted);
+        async move {
+            !customer
+                .handle
+                .peers()
+                .await
+                .unwrap()
+                .contains(&restarted.peer_id)
+        }
+    })
+    .await;
 
     // Lifted, the peer connects again; lifting twice finds nothing.
     let r = common::http(

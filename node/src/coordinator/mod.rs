@@ -1107,35 +1107,58 @@ const REPLAY_EVERY_MS: u64 = 30_000;
 /// Runs the coordinator until `stop` turns true, publishing reputation
 /// reports every `report_every_ms`; its alerts are gossiped and handed to
 /// `alerts_to`.
+///
+/// Three loops run side by side, so none waits on another: answering
+/// requests, applying the certificates that arrive by gossip, and the
+/// housekeeping of every [`TICK`] (held certificates retried, reports,
+/// alerts, the integrity check, the binding). A gossiped certificate
+/// waiting for its flush, or a tick publishing a burst of alerts, never
+/// holds up the admission of a request.
 pub async fn run(
     role: Arc<CoordinatorRole>,
     report_every_ms: u64,
     network: NodeHandle,
-    mut inbound: mpsc::Receiver<InboundRequest>,
+    inbound: mpsc::Receiver<InboundRequest>,
     alerts_to: crate::notify::AlertSink,
+    stop: watch::Receiver<bool>,
+) {
+    tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
+    // Set when gossip skipped certificates (the subscriber lagged): the
+    // housekeeping applies them from the store.
+    let replay_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::join!(
+        answer_requests(role.clone(), network.clone(), inbound, stop.clone()),
+        apply_gossip(
+            role.clone(),
+            network.clone(),
+            replay_due.clone(),
+            stop.clone()
+        ),
+        housekeeping(role, report_every_ms, network, alerts_to, replay_due, stop),
+    );
+}
+
+/// Whether `stop` has turned true (or its sender is gone).
+fn stopping(changed: Result<(), watch::error::RecvError>, stop: &watch::Receiver<bool>) -> bool {
+    changed.is_err() || *stop.borrow()
+}
+
+/// Admits and answers requests until `stop`.
+async fn answer_requests(
+    role: Arc<CoordinatorRole>,
+    network: NodeHandle,
+    mut inbound: mpsc::Receiver<InboundRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut accepted = network.subscribe();
-    let mut replay_due = false;
-    let mut next_replay = UnixMillis(0);
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut binding_due = UnixMillis(0);
-    let mut report_due = UnixMillis(0);
-    // The books and the audit chain are checked at start, then now and
-    // then; a failure is an operators' alert until a check passes again.
-    let mut integrity_due = UnixMillis(0);
-    let mut integrity_alerted = false;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ANSWERS));
     let admission = Arc::new(tokio::sync::Semaphore::new(
         MAX_CONCURRENT_ANSWERS + MAX_WAITING_ANSWERS,
     ));
-    tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
     loop {
         tokio::select! {
             biased;
             changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
+                if stopping(changed, &stop) {
                     return;
                 }
             }
@@ -1195,6 +1218,26 @@ pub async fn run(
                     }
                 });
             }
+        }
+    }
+}
+
+/// Applies the certificates gossip brings, one at a time, until `stop`.
+async fn apply_gossip(
+    role: Arc<CoordinatorRole>,
+    network: NodeHandle,
+    replay_due: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut accepted = network.subscribe();
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if stopping(changed, &stop) {
+                    return;
+                }
+            }
             message = accepted.recv() => {
                 match message {
                     Ok(AcceptedMessage { message, .. }) => {
@@ -1211,9 +1254,39 @@ pub async fn run(
                         // there on the next tick (one pass for any number
                         // of lags meanwhile).
                         tracing::warn!(skipped = n, "coordinator fell behind gossip; applying the stored certificates");
-                        replay_due = true;
+                        replay_due.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+}
+
+/// The periodic work, every [`TICK`], until `stop`.
+async fn housekeeping(
+    role: Arc<CoordinatorRole>,
+    report_every_ms: u64,
+    network: NodeHandle,
+    alerts_to: crate::notify::AlertSink,
+    replay_due: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut next_replay = UnixMillis(0);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut binding_due = UnixMillis(0);
+    let mut report_due = UnixMillis(0);
+    // The books and the audit chain are checked at start, then now and
+    // then; a failure is an operators' alert until a check passes again.
+    let mut integrity_due = UnixMillis(0);
+    let mut integrity_alerted = false;
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if stopping(changed, &stop) {
+                    return;
                 }
             }
             _ = tick.tick() => {
@@ -1221,8 +1294,7 @@ pub async fn run(
                 // At most one pass every REPLAY_EVERY_MS: a coordinator
                 // that keeps falling behind is overloaded already, and one
                 // pass after the last lag applies everything it skipped.
-                if replay_due && now >= next_replay {
-                    replay_due = false;
+                if now >= next_replay && replay_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     next_replay = now.plus_ms(REPLAY_EVERY_MS);
                     let r = role.clone();
                     if let Ok(n) = tokio::task::spawn_blocking(move || apply_stored(&r, now)).await {

@@ -15,14 +15,14 @@
 //! Three cases: one lease at a time (16 leases), 8 at once (64 leases)
 //! and 64 at once (256 leases); a lease starts settling as soon as
 //! another finishes, so that many are in flight throughout, as with a
-//! supplier's worker settling leases as they come due. Printed for each: certified settlements per second, p50 and p99
-//! certificate latency (from sending the request to the certificate
-//! applied at a quorum), the signature verifications per settlement as
-//! counted in the verification path
-//! ([`rigmesh_protocol::crypto::signature_checks`], every node of the
-//! bench runs in this process), and the ratio against the raw signature
-//! budget: raw ed25519 verifies/s measured in the same run divided by
-//! those verifications per settlement. Target: >= 0.5 for 8 and 64 at
+//! supplier's worker settling leases as they come due. Printed for each:
+//! certified settlements per second, p50 and p99 certificate latency
+//! (from sending the request to the certificate applied at a quorum),
+//! the signature verifications per settlement as counted in the
+//! verification path ([`rigmesh_protocol::crypto::signature_checks`],
+//! every node of the bench runs in this process), and the ratio against
+//! the raw signature budget: raw ed25519 verifies/s measured in the same
+//! run divided by those verifications per settlement. Target: >= 0.5 for 8 and 64 at
 //! once. Also printed: the writes of the coordinators' books and the
 //! flushes that made them durable, to show how far the group commit
 //! shares flushes, and the cores the whole process kept busy (every node

@@ -1122,18 +1122,16 @@ pub async fn run(
     alerts_to: crate::notify::AlertSink,
     stop: watch::Receiver<bool>,
 ) {
+    // Subscribed before anything is announced, so no certificate gossiped
+    // from then on is missed.
+    let accepted = network.subscribe();
     tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
     // Set when gossip skipped certificates (the subscriber lagged): the
     // housekeeping applies them from the store.
     let replay_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::join!(
         answer_requests(role.clone(), network.clone(), inbound, stop.clone()),
-        apply_gossip(
-            role.clone(),
-            network.clone(),
-            replay_due.clone(),
-            stop.clone()
-        ),
+        apply_gossip(role.clone(), accepted, replay_due.clone(), stop.clone()),
         housekeeping(role, report_every_ms, network, alerts_to, replay_due, stop),
     );
 }
@@ -1225,11 +1223,10 @@ async fn answer_requests(
 /// Applies the certificates gossip brings, one at a time, until `stop`.
 async fn apply_gossip(
     role: Arc<CoordinatorRole>,
-    network: NodeHandle,
+    mut accepted: tokio::sync::broadcast::Receiver<AcceptedMessage>,
     replay_due: Arc<std::sync::atomic::AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut accepted = network.subscribe();
     loop {
         tokio::select! {
             biased;

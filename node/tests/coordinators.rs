@@ -197,10 +197,12 @@ async fn ready_market_with(
     customer: impl FnOnce(&mut NodeConfig),
 ) -> (Vec<RunningNode>, RunningNode, RunningNode) {
     let (cs, supplier, customer) = market_with(dirs, supplier, customer).await;
-    let store = customer.store.clone();
+    // The offer counts once it is in the order book a bid reads, not only
+    // in the store.
+    let (store, book) = (customer.store.clone(), customer.book.clone());
     eventually(20, "bindings and an offer at the customer", || {
-        let store = store.clone();
-        async move { store.count(Kind::NodeBinding) >= 5 && store.count(Kind::Offer) >= 1 }
+        let (store, book) = (store.clone(), book.clone());
+        async move { store.count(Kind::NodeBinding) >= 5 && !book.is_empty() }
     })
     .await;
     (cs, supplier, customer)

@@ -414,10 +414,24 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut progress = super::progress::Progress::new("scenario");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The customer's termination and the final certificate reach the
+    // coordinator by separate gossip, in either order: once the final
+    // certificate is in, the termination is waited for a little longer.
+    let mut terminated = false;
+    let mut drain: Option<tokio::time::Instant> = None;
     loop {
         let message = tokio::select! {
             message = tokio::time::timeout_at(deadline, events.recv()) => {
                 message.context("the scenario did not finish within 3 minutes")?
+            }
+            () = async {
+                match drain {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                progress.done();
+                break;
             }
             _ = tick.tick() => {
                 progress.show("the lease runs until the budget cap ends it, then settles");
@@ -443,10 +457,16 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
                 "alert ({:?}) {}: {}",
                 a.body.severity, a.body.rule, a.body.message
             )),
-            WireMessage::LeaseTermination(t) => step(format!(
-                "the customer ended the lease ({:?}): {}; the supplier stops after this window",
-                t.body.reason, t.body.detail
-            )),
+            WireMessage::LeaseTermination(t) => {
+                step(format!(
+                    "the customer ended the lease ({:?}): {}; the supplier stops after this window",
+                    t.body.reason, t.body.detail
+                ));
+                terminated = true;
+                if drain.is_some() {
+                    break;
+                }
+            }
             WireMessage::SettlementCertificate(c) => {
                 let r = &c.message.body;
                 step(format!(
@@ -464,7 +484,10 @@ async fn scenario(m: &Market) -> anyhow::Result<()> {
                     }
                 ));
                 if r.final_settlement {
-                    break;
+                    if terminated {
+                        break;
+                    }
+                    drain = Some(tokio::time::Instant::now() + Duration::from_secs(5));
                 }
             }
             _ => {}

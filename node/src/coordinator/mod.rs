@@ -1136,9 +1136,9 @@ pub async fn run(
     );
 }
 
-/// Whether `stop` has turned true (or its sender is gone).
-fn stopping(changed: Result<(), watch::error::RecvError>, stop: &watch::Receiver<bool>) -> bool {
-    changed.is_err() || *stop.borrow()
+/// Returns once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Admits and answers requests until `stop`.
@@ -1155,11 +1155,7 @@ async fn answer_requests(
     loop {
         tokio::select! {
             biased;
-            changed = stop.changed() => {
-                if stopping(changed, &stop) {
-                    return;
-                }
-            }
+            () = stopped(&mut stop) => return,
             Some(request) = inbound.recv() => {
                 // Requests are answered concurrently, a bounded number at a
                 // time: the ledger's locks and its one writer keep each vote
@@ -1230,11 +1226,7 @@ async fn apply_gossip(
     loop {
         tokio::select! {
             biased;
-            changed = stop.changed() => {
-                if stopping(changed, &stop) {
-                    return;
-                }
-            }
+            () = stopped(&mut stop) => return,
             message = accepted.recv() => {
                 match message {
                     Ok(AcceptedMessage { message, .. }) => {
@@ -1281,11 +1273,7 @@ async fn housekeeping(
     loop {
         tokio::select! {
             biased;
-            changed = stop.changed() => {
-                if stopping(changed, &stop) {
-                    return;
-                }
-            }
+            () = stopped(&mut stop) => return,
             _ = tick.tick() => {
                 let now = UnixMillis::now();
                 // At most one pass every REPLAY_EVERY_MS: a coordinator

@@ -9,7 +9,7 @@
 #
 #   testnet/load.sh --dir DIR [--duration 60] [--budget 0.003] [--window-secs 2]
 #                   [--max-price 3.29] [--pause 0.2] [--settle-secs 90]
-#                   [--sample-secs 10]
+#                   [--sample-secs 10] [--samples-out FILE]
 #
 # It also reports, for a soak: every coordinator's books before and after
 # (the totals of its operator API's GET /v1/books: no credit made or lost,
@@ -17,7 +17,9 @@
 # run (p50 and p99 from their rigmesh_supplier_settlement_seconds
 # histograms, first sending to certificate) and each node's resident
 # memory, sampled every --sample-secs from /proc (early in the run against
-# its end, per role).
+# its end, per role, and each role's total over every sixth of the run, so
+# that a soak shows whether memory levels off); --samples-out keeps every
+# sample ("seconds name role rss_kb").
 #
 # Fund the customers first (testnet/fund.sh); every lease escrows its
 # whole price for an hour until it settles. Needs python3 for the report.
@@ -37,6 +39,7 @@ max_price=3.29
 pause=0.2
 settle_secs=90
 sample_secs=10
+samples_out=""
 while (($#)); do
     case $1 in
     --dir) dir=${2:?}; shift 2 ;;
@@ -47,6 +50,7 @@ while (($#)); do
     --pause) pause=${2:?}; shift 2 ;;
     --settle-secs) settle_secs=${2:?}; shift 2 ;;
     --sample-secs) sample_secs=${2:?}; shift 2 ;;
+    --samples-out) samples_out=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -209,6 +213,9 @@ if [[ -n $sampler ]]; then
     wait "$sampler" 2>/dev/null || true
     sampler=""
 fi
+if [[ -n $samples_out ]]; then
+    cp "$work/rss.tsv" "$samples_out" || note "cannot write the memory samples to $samples_out"
+fi
 fetch_books after
 fetch_metrics after
 
@@ -358,6 +365,20 @@ if samples:
         worst = max(rows, key=lambda r: r[2] / r[1])
         print(f"  {role:<12} {len(rows):>3} nodes: {e:8.1f} MB -> {l:8.1f} MB ({(l / e - 1) * 100:+.1f} %);"
               f" largest {max(r[3] for r in rows):.1f} MB; most growth {worst[0]} {worst[1]:.1f} -> {worst[2]:.1f} MB")
+    # Each role's total, the median of each node over every sixth of the
+    # run: growth that slows sixth by sixth is caches filling to their
+    # caps; growth that does not is a leak or a store without bounds.
+    print("resident memory by sixth of the run (each role's total of its nodes' medians, MB):")
+    sixth = duration / 6
+    for role in sorted(by_role):
+        names = {name for name, *_ in by_role[role]}
+        totals = []
+        for i in range(6):
+            medians = [statistics.median(kb for t, kb in rows if i * sixth <= t < (i + 1) * sixth)
+                       for (r, name), rows in samples.items()
+                       if r == role and name in names and any(i * sixth <= t < (i + 1) * sixth for t, _ in rows)]
+            totals.append(sum(medians) / 1024 if len(medians) == len(names) else None)
+        print(f"  {role:<12} " + " -> ".join("-" if v is None else f"{v:.1f}" for v in totals))
 else:
     print("resident memory: not sampled (no /proc)")
 sys.exit(0 if agree and closed_all == len(made) and books_ok else 1)

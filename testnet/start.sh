@@ -6,6 +6,7 @@
 #   testnet/start.sh [--dir DIR] [--coordinators 4] [--suppliers 3] [--customers 2]
 #                    [--base-port 29100] [--fund CREDITS] [--wait-secs 90]
 #                    [--unacked-timeout 3] [--settle-every 3] [--epoch 1]
+#                    [--evidence-grace SECS]
 #
 # A new DIR (default: a fresh temporary directory) gets keys and configs,
 # once every port it needs is free (a busy port leaves nothing written);
@@ -16,6 +17,10 @@
 # API), +3 (supplier API), +4 (public API), +5 (analytics API) and +6
 # (operator API); a node binds only those of its role. Ports below 32768 stay clear of the ports
 # the kernel hands out for outgoing connections and port 0.
+#
+# --evidence-grace sets how long after a lease is finally settled every
+# node keeps its usage evidence (default: the node's own, 7 days); a soak
+# sets it to minutes to see a store that compacts as it grows.
 #
 # Returns once every node answers on /health and every customer sees an
 # offer from every supplier; prints where everything is. Stop it with
@@ -43,6 +48,7 @@ wait_secs=90
 unacked_timeout=3
 settle_every=3
 epoch=1
+evidence_grace=""
 while (($#)); do
     case $1 in
     --dir) dir=${2:?}; shift 2 ;;
@@ -55,6 +61,7 @@ while (($#)); do
     --unacked-timeout) unacked_timeout=${2:?}; shift 2 ;;
     --settle-every) settle_every=${2:?}; shift 2 ;;
     --epoch) epoch=${2:?}; shift 2 ;;
+    --evidence-grace) evidence_grace=${2:?}; shift 2 ;;
     -h | --help) usage 0 ;;
     *) note "unknown argument $1"; usage ;;
     esac
@@ -62,6 +69,8 @@ done
 for n in coordinators suppliers customers base_port wait_secs unacked_timeout settle_every epoch; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "--${n//_/-} must be a whole number, not '${!n}'"
 done
+[[ -z $evidence_grace || $evidence_grace =~ ^[0-9]+$ ]] ||
+    die "--evidence-grace must be a whole number of seconds, not '$evidence_grace'"
 ((coordinators >= 1)) || die "--coordinators must be at least 1 (3f+1 tolerates f faults)"
 total=$((coordinators + suppliers + customers))
 ((base_port >= 1024 && base_port + 10 * total <= 65535)) ||
@@ -165,6 +174,9 @@ create_testnet() {
         echo "admin = \"$admin\""
         echo "unacked_timeout_secs = $unacked_timeout"
         echo "settle_every_windows = $settle_every"
+        if [[ -n $evidence_grace ]]; then
+            echo "evidence_grace_secs = $evidence_grace"
+        fi
     )
     {
         echo "# The coordinator set of this testnet, for rigmesh admin --config."

@@ -1,6 +1,7 @@
 //! Ingest throughput on one node: a mix of gossiped message kinds (offers,
-//! bids, usage attestations, usage acks and settlement certificates, in
-//! the proportions of a busy market) pushed through the node's real
+//! bids, usage attestations and acks of 500 running leases, window after
+//! window, and settlement certificates, in the proportions of a busy
+//! market) pushed through the node's real
 //! ingest queue and task ([`rigmesh_node::network::ingest::run`]: bounded
 //! queue, frame, decode, field and time checks, batched signature
 //! verification, certificates checked vote by vote with the strict rule,
@@ -35,6 +36,16 @@ use rigmesh_protocol::{
 };
 
 const MESSAGES: usize = 20_000;
+
+/// The running leases whose usage the attestations and acks report. A
+/// lease sends an attestation and its customer an ack every window, so, as
+/// in a busy market, most evidence names a lease seen a window before:
+/// here 8 attestations and 6 acks a lease.
+const LEASES: usize = 500;
+
+fn lease(index: usize) -> Id {
+    Id::hardware_fingerprint(&[format!("bench-lease-{}", index % LEASES)])
+}
 
 /// Of every 20 messages: 8 offers, 4 bids, 4 attestations, 3 acks and one
 /// settlement certificate (a certificate per few windows settled).
@@ -81,9 +92,13 @@ fn message(n: usize, now: UnixMillis, keys: &[Keypair]) -> WireMessage {
             )
             .unwrap(),
         ),
-        12..=15 => WireMessage::UsageAttestation(attestation(unique, now)),
+        12..=15 => {
+            let index = n / 20 * 4 + (n % 20 - 12);
+            WireMessage::UsageAttestation(attestation(lease(index), index / LEASES, now))
+        }
         16..=18 => {
-            let a = attestation(unique, now);
+            let index = n / 20 * 3 + (n % 20 - 16);
+            let a = attestation(lease(index), index / LEASES, now);
             WireMessage::UsageAck(
                 Signed::sign(
                     UsageAck {
@@ -91,7 +106,7 @@ fn message(n: usize, now: UnixMillis, keys: &[Keypair]) -> WireMessage {
                         lease: a.body.lease,
                         customer: samples::customer().public(),
                         attestation: a.id().unwrap(),
-                        seq: 0,
+                        seq: a.body.seq,
                         created_at: now,
                     },
                     &samples::customer(),
@@ -116,12 +131,22 @@ fn message(n: usize, now: UnixMillis, keys: &[Keypair]) -> WireMessage {
     }
 }
 
-/// One window of a lease named `lease`, made at `now`.
-fn attestation(lease: Id, now: UnixMillis) -> Signed<rigmesh_protocol::UsageAttestation> {
+/// Window `seq` of a lease named `lease`, made at `now`.
+fn attestation(
+    lease: Id,
+    seq: usize,
+    now: UnixMillis,
+) -> Signed<rigmesh_protocol::UsageAttestation> {
     let mut body = samples::usage_attestation_at(now.minus_ms(120_000))
         .unwrap()
         .body;
     body.lease = lease;
+    body.seq = seq as u64;
+    body.prev = if seq == 0 {
+        Id::ZERO
+    } else {
+        Id::hardware_fingerprint(&[format!("window-{seq}")])
+    };
     body.created_at = now;
     Signed::sign(body, &samples::supplier()).unwrap()
 }

@@ -176,10 +176,8 @@ pub struct MarketStore {
     /// Held by a write that may add evidence of a lease and by each step
     /// of compaction, so no message of a lease is written between the
     /// step that finds its evidence gone and the tombstone that refuses
-    /// more (compaction.rs). It guards the leases found without a
-    /// tombstone, so that a lease's evidence, window after window, is
-    /// not checked against the tombstones on disk every time.
-    lease_writes: std::sync::Arc<std::sync::Mutex<compaction::LiveLeases>>,
+    /// more (compaction.rs).
+    lease_writes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// What a coordinator saw of the windows a settlement request it voted
@@ -429,7 +427,7 @@ impl MarketStore {
         }
         // Held until the batch is applied: compaction must not find a
         // lease's evidence gone while a write of more is under way.
-        let mut writing = self
+        let _writing = self
             .lease_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -442,9 +440,7 @@ impl MarketStore {
             if let Some(lease) = &record.lease {
                 // Evidence of a compacted lease (a late copy, a replay)
                 // would stay for ever: nothing settles the lease again.
-                if EVIDENCE_KINDS.contains(&record.kind)
-                    && self.is_compacted_under(&mut writing, lease)?
-                {
+                if EVIDENCE_KINDS.contains(&record.kind) && self.is_compacted(lease)? {
                     continue;
                 }
                 if compaction::closes(record) {

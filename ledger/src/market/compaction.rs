@@ -149,59 +149,11 @@ pub(super) fn closes(record: &MarketRecord) -> bool {
     }
 }
 
-/// Leases found without a tombstone by a write of their evidence, most
-/// [`LIVE_LEASES_KEPT`] (then it starts afresh). Kept under the lock that
-/// writes of evidence and compaction steps share: a lease is added only
-/// under it, after the store said it has no tombstone, and removed under
-/// it by the step that writes its tombstone, so a lease in the set has
-/// none. A lease sends an attestation and an ack every window; this spares
-/// each of them a read of the tombstones on disk, at the check before the
-/// write and again under the lock.
-#[derive(Debug, Default)]
-pub struct LiveLeases {
-    ids: HashSet<Id>,
-}
-
-/// Leases remembered as live at most (about 3 MiB).
-const LIVE_LEASES_KEPT: usize = 65_536;
-
 impl MarketStore {
     /// True if the evidence of `lease` was compacted (its tombstone is
-    /// kept): evidence of it is not stored again. Without waiting for a
-    /// write under way: the lease's answer is what the store said then,
-    /// and a write of its evidence asks again under the lock.
+    /// kept): evidence of it is not stored again.
     pub fn is_compacted(&self, lease: &Id) -> Result<bool> {
-        let known_live = match self.lease_writes.try_lock() {
-            Ok(live) => live.ids.contains(lease),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                poisoned.into_inner().ids.contains(lease)
-            }
-            Err(std::sync::TryLockError::WouldBlock) => false,
-        };
-        if known_live {
-            return Ok(false);
-        }
-        self.tombstone_stored(lease)
-    }
-
-    fn tombstone_stored(&self, lease: &Id) -> Result<bool> {
         Ok(self.messages.contains_key(tombstone_key(lease))?)
-    }
-
-    /// [`MarketStore::is_compacted`] for a caller that holds the lock of
-    /// lease writes (`live`); remembers a lease found live.
-    pub(super) fn is_compacted_under(&self, live: &mut LiveLeases, lease: &Id) -> Result<bool> {
-        if live.ids.contains(lease) {
-            return Ok(false);
-        }
-        let compacted = self.tombstone_stored(lease)?;
-        if !compacted {
-            if live.ids.len() >= LIVE_LEASES_KEPT {
-                live.ids.clear();
-            }
-            live.ids.insert(*lease);
-        }
-        Ok(compacted)
     }
 
     /// One compaction round at `now`: deletes tombstones past keeping,
@@ -365,16 +317,13 @@ impl MarketStore {
     ) -> Result<(usize, bool)> {
         let mut removed = 0;
         loop {
-            let mut writing = self
+            let _writing = self
                 .lease_writes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut write = sled::Batch::default();
-            let first = !self.tombstone_stored(lease)?;
+            let first = !self.is_compacted(lease)?;
             if first {
-                // Forgotten before the tombstone is written, under the lock
-                // that every write of evidence takes.
-                writing.ids.remove(lease);
                 write.insert(tombstone_key(lease), now.0.to_be_bytes().to_vec());
                 write.insert(
                     tombstone_until_key(now.0.saturating_add(TOMBSTONE_KEPT_MS), lease),
@@ -827,52 +776,6 @@ mod tests {
             .unwrap();
         assert_eq!(gone.tombstones_pruned, 1);
         assert!(!store.is_compacted(&lease).unwrap());
-        store.check_lease_index().unwrap();
-    }
-
-    #[test]
-    fn evidence_written_while_its_lease_is_compacted_is_gone_when_compaction_ends() {
-        let store = MarketStore::temporary().unwrap();
-        let leases: Vec<Id> = (40..48u8).map(|n| Id([n; 32])).collect();
-        let records: Vec<Vec<MarketRecord>> = leases
-            .iter()
-            .map(|lease| evidence(*lease, 2).iter().map(record).collect())
-            .collect();
-        for (lease, evidence) in leases.iter().zip(&records) {
-            store.store(evidence).unwrap();
-            put(&store, &[settlement(*lease, 0, true, 0, &QUORUM)]);
-        }
-        // A peer keeps sending the leases' evidence (each write finds the
-        // lease live until its tombstone) while compaction runs.
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (store, done) = (store.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut rounds = 0;
-                while rounds < 20 || !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    for evidence in &records {
-                        store.store(evidence).unwrap();
-                    }
-                    rounds += 1;
-                }
-                records
-            })
-        };
-        let mut compacted = 0;
-        while compacted < leases.len() {
-            compacted += store
-                .compact_settled(&set(), UnixMillis(5_000), 0, 3)
-                .unwrap()
-                .compacted;
-        }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let records = writer.join().unwrap();
-        for (lease, evidence) in leases.iter().zip(&records) {
-            assert_eq!(evidence_of(&store, lease), 0, "nothing written after");
-            assert!(store.is_compacted(lease).unwrap());
-            store.store(evidence).unwrap();
-            assert_eq!(evidence_of(&store, lease), 0, "a replay is refused");
-        }
         store.check_lease_index().unwrap();
     }
 

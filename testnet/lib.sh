@@ -109,7 +109,15 @@ launch_node() {
     # close when the script ends even though the node lives on.
     RIGMESH_LOG=${RIGMESH_LOG:-info} "$RIGMESH" node run --config "$dir/node.toml" \
         </dev/null >>"$dir/node.log" 2>&1 &
-    echo $! >"$dir/pid"
+    local pid=$! tries=0
+    echo "$pid" >"$dir/pid"
+    # Until the child has exec'd the binary its command line is this
+    # script's, and node_pid would take the node for gone: wait for the
+    # exec (or the end of the child), up to 5 s on a loaded machine.
+    while ((tries < 100)) && kill -0 "$pid" 2>/dev/null && ! is_node_process "$pid" "$dir/node.toml"; do
+        sleep 0.05
+        tries=$((tries + 1))
+    done
 }
 
 # True when http://$1/health answers 200. curl when there is one, else

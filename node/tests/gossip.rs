@@ -281,6 +281,57 @@ async fn a_node_that_was_down_catches_up_through_sync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_larger_than_the_ingest_queue_arrives_whole() {
+    let set = samples::coordinator_set().unwrap();
+    // a holds 600 offers of 20 suppliers (each within its quota).
+    let a_store = Arc::new(common::temp_store());
+    let now = UnixMillis::now();
+    let mut ids = Vec::new();
+    let mut accepted = Vec::new();
+    for s in 0..20 {
+        let supplier = Keypair::generate().unwrap();
+        for i in 0..30 {
+            let mut o = offer(&supplier, 1, now);
+            o.body.hardware_fingerprint = Id::hardware_fingerprint(&[format!("GPU-{s}-{i}")]);
+            let o = Signed::sign(o.body, &supplier).unwrap();
+            let message = WireMessage::Offer(o);
+            let bytes = message.to_bytes().unwrap();
+            let id = message.id().unwrap();
+            ids.push(id);
+            accepted.push(network::store::AcceptedMessage { id, bytes, message });
+        }
+    }
+    network::store::MessageStore::store(a_store.as_ref(), &accepted).unwrap();
+    let a = spawn(
+        a_store,
+        libp2p::identity::Keypair::generate_ed25519(),
+        common::config(),
+        Some(set.clone()),
+    )
+    .await;
+    // b's ingest queue takes 40 messages; a sync page brings 100.
+    let mut small = common::config();
+    small.limits.ingest_queue = 40;
+    small.limits.ingest_batch = 8;
+    let b = spawn(
+        Arc::new(common::temp_store()),
+        libp2p::identity::Keypair::generate_ed25519(),
+        small,
+        Some(set),
+    )
+    .await;
+    connect(&b, &a).await;
+    let store = b.store.clone();
+    eventually(30, "b has every offer a held", || {
+        let store = store.clone();
+        let ids = ids.clone();
+        async move { ids.iter().all(|id| store.has(Kind::Offer, id)) }
+    })
+    .await;
+    assert_eq!(b.handle.stats().await.unwrap().dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_supplier_keeps_at_most_its_quota_of_offers_at_a_node() {
     let flooder = node().await;
     let honest = node().await;

@@ -184,6 +184,8 @@ pub struct NetworkLimits {
     /// Commands waiting for the swarm task.
     pub command_queue: usize,
     /// Gossip messages waiting for validation; beyond it they are dropped.
+    /// Catch-up sync fills at most three quarters of it: a sync page waits
+    /// for room, and the next page is asked for once it is in.
     pub ingest_queue: usize,
     /// Messages validated and written together.
     pub ingest_batch: usize,

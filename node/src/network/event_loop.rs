@@ -54,6 +54,22 @@ pub(crate) struct PendingSync {
     pages_left: u32,
 }
 
+/// Most sync pages waiting for room in the ingest queue; a page past them
+/// is dropped (counted) and its catch-up ends.
+const SYNC_PAGES_WAITING: usize = 16;
+
+/// How often pages waiting for room in the ingest queue try again.
+const SYNC_RETRY: Duration = Duration::from_millis(50);
+
+/// A sync page not yet all in the ingest queue: the rest of its frames,
+/// and the page after it, asked for once these are in. Catch-up is paced
+/// by ingest instead of overflowing its queue.
+pub(crate) struct WaitingSync {
+    sync: PendingSync,
+    frames: std::collections::VecDeque<Vec<u8>>,
+    next: Option<Vec<u8>>,
+}
+
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) commands: mpsc::Receiver<Command>,
@@ -69,6 +85,8 @@ pub(crate) struct EventLoop {
     /// protocols.
     pub(crate) pending: HashMap<(Protocol, OutboundRequestId), Reply<Vec<u8>>>,
     pub(crate) pending_sync: HashMap<OutboundRequestId, PendingSync>,
+    /// Sync pages waiting for room in the ingest queue, oldest first.
+    pub(crate) sync_waiting: std::collections::VecDeque<WaitingSync>,
     /// Request budgets per peer and protocol.
     pub(crate) requests: RequestLimiter,
     /// Strikes and bans by peer and by address.
@@ -123,6 +141,8 @@ impl EventLoop {
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut ban_clock = tokio::time::interval(Duration::from_secs(5));
+        let mut sync_retry = tokio::time::interval(SYNC_RETRY);
+        sync_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Bans restored from the store count from the start.
         self.update_ban_gauge();
         loop {
@@ -138,6 +158,9 @@ impl EventLoop {
                     let _ = self.swarm.behaviour_mut().sync.send_response(channel, page);
                 }
                 event = self.swarm.select_next_some() => self.handle_event(event),
+                _ = sync_retry.tick(), if !self.sync_waiting.is_empty() => {
+                    self.retry_waiting_sync();
+                }
                 _ = ban_clock.tick() => {
                     self.expire_bans();
                     self.redial_bootstrap();
@@ -1138,7 +1161,34 @@ impl EventLoop {
                 return;
             }
         };
-        for frame in page.frames {
+        let waiting = WaitingSync {
+            sync,
+            frames: page.frames.into(),
+            next: page.next,
+        };
+        if let Some(waiting) = self.feed_sync(waiting) {
+            if self.sync_waiting.len() < SYNC_PAGES_WAITING {
+                self.sync_waiting.push_back(waiting);
+            } else {
+                // Too many catch-ups at once: this one ends here (what it
+                // would have brought comes from the others, or with the
+                // next connection to the peer).
+                let dropped = u64::try_from(waiting.frames.len()).unwrap_or(u64::MAX);
+                self.metrics.ingest_dropped.inc_by(dropped);
+                self.stats.dropped = self.stats.dropped.saturating_add(dropped);
+            }
+        }
+    }
+
+    /// Puts the frames of a sync page into the ingest queue while it has
+    /// room beyond a quarter kept for gossip; when all are in, asks for
+    /// the next page. Returns the page when some are left.
+    fn feed_sync(&mut self, mut waiting: WaitingSync) -> Option<WaitingSync> {
+        let reserve = self.ingest.max_capacity() / 4;
+        while self.ingest.capacity() > reserve {
+            let Some(frame) = waiting.frames.pop_front() else {
+                break;
+            };
             let topic = frame
                 .first()
                 .and_then(|tag| rigmesh_protocol::Kind::from_tag(*tag))
@@ -1148,19 +1198,40 @@ impl EventLoop {
                 })
                 .unwrap_or("");
             let item = IngestItem {
-                source: sync.peer,
+                source: waiting.sync.peer,
                 message_id: None,
                 topic: topic.to_string(),
                 data: frame,
                 received: Instant::now(),
             };
             if self.ingest.try_send(item).is_err() {
+                // Closed (the node stops), or taken by gossip meanwhile.
                 self.metrics.ingest_dropped.inc();
                 self.stats.dropped += 1;
             }
         }
-        if let Some(next) = page.next {
+        if waiting.frames.is_empty() {
+            self.next_sync_page(waiting);
+            None
+        } else {
+            Some(waiting)
+        }
+    }
+
+    fn next_sync_page(&mut self, waiting: WaitingSync) {
+        if let Some(next) = waiting.next {
+            let sync = waiting.sync;
             self.request_sync_page(sync.peer, sync.topic, Some(next), sync.pages_left);
+        }
+    }
+
+    /// Feeds the pages waiting for room, oldest first.
+    fn retry_waiting_sync(&mut self) {
+        let waiting = std::mem::take(&mut self.sync_waiting);
+        for page in waiting {
+            if let Some(rest) = self.feed_sync(page) {
+                self.sync_waiting.push_back(rest);
+            }
         }
     }
 }

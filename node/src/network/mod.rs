@@ -495,6 +495,7 @@ pub async fn start(
         p2p_metrics,
         pending: HashMap::new(),
         pending_sync: HashMap::new(),
+        sync_waiting: std::collections::VecDeque::new(),
         requests: RequestLimiter::new(&limits.requests),
         offences,
         offence_writes: offence_tx,

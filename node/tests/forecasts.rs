@@ -244,12 +244,21 @@ async fn the_market_series_follow_the_live_offers() {
     let node = start(dir.path()).await;
     let api = node.analytics_api.unwrap();
     let token = read_token(dir.path(), Bootstrap::Customer).unwrap();
+    // The sampler writes the hour's offer count, then its price
+    // percentiles one after the other: wait for the last of them.
     eventually(20, "the market series", || async {
         let (_, series) =
             split(&common::http_get(api, "/v1/series/market/A100_80GB/offers", Some(&token)).await);
-        series["points"]
-            .as_array()
-            .is_some_and(|p| p.last().is_some_and(|p| p["value"] == 3.0))
+        let (_, p90) = split(
+            &common::http_get(api, "/v1/series/market/A100_80GB/price_p90", Some(&token)).await,
+        );
+        let last = |s: &serde_json::Value| {
+            s["points"]
+                .as_array()
+                .and_then(|p| p.last())
+                .map(|p| p["value"].clone())
+        };
+        last(&series) == Some(serde_json::json!(3.0)) && last(&p90) == Some(serde_json::json!(2.1))
     })
     .await;
     let (status, market) =

@@ -11,14 +11,22 @@
 //!   - `0xFF || supplier || fingerprint` -> `sequence u64 || id`: the live
 //!     offer of a supplier's device set;
 //!   - `0xFE || lease || tag(kind) || id` -> empty: the messages about a
-//!     lease (attestations, acks, disputes, terminations, settlement
-//!     certificates), so reading one lease's evidence is a prefix scan.
+//!     lease (attestations, acks, disputes, terminations, escrow,
+//!     settlement, release and resolution certificates), so reading one
+//!     lease's evidence or certificates is a prefix scan.
 //!   - `0xFD || author || tag(kind) || id` -> empty: the offers, bids,
 //!     bindings and alerts of one author, so its quota is a bounded
 //!     prefix scan;
 //!   - `0xFC || expires_at u64 || tag(kind) || id` -> author or empty:
 //!     every message that expires, in expiry order, so pruning reads only
 //!     what has expired;
+//!   - `0xF6 || coordinator || subject || role u8 || epoch u64` ->
+//!     `created_at u64 || id`: the one reputation report kept of each
+//!     coordinator about each account in a role and epoch, the newest
+//!     (a report replaces the one before it, as an offer does);
+//!   - `0xF5 || account || tag(kind) || id` -> empty: the deposits and
+//!     certificates that move an account's money, so its receipts are a
+//!     prefix scan;
 //!   - `0xFB` -> index version: set once the indexes cover every stored
 //!     message (a store written before them is indexed when opened);
 //!   - `0xFA || lease` -> empty, `0xF9 || due u64 || lease` -> empty,
@@ -34,7 +42,7 @@
 //! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
-//! Kind tags are below `0xF7`, so the indexes never mix with messages.
+//! Kind tags are below `0xF5`, so the indexes never mix with messages.
 
 use std::path::Path;
 
@@ -65,6 +73,112 @@ pub struct MarketRecord {
     /// Who wrote it, for the kinds held to a quota per author (offers,
     /// bids, bindings, alerts); see [`quota_of`].
     pub author: Option<PublicKey>,
+    /// For a reputation report: which report it replaces.
+    pub report: Option<ReportKey>,
+    /// The accounts whose money it moves (deposits and certificates),
+    /// for their receipts.
+    pub accounts: Vec<PublicKey>,
+}
+
+impl MarketRecord {
+    /// The record of `message`, whose content id is `id` and canonical
+    /// bytes `bytes`, with every index entry the store keeps for it.
+    pub fn of(message: &rigmesh_protocol::wire::WireMessage, id: Id, bytes: Vec<u8>) -> Self {
+        use rigmesh_protocol::wire::WireMessage;
+        MarketRecord {
+            kind: message.kind(),
+            id,
+            bytes,
+            offer: match message {
+                WireMessage::Offer(o) => Some(OfferKey {
+                    supplier: o.body.supplier,
+                    fingerprint: o.body.hardware_fingerprint,
+                    sequence: o.body.sequence,
+                    expires_at: o.body.expires_at,
+                }),
+                _ => None,
+            },
+            expires_at: expiry_of(message),
+            lease: lease_of(message),
+            author: quota_author(message),
+            report: match message {
+                WireMessage::ReputationReport(r) => Some(ReportKey {
+                    coordinator: r.body.coordinator,
+                    subject: r.body.subject,
+                    role: r.body.role,
+                    epoch: r.body.epoch,
+                    created_at: r.body.created_at,
+                }),
+                _ => None,
+            },
+            accounts: accounts_of(message),
+        }
+    }
+}
+
+/// The lease a message is about, for the lease index: usage evidence,
+/// terminations and the certificates that move a lease's escrow.
+pub fn lease_of(message: &rigmesh_protocol::wire::WireMessage) -> Option<Id> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::UsageAttestation(a) => Some(a.body.lease),
+        WireMessage::UsageAck(a) => Some(a.body.lease),
+        WireMessage::UsageDispute(d) => Some(d.body.lease),
+        WireMessage::LeaseTermination(t) => Some(t.body.lease),
+        WireMessage::EscrowCertificate(c) => Some(c.message.body.lease),
+        WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
+        WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
+        WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
+        _ => None,
+    }
+}
+
+/// The accounts whose money a deposit or certificate moves.
+pub fn accounts_of(message: &rigmesh_protocol::wire::WireMessage) -> Vec<PublicKey> {
+    use rigmesh_protocol::wire::WireMessage;
+    let pair = |a: PublicKey, b: PublicKey| if a == b { vec![a] } else { vec![a, b] };
+    match message {
+        WireMessage::Deposit(d) => vec![d.body.account],
+        WireMessage::EscrowCertificate(c) => vec![c.message.body.account],
+        WireMessage::WithdrawalCertificate(c) => vec![c.message.body.account],
+        WireMessage::SettlementCertificate(c) => {
+            pair(c.message.body.supplier, c.message.body.customer)
+        }
+        WireMessage::ReleaseCertificate(c) => {
+            pair(c.message.body.supplier, c.message.body.customer)
+        }
+        WireMessage::ResolutionCertificate(c) => {
+            pair(c.message.body.supplier, c.message.body.customer)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The kinds indexed by the accounts whose money they move.
+pub const ACCOUNT_KINDS: [Kind; 6] = [
+    Kind::Deposit,
+    Kind::EscrowCertificate,
+    Kind::SettlementCertificate,
+    Kind::WithdrawalCertificate,
+    Kind::ReleaseCertificate,
+    Kind::ResolutionCertificate,
+];
+
+/// What identifies a reputation report's place: one coordinator's score
+/// of one account in one role and epoch; a newer report replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportKey {
+    /// The coordinator that made it.
+    pub coordinator: PublicKey,
+    /// The account it scores.
+    pub subject: PublicKey,
+    /// As supplier or customer.
+    pub role: rigmesh_protocol::Role,
+    /// The coordinator set's epoch.
+    pub epoch: u64,
+    /// When it was made: the newer replaces the older (the lower id wins
+    /// a tie, as the order book decides).
+    pub created_at: UnixMillis,
 }
 
 /// Most live messages of `kind` one author may have stored: device sets
@@ -167,6 +281,8 @@ pub struct MarketStore {
     /// Offers read by scans ([`MarketStore::page`] and what is built on
     /// it) since the store was opened, shared by every clone.
     offers_scanned: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Messages of any kind read by those scans.
+    messages_scanned: std::sync::Arc<std::sync::atomic::AtomicU64>,
     messages: sled::Tree,
     bans: sled::Tree,
     offences: sled::Tree,
@@ -204,9 +320,16 @@ const BY_AUTHOR: u8 = 0xFD;
 const BY_EXPIRY: u8 = 0xFC;
 /// Key of the index version.
 const INDEX_VERSION_KEY: [u8; 1] = [0xFB];
+/// First byte of the keys of the reputation report kept per coordinator,
+/// account, role and epoch; above every kind tag.
+const LIVE_REPORT: u8 = 0xF6;
+/// First byte of account index keys; above every kind tag.
+const BY_ACCOUNT: u8 = 0xF5;
 /// The version of the indexes this code writes: 1 added the author and
-/// expiry indexes, 2 the leases that close (compaction).
-const INDEX_VERSION: u64 = 2;
+/// expiry indexes, 2 the leases that close (compaction), 3 the account
+/// index, escrow certificates in the lease index and one reputation
+/// report kept per coordinator and account.
+const INDEX_VERSION: u64 = 3;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -259,6 +382,54 @@ fn expiry_key(expires_at: u64, kind: Kind, id: &Id) -> Vec<u8> {
     key
 }
 
+fn report_slot(report: &ReportKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(74);
+    key.push(LIVE_REPORT);
+    key.extend_from_slice(report.coordinator.as_bytes());
+    key.extend_from_slice(report.subject.as_bytes());
+    key.push(match report.role {
+        rigmesh_protocol::Role::Supplier => 0,
+        rigmesh_protocol::Role::Customer => 1,
+    });
+    key.extend_from_slice(&report.epoch.to_be_bytes());
+    key
+}
+
+fn account_prefix(account: &PublicKey, kind: Kind) -> Vec<u8> {
+    let mut key = Vec::with_capacity(66);
+    key.push(BY_ACCOUNT);
+    key.extend_from_slice(account.as_bytes());
+    key.push(kind.tag());
+    key
+}
+
+/// Where a record takes the place of an earlier one (an offer of the same
+/// devices, a report of the same coordinator about the same account):
+/// the index key and the record's rank there.
+fn slot_of(record: &MarketRecord) -> Option<(Vec<u8>, u64)> {
+    if let Some(offer) = &record.offer {
+        return Some((
+            device_key(&offer.supplier, &offer.fingerprint),
+            offer.sequence,
+        ));
+    }
+    record
+        .report
+        .as_ref()
+        .map(|report| (report_slot(report), report.created_at.0))
+}
+
+/// True when a record of `kind` ranked `rank` with id `id` replaces the
+/// one held at its slot: an offer by a higher sequence only, a report by
+/// a later time or, made at the same millisecond, a lower id.
+fn replaces(kind: Kind, (rank, id): (u64, &Id), (held_rank, held_id): (u64, &Id)) -> bool {
+    if kind == Kind::Offer {
+        rank > held_rank
+    } else {
+        (rank, std::cmp::Reverse(id)) > (held_rank, std::cmp::Reverse(held_id))
+    }
+}
+
 fn device_key(supplier: &PublicKey, fingerprint: &Id) -> Vec<u8> {
     let mut key = Vec::with_capacity(65);
     key.push(LIVE_OFFER);
@@ -295,6 +466,7 @@ impl MarketStore {
             evidence: db.open_tree("coordinator/case_evidence")?,
             db,
             offers_scanned: Default::default(),
+            messages_scanned: Default::default(),
             lease_writes: Default::default(),
         }
         .indexed()
@@ -315,7 +487,10 @@ impl MarketStore {
         if version < 1 {
             self.index_authors_and_expiry()?;
         }
-        self.index_closing_leases()?;
+        if version < 2 {
+            self.index_closing_leases()?;
+        }
+        self.index_accounts_and_reports()?;
         self.messages
             .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
         Ok(self)
@@ -356,6 +531,80 @@ impl MarketStore {
             }
             self.messages.apply_batch(write)?;
         }
+        Ok(())
+    }
+
+    /// Indexes what a store written before index version 3 holds: the
+    /// deposits and certificates under the accounts whose money they
+    /// move, escrow certificates under their lease, and of the reputation
+    /// reports of each coordinator about each account, role and epoch
+    /// only the newest is kept, as [`MarketStore::store`] keeps them.
+    fn index_accounts_and_reports(&self) -> Result<()> {
+        use rigmesh_protocol::wire::WireMessage;
+        let mut write = sled::Batch::default();
+        let mut queued = 0;
+        for kind in ACCOUNT_KINDS {
+            let tag = kind.tag();
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                let (key, value) = entry?;
+                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+                let Ok(message) = WireMessage::decode(kind, value.get(8..).unwrap_or_default())
+                else {
+                    continue;
+                };
+                let record = MarketRecord::of(&message, id, Vec::new());
+                for account in &record.accounts {
+                    let mut key = account_prefix(account, kind);
+                    key.extend_from_slice(id.as_bytes());
+                    write.insert(key, Vec::new());
+                }
+                if let (Kind::EscrowCertificate, Some(lease)) = (kind, &record.lease) {
+                    let mut key = lease_prefix(lease, kind);
+                    key.extend_from_slice(id.as_bytes());
+                    write.insert(key, Vec::new());
+                }
+                queued += 1;
+                if queued == 10_000 {
+                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    queued = 0;
+                }
+            }
+        }
+        self.messages.apply_batch(std::mem::take(&mut write))?;
+        let tag = Kind::ReputationReport.tag();
+        let mut newest: std::collections::HashMap<Vec<u8>, (u64, Id)> =
+            std::collections::HashMap::new();
+        for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+            let (key, value) = entry?;
+            let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+            let message =
+                WireMessage::decode(Kind::ReputationReport, value.get(8..).unwrap_or_default());
+            let Some((slot, rank)) = message
+                .ok()
+                .and_then(|m| slot_of(&MarketRecord::of(&m, id, Vec::new())))
+            else {
+                write.remove(key);
+                continue;
+            };
+            match newest.get_mut(&slot) {
+                Some(held) if replaces(Kind::ReputationReport, (rank, &id), (held.0, &held.1)) => {
+                    write.remove(message_key(Kind::ReputationReport, &held.1));
+                    *held = (rank, id);
+                }
+                Some(_) => {
+                    write.remove(key);
+                }
+                None => {
+                    newest.insert(slot, (rank, id));
+                }
+            }
+        }
+        for (slot, (rank, id)) in newest {
+            let mut index = rank.to_be_bytes().to_vec();
+            index.extend_from_slice(id.as_bytes());
+            write.insert(slot, index);
+        }
+        self.messages.apply_batch(write)?;
         Ok(())
     }
 
@@ -405,6 +654,14 @@ impl MarketStore {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many messages of any kind scans of this store have read since
+    /// it was opened (point reads and index reads are not counted): a
+    /// read path served by an index leaves it where it was.
+    pub fn messages_scanned(&self) -> u64 {
+        self.messages_scanned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stored messages of `kind`.
     pub fn count(&self, kind: Kind) -> usize {
         self.messages.scan_prefix([kind.tag()]).count()
@@ -419,8 +676,10 @@ impl MarketStore {
     }
 
     /// Writes a batch atomically (one sled batch). An offer replaces the
-    /// live offer of the same devices if its sequence is higher; an older
-    /// one is skipped.
+    /// live offer of the same devices if its sequence is higher, a
+    /// reputation report the report of the same coordinator about the
+    /// same account, role and epoch if it is newer; an older one is
+    /// skipped.
     pub fn store(&self, batch: &[MarketRecord]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -455,34 +714,39 @@ impl MarketStore {
                 .map_or(u64::MAX, |t| t.0);
             value.extend_from_slice(&expires_at.to_be_bytes());
             value.extend_from_slice(&record.bytes);
-            if let Some(offer) = &record.offer {
-                let key = device_key(&offer.supplier, &offer.fingerprint);
+            if let Some((key, rank)) = slot_of(record) {
                 let current = match live.get(&key) {
                     Some(entry) => Some(*entry),
                     None => match self.messages.get(&key)? {
                         Some(v) => {
-                            let old = read_id(v.get(8..).unwrap_or_default(), "live offer id")?;
-                            let expires = match self.messages.get(message_key(Kind::Offer, &old))? {
+                            let old = read_id(v.get(8..).unwrap_or_default(), "live index id")?;
+                            let expires = match self.messages.get(message_key(record.kind, &old))? {
                                 Some(m) => read_u64(&m, "message expiry")?,
                                 None => u64::MAX,
                             };
-                            Some((read_u64(&v, "live offer sequence")?, old, expires))
+                            Some((read_u64(&v, "live index rank")?, old, expires))
                         }
                         None => None,
                     },
                 };
-                if let Some((seq, old, old_expires)) = current {
-                    if seq >= offer.sequence {
+                if let Some((held, old, old_expires)) = current {
+                    if !replaces(record.kind, (rank, &record.id), (held, &old)) {
                         continue;
                     }
-                    write.remove(message_key(Kind::Offer, &old));
-                    write.remove(author_key(&offer.supplier, Kind::Offer, &old));
-                    write.remove(expiry_key(old_expires, Kind::Offer, &old));
+                    // The slot's author is the record's: the supplier of
+                    // the devices, the coordinator of the report.
+                    write.remove(message_key(record.kind, &old));
+                    if let Some(author) = &record.author {
+                        write.remove(author_key(author, record.kind, &old));
+                    }
+                    if old_expires != u64::MAX {
+                        write.remove(expiry_key(old_expires, record.kind, &old));
+                    }
                 }
-                let mut index = offer.sequence.to_be_bytes().to_vec();
+                let mut index = rank.to_be_bytes().to_vec();
                 index.extend_from_slice(record.id.as_bytes());
                 write.insert(key.as_slice(), index);
-                live.insert(key, (offer.sequence, record.id, expires_at));
+                live.insert(key, (rank, record.id, expires_at));
             }
             if let Some(author) = &record.author {
                 write.insert(author_key(author, record.kind, &record.id), Vec::new());
@@ -498,6 +762,11 @@ impl MarketStore {
             }
             if let Some(lease) = &record.lease {
                 let mut key = lease_prefix(lease, record.kind);
+                key.extend_from_slice(record.id.as_bytes());
+                write.insert(key, Vec::new());
+            }
+            for account in &record.accounts {
+                let mut key = account_prefix(account, record.kind);
                 key.extend_from_slice(record.id.as_bytes());
                 write.insert(key, Vec::new());
             }
@@ -558,6 +827,8 @@ impl MarketStore {
                     self.offers_scanned
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                self.messages_scanned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 page.items.push((kind, bytes.to_vec()));
                 page.next = Some(key.to_vec());
             }
@@ -674,10 +945,28 @@ impl MarketStore {
     }
 
     fn lease_bytes(&self, lease: &Id, kind: Kind) -> Result<Vec<Vec<u8>>> {
+        self.indexed_bytes(lease_prefix(lease, kind), kind, "lease index")
+    }
+
+    /// The canonical bytes of every stored deposit or certificate of
+    /// `kind` (one of [`ACCOUNT_KINDS`]) that moves `account`'s money,
+    /// read through the account index.
+    pub fn about_account(&self, account: &PublicKey, kind: Kind) -> Result<Vec<Vec<u8>>> {
+        self.indexed_bytes(account_prefix(account, kind), kind, "account index")
+    }
+
+    /// The messages of `kind` an index names under `prefix` (one byte,
+    /// 32 bytes of lease or account, the kind's tag, then the id).
+    fn indexed_bytes(
+        &self,
+        prefix: Vec<u8>,
+        kind: Kind,
+        what: &'static str,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
+        for entry in self.messages.scan_prefix(prefix) {
             let (key, _) = entry?;
-            let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+            let id = read_id(key.get(34..).unwrap_or_default(), what)?;
             if let Some(value) = self.messages.get(message_key(kind, &id))? {
                 out.push(value.get(8..).unwrap_or_default().to_vec());
             }
@@ -882,6 +1171,8 @@ mod tests {
             expires_at: None,
             lease: None,
             author: None,
+            report: None,
+            accounts: Vec::new(),
         }
     }
 
@@ -915,6 +1206,8 @@ mod tests {
                 expires_at: None,
                 lease: Some(Id([7; 32])),
                 author: None,
+                report: None,
+                accounts: Vec::new(),
             })
             .collect();
         store.store(&certs).unwrap();
@@ -963,6 +1256,8 @@ mod tests {
             expires_at: None,
             lease: None,
             author: None,
+            report: None,
+            accounts: Vec::new(),
         };
         let mut batch: Vec<MarketRecord> = (0..7u8).map(|n| record(Kind::Deposit, n)).collect();
         batch.extend((10..17u8).map(|n| record(Kind::EscrowCertificate, n)));
@@ -1003,6 +1298,8 @@ mod tests {
             expires_at: Some(UnixMillis(expires)),
             lease: None,
             author: None,
+            report: None,
+            accounts: Vec::new(),
         };
         let cert = MarketRecord {
             kind: Kind::SettlementCertificate,
@@ -1012,6 +1309,8 @@ mod tests {
             expires_at: None,
             lease: Some(Id([7; 32])),
             author: None,
+            report: None,
+            accounts: Vec::new(),
         };
         store
             .store(&[offer(1, 1), bid(2, 500), bid(3, 5_000), cert])
@@ -1038,24 +1337,7 @@ mod tests {
 
     /// The record of a message as the node writes it.
     fn record_of(message: &rigmesh_protocol::wire::WireMessage) -> MarketRecord {
-        use rigmesh_protocol::wire::WireMessage;
-        MarketRecord {
-            kind: message.kind(),
-            id: message.id().unwrap(),
-            bytes: message.to_bytes().unwrap(),
-            offer: match message {
-                WireMessage::Offer(o) => Some(OfferKey {
-                    supplier: o.body.supplier,
-                    fingerprint: o.body.hardware_fingerprint,
-                    sequence: o.body.sequence,
-                    expires_at: o.body.expires_at,
-                }),
-                _ => None,
-            },
-            expires_at: expiry_of(message),
-            lease: None,
-            author: quota_author(message),
-        }
+        MarketRecord::of(message, message.id().unwrap(), message.to_bytes().unwrap())
     }
 
     #[test]
@@ -1191,6 +1473,208 @@ mod tests {
         assert_eq!(store.author_count(Kind::Alert, &issuer, 10).unwrap(), 0);
     }
 
+    /// A reputation report of `coordinator` (by its index in the sample
+    /// set) about the sample supplier.
+    fn report(
+        coordinator: usize,
+        role: rigmesh_protocol::Role,
+        created_at: u64,
+        score_bp: u16,
+    ) -> rigmesh_protocol::wire::WireMessage {
+        let key = &rigmesh_protocol::samples::coordinators()[coordinator];
+        let mut body = rigmesh_protocol::samples::reputation_report().unwrap().body;
+        body.coordinator = key.public();
+        body.role = role;
+        body.created_at = UnixMillis(created_at);
+        body.score_bp = score_bp;
+        rigmesh_protocol::wire::WireMessage::ReputationReport(
+            rigmesh_protocol::Signed::sign(body, key).unwrap(),
+        )
+    }
+
+    fn holds(store: &MarketStore, message: &rigmesh_protocol::wire::WireMessage) -> bool {
+        store
+            .contains(message.kind(), &message.id().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_newer_report_replaces_the_one_before_and_an_older_one_is_skipped() {
+        use rigmesh_protocol::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let store = MarketStore::open(dir.path()).unwrap();
+        let first = report(0, Role::Supplier, 100_000, 9_000);
+        store.store(&[record_of(&first)]).unwrap();
+        let newer = report(0, Role::Supplier, 200_000, 8_000);
+        store.store(&[record_of(&newer)]).unwrap();
+        assert!(holds(&store, &newer));
+        assert!(!holds(&store, &first), "the report it replaces is deleted");
+        // A late copy of an older report (gossip, a replay) is not kept.
+        let older = report(0, Role::Supplier, 150_000, 7_000);
+        store.store(&[record_of(&older)]).unwrap();
+        assert!(!holds(&store, &older));
+        assert_eq!(store.count(Kind::ReputationReport), 1);
+        // Another coordinator, or the same one about the other role, has a
+        // place of its own.
+        let other_member = report(1, Role::Supplier, 150_000, 7_000);
+        let other_role = report(0, Role::Customer, 150_000, 7_000);
+        store
+            .store(&[record_of(&other_member), record_of(&other_role)])
+            .unwrap();
+        assert_eq!(store.count(Kind::ReputationReport), 3);
+        // Within one batch, as if written one after the other.
+        let (latest, between) = (
+            report(0, Role::Supplier, 300_000, 6_000),
+            report(0, Role::Supplier, 250_000, 5_000),
+        );
+        store
+            .store(&[record_of(&latest), record_of(&between)])
+            .unwrap();
+        assert!(holds(&store, &latest) && !holds(&store, &between) && !holds(&store, &newer));
+        assert_eq!(store.count(Kind::ReputationReport), 3);
+        drop(store);
+        // Reopened, the place is remembered.
+        let store = MarketStore::open(dir.path()).unwrap();
+        let late = report(0, Role::Supplier, 260_000, 4_000);
+        store.store(&[record_of(&late)]).unwrap();
+        assert!(holds(&store, &latest) && !holds(&store, &late));
+        // Two reports made in the same millisecond: the lower id is kept,
+        // whichever arrives first, as the order book decides.
+        let (a, b) = (
+            report(2, Role::Supplier, 400_000, 1_000),
+            report(2, Role::Supplier, 400_000, 2_000),
+        );
+        let (low, high) = if a.id().unwrap() < b.id().unwrap() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        store.store(&[record_of(&high)]).unwrap();
+        store.store(&[record_of(&low)]).unwrap();
+        store.store(&[record_of(&high)]).unwrap();
+        assert!(holds(&store, &low) && !holds(&store, &high));
+        assert_eq!(store.count(Kind::ReputationReport), 4);
+    }
+
+    #[test]
+    fn an_accounts_deposits_and_certificates_are_read_through_its_index() {
+        use rigmesh_protocol::{samples, wire::WireMessage};
+        let store = MarketStore::temporary().unwrap();
+        let (supplier, customer) = (samples::supplier().public(), samples::customer().public());
+        let escrow = samples::escrow_certificate().unwrap();
+        let lease = escrow.message.body.lease;
+        let messages = [
+            WireMessage::Deposit(samples::deposit().unwrap()),
+            WireMessage::EscrowCertificate(escrow.clone()),
+            WireMessage::SettlementCertificate(samples::settlement_certificate().unwrap()),
+            WireMessage::ReleaseCertificate(samples::release_certificate().unwrap()),
+            WireMessage::ResolutionCertificate(samples::resolution_certificate().unwrap()),
+            WireMessage::WithdrawalCertificate(samples::withdrawal_certificate().unwrap()),
+            report(0, rigmesh_protocol::Role::Supplier, 1_000, 9_000),
+        ];
+        let records: Vec<MarketRecord> = messages.iter().map(record_of).collect();
+        store.store(&records).unwrap();
+        let bytes = |m: &WireMessage| vec![m.to_bytes().unwrap()];
+        let [deposit, escrow_c, settlement, release, resolution, withdrawal, _] = &messages;
+        let of = |account, kind| store.about_account(account, kind).unwrap();
+        assert_eq!(of(&customer, Kind::Deposit), bytes(deposit));
+        assert_eq!(of(&customer, Kind::EscrowCertificate), bytes(escrow_c));
+        assert_eq!(
+            of(&customer, Kind::WithdrawalCertificate),
+            bytes(withdrawal)
+        );
+        // What moves both parties' money is found under each.
+        for account in [&supplier, &customer] {
+            assert_eq!(of(account, Kind::SettlementCertificate), bytes(settlement));
+            assert_eq!(of(account, Kind::ReleaseCertificate), bytes(release));
+            assert_eq!(of(account, Kind::ResolutionCertificate), bytes(resolution));
+        }
+        assert!(of(&supplier, Kind::EscrowCertificate).is_empty());
+        assert!(of(&supplier, Kind::Deposit).is_empty());
+        for kind in ACCOUNT_KINDS {
+            assert!(of(&PublicKey([9; 32]), kind).is_empty());
+        }
+        // An escrow certificate is found under its lease.
+        assert_eq!(
+            store
+                .certificates_about_lease::<rigmesh_protocol::EscrowOrder>(&lease)
+                .unwrap(),
+            vec![escrow]
+        );
+        assert_eq!(store.messages_scanned(), 0, "nothing was scanned");
+        store
+            .all_bytes(Kind::EscrowCertificate, UnixMillis(0))
+            .unwrap();
+        assert_eq!(store.messages_scanned(), 1, "a scan is counted");
+    }
+
+    #[test]
+    fn a_store_of_index_version_2_gets_the_account_index_and_one_report_per_place() {
+        use rigmesh_protocol::{samples, wire::WireMessage, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let escrow = WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap());
+        let settlement =
+            WireMessage::SettlementCertificate(samples::settlement_certificate().unwrap());
+        let (old, new, other) = (
+            report(0, Role::Supplier, 1_000, 9_000),
+            report(0, Role::Supplier, 2_000, 8_000),
+            report(1, Role::Supplier, 1_000, 9_000),
+        );
+        {
+            // As version 2 wrote them: no account index, escrow outside the
+            // lease index, every report kept.
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("market/messages").unwrap();
+            for message in [&escrow, &settlement, &old, &new, &other] {
+                let mut value = u64::MAX.to_be_bytes().to_vec();
+                value.extend_from_slice(&message.to_bytes().unwrap());
+                tree.insert(message_key(message.kind(), &message.id().unwrap()), value)
+                    .unwrap();
+            }
+            tree.insert(INDEX_VERSION_KEY, 2u64.to_be_bytes().to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        let customer = samples::customer().public();
+        assert_eq!(
+            store
+                .about_account(&customer, Kind::EscrowCertificate)
+                .unwrap(),
+            vec![escrow.to_bytes().unwrap()]
+        );
+        assert_eq!(
+            store
+                .about_account(&customer, Kind::SettlementCertificate)
+                .unwrap(),
+            vec![settlement.to_bytes().unwrap()]
+        );
+        let WireMessage::EscrowCertificate(c) = &escrow else {
+            unreachable!()
+        };
+        assert_eq!(
+            store
+                .certificates_about_lease::<rigmesh_protocol::EscrowOrder>(&c.message.body.lease)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(holds(&store, &new) && holds(&store, &other) && !holds(&store, &old));
+        // The kept report holds its place against an older one.
+        store.store(&[record_of(&old)]).unwrap();
+        assert!(!holds(&store, &old));
+        drop(store);
+        let store = MarketStore::open(dir.path()).unwrap();
+        assert_eq!(store.count(Kind::ReputationReport), 2);
+        assert_eq!(
+            store
+                .about_account(&customer, Kind::EscrowCertificate)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
     #[test]
     fn bans_survive_reopening_and_expire() {
         let dir = tempfile::tempdir().unwrap();
@@ -1258,6 +1742,8 @@ mod tests {
             expires_at: None,
             lease,
             author: None,
+            report: None,
+            accounts: Vec::new(),
         };
         store
             .store(&[

@@ -223,6 +223,8 @@ fn main() {
                 expires_at: None,
                 lease: None,
                 author: Some(o.body.supplier),
+                report: None,
+                accounts: Vec::new(),
             })
             .collect();
         store.store(&records).unwrap();

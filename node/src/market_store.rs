@@ -1,9 +1,8 @@
 //! The network's [`MessageStore`] over the ledger's [`MarketStore`], and
 //! the metrics of the store's upkeep (pruning and compaction).
 
-use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord, OfferKey};
+use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord};
 use rigmesh_protocol::rpc::SyncTopic;
-use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
 
 use crate::network::offences::Offender;
@@ -81,32 +80,7 @@ impl MessageStore for MarketStore {
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         let records: Vec<MarketRecord> = batch
             .iter()
-            .map(|m| MarketRecord {
-                kind: m.kind(),
-                id: m.id,
-                bytes: m.bytes.clone(),
-                offer: match &m.message {
-                    WireMessage::Offer(o) => Some(OfferKey {
-                        supplier: o.body.supplier,
-                        fingerprint: o.body.hardware_fingerprint,
-                        sequence: o.body.sequence,
-                        expires_at: o.body.expires_at,
-                    }),
-                    _ => None,
-                },
-                expires_at: rigmesh_ledger::market::expiry_of(&m.message),
-                lease: match &m.message {
-                    WireMessage::UsageAttestation(a) => Some(a.body.lease),
-                    WireMessage::UsageAck(a) => Some(a.body.lease),
-                    WireMessage::UsageDispute(d) => Some(d.body.lease),
-                    WireMessage::LeaseTermination(t) => Some(t.body.lease),
-                    WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
-                    WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
-                    WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
-                    _ => None,
-                },
-                author: rigmesh_ledger::market::quota_author(&m.message),
-            })
+            .map(|m| MarketRecord::of(&m.message, m.id, m.bytes.clone()))
             .collect();
         MarketStore::store(self, &records).map_err(text)
     }

@@ -6,7 +6,7 @@
 //! and with the result of that check here.
 
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{CoordinatorSet, Credits, Deposit, Id, Kind, PublicKey, Signed, UnixMillis};
+use rigmesh_protocol::{CoordinatorSet, Credits, Deposit, Id, Kind, PublicKey, Signed};
 use serde::{Deserialize, Serialize};
 
 /// One certificate behind an account's balance.
@@ -97,21 +97,23 @@ pub fn receipts(
     set: Option<&CoordinatorSet>,
     admins: &[PublicKey],
     account: &PublicKey,
-    now: UnixMillis,
 ) -> Vec<Receipt> {
     let mut out = Vec::new();
     let neg = |c: Credits| c.checked_neg().unwrap_or(Credits::ZERO);
-    for d in store.all::<Deposit>(now).unwrap_or_default() {
+    let deposits = store
+        .about_account(account, Kind::Deposit)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|bytes| Signed::<Deposit>::from_bytes(bytes).ok())
+        .collect::<Vec<_>>();
+    for d in deposits {
         if d.body.account != *account {
             continue;
         }
         let verified = admins.contains(&d.body.admin) && d.verify_record().is_ok();
         out.push(receipt(Kind::Deposit, &d, None, d.body.amount, 0, verified));
     }
-    for c in store
-        .certificates::<rigmesh_protocol::EscrowOrder>(now)
-        .unwrap_or_default()
-    {
+    for c in certificates_of::<rigmesh_protocol::EscrowOrder>(store, account) {
         let o = &c.message.body;
         if o.account != *account {
             continue;
@@ -125,10 +127,7 @@ pub fn receipts(
             verified,
         ));
     }
-    for c in store
-        .certificates::<rigmesh_protocol::SettlementRequest>(now)
-        .unwrap_or_default()
-    {
+    for c in certificates_of::<rigmesh_protocol::SettlementRequest>(store, account) {
         let r = &c.message.body;
         let Some(amount) = share(
             account,
@@ -146,10 +145,7 @@ pub fn receipts(
             verified,
         ));
     }
-    for c in store
-        .certificates::<rigmesh_protocol::EscrowRelease>(now)
-        .unwrap_or_default()
-    {
+    for c in certificates_of::<rigmesh_protocol::EscrowRelease>(store, account) {
         let r = &c.message.body;
         let Some(amount) = share(
             account,
@@ -167,10 +163,7 @@ pub fn receipts(
             verified,
         ));
     }
-    for c in store
-        .certificates::<rigmesh_protocol::DisputeResolution>(now)
-        .unwrap_or_default()
-    {
+    for c in certificates_of::<rigmesh_protocol::DisputeResolution>(store, account) {
         let r = &c.message.body;
         let refund = r
             .held
@@ -192,10 +185,7 @@ pub fn receipts(
             verified,
         ));
     }
-    for c in store
-        .certificates::<rigmesh_protocol::Withdrawal>(now)
-        .unwrap_or_default()
-    {
+    for c in certificates_of::<rigmesh_protocol::Withdrawal>(store, account) {
         let w = &c.message.body;
         if w.account != *account {
             continue;
@@ -210,6 +200,21 @@ pub fn receipts(
         ));
     }
     out
+}
+
+/// The stored certificates of `T` that move `account`'s money, read
+/// through the store's account index; one that no longer decodes is
+/// left out.
+fn certificates_of<T: rigmesh_protocol::Certifiable>(
+    store: &MarketStore,
+    account: &PublicKey,
+) -> Vec<rigmesh_protocol::Certificate<T>> {
+    store
+        .about_account(account, T::CERTIFICATE)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|bytes| rigmesh_protocol::Certificate::<T>::from_bytes(bytes).ok())
+        .collect()
 }
 
 /// What a settlement (or release) credits `account`: the supplier's share
@@ -262,5 +267,79 @@ fn receipt_of<T: rigmesh_protocol::Certifiable>(
         votes: certificate.votes.len(),
         verified,
         bytes: certificate.to_bytes().map(hex::encode).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_ledger::MarketRecord;
+    use rigmesh_protocol::{samples, wire::WireMessage};
+
+    fn put(store: &MarketStore, messages: &[WireMessage]) {
+        let records: Vec<MarketRecord> = messages
+            .iter()
+            .map(|m| MarketRecord::of(m, m.id().unwrap(), m.to_bytes().unwrap()))
+            .collect();
+        store.store(&records).unwrap();
+    }
+
+    #[test]
+    fn receipts_are_read_through_the_account_index_among_many_other_messages() {
+        let store = MarketStore::temporary().unwrap();
+        let set = samples::coordinator_set().unwrap();
+        let admins = [samples::admin().public()];
+        let t0 = samples::T0;
+        // The market around them: offers and reports that are no one's
+        // receipts, then the customer's own money.
+        let noise: Vec<WireMessage> = (0..300u64)
+            .flat_map(|i| {
+                [
+                    WireMessage::Offer(samples::offer_at(t0.plus_ms(i)).unwrap()),
+                    WireMessage::Bid(samples::bid_at(t0.plus_ms(i)).unwrap()),
+                ]
+            })
+            .collect();
+        put(&store, &noise);
+        put(
+            &store,
+            &[
+                WireMessage::Deposit(samples::deposit().unwrap()),
+                WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap()),
+                WireMessage::SettlementCertificate(samples::settlement_certificate().unwrap()),
+            ],
+        );
+        let scanned = store.messages_scanned();
+
+        let customer = receipts(&store, Some(&set), &admins, &samples::customer().public());
+        let kinds: Vec<Kind> = customer.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Deposit,
+                Kind::EscrowCertificate,
+                Kind::SettlementCertificate
+            ]
+        );
+        assert!(customer.iter().all(|r| r.verified));
+        let deposit = samples::deposit().unwrap();
+        assert_eq!(customer[0].amount, deposit.body.amount);
+        let escrow = samples::escrow_certificate().unwrap();
+        assert_eq!(
+            customer[1].amount,
+            escrow.message.body.amount.checked_neg().unwrap()
+        );
+        let settlement = samples::settlement_certificate().unwrap();
+        assert_eq!(customer[2].amount, settlement.message.body.refund);
+        // The supplier is paid by the settlement and nothing else here.
+        let supplier = receipts(&store, Some(&set), &admins, &samples::supplier().public());
+        assert_eq!(supplier.len(), 1);
+        assert_eq!(supplier[0].amount, settlement.message.body.supplier_amount);
+        assert!(receipts(&store, Some(&set), &admins, &PublicKey([7; 32])).is_empty());
+        assert_eq!(
+            store.messages_scanned(),
+            scanned,
+            "no receipt query walked the stored messages"
+        );
     }
 }

@@ -398,6 +398,8 @@ impl MarketStore {
                     expires_at: None,
                     lease: Some(lease),
                     author: None,
+                    report: None,
+                    accounts: Vec::new(),
                 };
                 if closes(&record) {
                     write.insert(closing_key(&lease), Vec::new());
@@ -494,24 +496,7 @@ mod tests {
 
     /// The record of a message as the node writes it (node/src/market_store.rs).
     fn record(message: &WireMessage) -> MarketRecord {
-        MarketRecord {
-            kind: message.kind(),
-            id: message.id().unwrap(),
-            bytes: message.to_bytes().unwrap(),
-            offer: None,
-            expires_at: None,
-            lease: match message {
-                WireMessage::UsageAttestation(a) => Some(a.body.lease),
-                WireMessage::UsageAck(a) => Some(a.body.lease),
-                WireMessage::UsageDispute(d) => Some(d.body.lease),
-                WireMessage::LeaseTermination(t) => Some(t.body.lease),
-                WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
-                WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
-                WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
-                _ => None,
-            },
-            author: None,
-        }
+        MarketRecord::of(message, message.id().unwrap(), message.to_bytes().unwrap())
     }
 
     fn put(store: &MarketStore, messages: &[WireMessage]) {

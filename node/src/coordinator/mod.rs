@@ -572,6 +572,8 @@ impl CoordinatorRole {
             expires_at: None,
             lease: Some(t.lease),
             author: None,
+            report: None,
+            accounts: Vec::new(),
         };
         self.store
             .store(&[record])
@@ -1390,6 +1392,8 @@ mod catch_up_tests {
                 expires_at: None,
                 lease: None,
                 author: None,
+                report: None,
+                accounts: Vec::new(),
             }])
             .unwrap();
         let account = Account::User(deposit.body.account);

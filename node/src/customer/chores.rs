@@ -270,7 +270,6 @@ async fn complete_locked(
     agreement: &Signed<LeaseAgreement>,
     locked: Vec<Signed<rigmesh_protocol::SettlementRequest>>,
 ) -> Release {
-    let now = UnixMillis::now();
     for request in locked {
         let settlement_seq = request.body.settlement_seq;
         let bundle = match super::release::settlement_bundle(
@@ -278,7 +277,6 @@ async fn complete_locked(
             &net.key,
             agreement,
             request.clone(),
-            now,
         ) {
             Ok(bundle) => bundle,
             Err(reason) => {

@@ -45,7 +45,7 @@ pub fn build(
     let lease = agreement.id().map_err(|e| text(&e))?;
     let supplier = agreement.body.supplier;
     let me = key.public();
-    let (order, escrowed) = escrows(store, &lease, &me, now)?;
+    let (order, escrowed) = escrows(store, &lease, &me)?;
     let mut settlements = store
         .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
         .map_err(|e| text(&e))?;
@@ -197,10 +197,9 @@ fn escrows(
     store: &MarketStore,
     lease: &Id,
     account: &rigmesh_protocol::PublicKey,
-    now: UnixMillis,
 ) -> Result<(rigmesh_protocol::EscrowCertificate, Credits), String> {
     let mut orders: Vec<rigmesh_protocol::EscrowCertificate> = store
-        .certificates::<EscrowOrder>(now)
+        .certificates_about_lease::<EscrowOrder>(lease)
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|c| c.message.body.lease == *lease && c.message.body.account == *account)
@@ -228,7 +227,6 @@ pub fn settlement_bundle(
     key: &Keypair,
     agreement: &Signed<LeaseAgreement>,
     request: Signed<rigmesh_protocol::SettlementRequest>,
-    now: UnixMillis,
 ) -> Result<rigmesh_protocol::rpc::SettlementBundle, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
     let lease = agreement.id().map_err(|e| text(&e))?;
@@ -240,7 +238,7 @@ pub fn settlement_bundle(
     request
         .verify_record()
         .map_err(|e| format!("the request does not verify: {e}"))?;
-    let (escrow, _) = escrows(store, &lease, &me, now)?;
+    let (escrow, _) = escrows(store, &lease, &me)?;
     let mut earlier = store
         .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
         .map_err(|e| text(&e))?;

@@ -649,7 +649,6 @@ impl Customer {
                             self.quorum.as_ref().map(|q| q.set()),
                             self.rules.as_ref().map_or(&[][..], |r| r.admins.as_slice()),
                             &self.key.public(),
-                            now,
                         );
                         Ok(report)
                     }

@@ -43,5 +43,7 @@ pub fn record(o: &Signed<Offer>) -> MarketRecord {
         expires_at: None,
         lease: None,
         author: Some(o.body.supplier),
+        report: None,
+        accounts: Vec::new(),
     }
 }

@@ -58,7 +58,8 @@ pub use ledger::{
     Cause, Durability, FlushObserver, GroupCommitStats, GroupFlush, Ledger, MAX_PAGE,
 };
 pub use market::{
-    BanRecord, CaseEvidence, MarketPage, MarketRecord, MarketStore, OffenceRecord, OfferKey,
+    BanRecord, CaseEvidence, CertificatesKept, MarketPage, MarketRecord, MarketStore,
+    OffenceRecord, OfferKey,
 };
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};

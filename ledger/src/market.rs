@@ -52,7 +52,9 @@ use crate::error::{Error, Result};
 
 pub mod compaction;
 
-pub use compaction::{Compaction, EVIDENCE_KINDS, TOMBSTONE_KEPT_MS};
+pub use compaction::{
+    CertificatesKept, Compaction, CERTIFICATE_KINDS, EVIDENCE_KINDS, TOMBSTONE_KEPT_MS,
+};
 
 /// A message to store, with what the indexes need to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +131,34 @@ pub fn lease_of(message: &rigmesh_protocol::wire::WireMessage) -> Option<Id> {
         WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
         WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
         WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
+        _ => None,
+    }
+}
+
+/// For a certificate about a lease (escrow, settlement, release,
+/// resolution): the lease, its supplier and customer, and when the
+/// certified message was made.
+pub fn lease_parties(
+    message: &rigmesh_protocol::wire::WireMessage,
+) -> Option<(Id, PublicKey, PublicKey, UnixMillis)> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::EscrowCertificate(c) => {
+            let b = &c.message.body;
+            Some((b.lease, b.supplier, b.account, b.created_at))
+        }
+        WireMessage::SettlementCertificate(c) => {
+            let b = &c.message.body;
+            Some((b.lease, b.supplier, b.customer, b.created_at))
+        }
+        WireMessage::ReleaseCertificate(c) => {
+            let b = &c.message.body;
+            Some((b.lease, b.supplier, b.customer, b.created_at))
+        }
+        WireMessage::ResolutionCertificate(c) => {
+            let b = &c.message.body;
+            Some((b.lease, b.supplier, b.customer, b.created_at))
+        }
         _ => None,
     }
 }
@@ -294,6 +324,9 @@ pub struct MarketStore {
     /// step that finds its evidence gone and the tombstone that refuses
     /// more (compaction.rs).
     lease_writes: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Whose certificates stay once their lease is compacted, shared by
+    /// every clone.
+    kept: std::sync::Arc<std::sync::RwLock<CertificatesKept>>,
 }
 
 /// What a coordinator saw of the windows a settlement request it voted
@@ -468,6 +501,7 @@ impl MarketStore {
             offers_scanned: Default::default(),
             messages_scanned: Default::default(),
             lease_writes: Default::default(),
+            kept: Default::default(),
         }
         .indexed()
     }
@@ -700,6 +734,14 @@ impl MarketStore {
                 // Evidence of a compacted lease (a late copy, a replay)
                 // would stay for ever: nothing settles the lease again.
                 if EVIDENCE_KINDS.contains(&record.kind) && self.is_compacted(lease)? {
+                    continue;
+                }
+                // Nor the certificates of a lease this node dropped them
+                // of: it is party to none of them.
+                if CERTIFICATE_KINDS.contains(&record.kind)
+                    && !self.keeps_every_certificate()
+                    && self.certificates_dropped(lease)?
+                {
                     continue;
                 }
                 if compaction::closes(record) {

@@ -77,6 +77,16 @@ impl MessageStore for MarketStore {
         MarketStore::is_compacted(self, lease).map_err(text)
     }
 
+    fn certificate_refused(
+        &self,
+        lease: &Id,
+        parties: (&PublicKey, &PublicKey),
+        created_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<Option<&'static str>> {
+        MarketStore::certificate_refusal(self, lease, parties, created_at, now).map_err(text)
+    }
+
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         let records: Vec<MarketRecord> = batch
             .iter()

@@ -154,6 +154,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         MarketStore::open(&config.data_dir.join("ledger"))
             .map_err(|e| ledger_error(&config.data_dir, &e.to_string()))?,
     );
+    let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
+        &config.account_key_path(),
+    )?);
+    // A coordinator keeps every lease's certificates (its books' proof,
+    // what other members catch up from); a supplier or customer keeps
+    // its own leases' and drops the others' with their evidence.
+    if config.role != Role::Coordinator {
+        store.keep_certificates(rigmesh_ledger::CertificatesKept::Of(vec![account.public()]));
+    }
     // Who holds the data directory, for the next node that tries it.
     let pid_file = config.data_dir.join(PID_FILE);
     if let Err(err) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
@@ -219,9 +228,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .await?;
     let handle = net.handle.clone();
     let listen_addrs = handle.listen_addrs().await?;
-    let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
-        &config.account_key_path(),
-    )?);
     // The review queue of a node with an operator audience, opened while
     // the registry still takes metrics.
     let review = if config.role == Role::Coordinator {

@@ -1005,6 +1005,16 @@ impl MessageStore for BookedStore {
         MessageStore::lease_compacted(&*self.store, lease)
     }
 
+    fn certificate_refused(
+        &self,
+        lease: &Id,
+        parties: (&PublicKey, &PublicKey),
+        created_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<Option<&'static str>> {
+        MessageStore::certificate_refused(&*self.store, lease, parties, created_at, now)
+    }
+
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {
         MessageStore::store(&*self.store, batch)?;
         let mut taken = Vec::new();

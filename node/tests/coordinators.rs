@@ -3187,21 +3187,26 @@ async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_and_its_receipts_stay(
 ) {
-    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut cs = Vec::new();
     for (i, dir) in dirs.iter().take(4).enumerate() {
         cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
     }
     let supplier = start(Role::Supplier, dirs[4].path(), None).await;
-    // The customer compacts two seconds after it finds a lease finally
-    // settled; every other node keeps the default week.
+    // The customer, and a second customer party to none of it, compact
+    // two seconds after they find a lease finally settled; every other
+    // node keeps the default week.
     let short_grace = |c: &mut NodeConfig| {
         let table = c.coordinators.as_mut().unwrap();
         table.evidence_grace_secs = 2;
         table.compact_every_secs = 1;
     };
     let customer = start_with(Role::Customer, dirs[5].path(), None, short_grace).await;
-    let all: Vec<&RunningNode> = cs.iter().chain([&supplier, &customer]).collect();
+    let bystander = start_with(Role::Customer, dirs[6].path(), None, short_grace).await;
+    let all: Vec<&RunningNode> = cs
+        .iter()
+        .chain([&supplier, &customer, &bystander])
+        .collect();
     mesh(&all).await;
     let customer_ref = &customer;
     eventually(20, "bindings and an offer at the customer", || async move {
@@ -3257,6 +3262,41 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     .await;
     assert!(customer.store.is_compacted(&lease).unwrap());
     assert!(attestations(&supplier) >= 3);
+    // The bystander drops the lease's certificates with its evidence: it
+    // keeps its own leases' only. The parties keep theirs (the receipts
+    // below), and so does every coordinator.
+    let settlements = |node: &RunningNode| {
+        node.store
+            .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
+            .unwrap()
+            .len()
+    };
+    let bystander_ref = &bystander;
+    eventually(
+        30,
+        "the lease's certificates dropped at the bystander",
+        || async move {
+            bystander_ref.store.certificates_dropped(&lease).unwrap()
+                && settlements(bystander_ref) == 0
+                && attestations(bystander_ref) == 0
+        },
+    )
+    .await;
+    assert!(bystander
+        .store
+        .certificates_about_lease::<rigmesh_protocol::EscrowOrder>(&lease)
+        .unwrap()
+        .is_empty());
+    bystander.store.check_lease_index().unwrap();
+    assert!(settlements(&customer) >= 1);
+    assert!(!customer.store.certificates_dropped(&lease).unwrap());
+    let (cs_ref, kept) = (&cs, settlements(&customer));
+    eventually(
+        20,
+        "every lease certificate at every coordinator",
+        || async move { cs_ref.iter().all(|c| settlements(c) == kept) },
+    )
+    .await;
     customer.store.check_lease_index().unwrap();
     let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
     let compacted: u64 = metrics
@@ -3316,7 +3356,7 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
         0
     );
 
-    for node in cs.into_iter().chain([supplier, customer]) {
+    for node in cs.into_iter().chain([supplier, customer, bystander]) {
         node.stop().await.unwrap();
     }
 }

@@ -41,9 +41,10 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
     Certifiable, Certificate, CoordinatorSet, Credits, DisputeResolution, EscrowRelease, Id, Kind,
-    SettlementRequest, UnixMillis,
+    PublicKey, SettlementRequest, UnixMillis,
 };
 
 use super::{lease_prefix, read_id, read_u64, MarketRecord, MarketStore, BY_LEASE};
@@ -57,6 +58,46 @@ pub const EVIDENCE_KINDS: [Kind; 4] = [
     Kind::UsageDispute,
     Kind::LeaseTermination,
 ];
+
+/// The certificates about a lease, through the lease index: kept for good
+/// where they prove something to the node (see [`CertificatesKept`]).
+pub const CERTIFICATE_KINDS: [Kind; 4] = [
+    Kind::EscrowCertificate,
+    Kind::SettlementCertificate,
+    Kind::ReleaseCertificate,
+    Kind::ResolutionCertificate,
+];
+
+/// Whose certificates a node keeps when it compacts a finally settled
+/// lease. A coordinator keeps every lease's: they are its books' proof,
+/// and other members catch up from them. A supplier's or customer's node
+/// keeps those of its own leases, its receipts; those of other people's
+/// leases go with their evidence, so what it stores grows with its own
+/// business and not with the whole market's (specs/capacity.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CertificatesKept {
+    /// Every lease's certificates.
+    #[default]
+    All,
+    /// Only those of leases one of these accounts supplies or rents.
+    Of(Vec<PublicKey>),
+}
+
+impl CertificatesKept {
+    /// True when the certificates of a lease between `supplier` and
+    /// `customer` are kept.
+    pub fn keeps(&self, supplier: &PublicKey, customer: &PublicKey) -> bool {
+        match self {
+            CertificatesKept::All => true,
+            CertificatesKept::Of(accounts) => {
+                accounts.iter().any(|a| a == supplier || a == customer)
+            }
+        }
+    }
+}
+
+/// The tombstone flag of a lease whose certificates were dropped too.
+const CERTIFICATES_DROPPED: u8 = 1;
 
 /// How long the tombstone of a compacted lease is kept: 30 days. Usage
 /// messages travel within minutes of being made, so the node refuses, at
@@ -156,6 +197,60 @@ impl MarketStore {
         Ok(self.messages.contains_key(tombstone_key(lease))?)
     }
 
+    /// True if compaction dropped the certificates of `lease` with its
+    /// evidence (its tombstone says so): they are not stored again.
+    pub fn certificates_dropped(&self, lease: &Id) -> Result<bool> {
+        Ok(self
+            .messages
+            .get(tombstone_key(lease))?
+            .is_some_and(|v| v.get(8) == Some(&CERTIFICATES_DROPPED)))
+    }
+
+    /// Sets whose certificates this store keeps when it compacts a lease
+    /// (every lease's until set): for leases compacted from now on.
+    pub fn keep_certificates(&self, kept: CertificatesKept) {
+        *self
+            .kept
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kept;
+    }
+
+    /// Whose certificates this store keeps.
+    pub fn certificates_kept(&self) -> CertificatesKept {
+        self.kept().clone()
+    }
+
+    fn kept(&self) -> std::sync::RwLockReadGuard<'_, CertificatesKept> {
+        self.kept
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn keeps_every_certificate(&self) -> bool {
+        *self.kept() == CertificatesKept::All
+    }
+
+    /// Why a certificate of `lease` between `supplier` and `customer`,
+    /// made at `created_at`, is not stored at `now`, if it is not: this
+    /// store keeps only its own leases' certificates, and the lease's were
+    /// dropped (`compacted`), or it is older than a tombstone is kept, so
+    /// its lease's tombstone may be gone already (`too_old`).
+    pub fn certificate_refusal(
+        &self,
+        lease: &Id,
+        (supplier, customer): (&PublicKey, &PublicKey),
+        created_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Option<&'static str>> {
+        if self.kept().keeps(supplier, customer) {
+            return Ok(None);
+        }
+        if created_at.0.saturating_add(TOMBSTONE_KEPT_MS) < now.0 {
+            return Ok(Some("too_old"));
+        }
+        Ok(self.certificates_dropped(lease)?.then_some("compacted"))
+    }
+
     /// One compaction round at `now`: deletes tombstones past keeping,
     /// checks the leases marked closing against `set` (each finally
     /// settled one is due `grace_ms` later), and deletes the evidence of
@@ -244,6 +339,25 @@ impl MarketStore {
         Ok(())
     }
 
+    /// Whether this store keeps the certificates of `lease`: those it
+    /// holds name the parties (any one that decodes will do: compaction
+    /// only reaches a lease whose certificates verified). A lease none of
+    /// whose certificates name its parties here is kept.
+    fn keeps_certificates_of(&self, lease: &Id) -> Result<bool> {
+        let kept = self.certificates_kept();
+        for kind in CERTIFICATE_KINDS {
+            for bytes in self.lease_bytes(lease, kind)? {
+                let Ok(message) = WireMessage::decode(kind, &bytes) else {
+                    continue;
+                };
+                if let Some((_, supplier, customer, _)) = super::lease_parties(&message) {
+                    return Ok(kept.keeps(&supplier, &customer));
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Whether the certificates stored about `lease` that verify against
     /// `set` close it for good: its last settlement (final, or a release)
     /// with every settlement before it, and each dispute case of those
@@ -323,8 +437,19 @@ impl MarketStore {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut write = sled::Batch::default();
             let first = !self.is_compacted(lease)?;
+            // Decided once, when the tombstone is written, and read back
+            // from it by the steps after.
+            let drop_certificates = if first {
+                !self.keeps_every_certificate() && !self.keeps_certificates_of(lease)?
+            } else {
+                self.certificates_dropped(lease)?
+            };
             if first {
-                write.insert(tombstone_key(lease), now.0.to_be_bytes().to_vec());
+                let mut tombstone = now.0.to_be_bytes().to_vec();
+                if drop_certificates {
+                    tombstone.push(CERTIFICATES_DROPPED);
+                }
+                write.insert(tombstone_key(lease), tombstone);
                 write.insert(
                     tombstone_until_key(now.0.saturating_add(TOMBSTONE_KEPT_MS), lease),
                     Vec::new(),
@@ -333,7 +458,10 @@ impl MarketStore {
             let step = budget.min(STEP);
             let mut taken = 0;
             let mut more = false;
-            'kinds: for kind in EVIDENCE_KINDS {
+            let kinds = EVIDENCE_KINDS
+                .iter()
+                .chain(CERTIFICATE_KINDS.iter().filter(|_| drop_certificates));
+            'kinds: for &kind in kinds {
                 for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
                     let (key, _) = entry?;
                     if taken == step {
@@ -348,6 +476,15 @@ impl MarketStore {
                         let expires = read_u64(&value, "message expiry")?;
                         if expires != u64::MAX {
                             write.remove(super::expiry_key(expires, kind, &id));
+                        }
+                        // A certificate's entries in the account index.
+                        if let Ok(m) = WireMessage::decode(kind, value.get(8..).unwrap_or_default())
+                        {
+                            for account in super::accounts_of(&m) {
+                                let mut key = super::account_prefix(&account, kind);
+                                key.extend_from_slice(id.as_bytes());
+                                write.remove(key);
+                            }
                         }
                     }
                     write.remove(message);
@@ -651,6 +788,123 @@ mod tests {
             .unwrap();
         assert!(again.is_empty(), "idempotent: {again:?}");
         assert_eq!(evidence_of(&store, &running), 8);
+    }
+
+    #[test]
+    fn a_node_party_to_none_of_a_lease_drops_its_certificates_with_its_evidence() {
+        let settled = Id([1; 32]);
+        let mut order = samples::escrow_order().unwrap().body;
+        order.lease = settled;
+        let escrow = WireMessage::EscrowCertificate(certify(
+            Signed::sign(order, &samples::customer()).unwrap(),
+            &QUORUM,
+        ));
+        let certificates = [
+            escrow,
+            settlement(settled, 0, false, 0, &QUORUM),
+            settlement(settled, 1, true, 0, &QUORUM),
+        ];
+        let (supplier, customer) = (samples::supplier().public(), samples::customer().public());
+        let stranger = PublicKey([9; 32]);
+        for (kept, keeps) in [
+            (CertificatesKept::Of(vec![stranger]), false),
+            (CertificatesKept::Of(vec![stranger, supplier]), true),
+            (CertificatesKept::Of(vec![customer]), true),
+            (CertificatesKept::All, true),
+        ] {
+            let store = MarketStore::temporary().unwrap();
+            store.keep_certificates(kept.clone());
+            put(&store, &evidence(settled, 3));
+            put(&store, &certificates);
+            // In rounds of two deletions, so the choice made with the
+            // tombstone is read back by the rounds after it.
+            let mut rounds = 0;
+            let mut removed = 0;
+            loop {
+                let done = store.compact_settled(&set(), UnixMillis(0), 0, 2).unwrap();
+                if done.is_empty() {
+                    break;
+                }
+                removed += done.removed;
+                rounds += 1;
+                assert!(rounds < 20, "{kept:?}: compaction does not finish");
+            }
+            assert_eq!(evidence_of(&store, &settled), 0, "{kept:?}");
+            store.check_lease_index().unwrap();
+            let settlements = store
+                .certificates_about_lease::<SettlementRequest>(&settled)
+                .unwrap()
+                .len();
+            let escrows = store
+                .certificates_about_lease::<rigmesh_protocol::EscrowOrder>(&settled)
+                .unwrap()
+                .len();
+            let receipts = |account| {
+                store
+                    .about_account(account, Kind::SettlementCertificate)
+                    .unwrap()
+                    .len()
+            };
+            let created_at = samples::settlement_request().unwrap().body.created_at;
+            let refusal = |at| {
+                store
+                    .certificate_refusal(&settled, (&supplier, &customer), at, created_at)
+                    .unwrap()
+            };
+            if keeps {
+                assert_eq!(removed, 8, "{kept:?}");
+                assert_eq!((settlements, escrows), (2, 1), "{kept:?}");
+                assert_eq!((receipts(&supplier), receipts(&customer)), (2, 2));
+                assert!(!store.certificates_dropped(&settled).unwrap());
+                assert_eq!(refusal(created_at), None);
+                continue;
+            }
+            assert_eq!(removed, 11, "the evidence and the three certificates");
+            assert_eq!((settlements, escrows), (0, 0));
+            assert_eq!((receipts(&supplier), receipts(&customer)), (0, 0));
+            assert_eq!(
+                store
+                    .about_account(&customer, Kind::EscrowCertificate)
+                    .unwrap(),
+                Vec::<Vec<u8>>::new()
+            );
+            assert!(store.certificates_dropped(&settled).unwrap());
+            // Copies that come again (gossip, catch-up sync) are refused
+            // at ingest and not stored, so they close nothing again.
+            assert_eq!(refusal(created_at), Some("compacted"));
+            put(&store, &certificates);
+            assert_eq!(store.count(Kind::SettlementCertificate), 0);
+            assert_eq!(store.count(Kind::EscrowCertificate), 0);
+            assert!(store
+                .compact_settled(&set(), UnixMillis(0), 0, 100)
+                .unwrap()
+                .is_empty());
+            // Once older than a tombstone is kept, refused by age: the
+            // tombstone may be gone.
+            assert_eq!(
+                store
+                    .certificate_refusal(
+                        &Id([3; 32]),
+                        (&supplier, &customer),
+                        created_at,
+                        created_at.plus_ms(TOMBSTONE_KEPT_MS + 1)
+                    )
+                    .unwrap(),
+                Some("too_old")
+            );
+            assert_eq!(
+                store
+                    .certificate_refusal(
+                        &Id([3; 32]),
+                        (&supplier, &customer),
+                        created_at,
+                        created_at
+                    )
+                    .unwrap(),
+                None,
+                "a lease not compacted here"
+            );
+        }
     }
 
     #[test]

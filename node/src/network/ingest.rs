@@ -337,9 +337,28 @@ impl Ingest {
 impl Ingest {
     /// `None` unless `message` is usage evidence that compaction has done
     /// with (specs/protocol.md 9.1): of a lease whose evidence this node
-    /// compacted, or older than a compacted lease's tombstone is kept. A
-    /// replay of old evidence, not held against the peer that forwards it.
+    /// compacted, or older than a compacted lease's tombstone is kept; or
+    /// a certificate of a lease this node keeps none of (not its own,
+    /// compacted or that old). A replay of what is done with, not held
+    /// against the peer that forwards it.
     fn after_compaction(&self, message: &WireMessage, clock: &Clock) -> Option<Outcome> {
+        if let Some((lease, supplier, customer, created_at)) =
+            rigmesh_ledger::market::lease_parties(message)
+        {
+            return match self.store.certificate_refused(
+                &lease,
+                (&supplier, &customer),
+                created_at,
+                clock.now,
+            ) {
+                Ok(None) => None,
+                Ok(Some(reason)) => Some(Outcome::Ignore(reason)),
+                Err(err) => {
+                    tracing::warn!(%err, "ledger read failed during ingest");
+                    Some(Outcome::Ignore("store_error"))
+                }
+            };
+        }
         let (lease, created_at) = match message {
             WireMessage::UsageAttestation(m) => (m.body.lease, m.body.created_at),
             WireMessage::UsageAck(m) => (m.body.lease, m.body.created_at),
@@ -535,6 +554,76 @@ mod tests {
         WireMessage::UsageAttestation(Signed::sign(body, &samples::supplier()).unwrap())
     }
 
+    /// The final settlement certificate of `lease`, made at `at` by the
+    /// sample supplier and customer, certified by three of the four
+    /// sample coordinators.
+    fn final_settlement(lease: Id, at: UnixMillis) -> WireMessage {
+        let mut request = samples::settlement_request_at(at).unwrap().body;
+        request.lease = lease;
+        request.final_settlement = true;
+        let request = Signed::sign(request, &samples::supplier()).unwrap();
+        let votes: Vec<_> = samples::coordinators()
+            .iter()
+            .take(3)
+            .map(|key| {
+                Signed::sign(
+                    rigmesh_protocol::Certificate::vote_for(&request, key.public()).unwrap(),
+                    key,
+                )
+                .unwrap()
+            })
+            .collect();
+        WireMessage::SettlementCertificate(
+            rigmesh_protocol::Certificate::assemble(request, &votes).unwrap(),
+        )
+    }
+
+    fn cert_item(certificate: &WireMessage) -> IngestItem {
+        let mut item = item(certificate);
+        item.topic = rigmesh_protocol::kind::TOPIC_CERTS.into();
+        item
+    }
+
+    #[test]
+    fn certificates_of_leases_a_node_drops_are_ignored_once_dropped_or_that_old() {
+        let set = samples::coordinator_set().unwrap();
+        let now = UnixMillis::now();
+        let clock = Clock::at(now);
+        let (settled, other) = (Id([1; 32]), Id([2; 32]));
+        let certificate = final_settlement(settled, now);
+        let ancient = final_settlement(other, now.minus_ms(TOMBSTONE_KEPT_MS + 3_600_000));
+        // A node party to neither lease, and a coordinator.
+        let bystander = Arc::new(MarketStore::temporary().unwrap());
+        bystander.keep_certificates(rigmesh_ledger::CertificatesKept::Of(vec![PublicKey(
+            [9; 32],
+        )]));
+        let coordinator = Arc::new(MarketStore::temporary().unwrap());
+        for (store, keeps) in [(bystander, false), (coordinator, true)] {
+            let ingest = Ingest::new(store.clone(), Some(set.clone()));
+            assert_eq!(
+                ingest.process(&[cert_item(&certificate)], &clock),
+                vec![Outcome::Accept]
+            );
+            let done = store.compact_settled(&set, now, 0, 100).unwrap();
+            assert_eq!(done.compacted, 1);
+            let outcomes = ingest.process(&[cert_item(&certificate), cert_item(&ancient)], &clock);
+            if keeps {
+                assert_eq!(
+                    outcomes,
+                    vec![Outcome::Ignore("duplicate"), Outcome::Accept]
+                );
+                assert_eq!(store.count(Kind::SettlementCertificate), 2);
+            } else {
+                // Dropped with the lease's evidence, and not taken again.
+                assert_eq!(
+                    outcomes,
+                    vec![Outcome::Ignore("compacted"), Outcome::Ignore("too_old")]
+                );
+                assert_eq!(store.count(Kind::SettlementCertificate), 0);
+            }
+        }
+    }
+
     #[test]
     fn evidence_of_a_compacted_lease_or_older_than_its_tombstone_is_ignored_not_stored() {
         let store = Arc::new(MarketStore::temporary().unwrap());
@@ -549,27 +638,11 @@ mod tests {
             vec![Outcome::Accept]
         );
         // The lease settles finally; the node compacts it.
-        let mut request = samples::settlement_request_at(now).unwrap().body;
-        request.lease = settled;
-        request.final_settlement = true;
-        let request = Signed::sign(request, &samples::supplier()).unwrap();
-        let votes: Vec<_> = samples::coordinators()
-            .iter()
-            .take(3)
-            .map(|key| {
-                Signed::sign(
-                    rigmesh_protocol::Certificate::vote_for(&request, key.public()).unwrap(),
-                    key,
-                )
-                .unwrap()
-            })
-            .collect();
-        let certificate = WireMessage::SettlementCertificate(
-            rigmesh_protocol::Certificate::assemble(request, &votes).unwrap(),
+        let certificate = final_settlement(settled, now);
+        assert_eq!(
+            ingest.process(&[cert_item(&certificate)], &clock),
+            vec![Outcome::Accept]
         );
-        let mut cert_item = item(&certificate);
-        cert_item.topic = rigmesh_protocol::kind::TOPIC_CERTS.into();
-        assert_eq!(ingest.process(&[cert_item], &clock), vec![Outcome::Accept]);
         let done = store.compact_settled(&set, now, 0, 100).unwrap();
         assert_eq!(done.removed, 1);
 

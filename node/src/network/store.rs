@@ -80,6 +80,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// True if the usage evidence of `lease` was compacted: more of it
     /// (a late copy, a replay) is not kept.
     fn lease_compacted(&self, lease: &Id) -> StoreResult<bool>;
+    /// Why a certificate of `lease` between `parties` (supplier, customer)
+    /// made at `created_at` is not kept at `now`, if it is not: a node
+    /// that keeps only its own leases' certificates dropped this lease's
+    /// (`compacted`), or the certificate is older than a compacted lease's
+    /// tombstone is kept (`too_old`); see `rigmesh_ledger::CertificatesKept`.
+    fn certificate_refused(
+        &self,
+        lease: &Id,
+        parties: (&PublicKey, &PublicKey),
+        created_at: UnixMillis,
+        now: UnixMillis,
+    ) -> StoreResult<Option<&'static str>>;
     /// Writes validated messages, all or none.
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()>;
     /// Up to `limit` messages of `topic` after `cursor`, skipping offers that

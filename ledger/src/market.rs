@@ -30,7 +30,8 @@
 //!   - `0xFB` -> index version: set once the indexes cover every stored
 //!     message (a store written before them is indexed when opened);
 //!   - `0xFA || lease` -> empty, `0xF9 || due u64 || lease` -> empty,
-//!     `0xF8 || lease` -> `compacted_at u64` and `0xF7 || until u64 ||
+//!     `0xF8 || lease` -> `compacted_at u64` (and a `1` byte when its
+//!     certificates were deleted too) and `0xF7 || until u64 ||
 //!     lease` -> empty: leases whose evidence is compacted once they are
 //!     finally settled (see [`compaction`]).
 //! - tree `market/bans`: `offender bytes` -> `until u64 || reason`, where

@@ -3,8 +3,11 @@
 //! until its coordinators have certified its outcome, and are nine tenths
 //! of what the gossip store would otherwise keep for ever
 //! (specs/capacity.md). Once a lease is finally settled and a grace period
-//! has passed, they are deleted; the certificates that prove the outcome
-//! (escrow, settlements, release, resolutions) stay.
+//! has passed, they are deleted. The certificates that prove the outcome
+//! (escrow, settlements, release, resolutions) stay where they prove
+//! something ([`CertificatesKept`]): at a coordinator, and at the node of
+//! a party to the lease; a node party to none of it deletes them too,
+//! and its tombstone says so.
 //!
 //! A lease is *finally settled* here when the store holds, each verifying
 //! against the node's coordinator set (a quorum of votes):
@@ -27,9 +30,11 @@
 //!    closing set (the next closing certificate marks it again).
 //! 3. A due lease's evidence is deleted through the by-lease index, at
 //!    most `limit` messages a round. The first step writes the lease's
-//!    *tombstone* (`0xF8 || lease`), after which [`MarketStore::store`]
-//!    refuses evidence of the lease (a replay would otherwise be kept for
-//!    ever); the step that finds no evidence left removes the due entry.
+//!    *tombstone* (`0xF8 || lease` -> `compacted_at u64`, followed by a
+//!    `1` byte when the lease's certificates go too), after which
+//!    [`MarketStore::store`] refuses evidence of the lease (a replay would
+//!    otherwise be kept for ever), and its certificates if they went; the
+//!    step that finds nothing left to delete removes the due entry.
 //!    Every step is one atomic sled batch that removes a message together
 //!    with its index entry, so a crash leaves a consistent store and the
 //!    next round resumes where it stopped; a round over a compacted lease
@@ -879,30 +884,17 @@ mod tests {
                 .compact_settled(&set(), UnixMillis(0), 0, 100)
                 .unwrap()
                 .is_empty());
-            // Once older than a tombstone is kept, refused by age: the
-            // tombstone may be gone.
-            assert_eq!(
+            // Of a lease not compacted here: taken, until it is older than
+            // a tombstone is kept (the tombstone may be gone by then).
+            let elsewhere = |now: UnixMillis| {
                 store
-                    .certificate_refusal(
-                        &Id([3; 32]),
-                        (&supplier, &customer),
-                        created_at,
-                        created_at.plus_ms(TOMBSTONE_KEPT_MS + 1)
-                    )
-                    .unwrap(),
+                    .certificate_refusal(&Id([3; 32]), (&supplier, &customer), created_at, now)
+                    .unwrap()
+            };
+            assert_eq!(elsewhere(created_at), None);
+            assert_eq!(
+                elsewhere(created_at.plus_ms(TOMBSTONE_KEPT_MS + 1)),
                 Some("too_old")
-            );
-            assert_eq!(
-                store
-                    .certificate_refusal(
-                        &Id([3; 32]),
-                        (&supplier, &customer),
-                        created_at,
-                        created_at
-                    )
-                    .unwrap(),
-                None,
-                "a lease not compacted here"
             );
         }
     }

@@ -1077,14 +1077,19 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
         /// Whatever the leases and however small the rounds, compaction
-        /// ends with exactly the finally settled leases' evidence gone and
-        /// the index consistent after every round.
+        /// ends with exactly the finally settled leases' evidence gone (and
+        /// their certificates, at a node party to none of them) and the
+        /// index consistent after every round.
         #[test]
         fn rounds_of_any_size_remove_exactly_the_settled_evidence(
             leases in proptest::collection::vec((0u64..4, 0u8..3), 1..5),
             limit in 1usize..8,
+            bystander in proptest::bool::ANY,
         ) {
             let store = MarketStore::temporary().unwrap();
+            if bystander {
+                store.keep_certificates(CertificatesKept::Of(vec![PublicKey([9; 32])]));
+            }
             for (n, (windows, state)) in leases.iter().enumerate() {
                 let lease = Id([n as u8 + 100; 32]);
                 put(&store, &evidence(lease, *windows));
@@ -1111,6 +1116,20 @@ mod tests {
                 let expected = if *state == 1 { 0 } else { 2 * *windows as usize + 2 };
                 proptest::prop_assert_eq!(evidence_of(&store, &lease), expected);
                 proptest::prop_assert_eq!(store.is_compacted(&lease).unwrap(), *state == 1);
+                let certificates = store
+                    .certificates_about_lease::<SettlementRequest>(&lease)
+                    .unwrap()
+                    .len();
+                let kept = match state {
+                    0 => 0,
+                    1 if bystander => 0,
+                    _ => 1,
+                };
+                proptest::prop_assert_eq!(certificates, kept);
+                proptest::prop_assert_eq!(
+                    store.certificates_dropped(&lease).unwrap(),
+                    bystander && *state == 1
+                );
             }
         }
     }

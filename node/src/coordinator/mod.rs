@@ -912,15 +912,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
-/// The kinds a coordinator applies when they arrive by gossip.
-const APPLIED_KINDS: [Kind; 6] = [
-    Kind::Deposit,
-    Kind::EscrowCertificate,
-    Kind::SettlementCertificate,
-    Kind::WithdrawalCertificate,
-    Kind::ReleaseCertificate,
-    Kind::ResolutionCertificate,
-];
+/// The kinds a coordinator applies when they arrive by gossip: those that
+/// move an account's money, as the store indexes them.
+const APPLIED_KINDS: [Kind; 6] = rigmesh_ledger::market::ACCOUNT_KINDS;
 
 /// Applies every certificate and deposit in the node's gossip store, a
 /// page at a time. Run when this coordinator fell behind the messages its

@@ -125,7 +125,15 @@ impl Id {
 impl PublicKey {
     /// The key as an ed25519-dalek key, refusing points that are not on the
     /// curve and weak (small-order) keys that would verify forged messages.
+    ///
+    /// Parsing a key decompresses a curve point, about a third of what a
+    /// batched signature check costs, and a market's signers repeat (the
+    /// coordinators' votes, a supplier's attestation every window), so the
+    /// keys parsed lately are kept parsed ([`PARSED_KEYS_KEPT`] at most).
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
+        if let Some(key) = parsed_keys().get(&self.0) {
+            return Ok(key);
+        }
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidKey {
             key: self.to_string(),
             reason: "not a valid ed25519 point",
@@ -136,7 +144,60 @@ impl PublicKey {
                 reason: "weak (small-order) key",
             });
         }
+        parsed_keys().put(self.0, key);
         Ok(key)
+    }
+}
+
+/// How many parsed keys are kept at most: two generations of half as many
+/// each (a key used in the last generation moves to the current one), so
+/// a flood of new keys only pushes the oldest out.
+pub const PARSED_KEYS_KEPT: usize = 8_192;
+
+/// Keys that parsed as valid, not weak ed25519 points, by their bytes.
+/// Parsing is a pure function of the bytes, so a kept key is exactly what
+/// parsing again would give; keys that failed are not kept.
+#[derive(Default)]
+struct ParsedKeys {
+    current: std::collections::HashMap<[u8; 32], VerifyingKey>,
+    previous: std::collections::HashMap<[u8; 32], VerifyingKey>,
+}
+
+struct ParsedKeyCache(std::sync::Mutex<ParsedKeys>);
+
+fn parsed_keys() -> &'static ParsedKeyCache {
+    static KEYS: std::sync::OnceLock<ParsedKeyCache> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| ParsedKeyCache(std::sync::Mutex::new(ParsedKeys::default())))
+}
+
+impl ParsedKeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParsedKeys> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        let mut keys = self.lock();
+        if let Some(key) = keys.current.get(bytes) {
+            return Some(*key);
+        }
+        let key = keys.previous.remove(bytes)?;
+        keys.insert(*bytes, key);
+        Some(key)
+    }
+
+    fn put(&self, bytes: [u8; 32], key: VerifyingKey) {
+        self.lock().insert(bytes, key);
+    }
+}
+
+impl ParsedKeys {
+    fn insert(&mut self, bytes: [u8; 32], key: VerifyingKey) {
+        if self.current.len() >= PARSED_KEYS_KEPT / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(bytes, key);
     }
 }
 
@@ -399,5 +460,58 @@ mod tests {
         ));
         assert!("zz".parse::<PublicKey>().is_err());
         assert!("00".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn a_kept_parsed_key_is_the_key_and_refused_keys_stay_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // Not a point: y = 2 has no x on the curve.
+        let mut off_curve = [0u8; 32];
+        off_curve[0] = 2;
+        let signer = Keypair::from_seed([9; 32]);
+        let body = b"kept".to_vec();
+        let signature = signer.sign(Kind::Offer, &body);
+        let mut forged = signature;
+        forged.0[0] ^= 1;
+        for _ in 0..3 {
+            // Refused every time: what failed to parse is never kept.
+            assert!(PublicKey(identity).verifying_key().is_err());
+            assert!(PublicKey(off_curve).verifying_key().is_err());
+            // Kept or parsed afresh, the key is ed25519-dalek's own parse
+            // and checks exactly as before.
+            let key = signer.public().verifying_key().unwrap();
+            assert_eq!(
+                key,
+                VerifyingKey::from_bytes(signer.public().as_bytes()).unwrap()
+            );
+            assert!(verify(Kind::Offer, &body, &signer.public(), &signature).is_ok());
+            assert!(verify(Kind::Offer, &body, &signer.public(), &forged).is_err());
+            assert!(verify(Kind::Bid, &body, &signer.public(), &signature).is_err());
+        }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_keeps_the_parsed_keys_bounded_and_correct() {
+        let first = Keypair::from_seed([11; 32]);
+        let body = b"bounded".to_vec();
+        let signature = first.sign(Kind::Bid, &body);
+        assert!(verify(Kind::Bid, &body, &first.public(), &signature).is_ok());
+        for n in 0..PARSED_KEYS_KEPT + 100 {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            seed[31] = 0xA5;
+            Keypair::from_seed(seed).public().verifying_key().unwrap();
+            let keys = parsed_keys().lock();
+            assert!(keys.current.len() + keys.previous.len() <= PARSED_KEYS_KEPT);
+        }
+        // The first key has been pushed out by now and parses again.
+        {
+            let keys = parsed_keys().lock();
+            let bytes = first.public().0;
+            assert!(!keys.current.contains_key(&bytes) && !keys.previous.contains_key(&bytes));
+        }
+        assert!(verify(Kind::Bid, &body, &first.public(), &signature).is_ok());
+        assert!(verify(Kind::Offer, &body, &first.public(), &signature).is_err());
     }
 }

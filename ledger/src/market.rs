@@ -323,7 +323,9 @@ pub struct MarketStore {
     /// Held by a write that may add evidence of a lease and by each step
     /// of compaction, so no message of a lease is written between the
     /// step that finds its evidence gone and the tombstone that refuses
-    /// more (compaction.rs).
+    /// more (compaction.rs); and by pruning, so no newer offer takes a
+    /// device set's live-offer entry between the read that finds it
+    /// naming an expired offer and its deletion.
     lease_writes: std::sync::Arc<std::sync::Mutex<()>>,
     /// Whose certificates stay once their lease is compacted, shared by
     /// every clone.
@@ -346,6 +348,13 @@ pub struct CaseEvidence {
 
 /// First byte of live-offer index keys; above every kind tag.
 const LIVE_OFFER: u8 = 0xFF;
+/// How long a device set's live-offer entry outlives the expiry of the
+/// offer it names: the longest lifetime of an offer and the clock skew.
+/// A supplier signs an older sequence no later than a newer one, so by
+/// then every older offer of those devices is expired too and refused
+/// by the time rule, and the entry has nothing left to guard.
+pub const OFFER_SLOT_KEPT_MS: u64 = rigmesh_protocol::messages::market::OFFER_MAX_TTL_MS
+    + rigmesh_protocol::time::DEFAULT_CLOCK_SKEW_MS;
 /// First byte of lease index keys; above every kind tag.
 const BY_LEASE: u8 = 0xFE;
 /// First byte of author index keys; above every kind tag.
@@ -414,6 +423,20 @@ fn expiry_key(expires_at: u64, kind: Kind, id: &Id) -> Vec<u8> {
     key.push(kind.tag());
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// The value of an expiry index entry: the author, whose index entry
+/// goes with the message; for an offer the supplier and the device set,
+/// whose live-offer entry expires in turn.
+fn expiry_value(author: Option<&PublicKey>, offer: Option<&OfferKey>) -> Vec<u8> {
+    match offer {
+        Some(offer) => {
+            let mut value = offer.supplier.as_bytes().to_vec();
+            value.extend_from_slice(offer.fingerprint.as_bytes());
+            value
+        }
+        None => author.map(|a| a.as_bytes().to_vec()).unwrap_or_default(),
+    }
 }
 
 fn report_slot(report: &ReportKey) -> Vec<u8> {
@@ -553,9 +576,10 @@ impl MarketStore {
                     let mut header = expires.0.to_be_bytes().to_vec();
                     header.extend_from_slice(bytes);
                     write.insert(key.clone(), header);
+                    let record = MarketRecord::of(&message, id, Vec::new());
                     write.insert(
                         expiry_key(expires.0, kind, &id),
-                        author.map(|a| a.as_bytes().to_vec()).unwrap_or_default(),
+                        expiry_value(author.as_ref(), record.offer.as_ref()),
                     );
                 }
                 queued += 1;
@@ -797,10 +821,7 @@ impl MarketStore {
             if expires_at != u64::MAX {
                 write.insert(
                     expiry_key(expires_at, record.kind, &record.id),
-                    record
-                        .author
-                        .map(|a| a.as_bytes().to_vec())
-                        .unwrap_or_default(),
+                    expiry_value(record.author.as_ref(), record.offer.as_ref()),
                 );
             }
             if let Some(lease) = &record.lease {
@@ -880,19 +901,41 @@ impl MarketStore {
         Ok(page)
     }
 
-    /// Deletes at most `limit` stored messages that expired before
-    /// `before` (offers, bids and bindings when they say, alerts a week
-    /// after they were made; no other kind expires), reading only the
-    /// expired ones through the expiry index; returns how many. The
-    /// live-offer index of a device set is kept, so an older offer of the
-    /// same devices is still refused after its successor is pruned.
+    /// Deletes at most `limit` entries of the expiry index that fell due
+    /// before `before`, reading only those; returns how many of them were
+    /// messages. An entry is a stored message that expired (offers, bids
+    /// and bindings when they say, alerts a week after they were made; no
+    /// other kind expires) or the live-offer entry of a device set. That
+    /// entry outlives its offer by [`OFFER_SLOT_KEPT_MS`], so an older
+    /// offer of the same devices is still refused as stale until it is
+    /// expired itself; it then goes unless a newer offer of those devices
+    /// has taken it.
     pub fn prune_expired(&self, before: UnixMillis, limit: usize) -> Result<usize> {
+        // Held until the batch is applied: a newer offer written meanwhile
+        // must not lose the live-offer entry read here as the old one's.
+        let _writing = self
+            .lease_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut write = sled::Batch::default();
+        let mut touched = false;
         let mut pruned = 0;
         let mut upper = vec![BY_EXPIRY];
         upper.extend_from_slice(&before.0.to_be_bytes());
         for entry in self.messages.range(vec![BY_EXPIRY]..upper).take(limit) {
-            let (key, author) = entry?;
+            let (key, value) = entry?;
+            touched = true;
+            if key.get(9) == Some(&LIVE_OFFER) {
+                // The live-offer entry, if it still names the expired offer.
+                let slot = key.get(9..).unwrap_or_default();
+                if let Some(held) = self.messages.get(slot)? {
+                    if held.get(8..) == Some(value.as_ref()) {
+                        write.remove(slot);
+                    }
+                }
+                write.remove(key);
+                continue;
+            }
             let (Some(kind), Ok(id)) = (
                 key.get(9).and_then(|t| Kind::from_tag(*t)),
                 read_id(key.get(10..).unwrap_or_default(), "expiry index"),
@@ -901,14 +944,26 @@ impl MarketStore {
                     what: "expiry index key",
                 });
             };
+            let expired = read_u64(key.get(1..).unwrap_or_default(), "expiry index time")?;
             write.remove(message_key(kind, &id));
-            if let Ok(author) = <[u8; 32]>::try_from(author.as_ref()) {
+            let author = value.get(..32).and_then(|a| <[u8; 32]>::try_from(a).ok());
+            if let Some(author) = author {
                 write.remove(author_key(&PublicKey(author), kind, &id));
+            }
+            // An offer's device set: its live-offer entry expires in turn
+            // (stores written before name no device set and keep it).
+            if let (Kind::Offer, Some(device_set)) = (kind, value.get(32..64)) {
+                let mut later = vec![BY_EXPIRY];
+                later.extend_from_slice(&expired.saturating_add(OFFER_SLOT_KEPT_MS).to_be_bytes());
+                later.push(LIVE_OFFER);
+                later.extend_from_slice(value.get(..32).unwrap_or_default());
+                later.extend_from_slice(device_set);
+                write.insert(later, id.as_bytes().to_vec());
             }
             write.remove(key);
             pruned += 1;
         }
-        if pruned > 0 {
+        if touched {
             self.messages.apply_batch(write)?;
         }
         Ok(pruned)
@@ -1370,12 +1425,74 @@ mod tests {
             .unwrap());
         // The device set's sequence is remembered: the pruned offer, or an
         // older one, cannot come back.
-        assert_eq!(
+        let sequence = || {
             store
                 .offer_sequence(&PublicKey([1; 32]), &Id([2; 32]))
-                .unwrap(),
-            Some(1)
+                .unwrap()
+        };
+        assert_eq!(sequence(), Some(1));
+        // Until every older offer of the devices is expired too: then the
+        // entry goes (no message with it).
+        let due = 1_000 + OFFER_SLOT_KEPT_MS;
+        assert_eq!(
+            store.prune_expired(UnixMillis(due), 100).unwrap(),
+            1,
+            "the bid expiring at 5,000"
         );
+        assert_eq!(sequence(), Some(1));
+        assert_eq!(store.prune_expired(UnixMillis(due + 1), 100).unwrap(), 0);
+        assert_eq!(sequence(), None);
+        assert_eq!(store.prune_expired(UnixMillis(due + 1), 100).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_device_sets_live_offer_entry_outlives_its_offer_by_a_day_unless_a_newer_offer_takes_it() {
+        let store = MarketStore::temporary().unwrap();
+        let supplier = PublicKey([1; 32]);
+        let (taken, left) = (Id([2; 32]), Id([4; 32]));
+        let of_devices = |n: u8, sequence: u64, devices: Id, expires: u64| {
+            let mut record = offer(n, sequence);
+            if let Some(key) = record.offer.as_mut() {
+                key.fingerprint = devices;
+                key.expires_at = UnixMillis(expires);
+            }
+            record
+        };
+        store
+            .store(&[
+                of_devices(1, 5, taken, 1_000),
+                of_devices(3, 5, left, 1_000),
+            ])
+            .unwrap();
+        assert_eq!(store.prune_expired(UnixMillis(2_000), 100).unwrap(), 2);
+        // Within the day an older sequence of either set is still refused.
+        store
+            .store(&[
+                of_devices(6, 4, taken, 3 * OFFER_SLOT_KEPT_MS),
+                of_devices(7, 4, left, 3 * OFFER_SLOT_KEPT_MS),
+            ])
+            .unwrap();
+        assert_eq!(store.count(Kind::Offer), 0);
+        // A newer offer takes the first set.
+        store
+            .store(&[of_devices(5, 6, taken, 3 * OFFER_SLOT_KEPT_MS)])
+            .unwrap();
+        let due = UnixMillis(1_000 + OFFER_SLOT_KEPT_MS + 1);
+        assert_eq!(store.prune_expired(due, 100).unwrap(), 0);
+        assert_eq!(
+            store.offer_sequence(&supplier, &taken).unwrap(),
+            Some(6),
+            "the newer offer keeps the entry"
+        );
+        assert!(store.contains(Kind::Offer, &Id([5; 32])).unwrap());
+        assert_eq!(store.offer_sequence(&supplier, &left).unwrap(), None);
+        // The newer one expires in turn, and its entry a day later.
+        let expired = UnixMillis(3 * OFFER_SLOT_KEPT_MS + 1);
+        assert_eq!(store.prune_expired(expired, 100).unwrap(), 1);
+        assert_eq!(store.offer_sequence(&supplier, &taken).unwrap(), Some(6));
+        let gone = UnixMillis(expired.0 + OFFER_SLOT_KEPT_MS);
+        assert_eq!(store.prune_expired(gone, 100).unwrap(), 0);
+        assert_eq!(store.offer_sequence(&supplier, &taken).unwrap(), None);
     }
 
     /// The record of a message as the node writes it.

@@ -687,6 +687,52 @@ mod quota_tests {
         super::tests::item(&WireMessage::Offer(Signed::sign(body, key).unwrap()))
     }
 
+    /// A device set's live-offer entry outlives the offer it names by a
+    /// day: an older offer replayed meanwhile is stale, and by the time
+    /// the entry goes the older offer has expired and the time rule
+    /// refuses it, so a replaced offer never comes back.
+    #[test]
+    fn an_older_offer_of_a_device_set_never_comes_back_after_its_successor_is_pruned() {
+        use rigmesh_ledger::market::OFFER_SLOT_KEPT_MS;
+        use rigmesh_protocol::messages::market::OFFER_MAX_TTL_MS;
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let ingest = Ingest::new(store.clone(), None);
+        let key = Keypair::from_seed([0x32; 32]);
+        let now = UnixMillis::now();
+        let body = samples::offer_at(now).unwrap().body;
+        let devices = body.hardware_fingerprint;
+        let signed = |sequence: u64, expires_at: UnixMillis| {
+            let mut body = body.clone();
+            body.supplier = key.public();
+            body.sequence = sequence;
+            body.expires_at = expires_at;
+            super::tests::item(&WireMessage::Offer(Signed::sign(body, &key).unwrap()))
+        };
+        let older = signed(1, now.plus_ms(OFFER_MAX_TTL_MS));
+        let newer = signed(2, now.plus_ms(600_000));
+        let at = |t: UnixMillis, item: &IngestItem| {
+            ingest.process(std::slice::from_ref(item), &Clock::at(t))
+        };
+        assert_eq!(at(now, &older), [Outcome::Accept]);
+        assert_eq!(at(now, &newer), [Outcome::Accept]);
+        // The newer offer expires and is pruned; the older one, replayed
+        // within its own lifetime, is still refused.
+        let later = now.plus_ms(1_200_000);
+        assert_eq!(store.prune_expired(later, usize::MAX).unwrap(), 1);
+        assert_eq!(at(later, &older), [Outcome::Ignore("stale")]);
+        assert_eq!(
+            store.offer_sequence(&key.public(), &devices).unwrap(),
+            Some(2)
+        );
+        // A day after the newer one expired its entry goes, and the older
+        // offer is past its expiry by then.
+        let day_after = now.plus_ms(600_000 + OFFER_SLOT_KEPT_MS + 1);
+        assert_eq!(store.prune_expired(day_after, usize::MAX).unwrap(), 0);
+        assert_eq!(store.offer_sequence(&key.public(), &devices).unwrap(), None);
+        assert_eq!(at(day_after, &older), [Outcome::Reject("expired")]);
+        assert_eq!(store.count(Kind::Offer), 0);
+    }
+
     /// The quota holds across batches although most batches are judged on
     /// the remembered count, and room made by expiry is found again.
     #[test]

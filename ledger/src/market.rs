@@ -946,18 +946,23 @@ impl MarketStore {
             };
             let expired = read_u64(key.get(1..).unwrap_or_default(), "expiry index time")?;
             write.remove(message_key(kind, &id));
-            let author = value.get(..32).and_then(|a| <[u8; 32]>::try_from(a).ok());
-            if let Some(author) = author {
-                write.remove(author_key(&PublicKey(author), kind, &id));
+            let author = value
+                .get(..32)
+                .and_then(|a| <[u8; 32]>::try_from(a).ok())
+                .map(PublicKey);
+            if let Some(author) = &author {
+                write.remove(author_key(author, kind, &id));
             }
             // An offer's device set: its live-offer entry expires in turn
             // (stores written before name no device set and keep it).
-            if let (Kind::Offer, Some(device_set)) = (kind, value.get(32..64)) {
+            if let (Kind::Offer, Some(supplier), Ok(devices)) = (
+                kind,
+                &author,
+                read_id(value.get(32..).unwrap_or_default(), "expiry index devices"),
+            ) {
                 let mut later = vec![BY_EXPIRY];
                 later.extend_from_slice(&expired.saturating_add(OFFER_SLOT_KEPT_MS).to_be_bytes());
-                later.push(LIVE_OFFER);
-                later.extend_from_slice(value.get(..32).unwrap_or_default());
-                later.extend_from_slice(device_set);
+                later.extend_from_slice(&device_key(supplier, &devices));
                 write.insert(later, id.as_bytes().to_vec());
             }
             write.remove(key);

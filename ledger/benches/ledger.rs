@@ -53,6 +53,7 @@ fn sled_db(dir: &std::path::Path) -> sled::Db {
 }
 
 /// Raw sled: one insert of a journal-sized value per operation.
+#[allow(clippy::disallowed_methods)] // the baseline is sled alone, no gate
 fn raw_inserts(n: u64, flush_each: bool) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let db = sled_db(dir.path());
@@ -71,6 +72,7 @@ fn raw_inserts(n: u64, flush_each: bool) -> f64 {
 /// Raw sled: what one deposit writes (seven values over five trees) as one
 /// multi-tree transaction, with none of the ledger's reads, checks,
 /// encoding or hashing.
+#[allow(clippy::disallowed_methods)] // the baseline is sled alone, no gate
 fn raw_transactions(n: u64) -> f64 {
     use sled::transaction::{ConflictableTransactionError, Transactional};
     let dir = tempfile::tempdir().unwrap();

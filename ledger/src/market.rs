@@ -50,6 +50,7 @@ use std::path::Path;
 use rigmesh_protocol::{Id, Kind, PublicKey, UnixMillis};
 
 use crate::error::{Error, Result};
+use crate::store::gate;
 
 pub mod compaction;
 
@@ -584,11 +585,11 @@ impl MarketStore {
                 }
                 queued += 1;
                 if queued == 10_000 {
-                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
                     queued = 0;
                 }
             }
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
         }
         Ok(())
     }
@@ -624,12 +625,12 @@ impl MarketStore {
                 }
                 queued += 1;
                 if queued == 10_000 {
-                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
                     queued = 0;
                 }
             }
         }
-        self.messages.apply_batch(std::mem::take(&mut write))?;
+        gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
         let tag = Kind::ReputationReport.tag();
         let mut newest: std::collections::HashMap<Vec<u8>, (u64, Id)> =
             std::collections::HashMap::new();
@@ -663,7 +664,7 @@ impl MarketStore {
             index.extend_from_slice(id.as_bytes());
             write.insert(slot, index);
         }
-        self.messages.apply_batch(write)?;
+        gate::apply_batch(&self.messages, write)?;
         Ok(())
     }
 
@@ -836,7 +837,7 @@ impl MarketStore {
             }
             write.insert(message_key(record.kind, &record.id), value);
         }
-        self.messages.apply_batch(write)?;
+        gate::apply_batch(&self.messages, write)?;
         Ok(())
     }
 
@@ -969,7 +970,7 @@ impl MarketStore {
             pruned += 1;
         }
         if touched {
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
         }
         Ok(pruned)
     }
@@ -1130,11 +1131,11 @@ impl MarketStore {
             value.extend_from_slice(&o.bans.to_be_bytes());
             batch.insert(o.offender.as_slice(), value);
         }
-        self.offences.apply_batch(batch)?;
+        gate::apply_batch(&self.offences, batch)?;
         for ban in bans {
             self.record_ban(ban)?;
         }
-        self.db.flush()?;
+        gate::flush(&self.db)?;
         Ok(())
     }
 
@@ -1166,7 +1167,7 @@ impl MarketStore {
         let mut value = seq.to_be_bytes().to_vec();
         value.extend_from_slice(request);
         self.debits.insert(account.as_bytes(), value)?;
-        self.db.flush()?;
+        gate::flush(&self.db)?;
         Ok(())
     }
 
@@ -1186,7 +1187,7 @@ impl MarketStore {
         if let Some((held, _)) = self.pending_debit(account)? {
             if held == seq {
                 self.debits.remove(account.as_bytes())?;
-                self.db.flush()?;
+                gate::flush(&self.db)?;
             }
         }
         Ok(())
@@ -1251,7 +1252,7 @@ impl MarketStore {
 
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        gate::flush(&self.db)?;
         Ok(())
     }
 }
@@ -1604,7 +1605,7 @@ mod tests {
             }
             tree.insert(message_key(Kind::Bid, &Id([1; 32])), vec![0xFF; 12])
                 .unwrap();
-            db.flush().unwrap();
+            gate::flush(&db).unwrap();
         }
         let store = MarketStore::open(dir.path()).unwrap();
         let supplier = quota_author(&offer).unwrap();
@@ -1798,7 +1799,7 @@ mod tests {
             }
             tree.insert(INDEX_VERSION_KEY, 2u64.to_be_bytes().to_vec())
                 .unwrap();
-            db.flush().unwrap();
+            gate::flush(&db).unwrap();
         }
         let store = MarketStore::open(dir.path()).unwrap();
         let customer = samples::customer().public();

@@ -54,6 +54,7 @@ use rigmesh_protocol::{
 
 use super::{lease_prefix, read_id, read_u64, MarketRecord, MarketStore, BY_LEASE};
 use crate::error::{Error, Result};
+use crate::store::gate;
 
 /// The kinds deleted when a lease is compacted: needed to settle a lease
 /// and to follow it while it runs, not to prove its outcome.
@@ -306,7 +307,7 @@ impl MarketStore {
             pruned += 1;
         }
         if pruned > 0 {
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
         }
         Ok(pruned)
     }
@@ -339,7 +340,7 @@ impl MarketStore {
             } else {
                 done.not_settled += 1;
             }
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
         }
         Ok(())
     }
@@ -500,7 +501,7 @@ impl MarketStore {
             if !more {
                 write.remove(due);
             }
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
             removed += taken;
             budget -= taken;
             if !more {
@@ -548,11 +549,11 @@ impl MarketStore {
                     queued += 1;
                 }
                 if queued == 10_000 {
-                    self.messages.apply_batch(std::mem::take(&mut write))?;
+                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
                     queued = 0;
                 }
             }
-            self.messages.apply_batch(write)?;
+            gate::apply_batch(&self.messages, write)?;
         }
         Ok(())
     }

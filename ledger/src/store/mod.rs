@@ -4,6 +4,7 @@
 //! module speaks typed columns ([`crate::columns`]); only column
 //! definitions turn keys and values into bytes.
 
+pub mod gate;
 mod memory;
 mod sled_store;
 

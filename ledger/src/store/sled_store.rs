@@ -115,24 +115,28 @@ impl SledStore {
             .iter()
             .map(|op| names.iter().position(|n| *n == op.tree()).unwrap_or(0))
             .collect();
-        let result = trees.as_slice().transaction(|views| {
-            for (op, slot) in batch.ops().iter().zip(&slots) {
-                let view = views.get(*slot).ok_or_else(|| {
-                    ConflictableTransactionError::Abort(Error::corrupt(
-                        "transaction",
-                        "tree missing from the transaction",
-                    ))
-                })?;
-                match op {
-                    Op::Put { key, value, .. } => {
-                        view.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Delete { key, .. } => {
-                        view.remove(key.as_slice())?;
+        // The one transaction of rigmesh's stores, inside the gate.
+        #[allow(clippy::disallowed_methods)]
+        let result = super::gate::exclusive(|| {
+            trees.as_slice().transaction(|views| {
+                for (op, slot) in batch.ops().iter().zip(&slots) {
+                    let view = views.get(*slot).ok_or_else(|| {
+                        ConflictableTransactionError::Abort(Error::corrupt(
+                            "transaction",
+                            "tree missing from the transaction",
+                        ))
+                    })?;
+                    match op {
+                        Op::Put { key, value, .. } => {
+                            view.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Op::Delete { key, .. } => {
+                            view.remove(key.as_slice())?;
+                        }
                     }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         });
         match result {
             Ok(()) => Ok(()),
@@ -176,7 +180,7 @@ impl Store for SledStore {
                         Op::Delete { key, .. } => write.remove(key.as_slice()),
                     }
                 }
-                self.tree(only)?.apply_batch(write)?;
+                super::gate::apply_batch(&self.tree(only)?, write)?;
                 Ok(())
             }
             _ => self.write_across(batch, &names),
@@ -199,7 +203,7 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        super::gate::flush(&self.db)?;
         Ok(())
     }
 

@@ -457,14 +457,14 @@ impl TokenStore {
     fn insert(&self, hash: [u8; 32], record: TokenRecord) -> Result<()> {
         let bytes = serde_json::to_vec(&record).map_err(store_error)?;
         self.tree.insert(hash, bytes).map_err(store_error)?;
-        self.db.flush().map_err(store_error)?;
+        rigmesh_ledger::store::gate::flush(&self.db).map_err(store_error)?;
         self.write().insert(hash, record);
         Ok(())
     }
 
     fn remove(&self, hash: &[u8; 32]) -> Result<()> {
         self.tree.remove(hash).map_err(store_error)?;
-        self.db.flush().map_err(store_error)?;
+        rigmesh_ledger::store::gate::flush(&self.db).map_err(store_error)?;
         self.write().remove(hash);
         Ok(())
     }

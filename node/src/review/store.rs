@@ -262,6 +262,8 @@ impl ReviewStore {
 
     /// Writes everything so far to disk.
     pub(crate) fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(store_error)
+        rigmesh_ledger::store::gate::flush(&self.db)
+            .map(|_| ())
+            .map_err(store_error)
     }
 }

@@ -1,0 +1,57 @@
+//! Orders sled's batches and flushes so that a flush does not stall every
+//! read of the process.
+//!
+//! sled 0.34 guards every database of a process with one process-wide
+//! reader-writer lock once any batch or transaction has run there: a batch
+//! or a transaction takes it exclusively for as long as it applies; a read,
+//! a single insert and a flush take it shared, the flush for the whole time
+//! it waits on the disk. The lock lets no reader in while a writer waits.
+//! So a batch that comes while a flush waits on the disk blocks there, and
+//! every read of every store of the process (the market store, the books,
+//! the review store, each sled database a node opens) blocks behind it
+//! until the disk answers and the batch is applied. A coordinator flushes
+//! before every answer, so its reads spent much of their time waiting, and
+//! threads spinning for the lock.
+//!
+//! This gate takes the same two roles outside sled: batches and
+//! transactions hold it exclusively, flushes shared. A batch then waits
+//! for a flush here, holding nothing of sled's, and reads go on; it enters
+//! sled's lock only when no flush is under way. What a batch waits for is
+//! unchanged (sled made it wait for the flush already), and a flush still
+//! waits for a batch being applied, as before.
+//!
+//! Every batch, transaction and flush of rigmesh's sled databases goes
+//! through [`exclusive`] or [`flushing`]. Neither is taken again inside
+//! the other, and nothing else is taken under either.
+
+// parking_lot's lock is task-fair, as the gate needs: a waiting batch
+// keeps new flushes out, so a steady stream of flushes cannot starve it.
+static GATE: parking_lot::RwLock<()> = parking_lot::const_rwlock(());
+
+/// Runs `write`, an atomic sled batch or transaction, while no flush of
+/// this process's sled databases is under way.
+pub fn exclusive<T>(write: impl FnOnce() -> T) -> T {
+    let _held = GATE.write();
+    write()
+}
+
+/// Runs `flush`, a sled flush, beside other flushes and reads but not
+/// while a batch or transaction is applied or waiting.
+pub fn flushing<T>(flush: impl FnOnce() -> T) -> T {
+    let _held = GATE.read();
+    flush()
+}
+
+/// Applies `batch` to `tree` atomically (sled's `apply_batch`), through
+/// the gate.
+#[allow(clippy::disallowed_methods)] // the one place a batch enters sled
+pub fn apply_batch(tree: &sled::Tree, batch: sled::Batch) -> sled::Result<()> {
+    exclusive(|| tree.apply_batch(batch))
+}
+
+/// Makes everything written to `db` durable (sled's `flush`), through the
+/// gate.
+#[allow(clippy::disallowed_methods)] // the one place a flush enters sled
+pub fn flush(db: &sled::Db) -> sled::Result<usize> {
+    flushing(|| db.flush())
+}

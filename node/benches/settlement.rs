@@ -34,6 +34,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "support/mod.rs"]
+mod support;
+
 use futures::StreamExt;
 
 use rigmesh_ledger::billing::{self, FeeRate};
@@ -341,26 +344,6 @@ fn group_commits(coordinators: &[RunningNode]) -> (u64, u64) {
         .fold((0, 0), |(f, w), s| (f + s.flushes, w + s.writes))
 }
 
-/// CPU time this process has used so far (user and system, every
-/// thread), from `/proc/self/stat` in the kernel's fixed 100 Hz ticks.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which ends with the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the line; the state,
-    // field 3, is the first after the name.
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -419,7 +402,7 @@ fn main() {
             }
             let checks = crypto::signature_checks();
             let commits = group_commits(&coordinators);
-            let cpu = cpu_seconds();
+            let cpu = support::cpu_seconds();
             let began = Instant::now();
             let mut latencies = Vec::new();
             // A new lease starts settling as soon as one finishes, so
@@ -431,7 +414,7 @@ fn main() {
                 latencies.extend(done);
             }
             let elapsed = began.elapsed().as_secs_f64();
-            let cores = (cpu_seconds() - cpu) / elapsed;
+            let cores = (support::cpu_seconds() - cpu) / elapsed;
             let settlements = latencies.len();
             let verifications =
                 crypto::signature_checks().since(checks).total() as f64 / settlements as f64;

@@ -20,9 +20,12 @@
 //! unchanged (sled made it wait for the flush already), and a flush still
 //! waits for a batch being applied, as before.
 //!
-//! Every batch, transaction and flush of rigmesh's sled databases goes
-//! through [`exclusive`] or [`flushing`]. Neither is taken again inside
-//! the other, and nothing else is taken under either.
+//! Every batch, transaction and flush rigmesh makes on its sled databases
+//! goes through [`exclusive`] or [`flushing`] (a clippy rule refuses the
+//! direct calls). Neither is taken again inside the other, and no lock of
+//! rigmesh's is taken under either. sled's own background flush (every
+//! 500 ms) and the flush of a database being closed do not go through
+//! the gate; a batch can still meet those inside sled, as before.
 
 // parking_lot's lock is task-fair, as the gate needs: a waiting batch
 // keeps new flushes out, so a steady stream of flushes cannot starve it.

@@ -12,6 +12,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -139,16 +139,10 @@ fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-/// Resident memory of this process, bytes.
+/// Resident memory of this process (VmRSS), bytes, as the node's
+/// `process_resident_memory_bytes` reads it.
 fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    rigmesh_node::process_metrics::read().map_or(0, |r| r.resident_bytes)
 }
 
 fn mb(bytes: u64) -> String {

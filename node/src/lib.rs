@@ -17,6 +17,7 @@ pub mod network;
 pub mod node;
 pub mod notify;
 pub mod orderbook;
+pub mod process_metrics;
 pub mod quorum;
 pub mod receipts;
 pub mod review;

@@ -197,6 +197,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .then(|| crate::supplier::settle::SettleMetrics::register(&mut registry));
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
+    crate::process_metrics::ProcessCollector::register(&mut registry);
     let upkeep = Upkeep {
         metrics: crate::market_store::StoreMetrics::register(&mut registry),
         compaction: match (&coordinators, &config.coordinators) {

@@ -1,7 +1,8 @@
 //! The Grafana dashboard in `ops/grafana/rigmesh.json` charts only what
 //! nodes export: every metric its queries name is a family on the
 //! `/metrics` page of a started coordinator (which serves the network,
-//! coordinator, HTTP and, with `[notify]`, notification metrics).
+//! coordinator, HTTP and, with `[notify]`, notification metrics, and its
+//! process's resources).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
@@ -12,17 +13,19 @@ use rigmesh_node::config::{CoordinatorsConfig, NodeConfig, Role};
 use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest};
 use rigmesh_protocol::{Deposit, Keypair, Signed, PROTOCOL_VERSION};
 
-/// Every `rigmesh_...` metric name in `text`.
+/// Every `rigmesh_...` and `process_...` metric name in `text`.
 fn names(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("rigmesh_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-            .unwrap_or(tail.len());
-        out.insert(tail[..end].to_string());
-        rest = &tail[end..];
+    for prefix in ["rigmesh_", "process_"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
     }
     out
 }

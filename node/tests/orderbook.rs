@@ -284,5 +284,16 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
         lag < MAX_EXECUTOR_LAG_SECS,
         "the executor was held up {lag:.3} s: something heavy ran on it"
     );
+    // The node reports its own memory: at least its book of 100,000
+    // offers (60 to 70 MB, BENCHMARKS.md), in bytes.
+    let resident: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .expect("the process's resident memory is exported")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("resident memory: {:.1} MB", resident / 1e6);
+    assert!(resident > 50e6, "{resident}");
     node.stop().await.unwrap();
 }

@@ -272,13 +272,16 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
     // Reading 100,000 offers into the book, listing, explaining a bid over
     // 75,000 offers: none of it held the executor up.
     let metrics = common::http_get(node.monitoring, "/metrics", None).await;
-    let lag: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rigmesh_executor_lag_max_seconds "))
-        .expect("the executor's lateness is exported")
-        .trim()
-        .parse()
-        .unwrap();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} is not exported"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let lag = sample("rigmesh_executor_lag_max_seconds");
     eprintln!("largest executor lateness: {:.1} ms", lag * 1e3);
     assert!(
         lag < MAX_EXECUTOR_LAG_SECS,
@@ -286,13 +289,7 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
     );
     // The node reports its own memory: at least its book of 100,000
     // offers (60 to 70 MB, BENCHMARKS.md), in bytes.
-    let resident: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-        .expect("the process's resident memory is exported")
-        .trim()
-        .parse()
-        .unwrap();
+    let resident = sample("process_resident_memory_bytes");
     eprintln!("resident memory: {:.1} MB", resident / 1e6);
     assert!(resident > 50e6, "{resident}");
     node.stop().await.unwrap();

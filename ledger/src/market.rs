@@ -44,6 +44,11 @@
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
 //! Kind tags are below `0xF5`, so the indexes never mix with messages.
+//!
+//! Beside the tree, in memory: a Bloom filter over the keys read one by
+//! one (messages, live-offer and report entries, tombstones), so that
+//! asking for a key that is not stored, as ingest does for nearly every
+//! message it checks, mostly does not walk the tree (`market/present.rs`).
 
 use std::path::Path;
 
@@ -53,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::store::gate;
 
 pub mod compaction;
+mod present;
 
 pub use compaction::{
     CertificatesKept, Compaction, CERTIFICATE_KINDS, EVIDENCE_KINDS, TOMBSTONE_KEPT_MS,
@@ -331,6 +337,9 @@ pub struct MarketStore {
     /// Whose certificates stay once their lease is compacted, shared by
     /// every clone.
     kept: std::sync::Arc<std::sync::RwLock<CertificatesKept>>,
+    /// Which point-read keys of `messages` may be stored, shared by every
+    /// clone: every write of such a key adds it there first.
+    present: std::sync::Arc<present::Present>,
 }
 
 /// What a coordinator saw of the windows a settlement request it voted
@@ -515,7 +524,7 @@ fn read_id(bytes: &[u8], what: &'static str) -> Result<Id> {
 impl MarketStore {
     /// Opens (or creates) the store in `db`.
     pub fn open_in(db: sled::Db) -> Result<Self> {
-        MarketStore {
+        let store = MarketStore {
             messages: db.open_tree("market/messages")?,
             bans: db.open_tree("market/bans")?,
             offences: db.open_tree("market/offences")?,
@@ -527,8 +536,16 @@ impl MarketStore {
             messages_scanned: Default::default(),
             lease_writes: Default::default(),
             kept: Default::default(),
+            present: std::sync::Arc::new(present::Present::new(&[
+                LIVE_OFFER,
+                LIVE_REPORT,
+                compaction::TOMBSTONE,
+            ])),
         }
-        .indexed()
+        .indexed()?;
+        // What the store holds, indexes of older versions included.
+        store.present.rebuild(&store.messages)?;
+        Ok(store)
     }
 
     /// Builds the author and expiry indexes over what a store written
@@ -694,15 +711,30 @@ impl MarketStore {
 
     /// True if a message of `kind` with `id` is stored.
     pub fn contains(&self, kind: Kind, id: &Id) -> Result<bool> {
-        Ok(self.messages.contains_key(message_key(kind, id))?)
+        let key = message_key(kind, id);
+        Ok(self.present.may_hold(&key) && self.messages.contains_key(key)?)
+    }
+
+    /// The value of a point-read key (a message, a live-offer or report
+    /// entry, a tombstone), read from the tree only if it may be stored.
+    fn point_read(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
+        if !self.present.may_hold(key) {
+            return Ok(None);
+        }
+        Ok(self.messages.get(key)?)
     }
 
     /// The canonical bytes of a stored message.
     pub fn get(&self, kind: Kind, id: &Id) -> Result<Option<Vec<u8>>> {
+        let key = message_key(kind, id);
+        if !self.present.may_hold(&key) {
+            return Ok(None);
+        }
+        // Stored after its expiry time.
         Ok(self
             .messages
-            .get(message_key(kind, id))?
-            .map(|v| v.to_vec()))
+            .get(key)?
+            .map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 
     /// How many offers scans of this store have read since it was opened
@@ -729,7 +761,7 @@ impl MarketStore {
 
     /// The sequence of the live offer for `supplier`'s devices `fingerprint`.
     pub fn offer_sequence(&self, supplier: &PublicKey, fingerprint: &Id) -> Result<Option<u64>> {
-        match self.messages.get(device_key(supplier, fingerprint))? {
+        match self.point_read(&device_key(supplier, fingerprint))? {
             Some(v) => Ok(Some(read_u64(&v, "live offer sequence")?)),
             None => Ok(None),
         }
@@ -750,6 +782,8 @@ impl MarketStore {
             .lease_writes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Held until the batch is applied, with each key it adds.
+        let adding = self.present.adding();
         let mut write = sled::Batch::default();
         // Live offers as this batch leaves them, so several offers for the
         // same devices in one batch resolve like sequential writes would.
@@ -785,7 +819,7 @@ impl MarketStore {
             if let Some((key, rank)) = slot_of(record) {
                 let current = match live.get(&key) {
                     Some(entry) => Some(*entry),
-                    None => match self.messages.get(&key)? {
+                    None => match self.point_read(&key)? {
                         Some(v) => {
                             let old = read_id(v.get(8..).unwrap_or_default(), "live index id")?;
                             let expires = match self.messages.get(message_key(record.kind, &old))? {
@@ -813,6 +847,7 @@ impl MarketStore {
                 }
                 let mut index = rank.to_be_bytes().to_vec();
                 index.extend_from_slice(record.id.as_bytes());
+                adding.add(&key);
                 write.insert(key.as_slice(), index);
                 live.insert(key, (rank, record.id, expires_at));
             }
@@ -835,9 +870,12 @@ impl MarketStore {
                 key.extend_from_slice(record.id.as_bytes());
                 write.insert(key, Vec::new());
             }
-            write.insert(message_key(record.kind, &record.id), value);
+            let key = message_key(record.kind, &record.id);
+            adding.add(&key);
+            write.insert(key, value);
         }
         gate::apply_batch(&self.messages, write)?;
+        drop(adding);
         Ok(())
     }
 
@@ -911,7 +949,18 @@ impl MarketStore {
     /// offer of the same devices is still refused as stale until it is
     /// expired itself; it then goes unless a newer offer of those devices
     /// has taken it.
+    ///
+    /// Deleted keys stay in the filter of point-read keys, so this is also
+    /// when it is rebuilt from the store once it has filled up.
     pub fn prune_expired(&self, before: UnixMillis, limit: usize) -> Result<usize> {
+        let pruned = self.prune_expired_entries(before, limit)?;
+        if self.present.renew_if_full(&self.messages)? {
+            tracing::debug!("the filter of stored keys was rebuilt");
+        }
+        Ok(pruned)
+    }
+
+    fn prune_expired_entries(&self, before: UnixMillis, limit: usize) -> Result<usize> {
         // Held until the batch is applied: a newer offer written meanwhile
         // must not lose the live-offer entry read here as the old one's.
         let _writing = self

@@ -116,7 +116,7 @@ const CLOSING: u8 = 0xFA;
 /// First byte of the keys of leases due for compaction.
 const DUE: u8 = 0xF9;
 /// First byte of tombstone keys.
-const TOMBSTONE: u8 = 0xF8;
+pub(super) const TOMBSTONE: u8 = 0xF8;
 /// First byte of tombstone expiry keys.
 const TOMBSTONE_UNTIL: u8 = 0xF7;
 /// Most messages removed in one sled batch, so the lock that writes of
@@ -200,15 +200,14 @@ impl MarketStore {
     /// True if the evidence of `lease` was compacted (its tombstone is
     /// kept): evidence of it is not stored again.
     pub fn is_compacted(&self, lease: &Id) -> Result<bool> {
-        Ok(self.messages.contains_key(tombstone_key(lease))?)
+        Ok(self.point_read(&tombstone_key(lease))?.is_some())
     }
 
     /// True if compaction dropped the certificates of `lease` with its
     /// evidence (its tombstone says so): they are not stored again.
     pub fn certificates_dropped(&self, lease: &Id) -> Result<bool> {
         Ok(self
-            .messages
-            .get(tombstone_key(lease))?
+            .point_read(&tombstone_key(lease))?
             .is_some_and(|v| v.get(8) == Some(&CERTIFICATES_DROPPED)))
     }
 
@@ -441,6 +440,8 @@ impl MarketStore {
                 .lease_writes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Held until the batch is applied, with the tombstone it adds.
+            let adding = self.present.adding();
             let mut write = sled::Batch::default();
             let first = !self.is_compacted(lease)?;
             // Decided once, when the tombstone is written, and read back
@@ -455,7 +456,9 @@ impl MarketStore {
                 if drop_certificates {
                     tombstone.push(CERTIFICATES_DROPPED);
                 }
-                write.insert(tombstone_key(lease), tombstone);
+                let key = tombstone_key(lease);
+                adding.add(&key);
+                write.insert(key, tombstone);
                 write.insert(
                     tombstone_until_key(now.0.saturating_add(TOMBSTONE_KEPT_MS), lease),
                     Vec::new(),
@@ -502,6 +505,7 @@ impl MarketStore {
                 write.remove(due);
             }
             gate::apply_batch(&self.messages, write)?;
+            drop(adding);
             removed += taken;
             budget -= taken;
             if !more {

@@ -356,6 +356,8 @@ pub struct CaseEvidence {
     pub acks: Vec<Vec<u8>>,
 }
 
+/// Keys a record writes, about: the message and up to four index entries.
+const KEYS_PER_RECORD: usize = 4;
 /// First byte of live-offer index keys; above every kind tag.
 const LIVE_OFFER: u8 = 0xFF;
 /// How long a device set's live-offer entry outlives the expiry of the
@@ -543,8 +545,9 @@ impl MarketStore {
             ])),
         }
         .indexed()?;
-        // What the store holds, indexes of older versions included.
-        store.present.rebuild(&store.messages)?;
+        // What the store holds, indexes of older versions included; the
+        // live-offer entries later, as a restarting node reads its offers.
+        store.present.open(&store.messages, &[LIVE_OFFER])?;
         Ok(store)
     }
 
@@ -876,6 +879,7 @@ impl MarketStore {
         }
         gate::apply_batch(&self.messages, write)?;
         drop(adding);
+        gate::reclaim(batch.len().saturating_mul(KEYS_PER_RECORD));
         Ok(())
     }
 
@@ -969,7 +973,7 @@ impl MarketStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut write = sled::Batch::default();
         let mut touched = false;
-        let mut pruned = 0;
+        let mut pruned: usize = 0;
         let mut upper = vec![BY_EXPIRY];
         upper.extend_from_slice(&before.0.to_be_bytes());
         for entry in self.messages.range(vec![BY_EXPIRY]..upper).take(limit) {
@@ -1020,6 +1024,7 @@ impl MarketStore {
         }
         if touched {
             gate::apply_batch(&self.messages, write)?;
+            gate::reclaim(pruned.saturating_mul(KEYS_PER_RECORD));
         }
         Ok(pruned)
     }

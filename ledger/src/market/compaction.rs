@@ -506,6 +506,8 @@ impl MarketStore {
             }
             gate::apply_batch(&self.messages, write)?;
             drop(adding);
+            // A message and its lease index entry, and sometimes more.
+            gate::reclaim(taken.saturating_mul(3));
             removed += taken;
             budget -= taken;
             if !more {

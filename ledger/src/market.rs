@@ -732,14 +732,9 @@ impl MarketStore {
 
     /// The canonical bytes of a stored message.
     pub fn get(&self, kind: Kind, id: &Id) -> Result<Option<Vec<u8>>> {
-        let key = message_key(kind, id);
-        if !self.present.may_hold(&key) {
-            return Ok(None);
-        }
         // Stored after its expiry time.
         Ok(self
-            .messages
-            .get(key)?
+            .point_read(&message_key(kind, id))?
             .map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 

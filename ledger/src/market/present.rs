@@ -36,8 +36,7 @@ const MESSAGES_END: u8 = 0xF5;
 
 /// The filter over a tree's point-read keys; see the module docs.
 pub(super) struct Present {
-    seed: u128,
-    /// The filters' hasher, seeded with `seed`.
+    /// The hasher of every filter of this store, randomly seeded.
     hasher: fastbloom::DefaultHasher,
     /// Families of keys outside the message range that the filter covers,
     /// by first byte.
@@ -65,12 +64,12 @@ struct Filter {
 }
 
 impl Filter {
-    fn sized(seed: u128, keys: usize, unread: Vec<u8>) -> Filter {
+    fn sized(hasher: &fastbloom::DefaultHasher, keys: usize, unread: Vec<u8>) -> Filter {
         let capacity = keys.saturating_mul(2).max(MIN_KEYS);
         Filter {
             unread,
             bloom: AtomicBloomFilter::with_false_pos(FALSE_POSITIVES)
-                .seed(&seed)
+                .hasher(hasher.clone())
                 .expected_items(capacity),
             capacity,
             added: AtomicUsize::new(0),
@@ -113,11 +112,11 @@ impl Present {
             };
             (u128::from(half(0)) << 64) | u128::from(half(1))
         };
+        let hasher = fastbloom::DefaultHasher::seeded(&seed.to_be_bytes());
         Present {
-            seed,
-            hasher: fastbloom::DefaultHasher::seeded(&seed.to_be_bytes()),
+            filter: RwLock::new(Filter::sized(&hasher, 0, Vec::new())),
+            hasher,
             families: families.to_vec(),
-            filter: RwLock::new(Filter::sized(seed, 0, Vec::new())),
             writes: RwLock::new(()),
             pending: Mutex::new(None),
             rebuilding: Mutex::new(()),
@@ -198,7 +197,7 @@ impl Present {
                 return Err(err);
             }
         };
-        let fresh = Filter::sized(self.seed, hashes.len(), unread);
+        let fresh = Filter::sized(&self.hasher, hashes.len(), unread);
         for hash in &hashes {
             fresh.bloom.insert_hash(*hash);
         }

@@ -56,6 +56,15 @@ macro_rules! wire_message {
                 }
             }
 
+            /// True for a certificate (a message certified by a quorum's
+            /// votes), false for a signed message.
+            pub fn is_certificate(&self) -> bool {
+                match self {
+                    $(WireMessage::$kind(_) => false,)*
+                    $(WireMessage::$cert_kind(_) => true,)*
+                }
+            }
+
             /// Canonical bytes.
             pub fn to_bytes(&self) -> Result<Vec<u8>> {
                 match self {

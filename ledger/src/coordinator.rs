@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use rigmesh_protocol::rpc::DebitRequest;
 use rigmesh_protocol::{
-    Certifiable, Certificate, Clock, CoordinatorSet, Credits, Deposit, DisputeResolution,
-    EscrowCertificate, EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement, LeaseTermination,
-    PublicKey, ReleaseCertificate, ResolutionCertificate, SettlementCertificate, SettlementRequest,
-    Signed, UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote, Withdrawal,
-    WithdrawalCertificate,
+    Certifiable, Certificate, CheckedCertificates, Clock, CoordinatorSet, Credits, Deposit,
+    DisputeResolution, EscrowCertificate, EscrowOrder, EscrowRelease, Id, Keypair, LeaseAgreement,
+    LeaseTermination, PublicKey, ReleaseCertificate, ResolutionCertificate, SettlementCertificate,
+    SettlementRequest, Signed, UnixMillis, UsageAck, UsageAttestation, UsageDispute, Vote,
+    Withdrawal, WithdrawalCertificate,
 };
 
 use crate::billing::{self, FeeRate, Payout};
@@ -300,6 +300,7 @@ pub struct Coordinator<'l, S: Store> {
     pub ledger: &'l Ledger<S>,
     key: &'l Keypair,
     config: &'l CoordinatorConfig,
+    checked: Option<&'l CheckedCertificates>,
 }
 
 impl<'l, S: Store> Coordinator<'l, S> {
@@ -309,7 +310,16 @@ impl<'l, S: Store> Coordinator<'l, S> {
             ledger,
             key,
             config,
+            checked: None,
         }
+    }
+
+    /// Checks certificates through `checked` (shared with the node's
+    /// ingest): bytes that passed against the epoch's set before, handed
+    /// over or gossiped, are not checked again.
+    pub fn checking_once(mut self, checked: &'l CheckedCertificates) -> Self {
+        self.checked = Some(checked);
+        self
     }
 
     fn me(&self) -> PublicKey {
@@ -860,12 +870,17 @@ impl<'l, S: Store> Coordinator<'l, S> {
         // Suppliers send a lease's escrow and last settlement certificate
         // with every request, and coordinators hear each certificate from
         // its sender and again by gossip; each would otherwise cost a
-        // quorum of signature checks. Any other bytes are checked in full.
+        // quorum of signature checks. Any other bytes are checked in full,
+        // unless the same bytes passed the node's ingest a moment ago (the
+        // gossiped copy came first).
         if self.applied_as(certificate, &subject) {
             return Ok(Applied::AlreadyApplied);
         }
-        let result = certificate
-            .verify(&self.config.set)
+        let verified = match self.checked {
+            Some(checked) => checked.verify(certificate, &self.config.set),
+            None => certificate.verify(&self.config.set),
+        };
+        let result = verified
             .map_err(Refusal::from)
             .and_then(|()| Ok(apply(&self.cause(subject, now))?));
         self.after_apply(what, subject, now, result)

@@ -13,8 +13,8 @@ use rigmesh_ledger::{
 };
 use rigmesh_protocol::samples::{self, T0};
 use rigmesh_protocol::{
-    Approval, Certificate, Credits, Deposit, EscrowCertificate, EscrowOrder, Id, Keypair, Kind,
-    SettlementRequest, Signed, UnixMillis, Vote,
+    Approval, Certificate, CheckedCertificates, Credits, Deposit, EscrowCertificate, EscrowOrder,
+    Id, Keypair, Kind, SettlementRequest, Signed, UnixMillis, Vote,
 };
 
 const UNACKED_MS: u64 = 120_000;
@@ -1125,5 +1125,60 @@ fn an_applied_certificate_sent_again_is_answered_at_once_but_a_forged_copy_is_st
     short.votes.pop();
     let refusal = net.c(0).apply_escrow(&short, now()).unwrap_err();
     assert_eq!(refusal.code, "too_few_votes", "{refusal}");
+    net.assert_agree(&[0, 1, 2, 3]);
+}
+
+#[test]
+fn a_certificate_its_ingest_checked_is_applied_without_a_second_check_and_a_forgery_is_not() {
+    let net = Net::new();
+    funded(&net);
+    let request = samples::settlement_request().unwrap();
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+        terminations: &[],
+    };
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect::<Vec<_>>();
+    let cert = collect(&request, votes[1..].to_vec());
+    // Coordinator 0's ingest checked the gossiped copy first.
+    let checked = CheckedCertificates::new(net.config.set.clone(), 64);
+    checked.verify(&cert, &net.config.set).unwrap();
+    // A forged copy handed over next (one vote's signature swapped):
+    // other bytes, so checked in full and refused; nothing written.
+    let before = net.ledgers[0].audit_len().unwrap();
+    let mut forged = cert.clone();
+    forged.votes[0].signature = forged.votes[1].signature;
+    let refusal = net
+        .c(0)
+        .checking_once(&checked)
+        .apply_settlement(&forged, now())
+        .unwrap_err();
+    assert_eq!(refusal.code, "bad_signature", "{refusal}");
+    assert_eq!(net.ledgers[0].audit_len().unwrap(), before);
+    assert_eq!(checked.skipped(), 0);
+    // The genuine certificate handed over: applied on the ingest's check.
+    assert_eq!(
+        net.c(0)
+            .checking_once(&checked)
+            .apply_settlement(&cert, now())
+            .unwrap(),
+        Applied::Applied
+    );
+    assert_eq!(checked.skipped(), 1);
+    for i in 1..4 {
+        assert_eq!(
+            net.c(i).apply_settlement(&cert, now()).unwrap(),
+            Applied::Applied
+        );
+    }
     net.assert_agree(&[0, 1, 2, 3]);
 }

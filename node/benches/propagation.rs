@@ -47,6 +47,7 @@ async fn main() {
             libp2p::identity::Keypair::generate_ed25519(),
             store.clone(),
             None,
+            None,
             &mut registry,
             std::future::pending(),
         )

@@ -215,6 +215,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let book = Arc::new(crate::orderbook::OrderBook::with_metrics(
         crate::orderbook::OrderBookMetrics::register(&mut registry),
     ));
+    // A coordinator meets each certificate handed over and again by
+    // gossip; its books and its ingest check the same bytes once.
+    let checked = match (&coordinators, config.role) {
+        (Some(set), Role::Coordinator) => Some(Arc::new(
+            rigmesh_protocol::CheckedCertificates::new(set.clone(), rigmesh_protocol::CHECKED_KEPT),
+        )),
+        _ => None,
+    };
     let net = network::start(
         &network_config,
         key,
@@ -223,6 +231,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             book.clone(),
         )),
         coordinators.clone(),
+        checked.clone(),
         &mut registry,
         stopped(stop_rx.clone()),
     )
@@ -444,6 +453,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         }
         role.metrics = coordinator_metrics;
         role.review = review.clone();
+        role.checked = checked;
         let role = Arc::new(role);
         coordinator_role = Some(role.clone());
         api.quorum = quorum.clone().map(|q| q.with_local(role.clone()));

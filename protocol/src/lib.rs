@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checked;
 pub mod codec;
 pub mod crypto;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod signed;
 pub mod time;
 pub mod wire;
 
+pub use checked::{CheckedCertificates, CHECKED_KEPT};
 pub use crypto::{Id, Keypair, PublicKey, Signature, VerifyItem};
 pub use error::{Error, Result};
 pub use kind::{Carrier, Kind};

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checked::CheckedCertificates;
 use crate::crypto::{Id, VerifyItem};
 use crate::error::{Error, Result};
 use crate::kind::Kind;
@@ -92,6 +93,16 @@ macro_rules! wire_message {
                         clock.check(Kind::$kind, m.body.created_at(), m.body.expires_at())
                     })*
                     $(WireMessage::$cert_kind(_) => self.verify(clock, coordinators),)*
+                }
+            }
+
+            /// A certificate's check through `checked`: skipped when the
+            /// same bytes passed it before against `checked`'s set; `None`
+            /// for a signed kind.
+            pub fn verify_certificate_once(&self, checked: &CheckedCertificates) -> Option<Result<()>> {
+                match self {
+                    $(WireMessage::$kind(_) => None,)*
+                    $(WireMessage::$cert_kind(c) => Some(checked.verify(c, checked.set())),)*
                 }
             }
 

@@ -18,8 +18,8 @@ use rigmesh_protocol::rpc::{
 };
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Keypair, Kind, LeaseTermination, PublicKey, SettlementRequest, Signed, UnixMillis, UsageAck,
-    UsageDispute,
+    CheckedCertificates, Keypair, Kind, LeaseTermination, PublicKey, SettlementRequest, Signed,
+    UnixMillis, UsageAck, UsageDispute,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -61,11 +61,19 @@ pub struct CoordinatorRole {
     /// The node's suspicious-activity review queue (withdrawals held for
     /// review open items in it).
     pub review: Option<crate::review::ReviewQueue>,
+    /// Certificates checked in full, shared with the node's ingest, so
+    /// that a certificate handed over and its gossiped copy are checked
+    /// once between them.
+    pub checked: Option<Arc<CheckedCertificates>>,
 }
 
 impl CoordinatorRole {
     fn rules(&self) -> Coordinator<'_, rigmesh_ledger::SledStore> {
-        Coordinator::new(&self.ledger, &self.key, &self.config)
+        let rules = Coordinator::new(&self.ledger, &self.key, &self.config);
+        match &self.checked {
+            Some(checked) => rules.checking_once(checked),
+            None => rules,
+        }
     }
 
     /// A coordinator role over its books.
@@ -87,6 +95,7 @@ impl CoordinatorRole {
             deposits_out: std::sync::Mutex::new(Vec::new()),
             metrics: None,
             review: None,
+            checked: None,
         }
     }
 

@@ -20,7 +20,9 @@ use rigmesh_ledger::market::{quota_author, quota_of, TOMBSTONE_KEPT_MS};
 use rigmesh_protocol::crypto::{self, VerifyItem};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Clock, CoordinatorSet, Error as ProtocolError, Id, Kind, PublicKey};
+use rigmesh_protocol::{
+    CheckedCertificates, Clock, CoordinatorSet, Error as ProtocolError, Id, Kind, PublicKey,
+};
 use tokio::sync::mpsc;
 
 use super::metrics::NetworkMetrics;
@@ -95,6 +97,9 @@ pub struct Ingest {
     /// quota spares the count in the store; one near it is counted again
     /// (expiry and pruning only ever make the store's count smaller).
     quota_counts: std::sync::Mutex<HashMap<(Kind, PublicKey), usize>>,
+    /// A coordinator's certificates checked in full, shared with its
+    /// books: a gossiped copy of one it was handed is not checked again.
+    checked: Option<Arc<CheckedCertificates>>,
 }
 
 /// Authors whose counts are remembered at most; past it the memory starts
@@ -136,7 +141,19 @@ impl Ingest {
             store,
             coordinators,
             quota_counts: std::sync::Mutex::new(HashMap::new()),
+            checked: None,
         }
+    }
+
+    /// Checks certificates through `checked` (a coordinator's, shared
+    /// with its books), so that bytes that passed there, or here, are not
+    /// checked again; its set replaces the one given to [`Ingest::new`].
+    pub fn checking_once(mut self, checked: Option<Arc<CheckedCertificates>>) -> Self {
+        if let Some(c) = &checked {
+            self.coordinators = Some(c.set().clone());
+        }
+        self.checked = checked;
+        self
     }
 
     /// True if the store holds a message of `kind` with `id`; a failed
@@ -172,7 +189,9 @@ impl Ingest {
     /// a read. Signed kinds are checked first and looked up at commit, as
     /// before: their signatures cost little in a batch, and a read here
     /// (one in a hundred new messages, the filter's false positives) would
-    /// wait while the commit step applies its batch.
+    /// wait while the commit step applies its batch. A coordinator's
+    /// ingest skips the checks of a certificate whose exact bytes its
+    /// books (or its ingest) checked already ([`Ingest::checking_once`]).
     pub fn check(&self, items: &[IngestItem], clock: &Clock) -> Checked {
         let mut outcomes = vec![Outcome::Ignore("unprocessed"); items.len()];
         // Stage 1: frame, decode, fields, time (no signatures yet).
@@ -184,7 +203,14 @@ impl Ingest {
                 if message.is_certificate() && self.holds(frame.kind, &id) {
                     return Ok(None);
                 }
-                message.check_unsigned(clock, self.coordinators.as_ref())?;
+                match self
+                    .checked
+                    .as_deref()
+                    .and_then(|c| message.verify_certificate_once(c))
+                {
+                    Some(checked) => checked?,
+                    None => message.check_unsigned(clock, self.coordinators.as_ref())?,
+                }
                 Ok(Some(Staged {
                     index,
                     bytes: frame.bytes.to_vec(),
@@ -641,6 +667,53 @@ mod tests {
             ingest.process(&[cert_item(&new)], &clock),
             vec![Outcome::Accept]
         );
+        assert_eq!(store.count(Kind::SettlementCertificate), 2);
+    }
+
+    #[test]
+    fn a_coordinator_does_not_check_again_the_bytes_its_books_checked() {
+        let set = samples::coordinator_set().unwrap();
+        let checked = Arc::new(CheckedCertificates::new(set.clone(), 64));
+        let store = Arc::new(MarketStore::temporary().unwrap());
+        let ingest = Ingest::new(store.clone(), None).checking_once(Some(checked.clone()));
+        let now = UnixMillis::now();
+        let clock = Clock::at(now);
+        // The certificate handed to the coordinator: its books check it.
+        let handed = final_settlement(Id([1; 32]), now);
+        let WireMessage::SettlementCertificate(c) = &handed else {
+            panic!("a settlement certificate");
+        };
+        checked.verify(c, &set).unwrap();
+        // Its gossiped copy, byte for byte the same: stored (to forward
+        // and serve) without a second check.
+        assert_eq!(
+            ingest.process(&[cert_item(&handed)], &clock),
+            vec![Outcome::Accept]
+        );
+        assert_eq!(checked.skipped(), 1);
+        // A copy of another certificate with a broken vote is checked and
+        // refused, every time.
+        let mut broken = final_settlement(Id([2; 32]), now);
+        if let WireMessage::SettlementCertificate(c) = &mut broken {
+            c.votes[0].signature.0[0] ^= 1;
+        }
+        for _ in 0..2 {
+            let outcomes = ingest.process(&[cert_item(&broken)], &clock);
+            assert!(matches!(outcomes[..], [Outcome::Reject(_)]), "{outcomes:?}");
+        }
+        // A certificate gossiped first is checked here, and the books'
+        // check of the same bytes handed over later is skipped.
+        let gossiped = final_settlement(Id([3; 32]), now);
+        assert_eq!(
+            ingest.process(&[cert_item(&gossiped)], &clock),
+            vec![Outcome::Accept]
+        );
+        assert_eq!(checked.skipped(), 1);
+        let WireMessage::SettlementCertificate(c) = &gossiped else {
+            panic!("a settlement certificate");
+        };
+        checked.verify(c, &set).unwrap();
+        assert_eq!(checked.skipped(), 2);
         assert_eq!(store.count(Kind::SettlementCertificate), 2);
     }
 

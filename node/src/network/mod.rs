@@ -336,12 +336,15 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Starts the network: builds the swarm, listens, dials the bootstrap
 /// peers, and spawns the swarm and ingest tasks. Returns once every listen
-/// address is known. `shutdown` completing stops the node.
+/// address is known. `shutdown` completing stops the node. A
+/// coordinator passes the certificates its books check (`checked`), so
+/// that ingest does not check the same bytes again.
 pub async fn start(
     config: &NetworkConfig,
     key: identity::Keypair,
     store: Arc<dyn MessageStore>,
     coordinators: Option<CoordinatorSet>,
+    checked: Option<Arc<rigmesh_protocol::CheckedCertificates>>,
     registry: &mut Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Network> {
@@ -472,7 +475,7 @@ pub async fn start(
 
     let (accepted_tx, _) = tokio::sync::broadcast::channel(ACCEPTED_BACKLOG);
     let (offence_events, _) = tokio::sync::broadcast::channel(OFFENCE_BACKLOG);
-    let ingest = ingest::Ingest::new(store.clone(), coordinators.clone());
+    let ingest = ingest::Ingest::new(store.clone(), coordinators.clone()).checking_once(checked);
     let ingest_task = tokio::spawn(ingest::run(
         ingest,
         ingest_rx,

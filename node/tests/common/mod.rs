@@ -83,6 +83,7 @@ pub async fn spawn(
         key,
         dyn_store,
         coordinators,
+        None,
         &mut registry,
         async move {
             let _ = rx.await;

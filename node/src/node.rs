@@ -223,6 +223,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         )),
         _ => None,
     };
+    if let Some(checked) = &checked {
+        crate::coordinator::metrics::CheckedCollector::register(&mut registry, checked.clone());
+    }
     let net = network::start(
         &network_config,
         key,

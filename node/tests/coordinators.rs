@@ -443,6 +443,24 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
     .await;
     let first = books(&cs[0]);
     assert!(all_four.iter().all(|c| books(c) == first));
+    // Each certificate reached the coordinators that stayed up both
+    // handed over and gossiped; its bytes were checked once at each.
+    for c in &cs {
+        let monitoring = c.monitoring;
+        eventually(
+            20,
+            "certificate checks spared at a coordinator",
+            || async move {
+                let metrics = common::http_get(monitoring, "/metrics", None).await;
+                metrics.lines().any(|line| {
+                    line.strip_prefix("rigmesh_coordinator_certificate_checks_skipped_total ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n >= 1)
+                })
+            },
+        )
+        .await;
+    }
 
     for node in cs.into_iter().chain([back, supplier, customer]) {
         node.stop().await.unwrap();

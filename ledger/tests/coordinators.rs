@@ -119,6 +119,26 @@ fn funded(net: &Net) -> EscrowCertificate {
     cert
 }
 
+/// Every coordinator's vote for `request`, the sample lease's first
+/// window with its attestation and ack.
+fn settlement_votes(net: &Net, request: &Signed<SettlementRequest>) -> Vec<Signed<Vote>> {
+    let agreement = samples::lease_agreement().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+        terminations: &[],
+    };
+    (0..4)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect()
+}
+
 #[test]
 fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
     let net = Net::new();
@@ -130,21 +150,7 @@ fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
     );
 
     let request = samples::settlement_request().unwrap();
-    let agreement = samples::lease_agreement().unwrap();
-    let attestations = [samples::usage_attestation().unwrap()];
-    let acks = [samples::usage_ack().unwrap()];
-    let evidence = SettlementEvidence {
-        request: &request,
-        agreement: &agreement,
-        attestations: &attestations,
-        previous: None,
-        acks: &acks,
-        disputes: &[],
-        terminations: &[],
-    };
-    let votes = (0..4)
-        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
-        .collect::<Vec<_>>();
+    let votes = settlement_votes(&net, &request);
     let cert = collect(&request, votes[1..].to_vec());
     for i in 0..4 {
         assert_eq!(
@@ -1133,21 +1139,7 @@ fn a_certificate_its_ingest_checked_is_applied_without_a_second_check_and_a_forg
     let net = Net::new();
     funded(&net);
     let request = samples::settlement_request().unwrap();
-    let agreement = samples::lease_agreement().unwrap();
-    let attestations = [samples::usage_attestation().unwrap()];
-    let acks = [samples::usage_ack().unwrap()];
-    let evidence = SettlementEvidence {
-        request: &request,
-        agreement: &agreement,
-        attestations: &attestations,
-        previous: None,
-        acks: &acks,
-        disputes: &[],
-        terminations: &[],
-    };
-    let votes = (0..4)
-        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
-        .collect::<Vec<_>>();
+    let votes = settlement_votes(&net, &request);
     let cert = collect(&request, votes[1..].to_vec());
     // Coordinator 0's ingest checked the gossiped copy first.
     let checked = CheckedCertificates::new(net.config.set.clone(), 64);

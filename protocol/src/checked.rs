@@ -6,7 +6,7 @@
 //! stores and forwards. Each meeting would cost a quorum of strict
 //! signature checks plus the author's. Whether a certificate passes
 //! depends on its bytes and the coordinator set only (expiry is not
-//! checked, section 8.1), so bytes that passed against a set pass again:
+//! checked: specs/protocol.md 8.4), so bytes that passed against a set pass again:
 //! a copy byte for byte the same needs no second check. Any other bytes,
 //! a broken vote among them, are checked in full.
 
@@ -18,9 +18,10 @@ use crate::crypto::Id;
 use crate::error::Result;
 use crate::messages::settlement::{Certifiable, Certificate, CoordinatorSet};
 
-/// How many certificates are remembered by default: a few seconds of a
-/// busy coordinator's settlements, far more than lies between a
-/// certificate handed over and its gossiped copy. About 1 MiB when full.
+/// How many certificates are remembered by default: tens of seconds of a
+/// busy coordinator's certificates, far more than lies between a
+/// certificate handed over and its gossiped copy. About 2 MiB when full
+/// (a 32-byte id in a hash set and in a queue).
 pub const CHECKED_KEPT: usize = 16_384;
 
 /// The ids of certificates that passed [`Certificate::verify`] against one

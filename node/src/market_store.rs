@@ -1,5 +1,6 @@
-//! The network's [`MessageStore`] over the ledger's [`MarketStore`], and
-//! the metrics of the store's upkeep (pruning and compaction).
+//! The network's [`MessageStore`] over the ledger's [`MarketStore`], the
+//! metrics of the store's upkeep (pruning and compaction), and those of
+//! the node's record of the certificates it checked.
 
 use rigmesh_ledger::{BanRecord, MarketRecord, MarketStore, OffenceRecord};
 use rigmesh_protocol::rpc::SyncTopic;
@@ -42,6 +43,50 @@ impl StoreMetrics {
             metrics.compacted_leases.clone(),
         );
         metrics
+    }
+}
+
+/// Exports what the node's record of checked certificates saves: the
+/// checks skipped because the same bytes had passed (a coordinator's
+/// books and its ingest, a certificate published then gossiped back, the
+/// compaction of a lease whose certificates came lately), and how many
+/// certificates it holds. Read at each scrape.
+#[derive(Debug)]
+pub(crate) struct CheckedCollector(std::sync::Arc<rigmesh_protocol::CheckedCertificates>);
+
+impl CheckedCollector {
+    /// Registers the collector for `checked`.
+    pub(crate) fn register(
+        registry: &mut prometheus_client::registry::Registry,
+        checked: std::sync::Arc<rigmesh_protocol::CheckedCertificates>,
+    ) {
+        registry.register_collector(Box::new(CheckedCollector(checked)));
+    }
+}
+
+impl prometheus_client::collector::Collector for CheckedCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let skipped = ConstCounter::new(self.0.skipped());
+        skipped.encode(encoder.encode_descriptor(
+            "rigmesh_certificate_checks_skipped",
+            "Certificates not checked again: the same bytes had passed against the epoch's set",
+            None,
+            skipped.metric_type(),
+        )?)?;
+        let kept = ConstGauge::new(i64::try_from(self.0.len()).unwrap_or(i64::MAX));
+        kept.encode(encoder.encode_descriptor(
+            "rigmesh_certificates_checked_kept",
+            "Certificates remembered as checked (the last ones, up to a fixed count)",
+            None,
+            kept.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 

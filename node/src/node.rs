@@ -198,11 +198,26 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let api_metrics = crate::api::ApiMetrics::register(&mut registry);
     let stall_metrics = crate::stalls::StallMetrics::register(&mut registry);
     crate::process_metrics::ProcessCollector::register(&mut registry);
+    // The certificates this node checked lately, by their exact bytes: a
+    // node meets each certificate more than once (a coordinator's books
+    // and its ingest, a party's publication and the gossiped copy, the
+    // compaction of a lease that has closed), and the same bytes are
+    // checked once.
+    let checked = coordinators.as_ref().map(|set| {
+        Arc::new(rigmesh_protocol::CheckedCertificates::new(
+            set.clone(),
+            rigmesh_protocol::CHECKED_KEPT,
+        ))
+    });
+    if let Some(checked) = &checked {
+        crate::market_store::CheckedCollector::register(&mut registry, checked.clone());
+    }
     let upkeep = Upkeep {
         metrics: crate::market_store::StoreMetrics::register(&mut registry),
         compaction: match (&coordinators, &config.coordinators) {
             (Some(set), Some(table)) => Some(CompactionTerms {
                 set: set.clone(),
+                checked: checked.clone(),
                 grace_ms: table.evidence_grace_secs.saturating_mul(1000),
                 every: std::time::Duration::from_secs(table.compact_every_secs.max(1)),
             }),
@@ -215,17 +230,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let book = Arc::new(crate::orderbook::OrderBook::with_metrics(
         crate::orderbook::OrderBookMetrics::register(&mut registry),
     ));
-    // A coordinator meets each certificate handed over and again by
-    // gossip; its books and its ingest check the same bytes once.
-    let checked = match (&coordinators, config.role) {
-        (Some(set), Role::Coordinator) => Some(Arc::new(
-            rigmesh_protocol::CheckedCertificates::new(set.clone(), rigmesh_protocol::CHECKED_KEPT),
-        )),
-        _ => None,
-    };
-    if let Some(checked) = &checked {
-        crate::coordinator::metrics::CheckedCollector::register(&mut registry, checked.clone());
-    }
     let net = network::start(
         &network_config,
         key,
@@ -705,6 +709,7 @@ struct Upkeep {
 /// When and against what the evidence of settled leases is compacted.
 struct CompactionTerms {
     set: rigmesh_protocol::CoordinatorSet,
+    checked: Option<Arc<rigmesh_protocol::CheckedCertificates>>,
     grace_ms: u64,
     every: std::time::Duration,
 }
@@ -801,7 +806,13 @@ async fn prune_expired(
                 };
                 let now = rigmesh_protocol::UnixMillis::now();
                 let round = tokio::task::spawn_blocking(move || {
-                    store.compact_settled(&terms.set, now, terms.grace_ms, COMPACT_LIMIT)
+                    store.compact_settled(
+                        &terms.set,
+                        terms.checked.as_deref(),
+                        now,
+                        terms.grace_ms,
+                        COMPACT_LIMIT,
+                    )
                 });
                 match round.await {
                     Ok(Ok(done)) if done.is_empty() => {}

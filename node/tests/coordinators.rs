@@ -453,7 +453,7 @@ async fn escrow_and_settlement_with_one_coordinator_down_and_its_catch_up() {
             || async move {
                 let metrics = common::http_get(monitoring, "/metrics", None).await;
                 metrics.lines().any(|line| {
-                    line.strip_prefix("rigmesh_coordinator_certificate_checks_skipped_total ")
+                    line.strip_prefix("rigmesh_certificate_checks_skipped_total ")
                         .and_then(|n| n.trim().parse::<u64>().ok())
                         .is_some_and(|n| n >= 1)
                 })
@@ -3325,6 +3325,20 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
         .parse()
         .unwrap();
     assert!(compacted >= 2 * 3, "attestations and acks: {compacted}");
+    // The customer checked each settlement certificate as it arrived; the
+    // compaction that found the lease settled did not check them again.
+    let skipped: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rigmesh_certificate_checks_skipped_total "))
+        .unwrap_or_else(|| panic!("no checked-certificates metric: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        skipped >= settlements(&customer),
+        "{skipped} checks skipped for {} settlement certificates",
+        settlements(&customer)
+    );
 
     // What the customer checks of the lease still answers: its settlement
     // and the certificates behind it, each verified here.

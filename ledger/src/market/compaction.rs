@@ -48,8 +48,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{
-    Certifiable, Certificate, CoordinatorSet, Credits, DisputeResolution, EscrowRelease, Id, Kind,
-    PublicKey, SettlementRequest, UnixMillis,
+    Certifiable, Certificate, CheckedCertificates, CoordinatorSet, Credits, DisputeResolution,
+    EscrowRelease, Id, Kind, PublicKey, SettlementRequest, UnixMillis,
 };
 
 use super::{lease_prefix, read_id, read_u64, MarketRecord, MarketStore, BY_LEASE};
@@ -260,10 +260,14 @@ impl MarketStore {
     /// checks the leases marked closing against `set` (each finally
     /// settled one is due `grace_ms` later), and deletes the evidence of
     /// due leases. At most `limit` of each: tombstones, closing leases
-    /// checked, evidence messages deleted.
+    /// checked, evidence messages deleted. With `checked`, the node's
+    /// record of certificates it checked lately, a certificate whose exact
+    /// bytes passed against `set` a moment before (at ingest, when
+    /// published) is not checked again.
     pub fn compact_settled(
         &self,
         set: &CoordinatorSet,
+        checked: Option<&CheckedCertificates>,
         now: UnixMillis,
         grace_ms: u64,
         limit: usize,
@@ -272,7 +276,7 @@ impl MarketStore {
             tombstones_pruned: self.prune_tombstones(now, limit)?,
             ..Compaction::default()
         };
-        self.schedule_closing(set, now, grace_ms, limit, &mut done)?;
+        self.schedule_closing(set, checked, now, grace_ms, limit, &mut done)?;
         let mut due = Vec::new();
         for entry in self.messages.range(up_to(DUE, now)) {
             let (key, _) = entry?;
@@ -314,6 +318,7 @@ impl MarketStore {
     fn schedule_closing(
         &self,
         set: &CoordinatorSet,
+        checked: Option<&CheckedCertificates>,
         now: UnixMillis,
         grace_ms: u64,
         limit: usize,
@@ -333,7 +338,7 @@ impl MarketStore {
             write.remove(closing_key(&lease));
             if self.is_compacted(&lease)? {
                 // A certificate that came after: nothing left to do.
-            } else if self.finally_settled(&lease, set)? {
+            } else if self.finally_settled(&lease, set, checked)? {
                 write.insert(due_key(due, &lease), Vec::new());
                 done.scheduled += 1;
             } else {
@@ -366,14 +371,19 @@ impl MarketStore {
     /// Whether the certificates stored about `lease` that verify against
     /// `set` close it for good: its last settlement (final, or a release)
     /// with every settlement before it, and each dispute case of those
-    /// settlements resolved.
-    pub fn finally_settled(&self, lease: &Id, set: &CoordinatorSet) -> Result<bool> {
+    /// settlements resolved. `checked` as for [`MarketStore::compact_settled`].
+    pub fn finally_settled(
+        &self,
+        lease: &Id,
+        set: &CoordinatorSet,
+        checked: Option<&CheckedCertificates>,
+    ) -> Result<bool> {
         let settlements: Vec<_> = self
-            .verified_about::<SettlementRequest>(lease, set)?
+            .verified_about::<SettlementRequest>(lease, set, checked)?
             .into_iter()
             .map(|c| c.message.body)
             .collect();
-        let releases = self.verified_about::<EscrowRelease>(lease, set)?;
+        let releases = self.verified_about::<EscrowRelease>(lease, set, checked)?;
         // The settlement sequence the lease ended at: the final
         // settlement's, or the one a release took.
         let last = settlements
@@ -401,25 +411,31 @@ impl MarketStore {
             return Ok(false);
         }
         let resolved: HashSet<u64> = self
-            .verified_about::<DisputeResolution>(lease, set)?
+            .verified_about::<DisputeResolution>(lease, set, checked)?
             .into_iter()
             .map(|c| c.message.body.settlement_seq)
             .collect();
         Ok(held.iter().all(|seq| resolved.contains(seq)))
     }
 
-    /// The certificates of `T` about `lease` that verify against `set`;
-    /// stored bytes that do not decode count as absent.
+    /// The certificates of `T` about `lease` that verify against `set`
+    /// (through `checked`, when given); stored bytes that do not decode
+    /// count as absent.
     fn verified_about<T: Certifiable + LeaseOf>(
         &self,
         lease: &Id,
         set: &CoordinatorSet,
+        checked: Option<&CheckedCertificates>,
     ) -> Result<Vec<Certificate<T>>> {
+        let verifies = |c: &Certificate<T>| match checked {
+            Some(checked) => checked.verify(c, set).is_ok(),
+            None => c.verify(set).is_ok(),
+        };
         Ok(self
             .lease_bytes(lease, T::CERTIFICATE)?
             .iter()
             .filter_map(|bytes| Certificate::<T>::from_bytes(bytes).ok())
-            .filter(|c| c.message.body.lease_id() == *lease && c.verify(set).is_ok())
+            .filter(|c| c.message.body.lease_id() == *lease && verifies(c))
             .collect())
     }
 
@@ -763,18 +779,18 @@ mod tests {
         );
         assert_eq!(evidence_of(&store, &settled), 12);
         let t = UnixMillis(1_000_000);
-        let first = store.compact_settled(&set(), t, GRACE, 100).unwrap();
+        let first = store.compact_settled(&set(), None, t, GRACE, 100).unwrap();
         assert_eq!(first.scheduled, 1, "{first:?}");
         assert_eq!(first.removed, 0, "nothing goes before the grace");
         let before = store
-            .compact_settled(&set(), UnixMillis(t.0 + GRACE - 1), GRACE, 100)
+            .compact_settled(&set(), None, UnixMillis(t.0 + GRACE - 1), GRACE, 100)
             .unwrap();
         assert!(before.is_empty(), "{before:?}");
         assert_eq!(attestations(&store, &settled), 5);
         assert!(!store.is_compacted(&settled).unwrap());
 
         let after = store
-            .compact_settled(&set(), UnixMillis(t.0 + GRACE), GRACE, 100)
+            .compact_settled(&set(), None, UnixMillis(t.0 + GRACE), GRACE, 100)
             .unwrap();
         assert_eq!(after.removed, 12);
         assert_eq!(after.compacted, 1);
@@ -796,10 +812,53 @@ mod tests {
         store.check_lease_index().unwrap();
 
         let again = store
-            .compact_settled(&set(), UnixMillis(t.0 + 2 * GRACE), GRACE, 100)
+            .compact_settled(&set(), None, UnixMillis(t.0 + 2 * GRACE), GRACE, 100)
             .unwrap();
         assert!(again.is_empty(), "idempotent: {again:?}");
         assert_eq!(evidence_of(&store, &running), 8);
+    }
+
+    #[test]
+    fn certificates_checked_lately_are_not_checked_again_and_other_bytes_are() {
+        let store = MarketStore::temporary().unwrap();
+        let (settled, forged) = (Id([3; 32]), Id([4; 32]));
+        put(&store, &evidence(settled, 2));
+        put(&store, &evidence(forged, 2));
+        let checked = CheckedCertificates::new(set(), 64);
+        let remember = |message: &WireMessage| match message {
+            WireMessage::SettlementCertificate(c) => checked.verify(c, &set()).unwrap(),
+            other => panic!("not a settlement certificate: {other:?}"),
+        };
+        // As the node's ingest checks them on arrival.
+        let genuine = [
+            settlement(settled, 0, false, 0, &QUORUM),
+            settlement(settled, 1, true, 0, &QUORUM),
+        ];
+        genuine.iter().for_each(remember);
+        // The other lease's final settlement was checked as it is, but the
+        // store holds other bytes for it: one vote's signature broken.
+        let checked_copy = settlement(forged, 0, true, 0, &QUORUM);
+        remember(&checked_copy);
+        let WireMessage::SettlementCertificate(mut broken) = checked_copy else {
+            unreachable!()
+        };
+        broken.votes[2].signature = Keypair::from_seed([9; 32]).sign(Kind::Vote, b"other");
+        put(&store, &genuine);
+        put(&store, &[WireMessage::SettlementCertificate(broken)]);
+        assert_eq!(checked.skipped(), 0);
+
+        let done = store
+            .compact_settled(&set(), Some(&checked), UnixMillis(u64::MAX / 2), 0, 100)
+            .unwrap();
+        assert_eq!((done.scheduled, done.not_settled), (1, 1), "{done:?}");
+        assert_eq!(
+            checked.skipped(),
+            2,
+            "the settled lease's two certificates were not checked again"
+        );
+        assert_eq!(evidence_of(&store, &settled), 0);
+        assert_eq!(evidence_of(&store, &forged), 6);
+        assert!(!store.is_compacted(&forged).unwrap());
     }
 
     #[test]
@@ -833,7 +892,9 @@ mod tests {
             let mut rounds = 0;
             let mut removed = 0;
             loop {
-                let done = store.compact_settled(&set(), UnixMillis(0), 0, 2).unwrap();
+                let done = store
+                    .compact_settled(&set(), None, UnixMillis(0), 0, 2)
+                    .unwrap();
                 if done.is_empty() {
                     break;
                 }
@@ -888,7 +949,7 @@ mod tests {
             assert_eq!(store.count(Kind::SettlementCertificate), 0);
             assert_eq!(store.count(Kind::EscrowCertificate), 0);
             assert!(store
-                .compact_settled(&set(), UnixMillis(0), 0, 100)
+                .compact_settled(&set(), None, UnixMillis(0), 0, 100)
                 .unwrap()
                 .is_empty());
             // Of a lease not compacted here: taken, until it is older than
@@ -915,7 +976,7 @@ mod tests {
         put(&store, &evidence(lease, 2));
         put(&store, &[WireMessage::ReleaseCertificate(release)]);
         let done = store
-            .compact_settled(&set(), UnixMillis(0), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(0), 0, 100)
             .unwrap();
         assert_eq!((done.scheduled, done.removed, done.compacted), (1, 6, 1));
         assert_eq!(evidence_of(&store, &lease), 0);
@@ -963,7 +1024,7 @@ mod tests {
             ],
         );
         let done = store
-            .compact_settled(&set(), UnixMillis(u64::MAX / 2), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(u64::MAX / 2), 0, 100)
             .unwrap();
         assert_eq!((done.scheduled, done.not_settled, done.removed), (0, 4, 0));
         for lease in &leases {
@@ -974,7 +1035,7 @@ mod tests {
         // now it closes.
         put(&store, &[resolution(leases[3], 0, 500)]);
         let done = store
-            .compact_settled(&set(), UnixMillis(u64::MAX / 2), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(u64::MAX / 2), 0, 100)
             .unwrap();
         assert_eq!((done.scheduled, done.removed), (1, 6));
         assert_eq!(evidence_of(&store, &leases[3]), 0);
@@ -989,7 +1050,13 @@ mod tests {
         put(&store, &messages);
         put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
         let t = UnixMillis(5_000);
-        assert_eq!(store.compact_settled(&set(), t, 0, 100).unwrap().removed, 6);
+        assert_eq!(
+            store
+                .compact_settled(&set(), None, t, 0, 100)
+                .unwrap()
+                .removed,
+            6
+        );
         put(&store, &messages);
         assert_eq!(evidence_of(&store, &lease), 0, "the replay is refused");
         assert_eq!(store.count(Kind::UsageAck), 0);
@@ -1005,12 +1072,18 @@ mod tests {
             .iter()
             .any(|v| v.coordinator == samples::coordinators()[2].public()));
         let later = store
-            .compact_settled(&set(), UnixMillis(t.0 + TOMBSTONE_KEPT_MS - 1), 0, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(t.0 + TOMBSTONE_KEPT_MS - 1),
+                0,
+                100,
+            )
             .unwrap();
         assert_eq!(later.tombstones_pruned, 0);
         assert_eq!(later.compacted, 0, "a lease is counted once");
         let gone = store
-            .compact_settled(&set(), UnixMillis(t.0 + TOMBSTONE_KEPT_MS), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(t.0 + TOMBSTONE_KEPT_MS), 0, 100)
             .unwrap();
         assert_eq!(gone.tombstones_pruned, 1);
         assert!(!store.is_compacted(&lease).unwrap());
@@ -1025,7 +1098,9 @@ mod tests {
             let store = MarketStore::open(dir.path()).unwrap();
             put(&store, &evidence(lease, 10));
             put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
-            let done = store.compact_settled(&set(), UnixMillis(10), 0, 7).unwrap();
+            let done = store
+                .compact_settled(&set(), None, UnixMillis(10), 0, 7)
+                .unwrap();
             assert_eq!((done.removed, done.compacted), (7, 0));
             store.flush().unwrap();
             // Dropped in the middle of the lease, as a stop would.
@@ -1040,7 +1115,9 @@ mod tests {
         let mut removed = 7;
         let mut rounds = 0;
         loop {
-            let done = store.compact_settled(&set(), UnixMillis(20), 0, 7).unwrap();
+            let done = store
+                .compact_settled(&set(), None, UnixMillis(20), 0, 7)
+                .unwrap();
             store.check_lease_index().unwrap();
             removed += done.removed;
             rounds += 1;
@@ -1052,7 +1129,7 @@ mod tests {
         assert_eq!(removed, 22);
         assert_eq!(evidence_of(&store, &lease), 0);
         assert!(store
-            .compact_settled(&set(), UnixMillis(30), 0, 7)
+            .compact_settled(&set(), None, UnixMillis(30), 0, 7)
             .unwrap()
             .is_empty());
     }
@@ -1075,7 +1152,7 @@ mod tests {
         }
         let store = MarketStore::open(dir.path()).unwrap();
         let done = store
-            .compact_settled(&set(), UnixMillis(0), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(0), 0, 100)
             .unwrap();
         assert_eq!((done.scheduled, done.removed), (1, 4));
     }
@@ -1108,7 +1185,7 @@ mod tests {
             }
             let mut compacted = 0;
             for round in 0..200u64 {
-                let done = store.compact_settled(&set(), UnixMillis(round), 0, limit).unwrap();
+                let done = store.compact_settled(&set(), None, UnixMillis(round), 0, limit).unwrap();
                 store.check_lease_index().unwrap();
                 proptest::prop_assert!(done.removed <= limit);
                 compacted += done.compacted;

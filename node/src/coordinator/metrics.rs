@@ -1,14 +1,12 @@
 //! Prometheus metrics of a coordinator: requests by kind and outcome,
 //! refusals by code, how long answers take, how many wait, certificates
 //! applied, money moved, alerts raised, and how its books' group commit
-//! shares flushes (writes per flush, writers queued behind one), and the
-//! certificate checks its books and ingest spared each other.
+//! shares flushes (writes per flush, writers queued behind one).
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, CoordinatorResponse};
@@ -301,43 +299,6 @@ fn bounded_label(text: &str) -> String {
         text.to_string()
     } else {
         "other".to_string()
-    }
-}
-
-/// Exports what a coordinator's shared memory of checked certificates
-/// saves: the checks skipped because the same bytes had passed (handed
-/// over, then gossiped, or the other way round), and how many
-/// certificates it holds. Read at each scrape.
-#[derive(Debug)]
-pub struct CheckedCollector(pub std::sync::Arc<rigmesh_protocol::CheckedCertificates>);
-
-impl CheckedCollector {
-    /// Registers the collector for `checked`.
-    pub fn register(
-        registry: &mut Registry,
-        checked: std::sync::Arc<rigmesh_protocol::CheckedCertificates>,
-    ) {
-        registry.register_collector(Box::new(CheckedCollector(checked)));
-    }
-}
-
-impl Collector for CheckedCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let skipped = ConstCounter::new(self.0.skipped());
-        skipped.encode(encoder.encode_descriptor(
-            "rigmesh_coordinator_certificate_checks_skipped",
-            "Certificates not checked again: the same bytes had passed against the epoch's set",
-            None,
-            skipped.metric_type(),
-        )?)?;
-        let kept = ConstGauge::new(i64::try_from(self.0.len()).unwrap_or(i64::MAX));
-        kept.encode(encoder.encode_descriptor(
-            "rigmesh_coordinator_certificates_checked_kept",
-            "Certificates remembered as checked (the last ones, up to a fixed count)",
-            None,
-            kept.metric_type(),
-        )?)?;
-        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use rigmesh_protocol::rpc::GossipFrame;
 use rigmesh_protocol::wire::WireMessage;
-use rigmesh_protocol::{Carrier, Clock, CoordinatorSet, UnixMillis};
+use rigmesh_protocol::{Carrier, CheckedCertificates, Clock, CoordinatorSet, UnixMillis};
 use tokio::sync::{mpsc, oneshot};
 
 use super::offences::{Offender, Standing};
@@ -180,6 +180,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     store: std::sync::Arc<dyn MessageStore>,
     coordinators: Option<CoordinatorSet>,
+    checked: Option<std::sync::Arc<CheckedCertificates>>,
     accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
     offences: tokio::sync::broadcast::Sender<super::OffenceEvent>,
 }
@@ -198,6 +199,7 @@ impl NodeHandle {
         peer_id: PeerId,
         store: std::sync::Arc<dyn MessageStore>,
         coordinators: Option<CoordinatorSet>,
+        checked: Option<std::sync::Arc<CheckedCertificates>>,
         accepted: tokio::sync::broadcast::Sender<AcceptedMessage>,
         offences: tokio::sync::broadcast::Sender<super::OffenceEvent>,
     ) -> Self {
@@ -206,6 +208,7 @@ impl NodeHandle {
             peer_id,
             store,
             coordinators,
+            checked,
             accepted,
             offences,
         }
@@ -242,22 +245,45 @@ impl NodeHandle {
     /// Checks `message` fully, stores it, tells this node's subscribers
     /// (as if it had come from a peer), and gossips it on its topic. The
     /// message is stored even when no peer is connected yet (peers fetch it
-    /// through sync); publishing then fails with [`Error::Network`].
+    /// through sync); publishing then fails with [`Error::Network`]. The
+    /// check and the write run on a blocking thread, not on the executor.
+    /// A certificate goes through the node's record of checked
+    /// certificates, so its gossiped copy coming back, and the compaction
+    /// of its lease, do not check the same bytes again.
     pub async fn publish(&self, message: &WireMessage) -> Result<()> {
         let kind = message.kind();
         let Carrier::Topic(topic) = kind.carrier() else {
             return Err(Error::Config(format!("{kind} is not gossiped")));
         };
-        message.verify(&Clock::system(), self.coordinators.as_ref())?;
-        let bytes = message.to_bytes()?;
-        let accepted = AcceptedMessage {
-            id: message.id()?,
-            bytes: bytes.clone(),
-            message: message.clone(),
-        };
-        self.store
-            .store(std::slice::from_ref(&accepted))
-            .map_err(Error::Store)?;
+        let (store, coordinators, checked) = (
+            self.store.clone(),
+            self.coordinators.clone(),
+            self.checked.clone(),
+        );
+        let message = message.clone();
+        let accepted = tokio::task::spawn_blocking(move || -> Result<AcceptedMessage> {
+            match checked
+                .as_deref()
+                .and_then(|c| message.verify_certificate_once(c))
+            {
+                Some(verified) => verified?,
+                None => message.verify(&Clock::system(), coordinators.as_ref())?,
+            }
+            let accepted = AcceptedMessage {
+                id: message.id()?,
+                bytes: message.to_bytes()?,
+                message,
+            };
+            store
+                .store(std::slice::from_ref(&accepted))
+                .map_err(Error::Store)?;
+            Ok(accepted)
+        })
+        .await
+        .map_err(|err| {
+            Error::Store(format!("the publication's check and write failed: {err}"))
+        })??;
+        let bytes = accepted.bytes.clone();
         // Without receivers there is nobody to tell.
         let _ = self.accepted.send(accepted);
         let data = GossipFrame::encode(kind, &bytes);

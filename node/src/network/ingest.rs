@@ -737,7 +737,7 @@ mod tests {
                 ingest.process(&[cert_item(&certificate)], &clock),
                 vec![Outcome::Accept]
             );
-            let done = store.compact_settled(&set, now, 0, 100).unwrap();
+            let done = store.compact_settled(&set, None, now, 0, 100).unwrap();
             assert_eq!(done.compacted, 1);
             let outcomes = ingest.process(&[cert_item(&certificate), cert_item(&ancient)], &clock);
             if keeps {
@@ -776,7 +776,7 @@ mod tests {
             ingest.process(&[cert_item(&certificate)], &clock),
             vec![Outcome::Accept]
         );
-        let done = store.compact_settled(&set, now, 0, 100).unwrap();
+        let done = store.compact_settled(&set, None, now, 0, 100).unwrap();
         assert_eq!(done.removed, 1);
 
         // A replay of its attestation, and a later one, are ignored; a

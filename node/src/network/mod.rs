@@ -336,9 +336,10 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Starts the network: builds the swarm, listens, dials the bootstrap
 /// peers, and spawns the swarm and ingest tasks. Returns once every listen
-/// address is known. `shutdown` completing stops the node. A
-/// coordinator passes the certificates its books check (`checked`), so
-/// that ingest does not check the same bytes again.
+/// address is known. `shutdown` completing stops the node. `checked` is
+/// the node's record of the certificates it checked (a coordinator's
+/// books share it), so that ingest and publication do not check the same
+/// bytes again.
 pub async fn start(
     config: &NetworkConfig,
     key: identity::Keypair,
@@ -475,7 +476,8 @@ pub async fn start(
 
     let (accepted_tx, _) = tokio::sync::broadcast::channel(ACCEPTED_BACKLOG);
     let (offence_events, _) = tokio::sync::broadcast::channel(OFFENCE_BACKLOG);
-    let ingest = ingest::Ingest::new(store.clone(), coordinators.clone()).checking_once(checked);
+    let ingest =
+        ingest::Ingest::new(store.clone(), coordinators.clone()).checking_once(checked.clone());
     let ingest_task = tokio::spawn(ingest::run(
         ingest,
         ingest_rx,
@@ -528,6 +530,7 @@ pub async fn start(
             peer_id,
             store,
             coordinators,
+            checked,
             accepted_tx,
             offence_events,
         ),

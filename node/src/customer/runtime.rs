@@ -183,6 +183,9 @@ pub struct Customer {
     top_up_due: bool,
     /// Terminations and escrow releases under way in tasks of their own.
     chores: Chores,
+    /// The node's stop signal, once [`run`] has it: no bid is started
+    /// after it turns true, even by a step that was under way when it did.
+    stopping: Option<watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for Customer {
@@ -242,6 +245,7 @@ impl Customer {
             bids: BidQueue::default(),
             top_up_due: false,
             chores: Chores::default(),
+            stopping: None,
         })
     }
 }
@@ -310,6 +314,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut accepted = customer.network.subscribe();
+    customer.stopping = Some(stop.clone());
     customer.resume().await;
     let mut tick = tokio::time::interval(Duration::from_millis(STANDING_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -870,9 +875,13 @@ impl Customer {
     }
 
     /// Starts the next bid while none is in flight: the local API's
-    /// queued bids first, then the standing bids' looks at the book.
+    /// queued bids first, then the standing bids' looks at the book. None
+    /// once the node is stopping: a step under way when the stop came (a
+    /// tick's publication, a bid's end as the network goes) would start a
+    /// queued bid on a network that is gone, where [`Customer::stop_bids`]
+    /// answers it that it was not placed.
     async fn start_next(&mut self) {
-        while !self.bids.busy() {
+        while !self.bids.busy() && !self.is_stopping() {
             if let Some(bid) = self.bids.next_queued() {
                 let purpose = Purpose::Command {
                     reply: bid.reply,
@@ -886,6 +895,10 @@ impl Customer {
                 break;
             }
         }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|stop| *stop.borrow())
     }
 
     /// The node is stopping: queued bids are answered that they were not

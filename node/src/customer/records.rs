@@ -464,6 +464,24 @@ impl CustomerRecords {
     pub fn flush(&self) -> Result<()> {
         self.store.flush().map_err(ledger)
     }
+
+    /// Runs `work` on these records on a blocking thread, for what may wait
+    /// on the disk: a flush (setting the caps flushes), and a batch (a
+    /// window, an alert), which waits while a flush of any of the
+    /// process's sled databases is under way. The async executor the
+    /// node's tasks share is not held up meanwhile.
+    pub async fn off_executor<T, F>(self: &std::sync::Arc<Self>, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&CustomerRecords) -> Result<T> + Send + 'static,
+    {
+        let records = std::sync::Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&records))
+            .await
+            .map_err(|err| {
+                Error::Store(format!("customer records: the write did not finish: {err}"))
+            })?
+    }
 }
 
 #[cfg(test)]
@@ -510,6 +528,30 @@ mod tests {
                 }
             },
         }
+    }
+
+    #[tokio::test]
+    async fn caps_set_off_the_executor_are_read_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("customer");
+        let records = std::sync::Arc::new(CustomerRecords::open(&path).unwrap());
+        let caps = Caps {
+            account: Some("40".parse().unwrap()),
+            leases: [(Id([4; 32]), "7.25".parse().unwrap())].into(),
+        };
+        let executor = std::thread::current().id();
+        let kept = caps.clone();
+        let ran_on = records
+            .off_executor(move |r| {
+                r.put_caps(&kept)?;
+                Ok(std::thread::current().id())
+            })
+            .await
+            .unwrap();
+        assert_ne!(ran_on, executor, "the flush ran on the executor's thread");
+        drop(records);
+        let reopened = CustomerRecords::open(&path).unwrap();
+        assert_eq!(reopened.caps().unwrap(), caps);
     }
 
     #[test]

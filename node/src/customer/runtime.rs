@@ -166,7 +166,7 @@ pub struct Customer {
     /// The coordinator set's terms (fee, grace period), to build escrow
     /// releases.
     rules: Option<rigmesh_ledger::CoordinatorConfig>,
-    records: CustomerRecords,
+    records: Arc<CustomerRecords>,
     leases: BTreeMap<Id, Lease>,
     spending: Spending,
     standing: StandingBids,
@@ -236,7 +236,7 @@ impl Customer {
             network,
             quorum,
             rules: None,
-            records,
+            records: Arc::new(records),
             leases: BTreeMap::new(),
             spending,
             standing: StandingBids::default(),
@@ -327,7 +327,7 @@ pub async fn run(
                 if stopping {
                     customer.stop_bids().await;
                     customer.stop_chores().await;
-                    if let Err(err) = customer.records.flush() {
+                    if let Err(err) = customer.records.off_executor(|r| r.flush()).await {
                         tracing::warn!(%err, "customer records not flushed");
                     }
                     return;
@@ -381,17 +381,29 @@ async fn publish(network: &NodeHandle, message: &WireMessage, what: &str) -> boo
 
 /// Keeps budget alerts and hands them to the notifier. They stay on this
 /// node: spend and caps are the account's own business, never gossiped.
-fn raise(
-    records: &CustomerRecords,
+async fn raise(
+    records: &Arc<CustomerRecords>,
     alerts_to: &crate::notify::AlertSink,
     alerts: Vec<Signed<Alert>>,
 ) {
     alerts_to.raise_all(&alerts);
-    for alert in alerts {
-        match AlertRecord::of(&alert).and_then(|record| records.put_alert(&record)) {
-            Ok(()) => {}
-            Err(err) => tracing::warn!(%err, "budget alert not recorded"),
-        }
+    if alerts.is_empty() {
+        return;
+    }
+    let kept = records
+        .off_executor(move |records| {
+            for alert in &alerts {
+                if let Err(err) =
+                    AlertRecord::of(alert).and_then(|record| records.put_alert(&record))
+                {
+                    tracing::warn!(%err, "budget alert not recorded");
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(err) = kept {
+        tracing::warn!(%err, "budget alerts not recorded");
     }
 }
 
@@ -545,7 +557,7 @@ impl Customer {
                 match alert {
                     Ok(alert) => {
                         tracing::warn!(message = %alert.body.message, "forecast alert");
-                        raise(&self.records, &self.alerts_to, vec![alert]);
+                        raise(&self.records, &self.alerts_to, vec![alert]).await;
                         let _ = reply.send(());
                     }
                     Err(err) => tracing::warn!(%err, "forecast alert not signed"),
@@ -858,7 +870,10 @@ impl Customer {
                 for completed in orphans {
                     self.adopt_escrow(completed).await;
                 }
-                result.and_then(|agreed| self.start_lease(&request, agreed))
+                match result {
+                    Ok(agreed) => self.start_lease(&request, agreed).await,
+                    Err(err) => Err(err),
+                }
             }
             Err(err) => {
                 tracing::error!(%err, gpu = %request.gpu, "a bid's task ended without an outcome");
@@ -985,7 +1000,7 @@ impl Customer {
     }
 
     /// Starts watching a lease its bid agreed, records it and its cap.
-    fn start_lease(
+    async fn start_lease(
         &mut self,
         request: &BidRequest,
         (agreement, escrow, status): Agreed,
@@ -1011,7 +1026,8 @@ impl Customer {
         if let Some(cap) = request.budget {
             let mut caps = self.spending.caps().clone();
             caps.leases.insert(status.lease, cap);
-            match self.records.put_caps(&caps) {
+            let kept = caps.clone();
+            match self.records.off_executor(move |r| r.put_caps(&kept)).await {
                 Ok(()) => {
                     let alerts = self.spending.set_lease(
                         status.lease,
@@ -1443,7 +1459,7 @@ impl Customer {
             .spending
             .update(id, spent, Credits::ZERO, UnixMillis::now())
         {
-            Ok(update) => raise(&self.records, &self.alerts_to, update.alerts),
+            Ok(update) => raise(&self.records, &self.alerts_to, update.alerts).await,
             Err(err) => tracing::warn!(%err, "budget update failed"),
         }
     }
@@ -1587,18 +1603,23 @@ impl Customer {
             );
         }
         let recorded = match status {
-            Some(status) => self.records.put_window(
-                &record_of(lease),
-                &WindowRecord {
-                    seq: body.seq,
-                    attestation: attestation.id().unwrap_or(Id::ZERO),
-                    window_start: body.window_start,
-                    window_end: body.window_end,
-                    billable_gpu_ms: body.billable_gpu_ms,
-                    charge,
-                    status,
-                },
-            ),
+            Some(status) => {
+                let (record, window) = (
+                    record_of(lease),
+                    WindowRecord {
+                        seq: body.seq,
+                        attestation: attestation.id().unwrap_or(Id::ZERO),
+                        window_start: body.window_start,
+                        window_end: body.window_end,
+                        billable_gpu_ms: body.billable_gpu_ms,
+                        charge,
+                        status,
+                    },
+                );
+                self.records
+                    .off_executor(move |r| r.put_window(&record, &window))
+                    .await
+            }
             None if answer.is_some() => self.records.put_lease(&record_of(lease)),
             None => Ok(()),
         };
@@ -1631,7 +1652,7 @@ impl Customer {
         let mut terminate = None;
         match self.spending.update(id, lease.spent(), next, now) {
             Ok(update) => {
-                raise(&self.records, &self.alerts_to, update.alerts);
+                raise(&self.records, &self.alerts_to, update.alerts).await;
                 if let Decision::Terminate { cap, account } = update.decision {
                     self.alerts_to.raise(&crate::notify::own_alert(
                         self.key.public(),
@@ -1688,7 +1709,11 @@ impl Customer {
                 };
             }
         }
-        self.records.put_caps(&caps).map_err(request_failed)?;
+        let kept = caps.clone();
+        self.records
+            .off_executor(move |r| r.put_caps(&kept))
+            .await
+            .map_err(request_failed)?;
         let applied = match change {
             BudgetChange::Account(cap) => {
                 let spends: Vec<(Id, Credits)> =
@@ -1704,7 +1729,7 @@ impl Customer {
             }
         };
         match applied {
-            Ok(alerts) => raise(&self.records, &self.alerts_to, alerts),
+            Ok(alerts) => raise(&self.records, &self.alerts_to, alerts).await,
             // Caps are checked before they get here; should one still be
             // refused, the stored caps take effect at the next start.
             Err(err) => tracing::warn!(%err, "cap not applied"),

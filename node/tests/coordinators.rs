@@ -3317,23 +3317,20 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     .await;
     customer.store.check_lease_index().unwrap();
     let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
-    let compacted: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rigmesh_store_compacted_messages_total "))
-        .unwrap_or_else(|| panic!("no compaction metric: {metrics}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let counter = |series: &str| -> usize {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series}: {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let compacted = counter("rigmesh_store_compacted_messages_total");
     assert!(compacted >= 2 * 3, "attestations and acks: {compacted}");
     // The customer checked each settlement certificate as it arrived; the
     // compaction that found the lease settled did not check them again.
-    let skipped: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rigmesh_certificate_checks_skipped_total "))
-        .unwrap_or_else(|| panic!("no checked-certificates metric: {metrics}"))
-        .trim()
-        .parse()
-        .unwrap();
+    let skipped = counter("rigmesh_certificate_checks_skipped_total");
     assert!(
         skipped >= settlements(&customer),
         "{skipped} checks skipped for {} settlement certificates",

@@ -153,8 +153,16 @@ async fn a_misbehaving_peer_is_rejected_everywhere_and_banned() {
             }
         })
         .await;
+        // The swarm task hands the ban to the store's writer, which
+        // records it a moment after the ban takes effect.
+        let store = h.store.clone();
+        eventually(10, "the ban stored by the neighbour", || {
+            let store = store.clone();
+            async move { !store.bans().is_empty() }
+        })
+        .await;
         let bans = h.store.bans();
-        assert_eq!(bans.len(), 1, "the ban is stored");
+        assert_eq!(bans.len(), 1, "the ban is stored once");
         assert_eq!(bans[0].peer, bad_id.to_bytes());
         assert!(bans[0].reason.contains("invalid messages"));
     }

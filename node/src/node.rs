@@ -214,9 +214,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     }
     let upkeep = Upkeep {
         metrics: crate::market_store::StoreMetrics::register(&mut registry),
-        compaction: match (&coordinators, &config.coordinators) {
-            (Some(set), Some(table)) => Some(CompactionTerms {
-                set: set.clone(),
+        compaction: match (&checked, &config.coordinators) {
+            (Some(checked), Some(table)) => Some(CompactionTerms {
                 checked: checked.clone(),
                 grace_ms: table.evidence_grace_secs.saturating_mul(1000),
                 every: std::time::Duration::from_secs(table.compact_every_secs.max(1)),
@@ -708,8 +707,9 @@ struct Upkeep {
 
 /// When and against what the evidence of settled leases is compacted.
 struct CompactionTerms {
-    set: rigmesh_protocol::CoordinatorSet,
-    checked: Option<Arc<rigmesh_protocol::CheckedCertificates>>,
+    /// The node's record of checked certificates, with the coordinator
+    /// set they are checked against.
+    checked: Arc<rigmesh_protocol::CheckedCertificates>,
     grace_ms: u64,
     every: std::time::Duration,
 }
@@ -807,8 +807,8 @@ async fn prune_expired(
                 let now = rigmesh_protocol::UnixMillis::now();
                 let round = tokio::task::spawn_blocking(move || {
                     store.compact_settled(
-                        &terms.set,
-                        terms.checked.as_deref(),
+                        terms.checked.set(),
+                        Some(&terms.checked),
                         now,
                         terms.grace_ms,
                         COMPACT_LIMIT,

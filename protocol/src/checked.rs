@@ -1,10 +1,12 @@
 //! Certificates a node has checked in full, remembered by their exact
 //! bytes so that the same bytes met again are not checked again.
 //!
-//! A coordinator meets each certificate at least twice: handed to it by
-//! the party that assembled it, and again as the gossiped copy its ingest
-//! stores and forwards. Each meeting would cost a quorum of strict
-//! signature checks plus the author's. Whether a certificate passes
+//! A node meets a certificate more than once: a coordinator is handed it
+//! by the party that assembled it and meets it again as the gossiped copy
+//! its ingest stores and forwards; any node meets it again when the
+//! compaction of its lease decides whether the lease is finally settled.
+//! Each meeting would cost a quorum of strict signature checks plus the
+//! author's. Whether a certificate passes
 //! depends on its bytes and the coordinator set only (expiry is not
 //! checked: specs/protocol.md 8.4), so bytes that passed against a set pass again:
 //! a copy byte for byte the same needs no second check. Any other bytes,

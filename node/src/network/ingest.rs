@@ -97,8 +97,9 @@ pub struct Ingest {
     /// quota spares the count in the store; one near it is counted again
     /// (expiry and pruning only ever make the store's count smaller).
     quota_counts: std::sync::Mutex<HashMap<(Kind, PublicKey), usize>>,
-    /// A coordinator's certificates checked in full, shared with its
-    /// books: a gossiped copy of one it was handed is not checked again.
+    /// The node's record of certificates checked in full, shared with
+    /// what it publishes, its compaction and a coordinator's books: the
+    /// same bytes are not checked again.
     checked: Option<Arc<CheckedCertificates>>,
 }
 
@@ -145,9 +146,10 @@ impl Ingest {
         }
     }
 
-    /// Checks certificates through `checked` (a coordinator's, shared
-    /// with its books), so that bytes that passed there, or here, are not
-    /// checked again; its set replaces the one given to [`Ingest::new`].
+    /// Checks certificates through `checked` (the node's record, shared
+    /// with a coordinator's books), so that bytes that passed there, or
+    /// here, are not checked again; its set replaces the one given to
+    /// [`Ingest::new`].
     pub fn checking_once(mut self, checked: Option<Arc<CheckedCertificates>>) -> Self {
         if let Some(c) = &checked {
             self.coordinators = Some(c.set().clone());
@@ -189,9 +191,9 @@ impl Ingest {
     /// a read. Signed kinds are checked first and looked up at commit, as
     /// before: their signatures cost little in a batch, and a read here
     /// (one in a hundred new messages, the filter's false positives) would
-    /// wait while the commit step applies its batch. A coordinator's
-    /// ingest skips the checks of a certificate whose exact bytes its
-    /// books (or its ingest) checked already ([`Ingest::checking_once`]).
+    /// wait while the commit step applies its batch. Ingest skips the
+    /// checks of a certificate whose exact bytes the node checked already
+    /// (a coordinator's books, or ingest itself: [`Ingest::checking_once`]).
     pub fn check(&self, items: &[IngestItem], clock: &Clock) -> Checked {
         let mut outcomes = vec![Outcome::Ignore("unprocessed"); items.len()];
         // Stage 1: frame, decode, fields, time (no signatures yet).

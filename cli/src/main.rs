@@ -16,7 +16,23 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The allocator's statistics, for the node's `rigmesh_allocator_*`
+/// metrics. Each read first advances jemalloc's epoch, which refreshes
+/// the figures it caches.
+fn read_jemalloc() -> Option<rigmesh_node::process_metrics::AllocatorReading> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    Some(rigmesh_node::process_metrics::AllocatorReading {
+        allocated: bytes(stats::allocated::read().ok()?),
+        active: bytes(stats::active::read().ok()?),
+        metadata: bytes(stats::metadata::read().ok()?),
+        resident: bytes(stats::resident::read().ok()?),
+    })
+}
+
 fn main() -> ExitCode {
+    rigmesh_node::process_metrics::read_allocator_with(read_jemalloc);
     let cli = commands::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RIGMESH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cli.default_log()));

@@ -12,6 +12,10 @@ use std::time::Duration;
 use common::{interrupt, start, start_with, supplier_config};
 
 fn health(lines: &[String]) -> String {
+    monitoring_get(lines, "/health")
+}
+
+fn monitoring_get(lines: &[String], path: &str) -> String {
     let url = lines
         .iter()
         .find_map(|l| l.strip_prefix("monitoring on http://"))
@@ -22,7 +26,7 @@ fn health(lines: &[String]) -> String {
         .unwrap();
     write!(
         stream,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -51,6 +55,34 @@ fn node_runs_answers_health_and_stops_cleanly() {
     let (child, lines) = start(dir.path());
     assert!(lines.contains(&format!("peer id {peer}")));
     interrupt(child);
+}
+
+/// The binary's allocator is read on `/metrics`: its live heap, within
+/// the pages that hold it, within what the allocator keeps resident.
+#[test]
+fn the_node_reports_its_live_heap_apart_from_its_resident_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, lines) = start(dir.path());
+    let metrics = monitoring_get(&lines, "/metrics");
+    interrupt(child);
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    let allocated = sample("rigmesh_allocator_allocated_bytes");
+    let active = sample("rigmesh_allocator_active_bytes");
+    let resident = sample("rigmesh_allocator_resident_bytes");
+    // A running node holds at least a megabyte (its stores, its swarm).
+    assert!(allocated > 1e6, "allocated {allocated}");
+    assert!(
+        allocated <= active,
+        "allocated {allocated}, active {active}"
+    );
+    assert!(active <= resident, "active {active}, resident {resident}");
+    assert!(sample("rigmesh_allocator_metadata_bytes") > 0.0);
 }
 
 #[test]

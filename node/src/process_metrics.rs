@@ -9,6 +9,11 @@
 //! the open descriptors, all served by the kernel from memory, no disk.
 //! Where there is no `/proc` (not Linux), or it cannot be read, the
 //! metrics are left out: a scrape never fails for them.
+//!
+//! Where the binary tells how to read its allocator ([`read_allocator_with`]),
+//! the `rigmesh_allocator_*` metrics add what resident memory alone cannot
+//! tell: the bytes the process's live allocations hold, apart from the
+//! pages the allocator keeps mapped for reuse or has not yet handed back.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -69,6 +74,36 @@ pub fn read() -> Option<ProcessReading> {
 #[cfg(not(target_os = "linux"))]
 pub fn read() -> Option<ProcessReading> {
     None
+}
+
+/// One reading of the process's allocator, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocatorReading {
+    /// Held by live allocations.
+    pub allocated: u64,
+    /// In the pages those allocations lie on (`allocated` and the
+    /// free space between them).
+    pub active: u64,
+    /// The allocator's own bookkeeping.
+    pub metadata: u64,
+    /// Physically resident in the allocator's pages, freed pages it has
+    /// not yet handed back included.
+    pub resident: u64,
+}
+
+/// How the binary reads its allocator, if it told.
+static ALLOCATOR: std::sync::OnceLock<fn() -> Option<AllocatorReading>> =
+    std::sync::OnceLock::new();
+
+/// Tells the collector how to read the process's allocator (the binary
+/// knows which one it declared; a library does not). The first call wins.
+pub fn read_allocator_with(reader: fn() -> Option<AllocatorReading>) {
+    let _ = ALLOCATOR.set(reader);
+}
+
+/// The allocator's reading now, if the binary told how to take it.
+pub fn read_allocator() -> Option<AllocatorReading> {
+    ALLOCATOR.get().and_then(|reader| reader())
 }
 
 /// The collector behind the `process_*` metrics: reads the process at
@@ -159,8 +194,48 @@ impl Collector for ProcessCollector {
                 value.metric_type(),
             )?)?;
         }
-        Ok(())
+        encode_allocator(&mut encoder)
     }
+}
+
+/// The `rigmesh_allocator_*` gauges, where the binary told how to read
+/// its allocator.
+fn encode_allocator(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let Some(allocator) = read_allocator() else {
+        return Ok(());
+    };
+    let sizes = [
+        (
+            "rigmesh_allocator_allocated",
+            "Memory held by the process's live allocations",
+            allocator.allocated,
+        ),
+        (
+            "rigmesh_allocator_active",
+            "Memory in the allocator's pages that hold live allocations",
+            allocator.active,
+        ),
+        (
+            "rigmesh_allocator_metadata",
+            "The allocator's own bookkeeping",
+            allocator.metadata,
+        ),
+        (
+            "rigmesh_allocator_resident",
+            "Resident memory in the allocator's pages, freed pages not yet handed back included",
+            allocator.resident,
+        ),
+    ];
+    for (name, help, bytes) in sizes {
+        let value = gauge(bytes);
+        value.encode(encoder.encode_descriptor(
+            name,
+            help,
+            Some(&Unit::Bytes),
+            value.metric_type(),
+        )?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -233,6 +308,34 @@ mod tests {
             after - before <= cores * wall + 0.011,
             "{before} -> {after} in {wall} s on {cores} cores"
         );
+    }
+
+    /// Once the binary tells how to read its allocator, its figures come
+    /// out as `rigmesh_allocator_*` gauges in bytes, each as read.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_allocator_is_reported_once_the_binary_tells_how_to_read_it() {
+        read_allocator_with(|| {
+            Some(AllocatorReading {
+                allocated: 1_000,
+                active: 4_096,
+                metadata: 300,
+                resident: 8_192,
+            })
+        });
+        let mut registry = Registry::default();
+        ProcessCollector::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "rigmesh_allocator_allocated_bytes 1000\n",
+            "rigmesh_allocator_active_bytes 4096\n",
+            "rigmesh_allocator_metadata_bytes 300\n",
+            "rigmesh_allocator_resident_bytes 8192\n",
+            "# UNIT rigmesh_allocator_resident_bytes bytes",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     /// The metrics come out under the conventional names and units.

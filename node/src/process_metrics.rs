@@ -148,15 +148,7 @@ impl Collector for ProcessCollector {
                 reading.virtual_bytes,
             ),
         ];
-        for (name, help, bytes) in sizes {
-            let value = gauge(bytes);
-            value.encode(encoder.encode_descriptor(
-                name,
-                help,
-                Some(&Unit::Bytes),
-                value.metric_type(),
-            )?)?;
-        }
+        encode_bytes(&mut encoder, &sizes)?;
         let counts = [
             (
                 "process_threads",
@@ -226,7 +218,15 @@ fn encode_allocator(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Err
             allocator.resident,
         ),
     ];
-    for (name, help, bytes) in sizes {
+    encode_bytes(encoder, &sizes)
+}
+
+/// Gauges in bytes, each `(name, help, bytes)`.
+fn encode_bytes(
+    encoder: &mut DescriptorEncoder,
+    sizes: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, bytes) in sizes {
         let value = gauge(bytes);
         value.encode(encoder.encode_descriptor(
             name,

@@ -18,8 +18,11 @@
 # histograms, first sending to certificate) and each node's resident
 # memory, sampled every --sample-secs from /proc (early in the run against
 # its end, per role, and each role's total over every sixth of the run, so
-# that a soak shows whether memory levels off); --samples-out keeps every
-# sample ("seconds name role rss_kb").
+# that a soak shows whether memory levels off), with its live heap by
+# sixth from the allocator's figures on /metrics; --samples-out keeps every
+# sample ("seconds name role rss_kb heap_kb"; heap_kb, the node's live
+# heap from its allocator's figures on /metrics, is "-" where it could
+# not be read).
 #
 # Fund the customers first (testnet/fund.sh); every lease escrows its
 # whole price for an hour until it settles. Needs python3 for the report.
@@ -95,34 +98,45 @@ fetch_metrics() {
             : >"$work/$name.metrics.$1"
     done
 }
-# Appends "seconds name role rss_kb" for every running node to
-# $work/rss.tsv every $sample_secs seconds, from /proc. The nodes' pids and
-# roles are looked up once; one python process then reads every node's
-# status file per sweep, so a sweep takes milliseconds however loaded the
-# machine is (a fork per node and sample could not keep up with 74 nodes).
+# Appends "seconds name role rss_kb heap_kb" for every running node to
+# $work/rss.tsv every $sample_secs seconds: the resident set from /proc,
+# the live heap from the node's /metrics (rigmesh_allocator_allocated_bytes).
+# The nodes' pids, roles and monitoring addresses are looked up once; one
+# python process then reads every node per sweep, so a sweep takes
+# milliseconds however loaded the machine is (a fork per node and sample
+# could not keep up with 74 nodes).
 sample_memory() {
-    local name pid role
+    local name pid
     for name in "${everyone[@]}"; do
         pid=$(node_pid "$name") || continue
-        role=$(awk -F '\t' -v n="$name" '$1 == n { print $2 }' "$TESTNET_DIR/nodes.tsv")
-        printf '%s\t%s\t%s\n' "$name" "$role" "$pid"
+        node_info "$name"
+        printf '%s\t%s\t%s\t%s\n' "$name" "$NODE_ROLE" "$pid" "$NODE_MONITORING"
     done >"$work/pids.tsv"
     exec python3 - "$work/pids.tsv" "$work/rss.tsv" "$sample_secs" <<'PY'
-import sys, time
+import sys, time, urllib.request
 pids_file, out_file, every = sys.argv[1], sys.argv[2], float(sys.argv[3])
 nodes = [line.rstrip("\n").split("\t") for line in open(pids_file) if line.strip()]
+def heap_kb(monitoring):
+    try:
+        with urllib.request.urlopen(f"http://{monitoring}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("rigmesh_allocator_allocated_bytes "):
+                    return str(int(float(line.split()[1]) / 1024))
+    except (OSError, ValueError):
+        pass
+    return "-"
 start = time.monotonic()
 with open(out_file, "a") as out:
     while True:
         now = int(time.monotonic() - start)
-        for name, role, pid in nodes:
+        for name, role, pid, monitoring in nodes:
             try:
                 with open(f"/proc/{pid}/status") as status:
                     rss = next((l.split()[1] for l in status if l.startswith("VmRSS:")), None)
             except OSError:
                 continue
             if rss:
-                out.write(f"{now}\t{name}\t{role}\t{rss}\n")
+                out.write(f"{now}\t{name}\t{role}\t{rss}\t{heap_kb(monitoring)}\n")
         out.flush()
         time.sleep(every)
 PY
@@ -346,9 +360,12 @@ else:
 
 # Memory: each node's resident set early in the run against its end.
 samples = collections.defaultdict(list)
+heaps = collections.defaultdict(list)
 for line in open(f"{work}/rss.tsv"):
-    t, name, role, kb = line.rstrip("\n").split("\t")
+    t, name, role, kb, *heap = line.rstrip("\n").split("\t")
     samples[(role, name)].append((int(t), int(kb)))
+    if heap and heap[0].isdigit():
+        heaps[(role, name)].append((int(t), int(heap[0])))
 if samples:
     lo, hi = duration / 6, duration / 3
     print(f"resident memory (median MB over seconds {lo:.0f}-{hi:.0f} of the run, then over its last sixth; growth):")
@@ -368,17 +385,24 @@ if samples:
     # Each role's total, the median of each node over every sixth of the
     # run: growth that slows sixth by sixth is caches filling to their
     # caps; growth that does not is a leak or a store without bounds.
-    print("resident memory by sixth of the run (each role's total of its nodes' medians, MB):")
     sixth = duration / 6
-    for role in sorted(by_role):
-        names = {name for name, *_ in by_role[role]}
-        totals = []
-        for i in range(6):
-            medians = [statistics.median(kb for t, kb in rows if i * sixth <= t < (i + 1) * sixth)
-                       for (r, name), rows in samples.items()
-                       if r == role and name in names and any(i * sixth <= t < (i + 1) * sixth for t, _ in rows)]
-            totals.append(sum(medians) / 1024 if len(medians) == len(names) else None)
-        print(f"  {role:<12} " + " -> ".join("-" if v is None else f"{v:.1f}" for v in totals))
+    def by_sixth(what, series):
+        print(f"{what} by sixth of the run (each role's total of its nodes' medians, MB):")
+        for role in sorted(by_role):
+            names = {name for name, *_ in by_role[role]}
+            totals = []
+            for i in range(6):
+                medians = [statistics.median(kb for t, kb in rows if i * sixth <= t < (i + 1) * sixth)
+                           for (r, name), rows in series.items()
+                           if r == role and name in names and any(i * sixth <= t < (i + 1) * sixth for t, _ in rows)]
+                totals.append(sum(medians) / 1024 if len(medians) == len(names) else None)
+            print(f"  {role:<12} " + " -> ".join("-" if v is None else f"{v:.1f}" for v in totals))
+    by_sixth("resident memory", samples)
+    # The live heap, from each node's allocator: resident memory can
+    # grow while it stands still (memory allocated at start, zeroed, is
+    # resident only once written), and the reverse.
+    if heaps:
+        by_sixth("live heap (rigmesh_allocator_allocated_bytes)", heaps)
 else:
     print("resident memory: not sampled (no /proc)")
 sys.exit(0 if agree and closed_all == len(made) and books_ok else 1)

@@ -20,9 +20,8 @@
 # its end, per role, and each role's total over every sixth of the run, so
 # that a soak shows whether memory levels off), with its live heap by
 # sixth from the allocator's figures on /metrics; --samples-out keeps every
-# sample ("seconds name role rss_kb heap_kb"; heap_kb, the node's live
-# heap from its allocator's figures on /metrics, is "-" where it could
-# not be read).
+# sample ("seconds name role rss_kb heap_kb"; heap_kb is "-" where
+# /metrics could not be read).
 #
 # Fund the customers first (testnet/fund.sh); every lease escrows its
 # whole price for an hour until it settles. Needs python3 for the report.
@@ -102,9 +101,10 @@ fetch_metrics() {
 # $work/rss.tsv every $sample_secs seconds: the resident set from /proc,
 # the live heap from the node's /metrics (rigmesh_allocator_allocated_bytes).
 # The nodes' pids, roles and monitoring addresses are looked up once; one
-# python process then reads every node per sweep, so a sweep takes
-# milliseconds however loaded the machine is (a fork per node and sample
-# could not keep up with 74 nodes).
+# python process then reads every node per sweep (a fork per node and
+# sample could not keep up with 74 nodes): the /proc reads take
+# microseconds, each /metrics read what the node takes to answer, 2 s at
+# most.
 sample_memory() {
     local name pid
     for name in "${everyone[@]}"; do

@@ -102,7 +102,7 @@ pub fn read_allocator_with(reader: fn() -> Option<AllocatorReading>) {
 }
 
 /// The allocator's reading now, if the binary told how to take it.
-pub fn read_allocator() -> Option<AllocatorReading> {
+fn read_allocator() -> Option<AllocatorReading> {
     ALLOCATOR.get().and_then(|reader| reader())
 }
 
@@ -126,6 +126,8 @@ fn gauge(n: u64) -> ConstGauge<i64> {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // The allocator's figures do not need /proc.
+        encode_allocator(&mut encoder)?;
         let Some(reading) = read() else {
             return Ok(());
         };
@@ -186,7 +188,7 @@ impl Collector for ProcessCollector {
                 value.metric_type(),
             )?)?;
         }
-        encode_allocator(&mut encoder)
+        Ok(())
     }
 }
 

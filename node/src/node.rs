@@ -60,6 +60,8 @@ pub struct RunningNode {
     /// The suspicious-activity review queue (coordinator nodes, which have
     /// an operator audience).
     pub review: Option<crate::review::ReviewQueue>,
+    /// The customer role's records (customer nodes).
+    pub customer_records: Option<Arc<crate::customer::records::CustomerRecords>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -625,15 +627,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         tokio::spawn(answer_unserved(config.role, handle.clone(), net.inbound))
     };
     tasks.push(inbound_task);
+    let mut customer_records = None;
     if config.role == Role::Customer {
-        let mut customer = crate::customer::runtime::Customer::open(
+        // Opening reads every stored lease's spend: off the executor.
+        let (key, market, live, network, client) = (
             account.clone(),
             store.clone(),
             book.clone(),
             handle.clone(),
             quorum.clone(),
-            &config.data_dir.join("customer"),
-        )?;
+        );
+        let path = config.data_dir.join("customer");
+        let mut customer = tokio::task::spawn_blocking(move || {
+            crate::customer::runtime::Customer::open(key, market, live, network, client, &path)
+        })
+        .await
+        .map_err(|e| Error::Store(format!("opening the customer records: {e}")))??;
+        customer_records = Some(customer.records());
         if let Some(rules) = &rules {
             customer = customer.with_rules(rules.clone());
         }
@@ -688,6 +698,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         quorum,
         alerts: alerts_to,
         review,
+        customer_records,
         stop,
         tasks,
     })

@@ -327,6 +327,7 @@ fn request_error(err: RequestError) -> Response {
         RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
         RequestError::Conflict(_) => StatusCode::CONFLICT,
         RequestError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RequestError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(err)).into_response()
 }
@@ -469,7 +470,7 @@ async fn contest_lease(
 
 async fn leases(State(s): State<Scoped>) -> Response {
     match ask(&s, CustomerCommand::Leases).await {
-        Ok(list) => Json(list).into_response(),
+        Ok(result) => answer(result),
         Err(response) => response,
     }
 }
@@ -531,10 +532,25 @@ async fn set_budget(State(s): State<Scoped>, body: axum::body::Bytes) -> Respons
     }
 }
 
+/// The account report lists every lease the account had: it is written
+/// out as JSON on a blocking thread.
 pub(crate) async fn account(State(s): State<Scoped>) -> Response {
-    match ask(&s, CustomerCommand::Account).await {
-        Ok(result) => answer(result),
-        Err(response) => response,
+    let report = match ask(&s, CustomerCommand::Account).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(err)) => return request_error(err),
+        Err(response) => return response,
+    };
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&report)).await {
+        Ok(Ok(json)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
+        Ok(Err(err)) => refusal(StatusCode::INTERNAL_SERVER_ERROR, "failed", err.to_string()),
+        Err(err) => refusal(StatusCode::INTERNAL_SERVER_ERROR, "failed", err.to_string()),
     }
 }
 

@@ -83,6 +83,9 @@ pub struct BudgetTracker {
     key: Keypair,
     budget: Budget,
     leases: BTreeMap<Id, LeaseSpend>,
+    /// The sum of `leases`' spend, kept in step with it: an update does
+    /// not add up every lease the account ever had.
+    account_spent: Credits,
     account_raised: Raised,
     alerts: Vec<Signed<Alert>>,
 }
@@ -117,6 +120,7 @@ impl BudgetTracker {
             key,
             budget,
             leases: BTreeMap::new(),
+            account_spent: Credits::ZERO,
             account_raised: Raised::default(),
             alerts: Vec::new(),
         })
@@ -133,11 +137,8 @@ impl BudgetTracker {
     }
 
     /// What all leases have cost so far.
-    pub fn account_spent(&self) -> Result<Credits> {
-        self.leases
-            .values()
-            .try_fold(Credits::ZERO, |sum, l| sum.checked_add(l.spent))
-            .ok_or_else(|| Error::Store("account spend overflow".into()))
+    pub fn account_spent(&self) -> Credits {
+        self.account_spent
     }
 
     /// Every alert raised, oldest first.
@@ -156,10 +157,14 @@ impl BudgetTracker {
         next_window: Credits,
         now: UnixMillis,
     ) -> Result<BudgetUpdate> {
-        let entry = self.leases.entry(lease).or_default();
-        entry.spent = entry.spent.max(spent);
-        let lease_spent = entry.spent;
-        let account_spent = self.account_spent()?;
+        let before = self.lease_spent(&lease);
+        let lease_spent = before.max(spent);
+        let account_spent = lease_spent
+            .checked_sub(before)
+            .and_then(|added| self.account_spent.checked_add(added))
+            .ok_or_else(|| Error::Store("account spend overflow".into()))?;
+        self.leases.entry(lease).or_default().spent = lease_spent;
+        self.account_spent = account_spent;
         let mut alerts = Vec::new();
         if let Some(cap) = self.budget.per_lease {
             let mut raised = self
@@ -355,7 +360,7 @@ mod tests {
             b.alerts[0].body.message
         );
         assert!(b.alerts.iter().all(|a| a.body.subject.is_none()));
-        assert_eq!(tracker.account_spent().unwrap(), credits("17"));
+        assert_eq!(tracker.account_spent(), credits("17"));
         let c = tracker
             .update(Id([1; 32]), credits("9"), credits("4"), T0)
             .unwrap();
@@ -447,5 +452,30 @@ mod tests {
             rules(tracker.alerts()),
             ["budget.50", "budget.80", "budget.100"]
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever order updates come in, and however often a lease is
+        /// reported, the account's spend is the sum of each lease's
+        /// highest figure, exactly.
+        #[test]
+        fn the_account_spend_is_the_sum_of_each_leases_highest_report(
+            updates in proptest::collection::vec((0u8..8, 0i64..5_000_000), 0..64),
+        ) {
+            let budget = Budget { per_lease: None, per_account: Some(credits("1000")) };
+            let mut tracker = BudgetTracker::new(customer(), budget).unwrap();
+            let mut highest = std::collections::BTreeMap::new();
+            for (lease, units) in updates {
+                let spent = Credits::from_units(units);
+                tracker.update(Id([lease; 32]), spent, Credits::ZERO, T0).unwrap();
+                let top = highest.get(&lease).copied().unwrap_or(Credits::ZERO).max(spent);
+                highest.insert(lease, top);
+                let sum = highest
+                    .values()
+                    .fold(Credits::ZERO, |sum, s| sum.checked_add(*s).unwrap());
+                proptest::prop_assert_eq!(tracker.account_spent(), sum);
+                proptest::prop_assert_eq!(tracker.lease_spent(&Id([lease; 32])), top);
+            }
+        }
     }
 }

@@ -133,6 +133,10 @@ pub enum RequestError {
     /// The node failed (its records could not be read or written).
     #[error("{0}")]
     Failed(String),
+    /// As many reports as the node reads at once are being read; ask
+    /// again in a moment.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// Commands from the local API.
@@ -141,7 +145,7 @@ pub enum CustomerCommand {
     /// Lease the best matching offer now, or stand the bid if it may wait.
     Bid(BidRequest, oneshot::Sender<Result<BidOutcome, BidError>>),
     /// The leases of this node.
-    Leases(oneshot::Sender<Vec<LeaseStatus>>),
+    Leases(oneshot::Sender<Result<Vec<LeaseStatus>, RequestError>>),
     /// The standing bids, waiting and recently finished.
     Bids(oneshot::Sender<Vec<BidStatus>>),
     /// One standing bid.

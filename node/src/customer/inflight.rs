@@ -140,7 +140,7 @@ pub(super) struct Finished {
     pub(super) done: Result<BidDone, JoinError>,
 }
 
-/// The bid queue's metrics (`rigmesh_customer_`).
+/// The bid queue's and the report slots' metrics (`rigmesh_customer_`).
 #[derive(Clone, Debug)]
 pub struct BidQueueMetrics {
     /// Bids waiting behind the one in flight.
@@ -151,6 +151,11 @@ pub struct BidQueueMetrics {
     pub wait_seconds: Histogram,
     /// Bids answered busy because the queue was full.
     pub busy: Counter,
+    /// Reports (leases, usage, budget, account) being read in their own
+    /// tasks now.
+    pub reports_reading: Gauge,
+    /// Reports answered busy because as many as are read at once were.
+    pub reports_busy: Counter,
 }
 
 impl Default for BidQueueMetrics {
@@ -160,6 +165,8 @@ impl Default for BidQueueMetrics {
             in_flight: Gauge::default(),
             wait_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
             busy: Counter::default(),
+            reports_reading: Gauge::default(),
+            reports_busy: Counter::default(),
         }
     }
 }
@@ -188,6 +195,16 @@ impl BidQueueMetrics {
             "bids_busy",
             "Bids answered busy because the bid queue was full",
             metrics.busy.clone(),
+        );
+        r.register(
+            "reports_reading",
+            "Reports (leases, usage, budget, account) being read now",
+            metrics.reports_reading.clone(),
+        );
+        r.register(
+            "reports_busy",
+            "Reports answered busy because as many as are read at once were",
+            metrics.reports_busy.clone(),
         );
         metrics
     }

@@ -11,6 +11,13 @@
 //! small, local and read by people through the API, and a field added
 //! later (`#[serde(default)]`) reads old records unchanged.
 //!
+//! Each lease's spend is also held in memory, read once when the records
+//! open and kept in step with every write of a lease: the account's spend,
+//! what a bid may still escrow under the account's cap and the budget
+//! report are answered from it, so none of them reads every lease a
+//! long-lived account has had. Only the account report, which lists them
+//! all, and the resumption at start read them all.
+//!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `customer/meta` | `schema` | schema version |
@@ -22,6 +29,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rigmesh_ledger::store::{Direction, KeyRange, TreeName};
 use rigmesh_ledger::{Batch, MemoryStore, SledStore, Store};
@@ -245,6 +254,17 @@ fn alert_key(alert: &AlertRecord) -> Vec<u8> {
 /// The customer's records over a [`Store`].
 pub struct CustomerRecords {
     store: Box<dyn Store>,
+    /// Each stored lease's spend, as stored.
+    spends: Mutex<BTreeMap<Id, Credits>>,
+    /// Lease records read by whole-tree reads, since the records opened.
+    leases_read: AtomicU64,
+}
+
+/// The part of a stored [`LeaseRecord`] the spend index needs.
+#[derive(Deserialize)]
+struct SpendOnly {
+    lease: Id,
+    spent: Credits,
 }
 
 impl std::fmt::Debug for CustomerRecords {
@@ -288,7 +308,29 @@ impl CustomerRecords {
                 }
             }
         }
-        Ok(CustomerRecords { store })
+        let records = CustomerRecords {
+            store,
+            spends: Mutex::default(),
+            leases_read: AtomicU64::new(0),
+        };
+        let stored: Vec<SpendOnly> = records.scan(
+            LEASES,
+            KeyRange::all(),
+            Direction::Forward,
+            usize::MAX,
+            "lease",
+        )?;
+        records
+            .leases_read
+            .store(stored.len() as u64, Ordering::Relaxed);
+        *records.spends() = stored.into_iter().map(|l| (l.lease, l.spent)).collect();
+        Ok(records)
+    }
+
+    fn spends(&self) -> MutexGuard<'_, BTreeMap<Id, Credits>> {
+        // The map is replaced or changed one entry at a time: a panic
+        // elsewhere while it was held leaves it whole.
+        self.spends.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get<T: DeserializeOwned>(
@@ -341,22 +383,61 @@ impl CustomerRecords {
         self.get(LEASES, lease.as_bytes(), "lease")
     }
 
-    /// Every lease, by id.
+    /// Every lease, by id: a read of them all (the account report, the
+    /// resumption at start).
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
-        self.scan(
+        let leases: Vec<LeaseRecord> = self.scan(
             LEASES,
             KeyRange::all(),
             Direction::Forward,
             usize::MAX,
             "lease",
-        )
+        )?;
+        self.leases_read
+            .fetch_add(leases.len() as u64, Ordering::Relaxed);
+        Ok(leases)
+    }
+
+    /// How many lease records whole-tree reads ([`Self::leases`], and the
+    /// one at open) have read since the records opened.
+    pub fn leases_read(&self) -> u64 {
+        self.leases_read.load(Ordering::Relaxed)
+    }
+
+    /// What every stored lease has cost, together.
+    pub fn spent(&self) -> Result<Credits> {
+        self.spends()
+            .values()
+            .try_fold(Credits::ZERO, |sum, spent| sum.checked_add(*spent))
+            .ok_or_else(|| Error::Store("the account's spend overflows".into()))
+    }
+
+    /// What a stored lease has cost; `None` for a lease not stored.
+    pub fn spent_on(&self, lease: &Id) -> Option<Credits> {
+        self.spends().get(lease).copied()
+    }
+
+    /// Each stored lease's spend, by id.
+    pub fn spends_by_lease(&self) -> Vec<(Id, Credits)> {
+        self.spends()
+            .iter()
+            .map(|(id, spent)| (*id, *spent))
+            .collect()
+    }
+
+    /// Folds `f` over each stored lease's id and spend, in id order,
+    /// without copying them out.
+    pub fn fold_spends<T>(&self, init: T, f: impl FnMut(T, (&Id, &Credits)) -> T) -> T {
+        self.spends().iter().fold(init, f)
     }
 
     /// Stores a lease's summary.
     pub fn put_lease(&self, lease: &LeaseRecord) -> Result<()> {
         self.store
             .put(LEASES, lease.lease.as_bytes(), &encode(lease)?)
-            .map_err(ledger)
+            .map_err(ledger)?;
+        self.spends().insert(lease.lease, lease.spent);
+        Ok(())
     }
 
     /// Stores a window and its lease's new summary together, and drops the
@@ -372,7 +453,9 @@ impl CustomerRecords {
         if let Some(old) = window.seq.checked_sub(KEPT_WINDOWS) {
             batch.delete(WINDOWS, window_key(&lease.lease, old));
         }
-        self.store.write(&batch).map_err(ledger)
+        self.store.write(&batch).map_err(ledger)?;
+        self.spends().insert(lease.lease, lease.spent);
+        Ok(())
     }
 
     /// The most recent `limit` windows of a lease, oldest first.

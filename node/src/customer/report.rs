@@ -4,15 +4,13 @@
 //! ([`AccountReport`]). They are built from the stored records, so they
 //! read the same before and after a restart.
 
-use std::collections::BTreeMap;
-
 use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 use super::records::{
     AlertRecord, Caps, CustomerRecords, LeaseRecord, SupplierRecord, WindowRecord,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Windows listed by `GET /v1/usage/{lease}` when no limit is given.
 pub const DEFAULT_USAGE_WINDOWS: usize = 100;
@@ -170,31 +168,25 @@ pub struct CoordinatorView {
     pub next_seq: u64,
 }
 
-fn total(leases: &[LeaseRecord]) -> Result<Credits> {
-    leases
-        .iter()
-        .try_fold(Credits::ZERO, |sum, l| sum.checked_add(l.spent))
-        .ok_or_else(|| Error::Store("account spend overflow".into()))
-}
-
-/// The budget report from the stored leases and the caps.
+/// The budget report from the caps and the stored leases' spend (held in
+/// memory by the records); each lease with a cap of its own is read by its
+/// id.
 pub fn budget(records: &CustomerRecords, caps: &Caps) -> Result<BudgetReport> {
-    let leases = records.leases()?;
-    let by_id: BTreeMap<Id, &LeaseRecord> = leases.iter().map(|l| (l.lease, l)).collect();
+    let mut leases = Vec::with_capacity(caps.leases.len());
+    for (lease, cap) in &caps.leases {
+        let record = records.lease(lease)?;
+        leases.push(LeaseCapReport {
+            lease: *lease,
+            cap: CapReport::new(
+                Some(*cap),
+                record.as_ref().map_or(Credits::ZERO, |r| r.spent),
+            ),
+            stopped_at_cap: record.is_some_and(|r| r.stopped_at_cap),
+        });
+    }
     Ok(BudgetReport {
-        account: CapReport::new(caps.account, total(&leases)?),
-        leases: caps
-            .leases
-            .iter()
-            .map(|(lease, cap)| {
-                let record = by_id.get(lease);
-                LeaseCapReport {
-                    lease: *lease,
-                    cap: CapReport::new(Some(*cap), record.map_or(Credits::ZERO, |r| r.spent)),
-                    stopped_at_cap: record.is_some_and(|r| r.stopped_at_cap),
-                }
-            })
-            .collect(),
+        account: CapReport::new(caps.account, records.spent()?),
+        leases,
         alerts: records.alerts()?,
     })
 }
@@ -212,7 +204,7 @@ pub fn usage(
         return Ok(None);
     };
     let windows = records.windows(lease, limit)?;
-    let account_spent = total(&records.leases()?)?;
+    let account_spent = records.spent()?;
     Ok(Some(UsageReport {
         state: state(&record),
         earlier_windows: windows.first().map_or(0, |w| w.seq),

@@ -38,7 +38,7 @@ use super::inflight::{
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
 };
-use super::report::{self, BudgetReport, LeaseState};
+use super::report::{self, AccountReport, BudgetReport, LeaseState};
 use super::spending::{BudgetChange, Spending};
 use super::standing::{sign_bid, wait_of, BidState, StandingBids};
 use super::usage::{LeaseWatch, Verdict};
@@ -78,6 +78,11 @@ pub use super::commands::{
 fn request_failed(err: crate::error::Error) -> RequestError {
     tracing::warn!(%err, "customer records");
     RequestError::Failed(err.to_string())
+}
+
+fn unread(err: tokio::task::JoinError) -> RequestError {
+    tracing::warn!(%err, "a report was not read");
+    RequestError::Failed(format!("the report was not read: {err}"))
 }
 
 struct Lease {
@@ -186,7 +191,29 @@ pub struct Customer {
     /// The node's stop signal, once [`run`] has it: no bid is started
     /// after it turns true, even by a step that was under way when it did.
     stopping: Option<watch::Receiver<bool>>,
+    /// The reports being read in tasks of their own, at most
+    /// [`REPORTS_AT_ONCE`].
+    reports: Arc<tokio::sync::Semaphore>,
+    /// Where the reports read and refused are counted.
+    report_metrics: super::inflight::BidQueueMetrics,
 }
+
+/// A report's place among the [`REPORTS_AT_ONCE`]; given back when the
+/// report is answered (or its task ends otherwise).
+struct ReportSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    reading: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for ReportSlot {
+    fn drop(&mut self) {
+        self.reading.dec();
+    }
+}
+
+/// Most reports (leases, usage, budget, account) read at once; one asked
+/// beyond them is answered busy.
+pub const REPORTS_AT_ONCE: usize = 4;
 
 impl std::fmt::Debug for Customer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,12 +250,7 @@ impl Customer {
         quorum: Option<crate::quorum::Quorum>,
         records: CustomerRecords,
     ) -> crate::error::Result<Self> {
-        let spends: Vec<(Id, Credits)> = records
-            .leases()?
-            .into_iter()
-            .map(|l| (l.lease, l.spent))
-            .collect();
-        let spending = Spending::new(key.clone(), records.caps()?, &spends)?;
+        let spending = Spending::new(key.clone(), records.caps()?, &records.spends_by_lease())?;
         Ok(Customer {
             key,
             store,
@@ -246,7 +268,14 @@ impl Customer {
             top_up_due: false,
             chores: Chores::default(),
             stopping: None,
+            reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_AT_ONCE)),
+            report_metrics: super::inflight::BidQueueMetrics::default(),
         })
+    }
+
+    /// The customer's records, shared with the tasks that read them.
+    pub fn records(&self) -> Arc<CustomerRecords> {
+        Arc::clone(&self.records)
     }
 }
 
@@ -272,8 +301,10 @@ impl Customer {
         self
     }
 
-    /// Counts the bid queue's depth and waits into `metrics`.
+    /// Counts the bid queue's depth and waits, and the reports read and
+    /// refused, into `metrics`.
     pub fn with_bid_metrics(mut self, metrics: super::inflight::BidQueueMetrics) -> Self {
+        self.report_metrics = metrics.clone();
         self.bids = BidQueue::new(metrics);
         self
     }
@@ -432,14 +463,10 @@ fn record_of(lease: &Lease) -> LeaseRecord {
 }
 
 /// Ends a lease at a budget cap: no further window is paid; the caller
-/// hands the supplier a signed termination, so it attests the window under
-/// way as the last one. Returns the termination's detail.
-fn stop_at_cap(
-    records: &CustomerRecords,
-    lease: &mut Lease,
-    cap: Credits,
-    account: bool,
-) -> String {
+/// stores the lease and hands the supplier a signed termination, so it
+/// attests the window under way as the last one. Returns the
+/// termination's detail.
+fn stop_at_cap(lease: &mut Lease, cap: Credits, account: bool) -> String {
     let which = if account {
         "the account's"
     } else {
@@ -451,10 +478,85 @@ fn stop_at_cap(
     // The window under way is still answered, so the supplier is paid for
     // it on the customer's word rather than by the timeout.
     lease.watch.end_after_current_window(UnixMillis::now());
-    if let Err(err) = records.put_lease(&record_of(lease)) {
-        tracing::warn!(%err, "lease not recorded");
-    }
     format!("{which} budget cap {cap} reached")
+}
+
+/// Stores a lease's summary, on a blocking thread.
+async fn store_lease(records: &Arc<CustomerRecords>, record: LeaseRecord) {
+    let id = record.lease;
+    if let Err(err) = records.off_executor(move |r| r.put_lease(&record)).await {
+        tracing::warn!(%err, lease = %id, "lease not recorded");
+    }
+}
+
+/// Rebuilds the watch of a stored lease that may still be running, from
+/// its agreement and the attestations in the store; `None` for a lease
+/// without an agreement or whose evidence was compacted.
+fn resume_lease(
+    store: &MarketStore,
+    records: &CustomerRecords,
+    key: &Keypair,
+    record: &LeaseRecord,
+    now: UnixMillis,
+) -> Result<Option<Lease>, String> {
+    let Some(text) = &record.agreement else {
+        return Ok(None);
+    };
+    // A lease whose evidence this node compacted is finally settled and
+    // has no chain left to replay: its record (spend, windows,
+    // disputes) and its certificates are what this node says of it.
+    if store
+        .is_compacted(&record.lease)
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(None);
+    }
+    let bytes = hex::decode(text).map_err(|e| e.to_string())?;
+    let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let mut watch = LeaseWatch::new(&agreement, key.clone()).map_err(|e| e.to_string())?;
+    let answered = records
+        .windows(&record.lease, 1)
+        .map_err(|e| e.to_string())?
+        .first()
+        .map_or(0, |w| w.seq.saturating_add(1));
+    if let Some(ended) = store
+        .about_lease::<rigmesh_protocol::LeaseTermination>(&record.lease)
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t.signer == key.public())
+        .map(|t| t.body.created_at)
+        .min()
+    {
+        watch.end_after_current_window(ended);
+    }
+    let mut chain = store
+        .about_lease::<UsageAttestation>(&record.lease)
+        .unwrap_or_default();
+    chain.retain(|a| a.body.seq < answered && a.signer == record.supplier);
+    chain.sort_by_key(|a| a.body.seq);
+    for attestation in &chain {
+        // Answered before the restart: only the watch's state is
+        // rebuilt, nothing is signed or sent again.
+        if attestation.body.seq == watch.next_seq() {
+            watch.check(attestation, now).map_err(|e| e.to_string())?;
+        }
+    }
+    watch.contest(record.contested.clone());
+    let settlement = crate::receipts::lease_settlement(store, &record.lease);
+    let lease = Lease {
+        gpu_model: record.gpu_model.clone(),
+        agreement,
+        watch,
+        stopped_at_cap: record.stopped_at_cap,
+        escrowed: record.escrowed,
+        escrow: None,
+        settled: settlement.closed.then_some(settlement.paid),
+        gap_since: None,
+        last_heard: UnixMillis::now(),
+        release_tried: None,
+        ended: record.ended,
+    };
+    Ok(Some(lease))
 }
 
 /// The bid's wait, or why the bid is invalid, before anything is asked
@@ -484,16 +586,28 @@ impl Customer {
         match command {
             CustomerCommand::Bid(request, reply) => self.bid_command(request, reply).await,
             CustomerCommand::Leases(reply) => {
+                let slot = match self.report_slot() {
+                    Ok(slot) => slot,
+                    Err(busy) => return drop(reply.send(Err(busy))),
+                };
                 let mut leases: Vec<LeaseStatus> = self.leases.values().map(status_of).collect();
-                if self.quorum.is_some() {
-                    for status in &mut leases {
-                        status.settlement = Some(crate::receipts::lease_settlement(
-                            &self.store,
-                            &status.lease,
-                        ));
-                    }
-                }
-                let _ = reply.send(leases);
+                let store = self.quorum.is_some().then(|| Arc::clone(&self.store));
+                tokio::spawn(async move {
+                    let result = match store {
+                        None => Ok(leases),
+                        Some(store) => tokio::task::spawn_blocking(move || {
+                            for status in &mut leases {
+                                status.settlement =
+                                    Some(crate::receipts::lease_settlement(&store, &status.lease));
+                            }
+                            leases
+                        })
+                        .await
+                        .map_err(unread),
+                    };
+                    drop(slot);
+                    let _ = reply.send(result);
+                });
             }
             CustomerCommand::Bids(reply) => {
                 let _ = reply.send(self.standing.list(now));
@@ -528,16 +642,29 @@ impl Customer {
                 let _ = reply.send(result);
             }
             CustomerCommand::Usage(lease, limit, reply) => {
-                let state = |r: &LeaseRecord| self.state_of(r, now);
-                let result =
-                    report::usage(&self.records, self.spending.caps(), &lease, limit, &state)
+                let slot = match self.report_slot() {
+                    Ok(slot) => slot,
+                    Err(busy) => return drop(reply.send(Err(busy))),
+                };
+                let live = self.leases.get(&lease).map(live_state);
+                let caps = self.spending.caps().clone();
+                let records = Arc::clone(&self.records);
+                tokio::spawn(async move {
+                    let result = records
+                        .off_executor(move |r| {
+                            let state = |r: &LeaseRecord| report::state_of(r, live, now);
+                            report::usage(r, &caps, &lease, limit, &state)
+                        })
+                        .await
                         .map_err(request_failed)
                         .and_then(|found| {
                             found.ok_or_else(|| {
                                 RequestError::NotFound(format!("no lease {lease} on this node"))
                             })
                         });
-                let _ = reply.send(result);
+                    drop(slot);
+                    let _ = reply.send(result);
+                });
             }
             CustomerCommand::ForecastAlert(lease, message, reply) => {
                 let alert = Signed::sign(
@@ -564,7 +691,16 @@ impl Customer {
                 }
             }
             CustomerCommand::Budget(reply) => {
-                let _ = reply.send(self.budget_report());
+                let slot = match self.report_slot() {
+                    Ok(slot) => slot,
+                    Err(busy) => return drop(reply.send(Err(busy))),
+                };
+                let report = self.budget_report();
+                tokio::spawn(async move {
+                    let result = report.await;
+                    drop(slot);
+                    let _ = reply.send(result);
+                });
             }
             CustomerCommand::SetBudget(change, reply) => {
                 let result = self.set_budget(change).await;
@@ -575,9 +711,7 @@ impl Customer {
                     None => Err(RequestError::NotFound(format!("lease {lease}"))),
                     Some(l) => {
                         l.watch.contest(contest.clone());
-                        if let Err(err) = self.records.put_lease(&record_of(l)) {
-                            tracing::warn!(%err, %lease, "lease not recorded");
-                        }
+                        store_lease(&self.records, record_of(l)).await;
                         Ok(status_of(l))
                     }
                 };
@@ -638,47 +772,94 @@ impl Customer {
                 }
             }
             CustomerCommand::Account(reply) => {
-                let state = |r: &LeaseRecord| self.state_of(r, now);
-                let result = report::account(
-                    &self.records,
-                    self.spending.caps(),
-                    self.key.public(),
-                    &state,
-                )
-                .map_err(request_failed);
-                let result = match result {
-                    Ok(mut report) => {
-                        if let Some(quorum) = &self.quorum {
-                            report.coordinators = quorum
-                                .accounts(&self.key, self.key.public())
-                                .await
-                                .into_iter()
-                                .map(|s| report::CoordinatorView {
-                                    coordinator: s.coordinator,
-                                    balance: s.balance,
-                                    escrowed: s.escrowed,
-                                    next_seq: s.next_seq,
-                                })
-                                .collect();
-                        }
-                        report.receipts = crate::receipts::receipts(
-                            &self.store,
-                            self.quorum.as_ref().map(|q| q.set()),
-                            self.rules.as_ref().map_or(&[][..], |r| r.admins.as_slice()),
-                            &self.key.public(),
-                        );
-                        Ok(report)
-                    }
-                    Err(err) => Err(err),
+                let slot = match self.report_slot() {
+                    Ok(slot) => slot,
+                    Err(busy) => return drop(reply.send(Err(busy))),
                 };
-                let _ = reply.send(result);
+                let report = self.account_report(now);
+                tokio::spawn(async move {
+                    let result = report.await;
+                    drop(slot);
+                    let _ = reply.send(result);
+                });
             }
         }
     }
 
-    fn state_of(&self, record: &LeaseRecord, now: UnixMillis) -> LeaseState {
-        let live = self.leases.get(&record.lease).map(live_state);
-        report::state_of(record, live, now)
+    /// A slot to read a report in its own task, or busy when
+    /// [`REPORTS_AT_ONCE`] are being read.
+    fn report_slot(&self) -> Result<ReportSlot, RequestError> {
+        match Arc::clone(&self.reports).try_acquire_owned() {
+            Ok(permit) => {
+                let reading = self.report_metrics.reports_reading.clone();
+                reading.inc();
+                Ok(ReportSlot {
+                    _permit: permit,
+                    reading,
+                })
+            }
+            Err(_) => {
+                self.report_metrics.reports_busy.inc();
+                Err(RequestError::Busy(format!(
+                    "{REPORTS_AT_ONCE} reports are being read already; ask again in a moment"
+                )))
+            }
+        }
+    }
+
+    /// The account report, read without this task: the leases as they
+    /// stand now, then the records on a blocking thread, what each
+    /// coordinator holds, and the receipts from the store.
+    fn account_report(
+        &self,
+        now: UnixMillis,
+    ) -> impl std::future::Future<Output = Result<AccountReport, RequestError>> + Send + 'static
+    {
+        let live: BTreeMap<Id, LeaseState> = self
+            .leases
+            .iter()
+            .map(|(id, lease)| (*id, live_state(lease)))
+            .collect();
+        let caps = self.spending.caps().clone();
+        let records = Arc::clone(&self.records);
+        let store = Arc::clone(&self.store);
+        let quorum = self.quorum.clone();
+        let key = self.key.clone();
+        let admins = self
+            .rules
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.admins.clone());
+        async move {
+            let account = key.public();
+            let mut report = records
+                .off_executor(move |r| {
+                    let state =
+                        |r: &LeaseRecord| report::state_of(r, live.get(&r.lease).copied(), now);
+                    report::account(r, &caps, account, &state)
+                })
+                .await
+                .map_err(request_failed)?;
+            if let Some(quorum) = &quorum {
+                report.coordinators = quorum
+                    .accounts(&key, account)
+                    .await
+                    .into_iter()
+                    .map(|s| report::CoordinatorView {
+                        coordinator: s.coordinator,
+                        balance: s.balance,
+                        escrowed: s.escrowed,
+                        next_seq: s.next_seq,
+                    })
+                    .collect();
+            }
+            let set = quorum.map(|q| q.set().clone());
+            report.receipts = tokio::task::spawn_blocking(move || {
+                crate::receipts::receipts(&store, set.as_ref(), &admins, &account)
+            })
+            .await
+            .map_err(unread)?;
+            Ok(report)
+        }
     }
 
     /// The most a new lease may escrow: its own cap and what the account's
@@ -746,14 +927,24 @@ impl Customer {
             last_heard: UnixMillis::now(),
             release_tried: None,
         };
-        if let Err(err) = self.records.put_lease(&record_of(&lease)) {
-            tracing::warn!(%err, lease = %id, "lease not recorded");
-        }
+        store_lease(&self.records, record_of(&lease)).await;
         self.leases.insert(id, lease);
     }
 
-    fn budget_report(&self) -> Result<BudgetReport, RequestError> {
-        report::budget(&self.records, self.spending.caps()).map_err(request_failed)
+    /// The budget report as the caps stand now, read from the records
+    /// on a blocking thread.
+    fn budget_report(
+        &self,
+    ) -> impl std::future::Future<Output = Result<BudgetReport, RequestError>> + Send + 'static
+    {
+        let caps = self.spending.caps().clone();
+        let records = Arc::clone(&self.records);
+        async move {
+            records
+                .off_executor(move |r| report::budget(r, &caps))
+                .await
+                .map_err(request_failed)
+        }
     }
 
     /// A `bid` from the local API: checked at once, then started when no
@@ -1019,9 +1210,7 @@ impl Customer {
             last_heard: UnixMillis::now(),
             release_tried: None,
         };
-        if let Err(err) = self.records.put_lease(&record_of(&lease)) {
-            tracing::warn!(%err, lease = %status.lease, "lease not recorded");
-        }
+        store_lease(&self.records, record_of(&lease)).await;
         self.leases.insert(status.lease, lease);
         if let Some(cap) = request.budget {
             let mut caps = self.spending.caps().clone();
@@ -1101,94 +1290,41 @@ impl Customer {
     /// stopped: each is rebuilt from its stored agreement, the windows
     /// already answered are replayed from the store without answering them
     /// again, and the rest are answered now.
+    /// The records are read and the leases rebuilt on a blocking thread.
     async fn resume(&mut self) {
-        let records = match self.records.leases() {
-            Ok(records) => records,
+        let (store, key) = (Arc::clone(&self.store), self.key.clone());
+        let now = UnixMillis::now();
+        let resumed = self
+            .records
+            .off_executor(move |records| {
+                let mut resumed = Vec::new();
+                for record in records.leases()? {
+                    match resume_lease(&store, records, &key, &record, now) {
+                        Ok(Some(lease)) => resumed.push((record.lease, lease)),
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::warn!(lease = %record.lease, %err, "lease not resumed");
+                        }
+                    }
+                }
+                Ok(resumed)
+            })
+            .await;
+        let resumed = match resumed {
+            Ok(resumed) => resumed,
             Err(err) => {
                 tracing::warn!(%err, "leases not resumed");
                 return;
             }
         };
-        let now = UnixMillis::now();
-        for record in records {
-            if self.leases.contains_key(&record.lease) {
+        for (id, lease) in resumed {
+            if self.leases.contains_key(&id) {
                 continue;
             }
-            match self.resume_lease(&record, now) {
-                Ok(Some(lease)) => {
-                    tracing::info!(lease = %record.lease, next = lease.watch.next_seq(), "watching the lease again");
-                    self.leases.insert(record.lease, lease);
-                    self.catch_up(record.lease).await;
-                }
-                Ok(None) => {}
-                Err(err) => tracing::warn!(lease = %record.lease, %err, "lease not resumed"),
-            }
+            tracing::info!(lease = %id, next = lease.watch.next_seq(), "watching the lease again");
+            self.leases.insert(id, lease);
+            self.catch_up(id).await;
         }
-    }
-
-    fn resume_lease(&self, record: &LeaseRecord, now: UnixMillis) -> Result<Option<Lease>, String> {
-        let Some(text) = &record.agreement else {
-            return Ok(None);
-        };
-        // A lease whose evidence this node compacted is finally settled and
-        // has no chain left to replay: its record (spend, windows,
-        // disputes) and its certificates are what this node says of it.
-        if self
-            .store
-            .is_compacted(&record.lease)
-            .map_err(|e| e.to_string())?
-        {
-            return Ok(None);
-        }
-        let bytes = hex::decode(text).map_err(|e| e.to_string())?;
-        let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        let mut watch = LeaseWatch::new(&agreement, self.key.clone()).map_err(|e| e.to_string())?;
-        let answered = self
-            .records
-            .windows(&record.lease, 1)
-            .map_err(|e| e.to_string())?
-            .first()
-            .map_or(0, |w| w.seq.saturating_add(1));
-        if let Some(ended) = self
-            .store
-            .about_lease::<rigmesh_protocol::LeaseTermination>(&record.lease)
-            .unwrap_or_default()
-            .iter()
-            .filter(|t| t.signer == self.key.public())
-            .map(|t| t.body.created_at)
-            .min()
-        {
-            watch.end_after_current_window(ended);
-        }
-        let mut chain = self
-            .store
-            .about_lease::<UsageAttestation>(&record.lease)
-            .unwrap_or_default();
-        chain.retain(|a| a.body.seq < answered && a.signer == record.supplier);
-        chain.sort_by_key(|a| a.body.seq);
-        for attestation in &chain {
-            // Answered before the restart: only the watch's state is
-            // rebuilt, nothing is signed or sent again.
-            if attestation.body.seq == watch.next_seq() {
-                watch.check(attestation, now).map_err(|e| e.to_string())?;
-            }
-        }
-        watch.contest(record.contested.clone());
-        let settlement = crate::receipts::lease_settlement(&self.store, &record.lease);
-        let lease = Lease {
-            gpu_model: record.gpu_model.clone(),
-            agreement,
-            watch,
-            stopped_at_cap: record.stopped_at_cap,
-            escrowed: record.escrowed,
-            escrow: None,
-            settled: settlement.closed.then_some(settlement.paid),
-            gap_since: None,
-            last_heard: UnixMillis::now(),
-            release_tried: None,
-            ended: record.ended,
-        };
-        Ok(Some(lease))
     }
 
     /// Answers, from the store, the attestations of every running lease
@@ -1287,9 +1423,7 @@ impl Customer {
                 "no attestation for too long".into(),
                 EndFor::Silent,
             );
-            if let Err(err) = self.records.put_lease(&record_of(lease)) {
-                tracing::warn!(%err, "lease not recorded");
-            }
+            store_lease(&self.records, record_of(lease)).await;
             self.notify(
                 rigmesh_protocol::Severity::Warning,
                 "lease.ended",
@@ -1364,10 +1498,8 @@ impl Customer {
                         // when the user asked are still answered.
                         l.watch.end_after_current_window(at);
                         l.ended = true;
-                        if let Err(err) = self.records.put_lease(&record_of(l)) {
-                            tracing::warn!(%err, %lease, "lease not recorded");
-                        }
                         let status = status_of(l);
+                        store_lease(&self.records, record_of(l)).await;
                         self.notify(
                             rigmesh_protocol::Severity::Info,
                             "lease.ended",
@@ -1451,10 +1583,8 @@ impl Customer {
                 settlement.paid, settlement.refunded
             ),
         ));
-        if let Err(err) = self.records.put_lease(&record_of(lease)) {
-            tracing::warn!(%err, "lease not recorded");
-        }
-        let spent = lease.spent();
+        let (record, spent) = (record_of(lease), lease.spent());
+        store_lease(&self.records, record).await;
         match self
             .spending
             .update(id, spent, Credits::ZERO, UnixMillis::now())
@@ -1576,7 +1706,12 @@ impl Customer {
                         detail: d.detail.clone(),
                         at: now,
                     };
-                    if let Err(err) = self.records.note_dispute(&lease.watch.supplier(), note) {
+                    let supplier = lease.watch.supplier();
+                    let noted = self
+                        .records
+                        .off_executor(move |r| r.note_dispute(&supplier, note))
+                        .await;
+                    if let Err(err) = noted {
                         tracing::warn!(%err, "dispute not recorded against the supplier");
                     }
                 }
@@ -1620,7 +1755,12 @@ impl Customer {
                     .off_executor(move |r| r.put_window(&record, &window))
                     .await
             }
-            None if answer.is_some() => self.records.put_lease(&record_of(lease)),
+            None if answer.is_some() => {
+                let record = record_of(lease);
+                self.records
+                    .off_executor(move |r| r.put_lease(&record))
+                    .await
+            }
             None => Ok(()),
         };
         if let Err(err) = recorded {
@@ -1667,7 +1807,8 @@ impl Customer {
                             if account { "the account's" } else { "its" }
                         ),
                     ));
-                    let detail = stop_at_cap(&self.records, lease, cap, account);
+                    let detail = stop_at_cap(lease, cap, account);
+                    store_lease(&self.records, record_of(lease)).await;
                     terminate = Some((lease.agreement.clone(), detail));
                 }
             }
@@ -1693,12 +1834,11 @@ impl Customer {
     /// are raised, and every running lease is checked against it at once.
     async fn set_budget(&mut self, change: BudgetChange) -> Result<BudgetReport, RequestError> {
         let now = UnixMillis::now();
-        let leases = self.records.leases().map_err(request_failed)?;
         let mut caps = self.spending.caps().clone();
         match change {
             BudgetChange::Account(cap) => caps.account = cap,
             BudgetChange::Lease { lease, cap } => {
-                if !leases.iter().any(|l| l.lease == lease) {
+                if self.records.spent_on(&lease).is_none() {
                     return Err(RequestError::NotFound(format!(
                         "no lease {lease} on this node"
                     )));
@@ -1716,15 +1856,11 @@ impl Customer {
             .map_err(request_failed)?;
         let applied = match change {
             BudgetChange::Account(cap) => {
-                let spends: Vec<(Id, Credits)> =
-                    leases.iter().map(|l| (l.lease, l.spent)).collect();
+                let spends = self.records.spends_by_lease();
                 self.spending.set_account(cap, &spends, now)
             }
             BudgetChange::Lease { lease, cap } => {
-                let spent = leases
-                    .iter()
-                    .find(|l| l.lease == lease)
-                    .map_or(Credits::ZERO, |l| l.spent);
+                let spent = self.records.spent_on(&lease).unwrap_or(Credits::ZERO);
                 self.spending.set_lease(lease, cap, spent, now)
             }
         };
@@ -1746,7 +1882,7 @@ impl Customer {
         } else {
             self.start_top_ups(&running);
         }
-        self.budget_report()
+        self.budget_report().await
     }
 
     /// After a cap was raised (or removed): tops up the escrow of each
@@ -1863,9 +1999,7 @@ impl Customer {
                 Ok(()) => {
                     if let Some(lease) = self.leases.get_mut(&id) {
                         lease.escrowed = lease.escrowed.and_then(|e| e.checked_add(delta));
-                        if let Err(err) = self.records.put_lease(&record_of(lease)) {
-                            tracing::warn!(%err, lease = %id, "lease not recorded");
-                        }
+                        store_lease(&self.records, record_of(lease)).await;
                     }
                     tracing::info!(lease = %id, %delta, total = %target, "escrow topped up to the raised cap");
                 }
@@ -1889,22 +2023,21 @@ impl Customer {
     /// What the account's leases hold against its cap: each unsettled
     /// lease's escrow (or its spend, when it has none), each settled
     /// lease's cost.
+    /// The stored leases' spend is held in memory by the records: no lease
+    /// is read for it.
     fn committed(&self) -> Result<Credits, BidError> {
-        let mut committed = Credits::ZERO;
-        let records = self.records.leases().map_err(failed)?;
-        for record in &records {
-            let held = match self.leases.get(&record.lease) {
-                Some(lease) if lease.settled.is_none() => {
-                    lease.escrowed.unwrap_or_else(|| lease.spent())
-                }
-                Some(lease) => lease.spent(),
-                None => record.spent,
-            };
-            committed = committed
-                .checked_add(held)
-                .ok_or_else(|| BidError::Failed("committed spend overflows".into()))?;
-        }
-        Ok(committed)
+        self.records
+            .fold_spends(Some(Credits::ZERO), |committed, (id, stored)| {
+                let held = match self.leases.get(id) {
+                    Some(lease) if lease.settled.is_none() => {
+                        lease.escrowed.unwrap_or_else(|| lease.spent())
+                    }
+                    Some(lease) => lease.spent(),
+                    None => *stored,
+                };
+                committed?.checked_add(held)
+            })
+            .ok_or_else(|| BidError::Failed("committed spend overflows".into()))
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::book::{hour_at, millis_of, Kind, Unit};
 use super::forecasts::{Forecast, Forecasts};
-use crate::customer::commands::{CustomerCommand, LeaseStatus};
+use crate::customer::commands::{CustomerCommand, LeaseStatus, RequestError};
 use crate::customer::report::{BudgetReport, LeaseState};
 use crate::error::{Error, Result};
 
@@ -261,6 +261,14 @@ pub fn lease_run_out(
     }
 }
 
+/// Why the customer role did not answer a report: busy, or failed.
+fn refused(err: RequestError) -> Error {
+    match err {
+        RequestError::Busy(reason) => Error::Busy(reason),
+        other => Error::Store(other.to_string()),
+    }
+}
+
 /// Builds the spend report of a customer node for `horizon_hours`.
 pub async fn spend(
     forecasts: &Arc<Forecasts>,
@@ -273,8 +281,10 @@ pub async fn spend(
     let totals = totals(forecasts, "spend").await?;
     let budget: BudgetReport = ask(customer, CustomerCommand::Budget)
         .await?
-        .map_err(|e| Error::Store(e.to_string()))?;
-    let leases = ask(customer, CustomerCommand::Leases).await?;
+        .map_err(refused)?;
+    let leases = ask(customer, CustomerCommand::Leases)
+        .await?
+        .map_err(refused)?;
     // A forecast of the next day is the surest: a cap it reaches is taken
     // from it, whatever the horizon asked for; the longer one says the rest.
     let day = if horizon_hours > 24 {

@@ -179,7 +179,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .refuses(&[400, 404, 409, 500]),
         (Customer, "GET", "/v1/leases") => op("This node's leases")
             .ok(array(r("LeaseStatus")))
-            .refuses(&[409]),
+            .refuses(&[409, 503]),
         (Customer, "POST", "/v1/leases/{id}/end") => op("End a running lease at the end of the window in progress")
             .ok(r("LeaseStatus"))
             .refuses(&[400, 404, 409, 500]),
@@ -190,17 +190,17 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
         (Customer | Analytics, "GET", "/v1/usage/{lease}") => op("A lease's metered windows and its budget")
             .query("limit", limit(), "Most windows listed, the most recent (100 by default)")
             .ok(r("UsageReport"))
-            .refuses(&[400, 404, 409, 500]),
+            .refuses(&[400, 404, 409, 500, 503]),
         (Customer, "GET", "/v1/budget") => op("The caps and the spend against them")
             .ok(r("BudgetReport"))
-            .refuses(&[400, 404, 409, 500]),
+            .refuses(&[400, 404, 409, 500, 503]),
         (Customer, "PUT", "/v1/budget") => op("Change the account's cap or a lease's")
             .body(r("BudgetChange"), true)
             .ok(r("BudgetReport"))
             .refuses(&[400, 404, 409, 500]),
         (Customer, "GET", "/v1/account") | (Analytics, "GET", "/v1/spend") => op("The account: spend, leases, budget, coordinators' balances, receipts")
             .ok(r("AccountReport"))
-            .refuses(&[400, 404, 409, 500]),
+            .refuses(&[400, 404, 409, 500, 503]),
 
         (Supplier, "GET", "/v1/offers") => op("This supplier's live offers, cheapest first, a page at a time")
             .query("gpu", string(), "GPU model (exact)")

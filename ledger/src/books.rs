@@ -24,8 +24,8 @@ use crate::audit::Action;
 use crate::billing::{self, FeeRate, Payout, MS_PER_HOUR};
 use crate::codec::Record;
 use crate::columns::{
-    Balances, ComparedHeads, Journal, JournalHeads, JournalIds, LeaseBooks, Rollups, Slot,
-    TypedStore,
+    Balances, ComparedHeads, Journal, JournalHeads, JournalIds, LeaseBooks, OpenByCustomer,
+    OpenBySupplier, Rollups, Slot, TypedStore,
 };
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger, MAX_PAGE};
@@ -95,6 +95,25 @@ impl LeaseBook {
 
 impl Record for LeaseBook {
     const WHAT: &'static str = "lease book";
+}
+
+/// Adds the write of `lease`'s book to `batch`, with the indexes of open
+/// leases kept in step with it: an open book is listed under its customer
+/// and its supplier, a closed one under neither. Every write of a lease's
+/// book goes through here, so what an account has escrowed, or which
+/// leases a supplier has open, is read from the account's own rows
+/// rather than from every book ever written.
+pub(crate) fn put_lease_book(batch: &mut Batch, lease: &Id, book: &LeaseBook) -> Result<()> {
+    batch.put_in::<LeaseBooks>(lease, book)?;
+    let (by_customer, by_supplier) = ((book.customer, *lease), (book.supplier, *lease));
+    if book.closed {
+        batch.delete_in::<OpenByCustomer>(&by_customer);
+        batch.delete_in::<OpenBySupplier>(&by_supplier);
+    } else {
+        batch.put_in::<OpenByCustomer>(&by_customer, &book.order)?;
+        batch.put_in::<OpenBySupplier>(&by_supplier, &book.order)?;
+    }
+    Ok(())
 }
 
 /// A customer's order to fund a lease (an applied escrow certificate).
@@ -526,7 +545,8 @@ impl<S: Store> Ledger<S> {
         let mut posting = Posting::new(self.store())?;
         let seq = posting.post(&entry)?;
         let mut batch = posting.finish()?;
-        batch.put_in::<LeaseBooks>(
+        put_lease_book(
+            &mut batch,
             &lock.lease,
             &LeaseBook {
                 order: lock.order,
@@ -587,7 +607,7 @@ impl<S: Store> Ledger<S> {
             .checked_add(1)
             .ok_or(Error::Overflow("the window sequence"))?;
         let mut batch = Batch::new();
-        batch.put_in::<LeaseBooks>(lease, &book)?;
+        put_lease_book(&mut batch, lease, &book)?;
         self.commit(
             guard,
             batch,
@@ -649,7 +669,7 @@ impl<S: Store> Ledger<S> {
         book.next_window = book.metered_windows;
         book.unsettled_gpu_ms = 0;
         book.closed = terms.final_settlement;
-        batch.put_in::<LeaseBooks>(lease, &book)?;
+        put_lease_book(&mut batch, lease, &book)?;
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
 
         self.commit(

@@ -22,8 +22,8 @@ use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
     AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences,
-    DisputeCases, Held, KnownDestinations, LeaseBooks, PendingCertificates, RefutedDisputes,
-    SettlementHeads, SettlementLocks, TypedStore,
+    DisputeCases, Held, KnownDestinations, LeaseBooks, OpenByCustomer, OpenBySupplier,
+    PendingCertificates, RefutedDisputes, SettlementHeads, SettlementLocks, TypedStore,
 };
 use crate::disputes::DisputeCase;
 use crate::error::{Error, Result};
@@ -253,25 +253,41 @@ impl<S: Store> Ledger<S> {
         self.store().get_in::<SettlementHeads>(lease)
     }
 
-    /// What `account` has locked in escrows of open leases.
+    /// What `account` has locked in escrows of open leases: read from
+    /// its own open leases ([`OpenByCustomer`]), not from every book.
     pub fn escrowed_by(&self, account: &PublicKey) -> Result<Credits> {
         let mut total = Credits::ZERO;
-        for row in self.store().rows::<LeaseBooks>(Direction::Forward) {
-            let (_, book) = row?;
-            if book.customer == *account && !book.closed {
-                total = add(total, book.available()?, "escrowed credits")?;
-            }
+        for (_, book) in self.open_leases_of::<OpenByCustomer>(account)? {
+            total = add(total, book.available()?, "escrowed credits")?;
         }
         Ok(total)
     }
 
-    /// Funded leases whose final settlement is not applied yet.
-    pub fn open_leases(&self) -> Result<Vec<(Id, LeaseBook)>> {
+    /// The open leases `supplier` is paid on, with their books.
+    pub fn open_leases_of_supplier(&self, supplier: &PublicKey) -> Result<Vec<(Id, LeaseBook)>> {
+        self.open_leases_of::<OpenBySupplier>(supplier)
+    }
+
+    /// The open leases listed under `account` in the index `C`, with their
+    /// books. A listed lease without a book, or whose book is closed,
+    /// would be an index out of step with the books: it is an error.
+    fn open_leases_of<C>(&self, account: &PublicKey) -> Result<Vec<(Id, LeaseBook)>>
+    where
+        C: crate::columns::Column<Key = (PublicKey, Id), Value = Id>,
+    {
         let mut out = Vec::new();
-        for row in self.store().rows::<LeaseBooks>(Direction::Forward) {
-            let (lease, book) = row?;
-            if !book.closed {
-                out.push((lease, book));
+        for row in self.store().rows_with::<C, _>(account, Direction::Forward) {
+            let ((_, lease), _) = row?;
+            match self.store().get_in::<LeaseBooks>(&lease)? {
+                Some(book) if !book.closed => out.push((lease, book)),
+                _ => {
+                    return Err(Error::Undecodable {
+                        what: "open-lease index",
+                        reason: format!(
+                            "lease {lease} is listed open under {account} without an open book"
+                        ),
+                    })
+                }
             }
         }
         Ok(out)
@@ -509,9 +525,10 @@ impl<S: Store> Ledger<S> {
         }
         if let (DebitTarget::Escrow { lease, .. }, Some(mut book)) = (debit.to, funded) {
             book.amount = add(book.amount, debit.amount, "an escrow topped up")?;
-            batch.put_in::<LeaseBooks>(&lease, &book)?;
+            crate::books::put_lease_book(&mut batch, &lease, &book)?;
         } else if let DebitTarget::Escrow { lease, supplier } = debit.to {
-            batch.put_in::<LeaseBooks>(
+            crate::books::put_lease_book(
+                &mut batch,
                 &lease,
                 &LeaseBook {
                     order: debit.subject,
@@ -731,7 +748,7 @@ impl<S: Store> Ledger<S> {
             batch.put_in::<SettlementHeads>(&s.lease, &s.attestation_head)?;
         }
         book.closed = s.final_settlement;
-        batch.put_in::<LeaseBooks>(&s.lease, &book)?;
+        crate::books::put_lease_book(&mut batch, &s.lease, &book)?;
         let payout = crate::billing::Payout {
             billable_gpu_ms: s.billable_gpu_ms,
             gross: paid_now,

@@ -17,6 +17,8 @@
 //! | [`Journal`] | `ledger/journal` | journal sequence | [`JournalEntry`] |
 //! | [`JournalIds`] | `ledger/journal_ids` | entry id | journal sequence |
 //! | [`LeaseBooks`] | `ledger/lease_books` | lease id | [`LeaseBook`] |
+//! | [`OpenByCustomer`] | `ledger/open_by_customer` | (customer, lease) | escrow order id |
+//! | [`OpenBySupplier`] | `ledger/open_by_supplier` | (supplier, lease) | escrow order id |
 //! | [`Audit`] | `ledger/audit` | audit sequence | [`SealedAudit`] |
 //! | [`Alerts`] | `ledger/alerts` | (created at, alert id) | signed bytes |
 //! | [`Outbox`] | `ledger/outbox` | queue sequence | [`Notification`] |
@@ -166,6 +168,16 @@ column!(
 column!(
     /// Each lease's escrow and metering state.
     LeaseBooks, "ledger/lease_books", Id, LeaseBook
+);
+column!(
+    /// The leases whose book is open (funded, not finally settled), by
+    /// customer: written with the book, in the same batch.
+    OpenByCustomer, "ledger/open_by_customer", (PublicKey, Id), Id
+);
+column!(
+    /// The leases whose book is open, by supplier: written with the book,
+    /// in the same batch.
+    OpenBySupplier, "ledger/open_by_supplier", (PublicKey, Id), Id
 );
 column!(
     /// The audit chain.
@@ -373,6 +385,8 @@ pub const TREES: &[TreeName] = &[
     Journal::TREE,
     JournalIds::TREE,
     LeaseBooks::TREE,
+    OpenByCustomer::TREE,
+    OpenBySupplier::TREE,
     Audit::TREE,
     Alerts::TREE,
     Outbox::TREE,

@@ -10,6 +10,8 @@
 //! - 1 → 2: the deposit references and the withdrawal destinations
 //!   already used (specs/settlement.md 4.2 and 4.3), from the deposits and
 //!   withdrawal certificates applied.
+//! - 2 → 3: the indexes of open leases by customer and by supplier, from
+//!   the lease books.
 
 use crate::error::{Error, Result};
 use crate::schema::version_write;
@@ -27,11 +29,35 @@ pub struct Migration {
 }
 
 /// Every migration of this binary, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    from: 1,
-    description: "deposit references and withdrawal destinations of what is applied",
-    run: references_and_destinations,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 1,
+        description: "deposit references and withdrawal destinations of what is applied",
+        run: references_and_destinations,
+    },
+    Migration {
+        from: 2,
+        description: "open leases by customer and by supplier",
+        run: open_lease_indexes,
+    },
+];
+
+/// 2 → 3: each open lease book is listed under its customer and its
+/// supplier.
+fn open_lease_indexes(store: &dyn Store) -> Result<Batch> {
+    use crate::columns::{LeaseBooks, OpenByCustomer, OpenBySupplier, TypedStore};
+    use crate::store::Direction;
+
+    let mut batch = Batch::default();
+    for row in store.rows::<LeaseBooks>(Direction::Forward) {
+        let (lease, book) = row?;
+        if !book.closed {
+            batch.put_in::<OpenByCustomer>(&(book.customer, lease), &book.order)?;
+            batch.put_in::<OpenBySupplier>(&(book.supplier, lease), &book.order)?;
+        }
+    }
+    Ok(batch)
+}
 
 /// 1 → 2: each applied deposit takes its `(admin, reference)` (the first
 /// in id order when two share one), and each applied withdrawal records

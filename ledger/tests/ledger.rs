@@ -945,3 +945,67 @@ fn the_migration_to_version_2_gives_applied_deposits_their_references() {
         0
     );
 }
+
+#[test]
+fn the_migration_to_version_3_lists_the_open_leases_under_their_accounts() {
+    use rigmesh_ledger::columns::{OpenByCustomer, OpenBySupplier, TypedStore};
+    use rigmesh_ledger::store::Direction;
+
+    let store = MemoryStore::new();
+    let ledger = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    let (customer, supplier) = (key(1), key(2));
+    ledger
+        .deposit(customer, credits("30"), id(1), &cause(1))
+        .unwrap();
+    for (lease, order, amount) in [(id(100), id(2), "10"), (id(101), id(3), "12")] {
+        let lock = EscrowLock {
+            lease,
+            order,
+            customer,
+            supplier,
+            amount: credits(amount),
+            price_per_gpu_hour: credits("2"),
+        };
+        ledger.lock_escrow(&lock, &cause(2)).unwrap();
+    }
+    // Lease 101 is finally settled: its book is closed.
+    let terms = SettleTerms {
+        request: id(4),
+        settlement_seq: 0,
+        fee_rate: FeeRate::from_ppm(10_000).unwrap(),
+        final_settlement: true,
+    };
+    ledger.settle(&id(101), &terms, &cause(4)).unwrap();
+    assert_eq!(ledger.escrowed_by(&customer).unwrap(), credits("10"));
+    drop(ledger);
+    // As a version 2 store holds it: the books, and no index.
+    let mut batch = Batch::new();
+    for lease in [id(100), id(101)] {
+        batch.delete_in::<OpenByCustomer>(&(customer, lease));
+        batch.delete_in::<OpenBySupplier>(&(supplier, lease));
+    }
+    batch
+        .put_in::<SchemaVersions>(&Slot, &SchemaVersion(2))
+        .unwrap();
+    store.write(&batch).unwrap();
+    assert_eq!(store.rows::<OpenByCustomer>(Direction::Forward).count(), 0);
+
+    let ledger = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    assert_eq!(
+        rigmesh_ledger::schema::stored_version(&store).unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+    assert_eq!(ledger.escrowed_by(&customer).unwrap(), credits("10"));
+    let open: Vec<Id> = ledger
+        .open_leases_of_supplier(&supplier)
+        .unwrap()
+        .into_iter()
+        .map(|(lease, _)| lease)
+        .collect();
+    assert_eq!(open, [id(100)]);
+    assert_eq!(ledger.escrowed_by(&supplier).unwrap(), Credits::ZERO);
+    assert!(ledger
+        .open_leases_of_supplier(&customer)
+        .unwrap()
+        .is_empty());
+}

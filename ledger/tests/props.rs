@@ -2,7 +2,8 @@
 //! - held money (users + fees + escrow + payable) always equals deposits
 //!   minus withdrawals, no account but `External` goes negative, the
 //!   journal replays to the stored balances, and a refused operation
-//!   changes nothing;
+//!   changes nothing; an account's escrowed total and a supplier's open
+//!   leases, read from their indexes, always agree with the lease books;
 //! - metering a lease in one window or in many, then settling, gives the
 //!   same amounts to the last micro-credit.
 
@@ -158,12 +159,38 @@ proptest! {
             for user in 0..USERS {
                 prop_assert!(!ledger.balance(&Account::User(key(user))).unwrap().is_negative());
             }
+            let mut open = Vec::new();
             for lease in 0..LEASES {
                 if let Some(book) = ledger.lease_book(&id(1_000 + lease)).unwrap() {
                     let escrow = ledger.balance(&Account::Escrow(id(1_000 + lease))).unwrap();
                     let expected = if book.closed { Credits::ZERO } else { book.available().unwrap() };
                     prop_assert_eq!(escrow, expected);
+                    if !book.closed {
+                        open.push((id(1_000 + lease), book));
+                    }
                 }
+            }
+            // What each user has escrowed, and the leases it is paid on,
+            // are read from its own rows: they agree with the books.
+            for user in 0..USERS {
+                let escrowed = open
+                    .iter()
+                    .filter(|(_, b)| b.customer == key(user))
+                    .fold(Credits::ZERO, |sum, (_, b)| sum.checked_add(b.available().unwrap()).unwrap());
+                prop_assert_eq!(ledger.escrowed_by(&key(user)).unwrap(), escrowed);
+                let mut paid_on: Vec<_> = open
+                    .iter()
+                    .filter(|(_, b)| b.supplier == key(user))
+                    .map(|(lease, _)| *lease)
+                    .collect();
+                paid_on.sort();
+                let listed: Vec<_> = ledger
+                    .open_leases_of_supplier(&key(user))
+                    .unwrap()
+                    .into_iter()
+                    .map(|(lease, _)| lease)
+                    .collect();
+                prop_assert_eq!(listed, paid_on);
             }
         }
         let report = ledger.check_books().unwrap();

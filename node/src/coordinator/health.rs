@@ -223,10 +223,9 @@ fn peer_text(peer: &[u8]) -> String {
 /// Open leases (funded, not closed) whose supplier is `supplier`.
 fn open_leases_of(ledger: &Ledger, supplier: &PublicKey) -> Vec<(Id, PublicKey)> {
     ledger
-        .open_leases()
+        .open_leases_of_supplier(supplier)
         .unwrap_or_default()
         .into_iter()
-        .filter(|(_, book)| book.supplier == *supplier)
         .map(|(lease, book)| (lease, book.customer))
         .collect()
 }

@@ -588,7 +588,7 @@ pub(crate) async fn supplier_earnings(State(s): State<Scoped>) -> Response {
     };
     let mut total = Credits::ZERO;
     let mut settled = Credits::ZERO;
-    for lease in &view.leases {
+    for lease in view.leases.iter() {
         total = total.checked_add(lease.earned).unwrap_or(Credits::MAX);
         if let Some(s) = &lease.settled {
             settled = settled.checked_add(s.earned).unwrap_or(Credits::MAX);

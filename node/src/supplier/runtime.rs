@@ -51,8 +51,10 @@ pub struct SupplierView {
     pub gpus: Vec<crate::telemetry::GpuDevice>,
     /// The latest sample of each.
     pub latest: Vec<GpuSample>,
-    /// Leases, running and finished.
-    pub leases: Vec<SupplierLease>,
+    /// Leases, running and finished. Shared, not copied: the view is
+    /// republished every second, and its leases are rebuilt only when one
+    /// of them changed.
+    pub leases: std::sync::Arc<Vec<SupplierLease>>,
 }
 
 /// How a supplier works with the coordinators: the set whose escrow
@@ -91,6 +93,9 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
+    // The leases as last published, and whether one changed since.
+    let mut published: std::sync::Arc<Vec<SupplierLease>> = std::sync::Arc::default();
+    let mut book_changed = true;
     let mut desk = LeaseDesk::new(key.clone());
     let mut meters: BTreeMap<Id, Meter> = BTreeMap::new();
     // Offer sequences start from the clock, so a restarted supplier's
@@ -126,6 +131,7 @@ pub async fn run(
                 if let Some(agreement) = answer(&mut desk, &mut meters, &key, &network, request, source.as_mut(), settlement.as_ref()).await {
                     if let Ok(lease) = agreement.id() {
                         let p = &agreement.body.proposal.body;
+                        book_changed = true;
                         book.insert(lease, SupplierLease {
                             lease,
                             customer: p.customer,
@@ -172,6 +178,7 @@ pub async fn run(
                 }
                 for attestation in attested {
                     if let Some(entry) = book.get_mut(&attestation.body.lease) {
+                        book_changed = true;
                         entry.windows_attested += 1;
                         entry.billable_gpu_ms += attestation.body.billable_gpu_ms;
                         entry.earned = rigmesh_ledger::billing::charge(entry.price_per_gpu_hour, entry.billable_gpu_ms)
@@ -184,6 +191,7 @@ pub async fn run(
                         // Leases from before a restart are listed with what
                         // their settlement knows of them.
                         if let (false, Some((customer, gpus, price, ends_at))) = (book.contains_key(lease), &state.terms) {
+                            book_changed = true;
                             book.insert(*lease, SupplierLease {
                                 lease: *lease,
                                 customer: *customer,
@@ -197,12 +205,21 @@ pub async fn run(
                             });
                         }
                     }
+                    // Compared first: only a lease whose settlement moved
+                    // is copied.
                     for (lease, entry) in book.iter_mut() {
-                        entry.settled = settled.get(lease).cloned();
+                        let now_settled = settled.get(lease);
+                        if entry.settled.as_ref() != now_settled {
+                            book_changed = true;
+                            entry.settled = now_settled.cloned();
+                        }
                     }
                 }
+                if std::mem::take(&mut book_changed) {
+                    published = std::sync::Arc::new(book.values().cloned().collect());
+                }
                 let gpus = source.devices().unwrap_or_default();
-                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: book.values().cloned().collect() });
+                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published) });
                 // A GPU that vanished or came back changes what can be
                 // offered: re-offer now rather than at the next refresh.
                 let lost_now: std::collections::BTreeSet<u32> = samples

@@ -204,7 +204,7 @@ impl SupplierMarks {
     /// then.
     fn sample(&mut self, view: &SupplierView, now: UnixMillis) -> SupplierSample {
         let mut out = SupplierSample::default();
-        for lease in &view.leases {
+        for lease in view.leases.iter() {
             let (e, g) = (lease.earned.units(), lease.billable_gpu_ms);
             let (e0, g0) = self
                 .leases
@@ -504,15 +504,16 @@ mod tests {
         let mut view = SupplierView {
             gpus: (0..4).map(gpu).collect(),
             latest: Vec::new(),
-            leases: vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)],
+            leases: std::sync::Arc::new(vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)]),
         };
         // What was earned before the start is not counted again.
         let first = marks.sample(&view, now);
         assert_eq!((first.earned, first.gpu_ms), (0, 0));
         assert_eq!(first.utilisation_bp, Some(5_000));
-        view.leases[0] = lease(1, vec![0, 1], 800_000, 90_000, 2_000_000);
-        view.leases
-            .push(lease(2, vec![2], 100_000, 10_000, 500_000));
+        view.leases = std::sync::Arc::new(vec![
+            lease(1, vec![0, 1], 800_000, 90_000, 2_000_000),
+            lease(2, vec![2], 100_000, 10_000, 500_000),
+        ]);
         let second = marks.sample(&view, now);
         assert_eq!(second.earned, 300_000 + 100_000, "growth plus a new lease");
         assert_eq!(second.gpu_ms, 30_000 + 10_000);

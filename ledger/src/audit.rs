@@ -224,13 +224,16 @@ impl AuditReport {
 
 /// Walks stored records in key order and reports the first broken link.
 /// `records` yields each stored `(key, value)` decoded: the key's sequence
-/// and the sealed record, either of which may have failed to decode.
+/// and the sealed record, either of which may have failed to decode. The
+/// walk starts where `from` says the chain stood (the default: at its
+/// start) and must end where `head` says it stands.
 pub(crate) fn verify_chain(
     records: impl Iterator<Item = Result<(Result<u64>, Result<SealedAudit>)>>,
+    from: AuditHead,
     head: AuditHead,
 ) -> Result<AuditReport> {
-    let mut expected: u64 = 0;
-    let mut prev: Hash = [0; 32];
+    let mut expected: u64 = from.next_seq;
+    let mut prev: Hash = from.last;
     let broken = |seq: u64, reason: Break| AuditReport {
         verified: seq,
         broken: Some(BrokenLink { seq, reason }),
@@ -327,6 +330,7 @@ mod tests {
             records
                 .iter()
                 .map(|r| Ok((Ok(r.record.seq), Ok(r.clone())))),
+            AuditHead::default(),
             head,
         )
         .unwrap()

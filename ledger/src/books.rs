@@ -13,7 +13,7 @@
 //! one there fails with [`Error::InsufficientFunds`] and writes nothing.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use bincode::{Decode, Encode};
@@ -173,6 +173,22 @@ impl Totals {
             .and_then(|c| c.checked_add(self.payable))
             .and_then(|c| c.checked_add(self.disputed))
             .ok_or(Error::Overflow("the sum of balances"))
+    }
+
+    /// Adds `account`'s balance to its kind's sum.
+    fn add(&mut self, account: &Account, balance: Credits) -> Result<()> {
+        let slot = match account {
+            Account::External => &mut self.external,
+            Account::Fees => &mut self.fees,
+            Account::User(_) => &mut self.users,
+            Account::Escrow(_) => &mut self.escrow,
+            Account::Payable(_) => &mut self.payable,
+            Account::Disputed(_) => &mut self.disputed,
+        };
+        *slot = slot
+            .checked_add(balance)
+            .ok_or(Error::Overflow("the sum of balances"))?;
+        Ok(())
     }
 }
 
@@ -739,17 +755,7 @@ impl<S: Store> Ledger<S> {
         let mut totals = Totals::default();
         for row in self.store().rows::<Balances>(Direction::Forward) {
             let (account, balance) = row?;
-            let slot = match account {
-                Account::External => &mut totals.external,
-                Account::Fees => &mut totals.fees,
-                Account::User(_) => &mut totals.users,
-                Account::Escrow(_) => &mut totals.escrow,
-                Account::Payable(_) => &mut totals.payable,
-                Account::Disputed(_) => &mut totals.disputed,
-            };
-            *slot = slot
-                .checked_add(balance)
-                .ok_or(Error::Overflow("the sum of balances"))?;
+            totals.add(&account, balance)?;
         }
         Ok(totals)
     }
@@ -759,49 +765,64 @@ impl<S: Store> Ledger<S> {
     /// balance equal to the sum of its legs (and none missing). Also
     /// checks that held money equals minus the external balance.
     ///
-    /// Writers wait while it reads: the journal and the balances are read
-    /// one after the other, and a batch written between the two reads
-    /// would otherwise look like books that do not add up (a false
-    /// integrity alarm on a busy coordinator).
+    /// Writers are kept out only at the two ends of the walk, not while it
+    /// reads: the journal's head is read under the writers' lock, then the
+    /// entries before it (never changed once written) are replayed and
+    /// every balance is read without it; under the lock again, the entries
+    /// written meanwhile are replayed and the balances they touched read
+    /// once more. So the books compared are those of one moment (a batch
+    /// written mid-walk does not look like books that do not add up),
+    /// while votes and certificates go on being applied during the walk.
     pub fn check_books(&self) -> Result<BooksReport> {
-        let _writers = self.lock();
+        let start = {
+            let _writers = self.lock();
+            self.journal_len()?
+        };
         let mut sums: HashMap<Account, i128> = HashMap::new();
-        let mut entries: u64 = 0;
-        for row in self.store().rows::<Journal>(Direction::Forward) {
-            let (seq, entry) = row?;
-            if seq != entries {
+        self.replay_journal(0, start, &mut sums, &mut HashSet::new())?;
+        let mut stored: BTreeMap<Account, Credits> = BTreeMap::new();
+        for row in self.store().rows::<Balances>(Direction::Forward) {
+            let (account, balance) = row?;
+            stored.insert(account, balance);
+        }
+        let entries = {
+            let _writers = self.lock();
+            let end = self.journal_len()?;
+            let mut touched = HashSet::new();
+            self.replay_journal(start, end, &mut sums, &mut touched)?;
+            if let Some(row) = self
+                .store()
+                .rows_in::<Journal>(Bound::Included(&end), Bound::Unbounded, Direction::Forward)
+                .next()
+            {
+                let (seq, _) = row?;
                 return Err(Error::corrupt(
                     "journal",
-                    format!("entry {entries} is missing (next is {seq})"),
+                    format!("entry {seq} lies past the head ({end})"),
                 ));
             }
-            entry.check()?;
-            for leg in &entry.legs {
-                *sums.entry(leg.account).or_default() += i128::from(leg.amount.units());
+            for account in touched {
+                match self.store().get_in::<Balances>(&account)? {
+                    Some(balance) => stored.insert(account, balance),
+                    None => stored.remove(&account),
+                };
             }
-            entries += 1;
-        }
-        if entries != self.journal_len()? {
-            return Err(Error::corrupt(
-                "journal",
-                format!("{entries} entries, head says {}", self.journal_len()?),
-            ));
-        }
-        let mut accounts: u64 = 0;
-        for row in self.store().rows::<Balances>(Direction::Forward) {
-            let (account, stored) = row?;
-            let journal = sums.remove(&account).unwrap_or(0);
+            end
+        };
+        let mut totals = Totals::default();
+        for (account, stored) in &stored {
+            let journal = sums.remove(account).unwrap_or(0);
             if journal != i128::from(stored.units()) {
                 return Err(Error::BooksMismatch {
-                    account,
-                    stored,
+                    account: *account,
+                    stored: *stored,
                     journal,
                 });
             }
             if account.must_stay_positive() && stored.is_negative() {
                 return Err(Error::corrupt("balances", format!("{account} is negative")));
             }
-            accounts += 1;
+            totals.add(account, *stored)?;
         }
         if let Some((account, journal)) = sums.into_iter().find(|(_, sum)| *sum != 0) {
             return Err(Error::BooksMismatch {
@@ -810,7 +831,6 @@ impl<S: Store> Ledger<S> {
                 journal,
             });
         }
-        let totals = self.totals()?;
         let external = totals
             .external
             .checked_neg()
@@ -826,8 +846,47 @@ impl<S: Store> Ledger<S> {
         }
         Ok(BooksReport {
             entries,
-            accounts,
+            accounts: stored.len() as u64,
             totals,
         })
+    }
+
+    /// Replays the journal entries `from..to` into `sums`, noting each
+    /// account a leg moves in `touched`: they must be there, numbered
+    /// without gaps, each balanced.
+    fn replay_journal(
+        &self,
+        from: u64,
+        to: u64,
+        sums: &mut HashMap<Account, i128>,
+        touched: &mut HashSet<Account>,
+    ) -> Result<()> {
+        let mut expected = from;
+        for row in self.store().rows_in::<Journal>(
+            Bound::Included(&from),
+            Bound::Excluded(&to),
+            Direction::Forward,
+        ) {
+            let (seq, entry) = row?;
+            if seq != expected {
+                return Err(Error::corrupt(
+                    "journal",
+                    format!("entry {expected} is missing (next is {seq})"),
+                ));
+            }
+            entry.check()?;
+            for leg in &entry.legs {
+                *sums.entry(leg.account).or_default() += i128::from(leg.amount.units());
+                touched.insert(leg.account);
+            }
+            expected += 1;
+        }
+        if expected != to {
+            return Err(Error::corrupt(
+                "journal",
+                format!("{expected} entries, head says {to}"),
+            ));
+        }
+        Ok(())
     }
 }

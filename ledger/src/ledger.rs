@@ -397,24 +397,53 @@ impl<S: Store> Ledger<S> {
     /// Walks the whole audit chain and reports the first broken link: a
     /// record that does not decode, is missing, was edited, does not link
     /// to the one before, or a chain that stops short of its recorded head.
+    ///
+    /// Writers are kept out only at the two ends of the walk: the head is
+    /// read under the writers' lock and the records before it (never
+    /// changed once appended) are walked without it; then, under the lock
+    /// again, the records appended meanwhile must link on from there to
+    /// the head of that moment, with nothing past it.
     pub fn verify_audit(&self) -> Result<AuditReport> {
-        // Every record is appended with the head in one batch under the
-        // write lock; held here, the walk sees the head and the records of
-        // one moment, not a head read before a writer appended more.
+        let start = {
+            let _writers = self.lock();
+            self.store.get_in::<AuditHeads>(&Slot)?.unwrap_or_default()
+        };
+        let walked = audit::verify_chain(
+            self.audit_rows(0, Some(start.next_seq)),
+            AuditHead::default(),
+            start,
+        )?;
+        if !walked.is_intact() {
+            return Ok(walked);
+        }
         let _writers = self.lock();
         let head = self.store.get_in::<AuditHeads>(&Slot)?.unwrap_or_default();
-        let raw = self
-            .store
-            .scan(Audit::TREE, KeyRange::all(), Direction::Forward);
-        let records = raw.map(|entry| {
-            entry.map(|(key, value)| {
-                (
-                    u64::from_key(&key),
-                    <SealedAudit as crate::codec::Record>::from_record(&value),
-                )
+        audit::verify_chain(self.audit_rows(start.next_seq, None), start, head)
+    }
+
+    /// The stored audit records from `from` (to `to`, excluded, when
+    /// given), each key and record decoded on its own.
+    fn audit_rows(
+        &self,
+        from: u64,
+        to: Option<u64>,
+    ) -> impl Iterator<Item = Result<(Result<u64>, Result<SealedAudit>)>> + '_ {
+        let range = KeyRange {
+            start: std::ops::Bound::Included(from.to_key()),
+            end: to.map_or(std::ops::Bound::Unbounded, |to| {
+                std::ops::Bound::Excluded(to.to_key())
+            }),
+        };
+        self.store
+            .scan(Audit::TREE, range, Direction::Forward)
+            .map(|entry| {
+                entry.map(|(key, value)| {
+                    (
+                        u64::from_key(&key),
+                        <SealedAudit as crate::codec::Record>::from_record(&value),
+                    )
+                })
             })
-        });
-        audit::verify_chain(records, head)
     }
 }
 
@@ -429,6 +458,7 @@ mod tests {
         shareable::<Ledger<MemoryStore>>();
     }
 
+    use crate::columns::Journal;
     use crate::store::{KeyRange, RawScan, TreeName};
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
@@ -477,6 +507,129 @@ mod tests {
         }
         fn is_empty(&self) -> Result<bool> {
             self.inner.is_empty()
+        }
+    }
+
+    /// A memory store whose first scan of one tree from one thread, once
+    /// armed, says it started and then waits for the test to open its
+    /// gate: a walk of that tree is held mid-way.
+    #[derive(Default)]
+    struct ScanGatedStore {
+        inner: MemoryStore,
+        armed: Mutex<Option<ScanGate>>,
+    }
+
+    struct ScanGate {
+        tree: TreeName,
+        thread: std::thread::ThreadId,
+        started: mpsc::SyncSender<()>,
+        open: mpsc::Receiver<()>,
+    }
+
+    impl Store for ScanGatedStore {
+        fn get(&self, tree: TreeName, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(tree, key)
+        }
+        fn put(&self, tree: TreeName, key: &[u8], value: &[u8]) -> Result<()> {
+            self.inner.put(tree, key, value)
+        }
+        fn delete(&self, tree: TreeName, key: &[u8]) -> Result<()> {
+            self.inner.delete(tree, key)
+        }
+        fn write(&self, batch: &Batch) -> Result<()> {
+            self.inner.write(batch)
+        }
+        fn scan(&self, tree: TreeName, range: KeyRange, direction: Direction) -> RawScan<'_> {
+            let gate = {
+                let mut armed = self.armed.lock().unwrap();
+                match armed.as_ref() {
+                    Some(g) if g.tree == tree && g.thread == std::thread::current().id() => {
+                        armed.take()
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(gate) = gate {
+                gate.started.send(()).unwrap();
+                gate.open.recv().unwrap();
+            }
+            self.inner.scan(tree, range, direction)
+        }
+        fn flush(&self) -> Result<()> {
+            self.inner.flush()
+        }
+        fn is_empty(&self) -> Result<bool> {
+            self.inner.is_empty()
+        }
+    }
+
+    /// A deposit of `units` to `who`, numbered `n`.
+    fn deposit_of(ledger: &Ledger<ScanGatedStore>, who: u8, units: i64, n: u8) {
+        let account = rigmesh_protocol::Keypair::from_seed([who; 32]).public();
+        ledger
+            .deposit(
+                account,
+                rigmesh_protocol::Credits::from_units(units),
+                Id([n; 32]),
+                &cause(n),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn the_books_and_the_audit_chain_check_without_holding_writers_up() {
+        for tree in [Journal::TREE, Audit::TREE] {
+            let ledger = Arc::new(
+                Ledger::with_store(ScanGatedStore::default(), Durability::Buffered).unwrap(),
+            );
+            deposit_of(&ledger, 1, 5_000_000, 1);
+            let (started_tx, started) = mpsc::sync_channel(1);
+            let (open, gate) = mpsc::sync_channel(1);
+            let checker = {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    *ledger.store().armed.lock().unwrap() = Some(ScanGate {
+                        tree,
+                        thread: std::thread::current().id(),
+                        started: started_tx,
+                        open: gate,
+                    });
+                    // Each walk on its own, so the deposit falls in it.
+                    if tree == Journal::TREE {
+                        (Some(ledger.check_books()), None)
+                    } else {
+                        (None, Some(ledger.verify_audit()))
+                    }
+                })
+            };
+            started
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the walk started");
+            // The walk of `tree` is held mid-way: a deposit goes through.
+            let (done_tx, done) = mpsc::sync_channel(1);
+            let writer = {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    deposit_of(&ledger, 2, 3_000_000, 2);
+                    done_tx.send(()).unwrap();
+                })
+            };
+            let written = done.recv_timeout(Duration::from_secs(10)).is_ok();
+            open.send(()).unwrap();
+            writer.join().unwrap();
+            let (books, audit) = checker.join().unwrap();
+            assert!(written, "a deposit waited for the walk of {tree}");
+            // What was written mid-walk is in what was checked.
+            if let Some(books) = books {
+                let books = books.unwrap();
+                assert_eq!(books.totals.users.units(), 8_000_000);
+                assert_eq!(books.entries, ledger.journal_len().unwrap());
+            }
+            if let Some(audit) = audit {
+                let audit = audit.unwrap();
+                assert!(audit.is_intact(), "{audit:?}");
+                assert_eq!(audit.verified, ledger.audit_len().unwrap());
+            }
         }
     }
 

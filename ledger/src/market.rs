@@ -1168,6 +1168,35 @@ impl MarketStore {
         Ok(out)
     }
 
+    /// Deletes up to `limit` bans that ended before `before`; returns how
+    /// many. A peer is recorded once, however often it is banned, but every
+    /// peer ever banned would otherwise stay, and peer ids cost an attacker
+    /// nothing. A ban renewed while this runs is left alone (each deletion
+    /// is a compare-and-swap of the value read).
+    pub fn prune_bans(&self, before: UnixMillis, limit: usize) -> Result<usize> {
+        let mut ended = Vec::new();
+        for entry in self.bans.iter() {
+            let (peer, value) = entry?;
+            if UnixMillis(read_u64(&value, "ban")?) < before {
+                ended.push((peer, value));
+                if ended.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let mut pruned = 0;
+        for (peer, value) in ended {
+            if self
+                .bans
+                .compare_and_swap(&peer, Some(&value), None::<&[u8]>)?
+                .is_ok()
+            {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Writes offence records and bans in one step each, then flushes: a
     /// ban must survive a crash right after it. An offence record with no
     /// strikes and no bans is removed.
@@ -1913,6 +1942,28 @@ mod tests {
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].reason, "spam");
         assert!(store.active_bans(UnixMillis(600)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bans_that_ended_are_deleted_and_those_in_force_stay() {
+        let store = MarketStore::temporary().unwrap();
+        for (peer, until) in [(1u8, 500u64), (2, 700), (3, 1_500)] {
+            store
+                .record_ban(&BanRecord {
+                    peer: vec![peer; 38],
+                    until: UnixMillis(until),
+                    reason: "spam".into(),
+                })
+                .unwrap();
+        }
+        // At most `limit` a round.
+        assert_eq!(store.prune_bans(UnixMillis(1_000), 1).unwrap(), 1);
+        assert_eq!(store.prune_bans(UnixMillis(1_000), 10).unwrap(), 1);
+        assert_eq!(store.prune_bans(UnixMillis(1_000), 10).unwrap(), 0);
+        let left = store.active_bans(UnixMillis(0)).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].peer, vec![3; 38]);
+        assert_eq!(left[0].until, UnixMillis(1_500));
     }
 
     #[test]

@@ -770,10 +770,10 @@ async fn load_book(
     }
 }
 
-/// Deletes expired messages from the gossip store now and then, and the
-/// evidence of finally settled leases past their grace, off the async
-/// executor, and expired offers from the order book, until `stop` turns
-/// true.
+/// Deletes expired messages and bans that ended from the gossip store now
+/// and then, and the evidence of finally settled leases past their grace,
+/// off the async executor, and expired offers from the order book, until
+/// `stop` turns true.
 async fn prune_expired(
     store: Arc<MarketStore>,
     book: Arc<crate::orderbook::OrderBook>,
@@ -801,13 +801,25 @@ async fn prune_expired(
                 book.sweep(rigmesh_protocol::UnixMillis::now());
                 let store = store.clone();
                 let before = rigmesh_protocol::UnixMillis::now().minus_ms(PRUNE_AFTER_MS);
-                match tokio::task::spawn_blocking(move || store.prune_expired(before, PRUNE_LIMIT)).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(pruned)) => {
-                        upkeep.metrics.pruned.inc_by(pruned as u64);
-                        tracing::debug!(pruned, "expired messages deleted");
+                let round = tokio::task::spawn_blocking(move || {
+                    (store.prune_expired(before, PRUNE_LIMIT), store.prune_bans(before, PRUNE_LIMIT))
+                });
+                match round.await {
+                    Ok((messages, bans)) => {
+                        match messages {
+                            Ok(0) => {}
+                            Ok(pruned) => {
+                                upkeep.metrics.pruned.inc_by(pruned as u64);
+                                tracing::debug!(pruned, "expired messages deleted");
+                            }
+                            Err(err) => tracing::warn!(%err, "expired messages not deleted"),
+                        }
+                        match bans {
+                            Ok(0) => {}
+                            Ok(pruned) => tracing::debug!(pruned, "bans that ended deleted"),
+                            Err(err) => tracing::warn!(%err, "bans that ended not deleted"),
+                        }
                     }
-                    Ok(Err(err)) => tracing::warn!(%err, "expired messages not deleted"),
                     Err(err) => tracing::warn!(%err, "the pruning task failed"),
                 }
             }

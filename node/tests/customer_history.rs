@@ -8,7 +8,6 @@
 mod common;
 
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
-use rigmesh_node::config::{NodeConfig, Role};
 use rigmesh_node::customer::records::{
     Caps, CustomerRecords, LeaseRecord, WindowRecord, WindowStatus,
 };
@@ -104,16 +103,7 @@ async fn a_customer_with_a_long_history_answers_its_budget_and_bids_without_read
         records.flush().unwrap();
     }
 
-    let config = NodeConfig {
-        role: Role::Customer,
-        data_dir: dir.path().to_path_buf(),
-        network: common::config(),
-        monitoring: "127.0.0.1:0".parse().unwrap(),
-        customer_api: "127.0.0.1:0".parse().unwrap(),
-        public_api: "127.0.0.1:0".parse().unwrap(),
-        analytics_api: "127.0.0.1:0".parse().unwrap(),
-        ..NodeConfig::default()
-    };
+    let config = common::customer_node(dir.path());
     let node = rigmesh_node::node::start(config).await.unwrap();
     let records = node.customer_records.clone().unwrap();
     let api = node.customer_api.unwrap();

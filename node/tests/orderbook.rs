@@ -16,7 +16,6 @@ use common::eventually;
 use offers::record;
 use rigmesh_ledger::{MarketRecord, MarketStore};
 use rigmesh_node::api::tokens::{read_token, Bootstrap};
-use rigmesh_node::config::{NodeConfig, Role};
 use rigmesh_protocol::wire::WireMessage;
 use rigmesh_protocol::{Credits, Id, Keypair, Kind, Offer, Signed, UnixMillis, PROTOCOL_VERSION};
 
@@ -138,16 +137,7 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
         started.elapsed()
     );
 
-    let config = NodeConfig {
-        role: Role::Customer,
-        data_dir: dir.path().to_path_buf(),
-        network: common::config(),
-        monitoring: "127.0.0.1:0".parse().unwrap(),
-        customer_api: "127.0.0.1:0".parse().unwrap(),
-        public_api: "127.0.0.1:0".parse().unwrap(),
-        analytics_api: "127.0.0.1:0".parse().unwrap(),
-        ..NodeConfig::default()
-    };
+    let config = common::customer_node(dir.path());
     let started = Instant::now();
     let node = rigmesh_node::node::start(config).await.unwrap();
     let book = node.book.clone();

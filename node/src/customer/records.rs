@@ -313,16 +313,7 @@ impl CustomerRecords {
             spends: Mutex::default(),
             leases_read: AtomicU64::new(0),
         };
-        let stored: Vec<SpendOnly> = records.scan(
-            LEASES,
-            KeyRange::all(),
-            Direction::Forward,
-            usize::MAX,
-            "lease",
-        )?;
-        records
-            .leases_read
-            .store(stored.len() as u64, Ordering::Relaxed);
+        let stored: Vec<SpendOnly> = records.all_leases()?;
         *records.spends() = stored.into_iter().map(|l| (l.lease, l.spent)).collect();
         Ok(records)
     }
@@ -386,7 +377,12 @@ impl CustomerRecords {
     /// Every lease, by id: a read of them all (the account report, the
     /// resumption at start).
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
-        let leases: Vec<LeaseRecord> = self.scan(
+        self.all_leases()
+    }
+
+    /// Every stored lease, read as `T`, counted in [`Self::leases_read`].
+    fn all_leases<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let leases: Vec<T> = self.scan(
             LEASES,
             KeyRange::all(),
             Direction::Forward,

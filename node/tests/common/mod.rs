@@ -69,6 +69,21 @@ pub fn config() -> NetworkConfig {
     config
 }
 
+/// A customer node's configuration over `dir`: its customer, public and
+/// analytics listeners and its monitoring on free loopback ports.
+pub fn customer_node(dir: &std::path::Path) -> rigmesh_node::config::NodeConfig {
+    rigmesh_node::config::NodeConfig {
+        role: rigmesh_node::config::Role::Customer,
+        data_dir: dir.to_path_buf(),
+        network: config(),
+        monitoring: "127.0.0.1:0".parse().unwrap(),
+        customer_api: "127.0.0.1:0".parse().unwrap(),
+        public_api: "127.0.0.1:0".parse().unwrap(),
+        analytics_api: "127.0.0.1:0".parse().unwrap(),
+        ..rigmesh_node::config::NodeConfig::default()
+    }
+}
+
 pub async fn spawn(
     store: Arc<MarketStore>,
     key: libp2p::identity::Keypair,

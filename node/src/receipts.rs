@@ -6,7 +6,7 @@
 //! and with the result of that check here.
 
 use rigmesh_ledger::MarketStore;
-use rigmesh_protocol::{CoordinatorSet, Credits, Deposit, Id, Kind, PublicKey, Signed};
+use rigmesh_protocol::{CoordinatorSet, Credits, Deposit, Id, Kind, PublicKey, Signed, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 /// One certificate behind an account's balance.
@@ -27,6 +27,9 @@ pub struct Receipt {
     pub votes: usize,
     /// True when it verifies against the coordinator set here.
     pub verified: bool,
+    /// When its message was made.
+    #[serde(default)]
+    pub created_at: UnixMillis,
     /// Canonical bytes, hex.
     pub bytes: String,
 }
@@ -88,43 +91,118 @@ pub fn lease_settlement(store: &MarketStore, lease: &Id) -> LeaseSettlement {
     out
 }
 
-/// Every receipt naming `account`, oldest kind first. A deposit is
-/// verified only when it is signed by one of `admins`, the coordinator
-/// set's configured admin keys: anyone can sign a deposit that names
-/// their own key as its admin.
+/// The most recent receipts naming an account, and how many there are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receipts {
+    /// Every receipt this node holds for the account.
+    pub total: usize,
+    /// The most recent of them, oldest first.
+    pub listed: Vec<Receipt>,
+}
+
+/// A receipt found, whose signatures are checked, and whose bytes are
+/// written out, only if it is listed.
+struct Found<'a> {
+    created_at: UnixMillis,
+    receipt: Receipt,
+    finish: Box<dyn FnOnce() -> (bool, String) + 'a>,
+}
+
+impl<'a> Found<'a> {
+    fn deposit(deposit: Signed<Deposit>, admins: &'a [PublicKey]) -> Self {
+        let receipt = Receipt {
+            kind: Kind::Deposit,
+            subject: deposit.id().unwrap_or(Id::ZERO),
+            lease: None,
+            amount: deposit.body.amount,
+            votes: 0,
+            verified: false,
+            created_at: deposit.body.created_at,
+            bytes: String::new(),
+        };
+        Found {
+            created_at: deposit.body.created_at,
+            receipt,
+            finish: Box::new(move || {
+                (
+                    admins.contains(&deposit.body.admin) && deposit.verify_record().is_ok(),
+                    deposit.to_bytes().map(hex::encode).unwrap_or_default(),
+                )
+            }),
+        }
+    }
+
+    fn certificate<T: rigmesh_protocol::Certifiable + 'a>(
+        kind: Kind,
+        certificate: rigmesh_protocol::Certificate<T>,
+        lease: Option<Id>,
+        amount: Credits,
+        set: Option<&'a CoordinatorSet>,
+    ) -> Self {
+        let created_at = rigmesh_protocol::Message::created_at(&certificate.message.body)
+            .unwrap_or(UnixMillis(0));
+        let receipt = Receipt {
+            kind,
+            subject: certificate.subject().unwrap_or(Id::ZERO),
+            lease,
+            amount,
+            votes: certificate.votes.len(),
+            verified: false,
+            created_at,
+            bytes: String::new(),
+        };
+        Found {
+            created_at,
+            receipt,
+            finish: Box::new(move || {
+                (
+                    set.is_some_and(|s| certificate.verify(s).is_ok()),
+                    certificate.to_bytes().map(hex::encode).unwrap_or_default(),
+                )
+            }),
+        }
+    }
+}
+
+/// The `limit` most recent receipts naming `account` (by the time their
+/// message was made, oldest first), out of every one this node holds.
+/// Only those listed have their signatures checked against the set: an
+/// account with years of settlements does not pay for every one of them
+/// on each report. A deposit is verified only when it is signed by one of
+/// `admins`, the coordinator set's configured admin keys: anyone can sign
+/// a deposit that names their own key as its admin.
 pub fn receipts(
     store: &MarketStore,
     set: Option<&CoordinatorSet>,
     admins: &[PublicKey],
     account: &PublicKey,
-) -> Vec<Receipt> {
-    let mut out = Vec::new();
+    limit: usize,
+) -> Receipts {
+    let mut found = Vec::new();
     let neg = |c: Credits| c.checked_neg().unwrap_or(Credits::ZERO);
-    let deposits = store
+    for bytes in store
         .about_account(account, Kind::Deposit)
         .unwrap_or_default()
-        .iter()
-        .filter_map(|bytes| Signed::<Deposit>::from_bytes(bytes).ok())
-        .collect::<Vec<_>>();
-    for d in deposits {
-        if d.body.account != *account {
+    {
+        let Ok(d) = Signed::<Deposit>::from_bytes(&bytes) else {
             continue;
+        };
+        if d.body.account == *account {
+            found.push(Found::deposit(d, admins));
         }
-        let verified = admins.contains(&d.body.admin) && d.verify_record().is_ok();
-        out.push(receipt(Kind::Deposit, &d, None, d.body.amount, 0, verified));
     }
     for c in certificates_of::<rigmesh_protocol::EscrowOrder>(store, account) {
         let o = &c.message.body;
         if o.account != *account {
             continue;
         }
-        let verified = set.is_some_and(|s| c.verify(s).is_ok());
-        out.push(receipt_of(
+        let (lease, amount) = (Some(o.lease), neg(o.amount));
+        found.push(Found::certificate(
             Kind::EscrowCertificate,
-            &c,
-            Some(o.lease),
-            neg(o.amount),
-            verified,
+            c,
+            lease,
+            amount,
+            set,
         ));
     }
     for c in certificates_of::<rigmesh_protocol::SettlementRequest>(store, account) {
@@ -136,13 +214,13 @@ pub fn receipts(
         ) else {
             continue;
         };
-        let verified = set.is_some_and(|s| c.verify(s).is_ok());
-        out.push(receipt_of(
+        let lease = Some(r.lease);
+        found.push(Found::certificate(
             Kind::SettlementCertificate,
-            &c,
-            Some(r.lease),
+            c,
+            lease,
             amount,
-            verified,
+            set,
         ));
     }
     for c in certificates_of::<rigmesh_protocol::EscrowRelease>(store, account) {
@@ -154,13 +232,13 @@ pub fn receipts(
         ) else {
             continue;
         };
-        let verified = set.is_some_and(|s| c.verify(s).is_ok());
-        out.push(receipt_of(
+        let lease = Some(r.lease);
+        found.push(Found::certificate(
             Kind::ReleaseCertificate,
-            &c,
-            Some(r.lease),
+            c,
+            lease,
             amount,
-            verified,
+            set,
         ));
     }
     for c in certificates_of::<rigmesh_protocol::DisputeResolution>(store, account) {
@@ -176,13 +254,13 @@ pub fn receipts(
         ) else {
             continue;
         };
-        let verified = set.is_some_and(|s| c.verify(s).is_ok());
-        out.push(receipt_of(
+        let lease = Some(r.lease);
+        found.push(Found::certificate(
             Kind::ResolutionCertificate,
-            &c,
-            Some(r.lease),
+            c,
+            lease,
             amount,
-            verified,
+            set,
         ));
     }
     for c in certificates_of::<rigmesh_protocol::Withdrawal>(store, account) {
@@ -190,16 +268,31 @@ pub fn receipts(
         if w.account != *account {
             continue;
         }
-        let verified = set.is_some_and(|s| c.verify(s).is_ok());
-        out.push(receipt_of(
+        let amount = neg(w.amount);
+        found.push(Found::certificate(
             Kind::WithdrawalCertificate,
-            &c,
+            c,
             None,
-            neg(w.amount),
-            verified,
+            amount,
+            set,
         ));
     }
-    out
+    // Stable: receipts of one moment stay in the order of their kinds.
+    found.sort_by_key(|f| f.created_at);
+    let total = found.len();
+    let listed = found
+        .into_iter()
+        .skip(total.saturating_sub(limit))
+        .map(|f| {
+            let (verified, bytes) = (f.finish)();
+            Receipt {
+                verified,
+                bytes,
+                ..f.receipt
+            }
+        })
+        .collect();
+    Receipts { total, listed }
 }
 
 /// The stored certificates of `T` that move `account`'s money, read
@@ -230,43 +323,6 @@ fn share(
         Some(customer.1)
     } else {
         None
-    }
-}
-
-fn receipt<T: rigmesh_protocol::Message>(
-    kind: Kind,
-    message: &Signed<T>,
-    lease: Option<Id>,
-    amount: Credits,
-    votes: usize,
-    verified: bool,
-) -> Receipt {
-    Receipt {
-        kind,
-        subject: message.id().unwrap_or(Id::ZERO),
-        lease,
-        amount,
-        votes,
-        verified,
-        bytes: message.to_bytes().map(hex::encode).unwrap_or_default(),
-    }
-}
-
-fn receipt_of<T: rigmesh_protocol::Certifiable>(
-    kind: Kind,
-    certificate: &rigmesh_protocol::Certificate<T>,
-    lease: Option<Id>,
-    amount: Credits,
-    verified: bool,
-) -> Receipt {
-    Receipt {
-        kind,
-        subject: certificate.subject().unwrap_or(Id::ZERO),
-        lease,
-        amount,
-        votes: certificate.votes.len(),
-        verified,
-        bytes: certificate.to_bytes().map(hex::encode).unwrap_or_default(),
     }
 }
 
@@ -311,7 +367,15 @@ mod tests {
         );
         let scanned = store.messages_scanned();
 
-        let customer = receipts(&store, Some(&set), &admins, &samples::customer().public());
+        let all = receipts(
+            &store,
+            Some(&set),
+            &admins,
+            &samples::customer().public(),
+            100,
+        );
+        assert_eq!(all.total, 3);
+        let customer = all.listed;
         let kinds: Vec<Kind> = customer.iter().map(|r| r.kind).collect();
         assert_eq!(
             kinds,
@@ -332,10 +396,30 @@ mod tests {
         let settlement = samples::settlement_certificate().unwrap();
         assert_eq!(customer[2].amount, settlement.message.body.refund);
         // The supplier is paid by the settlement and nothing else here.
-        let supplier = receipts(&store, Some(&set), &admins, &samples::supplier().public());
+        let supplier = receipts(
+            &store,
+            Some(&set),
+            &admins,
+            &samples::supplier().public(),
+            100,
+        )
+        .listed;
         assert_eq!(supplier.len(), 1);
         assert_eq!(supplier[0].amount, settlement.message.body.supplier_amount);
-        assert!(receipts(&store, Some(&set), &admins, &PublicKey([7; 32])).is_empty());
+        assert_eq!(
+            receipts(&store, Some(&set), &admins, &PublicKey([7; 32]), 100),
+            Receipts::default()
+        );
+        // The most recent only, oldest first, and how many there are.
+        let last = receipts(
+            &store,
+            Some(&set),
+            &admins,
+            &samples::customer().public(),
+            2,
+        );
+        assert_eq!(last.total, 3);
+        assert_eq!(last.listed, customer[1..]);
         assert_eq!(
             store.messages_scanned(),
             scanned,

@@ -11,9 +11,26 @@ use super::client::{Api, NodeArgs};
 use super::text;
 use super::usage::{disputes_text, state_text};
 
-pub(crate) fn run(node: NodeArgs) -> anyhow::Result<ExitCode> {
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  rigmesh account
+  rigmesh account --receipts 1000 --json")]
+pub(crate) struct AccountArgs {
+    /// How many of the most recent receipts to list, each checked against
+    /// the coordinator set (10,000 at most).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    receipts: usize,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+pub(crate) fn run(args: AccountArgs) -> anyhow::Result<ExitCode> {
+    let node = args.node;
     let api = Api::connect(&node)?;
-    let report: AccountReport = api.get("/v1/account")?.into("the account")?;
+    let report: AccountReport = api
+        .get(&format!("/v1/account?receipts={}", args.receipts))?
+        .into("the account")?;
     if node.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -98,7 +115,11 @@ pub(crate) fn run(node: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     if !report.receipts.is_empty() {
         outln!();
-        outln!("receipts (check one with `rigmesh message verify`; bytes with --json)");
+        outln!(
+            "receipts: the {} most recent of {} (check one with `rigmesh message verify`; bytes with --json)",
+            report.receipts.len(),
+            report.receipts_total
+        );
         outln!(
             "  {:<24}  {:<12}  {:<12}  {:>12}  {:>5}  verified",
             "kind",

@@ -132,7 +132,7 @@ enum Command {
     Budget(budget::BudgetCommand),
     /// Show this node's account: spend across leases, caps, alerts, and
     /// disputes raised against suppliers.
-    Account(client::NodeArgs),
+    Account(account::AccountArgs),
     /// List the market's live offers, cheapest first (exit 4 if none match).
     Offers(offers::OffersArgs),
     /// Run the whole market in one process on loopback (4 coordinators, 3

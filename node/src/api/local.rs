@@ -532,10 +532,31 @@ async fn set_budget(State(s): State<Scoped>, body: axum::body::Bytes) -> Respons
     }
 }
 
+/// Query of `GET /v1/account` (and the analytics `GET /v1/spend`).
+#[derive(Debug, Default, Deserialize)]
+pub struct AccountQuery {
+    /// Most receipts listed (the most recent); 100 by default.
+    pub receipts: Option<usize>,
+}
+
+/// Receipts an account report lists unless asked otherwise.
+const DEFAULT_RECEIPTS: usize = 100;
+/// The most receipts one account report lists (each has its signatures
+/// checked for it).
+const MAX_RECEIPTS: usize = 10_000;
+
 /// The account report lists every lease the account had: it is written
 /// out as JSON on a blocking thread.
-pub(crate) async fn account(State(s): State<Scoped>) -> Response {
-    let report = match ask(&s, CustomerCommand::Account).await {
+pub(crate) async fn account(
+    State(s): State<Scoped>,
+    query: std::result::Result<Query<AccountQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return bad_query(rejection),
+    };
+    let receipts = query.receipts.unwrap_or(DEFAULT_RECEIPTS).min(MAX_RECEIPTS);
+    let report = match ask(&s, |tx| CustomerCommand::Account(receipts, tx)).await {
         Ok(Ok(report)) => report,
         Ok(Err(err)) => return request_error(err),
         Err(response) => return response,

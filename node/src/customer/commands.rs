@@ -165,8 +165,9 @@ pub enum CustomerCommand {
         BudgetChange,
         oneshot::Sender<Result<BudgetReport, RequestError>>,
     ),
-    /// The account as this node knows it.
-    Account(oneshot::Sender<Result<AccountReport, RequestError>>),
+    /// The account as this node knows it, with at most this many
+    /// receipts (the most recent).
+    Account(usize, oneshot::Sender<Result<AccountReport, RequestError>>),
     /// End a running lease: a signed termination the supplier honours at
     /// the end of the window in progress.
     EndLease(Id, oneshot::Sender<Result<LeaseStatus, RequestError>>),

@@ -150,9 +150,14 @@ pub struct AccountReport {
     /// without a coordinator set).
     #[serde(default)]
     pub coordinators: Vec<CoordinatorView>,
-    /// The certificates behind the balance, checkable offline.
+    /// The most recent certificates behind the balance, oldest first,
+    /// checkable offline.
     #[serde(default)]
     pub receipts: Vec<crate::receipts::Receipt>,
+    /// Every receipt this node holds for the account; `receipts` lists
+    /// the most recent of them.
+    #[serde(default)]
+    pub receipts_total: usize,
 }
 
 /// One coordinator's view of the account.
@@ -252,6 +257,7 @@ pub fn account(
         suppliers: records.suppliers()?,
         coordinators: Vec::new(),
         receipts: Vec::new(),
+        receipts_total: 0,
     })
 }
 

@@ -771,12 +771,12 @@ impl Customer {
                     }
                 }
             }
-            CustomerCommand::Account(reply) => {
+            CustomerCommand::Account(receipts, reply) => {
                 let slot = match self.report_slot() {
                     Ok(slot) => slot,
                     Err(busy) => return drop(reply.send(Err(busy))),
                 };
-                let report = self.account_report(now);
+                let report = self.account_report(now, receipts);
                 tokio::spawn(async move {
                     let result = report.await;
                     drop(slot);
@@ -809,10 +809,12 @@ impl Customer {
 
     /// The account report, read without this task: the leases as they
     /// stand now, then the records on a blocking thread, what each
-    /// coordinator holds, and the receipts from the store.
+    /// coordinator holds, and the `receipts` most recent receipts from
+    /// the store.
     fn account_report(
         &self,
         now: UnixMillis,
+        receipts: usize,
     ) -> impl std::future::Future<Output = Result<AccountReport, RequestError>> + Send + 'static
     {
         let live: BTreeMap<Id, LeaseState> = self
@@ -853,11 +855,13 @@ impl Customer {
                     .collect();
             }
             let set = quorum.map(|q| q.set().clone());
-            report.receipts = tokio::task::spawn_blocking(move || {
-                crate::receipts::receipts(&store, set.as_ref(), &admins, &account)
+            let found = tokio::task::spawn_blocking(move || {
+                crate::receipts::receipts(&store, set.as_ref(), &admins, &account, receipts)
             })
             .await
             .map_err(unread)?;
+            report.receipts = found.listed;
+            report.receipts_total = found.total;
             Ok(report)
         }
     }

@@ -420,6 +420,7 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                 ("amount", r("Credits")),
                 ("votes", count()),
                 ("verified", boolean()),
+                ("created_at", r("UnixMillis")),
                 ("bytes", string()),
             ]),
         ),
@@ -434,6 +435,7 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                 ("suppliers", array(r("SupplierRecord"))),
                 ("coordinators", array(r("CoordinatorView"))),
                 ("receipts", array(r("Receipt"))),
+                ("receipts_total", count()),
             ]),
         ),
         (

@@ -609,6 +609,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_spend_index_follows_every_lease_write_and_is_read_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("customer");
+        let units = Credits::from_units;
+        {
+            let records = CustomerRecords::open(&path).unwrap();
+            assert_eq!(records.spent().unwrap(), Credits::ZERO);
+            let mut a = lease(1);
+            a.spent = units(1_500);
+            records.put_lease(&a).unwrap();
+            let mut b = lease(2);
+            b.spent = units(700);
+            records.put_lease(&b).unwrap();
+            // A window's write carries its lease's new spend.
+            a.spent = units(2_444);
+            records.put_window(&a, &window(0)).unwrap();
+            assert_eq!(records.spent().unwrap(), units(3_144));
+            assert_eq!(records.spent_on(&Id([1; 32])), Some(units(2_444)));
+            assert_eq!(records.spent_on(&Id([3; 32])), None);
+            assert_eq!(records.leases_read(), 0, "nothing was read whole");
+        }
+        let records = CustomerRecords::open(&path).unwrap();
+        assert_eq!(records.leases_read(), 2, "each lease read once, at open");
+        assert_eq!(
+            records.spends_by_lease(),
+            [(Id([1; 32]), units(2_444)), (Id([2; 32]), units(700))]
+        );
+        assert_eq!(records.spent().unwrap(), units(3_144));
+    }
+
     #[tokio::test]
     async fn caps_set_off_the_executor_are_read_back_after_reopening() {
         let dir = tempfile::tempdir().unwrap();

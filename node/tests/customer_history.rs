@@ -204,15 +204,7 @@ async fn a_customer_with_a_long_history_answers_its_budget_and_bids_without_read
     );
 
     let metrics = common::http_get(node.monitoring, "/metrics", None).await;
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} is not exported"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let sample = |name: &str| common::sample(&metrics, name);
     assert_eq!(
         sample("rigmesh_customer_reports_busy_total"),
         busy.len() as f64

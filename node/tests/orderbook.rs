@@ -262,15 +262,7 @@ async fn a_node_with_100k_offers_answers_from_its_book_without_scanning_the_stor
     // Reading 100,000 offers into the book, listing, explaining a bid over
     // 75,000 offers: none of it held the executor up.
     let metrics = common::http_get(node.monitoring, "/metrics", None).await;
-    let sample = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{name} is not exported"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let sample = |name: &str| common::sample(&metrics, name);
     let lag = sample("rigmesh_executor_lag_max_seconds");
     eprintln!("largest executor lateness: {:.1} ms", lag * 1e3);
     assert!(

@@ -184,6 +184,18 @@ impl Rng {
     }
 }
 
+/// The value of the series `name` (its whole name, labels included) in a
+/// `/metrics` text.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A plain HTTP/1.1 GET with an optional bearer token; the whole response.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -3317,15 +3317,7 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     .await;
     customer.store.check_lease_index().unwrap();
     let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
-    let counter = |series: &str| -> usize {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {series}: {metrics}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let counter = |series: &str| common::sample(&metrics, series) as usize;
     let compacted = counter("rigmesh_store_compacted_messages_total");
     assert!(compacted >= 2 * 3, "attestations and acks: {compacted}");
     // The customer checked each settlement certificate as it arrived; the

@@ -59,7 +59,7 @@ pub use ledger::{
 };
 pub use market::{
     BanRecord, CaseEvidence, CertificatesKept, MarketPage, MarketRecord, MarketStore,
-    OffenceRecord, OfferKey,
+    OffenceRecord, OfferKey, WindowEvidence,
 };
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};

@@ -80,6 +80,11 @@ pub struct MarketRecord {
     pub expires_at: Option<UnixMillis>,
     /// The lease it is about, for the lease index.
     pub lease: Option<Id>,
+    /// For usage evidence (attestations, acks, disputes): the window it
+    /// is about, which orders it in the lease index so that a range of
+    /// windows is read without the rest of the lease; see
+    /// [`MarketStore::about_lease_windows`].
+    pub window: Option<u64>,
     /// Who wrote it, for the kinds held to a quota per author (offers,
     /// bids, bindings, alerts); see [`quota_of`].
     pub author: Option<PublicKey>,
@@ -110,6 +115,7 @@ impl MarketRecord {
             },
             expires_at: expiry_of(message),
             lease: lease_of(message),
+            window: window_of(message),
             author: quota_author(message),
             report: match message {
                 WireMessage::ReputationReport(r) => Some(ReportKey {
@@ -139,6 +145,28 @@ pub fn lease_of(message: &rigmesh_protocol::wire::WireMessage) -> Option<Id> {
         WireMessage::SettlementCertificate(c) => Some(c.message.body.lease),
         WireMessage::ReleaseCertificate(c) => Some(c.message.body.lease),
         WireMessage::ResolutionCertificate(c) => Some(c.message.body.lease),
+        _ => None,
+    }
+}
+
+/// The kinds whose lease index entries are ordered by window.
+pub const WINDOW_KINDS: [Kind; 3] = [Kind::UsageAttestation, Kind::UsageAck, Kind::UsageDispute];
+
+/// The messages of [`WINDOW_KINDS`]: what
+/// [`MarketStore::about_lease_windows`] reads.
+pub trait WindowEvidence: rigmesh_protocol::Message {}
+impl WindowEvidence for rigmesh_protocol::UsageAttestation {}
+impl WindowEvidence for rigmesh_protocol::UsageAck {}
+impl WindowEvidence for rigmesh_protocol::UsageDispute {}
+
+/// The window usage evidence is about (an attestation's, ack's or
+/// dispute's `seq`), for the lease index.
+pub fn window_of(message: &rigmesh_protocol::wire::WireMessage) -> Option<u64> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::UsageAttestation(a) => Some(a.body.seq),
+        WireMessage::UsageAck(a) => Some(a.body.seq),
+        WireMessage::UsageDispute(d) => Some(d.body.seq),
         _ => None,
     }
 }
@@ -321,6 +349,8 @@ pub struct MarketStore {
     offers_scanned: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Messages of any kind read by those scans.
     messages_scanned: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Messages (not certificates) read through the lease index.
+    lease_messages_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     messages: sled::Tree,
     bans: sled::Tree,
     offences: sled::Tree,
@@ -386,8 +416,9 @@ const BY_ACCOUNT: u8 = 0xF5;
 /// The version of the indexes this code writes: 1 added the author and
 /// expiry indexes, 2 the leases that close (compaction), 3 the account
 /// index, escrow certificates in the lease index and one reputation
-/// report kept per coordinator and account.
-const INDEX_VERSION: u64 = 3;
+/// report kept per coordinator and account, 4 the window in the lease
+/// index keys of usage evidence.
+const INDEX_VERSION: u64 = 4;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -408,6 +439,27 @@ fn lease_prefix(lease: &Id, kind: Kind) -> Vec<u8> {
     key.extend_from_slice(lease.as_bytes());
     key.push(kind.tag());
     key
+}
+
+/// A lease index key: the lease's prefix for `kind`, then, for usage
+/// evidence, its window (big-endian, so that the keys sort by window),
+/// then the message's id.
+fn lease_key(lease: &Id, kind: Kind, window: Option<u64>, id: &Id) -> Vec<u8> {
+    let mut key = lease_prefix(lease, kind);
+    if let Some(window) = window {
+        key.extend_from_slice(&window.to_be_bytes());
+    }
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The id a lease or account index key names: its last 32 bytes, after
+/// the prefix and, in the lease index of usage evidence, the window.
+fn index_id(key: &[u8], what: &'static str) -> Result<Id> {
+    match key.len().checked_sub(32) {
+        Some(start) if start >= 34 => read_id(key.get(start..).unwrap_or_default(), what),
+        _ => Err(Error::Corrupt { what }),
+    }
 }
 
 fn locked_key(lease: &Id, settlement_seq: u64) -> Vec<u8> {
@@ -539,6 +591,7 @@ impl MarketStore {
             db,
             offers_scanned: Default::default(),
             messages_scanned: Default::default(),
+            lease_messages_read: Default::default(),
             lease_writes: Default::default(),
             kept: Default::default(),
             present: std::sync::Arc::new(present::Present::new(&[
@@ -572,7 +625,10 @@ impl MarketStore {
         if version < 2 {
             self.index_closing_leases()?;
         }
-        self.index_accounts_and_reports()?;
+        if version < 3 {
+            self.index_accounts_and_reports()?;
+        }
+        self.index_lease_windows()?;
         self.messages
             .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
         Ok(self)
@@ -617,6 +673,40 @@ impl MarketStore {
         Ok(())
     }
 
+    /// Rewrites the lease index entries of the usage evidence a store
+    /// written before index version 4 holds, with the window between the
+    /// lease's prefix and the id, in batches. An entry already rewritten
+    /// (a migration cut short) is written again unchanged.
+    fn index_lease_windows(&self) -> Result<()> {
+        for kind in WINDOW_KINDS {
+            let tag = kind.tag();
+            let mut write = sled::Batch::default();
+            let mut queued = 0;
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                let (key, value) = entry?;
+                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+                let Ok(message) = rigmesh_protocol::wire::WireMessage::decode(
+                    kind,
+                    value.get(8..).unwrap_or_default(),
+                ) else {
+                    continue;
+                };
+                let (Some(lease), Some(window)) = (lease_of(&message), window_of(&message)) else {
+                    continue;
+                };
+                write.remove(lease_key(&lease, kind, None, &id));
+                write.insert(lease_key(&lease, kind, Some(window), &id), Vec::new());
+                queued += 1;
+                if queued == 10_000 {
+                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
+                    queued = 0;
+                }
+            }
+            gate::apply_batch(&self.messages, write)?;
+        }
+        Ok(())
+    }
+
     /// Indexes what a store written before index version 3 holds: the
     /// deposits and certificates under the accounts whose money they
     /// move, escrow certificates under their lease, and of the reputation
@@ -642,9 +732,7 @@ impl MarketStore {
                     write.insert(key, Vec::new());
                 }
                 if let (Kind::EscrowCertificate, Some(lease)) = (kind, &record.lease) {
-                    let mut key = lease_prefix(lease, kind);
-                    key.extend_from_slice(id.as_bytes());
-                    write.insert(key, Vec::new());
+                    write.insert(lease_key(lease, kind, None, &id), Vec::new());
                 }
                 queued += 1;
                 if queued == 10_000 {
@@ -755,6 +843,15 @@ impl MarketStore {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many messages (usage evidence, terminations; not
+    /// certificates) [`MarketStore::about_lease`] and
+    /// [`MarketStore::about_lease_windows`] have read since the store was
+    /// opened: what a coordinator's votes read of a lease's evidence.
+    pub fn lease_messages_read(&self) -> u64 {
+        self.lease_messages_read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stored messages of `kind`.
     pub fn count(&self, kind: Kind) -> usize {
         self.messages.scan_prefix([kind.tag()]).count()
@@ -862,9 +959,10 @@ impl MarketStore {
                 );
             }
             if let Some(lease) = &record.lease {
-                let mut key = lease_prefix(lease, record.kind);
-                key.extend_from_slice(record.id.as_bytes());
-                write.insert(key, Vec::new());
+                write.insert(
+                    lease_key(lease, record.kind, record.window, &record.id),
+                    Vec::new(),
+                );
             }
             for account in &record.accounts {
                 let mut key = account_prefix(account, record.kind);
@@ -1084,10 +1182,51 @@ impl MarketStore {
         &self,
         lease: &Id,
     ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
-        self.lease_bytes(lease, T::KIND)?
+        let bytes = self.lease_bytes(lease, T::KIND)?;
+        self.lease_messages_read
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        bytes
             .iter()
             .map(|bytes| Ok(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?))
             .collect()
+    }
+
+    /// The stored usage evidence of `T`'s kind (one of [`WINDOW_KINDS`])
+    /// about `lease` whose window is in `first..=last` (`last` `None`:
+    /// every window from `first`), in the order of their windows; read
+    /// through the lease index without the lease's other windows.
+    pub fn about_lease_windows<T: WindowEvidence>(
+        &self,
+        lease: &Id,
+        first: u64,
+        last: Option<u64>,
+    ) -> Result<Vec<rigmesh_protocol::Signed<T>>> {
+        let prefix = lease_prefix(lease, T::KIND);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&first.to_be_bytes());
+        let mut out = Vec::new();
+        for entry in self.messages.range(start..) {
+            let (key, _) = entry?;
+            let Some(window) = key
+                .strip_prefix(prefix.as_slice())
+                .and_then(|rest| rest.get(..8))
+                .and_then(|w| w.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                break;
+            };
+            if last.is_some_and(|last| window > last) {
+                break;
+            }
+            let id = index_id(&key, "lease index")?;
+            if let Some(value) = self.messages.get(message_key(T::KIND, &id))? {
+                let bytes = value.get(8..).unwrap_or_default();
+                out.push(rigmesh_protocol::Signed::<T>::from_bytes(bytes)?);
+            }
+        }
+        self.lease_messages_read
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(out)
     }
 
     /// The stored certificates of `T` about `lease` (settlements).
@@ -1123,7 +1262,7 @@ impl MarketStore {
         let mut out = Vec::new();
         for entry in self.messages.scan_prefix(prefix) {
             let (key, _) = entry?;
-            let id = read_id(key.get(34..).unwrap_or_default(), what)?;
+            let id = index_id(&key, what)?;
             if let Some(value) = self.messages.get(message_key(kind, &id))? {
                 out.push(value.get(8..).unwrap_or_default().to_vec());
             }
@@ -1356,6 +1495,7 @@ mod tests {
             }),
             expires_at: None,
             lease: None,
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),
@@ -1391,6 +1531,7 @@ mod tests {
                 offer: None,
                 expires_at: None,
                 lease: Some(Id([7; 32])),
+                window: None,
                 author: None,
                 report: None,
                 accounts: Vec::new(),
@@ -1441,6 +1582,7 @@ mod tests {
             offer: None,
             expires_at: None,
             lease: None,
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),
@@ -1483,6 +1625,7 @@ mod tests {
             offer: None,
             expires_at: Some(UnixMillis(expires)),
             lease: None,
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),
@@ -1494,6 +1637,7 @@ mod tests {
             offer: None,
             expires_at: None,
             lease: Some(Id([7; 32])),
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),
@@ -2000,35 +2144,15 @@ mod tests {
 
     #[test]
     fn the_messages_of_a_lease_are_found_by_lease_and_paging_skips_the_index() {
+        use rigmesh_protocol::wire::WireMessage;
         let store = MarketStore::temporary().unwrap();
         let ack = rigmesh_protocol::samples::usage_ack().unwrap();
         let dispute = rigmesh_protocol::samples::usage_dispute().unwrap();
         let lease = ack.body.lease;
-        let record = |kind: Kind, id: Id, bytes: Vec<u8>, lease: Option<Id>| MarketRecord {
-            kind,
-            id,
-            bytes,
-            offer: None,
-            expires_at: None,
-            lease,
-            author: None,
-            report: None,
-            accounts: Vec::new(),
-        };
         store
             .store(&[
-                record(
-                    Kind::UsageAck,
-                    ack.id().unwrap(),
-                    ack.to_bytes().unwrap(),
-                    Some(lease),
-                ),
-                record(
-                    Kind::UsageDispute,
-                    dispute.id().unwrap(),
-                    dispute.to_bytes().unwrap(),
-                    Some(lease),
-                ),
+                record_of(&WireMessage::UsageAck(ack.clone())),
+                record_of(&WireMessage::UsageDispute(dispute.clone())),
             ])
             .unwrap();
         assert_eq!(
@@ -2051,5 +2175,124 @@ mod tests {
             .page(&[Kind::UsageAck], None, 10, UnixMillis(0))
             .unwrap();
         assert_eq!(page.items, vec![(Kind::UsageAck, ack.to_bytes().unwrap())]);
+    }
+
+    /// Acks of `lease` at each of `seqs`, signed by the sample customer.
+    fn acks_at(
+        lease: Id,
+        seqs: &[u64],
+    ) -> Vec<rigmesh_protocol::Signed<rigmesh_protocol::UsageAck>> {
+        let ack = rigmesh_protocol::samples::usage_ack().unwrap();
+        seqs.iter()
+            .map(|&seq| {
+                let body = rigmesh_protocol::UsageAck {
+                    lease,
+                    seq,
+                    ..ack.body.clone()
+                };
+                rigmesh_protocol::Signed::sign(body, &rigmesh_protocol::samples::customer())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn seqs(acks: &[rigmesh_protocol::Signed<rigmesh_protocol::UsageAck>]) -> Vec<u64> {
+        acks.iter().map(|a| a.body.seq).collect()
+    }
+
+    /// Window numbers that cross byte boundaries of the key, stored out
+    /// of order, for one lease and beside another's.
+    const WINDOWS: [u64; 8] = [70_000, 3, 256, 0, 255, 4, 5, 1 << 40];
+
+    fn store_acks(store: &MarketStore, lease: Id, other: Id) {
+        use rigmesh_protocol::wire::WireMessage;
+        let records: Vec<MarketRecord> = acks_at(lease, &WINDOWS)
+            .into_iter()
+            .chain(acks_at(other, &[4, 256]))
+            .map(|a| record_of(&WireMessage::UsageAck(a)))
+            .collect();
+        store.store(&records).unwrap();
+    }
+
+    fn assert_window_reads(store: &MarketStore, lease: Id, other: Id) {
+        use rigmesh_protocol::{UsageAck, UsageDispute};
+        let read = |first, last| {
+            seqs(
+                &store
+                    .about_lease_windows::<UsageAck>(&lease, first, last)
+                    .unwrap(),
+            )
+        };
+        let before = store.lease_messages_read();
+        assert_eq!(read(3, Some(5)), vec![3, 4, 5]);
+        assert_eq!(
+            store.lease_messages_read() - before,
+            3,
+            "only the range is read"
+        );
+        assert_eq!(read(4, Some(4)), vec![4]);
+        assert_eq!(read(6, Some(254)), Vec::<u64>::new());
+        assert_eq!(read(255, None), vec![255, 256, 70_000, 1 << 40]);
+        assert_eq!(read(0, None), vec![0, 3, 4, 5, 255, 256, 70_000, 1 << 40]);
+        assert_eq!(read(u64::MAX, None), Vec::<u64>::new());
+        assert_eq!(
+            seqs(
+                &store
+                    .about_lease_windows::<UsageAck>(&other, 0, None)
+                    .unwrap()
+            ),
+            vec![4, 256]
+        );
+        assert!(store
+            .about_lease_windows::<UsageDispute>(&lease, 0, None)
+            .unwrap()
+            .is_empty());
+        // The whole lease still reads through the same entries.
+        let mut all = seqs(&store.about_lease::<UsageAck>(&lease).unwrap());
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 3, 4, 5, 255, 256, 70_000, 1 << 40]);
+        store.check_lease_index().unwrap();
+    }
+
+    #[test]
+    fn usage_evidence_of_a_range_of_windows_is_read_without_the_rest_of_the_lease() {
+        let store = MarketStore::temporary().unwrap();
+        let (lease, other) = (Id([1; 32]), Id([2; 32]));
+        store_acks(&store, lease, other);
+        assert_window_reads(&store, lease, other);
+    }
+
+    #[test]
+    fn a_store_of_index_version_3_gets_the_windows_in_its_lease_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lease, other) = (Id([1; 32]), Id([2; 32]));
+        {
+            // As version 3 wrote them: the lease's prefix, then the id.
+            let store = MarketStore::open(dir.path()).unwrap();
+            store_acks(&store, lease, other);
+            let mut write = sled::Batch::default();
+            for entry in store.messages.scan_prefix([BY_LEASE]) {
+                let (key, _) = entry.unwrap();
+                let mut old = key[..34].to_vec();
+                old.extend_from_slice(&key[key.len() - 32..]);
+                write.remove(key);
+                write.insert(old, Vec::new());
+            }
+            write.insert(&INDEX_VERSION_KEY, 3u64.to_be_bytes().to_vec());
+            gate::apply_batch(&store.messages, write).unwrap();
+            assert!(store.check_lease_index().is_err());
+            store.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        assert_window_reads(&store, lease, other);
+        assert_eq!(
+            store
+                .messages
+                .get(INDEX_VERSION_KEY)
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+            INDEX_VERSION.to_be_bytes().to_vec()
+        );
     }
 }

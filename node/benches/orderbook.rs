@@ -219,6 +219,7 @@ fn main() {
                 }),
                 expires_at: None,
                 lease: None,
+                window: None,
                 author: Some(o.body.supplier),
                 report: None,
                 accounts: Vec::new(),

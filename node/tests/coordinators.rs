@@ -1249,6 +1249,271 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
     }
 }
 
+/// A supplier that settles the late windows of a long lease and leaves
+/// out of its bundle the dispute the customer gossiped about one of them
+/// gets no vote: every coordinator finds the dispute in its store among
+/// the windows settled, without reading the rest of the lease, and the
+/// honest request holds that window's charge on every book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_left_out_of_a_late_settlement_is_found_by_its_window_on_every_coordinator() {
+    use rigmesh_protocol::wire::WireMessage;
+    use rigmesh_protocol::{DisputeReason, EscrowOrder, SettlementRequest, UsageAck, UsageDispute};
+    const WINDOWS: u64 = 100;
+    const DISPUTED: u64 = 95;
+    const SPLIT: u64 = 90;
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+    }
+    let customer = start(Role::Customer, dirs[4].path(), None).await;
+    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
+    mesh(&all).await;
+    let store = customer.store.clone();
+    eventually(20, "all four members reachable", || {
+        let store = store.clone();
+        async move { store.count(Kind::NodeBinding) >= 4 }
+    })
+    .await;
+    let quorum = customer.quorum.as_ref().unwrap();
+    let buyer = account_of(dirs[4].path());
+    let seller = Keypair::from_seed([0x68; 32]);
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Deposit(deposit(
+                &buyer,
+                "10",
+                "wire-0031"
+            )))
+            .await,
+        4
+    );
+    let cap: Credits = "1".parse().unwrap();
+    let price: Credits = "3.6".parse().unwrap();
+    let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
+    let hand = hand_lease(&buyer, &seller, 3, WINDOWS);
+    let now = UnixMillis::now();
+    let order = Signed::sign(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: buyer.public(),
+            seq: 0,
+            epoch: 7,
+            lease: hand.lease,
+            supplier: seller.public(),
+            amount: cap,
+            created_at: now,
+            expires_at: now.plus_ms(600_000),
+        },
+        &buyer,
+    )
+    .unwrap();
+    let escrow = quorum
+        .certify(
+            &order,
+            &CoordinatorRequest::Escrow {
+                order: order.clone(),
+                agreement: Box::new(hand.agreement.clone()),
+                missing: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
+            .await,
+        4
+    );
+
+    // The customer acks every window but one, which it disputes as not
+    // delivered (a reason no rule decides: the charge is held), and
+    // gossips its answers; the coordinators store them.
+    for a in &hand.attestations {
+        let (id, seq) = (a.id().unwrap(), a.body.seq);
+        let answer = if seq == DISPUTED {
+            WireMessage::UsageDispute(
+                Signed::sign(
+                    UsageDispute {
+                        version: PROTOCOL_VERSION,
+                        lease: hand.lease,
+                        customer: buyer.public(),
+                        attestation: id,
+                        seq,
+                        reason: DisputeReason::NotDelivered,
+                        detail: "the rig did not answer".into(),
+                        created_at: UnixMillis::now(),
+                    },
+                    &buyer,
+                )
+                .unwrap(),
+            )
+        } else {
+            WireMessage::UsageAck(
+                Signed::sign(
+                    UsageAck {
+                        version: PROTOCOL_VERSION,
+                        lease: hand.lease,
+                        customer: buyer.public(),
+                        attestation: id,
+                        seq,
+                        created_at: UnixMillis::now(),
+                    },
+                    &buyer,
+                )
+                .unwrap(),
+            )
+        };
+        customer.handle.publish(&answer).await.unwrap();
+    }
+    let (cs_ref, lease) = (&cs, hand.lease);
+    eventually(
+        30,
+        "every answer stored at every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                c.store
+                    .about_lease_windows::<UsageAck>(&lease, 0, None)
+                    .is_ok_and(|k| k.len() as u64 == WINDOWS - 1)
+                    && c.store
+                        .about_lease_windows::<UsageDispute>(&lease, DISPUTED, Some(DISPUTED))
+                        .is_ok_and(|d| d.len() == 1)
+            })
+        },
+    )
+    .await;
+
+    let request = |seq: u64,
+                   windows: std::ops::RangeInclusive<u64>,
+                   p: &rigmesh_ledger::billing::Payout,
+                   last: bool| {
+        Signed::sign(
+            SettlementRequest {
+                version: PROTOCOL_VERSION,
+                lease: hand.lease,
+                supplier: seller.public(),
+                customer: buyer.public(),
+                settlement_seq: seq,
+                epoch: 7,
+                escrow: order.id().unwrap(),
+                first_window: *windows.start(),
+                last_window: *windows.end(),
+                attestation_head: hand.attestations[*windows.end() as usize].id().unwrap(),
+                billable_gpu_ms: p.billable_gpu_ms,
+                supplier_amount: p.supplier,
+                fee: p.fee,
+                refund: p.refund,
+                held: p.held,
+                final_settlement: last,
+                created_at: UnixMillis::now(),
+            },
+            &seller,
+        )
+        .unwrap()
+    };
+    // The bundles carry no answer of the customer's: the coordinators use
+    // what their stores hold.
+    let bundle = |r: &Signed<SettlementRequest>, from: usize| {
+        CoordinatorRequest::Settle(Box::new(SettlementBundle {
+            request: r.clone(),
+            agreement: hand.agreement.clone(),
+            escrow: None,
+            attestations: hand.attestations[from..=r.body.last_window as usize].to_vec(),
+            acks: Vec::new(),
+            disputes: Vec::new(),
+            earlier: Vec::new(),
+        }))
+    };
+    let early = rigmesh_ledger::billing::payout(price, SPLIT * 1000, cap, fee_rate, false).unwrap();
+    let first = request(0, 0..=SPLIT - 1, &early, false);
+    let cert = quorum.certify(&first, &bundle(&first, 0)).await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        4
+    );
+    let available = cap.checked_sub(early.paid_now).unwrap();
+    let read =
+        |cs: &[RunningNode]| -> u64 { cs.iter().map(|c| c.store.lease_messages_read()).sum() };
+    // Each vote reads the answers of the ten windows it settles (nine
+    // acks, the dispute), not the lease's hundred: four members voting
+    // twice at most read fewer than one whole lease.
+    let most = 4 * 2 * (WINDOWS - SPLIT);
+
+    // The windows from 90 on, the disputed one paid as if accepted by
+    // the timeout: no member votes for it.
+    let greedy_pay =
+        rigmesh_ledger::billing::payout(price, (WINDOWS - SPLIT) * 1000, available, fee_rate, true)
+            .unwrap();
+    let greedy = request(1, SPLIT..=WINDOWS - 1, &greedy_pay, true);
+    let before = read(&cs);
+    let refused = quorum
+        .certify(&greedy, &bundle(&greedy, SPLIT as usize - 1))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.votes, 0, "{refused}");
+    assert!(refused.to_string().contains("payout_mismatch"), "{refused}");
+    let spent = read(&cs) - before;
+    assert!(
+        spent > 0 && spent <= most,
+        "{spent} messages read for the refused votes"
+    );
+
+    // The same windows with the disputed one's charge held.
+    let fair_pay = rigmesh_ledger::billing::payout_holding(
+        price,
+        (WINDOWS - SPLIT - 1) * 1000,
+        1000,
+        available,
+        fee_rate,
+        true,
+    )
+    .unwrap();
+    let fair = request(1, SPLIT..=WINDOWS - 1, &fair_pay, true);
+    let before = read(&cs);
+    let cert = quorum
+        .certify(&fair, &bundle(&fair, SPLIT as usize - 1))
+        .await
+        .unwrap();
+    let spent = read(&cs) - before;
+    assert!(
+        spent > 0 && spent <= most,
+        "{spent} messages read for the votes"
+    );
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        4
+    );
+
+    // On every book: the customer paid 99 windows, one window's charge
+    // is held for review, the lease is closed and the rest came back.
+    let window: Credits = "0.001".parse().unwrap();
+    let paid = early.paid_now.checked_add(fair_pay.paid_now).unwrap();
+    assert_eq!(paid, "0.099".parse::<Credits>().unwrap());
+    let first_books = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(books(c), first_books, "the coordinators agree");
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        assert_eq!(ledger.totals().unwrap().disputed, window);
+        assert!(lease_book(c, &hand.lease).is_some_and(|b| b.closed));
+        assert_eq!(
+            balance(c, &buyer),
+            "10".parse::<Credits>()
+                .unwrap()
+                .checked_sub(paid)
+                .and_then(|b| b.checked_sub(window))
+                .unwrap()
+        );
+        assert_eq!(ledger.escrowed_by(&buyer.public()).unwrap(), Credits::ZERO);
+    }
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfunded_bid_does_not_take_gpus_off_the_market() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();

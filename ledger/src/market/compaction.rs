@@ -493,7 +493,7 @@ impl MarketStore {
                         more = true;
                         break 'kinds;
                     }
-                    let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+                    let id = super::index_id(&key, "lease index")?;
                     let message = super::message_key(kind, &id);
                     // Evidence does not expire, but should a record of it
                     // have been written with an expiry, its entry goes too.
@@ -562,6 +562,7 @@ impl MarketStore {
                     offer: None,
                     expires_at: None,
                     lease: Some(lease),
+                    window: None,
                     author: None,
                     report: None,
                     accounts: Vec::new(),
@@ -592,7 +593,15 @@ impl MarketStore {
             let Some(kind) = key.get(33).and_then(|t| Kind::from_tag(*t)) else {
                 return corrupt("lease index key");
             };
-            let id = read_id(key.get(34..).unwrap_or_default(), "lease index")?;
+            let windowed = super::WINDOW_KINDS.contains(&kind);
+            if key.len() != if windowed { 74 } else { 66 } {
+                return corrupt(if windowed {
+                    "lease index entry of usage evidence without its window"
+                } else {
+                    "lease index key"
+                });
+            }
+            let id = super::index_id(&key, "lease index")?;
             if !self.messages.contains_key(super::message_key(kind, &id))? {
                 return corrupt("lease index entry without its message");
             }

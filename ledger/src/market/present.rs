@@ -258,6 +258,7 @@ mod tests {
             offer: None,
             expires_at: Some(UnixMillis(expires_at)),
             lease: None,
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),

@@ -580,6 +580,7 @@ impl CoordinatorRole {
             offer: None,
             expires_at: None,
             lease: Some(t.lease),
+            window: None,
             author: None,
             report: None,
             accounts: Vec::new(),
@@ -644,18 +645,21 @@ impl CoordinatorRole {
             }
             _ => None,
         };
-        // Acks and disputes: those in the bundle plus those gossiped here.
+        // Acks and disputes: those in the bundle plus those gossiped here,
+        // of the windows the request settles only (the rules read no
+        // other, and a long lease holds many).
         let lease = r.lease;
+        let windows = (r.first_window, Some(r.last_window));
         let mut acks = bundle.acks;
         let mut disputes = bundle.disputes;
         acks.extend(
             self.store
-                .about_lease::<UsageAck>(&lease)
+                .about_lease_windows::<UsageAck>(&lease, windows.0, windows.1)
                 .unwrap_or_default(),
         );
         disputes.extend(
             self.store
-                .about_lease::<UsageDispute>(&lease)
+                .about_lease_windows::<UsageDispute>(&lease, windows.0, windows.1)
                 .unwrap_or_default(),
         );
         let terminations = self
@@ -783,14 +787,17 @@ impl CoordinatorRole {
         let mut acks = bundle.acks;
         let mut disputes = bundle.disputes;
         let mut terminations = bundle.terminations;
+        // From the first window the release covers: the rules read no
+        // earlier one (an ack after it that the release leaves out is
+        // refused).
         acks.extend(
             self.store
-                .about_lease::<UsageAck>(&lease)
+                .about_lease_windows::<UsageAck>(&lease, r.first_window, None)
                 .unwrap_or_default(),
         );
         disputes.extend(
             self.store
-                .about_lease::<UsageDispute>(&lease)
+                .about_lease_windows::<UsageDispute>(&lease, r.first_window, None)
                 .unwrap_or_default(),
         );
         terminations.extend(
@@ -1394,6 +1401,7 @@ mod catch_up_tests {
                 offer: None,
                 expires_at: None,
                 lease: None,
+                window: None,
                 author: None,
                 report: None,
                 accounts: Vec::new(),

@@ -71,8 +71,10 @@ pub fn build(
     };
     let available = escrowed.checked_sub(paid).ok_or("paid past the escrow")?;
 
+    // From the settled head on: what a release covers, and no window
+    // settled before it.
     let mut held: Vec<Signed<UsageAttestation>> = store
-        .about_lease::<UsageAttestation>(&lease)
+        .about_lease_windows::<UsageAttestation>(&lease, first_window.saturating_sub(1), None)
         .map_err(|e| text(&e))?
         .into_iter()
         .filter(|a| a.signer == supplier && a.verify_record().is_ok())
@@ -96,13 +98,13 @@ pub fn build(
         covered.push(next.clone());
     }
     let acks: Vec<Signed<UsageAck>> = store
-        .about_lease::<UsageAck>(&lease)
+        .about_lease_windows::<UsageAck>(&lease, first_window, None)
         .map_err(|e| text(&e))?
         .into_iter()
         .filter(|k| k.signer == me)
         .collect();
     let disputes: Vec<Signed<UsageDispute>> = store
-        .about_lease::<UsageDispute>(&lease)
+        .about_lease_windows::<UsageDispute>(&lease, first_window, None)
         .map_err(|e| text(&e))?
         .into_iter()
         .filter(|d| d.signer == me)
@@ -245,16 +247,12 @@ pub fn settlement_bundle(
     earlier.retain(|c| c.message.body.settlement_seq < r.settlement_seq);
     earlier.sort_by_key(|c| c.message.body.settlement_seq);
     let from = r.first_window.saturating_sub(1);
+    let (first, last) = (r.first_window, r.last_window);
     let mut attestations: Vec<Signed<UsageAttestation>> = store
-        .about_lease::<UsageAttestation>(&lease)
+        .about_lease_windows::<UsageAttestation>(&lease, from, Some(last))
         .map_err(|e| text(&e))?
         .into_iter()
-        .filter(|a| {
-            a.signer == agreement.body.supplier
-                && a.body.seq >= from
-                && a.body.seq <= r.last_window
-                && a.verify_record().is_ok()
-        })
+        .filter(|a| a.signer == agreement.body.supplier && a.verify_record().is_ok())
         .collect();
     attestations.sort_by_key(|a| a.body.seq);
     attestations.dedup_by_key(|a| a.body.seq);
@@ -265,13 +263,13 @@ pub fn settlement_bundle(
         escrow: Some(escrow),
         attestations,
         acks: store
-            .about_lease::<UsageAck>(&lease)
+            .about_lease_windows::<UsageAck>(&lease, first, Some(last))
             .map_err(|e| text(&e))?
             .into_iter()
             .filter(|k| mine(&k.signer))
             .collect(),
         disputes: store
-            .about_lease::<UsageDispute>(&lease)
+            .about_lease_windows::<UsageDispute>(&lease, first, Some(last))
             .map_err(|e| text(&e))?
             .into_iter()
             .filter(|d| mine(&d.signer))

@@ -1358,10 +1358,10 @@ impl Customer {
         let supplier = lease.watch.supplier();
         let mut missed: Vec<Signed<UsageAttestation>> = self
             .store
-            .about_lease::<UsageAttestation>(&id)
+            .about_lease_windows::<UsageAttestation>(&id, next, None)
             .unwrap_or_default()
             .into_iter()
-            .filter(|a| a.body.seq >= next && a.signer == supplier)
+            .filter(|a| a.signer == supplier)
             .collect();
         // Past a gap, only what fits the schedule is taken as the missed
         // continuation; a forged jump ahead is answered (disputed) as it

@@ -42,6 +42,7 @@ pub fn record(o: &Signed<Offer>) -> MarketRecord {
         }),
         expires_at: None,
         lease: None,
+        window: None,
         author: Some(o.body.supplier),
         report: None,
         accounts: Vec::new(),

@@ -21,9 +21,9 @@ use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
-    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences,
-    DisputeCases, Held, KnownDestinations, LeaseBooks, OpenByCustomer, OpenBySupplier,
-    PendingCertificates, RefutedDisputes, SettlementHeads, SettlementLocks, TypedStore,
+    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences, Held,
+    KnownDestinations, LeaseBooks, OpenByCustomer, OpenBySupplier, PendingCertificates,
+    RefutedDisputes, SettlementHeads, SettlementLocks, TypedStore,
 };
 use crate::disputes::DisputeCase;
 use crate::error::{Error, Result};
@@ -721,7 +721,8 @@ impl<S: Store> Ledger<S> {
         // remainder never counts it again.
         book.paid = add(book.paid, taken, "an escrow's paid total")?;
         if !s.held.is_zero() {
-            batch.put_in::<DisputeCases>(
+            crate::disputes::put_dispute_case(
+                &mut batch,
                 &(s.lease, s.settlement_seq),
                 &DisputeCase {
                     request: s.subject,

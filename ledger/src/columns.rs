@@ -38,6 +38,7 @@
 //! | [`HeldDebits`] | `ledger/held_debits` | (account, seq) | withdrawal id held |
 //! | [`KnownDestinations`] | `ledger/destinations` | (account, hash of destination) | withdrawal id |
 //! | [`DisputeCases`] | `ledger/dispute_cases` | (lease, settlement seq) | [`DisputeCase`] |
+//! | [`OpenCases`] | `ledger/open_cases` | (lease, settlement seq) | settlement request id |
 //! | [`ResolutionLocks`] | `ledger/resolution_locks` | (lease, settlement seq) | resolution voted for |
 //! | [`RefutedDisputes`] | `ledger/refuted_disputes` | settlement request id | disputes a rule decided against the customer |
 //! | [`DisputeOutcomes`] | `ledger/dispute_outcomes` | (account, side) | [`DisputeRecord`] |
@@ -249,6 +250,11 @@ column!(
 column!(
     /// Amounts settlements held for review, per case.
     DisputeCases, "ledger/dispute_cases", (Id, u64), DisputeCase
+);
+column!(
+    /// The dispute cases not resolved yet: written with the case, in the
+    /// same batch, and removed with its resolution.
+    OpenCases, "ledger/open_cases", (Id, u64), Id
 );
 column!(
     /// The resolution a coordinator voted for, per case.

@@ -22,7 +22,7 @@ use crate::audit::Action;
 use crate::books::{derived_entry_id, Posting};
 use crate::certified::Applied;
 use crate::codec::Record;
-use crate::columns::{DisputeCases, DisputeOutcomes, ResolutionLocks, TypedStore};
+use crate::columns::{DisputeCases, DisputeOutcomes, OpenCases, ResolutionLocks, TypedStore};
 use crate::error::{Error, Result};
 use crate::ledger::{Cause, Ledger};
 use crate::messages::CertificateKind;
@@ -194,9 +194,26 @@ impl<S: Store> Ledger<S> {
     }
 
     /// Up to `limit` cases (the open ones only when `open`), oldest lease
-    /// id first.
+    /// id first. The open ones are read through their index, without the
+    /// resolved cases, which are kept for good.
     pub fn dispute_cases(&self, open: bool, limit: usize) -> Result<Vec<((Id, u64), DisputeCase)>> {
         let mut out = Vec::new();
+        if open {
+            for row in self.store().rows::<OpenCases>(Direction::Forward) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = row?;
+                let case = self
+                    .store()
+                    .get_in::<DisputeCases>(&key)?
+                    .ok_or(Error::Corrupt {
+                        what: "open case without its case",
+                    })?;
+                out.push((key, case));
+            }
+            return Ok(out);
+        }
         for row in self.store().rows::<DisputeCases>(Direction::Forward) {
             if out.len() >= limit {
                 break;
@@ -356,7 +373,7 @@ impl<S: Store> Ledger<S> {
         }
         let mut batch = posting.finish()?;
         case.resolution = Some(subject);
-        batch.put_in::<DisputeCases>(&key, &case)?;
+        put_dispute_case(&mut batch, &key, &case)?;
         let supplier = (case.supplier, Side::Supplier);
         let customer = (case.customer, Side::Customer);
         match r.against {
@@ -386,6 +403,21 @@ impl<S: Store> Ledger<S> {
         )?;
         Ok(Applied::Applied)
     }
+}
+
+/// Writes `case` at `key` in `batch`, with its entry in the index of
+/// open cases while it has no resolution: the one writer of both.
+pub(crate) fn put_dispute_case(
+    batch: &mut Batch,
+    key: &(Id, u64),
+    case: &DisputeCase,
+) -> Result<()> {
+    batch.put_in::<DisputeCases>(key, case)?;
+    match case.resolution {
+        None => batch.put_in::<OpenCases>(key, &case.request)?,
+        Some(_) => batch.delete_in::<OpenCases>(key),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!   withdrawal certificates applied.
 //! - 2 → 3: the indexes of open leases by customer and by supplier, from
 //!   the lease books.
+//! - 3 → 4: the index of open dispute cases, from the cases.
 
 use crate::error::{Error, Result};
 use crate::schema::version_write;
@@ -40,7 +41,27 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "open leases by customer and by supplier",
         run: open_lease_indexes,
     },
+    Migration {
+        from: 3,
+        description: "open dispute cases",
+        run: open_case_index,
+    },
 ];
+
+/// 3 → 4: each dispute case without a resolution is listed as open.
+fn open_case_index(store: &dyn Store) -> Result<Batch> {
+    use crate::columns::{DisputeCases, OpenCases, TypedStore};
+    use crate::store::Direction;
+
+    let mut batch = Batch::default();
+    for row in store.rows::<DisputeCases>(Direction::Forward) {
+        let (key, case) = row?;
+        if case.resolution.is_none() {
+            batch.put_in::<OpenCases>(&key, &case.request)?;
+        }
+    }
+    Ok(batch)
+}
 
 /// 2 → 3: each open lease book is listed under its customer and its
 /// supplier.

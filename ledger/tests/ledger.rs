@@ -1009,3 +1009,53 @@ fn the_migration_to_version_3_lists_the_open_leases_under_their_accounts() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn the_migration_to_version_4_lists_the_open_dispute_cases() {
+    use rigmesh_ledger::columns::{DisputeCases, OpenCases, TypedStore};
+    use rigmesh_ledger::store::Direction;
+    use rigmesh_ledger::DisputeCase;
+
+    let store = MemoryStore::new();
+    drop(Ledger::with_store(store.clone(), Durability::Flushed).unwrap());
+    let case = |n: u64, resolution: Option<Id>| DisputeCase {
+        request: id(n),
+        supplier: key(2),
+        customer: key(1),
+        held: credits("1"),
+        first_window: 0,
+        last_window: 9,
+        opened_at: UnixMillis(1_000),
+        resolution,
+    };
+    // As a version 3 store holds them: cases, some resolved, and no index.
+    let mut batch = Batch::new();
+    for (lease, seq, c) in [
+        (id(100), 0, case(10, Some(id(20)))),
+        (id(100), 1, case(11, None)),
+        (id(101), 0, case(12, Some(id(21)))),
+        (id(102), 3, case(13, None)),
+    ] {
+        batch.put_in::<DisputeCases>(&(lease, seq), &c).unwrap();
+    }
+    batch
+        .put_in::<SchemaVersions>(&Slot, &SchemaVersion(3))
+        .unwrap();
+    store.write(&batch).unwrap();
+    assert_eq!(store.rows::<OpenCases>(Direction::Forward).count(), 0);
+
+    let ledger = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    assert_eq!(
+        rigmesh_ledger::schema::stored_version(&store).unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+    let open: Vec<((Id, u64), Id)> = ledger
+        .dispute_cases(true, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(key, c)| (key, c.request))
+        .collect();
+    assert_eq!(open, [((id(100), 1), id(11)), ((id(102), 3), id(13))]);
+    assert_eq!(ledger.dispute_cases(true, 1).unwrap().len(), 1);
+    assert_eq!(ledger.dispute_cases(false, 10).unwrap().len(), 4);
+}

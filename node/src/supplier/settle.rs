@@ -269,9 +269,7 @@ impl LeaseState {
         Ok((lease, text))
     }
 
-    fn load(path: &Path, store: &MarketStore) -> Result<Self, String> {
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        let saved: Saved = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    fn load(saved: Saved, store: &MarketStore) -> Result<Self, String> {
         let bytes = |h: &str| hex::decode(h).map_err(|e| e.to_string());
         let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes(&saved.agreement)?)
             .map_err(|e| e.to_string())?;
@@ -389,8 +387,19 @@ impl LeaseState {
     }
 }
 
-fn restore(dir: &Path, store: &MarketStore) -> BTreeMap<Id, LeaseState> {
-    let mut out = BTreeMap::new();
+/// What a supplier's settlement state files hold at start.
+#[derive(Debug, Default)]
+struct Restored {
+    /// The leases not finally settled, whose settlement resumes: with
+    /// their evidence read back from the store.
+    open: BTreeMap<Id, LeaseState>,
+    /// The summaries of those finally settled (their terms filled in),
+    /// for the supplier's view: nothing more is read of them.
+    closed: Vec<(Id, Settled)>,
+}
+
+fn restore(dir: &Path, store: &MarketStore) -> Restored {
+    let mut out = Restored::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
@@ -399,19 +408,37 @@ fn restore(dir: &Path, store: &MarketStore) -> BTreeMap<Id, LeaseState> {
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        match LeaseState::load(&path, store) {
-            Ok(state) => {
-                if let Ok(lease) = state.agreement.id() {
-                    if !state.closed {
-                        tracing::info!(%lease, windows = state.attestations.len(), "resuming the settlement of a lease");
-                    }
-                    out.insert(lease, state);
-                }
+        let saved = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_slice::<Saved>(&text).map_err(|e| e.to_string()));
+        let restored = saved.and_then(|saved| {
+            if saved.closed {
+                closed_summary(saved).map(|closed| out.closed.push(closed))
+            } else {
+                let state = LeaseState::load(saved, store)?;
+                let lease = state.agreement.id().map_err(|e| e.to_string())?;
+                tracing::info!(%lease, windows = state.attestations.len(), "resuming the settlement of a lease");
+                out.open.insert(lease, state);
+                Ok(())
             }
-            Err(err) => tracing::warn!(path = %path.display(), %err, "unreadable settlement state"),
+        });
+        if let Err(err) = restored {
+            tracing::warn!(path = %path.display(), %err, "unreadable settlement state");
         }
     }
     out
+}
+
+/// The lease and summary of a finally settled lease's saved state: its
+/// agreement is decoded for the terms, and nothing is read from the
+/// store (its evidence may be compacted already).
+fn closed_summary(saved: Saved) -> Result<(Id, Settled), String> {
+    let bytes = hex::decode(&saved.agreement).map_err(|e| e.to_string())?;
+    let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let lease = agreement.id().map_err(|e| e.to_string())?;
+    let mut summary = saved.summary;
+    summary.terms = Some(terms_of(&agreement));
+    Ok((lease, summary))
 }
 
 fn terms_of(
@@ -562,16 +589,17 @@ pub async fn run(
     metrics: SettleMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut leases = {
+    let restored = {
         let (dir, market) = (saved.dir.clone(), saved.market.clone());
         tokio::task::spawn_blocking(move || restore(&dir, &market))
             .await
             .unwrap_or_default()
     };
+    lock(&settled).extend(restored.closed);
+    let mut leases = restored.open;
     for (lease, state) in &leases {
         publish_summary(&settled, lease, state);
     }
-    leases.retain(|_, s| !s.closed);
     let mut accepted = network.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -983,5 +1011,92 @@ mod tests {
     fn a_request_a_quorum_refused_is_rebuilt() {
         assert!(may_rebuild(&no_quorum(0, 3)));
         assert!(may_rebuild(&no_quorum(1, 3)));
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use rigmesh_ledger::MarketRecord;
+    use rigmesh_protocol::{samples, wire::WireMessage};
+
+    fn state(agreement: Signed<LeaseAgreement>, closed: bool) -> LeaseState {
+        LeaseState {
+            agreement,
+            escrow: samples::escrow_certificate().unwrap(),
+            attestations: Vec::new(),
+            acks: BTreeMap::new(),
+            disputes: BTreeMap::new(),
+            settlement_seq: u64::from(closed),
+            next_window: u64::from(closed),
+            paid: Credits::ZERO,
+            earlier: None,
+            finished: closed,
+            closed,
+            retry_at: UnixMillis(0),
+            inflight: None,
+            summary: Settled {
+                windows: u64::from(closed),
+                earned: Credits::from_units(7_000),
+                closed,
+                ..Settled::default()
+            },
+            top_ups: BTreeMap::new(),
+        }
+    }
+
+    /// A supplier restarting resumes its open leases with their evidence,
+    /// and shows its finally settled ones from their saved summaries,
+    /// without reading their evidence from the store.
+    #[tokio::test]
+    async fn a_restart_reads_the_evidence_of_the_open_leases_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MarketStore::temporary().unwrap();
+        // The sample lease is the open one; another is closed. The store
+        // holds evidence of both.
+        let open = samples::lease_agreement().unwrap();
+        let mut body = open.body.clone();
+        body.created_at = body.created_at.plus_ms(1);
+        let closed = Signed::sign(body, &samples::supplier()).unwrap();
+        let attestation = samples::usage_attestation().unwrap();
+        let ack = samples::usage_ack().unwrap();
+        let mut other = attestation.body.clone();
+        other.lease = closed.id().unwrap();
+        let other = Signed::sign(other, &samples::supplier()).unwrap();
+        let records: Vec<MarketRecord> = [
+            WireMessage::UsageAttestation(attestation.clone()),
+            WireMessage::UsageAck(ack),
+            WireMessage::UsageAttestation(other),
+        ]
+        .iter()
+        .map(|m| MarketRecord::of(m, m.id().unwrap(), m.to_bytes().unwrap()))
+        .collect();
+        store.store(&records).unwrap();
+        persist(&state(open.clone(), false), dir.path())
+            .await
+            .unwrap();
+        persist(&state(closed.clone(), true), dir.path())
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("broken.json"), b"{").unwrap();
+
+        let before = store.lease_messages_read();
+        let restored = restore(dir.path(), &store);
+        let read = store.lease_messages_read() - before;
+        assert_eq!(
+            read, 2,
+            "the open lease's attestation and ack, nothing else"
+        );
+        let lease = open.id().unwrap();
+        let resumed = restored.open.get(&lease).unwrap();
+        assert_eq!(resumed.attestations, vec![attestation]);
+        assert_eq!(resumed.acks.len(), 1);
+        assert_eq!(restored.open.len(), 1);
+        assert_eq!(restored.closed.len(), 1);
+        let (id, summary) = &restored.closed[0];
+        assert_eq!(*id, closed.id().unwrap());
+        assert!(summary.closed);
+        assert_eq!(summary.earned, Credits::from_units(7_000));
+        assert_eq!(summary.terms, Some(terms_of(&closed)));
     }
 }

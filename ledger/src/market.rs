@@ -370,6 +370,34 @@ pub struct MarketStore {
     /// Which point-read keys of `messages` may be stored, shared by every
     /// clone: every write of such a key adds it there first.
     present: std::sync::Arc<present::Present>,
+    /// The deposits and certificates stored lately, in the order stored,
+    /// when kept ([`MarketStore::keep_arrivals`]).
+    arrivals: std::sync::Arc<std::sync::Mutex<Arrivals>>,
+}
+
+/// The messages of [`ACCOUNT_KINDS`] a store wrote lately, numbered in
+/// the order written: the last `capacity` of them, in memory only.
+#[derive(Debug, Default)]
+struct Arrivals {
+    /// How many are kept; 0 (the default) keeps none.
+    capacity: usize,
+    /// The number of the first one kept.
+    first: u64,
+    kept: std::collections::VecDeque<(Kind, Id)>,
+}
+
+impl Arrivals {
+    fn mark(&self) -> u64 {
+        self.first.saturating_add(self.kept.len() as u64)
+    }
+
+    fn push(&mut self, kind: Kind, id: Id) {
+        if self.kept.len() == self.capacity {
+            self.kept.pop_front();
+            self.first = self.first.saturating_add(1);
+        }
+        self.kept.push_back((kind, id));
+    }
 }
 
 /// What a coordinator saw of the windows a settlement request it voted
@@ -592,6 +620,7 @@ impl MarketStore {
             offers_scanned: Default::default(),
             messages_scanned: Default::default(),
             lease_messages_read: Default::default(),
+            arrivals: Default::default(),
             lease_writes: Default::default(),
             kept: Default::default(),
             present: std::sync::Arc::new(present::Present::new(&[
@@ -818,6 +847,48 @@ impl MarketStore {
         Ok(self.messages.get(key)?)
     }
 
+    /// Keeps, from now on, the kinds and ids of the last `capacity`
+    /// deposits and certificates this process stores, in the order
+    /// stored, so that a reader that fell behind the writes can read what
+    /// it missed ([`MarketStore::arrived_since`]) instead of every one
+    /// ever stored. In memory only: after a restart it starts empty.
+    pub fn keep_arrivals(&self, capacity: usize) {
+        let mut arrivals = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        arrivals.capacity = capacity;
+        while arrivals.kept.len() > capacity {
+            arrivals.kept.pop_front();
+            arrivals.first = arrivals.first.saturating_add(1);
+        }
+    }
+
+    /// The number the next deposit or certificate stored will get: a
+    /// mark to read [`MarketStore::arrived_since`] from later.
+    pub fn arrival_mark(&self) -> u64 {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .mark()
+    }
+
+    /// The kinds and ids of the deposits and certificates stored since
+    /// `mark`, in the order stored (some may have gone since: compacted,
+    /// or skipped as compacted when written); `None` when some of them
+    /// are no longer kept, or none ever were.
+    pub fn arrived_since(&self, mark: u64) -> Option<Vec<(Kind, Id)>> {
+        let arrivals = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if arrivals.capacity == 0 || mark < arrivals.first || mark > arrivals.mark() {
+            return None;
+        }
+        let skip = usize::try_from(mark - arrivals.first).ok()?;
+        Some(arrivals.kept.iter().skip(skip).copied().collect())
+    }
+
     /// The canonical bytes of a stored message.
     pub fn get(&self, kind: Kind, id: &Id) -> Result<Option<Vec<u8>>> {
         // Stored after its expiry time.
@@ -974,6 +1045,17 @@ impl MarketStore {
             write.insert(key, value);
         }
         gate::apply_batch(&self.messages, write)?;
+        {
+            let mut arrivals = self
+                .arrivals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if arrivals.capacity > 0 {
+                for record in batch.iter().filter(|r| ACCOUNT_KINDS.contains(&r.kind)) {
+                    arrivals.push(record.kind, record.id);
+                }
+            }
+        }
         drop(adding);
         gate::reclaim(batch.len().saturating_mul(KEYS_PER_RECORD));
         Ok(())
@@ -2252,6 +2334,40 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, vec![0, 3, 4, 5, 255, 256, 70_000, 1 << 40]);
         store.check_lease_index().unwrap();
+    }
+
+    #[test]
+    fn the_deposits_and_certificates_stored_since_a_mark_are_listed_while_kept() {
+        use rigmesh_protocol::{samples, wire::WireMessage};
+        let store = MarketStore::temporary().unwrap();
+        let deposit = WireMessage::Deposit(samples::deposit().unwrap());
+        let escrow = WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap());
+        let offer = WireMessage::Offer(samples::offer().unwrap());
+        // Not kept until asked.
+        store.store(&[record_of(&deposit)]).unwrap();
+        assert_eq!(store.arrived_since(store.arrival_mark()), None);
+        store.keep_arrivals(2);
+        let mark = store.arrival_mark();
+        assert_eq!(store.arrived_since(mark), Some(Vec::new()));
+        store
+            .store(&[record_of(&offer), record_of(&escrow), record_of(&deposit)])
+            .unwrap();
+        let ids = |kinds: &[&WireMessage]| -> Vec<(Kind, Id)> {
+            kinds.iter().map(|m| (m.kind(), m.id().unwrap())).collect()
+        };
+        // Offers move no money: not listed.
+        assert_eq!(store.arrived_since(mark), Some(ids(&[&escrow, &deposit])));
+        assert_eq!(store.arrived_since(mark + 1), Some(ids(&[&deposit])));
+        // A mark from the future is no mark.
+        assert_eq!(store.arrived_since(mark + 3), None);
+        // Past the capacity the oldest go, and a mark before them is refused.
+        store.store(&[record_of(&escrow)]).unwrap();
+        assert_eq!(store.arrived_since(mark), None);
+        assert_eq!(
+            store.arrived_since(mark + 1),
+            Some(ids(&[&deposit, &escrow]))
+        );
+        assert_eq!(store.arrival_mark(), mark + 3);
     }
 
     #[test]

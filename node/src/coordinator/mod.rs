@@ -83,6 +83,7 @@ impl CoordinatorRole {
         ledger: Arc<Ledger>,
         store: Arc<MarketStore>,
     ) -> Self {
+        store.keep_arrivals(ARRIVALS_KEPT);
         CoordinatorRole {
             key,
             config,
@@ -932,40 +933,85 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
 /// move an account's money, as the store indexes them.
 const APPLIED_KINDS: [Kind; 6] = rigmesh_ledger::market::ACCOUNT_KINDS;
 
-/// Applies every certificate and deposit in the node's gossip store, a
+/// How many deposits and certificates stored lately a coordinator's
+/// store keeps the ids of, for the pass after falling behind gossip: more
+/// than arrive between two passes ([`REPLAY_EVERY_MS`]) at some 2,000 a
+/// second; past that, the pass reads every one stored.
+const ARRIVALS_KEPT: usize = 65_536;
+
+/// What one pass over the stored certificates did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replayed {
+    /// Deposits and certificates read from the store.
+    read: usize,
+    /// Of those, newly applied.
+    applied: usize,
+    /// Where the next pass may start: every one stored before it was
+    /// read by this pass or an earlier one. `None` after a read failed:
+    /// the next pass reads every one.
+    mark: Option<u64>,
+}
+
+/// Applies the certificates and deposits in the node's gossip store that
+/// arrived since the pass before (`since`, its mark), or, on the first
+/// pass or when the store no longer keeps them all, every one stored, a
 /// page at a time. Run when this coordinator fell behind the messages its
 /// node accepted: those it skipped are stored already, so catch-up sync
 /// never brings them again, and a certificate whose direct delivery also
-/// failed would otherwise never reach its books. One applied already is
-/// recognised by its bytes and costs a lookup; one whose predecessors are
-/// missing is held pending like any other. Returns how many were newly
-/// applied.
-fn apply_stored(role: &CoordinatorRole, now: UnixMillis) -> usize {
+/// failed would otherwise never reach its books. Each pass reads from
+/// the previous pass's start to the end of the store, so together they
+/// read everything stored since the first, whenever a skipped message
+/// was stored. One applied already is recognised by its bytes and costs
+/// a lookup; one whose predecessors are missing is held pending like any
+/// other.
+fn apply_stored(role: &CoordinatorRole, now: UnixMillis, since: Option<u64>) -> Replayed {
+    let mut done = Replayed {
+        read: 0,
+        applied: 0,
+        mark: Some(role.store.arrival_mark()),
+    };
+    let apply = |kind: Kind, bytes: &[u8], done: &mut Replayed| {
+        done.read += 1;
+        let Some(frame) = WireMessage::decode(kind, bytes)
+            .ok()
+            .as_ref()
+            .and_then(frame_of)
+        else {
+            return;
+        };
+        if let Ok(Applied::Applied) = role.apply(&frame, now) {
+            done.applied += 1;
+        }
+    };
+    if let Some(arrived) = since.and_then(|mark| role.store.arrived_since(mark)) {
+        for (kind, id) in arrived {
+            match role.store.get(kind, &id) {
+                Ok(Some(bytes)) => apply(kind, &bytes, &mut done),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "could not read a stored certificate");
+                    done.mark = None;
+                }
+            }
+        }
+        return done;
+    }
     let mut cursor: Option<Vec<u8>> = None;
-    let mut applied = 0;
     loop {
         let page = match role.store.page(&APPLIED_KINDS, cursor.as_deref(), 500, now) {
             Ok(page) => page,
             Err(err) => {
                 tracing::warn!(%err, "could not read the stored certificates");
-                return applied;
+                done.mark = None;
+                return done;
             }
         };
         for (kind, bytes) in &page.items {
-            let Some(frame) = WireMessage::decode(*kind, bytes)
-                .ok()
-                .as_ref()
-                .and_then(frame_of)
-            else {
-                continue;
-            };
-            if let Ok(Applied::Applied) = role.apply(&frame, now) {
-                applied += 1;
-            }
+            apply(*kind, bytes, &mut done);
         }
         match page.next {
             Some(next) => cursor = Some(next),
-            None => return applied,
+            None => return done,
         }
     }
 }
@@ -1274,6 +1320,9 @@ async fn housekeeping(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_replay = UnixMillis(0);
+    // Where the next pass over the stored certificates starts; the first
+    // reads them all.
+    let mut replayed: Option<u64> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
@@ -1294,8 +1343,9 @@ async fn housekeeping(
                 if now >= next_replay && replay_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     next_replay = now.plus_ms(REPLAY_EVERY_MS);
                     let r = role.clone();
-                    if let Ok(n) = tokio::task::spawn_blocking(move || apply_stored(&r, now)).await {
-                        tracing::info!(applied = n, "stored certificates applied after falling behind gossip");
+                    if let Ok(pass) = tokio::task::spawn_blocking(move || apply_stored(&r, now, replayed)).await {
+                        replayed = pass.mark;
+                        tracing::info!(read = pass.read, applied = pass.applied, "stored certificates applied after falling behind gossip");
                     }
                 }
                 let r = role.clone();
@@ -1378,43 +1428,69 @@ mod integrity_tests {
 mod catch_up_tests {
     use super::*;
     use rigmesh_ledger::MarketRecord;
-    use rigmesh_protocol::{samples, Credits};
+    use rigmesh_protocol::{samples, wire::WireMessage, Credits};
+
+    /// The sample deposit with reference `n`, so each is another.
+    fn deposit(n: u64) -> Signed<rigmesh_protocol::Deposit> {
+        let mut body = samples::deposit().unwrap().body;
+        body.reference = format!("payment {n}");
+        Signed::sign(body, &samples::admin()).unwrap()
+    }
+
+    /// Stored by ingest, never handed to the coordinator.
+    fn store(store: &MarketStore, deposit: &Signed<rigmesh_protocol::Deposit>) {
+        let message = WireMessage::Deposit(deposit.clone());
+        store
+            .store(&[MarketRecord::of(
+                &message,
+                message.id().unwrap(),
+                message.to_bytes().unwrap(),
+            )])
+            .unwrap();
+    }
 
     /// A coordinator that skipped gossip it had accepted (its queue
     /// lagged) finds the certificates and deposits in its store and
-    /// applies them; those it holds already are not applied twice.
+    /// applies them; those it holds already are not applied twice. The
+    /// first pass reads every one stored; a later one those stored since
+    /// the pass before, unless the store no longer keeps them all.
     #[test]
     fn a_coordinator_that_fell_behind_applies_what_its_store_holds() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
-        let store = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
+        let market = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
+        // Stored before this process started keeping arrivals.
+        let first = deposit(0);
+        store(&market, &first);
         let config = health::tests::config();
-        let role = CoordinatorRole::new(samples::coordinators()[0].clone(), config, ledger, store);
-        let deposit = samples::deposit().unwrap();
-        let now = deposit.body.created_at.plus_ms(1_000);
-        // Stored by ingest, never handed to the coordinator.
-        role.store
-            .store(&[MarketRecord {
-                kind: Kind::Deposit,
-                id: deposit.id().unwrap(),
-                bytes: deposit.to_bytes().unwrap(),
-                offer: None,
-                expires_at: None,
-                lease: None,
-                window: None,
-                author: None,
-                report: None,
-                accounts: Vec::new(),
-            }])
-            .unwrap();
-        let account = Account::User(deposit.body.account);
-        assert_eq!(role.ledger.balance(&account).unwrap(), Credits::ZERO);
+        let role = CoordinatorRole::new(samples::coordinators()[0].clone(), config, ledger, market);
+        let now = first.body.created_at.plus_ms(1_000);
+        let account = Account::User(first.body.account);
+        let balance = || role.ledger.balance(&account).unwrap();
+        assert_eq!(balance(), Credits::ZERO);
 
-        assert_eq!(apply_stored(&role, now), 1);
-        assert_eq!(role.ledger.balance(&account).unwrap(), deposit.body.amount);
-        // A second pass finds it applied: nothing moves twice.
-        assert_eq!(apply_stored(&role, now), 0);
-        assert_eq!(role.ledger.balance(&account).unwrap(), deposit.body.amount);
+        let pass = apply_stored(&role, now, None);
+        assert_eq!((pass.read, pass.applied), (1, 1));
+        assert_eq!(balance(), first.body.amount);
+        // A second pass finds nothing new, and reads nothing.
+        let pass = apply_stored(&role, now, pass.mark);
+        assert_eq!((pass.read, pass.applied), (0, 0));
+        // A full pass finds it applied: nothing moves twice.
+        assert_eq!(apply_stored(&role, now, None).applied, 0);
+        assert_eq!(balance(), first.body.amount);
+
+        // One more: the next pass reads it alone.
+        store(&role.store, &deposit(1));
+        let pass = apply_stored(&role, now, pass.mark);
+        assert_eq!((pass.read, pass.applied), (1, 1));
+        // More than the store keeps arrive: the pass reads every one.
+        role.store.keep_arrivals(1);
+        store(&role.store, &deposit(2));
+        store(&role.store, &deposit(3));
+        let pass = apply_stored(&role, now, pass.mark);
+        assert_eq!((pass.read, pass.applied), (4, 2));
+        let four = Credits::from_units(first.body.amount.units() * 4);
+        assert_eq!(balance(), four);
         role.ledger.check_books().unwrap();
     }
 }

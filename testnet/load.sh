@@ -141,13 +141,14 @@ with open(out_file, "a") as out:
         time.sleep(every)
 PY
 }
-# The suppliers' view of every lease into $work/<name>.leases$1.
+# The suppliers' view of their leases (the 10,000 that end last, more
+# than a run makes) into $work/<name>.leases$1.
 fetch_supplier_leases() {
     local name
     for name in "${suppliers[@]}"; do
         node_info "$name"
         curl -fsS --max-time 5 -H "Authorization: Bearer $(<"$NODE_DIR/api/supplier.token")" \
-            "http://$NODE_SUPPLIER_API/v1/leases" >"$work/$name.leases${1:-}" 2>/dev/null || echo "[]" >"$work/$name.leases${1:-}"
+            "http://$NODE_SUPPLIER_API/v1/leases?limit=10000" >"$work/$name.leases${1:-}" 2>/dev/null || echo "[]" >"$work/$name.leases${1:-}"
     done
 }
 fetch_books before

@@ -182,6 +182,26 @@ async fn a_bid_leases_the_cheaper_offer_and_acks_flow() {
     )
     .await;
     assert!(body(&r)["attested_total"].as_str().is_some(), "{r}");
+    assert_eq!(body(&r)["leases_total"], 1, "{r}");
+    // Asked for none: none listed, and the total still told.
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/leases?limit=0",
+        Some(&supplier_token),
+    )
+    .await;
+    assert!(
+        r.to_ascii_lowercase().contains("\r\ntotal-count: 1\r\n"),
+        "{r}"
+    );
+    assert_eq!(body(&r).as_array().unwrap().len(), 0, "{r}");
+    let r = common::http_get(
+        cheap.supplier_api.unwrap(),
+        "/v1/earnings?limit=many",
+        Some(&supplier_token),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     let r = common::http_get(
         dear.supplier_api.unwrap(),
         "/v1/leases",

@@ -214,10 +214,13 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
         (Supplier, "GET", "/v1/gpus") => op("The GPUs and their latest samples")
             .ok(object(&[("gpus", array(r("GpuDevice"))), ("latest", array(r("GpuSample")))]))
             .refuses(&[409]),
-        (Supplier, "GET", "/v1/leases") => op("The supplier's leases")
+        (Supplier, "GET", "/v1/leases") => op("The supplier's leases, those that end last first")
+            .query("limit", limit(), "Most leases listed (100 by default, 10,000 at most)")
             .ok(array(r("SupplierLease")))
-            .refuses(&[409]),
-        (Supplier | Analytics, "GET", "/v1/earnings") => op("Attested and settled earnings, per lease")
+            .header("total-count", count(), "How many leases the supplier has in all")
+            .refuses(&[400, 409]),
+        (Supplier | Analytics, "GET", "/v1/earnings") => op("Attested and settled earnings, in all and for the leases that end last")
+            .query("limit", limit(), "Most leases listed (100 by default, 10,000 at most)")
             .ok(object(&[
                 ("attested_total", r("Credits")),
                 ("settled_total", r("Credits")),
@@ -229,9 +232,10 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
                         ("settled", nullable(r("Settled"))),
                     ])),
                 ),
+                ("leases_total", count()),
                 ("note", string()),
             ]))
-            .refuses(&[409]),
+            .refuses(&[400, 409]),
 
         (Customer | Supplier | Operator, "GET", "/v1/audit") => op("The tail of the audit chain")
             .query("from", count(), "First sequence number; by default the last `limit` records")

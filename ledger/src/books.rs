@@ -102,9 +102,20 @@ impl Record for LeaseBook {
 /// and its supplier, a closed one under neither. Every write of a lease's
 /// book goes through here, so what an account has escrowed, or which
 /// leases a supplier has open, is read from the account's own rows
-/// rather than from every book ever written.
-pub(crate) fn put_lease_book(batch: &mut Batch, lease: &Id, book: &LeaseBook) -> Result<()> {
+/// rather than from every book ever written. `was_closed` is the stored
+/// book's `closed` before this write (`None` for a new book): the index
+/// rows are written only when that changes, as a book's order, customer
+/// and supplier never do.
+pub(crate) fn put_lease_book(
+    batch: &mut Batch,
+    lease: &Id,
+    book: &LeaseBook,
+    was_closed: Option<bool>,
+) -> Result<()> {
     batch.put_in::<LeaseBooks>(lease, book)?;
+    if was_closed == Some(book.closed) {
+        return Ok(());
+    }
     let (by_customer, by_supplier) = ((book.customer, *lease), (book.supplier, *lease));
     if book.closed {
         batch.delete_in::<OpenByCustomer>(&by_customer);
@@ -577,6 +588,7 @@ impl<S: Store> Ledger<S> {
                 unsettled_gpu_ms: 0,
                 closed: false,
             },
+            None,
         )?;
         self.commit(
             guard,
@@ -623,7 +635,7 @@ impl<S: Store> Ledger<S> {
             .checked_add(1)
             .ok_or(Error::Overflow("the window sequence"))?;
         let mut batch = Batch::new();
-        put_lease_book(&mut batch, lease, &book)?;
+        put_lease_book(&mut batch, lease, &book, Some(false))?;
         self.commit(
             guard,
             batch,
@@ -685,7 +697,8 @@ impl<S: Store> Ledger<S> {
         book.next_window = book.metered_windows;
         book.unsettled_gpu_ms = 0;
         book.closed = terms.final_settlement;
-        put_lease_book(&mut batch, lease, &book)?;
+        // Open until now: refused above otherwise.
+        put_lease_book(&mut batch, lease, &book, Some(false))?;
         self.add_rollups(&mut batch, &book, &payout, cause.at)?;
 
         self.commit(

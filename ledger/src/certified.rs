@@ -524,8 +524,9 @@ impl<S: Store> Ledger<S> {
             batch.put_in::<KnownDestinations>(&(debit.account, destination), &debit.subject)?;
         }
         if let (DebitTarget::Escrow { lease, .. }, Some(mut book)) = (debit.to, funded) {
+            // A closed book is not topped up (refused above).
             book.amount = add(book.amount, debit.amount, "an escrow topped up")?;
-            crate::books::put_lease_book(&mut batch, &lease, &book)?;
+            crate::books::put_lease_book(&mut batch, &lease, &book, Some(book.closed))?;
         } else if let DebitTarget::Escrow { lease, supplier } = debit.to {
             crate::books::put_lease_book(
                 &mut batch,
@@ -545,6 +546,7 @@ impl<S: Store> Ledger<S> {
                     unsettled_gpu_ms: 0,
                     closed: false,
                 },
+                None,
             )?;
         }
         let new_next = debit
@@ -748,8 +750,9 @@ impl<S: Store> Ledger<S> {
             book.metered_windows = book.next_window;
             batch.put_in::<SettlementHeads>(&s.lease, &s.attestation_head)?;
         }
+        let was_closed = book.closed;
         book.closed = s.final_settlement;
-        crate::books::put_lease_book(&mut batch, &s.lease, &book)?;
+        crate::books::put_lease_book(&mut batch, &s.lease, &book, Some(was_closed))?;
         let payout = crate::billing::Payout {
             billable_gpu_ms: s.billable_gpu_ms,
             gross: paid_now,

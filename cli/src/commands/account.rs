@@ -15,8 +15,11 @@ use super::usage::{disputes_text, state_text};
 #[command(after_help = "\
 Examples:
   rigmesh account
-  rigmesh account --receipts 1000 --json")]
+  rigmesh account --leases 1000 --receipts 1000 --json")]
 pub(crate) struct AccountArgs {
+    /// How many of the leases that started last to list (10,000 at most).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    leases: usize,
     /// How many of the most recent receipts to list, each checked against
     /// the coordinator set (10,000 at most).
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -29,7 +32,10 @@ pub(crate) fn run(args: AccountArgs) -> anyhow::Result<ExitCode> {
     let node = args.node;
     let api = Api::connect(&node)?;
     let report: AccountReport = api
-        .get(&format!("/v1/account?receipts={}", args.receipts))?
+        .get(&format!(
+            "/v1/account?receipts={}&leases={}",
+            args.receipts, args.leases
+        ))?
         .into("the account")?;
     if node.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
@@ -40,8 +46,8 @@ pub(crate) fn run(args: AccountArgs) -> anyhow::Result<ExitCode> {
     outln!(
         "spent        {} across {} lease{} ({} running)",
         report.spent,
-        report.leases.len(),
-        if report.leases.len() == 1 { "" } else { "s" },
+        report.leases_total,
+        if report.leases_total == 1 { "" } else { "s" },
         report.active_leases
     );
     outln!("account cap  {}", text::cap(a.cap, a.spent, a.remaining));
@@ -49,6 +55,12 @@ pub(crate) fn run(args: AccountArgs) -> anyhow::Result<ExitCode> {
     if report.leases.is_empty() {
         outln!("no leases");
     } else {
+        if report.leases.len() < report.leases_total {
+            outln!(
+                "the {} leases that started last (more with --leases N)",
+                report.leases.len()
+            );
+        }
         outln!(
             "{:<12}  {:<12}  {:<30}  {:>10}  {:>6}  {:>8}  state",
             "lease",

@@ -34,7 +34,9 @@ use tokio::task::JoinHandle;
 
 use super::tokens::{NewToken, TokenError, TokenStore};
 use super::{route, Access, Caller, Firewall, Gate, Listener, RouteSpec, Scope};
-use crate::customer::commands::{BidError, BidOutcome, BidRequest, CustomerCommand, RequestError};
+use crate::customer::commands::{
+    AccountAsk, BidError, BidOutcome, BidRequest, CustomerCommand, RequestError,
+};
 use crate::customer::report::DEFAULT_USAGE_WINDOWS;
 use crate::customer::spending::BudgetChange;
 use crate::error::{Error, Result};
@@ -538,7 +540,14 @@ async fn set_budget(State(s): State<Scoped>, body: axum::body::Bytes) -> Respons
 pub struct AccountQuery {
     /// Most receipts listed (the most recent); 100 by default.
     pub receipts: Option<usize>,
+    /// Most leases listed (those that start last); 100 by default.
+    pub leases: Option<usize>,
 }
+
+/// Leases an account report lists unless asked otherwise.
+const DEFAULT_ACCOUNT_LEASES: usize = 100;
+/// The most leases one account report lists.
+const MAX_ACCOUNT_LEASES: usize = 10_000;
 
 /// Receipts an account report lists unless asked otherwise.
 const DEFAULT_RECEIPTS: usize = 100;
@@ -546,8 +555,8 @@ const DEFAULT_RECEIPTS: usize = 100;
 /// checked for it).
 const MAX_RECEIPTS: usize = 10_000;
 
-/// The account report lists every lease the account had: it is written
-/// out as JSON on a blocking thread.
+/// The account report, written out as JSON on a blocking thread (it may
+/// list up to 10,000 leases and receipts).
 pub(crate) async fn account(
     State(s): State<Scoped>,
     query: std::result::Result<Query<AccountQuery>, QueryRejection>,
@@ -556,8 +565,14 @@ pub(crate) async fn account(
         Ok(query) => query,
         Err(rejection) => return bad_query(rejection),
     };
-    let receipts = query.receipts.unwrap_or(DEFAULT_RECEIPTS).min(MAX_RECEIPTS);
-    let report = match ask(&s, |tx| CustomerCommand::Account(receipts, tx)).await {
+    let listed = AccountAsk {
+        receipts: query.receipts.unwrap_or(DEFAULT_RECEIPTS).min(MAX_RECEIPTS),
+        leases: query
+            .leases
+            .unwrap_or(DEFAULT_ACCOUNT_LEASES)
+            .min(MAX_ACCOUNT_LEASES),
+    };
+    let report = match ask(&s, |tx| CustomerCommand::Account(listed, tx)).await {
         Ok(Ok(report)) => report,
         Ok(Err(err)) => return request_error(err),
         Err(response) => return response,

@@ -139,6 +139,15 @@ pub enum RequestError {
     Busy(String),
 }
 
+/// How much of the account a report lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountAsk {
+    /// Most leases listed, those that start last.
+    pub leases: usize,
+    /// Most receipts listed, the most recent.
+    pub receipts: usize,
+}
+
 /// Commands from the local API.
 #[derive(Debug)]
 pub enum CustomerCommand {
@@ -165,9 +174,12 @@ pub enum CustomerCommand {
         BudgetChange,
         oneshot::Sender<Result<BudgetReport, RequestError>>,
     ),
-    /// The account as this node knows it, with at most this many
-    /// receipts (the most recent).
-    Account(usize, oneshot::Sender<Result<AccountReport, RequestError>>),
+    /// The account as this node knows it, with at most so many leases
+    /// and receipts (the most recent).
+    Account(
+        AccountAsk,
+        oneshot::Sender<Result<AccountReport, RequestError>>,
+    ),
     /// End a running lease: a signed termination the supplier honours at
     /// the end of the window in progress.
     EndLease(Id, oneshot::Sender<Result<LeaseStatus, RequestError>>),

@@ -27,7 +27,8 @@
 //! | `customer/suppliers` | supplier key | [`SupplierRecord`] |
 //! | `customer/alerts` | created at (big-endian), alert id | [`AlertRecord`] |
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -256,15 +257,19 @@ pub struct CustomerRecords {
     store: Box<dyn Store>,
     /// Each stored lease's spend, as stored.
     spends: Mutex<BTreeMap<Id, Credits>>,
+    /// Each stored lease by when it starts, the latest first (a tie by
+    /// id), to list the latest without reading the rest.
+    starts: Mutex<BTreeSet<(Reverse<UnixMillis>, Id)>>,
     /// Lease records read by whole-tree reads, since the records opened.
     leases_read: AtomicU64,
 }
 
-/// The part of a stored [`LeaseRecord`] the spend index needs.
+/// The part of a stored [`LeaseRecord`] the in-memory indexes need.
 #[derive(Deserialize)]
 struct SpendOnly {
     lease: Id,
     spent: Credits,
+    starts_at: UnixMillis,
 }
 
 impl std::fmt::Debug for CustomerRecords {
@@ -311,11 +316,21 @@ impl CustomerRecords {
         let records = CustomerRecords {
             store,
             spends: Mutex::default(),
+            starts: Mutex::default(),
             leases_read: AtomicU64::new(0),
         };
         let stored: Vec<SpendOnly> = records.all_leases()?;
+        *records.starts() = stored
+            .iter()
+            .map(|l| (Reverse(l.starts_at), l.lease))
+            .collect();
         *records.spends() = stored.into_iter().map(|l| (l.lease, l.spent)).collect();
         Ok(records)
+    }
+
+    fn starts(&self) -> MutexGuard<'_, BTreeSet<(Reverse<UnixMillis>, Id)>> {
+        // Changed one entry at a time, as `spends`.
+        self.starts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn spends(&self) -> MutexGuard<'_, BTreeMap<Id, Credits>> {
@@ -394,8 +409,28 @@ impl CustomerRecords {
         Ok(leases)
     }
 
-    /// How many lease records whole-tree reads ([`Self::leases`], and the
-    /// one at open) have read since the records opened.
+    /// The `limit` stored leases that start last, latest first (a tie by
+    /// id), read one by one, and how many leases are stored in all.
+    pub fn latest_leases(&self, limit: usize) -> Result<(Vec<LeaseRecord>, usize)> {
+        let (ids, total): (Vec<Id>, usize) = {
+            let starts = self.starts();
+            let ids = starts.iter().take(limit).map(|(_, id)| *id).collect();
+            (ids, starts.len())
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(lease) = self.lease(id)? {
+                out.push(lease);
+            }
+        }
+        self.leases_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok((out, total))
+    }
+
+    /// How many lease records reads of many ([`Self::leases`],
+    /// [`Self::latest_leases`], and the one at open) have read since the
+    /// records opened.
     pub fn leases_read(&self) -> u64 {
         self.leases_read.load(Ordering::Relaxed)
     }
@@ -433,6 +468,8 @@ impl CustomerRecords {
             .put(LEASES, lease.lease.as_bytes(), &encode(lease)?)
             .map_err(ledger)?;
         self.spends().insert(lease.lease, lease.spent);
+        self.starts()
+            .insert((Reverse(lease.starts_at), lease.lease));
         Ok(())
     }
 
@@ -451,6 +488,8 @@ impl CustomerRecords {
         }
         self.store.write(&batch).map_err(ledger)?;
         self.spends().insert(lease.lease, lease.spent);
+        self.starts()
+            .insert((Reverse(lease.starts_at), lease.lease));
         Ok(())
     }
 
@@ -638,6 +677,39 @@ mod tests {
             [(Id([1; 32]), units(2_444)), (Id([2; 32]), units(700))]
         );
         assert_eq!(records.spent().unwrap(), units(3_144));
+    }
+
+    #[test]
+    fn the_leases_that_start_last_are_listed_first_before_and_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("customer");
+        let at = |id: u8, start: u64| {
+            let mut l = lease(id);
+            l.starts_at = UnixMillis(start);
+            l
+        };
+        let ids = |(listed, total): (Vec<LeaseRecord>, usize)| {
+            (
+                listed.iter().map(|l| l.lease.0[0]).collect::<Vec<u8>>(),
+                total,
+            )
+        };
+        {
+            let records = CustomerRecords::open(&path).unwrap();
+            for (id, start) in [(1, 5_000), (2, 9_000), (3, 1_000), (4, 9_000)] {
+                records.put_lease(&at(id, start)).unwrap();
+            }
+            // Written again (a window): still listed once.
+            records.put_window(&at(1, 5_000), &window(0)).unwrap();
+            assert_eq!(ids(records.latest_leases(3).unwrap()), (vec![2, 4, 1], 4));
+            assert_eq!(records.leases_read(), 3, "the listed ones only");
+        }
+        let records = CustomerRecords::open(&path).unwrap();
+        assert_eq!(
+            ids(records.latest_leases(10).unwrap()),
+            (vec![2, 4, 1, 3], 4)
+        );
+        assert_eq!(ids(records.latest_leases(0).unwrap()), (vec![], 4));
     }
 
     #[tokio::test]

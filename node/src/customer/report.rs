@@ -4,6 +4,8 @@
 //! ([`AccountReport`]). They are built from the stored records, so they
 //! read the same before and after a restart.
 
+use std::collections::BTreeMap;
+
 use rigmesh_protocol::{Credits, Id, PublicKey, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -140,8 +142,11 @@ pub struct AccountReport {
     pub spent: Credits,
     /// Leases running now.
     pub active_leases: usize,
-    /// Every lease, by id.
+    /// The leases that start last, latest first (as many as asked).
     pub leases: Vec<LeaseSpend>,
+    /// Every lease this node has had; `leases` lists the latest of them.
+    #[serde(default)]
+    pub leases_total: usize,
     /// Caps, spend against them, alerts.
     pub budget: BudgetReport,
     /// Suppliers this node has disputed windows of, with the reasons.
@@ -224,35 +229,48 @@ pub fn usage(
 }
 
 /// The account report.
+///
+/// It lists the `limit` leases that start last, read one by one; the
+/// spend is every lease's, from the records' index, and the running
+/// leases are counted among those the runtime watches (`live`, with their
+/// state), so a long history is not read for either.
 pub fn account(
     records: &CustomerRecords,
     caps: &Caps,
     account: PublicKey,
-    state: &dyn Fn(&LeaseRecord) -> LeaseState,
+    live: &BTreeMap<Id, LeaseState>,
+    now: UnixMillis,
+    limit: usize,
 ) -> Result<AccountReport> {
-    let leases = records.leases()?;
-    let leases: Vec<LeaseSpend> = leases
+    let (listed, leases_total) = records.latest_leases(limit)?;
+    let leases: Vec<LeaseSpend> = listed
         .iter()
         .map(|l| LeaseSpend {
             lease: l.lease,
             supplier: l.supplier,
             gpu_model: l.gpu_model.clone(),
             gpu_count: l.gpus.len(),
-            state: state(l),
+            state: state_of(l, live.get(&l.lease).copied(), now),
             spent: l.spent,
             acked_windows: l.acked_windows,
             disputed_windows: l.disputed_windows,
         })
         .collect();
+    let mut active_leases = 0;
+    for (id, state) in live {
+        if let Some(record) = records.lease(id)? {
+            if state_of(&record, Some(*state), now) == LeaseState::Running {
+                active_leases += 1;
+            }
+        }
+    }
     let budget = budget(records, caps)?;
     Ok(AccountReport {
         account,
         spent: budget.account.spent,
-        active_leases: leases
-            .iter()
-            .filter(|l| l.state == LeaseState::Running)
-            .count(),
+        active_leases,
         leases,
+        leases_total,
         budget,
         suppliers: records.suppliers()?,
         coordinators: Vec::new(),

@@ -771,12 +771,12 @@ impl Customer {
                     }
                 }
             }
-            CustomerCommand::Account(receipts, reply) => {
+            CustomerCommand::Account(ask, reply) => {
                 let slot = match self.report_slot() {
                     Ok(slot) => slot,
                     Err(busy) => return drop(reply.send(Err(busy))),
                 };
-                let report = self.account_report(now, receipts);
+                let report = self.account_report(now, ask);
                 tokio::spawn(async move {
                     let result = report.await;
                     drop(slot);
@@ -808,13 +808,13 @@ impl Customer {
     }
 
     /// The account report, read without this task: the leases as they
-    /// stand now, then the records on a blocking thread, what each
-    /// coordinator holds, and the `receipts` most recent receipts from
-    /// the store.
+    /// stand now, then the records on a blocking thread (the `leases`
+    /// that start last), what each coordinator holds, and the `receipts`
+    /// most recent receipts from the store.
     fn account_report(
         &self,
         now: UnixMillis,
-        receipts: usize,
+        ask: super::commands::AccountAsk,
     ) -> impl std::future::Future<Output = Result<AccountReport, RequestError>> + Send + 'static
     {
         let live: BTreeMap<Id, LeaseState> = self
@@ -834,11 +834,7 @@ impl Customer {
         async move {
             let account = key.public();
             let mut report = records
-                .off_executor(move |r| {
-                    let state =
-                        |r: &LeaseRecord| report::state_of(r, live.get(&r.lease).copied(), now);
-                    report::account(r, &caps, account, &state)
-                })
+                .off_executor(move |r| report::account(r, &caps, account, &live, now, ask.leases))
                 .await
                 .map_err(request_failed)?;
             if let Some(quorum) = &quorum {
@@ -856,7 +852,7 @@ impl Customer {
             }
             let set = quorum.map(|q| q.set().clone());
             let found = tokio::task::spawn_blocking(move || {
-                crate::receipts::receipts(&store, set.as_ref(), &admins, &account, receipts)
+                crate::receipts::receipts(&store, set.as_ref(), &admins, &account, ask.receipts)
             })
             .await
             .map_err(unread)?;

@@ -200,6 +200,7 @@ pub(crate) fn operation(listener: Listener, method: &str, path: &str) -> Option<
             .refuses(&[400, 404, 409, 500]),
         (Customer, "GET", "/v1/account") | (Analytics, "GET", "/v1/spend") => op("The account: spend, leases, budget, coordinators' balances, receipts")
             .query("receipts", limit(), "Most receipts listed, the most recent (100 by default, 10,000 at most)")
+            .query("leases", limit(), "Most leases listed, those that start last (100 by default, 10,000 at most)")
             .ok(r("AccountReport"))
             .refuses(&[400, 404, 409, 500, 503]),
 

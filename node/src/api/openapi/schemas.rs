@@ -431,6 +431,7 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                 ("spent", r("Credits")),
                 ("active_leases", count()),
                 ("leases", array(r("LeaseSpend"))),
+                ("leases_total", count()),
                 ("budget", r("BudgetReport")),
                 ("suppliers", array(r("SupplierRecord"))),
                 ("coordinators", array(r("CoordinatorView"))),

@@ -93,6 +93,10 @@ pub struct MarketRecord {
     /// The accounts whose money it moves (deposits and certificates),
     /// for their receipts.
     pub accounts: Vec<PublicKey>,
+    /// For a deposit or certificate: when its message was made, which
+    /// orders it in the account index so that the most recent are read
+    /// without the rest; see [`MarketStore::about_account_latest`].
+    pub made_at: Option<UnixMillis>,
 }
 
 impl MarketRecord {
@@ -128,7 +132,23 @@ impl MarketRecord {
                 _ => None,
             },
             accounts: accounts_of(message),
+            made_at: made_at(message),
         }
+    }
+}
+
+/// When a deposit's or a certificate's message was made (the kinds of
+/// [`ACCOUNT_KINDS`]), for the account index.
+pub fn made_at(message: &rigmesh_protocol::wire::WireMessage) -> Option<UnixMillis> {
+    use rigmesh_protocol::wire::WireMessage;
+    match message {
+        WireMessage::Deposit(d) => Some(d.body.created_at),
+        WireMessage::EscrowCertificate(c) => Some(c.message.body.created_at),
+        WireMessage::SettlementCertificate(c) => Some(c.message.body.created_at),
+        WireMessage::WithdrawalCertificate(c) => Some(c.message.body.created_at),
+        WireMessage::ReleaseCertificate(c) => Some(c.message.body.created_at),
+        WireMessage::ResolutionCertificate(c) => Some(c.message.body.created_at),
+        _ => None,
     }
 }
 
@@ -445,8 +465,9 @@ const BY_ACCOUNT: u8 = 0xF5;
 /// expiry indexes, 2 the leases that close (compaction), 3 the account
 /// index, escrow certificates in the lease index and one reputation
 /// report kept per coordinator and account, 4 the window in the lease
-/// index keys of usage evidence.
-const INDEX_VERSION: u64 = 4;
+/// index keys of usage evidence, 5 when the message was made in the
+/// account index keys.
+const INDEX_VERSION: u64 = 5;
 
 impl std::fmt::Debug for MarketStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -548,10 +569,20 @@ fn report_slot(report: &ReportKey) -> Vec<u8> {
 }
 
 fn account_prefix(account: &PublicKey, kind: Kind) -> Vec<u8> {
-    let mut key = Vec::with_capacity(66);
+    let mut key = Vec::with_capacity(74);
     key.push(BY_ACCOUNT);
     key.extend_from_slice(account.as_bytes());
     key.push(kind.tag());
+    key
+}
+
+/// An account index key: the account's prefix for `kind`, when the
+/// message was made (big-endian milliseconds, so that the keys sort by
+/// it; 0 when unknown), then the message's id.
+fn account_key(account: &PublicKey, kind: Kind, made_at: Option<UnixMillis>, id: &Id) -> Vec<u8> {
+    let mut key = account_prefix(account, kind);
+    key.extend_from_slice(&made_at.map_or(0, |t| t.0).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
     key
 }
 
@@ -657,7 +688,10 @@ impl MarketStore {
         if version < 3 {
             self.index_accounts_and_reports()?;
         }
-        self.index_lease_windows()?;
+        if version < 4 {
+            self.index_lease_windows()?;
+        }
+        self.index_account_times()?;
         self.messages
             .insert(INDEX_VERSION_KEY, INDEX_VERSION.to_be_bytes().to_vec())?;
         Ok(self)
@@ -736,6 +770,42 @@ impl MarketStore {
         Ok(())
     }
 
+    /// Rewrites the account index entries a store written before index
+    /// version 5 holds, with when the message was made between the
+    /// account's prefix and the id, in batches. An entry already
+    /// rewritten (a migration cut short) is written again unchanged.
+    fn index_account_times(&self) -> Result<()> {
+        for kind in ACCOUNT_KINDS {
+            let tag = kind.tag();
+            let mut write = sled::Batch::default();
+            let mut queued = 0;
+            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
+                let (key, value) = entry?;
+                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
+                let Ok(message) = rigmesh_protocol::wire::WireMessage::decode(
+                    kind,
+                    value.get(8..).unwrap_or_default(),
+                ) else {
+                    continue;
+                };
+                let made = made_at(&message);
+                for account in accounts_of(&message) {
+                    let mut old = account_prefix(&account, kind);
+                    old.extend_from_slice(id.as_bytes());
+                    write.remove(old);
+                    write.insert(account_key(&account, kind, made, &id), Vec::new());
+                }
+                queued += 1;
+                if queued == 10_000 {
+                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
+                    queued = 0;
+                }
+            }
+            gate::apply_batch(&self.messages, write)?;
+        }
+        Ok(())
+    }
+
     /// Indexes what a store written before index version 3 holds: the
     /// deposits and certificates under the accounts whose money they
     /// move, escrow certificates under their lease, and of the reputation
@@ -756,9 +826,7 @@ impl MarketStore {
                 };
                 let record = MarketRecord::of(&message, id, Vec::new());
                 for account in &record.accounts {
-                    let mut key = account_prefix(account, kind);
-                    key.extend_from_slice(id.as_bytes());
-                    write.insert(key, Vec::new());
+                    write.insert(account_key(account, kind, record.made_at, &id), Vec::new());
                 }
                 if let (Kind::EscrowCertificate, Some(lease)) = (kind, &record.lease) {
                     write.insert(lease_key(lease, kind, None, &id), Vec::new());
@@ -1036,9 +1104,10 @@ impl MarketStore {
                 );
             }
             for account in &record.accounts {
-                let mut key = account_prefix(account, record.kind);
-                key.extend_from_slice(record.id.as_bytes());
-                write.insert(key, Vec::new());
+                write.insert(
+                    account_key(account, record.kind, record.made_at, &record.id),
+                    Vec::new(),
+                );
             }
             let key = message_key(record.kind, &record.id);
             adding.add(&key);
@@ -1352,6 +1421,46 @@ impl MarketStore {
         Ok(out)
     }
 
+    /// The canonical bytes of the stored deposits or certificates of
+    /// `kind` (one of [`ACCOUNT_KINDS`]) that move `account`'s money, the
+    /// most recently made first, read lazily through the account index:
+    /// a reader that wants the latest few reads those only.
+    pub fn about_account_latest<'a>(
+        &'a self,
+        account: &PublicKey,
+        kind: Kind,
+    ) -> impl Iterator<Item = Result<Vec<u8>>> + 'a {
+        self.messages
+            .scan_prefix(account_prefix(account, kind))
+            .rev()
+            .filter_map(move |entry| {
+                let read = || -> Result<Option<Vec<u8>>> {
+                    let (key, _) = entry?;
+                    let id = index_id(&key, "account index")?;
+                    Ok(self
+                        .messages
+                        .get(message_key(kind, &id))?
+                        .map(|value| value.get(8..).unwrap_or_default().to_vec()))
+                };
+                read().transpose()
+            })
+    }
+
+    /// How many deposits or certificates of `kind` the account index
+    /// names under `account` (their keys only are read).
+    pub fn count_about_account(&self, account: &PublicKey, kind: Kind) -> Result<usize> {
+        let mut n = 0;
+        for key in self
+            .messages
+            .scan_prefix(account_prefix(account, kind))
+            .keys()
+        {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Every stored certificate of `T` (escrow, settlement, withdrawal).
     pub fn certificates<T: rigmesh_protocol::Certifiable>(
         &self,
@@ -1581,6 +1690,7 @@ mod tests {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         }
     }
 
@@ -1617,6 +1727,7 @@ mod tests {
                 author: None,
                 report: None,
                 accounts: Vec::new(),
+                made_at: None,
             })
             .collect();
         store.store(&certs).unwrap();
@@ -1668,6 +1779,7 @@ mod tests {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         };
         let mut batch: Vec<MarketRecord> = (0..7u8).map(|n| record(Kind::Deposit, n)).collect();
         batch.extend((10..17u8).map(|n| record(Kind::EscrowCertificate, n)));
@@ -1711,6 +1823,7 @@ mod tests {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         };
         let cert = MarketRecord {
             kind: Kind::SettlementCertificate,
@@ -1723,6 +1836,7 @@ mod tests {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         };
         store
             .store(&[offer(1, 1), bid(2, 500), bid(3, 5_000), cert])
@@ -2376,6 +2490,63 @@ mod tests {
         let (lease, other) = (Id([1; 32]), Id([2; 32]));
         store_acks(&store, lease, other);
         assert_window_reads(&store, lease, other);
+    }
+
+    #[test]
+    fn a_store_of_index_version_4_gets_the_times_in_its_account_index() {
+        use rigmesh_protocol::{samples, wire::WireMessage};
+        let dir = tempfile::tempdir().unwrap();
+        // Made at T0 + 5 s, 1 s, 9 s and 3 s.
+        let deposits: Vec<WireMessage> = [5_000u64, 1_000, 9_000, 3_000]
+            .iter()
+            .map(|&t| {
+                let mut body = samples::deposit().unwrap().body;
+                body.created_at = samples::T0.plus_ms(t);
+                body.reference = format!("payment {t}");
+                WireMessage::Deposit(
+                    rigmesh_protocol::Signed::sign(body, &samples::admin()).unwrap(),
+                )
+            })
+            .collect();
+        let customer = samples::customer().public();
+        {
+            // As version 4 wrote them: the account's prefix, then the id.
+            let store = MarketStore::open(dir.path()).unwrap();
+            let records: Vec<MarketRecord> = deposits.iter().map(record_of).collect();
+            store.store(&records).unwrap();
+            let mut write = sled::Batch::default();
+            for entry in store.messages.scan_prefix([BY_ACCOUNT]) {
+                let (key, _) = entry.unwrap();
+                let mut old = key[..34].to_vec();
+                old.extend_from_slice(&key[key.len() - 32..]);
+                write.remove(key);
+                write.insert(old, Vec::new());
+            }
+            write.insert(&INDEX_VERSION_KEY, 4u64.to_be_bytes().to_vec());
+            gate::apply_batch(&store.messages, write).unwrap();
+            store.flush().unwrap();
+        }
+        let store = MarketStore::open(dir.path()).unwrap();
+        let latest: Vec<Vec<u8>> = store
+            .about_account_latest(&customer, Kind::Deposit)
+            .collect::<Result<_>>()
+            .unwrap();
+        let expected: Vec<Vec<u8>> = [2, 0, 3, 1]
+            .iter()
+            .map(|&i: &usize| deposits[i].to_bytes().unwrap())
+            .collect();
+        assert_eq!(latest, expected, "the most recently made first");
+        assert_eq!(
+            store.count_about_account(&customer, Kind::Deposit).unwrap(),
+            4
+        );
+        assert_eq!(
+            store.about_account(&customer, Kind::Deposit).unwrap().len(),
+            4
+        );
+        for entry in store.messages.scan_prefix([BY_ACCOUNT]) {
+            assert_eq!(entry.unwrap().0.len(), 74, "every entry rewritten");
+        }
     }
 
     #[test]

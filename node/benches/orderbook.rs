@@ -223,6 +223,7 @@ fn main() {
                 author: Some(o.body.supplier),
                 report: None,
                 accounts: Vec::new(),
+                made_at: None,
             })
             .collect();
         store.store(&records).unwrap();

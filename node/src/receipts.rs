@@ -166,11 +166,13 @@ impl<'a> Found<'a> {
 
 /// The `limit` most recent receipts naming `account` (by the time their
 /// message was made, oldest first), out of every one this node holds.
-/// Only those listed have their signatures checked against the set: an
-/// account with years of settlements does not pay for every one of them
-/// on each report. A deposit is verified only when it is signed by one of
-/// `admins`, the coordinator set's configured admin keys: anyone can sign
-/// a deposit that names their own key as its admin.
+/// Only the most recent of each kind are read, through the account
+/// index's time order, and only those listed have their signatures
+/// checked against the set: an account with years of settlements does
+/// not pay for every one of them on each report. A deposit is verified
+/// only when it is signed by one of `admins`, the coordinator set's
+/// configured admin keys: anyone can sign a deposit that names their own
+/// key as its admin.
 pub fn receipts(
     store: &MarketStore,
     set: Option<&CoordinatorSet>,
@@ -178,111 +180,112 @@ pub fn receipts(
     account: &PublicKey,
     limit: usize,
 ) -> Receipts {
-    let mut found = Vec::new();
     let neg = |c: Credits| c.checked_neg().unwrap_or(Credits::ZERO);
-    for bytes in store
-        .about_account(account, Kind::Deposit)
-        .unwrap_or_default()
-    {
-        let Ok(d) = Signed::<Deposit>::from_bytes(&bytes) else {
-            continue;
-        };
-        if d.body.account == *account {
-            found.push(Found::deposit(d, admins));
-        }
-    }
-    for c in certificates_of::<rigmesh_protocol::EscrowOrder>(store, account) {
+    let mut latest = Latest {
+        store,
+        account,
+        limit,
+        total: 0,
+        found: Vec::new(),
+    };
+    latest.read(Kind::Deposit, |bytes| {
+        let d = Signed::<Deposit>::from_bytes(bytes).ok()?;
+        (d.body.account == *account).then(|| Found::deposit(d, admins))
+    });
+    latest.read(Kind::EscrowCertificate, |bytes| {
+        let c = rigmesh_protocol::EscrowCertificate::from_bytes(bytes).ok()?;
         let o = &c.message.body;
         if o.account != *account {
-            continue;
+            return None;
         }
         let (lease, amount) = (Some(o.lease), neg(o.amount));
-        found.push(Found::certificate(
+        Some(Found::certificate(
             Kind::EscrowCertificate,
             c,
             lease,
             amount,
             set,
-        ));
-    }
-    for c in certificates_of::<rigmesh_protocol::SettlementRequest>(store, account) {
+        ))
+    });
+    latest.read(Kind::SettlementCertificate, |bytes| {
+        let c = rigmesh_protocol::SettlementCertificate::from_bytes(bytes).ok()?;
         let r = &c.message.body;
-        let Some(amount) = share(
+        let amount = share(
             account,
             (r.supplier, r.supplier_amount),
             (r.customer, r.refund),
-        ) else {
-            continue;
-        };
+        )?;
         let lease = Some(r.lease);
-        found.push(Found::certificate(
+        Some(Found::certificate(
             Kind::SettlementCertificate,
             c,
             lease,
             amount,
             set,
-        ));
-    }
-    for c in certificates_of::<rigmesh_protocol::EscrowRelease>(store, account) {
+        ))
+    });
+    latest.read(Kind::ReleaseCertificate, |bytes| {
+        let c = rigmesh_protocol::ReleaseCertificate::from_bytes(bytes).ok()?;
         let r = &c.message.body;
-        let Some(amount) = share(
+        let amount = share(
             account,
             (r.supplier, r.supplier_amount),
             (r.customer, r.refund),
-        ) else {
-            continue;
-        };
+        )?;
         let lease = Some(r.lease);
-        found.push(Found::certificate(
+        Some(Found::certificate(
             Kind::ReleaseCertificate,
             c,
             lease,
             amount,
             set,
-        ));
-    }
-    for c in certificates_of::<rigmesh_protocol::DisputeResolution>(store, account) {
+        ))
+    });
+    latest.read(Kind::ResolutionCertificate, |bytes| {
+        let c = rigmesh_protocol::ResolutionCertificate::from_bytes(bytes).ok()?;
         let r = &c.message.body;
         let refund = r
             .held
             .checked_sub(r.supplier_share)
             .unwrap_or(Credits::ZERO);
-        let Some(amount) = share(
+        let amount = share(
             account,
             (r.supplier, r.supplier_share),
             (r.customer, refund),
-        ) else {
-            continue;
-        };
+        )?;
         let lease = Some(r.lease);
-        found.push(Found::certificate(
+        Some(Found::certificate(
             Kind::ResolutionCertificate,
             c,
             lease,
             amount,
             set,
-        ));
-    }
-    for c in certificates_of::<rigmesh_protocol::Withdrawal>(store, account) {
+        ))
+    });
+    latest.read(Kind::WithdrawalCertificate, |bytes| {
+        let c = rigmesh_protocol::WithdrawalCertificate::from_bytes(bytes).ok()?;
         let w = &c.message.body;
         if w.account != *account {
-            continue;
+            return None;
         }
         let amount = neg(w.amount);
-        found.push(Found::certificate(
+        Some(Found::certificate(
             Kind::WithdrawalCertificate,
             c,
             None,
             amount,
             set,
-        ));
-    }
+        ))
+    });
+    let Latest {
+        total, mut found, ..
+    } = latest;
     // Stable: receipts of one moment stay in the order of their kinds.
     found.sort_by_key(|f| f.created_at);
-    let total = found.len();
+    let read = found.len();
     let listed = found
         .into_iter()
-        .skip(total.saturating_sub(limit))
+        .skip(read.saturating_sub(limit))
         .map(|f| {
             let (verified, bytes) = (f.finish)();
             Receipt {
@@ -295,19 +298,40 @@ pub fn receipts(
     Receipts { total, listed }
 }
 
-/// The stored certificates of `T` that move `account`'s money, read
-/// through the store's account index; one that no longer decodes is
-/// left out.
-fn certificates_of<T: rigmesh_protocol::Certifiable>(
-    store: &MarketStore,
-    account: &PublicKey,
-) -> Vec<rigmesh_protocol::Certificate<T>> {
-    store
-        .about_account(account, T::CERTIFICATE)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|bytes| rigmesh_protocol::Certificate::<T>::from_bytes(bytes).ok())
-        .collect()
+/// The most recent receipts of each kind, gathered.
+struct Latest<'s, 'a> {
+    store: &'s MarketStore,
+    account: &'s PublicKey,
+    limit: usize,
+    /// Every receipt of the kinds read, as the account index counts them.
+    total: usize,
+    found: Vec<Found<'a>>,
+}
+
+impl<'a> Latest<'_, 'a> {
+    /// Counts `kind`'s receipts and keeps, the most recent first, up to
+    /// `limit` that `make` makes a receipt of (what does not decode, or
+    /// does not name the account, is passed over).
+    fn read(&mut self, kind: Kind, mut make: impl FnMut(&[u8]) -> Option<Found<'a>>) {
+        self.total += self
+            .store
+            .count_about_account(self.account, kind)
+            .unwrap_or(0);
+        let start = self.found.len();
+        for bytes in self.store.about_account_latest(self.account, kind) {
+            if self.found.len() - start == self.limit {
+                break;
+            }
+            let Ok(bytes) = bytes else { break };
+            if let Some(found) = make(&bytes) {
+                self.found.push(found);
+            }
+        }
+        // Oldest first, as the index orders them (a tie by id).
+        if let Some(kind_found) = self.found.get_mut(start..) {
+            kind_found.reverse();
+        }
+    }
 }
 
 /// What a settlement (or release) credits `account`: the supplier's share
@@ -425,5 +449,52 @@ mod tests {
             scanned,
             "no receipt query walked the stored messages"
         );
+    }
+
+    /// Deposits made at `times` (ms after T0, may be negative).
+    fn deposits(times: &[i64]) -> Vec<WireMessage> {
+        times
+            .iter()
+            .map(|&t| {
+                let mut body = samples::deposit().unwrap().body;
+                body.created_at = UnixMillis((samples::T0.0 as i64 + t) as u64);
+                body.reference = format!("payment at {t}");
+                WireMessage::Deposit(Signed::sign(body, &samples::admin()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_most_recent_receipts_are_those_a_full_listing_ends_with() {
+        let store = MarketStore::temporary().unwrap();
+        let set = samples::coordinator_set().unwrap();
+        let admins = [samples::admin().public()];
+        // Deposits before, around and after the sample escrow and
+        // settlement, stored out of order.
+        let times: Vec<i64> = (0..24).map(|i| (i * 7_919) % 40_000 - 20_000).collect();
+        put(&store, &deposits(&times));
+        put(
+            &store,
+            &[
+                WireMessage::SettlementCertificate(samples::settlement_certificate().unwrap()),
+                WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap()),
+            ],
+        );
+        let customer = samples::customer().public();
+        let all = receipts(&store, Some(&set), &admins, &customer, 1_000);
+        assert_eq!((all.total, all.listed.len()), (26, 26));
+        assert!(all
+            .listed
+            .windows(2)
+            .all(|w| w[0].created_at <= w[1].created_at));
+        for n in 0..=27 {
+            let latest = receipts(&store, Some(&set), &admins, &customer, n);
+            assert_eq!(latest.total, 26);
+            assert_eq!(
+                latest.listed,
+                all.listed[26usize.saturating_sub(n)..],
+                "the {n} most recent"
+            );
+        }
     }
 }

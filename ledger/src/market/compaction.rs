@@ -505,10 +505,9 @@ impl MarketStore {
                         // A certificate's entries in the account index.
                         if let Ok(m) = WireMessage::decode(kind, value.get(8..).unwrap_or_default())
                         {
+                            let made = super::made_at(&m);
                             for account in super::accounts_of(&m) {
-                                let mut key = super::account_prefix(&account, kind);
-                                key.extend_from_slice(id.as_bytes());
-                                write.remove(key);
+                                write.remove(super::account_key(&account, kind, made, &id));
                             }
                         }
                     }
@@ -566,6 +565,7 @@ impl MarketStore {
                     author: None,
                     report: None,
                     accounts: Vec::new(),
+                    made_at: None,
                 };
                 if closes(&record) {
                     write.insert(closing_key(&lease), Vec::new());

@@ -262,6 +262,7 @@ mod tests {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         }
     }
 

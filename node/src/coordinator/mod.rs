@@ -585,6 +585,7 @@ impl CoordinatorRole {
             author: None,
             report: None,
             accounts: Vec::new(),
+            made_at: None,
         };
         self.store
             .store(&[record])

@@ -46,5 +46,6 @@ pub fn record(o: &Signed<Offer>) -> MarketRecord {
         author: Some(o.body.supplier),
         report: None,
         accounts: Vec::new(),
+        made_at: None,
     }
 }

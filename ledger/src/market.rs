@@ -738,44 +738,42 @@ impl MarketStore {
 
     /// Rewrites the lease index entries of the usage evidence a store
     /// written before index version 4 holds, with the window between the
-    /// lease's prefix and the id, in batches. An entry already rewritten
-    /// (a migration cut short) is written again unchanged.
+    /// lease's prefix and the id. An entry already rewritten (a migration
+    /// cut short) is written again unchanged.
     fn index_lease_windows(&self) -> Result<()> {
-        for kind in WINDOW_KINDS {
-            let tag = kind.tag();
-            let mut write = sled::Batch::default();
-            let mut queued = 0;
-            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
-                let (key, value) = entry?;
-                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
-                let Ok(message) = rigmesh_protocol::wire::WireMessage::decode(
-                    kind,
-                    value.get(8..).unwrap_or_default(),
-                ) else {
-                    continue;
-                };
-                let (Some(lease), Some(window)) = (lease_of(&message), window_of(&message)) else {
-                    continue;
-                };
-                write.remove(lease_key(&lease, kind, None, &id));
-                write.insert(lease_key(&lease, kind, Some(window), &id), Vec::new());
-                queued += 1;
-                if queued == 10_000 {
-                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
-                    queued = 0;
-                }
+        self.rewrite_index(&WINDOW_KINDS, |write, kind, id, message| {
+            if let (Some(lease), Some(window)) = (lease_of(message), window_of(message)) {
+                write.remove(lease_key(&lease, kind, None, id));
+                write.insert(lease_key(&lease, kind, Some(window), id), Vec::new());
             }
-            gate::apply_batch(&self.messages, write)?;
-        }
-        Ok(())
+        })
     }
 
     /// Rewrites the account index entries a store written before index
     /// version 5 holds, with when the message was made between the
-    /// account's prefix and the id, in batches. An entry already
-    /// rewritten (a migration cut short) is written again unchanged.
+    /// account's prefix and the id. An entry already rewritten (a
+    /// migration cut short) is written again unchanged.
     fn index_account_times(&self) -> Result<()> {
-        for kind in ACCOUNT_KINDS {
+        self.rewrite_index(&ACCOUNT_KINDS, |write, kind, id, message| {
+            let made = made_at(message);
+            for account in accounts_of(message) {
+                let mut old = account_prefix(&account, kind);
+                old.extend_from_slice(id.as_bytes());
+                write.remove(old);
+                write.insert(account_key(&account, kind, made, id), Vec::new());
+            }
+        })
+    }
+
+    /// Hands each stored message of `kinds` that decodes to `entries`,
+    /// which adds the index writes it needs to the batch; applied in
+    /// batches of 10,000 messages.
+    fn rewrite_index(
+        &self,
+        kinds: &[Kind],
+        mut entries: impl FnMut(&mut sled::Batch, Kind, &Id, &rigmesh_protocol::wire::WireMessage),
+    ) -> Result<()> {
+        for &kind in kinds {
             let tag = kind.tag();
             let mut write = sled::Batch::default();
             let mut queued = 0;
@@ -788,13 +786,7 @@ impl MarketStore {
                 ) else {
                     continue;
                 };
-                let made = made_at(&message);
-                for account in accounts_of(&message) {
-                    let mut old = account_prefix(&account, kind);
-                    old.extend_from_slice(id.as_bytes());
-                    write.remove(old);
-                    write.insert(account_key(&account, kind, made, &id), Vec::new());
-                }
+                entries(&mut write, kind, &id, &message);
                 queued += 1;
                 if queued == 10_000 {
                     gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
@@ -813,32 +805,16 @@ impl MarketStore {
     /// only the newest is kept, as [`MarketStore::store`] keeps them.
     fn index_accounts_and_reports(&self) -> Result<()> {
         use rigmesh_protocol::wire::WireMessage;
-        let mut write = sled::Batch::default();
-        let mut queued = 0;
-        for kind in ACCOUNT_KINDS {
-            let tag = kind.tag();
-            for entry in self.messages.range(vec![tag]..vec![tag.saturating_add(1)]) {
-                let (key, value) = entry?;
-                let id = read_id(key.get(1..).unwrap_or_default(), "market message key")?;
-                let Ok(message) = WireMessage::decode(kind, value.get(8..).unwrap_or_default())
-                else {
-                    continue;
-                };
-                let record = MarketRecord::of(&message, id, Vec::new());
-                for account in &record.accounts {
-                    write.insert(account_key(account, kind, record.made_at, &id), Vec::new());
-                }
-                if let (Kind::EscrowCertificate, Some(lease)) = (kind, &record.lease) {
-                    write.insert(lease_key(lease, kind, None, &id), Vec::new());
-                }
-                queued += 1;
-                if queued == 10_000 {
-                    gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
-                    queued = 0;
-                }
+        self.rewrite_index(&ACCOUNT_KINDS, |write, kind, id, message| {
+            let record = MarketRecord::of(message, *id, Vec::new());
+            for account in &record.accounts {
+                write.insert(account_key(account, kind, record.made_at, id), Vec::new());
             }
-        }
-        gate::apply_batch(&self.messages, std::mem::take(&mut write))?;
+            if let (Kind::EscrowCertificate, Some(lease)) = (kind, &record.lease) {
+                write.insert(lease_key(lease, kind, None, id), Vec::new());
+            }
+        })?;
+        let mut write = sled::Batch::default();
         let tag = Kind::ReputationReport.tag();
         let mut newest: std::collections::HashMap<Vec<u8>, (u64, Id)> =
             std::collections::HashMap::new();

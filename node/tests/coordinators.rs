@@ -1020,13 +1020,13 @@ fn hand_lease(buyer: &Keypair, seller: &Keypair, nonce: u64, windows: u64) -> Ha
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_most_the_cap() {
-    use rigmesh_protocol::rpc::{CoordinatorRequest, SettlementBundle};
-    use rigmesh_protocol::{
-        EscrowOrder, LeaseTermination, SettlementRequest, TerminationReason, UsageAck,
-    };
-    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+/// Four coordinators and a customer node, meshed, and the customer's
+/// deposit of 10 (`reference`) at every member: the stage for leases made
+/// by hand.
+async fn hand_market(
+    dirs: &[tempfile::TempDir],
+    reference: &str,
+) -> (Vec<RunningNode>, RunningNode) {
     let mut cs = Vec::new();
     for (i, dir) in dirs.iter().take(4).enumerate() {
         cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
@@ -1040,45 +1040,63 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
         async move { store.count(Kind::NodeBinding) >= 4 }
     })
     .await;
+    let buyer = account_of(dirs[4].path());
+    let delivered = customer
+        .quorum
+        .as_ref()
+        .unwrap()
+        .deliver(CertificateFrame::Deposit(deposit(&buyer, "10", reference)))
+        .await;
+    assert_eq!(delivered, 4);
+    (cs, customer)
+}
+
+/// `buyer`'s escrow order `seq` of `cap` for `hand`'s lease with `seller`,
+/// and the request that asks the coordinators for it.
+fn hand_escrow(
+    buyer: &Keypair,
+    seller: &Keypair,
+    hand: &HandLease,
+    seq: u64,
+    cap: Credits,
+) -> (Signed<rigmesh_protocol::EscrowOrder>, CoordinatorRequest) {
+    let now = UnixMillis::now();
+    let order = Signed::sign(
+        rigmesh_protocol::EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: buyer.public(),
+            seq,
+            epoch: 7,
+            lease: hand.lease,
+            supplier: seller.public(),
+            amount: cap,
+            created_at: now,
+            expires_at: now.plus_ms(600_000),
+        },
+        buyer,
+    )
+    .unwrap();
+    let request = CoordinatorRequest::Escrow {
+        order: order.clone(),
+        agreement: Box::new(hand.agreement.clone()),
+        missing: Vec::new(),
+    };
+    (order, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_most_the_cap() {
+    use rigmesh_protocol::rpc::{CoordinatorRequest, SettlementBundle};
+    use rigmesh_protocol::{
+        EscrowOrder, LeaseTermination, SettlementRequest, TerminationReason, UsageAck,
+    };
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, customer) = hand_market(&dirs, "wire-0005").await;
     let quorum = customer.quorum.as_ref().unwrap();
     let buyer = account_of(dirs[4].path());
     let seller = Keypair::from_seed([0x67; 32]);
-    assert_eq!(
-        quorum
-            .deliver(CertificateFrame::Deposit(deposit(
-                &buyer,
-                "10",
-                "wire-0005"
-            )))
-            .await,
-        4
-    );
     let cap: Credits = "0.005".parse().unwrap();
     let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
-    let escrow_of = |hand: &HandLease, seq: u64| {
-        let now = UnixMillis::now();
-        let order = Signed::sign(
-            EscrowOrder {
-                version: PROTOCOL_VERSION,
-                account: buyer.public(),
-                seq,
-                epoch: 7,
-                lease: hand.lease,
-                supplier: seller.public(),
-                amount: cap,
-                created_at: now,
-                expires_at: now.plus_ms(600_000),
-            },
-            &buyer,
-        )
-        .unwrap();
-        let request = CoordinatorRequest::Escrow {
-            order: order.clone(),
-            agreement: Box::new(hand.agreement.clone()),
-            missing: Vec::new(),
-        };
-        (order, request)
-    };
     // A final settlement of `hand`'s windows stating `gpu_ms` as paid.
     let settle = |hand: &HandLease, escrow: &Signed<EscrowOrder>, gpu_ms: u64| {
         let p =
@@ -1124,7 +1142,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
     // window 2 and hands the termination to the coordinators; the
     // supplier goes on attesting to window 9 and asks for all of them.
     let first = hand_lease(&buyer, &seller, 1, 10);
-    let (order, request) = escrow_of(&first, 0);
+    let (order, request) = hand_escrow(&buyer, &seller, &first, 0, cap);
     let escrow = quorum.certify(&order, &request).await.unwrap();
     assert_eq!(
         quorum
@@ -1197,7 +1215,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
     // supplier attests ten windows, all accepted by the timeout. It is
     // paid the escrow, the cap, to the micro-credit, and no more.
     let second = hand_lease(&buyer, &seller, 2, 10);
-    let (order2, request2) = escrow_of(&second, 1);
+    let (order2, request2) = hand_escrow(&buyer, &seller, &second, 1, cap);
     let escrow2 = quorum.certify(&order2, &request2).await.unwrap();
     quorum
         .deliver(CertificateFrame::Escrow(Box::new(escrow2)))
@@ -1257,68 +1275,21 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispute_left_out_of_a_late_settlement_is_found_by_its_window_on_every_coordinator() {
     use rigmesh_protocol::wire::WireMessage;
-    use rigmesh_protocol::{DisputeReason, EscrowOrder, SettlementRequest, UsageAck, UsageDispute};
+    use rigmesh_protocol::{DisputeReason, SettlementRequest, UsageAck, UsageDispute};
     const WINDOWS: u64 = 100;
     const DISPUTED: u64 = 95;
     const SPLIT: u64 = 90;
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut cs = Vec::new();
-    for (i, dir) in dirs.iter().take(4).enumerate() {
-        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
-    }
-    let customer = start(Role::Customer, dirs[4].path(), None).await;
-    let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
-    mesh(&all).await;
-    let store = customer.store.clone();
-    eventually(20, "all four members reachable", || {
-        let store = store.clone();
-        async move { store.count(Kind::NodeBinding) >= 4 }
-    })
-    .await;
+    let (cs, customer) = hand_market(&dirs, "wire-0031").await;
     let quorum = customer.quorum.as_ref().unwrap();
     let buyer = account_of(dirs[4].path());
     let seller = Keypair::from_seed([0x68; 32]);
-    assert_eq!(
-        quorum
-            .deliver(CertificateFrame::Deposit(deposit(
-                &buyer,
-                "10",
-                "wire-0031"
-            )))
-            .await,
-        4
-    );
     let cap: Credits = "1".parse().unwrap();
     let price: Credits = "3.6".parse().unwrap();
     let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
     let hand = hand_lease(&buyer, &seller, 3, WINDOWS);
-    let now = UnixMillis::now();
-    let order = Signed::sign(
-        EscrowOrder {
-            version: PROTOCOL_VERSION,
-            account: buyer.public(),
-            seq: 0,
-            epoch: 7,
-            lease: hand.lease,
-            supplier: seller.public(),
-            amount: cap,
-            created_at: now,
-            expires_at: now.plus_ms(600_000),
-        },
-        &buyer,
-    )
-    .unwrap();
-    let escrow = quorum
-        .certify(
-            &order,
-            &CoordinatorRequest::Escrow {
-                order: order.clone(),
-                agreement: Box::new(hand.agreement.clone()),
-                missing: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
+    let (order, request) = hand_escrow(&buyer, &seller, &hand, 0, cap);
+    let escrow = quorum.certify(&order, &request).await.unwrap();
     assert_eq!(
         quorum
             .deliver(CertificateFrame::Escrow(Box::new(escrow)))

@@ -260,7 +260,8 @@ pub struct CustomerRecords {
     /// Each stored lease by when it starts, the latest first (a tie by
     /// id), to list the latest without reading the rest.
     starts: Mutex<BTreeSet<(Reverse<UnixMillis>, Id)>>,
-    /// Lease records read by whole-tree reads, since the records opened.
+    /// Lease records read by reads of many (whole-tree reads and the
+    /// latest leases), since the records opened.
     leases_read: AtomicU64,
 }
 
@@ -389,8 +390,7 @@ impl CustomerRecords {
         self.get(LEASES, lease.as_bytes(), "lease")
     }
 
-    /// Every lease, by id: a read of them all (the account report, the
-    /// resumption at start).
+    /// Every lease, by id: a read of them all (the resumption at start).
     pub fn leases(&self) -> Result<Vec<LeaseRecord>> {
         self.all_leases()
     }

@@ -628,6 +628,10 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     let earned: Credits = settled["earned"].as_str().unwrap().parse().unwrap();
     let fees: Credits = settled["fees"].as_str().unwrap().parse().unwrap();
     assert!(settled["windows"].as_u64().unwrap() >= 3, "{settled}");
+    // The closed lease still counts in the supplier's earnings.
+    let r = common::http_get(api, "/v1/earnings", Some(&supplier_token)).await;
+    assert_eq!(body(&r)["settled_total"], settled["earned"], "{r}");
+    assert_eq!(body(&r)["leases_total"], 1, "{r}");
     let (cs_ref, seller_ref) = (&cs, &seller);
     eventually(
         20,

@@ -40,7 +40,7 @@ use crate::customer::commands::{
 use crate::customer::report::DEFAULT_USAGE_WINDOWS;
 use crate::customer::spending::BudgetChange;
 use crate::error::{Error, Result};
-use crate::supplier::runtime::SupplierLease;
+use crate::supplier::leases::{latest, LeaseTotals};
 
 /// The customer listener's own routes.
 pub const CUSTOMER_ROUTES: &[RouteSpec] = &[
@@ -633,21 +633,6 @@ fn supplier_limit(query: &SupplierLeasesQuery) -> usize {
         .min(MAX_SUPPLIER_LEASES)
 }
 
-/// The `limit` leases of `all` that end last, latest first (a tie by
-/// lease id), chosen without sorting them all.
-fn latest_leases(all: &[SupplierLease], limit: usize) -> Vec<&SupplierLease> {
-    let order = |a: &&SupplierLease, b: &&SupplierLease| {
-        b.ends_at.cmp(&a.ends_at).then(a.lease.cmp(&b.lease))
-    };
-    let mut listed: Vec<&SupplierLease> = all.iter().collect();
-    if listed.len() > limit {
-        listed.select_nth_unstable_by(limit, order);
-        listed.truncate(limit);
-    }
-    listed.sort_unstable_by(order);
-    listed
-}
-
 /// The header that gives how many leases there are in all.
 const TOTAL_COUNT: &str = "total-count";
 
@@ -659,14 +644,16 @@ async fn supplier_leases(
         Ok(Query(query)) => supplier_limit(&query),
         Err(rejection) => return bad_query(rejection),
     };
-    match supplier_view(&s) {
-        Some(view) => (
-            [(TOTAL_COUNT, view.leases.len().to_string())],
-            Json(latest_leases(&view.leases, limit)),
-        )
-            .into_response(),
-        None => not_a_supplier(),
-    }
+    let Some(view) = supplier_view(&s) else {
+        return not_a_supplier();
+    };
+    let closed = view.closed.read();
+    let total = view.leases.len().saturating_add(closed.len());
+    (
+        [(TOTAL_COUNT, total.to_string())],
+        Json(latest(&view.leases, &closed, limit)),
+    )
+        .into_response()
 }
 
 pub(crate) async fn supplier_earnings(
@@ -680,19 +667,13 @@ pub(crate) async fn supplier_earnings(
     let Some(view) = supplier_view(&s) else {
         return not_a_supplier();
     };
-    let mut total = Credits::ZERO;
-    let mut settled = Credits::ZERO;
-    for lease in view.leases.iter() {
-        total = total.checked_add(lease.earned).unwrap_or(Credits::MAX);
-        if let Some(s) = &lease.settled {
-            settled = settled.checked_add(s.earned).unwrap_or(Credits::MAX);
-        }
-    }
+    let closed = view.closed.read();
+    let totals = LeaseTotals::of(view.leases.iter()).plus(closed.totals());
     Json(serde_json::json!({
-        "attested_total": total,
-        "settled_total": settled,
-        "leases": latest_leases(&view.leases, limit).into_iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned, "settled": l.settled})).collect::<Vec<_>>(),
-        "leases_total": view.leases.len(),
+        "attested_total": totals.attested,
+        "settled_total": totals.settled,
+        "leases": latest(&view.leases, &closed, limit).into_iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned, "settled": l.settled})).collect::<Vec<_>>(),
+        "leases_total": view.leases.len().saturating_add(closed.len()),
         "note": "attested: what the attested time is worth at the lease price; settled: credited to this account by settlement certificates, after the fee",
     }))
     .into_response()
@@ -1041,42 +1022,4 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(gate, super::gate))
         .with_state(state);
     super::serve_app(addr, app, firewall, None, shutdown).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(n: u8, ends_at: u64) -> SupplierLease {
-        SupplierLease {
-            lease: Id([n; 32]),
-            customer: rigmesh_protocol::samples::customer().public(),
-            gpus: vec![0],
-            price_per_gpu_hour: Credits::from_units(1_000_000),
-            ends_at: UnixMillis(ends_at),
-            windows_attested: 0,
-            billable_gpu_ms: 0,
-            earned: Credits::ZERO,
-            settled: None,
-        }
-    }
-
-    #[test]
-    fn a_supplier_lists_the_leases_that_end_last_first() {
-        // Ends at 10 * n, except two that end together.
-        let mut all: Vec<SupplierLease> = (1..=50u8).map(|n| lease(n, 10 * u64::from(n))).collect();
-        all.push(lease(60, 500));
-        all.reverse();
-        all.swap(3, 40);
-        let ids = |listed: Vec<&SupplierLease>| -> Vec<u8> {
-            listed.iter().map(|l| l.lease.0[0]).collect()
-        };
-        assert_eq!(ids(latest_leases(&all, 4)), vec![50, 60, 49, 48]);
-        assert_eq!(ids(latest_leases(&all, 1)), vec![50]);
-        assert!(latest_leases(&all, 0).is_empty());
-        let every = ids(latest_leases(&all, 1_000));
-        assert_eq!(every.len(), 51);
-        assert_eq!(&every[..3], &[50, 60, 49]);
-        assert_eq!(every.last(), Some(&1));
-    }
 }

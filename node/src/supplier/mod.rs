@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod bids;
 pub mod desk;
+pub mod leases;
 pub mod meter;
 pub mod runtime;
 pub mod settle;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::bids;
 use super::desk::LeaseDesk;
+use super::leases::{LeaseTotals, SharedClosed};
 use super::meter::{Meter, MeterEvent};
 use super::settle::{SettleEvent, SettledBook};
 use super::{alerts, build_offers, SupplierConfig};
@@ -45,16 +46,26 @@ pub struct SupplierLease {
 }
 
 /// What the supplier's API shows: the GPUs, their latest samples, leases.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct SupplierView {
     /// The GPUs present.
     pub gpus: Vec<crate::telemetry::GpuDevice>,
     /// The latest sample of each.
     pub latest: Vec<GpuSample>,
-    /// Leases, running and finished. Shared, not copied: the view is
-    /// republished every second, and its leases are rebuilt only when one
-    /// of them changed.
+    /// The leases running, or ended and not finally settled yet. Shared,
+    /// not copied: the view is republished every second, and these are
+    /// rebuilt only when one of them changed.
     pub leases: std::sync::Arc<Vec<SupplierLease>>,
+    /// The leases nothing will change any more (finally settled, or ended
+    /// where no coordinator set settles them), kept once and shared.
+    pub closed: SharedClosed,
+}
+
+impl SupplierView {
+    /// What every lease the supplier has had adds up to.
+    pub fn totals(&self) -> LeaseTotals {
+        LeaseTotals::of(self.leases.iter()).plus(self.closed.read().totals())
+    }
 }
 
 /// How a supplier works with the coordinators: the set whose escrow
@@ -77,6 +88,50 @@ pub struct Settlement {
     pub book: std::sync::Arc<crate::orderbook::OrderBook>,
 }
 
+/// Takes in the settlements that moved since the last pass: each lease's
+/// summary is copied to its entry (a lease from before a restart gets
+/// one from its terms), and a finally settled lease moves to `closed`.
+/// Returns whether `book` changed. Only the leases that moved are read.
+fn take_settled(
+    book: &mut BTreeMap<Id, SupplierLease>,
+    closed: &SharedClosed,
+    settled: &SettledBook,
+) -> bool {
+    let moved = settled.take_moved();
+    let mut done = Vec::new();
+    for (lease, summary) in &moved {
+        let entry = match (book.get_mut(lease), &summary.terms) {
+            (Some(entry), _) => entry,
+            // Leases from before a restart are listed with what their
+            // settlement knows of them.
+            (None, Some((customer, gpus, price, ends_at))) => {
+                book.entry(*lease).or_insert_with(|| SupplierLease {
+                    lease: *lease,
+                    customer: *customer,
+                    gpus: gpus.clone(),
+                    price_per_gpu_hour: *price,
+                    ends_at: *ends_at,
+                    windows_attested: 0,
+                    billable_gpu_ms: 0,
+                    earned: rigmesh_protocol::Credits::ZERO,
+                    settled: None,
+                })
+            }
+            (None, None) => continue,
+        };
+        // The terms are the entry's own fields already.
+        entry.settled = Some(super::settle::Settled {
+            terms: None,
+            ..summary.clone()
+        });
+        if summary.closed {
+            done.push(*lease);
+        }
+    }
+    closed.extend(done.iter().filter_map(|lease| book.remove(lease)));
+    !moved.is_empty()
+}
+
 /// Runs the supplier until `stop` turns true, publishing what it sees to
 /// `view` every second. Without `settlement` (no coordinator set) leases
 /// run unescrowed from the agreement on.
@@ -92,7 +147,10 @@ pub async fn run(
     alerts_to: crate::notify::AlertSink,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The leases running or being settled; once closed, a lease moves to
+    // `closed`.
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
+    let closed = SharedClosed::default();
     // The leases as last published, and whether one changed since.
     let mut published: std::sync::Arc<Vec<SupplierLease>> = std::sync::Arc::default();
     let mut book_changed = true;
@@ -186,40 +244,18 @@ pub async fn run(
                     }
                 }
                 if let Some(s) = &settlement {
-                    let settled = s.settled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    for (lease, state) in settled.iter() {
-                        // Leases from before a restart are listed with what
-                        // their settlement knows of them.
-                        if let (false, Some((customer, gpus, price, ends_at))) = (book.contains_key(lease), &state.terms) {
-                            book_changed = true;
-                            book.insert(*lease, SupplierLease {
-                                lease: *lease,
-                                customer: *customer,
-                                gpus: gpus.clone(),
-                                price_per_gpu_hour: *price,
-                                ends_at: *ends_at,
-                                windows_attested: 0,
-                                billable_gpu_ms: 0,
-                                earned: rigmesh_protocol::Credits::ZERO,
-                                settled: None,
-                            });
-                        }
-                    }
-                    // Compared first: only a lease whose settlement moved
-                    // is copied.
-                    for (lease, entry) in book.iter_mut() {
-                        let now_settled = settled.get(lease);
-                        if entry.settled.as_ref() != now_settled {
-                            book_changed = true;
-                            entry.settled = now_settled.cloned();
-                        }
-                    }
+                    book_changed |= take_settled(&mut book, &closed, &s.settled);
+                } else if !finished.is_empty() {
+                    // Nobody settles these: once metered out, nothing
+                    // about them changes.
+                    book_changed = true;
+                    closed.extend(finished.iter().filter_map(|lease| book.remove(lease)));
                 }
                 if std::mem::take(&mut book_changed) {
                     published = std::sync::Arc::new(book.values().cloned().collect());
                 }
                 let gpus = source.devices().unwrap_or_default();
-                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published) });
+                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published), closed: closed.clone() });
                 // A GPU that vanished or came back changes what can be
                 // offered: re-offer now rather than at the next refresh.
                 let lost_now: std::collections::BTreeSet<u32> = samples
@@ -675,4 +711,92 @@ async fn meter_round(
         desk.end(lease);
     }
     (attested, finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supplier::settle::Settled;
+    use rigmesh_protocol::Credits;
+
+    fn entry(n: u8) -> SupplierLease {
+        SupplierLease {
+            lease: Id([n; 32]),
+            customer: Keypair::from_seed([n; 32]).public(),
+            gpus: vec![u16::from(n)],
+            price_per_gpu_hour: Credits::from_units(2_000_000),
+            ends_at: UnixMillis(u64::from(n) * 1_000),
+            windows_attested: 4,
+            billable_gpu_ms: 4_000,
+            earned: Credits::from_units(2_222),
+            settled: None,
+        }
+    }
+
+    fn summary(earned: i64, closed: bool, terms_of: Option<&SupplierLease>) -> Settled {
+        Settled {
+            terms: terms_of.map(|l| (l.customer, l.gpus.clone(), l.price_per_gpu_hour, l.ends_at)),
+            earned: Credits::from_units(earned),
+            closed,
+            ..Settled::default()
+        }
+    }
+
+    /// Each pass takes only the settlements that moved; a finally settled
+    /// lease leaves the open leases and the settlement book for the closed
+    /// ones, and a lease from before a restart is listed from its terms.
+    #[test]
+    fn the_view_takes_the_settlements_that_moved_and_closes_the_final_ones() {
+        let (a, b) = (entry(1), entry(2));
+        let mut book: BTreeMap<Id, SupplierLease> =
+            [(a.lease, a.clone()), (b.lease, b.clone())].into();
+        let closed = SharedClosed::default();
+        let settled = SettledBook::default();
+        settled.update(a.lease, |s| *s = summary(1_000, false, Some(&a)));
+        settled.update(b.lease, |s| *s = summary(2_000, true, Some(&b)));
+        // Restored at start: one finally settled, one still open.
+        let (c, d) = (entry(3), entry(4));
+        settled.update(c.lease, |s| *s = summary(3_000, true, Some(&c)));
+        settled.update(d.lease, |s| *s = summary(0, false, Some(&d)));
+
+        assert!(take_settled(&mut book, &closed, &settled));
+        assert_eq!(
+            book.keys().copied().collect::<Vec<_>>(),
+            vec![a.lease, d.lease]
+        );
+        assert_eq!(
+            book[&a.lease].settled.as_ref().unwrap().earned,
+            Credits::from_units(1_000)
+        );
+        assert_eq!(book[&a.lease].windows_attested, 4, "what was metered stays");
+        assert_eq!(book[&d.lease].windows_attested, 0, "listed from its terms");
+        assert_eq!(book[&d.lease].gpus, d.gpus);
+        {
+            let closed = closed.read();
+            assert_eq!(closed.len(), 2);
+            assert!(closed.contains(&b.lease) && closed.contains(&c.lease));
+            assert_eq!(closed.totals().settled, Credits::from_units(5_000));
+            assert_eq!(
+                closed.totals().attested,
+                Credits::from_units(2_222),
+                "b's; c's was metered before the restart"
+            );
+        }
+        assert_eq!(settled.len(), 2, "the closed ones left the settlement book");
+
+        // Nothing moved: nothing is read and nothing changes.
+        assert!(!take_settled(&mut book, &closed, &settled));
+        // One moved: it alone is taken.
+        settled.update(a.lease, |s| {
+            s.earned = Credits::from_units(1_500);
+            s.closed = true;
+        });
+        let moved = settled.take_moved();
+        assert_eq!(moved.len(), 1);
+        settled.update(a.lease, |s| *s = moved[0].1.clone());
+        assert!(take_settled(&mut book, &closed, &settled));
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), vec![d.lease]);
+        assert_eq!(closed.read().totals().settled, Credits::from_units(6_500));
+        assert_eq!(settled.len(), 1);
+    }
 }

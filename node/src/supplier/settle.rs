@@ -22,7 +22,7 @@
 //! coordinators are slow or unreachable holds up no other, and state files
 //! are written on blocking threads, never on the async executor.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -100,8 +100,66 @@ pub struct Settled {
     pub last_error: Option<String>,
 }
 
-/// Per-lease settlements, shared with the supplier's view.
-pub type SettledBook = Arc<Mutex<BTreeMap<Id, Settled>>>;
+/// Per-lease settlements, handed from the settlement worker to the
+/// supplier's view: the worker writes a lease's summary each time its
+/// settlement moves, and the view takes only the leases that moved since
+/// it last looked, so neither reads every lease the supplier ever had.
+#[derive(Debug, Clone, Default)]
+pub struct SettledBook(Arc<Mutex<SettledEntries>>);
+
+#[derive(Debug, Default)]
+struct SettledEntries {
+    /// The leases not taken since they were finally settled.
+    by_lease: BTreeMap<Id, Settled>,
+    /// The leases written since the view last took them.
+    moved: BTreeSet<Id>,
+}
+
+impl SettledBook {
+    fn entries(&self) -> std::sync::MutexGuard<'_, SettledEntries> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes `lease`'s summary (a new one starts empty) and marks it as
+    /// moved.
+    pub fn update(&self, lease: Id, change: impl FnOnce(&mut Settled)) {
+        let mut entries = self.entries();
+        change(entries.by_lease.entry(lease).or_default());
+        entries.moved.insert(lease);
+    }
+
+    /// The summaries of the leases that moved since the last call. A
+    /// finally settled lease leaves the book as it is taken: nothing more
+    /// is written of it.
+    pub fn take_moved(&self) -> Vec<(Id, Settled)> {
+        let mut entries = self.entries();
+        let moved = std::mem::take(&mut entries.moved);
+        let mut taken = Vec::with_capacity(moved.len());
+        for lease in moved {
+            let closed = entries.by_lease.get(&lease).is_some_and(|s| s.closed);
+            let summary = if closed {
+                entries.by_lease.remove(&lease)
+            } else {
+                entries.by_lease.get(&lease).cloned()
+            };
+            if let Some(summary) = summary {
+                taken.push((lease, summary));
+            }
+        }
+        taken
+    }
+
+    /// How many leases the book holds: those not finally settled, and
+    /// those finally settled but not taken yet.
+    pub fn len(&self) -> usize {
+        self.entries().by_lease.len()
+    }
+
+    /// Whether the book holds no lease.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// What survives a restart of one lease's settlement.
 #[derive(Debug, Serialize, Deserialize)]
@@ -453,10 +511,6 @@ fn terms_of(
     )
 }
 
-fn lock(book: &SettledBook) -> std::sync::MutexGuard<'_, BTreeMap<Id, Settled>> {
-    book.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Where the worker keeps its state, and what it reads attestations from.
 #[derive(Debug, Clone)]
 pub struct SettleStore {
@@ -595,7 +649,9 @@ pub async fn run(
             .await
             .unwrap_or_default()
     };
-    lock(&settled).extend(restored.closed);
+    for (lease, summary) in restored.closed {
+        settled.update(lease, |entry| *entry = summary);
+    }
     let mut leases = restored.open;
     for (lease, state) in &leases {
         publish_summary(&settled, lease, state);
@@ -700,7 +756,7 @@ pub async fn run(
             Some(event) = events.recv() => match event {
                 SettleEvent::Funded(agreement, escrow) => {
                     if let Ok(lease) = agreement.id() {
-                        lock(&settled).entry(lease).or_default().terms = Some(terms_of(&agreement));
+                        settled.update(lease, |entry| entry.terms = Some(terms_of(&agreement)));
                         let state = LeaseState {
                             agreement: *agreement,
                             escrow: *escrow,
@@ -844,11 +900,11 @@ fn may_rebuild(err: &NoQuorum) -> bool {
 }
 
 fn publish_summary(settled: &SettledBook, lease: &Id, state: &LeaseState) {
-    let mut book = lock(settled);
-    let entry = book.entry(*lease).or_default();
-    let terms = entry.terms.take();
-    *entry = state.summary.clone();
-    entry.terms = terms.or_else(|| Some(terms_of(&state.agreement)));
+    settled.update(*lease, |entry| {
+        let terms = entry.terms.take();
+        *entry = state.summary.clone();
+        entry.terms = terms.or_else(|| Some(terms_of(&state.agreement)));
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

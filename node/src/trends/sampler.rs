@@ -178,12 +178,12 @@ impl LeaseCounter {
     }
 }
 
-/// What the supplier had counted at the last sample, per lease.
+/// What the supplier's leases had added up to at the last sample.
 #[derive(Debug, Default)]
 struct SupplierMarks {
-    /// Earned (micro-credits) and GPU-ms per lease at the last sample.
-    leases: BTreeMap<Id, (i64, u64)>,
-    started: bool,
+    /// Earned (micro-credits) and GPU-ms over every lease; none before
+    /// the first sample.
+    last: Option<(i64, u64)>,
 }
 
 /// What a supplier's leases did since the last sample.
@@ -204,18 +204,13 @@ impl SupplierMarks {
     /// then.
     fn sample(&mut self, view: &SupplierView, now: UnixMillis) -> SupplierSample {
         let mut out = SupplierSample::default();
-        for lease in view.leases.iter() {
-            let (e, g) = (lease.earned.units(), lease.billable_gpu_ms);
-            let (e0, g0) = self
-                .leases
-                .insert(lease.lease, (e, g))
-                .unwrap_or(if self.started { (0, 0) } else { (e, g) });
-            out.earned = out.earned.saturating_add(e.saturating_sub(e0).max(0));
-            out.gpu_ms = out.gpu_ms.saturating_add(g.saturating_sub(g0));
-        }
-        let present: BTreeSet<Id> = view.leases.iter().map(|l| l.lease).collect();
-        self.leases.retain(|id, _| present.contains(id));
-        self.started = true;
+        // A lease's figures only grow, and stay in the totals once it is
+        // closed, so the totals' growth is what the leases added.
+        let totals = view.totals();
+        let (e, g) = (totals.attested.units(), totals.gpu_ms);
+        let (e0, g0) = self.last.replace((e, g)).unwrap_or((e, g));
+        out.earned = e.saturating_sub(e0).max(0);
+        out.gpu_ms = g.saturating_sub(g0);
         if !view.gpus.is_empty() {
             let leased: BTreeSet<u16> = view
                 .leases
@@ -505,6 +500,7 @@ mod tests {
             gpus: (0..4).map(gpu).collect(),
             latest: Vec::new(),
             leases: std::sync::Arc::new(vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)]),
+            closed: Default::default(),
         };
         // What was earned before the start is not counted again.
         let first = marks.sample(&view, now);
@@ -520,5 +516,13 @@ mod tests {
         assert_eq!(second.utilisation_bp, Some(5_000), "lease 2 has ended");
         let third = marks.sample(&view, now);
         assert_eq!((third.earned, third.gpu_ms), (0, 0), "nothing new");
+        // Lease 2 closes with one more window: only that window counts,
+        // though the lease left the open ones.
+        view.closed
+            .extend([lease(2, vec![2], 150_000, 15_000, 500_000)]);
+        view.leases = std::sync::Arc::new(vec![lease(1, vec![0, 1], 800_000, 90_000, 2_000_000)]);
+        let fourth = marks.sample(&view, now);
+        assert_eq!((fourth.earned, fourth.gpu_ms), (50_000, 5_000));
+        assert_eq!(fourth.utilisation_bp, Some(5_000));
     }
 }

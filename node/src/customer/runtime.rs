@@ -52,6 +52,16 @@ const STANDING_TICK_MS: u64 = 250;
 /// for attestations gossip delivered but this task did not see.
 const CATCH_UP_TICKS: u64 = 8;
 
+/// How long a finally settled lease stays among the leases the node
+/// watches (`GET /v1/leases`); its record answers for it after that (the
+/// account and usage reports), as it does after a restart once its
+/// evidence is compacted.
+const KEEP_SETTLED_MS: u64 = 10 * 60_000;
+
+/// Every this many ticks (a minute), the leases settled longer than
+/// [`KEEP_SETTLED_MS`] ago are let go.
+const FORGET_TICKS: u64 = 240;
+
 /// How long a missing attestation is waited for before the watch goes on
 /// from a later one.
 const GAP_GRACE_MS: u64 = 3_000;
@@ -99,6 +109,9 @@ struct Lease {
     escrow: Option<rigmesh_protocol::EscrowCertificate>,
     /// What the final settlement paid out of the escrow, once certified.
     settled: Option<Credits>,
+    /// When this node learnt of the final settlement (or resumed the
+    /// lease finally settled): [`KEEP_SETTLED_MS`] later it is let go.
+    settled_at: Option<UnixMillis>,
     /// Since when the next window's attestation is missing while later
     /// ones are here.
     gap_since: Option<UnixMillis>,
@@ -139,6 +152,22 @@ fn live_state(lease: &Lease) -> LeaseState {
     } else {
         LeaseState::Running
     }
+}
+
+/// The leases of `leases` finally settled at least `keep` ms before
+/// `now`, leaving out those `busy` names.
+fn settled_before(
+    leases: &BTreeMap<Id, Lease>,
+    now: UnixMillis,
+    keep: u64,
+    busy: impl Fn(&Id) -> bool,
+) -> Vec<Id> {
+    leases
+        .iter()
+        .filter(|(_, l)| l.settled_at.is_some_and(|at| now.since(at) >= keep))
+        .filter(|(id, _)| !busy(id))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn failed<E: std::fmt::Display>(e: E) -> BidError {
@@ -394,6 +423,9 @@ pub async fn run(
                     customer.end_silent_leases().await;
                     customer.release_unsettled().await;
                 }
+                if ticks.is_multiple_of(FORGET_TICKS) {
+                    customer.forget_settled(UnixMillis::now());
+                }
             }
         }
     }
@@ -551,6 +583,7 @@ fn resume_lease(
         escrowed: record.escrowed,
         escrow: None,
         settled: settlement.closed.then_some(settlement.paid),
+        settled_at: settlement.closed.then_some(now),
         gap_since: None,
         last_heard: UnixMillis::now(),
         release_tried: None,
@@ -708,7 +741,7 @@ impl Customer {
             }
             CustomerCommand::Contest(lease, contest, reply) => {
                 let result = match self.leases.get_mut(&lease) {
-                    None => Err(RequestError::NotFound(format!("lease {lease}"))),
+                    None => Err(self.not_watched(&lease)),
                     Some(l) => {
                         l.watch.contest(contest.clone());
                         store_lease(&self.records, record_of(l)).await;
@@ -732,7 +765,7 @@ impl Customer {
             }
             CustomerCommand::EndLease(lease, reply) => {
                 let refused = match self.leases.get(&lease) {
-                    None => Some(RequestError::NotFound(format!("lease {lease}"))),
+                    None => Some(self.not_watched(&lease)),
                     Some(l) if l.stopped_at_cap => Some(RequestError::Conflict(format!(
                         "lease {lease} has already ended: the budget cap stopped it"
                     ))),
@@ -923,6 +956,7 @@ impl Customer {
             ended: true,
             escrow: Some(*certificate),
             settled: None,
+            settled_at: None,
             gap_since: None,
             last_heard: UnixMillis::now(),
             release_tried: None,
@@ -1206,6 +1240,7 @@ impl Customer {
             ended: false,
             escrow,
             settled: None,
+            settled_at: None,
             gap_since: None,
             last_heard: UnixMillis::now(),
             release_tried: None,
@@ -1470,6 +1505,42 @@ impl Customer {
         }
     }
 
+    /// Why a lease the node does not watch cannot be ended or disputed:
+    /// it is one of the account's, finally settled and let go, or it is
+    /// not known here.
+    fn not_watched(&self, lease: &Id) -> RequestError {
+        if self.records.spent_on(lease).is_some() {
+            RequestError::Conflict(format!(
+                "lease {lease} has ended and is finally settled; `rigmesh usage` and \
+                 `rigmesh account` show what it cost"
+            ))
+        } else {
+            RequestError::NotFound(format!("lease {lease}"))
+        }
+    }
+
+    /// Lets go of the leases finally settled longer than
+    /// [`KEEP_SETTLED_MS`] ago with nothing under way for them: nothing
+    /// more is answered or paid on them, and their records hold what the
+    /// reports show. The node's passes and its lease list then cost what
+    /// its recent leases do, not every lease of its run.
+    fn forget_settled(&mut self, now: UnixMillis) {
+        let chores = &self.chores;
+        let done = settled_before(&self.leases, now, KEEP_SETTLED_MS, |id| {
+            chores.under_way(id).is_some()
+        });
+        for id in &done {
+            self.leases.remove(id);
+        }
+        if !done.is_empty() {
+            tracing::debug!(
+                leases = done.len(),
+                watched = self.leases.len(),
+                "settled leases let go"
+            );
+        }
+    }
+
     /// What the chores need of this customer.
     fn net(&self) -> Net {
         Net {
@@ -1571,6 +1642,7 @@ impl Customer {
             return;
         }
         lease.settled = Some(settlement.paid);
+        lease.settled_at = Some(UnixMillis::now());
         tracing::info!(lease = %id, paid = %settlement.paid, refunded = %settlement.refunded, "lease finally settled");
         self.alerts_to.raise(&crate::notify::own_alert(
             self.key.public(),
@@ -2263,9 +2335,60 @@ async fn bid(
         ended: false,
         escrow: escrow.clone(),
         settled: None,
+        settled_at: None,
         gap_since: None,
         last_heard: now,
         release_tried: None,
     });
     Ok((agreement, escrow, status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigmesh_protocol::samples;
+
+    fn lease(settled_at: Option<UnixMillis>) -> Lease {
+        let agreement = samples::lease_agreement().unwrap();
+        let watch = LeaseWatch::new(&agreement, samples::customer()).unwrap();
+        Lease {
+            gpu_model: "H100".into(),
+            agreement,
+            watch,
+            stopped_at_cap: false,
+            escrowed: Some(Credits::from_units(5_000)),
+            ended: false,
+            escrow: None,
+            settled: settled_at.map(|_| Credits::from_units(4_000)),
+            settled_at,
+            gap_since: None,
+            last_heard: UnixMillis(0),
+            release_tried: None,
+        }
+    }
+
+    /// A lease is let go once it has been finally settled for the keep
+    /// period, and not while something is under way for it; running and
+    /// unsettled leases stay however old.
+    #[test]
+    fn settled_leases_are_let_go_after_the_keep_unless_busy() {
+        let now = UnixMillis(100_000_000);
+        let keep = KEEP_SETTLED_MS;
+        let id = |n: u8| Id([n; 32]);
+        let leases: BTreeMap<Id, Lease> = [
+            (id(1), lease(None)),
+            (id(2), lease(Some(UnixMillis(now.0 - keep)))),
+            (id(3), lease(Some(UnixMillis(now.0 - keep + 1)))),
+            (id(4), lease(Some(UnixMillis(now.0 - 3 * keep)))),
+            (id(5), lease(Some(UnixMillis(now.0 - 2 * keep)))),
+        ]
+        .into();
+        let busy = |lease: &Id| *lease == id(5);
+        assert_eq!(settled_before(&leases, now, keep, busy), vec![id(2), id(4)]);
+        assert_eq!(
+            settled_before(&leases, now, keep, |_| false),
+            vec![id(2), id(4), id(5)]
+        );
+        assert!(settled_before(&leases, UnixMillis(0), keep, |_| false).is_empty());
+    }
 }

@@ -482,8 +482,16 @@ fn message_key(kind: Kind, id: &Id) -> Vec<u8> {
     key
 }
 
+/// Length of a lease index key: its tag, the lease, the kind, the id.
+const LEASE_KEY_LEN: usize = 1 + 32 + 1 + 32;
+/// Length of a lease index key of usage evidence, its window included.
+const WINDOWED_LEASE_KEY_LEN: usize = LEASE_KEY_LEN + 8;
+/// Length of an account index key: its tag, the account, the kind, when
+/// the message was made, the id.
+const ACCOUNT_KEY_LEN: usize = 1 + 32 + 1 + 8 + 32;
+
 fn lease_prefix(lease: &Id, kind: Kind) -> Vec<u8> {
-    let mut key = Vec::with_capacity(66);
+    let mut key = Vec::with_capacity(WINDOWED_LEASE_KEY_LEN);
     key.push(BY_LEASE);
     key.extend_from_slice(lease.as_bytes());
     key.push(kind.tag());
@@ -569,7 +577,7 @@ fn report_slot(report: &ReportKey) -> Vec<u8> {
 }
 
 fn account_prefix(account: &PublicKey, kind: Kind) -> Vec<u8> {
-    let mut key = Vec::with_capacity(74);
+    let mut key = Vec::with_capacity(ACCOUNT_KEY_LEN);
     key.push(BY_ACCOUNT);
     key.extend_from_slice(account.as_bytes());
     key.push(kind.tag());
@@ -2521,7 +2529,11 @@ mod tests {
             4
         );
         for entry in store.messages.scan_prefix([BY_ACCOUNT]) {
-            assert_eq!(entry.unwrap().0.len(), 74, "every entry rewritten");
+            assert_eq!(
+                entry.unwrap().0.len(),
+                ACCOUNT_KEY_LEN,
+                "every entry rewritten"
+            );
         }
     }
 

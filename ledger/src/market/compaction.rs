@@ -594,7 +594,12 @@ impl MarketStore {
                 return corrupt("lease index key");
             };
             let windowed = super::WINDOW_KINDS.contains(&kind);
-            if key.len() != if windowed { 74 } else { 66 } {
+            let expected = if windowed {
+                super::WINDOWED_LEASE_KEY_LEN
+            } else {
+                super::LEASE_KEY_LEN
+            };
+            if key.len() != expected {
                 return corrupt(if windowed {
                     "lease index entry of usage evidence without its window"
                 } else {

@@ -255,14 +255,34 @@ fn alert_key(alert: &AlertRecord) -> Vec<u8> {
 /// The customer's records over a [`Store`].
 pub struct CustomerRecords {
     store: Box<dyn Store>,
-    /// Each stored lease's spend, as stored.
-    spends: Mutex<BTreeMap<Id, Credits>>,
-    /// Each stored lease by when it starts, the latest first (a tie by
-    /// id), to list the latest without reading the rest.
-    starts: Mutex<BTreeSet<(Reverse<UnixMillis>, Id)>>,
+    /// Each stored lease's spend and start, held in memory.
+    index: Mutex<LeaseIndex>,
     /// Lease records read by reads of many (whole-tree reads and the
     /// latest leases), since the records opened.
     leases_read: AtomicU64,
+}
+
+/// What the records hold in memory of each stored lease.
+#[derive(Debug, Default)]
+struct LeaseIndex {
+    /// Each lease's spend and start, as stored.
+    by_id: BTreeMap<Id, (Credits, UnixMillis)>,
+    /// Each lease by when it starts, the latest first (a tie by id), to
+    /// list the latest without reading the rest.
+    by_start: BTreeSet<(Reverse<UnixMillis>, Id)>,
+}
+
+impl LeaseIndex {
+    /// Notes a lease as stored; one noted before under another start
+    /// leaves its old place.
+    fn note(&mut self, lease: Id, spent: Credits, starts_at: UnixMillis) {
+        if let Some((_, old)) = self.by_id.insert(lease, (spent, starts_at)) {
+            if old != starts_at {
+                self.by_start.remove(&(Reverse(old), lease));
+            }
+        }
+        self.by_start.insert((Reverse(starts_at), lease));
+    }
 }
 
 /// The part of a stored [`LeaseRecord`] the in-memory indexes need.
@@ -316,28 +336,24 @@ impl CustomerRecords {
         }
         let records = CustomerRecords {
             store,
-            spends: Mutex::default(),
-            starts: Mutex::default(),
+            index: Mutex::default(),
             leases_read: AtomicU64::new(0),
         };
         let stored: Vec<SpendOnly> = records.all_leases()?;
-        *records.starts() = stored
-            .iter()
-            .map(|l| (Reverse(l.starts_at), l.lease))
-            .collect();
-        *records.spends() = stored.into_iter().map(|l| (l.lease, l.spent)).collect();
+        {
+            let mut index = records.index();
+            for lease in stored {
+                index.note(lease.lease, lease.spent, lease.starts_at);
+            }
+        }
         Ok(records)
     }
 
-    fn starts(&self) -> MutexGuard<'_, BTreeSet<(Reverse<UnixMillis>, Id)>> {
-        // Changed one entry at a time, as `spends`.
-        self.starts.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn spends(&self) -> MutexGuard<'_, BTreeMap<Id, Credits>> {
-        // The map is replaced or changed one entry at a time: a panic
-        // elsewhere while it was held leaves it whole.
-        self.spends.lock().unwrap_or_else(PoisonError::into_inner)
+    fn index(&self) -> MutexGuard<'_, LeaseIndex> {
+        // Changed one lease at a time, and nothing in `note` panics
+        // between its two changes: a panic elsewhere while it was held
+        // leaves it whole.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get<T: DeserializeOwned>(
@@ -413,9 +429,14 @@ impl CustomerRecords {
     /// id), read one by one, and how many leases are stored in all.
     pub fn latest_leases(&self, limit: usize) -> Result<(Vec<LeaseRecord>, usize)> {
         let (ids, total): (Vec<Id>, usize) = {
-            let starts = self.starts();
-            let ids = starts.iter().take(limit).map(|(_, id)| *id).collect();
-            (ids, starts.len())
+            let index = self.index();
+            let ids = index
+                .by_start
+                .iter()
+                .take(limit)
+                .map(|(_, id)| *id)
+                .collect();
+            (ids, index.by_start.len())
         };
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -437,29 +458,35 @@ impl CustomerRecords {
 
     /// What every stored lease has cost, together.
     pub fn spent(&self) -> Result<Credits> {
-        self.spends()
+        self.index()
+            .by_id
             .values()
-            .try_fold(Credits::ZERO, |sum, spent| sum.checked_add(*spent))
+            .try_fold(Credits::ZERO, |sum, (spent, _)| sum.checked_add(*spent))
             .ok_or_else(|| Error::Store("the account's spend overflows".into()))
     }
 
     /// What a stored lease has cost; `None` for a lease not stored.
     pub fn spent_on(&self, lease: &Id) -> Option<Credits> {
-        self.spends().get(lease).copied()
+        self.index().by_id.get(lease).map(|(spent, _)| *spent)
     }
 
     /// Each stored lease's spend, by id.
     pub fn spends_by_lease(&self) -> Vec<(Id, Credits)> {
-        self.spends()
+        self.index()
+            .by_id
             .iter()
-            .map(|(id, spent)| (*id, *spent))
+            .map(|(id, (spent, _))| (*id, *spent))
             .collect()
     }
 
     /// Folds `f` over each stored lease's id and spend, in id order,
     /// without copying them out.
     pub fn fold_spends<T>(&self, init: T, f: impl FnMut(T, (&Id, &Credits)) -> T) -> T {
-        self.spends().iter().fold(init, f)
+        self.index()
+            .by_id
+            .iter()
+            .map(|(id, (spent, _))| (id, spent))
+            .fold(init, f)
     }
 
     /// Stores a lease's summary.
@@ -467,9 +494,7 @@ impl CustomerRecords {
         self.store
             .put(LEASES, lease.lease.as_bytes(), &encode(lease)?)
             .map_err(ledger)?;
-        self.spends().insert(lease.lease, lease.spent);
-        self.starts()
-            .insert((Reverse(lease.starts_at), lease.lease));
+        self.index().note(lease.lease, lease.spent, lease.starts_at);
         Ok(())
     }
 
@@ -487,9 +512,7 @@ impl CustomerRecords {
             batch.delete(WINDOWS, window_key(&lease.lease, old));
         }
         self.store.write(&batch).map_err(ledger)?;
-        self.spends().insert(lease.lease, lease.spent);
-        self.starts()
-            .insert((Reverse(lease.starts_at), lease.lease));
+        self.index().note(lease.lease, lease.spent, lease.starts_at);
         Ok(())
     }
 
@@ -703,6 +726,10 @@ mod tests {
             records.put_window(&at(1, 5_000), &window(0)).unwrap();
             assert_eq!(ids(records.latest_leases(3).unwrap()), (vec![2, 4, 1], 4));
             assert_eq!(records.leases_read(), 3, "the listed ones only");
+            // Written under another start: listed once, at its new place.
+            records.put_lease(&at(3, 9_500)).unwrap();
+            assert_eq!(ids(records.latest_leases(2).unwrap()), (vec![3, 2], 4));
+            records.put_lease(&at(3, 1_000)).unwrap();
         }
         let records = CustomerRecords::open(&path).unwrap();
         assert_eq!(

@@ -578,6 +578,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             tracing::warn!(%notice, "GPU source");
         }
         tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
+        let history_path = config.data_dir.join("supplier");
+        let history = Arc::new(
+            tokio::task::spawn_blocking(move || {
+                crate::supplier::leases::ClosedLeases::open(&history_path)
+            })
+            .await
+            .map_err(|e| Error::Store(format!("opening the supplier lease history: {e}")))??,
+        );
         let settlement = match (&quorum, &config.coordinators, &rules) {
             (Some(quorum), Some(c), Some(rules)) => {
                 let (worker, events) = tokio::sync::mpsc::channel(256);
@@ -597,6 +605,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                         dir: config.data_dir.join("settlement"),
                         market: store.clone(),
                         alerts: alerts_to.clone(),
+                        history: history.clone(),
                     },
                     settle_metrics.clone().unwrap_or_default(),
                     stop.subscribe(),
@@ -620,6 +629,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             net.inbound,
             view_tx,
             settlement,
+            history,
             alerts_to.clone(),
             stop.subscribe(),
         ))

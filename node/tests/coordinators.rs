@@ -628,7 +628,17 @@ async fn a_supplier_that_restarts_mid_lease_settles_what_it_metered() {
     let earned: Credits = settled["earned"].as_str().unwrap().parse().unwrap();
     let fees: Credits = settled["fees"].as_str().unwrap().parse().unwrap();
     assert!(settled["windows"].as_u64().unwrap() >= 3, "{settled}");
-    // The closed lease still counts in the supplier's earnings.
+    // The closed lease is in the supplier's lease history with every
+    // window it attested, before the restart too, and its settlement
+    // state file is gone; it still counts in the supplier's earnings.
+    let listed = &body(&r)[0];
+    assert_eq!(listed["windows_attested"], settled["windows"], "{listed}");
+    let lease_id = listed["lease"].as_str().unwrap();
+    let state_file = dirs[4]
+        .path()
+        .join("settlement")
+        .join(format!("{lease_id}.json"));
+    assert!(!state_file.exists(), "{}", state_file.display());
     let r = common::http_get(api, "/v1/earnings", Some(&supplier_token)).await;
     assert_eq!(body(&r)["settled_total"], settled["earned"], "{r}");
     assert_eq!(body(&r)["leases_total"], 1, "{r}");

@@ -41,6 +41,7 @@ use crate::customer::report::DEFAULT_USAGE_WINDOWS;
 use crate::customer::spending::BudgetChange;
 use crate::error::{Error, Result};
 use crate::supplier::leases::{latest, LeaseTotals};
+use crate::supplier::runtime::SupplierLease;
 
 /// The customer listener's own routes.
 pub const CUSTOMER_ROUTES: &[RouteSpec] = &[
@@ -636,6 +637,35 @@ fn supplier_limit(query: &SupplierLeasesQuery) -> usize {
 /// The header that gives how many leases there are in all.
 const TOTAL_COUNT: &str = "total-count";
 
+/// The supplier's `limit` leases that end last and the totals of them
+/// all, read on a blocking thread.
+async fn supplier_listing(
+    view: crate::supplier::runtime::SupplierView,
+    limit: usize,
+) -> std::result::Result<(Vec<SupplierLease>, LeaseTotals), Response> {
+    let listed = tokio::task::spawn_blocking(move || {
+        let open = view.open_leases();
+        let closed = view.closed.as_deref();
+        let totals =
+            LeaseTotals::of(open.iter()).plus(closed.map(|c| c.totals()).unwrap_or_default());
+        latest(&open, closed, limit).map(|listed| (listed, totals))
+    })
+    .await;
+    match listed {
+        Ok(Ok(listed)) => Ok(listed),
+        Ok(Err(err)) => Err(refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            err.to_string(),
+        )),
+        Err(err) => Err(refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            err.to_string(),
+        )),
+    }
+}
+
 async fn supplier_leases(
     State(s): State<Scoped>,
     query: std::result::Result<Query<SupplierLeasesQuery>, QueryRejection>,
@@ -647,13 +677,12 @@ async fn supplier_leases(
     let Some(view) = supplier_view(&s) else {
         return not_a_supplier();
     };
-    let closed = view.closed.read();
-    let total = view.leases.len().saturating_add(closed.len());
-    (
-        [(TOTAL_COUNT, total.to_string())],
-        Json(latest(&view.leases, &closed, limit)),
-    )
-        .into_response()
+    match supplier_listing(view, limit).await {
+        Ok((listed, totals)) => {
+            ([(TOTAL_COUNT, totals.leases.to_string())], Json(listed)).into_response()
+        }
+        Err(response) => response,
+    }
 }
 
 pub(crate) async fn supplier_earnings(
@@ -667,13 +696,15 @@ pub(crate) async fn supplier_earnings(
     let Some(view) = supplier_view(&s) else {
         return not_a_supplier();
     };
-    let closed = view.closed.read();
-    let totals = LeaseTotals::of(view.leases.iter()).plus(closed.totals());
+    let (listed, totals) = match supplier_listing(view, limit).await {
+        Ok(listing) => listing,
+        Err(response) => return response,
+    };
     Json(serde_json::json!({
         "attested_total": totals.attested,
         "settled_total": totals.settled,
-        "leases": latest(&view.leases, &closed, limit).into_iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned, "settled": l.settled})).collect::<Vec<_>>(),
-        "leases_total": view.leases.len().saturating_add(closed.len()),
+        "leases": listed.into_iter().map(|l| serde_json::json!({"lease": l.lease, "earned": l.earned, "settled": l.settled})).collect::<Vec<_>>(),
+        "leases_total": totals.leases,
         "note": "attested: what the attested time is worth at the lease price; settled: credited to this account by settlement certificates, after the fee",
     }))
     .into_response()

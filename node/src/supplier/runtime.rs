@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::bids;
 use super::desk::LeaseDesk;
-use super::leases::{LeaseTotals, SharedClosed};
+use super::leases::{ClosedLeases, LeaseTotals};
 use super::meter::{Meter, MeterEvent};
 use super::settle::{SettleEvent, SettledBook};
 use super::{alerts, build_offers, SupplierConfig};
@@ -57,14 +57,26 @@ pub struct SupplierView {
     /// rebuilt only when one of them changed.
     pub leases: std::sync::Arc<Vec<SupplierLease>>,
     /// The leases nothing will change any more (finally settled, or ended
-    /// where no coordinator set settles them), kept once and shared.
-    pub closed: SharedClosed,
+    /// where no coordinator set settles them), in the supplier's lease
+    /// history; none before the runtime starts.
+    pub closed: Option<std::sync::Arc<ClosedLeases>>,
 }
 
 impl SupplierView {
-    /// What every lease the supplier has had adds up to.
+    /// The leases running or being settled, less any the lease history
+    /// took since this view was published.
+    pub fn open_leases(&self) -> Vec<SupplierLease> {
+        match &self.closed {
+            Some(closed) => closed.still_open(&self.leases),
+            None => self.leases.to_vec(),
+        }
+    }
+
+    /// What every lease the supplier has had adds up to (from memory),
+    /// each counted once.
     pub fn totals(&self) -> LeaseTotals {
-        LeaseTotals::of(self.leases.iter()).plus(self.closed.read().totals())
+        let closed = self.closed.as_ref().map(|c| c.totals()).unwrap_or_default();
+        LeaseTotals::of(self.open_leases().iter()).plus(closed)
     }
 }
 
@@ -90,16 +102,16 @@ pub struct Settlement {
 
 /// Takes in the settlements that moved since the last pass: each lease's
 /// summary is copied to its entry (a lease from before a restart gets
-/// one from its terms), and a finally settled lease moves to `closed`.
+/// one from its terms), and a finally settled lease leaves `book` (the
+/// settlement worker moved it to the lease history before it said so).
 /// Returns whether `book` changed. Only the leases that moved are read.
-fn take_settled(
-    book: &mut BTreeMap<Id, SupplierLease>,
-    closed: &SharedClosed,
-    settled: &SettledBook,
-) -> bool {
+fn take_settled(book: &mut BTreeMap<Id, SupplierLease>, settled: &SettledBook) -> bool {
     let moved = settled.take_moved();
-    let mut done = Vec::new();
     for (lease, summary) in &moved {
+        if summary.closed {
+            book.remove(lease);
+            continue;
+        }
         let entry = match (book.get_mut(lease), &summary.terms) {
             (Some(entry), _) => entry,
             // Leases from before a restart are listed with what their
@@ -124,12 +136,37 @@ fn take_settled(
             terms: None,
             ..summary.clone()
         });
-        if summary.closed {
-            done.push(*lease);
-        }
     }
-    closed.extend(done.iter().filter_map(|lease| book.remove(lease)));
     !moved.is_empty()
+}
+
+/// Moves leases nobody settles to the lease history once metered out, on
+/// a blocking thread; those it could not write stay in `book`.
+async fn close_unsettled(
+    book: &mut BTreeMap<Id, SupplierLease>,
+    closed: &std::sync::Arc<ClosedLeases>,
+    finished: &[Id],
+) {
+    let leases: Vec<SupplierLease> = finished
+        .iter()
+        .filter_map(|l| book.get(l).cloned())
+        .collect();
+    let history = std::sync::Arc::clone(closed);
+    let written = tokio::task::spawn_blocking(move || {
+        let mut written = Vec::new();
+        for lease in &leases {
+            match history.insert(lease) {
+                Ok(()) => written.push(lease.lease),
+                Err(err) => tracing::warn!(lease = %lease.lease, %err, "the ended lease is not in the lease history"),
+            }
+        }
+        written
+    })
+    .await
+    .unwrap_or_default();
+    for lease in written {
+        book.remove(&lease);
+    }
 }
 
 /// Runs the supplier until `stop` turns true, publishing what it sees to
@@ -144,13 +181,13 @@ pub async fn run(
     mut inbound: mpsc::Receiver<InboundRequest>,
     view: watch::Sender<SupplierView>,
     settlement: Option<Settlement>,
+    closed: std::sync::Arc<ClosedLeases>,
     alerts_to: crate::notify::AlertSink,
     mut stop: watch::Receiver<bool>,
 ) {
     // The leases running or being settled; once closed, a lease moves to
-    // `closed`.
+    // the lease history, `closed`.
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
-    let closed = SharedClosed::default();
     // The leases as last published, and whether one changed since.
     let mut published: std::sync::Arc<Vec<SupplierLease>> = std::sync::Arc::default();
     let mut book_changed = true;
@@ -244,18 +281,18 @@ pub async fn run(
                     }
                 }
                 if let Some(s) = &settlement {
-                    book_changed |= take_settled(&mut book, &closed, &s.settled);
+                    book_changed |= take_settled(&mut book, &s.settled);
                 } else if !finished.is_empty() {
                     // Nobody settles these: once metered out, nothing
                     // about them changes.
                     book_changed = true;
-                    closed.extend(finished.iter().filter_map(|lease| book.remove(lease)));
+                    close_unsettled(&mut book, &closed, &finished).await;
                 }
                 if std::mem::take(&mut book_changed) {
                     published = std::sync::Arc::new(book.values().cloned().collect());
                 }
                 let gpus = source.devices().unwrap_or_default();
-                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published), closed: closed.clone() });
+                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published), closed: Some(std::sync::Arc::clone(&closed)) });
                 // A GPU that vanished or came back changes what can be
                 // offered: re-offer now rather than at the next refresh.
                 let lost_now: std::collections::BTreeSet<u32> = samples
@@ -743,60 +780,68 @@ mod tests {
     }
 
     /// Each pass takes only the settlements that moved; a finally settled
-    /// lease leaves the open leases and the settlement book for the closed
-    /// ones, and a lease from before a restart is listed from its terms.
+    /// lease leaves the open leases and the settlement book, and a lease
+    /// from before a restart is listed from its terms.
     #[test]
-    fn the_view_takes_the_settlements_that_moved_and_closes_the_final_ones() {
+    fn the_view_takes_the_settlements_that_moved_and_drops_the_final_ones() {
         let (a, b) = (entry(1), entry(2));
         let mut book: BTreeMap<Id, SupplierLease> =
             [(a.lease, a.clone()), (b.lease, b.clone())].into();
-        let closed = SharedClosed::default();
         let settled = SettledBook::default();
         settled.update(a.lease, |s| *s = summary(1_000, false, Some(&a)));
         settled.update(b.lease, |s| *s = summary(2_000, true, Some(&b)));
-        // Restored at start: one finally settled, one still open.
-        let (c, d) = (entry(3), entry(4));
-        settled.update(c.lease, |s| *s = summary(3_000, true, Some(&c)));
+        // Resumed at start, still open.
+        let d = entry(4);
         settled.update(d.lease, |s| *s = summary(0, false, Some(&d)));
 
-        assert!(take_settled(&mut book, &closed, &settled));
+        assert!(take_settled(&mut book, &settled));
         assert_eq!(
             book.keys().copied().collect::<Vec<_>>(),
             vec![a.lease, d.lease]
         );
-        assert_eq!(
-            book[&a.lease].settled.as_ref().unwrap().earned,
-            Credits::from_units(1_000)
-        );
+        let a_settled = book[&a.lease].settled.as_ref().unwrap();
+        assert_eq!(a_settled.earned, Credits::from_units(1_000));
+        assert_eq!(a_settled.terms, None, "the entry's own fields hold them");
         assert_eq!(book[&a.lease].windows_attested, 4, "what was metered stays");
         assert_eq!(book[&d.lease].windows_attested, 0, "listed from its terms");
         assert_eq!(book[&d.lease].gpus, d.gpus);
-        {
-            let closed = closed.read();
-            assert_eq!(closed.len(), 2);
-            assert!(closed.contains(&b.lease) && closed.contains(&c.lease));
-            assert_eq!(closed.totals().settled, Credits::from_units(5_000));
-            assert_eq!(
-                closed.totals().attested,
-                Credits::from_units(2_222),
-                "b's; c's was metered before the restart"
-            );
-        }
-        assert_eq!(settled.len(), 2, "the closed ones left the settlement book");
+        assert_eq!(settled.len(), 2, "the final one left the settlement book");
 
         // Nothing moved: nothing is read and nothing changes.
-        assert!(!take_settled(&mut book, &closed, &settled));
+        assert!(!take_settled(&mut book, &settled));
         // One moved: it alone is taken.
-        settled.update(a.lease, |s| {
-            s.earned = Credits::from_units(1_500);
-            s.closed = true;
-        });
+        settled.update(a.lease, |s| s.earned = Credits::from_units(1_500));
         let moved = settled.take_moved();
         assert_eq!(moved.len(), 1);
         settled.update(a.lease, |s| *s = moved[0].1.clone());
-        assert!(take_settled(&mut book, &closed, &settled));
+        settled.update(a.lease, |s| s.closed = true);
+        assert!(take_settled(&mut book, &settled));
         assert_eq!(book.keys().copied().collect::<Vec<_>>(), vec![d.lease]);
-        assert_eq!(closed.read().totals().settled, Credits::from_units(6_500));
         assert_eq!(settled.len(), 1);
+    }
+
+    /// Where no coordinator set settles, a metered-out lease moves to the
+    /// lease history as it was metered.
+    #[tokio::test]
+    async fn an_unsettled_lease_moves_to_the_history_once_metered_out() {
+        let (a, b) = (entry(1), entry(2));
+        let mut book: BTreeMap<Id, SupplierLease> =
+            [(a.lease, a.clone()), (b.lease, b.clone())].into();
+        let closed = std::sync::Arc::new(ClosedLeases::in_memory().unwrap());
+        close_unsettled(&mut book, &closed, &[b.lease]).await;
+        assert_eq!(book.keys().copied().collect::<Vec<_>>(), vec![a.lease]);
+        assert_eq!(closed.latest(5).unwrap(), vec![b]);
+        assert!(closed.closed_lately(&entry(2).lease));
+        let view = SupplierView {
+            leases: std::sync::Arc::new(vec![a.clone(), entry(2)]),
+            closed: Some(closed),
+            ..SupplierView::default()
+        };
+        assert_eq!(
+            view.open_leases(),
+            vec![a],
+            "one closed since the view was published"
+        );
+        assert_eq!(view.totals().leases, 2);
     }
 }

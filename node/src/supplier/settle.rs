@@ -45,6 +45,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::leases::ClosedLeases;
+use super::runtime::SupplierLease;
 use crate::quorum::{NoQuorum, Quorum};
 
 /// Most windows one settlement request carries (bounds the request size).
@@ -451,12 +453,13 @@ struct Restored {
     /// The leases not finally settled, whose settlement resumes: with
     /// their evidence read back from the store.
     open: BTreeMap<Id, LeaseState>,
-    /// The summaries of those finally settled (their terms filled in),
-    /// for the supplier's view: nothing more is read of them.
-    closed: Vec<(Id, Settled)>,
+    /// Those finally settled whose state file was still there (written
+    /// before the lease history, or archiving failed): moved to the
+    /// history, their files removed, nothing read of their evidence.
+    archived: Vec<Id>,
 }
 
-fn restore(dir: &Path, store: &MarketStore) -> Restored {
+fn restore(dir: &Path, store: &MarketStore, history: &ClosedLeases) -> Restored {
     let mut out = Restored::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -471,7 +474,11 @@ fn restore(dir: &Path, store: &MarketStore) -> Restored {
             .and_then(|text| serde_json::from_slice::<Saved>(&text).map_err(|e| e.to_string()));
         let restored = saved.and_then(|saved| {
             if saved.closed {
-                closed_summary(saved).map(|closed| out.closed.push(closed))
+                let closed = closed_summary(saved)?;
+                history.insert(&closed).map_err(|e| e.to_string())?;
+                std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+                out.archived.push(closed.lease);
+                Ok(())
             } else {
                 let state = LeaseState::load(saved, store)?;
                 let lease = state.agreement.id().map_err(|e| e.to_string())?;
@@ -487,16 +494,67 @@ fn restore(dir: &Path, store: &MarketStore) -> Restored {
     out
 }
 
-/// The lease and summary of a finally settled lease's saved state: its
-/// agreement is decoded for the terms, and nothing is read from the
-/// store (its evidence may be compacted already).
-fn closed_summary(saved: Saved) -> Result<(Id, Settled), String> {
+/// A finally settled lease's saved state as the supplier's history keeps
+/// it: its agreement is decoded for the terms, and nothing is read from
+/// the store (its evidence may be compacted already), so what was
+/// attested is not counted.
+fn closed_summary(saved: Saved) -> Result<SupplierLease, String> {
     let bytes = hex::decode(&saved.agreement).map_err(|e| e.to_string())?;
     let agreement = Signed::<LeaseAgreement>::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    closed_lease(&agreement, &[], saved.summary)
+}
+
+/// A finally settled lease as the supplier's history keeps it: its
+/// terms, what `attestations` attest, and its settlement.
+fn closed_lease(
+    agreement: &Signed<LeaseAgreement>,
+    attestations: &[Signed<UsageAttestation>],
+    mut summary: Settled,
+) -> Result<SupplierLease, String> {
     let lease = agreement.id().map_err(|e| e.to_string())?;
-    let mut summary = saved.summary;
-    summary.terms = Some(terms_of(&agreement));
-    Ok((lease, summary))
+    let (customer, gpus, price, ends_at) = terms_of(agreement);
+    let billable_gpu_ms = attestations
+        .iter()
+        .fold(0u64, |sum, a| sum.saturating_add(a.body.billable_gpu_ms));
+    summary.terms = None;
+    Ok(SupplierLease {
+        lease,
+        customer,
+        gpus,
+        price_per_gpu_hour: price,
+        ends_at,
+        windows_attested: attestations.len() as u64,
+        billable_gpu_ms,
+        earned: billing::charge(price, billable_gpu_ms).map_err(|e| e.to_string())?,
+        settled: Some(summary),
+    })
+}
+
+/// Moves a finally settled lease to the supplier's history, then removes
+/// its state file, on a blocking thread. When either fails the file
+/// stays, and the next start moves it.
+async fn archive(state: &LeaseState, saved: &SettleStore, lease: &Id) {
+    let closed = match closed_lease(&state.agreement, &state.attestations, state.summary.clone()) {
+        Ok(closed) => closed,
+        Err(err) => {
+            tracing::warn!(%lease, %err, "the finally settled lease is not archived");
+            return;
+        }
+    };
+    let (history, path) = (
+        saved.history.clone(),
+        saved.dir.join(format!("{lease}.json")),
+    );
+    let done = tokio::task::spawn_blocking(move || {
+        history.insert(&closed).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&path).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|done| done);
+    if let Err(err) = done {
+        tracing::warn!(%lease, %err, "the finally settled lease is not archived; the next start does it");
+    }
 }
 
 fn terms_of(
@@ -520,6 +578,8 @@ pub struct SettleStore {
     pub market: Arc<MarketStore>,
     /// The supplier's notifications (payouts, dispute cases).
     pub alerts: crate::notify::AlertSink,
+    /// Where finally settled leases go.
+    pub history: Arc<ClosedLeases>,
 }
 
 /// Notifies the supplier about one of its leases.
@@ -644,13 +704,20 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let restored = {
-        let (dir, market) = (saved.dir.clone(), saved.market.clone());
-        tokio::task::spawn_blocking(move || restore(&dir, &market))
+        let (dir, market, history) = (
+            saved.dir.clone(),
+            saved.market.clone(),
+            saved.history.clone(),
+        );
+        tokio::task::spawn_blocking(move || restore(&dir, &market, &history))
             .await
             .unwrap_or_default()
     };
-    for (lease, summary) in restored.closed {
-        settled.update(lease, |entry| *entry = summary);
+    if !restored.archived.is_empty() {
+        tracing::info!(
+            leases = restored.archived.len(),
+            "finally settled leases moved to the lease history"
+        );
     }
     let mut leases = restored.open;
     for (lease, state) in &leases {
@@ -710,6 +777,9 @@ pub async fn run(
                         entry.closed = r.final_settlement;
                         entry.last_error = None;
                         save(state, &saved.dir, &lease).await;
+                        if state.summary.closed {
+                            archive(state, &saved, &lease).await;
+                        }
                         publish_summary(&settled, &lease, state);
                         tell(
                             &saved.alerts,
@@ -1136,8 +1206,9 @@ mod restore_tests {
             .unwrap();
         std::fs::write(dir.path().join("broken.json"), b"{").unwrap();
 
+        let history = ClosedLeases::in_memory().unwrap();
         let before = store.lease_messages_read();
-        let restored = restore(dir.path(), &store);
+        let restored = restore(dir.path(), &store, &history);
         let read = store.lease_messages_read() - before;
         assert_eq!(
             read, 2,
@@ -1148,11 +1219,57 @@ mod restore_tests {
         assert_eq!(resumed.attestations, vec![attestation]);
         assert_eq!(resumed.acks.len(), 1);
         assert_eq!(restored.open.len(), 1);
-        assert_eq!(restored.closed.len(), 1);
-        let (id, summary) = &restored.closed[0];
-        assert_eq!(*id, closed.id().unwrap());
-        assert!(summary.closed);
-        assert_eq!(summary.earned, Credits::from_units(7_000));
-        assert_eq!(summary.terms, Some(terms_of(&closed)));
+        // The closed one moved to the lease history, its file gone; the
+        // open one's file stays.
+        let id = closed.id().unwrap();
+        assert_eq!(restored.archived, vec![id]);
+        assert!(!dir.path().join(format!("{id}.json")).exists());
+        assert!(dir.path().join(format!("{lease}.json")).exists());
+        let kept = history.get(&id).unwrap().unwrap();
+        let settled = kept.settled.as_ref().unwrap();
+        assert!(settled.closed);
+        assert_eq!(settled.earned, Credits::from_units(7_000));
+        let (customer, gpus, price, ends_at) = terms_of(&closed);
+        assert_eq!(
+            (
+                kept.customer,
+                kept.gpus.clone(),
+                kept.price_per_gpu_hour,
+                kept.ends_at
+            ),
+            (customer, gpus, price, ends_at)
+        );
+        assert_eq!(history.totals().settled, Credits::from_units(7_000));
+        // A second start finds only the open lease.
+        let again = restore(dir.path(), &store, &history);
+        assert!(again.archived.is_empty());
+        assert_eq!(again.open.len(), 1);
+        assert_eq!(history.len(), 1);
+    }
+
+    /// A finally settled lease's record counts what its attestations
+    /// attest, at the lease price.
+    #[test]
+    fn a_closed_lease_counts_its_attested_windows() {
+        let agreement = samples::lease_agreement().unwrap();
+        let attestation = samples::usage_attestation().unwrap();
+        let mut second = attestation.body.clone();
+        second.seq += 1;
+        let second = Signed::sign(second, &samples::supplier()).unwrap();
+        let summary = Settled {
+            earned: Credits::from_units(9),
+            closed: true,
+            terms: Some(terms_of(&agreement)),
+            ..Settled::default()
+        };
+        let kept = closed_lease(&agreement, &[attestation.clone(), second], summary).unwrap();
+        let gpu_ms = attestation.body.billable_gpu_ms * 2;
+        assert_eq!(kept.windows_attested, 2);
+        assert_eq!(kept.billable_gpu_ms, gpu_ms);
+        assert_eq!(
+            kept.earned,
+            billing::charge(agreement.body.proposal.body.price_per_gpu_hour, gpu_ms).unwrap()
+        );
+        assert_eq!(kept.settled.unwrap().terms, None);
     }
 }

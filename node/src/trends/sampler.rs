@@ -500,7 +500,9 @@ mod tests {
             gpus: (0..4).map(gpu).collect(),
             latest: Vec::new(),
             leases: std::sync::Arc::new(vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)]),
-            closed: Default::default(),
+            closed: Some(std::sync::Arc::new(
+                crate::supplier::leases::ClosedLeases::in_memory().unwrap(),
+            )),
         };
         // What was earned before the start is not counted again.
         let first = marks.sample(&view, now);
@@ -517,12 +519,18 @@ mod tests {
         let third = marks.sample(&view, now);
         assert_eq!((third.earned, third.gpu_ms), (0, 0), "nothing new");
         // Lease 2 closes with one more window: only that window counts,
-        // though the lease left the open ones.
+        // while the published view still lists it as open and once it
+        // no longer does.
         view.closed
-            .extend([lease(2, vec![2], 150_000, 15_000, 500_000)]);
-        view.leases = std::sync::Arc::new(vec![lease(1, vec![0, 1], 800_000, 90_000, 2_000_000)]);
+            .as_ref()
+            .unwrap()
+            .insert(&lease(2, vec![2], 150_000, 15_000, 500_000))
+            .unwrap();
         let fourth = marks.sample(&view, now);
         assert_eq!((fourth.earned, fourth.gpu_ms), (50_000, 5_000));
-        assert_eq!(fourth.utilisation_bp, Some(5_000));
+        view.leases = std::sync::Arc::new(vec![lease(1, vec![0, 1], 800_000, 90_000, 2_000_000)]);
+        let fifth = marks.sample(&view, now);
+        assert_eq!((fifth.earned, fifth.gpu_ms), (0, 0));
+        assert_eq!(fifth.utilisation_bp, Some(5_000));
     }
 }

@@ -646,6 +646,12 @@ fn read_id(bytes: &[u8], what: &'static str) -> Result<Id> {
 }
 
 impl MarketStore {
+    /// The database the store lives in, for a node's other trees to share
+    /// (one page cache, one file lock).
+    pub fn database(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     /// Opens (or creates) the store in `db`.
     pub fn open_in(db: sled::Db) -> Result<Self> {
         let store = MarketStore {

@@ -578,10 +578,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             tracing::warn!(%notice, "GPU source");
         }
         tracing::info!(account = %account.public(), gpus = %source.describe(), "supplier ready");
-        let history_path = config.data_dir.join("supplier");
+        let database = store.database();
         let history = Arc::new(
             tokio::task::spawn_blocking(move || {
-                crate::supplier::leases::ClosedLeases::open(&history_path)
+                crate::supplier::leases::ClosedLeases::in_database(database)
             })
             .await
             .map_err(|e| Error::Store(format!("opening the supplier lease history: {e}")))??,

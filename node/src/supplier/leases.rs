@@ -1,12 +1,11 @@
 //! The supplier's leases as its API and trends read them. The leases
 //! still running or being settled are few (the GPUs of one rig) and are
 //! republished by the runtime as they change; those that nothing will
-//! change any more are written once to the supplier's lease history, a
-//! database of its own (`<data_dir>/supplier`), ordered by their end and
-//! with running totals. A listing reads as many of them as it lists, and
+//! change any more are written once to the supplier's lease history (a
+//! tree of the node's database, `<data_dir>/ledger`), ordered by their
+//! end and with running totals. A listing reads as many of them as it lists, and
 //! neither the node's memory nor its start grows with its history.
 
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rigmesh_ledger::store::{Direction, KeyRange, TreeName};
@@ -137,8 +136,11 @@ fn ledger(e: rigmesh_ledger::Error) -> Error {
 /// call reads or writes the store: call it off the async executor.
 pub struct ClosedLeases {
     store: Box<dyn Store>,
-    /// The totals as stored, held in memory; held while a lease is
-    /// written, so that writes of the totals follow one another.
+    /// Held while a lease is written, so that writes of the totals follow
+    /// one another.
+    writing: Mutex<()>,
+    /// The totals as stored, held in memory; locked only to be read or
+    /// replaced, never across a write, so a reader waits for no disk.
     sums: Mutex<LeaseTotals>,
     /// The last [`RECENT`] leases written, so that a reader of the open
     /// leases leaves out one closed since they were published.
@@ -179,15 +181,10 @@ impl std::fmt::Debug for ClosedLeases {
 }
 
 impl ClosedLeases {
-    /// Opens (or creates) the history in the sled database at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let store = SledStore::open(path).map_err(|e| {
-            Error::Store(format!(
-                "opening the supplier lease history in {}: {e}",
-                path.display()
-            ))
-        })?;
-        Self::over(Box::new(store))
+    /// Opens (or creates) the history in its tree of `db`, the database
+    /// of the node's market store.
+    pub fn in_database(db: sled::Db) -> Result<Self> {
+        Self::over(Box::new(SledStore::open_in(db)))
     }
 
     /// A history in memory, for tests and nodes without a data directory.
@@ -217,6 +214,7 @@ impl ClosedLeases {
         };
         Ok(ClosedLeases {
             store,
+            writing: Mutex::new(()),
             sums: Mutex::new(sums),
             recent: Mutex::default(),
         })
@@ -231,7 +229,8 @@ impl ClosedLeases {
     /// kept before under the same id is replaced. The record, its place
     /// in the end order and the totals are written together.
     pub fn insert(&self, lease: &SupplierLease) -> Result<()> {
-        let mut sums = self.sums();
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let sums = self.totals();
         let key = record_key(&lease.lease);
         let old: Option<SupplierLease> = match self.store.get(CLOSED, &key).map_err(ledger)? {
             Some(bytes) => Some(decode("lease", &bytes)?),
@@ -249,7 +248,7 @@ impl ClosedLeases {
         batch.put(CLOSED, SUMS_KEY.to_vec(), encode(&next)?);
         self.store.write(&batch).map_err(ledger)?;
         self.store.flush().map_err(ledger)?;
-        *sums = next;
+        *self.sums() = next;
         self.recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -427,14 +426,15 @@ mod tests {
     #[test]
     fn a_lease_closed_again_is_replaced_and_the_history_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("supplier");
+        let path = dir.path().join("ledger");
+        let open = || ClosedLeases::in_database(rigmesh_ledger::store::open_db(&path).unwrap());
         {
-            let closed = ClosedLeases::open(&path).unwrap();
+            let closed = open().unwrap();
             closed.insert(&lease(1, 5_000, 700, Some(650))).unwrap();
             closed.insert(&lease(2, 6_000, 100, None)).unwrap();
             closed.insert(&lease(1, 7_000, 900, Some(850))).unwrap();
         }
-        let closed = ClosedLeases::open(&path).unwrap();
+        let closed = open().unwrap();
         assert_eq!(closed.len(), 2);
         let order: Vec<u64> = closed
             .latest(10)

@@ -50,6 +50,7 @@ fn lease(n: u64, supplier: &Keypair) -> LeaseRecord {
         agreement: None,
         ended: false,
         contested: None,
+        finally_settled: true,
     }
 }
 
@@ -117,6 +118,10 @@ async fn a_customer_with_a_long_history_answers_its_budget_and_bids_without_read
     // Answered once the leases were resumed: from here on, only the
     // account report may read them all.
     let read_at_start = records.leases_read();
+    assert_eq!(
+        read_at_start, LEASES,
+        "the one read at open: finally settled leases are not read back to be watched"
+    );
     let budget = body(&r);
     assert_eq!(credits(&budget["account"]["spent"]), total, "{budget}");
     assert_eq!(

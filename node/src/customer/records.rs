@@ -121,6 +121,11 @@ pub struct LeaseRecord {
     /// (`rigmesh dispute`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contested: Option<crate::customer::usage::Contest>,
+    /// True once this node saw the lease's final settlement (or its
+    /// escrow's release) certified: nothing more is paid on it, and a
+    /// restarted node does not watch it again.
+    #[serde(default)]
+    pub finally_settled: bool,
 }
 
 /// What the customer answered for one window.
@@ -270,18 +275,25 @@ struct LeaseIndex {
     /// Each lease by when it starts, the latest first (a tie by id), to
     /// list the latest without reading the rest.
     by_start: BTreeSet<(Reverse<UnixMillis>, Id)>,
+    /// The leases not finally settled.
+    unsettled: BTreeSet<Id>,
 }
 
 impl LeaseIndex {
     /// Notes a lease as stored; one noted before under another start
     /// leaves its old place.
-    fn note(&mut self, lease: Id, spent: Credits, starts_at: UnixMillis) {
+    fn note(&mut self, lease: Id, spent: Credits, starts_at: UnixMillis, settled: bool) {
         if let Some((_, old)) = self.by_id.insert(lease, (spent, starts_at)) {
             if old != starts_at {
                 self.by_start.remove(&(Reverse(old), lease));
             }
         }
         self.by_start.insert((Reverse(starts_at), lease));
+        if settled {
+            self.unsettled.remove(&lease);
+        } else {
+            self.unsettled.insert(lease);
+        }
     }
 }
 
@@ -291,6 +303,8 @@ struct SpendOnly {
     lease: Id,
     spent: Credits,
     starts_at: UnixMillis,
+    #[serde(default)]
+    finally_settled: bool,
 }
 
 impl std::fmt::Debug for CustomerRecords {
@@ -343,7 +357,12 @@ impl CustomerRecords {
         {
             let mut index = records.index();
             for lease in stored {
-                index.note(lease.lease, lease.spent, lease.starts_at);
+                index.note(
+                    lease.lease,
+                    lease.spent,
+                    lease.starts_at,
+                    lease.finally_settled,
+                );
             }
         }
         Ok(records)
@@ -449,8 +468,24 @@ impl CustomerRecords {
         Ok((out, total))
     }
 
+    /// The stored leases not finally settled, read one by one, in id
+    /// order: those a restarted node may watch again.
+    pub fn unsettled_leases(&self) -> Result<Vec<LeaseRecord>> {
+        let ids: Vec<Id> = self.index().unsettled.iter().copied().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(lease) = self.lease(id)? {
+                out.push(lease);
+            }
+        }
+        self.leases_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
     /// How many lease records reads of many ([`Self::leases`],
-    /// [`Self::latest_leases`], and the one at open) have read since the
+    /// [`Self::latest_leases`], [`Self::unsettled_leases`], and the one
+    /// at open) have read since the
     /// records opened.
     pub fn leases_read(&self) -> u64 {
         self.leases_read.load(Ordering::Relaxed)
@@ -468,6 +503,16 @@ impl CustomerRecords {
     /// What a stored lease has cost; `None` for a lease not stored.
     pub fn spent_on(&self, lease: &Id) -> Option<Credits> {
         self.index().by_id.get(lease).map(|(spent, _)| *spent)
+    }
+
+    /// Whether a stored lease is finally settled, as its record last
+    /// said; `None` for a lease not stored.
+    pub fn finally_settled(&self, lease: &Id) -> Option<bool> {
+        let index = self.index();
+        index
+            .by_id
+            .contains_key(lease)
+            .then(|| !index.unsettled.contains(lease))
     }
 
     /// Each stored lease's spend, by id.
@@ -494,7 +539,12 @@ impl CustomerRecords {
         self.store
             .put(LEASES, lease.lease.as_bytes(), &encode(lease)?)
             .map_err(ledger)?;
-        self.index().note(lease.lease, lease.spent, lease.starts_at);
+        self.index().note(
+            lease.lease,
+            lease.spent,
+            lease.starts_at,
+            lease.finally_settled,
+        );
         Ok(())
     }
 
@@ -512,7 +562,12 @@ impl CustomerRecords {
             batch.delete(WINDOWS, window_key(&lease.lease, old));
         }
         self.store.write(&batch).map_err(ledger)?;
-        self.index().note(lease.lease, lease.spent, lease.starts_at);
+        self.index().note(
+            lease.lease,
+            lease.spent,
+            lease.starts_at,
+            lease.finally_settled,
+        );
         Ok(())
     }
 
@@ -626,10 +681,11 @@ impl CustomerRecords {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lease(id: u8) -> LeaseRecord {
+    /// A one-hour lease record of two GPUs, nothing metered yet.
+    pub(crate) fn lease(id: u8) -> LeaseRecord {
         LeaseRecord {
             lease: Id([id; 32]),
             supplier: rigmesh_protocol::Keypair::from_seed([7; 32]).public(),
@@ -649,6 +705,7 @@ mod tests {
             agreement: None,
             ended: false,
             contested: None,
+            finally_settled: false,
         }
     }
 
@@ -737,6 +794,56 @@ mod tests {
             (vec![2, 4, 1, 3], 4)
         );
         assert_eq!(ids(records.latest_leases(0).unwrap()), (vec![], 4));
+    }
+
+    /// A restarted node reads back the leases not finally settled only,
+    /// as their records last said, also after reopening.
+    #[test]
+    fn only_the_unsettled_leases_are_read_back_for_watching() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("customer");
+        let settled = |id: u8| LeaseRecord {
+            finally_settled: true,
+            ..lease(id)
+        };
+        let unsettled_ids = |records: &CustomerRecords| -> Vec<u8> {
+            records
+                .unsettled_leases()
+                .unwrap()
+                .iter()
+                .map(|l| l.lease.0[0])
+                .collect()
+        };
+        {
+            let records = CustomerRecords::open(&path).unwrap();
+            for id in 1..=4 {
+                records.put_lease(&lease(id)).unwrap();
+            }
+            records.put_lease(&settled(2)).unwrap();
+            records.put_window(&settled(4), &window(0)).unwrap();
+            assert_eq!(records.finally_settled(&Id([2; 32])), Some(true));
+            assert_eq!(records.finally_settled(&Id([3; 32])), Some(false));
+            assert_eq!(records.finally_settled(&Id([9; 32])), None);
+            let before = records.leases_read();
+            assert_eq!(unsettled_ids(&records), vec![1, 3]);
+            assert_eq!(records.leases_read() - before, 2, "the unsettled ones only");
+        }
+        let records = CustomerRecords::open(&path).unwrap();
+        assert_eq!(unsettled_ids(&records), vec![1, 3]);
+        // A record written before the flag existed reads as unsettled.
+        let mut old = serde_json::to_value(lease(5)).unwrap();
+        old.as_object_mut().unwrap().remove("finally_settled");
+        records
+            .store
+            .put(
+                LEASES,
+                Id([5; 32]).as_bytes(),
+                &serde_json::to_vec(&old).unwrap(),
+            )
+            .unwrap();
+        drop(records);
+        let records = CustomerRecords::open(&path).unwrap();
+        assert_eq!(unsettled_ids(&records), vec![1, 3, 5]);
     }
 
     #[tokio::test]

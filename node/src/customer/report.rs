@@ -286,8 +286,45 @@ pub fn state_of(record: &LeaseRecord, live: Option<LeaseState>, now: UnixMillis)
     match live {
         Some(LeaseState::StoppedAtCap) => LeaseState::StoppedAtCap,
         _ if record.stopped_at_cap => LeaseState::StoppedAtCap,
-        _ if record.ended || now >= record.ends_at => LeaseState::Ended,
+        _ if record.ended || record.finally_settled || now >= record.ends_at => LeaseState::Ended,
         Some(state) => state,
         None => LeaseState::Unwatched,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ends_at: u64) -> LeaseRecord {
+        LeaseRecord {
+            starts_at: UnixMillis(0),
+            ends_at: UnixMillis(ends_at),
+            ..crate::customer::records::tests::lease(1)
+        }
+    }
+
+    /// A lease finally settled before its end (a supplier's termination,
+    /// a released escrow) has ended, whether the node still watches it or
+    /// let it go; one not settled and not watched is unwatched.
+    #[test]
+    fn a_finally_settled_lease_has_ended_watched_or_not() {
+        let now = UnixMillis(1_000);
+        let open = record(5_000);
+        assert_eq!(state_of(&open, None, now), LeaseState::Unwatched);
+        assert_eq!(
+            state_of(&open, Some(LeaseState::Running), now),
+            LeaseState::Running
+        );
+        let settled = LeaseRecord {
+            finally_settled: true,
+            ..open
+        };
+        assert_eq!(state_of(&settled, None, now), LeaseState::Ended);
+        assert_eq!(
+            state_of(&settled, Some(LeaseState::Running), now),
+            LeaseState::Ended
+        );
+        assert_eq!(state_of(&record(500), None, now), LeaseState::Ended);
     }
 }

@@ -54,8 +54,7 @@ const CATCH_UP_TICKS: u64 = 8;
 
 /// How long a finally settled lease stays among the leases the node
 /// watches (`GET /v1/leases`); its record answers for it after that (the
-/// account and usage reports), as it does after a restart once its
-/// evidence is compacted.
+/// account and usage reports), as after a restart.
 const KEEP_SETTLED_MS: u64 = 10 * 60_000;
 
 /// Every this many ticks (a minute), the leases settled longer than
@@ -491,6 +490,7 @@ fn record_of(lease: &Lease) -> LeaseRecord {
         agreement: lease.agreement.to_bytes().ok().map(hex::encode),
         ended: lease.ended,
         contested: lease.watch.contested().cloned(),
+        finally_settled: lease.settled.is_some(),
     }
 }
 
@@ -1333,7 +1333,7 @@ impl Customer {
             .records
             .off_executor(move |records| {
                 let mut resumed = Vec::new();
-                for record in records.leases()? {
+                for record in records.unsettled_leases()? {
                     match resume_lease(&store, records, &key, &record, now) {
                         Ok(Some(lease)) => resumed.push((record.lease, lease)),
                         Ok(None) => {}
@@ -1506,16 +1506,19 @@ impl Customer {
     }
 
     /// Why a lease the node does not watch cannot be ended or disputed:
-    /// it is one of the account's, finally settled and let go, or it is
-    /// not known here.
+    /// it is one of the account's, finally settled and let go (or not
+    /// watched again after a restart), or it is not known here.
     fn not_watched(&self, lease: &Id) -> RequestError {
-        if self.records.spent_on(lease).is_some() {
-            RequestError::Conflict(format!(
+        match self.records.finally_settled(lease) {
+            Some(true) => RequestError::Conflict(format!(
                 "lease {lease} has ended and is finally settled; `rigmesh usage` and \
                  `rigmesh account` show what it cost"
-            ))
-        } else {
-            RequestError::NotFound(format!("lease {lease}"))
+            )),
+            Some(false) => RequestError::Conflict(format!(
+                "this node does not watch lease {lease} (it could not be resumed after a \
+                 restart; see the node's log); `rigmesh usage` shows what it recorded"
+            )),
+            None => RequestError::NotFound(format!("lease {lease}")),
         }
     }
 

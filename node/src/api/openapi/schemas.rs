@@ -377,6 +377,7 @@ pub(crate) fn components() -> Vec<(&'static str, Value)> {
                     ("escrowed", nullable(r("Credits"))),
                     ("agreement", nullable(string())),
                     ("ended", boolean()),
+                    ("finally_settled", boolean()),
                     ("state", r("LeaseState")),
                     ("windows", array(r("WindowRecord"))),
                     ("earlier_windows", count()),

@@ -457,23 +457,21 @@ impl CustomerRecords {
                 .collect();
             (ids, index.by_start.len())
         };
-        let mut out = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(lease) = self.lease(id)? {
-                out.push(lease);
-            }
-        }
-        self.leases_read
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok((out, total))
+        Ok((self.each_lease(&ids)?, total))
     }
 
     /// The stored leases not finally settled, read one by one, in id
     /// order: those a restarted node may watch again.
     pub fn unsettled_leases(&self) -> Result<Vec<LeaseRecord>> {
         let ids: Vec<Id> = self.index().unsettled.iter().copied().collect();
+        self.each_lease(&ids)
+    }
+
+    /// The stored leases of `ids`, read one by one, counted in
+    /// [`Self::leases_read`].
+    fn each_lease(&self, ids: &[Id]) -> Result<Vec<LeaseRecord>> {
         let mut out = Vec::with_capacity(ids.len());
-        for id in &ids {
+        for id in ids {
             if let Some(lease) = self.lease(id)? {
                 out.push(lease);
             }
@@ -485,8 +483,7 @@ impl CustomerRecords {
 
     /// How many lease records reads of many ([`Self::leases`],
     /// [`Self::latest_leases`], [`Self::unsettled_leases`], and the one
-    /// at open) have read since the
-    /// records opened.
+    /// at open) have read since the records opened.
     pub fn leases_read(&self) -> u64 {
         self.leases_read.load(Ordering::Relaxed)
     }

@@ -423,7 +423,7 @@ pub async fn run(
                     customer.release_unsettled().await;
                 }
                 if ticks.is_multiple_of(FORGET_TICKS) {
-                    customer.forget_settled(UnixMillis::now());
+                    customer.forget_settled(UnixMillis::now()).await;
                 }
             }
         }
@@ -1527,13 +1527,21 @@ impl Customer {
     /// more is answered or paid on them, and their records hold what the
     /// reports show. The node's passes and its lease list then cost what
     /// its recent leases do, not every lease of its run.
-    fn forget_settled(&mut self, now: UnixMillis) {
+    async fn forget_settled(&mut self, now: UnixMillis) {
         let chores = &self.chores;
         let done = settled_before(&self.leases, now, KEEP_SETTLED_MS, |id| {
             chores.under_way(id).is_some()
         });
         for id in &done {
-            self.leases.remove(id);
+            let Some(lease) = self.leases.remove(id) else {
+                continue;
+            };
+            // One found settled in the store at a restart has a record
+            // written before: it says so now, so that the next start
+            // does not read it back.
+            if self.records.finally_settled(id) == Some(false) {
+                store_lease(&self.records, record_of(&lease)).await;
+            }
         }
         if !done.is_empty() {
             tracing::debug!(

@@ -637,47 +637,33 @@ fn supplier_limit(query: &SupplierLeasesQuery) -> usize {
 /// The header that gives how many leases there are in all.
 const TOTAL_COUNT: &str = "total-count";
 
-/// The supplier's `limit` leases that end last and the totals of them
-/// all, read on a blocking thread.
+/// The supplier's leases as asked (`limit` of them, those that end last)
+/// and the totals of them all, read on a blocking thread; or the answer
+/// to a bad query or a node that is not a supplier.
 async fn supplier_listing(
-    view: crate::supplier::runtime::SupplierView,
-    limit: usize,
+    s: &Scoped,
+    query: std::result::Result<Query<SupplierLeasesQuery>, QueryRejection>,
 ) -> std::result::Result<(Vec<SupplierLease>, LeaseTotals), Response> {
-    let listed = tokio::task::spawn_blocking(move || {
-        let open = view.open_leases();
-        let closed = view.closed.as_deref();
-        let totals =
-            LeaseTotals::of(open.iter()).plus(closed.map(|c| c.totals()).unwrap_or_default());
-        latest(&open, closed, limit).map(|listed| (listed, totals))
+    let limit = match query {
+        Ok(Query(query)) => supplier_limit(&query),
+        Err(rejection) => return Err(bad_query(rejection)),
+    };
+    let view = supplier_view(s).ok_or_else(not_a_supplier)?;
+    tokio::task::spawn_blocking(move || {
+        let (open, totals) = (view.open_leases(), view.totals());
+        latest(&open, view.closed.as_deref(), limit).map(|listed| (listed, totals))
     })
-    .await;
-    match listed {
-        Ok(Ok(listed)) => Ok(listed),
-        Ok(Err(err)) => Err(refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "failed",
-            err.to_string(),
-        )),
-        Err(err) => Err(refusal(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "failed",
-            err.to_string(),
-        )),
-    }
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|listed| listed.map_err(|e| e.to_string()))
+    .map_err(|reason| refusal(StatusCode::INTERNAL_SERVER_ERROR, "failed", reason))
 }
 
 async fn supplier_leases(
     State(s): State<Scoped>,
     query: std::result::Result<Query<SupplierLeasesQuery>, QueryRejection>,
 ) -> Response {
-    let limit = match query {
-        Ok(Query(query)) => supplier_limit(&query),
-        Err(rejection) => return bad_query(rejection),
-    };
-    let Some(view) = supplier_view(&s) else {
-        return not_a_supplier();
-    };
-    match supplier_listing(view, limit).await {
+    match supplier_listing(&s, query).await {
         Ok((listed, totals)) => {
             ([(TOTAL_COUNT, totals.leases.to_string())], Json(listed)).into_response()
         }
@@ -689,14 +675,7 @@ pub(crate) async fn supplier_earnings(
     State(s): State<Scoped>,
     query: std::result::Result<Query<SupplierLeasesQuery>, QueryRejection>,
 ) -> Response {
-    let limit = match query {
-        Ok(Query(query)) => supplier_limit(&query),
-        Err(rejection) => return bad_query(rejection),
-    };
-    let Some(view) = supplier_view(&s) else {
-        return not_a_supplier();
-    };
-    let (listed, totals) = match supplier_listing(view, limit).await {
+    let (listed, totals) = match supplier_listing(&s, query).await {
         Ok(listing) => listing,
         Err(response) => return response,
     };

@@ -60,6 +60,19 @@ pub struct SupplierView {
     /// where no coordinator set settles them), in the supplier's lease
     /// history; none before the runtime starts.
     pub closed: Option<std::sync::Arc<ClosedLeases>>,
+    /// What this process attested since it started, over every lease.
+    pub metered: Metered,
+}
+
+/// What a supplier's process attested since it started: it only grows,
+/// whatever leases close or move meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// What the attested time is worth at the lease prices (each lease's
+    /// growth by the billing rule).
+    pub earned: rigmesh_protocol::Credits,
+    /// GPU-milliseconds attested.
+    pub gpu_ms: u64,
 }
 
 impl SupplierView {
@@ -98,6 +111,40 @@ pub struct Settlement {
     /// reputation reports, so a proposal's customer is looked up rather
     /// than found by reading every stored report.
     pub book: std::sync::Arc<crate::orderbook::OrderBook>,
+}
+
+/// Counts `attested` windows into their leases' entries and into what
+/// this process `metered`; returns whether an entry changed.
+fn take_attested(
+    book: &mut BTreeMap<Id, SupplierLease>,
+    metered: &mut Metered,
+    attested: &[rigmesh_protocol::Signed<rigmesh_protocol::UsageAttestation>],
+) -> bool {
+    let mut changed = false;
+    for attestation in attested {
+        let Some(entry) = book.get_mut(&attestation.body.lease) else {
+            continue;
+        };
+        changed = true;
+        let before = entry.earned;
+        entry.windows_attested += 1;
+        entry.billable_gpu_ms += attestation.body.billable_gpu_ms;
+        entry.earned =
+            rigmesh_ledger::billing::charge(entry.price_per_gpu_hour, entry.billable_gpu_ms)
+                .unwrap_or(entry.earned);
+        let grown = entry
+            .earned
+            .checked_sub(before)
+            .unwrap_or(rigmesh_protocol::Credits::ZERO);
+        metered.earned = metered
+            .earned
+            .checked_add(grown)
+            .unwrap_or(rigmesh_protocol::Credits::MAX);
+        metered.gpu_ms = metered
+            .gpu_ms
+            .saturating_add(attestation.body.billable_gpu_ms);
+    }
+    changed
 }
 
 /// Takes in the settlements that moved since the last pass: each lease's
@@ -188,6 +235,7 @@ pub async fn run(
     // The leases running or being settled; once closed, a lease moves to
     // the lease history, `closed`.
     let mut book: BTreeMap<Id, SupplierLease> = BTreeMap::new();
+    let mut metered = Metered::default();
     // The leases as last published, and whether one changed since.
     let mut published: std::sync::Arc<Vec<SupplierLease>> = std::sync::Arc::default();
     let mut book_changed = true;
@@ -271,15 +319,7 @@ pub async fn run(
                         let _ = s.worker.send(SettleEvent::Finished(*lease)).await;
                     }
                 }
-                for attestation in attested {
-                    if let Some(entry) = book.get_mut(&attestation.body.lease) {
-                        book_changed = true;
-                        entry.windows_attested += 1;
-                        entry.billable_gpu_ms += attestation.body.billable_gpu_ms;
-                        entry.earned = rigmesh_ledger::billing::charge(entry.price_per_gpu_hour, entry.billable_gpu_ms)
-                            .unwrap_or(entry.earned);
-                    }
-                }
+                book_changed |= take_attested(&mut book, &mut metered, &attested);
                 if let Some(s) = &settlement {
                     book_changed |= take_settled(&mut book, &s.settled);
                 } else if !finished.is_empty() {
@@ -292,7 +332,7 @@ pub async fn run(
                     published = std::sync::Arc::new(book.values().cloned().collect());
                 }
                 let gpus = source.devices().unwrap_or_default();
-                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published), closed: Some(std::sync::Arc::clone(&closed)) });
+                view.send_replace(SupplierView { gpus, latest: samples.clone(), leases: std::sync::Arc::clone(&published), closed: Some(std::sync::Arc::clone(&closed)), metered });
                 // A GPU that vanished or came back changes what can be
                 // offered: re-offer now rather than at the next refresh.
                 let lost_now: std::collections::BTreeSet<u32> = samples
@@ -818,6 +858,46 @@ mod tests {
         assert!(take_settled(&mut book, &settled));
         assert_eq!(book.keys().copied().collect::<Vec<_>>(), vec![d.lease]);
         assert_eq!(settled.len(), 1);
+    }
+
+    /// Each attested window grows its lease's entry and what the process
+    /// metered by the same amount; one of a lease not listed counts for
+    /// neither.
+    #[test]
+    fn attested_windows_count_into_their_lease_and_what_was_metered() {
+        let mut a = entry(1);
+        a.lease = rigmesh_protocol::samples::lease_agreement()
+            .unwrap()
+            .id()
+            .unwrap();
+        let (before_earned, before_gpu_ms) = (a.earned, a.billable_gpu_ms);
+        let mut book: BTreeMap<Id, SupplierLease> = [(a.lease, a.clone())].into();
+        let attestation = rigmesh_protocol::samples::usage_attestation().unwrap();
+        assert_eq!(attestation.body.lease, a.lease);
+        let mut stray = attestation.body.clone();
+        stray.lease = Id([9; 32]);
+        let stray =
+            rigmesh_protocol::Signed::sign(stray, &rigmesh_protocol::samples::supplier()).unwrap();
+        let mut metered = Metered::default();
+        assert!(take_attested(
+            &mut book,
+            &mut metered,
+            &[attestation.clone(), stray.clone()]
+        ));
+        let grown = &book[&a.lease];
+        let gpu_ms = attestation.body.billable_gpu_ms;
+        assert_eq!(grown.windows_attested, a.windows_attested + 1);
+        assert_eq!(grown.billable_gpu_ms, before_gpu_ms + gpu_ms);
+        assert_eq!(
+            grown.earned,
+            rigmesh_ledger::billing::charge(a.price_per_gpu_hour, before_gpu_ms + gpu_ms).unwrap()
+        );
+        assert_eq!(metered.gpu_ms, gpu_ms);
+        assert_eq!(
+            metered.earned,
+            grown.earned.checked_sub(before_earned).unwrap()
+        );
+        assert!(!take_attested(&mut book, &mut metered, &[stray]));
     }
 
     /// Where no coordinator set settles, a metered-out lease moves to the

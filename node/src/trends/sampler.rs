@@ -178,12 +178,12 @@ impl LeaseCounter {
     }
 }
 
-/// What the supplier's leases had added up to at the last sample.
+/// What the supplier's process had attested at the last sample.
 #[derive(Debug, Default)]
 struct SupplierMarks {
-    /// Earned (micro-credits) and GPU-ms over every lease; none before
-    /// the first sample.
-    last: Option<(i64, u64)>,
+    /// Earned (micro-credits) and GPU-ms attested since the process
+    /// started; zero before the first sample.
+    last: (i64, u64),
 }
 
 /// What a supplier's leases did since the last sample.
@@ -199,16 +199,14 @@ struct SupplierSample {
 }
 
 impl SupplierMarks {
-    /// What changed since the last sample. The first sample only sets the
-    /// marks: what leases had earned before the node started was recorded
-    /// then.
+    /// What the supplier attested since the last sample: the growth of
+    /// what its process attested, which counts each window once whatever
+    /// leases closed meanwhile (what was attested before the process
+    /// started was recorded then).
     fn sample(&mut self, view: &SupplierView, now: UnixMillis) -> SupplierSample {
         let mut out = SupplierSample::default();
-        // A lease's figures only grow, and stay in the totals once it is
-        // closed, so the totals' growth is what the leases added.
-        let totals = view.totals();
-        let (e, g) = (totals.attested.units(), totals.gpu_ms);
-        let (e0, g0) = self.last.replace((e, g)).unwrap_or((e, g));
+        let (e, g) = (view.metered.earned.units(), view.metered.gpu_ms);
+        let (e0, g0) = std::mem::replace(&mut self.last, (e, g));
         out.earned = e.saturating_sub(e0).max(0);
         out.gpu_ms = g.saturating_sub(g0);
         if !view.gpus.is_empty() {
@@ -494,17 +492,20 @@ mod tests {
 
     #[test]
     fn a_supplier_counts_what_its_leases_added_since_the_last_sample() {
+        use crate::supplier::runtime::Metered;
         let now = UnixMillis(1_000_000);
+        let metered = |earned: i64, gpu_ms: u64| Metered {
+            earned: Credits::from_units(earned),
+            gpu_ms,
+        };
         let mut marks = SupplierMarks::default();
+        // A lease restored at start shows what it earned before: none of
+        // it was attested by this process, so none of it counts again.
         let mut view = SupplierView {
             gpus: (0..4).map(gpu).collect(),
-            latest: Vec::new(),
             leases: std::sync::Arc::new(vec![lease(1, vec![0, 1], 500_000, 60_000, 2_000_000)]),
-            closed: Some(std::sync::Arc::new(
-                crate::supplier::leases::ClosedLeases::in_memory().unwrap(),
-            )),
+            ..SupplierView::default()
         };
-        // What was earned before the start is not counted again.
         let first = marks.sample(&view, now);
         assert_eq!((first.earned, first.gpu_ms), (0, 0));
         assert_eq!(first.utilisation_bp, Some(5_000));
@@ -512,25 +513,19 @@ mod tests {
             lease(1, vec![0, 1], 800_000, 90_000, 2_000_000),
             lease(2, vec![2], 100_000, 10_000, 500_000),
         ]);
+        view.metered = metered(400_000, 40_000);
         let second = marks.sample(&view, now);
         assert_eq!(second.earned, 300_000 + 100_000, "growth plus a new lease");
         assert_eq!(second.gpu_ms, 30_000 + 10_000);
         assert_eq!(second.utilisation_bp, Some(5_000), "lease 2 has ended");
         let third = marks.sample(&view, now);
         assert_eq!((third.earned, third.gpu_ms), (0, 0), "nothing new");
-        // Lease 2 closes with one more window: only that window counts,
-        // while the published view still lists it as open and once it
-        // no longer does.
-        view.closed
-            .as_ref()
-            .unwrap()
-            .insert(&lease(2, vec![2], 150_000, 15_000, 500_000))
-            .unwrap();
+        // Lease 2 closes with one more window and leaves the open leases:
+        // only that window counts, not what its closed record adds up to.
+        view.leases = std::sync::Arc::new(vec![lease(1, vec![0, 1], 800_000, 90_000, 2_000_000)]);
+        view.metered = metered(450_000, 45_000);
         let fourth = marks.sample(&view, now);
         assert_eq!((fourth.earned, fourth.gpu_ms), (50_000, 5_000));
-        view.leases = std::sync::Arc::new(vec![lease(1, vec![0, 1], 800_000, 90_000, 2_000_000)]);
-        let fifth = marks.sample(&view, now);
-        assert_eq!((fifth.earned, fifth.gpu_ms), (0, 0));
-        assert_eq!(fifth.utilisation_bp, Some(5_000));
+        assert_eq!(fourth.utilisation_bp, Some(5_000));
     }
 }

@@ -260,7 +260,8 @@ fn alert_key(alert: &AlertRecord) -> Vec<u8> {
 /// The customer's records over a [`Store`].
 pub struct CustomerRecords {
     store: Box<dyn Store>,
-    /// Each stored lease's spend and start, held in memory.
+    /// Each stored lease's spend, start and whether it is finally
+    /// settled, held in memory.
     index: Mutex<LeaseIndex>,
     /// Lease records read by reads of many (whole-tree reads and the
     /// latest leases), since the records opened.
@@ -370,8 +371,8 @@ impl CustomerRecords {
 
     fn index(&self) -> MutexGuard<'_, LeaseIndex> {
         // Changed one lease at a time, and nothing in `note` panics
-        // between its two changes: a panic elsewhere while it was held
-        // leaves it whole.
+        // between its changes: a panic elsewhere while it was held leaves
+        // it whole.
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

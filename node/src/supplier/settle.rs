@@ -530,15 +530,33 @@ fn closed_lease(
     })
 }
 
+/// How long a finally settled lease that could not be moved to the lease
+/// history waits before the worker tries again.
+const ARCHIVE_RETRY_MS: u64 = 10_000;
+
+/// What came of moving a finally settled lease to the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// In the history, its state file removed.
+    Done,
+    /// Writing failed (the history or the file): worth trying again.
+    Failed,
+    /// Its record cannot be made from its state (its earnings out of
+    /// range): trying again cannot help, its state file stays.
+    Unrecordable,
+}
+
 /// Moves a finally settled lease to the supplier's history, then removes
-/// its state file, on a blocking thread. When either fails the file
-/// stays, and the next start moves it.
-async fn archive(state: &LeaseState, saved: &SettleStore, lease: &Id) {
+/// its state file, on a blocking thread. When writing fails the file
+/// stays: the worker tries again ([`archive_pending`]), and a restart
+/// moves it too. A second try replaces what the first wrote, so nothing
+/// is counted twice.
+async fn archive(state: &LeaseState, saved: &SettleStore, lease: &Id) -> Moved {
     let closed = match closed_lease(&state.agreement, &state.attestations, state.summary.clone()) {
         Ok(closed) => closed,
         Err(err) => {
             tracing::warn!(%lease, %err, "the finally settled lease is not archived");
-            return;
+            return Moved::Unrecordable;
         }
     };
     let (history, path) = (
@@ -552,9 +570,46 @@ async fn archive(state: &LeaseState, saved: &SettleStore, lease: &Id) {
     .await
     .map_err(|e| e.to_string())
     .and_then(|done| done);
-    if let Err(err) = done {
-        tracing::warn!(%lease, %err, "the finally settled lease is not archived; the next start does it");
+    match done {
+        Ok(()) => Moved::Done,
+        Err(err) => {
+            tracing::warn!(%lease, %err, retry_in_ms = ARCHIVE_RETRY_MS, "the finally settled lease is not archived; trying again");
+            Moved::Failed
+        }
     }
+}
+
+/// Tries again to move the finally settled leases whose move failed (the
+/// closed ones still in `leases`) once their wait is over; those moved
+/// (or found unrecordable) leave `leases`, the others wait
+/// [`ARCHIVE_RETRY_MS`] more. Returns how many moved.
+async fn archive_pending(
+    leases: &mut BTreeMap<Id, LeaseState>,
+    saved: &SettleStore,
+    now: UnixMillis,
+) -> usize {
+    let due: Vec<Id> = leases
+        .iter()
+        .filter(|(_, state)| state.closed && now >= state.retry_at)
+        .map(|(lease, _)| *lease)
+        .collect();
+    let mut moved = 0;
+    for lease in due {
+        let Some(state) = leases.get_mut(&lease) else {
+            continue;
+        };
+        match archive(state, saved, &lease).await {
+            Moved::Done => {
+                leases.remove(&lease);
+                moved += 1;
+            }
+            Moved::Unrecordable => {
+                leases.remove(&lease);
+            }
+            Moved::Failed => state.retry_at = now.plus_ms(ARCHIVE_RETRY_MS),
+        }
+    }
+    moved
 }
 
 fn terms_of(
@@ -777,8 +832,12 @@ pub async fn run(
                         entry.closed = r.final_settlement;
                         entry.last_error = None;
                         save(state, &saved.dir, &lease).await;
-                        if state.summary.closed {
-                            archive(state, &saved, &lease).await;
+                        // A lease whose move fails stays, closed, until a
+                        // tick moves it.
+                        let unmoved = state.summary.closed
+                            && archive(state, &saved, &lease).await == Moved::Failed;
+                        if unmoved {
+                            state.retry_at = UnixMillis::now().plus_ms(ARCHIVE_RETRY_MS);
                         }
                         publish_summary(&settled, &lease, state);
                         tell(
@@ -806,7 +865,7 @@ pub async fn run(
                             );
                         }
                         tracing::info!(%lease, seq = r.settlement_seq, windows = %format!("{}..={}", r.first_window, r.last_window), supplier = %r.supplier_amount, fee = %r.fee, refund = %r.refund, held = %r.held, final_settlement = r.final_settlement, "settled");
-                        if state.closed {
+                        if state.closed && !unmoved {
                             leases.remove(&lease);
                         }
                     }
@@ -916,6 +975,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let now = UnixMillis::now();
+                archive_pending(&mut leases, &saved, now).await;
                 let out: HashSet<Id> = busy.values().copied().collect();
                 for (lease, state) in leases.iter_mut() {
                     if running.len() >= MAX_IN_FLIGHT {
@@ -1271,5 +1331,129 @@ mod restore_tests {
             billing::charge(agreement.body.proposal.body.price_per_gpu_hour, gpu_ms).unwrap()
         );
         assert_eq!(kept.settled.unwrap().terms, None);
+    }
+
+    /// A lease history whose writes fail while `failing` is set, as a
+    /// full or failing disk makes them.
+    struct FailingHistory {
+        inner: rigmesh_ledger::MemoryStore,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FailingHistory {
+        fn check(&self) -> rigmesh_ledger::Result<()> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(rigmesh_ledger::Error::Storage(sled::Error::Io(
+                    std::io::Error::other("no space left on device"),
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl rigmesh_ledger::Store for FailingHistory {
+        fn get(
+            &self,
+            tree: rigmesh_ledger::store::TreeName,
+            key: &[u8],
+        ) -> rigmesh_ledger::Result<Option<Vec<u8>>> {
+            self.inner.get(tree, key)
+        }
+        fn put(
+            &self,
+            tree: rigmesh_ledger::store::TreeName,
+            key: &[u8],
+            value: &[u8],
+        ) -> rigmesh_ledger::Result<()> {
+            self.check()?;
+            self.inner.put(tree, key, value)
+        }
+        fn delete(
+            &self,
+            tree: rigmesh_ledger::store::TreeName,
+            key: &[u8],
+        ) -> rigmesh_ledger::Result<()> {
+            self.check()?;
+            self.inner.delete(tree, key)
+        }
+        fn write(&self, batch: &rigmesh_ledger::Batch) -> rigmesh_ledger::Result<()> {
+            self.check()?;
+            self.inner.write(batch)
+        }
+        fn scan(
+            &self,
+            tree: rigmesh_ledger::store::TreeName,
+            range: rigmesh_ledger::store::KeyRange,
+            direction: rigmesh_ledger::store::Direction,
+        ) -> rigmesh_ledger::store::RawScan<'_> {
+            self.inner.scan(tree, range, direction)
+        }
+        fn flush(&self) -> rigmesh_ledger::Result<()> {
+            self.check()?;
+            self.inner.flush()
+        }
+        fn is_empty(&self) -> rigmesh_ledger::Result<bool> {
+            self.inner.is_empty()
+        }
+    }
+
+    /// A finally settled lease whose move to the history fails (a full
+    /// disk) stays with the worker, its state file kept, and is moved by
+    /// a later tick once the disk takes writes again: no restart needed,
+    /// and its earnings are counted once.
+    #[tokio::test]
+    async fn a_failed_move_to_the_history_is_tried_again_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let history = Arc::new(
+            ClosedLeases::over(Box::new(FailingHistory {
+                inner: rigmesh_ledger::MemoryStore::new(),
+                failing: Arc::clone(&failing),
+            }))
+            .unwrap(),
+        );
+        let saved = SettleStore {
+            dir: dir.path().to_path_buf(),
+            market: Arc::new(MarketStore::temporary().unwrap()),
+            alerts: crate::notify::AlertSink::default(),
+            history: Arc::clone(&history),
+        };
+        let agreement = samples::lease_agreement().unwrap();
+        let lease = agreement.id().unwrap();
+        let closed = state(agreement, true);
+        persist(&closed, dir.path()).await.unwrap();
+        let file = dir.path().join(format!("{lease}.json"));
+
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(archive(&closed, &saved, &lease).await, Moved::Failed);
+        let mut leases = BTreeMap::from([(lease, closed)]);
+        let now = UnixMillis::now();
+        assert_eq!(archive_pending(&mut leases, &saved, now).await, 0);
+        assert!(leases.contains_key(&lease), "kept for another try");
+        assert!(file.exists(), "its state file stays");
+        assert!(history.get(&lease).unwrap().is_none());
+        assert_eq!(leases[&lease].retry_at, now.plus_ms(ARCHIVE_RETRY_MS));
+
+        // The disk takes writes again: nothing moves before the wait is
+        // over, then the next tick moves it.
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            archive_pending(&mut leases, &saved, now.plus_ms(1)).await,
+            0
+        );
+        assert!(leases.contains_key(&lease));
+        let later = now.plus_ms(ARCHIVE_RETRY_MS);
+        assert_eq!(archive_pending(&mut leases, &saved, later).await, 1);
+        assert!(leases.is_empty());
+        assert!(!file.exists());
+        let kept = history.get(&lease).unwrap().unwrap();
+        assert!(kept.settled.as_ref().unwrap().closed);
+        assert_eq!(history.len(), 1);
+        assert_eq!(history.totals().settled, Credits::from_units(7_000));
+
+        // A restart finds nothing left to move.
+        let store = MarketStore::temporary().unwrap();
+        assert!(restore(dir.path(), &store, &history).archived.is_empty());
+        assert_eq!(history.totals().settled, Credits::from_units(7_000));
     }
 }

@@ -19,7 +19,8 @@
 # memory, sampled every --sample-secs from /proc (early in the run against
 # its end, per role, and each role's total over every sixth of the run, so
 # that a soak shows whether memory levels off), with its live heap by
-# sixth from the allocator's figures on /metrics; --samples-out keeps every
+# sixth from the allocator's figures on /metrics and how fast that heap
+# still grows (least-squares slopes, MB a minute); --samples-out keeps every
 # sample ("seconds name role rss_kb heap_kb"; heap_kb is "-" where
 # /metrics could not be read).
 #
@@ -404,6 +405,34 @@ if samples:
     # resident only once written), and the reverse.
     if heaps:
         by_sixth("live heap (rigmesh_allocator_allocated_bytes)", heaps)
+        # How fast each node's live heap still grows: the slope of a
+        # least-squares line through its samples, from 30 % of the run
+        # (past the start's climb) to its end, and over each third of
+        # that span (a slope that falls third by third is levelling off).
+        def slope(points):
+            if len(points) < 3:
+                return None
+            mt = statistics.fmean(t for t, _ in points)
+            mk = statistics.fmean(kb for _, kb in points)
+            var = sum((t - mt) ** 2 for t, _ in points)
+            if var == 0:
+                return None
+            return sum((t - mt) * (kb - mk) for t, kb in points) / var * 60 / 1024
+        start = duration * 0.3
+        spans = [(start, duration)] + [(start + i * (duration - start) / 3, start + (i + 1) * (duration - start) / 3)
+                                       for i in range(3)]
+        print(f"live heap growth (MB a minute, each role's mean of its nodes' least-squares slopes,"
+              f" seconds {start:.0f}-{duration:.0f} of the run; then by third of that span):")
+        for role in sorted(by_role):
+            names = {name for name, *_ in by_role[role]}
+            means = []
+            for lo_s, hi_s in spans:
+                slopes = [slope([(t, kb) for t, kb in rows if lo_s <= t <= hi_s])
+                          for (r, name), rows in heaps.items() if r == role and name in names]
+                slopes = [v for v in slopes if v is not None]
+                means.append(statistics.fmean(slopes) if slopes else None)
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"
+            print(f"  {role:<12} {fmt(means[0])}; by third {' / '.join(fmt(v) for v in means[1:])}")
 else:
     print("resident memory: not sampled (no /proc)")
 sys.exit(0 if agree and closed_all == len(made) and books_ok else 1)

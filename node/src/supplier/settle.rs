@@ -579,10 +579,27 @@ async fn archive(state: &LeaseState, saved: &SettleStore, lease: &Id) -> Moved {
     }
 }
 
+/// Moves a finally settled lease to the history ([`archive`]); true when
+/// it may leave the worker (moved, or never recordable). When writing
+/// failed it stays, to be tried again [`ARCHIVE_RETRY_MS`] after `now`.
+async fn archive_or_wait(
+    state: &mut LeaseState,
+    saved: &SettleStore,
+    lease: &Id,
+    now: UnixMillis,
+) -> bool {
+    match archive(state, saved, lease).await {
+        Moved::Done | Moved::Unrecordable => true,
+        Moved::Failed => {
+            state.retry_at = now.plus_ms(ARCHIVE_RETRY_MS);
+            false
+        }
+    }
+}
+
 /// Tries again to move the finally settled leases whose move failed (the
-/// closed ones still in `leases`) once their wait is over; those moved
-/// (or found unrecordable) leave `leases`, the others wait
-/// [`ARCHIVE_RETRY_MS`] more. Returns how many moved.
+/// closed ones still in `leases`) once their wait is over; those that may
+/// leave ([`archive_or_wait`]) leave `leases`. Returns how many left.
 async fn archive_pending(
     leases: &mut BTreeMap<Id, LeaseState>,
     saved: &SettleStore,
@@ -593,23 +610,17 @@ async fn archive_pending(
         .filter(|(_, state)| state.closed && now >= state.retry_at)
         .map(|(lease, _)| *lease)
         .collect();
-    let mut moved = 0;
+    let mut left = 0;
     for lease in due {
         let Some(state) = leases.get_mut(&lease) else {
             continue;
         };
-        match archive(state, saved, &lease).await {
-            Moved::Done => {
-                leases.remove(&lease);
-                moved += 1;
-            }
-            Moved::Unrecordable => {
-                leases.remove(&lease);
-            }
-            Moved::Failed => state.retry_at = now.plus_ms(ARCHIVE_RETRY_MS),
+        if archive_or_wait(state, saved, &lease, now).await {
+            leases.remove(&lease);
+            left += 1;
         }
     }
-    moved
+    left
 }
 
 fn terms_of(
@@ -835,10 +846,7 @@ pub async fn run(
                         // A lease whose move fails stays, closed, until a
                         // tick moves it.
                         let unmoved = state.summary.closed
-                            && archive(state, &saved, &lease).await == Moved::Failed;
-                        if unmoved {
-                            state.retry_at = UnixMillis::now().plus_ms(ARCHIVE_RETRY_MS);
-                        }
+                            && !archive_or_wait(state, &saved, &lease, UnixMillis::now()).await;
                         publish_summary(&settled, &lease, state);
                         tell(
                             &saved.alerts,

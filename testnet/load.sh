@@ -412,12 +412,11 @@ if samples:
         def slope(points):
             if len(points) < 3:
                 return None
-            mt = statistics.fmean(t for t, _ in points)
-            mk = statistics.fmean(kb for _, kb in points)
-            var = sum((t - mt) ** 2 for t, _ in points)
-            if var == 0:
+            try:
+                fit = statistics.linear_regression([t for t, _ in points], [kb for _, kb in points])
+            except statistics.StatisticsError:
                 return None
-            return sum((t - mt) * (kb - mk) for t, kb in points) / var * 60 / 1024
+            return fit.slope * 60 / 1024
         start = duration * 0.3
         spans = [(start, duration)] + [(start + i * (duration - start) / 3, start + (i + 1) * (duration - start) / 3)
                                        for i in range(3)]

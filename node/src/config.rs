@@ -281,6 +281,8 @@ pub struct NodeConfig {
     pub account_key: Option<PathBuf>,
     /// Supplier settings: GPU source, prices, lease terms.
     pub supplier: crate::supplier::SupplierConfig,
+    /// Customer settings: how long settled leases stay watched.
+    pub customer: crate::customer::CustomerConfig,
     /// Notifications: channels, recipients, routes (see `rigmesh-notify`);
     /// none: alerts are logged and kept, never sent.
     pub notify: Option<rigmesh_notify::NotifyConfig>,
@@ -306,6 +308,7 @@ impl Default for NodeConfig {
             coordinators: None,
             account_key: None,
             supplier: crate::supplier::SupplierConfig::default(),
+            customer: crate::customer::CustomerConfig::default(),
             notify: None,
             forecast: crate::trends::ForecastConfig::default(),
         }
@@ -610,12 +613,37 @@ mod tests {
             "# review_new_destinations = false",
             "[supplier.prices]\n# credits per GPU-hour",
             "# [http.operator_tls]",
+            "[customer]",
+            "keep_settled_secs = 600",
             "[forecast]",
             "sample_secs = 60",
             "alert_horizon_hours = 24",
         ] {
             assert!(text.contains(key), "{key:?} missing from:\n{text}");
         }
+    }
+
+    /// The customer's keep of settled leases is read from `[customer]`; a
+    /// key the node does not know there is refused with its name rather
+    /// than ignored.
+    #[test]
+    fn the_customer_section_sets_the_keep_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "role = \"customer\"\n[customer]\nkeep_settled_secs = 3600\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(&path).unwrap();
+        assert_eq!(config.customer.keep_settled_secs, 3600);
+        assert_eq!(config.supplier, crate::supplier::SupplierConfig::default());
+
+        std::fs::write(&path, "[customer]\nkeep_settled_minutes = 60\n").unwrap();
+        let err = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("keep_settled_minutes"), "{err}");
+        std::fs::write(&path, "[customer]\nkeep_settled_secs = -1\n").unwrap();
+        assert!(NodeConfig::load(&path).is_err());
     }
 
     #[test]

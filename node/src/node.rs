@@ -657,7 +657,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         if let Some(rules) = &rules {
             customer = customer.with_rules(rules.clone());
         }
-        customer = customer.with_alerts(alerts_to.clone());
+        customer = customer
+            .with_alerts(alerts_to.clone())
+            .keeping_settled_for(config.customer.keep_settled_secs);
         if let Some(metrics) = bid_metrics {
             customer = customer.with_bid_metrics(metrics);
         }

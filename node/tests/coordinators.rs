@@ -2064,6 +2064,96 @@ async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what
     }
 }
 
+/// A customer node configured to keep settled leases for no time
+/// (`[customer] keep_settled_secs = 0`) lets a lease go once it learns of
+/// its final settlement: `rigmesh leases` no longer lists it, ending or
+/// disputing it again is a conflict (not a lease the account never had),
+/// and the account report still shows it, at what the coordinators took
+/// from the account for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_lease_is_let_go_after_the_configured_keep_and_still_accounted_for() {
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) =
+        ready_market_with(&dirs, |_| {}, |c| c.customer.keep_settled_secs = 0).await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0021").await;
+    let r = bid_one(&customer, dirs[5].path(), "").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lease: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let token_ref = &token;
+    eventually(30, "the lease listed at the customer", || async move {
+        let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
+        body(&r).as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let end = format!("/v1/leases/{lease}/end");
+    let r = common::http_post(api, &end, &token, "{}").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let cs_ref = &cs;
+    eventually(
+        60,
+        "the final settlement on every coordinator",
+        || async move {
+            cs_ref
+                .iter()
+                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
+        },
+    )
+    .await;
+    eventually(30, "the settled lease let go", || async move {
+        let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
+        body(&r).as_array().is_some_and(|l| l.is_empty())
+    })
+    .await;
+
+    let again = common::http_post(api, &end, &token, "{}").await;
+    assert!(again.starts_with("HTTP/1.1 409"), "{again}");
+    assert!(again.contains("finally settled"), "{again}");
+    let dispute = common::http_post(
+        api,
+        &format!("/v1/leases/{lease}/dispute"),
+        &token,
+        r#"{"reason":"not_delivered","detail":"too late"}"#,
+    )
+    .await;
+    assert!(dispute.starts_with("HTTP/1.1 409"), "{dispute}");
+    let unknown = common::http_post(
+        api,
+        &format!("/v1/leases/{}/end", rigmesh_protocol::Id([7; 32])),
+        &token,
+        "{}",
+    )
+    .await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+
+    let r = common::http_get(api, "/v1/account", Some(&token)).await;
+    let report = body(&r);
+    assert_eq!(report["leases_total"], serde_json::json!(1), "{r}");
+    let listed = &report["leases"][0];
+    assert_eq!(listed["lease"], serde_json::json!(lease.to_string()), "{r}");
+    assert_eq!(listed["state"], serde_json::json!("ended"), "{r}");
+    let spent: Credits = listed["spent"].as_str().unwrap().parse().unwrap();
+    assert!(spent > Credits::ZERO, "{r}");
+    // What the account report says the lease cost is what every
+    // coordinator took from the account for it.
+    let left = "20".parse::<Credits>().unwrap().checked_sub(spent).unwrap();
+    let buyer_ref = &buyer;
+    eventually(30, "the final settlement in every balance", || async move {
+        cs_ref.iter().all(|c| balance(c, buyer_ref) == left)
+    })
+    .await;
+    let first = books(&cs[0]);
+    assert!(
+        cs.iter().all(|c| books(c) == first),
+        "the coordinators agree"
+    );
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_completes_the_request_its_vanished_supplier_left_half_voted_then_releases() {
     common::logs();

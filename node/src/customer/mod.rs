@@ -32,3 +32,24 @@ pub use book::{
 };
 pub use budget::{Budget, BudgetTracker, BudgetUpdate, Decision};
 pub use usage::{LeaseWatch, Verdict, KEPT_DISPUTES, REMEMBERED_WINDOWS};
+
+use serde::{Deserialize, Serialize};
+
+/// What a customer node's owner configures (`[customer]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CustomerConfig {
+    /// How long a finally settled lease stays among the leases the node
+    /// watches (`rigmesh leases`, ending and disputing it) before it is
+    /// let go; its records still answer for it (the account and usage
+    /// reports). 0 lets it go at the next pass, within seconds.
+    pub keep_settled_secs: u64,
+}
+
+impl Default for CustomerConfig {
+    fn default() -> Self {
+        CustomerConfig {
+            keep_settled_secs: 600,
+        }
+    }
+}

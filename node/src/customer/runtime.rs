@@ -42,24 +42,17 @@ use super::report::{self, AccountReport, BudgetReport, LeaseState};
 use super::spending::{BudgetChange, Spending};
 use super::standing::{sign_bid, wait_of, BidState, StandingBids};
 use super::usage::{LeaseWatch, Verdict};
+use super::CustomerConfig;
 use crate::network::{NodeHandle, Protocol};
 
 /// How often standing bids are looked after (waits ended, publications
 /// retried, the book searched again after a meeting offer arrived).
 const STANDING_TICK_MS: u64 = 250;
 
-/// Every this many ticks, running leases are checked against the store
-/// for attestations gossip delivered but this task did not see.
+/// Every this many ticks (2 s), running leases are checked against the
+/// store for attestations gossip delivered but this task did not see,
+/// and leases settled longer than the keep ago are let go.
 const CATCH_UP_TICKS: u64 = 8;
-
-/// How long a finally settled lease stays among the leases the node
-/// watches (`GET /v1/leases`); its record answers for it after that (the
-/// account and usage reports), as after a restart.
-const KEEP_SETTLED_MS: u64 = 10 * 60_000;
-
-/// Every this many ticks (a minute), the leases settled longer than
-/// [`KEEP_SETTLED_MS`] ago are let go.
-const FORGET_TICKS: u64 = 240;
 
 /// How long a missing attestation is waited for before the watch goes on
 /// from a later one.
@@ -109,7 +102,8 @@ struct Lease {
     /// What the final settlement paid out of the escrow, once certified.
     settled: Option<Credits>,
     /// When this node learnt of the final settlement (or resumed the
-    /// lease finally settled): [`KEEP_SETTLED_MS`] later it is let go.
+    /// lease finally settled): the keep later
+    /// ([`Customer::keeping_settled_for`]) it is let go.
     settled_at: Option<UnixMillis>,
     /// Since when the next window's attestation is missing while later
     /// ones are here.
@@ -224,6 +218,10 @@ pub struct Customer {
     reports: Arc<tokio::sync::Semaphore>,
     /// Where the reports read and refused are counted.
     report_metrics: super::inflight::BidQueueMetrics,
+    /// How long a finally settled lease stays among the leases the node
+    /// watches (`GET /v1/leases`), in ms; its record answers for it after
+    /// that (the account and usage reports), as after a restart.
+    keep_settled_ms: u64,
 }
 
 /// A report's place among the [`REPORTS_AT_ONCE`]; given back when the
@@ -298,6 +296,9 @@ impl Customer {
             stopping: None,
             reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_AT_ONCE)),
             report_metrics: super::inflight::BidQueueMetrics::default(),
+            keep_settled_ms: CustomerConfig::default()
+                .keep_settled_secs
+                .saturating_mul(1000),
         })
     }
 
@@ -326,6 +327,13 @@ impl Customer {
     /// its window ends in, in `series`.
     pub fn with_series(mut self, series: crate::trends::SeriesWriter) -> Self {
         self.series = series;
+        self
+    }
+
+    /// Keeps a finally settled lease among the leases the node watches
+    /// for `secs` (`[customer] keep_settled_secs`) before letting it go.
+    pub fn keeping_settled_for(mut self, secs: u64) -> Self {
+        self.keep_settled_ms = secs.saturating_mul(1000);
         self
     }
 
@@ -421,8 +429,6 @@ pub async fn run(
                     customer.catch_up_all().await;
                     customer.end_silent_leases().await;
                     customer.release_unsettled().await;
-                }
-                if ticks.is_multiple_of(FORGET_TICKS) {
                     customer.forget_settled(UnixMillis::now()).await;
                 }
             }
@@ -1523,13 +1529,13 @@ impl Customer {
     }
 
     /// Lets go of the leases finally settled longer than
-    /// [`KEEP_SETTLED_MS`] ago with nothing under way for them: nothing
+    /// the keep ago with nothing under way for them: nothing
     /// more is answered or paid on them, and their records hold what the
     /// reports show. The node's passes and its lease list then cost what
     /// its recent leases do, not every lease of its run.
     async fn forget_settled(&mut self, now: UnixMillis) {
         let chores = &self.chores;
-        let done = settled_before(&self.leases, now, KEEP_SETTLED_MS, |id| {
+        let done = settled_before(&self.leases, now, self.keep_settled_ms, |id| {
             chores.under_way(id).is_some()
         });
         for id in &done {
@@ -2384,7 +2390,7 @@ mod tests {
     #[test]
     fn settled_leases_are_let_go_after_the_keep_unless_busy() {
         let now = UnixMillis(100_000_000);
-        let keep = KEEP_SETTLED_MS;
+        let keep = CustomerConfig::default().keep_settled_secs * 1000;
         let id = |n: u8| Id([n; 32]);
         let leases: BTreeMap<Id, Lease> = [
             (id(1), lease(None)),

@@ -393,7 +393,22 @@ pub struct MarketStore {
     /// The deposits and certificates stored lately, in the order stored,
     /// when kept ([`MarketStore::keep_arrivals`]).
     arrivals: std::sync::Arc<std::sync::Mutex<Arrivals>>,
+    /// How many entries the account index holds for each account and
+    /// kind counted lately ([`MarketStore::count_about_account`]), kept
+    /// up to date by every write and deletion of such entries (all of
+    /// which hold `lease_writes`), so an account's receipts are counted
+    /// once, not on every report.
+    account_counts: std::sync::Arc<std::sync::Mutex<AccountCounts>>,
 }
+
+/// The counts of [`MarketStore::count_about_account`], by account and
+/// kind; at most [`ACCOUNT_COUNTS_KEPT`], forgotten together beyond that
+/// (each is counted again when next asked).
+type AccountCounts = std::collections::HashMap<(PublicKey, Kind), usize>;
+
+/// Most accounts' and kinds' counts kept: a customer node asks about its
+/// own account, six kinds.
+const ACCOUNT_COUNTS_KEPT: usize = 1_024;
 
 /// The messages of [`ACCOUNT_KINDS`] a store wrote lately, numbered in
 /// the order written: the last `capacity` of them, in memory only.
@@ -666,6 +681,7 @@ impl MarketStore {
             messages_scanned: Default::default(),
             lease_messages_read: Default::default(),
             arrivals: Default::default(),
+            account_counts: Default::default(),
             lease_writes: Default::default(),
             kept: Default::default(),
             present: std::sync::Arc::new(present::Present::new(&[
@@ -1016,6 +1032,10 @@ impl MarketStore {
         // same devices in one batch resolve like sequential writes would.
         let mut live: std::collections::HashMap<Vec<u8>, (u64, Id, u64)> =
             std::collections::HashMap::new();
+        // The account index entries this batch adds for counted accounts:
+        // those of messages not stored before it, nor earlier in it.
+        let mut counted = Vec::new();
+        let mut new_here = std::collections::HashSet::new();
         for record in batch {
             if let Some(lease) = &record.lease {
                 // Evidence of a compacted lease (a late copy, a replay)
@@ -1100,10 +1120,18 @@ impl MarketStore {
                 );
             }
             let key = message_key(record.kind, &record.id);
+            if self.counts_any(&record.accounts, record.kind)
+                && !new_here.contains(&key)
+                && self.point_read(&key)?.is_none()
+            {
+                new_here.insert(key.clone());
+                counted.extend(record.accounts.iter().map(|a| (*a, record.kind)));
+            }
             adding.add(&key);
             write.insert(key, value);
         }
         gate::apply_batch(&self.messages, write)?;
+        self.recount(&counted, true);
         {
             let mut arrivals = self
                 .arrivals
@@ -1437,8 +1465,35 @@ impl MarketStore {
     }
 
     /// How many deposits or certificates of `kind` the account index
-    /// names under `account` (their keys only are read).
+    /// names under `account`. The index's keys are counted the first time
+    /// an account and kind are asked about; the count is then kept, and
+    /// every write or deletion of their entries changes it, so later
+    /// calls read no key.
     pub fn count_about_account(&self, account: &PublicKey, kind: Kind) -> Result<usize> {
+        if let Some(n) = self.account_counts().get(&(*account, kind)) {
+            return Ok(*n);
+        }
+        // Counted while nothing writes, so no entry lands between the
+        // count and its keeping.
+        let _writing = self
+            .lease_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = self.account_counts().get(&(*account, kind)) {
+            return Ok(*n);
+        }
+        let n = self.count_account_keys(account, kind)?;
+        let mut counts = self.account_counts();
+        if counts.len() >= ACCOUNT_COUNTS_KEPT {
+            counts.clear();
+        }
+        counts.insert((*account, kind), n);
+        Ok(n)
+    }
+
+    /// The account index's entries of `kind` under `account`, counted
+    /// key by key.
+    fn count_account_keys(&self, account: &PublicKey, kind: Kind) -> Result<usize> {
         let mut n = 0;
         for key in self
             .messages
@@ -1449,6 +1504,40 @@ impl MarketStore {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn account_counts(&self) -> std::sync::MutexGuard<'_, AccountCounts> {
+        // Changed only by inserts, additions and a clear, none of which
+        // panics half-way.
+        self.account_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether any of `accounts`' entries of `kind` are counted.
+    fn counts_any(&self, accounts: &[PublicKey], kind: Kind) -> bool {
+        let counts = self.account_counts();
+        !counts.is_empty() && accounts.iter().any(|a| counts.contains_key(&(*a, kind)))
+    }
+
+    /// Changes the kept counts by the entries a write applied: one more
+    /// for each of `changed` when it `added` them, one fewer when it
+    /// removed them; accounts not counted are passed over. Called with
+    /// `lease_writes` held, after the write applied.
+    fn recount(&self, changed: &[(PublicKey, Kind)], added: bool) {
+        if changed.is_empty() {
+            return;
+        }
+        let mut counts = self.account_counts();
+        for key in changed {
+            if let Some(n) = counts.get_mut(key) {
+                *n = if added {
+                    n.saturating_add(1)
+                } else {
+                    n.saturating_sub(1)
+                };
+            }
+        }
     }
 
     /// Every stored certificate of `T` (escrow, settlement, withdrawal).
@@ -2480,6 +2569,57 @@ mod tests {
         let (lease, other) = (Id([1; 32]), Id([2; 32]));
         store_acks(&store, lease, other);
         assert_window_reads(&store, lease, other);
+    }
+
+    /// An account's receipts are counted once; later writes (repeats
+    /// in one batch and across batches counted once) and another handle
+    /// of the same store keep the count, and it stays what the index
+    /// holds.
+    #[test]
+    fn an_accounts_receipts_are_counted_once_and_kept_by_every_write() {
+        use rigmesh_protocol::{samples, wire::WireMessage};
+        let store = MarketStore::temporary().unwrap();
+        let deposit = |n: u64| {
+            let mut body = samples::deposit().unwrap().body;
+            body.created_at = samples::T0.plus_ms(n);
+            body.reference = format!("payment {n}");
+            record_of(&WireMessage::Deposit(
+                rigmesh_protocol::Signed::sign(body, &samples::admin()).unwrap(),
+            ))
+        };
+        let customer = samples::customer().public();
+        let count = |store: &MarketStore| store.count_about_account(&customer, Kind::Deposit);
+        store.store(&[deposit(1), deposit(2)]).unwrap();
+        assert_eq!(count(&store).unwrap(), 2);
+        // Counted now: a repeat in the batch, one already stored, and
+        // two new ones.
+        store
+            .store(&[deposit(3), deposit(3), deposit(1), deposit(4)])
+            .unwrap();
+        assert_eq!(count(&store).unwrap(), 4);
+        let other = store.clone();
+        other.store(&[deposit(5), deposit(2)]).unwrap();
+        assert_eq!(count(&store).unwrap(), 5);
+        assert_eq!(
+            count(&store).unwrap(),
+            store.count_account_keys(&customer, Kind::Deposit).unwrap()
+        );
+        // Another account and kind: nothing of them, counted as such.
+        assert_eq!(
+            store
+                .count_about_account(&customer, Kind::WithdrawalCertificate)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .count_about_account(&samples::supplier().public(), Kind::Deposit)
+                .unwrap(),
+            0
+        );
+        // Forgotten beyond what is kept, counted again when asked.
+        store.account_counts().clear();
+        assert_eq!(count(&store).unwrap(), 5);
     }
 
     #[test]

@@ -482,6 +482,8 @@ impl MarketStore {
             }
             let step = budget.min(STEP);
             let mut taken = 0;
+            // The account index entries removed, for the kept counts.
+            let mut uncounted = Vec::new();
             let mut more = false;
             let kinds = EVIDENCE_KINDS
                 .iter()
@@ -508,6 +510,7 @@ impl MarketStore {
                             let made = super::made_at(&m);
                             for account in super::accounts_of(&m) {
                                 write.remove(super::account_key(&account, kind, made, &id));
+                                uncounted.push((account, kind));
                             }
                         }
                     }
@@ -520,6 +523,7 @@ impl MarketStore {
                 write.remove(due);
             }
             gate::apply_batch(&self.messages, write)?;
+            self.recount(&uncounted, false);
             drop(adding);
             // A message and its lease index entry, and sometimes more.
             gate::reclaim(taken.saturating_mul(3));
@@ -1188,19 +1192,40 @@ mod tests {
             if bystander {
                 store.keep_certificates(CertificatesKept::Of(vec![PublicKey([9; 32])]));
             }
+            // The parties' receipts are counted from the start, so every
+            // write and deletion below keeps their counts.
+            let parties = [samples::supplier().public(), samples::customer().public()];
+            let kind = Kind::SettlementCertificate;
+            let counts_hold = || {
+                parties.iter().all(|p| {
+                    store.count_about_account(p, kind).unwrap()
+                        == store.count_account_keys(p, kind).unwrap()
+                })
+            };
+            for party in &parties {
+                proptest::prop_assert_eq!(store.count_about_account(party, kind).unwrap(), 0);
+            }
             for (n, (windows, state)) in leases.iter().enumerate() {
                 let lease = Id([n as u8 + 100; 32]);
                 put(&store, &evidence(lease, *windows));
-                match state {
-                    1 => put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]),
-                    2 => put(&store, &[settlement(lease, 0, true, 0, &[2, 3])]),
-                    _ => {}
-                }
+                let certificate = match state {
+                    1 => settlement(lease, 0, true, 0, &QUORUM),
+                    2 => settlement(lease, 0, true, 0, &[2, 3]),
+                    _ => continue,
+                };
+                // Twice in one batch, and once more: stored once.
+                put(&store, &[certificate.clone(), certificate.clone()]);
+                put(&store, &[certificate]);
+            }
+            let certified = leases.iter().filter(|(_, state)| *state != 0).count();
+            for party in &parties {
+                proptest::prop_assert_eq!(store.count_about_account(party, kind).unwrap(), certified);
             }
             let mut compacted = 0;
             for round in 0..200u64 {
                 let done = store.compact_settled(&set(), None, UnixMillis(round), 0, limit).unwrap();
                 store.check_lease_index().unwrap();
+                proptest::prop_assert!(counts_hold(), "the kept counts follow each round");
                 proptest::prop_assert!(done.removed <= limit);
                 compacted += done.compacted;
                 if done.is_empty() {
@@ -1209,6 +1234,7 @@ mod tests {
             }
             let settled = leases.iter().filter(|(_, state)| *state == 1).count();
             proptest::prop_assert_eq!(compacted, settled, "each settled lease counted once");
+            let mut kept_in_all = 0;
             for (n, (windows, state)) in leases.iter().enumerate() {
                 let lease = Id([n as u8 + 100; 32]);
                 let expected = if *state == 1 { 0 } else { 2 * *windows as usize + 2 };
@@ -1224,10 +1250,14 @@ mod tests {
                     _ => 1,
                 };
                 proptest::prop_assert_eq!(certificates, kept);
+                kept_in_all += kept;
                 proptest::prop_assert_eq!(
                     store.certificates_dropped(&lease).unwrap(),
                     bystander && *state == 1
                 );
+            }
+            for party in &parties {
+                proptest::prop_assert_eq!(store.count_about_account(party, kind).unwrap(), kept_in_all);
             }
         }
     }

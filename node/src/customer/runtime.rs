@@ -102,8 +102,8 @@ struct Lease {
     /// What the final settlement paid out of the escrow, once certified.
     settled: Option<Credits>,
     /// When this node learnt of the final settlement (or resumed the
-    /// lease finally settled): the keep later
-    /// ([`Customer::keeping_settled_for`]) it is let go.
+    /// lease finally settled); it is let go once the keep
+    /// ([`Customer::keeping_settled_for`]) has passed since.
     settled_at: Option<UnixMillis>,
     /// Since when the next window's attestation is missing while later
     /// ones are here.
@@ -1528,8 +1528,8 @@ impl Customer {
         }
     }
 
-    /// Lets go of the leases finally settled longer than
-    /// the keep ago with nothing under way for them: nothing
+    /// Lets go of the leases finally settled longer than the keep ago
+    /// with nothing under way for them: nothing
     /// more is answered or paid on them, and their records hold what the
     /// reports show. The node's passes and its lease list then cost what
     /// its recent leases do, not every lease of its run.

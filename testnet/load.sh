@@ -152,7 +152,32 @@ fetch_supplier_leases() {
             "http://$NODE_SUPPLIER_API/v1/leases?limit=10000" >"$work/$name.leases${1:-}" 2>/dev/null || echo "[]" >"$work/$name.leases${1:-}"
     done
 }
-fetch_books before
+# True when every coordinator answered $work/<name>.books.$1 with the
+# same totals.
+books_alike() {
+    python3 - "$work" "$1" "${coordinators[@]}" <<'PY'
+import json, sys
+work, phase, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+views = set()
+for name in names:
+    try:
+        books = json.load(open(f"{work}/{name}.books.{phase}"))
+    except (OSError, ValueError):
+        sys.exit(1)
+    if books is None:
+        sys.exit(1)
+    views.add(json.dumps(books["totals"], sort_keys=True))
+sys.exit(0 if len(views) == 1 else 1)
+PY
+}
+# A deposit is applied once a quorum has it: the last coordinator may
+# apply a deposit just made a moment later. The books are compared from
+# the moment they agree (30 s at most; the report says if they never do).
+for _ in $(seq 30); do
+    fetch_books before
+    books_alike before && break
+    sleep 1
+done
 fetch_metrics before
 # Leases made during the run are those the suppliers did not hold before
 # it, with or without an answer to the bid that made them (a bid that

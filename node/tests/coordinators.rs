@@ -231,6 +231,20 @@ fn lease_book(c: &RunningNode, lease: &rigmesh_protocol::Id) -> Option<rigmesh_l
 }
 
 /// Deposits `credits` for the customer of `node` through its quorum client.
+/// Waits up to `secs` for `lease`'s final settlement to be applied at
+/// every coordinator of `cs`.
+async fn closed_everywhere(cs: &[RunningNode], lease: rigmesh_protocol::Id, secs: u64) {
+    eventually(
+        secs,
+        "the final settlement on every coordinator",
+        || async move {
+            cs.iter()
+                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
+        },
+    )
+    .await;
+}
+
 async fn fund(node: &RunningNode, account: &Keypair, credits: &str, reference: &str) {
     node.quorum
         .as_ref()
@@ -1575,23 +1589,7 @@ async fn a_customer_node_stopped_mid_lease_holds_its_cap_after_a_restart() {
         async move { store.count(Kind::UsageAck) > acks_before }
     })
     .await;
-    let cs_ref = &cs;
-    eventually(
-        90,
-        "the final settlement on every coordinator",
-        || async move {
-            cs_ref.iter().all(|c| {
-                c.coordinator
-                    .as_ref()
-                    .unwrap()
-                    .ledger
-                    .lease_book(&lease)
-                    .unwrap()
-                    .is_some_and(|b| b.closed)
-            })
-        },
-    )
-    .await;
+    closed_everywhere(&cs, lease, 90).await;
     // On every coordinator: what the customer paid is at most the cap,
     // and went to the supplier and the fee account.
     let deposited: Credits = "20".parse().unwrap();
@@ -1887,12 +1885,7 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
         || async move { cs_ref.iter().all(|c| book(c).amount == cap) },
     )
     .await;
-    eventually(
-        90,
-        "the final settlement on every coordinator",
-        || async move { cs_ref.iter().all(|c| book(c).closed) },
-    )
-    .await;
+    closed_everywhere(&cs, lease, 90).await;
     let paid = book(&cs[0]).paid;
     assert!(
         paid > "0.004".parse().unwrap(),
@@ -2034,17 +2027,7 @@ async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what
     // its limit (5 windows here) instead of metering for an hour, and the
     // windows it metered are paid by the unacknowledged timeout.
     customer.stop().await.unwrap();
-    let cs_ref = &cs;
-    eventually(
-        60,
-        "the final settlement on every coordinator",
-        || async move {
-            cs_ref
-                .iter()
-                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
-        },
-    )
-    .await;
+    closed_everywhere(&cs, lease, 60).await;
     let book = lease_book(&cs[0], &lease).unwrap();
     // 1 GPU at 1.70 per GPU-hour: about 0.000472 a 1 s window. The lease
     // ran a handful of windows, not the hour it was agreed for.
@@ -2091,17 +2074,7 @@ async fn a_settled_lease_is_let_go_after_the_configured_keep_and_still_accounted
     let end = format!("/v1/leases/{lease}/end");
     let r = common::http_post(api, &end, &token, "{}").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    let cs_ref = &cs;
-    eventually(
-        60,
-        "the final settlement on every coordinator",
-        || async move {
-            cs_ref
-                .iter()
-                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
-        },
-    )
-    .await;
+    closed_everywhere(&cs, lease, 60).await;
     eventually(30, "the settled lease let go", || async move {
         let r = common::http_get(api, "/v1/leases", Some(token_ref)).await;
         body(&r).as_array().is_some_and(|l| l.is_empty())
@@ -2139,7 +2112,7 @@ async fn a_settled_lease_is_let_go_after_the_configured_keep_and_still_accounted
     // What the account report says the lease cost is what every
     // coordinator took from the account for it.
     let left = "20".parse::<Credits>().unwrap().checked_sub(spent).unwrap();
-    let buyer_ref = &buyer;
+    let (cs_ref, buyer_ref) = (&cs, &buyer);
     eventually(30, "the final settlement in every balance", || async move {
         cs_ref.iter().all(|c| balance(c, buyer_ref) == left)
     })
@@ -2853,16 +2826,7 @@ async fn a_disputed_lease_holds_its_charge_until_a_certified_resolution_moves_it
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-    eventually(
-        60,
-        "the final settlement on every coordinator",
-        || async move {
-            cs_ref
-                .iter()
-                .all(|c| lease_book(c, &lease).is_some_and(|b| b.closed))
-        },
-    )
-    .await;
+    closed_everywhere(&cs, lease, 60).await;
     // The lease is closed, and what the disputed windows cost stays held:
     // neither refunded nor paid, the same on every coordinator.
     let cases = c0.dispute_cases(true, 64).unwrap();

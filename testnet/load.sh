@@ -152,8 +152,9 @@ fetch_supplier_leases() {
             "http://$NODE_SUPPLIER_API/v1/leases?limit=10000" >"$work/$name.leases${1:-}" 2>/dev/null || echo "[]" >"$work/$name.leases${1:-}"
     done
 }
-# True when every coordinator answered $work/<name>.books.$1 with the
-# same totals.
+# Whether every coordinator answered $work/<name>.books.$1 with the same
+# totals: 0 when they did, 1 when the totals differ, 2 when one did not
+# answer.
 books_alike() {
     python3 - "$work" "$1" "${coordinators[@]}" <<'PY'
 import json, sys
@@ -163,19 +164,22 @@ for name in names:
     try:
         books = json.load(open(f"{work}/{name}.books.{phase}"))
     except (OSError, ValueError):
-        sys.exit(1)
+        sys.exit(2)
     if books is None:
-        sys.exit(1)
+        sys.exit(2)
     views.add(json.dumps(books["totals"], sort_keys=True))
 sys.exit(0 if len(views) == 1 else 1)
 PY
 }
 # A deposit is applied once a quorum has it: the last coordinator may
 # apply a deposit just made a moment later. The books are compared from
-# the moment they agree (30 s at most; the report says if they never do).
+# the moment they agree (30 s at most; the report says if they never do,
+# or if a coordinator does not answer, which is not waited for).
 for _ in $(seq 30); do
     fetch_books before
-    books_alike before && break
+    alike=0
+    books_alike before || alike=$?
+    ((alike == 1)) || break
     sleep 1
 done
 fetch_metrics before

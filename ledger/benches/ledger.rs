@@ -2,7 +2,9 @@
 //! disk: journal entries per second (deposits: one balanced entry, two
 //! balances and an audit record per call, one atomic batch) against raw
 //! sled inserts, and "cheapest 10 offers of model X with >= V MiB" index
-//! queries against raw sled prefix scans of the same length.
+//! queries against raw sled prefix scans of the same length; and a round
+//! of a coordinator's standing check of its books and audit chain against
+//! the full check of the same history, at two sizes of history.
 //!
 //! `cargo bench -p rigmesh-ledger --bench ledger` runs the full sizes;
 //! under `cargo test --benches` (no `--bench` flag) it runs small sizes as a
@@ -26,6 +28,9 @@ struct Sizes {
     buffered: u64,
     offers: u64,
     queries: u64,
+    /// Deposits in the smaller history of the integrity rows; the larger
+    /// holds four times as many.
+    history: u64,
 }
 
 const MODELS: [&str; 8] = [
@@ -103,6 +108,39 @@ fn raw_transactions(n: u64) -> f64 {
             .unwrap();
     }
     rate(n, start)
+}
+
+/// A history of `history` deposits over 1,000 accounts; then the seconds
+/// of a round of the standing check (the coordinator's: 1,000 entries
+/// written since the round before, [`AGAIN_PER_ROUND`] walked again) and
+/// of the full check of the books and the audit chain.
+fn integrity(history: u64) -> (f64, f64) {
+    use rigmesh_ledger::integrity::{IntegrityCheck, AGAIN_PER_ROUND};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open_with(dir.path(), Durability::Buffered).unwrap();
+    let deposit = |n: u64| {
+        let mut who = [0u8; 32];
+        who[..8].copy_from_slice(&(n % 1_000).to_be_bytes());
+        ledger
+            .deposit(PublicKey(who), Credits::from_units(1_000), id(n), &cause(n))
+            .unwrap();
+    };
+    (0..history).for_each(deposit);
+    let mut check = IntegrityCheck::new(AGAIN_PER_ROUND);
+    check.round(&ledger).unwrap();
+    (history..history + 1_000).for_each(deposit);
+    ledger.flush().unwrap();
+    let start = Instant::now();
+    let round = check.round(&ledger).unwrap();
+    let round_secs = start.elapsed().as_secs_f64();
+    assert_eq!(round.new_entries, 1_000);
+    assert_eq!(round.broken, None);
+    let start = Instant::now();
+    let books = ledger.check_books().unwrap();
+    assert!(ledger.verify_audit().unwrap().is_intact());
+    let full_secs = start.elapsed().as_secs_f64();
+    assert_eq!(books.entries, history + 1_000);
+    (round_secs, full_secs)
 }
 
 fn memory_journal_entries(n: u64) -> f64 {
@@ -212,6 +250,7 @@ fn main() {
             buffered: 30_000,
             offers: 20_000,
             queries: 20_000,
+            history: 100_000,
         }
     } else {
         Sizes {
@@ -219,6 +258,7 @@ fn main() {
             buffered: 500,
             offers: 400,
             queries: 200,
+            history: 1_000,
         }
     };
     println!(
@@ -260,4 +300,13 @@ fn main() {
         "offer queries/s (decoded offers):    {full_offers:>10.0}   raw sled 30-row scans/s: {raw:>10.0}   ratio {:.3}",
         full_offers / raw
     );
+    for history in [sizes.history, sizes.history * 4] {
+        let (round, full) = integrity(history);
+        println!(
+            "integrity, history of {history:>7} deposits: a round {:>8.1} ms   the full check {:>8.1} ms   ratio {:.3}",
+            round * 1e3,
+            full * 1e3,
+            round / full
+        );
+    }
 }

@@ -232,11 +232,47 @@ pub(crate) fn verify_chain(
     from: AuditHead,
     head: AuditHead,
 ) -> Result<AuditReport> {
+    match walk_chain(records, from)? {
+        Walked::Broken(report) => Ok(report),
+        Walked::Reached(reached) if reached != head => Ok(AuditReport {
+            verified: reached.next_seq,
+            broken: Some(BrokenLink {
+                seq: reached.next_seq,
+                reason: Break::HeadMismatch {
+                    expected: head.next_seq,
+                },
+            }),
+        }),
+        Walked::Reached(reached) => Ok(AuditReport {
+            verified: reached.next_seq,
+            broken: None,
+        }),
+    }
+}
+
+/// Where a walk of part of the chain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Walked {
+    /// Every record linked on from the one before: the chain stands here
+    /// after the last of them.
+    Reached(AuditHead),
+    /// The first broken link.
+    Broken(AuditReport),
+}
+
+/// Walks `records` (as in [`verify_chain`]) on from `from`, checking each
+/// record's sequence, hash and link, and says where the walk ended.
+pub(crate) fn walk_chain(
+    records: impl Iterator<Item = Result<(Result<u64>, Result<SealedAudit>)>>,
+    from: AuditHead,
+) -> Result<Walked> {
     let mut expected: u64 = from.next_seq;
     let mut prev: Hash = from.last;
-    let broken = |seq: u64, reason: Break| AuditReport {
-        verified: seq,
-        broken: Some(BrokenLink { seq, reason }),
+    let broken = |seq: u64, reason: Break| {
+        Walked::Broken(AuditReport {
+            verified: seq,
+            broken: Some(BrokenLink { seq, reason }),
+        })
     };
     for item in records {
         let (key_seq, sealed) = item?;
@@ -268,18 +304,10 @@ pub(crate) fn verify_chain(
         prev = sealed.hash;
         expected = expected.saturating_add(1);
     }
-    if head.next_seq != expected || head.last != prev {
-        return Ok(broken(
-            expected,
-            Break::HeadMismatch {
-                expected: head.next_seq,
-            },
-        ));
-    }
-    Ok(AuditReport {
-        verified: expected,
-        broken: None,
-    })
+    Ok(Walked::Reached(AuditHead {
+        next_seq: expected,
+        last: prev,
+    }))
 }
 
 /// Cuts `text` to at most [`MAX_DETAIL_LEN`] bytes at a character boundary.

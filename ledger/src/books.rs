@@ -206,12 +206,21 @@ impl Totals {
 /// What [`Ledger::check_books`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BooksReport {
-    /// Journal entries replayed.
+    /// Journal entries the check covers: where the journal stood.
     pub entries: u64,
     /// Accounts with a non-zero balance.
     pub accounts: u64,
     /// The balances' sums.
     pub totals: Totals,
+}
+
+/// What [`Ledger::check_books_from`] found: the report, and what the
+/// entries it replayed added to each account.
+pub(crate) struct BooksFrom {
+    /// The report; its `entries` is where the journal stood.
+    pub(crate) report: BooksReport,
+    /// What the replayed entries added to each account they moved.
+    pub(crate) added: HashMap<Account, i128>,
 }
 
 /// Journal entries being prepared for one batch, with the balances they
@@ -787,12 +796,25 @@ impl<S: Store> Ledger<S> {
     /// written mid-walk does not look like books that do not add up),
     /// while votes and certificates go on being applied during the walk.
     pub fn check_books(&self) -> Result<BooksReport> {
+        Ok(self.check_books_from(0, &HashMap::new())?.report)
+    }
+
+    /// Checks the books as [`Ledger::check_books`] does, but replays only
+    /// the journal entries from `from`: `before` holds what the entries
+    /// before it sum to for each account (walked before, and not read
+    /// again). Returns what the entries from `from` added to each account,
+    /// besides the report.
+    pub(crate) fn check_books_from(
+        &self,
+        from: u64,
+        before: &HashMap<Account, i128>,
+    ) -> Result<BooksFrom> {
         let start = {
             let _writers = self.lock();
             self.journal_len()?
         };
-        let mut sums: HashMap<Account, i128> = HashMap::new();
-        self.replay_journal(0, start, &mut sums, &mut HashSet::new())?;
+        let mut added: HashMap<Account, i128> = HashMap::new();
+        self.replay_journal(from, start, &mut added, &mut HashSet::new())?;
         let mut stored: BTreeMap<Account, Credits> = BTreeMap::new();
         for row in self.store().rows::<Balances>(Direction::Forward) {
             let (account, balance) = row?;
@@ -802,7 +824,7 @@ impl<S: Store> Ledger<S> {
             let _writers = self.lock();
             let end = self.journal_len()?;
             let mut touched = HashSet::new();
-            self.replay_journal(start, end, &mut sums, &mut touched)?;
+            self.replay_journal(start, end, &mut added, &mut touched)?;
             if let Some(row) = self
                 .store()
                 .rows_in::<Journal>(Bound::Included(&end), Bound::Unbounded, Direction::Forward)
@@ -822,9 +844,12 @@ impl<S: Store> Ledger<S> {
             }
             end
         };
+        let journal_sum = |account: &Account| {
+            before.get(account).copied().unwrap_or(0) + added.get(account).copied().unwrap_or(0)
+        };
         let mut totals = Totals::default();
         for (account, stored) in &stored {
-            let journal = sums.remove(account).unwrap_or(0);
+            let journal = journal_sum(account);
             if journal != i128::from(stored.units()) {
                 return Err(Error::BooksMismatch {
                     account: *account,
@@ -837,7 +862,13 @@ impl<S: Store> Ledger<S> {
             }
             totals.add(account, *stored)?;
         }
-        if let Some((account, journal)) = sums.into_iter().find(|(_, sum)| *sum != 0) {
+        if let Some((account, journal)) = before
+            .keys()
+            .chain(added.keys())
+            .filter(|account| !stored.contains_key(account))
+            .map(|account| (*account, journal_sum(account)))
+            .find(|(_, sum)| *sum != 0)
+        {
             return Err(Error::BooksMismatch {
                 account,
                 stored: Credits::ZERO,
@@ -857,17 +888,20 @@ impl<S: Store> Ledger<S> {
                 ),
             ));
         }
-        Ok(BooksReport {
-            entries,
-            accounts: stored.len() as u64,
-            totals,
+        Ok(BooksFrom {
+            report: BooksReport {
+                entries,
+                accounts: stored.len() as u64,
+                totals,
+            },
+            added,
         })
     }
 
     /// Replays the journal entries `from..to` into `sums`, noting each
     /// account a leg moves in `touched`: they must be there, numbered
     /// without gaps, each balanced.
-    fn replay_journal(
+    pub(crate) fn replay_journal(
         &self,
         from: u64,
         to: u64,

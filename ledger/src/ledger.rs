@@ -404,26 +404,35 @@ impl<S: Store> Ledger<S> {
     /// again, the records appended meanwhile must link on from there to
     /// the head of that moment, with nothing past it.
     pub fn verify_audit(&self) -> Result<AuditReport> {
+        Ok(self.verify_audit_from(AuditHead::default())?.0)
+    }
+
+    /// Walks the audit chain on from `from` (a point of the chain walked
+    /// before) to its head, as [`Ledger::verify_audit`] walks it from its
+    /// start, and says where the head stood: the records before `from`
+    /// are not read.
+    pub(crate) fn verify_audit_from(&self, from: AuditHead) -> Result<(AuditReport, AuditHead)> {
         let start = {
             let _writers = self.lock();
             self.store.get_in::<AuditHeads>(&Slot)?.unwrap_or_default()
         };
         let walked = audit::verify_chain(
-            self.audit_rows(0, Some(start.next_seq)),
-            AuditHead::default(),
+            self.audit_rows(from.next_seq, Some(start.next_seq)),
+            from,
             start,
         )?;
         if !walked.is_intact() {
-            return Ok(walked);
+            return Ok((walked, start));
         }
         let _writers = self.lock();
         let head = self.store.get_in::<AuditHeads>(&Slot)?.unwrap_or_default();
-        audit::verify_chain(self.audit_rows(start.next_seq, None), start, head)
+        let report = audit::verify_chain(self.audit_rows(start.next_seq, None), start, head)?;
+        Ok((report, head))
     }
 
     /// The stored audit records from `from` (to `to`, excluded, when
     /// given), each key and record decoded on its own.
-    fn audit_rows(
+    pub(crate) fn audit_rows(
         &self,
         from: u64,
         to: Option<u64>,

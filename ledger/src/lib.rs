@@ -11,6 +11,8 @@
 //!   returns.
 //! - [`schema`] and [`migrations`]: the version check at open.
 //! - [`market`]: the node's gossip message store.
+//! - [`integrity`]: a coordinator's standing check of its books and audit
+//!   chain, in rounds whose work does not grow with the history.
 //!
 //! Durability, in one sentence: a write method of a [`Ledger`] opened with
 //! [`Durability::Flushed`] (the default) returns only after its one atomic
@@ -31,6 +33,7 @@ pub mod columns;
 pub mod coordinator;
 pub mod disputes;
 pub mod error;
+pub mod integrity;
 pub mod keys;
 mod ledger;
 pub mod market;
@@ -54,6 +57,7 @@ pub use coordinator::{
 };
 pub use disputes::{DisputeCase, DisputeRecord};
 pub use error::{Error, Result};
+pub use integrity::IntegrityCheck;
 pub use ledger::{
     Cause, Durability, FlushObserver, GroupCommitStats, GroupFlush, Ledger, MAX_PAGE,
 };

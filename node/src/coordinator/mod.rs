@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rigmesh_ledger::{
-    Account, Applied, Coordinator, CoordinatorConfig, Decided, Ledger, MarketStore, Refusal,
-    ReleaseEvidence, SettlementEvidence, HELD_FOR_REVIEW,
+    Account, Applied, Coordinator, CoordinatorConfig, Decided, IntegrityCheck, Ledger, MarketStore,
+    Refusal, ReleaseEvidence, SettlementEvidence, HELD_FOR_REVIEW,
 };
 use rigmesh_protocol::rpc::{
     AccountState, CaseFile, CertificateFrame, CoordinatorRequest, CoordinatorResponse, HeldEntry,
@@ -1023,25 +1023,34 @@ const MAX_MISSING: usize = 64;
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
-/// How often a coordinator replays its journal and audit chain.
-const INTEGRITY_EVERY_MS: u64 = 10 * 60 * 1000;
+/// How often a coordinator checks its books and audit chain: what was
+/// written since the round before, and a slice of the history again.
+const INTEGRITY_EVERY_MS: u64 = 60 * 1000;
 
 /// Rule of the alert a failed integrity check raises.
 pub const INTEGRITY_RULE: &str = "books.integrity";
 
-/// Replays the journal against the balances and verifies the audit chain;
-/// what is wrong, if anything.
-fn integrity(ledger: &Ledger) -> Option<String> {
-    if let Err(err) = ledger.check_books() {
-        return Some(format!("the books do not check: {err}"));
-    }
-    match ledger.verify_audit() {
-        Ok(report) if report.is_intact() => None,
-        Ok(report) => Some(format!(
-            "the audit chain breaks after {} records: {:?}",
-            report.verified, report.broken
-        )),
-        Err(err) => Some(format!("the audit chain cannot be read: {err}")),
+/// One round of the standing check of the books and the audit chain
+/// (`rigmesh_ledger::integrity`); what is wrong, if anything.
+fn integrity(check: &mut IntegrityCheck, ledger: &Ledger) -> Option<String> {
+    match check.round(ledger) {
+        Err(err) => Some(format!("the books do not check: {err}")),
+        Ok(round) => match round.broken {
+            Some(broken) => Some(format!(
+                "the audit chain breaks at record {}: {}",
+                broken.seq, broken.reason
+            )),
+            None => {
+                if let Some((entries, records)) = round.history_checked {
+                    tracing::info!(
+                        entries,
+                        records,
+                        "the books' history was walked again and checks"
+                    );
+                }
+                None
+            }
+        },
     }
 }
 
@@ -1328,9 +1337,12 @@ async fn housekeeping(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
     let mut report_due = UnixMillis(0);
-    // The books and the audit chain are checked at start, then now and
-    // then; a failure is an operators' alert until a check passes again.
+    // The books and the audit chain are checked at start, then every
+    // round; a failure is an operators' alert until a round passes again.
+    // The check remembers where its rounds stand (taken out while one
+    // runs; a round that panicked starts a new check).
     let mut integrity_due = UnixMillis(0);
+    let mut checks: Option<IntegrityCheck> = None;
     let mut integrity_alerted = false;
     loop {
         tokio::select! {
@@ -1381,14 +1393,22 @@ async fn housekeeping(
                 if now >= integrity_due {
                     integrity_due = now.plus_ms(INTEGRITY_EVERY_MS);
                     let r = role.clone();
-                    match tokio::task::spawn_blocking(move || integrity(&r.ledger)).await {
-                        Ok(None) => {
+                    let mut round = checks.take().unwrap_or_else(|| IntegrityCheck::new(rigmesh_ledger::integrity::AGAIN_PER_ROUND));
+                    match tokio::task::spawn_blocking(move || {
+                        let problem = integrity(&mut round, &r.ledger);
+                        (round, problem)
+                    })
+                    .await
+                    {
+                        Ok((round, None)) => {
+                            checks = Some(round);
                             if integrity_alerted {
                                 integrity_alerted = false;
                                 alerts_to.resolve(&integrity_alert(&role.key, String::new()));
                             }
                         }
-                        Ok(Some(problem)) => {
+                        Ok((round, Some(problem))) => {
+                            checks = Some(round);
                             tracing::error!(%problem, "the books or the audit chain do not check");
                             integrity_alerted = true;
                             alerts_to.raise(&integrity_alert(&role.key, problem));
@@ -1413,10 +1433,58 @@ mod integrity_tests {
     use super::*;
 
     #[test]
-    fn fresh_books_check_and_the_alert_is_for_operators() {
+    fn rounds_pass_until_the_books_break_and_the_alert_is_for_operators() {
+        use rigmesh_ledger::columns::{Audit, Balances};
+        use rigmesh_ledger::Store;
+        use rigmesh_protocol::Id;
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert_eq!(integrity(&ledger), None);
+        let mut check = IntegrityCheck::new(rigmesh_ledger::integrity::AGAIN_PER_ROUND);
+        assert_eq!(integrity(&mut check, &ledger), None);
+        let at = |n: u64| {
+            rigmesh_ledger::Cause::new(PublicKey([1; 32]), Id([n as u8; 32]), UnixMillis(n))
+        };
+        for n in 1..4 {
+            ledger
+                .deposit(
+                    PublicKey([2; 32]),
+                    rigmesh_protocol::Credits::from_units(5),
+                    Id([n as u8; 32]),
+                    &at(n),
+                )
+                .unwrap();
+        }
+        assert_eq!(integrity(&mut check, &ledger), None);
+
+        // An audit record edited before the walk gets back to it.
+        let original = ledger.audit_records(1, 1).unwrap().remove(0);
+        let mut record = original.clone();
+        record.record.detail = "deposit 5000 to someone else".into();
+        let mut batch = rigmesh_ledger::Batch::new();
+        batch.put_in::<Audit>(&1, &record).unwrap();
+        ledger.store().write(&batch).unwrap();
+        let problem = integrity(&mut check, &ledger).unwrap();
+        assert!(
+            problem.contains("audit chain breaks at record 1"),
+            "{problem}"
+        );
+
+        // A balance that is not what its journal says (the record put
+        // back), at the next round.
+        let mut batch = rigmesh_ledger::Batch::new();
+        batch.put_in::<Audit>(&1, &original).unwrap();
+        batch
+            .put_in::<Balances>(
+                &Account::User(PublicKey([2; 32])),
+                &rigmesh_protocol::Credits::from_units(1),
+            )
+            .unwrap();
+        ledger.store().write(&batch).unwrap();
+        let problem = integrity(&mut check, &ledger).unwrap();
+        assert!(
+            problem.starts_with("the books do not check: books do not balance"),
+            "{problem}"
+        );
         let key = Keypair::from_seed([3; 32]);
         let alert = integrity_alert(&key, "the books do not check".into());
         assert_eq!(alert.rule, INTEGRITY_RULE);

@@ -123,6 +123,17 @@ pub struct CoordinatorsConfig {
     /// ahead of the usage a busy market makes). Default 10.
     #[serde(default = "default_compact_every_secs")]
     pub compact_every_secs: u64,
+    /// On a coordinator: how often a round of the standing check of its
+    /// books and audit chain runs (what was written since the round
+    /// before, and 50,000 older journal entries and audit records walked
+    /// again); a failure raises `books.integrity` for its operators.
+    /// Default 60; 0 is taken as 1. A local choice.
+    #[serde(default = "default_integrity_check_secs")]
+    pub integrity_check_secs: u64,
+}
+
+fn default_integrity_check_secs() -> u64 {
+    60
 }
 
 fn default_compact_every_secs() -> u64 {
@@ -183,6 +194,7 @@ impl CoordinatorsConfig {
             books_compare_secs: default_books_compare_secs(),
             evidence_grace_secs: default_evidence_grace_secs(),
             compact_every_secs: default_compact_every_secs(),
+            integrity_check_secs: default_integrity_check_secs(),
         }
     }
 

@@ -563,9 +563,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             .coordinators
             .as_ref()
             .map_or(60_000, |c| c.reputation_report_secs.saturating_mul(1000));
+        let integrity_every_ms = config.coordinators.as_ref().map_or(60_000, |c| {
+            c.integrity_check_secs.max(1).saturating_mul(1000)
+        });
         tokio::spawn(crate::coordinator::run(
             role,
-            report_every_ms,
+            crate::coordinator::Periods {
+                report_every_ms,
+                integrity_every_ms,
+            },
             handle.clone(),
             net.inbound,
             alerts_to.clone(),

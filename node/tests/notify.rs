@@ -680,6 +680,7 @@ impl BooksPair {
         let set = config.coordinators.as_mut().unwrap();
         set.admin = Some(admin.public());
         set.books_compare_secs = 1;
+        set.integrity_check_secs = 1;
         set.member_unreachable_secs = 0;
         config
     }
@@ -814,6 +815,70 @@ async fn compare_metric(node: &RunningNode, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not on /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_finds_a_balance_edited_on_disk_and_says_so_until_it_is_mended() {
+    use rigmesh_ledger::columns::Balances;
+    use rigmesh_ledger::{Account, Batch, Store};
+    let mut pair = BooksPair::start().await;
+    let account = rigmesh_protocol::Keypair::from_seed([0x74; 32]).public();
+    let deposit = pair.deposit(account, "5");
+    pair.apply_at(&[&pair.watcher, &pair.other], &deposit);
+    // Its rounds read the deposit's entry and audit records, and pass.
+    let w = &pair.watcher;
+    eventually(30, "a round that replayed the deposit", || async move {
+        compare_metric(w, "rigmesh_coordinator_integrity_entries_total").await >= 1
+    })
+    .await;
+    assert_eq!(
+        compare_metric(w, "rigmesh_coordinator_integrity_failing").await,
+        0
+    );
+    assert_eq!(delivered(&pair.received.borrow(), "books.integrity"), 0);
+
+    // Someone with the disk gives the account 500 credits.
+    let ledger = &pair.watcher.coordinator.as_ref().unwrap().ledger;
+    let user = Account::User(account);
+    let held = ledger.balance(&user).unwrap();
+    assert_eq!(held, "5".parse().unwrap());
+    let mut batch = Batch::new();
+    batch
+        .put_in::<Balances>(&user, &"500".parse().unwrap())
+        .unwrap();
+    ledger.store().write(&batch).unwrap();
+    wait_for(&mut pair.received, "the books.integrity alert", |r| {
+        delivered(r, "books.integrity") > 0
+    })
+    .await;
+    let alert = pair.last_alert("books.integrity");
+    assert_eq!(alert.severity, "critical");
+    assert!(
+        alert.body.contains("books do not balance"),
+        "{}",
+        alert.body
+    );
+    assert!(alert.body.contains("500"), "{}", alert.body);
+    let w = &pair.watcher;
+    eventually(30, "the failing round on /metrics", || async move {
+        compare_metric(w, "rigmesh_coordinator_integrity_failing").await == 1
+    })
+    .await;
+
+    // Put back, the next round passes and the alert is resolved.
+    let mut batch = Batch::new();
+    batch.put_in::<Balances>(&user, &held).unwrap();
+    ledger.store().write(&batch).unwrap();
+    wait_for(&mut pair.received, "the resolution", |r| {
+        delivered(r, "RESOLVED: books.integrity") > 0
+    })
+    .await;
+    let w = &pair.watcher;
+    eventually(30, "a passing round on /metrics", || async move {
+        compare_metric(w, "rigmesh_coordinator_integrity_failing").await == 0
+    })
+    .await;
+    pair.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

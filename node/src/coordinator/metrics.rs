@@ -1,7 +1,8 @@
 //! Prometheus metrics of a coordinator: requests by kind and outcome,
 //! refusals by code, how long answers take, how many wait, certificates
-//! applied, money moved, alerts raised, and how its books' group commit
-//! shares flushes (writes per flush, writers queued behind one).
+//! applied, money moved, alerts raised, how its books' group commit
+//! shares flushes (writes per flush, writers queued behind one), and the
+//! rounds of the check of its books and audit chain.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +71,17 @@ pub struct CoordinatorMetrics {
     /// Journal entries posted at least one comparison period ago and not
     /// asked about yet: how far the books comparison is behind.
     pub books_compare_behind: Gauge,
+    /// Seconds a round of the check of the books and audit chain took.
+    pub integrity_round_seconds: Histogram,
+    /// Journal entries the check's rounds replayed (new ones and older
+    /// ones walked again).
+    pub integrity_entries: Counter,
+    /// Audit records the check's rounds walked (new and older).
+    pub integrity_records: Counter,
+    /// Walks of the whole history again that arrived where they began.
+    pub integrity_history_walks: Counter,
+    /// 1 while the last round found the books or the chain broken.
+    pub integrity_failing: Gauge,
 }
 
 impl CoordinatorMetrics {
@@ -87,6 +99,11 @@ impl CoordinatorMetrics {
             commit_queue: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             books_compared: Counter::default(),
             books_compare_behind: Gauge::default(),
+            integrity_round_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            integrity_entries: Counter::default(),
+            integrity_records: Counter::default(),
+            integrity_history_walks: Counter::default(),
+            integrity_failing: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_coordinator");
         r.register(
@@ -139,6 +156,31 @@ impl CoordinatorMetrics {
             "books_compare_behind_entries",
             "Journal entries posted a comparison period ago and not yet compared",
             metrics.books_compare_behind.clone(),
+        );
+        r.register(
+            "integrity_round_seconds",
+            "Seconds a round of the check of the books and audit chain took",
+            metrics.integrity_round_seconds.clone(),
+        );
+        r.register(
+            "integrity_entries",
+            "Journal entries replayed by the check's rounds, new and walked again",
+            metrics.integrity_entries.clone(),
+        );
+        r.register(
+            "integrity_records",
+            "Audit records walked by the check's rounds, new and walked again",
+            metrics.integrity_records.clone(),
+        );
+        r.register(
+            "integrity_history_walks",
+            "Walks of the books' whole history again that arrived where they began",
+            metrics.integrity_history_walks.clone(),
+        );
+        r.register(
+            "integrity_failing",
+            "1 while the last round of the check found the books or the audit chain broken",
+            metrics.integrity_failing.clone(),
         );
         metrics
     }

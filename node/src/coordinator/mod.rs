@@ -1023,17 +1023,27 @@ const MAX_MISSING: usize = 64;
 /// Requests answered at once; more wait for a slot.
 const MAX_CONCURRENT_ANSWERS: usize = 16;
 
-/// How often a coordinator checks its books and audit chain: what was
-/// written since the round before, and a slice of the history again.
-const INTEGRITY_EVERY_MS: u64 = 60 * 1000;
-
 /// Rule of the alert a failed integrity check raises.
 pub const INTEGRITY_RULE: &str = "books.integrity";
 
 /// One round of the standing check of the books and the audit chain
 /// (`rigmesh_ledger::integrity`); what is wrong, if anything.
-fn integrity(check: &mut IntegrityCheck, ledger: &Ledger) -> Option<String> {
-    match check.round(ledger) {
+fn integrity(
+    check: &mut IntegrityCheck,
+    ledger: &Ledger,
+    metrics: Option<&metrics::CoordinatorMetrics>,
+) -> Option<String> {
+    let round = check.round(ledger);
+    if let (Some(m), Ok(round)) = (metrics, &round) {
+        m.integrity_entries
+            .inc_by(round.new_entries + round.entries_again);
+        m.integrity_records
+            .inc_by(round.new_records + round.records_again);
+        if round.history_checked.is_some() {
+            m.integrity_history_walks.inc();
+        }
+    }
+    match round {
         Err(err) => Some(format!("the books do not check: {err}")),
         Ok(round) => match round.broken {
             Some(broken) => Some(format!(
@@ -1173,8 +1183,8 @@ const TICK: Duration = Duration::from_secs(2);
 const REPLAY_EVERY_MS: u64 = 30_000;
 
 /// Runs the coordinator until `stop` turns true, publishing reputation
-/// reports every `report_every_ms`; its alerts are gossiped and handed to
-/// `alerts_to`.
+/// reports and checks its books as often as `periods` says; its alerts are
+/// gossiped and handed to `alerts_to`.
 ///
 /// Three loops run side by side, so none waits on another: answering
 /// requests, applying the certificates that arrive by gossip, and the
@@ -1184,7 +1194,7 @@ const REPLAY_EVERY_MS: u64 = 30_000;
 /// holds up the admission of a request.
 pub async fn run(
     role: Arc<CoordinatorRole>,
-    report_every_ms: u64,
+    periods: Periods,
     network: NodeHandle,
     inbound: mpsc::Receiver<InboundRequest>,
     alerts_to: crate::notify::AlertSink,
@@ -1200,8 +1210,18 @@ pub async fn run(
     tokio::join!(
         answer_requests(role.clone(), network.clone(), inbound, stop.clone()),
         apply_gossip(role.clone(), accepted, replay_due.clone(), stop.clone()),
-        housekeeping(role, report_every_ms, network, alerts_to, replay_due, stop),
+        housekeeping(role, periods, network, alerts_to, replay_due, stop),
     );
+}
+
+/// How often a coordinator's periodic duties run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    /// Milliseconds between two rounds of reputation reports.
+    pub report_every_ms: u64,
+    /// Milliseconds between two rounds of the check of its books and
+    /// audit chain (`rigmesh_ledger::integrity`).
+    pub integrity_every_ms: u64,
 }
 
 /// Returns once `stop` is true (or its sender is gone).
@@ -1323,7 +1343,7 @@ async fn apply_gossip(
 /// The periodic work, every [`TICK`], until `stop`.
 async fn housekeeping(
     role: Arc<CoordinatorRole>,
-    report_every_ms: u64,
+    periods: Periods,
     network: NodeHandle,
     alerts_to: crate::notify::AlertSink,
     replay_due: Arc<std::sync::atomic::AtomicBool>,
@@ -1364,7 +1384,7 @@ async fn housekeeping(
                 let r = role.clone();
                 let _ = tokio::task::spawn_blocking(move || r.rules().retry_pending(now)).await;
                 if now >= report_due {
-                    report_due = now.plus_ms(report_every_ms);
+                    report_due = now.plus_ms(periods.report_every_ms);
                     let r = role.clone();
                     let reports = tokio::task::spawn_blocking(move || r.watch_round(now)).await.unwrap_or_default();
                     for report in reports {
@@ -1391,15 +1411,20 @@ async fn housekeeping(
                     }
                 }
                 if now >= integrity_due {
-                    integrity_due = now.plus_ms(INTEGRITY_EVERY_MS);
+                    integrity_due = now.plus_ms(periods.integrity_every_ms);
                     let r = role.clone();
                     let mut round = checks.take().unwrap_or_else(|| IntegrityCheck::new(rigmesh_ledger::integrity::AGAIN_PER_ROUND));
-                    match tokio::task::spawn_blocking(move || {
-                        let problem = integrity(&mut round, &r.ledger);
+                    let started = std::time::Instant::now();
+                    let result = tokio::task::spawn_blocking(move || {
+                        let problem = integrity(&mut round, &r.ledger, r.metrics.as_ref());
                         (round, problem)
                     })
-                    .await
-                    {
+                    .await;
+                    if let (Some(m), Ok((_, problem))) = (&role.metrics, &result) {
+                        m.integrity_round_seconds.observe(started.elapsed().as_secs_f64());
+                        m.integrity_failing.set(i64::from(problem.is_some()));
+                    }
+                    match result {
                         Ok((round, None)) => {
                             checks = Some(round);
                             if integrity_alerted {
@@ -1440,7 +1465,7 @@ mod integrity_tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         let mut check = IntegrityCheck::new(rigmesh_ledger::integrity::AGAIN_PER_ROUND);
-        assert_eq!(integrity(&mut check, &ledger), None);
+        assert_eq!(integrity(&mut check, &ledger, None), None);
         let at = |n: u64| {
             rigmesh_ledger::Cause::new(PublicKey([1; 32]), Id([n as u8; 32]), UnixMillis(n))
         };
@@ -1454,7 +1479,7 @@ mod integrity_tests {
                 )
                 .unwrap();
         }
-        assert_eq!(integrity(&mut check, &ledger), None);
+        assert_eq!(integrity(&mut check, &ledger, None), None);
 
         // An audit record edited before the walk gets back to it.
         let original = ledger.audit_records(1, 1).unwrap().remove(0);
@@ -1463,7 +1488,7 @@ mod integrity_tests {
         let mut batch = rigmesh_ledger::Batch::new();
         batch.put_in::<Audit>(&1, &record).unwrap();
         ledger.store().write(&batch).unwrap();
-        let problem = integrity(&mut check, &ledger).unwrap();
+        let problem = integrity(&mut check, &ledger, None).unwrap();
         assert!(
             problem.contains("audit chain breaks at record 1"),
             "{problem}"
@@ -1480,7 +1505,7 @@ mod integrity_tests {
             )
             .unwrap();
         ledger.store().write(&batch).unwrap();
-        let problem = integrity(&mut check, &ledger).unwrap();
+        let problem = integrity(&mut check, &ledger, None).unwrap();
         assert!(
             problem.starts_with("the books do not check: books do not balance"),
             "{problem}"

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[macro_use]
 mod common;
 
 use common::{cause, credits, id, key};
@@ -213,27 +214,6 @@ fn the_first_round_trusts_the_balances_and_its_walk_checks_their_history<S: Stor
         err.to_string().contains("first 9 entries, replayed again"),
         "{err}"
     );
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sled_backend {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(super::common::sled_ledger());
-                }
-            )*
-        }
-        mod memory_backend {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(super::common::memory_ledger());
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

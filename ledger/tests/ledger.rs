@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[macro_use]
 mod common;
 
 use std::str::FromStr;
@@ -651,27 +652,6 @@ fn corrupt_bytes_on_disk_are_errors<S: Store>(ledger: Ledger<S>) {
         .put(Offers::TREE, &offer_key, &[1, 2, 3, 4, 5])
         .unwrap();
     assert!(ledger.offer(&offer_id).is_err());
-}
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sled_backend {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(super::common::sled_ledger());
-                }
-            )*
-        }
-        mod memory_backend {
-            $(
-                #[test]
-                fn $case() {
-                    super::$case(super::common::memory_ledger());
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -53,3 +53,27 @@ pub fn offer(
     body.price_per_gpu_hour = credits(price);
     Signed::sign(body, &key).unwrap()
 }
+
+/// Runs each named case, a function taking a ledger, as a test on sled
+/// and as a test in memory (`sled_backend::case`, `memory_backend::case`).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sled_backend {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(super::common::sled_ledger());
+                }
+            )*
+        }
+        mod memory_backend {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(super::common::memory_ledger());
+                }
+            )*
+        }
+    };
+}

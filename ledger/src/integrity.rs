@@ -27,7 +27,10 @@
 //! The first round takes the books and the chain as they stand, without
 //! reading the history; the first walk from the start then checks that
 //! the history adds up to them. A problem found is reported by every
-//! round after it, as the rounds do not move past it.
+//! round after it: the rounds do not move past a broken link, and a
+//! journal whose walk arrived with other sums is walked again from its
+//! start, the rounds saying so until a walk arrives with the right ones
+//! (so mending the books clears it, and nothing else does).
 
 use std::collections::{HashMap, HashSet};
 
@@ -61,6 +64,12 @@ struct Again {
     until: Point,
     /// How far the walk has come.
     walked: Point,
+    /// The journal's part arrived, with the sums it should have.
+    journal_arrived: bool,
+    /// What the last arrival of the journal's part found wrong: the
+    /// journal is walked again from its start, and every round says so
+    /// until that walk arrives with the sums it should have.
+    journal_found: Option<String>,
 }
 
 impl Again {
@@ -68,6 +77,8 @@ impl Again {
         Again {
             until,
             walked: Point::default(),
+            journal_arrived: false,
+            journal_found: None,
         }
     }
 }
@@ -152,9 +163,7 @@ impl IntegrityCheck {
             round.broken = broken;
             return Ok(round);
         }
-        if again.walked.journal == again.until.journal
-            && again.walked.audit.next_seq == again.until.audit.next_seq
-        {
+        if again.journal_arrived && again.walked.audit.next_seq == again.until.audit.next_seq {
             round.history_checked = Some((again.until.journal, again.until.audit.next_seq));
             *again = Again::to(checked.clone());
         }
@@ -181,27 +190,39 @@ impl IntegrityCheck {
             entries = to - walked.journal;
             walked.journal = to;
         }
-        if walked.journal == until.journal {
+        if walked.journal == until.journal && !again.journal_arrived {
             let sum = |sums: &HashMap<Account, i128>, account: &Account| {
                 sums.get(account).copied().unwrap_or(0)
             };
-            if let Some(account) = until
+            match until
                 .sums
                 .keys()
                 .chain(walked.sums.keys())
                 .find(|account| sum(&until.sums, account) != sum(&walked.sums, account))
             {
-                return Err(Error::corrupt(
-                    "journal",
-                    format!(
+                Some(account) => {
+                    // Said by every round until a walk of the journal
+                    // from its start again arrives where it should.
+                    again.journal_found = Some(format!(
                         "its first {} entries, replayed again, add {account} up to {} \
-                         micro-credits, not the {} they did when checked before",
+                         micro-credits, where the books stood at {} when the walk began",
                         until.journal,
                         sum(&walked.sums, account),
                         sum(&until.sums, account),
-                    ),
-                ));
+                    ));
+                    *walked = Point {
+                        audit: walked.audit,
+                        ..Point::default()
+                    };
+                }
+                None => {
+                    again.journal_found = None;
+                    again.journal_arrived = true;
+                }
             }
+        }
+        if let Some(found) = &again.journal_found {
+            return Err(Error::corrupt("journal", found.clone()));
         }
         let mut records = 0;
         if walked.audit.next_seq < until.audit.next_seq {

@@ -127,7 +127,8 @@ pub struct CoordinatorsConfig {
     /// books and audit chain runs (what was written since the round
     /// before, and 50,000 older journal entries and audit records walked
     /// again); a failure raises `books.integrity` for its operators.
-    /// Default 60; 0 is taken as 1. A local choice.
+    /// Default 60; 0 is taken as 1, and rounds run at most once every 2 s
+    /// (the coordinator's housekeeping tick). A local choice.
     #[serde(default = "default_integrity_check_secs")]
     pub integrity_check_secs: u64,
 }

@@ -28,9 +28,10 @@
 //! reading the history; the first walk from the start then checks that
 //! the history adds up to them. A problem found is reported by every
 //! round after it: the rounds do not move past a broken link, and a
-//! journal whose walk arrived with other sums is walked again from its
-//! start, the rounds saying so until a walk arrives with the right ones
-//! (so mending the books clears it, and nothing else does).
+//! journal whose walk arrived with other sums, or a chain whose walk
+//! arrived at another head, is walked again from its start, the rounds
+//! saying so until a walk arrives right (so mending the books clears it,
+//! and nothing else does).
 
 use std::collections::{HashMap, HashSet};
 
@@ -70,6 +71,12 @@ struct Again {
     /// journal is walked again from its start, and every round says so
     /// until that walk arrives with the sums it should have.
     journal_found: Option<String>,
+    /// The chain's part arrived at the head it should have.
+    audit_arrived: bool,
+    /// The last arrival of the chain's part ended at another head: it is
+    /// walked again from its start, every round saying so until a walk
+    /// arrives at the right one.
+    audit_found: bool,
 }
 
 impl Again {
@@ -79,6 +86,8 @@ impl Again {
             walked: Point::default(),
             journal_arrived: false,
             journal_found: None,
+            audit_arrived: false,
+            audit_found: false,
         }
     }
 }
@@ -163,7 +172,7 @@ impl IntegrityCheck {
             round.broken = broken;
             return Ok(round);
         }
-        if again.journal_arrived && again.walked.audit.next_seq == again.until.audit.next_seq {
+        if again.journal_arrived && again.audit_arrived {
             round.history_checked = Some((again.until.journal, again.until.audit.next_seq));
             *again = Again::to(checked.clone());
         }
@@ -262,10 +271,20 @@ impl IntegrityCheck {
             records = to - walked.audit.next_seq;
             walked.audit = reached;
         }
-        if walked.audit.next_seq == until.audit.next_seq && walked.audit != until.audit {
-            // Every record links to the one before, yet the chain ends
-            // elsewhere than it did: records were rewritten, links and
-            // all, since the point was checked.
+        if walked.audit.next_seq == until.audit.next_seq && !again.audit_arrived {
+            if walked.audit == until.audit {
+                again.audit_found = false;
+                again.audit_arrived = true;
+            } else {
+                // Every record links to the one before, yet the chain ends
+                // elsewhere than it did: records were rewritten, links and
+                // all, since the point was checked. Walked again from its
+                // start, as the journal is.
+                again.audit_found = true;
+                walked.audit = AuditHead::default();
+            }
+        }
+        if again.audit_found {
             return Ok((
                 (entries, records),
                 Some(BrokenLink {

@@ -204,6 +204,55 @@ fn history_edited_after_it_was_checked_is_found_when_walked_again<S: Store>(ledg
     assert_eq!(ledger.check_books().unwrap().entries, 30);
 }
 
+fn a_chain_rewritten_links_and_all_is_found_at_the_walks_end_until_put_back<S: Store>(
+    ledger: Ledger<S>,
+) {
+    deposits(&ledger, 0, 20);
+    let mut check = IntegrityCheck::new(10);
+    rounds_to_a_checked_history(&mut check, &ledger);
+
+    // Record 5 says something else, and every record after it is sealed
+    // again to link to the one before: each link holds, but the chain
+    // ends at another hash than the one checked.
+    let original: Vec<SealedAudit> = ledger.audit_records(0, 20).unwrap();
+    let mut rewritten = original.clone();
+    rewritten[5].record.detail = "deposit 1 to someone else".into();
+    let mut batch = Batch::new();
+    for seq in 5..20 {
+        if seq > 5 {
+            rewritten[seq].record.prev = rewritten[seq - 1].hash;
+        }
+        rewritten[seq] = rewritten[seq].record.clone().seal().unwrap();
+        batch
+            .put_in::<Audit>(&(seq as u64), &rewritten[seq])
+            .unwrap();
+    }
+    ledger.store().write(&batch).unwrap();
+    let at_the_end = Some(BrokenLink {
+        seq: 20,
+        reason: Break::HeadMismatch { expected: 20 },
+    });
+    // Records 0..10 link; 10..20 arrive at another head; then the chain
+    // is walked again from its start, every round saying so.
+    assert_eq!(check.round(&ledger).unwrap().broken, None);
+    for _ in 0..3 {
+        assert_eq!(check.round(&ledger).unwrap().broken, at_the_end);
+    }
+    // Put back as the walk starts again: the round walking 0..10 still
+    // says so, the one arriving at the right head clears it.
+    let mut batch = Batch::new();
+    for seq in 5..20 {
+        batch
+            .put_in::<Audit>(&(seq as u64), &original[seq])
+            .unwrap();
+    }
+    ledger.store().write(&batch).unwrap();
+    assert_eq!(check.round(&ledger).unwrap().broken, at_the_end);
+    let round = check.round(&ledger).unwrap();
+    assert_eq!(round.broken, None);
+    assert_eq!(round.history_checked, Some((20, 20)));
+}
+
 fn the_first_round_trusts_the_balances_and_its_walk_checks_their_history<S: Store>(
     ledger: Ledger<S>,
 ) {
@@ -236,6 +285,7 @@ on_both_backends!(
     an_edited_balance_is_found_by_every_round_until_it_is_put_back,
     history_edited_after_it_was_checked_is_found_when_walked_again,
     the_first_round_trusts_the_balances_and_its_walk_checks_their_history,
+    a_chain_rewritten_links_and_all_is_found_at_the_walks_end_until_put_back,
 );
 
 #[test]

@@ -241,10 +241,8 @@ fn a_chain_rewritten_links_and_all_is_found_at_the_walks_end_until_put_back<S: S
     // Put back as the walk starts again: the round walking 0..10 still
     // says so, the one arriving at the right head clears it.
     let mut batch = Batch::new();
-    for seq in 5..20 {
-        batch
-            .put_in::<Audit>(&(seq as u64), &original[seq])
-            .unwrap();
+    for (seq, record) in original.iter().enumerate().skip(5) {
+        batch.put_in::<Audit>(&(seq as u64), record).unwrap();
     }
     ledger.store().write(&batch).unwrap();
     assert_eq!(check.round(&ledger).unwrap().broken, at_the_end);

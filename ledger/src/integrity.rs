@@ -27,11 +27,11 @@
 //! The first round takes the books and the chain as they stand, without
 //! reading the history; the first walk from the start then checks that
 //! the history adds up to them. A problem found is reported by every
-//! round after it: the rounds do not move past a broken link, and a
-//! journal whose walk arrived with other sums, or a chain whose walk
-//! arrived at another head, is walked again from its start, the rounds
-//! saying so until a walk arrives right (so mending the books clears it,
-//! and nothing else does).
+//! round after it: the rounds' own part does not move past a broken
+//! link, and a journal whose walk arrived with other sums, or a chain
+//! whose walk found a broken link or arrived at another head, is walked
+//! again from its start, the rounds saying so until a walk arrives right
+//! (so mending the books clears it, and nothing else does).
 
 use std::collections::{HashMap, HashSet};
 
@@ -73,10 +73,12 @@ struct Again {
     journal_found: Option<String>,
     /// The chain's part arrived at the head it should have.
     audit_arrived: bool,
-    /// The last arrival of the chain's part ended at another head: it is
-    /// walked again from its start, every round saying so until a walk
-    /// arrives at the right one.
-    audit_found: bool,
+    /// What the chain's part last found wrong: a broken link on the way,
+    /// or an arrival at another head. It is walked again from its start,
+    /// every round saying so until a walk arrives at the right head (a
+    /// walk that went on from the break would keep the hash of a record
+    /// read there, and could not pass once that record is put back).
+    audit_found: Option<BrokenLink>,
 }
 
 impl Again {
@@ -87,7 +89,7 @@ impl Again {
             journal_arrived: false,
             journal_found: None,
             audit_arrived: false,
-            audit_found: false,
+            audit_found: None,
         }
     }
 }
@@ -240,60 +242,58 @@ impl IntegrityCheck {
                 .next_seq
                 .saturating_add(per_round)
                 .min(until.audit.next_seq);
-            let reached = match audit::walk_chain(
+            let found = match audit::walk_chain(
                 ledger.audit_rows(walked.audit.next_seq, Some(to)),
                 walked.audit,
             )? {
-                Walked::Broken(report) => return Ok(((entries, 0), report.broken)),
-                Walked::Reached(reached) => reached,
-            };
-            if reached.next_seq != to {
-                // The slice stopped short: the record after the last one
-                // walked is not stored.
-                let found = match ledger.audit_rows(reached.next_seq, None).next() {
-                    Some(row) => row?.0.ok(),
-                    None => None,
-                };
-                let reason = match found {
-                    Some(found) => Break::Missing { found },
-                    None => Break::HeadMismatch {
-                        expected: until.audit.next_seq,
-                    },
-                };
-                return Ok((
-                    (entries, 0),
+                Walked::Broken(report) => report.broken,
+                Walked::Reached(reached) if reached.next_seq != to => {
+                    // The slice stopped short: the record after the last
+                    // one walked is not stored.
+                    let found = match ledger.audit_rows(reached.next_seq, None).next() {
+                        Some(row) => row?.0.ok(),
+                        None => None,
+                    };
                     Some(BrokenLink {
                         seq: reached.next_seq,
-                        reason,
-                    }),
-                ));
+                        reason: match found {
+                            Some(found) => Break::Missing { found },
+                            None => Break::HeadMismatch {
+                                expected: until.audit.next_seq,
+                            },
+                        },
+                    })
+                }
+                Walked::Reached(reached) => {
+                    records = to - walked.audit.next_seq;
+                    walked.audit = reached;
+                    None
+                }
+            };
+            if found.is_some() {
+                again.audit_found = found;
+                walked.audit = AuditHead::default();
             }
-            records = to - walked.audit.next_seq;
-            walked.audit = reached;
         }
         if walked.audit.next_seq == until.audit.next_seq && !again.audit_arrived {
             if walked.audit == until.audit {
-                again.audit_found = false;
+                again.audit_found = None;
                 again.audit_arrived = true;
             } else {
                 // Every record links to the one before, yet the chain ends
                 // elsewhere than it did: records were rewritten, links and
-                // all, since the point was checked. Walked again from its
-                // start, as the journal is.
-                again.audit_found = true;
-                walked.audit = AuditHead::default();
-            }
-        }
-        if again.audit_found {
-            return Ok((
-                (entries, records),
-                Some(BrokenLink {
+                // all, since the point was checked.
+                again.audit_found = Some(BrokenLink {
                     seq: until.audit.next_seq,
                     reason: Break::HeadMismatch {
                         expected: until.audit.next_seq,
                     },
-                }),
-            ));
+                });
+                walked.audit = AuditHead::default();
+            }
+        }
+        if let Some(found) = &again.audit_found {
+            return Ok(((entries, records), Some(found.clone())));
         }
         Ok(((entries, records), None))
     }

@@ -88,6 +88,10 @@ pub enum Action {
     /// moved on: every entry before the sequence in the detail was found
     /// posted at every member that answered (specs/settlement.md 10.1).
     BooksCompared,
+    /// A coordinator took away the vote locks and vote evidence of leases
+    /// finally settled longer ago than its grace (the detail says how
+    /// many leases and keys).
+    ClosedLeasesCompacted,
 }
 
 /// One audit record.

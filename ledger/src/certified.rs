@@ -21,9 +21,10 @@ use crate::audit::Action;
 use crate::books::{LeaseBook, Posting};
 use crate::codec::{Record, StoredMessage};
 use crate::columns::{
-    AppliedSubjects, Certificates, DebitLocks, DebitSeqs, DebitsApplied, DepositReferences, Held,
-    KnownDestinations, LeaseBooks, OpenByCustomer, OpenBySupplier, PendingCertificates,
-    RefutedDisputes, SettlementHeads, SettlementLocks, TypedStore,
+    AppliedSubjects, Certificates, ClosedLeases, DebitLocks, DebitSeqs, DebitsApplied,
+    DepositReferences, Held, KnownDestinations, LeaseBooks, OpenByCustomer, OpenBySupplier,
+    PendingCertificates, RefutedDisputes, SettlementHeads, SettlementLocks, TypedStore,
+    VoteEvidence,
 };
 use crate::disputes::DisputeCase;
 use crate::error::{Error, Result};
@@ -222,6 +223,17 @@ impl Settlement {
     }
 }
 
+/// What one pass of [`Ledger::compact_closed_leases`] took away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClosedCompaction {
+    /// Leases whose vote locks and evidence were taken away.
+    pub leases: u64,
+    /// Keys deleted, the leases' entries in [`ClosedLeases`] not counted.
+    pub keys: u64,
+    /// Leases past the grace were left for the next pass.
+    pub more: bool,
+}
+
 fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits> {
     a.checked_add(b).ok_or(Error::Overflow(what))
 }
@@ -374,6 +386,71 @@ impl<S: Store> Ledger<S> {
                 Ok(Lock::Taken)
             }
         }
+    }
+
+    /// Takes away what this coordinator kept to vote on the settlements
+    /// of leases it applied the final settlement of before `before`: the
+    /// lock of each settlement sequence it voted at, the window counts and
+    /// refuted disputes behind each of those votes, and the lease's last
+    /// settled attestation. A closed lease takes no further vote
+    /// (`lease_closed`), so none of these is read again; the journal, the
+    /// certificates, the applied marks, the lease's book and its dispute
+    /// cases stay. At most `limit` leases a pass, oldest first, in one
+    /// write with its audit record.
+    pub fn compact_closed_leases(
+        &self,
+        before: UnixMillis,
+        limit: usize,
+        cause: &Cause,
+    ) -> Result<ClosedCompaction> {
+        let guard = self.lock();
+        let mut batch = Batch::new();
+        let mut done = ClosedCompaction::default();
+        for row in self.store().rows::<ClosedLeases>(Direction::Forward) {
+            let ((closed_at, lease), _) = row?;
+            if closed_at >= before {
+                break;
+            }
+            if done.leases as usize >= limit {
+                done.more = true;
+                break;
+            }
+            for lock in self
+                .store()
+                .rows_with::<SettlementLocks, _>(&lease, Direction::Forward)
+            {
+                let ((_, seq), subject) = lock?;
+                batch.delete_in::<SettlementLocks>(&(lease, seq));
+                done.keys += 1;
+                if self.store().get_in::<VoteEvidence>(&subject)?.is_some() {
+                    batch.delete_in::<VoteEvidence>(&subject);
+                    done.keys += 1;
+                }
+                if self.store().get_in::<RefutedDisputes>(&subject)?.is_some() {
+                    batch.delete_in::<RefutedDisputes>(&subject);
+                    done.keys += 1;
+                }
+            }
+            if self.store().get_in::<SettlementHeads>(&lease)?.is_some() {
+                batch.delete_in::<SettlementHeads>(&lease);
+                done.keys += 1;
+            }
+            batch.delete_in::<ClosedLeases>(&(closed_at, lease));
+            done.leases += 1;
+        }
+        if done.leases > 0 {
+            self.commit(
+                guard,
+                batch,
+                Action::ClosedLeasesCompacted,
+                &format!(
+                    "vote locks and evidence of {} leases finally settled before {} taken away: {} keys",
+                    done.leases, before.0, done.keys
+                ),
+                cause,
+            )?;
+        }
+        Ok(done)
     }
 
     /// Stores a verified certificate's bytes and holds it pending, unless
@@ -753,6 +830,9 @@ impl<S: Store> Ledger<S> {
         let was_closed = book.closed;
         book.closed = s.final_settlement;
         crate::books::put_lease_book(&mut batch, &s.lease, &book, Some(was_closed))?;
+        if s.final_settlement && !was_closed {
+            batch.put_in::<ClosedLeases>(&(cause.at, s.lease), &s.settlement_seq)?;
+        }
         let payout = crate::billing::Payout {
             billable_gpu_ms: s.billable_gpu_ms,
             gross: paid_now,

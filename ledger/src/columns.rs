@@ -29,6 +29,7 @@
 //! | [`DebitsApplied`] | `ledger/debits_applied` | (account, seq) | subject applied |
 //! | [`SettlementLocks`] | `ledger/settlement_locks` | (lease, settlement seq) | subject voted for |
 //! | [`SettlementHeads`] | `ledger/settlement_heads` | lease | last settled attestation id |
+//! | [`ClosedLeases`] | `ledger/closed_leases` | (closed at, lease) | final settlement seq |
 //! | [`AppliedSubjects`] | `ledger/applied` | certificate subject | [`AppliedRecord`] |
 //! | [`PendingCertificates`] | `ledger/pending` | (kind, subject) | [`PendingSince`] |
 //! | [`VoteEvidence`] | `ledger/vote_evidence` | settlement request id | [`WindowCounts`] |
@@ -220,6 +221,12 @@ column!(
 column!(
     /// The last settled attestation of each lease.
     SettlementHeads, "ledger/settlement_heads", Id, Id
+);
+column!(
+    /// Leases finally settled here whose vote locks and vote evidence are
+    /// still kept, by when they closed: what
+    /// [`crate::Ledger::compact_closed_leases`] takes away after a grace.
+    ClosedLeases, "ledger/closed_leases", (UnixMillis, Id), u64
 );
 column!(
     /// Subjects of the certificates and deposits applied.

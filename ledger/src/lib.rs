@@ -50,7 +50,7 @@ pub use accounts::{Account, JournalEntry, Leg, Movement};
 pub use audit::{AuditReport, BrokenLink};
 pub use billing::{FeeRate, Payout};
 pub use books::{BooksReport, EscrowLock, LeaseBook, SettleTerms, Totals};
-pub use certified::{Applied, Debit, DebitTarget, Lock, Settlement};
+pub use certified::{Applied, ClosedCompaction, Debit, DebitTarget, Lock, Settlement};
 pub use coordinator::{
     termination_point, Coordinator, CoordinatorConfig, Decided, Refusal, ReleaseEvidence,
     ReviewRules, SettlementEvidence, WindowStatus, HELD_FOR_REVIEW, REFERENCE_USED,

@@ -13,6 +13,8 @@
 //! - 2 → 3: the indexes of open leases by customer and by supplier, from
 //!   the lease books.
 //! - 3 → 4: the index of open dispute cases, from the cases.
+//! - 4 → 5: the leases finally settled whose vote locks and evidence are
+//!   kept, from the lease books; their grace counts from the upgrade.
 
 use crate::error::{Error, Result};
 use crate::schema::version_write;
@@ -46,7 +48,38 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "open dispute cases",
         run: open_case_index,
     },
+    Migration {
+        from: 4,
+        description: "closed leases whose vote locks and evidence are kept",
+        run: closed_lease_index,
+    },
 ];
+
+/// 4 → 5: each closed lease that a coordinator kept vote locks or a
+/// settled head for is listed as closed now, so that they are taken away
+/// a grace after the upgrade.
+fn closed_lease_index(store: &dyn Store) -> Result<Batch> {
+    use crate::columns::{ClosedLeases, LeaseBooks, SettlementHeads, SettlementLocks, TypedStore};
+    use crate::store::Direction;
+
+    let now = rigmesh_protocol::UnixMillis::now();
+    let mut batch = Batch::default();
+    for row in store.rows::<LeaseBooks>(Direction::Forward) {
+        let (lease, book) = row?;
+        let voted = || -> Result<bool> {
+            Ok(store.get_in::<SettlementHeads>(&lease)?.is_some()
+                || store
+                    .rows_with::<SettlementLocks, _>(&lease, Direction::Forward)
+                    .next()
+                    .is_some())
+        };
+        if book.closed && voted()? {
+            let last = book.next_settlement_seq.saturating_sub(1);
+            batch.put_in::<ClosedLeases>(&(now, lease), &last)?;
+        }
+    }
+    Ok(batch)
+}
 
 /// 3 → 4: each dispute case without a resolution is listed as open.
 fn open_case_index(store: &dyn Store) -> Result<Batch> {

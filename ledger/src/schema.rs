@@ -16,7 +16,7 @@ use crate::migrations::{self, Migration};
 use crate::store::{Batch, Store};
 
 /// The schema this binary writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// A stored schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]

@@ -1174,3 +1174,139 @@ fn a_certificate_its_ingest_checked_is_applied_without_a_second_check_and_a_forg
     }
     net.assert_agree(&[0, 1, 2, 3]);
 }
+
+#[test]
+fn a_closed_lease_keeps_its_vote_locks_and_evidence_for_the_grace_and_then_takes_no_vote() {
+    use rigmesh_ledger::audit::Action;
+    use rigmesh_ledger::columns::{ClosedLeases, SchemaVersions, Slot, TypedStore};
+    use rigmesh_ledger::schema::SchemaVersion;
+    use rigmesh_ledger::store::Direction;
+    use rigmesh_ledger::{Batch, Cause, ClosedCompaction, Durability, Store};
+
+    let net = Net::new();
+    funded(&net);
+    let agreement = samples::lease_agreement().unwrap();
+    let lease = agreement.id().unwrap();
+    // The lease's one window, settled finally.
+    let mut body = samples::settlement_request().unwrap().body;
+    body.final_settlement = true;
+    body.refund = Credits::from_units(19_920_000 - 71_899 - 726);
+    let request = Signed::sign(body, &samples::supplier()).unwrap();
+    let subject = request.id().unwrap();
+    let attestations = [samples::usage_attestation().unwrap()];
+    let acks = [samples::usage_ack().unwrap()];
+    let evidence = SettlementEvidence {
+        request: &request,
+        agreement: &agreement,
+        attestations: &attestations,
+        previous: None,
+        acks: &acks,
+        disputes: &[],
+        terminations: &[],
+    };
+    let votes = (0..4)
+        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .collect::<Vec<_>>();
+    let cert = collect(&request, votes[..3].to_vec());
+    let compact = |i: usize, before: UnixMillis, limit: usize| {
+        let cause = Cause::new(net.keys[i].public(), Id::ZERO, now());
+        net.ledgers[i]
+            .compact_closed_leases(before, limit, &cause)
+            .unwrap()
+    };
+    let far = now().plus_ms(365 * 24 * 3600 * 1000);
+    // Open, the lease keeps everything, whatever the grace.
+    assert_eq!(compact(0, far, 100), ClosedCompaction::default());
+    assert_eq!(
+        net.ledgers[0].settlement_lock(&lease, 0).unwrap(),
+        Some(subject)
+    );
+    for i in 0..4 {
+        assert_eq!(
+            net.c(i).apply_settlement(&cert, now()).unwrap(),
+            Applied::Applied
+        );
+    }
+
+    // Closed at now(): within the grace nothing goes, and a member that
+    // lost the vote it sent signs it again.
+    assert_eq!(compact(0, now(), 100), ClosedCompaction::default());
+    assert!(net.c(0).vote_settlement(&evidence, now()).is_ok());
+    assert_eq!(
+        compact(0, now().plus_ms(1), 0),
+        ClosedCompaction {
+            more: true,
+            ..ClosedCompaction::default()
+        }
+    );
+    let audit_before = net.ledgers[0].verify_audit().unwrap().verified;
+
+    // Past it: the lock, the window counts behind the vote and the settled
+    // head go, in one write with its audit record.
+    assert_eq!(
+        compact(0, now().plus_ms(1), 100),
+        ClosedCompaction {
+            leases: 1,
+            keys: 3,
+            more: false
+        }
+    );
+    let ledger = &net.ledgers[0];
+    assert_eq!(ledger.settlement_lock(&lease, 0).unwrap(), None);
+    assert_eq!(ledger.settlement_head(&lease).unwrap(), None);
+    assert_eq!(ledger.vote_evidence(&subject).unwrap(), None);
+    assert_eq!(
+        ledger
+            .store()
+            .rows::<ClosedLeases>(Direction::Forward)
+            .count(),
+        0
+    );
+    let audit = ledger.verify_audit().unwrap();
+    assert_eq!(audit.broken, None);
+    assert_eq!(audit.verified, audit_before + 1);
+    let last = ledger.audit_records(audit_before, 1).unwrap().remove(0);
+    assert_eq!(last.record.action, Action::ClosedLeasesCompacted);
+    assert_eq!(compact(0, far, 100), ClosedCompaction::default());
+
+    // The money is where it was, alike at all four; the certificate sent
+    // again is known applied; the request is refused as the lease is
+    // closed, where a member that kept its lock signs it again.
+    net.assert_agree(&[0, 1, 2, 3]);
+    assert_eq!(
+        net.c(0).apply_settlement(&cert, now()).unwrap(),
+        Applied::AlreadyApplied
+    );
+    let refused = net.c(0).vote_settlement(&evidence, now()).unwrap_err();
+    assert_eq!(refused.code, "lease_closed");
+    assert!(net.c(1).vote_settlement(&evidence, now()).is_ok());
+
+    // A store of version 4, whose closed leases are not listed, lists them
+    // when it is opened, so they are taken away a grace after the upgrade.
+    let store = net.ledgers[3].store().clone();
+    let mut batch = Batch::new();
+    for row in store.rows::<ClosedLeases>(Direction::Forward) {
+        batch.delete_in::<ClosedLeases>(&row.unwrap().0);
+    }
+    batch
+        .put_in::<SchemaVersions>(&Slot, &SchemaVersion(4))
+        .unwrap();
+    store.write(&batch).unwrap();
+    let upgraded = Ledger::with_store(store.clone(), Durability::Flushed).unwrap();
+    let listed: Vec<_> = store
+        .rows::<ClosedLeases>(Direction::Forward)
+        .map(|row| row.unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].0 .1, listed[0].1), (lease, 0));
+    let cause = Cause::new(net.keys[3].public(), Id::ZERO, now());
+    assert_eq!(
+        upgraded.compact_closed_leases(far, 100, &cause).unwrap(),
+        ClosedCompaction {
+            leases: 1,
+            keys: 3,
+            more: false
+        }
+    );
+    assert_eq!(upgraded.settlement_lock(&lease, 0).unwrap(), None);
+}

@@ -566,11 +566,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         let integrity_every_ms = config.coordinators.as_ref().map_or(60_000, |c| {
             c.integrity_check_secs.max(1).saturating_mul(1000)
         });
+        let (compact_every_ms, closed_grace_ms) =
+            config
+                .coordinators
+                .as_ref()
+                .map_or((10_000, 7 * 24 * 3600 * 1000), |c| {
+                    (
+                        c.compact_every_secs.max(1).saturating_mul(1000),
+                        c.evidence_grace_secs.saturating_mul(1000),
+                    )
+                });
         tokio::spawn(crate::coordinator::run(
             role,
             crate::coordinator::Periods {
                 report_every_ms,
                 integrity_every_ms,
+                compact_every_ms,
+                closed_grace_ms,
             },
             handle.clone(),
             net.inbound,

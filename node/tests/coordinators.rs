@@ -3510,19 +3510,23 @@ async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on
 async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_and_its_receipts_stay(
 ) {
     let dirs: Vec<_> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut cs = Vec::new();
-    for (i, dir) in dirs.iter().take(4).enumerate() {
-        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
-    }
-    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
-    // The customer, and a second customer party to none of it, compact
-    // two seconds after they find a lease finally settled; every other
-    // node keeps the default week.
+    // The customer, a second customer party to none of it, and the first
+    // coordinator compact two seconds after they find a lease finally
+    // settled; every other node keeps the default week.
     let short_grace = |c: &mut NodeConfig| {
         let table = c.coordinators.as_mut().unwrap();
         table.evidence_grace_secs = 2;
         table.compact_every_secs = 1;
     };
+    let mut cs = Vec::new();
+    for (i, dir) in dirs.iter().take(4).enumerate() {
+        cs.push(if i == 0 {
+            start_with(Role::Coordinator, dir.path(), Some(i), short_grace).await
+        } else {
+            start(Role::Coordinator, dir.path(), Some(i)).await
+        });
+    }
+    let supplier = start(Role::Supplier, dirs[4].path(), None).await;
     let customer = start_with(Role::Customer, dirs[5].path(), None, short_grace).await;
     let bystander = start_with(Role::Customer, dirs[6].path(), None, short_grace).await;
     let all: Vec<&RunningNode> = cs
@@ -3620,6 +3624,58 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     )
     .await;
     customer.store.check_lease_index().unwrap();
+
+    // The first coordinator no longer keeps what it voted on the lease
+    // with (a lock and the window counts per settlement, the settled
+    // head); the second, within its week, does. Their books are alike.
+    closed_everywhere(&cs, lease, 30).await;
+    let kept = |c: &RunningNode| {
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        let locks = (0..8)
+            .filter(|k| ledger.settlement_lock(&lease, *k).unwrap().is_some())
+            .count();
+        (locks, ledger.settlement_head(&lease).unwrap().is_some())
+    };
+    let first = &cs[0];
+    eventually(
+        30,
+        "the lease's vote locks compacted at the first coordinator",
+        || async move { kept(first) == (0, false) },
+    )
+    .await;
+    let (locks, head) = kept(&cs[1]);
+    assert!(locks >= 1 && head, "{locks} locks kept");
+    let metrics = common::http_get(cs[0].monitoring, "/metrics", None).await;
+    assert_eq!(
+        common::sample(
+            &metrics,
+            "rigmesh_coordinator_closed_leases_compacted_total"
+        ),
+        1.0
+    );
+    let deleted = common::sample(
+        &metrics,
+        "rigmesh_coordinator_closed_lease_keys_deleted_total",
+    );
+    assert!(
+        deleted >= (2 * locks + 1) as f64,
+        "{deleted} keys for {locks} settlements"
+    );
+    for c in &cs[1..] {
+        assert_eq!(books(c), books(&cs[0]));
+    }
+    assert_eq!(
+        cs[0]
+            .coordinator
+            .as_ref()
+            .unwrap()
+            .ledger
+            .verify_audit()
+            .unwrap()
+            .broken,
+        None
+    );
+
     let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
     let counter = |series: &str| common::sample(&metrics, series) as usize;
     let compacted = counter("rigmesh_store_compacted_messages_total");

@@ -82,6 +82,11 @@ pub struct CoordinatorMetrics {
     pub integrity_history_walks: Counter,
     /// 1 while the last round found the books or the chain broken.
     pub integrity_failing: Gauge,
+    /// Finally settled leases whose vote locks and evidence were taken
+    /// away after the grace.
+    pub closed_leases_compacted: Counter,
+    /// Keys those compactions deleted.
+    pub closed_lease_keys_deleted: Counter,
 }
 
 impl CoordinatorMetrics {
@@ -104,6 +109,8 @@ impl CoordinatorMetrics {
             integrity_records: Counter::default(),
             integrity_history_walks: Counter::default(),
             integrity_failing: Gauge::default(),
+            closed_leases_compacted: Counter::default(),
+            closed_lease_keys_deleted: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_coordinator");
         r.register(
@@ -181,6 +188,16 @@ impl CoordinatorMetrics {
             "integrity_failing",
             "1 while the last round of the check found the books or the audit chain broken",
             metrics.integrity_failing.clone(),
+        );
+        r.register(
+            "closed_leases_compacted",
+            "Finally settled leases whose vote locks and evidence were deleted after the grace",
+            metrics.closed_leases_compacted.clone(),
+        );
+        r.register(
+            "closed_lease_keys_deleted",
+            "Keys of finally settled leases' vote locks and evidence deleted",
+            metrics.closed_lease_keys_deleted.clone(),
         );
         metrics
     }

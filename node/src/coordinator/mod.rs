@@ -1223,7 +1223,16 @@ pub struct Periods {
     /// Milliseconds between two rounds of the check of its books and
     /// audit chain (`rigmesh_ledger::integrity`).
     pub integrity_every_ms: u64,
+    /// Milliseconds between two passes taking away the vote locks and
+    /// evidence of leases finally settled longer ago than `closed_grace_ms`
+    /// ([`Ledger::compact_closed_leases`]).
+    pub compact_every_ms: u64,
+    /// How long after its final settlement is applied a lease keeps them.
+    pub closed_grace_ms: u64,
 }
+
+/// Most finally settled leases one pass compacts, so a pass stays short.
+const CLOSED_COMPACT_LIMIT: usize = 1_000;
 
 /// Returns once `stop` is true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -1365,6 +1374,7 @@ async fn housekeeping(
     let mut integrity_due = UnixMillis(0);
     let mut checks: Option<IntegrityCheck> = None;
     let mut integrity_alerted = false;
+    let mut compact_due = UnixMillis(0);
     loop {
         tokio::select! {
             biased;
@@ -1441,6 +1451,36 @@ async fn housekeeping(
                         }
                         Err(err) => tracing::warn!(%err, "the integrity check did not run"),
                     }
+                }
+                if now >= compact_due {
+                    let r = role.clone();
+                    let before = now.minus_ms(periods.closed_grace_ms);
+                    let pass = tokio::task::spawn_blocking(move || {
+                        let cause = rigmesh_ledger::Cause::new(r.key.public(), rigmesh_protocol::Id::ZERO, now);
+                        r.ledger.compact_closed_leases(before, CLOSED_COMPACT_LIMIT, &cause)
+                    })
+                    .await;
+                    compact_due = match pass {
+                        Ok(Ok(done)) => {
+                            if let Some(m) = &role.metrics {
+                                m.closed_leases_compacted.inc_by(done.leases);
+                                m.closed_lease_keys_deleted.inc_by(done.keys);
+                            }
+                            if done.leases > 0 {
+                                tracing::debug!(leases = done.leases, keys = done.keys, "vote locks and evidence of closed leases deleted");
+                            }
+                            // Behind: the next pass at the next tick.
+                            if done.more { now } else { now.plus_ms(periods.compact_every_ms) }
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(%err, "closed leases not compacted");
+                            now.plus_ms(periods.compact_every_ms)
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "the compaction of closed leases failed");
+                            now.plus_ms(periods.compact_every_ms)
+                        }
+                    };
                 }
                 if now >= binding_due {
                     binding_due = if crate::supplier::runtime::publish_binding(&role.key, &network, now).await {

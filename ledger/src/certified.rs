@@ -396,14 +396,15 @@ impl<S: Store> Ledger<S> {
     /// (`lease_closed`), so none of these is read again; the journal, the
     /// certificates, the applied marks, the lease's book and its dispute
     /// cases stay. At most `limit` leases a pass, oldest first, in one
-    /// write with its audit record.
+    /// write with its audit record. The keys are read without the
+    /// writers' lock, so votes and certificates go on being applied
+    /// meanwhile: no vote writes them for a lease closed a grace ago.
     pub fn compact_closed_leases(
         &self,
         before: UnixMillis,
         limit: usize,
         cause: &Cause,
     ) -> Result<ClosedCompaction> {
-        let guard = self.lock();
         let mut batch = Batch::new();
         let mut done = ClosedCompaction::default();
         for row in self.store().rows::<ClosedLeases>(Direction::Forward) {
@@ -439,6 +440,7 @@ impl<S: Store> Ledger<S> {
             done.leases += 1;
         }
         if done.leases > 0 {
+            let guard = self.lock();
             self.commit(
                 guard,
                 batch,

@@ -139,6 +139,41 @@ fn settlement_votes(net: &Net, request: &Signed<SettlementRequest>) -> Vec<Signe
         .collect()
 }
 
+/// The sample lease's one window settled finally: the request, which
+/// refunds the rest of the first escrow, and its evidence.
+struct FinalWindow {
+    request: Signed<SettlementRequest>,
+    agreement: Signed<rigmesh_protocol::LeaseAgreement>,
+    attestations: [Signed<rigmesh_protocol::UsageAttestation>; 1],
+    acks: [Signed<rigmesh_protocol::UsageAck>; 1],
+}
+
+impl FinalWindow {
+    fn new() -> Self {
+        let mut body = samples::settlement_request().unwrap().body;
+        body.final_settlement = true;
+        body.refund = Credits::from_units(19_920_000 - 71_899 - 726);
+        FinalWindow {
+            request: Signed::sign(body, &samples::supplier()).unwrap(),
+            agreement: samples::lease_agreement().unwrap(),
+            attestations: [samples::usage_attestation().unwrap()],
+            acks: [samples::usage_ack().unwrap()],
+        }
+    }
+
+    fn evidence(&self) -> SettlementEvidence<'_> {
+        SettlementEvidence {
+            request: &self.request,
+            agreement: &self.agreement,
+            attestations: &self.attestations,
+            previous: None,
+            acks: &self.acks,
+            disputes: &[],
+            terminations: &[],
+        }
+    }
+}
+
 #[test]
 fn escrow_and_settlement_certify_and_every_coordinator_agrees() {
     let net = Net::new();
@@ -1033,32 +1068,22 @@ fn an_order_that_gathered_votes_before_it_expired_can_still_be_completed() {
 fn a_top_up_and_the_final_settlement_agree_in_either_order() {
     let net = Net::new();
     funded(&net);
-    let agreement = samples::lease_agreement().unwrap();
     // The final settlement of the sample window, voted on before the
     // top-up is applied anywhere: it refunds the rest of the first escrow.
-    let mut body = samples::settlement_request().unwrap().body;
-    body.final_settlement = true;
-    body.refund = Credits::from_units(19_920_000 - 71_899 - 726);
-    let request = Signed::sign(body, &samples::supplier()).unwrap();
-    let attestations = [samples::usage_attestation().unwrap()];
-    let acks = [samples::usage_ack().unwrap()];
-    let evidence = SettlementEvidence {
-        request: &request,
-        agreement: &agreement,
-        attestations: &attestations,
-        previous: None,
-        acks: &acks,
-        disputes: &[],
-        terminations: &[],
-    };
+    let last_window = FinalWindow::new();
+    let agreement = &last_window.agreement;
     let votes = (0..4)
-        .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
+        .map(|i| {
+            net.c(i)
+                .vote_settlement(&last_window.evidence(), now())
+                .unwrap()
+        })
         .collect::<Vec<_>>();
-    let last = collect(&request, votes[..3].to_vec());
+    let last = collect(&last_window.request, votes[..3].to_vec());
     // A top-up of 1 credit (the customer raised its cap), certified too.
     let top_up = order(1, 1_000_000, 9);
     let votes = (0..4)
-        .map(|i| net.c(i).vote_escrow(&top_up, &agreement, now()).unwrap())
+        .map(|i| net.c(i).vote_escrow(&top_up, agreement, now()).unwrap())
         .collect::<Vec<_>>();
     let top_up_cert = collect(&top_up, votes[..3].to_vec());
 
@@ -1104,7 +1129,7 @@ fn a_top_up_and_the_final_settlement_agree_in_either_order() {
     net.assert_agree(&[0, 1, 2, 3]);
     // Once the lease is closed, no coordinator votes for another top-up.
     let late = order(2, 1_000_000, 10);
-    let refused = net.c(0).vote_escrow(&late, &agreement, now()).unwrap_err();
+    let refused = net.c(0).vote_escrow(&late, agreement, now()).unwrap_err();
     assert_eq!(refused.code, "lease_closed");
 }
 
@@ -1185,29 +1210,15 @@ fn a_closed_lease_keeps_its_vote_locks_and_evidence_for_the_grace_and_then_takes
 
     let net = Net::new();
     funded(&net);
-    let agreement = samples::lease_agreement().unwrap();
-    let lease = agreement.id().unwrap();
     // The lease's one window, settled finally.
-    let mut body = samples::settlement_request().unwrap().body;
-    body.final_settlement = true;
-    body.refund = Credits::from_units(19_920_000 - 71_899 - 726);
-    let request = Signed::sign(body, &samples::supplier()).unwrap();
-    let subject = request.id().unwrap();
-    let attestations = [samples::usage_attestation().unwrap()];
-    let acks = [samples::usage_ack().unwrap()];
-    let evidence = SettlementEvidence {
-        request: &request,
-        agreement: &agreement,
-        attestations: &attestations,
-        previous: None,
-        acks: &acks,
-        disputes: &[],
-        terminations: &[],
-    };
+    let last_window = FinalWindow::new();
+    let lease = last_window.agreement.id().unwrap();
+    let subject = last_window.request.id().unwrap();
+    let evidence = last_window.evidence();
     let votes = (0..4)
         .map(|i| net.c(i).vote_settlement(&evidence, now()).unwrap())
         .collect::<Vec<_>>();
-    let cert = collect(&request, votes[..3].to_vec());
+    let cert = collect(&last_window.request, votes[..3].to_vec());
     let compact = |i: usize, before: UnixMillis, limit: usize| {
         let cause = Cause::new(net.keys[i].public(), Id::ZERO, now());
         net.ledgers[i]

@@ -27,6 +27,10 @@
 //!   - `0xF5 || account || tag(kind) || id` -> empty: the deposits and
 //!     certificates that move an account's money, so its receipts are a
 //!     prefix scan;
+//!   - `0xF4 || tag(kind) || id` -> empty: at a coordinator's node
+//!     ([`MarketStore::keep_unapplied`]), the deposits and certificates
+//!     stored and not yet handed to its books, written in the batch that
+//!     stores them;
 //!   - `0xFB` -> index version: set once the indexes cover every stored
 //!     message (a store written before them is indexed when opened);
 //!   - `0xFA || lease` -> empty, `0xF9 || due u64 || lease` -> empty,
@@ -43,7 +47,7 @@
 //! - tree `coordinator/case_evidence`: `lease || settlement seq u64` ->
 //!   [`CaseEvidence`] record: what an operator reviews of a dispute case.
 //!
-//! Kind tags are below `0xF5`, so the indexes never mix with messages.
+//! Kind tags are below `0xF4`, so the indexes never mix with messages.
 //!
 //! Beside the tree, in memory: a Bloom filter over the keys read one by
 //! one (messages, live-offer and report entries, tombstones), so that
@@ -390,9 +394,9 @@ pub struct MarketStore {
     /// Which point-read keys of `messages` may be stored, shared by every
     /// clone: every write of such a key adds it there first.
     present: std::sync::Arc<present::Present>,
-    /// The deposits and certificates stored lately, in the order stored,
-    /// when kept ([`MarketStore::keep_arrivals`]).
-    arrivals: std::sync::Arc<std::sync::Mutex<Arrivals>>,
+    /// Whether each deposit and certificate written is listed as not yet
+    /// applied ([`MarketStore::keep_unapplied`]), shared by every clone.
+    unapplied: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// How many entries the account index holds for each account and
     /// kind counted lately ([`MarketStore::count_about_account`]), kept
     /// up to date by every write and deletion of such entries (all of
@@ -409,31 +413,6 @@ type AccountCounts = std::collections::HashMap<(PublicKey, Kind), usize>;
 /// Most accounts' and kinds' counts kept: a customer node asks about its
 /// own account, six kinds.
 const ACCOUNT_COUNTS_KEPT: usize = 1_024;
-
-/// The messages of [`ACCOUNT_KINDS`] a store wrote lately, numbered in
-/// the order written: the last `capacity` of them, in memory only.
-#[derive(Debug, Default)]
-struct Arrivals {
-    /// How many are kept; 0 (the default) keeps none.
-    capacity: usize,
-    /// The number of the first one kept.
-    first: u64,
-    kept: std::collections::VecDeque<(Kind, Id)>,
-}
-
-impl Arrivals {
-    fn mark(&self) -> u64 {
-        self.first.saturating_add(self.kept.len() as u64)
-    }
-
-    fn push(&mut self, kind: Kind, id: Id) {
-        if self.kept.len() == self.capacity {
-            self.kept.pop_front();
-            self.first = self.first.saturating_add(1);
-        }
-        self.kept.push_back((kind, id));
-    }
-}
 
 /// What a coordinator saw of the windows a settlement request it voted
 /// for held for review: canonical signed bytes of each message.
@@ -476,6 +455,9 @@ const INDEX_VERSION_KEY: [u8; 1] = [0xFB];
 const LIVE_REPORT: u8 = 0xF6;
 /// First byte of account index keys; above every kind tag.
 const BY_ACCOUNT: u8 = 0xF5;
+/// First byte of the entries of deposits and certificates not yet
+/// applied; above every kind tag.
+const UNAPPLIED: u8 = 0xF4;
 /// The version of the indexes this code writes: 1 added the author and
 /// expiry indexes, 2 the leases that close (compaction), 3 the account
 /// index, escrow certificates in the lease index and one reputation
@@ -494,6 +476,13 @@ fn message_key(kind: Kind, id: &Id) -> Vec<u8> {
     let mut key = Vec::with_capacity(33);
     key.push(kind.tag());
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn unapplied_key(kind: Kind, id: &Id) -> Vec<u8> {
+    let mut key = Vec::with_capacity(34);
+    key.push(UNAPPLIED);
+    key.extend_from_slice(&message_key(kind, id));
     key
 }
 
@@ -680,7 +669,7 @@ impl MarketStore {
             offers_scanned: Default::default(),
             messages_scanned: Default::default(),
             lease_messages_read: Default::default(),
-            arrivals: Default::default(),
+            unapplied: Default::default(),
             account_counts: Default::default(),
             lease_writes: Default::default(),
             kept: Default::default(),
@@ -921,46 +910,51 @@ impl MarketStore {
         Ok(self.messages.get(key)?)
     }
 
-    /// Keeps, from now on, the kinds and ids of the last `capacity`
-    /// deposits and certificates this process stores, in the order
-    /// stored, so that a reader that fell behind the writes can read what
-    /// it missed ([`MarketStore::arrived_since`]) instead of every one
-    /// ever stored. In memory only: after a restart it starts empty.
-    pub fn keep_arrivals(&self, capacity: usize) {
-        let mut arrivals = self
-            .arrivals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        arrivals.capacity = capacity;
-        while arrivals.kept.len() > capacity {
-            arrivals.kept.pop_front();
-            arrivals.first = arrivals.first.saturating_add(1);
-        }
+    /// From now on, lists each deposit and certificate this store writes
+    /// as not yet applied, in the batch that writes it, until
+    /// [`MarketStore::applied`] takes it off: a coordinator's books that
+    /// missed one (its queue of accepted messages lagged, or the process
+    /// stopped between the write and the books) find it there, after a
+    /// restart too, without reading every one ever stored.
+    pub fn keep_unapplied(&self) {
+        self.unapplied
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The number the next deposit or certificate stored will get: a
-    /// mark to read [`MarketStore::arrived_since`] from later.
-    pub fn arrival_mark(&self) -> u64 {
-        self.arrivals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .mark()
+    /// At most `limit` of the deposits and certificates listed as not yet
+    /// applied, in key order from just after `after` (from the first when
+    /// `None`).
+    pub fn unapplied(&self, after: Option<(Kind, Id)>, limit: usize) -> Result<Vec<(Kind, Id)>> {
+        let from = match after {
+            Some((kind, id)) => {
+                let mut key = unapplied_key(kind, &id);
+                key.push(0);
+                key
+            }
+            None => vec![UNAPPLIED],
+        };
+        let mut out = Vec::new();
+        for entry in self.messages.range(from..vec![UNAPPLIED + 1]).take(limit) {
+            let (key, _) = entry?;
+            let kind = key
+                .get(1)
+                .and_then(|tag| Kind::from_tag(*tag))
+                .ok_or(Error::Corrupt {
+                    what: "unapplied entry kind",
+                })?;
+            out.push((
+                kind,
+                read_id(key.get(2..).unwrap_or_default(), "unapplied entry")?,
+            ));
+        }
+        Ok(out)
     }
 
-    /// The kinds and ids of the deposits and certificates stored since
-    /// `mark`, in the order stored (some may have gone since: compacted,
-    /// or skipped as compacted when written); `None` when some of them
-    /// are no longer kept, or none ever were.
-    pub fn arrived_since(&self, mark: u64) -> Option<Vec<(Kind, Id)>> {
-        let arrivals = self
-            .arrivals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if arrivals.capacity == 0 || mark < arrivals.first || mark > arrivals.mark() {
-            return None;
-        }
-        let skip = usize::try_from(mark - arrivals.first).ok()?;
-        Some(arrivals.kept.iter().skip(skip).copied().collect())
+    /// Takes a deposit or certificate off the list of those not yet
+    /// applied (applied, held or refused by the books).
+    pub fn applied(&self, kind: Kind, id: &Id) -> Result<()> {
+        self.messages.remove(unapplied_key(kind, id))?;
+        Ok(())
     }
 
     /// The canonical bytes of a stored message.
@@ -1127,22 +1121,16 @@ impl MarketStore {
                 new_here.insert(key.clone());
                 counted.extend(record.accounts.iter().map(|a| (*a, record.kind)));
             }
+            if ACCOUNT_KINDS.contains(&record.kind)
+                && self.unapplied.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                write.insert(unapplied_key(record.kind, &record.id), Vec::new());
+            }
             adding.add(&key);
             write.insert(key, value);
         }
         gate::apply_batch(&self.messages, write)?;
         self.recount(&counted, true);
-        {
-            let mut arrivals = self
-                .arrivals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if arrivals.capacity > 0 {
-                for record in batch.iter().filter(|r| ACCOUNT_KINDS.contains(&r.kind)) {
-                    arrivals.push(record.kind, record.id);
-                }
-            }
-        }
         drop(adding);
         gate::reclaim(batch.len().saturating_mul(KEYS_PER_RECORD));
         Ok(())
@@ -2530,37 +2518,41 @@ mod tests {
     }
 
     #[test]
-    fn the_deposits_and_certificates_stored_since_a_mark_are_listed_while_kept() {
+    fn deposits_and_certificates_stay_listed_unapplied_until_taken_off_across_a_reopen() {
         use rigmesh_protocol::{samples, wire::WireMessage};
-        let store = MarketStore::temporary().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = MarketStore::open(dir.path()).unwrap();
         let deposit = WireMessage::Deposit(samples::deposit().unwrap());
         let escrow = WireMessage::EscrowCertificate(samples::escrow_certificate().unwrap());
         let offer = WireMessage::Offer(samples::offer().unwrap());
-        // Not kept until asked.
+        // Not listed until asked.
         store.store(&[record_of(&deposit)]).unwrap();
-        assert_eq!(store.arrived_since(store.arrival_mark()), None);
-        store.keep_arrivals(2);
-        let mark = store.arrival_mark();
-        assert_eq!(store.arrived_since(mark), Some(Vec::new()));
+        assert_eq!(store.unapplied(None, 10).unwrap(), []);
+        store.keep_unapplied();
         store
             .store(&[record_of(&offer), record_of(&escrow), record_of(&deposit)])
             .unwrap();
         let ids = |kinds: &[&WireMessage]| -> Vec<(Kind, Id)> {
-            kinds.iter().map(|m| (m.kind(), m.id().unwrap())).collect()
+            let mut ids: Vec<_> = kinds.iter().map(|m| (m.kind(), m.id().unwrap())).collect();
+            ids.sort_by_key(|(kind, id)| unapplied_key(*kind, id));
+            ids
         };
-        // Offers move no money: not listed.
-        assert_eq!(store.arrived_since(mark), Some(ids(&[&escrow, &deposit])));
-        assert_eq!(store.arrived_since(mark + 1), Some(ids(&[&deposit])));
-        // A mark from the future is no mark.
-        assert_eq!(store.arrived_since(mark + 3), None);
-        // Past the capacity the oldest go, and a mark before them is refused.
-        store.store(&[record_of(&escrow)]).unwrap();
-        assert_eq!(store.arrived_since(mark), None);
-        assert_eq!(
-            store.arrived_since(mark + 1),
-            Some(ids(&[&deposit, &escrow]))
-        );
-        assert_eq!(store.arrival_mark(), mark + 3);
+        // Offers move no money: not listed. The list reads in pages.
+        let listed = store.unapplied(None, 10).unwrap();
+        assert_eq!(listed, ids(&[&escrow, &deposit]));
+        assert_eq!(store.unapplied(None, 1).unwrap(), listed[..1]);
+        assert_eq!(store.unapplied(Some(listed[0]), 10).unwrap(), listed[1..]);
+        assert_eq!(store.unapplied(Some(listed[1]), 10).unwrap(), []);
+        // Taken off one by one; the other is still listed once the store
+        // is opened again, and the messages are where they were.
+        store.applied(listed[0].0, &listed[0].1).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = MarketStore::open(dir.path()).unwrap();
+        assert_eq!(store.unapplied(None, 10).unwrap(), listed[1..]);
+        assert_eq!(store.count(Kind::Deposit), 1);
+        assert_eq!(store.count(Kind::EscrowCertificate), 1);
+        store.check_lease_index().unwrap();
     }
 
     #[test]

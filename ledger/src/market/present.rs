@@ -32,7 +32,7 @@ const FALSE_POSITIVES: f64 = 0.01;
 const MIN_KEYS: usize = if cfg!(test) { 64 } else { 1 << 20 };
 
 /// Message keys start with a kind tag, below this byte.
-const MESSAGES_END: u8 = 0xF5;
+const MESSAGES_END: u8 = 0xF4;
 
 /// The filter over a tree's point-read keys; see the module docs.
 pub(super) struct Present {

@@ -83,7 +83,7 @@ impl CoordinatorRole {
         ledger: Arc<Ledger>,
         store: Arc<MarketStore>,
     ) -> Self {
-        store.keep_arrivals(ARRIVALS_KEPT);
+        store.keep_unapplied();
         CoordinatorRole {
             key,
             config,
@@ -930,15 +930,9 @@ fn frame_of(message: &WireMessage) -> Option<CertificateFrame> {
     }
 }
 
-/// The kinds a coordinator applies when they arrive by gossip: those that
-/// move an account's money, as the store indexes them.
-const APPLIED_KINDS: [Kind; 6] = rigmesh_ledger::market::ACCOUNT_KINDS;
-
-/// How many deposits and certificates stored lately a coordinator's
-/// store keeps the ids of, for the pass after falling behind gossip: more
-/// than arrive between two passes ([`REPLAY_EVERY_MS`]) at some 2,000 a
-/// second; past that, the pass reads every one stored.
-const ARRIVALS_KEPT: usize = 65_536;
+/// Deposits and certificates a pass over those listed unapplied reads at
+/// once.
+const UNAPPLIED_PAGE: usize = 500;
 
 /// What one pass over the stored certificates did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -947,72 +941,81 @@ struct Replayed {
     read: usize,
     /// Of those, newly applied.
     applied: usize,
-    /// Where the next pass may start: every one stored before it was
-    /// read by this pass or an earlier one. `None` after a read failed:
-    /// the next pass reads every one.
-    mark: Option<u64>,
 }
 
-/// Applies the certificates and deposits in the node's gossip store that
-/// arrived since the pass before (`since`, its mark), or, on the first
-/// pass or when the store no longer keeps them all, every one stored, a
-/// page at a time. Run when this coordinator fell behind the messages its
-/// node accepted: those it skipped are stored already, so catch-up sync
-/// never brings them again, and a certificate whose direct delivery also
-/// failed would otherwise never reach its books. Each pass reads from
-/// the previous pass's start to the end of the store, so together they
-/// read everything stored since the first, whenever a skipped message
-/// was stored. One applied already is recognised by its bytes and costs
-/// a lookup; one whose predecessors are missing is held pending like any
+/// Applies `frame` (stored in the gossip store as `kind` and `id`) to the
+/// books, and takes it off the store's list of those not yet applied
+/// unless the books could not be read or written: applied, held pending
+/// or refused, the books have had their say.
+fn apply_listed(
+    role: &CoordinatorRole,
+    frame: &CertificateFrame,
+    (kind, id): (Kind, rigmesh_protocol::Id),
+    now: UnixMillis,
+) -> Result<Applied, Refusal> {
+    let result = role.apply(frame, now);
+    if !matches!(&result, Err(refusal) if refusal.code == "internal") {
+        if let Err(err) = role.store.applied(kind, &id) {
+            tracing::warn!(%err, "could not take a certificate off the unapplied list");
+        }
+    }
+    result
+}
+
+/// Applies the deposits and certificates the node's gossip store lists
+/// as not yet applied (`MarketStore::keep_unapplied`), a page at a time.
+/// Run at start and when this coordinator fell behind the messages its
+/// node accepted: those it skipped, and those stored just before the
+/// process stopped, are stored already, so catch-up sync never brings
+/// them again, and a certificate whose direct delivery also failed would
+/// otherwise never reach its books. The list holds only what the books
+/// have not had yet, so a pass reads that, never every one stored. One
+/// applied already meanwhile is recognised by its bytes and costs a
+/// lookup; one whose predecessors are missing is held pending like any
 /// other.
-fn apply_stored(role: &CoordinatorRole, now: UnixMillis, since: Option<u64>) -> Replayed {
+fn apply_stored(role: &CoordinatorRole, now: UnixMillis) -> Replayed {
     let mut done = Replayed {
         read: 0,
         applied: 0,
-        mark: Some(role.store.arrival_mark()),
     };
-    let apply = |kind: Kind, bytes: &[u8], done: &mut Replayed| {
-        done.read += 1;
-        let Some(frame) = WireMessage::decode(kind, bytes)
-            .ok()
-            .as_ref()
-            .and_then(frame_of)
-        else {
-            return;
-        };
-        if let Ok(Applied::Applied) = role.apply(&frame, now) {
-            done.applied += 1;
-        }
-    };
-    if let Some(arrived) = since.and_then(|mark| role.store.arrived_since(mark)) {
-        for (kind, id) in arrived {
-            match role.store.get(kind, &id) {
-                Ok(Some(bytes)) => apply(kind, &bytes, &mut done),
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "could not read a stored certificate");
-                    done.mark = None;
-                }
-            }
-        }
-        return done;
-    }
-    let mut cursor: Option<Vec<u8>> = None;
+    let mut after = None;
     loop {
-        let page = match role.store.page(&APPLIED_KINDS, cursor.as_deref(), 500, now) {
+        let page = match role.store.unapplied(after, UNAPPLIED_PAGE) {
             Ok(page) => page,
             Err(err) => {
-                tracing::warn!(%err, "could not read the stored certificates");
-                done.mark = None;
+                tracing::warn!(%err, "could not read the unapplied certificates");
                 return done;
             }
         };
-        for (kind, bytes) in &page.items {
-            apply(*kind, bytes, &mut done);
+        for &(kind, id) in &page {
+            let bytes = match role.store.get(kind, &id) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::warn!(%err, "could not read a stored certificate");
+                    continue;
+                }
+            };
+            let frame = bytes.and_then(|bytes| {
+                WireMessage::decode(kind, &bytes)
+                    .ok()
+                    .as_ref()
+                    .and_then(frame_of)
+            });
+            let Some(frame) = frame else {
+                // Gone since, or not a certificate: nothing to apply.
+                if let Err(err) = role.store.applied(kind, &id) {
+                    tracing::warn!(%err, "could not take a certificate off the unapplied list");
+                }
+                continue;
+            };
+            done.read += 1;
+            if let Ok(Applied::Applied) = apply_listed(role, &frame, (kind, id), now) {
+                done.applied += 1;
+            }
         }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return done,
+        match page.last() {
+            Some(last) if page.len() == UNAPPLIED_PAGE => after = Some(*last),
+            _ => return done,
         }
     }
 }
@@ -1179,8 +1182,9 @@ impl Drop for InFlight {
 /// How often held certificates are retried and the binding checked.
 const TICK: Duration = Duration::from_secs(2);
 
-/// Least time between two passes over the stored certificates after the
-/// coordinator fell behind its gossip.
+/// Least time between two passes over the stored certificates the books
+/// have not had (at start, then after the coordinator fell behind its
+/// gossip).
 const REPLAY_EVERY_MS: u64 = 30_000;
 
 /// Runs the coordinator until `stop` turns true, publishing reputation
@@ -1205,9 +1209,10 @@ pub async fn run(
     // from then on is missed.
     let accepted = network.subscribe();
     tracing::info!(member = %role.key.public(), epoch = role.config.set.epoch(), "coordinator ready");
-    // Set when gossip skipped certificates (the subscriber lagged): the
-    // housekeeping applies them from the store.
-    let replay_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set at start, and when gossip skipped certificates (the subscriber
+    // lagged): the housekeeping applies those its store lists as not
+    // applied yet.
+    let replay_due = Arc::new(std::sync::atomic::AtomicBool::new(true));
     tokio::join!(
         answer_requests(role.clone(), network.clone(), inbound, stop.clone()),
         apply_gossip(role.clone(), accepted, replay_due.clone(), stop.clone()),
@@ -1327,10 +1332,11 @@ async fn apply_gossip(
             () = stopped(&mut stop) => return,
             message = accepted.recv() => {
                 match message {
-                    Ok(AcceptedMessage { message, .. }) => {
+                    Ok(AcceptedMessage { message, id, .. }) => {
                         if let Some(frame) = frame_of(&message) {
                             let role = role.clone();
-                            let result = tokio::task::spawn_blocking(move || role.apply(&frame, UnixMillis::now())).await;
+                            let listed = (message.kind(), id);
+                            let result = tokio::task::spawn_blocking(move || apply_listed(&role, &frame, listed, UnixMillis::now())).await;
                             if let Ok(Err(refusal)) = result {
                                 tracing::info!(%refusal, "gossiped certificate not applied");
                             }
@@ -1360,9 +1366,6 @@ async fn housekeeping(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_replay = UnixMillis(0);
-    // Where the next pass over the stored certificates starts; the first
-    // reads them all.
-    let mut replayed: Option<u64> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut binding_due = UnixMillis(0);
@@ -1387,9 +1390,10 @@ async fn housekeeping(
                 if now >= next_replay && replay_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     next_replay = now.plus_ms(REPLAY_EVERY_MS);
                     let r = role.clone();
-                    if let Ok(pass) = tokio::task::spawn_blocking(move || apply_stored(&r, now, replayed)).await {
-                        replayed = pass.mark;
-                        tracing::info!(read = pass.read, applied = pass.applied, "stored certificates applied after falling behind gossip");
+                    if let Ok(pass) = tokio::task::spawn_blocking(move || apply_stored(&r, now)).await {
+                        if pass.read > 0 {
+                            tracing::info!(read = pass.read, applied = pass.applied, "stored certificates the books had not had applied");
+                        }
                     }
                 }
                 let r = role.clone();
@@ -1584,48 +1588,76 @@ mod catch_up_tests {
             .unwrap();
     }
 
-    /// A coordinator that skipped gossip it had accepted (its queue
-    /// lagged) finds the certificates and deposits in its store and
-    /// applies them; those it holds already are not applied twice. The
-    /// first pass reads every one stored; a later one those stored since
-    /// the pass before, unless the store no longer keeps them all.
+    /// A coordinator whose books missed deposits its node stored (its
+    /// queue lagged, or the process stopped between the write and the
+    /// books) finds them listed in its store, after a restart too, and
+    /// applies them; a pass reads only those, and those it holds already
+    /// are not applied twice.
     #[test]
-    fn a_coordinator_that_fell_behind_applies_what_its_store_holds() {
+    fn a_coordinator_applies_what_its_store_holds_and_its_books_missed_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
-        let market = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
-        // Stored before this process started keeping arrivals.
+        let open = || {
+            let ledger = Arc::new(Ledger::open(&dir.path().join("books")).unwrap());
+            let market = Arc::new(MarketStore::open(&dir.path().join("market")).unwrap());
+            CoordinatorRole::new(
+                samples::coordinators()[0].clone(),
+                health::tests::config(),
+                ledger,
+                market,
+            )
+        };
+        let role = open();
         let first = deposit(0);
-        store(&market, &first);
-        let config = health::tests::config();
-        let role = CoordinatorRole::new(samples::coordinators()[0].clone(), config, ledger, market);
         let now = first.body.created_at.plus_ms(1_000);
         let account = Account::User(first.body.account);
-        let balance = || role.ledger.balance(&account).unwrap();
-        assert_eq!(balance(), Credits::ZERO);
+        let balance = |role: &CoordinatorRole| role.ledger.balance(&account).unwrap();
+        let times = |n: i64| Credits::from_units(first.body.amount.units() * n);
 
-        let pass = apply_stored(&role, now, None);
-        assert_eq!((pass.read, pass.applied), (1, 1));
-        assert_eq!(balance(), first.body.amount);
-        // A second pass finds nothing new, and reads nothing.
-        let pass = apply_stored(&role, now, pass.mark);
-        assert_eq!((pass.read, pass.applied), (0, 0));
-        // A full pass finds it applied: nothing moves twice.
-        assert_eq!(apply_stored(&role, now, None).applied, 0);
-        assert_eq!(balance(), first.body.amount);
-
-        // One more: the next pass reads it alone.
+        // Stored, never handed to the books; the process stops.
+        store(&role.store, &first);
         store(&role.store, &deposit(1));
-        let pass = apply_stored(&role, now, pass.mark);
-        assert_eq!((pass.read, pass.applied), (1, 1));
-        // More than the store keeps arrive: the pass reads every one.
-        role.store.keep_arrivals(1);
-        store(&role.store, &deposit(2));
+        assert_eq!(balance(&role), Credits::ZERO);
+        role.store.flush().unwrap();
+        drop(role);
+
+        let role = open();
+        let pass = apply_stored(&role, now);
+        assert_eq!((pass.read, pass.applied), (2, 2));
+        assert_eq!(balance(&role), times(2));
+        // Nothing listed is left: the next pass reads nothing.
+        assert_eq!(
+            apply_stored(&role, now),
+            Replayed {
+                read: 0,
+                applied: 0
+            }
+        );
+
+        // One the books had already (handed over directly) is read once,
+        // found applied, and taken off; one more is applied.
+        let direct = deposit(2);
+        store(&role.store, &direct);
+        let frame = frame_of(&WireMessage::Deposit(direct.clone())).unwrap();
+        assert_eq!(role.apply(&frame, now).unwrap(), Applied::Applied);
         store(&role.store, &deposit(3));
-        let pass = apply_stored(&role, now, pass.mark);
-        assert_eq!((pass.read, pass.applied), (4, 2));
-        let four = Credits::from_units(first.body.amount.units() * 4);
-        assert_eq!(balance(), four);
+        let pass = apply_stored(&role, now);
+        assert_eq!((pass.read, pass.applied), (2, 1));
+        assert_eq!(balance(&role), times(4));
+        assert_eq!(role.store.unapplied(None, 10).unwrap(), []);
+
+        // Applied as gossip brings it, a deposit is taken off at once.
+        let gossiped = deposit(4);
+        store(&role.store, &gossiped);
+        let message = WireMessage::Deposit(gossiped.clone());
+        let listed = (message.kind(), message.id().unwrap());
+        assert_eq!(role.store.unapplied(None, 10).unwrap(), [listed]);
+        let frame = frame_of(&message).unwrap();
+        assert_eq!(
+            apply_listed(&role, &frame, listed, now).unwrap(),
+            Applied::Applied
+        );
+        assert_eq!(role.store.unapplied(None, 10).unwrap(), []);
+        assert_eq!(balance(&role), times(5));
         role.ledger.check_books().unwrap();
     }
 }

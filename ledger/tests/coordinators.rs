@@ -1291,6 +1291,23 @@ fn a_closed_lease_keeps_its_vote_locks_and_evidence_for_the_grace_and_then_takes
     let refused = net.c(0).vote_settlement(&evidence, now()).unwrap_err();
     assert_eq!(refused.code, "lease_closed");
     assert!(net.c(1).vote_settlement(&evidence, now()).is_ok());
+    // Its lock gone, the compacted member still votes for no other
+    // request at the same sequence, nor at the next: a supplier asking to
+    // be paid the refund too gets nothing, and no money moves.
+    for seq in [0, 1] {
+        let mut body = last_window.request.body.clone();
+        body.settlement_seq = seq;
+        body.supplier_amount = body.supplier_amount.checked_add(body.refund).unwrap();
+        body.refund = Credits::ZERO;
+        let greedy = Signed::sign(body, &samples::supplier()).unwrap();
+        let evidence = SettlementEvidence {
+            request: &greedy,
+            ..last_window.evidence()
+        };
+        let refused = net.c(0).vote_settlement(&evidence, now()).unwrap_err();
+        assert_eq!(refused.code, "lease_closed", "settlement {seq}");
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
 
     // A store of version 4, whose closed leases are not listed, lists them
     // when it is opened, so they are taken away a grace after the upgrade.

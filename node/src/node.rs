@@ -162,8 +162,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     // A coordinator keeps every lease's certificates (its books' proof,
     // what other members catch up from); a supplier or customer keeps
     // its own leases' and drops the others' with their evidence.
+    // A coordinator's store lists the deposits and certificates its books
+    // have not had from the first write on, before the network starts and
+    // before the books' loops subscribe to what it accepts.
     if config.role != Role::Coordinator {
         store.keep_certificates(rigmesh_ledger::CertificatesKept::Of(vec![account.public()]));
+    } else {
+        store.keep_unapplied();
     }
     // Who holds the data directory, for the next node that tries it.
     let pid_file = config.data_dir.join(PID_FILE);

@@ -3741,3 +3741,40 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_a_coordinator_stored_but_had_not_applied_when_it_stopped_is_in_its_books_once_it_starts(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(Role::Coordinator, dir.path(), Some(0)).await;
+    c.stop().await.unwrap();
+    // What a coordinator stopped between a gossiped deposit's write and
+    // its books leaves: the deposit in its gossip store, listed as not
+    // applied, and no peer to bring it again (sync brings only what a
+    // node does not hold).
+    let buyer = Keypair::from_seed([0x77; 32]);
+    let message = rigmesh_protocol::wire::WireMessage::Deposit(deposit(&buyer, "3", "wire-0077"));
+    {
+        let store = rigmesh_ledger::MarketStore::open(&dir.path().join("ledger")).unwrap();
+        store.keep_unapplied();
+        let record = rigmesh_ledger::MarketRecord::of(
+            &message,
+            message.id().unwrap(),
+            message.to_bytes().unwrap(),
+        );
+        store.store(&[record]).unwrap();
+        store.flush().unwrap();
+    }
+    let c = start(Role::Coordinator, dir.path(), Some(0)).await;
+    let (c_ref, buyer_ref) = (&c, &buyer);
+    eventually(
+        20,
+        "the deposit in the restarted coordinator's books",
+        || async move { balance(c_ref, buyer_ref) == "3".parse::<Credits>().unwrap() },
+    )
+    .await;
+    let role = c.coordinator.as_ref().unwrap();
+    assert_eq!(role.store.unapplied(None, 10).unwrap(), []);
+    books(&c);
+    c.stop().await.unwrap();
+}

@@ -123,7 +123,9 @@ pub struct CoordinatorsConfig {
     pub evidence_grace_secs: u64,
     /// How often the node looks for leases to compact (each round does a
     /// bounded amount of work: 10,000 messages, so the default keeps
-    /// ahead of the usage a busy market makes). Default 10.
+    /// ahead of the usage a busy market makes; a coordinator's books also
+    /// at most 1,000 closed leases, the next pass at once when more are
+    /// due). Default 10.
     #[serde(default = "default_compact_every_secs")]
     pub compact_every_secs: u64,
     /// On a coordinator: how often a round of the standing check of its

@@ -124,7 +124,7 @@ pub struct CoordinatorsConfig {
     /// How often the node looks for leases to compact (each round does a
     /// bounded amount of work: 10,000 messages, so the default keeps
     /// ahead of the usage a busy market makes; a coordinator's books also
-    /// at most 1,000 closed leases, the next pass at once when more are
+    /// at most 1,000 closed leases, the next pass at the next 2 s tick when more are
     /// due). Default 10.
     #[serde(default = "default_compact_every_secs")]
     pub compact_every_secs: u64,

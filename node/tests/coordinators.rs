@@ -2011,6 +2011,123 @@ async fn a_top_up_held_by_a_silent_supplier_holds_up_nothing_else() {
     }
 }
 
+/// The lease request the silent supplier holds, answered `Accepted`:
+/// the termination it must be, for the lease it ends.
+async fn accept_termination(
+    silent: &mut common::TestNode,
+    what: &str,
+) -> Signed<rigmesh_protocol::LeaseTermination> {
+    let held = held_request(silent, what).await;
+    let request = LeaseRequest::from_bytes(&held.bytes);
+    let Ok(LeaseRequest::Terminate(termination)) = request else {
+        panic!("{what}: a termination, not {request:?}");
+    };
+    silent
+        .handle
+        .respond(
+            Protocol::Lease,
+            held.channel,
+            LeaseResponse::Accepted.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+    termination
+}
+
+/// A bid whose caller stopped waiting (its request timed out under load)
+/// is not leased for nobody: the customer, told 408, would not know of the
+/// lease and might well bid again. One whose caller left before the
+/// supplier agreed orders no escrow, and the supplier is told to let the
+/// GPUs go; a lease made after its caller left is ended at once, and the
+/// coordinators hold the termination, so no later window is paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_whose_caller_left_is_not_leased_for_nobody() {
+    common::logs();
+    let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (cs, supplier, customer) = ready_market_with(
+        &dirs,
+        |_| {},
+        |c| {
+            c.network.limits.request_timeout_secs = 30;
+            c.http.customer.timeout_secs = 3;
+        },
+    )
+    .await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0020").await;
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let mut silent = silent_supplier(&customer, Some(account_of(dirs[4].path()).public())).await;
+    let bid = format!(
+        r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1,"window_secs":60,"budget":"0.01"}}"#
+    );
+    let post = |bid: String| {
+        let token = token.clone();
+        tokio::spawn(async move { common::http_post(api, "/v1/bid", &token, &bid).await })
+    };
+
+    // The supplier holds the proposal until the request has timed out,
+    // then agrees: the customer lets the GPUs go instead of ordering the
+    // escrow.
+    let bidding = post(bid.clone());
+    let proposal = held_proposal(&mut silent, &customer).await;
+    let r = bidding.await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    agree(&silent, proposal).await;
+    let ended = accept_termination(&mut silent, "the release of the GPUs").await;
+    for c in &cs {
+        assert!(lease_book(c, &ended.body.lease).is_none(), "no escrow");
+        assert_eq!(balance(c, &buyer), "20".parse().unwrap());
+    }
+
+    // The supplier agrees at once and holds the escrow's hand-over until
+    // the request has timed out: the lease made is ended at once.
+    let bidding = post(bid.clone());
+    let proposal = held_proposal(&mut silent, &customer).await;
+    agree(&silent, proposal).await;
+    let fund_request = held_request(&mut silent, "the escrow's hand-over").await;
+    let Ok(LeaseRequest::Fund(escrow)) = LeaseRequest::from_bytes(&fund_request.bytes) else {
+        panic!("the escrow's hand-over");
+    };
+    let lease = escrow.message.body.lease;
+    let r = bidding.await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    silent
+        .handle
+        .respond(
+            Protocol::Lease,
+            fund_request.channel,
+            LeaseResponse::Accepted.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+    let ended = accept_termination(&mut silent, "the end of the lease nobody was told of").await;
+    assert_eq!(ended.body.lease, lease);
+    let id = ended.id().unwrap();
+    let cs_ref = &cs;
+    eventually(
+        20,
+        "the termination held by every coordinator",
+        || async move {
+            cs_ref.iter().all(|c| {
+                lease_book(c, &lease).is_some()
+                    && c.store.contains(Kind::LeaseTermination, &id).unwrap()
+            })
+        },
+    )
+    .await;
+
+    let metrics = common::http_get(customer.monitoring, "/metrics", None).await;
+    assert_eq!(
+        common::sample(&metrics, "rigmesh_customer_bids_abandoned_total"),
+        2.0
+    );
+    silent.stop().await;
+    for node in cs.into_iter().chain([supplier, customer]) {
+        node.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplier_ends_a_lease_whose_customer_answers_nothing_and_is_paid_what_it_metered() {
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();

@@ -17,6 +17,7 @@
 //! bid starts, and while a bid is in flight they wait for it.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
@@ -54,8 +55,8 @@ pub(super) enum Purpose {
     /// A `bid` from the local API, answered on `reply`; when it may wait
     /// (`wait` seconds) and nothing was leased, it stands.
     Command {
-        /// The caller's answer.
-        reply: oneshot::Sender<Result<BidOutcome, BidError>>,
+        /// The caller, answered once.
+        reply: Caller,
         /// How long the bid may stand, when it may.
         wait: Option<u64>,
     },
@@ -69,21 +70,76 @@ pub(super) enum Purpose {
     },
 }
 
+/// The answer a bid from the local API waits for.
+pub(super) type Reply = oneshot::Sender<Result<BidOutcome, BidError>>;
+
+/// The caller of a bid from the local API, answered once. It stops
+/// waiting when its request times out or its connection closes; the bid's
+/// task asks whether it still waits through a [`CallerWatch`], which holds
+/// no claim on the answer.
+pub(super) struct Caller(Arc<Reply>);
+
+impl Caller {
+    /// The caller answered on `reply`.
+    pub(super) fn new(reply: Reply) -> Self {
+        Caller(Arc::new(reply))
+    }
+
+    /// What the bid's task asks whether the caller still waits.
+    pub(super) fn watch(&self) -> CallerWatch {
+        CallerWatch(Some(Arc::downgrade(&self.0)))
+    }
+
+    /// True once the caller stopped waiting.
+    pub(super) fn is_gone(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    /// Answers the caller; gives the outcome back (`Some`) when the
+    /// caller is gone. A watch holds no claim on the answer, only for the
+    /// moment it looks (the loop answers once the bid's task, and its
+    /// watch, are over).
+    pub(super) fn answer(
+        self,
+        outcome: Result<BidOutcome, BidError>,
+    ) -> Option<Result<BidOutcome, BidError>> {
+        match Arc::try_unwrap(self.0) {
+            Ok(reply) => reply.send(outcome).err(),
+            Err(_) => Some(outcome),
+        }
+    }
+}
+
+/// Whether the caller of a bid still waits, as the bid's task sees it.
+#[derive(Clone, Default)]
+pub(super) struct CallerWatch(Option<Weak<Reply>>);
+
+impl CallerWatch {
+    /// Nobody waits on a standing bid's look at the book: never gone.
+    pub(super) fn nobody() -> Self {
+        CallerWatch(None)
+    }
+
+    /// True once the caller stopped waiting.
+    pub(super) fn gone(&self) -> bool {
+        match &self.0 {
+            None => false,
+            Some(reply) => reply.upgrade().is_none_or(|r| r.is_closed()),
+        }
+    }
+}
+
 /// A bid from the local API waiting for the one in flight to end.
 pub(super) struct Queued {
     pub(super) request: BidRequest,
-    pub(super) reply: oneshot::Sender<Result<BidOutcome, BidError>>,
+    pub(super) reply: Reply,
     pub(super) wait: Option<u64>,
     since: Instant,
 }
 
 impl Queued {
     /// A bid that arrived now.
-    pub(super) fn new(
-        request: BidRequest,
-        reply: oneshot::Sender<Result<BidOutcome, BidError>>,
-        wait: Option<u64>,
-    ) -> Self {
+    pub(super) fn new(request: BidRequest, reply: Reply, wait: Option<u64>) -> Self {
         Queued {
             request,
             reply,
@@ -151,6 +207,9 @@ pub struct BidQueueMetrics {
     pub wait_seconds: Histogram,
     /// Bids answered busy because the queue was full.
     pub busy: Counter,
+    /// Bids whose caller stopped waiting while they were in flight: not
+    /// carried to an escrow, or the lease they made ended at once.
+    pub abandoned: Counter,
     /// Reports (leases, usage, budget, account) being read in their own
     /// tasks now.
     pub reports_reading: Gauge,
@@ -165,6 +224,7 @@ impl Default for BidQueueMetrics {
             in_flight: Gauge::default(),
             wait_seconds: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
             busy: Counter::default(),
+            abandoned: Counter::default(),
             reports_reading: Gauge::default(),
             reports_busy: Counter::default(),
         }
@@ -195,6 +255,11 @@ impl BidQueueMetrics {
             "bids_busy",
             "Bids answered busy because the bid queue was full",
             metrics.busy.clone(),
+        );
+        r.register(
+            "bids_abandoned",
+            "Bids whose caller stopped waiting (its request timed out or its connection closed) while they were in flight: not carried to an escrow, or the lease they made ended at once",
+            metrics.abandoned.clone(),
         );
         r.register(
             "reports_reading",
@@ -284,6 +349,11 @@ impl BidQueue {
     /// for nothing.
     pub(super) fn went_at_once(&self) {
         self.metrics.wait_seconds.observe(0.0);
+    }
+
+    /// Counts a bid whose caller stopped waiting while it was in flight.
+    pub(super) fn abandoned(&self) {
+        self.metrics.abandoned.inc();
     }
 
     /// Every queued bid, taken out (the node is stopping).
@@ -384,6 +454,32 @@ mod tests {
         (Queued::new(request(gpu), tx, None), rx)
     }
 
+    /// The bid's task sees its caller go once the caller's side is
+    /// dropped (the request timed out); the loop's answer then comes back
+    /// to it, while a caller that waits gets it.
+    #[test]
+    fn a_caller_that_left_is_seen_gone_and_its_answer_comes_back() {
+        let (tx, mut rx) = oneshot::channel();
+        let caller = Caller::new(tx);
+        let watch = caller.watch();
+        assert!(!watch.gone() && !caller.is_gone());
+        assert!(caller
+            .answer(Err(BidError::Busy("answered".into())))
+            .is_none());
+        assert!(matches!(rx.try_recv(), Ok(Err(BidError::Busy(_)))));
+        assert!(watch.gone(), "answered: nobody waits any more");
+
+        let (tx, rx) = oneshot::channel();
+        let caller = Caller::new(tx);
+        let watch = caller.watch();
+        drop(rx);
+        assert!(watch.gone() && caller.is_gone());
+        let back = caller.answer(Err(BidError::Busy("nobody hears it".into())));
+        assert!(matches!(back, Some(Err(BidError::Busy(_)))));
+
+        assert!(!CallerWatch::nobody().gone(), "a standing bid's look");
+    }
+
     #[tokio::test]
     async fn nothing_in_flight_finishes_at_once_with_nothing() {
         let mut queue = BidQueue::default();
@@ -398,7 +494,7 @@ mod tests {
         queue.launch(
             request("A100"),
             Purpose::Command {
-                reply: tx,
+                reply: Caller::new(tx),
                 wait: None,
             },
             async { panic!("the bid's task failed") },

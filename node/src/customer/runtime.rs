@@ -32,8 +32,8 @@ use super::book::BookQuery;
 use super::budget::Decision;
 use super::chores::{Chores, Done, EndFor, Net, Release};
 use super::inflight::{
-    Agreed, BidDone, BidQueue, Finished, Purpose, Queued, SlotDone, TopUp, TopUpsDone,
-    MAX_QUEUED_BIDS,
+    Agreed, BidDone, BidQueue, Caller, CallerWatch, Finished, Purpose, Queued, SlotDone, TopUp,
+    TopUpsDone, MAX_QUEUED_BIDS,
 };
 use super::records::{
     AlertRecord, CustomerRecords, DisputeNote, LeaseRecord, WindowRecord, WindowStatus,
@@ -1017,6 +1017,7 @@ impl Customer {
             return;
         }
         self.bids.went_at_once();
+        let reply = Caller::new(reply);
         self.start_bid(request, Purpose::Command { reply, wait })
             .await;
         self.start_next().await;
@@ -1041,6 +1042,10 @@ impl Customer {
         let network = self.network.clone();
         let quorum = self.quorum.clone();
         let asked = request.clone();
+        let caller = match &purpose {
+            Purpose::Command { reply, .. } => reply.watch(),
+            Purpose::Standing { .. } => CallerWatch::nobody(),
+        };
         self.bids.launch(request, purpose, async move {
             let mut orphans = Vec::new();
             if let Some(quorum) = &quorum {
@@ -1064,6 +1069,7 @@ impl Customer {
                 quorum.as_ref(),
                 &asked,
                 limit,
+                &caller,
                 &mut orphans,
             )
             .await;
@@ -1130,7 +1136,7 @@ impl Customer {
         while !self.bids.busy() && !self.is_stopping() {
             if let Some(bid) = self.bids.next_queued() {
                 let purpose = Purpose::Command {
-                    reply: bid.reply,
+                    reply: Caller::new(bid.reply),
                     wait: bid.wait,
                 };
                 self.start_bid(bid.request, purpose).await;
@@ -1183,10 +1189,13 @@ impl Customer {
             Purpose::Command { reply, wait } => {
                 let outcome = match result {
                     Ok(status) => Ok(BidOutcome::Leased(status)),
+                    // A bid nobody waits for does not stand.
+                    Err(err) if reply.is_gone() => Err(err),
                     Err(err) => self.stand(request, wait, err).await,
                 };
-                if reply.send(outcome).is_err() {
-                    tracing::info!("a bid's caller left before it was answered");
+                if let Some(unanswered) = reply.answer(outcome) {
+                    self.bids.abandoned();
+                    self.caller_left(unanswered).await;
                 }
             }
             Purpose::Standing { id, last } => match result {
@@ -1228,6 +1237,53 @@ impl Customer {
             .place(&bid, request, reason_of(&err), published, now)?;
         tracing::info!(bid = %status.id, gpu = %status.gpu, count = status.count, wait_secs = secs, why = %reason_of(&err), "nothing matches now; the bid stands");
         Ok(BidOutcome::Waiting(status))
+    }
+
+    /// A bid's caller stopped waiting (its request timed out, its
+    /// connection closed) before the bid's outcome: a lease it made is
+    /// ended at once rather than run for someone who was told nothing
+    /// (and who may well bid again), and the user is notified; the
+    /// escrow comes back by its final settlement or release. A bid that
+    /// came to stand meanwhile stays listed in `bids`, where it can be
+    /// cancelled.
+    async fn caller_left(&mut self, outcome: Result<BidOutcome, BidError>) {
+        let status = match outcome {
+            Ok(BidOutcome::Leased(status)) => status,
+            Ok(BidOutcome::Waiting(status)) => {
+                tracing::info!(bid = %status.id, "a bid's caller left before it was answered; the bid stands");
+                return;
+            }
+            Err(err) => {
+                tracing::info!(why = %reason_of(&err), "a bid's caller left before it was answered");
+                return;
+            }
+        };
+        let lease = status.lease;
+        let now = UnixMillis::now();
+        let net = self.net();
+        let Some(l) = self.leases.get_mut(&lease) else {
+            return;
+        };
+        tracing::warn!(%lease, "a bid's caller left before it was answered; the lease it made is ended at once");
+        let agreement = l.agreement.clone();
+        l.watch.end_after_current_window(now);
+        l.ended = true;
+        store_lease(&self.records, record_of(l)).await;
+        let _ = self.chores.end(
+            &net,
+            agreement,
+            rigmesh_protocol::TerminationReason::Other,
+            "the bid that made it was not answered: its caller had left".into(),
+            EndFor::Unused,
+        );
+        self.notify(
+            rigmesh_protocol::Severity::Warning,
+            "lease.ended",
+            lease,
+            format!(
+                "lease {lease} ended at once: the bid that made it was not answered (its request timed out or its connection closed); it stops after the window under way"
+            ),
+        );
     }
 
     /// Starts watching a lease its bid agreed, records it and its cap.
@@ -2240,6 +2296,7 @@ async fn bid(
     quorum: Option<&crate::quorum::Quorum>,
     request: &BidRequest,
     limit: Option<Credits>,
+    caller: &CallerWatch,
     orphans: &mut Vec<crate::quorum::Completed>,
 ) -> Result<
     (
@@ -2252,6 +2309,11 @@ async fn bid(
     // A bid placed while the node is still reading its offers waits for
     // the whole book rather than miss the cheapest.
     book.ready().await;
+    if caller.gone() {
+        return Err(BidError::Failed(
+            "the bid's caller left before it was placed".into(),
+        ));
+    }
     let now = UnixMillis::now();
     let query = BookQuery {
         gpu_model: request.gpu.clone(),
@@ -2315,6 +2377,27 @@ async fn bid(
         ));
     }
     agreement.verify(&Clock::system()).map_err(failed)?;
+    // The escrow commits the customer's money: a bid whose caller stopped
+    // waiting (its request timed out) is not carried that far, and the
+    // supplier lets the GPUs go at once.
+    if caller.gone() {
+        if let Some(refusal) = end_lease(
+            key,
+            store,
+            network,
+            None,
+            &agreement,
+            rigmesh_protocol::TerminationReason::Other,
+            "the bid's caller left before its escrow".into(),
+        )
+        .await
+        {
+            tracing::debug!(%refusal, "the supplier did not release the lease nobody waits for");
+        }
+        return Err(BidError::Failed(
+            "the bid's caller left before its escrow was ordered; no lease was made".into(),
+        ));
+    }
     let escrow = match quorum {
         Some(quorum) => {
             match super::escrow::fund(key, quorum, network, peer, &agreement, limit, orphans).await

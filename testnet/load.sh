@@ -185,7 +185,8 @@ done
 fetch_metrics before
 # Leases made during the run are those the suppliers did not hold before
 # it, with or without an answer to the bid that made them (a bid that
-# timed out at the command line may still have made its lease).
+# timed out at the command line may still have made its lease, which its
+# customer's node then ends at once).
 fetch_supplier_leases .before
 : >"$work/rss.tsv"
 if [[ -d /proc/self ]]; then
@@ -289,7 +290,7 @@ for s in suppliers:
     made |= {l["lease"] for l in json.load(open(f"{work}/{s}.leases")) if l["lease"] not in before}
 print(f"bids: {len(outcomes)}  leased: {kinds['leased']}  no match: {kinds['no_match']}  failed: {kinds['failed']}")
 if len(made) > answered:
-    print(f"  leases made whose bid got no answer at the command line (timed out): {len(made) - answered}")
+    print(f"  leases made whose bid got no answer at the command line (timed out; each ended at once by its customer): {len(made) - answered}")
 for kind in ("no_match", "failed"):
     reasons = collections.Counter(o[1] if len(o) > 1 else "" for o in outcomes if o[0] == kind)
     for reason, n in reasons.most_common(3):

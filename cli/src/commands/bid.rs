@@ -189,6 +189,12 @@ pub(crate) fn bid(args: BidArgs) -> anyhow::Result<ExitCode> {
             wait_for(&api, status, json)
         }
         404 => no_match(&answer.reason(), json, &answer.body),
+        408 => bail!(
+            "bid failed (408): the node did not agree a lease within its request timeout ({}); \
+             it orders no escrow for a bid nobody waits for, and ends at once a lease made \
+             after the timeout (see `rigmesh leases`)",
+            answer.reason()
+        ),
         status => bail!("bid failed ({status}): {}", answer.reason()),
     }
 }

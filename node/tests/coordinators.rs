@@ -26,13 +26,12 @@ use rigmesh_node::quorum::Quorum;
 use rigmesh_node::supplier::SupplierConfig;
 use rigmesh_node::telemetry::{GpuSourceConfig, SimProfile, SimSpec};
 use rigmesh_protocol::rpc::{
-    CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseRequest, LeaseResponse,
-    SettlementBundle,
+    CertificateFrame, CoordinatorRequest, CoordinatorResponse, LeaseRequest, SettlementBundle,
 };
 use rigmesh_protocol::{
     Approval, Credits, Deposit, Keypair, Kind, Signed, UnixMillis, Withdrawal, PROTOCOL_VERSION,
 };
-use silent::{agree, held_proposal, held_request, silent_supplier, SILENT_MODEL};
+use silent::{accept, agree, held_proposal, held_request, silent_supplier, SILENT_MODEL};
 
 const ADMIN: [u8; 32] = [0x41; 32];
 
@@ -1944,15 +1943,7 @@ async fn a_top_up_held_by_a_silent_supplier_holds_up_nothing_else() {
         LeaseRequest::from_bytes(&fund_request.bytes),
         Ok(LeaseRequest::Fund(_))
     ));
-    silent
-        .handle
-        .respond(
-            Protocol::Lease,
-            fund_request.channel,
-            LeaseResponse::Accepted.to_bytes().unwrap(),
-        )
-        .await
-        .unwrap();
+    accept(&silent, fund_request).await;
     let r = bidding.await.unwrap();
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let quiet: rigmesh_protocol::Id = body(&r)["lease"].as_str().unwrap().parse().unwrap();
@@ -2022,15 +2013,7 @@ async fn accept_termination(
     let Ok(LeaseRequest::Terminate(termination)) = request else {
         panic!("{what}: a termination, not {request:?}");
     };
-    silent
-        .handle
-        .respond(
-            Protocol::Lease,
-            held.channel,
-            LeaseResponse::Accepted.to_bytes().unwrap(),
-        )
-        .await
-        .unwrap();
+    accept(silent, held).await;
     termination
 }
 
@@ -2092,15 +2075,7 @@ async fn a_bid_whose_caller_left_is_not_leased_for_nobody() {
     let lease = escrow.message.body.lease;
     let r = bidding.await.unwrap();
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
-    silent
-        .handle
-        .respond(
-            Protocol::Lease,
-            fund_request.channel,
-            LeaseResponse::Accepted.to_bytes().unwrap(),
-        )
-        .await
-        .unwrap();
+    accept(&silent, fund_request).await;
     let ended = accept_termination(&mut silent, "the end of the lease nobody was told of").await;
     assert_eq!(ended.body.lease, lease);
     let id = ended.id().unwrap();

@@ -2259,6 +2259,31 @@ pub(crate) async fn end_lease(
     }
 }
 
+/// Tells the supplier to let go at once, rather than when its wait runs
+/// out, the GPUs it holds for an agreement no escrow will fund (`detail`
+/// says why).
+async fn let_go(
+    key: &Keypair,
+    store: &MarketStore,
+    network: &NodeHandle,
+    agreement: &Signed<LeaseAgreement>,
+    detail: &str,
+) {
+    if let Some(refusal) = end_lease(
+        key,
+        store,
+        network,
+        None,
+        agreement,
+        rigmesh_protocol::TerminationReason::Other,
+        detail.into(),
+    )
+    .await
+    {
+        tracing::debug!(%refusal, "the supplier did not release the unfunded lease");
+    }
+}
+
 fn status_of(lease: &Lease) -> LeaseStatus {
     let a = &lease.agreement.body;
     let p = &a.proposal.body;
@@ -2381,19 +2406,14 @@ async fn bid(
     // waiting (its request timed out) is not carried that far, and the
     // supplier lets the GPUs go at once.
     if caller.gone() {
-        if let Some(refusal) = end_lease(
+        let_go(
             key,
             store,
             network,
-            None,
             &agreement,
-            rigmesh_protocol::TerminationReason::Other,
-            "the bid's caller left before its escrow".into(),
+            "the bid's caller left before its escrow",
         )
-        .await
-        {
-            tracing::debug!(%refusal, "the supplier did not release the lease nobody waits for");
-        }
+        .await;
         return Err(BidError::Failed(
             "the bid's caller left before its escrow was ordered; no lease was made".into(),
         ));
@@ -2404,21 +2424,14 @@ async fn bid(
             {
                 Ok(certificate) => Some(certificate),
                 Err(err) => {
-                    // The supplier holds the GPUs for this agreement: let
-                    // them go at once rather than when its wait runs out.
-                    if let Some(refusal) = end_lease(
+                    let_go(
                         key,
                         store,
                         network,
-                        None,
                         &agreement,
-                        rigmesh_protocol::TerminationReason::Other,
-                        "the escrow was not certified".into(),
+                        "the escrow was not certified",
                     )
-                    .await
-                    {
-                        tracing::debug!(%refusal, "the supplier did not release the unfunded lease");
-                    }
+                    .await;
                     return Err(err);
                 }
             }

@@ -137,3 +137,17 @@ pub async fn agree(silent: &common::TestNode, request: rigmesh_node::network::In
         .await
         .unwrap();
 }
+
+/// The silent supplier answers a request it held `Accepted` (a `Fund` or a
+/// `Terminate` taken).
+pub async fn accept(silent: &common::TestNode, request: rigmesh_node::network::InboundRequest) {
+    silent
+        .handle
+        .respond(
+            Protocol::Lease,
+            request.channel,
+            LeaseResponse::Accepted.to_bytes().unwrap(),
+        )
+        .await
+        .unwrap();
+}

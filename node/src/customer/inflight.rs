@@ -111,7 +111,6 @@ impl Caller {
 }
 
 /// Whether the caller of a bid still waits, as the bid's task sees it.
-#[derive(Clone, Default)]
 pub(super) struct CallerWatch(Option<Weak<Reply>>);
 
 impl CallerWatch {

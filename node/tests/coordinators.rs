@@ -1907,6 +1907,52 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
     }
 }
 
+/// A ready market with a silent supplier beside the real one, and the
+/// customer's account funded with 20: the stage for a supplier that holds
+/// the customer's requests.
+struct SilentMarket {
+    cs: Vec<RunningNode>,
+    supplier: RunningNode,
+    customer: RunningNode,
+    /// The customer's account.
+    buyer: Keypair,
+    /// The customer API's bootstrap token, and its address.
+    token: String,
+    api: std::net::SocketAddr,
+    silent: common::TestNode,
+}
+
+/// [`SilentMarket`] in `dirs`, with `customer` applied to the customer's
+/// configuration; its requests to suppliers wait up to 30 s.
+async fn silent_market(
+    dirs: &[tempfile::TempDir],
+    customer: impl FnOnce(&mut NodeConfig),
+) -> SilentMarket {
+    let (cs, supplier, customer) = ready_market_with(
+        dirs,
+        |_| {},
+        |c| {
+            c.network.limits.request_timeout_secs = 30;
+            customer(c);
+        },
+    )
+    .await;
+    let buyer = account_of(dirs[5].path());
+    fund(&customer, &buyer, "20", "wire-0020").await;
+    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
+    let api = customer.customer_api.unwrap();
+    let silent = silent_supplier(&customer, Some(account_of(dirs[4].path()).public())).await;
+    SilentMarket {
+        cs,
+        supplier,
+        customer,
+        buyer,
+        token,
+        api,
+        silent,
+    }
+}
+
 /// A raised cap's top-up whose hand-over a silent supplier holds: the
 /// customer answers the cap change at once, and the other lease's windows
 /// are still acked at its supplier meanwhile; the top-up itself is on
@@ -1915,17 +1961,15 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
 async fn a_top_up_held_by_a_silent_supplier_holds_up_nothing_else() {
     common::logs();
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = ready_market_with(
-        &dirs,
-        |_| {},
-        |c| c.network.limits.request_timeout_secs = 30,
-    )
-    .await;
-    let buyer = account_of(dirs[5].path());
-    fund(&customer, &buyer, "20", "wire-0020").await;
-    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
-    let api = customer.customer_api.unwrap();
-    let mut silent = silent_supplier(&customer, Some(account_of(dirs[4].path()).public())).await;
+    let SilentMarket {
+        cs,
+        supplier,
+        customer,
+        token,
+        api,
+        mut silent,
+        ..
+    } = silent_market(&dirs, |_| {}).await;
 
     // A lease with the silent supplier, capped low: it agrees and takes the
     // escrow's hand-over, and then says nothing.
@@ -2027,20 +2071,15 @@ async fn accept_termination(
 async fn a_bid_whose_caller_left_is_not_leased_for_nobody() {
     common::logs();
     let dirs: Vec<_> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (cs, supplier, customer) = ready_market_with(
-        &dirs,
-        |_| {},
-        |c| {
-            c.network.limits.request_timeout_secs = 30;
-            c.http.customer.timeout_secs = 3;
-        },
-    )
-    .await;
-    let buyer = account_of(dirs[5].path());
-    fund(&customer, &buyer, "20", "wire-0020").await;
-    let token = read_token(dirs[5].path(), Bootstrap::Customer).unwrap();
-    let api = customer.customer_api.unwrap();
-    let mut silent = silent_supplier(&customer, Some(account_of(dirs[4].path()).public())).await;
+    let SilentMarket {
+        cs,
+        supplier,
+        customer,
+        buyer,
+        token,
+        api,
+        mut silent,
+    } = silent_market(&dirs, |c| c.http.customer.timeout_secs = 3).await;
     let bid = format!(
         r#"{{"gpu":"{SILENT_MODEL}","count":2,"max_price":"2.00","hours":1,"window_secs":60,"budget":"0.01"}}"#
     );

@@ -194,8 +194,10 @@ async fn the_dashboard_shows_the_nodes_figures_in_a_browser() {
             }
         }
     };
-    let said = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-    said.lock().unwrap().insert(forecast().await);
+    let first = forecast().await;
+    let said = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::from([
+        first,
+    ])));
     eventually(20, "the forecast.cap alert", || async {
         let account = body(common::http_get(api, "/v1/spend", Some(&token)).await);
         account["budget"]["alerts"]
@@ -250,8 +252,12 @@ async fn the_dashboard_shows_the_nodes_figures_in_a_browser() {
         text_of(&dom, "span", "status")
     );
     reading.abort();
-    said.lock().unwrap().insert(forecast().await);
-    let said = said.lock().unwrap().clone();
+    let last = forecast().await;
+    let said = {
+        let mut said = said.lock().unwrap().clone();
+        said.insert(last);
+        said
+    };
     let day = text_of(&dom, "tr", "total-24h");
     assert!(
         said.iter()

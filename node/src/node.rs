@@ -552,13 +552,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             .coordinators
             .as_ref()
             .map_or(0, |c| c.member_unreachable_secs);
-        if alerts_to.is_on() && unreachable_secs > 0 {
+        // The watch runs without a notifier too: its log line and its
+        // gauge of connected members are the operators' then.
+        if unreachable_secs > 0 {
             tasks.push(crate::coordinator::reach::watch_members(
                 quorum.clone(),
                 account.public(),
                 handle.clone(),
                 std::time::Duration::from_secs(unreachable_secs),
                 alerts_to.clone(),
+                role.metrics.clone(),
                 stop.subscribe(),
             ));
         }

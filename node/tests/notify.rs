@@ -590,36 +590,37 @@ async fn a_coordinator_tells_its_operators_when_another_member_is_unreachable_an
         .await
         .unwrap();
     other.handle.dial(dial_addr(&watcher)).await.unwrap();
-    let store = watcher.store.clone();
     let member = rigmesh_protocol::Keypair::from_seed([0x71; 32]).public();
-    eventually(20, "the other member's binding at the watcher", || {
-        let store = store.clone();
-        async move {
-            store
-                .all::<rigmesh_protocol::NodeBinding>(UnixMillis::now())
-                .unwrap()
-                .iter()
-                .any(|b| b.body.account == member)
-        }
-    })
+    // The watch has seen the other member connected (its binding arrived
+    // and the connection holds): what it may have said before, while no
+    // binding was known, is behind it.
+    let monitoring = watcher.monitoring;
+    eventually(
+        20,
+        "the watch to see the other member connected",
+        || async move { metric_at(monitoring, "rigmesh_coordinator_members_connected").await == 1 },
+    )
     .await;
 
-    // Until the other member's binding arrived, it could not be reached
-    // (an alert, resolved since): count from here.
-    let firing = |r: &Received| delivered(r, "coordinator.unreachable");
+    // Stopped: the alert says the member has no connection (not that no
+    // binding is known, as one raised before its binding came would).
+    let firing = |r: &Received| {
+        r.bodies
+            .iter()
+            .rev()
+            .find(|(_, b)| {
+                b.subject.starts_with("coordinator.unreachable")
+                    && b.body.contains("(no connection)")
+            })
+            .cloned()
+    };
     let resolved = |r: &Received| delivered(r, "RESOLVED: coordinator.unreachable");
-    let before = firing(&received.borrow());
     other.stop().await.unwrap();
     let got = wait_for(&mut received, "the unreachable alert", |r| {
-        firing(r) > before
+        firing(r).is_some()
     })
     .await;
-    let (_, alert) = got
-        .bodies
-        .iter()
-        .rev()
-        .find(|(_, b)| b.subject.starts_with("coordinator.unreachable"))
-        .unwrap();
+    let (_, alert) = firing(&got).unwrap();
     assert_eq!(alert.severity, "warning");
     assert!(alert.body.contains(&member.to_string()), "{}", alert.body);
 
@@ -810,7 +811,12 @@ impl BooksPair {
 
 /// One of `node`'s books comparison figures on its /metrics.
 async fn compare_metric(node: &RunningNode, name: &str) -> u64 {
-    let metrics = common::http_get(node.monitoring, "/metrics", None).await;
+    metric_at(node.monitoring, name).await
+}
+
+/// The figure `name` on the /metrics served at `monitoring`.
+async fn metric_at(monitoring: std::net::SocketAddr, name: &str) -> u64 {
+    let metrics = common::http_get(monitoring, "/metrics", None).await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

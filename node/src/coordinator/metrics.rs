@@ -1,8 +1,9 @@
 //! Prometheus metrics of a coordinator: requests by kind and outcome,
 //! refusals by code, how long answers take, how many wait, certificates
 //! applied, money moved, alerts raised, how its books' group commit
-//! shares flushes (writes per flush, writers queued behind one), and the
-//! rounds of the check of its books and audit chain.
+//! shares flushes (writes per flush, writers queued behind one), the
+//! rounds of the check of its books and audit chain, and how many other
+//! members it is connected to.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -87,6 +88,9 @@ pub struct CoordinatorMetrics {
     pub closed_leases_compacted: Counter,
     /// Keys those compactions deleted.
     pub closed_lease_keys_deleted: Counter,
+    /// Other members of the set this node was connected to at the last
+    /// look of its watch over them (`coordinator.unreachable`).
+    pub members_connected: Gauge,
 }
 
 impl CoordinatorMetrics {
@@ -111,6 +115,7 @@ impl CoordinatorMetrics {
             integrity_failing: Gauge::default(),
             closed_leases_compacted: Counter::default(),
             closed_lease_keys_deleted: Counter::default(),
+            members_connected: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("rigmesh_coordinator");
         r.register(
@@ -198,6 +203,11 @@ impl CoordinatorMetrics {
             "closed_lease_keys_deleted",
             "Keys of finally settled leases' vote locks and evidence deleted",
             metrics.closed_lease_keys_deleted.clone(),
+        );
+        r.register(
+            "members_connected",
+            "Other members of the set connected at the last look of the watch over them",
+            metrics.members_connected.clone(),
         );
         metrics
     }

@@ -17,6 +17,7 @@ use rigmesh_protocol::{Alert, Audience, PublicKey, Severity, UnixMillis, PROTOCO
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::coordinator::metrics::CoordinatorMetrics;
 use crate::network::NodeHandle;
 use crate::notify::AlertSink;
 use crate::quorum::Quorum;
@@ -87,13 +88,15 @@ pub fn unreachable_alert(me: PublicKey, member: PublicKey, message: String) -> A
 }
 
 /// Watches the members of `quorum`'s set other than `me`, every `every`,
-/// until `stop` turns true.
+/// until `stop` turns true; after each look, `metrics` (where given) shows
+/// how many of them were connected.
 pub fn watch_members(
     quorum: Quorum,
     me: PublicKey,
     network: NodeHandle,
     after: Duration,
     alerts: AlertSink,
+    metrics: Option<CoordinatorMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
@@ -121,8 +124,10 @@ pub fn watch_members(
             let Ok(members) = tokio::task::spawn_blocking(move || q.members(now)).await else {
                 continue;
             };
+            let mut connected_members = 0_i64;
             for (member, peer) in members.into_iter().filter(|(m, _)| *m != me) {
                 let reachable = peer.is_some_and(|p: PeerId| connected.contains(&p));
+                connected_members += i64::from(reachable);
                 match watch.observe(member, reachable, now) {
                     Some(Change::Unreachable(since)) => {
                         let why = if peer.is_some() {
@@ -150,6 +155,9 @@ pub fn watch_members(
                     }
                     None => {}
                 }
+            }
+            if let Some(metrics) = &metrics {
+                metrics.members_connected.set(connected_members);
             }
         }
     })

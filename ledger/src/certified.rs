@@ -234,6 +234,22 @@ pub struct ClosedCompaction {
     pub more: bool,
 }
 
+/// Adds to `batch`, which applies `debit`, the deletion of this member's
+/// vote lock on the account's debit before it (specs/settlement.md 3):
+/// that debit was applied here before this one could be voted, and the
+/// client that ordered it had it certified before it ordered this one.
+/// Every other message at that sequence number was refused already;
+/// without the lock, the locked one is refused too (`seq_used`) instead
+/// of voted again. The lock of the debit applied now stays until the
+/// next, for a client that asks again for the votes of a certificate it
+/// formed and lost. So an account holds at most one lock below its next
+/// sequence number, however many debits it made.
+fn forget_earlier_debit_lock(batch: &mut Batch, debit: &Debit) {
+    if let Some(earlier) = debit.seq.checked_sub(1) {
+        batch.delete_in::<DebitLocks>(&(debit.account, earlier));
+    }
+}
+
 fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits> {
     a.checked_add(b).ok_or(Error::Overflow(what))
 }
@@ -553,6 +569,7 @@ impl<S: Store> Ledger<S> {
             let mut batch = Batch::new();
             batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
             batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
+            forget_earlier_debit_lock(&mut batch, debit);
             self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
             self.commit(
                 guard,
@@ -634,6 +651,7 @@ impl<S: Store> Ledger<S> {
             .ok_or(Error::Overflow("a debit sequence"))?;
         batch.put_in::<DebitSeqs>(&debit.account, &new_next)?;
         batch.put_in::<DebitsApplied>(&(debit.account, debit.seq), &debit.subject)?;
+        forget_earlier_debit_lock(&mut batch, debit);
         self.mark_applied_in(&mut batch, kind, &debit.subject, bytes, cause.at)?;
         self.commit(
             guard,

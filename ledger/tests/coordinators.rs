@@ -272,6 +272,72 @@ fn an_equivocating_customer_cannot_get_both_orders_certified() {
     net.assert_agree(&[0, 1, 2]);
 }
 
+/// An account's vote locks do not pile up with its debits: once debit
+/// s + 1 is applied at a member, the member's lock of debit s is gone
+/// and the lock of s + 1 stays. Debit s's order sent again is refused as
+/// a used sequence number and moves nothing; the latest one sent again
+/// gets the same vote as before.
+#[test]
+fn a_members_lock_of_a_debit_goes_once_the_next_debit_is_applied() {
+    let net = Net::new();
+    let first = funded(&net);
+    let customer = samples::customer().public();
+    let agreement = samples::lease_agreement().unwrap();
+    let mut latest = None;
+    for seq in 1..4 {
+        // A top-up of the lease's escrow: the account's next debit.
+        let top_up = order(seq, 1_000_000, seq);
+        let votes: Vec<_> = (0..4)
+            .map(|i| net.c(i).vote_escrow(&top_up, &agreement, now()).unwrap())
+            .collect();
+        let cert = collect(&top_up, votes[..3].to_vec());
+        for i in 0..4 {
+            assert_eq!(
+                net.ledgers[i].debit_lock(&customer, seq - 1).unwrap(),
+                Some(if seq == 1 {
+                    first.message.id().unwrap()
+                } else {
+                    order(seq - 1, 1_000_000, seq - 1).id().unwrap()
+                }),
+                "member {i} holds debit {}'s lock until {seq} is applied",
+                seq - 1
+            );
+            assert_eq!(
+                net.c(i).apply_escrow(&cert, now()).unwrap(),
+                Applied::Applied
+            );
+            assert_eq!(net.ledgers[i].debit_lock(&customer, seq - 1).unwrap(), None);
+            assert_eq!(
+                net.ledgers[i].debit_lock(&customer, seq).unwrap(),
+                Some(top_up.id().unwrap())
+            );
+        }
+        latest = Some((top_up, votes));
+    }
+    net.assert_agree(&[0, 1, 2, 3]);
+    let books = net.books(0);
+
+    // The first order again, and a top-up at an old sequence number that
+    // no member ever voted for: both refused, nothing moves.
+    for again in [first.message.clone(), order(1, 5_000_000, 99)] {
+        for i in 0..4 {
+            let refused = net.c(i).vote_escrow(&again, &agreement, now()).unwrap_err();
+            assert_eq!(refused.code, "seq_used", "{refused}");
+        }
+    }
+    assert_eq!(net.books(0), books);
+    net.assert_agree(&[0, 1, 2, 3]);
+
+    // The latest debit's order again: the same vote, bit for bit.
+    let (top_up, votes) = latest.unwrap();
+    for (i, vote) in votes.iter().enumerate() {
+        assert_eq!(
+            &net.c(i).vote_escrow(&top_up, &agreement, now()).unwrap(),
+            vote
+        );
+    }
+}
+
 #[test]
 fn no_wrong_payout_is_certified() {
     let net = Net::new();

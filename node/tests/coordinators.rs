@@ -1902,6 +1902,21 @@ async fn a_raised_cap_tops_the_escrow_up_and_the_quorum_holds_the_new_cap() {
         );
         assert_eq!(books(c), first, "the coordinators agree");
     }
+    // Two debits of the account, the order and the top-up: no member keeps
+    // the order's vote lock, and the quorum that voted the top-up keeps
+    // its lock (a member whose vote was not needed may have cast none).
+    let account = buyer.public();
+    let mut top_up_locks = 0;
+    for c in &cs {
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        assert_eq!(ledger.next_debit_seq(&account).unwrap(), 2);
+        assert_eq!(ledger.debit_lock(&account, 0).unwrap(), None);
+        top_up_locks += usize::from(ledger.debit_lock(&account, 1).unwrap().is_some());
+    }
+    assert!(
+        top_up_locks >= 3,
+        "{top_up_locks} members hold the top-up's lock"
+    );
     for node in cs.into_iter().chain([supplier, customer]) {
         node.stop().await.unwrap();
     }

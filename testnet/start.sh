@@ -19,7 +19,8 @@
 # the kernel hands out for outgoing connections and port 0.
 #
 # --evidence-grace sets how long after a lease is finally settled every
-# node keeps its usage evidence (default: the node's own, 7 days); a soak
+# node keeps its usage evidence (default: the node's own, 7 days for its
+# own leases and at a coordinator, 1 hour for other people's); a soak
 # sets it to minutes to see a store that compacts as it grows.
 #
 # Returns once every node answers on /health and every customer sees an

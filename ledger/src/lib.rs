@@ -62,8 +62,8 @@ pub use ledger::{
     Cause, Durability, FlushObserver, GroupCommitStats, GroupFlush, Ledger, MAX_PAGE,
 };
 pub use market::{
-    BanRecord, CaseEvidence, CertificatesKept, MarketPage, MarketRecord, MarketStore,
-    OffenceRecord, OfferKey, WindowEvidence,
+    BanRecord, CaseEvidence, CertificatesKept, EvidenceGrace, MarketPage, MarketRecord,
+    MarketStore, OffenceRecord, OfferKey, WindowEvidence,
 };
 pub use messages::{CertificateKind, PutOutcome};
 pub use notices::{Notification, PeerScore, Rollup};

@@ -65,7 +65,8 @@ pub mod compaction;
 mod present;
 
 pub use compaction::{
-    CertificatesKept, Compaction, CERTIFICATE_KINDS, EVIDENCE_KINDS, TOMBSTONE_KEPT_MS,
+    CertificatesKept, Compaction, EvidenceGrace, CERTIFICATE_KINDS, EVIDENCE_KINDS,
+    TOMBSTONE_KEPT_MS,
 };
 
 /// A message to store, with what the indexes need to know about it.

@@ -121,6 +121,15 @@ pub struct CoordinatorsConfig {
     /// local choice; default 7 days.
     #[serde(default = "default_evidence_grace_secs")]
     pub evidence_grace_secs: u64,
+    /// The same, for a lease this node is party to none of (on a
+    /// supplier's or customer's node: neither its supplier nor its
+    /// customer): its evidence and certificates serve the node for
+    /// nothing once the lease is finally settled, and they are the
+    /// whole market's, so they go sooner (specs/protocol.md 9.1); never
+    /// later than `evidence_grace_secs`. A coordinator keeps every lease
+    /// for `evidence_grace_secs`. A local choice; default 1 hour.
+    #[serde(default = "default_others_evidence_grace_secs")]
+    pub others_evidence_grace_secs: u64,
     /// How often the node looks for leases to compact (each round does a
     /// bounded amount of work: 10,000 messages, so the default keeps
     /// ahead of the usage a busy market makes; a coordinator's books also
@@ -148,6 +157,10 @@ fn default_compact_every_secs() -> u64 {
 
 fn default_evidence_grace_secs() -> u64 {
     7 * 24 * 3600
+}
+
+fn default_others_evidence_grace_secs() -> u64 {
+    3600
 }
 
 fn default_books_compare_secs() -> u64 {
@@ -199,6 +212,7 @@ impl CoordinatorsConfig {
             member_unreachable_secs: default_member_unreachable_secs(),
             books_compare_secs: default_books_compare_secs(),
             evidence_grace_secs: default_evidence_grace_secs(),
+            others_evidence_grace_secs: default_others_evidence_grace_secs(),
             compact_every_secs: default_compact_every_secs(),
             integrity_check_secs: default_integrity_check_secs(),
         }

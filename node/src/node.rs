@@ -224,7 +224,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         compaction: match (&checked, &config.coordinators) {
             (Some(checked), Some(table)) => Some(CompactionTerms {
                 checked: checked.clone(),
-                grace_ms: table.evidence_grace_secs.saturating_mul(1000),
+                grace: rigmesh_ledger::EvidenceGrace {
+                    kept_ms: table.evidence_grace_secs.saturating_mul(1000),
+                    others_ms: table
+                        .others_evidence_grace_secs
+                        .min(table.evidence_grace_secs)
+                        .saturating_mul(1000),
+                },
                 every: std::time::Duration::from_secs(table.compact_every_secs.max(1)),
             }),
             _ => None,
@@ -759,7 +765,9 @@ struct CompactionTerms {
     /// The node's record of checked certificates, with the coordinator
     /// set they are checked against.
     checked: Arc<rigmesh_protocol::CheckedCertificates>,
-    grace_ms: u64,
+    /// How long a finally settled lease's evidence is kept: its parties'
+    /// and a coordinator's grace, and the one of other people's leases.
+    grace: rigmesh_ledger::EvidenceGrace,
     every: std::time::Duration,
 }
 
@@ -871,7 +879,7 @@ async fn prune_expired(
                         terms.checked.set(),
                         Some(&terms.checked),
                         now,
-                        terms.grace_ms,
+                        terms.grace,
                         COMPACT_LIMIT,
                     )
                 });

@@ -3656,12 +3656,19 @@ async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on
 async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_and_its_receipts_stay(
 ) {
     let dirs: Vec<_> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
-    // The customer, a second customer party to none of it, and the first
-    // coordinator compact two seconds after they find a lease finally
-    // settled; every other node keeps the default week.
+    // The customer and the first coordinator compact two seconds after
+    // they find a lease finally settled; a second customer, party to none
+    // of it, keeps its own leases' evidence a week but other people's two
+    // seconds; every other node keeps the defaults (a week for its own
+    // leases, an hour for others').
     let short_grace = |c: &mut NodeConfig| {
         let table = c.coordinators.as_mut().unwrap();
         table.evidence_grace_secs = 2;
+        table.compact_every_secs = 1;
+    };
+    let short_grace_for_others = |c: &mut NodeConfig| {
+        let table = c.coordinators.as_mut().unwrap();
+        table.others_evidence_grace_secs = 2;
         table.compact_every_secs = 1;
     };
     let mut cs = Vec::new();
@@ -3674,7 +3681,7 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     }
     let supplier = start(Role::Supplier, dirs[4].path(), None).await;
     let customer = start_with(Role::Customer, dirs[5].path(), None, short_grace).await;
-    let bystander = start_with(Role::Customer, dirs[6].path(), None, short_grace).await;
+    let bystander = start_with(Role::Customer, dirs[6].path(), None, short_grace_for_others).await;
     let all: Vec<&RunningNode> = cs
         .iter()
         .chain([&supplier, &customer, &bystander])

@@ -102,6 +102,30 @@ impl CertificatesKept {
     }
 }
 
+/// How long after a node finds a lease finally settled it keeps the
+/// lease's evidence: the grace of the leases whose certificates it keeps
+/// (every lease at a coordinator, a party's own), and a grace of its own
+/// for other people's, whose evidence and certificates serve the node for
+/// nothing once the lease is settled (a late copy is refused by the
+/// tombstone either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvidenceGrace {
+    /// Milliseconds, for a lease whose certificates the node keeps.
+    pub kept_ms: u64,
+    /// Milliseconds, for any other lease.
+    pub others_ms: u64,
+}
+
+impl EvidenceGrace {
+    /// The same grace for every lease.
+    pub fn all(ms: u64) -> Self {
+        EvidenceGrace {
+            kept_ms: ms,
+            others_ms: ms,
+        }
+    }
+}
+
 /// The tombstone flag of a lease whose certificates were dropped too.
 const CERTIFICATES_DROPPED: u8 = 1;
 
@@ -258,7 +282,9 @@ impl MarketStore {
 
     /// One compaction round at `now`: deletes tombstones past keeping,
     /// checks the leases marked closing against `set` (each finally
-    /// settled one is due `grace_ms` later), and deletes the evidence of
+    /// settled one is due after its `grace`: the kept leases' when the
+    /// store keeps the lease's certificates, the others' when it does
+    /// not), and deletes the evidence of
     /// due leases. At most `limit` of each: tombstones, closing leases
     /// checked, evidence messages deleted. With `checked`, the node's
     /// record of certificates it checked lately, a certificate whose exact
@@ -269,14 +295,14 @@ impl MarketStore {
         set: &CoordinatorSet,
         checked: Option<&CheckedCertificates>,
         now: UnixMillis,
-        grace_ms: u64,
+        grace: EvidenceGrace,
         limit: usize,
     ) -> Result<Compaction> {
         let mut done = Compaction {
             tombstones_pruned: self.prune_tombstones(now, limit)?,
             ..Compaction::default()
         };
-        self.schedule_closing(set, checked, now, grace_ms, limit, &mut done)?;
+        self.schedule_closing(set, checked, now, grace, limit, &mut done)?;
         let mut due = Vec::new();
         for entry in self.messages.range(up_to(DUE, now)) {
             let (key, _) = entry?;
@@ -320,7 +346,7 @@ impl MarketStore {
         set: &CoordinatorSet,
         checked: Option<&CheckedCertificates>,
         now: UnixMillis,
-        grace_ms: u64,
+        grace: EvidenceGrace,
         limit: usize,
         done: &mut Compaction,
     ) -> Result<()> {
@@ -332,13 +358,18 @@ impl MarketStore {
                 "closing lease key",
             )?);
         }
-        let due = now.0.saturating_add(grace_ms);
         for lease in closing {
             let mut write = sled::Batch::default();
             write.remove(closing_key(&lease));
             if self.is_compacted(&lease)? {
                 // A certificate that came after: nothing left to do.
             } else if self.finally_settled(&lease, set, checked)? {
+                let grace_ms = if self.keeps_certificates_of(&lease)? {
+                    grace.kept_ms
+                } else {
+                    grace.others_ms
+                };
+                let due = now.0.saturating_add(grace_ms);
                 write.insert(due_key(due, &lease), Vec::new());
                 done.scheduled += 1;
             } else {
@@ -797,18 +828,32 @@ mod tests {
         );
         assert_eq!(evidence_of(&store, &settled), 12);
         let t = UnixMillis(1_000_000);
-        let first = store.compact_settled(&set(), None, t, GRACE, 100).unwrap();
+        let first = store
+            .compact_settled(&set(), None, t, EvidenceGrace::all(GRACE), 100)
+            .unwrap();
         assert_eq!(first.scheduled, 1, "{first:?}");
         assert_eq!(first.removed, 0, "nothing goes before the grace");
         let before = store
-            .compact_settled(&set(), None, UnixMillis(t.0 + GRACE - 1), GRACE, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(t.0 + GRACE - 1),
+                EvidenceGrace::all(GRACE),
+                100,
+            )
             .unwrap();
         assert!(before.is_empty(), "{before:?}");
         assert_eq!(attestations(&store, &settled), 5);
         assert!(!store.is_compacted(&settled).unwrap());
 
         let after = store
-            .compact_settled(&set(), None, UnixMillis(t.0 + GRACE), GRACE, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(t.0 + GRACE),
+                EvidenceGrace::all(GRACE),
+                100,
+            )
             .unwrap();
         assert_eq!(after.removed, 12);
         assert_eq!(after.compacted, 1);
@@ -830,7 +875,13 @@ mod tests {
         store.check_lease_index().unwrap();
 
         let again = store
-            .compact_settled(&set(), None, UnixMillis(t.0 + 2 * GRACE), GRACE, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(t.0 + 2 * GRACE),
+                EvidenceGrace::all(GRACE),
+                100,
+            )
             .unwrap();
         assert!(again.is_empty(), "idempotent: {again:?}");
         assert_eq!(evidence_of(&store, &running), 8);
@@ -866,7 +917,13 @@ mod tests {
         assert_eq!(checked.skipped(), 0);
 
         let done = store
-            .compact_settled(&set(), Some(&checked), UnixMillis(u64::MAX / 2), 0, 100)
+            .compact_settled(
+                &set(),
+                Some(&checked),
+                UnixMillis(u64::MAX / 2),
+                EvidenceGrace::all(0),
+                100,
+            )
             .unwrap();
         assert_eq!((done.scheduled, done.not_settled), (1, 1), "{done:?}");
         assert_eq!(
@@ -911,7 +968,7 @@ mod tests {
             let mut removed = 0;
             loop {
                 let done = store
-                    .compact_settled(&set(), None, UnixMillis(0), 0, 2)
+                    .compact_settled(&set(), None, UnixMillis(0), EvidenceGrace::all(0), 2)
                     .unwrap();
                 if done.is_empty() {
                     break;
@@ -967,7 +1024,7 @@ mod tests {
             assert_eq!(store.count(Kind::SettlementCertificate), 0);
             assert_eq!(store.count(Kind::EscrowCertificate), 0);
             assert!(store
-                .compact_settled(&set(), None, UnixMillis(0), 0, 100)
+                .compact_settled(&set(), None, UnixMillis(0), EvidenceGrace::all(0), 100)
                 .unwrap()
                 .is_empty());
             // Of a lease not compacted here: taken, until it is older than
@@ -985,6 +1042,69 @@ mod tests {
         }
     }
 
+    /// A node party to a lease keeps its evidence for the kept leases'
+    /// grace; a node party to none of it, for the others' grace only.
+    #[test]
+    fn other_peoples_leases_are_compacted_after_their_own_grace() {
+        const OTHERS: u64 = 60_000;
+        let grace = EvidenceGrace {
+            kept_ms: GRACE,
+            others_ms: OTHERS,
+        };
+        let settled = Id([5; 32]);
+        let mut order = samples::escrow_order().unwrap().body;
+        order.lease = settled;
+        let escrow = WireMessage::EscrowCertificate(certify(
+            Signed::sign(order, &samples::customer()).unwrap(),
+            &QUORUM,
+        ));
+        let party = MarketStore::temporary().unwrap();
+        party.keep_certificates(CertificatesKept::Of(vec![samples::supplier().public()]));
+        let bystander = MarketStore::temporary().unwrap();
+        bystander.keep_certificates(CertificatesKept::Of(vec![PublicKey([9; 32])]));
+        let t = UnixMillis(1_000_000);
+        for store in [&party, &bystander] {
+            put(store, &evidence(settled, 3));
+            put(
+                store,
+                &[
+                    escrow.clone(),
+                    settlement(settled, 0, false, 0, &QUORUM),
+                    settlement(settled, 1, true, 0, &QUORUM),
+                ],
+            );
+            let first = store.compact_settled(&set(), None, t, grace, 100).unwrap();
+            assert_eq!((first.scheduled, first.removed), (1, 0), "{first:?}");
+        }
+        let round = |store: &MarketStore, at: u64| {
+            store
+                .compact_settled(&set(), None, UnixMillis(t.0 + at), grace, 100)
+                .unwrap()
+        };
+        assert!(round(&bystander, OTHERS - 1).is_empty());
+        assert_eq!(evidence_of(&bystander, &settled), 8);
+        let done = round(&bystander, OTHERS);
+        assert_eq!((done.removed, done.compacted), (11, 1), "{done:?}");
+        assert_eq!(evidence_of(&bystander, &settled), 0);
+        assert!(bystander.certificates_dropped(&settled).unwrap());
+
+        assert!(round(&party, OTHERS).is_empty());
+        assert!(round(&party, GRACE - 1).is_empty());
+        assert_eq!(evidence_of(&party, &settled), 8);
+        let done = round(&party, GRACE);
+        assert_eq!((done.removed, done.compacted), (8, 1), "{done:?}");
+        assert_eq!(
+            party
+                .certificates_about_lease::<SettlementRequest>(&settled)
+                .unwrap()
+                .len(),
+            2,
+            "the party keeps its receipts"
+        );
+        party.check_lease_index().unwrap();
+        bystander.check_lease_index().unwrap();
+    }
+
     #[test]
     fn a_release_closes_a_lease_as_a_final_settlement_does() {
         let store = MarketStore::temporary().unwrap();
@@ -994,7 +1114,7 @@ mod tests {
         put(&store, &evidence(lease, 2));
         put(&store, &[WireMessage::ReleaseCertificate(release)]);
         let done = store
-            .compact_settled(&set(), None, UnixMillis(0), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(0), EvidenceGrace::all(0), 100)
             .unwrap();
         assert_eq!((done.scheduled, done.removed, done.compacted), (1, 6, 1));
         assert_eq!(evidence_of(&store, &lease), 0);
@@ -1042,7 +1162,13 @@ mod tests {
             ],
         );
         let done = store
-            .compact_settled(&set(), None, UnixMillis(u64::MAX / 2), 0, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(u64::MAX / 2),
+                EvidenceGrace::all(0),
+                100,
+            )
             .unwrap();
         assert_eq!((done.scheduled, done.not_settled, done.removed), (0, 4, 0));
         for lease in &leases {
@@ -1053,7 +1179,13 @@ mod tests {
         // now it closes.
         put(&store, &[resolution(leases[3], 0, 500)]);
         let done = store
-            .compact_settled(&set(), None, UnixMillis(u64::MAX / 2), 0, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(u64::MAX / 2),
+                EvidenceGrace::all(0),
+                100,
+            )
             .unwrap();
         assert_eq!((done.scheduled, done.removed), (1, 6));
         assert_eq!(evidence_of(&store, &leases[3]), 0);
@@ -1070,7 +1202,7 @@ mod tests {
         let t = UnixMillis(5_000);
         assert_eq!(
             store
-                .compact_settled(&set(), None, t, 0, 100)
+                .compact_settled(&set(), None, t, EvidenceGrace::all(0), 100)
                 .unwrap()
                 .removed,
             6
@@ -1094,14 +1226,20 @@ mod tests {
                 &set(),
                 None,
                 UnixMillis(t.0 + TOMBSTONE_KEPT_MS - 1),
-                0,
+                EvidenceGrace::all(0),
                 100,
             )
             .unwrap();
         assert_eq!(later.tombstones_pruned, 0);
         assert_eq!(later.compacted, 0, "a lease is counted once");
         let gone = store
-            .compact_settled(&set(), None, UnixMillis(t.0 + TOMBSTONE_KEPT_MS), 0, 100)
+            .compact_settled(
+                &set(),
+                None,
+                UnixMillis(t.0 + TOMBSTONE_KEPT_MS),
+                EvidenceGrace::all(0),
+                100,
+            )
             .unwrap();
         assert_eq!(gone.tombstones_pruned, 1);
         assert!(!store.is_compacted(&lease).unwrap());
@@ -1117,7 +1255,7 @@ mod tests {
             put(&store, &evidence(lease, 10));
             put(&store, &[settlement(lease, 0, true, 0, &QUORUM)]);
             let done = store
-                .compact_settled(&set(), None, UnixMillis(10), 0, 7)
+                .compact_settled(&set(), None, UnixMillis(10), EvidenceGrace::all(0), 7)
                 .unwrap();
             assert_eq!((done.removed, done.compacted), (7, 0));
             store.flush().unwrap();
@@ -1134,7 +1272,7 @@ mod tests {
         let mut rounds = 0;
         loop {
             let done = store
-                .compact_settled(&set(), None, UnixMillis(20), 0, 7)
+                .compact_settled(&set(), None, UnixMillis(20), EvidenceGrace::all(0), 7)
                 .unwrap();
             store.check_lease_index().unwrap();
             removed += done.removed;
@@ -1147,7 +1285,7 @@ mod tests {
         assert_eq!(removed, 22);
         assert_eq!(evidence_of(&store, &lease), 0);
         assert!(store
-            .compact_settled(&set(), None, UnixMillis(30), 0, 7)
+            .compact_settled(&set(), None, UnixMillis(30), EvidenceGrace::all(0), 7)
             .unwrap()
             .is_empty());
     }
@@ -1170,7 +1308,7 @@ mod tests {
         }
         let store = MarketStore::open(dir.path()).unwrap();
         let done = store
-            .compact_settled(&set(), None, UnixMillis(0), 0, 100)
+            .compact_settled(&set(), None, UnixMillis(0), EvidenceGrace::all(0), 100)
             .unwrap();
         assert_eq!((done.scheduled, done.removed), (1, 4));
     }
@@ -1223,7 +1361,7 @@ mod tests {
             }
             let mut compacted = 0;
             for round in 0..200u64 {
-                let done = store.compact_settled(&set(), None, UnixMillis(round), 0, limit).unwrap();
+                let done = store.compact_settled(&set(), None, UnixMillis(round), EvidenceGrace::all(0), limit).unwrap();
                 store.check_lease_index().unwrap();
                 proptest::prop_assert!(counts_hold(), "the kept counts follow each round");
                 proptest::prop_assert!(done.removed <= limit);

@@ -739,7 +739,9 @@ mod tests {
                 ingest.process(&[cert_item(&certificate)], &clock),
                 vec![Outcome::Accept]
             );
-            let done = store.compact_settled(&set, None, now, 0, 100).unwrap();
+            let done = store
+                .compact_settled(&set, None, now, rigmesh_ledger::EvidenceGrace::all(0), 100)
+                .unwrap();
             assert_eq!(done.compacted, 1);
             let outcomes = ingest.process(&[cert_item(&certificate), cert_item(&ancient)], &clock);
             if keeps {
@@ -778,7 +780,9 @@ mod tests {
             ingest.process(&[cert_item(&certificate)], &clock),
             vec![Outcome::Accept]
         );
-        let done = store.compact_settled(&set, None, now, 0, 100).unwrap();
+        let done = store
+            .compact_settled(&set, None, now, rigmesh_ledger::EvidenceGrace::all(0), 100)
+            .unwrap();
         assert_eq!(done.removed, 1);
 
         // A replay of its attestation, and a later one, are ignored; a

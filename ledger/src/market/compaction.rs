@@ -785,6 +785,23 @@ mod tests {
         WireMessage::SettlementCertificate(certify(signed, voters))
     }
 
+    /// The certificates of `lease` settled finally in two settlements:
+    /// its escrow (between the sample supplier and customer) and both
+    /// settlements.
+    fn settled_certificates(lease: Id) -> [WireMessage; 3] {
+        let mut order = samples::escrow_order().unwrap().body;
+        order.lease = lease;
+        let escrow = WireMessage::EscrowCertificate(certify(
+            Signed::sign(order, &samples::customer()).unwrap(),
+            &QUORUM,
+        ));
+        [
+            escrow,
+            settlement(lease, 0, false, 0, &QUORUM),
+            settlement(lease, 1, true, 0, &QUORUM),
+        ]
+    }
+
     fn resolution(lease: Id, seq: u64, held: i64) -> WireMessage {
         let mut r = samples::dispute_resolution().unwrap().body;
         r.lease = lease;
@@ -939,17 +956,7 @@ mod tests {
     #[test]
     fn a_node_party_to_none_of_a_lease_drops_its_certificates_with_its_evidence() {
         let settled = Id([1; 32]);
-        let mut order = samples::escrow_order().unwrap().body;
-        order.lease = settled;
-        let escrow = WireMessage::EscrowCertificate(certify(
-            Signed::sign(order, &samples::customer()).unwrap(),
-            &QUORUM,
-        ));
-        let certificates = [
-            escrow,
-            settlement(settled, 0, false, 0, &QUORUM),
-            settlement(settled, 1, true, 0, &QUORUM),
-        ];
+        let certificates = settled_certificates(settled);
         let (supplier, customer) = (samples::supplier().public(), samples::customer().public());
         let stranger = PublicKey([9; 32]);
         for (kept, keeps) in [
@@ -1052,12 +1059,6 @@ mod tests {
             others_ms: OTHERS,
         };
         let settled = Id([5; 32]);
-        let mut order = samples::escrow_order().unwrap().body;
-        order.lease = settled;
-        let escrow = WireMessage::EscrowCertificate(certify(
-            Signed::sign(order, &samples::customer()).unwrap(),
-            &QUORUM,
-        ));
         let party = MarketStore::temporary().unwrap();
         party.keep_certificates(CertificatesKept::Of(vec![samples::supplier().public()]));
         let bystander = MarketStore::temporary().unwrap();
@@ -1065,14 +1066,7 @@ mod tests {
         let t = UnixMillis(1_000_000);
         for store in [&party, &bystander] {
             put(store, &evidence(settled, 3));
-            put(
-                store,
-                &[
-                    escrow.clone(),
-                    settlement(settled, 0, false, 0, &QUORUM),
-                    settlement(settled, 1, true, 0, &QUORUM),
-                ],
-            );
+            put(store, &settled_certificates(settled));
             let first = store.compact_settled(&set(), None, t, grace, 100).unwrap();
             assert_eq!((first.scheduled, first.removed), (1, 0), "{first:?}");
         }
@@ -1161,15 +1155,18 @@ mod tests {
                 WireMessage::SettlementCertificate(forged),
             ],
         );
-        let done = store
-            .compact_settled(
-                &set(),
-                None,
-                UnixMillis(u64::MAX / 2),
-                EvidenceGrace::all(0),
-                100,
-            )
-            .unwrap();
+        let round = || {
+            store
+                .compact_settled(
+                    &set(),
+                    None,
+                    UnixMillis(u64::MAX / 2),
+                    EvidenceGrace::all(0),
+                    100,
+                )
+                .unwrap()
+        };
+        let done = round();
         assert_eq!((done.scheduled, done.not_settled, done.removed), (0, 4, 0));
         for lease in &leases {
             assert_eq!(evidence_of(&store, lease), 6);
@@ -1178,15 +1175,7 @@ mod tests {
         // The case is resolved: the resolution marks the lease again, and
         // now it closes.
         put(&store, &[resolution(leases[3], 0, 500)]);
-        let done = store
-            .compact_settled(
-                &set(),
-                None,
-                UnixMillis(u64::MAX / 2),
-                EvidenceGrace::all(0),
-                100,
-            )
-            .unwrap();
+        let done = round();
         assert_eq!((done.scheduled, done.removed), (1, 6));
         assert_eq!(evidence_of(&store, &leases[3]), 0);
         assert_eq!(evidence_of(&store, &leases[1]), 6);

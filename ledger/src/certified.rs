@@ -236,8 +236,9 @@ pub struct ClosedCompaction {
 
 /// Adds to `batch`, which applies `debit`, the deletion of this member's
 /// vote lock on the account's debit before it (specs/settlement.md 3):
-/// that debit was applied here before this one could be voted, and the
-/// client that ordered it had it certified before it ordered this one.
+/// that debit is applied here already (a debit is voted and applied only
+/// at the account's next sequence number), and the client that ordered
+/// it had it certified before it ordered this one.
 /// Every other message at that sequence number was refused already;
 /// without the lock, the locked one is refused too (`seq_used`) instead
 /// of voted again. The lock of the debit applied now stays until the

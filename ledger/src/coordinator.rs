@@ -70,7 +70,7 @@ pub struct ReviewRules {
 /// refusal of the request, an answer that it waits.
 pub const HELD_FOR_REVIEW: &str = "held_for_review";
 
-/// What an admin's [`Approval`] did here.
+/// What an admin's [`rigmesh_protocol::Approval`] did here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
     /// The approved deposit is applied (or was before).

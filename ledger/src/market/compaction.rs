@@ -24,7 +24,9 @@
 //!    bytes.
 //! 2. A compaction round checks closing leases against the coordinator
 //!    set. A lease finally settled is *due* at `now + grace`
-//!    (`0xF9 || due || lease`): the grace counts from when this node
+//!    (`0xF9 || due || lease`), the grace of the leases whose
+//!    certificates the node keeps or the shorter one of other people's
+//!    ([`EvidenceGrace`]): the grace counts from when this node
 //!    checked it, not from a time a peer signed, so no one can date a
 //!    lease's compaction earlier. A lease that is not is dropped from the
 //!    closing set (the next closing certificate marks it again).

@@ -1039,7 +1039,8 @@ impl MarketStore {
                     continue;
                 }
                 // Nor the certificates of a lease this node dropped them
-                // of: it is party to none of them.
+                // of: it is party to none of them, or (at a coordinator)
+                // its books had every one of them.
                 if CERTIFICATE_KINDS.contains(&record.kind)
                     && !self.keeps_every_certificate()
                     && self.certificates_dropped(lease)?

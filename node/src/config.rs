@@ -115,7 +115,8 @@ pub struct CoordinatorsConfig {
     /// settlement or release, every earlier settlement and every dispute
     /// case's resolution, certified by this set) before it deletes the
     /// lease's usage evidence from its gossip store; the certificates
-    /// stay (specs/protocol.md 9.1). A coordinator also deletes, that long
+    /// stay, except at a coordinator, whose books keep them
+    /// (specs/protocol.md 9.1). A coordinator also deletes, that long
     /// after it applied the lease's final settlement, the vote locks and
     /// vote evidence it kept for the lease (specs/settlement.md 3). A
     /// local choice; default 7 days.

@@ -34,7 +34,7 @@ impl StoreMetrics {
         );
         r.register(
             "compacted_messages",
-            "Usage evidence of finally settled leases deleted from the gossip store",
+            "Usage evidence of finally settled leases deleted from the gossip store, with the certificates the node does not keep",
             metrics.compacted.clone(),
         );
         r.register(

@@ -159,15 +159,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let account = rigmesh_protocol::Keypair::from_seed(crate::keyfile::load_or_create_seed(
         &config.account_key_path(),
     )?);
-    // A coordinator keeps every lease's certificates (its books' proof,
-    // what other members catch up from); a supplier or customer keeps
-    // its own leases' and drops the others' with their evidence.
-    // A coordinator's store lists the deposits and certificates its books
-    // have not had from the first write on, before the network starts and
-    // before the books' loops subscribe to what it accepts.
+    // A supplier or customer keeps its own leases' certificates and drops
+    // the others' with their evidence. A coordinator's books keep every
+    // certificate they applied, so its gossip store drops them all with
+    // the evidence, once the books have had them; it lists the deposits
+    // and certificates its books have not had from the first write on,
+    // before the network starts and before the books' loops subscribe to
+    // what it accepts.
     if config.role != Role::Coordinator {
         store.keep_certificates(rigmesh_ledger::CertificatesKept::Of(vec![account.public()]));
     } else {
+        store.keep_certificates(rigmesh_ledger::CertificatesKept::Books);
         store.keep_unapplied();
     }
     // Who holds the data directory, for the next node that tries it.

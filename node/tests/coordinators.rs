@@ -3743,7 +3743,8 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     assert!(attestations(&supplier) >= 3);
     // The bystander drops the lease's certificates with its evidence: it
     // keeps its own leases' only. The parties keep theirs (the receipts
-    // below), and so does every coordinator.
+    // below). The first coordinator drops its gossip copies, which its
+    // books hold; the others, within their week, keep them.
     let settlements = |node: &RunningNode| {
         node.store
             .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
@@ -3770,13 +3771,52 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     assert!(settlements(&customer) >= 1);
     assert!(!customer.store.certificates_dropped(&lease).unwrap());
     let (cs_ref, kept) = (&cs, settlements(&customer));
+    let certified = customer
+        .store
+        .certificates_about_lease::<rigmesh_protocol::SettlementRequest>(&lease)
+        .unwrap();
     eventually(
         20,
-        "every lease certificate at every coordinator",
-        || async move { cs_ref.iter().all(|c| settlements(c) == kept) },
+        "every lease certificate at the coordinators on a week's grace",
+        || async move { cs_ref[1..].iter().all(|c| settlements(c) == kept) },
     )
     .await;
     customer.store.check_lease_index().unwrap();
+    eventually(
+        30,
+        "the lease's certificates dropped from the first coordinator's gossip store",
+        || async move {
+            cs_ref[0].store.certificates_dropped(&lease).unwrap()
+                && settlements(&cs_ref[0]) == 0
+                && attestations(&cs_ref[0]) == 0
+        },
+    )
+    .await;
+    assert!(cs[0]
+        .store
+        .certificates_about_lease::<rigmesh_protocol::EscrowOrder>(&lease)
+        .unwrap()
+        .is_empty());
+    cs[0].store.check_lease_index().unwrap();
+    let first_books = &cs[0].coordinator.as_ref().unwrap().ledger;
+    for cert in &certified {
+        assert!(
+            first_books.is_applied(&cert.message.id().unwrap()).unwrap(),
+            "the first coordinator's books hold settlement {}",
+            cert.message.body.settlement_seq
+        );
+    }
+    // Another copy (gossip, catch-up sync, a replay) is not stored again.
+    let frames: Vec<_> = certified
+        .iter()
+        .map(|c| rigmesh_protocol::wire::WireMessage::SettlementCertificate(c.clone()))
+        .collect();
+    let records: Vec<_> = frames
+        .iter()
+        .map(|m| rigmesh_ledger::MarketRecord::of(m, m.id().unwrap(), m.to_bytes().unwrap()))
+        .collect();
+    cs[0].store.store(&records).unwrap();
+    assert_eq!(settlements(&cs[0]), 0);
 
     // The first coordinator no longer keeps what it voted on the lease
     // with (a lock and the window counts per settlement, the settled

@@ -76,30 +76,50 @@ pub const CERTIFICATE_KINDS: [Kind; 4] = [
     Kind::ResolutionCertificate,
 ];
 
-/// Whose certificates a node keeps when it compacts a finally settled
-/// lease. A coordinator keeps every lease's: they are its books' proof,
-/// and other members catch up from them. A supplier's or customer's node
-/// keeps those of its own leases, its receipts; those of other people's
-/// leases go with their evidence, so what it stores grows with its own
-/// business and not with the whole market's (specs/capacity.md).
+/// Whose certificates a node's gossip store keeps when it compacts a
+/// finally settled lease. A supplier's or customer's node keeps those of
+/// its own leases, its receipts; those of other people's leases go with
+/// their evidence, so what it stores grows with its own business and not
+/// with the whole market's (specs/capacity.md). A coordinator's books
+/// keep every certificate they applied, so its gossip store need not
+/// keep a second copy for good.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CertificatesKept {
     /// Every lease's certificates.
     #[default]
     All,
+    /// None for good: a coordinator's store, whose books hold every
+    /// certificate they applied. Every lease has the grace of the leases
+    /// a node keeps, and its certificates go with its evidence, once none
+    /// of them is listed as not yet had by the books
+    /// ([`MarketStore::keep_unapplied`]). A later copy of one is ignored
+    /// (`compacted`), and only that: a coordinator takes certificates of
+    /// any age.
+    Books,
     /// Only those of leases one of these accounts supplies or rents.
     Of(Vec<PublicKey>),
 }
 
 impl CertificatesKept {
-    /// True when the certificates of a lease between `supplier` and
-    /// `customer` are kept.
+    /// True when the store keeps the certificates of a lease between
+    /// `supplier` and `customer` once the lease is compacted.
     pub fn keeps(&self, supplier: &PublicKey, customer: &PublicKey) -> bool {
         match self {
             CertificatesKept::All => true,
+            CertificatesKept::Books => false,
             CertificatesKept::Of(accounts) => {
                 accounts.iter().any(|a| a == supplier || a == customer)
             }
+        }
+    }
+
+    /// True when a lease between `supplier` and `customer` has the grace
+    /// of the leases the node keeps ([`EvidenceGrace::kept_ms`]): every
+    /// lease unless only some parties' certificates are kept.
+    pub fn kept_grace(&self, supplier: &PublicKey, customer: &PublicKey) -> bool {
+        match self {
+            CertificatesKept::All | CertificatesKept::Books => true,
+            CertificatesKept::Of(_) => self.keeps(supplier, customer),
         }
     }
 }
@@ -273,10 +293,17 @@ impl MarketStore {
         created_at: UnixMillis,
         now: UnixMillis,
     ) -> Result<Option<&'static str>> {
-        if self.kept().keeps(supplier, customer) {
+        let (keeps, any_age) = {
+            let kept = self.kept();
+            (
+                kept.keeps(supplier, customer),
+                *kept == CertificatesKept::Books,
+            )
+        };
+        if keeps {
             return Ok(None);
         }
-        if created_at.0.saturating_add(TOMBSTONE_KEPT_MS) < now.0 {
+        if !any_age && created_at.0.saturating_add(TOMBSTONE_KEPT_MS) < now.0 {
             return Ok(Some("too_old"));
         }
         Ok(self.certificates_dropped(lease)?.then_some("compacted"))
@@ -366,7 +393,10 @@ impl MarketStore {
             if self.is_compacted(&lease)? {
                 // A certificate that came after: nothing left to do.
             } else if self.finally_settled(&lease, set, checked)? {
-                let grace_ms = if self.keeps_certificates_of(&lease)? {
+                let kept_grace = self.parties_of(&lease)?.is_none_or(|(supplier, customer)| {
+                    self.kept().kept_grace(&supplier, &customer)
+                });
+                let grace_ms = if kept_grace {
                     grace.kept_ms
                 } else {
                     grace.others_ms
@@ -382,23 +412,50 @@ impl MarketStore {
         Ok(())
     }
 
-    /// Whether this store keeps the certificates of `lease`: those it
-    /// holds name the parties (any one that decodes will do: compaction
-    /// only reaches a lease whose certificates verified). A lease none of
-    /// whose certificates name its parties here is kept.
-    fn keeps_certificates_of(&self, lease: &Id) -> Result<bool> {
-        let kept = self.certificates_kept();
+    /// The supplier and the customer of `lease`, as the certificates this
+    /// store holds about it name them (any one that decodes will do:
+    /// compaction only reaches a lease whose certificates verified); none
+    /// when none of them names its parties here.
+    fn parties_of(&self, lease: &Id) -> Result<Option<(PublicKey, PublicKey)>> {
         for kind in CERTIFICATE_KINDS {
             for bytes in self.lease_bytes(lease, kind)? {
                 let Ok(message) = WireMessage::decode(kind, &bytes) else {
                     continue;
                 };
                 if let Some((_, supplier, customer, _)) = super::lease_parties(&message) {
-                    return Ok(kept.keeps(&supplier, &customer));
+                    return Ok(Some((supplier, customer)));
                 }
             }
         }
-        Ok(true)
+        Ok(None)
+    }
+
+    /// Whether this store keeps the certificates of `lease` once it is
+    /// compacted. A lease none of whose certificates name its parties here
+    /// is kept.
+    fn keeps_certificates_of(&self, lease: &Id) -> Result<bool> {
+        Ok(self
+            .parties_of(lease)?
+            .is_none_or(|(supplier, customer)| self.kept().keeps(&supplier, &customer)))
+    }
+
+    /// Whether a certificate of `lease` is listed as not yet had by the
+    /// books ([`MarketStore::keep_unapplied`]).
+    fn certificate_unapplied(&self, lease: &Id) -> Result<bool> {
+        for kind in CERTIFICATE_KINDS {
+            for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
+                let (key, _) = entry?;
+                let id = super::index_id(&key, "lease index")?;
+                if self
+                    .messages
+                    .get(super::unapplied_key(kind, &id))?
+                    .is_some()
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Whether the certificates stored about `lease` that verify against
@@ -500,6 +557,12 @@ impl MarketStore {
             } else {
                 self.certificates_dropped(lease)?
             };
+            // A certificate the books have not had yet stays, and so does
+            // the rest of the lease: its compaction waits for a later
+            // round (the lease stays due).
+            if first && drop_certificates && self.certificate_unapplied(lease)? {
+                return Ok((removed, false));
+            }
             if first {
                 let mut tombstone = now.0.to_be_bytes().to_vec();
                 if drop_certificates {
@@ -1099,6 +1162,72 @@ mod tests {
         );
         party.check_lease_index().unwrap();
         bystander.check_lease_index().unwrap();
+    }
+
+    /// A coordinator's store (its books keep the certificates) drops a
+    /// lease's certificates with its evidence after the kept grace, once
+    /// its books have had every one of them, and takes certificates of
+    /// any age of leases it has not compacted.
+    #[test]
+    fn a_coordinators_store_drops_a_leases_certificates_once_its_books_have_had_them() {
+        const OTHERS: u64 = 60_000;
+        let grace = EvidenceGrace {
+            kept_ms: GRACE,
+            others_ms: OTHERS,
+        };
+        let settled = Id([6; 32]);
+        let store = MarketStore::temporary().unwrap();
+        store.keep_certificates(CertificatesKept::Books);
+        store.keep_unapplied();
+        let certificates = settled_certificates(settled);
+        put(&store, &evidence(settled, 3));
+        put(&store, &certificates);
+        let listed = store.unapplied(None, 100).unwrap();
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        let t = UnixMillis(1_000_000);
+        let round = |at: u64| {
+            store
+                .compact_settled(&set(), None, UnixMillis(t.0 + at), grace, 100)
+                .unwrap()
+        };
+        assert_eq!(round(0).scheduled, 1);
+        // Every lease has the kept grace at a coordinator.
+        assert!(round(OTHERS).is_empty());
+        assert!(round(GRACE - 1).is_empty());
+        // Two of the three taken off the list: the lease waits, whole.
+        for (kind, id) in &listed[..2] {
+            store.applied(*kind, id).unwrap();
+        }
+        assert!(round(GRACE).is_empty());
+        assert_eq!(evidence_of(&store, &settled), 8);
+        assert!(!store.is_compacted(&settled).unwrap());
+        let (kind, id) = listed[2];
+        store.applied(kind, &id).unwrap();
+        let done = round(GRACE + 1);
+        assert_eq!((done.removed, done.compacted), (11, 1), "{done:?}");
+        assert_eq!(evidence_of(&store, &settled), 0);
+        assert_eq!(store.count(Kind::SettlementCertificate), 0);
+        assert_eq!(store.count(Kind::EscrowCertificate), 0);
+        assert!(store.certificates_dropped(&settled).unwrap());
+        store.check_lease_index().unwrap();
+
+        // A later copy is ignored and not stored or listed again.
+        let (supplier, customer) = (samples::supplier().public(), samples::customer().public());
+        let created_at = samples::settlement_request().unwrap().body.created_at;
+        let refusal = |lease: Id, now: UnixMillis| {
+            store
+                .certificate_refusal(&lease, (&supplier, &customer), created_at, now)
+                .unwrap()
+        };
+        assert_eq!(refusal(settled, created_at), Some("compacted"));
+        put(&store, &certificates);
+        assert_eq!(store.count(Kind::SettlementCertificate), 0);
+        assert!(store.unapplied(None, 100).unwrap().is_empty());
+        // Of a lease not compacted here: taken, however old.
+        assert_eq!(
+            refusal(Id([7; 32]), created_at.plus_ms(10 * TOMBSTONE_KEPT_MS)),
+            None
+        );
     }
 
     #[test]

@@ -82,9 +82,11 @@ pub trait MessageStore: Send + Sync + 'static {
     fn lease_compacted(&self, lease: &Id) -> StoreResult<bool>;
     /// Why a certificate of `lease` between `parties` (supplier, customer)
     /// made at `created_at` is not kept at `now`, if it is not: a node
-    /// that keeps only its own leases' certificates dropped this lease's
-    /// (`compacted`), or the certificate is older than a compacted lease's
-    /// tombstone is kept (`too_old`); see `rigmesh_ledger::CertificatesKept`.
+    /// that keeps only its own leases' certificates, or a coordinator
+    /// whose books had them all, dropped this lease's (`compacted`), or,
+    /// at a node other than a coordinator, the certificate is older than
+    /// a compacted lease's tombstone is kept (`too_old`); see
+    /// `rigmesh_ledger::CertificatesKept`.
     fn certificate_refused(
         &self,
         lease: &Id,

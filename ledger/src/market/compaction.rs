@@ -5,9 +5,10 @@
 //! (specs/capacity.md). Once a lease is finally settled and a grace period
 //! has passed, they are deleted. The certificates that prove the outcome
 //! (escrow, settlements, release, resolutions) stay where they prove
-//! something ([`CertificatesKept`]): at a coordinator, and at the node of
-//! a party to the lease; a node party to none of it deletes them too,
-//! and its tombstone says so.
+//! something ([`CertificatesKept`]): at the node of a party to the lease.
+//! A node party to none of it deletes them too, and so does a
+//! coordinator's node, whose books keep them, once the books have had
+//! them; the tombstone says so.
 //!
 //! A lease is *finally settled* here when the store holds, each verifying
 //! against the node's coordinator set (a quorum of votes):

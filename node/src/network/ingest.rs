@@ -727,36 +727,64 @@ mod tests {
         let (settled, other) = (Id([1; 32]), Id([2; 32]));
         let certificate = final_settlement(settled, now);
         let ancient = final_settlement(other, now.minus_ms(TOMBSTONE_KEPT_MS + 3_600_000));
-        // A node party to neither lease, and a coordinator.
-        let bystander = Arc::new(MarketStore::temporary().unwrap());
-        bystander.keep_certificates(rigmesh_ledger::CertificatesKept::Of(vec![PublicKey(
-            [9; 32],
-        )]));
-        let coordinator = Arc::new(MarketStore::temporary().unwrap());
-        for (store, keeps) in [(bystander, false), (coordinator, true)] {
+        use rigmesh_ledger::CertificatesKept;
+        // A node party to neither lease, a store that keeps every lease's
+        // certificates, and a coordinator's (its books keep them).
+        let kinds = [
+            CertificatesKept::Of(vec![PublicKey([9; 32])]),
+            CertificatesKept::All,
+            CertificatesKept::Books,
+        ];
+        for kept in kinds {
+            let store = Arc::new(MarketStore::temporary().unwrap());
+            store.keep_certificates(kept.clone());
+            if kept == CertificatesKept::Books {
+                store.keep_unapplied();
+            }
             let ingest = Ingest::new(store.clone(), Some(set.clone()));
             assert_eq!(
                 ingest.process(&[cert_item(&certificate)], &clock),
                 vec![Outcome::Accept]
             );
-            let done = store
-                .compact_settled(&set, None, now, rigmesh_ledger::EvidenceGrace::all(0), 100)
-                .unwrap();
-            assert_eq!(done.compacted, 1);
+            let compact = || {
+                store
+                    .compact_settled(&set, None, now, rigmesh_ledger::EvidenceGrace::all(0), 100)
+                    .unwrap()
+            };
+            if kept == CertificatesKept::Books {
+                // Not before the books have had it.
+                assert_eq!(compact().compacted, 0);
+                store
+                    .applied(Kind::SettlementCertificate, &certificate.id().unwrap())
+                    .unwrap();
+            }
+            assert_eq!(compact().compacted, 1, "{kept:?}");
             let outcomes = ingest.process(&[cert_item(&certificate), cert_item(&ancient)], &clock);
-            if keeps {
-                assert_eq!(
-                    outcomes,
-                    vec![Outcome::Ignore("duplicate"), Outcome::Accept]
-                );
-                assert_eq!(store.count(Kind::SettlementCertificate), 2);
-            } else {
-                // Dropped with the lease's evidence, and not taken again.
-                assert_eq!(
-                    outcomes,
-                    vec![Outcome::Ignore("compacted"), Outcome::Ignore("too_old")]
-                );
-                assert_eq!(store.count(Kind::SettlementCertificate), 0);
+            let stored = store.count(Kind::SettlementCertificate);
+            match kept {
+                CertificatesKept::All => {
+                    assert_eq!(
+                        outcomes,
+                        vec![Outcome::Ignore("duplicate"), Outcome::Accept]
+                    );
+                    assert_eq!(stored, 2);
+                }
+                // Dropped with the lease's evidence, and not taken again;
+                // a coordinator takes a certificate of any age.
+                CertificatesKept::Books => {
+                    assert_eq!(
+                        outcomes,
+                        vec![Outcome::Ignore("compacted"), Outcome::Accept]
+                    );
+                    assert_eq!(stored, 1);
+                }
+                CertificatesKept::Of(_) => {
+                    assert_eq!(
+                        outcomes,
+                        vec![Outcome::Ignore("compacted"), Outcome::Ignore("too_old")]
+                    );
+                    assert_eq!(stored, 0);
+                }
             }
         }
     }

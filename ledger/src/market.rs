@@ -1040,9 +1040,11 @@ impl MarketStore {
                 }
                 // Nor the certificates of a lease this node dropped them
                 // of: it is party to none of them, or (at a coordinator)
-                // its books had every one of them.
+                // its books had every one of them; but a coordinator's
+                // takes a late escrow top-up (`CertificatesKept::Books`).
                 if CERTIFICATE_KINDS.contains(&record.kind)
                     && !self.keeps_every_certificate()
+                    && !self.kept().takes_after_dropping(record.kind)
                     && self.certificates_dropped(lease)?
                 {
                     continue;

@@ -124,12 +124,13 @@ impl MessageStore for MarketStore {
 
     fn certificate_refused(
         &self,
+        kind: Kind,
         lease: &Id,
         parties: (&PublicKey, &PublicKey),
         created_at: UnixMillis,
         now: UnixMillis,
     ) -> StoreResult<Option<&'static str>> {
-        MarketStore::certificate_refusal(self, lease, parties, created_at, now).map_err(text)
+        MarketStore::certificate_refusal(self, kind, lease, parties, created_at, now).map_err(text)
     }
 
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {

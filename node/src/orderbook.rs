@@ -1007,12 +1007,13 @@ impl MessageStore for BookedStore {
 
     fn certificate_refused(
         &self,
+        kind: Kind,
         lease: &Id,
         parties: (&PublicKey, &PublicKey),
         created_at: UnixMillis,
         now: UnixMillis,
     ) -> StoreResult<Option<&'static str>> {
-        MessageStore::certificate_refused(&*self.store, lease, parties, created_at, now)
+        MessageStore::certificate_refused(&*self.store, kind, lease, parties, created_at, now)
     }
 
     fn store(&self, batch: &[AcceptedMessage]) -> StoreResult<()> {

@@ -93,9 +93,12 @@ pub enum CertificatesKept {
     /// certificate they applied. Every lease has the grace of the leases
     /// a node keeps, and its certificates go with its evidence, once none
     /// of them is listed as not yet had by the books
-    /// ([`MarketStore::keep_unapplied`]). A later copy of one is ignored
-    /// (`compacted`), and only that: a coordinator takes certificates of
-    /// any age.
+    /// ([`MarketStore::keep_unapplied`]). A later settlement, release or
+    /// resolution certificate of the lease is ignored (`compacted`): none
+    /// can follow the lease's end, and the books had those before it. An
+    /// escrow certificate is taken whenever it comes, since a top-up
+    /// certified as the lease closed still moves its account's debit
+    /// sequence. A coordinator takes certificates of any age.
     Books,
     /// Only those of leases one of these accounts supplies or rents.
     Of(Vec<PublicKey>),
@@ -112,6 +115,13 @@ impl CertificatesKept {
                 accounts.iter().any(|a| a == supplier || a == customer)
             }
         }
+    }
+
+    /// True when a certificate of `kind` is stored even about a lease
+    /// whose certificates this store dropped: an escrow certificate at a
+    /// coordinator ([`CertificatesKept::Books`]).
+    pub fn takes_after_dropping(&self, kind: Kind) -> bool {
+        *self == CertificatesKept::Books && kind == Kind::EscrowCertificate
     }
 
     /// True when a lease between `supplier` and `customer` has the grace
@@ -272,7 +282,7 @@ impl MarketStore {
         self.kept().clone()
     }
 
-    fn kept(&self) -> std::sync::RwLockReadGuard<'_, CertificatesKept> {
+    pub(super) fn kept(&self) -> std::sync::RwLockReadGuard<'_, CertificatesKept> {
         self.kept
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -282,13 +292,15 @@ impl MarketStore {
         *self.kept() == CertificatesKept::All
     }
 
-    /// Why a certificate of `lease` between `supplier` and `customer`,
-    /// made at `created_at`, is not stored at `now`, if it is not: this
-    /// store keeps only its own leases' certificates, and the lease's were
-    /// dropped (`compacted`), or it is older than a tombstone is kept, so
-    /// its lease's tombstone may be gone already (`too_old`).
+    /// Why a certificate of `kind` about `lease` between `supplier` and
+    /// `customer`, made at `created_at`, is not stored at `now`, if it is
+    /// not: this store does not keep the lease's certificates, and they
+    /// were dropped (`compacted`), or, but at a coordinator, it is older
+    /// than a tombstone is kept, so its lease's tombstone may be gone
+    /// already (`too_old`). See [`CertificatesKept`].
     pub fn certificate_refusal(
         &self,
+        kind: Kind,
         lease: &Id,
         (supplier, customer): (&PublicKey, &PublicKey),
         created_at: UnixMillis,
@@ -297,7 +309,7 @@ impl MarketStore {
         let (keeps, any_age) = {
             let kept = self.kept();
             (
-                kept.keeps(supplier, customer),
+                kept.keeps(supplier, customer) || kept.takes_after_dropping(kind),
                 *kept == CertificatesKept::Books,
             )
         };
@@ -1069,7 +1081,13 @@ mod tests {
             let created_at = samples::settlement_request().unwrap().body.created_at;
             let refusal = |at| {
                 store
-                    .certificate_refusal(&settled, (&supplier, &customer), at, created_at)
+                    .certificate_refusal(
+                        Kind::SettlementCertificate,
+                        &settled,
+                        (&supplier, &customer),
+                        at,
+                        created_at,
+                    )
                     .unwrap()
             };
             if keeps {
@@ -1104,7 +1122,13 @@ mod tests {
             // a tombstone is kept (the tombstone may be gone by then).
             let elsewhere = |now: UnixMillis| {
                 store
-                    .certificate_refusal(&Id([3; 32]), (&supplier, &customer), created_at, now)
+                    .certificate_refusal(
+                        Kind::SettlementCertificate,
+                        &Id([3; 32]),
+                        (&supplier, &customer),
+                        created_at,
+                        now,
+                    )
                     .unwrap()
             };
             assert_eq!(elsewhere(created_at), None);
@@ -1212,21 +1236,46 @@ mod tests {
         assert!(store.certificates_dropped(&settled).unwrap());
         store.check_lease_index().unwrap();
 
-        // A later copy is ignored and not stored or listed again.
+        // A later copy of a settlement is ignored and not stored or
+        // listed again.
         let (supplier, customer) = (samples::supplier().public(), samples::customer().public());
         let created_at = samples::settlement_request().unwrap().body.created_at;
-        let refusal = |lease: Id, now: UnixMillis| {
+        let refusal = |kind: Kind, lease: Id, now: UnixMillis| {
             store
-                .certificate_refusal(&lease, (&supplier, &customer), created_at, now)
+                .certificate_refusal(kind, &lease, (&supplier, &customer), created_at, now)
                 .unwrap()
         };
-        assert_eq!(refusal(settled, created_at), Some("compacted"));
-        put(&store, &certificates);
+        assert_eq!(
+            refusal(Kind::SettlementCertificate, settled, created_at),
+            Some("compacted")
+        );
+        put(&store, &certificates[1..]);
         assert_eq!(store.count(Kind::SettlementCertificate), 0);
         assert!(store.unapplied(None, 100).unwrap().is_empty());
+        // An escrow top-up of the lease, certified as it closed, still
+        // moves its account's debit sequence: taken and listed for the
+        // books, however late.
+        let mut top_up = samples::escrow_order().unwrap().body;
+        top_up.lease = settled;
+        top_up.seq += 1;
+        let top_up = WireMessage::EscrowCertificate(certify(
+            Signed::sign(top_up, &samples::customer()).unwrap(),
+            &QUORUM,
+        ));
+        assert_eq!(refusal(Kind::EscrowCertificate, settled, created_at), None);
+        put(&store, std::slice::from_ref(&top_up));
+        assert_eq!(store.count(Kind::EscrowCertificate), 1);
+        assert_eq!(
+            store.unapplied(None, 100).unwrap(),
+            vec![(Kind::EscrowCertificate, top_up.id().unwrap())]
+        );
         // Of a lease not compacted here: taken, however old.
         assert_eq!(
-            refusal(Id([7; 32]), created_at.plus_ms(10 * TOMBSTONE_KEPT_MS)),
+            refusal(
+                Kind::SettlementCertificate,
+                Id([7; 32]),
+                created_at.plus_ms(10 * TOMBSTONE_KEPT_MS)
+            ),
             None
         );
     }

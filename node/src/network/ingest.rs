@@ -395,6 +395,7 @@ impl Ingest {
             rigmesh_ledger::market::lease_parties(message)
         {
             return match self.store.certificate_refused(
+                message.kind(),
                 &lease,
                 (&supplier, &customer),
                 created_at,

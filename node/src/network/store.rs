@@ -80,15 +80,17 @@ pub trait MessageStore: Send + Sync + 'static {
     /// True if the usage evidence of `lease` was compacted: more of it
     /// (a late copy, a replay) is not kept.
     fn lease_compacted(&self, lease: &Id) -> StoreResult<bool>;
-    /// Why a certificate of `lease` between `parties` (supplier, customer)
-    /// made at `created_at` is not kept at `now`, if it is not: a node
-    /// that keeps only its own leases' certificates, or a coordinator
-    /// whose books had them all, dropped this lease's (`compacted`), or,
-    /// at a node other than a coordinator, the certificate is older than
-    /// a compacted lease's tombstone is kept (`too_old`); see
+    /// Why a certificate of `kind` about `lease` between `parties`
+    /// (supplier, customer) made at `created_at` is not kept at `now`, if
+    /// it is not: a node that keeps only its own leases' certificates, or
+    /// a coordinator whose books had them all, dropped this lease's
+    /// (`compacted`; a coordinator still takes an escrow top-up), or, at a
+    /// node other than a coordinator, the certificate is older than a
+    /// compacted lease's tombstone is kept (`too_old`); see
     /// `rigmesh_ledger::CertificatesKept`.
     fn certificate_refused(
         &self,
+        kind: Kind,
         lease: &Id,
         parties: (&PublicKey, &PublicKey),
         created_at: UnixMillis,

@@ -785,6 +785,15 @@ mod tests {
     };
 
     const GRACE: u64 = 7 * 24 * 3_600_000;
+    /// The grace of other people's leases in the tests that set both.
+    const OTHERS: u64 = 60_000;
+
+    fn two_graces() -> EvidenceGrace {
+        EvidenceGrace {
+            kept_ms: GRACE,
+            others_ms: OTHERS,
+        }
+    }
 
     /// The record of a message as the node writes it (node/src/market_store.rs).
     fn record(message: &WireMessage) -> MarketRecord {
@@ -1143,11 +1152,7 @@ mod tests {
     /// grace; a node party to none of it, for the others' grace only.
     #[test]
     fn other_peoples_leases_are_compacted_after_their_own_grace() {
-        const OTHERS: u64 = 60_000;
-        let grace = EvidenceGrace {
-            kept_ms: GRACE,
-            others_ms: OTHERS,
-        };
+        let grace = two_graces();
         let settled = Id([5; 32]);
         let party = MarketStore::temporary().unwrap();
         party.keep_certificates(CertificatesKept::Of(vec![samples::supplier().public()]));
@@ -1195,11 +1200,7 @@ mod tests {
     /// any age of leases it has not compacted.
     #[test]
     fn a_coordinators_store_drops_a_leases_certificates_once_its_books_have_had_them() {
-        const OTHERS: u64 = 60_000;
-        let grace = EvidenceGrace {
-            kept_ms: GRACE,
-            others_ms: OTHERS,
-        };
+        let grace = two_graces();
         let settled = Id([6; 32]);
         let store = MarketStore::temporary().unwrap();
         store.keep_certificates(CertificatesKept::Books);

@@ -458,17 +458,18 @@ impl MarketStore {
         for kind in CERTIFICATE_KINDS {
             for entry in self.messages.scan_prefix(lease_prefix(lease, kind)) {
                 let (key, _) = entry?;
-                let id = super::index_id(&key, "lease index")?;
-                if self
-                    .messages
-                    .get(super::unapplied_key(kind, &id))?
-                    .is_some()
-                {
+                if self.listed_unapplied(kind, &super::index_id(&key, "lease index")?)? {
                     return Ok(true);
                 }
             }
         }
         Ok(false)
+    }
+
+    /// Whether the message of `kind` with `id` is listed as not yet had by
+    /// the books.
+    fn listed_unapplied(&self, kind: Kind, id: &Id) -> Result<bool> {
+        Ok(self.messages.get(super::unapplied_key(kind, id))?.is_some())
     }
 
     /// Whether the certificates stored about `lease` that verify against
@@ -605,6 +606,12 @@ impl MarketStore {
                         break 'kinds;
                     }
                     let id = super::index_id(&key, "lease index")?;
+                    // A certificate that came after the tombstone (an escrow
+                    // top-up at a coordinator) stays until its books have
+                    // had it.
+                    if CERTIFICATE_KINDS.contains(&kind) && self.listed_unapplied(kind, &id)? {
+                        continue;
+                    }
                     let message = super::message_key(kind, &id);
                     // Evidence does not expire, but should a record of it
                     // have been written with an expiry, its entry goes too.
@@ -887,6 +894,18 @@ mod tests {
             settlement(lease, 0, false, 0, &QUORUM),
             settlement(lease, 1, true, 0, &QUORUM),
         ]
+    }
+
+    /// A certified escrow top-up of `lease`: the order after the one of
+    /// [`settled_certificates`].
+    fn top_up(lease: Id) -> WireMessage {
+        let mut order = samples::escrow_order().unwrap().body;
+        order.lease = lease;
+        order.seq += 1;
+        WireMessage::EscrowCertificate(certify(
+            Signed::sign(order, &samples::customer()).unwrap(),
+            &QUORUM,
+        ))
     }
 
     fn resolution(lease: Id, seq: u64, held: i64) -> WireMessage {
@@ -1256,13 +1275,7 @@ mod tests {
         // An escrow top-up of the lease, certified as it closed, still
         // moves its account's debit sequence: taken and listed for the
         // books, however late.
-        let mut top_up = samples::escrow_order().unwrap().body;
-        top_up.lease = settled;
-        top_up.seq += 1;
-        let top_up = WireMessage::EscrowCertificate(certify(
-            Signed::sign(top_up, &samples::customer()).unwrap(),
-            &QUORUM,
-        ));
+        let top_up = top_up(settled);
         assert_eq!(refusal(Kind::EscrowCertificate, settled, created_at), None);
         put(&store, std::slice::from_ref(&top_up));
         assert_eq!(store.count(Kind::EscrowCertificate), 1);
@@ -1279,6 +1292,46 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// An escrow top-up that reaches a coordinator's store while the lease
+    /// is being compacted, in rounds, is not deleted before its books have
+    /// had it.
+    #[test]
+    fn a_coordinators_store_keeps_a_top_up_its_books_have_not_had_through_compaction() {
+        let settled = Id([8; 32]);
+        let store = MarketStore::temporary().unwrap();
+        store.keep_certificates(CertificatesKept::Books);
+        store.keep_unapplied();
+        put(&store, &evidence(settled, 3));
+        put(&store, &settled_certificates(settled));
+        for (kind, id) in store.unapplied(None, 100).unwrap() {
+            store.applied(kind, &id).unwrap();
+        }
+        let round = || {
+            store
+                .compact_settled(&set(), None, UnixMillis(0), EvidenceGrace::all(0), 2)
+                .unwrap()
+        };
+        // The first round schedules the lease and writes its tombstone
+        // with the first two deletions.
+        assert_eq!(round().removed, 2);
+        assert!(store.certificates_dropped(&settled).unwrap());
+        let top_up = top_up(settled);
+        put(&store, std::slice::from_ref(&top_up));
+        let mut rounds = 0;
+        while !round().is_empty() {
+            rounds += 1;
+            assert!(rounds < 20, "compaction does not finish");
+        }
+        assert_eq!(evidence_of(&store, &settled), 0);
+        assert_eq!(store.count(Kind::SettlementCertificate), 0);
+        assert_eq!(store.count(Kind::EscrowCertificate), 1);
+        assert_eq!(
+            store.unapplied(None, 100).unwrap(),
+            vec![(Kind::EscrowCertificate, top_up.id().unwrap())]
+        );
+        store.check_lease_index().unwrap();
     }
 
     #[test]

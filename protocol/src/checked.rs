@@ -5,7 +5,7 @@
 //! by the party that assembled it and meets it again as the gossiped copy
 //! its ingest stores and forwards; any node meets it again when the
 //! compaction of its lease decides whether the lease is finally settled.
-//! Each meeting would cost a quorum of strict signature checks plus the
+//! Each meeting would cost a quorum of signature checks plus the
 //! author's. Whether a certificate passes
 //! depends on its bytes and the coordinator set only (expiry is not
 //! checked: specs/protocol.md 8.4), so bytes that passed against a set pass again:
@@ -91,15 +91,39 @@ impl CheckedCertificates {
         if *set != self.set {
             return certificate.verify(set);
         }
-        // The id of the certificate's own canonical bytes (votes
-        // included), not of what it certifies: another set of votes for
-        // the same message is other bytes.
-        let id = Id::of(T::CERTIFICATE, &certificate.to_bytes()?);
-        if self.lock().ids.contains(&id) {
-            self.skipped.fetch_add(1, Ordering::Relaxed);
+        let id = Self::id_of(certificate)?;
+        if self.passed(&id) {
             return Ok(());
         }
         certificate.verify(set)?;
+        self.remember(id);
+        Ok(())
+    }
+
+    /// The id these checks remember a certificate by: that of its own
+    /// canonical bytes (votes included), not of what it certifies, since
+    /// another set of votes for the same message is other bytes. For bytes
+    /// as decoded, `Id::of(kind, bytes)` is the same.
+    pub fn id_of<T: Certifiable>(certificate: &Certificate<T>) -> Result<Id> {
+        Ok(Id::of(T::CERTIFICATE, &certificate.to_bytes()?))
+    }
+
+    /// True when the bytes of `id` ([`CheckedCertificates::id_of`]) passed
+    /// [`Certificate::verify`] against this set lately; each such answer
+    /// counts as a skipped check.
+    pub fn passed(&self, id: &Id) -> bool {
+        let passed = self.lock().ids.contains(id);
+        if passed {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        passed
+    }
+
+    /// Remembers the bytes of `id` as having passed every check of
+    /// [`Certificate::verify`] against this set: only for bytes that did
+    /// (as ingest checks them, in parts: [`Certificate::check_unsigned`],
+    /// then its signatures in a batch).
+    pub fn remember(&self, id: Id) {
         let mut seen = self.lock();
         if seen.ids.insert(id) {
             seen.order.push_back(id);
@@ -109,7 +133,6 @@ impl CheckedCertificates {
                 }
             }
         }
-        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Keys, signatures and content ids: ed25519 (ed25519-dalek) and blake3.
+//! Keys, signatures and content ids: ed25519 (signed with ed25519-dalek,
+//! checked by the ZIP-215 rule with ed25519-zebra) and blake3.
 //!
 //! What is signed and hashed is always `domain || 0x00 || body`, where the
 //! domain is the kind's tag (`rigmesh/v1/<kind>`) and body is the canonical
@@ -131,22 +132,43 @@ impl PublicKey {
     /// coordinators' votes, a supplier's attestation every window), so the
     /// keys parsed lately are kept parsed ([`PARSED_KEYS_KEPT`] at most).
     pub fn verifying_key(&self) -> Result<VerifyingKey> {
+        Ok(self.parsed()?.dalek)
+    }
+
+    /// The key as signatures are checked against it (section 4.3 of
+    /// specs/protocol.md), after the same refusals as
+    /// [`PublicKey::verifying_key`].
+    fn checking_key(&self) -> Result<ed25519_zebra::VerificationKey> {
+        Ok(self.parsed()?.zip215)
+    }
+
+    fn parsed(&self) -> Result<ParsedKey> {
         if let Some(key) = parsed_keys().get(&self.0) {
             return Ok(key);
         }
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| Error::InvalidKey {
+        let invalid = || Error::InvalidKey {
             key: self.to_string(),
             reason: "not a valid ed25519 point",
-        })?;
-        if key.is_weak() {
+        };
+        let dalek = VerifyingKey::from_bytes(&self.0).map_err(|_| invalid())?;
+        if dalek.is_weak() {
             return Err(Error::InvalidKey {
                 key: self.to_string(),
                 reason: "weak (small-order) key",
             });
         }
+        let zip215 = ed25519_zebra::VerificationKey::try_from(self.0).map_err(|_| invalid())?;
+        let key = ParsedKey { dalek, zip215 };
         parsed_keys().put(self.0, key);
         Ok(key)
     }
+}
+
+/// A usable key, parsed for both libraries.
+#[derive(Clone, Copy)]
+struct ParsedKey {
+    dalek: VerifyingKey,
+    zip215: ed25519_zebra::VerificationKey,
 }
 
 /// How many parsed keys are kept at most: two generations of half as many
@@ -159,8 +181,8 @@ pub const PARSED_KEYS_KEPT: usize = 8_192;
 /// parsing again would give; keys that failed are not kept.
 #[derive(Default)]
 struct ParsedKeys {
-    current: std::collections::HashMap<[u8; 32], VerifyingKey>,
-    previous: std::collections::HashMap<[u8; 32], VerifyingKey>,
+    current: std::collections::HashMap<[u8; 32], ParsedKey>,
+    previous: std::collections::HashMap<[u8; 32], ParsedKey>,
 }
 
 struct ParsedKeyCache(std::sync::Mutex<ParsedKeys>);
@@ -177,7 +199,7 @@ impl ParsedKeyCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    fn get(&self, bytes: &[u8; 32]) -> Option<ParsedKey> {
         let mut keys = self.lock();
         if let Some(key) = keys.current.get(bytes) {
             return Some(*key);
@@ -187,13 +209,13 @@ impl ParsedKeyCache {
         Some(key)
     }
 
-    fn put(&self, bytes: [u8; 32], key: VerifyingKey) {
+    fn put(&self, bytes: [u8; 32], key: ParsedKey) {
         self.lock().insert(bytes, key);
     }
 }
 
 impl ParsedKeys {
-    fn insert(&mut self, bytes: [u8; 32], key: VerifyingKey) {
+    fn insert(&mut self, bytes: [u8; 32], key: ParsedKey) {
         if self.current.len() >= PARSED_KEYS_KEPT / 2 {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -305,13 +327,17 @@ pub fn signature_checks() -> SignatureChecks {
 
 /// Verifies one signature of `kind` over `body`.
 ///
-/// This is the protocol's validity rule: ed25519 as in RFC 8032 with the
-/// strict checks of ed25519-dalek (canonical `S`, no small-order `R` or key).
+/// This is the protocol's validity rule (specs/protocol.md 4.3): ed25519
+/// checked as ZIP-215 specifies (canonical `S`, the equation multiplied by
+/// the cofactor), with a usable key (a curve point, not of small order).
+/// Unlike the cofactorless check of RFC 8032, it gives the same answer
+/// alone as inside any batch ([`verify_batch`]), so every node judges a
+/// signature alike however it checks it.
 pub fn verify(kind: Kind, body: &[u8], signer: &PublicKey, signature: &Signature) -> Result<()> {
     SINGLE_CHECKS.fetch_add(1, Ordering::Relaxed);
-    let key = signer.verifying_key()?;
-    let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-    key.verify_strict(&signing_bytes(kind, body), &sig)
+    let key = signer.checking_key()?;
+    let sig = ed25519_zebra::Signature::from_bytes(&signature.0);
+    key.verify(&sig, &signing_bytes(kind, body))
         .map_err(|_| Error::BadSignature {
             kind,
             signer: *signer,
@@ -331,35 +357,33 @@ pub struct VerifyItem {
     pub signature: Signature,
 }
 
-/// Checks many signatures at once and reports, per item, whether it holds.
+/// Checks many signatures at once and reports, per item, whether it holds
+/// by [`verify`]'s rule.
 ///
-/// The batch equation of ed25519-dalek runs first; it is much cheaper per
-/// signature. When it fails, or a key is unusable, every item is checked
-/// alone with [`verify`] so that one bad signature condemns only its own
-/// message. The batch equation can accept a signature crafted with
-/// small-order components that the strict single rule refuses, so it is used
-/// where a wrong accept cannot move money (gossip ingest); certificates check
-/// their votes one by one with [`verify`].
+/// The batch equation runs first; it is much cheaper per signature, and
+/// cheaper still for signatures of the same key (a coordinator's votes,
+/// a supplier's attestations). Multiplied by the cofactor, it holds
+/// exactly when every item passes [`verify`] (but with a chance of 2^-128
+/// against a forger who cannot see the coefficients, drawn afresh from the
+/// thread's cryptographic RNG each time). When it fails, or a key is
+/// unusable, every item is checked alone, so one bad signature condemns
+/// only its own message.
 pub fn verify_batch(items: &[VerifyItem]) -> Vec<Result<()>> {
     if items.is_empty() {
         return Vec::new();
     }
-    let keys: Result<Vec<VerifyingKey>> = items.iter().map(|i| i.signer.verifying_key()).collect();
-    if let Ok(keys) = keys {
-        let messages: Vec<Vec<u8>> = items
-            .iter()
-            .map(|i| signing_bytes(i.kind, &i.body))
-            .collect();
-        let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        let signatures: Vec<ed25519_dalek::Signature> = items
-            .iter()
-            .map(|i| ed25519_dalek::Signature::from_bytes(&i.signature.0))
-            .collect();
+    if items.iter().all(|i| i.signer.checking_key().is_ok()) {
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        for item in items {
+            let key = ed25519_zebra::VerificationKeyBytes::from(item.signer.0);
+            let signature = ed25519_zebra::Signature::from_bytes(&item.signature.0);
+            batch.queue((key, signature, &signing_bytes(item.kind, &item.body)));
+        }
         // Counted whether or not the equation holds: it was computed over
         // every item (a failed batch is then checked again one by one, and
         // those checks count as single ones).
         BATCHED_CHECKS.fetch_add(items.len() as u64, Ordering::Relaxed);
-        if ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok() {
+        if batch.verify(rand::rng()).is_ok() {
             return items.iter().map(|_| Ok(())).collect();
         }
     }
@@ -367,6 +391,17 @@ pub fn verify_batch(items: &[VerifyItem]) -> Vec<Result<()>> {
         .iter()
         .map(|i| verify(i.kind, &i.body, &i.signer, &i.signature))
         .collect()
+}
+
+/// Checks that every one of `items` holds: alone for one, in one batch for
+/// more ([`verify_batch`], which agrees with [`verify`]). The error is the
+/// first failing item's.
+pub fn verify_all(items: &[VerifyItem]) -> Result<()> {
+    match items {
+        [] => Ok(()),
+        [one] => verify(one.kind, &one.body, &one.signer, &one.signature),
+        many => verify_batch(many).into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +484,139 @@ mod tests {
         }
     }
 
+    /// A signature of `body` by `seed`'s key made by hand, as only that
+    /// key's holder can: its `R` is the nonce's point plus the small-order
+    /// point `EIGHT_TORSION[torsion]`, and its `S` answers the hash of that
+    /// `R`.
+    fn signed_with_torsion(seed: [u8; 32], kind: Kind, body: &[u8], torsion: usize) -> Signature {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        use curve25519_dalek::{EdwardsPoint, Scalar};
+        use sha2::{Digest, Sha512};
+        let expanded = Sha512::digest(seed);
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&expanded[..32]);
+        secret[0] &= 248;
+        secret[31] &= 127;
+        secret[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(secret);
+        let public = EdwardsPoint::mul_base(&a).compress();
+        assert_eq!(public.to_bytes(), Keypair::from_seed(seed).public().0);
+        let mut wide = [0u8; 64];
+        wide.copy_from_slice(&Sha512::digest(body));
+        let r = Scalar::from_bytes_mod_order_wide(&wide);
+        let big_r = (EdwardsPoint::mul_base(&r) + EIGHT_TORSION[torsion]).compress();
+        let k = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(big_r.as_bytes())
+                .chain_update(public.as_bytes())
+                .chain_update(signing_bytes(kind, body)),
+        );
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(big_r.as_bytes());
+        signature[32..].copy_from_slice((r + k * a).as_bytes());
+        Signature(signature)
+    }
+
+    fn item(seed: u8, n: u8) -> VerifyItem {
+        let key = Keypair::from_seed([seed; 32]);
+        VerifyItem {
+            kind: Kind::Vote,
+            body: vec![n; 12],
+            signer: key.public(),
+            signature: key.sign(Kind::Vote, &[n; 12]),
+        }
+    }
+
+    /// Whether a signature holds never depends on how it is checked: one
+    /// whose `R` has a small-order part (which RFC 8032's cofactorless
+    /// check refuses, and a cofactorless batch passes for some of its
+    /// coefficients) holds alone and in every batch; a forged one fails
+    /// alone and in every batch, and only it.
+    #[test]
+    fn a_signature_with_a_small_order_part_is_judged_alike_alone_and_in_every_batch() {
+        let seed = [0x51; 32];
+        let signer = Keypair::from_seed(seed).public();
+        for torsion in 1..8 {
+            let body = vec![torsion as u8; 20];
+            let signature = signed_with_torsion(seed, Kind::Vote, &body, torsion);
+            let dalek = signer.verifying_key().unwrap();
+            assert!(
+                dalek
+                    .verify_strict(
+                        &signing_bytes(Kind::Vote, &body),
+                        &ed25519_dalek::Signature::from_bytes(&signature.0)
+                    )
+                    .is_err(),
+                "the cofactorless check refuses it"
+            );
+            assert_eq!(verify(Kind::Vote, &body, &signer, &signature), Ok(()));
+            let crafted = VerifyItem {
+                kind: Kind::Vote,
+                body: body.clone(),
+                signer,
+                signature,
+            };
+            let mut forged = crafted.clone();
+            forged.body[0] ^= 1;
+            assert!(verify(Kind::Vote, &forged.body, &signer, &signature).is_err());
+            for batch in 0..16u8 {
+                let mut items: Vec<VerifyItem> =
+                    (0..6).map(|n| item(n % 3 + 1, batch ^ n)).collect();
+                let at = usize::from(batch) % items.len();
+                items.insert(at, crafted.clone());
+                assert!(verify_batch(&items).iter().all(Result::is_ok));
+                items.insert(usize::from(batch) % 3, forged.clone());
+                let results = verify_batch(&items);
+                for (n, (item, result)) in items.iter().zip(&results).enumerate() {
+                    assert_eq!(result.is_ok(), *item != forged, "item {n} of batch {batch}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// For any mix of good signatures, signatures with a small-order
+        /// part, and broken ones (a flipped bit of the signature, the body
+        /// or the signer), each item's answer in the batch is its answer
+        /// alone.
+        #[test]
+        fn a_batch_answers_for_each_item_as_its_single_check_does(
+            plan in proptest::collection::vec((0u8..4, 0u8..8, 0usize..100, 0u8..8), 1..12)
+        ) {
+            let items: Vec<VerifyItem> = plan
+                .iter()
+                .enumerate()
+                .map(|(n, &(seed, torsion, flip, what))| {
+                    let body = vec![n as u8; 16];
+                    let key = Keypair::from_seed([seed + 1; 32]);
+                    let mut item = VerifyItem {
+                        kind: Kind::UsageAck,
+                        signature: if torsion == 0 {
+                            key.sign(Kind::UsageAck, &body)
+                        } else {
+                            signed_with_torsion([seed + 1; 32], Kind::UsageAck, &body, usize::from(torsion))
+                        },
+                        body,
+                        signer: key.public(),
+                    };
+                    match what {
+                        0 => item.signature.0[flip % 64] ^= 1 << (flip % 8),
+                        1 => item.body[flip % 16] ^= 1,
+                        2 => item.signer.0[flip % 32] ^= 1 << (flip % 8),
+                        _ => {}
+                    }
+                    item
+                })
+                .collect();
+            let alone: Vec<bool> = items
+                .iter()
+                .map(|i| verify(i.kind, &i.body, &i.signer, &i.signature).is_ok())
+                .collect();
+            let batched: Vec<bool> = verify_batch(&items).iter().map(Result::is_ok).collect();
+            proptest::prop_assert_eq!(batched, alone);
+        }
+    }
+
     #[test]
     fn invalid_and_weak_keys_are_refused() {
         // The identity point is small-order: a classic weak key.
@@ -460,6 +628,15 @@ mod tests {
         ));
         assert!("zz".parse::<PublicKey>().is_err());
         assert!("00".parse::<PublicKey>().is_err());
+        // Refused in a batch too, alone: the others still hold.
+        let mut items: Vec<VerifyItem> = (0..4).map(|n| item(2, n)).collect();
+        items[1].signer = PublicKey(identity);
+        let results = verify_batch(&items);
+        assert!(matches!(results[1], Err(Error::InvalidKey { .. })));
+        assert!(results
+            .iter()
+            .enumerate()
+            .all(|(n, r)| r.is_ok() == (n != 1)));
     }
 
     #[test]

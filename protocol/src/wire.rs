@@ -82,17 +82,17 @@ macro_rules! wire_message {
                 }
             }
 
-            /// Every check except the signatures of signed kinds, which
-            /// [`WireMessage::signature_items`] returns for batch checking.
-            /// Certificates are checked in full here (their votes must pass
-            /// the strict single rule).
+            /// Every check except the signatures, which
+            /// [`WireMessage::signature_items`] returns for batch checking
+            /// (a certificate's votes among them: the batch's answer is the
+            /// single check's). A certificate needs `coordinators`.
             pub fn check_unsigned(&self, clock: &Clock, coordinators: Option<&CoordinatorSet>) -> Result<()> {
                 match self {
                     $(WireMessage::$kind(m) => {
                         m.check_body()?;
                         clock.check(Kind::$kind, m.body.created_at(), m.body.expires_at())
                     })*
-                    $(WireMessage::$cert_kind(_) => self.verify(clock, coordinators),)*
+                    $(WireMessage::$cert_kind(c) => c.check_unsigned(Self::set_for_certificate(coordinators)?),)*
                 }
             }
 
@@ -126,16 +126,17 @@ macro_rules! wire_message {
                         items.extend(m.body.inner_signatures()?);
                         Ok((Id::of(Kind::$kind, body), items))
                     })*
-                    $(WireMessage::$cert_kind(c) => Ok((c.subject()?, Vec::new())),)*
+                    $(WireMessage::$cert_kind(c) => Ok((c.subject()?, c.signature_items()?)),)*
                 }
             }
 
-            /// The signatures a signed kind needs checked (none for a
-            /// certificate: [`WireMessage::check_unsigned`] checked them).
+            /// The signatures a message needs checked: a signed message's
+            /// own and any inside it; a certificate's message's and its
+            /// votes.
             pub fn signature_items(&self) -> Result<Vec<VerifyItem>> {
                 match self {
                     $(WireMessage::$kind(m) => m.verify_items(),)*
-                    $(WireMessage::$cert_kind(_) => Ok(Vec::new()),)*
+                    $(WireMessage::$cert_kind(c) => c.signature_items(),)*
                 }
             }
 
@@ -144,13 +145,14 @@ macro_rules! wire_message {
             pub fn verify(&self, clock: &Clock, coordinators: Option<&CoordinatorSet>) -> Result<()> {
                 match self {
                     $(WireMessage::$kind(m) => m.verify(clock),)*
-                    $(WireMessage::$cert_kind(c) => match coordinators {
-                        Some(set) => c.verify(set),
-                        None => Err(Error::CoordinatorSet(
-                            "a certificate needs the coordinator set of its epoch".into(),
-                        )),
-                    },)*
+                    $(WireMessage::$cert_kind(c) => c.verify(Self::set_for_certificate(coordinators)?),)*
                 }
+            }
+
+            fn set_for_certificate(coordinators: Option<&CoordinatorSet>) -> Result<&CoordinatorSet> {
+                coordinators.ok_or_else(|| Error::CoordinatorSet(
+                    "a certificate needs the coordinator set of its epoch".into(),
+                ))
             }
         }
     };

@@ -173,7 +173,8 @@ struct ParsedKey {
 
 /// How many parsed keys are kept at most: two generations of half as many
 /// each (a key used in the last generation moves to the current one), so
-/// a flood of new keys only pushes the oldest out. About 2 MB when full.
+/// a flood of new keys only pushes the oldest out. About 4 MB when full
+/// (each key parsed for both libraries, about 400 bytes).
 pub const PARSED_KEYS_KEPT: usize = 8_192;
 
 /// Keys that parsed as valid, not weak ed25519 points, by their bytes.
@@ -295,7 +296,7 @@ static BATCHED_CHECKS: AtomicU64 = AtomicU64::new(0);
 /// costs tens of microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SignatureChecks {
-    /// Checked alone with the strict rule ([`verify`]), including the
+    /// Checked alone ([`verify`]), including the
     /// fallback of a batch that failed.
     pub single: u64,
     /// Checked as part of a batch equation that held ([`verify_batch`]).

@@ -1054,9 +1054,19 @@ async fn hand_market(
     dirs: &[tempfile::TempDir],
     reference: &str,
 ) -> (Vec<RunningNode>, RunningNode) {
+    hand_market_with(dirs, reference, |_| {}).await
+}
+
+/// [`hand_market`], with `coordinator` applied to each coordinator's
+/// configuration.
+async fn hand_market_with(
+    dirs: &[tempfile::TempDir],
+    reference: &str,
+    coordinator: impl Fn(&mut NodeConfig),
+) -> (Vec<RunningNode>, RunningNode) {
     let mut cs = Vec::new();
     for (i, dir) in dirs.iter().take(4).enumerate() {
-        cs.push(start(Role::Coordinator, dir.path(), Some(i)).await);
+        cs.push(start_with(Role::Coordinator, dir.path(), Some(i), &coordinator).await);
     }
     let customer = start(Role::Customer, dirs[4].path(), None).await;
     let all: Vec<&RunningNode> = cs.iter().chain([&customer]).collect();
@@ -1111,12 +1121,65 @@ fn hand_escrow(
     (order, request)
 }
 
+/// `seller`'s final settlement (the lease's first) of every window of
+/// `hand`, paying `gpu_ms` of them out of `escrow`'s `cap` at
+/// `fee_rate`.
+fn hand_final_settlement(
+    seller: &Keypair,
+    hand: &HandLease,
+    escrow: &Signed<rigmesh_protocol::EscrowOrder>,
+    gpu_ms: u64,
+    cap: Credits,
+    fee_rate: rigmesh_ledger::FeeRate,
+) -> Signed<rigmesh_protocol::SettlementRequest> {
+    let p = rigmesh_ledger::billing::payout("3.6".parse().unwrap(), gpu_ms, cap, fee_rate, true)
+        .unwrap();
+    Signed::sign(
+        rigmesh_protocol::SettlementRequest {
+            version: PROTOCOL_VERSION,
+            lease: hand.lease,
+            supplier: seller.public(),
+            customer: escrow.body.account,
+            settlement_seq: 0,
+            epoch: 7,
+            escrow: escrow.id().unwrap(),
+            first_window: 0,
+            last_window: hand.attestations.len() as u64 - 1,
+            attestation_head: hand.attestations.last().unwrap().id().unwrap(),
+            billable_gpu_ms: p.billable_gpu_ms,
+            supplier_amount: p.supplier,
+            fee: p.fee,
+            refund: p.refund,
+            held: p.held,
+            final_settlement: true,
+            created_at: UnixMillis::now(),
+        },
+        seller,
+    )
+    .unwrap()
+}
+
+/// The bundle that asks the coordinators to vote for `r`, a settlement of
+/// every window of `hand`, with the customer's `acks`.
+fn hand_bundle(
+    hand: &HandLease,
+    r: &Signed<rigmesh_protocol::SettlementRequest>,
+    acks: &[Signed<rigmesh_protocol::UsageAck>],
+) -> CoordinatorRequest {
+    CoordinatorRequest::Settle(Box::new(SettlementBundle {
+        request: r.clone(),
+        agreement: hand.agreement.clone(),
+        escrow: None,
+        attestations: hand.attestations.clone(),
+        acks: acks.to_vec(),
+        disputes: Vec::new(),
+        earlier: Vec::new(),
+    }))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_most_the_cap() {
-    use rigmesh_protocol::rpc::{CoordinatorRequest, SettlementBundle};
-    use rigmesh_protocol::{
-        EscrowOrder, LeaseTermination, SettlementRequest, TerminationReason, UsageAck,
-    };
+    use rigmesh_protocol::{EscrowOrder, LeaseTermination, TerminationReason, UsageAck};
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let (cs, customer) = hand_market(&dirs, "wire-0005").await;
     let quorum = customer.quorum.as_ref().unwrap();
@@ -1124,45 +1187,8 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
     let seller = Keypair::from_seed([0x67; 32]);
     let cap: Credits = "0.005".parse().unwrap();
     let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
-    // A final settlement of `hand`'s windows stating `gpu_ms` as paid.
     let settle = |hand: &HandLease, escrow: &Signed<EscrowOrder>, gpu_ms: u64| {
-        let p =
-            rigmesh_ledger::billing::payout("3.6".parse().unwrap(), gpu_ms, cap, fee_rate, true)
-                .unwrap();
-        Signed::sign(
-            SettlementRequest {
-                version: PROTOCOL_VERSION,
-                lease: hand.lease,
-                supplier: seller.public(),
-                customer: buyer.public(),
-                settlement_seq: 0,
-                epoch: 7,
-                escrow: escrow.id().unwrap(),
-                first_window: 0,
-                last_window: hand.attestations.len() as u64 - 1,
-                attestation_head: hand.attestations.last().unwrap().id().unwrap(),
-                billable_gpu_ms: p.billable_gpu_ms,
-                supplier_amount: p.supplier,
-                fee: p.fee,
-                refund: p.refund,
-                held: p.held,
-                final_settlement: true,
-                created_at: UnixMillis::now(),
-            },
-            &seller,
-        )
-        .unwrap()
-    };
-    let bundle = |hand: &HandLease, r: &Signed<SettlementRequest>, acks: &[Signed<UsageAck>]| {
-        CoordinatorRequest::Settle(Box::new(SettlementBundle {
-            request: r.clone(),
-            agreement: hand.agreement.clone(),
-            escrow: None,
-            attestations: hand.attestations.clone(),
-            acks: acks.to_vec(),
-            disputes: Vec::new(),
-            earlier: Vec::new(),
-        }))
+        hand_final_settlement(&seller, hand, escrow, gpu_ms, cap, fee_rate)
     };
 
     // Lease 1: the customer acks windows 0 and 1, ends the lease during
@@ -1220,7 +1246,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
 
     let greedy = settle(&first, &order, 10_000);
     let refused = quorum
-        .certify(&greedy, &bundle(&first, &greedy, &acks))
+        .certify(&greedy, &hand_bundle(&first, &greedy, &acks))
         .await
         .unwrap_err();
     assert_eq!(refused.votes, 0, "{refused}");
@@ -1228,7 +1254,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
     // Windows 0 and 1 (acked) and 2 (under way at the termination) pay.
     let fair = settle(&first, &order, 3_000);
     let cert = quorum
-        .certify(&fair, &bundle(&first, &fair, &acks))
+        .certify(&fair, &hand_bundle(&first, &fair, &acks))
         .await
         .unwrap();
     assert_eq!(
@@ -1257,7 +1283,7 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
         "the last window is cut at the cap"
     );
     let cert = quorum
-        .certify(&all_windows, &bundle(&second, &all_windows, &[]))
+        .certify(&all_windows, &hand_bundle(&second, &all_windows, &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -3970,4 +3996,127 @@ async fn a_deposit_a_coordinator_stored_but_had_not_applied_when_it_stopped_is_i
     assert_eq!(role.store.unapplied(None, 10).unwrap(), []);
     books(&c);
     c.stop().await.unwrap();
+}
+
+/// A top-up certified as its lease closed (voted while the lease ran,
+/// delivered after its final settlement) can reach a coordinator long
+/// after the rest: here one that was down when it was delivered, and had
+/// by then dropped the lease's certificates from its gossip store, as a
+/// coordinator does a grace after the lease is finally settled. It takes
+/// the top-up from catch-up sync all the same and its books apply it: it
+/// moves nothing but the account's debit sequence, as at the others, so
+/// the customer's next escrow order is applied by every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_delivered_after_its_lease_was_compacted_still_moves_a_returning_coordinators_debit_sequence(
+) {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let short_grace = |c: &mut NodeConfig| {
+        let table = c.coordinators.as_mut().unwrap();
+        table.evidence_grace_secs = 1;
+        table.compact_every_secs = 1;
+    };
+    let (mut cs, customer) = hand_market_with(&dirs, "wire-0041", short_grace).await;
+    let quorum = customer.quorum.as_ref().unwrap();
+    let buyer = account_of(dirs[4].path());
+    let seller = Keypair::from_seed([0x69; 32]);
+    let cap: Credits = "0.005".parse().unwrap();
+    let fee_rate = cs[0].coordinator.as_ref().unwrap().config.fee_rate;
+    let hand = hand_lease(&buyer, &seller, 4, 4);
+    let lease = hand.lease;
+    let (order, request) = hand_escrow(&buyer, &seller, &hand, 0, cap);
+    let escrow = quorum.certify(&order, &request).await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
+            .await,
+        4
+    );
+    // The top-up is voted while the lease runs; its certificate is held.
+    let (top_up, request) = hand_escrow(&buyer, &seller, &hand, 1, "0.002".parse().unwrap());
+    let top_up = quorum.certify(&top_up, &request).await.unwrap();
+
+    // The final settlement pays the four windows (0.004, past the unacked
+    // timeout) and refunds the rest of the first escrow.
+    let last = hand_final_settlement(&seller, &hand, &order, 4_000, cap, fee_rate);
+    let cert = quorum
+        .certify(&last, &hand_bundle(&hand, &last, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Settlement(Box::new(cert)))
+            .await,
+        4
+    );
+    closed_everywhere(&cs, lease, 30).await;
+    let cs_ref = &cs;
+    eventually(
+        30,
+        "the lease's certificates dropped from every coordinator's gossip store",
+        || async move {
+            cs_ref
+                .iter()
+                .all(|c| c.store.certificates_dropped(&lease).unwrap())
+        },
+    )
+    .await;
+    let paid: Credits = "0.004".parse().unwrap();
+    let left = "10".parse::<Credits>().unwrap().checked_sub(paid).unwrap();
+    let debit_seq = |c: &RunningNode| {
+        let ledger = &c.coordinator.as_ref().unwrap().ledger;
+        ledger.next_debit_seq(&buyer.public()).unwrap()
+    };
+
+    // The fourth is down when the top-up is delivered: the three others
+    // apply it, and it moves nothing but the debit sequence.
+    let down = cs.pop().unwrap();
+    down.stop().await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Escrow(Box::new(top_up)))
+            .await,
+        3
+    );
+    for c in &cs {
+        assert_eq!(debit_seq(c), 2);
+        assert_eq!(balance(c, &buyer), left);
+        assert_eq!(lease_book(c, &lease).unwrap().amount, cap);
+    }
+
+    // Back from its files, it learns the top-up by catch-up sync.
+    let back = start_with(Role::Coordinator, dirs[3].path(), Some(3), short_grace).await;
+    for node in cs.iter().chain([&customer]) {
+        back.handle.dial(dial_addr(node)).await.unwrap();
+    }
+    let back_ref = &back;
+    eventually(
+        40,
+        "the returning coordinator applies the top-up",
+        || async move { debit_seq(back_ref) == 2 },
+    )
+    .await;
+    assert_eq!(balance(&back, &buyer), left);
+    assert_eq!(books(&back), books(&cs[0]));
+
+    // So the customer's next escrow order, for another lease, is applied
+    // by all four, and the books still agree.
+    cs.push(back);
+    let next = hand_lease(&buyer, &seller, 5, 1);
+    let (order, request) = hand_escrow(&buyer, &seller, &next, 2, cap);
+    let escrow = quorum.certify(&order, &request).await.unwrap();
+    assert_eq!(
+        quorum
+            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
+            .await,
+        4
+    );
+    let first = books(&cs[0]);
+    for c in &cs {
+        assert_eq!(debit_seq(c), 3);
+        assert_eq!(balance(c, &buyer), left.checked_sub(cap).unwrap());
+        assert_eq!(books(c), first, "the coordinators agree");
+    }
+    for node in cs.into_iter().chain([customer]) {
+        node.stop().await.unwrap();
+    }
 }

@@ -1121,6 +1121,19 @@ fn hand_escrow(
     (order, request)
 }
 
+/// Certifies `message` through `quorum` with `request`, hands the
+/// certificate (made a frame by `frame`) to every member and gossips it;
+/// returns how many members applied it.
+async fn certify_and_deliver<T: rigmesh_protocol::Certifiable>(
+    quorum: &Quorum,
+    message: &Signed<T>,
+    request: &CoordinatorRequest,
+    frame: impl FnOnce(Box<rigmesh_protocol::Certificate<T>>) -> CertificateFrame,
+) -> usize {
+    let certificate = quorum.certify(message, request).await.unwrap();
+    quorum.deliver(frame(Box::new(certificate))).await
+}
+
 /// `seller`'s final settlement (the lease's first) of every window of
 /// `hand`, paying `gpu_ms` of them out of `escrow`'s `cap` at
 /// `fee_rate`.
@@ -3678,6 +3691,17 @@ async fn a_flooded_coordinator_bans_its_flooder_while_an_honest_lease_settles_on
     }
 }
 
+/// A configuration change: the node finds leases to compact every second
+/// and compacts its own (at a coordinator, every lease) `secs` after it
+/// finds one finally settled.
+fn evidence_grace(secs: u64) -> impl Fn(&mut NodeConfig) + Copy {
+    move |c: &mut NodeConfig| {
+        let table = c.coordinators.as_mut().unwrap();
+        table.evidence_grace_secs = secs;
+        table.compact_every_secs = 1;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_and_its_receipts_stay(
 ) {
@@ -3687,11 +3711,7 @@ async fn a_finally_settled_leases_attestations_leave_the_store_after_the_grace_a
     // of it, keeps its own leases' evidence a week but other people's two
     // seconds; every other node keeps the defaults (a week for its own
     // leases, an hour for others').
-    let short_grace = |c: &mut NodeConfig| {
-        let table = c.coordinators.as_mut().unwrap();
-        table.evidence_grace_secs = 2;
-        table.compact_every_secs = 1;
-    };
+    let short_grace = evidence_grace(2);
     let short_grace_for_others = |c: &mut NodeConfig| {
         let table = c.coordinators.as_mut().unwrap();
         table.others_evidence_grace_secs = 2;
@@ -4010,11 +4030,7 @@ async fn a_deposit_a_coordinator_stored_but_had_not_applied_when_it_stopped_is_i
 async fn a_top_up_delivered_after_its_lease_was_compacted_still_moves_a_returning_coordinators_debit_sequence(
 ) {
     let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-    let short_grace = |c: &mut NodeConfig| {
-        let table = c.coordinators.as_mut().unwrap();
-        table.evidence_grace_secs = 1;
-        table.compact_every_secs = 1;
-    };
+    let short_grace = evidence_grace(1);
     let (mut cs, customer) = hand_market_with(&dirs, "wire-0041", short_grace).await;
     let quorum = customer.quorum.as_ref().unwrap();
     let buyer = account_of(dirs[4].path());
@@ -4024,13 +4040,8 @@ async fn a_top_up_delivered_after_its_lease_was_compacted_still_moves_a_returnin
     let hand = hand_lease(&buyer, &seller, 4, 4);
     let lease = hand.lease;
     let (order, request) = hand_escrow(&buyer, &seller, &hand, 0, cap);
-    let escrow = quorum.certify(&order, &request).await.unwrap();
-    assert_eq!(
-        quorum
-            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
-            .await,
-        4
-    );
+    let escrowed = certify_and_deliver(quorum, &order, &request, CertificateFrame::Escrow);
+    assert_eq!(escrowed.await, 4);
     // The top-up is voted while the lease runs; its certificate is held.
     let (top_up, request) = hand_escrow(&buyer, &seller, &hand, 1, "0.002".parse().unwrap());
     let top_up = quorum.certify(&top_up, &request).await.unwrap();
@@ -4038,16 +4049,9 @@ async fn a_top_up_delivered_after_its_lease_was_compacted_still_moves_a_returnin
     // The final settlement pays the four windows (0.004, past the unacked
     // timeout) and refunds the rest of the first escrow.
     let last = hand_final_settlement(&seller, &hand, &order, 4_000, cap, fee_rate);
-    let cert = quorum
-        .certify(&last, &hand_bundle(&hand, &last, &[]))
-        .await
-        .unwrap();
-    assert_eq!(
-        quorum
-            .deliver(CertificateFrame::Settlement(Box::new(cert)))
-            .await,
-        4
-    );
+    let bundle = hand_bundle(&hand, &last, &[]);
+    let settled = certify_and_deliver(quorum, &last, &bundle, CertificateFrame::Settlement);
+    assert_eq!(settled.await, 4);
     closed_everywhere(&cs, lease, 30).await;
     let cs_ref = &cs;
     eventually(
@@ -4103,13 +4107,8 @@ async fn a_top_up_delivered_after_its_lease_was_compacted_still_moves_a_returnin
     cs.push(back);
     let next = hand_lease(&buyer, &seller, 5, 1);
     let (order, request) = hand_escrow(&buyer, &seller, &next, 2, cap);
-    let escrow = quorum.certify(&order, &request).await.unwrap();
-    assert_eq!(
-        quorum
-            .deliver(CertificateFrame::Escrow(Box::new(escrow)))
-            .await,
-        4
-    );
+    let escrowed = certify_and_deliver(quorum, &order, &request, CertificateFrame::Escrow);
+    assert_eq!(escrowed.await, 4);
     let first = books(&cs[0]);
     for c in &cs {
         assert_eq!(debit_seq(c), 3);

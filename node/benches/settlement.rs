@@ -30,7 +30,20 @@
 //! shares flushes, and the cores the whole process kept busy (every node
 //! of the bench runs in it, on this machine's cores).
 //!
-//! Run: `cargo bench -p rigmesh-node --bench settlement`
+//! With `-- --books N`, the cases run once more on 4 other coordinators
+//! whose books already hold `N` finished leases of 1,000 customers and 100
+//! suppliers, as after months of a market: each lease's escrow order and
+//! final settlement voted on by every coordinator's own rules, its
+//! certificates assembled from 3 votes and applied by all 4, without the
+//! network (growing 100,000 takes minutes). `--books-dir DIR` keeps the
+//! grown books in `DIR` and later runs with the same `N` start from a
+//! copy of them. Printed beside the cases: how long the coordinators took
+//! to start on those books and the process's resident memory (every node
+//! of the bench, and the books grown before, in the one process).
+//!
+//! Run: `cargo bench -p rigmesh-node --bench settlement`, or
+//! `cargo bench -p rigmesh-node --bench settlement -- --books 100000
+//! --books-dir /var/tmp/grown-books`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -351,96 +364,483 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank - 1]
 }
 
+/// The finished leases `--books N` grows each coordinator's books by, as
+/// the accounts of a market that has run for a while: this many customers
+/// (each funded by a deposit, its escrow orders in sequence) and suppliers.
+const GROWN_CUSTOMERS: usize = 1_000;
+const GROWN_SUPPLIERS: usize = 100;
+
+/// The key of grown account `i` of a role (`tag`).
+fn grown_key(tag: u8, i: usize) -> Keypair {
+    let mut seed = [tag; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    Keypair::from_seed(seed)
+}
+
+/// The value after `flag` among the bench's arguments.
+fn arg(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// What a grown lease's parties sign, before any coordinator has seen it.
+struct Grown {
+    agreement: Signed<LeaseAgreement>,
+    order: Signed<EscrowOrder>,
+    attestation: Signed<UsageAttestation>,
+    ack: Signed<UsageAck>,
+    request: Signed<SettlementRequest>,
+}
+
+/// Lease number `n` of the grown books: customer `n % GROWN_CUSTOMERS`
+/// (its debit `n / GROWN_CUSTOMERS`) with supplier `n % GROWN_SUPPLIERS`,
+/// one window metered, acked and settled finally.
+fn grown_lease(n: usize, rules: &rigmesh_ledger::CoordinatorConfig) -> Grown {
+    let customer = grown_key(0xc1, n % GROWN_CUSTOMERS);
+    let supplier = grown_key(0x51, n % GROWN_SUPPLIERS);
+    let agreement = lease(&customer, &supplier, n as u64);
+    let lease_id = agreement.id().unwrap();
+    let now = UnixMillis::now();
+    let order = signed(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: customer.public(),
+            seq: (n / GROWN_CUSTOMERS) as u64,
+            epoch: 1,
+            lease: lease_id,
+            supplier: supplier.public(),
+            amount: ESCROW.parse().unwrap(),
+            created_at: now,
+            expires_at: now.plus_ms(600_000),
+        },
+        &customer,
+    );
+    let window_start = agreement.body.starts_at;
+    let attestation = signed(
+        UsageAttestation {
+            version: PROTOCOL_VERSION,
+            lease: lease_id,
+            supplier: supplier.public(),
+            customer: customer.public(),
+            seq: 0,
+            prev: Id::ZERO,
+            window_start,
+            window_end: window_start.plus_ms(WINDOW_MS),
+            gpus: vec![GpuUsage {
+                gpu_index: 0,
+                billable_ms: WINDOW_MS,
+                mean_util_bp: 9_000,
+                peak_util_bp: 10_000,
+                peak_memory_mib: 1_000,
+                energy_mj: 36_000_000,
+            }],
+            billable_gpu_ms: WINDOW_MS,
+            created_at: window_start.plus_ms(WINDOW_MS),
+        },
+        &supplier,
+    );
+    let ack = signed(
+        UsageAck {
+            version: PROTOCOL_VERSION,
+            lease: lease_id,
+            customer: customer.public(),
+            attestation: attestation.id().unwrap(),
+            seq: 0,
+            created_at: now,
+        },
+        &customer,
+    );
+    let payout = billing::payout(
+        PRICE.parse().unwrap(),
+        WINDOW_MS,
+        ESCROW.parse().unwrap(),
+        rules.fee_rate,
+        true,
+    )
+    .unwrap();
+    let request = signed(
+        SettlementRequest {
+            version: PROTOCOL_VERSION,
+            lease: lease_id,
+            supplier: supplier.public(),
+            customer: customer.public(),
+            settlement_seq: 0,
+            epoch: 1,
+            escrow: order.id().unwrap(),
+            first_window: 0,
+            last_window: 0,
+            attestation_head: attestation.id().unwrap(),
+            billable_gpu_ms: WINDOW_MS,
+            supplier_amount: payout.supplier,
+            fee: payout.fee,
+            refund: payout.refund,
+            held: payout.held,
+            final_settlement: true,
+            created_at: now,
+        },
+        &supplier,
+    );
+    Grown {
+        agreement,
+        order,
+        attestation,
+        ack,
+        request,
+    }
+}
+
+/// Runs `step` for each coordinator at once, each on a thread of its own
+/// with the rules over its books, and returns what each gave.
+fn at_each<T: Send>(
+    books: &[rigmesh_ledger::Ledger<rigmesh_ledger::SledStore>],
+    rules: &rigmesh_ledger::CoordinatorConfig,
+    step: impl Fn(&rigmesh_ledger::Coordinator<'_, rigmesh_ledger::SledStore>) -> T + Sync,
+) -> Vec<T> {
+    let keys: Vec<Keypair> = (0..books.len())
+        .map(|i| Keypair::from_seed(seed(i)))
+        .collect();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = books
+            .iter()
+            .zip(&keys)
+            .map(|(ledger, key)| {
+                let step = &step;
+                scope.spawn(move || step(&rigmesh_ledger::Coordinator::new(ledger, key, rules)))
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// Grows the books in `dirs` (one coordinator's data directory each, in
+/// member order) by `leases` finished leases through the coordinators'
+/// own rules, as the network would have: each coordinator votes on every
+/// escrow order and settlement request, each certificate is assembled
+/// from three votes and applied by all four. Nothing is flushed until the
+/// end (the books are written as a node would have written them, over
+/// time; only their content matters here).
+fn grow_books(dirs: &[std::path::PathBuf], leases: usize) {
+    let rules = set_config().rules().unwrap();
+    let books: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            rigmesh_ledger::Ledger::open_with(
+                &d.join("books"),
+                rigmesh_ledger::Durability::Buffered,
+            )
+            .unwrap()
+        })
+        .collect();
+    let admin = Keypair::from_seed([0x7f; 32]);
+    let now = UnixMillis::now();
+    let deposits: Vec<Signed<Deposit>> = (0..GROWN_CUSTOMERS.min(leases))
+        .map(|i| {
+            signed(
+                Deposit {
+                    version: PROTOCOL_VERSION,
+                    epoch: 1,
+                    admin: admin.public(),
+                    account: grown_key(0xc1, i).public(),
+                    amount: "1000".parse().unwrap(),
+                    reference: format!("grown {i}"),
+                    created_at: now,
+                },
+                &admin,
+            )
+        })
+        .collect();
+    at_each(&books, &rules, |c| {
+        for d in &deposits {
+            assert!(matches!(
+                c.apply_deposit(d, UnixMillis::now()),
+                Ok(rigmesh_ledger::Applied::Applied)
+            ));
+        }
+    });
+    let mut done = 0;
+    while done < leases {
+        // A customer's orders go in sequence: one lease of each a round.
+        let round: Vec<usize> = (done..leases.min(done + GROWN_CUSTOMERS)).collect();
+        let half = round.len().div_ceil(2);
+        let grown: Vec<Grown> = std::thread::scope(|scope| {
+            let parts: Vec<_> = round
+                .chunks(half.max(1))
+                .map(|part| {
+                    let rules = &rules;
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|n| grown_lease(*n, rules))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts.into_iter().flat_map(|t| t.join().unwrap()).collect()
+        });
+        let votes = at_each(&books, &rules, |c| {
+            grown
+                .iter()
+                .map(|g| {
+                    c.vote_escrow(&g.order, &g.agreement, UnixMillis::now())
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        let escrows: Vec<EscrowCertificate> = (0..grown.len())
+            .map(|i| {
+                let three: Vec<_> = votes.iter().take(3).map(|v| v[i].clone()).collect();
+                rigmesh_protocol::Certificate::assemble(grown[i].order.clone(), &three).unwrap()
+            })
+            .collect();
+        let votes = at_each(&books, &rules, |c| {
+            grown
+                .iter()
+                .zip(&escrows)
+                .map(|(g, escrow)| {
+                    assert!(matches!(
+                        c.apply_escrow(escrow, UnixMillis::now()),
+                        Ok(rigmesh_ledger::Applied::Applied)
+                    ));
+                    let evidence = rigmesh_ledger::SettlementEvidence {
+                        request: &g.request,
+                        agreement: &g.agreement,
+                        attestations: std::slice::from_ref(&g.attestation),
+                        previous: None,
+                        acks: std::slice::from_ref(&g.ack),
+                        disputes: &[],
+                        terminations: &[],
+                    };
+                    c.vote_settlement(&evidence, UnixMillis::now()).unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        let settlements: Vec<SettlementCertificate> = (0..grown.len())
+            .map(|i| {
+                let three: Vec<_> = votes.iter().take(3).map(|v| v[i].clone()).collect();
+                rigmesh_protocol::Certificate::assemble(grown[i].request.clone(), &three).unwrap()
+            })
+            .collect();
+        at_each(&books, &rules, |c| {
+            for certificate in &settlements {
+                assert!(matches!(
+                    c.apply_settlement(certificate, UnixMillis::now()),
+                    Ok(rigmesh_ledger::Applied::Applied)
+                ));
+            }
+        });
+        done += round.len();
+        if done % 10_000 == 0 {
+            eprintln!("  grown by {done} leases");
+        }
+    }
+    for ledger in &books {
+        ledger.flush().unwrap();
+    }
+}
+
+/// Bytes under `dir`, every file below it.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => disk_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+/// Starts 4 coordinators on the data directories `dirs` (their books as
+/// they are) and a client node, funds the bench's customer and runs the
+/// cases.
+async fn run_cases(dirs: &[std::path::PathBuf]) {
+    let client_dir = tempfile::tempdir().unwrap();
+    let began = Instant::now();
+    let mut coordinators = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        coordinators.push(start(Role::Coordinator, dir, Some(i)).await);
+    }
+    let started = began.elapsed();
+    let client = start(Role::Relay, client_dir.path(), None).await;
+    for c in &coordinators {
+        let addr = c.listen_addrs[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(c.peer_id));
+        client.handle.dial(addr).await.unwrap();
+    }
+    while client.store.count(Kind::NodeBinding) < 4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quorum = client.quorum.clone().unwrap();
+    let customer = Keypair::from_seed([0x21; 32]);
+    let supplier = Keypair::from_seed([0x12; 32]);
+    let admin = Keypair::from_seed([0x7f; 32]);
+    let deposit = signed(
+        Deposit {
+            version: PROTOCOL_VERSION,
+            epoch: 1,
+            admin: admin.public(),
+            account: customer.public(),
+            amount: "1000000".parse().unwrap(),
+            reference: "bench".into(),
+            created_at: UnixMillis::now(),
+        },
+        &admin,
+    );
+    let resident = support::resident_mb();
+    // Delivered until all four have it: a coordinator busy opening large
+    // books may not answer the first time.
+    let funding = Instant::now();
+    let mut tries = 1;
+    while quorum
+        .deliver(CertificateFrame::Deposit(deposit.clone()))
+        .await
+        < 4
+    {
+        assert!(
+            funding.elapsed() < Duration::from_secs(120),
+            "deposit not applied by all four"
+        );
+        tries += 1;
+    }
+    let raw = raw_verify_rate();
+    println!(
+        "  the 4 coordinators started in {:.2} s (the process then resident: {resident:.0} MB); the deposit applied by all four in {:.2} s ({tries} deliveries); raw ed25519 verify: {raw:.0}/s (one core, this run)",
+        started.as_secs_f64(),
+        funding.elapsed().as_secs_f64(),
+    );
+    let mut seq = 0u64;
+    for (at_once, leases) in CASES {
+        let mut funded = Vec::with_capacity(leases);
+        for _ in 0..leases {
+            funded.push(fund(&quorum, &customer, &supplier, seq, seq).await);
+            seq += 1;
+        }
+        let checks = crypto::signature_checks();
+        let commits = group_commits(&coordinators);
+        let cpu = support::cpu_seconds();
+        let began = Instant::now();
+        let mut latencies = Vec::new();
+        // A new lease starts settling as soon as one finishes, so
+        // `at_once` leases are in flight until the last ones drain.
+        let mut running = futures::stream::iter(funded)
+            .map(|lease| settle(quorum.clone(), supplier.clone(), lease))
+            .buffer_unordered(at_once);
+        while let Some(done) = running.next().await {
+            latencies.extend(done);
+        }
+        let elapsed = began.elapsed().as_secs_f64();
+        let cores = (support::cpu_seconds() - cpu) / elapsed;
+        let settlements = latencies.len();
+        let verifications =
+            crypto::signature_checks().since(checks).total() as f64 / settlements as f64;
+        let rate = settlements as f64 / elapsed;
+        let (flushes, writes) = {
+            let (f1, w1) = group_commits(&coordinators);
+            (f1 - commits.0, w1 - commits.1)
+        };
+        let budget = raw / verifications;
+        latencies.sort();
+        println!(
+            "  {at_once:>2} at once: {rate:7.1} certified settlements/s ({settlements} in {elapsed:.2} s), latency p50 {:.2} ms, p99 {:.2} ms; {verifications:.1} verifications per settlement, budget {budget:.1}/s, ratio {:.3}",
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            rate / budget,
+        );
+        println!(
+            "            books: {writes} writes in {flushes} flushes at the 4 coordinators, {:.2} writes per flush; CPU busy {cores:.2} cores on average",
+            writes as f64 / flushes.max(1) as f64
+        );
+    }
+    println!(
+        "  the process resident after the cases: {:.0} MB",
+        support::resident_mb()
+    );
+    for node in coordinators.into_iter().chain([client]) {
+        node.stop().await.unwrap();
+    }
+}
+
+/// Four coordinators' data directories whose books hold `leases` grown
+/// leases: grown here, or copied from `kept` if an earlier run grew them
+/// there (`kept` then gets a copy of what is grown here). Prints how.
+fn grown_dirs(leases: usize, kept: Option<&std::path::Path>) -> Vec<tempfile::TempDir> {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let paths: Vec<_> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
+    let marker = kept.map(|k| k.join(format!("grown-{leases}")));
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying {}", from.display());
+    };
+    let (kept, marker) = match (kept, marker) {
+        (Some(kept), Some(marker)) if marker.exists() => {
+            for (i, path) in paths.iter().enumerate() {
+                copy(&kept.join(format!("coordinator-{i}")).join("books"), path);
+            }
+            println!(
+                "on books grown by {leases} finished leases by an earlier run (copied from {}):",
+                kept.display()
+            );
+            return dirs;
+        }
+        other => other,
+    };
+    let began = Instant::now();
+    grow_books(&paths, leases);
+    println!(
+        "on books grown by {leases} finished leases of {} customers and {} suppliers (each voted, certified and applied by the coordinators' rules; {:.0} s to grow, {:.1} MB on disk a coordinator):",
+        GROWN_CUSTOMERS.min(leases),
+        GROWN_SUPPLIERS.min(leases),
+        began.elapsed().as_secs_f64(),
+        disk_bytes(&paths[0].join("books")) as f64 / 1e6,
+    );
+    if let (Some(kept), Some(marker)) = (kept, marker) {
+        for (i, path) in paths.iter().enumerate() {
+            let to = kept.join(format!("coordinator-{i}"));
+            std::fs::create_dir_all(&to).unwrap();
+            copy(&path.join("books"), &to);
+        }
+        std::fs::write(marker, b"").unwrap();
+    }
+    dirs
+}
+
 fn main() {
+    let grown: usize =
+        arg("--books").map_or(0, |n| n.parse().expect("--books takes a number of leases"));
+    let kept = arg("--books-dir").map(std::path::PathBuf::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut coordinators = Vec::new();
-        for (i, dir) in dirs.iter().take(4).enumerate() {
-            coordinators.push(start(Role::Coordinator, dir.path(), Some(i)).await);
-        }
-        let client = start(Role::Relay, dirs[4].path(), None).await;
-        for c in &coordinators {
-            let addr = c.listen_addrs[0]
-                .clone()
-                .with(libp2p::multiaddr::Protocol::P2p(c.peer_id));
-            client.handle.dial(addr).await.unwrap();
-        }
-        while client.store.count(Kind::NodeBinding) < 4 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let quorum = client.quorum.clone().unwrap();
-        let customer = Keypair::from_seed([0x21; 32]);
-        let supplier = Keypair::from_seed([0x12; 32]);
-        let admin = Keypair::from_seed([0x7f; 32]);
-        let deposit = signed(
-            Deposit {
-                version: PROTOCOL_VERSION,
-                epoch: 1,
-                admin: admin.public(),
-                account: customer.public(),
-                amount: "1000000".parse().unwrap(),
-                reference: "bench".into(),
-                created_at: UnixMillis::now(),
-            },
-            &admin,
-        );
-        assert_eq!(quorum.deliver(CertificateFrame::Deposit(deposit)).await, 4);
-
-        let raw = raw_verify_rate();
-        println!(
-            "settlement: 4 coordinators on loopback, sled books flushed before any answer (group commit), {WINDOWS} one-window settlements per lease with the bundles a supplier sends"
-        );
-        println!("  raw ed25519 verify: {raw:.0}/s (one core, this run)");
-        let mut seq = 0u64;
-        for (at_once, leases) in CASES {
-            let mut funded = Vec::with_capacity(leases);
-            for _ in 0..leases {
-                funded.push(fund(&quorum, &customer, &supplier, seq, seq).await);
-                seq += 1;
-            }
-            let checks = crypto::signature_checks();
-            let commits = group_commits(&coordinators);
-            let cpu = support::cpu_seconds();
-            let began = Instant::now();
-            let mut latencies = Vec::new();
-            // A new lease starts settling as soon as one finishes, so
-            // `at_once` leases are in flight until the last ones drain.
-            let mut running = futures::stream::iter(funded)
-                .map(|lease| settle(quorum.clone(), supplier.clone(), lease))
-                .buffer_unordered(at_once);
-            while let Some(done) = running.next().await {
-                latencies.extend(done);
-            }
-            let elapsed = began.elapsed().as_secs_f64();
-            let cores = (support::cpu_seconds() - cpu) / elapsed;
-            let settlements = latencies.len();
-            let verifications =
-                crypto::signature_checks().since(checks).total() as f64 / settlements as f64;
-            let rate = settlements as f64 / elapsed;
-            let (flushes, writes) = {
-                let (f1, w1) = group_commits(&coordinators);
-                (f1 - commits.0, w1 - commits.1)
-            };
-            let budget = raw / verifications;
-            latencies.sort();
-            println!(
-                "  {at_once:>2} at once: {rate:7.1} certified settlements/s ({settlements} in {elapsed:.2} s), latency p50 {:.2} ms, p99 {:.2} ms; {verifications:.1} verifications per settlement, budget {budget:.1}/s, ratio {:.3}",
-                percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-                rate / budget,
-            );
-            println!(
-                "            books: {writes} writes in {flushes} flushes at the 4 coordinators, {:.2} writes per flush; CPU busy {cores:.2} cores on average",
-                writes as f64 / flushes.max(1) as f64
-            );
-        }
-        println!("  target: ratio >= 0.5 with 8 and with 64 at once");
-        for node in coordinators.into_iter().chain([client]) {
-            node.stop().await.unwrap();
-        }
-    });
+    println!(
+        "settlement: 4 coordinators on loopback, sled books flushed before any answer (group commit), {WINDOWS} one-window settlements per lease with the bundles a supplier sends"
+    );
+    let fresh: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    println!("on books that start empty:");
+    runtime.block_on(run_cases(
+        &fresh
+            .iter()
+            .map(|d| d.path().to_path_buf())
+            .collect::<Vec<_>>(),
+    ));
+    drop(fresh);
+    if grown > 0 {
+        let dirs = grown_dirs(grown, kept.as_deref());
+        runtime.block_on(run_cases(
+            &dirs
+                .iter()
+                .map(|d| d.path().to_path_buf())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    println!("  target: ratio >= 0.5 with 8 and with 64 at once");
 }

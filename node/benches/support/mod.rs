@@ -11,3 +11,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub(crate) fn cpu_seconds() -> f64 {
     rigmesh_node::process_metrics::read().map_or(0.0, |r| r.cpu_seconds)
 }
+
+/// Resident memory of this process (VmRSS), MB.
+#[allow(dead_code)] // not every bench reads it
+pub(crate) fn resident_mb() -> f64 {
+    rigmesh_node::process_metrics::read().map_or(0.0, |r| r.resident_bytes as f64 / 1e6)
+}

@@ -37,9 +37,11 @@
 //! certificates assembled from 3 votes and applied by all 4, without the
 //! network (growing 100,000 takes minutes). `--books-dir DIR` keeps the
 //! grown books in `DIR` and later runs with the same `N` start from a
-//! copy of them. Printed beside the cases: how long the coordinators took
-//! to start on those books and the process's resident memory (every node
-//! of the bench, and the books grown before, in the one process).
+//! copy of them. On those books the cases run three times over, so that
+//! the later passes show what a coordinator's warmer caches change.
+//! Printed beside the cases: how long the coordinators took to start on
+//! those books and the process's resident memory (every node of the
+//! bench, and the books grown before, in the one process).
 //!
 //! Run: `cargo bench -p rigmesh-node --bench settlement`, or
 //! `cargo bench -p rigmesh-node --bench settlement -- --books 100000
@@ -656,7 +658,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 /// Starts 4 coordinators on the data directories `dirs` (their books as
 /// they are) and a client node, funds the bench's customer and runs the
 /// cases.
-async fn run_cases(dirs: &[std::path::PathBuf]) {
+async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
     let client_dir = tempfile::tempdir().unwrap();
     let began = Instant::now();
     let mut coordinators = Vec::new();
@@ -713,7 +715,13 @@ async fn run_cases(dirs: &[std::path::PathBuf]) {
         funding.elapsed().as_secs_f64(),
     );
     let mut seq = 0u64;
-    for (at_once, leases) in CASES {
+    // The cases `passes` times over, on the same books.
+    for (at_once, leases) in (0..passes).flat_map(|pass| {
+        if pass > 0 {
+            println!("  again, on the same books:");
+        }
+        CASES
+    }) {
         let mut funded = Vec::with_capacity(leases);
         for _ in 0..leases {
             funded.push(fund(&quorum, &customer, &supplier, seq, seq).await);
@@ -831,6 +839,7 @@ fn main() {
             .iter()
             .map(|d| d.path().to_path_buf())
             .collect::<Vec<_>>(),
+        1,
     ));
     drop(fresh);
     if grown > 0 {
@@ -840,6 +849,7 @@ fn main() {
                 .iter()
                 .map(|d| d.path().to_path_buf())
                 .collect::<Vec<_>>(),
+            3,
         ));
     }
     println!("  target: ratio >= 0.5 with 8 and with 64 at once");

@@ -40,8 +40,10 @@
 //! copy of them. On those books the cases run three times over, so that
 //! the later passes show what a coordinator's warmer caches change.
 //! Printed beside the cases: how long the coordinators took to start on
-//! those books and the process's resident memory (every node of the
-//! bench, and the books grown before, in the one process).
+//! those books, how long after the deposit the process fell idle (the
+//! coordinators' first rounds done; each phase's cases wait for it), and
+//! the process's resident memory (every node of the bench, and the books
+//! grown before, in the one process).
 //!
 //! Run: `cargo bench -p rigmesh-node --bench settlement`, or
 //! `cargo bench -p rigmesh-node --bench settlement -- --books 100000
@@ -659,6 +661,9 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 /// they are) and a client node, funds the bench's customer and runs the
 /// cases.
 async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
+    // Measured before any node of the phase runs: a coordinator starting
+    // on large books is busy for a while.
+    let raw = raw_verify_rate();
     let client_dir = tempfile::tempdir().unwrap();
     let began = Instant::now();
     let mut coordinators = Vec::new();
@@ -708,11 +713,22 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
         );
         tries += 1;
     }
-    let raw = raw_verify_rate();
+    // What the coordinators do once at start (their first rounds) done:
+    // the process idle for a quarter of a second.
+    let settling = Instant::now();
+    loop {
+        let cpu = support::cpu_seconds();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if support::cpu_seconds() - cpu < 0.025 || settling.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+    }
+    let settled = settling.elapsed();
     println!(
-        "  the 4 coordinators started in {:.2} s (the process then resident: {resident:.0} MB); the deposit applied by all four in {:.2} s ({tries} deliveries); raw ed25519 verify: {raw:.0}/s (one core, this run)",
+        "  the 4 coordinators started in {:.2} s (the process then resident: {resident:.0} MB); the deposit applied by all four in {:.2} s ({tries} deliveries); the process idle {:.2} s later; raw ed25519 verify: {raw:.0}/s (one core, before the phase's nodes started)",
         started.as_secs_f64(),
         funding.elapsed().as_secs_f64(),
+        settled.as_secs_f64(),
     );
     let mut seq = 0u64;
     // The cases `passes` times over, on the same books.

@@ -178,6 +178,114 @@ fn raw_verify_rate() -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// `customer`'s escrow order (its debit `seq`) for the lease `agreement`.
+fn escrow_order(
+    customer: &Keypair,
+    agreement: &Signed<LeaseAgreement>,
+    seq: u64,
+    now: UnixMillis,
+) -> Signed<EscrowOrder> {
+    signed(
+        EscrowOrder {
+            version: PROTOCOL_VERSION,
+            account: customer.public(),
+            seq,
+            epoch: 1,
+            lease: agreement.id().unwrap(),
+            supplier: agreement.body.supplier,
+            amount: ESCROW.parse().unwrap(),
+            created_at: now,
+            expires_at: now.plus_ms(600_000),
+        },
+        customer,
+    )
+}
+
+/// The supplier's attestation of window `seq` of the lease `agreement`
+/// (after the attestation `prev`), and the customer's ack of it.
+fn metered(
+    agreement: &Signed<LeaseAgreement>,
+    (supplier, customer): (&Keypair, &Keypair),
+    seq: u64,
+    prev: Id,
+    now: UnixMillis,
+) -> (Signed<UsageAttestation>, Signed<UsageAck>) {
+    let lease = agreement.id().unwrap();
+    let window_start = agreement.body.starts_at.plus_ms(seq * WINDOW_MS);
+    let attestation = signed(
+        UsageAttestation {
+            version: PROTOCOL_VERSION,
+            lease,
+            supplier: supplier.public(),
+            customer: customer.public(),
+            seq,
+            prev,
+            window_start,
+            window_end: window_start.plus_ms(WINDOW_MS),
+            gpus: vec![GpuUsage {
+                gpu_index: 0,
+                billable_ms: WINDOW_MS,
+                mean_util_bp: 9_000,
+                peak_util_bp: 10_000,
+                peak_memory_mib: 1_000,
+                // 600 W for the 60 s window: what an H100 at 90 % draws.
+                energy_mj: 36_000_000,
+            }],
+            billable_gpu_ms: WINDOW_MS,
+            created_at: window_start.plus_ms(WINDOW_MS),
+        },
+        supplier,
+    );
+    let ack = signed(
+        UsageAck {
+            version: PROTOCOL_VERSION,
+            lease,
+            customer: customer.public(),
+            attestation: attestation.id().unwrap(),
+            seq,
+            created_at: now,
+        },
+        customer,
+    );
+    (attestation, ack)
+}
+
+/// The supplier's request settling window `window` of the lease
+/// `agreement` (escrowed by the order `escrow`, its attestation `head`)
+/// with `payout`.
+fn settlement_request(
+    supplier: &Keypair,
+    agreement: &Signed<LeaseAgreement>,
+    escrow: Id,
+    window: u64,
+    head: Id,
+    payout: &rigmesh_ledger::Payout,
+    last: bool,
+) -> Signed<SettlementRequest> {
+    signed(
+        SettlementRequest {
+            version: PROTOCOL_VERSION,
+            lease: agreement.id().unwrap(),
+            supplier: supplier.public(),
+            customer: agreement.body.proposal.body.customer,
+            settlement_seq: window,
+            epoch: 1,
+            escrow,
+            first_window: window,
+            last_window: window,
+            attestation_head: head,
+            billable_gpu_ms: WINDOW_MS,
+            supplier_amount: payout.supplier,
+            fee: payout.fee,
+            refund: payout.refund,
+            held: payout.held,
+            final_settlement: last,
+            created_at: UnixMillis::now(),
+        },
+        supplier,
+    )
+}
+
 /// A funded lease with its windows attested and acked: what the
 /// supplier's settlement worker holds.
 struct Funded {
@@ -197,22 +305,8 @@ async fn fund(
     seq: u64,
 ) -> Funded {
     let agreement = lease(customer, supplier, nonce);
-    let lease_id = agreement.id().unwrap();
     let now = UnixMillis::now();
-    let order = signed(
-        EscrowOrder {
-            version: PROTOCOL_VERSION,
-            account: customer.public(),
-            seq,
-            epoch: 1,
-            lease: lease_id,
-            supplier: supplier.public(),
-            amount: ESCROW.parse().unwrap(),
-            created_at: now,
-            expires_at: now.plus_ms(600_000),
-        },
-        customer,
-    );
+    let order = escrow_order(customer, &agreement, seq, now);
     let escrow = quorum
         .certify(
             &order,
@@ -227,49 +321,13 @@ async fn fund(
     quorum
         .deliver(CertificateFrame::Escrow(Box::new(escrow.clone())))
         .await;
-    let start = agreement.body.starts_at;
     let mut attestations: Vec<Signed<UsageAttestation>> = Vec::new();
     let mut acks = Vec::new();
     for seq in 0..WINDOWS {
-        let window_start = start.plus_ms(seq * WINDOW_MS);
-        let attestation = signed(
-            UsageAttestation {
-                version: PROTOCOL_VERSION,
-                lease: lease_id,
-                supplier: supplier.public(),
-                customer: customer.public(),
-                seq,
-                prev: attestations
-                    .last()
-                    .map_or(Id::ZERO, |a: &Signed<UsageAttestation>| a.id().unwrap()),
-                window_start,
-                window_end: window_start.plus_ms(WINDOW_MS),
-                gpus: vec![GpuUsage {
-                    gpu_index: 0,
-                    billable_ms: WINDOW_MS,
-                    mean_util_bp: 9_000,
-                    peak_util_bp: 10_000,
-                    peak_memory_mib: 1_000,
-                    // 600 W for the 60 s window: what an H100 at 90 % draws.
-                    energy_mj: 36_000_000,
-                }],
-                billable_gpu_ms: WINDOW_MS,
-                created_at: window_start.plus_ms(WINDOW_MS),
-            },
-            supplier,
-        );
-        acks.push(signed(
-            UsageAck {
-                version: PROTOCOL_VERSION,
-                lease: lease_id,
-                customer: customer.public(),
-                attestation: attestation.id().unwrap(),
-                seq,
-                created_at: now,
-            },
-            customer,
-        ));
+        let prev = attestations.last().map_or(Id::ZERO, |a| a.id().unwrap());
+        let (attestation, ack) = metered(&agreement, (supplier, customer), seq, prev, now);
         attestations.push(attestation);
+        acks.push(ack);
     }
     Funded {
         agreement,
@@ -285,8 +343,6 @@ async fn fund(
 async fn settle(quorum: Quorum, supplier: Keypair, lease: Funded) -> Vec<Duration> {
     let fee = FeeRate::new("0.01".parse().unwrap()).unwrap();
     let escrowed: Credits = ESCROW.parse().unwrap();
-    let lease_id = lease.agreement.id().unwrap();
-    let customer = lease.agreement.body.proposal.body.customer;
     let mut paid = Credits::ZERO;
     let mut earlier: Option<SettlementCertificate> = None;
     let mut latencies = Vec::with_capacity(WINDOWS as usize);
@@ -300,27 +356,14 @@ async fn settle(quorum: Quorum, supplier: Keypair, lease: Funded) -> Vec<Duratio
             last,
         )
         .unwrap();
-        let request = signed(
-            SettlementRequest {
-                version: PROTOCOL_VERSION,
-                lease: lease_id,
-                supplier: supplier.public(),
-                customer,
-                settlement_seq: window,
-                epoch: 1,
-                escrow: lease.escrow.subject().unwrap(),
-                first_window: window,
-                last_window: window,
-                attestation_head: lease.attestations[window as usize].id().unwrap(),
-                billable_gpu_ms: WINDOW_MS,
-                supplier_amount: payout.supplier,
-                fee: payout.fee,
-                refund: payout.refund,
-                held: payout.held,
-                final_settlement: last,
-                created_at: UnixMillis::now(),
-            },
+        let request = settlement_request(
             &supplier,
+            &lease.agreement,
+            lease.escrow.subject().unwrap(),
+            window,
+            lease.attestations[window as usize].id().unwrap(),
+            &payout,
+            last,
         );
         // As the supplier's settlement worker bundles it: the previous window's
         // attestation first, the range's acks, the escrow certificate and
@@ -406,57 +449,9 @@ fn grown_lease(n: usize, rules: &rigmesh_ledger::CoordinatorConfig) -> Grown {
     let customer = grown_key(0xc1, n % GROWN_CUSTOMERS);
     let supplier = grown_key(0x51, n % GROWN_SUPPLIERS);
     let agreement = lease(&customer, &supplier, n as u64);
-    let lease_id = agreement.id().unwrap();
     let now = UnixMillis::now();
-    let order = signed(
-        EscrowOrder {
-            version: PROTOCOL_VERSION,
-            account: customer.public(),
-            seq: (n / GROWN_CUSTOMERS) as u64,
-            epoch: 1,
-            lease: lease_id,
-            supplier: supplier.public(),
-            amount: ESCROW.parse().unwrap(),
-            created_at: now,
-            expires_at: now.plus_ms(600_000),
-        },
-        &customer,
-    );
-    let window_start = agreement.body.starts_at;
-    let attestation = signed(
-        UsageAttestation {
-            version: PROTOCOL_VERSION,
-            lease: lease_id,
-            supplier: supplier.public(),
-            customer: customer.public(),
-            seq: 0,
-            prev: Id::ZERO,
-            window_start,
-            window_end: window_start.plus_ms(WINDOW_MS),
-            gpus: vec![GpuUsage {
-                gpu_index: 0,
-                billable_ms: WINDOW_MS,
-                mean_util_bp: 9_000,
-                peak_util_bp: 10_000,
-                peak_memory_mib: 1_000,
-                energy_mj: 36_000_000,
-            }],
-            billable_gpu_ms: WINDOW_MS,
-            created_at: window_start.plus_ms(WINDOW_MS),
-        },
-        &supplier,
-    );
-    let ack = signed(
-        UsageAck {
-            version: PROTOCOL_VERSION,
-            lease: lease_id,
-            customer: customer.public(),
-            attestation: attestation.id().unwrap(),
-            seq: 0,
-            created_at: now,
-        },
-        &customer,
-    );
+    let order = escrow_order(&customer, &agreement, (n / GROWN_CUSTOMERS) as u64, now);
+    let (attestation, ack) = metered(&agreement, (&supplier, &customer), 0, Id::ZERO, now);
     let payout = billing::payout(
         PRICE.parse().unwrap(),
         WINDOW_MS,
@@ -465,27 +460,14 @@ fn grown_lease(n: usize, rules: &rigmesh_ledger::CoordinatorConfig) -> Grown {
         true,
     )
     .unwrap();
-    let request = signed(
-        SettlementRequest {
-            version: PROTOCOL_VERSION,
-            lease: lease_id,
-            supplier: supplier.public(),
-            customer: customer.public(),
-            settlement_seq: 0,
-            epoch: 1,
-            escrow: order.id().unwrap(),
-            first_window: 0,
-            last_window: 0,
-            attestation_head: attestation.id().unwrap(),
-            billable_gpu_ms: WINDOW_MS,
-            supplier_amount: payout.supplier,
-            fee: payout.fee,
-            refund: payout.refund,
-            held: payout.held,
-            final_settlement: true,
-            created_at: now,
-        },
+    let request = settlement_request(
         &supplier,
+        &agreement,
+        order.id().unwrap(),
+        0,
+        attestation.id().unwrap(),
+        &payout,
+        true,
     );
     Grown {
         agreement,

@@ -32,9 +32,9 @@
 //!
 //! With `-- --books N`, the cases run once more on 4 other coordinators
 //! whose books already hold `N` finished leases of 1,000 customers and 100
-//! suppliers, as after months of a market: each lease's escrow order and
-//! final settlement voted on by every coordinator's own rules, its
-//! certificates assembled from 3 votes and applied by all 4, without the
+//! suppliers, as a market leaves them after a while: each lease's escrow
+//! order and final settlement voted on by every coordinator's own rules,
+//! its certificates assembled from 3 votes and applied by all 4, without the
 //! network (growing 100,000 takes minutes). `--books-dir DIR` keeps the
 //! grown books in `DIR` and later runs with the same `N` start from a
 //! copy of them. On those books the cases run three times over, so that

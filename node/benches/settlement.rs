@@ -501,6 +501,22 @@ fn at_each<T: Send>(
     })
 }
 
+/// The certificate of each of `messages`, assembled from the votes of
+/// the first three coordinators (`votes[c][i]`: coordinator `c`'s vote on
+/// message `i`).
+fn from_three<'a, T: rigmesh_protocol::messages::settlement::Certifiable + 'a>(
+    messages: impl Iterator<Item = &'a Signed<T>>,
+    votes: &[Vec<Signed<rigmesh_protocol::Vote>>],
+) -> Vec<rigmesh_protocol::Certificate<T>> {
+    messages
+        .enumerate()
+        .map(|(i, message)| {
+            let three: Vec<_> = votes.iter().take(3).map(|v| v[i].clone()).collect();
+            rigmesh_protocol::Certificate::assemble(message.clone(), &three).unwrap()
+        })
+        .collect()
+}
+
 /// Grows the books in `dirs` (one coordinator's data directory each, in
 /// member order) by `leases` finished leases through the coordinators'
 /// own rules, as the network would have: each coordinator votes on every
@@ -574,12 +590,7 @@ fn grow_books(dirs: &[std::path::PathBuf], leases: usize) {
                 })
                 .collect::<Vec<_>>()
         });
-        let escrows: Vec<EscrowCertificate> = (0..grown.len())
-            .map(|i| {
-                let three: Vec<_> = votes.iter().take(3).map(|v| v[i].clone()).collect();
-                rigmesh_protocol::Certificate::assemble(grown[i].order.clone(), &three).unwrap()
-            })
-            .collect();
+        let escrows: Vec<EscrowCertificate> = from_three(grown.iter().map(|g| &g.order), &votes);
         let votes = at_each(&books, &rules, |c| {
             grown
                 .iter()
@@ -602,12 +613,8 @@ fn grow_books(dirs: &[std::path::PathBuf], leases: usize) {
                 })
                 .collect::<Vec<_>>()
         });
-        let settlements: Vec<SettlementCertificate> = (0..grown.len())
-            .map(|i| {
-                let three: Vec<_> = votes.iter().take(3).map(|v| v[i].clone()).collect();
-                rigmesh_protocol::Certificate::assemble(grown[i].request.clone(), &three).unwrap()
-            })
-            .collect();
+        let settlements: Vec<SettlementCertificate> =
+            from_three(grown.iter().map(|g| &g.request), &votes);
         at_each(&books, &rules, |c| {
             for certificate in &settlements {
                 assert!(matches!(

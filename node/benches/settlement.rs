@@ -20,15 +20,15 @@
 //! (from sending the request to the certificate applied at a quorum),
 //! the signature verifications per settlement as counted in the
 //! verification path ([`rigmesh_protocol::crypto::signature_checks`],
-//! every node of the bench runs in this process), and the ratio against
+//! counted by every node of the bench), and the ratio against
 //! the raw signature budget: raw ed25519 verifies/s (one by one, by the
 //! protocol's rule) measured in the same run divided by those
 //! verifications per settlement (a certificate's are checked in one
 //! batch, which costs less than as many single checks). Target: >= 0.5 for 8 and 64 at
 //! once. Also printed: the writes of the coordinators' books and the
 //! flushes that made them durable, to show how far the group commit
-//! shares flushes, and the cores the whole process kept busy (every node
-//! of the bench runs in it, on this machine's cores).
+//! shares flushes, and the cores the bench's nodes kept busy (on this
+//! machine's cores).
 //!
 //! With `-- --books N`, the cases run once more on 4 other coordinators
 //! whose books already hold `N` finished leases of 1,000 customers and 100
@@ -40,14 +40,23 @@
 //! copy of them. On those books the cases run three times over, so that
 //! the later passes show what a coordinator's warmer caches change.
 //! Printed beside the cases: how long the coordinators took to start on
-//! those books, how long after the deposit the process fell idle (the
+//! those books, how long after the deposit the nodes fell idle (the
 //! coordinators' first rounds done; each phase's cases wait for it), and
-//! the process's resident memory (every node of the bench, and the books
-//! grown before, in the one process).
+//! the nodes' resident memory (with the coordinators in this process,
+//! what growing the books left in it too).
+//!
+//! With `-- --processes`, each coordinator runs in a process of its own
+//! (this binary started again with `--member I --dir DIR`), as
+//! production runs them, and the client in this one: sled guards every
+//! database of a process with one lock, so four coordinators in one
+//! process hold each other up where four processes do not. Each member
+//! answers the bench's reads of its signature checks, flushes, CPU time
+//! and memory over its standard input and output; the figures printed are
+//! the sums over the five processes.
 //!
 //! Run: `cargo bench -p rigmesh-node --bench settlement`, or
 //! `cargo bench -p rigmesh-node --bench settlement -- --books 100000
-//! --books-dir /var/tmp/grown-books`
+//! --books-dir /var/tmp/grown-books`, either with `--processes`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -406,6 +415,201 @@ fn group_commits(coordinators: &[RunningNode]) -> (u64, u64) {
         .fold((0, 0), |(f, w), s| (f + s.flushes, w + s.writes))
 }
 
+/// What the bench reads of its processes, summed over them.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    /// Signatures checked (every node's verification path).
+    checks: u64,
+    /// Flushes and writes of the coordinators' books.
+    flushes: u64,
+    writes: u64,
+    /// CPU time used, seconds.
+    cpu: f64,
+    /// Resident memory, MB.
+    resident_mb: f64,
+}
+
+impl Totals {
+    /// This process's own figures, with `coordinators` running in it.
+    fn here(coordinators: &[RunningNode]) -> Totals {
+        let (flushes, writes) = group_commits(coordinators);
+        Totals {
+            checks: crypto::signature_checks().total(),
+            flushes,
+            writes,
+            cpu: support::cpu_seconds(),
+            resident_mb: support::resident_mb(),
+        }
+    }
+
+    fn add(self, other: Totals) -> Totals {
+        Totals {
+            checks: self.checks + other.checks,
+            flushes: self.flushes + other.flushes,
+            writes: self.writes + other.writes,
+            cpu: self.cpu + other.cpu,
+            resident_mb: self.resident_mb + other.resident_mb,
+        }
+    }
+
+    /// One line of a member process's answer to `stats`.
+    fn line(&self) -> String {
+        format!(
+            "stats {} {} {} {} {}",
+            self.checks, self.flushes, self.writes, self.cpu, self.resident_mb
+        )
+    }
+
+    fn parse(line: &str) -> Totals {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.first(), Some(&"stats"), "a member answered {line:?}");
+        Totals {
+            checks: f[1].parse().unwrap(),
+            flushes: f[2].parse().unwrap(),
+            writes: f[3].parse().unwrap(),
+            cpu: f[4].parse().unwrap(),
+            resident_mb: f[5].parse().unwrap(),
+        }
+    }
+}
+
+/// A coordinator running in a process of its own: this bench's binary
+/// started again with `--member I --dir DIR`.
+struct Member {
+    process: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    addr: libp2p::Multiaddr,
+}
+
+impl Member {
+    fn spawn(i: usize, dir: &std::path::Path) -> Member {
+        use std::io::BufRead;
+        let mut process = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("--member")
+            .arg(i.to_string())
+            .arg("--dir")
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = process.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(process.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("member {i} said {line:?}"))
+            .trim()
+            .parse()
+            .unwrap();
+        Member {
+            process,
+            stdin,
+            stdout,
+            addr,
+        }
+    }
+
+    fn totals(&mut self) -> Totals {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "stats").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        Totals::parse(&line)
+    }
+
+    fn stop(mut self) {
+        drop(self.stdin);
+        assert!(self.process.wait().unwrap().success(), "a member failed");
+    }
+}
+
+/// The member process: one coordinator on `dir`, its address on the
+/// first line of its output, then a line of [`Totals`] for each `stats`
+/// it reads, until its input ends.
+fn member(i: usize, dir: &std::path::Path) {
+    use std::io::BufRead;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = runtime.block_on(start(Role::Coordinator, dir, Some(i)));
+    let addr = node.listen_addrs[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(node.peer_id));
+    println!("ready {addr}");
+    for line in std::io::stdin().lock().lines() {
+        if line.unwrap() != "stats" {
+            break;
+        }
+        println!("{}", Totals::here(std::slice::from_ref(&node)).line());
+    }
+    runtime.block_on(node.stop()).unwrap();
+}
+
+/// The four coordinators of a phase: nodes of this process, or one
+/// process each, as production runs them.
+enum Set {
+    Here(Vec<RunningNode>),
+    Apart(Vec<Member>),
+}
+
+impl Set {
+    async fn start(dirs: &[std::path::PathBuf], apart: bool) -> Set {
+        if apart {
+            Set::Apart(
+                dirs.iter()
+                    .enumerate()
+                    .map(|(i, dir)| Member::spawn(i, dir))
+                    .collect(),
+            )
+        } else {
+            let mut nodes = Vec::new();
+            for (i, dir) in dirs.iter().enumerate() {
+                nodes.push(start(Role::Coordinator, dir, Some(i)).await);
+            }
+            Set::Here(nodes)
+        }
+    }
+
+    fn addrs(&self) -> Vec<libp2p::Multiaddr> {
+        match self {
+            Set::Here(nodes) => nodes
+                .iter()
+                .map(|c| {
+                    c.listen_addrs[0]
+                        .clone()
+                        .with(libp2p::multiaddr::Protocol::P2p(c.peer_id))
+                })
+                .collect(),
+            Set::Apart(members) => members.iter().map(|m| m.addr.clone()).collect(),
+        }
+    }
+
+    /// Every process's figures, this one's included (the client's).
+    fn totals(&mut self) -> Totals {
+        match self {
+            Set::Here(nodes) => Totals::here(nodes),
+            Set::Apart(members) => members
+                .iter_mut()
+                .fold(Totals::here(&[]), |sum, m| sum.add(m.totals())),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Set::Here(nodes) => {
+                for node in nodes {
+                    node.stop().await.unwrap();
+                }
+            }
+            Set::Apart(members) => members.into_iter().for_each(Member::stop),
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -649,22 +853,16 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 /// Starts 4 coordinators on the data directories `dirs` (their books as
 /// they are) and a client node, funds the bench's customer and runs the
 /// cases.
-async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
+async fn run_cases(dirs: &[std::path::PathBuf], passes: usize, apart: bool) {
     // Measured before any node of the phase runs: a coordinator starting
     // on large books is busy for a while.
     let raw = raw_verify_rate();
     let client_dir = tempfile::tempdir().unwrap();
     let began = Instant::now();
-    let mut coordinators = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        coordinators.push(start(Role::Coordinator, dir, Some(i)).await);
-    }
+    let mut coordinators = Set::start(dirs, apart).await;
     let started = began.elapsed();
     let client = start(Role::Relay, client_dir.path(), None).await;
-    for c in &coordinators {
-        let addr = c.listen_addrs[0]
-            .clone()
-            .with(libp2p::multiaddr::Protocol::P2p(c.peer_id));
+    for addr in coordinators.addrs() {
         client.handle.dial(addr).await.unwrap();
     }
     while client.store.count(Kind::NodeBinding) < 4 {
@@ -686,7 +884,7 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
         },
         &admin,
     );
-    let resident = support::resident_mb();
+    let resident = coordinators.totals().resident_mb;
     // Delivered until all four have it: a coordinator busy opening large
     // books may not answer the first time.
     let funding = Instant::now();
@@ -703,18 +901,19 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
         tries += 1;
     }
     // What the coordinators do once at start (their first rounds) done:
-    // the process idle for a quarter of a second.
+    // the processes idle for a quarter of a second.
     let settling = Instant::now();
     loop {
-        let cpu = support::cpu_seconds();
+        let cpu = coordinators.totals().cpu;
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if support::cpu_seconds() - cpu < 0.025 || settling.elapsed() > Duration::from_secs(120) {
+        if coordinators.totals().cpu - cpu < 0.025 || settling.elapsed() > Duration::from_secs(120)
+        {
             break;
         }
     }
     let settled = settling.elapsed();
     println!(
-        "  the 4 coordinators started in {:.2} s (the process then resident: {resident:.0} MB); the deposit applied by all four in {:.2} s ({tries} deliveries); the process idle {:.2} s later; raw ed25519 verify: {raw:.0}/s (one core, before the phase's nodes started)",
+        "  the 4 coordinators started in {:.2} s (resident then: {resident:.0} MB); the deposit applied by all four in {:.2} s ({tries} deliveries); idle {:.2} s later; raw ed25519 verify: {raw:.0}/s (one core, before the phase's nodes started)",
         started.as_secs_f64(),
         funding.elapsed().as_secs_f64(),
         settled.as_secs_f64(),
@@ -732,9 +931,7 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
             funded.push(fund(&quorum, &customer, &supplier, seq, seq).await);
             seq += 1;
         }
-        let checks = crypto::signature_checks();
-        let commits = group_commits(&coordinators);
-        let cpu = support::cpu_seconds();
+        let before = coordinators.totals();
         let began = Instant::now();
         let mut latencies = Vec::new();
         // A new lease starts settling as soon as one finishes, so
@@ -746,15 +943,13 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
             latencies.extend(done);
         }
         let elapsed = began.elapsed().as_secs_f64();
-        let cores = (support::cpu_seconds() - cpu) / elapsed;
+        let after = coordinators.totals();
+        let cores = (after.cpu - before.cpu) / elapsed;
         let settlements = latencies.len();
-        let verifications =
-            crypto::signature_checks().since(checks).total() as f64 / settlements as f64;
+        let verifications = (after.checks - before.checks) as f64 / settlements as f64;
         let rate = settlements as f64 / elapsed;
-        let (flushes, writes) = {
-            let (f1, w1) = group_commits(&coordinators);
-            (f1 - commits.0, w1 - commits.1)
-        };
+        let flushes = after.flushes - before.flushes;
+        let writes = after.writes - before.writes;
         let budget = raw / verifications;
         latencies.sort();
         println!(
@@ -769,12 +964,11 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize) {
         );
     }
     println!(
-        "  the process resident after the cases: {:.0} MB",
-        support::resident_mb()
+        "  resident after the cases: {:.0} MB",
+        coordinators.totals().resident_mb
     );
-    for node in coordinators.into_iter().chain([client]) {
-        node.stop().await.unwrap();
-    }
+    client.stop().await.unwrap();
+    coordinators.stop().await;
 }
 
 /// Four coordinators' data directories whose books hold `leases` grown
@@ -827,15 +1021,29 @@ fn grown_dirs(leases: usize, kept: Option<&std::path::Path>) -> Vec<tempfile::Te
 }
 
 fn main() {
+    if let Some(i) = arg("--member") {
+        let dir = arg("--dir").expect("--member takes --dir");
+        member(
+            i.parse().expect("--member takes a member's number"),
+            std::path::Path::new(&dir),
+        );
+        return;
+    }
     let grown: usize =
         arg("--books").map_or(0, |n| n.parse().expect("--books takes a number of leases"));
     let kept = arg("--books-dir").map(std::path::PathBuf::from);
+    let apart = std::env::args().any(|a| a == "--processes");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     println!(
-        "settlement: 4 coordinators on loopback, sled books flushed before any answer (group commit), {WINDOWS} one-window settlements per lease with the bundles a supplier sends"
+        "settlement: 4 coordinators on loopback ({}), sled books flushed before any answer (group commit), {WINDOWS} one-window settlements per lease with the bundles a supplier sends",
+        if apart {
+            "each in a process of its own, the client in this one"
+        } else {
+            "the coordinators and the client in this process"
+        }
     );
     let fresh: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     println!("on books that start empty:");
@@ -845,6 +1053,7 @@ fn main() {
             .map(|d| d.path().to_path_buf())
             .collect::<Vec<_>>(),
         1,
+        apart,
     ));
     drop(fresh);
     if grown > 0 {
@@ -855,6 +1064,7 @@ fn main() {
                 .map(|d| d.path().to_path_buf())
                 .collect::<Vec<_>>(),
             3,
+            apart,
         ));
     }
     println!("  target: ratio >= 0.5 with 8 and with 64 at once");

@@ -1246,11 +1246,29 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
         &buyer,
     )
     .unwrap();
+    let mut heard: Vec<_> = cs.iter().map(|c| c.handle.subscribe()).collect();
     assert_eq!(
         quorum.terminate(&termination).await,
         4,
         "every member holds it"
     );
+    // Handed over only, never gossiped by the customer: each member tells
+    // its node's subscribers (the devnet's and the notifier's watch) and
+    // gossips it on.
+    let id = termination.id().unwrap();
+    for events in &mut heard {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.id == id => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(err) => panic!("{err}"),
+                }
+            }
+        })
+        .await
+        .expect("the held termination is announced");
+    }
     // A termination signed by anyone else is refused.
     let mut forged = termination.body.clone();
     forged.customer = seller.public();

@@ -56,6 +56,11 @@ pub struct CoordinatorRole {
     /// tool that sent them is short-lived and may have reached no gossip
     /// peer, so the coordinators spread them to every node's receipts.
     pub deposits_out: std::sync::Mutex<Vec<Signed<rigmesh_protocol::Deposit>>>,
+    /// Terminations held from a direct request and not yet announced: the
+    /// node's subscribers hear of every message it stores, and the
+    /// coordinators gossip them on, since the customer's own gossip may
+    /// have reached no peer (it hands them over before or without it).
+    pub terminations_out: std::sync::Mutex<Vec<Signed<LeaseTermination>>>,
     /// Its metrics, when the node exports them.
     pub metrics: Option<metrics::CoordinatorMetrics>,
     /// The node's suspicious-activity review queue (withdrawals held for
@@ -94,6 +99,7 @@ impl CoordinatorRole {
             limiter: std::sync::Mutex::new(health::AlertLimiter::default()),
             deposit_alert_above: None,
             deposits_out: std::sync::Mutex::new(Vec::new()),
+            terminations_out: std::sync::Mutex::new(Vec::new()),
             metrics: None,
             review: None,
             checked: None,
@@ -592,7 +598,21 @@ impl CoordinatorRole {
             .and_then(|()| self.store.flush())
             .map_err(Refusal::from)?;
         tracing::info!(lease = %t.lease, ended_at = %t.created_at.0, "termination held");
+        self.terminations_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(termination.clone());
         Ok(())
+    }
+
+    /// The terminations held since the last call, to announce.
+    pub fn take_terminations(&self) -> Vec<Signed<LeaseTermination>> {
+        std::mem::take(
+            &mut *self
+                .terminations_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Applies the certificates handed with a request. A forged or
@@ -1280,6 +1300,7 @@ async fn answer_requests(
                     continue;
                 };
                 let (role, network, slots) = (role.clone(), network.clone(), slots.clone());
+                let role_after = role.clone();
                 let timer = role.metrics.clone().map(|m| {
                     m.in_flight.inc();
                     (m, std::time::Instant::now())
@@ -1305,6 +1326,14 @@ async fn answer_requests(
                             }
                         }
                         Err(err) => tracing::warn!(%err, "could not encode an answer"),
+                    }
+                    // A termination this answer held: told to the node's
+                    // subscribers and gossiped on (publishing writes the
+                    // same keys again).
+                    for termination in role_after.take_terminations() {
+                        if let Err(err) = network.publish(&WireMessage::LeaseTermination(termination)).await {
+                            tracing::debug!(%err, "termination held; not gossiped yet");
+                        }
                     }
                     // Counted after the answer, so the sender hears why
                     // even when this strike bans it.

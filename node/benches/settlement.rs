@@ -1045,27 +1045,17 @@ fn main() {
             "the coordinators and the client in this process"
         }
     );
+    // The cases `passes` times over on the coordinators' data directories.
+    let run = |dirs: &[tempfile::TempDir], passes| {
+        let paths: Vec<_> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
+        runtime.block_on(run_cases(&paths, passes, apart));
+    };
     let fresh: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     println!("on books that start empty:");
-    runtime.block_on(run_cases(
-        &fresh
-            .iter()
-            .map(|d| d.path().to_path_buf())
-            .collect::<Vec<_>>(),
-        1,
-        apart,
-    ));
+    run(&fresh, 1);
     drop(fresh);
     if grown > 0 {
-        let dirs = grown_dirs(grown, kept.as_deref());
-        runtime.block_on(run_cases(
-            &dirs
-                .iter()
-                .map(|d| d.path().to_path_buf())
-                .collect::<Vec<_>>(),
-            3,
-            apart,
-        ));
+        run(&grown_dirs(grown, kept.as_deref()), 3);
     }
     println!("  target: ratio >= 0.5 with 8 and with 64 at once");
 }

@@ -1253,8 +1253,8 @@ async fn a_supplier_that_ignores_a_termination_or_a_silent_customer_is_paid_at_m
         "every member holds it"
     );
     // Handed over only, never gossiped by the customer: each member tells
-    // its node's subscribers (the devnet's and the notifier's watch) and
-    // gossips it on.
+    // its node's subscribers (the devnet's scenario watches coordinator
+    // 0's) and gossips it on.
     let id = termination.id().unwrap();
     for events in &mut heard {
         tokio::time::timeout(Duration::from_secs(10), async {

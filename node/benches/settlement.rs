@@ -75,8 +75,8 @@ use rigmesh_protocol::rpc::{CertificateFrame, CoordinatorRequest, SettlementBund
 
 use rigmesh_protocol::{
     crypto, Credits, Deposit, EscrowCertificate, EscrowOrder, GpuUsage, Id, Keypair, Kind,
-    LeaseAgreement, LeaseProposal, SettlementCertificate, SettlementRequest, Signed, UnixMillis,
-    UsageAck, UsageAttestation, PROTOCOL_VERSION,
+    LeaseAgreement, LeaseProposal, PublicKey, SettlementCertificate, SettlementRequest, Signed,
+    UnixMillis, UsageAck, UsageAttestation, PROTOCOL_VERSION,
 };
 
 /// The cases: leases settled at once, and how many leases in all.
@@ -98,7 +98,7 @@ fn set_config() -> CoordinatorsConfig {
             .map(|i| Keypair::from_seed(seed(i)).public())
             .collect(),
     );
-    c.admin = Some(Keypair::from_seed([0x7f; 32]).public());
+    c.admin = Some(admin().public());
     c
 }
 
@@ -185,6 +185,28 @@ fn raw_verify_rate() -> f64 {
         key.verify(&signature, &message).unwrap();
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The set's admin, who signs deposits.
+fn admin() -> Keypair {
+    Keypair::from_seed([0x7f; 32])
+}
+
+/// A deposit of `amount` credits to `account`, signed by the admin.
+fn deposit(account: PublicKey, amount: &str, reference: String) -> Signed<Deposit> {
+    let admin = admin();
+    signed(
+        Deposit {
+            version: PROTOCOL_VERSION,
+            epoch: 1,
+            admin: admin.public(),
+            account,
+            amount: amount.parse().unwrap(),
+            reference,
+            created_at: UnixMillis::now(),
+        },
+        &admin,
+    )
 }
 
 /// `customer`'s escrow order (its debit `seq`) for the lease `agreement`.
@@ -740,23 +762,8 @@ fn grow_books(dirs: &[std::path::PathBuf], leases: usize) {
             .unwrap()
         })
         .collect();
-    let admin = Keypair::from_seed([0x7f; 32]);
-    let now = UnixMillis::now();
     let deposits: Vec<Signed<Deposit>> = (0..GROWN_CUSTOMERS.min(leases))
-        .map(|i| {
-            signed(
-                Deposit {
-                    version: PROTOCOL_VERSION,
-                    epoch: 1,
-                    admin: admin.public(),
-                    account: grown_key(0xc1, i).public(),
-                    amount: "1000".parse().unwrap(),
-                    reference: format!("grown {i}"),
-                    created_at: now,
-                },
-                &admin,
-            )
-        })
+        .map(|i| deposit(grown_key(0xc1, i).public(), "1000", format!("grown {i}")))
         .collect();
     at_each(&books, &rules, |c| {
         for d in &deposits {
@@ -871,19 +878,7 @@ async fn run_cases(dirs: &[std::path::PathBuf], passes: usize, apart: bool) {
     let quorum = client.quorum.clone().unwrap();
     let customer = Keypair::from_seed([0x21; 32]);
     let supplier = Keypair::from_seed([0x12; 32]);
-    let admin = Keypair::from_seed([0x7f; 32]);
-    let deposit = signed(
-        Deposit {
-            version: PROTOCOL_VERSION,
-            epoch: 1,
-            admin: admin.public(),
-            account: customer.public(),
-            amount: "1000000".parse().unwrap(),
-            reference: "bench".into(),
-            created_at: UnixMillis::now(),
-        },
-        &admin,
-    );
+    let deposit = deposit(customer.public(), "1000000", "bench".into());
     let resident = coordinators.totals().resident_mb;
     // Delivered until all four have it: a coordinator busy opening large
     // books may not answer the first time.
